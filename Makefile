@@ -1,0 +1,23 @@
+# The two commands of the README: `make demo` and `make test`. Each creates the virtualenv
+# (.venv) on first use and installs the package with its test extra.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+WORKDIR ?= workdir
+DEMO_CONFIG ?= configs/demo.py:quick
+
+$(VENV)/.installed: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(PY) -m launch.demo --config=$(DEMO_CONFIG) --workdir=$(WORKDIR)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q tests
+
+.PHONY: install demo test

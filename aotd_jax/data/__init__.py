@@ -1,0 +1,1 @@
+"""aotd_jax.data."""

@@ -1,0 +1,73 @@
+"""`from_pretrained` / `save_pretrained` between HF directories and our Flax NNX models."""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from aotd_jax import sharding as sharding_lib
+from aotd_jax.hf import io, registry
+from aotd_jax.hf.mapping import export_params, import_params
+
+
+def _with_dtype(config, dtype):
+  name = jnp.dtype(dtype).name
+  fields = {f.name for f in dataclasses.fields(config)}
+  updates = {k: name for k in ("dtype", "param_dtype") if k in fields}
+  return dataclasses.replace(config, **updates) if updates else config
+
+
+def build_abstract(adapter: registry.Adapter, config) -> nnx.Module:
+  """The model's structure with shapes only: no memory, no random init."""
+  return nnx.eval_shape(lambda: adapter.model_class(config, rngs=nnx.Rngs(0)))
+
+
+def from_pretrained(path: str, *, dtype=jnp.float32, mesh: jax.sharding.Mesh | None = None,
+                    rules=None) -> nnx.Module:
+  """Builds the Flax model of a HF directory (`config.json` + safetensors, sharded too).
+
+  Args:
+    path: a Hugging Face model directory (as written by transformers' `save_pretrained`).
+    dtype: the parameter dtype (and compute dtype) to load into.
+    mesh: if given, every parameter is placed with the sharding the logical-axis rules say.
+    rules: logical-axis rules (defaults to `aotd_jax.sharding.DEFAULT_RULES`).
+  """
+  hf_config = io.read_config(path)
+  arch = registry.architecture_of(hf_config, path)
+  adapter = registry.adapter_for(arch)
+  config = _with_dtype(adapter.config_from_hf(hf_config), dtype)
+  model = build_abstract(adapter, config)
+  tensors, origin = io.read_tensors(path)
+  shardings = None
+  if mesh is not None:
+    shardings = sharding_lib.param_shardings_by_path(model, mesh, rules)
+  return import_params(model, adapter.rules(config, set(tensors)), tensors, origin, source=path,
+                       dtype=dtype, ignore=adapter.ignore, shardings=shardings)
+
+
+def adapter_of_model(model: nnx.Module) -> registry.Adapter:
+  arch = getattr(type(model), "hf_architecture", None)
+  if arch is None:
+    raise io.CheckpointError(f"{type(model).__name__} has no Hugging Face architecture")
+  return registry.adapter_for(arch)
+
+
+def save_pretrained(model: nnx.Module, path: str, *, dtype=None,
+                    max_shard_bytes: int = 5 * 2**30) -> None:
+  """Writes `config.json` + safetensors that transformers' `from_pretrained` loads."""
+  adapter = adapter_of_model(model)
+  tensors = export_params(model, adapter.rules(model.config, None), dtype=dtype)
+  os.makedirs(path, exist_ok=True)
+  hf_config = adapter.config_to_hf(model.config)
+  hf_config.setdefault("architectures", [adapter.architecture])
+  io.write_config(hf_config, path)
+  io.write_tensors(tensors, path, max_shard_bytes=max_shard_bytes)
+
+
+def load_tokenizer(path: str):
+  """The tokenizer saved beside the weights, via transformers' AutoTokenizer (no network)."""
+  from transformers import AutoTokenizer  # optional dependency: only needed for text
+  return AutoTokenizer.from_pretrained(path, local_files_only=True)

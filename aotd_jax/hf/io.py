@@ -1,0 +1,147 @@
+"""Reading and writing Hugging Face model directories: config.json and safetensors shards."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Mapping
+
+import struct
+
+import ml_dtypes
+import numpy as np
+
+SAFE_WEIGHTS = "model.safetensors"
+SAFE_INDEX = "model.safetensors.index.json"
+
+
+class CheckpointError(ValueError):
+  """A Hugging Face directory that cannot be read as the model it claims to be."""
+
+
+def read_config(path: str) -> dict:
+  """Returns the parsed `config.json` of a HF model directory, with a clear error if absent."""
+  cfg_path = os.path.join(path, "config.json")
+  if not os.path.isfile(cfg_path):
+    raise CheckpointError(f"{cfg_path}: no config.json in this Hugging Face directory")
+  try:
+    with open(cfg_path) as f:
+      return json.load(f)
+  except json.JSONDecodeError as e:
+    raise CheckpointError(f"{cfg_path}: not valid JSON ({e})") from e
+
+
+def write_config(config: Mapping, path: str) -> None:
+  os.makedirs(path, exist_ok=True)
+  with open(os.path.join(path, "config.json"), "w") as f:
+    json.dump(dict(config), f, indent=2, sort_keys=True)
+
+
+_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+    "BOOL": np.bool_,
+}
+
+
+def _read_file(fpath: str) -> dict[str, np.ndarray]:
+  """Reads one safetensors file with numpy + ml_dtypes (bf16 included; no torch needed)."""
+  with open(fpath, "rb") as f:
+    raw = f.read()
+  if len(raw) < 8:
+    raise CheckpointError(f"{fpath}: truncated safetensors file")
+  (header_len,) = struct.unpack("<Q", raw[:8])
+  try:
+    header = json.loads(raw[8:8 + header_len])
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise CheckpointError(f"{fpath}: unreadable safetensors header ({e})") from e
+  data = memoryview(raw)[8 + header_len:]
+  out = {}
+  for key, info in header.items():
+    if key == "__metadata__":
+      continue
+    if info["dtype"] not in _DTYPES:
+      raise CheckpointError(f"{fpath}: tensor {key} has unsupported dtype {info['dtype']}")
+    begin, end = info["data_offsets"]
+    if end > len(data):
+      raise CheckpointError(f"{fpath}: tensor {key} runs past the end of the file (truncated?)")
+    arr = np.frombuffer(data[begin:end], dtype=_DTYPES[info["dtype"]])
+    out[key] = arr.reshape(info["shape"])
+  return out
+
+
+def _write_file(tensors: Mapping[str, np.ndarray], fpath: str) -> None:
+  """Writes one safetensors file (any dtype of `_DTYPES`, bf16 included)."""
+  names = {np.dtype(v): k for k, v in _DTYPES.items()}
+  header: dict = {"__metadata__": {"format": "pt"}}
+  offset = 0
+  for key in sorted(tensors):
+    arr = tensors[key]
+    if arr.dtype not in names:
+      raise CheckpointError(f"{fpath}: cannot write tensor {key} of dtype {arr.dtype}")
+    header[key] = {"dtype": names[arr.dtype], "shape": list(arr.shape),
+                   "data_offsets": [offset, offset + arr.nbytes]}
+    offset += arr.nbytes
+  blob = json.dumps(header, separators=(",", ":")).encode()
+  blob += b" " * (-len(blob) % 8)  # the format aligns the data section to 8 bytes
+  tmp = fpath + ".tmp"
+  with open(tmp, "wb") as f:
+    f.write(struct.pack("<Q", len(blob)))
+    f.write(blob)
+    for key in sorted(tensors):
+      f.write(np.ascontiguousarray(tensors[key]).tobytes())
+  os.replace(tmp, fpath)
+
+
+def read_tensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+  """Reads all tensors of a HF directory (single file or sharded index).
+
+  Returns the tensors and, for each name, the file it came from (for error messages).
+  """
+  index_path = os.path.join(path, SAFE_INDEX)
+  single = os.path.join(path, SAFE_WEIGHTS)
+  if os.path.isfile(index_path):
+    with open(index_path) as f:
+      weight_map = json.load(f)["weight_map"]
+    files = sorted(set(weight_map.values()))
+  elif os.path.isfile(single):
+    files = [SAFE_WEIGHTS]
+  else:
+    raise CheckpointError(f"{path}: no {SAFE_WEIGHTS} or {SAFE_INDEX} found")
+  tensors: dict[str, np.ndarray] = {}
+  origin: dict[str, str] = {}
+  for name in files:
+    fpath = os.path.join(path, name)
+    if not os.path.isfile(fpath):
+      raise CheckpointError(f"{fpath}: listed in {SAFE_INDEX} but missing")
+    for key, value in _read_file(fpath).items():
+      tensors[key] = value
+      origin[key] = fpath
+  return tensors, origin
+
+
+def write_tensors(tensors: Mapping[str, np.ndarray], path: str, *, max_shard_bytes: int = 5 * 2**30) -> None:
+  """Writes tensors as `model.safetensors`, or as shards plus an index when over the limit."""
+  os.makedirs(path, exist_ok=True)
+  tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+  shards: list[dict[str, np.ndarray]] = [{}]
+  size = 0
+  for key in sorted(tensors):
+    nbytes = tensors[key].nbytes
+    if shards[-1] and size + nbytes > max_shard_bytes:
+      shards.append({})
+      size = 0
+    shards[-1][key] = tensors[key]
+    size += nbytes
+  if len(shards) == 1:
+    _write_file(shards[0], os.path.join(path, SAFE_WEIGHTS))
+    return
+  weight_map = {}
+  total = 0
+  for i, shard in enumerate(shards):
+    name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+    _write_file(shard, os.path.join(path, name))
+    for key, value in shard.items():
+      weight_map[key] = name
+      total += value.nbytes
+  with open(os.path.join(path, SAFE_INDEX), "w") as f:
+    json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)

@@ -1,0 +1,1 @@
+"""ml_collections configs, each exposing get_config(arg)."""

@@ -1,0 +1,1 @@
+"""The expert tools that generated programs call (Find, trim, Query_Actions, ...)."""
