@@ -1,0 +1,34 @@
+"""The optimiser of AoTD's distillation: AdamW with linear warmup and cosine decay."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import optax
+from flax import nnx
+
+
+def make_optimizer(cfg: Mapping[str, Any], total_steps: int) -> optax.GradientTransformation:
+  """AdamW + warmup/cosine (the paper: lr 4e-5, warmup 3 %, one epoch) + global-norm clipping.
+
+  Keys of `cfg`: learning_rate, warmup_ratio, weight_decay, b1, b2, eps, grad_clip,
+  final_lr_ratio (all optional except learning_rate).
+  """
+  lr = float(cfg["learning_rate"])
+  warmup = int(round(float(cfg.get("warmup_ratio", 0.03)) * total_steps))
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=lr, warmup_steps=max(warmup, 1),
+      decay_steps=max(total_steps, warmup + 1), end_value=lr * float(cfg.get("final_lr_ratio", 0.0)))
+  parts = []
+  if cfg.get("grad_clip"):
+    parts.append(optax.clip_by_global_norm(float(cfg["grad_clip"])))
+  parts.append(optax.adamw(schedule, b1=float(cfg.get("b1", 0.9)), b2=float(cfg.get("b2", 0.999)),
+                           eps=float(cfg.get("eps", 1e-8)),
+                           weight_decay=float(cfg.get("weight_decay", 0.0))))
+  return optax.chain(*parts)
+
+
+def trainable_filter(freeze_vision_tower: bool = True):
+  """Params the optimiser updates: all, or all but the vision tower (the paper freezes it)."""
+  if freeze_vision_tower:
+    return nnx.All(nnx.Param, nnx.Not(nnx.PathContains("vision_tower")))
+  return nnx.Param
