@@ -1,0 +1,288 @@
+"""Execution trace -> chain-of-thought rationale.
+
+Two writers share one reading of the trace:
+- `verbalise(trace, answer)`: deterministic, faithful, offline. One sentence per tool call,
+  stating every frame window and every box the call produced, ending "So the answer is X."
+  Used in the toy world, without an LLM, and as the fallback of the rewrite.
+- `rewrite(llm, items)`: the LLM rewrite prompt (`data/prompts/cot_rewrite.txt`) asks for a
+  natural rationale that uses every box and window; a reply that drops evidence (checked by
+  `missing_evidence`) or is empty falls back to the verbaliser.
+
+A trace is a sequence of tool calls, each a `ToolCall(name, args, result, seconds)` or its
+JSON dict. Arguments and results are the tools' JSON forms: clips
+`{"type": "VideoClip", "start_frame", "end_frame" (exclusive), ...}`, boxes
+`{"frame", "label", "score", "box": [x0, y0, x1, y1]}`, windows `{"start_frame", "end_frame", ...}`,
+labels, counts, booleans and text.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Iterable, Mapping, Sequence
+
+from aotd_jax.agent import programs
+
+_CLIP_ARG_NAMES = ("video_clip", "clip")
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")  # "12-39" is two numbers, not 12 and -39
+
+
+# -- reading a trace -----------------------------------------------------------------------------
+
+def as_call(call: Any) -> dict:
+  """A tool call as a plain dict with keys name, args, result, seconds."""
+  if isinstance(call, Mapping):
+    return {"name": call.get("name", "?"), "args": call.get("args", {}),
+            "result": call.get("result"), "seconds": call.get("seconds", 0.0)}
+  if dataclasses.is_dataclass(call):
+    return as_call(dataclasses.asdict(call))
+  return {"name": getattr(call, "name", "?"), "args": getattr(call, "args", {}),
+          "result": getattr(call, "result", None), "seconds": getattr(call, "seconds", 0.0)}
+
+
+def as_calls(trace: Any) -> list[dict]:
+  """The tool calls of a `Trace` object, a list of `ToolCall`s or their dicts."""
+  if trace is None:
+    return []
+  calls = getattr(trace, "calls", trace)
+  if isinstance(calls, Mapping):
+    calls = calls.get("calls", [])
+  return [as_call(c) for c in calls]
+
+
+@dataclasses.dataclass
+class Evidence:
+  """What a value says about the video: windows (start, end-exclusive), boxes, labels."""
+  windows: list[tuple[int, int]] = dataclasses.field(default_factory=list)
+  boxes: list[dict] = dataclasses.field(default_factory=list)  # {"frame", "label", "box"}
+  labels: list[str] = dataclasses.field(default_factory=list)
+  scalars: list[Any] = dataclasses.field(default_factory=list)  # counts, booleans
+
+
+def _is_box(value: Any) -> bool:
+  return (isinstance(value, Mapping) and "box" in value and "frame" in value
+          and isinstance(value["box"], (list, tuple)) and len(value["box"]) == 4)
+
+
+def _is_window(value: Any) -> bool:
+  return isinstance(value, Mapping) and "start_frame" in value and "end_frame" in value
+
+
+def evidence(value: Any, out: Evidence | None = None) -> Evidence:
+  """Collects the windows, boxes, labels and scalars inside a JSON-like value, in order."""
+  out = out if out is not None else Evidence()
+  if _is_box(value):
+    out.boxes.append({"frame": int(value["frame"]), "label": str(value.get("label", "")),
+                      "box": [float(v) for v in value["box"]]})
+  elif _is_window(value):
+    window = (int(value["start_frame"]), int(value["end_frame"]))
+    if window not in out.windows:
+      out.windows.append(window)
+    for key, item in value.items():
+      if key not in ("start_frame", "end_frame", "type", "video_id", "num_frames", "fps",
+                     "frame_ids", "score", "query"):
+        evidence(item, out)
+  elif isinstance(value, Mapping):
+    for item in value.values():
+      evidence(item, out)
+  elif isinstance(value, (list, tuple)):
+    for item in value:
+      evidence(item, out)
+  elif isinstance(value, str):
+    if value.strip():
+      out.labels.append(value.strip())
+  elif isinstance(value, (bool, int, float)):
+    out.scalars.append(value)
+  return out
+
+
+def trace_evidence(trace: Any) -> Evidence:
+  """Every window and box that the trace's tool calls *produced* (their results)."""
+  out = Evidence()
+  for call in as_calls(trace):
+    evidence(call["result"], out)
+  return out
+
+
+# -- formatting (shared by the verbaliser, the rewrite prompt and the rule judge) ------------------
+
+def _num(v: float) -> str:
+  return str(int(round(v))) if abs(v - round(v)) < 0.05 else f"{v:.1f}"
+
+
+def window_text(window: tuple[int, int]) -> str:
+  """`frames 12-39` for the end-exclusive window (12, 40); `frame 12` for one frame."""
+  start, end = window
+  last = max(start, end - 1)
+  return f"frame {start}" if last == start else f"frames {start}-{last}"
+
+
+def box_text(box: Mapping) -> str:
+  """`the red circle at [10, 20, 30, 40] in frame 7`."""
+  coords = ", ".join(_num(v) for v in box["box"])
+  label = f"the {box['label']} " if box.get("label") else ""
+  return f"{label}at [{coords}] in frame {box['frame']}"
+
+
+def _join(items: Sequence[str]) -> str:
+  items = list(items)
+  if len(items) <= 1:
+    return "".join(items)
+  return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _arg(args: Any, *names: str, position: int | None = None) -> Any:
+  if isinstance(args, Mapping):
+    for name in names:
+      if name in args:
+        return args[name]
+    values = list(args.values())
+  else:
+    values = list(args or [])
+  if position is not None and position < len(values):
+    return values[position]
+  return None
+
+
+def _input_window(args: Any) -> tuple[int, int] | None:
+  clip = _arg(args, *_CLIP_ARG_NAMES, position=0)
+  return (int(clip["start_frame"]), int(clip["end_frame"])) if _is_window(clip) else None
+
+
+def _text(value: Any) -> str:
+  if isinstance(value, str):
+    return value
+  found = evidence(value)
+  return _join(found.labels) if found.labels else str(value)
+
+
+def describe_call(call: Mapping) -> str:
+  """One faithful sentence for one tool call (every window and box of its result)."""
+  name, args, result = call["name"], call["args"], call["result"]
+  found = evidence(result)
+  where = _input_window(args)
+  scope = f"in {window_text(where)}" if where else "in the video"
+  subject = _arg(args, "obj", "object_name", "object", "action", "act", "query", position=1)
+  subject = _text(subject) if subject is not None else "it"
+  boxes = [box_text(b) for b in found.boxes]
+  windows = [window_text(w) for w in found.windows]
+  if name in ("Filter_frames_with_act", "Filter_frames_with_obj", "trim") and not windows:
+    return f"Looking for {subject} {scope}, I cannot find it."
+  if name in ("Filter_frames_with_act", "Filter_frames_with_obj"):
+    text = f"Looking for {subject} {scope}, I find it in {_join(windows)}."
+    return text + (f" I see {_join(boxes)}." if boxes else "")
+  if name == "trim":
+    return f"I focus on {_join(windows)} of the video."
+  if name == "Find":
+    if not boxes:
+      return f"I look for the {subject} {scope} but do not see it."
+    return f"I locate {_join(boxes)}."
+  if name == "exist":
+    seen = bool(found.scalars and found.scalars[0])
+    return f"The {subject} is {'' if seen else 'not '}present {scope}."
+  if name == "Count":
+    count = found.scalars[0] if found.scalars else _text(result)
+    return f"I count {count} {subject} {scope}." + (f" I see {_join(boxes)}." if boxes else "")
+  if name in ("Query_Actions", "Query_Objs"):
+    kind = "actions" if name == "Query_Actions" else "objects"
+    labels = _join(found.labels) or "nothing relevant"
+    return f"Checking the {kind} {scope}, I see: {labels}."
+  if name == "Video_summary":
+    return f"Watching {scope[3:] if where else 'the video'}: {_text(result)}".rstrip(".") + "."
+  if name == "select_answer":
+    return f"Putting these observations together {scope}, the best answer is {_text(result).strip().rstrip('.')}."
+  parts = [f"Using {name} {scope}"]
+  if windows:
+    parts.append(f"I find {_join(windows)}")
+  if boxes:
+    parts.append(f"I see {_join(boxes)}")
+  if not windows and not boxes:
+    parts.append(f"I get {_text(result)}")
+  return ", ".join(parts) + "."
+
+
+def answer_sentence(answer: Any) -> str:
+  """The rationale's last sentence."""
+  return f"So the answer is {_text(answer).strip().rstrip('.')}."
+
+
+def verbalise(trace: Any, answer: Any) -> str:
+  """A deterministic step-by-step rationale from a structured trace, ending in the answer."""
+  steps = [describe_call(c) for c in as_calls(trace)]
+  return " ".join(steps + [answer_sentence(answer)])
+
+
+# -- the LLM rewrite -----------------------------------------------------------------------------
+
+def render_trace(trace: Any) -> str:
+  """The trace as numbered lines for the rewrite prompt (windows and boxes pre-formatted)."""
+  lines = []
+  for i, call in enumerate(as_calls(trace), 1):
+    args = call["args"]
+    where = _input_window(args)
+    found = evidence(call["result"])
+    parts = [f"{i}. {call['name']}"]
+    if where:
+      parts.append(f"on {window_text(where)}")
+    shown = {k: v for k, v in args.items() if k not in _CLIP_ARG_NAMES} if isinstance(
+        args, Mapping) else [a for a in (args or []) if not _is_window(a)]
+    if shown:
+      parts.append(f"with {shown}")
+    got = [window_text(w) for w in found.windows] + [box_text(b) for b in found.boxes]
+    got += found.labels + [str(s) for s in found.scalars]
+    parts.append("-> " + ("; ".join(got) if got else "nothing"))
+    lines.append(" ".join(parts))
+  return "\n".join(lines)
+
+
+def rewrite_prompt(question: str, choices: Sequence[str], trace: Any, answer: Any,
+                   template: str | None = None) -> str:
+  """The LLM rewrite prompt for one question (`data/prompts/cot_rewrite.txt`)."""
+  template = template or programs.read_prompt_file("cot_rewrite.txt")
+  return template.format(question=question,
+                         choices=programs.format_choices(choices) or "(open-ended)",
+                         trace=render_trace(trace), answer=_text(answer))
+
+
+def numbers_in(text: str) -> set[str]:
+  """The numbers written in `text`, normalised like `_num` (for evidence checks)."""
+  return {_num(float(n)) for n in _NUMBER.findall(text)}
+
+
+def missing_evidence(rationale: str, trace: Any) -> list[str]:
+  """The windows and boxes of the trace that the rationale does not state (their numbers)."""
+  have = numbers_in(rationale)
+  found = trace_evidence(trace)
+  missing = []
+  for window in found.windows:
+    start, end = window
+    if not {_num(start), _num(max(start, end - 1))} <= have:
+      missing.append(window_text(window))
+  for box in found.boxes:
+    if not {_num(v) for v in box["box"]} | {str(box["frame"])} <= have:
+      missing.append(box_text(box))
+  return missing
+
+
+def rewrite(llm, items: Iterable[tuple[str, Sequence[str], Any, Any]], *,
+            max_new_tokens: int = 384, temperature: float = 0.0) -> list[tuple[str, str]]:
+  """LLM-rewrites a batch of (question, choices, trace, answer) into rationales.
+
+  Returns:
+    (rationale, source) per item; source is "llm", or "verbaliser" when the reply was empty
+    or left out a window or box of the trace (then the verbaliser's rationale is used).
+  """
+  items = list(items)
+  template = programs.read_prompt_file("cot_rewrite.txt")
+  prompts = [rewrite_prompt(q, c, t, a, template) for q, c, t, a in items]
+  replies = llm.complete(prompts, max_new_tokens=max_new_tokens, temperature=temperature) \
+      if prompts else []
+  out = []
+  for (_, _, trace, answer), reply in zip(items, replies):
+    text = (reply or "").strip()
+    if text and not missing_evidence(text, trace):
+      if _text(answer).lower() not in text.lower().splitlines()[-1]:
+        text = text + " " + answer_sentence(answer)
+      out.append((text, "llm"))
+    else:
+      out.append((verbalise(trace, answer), "verbaliser"))
+  return out

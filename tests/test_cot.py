@@ -1,0 +1,118 @@
+"""Trace -> rationale: the deterministic verbaliser and the LLM rewrite with its fallback."""
+import dataclasses
+
+from aotd_jax.agent import cot
+
+
+def clip(start, end, **extra):
+  return {"type": "VideoClip", "video_id": "v1", "start_frame": start, "end_frame": end,
+          "num_frames": end - start, "fps": 8.0, **extra}
+
+
+@dataclasses.dataclass
+class Call:  # the shape of aotd_jax.agent.trace.ToolCall
+  name: str
+  args: dict
+  result: object
+  seconds: float = 0.01
+
+
+TRACE = [
+    Call("Filter_frames_with_act", {"video_clip": clip(0, 64), "action": "red circle jumps"},
+         clip(12, 40)),
+    Call("Find", {"video_clip": clip(12, 40), "obj": "red circle"},
+         [{"frame": 12, "label": "red circle", "score": 0.9, "box": [10.0, 20.0, 30.0, 44.5]},
+          {"frame": 20, "label": "red circle", "score": 0.8, "box": [11.0, 5.0, 31.0, 25.0]}]),
+    Call("Query_Actions", {"video_clip": clip(12, 40), "obj": "red circle",
+                           "possible_answers": ["Jumped.", "Spun."]}, ["jump", "move"]),
+    Call("exist", {"video_clip": clip(12, 40), "obj": "blue square"}, False),
+    Call("Count", {"video_clip": clip(12, 40), "obj": "star"}, 2),
+    Call("Video_summary", {"video_clip": clip(12, 40)}, "A red circle jumps twice."),
+    Call("select_answer", {"video_clip": clip(12, 40), "query": "What did the red circle do?",
+                           "possible_answers": ["Jumped.", "Spun."], "info": {}}, "Jumped."),
+]
+
+
+def test_verbaliser_states_every_window_and_box_and_ends_in_answer():
+  text = cot.verbalise(TRACE, "Jumped.")
+  assert "Looking for red circle jumps in frames 0-63, I find it in frames 12-39." in text
+  assert "the red circle at [10, 20, 30, 44.5] in frame 12" in text
+  assert "the red circle at [11, 5, 31, 25] in frame 20" in text
+  assert "I see: jump and move" in text
+  assert "The blue square is not present in frames 12-39." in text
+  assert "I count 2 star in frames 12-39." in text
+  assert "A red circle jumps twice." in text
+  assert text.endswith("the best answer is Jumped. So the answer is Jumped.")
+  assert cot.missing_evidence(text, TRACE) == []
+  assert cot.verbalise(TRACE, "Jumped.") == text  # deterministic
+
+
+def test_verbaliser_reads_dicts_and_trace_objects():
+  as_dicts = [dataclasses.asdict(c) for c in TRACE]
+  assert cot.verbalise(as_dicts, "Jumped.") == cot.verbalise(TRACE, "Jumped.")
+
+  class Trace:
+    calls = TRACE
+  assert cot.verbalise(Trace(), "Jumped.") == cot.verbalise(TRACE, "Jumped.")
+  assert cot.verbalise({"calls": as_dicts}, "Jumped.") == cot.verbalise(TRACE, "Jumped.")
+
+
+def test_verbaliser_handles_empty_results_and_unknown_tools():
+  trace = [Call("Filter_frames_with_obj", {"video_clip": clip(0, 10), "obj": "cat"}, None),
+           Call("Find", {"video_clip": clip(0, 10), "obj": "cat"}, []),
+           Call("My_tool", ["x"], {"start_frame": 3, "end_frame": 4, "score": 0.5, "query": "q"})]
+  text = cot.verbalise(trace, "B")
+  assert "Looking for cat in frames 0-9, I cannot find it." in text
+  assert "I look for the cat in frames 0-9 but do not see it." in text
+  assert "Using My_tool in the video, I find frame 3." in text
+  assert cot.verbalise([], "B") == "So the answer is B."
+
+
+def test_evidence_collects_nested_detections():
+  clip_with_boxes = clip(5, 9, detections={"boxes": [
+      {"frame": 6, "label": "cup", "score": 0.7, "box": [1, 2, 3, 4]}]})
+  found = cot.trace_evidence([Call("Filter_frames_with_obj", {"obj": "cup"}, clip_with_boxes)])
+  assert found.windows == [(5, 9)]
+  assert found.boxes == [{"frame": 6, "label": "cup", "box": [1.0, 2.0, 3.0, 4.0]}]
+
+
+def test_missing_evidence_names_what_is_left_out():
+  text = "The red circle jumps in frames 12-39. So the answer is Jumped."
+  missing = cot.missing_evidence(text, TRACE)
+  assert missing == ["the red circle at [10, 20, 30, 44.5] in frame 12",
+                     "the red circle at [11, 5, 31, 25] in frame 20"]
+
+
+class ScriptedLLM:
+  def __init__(self, replies):
+    self.replies, self.prompts = list(replies), []
+
+  def complete(self, prompts, *, max_new_tokens, temperature=0.0, stop=None):
+    self.prompts += list(prompts)
+    return [self.replies.pop(0) for _ in prompts]
+
+
+def test_rewrite_prompt_carries_trace_and_rules():
+  prompt = cot.rewrite_prompt("What did the red circle do?", ["Jumped.", "Spun."], TRACE,
+                              "Jumped.")
+  assert "Use every step of the trace" in prompt
+  assert "1. Filter_frames_with_act on frames 0-63 with {'action': 'red circle jumps'}" \
+         " -> frames 12-39" in prompt
+  assert "the red circle at [10, 20, 30, 44.5] in frame 12" in prompt
+  assert "(A) Jumped. (B) Spun." in prompt and "Final answer: Jumped." in prompt
+
+
+def test_rewrite_uses_llm_when_faithful_else_falls_back():
+  good = ("First, the red circle jumps between frames 12 and 39, where it is at "
+          "[10, 20, 30, 44.5] in frame 12 and at [11, 5, 31, 25] in frame 20. It jumps and "
+          "moves; no blue square is there, and two stars are visible.\nSo the answer is Jumped.")
+  dropped = "The circle jumps. So the answer is Jumped."
+  no_answer = good.rsplit("\n", 1)[0]
+  llm = ScriptedLLM([good, dropped, "", no_answer])
+  item = ("What did the red circle do?", ["Jumped.", "Spun."], TRACE, "Jumped.")
+  out = cot.rewrite(llm, [item] * 4)
+  assert out[0] == (good, "llm")
+  assert out[1] == (cot.verbalise(TRACE, "Jumped."), "verbaliser")
+  assert out[2][1] == "verbaliser"
+  assert out[3] == (no_answer + " So the answer is Jumped.", "llm")
+  assert len(llm.prompts) == 4
