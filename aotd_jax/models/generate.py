@@ -1,0 +1,139 @@
+"""Batched generation for left-padded prompts: jitted prefill + KV-cache decode loop.
+
+Works for any model with the `LlamaForCausalLM` call signature (`input_ids`/`inputs_embeds`,
+`attention_mask` over cache slots, `position_ids`, `cache`, `logits_to_keep`) and `init_cache`;
+LLaVA passes its language model with merged `inputs_embeds`. Prompts are left-padded to a
+length bucket, so the loop compiles once per (batch, bucket, max_new_tokens, greedy/sample),
+never per step or per prompt length.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, struct
+
+
+@struct.dataclass
+class GenerateOutput:
+  sequences: jax.Array  # (B, max_new_tokens) int32 new tokens, pad after EOS
+  lengths: jax.Array  # (B,) new tokens up to and including EOS
+
+
+def prompt_bucket(length: int, minimum: int = 16) -> int:
+  """The padded prompt length: the next power of two, at least `minimum`."""
+  return max(minimum, 1 << max(0, int(length) - 1).bit_length())
+
+
+def _left_pad(x: np.ndarray, width: int, value=0) -> np.ndarray:
+  pad = [(0, 0)] * x.ndim
+  pad[1] = (width - x.shape[1], 0)
+  return np.pad(x, pad, constant_values=value)
+
+
+def _pick(logits, rng, temperature, top_p, sample: bool):
+  """Greedy argmax, or sampling at `temperature` from the top-p nucleus."""
+  logits = logits.astype(jnp.float32)
+  if not sample:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  logits = logits / temperature
+  order = jnp.argsort(-logits, axis=-1)
+  sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
+  probs = jax.nn.softmax(sorted_logits, axis=-1)
+  # Keep the smallest prefix whose mass reaches top_p (the top token always stays).
+  drop = (jnp.cumsum(probs, axis=-1) - probs) >= top_p
+  sorted_logits = jnp.where(drop, -jnp.inf, sorted_logits)
+  choice = jax.random.categorical(rng, sorted_logits, axis=-1)
+  return jnp.take_along_axis(order, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
+
+
+def _decode(graphdef, state, input_ids, inputs_embeds, mask, eos, pad, temperature, top_p, rng,
+            *, max_new_tokens: int, sample: bool):
+  model = nnx.merge(graphdef, state)
+  b, prompt_len = mask.shape
+  total = prompt_len + max_new_tokens
+  full_mask = jnp.concatenate([mask, jnp.zeros((b, max_new_tokens), mask.dtype)], axis=1)
+  positions = jnp.where(mask > 0, jnp.cumsum(mask, axis=-1) - 1, 1)
+  cache = model.init_cache(b, total)
+  out = model(input_ids, full_mask, inputs_embeds=inputs_embeds, position_ids=positions,
+              cache=cache, logits_to_keep=1)
+  rng, sub = jax.random.split(rng)
+  tok = _pick(out.logits[:, -1], sub, temperature, top_p, sample)
+  next_pos = jnp.sum(mask, axis=-1).astype(jnp.int32)
+  seqs = jnp.full((b, max_new_tokens), pad, jnp.int32).at[:, 0].set(tok)
+  done = jnp.isin(tok, eos)
+  lengths = jnp.ones((b,), jnp.int32)
+
+  def cond(carry):
+    step, _, done, *_ = carry
+    return (step < max_new_tokens) & ~jnp.all(done)
+
+  def body(carry):
+    step, tok, done, seqs, lengths, cache, full_mask, rng = carry
+    full_mask = jax.lax.dynamic_update_slice(full_mask, jnp.ones((b, 1), full_mask.dtype),
+                                             (0, prompt_len + step - 1))
+    out = model(tok[:, None], full_mask, position_ids=(next_pos + step - 1)[:, None], cache=cache)
+    rng, sub = jax.random.split(rng)
+    new = _pick(out.logits[:, -1], sub, temperature, top_p, sample)
+    new = jnp.where(done, pad, new)
+    seqs = jax.lax.dynamic_update_slice(seqs, new[:, None], (0, step))
+    lengths = lengths + (~done).astype(jnp.int32)
+    done = done | jnp.isin(new, eos)
+    return step + 1, new, done, seqs, lengths, out.cache, full_mask, rng
+
+  carry = (jnp.ones((), jnp.int32), tok, done, seqs, lengths, out.cache, full_mask, rng)
+  carry = jax.lax.while_loop(cond, body, carry)
+  return GenerateOutput(sequences=carry[3], lengths=carry[4])
+
+
+# One jitted program per (graphdef, shapes, max_new_tokens, sample); `_cache_size()` counts them.
+decode_jit = jax.jit(_decode, static_argnums=(0,), static_argnames=("max_new_tokens", "sample"))
+
+
+def generate(model, input_ids=None, attention_mask=None, *, inputs_embeds=None, max_new_tokens: int,
+             eos_token_id: int | Sequence[int] | None, pad_token_id: int, temperature: float = 0.0,
+             top_p: float = 1.0, rng: jax.Array | None = None, min_bucket: int = 16) -> GenerateOutput:
+  """Generates up to `max_new_tokens` tokens for a batch of left-padded prompts.
+
+  Args:
+    model: a `LlamaForCausalLM`-like NNX module.
+    input_ids / inputs_embeds: (B, L) prompt ids or (B, L, hidden) prompt embeddings (one of them).
+    attention_mask: (B, L), 1 for real tokens; padding must be on the left. Default: all ones.
+    max_new_tokens: decode steps (a static size: one compilation per value).
+    eos_token_id: id(s) that end a sequence; later positions get `pad_token_id`.
+    temperature: 0 for greedy decoding; > 0 samples (needs `rng`).
+    top_p: nucleus mass kept when sampling.
+    min_bucket: prompts are left-padded to the next power of two >= this.
+  Returns:
+    `GenerateOutput(sequences (B, max_new_tokens) int32, lengths (B,))`.
+  """
+  if (input_ids is None) == (inputs_embeds is None):
+    raise ValueError("generate: pass exactly one of input_ids and inputs_embeds")
+  if max_new_tokens < 1:
+    raise ValueError(f"generate: max_new_tokens must be >= 1, got {max_new_tokens}")
+  if temperature < 0 or not 0 < top_p <= 1:
+    raise ValueError(f"generate: need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+  sample = temperature > 0
+  if sample and rng is None:
+    raise ValueError("generate: sampling (temperature > 0) needs an `rng` key")
+  b, length = np.shape(input_ids if inputs_embeds is None else inputs_embeds)[:2]
+  mask = np.ones((b, length), np.int32) if attention_mask is None else np.asarray(attention_mask, np.int32)
+  if mask.shape != (b, length):
+    raise ValueError(f"generate: attention_mask shape {mask.shape} does not match the prompt {(b, length)}")
+  if np.any(np.diff(mask, axis=1) < 0):
+    raise ValueError("generate: attention_mask must be left-padded (0s before 1s in every row)")
+  width = prompt_bucket(length, min_bucket)
+  mask = _left_pad(mask, width)
+  ids = embeds = None
+  if inputs_embeds is None:
+    ids = jnp.asarray(_left_pad(np.asarray(input_ids, np.int32), width, pad_token_id))
+  else:
+    embeds = jnp.pad(jnp.asarray(inputs_embeds), ((0, 0), (width - length, 0), (0, 0)))
+  eos = jnp.asarray(np.atleast_1d(-1 if eos_token_id is None else np.asarray(eos_token_id)), jnp.int32)
+  graphdef, state = nnx.split(model)
+  return decode_jit(graphdef, state, ids, embeds, jnp.asarray(mask), eos, jnp.int32(pad_token_id),
+                    jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p),
+                    jax.random.PRNGKey(0) if rng is None else rng,
+                    max_new_tokens=int(max_new_tokens), sample=sample)

@@ -1,0 +1,288 @@
+"""Llama-family decoder LM in Flax NNX (program generator, judge, and the student's LM).
+
+RMSNorm, RoPE (`default`, `linear`, `dynamic`, `llama3`), grouped-query attention, SwiGLU,
+tied or untied embeddings, left-padding masks, and a KV cache for generation. Module names
+mirror transformers' (`model.layers[i].self_attn.q_proj`) so the HF name table is regular.
+Weights and main activations carry logical axis names (`aotd_jax.sharding`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+from flax import nnx, struct
+
+from aotd_jax.models import rope
+from aotd_jax.sharding import constrain
+
+_INIT = nnx.initializers.normal(0.02)
+
+
+def _freeze(value):
+  """Dicts/lists -> sorted tuples, so configs stay hashable (nnx keeps them in the graphdef)."""
+  if isinstance(value, Mapping):
+    return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+  if isinstance(value, (list, tuple)):
+    return tuple(_freeze(v) for v in value)
+  return value
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+  """Llama config; field names are transformers' `LlamaConfig` names, plus dtype/param_dtype/remat.
+
+  `rope_scaling` may be given as a dict; it is stored as sorted (key, value) pairs (hashable),
+  read it back with `rope_scaling_dict`. `eos_token_id` may be an int or a list of ints.
+  """
+  vocab_size: int = 32000
+  hidden_size: int = 4096
+  intermediate_size: int = 11008
+  num_hidden_layers: int = 32
+  num_attention_heads: int = 32
+  num_key_value_heads: int | None = None
+  head_dim: int | None = None
+  max_position_embeddings: int = 2048
+  rms_norm_eps: float = 1e-6
+  rope_theta: float = 10000.0
+  rope_scaling: Any = None
+  tie_word_embeddings: bool = False
+  attention_bias: bool = False
+  mlp_bias: bool = False
+  bos_token_id: int | None = 1
+  eos_token_id: Any = 2
+  pad_token_id: int | None = None
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  remat: bool = False
+
+  def __post_init__(self):
+    object.__setattr__(self, "rope_scaling", _freeze(self.rope_scaling) or None)
+    object.__setattr__(self, "eos_token_id", _freeze(self.eos_token_id))
+    if self.num_key_value_heads is None:
+      object.__setattr__(self, "num_key_value_heads", self.num_attention_heads)
+    if self.head_dim is None:
+      object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
+    if self.num_attention_heads % self.num_key_value_heads:
+      raise ValueError(f"LlamaConfig: num_attention_heads={self.num_attention_heads} is not a "
+                       f"multiple of num_key_value_heads={self.num_key_value_heads}")
+    rope.validate(self.rope_scaling_dict)
+
+  @property
+  def rope_scaling_dict(self) -> dict | None:
+    return dict(self.rope_scaling) if self.rope_scaling else None
+
+
+@struct.dataclass
+class KVCache:
+  """Per-layer keys/values (B, max_length, kv_heads, head_dim) and the next write slot."""
+  keys: tuple
+  values: tuple
+  index: jax.Array
+
+
+@struct.dataclass
+class CausalLMOutput:
+  logits: jax.Array
+  hidden_states: tuple | None = None
+  cache: KVCache | None = None
+
+
+def _dense(cfg: LlamaConfig, din: int, dout: int, axes: tuple[str, str], bias: bool, rngs) -> nnx.Linear:
+  return nnx.Linear(din, dout, use_bias=bias, dtype=jnp.dtype(cfg.dtype),
+                    param_dtype=jnp.dtype(cfg.param_dtype),
+                    kernel_init=nnx.with_partitioning(_INIT, axes),
+                    bias_init=nnx.with_partitioning(nnx.initializers.zeros, (axes[1],)), rngs=rngs)
+
+
+class LlamaRMSNorm(nnx.Module):
+  """RMSNorm computed in float32, cast back, then scaled (transformers' order)."""
+
+  def __init__(self, size: int, eps: float, param_dtype):
+    self.eps = eps
+    self.scale = nnx.Param(jnp.ones((size,), param_dtype), out_sharding=("norm",))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    h = x.astype(jnp.float32)
+    h = h * jax.lax.rsqrt(jnp.mean(h * h, axis=-1, keepdims=True) + self.eps)
+    return self.scale[...].astype(x.dtype) * h.astype(x.dtype)
+
+
+class LlamaAttention(nnx.Module):
+  """Grouped-query self-attention with RoPE and an optional KV cache."""
+
+  def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+    self.config = cfg
+    h, d, kv = cfg.num_attention_heads, cfg.head_dim, cfg.num_key_value_heads
+    self.q_proj = _dense(cfg, cfg.hidden_size, h * d, ("embed", "heads"), cfg.attention_bias, rngs)
+    self.k_proj = _dense(cfg, cfg.hidden_size, kv * d, ("embed", "kv_heads"), cfg.attention_bias, rngs)
+    self.v_proj = _dense(cfg, cfg.hidden_size, kv * d, ("embed", "kv_heads"), cfg.attention_bias, rngs)
+    self.o_proj = _dense(cfg, h * d, cfg.hidden_size, ("heads", "embed"), cfg.attention_bias, rngs)
+
+  def __call__(self, x, cos, sin, mask, layer_cache=None, index=None):
+    cfg = self.config
+    b, l, _ = x.shape
+    h, d, kv = cfg.num_attention_heads, cfg.head_dim, cfg.num_key_value_heads
+    q = rope.apply_rope(self.q_proj(x).reshape(b, l, h, d), cos, sin)
+    k = rope.apply_rope(self.k_proj(x).reshape(b, l, kv, d), cos, sin)
+    v = self.v_proj(x).reshape(b, l, kv, d)
+    q = constrain(q, ("activation_batch", "activation_length", "activation_heads", None))
+    k = constrain(k, ("activation_batch", "activation_length", "activation_kv_heads", None))
+    if layer_cache is not None:
+      ck, cv = layer_cache
+      k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, index, 0, 0))
+      v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, index, 0, 0))
+      layer_cache = (k, v)
+    # Grouped heads attend to their shared kv head without materialising repeated keys.
+    q = q.reshape(b, l, kv, h // kv, d)
+    scores = jnp.einsum("blkgd,bskd->bkgls", q, k.astype(q.dtype),
+                        preferred_element_type=jnp.float32) * (d ** -0.5)
+    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
+    out = jnp.einsum("bkgls,bskd->blkgd", probs, v.astype(x.dtype)).reshape(b, l, h * d)
+    out = constrain(out, ("activation_batch", "activation_length", "activation_heads"))
+    return self.o_proj(out), layer_cache
+
+
+class LlamaMLP(nnx.Module):
+  """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+
+  def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+    self.gate_proj = _dense(cfg, cfg.hidden_size, cfg.intermediate_size, ("embed", "mlp"), cfg.mlp_bias, rngs)
+    self.up_proj = _dense(cfg, cfg.hidden_size, cfg.intermediate_size, ("embed", "mlp"), cfg.mlp_bias, rngs)
+    self.down_proj = _dense(cfg, cfg.intermediate_size, cfg.hidden_size, ("mlp", "embed"), cfg.mlp_bias, rngs)
+
+  def __call__(self, x):
+    h = jax.nn.silu(self.gate_proj(x)) * self.up_proj(x)
+    h = constrain(h, ("activation_batch", "activation_length", "activation_mlp"))
+    return self.down_proj(h)
+
+
+class LlamaDecoderLayer(nnx.Module):
+  """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+  def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+    pdt = jnp.dtype(cfg.param_dtype)
+    self.self_attn = LlamaAttention(cfg, rngs=rngs)
+    self.mlp = LlamaMLP(cfg, rngs=rngs)
+    self.input_layernorm = LlamaRMSNorm(cfg.hidden_size, cfg.rms_norm_eps, pdt)
+    self.post_attention_layernorm = LlamaRMSNorm(cfg.hidden_size, cfg.rms_norm_eps, pdt)
+
+  def __call__(self, x, cos, sin, mask, layer_cache=None, index=None):
+    attn, layer_cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, layer_cache, index)
+    x = x + attn
+    x = x + self.mlp(self.post_attention_layernorm(x))
+    x = constrain(x, ("activation_batch", "activation_length", "activation_embed"))
+    return x, layer_cache
+
+
+def _run_layer(layer, x, cos, sin, mask):
+  return layer(x, cos, sin, mask)[0]
+
+
+class LlamaModel(nnx.Module):
+  """Embeddings, decoder layers and the final norm (transformers' `LlamaModel`)."""
+
+  def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+    self.config = cfg
+    self.embed_tokens = nnx.Embed(
+        cfg.vocab_size, cfg.hidden_size, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
+        embedding_init=nnx.with_partitioning(_INIT, ("vocab", "embed")), rngs=rngs)
+    self.layers = nnx.List([LlamaDecoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
+    self.norm = LlamaRMSNorm(cfg.hidden_size, cfg.rms_norm_eps, jnp.dtype(cfg.param_dtype))
+
+
+class LlamaForCausalLM(nnx.Module):
+  """Decoder LM with transformers' `LlamaForCausalLM` interface and parameter layout."""
+  hf_architecture = "LlamaForCausalLM"
+
+  def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    self.model = LlamaModel(config, rngs=rngs)
+    if not config.tie_word_embeddings:
+      self.lm_head = _dense(config, config.hidden_size, config.vocab_size, ("embed", "vocab"), False, rngs)
+
+  def embed(self, input_ids: jax.Array) -> jax.Array:
+    """Token embeddings (B, L, hidden) in the compute dtype (LLaVA merges image features into these)."""
+    x = self.model.embed_tokens(jnp.asarray(input_ids, jnp.int32))
+    return constrain(x, ("activation_batch", "activation_length", "activation_embed"))
+
+  def init_cache(self, batch_size: int, max_length: int, dtype=None) -> KVCache:
+    """An empty KV cache with `max_length` slots per sequence."""
+    cfg = self.config
+    dtype = jnp.dtype(dtype or cfg.dtype)
+    shape = (batch_size, max_length, cfg.num_key_value_heads, cfg.head_dim)
+    zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_hidden_layers))
+    return KVCache(keys=zeros, values=tuple(jnp.zeros(shape, dtype) for _ in zeros),
+                   index=jnp.zeros((), jnp.int32))
+
+  def __call__(self, input_ids=None, attention_mask=None, *, inputs_embeds=None, position_ids=None,
+               cache: KVCache | None = None, output_hidden_states: bool = False,
+               logits_to_keep: int = 0) -> CausalLMOutput:
+    """Logits (B, L, vocab) for token ids or embeddings.
+
+    Args:
+      input_ids / inputs_embeds: (B, L) ids or (B, L, hidden) embeddings (exactly one).
+      attention_mask: 1 for real tokens, 0 for (left) padding. Without a cache it is (B, L);
+        with a cache it covers every cache slot, (B, max_length).
+      position_ids: (B, L); default from the mask as transformers' `generate` does
+        (cumsum - 1 over real tokens), i.e. left padding does not shift positions.
+      cache: a `KVCache` (from `init_cache`); the new keys/values are written at `cache.index`
+        and the returned output carries the advanced cache.
+      logits_to_keep: if > 0, only the last that many positions get logits (prefill).
+    """
+    cfg = self.config
+    if (input_ids is None) == (inputs_embeds is None):
+      raise ValueError("LlamaForCausalLM: pass exactly one of input_ids and inputs_embeds")
+    x = self.embed(input_ids) if inputs_embeds is None else jnp.asarray(inputs_embeds, jnp.dtype(cfg.dtype))
+    b, l, _ = x.shape
+    total = l if cache is None else cache.keys[0].shape[1] if cfg.num_hidden_layers else l
+    if attention_mask is None:
+      attention_mask = jnp.ones((b, total), jnp.int32)
+    attention_mask = jnp.asarray(attention_mask)
+    if attention_mask.shape != (b, total):
+      raise ValueError(f"LlamaForCausalLM: attention_mask has shape {attention_mask.shape}, expected "
+                       f"{(b, total)} ({'cache slots' if cache is not None else 'input length'})")
+    start = jnp.zeros((), jnp.int32) if cache is None else cache.index
+    valid = attention_mask.astype(bool)
+    if position_ids is None:
+      pos_all = jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1
+      pos_all = jnp.where(valid, pos_all, 1)
+      position_ids = jax.lax.dynamic_slice_in_dim(pos_all, start, l, axis=1)
+    position_ids = jnp.asarray(position_ids, jnp.int32)
+    inv_freq = rope.inv_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling_dict,
+                                    cfg.max_position_embeddings, jnp.max(position_ids) + 1)
+    cos, sin = rope.cos_sin(position_ids, inv_freq, x.dtype)
+    # Query i (cache slot start + i) sees real key slots j <= start + i.
+    q_slot = start + jnp.arange(l)
+    mask = (jnp.arange(total)[None, :] <= q_slot[:, None])[None] & valid[:, None, :]
+    x = constrain(x, ("activation_batch", "activation_length", "activation_embed"))
+    hidden_states = [x] if output_hidden_states else None
+    new_k, new_v = [], []
+    for i, layer in enumerate(self.model.layers):
+      if cache is not None:
+        x, (k, v) = layer(x, cos, sin, mask, (cache.keys[i], cache.values[i]), cache.index)
+        new_k.append(k)
+        new_v.append(v)
+      elif cfg.remat:
+        x = nnx.remat(_run_layer)(layer, x, cos, sin, mask)
+      else:
+        x = layer(x, cos, sin, mask)[0]
+      if output_hidden_states:
+        hidden_states.append(x)
+    x = self.model.norm(x)
+    if output_hidden_states:
+      hidden_states[-1] = x  # transformers reports the normed output as the last hidden state
+    if logits_to_keep:
+      x = x[:, -logits_to_keep:]
+    if cfg.tie_word_embeddings:
+      logits = jnp.einsum("bld,vd->blv", x, self.model.embed_tokens.embedding[...].astype(x.dtype))
+    else:
+      logits = self.lm_head(x)
+    logits = constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
+    new_cache = None
+    if cache is not None:
+      new_cache = KVCache(keys=tuple(new_k), values=tuple(new_v), index=cache.index + l)
+    return CausalLMOutput(logits=logits, hidden_states=tuple(hidden_states) if hidden_states else None,
+                          cache=new_cache)
