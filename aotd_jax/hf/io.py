@@ -122,7 +122,8 @@ def read_tensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
 def write_tensors(tensors: Mapping[str, np.ndarray], path: str, *, max_shard_bytes: int = 5 * 2**30) -> None:
   """Writes tensors as `model.safetensors`, or as shards plus an index when over the limit."""
   os.makedirs(path, exist_ok=True)
-  tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+  # np.asarray(order="C"), not np.ascontiguousarray: the latter turns 0-d tensors (CLIP logit_scale) into (1,).
+  tensors = {k: np.asarray(v, order="C") for k, v in tensors.items()}
   shards: list[dict[str, np.ndarray]] = [{}]
   size = 0
   for key in sorted(tensors):

@@ -150,5 +150,5 @@ def export_params(model: nnx.Module, rules: Iterable[Rule], dtype=None) -> dict[
     value = np.asarray(jax.device_get(flat[rule.flax].get_value()))
     if dtype is not None and jnp.issubdtype(value.dtype, jnp.floating):
       value = value.astype(dtype)
-    out[rule.hf] = np.ascontiguousarray(rule.transform.to_hf(value))
+    out[rule.hf] = np.asarray(rule.transform.to_hf(value), order="C")  # keeps 0-d tensors 0-d
   return out
