@@ -1,0 +1,439 @@
+"""Running untrusted generated programs: `run_program` and the worker pool behind it.
+
+Two layers. `sandbox_policy.validate` refuses, by spelling, anything outside a small subset
+of Python (imports, dunders, frame walks, format tricks, dangerous builtins). What passes
+runs in a separate, stdlib-only worker process (`sandbox_worker.py`) under OS limits
+(RLIMIT_AS memory, RLIMIT_CPU, RLIMIT_FSIZE=0, RLIMIT_NOFILE, no core files, its own
+session), with a line-step budget, a recursion limit and a bounded `print`. The wall-clock
+limit is enforced from here: a C-level operation such as `10 ** (10 ** 9)` ignores signals,
+so on overrun the worker's process group is SIGKILLed and a fresh worker replaces it.
+
+Tools run here, in the parent, where the models are loaded: the worker's tool names are
+proxies that forward each call over a socket. Plain data (numbers, strings, containers,
+numpy arrays up to `array_by_value_bytes`) is copied; any other object a tool returns
+(a `VideoClip` with its frames, a detection record) stays here and the program gets a
+handle that supports public attribute reads, `len`, indexing, iteration, `in` and truth.
+What the worker sends back is unpickled with an allow-list of classes, so even a
+compromised worker cannot make the parent build arbitrary objects.
+"""
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import inspect
+import io
+import itertools
+import os
+import pickle
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from aotd_jax.agent import sandbox_policy
+from aotd_jax.agent.trace import ToolCall, Trace, summarize
+
+_WORKER_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_worker.py")
+_PLAIN_TYPES = (type(None), bool, int, float, complex, str, bytes, list, tuple, dict, set,
+                frozenset, slice, range, bytearray, pickle.PickleBuffer)
+_WORKER_GLOBALS = frozenset({
+    ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "complex"),
+    ("builtins", "slice"), ("builtins", "range"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+})
+MAX_ITER_ITEMS = 100_000
+
+
+@dataclasses.dataclass
+class Execution:
+  """The outcome of one program: `ok` with `value`, or not `ok` with a one-line `error`.
+
+  `trace` lists every tool call in order (also for failed runs, up to the failure);
+  `stdout` is what the program printed (bounded); `seconds` is the whole run's wall time.
+  """
+  ok: bool
+  value: Any = None
+  error: str | None = None
+  trace: list[ToolCall] = dataclasses.field(default_factory=list)
+  stdout: str = ""
+  seconds: float = 0.0
+
+  def to_trace(self, program: str | None = None) -> Trace:
+    """The JSON-serialisable `Trace` of this execution."""
+    return Trace(calls=list(self.trace), value=self.value, ok=self.ok, error=self.error,
+                 seconds=self.seconds, stdout=self.stdout, program=program)
+
+
+class _Handles:
+  """Objects kept in the parent for one run, by id."""
+
+  def __init__(self, array_by_value_bytes: int):
+    self.objects: list[Any] = []
+    self.ids: dict[int, int] = {}
+    self.array_by_value_bytes = array_by_value_bytes
+
+  def persistent_id(self, obj):
+    t = type(obj)
+    if t in _PLAIN_TYPES or isinstance(obj, np.dtype):
+      return None
+    if (getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)) in _WORKER_GLOBALS:
+      return None  # the classes and functions that rebuild arrays, pickled by reference
+    if t is np.ndarray or isinstance(obj, np.generic):
+      if obj.dtype != object and obj.nbytes <= self.array_by_value_bytes:
+        return None
+    hid = self.ids.get(id(obj))
+    if hid is None:
+      hid = len(self.objects)
+      self.objects.append(obj)
+      self.ids[id(obj)] = hid
+    try:
+      text = repr(obj)
+    except Exception:  # a tool object with a broken repr is still usable
+      text = f"<{t.__name__}>"
+    if len(text) > 200:
+      text = text[:197] + "..."
+    return ("h", hid, t.__name__, text)
+
+  def dumps(self, msg) -> bytes:
+    buf = io.BytesIO()
+    pickler = pickle.Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL)
+    pickler.persistent_id = self.persistent_id
+    pickler.dump(msg)
+    return buf.getvalue()
+
+  def loads(self, data: bytes):
+    handles = self
+
+    class _Restricted(pickle.Unpickler):
+
+      def find_class(self, module, name):
+        if (module, name) not in _WORKER_GLOBALS:
+          raise pickle.UnpicklingError(f"worker sent a forbidden object {module}.{name}")
+        return super().find_class(module, name)
+
+      def persistent_load(self, pid):
+        if (not isinstance(pid, tuple) or len(pid) != 2 or pid[0] != "h"
+            or not isinstance(pid[1], int) or not 0 <= pid[1] < len(handles.objects)):
+          raise pickle.UnpicklingError(f"worker sent an unknown handle {pid!r}")
+        return handles.objects[pid[1]]
+
+    return _Restricted(io.BytesIO(data)).load()
+
+
+class _Worker:
+  """One worker process and our end of its socket."""
+
+  def __init__(self, memory_mb: int, cwd: str | None):
+    parent_sock, child_sock = socket.socketpair()
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "OPENBLAS_NUM_THREADS": "1",
+           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "LC_ALL": "C.UTF-8"}
+    fd = child_sock.fileno()
+    self.proc = subprocess.Popen(
+        [sys.executable, "-I", _WORKER_PATH, str(fd), str(memory_mb)], pass_fds=(fd,),
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True, env=env, cwd=cwd, close_fds=True)
+    child_sock.close()
+    self.conn = Connection(parent_sock.detach())
+    self.ready = False
+    self.runs = 0
+
+  def wait_ready(self, timeout: float) -> str | None:
+    """Waits for the worker's hello; returns an error message or None."""
+    if self.ready:
+      return None
+    try:
+      if not self.conn.poll(timeout):
+        return f"sandbox worker did not start within {timeout:.0f} s"
+      msg = pickle.loads(self.conn.recv_bytes(1024))
+    except (EOFError, OSError) as e:
+      return f"sandbox worker failed to start ({self.exit_reason() or e})"
+    if not (isinstance(msg, tuple) and msg[:1] == ("ready",)):
+      return "sandbox worker sent a bad hello"
+    self.ready = True
+    return None
+
+  def exit_reason(self) -> str | None:
+    try:
+      code = self.proc.wait(timeout=1.0)
+    except subprocess.TimeoutExpired:
+      return None
+    if code < 0:
+      name = signal.Signals(-code).name
+      extra = {"SIGXCPU": " (CPU time limit)", "SIGSEGV": " (crashed)",
+               "SIGKILL": " (killed)"}.get(name, "")
+      return f"killed by {name}{extra}"
+    return f"exited with status {code}"
+
+  def kill(self) -> None:
+    try:
+      os.killpg(self.proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+      pass
+    try:
+      self.proc.wait(timeout=5.0)
+    except subprocess.TimeoutExpired:  # pragma: no cover
+      pass
+    self.conn.close()
+
+  def alive(self) -> bool:
+    return self.proc.poll() is None
+
+
+class _Overrun(Exception):
+  """The run must end with the worker killed; the message is the reason."""
+
+
+class Sandbox:
+  """A pool of warm worker processes that run generated programs.
+
+  Thread-safe: concurrent `run` calls use different workers (tools are then called from
+  several threads at once). Use as a context manager, or call `close()`.
+
+  Args:
+    num_workers: warm workers kept ready (runs beyond this wait for a free one).
+    memory_mb: RLIMIT_AS of each worker (address space, numpy included: ~100 MB).
+    cwd: working directory of the workers (default: this process's).
+    array_by_value_bytes: numpy arrays up to this size are copied to the program; larger
+      ones stay here behind a handle.
+    max_message_bytes: the largest message accepted from a worker.
+    max_runs_per_worker: a worker is replaced after this many runs (and after any failure).
+  """
+
+  def __init__(self, num_workers: int = 2, *, memory_mb: int = 512, cwd: str | None = None,
+               array_by_value_bytes: int = 1 << 20, max_message_bytes: int = 64 << 20,
+               max_runs_per_worker: int = 200, start_timeout_s: float = 60.0):
+    if num_workers < 1:
+      raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+    if memory_mb < 64:
+      raise ValueError(f"memory_mb must be >= 64 (numpy alone needs ~100), got {memory_mb}")
+    self.memory_mb, self.cwd = memory_mb, cwd
+    self.array_by_value_bytes = array_by_value_bytes
+    self.max_message_bytes = max_message_bytes
+    self.max_runs_per_worker = max_runs_per_worker
+    self.start_timeout_s = start_timeout_s
+    self._idle: queue.Queue[_Worker] = queue.Queue()
+    self._closed = False
+    self._lock = threading.Lock()
+    for _ in range(num_workers):
+      self._idle.put(_Worker(memory_mb, cwd))
+
+  def __enter__(self) -> "Sandbox":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+  def close(self) -> None:
+    """Kills the idle workers (busy ones are killed when their run ends)."""
+    self._closed = True
+    while True:
+      try:
+        self._idle.get_nowait().kill()
+      except queue.Empty:
+        return
+
+  def _checkin(self, worker: _Worker, healthy: bool) -> None:
+    worker.runs += 1
+    if healthy and not self._closed and worker.runs < self.max_runs_per_worker:
+      self._idle.put(worker)
+      return
+    worker.kill()
+    if not self._closed:
+      self._idle.put(_Worker(self.memory_mb, self.cwd))
+
+  def run(self, source: str, tools: Mapping[str, Callable], args: Mapping[str, Any], *,
+          timeout_s: float, max_steps: int = 1_000_000, max_output_chars: int = 100_000,
+          max_depth: int = 100, max_tool_calls: int = 1000,
+          entry_point: str = "execute_command", keep_raw: bool = False) -> Execution:
+    """Validates and runs `source`, calling `entry_point(**args)`. Never raises for
+    anything the program does; see `run_program` for the arguments."""
+    t_start = time.perf_counter()
+    if self._closed:
+      raise RuntimeError("Sandbox is closed")
+    if not timeout_s > 0:
+      raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+    bad = [n for n in tools if not n.isidentifier() or n.startswith("_")]
+    if bad:
+      raise ValueError(f"tool names must be public identifiers, got {bad}")
+    try:
+      sandbox_policy.validate(source, entry_point=entry_point)
+    except sandbox_policy.PolicyError as e:
+      return Execution(ok=False, error=f"refused: {e}",
+                       seconds=time.perf_counter() - t_start)
+    limits = {"timeout_s": timeout_s, "max_steps": max_steps,
+              "max_output_chars": max_output_chars, "max_depth": max_depth,
+              "entry_point": entry_point}
+    worker = self._idle.get()
+    err = worker.wait_ready(self.start_timeout_s)
+    if err is not None:
+      self._checkin(worker, healthy=False)
+      return Execution(ok=False, error=err, seconds=time.perf_counter() - t_start)
+    calls: list[ToolCall] = []
+    handles = _Handles(self.array_by_value_bytes)
+    healthy = False
+    try:
+      worker.conn.send_bytes(handles.dumps(
+          ("run", source, dict(args), sorted(tools), limits)))
+      kind, value, stdout = self._serve(worker, handles, tools, calls, timeout_s,
+                                        max_tool_calls, keep_raw)
+      healthy = kind == "done"
+      ex = Execution(ok=healthy, value=value if healthy else None,
+                     error=None if healthy else value, trace=calls, stdout=stdout)
+    except _Overrun as e:
+      ex = Execution(ok=False, error=str(e), trace=calls)
+    finally:
+      self._checkin(worker, healthy)
+    ex.seconds = time.perf_counter() - t_start
+    return ex
+
+  def _serve(self, worker: _Worker, handles: _Handles, tools, calls, timeout_s,
+             max_tool_calls, keep_raw):
+    """Answers the worker's requests until it reports; the program's own time (not the
+    tools') counts against `timeout_s`."""
+    budget = timeout_s
+    while True:
+      t0 = time.perf_counter()
+      try:
+        if not worker.conn.poll(max(budget, 0.0)):
+          raise _Overrun(f"timed out after {timeout_s:g} s (worker killed)")
+        data = worker.conn.recv_bytes(self.max_message_bytes)
+      except (EOFError, ConnectionError):
+        raise _Overrun(f"worker died: {worker.exit_reason() or 'connection lost'}") from None
+      except OSError as e:
+        raise _Overrun(f"worker message rejected: {e} "
+                       f"(limit {self.max_message_bytes} bytes)") from None
+      budget -= time.perf_counter() - t0
+      try:
+        msg = handles.loads(data)
+      except Exception as e:
+        raise _Overrun(f"worker sent an unreadable message: {e}") from None
+      kind = msg[0] if isinstance(msg, tuple) and msg else None
+      if kind in ("done", "fail") and len(msg) == 3:
+        return msg
+      if kind == "call" and len(msg) == 4:
+        if len(calls) >= max_tool_calls:
+          raise _Overrun(f"tool-call limit exceeded (more than {max_tool_calls} calls)")
+        reply = self._call_tool(tools, msg[1], msg[2], msg[3], calls, keep_raw)
+      elif kind == "op" and len(msg) == 4:
+        reply = _handle_op(handles, *msg[1:])
+      else:
+        raise _Overrun(f"worker sent a bad message ({str(msg)[:80]})")
+      try:
+        data = handles.dumps(reply)
+      except Exception as e:  # a tool result that does not pickle
+        data = handles.dumps(("err", f"result could not be sent: {type(e).__name__}: {e}"))
+      worker.conn.send_bytes(data)
+
+  @staticmethod
+  def _call_tool(tools, name, args, kwargs, calls, keep_raw):
+    fn = tools.get(name) if isinstance(name, str) else None
+    if fn is None or not isinstance(args, tuple) or not isinstance(kwargs, dict):
+      return ("err", f"unknown tool {name!r}")
+    named = _bind(fn, args, kwargs)
+    t0 = time.perf_counter()
+    try:
+      result = fn(*args, **kwargs)
+    except Exception as e:
+      seconds = time.perf_counter() - t0
+      msg = f"tool {name} failed: {type(e).__name__}: {str(e)[:300]}"
+      calls.append(ToolCall(name, summarize(named), None, seconds, error=msg))
+      return ("err", msg)
+    seconds = time.perf_counter() - t0
+    call = ToolCall(name, summarize(named), summarize(result), seconds)
+    if keep_raw:
+      call.raw = (named, result)
+    calls.append(call)
+    return ("ok", result)
+
+
+def _bind(fn: Callable, args: tuple, kwargs: dict) -> dict:
+  """Names the arguments of a call by the tool's signature (arg0, arg1... if it can't)."""
+  try:
+    bound = inspect.signature(fn).bind(*args, **kwargs)
+    return dict(bound.arguments)
+  except (TypeError, ValueError):
+    named = {f"arg{i}": a for i, a in enumerate(args)}
+    named.update(kwargs)
+    return named
+
+
+def _handle_op(handles: _Handles, hid, op, operand):
+  """Runs a program's operation on an object kept in the parent."""
+  if not isinstance(hid, int) or not 0 <= hid < len(handles.objects):
+    return ("err", f"unknown handle {hid!r}")
+  obj = handles.objects[hid]
+  tname = type(obj).__name__
+  try:
+    if op == "attr":
+      if (not isinstance(operand, str) or operand.startswith(
+          sandbox_policy.FORBIDDEN_ATTRIBUTE_PREFIXES)
+          or operand in sandbox_policy.FORBIDDEN_ATTRIBUTES):
+        return ("err", f"attribute {operand!r} of {tname} is not allowed")
+      value = getattr(obj, operand)
+      if callable(value):
+        return ("err", f"calling methods of tool results is not allowed ({tname}.{operand})")
+      return ("ok", value)
+    if op == "len":
+      return ("ok", len(obj))
+    if op == "bool":
+      return ("ok", bool(obj))
+    if op == "item":
+      return ("ok", obj[operand])
+    if op == "contains":
+      return ("ok", operand in obj)
+    if op == "iter":
+      items = list(itertools.islice(iter(obj), MAX_ITER_ITEMS + 1))
+      if len(items) > MAX_ITER_ITEMS:
+        return ("err", f"{tname} has more than {MAX_ITER_ITEMS} items to iterate")
+      return ("ok", items)
+  except Exception as e:
+    return ("err", f"{tname} {op} failed: {type(e).__name__}: {str(e)[:200]}")
+  return ("err", f"unknown operation {op!r}")
+
+
+_DEFAULT: Sandbox | None = None
+_DEFAULT_LOCK = threading.Lock()
+
+
+def default_sandbox() -> Sandbox:
+  """The process-wide pool used by `run_program` when no `sandbox` is given."""
+  global _DEFAULT
+  with _DEFAULT_LOCK:
+    if _DEFAULT is None or _DEFAULT._closed:
+      _DEFAULT = Sandbox()
+      atexit.register(_DEFAULT.close)
+    return _DEFAULT
+
+
+def run_program(source: str, tools: Mapping[str, Callable], args: Mapping[str, Any], *,
+                timeout_s: float, sandbox: Sandbox | None = None, **limits) -> Execution:
+  """Runs an untrusted program's `execute_command(**args)` with `tools` available.
+
+  Args:
+    source: Python source defining `def execute_command(video_clip, query,
+      possible_answers)`; validated against `sandbox_policy` before it runs.
+    tools: tool name -> callable, run in this process when the program calls them.
+    args: keyword arguments of `execute_command`.
+    timeout_s: wall-clock limit on the program's own execution (time inside tools is not
+      counted); on overrun the worker is killed.
+    sandbox: the worker pool to use (default: a shared pool of 2 workers, 512 MB each).
+    **limits: `max_steps` (1e6 line events), `max_output_chars` (1e5), `max_depth` (100),
+      `max_tool_calls` (1000), `entry_point`, `keep_raw` (keep raw tool arguments/results
+      on each ToolCall as `.raw`, for viewers).
+
+  Returns:
+    `Execution(ok, value, error, trace, stdout, seconds)`; never raises for anything the
+    program does (bad arguments to this function do raise ValueError).
+  """
+  return (sandbox or default_sandbox()).run(source, tools, args, timeout_s=timeout_s,
+                                            **limits)

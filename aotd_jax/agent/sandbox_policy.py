@@ -1,0 +1,166 @@
+"""The static half of the sandbox: an AST allow-list for generated programs.
+
+`validate(source)` parses a program and refuses anything outside a small, boring subset of
+Python: functions, assignments, loops, conditionals, comprehensions, calls, literals and
+`try/except` over named exception classes. Everything that could reach the interpreter's
+internals is refused by *spelling*, before the program runs: imports, dunder names and
+attributes, frame / traceback / generator introspection attributes, `str.format` (whose
+field names walk attributes: `"{0.__class__}".format(x)`), `global` / `nonlocal`, classes,
+`with`, generators and the dangerous builtins. The worker process then enforces the dynamic
+limits (time, memory, steps, output); this module only decides what may run at all.
+"""
+from __future__ import annotations
+
+import ast
+import builtins
+
+MAX_SOURCE_CHARS = 100_000
+MAX_AST_NODES = 20_000
+
+# Builtins a program may use. The worker exposes exactly these (plus `print`, captured).
+SAFE_BUILTINS = frozenset({
+    "abs", "all", "any", "bool", "chr", "dict", "divmod", "enumerate", "filter", "float",
+    "frozenset", "hash", "int", "isinstance", "len", "list", "map", "max", "min", "ord",
+    "pow", "print", "range", "repr", "reversed", "round", "set", "slice", "sorted", "str",
+    "sum", "tuple", "zip", "True", "False", "None",
+})
+# Exception classes a program may raise or catch. BaseException and its non-Exception
+# children are absent on purpose: the worker's own limits derive from BaseException, so a
+# program cannot swallow them.
+SAFE_EXCEPTIONS = frozenset({
+    "Exception", "ArithmeticError", "AssertionError", "AttributeError", "IndexError",
+    "KeyError", "LookupError", "NameError", "RuntimeError", "StopIteration", "TypeError",
+    "ValueError", "ZeroDivisionError",
+})
+ALLOWED_NAMES = SAFE_BUILTINS | SAFE_EXCEPTIONS
+
+# Builtins refused with a pointed reason (everything else not allowed is refused too, at
+# run time, by its absence from the worker's builtins).
+FORBIDDEN_NAMES = frozenset(
+    name for name in dir(builtins) if not name.startswith("_")
+) - ALLOWED_NAMES
+
+# Attributes that introspect frames, code, generators, tracebacks or classes, or that write
+# files (numpy's `tofile` / `dump`), or that walk attributes through a format string.
+FORBIDDEN_ATTRIBUTES = frozenset({
+    "format", "format_map", "mro", "tofile", "dump", "dumps", "ctypes",
+    "func_globals", "func_code", "im_func", "im_self", "im_class",
+})
+FORBIDDEN_ATTRIBUTE_PREFIXES = ("_", "gi_", "cr_", "ag_", "f_", "tb_", "co_", "func_")
+
+# Node types that may appear at all. Anything else is refused with its class name.
+_ALLOWED_NODES = (
+    ast.Module, ast.FunctionDef, ast.arguments, ast.arg, ast.Return, ast.Assign,
+    ast.AugAssign, ast.AnnAssign, ast.For, ast.While, ast.If, ast.Raise, ast.Try,
+    ast.ExceptHandler, ast.Assert, ast.Expr, ast.Pass, ast.Break, ast.Continue, ast.Delete,
+    ast.BoolOp, ast.BinOp, ast.UnaryOp, ast.Lambda, ast.IfExp, ast.Dict, ast.Set,
+    ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp, ast.comprehension,
+    ast.Compare, ast.Call, ast.keyword, ast.FormattedValue, ast.JoinedStr, ast.Constant,
+    ast.Attribute, ast.Subscript, ast.Starred, ast.Name, ast.List, ast.Tuple, ast.Slice,
+    ast.NamedExpr, ast.expr_context, ast.boolop, ast.operator, ast.unaryop, ast.cmpop,
+)
+_REFUSED_NODE_REASONS = {
+    ast.Import: "import is not allowed",
+    ast.ImportFrom: "import is not allowed",
+    ast.Global: "'global' is not allowed",
+    ast.Nonlocal: "'nonlocal' is not allowed",
+    ast.ClassDef: "class definitions are not allowed",
+    ast.With: "'with' is not allowed",
+    ast.AsyncWith: "'async with' is not allowed",
+    ast.AsyncFunctionDef: "async functions are not allowed",
+    ast.AsyncFor: "'async for' is not allowed",
+    ast.Await: "'await' is not allowed",
+    ast.Yield: "generators ('yield') are not allowed",
+    ast.YieldFrom: "generators ('yield from') are not allowed",
+    ast.Match: "'match' is not allowed",
+}
+
+
+class PolicyError(ValueError):
+  """A program was refused by the allow-list; `str(err)` is a one-line reason."""
+
+
+def _is_dunder(name: str) -> bool:
+  return name.startswith("__")
+
+
+def _check_name(name: str, node: ast.AST) -> None:
+  if _is_dunder(name):
+    raise PolicyError(f"line {node.lineno}: dunder name '{name}' is not allowed")
+  if name in FORBIDDEN_NAMES:
+    raise PolicyError(f"line {node.lineno}: builtin '{name}' is not allowed")
+
+
+def _check_attribute(node: ast.Attribute) -> None:
+  attr = node.attr
+  if attr in FORBIDDEN_ATTRIBUTES or attr.startswith(FORBIDDEN_ATTRIBUTE_PREFIXES):
+    raise PolicyError(f"line {node.lineno}: attribute '.{attr}' is not allowed")
+
+
+def _check_handler(node: ast.ExceptHandler) -> None:
+  if node.type is None:
+    raise PolicyError(f"line {node.lineno}: bare 'except:' is not allowed; name the exception")
+  types = node.type.elts if isinstance(node.type, ast.Tuple) else [node.type]
+  for t in types:
+    if not (isinstance(t, ast.Name) and t.id in SAFE_EXCEPTIONS):
+      shown = ast.unparse(t)
+      raise PolicyError(
+          f"line {node.lineno}: 'except {shown}' is not allowed; catch one of "
+          f"{', '.join(sorted(SAFE_EXCEPTIONS))}")
+
+
+def validate(source: str, *, entry_point: str = "execute_command") -> ast.Module:
+  """Parses `source` and checks it against the allow-list.
+
+  Returns the parsed module. Raises `PolicyError` with a one-line reason (with the line
+  number) for the first construct that is refused, for a syntax error, or when the program
+  does not define `def <entry_point>(...)` at top level.
+  """
+  if not isinstance(source, str):
+    raise PolicyError(f"program must be a str, got {type(source).__name__}")
+  if len(source) > MAX_SOURCE_CHARS:
+    raise PolicyError(f"program is too long ({len(source)} > {MAX_SOURCE_CHARS} chars)")
+  try:
+    tree = ast.parse(source, filename="<program>", mode="exec")
+  except SyntaxError as e:
+    raise PolicyError(f"line {e.lineno}: syntax error: {e.msg}") from None
+  except (ValueError, MemoryError, RecursionError) as e:  # null bytes, absurd nesting
+    raise PolicyError(f"program could not be parsed: {type(e).__name__}: {e}") from None
+
+  count = 0
+  for node in ast.walk(tree):
+    count += 1
+    if count > MAX_AST_NODES:
+      raise PolicyError(f"program is too large (more than {MAX_AST_NODES} syntax nodes)")
+    reason = _REFUSED_NODE_REASONS.get(type(node))
+    if reason is not None:
+      raise PolicyError(f"line {node.lineno}: {reason}")
+    if not isinstance(node, _ALLOWED_NODES):
+      line = getattr(node, "lineno", "?")
+      raise PolicyError(f"line {line}: '{type(node).__name__}' syntax is not allowed")
+    if isinstance(node, ast.Name):
+      _check_name(node.id, node)
+    elif isinstance(node, ast.Attribute):
+      _check_attribute(node)
+    elif isinstance(node, ast.ExceptHandler):
+      _check_handler(node)
+      if node.name is not None:
+        _check_name(node.name, node)
+    elif isinstance(node, (ast.FunctionDef, ast.Lambda)):
+      if isinstance(node, ast.FunctionDef):
+        _check_name(node.name, node)
+      args = node.args
+      for a in args.posonlyargs + args.args + args.kwonlyargs + [args.vararg, args.kwarg]:
+        if a is not None:
+          _check_name(a.arg, node)
+    elif isinstance(node, ast.keyword) and node.arg is not None and _is_dunder(node.arg):
+      raise PolicyError(f"line {node.lineno}: dunder keyword '{node.arg}' is not allowed")
+
+  if not any(isinstance(n, ast.FunctionDef) and n.name == entry_point for n in tree.body):
+    raise PolicyError(f"program does not define 'def {entry_point}(...)' at top level")
+  for n in tree.body:
+    if not isinstance(n, (ast.FunctionDef, ast.Assign, ast.AnnAssign, ast.Expr)):
+      raise PolicyError(
+          f"line {n.lineno}: only function definitions and assignments are allowed at top "
+          f"level, not '{type(n).__name__}'")
+  return tree

@@ -1,0 +1,162 @@
+"""Execution traces: every tool call of a program, in structured, JSON-serialisable form.
+
+A trace is the evidence the rationale is written from (AoTD §3.2): which tool was called
+with which arguments (frame windows, object names, questions), what it returned (boxes with
+frame indices, labels, the chosen answer), how long it took, and the program's final value.
+`summarize(value)` turns whatever a tool takes or returns into plain JSON: numpy arrays
+become lists (or a shape/dtype summary when large, e.g. video frames), objects with
+`to_json()` use it, dataclasses become dicts tagged with their type.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any, Sequence
+
+MAX_ARRAY_ELEMENTS = 256    # arrays up to this size are kept whole (boxes, scores)
+MAX_SEQUENCE_ITEMS = 1000   # longer lists keep their head and count the rest
+MAX_STRING_CHARS = 4000
+MAX_DEPTH = 12
+
+
+def _summarize_array(arr, max_array_elements: int) -> Any:
+  if arr.dtype.kind in "biuf" and arr.size <= max_array_elements:
+    return [summarize(v) for v in arr.tolist()] if arr.ndim else summarize(arr.item())
+  if arr.dtype.kind in "US" and arr.size <= max_array_elements:
+    return arr.tolist()
+  out = {"type": "ndarray", "shape": list(arr.shape), "dtype": str(arr.dtype),
+         "truncated": True}
+  if arr.dtype.kind in "biuf" and arr.size:
+    out["min"] = summarize(arr.min().item())
+    out["max"] = summarize(arr.max().item())
+  return out
+
+
+def summarize(value: Any, *, max_array_elements: int = MAX_ARRAY_ELEMENTS,
+              _depth: int = 0) -> Any:
+  """Returns a JSON-serialisable summary of `value` (a tool argument or result).
+
+  Numbers, strings, None stay as they are (non-finite floats become "nan"/"inf" strings);
+  numpy arrays of at most `max_array_elements` become nested lists, larger ones a
+  `{"type": "ndarray", "shape", "dtype", "truncated": true, "min", "max"}` summary;
+  objects with `to_json()` are summarised through it; dataclasses become
+  `{"type": ClassName, field: ...}`; mappings and sequences recurse (sequences longer than
+  MAX_SEQUENCE_ITEMS keep their head plus a `{"truncated": n}` marker); anything else
+  becomes `{"type": ClassName, "repr": ...}`.
+  """
+  kw = dict(max_array_elements=max_array_elements, _depth=_depth + 1)
+  if value is None or isinstance(value, (bool, int)):
+    return int(value) if type(value) not in (bool, int) and isinstance(value, int) else value
+  if isinstance(value, float):
+    return value if math.isfinite(value) else str(value)
+  if isinstance(value, str):
+    return value if len(value) <= MAX_STRING_CHARS else value[:MAX_STRING_CHARS] + "..."
+  if _depth > MAX_DEPTH:
+    return {"type": type(value).__name__, "repr": repr(value)[:200]}
+  np = _numpy()
+  if np is not None:
+    if isinstance(value, np.ndarray):
+      return _summarize_array(value, max_array_elements)
+    if isinstance(value, np.generic):
+      return summarize(value.item(), **kw)
+  if hasattr(value, "__jax_array__") or type(value).__module__.startswith("jax"):
+    if np is not None and hasattr(value, "shape"):
+      return _summarize_array(np.asarray(value), max_array_elements)
+  to_json = getattr(value, "to_json", None)
+  if callable(to_json) and not isinstance(value, type):
+    return summarize(to_json(), **kw)
+  if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    out = {"type": type(value).__name__}
+    for f in dataclasses.fields(value):
+      out[f.name] = summarize(getattr(value, f.name), **kw)
+    return out
+  if isinstance(value, dict):
+    return {str(k): summarize(v, **kw) for k, v in value.items()}
+  if isinstance(value, (set, frozenset)):
+    items = list(value)
+    try:
+      items.sort()
+    except TypeError:
+      pass
+    value = items
+  if isinstance(value, (list, tuple)):
+    head = [summarize(v, **kw) for v in value[:MAX_SEQUENCE_ITEMS]]
+    if len(value) > MAX_SEQUENCE_ITEMS:
+      head.append({"truncated": len(value) - MAX_SEQUENCE_ITEMS})
+    return head
+  if isinstance(value, bytes):
+    return {"type": "bytes", "length": len(value)}
+  return {"type": type(value).__name__, "repr": repr(value)[:200]}
+
+
+def _numpy():
+  try:
+    import numpy
+    return numpy
+  except ImportError:  # pragma: no cover
+    return None
+
+
+@dataclasses.dataclass
+class ToolCall:
+  """One tool call of a program: `args` maps parameter names to summaries; `result` is the
+  summary of what the tool returned (None with `error` set when it raised)."""
+  name: str
+  args: dict
+  result: Any
+  seconds: float
+  error: str | None = None
+  # The raw (args, result) when the sandbox ran with keep_raw=True; never serialised.
+  raw: Any = dataclasses.field(default=None, repr=False, compare=False)
+
+  def to_json(self) -> dict:
+    d = {"name": self.name, "args": self.args, "result": self.result,
+         "seconds": round(self.seconds, 6)}
+    if self.error is not None:
+      d["error"] = self.error
+    return d
+
+  @classmethod
+  def from_json(cls, d: dict) -> "ToolCall":
+    try:
+      return cls(name=d["name"], args=d["args"], result=d["result"],
+                 seconds=float(d["seconds"]), error=d.get("error"))
+    except (KeyError, TypeError) as e:
+      raise ValueError(f"bad ToolCall record {str(d)[:200]}: missing or bad {e}") from None
+
+
+@dataclasses.dataclass
+class Trace:
+  """A whole execution: the program, its tool calls in order, its value and outcome."""
+  calls: list[ToolCall]
+  value: Any = None
+  ok: bool = True
+  error: str | None = None
+  seconds: float = 0.0
+  stdout: str = ""
+  program: str | None = None
+
+  def to_json(self) -> dict:
+    """A plain dict (json.dumps-able)."""
+    return {"program": self.program, "ok": self.ok, "error": self.error,
+            "value": summarize(self.value), "seconds": round(self.seconds, 6),
+            "stdout": self.stdout, "calls": [c.to_json() for c in self.calls]}
+
+  @classmethod
+  def from_json(cls, d: dict | str) -> "Trace":
+    """Inverse of `to_json` (also accepts the JSON text)."""
+    if isinstance(d, str):
+      d = json.loads(d)
+    if not isinstance(d, dict) or "calls" not in d:
+      raise ValueError(f"bad Trace record: expected an object with 'calls', got {str(d)[:200]}")
+    return cls(calls=[ToolCall.from_json(c) for c in d["calls"]], value=d.get("value"),
+               ok=bool(d.get("ok", True)), error=d.get("error"),
+               seconds=float(d.get("seconds", 0.0)), stdout=d.get("stdout", ""),
+               program=d.get("program"))
+
+  def dumps(self) -> str:
+    return json.dumps(self.to_json(), sort_keys=True)
+
+  def tools_used(self) -> Sequence[str]:
+    return [c.name for c in self.calls]
