@@ -17,18 +17,32 @@ class Call:  # the shape of aotd_jax.agent.trace.ToolCall
   seconds: float = 0.01
 
 
+def box(frame, b, label="red circle"):
+  return {"frame": frame, "label": label, "score": 0.9, "box": b}
+
+
+def detections(obj, boxes):  # experts.tools.Detections.to_json()
+  return {"type": "Detections", "object": obj, "frames": sorted({b["frame"] for b in boxes}),
+          "boxes": boxes}
+
+
+BOXES = [box(12, [10.0, 20.0, 30.0, 44.5]), box(20, [11.0, 5.0, 31.0, 25.0])]
+# The JSON that experts.tools records for each tool (results carry their evidence).
 TRACE = [
     Call("Filter_frames_with_act", {"video_clip": clip(0, 64), "action": "red circle jumps"},
-         clip(12, 40)),
-    Call("Find", {"video_clip": clip(12, 40), "obj": "red circle"},
-         [{"frame": 12, "label": "red circle", "score": 0.9, "box": [10.0, 20.0, 30.0, 44.5]},
-          {"frame": 20, "label": "red circle", "score": 0.8, "box": [11.0, 5.0, 31.0, 25.0]}]),
-    Call("Query_Actions", {"video_clip": clip(12, 40), "obj": "red circle",
-                           "possible_answers": ["Jumped.", "Spun."]}, ["jump", "move"]),
-    Call("exist", {"video_clip": clip(12, 40), "obj": "blue square"}, False),
-    Call("Count", {"video_clip": clip(12, 40), "obj": "star"}, 2),
-    Call("Video_summary", {"video_clip": clip(12, 40)}, "A red circle jumps twice."),
-    Call("select_answer", {"video_clip": clip(12, 40), "query": "What did the red circle do?",
+         {"value": clip(12, 40), "windows": [{"start_frame": 12, "end_frame": 40, "score": 0.7,
+                                              "query": "red circle jumps"}]}),
+    Call("Find", {"video_clip": clip(12, 40), "object_name": "red circle"},
+         clip(12, 21, frame_ids=[12, 20], detections=detections("red circle", BOXES))),
+    Call("Query_Actions", {"video_clip": clip(12, 40), "object_name": "red circle",
+                           "possible_actions": ["Jumped.", "Spun."]}, ["jump", "move"]),
+    Call("exist", {"video_clip": clip(12, 40), "object_name": "blue square"},
+         {"value": False, "detections": detections("blue square", [])}),
+    Call("Count", {"video_clip": clip(12, 40), "object_name": "star"},
+         {"value": 2, "detections": detections("star", [box(30, [1, 2, 3, 4], "star"),
+                                                        box(30, [5, 6, 7, 8], "star")])}),
+    Call("Video_summary", {"video_clip": clip(12, 40), "query": None}, "A red circle jumps twice."),
+    Call("select_answer", {"query": "What did the red circle do?",
                            "possible_answers": ["Jumped.", "Spun."], "info": {}}, "Jumped."),
 ]
 
@@ -40,7 +54,10 @@ def test_verbaliser_states_every_window_and_box_and_ends_in_answer():
   assert "the red circle at [11, 5, 31, 25] in frame 20" in text
   assert "I see: jump and move" in text
   assert "The blue square is not present in frames 12-39." in text
-  assert "I count 2 star in frames 12-39." in text
+  assert ("I count 2 star in frames 12-39. I see the star at [1, 2, 3, 4] in frame 30 and "
+          "the star at [5, 6, 7, 8] in frame 30.") in text
+  assert "I locate the red circle at [10, 20, 30, 44.5] in frame 12 and the red circle at " \
+         "[11, 5, 31, 25] in frame 20. This covers frames 12-20." in text
   assert "A red circle jumps twice." in text
   assert text.endswith("the best answer is Jumped. So the answer is Jumped.")
   assert cot.missing_evidence(text, TRACE) == []
@@ -77,7 +94,8 @@ def test_evidence_collects_nested_detections():
 
 
 def test_missing_evidence_names_what_is_left_out():
-  text = "The red circle jumps in frames 12-39. So the answer is Jumped."
+  text = ("The red circle jumps in frames 12-39, stars at [1, 2, 3, 4] and [5, 6, 7, 8] in "
+          "frame 30, frames 12-20. So the answer is Jumped.")
   missing = cot.missing_evidence(text, TRACE)
   assert missing == ["the red circle at [10, 20, 30, 44.5] in frame 12",
                      "the red circle at [11, 5, 31, 25] in frame 20"]
@@ -104,8 +122,9 @@ def test_rewrite_prompt_carries_trace_and_rules():
 
 def test_rewrite_uses_llm_when_faithful_else_falls_back():
   good = ("First, the red circle jumps between frames 12 and 39, where it is at "
-          "[10, 20, 30, 44.5] in frame 12 and at [11, 5, 31, 25] in frame 20. It jumps and "
-          "moves; no blue square is there, and two stars are visible.\nSo the answer is Jumped.")
+          "[10, 20, 30, 44.5] in frame 12 and at [11, 5, 31, 25] in frame 20 (seen in frames "
+          "12-20). It jumps and moves; no blue square is there, and two stars are visible at "
+          "[1, 2, 3, 4] and [5, 6, 7, 8] in frame 30.\nSo the answer is Jumped.")
   dropped = "The circle jumps. So the answer is Jumped."
   no_answer = good.rsplit("\n", 1)[0]
   llm = ScriptedLLM([good, dropped, "", no_answer])

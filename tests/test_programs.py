@@ -161,3 +161,17 @@ def test_generate_programs_counts_failures():
   assert stats.to_dict() == {"total": 3, "parsed": 2, "repaired": 1, "failed": 1,
                              "failures": {"no `def execute_command` in the reply": 1}}
   assert len(llm.prompts) == 3 and "q2" in llm.prompts[1]
+
+
+def test_shipped_examples_bind_to_the_expert_signatures():
+  """Every call in the few-shot programs fits the signature of the tool that will run it."""
+  import inspect
+  tools = pytest.importorskip("experts.tools")
+  for dataset in ("star", "nextqa", "toyworld"):
+    for node in ast.walk(ast.parse(programs.load_examples(dataset))):
+      if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+        signature = inspect.signature(getattr(tools.Toolbox, node.func.id))
+        try:
+          signature.bind(None, *node.args, **{k.arg: k.value for k in node.keywords})
+        except TypeError as e:
+          pytest.fail(f"{dataset}.py line {node.lineno}: {node.func.id}: {e}")

@@ -75,15 +75,16 @@ def evidence(value: Any, out: Evidence | None = None) -> Evidence:
                       "box": [float(v) for v in value["box"]]})
   elif _is_window(value):
     window = (int(value["start_frame"]), int(value["end_frame"]))
-    if window not in out.windows:
+    if window[1] > window[0] and window not in out.windows:  # an empty clip shows nothing
       out.windows.append(window)
     for key, item in value.items():
       if key not in ("start_frame", "end_frame", "type", "video_id", "num_frames", "fps",
                      "frame_ids", "score", "query"):
         evidence(item, out)
   elif isinstance(value, Mapping):
-    for item in value.values():
-      evidence(item, out)
+    for key, item in value.items():
+      if key not in ("type", "frames", "score"):  # tags, frame lists restating boxes, scores
+        evidence(item, out)
   elif isinstance(value, (list, tuple)):
     for item in value:
       evidence(item, out)
@@ -148,6 +149,11 @@ def _input_window(args: Any) -> tuple[int, int] | None:
   return (int(clip["start_frame"]), int(clip["end_frame"])) if _is_window(clip) else None
 
 
+def _clean(value: Any) -> str:
+  """Text for the end of a sentence (no doubled full stop)."""
+  return _text(value).strip().rstrip(".")
+
+
 def _text(value: Any) -> str:
   if isinstance(value, str):
     return value
@@ -157,6 +163,18 @@ def _text(value: Any) -> str:
 
 def describe_call(call: Mapping) -> str:
   """One faithful sentence for one tool call (every window and box of its result)."""
+  text = _describe(call)
+  found = evidence(call["result"])
+  windows = [window_text(w) for w in found.windows if window_text(w) not in text]
+  boxes = [box_text(b) for b in found.boxes if box_text(b) not in text]
+  if windows:
+    text += f" This covers {_join(windows)}."
+  if boxes:
+    text += f" I see {_join(boxes)}."
+  return text
+
+
+def _describe(call: Mapping) -> str:
   name, args, result = call["name"], call["args"], call["result"]
   found = evidence(result)
   where = _input_window(args)
@@ -168,8 +186,7 @@ def describe_call(call: Mapping) -> str:
   if name in ("Filter_frames_with_act", "Filter_frames_with_obj", "trim") and not windows:
     return f"Looking for {subject} {scope}, I cannot find it."
   if name in ("Filter_frames_with_act", "Filter_frames_with_obj"):
-    text = f"Looking for {subject} {scope}, I find it in {_join(windows)}."
-    return text + (f" I see {_join(boxes)}." if boxes else "")
+    return f"Looking for {subject} {scope}, I find it in {_join(windows)}."
   if name == "trim":
     return f"I focus on {_join(windows)} of the video."
   if name == "Find":
@@ -181,7 +198,7 @@ def describe_call(call: Mapping) -> str:
     return f"The {subject} is {'' if seen else 'not '}present {scope}."
   if name == "Count":
     count = found.scalars[0] if found.scalars else _text(result)
-    return f"I count {count} {subject} {scope}." + (f" I see {_join(boxes)}." if boxes else "")
+    return f"I count {count} {subject} {scope}."
   if name in ("Query_Actions", "Query_Objs"):
     kind = "actions" if name == "Query_Actions" else "objects"
     labels = _join(found.labels) or "nothing relevant"
@@ -189,7 +206,7 @@ def describe_call(call: Mapping) -> str:
   if name == "Video_summary":
     return f"Watching {scope[3:] if where else 'the video'}: {_text(result)}".rstrip(".") + "."
   if name == "select_answer":
-    return f"Putting these observations together {scope}, the best answer is {_text(result).strip().rstrip('.')}."
+    return f"Putting these observations together, the best answer is {_clean(result)}."
   parts = [f"Using {name} {scope}"]
   if windows:
     parts.append(f"I find {_join(windows)}")
@@ -202,7 +219,7 @@ def describe_call(call: Mapping) -> str:
 
 def answer_sentence(answer: Any) -> str:
   """The rationale's last sentence."""
-  return f"So the answer is {_text(answer).strip().rstrip('.')}."
+  return f"So the answer is {_clean(answer)}."
 
 
 def verbalise(trace: Any, answer: Any) -> str:

@@ -1,12 +1,12 @@
 # Question: why did the boy pick up the ball at the end of the video?
 # Possible answers: (A) to throw it (B) to keep it (C) to give it to the dog (D) to clean it (E) to kick it
 def execute_command(video_clip, query, possible_answers):
-    end = trim(video_clip, start=video_clip.end_frame - 16, end=None)
+    end = trim(video_clip, start=video_clip.end_frame - 16)
     end = Filter_frames_with_obj(end, "ball")
     acts = Query_Actions(end, "boy", possible_answers)
     summary = Video_summary(end)
     info = {"actions of the boy with the ball": acts, "summary": summary}
-    answer = select_answer(end, query, possible_answers, info)
+    answer = select_answer(query, possible_answers, info)
     return answer
 
 # Question: how many people are on the stage?
@@ -14,17 +14,17 @@ def execute_command(video_clip, query, possible_answers):
 def execute_command(video_clip, query, possible_answers):
     clip = Filter_frames_with_obj(video_clip, "stage")
     n = Count(clip, "person")
-    boxes = Find(clip, "person")
-    info = {"number of people": n, "people": boxes}
-    answer = select_answer(clip, query, possible_answers, info)
+    people = Find(clip, "person")
+    info = {"number of people": n, "frames with people": people}
+    answer = select_answer(query, possible_answers, info)
     return answer
 
 # Question: what does the lady do after she sits down?
 # Possible answers: (A) drinks water (B) reads a book (C) claps (D) stands up (E) waves
 def execute_command(video_clip, query, possible_answers):
     sit = Filter_frames_with_act(video_clip, "lady sits down")
-    after = trim(video_clip, start=sit.end_frame, end=None)
+    after = trim(video_clip, start=sit.end_frame)
     acts = Query_Actions(after, "lady", possible_answers)
     info = {"actions after sitting down": acts}
-    answer = select_answer(after, query, possible_answers, info)
+    answer = select_answer(query, possible_answers, info)
     return answer
