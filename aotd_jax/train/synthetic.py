@@ -1,0 +1,72 @@
+"""Tiny synthetic distillation data for smoke runs: no files, deterministic, resumable.
+
+Each sample is a token sequence `[prompt | target]` with a short "video" tensor. Half of the
+samples are QA samples (the target is an answer: `label_mask`), half CoT samples (the target
+is a rationale followed by the answer: `rationale_mask` + `label_mask`), mirroring the
+dual-mode batches of `aotd_jax.data.pipeline`. The answer is a function of the prompt, so the
+loss can fall. Used by `configs/distill/toy.py` when no data is configured.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+class SyntheticBatches:
+  """An infinite iterator of batches with Grain-style `get_state` / `set_state`."""
+
+  def __init__(self, *, batch_size: int, seq_len: int, vocab_size: int, seed: int = 0,
+               num_frames: int = 0, image_size: int = 0, video_token_id: int | None = None,
+               num_video_tokens: int = 0, cot_fraction: float = 0.5, reserved: int = 4):
+    self.batch_size, self.seq_len, self.vocab_size = batch_size, seq_len, vocab_size
+    self.seed, self.num_frames, self.image_size = seed, num_frames, image_size
+    self.video_token_id, self.num_video_tokens = video_token_id, num_video_tokens
+    self.cot_fraction, self.reserved = cot_fraction, reserved
+    self._index = 0
+
+  def __iter__(self):
+    return self
+
+  def get_state(self) -> dict:
+    return {"index": self._index}
+
+  def set_state(self, state: dict) -> None:
+    self._index = int(state["index"])
+
+  def _sample(self, i: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng([self.seed, i])
+    L = self.seq_len
+    lo = self.reserved  # ids below `reserved` are specials (pad/bos/eos/video)
+    ids = np.zeros(L, np.int32)
+    label = np.zeros(L, np.int32)
+    rationale = np.zeros(L, np.int32)
+    pos = 0
+    if self.video_token_id is not None and self.num_video_tokens:
+      ids[:self.num_video_tokens] = self.video_token_id
+      pos = self.num_video_tokens
+    prompt_len = max(2, (L - pos) // 2)
+    prompt = rng.integers(lo, self.vocab_size, prompt_len)
+    ids[pos:pos + prompt_len] = prompt
+    pos += prompt_len
+    answer = lo + int(prompt.sum() % (self.vocab_size - lo))
+    if rng.random() < self.cot_fraction:
+      # a "rationale" that restates the prompt's tokens in order, then the answer
+      n = min(L - pos - 1, prompt_len)
+      ids[pos:pos + n] = prompt[:n]
+      rationale[pos:pos + n] = 1
+      pos += n
+    if pos < L:
+      ids[pos] = answer
+      label[pos] = 1
+      pos += 1
+    attention = (np.arange(L) < pos).astype(np.int32)
+    out = {"input_ids": ids, "attention_mask": attention, "label_mask": label,
+           "rationale_mask": rationale}
+    if self.num_frames:
+      out["pixel_values_videos"] = rng.standard_normal(
+          (self.num_frames, 3, self.image_size, self.image_size)).astype(np.float32)
+    return out
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    samples = [self._sample(self._index * self.batch_size + j) for j in range(self.batch_size)]
+    self._index += 1
+    return {k: np.stack([s[k] for s in samples]) for k in samples[0]}

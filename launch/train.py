@@ -1,0 +1,109 @@
+r"""Distil AoTD's student: L = L_label + λ·L_rationale over a device mesh.
+
+  python -m launch.train --config=configs/distill/toy.py --workdir=/tmp/aotd_toy \
+      --config.total_steps=20 --config.checkpoint_every=5
+
+Resumes automatically from `workdir/checkpoints`; SIGTERM (TPU preemption) saves and exits 0;
+a NaN/Inf loss stops with exit code 3 and the last good checkpoint kept.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import logging as logging_std
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from aotd_jax import sharding
+from aotd_jax.train import build, data as train_data
+from aotd_jax.train.checkpoint import Checkpointer
+from aotd_jax.train.loop import LoopConfig, train_loop
+from aotd_jax.train.metrics import MetricsWriter
+from aotd_jax.train.optim import make_optimizer, trainable_filter
+from aotd_jax.train.trainer import NonFiniteLossError, Trainer, matmul_flops_per_token
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config (get_config(arg)).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and plots go here.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+EXIT_NAN = 3
+
+
+class _QuietOrbax(logging_std.Filter):
+  """Orbax logs every save step at INFO; keep our log readable."""
+
+  def filter(self, record):
+    return "orbax" not in record.pathname
+
+
+class _KillAfter:
+  """Fault injection for preemption tests: SIGKILL this process once step `n`'s checkpoint is
+  durable (`config.kill_at_step`), exactly like a VM that disappears."""
+
+  def __init__(self, data, checkpointer: Checkpointer, n: int):
+    self._data, self._ckpt, self._n, self._served = data, checkpointer, n, 0
+
+  def __next__(self):
+    if self._served == self._n:
+      self._ckpt.wait()
+      os.kill(os.getpid(), signal.SIGKILL)
+    self._served += 1
+    return next(self._data)
+
+  def get_state(self):
+    return self._data.get_state()
+
+  def set_state(self, state):
+    self._data.set_state(state)
+
+
+def run(cfg, workdir: str) -> int:
+  """The whole run; returns the process exit code."""
+  sharding.maybe_initialize_distributed(cfg)
+  mesh = sharding.make_mesh(dict(cfg.mesh))
+  student = build.build_student(cfg.student, mesh=mesh, seed=cfg.seed)
+  data = train_data.make_train_data(cfg, student)
+  tx = make_optimizer(cfg.optim, cfg.total_steps)
+  trainer = Trainer(student, tx, mesh=mesh,
+                    trainable=trainable_filter(cfg.student.get("freeze_vision_tower", True)),
+                    rationale_weight=cfg.rationale_weight)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  build.write_hf_config(student, ckpt_dir)
+  checkpointer = Checkpointer(ckpt_dir, max_to_keep=cfg.get("keep_checkpoints", 3),
+                              async_save=cfg.get("async_checkpoints", True))
+  if cfg.get("kill_at_step", -1) > 0:
+    data = _KillAfter(data, checkpointer, cfg.kill_at_step)
+  writer = MetricsWriter(workdir)
+  stop = threading.Event()
+  signal.signal(signal.SIGTERM, lambda *_: stop.set())
+  loop_cfg = LoopConfig(total_steps=cfg.total_steps, checkpoint_every=cfg.checkpoint_every,
+                        log_every=cfg.get("log_every", 10), peak_flops=cfg.get("peak_flops", 0.0),
+                        nan_at_step=cfg.get("nan_at_step", -1))
+  try:
+    result = train_loop(trainer, data, loop_cfg, checkpointer=checkpointer, writer=writer,
+                        stop_requested=stop.is_set,
+                        flops_per_token=matmul_flops_per_token(student),
+                        meta={"config": cfg.get("name", "")})
+  except NonFiniteLossError as e:
+    logging.error("%s", e)
+    print(f"stopped: {e}", file=sys.stderr)
+    return EXIT_NAN
+  finally:
+    writer.close()
+    checkpointer.close()
+  print(f"{result.status} at step {result.step} in {result.seconds:.1f}s; "
+        f"loss {result.last_metrics.get('loss', float('nan')):.4f}; checkpoints in {ckpt_dir}")
+  return 0
+
+
+def main(argv):
+  del argv
+  logging.get_absl_handler().addFilter(_QuietOrbax())
+  sys.exit(run(_CONFIG.value, _WORKDIR.value))
+
+
+if __name__ == "__main__":
+  app.run(main)

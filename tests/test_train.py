@@ -1,0 +1,139 @@
+"""Distillation trainer: loss parts, mesh equivalence, NaN guard, SIGTERM, SIGKILL + resume."""
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+import aotd_jax  # noqa: F401  (sets Flax's sharding mode)
+from aotd_jax import sharding
+from aotd_jax.train import build, losses
+from aotd_jax.train.optim import make_optimizer, trainable_filter
+from aotd_jax.train.synthetic import SyntheticBatches
+from aotd_jax.train.trainer import Trainer
+from configs.distill import toy
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _torch_masked_ce(logits, ids, mask):
+  """Reference: torch cross-entropy over the masked next-token targets."""
+  lg = torch.tensor(np.asarray(logits))[:, :-1].reshape(-1, logits.shape[-1])
+  tgt = torch.tensor(np.asarray(ids))[:, 1:].reshape(-1).long()
+  m = torch.tensor(np.asarray(mask))[:, 1:].reshape(-1).bool()
+  tgt = torch.where(m, tgt, torch.full_like(tgt, -100))
+  return float(torch.nn.functional.cross_entropy(lg, tgt, ignore_index=-100))
+
+
+def test_loss_parts_match_torch_cross_entropy():
+  rng = np.random.default_rng(0)
+  logits = rng.standard_normal((3, 7, 11)).astype(np.float32)
+  ids = rng.integers(0, 11, (3, 7))
+  label = (rng.random((3, 7)) < 0.3).astype(np.int32)
+  rationale = (rng.random((3, 7)) < 0.5).astype(np.int32) * (1 - label)
+  out = losses.distill_loss(jnp.asarray(logits), jnp.asarray(ids), jnp.asarray(label),
+                            jnp.asarray(rationale), rationale_weight=0.5)
+  assert float(out.label_loss) == pytest.approx(_torch_masked_ce(logits, ids, label), rel=1e-5)
+  assert float(out.rationale_loss) == pytest.approx(_torch_masked_ce(logits, ids, rationale), rel=1e-5)
+  assert float(out.loss) == pytest.approx(float(out.label_loss) + 0.5 * float(out.rationale_loss), rel=1e-6)
+
+
+def test_lambda_zero_without_cot_is_instruction_tuning():
+  """λ = 0 and no CoT samples: the objective is the plain answer-token cross-entropy."""
+  rng = np.random.default_rng(1)
+  logits = rng.standard_normal((2, 9, 13)).astype(np.float32)
+  ids = rng.integers(0, 13, (2, 9))
+  label = np.zeros((2, 9), np.int32)
+  label[:, -2:] = 1
+  out = losses.distill_loss(jnp.asarray(logits), jnp.asarray(ids), jnp.asarray(label),
+                            jnp.zeros((2, 9), jnp.int32), rationale_weight=0.0)
+  assert float(out.rationale_loss) == 0.0 and float(out.rationale_tokens) == 0.0
+  assert float(out.loss) == pytest.approx(_torch_masked_ce(logits, ids, label), rel=1e-5)
+  # and λ does not matter when there is no rationale token
+  out1 = losses.distill_loss(jnp.asarray(logits), jnp.asarray(ids), jnp.asarray(label),
+                             jnp.zeros((2, 9), jnp.int32), rationale_weight=1.0)
+  assert float(out1.loss) == float(out.loss)
+
+
+def _losses_on(mesh_cfg, devices, arch="llava", steps=5):
+  cfg = toy.get_config(arch)
+  mesh = sharding.make_mesh(mesh_cfg, devices)
+  student = build.build_student(cfg.student, mesh=mesh, seed=0)
+  from aotd_jax.train.data import make_train_data
+  data = make_train_data(cfg, student)
+  trainer = Trainer(student, make_optimizer(cfg.optim, steps), mesh=mesh,
+                    trainable=trainable_filter(True))
+  return [trainer.train_step(next(data)).loss for _ in range(steps)]
+
+
+@pytest.mark.parametrize("arch", ["llama", "llava"])
+def test_sharded_training_matches_one_device(arch):
+  one = _losses_on({"data": 1}, jax.devices()[:1], arch)
+  eight = _losses_on({"data": 2, "fsdp": 2, "tensor": 2}, jax.devices(), arch)
+  np.testing.assert_allclose(eight, one, atol=1e-4, rtol=1e-4)
+  assert one[-1] < one[0]  # it learns
+
+
+def _train(workdir, *overrides, arch="llama", check=True):
+  cmd = [sys.executable, "-m", "launch.train", f"--config={ROOT}/configs/distill/toy.py:{arch}",
+         f"--workdir={workdir}", *overrides]
+  env = dict(os.environ, XLA_FLAGS="")
+  return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300,
+                        check=False)
+
+
+def _export(workdir, out):
+  r = subprocess.run([sys.executable, "-m", "aotd_jax.hf", "export", f"--orbax_dir={workdir}/checkpoints",
+                      f"--hf_dir={out}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  from aotd_jax.hf import io
+  return io.read_tensors(str(out))[0]
+
+
+def test_sigkill_after_checkpoint_then_resume_is_exact(tmp_path):
+  steps = ["--config.total_steps=8", "--config.checkpoint_every=2"]
+  a = _train(tmp_path / "a", *steps)
+  assert a.returncode == 0, a.stderr[-3000:]
+  b1 = _train(tmp_path / "b", *steps, "--config.kill_at_step=4")
+  assert b1.returncode == -signal.SIGKILL, b1.stderr[-3000:]
+  b2 = _train(tmp_path / "b", *steps)
+  assert b2.returncode == 0, b2.stderr[-3000:]
+  assert "resumed from step 4" in b2.stderr
+  ta, tb = _export(tmp_path / "a", tmp_path / "ea"), _export(tmp_path / "b", tmp_path / "eb")
+  assert sorted(ta) == sorted(tb)
+  for k in ta:
+    np.testing.assert_array_equal(ta[k], tb[k], err_msg=k)
+
+
+def test_nan_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
+  r = _train(tmp_path, "--config.total_steps=6", "--config.checkpoint_every=2",
+             "--config.nan_at_step=5")
+  assert r.returncode == 3, r.stderr[-3000:]
+  assert "non-finite loss" in r.stderr and "step 5" in r.stderr
+  steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+  assert steps[-1] == 4
+
+
+def test_sigterm_saves_and_exits_cleanly(tmp_path):
+  cmd = [sys.executable, "-m", "launch.train", f"--config={ROOT}/configs/distill/toy.py:llama",
+         f"--workdir={tmp_path}", "--config.total_steps=100000", "--config.checkpoint_every=1000"]
+  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=dict(os.environ, XLA_FLAGS=""))
+  metrics = tmp_path / "metrics.jsonl"
+  deadline = time.time() + 120
+  while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size > 0):
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == 0, err[-3000:]
+  assert "preempted at step" in out
+  step = int(out.split("preempted at step")[1].split()[0])
+  assert (tmp_path / "checkpoints" / str(step)).is_dir()
