@@ -49,7 +49,7 @@ def _interaction(gt: ClipTruth, absent: list[str]):
       pool += [_sentence(f"the {n}") for n in absent]
       prog = _program([
         f'touch_clip = Filter_frames_with_act(video_clip, "the {a} touches an object")',
-        f'objects = Query_Objs(touch_clip, \"the object touched by the {a}\", possible_answers)',
+        f'objects = Query_Objs(touch_clip, "the object touched by the {a}", possible_answers)',
         f'info = {{"objects where the {a} touches an object": objects.labels}}'])
       out.append((1, f"Which object did the {a} touch?", _sentence(f"the {b}"), pool, prog,
                   0, last))
@@ -61,7 +61,7 @@ def _interaction(gt: ClipTruth, absent: list[str]):
       pool += [_sentence(f"the {n}") for n in absent]
       prog = _program([
         f'act_clip = Filter_frames_with_act(video_clip, "an object {PRESENT[action]}")',
-        f'objects = Query_Objs(act_clip, \"the object that {PRESENT[action]}\", possible_answers)',
+        f'objects = Query_Objs(act_clip, "the object that {PRESENT[action]}", possible_answers)',
         f'info = {{"objects where an object {PRESENT[action]}": objects.labels}}'])
       out.append((2, f"Which object {PAST[action]}?", _sentence(f"the {a}"), pool, prog,
                   0, last))
@@ -117,7 +117,7 @@ def _prediction(gt: ClipTruth, absent: list[str]):
       pool += [_sentence(f"the {n}") for n in absent]
       prog = _program([
         'touch_clip = Filter_frames_with_act(video_clip, "an object touches another object")',
-        'objects = Query_Objs(touch_clip, \"the object that is touched\", possible_answers)',
+        'objects = Query_Objs(touch_clip, "the object that is touched", possible_answers)',
         'info = {"objects where an object touches another object": objects.labels}'])
       out.append((1, "Which object will move next?", _sentence(f"the {e['target']}"), pool,
                   prog, 0, e["end_frame"]))
@@ -135,7 +135,7 @@ def _feasibility(gt: ClipTruth, absent: list[str]):
       pool = [_sentence(f"the {n}") for n in gone + absent]
       prog = _program([
         "end_clip = trim(video_clip, start=video_clip.end_frame - 1, end=None)",
-        'objects = Query_Objs(end_clip, \"objects\", possible_answers)',
+        'objects = Query_Objs(end_clip, "objects", possible_answers)',
         'info = {"objects visible at the end of the video": objects.labels}'])
       out.append((1, f"Which object is the {a} able to touch at the end of the video?",
                   _sentence(f"the {b}"), pool, prog, 0, last))
