@@ -61,3 +61,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.seq_len = 48
   c.data.num_frames = 4
   return c
+
+
+def get_hyper(h, arg=None):
+  """A small sweep for `launch/sweep.py`: λ × seed."""
+  del arg
+  return h.product([h.sweep("rationale_weight", [0.0, 1.0]), h.sweep("seed", [0, 1])])
