@@ -1,0 +1,124 @@
+"""Bucketed batching: run a jitted expert over any number of frames with few compilations.
+
+An expert is jitted over a batch of frames. Clips have every length, and jit compiles once
+per input shape, so a run over many videos would compile once per length. `BucketedJit`
+cuts the frames into chunks of at most the largest bucket and pads the last chunk up to the
+smallest bucket that holds it (repeating its last frame, then dropping the padded outputs):
+the expert compiles at most once per bucket (per frame size and per shape of its other
+arguments), whatever the clip lengths.
+
+`compiles` counts traces of the wrapped function (each is one XLA compilation of the expert);
+`count_xla_compilations()` counts every XLA compilation in a block, through jax.monitoring,
+for benchmarks that want the whole truth (small eager ops included).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+DEFAULT_BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+
+_BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+
+def check_buckets(buckets: Sequence[int]) -> tuple[int, ...]:
+  """Validates and sorts bucket sizes (positive ints, at least one)."""
+  out = tuple(sorted({int(b) for b in buckets}))
+  if not out or out[0] < 1 or any(int(b) != b for b in buckets):
+    raise ValueError(f"buckets must be positive integers, got {list(buckets)}")
+  return out
+
+
+def bucket_size(n: int, buckets: Sequence[int]) -> int:
+  """The smallest bucket >= n (n must not exceed the largest bucket)."""
+  for b in buckets:
+    if b >= n:
+      return b
+  raise ValueError(f"{n} rows exceed the largest bucket {buckets[-1]}")
+
+
+def plan_chunks(n: int, buckets: Sequence[int]) -> list[tuple[int, int, int]]:
+  """(start, stop, padded size) chunks covering n rows: full largest buckets, then one padded."""
+  big = buckets[-1]
+  chunks = [(s, s + big, big) for s in range(0, n - n % big, big)]
+  rest = n % big
+  if rest:
+    chunks.append((n - rest, n, bucket_size(rest, buckets)))
+  return chunks
+
+
+def pad_rows(x, size: int):
+  """Pads axis 0 of `x` to `size` by repeating its last row (numpy stays numpy)."""
+  n = x.shape[0]
+  if n == size:
+    return x
+  if isinstance(x, np.ndarray):
+    return np.concatenate([x, np.repeat(x[-1:], size - n, axis=0)], axis=0)
+  return jnp.concatenate([x, jnp.repeat(x[-1:], size - n, axis=0)], axis=0)
+
+
+class BucketedJit:
+  """`fn(rows, *args)` jitted, called over any number of rows in bucket-sized chunks.
+
+  `fn` must map a batch of rows (leading axis B) to a pytree of arrays with leading axis B,
+  row by row (no mixing across the batch): padding rows are computed and then dropped.
+  Other positional arguments (model state, tokenised queries) are passed unchanged.
+
+  Example:
+    detect = BucketedJit(lambda frames, q: score(frames, q), buckets=(1, 4, 16))
+    out = detect(frames_13, q)     # runs one padded chunk of 16; compiles once
+    out = detect(frames_3, q)      # a chunk of 4; compiles once more
+    detect.compiles                # -> 2
+  """
+
+  def __init__(self, fn: Callable[..., Any], *, buckets: Sequence[int] = DEFAULT_BUCKETS,
+               name: str | None = None, donate_rows: bool = False):
+    self.buckets = check_buckets(buckets)
+    self.name = name or getattr(fn, "__name__", "expert")
+    self.compiles = 0
+    self.calls = 0  # chunks run
+    self._fn = fn
+
+    def traced(rows, *args):
+      self.compiles += 1  # Python side effect: runs once per trace, i.e. per new shape
+      return fn(rows, *args)
+
+    self._jitted = jax.jit(traced, donate_argnums=(0,) if donate_rows else ())
+
+  def __call__(self, rows, *args):
+    """Runs over all rows; returns the outputs concatenated along axis 0 (length N)."""
+    n = int(rows.shape[0])
+    if n == 0:
+      spec = jax.eval_shape(self._fn, jax.ShapeDtypeStruct((1,) + tuple(rows.shape[1:]), rows.dtype),
+                            *args)
+      return jax.tree.map(lambda s: jnp.zeros((0,) + s.shape[1:], s.dtype), spec)
+    outs = []
+    for start, stop, size in plan_chunks(n, self.buckets):
+      out = self._jitted(pad_rows(rows[start:stop], size), *args)
+      self.calls += 1
+      outs.append(out if stop - start == size
+                  else jax.tree.map(lambda a, k=stop - start: a[:k], out))
+    if len(outs) == 1:
+      return outs[0]
+    return jax.tree.map(lambda *a: jnp.concatenate(a, axis=0), *outs)
+
+
+@contextlib.contextmanager
+def count_xla_compilations() -> Iterator[list[int]]:
+  """Counts XLA backend compilations inside the block: `with ... as n: ...; n[0]`."""
+  counter = [0]
+
+  def listener(event: str, duration: float, **kwargs) -> None:
+    del duration, kwargs
+    if event == _BACKEND_COMPILE_EVENT:
+      counter[0] += 1
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    yield counter
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)

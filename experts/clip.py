@@ -1,0 +1,172 @@
+"""`VideoClip`: frames of a source video that remember which source frames they are.
+
+Every tool takes and returns clips whose `frame_ids` are indices into the *original* video,
+so the boxes and windows in an agent's trace refer to the source video however often a
+program trims or filters. Clips made from one another share one frame store: the host array
+is never copied, and the first expert that needs pixels on the accelerator moves the whole
+source clip there once (`device_frames`); later calls of the same program only gather rows.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class _FrameStore:
+  """The source frames (T, H, W, 3) uint8, on the host and (lazily, once) on the device."""
+
+  def __init__(self, frames):
+    if isinstance(frames, jax.Array):
+      self._device, self._host = frames, None
+    else:
+      self._device, self._host = None, np.asarray(frames)
+    self._digest = None
+
+  @property
+  def host(self) -> np.ndarray:
+    if self._host is None:
+      self._host = np.asarray(self._device)
+    return self._host
+
+  def device(self) -> jax.Array:
+    if self._device is None:
+      self._device = jax.device_put(self._host)
+    return self._device
+
+  @property
+  def shape(self) -> tuple:
+    return tuple((self._host if self._host is not None else self._device).shape)
+
+  @property
+  def on_device(self) -> bool:
+    return self._device is not None
+
+  def digest(self) -> str:
+    """A content hash, used as the cache identity of a clip that has no `video_id`."""
+    if self._digest is None:
+      self._digest = hashlib.sha1(np.ascontiguousarray(self.host).tobytes()).hexdigest()[:16]
+    return self._digest
+
+
+def _check_frames(frames) -> None:
+  shape, dtype = tuple(frames.shape), np.dtype(frames.dtype)
+  if len(shape) != 4 or shape[-1] != 3:
+    raise ValueError(f"VideoClip frames must have shape (T, H, W, 3), got {shape}")
+  if dtype != np.uint8:
+    raise ValueError(f"VideoClip frames must be uint8, got {dtype}")
+
+
+class VideoClip:
+  """A run of frames from one source video.
+
+  Attributes:
+    frames: (T, H, W, 3) uint8 pixels (numpy; `device_frames()` gives them on the device).
+    start_frame: the first source frame this clip covers (inclusive).
+    end_frame: one past the last source frame it covers (exclusive, like Python ranges).
+    fps: frames per second of the source frame numbering.
+    video_id: the source video's id (used in cache keys and traces); None for anonymous pixels.
+    frame_ids: (T,) source frame index of each row of `frames`; defaults to
+      `start_frame, start_frame + 1, ...`. Filtering can make it non-contiguous.
+    detections: boxes found in this clip by the tool that made it (`Find`), else None.
+  """
+
+  def __init__(self, frames, start_frame: int = 0, end_frame: int | None = None,
+               fps: float = 30.0, video_id: str | None = None, frame_ids=None,
+               detections=None, *, _store: _FrameStore | None = None,
+               _rows: np.ndarray | None = None):
+    if _store is None:
+      if frames is None:
+        raise ValueError("VideoClip needs frames")
+      _check_frames(frames)
+      _store, _rows = _FrameStore(frames), np.arange(frames.shape[0])
+    self._store, self._rows = _store, _rows
+    n = len(_rows)
+    if frame_ids is None:
+      frame_ids = np.arange(int(start_frame), int(start_frame) + n, dtype=np.int64)
+    self.frame_ids = np.asarray(frame_ids, dtype=np.int64).reshape(-1)
+    if len(self.frame_ids) != n:
+      raise ValueError(f"VideoClip has {n} frames but {len(self.frame_ids)} frame_ids")
+    if end_frame is None:
+      end_frame = int(self.frame_ids[-1]) + 1 if n else int(start_frame)
+    self.start_frame, self.end_frame = int(start_frame), int(end_frame)
+    if self.end_frame < self.start_frame:
+      raise ValueError(f"VideoClip end_frame {self.end_frame} < start_frame {self.start_frame}")
+    if fps is None or not fps > 0:
+      raise ValueError(f"VideoClip fps must be positive, got {fps}")
+    self.fps, self.video_id, self.detections = float(fps), video_id, detections
+
+  # -- pixels ---------------------------------------------------------------------------------
+
+  @property
+  def frames(self) -> np.ndarray:
+    """The clip's frames on the host, (T, H, W, 3) uint8."""
+    return self._store.host[self._rows]
+
+  def device_frames(self) -> jax.Array:
+    """The clip's frames on the default device; the source moves there once per store."""
+    rows = self._rows
+    if len(rows) and rows[0] + len(rows) - 1 == rows[-1] and np.all(np.diff(rows) == 1):
+      return self._store.device()[int(rows[0]):int(rows[-1]) + 1]
+    return jnp.take(self._store.device(), jnp.asarray(rows), axis=0)
+
+  @property
+  def num_frames(self) -> int:
+    return len(self._rows)
+
+  def __len__(self) -> int:
+    return self.num_frames
+
+  @property
+  def height(self) -> int:
+    return int(self._store.shape[1])
+
+  @property
+  def width(self) -> int:
+    return int(self._store.shape[2])
+
+  @property
+  def identity(self) -> str:
+    """The video id, or a content hash of the source frames when there is none."""
+    return self.video_id if self.video_id is not None else "sha1:" + self._store.digest()
+
+  # -- views -----------------------------------------------------------------------------------
+
+  def select(self, positions: Sequence[int], *, start_frame: int | None = None,
+             end_frame: int | None = None, detections=None) -> "VideoClip":
+    """A clip of some of this clip's rows (positions 0..T-1), sharing the frame store."""
+    positions = np.asarray(positions, dtype=np.int64).reshape(-1)
+    ids = self.frame_ids[positions]
+    if start_frame is None:
+      start_frame = int(ids[0]) if len(ids) else self.start_frame
+    if end_frame is None:
+      end_frame = int(ids[-1]) + 1 if len(ids) else start_frame
+    return VideoClip(None, start_frame=start_frame, end_frame=end_frame, fps=self.fps,
+                     video_id=self.video_id, frame_ids=ids, detections=detections,
+                     _store=self._store, _rows=self._rows[positions])
+
+  def positions_in(self, start: int, end: int) -> np.ndarray:
+    """Row positions whose source frame id lies in [start, end)."""
+    return np.nonzero((self.frame_ids >= start) & (self.frame_ids < end))[0]
+
+  def seconds(self, frame_id: int) -> float:
+    return float(frame_id) / float(self.fps)
+
+  def to_json(self) -> dict:
+    """A compact description for traces: ids and ranges, never pixels."""
+    ids = self.frame_ids
+    contiguous = len(ids) == 0 or bool(np.all(np.diff(ids) == 1))
+    out = {"type": "VideoClip", "video_id": self.video_id, "start_frame": self.start_frame,
+           "end_frame": self.end_frame, "num_frames": self.num_frames, "fps": float(self.fps)}
+    if not contiguous:
+      out["frame_ids"] = [int(i) for i in ids]
+    if self.detections is not None:
+      out["detections"] = self.detections.to_json()
+    return out
+
+  def __repr__(self) -> str:
+    return (f"VideoClip(video_id={self.video_id!r}, frames {self.start_frame}..{self.end_frame}, "
+            f"num_frames={self.num_frames}, fps={self.fps:g})")

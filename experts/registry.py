@@ -1,0 +1,192 @@
+"""Config -> tools: each expert role bound to a backend kind and its weights, no code changes.
+
+The config (an `ml_collections.ConfigDict` or a plain dict) has one section per role, each
+with a `kind` and that kind's settings:
+
+  detector:          oracle | owlv2 (path, threshold, buckets) | none
+  grounder:          oracle | univtg (path, buckets) | none
+  action_recognizer: oracle | llava (path) | none
+  video_qa:          oracle | llava (path) | none
+  selector:          keyword | llama (path) | llava (path) | none
+  ground_truth:      toyworld (path: world dir) | star (path: JSON file(s), classes_dir)
+  cache:             dir ("" = memory only), enabled
+  object_vocabulary: list of class names, or "toyworld", or "star:<classes_dir>"
+
+A model loaded for two roles (LLaVA as action recogniser and video QA) is loaded once.
+`default_config()` is the oracle set-up on the toy world; swap a role with one line, e.g.
+`config.detector = dict(kind="owlv2", path="/weights/owlv2-base")`.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import ml_collections
+
+from experts import tools as tools_lib
+from experts.batching import DEFAULT_BUCKETS
+from experts.cache import ToolCache
+
+ROLES = ("detector", "grounder", "action_recognizer", "video_qa", "selector")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Perfect experts on the toy world: edit the roles to bind real models."""
+  return ml_collections.ConfigDict({
+      "detector": {"kind": "oracle", "path": "", "threshold": 0.1,
+                   "buckets": list(DEFAULT_BUCKETS)},
+      "grounder": {"kind": "oracle", "path": "", "buckets": list(DEFAULT_BUCKETS)},
+      "action_recognizer": {"kind": "oracle", "path": ""},
+      "video_qa": {"kind": "oracle", "path": ""},
+      "selector": {"kind": "keyword", "path": "", "max_new_tokens": 16},
+      "ground_truth": {"kind": "toyworld", "path": "", "classes_dir": ""},
+      "cache": {"dir": "", "enabled": True},
+      "object_vocabulary": "toyworld",
+  })
+
+
+def _get(section: Any, key: str, default: Any = None) -> Any:
+  if section is None:
+    return default
+  if isinstance(section, Mapping):
+    return section.get(key, default)
+  return section.get(key, default) if hasattr(section, "get") else getattr(section, key, default)
+
+
+class _Context:
+  """What factories share within one `make_tools` call: ground truth and loaded models."""
+
+  def __init__(self, config):
+    self.config = config
+    self._gt = None
+    self.models: dict[tuple, Any] = {}
+
+  def ground_truth(self, role: str):
+    if self._gt is None:
+      from experts.backends import oracle
+      sec = _get(self.config, "ground_truth")
+      kind, path = _get(sec, "kind"), _get(sec, "path", "")
+      if not path:
+        raise ValueError(f"experts config: {role}.kind='oracle' needs ground_truth.path "
+                         "(a toy-world directory or STAR JSON files)")
+      if kind == "toyworld":
+        self._gt = oracle.GroundTruth.from_toyworld(path)
+      elif kind == "star":
+        self._gt = oracle.GroundTruth.from_star(path, _get(sec, "classes_dir") or None)
+      else:
+        raise ValueError(f"experts config: ground_truth.kind={kind!r} is not one of "
+                         "['toyworld', 'star']")
+    return self._gt
+
+  def model(self, role: str, kind: str, section, load: Callable[[str], Any]):
+    path = _get(section, "path", "")
+    if not path:
+      raise ValueError(f"experts config: {role}.path is required for kind {kind!r}")
+    key = (kind, path)
+    if key not in self.models:
+      self.models[key] = load(path)
+    return self.models[key]
+
+
+def _oracle(role):
+  def make(section, ctx: _Context):
+    from experts.backends import oracle
+    gt = ctx.ground_truth(role)
+    if role == "detector":
+      return oracle.OracleDetector(gt)
+    if role == "grounder":
+      return oracle.OracleGrounder(gt)
+    return oracle.OracleActions(gt)
+  return make
+
+
+def _keyword(section, ctx):
+  from experts.backends import oracle
+  return oracle.KeywordSelector()
+
+
+def _owlv2(section, ctx):
+  from experts.backends import owlv2
+  return owlv2.Owlv2Detector.from_pretrained(
+      section.path, buckets=_get(section, "buckets", DEFAULT_BUCKETS))
+
+
+def _univtg(section, ctx):
+  from experts.backends import univtg
+  return univtg.UniVTGGrounder.from_pretrained(
+      section.path, buckets=_get(section, "buckets", DEFAULT_BUCKETS))
+
+
+def _llava(section, ctx):
+  from experts.backends import llava
+  model = ctx.model("video_qa", "llava", section, llava.load)
+  return llava.LlavaVideoQA(*model, name=f"llava:{section.path}")
+
+
+def _llama(section, ctx):
+  from experts.backends import llava
+  model = ctx.model("selector", "llama", section, llava.load_llm)
+  return llava.LLMSelector(*model, name=f"llama:{section.path}",
+                           max_new_tokens=int(_get(section, "max_new_tokens", 16)))
+
+
+# role -> kind -> factory(section, context) -> backend
+FACTORIES: dict[str, dict[str, Callable]] = {
+    "detector": {"oracle": _oracle("detector"), "owlv2": _owlv2},
+    "grounder": {"oracle": _oracle("grounder"), "univtg": _univtg},
+    "action_recognizer": {"oracle": _oracle("action_recognizer"), "llava": _llava},
+    "video_qa": {"oracle": _oracle("video_qa"), "llava": _llava},
+    "selector": {"keyword": _keyword, "llama": _llama, "llava": _llava},
+}
+
+
+def _vocabulary(config) -> list[str]:
+  vocab = _get(config, "object_vocabulary", ())
+  if isinstance(vocab, str):
+    if vocab == "toyworld":
+      from aotd_jax.data import toyworld
+      return list(toyworld.ALL_OBJECT_NAMES)
+    if vocab.startswith("star:"):
+      from experts.backends import oracle
+      names = oracle.read_class_names(vocab[len("star:"):])
+      return [n for k, n in names.items() if k.startswith("o")]
+    if vocab == "":
+      return []
+    raise ValueError(f"experts config: object_vocabulary={vocab!r} is not a list, 'toyworld' "
+                     "or 'star:<classes_dir>'")
+  return [str(v) for v in vocab]
+
+
+def make_toolbox(config=None, *, factories: Mapping[str, Mapping[str, Callable]] | None = None
+                 ) -> tools_lib.Toolbox:
+  """Builds the `Toolbox` a config describes (see the module docstring for the keys).
+
+  `factories` adds or overrides backend kinds: {role: {kind: factory(section, context)}}.
+  """
+  config = default_config() if config is None else config
+  table = {role: dict(FACTORIES[role]) for role in ROLES}
+  for role, kinds in (factories or {}).items():
+    if role not in table:
+      raise ValueError(f"factories: unknown role {role!r}; roles are {list(ROLES)}")
+    table[role].update(kinds)
+  ctx = _Context(config)
+  backends = {}
+  for role in ROLES:
+    section = _get(config, role)
+    kind = _get(section, "kind", "none") or "none"
+    if kind == "none":
+      backends[role] = None
+      continue
+    if kind not in table[role]:
+      raise ValueError(f"experts config: {role}.kind={kind!r} is not one of "
+                       f"{sorted(table[role]) + ['none']}")
+    backends[role] = table[role][kind](section, ctx)
+  cache_sec = _get(config, "cache")
+  cache = ToolCache(_get(cache_sec, "dir", "") or None, enabled=bool(_get(cache_sec, "enabled", True)))
+  return tools_lib.Toolbox(**backends, cache=cache,
+                           detect_threshold=float(_get(_get(config, "detector"), "threshold", 0.1)),
+                           object_vocabulary=_vocabulary(config))
+
+
+def make_tools(config=None, **kwargs) -> dict[str, Callable]:
+  """`{tool name: callable}` bound to the experts `config` names (default: toy-world oracle)."""
+  return make_toolbox(config, **kwargs).tools()

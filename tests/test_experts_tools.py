@@ -1,0 +1,308 @@
+"""The expert tools' semantics on toy-world clips, with ground-truth (oracle) experts."""
+import json
+
+import numpy as np
+import pytest
+
+import experts
+from aotd_jax.data import toyworld
+from experts.backends import oracle
+from experts.tools import ToolError, format_info, snap_to_choice
+
+SEED = 0
+
+
+@pytest.fixture(scope="module")
+def world():
+  """Two toy clips: frames, ground truth, and a toolbox of oracle experts over them."""
+  clips = [toyworld.generate_clip(SEED, "train", i)[:2] for i in range(2)]
+  truths = {t.video_id: t for _, t in clips}
+  return clips, truths
+
+
+def make_box(truths, **kw):
+  gt = oracle.GroundTruth.from_toyworld(truths)
+  return experts.Toolbox(detector=oracle.OracleDetector(gt), grounder=oracle.OracleGrounder(gt),
+                         action_recognizer=oracle.OracleActions(gt),
+                         video_qa=oracle.OracleActions(gt), selector=oracle.KeywordSelector(),
+                         object_vocabulary=toyworld.ALL_OBJECT_NAMES, **kw)
+
+
+@pytest.fixture
+def box(world):
+  return make_box(world[1])
+
+
+def clip_of(world, i=0):
+  frames, truth = world[0][i]
+  return experts.VideoClip(frames, fps=truth.fps, video_id=truth.video_id), truth
+
+
+# -- VideoClip ---------------------------------------------------------------------------------
+
+
+def test_video_clip_keeps_source_frame_ids_and_shares_frames(world):
+  clip, truth = clip_of(world)
+  assert (clip.start_frame, clip.end_frame, len(clip)) == (0, truth.num_frames, truth.num_frames)
+  sub = clip.select([2, 5, 6])
+  assert list(sub.frame_ids) == [2, 5, 6] and (sub.start_frame, sub.end_frame) == (2, 7)
+  np.testing.assert_array_equal(sub.frames, world[0][0][0][[2, 5, 6]])
+  np.testing.assert_array_equal(np.asarray(sub.device_frames()), sub.frames)
+  np.testing.assert_array_equal(np.asarray(clip.select(range(3, 9)).device_frames()),
+                                world[0][0][0][3:9])
+  assert sub._store is clip._store  # no pixel copy between clips of one program
+  js = sub.to_json()
+  assert js["frame_ids"] == [2, 5, 6] and js["video_id"] == truth.video_id
+  json.dumps(js)
+
+
+@pytest.mark.parametrize("frames,msg", [
+    (np.zeros((4, 8, 8), np.uint8), "shape"),
+    (np.zeros((4, 8, 8, 3), np.float32), "uint8"),
+])
+def test_video_clip_rejects_bad_frames(frames, msg):
+  with pytest.raises(ValueError, match=msg):
+    experts.VideoClip(frames)
+
+
+def test_video_clip_rejects_bad_metadata():
+  frames = np.zeros((3, 8, 8, 3), np.uint8)
+  with pytest.raises(ValueError, match="frame_ids"):
+    experts.VideoClip(frames, frame_ids=[0, 1])
+  with pytest.raises(ValueError, match="fps"):
+    experts.VideoClip(frames, fps=0)
+  with pytest.raises(ValueError, match="end_frame"):
+    experts.VideoClip(frames, start_frame=5, end_frame=2)
+
+
+# -- trim --------------------------------------------------------------------------------------
+
+
+def test_trim_uses_source_frame_numbers_and_clips_bounds(world, box):
+  clip, truth = clip_of(world)
+  part = box.trim(clip, 5, 12)
+  assert (part.start_frame, part.end_frame, list(part.frame_ids)) == (5, 12, list(range(5, 12)))
+  inner = box.trim(part, 8, None)  # frame numbers stay those of the source video
+  assert (inner.start_frame, inner.end_frame) == (8, 12)
+  np.testing.assert_array_equal(inner.frames, world[0][0][0][8:12])
+  wide = box.trim(part, -100, 10_000)
+  assert (wide.start_frame, wide.end_frame) == (5, 12)
+  assert box.trim(clip).end_frame == truth.num_frames
+
+
+def test_trim_empty_range_gives_empty_clip_and_tools_give_empty_results(world, box):
+  clip, _ = clip_of(world)
+  empty = box.trim(clip, 10, 4)
+  assert len(empty) == 0 and empty.start_frame == empty.end_frame == 10
+  assert len(box.Find(empty, "red circle")) == 0
+  assert box.exist(empty, "red circle") is False
+  assert box.Count(empty, "red circle") == 0
+  assert box.Query_Actions(empty) == []
+  assert box.Video_summary(empty) == ""
+  assert len(box.Filter_frames_with_act(empty, "the red circle jumps")) == 0
+  assert len(box.Query_Objs(empty, "objects")) == 0
+
+
+@pytest.mark.parametrize("kwargs,arg", [({"start": "3"}, "start"), ({"end": [4]}, "end"),
+                                        ({"start": True}, "start")])
+def test_trim_rejects_non_numbers(world, box, kwargs, arg):
+  clip, _ = clip_of(world)
+  with pytest.raises(ToolError, match=f"trim: {arg}"):
+    box.trim(clip, **kwargs)
+
+
+def test_tools_reject_a_non_clip_and_bad_names(box):
+  with pytest.raises(ToolError, match="Find: video_clip must be a VideoClip, got list"):
+    box.Find([1, 2], "cup")
+  clip = experts.VideoClip(np.zeros((2, 8, 8, 3), np.uint8), video_id="x")
+  with pytest.raises(ToolError, match="exist: object_name must be a non-empty string"):
+    box.exist(clip, "  ")
+  with pytest.raises(ToolError, match="Find: .*argument"):
+    box.Find(clip)
+
+
+# -- detection tools ---------------------------------------------------------------------------
+
+
+def test_find_exist_count_filter_match_ground_truth(world, box):
+  clip, truth = clip_of(world)
+  name = truth.names[0]
+  visible = np.nonzero(truth.visible[:, 0])[0]
+  found = box.Find(clip, name)
+  assert list(found.frame_ids) == list(visible)
+  assert found.detections.frame_ids == list(visible)
+  for b in found.detections:
+    np.testing.assert_allclose(b.box, truth.boxes[b.frame_id, 0])
+    assert b.label == name
+  assert box.exist(clip, name) is True
+  assert box.Count(clip, name) == 1
+  filtered = box.Filter_frames_with_obj(clip, name)
+  assert list(filtered.frame_ids) == list(visible)
+  assert (filtered.start_frame, filtered.end_frame) == (visible[0], visible[-1] + 1)
+  # a slash gives alternative names of one object
+  assert box.exist(clip, f"purple hexagon/{name}") is True
+
+
+def test_unknown_object_gives_empty_results(world, box):
+  clip, _ = clip_of(world)
+  absent = next(n for n in toyworld.ALL_OBJECT_NAMES if n not in world[0][0][1].names)
+  assert len(box.Find(clip, absent)) == 0
+  assert box.exist(clip, absent) is False
+  assert box.Count(clip, absent) == 0
+  assert len(box.Filter_frames_with_obj(clip, absent)) == 0
+  assert len(box.Query_Objs(clip, absent)) == 0
+
+
+def test_query_objs_labels_boxes_by_class(world, box):
+  clip, truth = clip_of(world)
+  objs = box.Query_Objs(clip, "objects")  # a description: every known class is looked for
+  assert set(objs.labels) == set(truth.names)
+  assert len(objs) == int(truth.visible.sum())
+  picked = box.Query_Objs(clip, "which one?", [f"The {truth.names[1]}.", "The purple hexagon."])
+  assert picked.labels == [truth.names[1]]
+  with pytest.raises(ToolError, match="Query_Objs: possible_answers"):
+    box.Query_Objs(clip, "objects", "red circle")
+
+
+def test_count_is_the_most_boxes_in_one_frame():
+  frames = np.zeros((3, 16, 16, 3), np.uint8)
+  gt = oracle.GroundTruth("test")
+  gt.add_frame("v", 0, [("cup", (0, 0, 2, 2))], [])
+  gt.add_frame("v", 1, [("cup", (0, 0, 2, 2)), ("cup", (5, 5, 8, 8)), ("dog", (1, 1, 3, 3))], [])
+  gt.add_frame("v", 2, [], [])
+  box = experts.Toolbox(detector=oracle.OracleDetector(gt))
+  clip = experts.VideoClip(frames, video_id="v")
+  assert box.Count(clip, "cup") == 2
+  assert box.Count(clip, "cups") == 2  # the oracle matches word stems
+  assert box.Count(clip, "bowl") == 0
+  assert box.Count(clip, "dog") == 1
+
+
+# -- actions and grounding ---------------------------------------------------------------------
+
+
+def test_filter_frames_with_act_returns_the_event_window(world, box):
+  clip, truth = clip_of(world)
+  ev = truth.events[-1]
+  phrase = f"the {ev['object']} {ev['action']}s"
+  window = box.Filter_frames_with_act(clip, phrase)
+  assert (window.start_frame, window.end_frame) == (ev["start_frame"], ev["end_frame"] + 1)
+  record = box.records[-1]
+  assert record.name == "Filter_frames_with_act"
+  assert record.result["windows"][0]["start_frame"] == ev["start_frame"]
+  assert len(box.Filter_frames_with_act(clip, "the purple hexagon explodes")) == 0
+  with pytest.raises(ToolError, match="Filter_frames_with_act: action"):
+    box.Filter_frames_with_act(clip, "")
+
+
+def test_query_actions_ranks_candidates_and_filters_by_object(world, box):
+  clip, truth = clip_of(world)
+  ev = truth.events[0]
+  window = box.trim(clip, ev["start_frame"], ev["end_frame"] + 1)
+  right = f"The {ev['object']} {ev['action']}ed."
+  choices = ["The purple hexagon jumped.", right]
+  assert box.Query_Actions(window, None, choices) == [right]
+  acts = box.Query_Actions(window, ev["object"])
+  assert acts and all(ev["object"] in a for a in acts)
+  assert box.Query_Actions(window, "purple hexagon") == []
+  with pytest.raises(ToolError, match="Query_Actions: possible_actions"):
+    box.Query_Actions(window, None, "jumped")
+
+
+def test_video_summary_mentions_objects_and_actions(world, box):
+  clip, truth = clip_of(world)
+  text = box.Video_summary(clip)
+  assert all(n in text for n in truth.names)
+  assert truth.events[0]["object"] in text
+
+
+# -- select_answer -----------------------------------------------------------------------------
+
+
+def test_select_answer_returns_one_choice_in_any_argument_order(box):
+  choices = ["The red circle jumped.", "The blue square spun."]
+  info = {"actions": ["blue square spins"]}
+  assert box.select_answer("What happened?", choices, info) == choices[1]
+  assert box.select_answer("What happened?", info, choices) == choices[1]  # AoTD's order
+  clip = experts.VideoClip(np.zeros((1, 4, 4, 3), np.uint8), video_id="x")
+  assert box.select_answer(clip, "What happened?", choices, info) == choices[1]
+  with pytest.raises(ToolError, match="select_answer: possible_answers"):
+    box.select_answer("q", [], info)
+
+
+@pytest.mark.parametrize("text,want", [("B", "spun"), ("(A) jumped", "jumped"), ("spun", "spun"),
+                                       ("It spun around", "spun"), ("jumpd", "jumped")])
+def test_snap_to_choice(text, want):
+  assert snap_to_choice(text, ["jumped", "spun"]) == want
+
+
+def test_format_info_renders_nested_evidence(world, box):
+  clip, truth = clip_of(world)
+  found = box.Find(clip, truth.names[0])
+  text = format_info({"found": found.detections, "clip": clip, "nested": {"k": [1, 2]}})
+  assert f"{truth.names[0]} found in frames" in text
+  assert "frames 0 to" in text and "\t- k: 1, 2" in text
+
+
+def test_missing_backend_names_the_config_key():
+  box = experts.Toolbox()
+  clip = experts.VideoClip(np.zeros((2, 8, 8, 3), np.uint8), video_id="x")
+  with pytest.raises(RuntimeError, match=r"config\.grounder"):
+    box.Filter_frames_with_act(clip, "jump")
+  with pytest.raises(RuntimeError, match=r"config\.detector"):
+    box.Find(clip, "cup")
+
+
+# -- records, docs, end to end -----------------------------------------------------------------
+
+
+def test_every_call_is_recorded_as_json(world, box):
+  clip, truth = clip_of(world)
+  box.exist(clip, truth.names[0])
+  box.Count(clip, truth.names[0])
+  box.Find(clip, truth.names[0])
+  names = [r.name for r in box.records]
+  assert names == ["exist", "Count", "Find"]
+  rec = json.loads(json.dumps([r.to_json() for r in box.records]))
+  assert rec[0]["result"]["value"] is True and rec[0]["result"]["detections"]["boxes"]
+  assert rec[2]["result"]["detections"]["frames"]
+  assert rec[0]["args"]["video_clip"]["video_id"] == truth.video_id
+
+
+def test_api_docs_document_every_tool_with_an_example():
+  docs = experts.api_docs()
+  for name in experts.TOOL_NAMES:
+    assert f"def {name}(" in docs
+  assert docs.count("Examples") == len(experts.TOOL_NAMES)
+  assert "frame number of the ORIGINAL video" in docs
+
+
+PROGRAM = '''
+def execute_command(video_clip, query, possible_answers):
+    event_clip = Filter_frames_with_act(video_clip, EVENT)
+    before_clip = trim(video_clip, start=None, end=event_clip.start_frame)
+    actor = Find(before_clip, ACTOR)
+    actions = Query_Actions(before_clip, possible_actions=possible_answers)
+    info = {"actions right before": actions, "actor seen in frames": actor.frame_ids}
+    return select_answer(query, possible_answers, info)
+'''
+
+
+def test_end_to_end_program_calling_five_tools(world):
+  """A plain-Python program using trim, Find, Filter_frames_with_act, Query_Actions, select_answer."""
+  clip, truth = clip_of(world)
+  first, second = truth.events[0], truth.events[-1]
+  assert first["end_frame"] < second["start_frame"]
+  tools = make_box(world[1]).tools()
+  scope = dict(tools, EVENT=f"the {second['object']} {second['action']}s",
+               ACTOR=first["object"])
+  exec(PROGRAM, scope)  # the sandbox is another module's job; here a plain call
+  right = f"The {first['object']} {first['action']}ed the {first['target']}." if first["target"] \
+      else f"The {first['object']} {first['action']}ed."
+  choices = ["The purple hexagon spun.", right, "The green square grew."]
+  answer = scope["execute_command"](clip, "What happened right before?", choices)
+  assert answer == right
+  toolbox = tools["trim"].__self__
+  assert [r.name for r in toolbox.records] == ["Filter_frames_with_act", "trim", "Find",
+                                               "Query_Actions", "select_answer"]
+  json.dumps([r.to_json() for r in toolbox.records])
