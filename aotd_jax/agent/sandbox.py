@@ -274,6 +274,9 @@ class Sandbox:
               "max_output_chars": max_output_chars, "max_depth": max_depth,
               "entry_point": entry_point}
     worker = self._idle.get()
+    if not worker.alive():  # killed while idle (OOM killer, an operator): replace it
+      worker.kill()
+      worker = _Worker(self.memory_mb, self.cwd)
     err = worker.wait_ready(self.start_timeout_s)
     if err is not None:
       self._checkin(worker, healthy=False)
@@ -291,6 +294,9 @@ class Sandbox:
                      error=None if healthy else value, trace=calls, stdout=stdout)
     except _Overrun as e:
       ex = Execution(ok=False, error=str(e), trace=calls)
+    except OSError:  # the socket broke under a send: the worker is gone
+      ex = Execution(ok=False, error=f"worker died: {worker.exit_reason() or 'connection lost'}",
+                     trace=calls)
     finally:
       self._checkin(worker, healthy)
     ex.seconds = time.perf_counter() - t_start

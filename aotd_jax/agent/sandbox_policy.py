@@ -109,6 +109,16 @@ def _check_handler(node: ast.ExceptHandler) -> None:
           f"{', '.join(sorted(SAFE_EXCEPTIONS))}")
 
 
+def _check_finally(body: list[ast.stmt]) -> None:
+  # `return` / `break` / `continue` in a `finally` swallow any in-flight exception, the
+  # worker's step and output limits included (PEP 765).
+  for stmt in body:
+    for node in ast.walk(stmt):
+      if isinstance(node, (ast.Return, ast.Break, ast.Continue)):
+        kind = type(node).__name__.lower()
+        raise PolicyError(f"line {node.lineno}: '{kind}' inside 'finally' is not allowed")
+
+
 def validate(source: str, *, entry_point: str = "execute_command") -> ast.Module:
   """Parses `source` and checks it against the allow-list.
 
@@ -127,11 +137,17 @@ def validate(source: str, *, entry_point: str = "execute_command") -> ast.Module
   except (ValueError, MemoryError, RecursionError) as e:  # null bytes, absurd nesting
     raise PolicyError(f"program could not be parsed: {type(e).__name__}: {e}") from None
 
-  count = 0
+  nodes = []
   for node in ast.walk(tree):
-    count += 1
-    if count > MAX_AST_NODES:
+    nodes.append(node)
+    if len(nodes) > MAX_AST_NODES:
       raise PolicyError(f"program is too large (more than {MAX_AST_NODES} syntax nodes)")
+  # Report the first offence in reading order (innermost first: `a.__class__.mro` names
+  # `__class__`), not in ast.walk's breadth-first order.
+  nodes.sort(key=lambda n: (getattr(n, "lineno", 1 << 30), getattr(n, "col_offset", 0),
+                            getattr(n, "end_lineno", 0) or 0,
+                            getattr(n, "end_col_offset", 0) or 0))
+  for node in nodes:
     reason = _REFUSED_NODE_REASONS.get(type(node))
     if reason is not None:
       raise PolicyError(f"line {node.lineno}: {reason}")
@@ -153,6 +169,8 @@ def validate(source: str, *, entry_point: str = "execute_command") -> ast.Module
       for a in args.posonlyargs + args.args + args.kwonlyargs + [args.vararg, args.kwarg]:
         if a is not None:
           _check_name(a.arg, node)
+    elif isinstance(node, ast.Try) and node.finalbody:
+      _check_finally(node.finalbody)
     elif isinstance(node, ast.keyword) and node.arg is not None and _is_dunder(node.arg):
       raise PolicyError(f"line {node.lineno}: dunder keyword '{node.arg}' is not allowed")
 

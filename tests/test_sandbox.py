@@ -1,0 +1,230 @@
+"""The sandbox on well-behaved programs: values, handles, traces, limits and bad arguments."""
+import concurrent.futures
+import json
+import os
+import signal
+import textwrap
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from aotd_jax.agent import Execution, PolicyError, Sandbox, Trace, run_program, validate
+
+HEADER = "def execute_command(video_clip, query, possible_answers):\n"
+
+
+def body(code: str) -> str:
+  return HEADER + textwrap.indent(textwrap.dedent(code).strip("\n"), "    ") + "\n"
+
+
+@dataclass
+class Clip:
+  frames: np.ndarray
+  start_frame: int = 0
+  video_id: str = "v0"
+
+  def __len__(self):
+    return len(self.frames)
+
+  def __getitem__(self, i):
+    return self.frames[i]
+
+
+@dataclass
+class Detection:
+  frame: int
+  box: tuple
+  label: str
+
+  def to_json(self):
+    return {"frame": self.frame, "box": list(self.box), "label": self.label}
+
+
+def trim(video_clip, start=None, end=None):
+  """Cuts a window of frames."""
+  return Clip(video_clip.frames[start:end], start or 0, video_clip.video_id)
+
+
+def Find(video_clip, object_name):
+  """Boxes of `object_name` per frame."""
+  return [Detection(i + video_clip.start_frame, (1.0, 2.0, 3.0, 4.0), object_name)
+          for i in range(len(video_clip))]
+
+
+def select_answer(query, info, possible_answers):
+  return possible_answers[len(info) % len(possible_answers)]
+
+
+TOOLS = {"trim": trim, "Find": Find, "select_answer": select_answer}
+
+
+def args(t=6):
+  return {"video_clip": Clip(np.arange(t * 2 * 2 * 3, dtype=np.uint8).reshape(t, 2, 2, 3)),
+          "query": "What did the person hold?", "possible_answers": ["cup", "box", "bag"]}
+
+
+@pytest.fixture(scope="module")
+def sb():
+  with Sandbox(num_workers=2, memory_mb=256) as s:
+    yield s
+
+
+GOOD = body("""
+    clip = trim(video_clip, 2, 5)
+    boxes = Find(clip, "cup")
+    labels = [b.label for b in boxes]
+    frames = [b.frame for b in boxes]
+    print("found", len(boxes), "in", clip.video_id, frames)
+    return select_answer(query, labels, possible_answers)
+""")
+
+
+def test_program_runs_with_full_trace(sb):
+  ex = sb.run(GOOD, TOOLS, args(), timeout_s=2.0)
+  assert ex.ok, ex.error
+  assert ex.value == "cup" and ex.error is None
+  assert ex.stdout == "found 3 in v0 [2, 3, 4]\n"
+  assert [c.name for c in ex.trace] == ["trim", "Find", "select_answer"]
+  t, f, s = ex.trace
+  assert t.args["start"] == 2 and t.args["end"] == 5
+  assert t.result["type"] == "Clip" and t.result["start_frame"] == 2
+  assert f.args["object_name"] == "cup"
+  assert f.result == [{"frame": i, "box": [1.0, 2.0, 3.0, 4.0], "label": "cup"}
+                      for i in (2, 3, 4)]
+  assert s.result == "cup" and all(c.seconds >= 0 for c in ex.trace)
+  # The trace is JSON and round-trips.
+  trace = ex.to_trace(program=GOOD)
+  again = Trace.from_json(json.loads(json.dumps(trace.to_json())))
+  assert again.to_json() == trace.to_json() and again.calls[1].name == "Find"
+
+
+def test_handles_support_reads_len_index_iter_contains(sb):
+  src = body("""
+      n = len(video_clip)
+      first = video_clip[0]
+      shape = video_clip.frames.shape
+      rows = [f.shape for f in video_clip]
+      return [n, first.sum() > 0, shape, len(rows), bool(video_clip), 3 in [n, 3],
+              video_clip.video_id, str(video_clip)[:4]]
+  """)
+  ex = sb.run(src, TOOLS, args(), timeout_s=2.0)
+  assert ex.ok, ex.error
+  assert ex.value == [6, True, (6, 2, 2, 3), 6, True, True, "v0", "Clip"]
+
+
+def test_returned_handle_is_the_host_object(sb):
+  a = args()
+  ex = sb.run(body("return video_clip"), TOOLS, a, timeout_s=2.0)
+  assert ex.ok and ex.value is a["video_clip"]
+
+
+def test_large_arrays_stay_behind_a_handle():
+  big = np.zeros((64, 64, 64, 3), np.uint8)  # 786 KB
+  with Sandbox(1, memory_mb=256, array_by_value_bytes=1 << 16) as sb:
+    ex = sb.run(body("return [video_clip.shape, video_clip[0].shape, video_clip]"),
+                {}, {"video_clip": big, "query": "", "possible_answers": []}, timeout_s=2.0)
+  assert ex.ok, ex.error
+  assert ex.value[0] == (64, 64, 64, 3) and ex.value[1] == (64, 64, 3)
+  assert ex.value[2] is big  # never copied
+
+
+def test_tool_errors_can_be_caught_or_fail_the_run(sb):
+  def boom(video_clip):
+    raise ValueError("no frames")
+
+  caught = body("""
+      try:
+          return boom(video_clip)
+      except Exception as e:
+          return "fallback: " + str(e)
+  """)
+  ex = sb.run(caught, {"boom": boom}, args(), timeout_s=2.0)
+  assert ex.ok and ex.value == "fallback: tool boom failed: ValueError: no frames"
+  assert ex.trace[0].error.startswith("tool boom failed") and ex.trace[0].result is None
+  ex = sb.run(body("return boom(video_clip)"), {"boom": boom}, args(), timeout_s=2.0)
+  assert not ex.ok and ex.error == "line 2: tool boom failed: ValueError: no frames"
+
+
+def test_program_errors_name_the_line(sb):
+  ex = sb.run(body("x = 1\nreturn possible_answers[10]"), TOOLS, args(), timeout_s=2.0)
+  assert not ex.ok and ex.error == "line 3: IndexError: list index out of range"
+  ex = sb.run(body("return undefined_name"), TOOLS, args(), timeout_s=2.0)
+  assert not ex.ok and "NameError" in ex.error and "undefined_name" in ex.error
+
+
+def test_tool_time_does_not_count_against_the_timeout(sb):
+  def slow(x):
+    time.sleep(0.6)
+    return x
+
+  ex = sb.run(body("return [slow(1), slow(2)]"), {"slow": slow}, args(), timeout_s=0.5)
+  assert ex.ok and ex.value == [1, 2] and ex.seconds > 1.0
+
+
+def test_parallel_runs_and_worker_reuse(sb):
+  with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    exs = list(pool.map(lambda i: sb.run(body(f"return {i} * 2"), {}, args(),
+                                         timeout_s=2.0), range(8)))
+  assert [e.value for e in exs] == [i * 2 for i in range(8)]
+
+
+def test_worker_limits_are_set_and_killed_workers_are_replaced(sb):
+  pids = [w.proc.pid for w in list(sb._idle.queue)]
+  limits = open(f"/proc/{pids[0]}/limits").read()
+  rows = {line[:26].strip(): line[26:].split() for line in limits.splitlines()[1:]}
+  assert rows["Max file size"][:2] == ["0", "0"]
+  assert rows["Max core file size"][:2] == ["0", "0"]
+  assert rows["Max open files"][0] == "4"
+  assert rows["Max address space"][0] == str(256 << 20)
+  assert os.getpid() not in pids
+  # An idle worker killed from outside is replaced before it is used.
+  os.kill(pids[0], signal.SIGKILL)
+  time.sleep(0.2)
+  assert all(sb.run(body("return 1"), {}, args(), timeout_s=2.0).ok for _ in range(3))
+
+  # A worker that dies mid-run (here: a tool kills it) gives a clear error, then a new one.
+  def kill_workers():
+    for task in os.listdir("/proc/self/task"):
+      for pid in open(f"/proc/self/task/{task}/children").read().split():
+        if b"sandbox_worker" in open(f"/proc/{pid}/cmdline", "rb").read():
+          os.kill(int(pid), signal.SIGKILL)
+    time.sleep(0.1)
+
+  ex = sb.run(body("kill_workers()\nreturn 1"), {"kill_workers": kill_workers}, args(),
+              timeout_s=2.0)
+  assert not ex.ok and ex.error.startswith("worker died: killed by SIGKILL"), ex.error
+  assert [c.name for c in ex.trace] == ["kill_workers"]
+  assert all(sb.run(body("return 1"), {}, args(), timeout_s=2.0).ok for _ in range(3))
+
+
+def test_run_program_uses_a_shared_pool():
+  ex = run_program(GOOD, TOOLS, args(), timeout_s=2.0)
+  assert isinstance(ex, Execution) and ex.ok and ex.value == "cup"
+
+
+def test_bad_arguments_are_refused_with_clear_messages(sb):
+  with pytest.raises(ValueError, match="timeout_s must be > 0"):
+    sb.run(GOOD, TOOLS, args(), timeout_s=0)
+  with pytest.raises(ValueError, match="tool names must be public identifiers.*_secret"):
+    sb.run(GOOD, {"_secret": print}, args(), timeout_s=1.0)
+  with pytest.raises(ValueError, match="num_workers must be >= 1"):
+    Sandbox(num_workers=0)
+  with pytest.raises(ValueError, match="memory_mb must be >= 64"):
+    Sandbox(memory_mb=8)
+  closed = Sandbox(1)
+  closed.close()
+  with pytest.raises(RuntimeError, match="Sandbox is closed"):
+    closed.run(GOOD, TOOLS, args(), timeout_s=1.0)
+
+
+def test_policy_accepts_ordinary_programs_and_refuses_non_strings():
+  validate(GOOD)
+  validate(body("x = [i * i for i in range(3) if i]\nd = {k: v for k, v in zip('ab', x)}\n"
+                "s = f'{x[0]:>4} {d!r}'\ntry:\n    y = 1 / 0\nexcept (ZeroDivisionError,"
+                " ValueError) as e:\n    y = str(e)\nreturn (y, s, sorted(set(x)))"))
+  with pytest.raises(PolicyError, match="program must be a str"):
+    validate(b"def execute_command(): pass")
+  with pytest.raises(PolicyError, match="too long"):
+    validate("#" * 200_000)
