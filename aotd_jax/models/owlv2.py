@@ -27,18 +27,10 @@ OWL_VISION_DEFAULTS = dict(image_size=768, patch_size=16)
 
 
 @dataclasses.dataclass(frozen=True)
-class Owlv2Config:
-  """HF `Owlv2Config`: CLIP-style text/vision configs, projection size and logit scale."""
+class Owlv2Config(clip.CLIPConfig):
+  """HF `Owlv2Config`: CLIPConfig's fields with OWLv2's tower defaults."""
   text_config: CLIPTextConfig = CLIPTextConfig(**OWL_TEXT_DEFAULTS)
   vision_config: CLIPVisionConfig = CLIPVisionConfig(**OWL_VISION_DEFAULTS)
-  projection_dim: int = 512
-  logit_scale_init_value: float = 2.6592
-  initializer_factor: float = 1.0
-  dtype: str = "float32"
-  param_dtype: str = "float32"
-  remat: bool = False
-
-  __post_init__ = clip.CLIPConfig.__post_init__
 
 
 @struct.dataclass
