@@ -1,0 +1,242 @@
+"""LLM backends behind one small interface: local Flax Llama, OpenAI-compatible HTTP, replay.
+
+The same interface serves program generation, trace -> CoT rewriting and the judge:
+
+    replies = llm.complete(prompts, max_new_tokens=256, temperature=0.0, stop=None)
+
+A prompt is a string (sent as one user turn, or encoded as is by a local model) or a list
+of chat messages `[{"role": "user", "content": "..."}]`. Replies come back in prompt order.
+`Recording(backend, path)` appends every reply to a JSONL file; `Replay(path)` serves them
+back, keyed by a hash of the prompt and the generation settings, so a run is reproduced
+exactly without the model.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from typing import Any, Protocol, Sequence, Union, runtime_checkable
+
+from aotd_jax.agent.llm_http import LLMError, OpenAIChat
+
+Prompt = Union[str, list]
+
+__all__ = ["LLM", "LLMError", "LocalLlama", "OpenAIChat", "Recording", "Replay", "prompt_key"]
+
+
+@runtime_checkable
+class LLM(Protocol):
+  """Anything that completes a batch of prompts."""
+
+  def complete(self, prompts: Sequence[Prompt], *, max_new_tokens: int,
+               temperature: float = 0.0, stop: Sequence[str] | None = None) -> list[str]:
+    """Returns one reply per prompt, in order."""
+
+
+def check_prompts(prompts: Sequence[Prompt]) -> list[Prompt]:
+  """Validates a batch: each prompt is a str or a list of {"role", "content"} dicts."""
+  if isinstance(prompts, (str, dict)):
+    raise TypeError("prompts must be a sequence of prompts, not a single "
+                    f"{type(prompts).__name__}")
+  out = list(prompts)
+  for i, p in enumerate(out):
+    if isinstance(p, str):
+      continue
+    if (not isinstance(p, list) or not p or not all(
+        isinstance(m, dict) and "role" in m and "content" in m for m in p)):
+      raise TypeError(f"prompt {i} must be a str or a non-empty list of "
+                      f"{{'role', 'content'}} messages, got {str(p)[:100]}")
+  return out
+
+
+def cut_at_stop(text: str, stop: Sequence[str] | None) -> str:
+  """Truncates `text` at the first occurrence of any stop string (the stop excluded)."""
+  if not stop:
+    return text
+  cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=len(text))
+  return text[:cut]
+
+
+def prompt_key(prompt: Prompt, *, max_new_tokens: int, temperature: float,
+               stop: Sequence[str] | None) -> str:
+  """The replay key: sha256 of the prompt and the settings that change the reply."""
+  blob = json.dumps({"prompt": prompt, "max_new_tokens": int(max_new_tokens),
+                     "temperature": float(temperature), "stop": list(stop or [])},
+                    sort_keys=True, ensure_ascii=False)
+  return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+class Recording:
+  """Wraps a backend and appends each (prompt, settings, reply) to a JSONL file.
+
+  Lines are written and flushed per batch (under a lock), so a killed run keeps what it
+  got; `Replay(path)` reproduces the run. Appends to an existing file.
+  """
+
+  def __init__(self, backend: LLM, path: str):
+    self.backend, self.path = backend, path
+    self._lock = threading.Lock()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+  def complete(self, prompts: Sequence[Prompt], *, max_new_tokens: int,
+               temperature: float = 0.0, stop: Sequence[str] | None = None) -> list[str]:
+    """Completes through the wrapped backend and records the replies."""
+    prompts = check_prompts(prompts)
+    replies = self.backend.complete(prompts, max_new_tokens=max_new_tokens,
+                                    temperature=temperature, stop=stop)
+    lines = []
+    for p, r in zip(prompts, replies):
+      key = prompt_key(p, max_new_tokens=max_new_tokens, temperature=temperature, stop=stop)
+      lines.append(json.dumps({"key": key, "prompt": p, "max_new_tokens": max_new_tokens,
+                               "temperature": temperature, "stop": list(stop or []),
+                               "reply": r}, ensure_ascii=False) + "\n")
+    with self._lock, open(self.path, "a", encoding="utf-8") as f:
+      f.writelines(lines)
+      f.flush()
+      os.fsync(f.fileno())
+    return replies
+
+
+class Replay:
+  """Serves replies recorded by `Recording` (JSONL: one {"key", "reply", ...} per line).
+
+  A prompt recorded several times (sampling) gets its replies in recorded order. With
+  `strict` (default), a prompt with no reply left raises `LLMError`; otherwise the last
+  recorded reply repeats, or `default` is returned for unknown prompts when given.
+  """
+
+  def __init__(self, path: str, *, strict: bool = True, default: str | None = None):
+    self.path, self.strict, self.default = path, strict, default
+    self._replies: dict[str, list[str]] = {}
+    self._served: dict[str, int] = {}
+    self._lock = threading.Lock()
+    try:
+      f = open(path, encoding="utf-8")
+    except OSError as e:
+      raise LLMError(f"replay file {path}: cannot open ({e.strerror})") from None
+    with f:
+      for lineno, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        try:
+          rec = json.loads(line)
+          key, reply = rec["key"], rec["reply"]
+          if not isinstance(key, str) or not isinstance(reply, str):
+            raise TypeError("'key' and 'reply' must be strings")
+        except (ValueError, KeyError, TypeError) as e:
+          raise LLMError(f"replay file {path} line {lineno}: bad record "
+                         f"({type(e).__name__}: {e})") from None
+        self._replies.setdefault(key, []).append(reply)
+
+  def __len__(self) -> int:
+    return sum(len(v) for v in self._replies.values())
+
+  def complete(self, prompts: Sequence[Prompt], *, max_new_tokens: int,
+               temperature: float = 0.0, stop: Sequence[str] | None = None) -> list[str]:
+    """The recorded replies for `prompts` (in the order they were recorded)."""
+    out = []
+    with self._lock:
+      for p in check_prompts(prompts):
+        key = prompt_key(p, max_new_tokens=max_new_tokens, temperature=temperature, stop=stop)
+        replies = self._replies.get(key)
+        n = self._served.get(key, 0)
+        if replies and n < len(replies):
+          out.append(replies[n])
+        elif replies and not self.strict:
+          out.append(replies[-1])
+        elif not self.strict and self.default is not None:
+          out.append(self.default)
+        else:
+          shown = p if isinstance(p, str) else json.dumps(p)
+          raise LLMError(
+              f"replay file {self.path}: no recorded reply #{n + 1} for prompt "
+              f"{shown[:80]!r} (max_new_tokens={max_new_tokens}, temperature={temperature},"
+              f" stop={list(stop or [])})")
+        self._served[key] = n + 1
+    return out
+
+
+class LocalLlama:
+  """Our Flax Llama (`aotd_jax.models.generate.generate`): many prompts per compiled batch.
+
+  Args:
+    model_dir: a Hugging Face directory (config.json + safetensors + tokenizer files).
+    model / tokenizer: already-built ones instead (a `LlamaForCausalLM`-like NNX module and
+      a transformers tokenizer).
+    max_batch: prompts per generate call; prompts are sorted by length so each batch pads
+      little, and the batch is padded to `max_batch` rows so shapes (and compilations) repeat.
+    seed: the sampling key's seed (temperature > 0).
+  """
+
+  def __init__(self, model_dir: str | None = None, *, model=None, tokenizer=None,
+               dtype: str = "float32", max_batch: int = 8, seed: int = 0,
+               min_bucket: int = 16):
+    if model_dir is None and (model is None or tokenizer is None):
+      raise ValueError("LocalLlama needs model_dir, or both model and tokenizer")
+    if max_batch < 1:
+      raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+    if model_dir is not None and not os.path.isfile(os.path.join(model_dir, "config.json")):
+      raise ValueError(f"LocalLlama: {model_dir} has no config.json")
+    if model is None:
+      import jax.numpy as jnp
+
+      from aotd_jax import hf
+      model = hf.from_pretrained(model_dir, dtype=getattr(jnp, dtype))
+    if tokenizer is None:
+      from aotd_jax.hf.api import load_tokenizer
+      tokenizer = load_tokenizer(model_dir)
+    self.model, self.tokenizer = model, tokenizer
+    self.max_batch, self.min_bucket, self.seed = max_batch, min_bucket, seed
+    self._calls = 0
+    cfg = getattr(model, "config", None)
+    eos = tokenizer.eos_token_id
+    if eos is None:
+      eos = getattr(cfg, "eos_token_id", None)
+    self.eos_token_id = eos
+    pad = tokenizer.pad_token_id
+    if pad is None:
+      pad = getattr(cfg, "pad_token_id", None)
+    self.pad_token_id = pad if pad is not None else (
+        eos if isinstance(eos, int) else (eos[0] if eos else 0))
+
+  def encode(self, prompt: Prompt) -> list[int]:
+    """Token ids of one prompt (chat messages through the tokenizer's chat template)."""
+    if isinstance(prompt, str):
+      return list(self.tokenizer(prompt)["input_ids"])
+    text = self.tokenizer.apply_chat_template(prompt, tokenize=False,
+                                              add_generation_prompt=True)
+    return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+  def complete(self, prompts: Sequence[Prompt], *, max_new_tokens: int,
+               temperature: float = 0.0, stop: Sequence[str] | None = None) -> list[str]:
+    """Generates for all prompts, `max_batch` at a time; greedy when temperature is 0."""
+    import jax
+    import numpy as np
+
+    from aotd_jax.models.generate import generate
+    prompts = check_prompts(prompts)
+    if max_new_tokens < 1:
+      raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    ids = [self.encode(p) for p in prompts]
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    out: list[str] = [""] * len(ids)
+    for start in range(0, len(order), self.max_batch):
+      rows = order[start:start + self.max_batch]
+      n = len(rows)
+      width = max(len(ids[i]) for i in rows)
+      batch = np.full((self.max_batch, width), self.pad_token_id, np.int32)
+      mask = np.zeros((self.max_batch, width), np.int32)
+      for r, i in enumerate(rows + rows[:1] * (self.max_batch - n)):  # pad rows: a repeat
+        batch[r, width - len(ids[i]):] = ids[i]
+        mask[r, width - len(ids[i]):] = 1
+      self._calls += 1
+      rng = jax.random.PRNGKey(self.seed + self._calls) if temperature > 0 else None
+      res = generate(self.model, batch, mask, max_new_tokens=max_new_tokens,
+                     eos_token_id=self.eos_token_id, pad_token_id=self.pad_token_id,
+                     temperature=temperature, rng=rng, min_bucket=self.min_bucket)
+      seqs, lengths = np.asarray(res.sequences), np.asarray(res.lengths)
+      for r, i in enumerate(rows):
+        text = self.tokenizer.decode(seqs[r, :lengths[r]].tolist(), skip_special_tokens=True)
+        out[i] = cut_at_stop(text, stop)
+    return out

@@ -1,0 +1,278 @@
+"""LLM backends: OpenAI-compatible HTTP against a loopback server, replay, and local Flax Llama."""
+import http.server
+import json
+import random
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from aotd_jax.agent.llm import (LLM, LLMError, LocalLlama, OpenAIChat, Recording, Replay,
+                                cut_at_stop)
+
+
+class FakeServer:
+  """An OpenAI-compatible chat server on 127.0.0.1 in a thread.
+
+  `script` is a list of actions consumed one per request ("ok", "slow", 500, 503, 400,
+  "garbage"); when it runs out every request is answered "ok". The reply to a prompt is
+  "re: <last message content>" (or a random word with `random_replies`, like sampling).
+  """
+
+  def __init__(self):
+    self.script, self.requests, self.headers = [], [], []
+    self.inflight = self.max_inflight = 0
+    self.delay_s, self.slow_s, self.random_replies = 0.0, 1.0, False
+    self.lock = threading.Lock()
+    server = self
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+      def log_message(self, *a):
+        pass
+
+      def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with server.lock:
+          action = server.script.pop(0) if server.script else "ok"
+          server.requests.append(body)
+          server.headers.append(dict(self.headers))
+          server.inflight += 1
+          server.max_inflight = max(server.max_inflight, server.inflight)
+        try:
+          time.sleep(server.slow_s if action == "slow" else server.delay_s)
+          if isinstance(action, int):
+            self.send_response(action)
+            self.end_headers()
+            self.wfile.write(b'{"error": "scripted failure"}')
+            return
+          if action == "garbage":
+            payload = b"not json"
+          else:
+            content = body["messages"][-1]["content"]
+            reply = (random.choice(["alpha", "beta", "gamma", "delta"])
+                     if server.random_replies else f"re: {content}")
+            payload = json.dumps({"choices": [{"message": {"role": "assistant",
+                                                           "content": reply}}]}).encode()
+          self.send_response(200)
+          self.send_header("Content-Type", "application/json")
+          self.send_header("Content-Length", str(len(payload)))
+          self.end_headers()
+          self.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
+          pass
+        finally:
+          with server.lock:
+            server.inflight -= 1
+
+    self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    self.httpd.daemon_threads = True
+    self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+    self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+    self.thread.start()
+
+  def close(self):
+    self.httpd.shutdown()
+    self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+  s = FakeServer()
+  yield s
+  s.close()
+
+
+def client(server, **kw):
+  waits = []
+  kw = {"timeout_s": 2.0, "max_retries": 2, "backoff_s": 0.01, "sleep": waits.append, **kw}
+  return OpenAIChat(server.url, "tiny", api_key="k123", **kw), waits
+
+
+def test_http_batch_in_order_with_request_fields(server):
+  llm, _ = client(server, concurrency=3)
+  assert isinstance(llm, LLM)
+  prompts = [f"question {i}" for i in range(7)] + [[{"role": "system", "content": "s"},
+                                                   {"role": "user", "content": "chat"}]]
+  replies = llm.complete(prompts, max_new_tokens=17, temperature=0.5, stop=["\n\n"])
+  assert replies == [f"re: question {i}" for i in range(7)] + ["re: chat"]
+  body = next(r for r in server.requests if r["messages"][-1]["content"] == "chat")
+  assert body["model"] == "tiny" and body["max_tokens"] == 17 and body["temperature"] == 0.5
+  assert body["stop"] == ["\n\n"] and body["messages"][0] == {"role": "system", "content": "s"}
+  assert all(h["Authorization"] == "Bearer k123" for h in server.headers)
+
+
+def test_http_bounded_concurrency(server):
+  server.delay_s = 0.1
+  llm, _ = client(server, concurrency=2)
+  llm.complete([f"p{i}" for i in range(6)], max_new_tokens=4)
+  assert server.max_inflight == 2
+
+
+def test_http_retries_a_server_error_then_succeeds(server):
+  server.script = [500, 503]
+  llm, waits = client(server)
+  assert llm.complete(["hi"], max_new_tokens=4) == ["re: hi"]
+  assert len(server.requests) == 3 and waits == [0.01, 0.02]  # exponential backoff
+
+
+def test_http_persistent_failure_is_a_clear_error(server):
+  server.script = [500] * 10
+  llm, waits = client(server)
+  with pytest.raises(LLMError, match=r"POST http://127\.0\.0\.1:\d+/v1/chat/completions "
+                     r"failed after 3 attempts: HTTP 500"):
+    llm.complete(["hi"], max_new_tokens=4)
+  assert len(server.requests) == 3 and len(waits) == 2
+
+
+def test_http_client_errors_are_not_retried(server):
+  server.script = [400]
+  llm, _ = client(server)
+  with pytest.raises(LLMError, match="HTTP 400.*not retried"):
+    llm.complete(["hi"], max_new_tokens=4)
+  assert len(server.requests) == 1
+
+
+def test_http_timeout_is_retried_then_reported(server):
+  server.slow_s = 0.8
+  server.script = ["slow"]
+  llm, _ = client(server, timeout_s=0.3)
+  assert llm.complete(["hi"], max_new_tokens=4) == ["re: hi"]
+  server.script = ["slow"] * 3
+  t0 = time.perf_counter()
+  with pytest.raises(LLMError, match="failed after 3 attempts: timed out after 0.3 s"):
+    llm.complete(["hi"], max_new_tokens=4)
+  assert time.perf_counter() - t0 < 3.0
+
+
+def test_http_bad_responses_and_unreachable_server(server):
+  server.script = ["garbage"] * 3
+  llm, _ = client(server)
+  with pytest.raises(LLMError, match="failed after 3 attempts: JSONDecodeError"):
+    llm.complete(["hi"], max_new_tokens=4)
+  dead = OpenAIChat("http://127.0.0.1:9", "tiny", max_retries=1, backoff_s=0,
+                    sleep=lambda s: None, timeout_s=1.0)
+  with pytest.raises(LLMError, match="failed after 2 attempts: connection failed"):
+    dead.complete(["hi"], max_new_tokens=4)
+
+
+def test_http_bad_arguments():
+  with pytest.raises(ValueError, match="base_url must start with http"):
+    OpenAIChat("127.0.0.1:8000", "m")
+  with pytest.raises(ValueError, match="concurrency >= 1"):
+    OpenAIChat("http://x", "m", concurrency=0)
+  llm = OpenAIChat("http://127.0.0.1:9/v1", "m")
+  assert llm.url == "http://127.0.0.1:9/v1/chat/completions"
+  with pytest.raises(TypeError, match="prompts must be a sequence"):
+    llm.complete("one string", max_new_tokens=4)
+  with pytest.raises(TypeError, match="prompt 1 must be a str or a non-empty list"):
+    llm.complete(["ok", [{"text": "no role"}]], max_new_tokens=4)
+
+
+def test_recording_then_replay_reproduces_a_sampled_run_exactly(server, tmp_path):
+  server.random_replies = True
+  path = str(tmp_path / "replies.jsonl")
+  rec = Recording(client(server)[0], path)
+  batches = [["q1", "q2", "q1"], [[{"role": "user", "content": "q3"}], "q1"]]
+  live = [rec.complete(b, max_new_tokens=8, temperature=1.0) for b in batches]
+  n_requests = len(server.requests)
+  replay = Replay(path)
+  assert len(replay) == 5
+  again = [replay.complete(b, max_new_tokens=8, temperature=1.0) for b in batches]
+  assert again == live and len(server.requests) == n_requests  # no model needed
+  with pytest.raises(LLMError, match=r"no recorded reply #4 for prompt 'q1'"):
+    replay.complete(["q1"], max_new_tokens=8, temperature=1.0)
+  with pytest.raises(LLMError, match=r"no recorded reply #1 .*max_new_tokens=9"):
+    Replay(path).complete(["q1"], max_new_tokens=9, temperature=1.0)  # settings are keyed
+  lenient = Replay(path, strict=False, default="?")
+  assert lenient.complete(["unseen"], max_new_tokens=8, temperature=1.0) == ["?"]
+
+
+def test_replay_bad_files_name_file_and_line(tmp_path):
+  bad = tmp_path / "bad.jsonl"
+  bad.write_text('{"key": "a", "reply": "x"}\n\n{"key": "b"}\n')
+  with pytest.raises(LLMError, match=r"bad\.jsonl line 3: bad record \(KeyError"):
+    Replay(str(bad))
+  bad.write_text("{not json\n")
+  with pytest.raises(LLMError, match=r"bad\.jsonl line 1: bad record \(JSONDecodeError"):
+    Replay(str(bad))
+  with pytest.raises(LLMError, match=r"missing\.jsonl: cannot open"):
+    Replay(str(tmp_path / "missing.jsonl"))
+
+
+def test_cut_at_stop():
+  assert cut_at_stop("a\n\nb###c", ["###", "\n\n"]) == "a"
+  assert cut_at_stop("abc", None) == "abc" and cut_at_stop("abc", ["x", ""]) == "abc"
+
+
+# --- local Flax Llama on a tiny random model with a tiny word-level tokenizer
+
+WORDS = ["user", "assistant", "system"] + [f"w{i}" for i in range(90)]  # 3 + 93 = vocab 96
+
+
+def make_tokenizer(path):
+  """A word-level tokenizer built with `tokenizers`, saved as a transformers tokenizer."""
+  import tokenizers
+  from tokenizers import models, pre_tokenizers, processors
+  from transformers import PreTrainedTokenizerFast
+  vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
+  tok = tokenizers.Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+  tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+  tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+  fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                 pad_token="<pad>")
+  fast.chat_template = ("<s>{% for m in messages %}{{ m['role'] }} {{ m['content'] }} "
+                        "{% endfor %}{% if add_generation_prompt %}assistant{% endif %}")
+  fast.save_pretrained(str(path))
+  return fast
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+  transformers = pytest.importorskip("transformers")
+  torch = pytest.importorskip("torch")
+  path = tmp_path_factory.mktemp("tiny_llama")
+  torch.manual_seed(0)
+  config = transformers.LlamaConfig(
+      vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+      initializer_range=0.2, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+  ref = transformers.LlamaForCausalLM(config).eval()
+  ref.save_pretrained(str(path))
+  tok = make_tokenizer(path)
+  return path, ref, tok
+
+
+def torch_greedy(ref, tok, text, new, add_special_tokens=True):
+  import torch
+  ids = tok(text, add_special_tokens=add_special_tokens, return_tensors="pt")["input_ids"]
+  with torch.no_grad():
+    out = ref.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                       max_new_tokens=new, eos_token_id=2, pad_token_id=0)
+  return tok.decode(out[0, ids.shape[1]:].tolist(), skip_special_tokens=True)
+
+
+def test_local_llama_matches_transformers_greedy(tiny_llama):
+  path, ref, tok = tiny_llama
+  llm = LocalLlama(str(path), max_batch=4)
+  assert isinstance(llm, LLM)
+  prompts = ["w1 w2 w3", "w7", "w5 w9 w11 w13 w17 w19 w23", "w40 w41",
+             "w60 w61 w62", [{"role": "user", "content": "w3 w4"}]]
+  got = llm.complete(prompts, max_new_tokens=6)
+  want = [torch_greedy(ref, tok, p, 6) for p in prompts[:-1]]
+  chat = tok.apply_chat_template(prompts[-1], tokenize=False, add_generation_prompt=True)
+  want.append(torch_greedy(ref, tok, chat, 6, add_special_tokens=False))
+  assert got == want
+  assert all(w for w in want)  # something was generated
+  stop = want[0].split()[1]
+  assert llm.complete(prompts[:1], max_new_tokens=6, stop=[stop]) == [
+      want[0][:want[0].find(stop)]]
+
+
+def test_local_llama_bad_arguments(tmp_path):
+  with pytest.raises(ValueError, match="needs model_dir, or both model and tokenizer"):
+    LocalLlama()
+  with pytest.raises(ValueError, match="has no config.json"):
+    LocalLlama(str(tmp_path))
+  with pytest.raises(ValueError, match="max_batch must be >= 1"):
+    LocalLlama(model=object(), tokenizer=object(), max_batch=0)
