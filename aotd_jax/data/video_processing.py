@@ -1,0 +1,228 @@
+"""Video and image preprocessing for the student (LLaVA-NeXT-Video), in numpy.
+
+Matches transformers' PIL-backend processors bit for bit before normalisation: frames are
+resized along the shortest edge with Pillow's antialiased bicubic filter (re-implemented here
+in fixed point, as Pillow does it on uint8), centre cropped, rescaled by 1/255 and normalised
+with the CLIP mean/std. Images additionally go through LLaVA-NeXT's any-resolution tiling
+(`image_grid_pinpoints`). Uniform frame sampling helpers pick which frames to decode.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+from aotd_jax.models import llava_anyres
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+DEFAULT_PINPOINTS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))
+
+_PRECISION_BITS = 32 - 8 - 2  # Pillow's fixed-point precision for 8-bit resampling
+
+
+# ----------------------------------------------------------------------------------------------
+# Pillow-exact resize
+# ----------------------------------------------------------------------------------------------
+
+
+def _bicubic(x: np.ndarray) -> np.ndarray:
+  a = -0.5
+  x = np.abs(x)
+  near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1
+  far = (((x - 5) * x + 8) * x - 4) * a
+  return np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
+
+
+def _resample_matrix(in_size: int, out_size: int) -> np.ndarray:
+  """(out, in) fixed-point bicubic weights, as Pillow's `precompute_coeffs` + 8-bit normalise."""
+  scale = in_size / out_size
+  filterscale = max(scale, 1.0)
+  support = 2.0 * filterscale
+  out = np.zeros((out_size, in_size), np.float64)
+  for xx in range(out_size):
+    center = (xx + 0.5) * scale
+    xmin = max(int(center - support + 0.5), 0)
+    xmax = min(int(center + support + 0.5), in_size)
+    w = _bicubic((np.arange(xmin, xmax) - center + 0.5) / filterscale)
+    total = w.sum()
+    if total != 0.0:
+      w = w / total
+    # C's (int) truncates toward zero: round half away from zero into fixed point.
+    out[xx, xmin:xmax] = np.trunc(w * (1 << _PRECISION_BITS) + np.where(w < 0, -0.5, 0.5))
+  return out
+
+
+def _resample_axis(x: np.ndarray, matrix: np.ndarray, axis: int) -> np.ndarray:
+  # Products and sums of uint8 x 23-bit integers stay below 2**53: float64 matmul is exact.
+  y = np.moveaxis(x.astype(np.float64), axis, -1) @ matrix.T
+  y = np.floor((y + (1 << (_PRECISION_BITS - 1))) / (1 << _PRECISION_BITS))
+  return np.moveaxis(np.clip(y, 0, 255).astype(np.uint8), -1, axis)
+
+
+def resize_bicubic(images: np.ndarray, height: int, width: int) -> np.ndarray:
+  """Resizes (..., H, W, C) uint8 images as `PIL.Image.resize(..., BICUBIC)` does, bit-exact."""
+  if images.dtype != np.uint8:
+    raise ValueError(f"resize_bicubic: expected uint8 pixels, got {images.dtype}")
+  in_h, in_w = images.shape[-3], images.shape[-2]
+  passes = [(-2, in_w, width), (-3, in_h, height)]
+  # Pillow (>= 10) shrinks rows first when the height drops by more than twice the width's
+  # drop; the uint8 rounding between passes makes the order visible in the output.
+  if in_h - height > 0 and in_h - height > (in_w - width) * 2:
+    passes.reverse()
+  out = images
+  for axis, size_in, size_out in passes:
+    if size_out != size_in:
+      out = _resample_axis(out, _resample_matrix(size_in, size_out), axis=axis)
+  return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Geometry shared with transformers' processors
+# ----------------------------------------------------------------------------------------------
+
+
+def shortest_edge_size(height: int, width: int, shortest_edge: int) -> tuple[int, int]:
+  """Output (H, W) that scales the shorter side to `shortest_edge` (long side truncated)."""
+  short, long = (width, height) if width <= height else (height, width)
+  new_long = int(shortest_edge * long / short)
+  return (new_long, shortest_edge) if width <= height else (shortest_edge, new_long)
+
+
+def center_crop(images: np.ndarray, height: int, width: int) -> np.ndarray:
+  """Centre crop of (..., H, W, C), zero padding an image smaller than the crop."""
+  in_h, in_w = images.shape[-3], images.shape[-2]
+  if in_h < height or in_w < width:
+    new_h, new_w = max(height, in_h), max(width, in_w)
+    canvas = np.zeros(images.shape[:-3] + (new_h, new_w, images.shape[-1]), images.dtype)
+    top, left = math.ceil((new_h - in_h) / 2), math.ceil((new_w - in_w) / 2)
+    canvas[..., top:top + in_h, left:left + in_w, :] = images
+    # transformers crops the padded canvas at the original image's centre offsets.
+    top0, left0 = (in_h - height) // 2 + top, (in_w - width) // 2 + left
+    return canvas[..., max(0, top0):top0 + height, max(0, left0):left0 + width, :]
+  top, left = (in_h - height) // 2, (in_w - width) // 2
+  return images[..., top:top + height, left:left + width, :]
+
+
+def normalize(images: np.ndarray, *, rescale_factor: float = 1 / 255,
+              mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD) -> np.ndarray:
+  """(..., H, W, C) uint8 -> (..., C, H, W) float32: rescale in float64, normalise in float32."""
+  x = (images.astype(np.float64) * rescale_factor).astype(np.float32)
+  x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+  return np.moveaxis(x, -1, -3)
+
+
+def _check_pixels(x: np.ndarray, name: str, ndim: int, layout: str) -> np.ndarray:
+  x = np.asarray(x)
+  if x.ndim != ndim or x.shape[-1] != 3:
+    raise ValueError(f"{name}: expected {layout} with 3 RGB channels last, got shape {x.shape}")
+  if x.dtype != np.uint8:
+    raise ValueError(f"{name}: expected uint8 pixels (0..255), got dtype {x.dtype}")
+  if min(x.shape[-3], x.shape[-2]) < 1:
+    raise ValueError(f"{name}: empty frame of shape {x.shape}")
+  return x
+
+
+# ----------------------------------------------------------------------------------------------
+# Video and image preprocessing
+# ----------------------------------------------------------------------------------------------
+
+
+def preprocess_video(frames: np.ndarray, *, shortest_edge: int = 224, crop_size: int = 224,
+                     rescale_factor: float = 1 / 255, image_mean: Sequence[float] = CLIP_MEAN,
+                     image_std: Sequence[float] = CLIP_STD) -> np.ndarray:
+  """(T, H, W, 3) uint8 frames -> `pixel_values_videos` of one clip, (T, 3, crop, crop) float32.
+
+  Same steps as transformers' LLaVA-NeXT-Video processor (PIL backend): bicubic resize of the
+  shortest edge, centre crop, rescale, CLIP normalisation. Stack clips for a (B, T, 3, S, S) batch.
+  """
+  frames = _check_pixels(frames, "frames", 4, "(T, H, W, 3)")
+  new_h, new_w = shortest_edge_size(frames.shape[1], frames.shape[2], shortest_edge)
+  x = resize_bicubic(frames, new_h, new_w)
+  x = center_crop(x, crop_size, crop_size)
+  return normalize(x, rescale_factor=rescale_factor, mean=image_mean, std=image_std)
+
+
+def preprocess_image(image: np.ndarray, *, shortest_edge: int = 224, crop_size: int = 224,
+                     image_grid_pinpoints=DEFAULT_PINPOINTS, rescale_factor: float = 1 / 255,
+                     image_mean: Sequence[float] = CLIP_MEAN,
+                     image_std: Sequence[float] = CLIP_STD) -> tuple[np.ndarray, tuple[int, int]]:
+  """(H, W, 3) uint8 -> (tiles (N, 3, crop, crop) float32, image_size (H, W)) any-res tiling.
+
+  Tile 0 is the whole image squashed to the tile size; the rest cut the image letterboxed into
+  the best `image_grid_pinpoints` resolution, as transformers' `LlavaNextImageProcessor`.
+  """
+  image = _check_pixels(image, "image", 3, "(H, W, 3)")
+  pinpoints = [tuple(p) for p in image_grid_pinpoints]
+  height, width = image.shape[:2]
+  best_h, best_w = llava_anyres.select_best_resolution((height, width), pinpoints)
+  scale_w, scale_h = best_w / width, best_h / height
+  if scale_w < scale_h:
+    new_h, new_w = min(math.ceil(height * scale_w), best_h), best_w
+  else:
+    new_h, new_w = best_h, min(math.ceil(width * scale_h), best_w)
+  resized = resize_bicubic(image, new_h, new_w)
+  pad_y, pad_x = (best_h - new_h) // 2, (best_w - new_w) // 2
+  canvas = np.zeros((best_h, best_w, 3), np.uint8)
+  canvas[pad_y:pad_y + new_h, pad_x:pad_x + new_w] = resized
+  tiles = [resize_bicubic(image, shortest_edge, shortest_edge)]
+  tiles += [canvas[i:i + crop_size, j:j + crop_size]
+            for i in range(0, best_h, crop_size) for j in range(0, best_w, crop_size)]
+  out = []
+  for tile in tiles:
+    tile = resize_bicubic(tile, *shortest_edge_size(tile.shape[0], tile.shape[1], shortest_edge))
+    out.append(center_crop(tile, crop_size, crop_size))
+  return normalize(np.stack(out), rescale_factor=rescale_factor, mean=image_mean,
+                   std=image_std), (height, width)
+
+
+def preprocess_images(images: Sequence[np.ndarray], **kw) -> dict[str, np.ndarray]:
+  """A batch for the model: `pixel_values` (B, max_tiles, 3, S, S) zero padded, `image_sizes` (B, 2)."""
+  results = [preprocess_image(im, **kw) for im in images]
+  most = max(r[0].shape[0] for r in results)
+  pixel_values = np.stack([np.pad(t, ((0, most - t.shape[0]),) + ((0, 0),) * 3) for t, _ in results])
+  return {"pixel_values": pixel_values, "image_sizes": np.asarray([s for _, s in results], np.int64)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Frame sampling and prompt expansion
+# ----------------------------------------------------------------------------------------------
+
+
+def sample_frame_indices(num_frames_total: int, n: int, start: int | None = None,
+                         end: int | None = None) -> np.ndarray:
+  """`n` frame indices spread uniformly over [start, end) (whole clip by default), int64.
+
+  Same rule as transformers' `np.linspace(start, end - 1, n).astype(int)` sampling, so a short
+  clip repeats frames rather than returning fewer than `n`.
+  """
+  if n < 1:
+    raise ValueError(f"sample_frame_indices: n must be >= 1, got {n}")
+  if num_frames_total < 1:
+    raise ValueError(f"sample_frame_indices: the video has no frames (num_frames_total={num_frames_total})")
+  start = 0 if start is None else max(0, int(start))
+  end = num_frames_total if end is None else min(int(end), num_frames_total)
+  if end <= start:
+    raise ValueError(f"sample_frame_indices: empty range start={start} end={end} "
+                     f"for a video of {num_frames_total} frames")
+  return np.linspace(start, end - 1, n).astype(np.int64)
+
+
+def _expand(text: str, token: str, counts: Sequence[int], what: str) -> str:
+  parts = text.split(token)
+  if len(parts) - 1 != len(counts):
+    raise ValueError(f"prompt has {len(parts) - 1} {token} placeholder(s) but {len(counts)} {what} "
+                     f"were given: {text[:80]!r}")
+  return parts[0] + "".join(token * int(c) + rest for c, rest in zip(counts, parts[1:]))
+
+
+def expand_media_tokens(text: str, *, video_tokens: Sequence[int] = (), image_tokens: Sequence[int] = (),
+                        video_token: str = "<video>", image_token: str = "<image>") -> str:
+  """Repeats each `<video>` / `<image>` placeholder to the number of features the model makes.
+
+  `video_tokens[i]` / `image_tokens[i]` is the count for the i-th placeholder (see
+  `aotd_jax.models.llava_anyres.num_video_tokens` / `num_image_tokens`).
+  """
+  text = _expand(text, image_token, image_tokens, "images")
+  return _expand(text, video_token, video_tokens, "videos")

@@ -1,0 +1,412 @@
+"""LLaVA-NeXT-Video (the AoTD student) in Flax NNX, ported from transformers.
+
+CLIP vision tower -> selected hidden layer(s) -> (videos: 2-D spatial pooling) -> two-layer
+projector -> features scattered into the Llama token embeddings at the `<video>` / `<image>`
+placeholders -> Llama LM. Images use LLaVA-NeXT's any-resolution tiles with `image_newline`.
+Submodules follow transformers' older layout (`vision_tower`, `multi_modal_projector`,
+`vision_resampler`, `image_newline`, `language_model` = a full `LlamaForCausalLM`), so the
+language model can be handed to `aotd_jax.models.generate` as is; `aotd_jax.hf.llava_next_video`
+reads and writes both transformers key layouts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, struct
+
+from aotd_jax.models import generate as generate_lib
+from aotd_jax.models import llava_anyres
+from aotd_jax.models.clip import CLIPVisionConfig, CLIPVisionModel, activation
+from aotd_jax.models.llama import KVCache, LlamaConfig, LlamaForCausalLM
+from aotd_jax.sharding import constrain
+
+POOL_MODES = ("average", "max", "conv")
+DEFAULT_PINPOINTS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))
+
+
+@dataclasses.dataclass(frozen=True)
+class LlavaNextVideoConfig:
+  """transformers' `LlavaNextVideoConfig` fields, plus dtype/param_dtype/remat and
+  `freeze_vision_tower` (no gradient flows into the tower; see `trainable_filter`).
+
+  dtype / param_dtype / remat apply to the whole model: the sub-configs follow them.
+  """
+  vision_config: CLIPVisionConfig = dataclasses.field(default_factory=lambda: CLIPVisionConfig(
+      hidden_size=1024, intermediate_size=4096, patch_size=14, image_size=336, num_hidden_layers=24,
+      num_attention_heads=16, projection_dim=768))
+  text_config: LlamaConfig = dataclasses.field(default_factory=LlamaConfig)
+  image_token_index: int = 32001
+  video_token_index: int = 32000
+  projector_hidden_act: str = "gelu"
+  vision_feature_select_strategy: str = "default"
+  vision_feature_layer: Any = -2
+  multimodal_projector_bias: bool = True
+  tie_word_embeddings: bool = False
+  image_grid_pinpoints: Any = DEFAULT_PINPOINTS
+  spatial_pool_mode: str = "average"
+  spatial_pool_stride: int = 2
+  spatial_pool_out_channels: int | None = None
+  image_seq_length: int = 576
+  video_seq_length: int = 288
+  freeze_vision_tower: bool = False
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  remat: bool = False
+
+  def __post_init__(self):
+    layer = self.vision_feature_layer
+    if isinstance(layer, (list, tuple)):
+      object.__setattr__(self, "vision_feature_layer", tuple(int(i) for i in layer))
+    object.__setattr__(self, "image_grid_pinpoints",
+                       tuple(tuple(int(v) for v in p) for p in self.image_grid_pinpoints))
+    if self.spatial_pool_mode not in POOL_MODES:
+      raise ValueError(f"LlavaNextVideoConfig: spatial_pool_mode={self.spatial_pool_mode!r} is not "
+                       f"supported; use one of {', '.join(POOL_MODES)}")
+    if self.spatial_pool_stride < 1:
+      raise ValueError(f"LlavaNextVideoConfig: spatial_pool_stride must be >= 1, got {self.spatial_pool_stride}")
+    if self.vision_feature_select_strategy not in ("default", "full"):
+      raise ValueError("LlavaNextVideoConfig: vision_feature_select_strategy must be 'default' or "
+                       f"'full', got {self.vision_feature_select_strategy!r}")
+    if self.spatial_pool_mode == "conv" and len(self.feature_layers) > 1:
+      raise ValueError("LlavaNextVideoConfig: spatial_pool_mode='conv' takes one vision_feature_layer "
+                       f"(its conv has vision hidden_size input channels), got {self.vision_feature_layer}")
+    depth = self.vision_config.num_hidden_layers
+    for i in self.feature_layers:
+      if not -(depth + 1) <= i <= depth:
+        raise ValueError(f"LlavaNextVideoConfig: vision_feature_layer {i} is out of range for a "
+                         f"{depth}-layer vision tower (hidden states -{depth + 1}..{depth})")
+    activation(self.projector_hidden_act)  # raises a clear error for an unknown activation
+    want = dict(dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat)
+    for name in ("vision_config", "text_config"):
+      sub = getattr(self, name)
+      if any(getattr(sub, k) != v for k, v in want.items()):
+        object.__setattr__(self, name, dataclasses.replace(sub, **want))
+    if self.tie_word_embeddings and not self.text_config.tie_word_embeddings:
+      object.__setattr__(self, "text_config",
+                         dataclasses.replace(self.text_config, tie_word_embeddings=True))
+
+  @property
+  def feature_layers(self) -> tuple[int, ...]:
+    layer = self.vision_feature_layer
+    return (layer,) if isinstance(layer, int) else tuple(layer)
+
+  @property
+  def patches_per_side(self) -> int:
+    return self.vision_config.image_size // self.vision_config.patch_size
+
+  def video_tokens_per_frame(self) -> int:
+    """Feature tokens one frame becomes after pooling (transformers' model, not its processor)."""
+    side = llava_anyres.pooled_side(self.patches_per_side, self.spatial_pool_stride)
+    return side * side
+
+  def image_tokens(self, image_size: Sequence[int]) -> int:
+    """Feature tokens of one any-res image of original (H, W) `image_size`."""
+    return llava_anyres.num_image_tokens(
+        image_size, image_grid_pinpoints=self.image_grid_pinpoints,
+        tile_size=self.vision_config.image_size, patch_size=self.vision_config.patch_size,
+        vision_feature_select_strategy=self.vision_feature_select_strategy)
+
+
+def trainable_filter(config: LlavaNextVideoConfig):
+  """The `nnx` filter of parameters to optimise: all, or all but the vision tower when frozen."""
+  if config.freeze_vision_tower:
+    return nnx.All(nnx.Param, nnx.Not(nnx.PathContains("vision_tower")))
+  return nnx.Param
+
+
+@struct.dataclass
+class LlavaNextVideoOutput:
+  """transformers' output names: `logits`, `hidden_states` (LM), `cache`, and the projected
+  `image_hidden_states` / `video_hidden_states` features that were merged."""
+  logits: jax.Array
+  hidden_states: tuple | None = None
+  cache: KVCache | None = None
+  image_hidden_states: jax.Array | None = None
+  video_hidden_states: jax.Array | None = None
+
+
+def _dense(cfg: LlavaNextVideoConfig, din: int, dout: int, axes, rngs) -> nnx.Linear:
+  return nnx.Linear(din, dout, use_bias=cfg.multimodal_projector_bias, dtype=jnp.dtype(cfg.dtype),
+                    param_dtype=jnp.dtype(cfg.param_dtype),
+                    kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(), axes),
+                    bias_init=nnx.with_partitioning(nnx.initializers.zeros, (axes[1],)), rngs=rngs)
+
+
+class LlavaNextVideoMultiModalProjector(nnx.Module):
+  """linear_2(act(linear_1(x))): vision features (concatenated layers) -> LM hidden size."""
+
+  def __init__(self, cfg: LlavaNextVideoConfig, *, rngs: nnx.Rngs):
+    din = cfg.vision_config.hidden_size * len(cfg.feature_layers)
+    dout = cfg.text_config.hidden_size
+    self.linear_1 = _dense(cfg, din, dout, ("embed", "mlp"), rngs)
+    self.linear_2 = _dense(cfg, dout, dout, ("mlp", "embed"), rngs)
+    self.act = activation(cfg.projector_hidden_act)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.linear_2(self.act(self.linear_1(x)))
+
+
+class LlavaNextVideoPooler(nnx.Module):
+  """Spatial pooling of each frame's patch grid (kernel = stride, no padding)."""
+
+  def __init__(self, cfg: LlavaNextVideoConfig, *, rngs: nnx.Rngs):
+    self.mode = cfg.spatial_pool_mode
+    self.stride = cfg.spatial_pool_stride
+    if self.mode == "conv":
+      d = cfg.vision_config.hidden_size
+      s = self.stride
+      self.pool = nnx.Conv(d, cfg.spatial_pool_out_channels or d, kernel_size=(s, s), strides=(s, s),
+                           padding="VALID", dtype=jnp.dtype(cfg.dtype),
+                           param_dtype=jnp.dtype(cfg.param_dtype),
+                           kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(),
+                                                             ("conv_in", "conv_in", "embed", "conv_out")),
+                           bias_init=nnx.with_partitioning(nnx.initializers.zeros, ("conv_out",)),
+                           rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """(N, side*side, D) -> (N, side'*side', D), row-major like transformers' NCHW pooling."""
+    n, p, d = x.shape
+    side = math.isqrt(p)
+    if side * side != p:
+      raise ValueError(f"video pooling needs a square patch grid, got {p} tokens per frame "
+                       "(vision_feature_select_strategy='full' keeps the class token: use 'default')")
+    x = x.reshape(n, side, side, d)
+    s = self.stride
+    if self.mode == "conv":
+      y = self.pool(x)
+    else:
+      out = llava_anyres.pooled_side(side, s)
+      y = x[:, :out * s, :out * s].reshape(n, out, s, out, s, d)
+      y = y.mean(axis=(2, 4)) if self.mode == "average" else y.max(axis=(2, 4))
+    return y.reshape(n, -1, y.shape[-1])
+
+
+def _scatter_features(embeds: jax.Array, mask: jax.Array, features: jax.Array) -> jax.Array:
+  """Writes `features` (N, D) into `embeds` (B, L, D) where `mask`, in row-major order
+  (transformers' `masked_scatter`)."""
+  b, l, d = embeds.shape
+  flat_mask = mask.reshape(-1)
+  idx = jnp.clip(jnp.cumsum(flat_mask.astype(jnp.int32)) - 1, 0, max(features.shape[0] - 1, 0))
+  gathered = jnp.take(features.astype(embeds.dtype), idx, axis=0)
+  out = jnp.where(flat_mask[:, None], gathered, embeds.reshape(-1, d))
+  return out.reshape(b, l, d)
+
+
+def _check_count(input_ids, token_id: int, features: jax.Array, what: str, detail: str) -> None:
+  """Clear error when the prompt's placeholders and the features disagree (eager calls only;
+  under `jit` the ids are abstract, so the data pipeline must have expanded them)."""
+  if isinstance(input_ids, jax.core.Tracer):
+    return
+  n_tokens = int(np.sum(np.asarray(input_ids) == token_id))
+  if n_tokens != features.shape[0]:
+    raise ValueError(
+        f"{what} features and {what} tokens do not match: input_ids hold {n_tokens} {what} tokens "
+        f"(id {token_id}) but the {what} inputs give {features.shape[0]} features ({detail}). "
+        f"Expand each <{what}> placeholder to that many tokens, e.g. with "
+        "aotd_jax.data.video_processing.expand_media_tokens.")
+
+
+class LlavaNextVideoForConditionalGeneration(nnx.Module):
+  """LLaVA-NeXT-Video with transformers' interface (inputs named and laid out as in transformers)."""
+  hf_architecture = "LlavaNextVideoForConditionalGeneration"
+
+  def __init__(self, config: LlavaNextVideoConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    self.vision_tower = CLIPVisionModel(config.vision_config, rngs=rngs)
+    self.multi_modal_projector = LlavaNextVideoMultiModalProjector(config, rngs=rngs)
+    d = config.text_config.hidden_size
+    init = nnx.initializers.normal(1.0 / math.sqrt(d))
+    self.image_newline = nnx.Param(init(rngs.params(), (d,), jnp.dtype(config.param_dtype)),
+                                   out_sharding=("embed",))
+    self.vision_resampler = LlavaNextVideoPooler(config, rngs=rngs)
+    self.language_model = LlamaForCausalLM(config.text_config, rngs=rngs)
+
+  # -------------------------------------------------------------------------- vision features
+
+  def _vision_features(self, pixel_values: jax.Array) -> jax.Array:
+    """(N, 3, S, S) -> selected hidden layer(s), class token dropped for 'default': (N, P, D*)."""
+    cfg = self.config
+    states = self.vision_tower(pixel_values, output_hidden_states=True).hidden_states
+    x = jnp.concatenate([states[i] for i in cfg.feature_layers], axis=-1)
+    if cfg.vision_feature_select_strategy == "default":
+      x = x[:, 1:]
+    if cfg.freeze_vision_tower:
+      x = jax.lax.stop_gradient(x)  # no backward pass through a frozen tower
+    return constrain(x, ("activation_batch", "activation_length", "activation_embed"))
+
+  def get_video_features(self, pixel_values_videos: jax.Array) -> jax.Array:
+    """(B, T, 3, S, S) -> (B, T * tokens_per_frame, hidden): pooled, projected frame features."""
+    vc = self.config.vision_config
+    shape = tuple(np.shape(pixel_values_videos))
+    if len(shape) != 5 or shape[2:] != (vc.num_channels, vc.image_size, vc.image_size):
+      raise ValueError(
+          f"pixel_values_videos must have shape (batch, frames, {vc.num_channels}, {vc.image_size}, "
+          f"{vc.image_size}) (channels first, as transformers), got {shape}")
+    b, t = shape[:2]
+    x = jnp.asarray(pixel_values_videos).reshape((b * t,) + shape[2:])
+    x = self.vision_resampler(self._vision_features(x))
+    x = self.multi_modal_projector(x)
+    return x.reshape(b, -1, x.shape[-1])
+
+  def get_image_features(self, pixel_values: jax.Array, image_sizes) -> list[jax.Array]:
+    """Any-res tiles -> one (tokens_i, hidden) array per image: base tile, then the unpadded
+    grid with an `image_newline` after every row. `image_sizes` (N, 2) must be concrete."""
+    cfg = self.config
+    vc = cfg.vision_config
+    sizes = [tuple(int(v) for v in s) for s in np.asarray(image_sizes).reshape(-1, 2)]
+    tiles = [llava_anyres.anyres_num_tiles(s, cfg.image_grid_pinpoints, vc.image_size) for s in sizes]
+    shape = tuple(np.shape(pixel_values))
+    tile_shape = (vc.num_channels, vc.image_size, vc.image_size)
+    if len(shape) == 5 and shape[2:] == tile_shape and shape[0] == len(sizes) and shape[1] >= max(tiles):
+      pixel_values = jnp.concatenate([jnp.asarray(pixel_values)[i, :n] for i, n in enumerate(tiles)])
+    elif not (len(shape) == 4 and shape[1:] == tile_shape and shape[0] == sum(tiles)):
+      raise ValueError(
+          f"pixel_values must have shape (images, tiles>={max(tiles, default=0)}, {', '.join(map(str, tile_shape))}) "
+          f"or ({sum(tiles)}, {', '.join(map(str, tile_shape))}) for image_sizes {sizes}, got {shape}")
+    feats = self.multi_modal_projector(self._vision_features(jnp.asarray(pixel_values)))
+    newline = self.image_newline[...].astype(feats.dtype)
+    side = cfg.patches_per_side
+    out, start = [], 0
+    for size, n in zip(sizes, tiles):
+      f = feats[start:start + n]
+      start += n
+      if n == 1:
+        out.append(jnp.concatenate([f[0], newline[None]], axis=0))
+        continue
+      rows, cols = llava_anyres.anyres_grid_shape(size, cfg.image_grid_pinpoints, vc.image_size)
+      d = f.shape[-1]
+      grid = f[1:].reshape(rows, cols, side, side, d).transpose(0, 2, 1, 3, 4)
+      grid = grid.reshape(rows * side, cols * side, d)
+      top, bottom, left, right = llava_anyres.unpadded_extent(size, grid.shape[:2])
+      grid = grid[top:bottom, left:right]
+      grid = jnp.concatenate([grid, jnp.broadcast_to(newline, (grid.shape[0], 1, d))], axis=1)
+      out.append(jnp.concatenate([f[0], grid.reshape(-1, d)], axis=0))
+    return out
+
+  # -------------------------------------------------------------------------- merging
+
+  def merge_embeddings(self, input_ids: jax.Array, *, pixel_values=None, image_sizes=None,
+                       pixel_values_videos=None):
+    """Token embeddings with image/video features written at their placeholder tokens.
+
+    Returns (inputs_embeds (B, L, hidden), image_features or None, video_features or None).
+    """
+    cfg = self.config
+    embeds = self.language_model.embed(input_ids)
+    image_features = video_features = None
+    if pixel_values is not None:
+      if image_sizes is None:
+        raise ValueError("pixel_values need image_sizes (the original (height, width) of each image)")
+      image_features = jnp.concatenate(self.get_image_features(pixel_values, image_sizes), axis=0)
+      _check_count(input_ids, cfg.image_token_index, image_features, "image",
+                   f"{len(np.asarray(image_sizes).reshape(-1, 2))} image(s) of sizes "
+                   f"{np.asarray(image_sizes).reshape(-1, 2).tolist()}")
+      embeds = _scatter_features(embeds, input_ids == cfg.image_token_index, image_features)
+    if pixel_values_videos is not None:
+      video_features = self.get_video_features(pixel_values_videos)
+      b, t = np.shape(pixel_values_videos)[:2]
+      video_features = video_features.reshape(-1, video_features.shape[-1])
+      _check_count(input_ids, cfg.video_token_index, video_features, "video",
+                   f"{b} clip(s) x {t} frames x {cfg.video_tokens_per_frame()} tokens per frame")
+      embeds = _scatter_features(embeds, input_ids == cfg.video_token_index, video_features)
+    return embeds, image_features, video_features
+
+  def __call__(self, input_ids=None, attention_mask=None, *, pixel_values=None, image_sizes=None,
+               pixel_values_videos=None, inputs_embeds=None, position_ids=None,
+               cache: KVCache | None = None, output_hidden_states: bool = False,
+               logits_to_keep: int = 0) -> LlavaNextVideoOutput:
+    """Logits (B, L, vocab) of the prompt with its images/videos merged in.
+
+    Args:
+      input_ids: (B, L) token ids with `image_token_index` / `video_token_index` placeholders,
+        one per feature token (see `LlavaNextVideoConfig.video_tokens_per_frame`).
+      attention_mask: (B, L) 1 for tokens, 0 for (left) padding; (B, cache slots) with a cache.
+      pixel_values: (images, tiles, 3, S, S) any-res tiles, with `image_sizes` (images, 2).
+      pixel_values_videos: (clips, frames, 3, S, S).
+      inputs_embeds: (B, L, hidden) instead of `input_ids` (no media merging then).
+      position_ids, cache, output_hidden_states, logits_to_keep: as `LlamaForCausalLM`.
+    """
+    image_features = video_features = None
+    if inputs_embeds is None:
+      if input_ids is None:
+        raise ValueError("LlavaNextVideoForConditionalGeneration: pass input_ids or inputs_embeds")
+      input_ids = input_ids if isinstance(input_ids, jax.Array) else np.asarray(input_ids)
+      inputs_embeds, image_features, video_features = self.merge_embeddings(
+          input_ids, pixel_values=pixel_values, image_sizes=image_sizes,
+          pixel_values_videos=pixel_values_videos)
+    elif input_ids is not None:
+      raise ValueError("LlavaNextVideoForConditionalGeneration: pass exactly one of input_ids and inputs_embeds")
+    out = self.language_model(attention_mask=attention_mask, inputs_embeds=inputs_embeds,
+                              position_ids=position_ids, cache=cache,
+                              output_hidden_states=output_hidden_states, logits_to_keep=logits_to_keep)
+    return LlavaNextVideoOutput(logits=out.logits, hidden_states=out.hidden_states, cache=out.cache,
+                                image_hidden_states=image_features, video_hidden_states=video_features)
+
+  def init_cache(self, batch_size: int, max_length: int, dtype=None) -> KVCache:
+    return self.language_model.init_cache(batch_size, max_length, dtype)
+
+
+# ------------------------------------------------------------------------------------ generation
+
+
+@nnx.jit(static_argnames=("image_sizes",))
+def _merge_jit(model, input_ids, pixel_values, image_sizes, pixel_values_videos):
+  return model.merge_embeddings(input_ids, pixel_values=pixel_values, image_sizes=image_sizes,
+                                pixel_values_videos=pixel_values_videos)[0]
+
+
+def generate(model: LlavaNextVideoForConditionalGeneration, input_ids, attention_mask=None, *,
+             pixel_values_videos=None, pixel_values=None, image_sizes=None, max_new_tokens: int,
+             eos_token_id=None, pad_token_id: int | None = None, temperature: float = 0.0,
+             top_p: float = 1.0, rng: jax.Array | None = None,
+             min_bucket: int = 16) -> generate_lib.GenerateOutput:
+  """Video/image-conditioned generation for a left-padded batch.
+
+  The prompt is left-padded to a power-of-two bucket, its embeddings are merged with the media
+  features in one jitted call, then `aotd_jax.models.generate` runs the jitted prefill and
+  KV-cache decode loop on the language model. Compiles once per (batch, bucket, media shapes,
+  max_new_tokens); prompts of other lengths in the same bucket reuse the programs.
+
+  Returns `GenerateOutput(sequences (B, max_new_tokens), lengths (B,))` of new tokens.
+  """
+  text = model.config.text_config
+  eos_token_id = text.eos_token_id if eos_token_id is None else eos_token_id
+  pad_token_id = pad_token_id if pad_token_id is not None else (text.pad_token_id or 0)
+  ids = np.asarray(input_ids, np.int32)
+  if ids.ndim != 2:
+    raise ValueError(f"generate: input_ids must be (batch, length), got shape {ids.shape}")
+  b, length = ids.shape
+  mask = np.ones((b, length), np.int32) if attention_mask is None else np.asarray(attention_mask, np.int32)
+  if mask.shape != ids.shape:
+    raise ValueError(f"generate: attention_mask shape {mask.shape} does not match input_ids {ids.shape}")
+  # Check the placeholder counts eagerly (cheap, shapes only) before anything compiles.
+  cfg = model.config
+  if pixel_values_videos is not None:
+    vb, vt = np.shape(pixel_values_videos)[:2]
+    want = vb * vt * cfg.video_tokens_per_frame()
+    _check_count(ids, cfg.video_token_index, np.empty((want, 0)), "video",
+                 f"{vb} clip(s) x {vt} frames x {cfg.video_tokens_per_frame()} tokens per frame")
+  if pixel_values is not None:
+    if image_sizes is None:
+      raise ValueError("generate: pixel_values need image_sizes")
+    sizes = np.asarray(image_sizes).reshape(-1, 2)
+    want = sum(cfg.image_tokens(s) for s in sizes)
+    _check_count(ids, cfg.image_token_index, np.empty((want, 0)), "image",
+                 f"{len(sizes)} image(s) of sizes {sizes.tolist()}")
+  width = generate_lib.prompt_bucket(length, min_bucket)
+  ids = np.pad(ids, ((0, 0), (width - length, 0)), constant_values=pad_token_id)
+  mask = np.pad(mask, ((0, 0), (width - length, 0)))
+  static_sizes = None if image_sizes is None else tuple(
+      tuple(int(v) for v in s) for s in np.asarray(image_sizes).reshape(-1, 2))
+  embeds = _merge_jit(model, jnp.asarray(ids), None if pixel_values is None else jnp.asarray(pixel_values),
+                      static_sizes,
+                      None if pixel_values_videos is None else jnp.asarray(pixel_values_videos))
+  return generate_lib.generate(model.language_model, inputs_embeds=embeds, attention_mask=mask,
+                               max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
+                               pad_token_id=pad_token_id, temperature=temperature, top_p=top_p,
+                               rng=rng, min_bucket=min_bucket)
