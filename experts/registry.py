@@ -77,13 +77,10 @@ class _Context:
                          "['toyworld', 'star']")
     return self._gt
 
-  def model(self, role: str, kind: str, section, load: Callable[[str], Any]):
-    path = _get(section, "path", "")
-    if not path:
-      raise ValueError(f"experts config: {role}.path is required for kind {kind!r}")
-    key = (kind, path)
+  def model(self, key: tuple, load: Callable[[], Any]):
+    """Loads a model once per (kind, path), however many roles it serves."""
     if key not in self.models:
-      self.models[key] = load(path)
+      self.models[key] = load()
     return self.models[key]
 
 
@@ -104,28 +101,39 @@ def _keyword(section, ctx):
   return oracle.KeywordSelector()
 
 
+def _path(role: str, kind: str, section) -> str:
+  path = _get(section, "path", "")
+  if not path:
+    raise ValueError(f"experts config: {role}.path is required for kind {kind!r}")
+  return path
+
+
 def _owlv2(section, ctx):
   from experts.backends import owlv2
   return owlv2.Owlv2Detector.from_pretrained(
-      section.path, buckets=_get(section, "buckets", DEFAULT_BUCKETS))
+      _path("detector", "owlv2", section), buckets=_get(section, "buckets", DEFAULT_BUCKETS))
 
 
 def _univtg(section, ctx):
   from experts.backends import univtg
   return univtg.UniVTGGrounder.from_pretrained(
-      section.path, buckets=_get(section, "buckets", DEFAULT_BUCKETS))
+      _path("grounder", "univtg", section), buckets=_get(section, "buckets", DEFAULT_BUCKETS))
 
 
-def _llava(section, ctx):
-  from experts.backends import llava
-  model = ctx.model("video_qa", "llava", section, llava.load)
-  return llava.LlavaVideoQA(*model, name=f"llava:{section.path}")
+def _llava(role):
+  def make(section, ctx):
+    from experts.backends import llava
+    path = _path(role, "llava", section)
+    model = ctx.model(("llava", path), lambda: llava.load(path))
+    return llava.LlavaVideoQA(*model, name=f"llava:{path}")
+  return make
 
 
 def _llama(section, ctx):
   from experts.backends import llava
-  model = ctx.model("selector", "llama", section, llava.load_llm)
-  return llava.LLMSelector(*model, name=f"llama:{section.path}",
+  path = _path("selector", "llama", section)
+  model = ctx.model(("llama", path), lambda: llava.load_llm(path))
+  return llava.LLMSelector(*model, name=f"llama:{path}",
                            max_new_tokens=int(_get(section, "max_new_tokens", 16)))
 
 
@@ -133,9 +141,10 @@ def _llama(section, ctx):
 FACTORIES: dict[str, dict[str, Callable]] = {
     "detector": {"oracle": _oracle("detector"), "owlv2": _owlv2},
     "grounder": {"oracle": _oracle("grounder"), "univtg": _univtg},
-    "action_recognizer": {"oracle": _oracle("action_recognizer"), "llava": _llava},
-    "video_qa": {"oracle": _oracle("video_qa"), "llava": _llava},
-    "selector": {"keyword": _keyword, "llama": _llama, "llava": _llava},
+    "action_recognizer": {"oracle": _oracle("action_recognizer"),
+                          "llava": _llava("action_recognizer")},
+    "video_qa": {"oracle": _oracle("video_qa"), "llava": _llava("video_qa")},
+    "selector": {"keyword": _keyword, "llama": _llama, "llava": _llava("selector")},
 }
 
 
