@@ -1,0 +1,426 @@
+"""Grain pipelines for dual-mode distillation: QA samples + CoT samples -> padded batches.
+
+    sources (MapDataset: QA records, CoT JSONL / ArrayRecord)
+      -> shuffle, repeat (per source)  -> mix by weights  -> per-host shard
+      -> decode video + tokenise  (in `num_workers` worker processes, `mp_prefetch`)
+      -> drop and count bad samples -> batch, pad to a length bucket
+      -> host numpy batch, or global `jax.Array`s on a mesh
+
+Batch keys: `input_ids`, `attention_mask`, `label_mask`, `rationale_mask` (B, L) int32,
+`pixel_values_videos` (B, T, 3, S, S) float32 and, host-side only, `qid` (object array). The
+masks follow `aotd_jax.data.tokenize`. The iterator's `get_state()` is a JSON-able dict
+(save it with Orbax's `JsonSave`, as the trainer's checkpointer does); `set_state` on a
+pipeline built with the same arguments resumes on the exact next batch.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import os
+import sys
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import grain
+import jax
+import numpy as np
+from absl import flags, logging
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from aotd_jax.data import conversation, video
+from aotd_jax.data.annotations import ReadReport, VideoQA
+from aotd_jax.data.tokenize import TokenizeOptions, tokenize_sample
+
+SKIP = "_skip"  # key of the marker a worker returns for a sample it could not prepare
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+  """Pipeline options (all hosts use the same values).
+
+  Attributes:
+    batch_size: global batch size, split evenly over `jax.process_count()` hosts.
+    num_frames: frames per clip (T).
+    image_size: shortest edge and centre crop of `preprocess_video` (S).
+    decode_size: size frames are decoded at (int or (H, W)); None keeps the video's size,
+      which matches transformers' processor exactly, a small value is much faster.
+    buckets: allowed padded lengths; a batch pads to the smallest that fits its longest
+      sample; the largest is the maximum length (longer responses are cut and counted).
+    train_on_prompt, num_video_tokens, video_token: see `aotd_jax.data.tokenize`.
+    answer_style: QA targets, "letter_text" -> "(B) text" or "letter" -> "B".
+    seed, shuffle, num_epochs: shuffling per source, reshuffled every epoch; None repeats
+      forever.
+    num_workers: decoding processes (0: in the calling process).
+    worker_buffer_size: prepared samples buffered per worker.
+    pad_token_id: None uses the tokenizer's pad, else its EOS, else 0.
+    frame_cache_items: per-worker `FrameCache` size (0: no cache).
+  """
+  batch_size: int
+  num_frames: int = 8
+  image_size: int = 224
+  decode_size: int | tuple[int, int] | None = None
+  buckets: tuple[int, ...] = (256, 512, 1024, 2048)
+  train_on_prompt: bool = False
+  num_video_tokens: int | None = None
+  video_token: str = "<video>"
+  answer_style: str = "letter_text"
+  seed: int = 0
+  shuffle: bool = True
+  num_epochs: int | None = None
+  num_workers: int = 0
+  worker_buffer_size: int = 2
+  pad_token_id: int | None = None
+  frame_cache_items: int = 0
+
+
+# ------------------------------------------------------------------------------- sources
+
+
+def _video_path(root: str, path: str) -> str:
+  return path if os.path.isabs(path) or not root else os.path.join(root, path)
+
+
+def qa_examples(records: Sequence[VideoQA], *, video_root: str = "", video_ext: str = ".mp4",
+                answer_style: str = "letter_text") -> list[dict]:
+  """QA-mode examples (plain dicts) from annotation records.
+
+  The video is `meta["video_path"]` when the reader set it (NExT-QA), else
+  `{video_id}{video_ext}`, both under `video_root`.
+  """
+  out = []
+  for r in records:
+    path = r.meta.get("video_path") or f"{r.video_id}{video_ext}"
+    out.append({
+        "mode": "qa", "qid": r.qid, "video_path": _video_path(video_root, path),
+        "start": r.start, "end": r.end,
+        "user_text": conversation.qa_user_text(r.question, r.choices),
+        "assistant_text": conversation.answer_target(r.choices, r.answer, r.answer_index,
+                                                     style=answer_style)})
+  return out
+
+
+def qa_source(records: Sequence[VideoQA], **kw) -> grain.MapDataset:
+  """A `MapDataset` of QA-mode examples (see `qa_examples` for the options)."""
+  return grain.MapDataset.source(qa_examples(records, **kw))
+
+
+def cot_example(rec: Any, *, video_root: str = "") -> dict:
+  """A CoT-mode example from one AoTD conversation record; ValueError / KeyError if malformed.
+
+  Record: `{"video_path", "conversation": [{"from": "human", ...}, {"from": "gpt", ...}],
+  "qid", optional "start" / "end" (seconds)}`. The rationale suffix is appended to the human
+  text when it is not already there.
+  """
+  if not isinstance(rec, Mapping):
+    raise ValueError(f"record is a {type(rec).__name__}, not an object")
+  user, rationale = conversation.conversation_turns(rec["conversation"])
+  if conversation.RATIONALE_SUFFIX not in user:
+    user = f"{user.rstrip()}\n{conversation.RATIONALE_SUFFIX}"
+  if not isinstance(rec["video_path"], str) or not rec["video_path"]:
+    raise ValueError("video_path must be a non-empty string")
+  return {"mode": "cot", "qid": str(rec["qid"]), "video_path": _video_path(video_root, rec["video_path"]),
+          "start": rec.get("start"), "end": rec.get("end"), "user_text": user,
+          "assistant_text": rationale}
+
+
+def _cot_error(e: Exception) -> str:
+  return f"missing field {e}" if isinstance(e, KeyError) else str(e)
+
+
+def read_cot_jsonl(path: str, *, video_root: str = "") -> tuple[list[dict], ReadReport]:
+  """CoT examples from a JSONL file; malformed lines are reported (file:line), counted, skipped."""
+  report = ReadReport(fmt="cot", path=path)
+  out = []
+  with open(path, encoding="utf-8") as f:
+    for lineno, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        out.append(cot_example(json.loads(line), video_root=video_root))
+      except (json.JSONDecodeError, KeyError, ValueError, TypeError) as e:
+        report.skip(f"{path}:{lineno}", _cot_error(e))
+  report.num_records = len(out)
+  logging.log(logging.WARNING if report.num_skipped else logging.INFO, "cot: %s", report.summary())
+  return out, report
+
+
+class _ParseCotRecord:
+  """ArrayRecord bytes -> CoT example, or a skip marker naming the file and index."""
+
+  def __init__(self, path: str, video_root: str):
+    self.path, self.video_root = path, video_root
+
+  def __call__(self, index: int, data: bytes) -> dict:
+    try:
+      return cot_example(json.loads(data), video_root=self.video_root)
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, ValueError, TypeError) as e:
+      return {SKIP: f"{self.path}[{index}]: malformed CoT record: {_cot_error(e)}", "kind": "record"}
+
+
+def cot_source(path: str | os.PathLike, *, video_root: str = "") -> grain.MapDataset:
+  """A `MapDataset` of CoT-mode examples from `*.jsonl` or `*.array_record` (JSON per record).
+
+  JSONL is parsed up front (bad lines are logged and in `.report` of `read_cot_jsonl`);
+  ArrayRecord is parsed lazily and bad records are counted by the pipeline.
+  """
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"CoT file not found: {path}")
+  if path.endswith((".array_record", ".arrayrecord")):
+    source = grain.sources.ArrayRecordDataSource([path])
+    return grain.MapDataset.source(source).map_with_index(_ParseCotRecord(path, video_root))
+  if path.endswith((".jsonl", ".json")):
+    return grain.MapDataset.source(read_cot_jsonl(path, video_root=video_root)[0])
+  raise ValueError(f"{path}: CoT files must be .jsonl or .array_record")
+
+
+def write_cot_array_record(path: str | os.PathLike, records: Sequence[Mapping]) -> None:
+  """Writes CoT records (one JSON each) as an ArrayRecord file (the CoT job's shard format)."""
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+  writer = array_record_module.ArrayRecordWriter(os.fspath(path), "group_size:1")
+  for rec in records:
+    writer.write(json.dumps(rec).encode())
+  writer.close()
+
+
+class EpochShuffle(grain.MapDataset):
+  """Repeats a source `num_epochs` times (None: forever), a fresh permutation each epoch.
+
+  Index-addressable and stateless like Grain's `shuffle().repeat()`, but one numpy
+  permutation per epoch (cached) instead of a Feistel evaluation per element, which costs
+  ~1 ms per element on a busy CPU.
+  """
+
+  def __init__(self, parent: grain.MapDataset, *, seed: int, num_epochs: int | None,
+               shuffle: bool = True):
+    super().__init__(parent)
+    self._n = len(parent)
+    self._seed, self._shuffle = seed, shuffle
+    self._length = sys.maxsize if num_epochs is None else self._n * num_epochs
+    self._perm: tuple[int, np.ndarray] | None = None
+
+  def __len__(self) -> int:
+    return self._length
+
+  def __str__(self) -> str:
+    return f"EpochShuffle(seed={self._seed}, shuffle={self._shuffle})"
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    if index >= self._length:
+      raise IndexError(index)
+    epoch, i = divmod(index, self._n)
+    if self._shuffle:
+      if self._perm is None or self._perm[0] != epoch:
+        self._perm = (epoch, np.random.default_rng([self._seed, epoch]).permutation(self._n))
+      i = int(self._perm[1][i])
+    return self._parent[i]
+
+
+def mix_sources(sources: Sequence[grain.MapDataset], weights: Sequence[float] | None = None, *,
+                seed: int = 0, shuffle: bool = True, num_epochs: int | None = None) -> grain.MapDataset:
+  """Shuffles (reshuffled per epoch) and repeats each source, then mixes them by `weights`."""
+  if not sources:
+    raise ValueError("mix_sources: no sources")
+  if weights is not None:
+    if len(weights) != len(sources):
+      raise ValueError(f"mix_sources: {len(weights)} weights for {len(sources)} sources")
+    if any(w < 0 for w in weights) or not sum(weights) > 0:
+      raise ValueError(f"mix_sources: weights must be >= 0 with a positive sum, got {list(weights)}")
+  out, kept = [], []
+  for i, ds in enumerate(sources):
+    if len(ds) == 0:
+      raise ValueError(f"mix_sources: source {i} is empty")
+    if weights is not None and weights[i] == 0:
+      continue  # Grain's mix refuses zero proportions: a weight of 0 means "not used"
+    out.append(EpochShuffle(ds, seed=seed + i, num_epochs=num_epochs, shuffle=shuffle))
+    kept.append(1.0 if weights is None else float(weights[i]))
+  return out[0] if len(out) == 1 else grain.MapDataset.mix(out, kept)
+
+
+# ------------------------------------------------------------------------ sample -> arrays
+
+
+class PrepareSample:
+  """Example dict -> arrays (runs in the worker processes): decode the clip, tokenise."""
+
+  def __init__(self, tokenizer, config: PipelineConfig,
+               preprocess: Callable[[np.ndarray], np.ndarray] | None = None):
+    self.tokenizer = tokenizer
+    self.config = config
+    self.preprocess = preprocess
+    self.options = TokenizeOptions(
+        max_length=max(config.buckets), train_on_prompt=config.train_on_prompt,
+        video_token=config.video_token, num_video_tokens=config.num_video_tokens)
+    self._cache = None
+
+  def __getstate__(self):
+    return {k: v for k, v in self.__dict__.items() if k != "_cache"} | {"_cache": None}
+
+  def _pixels(self, frames: np.ndarray) -> np.ndarray:
+    if self.preprocess is not None:
+      return self.preprocess(frames)
+    from aotd_jax.data import video_processing  # pylint: disable=g-import-not-at-top
+    size = self.config.image_size
+    return video_processing.preprocess_video(frames, shortest_edge=size, crop_size=size)
+
+  def __call__(self, ex: dict) -> dict:
+    if SKIP in ex:
+      return ex
+    cfg = self.config
+    if self._cache is None and cfg.frame_cache_items:
+      self._cache = video.FrameCache(cfg.frame_cache_items)
+    try:
+      frames = video.read_frames(ex["video_path"], cfg.num_frames, start=ex["start"],
+                                 end=ex["end"], size=cfg.decode_size, cache=self._cache)
+    except video.VideoDecodeError as e:
+      return {SKIP: f"qid {ex['qid']}: {e}", "kind": "video"}
+    try:
+      tok = tokenize_sample(self.tokenizer, ex["user_text"], ex["assistant_text"], ex["mode"],
+                            self.options)
+    except ValueError as e:
+      return {SKIP: f"qid {ex['qid']}: {e}", "kind": "tokenize"}
+    tok["pixel_values_videos"] = np.asarray(self._pixels(frames), np.float32)
+    tok["qid"] = ex["qid"]
+    return tok
+
+
+class SkipCounter:
+  """Filter predicate (main process): drops skip markers, counting and logging them."""
+
+  def __init__(self, max_messages: int = 100):
+    self.counts: collections.Counter = collections.Counter()
+    self.messages: collections.deque = collections.deque(maxlen=max_messages)
+    self.truncated = 0
+
+  def __call__(self, element: dict) -> bool:
+    if SKIP in element:
+      self.counts[element.get("kind", "other")] += 1
+      self.messages.append(element[SKIP])
+      logging.warning("pipeline: skipped sample: %s", element[SKIP])
+      return False
+    self.truncated += int(element["truncated"])
+    return True
+
+
+class Collate:
+  """List of samples -> one batch padded (right) to the smallest bucket that fits."""
+
+  def __init__(self, buckets: Sequence[int], pad_token_id: int):
+    self.buckets = tuple(sorted(buckets))
+    self.pad_token_id = pad_token_id
+
+  def length(self, longest: int) -> int:
+    return next(b for b in self.buckets if b >= longest)
+
+  def __call__(self, samples: Sequence[dict]) -> dict[str, np.ndarray]:
+    L = self.length(max(len(s["input_ids"]) for s in samples))
+    B = len(samples)
+    out = {"input_ids": np.full((B, L), self.pad_token_id, np.int32),
+           "attention_mask": np.zeros((B, L), np.int32),
+           "label_mask": np.zeros((B, L), np.int32),
+           "rationale_mask": np.zeros((B, L), np.int32)}
+    for i, s in enumerate(samples):
+      n = len(s["input_ids"])
+      out["input_ids"][i, :n] = s["input_ids"]
+      out["attention_mask"][i, :n] = 1
+      out["label_mask"][i, :n] = s["label_mask"]
+      out["rationale_mask"][i, :n] = s["rationale_mask"]
+    out["pixel_values_videos"] = np.stack([s["pixel_values_videos"] for s in samples])
+    out["qid"] = np.array([s["qid"] for s in samples], dtype=object)
+    return out
+
+
+# ------------------------------------------------------------------------------ iterator
+
+
+def global_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, Any]:
+  """Host-local numpy batch -> global `jax.Array`s, batch axis over (data, fsdp).
+
+  Non-numeric entries (`qid`) stay host-side numpy.
+  """
+  out = {}
+  for k, v in batch.items():
+    v = np.asarray(v)
+    if v.dtype == object:
+      out[k] = v
+      continue
+    sharding = NamedSharding(mesh, P(("data", "fsdp"), *([None] * (v.ndim - 1))))
+    out[k] = jax.make_array_from_process_local_data(sharding, v)
+  return out
+
+
+class DistillPipeline:
+  """The batch iterator: numpy batches (or global arrays with `mesh`), Grain state."""
+
+  def __init__(self, dataset: grain.IterDataset, skips: SkipCounter, mesh: Mesh | None = None):
+    self._iter = iter(dataset)
+    self.skips = skips
+    self.mesh = mesh
+
+  def __iter__(self) -> Iterator[dict]:
+    return self
+
+  def __next__(self) -> dict:
+    batch = next(self._iter)
+    return batch if self.mesh is None else global_batch(batch, self.mesh)
+
+  def get_state(self) -> dict:
+    """The data-iterator state (JSON-serialisable) for Orbax checkpoints."""
+    return self._iter.get_state()
+
+  def set_state(self, state: Mapping) -> None:
+    """Resumes at the batch after the one `state` was taken at."""
+    self._iter.set_state(dict(state))
+
+  def stats(self) -> dict:
+    return {"skipped": dict(self.skips.counts), "truncated": self.skips.truncated}
+
+  def close(self) -> None:
+    close = getattr(self._iter, "close", None)
+    if close is not None:
+      close()
+
+
+def make_pipeline(tokenizer, sources: Sequence[grain.MapDataset], config: PipelineConfig, *,
+                  weights: Sequence[float] | None = None, mesh: Mesh | None = None,
+                  preprocess: Callable[[np.ndarray], np.ndarray] | None = None,
+                  process_index: int | None = None, process_count: int | None = None) -> DistillPipeline:
+  """Builds the dual-mode batch iterator.
+
+  Args:
+    tokenizer: the student's tokenizer (its chat template is used when it has one).
+    sources: `MapDataset`s of examples (`qa_source`, `cot_source`).
+    config: `PipelineConfig`.
+    weights: mixing weights, one per source (None: uniform).
+    mesh: when given, batches are global `jax.Array`s on it.
+    preprocess: frames (T, H, W, 3) uint8 -> (T, 3, S, S) float32 (default:
+      `video_processing.preprocess_video` at `config.image_size`).
+    process_index, process_count: host sharding (default: `jax.process_index/count()`).
+  """
+  index = jax.process_index() if process_index is None else process_index
+  count = jax.process_count() if process_count is None else process_count
+  if config.batch_size % count:
+    raise ValueError(f"batch_size {config.batch_size} does not divide over {count} hosts")
+  if not config.buckets or min(config.buckets) <= 0:
+    raise ValueError(f"buckets must be positive lengths, got {config.buckets}")
+  pad = config.pad_token_id
+  if pad is None:
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+  ds = mix_sources(sources, weights, seed=config.seed, shuffle=config.shuffle,
+                   num_epochs=config.num_epochs)
+  if count > 1:
+    ds = ds[index::count]
+  ds = ds.map(PrepareSample(tokenizer, config, preprocess)).to_iter_dataset()
+  if config.num_workers > 0:
+    if not flags.FLAGS.is_parsed():
+      # Grain's worker pool reads its absl flags; outside an absl app (tests, notebooks)
+      # they keep their defaults. Launch scripts have parsed flags before this point.
+      flags.FLAGS.mark_as_parsed()
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=config.num_workers, per_worker_buffer_size=config.worker_buffer_size))
+  skips = SkipCounter()
+  ds = ds.filter(skips).batch(config.batch_size // count, drop_remainder=True,
+                              batch_fn=Collate(config.buckets, pad or 0))
+  return DistillPipeline(ds, skips, mesh)
