@@ -90,7 +90,22 @@ def test_evidence_collects_nested_detections():
       {"frame": 6, "label": "cup", "score": 0.7, "box": [1, 2, 3, 4]}]})
   found = cot.trace_evidence([Call("Filter_frames_with_obj", {"obj": "cup"}, clip_with_boxes)])
   assert found.windows == [(5, 9)]
-  assert found.boxes == [{"frame": 6, "label": "cup", "box": [1.0, 2.0, 3.0, 4.0]}]
+  assert found.boxes == [{"frame": 6, "last_frame": 6, "label": "cup", "box": [1.0, 2.0, 3.0, 4.0]}]
+
+
+def test_boxes_held_over_frames_merge_and_long_tracks_are_sampled():
+  still = [box(f, [1, 2, 3, 4], "cup") for f in range(5)]
+  moving = [box(f, [f, 0, f + 5, 5], "ball") for f in range(10)]
+  found = cot.evidence(detections("x", still + moving))
+  assert [cot.box_text(b) for b in found.boxes] == [
+      "the cup at [1, 2, 3, 4] in frames 0-4", "the ball at [0, 0, 5, 5] in frame 0",
+      "the ball at [3, 0, 8, 5] in frame 3", "the ball at [6, 0, 11, 5] in frame 6",
+      "the ball at [9, 0, 14, 5] in frame 9"]
+  trace = [Call("Query_Objs", {"video_clip": clip(0, 10), "query": "toys"},
+                detections("toys", still + moving))]
+  text = cot.verbalise(trace, "B")
+  assert text.startswith("Looking for toys in frames 0-9, I see cup and ball. I see the cup at")
+  assert cot.missing_evidence(text, trace) == []
 
 
 def test_missing_evidence_names_what_is_left_out():

@@ -23,6 +23,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from aotd_jax.agent import programs
 
 _CLIP_ARG_NAMES = ("video_clip", "clip")
+MAX_BOXES_PER_OBJECT = 4
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")  # "12-39" is two numbers, not 12 and -39
 
 
@@ -53,7 +54,7 @@ def as_calls(trace: Any) -> list[dict]:
 class Evidence:
   """What a value says about the video: windows (start, end-exclusive), boxes, labels."""
   windows: list[tuple[int, int]] = dataclasses.field(default_factory=list)
-  boxes: list[dict] = dataclasses.field(default_factory=list)  # {"frame", "label", "box"}
+  boxes: list[dict] = dataclasses.field(default_factory=list)  # runs, see `evidence`
   labels: list[str] = dataclasses.field(default_factory=list)
   scalars: list[Any] = dataclasses.field(default_factory=list)  # counts, booleans
 
@@ -67,12 +68,17 @@ def _is_window(value: Any) -> bool:
   return isinstance(value, Mapping) and "start_frame" in value and "end_frame" in value
 
 
-def evidence(value: Any, out: Evidence | None = None) -> Evidence:
-  """Collects the windows, boxes, labels and scalars inside a JSON-like value, in order."""
-  out = out if out is not None else Evidence()
+def _collect(value: Any, out: Evidence) -> None:
   if _is_box(value):
-    out.boxes.append({"frame": int(value["frame"]), "label": str(value.get("label", "")),
-                      "box": [float(v) for v in value["box"]]})
+    box = [float(v) for v in value["box"]]
+    frame, label = int(value["frame"]), str(value.get("label", ""))
+    for run in reversed(out.boxes):  # the same box in the next frame extends its run
+      if run["label"] == label:
+        if run["box"] == box and run["last_frame"] in (frame - 1, frame):
+          run["last_frame"] = frame
+          return
+        break
+    out.boxes.append({"frame": frame, "last_frame": frame, "label": label, "box": box})
   elif _is_window(value):
     window = (int(value["start_frame"]), int(value["end_frame"]))
     if window[1] > window[0] and window not in out.windows:  # an empty clip shows nothing
@@ -80,19 +86,43 @@ def evidence(value: Any, out: Evidence | None = None) -> Evidence:
     for key, item in value.items():
       if key not in ("start_frame", "end_frame", "type", "video_id", "num_frames", "fps",
                      "frame_ids", "score", "query"):
-        evidence(item, out)
+        _collect(item, out)
   elif isinstance(value, Mapping):
     for key, item in value.items():
       if key not in ("type", "frames", "score"):  # tags, frame lists restating boxes, scores
-        evidence(item, out)
+        _collect(item, out)
   elif isinstance(value, (list, tuple)):
     for item in value:
-      evidence(item, out)
+      _collect(item, out)
   elif isinstance(value, str):
     if value.strip():
       out.labels.append(value.strip())
   elif isinstance(value, (bool, int, float)):
     out.scalars.append(value)
+
+
+def evidence(value: Any, *, max_boxes_per_object: int = MAX_BOXES_PER_OBJECT) -> Evidence:
+  """The windows, boxes, labels and scalars inside a JSON-like value, in order.
+
+  Boxes are runs: `{"frame", "last_frame", "label", "box"}` for one box held over
+  consecutive frames. An object with more than `max_boxes_per_object` runs keeps that many,
+  evenly spaced from its first to its last (a rationale cannot quote a box per frame); the
+  verbaliser, the rewrite prompt and the evidence check all see the same key boxes.
+  """
+  out = Evidence()
+  _collect(value, out)
+  by_label: dict[str, list[int]] = {}
+  for i, run in enumerate(out.boxes):
+    by_label.setdefault(run["label"], []).append(i)
+  keep = set()
+  for idx in by_label.values():
+    if len(idx) <= max_boxes_per_object:
+      keep.update(idx)
+    else:
+      picks = {round(k * (len(idx) - 1) / (max_boxes_per_object - 1))
+               for k in range(max_boxes_per_object)} if max_boxes_per_object > 1 else {0}
+      keep.update(idx[p] for p in picks)
+  out.boxes = [run for i, run in enumerate(out.boxes) if i in keep]
   return out
 
 
@@ -100,7 +130,9 @@ def trace_evidence(trace: Any) -> Evidence:
   """Every window and box that the trace's tool calls *produced* (their results)."""
   out = Evidence()
   for call in as_calls(trace):
-    evidence(call["result"], out)
+    found = evidence(call["result"])
+    out.windows += [w for w in found.windows if w not in out.windows]
+    out.boxes += found.boxes
   return out
 
 
@@ -118,10 +150,12 @@ def window_text(window: tuple[int, int]) -> str:
 
 
 def box_text(box: Mapping) -> str:
-  """`the red circle at [10, 20, 30, 40] in frame 7`."""
+  """`the red circle at [10, 20, 30, 40] in frame 7` (or `in frames 7-9` for a run)."""
   coords = ", ".join(_num(v) for v in box["box"])
   label = f"the {box['label']} " if box.get("label") else ""
-  return f"{label}at [{coords}] in frame {box['frame']}"
+  last = box.get("last_frame", box["frame"])
+  frames = f"frame {box['frame']}" if last == box["frame"] else f"frames {box['frame']}-{last}"
+  return f"{label}at [{coords}] in {frames}"
 
 
 def _join(items: Sequence[str]) -> str:
@@ -199,10 +233,11 @@ def _describe(call: Mapping) -> str:
   if name == "Count":
     count = found.scalars[0] if found.scalars else _text(result)
     return f"I count {count} {subject} {scope}."
-  if name in ("Query_Actions", "Query_Objs"):
-    kind = "actions" if name == "Query_Actions" else "objects"
-    labels = _join(found.labels) or "nothing relevant"
-    return f"Checking the {kind} {scope}, I see: {labels}."
+  if name == "Query_Objs":
+    seen = _join(list(dict.fromkeys(b["label"] for b in found.boxes if b["label"])))
+    return f"Looking for {subject} {scope}, I see {seen or 'nothing that matches'}."
+  if name == "Query_Actions":
+    return f"Checking the actions {scope}, I see: {_join(found.labels) or 'nothing relevant'}."
   if name == "Video_summary":
     return f"Watching {scope[3:] if where else 'the video'}: {_text(result)}".rstrip(".") + "."
   if name == "select_answer":

@@ -1,0 +1,359 @@
+"""The resumable CoT generation job: questions -> programs -> traces -> rationales -> filter.
+
+One shard of a dataset is processed in order, in batches (one LLM call per stage per batch).
+Every processed question — kept or not — becomes one JSON line in
+`records-SSSSS-of-NNNNN.jsonl`, appended with one `write` + `flush` + `fsync`, so a kill at
+any moment loses at most the line being written. On restart the log is read back, a partial
+last line is cut off, the done question ids are skipped, and the run continues: the result
+is the same records as an uninterrupted run, without duplicates. At the end the kept CoTs
+are written as ArrayRecord (for Grain) and the pass rates as a stats JSON.
+
+A record is AoTD's conversation format plus what produced it:
+`{"qid", "video_id", "video_path", "type", "conversation": [{"from": "human", "value": ...},
+{"from": "gpt", "value": rationale (kept) or answer}], "kept", "program", "prediction",
+"rationale", "rationale_source", "trace", "verdicts", "timing"}`. Only `timing` varies
+between runs.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import os
+import sys
+import time
+from typing import Any, Callable, Iterable, Mapping, Sequence, TextIO
+
+from aotd_jax.agent import cot, filters, programs
+from aotd_jax.data import conversation
+
+CONVERSATION_MEDIA = "<video>\n"
+
+
+class JobError(ValueError):
+  """A job cannot start or resume (bad arguments, a corrupt record log); names the cause."""
+
+
+# -- sharding ------------------------------------------------------------------------------------
+
+def shard(items: Sequence[Any], shard_index: int, num_shards: int, *, process_index: int = 0,
+          process_count: int = 1) -> list[Any]:
+  """This worker's share: `items[k::n]` for worker k of n = num_shards * process_count."""
+  if not 0 <= shard_index < num_shards:
+    raise JobError(f"--shard_index={shard_index} must be in [0, --num_shards={num_shards})")
+  if not 0 <= process_index < process_count:
+    raise JobError(f"process_index={process_index} must be in [0, {process_count})")
+  return list(items[shard_index * process_count + process_index::num_shards * process_count])
+
+
+def shard_name(shard_index: int, num_shards: int, process_index: int = 0,
+               process_count: int = 1) -> str:
+  """`00003-of-00008` for global worker 3 of 8 (shards x hosts)."""
+  total = num_shards * process_count
+  return f"{shard_index * process_count + process_index:05d}-of-{total:05d}"
+
+
+# -- the append-only record log -------------------------------------------------------------------
+
+class RecordLog:
+  """An append-only JSONL file with one atomic, durable append per record."""
+
+  def __init__(self, path: str):
+    self.path = path
+
+  def load(self) -> list[dict]:
+    """Reads the complete records; cuts off a partial last line left by a kill.
+
+    Raises:
+      JobError: a complete line (not the last) is not a JSON object — naming file and line.
+    """
+    if not os.path.exists(self.path):
+      return []
+    with open(self.path, "rb") as f:
+      data = f.read()
+    end = data.rfind(b"\n") + 1  # bytes after the last newline are an unfinished write
+    if end < len(data):
+      with open(self.path, "r+b") as f:
+        f.truncate(end)
+        f.flush()
+        os.fsync(f.fileno())
+    records = []
+    for lineno, line in enumerate(data[:end].splitlines(), 1):
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise JobError(f"{self.path} line {lineno}: not JSON ({e.msg}); the record log is "
+                       "corrupt — move it away to start over") from None
+      if not isinstance(record, dict) or "qid" not in record:
+        raise JobError(f"{self.path} line {lineno}: not a record (an object with 'qid')")
+      records.append(record)
+    return records
+
+  def append(self, record: Mapping) -> None:
+    """Appends one record as one line: a single write, flushed and fsynced."""
+    line = (json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n").encode()
+    fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+      written = os.write(fd, line)
+      if written != len(line):  # only on a full disk; the partial line is cut on resume
+        raise OSError(f"short write to {self.path}: {written} of {len(line)} bytes")
+      os.fsync(fd)
+    finally:
+      os.close(fd)
+
+
+# -- records --------------------------------------------------------------------------------------
+
+def _verdict(v: filters.Verdict | None, skipped: str) -> dict:
+  return v.to_dict() if v is not None else {"passed": False, "reason": skipped, "by": "skip"}
+
+
+def make_record(qa, *, video_path: str | None, program: programs.ParsedProgram,
+                execution, rationale: str | None, rationale_source: str | None,
+                answer_verdict: filters.Verdict | None, logic_verdict: filters.Verdict | None,
+                seconds: float) -> dict:
+  """One job record (see the module docstring) for a processed `VideoQA`."""
+  trace = execution.to_trace(program.source).to_json() if execution is not None else None
+  tool_seconds = []
+  if trace is not None:
+    trace.pop("seconds", None)
+    for call in trace["calls"]:
+      tool_seconds.append(call.pop("seconds", 0.0))
+  kept = bool(answer_verdict and answer_verdict.passed and logic_verdict and logic_verdict.passed)
+  if kept:
+    human, gpt = conversation.cot_user_text(qa.question, qa.choices), rationale
+  else:
+    human = conversation.qa_user_text(qa.question, qa.choices)
+    gpt = conversation.answer_target(qa.choices, qa.answer, qa.answer_index) if (
+        not qa.choices or qa.answer_index is not None) else qa.answer
+  return {
+      "qid": qa.qid, "video_id": qa.video_id, "video_path": video_path,
+      "type": qa.meta.get("question_type") or qa.meta.get("type"),
+      "question": qa.question, "choices": list(qa.choices), "answer": qa.answer,
+      "conversation": [{"from": "human", "value": CONVERSATION_MEDIA + human},
+                       {"from": "gpt", "value": gpt}],
+      "kept": kept, "program": program.source,
+      "prediction": execution.value if execution is not None and execution.ok else None,
+      "rationale": rationale, "rationale_source": rationale_source, "trace": trace,
+      "verdicts": {
+          "parsed": program.ok, "parse_error": program.error, "repairs": list(program.repairs),
+          "executed": bool(execution is not None and execution.ok),
+          "execution_error": execution.error if execution is not None else None,
+          "answer": _verdict(answer_verdict, "skipped: no program or failed execution"),
+          "logic": _verdict(logic_verdict, "skipped: answer check failed"),
+      },
+      "timing": {"seconds": round(seconds, 4), "tool_seconds": tool_seconds},
+  }
+
+
+# -- progress -------------------------------------------------------------------------------------
+
+class Progress:
+  """A one-line progress report: done/total, rate, ETA and running pass rates."""
+
+  def __init__(self, total: int, done: int, stats: filters.FilterStats, *, label: str = "",
+               stream: TextIO | None = None, every_s: float = 5.0):
+    self.total, self.done, self.stats, self.label = total, done, stats, label
+    self.stream, self.every_s = stream or sys.stderr, every_s
+    self._t0, self._start_done, self._last = time.monotonic(), done, 0.0
+
+  def line(self) -> str:
+    elapsed = max(time.monotonic() - self._t0, 1e-9)
+    rate = (self.done - self._start_done) / elapsed
+    left = self.total - self.done
+    eta = f"{left / rate:.0f}s" if rate > 0 else "?"
+    pct = self.done / max(self.total, 1)
+    return (f"{self.label}{self.done}/{self.total} ({pct:.0%}) {rate:.2f} q/s ETA {eta} | "
+            f"{self.stats.summary()}")
+
+  def update(self, n: int = 1, *, force: bool = False) -> None:
+    self.done += n
+    now = time.monotonic()
+    if force or now - self._last >= self.every_s or self.done == self.total:
+      self._last = now
+      print(self.line(), file=self.stream, flush=True)
+
+
+# -- the job --------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class JobPaths:
+  """Where one shard's outputs go."""
+  records: str
+  array_record: str
+  stats: str
+
+  @classmethod
+  def for_shard(cls, out_dir: str, name: str) -> "JobPaths":
+    return cls(os.path.join(out_dir, f"records-{name}.jsonl"),
+               os.path.join(out_dir, f"cot-{name}.array_record"),
+               os.path.join(out_dir, f"stats-{name}.json"))
+
+
+@dataclasses.dataclass
+class CotJob:
+  """Generates, executes, verbalises and filters CoTs for a list of questions.
+
+  Attributes:
+    tools: name -> callable (the expert tools; the program prompt documents them).
+    make_args: `VideoQA -> {"video_clip", "query", "possible_answers"}` for `execute_command`.
+    run_program: the sandbox (`aotd_jax.agent.run_program` or a `Sandbox.run`).
+    program_llm: writes programs; None with `program_source="gold"`.
+    cot_llm: rewrites traces; None uses the deterministic verbaliser.
+    judge_llm: open-ended answer check and (with `logic_judge="llm"`) the logic check.
+    program_source: "llm", or "gold" (the annotation's own program, `gold_program_key`).
+    logic_judge: "rule" (offline) or "llm".
+    examples: the few-shot programs (`programs.load_examples(dataset)`).
+    video_path: `VideoQA -> path` written into each record (None if unknown).
+  """
+  tools: Mapping[str, Callable]
+  make_args: Callable[[Any], Mapping[str, Any]]
+  run_program: Callable[..., Any]
+  program_llm: Any = None
+  cot_llm: Any = None
+  judge_llm: Any = None
+  program_source: str = "llm"
+  gold_program_key: str = "question_program"
+  logic_judge: str = "rule"
+  examples: str = ""
+  batch_size: int = 8
+  num_threads: int = 2
+  timeout_s: float = 30.0
+  max_new_tokens: int = 512
+  temperature: float = 0.0
+  video_path: Callable[[Any], str | None] = lambda qa: qa.meta.get("video_path")
+
+  def __post_init__(self):
+    if self.program_source not in ("llm", "gold"):
+      raise JobError(f"program_source={self.program_source!r}: expected 'llm' or 'gold'")
+    if self.program_source == "llm" and self.program_llm is None:
+      raise JobError("program_source='llm' needs a program LLM (config.program_llm)")
+    if self.logic_judge not in ("rule", "llm"):
+      raise JobError(f"logic_judge={self.logic_judge!r}: expected 'rule' or 'llm'")
+    if self.logic_judge == "llm" and self.judge_llm is None:
+      raise JobError("logic_judge='llm' needs a judge LLM (config.judge_llm)")
+    if self.batch_size < 1:
+      raise JobError(f"batch_size must be >= 1, got {self.batch_size}")
+
+  # -- stages --
+
+  def _programs(self, batch) -> list[programs.ParsedProgram]:
+    if self.program_source == "gold":
+      out = []
+      for qa in batch:
+        gold = qa.meta.get(self.gold_program_key)
+        out.append(programs.parse_program(gold) if isinstance(gold, str) else
+                   programs.ParsedProgram(None, f"no gold program in meta[{self.gold_program_key!r}]"))
+      return out
+    return programs.generate_programs(
+        self.program_llm, [(qa.question, qa.choices) for qa in batch], self.tools,
+        examples=self.examples, max_new_tokens=self.max_new_tokens, temperature=self.temperature)
+
+  def _execute(self, qa, program: programs.ParsedProgram):
+    if not program.ok:
+      return None
+    try:
+      args = self.make_args(qa)
+    except Exception as e:  # a missing or undecodable video fails this question only
+      from aotd_jax.agent.sandbox import Execution
+      return Execution(ok=False, error=f"cannot load inputs of {qa.qid}: {type(e).__name__}: "
+                       f"{str(e)[:200]}")
+    return self.run_program(program.source, self.tools, args, timeout_s=self.timeout_s)
+
+  def process(self, batch: Sequence[Any]) -> list[dict]:
+    """Runs every stage on a batch of `VideoQA` and returns their records, in order."""
+    t0 = time.perf_counter()
+    parsed = self._programs(batch)
+    with concurrent.futures.ThreadPoolExecutor(max(1, self.num_threads)) as pool:
+      executions = list(pool.map(self._execute, batch, parsed))
+    answers: list[filters.Verdict | None] = []
+    to_judge = []
+    for i, (qa, ex) in enumerate(zip(batch, executions)):
+      verdict = None
+      if ex is not None and ex.ok:
+        verdict = filters.check_answer(ex.value, qa.choices, qa.answer, qa.answer_index)
+        if verdict is None:
+          if self.judge_llm is None:
+            verdict = filters.Verdict(False, "open-ended mismatch and no judge LLM", "match")
+          else:
+            to_judge.append(i)
+      answers.append(verdict)
+    judged = filters.judge_answers(self.judge_llm, [
+        (batch[i].question, batch[i].answer, executions[i].value) for i in to_judge])
+    for i, verdict in zip(to_judge, judged):
+      answers[i] = verdict
+    passing = [i for i, v in enumerate(answers) if v is not None and v.passed]
+    rationales: dict[int, tuple[str, str]] = {}
+    items = [(batch[i].question, batch[i].choices, executions[i].trace, executions[i].value)
+             for i in passing]
+    if self.cot_llm is not None:
+      rationales = dict(zip(passing, cot.rewrite(self.cot_llm, items)))
+    else:
+      rationales = {i: (cot.verbalise(it[2], it[3]), "verbaliser") for i, it in zip(passing, items)}
+    logic: dict[int, filters.Verdict] = {}
+    if self.logic_judge == "llm":
+      verdicts = filters.judge_logic(self.judge_llm, [
+          (batch[i].question, batch[i].choices, rationales[i][0]) for i in passing])
+      logic = dict(zip(passing, verdicts))
+    else:
+      logic = {i: filters.rule_judge(rationales[i][0], executions[i].trace, executions[i].value)
+               for i in passing}
+    seconds = (time.perf_counter() - t0) / max(len(batch), 1)
+    return [make_record(qa, video_path=self.video_path(qa), program=parsed[i],
+                        execution=executions[i], rationale=rationales.get(i, (None, None))[0],
+                        rationale_source=rationales.get(i, (None, None))[1],
+                        answer_verdict=answers[i], logic_verdict=logic.get(i), seconds=seconds)
+            for i, qa in enumerate(batch)]
+
+  # -- the resumable loop --
+
+  def run(self, questions: Sequence[Any], paths: JobPaths, *, label: str = "",
+          progress_every_s: float = 5.0, stream: TextIO | None = None) -> filters.FilterStats:
+    """Processes `questions` not yet in `paths.records`, then writes ArrayRecord and stats.
+
+    Raises:
+      JobError: duplicate question ids in `questions`, or a corrupt record log.
+    """
+    qids = [qa.qid for qa in questions]
+    if len(set(qids)) != len(qids):
+      dup = sorted({q for q in qids if qids.count(q) > 1})[:5]
+      raise JobError(f"duplicate question ids in the shard: {dup}")
+    os.makedirs(os.path.dirname(os.path.abspath(paths.records)), exist_ok=True)
+    log = RecordLog(paths.records)
+    done = log.load()
+    stats = filters.FilterStats()
+    for record in done:
+      stats.add_record(record)
+    done_ids = {r["qid"] for r in done}
+    todo = [qa for qa in questions if qa.qid not in done_ids]
+    progress = Progress(len(questions), len(questions) - len(todo), stats, label=label,
+                        stream=stream, every_s=progress_every_s)
+    if done:
+      print(f"{label}resuming: {len(done)} records in {paths.records}, {len(todo)} to go",
+            file=progress.stream, flush=True)
+    for start in range(0, len(todo), self.batch_size):
+      for record in self.process(todo[start:start + self.batch_size]):
+        log.append(record)
+        stats.add_record(record)
+        progress.update()
+    finalise(log.load(), paths, stats)
+    progress.update(0, force=True)
+    return stats
+
+
+def finalise(records: Iterable[Mapping], paths: JobPaths, stats: filters.FilterStats) -> None:
+  """Writes the kept CoTs as ArrayRecord and the stats JSON, each atomically (tmp + rename)."""
+  from array_record.python.array_record_module import ArrayRecordWriter
+  tmp = paths.array_record + ".tmp"
+  writer = ArrayRecordWriter(tmp, "group_size:1")
+  kept = 0
+  for record in records:
+    if record.get("kept"):
+      writer.write(json.dumps(record, ensure_ascii=False, sort_keys=True).encode())
+      kept += 1
+  writer.close()
+  os.replace(tmp, paths.array_record)
+  tmp = paths.stats + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump({**stats.to_dict(), "array_record_records": kept}, f, indent=2, sort_keys=True)
+  os.replace(tmp, paths.stats)

@@ -1,0 +1,77 @@
+r"""CoT generation on the toy world (default): oracle experts, gold or LLM programs, offline.
+
+  python -m launch.generate_cots --config=configs/cot/toy.py:world=/tmp/toyworld,split=train \
+      --config.out_dir=/tmp/cots
+
+`arg` (comma-separated key=value): `world` (toy-world dir, generated there when missing),
+`split` (train|val|test), `clips` (clips to generate), `programs` (gold|llm).
+Also the base of `star.py` and `nextqa.py`: every field the job reads is set here.
+"""
+import ml_collections
+
+
+def parse_arg(arg: str | None, **defaults) -> dict:
+  """`"a=1,b=x"` -> {"a": "1", "b": "x"} over `defaults`; a key not in defaults is an error."""
+  out = dict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, sep, value = item.partition("=")
+    if not sep or key.strip() not in defaults:
+      raise ValueError(f"config arg {item!r}: expected key=value with key in {sorted(defaults)}")
+    out[key.strip()] = value.strip()
+  return out
+
+
+def llm(kind: str = "none", factory: str = "", **kwargs) -> ml_collections.ConfigDict:
+  """An LLM section: kind none | replay | local | openai | factory; kwargs go to the backend."""
+  return ml_collections.ConfigDict({"kind": kind, "factory": factory, "kwargs": kwargs})
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every field of the job, with offline defaults."""
+  c = ml_collections.ConfigDict()
+  c.out_dir = "workdir/cots"
+  c.data = ml_collections.ConfigDict({
+      "format": "star",           # aotd_jax.data.annotations.read format
+      "path": "",                 # the annotation file
+      "video_dir": "",            # videos are <video_dir>/<meta video_path or video_id+ext>
+      "video_ext": ".mp4",
+      "read_kwargs": {},
+      "toyworld_seed": None,      # set: generate the toy world at dirname(path) if missing
+      "toyworld_clips": 10,
+  })
+  c.max_questions = 0             # 0: all
+  c.max_frames = 32               # frames decoded per question (uniform over its window)
+  c.examples = "toyworld"         # few-shot programs: data/prompts/<examples>.py
+  c.program_source = "gold"       # gold (annotation's program) | llm
+  c.gold_program_key = "question_program"
+  c.program_llm = llm()
+  c.cot_llm = llm()               # none: the deterministic verbaliser writes rationales
+  c.judge_llm = llm()             # open-ended answer check; logic check if logic_judge=llm
+  c.logic_judge = "rule"          # rule (offline) | llm
+  c.tools_factory = "experts:make_tools"
+  c.experts = ml_collections.ConfigDict()
+  c.make_args = ""                # "" decodes a VideoClip per question; or a dotted factory
+  c.batch_size = 8
+  c.timeout_s = 30.0
+  c.max_new_tokens = 512
+  c.temperature = 0.0
+  c.progress_every_s = 10.0
+  c.use_jax_processes = True      # also split by jax.process_index() (multi-host)
+  c.sandbox = ml_collections.ConfigDict({"num_workers": 2, "memory_mb": 512})
+  return c
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  a = parse_arg(arg, world="workdir/toyworld", split="train", clips="10", programs="gold")
+  c = base_config()
+  c.data.path = f"{a['world']}/{a['split']}.json"
+  c.data.video_dir = f"{a['world']}/videos"
+  c.data.toyworld_seed = 0
+  c.data.toyworld_clips = int(a["clips"])
+  c.program_source = a["programs"]
+  import experts  # the toy world's oracle experts read its ground truth
+  c.experts = experts.default_config()
+  c.experts.ground_truth.path = a["world"]
+  c.examples = "toyworld"
+  c.out_dir = f"workdir/cots/toy_{a['split']}"
+  return c

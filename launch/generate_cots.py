@@ -1,0 +1,125 @@
+r"""Generates filtered CoTs for one shard of a dataset (AoTD steps 2-3); resumable.
+
+  python -m launch.generate_cots --config=configs/cot/toy.py \
+      --config.out_dir=/tmp/cots --shard_index=0 --num_shards=1
+
+Rerun the same command after a kill: done questions are skipped. Each worker (shard x host)
+writes `records-*.jsonl` (every question, AoTD conversation format plus trace and verdicts),
+`cot-*.array_record` (kept CoTs, for Grain) and `stats-*.json` (pass rate of each filter step)
+into `config.out_dir`. Config fields are documented in `configs/cot/toy.py`.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any, Callable
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from aotd_jax.agent import job, programs
+from aotd_jax.data import annotations
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/cot/<name>.py[:arg]")
+_SHARD_INDEX = flags.DEFINE_integer("shard_index", 0, "which shard of --num_shards to process")
+_NUM_SHARDS = flags.DEFINE_integer("num_shards", 1, "how many shards the dataset is split in")
+
+
+def resolve(name: str) -> Callable:
+  """`package.module:attr` (or `package.module.attr`) -> the object."""
+  module, _, attr = name.partition(":") if ":" in name else name.rpartition(".")
+  try:
+    return getattr(importlib.import_module(module), attr)
+  except (ImportError, AttributeError) as e:
+    raise ValueError(f"cannot resolve {name!r}: {e}") from None
+
+
+def make_llm(section) -> Any:
+  """An LLM backend from a config section: kind none|replay|local|openai|factory."""
+  kind = section.get("kind", "none")
+  kwargs = dict(section.get("kwargs", {}) or {})
+  if kind == "none":
+    return None
+  if kind == "factory":
+    return resolve(section.factory)(**kwargs)
+  classes = {"replay": "Replay", "local": "LocalLlama", "openai": "OpenAIChat"}
+  if kind not in classes:
+    raise ValueError(f"llm kind {kind!r}: expected none, factory or one of {sorted(classes)}")
+  from aotd_jax.agent import llm
+  return getattr(llm, classes[kind])(**kwargs)
+
+
+def video_path(config) -> Callable[[annotations.VideoQA], str | None]:
+  """qa -> its video file: `meta["video_path"]` or `<video_id><video_ext>`, under video_dir."""
+  def path(qa):
+    name = qa.meta.get("video_path") or f"{qa.video_id}{config.data.video_ext}"
+    return os.path.join(config.data.video_dir, name) if config.data.video_dir else name
+  return path
+
+
+def clip_args(config) -> Callable[[annotations.VideoQA], dict]:
+  """The default `make_args`: decodes the question's window of its video into a VideoClip."""
+  import numpy as np
+
+  from aotd_jax.data import video
+  from experts import VideoClip
+  where = video_path(config)
+
+  def make(qa):
+    path = where(qa)
+    info = video.probe(path)
+    first = 0 if qa.start is None else max(0, int(qa.start * info.fps))
+    last = info.num_frames if qa.end is None else min(info.num_frames, int(qa.end * info.fps))
+    ids = np.arange(first, max(last, first + 1))
+    if len(ids) > config.max_frames:  # uniform subsample; ids keep source numbering
+      ids = ids[np.linspace(0, len(ids) - 1, config.max_frames).round().astype(int)]
+    frames = video.decode_frames(path, ids)
+    clip = VideoClip(frames, start_frame=int(ids[0]), end_frame=int(ids[-1]) + 1, fps=info.fps,
+                     video_id=qa.video_id, frame_ids=ids)
+    return {"video_clip": clip, "query": qa.question, "possible_answers": list(qa.choices)}
+  return make
+
+
+def load_questions(config) -> list[annotations.VideoQA]:
+  """The dataset's questions (the toy world is generated first when asked and missing)."""
+  data = config.data
+  if not os.path.exists(data.path) and data.get("toyworld_seed", None) is not None:
+    from aotd_jax.data import toyworld
+    world = os.path.dirname(data.path)
+    logging.info("generating the toy world in %s", world)
+    toyworld.generate_world(world, seed=data.toyworld_seed, num_clips=data.toyworld_clips)
+  questions = list(annotations.read(data.format, data.path, **dict(data.get("read_kwargs", {}))))
+  return questions[:config.max_questions] if config.max_questions else questions
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  process_index, process_count = 0, 1
+  if config.get("use_jax_processes", True):
+    import jax
+    process_index, process_count = jax.process_index(), jax.process_count()
+  questions = job.shard(load_questions(config), _SHARD_INDEX.value, _NUM_SHARDS.value,
+                        process_index=process_index, process_count=process_count)
+  name = job.shard_name(_SHARD_INDEX.value, _NUM_SHARDS.value, process_index, process_count)
+  tools = resolve(config.tools_factory)(config.experts)
+  make_args = resolve(config.make_args)(config) if config.make_args else clip_args(config)
+  from aotd_jax.agent.sandbox import Sandbox
+  with Sandbox(num_workers=config.sandbox.num_workers, memory_mb=config.sandbox.memory_mb) as sb:
+    cot_job = job.CotJob(
+        tools=tools, make_args=make_args, run_program=sb.run,
+        program_llm=make_llm(config.program_llm), cot_llm=make_llm(config.cot_llm),
+        judge_llm=make_llm(config.judge_llm), program_source=config.program_source,
+        gold_program_key=config.gold_program_key, logic_judge=config.logic_judge,
+        examples=programs.load_examples(config.examples) if config.examples else "",
+        batch_size=config.batch_size, num_threads=config.sandbox.num_workers,
+        timeout_s=config.timeout_s, max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature, video_path=video_path(config))
+    stats = cot_job.run(questions, job.JobPaths.for_shard(config.out_dir, name),
+                        label=f"[{name}] ", progress_every_s=config.progress_every_s)
+  logging.info("done %s: %s", name, stats.summary())
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config"])
+  app.run(main)

@@ -1,0 +1,308 @@
+"""The resumable CoT job: SIGKILL mid-run + restart == uninterrupted run; sharding; bad inputs."""
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from aotd_jax.agent import filters, job
+from aotd_jax.data import annotations
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+NUM_QUESTIONS = 24
+
+# Test tools, LLM and inputs for the launcher, importable by the subprocess (written to tmp).
+FIXTURE = '''
+import time
+
+def make_tools(config):
+  delay = config.get("delay", 0.0)
+
+  def Filter_frames_with_act(video_clip, action):
+    """Keeps the window where `action` happens."""
+    time.sleep(delay)
+    n = len(action)
+    return {"type": "VideoClip", "start_frame": n % 8, "end_frame": n % 8 + 9}
+
+  def Find(video_clip, object_name):
+    """Boxes of `object_name`."""
+    time.sleep(delay)
+    s = video_clip["start_frame"]
+    return [{"frame": s + i, "label": object_name, "score": 0.5, "box": [i, 2, i + 10, 12]}
+            for i in range(2)]
+
+  def select_answer(query, possible_answers, info):
+    """Picks one of possible_answers."""
+    return possible_answers[len(query) % len(possible_answers)]
+
+  return {"Filter_frames_with_act": Filter_frames_with_act, "Find": Find,
+          "select_answer": select_answer}
+
+
+def make_args(config):
+  def make(qa):
+    return {"video_clip": {"type": "VideoClip", "start_frame": 0, "end_frame": 32},
+            "query": qa.question, "possible_answers": list(qa.choices)}
+  return make
+
+
+class ProgramLLM:
+  """Writes a program per question, as real models do: chatter, fences, sometimes nothing."""
+
+  def complete(self, prompts, *, max_new_tokens, temperature=0.0, stop=None):
+    out = []
+    for p in prompts:
+      q = p.rsplit("Question: ", 1)[1].split("\\n")[0]
+      if "#3" in q:
+        out.append("Sorry, I cannot write that program.")
+        continue
+      body = ("    clip = Filter_frames_with_act(video_clip, query)\\n"
+              "    boxes = Find(clip, 'ball')\\n"
+              "    answer = select_answer(query, possible_answers, {'ball': boxes})\\n")
+      out.append("Here you go:\\n```python\\ndef execute_command(video_clip, query, "
+                 "possible_answers):\\n" + body + "```\\nHope this helps.")
+    return out
+
+
+def make_llm():
+  return ProgramLLM()
+'''
+
+CONFIG = '''
+from configs.cot import toy
+
+def get_config(arg=None):
+  c = toy.base_config()
+  c.data.path = {ann!r}
+  c.out_dir = {out!r}
+  c.program_source = "llm"
+  c.program_llm = toy.llm("factory", factory="cotjob_fixture:make_llm")
+  c.tools_factory = "cotjob_fixture:make_tools"
+  c.make_args = "cotjob_fixture:make_args"
+  c.experts = {{"delay": float(arg or 0)}}
+  c.examples = "toyworld"
+  c.batch_size = 4
+  c.timeout_s = 10.0
+  c.progress_every_s = 0.0
+  c.use_jax_processes = False
+  return c
+'''
+
+
+def star_questions(n):
+  out = []
+  for i in range(n):
+    choices = [f"The object {i}{c}." for c in "abcd"]
+    out.append({"question_id": f"Interaction_T1_{i}", "video_id": f"v{i % 5}",
+                "question": f"Which object moved? #{i}" + "?" * (i % 4),
+                "answer": choices[(i * 7 + 4) % 4],
+                "choices": [{"choice_id": j, "choice": c} for j, c in enumerate(choices)]})
+  return out
+
+
+@pytest.fixture
+def workspace(tmp_path):
+  (tmp_path / "cotjob_fixture.py").write_text(FIXTURE)
+  ann = tmp_path / "train.json"
+  ann.write_text(json.dumps(star_questions(NUM_QUESTIONS)))
+
+  def config(name):
+    path = tmp_path / f"config_{name}.py"
+    path.write_text(CONFIG.format(ann=str(ann), out=str(tmp_path / name)))
+    return path
+  return tmp_path, config
+
+
+def launch(tmp_path, config, delay=0.0, **kw):
+  env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)]),
+         "JAX_PLATFORMS": "cpu"}
+  kw = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **kw}
+  return subprocess.Popen([sys.executable, "-m", "launch.generate_cots",
+                           f"--config={config}:{delay}", "--shard_index=0", "--num_shards=1"],
+                          cwd=ROOT, env=env, text=True, **kw)
+
+
+def outputs(out_dir):
+  """(records without timing, ArrayRecord records, stats) of a finished run."""
+  import grain
+  records = [json.loads(l) for l in (out_dir / "records-00000-of-00001.jsonl").open()]
+  for r in records:
+    r.pop("timing")
+  source = grain.sources.ArrayRecordDataSource([str(out_dir / "cot-00000-of-00001.array_record")])
+  kept = [json.loads(source[i])["qid"] for i in range(len(source))]
+  stats = json.loads((out_dir / "stats-00000-of-00001.json").read_text())
+  return records, kept, stats
+
+
+def test_sigkill_mid_run_then_restart_equals_uninterrupted_run(workspace):
+  tmp_path, config = workspace
+  straight = launch(tmp_path, config("straight"))
+  _, err = straight.communicate(timeout=300)
+  assert straight.returncode == 0, err
+  assert "q/s ETA" in err and "answer" in err and "logic" in err  # the progress line
+
+  log = tmp_path / "killed" / "records-00000-of-00001.jsonl"
+  victim_log = tmp_path / "victim.log"
+  with victim_log.open("w") as f:
+    victim = launch(tmp_path, config("killed"), delay=0.1, stdout=f, stderr=f)
+  deadline = time.time() + 120
+  while time.time() < deadline and victim.poll() is None and (
+      not log.exists() or log.read_text().count("\n") < 4):
+    time.sleep(0.01)
+  os.kill(victim.pid, signal.SIGKILL)
+  victim.wait(timeout=60)
+  assert log.exists(), victim_log.read_text()[-3000:]
+  lines = log.read_text().count("\n")
+  assert victim.returncode == -signal.SIGKILL and 4 <= lines < NUM_QUESTIONS, lines
+  with log.open("ab") as f:  # as if killed inside a write
+    f.write(b'{"qid": "Interaction_T1_9", "conversa')
+  resumed = launch(tmp_path, config("killed"))
+  _, err = resumed.communicate(timeout=300)
+  assert resumed.returncode == 0, err
+  assert f"resuming: {lines} records" in err
+
+  records, kept, stats = outputs(tmp_path / "killed")
+  want_records, want_kept, want_stats = outputs(tmp_path / "straight")
+  assert records == want_records  # same records, same order: nothing lost, no duplicates
+  assert len({r["qid"] for r in records}) == NUM_QUESTIONS
+  assert kept == want_kept and stats == want_stats
+  assert 0 < stats["kept"] < NUM_QUESTIONS
+  failed = [r for r in records if not r["verdicts"]["parsed"]]
+  assert [r["qid"] for r in failed] == ["Interaction_T1_3"]  # counted, not a crash
+  assert stats["parsed"] == NUM_QUESTIONS - 1
+
+
+def test_record_format(workspace):
+  tmp_path, config = workspace
+  run = launch(tmp_path, config("fmt"))
+  _, err = run.communicate(timeout=300)
+  assert run.returncode == 0, err
+  records, kept, _ = outputs(tmp_path / "fmt")
+  record = next(r for r in records if r["kept"])
+  human, gpt = record["conversation"]
+  assert human["from"] == "human" and gpt["from"] == "gpt"
+  assert human["value"].startswith("<video>\n" + record["question"] + "\n(A) ")
+  assert human["value"].endswith("Explain the rationale to answer the question.")
+  assert gpt["value"] == record["rationale"] and gpt["value"].startswith("Looking for")
+  assert record["verdicts"]["answer"]["passed"] and record["verdicts"]["logic"]["by"] == "rule"
+  assert [c["name"] for c in record["trace"]["calls"]] == ["Filter_frames_with_act", "Find",
+                                                          "select_answer"]
+  assert record["type"] == "Interaction" and record["qid"] in kept
+  wrong = next(r for r in records if r["verdicts"]["executed"] and not r["kept"])
+  assert wrong["conversation"][0]["value"].endswith("give the best option.")
+  assert wrong["conversation"][1]["value"].startswith("(")  # "(C) The object ..."
+  assert wrong["rationale"] is None and wrong["verdicts"]["logic"]["by"] == "skip"
+
+
+def test_shards_partition_the_dataset():
+  items = list(range(23))
+  parts = [job.shard(items, s, 3, process_index=p, process_count=2)
+           for s in range(3) for p in range(2)]
+  assert sorted(sum(parts, [])) == items and all(parts)
+  assert job.shard_name(1, 3, 1, 2) == "00003-of-00006"
+  with pytest.raises(job.JobError, match=r"--shard_index=3 must be in \[0, --num_shards=3\)"):
+    job.shard(items, 3, 3)
+
+
+def test_corrupt_record_log_names_file_and_line(tmp_path):
+  path = tmp_path / "records.jsonl"
+  path.write_text('{"qid": "a"}\nnot json\n{"qid": "b"}\n')
+  with pytest.raises(job.JobError, match=r"records.jsonl line 2: not JSON"):
+    job.RecordLog(str(path)).load()
+  path.write_text('{"qid": "a"}\n[1, 2]\n')
+  with pytest.raises(job.JobError, match=r"line 2: not a record"):
+    job.RecordLog(str(path)).load()
+  path.write_text('{"qid": "a"}\n{"qid": "b", "x": tru')
+  assert job.RecordLog(str(path)).load() == [{"qid": "a"}]
+  assert path.read_text() == '{"qid": "a"}\n'  # the partial line is cut before appending
+
+
+def qa(qid, choices=("x", "y"), answer="y"):
+  return annotations.VideoQA(qid=qid, video_id="v", question="What?", choices=list(choices),
+                             answer=answer, answer_index=list(choices).index(answer)
+                             if choices else None)
+
+
+class FakeRun:
+  def __init__(self, value):
+    self.value = value
+
+  def __call__(self, source, tools, args, *, timeout_s):
+    from aotd_jax.agent.sandbox import Execution
+    from aotd_jax.agent.trace import ToolCall
+    window = {"start_frame": 2, "end_frame": 6}
+    return Execution(ok=True, value=self.value,
+                     trace=[ToolCall("Filter_frames_with_act", {"action": "go"}, window, 0.1)])
+
+
+class Judge:
+  def __init__(self):
+    self.prompts = []
+
+  def complete(self, prompts, *, max_new_tokens, temperature=0.0, stop=None):
+    self.prompts += prompts
+    return ["Yes" if "puppy" in p or "Rationale:" in p else "No" for p in prompts]
+
+
+GOLD = "def execute_command(video_clip, query, possible_answers):\n    return 'y'\n"
+
+
+def test_open_ended_and_llm_logic_judge(tmp_path):
+  judge = Judge()
+  questions = [qa("o1", (), "dog"), qa("o2", (), "dog")]
+  for q in questions:
+    q.meta["question_program"] = GOLD
+  cot_job = job.CotJob(tools={}, make_args=lambda q: {}, run_program=FakeRun("a puppy"),
+                       judge_llm=judge, program_source="gold", logic_judge="llm")
+  paths = job.JobPaths.for_shard(str(tmp_path), "00000-of-00001")
+  stats = cot_job.run(questions, paths, stream=open(os.devnull, "w"))
+  assert (stats.total, stats.answer_passed, stats.kept) == (2, 2, 2)
+  assert sum("Predicted answer: a puppy" in p for p in judge.prompts) == 2
+  assert sum("step-by-step and helpful" in p for p in judge.prompts) == 2
+  no_judge = job.CotJob(tools={}, make_args=lambda q: {}, run_program=FakeRun("a puppy"),
+                        program_source="gold")
+  record = no_judge.process(questions[:1])[0]
+  assert record["verdicts"]["answer"]["reason"] == "open-ended mismatch and no judge LLM"
+  assert record["conversation"][1]["value"] == "dog"
+
+
+def test_failure_modes_are_counted_or_named(tmp_path):
+  def broken_args(q):
+    raise FileNotFoundError("/videos/v.mp4")
+  no_gold = qa("g1")
+  cot_job = job.CotJob(tools={}, make_args=broken_args, run_program=FakeRun("y"),
+                       program_source="gold")
+  bad_video = qa("g2")
+  bad_video.meta["question_program"] = GOLD
+  records = cot_job.process([no_gold, bad_video])
+  assert records[0]["verdicts"]["parse_error"] == "no gold program in meta['question_program']"
+  assert "cannot load inputs of g2: FileNotFoundError" in records[1]["verdicts"]["execution_error"]
+  stats = filters.FilterStats()
+  for r in records:
+    stats.add_record(r)
+  assert (stats.parsed, stats.executed) == (1, 0)
+  with pytest.raises(job.JobError, match="duplicate question ids"):
+    cot_job.run([qa("a"), qa("a")], job.JobPaths.for_shard(str(tmp_path), "x"))
+  with pytest.raises(job.JobError, match="program_source='llm' needs a program LLM"):
+    job.CotJob(tools={}, make_args=broken_args, run_program=FakeRun("y"))
+  with pytest.raises(job.JobError, match="logic_judge='gpt'"):
+    job.CotJob(tools={}, make_args=broken_args, run_program=FakeRun("y"), program_source="gold",
+               logic_judge="gpt")
+
+
+def test_launcher_config_errors_name_the_field():
+  sys.path.insert(0, str(ROOT))
+  from configs.cot import toy
+  from launch import generate_cots
+  with pytest.raises(ValueError, match=r"config arg 'colour=red'.*'split'"):
+    toy.get_config("colour=red")
+  with pytest.raises(ValueError, match="llm kind 'gpt4'"):
+    generate_cots.make_llm(toy.llm("gpt4"))
+  with pytest.raises(ValueError, match="cannot resolve 'nosuch.module:thing'"):
+    generate_cots.resolve("nosuch.module:thing")
+  assert generate_cots.make_llm(toy.llm()) is None
