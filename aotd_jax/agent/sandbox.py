@@ -97,7 +97,11 @@ class _Handles:
       self.objects.append(obj)
       self.ids[id(obj)] = hid
     try:
-      text = repr(obj)
+      if t is np.ndarray:
+        text = f"array(shape={obj.shape}, dtype={obj.dtype})"
+      else:
+        with np.printoptions(threshold=16, edgeitems=2):  # frames inside dataclass reprs
+          text = repr(obj)
     except Exception:  # a tool object with a broken repr is still usable
       text = f"<{t.__name__}>"
     if len(text) > 200:

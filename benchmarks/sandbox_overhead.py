@@ -1,0 +1,111 @@
+"""Sandbox overhead: programs/s in the worker pool vs in-process `exec` (the unsafe reference).
+
+Usage: python benchmarks/sandbox_overhead.py [--programs 200] [--workers 2]
+
+Measures, in one run on this machine:
+  1. a typical 4-tool-call program: in-process exec vs the sandbox (1 and N workers);
+  2. one tool call's round trip (worker -> parent -> worker);
+  3. a tool returning a 16x224x224x3 uint8 clip, passed by value vs kept behind a handle;
+  4. the cost of replacing a worker after a timeout kill.
+Prints each figure and its ratio to the in-process reference.
+"""
+import argparse
+import concurrent.futures
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from aotd_jax.agent.sandbox import Sandbox  # noqa: E402
+
+PROGRAM = """
+def execute_command(video_clip, query, possible_answers):
+    clip = trim(video_clip, 0, 8)
+    boxes = Find(clip, "cup")
+    labels = Query_Objs(clip, possible_answers)
+    n = len([b for b in boxes if b])
+    return select_answer(query, labels + [str(n)], possible_answers)
+"""
+CALLS = "def execute_command(video_clip, query, possible_answers):\n" \
+        "    for i in range(200):\n        noop(i)\n    return 1\n"
+CLIP_CALLS = "def execute_command(video_clip, query, possible_answers):\n" \
+             "    for i in range(20):\n        c = frames(video_clip)\n    return c.shape\n"
+
+
+class Clip:
+  def __init__(self, frames):
+    self.frames = frames
+
+  def __len__(self):
+    return len(self.frames)
+
+
+TOOLS = {
+    "trim": lambda c, s, e: Clip(c.frames[s:e]),
+    "Find": lambda c, name: [[1.0, 2.0, 3.0, 4.0]] * len(c),
+    "Query_Objs": lambda c, answers: list(answers[:2]),
+    "select_answer": lambda q, info, answers: answers[len(info) % len(answers)],
+    "noop": lambda i: i,
+}
+
+
+def args():
+  return {"video_clip": Clip(np.zeros((16, 32, 32, 3), np.uint8)), "query": "what?",
+          "possible_answers": ["a", "b", "c", "d"]}
+
+
+def in_process(source, tools, a):
+  env = dict(tools)
+  exec(compile(source, "<program>", "exec"), env)
+  return env["execute_command"](**a)
+
+
+def rate(fn, n):
+  t0 = time.perf_counter()
+  for _ in range(n):
+    fn()
+  return n / (time.perf_counter() - t0)
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument("--programs", type=int, default=200)
+  p.add_argument("--workers", type=int, default=2)
+  a = p.parse_args()
+  n = a.programs
+  ref = rate(lambda: in_process(PROGRAM, TOOLS, args()), n)
+  print(f"in-process exec:            {ref:9.1f} programs/s")
+  with Sandbox(1) as sb:
+    sb.run(PROGRAM, TOOLS, args(), timeout_s=5)  # warm
+    one = rate(lambda: sb.run(PROGRAM, TOOLS, args(), timeout_s=5), n)
+    print(f"sandbox, 1 worker:          {one:9.1f} programs/s  ({ref / one:.0f}x slower, "
+          f"{1e3 / one - 1e3 / ref:.2f} ms overhead per program)")
+    t_calls = rate(lambda: sb.run(CALLS, TOOLS, args(), timeout_s=5), 20)
+    print(f"tool-call round trip:       {1e3 / t_calls / 200:9.3f} ms per call")
+    t0 = time.perf_counter()
+    sb.run("def execute_command(video_clip, query, possible_answers):\n"
+           "    return 10 ** (10 ** 9)\n", TOOLS, args(), timeout_s=0.2)
+    sb.run(PROGRAM, TOOLS, args(), timeout_s=5)
+    print(f"timeout kill + replacement: {(time.perf_counter() - t0 - 0.2) * 1e3:9.1f} ms")
+  with Sandbox(a.workers) as sb:
+    with concurrent.futures.ThreadPoolExecutor(a.workers) as pool:
+      list(pool.map(lambda _: sb.run(PROGRAM, TOOLS, args(), timeout_s=5), range(4)))
+      t0 = time.perf_counter()
+      list(pool.map(lambda _: sb.run(PROGRAM, TOOLS, args(), timeout_s=5), range(n)))
+      many = n / (time.perf_counter() - t0)
+    print(f"sandbox, {a.workers} workers (threads): {many:9.1f} programs/s  "
+          f"({ref / many:.0f}x slower than in-process)")
+
+  big = {"video_clip": np.zeros((16, 224, 224, 3), np.uint8), "query": "", "possible_answers": []}
+  tools = {"frames": lambda c: c}
+  for label, limit in (("by value", 1 << 30), ("by handle", 1 << 20)):
+    with Sandbox(1, memory_mb=1024, array_by_value_bytes=limit) as sb:
+      sb.run(CLIP_CALLS, tools, big, timeout_s=10)
+      r = rate(lambda: sb.run(CLIP_CALLS, tools, big, timeout_s=10), 5)
+      print(f"2.4 MB clip {label:9s}:     {1e3 / r / 21:9.2f} ms per transfer")
+
+
+if __name__ == "__main__":
+  main()
