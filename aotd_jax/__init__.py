@@ -6,6 +6,7 @@ axes in one place (MaxText style). Without this, Flax would demand a mesh at con
 """
 import flax
 
-flax.config.update("flax_always_shard_variable", False)
+if hasattr(flax.config, "flax_always_shard_variable"):  # Flax >= 0.12 has eager sharding
+  flax.config.update("flax_always_shard_variable", False)
 
 __version__ = "0.1.0"
