@@ -7,7 +7,7 @@ with a `kind` and that kind's settings:
   grounder:          oracle | univtg (path, buckets) | none
   action_recognizer: oracle | llava (path) | none
   video_qa:          oracle | llava (path) | none
-  selector:          keyword | llama (path) | llava (path) | none
+  selector:          keyword | llama (path: HF Llama dir with tokenizer) | none
   ground_truth:      toyworld (path: world dir) | star (path: JSON file(s), classes_dir)
   cache:             dir ("" = memory only), enabled
   object_vocabulary: list of class names, or "toyworld", or "star:<classes_dir>"
@@ -37,7 +37,7 @@ def default_config() -> ml_collections.ConfigDict:
       "grounder": {"kind": "oracle", "path": "", "buckets": list(DEFAULT_BUCKETS)},
       "action_recognizer": {"kind": "oracle", "path": ""},
       "video_qa": {"kind": "oracle", "path": ""},
-      "selector": {"kind": "keyword", "path": "", "max_new_tokens": 16},
+      "selector": {"kind": "keyword", "path": "", "max_new_tokens": 8},
       "ground_truth": {"kind": "toyworld", "path": "", "classes_dir": ""},
       "cache": {"dir": "", "enabled": True},
       "object_vocabulary": "toyworld",
@@ -130,11 +130,12 @@ def _llava(role):
 
 
 def _llama(section, ctx):
-  from experts.backends import llava
+  from aotd_jax.agent.llm import LocalLlama
+  from experts.backends.llm import LLMSelector
   path = _path("selector", "llama", section)
-  model = ctx.model(("llama", path), lambda: llava.load_llm(path))
-  return llava.LLMSelector(*model, name=f"llama:{path}",
-                           max_new_tokens=int(_get(section, "max_new_tokens", 16)))
+  llm = ctx.model(("llama", path), lambda: LocalLlama(path))
+  return LLMSelector(llm, name=f"llama:{path}",
+                     max_new_tokens=int(_get(section, "max_new_tokens", 8)))
 
 
 # role -> kind -> factory(section, context) -> backend
@@ -144,7 +145,7 @@ FACTORIES: dict[str, dict[str, Callable]] = {
     "action_recognizer": {"oracle": _oracle("action_recognizer"),
                           "llava": _llava("action_recognizer")},
     "video_qa": {"oracle": _oracle("video_qa"), "llava": _llava("video_qa")},
-    "selector": {"keyword": _keyword, "llama": _llama, "llava": _llava("selector")},
+    "selector": {"keyword": _keyword, "llama": _llama},
 }
 
 

@@ -252,7 +252,8 @@ def test_registry_binds_owlv2_by_path(owl, monkeypatch):
 
 @pytest.mark.parametrize("edit,msg", [
     ({"detector": {"kind": "yolo"}}, r"detector.kind='yolo' is not one of"),
-    ({"detector": {"kind": "owlv2", "path": ""}}, r"requires|path"),
+    ({"detector": {"kind": "owlv2", "path": ""}}, r"detector.path is required for kind 'owlv2'"),
+    ({"selector": {"kind": "llama", "path": ""}}, r"selector.path is required for kind 'llama'"),
     ({"ground_truth": {"kind": "toyworld", "path": ""}}, r"needs ground_truth.path"),
     ({"ground_truth": {"kind": "kinetics", "path": "x"}}, r"ground_truth.kind='kinetics'"),
     ({"object_vocabulary": "coco"}, r"object_vocabulary='coco'"),
@@ -264,3 +265,28 @@ def test_registry_reports_bad_config(toy_world, edit, msg):
     config[k] = v
   with pytest.raises((ValueError, KeyError), match=msg):
     experts.make_tools(config)
+
+
+# -- LLM answer selector -------------------------------------------------------------------------
+
+
+def test_llm_selector_prompts_with_evidence_and_snaps_the_reply():
+  from experts.backends.llm import LLMSelector
+
+  class FakeLLM:
+    def __init__(self, reply):
+      self.reply, self.prompts = reply, []
+
+    def complete(self, prompts, *, max_new_tokens, temperature=0.0, stop=None):
+      self.prompts += prompts
+      return [self.reply] * len(prompts)
+
+  llm = FakeLLM("(B)")
+  box = experts.Toolbox(selector=LLMSelector(llm))
+  choices = ["The red circle jumped.", "The blue square spun."]
+  assert box.select_answer("What happened?", choices, {"actions": ["blue square spins"]}) \
+      == choices[1]
+  text = llm.prompts[0][0]["content"]
+  assert "(A) The red circle jumped." in text and "- actions: blue square spins" in text
+  llm.reply = "the red circle jumped i think"
+  assert box.select_answer("Other?", choices, {}) == choices[0]
