@@ -123,6 +123,8 @@ HOSTILE = [
     ("oversized_value", body("return 'a' * (4 << 20)"), "message rejected"),
     ("deep_value", body("x = []\nfor i in range(20000):\n    x = [x]\nreturn x"),
      "cannot be sent|recursion"),
+    ("fancy_index_on_handle", body("return len(video_clip[[0] * 100000])"),
+     "index must be ints, slices or strings"),
     ("tool_error", body("return Fail(video_clip)"), "tool Fail failed"),
 ]
 

@@ -45,7 +45,7 @@ _PLAIN_TYPES = (type(None), bool, int, float, complex, str, bytes, list, tuple, 
                 frozenset, slice, range, bytearray, pickle.PickleBuffer)
 _WORKER_GLOBALS = frozenset({
     ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "complex"),
-    ("builtins", "slice"), ("builtins", "range"),
+    ("builtins", "slice"), ("builtins", "range"), ("builtins", "Ellipsis"),
     ("numpy", "ndarray"), ("numpy", "dtype"),
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
     ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
@@ -398,6 +398,12 @@ def _handle_op(handles: _Handles, hid, op, operand):
     if op == "bool":
       return ("ok", bool(obj))
     if op == "item":
+      # Basic keys only: a fancy index (a list of 10**7 ints) would make the parent copy
+      # an arbitrarily large array out of the program's small message.
+      keys = operand if isinstance(operand, tuple) else (operand,)
+      if not all(k is None or k is Ellipsis or type(k) in (int, str, slice, bool)
+                 for k in keys):
+        return ("err", f"{tname} index must be ints, slices or strings, got {operand!r:.80}")
       return ("ok", obj[operand])
     if op == "contains":
       return ("ok", operand in obj)
