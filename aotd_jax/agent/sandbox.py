@@ -276,7 +276,8 @@ class Sandbox:
                        seconds=time.perf_counter() - t_start)
     limits = {"timeout_s": timeout_s, "max_steps": max_steps,
               "max_output_chars": max_output_chars, "max_depth": max_depth,
-              "entry_point": entry_point}
+              "entry_point": entry_point,
+              "builtins": sorted(sandbox_policy.ALLOWED_NAMES - {"print"})}
     worker = self._idle.get()
     if not worker.alive():  # killed while idle (OOM killer, an operator): replace it
       worker.kill()

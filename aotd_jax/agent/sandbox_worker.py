@@ -7,7 +7,8 @@ if present, so tool results that are arrays unpickle without opening files later
 Protocol over the socket (pickled tuples; objects the parent keeps travel as handles via
 pickle's persistent ids):
   worker -> parent  ("ready", pid)
-  parent -> worker  ("run", source, args, tool_names, limits)
+  parent -> worker  ("run", source, args, tool_names, limits)   (limits["builtins"]: the
+                    allowed builtin names, from sandbox_policy)
   worker -> parent  ("call", tool, args, kwargs) | ("op", handle_id, op, operand)
   parent -> worker  ("ok", value) | ("err", message)
   worker -> parent  ("done", value, stdout) | ("fail", reason, stdout)
@@ -20,14 +21,6 @@ import resource
 import signal
 import sys
 
-SAFE_BUILTIN_NAMES = (
-    "abs", "all", "any", "bool", "chr", "dict", "divmod", "enumerate", "filter", "float",
-    "frozenset", "hash", "int", "isinstance", "len", "list", "map", "max", "min", "ord",
-    "pow", "range", "repr", "reversed", "round", "set", "slice", "sorted", "str", "sum",
-    "tuple", "zip", "Exception", "ArithmeticError", "AssertionError", "AttributeError",
-    "IndexError", "KeyError", "LookupError", "NameError", "RuntimeError", "StopIteration",
-    "TypeError", "ValueError", "ZeroDivisionError", "True", "False", "None",
-)
 PROGRAM_FILENAME = "<program>"
 CHANNEL_FD = 3
 
@@ -189,7 +182,9 @@ def _program_line(tb):
 def _run(source, args, tool_names, limits):
   """Runs one program; returns the final message for the parent."""
   out = _Output(limits["max_output_chars"])
-  builtins_ = {name: getattr(builtins, name) for name in SAFE_BUILTIN_NAMES}
+  # The names come from the parent (sandbox_policy is the one list); never a dunder.
+  builtins_ = {name: getattr(builtins, name) for name in limits["builtins"]
+               if not name.startswith("_") and hasattr(builtins, name)}
   builtins_["print"] = out.print
   # C code (numpy's lazy `from numpy._core import _methods`) imports through the calling
   # frame's builtins. Programs cannot spell a dunder, so only such internals reach this.
