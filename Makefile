@@ -18,6 +18,8 @@ demo: $(VENV)/.installed
 	$(PY) -m launch.demo --config=$(DEMO_CONFIG) --workdir=$(WORKDIR)
 
 test: $(VENV)/.installed
+	# headless Chromium renders the trace viewer in tests/test_viewer.py (Debian package)
+	command -v chromium >/dev/null 2>&1 || apt-get install -y chromium || echo "no chromium: the viewer test skips"
 	$(PY) -m pytest -q tests
 
 .PHONY: install demo test

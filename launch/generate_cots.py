@@ -5,8 +5,8 @@ r"""Generates filtered CoTs for one shard of a dataset (AoTD steps 2-3); resumab
 
 Rerun the same command after a kill: done questions are skipped. Each worker (shard x host)
 writes `records-*.jsonl` (every question, AoTD conversation format plus trace and verdicts),
-`cot-*.array_record` (kept CoTs, for Grain) and `stats-*.json` (pass rate of each filter step)
-into `config.out_dir`. Config fields are documented in `configs/cot/toy.py`.
+`cot-*.array_record` (kept CoTs, for Grain), `stats-*.json` (pass rate of each filter step)
+and `report-*.html` (the trace viewer on sampled questions) into `config.out_dir`. Config fields are documented in `configs/cot/toy.py`.
 """
 from __future__ import annotations
 
@@ -117,6 +117,13 @@ def main(argv):
         temperature=config.temperature, video_path=video_path(config))
     stats = cot_job.run(questions, job.JobPaths.for_shard(config.out_dir, name),
                         label=f"[{name}] ", progress_every_s=config.progress_every_s)
+  if config.report_samples:
+    from aotd_jax.agent import viewer
+    paths = job.JobPaths.for_shard(config.out_dir, name)
+    report = viewer.render_report(job.RecordLog(paths.records).load(),
+                                  os.path.join(config.out_dir, f"report-{name}.html"),
+                                  num_samples=config.report_samples, title=f"CoT run {name}")
+    logging.info("report: %s", report)
   logging.info("done %s: %s", name, stats.summary())
 
 

@@ -237,7 +237,8 @@ def _describe(call: Mapping) -> str:
     seen = _join(list(dict.fromkeys(b["label"] for b in found.boxes if b["label"])))
     return f"Looking for {subject} {scope}, I see {seen or 'nothing that matches'}."
   if name == "Query_Actions":
-    return f"Checking the actions {scope}, I see: {_join(found.labels) or 'nothing relevant'}."
+    actions = _join([label.rstrip(".") for label in found.labels])
+    return f"Checking the actions {scope}, I see: {actions or 'nothing relevant'}."
   if name == "Video_summary":
     return f"Watching {scope[3:] if where else 'the video'}: {_text(result)}".rstrip(".") + "."
   if name == "select_answer":

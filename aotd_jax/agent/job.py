@@ -161,7 +161,7 @@ class Progress:
     elapsed = max(time.monotonic() - self._t0, 1e-9)
     rate = (self.done - self._start_done) / elapsed
     left = self.total - self.done
-    eta = f"{left / rate:.0f}s" if rate > 0 else "?"
+    eta = "0s" if left <= 0 else f"{left / rate:.0f}s" if rate > 0 else "?"
     pct = self.done / max(self.total, 1)
     return (f"{self.label}{self.done}/{self.total} ({pct:.0%}) {rate:.2f} q/s ETA {eta} | "
             f"{self.stats.summary()}")
