@@ -228,3 +228,31 @@ def test_policy_accepts_ordinary_programs_and_refuses_non_strings():
     validate(b"def execute_command(): pass")
   with pytest.raises(PolicyError, match="too long"):
     validate("#" * 200_000)
+
+
+def test_toyworld_gold_programs_with_real_tools_match_in_process_exec(sb):
+  """The expert API end to end: gold programs over oracle experts give exec's answers."""
+  experts = pytest.importorskip("experts")
+  from aotd_jax.data import toyworld
+  from aotd_jax.data.toyworld_questions import make_questions
+  from experts.backends import oracle
+  clips = [toyworld.generate_clip(0, "train", i)[:2] for i in range(2)]
+  gt = oracle.GroundTruth.from_toyworld({t.video_id: t for _, t in clips})
+  tools = experts.Toolbox(
+      detector=oracle.OracleDetector(gt), grounder=oracle.OracleGrounder(gt),
+      action_recognizer=oracle.OracleActions(gt), video_qa=oracle.OracleActions(gt),
+      selector=oracle.KeywordSelector(), object_vocabulary=toyworld.ALL_OBJECT_NAMES).tools()
+  n = 0
+  for frames, truth in clips:
+    for q in make_questions(truth, np.random.default_rng(0), toyworld.ALL_OBJECT_NAMES):
+      a = {"video_clip": experts.VideoClip(frames, fps=truth.fps, video_id=truth.video_id),
+           "query": q["question"], "possible_answers": [c["choice"] for c in q["choices"]]}
+      env = dict(tools)
+      exec(q["question_program"], env)  # the trusted reference: our own gold program
+      ex = sb.run(q["question_program"], tools, a, timeout_s=10.0)
+      assert ex.ok, ex.error
+      assert ex.value == env["execute_command"](**a)
+      assert ex.trace and ex.trace[-1].name == "select_answer"
+      json.dumps(ex.to_trace(q["question_program"]).to_json())
+      n += 1
+  assert n >= 4
