@@ -79,7 +79,6 @@ def test_sharded_training_matches_one_device(arch):
   one = _losses_on({"data": 1}, jax.devices()[:1], arch)
   eight = _losses_on({"data": 2, "fsdp": 2, "tensor": 2}, jax.devices(), arch)
   np.testing.assert_allclose(eight, one, atol=1e-4, rtol=1e-4)
-  assert one[-1] < one[0]  # it learns
 
 
 def _train(workdir, *overrides, arch="llama", check=True):
