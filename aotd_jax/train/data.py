@@ -7,24 +7,53 @@ from aotd_jax.train.synthetic import SyntheticBatches
 
 
 def _video_tokens(config, num_frames: int) -> int:
-  """Visual tokens of a video after LLaVA-NeXT-Video's spatial pooling (as transformers counts)."""
-  side = config.vision_config.image_size // config.vision_config.patch_size
-  pooled = -(-side // config.spatial_pool_stride)
-  return num_frames * pooled * pooled
+  """Visual tokens of a clip after LLaVA-NeXT-Video's spatial pooling (as transformers counts)."""
+  return num_frames * config.video_tokens_per_frame()
+
+
+def make_pipeline_data(cfg, student: nnx.Module, tokenizer=None):
+  """The Grain pipeline over `cfg.data.qa` (annotation files) and `cfg.data.cot` (CoT JSONL /
+  ArrayRecord from `launch/generate_cots.py`), mixed by their `weight`s."""
+  from aotd_jax import hf
+  from aotd_jax.data import annotations, pipeline
+
+  d = cfg.data
+  tokenizer = tokenizer if tokenizer is not None else hf.load_tokenizer(d.tokenizer)
+  sources, weights = [], []
+  for qa in d.get("qa", ()):
+    records = annotations.read(qa["format"], qa["path"], **dict(qa.get("read_kwargs", {}) or {}))
+    sources.append(pipeline.qa_source(records, video_root=qa.get("video_root", ""),
+                                      video_ext=qa.get("video_ext", ".mp4")))
+    weights.append(float(qa.get("weight", 1.0)))
+  for cot in d.get("cot", ()):
+    sources.append(pipeline.cot_source(cot["path"], video_root=cot.get("video_root", "")))
+    weights.append(float(cot.get("weight", 1.0)))
+  if not sources:
+    raise ValueError("config.data.kind='pipeline' needs config.data.qa and/or config.data.cot")
+  mc = student.config
+  buckets = tuple(d.get("buckets", ())) or (d.seq_len,)
+  pc = pipeline.PipelineConfig(
+      batch_size=cfg.batch_size, num_frames=d.num_frames, image_size=mc.vision_config.image_size,
+      decode_size=d.get("decode_size", None), buckets=buckets,
+      train_on_prompt=d.get("train_on_prompt", False),
+      num_video_tokens=_video_tokens(mc, d.num_frames), seed=cfg.seed,
+      num_workers=d.get("num_workers", 0), answer_style=d.get("answer_style", "letter_text"))
+  return pipeline.make_pipeline(tokenizer, sources, pc, weights=weights)
 
 
 def make_train_data(cfg, student: nnx.Module):
   """Batches for `cfg` (host-local numpy; the trainer shards them on the mesh)."""
   kind = cfg.data.get("kind", "synthetic")
+  if kind == "pipeline":
+    return make_pipeline_data(cfg, student)
   if kind == "synthetic":
     mc = student.config
     text = getattr(mc, "text_config", mc)
     vision = getattr(mc, "vision_config", None)
-    video_token = getattr(mc, "video_token_index", None)
+    frames = cfg.data.get("num_frames", 0) if vision is not None else 0
     return SyntheticBatches(
         batch_size=cfg.batch_size, seq_len=cfg.data.seq_len, vocab_size=text.vocab_size,
-        seed=cfg.seed, num_frames=cfg.data.get("num_frames", 0) if vision is not None else 0,
-        image_size=vision.image_size if vision is not None else 0,
-        video_token_id=video_token if vision is not None else None,
-        num_video_tokens=_video_tokens(mc, cfg.data.get("num_frames", 0)) if vision is not None else 0)
+        seed=cfg.seed, num_frames=frames, image_size=vision.image_size if vision is not None else 0,
+        video_token_id=mc.video_token_index if vision is not None else None,
+        num_video_tokens=_video_tokens(mc, frames) if vision is not None else 0)
   raise ValueError(f"config.data.kind={kind!r}: expected 'synthetic' or 'pipeline'")
