@@ -7,6 +7,7 @@ no file appears in the (temporary) working directory, and that a valid program s
 with its full trace afterwards.
 """
 import concurrent.futures
+import re
 import os
 import resource
 import textwrap
@@ -182,7 +183,6 @@ def test_corpus_is_large_enough():
 
 
 def test_hostile_corpus(sandbox, tmp_path, monkeypatch):
-  import re
   sb, cwd = sandbox
   monkeypatch.chdir(tmp_path)
   threads, fds, rss = threading.active_count(), _open_fds(), _rss_mb()
@@ -212,6 +212,13 @@ def test_hostile_corpus(sandbox, tmp_path, monkeypatch):
   assert _open_fds() <= fds + 2
   assert _rss_mb() - rss < 100
   assert os.listdir(cwd) == [] and os.listdir(tmp_path) == []
+  # Every killed worker was reaped (no zombie child) and replaced (the pool is full).
+  children = [pid for task in os.listdir("/proc/self/task")
+              for pid in open(f"/proc/self/task/{task}/children").read().split()]
+  states = [open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] for pid in children]
+  assert "Z" not in states, states
+  pool = list(sb._idle.queue)
+  assert len(pool) == 2 and all(w.alive() for w in pool)
 
   # Valid programs still run, with their full trace.
   src = body("""
@@ -236,3 +243,25 @@ def test_failed_runs_keep_the_trace_so_far(sandbox):
   ex = sb.run(src, _tools(), _args(), timeout_s=TIMEOUT_S, max_steps=10_000)
   assert not ex.ok and "step limit" in ex.error
   assert [c.name for c in ex.trace] == ["Count"]
+
+
+def test_worker_holds_even_if_the_allow_list_were_bypassed(tmp_path, monkeypatch):
+  """Defence in depth: with the AST check switched off and `open` handed to the program,
+  the worker still cannot create a file, import a module or start a process."""
+  from aotd_jax.agent import sandbox_policy
+  monkeypatch.setattr(sandbox_policy, "validate", lambda source, **kw: None)
+  monkeypatch.setattr(sandbox_policy, "ALLOWED_NAMES",
+                      sandbox_policy.ALLOWED_NAMES | {"open", "OSError", "ImportError"})
+  tmp_path.chmod(0o777)  # writable by anyone: only the worker's limits stop it
+  attempts = {
+      "open": "open('made_by_worker.txt', 'w')",
+      "open_abs": f"open({str(tmp_path / 'abs.txt')!r}, 'w')",
+      "import_os": "__import__('os').system('touch via_shell')",
+      "import_new": "__import__('json')",
+  }
+  with Sandbox(num_workers=1, memory_mb=256, cwd=str(tmp_path)) as sb:
+    for name, code in attempts.items():
+      ex = sb.run(body(code + "\nreturn 'escaped'"), {}, _args(), timeout_s=TIMEOUT_S)
+      assert not ex.ok, name
+      assert re.search("OSError|PermissionError|ImportError", ex.error), (name, ex.error)
+  assert os.listdir(tmp_path) == []
