@@ -276,3 +276,9 @@ def test_local_llama_bad_arguments(tmp_path):
     LocalLlama(str(tmp_path))
   with pytest.raises(ValueError, match="max_batch must be >= 1"):
     LocalLlama(model=object(), tokenizer=object(), max_batch=0)
+  tok = make_tokenizer(tmp_path)
+  tok.chat_template = None
+  llm = LocalLlama(model=object(), tokenizer=tok)
+  assert llm.encode("w1 w2") == [1, 7, 8]
+  with pytest.raises(ValueError, match="need a tokenizer with a chat_template"):
+    llm.encode([{"role": "user", "content": "w1"}])

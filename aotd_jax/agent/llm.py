@@ -204,6 +204,9 @@ class LocalLlama:
     """Token ids of one prompt (chat messages through the tokenizer's chat template)."""
     if isinstance(prompt, str):
       return list(self.tokenizer(prompt)["input_ids"])
+    if not getattr(self.tokenizer, "chat_template", None):
+      raise ValueError("LocalLlama: chat-message prompts need a tokenizer with a chat_template;"
+                       " this one has none (pass string prompts)")
     text = self.tokenizer.apply_chat_template(prompt, tokenize=False,
                                               add_generation_prompt=True)
     return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
