@@ -17,10 +17,12 @@ import collections
 import dataclasses
 import math
 import os
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import av
 import numpy as np
+
+from aotd_jax.data import video_processing
 
 Size = int | tuple[int, int] | None
 
@@ -93,11 +95,12 @@ def probe(path: str | os.PathLike) -> VideoInfo:
 
 def sample_indices(num_frames_total: int, fps: float, n: int, start: float | None = None,
                    end: float | None = None) -> np.ndarray:
-  """`n` frame indices spread uniformly (endpoints included) over the window [start, end] s.
+  """`n` frame indices spread uniformly (endpoints included) over the window [start, end) s.
 
-  The window is clipped to the video; a window that starts past the end collapses onto the
-  last frame (STAR windows sometimes overrun their video by a frame or two). With fewer
-  frames in the window than `n`, indices repeat.
+  Frame `i` covers [i / fps, (i + 1) / fps). The window is clipped to the video; a window that
+  starts past the end collapses onto the last frame (STAR windows sometimes overrun their
+  video by a frame or two). With fewer frames in the window than `n`, indices repeat. The
+  spreading rule is `video_processing.sample_frame_indices` (transformers' linspace).
   """
   if n <= 0:
     raise ValueError(f"number of frames to sample must be positive, got {n}")
@@ -105,7 +108,7 @@ def sample_indices(num_frames_total: int, fps: float, n: int, start: float | Non
   first = 0 if start is None else min(max(int(math.floor(start * fps + 1e-6)), 0), last_frame)
   last = last_frame if end is None else int(math.ceil(end * fps - 1e-6)) - 1
   last = min(max(last, first), last_frame)
-  return np.linspace(first, last, n).astype(np.int64)
+  return video_processing.sample_frame_indices(num_frames_total, n, start=first, end=last + 1)
 
 
 def _size_kwargs(size: Size) -> dict:
@@ -139,19 +142,22 @@ def _frames(container, stream) -> Iterator[av.VideoFrame]:
   yield from container.decode(stream)
 
 
-def decode_frames(path: str | os.PathLike, indices: Sequence[int], *, size: Size = None,
-                  seek: bool = True, seek_gap: int | None = None) -> np.ndarray:
+def decode_frames(path: str | os.PathLike, indices: Sequence[int] | Callable[[VideoInfo], np.ndarray],
+                  *, size: Size = None, seek: bool = True, seek_gap: int | None = None) -> np.ndarray:
   """Decodes the frames at `indices` (any order, repeats allowed) -> (N, H, W, 3) uint8 RGB.
 
-  With `seek`, jumps to the keyframe before a wanted frame whenever it is more than
-  `seek_gap` frames (default: one second) past the last decoded one; otherwise decodes
-  everything from the start. Raises `VideoDecodeError` naming the file on any failure.
+  `indices` may be a function of the `VideoInfo` (so the file is opened once). With `seek`,
+  jumps to the keyframe before a wanted frame whenever it is more than `seek_gap` frames
+  (default: one second) past the last decoded one; otherwise decodes everything from the
+  start. Raises `VideoDecodeError` naming the file on any failure.
   """
   path = os.fspath(path)
   container = _open(path)
   try:
     stream = container.streams.video[0]
     info = _info(path, container)
+    if callable(indices):
+      indices = indices(info)
     ix = _Indexer(stream, info.fps)
     gap = int(round(info.fps)) if seek_gap is None else seek_gap
     wanted = sorted(set(int(i) for i in indices))
@@ -287,9 +293,11 @@ def read_frames(path: str | os.PathLike, num_frames: int, *, start: float | None
     hit = cache.get(key)
     if hit is not None:
       return hit
-  info = probe(path)
-  indices = sample_indices(info.num_frames, info.fps, num_frames, start, end)
-  frames = decode_frames(path, indices, size=size, seek=seek)
+  if num_frames <= 0:
+    raise ValueError(f"number of frames to sample must be positive, got {num_frames}")
+  frames = decode_frames(
+      path, lambda info: sample_indices(info.num_frames, info.fps, num_frames, start, end),
+      size=size, seek=seek)
   if cache is not None:
     cache.put(key, frames)
   return frames
