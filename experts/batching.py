@@ -80,7 +80,7 @@ class BucketedJit:
     self.buckets = check_buckets(buckets)
     self.name = name or getattr(fn, "__name__", "expert")
     self.compiles = 0
-    self.calls = 0  # chunks run
+    self.calls = 0  # chunks run (cumulative)
     self._fn = fn
 
     def traced(rows, *args):
@@ -89,22 +89,38 @@ class BucketedJit:
 
     self._jitted = jax.jit(traced, donate_argnums=(0,) if donate_rows else ())
 
-  def __call__(self, rows, *args):
-    """Runs over all rows; returns the outputs concatenated along axis 0 (length N)."""
+  def run_chunk(self, rows, *args):
+    """One call on rows already padded to a bucket size (no slicing, no concatenation)."""
+    if int(rows.shape[0]) not in self.buckets:
+      raise ValueError(f"{self.name}: chunk of {rows.shape[0]} rows is not a bucket size "
+                       f"{self.buckets}")
+    self.calls += 1
+    return self._jitted(rows, *args)
+
+  def __call__(self, rows, *args, to_host: bool = False):
+    """Runs over all rows; returns the outputs concatenated along axis 0 (length N).
+
+    With numpy `rows` and `to_host=True` no array op outside the jitted function sees a
+    clip-dependent shape: padding, slicing and concatenation happen in numpy, so the XLA
+    compilations are exactly the traces counted by `compiles`.
+    """
     n = int(rows.shape[0])
     if n == 0:
       spec = jax.eval_shape(self._fn, jax.ShapeDtypeStruct((1,) + tuple(rows.shape[1:]), rows.dtype),
                             *args)
-      return jax.tree.map(lambda s: jnp.zeros((0,) + s.shape[1:], s.dtype), spec)
+      zeros = np.zeros if to_host else jnp.zeros
+      return jax.tree.map(lambda s: zeros((0,) + s.shape[1:], s.dtype), spec)
     outs = []
     for start, stop, size in plan_chunks(n, self.buckets):
-      out = self._jitted(pad_rows(rows[start:stop], size), *args)
-      self.calls += 1
+      out = self.run_chunk(pad_rows(rows[start:stop], size), *args)
+      if to_host:
+        out = jax.tree.map(np.asarray, out)
       outs.append(out if stop - start == size
                   else jax.tree.map(lambda a, k=stop - start: a[:k], out))
     if len(outs) == 1:
       return outs[0]
-    return jax.tree.map(lambda *a: jnp.concatenate(a, axis=0), *outs)
+    cat = np.concatenate if to_host else jnp.concatenate
+    return jax.tree.map(lambda *a: cat(a, axis=0), *outs)
 
 
 @contextlib.contextmanager

@@ -1,15 +1,17 @@
 """`Detector` on our Flax OWLv2: pre-processing, image tower and heads jitted over frame buckets.
 
 Per call: the text queries are embedded once (and remembered), their number padded to a
-power of two and masked, so the query count never forces a recompilation; the frames, already
-on the device, go through one jitted function per bucket size — pad to a square, the
-anti-aliased resize as two matrix products (the same matrices as
-`aotd_jax.models.owlv2_processing.preprocess`, hence transformers' `Owlv2ImageProcessor`),
-CLIP normalisation, the image tower and the detection heads — and only the (B, P, Q) logits
-and boxes come back to the host for thresholding and NMS.
+power of two and masked, so the query count never forces a recompilation; the frames go
+through one jitted function per bucket size — pad to a square, the anti-aliased resize as
+two matrix products (the same matrices as `aotd_jax.models.owlv2_processing.preprocess`,
+hence transformers' `Owlv2ImageProcessor`), CLIP normalisation, the image tower and the box
+head — whose features stay on the device for the next query; a second jitted function (the
+class head) scores them against the queries, and only the (B, P, Q) logits and boxes come
+back to the host for thresholding and NMS.
 """
 from __future__ import annotations
 
+import collections
 import types
 from typing import Callable, Sequence
 
@@ -19,7 +21,7 @@ import numpy as np
 from flax import nnx
 
 from experts.backends.protocols import Box
-from experts.batching import DEFAULT_BUCKETS, BucketedJit
+from experts.batching import DEFAULT_BUCKETS, BucketedJit, pad_rows, plan_chunks
 
 Tokenize = Callable[[Sequence[str]], tuple[np.ndarray, np.ndarray]]
 
@@ -57,6 +59,12 @@ def device_preprocess(frames: jax.Array, image_size: int, *, pad_value: float = 
 class Owlv2Detector:
   """The `Detector` protocol on `aotd_jax.models.owlv2.Owlv2ForObjectDetection`.
 
+  The image side (pre-processing, image tower, box head) runs once per chunk of frames and
+  its features stay on the device (an LRU of `feature_cache` chunks): a program that asks
+  for several objects in the same clip runs the image tower once and only the cheap class
+  head per object. Frames are gathered and padded on the host, so the XLA compilations are
+  one per bucket for the image side and one per (bucket, padded query count) for the head.
+
   Args:
     model: the Flax OWLv2 model.
     tokenize: texts -> (input_ids (N, L), attention_mask (N, L)), padded to a fixed L.
@@ -64,30 +72,43 @@ class Owlv2Detector:
     buckets: frame batch sizes the image side is compiled for.
     nms_threshold: per-label NMS IoU (None: none, as transformers).
     pad_value: square-padding value (transformers 0.0, the original OWLv2 0.5).
+    feature_cache: how many chunks of image features to keep on the device.
   """
 
   def __init__(self, model, tokenize: Tokenize, *, name: str = "owlv2",
                buckets: Sequence[int] = DEFAULT_BUCKETS, nms_threshold: float | None = 0.3,
-               pad_value: float = 0.0):
+               pad_value: float = 0.0, feature_cache: int = 64):
     from aotd_jax.models import owlv2_processing as proc
     self.name, self.tokenize, self.nms_threshold = name, tokenize, nms_threshold
     self.image_size = model.config.vision_config.image_size
     self._graphdef, self._state = nnx.split(model)
     graphdef, size = self._graphdef, self.image_size
 
-    def image_side(frames, state, query_embeds, query_mask):
+    def image_side(frames, state):
       m = nnx.merge(graphdef, state)
       pixel_values = device_preprocess(frames, size, pad_value=pad_value,
                                        mean=proc.OPENAI_CLIP_MEAN, std=proc.OPENAI_CLIP_STD)
-      out = m.detect(pixel_values, query_embeds, query_mask)
-      return out.logits, out.pred_boxes
+      fmap = m.image_embedder(pixel_values)
+      feats = fmap.reshape(fmap.shape[0], -1, fmap.shape[-1])
+      return feats, m.box_predictor(feats)
+
+    def class_head(feats, state, query_embeds, query_mask):
+      m = nnx.merge(graphdef, state)
+      b = feats.shape[0]
+      q = jnp.broadcast_to(query_embeds[None], (b, *query_embeds.shape))
+      mask = jnp.broadcast_to(query_mask[None], q.shape[:2])
+      return m.class_head(feats, q, mask)[0]
 
     def text_side(state, input_ids, attention_mask):
       return nnx.merge(graphdef, state).embed_text_queries(input_ids, attention_mask)
 
     self.image_fn = BucketedJit(image_side, buckets=buckets, name=f"{name}/image")
+    self.head_fn = BucketedJit(class_head, buckets=buckets, name=f"{name}/head")
     self._text_fn = jax.jit(text_side)
-    self._query_embeds: dict[str, jax.Array] = {}
+    self._query_embeds: dict[str, np.ndarray] = {}
+    self._features: collections.OrderedDict = collections.OrderedDict()
+    self.feature_cache = feature_cache
+    self.feature_hits = 0
 
   @classmethod
   def from_pretrained(cls, path: str, *, buckets: Sequence[int] = DEFAULT_BUCKETS,
@@ -99,42 +120,61 @@ class Owlv2Detector:
                            model.config.text_config.max_position_embeddings)
     return cls(model, tokenize, name=f"owlv2:{path}", buckets=buckets, **kwargs)
 
-  def embed_queries(self, queries: Sequence[str]) -> tuple[jax.Array, jax.Array]:
+  def clear_features(self) -> None:
+    """Drops the image features kept on the device (e.g. between videos, or to time cold)."""
+    self._features.clear()
+
+  def embed_queries(self, queries: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """(Qp, E) embeddings and (Qp,) mask, Qp = next power of two >= len(queries)."""
     new = [q for q in dict.fromkeys(queries) if q not in self._query_embeds]
     if new:
       ids, mask = self.tokenize(new)
-      n = len(new)
-      pad = _pow2(n)  # bounded text-side compilations as well
+      n, pad = len(new), _pow2(len(new))  # bounded text-side compilations as well
       ids = np.concatenate([ids, np.repeat(ids[-1:], pad - n, 0)])
       mask = np.concatenate([mask, np.repeat(mask[-1:], pad - n, 0)])
-      emb = self._text_fn(self._state, jnp.asarray(ids), jnp.asarray(mask))
+      emb = np.asarray(self._text_fn(self._state, jnp.asarray(ids), jnp.asarray(mask)))
       for i, q in enumerate(new):
         self._query_embeds[q] = emb[i]
     qp = _pow2(len(queries))
-    emb = jnp.stack([self._query_embeds[q] for q in queries])
-    emb = jnp.concatenate([emb, jnp.zeros((qp - len(queries), emb.shape[-1]), emb.dtype)])
-    return emb, jnp.arange(qp) < len(queries)
+    emb = np.stack([self._query_embeds[q] for q in queries])
+    emb = np.concatenate([emb, np.zeros((qp - len(queries), emb.shape[-1]), emb.dtype)])
+    return emb, np.arange(qp) < len(queries)
 
-  def raw_outputs(self, frames: jax.Array, queries: Sequence[str]):
-    """Logits (T, P, Q) and pred_boxes (T, P, 4) for device frames (T, H, W, 3) uint8."""
+  def _image_chunk(self, key, frames: np.ndarray, size: int):
+    """Device features and boxes of one padded chunk, from the LRU or computed."""
+    if key in self._features:
+      self._features.move_to_end(key)
+      self.feature_hits += 1
+      return self._features[key]
+    out = self.image_fn.run_chunk(pad_rows(frames, size), self._state)
+    self._features[key] = out
+    while len(self._features) > self.feature_cache:
+      self._features.popitem(last=False)
+    return out
+
+  def raw_outputs(self, clip, queries: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Host logits (T, P, Q) and pred_boxes (T, P, 4) of the clip's frames."""
     emb, mask = self.embed_queries(queries)
-    logits, boxes = self.image_fn(frames, self._state, emb, mask)
-    return logits[..., :len(queries)], boxes
+    host = clip.frames
+    logits, boxes = [], []
+    for start, stop, size in plan_chunks(len(clip), self.image_fn.buckets):
+      key = (clip.identity, clip.height, clip.width, tuple(int(f) for f in clip.frame_ids[start:stop]))
+      feats, pred = self._image_chunk(key, host[start:stop], size)
+      lg = self.head_fn.run_chunk(feats, self._state, emb, mask)
+      logits.append(np.asarray(lg)[:stop - start, :, :len(queries)])
+      boxes.append(np.asarray(pred)[:stop - start])
+    return np.concatenate(logits), np.concatenate(boxes)
 
   def detect(self, clip, queries: Sequence[str], *, threshold: float) -> list[list[Box]]:
     """Boxes per frame of `clip` scoring > threshold, in source-frame pixels."""
     from aotd_jax.models import owlv2_processing as proc
     if not len(clip):
       return []
-    logits, boxes = self.raw_outputs(clip.device_frames(), list(queries))
-    outputs = types.SimpleNamespace(logits=np.asarray(logits), pred_boxes=np.asarray(boxes))
+    logits, boxes = self.raw_outputs(clip, list(queries))
+    outputs = types.SimpleNamespace(logits=logits, pred_boxes=boxes)
     sizes = [(clip.height, clip.width)] * len(clip)
     results = proc.post_process_object_detection(outputs, threshold, sizes, self.nms_threshold)
-    out = []
-    for fid, r in zip(clip.frame_ids, results):
-      out.append([Box(int(fid), queries[int(l)], float(s),
-                      tuple(float(v) for v in np.clip(b, 0, [clip.width, clip.height] * 2)))
-                  for s, l, b in zip(r["scores"], r["labels"], r["boxes"])])
-    return out
-
+    limit = [clip.width, clip.height] * 2
+    return [[Box(int(fid), queries[int(l)], float(sc), tuple(float(v) for v in np.clip(b, 0, limit)))
+             for sc, l, b in zip(r["scores"], r["labels"], r["boxes"])]
+            for fid, r in zip(clip.frame_ids, results)]
