@@ -16,7 +16,7 @@ class SyntheticBatches:
 
   def __init__(self, *, batch_size: int, seq_len: int, vocab_size: int, seed: int = 0,
                num_frames: int = 0, image_size: int = 0, video_token_id: int | None = None,
-               num_video_tokens: int = 0, cot_fraction: float = 0.5, reserved: int = 4):
+               num_video_tokens: int = 0, cot_fraction: float = 0.5, reserved: int = 6):
     self.batch_size, self.seq_len, self.vocab_size = batch_size, seq_len, vocab_size
     self.seed, self.num_frames, self.image_size = seed, num_frames, image_size
     self.video_token_id, self.num_video_tokens = video_token_id, num_video_tokens
