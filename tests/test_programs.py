@@ -63,6 +63,13 @@ def test_shipped_examples_are_programs_over_the_contract_api(dataset):
   assert len(re.findall(r"^# Question:", text, re.M)) == len(tree.body)
 
 
+def test_string_annotations_shown_as_code():
+  def trim(video_clip: "VideoClip", start: "int | None" = None, label: str = "x") -> "VideoClip":
+    """Cuts."""
+  assert programs.describe_tool("trim", trim).splitlines()[0] == (
+      "def trim(video_clip: VideoClip, start: int | None = None, label: str = 'x') -> VideoClip:")
+
+
 def test_missing_prompt_file_names_path():
   with pytest.raises(FileNotFoundError, match=r"nosuch\.py.*star\.py"):
     programs.load_examples("nosuch")

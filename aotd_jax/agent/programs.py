@@ -46,13 +46,27 @@ def load_examples(dataset: str, prompts_dir: str | pathlib.Path | None = None) -
   return read_prompt_file(f"{dataset}.py", prompts_dir).strip()
 
 
+class _Raw(str):
+  """An annotation kept as text (`from __future__ import annotations`), shown without quotes."""
+
+  def __repr__(self) -> str:
+    return str(self)
+
+
+def _unquoted(signature: inspect.Signature) -> inspect.Signature:
+  def fix(annotation):
+    return _Raw(annotation) if isinstance(annotation, str) else annotation
+  params = [p.replace(annotation=fix(p.annotation)) for p in signature.parameters.values()]
+  return signature.replace(parameters=params, return_annotation=fix(signature.return_annotation))
+
+
 def describe_tool(name: str, tool: Callable) -> str:
   """One API entry: the tool's signature and its docstring, as the LLM will read them."""
   target = tool
   if not (inspect.isfunction(tool) or inspect.ismethod(tool)) and hasattr(tool, "__call__"):
     target = tool.__call__  # tool objects bound to a model document their __call__
   try:
-    signature = str(inspect.signature(target))
+    signature = str(_unquoted(inspect.signature(target)))
   except (TypeError, ValueError):
     signature = "(...)"
   doc = inspect.getdoc(target) or inspect.getdoc(tool) or ""
