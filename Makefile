@@ -19,7 +19,8 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	# headless Chromium renders the trace viewer in tests/test_viewer.py (Debian package)
-	command -v chromium >/dev/null 2>&1 || apt-get install -y chromium || echo "no chromium: the viewer test skips"
+	command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium) \
+	  || echo "no chromium could be installed: the viewer test skips"
 	$(PY) -m pytest -q tests
 
 .PHONY: install demo test
