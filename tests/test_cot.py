@@ -49,12 +49,12 @@ TRACE = [
 
 def test_verbaliser_states_every_window_and_box_and_ends_in_answer():
   text = cot.verbalise(TRACE, "Jumped.")
-  assert "Looking for red circle jumps in frames 0-63, I find it in frames 12-39." in text
+  assert "Looking for when red circle jumps in frames 0-63, I find it in frames 12-39." in text
   assert "the red circle at [10, 20, 30, 44.5] in frame 12" in text
   assert "the red circle at [11, 5, 31, 25] in frame 20" in text
   assert "I see: jump and move" in text
   assert "The blue square is not present in frames 12-39." in text
-  assert ("I count 2 star in frames 12-39. I see the star at [1, 2, 3, 4] in frame 30 and "
+  assert ("I count 2 of the star in frames 12-39. I see the star at [1, 2, 3, 4] in frame 30 and "
           "the star at [5, 6, 7, 8] in frame 30.") in text
   assert "I locate the red circle at [10, 20, 30, 44.5] in frame 12 and the red circle at " \
          "[11, 5, 31, 25] in frame 20. This covers frames 12-20." in text
@@ -79,7 +79,9 @@ def test_verbaliser_handles_empty_results_and_unknown_tools():
            Call("Find", {"video_clip": clip(0, 10), "obj": "cat"}, []),
            Call("My_tool", ["x"], {"start_frame": 3, "end_frame": 4, "score": 0.5, "query": "q"})]
   text = cot.verbalise(trace, "B")
-  assert "Looking for cat in frames 0-9, I cannot find it." in text
+  assert "Looking for the cat in frames 0-9, I cannot find it." in text
+  assert cot.describe_call({"name": "trim", "args": {"video_clip": clip(0, 10), "start": 12},
+                            "result": clip(10, 10)}) == "Cutting the video in frames 0-9 leaves no frames."
   assert "I look for the cat in frames 0-9 but do not see it." in text
   assert "Using My_tool in the video, I find frame 3." in text
   assert cot.verbalise([], "B") == "So the answer is B."
@@ -104,7 +106,7 @@ def test_boxes_held_over_frames_merge_and_long_tracks_are_sampled():
   trace = [Call("Query_Objs", {"video_clip": clip(0, 10), "query": "toys"},
                 detections("toys", still + moving))]
   text = cot.verbalise(trace, "B")
-  assert text.startswith("Looking for toys in frames 0-9, I see cup and ball. I see the cup at")
+  assert text.startswith("Looking for toys in frames 0-9, I see the cup and the ball. I see the cup at")
   assert cot.missing_evidence(text, trace) == []
 
 

@@ -88,7 +88,7 @@ def test_rule_judge():
   no_box = filters.rule_judge("The throw is in frames 10-19. So the answer is the pillow.",
                               TRACE, "The pillow.")
   assert not no_box.passed and "omits 1 piece(s) of evidence" in no_box.reason
-  wrong_end = filters.rule_judge(good.replace("So the answer is The pillow.", "Done."), TRACE,
+  wrong_end = filters.rule_judge(good.replace("So the answer is the pillow.", "Done."), TRACE,
                                  "The pillow.")
   assert not wrong_end.passed and "does not give the answer" in wrong_end.reason
 

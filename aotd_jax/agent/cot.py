@@ -183,9 +183,15 @@ def _input_window(args: Any) -> tuple[int, int] | None:
   return (int(clip["start_frame"]), int(clip["end_frame"])) if _is_window(clip) else None
 
 
+def _the(noun: str) -> str:
+  """`red circle` -> `the red circle`; `a cup` / `the cup` / `it` stay as they are."""
+  return noun if noun == "it" or noun.lower().startswith(("the ", "a ", "an ")) else "the " + noun
+
+
 def _clean(value: Any) -> str:
-  """Text for the end of a sentence (no doubled full stop)."""
-  return _text(value).strip().rstrip(".")
+  """Text for the end of a sentence: no doubled full stop, 'The cup.' -> 'the cup'."""
+  text = _text(value).strip().rstrip(".")
+  return text[0].lower() + text[1:] if text.startswith(("The ", "A ", "An ")) else text
 
 
 def _text(value: Any) -> str:
@@ -217,24 +223,31 @@ def _describe(call: Mapping) -> str:
   subject = _text(subject) if subject is not None else "it"
   boxes = [box_text(b) for b in found.boxes]
   windows = [window_text(w) for w in found.windows]
-  if name in ("Filter_frames_with_act", "Filter_frames_with_obj", "trim") and not windows:
-    return f"Looking for {subject} {scope}, I cannot find it."
-  if name in ("Filter_frames_with_act", "Filter_frames_with_obj"):
-    return f"Looking for {subject} {scope}, I find it in {_join(windows)}."
+  the_subject = _the(subject)
+  if name == "Filter_frames_with_act":
+    if not windows:
+      return f"Looking for when {subject} {scope}, I cannot find it."
+    return f"Looking for when {subject} {scope}, I find it in {_join(windows)}."
+  if name == "Filter_frames_with_obj":
+    if not windows:
+      return f"Looking for {the_subject} {scope}, I cannot find it."
+    return f"Looking for {the_subject} {scope}, I find it in {_join(windows)}."
+  if name == "trim" and not windows:
+    return f"Cutting the video {scope} leaves no frames."
   if name == "trim":
     return f"I focus on {_join(windows)} of the video."
   if name == "Find":
     if not boxes:
-      return f"I look for the {subject} {scope} but do not see it."
+      return f"I look for {the_subject} {scope} but do not see it."
     return f"I locate {_join(boxes)}."
   if name == "exist":
     seen = bool(found.scalars and found.scalars[0])
-    return f"The {subject} is {'' if seen else 'not '}present {scope}."
+    return f"{the_subject[0].upper() + the_subject[1:]} is {'' if seen else 'not '}present {scope}."
   if name == "Count":
     count = found.scalars[0] if found.scalars else _text(result)
-    return f"I count {count} {subject} {scope}."
+    return f"I count {count} of {the_subject} {scope}."
   if name == "Query_Objs":
-    seen = _join(list(dict.fromkeys(b["label"] for b in found.boxes if b["label"])))
+    seen = _join([_the(x) for x in dict.fromkeys(b["label"] for b in found.boxes if b["label"])])
     return f"Looking for {subject} {scope}, I see {seen or 'nothing that matches'}."
   if name == "Query_Actions":
     actions = _join([label.rstrip(".") for label in found.labels])
