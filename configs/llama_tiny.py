@@ -11,8 +11,8 @@ import ml_collections
 VARIANTS = {
     "tiny": dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512),
-    # ~30M parameters (24M in matmuls): the size `benchmarks/llama_cpu.py` measures.
-    "bench": dict(vocab_size=8192, hidden_size=512, intermediate_size=1408, num_hidden_layers=6,
+    # ~29M parameters (25M in matmuls): the size `benchmarks/llama_cpu.py` measures.
+    "bench": dict(vocab_size=8192, hidden_size=512, intermediate_size=1408, num_hidden_layers=7,
                   num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=2048),
 }
 
