@@ -312,3 +312,18 @@ def test_launcher_config_errors_name_the_field():
   with pytest.raises(ValueError, match="cannot resolve 'nosuch.module:thing'"):
     generate_cots.resolve("nosuch.module:thing")
   assert generate_cots.make_llm(toy.llm()) is None
+
+
+def test_dataset_configs_build_their_backends():
+  sys.path.insert(0, str(ROOT))
+  from configs.cot import nextqa, star, toy
+  from launch import generate_cots
+  from aotd_jax.agent import llm
+  c = star.get_config("ann=a.json,videos=v,llm=http://127.0.0.1:9/v1,model=m")
+  assert (c.program_source, c.logic_judge, c.examples) == ("llm", "llm", "star")
+  assert isinstance(generate_cots.make_llm(c.program_llm), llm.OpenAIChat)
+  offline = star.get_config("ann=a.json,videos=v")
+  assert offline.program_source == "gold" and generate_cots.make_llm(offline.judge_llm) is None
+  c = nextqa.get_config("ann=t.csv,videos=v,map=m.json")
+  assert c.data.format == "nextqa" and c.data.read_kwargs == {"map_path": "m.json"}
+  assert toy.get_config("programs=llm").program_source == "llm"
