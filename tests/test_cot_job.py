@@ -325,5 +325,5 @@ def test_dataset_configs_build_their_backends():
   offline = star.get_config("ann=a.json,videos=v")
   assert offline.program_source == "gold" and generate_cots.make_llm(offline.judge_llm) is None
   c = nextqa.get_config("ann=t.csv,videos=v,map=m.json")
-  assert c.data.format == "nextqa" and c.data.read_kwargs == {"map_path": "m.json"}
+  assert c.data.format == "nextqa" and dict(c.data.read_kwargs) == {"map_path": "m.json"}
   assert toy.get_config("programs=llm").program_source == "llm"
