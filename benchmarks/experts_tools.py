@@ -7,8 +7,8 @@ One run, same machine and weights (a small OWLv2 built by transformers, loaded i
   3. transformers: `Owlv2ImageProcessorPil` + PyTorch `Owlv2ForObjectDetection` (one forward
      per clip, no_grad) + `post_process_object_detection` — frames/s;
   4. cached: the 100 `Find` calls again on the same toolbox (served from the cache);
-  5. new query: `Find` of another object on the same clips (image features still on the
-     device: only the class head runs).
+  5. second query: per clip, `Find` of one object then of another (the image features are
+     still on the device for the second: only the class head runs); ratio first / second.
 It prints the ratios batched / per-frame, batched / transformers, cached / batched, and the
 number of compilations of the detector's image side (must be <= number of buckets) and of all
 XLA compilations seen during the batched pass.
@@ -103,7 +103,13 @@ def main(argv=None):
   batched_det.clear_features()
   t_batched = run_tools(experts.Toolbox(detector=batched_det, detect_threshold=0.1), clips, query)
   t_cached = run_tools(batched, clips, query)
-  t_new_query = run_tools(batched, clips, "blue square")
+  # a program asking for a second object in the same clip: image features still on device
+  batched_det.clear_features()
+  fresh = experts.Toolbox(detector=batched_det, detect_threshold=0.1)
+  t_first = t_new_query = 0.0
+  for clip in clips:
+    t_first += run_tools(fresh, [clip], "green triangle")
+    t_new_query += run_tools(fresh, [clip], "blue square")
 
   single_det = Owlv2Detector(model, tokenize, buckets=(1,), nms_threshold=0.3)
   run_tools(experts.Toolbox(detector=single_det), clips[:1], query)  # compile
@@ -133,7 +139,7 @@ def main(argv=None):
       "ratio_batched_vs_per_frame": round(t_single / t_batched, 2),
       "ratio_batched_vs_transformers": round(t_torch / t_batched, 2),
       "ratio_cached_vs_batched": round(t_batched / t_cached, 1),
-      "ratio_new_query_vs_batched": round(t_batched / t_new_query, 2),
+      "ratio_second_query_vs_first": round(t_first / t_new_query, 2),
       "image_side_compilations": compiles, "buckets": len(BUCKETS),
       "xla_compilations_batched_pass": xla[0],
   }

@@ -4,7 +4,7 @@ The config (an `ml_collections.ConfigDict` or a plain dict) has one section per 
 with a `kind` and that kind's settings:
 
   detector:          oracle | owlv2 (path, threshold, buckets) | none
-  grounder:          oracle | univtg (path, buckets) | none
+  grounder:          oracle | univtg (path: official checkpoint, clip_path: HF CLIP dir) | none
   action_recognizer: oracle | llava (path) | none
   video_qa:          oracle | llava (path) | none
   selector:          keyword | llama (path: HF Llama dir with tokenizer) | none
@@ -34,7 +34,8 @@ def default_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({
       "detector": {"kind": "oracle", "path": "", "threshold": 0.1,
                    "buckets": list(DEFAULT_BUCKETS)},
-      "grounder": {"kind": "oracle", "path": "", "buckets": list(DEFAULT_BUCKETS)},
+      "grounder": {"kind": "oracle", "path": "", "clip_path": "",
+                   "buckets": list(DEFAULT_BUCKETS)},
       "action_recognizer": {"kind": "oracle", "path": ""},
       "video_qa": {"kind": "oracle", "path": ""},
       "selector": {"kind": "keyword", "path": "", "max_new_tokens": 8},
@@ -116,8 +117,13 @@ def _owlv2(section, ctx):
 
 def _univtg(section, ctx):
   from experts.backends import univtg
+  clip_path = _get(section, "clip_path", "")
+  if not clip_path:
+    raise ValueError("experts config: grounder.clip_path (a HF CLIP directory) is required "
+                     "for kind 'univtg'")
   return univtg.UniVTGGrounder.from_pretrained(
-      _path("grounder", "univtg", section), buckets=_get(section, "buckets", DEFAULT_BUCKETS))
+      _path("grounder", "univtg", section), clip_path=clip_path,
+      buckets=_get(section, "buckets", DEFAULT_BUCKETS))
 
 
 def _llava(role):

@@ -293,3 +293,80 @@ def test_llm_selector_prompts_with_evidence_and_snaps_the_reply():
   assert "(A) The red circle jumped." in text and "- actions: blue square spins" in text
   llm.reply = "the red circle jumped i think"
   assert box.select_answer("Other?", choices, {}) == choices[0]
+
+
+# -- UniVTG grounder -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def univtg_parts():
+  pytest.importorskip("aotd_jax.models.univtg")
+  from flax import nnx
+  from aotd_jax.models.clip import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
+  from aotd_jax.models.univtg import UniVTG, UniVTGConfig
+  clip_cfg = CLIPConfig(
+      text_config=CLIPTextConfig(vocab_size=V, hidden_size=16, intermediate_size=32,
+                                 num_hidden_layers=1, num_attention_heads=2,
+                                 max_position_embeddings=16, eos_token_id=V - 1,
+                                 bos_token_id=V - 2, pad_token_id=0),
+      vision_config=CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                     num_attention_heads=2, image_size=32, patch_size=16),
+      projection_dim=12)
+  clip_model = CLIPModel(clip_cfg, rngs=nnx.Rngs(0))
+  model = UniVTG(UniVTGConfig(v_feat_dims=(12,), t_feat_dim=16, hidden_dim=32, nheads=4,
+                              enc_layers=1, dim_feedforward=48, clip_length=1.0),
+                 rngs=nnx.Rngs(1))
+  model.eval()
+  return model, clip_model
+
+
+def test_univtg_grounder_matches_the_official_pipeline(univtg_parts):
+  from aotd_jax.models import univtg_postprocess as post
+  from experts.backends.univtg import UniVTGGrounder
+  model, clip_model = univtg_parts
+  g = UniVTGGrounder(model, clip_model, toy_tokenize, buckets=(4, 8), nms_threshold=None)
+  frames = np.random.default_rng(2).integers(0, 255, (22, 24, 40, 3), dtype=np.uint8)
+  clip = experts.VideoClip(frames, start_frame=50, fps=4.0, video_id="v")
+  query = "the red circle jumps"
+  # reference: the univtg module's own feature extraction and inputs, nothing padded
+  ids, mask = toy_tokenize([query])
+  inputs = post.batch_inputs(
+      [post.clip_video_features(clip_model, frames, 4.0, clip_length=1.0)],
+      post.clip_text_features(clip_model, ids, mask))
+  ref = model(**inputs)
+  assert ref.pred_logits.shape[1] == 6  # 22 frames at 4 fps: 6 clips of 1 s
+  ours = g.raw_outputs(clip, query)  # text padded to 16 tokens (masked)
+  np.testing.assert_allclose(np.asarray(ours[0]), np.asarray(ref.pred_logits), atol=1e-5)
+  np.testing.assert_allclose(np.asarray(ours[1]), np.asarray(ref.pred_spans), atol=1e-5)
+  want = post.decode_moments(ref, clip_length=1.0, durations=[22 / 4.0], nms_thd=None, top_k=3)
+  windows = g.ground(clip, query, top_k=3)
+  assert [w.score for w in windows] == pytest.approx(
+      [r[2] for r in want[0].pred_relevant_windows], abs=1e-4)
+  for w, (s, e, _) in zip(windows, want[0].pred_relevant_windows):
+    assert w.start_frame == 50 + min(int(np.floor(s * 4.0)), 21)
+    assert 50 <= w.start_frame < w.end_frame <= 72
+
+
+def test_univtg_grounder_compiles_per_bucket_and_serves_filter_frames_with_act(univtg_parts):
+  from experts.backends.univtg import UniVTGGrounder
+  model, clip_model = univtg_parts
+  g = UniVTGGrounder(model, clip_model, toy_tokenize, buckets=(4, 8), clip_buckets=(8, 16))
+  box = experts.Toolbox(grounder=g)
+  rng = np.random.default_rng(3)
+  for i, n in enumerate([5, 9, 30, 17, 24]):  # 3 to 15 clips of 1 s: buckets 8 and 16
+    clip = experts.VideoClip(rng.integers(0, 255, (n, 16, 16, 3), dtype=np.uint8), fps=2.0,
+                             video_id=f"v{i}")
+    window = box.Filter_frames_with_act(clip, "a shape spins")
+    assert 0 < len(window) <= n
+    assert box.records[-1].result["windows"][0]["end_frame"] == window.end_frame
+  assert g.forward_compiles <= 2 and g.image_fn.compiles <= 2
+  # padded clip counts agree with exact inference away from the end (3-tap conv heads)
+  clip = experts.VideoClip(rng.integers(0, 255, (22, 16, 16, 3), dtype=np.uint8), fps=2.0)
+  padded, exact = g.raw_outputs(clip, "spin"), g.raw_outputs(clip, "spin", pad=False)
+  np.testing.assert_allclose(np.asarray(padded[0])[:, :8], np.asarray(exact[0])[:, :8], atol=1e-5)
+  with pytest.raises(ValueError, match=r"v_feat_dims=\(12,\)"):
+    from aotd_jax.models.univtg import UniVTG, UniVTGConfig
+    from flax import nnx
+    UniVTGGrounder(UniVTG(UniVTGConfig(v_feat_dims=(20, 12), t_feat_dim=16, hidden_dim=32,
+                                       nheads=4, enc_layers=1, dim_feedforward=48),
+                          rngs=nnx.Rngs(0)), clip_model, toy_tokenize)

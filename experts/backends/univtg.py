@@ -1,0 +1,151 @@
+"""`Grounder` on our Flax UniVTG with CLIP features, jitted over buckets.
+
+Per clip: one frame per `clip_length` seconds (the official feature extraction), CLIP image
+features (jitted over frame buckets), CLIP text token states of the query (one compile:
+the tokenizer pads to a fixed length; padded tokens are masked, so exact), the UniVTG
+forward, and the official decoding to top-k moments with temporal NMS. Moments come back
+as source-video frame windows.
+
+The forward sees the exact number of clips by default, as the official single-video
+inference does (one compile per distinct clip count; the forward is small). With
+`clip_buckets` the clip count is padded to a bucket (bounded compiles), but the heads'
+3-tap convolutions then read padded positions near the end of the video, so the last three
+clips' scores differ slightly from unpadded inference — as in the official batched
+evaluation, which pads to the longest video of the batch.
+
+Only models whose video features are CLIP's alone (`v_feat_dims == (projection_dim,)`) can
+be fed here; the released SlowFast+CLIP checkpoints need SlowFast features we do not compute.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from experts.backends.protocols import Window
+from experts.batching import DEFAULT_BUCKETS, BucketedJit, bucket_size
+
+Tokenize = Callable[[Sequence[str]], tuple[np.ndarray, np.ndarray]]
+
+
+class UniVTGGrounder:
+  """The `Grounder` protocol on `aotd_jax.models.univtg.UniVTG` + our `CLIPModel`.
+
+  Args:
+    model: UniVTG (video features = CLIP image features, plus TEF if the config says so).
+    clip_model: `aotd_jax.models.clip.CLIPModel` for image and text features.
+    tokenize: texts -> (input_ids, attention_mask), padded to a fixed length.
+    name: name for cache keys and traces.
+    buckets: frame batch sizes for the CLIP image tower.
+    clip_buckets: padded numbers of video clips for the UniVTG forward (None: exact counts).
+    nms_threshold: temporal NMS IoU of the decoding (official 0.7).
+  """
+
+  def __init__(self, model, clip_model, tokenize: Tokenize, *, name: str = "univtg",
+               buckets: Sequence[int] = DEFAULT_BUCKETS,
+               clip_buckets: Sequence[int] | None = None, nms_threshold: float | None = 0.7):
+    cfg = model.config
+    proj = clip_model.config.projection_dim
+    if tuple(cfg.v_feat_dims) != (proj,):
+      raise ValueError(f"UniVTG config expects video feature blocks {tuple(cfg.v_feat_dims)}; "
+                       f"only CLIP image features ({proj},) are computed here "
+                       f"(set v_feat_dims=({proj},))")
+    if cfg.t_feat_dim != clip_model.config.text_config.hidden_size:
+      raise ValueError(f"UniVTG t_feat_dim={cfg.t_feat_dim} != CLIP text hidden size "
+                       f"{clip_model.config.text_config.hidden_size}")
+    self.name, self.tokenize, self.nms_threshold = name, tokenize, nms_threshold
+    self.clip_length = float(cfg.clip_length)
+    self.use_tef = cfg.use_tef
+    self.image_size = clip_model.config.vision_config.image_size
+    self.clip_buckets = tuple(sorted(clip_buckets)) if clip_buckets else None
+    vg, vs = nnx.split(clip_model)
+    ug, us = nnx.split(model)
+    self._clip_state, self._univtg_state = vs, us
+
+    def image_features(pixels, state):
+      return nnx.merge(vg, state).get_image_features(pixels)
+
+    def text_states(state, input_ids, attention_mask):
+      return nnx.merge(vg, state).text_model(input_ids, attention_mask).last_hidden_state
+
+    def forward(state, src_txt, src_txt_mask, src_vid, src_vid_mask):
+      out = nnx.merge(ug, state)(src_txt, src_txt_mask, src_vid, src_vid_mask)
+      return out.pred_logits, out.pred_spans, out.saliency_scores, out.src_vid_mask
+
+    self.image_fn = BucketedJit(image_features, buckets=buckets, name=f"{name}/clip-image")
+    self._text_fn = jax.jit(text_states)
+    self.forward_compiles = 0
+
+    def counted(*args):
+      self.forward_compiles += 1
+      return forward(*args)
+
+    self._forward = jax.jit(counted)
+
+  @classmethod
+  def from_pretrained(cls, path: str, *, clip_path: str, buckets=DEFAULT_BUCKETS,
+                      **kwargs) -> "UniVTGGrounder":
+    """An official UniVTG checkpoint (`path`) and a HF CLIP directory with its tokenizer."""
+    from aotd_jax import hf
+    from aotd_jax.hf.univtg import load_univtg
+    from experts.backends.owlv2 import hf_tokenize
+    clip_model = hf.from_pretrained(clip_path)
+    tokenize = hf_tokenize(hf.load_tokenizer(clip_path),
+                           clip_model.config.text_config.max_position_embeddings)
+    return cls(load_univtg(path), clip_model, tokenize, name=f"univtg:{path}", buckets=buckets,
+               **kwargs)
+
+  def features(self, clip) -> tuple[np.ndarray, np.ndarray]:
+    """(L, projection_dim) CLIP features, one per `clip_length` seconds, and their positions."""
+    from aotd_jax.data.video_processing import preprocess_video
+    from aotd_jax.models.univtg_postprocess import clip_frame_indices
+    pos = clip_frame_indices(len(clip), clip.fps, self.clip_length)
+    pixels = preprocess_video(clip.frames[pos], shortest_edge=self.image_size,
+                              crop_size=self.image_size)
+    return self.image_fn(pixels, self._clip_state, to_host=True), pos
+
+  def query_states(self, query: str) -> np.ndarray:
+    """(Lt, hidden) CLIP text token states of the query's valid tokens."""
+    ids, mask = self.tokenize([query])
+    hidden = np.asarray(self._text_fn(self._clip_state, jnp.asarray(ids), jnp.asarray(mask)))
+    return hidden[0, np.asarray(mask[0]) > 0]
+
+  def raw_outputs(self, clip, query: str, *, pad: bool = True):
+    """The UniVTG outputs for a clip and query; `pad=False` pads neither clips nor text."""
+    from aotd_jax.models import univtg_postprocess as post
+    feats, _ = self.features(clip)
+    txt = self.query_states(query)
+    n = len(feats)
+    lv = None
+    if pad and self.clip_buckets:
+      lv = bucket_size(n, self.clip_buckets) if n <= self.clip_buckets[-1] else \
+          -(-n // self.clip_buckets[-1]) * self.clip_buckets[-1]
+    inputs = post.batch_inputs([feats], [txt], use_tef=self.use_tef, pad_video_to=lv,
+                               pad_text_to=self.tokenize([query])[0].shape[1] if pad else None)
+    return self._forward(self._univtg_state, inputs["src_txt"], inputs["src_txt_mask"],
+                         inputs["src_vid"], inputs["src_vid_mask"])
+
+  def ground(self, clip, query: str, *, top_k: int = 1) -> list[Window]:
+    """Best-first windows of source frame ids where `query` happens."""
+    from aotd_jax.models import univtg_postprocess as post
+    from aotd_jax.models.univtg import UniVTGOutput
+    if not len(clip):
+      return []
+    logits, spans, sal, vmask = self.raw_outputs(clip, query)
+    out = UniVTGOutput(pred_logits=logits, pred_spans=spans, saliency_scores=sal,
+                       vid_mem_proj=None, txt_mem_proj=None, src_vid_mask=vmask)
+    duration = len(clip) / clip.fps
+    pred = post.decode_moments(out, clip_length=self.clip_length, durations=[duration],
+                               nms_thd=self.nms_threshold, top_k=top_k)[0]
+    return [self._window(clip, s, e, score, query) for s, e, score in pred.pred_relevant_windows]
+
+  @staticmethod
+  def _window(clip, start_s: float, end_s: float, score: float, query: str) -> Window:
+    """Seconds from the clip's first frame -> [first, last + 1) source frame ids."""
+    t = len(clip)
+    a = int(np.clip(np.floor(start_s * clip.fps), 0, t - 1))
+    b = int(np.clip(np.ceil(end_s * clip.fps), a + 1, t))
+    return Window(int(clip.frame_ids[a]), int(clip.frame_ids[b - 1]) + 1, float(score), query)
