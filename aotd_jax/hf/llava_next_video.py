@@ -67,34 +67,36 @@ def config_to_hf(cfg: LlavaNextVideoConfig) -> dict:
   return out
 
 
-def _vision_prefix(root: str, hf_keys: Collection[str] | None) -> str:
-  """`<root>vision_tower.vision_model` (transformers 4 / export) or `<root>vision_tower` (5.x)."""
-  nested = f"{root}vision_tower.vision_model"
-  if hf_keys is None or any(k.startswith(nested + ".") for k in hf_keys):
-    return nested
-  return f"{root}vision_tower"
+def _pick(hf_keys: Collection[str] | None, candidates: tuple[str, ...]) -> str:
+  """The first candidate prefix some key starts with; the first (current layout) on export."""
+  if hf_keys is not None:
+    for prefix in candidates:
+      if any(k.startswith(prefix) for k in hf_keys):
+        return prefix
+  return candidates[0]
 
 
 def rules(cfg: LlavaNextVideoConfig, hf_keys: Collection[str] | None = None) -> list[Rule]:
-  """HF tensor name -> our param path, for the key layout found in `hf_keys` (current on export)."""
-  current = hf_keys is None or any(k.startswith("model.") for k in hf_keys)
-  root = "model." if current else ""
-  out = clip_hf.vision_tower_rules(cfg.vision_config, _vision_prefix(root, hf_keys),
-                                   "vision_tower/vision_model")
-  out += linear(f"{root}multi_modal_projector.linear_1", "multi_modal_projector/linear_1",
-                bias=cfg.multimodal_projector_bias)
-  out += linear(f"{root}multi_modal_projector.linear_2", "multi_modal_projector/linear_2",
-                bias=cfg.multimodal_projector_bias)
-  out.append(Rule(f"{root}image_newline", "image_newline"))
+  """HF tensor name -> our param path, for the key layout found in `hf_keys` (current on export).
+
+  Each part is looked up on its own: transformers 5 writes most parts in the older layout but
+  keys it has no rename rule for (`model.vision_resampler.*`) in the current one.
+  """
+  vision = _pick(hf_keys, ("model.vision_tower.vision_model.", "model.vision_tower.",
+                           "vision_tower.vision_model.", "vision_tower."))
+  out = clip_hf.vision_tower_rules(cfg.vision_config, vision[:-1], "vision_tower/vision_model")
+  proj = _pick(hf_keys, ("model.multi_modal_projector.", "multi_modal_projector."))
+  for name in ("linear_1", "linear_2"):
+    out += linear(proj + name, f"multi_modal_projector/{name}", bias=cfg.multimodal_projector_bias)
+  out.append(Rule(_pick(hf_keys, ("model.image_newline", "image_newline")), "image_newline"))
   if cfg.spatial_pool_mode == "conv":
-    out += [Rule(f"{root}vision_resampler.pool.weight", "vision_resampler/pool/kernel", CONV2D),
-            Rule(f"{root}vision_resampler.pool.bias", "vision_resampler/pool/bias")]
-  lm_prefix = "model.language_model." if current else "language_model.model."
+    pool = _pick(hf_keys, ("model.vision_resampler.", "vision_resampler."))
+    out += [Rule(pool + "pool.weight", "vision_resampler/pool/kernel", CONV2D),
+            Rule(pool + "pool.bias", "vision_resampler/pool/bias")]
+  lm = _pick(hf_keys, ("model.language_model.", "language_model.model."))
+  head = _pick(hf_keys, ("lm_head.", "language_model.lm_head."))
   for rule in llama_hf.rules(cfg.text_config):
-    if rule.hf.startswith("lm_head"):
-      hf = rule.hf if current else f"language_model.{rule.hf}"
-    else:
-      hf = lm_prefix + rule.hf[len("model."):]
+    hf = head + rule.hf[len("lm_head."):] if rule.hf.startswith("lm_head.") else lm + rule.hf[len("model."):]
     out.append(dataclasses.replace(rule, hf=hf, flax=f"language_model/{rule.flax}"))
   return out
 

@@ -197,18 +197,35 @@ def _scatter_features(embeds: jax.Array, mask: jax.Array, features: jax.Array) -
   return out.reshape(b, l, d)
 
 
-def _check_count(input_ids, token_id: int, features: jax.Array, what: str, detail: str) -> None:
-  """Clear error when the prompt's placeholders and the features disagree (eager calls only;
-  under `jit` the ids are abstract, so the data pipeline must have expanded them)."""
+def _check_count(input_ids, token_id: int, n_features: int, what: str, detail: str) -> None:
+  """Clear error when the prompt's placeholders and the features disagree. Runs on concrete ids
+  before any vision compute (eager calls, `generate`); under `jit` the ids are abstract, so the
+  data pipeline must have expanded the placeholders (`video_processing.expand_media_tokens`)."""
   if isinstance(input_ids, jax.core.Tracer):
     return
   n_tokens = int(np.sum(np.asarray(input_ids) == token_id))
-  if n_tokens != features.shape[0]:
+  if n_tokens != n_features:
     raise ValueError(
         f"{what} features and {what} tokens do not match: input_ids hold {n_tokens} {what} tokens "
-        f"(id {token_id}) but the {what} inputs give {features.shape[0]} features ({detail}). "
+        f"(id {token_id}) but the {what} inputs give {n_features} features ({detail}). "
         f"Expand each <{what}> placeholder to that many tokens, e.g. with "
         "aotd_jax.data.video_processing.expand_media_tokens.")
+
+
+def check_media_tokens(config: LlavaNextVideoConfig, input_ids, *, video_shape=None,
+                       image_sizes=None) -> None:
+  """Raises a ValueError naming both counts when `input_ids` (concrete) hold a different number
+  of `<video>` / `<image>` tokens than clips of `video_shape` (B, T, ...) / images of
+  `image_sizes` make features."""
+  if video_shape is not None:
+    b, t = tuple(video_shape)[:2]
+    per = config.video_tokens_per_frame()
+    _check_count(input_ids, config.video_token_index, b * t * per, "video",
+                 f"{b} clip(s) x {t} frames x {per} tokens per frame")
+  if image_sizes is not None:
+    sizes = np.asarray(image_sizes).reshape(-1, 2)
+    _check_count(input_ids, config.image_token_index, sum(config.image_tokens(s) for s in sizes),
+                 "image", f"{len(sizes)} image(s) of sizes {sizes.tolist()}")
 
 
 class LlavaNextVideoForConditionalGeneration(nnx.Module):
@@ -239,14 +256,23 @@ class LlavaNextVideoForConditionalGeneration(nnx.Module):
       x = jax.lax.stop_gradient(x)  # no backward pass through a frozen tower
     return constrain(x, ("activation_batch", "activation_length", "activation_embed"))
 
-  def get_video_features(self, pixel_values_videos: jax.Array) -> jax.Array:
-    """(B, T, 3, S, S) -> (B, T * tokens_per_frame, hidden): pooled, projected frame features."""
+  def _check_video_shape(self, pixel_values_videos) -> tuple[int, ...]:
     vc = self.config.vision_config
     shape = tuple(np.shape(pixel_values_videos))
     if len(shape) != 5 or shape[2:] != (vc.num_channels, vc.image_size, vc.image_size):
       raise ValueError(
           f"pixel_values_videos must have shape (batch, frames, {vc.num_channels}, {vc.image_size}, "
           f"{vc.image_size}) (channels first, as transformers), got {shape}")
+    return shape
+
+  def get_video_features(self, pixel_values_videos: jax.Array) -> jax.Array:
+    """(B, T, 3, S, S) -> (B, T * tokens_per_frame, hidden): pooled, projected frame features."""
+    shape = self._check_video_shape(pixel_values_videos)
+    if self.config.vision_feature_select_strategy == "full":
+      side = self.config.patches_per_side
+      raise ValueError(f"video pooling needs a square patch grid, got {side * side + 1} tokens per "
+                       "frame: vision_feature_select_strategy='full' keeps the class token "
+                       "(transformers fails here too); use 'default'")
     b, t = shape[:2]
     x = jnp.asarray(pixel_values_videos).reshape((b * t,) + shape[2:])
     x = self.vision_resampler(self._vision_features(x))
@@ -268,6 +294,11 @@ class LlavaNextVideoForConditionalGeneration(nnx.Module):
       raise ValueError(
           f"pixel_values must have shape (images, tiles>={max(tiles, default=0)}, {', '.join(map(str, tile_shape))}) "
           f"or ({sum(tiles)}, {', '.join(map(str, tile_shape))}) for image_sizes {sizes}, got {shape}")
+    if cfg.vision_feature_select_strategy == "full" and max(tiles) > 1:
+      raise ValueError(
+          f"any-res image tiles give {cfg.patches_per_side ** 2 + 1} tokens each, not a square grid: "
+          "vision_feature_select_strategy='full' keeps the class token (transformers fails here "
+          "too); use 'default'")
     feats = self.multi_modal_projector(self._vision_features(jnp.asarray(pixel_values)))
     newline = self.image_newline[...].astype(feats.dtype)
     side = cfg.patches_per_side
@@ -297,22 +328,20 @@ class LlavaNextVideoForConditionalGeneration(nnx.Module):
     Returns (inputs_embeds (B, L, hidden), image_features or None, video_features or None).
     """
     cfg = self.config
+    if pixel_values is not None and image_sizes is None:
+      raise ValueError("pixel_values need image_sizes (the original (height, width) of each image)")
+    if pixel_values_videos is not None:
+      self._check_video_shape(pixel_values_videos)
+    check_media_tokens(cfg, input_ids, image_sizes=None if pixel_values is None else image_sizes,
+                       video_shape=None if pixel_values_videos is None else np.shape(pixel_values_videos))
     embeds = self.language_model.embed(input_ids)
     image_features = video_features = None
     if pixel_values is not None:
-      if image_sizes is None:
-        raise ValueError("pixel_values need image_sizes (the original (height, width) of each image)")
       image_features = jnp.concatenate(self.get_image_features(pixel_values, image_sizes), axis=0)
-      _check_count(input_ids, cfg.image_token_index, image_features, "image",
-                   f"{len(np.asarray(image_sizes).reshape(-1, 2))} image(s) of sizes "
-                   f"{np.asarray(image_sizes).reshape(-1, 2).tolist()}")
       embeds = _scatter_features(embeds, input_ids == cfg.image_token_index, image_features)
     if pixel_values_videos is not None:
       video_features = self.get_video_features(pixel_values_videos)
-      b, t = np.shape(pixel_values_videos)[:2]
       video_features = video_features.reshape(-1, video_features.shape[-1])
-      _check_count(input_ids, cfg.video_token_index, video_features, "video",
-                   f"{b} clip(s) x {t} frames x {cfg.video_tokens_per_frame()} tokens per frame")
       embeds = _scatter_features(embeds, input_ids == cfg.video_token_index, video_features)
     return embeds, image_features, video_features
 
@@ -354,10 +383,14 @@ class LlavaNextVideoForConditionalGeneration(nnx.Module):
 # ------------------------------------------------------------------------------------ generation
 
 
-@nnx.jit(static_argnames=("image_sizes",))
-def _merge_jit(model, input_ids, pixel_values, image_sizes, pixel_values_videos):
+def _merge(graphdef, state, input_ids, pixel_values, pixel_values_videos, *, image_sizes):
+  model = nnx.merge(graphdef, state)
   return model.merge_embeddings(input_ids, pixel_values=pixel_values, image_sizes=image_sizes,
                                 pixel_values_videos=pixel_values_videos)[0]
+
+
+# One program per (graphdef, prompt bucket, media shapes, image sizes); `_cache_size()` counts them.
+merge_jit = jax.jit(_merge, static_argnums=(0,), static_argnames=("image_sizes",))
 
 
 def generate(model: LlavaNextVideoForConditionalGeneration, input_ids, attention_mask=None, *,
@@ -384,28 +417,23 @@ def generate(model: LlavaNextVideoForConditionalGeneration, input_ids, attention
   mask = np.ones((b, length), np.int32) if attention_mask is None else np.asarray(attention_mask, np.int32)
   if mask.shape != ids.shape:
     raise ValueError(f"generate: attention_mask shape {mask.shape} does not match input_ids {ids.shape}")
-  # Check the placeholder counts eagerly (cheap, shapes only) before anything compiles.
-  cfg = model.config
+  # Check the placeholder counts eagerly (shapes only) before anything compiles.
+  if pixel_values is not None and image_sizes is None:
+    raise ValueError("generate: pixel_values need image_sizes")
   if pixel_values_videos is not None:
-    vb, vt = np.shape(pixel_values_videos)[:2]
-    want = vb * vt * cfg.video_tokens_per_frame()
-    _check_count(ids, cfg.video_token_index, np.empty((want, 0)), "video",
-                 f"{vb} clip(s) x {vt} frames x {cfg.video_tokens_per_frame()} tokens per frame")
-  if pixel_values is not None:
-    if image_sizes is None:
-      raise ValueError("generate: pixel_values need image_sizes")
-    sizes = np.asarray(image_sizes).reshape(-1, 2)
-    want = sum(cfg.image_tokens(s) for s in sizes)
-    _check_count(ids, cfg.image_token_index, np.empty((want, 0)), "image",
-                 f"{len(sizes)} image(s) of sizes {sizes.tolist()}")
+    model._check_video_shape(pixel_values_videos)
+  check_media_tokens(model.config, ids, image_sizes=None if pixel_values is None else image_sizes,
+                     video_shape=None if pixel_values_videos is None else np.shape(pixel_values_videos))
   width = generate_lib.prompt_bucket(length, min_bucket)
   ids = np.pad(ids, ((0, 0), (width - length, 0)), constant_values=pad_token_id)
   mask = np.pad(mask, ((0, 0), (width - length, 0)))
   static_sizes = None if image_sizes is None else tuple(
       tuple(int(v) for v in s) for s in np.asarray(image_sizes).reshape(-1, 2))
-  embeds = _merge_jit(model, jnp.asarray(ids), None if pixel_values is None else jnp.asarray(pixel_values),
-                      static_sizes,
-                      None if pixel_values_videos is None else jnp.asarray(pixel_values_videos))
+  graphdef, state = nnx.split(model)
+  embeds = merge_jit(graphdef, state, jnp.asarray(ids),
+                     None if pixel_values is None else jnp.asarray(pixel_values),
+                     None if pixel_values_videos is None else jnp.asarray(pixel_values_videos),
+                     image_sizes=static_sizes)
   return generate_lib.generate(model.language_model, inputs_embeds=embeds, attention_mask=mask,
                                max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
                                pad_token_id=pad_token_id, temperature=temperature, top_p=top_p,
