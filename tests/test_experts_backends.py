@@ -370,3 +370,92 @@ def test_univtg_grounder_compiles_per_bucket_and_serves_filter_frames_with_act(u
     UniVTGGrounder(UniVTG(UniVTGConfig(v_feat_dims=(20, 12), t_feat_dim=16, hidden_dim=32,
                                        nheads=4, enc_layers=1, dim_feedforward=48),
                           rngs=nnx.Rngs(0)), clip_model, toy_tokenize)
+
+
+# -- LLaVA-NeXT-Video video QA -------------------------------------------------------------------
+
+LV_VOCAB, LV_VIDEO, LV_IMAGE = 100, 99, 98
+
+
+@pytest.fixture(scope="module")
+def llava(tmp_path_factory):
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  pytest.importorskip("aotd_jax.models.llava_next_video")
+  import tokenizers
+  from tokenizers import models, pre_tokenizers
+  from aotd_jax import hf
+  path = tmp_path_factory.mktemp("llava")
+  words = ["USER:", "ASSISTANT:", "the", "video", "what", "happens", "in", "red", "circle"]
+  vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3,
+           **{w: i + 4 for i, w in enumerate(words)},
+           **{f"w{i}": i for i in range(4 + len(words), LV_IMAGE)},
+           "<image>": LV_IMAGE, "<video>": LV_VIDEO}
+  tok = tokenizers.Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+  tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+  tokenizer = transformers.PreTrainedTokenizerFast(
+      tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+      unk_token="<unk>", additional_special_tokens=["<video>", "<image>"])
+  vision = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=4, image_size=28, patch_size=7,
+                                         projection_dim=16)
+  text = transformers.LlamaConfig(vocab_size=LV_VOCAB, hidden_size=32, intermediate_size=64,
+                                  num_hidden_layers=1, num_attention_heads=4,
+                                  num_key_value_heads=2, max_position_embeddings=512,
+                                  pad_token_id=0, eos_token_id=2, bos_token_id=1)
+  cfg = transformers.LlavaNextVideoConfig(vision_config=vision, text_config=text,
+                                          image_token_index=LV_IMAGE, video_token_index=LV_VIDEO,
+                                          image_grid_pinpoints=[[28, 28]])
+  torch.manual_seed(0)
+  reference = transformers.LlavaNextVideoForConditionalGeneration(cfg).eval()
+  with torch.no_grad():
+    for p in reference.parameters():
+      p.add_(torch.randn_like(p) * 0.05)
+  reference.save_pretrained(path)
+  tokenizer.save_pretrained(path)
+  return reference, str(path)
+
+
+@pytest.mark.slow  # builds and runs a transformers LLaVA-NeXT-Video: ~1 min on 2 busy cores
+def test_llava_video_qa_generates_as_transformers(llava):
+  import torch
+  from experts.backends import llava as llava_backend
+  reference, path = llava
+  model, tokenizer = llava_backend.load(path)
+  qa = llava_backend.LlavaVideoQA(model, tokenizer, num_frames=4, max_new_tokens=6)
+  frames = np.random.default_rng(4).integers(0, 255, (13, 30, 40, 3), dtype=np.uint8)
+  clip = experts.VideoClip(frames, video_id="v")
+  ids, pixels = qa.inputs(clip, "what happens in the video")
+  assert pixels.shape == (1, 4, 3, 28, 28)
+  assert int((ids == LV_VIDEO).sum()) == 4 * model.config.video_tokens_per_frame()
+  with torch.no_grad():
+    want = reference.generate(input_ids=torch.tensor(ids).long(),
+                              attention_mask=torch.ones(ids.shape, dtype=torch.long),
+                              pixel_values_videos=torch.tensor(pixels), max_new_tokens=6,
+                              do_sample=False, pad_token_id=0, eos_token_id=2)
+  want_text = tokenizer.decode(want[0, ids.shape[1]:].tolist(), skip_special_tokens=True).strip()
+  assert qa.generate_text(clip, "what happens in the video") == want_text
+  # through the tools: Query_Actions snaps the reply to one of the candidates; cached
+  box = experts.Toolbox(action_recognizer=qa, video_qa=qa)
+  acts = box.Query_Actions(clip, "red circle", ["The red circle jumped.", "The red circle spun."])
+  assert len(acts) == 1 and acts[0] in ["The red circle jumped.", "The red circle spun."]
+  assert isinstance(box.Video_summary(clip), str)
+  box.Query_Actions(clip, "red circle", ["The red circle jumped.", "The red circle spun."])
+  assert box.records[-1].cache_hits == 1
+
+
+def test_llava_video_qa_rejects_a_tokenizer_without_the_video_token():
+  import types
+  from experts.backends import llava as llava_backend
+
+  class Tokenizer:
+    unk_token_id = 3
+
+    def convert_tokens_to_ids(self, token):
+      return {"<video>": LV_VIDEO}.get(token, 3)
+
+  model = types.SimpleNamespace(config=types.SimpleNamespace(video_token_index=LV_IMAGE))
+  with pytest.raises(ValueError, match="no single token for '<vid>'"):
+    llava_backend.LlavaVideoQA(model, Tokenizer(), video_token="<vid>")
+  with pytest.raises(ValueError, match="!= the model's video_token_index 98"):
+    llava_backend.LlavaVideoQA(model, Tokenizer())
