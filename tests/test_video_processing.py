@@ -19,17 +19,20 @@ PINPOINTS = [[28, 56], [56, 28], [56, 56], [84, 28], [28, 84]]
 def test_resize_is_pillow_bicubic_bit_exact(size, out):
   image = np.random.default_rng(sum(size)).integers(0, 256, size + (3,), dtype=np.uint8)
   ref = np.asarray(PIL.Image.fromarray(image).resize(out[::-1], resample=PIL.Image.BICUBIC))
+  np.testing.assert_array_equal(vp.resize_bicubic_numpy(image, *out), ref)
   np.testing.assert_array_equal(vp.resize_bicubic(image, *out), ref)
 
 
 @pytest.mark.parametrize("hw", [(50, 70), (90, 30), (20, 20), (240, 320), (36, 36)])
-def test_video_frames_match_transformers(hw):
+def test_video_frames_match_transformers(hw, monkeypatch):
   frames = np.random.default_rng(hw[0]).integers(0, 256, (3,) + hw + (3,), dtype=np.uint8)
   ref = CLIPImageProcessorPil(size={"shortest_edge": 40}, crop_size={"height": 36, "width": 36})(
       list(frames), return_tensors="np")["pixel_values"]
   ours = vp.preprocess_video(frames, shortest_edge=40, crop_size=36)
   assert ours.shape == (3, 3, 36, 36) and ours.dtype == np.float32
   assert np.abs(ours - ref).max() <= 1e-5
+  monkeypatch.setattr(vp, "resize_bicubic", vp.resize_bicubic_numpy)  # the no-Pillow path
+  assert np.abs(vp.preprocess_video(frames, shortest_edge=40, crop_size=36) - ref).max() <= 1e-5
 
 
 @pytest.mark.parametrize("hw", [(40, 70), (28, 28), (20, 90), (120, 40), (56, 56), (61, 33)])
