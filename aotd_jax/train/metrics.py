@@ -74,6 +74,8 @@ class MetricsWriter:
 
 
 def log_line(step: int, total: int, m: Mapping[str, float], tokens_per_s: float, mfu_value: float) -> None:
-  logging.info("step %d/%d  loss %.4f  (label %.4f, rationale %.4f)  |g| %.3f  %.0f tok/s  MFU %.1f%%",
+  """One progress line; MFU is shown only when the config gives the hardware peak."""
+  mfu_text = f"  MFU {100.0 * mfu_value:.1f}%" if mfu_value > 0 else ""
+  logging.info("step %d/%d  loss %.4f  (label %.4f, rationale %.4f)  |g| %.3f  %.0f tok/s%s",
                step, total, m["loss"], m["label_loss"], m["rationale_loss"], m["grad_norm"],
-               tokens_per_s, 100.0 * mfu_value)
+               tokens_per_s, mfu_text)
