@@ -1,0 +1,51 @@
+r"""Score candidate experts per sub-task (AoTD's first step) and print the paper's table.
+
+  python -m launch.eval_subtasks --data=W/world --split=val \
+      [--detector=W/experts/detector] [--grounder=W/experts/grounder] [--out=W/subtasks.json]
+  python -m launch.eval_subtasks --config=my_subtasks.py   # get_config() -> harness config
+
+Without `--config`, the candidates are the ground-truth oracle, a random baseline (chance)
+and, as `trained`, whichever model directories are given. A config file gives full control:
+`data` (kind toyworld|star, path, split, video_dir, classes_dir, max_videos, blank_frames) and
+`candidates` ({name: experts-style sections: detector, grounder, action_recognizer,
+video_qa with `kind` oracle|random|owlv2|univtg|llava, and program_generator with kind
+gold|random|llama}); see `aotd_jax.eval.subtasks`.
+"""
+from __future__ import annotations
+
+import json
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from aotd_jax.eval import subtasks
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Harness config file (optional).")
+_DATA = flags.DEFINE_string("data", "", "Toy-world directory or STAR JSON file.")
+_KIND = flags.DEFINE_enum("kind", "toyworld", ["toyworld", "star"], "Data kind.")
+_SPLIT = flags.DEFINE_string("split", "val", "Toy-world split.")
+_DETECTOR = flags.DEFINE_string("detector", "", "OWLv2 HF directory (trained candidate).")
+_GROUNDER = flags.DEFINE_string("grounder", "", "train_grounder output directory.")
+_LLAMA = flags.DEFINE_string("llama", "", "Program-generator HF directory.")
+_LLAVA = flags.DEFINE_string("llava", "", "LLaVA-NeXT-Video HF directory (actions, QA).")
+_OUT = flags.DEFINE_string("out", "", "Write the results as JSON here.")
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  if config is None:
+    if not _DATA.value:
+      raise app.UsageError("give --config or --data")
+    config = subtasks.default_config(_DATA.value, split=_SPLIT.value, kind=_KIND.value,
+                                     detector_path=_DETECTOR.value, grounder_path=_GROUNDER.value,
+                                     llama_path=_LLAMA.value, llava_path=_LLAVA.value)
+  results = subtasks.evaluate(config)
+  print(subtasks.subtask_table(results))
+  if _OUT.value:
+    with open(_OUT.value, "w") as f:
+      json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+  app.run(main)

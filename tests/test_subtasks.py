@@ -1,0 +1,144 @@
+"""Sub-task harness: the oracle scores 1.0, chance baselines score near chance, the table
+prints, and bad configs / data are reported by name."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from aotd_jax.eval import subtasks
+
+ROLES = ("detector", "grounder", "action_recognizer", "video_qa")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+  from aotd_jax.data import toyworld
+  out = tmp_path_factory.mktemp("world")
+  toyworld.generate_world(out, seed=3, num_train=1, num_val=3, num_test=1)
+  return str(out)
+
+
+def _config(world, **data):
+  config = subtasks.default_config(world, split="val")
+  config.data.update(data)
+  return config
+
+
+@pytest.fixture(scope="module")
+def results(world):
+  return subtasks.evaluate(_config(world))
+
+
+def test_oracle_scores_one_on_every_ground_truth_subtask(results):
+  oracle = results["oracle"]
+  assert oracle["detector"]["detection_iou"] == 1.0 and oracle["detector"]["n"] > 50
+  assert oracle["grounder"]["grounding_iou"] == 1.0 and oracle["grounder"]["n"] >= 3
+  assert oracle["action_recognizer"]["action_top1"] == 1.0
+  gen = oracle["program_generator"]
+  assert gen["program_exact"] == gen["program_normalized"] == gen["answer_match"] == 1.0
+  assert gen["n"] > 0
+  assert 0.0 <= oracle["video_qa"]["qa_accuracy"] <= 1.0
+
+
+def test_random_baseline_scores_near_chance(results):
+  rnd, oracle = results["random"], results["oracle"]
+  assert rnd["detector"]["detection_iou"] < 0.15
+  assert rnd["grounder"]["grounding_iou"] < 0.5
+  assert rnd["action_recognizer"]["action_top1"] < 0.7
+  assert rnd["program_generator"]["program_normalized"] < 1.0
+  for role, key in [("detector", "detection_iou"), ("grounder", "grounding_iou"),
+                    ("action_recognizer", "action_top1")]:
+    assert rnd[role][key] < oracle[role][key] - 0.3, (role, rnd[role][key])
+
+
+def test_table_has_a_row_per_subtask_and_a_column_per_candidate(results):
+  table = subtasks.subtask_table(results)
+  lines = table.splitlines()
+  assert lines[0].split()[-2:] == ["oracle", "random"]
+  for task in ("program generation", "object detection", "temporal grounding",
+               "action recognition", "video QA"):
+    assert any(line.startswith(task) for line in lines), task
+  det = next(l for l in lines if l.startswith("object detection") and " IoU " in l)
+  assert det.split()[-2] == "1.000"
+  # a role a candidate does not have is shown as "-"
+  partial = {"a": {"detector": {"detection_iou": 0.5}}, "b": {}}
+  assert subtasks.subtask_table(partial).splitlines()[2].split()[-2:] == ["0.500", "-"]
+
+
+def test_metrics_helpers():
+  assert subtasks.box_iou((0, 0, 2, 2), (1, 0, 3, 2)) == pytest.approx(1 / 3)
+  assert subtasks.window_iou((0, 4), (2, 6)) == pytest.approx(2 / 6)
+  assert subtasks.window_iou((0, 0), (2, 6)) == 0.0
+  a = "def f(x):\n    '''doc'''\n    return x+1\n"
+  assert subtasks.normalize_program(a) == subtasks.normalize_program("def f(x):  return (x + 1)")
+  assert subtasks.normalize_program("def (") is None
+
+
+def test_star_format_with_blank_frames(world):
+  """STAR-format data (situations only, no videos): oracle and chance still score."""
+  config = subtasks.default_config(os.path.join(world, "val.json"), kind="star")
+  config.data.blank_frames = True
+  for name in ("oracle", "random"):
+    config.candidates[name].program_generator = {"kind": "gold"}  # keep this test short
+  del config.candidates.random.program_generator
+  res = subtasks.evaluate(config)
+  assert res["oracle"]["detector"]["detection_iou"] == 1.0
+  assert res["oracle"]["grounder"]["grounding_iou"] == 1.0
+  assert res["random"]["detector"]["detection_iou"] < 0.15
+
+
+@pytest.mark.parametrize("edit,msg", [
+    (lambda c: c.candidates.oracle.update({"segmenter": {"kind": "sam"}}),
+     r"candidates.oracle has unknown section\(s\) \['segmenter'\]"),
+    (lambda c: c.candidates.random.detector.update({"kind": "yolo"}),
+     r"candidates.random: experts config: detector.kind='yolo' is not one of"),
+    (lambda c: c.candidates.random.program_generator.update({"kind": "gpt"}),
+     r"candidates.random: program_generator.kind='gpt'"),
+    (lambda c: c.candidates.random.program_generator.update({"kind": "llama"}),
+     r"program_generator.path is required for kind 'llama'"),
+    (lambda c: c.candidates.random.grounder.update({"kind": "univtg"}),
+     r"candidates.random: .*grounder"),
+    (lambda c: c.data.update({"kind": "kinetics"}), r"data.kind='kinetics' is not one of"),
+    (lambda c: c.data.update({"path": ""}), r"data.path is required"),
+    (lambda c: c.data.update({"split": "dev"}), r"dev.json not found"),
+    (lambda c: setattr(c, "candidates", {}), r"`candidates` is empty"),
+])
+def test_bad_config_is_reported_by_name(world, edit, msg):
+  config = _config(world)
+  edit(config)
+  with pytest.raises((ValueError, FileNotFoundError), match=msg):
+    subtasks.evaluate(config)
+
+
+def test_missing_video_file_names_the_file(world, tmp_path):
+  import shutil
+  copy = tmp_path / "w"
+  shutil.copytree(world, copy)
+  vid = json.load(open(copy / "world.json"))["splits"]["val"][0]
+  os.remove(copy / "videos" / f"{vid}.mp4")
+  config = subtasks.default_config(str(copy), split="val")
+  config.candidates = {"random": {"detector": {"kind": "random"}}}
+  with pytest.raises(FileNotFoundError, match=f"no video file .*{vid}.mp4"):
+    subtasks.evaluate(config)
+
+
+def test_launcher_prints_the_table(world, tmp_path):
+  out = tmp_path / "res.json"
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run(
+      [sys.executable, "-m", "launch.eval_subtasks", f"--data={world}", "--split=val",
+       f"--out={out}"], cwd=root, capture_output=True, text=True, timeout=600,
+      env={**os.environ, "PYTHONPATH": root})
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "temporal grounding" in proc.stdout and "oracle" in proc.stdout
+  assert json.load(open(out))["oracle"]["detector"]["detection_iou"] == 1.0
+
+
+def test_score_experts_without_trained_models_gives_chance(world):
+  scores = subtasks.score_experts(world, {}, split="val")
+  assert scores["detection_iou"] is None and scores["program_accuracy"] is None
+  assert scores["random"]["detection_iou"] < 0.15
+  assert "random" in scores["table"]
