@@ -30,15 +30,24 @@ DEFAULT_SYNONYMS = {"people": "person", "persons": "person", "children": "child"
                     "men": "man", "women": "woman"}
 
 
+# Query_Objs queries that mean "every object", not a description to resolve.
+GENERIC_OBJECT_QUERIES = {"object", "objects", "all objects", "things", "everything", "shapes"}
+
+
 class ToolError(ValueError):
   """A tool was called with an argument it cannot use; the message names the argument."""
 
 
 @dataclasses.dataclass
 class Detections:
-  """Boxes of `object_name` found in a clip; iterates over `Box(frame_id, label, score, box)`."""
+  """Boxes of `object_name` found in a clip; iterates over `Box(frame_id, label, score, box)`.
+
+  `answer`: for a described object ("the object that is touched"), the class the video QA
+  model names as the one meant (listed first in `labels`), else None.
+  """
   object_name: str
   boxes: list[Box]
+  answer: str | None = None
 
   def __len__(self) -> int:
     return len(self.boxes)
@@ -60,11 +69,17 @@ class Detections:
     counts: dict[str, int] = {}
     for b in self.boxes:
       counts[b.label] = counts.get(b.label, 0) + 1
-    return sorted(counts, key=lambda k: -counts[k])
+    labels = sorted(counts, key=lambda k: -counts[k])
+    if self.answer is not None:
+      labels = [self.answer] + [l for l in labels if l != self.answer]
+    return labels
 
   def to_json(self) -> dict:
-    return {"type": "Detections", "object": self.object_name, "labels": self.labels,
-            "frames": self.frame_ids, "boxes": [b.to_json() for b in self.boxes]}
+    out = {"type": "Detections", "object": self.object_name, "labels": self.labels,
+           "frames": self.frame_ids, "boxes": [b.to_json() for b in self.boxes]}
+    if self.answer is not None:
+      out["answer"] = self.answer
+    return out
 
 
 @dataclasses.dataclass
@@ -267,11 +282,11 @@ class Toolbox:
     if possible_answers:
       names = [_object_phrase(a) for a in possible_answers]
       return list(dict.fromkeys(self.synonyms.get(n, n) for n in names if n))
-    if query in self.object_vocabulary or not self.object_vocabulary:
-      return [query]
-    words = set(query.split())
-    named = [c for c in self.object_vocabulary if set(c.split()) <= words]
-    return named or list(self.object_vocabulary)
+    name = _object_phrase(query)
+    if not self.object_vocabulary or (name not in GENERIC_OBJECT_QUERIES
+                                      and len(name.split()) <= 3):
+      return [name or query]  # a name ("cup", "the red ball", "cup/glass/bottle")
+    return list(self.object_vocabulary)  # a description: look for every class
 
   # -- tools ---------------------------------------------------------------------------------
 
@@ -332,7 +347,8 @@ class Toolbox:
     Detections: a list of boxes, each with `.frame_id` (original video frame number),
     `.label` (object class), `.score` and `.box` = (x0, y0, x1, y1) in pixels. Empty if
     nothing is found. `.frame_ids` lists the frames with at least one box, `.labels` the
-    classes found.
+    classes found; for a description, `.answer` is the object the video model says is
+    meant, and it comes first in `.labels`.
 
     Examples
     --------
@@ -348,7 +364,18 @@ class Toolbox:
                       f"got {possible_answers!r}")
     classes = self._object_classes(name, possible_answers)
     per_frame = self._detect(clip, classes) if len(clip) else []
-    return Detections(name, [b for boxes in per_frame for b in boxes])
+    found = Detections(name, [b for boxes in per_frame for b in boxes])
+    if (self.video_qa is not None and len(clip) and len(classes) > 1
+        and name not in GENERIC_OBJECT_QUERIES):
+      # a description ("the object that is touched"): as AoTD, ask the video QA model which
+      # of the candidate objects it means (a detector cannot resolve relations)
+      question = f"What is {name}?"
+      key = make_key(self.video_qa.name, "answer", clip.identity, frames_key(clip.frame_ids),
+                     question, choices=classes)
+      reply = self.cache.get_or_compute(
+          key, self.video_qa.name, lambda: str(self.video_qa.answer(clip, question, classes)))
+      found.answer = snap_to_choice(reply, classes)
+    return found
 
   @_tool
   def Find(self, video_clip: VideoClip, object_name: str) -> VideoClip:

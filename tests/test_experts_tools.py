@@ -164,6 +164,17 @@ def test_query_objs_labels_boxes_by_class(world, box):
     box.Query_Objs(clip, "objects", "red circle")
 
 
+def test_query_objs_resolves_a_description_with_the_video_qa_model(world, box):
+  clip, truth = clip_of(world)
+  touch = next(e for e in truth.events if e["action"] == "touch")
+  window = box.trim(clip, touch["start_frame"], touch["end_frame"] + 1)
+  objs = box.Query_Objs(window, f"the object touched by the {touch['object']}")
+  assert objs.answer == touch["target"] and objs.labels[0] == touch["target"]
+  assert box.Query_Objs(window, "the object that is touched").answer == touch["target"]
+  assert box.Query_Objs(window, "objects").answer is None  # "every object": no question
+  assert box.records[-2].result["answer"] == touch["target"]
+
+
 def test_count_is_the_most_boxes_in_one_frame():
   frames = np.zeros((3, 16, 16, 3), np.uint8)
   gt = oracle.GroundTruth("test")

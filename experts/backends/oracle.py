@@ -218,24 +218,29 @@ class OracleGrounder:
 
 
 class OracleActions:
-  """`ActionRecognizer` (and `VideoQA`) from the actions annotated in the clip's frames."""
+  """`ActionRecognizer` (and `VideoQA`) from the actions annotated in the clip's frames.
 
-  def __init__(self, gt: GroundTruth, name: str = "oracle", min_score: float = 0.5):
+  With candidates, returns those that fully match an annotated action (every content word of
+  the candidate found in it; `min_score` lowers that bar), in order of the action's onset.
+  """
+
+  def __init__(self, gt: GroundTruth, name: str = "oracle", min_score: float = 1.0):
     self.gt, self.name, self.min_score = gt, name, min_score
 
   def recognize(self, clip, object_name: str | None = None,
                 candidates: Sequence[str] | None = None) -> list[str]:
-    actions = [a for a, _ in _actions_in(self.gt, clip)]
+    timed = _actions_in(self.gt, clip)
     if object_name:
-      actions = [a for a in actions if match_score(object_name, a) == 1.0]
+      timed = [(a, f) for a, f in timed if match_score(object_name, a) == 1.0]
     if not candidates:
-      return actions
+      return [a for a, _ in timed]
     ranked = []
     for c in candidates:
-      s = max((match_score(c, a) for a in actions), default=0.0)
-      if s >= self.min_score:
-        ranked.append((s, c))
-    return [c for s, c in sorted(ranked, key=lambda sc: -sc[0])]
+      scored = [(match_score(c, a), f) for a, f in timed]
+      best = max(scored, key=lambda sf: (sf[0], -sf[1]), default=(0.0, 0))
+      if best[0] >= self.min_score:
+        ranked.append((-best[0], best[1], c))
+    return [c for _, _, c in sorted(ranked)]
 
   def summarize(self, clip, query: str | None = None) -> str:
     del query
@@ -249,25 +254,57 @@ class OracleActions:
             f"Actions in order: {'; '.join(acts) or 'none'}.")
 
   def answer(self, clip, question: str, choices: Sequence[str] | None = None) -> str:
-    if choices:
-      ranked = self.recognize(clip, None, choices)
-      return ranked[0] if ranked else choices[0]
-    return self.summarize(clip, question)
+    """With choices: the one an annotated action involves, not named by the question.
+
+    "What is the object touched by the red circle?" -> the other object of the touch; for a
+    passive question without the actor ("the object that is touched") the object named
+    after the verb wins.
+    """
+    if not choices:
+      return self.summarize(clip, question)
+    q = " " + " ".join(question.lower().split()) + " "
+    passive = any(m in q for m in (" by ", " is touched", " was touched", " touched?"))
+    named = {c for c in choices if match_score(c, question) == 1.0}
+    best = None
+    for i, c in enumerate(choices):
+      for a, onset in _actions_in(self.gt, clip):
+        if c in named or match_score(c, a) < 1.0:
+          continue
+        pos = a.lower().find(_object_phrase(c))
+        key = (onset, -pos if passive else pos, i)
+        if best is None or key < best[0]:
+          best = (key, c)
+    return best[1] if best else self.summarize(clip, question)
+
+
+def _object_phrase(text: str) -> str:
+  words = text.lower().strip().rstrip(".").split()
+  while words and words[0] in ("the", "a", "an"):
+    words = words[1:]
+  return " ".join(words)
 
 
 class KeywordSelector:
   """`AnswerSelector` without a model: the choice sharing most content words with the info.
 
   A baseline for tests and for runs without an LLM, not an oracle: it never sees the answer.
+  Ties go to the choice quoted earliest in the info (latest when the question asks what
+  happened "before"), then to the first choice.
   """
 
   def __init__(self, name: str = "keyword"):
     self.name = name
 
   def select(self, question: str, choices: Sequence[str], info: str) -> str:
-    del question
     words = set(content_words(info))
-    def score(choice):
+    text = info.lower()
+    before = "before" in question.lower().split()
+
+    def rank(i_choice):
+      i, choice = i_choice
       cw = content_words(choice)
-      return sum(w in words for w in cw) / max(len(cw), 1)
-    return max(choices, key=score)
+      overlap = sum(w in words for w in cw) / max(len(cw), 1)
+      pos = text.find(_object_phrase(choice))
+      pos = (-pos if before else pos) if pos >= 0 else float("inf")
+      return (-overlap, pos, i)
+    return min(enumerate(choices), key=rank)[1]
