@@ -12,7 +12,7 @@ from flax import nnx
 from aotd_jax.hf.io import CheckpointError
 from aotd_jax.hf.univtg import load_univtg, save_univtg, state_dict
 from aotd_jax.models import univtg_postprocess as pp
-from aotd_jax.models.univtg import UniVTGConfig
+from aotd_jax.models.univtg import UniVTG, UniVTGConfig
 
 torch = pytest.importorskip("torch")
 tnn = torch.nn
@@ -160,6 +160,34 @@ def test_official_layout_loads_and_matches_torch_reference(official):
   np.testing.assert_allclose(np.asarray(out.pred_logits), logits.numpy(), atol=1e-5)
   np.testing.assert_allclose(np.asarray(out.pred_spans)[valid], spans.numpy()[valid], atol=1e-5)
   np.testing.assert_allclose(np.asarray(out.saliency_scores), sal.numpy(), atol=1e-4)
+
+
+def test_released_size_layout_and_shapes_without_compute():
+  # The released SlowFast+CLIP model: every official tensor maps onto our parameter of the
+  # transformed shape, and the forward's output shapes, all by shape inference only.
+  from aotd_jax.hf.univtg import rules
+  size = dict(v_feat_dims=(2304, 512), t_feat_dim=512, hidden_dim=1024, nheads=8,
+              enc_layers=4, dim_feedforward=1024, max_q_l=75)
+  with torch.device("meta"):
+    official = {k: tuple(v.shape) for k, v in _TorchUniVTG(size).state_dict().items()}
+  assert official["input_vid_proj.0.net.1.weight"] == (1024, 2818)
+  cfg = UniVTGConfig(**size)
+  model = nnx.eval_shape(lambda: UniVTG(cfg, rngs=nnx.Rngs(0)))
+  params = {"/".join(map(str, p)): v.get_value().shape
+            for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+  table = rules(cfg)
+  assert {r.hf for r in table} == set(official)
+  assert {r.flax for r in table} == set(params)
+  for r in table:
+    probe = np.zeros(official[r.hf], np.float32)
+    assert r.transform.to_flax(probe).shape == params[r.flax], r.hf
+  inp = {"src_txt": jax.ShapeDtypeStruct((2, 20, 512), jnp.float32),
+         "src_txt_mask": jax.ShapeDtypeStruct((2, 20), jnp.float32),
+         "src_vid": jax.ShapeDtypeStruct((2, 75, 2818), jnp.float32),
+         "src_vid_mask": jax.ShapeDtypeStruct((2, 75), jnp.float32)}
+  out = nnx.eval_shape(lambda m, x: m(**x), model, inp)
+  assert out.pred_logits.shape == (2, 75, 1) and out.pred_spans.shape == (2, 75, 2)
+  assert out.saliency_scores.shape == (2, 75)
 
 
 def test_save_round_trip_is_exact(official, tmp_path):
