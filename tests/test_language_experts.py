@@ -48,3 +48,74 @@ def test_tokenizer_is_cached_and_checks_its_arguments(world, tokenizer_dir, tmp_
     le.build_tokenizer(world, tmp_path / "t", vocab_size=1024)
   with pytest.raises(le.LanguageExpertError, match="no train.json"):
     le.build_tokenizer(tmp_path / "nowhere", tmp_path / "t")
+
+
+# -- program generator ----------------------------------------------------------------------------
+
+TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+            num_key_value_heads=1, batch_size=4, max_new_tokens=8, eval_questions=2)
+
+
+@pytest.fixture(scope="module")
+def program_dir(world, tokenizer_dir, tmp_path_factory):
+  from aotd_jax.demo import program_generator as pg
+  return pg.train_program_generator(world, tokenizer_dir, tmp_path_factory.mktemp("prog"),
+                                    steps=12, **TINY)
+
+
+def test_program_generator_training_lowers_the_loss(program_dir):
+  info = le.read_done(program_dir)
+  assert info["steps"] == 12 and info["train_examples"] > 0
+  assert info["final_loss"] < info["first_loss"] - 0.5
+  val = info["val"]
+  assert val["questions"] == 2 and 0.0 <= val["answer_accuracy"] <= 1.0
+
+
+def test_program_generator_is_served_by_local_llama(world, program_dir):
+  from aotd_jax.agent import programs
+  from aotd_jax.agent.llm import LocalLlama
+  llm = LocalLlama(program_dir, max_batch=2)
+  qa = le.read_split(world, "val")[0]
+  reply = llm.complete([le.program_prompt(qa.question, qa.choices)], max_new_tokens=6)[0]
+  assert isinstance(reply, str)
+  assert programs.parse_program(reply, prefix=programs.PROGRAM_SIGNATURE + "\n").error != "empty reply"
+  with open(os.path.join(program_dir, "config.json")) as f:
+    config = json.load(f)
+  assert config["architectures"] == ["LlamaForCausalLM"] and config["vocab_size"] <= 512
+
+
+def test_program_generator_is_cached_and_checks_its_arguments(world, tokenizer_dir, program_dir,
+                                                              tmp_path):
+  from aotd_jax.demo import program_generator as pg
+  stamp = os.path.getmtime(os.path.join(program_dir, "model.safetensors"))
+  assert le.train_program_generator(world, tokenizer_dir, program_dir, steps=999) == program_dir
+  assert os.path.getmtime(os.path.join(program_dir, "model.safetensors")) == stamp
+  with pytest.raises(ValueError, match="steps=0"):
+    pg.train_program_generator(world, tokenizer_dir, tmp_path / "p", steps=0)
+  with pytest.raises(ValueError, match="hidden_sise"):
+    pg.train_program_generator(world, tokenizer_dir, tmp_path / "p", steps=1, hidden_sise=8)
+  with pytest.raises(le.LanguageExpertError, match="no tokenizer.json"):
+    pg.train_program_generator(world, tmp_path, tmp_path / "p", steps=1)
+  assert not os.path.exists(tmp_path / "p" / le.DONE)
+
+
+class _Echo:
+  """A fake program LLM: replies with the gold body (or garbage) of each prompt's question."""
+
+  def __init__(self, bodies, garbage=False):
+    self.bodies, self.garbage = bodies, garbage
+
+  def complete(self, prompts, *, max_new_tokens, temperature=0.0, stop=None):
+    return ["x = (" if self.garbage else self.bodies[p] for p in prompts]
+
+
+def test_score_program_generator_separates_right_and_wrong_programs(world):
+  from aotd_jax.demo import program_generator as pg
+  records = le.read_split(world, "val")
+  bodies = {le.program_prompt(qa.question, qa.choices): le.program_body(le.gold_program(qa))
+            for qa in records}
+  good = pg.score_program_generator(world, _Echo(bodies), max_questions=4)
+  assert good["exact_match"] == 1.0 and good["parsed"] == 1.0
+  assert good["answer_accuracy"] >= 0.75
+  bad = pg.score_program_generator(world, _Echo(bodies, garbage=True), max_questions=4)
+  assert bad["parsed"] == 0.0 and bad["answer_accuracy"] == 0.0
