@@ -45,8 +45,12 @@ def train_flops(cfg, batch: int, seq: int, matmul_params: int) -> float:
   return 6 * matmul_params * batch * seq + attn
 
 
-def build_jax_step(model, lr=1e-4):
-  """A jitted AdamW step on (params, opt_state), both donated; next-token CE without a one-hot."""
+def build_jax_step(model, lr=1e-4, loss="full"):
+  """A jitted AdamW step on (params, opt_state), both donated; next-token CE without a one-hot.
+
+  loss="full" scores all L positions and masks the last (its label would wrap around), so the
+  LM-head dots keep the batch x L token count; "shift" slices logits[:, :-1] as transformers does.
+  """
   import jax
   import jax.numpy as jnp
   import optax
@@ -55,10 +59,15 @@ def build_jax_step(model, lr=1e-4):
   tx = optax.adamw(lr, weight_decay=0.0)
 
   def loss_fn(p, ids):
-    logits = nnx.merge(graphdef, p)(ids).logits[:, :-1].astype(jnp.float32)
-    labels = ids[:, 1:]
+    logits = nnx.merge(graphdef, p)(ids).logits.astype(jnp.float32)
+    if loss == "shift":
+      logits, labels, weight = logits[:, :-1], ids[:, 1:], jnp.ones(ids[:, 1:].shape, jnp.float32)
+    else:
+      labels = jnp.roll(ids, -1, axis=1)
+      weight = (jnp.arange(ids.shape[1]) < ids.shape[1] - 1).astype(jnp.float32)[None]
     gold = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
-    return jnp.mean(jax.nn.logsumexp(logits, axis=-1) - gold)
+    nll = (jax.nn.logsumexp(logits, axis=-1) - gold) * weight
+    return jnp.sum(nll) / jnp.sum(jnp.broadcast_to(weight, nll.shape))
 
   @jax.jit
   def init(p):
@@ -83,7 +92,7 @@ def build_torch_step(model, lr=1e-4):
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    return loss
+    return loss.detach()
 
   return step
 
@@ -96,6 +105,8 @@ def main(argv=None):
   parser.add_argument("--steps", type=int, default=3)
   parser.add_argument("--prompt", type=int, default=32)
   parser.add_argument("--new_tokens", type=int, default=64)
+  parser.add_argument("--loss", default="full", choices=["full", "shift"])
+  parser.add_argument("--skip_decode", action="store_true")
   args = parser.parse_args(argv)
 
   import jax
@@ -120,7 +131,7 @@ def main(argv=None):
   norms = sum(p.numel() for n, p in ref.named_parameters() if "norm" in n)
   matmul_params = n_params - norms - (0 if cfg.tie_word_embeddings else cfg.vocab_size * cfg.hidden_size)
   print(f"machine: {os.cpu_count()} CPUs, jax {jax.__version__} ({jax.devices()[0].platform}), "
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads), XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
   print(f"model: {n_params / 1e6:.1f}M params ({matmul_params / 1e6:.1f}M in matmuls), "
         f"batch {args.batch} x seq {args.seq}, float32, AdamW")
 
@@ -131,7 +142,7 @@ def main(argv=None):
   rng = np.random.default_rng(0)
   ids_np = rng.integers(3, cfg.vocab_size, (args.batch, args.seq)).astype(np.int32)
   ids_jax, ids_torch = jax.numpy.asarray(ids_np), torch.tensor(ids_np, dtype=torch.long)
-  graphdef, params, opt_state, jax_step = build_jax_step(model)
+  graphdef, params, opt_state, jax_step = build_jax_step(model, loss=args.loss)
   torch_step = build_torch_step(ref.train())
   start = time.perf_counter()
   params, opt_state, loss = jax_step(params, opt_state, ids_jax)
@@ -152,6 +163,8 @@ def main(argv=None):
         f"torch {tt * 1e3:.0f} ms ({flops / tt / peak:.0%} of peak)  ->  jax/torch speed {tt / tj:.2f}x")
 
   # ---- greedy decode with a KV cache ----
+  if args.skip_decode:
+    return
   ref.eval()
   prompt = rng.integers(3, cfg.vocab_size, (args.batch, args.prompt)).astype(np.int32)
   mask = np.ones_like(prompt)

@@ -6,7 +6,7 @@ import torch
 
 from aotd_jax import hf
 from aotd_jax.models import generate as gen
-from test_llama import left_padded_batch, make_hf_llama
+from test_llama import full_f32_matmuls, left_padded_batch, make_hf_llama  # noqa: F401 (autouse)
 
 NEW = 12
 

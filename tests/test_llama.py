@@ -30,6 +30,13 @@ CONFIGS = {
 }
 
 
+@pytest.fixture(autouse=True)
+def full_f32_matmuls():
+  """Parity means float32 matmuls: GPUs would otherwise use TF32 (~1e-3 off)."""
+  with jax.default_matmul_precision("float32"):
+    yield
+
+
 def make_hf_llama(path, seed=0, **overrides):
   """A random tiny transformers Llama written by its own `save_pretrained`; returns the torch model."""
   torch.manual_seed(seed)
