@@ -25,7 +25,7 @@ from aotd_jax.demo.language_experts import (LanguageExpertError, check_positive,
                                             read_split, run_programs)
 
 DEFAULT_SIZE = dict(hidden_size=64, intermediate_size=192, num_hidden_layers=2,
-                    num_attention_heads=4, num_key_value_heads=2, batch_size=16,
+                    num_attention_heads=4, num_key_value_heads=2, batch_size=8,
                     learning_rate=3e-3, max_length=256, max_new_tokens=160, eval_questions=64)
 PARSE_PREFIX = programs.PROGRAM_SIGNATURE + "\n"
 
