@@ -92,3 +92,26 @@ def test_bad_arguments_are_named(models, kwargs, message):
   args.update(kwargs)
   with pytest.raises(ValueError, match=message):
     gen.generate(model, **args)
+
+
+def test_smoke_launcher_prints_generated_tokens():
+  """The README's interim main job: tiny config, random weights, generated tokens printed."""
+  import ast
+  import os
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-m", "launch.smoke", "--config=configs/llama_tiny.py",
+                        "--config.max_new_tokens=4"], cwd=root, env=env, capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  lines = [l for l in out.stdout.splitlines() if "-> generated" in l]
+  assert len(lines) == 2 and all(len(ast.literal_eval(l.split("-> generated ")[1])) <= 4 for l in lines)
+
+
+def test_llama_config_rejects_unknown_variant():
+  from configs.llama_tiny import get_config
+  assert get_config().model["hidden_size"] == 64
+  with pytest.raises(ValueError, match="unknown variant 'huge'"):
+    get_config("huge")
