@@ -7,12 +7,14 @@ frame ids, windows, labels — as JSON-ready dicts, so the agent's trace can quo
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import difflib
 import functools
 import inspect
 import numbers
 import re
+import threading
 import time
 from typing import Any, Callable, Sequence
 
@@ -123,11 +125,11 @@ def _tool(method: Callable) -> Callable:
     except TypeError as e:
       raise ToolError(f"{method.__name__}: {e}") from None
     hits, t0 = self.cache.hits, time.perf_counter()
-    self._evidence = None
+    self._local.evidence = None
     value = method(self, *args, **kwargs)
     result = to_json(value)
-    if self._evidence is not None:
-      result = {"value": result, **to_json(self._evidence)}
+    if self._local.evidence is not None:
+      result = {"value": result, **to_json(self._local.evidence)}
     arguments = {k: to_json(v) for k, v in list(bound.arguments.items())[1:]}
     self.records.append(ToolRecord(method.__name__, arguments, result,
                                    time.perf_counter() - t0, self.cache.hits - hits))
@@ -203,20 +205,23 @@ class Toolbox:
     detect_threshold: detector score threshold.
     synonyms: object-name rewrites applied before detection.
     object_vocabulary: the object classes `Query_Objs` looks for when asked for "objects".
+    max_records: how many recent calls `records` keeps.
   """
 
   def __init__(self, *, detector=None, grounder=None, action_recognizer=None, video_qa=None,
                selector=None, cache: ToolCache | None = None, detect_threshold: float = 0.1,
                synonyms: dict[str, str] | None = None,
-               object_vocabulary: Sequence[str] = ()):
+               object_vocabulary: Sequence[str] = (), max_records: int = 10_000):
     self.detector, self.grounder = detector, grounder
     self.action_recognizer, self.video_qa, self.selector = action_recognizer, video_qa, selector
     self.cache = cache if cache is not None else ToolCache()
     self.detect_threshold = float(detect_threshold)
     self.synonyms = dict(DEFAULT_SYNONYMS if synonyms is None else synonyms)
     self.object_vocabulary = [" ".join(c.lower().split()) for c in object_vocabulary]
-    self.records: list[ToolRecord] = []
-    self._evidence = None
+    # the latest calls (a long CoT job makes millions; the agent's trace keeps its own)
+    self.records: collections.deque[ToolRecord] = collections.deque(maxlen=max_records)
+    # evidence of the call in progress, per thread: a sandbox may serve calls concurrently
+    self._local = threading.local()
 
   def tools(self) -> dict[str, Callable]:
     """Name -> bound tool, the mapping a program sandbox is given."""
@@ -423,7 +428,7 @@ class Toolbox:
     """
     _, name, per_frame = self._find("exist", video_clip, object_name)
     found = Detections(name, [boxes[0] for boxes in per_frame if boxes])
-    self._evidence = {"detections": found}
+    self._local.evidence = {"detections": found}
     return bool(found.boxes)
 
   @_tool
@@ -447,7 +452,7 @@ class Toolbox:
     _, name, per_frame = self._find("Count", video_clip, object_name)
     counts = [len(b) for b in per_frame]
     best = int(np.argmax(counts)) if counts and max(counts) else None
-    self._evidence = {"detections": Detections(name, per_frame[best] if best is not None else [])}
+    self._local.evidence = {"detections": Detections(name, per_frame[best] if best is not None else [])}
     return max(counts, default=0)
 
   @_tool
@@ -472,7 +477,7 @@ class Toolbox:
     """
     clip, name, per_frame = self._find("Filter_frames_with_obj", video_clip, object_name)
     keep = [i for i, boxes in enumerate(per_frame) if boxes]
-    self._evidence = {"detections": Detections(name, [per_frame[i][0] for i in keep])}
+    self._local.evidence = {"detections": Detections(name, [per_frame[i][0] for i in keep])}
     return clip.select(keep)
 
   @_tool
@@ -561,7 +566,7 @@ class Toolbox:
       hi = max(min(w.end_frame, clip.end_frame), lo)
       windows.append(Window(lo, hi, w.score, w.query))
       clip = clip.select(clip.positions_in(lo, hi), start_frame=lo, end_frame=hi)
-    self._evidence = {"windows": windows}
+    self._local.evidence = {"windows": windows}
     return clip
 
   @_tool

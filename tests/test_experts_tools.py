@@ -317,3 +317,23 @@ def test_end_to_end_program_calling_five_tools(world):
   assert [r.name for r in toolbox.records] == ["Filter_frames_with_act", "trim", "Find",
                                                "Query_Actions", "select_answer"]
   json.dumps([r.to_json() for r in toolbox.records])
+
+
+def test_concurrent_calls_record_their_own_evidence(world):
+  """A sandbox may serve tool calls from several threads on one toolbox."""
+  import threading
+  box = make_box(world[1])
+  clip, truth = clip_of(world)
+
+  def work(name):
+    for _ in range(30):
+      box.exist(clip, name)
+
+  threads = [threading.Thread(target=work, args=(n,)) for n in truth.names[:3]]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert len(box.records) == 90
+  for r in box.records:
+    assert r.result["detections"]["object"] == r.args["object_name"]
