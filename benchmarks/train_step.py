@@ -67,18 +67,37 @@ def matmul_peak(jnp_dtype="float32", n=2048, reps=5):
   return 2 * n ** 3 * reps / (time.perf_counter() - t)
 
 
+def fast_random_init(p):
+  """The student with N(0, 0.02) weights and unit norms, made one jitted kernel per distinct
+  shape: a 1B model's full `jax.jit(init)` takes minutes to compile, this takes seconds."""
+  import dataclasses
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+  from aotd_jax.hf import registry
+  adapter = registry.adapter_for("LlamaForCausalLM")
+  config = dataclasses.replace(adapter.config_from_hf(hf_config(p)), dtype=p["dtype"],
+                               remat=p["remat"], attention_impl=p.get("attention_impl", "xla"))
+  model = nnx.eval_shape(lambda: adapter.model_class(config, rngs=nnx.Rngs(0)))
+  normal = jax.jit(lambda key, shape: 0.02 * jax.random.normal(key, shape, jnp.float32),
+                   static_argnums=1)
+  key = jax.random.key(0)
+  for i, (path, var) in enumerate(nnx.to_flat_state(nnx.state(model, nnx.Param))):
+    shape = var.get_value().shape
+    if path[-1] == "scale":
+      var.set_value(jnp.ones(shape, jnp.float32))
+    else:
+      var.set_value(normal(jax.random.fold_in(key, i), tuple(shape)))
+  return model
+
+
 def run_ours(p, steps):
   import jax
-  from flax import nnx
-  import ml_collections
   from aotd_jax import sharding
-  from aotd_jax.train import build
   from aotd_jax.train.optim import make_optimizer
   from aotd_jax.train.trainer import Trainer, matmul_flops_per_token
-  cfg = ml_collections.ConfigDict(dict(hf_dir="", architecture="LlamaForCausalLM", init=hf_config(p),
-                                       dtype=p["dtype"], param_dtype="float32", remat=p["remat"]))
   mesh = sharding.make_mesh({"data": -1})
-  model = build.build_student(cfg, mesh=mesh)
+  model = fast_random_init(p)
   n_params = matmul_flops_per_token(model) / 6
   trainer = Trainer(model, make_optimizer({"learning_rate": 1e-4, "grad_clip": 1.0}, 1000), mesh=mesh)
   b = batch(p)
@@ -127,17 +146,25 @@ def main():
   ap.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
   ap.add_argument("--steps", type=int, default=5)
   ap.add_argument("--no_torch", action="store_true")
+  ap.add_argument("--attention_impl", default="xla", choices=["xla", "dot_product_attention", "causal"])
+  ap.add_argument("--remat", type=int, default=-1, help="override the preset's remat (0/1)")
+  ap.add_argument("--batch", type=int, default=0, help="override the preset's batch size")
   ap.add_argument("--peak_flops", type=float, default=0.0,
                   help="hardware peak; default: measured with a large matmul in this run")
   args = ap.parse_args()
-  p = PRESETS[args.preset]
+  p = dict(PRESETS[args.preset], attention_impl=args.attention_impl)
+  if args.remat >= 0:
+    p["remat"] = bool(args.remat)
+  if args.batch:
+    p["batch"] = args.batch
   import jax
   peak = args.peak_flops or matmul_peak("float32" if p["dtype"] == "float32" else "bfloat16",
                                         n=2048 if jax.default_backend() == "cpu" else 8192)
   dt, n_params, loss = run_ours(p, args.steps)
   tokens = p["batch"] * p["seq"]
   flops = step_flops(p, n_params)
-  out = {"preset": args.preset, "backend": jax.default_backend(), "device": str(jax.devices()[0]),
+  out = {"preset": args.preset, "attention_impl": p["attention_impl"], "remat": p["remat"],
+         "batch": p["batch"], "backend": jax.default_backend(), "device": str(jax.devices()[0]),
          "matmul_params_M": round(n_params / 1e6, 1), "tokens_per_step": tokens,
          "ours_step_s": round(dt, 4), "ours_tokens_per_s": round(tokens / dt, 1),
          "peak_tflops": round(peak / 1e12, 2), "ours_mfu": round(flops / dt / peak, 4),

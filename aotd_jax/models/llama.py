@@ -29,6 +29,9 @@ def _freeze(value):
   return value
 
 
+ATTENTION_IMPLS = ("xla", "dot_product_attention", "causal")
+
+
 @dataclasses.dataclass(frozen=True)
 class LlamaConfig:
   """Llama config; field names are transformers' `LlamaConfig` names, plus dtype/param_dtype/remat.
@@ -56,8 +59,15 @@ class LlamaConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat: bool = False
+  # Attention without a KV cache: "xla" (einsum + masked softmax), "dot_product_attention"
+  # (`jax.nn.dot_product_attention` with the full mask: cuDNN where supported), or "causal"
+  # (causal only, no padding mask: flash-attention friendly, exact for right-padded batches,
+  # which is what the distillation pipeline makes; generation always uses the cache path).
+  attention_impl: str = "xla"
 
   def __post_init__(self):
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(f"LlamaConfig: attention_impl={self.attention_impl!r} is not one of {ATTENTION_IMPLS}")
     object.__setattr__(self, "rope_scaling", _freeze(self.rope_scaling) or None)
     object.__setattr__(self, "eos_token_id", _freeze(self.eos_token_id))
     if self.num_key_value_heads is None:
@@ -134,6 +144,16 @@ class LlamaAttention(nnx.Module):
       k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, index, 0, 0))
       v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, index, 0, 0))
       layer_cache = (k, v)
+    elif cfg.attention_impl != "xla":
+      # cuDNN's flash attention on GPUs in half precision; XLA's fused path elsewhere.
+      flash = jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16)
+      out = jax.nn.dot_product_attention(
+          q, k.astype(q.dtype), v.astype(q.dtype),
+          mask=mask[:, None] if cfg.attention_impl == "dot_product_attention" else None,
+          is_causal=cfg.attention_impl == "causal",
+          implementation="cudnn" if flash else None).reshape(b, l, h * d)
+      out = constrain(out, ("activation_batch", "activation_length", "activation_heads"))
+      return self.o_proj(out), layer_cache
     # Grouped heads attend to their shared kv head without materialising repeated keys.
     q = q.reshape(b, l, kv, h // kv, d)
     scores = jnp.einsum("blkgd,bskd->bkgls", q, k.astype(q.dtype),

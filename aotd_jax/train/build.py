@@ -16,8 +16,13 @@ from aotd_jax.hf import registry
 
 
 def _apply_options(config, options: dict[str, Any]):
+  """Sets dtype / param_dtype / remat / attention_impl where the config (or, for a Video-LLM,
+  its language model's `text_config`) has such a field."""
   fields = {f.name for f in dataclasses.fields(config)}
   updates = {k: v for k, v in options.items() if k in fields and v is not None}
+  if "text_config" in fields and options.get("attention_impl"):
+    updates["text_config"] = _apply_options(config.text_config,
+                                            {"attention_impl": options["attention_impl"]})
   return dataclasses.replace(config, **updates) if updates else config
 
 
@@ -25,7 +30,7 @@ def build_student(cfg, *, mesh: Mesh, seed: int = 0) -> nnx.Module:
   """The student: from `cfg.hf_dir` if set, else a fresh init of `cfg.architecture` with the
   HF-style config dict `cfg.init`, placed on `mesh` (initialised directly sharded)."""
   options = {"dtype": cfg.get("dtype"), "param_dtype": cfg.get("param_dtype"),
-             "remat": cfg.get("remat")}
+             "remat": cfg.get("remat"), "attention_impl": cfg.get("attention_impl")}
   if cfg.get("hf_dir"):
     model = hf.from_pretrained(cfg.hf_dir, dtype=jnp.dtype(cfg.get("param_dtype") or "float32"),
                                mesh=mesh)

@@ -55,6 +55,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.student.dtype = "bfloat16"
   c.student.param_dtype = "float32"
   c.student.remat = True
+  # The pipeline pads on the right, so causal-only attention is exact: cuDNN flash attention
+  # on GPUs (54 % MFU for a 1B Llama on one H200 vs 18 % with the einsum path; RESULTS.md).
+  c.student.attention_impl = "causal"
   c.student.freeze_vision_tower = True
 
   c.optim = ml_collections.ConfigDict(dict(
