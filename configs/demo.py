@@ -1,0 +1,80 @@
+r"""The end-to-end toy-world demo: world -> experts -> agent -> CoTs -> filter -> students -> eval.
+
+  python -m launch.demo --config=configs/demo.py:quick --workdir=/tmp/aotd_demo
+
+`arg` picks the size: `micro` (seconds; the end-to-end test), `quick` (the README's first
+command, <= 10 minutes on a 2-core CPU), `full` (larger world, longer training, 3 seeds,
+mean ± std). Every stage caches its output in the work directory, so a rerun resumes.
+"""
+import ml_collections
+
+from configs.distill import toy as distill_toy
+
+VARIANTS = ("micro", "quick", "full")
+
+
+def _student_init(vocab_size: int, hidden: int, layers: int, max_positions: int) -> dict:
+  """TINY_LLAVA resized: vocab_size is overwritten with the trained tokenizer's size."""
+  text = dict(distill_toy.TINY_LLAVA["text_config"], vocab_size=vocab_size, hidden_size=hidden,
+              intermediate_size=2 * hidden, num_hidden_layers=layers,
+              max_position_embeddings=max_positions)
+  return dict(distill_toy.TINY_LLAVA, text_config=text)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """The demo config for `arg` in `micro | quick | full`."""
+  variant = (arg or "quick").strip()
+  if variant not in VARIANTS:
+    raise ValueError(f"configs/demo.py:{variant}: expected one of {VARIANTS}")
+  micro, full = variant == "micro", variant == "full"
+  c = ml_collections.ConfigDict()
+  c.variant = variant
+  c.seeds = [0, 1, 2] if full else [0]  # student seeds (init + data order); mean ± std over them
+  c.compilation_cache = True  # JAX's persistent cache in workdir/jax_cache (reruns, 3 students)
+
+  # The toy world (aotd_jax.data.toyworld.generate_world).
+  c.world = ml_collections.ConfigDict(dict(
+      seed=0, num_train=4 if micro else (240 if full else 60), num_val=1 if micro else 10,
+      num_test=2 if micro else (60 if full else 20), size=64, fps=8, seconds=3.0,
+      questions_per_type=1))
+
+  # Experts. source: auto (trained where the trainer is committed, else oracle) | trained | oracle.
+  # `steps` and `size` go to the trainers of aotd_jax/demo/{vision,language}_experts.py.
+  def expert(steps, **size):
+    return ml_collections.ConfigDict({"source": "auto", "steps": steps, "size": size})
+  scale = 0 if micro else (4 if full else 1)
+  c.experts = ml_collections.ConfigDict()
+  c.experts.detector = expert(4 if micro else 150 * scale)
+  c.experts.grounder = expert(4 if micro else 150 * scale)
+  c.experts.qa = expert(4 if micro else 150 * scale)
+  c.experts.program = expert(4 if micro else 300 * scale)
+  c.experts.tokenizer = ml_collections.ConfigDict({"source": "auto"})
+  c.experts.selector = "keyword"      # keyword | llama (the program generator's LM picks)
+  c.experts.score = True              # sub-task harness (aotd_jax/eval/subtasks.py), test split
+  c.experts.score_videos = 1 if micro else 10  # clips of the test split it scores (0: all)
+
+  # The agent: programs from the tiny program generator, run in the sandbox on the tools.
+  c.agent = ml_collections.ConfigDict(dict(
+      programs="llm",                 # llm | gold (the annotation's program, for debugging)
+      fallback_to_gold=True,          # an unparsable / missing LLM program -> gold (counted)
+      max_new_tokens=64 if micro else 160, batch_size=8, timeout_s=20.0, max_frames=24,
+      sandbox_workers=2, sandbox_memory_mb=512, logic_judge="rule"))
+
+  # Students: three, distilled from the same init with the same steps.
+  c.students = ml_collections.ConfigDict(dict(
+      names=["instruct", "aotd", "aotd_unfiltered"],
+      init=_student_init(512, 32 if not full else 64, 1 if micro else 2, 512),
+      steps=3 if micro else (600 if full else 120), batch_size=8,
+      learning_rate=3e-3, warmup_ratio=0.1, rationale_weight=1.0, cot_weight=1.0,
+      num_frames=4, decode_size=32, buckets=[384] if micro else [128, 384], num_devices=1,
+      freeze_vision_tower=False))
+
+  # Evaluation on the held-out test split.
+  c.eval = ml_collections.ConfigDict(dict(
+      num_frames=4, decode_size=32, batch_size=8, max_new_tokens=8,
+      rationale_max_new_tokens=32 if micro else 160,
+      rationale_questions=2 if micro else 20))  # grounding on the first N test questions
+  c.efficiency = ml_collections.ConfigDict(dict(
+      questions=3 if micro else 20, subprocess=True, timeout_s=300 if micro else 900))
+  c.report = ml_collections.ConfigDict(dict(trace_samples=3 if micro else 8))
+  return c

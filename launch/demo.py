@@ -1,0 +1,33 @@
+r"""The README's first command: the whole AoTD pipeline on the toy world, end to end.
+
+  python -m launch.demo --config=configs/demo.py:quick --workdir=/tmp/aotd_demo
+
+world -> tiny experts -> agent (LLM programs in the sandbox) -> CoTs -> two-step filter ->
+three students (Instruct, AoTD, AoTD without filter) -> evaluation on the held-out split.
+Prints the table and writes `report.json` / `report.html` into the work directory; a rerun
+resumes from what is cached there. See docs/demo.md.
+"""
+from __future__ import annotations
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+# allow_override: library code that imports another launcher (which defines its own --config)
+# after flags are parsed must not crash this one; the config is read once, before any stage.
+_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/demo.py:micro|quick|full",
+                                          allow_override=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Every stage caches its output here.",
+                               allow_override=True)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  del argv
+  from aotd_jax.demo import run
+  config, workdir = _CONFIG.value, _WORKDIR.value
+  rep = run.run(config, workdir, log=lambda s: print(s, flush=True))
+  logging.info("report: %s/report.html (%.0fs)", workdir, rep["seconds"])
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,218 @@
+"""The end-to-end demo on the `micro` config: every stage's output, held-out evaluation,
+student vs agent efficiency, resume from the cache, the CLI, and bad configs / files."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from aotd_jax.data import annotations
+from aotd_jax.demo import report as report_lib
+from aotd_jax.demo import run as demo
+from configs import demo as demo_config
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+STUDENTS = ("instruct", "aotd", "aotd_unfiltered")
+
+
+@pytest.fixture(scope="module")
+def micro(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("demo"))
+  lines = []
+  rep = demo.run(demo_config.get_config("micro"), workdir, log=lines.append)
+  return workdir, rep, lines
+
+
+def _split_qids(workdir, split):
+  return [r.qid for r in annotations.read("star", os.path.join(workdir, "world", f"{split}.json"))]
+
+
+@pytest.mark.slow
+def test_every_stage_leaves_its_output(micro):
+  workdir, rep, lines = micro
+  w = pathlib.Path(workdir)
+  # world: STAR JSON per split, one mp4 per clip, ground truth
+  for split in ("train", "val", "test"):
+    assert (w / "world" / f"{split}.json").is_file()
+  world = json.loads((w / "world" / "world.json").read_text())
+  assert all((w / "world" / "videos" / f"{v}.mp4").is_file() for v in world["splits"]["test"])
+  # tokenizer and experts
+  assert (w / "experts" / "tokenizer" / "tokenizer.json").is_file()
+  assert set(rep["experts"]["sources"]) == set(demo.EXPERT_ROLES)
+  for role, info in json.loads((w / "experts" / "experts.json").read_text()).items():
+    if info["source"] == "trained":
+      assert os.path.isfile(os.path.join(info["path"], demo.DONE)), role
+  # CoTs: every train question processed once, the two-step filter is a funnel
+  c = rep["cot"]
+  train_qids = _split_qids(workdir, "train")
+  records = [json.loads(l) for l in open(c["records"])]
+  assert sorted(r["qid"] for r in records) == sorted(train_qids) and c["questions"] == len(train_qids)
+  assert c["questions"] >= c["programs_ok"] >= c["passed_answer"] >= c["passed_judge"] > 0
+  assert c["unfiltered"] == c["programs_ok"] and os.path.getsize(c["filtered_path"]) > 0
+  assert c["passed_judge"] == sum(r["kept"] for r in records)
+  if rep["experts"]["sources"]["program"] != "trained":  # no generator: every program is gold
+    assert c["gold_fallbacks"] == c["questions"]
+  # three students, same init, same steps, each saved as a HF directory
+  steps = {rep["students"][n]["train"][0]["steps"] for n in STUDENTS}
+  assert steps == {demo_config.get_config("micro").students.steps}
+  for name in STUDENTS:
+    info = rep["students"][name]["train"][0]
+    assert (pathlib.Path(info["path"]) / "config.json").is_file()
+    assert (pathlib.Path(info["path"]) / demo.DONE).is_file()
+  assert rep["students"]["instruct"]["train"][0]["cot_files"] == []
+  assert rep["students"]["aotd"]["train"][0]["cot_files"] == [c["filtered_path"]]
+  assert rep["students"]["aotd_unfiltered"]["train"][0]["cot_files"] == [c["unfiltered_path"]]
+  # report files and the printed table
+  assert (w / "report.json").is_file() and "<img" in (w / "report.html").read_text()
+  assert "<svg" in (w / "report.html").read_text() and (w / "traces_cot.html").is_file()
+  assert any("Instruct (QA only)" in line and "overall" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_report_json_has_the_contract_keys(micro):
+  workdir, _, _ = micro
+  rep = json.loads(pathlib.Path(workdir, "report.json").read_text())
+  for name in STUDENTS:
+    assert {"accuracy", "per_type"} <= set(rep["students"][name])
+    assert 0.0 <= rep["students"][name]["accuracy"] <= 1.0
+  assert {"questions", "programs_ok", "passed_answer", "passed_judge"} <= set(rep["cot"])
+  assert {"detection_iou", "grounding_iou", "action_top1", "qa_accuracy",
+          "program_accuracy"} <= set(rep["experts"])
+  assert {"box_iou", "window_iou"} <= set(rep["rationale_grounding"])
+  assert {"agent_s_per_question", "student_s_per_question", "agent_peak_mb",
+          "student_peak_mb"} <= set(rep["efficiency"])
+  assert rep["config"]["variant"] == "micro" and rep["seconds"] > 0
+
+
+@pytest.mark.slow
+def test_students_are_scored_on_the_held_out_split_only(micro):
+  workdir, rep, _ = micro
+  test_qids, train_qids = _split_qids(workdir, "test"), _split_qids(workdir, "train")
+  assert test_qids and not set(test_qids) & set(train_qids)
+  world = json.loads(pathlib.Path(workdir, "world", "world.json").read_text())
+  assert not set(world["splits"]["test"]) & set(world["splits"]["train"])
+  for name in STUDENTS:
+    s = rep["students"][name]
+    assert s["qids"] == test_qids and s["count"] == len(test_qids)
+    saved = json.loads(pathlib.Path(workdir, "eval", f"{name}_s0.json").read_text())
+    assert saved["split"] == "test" and saved["qids"] == test_qids
+    assert len(saved["outputs"]) == len(test_qids)
+  cot_qids = {json.loads(l)["qid"] for l in open(rep["cot"]["records"])}
+  assert cot_qids <= set(train_qids)  # CoTs come from train only
+
+
+@pytest.mark.slow
+def test_student_and_agent_measured_on_the_same_questions(micro):
+  workdir, rep, _ = micro
+  e = rep["efficiency"]
+  assert e["questions"] == demo_config.get_config("micro").efficiency.questions
+  assert e["agent_s_per_question"] > 0 and e["student_s_per_question"] > 0
+  assert e["agent_peak_mb"] > 0 and e["student_peak_mb"] > 0
+  # each system ran in its own process: the peaks differ (a shared RSS peak would not)
+  assert e["agent_process_peak_mb"] != e["student_peak_mb"]
+  agent = [json.loads(l)["qid"] for l in open(e["agent_records"])]
+  assert agent == _split_qids(workdir, "test")[:e["questions"]]
+  assert 0.0 <= e["agent_accuracy"] <= 1.0
+
+
+@pytest.mark.slow
+def test_rerun_resumes_from_the_cache_and_cli_prints_the_table(micro):
+  workdir, rep, _ = micro
+  done = {n: os.path.getmtime(os.path.join(rep["students"][n]["train"][0]["path"], demo.DONE))
+          for n in STUDENTS}
+  lines = []
+  again = demo.run(demo_config.get_config("micro"), workdir, log=lines.append)
+  assert again["students"]["aotd"]["accuracy"] == rep["students"]["aotd"]["accuracy"]
+  assert again["cot"] == rep["cot"] and again["efficiency"] == rep["efficiency"]
+  assert {n: os.path.getmtime(os.path.join(rep["students"][n]["train"][0]["path"], demo.DONE))
+          for n in STUDENTS} == done
+  assert again["seconds"] < rep["seconds"]
+  r = subprocess.run([sys.executable, "-m", "launch.demo", "--config=configs/demo.py:micro",
+                      f"--workdir={workdir}"], cwd=ROOT, capture_output=True, text=True,
+                     timeout=600)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "AoTD (QA + filtered CoTs)" in r.stdout and "held-out test split" in r.stdout
+
+
+# -- failure modes (no training) --------------------------------------------------------------
+
+def test_config_variants_and_bad_variant():
+  for v in demo_config.VARIANTS:
+    c = demo_config.get_config(v)
+    assert c.variant == v and list(c.students.names) == list(STUDENTS)
+  assert len(demo_config.get_config("full").seeds) == 3
+  with pytest.raises(ValueError, match="configs/demo.py:tiny"):
+    demo_config.get_config("tiny")
+
+
+def test_corrupt_stage_summary_names_the_file(tmp_path):
+  bad = tmp_path / "summary.json"
+  bad.write_text("{not json")
+  with pytest.raises(demo.DemoError, match="summary.json: corrupt stage summary"):
+    demo.cached(str(bad), lambda: {})
+  assert demo.cached(str(tmp_path / "new.json"), lambda: {"a": 1}) == {"a": 1}
+  assert demo.cached(str(tmp_path / "new.json"), lambda: {"a": 2}) == {"a": 1}  # cached
+
+
+def test_bad_expert_source_and_unknown_student(tmp_path):
+  c = demo_config.get_config("micro")
+  c.experts.detector.source = "magic"
+  with pytest.raises(demo.DemoError, match=r"experts.detector.source='magic'"):
+    demo.experts_stage(c, str(tmp_path), str(tmp_path), str(tmp_path))
+  c = demo_config.get_config("micro")
+  with pytest.raises(demo.DemoError, match="unknown student 'teacher'"):
+    demo.student_stage(c, str(tmp_path), "teacher", 0, str(tmp_path), str(tmp_path), {})
+
+
+def test_bad_program_source_is_refused(tmp_path):
+  c = demo_config.get_config("micro")
+  c.agent.programs = "oracle"
+  info = {r: {"source": "oracle", "path": ""} for r in demo.EXPERT_ROLES}
+  with pytest.raises(demo.DemoError, match="config.agent.programs='oracle'"):
+    demo.build_agent(c, str(tmp_path), info, sandbox=None, fallback_log=str(tmp_path / "f"))
+  c.agent.programs, c.agent.fallback_to_gold = "llm", False
+  info["program"]["source"] = "none"
+  with pytest.raises(demo.DemoError, match="needs a trained program generator"):
+    demo.build_agent(c, str(tmp_path), info, sandbox=None, fallback_log=str(tmp_path / "f"))
+
+
+def test_program_writer_falls_back_to_gold_and_counts(tmp_path):
+  class QA:
+    def __init__(self, qid, gold):
+      self.qid, self.question, self.choices = qid, "Which object jumped?", ["a", "b", "c", "d"]
+      self.meta = {"question_program": gold}
+
+  gold = "def execute_command(video_clip, query, possible_answers):\n    return possible_answers[0]\n"
+
+  class Chatter:
+    def complete(self, prompts, *, max_new_tokens, temperature=0.0, stop=None):
+      return ["    return possible_answers[1]\n", "no code here (((", ][:len(prompts)]
+
+  log = tmp_path / "fallbacks.jsonl"
+  writer = demo.ProgramWriter(Chatter(), prompt=lambda q, c: q, max_new_tokens=8,
+                              fallback_to_gold=True, fallback_log=str(log))
+  out = writer([QA("q1", gold), QA("q2", gold)])
+  assert "possible_answers[1]" in out[0].source  # the LLM's own program, primed with the def
+  assert out[1].source == gold
+  assert [json.loads(l)["qid"] for l in log.read_text().splitlines()] == ["q2"]
+  strict = demo.ProgramWriter(Chatter(), prompt=lambda q, c: q, max_new_tokens=8,
+                              fallback_to_gold=False, fallback_log=str(log))
+  assert not strict([QA("q1", gold), QA("q2", gold)])[1].ok
+
+
+def test_table_from_a_report():
+  rep = {"config": {"variant": "x"}, "seconds": 1.0, "test_qids": ["a", "b"],
+         "students": {n: {"accuracy": 0.5, "per_type": {"Sequence": 0.5}, "per_seed": [0.5]}
+                      for n in STUDENTS},
+         "cot": {"questions": 4, "programs_ok": 3, "passed_answer": 2, "passed_judge": 1,
+                 "unfiltered": 3, "gold_fallbacks": 0},
+         "experts": {"sources": {"detector": "trained"}, "detection_iou": 0.7},
+         "rationale_grounding": {"box_iou": None, "window_iou": 0.5},
+         "efficiency": {"questions": 2, "memory_kind": "host_vmhwm", "student_s_per_question": 0.1,
+                        "student_peak_mb": 100, "agent_s_per_question": 0.4, "agent_peak_mb": 300,
+                        "speedup": 4.0, "memory_ratio": 3.0, "agent_accuracy": 0.75}}
+  text = report_lib.table(rep)
+  assert "AoTD (QA + filtered CoTs)" in text and "50.0" in text and "75.0" in text
+  assert "4.0x faster" in text and "detection_iou 0.700 (random -)" in text
