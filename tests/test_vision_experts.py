@@ -1,0 +1,118 @@
+"""Tiny vision experts on the toy world: training lowers the loss, the saved models load
+through `experts.make_tools` and return boxes / windows, a finished directory is reused."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import experts
+from aotd_jax.demo import vision_experts as ve
+
+TINY_DET = dict(vision_hidden=32, text_hidden=16, layers=1, heads=2, projection_dim=16)
+TINY_GR = dict(vision_hidden=16, hidden=16, projection_dim=16, layers=1, heads=2)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+  from aotd_jax.data import toyworld
+  out = tmp_path_factory.mktemp("world")
+  toyworld.generate_world(out, seed=1, num_train=3, num_val=1, num_test=1)
+  return str(out)
+
+
+@pytest.fixture(scope="module")
+def detector(world, tmp_path_factory):
+  out = str(tmp_path_factory.mktemp("det") / "detector")
+  return ve.train_detector(world, out, steps=30, batch_size=16, lr=3e-3, **TINY_DET)
+
+
+@pytest.fixture(scope="module")
+def grounder(world, tmp_path_factory):
+  out = str(tmp_path_factory.mktemp("gr") / "grounder")
+  return ve.train_grounder(world, out, steps=30, clip_steps=20, batch_size=8, **TINY_GR)
+
+
+def _info(path):
+  with open(os.path.join(path, "train_info.json")) as f:
+    return json.load(f)
+
+
+def _clip(world):
+  from aotd_jax.data import toyworld, video
+  vid = json.load(open(os.path.join(world, "world.json")))["splits"]["val"][0]
+  frames = video.decode_all(toyworld.video_path(world, vid))
+  return experts.VideoClip(frames, fps=8, video_id=vid)
+
+
+def test_word_tokenizer_loads_with_autotokenizer_and_ends_with_the_highest_id(tmp_path):
+  from aotd_jax import hf
+  vocab = ve.build_word_tokenizer(ve.world_words(), str(tmp_path))
+  tok = hf.load_tokenizer(str(tmp_path))
+  enc = tok(["red circle", "the BLUE square jumps"], padding="max_length", max_length=16)
+  ids = enc["input_ids"]
+  assert ids[0][:4] == [vocab["[BOS]"], vocab["red"], vocab["circle"], vocab["[EOS]"]]
+  assert ids[1][2] == vocab["blue"] and max(ids[1]) == vocab["[EOS]"] == len(vocab) - 1
+  assert ids[0][4:] == [0] * 12 and enc["attention_mask"][0][:5] == [1, 1, 1, 1, 0]
+
+
+def test_detector_trains_and_loads_through_make_tools(world, detector):
+  info = _info(detector)
+  assert info["last_loss"] < info["first_loss"] * 0.5, info
+  assert os.path.exists(os.path.join(detector, "DONE"))
+  config = experts.default_config()
+  config.ground_truth.path = world
+  config.detector = ve.detector_section(detector, threshold=0.0)
+  tools = experts.make_tools(config)
+  clip = _clip(world)
+  found = tools["Find"](clip, "red circle")  # threshold 0: every frame has boxes
+  assert len(found) == len(clip) and len(found.detections) > 0
+  b = found.detections[0]
+  assert b.label == "red circle" and len(b.box) == 4
+  assert all(0 <= v <= 64 for v in b.box)
+
+
+def test_detector_transformers_loads_the_saved_directory(detector):
+  """The save is a real HF OWLv2 directory: transformers reads the config and weights."""
+  import transformers
+  model = transformers.Owlv2ForObjectDetection.from_pretrained(detector)
+  assert model.config.vision_config.image_size == 64
+  assert model.config.text_config.eos_token_id == model.config.text_config.vocab_size - 1
+
+
+def test_grounder_trains_and_loads_through_make_tools(world, grounder):
+  info = _info(grounder)
+  assert info["last_loss"] < info["first_loss"], info
+  assert np.mean(info["clip_losses"][-5:]) < info["clip_losses"][0]
+  config = experts.default_config()
+  config.ground_truth.path = world
+  config.grounder = ve.grounder_section(grounder)
+  box = experts.make_toolbox(config)
+  clip = _clip(world)
+  windows = box.grounder.ground(clip, "red circle jumps", top_k=2)
+  assert windows and all(0 <= w.start_frame < w.end_frame <= len(clip) for w in windows)
+  out = box.Filter_frames_with_act(clip, "an object moves")
+  assert 0 <= out.start_frame <= out.end_frame <= len(clip)
+
+
+def test_grounder_directory_path_is_accepted_by_the_backend(world, grounder):
+  from experts.backends.univtg import UniVTGGrounder
+  g = UniVTGGrounder.from_pretrained(grounder, clip_path=os.path.join(grounder, "clip"))
+  assert g.ground(_clip(world), "blue square spins")
+
+
+def test_finished_directories_are_returned_without_retraining(world, detector, grounder,
+                                                              monkeypatch):
+  def boom(*a, **k):
+    raise AssertionError("retrained a finished expert")
+  monkeypatch.setattr(ve, "_world", boom)
+  assert ve.train_detector(world, detector, steps=5) == detector
+  assert ve.train_grounder(world, grounder, steps=5) == grounder
+
+
+@pytest.mark.parametrize("fn", [ve.train_detector, ve.train_grounder])
+def test_bad_arguments_are_reported(fn, world, tmp_path):
+  with pytest.raises(ValueError, match=r"steps=0: must be a positive int"):
+    fn(world, str(tmp_path / "a"), steps=0)
+  with pytest.raises(FileNotFoundError, match=r"no world.json \(not a generated toy world"):
+    fn(str(tmp_path), str(tmp_path / "b"), steps=2)
