@@ -88,7 +88,13 @@ class UniVTGGrounder:
   @classmethod
   def from_pretrained(cls, path: str, *, clip_path: str, buckets=DEFAULT_BUCKETS,
                       **kwargs) -> "UniVTGGrounder":
-    """An official UniVTG checkpoint (`path`) and a HF CLIP directory with its tokenizer."""
+    """An official UniVTG checkpoint (`path`) and a HF CLIP directory with its tokenizer.
+
+    `path` may also be a directory holding `univtg.ckpt` (as `train_grounder` writes it).
+    """
+    import os
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "univtg.ckpt")):
+      path = os.path.join(path, "univtg.ckpt")
     from aotd_jax import hf
     from aotd_jax.hf.univtg import load_univtg
     from experts.backends.owlv2 import hf_tokenize
