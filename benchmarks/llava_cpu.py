@@ -7,7 +7,7 @@ transformers' PyTorch (eager), same random weights, same inputs, one run.
 Prints the f32 matmul peak (a large jnp matmul), the train-step time of both (each as a fraction
 of that peak; FLOPs = 6 x matmul params x tokens for the tower, projector and LM, plus
 attention), and decode tokens/s (prefill with the merged video embeddings + KV-cache loop) vs
-transformers' `generate`. JAX and PyTorch steps alternate so load from other processes hits
+transformers' `generate`. JAX and PyTorch runs alternate so load from other processes hits
 both alike; medians are reported.
 """
 from __future__ import annotations
@@ -30,9 +30,9 @@ VARIANTS = {
     # pooled to 4x4 = 16 tokens per frame, 128 video tokens).
     "bench": dict(vision=dict(hidden_size=384, intermediate_size=1536, num_hidden_layers=4,
                               num_attention_heads=6, image_size=112, patch_size=14),
-                  text=dict(vocab_size=8000, hidden_size=512, intermediate_size=1408,
+                  text=dict(vocab_size=14000, hidden_size=512, intermediate_size=1408,
                             num_hidden_layers=6, num_attention_heads=8, num_key_value_heads=4),
-                  frames=8, batch=4, text_tokens=64, prompt_text=16, new_tokens=32),
+                  frames=8, batch=4, text_tokens=64, prompt_text=16, new_tokens=64),
     "tiny": dict(vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                              num_attention_heads=4, image_size=28, patch_size=7),
                  text=dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -163,7 +163,7 @@ def main(argv=None):
   params, opt_state, loss = jax_step(params, opt_state, ids_j, videos_j)
   loss.block_until_ready()
   compile_s = time.perf_counter() - start
-  torch_loss = float(torch_step(ids_t, videos_t))
+  torch_loss = torch_step(ids_t, videos_t).item()
   print(f"first-step loss: jax {float(loss):.4f}  torch {torch_loss:.4f}  (jax compile+run {compile_s:.1f}s)")
   jax_times, torch_times = [], []
   for _ in range(args.steps):
@@ -188,16 +188,19 @@ def main(argv=None):
   mask = np.ones_like(prompt)
   n_new = v["new_tokens"]
   kw = dict(max_new_tokens=n_new, eos_token_id=-1, pad_token_id=0)
-  ours = lnv.generate(model, prompt, mask, pixel_values_videos=videos_np, **kw)  # compile
+  run_jax = lambda: lnv.generate(model, prompt, mask, pixel_values_videos=videos_np, **kw)
+  ours = run_jax()  # compile
   ours.sequences.block_until_ready()
-  tj = min(_timed(lambda: lnv.generate(model, prompt, mask, pixel_values_videos=videos_np,
-                                       **kw).sequences.block_until_ready()) for _ in range(2))
   with torch.no_grad():
     tp, tm = torch.tensor(prompt, dtype=torch.long), torch.tensor(mask)
     gen = dict(input_ids=tp, attention_mask=tm, pixel_values_videos=videos_t, do_sample=False,
                max_new_tokens=n_new, min_new_tokens=n_new, pad_token_id=0)
     theirs = ref.generate(**gen).numpy()[:, prompt.shape[1]:]  # warm-up
-    tt = min(_timed(lambda: ref.generate(**gen)) for _ in range(2))
+    jax_times, torch_times = [], []
+    for _ in range(args.steps):  # alternate, so load from other processes hits both alike
+      jax_times.append(_timed(lambda: run_jax().sequences.block_until_ready()))
+      torch_times.append(_timed(lambda: ref.generate(**gen)))
+  tj, tt = statistics.median(jax_times), statistics.median(torch_times)
   same = float(np.mean(np.asarray(ours.sequences) == theirs))
   tokens = batch * n_new
   print(f"greedy decode (batch {batch}, {video_tokens} video + {v['prompt_text']} text prompt, "

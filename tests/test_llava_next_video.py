@@ -308,9 +308,10 @@ def test_bf16_and_remat(pair):
   ids, mask, videos = _video_batch(model.config, np.random.default_rng(15))
   want = _logits(model, ids, mask, pixel_values_videos=videos)
   import dataclasses
-  remat = nnx.clone(model)
-  remat.config = dataclasses.replace(model.config, remat=True)
-  remat.language_model.config = remat.config.text_config
+  config = dataclasses.replace(model.config, remat=True)
+  assert config.vision_config.remat and config.text_config.remat  # one switch for the whole model
+  remat = nnx.eval_shape(lambda: lnv.LlavaNextVideoForConditionalGeneration(config, rngs=nnx.Rngs(0)))
+  nnx.update(remat, nnx.state(model))
   got = nnx.jit(lambda m: m(jnp.asarray(ids), jnp.asarray(mask), pixel_values_videos=videos).logits)(remat)
   assert np.abs(np.asarray(got) - want).max() < 1e-4
   bf16 = hf.from_pretrained(path, dtype=jnp.bfloat16)
