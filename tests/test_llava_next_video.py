@@ -322,10 +322,15 @@ def test_bf16_and_remat(pair):
 
 
 def test_weights_carry_logical_axes(pair):
-  _, _, model = pair
+  path, _, model = pair
   meta = model.multi_modal_projector.linear_1.kernel.get_metadata()
   assert (meta.get("out_sharding") or meta.get("sharding")) == ("embed", "mlp")
   assert model.image_newline.get_metadata().get("out_sharding") == ("embed",)
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  placed = hf.from_pretrained(path, mesh=mesh)  # loads straight onto the mesh
+  P = jax.sharding.PartitionSpec
+  assert placed.multi_modal_projector.linear_1.kernel[...].sharding.spec == P("fsdp", "tensor")
+  assert placed.language_model.model.layers[0].mlp.down_proj.kernel[...].sharding.spec == P("tensor", "fsdp")
 
 
 @pytest.mark.slow  # two SPMD compilations on 8 host devices
