@@ -119,3 +119,75 @@ def test_score_program_generator_separates_right_and_wrong_programs(world):
   assert good["answer_accuracy"] >= 0.75
   bad = pg.score_program_generator(world, _Echo(bodies, garbage=True), max_questions=4)
   assert bad["parsed"] == 0.0 and bad["answer_accuracy"] == 0.0
+
+
+# -- action / QA expert ---------------------------------------------------------------------------
+
+QA_TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+               num_key_value_heads=1, vision_hidden_size=16, vision_layers=1, batch_size=4,
+               learning_rate=1e-2, eval_videos=1)
+
+
+@pytest.fixture(scope="module")
+def qa_dir(world, tokenizer_dir, tmp_path_factory):
+  from aotd_jax.demo import qa_expert as qe
+  return qe.train_qa_expert(world, tokenizer_dir, tmp_path_factory.mktemp("qa"), steps=20,
+                            evaluate=False, **QA_TINY)
+
+
+def test_qa_expert_examples_cover_questions_and_actions(world, tokenizer_dir):
+  from aotd_jax.data import toyworld
+  from aotd_jax.demo import qa_expert as qe
+  truth = toyworld.load_ground_truth(world)["toy0_train_00000"]
+  records = [r for r in le.read_split(world, "train") if r.video_id == truth.video_id]
+  rows = qe.clip_examples(truth, records, np.random.default_rng(0), ["green square jumps"])
+  users = [u for _, _, u, _ in rows]
+  assert sum(u.startswith(records[0].question) for u in users) == 1
+  assert any(u.startswith("What actions happen in the video?\n(A)") for u in users)
+  assert any(u.startswith("What is the ") and t.split()[0] in
+             ("moves", "jumps", "spins", "grows", "appears", "disappears", "touches")
+             for _, _, u, t in rows)
+  for lo, hi, user, target in rows:
+    assert 0 <= lo < hi <= truth.num_frames
+    if "(A)" in user:  # multiple choice: the target is "(X) <that option>"
+      letter, text = target[1], target[4:]
+      assert f"({letter}) {text}\n" in user + "\n"
+
+
+def test_qa_expert_training_lowers_the_loss_and_binds_in_experts(world, qa_dir):
+  import experts
+  info = le.read_done(qa_dir)
+  assert info["final_loss"] < info["first_loss"] - 0.5 and info["train_examples"] > 10
+  config = experts.default_config()
+  config.ground_truth.path = world
+  config.action_recognizer = {"kind": "llava", "path": qa_dir}
+  config.video_qa = {"kind": "llava", "path": qa_dir}
+  box = experts.make_toolbox(config)
+  assert box.action_recognizer is box.video_qa or box.action_recognizer.model is box.video_qa.model
+  qa = le.read_split(world, "val")[0]
+  args = le.clip_args(world)(qa)
+  cands = ["red circle jumps", "blue square moves", "green triangle spins"]
+  got = box.tools()["Query_Actions"](args["video_clip"], possible_actions=cands)
+  assert len(got) == 1 and got[0] in cands
+  assert box.action_recognizer.recognize(args["video_clip"], None, cands)[0] in cands
+
+
+def test_score_qa_expert_reports_accuracy_and_action_top1(world, qa_dir):
+  from aotd_jax.demo import qa_expert as qe
+  from experts.backends import llava
+  scores = qe.score_qa_expert(world, llava.LlavaVideoQA(*llava.load(qa_dir)), max_videos=1)
+  assert scores["qa_n"] >= 1 and scores["action_n"] >= 1
+  assert 0.0 <= scores["qa_accuracy"] <= 1.0 and 0.0 <= scores["action_top1"] <= 1.0
+
+
+def test_qa_expert_is_cached_and_checks_its_arguments(world, tokenizer_dir, qa_dir, tmp_path):
+  from aotd_jax.demo import qa_expert as qe
+  stamp = os.path.getmtime(os.path.join(qa_dir, "model.safetensors"))
+  assert le.train_qa_expert(world, tokenizer_dir, qa_dir, steps=999) == qa_dir
+  assert os.path.getmtime(os.path.join(qa_dir, "model.safetensors")) == stamp
+  with pytest.raises(ValueError, match="steps=-1"):
+    qe.train_qa_expert(world, tokenizer_dir, tmp_path / "q", steps=-1)
+  with pytest.raises(ValueError, match="num_frame"):
+    qe.train_qa_expert(world, tokenizer_dir, tmp_path / "q", steps=1, num_frame=4)
+  with pytest.raises(le.LanguageExpertError, match="no tokenizer.json"):
+    qe.train_qa_expert(world, tmp_path, tmp_path / "q", steps=1)

@@ -40,6 +40,9 @@ def resolve_size(size: Mapping[str, Any], defaults: Mapping[str, Any], who: str)
     if k == "learning_rate":
       if not isinstance(v, (int, float)) or not v > 0:
         raise ValueError(f"{who}: learning_rate={v!r} must be a positive number")
+    elif isinstance(defaults[k], bool):
+      if not isinstance(v, bool):
+        raise ValueError(f"{who}: {k}={v!r} must be True or False")
     else:
       check_positive(k, v)
   return out
@@ -98,8 +101,9 @@ def one_device_trainer(model, steps: int, learning_rate: float):
 
 
 def fit(trainer, examples: Sequence[dict], *, steps: int, batch_size: int, seed: int,
-        pad_id: int) -> list[float]:
+        pad_id: int, collate_fn=None) -> list[float]:
   """`steps` optimiser steps over shuffled epochs of `examples`; returns the label losses."""
+  collate_fn = collate if collate_fn is None else collate_fn
   rng = np.random.default_rng(seed)
   order: list[int] = []
   losses = []
@@ -107,7 +111,7 @@ def fit(trainer, examples: Sequence[dict], *, steps: int, batch_size: int, seed:
     while len(order) < batch_size:
       order += list(rng.permutation(len(examples)))
     idx, order = order[:batch_size], order[batch_size:]
-    losses.append(trainer.train_step(collate([examples[i] for i in idx], pad_id)).label_loss)
+    losses.append(trainer.train_step(collate_fn([examples[i] for i in idx], pad_id)).label_loss)
   return losses
 
 

@@ -86,4 +86,7 @@ class LlavaVideoQA:
     question = (OBJECT_ACTIONS_PROMPT.format(object=object_name) if object_name
                 else ACTIONS_PROMPT)
     reply = self.answer(clip, question, candidates)
+    if reply and candidates:  # the protocol: labels drawn from the candidates ("(B) x" -> x)
+      from experts.tools import snap_to_choice
+      reply = snap_to_choice(reply, list(candidates))
     return [reply] if reply else []
