@@ -80,7 +80,8 @@ def build_word_tokenizer(words: Sequence[str], out_dir: str, *,
   tok.normalizer = normalizers.Lowercase()
   tok.pre_tokenizer = pre_tokenizers.Whitespace()
   tok.post_processor = processors.TemplateProcessing(
-      single="[BOS] $A [EOS]", special_tokens=[("[BOS]", vocab["[BOS]"]), ("[EOS]", vocab["[EOS]"])])
+      single="[BOS] $A [EOS]",
+      special_tokens=[("[BOS]", vocab["[BOS]"]), ("[EOS]", vocab["[EOS]"])])
   os.makedirs(out_dir, exist_ok=True)
   tok.save(os.path.join(out_dir, "tokenizer.json"))
   with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
@@ -186,7 +187,8 @@ def _giou(a, b):
   area = lambda x: jnp.prod(jnp.clip(x[..., 2:] - x[..., :2], 0), -1)
   union = area(a) + area(b) - inter
   iou = inter / jnp.maximum(union, 1e-9)
-  hull = jnp.prod(jnp.clip(jnp.maximum(a[..., 2:], b[..., 2:]) - jnp.minimum(a[..., :2], b[..., :2]), 0), -1)
+  hull_wh = jnp.maximum(a[..., 2:], b[..., 2:]) - jnp.minimum(a[..., :2], b[..., :2])
+  hull = jnp.prod(jnp.clip(hull_wh, 0), -1)
   return iou - (hull - union) / jnp.maximum(hull, 1e-9)
 
 
@@ -205,7 +207,8 @@ def detector_loss(model, frames, boxes, labels, patches, valid, ids, mask):
   num_pos = jnp.maximum(valid.sum(), 1.0)
   cls = optax.sigmoid_focal_loss(out.logits, pos, alpha=0.25, gamma=2.0).sum() / num_pos
   pred = out.pred_boxes[rows, patches]  # (B, K, 4) cxcywh
-  gt_c = jnp.concatenate([(boxes[..., :2] + boxes[..., 2:]) / 2, boxes[..., 2:] - boxes[..., :2]], -1)
+  gt_c = jnp.concatenate([(boxes[..., :2] + boxes[..., 2:]) / 2,
+                          boxes[..., 2:] - boxes[..., :2]], -1)
   l1 = (jnp.abs(pred - gt_c).sum(-1) * valid).sum() / num_pos
   giou = ((1 - _giou(_xyxy(pred), boxes)) * valid).sum() / num_pos
   obj_t = jnp.zeros((b, p)).at[rows, patches].max(valid)
@@ -316,30 +319,37 @@ def grounder_configs(vocab_size: int, *, image_size: int = 32, patch_size: int =
 
 
 def frame_states(truths, frames, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-  """Every frame, and its state target: per object name (visible, cx, cy, w, h) in 0-1."""
+  """Every frame, and its target (N, objects, 5 + actions): per object name (visible, cx,
+  cy, w, h) in 0-1 of the frame, then one flag per action it is doing in that frame."""
+  from aotd_jax.data.toyworld_render import ACTIONS
   index = {n: i for i, n in enumerate(names)}
   out_f, out_s = [], []
   for truth, clip in zip(truths, frames):
     side = float(max(clip.shape[1], clip.shape[2]))
     for t in range(min(len(clip), truth.num_frames)):
-      st = np.zeros((len(names), 5), np.float32)
+      st = np.zeros((len(names), 5 + len(ACTIONS)), np.float32)
       for i, name in enumerate(truth.names):
         if truth.visible[t, i]:
           x0, y0, x1, y1 = truth.boxes[t, i] / side
-          st[index[name]] = (1.0, (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0)
+          st[index[name], :5] = (1.0, (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0)
+      for e in truth.events:
+        if e["start_frame"] <= t <= e["end_frame"]:
+          st[index[e["object"]], 5 + ACTIONS.index(e["action"])] = 1.0
       out_f.append(clip[t])
       out_s.append(st)
   return np.stack(out_f), np.stack(out_s)
 
 
 def frame_state_loss(models, pixels, states):
-  """Stage 1: CLIP's pooled image feature must tell where every object is (a linear probe)."""
+  """Stage 1: CLIP's pooled image feature must tell where every object is and what it is
+  doing (a linear probe; single frames show it only partly, the grounder adds time)."""
   clip_model, probe = models
   pred = probe(clip_model.get_image_features(pixels)).reshape(states.shape)
   vis = states[..., 0]
   bce = optax.sigmoid_binary_cross_entropy(pred[..., 0], vis).mean()
-  geo = (jnp.abs(jax.nn.sigmoid(pred[..., 1:]) - states[..., 1:]).sum(-1) * vis).sum()
-  return bce + 4.0 * geo / jnp.maximum(vis.sum(), 1.0)
+  geo = (jnp.abs(jax.nn.sigmoid(pred[..., 1:5]) - states[..., 1:5]).sum(-1) * vis).sum()
+  act = optax.sigmoid_binary_cross_entropy(pred[..., 5:], states[..., 5:]).sum(-1).mean()
+  return bce + 4.0 * geo / jnp.maximum(vis.sum(), 1.0) + act
 
 
 def _l2(x):
@@ -355,14 +365,17 @@ def grounding_samples(truths, frames, fps: float, clip_length: float):
 
 def train_grounder(world_dir: str, out_dir: str, *, steps: int, seed: int = 0,
                    batch_size: int = 32, lr: float = 3e-3, clip_steps: int | None = None,
-                   clip_lr: float = 3e-2, log_every: int = 0, **size) -> str:
+                   vtg_steps: int | None = None, clip_lr: float = 3e-2, log_every: int = 0,
+                   **size) -> str:
   """Trains a tiny CLIP + UniVTG to ground toy-world actions; returns `out_dir`.
 
-  Stage 1 (`clip_steps`, default 2 * `steps`, learning rate `clip_lr`): the CLIP vision tower learns, through a linear
-  probe dropped afterwards, to put every object's visibility and box into its pooled image
-  feature (the feature the grounder backend computes). Stage 2 (`steps`): UniVTG trains with
-  its own criterion on those frozen features and the CLIP text tower's token states, exactly
-  as the backend computes them. Writes `out_dir/univtg.ckpt` (official layout) and
+  `steps` is the budget unit: stage 1 runs `clip_steps` (default 2 * steps, learning rate
+  `clip_lr`), stage 2 `vtg_steps` (default 2 * steps, learning rate `lr`).
+  Stage 1: the CLIP vision tower learns, through a linear probe dropped afterwards, to put
+  every object's visibility, box and current actions into its pooled image feature (the
+  feature the grounder backend computes). Stage 2: UniVTG trains with its own criterion on
+  those frozen features and the CLIP text tower's token states, exactly as the backend
+  computes them. Writes `out_dir/univtg.ckpt` (official layout) and
   `out_dir/clip/` (HF CLIP + tokenizer); bind with `grounder_section(out_dir)`.
   size: `grounder_configs` keywords. Cached: returns at once if `out_dir/DONE` exists.
   """
@@ -371,6 +384,8 @@ def train_grounder(world_dir: str, out_dir: str, *, steps: int, seed: int = 0,
   _check_steps(steps)
   clip_steps = 2 * steps if clip_steps is None else clip_steps
   _check_steps(clip_steps)
+  steps = 2 * steps if vtg_steps is None else vtg_steps
+  _check_steps(steps)
   from aotd_jax import hf
   from aotd_jax.data import toyworld
   from aotd_jax.data.video_processing import preprocess_video
@@ -392,7 +407,7 @@ def train_grounder(world_dir: str, out_dir: str, *, steps: int, seed: int = 0,
   # Stage 1: frame states into the pooled CLIP feature.
   all_frames, states = frame_states(truths, frames, names)
   pixels = preprocess_video(all_frames, shortest_edge=img, crop_size=img)
-  probe = nnx.Linear(clip_cfg.projection_dim, len(names) * 5, rngs=rngs)
+  probe = nnx.Linear(clip_cfg.projection_dim, states[0].size, rngs=rngs)
   stage1 = nnx.List([clip_model, probe])
   opt1 = _optimizer(stage1, clip_lr, clip_steps)
 
