@@ -115,6 +115,25 @@ def fit(trainer, examples: Sequence[dict], *, steps: int, batch_size: int, seed:
   return losses
 
 
+def save_expert(model, tokenizer, out_dir: str, info: dict, losses: Sequence[float],
+                score=None) -> str:
+  """Saves model + tokenizer (HF layout), scores it (`score(model) -> dict`, stored as
+  `info["val"]`), then writes `scores.json` and, last, the `DONE` marker."""
+  from aotd_jax import hf
+  t0 = time.perf_counter()
+  os.makedirs(out_dir, exist_ok=True)
+  hf.save_pretrained(model, out_dir)
+  tokenizer.save_pretrained(out_dir)
+  info = dict(info, first_loss=losses[0], final_loss=float(np.mean(losses[-10:])))
+  if score is not None:
+    info["val"] = score(model)
+  info["seconds"] = round(info.get("train_seconds", 0.0) + time.perf_counter() - t0, 2)
+  with open(os.path.join(out_dir, "scores.json"), "w") as f:
+    json.dump(info, f, indent=1, sort_keys=True)
+  mark_done(out_dir, info)
+  return out_dir
+
+
 def build_model(tokenizer, size: Mapping[str, Any], seed: int):
   """A fresh tiny `LlamaForCausalLM` whose vocabulary is the tokenizer's."""
   from flax import nnx
@@ -196,20 +215,12 @@ def train_program_generator(world_dir: str | os.PathLike, tokenizer_dir: str | o
   model = trainer.sync_model()
   train_s = time.perf_counter() - t0
 
-  from aotd_jax import hf
-  os.makedirs(out_dir, exist_ok=True)
-  hf.save_pretrained(model, out_dir)
-  tokenizer.save_pretrained(out_dir)
   info = {"steps": steps, "seed": seed, "size": size, "train_examples": len(examples),
-          "first_loss": losses[0], "final_loss": float(np.mean(losses[-10:])),
           "train_seconds": round(train_s, 2), "prompt": "language_experts.program_prompt"}
-  if evaluate:
+
+  def score(model):
     from aotd_jax.agent.llm import LocalLlama
     llm = LocalLlama(model=model, tokenizer=tokenizer, max_batch=16)
-    info["val"] = score_program_generator(world_dir, llm, max_questions=size["eval_questions"],
-                                          max_new_tokens=size["max_new_tokens"])
-  info["seconds"] = round(time.perf_counter() - t0, 2)
-  with open(os.path.join(out_dir, "scores.json"), "w") as f:
-    json.dump(info, f, indent=1, sort_keys=True)
-  mark_done(out_dir, info)
-  return out_dir
+    return score_program_generator(world_dir, llm, max_questions=size["eval_questions"],
+                                   max_new_tokens=size["max_new_tokens"])
+  return save_expert(model, tokenizer, out_dir, info, losses, score if evaluate else None)

@@ -29,10 +29,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from aotd_jax.demo.language_experts import (LanguageExpertError, is_done, mark_done,
-                                            read_split)
-from aotd_jax.demo.program_generator import (load_tokenizer, one_device_trainer, fit,
-                                             resolve_size)
+from aotd_jax.demo.language_experts import LanguageExpertError, is_done, read_split
+from aotd_jax.demo.program_generator import (fit, load_tokenizer, one_device_trainer,
+                                             resolve_size, save_expert)
 
 DEFAULT_SIZE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                     num_attention_heads=4, num_key_value_heads=2, vision_hidden_size=32,
@@ -219,19 +218,11 @@ def train_qa_expert(world_dir: str | os.PathLike, tokenizer_dir: str | os.PathLi
   model = trainer.sync_model()
   train_s = time.perf_counter() - t0
 
-  from aotd_jax import hf
-  os.makedirs(out_dir, exist_ok=True)
-  hf.save_pretrained(model, out_dir)
-  tokenizer.save_pretrained(out_dir)
   info = {"steps": steps, "seed": seed, "size": size, "train_examples": len(examples),
-          "first_loss": losses[0], "final_loss": float(np.mean(losses[-10:])),
           "train_seconds": round(train_s, 2)}
-  if evaluate:
+
+  def score(model):
     from experts.backends.llava import LlavaVideoQA
     backend = LlavaVideoQA(model, tokenizer, name="llava:eval", num_frames=size["num_frames"])
-    info["val"] = score_qa_expert(world_dir, backend, max_videos=size["eval_videos"])
-  info["seconds"] = round(time.perf_counter() - t0, 2)
-  with open(os.path.join(out_dir, "scores.json"), "w") as f:
-    json.dump(info, f, indent=1, sort_keys=True)
-  mark_done(out_dir, info)
-  return out_dir
+    return score_qa_expert(world_dir, backend, max_videos=size["eval_videos"])
+  return save_expert(model, tokenizer, out_dir, info, losses, score if evaluate else None)
