@@ -81,17 +81,23 @@ def test_sharded_training_matches_one_device(arch):
   np.testing.assert_allclose(eight, one, atol=1e-4, rtol=1e-4)
 
 
+# Bit-exact comparisons across processes need deterministic kernels: XLA's multi-threaded CPU
+# matmuls may split reductions differently from one run to the next on a busy machine.
+DETERMINISTIC = dict(XLA_FLAGS="--xla_cpu_multi_thread_eigen=false", OMP_NUM_THREADS="1")
+
+
 def _train(workdir, *overrides, arch="llama", check=True):
   cmd = [sys.executable, "-m", "launch.train", f"--config={ROOT}/configs/distill/toy.py:{arch}",
          f"--workdir={workdir}", *overrides]
-  env = dict(os.environ, XLA_FLAGS="")
+  env = dict(os.environ, **DETERMINISTIC)
   return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300,
                         check=False)
 
 
 def _export(workdir, out):
   r = subprocess.run([sys.executable, "-m", "aotd_jax.hf", "export", f"--orbax_dir={workdir}/checkpoints",
-                      f"--hf_dir={out}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                      f"--hf_dir={out}"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                     env=dict(os.environ, **DETERMINISTIC))
   assert r.returncode == 0, r.stderr[-3000:]
   from aotd_jax.hf import io
   return io.read_tensors(str(out))[0]
@@ -125,7 +131,7 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
   cmd = [sys.executable, "-m", "launch.train", f"--config={ROOT}/configs/distill/toy.py:llama",
          f"--workdir={tmp_path}", "--config.total_steps=100000", "--config.checkpoint_every=1000"]
   proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          env=dict(os.environ, XLA_FLAGS=""))
+                          env=dict(os.environ, **DETERMINISTIC))
   metrics = tmp_path / "metrics.jsonl"
   deadline = time.time() + 120
   while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size > 0):
