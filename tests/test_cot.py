@@ -2,6 +2,7 @@
 import dataclasses
 
 from aotd_jax.agent import cot
+from fixtures.scripted_llm import ScriptedLLM
 
 
 def clip(start, end, **extra):
@@ -116,15 +117,6 @@ def test_missing_evidence_names_what_is_left_out():
   missing = cot.missing_evidence(text, TRACE)
   assert missing == ["the red circle at [10, 20, 30, 44.5] in frame 12",
                      "the red circle at [11, 5, 31, 25] in frame 20"]
-
-
-class ScriptedLLM:
-  def __init__(self, replies):
-    self.replies, self.prompts = list(replies), []
-
-  def complete(self, prompts, *, max_new_tokens, temperature=0.0, stop=None):
-    self.prompts += list(prompts)
-    return [self.replies.pop(0) for _ in prompts]
 
 
 def test_rewrite_prompt_carries_trace_and_rules():

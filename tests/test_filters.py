@@ -2,6 +2,7 @@
 import pytest
 
 from aotd_jax.agent import cot, filters
+from fixtures.scripted_llm import ScriptedLLM
 
 CHOICES = ["The clothes.", "The pillow.", "The bag.", "The box."]
 
@@ -50,15 +51,6 @@ def test_check_answer_open_ended_match_or_defer_to_judge():
 ])
 def test_parse_yes_no(reply, said):
   assert filters.parse_yes_no(reply) is said
-
-
-class ScriptedLLM:
-  def __init__(self, replies):
-    self.replies, self.prompts = list(replies), []
-
-  def complete(self, prompts, *, max_new_tokens, temperature=0.0, stop=None):
-    self.prompts += list(prompts)
-    return [self.replies.pop(0) for _ in prompts]
 
 
 def test_llm_judges_parse_and_count_unparsable_as_fail():

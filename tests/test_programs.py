@@ -5,6 +5,7 @@ import re
 import pytest
 
 from aotd_jax.agent import programs
+from fixtures.scripted_llm import ScriptedLLM
 
 CONTRACT_TOOLS = {"Query_Objs", "Query_Actions", "Filter_frames_with_act", "Filter_frames_with_obj",
                   "trim", "Find", "exist", "select_answer", "Video_summary", "Count"}
@@ -146,17 +147,6 @@ def test_primed_prefix():
 def test_no_program_is_counted_failure(reply, reason):
   result = programs.parse_program(reply)
   assert not result.ok and reason in result.error
-
-
-class ScriptedLLM:
-  """Returns canned replies in order; records the prompts it got."""
-
-  def __init__(self, replies):
-    self.replies, self.prompts = list(replies), []
-
-  def complete(self, prompts, *, max_new_tokens, temperature=0.0, stop=None):
-    self.prompts += list(prompts)
-    return [self.replies.pop(0) for _ in prompts]
 
 
 def test_generate_programs_counts_failures():

@@ -10,6 +10,13 @@ from typing import Any, Iterable, Sequence
 Overrides = list[dict[str, Any]]
 
 
+def _merge(overrides: Sequence[dict[str, Any]]) -> dict[str, Any]:
+  merged: dict[str, Any] = {}
+  for d in overrides:
+    merged.update(d)
+  return merged
+
+
 class Hyper:
   """The `h` passed to `get_hyper(h)`."""
 
@@ -23,26 +30,14 @@ class Hyper:
 
   @staticmethod
   def product(parts: Sequence[Overrides]) -> Overrides:
-    out = []
-    for combo in itertools.product(*parts):
-      merged: dict[str, Any] = {}
-      for d in combo:
-        merged.update(d)
-      out.append(merged)
-    return out
+    return [_merge(combo) for combo in itertools.product(*parts)]
 
   @staticmethod
   def zip(parts: Sequence[Overrides]) -> Overrides:
     lengths = {len(p) for p in parts}
     if len(lengths) > 1:
       raise ValueError(f"h.zip needs sweeps of equal length, got {sorted(lengths)}")
-    out = []
-    for combo in zip(*parts):
-      merged: dict[str, Any] = {}
-      for d in combo:
-        merged.update(d)
-      out.append(merged)
-    return out
+    return [_merge(combo) for combo in zip(*parts)]
 
   @staticmethod
   def chain(parts: Sequence[Overrides]) -> Overrides:
