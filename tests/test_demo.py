@@ -9,6 +9,8 @@ import sys
 import pytest
 
 from aotd_jax.data import annotations
+from aotd_jax.demo import agent as demo_agent
+from aotd_jax.demo import common
 from aotd_jax.demo import report as report_lib
 from aotd_jax.demo import run as demo
 from configs import demo as demo_config
@@ -43,7 +45,7 @@ def test_every_stage_leaves_its_output(micro):
   assert set(rep["experts"]["sources"]) == set(demo.EXPERT_ROLES)
   for role, info in json.loads((w / "experts" / "experts.json").read_text()).items():
     if info["source"] == "trained":
-      assert os.path.isfile(os.path.join(info["path"], demo.DONE)), role
+      assert os.path.isfile(os.path.join(info["path"], common.DONE)), role
   # CoTs: every train question processed once, the two-step filter is a funnel
   c = rep["cot"]
   train_qids = _split_qids(workdir, "train")
@@ -60,7 +62,7 @@ def test_every_stage_leaves_its_output(micro):
   for name in STUDENTS:
     info = rep["students"][name]["train"][0]
     assert (pathlib.Path(info["path"]) / "config.json").is_file()
-    assert (pathlib.Path(info["path"]) / demo.DONE).is_file()
+    assert (pathlib.Path(info["path"]) / common.DONE).is_file()
   assert rep["students"]["instruct"]["train"][0]["cot_files"] == []
   assert rep["students"]["aotd"]["train"][0]["cot_files"] == [c["filtered_path"]]
   assert rep["students"]["aotd_unfiltered"]["train"][0]["cot_files"] == [c["unfiltered_path"]]
@@ -120,13 +122,13 @@ def test_student_and_agent_measured_on_the_same_questions(micro):
 @pytest.mark.slow
 def test_rerun_resumes_from_the_cache_and_cli_prints_the_table(micro):
   workdir, rep, _ = micro
-  done = {n: os.path.getmtime(os.path.join(rep["students"][n]["train"][0]["path"], demo.DONE))
+  done = {n: os.path.getmtime(os.path.join(rep["students"][n]["train"][0]["path"], common.DONE))
           for n in STUDENTS}
   lines = []
   again = demo.run(demo_config.get_config("micro"), workdir, log=lines.append)
   assert again["students"]["aotd"]["accuracy"] == rep["students"]["aotd"]["accuracy"]
   assert again["cot"] == rep["cot"] and again["efficiency"] == rep["efficiency"]
-  assert {n: os.path.getmtime(os.path.join(rep["students"][n]["train"][0]["path"], demo.DONE))
+  assert {n: os.path.getmtime(os.path.join(rep["students"][n]["train"][0]["path"], common.DONE))
           for n in STUDENTS} == done
   assert again["seconds"] < rep["seconds"]
   r = subprocess.run([sys.executable, "-m", "launch.demo", "--config=configs/demo.py:micro",
@@ -150,19 +152,32 @@ def test_config_variants_and_bad_variant():
 def test_corrupt_stage_summary_names_the_file(tmp_path):
   bad = tmp_path / "summary.json"
   bad.write_text("{not json")
-  with pytest.raises(demo.DemoError, match="summary.json: corrupt stage summary"):
-    demo.cached(str(bad), lambda: {})
-  assert demo.cached(str(tmp_path / "new.json"), lambda: {"a": 1}) == {"a": 1}
-  assert demo.cached(str(tmp_path / "new.json"), lambda: {"a": 2}) == {"a": 1}  # cached
+  with pytest.raises(common.DemoError, match="summary.json: corrupt stage summary"):
+    common.cached(str(bad), lambda: {})
+  assert common.cached(str(tmp_path / "new.json"), lambda: {"a": 1}) == {"a": 1}
+  assert common.cached(str(tmp_path / "new.json"), lambda: {"a": 2}) == {"a": 1}  # cached
+
+
+def test_rerun_with_another_config_is_refused(tmp_path):
+  c = demo_config.get_config("micro")
+  common.check_config_stamp(c, str(tmp_path))
+  c.efficiency.questions = 1  # measurement settings may change between reruns
+  common.check_config_stamp(c, str(tmp_path))
+  c.students.steps = 99
+  with pytest.raises(common.DemoError, match=r"sections \['students'\] differ"):
+    common.check_config_stamp(c, str(tmp_path))
+  (tmp_path / "config.json").write_text("{")
+  with pytest.raises(common.DemoError, match="config.json: corrupt config stamp"):
+    common.check_config_stamp(c, str(tmp_path))
 
 
 def test_bad_expert_source_and_unknown_student(tmp_path):
   c = demo_config.get_config("micro")
   c.experts.detector.source = "magic"
-  with pytest.raises(demo.DemoError, match=r"experts.detector.source='magic'"):
+  with pytest.raises(common.DemoError, match=r"experts.detector.source='magic'"):
     demo.experts_stage(c, str(tmp_path), str(tmp_path), str(tmp_path))
   c = demo_config.get_config("micro")
-  with pytest.raises(demo.DemoError, match="unknown student 'teacher'"):
+  with pytest.raises(common.DemoError, match="unknown student 'teacher'"):
     demo.student_stage(c, str(tmp_path), "teacher", 0, str(tmp_path), str(tmp_path), {})
 
 
@@ -170,12 +185,12 @@ def test_bad_program_source_is_refused(tmp_path):
   c = demo_config.get_config("micro")
   c.agent.programs = "oracle"
   info = {r: {"source": "oracle", "path": ""} for r in demo.EXPERT_ROLES}
-  with pytest.raises(demo.DemoError, match="config.agent.programs='oracle'"):
-    demo.build_agent(c, str(tmp_path), info, sandbox=None, fallback_log=str(tmp_path / "f"))
+  with pytest.raises(common.DemoError, match="config.agent.programs='oracle'"):
+    demo_agent.build_agent(c, str(tmp_path), info, sandbox=None, fallback_log=str(tmp_path / "f"))
   c.agent.programs, c.agent.fallback_to_gold = "llm", False
   info["program"]["source"] = "none"
-  with pytest.raises(demo.DemoError, match="needs a trained program generator"):
-    demo.build_agent(c, str(tmp_path), info, sandbox=None, fallback_log=str(tmp_path / "f"))
+  with pytest.raises(common.DemoError, match="needs a trained program generator"):
+    demo_agent.build_agent(c, str(tmp_path), info, sandbox=None, fallback_log=str(tmp_path / "f"))
 
 
 def test_program_writer_falls_back_to_gold_and_counts(tmp_path):
@@ -191,13 +206,13 @@ def test_program_writer_falls_back_to_gold_and_counts(tmp_path):
       return ["    return possible_answers[1]\n", "no code here (((", ][:len(prompts)]
 
   log = tmp_path / "fallbacks.jsonl"
-  writer = demo.ProgramWriter(Chatter(), prompt=lambda q, c: q, max_new_tokens=8,
+  writer = demo_agent.ProgramWriter(Chatter(), prompt=lambda q, c: q, max_new_tokens=8,
                               fallback_to_gold=True, fallback_log=str(log))
   out = writer([QA("q1", gold), QA("q2", gold)])
   assert "possible_answers[1]" in out[0].source  # the LLM's own program, primed with the def
   assert out[1].source == gold
   assert [json.loads(l)["qid"] for l in log.read_text().splitlines()] == ["q2"]
-  strict = demo.ProgramWriter(Chatter(), prompt=lambda q, c: q, max_new_tokens=8,
+  strict = demo_agent.ProgramWriter(Chatter(), prompt=lambda q, c: q, max_new_tokens=8,
                               fallback_to_gold=False, fallback_log=str(log))
   assert not strict([QA("q1", gold), QA("q2", gold)])[1].ok
 

@@ -179,7 +179,8 @@ Total {rep['seconds']:.0f} s.</p>
 {_html_table(header, rows)}
 <img alt="accuracy per type" src="data:image/png;base64,{png}">
 <h2>CoT funnel (train split)</h2>{funnel}
-<h2>Experts</h2><p>{html.escape(sources)}</p>{experts}
+<h2>Experts (sub-task harness, held-out test split)</h2><p>{html.escape(sources)}</p>{experts}
+<pre>{html.escape(e.get("table") or "")}</pre>
 <h2>Rationale grounding (AoTD student)</h2>
 <p>box IoU {_num(g['box_iou'])}, window IoU {_num(g['window_iou'])}</p>
 <h2>Efficiency (same {x['questions']} test questions, {html.escape(x['memory_kind'])})</h2>
