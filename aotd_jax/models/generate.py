@@ -33,11 +33,21 @@ def _left_pad(x: np.ndarray, width: int, value=0) -> np.ndarray:
   return np.pad(x, pad, constant_values=value)
 
 
+def _argmax(logits):
+  """The first index of the maximum (jnp.argmax) as two plain reductions: XLA CPU runs argmax's
+  (value, index) pair reduction serially, ~0.5 ms per decode step over an 8k vocabulary."""
+  iota = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+  top = jnp.max(logits, axis=-1, keepdims=True)
+  nan = jnp.isnan(logits)
+  hit = jnp.where(jnp.any(nan, axis=-1, keepdims=True), nan, logits == top)  # argmax: NaN is the max
+  return jnp.min(jnp.where(hit, iota, logits.shape[-1]), axis=-1)
+
+
 def _pick(logits, rng, temperature, top_p, sample: bool):
   """Greedy argmax, or sampling at `temperature` from the top-p nucleus."""
   logits = logits.astype(jnp.float32)
   if not sample:
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return _argmax(logits)
   logits = logits / temperature
   order = jnp.argsort(-logits, axis=-1)
   sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
