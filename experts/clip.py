@@ -170,3 +170,28 @@ class VideoClip:
   def __repr__(self) -> str:
     return (f"VideoClip(video_id={self.video_id!r}, frames {self.start_frame}..{self.end_frame}, "
             f"num_frames={self.num_frames}, fps={self.fps:g})")
+
+
+def question_clip(path: str, *, start: float | None = None, end: float | None = None,
+                  max_frames: int = 24, video_id: str | None = None) -> VideoClip:
+  """The [start, end] seconds window of a video as a `VideoClip`, uniformly subsampled to at
+  most `max_frames` frames; frame ids keep the source video's numbering."""
+  from aotd_jax.data import video
+  info = video.probe(path)
+  first = 0 if start is None else max(0, int(start * info.fps))
+  last = info.num_frames if end is None else min(info.num_frames, int(end * info.fps))
+  ids = np.arange(first, max(last, first + 1))
+  if len(ids) > max_frames:
+    ids = ids[np.linspace(0, len(ids) - 1, max_frames).round().astype(int)]
+  return VideoClip(video.decode_frames(path, ids), start_frame=int(ids[0]),
+                   end_frame=int(ids[-1]) + 1, fps=info.fps, video_id=video_id, frame_ids=ids)
+
+
+def clip_args(video_path, max_frames: int = 24):
+  """`qa -> execute_command arguments`: the question's window of its video (`video_path(qa)`)
+  as `video_clip`, its text as `query`, its choices as `possible_answers`."""
+  def make(qa) -> dict:
+    clip = question_clip(video_path(qa), start=qa.start, end=qa.end, max_frames=max_frames,
+                         video_id=qa.video_id)
+    return {"video_clip": clip, "query": qa.question, "possible_answers": list(qa.choices)}
+  return make

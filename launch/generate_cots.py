@@ -59,25 +59,8 @@ def video_path(config) -> Callable[[annotations.VideoQA], str | None]:
 
 def clip_args(config) -> Callable[[annotations.VideoQA], dict]:
   """The default `make_args`: decodes the question's window of its video into a VideoClip."""
-  import numpy as np
-
-  from aotd_jax.data import video
-  from experts import VideoClip
-  where = video_path(config)
-
-  def make(qa):
-    path = where(qa)
-    info = video.probe(path)
-    first = 0 if qa.start is None else max(0, int(qa.start * info.fps))
-    last = info.num_frames if qa.end is None else min(info.num_frames, int(qa.end * info.fps))
-    ids = np.arange(first, max(last, first + 1))
-    if len(ids) > config.max_frames:  # uniform subsample; ids keep source numbering
-      ids = ids[np.linspace(0, len(ids) - 1, config.max_frames).round().astype(int)]
-    frames = video.decode_frames(path, ids)
-    clip = VideoClip(frames, start_frame=int(ids[0]), end_frame=int(ids[-1]) + 1, fps=info.fps,
-                     video_id=qa.video_id, frame_ids=ids)
-    return {"video_clip": clip, "query": qa.question, "possible_answers": list(qa.choices)}
-  return make
+  from experts.clip import clip_args as make_clip_args
+  return make_clip_args(video_path(config), config.max_frames)
 
 
 def load_questions(config) -> list[annotations.VideoQA]:

@@ -14,7 +14,6 @@ import time
 from typing import Callable, Mapping, Sequence
 
 import ml_collections
-import numpy as np
 
 from aotd_jax.agent import cot, job, programs
 from aotd_jax.demo.common import DemoError, cached, read_split, trainer
@@ -116,23 +115,9 @@ def build_agent(config, world_dir: str, experts_info: Mapping, sandbox, fallback
 
 
 def clip_args(video_dir: str, max_frames: int) -> Callable:
-  """qa -> `execute_command` arguments: the question's window of its clip as a `VideoClip`
-  (uniformly subsampled to `max_frames`; frame ids keep the video's numbering)."""
-  from aotd_jax.data import video
-  from experts import VideoClip
-
-  def make(qa):
-    path = os.path.join(video_dir, f"{qa.video_id}.mp4")
-    info = video.probe(path)
-    first = 0 if qa.start is None else max(0, int(qa.start * info.fps))
-    last = info.num_frames if qa.end is None else min(info.num_frames, int(qa.end * info.fps))
-    ids = np.arange(first, max(last, first + 1))
-    if len(ids) > max_frames:
-      ids = ids[np.linspace(0, len(ids) - 1, max_frames).round().astype(int)]
-    clip = VideoClip(video.decode_frames(path, ids), start_frame=int(ids[0]),
-                     end_frame=int(ids[-1]) + 1, fps=info.fps, video_id=qa.video_id, frame_ids=ids)
-    return {"video_clip": clip, "query": qa.question, "possible_answers": list(qa.choices)}
-  return make
+  """qa -> `execute_command` arguments: the question's window of its clip as a `VideoClip`."""
+  from experts.clip import clip_args as make_clip_args
+  return make_clip_args(lambda qa: os.path.join(video_dir, f"{qa.video_id}.mp4"), max_frames)
 
 
 def make_sandbox(config):

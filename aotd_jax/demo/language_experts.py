@@ -117,13 +117,10 @@ def oracle_tools(world_dir: str | os.PathLike) -> dict[str, Callable]:
 
 def clip_args(world_dir: str | os.PathLike, *, max_frames: int = 24) -> Callable[[Any], dict]:
   """qa -> `execute_command`'s arguments: its window of the world's mp4 as a `VideoClip`
-  (the CoT launcher's own `clip_args`, so programs here see what the agent's programs see)."""
-  import ml_collections
-
-  from launch.generate_cots import clip_args as launcher_clip_args
-  return launcher_clip_args(ml_collections.ConfigDict({
-      "data": {"video_dir": os.path.join(str(world_dir), "videos"), "video_ext": ".mp4"},
-      "max_frames": max_frames}))
+  (`experts.clip.clip_args`, as the CoT launcher builds them)."""
+  from experts.clip import clip_args as make_clip_args
+  videos = os.path.join(str(world_dir), "videos")
+  return make_clip_args(lambda qa: os.path.join(videos, f"{qa.video_id}.mp4"), max_frames)
 
 
 def run_programs(world_dir: str | os.PathLike, items: Iterable[tuple[Any, str]], *,
