@@ -150,17 +150,24 @@ def main(argv=None):
   compile_s = time.perf_counter() - start
   torch_loss = float(torch_step(ids_torch))
   print(f"first-step loss: jax {float(loss):.4f}  torch {torch_loss:.4f}  (jax compile+run {compile_s:.1f}s)")
-  jax_times, torch_times = [], []
+  jax_times, torch_times, jax_cpu, torch_cpu = [], [], [], []
   for _ in range(args.steps):
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     params, opt_state, loss = jax_step(params, opt_state, ids_jax)
     loss.block_until_ready()
     jax_times.append(time.perf_counter() - start)
+    jax_cpu.append(time.process_time() - cpu)
+    cpu = time.process_time()
     torch_times.append(_timed(lambda: torch_step(ids_torch)))
+    torch_cpu.append(time.process_time() - cpu)
   flops = train_flops(cfg, args.batch, args.seq, matmul_params)
   tj, tt = statistics.median(jax_times), statistics.median(torch_times)
   print(f"train step: jax {tj * 1e3:.0f} ms ({flops / tj / peak:.0%} of peak)  "
         f"torch {tt * 1e3:.0f} ms ({flops / tt / peak:.0%} of peak)  ->  jax/torch speed {tt / tj:.2f}x")
+  # CPU seconds of both thread pools: less sensitive to other processes than wall time on a
+  # loaded box (OpenMP spin-waiting counts against torch), never a substitute for a quiet run.
+  print(f"train step CPU time: jax {statistics.median(jax_cpu) * 1e3:.0f} ms  "
+        f"torch {statistics.median(torch_cpu) * 1e3:.0f} ms")
 
   # ---- greedy decode with a KV cache ----
   if args.skip_decode:
