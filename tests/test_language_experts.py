@@ -125,7 +125,7 @@ def test_score_program_generator_separates_right_and_wrong_programs(world):
 
 QA_TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                num_key_value_heads=1, vision_hidden_size=16, vision_layers=1, batch_size=4,
-               learning_rate=1e-2, eval_videos=1)
+               learning_rate=1e-2, eval_videos=1, vision_steps=2)
 
 
 @pytest.fixture(scope="module")
@@ -140,18 +140,36 @@ def test_qa_expert_examples_cover_questions_and_actions(world, tokenizer_dir):
   from aotd_jax.demo import qa_expert as qe
   truth = toyworld.load_ground_truth(world)["toy0_train_00000"]
   records = [r for r in le.read_split(world, "train") if r.video_id == truth.video_id]
-  rows = qe.clip_examples(truth, records, np.random.default_rng(0), ["green square jumps"])
+  rows = qe.clip_examples(truth, records, np.random.default_rng(0), ["green square jumps"],
+                          qa_permutations=3)
   users = [u for _, _, u, _ in rows]
-  assert sum(u.startswith(records[0].question) for u in users) == 1
+  assert sum(u.startswith(records[0].question + "\n") for u in users) == 3
   assert any(u.startswith("What actions happen in the video?\n(A)") for u in users)
   assert any(u.startswith("What is the ") and t.split()[0] in
              ("moves", "jumps", "spins", "grows", "appears", "disappears", "touches")
              for _, _, u, t in rows)
+  assert (qe.ANSWER_STYLE, qe.ACTION_STYLE) == ("letter", "text")
   for lo, hi, user, target in rows:
     assert 0 <= lo < hi <= truth.num_frames
-    if "(A)" in user:  # multiple choice: the target is "(X) <that option>"
-      letter, text = target[1], target[4:]
-      assert f"({letter}) {text}\n" in user + "\n"
+    if user.startswith("What actions happen"):  # the text of one of its options
+      assert f") {target}\n" in user + "\n"
+    elif "(A)" in user:  # a question: "(X)", an option of the prompt
+      assert len(target) == 3 and f"\n{target} " in user
+  for qa in records:  # every copy of a question points at its answer's text
+    for user, target in [(u, t) for _, _, u, t in rows if u.startswith(qa.question + "\n")]:
+      line = next(x for x in user.split("\n") if x.startswith(target + " "))
+      assert line[4:] == qa.answer
+
+
+def test_qa_expert_mc_target_styles(monkeypatch):
+  from aotd_jax.demo import qa_expert as qe
+  from experts.tools import snap_to_choice
+  choices = ["red circle jumps", "blue square moves", "green triangle spins"]
+  for style, want in [("letter", "(B)"), ("text", "blue square moves"),
+                      ("letter_text", "(B) blue square moves")]:
+    monkeypatch.setattr(qe, "ANSWER_STYLE", style)
+    assert qe.mc_target(choices, 1) == want
+    assert snap_to_choice(want, choices) == choices[1]
 
 
 def test_qa_expert_training_lowers_the_loss_and_binds_in_experts(world, qa_dir):
@@ -191,3 +209,53 @@ def test_qa_expert_is_cached_and_checks_its_arguments(world, tokenizer_dir, qa_d
     qe.train_qa_expert(world, tokenizer_dir, tmp_path / "q", steps=1, num_frame=4)
   with pytest.raises(le.LanguageExpertError, match="no tokenizer.json"):
     qe.train_qa_expert(world, tmp_path, tmp_path / "q", steps=1)
+
+
+def _tiny_hf_clip(path, hidden=24):
+  import transformers
+  cfg = transformers.CLIPConfig(
+      text_config=dict(vocab_size=16, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                       num_attention_heads=2, max_position_embeddings=16, bos_token_id=0,
+                       eos_token_id=1, pad_token_id=0),
+      vision_config=dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1,
+                         num_attention_heads=2, image_size=32, patch_size=8),
+      projection_dim=hidden)
+  model = transformers.CLIPModel(cfg).eval()
+  model.save_pretrained(path)
+  return model
+
+
+def test_qa_expert_loads_a_pretrained_clip_vision_tower(world, tokenizer_dir, tmp_path):
+  from aotd_jax import hf
+  from aotd_jax.demo import qa_expert as qe
+  ref = _tiny_hf_clip(tmp_path / "clip")
+  out = qe.train_qa_expert(world, tokenizer_dir, tmp_path / "q", steps=2, evaluate=False,
+                           vision_init=tmp_path / "clip", **QA_TINY)
+  info = le.read_done(out)
+  assert info["vision_init"] == str(tmp_path / "clip")
+  model = hf.from_pretrained(out)
+  vc = model.config.vision_config
+  assert (vc.hidden_size, vc.num_hidden_layers, vc.image_size) == (24, 1, 32)  # the CLIP's
+  tower = model.vision_tower.vision_model  # frozen: still the CLIP's weights after training
+  want = ref.vision_model.encoder.layers[0].self_attn.q_proj.weight.detach().numpy()
+  got = np.asarray(tower.encoder.layers[0].self_attn.q_proj.kernel[...])
+  np.testing.assert_allclose(got, want.T, atol=1e-6)
+  want = ref.vision_model.embeddings.patch_embedding.weight.detach().numpy()
+  got = np.asarray(tower.embeddings.patch_embedding.kernel[...])
+  np.testing.assert_allclose(np.sort(got.ravel()), np.sort(want.ravel()), atol=1e-6)
+
+
+def test_qa_expert_rejects_a_bad_vision_init(world, tokenizer_dir, program_dir, tmp_path):
+  from aotd_jax.demo import qa_expert as qe
+  with pytest.raises(le.LanguageExpertError, match=r"vision_init=.*nowhere.*no config.json"):
+    qe.train_qa_expert(world, tokenizer_dir, tmp_path / "q", steps=1,
+                       vision_init=tmp_path / "nowhere", **QA_TINY)
+  with pytest.raises(le.LanguageExpertError, match="is not a CLIP model"):
+    qe.train_qa_expert(world, tokenizer_dir, tmp_path / "q", steps=1,
+                       vision_init=program_dir, **QA_TINY)
+  assert not os.path.exists(tmp_path / "q" / le.DONE)
+
+
+def test_qa_expert_trains_its_own_vision_tower_by_default(qa_dir):
+  info = le.read_done(qa_dir)
+  assert info["vision_init"] == "stage1" and info["vision_steps"] == 2

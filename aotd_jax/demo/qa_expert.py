@@ -36,12 +36,21 @@ from aotd_jax.demo.program_generator import (fit, load_tokenizer, one_device_tra
 DEFAULT_SIZE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                     num_attention_heads=4, num_key_value_heads=2, vision_hidden_size=32,
                     vision_layers=2, image_size=32, patch_size=8, pool_stride=2, num_frames=8,
-                    freeze_vision_tower=True, batch_size=8,
-                    learning_rate=3e-3, eval_videos=10)
+                    freeze_vision_tower=True, batch_size=8, vision_steps=200,
+                    qa_permutations=3, learning_rate=3e-3, eval_videos=10)
+VISION_LR = 3e-2  # stage 1 (`vision_experts.train_frame_encoder`), the grounder's clip_lr
+# Multiple-choice targets: "letter" -> "(B)", "text" -> the option's text, "letter_text" ->
+# "(B) text" (the distillation format).
+ANSWER_STYLE = "letter"  # the toy world's questions
+ACTION_STYLE = "text"  # "What actions happen in the video?" (snapped to a candidate)
 
 
-def model_config(tokenizer, size) -> Any:
-  """The tiny LLaVA-NeXT-Video config (`TINY_LLAVA` resized; vocabulary = the tokenizer's)."""
+def model_config(tokenizer, size, vision: dict | None = None) -> Any:
+  """The tiny LLaVA-NeXT-Video config (`TINY_LLAVA` resized; vocabulary = the tokenizer's).
+
+  vision: the HF `vision_config` (e.g. a pretrained CLIP's); default: `TINY_LLAVA`'s resized
+  by `size` (vision_hidden_size, vision_layers, image_size, patch_size).
+  """
   from aotd_jax.hf import llava_next_video as adapter
   from configs.distill.toy import TINY_LLAVA
   text = dict(TINY_LLAVA["text_config"], vocab_size=len(tokenizer),
@@ -52,9 +61,10 @@ def model_config(tokenizer, size) -> Any:
               bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
               pad_token_id=tokenizer.pad_token_id)
   vd = size["vision_hidden_size"]
-  vision = dict(TINY_LLAVA["vision_config"], hidden_size=vd, intermediate_size=2 * vd,
-                num_hidden_layers=size["vision_layers"], image_size=size["image_size"],
-                patch_size=size["patch_size"], projection_dim=vd)
+  if vision is None:
+    vision = dict(TINY_LLAVA["vision_config"], hidden_size=vd, intermediate_size=2 * vd,
+                  num_hidden_layers=size["vision_layers"], image_size=size["image_size"],
+                  patch_size=size["patch_size"], projection_dim=vd)
   hf = dict(TINY_LLAVA, text_config=text, vision_config=vision,
             spatial_pool_stride=size["pool_stride"],
             video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
@@ -69,21 +79,43 @@ def _sentence(text: str) -> str:
   return text[0].upper() + text[1:] + "."
 
 
+def mc_target(choices: Sequence[str], index: int, style: str | None = None) -> str:
+  """The trained reply to a multiple-choice prompt (`style`, default `ANSWER_STYLE`); the
+  llava backend maps each form back to the choice (`snap_to_choice`, `filters.choice_index`)."""
+  from aotd_jax.data import conversation
+  style = ANSWER_STYLE if style is None else style
+  if style == "text":
+    return choices[index]
+  if style == "letter":
+    return f"({conversation.option_letter(index)})"
+  return conversation.answer_target(choices, choices[index], index)
+
+
 def _mc(question: str, candidates: Sequence[str], answer: str, rng) -> tuple[str, str]:
   """(user text, target) of a multiple-choice prompt, the answer at a random letter."""
   from aotd_jax.data import conversation
   cands = [c for c in dict.fromkeys(candidates) if c != answer][:3]
   cands.insert(int(rng.integers(len(cands) + 1)), answer)
   user = conversation.format_question(question, cands) + "\n" + conversation.ANSWER_SUFFIX
-  return user, conversation.answer_target(cands, answer, cands.index(answer))
+  return user, mc_target(cands, cands.index(answer), ACTION_STYLE)
+
+
+def _answer_index(qa) -> int:
+  if qa.answer_index is not None:
+    return int(qa.answer_index)
+  if qa.answer in qa.choices:
+    return list(qa.choices).index(qa.answer)
+  raise LanguageExpertError(f"question {qa.qid}: answer {qa.answer!r} is not one of its choices")
 
 
 def clip_examples(truth, records: Sequence, rng: np.random.Generator,
-                  vocabulary: Sequence[str]) -> list[tuple[int, int, str, str]]:
+                  vocabulary: Sequence[str], *,
+                  qa_permutations: int = 1) -> list[tuple[int, int, str, str]]:
   """(first frame, end frame, user text, target) of every training prompt of one clip.
 
   `vocabulary`: action phrases in the annotation's words ("red circle jumps") of the split,
-  the distractor pool of the event-window prompts.
+  the distractor pool of the event-window prompts. Each multiple-choice question appears
+  `qa_permutations` times: as annotated, then with its choices shuffled (balanced letters).
   """
   from aotd_jax.data import conversation
   from aotd_jax.data.toyworld_questions import event_text
@@ -92,8 +124,15 @@ def clip_examples(truth, records: Sequence, rng: np.random.Generator,
   out = []
   for qa in records:
     lo, hi = int(round(qa.start * truth.fps)), int(round(qa.end * truth.fps))
-    out.append((lo, hi, conversation.qa_user_text(qa.question, qa.choices),
-                conversation.answer_target(qa.choices, qa.answer, qa.answer_index)))
+    if not qa.choices:
+      out.append((lo, hi, conversation.qa_user_text(qa.question, qa.choices), qa.answer))
+      continue
+    choices = list(qa.choices)
+    for k in range(qa_permutations):
+      order = range(len(choices)) if k == 0 else rng.permutation(len(choices))
+      cands = [choices[int(j)] for j in order]
+      index = [int(j) for j in order].index(_answer_index(qa))
+      out.append((lo, hi, conversation.qa_user_text(qa.question, cands), mc_target(cands, index)))
   events, last = truth.events, truth.num_frames
   done = {(e["object"], e["action"]) for e in events}
   fake = [_sentence(event_text({"object": n, "action": a})) for n in truth.names
@@ -122,7 +161,7 @@ def clip_examples(truth, records: Sequence, rng: np.random.Generator,
 
 
 def build_examples(world_dir: str, split: str, tokenizer, config, *, num_frames: int,
-                   seed: int) -> list[dict]:
+                   seed: int, qa_permutations: int = 1) -> list[dict]:
   """Tokenised examples with their `pixel_values_videos` (T, 3, S, S) for one split."""
   from aotd_jax.data import conversation, toyworld, video
   from aotd_jax.data.toyworld_questions import event_text
@@ -143,7 +182,7 @@ def build_examples(world_dir: str, split: str, tokenizer, config, *, num_frames:
   for vid in ids:
     frames = video.decode_all(os.path.join(world_dir, "videos", f"{vid}.mp4"))
     for lo, hi, user, target in clip_examples(truths[vid], by_video.get(vid, []), rng,
-                                              vocabulary):
+                                              vocabulary, qa_permutations=qa_permutations):
       idx = sample_frame_indices(len(frames), num_frames, lo, max(hi, lo + 1))
       prompt = conversation.build_prompt(tokenizer, user, media="video")
       p = []
@@ -168,6 +207,80 @@ def collate_video(examples: Sequence[dict], pad_id: int) -> dict[str, np.ndarray
   return batch
 
 
+# -- vision tower -------------------------------------------------------------------------------
+
+def pretrained_vision(world_dir: str, vision_init, size: dict, seed: int):
+  """(HF vision_config dict, `CLIPVisionTransformer`, info) of the QA expert's vision tower.
+
+  vision_init: a CLIP directory (HF layout, e.g. `train_grounder`'s `<dir>/clip`) whose image
+  tower is taken as is; None: a tiny CLIP (`size`: vision_hidden_size, vision_layers,
+  image_size, patch_size) trained here with the grounder's stage 1
+  (`vision_experts.train_frame_encoder`, `size["vision_steps"]` steps) on the train split.
+  """
+  from flax import nnx
+
+  from aotd_jax.demo import vision_experts as ve
+  from aotd_jax.hf.clip import _vision_to_hf
+  if vision_init is not None:
+    from aotd_jax import hf
+    path = str(vision_init)
+    if not os.path.isfile(os.path.join(path, "config.json")):
+      raise LanguageExpertError(f"vision_init={path!r}: no config.json (expected a CLIP "
+                                "directory such as train_grounder's <dir>/clip)")
+    clip_model = hf.from_pretrained(path)
+    if not hasattr(clip_model, "vision_model"):
+      raise LanguageExpertError(f"vision_init={path!r}: {type(clip_model).__name__} is not a "
+                                "CLIP model (CLIPModel / CLIPVisionModel)")
+    info = {"vision_init": path}
+  else:
+    t0 = time.perf_counter()
+    vd = size["vision_hidden_size"]
+    clip_cfg, _ = ve.grounder_configs(8, image_size=size["image_size"],
+                                      patch_size=size["patch_size"], vision_hidden=vd,
+                                      projection_dim=vd, hidden=16, layers=size["vision_layers"],
+                                      heads=2)
+    from aotd_jax.models.clip import CLIPModel
+    rngs = nnx.Rngs(seed)
+    clip_model = CLIPModel(clip_cfg, rngs=rngs)
+    truths, frames, _ = ve._world(world_dir)
+    losses = ve.train_frame_encoder(clip_model, truths, frames, steps=size["vision_steps"],
+                                    lr=VISION_LR, rng=np.random.default_rng(seed), rngs=rngs,
+                                    tag="qa vision")
+    info = {"vision_init": "stage1", "vision_steps": size["vision_steps"],
+            "vision_first_loss": losses[0], "vision_final_loss": float(np.mean(losses[-10:])),
+            "vision_seconds": round(time.perf_counter() - t0, 2)}
+  vc = clip_model.config.vision_config if hasattr(clip_model.config, "vision_config") \
+      else clip_model.config
+  hf_vision = {k: v for k, v in _vision_to_hf(vc).items() if k != "architectures"}
+  return hf_vision, clip_model.vision_model, info
+
+
+def standardize_projector(model, pixels: np.ndarray, *, batch: int = 64) -> dict:
+  """Data-dependent init of the projector: folds the per-channel standardisation of the
+  frozen tower's pooled features on `pixels` (N, 3, S, S) into
+  `multi_modal_projector.linear_1`.
+
+  A CLIP tower's patch features are dominated by per-channel constants (their variation
+  across frames is ~0.05% of their spread): projected as initialised, every video token is
+  the same large vector and the LM never reads the video. Returns the feature statistics.
+  """
+  import jax.numpy as jnp
+  from flax import nnx
+  feats = nnx.jit(lambda m, x: m.vision_resampler(m._vision_features(x)))  # the projector's input
+  f = np.concatenate([np.asarray(feats(model, jnp.asarray(pixels[i:i + batch])))
+                      for i in range(0, len(pixels), batch)])
+  f = f.reshape(-1, f.shape[-1]).astype(np.float64)
+  mu, sd = f.mean(0), f.std(0)
+  ratio = float(np.mean(sd) / max(float(f.std()), 1e-12))
+  sd = np.maximum(sd, 1e-4 * max(float(np.mean(sd)), 1e-12))
+  lin = model.multi_modal_projector.linear_1
+  w = np.asarray(lin.kernel[...], np.float64)
+  lin.kernel[...] = jnp.asarray(w / sd[:, None], lin.kernel[...].dtype)
+  lin.bias[...] = jnp.asarray(np.asarray(lin.bias[...], np.float64) - (mu / sd) @ w,
+                              lin.bias[...].dtype)
+  return {"feature_frames": int(len(pixels)), "feature_std_ratio": ratio}
+
+
 # -- scores --------------------------------------------------------------------------------------
 
 def score_qa_expert(world_dir: str, backend, *, split: str = "val", max_videos: int = 10) -> dict:
@@ -184,7 +297,8 @@ def score_qa_expert(world_dir: str, backend, *, split: str = "val", max_videos: 
 
 def train_qa_expert(world_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike,
                     out_dir: str | os.PathLike, *, steps: int, seed: int = 0,
-                    evaluate: bool = True, **size) -> str:
+                    evaluate: bool = True, vision_init: str | os.PathLike | None = None,
+                    **size) -> str:
   """Trains the tiny LLaVA-NeXT-Video action / QA expert and saves it in `out_dir` (cached).
 
   Args:
@@ -192,6 +306,9 @@ def train_qa_expert(world_dir: str | os.PathLike, tokenizer_dir: str | os.PathLi
     out_dir: the HF directory `experts` binds with `kind="llava", path=out_dir`.
     steps: optimiser steps; seed: init, example and data-order seed.
     evaluate: score on the val split (`score_qa_expert`) into `scores.json`.
+    vision_init: a pretrained CLIP directory (e.g. `train_grounder`'s `<dir>/clip`) whose
+      image tower becomes the LLaVA vision tower (its sizes win over `size`'s vision ones);
+      None: train one here with the grounder's stage 1 (`pretrained_vision`).
     **size: overrides of `DEFAULT_SIZE` (hidden_size, num_frames, image_size, ...).
 
   Returns:
@@ -208,10 +325,16 @@ def train_qa_expert(world_dir: str | os.PathLike, tokenizer_dir: str | os.PathLi
   size = resolve_size(size, DEFAULT_SIZE, "train_qa_expert")
   t0 = time.perf_counter()
   tokenizer = load_tokenizer(tokenizer_dir)
-  config = model_config(tokenizer, size)
+  hf_vision, tower, vision_info = pretrained_vision(world_dir, vision_init, size, seed)
+  config = model_config(tokenizer, size, hf_vision)
   examples = build_examples(world_dir, "train", tokenizer, config,
-                            num_frames=size["num_frames"], seed=seed)
+                            num_frames=size["num_frames"], seed=seed,
+                            qa_permutations=size["qa_permutations"])
   model = LlavaNextVideoForConditionalGeneration(config, rngs=nnx.Rngs(seed))
+  nnx.update(model.vision_tower.vision_model, nnx.state(tower))
+  pick = np.random.default_rng(seed).permutation(len(examples))[:32]
+  stats = standardize_projector(
+      model, np.concatenate([examples[int(i)]["pixel_values_videos"] for i in pick]))
   trainer = one_device_trainer(model, steps, size["learning_rate"])
   losses = fit(trainer, examples, steps=steps, batch_size=size["batch_size"], seed=seed,
                pad_id=tokenizer.pad_token_id, collate_fn=collate_video)
@@ -219,7 +342,7 @@ def train_qa_expert(world_dir: str | os.PathLike, tokenizer_dir: str | os.PathLi
   train_s = time.perf_counter() - t0
 
   info = {"steps": steps, "seed": seed, "size": size, "train_examples": len(examples),
-          "train_seconds": round(train_s, 2)}
+          "train_seconds": round(train_s, 2), "answer_style": ANSWER_STYLE, "action_style": ACTION_STYLE, **vision_info, **stats}
 
   def score(model):
     from experts.backends.llava import LlavaVideoQA

@@ -352,6 +352,38 @@ def frame_state_loss(models, pixels, states):
   return bce + 4.0 * geo / jnp.maximum(vis.sum(), 1.0) + act
 
 
+def train_frame_encoder(clip_model, truths, frames, *, steps: int, lr: float,
+                        rng: np.random.Generator, rngs: nnx.Rngs, batch_size: int = 64,
+                        log_every: int = 0, tag: str = "grounder clip") -> list[float]:
+  """Stage 1 of `train_grounder` (also the QA expert's vision tower): trains `clip_model`'s
+  image tower in place, through a throw-away linear probe, on `frame_state_loss` over every
+  frame of `frames` (`frame_states` targets); returns the losses."""
+  from aotd_jax.data import toyworld
+  from aotd_jax.data.video_processing import preprocess_video
+  _check_steps(steps)
+  img = clip_model.config.vision_config.image_size
+  all_frames, states = frame_states(truths, frames, list(toyworld.ALL_OBJECT_NAMES))
+  pixels = preprocess_video(all_frames, shortest_edge=img, crop_size=img)
+  probe = nnx.Linear(clip_model.config.projection_dim, states[0].size, rngs=rngs)
+  stage1 = nnx.List([clip_model, probe])
+  opt1 = _optimizer(stage1, lr, steps)
+
+  @nnx.jit
+  def step1(models, opt, pixels, states):
+    loss, grads = nnx.value_and_grad(frame_state_loss)(models, pixels, states)
+    opt.update(models, grads)
+    return loss
+
+  losses1 = []
+  bs1 = min(batch_size, len(pixels))
+  for i in range(steps):
+    pick = rng.choice(len(pixels), bs1, replace=False)
+    losses1.append(float(step1(stage1, opt1, jnp.asarray(pixels[pick]), jnp.asarray(states[pick]))))
+    if log_every and (i % log_every == 0 or i == steps - 1):
+      print(f"{tag} step {i}: loss {losses1[-1]:.4f}", flush=True)
+  return losses1
+
+
 def _l2(x):
   return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
@@ -387,7 +419,6 @@ def train_grounder(world_dir: str, out_dir: str, *, steps: int, seed: int = 0,
   steps = 2 * steps if vtg_steps is None else vtg_steps
   _check_steps(steps)
   from aotd_jax import hf
-  from aotd_jax.data import toyworld
   from aotd_jax.data.video_processing import preprocess_video
   from aotd_jax.hf.univtg import save_univtg
   from aotd_jax.models.clip import CLIPModel
@@ -402,28 +433,10 @@ def train_grounder(world_dir: str, out_dir: str, *, steps: int, seed: int = 0,
   rng = np.random.default_rng(seed)
   rngs = nnx.Rngs(seed, dropout=seed + 1)
   clip_model = CLIPModel(clip_cfg, rngs=rngs)
-  names = list(toyworld.ALL_OBJECT_NAMES)
 
   # Stage 1: frame states into the pooled CLIP feature.
-  all_frames, states = frame_states(truths, frames, names)
-  pixels = preprocess_video(all_frames, shortest_edge=img, crop_size=img)
-  probe = nnx.Linear(clip_cfg.projection_dim, states[0].size, rngs=rngs)
-  stage1 = nnx.List([clip_model, probe])
-  opt1 = _optimizer(stage1, clip_lr, clip_steps)
-
-  @nnx.jit
-  def step1(models, opt, pixels, states):
-    loss, grads = nnx.value_and_grad(frame_state_loss)(models, pixels, states)
-    opt.update(models, grads)
-    return loss
-
-  losses1 = []
-  bs1 = min(64, len(pixels))
-  for i in range(clip_steps):
-    pick = rng.choice(len(pixels), bs1, replace=False)
-    losses1.append(float(step1(stage1, opt1, jnp.asarray(pixels[pick]), jnp.asarray(states[pick]))))
-    if log_every and (i % log_every == 0 or i == clip_steps - 1):
-      print(f"grounder clip step {i}: loss {losses1[-1]:.4f}", flush=True)
+  losses1 = train_frame_encoder(clip_model, truths, frames, steps=clip_steps, lr=clip_lr,
+                                rng=rng, rngs=rngs, log_every=log_every)
 
   # Stage 2: UniVTG on the frozen features, computed as `experts.backends.univtg` does.
   fps = float(world["fps"])
