@@ -167,6 +167,12 @@ def _read(path: str) -> str:
     return ""
 
 
+def _children() -> list[str]:
+  """Pids of this process's children (every thread's)."""
+  return [pid for task in os.listdir("/proc/self/task")
+          for pid in _read(f"/proc/self/task/{task}/children").split()]
+
+
 def _open_fds():
   return len(os.listdir("/proc/self/fd"))
 
@@ -196,6 +202,7 @@ def test_hostile_corpus(sandbox, tmp_path, monkeypatch):
   sb, cwd = sandbox
   monkeypatch.chdir(tmp_path)
   threads, fds, rss = threading.active_count(), _open_fds(), _rss_mb()
+  earlier_children = set(_children())  # other tests' processes are not this test's business
 
   def run(item):
     name, source, _ = item
@@ -223,8 +230,7 @@ def test_hostile_corpus(sandbox, tmp_path, monkeypatch):
   assert _rss_mb() - rss < 100
   assert os.listdir(cwd) == [] and os.listdir(tmp_path) == []
   # Every killed worker was reaped (no zombie child) and replaced (the pool is full).
-  children = [pid for task in os.listdir("/proc/self/task")
-              for pid in _read(f"/proc/self/task/{task}/children").split()]
+  children = [pid for pid in _children() if pid not in earlier_children]
   states = [_read(f"/proc/{pid}/stat").rsplit(")", 1)[-1].split()[:1] for pid in children]
   assert ["Z"] not in states, states
   pool = list(sb._idle.queue)
