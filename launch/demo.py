@@ -12,12 +12,8 @@ from __future__ import annotations
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-# allow_override: library code that imports another launcher (which defines its own --config)
-# after flags are parsed must not crash this one; the config is read once, before any stage.
-_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/demo.py:micro|quick|full",
-                                          allow_override=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Every stage caches its output here.",
-                               allow_override=True)
+_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/demo.py:micro|quick|full")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Every stage caches its output here.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
