@@ -40,6 +40,18 @@ def test_greedy_matches_transformers_with_eos(models):
   assert ended[0] and out.lengths[0] <= 5
 
 
+def test_prompt_buckets_are_powers_of_two_then_four_per_octave():
+  assert [gen.prompt_bucket(n) for n in (1, 16, 17, 33, 64)] == [16, 16, 32, 64, 64]
+  assert [gen.prompt_bucket(n) for n in (65, 80, 81, 128, 129, 144, 161, 256, 257)] == \
+      [80, 80, 96, 128, 160, 160, 192, 256, 320]
+  assert gen.prompt_bucket(5, minimum=128) == 128
+  lengths = np.arange(1, 2049)
+  buckets = np.array([gen.prompt_bucket(n) for n in lengths])
+  assert np.all(buckets >= lengths) and np.all(np.diff(buckets) >= 0)
+  assert np.all(buckets[64:] <= 1.25 * lengths[64:])  # at most 25% padding above 64
+  assert len(set(buckets.tolist())) == 3 + 4 * 5  # 16, 32, 64, then 4 per octave up to 2048
+
+
 def test_compiles_once_per_bucket(models):
   _, model = models
   before = gen.decode_jit._cache_size()

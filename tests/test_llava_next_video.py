@@ -166,7 +166,7 @@ def test_generation_compiles_once_per_bucket(pair):
   ids, mask, videos = _video_batch(model.config, rng)
   lnv.generate(model, ids, mask, pixel_values_videos=videos, max_new_tokens=3, eos_token_id=-1)
   merges, decodes = lnv.merge_jit._cache_size(), generate_lib.decode_jit._cache_size()
-  longer = np.concatenate([ids[:, :1], ids], 1)  # 1 token longer, same power-of-two bucket
+  longer = np.concatenate([ids[:, :1], ids], 1)  # 1 token longer, same prompt bucket
   lnv.generate(model, longer, np.ones_like(longer), pixel_values_videos=videos, max_new_tokens=3,
                eos_token_id=-1)
   assert (lnv.merge_jit._cache_size(), generate_lib.decode_jit._cache_size()) == (merges, decodes)

@@ -400,7 +400,7 @@ def generate(model: LlavaNextVideoForConditionalGeneration, input_ids, attention
              min_bucket: int = 16) -> generate_lib.GenerateOutput:
   """Video/image-conditioned generation for a left-padded batch.
 
-  The prompt is left-padded to a power-of-two bucket, its embeddings are merged with the media
+  The prompt is left-padded to a length bucket (`generate.prompt_bucket`), its embeddings are merged with the media
   features in one jitted call, then `aotd_jax.models.generate` runs the jitted prefill and
   KV-cache decode loop on the language model. Compiles once per (batch, bucket, media shapes,
   max_new_tokens); prompts of other lengths in the same bucket reuse the programs.
