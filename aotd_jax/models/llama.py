@@ -175,7 +175,14 @@ class LlamaAttention(nnx.Module):
                         preferred_element_type=jnp.float32) * (d ** -0.5)
     scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
-    out = jnp.einsum(f"bkgls,{kv_axes}->blkgd", probs, v.astype(x.dtype)).reshape(b, l, h * d)
+    if layer_cache is not None and l == 1:
+      # One query per sequence (a decode step): a broadcast multiply + reduce over the slots.
+      # XLA CPU's dot for this shape (contracting the slots, a 2-row output per kv head) is
+      # ~2.5x slower; in-process A/B on the ~30M benchmark model: decode CPU time -9%, same tokens.
+      out = jnp.sum(probs[:, :, :, 0, :, None] * v[:, :, None].astype(x.dtype), axis=3)
+      out = out.reshape(b, l, h * d)
+    else:
+      out = jnp.einsum(f"bkgls,{kv_axes}->blkgd", probs, v.astype(x.dtype)).reshape(b, l, h * d)
     out = constrain(out, ("activation_batch", "activation_length", "activation_heads"))
     return self.o_proj(_tokens(out)).reshape(b, l, -1), layer_cache
 
