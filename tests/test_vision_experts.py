@@ -31,7 +31,7 @@ def detector(world, tmp_path_factory):
 def grounder(world, tmp_path_factory):
   out = str(tmp_path_factory.mktemp("gr") / "grounder")
   return ve.train_grounder(world, out, steps=10, clip_steps=20, vtg_steps=30, batch_size=8,
-                          **TINY_GR)
+                          extra_clips=1, **TINY_GR)
 
 
 def _info(path):
@@ -84,6 +84,7 @@ def test_detector_transformers_loads_the_saved_directory(detector):
 def test_grounder_trains_and_loads_through_make_tools(world, grounder):
   info = _info(grounder)
   assert info["last_loss"] < info["first_loss"], info
+  assert info["train_clips"] == 4 and info["extra_clips"] == 1  # 3 world clips + 1 rendered
   assert np.mean(info["clip_losses"][-5:]) < info["clip_losses"][0]
   config = experts.default_config()
   config.ground_truth.path = world
@@ -112,3 +113,30 @@ def test_bad_arguments_are_reported(fn, world, tmp_path):
     fn(world, str(tmp_path / "a"), steps=0)
   with pytest.raises(FileNotFoundError, match=r"no world.json \(not a generated toy world"):
     fn(str(tmp_path), str(tmp_path / "b"), steps=2)
+
+
+def test_grounder_input_dropout_defaults_to_zero():
+  """The official input dropout kept the tiny heads from learning (docs/vision_experts.md)."""
+  _, vtg = ve.grounder_configs(40)
+  assert vtg.input_dropout == 0.0
+  _, vtg = ve.grounder_configs(40, input_dropout=0.5)
+  assert vtg.input_dropout == 0.5
+
+
+def test_extra_train_clips_are_new_train_clips_of_the_same_world(world):
+  with open(os.path.join(world, "world.json")) as f:
+    meta = json.load(f)
+  truths, frames = ve.extra_train_clips(meta, 2)
+  assert len(truths) == len(frames) == 2
+  n_train = len(meta["splits"]["train"])
+  assert [t.video_id for t in truths] == [f"toy1_train_{n_train + i:05d}" for i in range(2)]
+  assert frames[0].shape == (24, 64, 64, 3) and frames[0].dtype == np.uint8
+  heldout = {tuple(h) for h in meta["heldout"]}
+  for t in truths:
+    for e in t.events:
+      colour, shape = e["object"].split()
+      assert (shape, colour, e["action"]) not in heldout
+  again, _ = ve.extra_train_clips(meta, 1)  # deterministic: the same clip again
+  assert again[0].events == truths[0].events
+  with pytest.raises(ValueError, match=r"extra_clips=-1: must be an int >= 0"):
+    ve.extra_train_clips(meta, -1)
