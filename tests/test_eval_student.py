@@ -66,3 +66,83 @@ def test_evaluate_cli_on_an_exported_student(world, tmp_path):
   result = json.loads(out.read_text())
   assert result["count"] == 2 and len(result["outputs"]) == 2
   assert result["efficiency"]["seconds_per_question"] > 0
+
+
+# -- closed-set multiple choice ------------------------------------------------------------------
+
+def _one_prompt(tok, model, record, reply=None):
+  """Unpadded ids of one record's answer prompt (+ reply), built without the batch code."""
+  from aotd_jax.data import conversation, video_processing
+  n = 4 * model.config.video_tokens_per_frame()
+  text = conversation.build_prompt(tok, conversation.qa_user_text(record.question, record.choices),
+                                   media="video")
+  text = video_processing.expand_media_tokens(text, video_tokens=[n])
+  if reply is not None:
+    text = f"{text} {reply}"
+  return np.asarray([tok(text, add_special_tokens=True)["input_ids"]], np.int32)
+
+
+def _frames(d, record):
+  from aotd_jax.data import video, video_processing
+  f = video.read_frames(str(d / "videos" / f"{record.video_id}.mp4"), 4, start=record.start,
+                        end=record.end, size=32)
+  return video_processing.preprocess_video(f, shortest_edge=32, crop_size=32)[None]
+
+
+def _logp(model, ids, pixels):
+  import jax
+  out = model(input_ids=ids, attention_mask=np.ones_like(ids), pixel_values_videos=pixels)
+  return np.asarray(jax.nn.log_softmax(out.logits, axis=-1))[0]
+
+
+def test_choose_letters_matches_one_prompt_at_a_time(world):
+  d, records, tok, model = world
+  records = records[:2]
+  run = student_eval.choose_letters(model, tok, records, video_root=str(d / "videos"),
+                                    num_frames=4, decode_size=32, batch_size=2)
+  assert len(run.predictions) == len(records) == len(run.outputs)
+  for r, pred, lp, out in zip(records, run.predictions, run.logprobs, run.outputs):
+    # reference: the unbatched prompt + " (" and the four letter tokens' logits there
+    from aotd_jax.data import conversation
+    letters = [tok(f"x ({conversation.option_letter(i)})", add_special_tokens=False)["input_ids"][-2]
+               for i in range(len(r.choices))]
+    ids = np.concatenate([_one_prompt(tok, model, r), [[tok(" (", add_special_tokens=False)["input_ids"][-1]]]], 1)
+    ref = _logp(model, ids.astype(np.int32), _frames(d, r))[-1, letters]
+    ref = ref - np.logaddexp.reduce(ref)
+    np.testing.assert_allclose(lp, ref, atol=2e-3)  # batch of right-padded rows vs one row
+    assert pred == int(np.argmax(ref)) and out == f"({conversation.option_letter(pred)})"
+  assert student_eval.score(records, run.outputs)["count"] == len(records)
+
+
+def test_choose_by_likelihood_sums_each_reply(world):
+  from aotd_jax.data import conversation
+  d, records, tok, model = world
+  r = records[0]
+  head = _one_prompt(tok, model, r).shape[1]
+  full, text = [], []  # reference sums, one unbatched forward per option
+  for k in range(len(r.choices)):
+    ids = _one_prompt(tok, model, r, conversation.answer_target(r.choices, r.choices[k], k))
+    lp = _logp(model, ids, _frames(d, r))
+    after_letter = _one_prompt(tok, model, r, f"({conversation.option_letter(k)})").shape[1]
+    full.append(sum(lp[t - 1, ids[0, t]] for t in range(head, ids.shape[1])))
+    text.append(sum(lp[t - 1, ids[0, t]] for t in range(after_letter, ids.shape[1])))
+  for text_only, ref in ((False, full), (True, text)):
+    run = student_eval.choose_by_likelihood(model, tok, [r], video_root=str(d / "videos"),
+                                            num_frames=4, decode_size=32, text_only=text_only)
+    np.testing.assert_allclose(run.logprobs[0], ref, rtol=1e-4, atol=2e-3)
+    assert run.predictions == [int(np.argmax(ref))]
+
+
+def test_closed_set_refuses_open_ended_and_merged_letters(world):
+  import dataclasses
+  d, records, tok, model = world
+  open_ended = dataclasses.replace(records[0], choices=[], answer_index=None, qid="oe_1")
+  for fn in (student_eval.choose_letters, student_eval.choose_by_likelihood):
+    with pytest.raises(ValueError, match="question oe_1: closed-set scoring needs choices"):
+      fn(model, tok, [open_ended], video_root=str(d / "videos"), num_frames=4)
+
+  class OneTokenPerWord:  # "(A)" and "(B)" both become the unknown id: no letter to compare
+    def __call__(self, text, add_special_tokens=True):
+      return {"input_ids": [hash(w) % 97 if "(" not in w else 3 for w in text.split(" ")]}
+  with pytest.raises(ValueError, match="do not tokenize to distinct single tokens"):
+    student_eval.letter_token_ids(OneTokenPerWord(), "USER: which? ASSISTANT:", 4)

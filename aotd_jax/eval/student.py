@@ -1,6 +1,7 @@
 """Evaluating the distilled student the way the paper does: greedy answers to multiple-choice
-questions (option parsed from the output), open-ended answers, and rationales whose boxes and
-frame windows are scored against ground truth. Time and peak memory are measured too."""
+questions (option parsed from the output) or the closed-set choice among the option letters'
+logits (`choose_letters`, standard for MC video QA), open-ended answers, and rationales whose
+boxes and frame windows are scored against ground truth. Time and peak memory are measured too."""
 from __future__ import annotations
 
 import dataclasses
@@ -38,6 +39,19 @@ def prompt_ids(tokenizer, record: VideoQA, mode: str, num_video_tokens: int) -> 
   return list(tokenizer(text, add_special_tokens=True)["input_ids"])
 
 
+def _pixels(chunk: Sequence[VideoQA], size: int, *, video_root: str, video_ext: str,
+            num_frames: int, decode_size: int | None,
+            frames_fn: Callable[[VideoQA], np.ndarray] | None) -> np.ndarray:
+  """(B, T, 3, size, size) preprocessed frames of each record's question window."""
+  pixels = []
+  for r in chunk:
+    frames = frames_fn(r) if frames_fn is not None else video.read_frames(
+        _video_file(r, video_root, video_ext), num_frames, start=r.start, end=r.end,
+        size=decode_size)
+    pixels.append(video_processing.preprocess_video(frames, shortest_edge=size, crop_size=size))
+  return np.stack(pixels)
+
+
 def run_student(model, tokenizer, records: Sequence[VideoQA], *, mode: str = "answer",
                 video_root: str = "", video_ext: str = ".mp4", num_frames: int = 8,
                 decode_size: int | None = None, batch_size: int = 8, max_new_tokens: int = 16,
@@ -62,18 +76,143 @@ def run_student(model, tokenizer, records: Sequence[VideoQA], *, mode: str = "an
       for j, x in enumerate(ids):  # left padding
         input_ids[j, width - len(x):] = x
         mask[j, width - len(x):] = 1
-      pixels = []
-      for r in chunk:
-        frames = frames_fn(r) if frames_fn is not None else video.read_frames(
-            _video_file(r, video_root, video_ext), num_frames, start=r.start, end=r.end,
-            size=decode_size)
-        pixels.append(video_processing.preprocess_video(frames, shortest_edge=size, crop_size=size))
-      out = llava_next_video.generate(model, input_ids, mask, pixel_values_videos=np.stack(pixels),
+      pixels = _pixels(chunk, size, video_root=video_root, video_ext=video_ext,
+                       num_frames=num_frames, decode_size=decode_size, frames_fn=frames_fn)
+      out = llava_next_video.generate(model, input_ids, mask, pixel_values_videos=pixels,
                                       max_new_tokens=max_new_tokens, pad_token_id=pad)
       seqs = np.asarray(out.sequences)
       for j in range(len(chunk)):
         outputs.append(tokenizer.decode(seqs[j, :int(out.lengths[j])], skip_special_tokens=True).strip())
   return StudentRun(outputs, eff)
+
+
+@dataclasses.dataclass
+class ChoiceRun:
+  """Closed-set answers: `predictions[i]` is the option index picked for record i,
+  `logprobs[i]` the log-softmax over its option letters, `outputs[i]` the letter as "(B)"."""
+  predictions: list[int]
+  logprobs: list[list[float]]
+  outputs: list[str]
+  efficiency: efficiency.Efficiency
+
+
+def letter_token_ids(tokenizer, prompt: str, num_choices: int) -> tuple[list[int], list[int]]:
+  """(shared prefix ids, one id per option letter) of the replies "(A)", "(B)", ... to `prompt`.
+
+  The prefix is the prompt plus whatever the replies share (" (" here); each letter must then
+  be one token of its own, else the closed-set choice is ill-defined and this raises.
+  """
+  from aotd_jax.data import conversation
+  seqs = [list(tokenizer(f"{prompt} ({conversation.option_letter(i)})",
+                         add_special_tokens=True)["input_ids"]) for i in range(num_choices)]
+  n = 0
+  while all(n < len(x) for x in seqs) and len({x[n] for x in seqs}) == 1:
+    n += 1
+  letters = [x[n] if n < len(x) else None for x in seqs]
+  if None in letters or len(set(letters)) != num_choices:
+    raise ValueError(f"option letters of {num_choices} choices do not tokenize to distinct single "
+                     f"tokens after a shared prefix (got {letters}); use scoring='generate'")
+  return seqs[0][:n], letters
+
+
+def _closed_set(model, tokenizer, records: Sequence[VideoQA], rows_fn, *, video_root: str,
+                video_ext: str, num_frames: int, decode_size: int | None, batch_size: int,
+                frames_fn) -> ChoiceRun:
+  """Runs the forward passes of a closed-set scorer. `rows_fn(record, prompt text)` gives the
+  record's rows: (token ids, score(log-probs (L, vocab)) -> option scores); a record's option
+  scores are its rows' scores concatenated, the highest wins. Rows are right-padded to a
+  32-token bucket and batched with their record's frames."""
+  import jax
+  from flax import nnx
+  cfg = model.config
+  n_tokens = num_frames * cfg.video_tokens_per_frame()
+  size = cfg.vision_config.image_size
+  pad = cfg.text_config.pad_token_id or 0
+  forward = nnx.jit(lambda m, ids, mask, px: jax.nn.log_softmax(
+      m(input_ids=ids, attention_mask=mask, pixel_values_videos=px).logits, axis=-1))
+  preds: list[int] = []
+  scores: list[list[float]] = []
+  with efficiency.measure(len(records)) as eff:
+    for i in range(0, len(records), batch_size):
+      chunk = records[i:i + batch_size]
+      rows, owner = [], []
+      for j, r in enumerate(chunk):
+        if not r.choices:
+          raise ValueError(f"question {r.qid}: closed-set scoring needs choices (open-ended)")
+        user = conversation.qa_user_text(r.question, r.choices)
+        prompt = video_processing.expand_media_tokens(
+            conversation.build_prompt(tokenizer, user, media="video"), video_tokens=[n_tokens])
+        for row in rows_fn(r, prompt):
+          rows.append(row)
+          owner.append(j)
+      width = -(-max(len(x) for x, _ in rows) // 32) * 32  # one program per 32-token bucket
+      input_ids = np.full((len(rows), width), pad, np.int32)
+      mask = np.zeros((len(rows), width), np.int32)
+      for j, (x, _) in enumerate(rows):
+        input_ids[j, :len(x)] = x
+        mask[j, :len(x)] = 1
+      pixels = _pixels(chunk, size, video_root=video_root, video_ext=video_ext,
+                       num_frames=num_frames, decode_size=decode_size, frames_fn=frames_fn)
+      out = np.asarray(forward(model, input_ids, mask, pixels[np.asarray(owner)]))
+      per: list[list[float]] = [[] for _ in chunk]
+      for j, (_, score_fn) in enumerate(rows):
+        per[owner[j]] += [float(v) for v in score_fn(out[j])]
+      for option_scores in per:
+        preds.append(int(np.argmax(option_scores)))
+        scores.append(option_scores)
+  outputs = [f"({conversation.option_letter(k)})" for k in preds]
+  return ChoiceRun(preds, scores, outputs, eff)
+
+
+def choose_letters(model, tokenizer, records: Sequence[VideoQA], *, video_root: str = "",
+                   video_ext: str = ".mp4", num_frames: int = 8, decode_size: int | None = None,
+                   batch_size: int = 8,
+                   frames_fn: Callable[[VideoQA], np.ndarray] | None = None) -> ChoiceRun:
+  """Closed-set multiple-choice answers: one forward pass over prompt + " (" and the option
+  whose letter token has the highest logit (`logprobs`: log-softmax over the letters)."""
+
+  def rows(record, prompt):
+    head, letters = letter_token_ids(tokenizer, prompt, len(record.choices))
+
+    def score(logp):
+      lp = logp[len(head) - 1, letters]
+      return lp - np.logaddexp.reduce(lp)
+    return [(head, score)]
+  return _closed_set(model, tokenizer, records, rows, video_root=video_root,
+                     video_ext=video_ext, num_frames=num_frames, decode_size=decode_size,
+                     batch_size=batch_size, frames_fn=frames_fn)
+
+
+def choose_by_likelihood(model, tokenizer, records: Sequence[VideoQA], *, video_root: str = "",
+                         video_ext: str = ".mp4", num_frames: int = 8,
+                         decode_size: int | None = None, batch_size: int = 8,
+                         text_only: bool = False,
+                         frames_fn: Callable[[VideoQA], np.ndarray] | None = None) -> ChoiceRun:
+  """Closed-set multiple-choice answers by the likelihood of each option's reply, "(B) text"
+  as the student was trained to write it: the option with the highest summed token
+  log-probability wins (lm-eval-harness style; `logprobs` are those sums, per option).
+  text_only: sum over the option's text only (after its "(B)"), leaving out the letter."""
+
+  def ids_of(text):
+    return list(tokenizer(text, add_special_tokens=True)["input_ids"])
+
+  def rows(record, prompt):
+    head, out = ids_of(prompt), []
+    for k in range(len(record.choices)):
+      reply = conversation.answer_target(record.choices, record.choices[k], k)
+      ids = ids_of(f"{prompt} {reply}")
+      if ids[:len(head)] != head or len(ids) == len(head):
+        raise ValueError(f"question {record.qid}: option {k}'s reply {reply!r} does not "
+                         "tokenize as a continuation of the prompt")
+      start = len(ids_of(f"{prompt} ({conversation.option_letter(k)})")) if text_only \
+          else len(head)
+      # token t is predicted at position t - 1
+      out.append((ids, lambda logp, ids=ids, start=start: [
+          sum(logp[t - 1, ids[t]] for t in range(start, len(ids)))]))
+    return out
+  return _closed_set(model, tokenizer, records, rows, video_root=video_root,
+                     video_ext=video_ext, num_frames=num_frames, decode_size=decode_size,
+                     batch_size=batch_size, frames_fn=frames_fn)
 
 
 def question_type(record: VideoQA) -> str:
