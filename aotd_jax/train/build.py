@@ -16,7 +16,7 @@ from aotd_jax.hf import registry
 
 
 def _apply_options(config, options: dict[str, Any]):
-  """Sets dtype / param_dtype / remat / attention_impl where the config (or, for a Video-LLM,
+  """Sets dtype / param_dtype / remat / attention_impl / freeze_vision_tower where the config (or, for a Video-LLM,
   its language model's `text_config`) has such a field."""
   fields = {f.name for f in dataclasses.fields(config)}
   updates = {k: v for k, v in options.items() if k in fields and v is not None}
@@ -26,18 +26,46 @@ def _apply_options(config, options: dict[str, Any]):
   return dataclasses.replace(config, **updates) if updates else config
 
 
+def load_vision_init(path: str) -> tuple[dict, nnx.Module]:
+  """(HF `vision_config` dict, `CLIPVisionTransformer`) of the CLIP directory `path` (a
+  `CLIPModel` or `CLIPVisionModel` in HF layout): a student's pretrained vision tower."""
+  from aotd_jax.hf.clip import _vision_to_hf
+  if not os.path.isfile(os.path.join(str(path), "config.json")):
+    raise ValueError(f"vision_init={path!r}: no config.json (expected a CLIP directory in HF "
+                     "layout, e.g. the demo grounder's <dir>/clip)")
+  clip_model = hf.from_pretrained(str(path))
+  if not hasattr(clip_model, "vision_model"):
+    raise ValueError(f"vision_init={path!r}: {type(clip_model).__name__} is not a CLIP model "
+                     "(CLIPModel / CLIPVisionModel)")
+  vc = getattr(clip_model.config, "vision_config", clip_model.config)
+  hf_vision = {k: v for k, v in _vision_to_hf(vc).items() if k != "architectures"}
+  return hf_vision, clip_model.vision_model
+
+
 def build_student(cfg, *, mesh: Mesh, seed: int = 0) -> nnx.Module:
   """The student: from `cfg.hf_dir` if set, else a fresh init of `cfg.architecture` with the
-  HF-style config dict `cfg.init`, placed on `mesh` (initialised directly sharded)."""
+  HF-style config dict `cfg.init`, placed on `mesh` (initialised directly sharded).
+
+  A fresh Video-LLM may take its vision tower from a CLIP directory `cfg.vision_init` (its
+  `vision_config` replaces `init`'s, its weights the random ones), as LLaVA students start
+  from a pretrained CLIP; `cfg.freeze_vision_tower` stops gradients into the tower.
+  """
   options = {"dtype": cfg.get("dtype"), "param_dtype": cfg.get("param_dtype"),
-             "remat": cfg.get("remat"), "attention_impl": cfg.get("attention_impl")}
+             "remat": cfg.get("remat"), "attention_impl": cfg.get("attention_impl"),
+             "freeze_vision_tower": cfg.get("freeze_vision_tower")}
   if cfg.get("hf_dir"):
     model = hf.from_pretrained(cfg.hf_dir, dtype=jnp.dtype(cfg.get("param_dtype") or "float32"),
                                mesh=mesh)
     model.config = _apply_options(model.config, options)
     return model
   adapter = registry.adapter_for(cfg.architecture)
-  config = _apply_options(adapter.config_from_hf(dict(cfg.init)), options)
+  hf_init, tower = dict(cfg.init), None
+  if cfg.get("vision_init"):
+    if "vision_config" not in hf_init:
+      raise ValueError(f"vision_init={cfg.vision_init!r}: architecture {cfg.architecture} has "
+                       "no vision tower")
+    hf_init["vision_config"], tower = load_vision_init(cfg.vision_init)
+  config = _apply_options(adapter.config_from_hf(hf_init), options)
   abstract = nnx.eval_shape(lambda: adapter.model_class(config, rngs=nnx.Rngs(seed)))
   graphdef, abstract_state = nnx.split(abstract)
   shardings = sharding_lib.state_shardings(abstract_state, mesh)
@@ -47,7 +75,13 @@ def build_student(cfg, *, mesh: Mesh, seed: int = 0) -> nnx.Module:
 
   with jax.set_mesh(mesh):
     state = jax.jit(init, out_shardings=shardings)()
-  return nnx.merge(graphdef, state)
+  model = nnx.merge(graphdef, state)
+  if tower is not None:
+    target = model.vision_tower.vision_model
+    placed = jax.tree.map(lambda new, old: jax.device_put(new, old.sharding),
+                          nnx.state(tower), nnx.state(target))
+    nnx.update(target, placed)
+  return model
 
 
 def write_hf_config(model: nnx.Module, directory: str) -> None:
