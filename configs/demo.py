@@ -67,11 +67,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       steps=3 if micro else (600 if full else 120), batch_size=8,
       learning_rate=3e-3, warmup_ratio=0.1, rationale_weight=1.0, cot_weight=1.0,
       num_frames=4, decode_size=32, buckets=[384] if micro else [128, 384], num_devices=1,
-      freeze_vision_tower=False))
+      # The vision tower: "grounder" = the toy CLIP the grounder expert trained (shared, frozen,
+      # as LLaVA students keep their pretrained CLIP); "" = random init; or a CLIP directory.
+      vision_init="grounder", freeze_vision_tower=True,
+      qa_shuffles=0))  # extra choice-shuffled copies of the train QA (balanced letters)
 
   # Evaluation on the held-out test split.
   c.eval = ml_collections.ConfigDict(dict(
-      num_frames=4, decode_size=32, batch_size=8, max_new_tokens=8,
+      # scoring: "letters" (closed set: the option letter with the highest logit after " (",
+      # standard for MC video QA), "likelihood" (the likeliest whole "(B) text" reply) or
+      # "generate" (greedy reply, option parsed from it; max_new_tokens).
+      scoring="letters", num_frames=4, decode_size=32, batch_size=8, max_new_tokens=8,
       rationale_max_new_tokens=32 if micro else 160,
       rationale_questions=2 if micro else 20))  # grounding on the first N test questions
   c.efficiency = ml_collections.ConfigDict(dict(

@@ -101,6 +101,10 @@ def test_students_are_scored_on_the_held_out_split_only(micro):
     saved = json.loads(pathlib.Path(workdir, "eval", f"{name}_s0.json").read_text())
     assert saved["split"] == "test" and saved["qids"] == test_qids
     assert len(saved["outputs"]) == len(test_qids)
+    assert saved["scoring"] == "letters" and len(saved["option_logprobs"]) == len(test_qids)
+    assert sum(saved["letters"]["pred"].values()) == sum(saved["letters"]["gold"].values())
+    assert s["train"][0]["vision_init"].endswith(os.path.join("grounder", "clip"))
+  assert rep["majority_letter"]["letter"] in "ABCD"
   cot_qids = {json.loads(l)["qid"] for l in open(rep["cot"]["records"])}
   assert cot_qids <= set(train_qids)  # CoTs come from train only
 
@@ -231,3 +235,66 @@ def test_table_from_a_report():
   text = report_lib.table(rep)
   assert "AoTD (QA + filtered CoTs)" in text and "50.0" in text and "75.0" in text
   assert "4.0x faster" in text and "detection_iou 0.700 (random -)" in text
+
+
+# -- students: shuffled QA copies, vision tower, baselines, scoring (no training) -------------------
+
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory):
+  from aotd_jax.data import toyworld
+  d = tmp_path_factory.mktemp("tiny_world")
+  toyworld.generate_world(d, seed=0, num_train=3, num_val=1, num_test=2, write_videos=False)
+  return str(d)
+
+
+def test_shuffled_qa_moves_answers_not_questions(tiny_world, tmp_path):
+  paths = demo.shuffled_qa(tiny_world, str(tmp_path / "qa"), 3, seed=0)
+  orig = annotations.read("star", os.path.join(tiny_world, "train.json"))
+  letters = {r.qid: {r.answer_index} for r in orig}
+  for p in paths:
+    copy = annotations.read("star", p)
+    assert [r.question for r in copy] == [r.question for r in orig]
+    for a, b in zip(orig, copy):
+      assert b.qid != a.qid and b.answer == a.answer and sorted(b.choices) == sorted(a.choices)
+      assert b.choices[b.answer_index] == a.answer
+      letters[a.qid].add(b.answer_index)
+  assert any(len(v) > 1 for v in letters.values())  # the answers did move
+  mtimes = [os.path.getmtime(p) for p in paths]
+  assert demo.shuffled_qa(tiny_world, str(tmp_path / "qa"), 3, seed=0) == paths  # written once
+  assert [os.path.getmtime(p) for p in paths] == mtimes
+
+
+def test_letter_histograms_and_majority_baseline(tiny_world):
+  test = annotations.read("star", os.path.join(tiny_world, "test.json"))
+  h = demo.letter_histograms(test, ["(A)"] * (len(test) - 1) + ["gibberish"])
+  assert h["pred"] == ({"A": len(test) - 1, "none": 1} if len(test) > 1 else {"none": 1})
+  assert sum(h["gold"].values()) == len(test)
+  base = demo.majority_baseline(tiny_world)
+  train = [r.answer_index for r in annotations.read("star", os.path.join(tiny_world, "train.json"))]
+  top = max(set(train), key=train.count)
+  assert base["letter"] == "ABCD"[top]
+  assert base["accuracy"] == pytest.approx(sum(r.answer_index == top for r in test) / len(test))
+
+
+def test_student_vision_dir_needs_a_trained_grounder(tmp_path):
+  c = demo_config.get_config("micro")
+  assert c.students.vision_init == "grounder" and c.students.freeze_vision_tower
+  clip = tmp_path / "grounder" / "clip"
+  clip.mkdir(parents=True)
+  (clip / "config.json").write_text("{}")
+  info = {"grounder": {"source": "trained", "path": str(tmp_path / "grounder")}}
+  assert demo.student_vision_dir(c, info) == str(clip)
+  with pytest.raises(common.DemoError, match="vision_init='grounder'.*grounder source is 'oracle'"):
+    demo.student_vision_dir(c, {"grounder": {"source": "oracle", "path": ""}})
+  c.students.vision_init = ""
+  assert demo.student_vision_dir(c, {}) == ""
+  c.students.vision_init = "/some/clip"
+  assert demo.student_vision_dir(c, {}) == "/some/clip"
+
+
+def test_bad_eval_scoring_is_refused(tmp_path):
+  c = demo_config.get_config("micro")
+  assert c.eval.scoring == "letters"
+  c.eval.scoring = "vibes"
+  with pytest.raises(common.DemoError, match=r"config.eval.scoring='vibes'"):
+    demo.eval_stage(c, str(tmp_path), {"path": str(tmp_path / "student")}, str(tmp_path))

@@ -12,6 +12,7 @@ scores on the test split, efficiency), `report.{json,html}`.
 """
 from __future__ import annotations
 
+import collections
 import json
 import os
 import time
@@ -163,9 +164,70 @@ def _student_init(config, tokenizer) -> dict:
   return init
 
 
+def student_vision_dir(config, experts_info: Mapping) -> str:
+  """The CLIP directory the students' vision tower starts from ("" for a random tower).
+
+  `config.students.vision_init`: "" (random), "grounder" (the toy CLIP that the grounder
+  expert trained on the train split, `experts/grounder/clip`; shared, not retrained) or a
+  CLIP directory in HF layout.
+  """
+  choice = str(config.students.get("vision_init", "") or "")
+  if choice != "grounder":
+    return choice
+  info = experts_info.get("grounder", {})
+  path = os.path.join(info.get("path") or "", "clip")
+  if info.get("source") != "trained" or not os.path.isfile(os.path.join(path, "config.json")):
+    raise DemoError("config.students.vision_init='grounder' needs the trained grounder's CLIP "
+                    f"({path or 'experts/grounder/clip'}); grounder source is "
+                    f"{info.get('source')!r}: set vision_init='' or train the grounder")
+  return path
+
+
+def _train_pixels(config, world_dir: str, size: int, clips: int = 16) -> np.ndarray:
+  """(clips * frames, 3, size, size) frames of the first train clips' question windows: the
+  sample that `standardize_projector` reads the frozen tower's feature statistics from."""
+  from aotd_jax.data import video, video_processing
+  s, seen, out = config.students, set(), []
+  for r in read_split(world_dir, "train"):
+    if r.video_id in seen or len(seen) >= clips:
+      continue
+    seen.add(r.video_id)
+    frames = video.read_frames(os.path.join(world_dir, "videos", f"{r.video_id}.mp4"),
+                               s.num_frames, size=s.decode_size)
+    out.append(video_processing.preprocess_video(frames, shortest_edge=size, crop_size=size))
+  return np.concatenate(out)
+
+
+def shuffled_qa(world_dir: str, out_dir: str, copies: int, seed: int) -> list[str]:
+  """STAR files of the train split with each question's choices shuffled (`copies` of them,
+  written once to `out_dir`, shared by every student): the same questions with the answer
+  at other letters, so a student learns which option is right rather than which letter."""
+  paths = []
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(world_dir, "train.json")) as f:
+    records = json.load(f)
+  for k in range(copies):
+    path = os.path.join(out_dir, f"train_shuffled{k}.json")
+    paths.append(path)
+    if os.path.exists(path):
+      continue
+    rng = np.random.default_rng([seed, k])
+    out = []
+    for r in records:
+      order = rng.permutation(len(r["choices"]))
+      choices = [dict(r["choices"][int(i)], choice_id=j) for j, i in enumerate(order)]
+      out.append(dict(r, question_id=f"{r['question_id']}_shuffled{k}", choices=choices))
+    write_json(path, out)
+  return paths
+
+
 def student_stage(config, workdir: str, name: str, seed: int, world_dir: str,
-                  tokenizer_dir: str, cots: Mapping) -> dict:
-  """Distils student `name` (QA of the train split + its CoTs) and saves it as a HF directory."""
+                  tokenizer_dir: str, cots: Mapping, vision_dir: str = "") -> dict:
+  """Distils student `name` (QA of the train split + its CoTs) and saves it as a HF directory.
+
+  vision_dir: a CLIP directory whose image tower the student starts from (`student_vision_dir`);
+  its projector is then standardised on train frames (`qa_expert.standardize_projector`).
+  """
   if name not in STUDENT_DATA:
     raise DemoError(f"config.students.names: unknown student {name!r}; "
                     f"expected some of {sorted(STUDENT_DATA)}")
@@ -187,19 +249,31 @@ def student_stage(config, workdir: str, name: str, seed: int, world_dir: str,
   cot_files = [{"path": cots[f"{kind}_path"], "weight": s.cot_weight}
                for kind in STUDENT_DATA[name] if counts[kind] > 0]
   videos = os.path.abspath(os.path.join(world_dir, "videos"))
+  # QA: the train split as annotated plus `qa_shuffles` choice-shuffled copies, together
+  # weighted as one source (the QA : CoT mix does not change).
+  copies = int(s.get("qa_shuffles", 0))
+  qa_paths = [os.path.join(world_dir, "train.json")] + shuffled_qa(
+      world_dir, os.path.join(workdir, "students", "qa"), copies, int(config.world.seed))
+  qa = [{"format": "star", "path": p, "video_root": videos, "weight": 1.0 / len(qa_paths)}
+        for p in qa_paths]
   cfg = ml_collections.ConfigDict({
       "batch_size": s.batch_size, "seed": seed,
       "data": {"tokenizer": tokenizer_dir, "seq_len": max(s.buckets), "buckets": list(s.buckets),
                "num_frames": s.num_frames, "decode_size": s.decode_size, "num_workers": 0,
-               "qa": [{"format": "star", "path": os.path.join(world_dir, "train.json"),
-                       "video_root": videos, "weight": 1.0}],
+               "qa": qa,
                "cot": cot_files}})
   n_dev = s.num_devices or len(jax.devices())
   mesh = sharding.make_mesh({"data": -1}, devices=jax.devices()[:n_dev])
   student = build.build_student(ml_collections.ConfigDict({
       "hf_dir": "", "architecture": "LlavaNextVideoForConditionalGeneration",
       "init": _student_init(config, tokenizer), "dtype": "float32", "param_dtype": "float32",
-      "remat": False}), mesh=mesh, seed=seed)
+      "remat": False, "vision_init": vision_dir,
+      "freeze_vision_tower": bool(s.freeze_vision_tower)}), mesh=mesh, seed=seed)
+  projector = {}
+  if vision_dir:
+    from aotd_jax.demo.qa_expert import standardize_projector
+    projector = standardize_projector(
+        student, _train_pixels(config, world_dir, student.config.vision_config.image_size))
   data = train_data.make_pipeline_data(cfg, student, tokenizer)
   optim = {"learning_rate": s.learning_rate, "warmup_ratio": s.warmup_ratio, "grad_clip": 1.0,
            "final_lr_ratio": 0.1}
@@ -216,7 +290,8 @@ def student_stage(config, workdir: str, name: str, seed: int, world_dir: str,
           "final_loss": result.last_metrics.get("loss"),
           "label_loss": result.last_metrics.get("label_loss"),
           "rationale_loss": result.last_metrics.get("rationale_loss"),
-          "cot_files": [c["path"] for c in cot_files], "path": out}
+          "cot_files": [c["path"] for c in cot_files], "path": out,
+          "vision_init": vision_dir, **projector}
   write_json(summary, info)
   mark_done(out)
   return info
@@ -238,6 +313,9 @@ def ground_truth_for(world_dir: str, records) -> list[tuple[dict, list]]:
   return out
 
 
+SCORINGS = ("letters", "likelihood", "generate")  # config.eval.scoring
+
+
 def eval_stage(config, workdir: str, student: Mapping, world_dir: str) -> dict:
   """Accuracy (per type) on the test split, and rationale grounding on its first questions."""
   out = os.path.join(workdir, "eval", f"{os.path.basename(student['path'])}.json")
@@ -245,10 +323,21 @@ def eval_stage(config, workdir: str, student: Mapping, world_dir: str) -> dict:
   def compute():
     from aotd_jax import hf
     from aotd_jax.eval import student as student_eval
+    e = config.eval
+    scoring = e.get("scoring", "generate")
+    if scoring not in SCORINGS:
+      raise DemoError(f"config.eval.scoring={scoring!r}: expected one of {SCORINGS}")
     records = read_split(world_dir, "test")
     model, tokenizer = hf.from_pretrained(student["path"]), load_tokenizer(student["path"])
-    run = run_student(config, model, tokenizer, records, world_dir, "answer",
-                       config.eval.max_new_tokens)
+    extra = {}
+    if scoring == "generate":  # greedy reply, option parsed from it
+      run = run_student(config, model, tokenizer, records, world_dir, "answer", e.max_new_tokens)
+    else:  # closed set: the best option letter, or the likeliest whole reply
+      choose = (student_eval.choose_letters if scoring == "letters"
+                else student_eval.choose_by_likelihood)
+      run = choose(model, tokenizer, records, video_root=os.path.join(world_dir, "videos"),
+                   num_frames=e.num_frames, decode_size=e.decode_size, batch_size=e.batch_size)
+      extra["option_logprobs"] = run.logprobs
     scores = student_eval.score(records, run.outputs)
     few = records[:config.eval.rationale_questions]
     rationales = run_student(config, model, tokenizer, few, world_dir, "rationale",
@@ -258,8 +347,34 @@ def eval_stage(config, workdir: str, student: Mapping, world_dir: str) -> dict:
             "count": scores["count"], "split": "test", "qids": [r.qid for r in records],
             "outputs": run.outputs, "rationales": [{"qid": r.qid, "text": t}
                                                    for r, t in zip(few, rationales)],
-            "grounding": grounding}
+            "grounding": grounding, "scoring": scoring,
+            "letters": letter_histograms(records, run.outputs), **extra}
   return cached(out, compute)
+
+
+def letter_histograms(records, outputs: Sequence[str]) -> dict:
+  """Per-letter counts of the gold answers and of the predictions (None: unparsable); a
+  student stuck on one letter shows as one full bin."""
+  from aotd_jax.data import conversation
+  from aotd_jax.eval import metrics
+
+  def letter(i):
+    return "none" if i is None else conversation.option_letter(i)
+  gold = [letter(r.answer_index) for r in records]
+  pred = [letter(metrics.parse_choice(o, r.choices)) for r, o in zip(records, outputs)]
+  return {"gold": dict(sorted(collections.Counter(gold).items())),
+          "pred": dict(sorted(collections.Counter(pred).items()))}
+
+
+def majority_baseline(world_dir: str) -> dict:
+  """Test accuracy of always answering the train split's most frequent letter (a text-free,
+  video-free baseline the students must beat besides chance)."""
+  from aotd_jax.data import conversation
+  train = collections.Counter(r.answer_index for r in read_split(world_dir, "train"))
+  top = train.most_common(1)[0][0]
+  test = [r.answer_index for r in read_split(world_dir, "test")]
+  return {"letter": conversation.option_letter(top),
+          "accuracy": float(np.mean([a == top for a in test])) if test else 0.0}
 
 
 # -- the whole run ---------------------------------------------------------------------------------
@@ -276,7 +391,7 @@ def _student_summary(evals: Sequence[Mapping]) -> dict:
   return {"accuracy": acc, "accuracy_std": acc_std, "per_type": per_type,
           "per_seed": [e["accuracy"] for e in evals], "qids": evals[0]["qids"],
           "grounding": evals[0]["grounding"], "count": evals[0]["count"],
-          "rationales": evals[0]["rationales"]}
+          "rationales": evals[0]["rationales"], "letters": evals[0].get("letters")}
 
 
 def run(config, workdir: str, *, log: Callable[[str], None] = print) -> dict:
@@ -308,10 +423,11 @@ def run(config, workdir: str, *, log: Callable[[str], None] = print) -> dict:
   cots = stage("cots", cot_stage, config, workdir, world_dir, experts_info)
   evals: dict[str, list] = {}
   trained: dict[str, list] = {}
+  vision_dir = student_vision_dir(config, experts_info)
   for name in config.students.names:
     for seed in config.seeds:
       info = stage(f"student {name} seed {seed}", student_stage, config, workdir, name, seed,
-                   world_dir, tok["path"], cots)
+                   world_dir, tok["path"], cots, vision_dir)
       trained.setdefault(name, []).append(info)
       evals.setdefault(name, []).append(
           stage(f"eval {name} seed {seed}", eval_stage, config, workdir, info, world_dir))
@@ -327,6 +443,7 @@ def run(config, workdir: str, *, log: Callable[[str], None] = print) -> dict:
       "efficiency": eff,
       "config": config.to_dict(),
       "tokenizer": tok,
+      "majority_letter": majority_baseline(world_dir),
       "test_qids": [r.qid for r in read_split(world_dir, "test")],
       "train_qids": [r.qid for r in read_split(world_dir, "train")],
       "timings": timings,
