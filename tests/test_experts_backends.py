@@ -466,6 +466,75 @@ def test_llava_video_qa_generates_as_transformers(llava):
   assert box.records[-1].cache_hits == 1
 
 
+def test_llava_video_qa_scores_choices_by_transformers_likelihood(llava):
+  """Closed-set multiple choice: each choice's reply log-likelihood equals the one computed
+  by hand from transformers' logits, and the answer is the likeliest choice, where free
+  generation of this random model replies with no choice at all."""
+  import torch
+  from experts.backends import llava as llava_backend
+  reference, path = llava
+  model, tokenizer = llava_backend.load(path)
+  qa = llava_backend.LlavaVideoQA(model, tokenizer, num_frames=4, max_new_tokens=3)
+  clip = experts.VideoClip(np.random.default_rng(5).integers(0, 255, (9, 28, 28, 3), np.uint8),
+                           video_id="v")
+  choices = ["red circle", "the video", "circle", "what happens in the video"]
+  user = "what happens in the video"
+  ids, pixels = qa.inputs(clip, user)
+  want = []
+  for reply in choices:
+    t = tokenizer(" " + reply, add_special_tokens=False)["input_ids"] + [2]
+    full = torch.tensor([list(ids[0]) + t]).long()
+    with torch.no_grad():
+      logits = reference(input_ids=full, pixel_values_videos=torch.tensor(pixels)).logits
+    logp = torch.log_softmax(logits[0, :-1].double(), -1)
+    want.append(sum(float(logp[ids.shape[1] - 1 + i, tok]) for i, tok in enumerate(t)))
+  got = qa.score_choices(clip, user, choices)
+  np.testing.assert_allclose(got, want, atol=2e-3)
+  assert len(set(np.round(want, 3))) == len(choices)  # a real ranking, not ties
+  from aotd_jax.data.conversation import ANSWER_SUFFIX, format_question
+  answer = qa.answer(clip, "what", choices)
+  scored = qa.score_choices(clip, format_question("what", choices) + "\n" + ANSWER_SUFFIX,
+                            choices)
+  assert answer == choices[int(np.argmax(scored))]
+  pmi = llava_backend.LlavaVideoQA(model, tokenizer, num_frames=4, choice_scoring="pmi")
+  user_mc = format_question("what", choices) + "\n" + ANSWER_SUFFIX
+  blank = pmi.score_choices(clip, user_mc, choices, blank=True)
+  assert not np.allclose(blank, scored)  # the video counts
+  assert pmi.answer(clip, "what", choices) == choices[int(np.argmax(scored - blank))]
+  free = llava_backend.LlavaVideoQA(model, tokenizer, num_frames=4, max_new_tokens=3,
+                                    choice_scoring="generate")
+  assert free.answer(clip, "what", choices) not in choices  # the reply it would have given
+  assert qa.recognize(clip, None, choices)[0] in choices
+
+
+def test_llava_choice_reply_forms():
+  from experts.backends import llava as llava_backend
+  choices = ["red circle jumps", "blue square moves"]
+  assert llava_backend.choice_reply(choices, 1) == "blue square moves"
+  assert llava_backend.choice_reply(choices, 1, "letter") == "(B)"
+  assert llava_backend.choice_reply(choices, 1, "letter_text") == "(B) blue square moves"
+
+
+def test_llava_video_qa_rejects_bad_scoring_arguments():
+  import types
+  from experts.backends import llava as llava_backend
+  model = types.SimpleNamespace(config=types.SimpleNamespace(video_token_index=LV_VIDEO))
+  with pytest.raises(ValueError, match="choice_scoring='vote' is not one of"):
+    llava_backend.LlavaVideoQA(model, object(), choice_scoring="vote")
+  with pytest.raises(ValueError, match="answer_format='index' is not one of"):
+    llava_backend.LlavaVideoQA(model, object(), answer_format="index")
+
+  class Tokenizer:
+    unk_token_id = 3
+
+    def convert_tokens_to_ids(self, token):
+      return {"<video>": LV_VIDEO}.get(token, 3)
+
+  qa = llava_backend.LlavaVideoQA(model, Tokenizer())
+  with pytest.raises(ValueError, match="score_choices: no replies"):
+    qa.score_choices(None, "what happens?", [])
+
+
 def test_llava_video_qa_rejects_a_tokenizer_without_the_video_token():
   import types
   from experts.backends import llava as llava_backend

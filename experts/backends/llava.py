@@ -5,6 +5,12 @@ transformers' sampling does), so every call has the same video shape: generation
 once per prompt-length bucket, whatever the clip length. The prompt is the student's own
 (`aotd_jax.data.conversation.build_prompt`, the tokenizer's chat template when it has one),
 with the `<video>` placeholder expanded to the model's number of video tokens.
+
+Multiple choice is closed-set by default (`choice_scoring="likelihood"`), as video-LLM
+benchmarks score it: each candidate is scored by the model's log-likelihood of replying with
+it (`answer_format`: the choice's text, "(B)", or "(B) text", then `</s>`), and the best one
+is returned, so the reply is always a valid choice. `choice_scoring="generate"` decodes
+freely and snaps the reply to a choice instead.
 """
 from __future__ import annotations
 
@@ -15,6 +21,32 @@ import numpy as np
 SUMMARY_PROMPT = "Describe briefly what happens in the video."
 ACTIONS_PROMPT = "What actions happen in the video?"
 OBJECT_ACTIONS_PROMPT = "What happens with the {object} in the video?"
+CHOICE_SCORING = ("likelihood", "pmi", "generate")
+ANSWER_FORMATS = ("text", "letter", "letter_text")
+
+
+def choice_reply(choices: Sequence[str], index: int, answer_format: str = "text") -> str:
+  """The reply that names `choices[index]`: its text, "(B)" or "(B) text" (`answer_format`)."""
+  from aotd_jax.data import conversation
+  if answer_format == "text":
+    return str(choices[index])
+  letter = f"({conversation.option_letter(index)})"
+  return letter if answer_format == "letter" else f"{letter} {choices[index]}"
+
+
+def _choice_logprobs(graphdef, state, ids, mask, pixels, scored):
+  """Summed log-probabilities of the `scored` (B, L) tokens of each row."""
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+  model = nnx.merge(graphdef, state)
+  logits = model(ids, mask, pixel_values_videos=pixels).logits[:, :-1].astype(jnp.float32)
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  tok = jnp.take_along_axis(logp, ids[:, 1:, None], axis=-1)[..., 0]
+  return jnp.sum(tok * scored[:, 1:], axis=-1)
+
+
+_choice_logprobs_jit = None
 
 
 def load(path: str):
@@ -33,10 +65,20 @@ class LlavaVideoQA:
     num_frames: frames sampled per clip.
     max_new_tokens: generation length of answers and summaries.
     video_token: the placeholder token of the prompt.
+    choice_scoring: "likelihood" (closed set: the candidate the model finds likeliest) or
+      "generate" (free greedy reply snapped to a candidate), for multiple-choice calls.
+    answer_format: how the model was trained to name a choice ("text", "letter": "(B)",
+      "letter_text": "(B) text"); the form `choice_scoring="likelihood"` scores.
   """
 
   def __init__(self, model, tokenizer, *, name: str = "llava", num_frames: int = 8,
-               max_new_tokens: int = 32, video_token: str = "<video>"):
+               max_new_tokens: int = 32, video_token: str = "<video>",
+               choice_scoring: str = "likelihood", answer_format: str = "text"):
+    if choice_scoring not in CHOICE_SCORING:
+      raise ValueError(f"choice_scoring={choice_scoring!r} is not one of {list(CHOICE_SCORING)}")
+    if answer_format not in ANSWER_FORMATS:
+      raise ValueError(f"answer_format={answer_format!r} is not one of {list(ANSWER_FORMATS)}")
+    self.choice_scoring, self.answer_format = choice_scoring, answer_format
     self.model, self.tokenizer, self.name = model, tokenizer, name
     self.num_frames, self.max_new_tokens = int(num_frames), int(max_new_tokens)
     self.video_token_id = tokenizer.convert_tokens_to_ids(video_token)
@@ -71,10 +113,57 @@ class LlavaVideoQA:
     return self.tokenizer.decode(np.asarray(out.sequences)[0, :n].tolist(),
                                  skip_special_tokens=True).strip()
 
+  def score_choices(self, clip, user_text: str, replies: Sequence[str], *,
+                    blank: bool = False) -> np.ndarray:
+    """Log-likelihood (len(replies),) of the model replying `reply</s>` to `user_text`.
+
+    The replies are tokenised as training encodes targets (`" " + reply`, then EOS) and scored
+    in one batch (right-padded to a power-of-two bucket, so lengths share compiled programs).
+    blank: the video replaced by zeros (the normalised mean frame): what the text alone says.
+    """
+    global _choice_logprobs_jit
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from aotd_jax.models.generate import prompt_bucket
+    if not replies:
+      raise ValueError("score_choices: no replies to score")
+    ids, pixels = self.inputs(clip, user_text)
+    if blank:
+      pixels = np.zeros_like(pixels)
+    prompt = list(ids[0])
+    rows, masks = [], []
+    for reply in replies:
+      t = list(self.tokenizer(" " + str(reply), add_special_tokens=False)["input_ids"])
+      rows.append(prompt + t + [self.tokenizer.eos_token_id])
+      masks.append([0] * len(prompt) + [1] * (len(t) + 1))
+    width = prompt_bucket(max(map(len, rows)))
+    pad = self.tokenizer.pad_token_id or 0
+    batch = np.full((len(rows), width), pad, np.int32)
+    attn, scored = np.zeros_like(batch), np.zeros((len(rows), width), np.float32)
+    for i, (r, m) in enumerate(zip(rows, masks)):
+      batch[i, :len(r)], attn[i, :len(r)], scored[i, :len(m)] = r, 1, m
+    if _choice_logprobs_jit is None:
+      _choice_logprobs_jit = jax.jit(_choice_logprobs, static_argnums=(0,))
+    graphdef, state = nnx.split(self.model)
+    out = _choice_logprobs_jit(graphdef, state, jnp.asarray(batch), jnp.asarray(attn),
+                               jnp.asarray(np.repeat(pixels, len(rows), axis=0)),
+                               jnp.asarray(scored))
+    return np.asarray(out, np.float64)
+
   def answer(self, clip, question: str, choices: Sequence[str] | None = None) -> str:
     from aotd_jax.data.conversation import (ANSWER_SUFFIX, OPEN_ENDED_SUFFIX, format_question)
     if choices:
-      return self.generate_text(clip, format_question(question, choices) + "\n" + ANSWER_SUFFIX)
+      choices = [str(c) for c in choices]
+      user = format_question(question, choices) + "\n" + ANSWER_SUFFIX
+      if self.choice_scoring == "generate":
+        return self.generate_text(clip, user)
+      replies = [choice_reply(choices, i, self.answer_format) for i in range(len(choices))]
+      scores = self.score_choices(clip, user, replies)
+      if self.choice_scoring == "pmi":  # what the video adds to the text's own preference
+        scores = scores - self.score_choices(clip, user, replies, blank=True)
+      return choices[int(np.argmax(scores))]
     return self.generate_text(clip, question + "\n" + OPEN_ENDED_SUFFIX)
 
   def summarize(self, clip, query: str | None = None) -> str:
