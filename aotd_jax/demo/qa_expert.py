@@ -6,7 +6,7 @@
     config.video_qa = dict(kind="llava", path=path)
 
 It learns the prompts `experts.backends.llava.LlavaVideoQA` sends (the student's prompt form,
-`conversation.build_prompt`, answers as "(B) text"):
+`conversation.build_prompt`):
 
 - toy-world questions of the train split on their windows (`conversation.qa_user_text`);
 - action recognition as `Query_Actions` asks it: "What actions happen in the video?" with
@@ -15,7 +15,11 @@ It learns the prompts `experts.backends.llava.LlavaVideoQA` sends (the student's
   words, "The red circle jumped.");
 - "What is the red circle doing?" (open-ended) -> "jumps" on the object's event windows.
 
-Training uses the distillation `Trainer` (answers in `label_mask`), vision tower included.
+Answers are the option's text: the llava backend scores each candidate's likelihood (closed
+set). The vision tower is trained first on the tokens the LM reads (`train_video_features`:
+which objects sit in each pooled token's cell and what they do, on the train clips plus
+rendered train-distribution clips), then frozen; the projector and LM train with the
+distillation `Trainer` (answers in `label_mask`).
 Val scores (`aotd_jax.eval.subtasks.score_qa` / `score_action_recognizer` through the llava
 backend) go to `out_dir/scores.json` and the `DONE` marker.
 """
@@ -37,11 +41,15 @@ DEFAULT_SIZE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                     num_attention_heads=4, num_key_value_heads=2, vision_hidden_size=32,
                     vision_layers=2, image_size=32, patch_size=8, pool_stride=2, num_frames=8,
                     freeze_vision_tower=True, batch_size=8, vision_steps=200,
+                    feature_steps=600, extra_clips=300,
                     qa_permutations=3, learning_rate=3e-3, eval_videos=10)
 VISION_LR = 3e-2  # stage 1 (`vision_experts.train_frame_encoder`), the grounder's clip_lr
+FEATURE_LR = 3e-2  # `train_video_features` (val visibility AUC 0.85 vs 0.82 at 1e-2)
 # Multiple-choice targets: "letter" -> "(B)", "text" -> the option's text, "letter_text" ->
 # "(B) text" (the distillation format).
-ANSWER_STYLE = "letter"  # the toy world's questions
+# Text: the llava backend scores each choice's text by likelihood (closed set), so the
+# reply carries what the video shows ("The red circle."), not a letter bound to a list.
+ANSWER_STYLE = "text"  # the toy world's questions
 ACTION_STYLE = "text"  # "What actions happen in the video?" (snapped to a candidate)
 
 
@@ -255,6 +263,162 @@ def pretrained_vision(world_dir: str, vision_init, size: dict, seed: int):
   return hf_vision, clip_model.vision_model, info
 
 
+def _auc(score: np.ndarray, label: np.ndarray) -> float:
+  """Area under the ROC curve (ties share ranks); 0.5 = no information."""
+  from scipy.stats import rankdata
+  pos = label.astype(bool)
+  if pos.all() or not pos.any():
+    return float("nan")
+  r = rankdata(score)
+  return float((r[pos].sum() - pos.sum() * (pos.sum() + 1) / 2) / (pos.sum() * (~pos).sum()))
+
+
+def _token_features(cfg, tower, resampler, pixels):
+  """(N, 3, S, S) -> (N, tokens, D): the pooled patch features the projector reads, with the
+  gradient kept (`_vision_features` stops it for a frozen tower)."""
+  import jax.numpy as jnp
+  states = tower(pixels, output_hidden_states=True).hidden_states
+  x = jnp.concatenate([states[i] for i in cfg.feature_layers], axis=-1)
+  if cfg.vision_feature_select_strategy == "default":
+    x = x[:, 1:]
+  return resampler(x)
+
+
+def extra_train_clips(world_dir: str, num: int) -> tuple[list, list]:
+  """(truths, frames) of `num` more clips drawn as the world's train split draws them.
+
+  Same generator, seed and held-out rules (`toyworld.generate_clip(seed, "train", i)`), at
+  indices after the world's own train clips: never a val / test clip. The toy world's
+  simulator standing in for a larger train set, for the vision stage only.
+  """
+  from aotd_jax.data import toyworld
+  with open(os.path.join(world_dir, "world.json")) as f:
+    world = json.load(f)
+  first = len(world["splits"]["train"])
+  heldout = [tuple(h) for h in world.get("heldout", [])]
+  truths, frames = [], []
+  for i in range(first, first + int(num)):
+    fr, truth, _ = toyworld.generate_clip(int(world["seed"]), "train", i,
+                                          size=int(world["size"]), fps=int(world["fps"]),
+                                          seconds=float(world["seconds"]), heldout=heldout)
+    truths.append(truth)
+    frames.append(fr)
+  return truths, frames
+
+
+def token_states(truths, frames, side: int) -> tuple[np.ndarray, np.ndarray]:
+  """Every frame (N, H, W, 3) and its per-token targets (N, side*side, objects, 1 + actions):
+  for each cell of the pooled `side` x `side` token grid (row-major, as the LM reads them),
+  which objects (`toyworld.ALL_OBJECT_NAMES`) have their box centre there, and what each of
+  those is doing in that frame."""
+  from aotd_jax.data import toyworld
+  from aotd_jax.data.toyworld_render import ACTIONS
+  index = {n: i for i, n in enumerate(toyworld.ALL_OBJECT_NAMES)}
+  out_f, out_s = [], []
+  for truth, clip in zip(truths, frames):
+    h, w = clip.shape[1], clip.shape[2]
+    for t in range(min(len(clip), truth.num_frames)):
+      st = np.zeros((side * side, len(index), 1 + len(ACTIONS)), np.float32)
+      doing = {}
+      for e in truth.events:
+        if e["start_frame"] <= t <= e["end_frame"]:
+          doing.setdefault(e["object"], []).append(ACTIONS.index(e["action"]))
+      for i, name in enumerate(truth.names):
+        if not truth.visible[t, i]:
+          continue
+        x0, y0, x1, y1 = truth.boxes[t, i]
+        cx = min(side - 1, int((x0 + x1) / 2 / w * side))
+        cy = min(side - 1, int((y0 + y1) / 2 / h * side))
+        cell = st[cy * side + cx, index[name]]
+        cell[0] = 1.0
+        for a in doing.get(name, []):
+          cell[1 + a] = 1.0
+      out_f.append(clip[t])
+      out_s.append(st)
+  return np.stack(out_f), np.stack(out_s)
+
+
+def train_video_features(model, world_dir: str, *, steps: int, lr: float = FEATURE_LR,
+                         seed: int = 0, batch_size: int = 64, extra_clips: int = 0) -> dict:
+  """Trains the LLaVA vision tower in place so that the tokens the LM reads carry the frame.
+
+  The grounder's stage 1 (`vision_experts.train_frame_encoder`) trains CLIP's pooled class
+  embedding; LLaVA reads the *patch* tokens of `vision_feature_layer` (class token dropped),
+  which that stage leaves untrained. Here one linear probe, shared by all the pooled tokens
+  (what `multi_modal_projector` receives), learns from each token which objects are in its
+  cell of the grid and what they are doing (`token_states`), on every train frame plus
+  `extra_clips` rendered ones (`extra_train_clips`). Shared across cells, the probe cannot
+  memorise where objects sat in the few train clips; a probe over the concatenated tokens
+  did, and read val frames at the base rate. Returns losses and the probe's val object
+  visibility AUC (`feature_val_visible_auc`: 0.5 = no information).
+  """
+  import jax.numpy as jnp
+  import optax
+  from flax import nnx
+
+  from aotd_jax.data.video_processing import preprocess_video
+  from aotd_jax.demo import vision_experts as ve
+  t0 = time.perf_counter()
+  truths, frames, _ = ve._world(world_dir)
+  if extra_clips:
+    more = extra_train_clips(world_dir, extra_clips)
+    truths, frames = truths + more[0], frames + more[1]
+  cfg = model.config
+  side = int(round(np.sqrt(cfg.video_tokens_per_frame())))
+  all_frames, states = token_states(truths, frames, side)
+  img = cfg.vision_config.image_size
+  pixels = preprocess_video(all_frames, shortest_edge=img, crop_size=img)
+  width = cfg.vision_config.hidden_size * len(cfg.feature_layers)
+  probe = nnx.Linear(width, states[0, 0].size, rngs=nnx.Rngs(seed))
+  parts = nnx.List([model.vision_tower, model.vision_resampler, probe])
+  warm = max(1, min(50, steps // 10))
+  sched = optax.warmup_cosine_decay_schedule(0.0, lr, warm, max(steps, warm + 1), lr * 0.05)
+  opt = nnx.Optimizer(parts, optax.chain(optax.clip_by_global_norm(1.0),
+                                         optax.adamw(sched, weight_decay=1e-4)), wrt=nnx.Param)
+
+  def logits(parts, pixels):
+    tower, resampler, probe = parts
+    f = _token_features(cfg, tower, resampler, pixels)  # (N, cells, D)
+    return probe(f).reshape(f.shape[:2] + states.shape[2:])
+
+  def loss_fn(parts, pixels, states):
+    pred = logits(parts, pixels)
+    vis = states[..., 0]
+    bce = optax.sigmoid_binary_cross_entropy(pred[..., 0], vis).mean()
+    act = (optax.sigmoid_binary_cross_entropy(pred[..., 1:], states[..., 1:]).sum(-1) * vis).sum()
+    return bce * states.shape[2] + act / jnp.maximum(vis.sum(), 1.0)
+
+  @nnx.jit
+  def step(parts, opt, pixels, states):
+    loss, grads = nnx.value_and_grad(loss_fn)(parts, pixels, states)
+    opt.update(parts, grads)
+    return loss
+
+  rng = np.random.default_rng(seed)
+  losses = []
+  bs = min(batch_size, len(pixels))
+  for _ in range(steps):
+    pick = rng.choice(len(pixels), bs, replace=False)
+    losses.append(float(step(parts, opt, jnp.asarray(pixels[pick]), jnp.asarray(states[pick]))))
+  info = {"feature_steps": steps, "extra_clips": int(extra_clips),
+          "feature_first_loss": losses[0], "feature_final_loss": float(np.mean(losses[-10:])),
+          "feature_seconds": round(time.perf_counter() - t0, 2)}
+  # How well the probe reads val frames: is each object in the frame (any cell)?
+  with open(os.path.join(world_dir, "world.json")) as f:
+    if not json.load(f)["splits"].get("val"):
+      return info
+  vtruths, vframes, _ = ve._world(world_dir, "val")
+  vf, vs = token_states(vtruths, vframes, side)
+  vp = preprocess_video(vf, shortest_edge=img, crop_size=img)
+  read = nnx.jit(logits)
+  pred = np.concatenate([np.asarray(read(parts, jnp.asarray(vp[i:i + 256])))
+                         for i in range(0, len(vp), 256)])
+  vis = vs[..., 0].max(1) > 0.5
+  info["feature_val_visible_auc"] = _auc(pred[..., 0].max(1).ravel(), vis.ravel())
+  info["feature_val_visible_base"] = float(max(vis.mean(), 1 - vis.mean()))
+  return info
+
+
 def standardize_projector(model, pixels: np.ndarray, *, batch: int = 64) -> dict:
   """Data-dependent init of the projector: folds the per-channel standardisation of the
   frozen tower's pooled features on `pixels` (N, 3, S, S) into
@@ -308,7 +472,8 @@ def train_qa_expert(world_dir: str | os.PathLike, tokenizer_dir: str | os.PathLi
     evaluate: score on the val split (`score_qa_expert`) into `scores.json`.
     vision_init: a pretrained CLIP directory (e.g. `train_grounder`'s `<dir>/clip`) whose
       image tower becomes the LLaVA vision tower (its sizes win over `size`'s vision ones);
-      None: train one here with the grounder's stage 1 (`pretrained_vision`).
+      None: train one here on the tokens the LM reads (`train_video_features`,
+      `feature_steps` steps on the train clips plus `extra_clips` rendered ones).
     **size: overrides of `DEFAULT_SIZE` (hidden_size, num_frames, image_size, ...).
 
   Returns:
@@ -325,13 +490,20 @@ def train_qa_expert(world_dir: str | os.PathLike, tokenizer_dir: str | os.PathLi
   size = resolve_size(size, DEFAULT_SIZE, "train_qa_expert")
   t0 = time.perf_counter()
   tokenizer = load_tokenizer(tokenizer_dir)
-  hf_vision, tower, vision_info = pretrained_vision(world_dir, vision_init, size, seed)
+  if vision_init is not None:
+    hf_vision, tower, vision_info = pretrained_vision(world_dir, vision_init, size, seed)
+  else:  # a fresh tower: `train_video_features` below trains it (the stage 1 that counts)
+    hf_vision, tower, vision_info = None, None, {"vision_init": "features"}
   config = model_config(tokenizer, size, hf_vision)
   examples = build_examples(world_dir, "train", tokenizer, config,
                             num_frames=size["num_frames"], seed=seed,
                             qa_permutations=size["qa_permutations"])
   model = LlavaNextVideoForConditionalGeneration(config, rngs=nnx.Rngs(seed))
-  nnx.update(model.vision_tower.vision_model, nnx.state(tower))
+  if tower is not None:
+    nnx.update(model.vision_tower.vision_model, nnx.state(tower))
+  if vision_init is None:  # a pretrained CLIP stays as it is (frozen, as LLaVA keeps it)
+    vision_info.update(train_video_features(model, world_dir, steps=size["feature_steps"],
+                                            seed=seed, extra_clips=size["extra_clips"]))
   pick = np.random.default_rng(seed).permutation(len(examples))[:32]
   stats = standardize_projector(
       model, np.concatenate([examples[int(i)]["pixel_values_videos"] for i in pick]))
