@@ -136,7 +136,9 @@ def test_extra_train_clips_are_new_train_clips_of_the_same_world(world):
     for e in t.events:
       colour, shape = e["object"].split()
       assert (shape, colour, e["action"]) not in heldout
-  again, _ = ve.extra_train_clips(meta, 1)  # deterministic: the same clip again
+  again, _ = ve.extra_train_clips(world, 1)  # from the directory; deterministic
   assert again[0].events == truths[0].events
   with pytest.raises(ValueError, match=r"extra_clips=-1: must be an int >= 0"):
     ve.extra_train_clips(meta, -1)
+  with pytest.raises(FileNotFoundError, match=r"no world.json"):
+    ve.extra_train_clips(os.path.dirname(world), 1)

@@ -115,18 +115,24 @@ def _world(world_dir: str, split: str = "train"):
   return [truths[v] for v in ids], frames, world
 
 
-def extra_train_clips(world: dict, count: int, *, offset: int | None = None):
+def extra_train_clips(world: str | dict, count: int):
   """(ClipTruth list, frames list) of `count` more clips of the world's train split.
 
-  The world is procedural: clip i of a split is rendered from its own seed, so clips
-  `offset, offset + 1, ...` (default: after the world's train clips) are what a larger
-  world would hold in its train split, held-out combinations excluded as there. They never
-  coincide with val / test clips (other seeds). Rendered in memory (no mp4 round trip).
+  The world is procedural: clip i of a split is rendered from its own seed, so the clips
+  after the world's own train clips are what a larger world would hold in its train split,
+  held-out combinations excluded as there; never a val / test clip (other seeds). Rendered
+  in memory (no mp4 round trip). world: a generated world directory or its `world.json`.
   """
   from aotd_jax.data import toyworld
   if not isinstance(count, (int, np.integer)) or count < 0:
     raise ValueError(f"extra_clips={count!r}: must be an int >= 0")
-  start = len(world["splits"]["train"]) if offset is None else offset
+  if isinstance(world, (str, os.PathLike)):
+    path = os.path.join(world, "world.json")
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{world}: no world.json (not a generated toy world)")
+    with open(path) as f:
+      world = json.load(f)
+  start = len(world["splits"]["train"])
   heldout = [tuple(h) for h in world.get("heldout", [])]
   out = [toyworld.generate_clip(int(world["seed"]), "train", start + i, size=int(world["size"]),
                                 fps=int(world["fps"]), seconds=float(world["seconds"]),
