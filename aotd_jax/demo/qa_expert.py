@@ -284,28 +284,6 @@ def _token_features(cfg, tower, resampler, pixels):
   return resampler(x)
 
 
-def extra_train_clips(world_dir: str, num: int) -> tuple[list, list]:
-  """(truths, frames) of `num` more clips drawn as the world's train split draws them.
-
-  Same generator, seed and held-out rules (`toyworld.generate_clip(seed, "train", i)`), at
-  indices after the world's own train clips: never a val / test clip. The toy world's
-  simulator standing in for a larger train set, for the vision stage only.
-  """
-  from aotd_jax.data import toyworld
-  with open(os.path.join(world_dir, "world.json")) as f:
-    world = json.load(f)
-  first = len(world["splits"]["train"])
-  heldout = [tuple(h) for h in world.get("heldout", [])]
-  truths, frames = [], []
-  for i in range(first, first + int(num)):
-    fr, truth, _ = toyworld.generate_clip(int(world["seed"]), "train", i,
-                                          size=int(world["size"]), fps=int(world["fps"]),
-                                          seconds=float(world["seconds"]), heldout=heldout)
-    truths.append(truth)
-    frames.append(fr)
-  return truths, frames
-
-
 def token_states(truths, frames, side: int) -> tuple[np.ndarray, np.ndarray]:
   """Every frame (N, H, W, 3) and its per-token targets (N, side*side, objects, 1 + actions):
   for each cell of the pooled `side` x `side` token grid (row-major, as the LM reads them),
@@ -347,7 +325,7 @@ def train_video_features(model, world_dir: str, *, steps: int, lr: float = FEATU
   which that stage leaves untrained. Here one linear probe, shared by all the pooled tokens
   (what `multi_modal_projector` receives), learns from each token which objects are in its
   cell of the grid and what they are doing (`token_states`), on every train frame plus
-  `extra_clips` rendered ones (`extra_train_clips`). Shared across cells, the probe cannot
+  `extra_clips` rendered ones (`vision_experts.extra_train_clips`). Shared across cells, the probe cannot
   memorise where objects sat in the few train clips; a probe over the concatenated tokens
   did, and read val frames at the base rate. Returns losses and the probe's val object
   visibility AUC (`feature_val_visible_auc`: 0.5 = no information).
@@ -361,7 +339,7 @@ def train_video_features(model, world_dir: str, *, steps: int, lr: float = FEATU
   t0 = time.perf_counter()
   truths, frames, _ = ve._world(world_dir)
   if extra_clips:
-    more = extra_train_clips(world_dir, extra_clips)
+    more = ve.extra_train_clips(world_dir, extra_clips)
     truths, frames = truths + more[0], frames + more[1]
   cfg = model.config
   side = int(round(np.sqrt(cfg.video_tokens_per_frame())))
@@ -371,10 +349,7 @@ def train_video_features(model, world_dir: str, *, steps: int, lr: float = FEATU
   width = cfg.vision_config.hidden_size * len(cfg.feature_layers)
   probe = nnx.Linear(width, states[0, 0].size, rngs=nnx.Rngs(seed))
   parts = nnx.List([model.vision_tower, model.vision_resampler, probe])
-  warm = max(1, min(50, steps // 10))
-  sched = optax.warmup_cosine_decay_schedule(0.0, lr, warm, max(steps, warm + 1), lr * 0.05)
-  opt = nnx.Optimizer(parts, optax.chain(optax.clip_by_global_norm(1.0),
-                                         optax.adamw(sched, weight_decay=1e-4)), wrt=nnx.Param)
+  opt = ve._optimizer(parts, lr, steps)  # the grounder's schedule: warmup, cosine, AdamW
 
   def logits(parts, pixels):
     tower, resampler, probe = parts
