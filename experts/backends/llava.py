@@ -46,9 +46,6 @@ def _choice_logprobs(graphdef, state, ids, mask, pixels, scored):
   return jnp.sum(tok * scored[:, 1:], axis=-1)
 
 
-_choice_logprobs_jit = None
-
-
 def load(path: str):
   """(model, tokenizer) of a HF LLaVA-NeXT-Video directory."""
   from aotd_jax import hf
@@ -79,6 +76,7 @@ class LlavaVideoQA:
     if answer_format not in ANSWER_FORMATS:
       raise ValueError(f"answer_format={answer_format!r} is not one of {list(ANSWER_FORMATS)}")
     self.choice_scoring, self.answer_format = choice_scoring, answer_format
+    self._choice_logprobs = None
     self.model, self.tokenizer, self.name = model, tokenizer, name
     self.num_frames, self.max_new_tokens = int(num_frames), int(max_new_tokens)
     self.video_token_id = tokenizer.convert_tokens_to_ids(video_token)
@@ -118,10 +116,9 @@ class LlavaVideoQA:
     """Log-likelihood (len(replies),) of the model replying `reply</s>` to `user_text`.
 
     The replies are tokenised as training encodes targets (`" " + reply`, then EOS) and scored
-    in one batch (right-padded to a power-of-two bucket, so lengths share compiled programs).
+    in one batch (right-padded to a `prompt_bucket` length, so lengths share compiled programs).
     blank: the video replaced by zeros (the normalised mean frame): what the text alone says.
     """
-    global _choice_logprobs_jit
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -144,12 +141,12 @@ class LlavaVideoQA:
     attn, scored = np.zeros_like(batch), np.zeros((len(rows), width), np.float32)
     for i, (r, m) in enumerate(zip(rows, masks)):
       batch[i, :len(r)], attn[i, :len(r)], scored[i, :len(m)] = r, 1, m
-    if _choice_logprobs_jit is None:
-      _choice_logprobs_jit = jax.jit(_choice_logprobs, static_argnums=(0,))
+    if self._choice_logprobs is None:  # one jitted scorer per backend (no module state)
+      self._choice_logprobs = jax.jit(_choice_logprobs, static_argnums=(0,))
     graphdef, state = nnx.split(self.model)
-    out = _choice_logprobs_jit(graphdef, state, jnp.asarray(batch), jnp.asarray(attn),
-                               jnp.asarray(np.repeat(pixels, len(rows), axis=0)),
-                               jnp.asarray(scored))
+    out = self._choice_logprobs(graphdef, state, jnp.asarray(batch), jnp.asarray(attn),
+                                jnp.asarray(np.repeat(pixels, len(rows), axis=0)),
+                                jnp.asarray(scored))
     return np.asarray(out, np.float64)
 
   def answer(self, clip, question: str, choices: Sequence[str] | None = None) -> str:
