@@ -7,6 +7,11 @@ Prints, from one run on one CPU: the f32 matmul peak (a large jnp matmul), the t
 both (each also as a fraction of that peak; step FLOPs = 6 x matmul params x tokens + attention),
 and greedy decode tokens/s with a KV cache vs transformers' `generate`. JAX and PyTorch steps are
 interleaved so that load from other processes hits both alike; the median is reported.
+
+Ours is measured on one JAX device and on a mesh over `--devices` host CPU devices (the host's
+cores split into JAX devices, `jax_num_cpu_devices`): the train step on `--train_mesh`, decoding
+on `--decode_mesh` (weights sharded, as `hf.from_pretrained(..., mesh=...)` places them).
+Losses and tokens are checked equal across all of them.
 """
 from __future__ import annotations
 
@@ -43,6 +48,89 @@ def train_flops(cfg, batch: int, seq: int, matmul_params: int) -> float:
   """6 x matmul params x tokens, plus QK^T and PV (forward 4·L²·heads·head_dim, x3 with backward)."""
   attn = 12 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim * seq * seq * batch
   return 6 * matmul_params * batch * seq + attn
+
+
+def parse_mesh(spec: str) -> dict:
+  """'tensor=2' / 'data=2,tensor=1' -> {'tensor': 2} (axes of `aotd_jax.sharding.make_mesh`)."""
+  out = {}
+  for item in filter(None, spec.split(",")):
+    axis, _, size = item.partition("=")
+    if axis not in ("data", "fsdp", "tensor") or not size.lstrip("-").isdigit():
+      raise SystemExit(f"bad mesh spec {spec!r}: want e.g. 'tensor=2' or 'data=2' (axes data, fsdp, tensor)")
+    out[axis] = int(size)
+  return out
+
+
+def mesh_scope(mesh):
+  """The contexts that our model code runs under on a mesh (nothing for one device)."""
+  import contextlib
+  from flax.core import spmd
+  from aotd_jax import sharding
+  stack = contextlib.ExitStack()
+  if mesh is not None:
+    import jax
+    stack.enter_context(jax.set_mesh(mesh))
+    stack.enter_context(spmd.logical_axis_rules(sharding.DEFAULT_RULES))
+  return stack
+
+
+def place_batch(x, mesh):
+  """Puts a host batch on the mesh, split over its batch axes (replicated where they are 1)."""
+  import jax
+  if mesh is None:
+    return jax.numpy.asarray(x)
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  return jax.device_put(x, NamedSharding(mesh, P(("data", "fsdp"))))
+
+
+def rotated(items: list, i: int) -> list:
+  """`items` rotated by `i`: each round starts with the next contender, so none always runs first
+  after a given other one (torch's OpenMP threads spin for a while after each of its steps)."""
+  i %= len(items)
+  return items[i:] + items[:i]
+
+
+def set_host_devices(n: int) -> None:
+  """Splits this host's CPU into `n` JAX devices; must run before JAX initialises its backend."""
+  import jax
+  jax.config.update("jax_num_cpu_devices", n)
+
+
+def first_step(mesh, build, host_inputs) -> dict:
+  """Builds our train step on `mesh` (None: one device) with `build(mesh)` -> (graphdef, params,
+  opt_state, step), puts the batch there and runs one step: a record for `time_rounds`."""
+  with mesh_scope(mesh):
+    graphdef, params, opt_state, step = build(mesh)
+    inputs = tuple(place_batch(x, mesh) for x in host_inputs)
+    start = time.perf_counter()
+    params, opt_state, loss = step(params, opt_state, *inputs)
+    loss.block_until_ready()
+  return dict(mesh=mesh, graphdef=graphdef, state=[params, opt_state], step=step, inputs=inputs,
+              loss=float(loss), compile=time.perf_counter() - start, times=[], cpu=[])
+
+
+def run_step(r: dict) -> None:
+  """One more step of a `first_step` record (its state is donated and replaced)."""
+  with mesh_scope(r["mesh"]):
+    *r["state"], loss = r["step"](*r["state"], *r["inputs"])
+    loss.block_until_ready()
+
+
+def time_rounds(calls, rounds: int) -> None:
+  """Runs every (record, fn) of `calls` once per round, rotated, appending wall and CPU seconds
+  to the record's `times` / `cpu`."""
+  for i in range(rounds):
+    for record, call in rotated(calls, i):
+      start, cpu = time.perf_counter(), time.process_time()
+      call()
+      record["times"].append(time.perf_counter() - start)
+      record["cpu"].append(time.process_time() - cpu)
+
+
+def print_first_losses(runs: dict, torch_loss: float) -> None:
+  print("first-step loss: " + "  ".join(f"jax[{n}] {r['loss']:.4f}" for n, r in runs.items())
+        + f"  torch {torch_loss:.4f}  (jax compile+run "
+        + ", ".join(f"{r['compile']:.1f}s" for r in runs.values()) + ")")
 
 
 def build_jax_step(model, lr=1e-4, loss="full"):
@@ -102,19 +190,24 @@ def main(argv=None):
   parser.add_argument("--variant", default="bench", choices=["bench", "tiny"])
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--seq", type=int, default=256)
-  parser.add_argument("--steps", type=int, default=3)
+  parser.add_argument("--steps", type=int, default=4)
   parser.add_argument("--prompt", type=int, default=32)
   parser.add_argument("--new_tokens", type=int, default=64)
   parser.add_argument("--loss", default="full", choices=["full", "shift"])
   parser.add_argument("--skip_decode", action="store_true")
+  parser.add_argument("--devices", type=int, default=2,
+                      help="host CPU devices for the mesh rows (1: single-device rows only)")
+  parser.add_argument("--train_mesh", default="data=2;tensor=2",
+                      help="meshes of the train-step mesh rows, ';'-separated")
+  parser.add_argument("--decode_mesh", default="tensor=2", help="mesh of the decode mesh row")
   args = parser.parse_args(argv)
+  set_host_devices(args.devices)
 
   import jax
   import torch
   import transformers
-  from flax import nnx
   from configs.llama_tiny import get_config
-  from aotd_jax import hf
+  from aotd_jax import hf, sharding
   from aotd_jax.models.generate import generate
 
   fields = dict(get_config(args.variant).model)
@@ -122,72 +215,91 @@ def main(argv=None):
     fields.pop(k)
   torch.manual_seed(0)
   ref = transformers.LlamaForCausalLM(transformers.LlamaConfig(**fields, initializer_range=0.02))
-  with tempfile.TemporaryDirectory() as tmp:
-    ref.save_pretrained(tmp)
-    model = hf.from_pretrained(tmp)
+  tmp_dir = tempfile.TemporaryDirectory()
+  tmp = tmp_dir.name
+  ref.save_pretrained(tmp)
+  meshes = {"1 device": None}
+  if args.devices > 1:
+    for spec in filter(None, args.train_mesh.split(";")):
+      meshes[f"mesh {spec}"] = sharding.make_mesh(parse_mesh(spec))
+  model = hf.from_pretrained(tmp)
   cfg = model.config
   n_params = sum(p.numel() for p in ref.parameters())
   # The embedding lookup is no matmul (unless tied, when it is also the LM head); norms neither.
   norms = sum(p.numel() for n, p in ref.named_parameters() if "norm" in n)
   matmul_params = n_params - norms - (0 if cfg.tie_word_embeddings else cfg.vocab_size * cfg.hidden_size)
-  print(f"machine: {os.cpu_count()} CPUs, jax {jax.__version__} ({jax.devices()[0].platform}), "
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads), XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+  print(f"machine: {os.cpu_count()} CPUs, jax {jax.__version__} ({len(jax.devices())} "
+        f"{jax.devices()[0].platform} devices), torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
   print(f"model: {n_params / 1e6:.1f}M params ({matmul_params / 1e6:.1f}M in matmuls), "
         f"batch {args.batch} x seq {args.seq}, float32, AdamW")
 
   peak = matmul_peak_flops()
   print(f"f32 matmul peak (jnp 2048^3): {peak / 1e9:.1f} GFLOP/s")
 
-  # ---- train step ----
+  # ---- train step: ours on each mesh, interleaved with torch ----
   rng = np.random.default_rng(0)
   ids_np = rng.integers(3, cfg.vocab_size, (args.batch, args.seq)).astype(np.int32)
-  ids_jax, ids_torch = jax.numpy.asarray(ids_np), torch.tensor(ids_np, dtype=torch.long)
-  graphdef, params, opt_state, jax_step = build_jax_step(model, loss=args.loss)
+  ids_torch = torch.tensor(ids_np, dtype=torch.long)
+  build = lambda mesh: build_jax_step(model if mesh is None else hf.from_pretrained(tmp, mesh=mesh),
+                                     loss=args.loss)
+  runs = {name: first_step(mesh, build, (ids_np,)) for name, mesh in meshes.items()}
   torch_step = build_torch_step(ref.train())
-  start = time.perf_counter()
-  params, opt_state, loss = jax_step(params, opt_state, ids_jax)
-  loss.block_until_ready()
-  compile_s = time.perf_counter() - start
-  torch_loss = float(torch_step(ids_torch))
-  print(f"first-step loss: jax {float(loss):.4f}  torch {torch_loss:.4f}  (jax compile+run {compile_s:.1f}s)")
-  jax_times, torch_times, jax_cpu, torch_cpu = [], [], [], []
-  for _ in range(args.steps):
-    start, cpu = time.perf_counter(), time.process_time()
-    params, opt_state, loss = jax_step(params, opt_state, ids_jax)
-    loss.block_until_ready()
-    jax_times.append(time.perf_counter() - start)
-    jax_cpu.append(time.process_time() - cpu)
-    cpu = time.process_time()
-    torch_times.append(_timed(lambda: torch_step(ids_torch)))
-    torch_cpu.append(time.process_time() - cpu)
+  print_first_losses(runs, float(torch_step(ids_torch)))
+  torch_run = dict(times=[], cpu=[])
+  calls = [(r, lambda r=r: run_step(r)) for r in runs.values()]
+  time_rounds(calls + [(torch_run, lambda: torch_step(ids_torch))], args.steps)
   flops = train_flops(cfg, args.batch, args.seq, matmul_params)
-  tj, tt = statistics.median(jax_times), statistics.median(torch_times)
-  print(f"train step: jax {tj * 1e3:.0f} ms ({flops / tj / peak:.0%} of peak)  "
-        f"torch {tt * 1e3:.0f} ms ({flops / tt / peak:.0%} of peak)  ->  jax/torch speed {tt / tj:.2f}x")
-  # CPU seconds of both thread pools: less sensitive to other processes than wall time on a
-  # loaded box (OpenMP spin-waiting counts against torch), never a substitute for a quiet run.
-  print(f"train step CPU time: jax {statistics.median(jax_cpu) * 1e3:.0f} ms  "
-        f"torch {statistics.median(torch_cpu) * 1e3:.0f} ms")
+  tt = statistics.median(torch_run["times"])
+  print(f"train step: torch {tt * 1e3:.0f} ms ({flops / tt / peak:.0%} of peak), "
+        f"CPU time {statistics.median(torch_run['cpu']) * 1e3:.0f} ms")
+  for name, r in runs.items():
+    tj = statistics.median(r["times"])
+    print(f"train step: jax[{name}] {tj * 1e3:.0f} ms ({flops / tj / peak:.0%} of peak), "
+          f"CPU time {statistics.median(r['cpu']) * 1e3:.0f} ms  ->  jax/torch speed {tt / tj:.2f}x")
 
   # ---- greedy decode with a KV cache ----
   if args.skip_decode:
     return
-  ref.eval()
+  from flax import nnx
   prompt = rng.integers(3, cfg.vocab_size, (args.batch, args.prompt)).astype(np.int32)
   mask = np.ones_like(prompt)
   kw = dict(max_new_tokens=args.new_tokens, eos_token_id=None, pad_token_id=0)
-  model = nnx.merge(graphdef, params)  # the step donated the original buffers
-  generate(model, prompt, mask, **kw).sequences.block_until_ready()  # compile
-  tj = min(_timed(lambda: generate(model, prompt, mask, **kw).sequences.block_until_ready())
-           for _ in range(2))
+  trained = runs["1 device"]
+  model = nnx.merge(trained["graphdef"], trained["state"][0])  # the step donated the original buffers
+  with tempfile.TemporaryDirectory() as tmp2:  # the same trained weights for every row
+    hf.save_pretrained(model, tmp2)
+    ref = transformers.LlamaForCausalLM.from_pretrained(tmp2).eval()
+    decoders = {"1 device": (None, model, {}), "1 device, weight_split=1": (None, model, {"weight_split": 1})}
+    if args.devices > 1:
+      mesh = sharding.make_mesh(parse_mesh(args.decode_mesh))
+      decoders[f"mesh {args.decode_mesh}"] = (mesh, hf.from_pretrained(tmp2, mesh=mesh), {})
+  def run_jax(name):
+    mesh, m, extra = decoders[name]
+    with mesh_scope(mesh):
+      return generate(m, prompt, mask, **kw, **extra).sequences.block_until_ready()
+
+  seqs = {name: np.asarray(run_jax(name)) for name in decoders}  # compile
+  records = {name: dict(times=[], cpu=[]) for name in decoders}
+  torch_run = dict(times=[], cpu=[])
   with torch.no_grad():
     tp, tm = torch.tensor(prompt, dtype=torch.long), torch.tensor(mask)
-    ref.generate(input_ids=tp, attention_mask=tm, do_sample=False, **kw)  # warm-up
-    tt = min(_timed(lambda: ref.generate(input_ids=tp, attention_mask=tm, do_sample=False,
-                                         min_new_tokens=args.new_tokens, **kw)) for _ in range(2))
+    gen_kw = dict(input_ids=tp, attention_mask=tm, do_sample=False, min_new_tokens=args.new_tokens, **kw)
+    theirs = ref.generate(**gen_kw).numpy()[:, args.prompt:]  # warm-up
+    calls = [(records[name], lambda name=name: run_jax(name)) for name in decoders]
+    time_rounds(calls + [(torch_run, lambda: ref.generate(**gen_kw))], args.steps)
   tokens = args.batch * args.new_tokens
+  # A decode step streams every matmul weight once for `batch` rows: 2 x matmul params x rows FLOPs.
+  dflops = 2 * matmul_params
+  tt = min(torch_run["times"])
   print(f"greedy decode (batch {args.batch}, prompt {args.prompt}, {args.new_tokens} new): "
-        f"jax {tokens / tj:.0f} tok/s  torch {tokens / tt:.0f} tok/s  ->  jax/torch speed {tt / tj:.2f}x")
+        f"torch {tokens / tt:.0f} tok/s ({dflops * tokens / tt / peak:.1%} of peak)")
+  for name in decoders:
+    tj = min(records[name]["times"])
+    same = float(np.mean(seqs[name] == theirs))
+    print(f"greedy decode: jax[{name}] {tokens / tj:.0f} tok/s ({dflops * tokens / tj / peak:.1%} of peak)  "
+          f"->  jax/torch speed {tt / tj:.2f}x  (same tokens as torch: {same:.0%})")
+  tmp_dir.cleanup()
 
 
 if __name__ == "__main__":

@@ -9,6 +9,10 @@ of that peak; FLOPs = 6 x matmul params x tokens for the tower, projector and LM
 attention), and decode tokens/s (prefill with the merged video embeddings + KV-cache loop) vs
 transformers' `generate`. JAX and PyTorch runs alternate so load from other processes hits
 both alike; medians are reported.
+
+Ours is measured on one JAX device and on a mesh over `--devices` host CPU devices
+(`jax_num_cpu_devices`; `--train_mesh`, `--decode_mesh`, as in `llama_cpu.py`); losses and
+decoded tokens are checked against transformers for each.
 """
 from __future__ import annotations
 
@@ -23,7 +27,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from llama_cpu import _timed, matmul_peak_flops  # noqa: E402  (the foundation benchmark's peak)
+from llama_cpu import (first_step, matmul_peak_flops, mesh_scope, parse_mesh,  # noqa: E402
+                       print_first_losses, run_step, set_host_devices, time_rounds)
 
 VARIANTS = {
     # ~40M parameters: CLIP-ish tower 4 x 384, Llama 6 x 512, 8 frames of 112^2 (8x8 patches,
@@ -122,90 +127,127 @@ def build_torch_step(model, lr=1e-4):
 def main(argv=None):
   parser = argparse.ArgumentParser()
   parser.add_argument("--variant", default="bench", choices=sorted(VARIANTS))
-  parser.add_argument("--steps", type=int, default=3)
+  parser.add_argument("--steps", type=int, default=4)
+  parser.add_argument("--devices", type=int, default=2,
+                      help="host CPU devices for the mesh rows (1: single-device rows only)")
+  parser.add_argument("--train_mesh", default="data=2;tensor=2",
+                      help="meshes of the train-step mesh rows, ';'-separated")
+  parser.add_argument("--decode_mesh", default="tensor=2", help="mesh of the decode mesh row")
   args = parser.parse_args(argv)
   v = VARIANTS[args.variant]
+  set_host_devices(args.devices)
 
   import jax
   import torch
   from flax import nnx
-  from aotd_jax import hf
+  from aotd_jax import hf, sharding
   from aotd_jax.models import llava_next_video as lnv
 
   ref = hf_model(v)
-  with tempfile.TemporaryDirectory() as tmp:
-    ref.save_pretrained(tmp)
-    model = hf.from_pretrained(tmp)
+  tmp_dir = tempfile.TemporaryDirectory()
+  tmp = tmp_dir.name
+  ref.save_pretrained(tmp)
+  model = hf.from_pretrained(tmp)
   cfg = model.config
   n_params = sum(p.numel() for p in ref.parameters())
   batch, frames, side = v["batch"], v["frames"], cfg.vision_config.image_size
   video_tokens = frames * cfg.video_tokens_per_frame()
   seq = video_tokens + v["text_tokens"]
-  print(f"machine: {os.cpu_count()} CPUs, jax {jax.__version__} ({jax.devices()[0].platform}), "
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+  print(f"machine: {os.cpu_count()} CPUs, jax {jax.__version__} ({len(jax.devices())} "
+        f"{jax.devices()[0].platform} devices), torch {torch.__version__} ({torch.get_num_threads()} threads)")
   print(f"model: {n_params / 1e6:.1f}M params; batch {batch} x ({frames} frames {side}x{side} -> "
         f"{video_tokens} video tokens + {v['text_tokens']} text), float32, AdamW")
   peak = matmul_peak_flops()
   print(f"f32 matmul peak (jnp 2048^3): {peak / 1e9:.1f} GFLOP/s")
 
-  # ---- train step ----
+  # ---- train step: ours on each mesh, interleaved with torch ----
   rng = np.random.default_rng(0)
   vocab = cfg.text_config.vocab_size
   ids_np = np.concatenate([rng.integers(3, vocab - 2, (batch, 4)),
                            np.full((batch, video_tokens), cfg.video_token_index),
                            rng.integers(3, vocab - 2, (batch, v["text_tokens"] - 4))], 1).astype(np.int32)
   videos_np = rng.standard_normal((batch, frames, 3, side, side)).astype(np.float32)
-  ids_j, videos_j = jax.numpy.asarray(ids_np), jax.numpy.asarray(videos_np)
   ids_t, videos_t = torch.tensor(ids_np, dtype=torch.long), torch.tensor(videos_np)
-  graphdef, params, opt_state, jax_step = build_jax_step(model)
+  meshes = {"1 device": None}
+  if args.devices > 1:
+    for spec in filter(None, args.train_mesh.split(";")):
+      meshes[f"mesh {spec}"] = sharding.make_mesh(parse_mesh(spec))
+  build = lambda mesh: build_jax_step(model if mesh is None else hf.from_pretrained(tmp, mesh=mesh))
+  runs = {name: first_step(mesh, build, (ids_np, videos_np)) for name, mesh in meshes.items()}
   torch_step = build_torch_step(ref.train())
-  start = time.perf_counter()
-  params, opt_state, loss = jax_step(params, opt_state, ids_j, videos_j)
-  loss.block_until_ready()
-  compile_s = time.perf_counter() - start
-  torch_loss = torch_step(ids_t, videos_t).item()
-  print(f"first-step loss: jax {float(loss):.4f}  torch {torch_loss:.4f}  (jax compile+run {compile_s:.1f}s)")
-  jax_times, torch_times = [], []
-  for _ in range(args.steps):
-    start = time.perf_counter()
-    params, opt_state, loss = jax_step(params, opt_state, ids_j, videos_j)
-    loss.block_until_ready()
-    jax_times.append(time.perf_counter() - start)
-    torch_times.append(_timed(lambda: torch_step(ids_t, videos_t)))
+  print_first_losses(runs, torch_step(ids_t, videos_t).item())
+  torch_run = dict(times=[], cpu=[])
+  calls = [(r, lambda r=r: run_step(r)) for r in runs.values()]
+  time_rounds(calls + [(torch_run, lambda: torch_step(ids_t, videos_t))], args.steps)
   flops = step_flops(model, batch, seq, frames)
-  tj, tt = statistics.median(jax_times), statistics.median(torch_times)
-  print(f"train step: jax {tj * 1e3:.0f} ms ({flops / tj / peak:.0%} of peak)  "
-        f"torch {tt * 1e3:.0f} ms ({flops / tt / peak:.0%} of peak)  ->  jax/torch speed {tt / tj:.2f}x")
+  tt = statistics.median(torch_run["times"])
+  print(f"train step: torch {tt * 1e3:.0f} ms ({flops / tt / peak:.0%} of peak)")
+  for name, r in runs.items():
+    tj = statistics.median(r["times"])
+    print(f"train step: jax[{name}] {tj * 1e3:.0f} ms ({flops / tj / peak:.0%} of peak)  "
+          f"->  jax/torch speed {tt / tj:.2f}x")
 
   # ---- video-conditioned greedy decoding ----
-  ref.eval()
-  model = nnx.merge(graphdef, params)  # the step donated the original buffers
-  with tempfile.TemporaryDirectory() as tmp:  # same (trained) weights on both sides again
-    hf.save_pretrained(model, tmp)
-    ref = type(ref).from_pretrained(tmp).eval()
+  trained = runs["1 device"]
+  model = nnx.merge(trained["graphdef"], trained["state"][0])  # the step donated the original buffers
+  with tempfile.TemporaryDirectory() as tmp2:  # same (trained) weights on both sides again
+    hf.save_pretrained(model, tmp2)
+    ref = type(ref).from_pretrained(tmp2).eval()
+    decoders = {"1 device": (None, model, {}), "1 device, weight_split=1": (None, model, {"weight_split": 1})}
+    if args.devices > 1:
+      mesh = sharding.make_mesh(parse_mesh(args.decode_mesh))
+      decoders[f"mesh {args.decode_mesh}"] = (mesh, hf.from_pretrained(tmp2, mesh=mesh), {})
   prompt = np.concatenate([np.full((batch, video_tokens), cfg.video_token_index),
                            rng.integers(3, vocab - 2, (batch, v["prompt_text"]))], 1).astype(np.int32)
   mask = np.ones_like(prompt)
   n_new = v["new_tokens"]
   kw = dict(max_new_tokens=n_new, eos_token_id=-1, pad_token_id=0)
-  run_jax = lambda: lnv.generate(model, prompt, mask, pixel_values_videos=videos_np, **kw)
-  ours = run_jax()  # compile
-  ours.sequences.block_until_ready()
+
+  def run_jax(name):
+    mesh, m, extra = decoders[name]
+    if extra:  # lnv.generate picks the weight split itself; force the old path by hand
+      return run_llava_generate(m, prompt, mask, videos_np, kw, extra)
+    with mesh_scope(mesh):
+      return lnv.generate(m, prompt, mask, pixel_values_videos=videos_np, **kw)
+
+  seqs = {name: np.asarray(run_jax(name).sequences) for name in decoders}  # compile
+  records = {name: dict(times=[], cpu=[]) for name in decoders}
+  torch_run = dict(times=[], cpu=[])
   with torch.no_grad():
     tp, tm = torch.tensor(prompt, dtype=torch.long), torch.tensor(mask)
     gen = dict(input_ids=tp, attention_mask=tm, pixel_values_videos=videos_t, do_sample=False,
                max_new_tokens=n_new, min_new_tokens=n_new, pad_token_id=0)
     theirs = ref.generate(**gen).numpy()[:, prompt.shape[1]:]  # warm-up
-    jax_times, torch_times = [], []
-    for _ in range(args.steps):  # alternate, so load from other processes hits both alike
-      jax_times.append(_timed(lambda: run_jax().sequences.block_until_ready()))
-      torch_times.append(_timed(lambda: ref.generate(**gen)))
-  tj, tt = statistics.median(jax_times), statistics.median(torch_times)
-  same = float(np.mean(np.asarray(ours.sequences) == theirs))
+    calls = [(records[name], lambda name=name: run_jax(name).sequences.block_until_ready())
+             for name in decoders]
+    time_rounds(calls + [(torch_run, lambda: ref.generate(**gen))], args.steps)
   tokens = batch * n_new
-  print(f"greedy decode (batch {batch}, {video_tokens} video + {v['prompt_text']} text prompt, "
-        f"{n_new} new): jax {tokens / tj:.0f} tok/s  torch {tokens / tt:.0f} tok/s  ->  "
-        f"jax/torch speed {tt / tj:.2f}x  (same tokens: {same:.0%})")
+  tt = statistics.median(torch_run["times"])
+  # Each decode step streams the LM's matmul weights once for `batch` rows.
+  lm_matmul = sum(var.get_value().size for path, var in nnx.to_flat_state(nnx.state(model.language_model, nnx.Param))
+                  if var.get_value().ndim >= 2 and "embed_tokens" not in "/".join(map(str, path)))
+  dflops = 2 * lm_matmul
+  print(f"greedy decode (batch {batch}, {video_tokens} video + {v['prompt_text']} text prompt, {n_new} new): "
+        f"torch {tokens / tt:.0f} tok/s ({dflops * tokens / tt / peak:.1%} of peak)")
+  for name in decoders:
+    tj = statistics.median(records[name]["times"])
+    same = float(np.mean(seqs[name] == theirs))
+    print(f"greedy decode: jax[{name}] {tokens / tj:.0f} tok/s ({dflops * tokens / tj / peak:.1%} of peak)  "
+          f"->  jax/torch speed {tt / tj:.2f}x  (same tokens as torch: {same:.0%})")
+  tmp_dir.cleanup()
+
+
+def run_llava_generate(model, prompt, mask, videos, kw, extra):
+  """`lnv.generate` with extra `aotd_jax.models.generate.generate` arguments (A/B rows only)."""
+  import functools
+  from aotd_jax.models import generate as generate_lib
+  from aotd_jax.models import llava_next_video as lnv
+  original = generate_lib.generate
+  generate_lib.generate = functools.partial(original, **extra)
+  try:
+    return lnv.generate(model, prompt, mask, pixel_values_videos=videos, **kw)
+  finally:
+    generate_lib.generate = original
 
 
 if __name__ == "__main__":
