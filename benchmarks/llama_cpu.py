@@ -270,14 +270,14 @@ def main(argv=None):
   with tempfile.TemporaryDirectory() as tmp2:  # the same trained weights for every row
     hf.save_pretrained(model, tmp2)
     ref = transformers.LlamaForCausalLM.from_pretrained(tmp2).eval()
-    decoders = {"1 device": (None, model, {}), "1 device, weight_split=1": (None, model, {"weight_split": 1})}
+    decoders = {"1 device": (None, model)}
     if args.devices > 1:
       mesh = sharding.make_mesh(parse_mesh(args.decode_mesh))
-      decoders[f"mesh {args.decode_mesh}"] = (mesh, hf.from_pretrained(tmp2, mesh=mesh), {})
+      decoders[f"mesh {args.decode_mesh}"] = (mesh, hf.from_pretrained(tmp2, mesh=mesh))
   def run_jax(name):
-    mesh, m, extra = decoders[name]
+    mesh, m = decoders[name]
     with mesh_scope(mesh):
-      return generate(m, prompt, mask, **kw, **extra).sequences.block_until_ready()
+      return generate(m, prompt, mask, **kw).sequences.block_until_ready()
 
   seqs = {name: np.asarray(run_jax(name)) for name in decoders}  # compile
   records = {name: dict(times=[], cpu=[]) for name in decoders}

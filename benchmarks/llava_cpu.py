@@ -193,10 +193,10 @@ def main(argv=None):
   with tempfile.TemporaryDirectory() as tmp2:  # same (trained) weights on both sides again
     hf.save_pretrained(model, tmp2)
     ref = type(ref).from_pretrained(tmp2).eval()
-    decoders = {"1 device": (None, model, {}), "1 device, weight_split=1": (None, model, {"weight_split": 1})}
+    decoders = {"1 device": (None, model)}
     if args.devices > 1:
       mesh = sharding.make_mesh(parse_mesh(args.decode_mesh))
-      decoders[f"mesh {args.decode_mesh}"] = (mesh, hf.from_pretrained(tmp2, mesh=mesh), {})
+      decoders[f"mesh {args.decode_mesh}"] = (mesh, hf.from_pretrained(tmp2, mesh=mesh))
   prompt = np.concatenate([np.full((batch, video_tokens), cfg.video_token_index),
                            rng.integers(3, vocab - 2, (batch, v["prompt_text"]))], 1).astype(np.int32)
   mask = np.ones_like(prompt)
@@ -204,9 +204,7 @@ def main(argv=None):
   kw = dict(max_new_tokens=n_new, eos_token_id=-1, pad_token_id=0)
 
   def run_jax(name):
-    mesh, m, extra = decoders[name]
-    if extra:  # lnv.generate picks the weight split itself; force the old path by hand
-      return run_llava_generate(m, prompt, mask, videos_np, kw, extra)
+    mesh, m = decoders[name]
     with mesh_scope(mesh):
       return lnv.generate(m, prompt, mask, pixel_values_videos=videos_np, **kw)
 
@@ -235,19 +233,6 @@ def main(argv=None):
     print(f"greedy decode: jax[{name}] {tokens / tj:.0f} tok/s ({dflops * tokens / tj / peak:.1%} of peak)  "
           f"->  jax/torch speed {tt / tj:.2f}x  (same tokens as torch: {same:.0%})")
   tmp_dir.cleanup()
-
-
-def run_llava_generate(model, prompt, mask, videos, kw, extra):
-  """`lnv.generate` with extra `aotd_jax.models.generate.generate` arguments (A/B rows only)."""
-  import functools
-  from aotd_jax.models import generate as generate_lib
-  from aotd_jax.models import llava_next_video as lnv
-  original = generate_lib.generate
-  generate_lib.generate = functools.partial(original, **extra)
-  try:
-    return lnv.generate(model, prompt, mask, pixel_values_videos=videos, **kw)
-  finally:
-    generate_lib.generate = original
 
 
 if __name__ == "__main__":

@@ -69,37 +69,9 @@ def _pick(logits, rng, temperature, top_p, sample: bool):
   return jnp.take_along_axis(order, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
 
 
-def _split_dense_kernels(model, parts: int) -> None:
-  """Holds every splittable dense kernel (`LlamaLinear.split_columns`) as `parts` column blocks."""
-  for _, module in nnx.iter_modules(model):
-    if hasattr(module, "split_columns"):
-      module.split_columns(parts)
-
-
-# Below this many parameters the extra ops of split kernels cost more than they gain
-# (a 0.1M-parameter model decodes ~30% slower split; a 29M one ~8% faster).
-_SPLIT_MIN_PARAMS = 1 << 20
-
-
-def _auto_weight_split(state, max_new_tokens: int) -> int:
-  """2 for a model of 1M+ parameters on one CPU device and 16+ decode steps, else 1."""
-  if jax.default_backend() != "cpu" or max_new_tokens < 16:
-    return 1
-  leaves = jax.tree.leaves(state)
-  if sum(int(np.size(leaf)) for leaf in leaves) < _SPLIT_MIN_PARAMS:
-    return 1
-  for leaf in leaves:
-    sharding = getattr(leaf, "sharding", None)
-    if sharding is not None and len(sharding.device_set) > 1:
-      return 1  # weights on a mesh: splitting columns could reshard them
-  return 2
-
-
 def _decode(graphdef, state, input_ids, inputs_embeds, mask, eos, pad, temperature, top_p, rng,
-            *, max_new_tokens: int, sample: bool, weight_split: int = 1):
+            *, max_new_tokens: int, sample: bool):
   model = nnx.merge(graphdef, state)
-  if weight_split > 1:
-    _split_dense_kernels(model, weight_split)  # once per call, outside the loop: no per-step copy
   b, prompt_len = mask.shape
   total = prompt_len + max_new_tokens
   full_mask = jnp.concatenate([mask, jnp.zeros((b, max_new_tokens), mask.dtype)], axis=1)
@@ -136,16 +108,13 @@ def _decode(graphdef, state, input_ids, inputs_embeds, mask, eos, pad, temperatu
   return GenerateOutput(sequences=carry[3], lengths=carry[4])
 
 
-# One jitted program per (graphdef, shapes, max_new_tokens, sample, weight_split);
-# `_cache_size()` counts them.
-decode_jit = jax.jit(_decode, static_argnums=(0,),
-                     static_argnames=("max_new_tokens", "sample", "weight_split"))
+# One jitted program per (graphdef, shapes, max_new_tokens, sample); `_cache_size()` counts them.
+decode_jit = jax.jit(_decode, static_argnums=(0,), static_argnames=("max_new_tokens", "sample"))
 
 
 def generate(model, input_ids=None, attention_mask=None, *, inputs_embeds=None, max_new_tokens: int,
              eos_token_id: int | Sequence[int] | None, pad_token_id: int, temperature: float = 0.0,
-             top_p: float = 1.0, rng: jax.Array | None = None, min_bucket: int = 16,
-             weight_split: int | None = None) -> GenerateOutput:
+             top_p: float = 1.0, rng: jax.Array | None = None, min_bucket: int = 16) -> GenerateOutput:
   """Generates up to `max_new_tokens` tokens for a batch of left-padded prompts.
 
   Args:
@@ -157,13 +126,6 @@ def generate(model, input_ids=None, attention_mask=None, *, inputs_embeds=None, 
     temperature: 0 for greedy decoding; > 0 samples (needs `rng`).
     top_p: nucleus mass kept when sampling.
     min_bucket: the smallest prompt bucket (`prompt_bucket`); prompts are left-padded to it.
-    weight_split: hold each dense kernel as this many column blocks during the call
-      (`LlamaLinear.split_columns`; same outputs). A decode step's dots multiply batch-many
-      rows, which XLA CPU runs compute-bound on one kernel at a time; separate blocks run
-      concurrently on the cores (1.03-1.15x decode tokens/s for a 29M model on 2 cores). The
-      blocks are copied once per call, so None (default) picks 2 for a model of 1M+
-      parameters on a single CPU device when `max_new_tokens >= 16`, else 1 (GPUs, TPUs,
-      weights on a mesh, tiny models, short loops).
   Returns:
     `GenerateOutput(sequences (B, max_new_tokens) int32, lengths (B,))`.
   """
@@ -173,9 +135,6 @@ def generate(model, input_ids=None, attention_mask=None, *, inputs_embeds=None, 
     raise ValueError(f"generate: max_new_tokens must be >= 1, got {max_new_tokens}")
   if temperature < 0 or not 0 < top_p <= 1:
     raise ValueError(f"generate: need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
-  if weight_split is not None and (isinstance(weight_split, bool) or not isinstance(weight_split, int)
-                                   or weight_split < 1):
-    raise ValueError(f"generate: weight_split must be None or an int >= 1, got {weight_split!r}")
   sample = temperature > 0
   if sample and rng is None:
     raise ValueError("generate: sampling (temperature > 0) needs an `rng` key")
@@ -194,9 +153,7 @@ def generate(model, input_ids=None, attention_mask=None, *, inputs_embeds=None, 
     embeds = jnp.pad(jnp.asarray(inputs_embeds), ((0, 0), (width - length, 0), (0, 0)))
   eos = jnp.asarray(np.atleast_1d(-1 if eos_token_id is None else np.asarray(eos_token_id)), jnp.int32)
   graphdef, state = nnx.split(model)
-  if weight_split is None:
-    weight_split = _auto_weight_split(state, max_new_tokens)
   return decode_jit(graphdef, state, ids, embeds, jnp.asarray(mask), eos, jnp.int32(pad_token_id),
                     jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p),
                     jax.random.PRNGKey(0) if rng is None else rng,
-                    max_new_tokens=int(max_new_tokens), sample=sample, weight_split=int(weight_split))
+                    max_new_tokens=int(max_new_tokens), sample=sample)

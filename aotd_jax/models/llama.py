@@ -109,47 +109,11 @@ def _tokens(x: jax.Array) -> jax.Array:
   return x.reshape(-1, x.shape[-1])
 
 
-class LlamaLinear(nnx.Linear):
-  """`nnx.Linear` (same parameters, names and numerics) whose kernel can be read in column blocks.
-
-  `split_columns(parts)` re-holds the kernel as a tuple of `parts` contiguous column blocks;
-  the layer then runs one dot per block and concatenates. Each output column is the same dot
-  as before, so the outputs are unchanged. Why: a decode step multiplies only batch-many rows,
-  where XLA CPU's dot is compute-bound at ~20 GFLOP/s per core, and independent dots on
-  separate buffers run concurrently on the cores (slicing a whole kernel inside the loop would
-  copy it at every step). `generate` splits once per call, inside its jitted program only.
-  """
-
-  def split_columns(self, parts: int) -> bool:
-    """Holds the kernel as `parts` column blocks; False (unchanged) if they do not divide it."""
-    kernel = self.kernel.get_value()
-    if parts < 2 or isinstance(kernel, tuple) or kernel.ndim != 2 or kernel.shape[1] % parts:
-      return False
-    self.kernel.set_value(tuple(jnp.split(kernel, parts, axis=1)))
-    return True
-
-  def __call__(self, inputs: jax.Array, out_sharding=None) -> jax.Array:
-    blocks = self.kernel.get_value()
-    if not isinstance(blocks, tuple):
-      return super().__call__(inputs, out_sharding)
-    bias = self.bias[...] if self.bias is not None else None
-    inputs, *blocks, bias = self.promote_dtype((inputs, *blocks, bias), dtype=self.dtype)
-    dims = (((inputs.ndim - 1,), (0,)), ((), ()))
-    kw = {"out_sharding": out_sharding}
-    if self.preferred_element_type is not None:
-      kw["preferred_element_type"] = self.preferred_element_type
-    y = jnp.concatenate([self.dot_general(inputs, k, dims, precision=self.precision, **kw)
-                         for k in blocks], axis=-1)
-    if bias is not None:
-      y += jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
-    return y
-
-
-def _dense(cfg: LlamaConfig, din: int, dout: int, axes: tuple[str, str], bias: bool, rngs) -> LlamaLinear:
-  return LlamaLinear(din, dout, use_bias=bias, dtype=jnp.dtype(cfg.dtype),
-                     param_dtype=jnp.dtype(cfg.param_dtype),
-                     kernel_init=nnx.with_partitioning(_INIT, axes),
-                     bias_init=nnx.with_partitioning(nnx.initializers.zeros, (axes[1],)), rngs=rngs)
+def _dense(cfg: LlamaConfig, din: int, dout: int, axes: tuple[str, str], bias: bool, rngs) -> nnx.Linear:
+  return nnx.Linear(din, dout, use_bias=bias, dtype=jnp.dtype(cfg.dtype),
+                    param_dtype=jnp.dtype(cfg.param_dtype),
+                    kernel_init=nnx.with_partitioning(_INIT, axes),
+                    bias_init=nnx.with_partitioning(nnx.initializers.zeros, (axes[1],)), rngs=rngs)
 
 
 class LlamaRMSNorm(nnx.Module):
