@@ -14,11 +14,12 @@ VARIANTS = ("micro", "quick", "full")
 
 
 def _student_init(vocab_size: int, hidden: int, layers: int, max_positions: int) -> dict:
-  """TINY_LLAVA resized: vocab_size is overwritten with the trained tokenizer's size."""
+  """TINY_LLAVA resized: vocab_size is overwritten with the trained tokenizer's size. The
+  vision tower is read at its last layer (what the frame encoder trains)."""
   text = dict(distill_toy.TINY_LLAVA["text_config"], vocab_size=vocab_size, hidden_size=hidden,
               intermediate_size=2 * hidden, num_hidden_layers=layers,
               max_position_embeddings=max_positions)
-  return dict(distill_toy.TINY_LLAVA, text_config=text)
+  return dict(distill_toy.TINY_LLAVA, text_config=text, vision_feature_layer=-1)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -44,10 +45,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({"source": "auto", "steps": steps, "size": size})
   scale = 0 if micro else (4 if full else 1)
   c.experts = ml_collections.ConfigDict()
+  # The frame encoder (aotd_jax/demo/object_encoder.py): a tiny CLIP tower trained to tell
+  # which object is where, on the train clips + `extra_clips` rendered from the train split;
+  # the frozen vision tower of the QA expert and of the students.
+  c.experts.encoder = expert(4 if micro else 800, extra_clips=1 if micro else 600)
   c.experts.detector = expert(4 if micro else 150 * scale)
   c.experts.grounder = expert(4 if micro else 150 * scale)
-  # micro: a few feature-stage steps on one extra clip (defaults: 600 steps, 300 clips)
-  c.experts.qa = (expert(4, feature_steps=4, extra_clips=1) if micro else expert(150 * scale))
+  # LM steps on cached encoder features of the train clips + `lm_clips` rendered ones
+  # with generated questions (micro: one extra clip)
+  c.experts.qa = (expert(4, lm_clips=1) if micro else expert(1000 if full else 500))
   c.experts.program = expert(4 if micro else 300 * scale)
   c.experts.tokenizer = ml_collections.ConfigDict({"source": "auto"})
   c.experts.selector = "keyword"      # keyword | llama (the program generator's LM picks)
@@ -68,9 +74,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       steps=3 if micro else (600 if full else 120), batch_size=8,
       learning_rate=3e-3, warmup_ratio=0.1, rationale_weight=1.0, cot_weight=1.0,
       num_frames=4, decode_size=32, buckets=[384] if micro else [128, 384], num_devices=1,
-      # The vision tower: "grounder" = the toy CLIP the grounder expert trained (shared, frozen,
-      # as LLaVA students keep their pretrained CLIP); "" = random init; or a CLIP directory.
-      vision_init="grounder", freeze_vision_tower=True,
+      # The vision tower: "encoder" = the frame encoder (shared with the QA expert, frozen, as
+      # LLaVA students keep their pretrained CLIP); "grounder" = the grounder's toy CLIP;
+      # "" = random init; or a CLIP directory.
+      vision_init="encoder", freeze_vision_tower=True,
       qa_shuffles=0))  # extra choice-shuffled copies of the train QA (balanced letters)
 
   # Evaluation on the held-out test split.

@@ -43,9 +43,16 @@ def test_every_stage_leaves_its_output(micro):
   # tokenizer and experts
   assert (w / "experts" / "tokenizer" / "tokenizer.json").is_file()
   assert set(rep["experts"]["sources"]) == set(demo.EXPERT_ROLES)
-  for role, info in json.loads((w / "experts" / "experts.json").read_text()).items():
+  experts_info = json.loads((w / "experts" / "experts.json").read_text())
+  assert set(experts_info) == {"encoder", *demo.EXPERT_ROLES}
+  for role, info in experts_info.items():
     if info["source"] == "trained":
       assert os.path.isfile(os.path.join(info["path"], common.DONE)), role
+  if experts_info["encoder"]["source"] == "trained":  # the QA expert reads frames with it
+    enc = rep["experts"]["frame_encoder"]
+    assert 0 <= enc["identity"] <= 1 and enc["presence_always_absent"] > 0
+    qa_done = json.loads((w / "experts" / "qa" / common.DONE).read_text())
+    assert qa_done["vision_init"] == experts_info["encoder"]["path"]
   # CoTs: every train question processed once, the two-step filter is a funnel
   c = rep["cot"]
   train_qids = _split_qids(workdir, "train")
@@ -103,7 +110,7 @@ def test_students_are_scored_on_the_held_out_split_only(micro):
     assert len(saved["outputs"]) == len(test_qids)
     assert saved["scoring"] == "letters" and len(saved["option_logprobs"]) == len(test_qids)
     assert sum(saved["letters"]["pred"].values()) == sum(saved["letters"]["gold"].values())
-    assert s["train"][0]["vision_init"].endswith(os.path.join("grounder", "clip"))
+    assert s["train"][0]["vision_init"].endswith(os.path.join("experts", "encoder"))
   assert rep["majority_letter"]["letter"] in "ABCD"
   cot_qids = {json.loads(l)["qid"] for l in open(rep["cot"]["records"])}
   assert cot_qids <= set(train_qids)  # CoTs come from train only
@@ -276,15 +283,22 @@ def test_letter_histograms_and_majority_baseline(tiny_world):
   assert base["accuracy"] == pytest.approx(sum(r.answer_index == top for r in test) / len(test))
 
 
-def test_student_vision_dir_needs_a_trained_grounder(tmp_path):
+def test_student_vision_dir_needs_a_trained_encoder_or_grounder(tmp_path):
   c = demo_config.get_config("micro")
-  assert c.students.vision_init == "grounder" and c.students.freeze_vision_tower
+  assert c.students.vision_init == "encoder" and c.students.freeze_vision_tower
+  enc = tmp_path / "encoder"
+  enc.mkdir()
+  (enc / "config.json").write_text("{}")
+  assert demo.student_vision_dir(c, {"encoder": {"source": "trained", "path": str(enc)}}) == str(enc)
+  with pytest.raises(common.DemoError, match="vision_init='encoder'.*its source is 'none'"):
+    demo.student_vision_dir(c, {"encoder": {"source": "none", "path": ""}})
+  c.students.vision_init = "grounder"
   clip = tmp_path / "grounder" / "clip"
   clip.mkdir(parents=True)
   (clip / "config.json").write_text("{}")
   info = {"grounder": {"source": "trained", "path": str(tmp_path / "grounder")}}
   assert demo.student_vision_dir(c, info) == str(clip)
-  with pytest.raises(common.DemoError, match="vision_init='grounder'.*grounder source is 'oracle'"):
+  with pytest.raises(common.DemoError, match="vision_init='grounder'.*its source is 'oracle'"):
     demo.student_vision_dir(c, {"grounder": {"source": "oracle", "path": ""}})
   c.students.vision_init = ""
   assert demo.student_vision_dir(c, {}) == ""

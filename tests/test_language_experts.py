@@ -124,9 +124,9 @@ def test_score_program_generator_separates_right_and_wrong_programs(world):
 # -- action / QA expert ---------------------------------------------------------------------------
 
 QA_TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-               num_key_value_heads=1, vision_hidden_size=16, vision_layers=1, batch_size=4,
-               learning_rate=1e-2, eval_videos=1, vision_steps=2, feature_steps=2,
-               extra_clips=1)
+               num_key_value_heads=1, vision_hidden_size=16, vision_layers=1, image_size=32,
+               batch_size=4, learning_rate=1e-2, eval_videos=1, encoder_steps=2,
+               encoder_clips=1, lm_clips=1)
 
 
 @pytest.fixture(scope="module")
@@ -256,29 +256,41 @@ def test_qa_expert_rejects_a_bad_vision_init(world, tokenizer_dir, program_dir, 
   assert not os.path.exists(tmp_path / "q" / le.DONE)
 
 
-def test_qa_expert_trains_its_own_vision_tower_by_default(qa_dir):
+def test_qa_expert_trains_its_own_frame_encoder_by_default(qa_dir):
+  from aotd_jax.demo import object_encoder as oe
   info = le.read_done(qa_dir)
-  assert info["vision_init"] == "features" and info["feature_steps"] == 2
-  assert 0.0 <= info["feature_val_visible_auc"] <= 1.0  # the probe on val frames
-  assert info["feature_val_visible_base"] >= 0.5
+  assert info["vision_init"] == os.path.join(qa_dir, "encoder")
+  enc = oe.read_done(info["vision_init"])
+  assert enc["steps"] == 2 and enc["extra_clips"] == 1 and enc["size"]["image_size"] == 32
+  assert info["train_clips"] == 6 + 1  # the world's train clips + lm_clips rendered ones
 
 
-def test_train_video_features_trains_the_tokens_the_lm_reads(world, tokenizer_dir):
-  """The tower is trained through the pooled patch tokens (not the class embedding): they
-  change, and the projector's input is what the probe read."""
+def test_qa_expert_examples_read_cached_features_of_their_frames(world, tokenizer_dir):
+  """Rendered clips come with generated questions; each example's `video_features` are its
+  clip's cached tower features at its frames, as many as its <video> tokens."""
   from flax import nnx
 
   from aotd_jax.demo import qa_expert as qe
   from aotd_jax.demo.program_generator import load_tokenizer, resolve_size
   from aotd_jax.models.llava_next_video import LlavaNextVideoForConditionalGeneration
+  tok = load_tokenizer(tokenizer_dir)
+  truths, frames, records = qe.training_clips(world, 2)
+  assert len(truths) == 8 and {t.video_id for t in truths[6:]} == {"toy0_train_00006",
+                                                                   "toy0_train_00007"}
+  generated = [r for r in records if r.video_id in ("toy0_train_00006", "toy0_train_00007")]
+  assert generated and all(r.choices and r.answer in r.choices for r in generated)
   size = resolve_size(QA_TINY, qe.DEFAULT_SIZE, "test")
-  config = qe.model_config(load_tokenizer(tokenizer_dir), size)
+  config = qe.model_config(tok, size, None)
+  assert config.freeze_vision_tower and config.vision_feature_layer == -1
   model = LlavaNextVideoForConditionalGeneration(config, rngs=nnx.Rngs(0))
-  x = np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32)
-  before = np.asarray(model.vision_resampler(model._vision_features(x)))
-  info = qe.train_video_features(model, world, steps=3, batch_size=8)
-  after = np.asarray(model.vision_resampler(model._vision_features(x)))
-  assert info["feature_steps"] == 3 and np.isfinite(info["feature_final_loss"])
-  assert np.abs(after - before).max() > 1e-4
-
-
+  examples = qe.build_examples(truths, records, tok, config, num_frames=8, seed=0)
+  features = qe.clip_features(model, frames)
+  assert [f.shape[0] for f in features] == [len(f) for f in frames]
+  batch = qe.feature_collate(features)(examples[:3], tok.pad_token_id)
+  per_frame = config.video_tokens_per_frame()
+  assert batch["video_features"].shape == (3, 8 * per_frame, config.vision_config.hidden_size)
+  for row, e in zip(batch["input_ids"], examples[:3]):
+    assert (row == config.video_token_index).sum() == 8 * per_frame
+  e = examples[0]
+  np.testing.assert_array_equal(batch["video_features"][0].reshape(8, per_frame, -1),
+                                features[e["clip"]][e["frames"]])

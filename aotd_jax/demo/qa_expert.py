@@ -1,14 +1,21 @@
 """The toy world's action / QA expert: a tiny LLaVA-NeXT-Video trained on the train split.
 
-    path = train_qa_expert(world_dir, tokenizer_dir, out_dir, steps=150)
+    path = train_qa_expert(world_dir, tokenizer_dir, out_dir, steps=1500,
+                           vision_init="W/experts/encoder")
     config = experts.default_config()
     config.action_recognizer = dict(kind="llava", path=path)
     config.video_qa = dict(kind="llava", path=path)
 
-It learns the prompts `experts.backends.llava.LlavaVideoQA` sends (the student's prompt form,
+As real LLaVA keeps its pretrained CLIP frozen, the vision tower here is the toy world's
+frame encoder (`object_encoder.train_object_encoder`: a tiny CLIP tower that tells which
+object is where), frozen; its last layer's patch tokens are what the LM reads
+(`vision_feature_layer=-1`). The projector and the LM learn the prompts
+`experts.backends.llava.LlavaVideoQA` sends (the student's prompt form,
 `conversation.build_prompt`):
 
-- toy-world questions of the train split on their windows (`conversation.qa_user_text`);
+- toy-world questions on their windows (`conversation.qa_user_text`), from the train split
+  and from `lm_clips` more clips rendered from the train split with questions generated as
+  the world generates them (`toyworld_questions.make_questions`; never a val / test clip);
 - action recognition as `Query_Actions` asks it: "What actions happen in the video?" with
   candidate actions, on an event's own frames (candidates in the annotation's words, "red
   circle jumps") and on the frames after / before an event (candidates in the questions'
@@ -16,18 +23,17 @@ It learns the prompts `experts.backends.llava.LlavaVideoQA` sends (the student's
 - "What is the red circle doing?" (open-ended) -> "jumps" on the object's event windows.
 
 Answers are the option's text: the llava backend scores each candidate's likelihood (closed
-set). The vision tower is trained first on the tokens the LM reads (`train_video_features`:
-which objects sit in each pooled token's cell and what they do, on the train clips plus
-rendered train-distribution clips), then frozen; the projector and LM train with the
-distillation `Trainer` (answers in `label_mask`).
-Val scores (`aotd_jax.eval.subtasks.score_qa` / `score_action_recognizer` through the llava
-backend) go to `out_dir/scores.json` and the `DONE` marker.
+set). With the tower frozen, its features are computed once per frame and the projector + LM
+train on them (`aotd_jax.train.frozen_vision`: same logits as the full model) with the
+distillation `Trainer` (answers in `label_mask`). Val scores (`aotd_jax.eval.subtasks`
+through the llava backend) go to `out_dir/scores.json` and the `DONE` marker.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import tempfile
 import time
 from typing import Any, Sequence
 
@@ -38,13 +44,13 @@ from aotd_jax.demo.program_generator import (fit, load_tokenizer, one_device_tra
                                              resolve_size, save_expert)
 
 DEFAULT_SIZE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                    num_attention_heads=4, num_key_value_heads=2, vision_hidden_size=32,
-                    vision_layers=2, image_size=32, patch_size=8, pool_stride=2, num_frames=8,
-                    freeze_vision_tower=True, batch_size=8, vision_steps=200,
-                    feature_steps=600, extra_clips=300,
-                    qa_permutations=3, learning_rate=3e-3, eval_videos=10)
-VISION_LR = 3e-2  # stage 1 (`vision_experts.train_frame_encoder`), the grounder's clip_lr
-FEATURE_LR = 3e-2  # `train_video_features` (val visibility AUC 0.85 vs 0.82 at 1e-2)
+                    num_attention_heads=4, num_key_value_heads=2, pool_stride=2, num_frames=8,
+                    lm_clips=300, qa_permutations=2, batch_size=16, learning_rate=3e-3,
+                    eval_videos=10,
+                    # the frame encoder trained here when `vision_init` is None
+                    vision_hidden_size=64, vision_layers=2, image_size=64, patch_size=8,
+                    encoder_steps=800, encoder_clips=600)
+VISION_FEATURE_LAYER = -1  # the object encoder trains its last layer's patch tokens
 # Multiple-choice targets: "letter" -> "(B)", "text" -> the option's text, "letter_text" ->
 # "(B) text" (the distillation format).
 # Text: the llava backend scores each choice's text by likelihood (closed set), so the
@@ -54,7 +60,8 @@ ACTION_STYLE = "text"  # "What actions happen in the video?" (snapped to a candi
 
 
 def model_config(tokenizer, size, vision: dict | None = None) -> Any:
-  """The tiny LLaVA-NeXT-Video config (`TINY_LLAVA` resized; vocabulary = the tokenizer's).
+  """The tiny LLaVA-NeXT-Video config (`TINY_LLAVA` resized; vocabulary = the tokenizer's;
+  vision tower frozen, read at its last layer).
 
   vision: the HF `vision_config` (e.g. a pretrained CLIP's); default: `TINY_LLAVA`'s resized
   by `size` (vision_hidden_size, vision_layers, image_size, patch_size).
@@ -74,11 +81,10 @@ def model_config(tokenizer, size, vision: dict | None = None) -> Any:
                   num_hidden_layers=size["vision_layers"], image_size=size["image_size"],
                   patch_size=size["patch_size"], projection_dim=vd)
   hf = dict(TINY_LLAVA, text_config=text, vision_config=vision,
-            spatial_pool_stride=size["pool_stride"],
+            spatial_pool_stride=size["pool_stride"], vision_feature_layer=VISION_FEATURE_LAYER,
             video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
             image_token_index=tokenizer.convert_tokens_to_ids("<image>"))
-  return dataclasses.replace(adapter.config_from_hf(hf),
-                             freeze_vision_tower=bool(size["freeze_vision_tower"]))
+  return dataclasses.replace(adapter.config_from_hf(hf), freeze_vision_tower=True)
 
 
 # -- examples ------------------------------------------------------------------------------------
@@ -168,247 +174,126 @@ def clip_examples(truth, records: Sequence, rng: np.random.Generator,
   return out
 
 
-def build_examples(world_dir: str, split: str, tokenizer, config, *, num_frames: int,
+def _generated_records(world: dict, truths: Sequence) -> list:
+  """Questions for rendered train-split clips, generated as `generate_world` does for its own
+  (same question rng seeds: what a larger world's train split would hold)."""
+  from aotd_jax.data import annotations, toyworld
+  from aotd_jax.data.toyworld_questions import make_questions
+  start, out = len(world["splits"]["train"]), []
+  for i, truth in enumerate(truths):
+    qrng = np.random.default_rng([int(world["seed"]), toyworld.SPLITS.index("train"), start + i, 1])
+    out += make_questions(truth, qrng, list(toyworld.ALL_OBJECT_NAMES), per_type=1)
+  if not out:
+    return []
+  with tempfile.TemporaryDirectory() as tmp:  # read back with the STAR reader, as real data
+    path = os.path.join(tmp, "generated.json")
+    with open(path, "w") as f:
+      json.dump(out, f)
+    return list(annotations.read("star", path))
+
+
+def video_prompt_ids(tokenizer, config, user: str, target: str,
+                     num_frames: int) -> tuple[np.ndarray, np.ndarray]:
+  """(input_ids, label_mask) of one prompt in the student's form with its `<video>` expanded
+  to `num_frames * tokens_per_frame` tokens, the reply (`" " + target + </s>`) labelled."""
+  from aotd_jax.data import conversation
+  per_video = num_frames * config.video_tokens_per_frame()
+  prompt = []
+  for t in tokenizer(conversation.build_prompt(tokenizer, user, media="video"))["input_ids"]:
+    prompt.extend([t] * per_video if t == config.video_token_index else [t])
+  reply = list(tokenizer(" " + target, add_special_tokens=False)["input_ids"])
+  reply.append(tokenizer.eos_token_id)
+  return (np.asarray(prompt + reply, np.int32),
+          np.asarray([0] * len(prompt) + [1] * len(reply), np.int32))
+
+
+def training_clips(world_dir: str, lm_clips: int) -> tuple[list, list, list]:
+  """(ClipTruth list, frames list, question records) of the train split plus `lm_clips`
+  clips rendered from it (`vision_experts.extra_train_clips`) with generated questions."""
+  from aotd_jax.demo import vision_experts as ve
+  truths, frames, world = ve._world(world_dir)
+  records = list(read_split(world_dir, "train"))
+  if lm_clips:
+    more_truths, more_frames = ve.extra_train_clips(world, lm_clips)
+    truths, frames = truths + more_truths, frames + more_frames
+    records += _generated_records(world, more_truths)
+  return truths, frames, records
+
+
+def build_examples(truths: Sequence, records: Sequence, tokenizer, config, *, num_frames: int,
                    seed: int, qa_permutations: int = 1) -> list[dict]:
-  """Tokenised examples with their `pixel_values_videos` (T, 3, S, S) for one split."""
-  from aotd_jax.data import conversation, toyworld, video
+  """Tokenised examples, each naming its clip (index into `truths`) and the `num_frames`
+  frame indices it reads: {"input_ids", "label_mask", "clip", "frames"}."""
   from aotd_jax.data.toyworld_questions import event_text
-  from aotd_jax.data.video_processing import preprocess_video, sample_frame_indices
+  from aotd_jax.data.video_processing import sample_frame_indices
   rng = np.random.default_rng(seed)
-  records = read_split(world_dir, split)
-  truths = toyworld.load_ground_truth(world_dir)
   by_video: dict[str, list] = {}
   for qa in records:
     by_video.setdefault(qa.video_id, []).append(qa)
-  with open(os.path.join(world_dir, "world.json")) as f:
-    ids = json.load(f)["splits"][split]
-  vocabulary = sorted({event_text(e, "present")[4:] for v in ids for e in truths[v].events})
-  size = config.vision_config.image_size
-  per_video = num_frames * config.video_tokens_per_frame()
-  video_id = config.video_token_index
+  vocabulary = sorted({event_text(e, "present")[4:] for t in truths for e in t.events})
   examples = []
-  for vid in ids:
-    frames = video.decode_all(os.path.join(world_dir, "videos", f"{vid}.mp4"))
-    for lo, hi, user, target in clip_examples(truths[vid], by_video.get(vid, []), rng,
+  for c, truth in enumerate(truths):
+    for lo, hi, user, target in clip_examples(truth, by_video.get(truth.video_id, []), rng,
                                               vocabulary, qa_permutations=qa_permutations):
-      idx = sample_frame_indices(len(frames), num_frames, lo, max(hi, lo + 1))
-      prompt = conversation.build_prompt(tokenizer, user, media="video")
-      p = []
-      for t in tokenizer(prompt)["input_ids"]:
-        p.extend([t] * per_video if t == video_id else [t])
-      t = list(tokenizer(" " + target, add_special_tokens=False)["input_ids"])
-      t.append(tokenizer.eos_token_id)
-      examples.append({"input_ids": np.asarray(p + t, np.int32),
-                       "label_mask": np.asarray([0] * len(p) + [1] * len(t), np.int32),
-                       "pixel_values_videos": preprocess_video(frames[idx], shortest_edge=size,
-                                                               crop_size=size)})
+      ids, label = video_prompt_ids(tokenizer, config, user, target, num_frames)
+      idx = sample_frame_indices(truth.num_frames, num_frames, lo, max(hi, lo + 1))
+      examples.append({"input_ids": ids, "label_mask": label, "clip": c,
+                       "frames": np.asarray(idx, np.int32)})
   if not examples:
-    raise LanguageExpertError(f"toy world {world_dir}: no {split} examples for the QA expert")
+    raise LanguageExpertError("QA expert: no training examples (no train clips or questions)")
   return examples
 
 
-def collate_video(examples: Sequence[dict], pad_id: int) -> dict[str, np.ndarray]:
-  """Right-padded ids and masks (multiple of 32) plus stacked `pixel_values_videos`."""
+def clip_features(model, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
+  """Per clip, the frozen tower's pooled features of every frame: (T, tokens, D_vision)."""
+  from aotd_jax.data.video_processing import preprocess_video
+  from aotd_jax.train.frozen_vision import tower_features
+  size = model.config.vision_config.image_size
+  pixels = np.concatenate([preprocess_video(f, shortest_edge=size, crop_size=size)
+                           for f in frames])
+  feats = tower_features(model, pixels)
+  bounds = np.cumsum([0] + [len(f) for f in frames])
+  return [feats[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def feature_collate(features: Sequence[np.ndarray]):
+  """collate_fn for `fit`: right-padded ids and masks plus each example's cached
+  `video_features` (B, frames * tokens, D_vision)."""
   from aotd_jax.demo.program_generator import collate
-  batch = collate(examples, pad_id)
-  batch["pixel_values_videos"] = np.stack([e["pixel_values_videos"] for e in examples])
-  return batch
+
+  def collate_fn(examples: Sequence[dict], pad_id: int) -> dict[str, np.ndarray]:
+    batch = collate(examples, pad_id)
+    batch["video_features"] = np.stack(
+        [features[e["clip"]][e["frames"]].reshape(-1, features[e["clip"]].shape[-1])
+         for e in examples])
+    return batch
+  return collate_fn
 
 
 # -- vision tower -------------------------------------------------------------------------------
 
-def pretrained_vision(world_dir: str, vision_init, size: dict, seed: int):
-  """(HF vision_config dict, `CLIPVisionTransformer`, info) of the QA expert's vision tower.
-
-  vision_init: a CLIP directory (HF layout, e.g. `train_grounder`'s `<dir>/clip`) whose image
-  tower is taken as is; None: a tiny CLIP (`size`: vision_hidden_size, vision_layers,
-  image_size, patch_size) trained here with the grounder's stage 1
-  (`vision_experts.train_frame_encoder`, `size["vision_steps"]` steps) on the train split.
-  """
-  from flax import nnx
-
-  from aotd_jax.demo import vision_experts as ve
-  from aotd_jax.hf.clip import _vision_to_hf
-  if vision_init is not None:
-    from aotd_jax import hf
-    path = str(vision_init)
-    if not os.path.isfile(os.path.join(path, "config.json")):
-      raise LanguageExpertError(f"vision_init={path!r}: no config.json (expected a CLIP "
-                                "directory such as train_grounder's <dir>/clip)")
-    clip_model = hf.from_pretrained(path)
-    if not hasattr(clip_model, "vision_model"):
-      raise LanguageExpertError(f"vision_init={path!r}: {type(clip_model).__name__} is not a "
-                                "CLIP model (CLIPModel / CLIPVisionModel)")
-    info = {"vision_init": path}
-  else:
-    t0 = time.perf_counter()
-    vd = size["vision_hidden_size"]
-    clip_cfg, _ = ve.grounder_configs(8, image_size=size["image_size"],
-                                      patch_size=size["patch_size"], vision_hidden=vd,
-                                      projection_dim=vd, hidden=16, layers=size["vision_layers"],
-                                      heads=2)
-    from aotd_jax.models.clip import CLIPModel
-    rngs = nnx.Rngs(seed)
-    clip_model = CLIPModel(clip_cfg, rngs=rngs)
-    truths, frames, _ = ve._world(world_dir)
-    losses = ve.train_frame_encoder(clip_model, truths, frames, steps=size["vision_steps"],
-                                    lr=VISION_LR, rng=np.random.default_rng(seed), rngs=rngs,
-                                    tag="qa vision")
-    info = {"vision_init": "stage1", "vision_steps": size["vision_steps"],
-            "vision_first_loss": losses[0], "vision_final_loss": float(np.mean(losses[-10:])),
-            "vision_seconds": round(time.perf_counter() - t0, 2)}
-  vc = clip_model.config.vision_config if hasattr(clip_model.config, "vision_config") \
-      else clip_model.config
-  hf_vision = {k: v for k, v in _vision_to_hf(vc).items() if k != "architectures"}
-  return hf_vision, clip_model.vision_model, info
+def pretrained_vision(vision_init) -> tuple[dict, Any, dict]:
+  """(HF vision_config dict, `CLIPVisionTransformer`, info) of a CLIP directory (HF layout:
+  `object_encoder.train_object_encoder`'s output, a `CLIPModel` or `CLIPVisionModel`);
+  `LanguageExpertError` naming `vision_init` when it is none."""
+  from aotd_jax.train.build import load_vision_init
+  try:
+    hf_vision, tower = load_vision_init(str(vision_init))
+  except ValueError as e:
+    raise LanguageExpertError(str(e)) from None
+  return hf_vision, tower, {"vision_init": str(vision_init)}
 
 
-def _auc(score: np.ndarray, label: np.ndarray) -> float:
-  """Area under the ROC curve (ties share ranks); 0.5 = no information."""
-  from scipy.stats import rankdata
-  pos = label.astype(bool)
-  if pos.all() or not pos.any():
-    return float("nan")
-  r = rankdata(score)
-  return float((r[pos].sum() - pos.sum() * (pos.sum() + 1) / 2) / (pos.sum() * (~pos).sum()))
+def standardize_projector_on(model, features: np.ndarray) -> dict:
+  """Folds the per-channel mean / std of the frozen tower's pooled features (`features`,
+  (..., D_vision)) into `multi_modal_projector.linear_1` (a data-dependent init).
 
-
-def _token_features(cfg, tower, resampler, pixels):
-  """(N, 3, S, S) -> (N, tokens, D): the pooled patch features the projector reads, with the
-  gradient kept (`_vision_features` stops it for a frozen tower)."""
-  import jax.numpy as jnp
-  states = tower(pixels, output_hidden_states=True).hidden_states
-  x = jnp.concatenate([states[i] for i in cfg.feature_layers], axis=-1)
-  if cfg.vision_feature_select_strategy == "default":
-    x = x[:, 1:]
-  return resampler(x)
-
-
-def token_states(truths, frames, side: int) -> tuple[np.ndarray, np.ndarray]:
-  """Every frame (N, H, W, 3) and its per-token targets (N, side*side, objects, 1 + actions):
-  for each cell of the pooled `side` x `side` token grid (row-major, as the LM reads them),
-  which objects (`toyworld.ALL_OBJECT_NAMES`) have their box centre there, and what each of
-  those is doing in that frame."""
-  from aotd_jax.data import toyworld
-  from aotd_jax.data.toyworld_render import ACTIONS
-  index = {n: i for i, n in enumerate(toyworld.ALL_OBJECT_NAMES)}
-  out_f, out_s = [], []
-  for truth, clip in zip(truths, frames):
-    h, w = clip.shape[1], clip.shape[2]
-    for t in range(min(len(clip), truth.num_frames)):
-      st = np.zeros((side * side, len(index), 1 + len(ACTIONS)), np.float32)
-      doing = {}
-      for e in truth.events:
-        if e["start_frame"] <= t <= e["end_frame"]:
-          doing.setdefault(e["object"], []).append(ACTIONS.index(e["action"]))
-      for i, name in enumerate(truth.names):
-        if not truth.visible[t, i]:
-          continue
-        x0, y0, x1, y1 = truth.boxes[t, i]
-        cx = min(side - 1, int((x0 + x1) / 2 / w * side))
-        cy = min(side - 1, int((y0 + y1) / 2 / h * side))
-        cell = st[cy * side + cx, index[name]]
-        cell[0] = 1.0
-        for a in doing.get(name, []):
-          cell[1 + a] = 1.0
-      out_f.append(clip[t])
-      out_s.append(st)
-  return np.stack(out_f), np.stack(out_s)
-
-
-def train_video_features(model, world_dir: str, *, steps: int, lr: float = FEATURE_LR,
-                         seed: int = 0, batch_size: int = 64, extra_clips: int = 0) -> dict:
-  """Trains the LLaVA vision tower in place so that the tokens the LM reads carry the frame.
-
-  The grounder's stage 1 (`vision_experts.train_frame_encoder`) trains CLIP's pooled class
-  embedding; LLaVA reads the *patch* tokens of `vision_feature_layer` (class token dropped),
-  which that stage leaves untrained. Here one linear probe, shared by all the pooled tokens
-  (what `multi_modal_projector` receives), learns from each token which objects are in its
-  cell of the grid and what they are doing (`token_states`), on every train frame plus
-  `extra_clips` rendered ones (`vision_experts.extra_train_clips`). Shared across cells, the probe cannot
-  memorise where objects sat in the few train clips; a probe over the concatenated tokens
-  did, and read val frames at the base rate. Returns losses and the probe's val object
-  visibility AUC (`feature_val_visible_auc`: 0.5 = no information).
+  A CLIP tower's patch features are dominated by per-channel constants: projected as
+  initialised, every video token is nearly the same large vector and the LM never reads
+  the video. Returns the feature statistics.
   """
   import jax.numpy as jnp
-  import optax
-  from flax import nnx
-
-  from aotd_jax.data.video_processing import preprocess_video
-  from aotd_jax.demo import vision_experts as ve
-  t0 = time.perf_counter()
-  truths, frames, _ = ve._world(world_dir)
-  if extra_clips:
-    more = ve.extra_train_clips(world_dir, extra_clips)
-    truths, frames = truths + more[0], frames + more[1]
-  cfg = model.config
-  side = int(round(np.sqrt(cfg.video_tokens_per_frame())))
-  all_frames, states = token_states(truths, frames, side)
-  img = cfg.vision_config.image_size
-  pixels = preprocess_video(all_frames, shortest_edge=img, crop_size=img)
-  width = cfg.vision_config.hidden_size * len(cfg.feature_layers)
-  probe = nnx.Linear(width, states[0, 0].size, rngs=nnx.Rngs(seed))
-  parts = nnx.List([model.vision_tower, model.vision_resampler, probe])
-  opt = ve._optimizer(parts, lr, steps)  # the grounder's schedule: warmup, cosine, AdamW
-
-  def logits(parts, pixels):
-    tower, resampler, probe = parts
-    f = _token_features(cfg, tower, resampler, pixels)  # (N, cells, D)
-    return probe(f).reshape(f.shape[:2] + states.shape[2:])
-
-  def loss_fn(parts, pixels, states):
-    pred = logits(parts, pixels)
-    vis = states[..., 0]
-    bce = optax.sigmoid_binary_cross_entropy(pred[..., 0], vis).mean()
-    act = (optax.sigmoid_binary_cross_entropy(pred[..., 1:], states[..., 1:]).sum(-1) * vis).sum()
-    return bce * states.shape[2] + act / jnp.maximum(vis.sum(), 1.0)
-
-  @nnx.jit
-  def step(parts, opt, pixels, states):
-    loss, grads = nnx.value_and_grad(loss_fn)(parts, pixels, states)
-    opt.update(parts, grads)
-    return loss
-
-  rng = np.random.default_rng(seed)
-  losses = []
-  bs = min(batch_size, len(pixels))
-  for _ in range(steps):
-    pick = rng.choice(len(pixels), bs, replace=False)
-    losses.append(float(step(parts, opt, jnp.asarray(pixels[pick]), jnp.asarray(states[pick]))))
-  info = {"feature_steps": steps, "extra_clips": int(extra_clips),
-          "feature_first_loss": losses[0], "feature_final_loss": float(np.mean(losses[-10:])),
-          "feature_seconds": round(time.perf_counter() - t0, 2)}
-  # How well the probe reads val frames: is each object in the frame (any cell)?
-  with open(os.path.join(world_dir, "world.json")) as f:
-    if not json.load(f)["splits"].get("val"):
-      return info
-  vtruths, vframes, _ = ve._world(world_dir, "val")
-  vf, vs = token_states(vtruths, vframes, side)
-  vp = preprocess_video(vf, shortest_edge=img, crop_size=img)
-  read = nnx.jit(logits)
-  pred = np.concatenate([np.asarray(read(parts, jnp.asarray(vp[i:i + 256])))
-                         for i in range(0, len(vp), 256)])
-  vis = vs[..., 0].max(1) > 0.5
-  info["feature_val_visible_auc"] = _auc(pred[..., 0].max(1).ravel(), vis.ravel())
-  info["feature_val_visible_base"] = float(max(vis.mean(), 1 - vis.mean()))
-  return info
-
-
-def standardize_projector(model, pixels: np.ndarray, *, batch: int = 64) -> dict:
-  """Data-dependent init of the projector: folds the per-channel standardisation of the
-  frozen tower's pooled features on `pixels` (N, 3, S, S) into
-  `multi_modal_projector.linear_1`.
-
-  A CLIP tower's patch features are dominated by per-channel constants (their variation
-  across frames is ~0.05% of their spread): projected as initialised, every video token is
-  the same large vector and the LM never reads the video. Returns the feature statistics.
-  """
-  import jax.numpy as jnp
-  from flax import nnx
-  feats = nnx.jit(lambda m, x: m.vision_resampler(m._vision_features(x)))  # the projector's input
-  f = np.concatenate([np.asarray(feats(model, jnp.asarray(pixels[i:i + batch])))
-                      for i in range(0, len(pixels), batch)])
-  f = f.reshape(-1, f.shape[-1]).astype(np.float64)
+  f = np.asarray(features, np.float64).reshape(-1, np.shape(features)[-1])
   mu, sd = f.mean(0), f.std(0)
   ratio = float(np.mean(sd) / max(float(f.std()), 1e-12))
   sd = np.maximum(sd, 1e-4 * max(float(np.mean(sd)), 1e-12))
@@ -417,8 +302,13 @@ def standardize_projector(model, pixels: np.ndarray, *, batch: int = 64) -> dict
   lin.kernel[...] = jnp.asarray(w / sd[:, None], lin.kernel[...].dtype)
   lin.bias[...] = jnp.asarray(np.asarray(lin.bias[...], np.float64) - (mu / sd) @ w,
                               lin.bias[...].dtype)
-  return {"feature_frames": int(len(pixels)), "feature_std_ratio": ratio}
+  return {"feature_frames": int(len(f)), "feature_std_ratio": ratio}
 
+
+def standardize_projector(model, pixels: np.ndarray, *, batch: int = 64) -> dict:
+  """`standardize_projector_on` the frozen tower's features of `pixels` (N, 3, S, S)."""
+  from aotd_jax.train.frozen_vision import tower_features
+  return standardize_projector_on(model, tower_features(model, pixels, batch=batch))
 
 # -- scores --------------------------------------------------------------------------------------
 
@@ -443,13 +333,14 @@ def train_qa_expert(world_dir: str | os.PathLike, tokenizer_dir: str | os.PathLi
   Args:
     world_dir: a toy world; tokenizer_dir: `build_tokenizer`'s output (saved beside it).
     out_dir: the HF directory `experts` binds with `kind="llava", path=out_dir`.
-    steps: optimiser steps; seed: init, example and data-order seed.
+    steps: optimiser steps of the projector + LM; seed: init, example and data-order seed.
     evaluate: score on the val split (`score_qa_expert`) into `scores.json`.
-    vision_init: a pretrained CLIP directory (e.g. `train_grounder`'s `<dir>/clip`) whose
-      image tower becomes the LLaVA vision tower (its sizes win over `size`'s vision ones);
-      None: train one here on the tokens the LM reads (`train_video_features`,
-      `feature_steps` steps on the train clips plus `extra_clips` rendered ones).
-    **size: overrides of `DEFAULT_SIZE` (hidden_size, num_frames, image_size, ...).
+    vision_init: the frozen vision tower, a CLIP directory (HF layout), e.g.
+      `object_encoder.train_object_encoder`'s output (the demo's `experts/encoder`); its
+      sizes win over `size`'s vision ones. None: such an encoder is trained first into
+      `out_dir/encoder` (`encoder_steps` steps on the train clips + `encoder_clips` rendered
+      ones; sizes `vision_hidden_size, vision_layers, image_size, patch_size`).
+    **size: overrides of `DEFAULT_SIZE` (hidden_size, num_frames, lm_clips, ...).
 
   Returns:
     `out_dir`.
@@ -458,6 +349,7 @@ def train_qa_expert(world_dir: str | os.PathLike, tokenizer_dir: str | os.PathLi
 
   from aotd_jax.demo.language_experts import check_positive
   from aotd_jax.models.llava_next_video import LlavaNextVideoForConditionalGeneration
+  from aotd_jax.train.frozen_vision import CachedVisionLM
   out_dir, world_dir = str(out_dir), str(world_dir)
   if is_done(out_dir):
     return out_dir
@@ -465,31 +357,38 @@ def train_qa_expert(world_dir: str | os.PathLike, tokenizer_dir: str | os.PathLi
   size = resolve_size(size, DEFAULT_SIZE, "train_qa_expert")
   t0 = time.perf_counter()
   tokenizer = load_tokenizer(tokenizer_dir)
-  if vision_init is not None:
-    hf_vision, tower, vision_info = pretrained_vision(world_dir, vision_init, size, seed)
-  else:  # a fresh tower: `train_video_features` below trains it (the stage 1 that counts)
-    hf_vision, tower, vision_info = None, None, {"vision_init": "features"}
+  if vision_init is None:
+    from aotd_jax.demo import object_encoder
+    vd = size["vision_hidden_size"]
+    vision_init = object_encoder.train_object_encoder(
+        world_dir, os.path.join(out_dir, "encoder"), steps=size["encoder_steps"],
+        extra_clips=size["encoder_clips"], seed=seed, hidden_size=vd, intermediate_size=2 * vd,
+        num_hidden_layers=size["vision_layers"], num_attention_heads=max(1, vd // 16),
+        image_size=size["image_size"], patch_size=size["patch_size"], projection_dim=vd)
+  hf_vision, tower, vision_info = pretrained_vision(vision_init)
   config = model_config(tokenizer, size, hf_vision)
-  examples = build_examples(world_dir, "train", tokenizer, config,
-                            num_frames=size["num_frames"], seed=seed,
-                            qa_permutations=size["qa_permutations"])
   model = LlavaNextVideoForConditionalGeneration(config, rngs=nnx.Rngs(seed))
-  if tower is not None:
-    nnx.update(model.vision_tower.vision_model, nnx.state(tower))
-  if vision_init is None:  # a pretrained CLIP stays as it is (frozen, as LLaVA keeps it)
-    vision_info.update(train_video_features(model, world_dir, steps=size["feature_steps"],
-                                            seed=seed, extra_clips=size["extra_clips"]))
-  pick = np.random.default_rng(seed).permutation(len(examples))[:32]
-  stats = standardize_projector(
-      model, np.concatenate([examples[int(i)]["pixel_values_videos"] for i in pick]))
-  trainer = one_device_trainer(model, steps, size["learning_rate"])
+  nnx.update(model.vision_tower.vision_model, nnx.state(tower))
+
+  truths, frames, records = training_clips(world_dir, size["lm_clips"])
+  examples = build_examples(truths, records, tokenizer, config, num_frames=size["num_frames"],
+                            seed=seed, qa_permutations=size["qa_permutations"])
+  t_features = time.perf_counter()
+  features = clip_features(model, frames)
+  del frames
+  stats = standardize_projector_on(model, np.concatenate(features[:16]))
+  feature_s = time.perf_counter() - t_features
+  lm = CachedVisionLM(model)
+  trainer = one_device_trainer(lm, steps, size["learning_rate"])
   losses = fit(trainer, examples, steps=steps, batch_size=size["batch_size"], seed=seed,
-               pad_id=tokenizer.pad_token_id, collate_fn=collate_video)
-  model = trainer.sync_model()
+               pad_id=tokenizer.pad_token_id, collate_fn=feature_collate(features))
+  trainer.sync_model()  # `lm` shares the projector and LM with `model`
   train_s = time.perf_counter() - t0
 
-  info = {"steps": steps, "seed": seed, "size": size, "train_examples": len(examples),
-          "train_seconds": round(train_s, 2), "answer_style": ANSWER_STYLE, "action_style": ACTION_STYLE, **vision_info, **stats}
+  info = {"steps": steps, "seed": seed, "size": size, "train_clips": len(truths),
+          "train_questions": len(records), "train_examples": len(examples),
+          "train_seconds": round(train_s, 2), "feature_seconds": round(feature_s, 2),
+          "answer_style": ANSWER_STYLE, "action_style": ACTION_STYLE, **vision_info, **stats}
 
   def score(model):
     from experts.backends.llava import LlavaVideoQA

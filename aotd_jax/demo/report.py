@@ -53,6 +53,14 @@ def _text_table(header, rows) -> str:
   return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
+def _encoder_line(scores: Mapping | None) -> list[str]:
+  if not scores:
+    return []
+  return [f"frame encoder (val): object under a patch {_num(scores['identity'])} (chance "
+          f"{_num(scores['identity_chance'])}), object in frame {_num(scores['presence'])} "
+          f"(always absent {_num(scores['presence_always_absent'])})"]
+
+
 def table(rep: Mapping) -> str:
   """The printed summary: students' accuracy table, CoT funnel, experts, grounding, efficiency."""
   header, rows = student_rows(rep)
@@ -66,6 +74,7 @@ def table(rep: Mapping) -> str:
            "experts (" + ", ".join(f"{k}: {v}" for k, v in e.get("sources", {}).items()) + "): "
            + ", ".join(f"{k} {_num(e.get(k))} (random {_num(e.get(k + '_random'))})"
                        for k in EXPERT_KEYS),
+           *_encoder_line(e.get("frame_encoder")),
            f"rationale grounding (AoTD student): box IoU {_num(g['box_iou'])}, "
            f"window IoU {_num(g['window_iou'])}",
            f"efficiency ({x['questions']} questions, {x['memory_kind']}): student "
@@ -181,6 +190,7 @@ Total {rep['seconds']:.0f} s.</p>
 <h2>CoT funnel (train split)</h2>{funnel}
 <h2>Experts (sub-task harness, held-out test split)</h2><p>{html.escape(sources)}</p>{experts}
 <pre>{html.escape(e.get("table") or "")}</pre>
+{"".join(f"<p>{html.escape(line)}</p>" for line in _encoder_line(e.get("frame_encoder")))}
 <h2>Rationale grounding (AoTD student)</h2>
 <p>box IoU {_num(g['box_iou'])}, window IoU {_num(g['window_iou'])}</p>
 <h2>Efficiency (same {x['questions']} test questions, {html.escape(x['memory_kind'])})</h2>

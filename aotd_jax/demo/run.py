@@ -81,24 +81,42 @@ def _size(section) -> dict:
   return dict(section.get("size", {}) or {})
 
 
+def encoder_stage(config, workdir: str, world_dir: str) -> dict:
+  """The toy world's frame encoder (`object_encoder.train_object_encoder`): the frozen vision
+  tower of the QA expert and of the students. {source: trained | none, path}."""
+  section = config.experts.get("encoder")
+  fn = trainer("object_encoder", "train_object_encoder")
+  if section is None or not _use_trained(section, fn, "encoder"):
+    return {"source": "none", "path": ""}
+  path = os.path.join(workdir, "experts", "encoder")
+  t0 = time.perf_counter()
+  fn(world_dir, path, steps=int(section.steps), seed=int(config.world.seed), **_size(section))
+  return {"source": "trained", "path": path, "seconds": round(time.perf_counter() - t0, 2)}
+
+
 def experts_stage(config, workdir: str, world_dir: str, tokenizer_dir: str) -> dict:
-  """Trains (or binds oracles for) each expert role; returns {role: {source, path}}."""
+  """Trains (or binds oracles for) each expert role; returns {role: {source, path}}, plus
+  `encoder` (the frame encoder the QA expert and the students read frames with)."""
   trainers = {
       "detector": ("vision_experts", "train_detector"),
       "grounder": ("vision_experts", "train_grounder"),
       "qa": ("language_experts", "train_qa_expert"),
       "program": ("language_experts", "train_program_generator"),
   }
-  out = {}
+  use = {role: _use_trained(config.experts[role], trainer(*trainers[role]), role)
+         for role in EXPERT_ROLES}  # every section checked before anything trains
+  out = {"encoder": encoder_stage(config, workdir, world_dir)}
   for role in EXPERT_ROLES:
     section = config.experts[role]
     fn = trainer(*trainers[role])
-    if not _use_trained(section, fn, role):
+    if not use[role]:
       out[role] = {"source": "oracle" if role != "program" else "none", "path": ""}
       continue
     path = os.path.join(workdir, "experts", role)
     t0 = time.perf_counter()
     kw = dict(steps=int(section.steps), seed=int(config.world.seed), **_size(section))
+    if role == "qa" and out["encoder"]["source"] == "trained":
+      kw["vision_init"] = out["encoder"]["path"]
     if role in ("detector", "grounder"):
       fn(world_dir, path, **kw)
     else:
@@ -122,6 +140,10 @@ def subtask_stage(config, workdir: str, world_dir: str, experts_info: Mapping) -
   (`aotd_jax.eval.subtasks`) on the held-out test split."""
   result: dict[str, Any] = {k: None for k in SUBTASK_KEYS}
   result.update(chance=CHANCE, sources={r: experts_info[r]["source"] for r in EXPERT_ROLES})
+  encoder = experts_info.get("encoder", {})
+  if encoder.get("source") == "trained":  # its own probe's val scores (object_encoder)
+    from aotd_jax.demo.object_encoder import read_done
+    result["frame_encoder"] = read_done(encoder["path"]).get("val")
   if not config.experts.get("score", True):
     return result
   from aotd_jax.eval import subtasks
@@ -167,19 +189,21 @@ def _student_init(config, tokenizer) -> dict:
 def student_vision_dir(config, experts_info: Mapping) -> str:
   """The CLIP directory the students' vision tower starts from ("" for a random tower).
 
-  `config.students.vision_init`: "" (random), "grounder" (the toy CLIP that the grounder
-  expert trained on the train split, `experts/grounder/clip`; shared, not retrained) or a
-  CLIP directory in HF layout.
+  `config.students.vision_init`: "" (random), "encoder" (the toy world's frame encoder,
+  `experts/encoder`, shared with the QA expert: LLaVA students keep their pretrained CLIP),
+  "grounder" (the grounder expert's toy CLIP, `experts/grounder/clip`) or a CLIP directory
+  in HF layout.
   """
   choice = str(config.students.get("vision_init", "") or "")
-  if choice != "grounder":
+  if choice not in ("grounder", "encoder"):
     return choice
-  info = experts_info.get("grounder", {})
-  path = os.path.join(info.get("path") or "", "clip")
+  info = experts_info.get(choice, {})
+  path = info.get("path") or ""
+  path = os.path.join(path, "clip") if choice == "grounder" else path
   if info.get("source") != "trained" or not os.path.isfile(os.path.join(path, "config.json")):
-    raise DemoError("config.students.vision_init='grounder' needs the trained grounder's CLIP "
-                    f"({path or 'experts/grounder/clip'}); grounder source is "
-                    f"{info.get('source')!r}: set vision_init='' or train the grounder")
+    raise DemoError(f"config.students.vision_init={choice!r} needs the trained {choice} "
+                    f"({path or 'experts/' + choice}); its source is {info.get('source')!r}: "
+                    "set vision_init='' or train it")
   return path
 
 

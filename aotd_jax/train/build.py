@@ -32,7 +32,7 @@ def load_vision_init(path: str) -> tuple[dict, nnx.Module]:
   from aotd_jax.hf.clip import _vision_to_hf
   if not os.path.isfile(os.path.join(str(path), "config.json")):
     raise ValueError(f"vision_init={path!r}: no config.json (expected a CLIP directory in HF "
-                     "layout, e.g. the demo grounder's <dir>/clip)")
+                     "layout, e.g. the demo's experts/encoder)")
   clip_model = hf.from_pretrained(str(path))
   if not hasattr(clip_model, "vision_model"):
     raise ValueError(f"vision_init={path!r}: {type(clip_model).__name__} is not a CLIP model "
