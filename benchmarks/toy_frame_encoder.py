@@ -27,7 +27,7 @@ def main(argv=None):
   parser = argparse.ArgumentParser()
   parser.add_argument("--world", default="", help="a generated toy world (default: a new quick one)")
   parser.add_argument("--extra_clips", type=int, default=600)
-  parser.add_argument("--steps", type=int, default=800)
+  parser.add_argument("--steps", type=int, default=1000)
   parser.add_argument("--lr", type=float, default=3e-3)
   parser.add_argument("--batch", type=int, default=64)
   args = parser.parse_args(argv)

@@ -48,12 +48,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # The frame encoder (aotd_jax/demo/object_encoder.py): a tiny CLIP tower trained to tell
   # which object is where, on the train clips + `extra_clips` rendered from the train split;
   # the frozen vision tower of the QA expert and of the students.
-  c.experts.encoder = expert(4 if micro else 800, extra_clips=1 if micro else 600)
+  c.experts.encoder = expert(4 if micro else 1000, extra_clips=1 if micro else 600)
   c.experts.detector = expert(4 if micro else 150 * scale)
   c.experts.grounder = expert(4 if micro else 150 * scale)
   # LM steps on cached encoder features of the train clips + `lm_clips` rendered ones
   # with generated questions (micro: one extra clip)
-  c.experts.qa = (expert(4, lm_clips=1) if micro else expert(1000 if full else 500))
+  c.experts.qa = (expert(4, lm_clips=1) if micro else expert(1500 if full else 800))
   c.experts.program = expert(4 if micro else 300 * scale)
   c.experts.tokenizer = ml_collections.ConfigDict({"source": "auto"})
   c.experts.selector = "keyword"      # keyword | llama (the program generator's LM picks)

@@ -49,7 +49,7 @@ DEFAULT_SIZE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                     eval_videos=10,
                     # the frame encoder trained here when `vision_init` is None
                     vision_hidden_size=64, vision_layers=2, image_size=64, patch_size=8,
-                    encoder_steps=800, encoder_clips=600)
+                    encoder_steps=1000, encoder_clips=600)
 VISION_FEATURE_LAYER = -1  # the object encoder trains its last layer's patch tokens
 # Multiple-choice targets: "letter" -> "(B)", "text" -> the option's text, "letter_text" ->
 # "(B) text" (the distillation format).
