@@ -70,22 +70,26 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Students: three, distilled from the same init with the same steps.
   c.students = ml_collections.ConfigDict(dict(
       names=["instruct", "aotd", "aotd_unfiltered"],
+      # init_from: "qa" = the trained toy QA expert (in the paper the students and the QA /
+      # action expert are the same pretrained LLaVA-NeXT-Video; here the toy world's own);
+      # "" = a fresh `init` with the vision tower from `vision_init`; or a HF directory.
+      init_from="qa",
       init=_student_init(512, 32 if not full else 64, 1 if micro else 2, 512),
       steps=3 if micro else (600 if full else 120), batch_size=8,
       learning_rate=3e-3, warmup_ratio=0.1, rationale_weight=1.0, cot_weight=1.0,
       num_frames=4, decode_size=32, buckets=[384] if micro else [128, 384], num_devices=1,
-      # The vision tower: "encoder" = the frame encoder (shared with the QA expert, frozen, as
-      # LLaVA students keep their pretrained CLIP); "grounder" = the grounder's toy CLIP;
-      # "" = random init; or a CLIP directory.
+      # The vision tower when init_from="": "encoder" = the frame encoder (shared with the QA
+      # expert, frozen, as LLaVA students keep their pretrained CLIP); "grounder" = the
+      # grounder's toy CLIP; "" = random init; or a CLIP directory.
       vision_init="encoder", freeze_vision_tower=True,
       qa_shuffles=0))  # extra choice-shuffled copies of the train QA (balanced letters)
 
   # Evaluation on the held-out test split.
   c.eval = ml_collections.ConfigDict(dict(
-      # scoring: "letters" (closed set: the option letter with the highest logit after " (",
-      # standard for MC video QA), "likelihood" (the likeliest whole "(B) text" reply) or
+      # scoring (closed set unless "generate"): "likelihood" (the likeliest whole "(B) text"
+      # reply), "letters" (the option letter with the highest logit after " (") or
       # "generate" (greedy reply, option parsed from it; max_new_tokens).
-      scoring="letters", num_frames=4, decode_size=32, batch_size=8, max_new_tokens=8,
+      scoring="likelihood", num_frames=4, decode_size=32, batch_size=8, max_new_tokens=8,
       rationale_max_new_tokens=32 if micro else 160,
       rationale_questions=2 if micro else 20))  # grounding on the first N test questions
   c.efficiency = ml_collections.ConfigDict(dict(

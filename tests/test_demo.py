@@ -108,9 +108,10 @@ def test_students_are_scored_on_the_held_out_split_only(micro):
     saved = json.loads(pathlib.Path(workdir, "eval", f"{name}_s0.json").read_text())
     assert saved["split"] == "test" and saved["qids"] == test_qids
     assert len(saved["outputs"]) == len(test_qids)
-    assert saved["scoring"] == "letters" and len(saved["option_logprobs"]) == len(test_qids)
+    assert saved["scoring"] == "likelihood" and len(saved["option_logprobs"]) == len(test_qids)
     assert sum(saved["letters"]["pred"].values()) == sum(saved["letters"]["gold"].values())
-    assert s["train"][0]["vision_init"].endswith(os.path.join("experts", "encoder"))
+    # every student starts from the trained QA expert (the toy world's pretrained Video-LLM)
+    assert s["train"][0]["init_from"].endswith(os.path.join("experts", "qa"))
   assert rep["majority_letter"]["letter"] in "ABCD"
   cot_qids = {json.loads(l)["qid"] for l in open(rep["cot"]["records"])}
   assert cot_qids <= set(train_qids)  # CoTs come from train only
@@ -306,9 +307,23 @@ def test_student_vision_dir_needs_a_trained_encoder_or_grounder(tmp_path):
   assert demo.student_vision_dir(c, {}) == "/some/clip"
 
 
+def test_student_base_dir_needs_a_trained_qa_expert(tmp_path):
+  c = demo_config.get_config("micro")
+  assert c.students.init_from == "qa"
+  info = {"qa": {"source": "trained", "path": str(tmp_path / "qa")}}
+  assert demo.student_base_dir(c, info) == str(tmp_path / "qa")
+  with pytest.raises(common.DemoError, match="init_from='qa' needs the trained QA expert.*'oracle'"):
+    demo.student_base_dir(c, {"qa": {"source": "oracle", "path": ""}})
+  c.students.init_from = str(tmp_path / "nowhere")
+  with pytest.raises(common.DemoError, match="init_from=.*nowhere.*no config.json"):
+    demo.student_base_dir(c, info)
+  c.students.init_from = ""
+  assert demo.student_base_dir(c, info) == ""
+
+
 def test_bad_eval_scoring_is_refused(tmp_path):
   c = demo_config.get_config("micro")
-  assert c.eval.scoring == "letters"
+  assert c.eval.scoring == "likelihood"
   c.eval.scoring = "vibes"
   with pytest.raises(common.DemoError, match=r"config.eval.scoring='vibes'"):
     demo.eval_stage(c, str(tmp_path), {"path": str(tmp_path / "student")}, str(tmp_path))

@@ -207,6 +207,27 @@ def student_vision_dir(config, experts_info: Mapping) -> str:
   return path
 
 
+def student_base_dir(config, experts_info: Mapping) -> str:
+  """The pretrained Video-LLM the students start from ("" for a fresh `students.init`).
+
+  `config.students.init_from`: "" (fresh init, vision tower from `vision_init`), "qa" (the
+  trained toy QA expert: as in the paper, where the students and the QA / action expert are
+  the same pretrained LLaVA-NeXT-Video, here the toy world's own) or a HF LLaVA-NeXT-Video
+  directory.
+  """
+  choice = str(config.students.get("init_from", "") or "")
+  if choice != "qa":
+    if choice and not os.path.isfile(os.path.join(choice, "config.json")):
+      raise DemoError(f"config.students.init_from={choice!r}: no config.json there (expected "
+                      "'', 'qa' or a HF LLaVA-NeXT-Video directory)")
+    return choice
+  info = experts_info.get("qa", {})
+  if info.get("source") != "trained":
+    raise DemoError("config.students.init_from='qa' needs the trained QA expert; its source is "
+                    f"{info.get('source')!r}: set init_from='' or train it")
+  return info["path"]
+
+
 def _train_pixels(config, world_dir: str, size: int, clips: int = 16) -> np.ndarray:
   """(clips * frames, 3, size, size) frames of the first train clips' question windows: the
   sample that `standardize_projector` reads the frozen tower's feature statistics from."""
@@ -246,11 +267,14 @@ def shuffled_qa(world_dir: str, out_dir: str, copies: int, seed: int) -> list[st
 
 
 def student_stage(config, workdir: str, name: str, seed: int, world_dir: str,
-                  tokenizer_dir: str, cots: Mapping, vision_dir: str = "") -> dict:
+                  tokenizer_dir: str, cots: Mapping, vision_dir: str = "",
+                  base_dir: str = "") -> dict:
   """Distils student `name` (QA of the train split + its CoTs) and saves it as a HF directory.
 
-  vision_dir: a CLIP directory whose image tower the student starts from (`student_vision_dir`);
-  its projector is then standardised on train frames (`qa_expert.standardize_projector`).
+  base_dir: a pretrained LLaVA-NeXT-Video the student starts from (`student_base_dir`);
+  otherwise a fresh `students.init` whose vision tower comes from `vision_dir`, a CLIP
+  directory (`student_vision_dir`), with its projector standardised on train frames
+  (`qa_expert.standardize_projector`).
   """
   if name not in STUDENT_DATA:
     raise DemoError(f"config.students.names: unknown student {name!r}; "
@@ -288,8 +312,9 @@ def student_stage(config, workdir: str, name: str, seed: int, world_dir: str,
                "cot": cot_files}})
   n_dev = s.num_devices or len(jax.devices())
   mesh = sharding.make_mesh({"data": -1}, devices=jax.devices()[:n_dev])
+  vision_dir = "" if base_dir else vision_dir
   student = build.build_student(ml_collections.ConfigDict({
-      "hf_dir": "", "architecture": "LlavaNextVideoForConditionalGeneration",
+      "hf_dir": base_dir, "architecture": "LlavaNextVideoForConditionalGeneration",
       "init": _student_init(config, tokenizer), "dtype": "float32", "param_dtype": "float32",
       "remat": False, "vision_init": vision_dir,
       "freeze_vision_tower": bool(s.freeze_vision_tower)}), mesh=mesh, seed=seed)
@@ -315,7 +340,7 @@ def student_stage(config, workdir: str, name: str, seed: int, world_dir: str,
           "label_loss": result.last_metrics.get("label_loss"),
           "rationale_loss": result.last_metrics.get("rationale_loss"),
           "cot_files": [c["path"] for c in cot_files], "path": out,
-          "vision_init": vision_dir, **projector}
+          "vision_init": vision_dir, "init_from": base_dir, **projector}
   write_json(summary, info)
   mark_done(out)
   return info
@@ -447,11 +472,12 @@ def run(config, workdir: str, *, log: Callable[[str], None] = print) -> dict:
   cots = stage("cots", cot_stage, config, workdir, world_dir, experts_info)
   evals: dict[str, list] = {}
   trained: dict[str, list] = {}
-  vision_dir = student_vision_dir(config, experts_info)
+  base_dir = student_base_dir(config, experts_info)
+  vision_dir = "" if base_dir else student_vision_dir(config, experts_info)
   for name in config.students.names:
     for seed in config.seeds:
       info = stage(f"student {name} seed {seed}", student_stage, config, workdir, name, seed,
-                   world_dir, tok["path"], cots, vision_dir)
+                   world_dir, tok["path"], cots, vision_dir, base_dir)
       trained.setdefault(name, []).append(info)
       evals.setdefault(name, []).append(
           stage(f"eval {name} seed {seed}", eval_stage, config, workdir, info, world_dir))
