@@ -50,7 +50,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # the frozen vision tower of the QA expert and of the students.
   c.experts.encoder = expert(4 if micro else 1000, extra_clips=1 if micro else 600)
   c.experts.detector = expert(4 if micro else 150 * scale)
-  c.experts.grounder = expert(4 if micro else 150 * scale)
+  # The grounder's video features: "encoder" = per-name object states from the frame
+  # encoder's head (aotd_jax/models/object_states.py; stage 2 renames objects so held-out
+  # (object, action) combinations are grounded) | "clip" = its own tiny CLIP (stage 1).
+  c.experts.grounder = (expert(4) if micro else expert(500 * scale, extra_clips=200 * scale))
+  c.experts.grounder.features = "encoder"
   # LM steps on cached encoder features of the train clips + `lm_clips` rendered ones
   # with generated questions (micro: one extra clip)
   c.experts.qa = (expert(4, lm_clips=1) if micro else expert(1500 if full else 800))

@@ -4,7 +4,8 @@ The config (an `ml_collections.ConfigDict` or a plain dict) has one section per 
 with a `kind` and that kind's settings:
 
   detector:          oracle | owlv2 (path, threshold, buckets) | none
-  grounder:          oracle | univtg (path: official checkpoint, clip_path: HF CLIP dir) | none
+  grounder:          oracle | univtg (path: official checkpoint, clip_path: HF CLIP dir,
+                      features_path: saved ObjectStates, "" = CLIP image features) | none
   action_recognizer: oracle | llava (path) | none
   video_qa:          oracle | llava (path) | none
   selector:          keyword | llama (path: HF Llama dir with tokenizer) | none
@@ -34,7 +35,7 @@ def default_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({
       "detector": {"kind": "oracle", "path": "", "threshold": 0.1,
                    "buckets": list(DEFAULT_BUCKETS)},
-      "grounder": {"kind": "oracle", "path": "", "clip_path": "",
+      "grounder": {"kind": "oracle", "path": "", "clip_path": "", "features_path": "",
                    "buckets": list(DEFAULT_BUCKETS)},
       "action_recognizer": {"kind": "oracle", "path": ""},
       "video_qa": {"kind": "oracle", "path": ""},
@@ -123,7 +124,8 @@ def _univtg(section, ctx):
                      "for kind 'univtg'")
   return univtg.UniVTGGrounder.from_pretrained(
       _path("grounder", "univtg", section), clip_path=clip_path,
-      buckets=_get(section, "buckets", DEFAULT_BUCKETS))
+      buckets=_get(section, "buckets", DEFAULT_BUCKETS),
+      features_path=_get(section, "features_path", ""))
 
 
 def _llava(role):

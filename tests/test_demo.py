@@ -53,6 +53,10 @@ def test_every_stage_leaves_its_output(micro):
     assert 0 <= enc["identity"] <= 1 and enc["presence_always_absent"] > 0
     qa_done = json.loads((w / "experts" / "qa" / common.DONE).read_text())
     assert qa_done["vision_init"] == experts_info["encoder"]["path"]
+    if experts_info["grounder"]["source"] == "trained":  # ... and the grounder its states
+      gr_info = json.loads((w / "experts" / "grounder" / "train_info.json").read_text())
+      assert gr_info["features"] == "object_states"
+      assert gr_info["features_from"] == experts_info["encoder"]["path"]
   # CoTs: every train question processed once, the two-step filter is a funnel
   c = rep["cot"]
   train_qids = _split_qids(workdir, "train")
@@ -187,6 +191,10 @@ def test_bad_expert_source_and_unknown_student(tmp_path):
   c = demo_config.get_config("micro")
   c.experts.detector.source = "magic"
   with pytest.raises(common.DemoError, match=r"experts.detector.source='magic'"):
+    demo.experts_stage(c, str(tmp_path), str(tmp_path), str(tmp_path))
+  c = demo_config.get_config("micro")
+  c.experts.grounder.features = "slowfast"
+  with pytest.raises(common.DemoError, match=r"experts.grounder.features='slowfast'"):
     demo.experts_stage(c, str(tmp_path), str(tmp_path), str(tmp_path))
   c = demo_config.get_config("micro")
   with pytest.raises(common.DemoError, match="unknown student 'teacher'"):

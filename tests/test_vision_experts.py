@@ -142,3 +142,68 @@ def test_extra_train_clips_are_new_train_clips_of_the_same_world(world):
     ve.extra_train_clips(meta, -1)
   with pytest.raises(FileNotFoundError, match=r"no world.json"):
     ve.extra_train_clips(os.path.dirname(world), 1)
+
+
+@pytest.fixture(scope="module")
+def object_states_dir(tmp_path_factory):
+  """A saved (untrained) `ObjectStates` over the world's names: the features a frame
+  encoder gives the grounder."""
+  from flax import nnx
+  from aotd_jax.data import toyworld
+  from aotd_jax.data.toyworld_render import ACTIONS
+  from aotd_jax.models import object_states as obj
+  from aotd_jax.models.clip import CLIPVisionConfig, CLIPVisionModel
+  cfg = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, image_size=32, patch_size=8, projection_dim=8)
+  rngs = nnx.Rngs(0)
+  model = obj.ObjectStates(CLIPVisionModel(cfg, rngs=rngs), toyworld.ALL_OBJECT_NAMES, ACTIONS,
+                           rngs=rngs)
+  return obj.save_object_states(model, str(tmp_path_factory.mktemp("states")))
+
+
+def test_rename_objects_replaces_all_names_at_once():
+  swap = {"red circle": "blue square", "blue square": "red circle"}
+  assert (ve.rename_objects("the red circle touches the blue square", swap)
+          == "the blue square touches the red circle")
+  assert ve.rename_objects("an object spins", swap) == "an object spins"
+
+
+def test_rename_sample_moves_the_queried_objects_block_with_its_name():
+  from aotd_jax.data import toyworld
+  names = list(toyworld.ALL_OBJECT_NAMES)
+  feats = np.random.default_rng(0).normal(size=(5, len(names) * 10))
+  perm = np.random.default_rng(1).permutation(len(names))
+  out, query = ve.rename_sample(feats, f"the {names[4]} jumps", perm, names)
+  new = names[perm[4]]
+  assert query == f"the {new} jumps"
+  j = names.index(new)
+  np.testing.assert_array_equal(out[:, j * 10:(j + 1) * 10], feats[:, 40:50])
+
+
+def test_grounder_on_object_states_renames_and_loads_through_make_tools(world, object_states_dir,
+                                                                       tmp_path):
+  out = ve.train_grounder(world, str(tmp_path / "g"), steps=10, vtg_steps=30, batch_size=8,
+                          features=object_states_dir, **TINY_GR)
+  info = _info(out)
+  assert info["features"] == "object_states" and info["clip_steps"] == 0
+  assert info["renamed_samples"] == 30 * 8 and not info["clip_losses"]  # rename_prob 1
+  assert info["last_loss"] < info["first_loss"], info
+  section = ve.grounder_section(out)
+  assert section["features_path"] == os.path.join(out, ve.FEATURES_DIR)
+  config = experts.default_config()
+  config.ground_truth.path = world
+  config.grounder = section
+  box = experts.make_toolbox(config)
+  assert box.grounder.image_size == 32  # the object states' tower, not the grounder's CLIP
+  clip = _clip(world)
+  windows = box.grounder.ground(clip, "the red circle jumps", top_k=2)
+  assert windows and all(0 <= w.start_frame < w.end_frame <= len(clip) for w in windows)
+
+
+def test_grounder_feature_errors_are_reported(world, object_states_dir, tmp_path):
+  with pytest.raises(ValueError, match=r"rename_prob=1.5 must be in \[0, 1\]"):
+    ve.train_grounder(world, str(tmp_path / "a"), steps=2, features=object_states_dir,
+                      rename_prob=1.5)
+  with pytest.raises(FileNotFoundError, match=r"object_states.json: missing"):
+    ve.train_grounder(world, str(tmp_path / "b"), steps=2, features=str(tmp_path))
+  assert not os.path.exists(tmp_path / "b")

@@ -12,8 +12,9 @@ instead: for every patch, which object's box covers it (cross-entropy over the w
 object names + background) and what that object is doing in this frame (one sigmoid per
 action), on the train clips plus `extra_clips` more rendered from the train split
 (`vision_experts.extra_train_clips`: never a val / test clip, held-out combinations
-excluded). The probe head is thrown away; the patch tokens of the last layer keep what it
-read. `DONE` (JSON, written last) records, on the world's train clips and on val, per-patch
+excluded). The head is saved beside the tower (`aotd_jax.models.object_states`): the QA
+expert and the students read the tower's patch tokens, the grounder reads the head's
+per-name object states. `DONE` (JSON, written last) records, on the world's train clips and on val, per-patch
 identity (chance 1/12) and per-frame presence of each name against the "always absent"
 baseline.
 """
@@ -129,7 +130,8 @@ def train_object_encoder(world_dir: str | os.PathLike, out_dir: str | os.PathLik
 
   Args:
     world_dir: a generated toy world (`toyworld.generate_world`).
-    out_dir: where the `CLIPVisionModel` (config.json + safetensors) and `DONE` go.
+    out_dir: where the `CLIPVisionModel` (config.json + safetensors), its head
+      (`object_states.save_object_states`) and `DONE` go.
     steps: optimiser steps (AdamW, warmup + cosine, batch `batch_size` frames).
     extra_clips: clips rendered from the world's train split on top of its own
       (`vision_experts.extra_train_clips`); more clips is what stops it memorising scenes.
@@ -145,12 +147,12 @@ def train_object_encoder(world_dir: str | os.PathLike, out_dir: str | os.PathLik
   import optax
   from flax import nnx
 
-  from aotd_jax import hf
   from aotd_jax.data import toyworld
   from aotd_jax.data.toyworld_render import ACTIONS
   from aotd_jax.data.video_processing import preprocess_video
   from aotd_jax.demo import vision_experts as ve
   from aotd_jax.models.clip import CLIPVisionModel
+  from aotd_jax.models.object_states import ObjectStates, save_object_states
   out_dir, world_dir = str(out_dir), str(world_dir)
   if os.path.exists(os.path.join(out_dir, DONE)):
     return out_dir
@@ -179,8 +181,8 @@ def train_object_encoder(world_dir: str | os.PathLike, out_dir: str | os.PathLik
   render_s = time.perf_counter() - t0
 
   rngs = nnx.Rngs(seed)
-  model = CLIPVisionModel(cfg, rngs=rngs)
-  head = nnx.Linear(cfg.hidden_size, len(names) + 1 + len(ACTIONS), rngs=rngs)
+  states = ObjectStates(CLIPVisionModel(cfg, rngs=rngs), names, ACTIONS, rngs=rngs)
+  model, head = states.tower, states.head
   parts = nnx.List([model.vision_model, head])
   lr = float(size["learning_rate"])
   sched = optax.warmup_cosine_decay_schedule(0.0, lr, max(1, min(40, steps // 10)),
@@ -229,7 +231,7 @@ def train_object_encoder(world_dir: str | os.PathLike, out_dir: str | os.PathLik
       continue
     info[split] = score_object_encoder(model.vision_model, head, t, f, image_size=img)
   os.makedirs(out_dir, exist_ok=True)
-  hf.save_pretrained(model, out_dir)
+  save_object_states(states, out_dir)  # the HF CLIPVisionModel + the head
   with open(os.path.join(out_dir, "losses.json"), "w") as f:
     json.dump(losses, f)
   with open(os.path.join(out_dir, DONE), "w") as f:  # last: the directory is complete

@@ -81,6 +81,14 @@ def _size(section) -> dict:
   return dict(section.get("size", {}) or {})
 
 
+def _grounder_features(section) -> str:
+  """`experts.grounder.features`: "encoder" (default) or "clip"."""
+  value = section.get("features", "encoder")
+  if value not in ("encoder", "clip"):
+    raise DemoError(f"config experts.grounder.features={value!r}: expected 'encoder' or 'clip'")
+  return value
+
+
 def encoder_stage(config, workdir: str, world_dir: str) -> dict:
   """The toy world's frame encoder (`object_encoder.train_object_encoder`): the frozen vision
   tower of the QA expert and of the students. {source: trained | none, path}."""
@@ -105,6 +113,7 @@ def experts_stage(config, workdir: str, world_dir: str, tokenizer_dir: str) -> d
   }
   use = {role: _use_trained(config.experts[role], trainer(*trainers[role]), role)
          for role in EXPERT_ROLES}  # every section checked before anything trains
+  _grounder_features(config.experts.grounder)
   out = {"encoder": encoder_stage(config, workdir, world_dir)}
   for role in EXPERT_ROLES:
     section = config.experts[role]
@@ -115,8 +124,11 @@ def experts_stage(config, workdir: str, world_dir: str, tokenizer_dir: str) -> d
     path = os.path.join(workdir, "experts", role)
     t0 = time.perf_counter()
     kw = dict(steps=int(section.steps), seed=int(config.world.seed), **_size(section))
-    if role == "qa" and out["encoder"]["source"] == "trained":
-      kw["vision_init"] = out["encoder"]["path"]
+    if out["encoder"]["source"] == "trained":  # the frame encoder: QA tower, grounder features
+      if role == "qa":
+        kw["vision_init"] = out["encoder"]["path"]
+      elif role == "grounder" and _grounder_features(section) == "encoder":
+        kw["features"] = out["encoder"]["path"]
     if role in ("detector", "grounder"):
       fn(world_dir, path, **kw)
     else:

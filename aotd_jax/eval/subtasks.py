@@ -532,7 +532,7 @@ def default_config(data_path: str, *, split: str = "val", kind: str = "toyworld"
   """A harness config: oracle and random candidates, plus any trained experts given.
 
   detector_path: an OWLv2 HF directory; grounder_path: a `train_grounder` directory
-  (`univtg.ckpt` + `clip/`); llama_path: a program-generator HF directory; llava_path: a
+  (`univtg.ckpt` + `clip/` [+ `features/`]); llama_path: a program-generator HF directory; llava_path: a
   LLaVA-NeXT-Video HF directory (action recognition and QA).
   """
   import ml_collections
@@ -547,6 +547,8 @@ def default_config(data_path: str, *, split: str = "val", kind: str = "toyworld"
   if grounder_path:
     trained["grounder"] = {"kind": "univtg", "path": os.path.join(grounder_path, "univtg.ckpt"),
                            "clip_path": os.path.join(grounder_path, "clip"), "buckets": [8, 32]}
+    if os.path.isdir(os.path.join(grounder_path, "features")):  # object-state features
+      trained["grounder"]["features_path"] = os.path.join(grounder_path, "features")
   if llama_path:
     trained["program_generator"] = {"kind": "llama", "path": llama_path}
   if llava_path:

@@ -13,8 +13,10 @@ inference does (one compile per distinct clip count; the forward is small). With
 clips' scores differ slightly from unpadded inference — as in the official batched
 evaluation, which pads to the longest video of the batch.
 
-Only models whose video features are CLIP's alone (`v_feat_dims == (projection_dim,)`) can
-be fed here; the released SlowFast+CLIP checkpoints need SlowFast features we do not compute.
+Video features are CLIP's image features (`v_feat_dims == (projection_dim,)`), or, with
+`frame_features` (`features_path` in the config), the per-name object states of a saved
+`aotd_jax.models.object_states.ObjectStates` (the toy world's grounder). The released
+SlowFast+CLIP checkpoints need SlowFast features we do not compute.
 """
 from __future__ import annotations
 
@@ -35,38 +37,52 @@ class UniVTGGrounder:
   """The `Grounder` protocol on `aotd_jax.models.univtg.UniVTG` + our `CLIPModel`.
 
   Args:
-    model: UniVTG (video features = CLIP image features, plus TEF if the config says so).
-    clip_model: `aotd_jax.models.clip.CLIPModel` for image and text features.
+    model: UniVTG (video features = CLIP image features or `frame_features`' output, plus
+      TEF if the config says so).
+    clip_model: `aotd_jax.models.clip.CLIPModel` for text (and, by default, image) features.
     tokenize: texts -> (input_ids, attention_mask), padded to a fixed length.
     name: name for cache keys and traces.
     buckets: frame batch sizes for the CLIP image tower.
     clip_buckets: padded numbers of video clips for the UniVTG forward (None: exact counts).
     nms_threshold: temporal NMS IoU of the decoding (official 0.7).
+    frame_features: an `nnx.Module` (pixels -> (frames, D)) with `image_size` and
+      `feature_dim`, used for the video features instead of CLIP's image tower.
   """
 
   def __init__(self, model, clip_model, tokenize: Tokenize, *, name: str = "univtg",
                buckets: Sequence[int] = DEFAULT_BUCKETS,
-               clip_buckets: Sequence[int] | None = None, nms_threshold: float | None = 0.7):
+               clip_buckets: Sequence[int] | None = None, nms_threshold: float | None = 0.7,
+               frame_features=None):
     cfg = model.config
-    proj = clip_model.config.projection_dim
-    if tuple(cfg.v_feat_dims) != (proj,):
+    if frame_features is None:
+      dim, what = clip_model.config.projection_dim, "CLIP image features"
+    else:
+      dim, what = frame_features.feature_dim, "frame_features"
+    if tuple(cfg.v_feat_dims) != (dim,):
       raise ValueError(f"UniVTG config expects video feature blocks {tuple(cfg.v_feat_dims)}; "
-                       f"only CLIP image features ({proj},) are computed here "
-                       f"(set v_feat_dims=({proj},))")
+                       f"the {what} computed here are ({dim},) (set v_feat_dims=({dim},))")
     if cfg.t_feat_dim != clip_model.config.text_config.hidden_size:
       raise ValueError(f"UniVTG t_feat_dim={cfg.t_feat_dim} != CLIP text hidden size "
                        f"{clip_model.config.text_config.hidden_size}")
     self.name, self.tokenize, self.nms_threshold = name, tokenize, nms_threshold
     self.clip_length = float(cfg.clip_length)
     self.use_tef = cfg.use_tef
-    self.image_size = clip_model.config.vision_config.image_size
+    self.image_size = (clip_model.config.vision_config.image_size if frame_features is None
+                       else frame_features.image_size)
     self.clip_buckets = tuple(sorted(clip_buckets)) if clip_buckets else None
     vg, vs = nnx.split(clip_model)
     ug, us = nnx.split(model)
     self._clip_state, self._univtg_state = vs, us
+    if frame_features is None:
+      self._image_state = vs
 
-    def image_features(pixels, state):
-      return nnx.merge(vg, state).get_image_features(pixels)
+      def image_features(pixels, state):
+        return nnx.merge(vg, state).get_image_features(pixels)
+    else:
+      fg, self._image_state = nnx.split(frame_features)
+
+      def image_features(pixels, state):
+        return nnx.merge(fg, state)(pixels)
 
     def text_states(state, input_ids, attention_mask):
       return nnx.merge(vg, state).text_model(input_ids, attention_mask).last_hidden_state
@@ -87,10 +103,11 @@ class UniVTGGrounder:
 
   @classmethod
   def from_pretrained(cls, path: str, *, clip_path: str, buckets=DEFAULT_BUCKETS,
-                      **kwargs) -> "UniVTGGrounder":
+                      features_path: str = "", **kwargs) -> "UniVTGGrounder":
     """An official UniVTG checkpoint (`path`) and a HF CLIP directory with its tokenizer.
 
     `path` may also be a directory holding `univtg.ckpt` (as `train_grounder` writes it).
+    `features_path`: a saved `ObjectStates` for the video features ("" = CLIP's).
     """
     import os
     if os.path.isdir(path) and os.path.isfile(os.path.join(path, "univtg.ckpt")):
@@ -101,17 +118,21 @@ class UniVTGGrounder:
     clip_model = hf.from_pretrained(clip_path)
     tokenize = hf_tokenize(hf.load_tokenizer(clip_path),
                            clip_model.config.text_config.max_position_embeddings)
+    frame_features = None
+    if features_path:
+      from aotd_jax.models.object_states import load_object_states
+      frame_features = load_object_states(features_path)
     return cls(load_univtg(path), clip_model, tokenize, name=f"univtg:{path}", buckets=buckets,
-               **kwargs)
+               frame_features=frame_features, **kwargs)
 
   def features(self, clip) -> tuple[np.ndarray, np.ndarray]:
-    """(L, projection_dim) CLIP features, one per `clip_length` seconds, and their positions."""
+    """(L, D) video features, one per `clip_length` seconds, and their positions."""
     from aotd_jax.data.video_processing import preprocess_video
     from aotd_jax.models.univtg_postprocess import clip_frame_indices
     pos = clip_frame_indices(len(clip), clip.fps, self.clip_length)
     pixels = preprocess_video(clip.frames[pos], shortest_edge=self.image_size,
                               crop_size=self.image_size)
-    return self.image_fn(pixels, self._clip_state, to_host=True), pos
+    return self.image_fn(pixels, self._image_state, to_host=True), pos
 
   def query_states(self, query: str) -> np.ndarray:
     """(Lt, hidden) CLIP text token states of the query's valid tokens."""
