@@ -111,3 +111,14 @@ def test_the_grounder_backend_reads_object_states(tmp_path):
                                       video_feature_dim=7)[1], rngs=rngs)
   with pytest.raises(ValueError, match=r"frame_features computed here are \(18,\)"):
     UniVTGGrounder(narrow, clip_model, tokenize, frame_features=reader)
+
+
+def test_bad_names_and_metadata_are_refused(tmp_path):
+  cfg = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, image_size=32, patch_size=8, projection_dim=8)
+  with pytest.raises(ValueError, match=r"names \(0\) and actions \(2\) must both be non-empty"):
+    obj.ObjectStates(CLIPVisionModel(cfg, rngs=nnx.Rngs(0)), (), ACTIONS, rngs=nnx.Rngs(0))
+  obj.save_object_states(_model(), tmp_path)
+  (tmp_path / obj.META_FILE).write_text('{"names": "red circle", "actions": []}')
+  with pytest.raises(ValueError, match=r"object_states.json: expected lists 'names' and 'actions'"):
+    obj.load_object_states(tmp_path)

@@ -207,3 +207,20 @@ def test_grounder_feature_errors_are_reported(world, object_states_dir, tmp_path
   with pytest.raises(FileNotFoundError, match=r"object_states.json: missing"):
     ve.train_grounder(world, str(tmp_path / "b"), steps=2, features=str(tmp_path))
   assert not os.path.exists(tmp_path / "b")
+
+
+def test_grounder_refuses_object_states_of_other_names(world, tmp_path):
+  """Renaming permutes name blocks, so the states must be over this world's names."""
+  from flax import nnx
+  from aotd_jax.models import object_states as obj
+  from aotd_jax.models.clip import CLIPVisionConfig, CLIPVisionModel
+  cfg = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, image_size=32, patch_size=8, projection_dim=8)
+  rngs = nnx.Rngs(0)
+  other = obj.save_object_states(
+      obj.ObjectStates(CLIPVisionModel(cfg, rngs=rngs), ("red circle", "pink cube"), ("jump",),
+                       rngs=rngs), str(tmp_path / "states"))
+  with pytest.raises(ValueError, match=r"states: object states for names \['red circle', "
+                                       r"'pink cube'\], not this world's"):
+    ve.train_grounder(world, str(tmp_path / "g"), steps=2, features=other)
+  assert not os.path.exists(tmp_path / "g")
