@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from aotd_jax.models import rope
+from aotd_jax.models.causal_attention import blocked_causal_attention
 from aotd_jax.sharding import constrain
 
 _INIT = nnx.initializers.normal(0.02)
@@ -59,15 +60,21 @@ class LlamaConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat: bool = False
-  # Attention without a KV cache: "xla" (einsum + masked softmax), "dot_product_attention"
+  # Attention without a KV cache: "xla" (masked softmax over causal query blocks, see
+  # `attention_block_size`; one einsum block for short inputs), "dot_product_attention"
   # (`jax.nn.dot_product_attention` with the full mask: cuDNN where supported), or "causal"
   # (causal only, no padding mask: flash-attention friendly, exact for right-padded batches,
   # which is what the distillation pipeline makes; generation always uses the cache path).
   attention_impl: str = "xla"
+  # "xla" without a cache (training, scoring) cuts the queries into blocks of this many rows
+  # that skip the keys the causal mask hides (`causal_attention.py`); 0 keeps one L x L block.
+  attention_block_size: int = 64
 
   def __post_init__(self):
     if self.attention_impl not in ATTENTION_IMPLS:
       raise ValueError(f"LlamaConfig: attention_impl={self.attention_impl!r} is not one of {ATTENTION_IMPLS}")
+    if self.attention_block_size < 0:
+      raise ValueError(f"LlamaConfig: attention_block_size={self.attention_block_size} must be >= 0")
     object.__setattr__(self, "rope_scaling", _freeze(self.rope_scaling) or None)
     object.__setattr__(self, "eos_token_id", _freeze(self.eos_token_id))
     if self.num_key_value_heads is None:
@@ -171,6 +178,10 @@ class LlamaAttention(nnx.Module):
       return self.o_proj(_tokens(out)).reshape(b, l, -1), layer_cache
     # Grouped heads attend to their shared kv head without materialising repeated keys.
     q = q.reshape(b, l, kv, h // kv, d)
+    if layer_cache is None and 0 < cfg.attention_block_size < l:
+      out = blocked_causal_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, cfg.attention_block_size)
+      out = constrain(out, ("activation_batch", "activation_length", "activation_heads"))
+      return self.o_proj(_tokens(out)).reshape(b, l, -1), layer_cache
     scores = jnp.einsum(f"blkgd,{kv_axes}->bkgls", q, k.astype(q.dtype),
                         preferred_element_type=jnp.float32) * (d ** -0.5)
     scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
