@@ -15,15 +15,28 @@ from aotd_jax import hf, sharding as sharding_lib
 from aotd_jax.hf import registry
 
 
+_TEXT_OPTIONS = ("attention_impl", "attention_block_size")  # language-model options of a Video-LLM
+
+
 def _apply_options(config, options: dict[str, Any]):
-  """Sets dtype / param_dtype / remat / attention_impl / freeze_vision_tower where the config (or, for a Video-LLM,
-  its language model's `text_config`) has such a field."""
+  """Sets dtype / param_dtype / remat / attention_impl / attention_block_size /
+  freeze_vision_tower where the config (or, for a Video-LLM, its language model's
+  `text_config`) has such a field."""
   fields = {f.name for f in dataclasses.fields(config)}
   updates = {k: v for k, v in options.items() if k in fields and v is not None}
-  if "text_config" in fields and options.get("attention_impl"):
-    updates["text_config"] = _apply_options(config.text_config,
-                                            {"attention_impl": options["attention_impl"]})
+  text = {k: options.get(k) for k in _TEXT_OPTIONS if options.get(k) is not None}
+  if "text_config" in fields and text:
+    updates["text_config"] = _apply_options(config.text_config, text)
   return dataclasses.replace(config, **updates) if updates else config
+
+
+def _with_config(model: nnx.Module, config) -> nnx.Module:
+  """`model`'s weights under another config of the same shapes: every sub-module is rebuilt,
+  since each keeps the config it was built with (assigning `model.config` alone reaches none)."""
+  if config == model.config:
+    return model
+  abstract = nnx.eval_shape(lambda: type(model)(config, rngs=nnx.Rngs(0)))
+  return nnx.merge(nnx.graphdef(abstract), nnx.state(model))
 
 
 def load_vision_init(path: str) -> tuple[dict, nnx.Module]:
@@ -52,12 +65,12 @@ def build_student(cfg, *, mesh: Mesh, seed: int = 0) -> nnx.Module:
   """
   options = {"dtype": cfg.get("dtype"), "param_dtype": cfg.get("param_dtype"),
              "remat": cfg.get("remat"), "attention_impl": cfg.get("attention_impl"),
+             "attention_block_size": cfg.get("attention_block_size"),
              "freeze_vision_tower": cfg.get("freeze_vision_tower")}
   if cfg.get("hf_dir"):
     model = hf.from_pretrained(cfg.hf_dir, dtype=jnp.dtype(cfg.get("param_dtype") or "float32"),
                                mesh=mesh)
-    model.config = _apply_options(model.config, options)
-    return model
+    return _with_config(model, _apply_options(model.config, options))
   adapter = registry.adapter_for(cfg.architecture)
   hf_init, tower = dict(cfg.init), None
   if cfg.get("vision_init"):

@@ -53,6 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.student.param_dtype = "float32"
   c.student.remat = False
   c.student.attention_impl = "xla"  # "causal": flash attention (right-padded batches)
+  c.student.attention_block_size = 64  # "xla": causal query blocks of this many rows (0: one block)
   c.student.freeze_vision_tower = True
 
   c.optim = ml_collections.ConfigDict(dict(
