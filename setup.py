@@ -7,6 +7,8 @@ setuptools.setup(
     description="Agent-of-Thoughts Distillation (AoTD, CVPR 2025) in JAX/Flax NNX.",
     python_requires=">=3.11",
     packages=setuptools.find_packages(include=["aotd_jax", "aotd_jax.*", "experts", "experts.*"]),
+    # C++ sources of the XLA FFI kernels, compiled on first use (aotd_jax/kernels/build.py).
+    package_data={"aotd_jax.kernels": ["*.cc"]},
     install_requires=[
         "jax>=0.7",
         "flax>=0.12",

@@ -30,7 +30,10 @@ def render() -> str:
                   if "__pycache__" not in p.parts)
     body = "".join(f'        "{s}",\n' for s in srcs)
     dep = "".join(f'        "{d}",\n' for d in deps[root])
+    cc = sorted(str(p.relative_to(ROOT)) for p in (ROOT / root).rglob("*.cc"))  # FFI kernels
+    data = "".join(f'        "{c}",\n' for c in cc)
     chunks.append(f'py_library(\n    name = "{root}",\n    srcs = [\n{body}    ],\n'
+                  + (f"    data = [\n{data}    ],\n" if data else "")
                   + (f"    deps = [\n{dep}    ],\n" if dep else "") + ")\n")
   data = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "data").rglob("*") if p.is_file())
   chunks.append('filegroup(\n    name = "shipped_data",\n    srcs = [\n'

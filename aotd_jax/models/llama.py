@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
+from aotd_jax.kernels.small_m_matmul import SmallMDot
 from aotd_jax.models import rope
 from aotd_jax.models.causal_attention import blocked_causal_attention
 from aotd_jax.sharding import constrain
@@ -69,12 +70,17 @@ class LlamaConfig:
   # "xla" without a cache (training, scoring) cuts the queries into blocks of this many rows
   # that skip the keys the causal mask hides (`causal_attention.py`); 0 keeps one L x L block.
   attention_block_size: int = 64
+  # Float32 matmuls with at most this many rows (tokens: a decode step's batch) run through
+  # aotd_jax's CPU kernel (`kernels/small_m_matmul.py`) on a single CPU device; 0 = XLA's dot.
+  small_m_matmul_rows: int = 8
 
   def __post_init__(self):
     if self.attention_impl not in ATTENTION_IMPLS:
       raise ValueError(f"LlamaConfig: attention_impl={self.attention_impl!r} is not one of {ATTENTION_IMPLS}")
     if self.attention_block_size < 0:
       raise ValueError(f"LlamaConfig: attention_block_size={self.attention_block_size} must be >= 0")
+    if self.small_m_matmul_rows < 0:
+      raise ValueError(f"LlamaConfig: small_m_matmul_rows={self.small_m_matmul_rows} must be >= 0")
     object.__setattr__(self, "rope_scaling", _freeze(self.rope_scaling) or None)
     object.__setattr__(self, "eos_token_id", _freeze(self.eos_token_id))
     if self.num_key_value_heads is None:
@@ -119,6 +125,7 @@ def _tokens(x: jax.Array) -> jax.Array:
 def _dense(cfg: LlamaConfig, din: int, dout: int, axes: tuple[str, str], bias: bool, rngs) -> nnx.Linear:
   return nnx.Linear(din, dout, use_bias=bias, dtype=jnp.dtype(cfg.dtype),
                     param_dtype=jnp.dtype(cfg.param_dtype),
+                    dot_general=SmallMDot(cfg.small_m_matmul_rows),
                     kernel_init=nnx.with_partitioning(_INIT, axes),
                     bias_init=nnx.with_partitioning(nnx.initializers.zeros, (axes[1],)), rngs=rngs)
 
