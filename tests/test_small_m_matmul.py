@@ -85,7 +85,7 @@ def test_llama_decode_step_uses_the_kernel_and_matches_xla():
   cfg = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
              num_attention_heads=4, num_key_value_heads=2)
   on = LlamaForCausalLM(LlamaConfig(**cfg), rngs=nnx.Rngs(0))
-  off = LlamaForCausalLM(LlamaConfig(**cfg, small_m_matmul_rows=0), rngs=nnx.Rngs(0))
+  off = LlamaForCausalLM(LlamaConfig(**cfg, cpu_kernels=False), rngs=nnx.Rngs(0))
   ids = jnp.asarray(np.random.default_rng(0).integers(0, 64, (4, 1)), jnp.int32)
 
   def step(model, ids):
@@ -95,8 +95,9 @@ def test_llama_decode_step_uses_the_kernel_and_matches_xla():
   assert "aotd_small_m_matmul" in _hlo(lambda i: step(on, i), ids)
   assert "aotd_small_m_matmul" not in _hlo(lambda i: step(off, i), ids)
   np.testing.assert_allclose(step(on, ids), step(off, ids), rtol=1e-5, atol=1e-5)
-  with pytest.raises(ValueError, match="small_m_matmul_rows"):
-    LlamaConfig(**cfg, small_m_matmul_rows=-1)
+  # Prefill (batch x length = 12 rows > 8) keeps XLA's dots.
+  long_ids = jnp.tile(ids, (1, 3))
+  assert "aotd_small_m_matmul" not in _hlo(lambda i: on(i).logits, long_ids)
 
 
 def test_without_the_kernel_dot_general_is_xla(monkeypatch):

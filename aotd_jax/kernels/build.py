@@ -107,3 +107,28 @@ def load_library(name: str) -> ctypes.CDLL | None:
   except (OSError, KernelBuildError, subprocess.TimeoutExpired) as e:
     logging.warning("aotd_jax kernel %s unavailable, using XLA's ops instead: %s", name, e)
     return None
+
+
+@functools.cache
+def register(name: str, symbol: str, target: str) -> bool:
+  """Builds kernel `name`, registers its handler `symbol` as XLA FFI `target` on the CPU platform.
+
+  Returns False (and the caller keeps XLA's ops) when the library cannot be built.
+  """
+  import jax
+
+  lib = load_library(name)
+  if lib is None:
+    return False
+  jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
+  return True
+
+
+def single_cpu_device() -> bool:
+  """Whether code traced now runs on one CPU device: the CPU backend and no multi-device mesh
+  set with `jax.set_mesh` (the kernels are not partitioned over a mesh)."""
+  import jax
+
+  mesh = jax.sharding.get_abstract_mesh()
+  return jax.default_backend() == "cpu" and (mesh is None or mesh.empty or mesh.size == 1)
+

@@ -14,7 +14,6 @@ sums over K in order, XLA in blocks). Gradients are XLA dots.
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -24,14 +23,9 @@ from aotd_jax.kernels import build
 TARGET = "aotd_small_m_matmul"
 
 
-@functools.cache
 def available() -> bool:
   """Whether the kernel is compiled and registered with XLA for the CPU platform."""
-  lib = build.load_library("small_m_matmul")
-  if lib is None:
-    return False
-  jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.AotdSmallMMatmul), platform="cpu")
-  return True
+  return build.register("small_m_matmul", "AotdSmallMMatmul", TARGET)
 
 
 def _kernel_call(x: jax.Array, w: jax.Array) -> jax.Array:
@@ -57,11 +51,6 @@ def _bwd(res, g):
 small_m_matmul.defvjp(_fwd, _bwd)
 
 
-def _single_device_scope() -> bool:
-  mesh = jax.sharding.get_abstract_mesh()
-  return mesh is None or mesh.empty or mesh.size == 1
-
-
 @dataclasses.dataclass(frozen=True)
 class SmallMDot:
   """`jax.lax.dot_general` that sends float32 matmuls of at most `max_rows` rows to the kernel.
@@ -78,7 +67,7 @@ class SmallMDot:
             and not any(dimension_numbers[1])
             and lhs.dtype == jnp.float32 and rhs.dtype == jnp.float32
             and preferred_element_type in (None, jnp.float32) and out_sharding is None
-            and jax.default_backend() == "cpu" and _single_device_scope() and available())
+            and build.single_cpu_device() and available())
 
   def __call__(self, lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None,
                out_sharding=None):

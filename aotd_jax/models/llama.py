@@ -70,17 +70,15 @@ class LlamaConfig:
   # "xla" without a cache (training, scoring) cuts the queries into blocks of this many rows
   # that skip the keys the causal mask hides (`causal_attention.py`); 0 keeps one L x L block.
   attention_block_size: int = 64
-  # Float32 matmuls with at most this many rows (tokens: a decode step's batch) run through
-  # aotd_jax's CPU kernel (`kernels/small_m_matmul.py`) on a single CPU device; 0 = XLA's dot.
-  small_m_matmul_rows: int = 8
+  # On a single CPU device, float32 matmuls of at most 8 rows (a decode step's) run through
+  # aotd_jax's C++ XLA FFI kernel (`aotd_jax/kernels/small_m_matmul.py`); False: XLA's dot only.
+  cpu_kernels: bool = True
 
   def __post_init__(self):
     if self.attention_impl not in ATTENTION_IMPLS:
       raise ValueError(f"LlamaConfig: attention_impl={self.attention_impl!r} is not one of {ATTENTION_IMPLS}")
     if self.attention_block_size < 0:
       raise ValueError(f"LlamaConfig: attention_block_size={self.attention_block_size} must be >= 0")
-    if self.small_m_matmul_rows < 0:
-      raise ValueError(f"LlamaConfig: small_m_matmul_rows={self.small_m_matmul_rows} must be >= 0")
     object.__setattr__(self, "rope_scaling", _freeze(self.rope_scaling) or None)
     object.__setattr__(self, "eos_token_id", _freeze(self.eos_token_id))
     if self.num_key_value_heads is None:
@@ -125,7 +123,7 @@ def _tokens(x: jax.Array) -> jax.Array:
 def _dense(cfg: LlamaConfig, din: int, dout: int, axes: tuple[str, str], bias: bool, rngs) -> nnx.Linear:
   return nnx.Linear(din, dout, use_bias=bias, dtype=jnp.dtype(cfg.dtype),
                     param_dtype=jnp.dtype(cfg.param_dtype),
-                    dot_general=SmallMDot(cfg.small_m_matmul_rows),
+                    dot_general=SmallMDot(8 if cfg.cpu_kernels else 0),
                     kernel_init=nnx.with_partitioning(_INIT, axes),
                     bias_init=nnx.with_partitioning(nnx.initializers.zeros, (axes[1],)), rngs=rngs)
 
