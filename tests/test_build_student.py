@@ -17,11 +17,14 @@ def test_hf_dir_student_takes_remat_attention_and_freeze_options(tmp_path):
                                     "init": dict(toy.TINY_LLAVA)})
   hf.save_pretrained(build.build_student(base, mesh=mesh), str(tmp_path))
   cfg = ml_collections.ConfigDict({"hf_dir": str(tmp_path), "remat": True, "attention_impl": "causal",
-                                   "attention_block_size": 4, "freeze_vision_tower": True})
+                                   "attention_block_size": 4, "cpu_kernels": False,
+                                   "freeze_vision_tower": True})
   student = build.build_student(cfg, mesh=mesh)
   lm = student.language_model
   for config in (student.config.text_config, lm.config, lm.model.layers[0].self_attn.config):
     assert config.remat and config.attention_impl == "causal" and config.attention_block_size == 4, config
+    assert not config.cpu_kernels, config
+  assert lm.model.layers[0].mlp.down_proj.dot_general.max_rows == 0  # the layers were rebuilt too
   assert student.config.freeze_vision_tower
   loaded = hf.from_pretrained(str(tmp_path))
   want = dict(nnx.to_flat_state(nnx.state(loaded, nnx.Param)))

@@ -15,11 +15,11 @@ from aotd_jax import hf, sharding as sharding_lib
 from aotd_jax.hf import registry
 
 
-_TEXT_OPTIONS = ("attention_impl", "attention_block_size")  # language-model options of a Video-LLM
+_TEXT_OPTIONS = ("attention_impl", "attention_block_size", "cpu_kernels")  # language-model options of a Video-LLM
 
 
 def _apply_options(config, options: dict[str, Any]):
-  """Sets dtype / param_dtype / remat / attention_impl / attention_block_size /
+  """Sets dtype / param_dtype / remat / attention_impl / attention_block_size / cpu_kernels /
   freeze_vision_tower where the config (or, for a Video-LLM, its language model's
   `text_config`) has such a field."""
   fields = {f.name for f in dataclasses.fields(config)}
@@ -66,7 +66,7 @@ def build_student(cfg, *, mesh: Mesh, seed: int = 0) -> nnx.Module:
   options = {"dtype": cfg.get("dtype"), "param_dtype": cfg.get("param_dtype"),
              "remat": cfg.get("remat"), "attention_impl": cfg.get("attention_impl"),
              "attention_block_size": cfg.get("attention_block_size"),
-             "freeze_vision_tower": cfg.get("freeze_vision_tower")}
+             "cpu_kernels": cfg.get("cpu_kernels"), "freeze_vision_tower": cfg.get("freeze_vision_tower")}
   if cfg.get("hf_dir"):
     model = hf.from_pretrained(cfg.hf_dir, dtype=jnp.dtype(cfg.get("param_dtype") or "float32"),
                                mesh=mesh)
