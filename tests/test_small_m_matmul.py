@@ -13,7 +13,8 @@ from aotd_jax.kernels import small_m_matmul as smm
 from aotd_jax.models.llama import LlamaConfig, LlamaForCausalLM
 
 DIMS = (((1,), (0,)), ((), ()))
-needs_kernel = pytest.mark.skipif(not smm.available(), reason="no C++ compiler: the kernel is not built")
+needs_kernel = pytest.mark.skipif(jax.default_backend() != "cpu" or not smm.available(),
+                                  reason="a CPU kernel: needs the CPU backend and a C++ compiler")
 
 
 def _pair(m, k, n, seed=0):
@@ -141,3 +142,10 @@ def test_library_is_cached_by_content(tmp_path):
   assert os.path.getmtime(first) == mtime  # not rebuilt
   src.write_text('extern "C" int aotd_test_answer() { return 43; }\n')
   assert build.build_library(str(src), out_dir=str(tmp_path / "cache")) != first
+
+
+def test_other_backends_keep_xla_dots(monkeypatch):
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert not build.single_cpu_device()
+  x, w = _pair(8, 16, 24)
+  assert not smm.SmallMDot().use_kernel(jnp.asarray(x), jnp.asarray(w), DIMS)
