@@ -26,7 +26,7 @@ setuptools.setup(
     ],
     extras_require={
         # torch is pinned: a CPU wheel of 2.13.0 is what the parity tests were written against.
-        "test": ["pytest", "torch==2.13.0", "transformers>=4.45"],
+        "test": ["pytest", "pytest-xdist", "torch==2.13.0", "transformers>=4.45"],
         "hf": ["torch==2.13.0", "transformers>=4.45"],
     },
 )
