@@ -41,6 +41,12 @@ class FakeServer:
           server.max_inflight = max(server.max_inflight, server.inflight)
         try:
           time.sleep(server.slow_s if action == "slow" else server.delay_s)
+        finally:
+          # Counted out before the reply is written: a client that has read its reply may
+          # send the next request before this thread would otherwise get to the decrement.
+          with server.lock:
+            server.inflight -= 1
+        try:
           if isinstance(action, int):
             self.send_response(action)
             self.end_headers()
@@ -61,9 +67,6 @@ class FakeServer:
           self.wfile.write(payload)
         except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
           pass
-        finally:
-          with server.lock:
-            server.inflight -= 1
 
     self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     self.httpd.daemon_threads = True
