@@ -200,6 +200,9 @@ def main(argv=None):
   parser.add_argument("--train_mesh", default="data=2;tensor=2",
                       help="meshes of the train-step mesh rows, ';'-separated")
   parser.add_argument("--decode_mesh", default="tensor=2", help="mesh of the decode mesh row")
+  parser.add_argument("--high_precision_row", type=int, default=1,
+                      help="1: also time the train step on one device with matmul_precision='high' "
+                           "(bf16x3 on AMX CPUs; XLA's float32 dots elsewhere)")
   args = parser.parse_args(argv)
   set_host_devices(args.devices)
 
@@ -244,6 +247,12 @@ def main(argv=None):
   build = lambda mesh: build_jax_step(model if mesh is None else hf.from_pretrained(tmp, mesh=mesh),
                                      loss=args.loss)
   runs = {name: first_step(mesh, build, (ids_np,)) for name, mesh in meshes.items()}
+  if args.high_precision_row:
+    from aotd_jax.kernels import amx_matmul
+    from aotd_jax.train.build import with_options
+    name = f"1 device, high{'' if amx_matmul.available() else ' (no AMX: f32 dots)'}"
+    runs[name] = first_step(None, lambda _: build_jax_step(
+        with_options(hf.from_pretrained(tmp), matmul_precision="high"), loss=args.loss), (ids_np,))
   torch_step = build_torch_step(ref.train())
   print_first_losses(runs, float(torch_step(ids_torch)))
   torch_run = dict(times=[], cpu=[])
@@ -257,6 +266,9 @@ def main(argv=None):
     tj = statistics.median(r["times"])
     print(f"train step: jax[{name}] {tj * 1e3:.0f} ms ({flops / tj / peak:.0%} of peak), "
           f"CPU time {statistics.median(r['cpu']) * 1e3:.0f} ms  ->  jax/torch speed {tt / tj:.2f}x")
+  print("  step times (ms): " + "; ".join(
+      f"{name} " + " ".join(f"{t * 1e3:.0f}" for t in r["times"])
+      for name, r in [("torch", torch_run), *runs.items()]))
 
   # ---- greedy decode with a KV cache ----
   if args.skip_decode:

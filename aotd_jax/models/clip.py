@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
+from aotd_jax.kernels.amx_matmul import PrecisionDot
 from aotd_jax.sharding import constrain
 
 
@@ -37,6 +38,8 @@ class CLIPVisionConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat: bool = False
+  # "default" | "high" | "highest" for the dense layers: see `LlamaConfig.matmul_precision`.
+  matmul_precision: str = "default"
 
   @property
   def num_patches(self) -> int:
@@ -64,6 +67,8 @@ class CLIPTextConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat: bool = False
+  # "default" | "high" | "highest" for the dense layers: see `LlamaConfig.matmul_precision`.
+  matmul_precision: str = "default"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,12 +82,15 @@ class CLIPConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat: bool = False
+  # "default" | "high" | "highest" for the dense layers: see `LlamaConfig.matmul_precision`.
+  matmul_precision: str = "default"
 
   def __post_init__(self):
-    # One dtype/remat choice for the whole model: the towers follow the top-level config.
+    # One dtype/remat/precision choice for the whole model: the towers follow the top-level config.
     for name in ("text_config", "vision_config"):
       sub = getattr(self, name)
-      want = dict(dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat)
+      want = dict(dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat,
+                  matmul_precision=self.matmul_precision)
       if any(getattr(sub, k) != v for k, v in want.items()):
         object.__setattr__(self, name, dataclasses.replace(sub, **want))
 
@@ -127,6 +135,7 @@ def activation(name: str):
 def _dense(cfg, din: int, dout: int, axes: tuple[str, str], *, rngs: nnx.Rngs, bias: bool = True):
   init = nnx.initializers.normal(cfg.initializer_range)
   return nnx.Linear(din, dout, use_bias=bias, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                    dot_general=PrecisionDot(0, cfg.matmul_precision),
                     kernel_init=nnx.with_partitioning(init, axes),
                     bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axes[1],)),
                     rngs=rngs)

@@ -22,6 +22,7 @@ from flax import nnx, struct
 from aotd_jax.models import generate as generate_lib
 from aotd_jax.models import llava_anyres
 from aotd_jax.models.clip import CLIPVisionConfig, CLIPVisionModel, activation
+from aotd_jax.kernels.amx_matmul import PrecisionDot
 from aotd_jax.models.llama import KVCache, LlamaConfig, LlamaForCausalLM
 from aotd_jax.sharding import constrain
 
@@ -31,10 +32,11 @@ DEFAULT_PINPOINTS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008
 
 @dataclasses.dataclass(frozen=True)
 class LlavaNextVideoConfig:
-  """transformers' `LlavaNextVideoConfig` fields, plus dtype/param_dtype/remat and
-  `freeze_vision_tower` (no gradient flows into the tower; see `trainable_filter`).
+  """transformers' `LlavaNextVideoConfig` fields, plus dtype/param_dtype/remat/matmul_precision
+  and `freeze_vision_tower` (no gradient flows into the tower; see `trainable_filter`).
 
-  dtype / param_dtype / remat apply to the whole model: the sub-configs follow them.
+  dtype / param_dtype / remat / matmul_precision apply to the whole model: the sub-configs follow
+  them. matmul_precision: "default" | "high" | "highest", see `LlamaConfig.matmul_precision`.
   """
   vision_config: CLIPVisionConfig = dataclasses.field(default_factory=lambda: CLIPVisionConfig(
       hidden_size=1024, intermediate_size=4096, patch_size=14, image_size=336, num_hidden_layers=24,
@@ -57,6 +59,7 @@ class LlavaNextVideoConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat: bool = False
+  matmul_precision: str = "default"
 
   def __post_init__(self):
     layer = self.vision_feature_layer
@@ -81,7 +84,8 @@ class LlavaNextVideoConfig:
         raise ValueError(f"LlavaNextVideoConfig: vision_feature_layer {i} is out of range for a "
                          f"{depth}-layer vision tower (hidden states -{depth + 1}..{depth})")
     activation(self.projector_hidden_act)  # raises a clear error for an unknown activation
-    want = dict(dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat)
+    want = dict(dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat,
+                matmul_precision=self.matmul_precision)
     for name in ("vision_config", "text_config"):
       sub = getattr(self, name)
       if any(getattr(sub, k) != v for k, v in want.items()):
@@ -133,6 +137,7 @@ class LlavaNextVideoOutput:
 def _dense(cfg: LlavaNextVideoConfig, din: int, dout: int, axes, rngs) -> nnx.Linear:
   return nnx.Linear(din, dout, use_bias=cfg.multimodal_projector_bias, dtype=jnp.dtype(cfg.dtype),
                     param_dtype=jnp.dtype(cfg.param_dtype),
+                    dot_general=PrecisionDot(0, cfg.matmul_precision),
                     kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(), axes),
                     bias_init=nnx.with_partitioning(nnx.initializers.zeros, (axes[1],)), rngs=rngs)
 

@@ -15,12 +15,12 @@ from aotd_jax import hf, sharding as sharding_lib
 from aotd_jax.hf import registry
 
 
-_TEXT_OPTIONS = ("attention_impl", "attention_block_size", "cpu_kernels")  # language-model options of a Video-LLM
+_TEXT_OPTIONS = ("attention_impl", "attention_block_size", "cpu_kernels", "matmul_precision")  # language-model options of a Video-LLM
 
 
 def _apply_options(config, options: dict[str, Any]):
   """Sets dtype / param_dtype / remat / attention_impl / attention_block_size / cpu_kernels /
-  freeze_vision_tower where the config (or, for a Video-LLM, its language model's
+  matmul_precision / freeze_vision_tower where the config (or, for a Video-LLM, its language model's
   `text_config`) has such a field."""
   fields = {f.name for f in dataclasses.fields(config)}
   updates = {k: v for k, v in options.items() if k in fields and v is not None}
@@ -37,6 +37,13 @@ def _with_config(model: nnx.Module, config) -> nnx.Module:
     return model
   abstract = nnx.eval_shape(lambda: type(model)(config, rngs=nnx.Rngs(0)))
   return nnx.merge(nnx.graphdef(abstract), nnx.state(model))
+
+
+def with_options(model: nnx.Module, **options) -> nnx.Module:
+  """`model` (same weights) with model options that config.json does not hold, e.g.
+  `with_options(model, matmul_precision="high")`; a Video-LLM passes the language-model ones
+  (attention_impl, attention_block_size, cpu_kernels, matmul_precision) to its `text_config`."""
+  return _with_config(model, _apply_options(model.config, options))
 
 
 def load_vision_init(path: str) -> tuple[dict, nnx.Module]:
@@ -66,7 +73,8 @@ def build_student(cfg, *, mesh: Mesh, seed: int = 0) -> nnx.Module:
   options = {"dtype": cfg.get("dtype"), "param_dtype": cfg.get("param_dtype"),
              "remat": cfg.get("remat"), "attention_impl": cfg.get("attention_impl"),
              "attention_block_size": cfg.get("attention_block_size"),
-             "cpu_kernels": cfg.get("cpu_kernels"), "freeze_vision_tower": cfg.get("freeze_vision_tower")}
+             "cpu_kernels": cfg.get("cpu_kernels"), "matmul_precision": cfg.get("matmul_precision"),
+             "freeze_vision_tower": cfg.get("freeze_vision_tower")}
   if cfg.get("hf_dir"):
     model = hf.from_pretrained(cfg.hf_dir, dtype=jnp.dtype(cfg.get("param_dtype") or "float32"),
                                mesh=mesh)
