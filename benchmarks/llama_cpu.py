@@ -250,8 +250,8 @@ def main(argv=None):
   if args.high_precision_row:
     from aotd_jax.kernels import amx_matmul
     from aotd_jax.train.build import with_options
-    name = f"1 device, high{'' if amx_matmul.available() else ' (no AMX: f32 dots)'}"
-    runs[name] = first_step(None, lambda _: build_jax_step(
+    high_name = f"1 device, high{'' if amx_matmul.available() else ' (no AMX: f32 dots)'}"
+    runs[high_name] = first_step(None, lambda _: build_jax_step(
         with_options(hf.from_pretrained(tmp), matmul_precision="high"), loss=args.loss), (ids_np,))
   torch_step = build_torch_step(ref.train())
   print_first_losses(runs, float(torch_step(ids_torch)))
@@ -286,6 +286,8 @@ def main(argv=None):
     if args.devices > 1:
       mesh = sharding.make_mesh(parse_mesh(args.decode_mesh))
       decoders[f"mesh {args.decode_mesh}"] = (mesh, hf.from_pretrained(tmp2, mesh=mesh))
+    if args.high_precision_row:  # the prompt's prefill takes the AMX kernel
+      decoders[high_name] = (None, with_options(model, matmul_precision="high"))
   def run_jax(name):
     mesh, m = decoders[name]
     with mesh_scope(mesh):

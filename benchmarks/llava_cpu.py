@@ -133,6 +133,9 @@ def main(argv=None):
   parser.add_argument("--train_mesh", default="data=2;tensor=2",
                       help="meshes of the train-step mesh rows, ';'-separated")
   parser.add_argument("--decode_mesh", default="tensor=2", help="mesh of the decode mesh row")
+  parser.add_argument("--high_precision_row", type=int, default=1,
+                      help="1: also time ours on one device with matmul_precision='high' "
+                           "(bf16x3 on AMX CPUs; XLA's float32 dots elsewhere)")
   args = parser.parse_args(argv)
   v = VARIANTS[args.variant]
   set_host_devices(args.devices)
@@ -174,6 +177,12 @@ def main(argv=None):
       meshes[f"mesh {spec}"] = sharding.make_mesh(parse_mesh(spec))
   build = lambda mesh: build_jax_step(model if mesh is None else hf.from_pretrained(tmp, mesh=mesh))
   runs = {name: first_step(mesh, build, (ids_np, videos_np)) for name, mesh in meshes.items()}
+  if args.high_precision_row:
+    from aotd_jax.kernels import amx_matmul
+    from aotd_jax.train.build import with_options
+    high_name = f"1 device, high{'' if amx_matmul.available() else ' (no AMX: f32 dots)'}"
+    runs[high_name] = first_step(None, lambda _: build_jax_step(
+        with_options(hf.from_pretrained(tmp), matmul_precision="high")), (ids_np, videos_np))
   torch_step = build_torch_step(ref.train())
   print_first_losses(runs, torch_step(ids_t, videos_t).item())
   torch_run = dict(times=[], cpu=[])
@@ -186,6 +195,9 @@ def main(argv=None):
     tj = statistics.median(r["times"])
     print(f"train step: jax[{name}] {tj * 1e3:.0f} ms ({flops / tj / peak:.0%} of peak)  "
           f"->  jax/torch speed {tt / tj:.2f}x")
+  print("  step times (ms): " + "; ".join(
+      f"{name} " + " ".join(f"{t * 1e3:.0f}" for t in r["times"])
+      for name, r in [("torch", torch_run), *runs.items()]))
 
   # ---- video-conditioned greedy decoding ----
   trained = runs["1 device"]
@@ -197,6 +209,8 @@ def main(argv=None):
     if args.devices > 1:
       mesh = sharding.make_mesh(parse_mesh(args.decode_mesh))
       decoders[f"mesh {args.decode_mesh}"] = (mesh, hf.from_pretrained(tmp2, mesh=mesh))
+    if args.high_precision_row:  # the vision tower and the prompt's prefill take the AMX kernel
+      decoders[high_name] = (None, with_options(model, matmul_precision="high"))
   prompt = np.concatenate([np.full((batch, video_tokens), cfg.video_token_index),
                            rng.integers(3, vocab - 2, (batch, v["prompt_text"]))], 1).astype(np.int32)
   mask = np.ones_like(prompt)

@@ -3,8 +3,11 @@
 Kernel tests compare against a float64 reference; they skip on CPUs without AMX-BF16 (or
 without a C++ compiler). The dispatch and config tests run everywhere.
 """
+import ctypes
 import json
 import os
+import platform
+import subprocess
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +17,7 @@ from flax import nnx
 
 from aotd_jax import hf
 from aotd_jax.kernels import amx_matmul as amx
+from aotd_jax.kernels import build
 from aotd_jax.models.clip import CLIPConfig, CLIPVisionConfig
 from aotd_jax.models.llama import LlamaConfig, LlamaForCausalLM
 from aotd_jax.models.llava_next_video import LlavaNextVideoConfig
@@ -196,3 +200,15 @@ def test_matmul_precision_stays_out_of_config_json(tmp_path):
   with open(os.path.join(tmp_path, "config.json")) as f:
     assert "matmul_precision" not in json.load(f)
   assert hf.from_pretrained(str(tmp_path)).config.matmul_precision == "default"
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or build.find_compiler() is None,
+                    reason="needs an x86-64 C++ compiler")
+def test_a_build_without_amx_says_so(tmp_path):
+  # CPUs without AMX (AMD, older Intel) compile the source without its AMX path: the library
+  # loads, reports no support, and `available()` keeps XLA's dots.
+  out = tmp_path / "libamx_matmul_noamx.so"
+  src = os.path.join(os.path.dirname(amx.__file__), "amx_matmul.cc")
+  subprocess.run([build.find_compiler(), *build._FLAGS, "-mno-amx-tile", "-mno-amx-bf16",
+                  f"-I{jax.ffi.include_dir()}", src, "-o", str(out)], check=True, timeout=300)
+  assert ctypes.cdll.LoadLibrary(str(out)).AotdAmxSupported() == 0

@@ -127,8 +127,8 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t n, std::function<void(int64_t)> 
 
 #ifdef AOTD_AMX
 
-constexpr int64_t kMc = 128;  // rows of A packed at a time (a multiple of 32)
-constexpr int64_t kKc = 512;  // columns of K per pass over the output (a multiple of 32)
+constexpr int64_t kMc = 256;   // at most this many rows of A packed at a time (a multiple of 32)
+constexpr int64_t kKc = 1024;  // columns of K per pass over the output (a multiple of 32)
 
 bool OsAllowsAmx() {
   static const bool ok = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */,
@@ -337,11 +337,15 @@ void Gemm(ffi::ThreadPool& pool, const View& a, const View& b, float* out) {
   const bool padded = mp != m || np != n;
   float* c = padded ? ThreadScratch<float, 1>(mp * np) : out;
   const int64_t ldc = padded ? np : n;
-  const int64_t blocks = (mp + kMc - 1) / kMc;
+  // Row blocks of up to kMc rows (a sweep over the tuning table in RESULTS.md), fewer rows when
+  // that would leave a thread without a block.
+  const int64_t workers = std::max<int64_t>(1, pool.num_threads());
+  const int64_t block_rows = std::min(kMc, RoundUp((mp + workers - 1) / workers, 32));
+  const int64_t blocks = (mp + block_rows - 1) / block_rows;
   ParallelFor(pool, blocks, [&](int64_t i) {
     OsAllowsAmx();
     ConfigureTiles();
-    const int64_t m0 = i * kMc, mc = std::min(kMc, mp - m0);
+    const int64_t m0 = i * block_rows, mc = std::min(block_rows, mp - m0);
     uint16_t* ah = ThreadScratch<uint16_t, 2>(2 * kMc * kKc);
     uint16_t* al = ah + kMc * kKc;
     float* scratch = ThreadScratch<float, 3>(kMc * kKc);
