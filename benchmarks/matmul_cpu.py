@@ -6,9 +6,11 @@ r"""The train step's matmuls alone: XLA's f32 dots vs PyTorch's, shape by shape,
 For `configs/llama_tiny.py:bench` at batch x seq tokens, times every distinct matmul of a
 train step (forward X @ W, backward dX = dY @ W^T has the same shape class, dW = X^T @ dY)
 as a jitted `jnp.dot` and as `torch.mm` on the same arrays, and prints GFLOP/s and the ratio
-(torch time / ours: > 1 means ours is faster). The issue's train-step target (1.2x
-PyTorch) needs these to run at least as fast as PyTorch's. `benchmarks/RESULTS.md` has the
-figures.
+(torch time / ours: > 1 means ours is faster). On a CPU with AMX-BF16 it also times our
+`Precision.HIGH` kernel (`aotd_jax/kernels/amx_matmul.py`, bf16x3; the weight gradients read
+X^T in place, as in the train step) and prints each one's max error relative to a float64
+product. The issue's train-step target (1.2x PyTorch) needs these to run at least as fast as
+PyTorch's. `benchmarks/RESULTS.md` has the figures.
 """
 from __future__ import annotations
 
@@ -50,6 +52,7 @@ def main(argv=None) -> None:
   import numpy as np
   import torch
 
+  from aotd_jax.kernels import amx_matmul
   from configs.llama_tiny import get_config
   torch.set_num_threads(args.threads)
   m = get_config("bench").model
@@ -57,22 +60,41 @@ def main(argv=None) -> None:
   shapes = train_matmul_shapes(args.batch * args.seq, m.hidden_size, kv, m.intermediate_size,
                                m.vocab_size)
   dot = jax.jit(jnp.dot)
+  high = amx_matmul.available()
+  dot_high = jax.jit(amx_matmul._call, static_argnums=(2,))  # (a, b, transpose_a)
   rng = np.random.default_rng(0)
-  total_j = total_t = 0.0
+  total = {"jax": 0.0, "high": 0.0, "torch": 0.0}
   print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r} jax {jax.__version__} "
-        f"torch {torch.__version__} ({args.threads} threads)")
-  for mm, k, n in shapes:
+        f"torch {torch.__version__} ({args.threads} threads), AMX bf16x3 kernel: "
+        f"{'yes' if high else 'no (not timed)'}")
+  for i, (mm, k, n) in enumerate(shapes):
     a = rng.standard_normal((mm, k), np.float32)
     b = rng.standard_normal((k, n), np.float32)
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    err = lambda out: float(np.abs(np.asarray(out, np.float64) - ref).max() / np.abs(ref).max())
     ja, jb, ta, tb = jnp.asarray(a), jnp.asarray(b), torch.from_numpy(a), torch.from_numpy(b)
-    tj = _time(lambda: dot(ja, jb).block_until_ready(), args.reps)
-    tt = _time(lambda: torch.mm(ta, tb), args.reps)
-    total_j, total_t = total_j + tj, total_t + tt
+    times = {"jax": _time(lambda: dot(ja, jb).block_until_ready(), args.reps),
+             "torch": _time(lambda: torch.mm(ta, tb), args.reps)}
+    errs = {"jax": err(dot(ja, jb)), "torch": err(torch.mm(ta, tb).numpy())}
     flops = 2.0 * mm * k * n
-    print(f"{mm:5d} x {k:5d} x {n:5d}: jax {flops / tj / 1e9:6.1f}  torch "
-          f"{flops / tt / 1e9:6.1f} GFLOP/s  ratio {tt / tj:.2f}x")
-  print(f"all shapes once: jax {total_j * 1e3:.1f} ms, torch {total_t * 1e3:.1f} ms, "
-        f"ratio {total_t / total_j:.2f}x")
+    line = (f"{mm:5d} x {k:5d} x {n:5d}: jax {flops / times['jax'] / 1e9:6.1f}  torch "
+            f"{flops / times['torch'] / 1e9:6.1f}")
+    if high:
+      weight_grad = i >= 6  # X^T @ dY: the kernel reads X (tokens x M) transposed in place
+      ha = jnp.asarray(a.T.copy()) if weight_grad else ja
+      times["high"] = _time(lambda: dot_high(ha, jb, weight_grad).block_until_ready(), args.reps)
+      errs["high"] = err(dot_high(ha, jb, weight_grad))
+      line += f"  high {flops / times['high'] / 1e9:6.1f}"
+    line += f" GFLOP/s  ratio {times['torch'] / times['jax']:.2f}x"
+    if high:
+      line += f", high {times['torch'] / times['high']:.2f}x"
+    print(line + "  |  rel. error " + " ".join(f"{k} {v:.1e}" for k, v in errs.items()))
+    for key, t in times.items():
+      total[key] += t
+  print(f"all shapes once: jax {total['jax'] * 1e3:.1f} ms, torch {total['torch'] * 1e3:.1f} ms, "
+        f"ratio {total['torch'] / total['jax']:.2f}x"
+        + (f"; high {total['high'] * 1e3:.1f} ms, ratio {total['torch'] / total['high']:.2f}x"
+           if high else ""))
 
 
 if __name__ == "__main__":

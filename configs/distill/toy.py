@@ -54,6 +54,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.student.remat = False
   c.student.attention_impl = "xla"  # "causal": flash attention (right-padded batches)
   c.student.attention_block_size = 64  # "xla": causal query blocks of this many rows (0: one block)
+  # "high": bf16x3 dense-layer matmuls (AMX kernel on Intel CPUs; Precision.HIGH elsewhere).
+  c.student.matmul_precision = "default"
   c.student.freeze_vision_tower = True
 
   c.optim = ml_collections.ConfigDict(dict(
