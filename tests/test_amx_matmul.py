@@ -212,3 +212,41 @@ def test_a_build_without_amx_says_so(tmp_path):
   subprocess.run([build.find_compiler(), *build._FLAGS, "-mno-amx-tile", "-mno-amx-bf16",
                   f"-I{jax.ffi.include_dir()}", src, "-o", str(out)], check=True, timeout=300)
   assert ctypes.cdll.LoadLibrary(str(out)).AotdAmxSupported() == 0
+
+
+@needs_amx
+def test_inf_and_nan_never_come_out_finite():
+  # Non-finite where float32 is, NaN where it is NaN. An inf may come out NaN where float32
+  # gives +-inf: the inf meets the other operand's lo part, whose sign is its own.
+  a, b = _operands(40, 64, 36, seed=4)
+  a[3, 5], a[7, 0], b[2, 9] = np.inf, np.nan, -np.inf
+  with np.errstate(invalid="ignore", over="ignore"):
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+  out = np.asarray(jax.jit(amx._call)(a, b))
+  np.testing.assert_array_equal(np.isfinite(out), np.isfinite(ref))
+  assert np.isnan(out[np.isnan(ref)]).all()
+  finite = np.isfinite(ref)
+  assert finite.sum() > 1000 and _rel_err(out[finite], ref[finite]) < _TOL
+
+
+@needs_amx
+def test_calls_from_several_python_threads():
+  # Programs run by different Python threads at once share the kernel's pool of work chunks.
+  import concurrent.futures
+  cases = [_operands(200 + 10 * i, 300, 90 + i, seed=10 + i) for i in range(6)]
+  fn = jax.jit(amx._call)
+  with concurrent.futures.ThreadPoolExecutor(3) as pool:
+    outs = list(pool.map(lambda ab: np.asarray(fn(*ab)), cases * 3))
+  for (a, b), out in zip(cases * 3, outs):
+    assert _rel_err(out, a.astype(np.float64) @ b.astype(np.float64)) < _TOL
+
+
+@needs_amx
+def test_default_matmul_precision_context():
+  x, w = jnp.ones((16, 32)), jnp.ones((32, 8))
+  dot = amx.PrecisionDot(0, "default")
+  nn = (((1,), (0,)), ((), ()))
+  with jax.default_matmul_precision("high"):
+    assert amx.TARGET in _hlo(lambda x, w: dot(x, w, nn), x, w)
+  with jax.default_matmul_precision("highest"):
+    assert amx.TARGET not in _hlo(lambda x, w: dot(x, w, nn), x, w)

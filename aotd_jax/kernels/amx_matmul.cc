@@ -157,11 +157,15 @@ inline __m512i Bf16Bits(__m512 x) {  // round to nearest even; 16 bf16 values, w
   return _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(x));
 }
 
-// hi = bf16(x), lo = bf16(x - hi), each as 16 values widened to 32 bits.
+// hi = bf16(x), lo = bf16(x - hi), each as 16 values widened to 32 bits. Where hi is not finite
+// (x is inf or NaN, or rounds past bf16's largest value) lo is 0 rather than inf - inf = NaN.
+// Outputs are non-finite where float32's are; an inf can still come out NaN (it meets the other
+// operand's lo part, whose sign is its own).
 inline void Split(__m512 x, __m512i* hi, __m512i* lo) {
   *hi = Bf16Bits(x);
   const __m512 hi_f = _mm512_castsi512_ps(_mm512_slli_epi32(*hi, 16));
-  *lo = Bf16Bits(_mm512_sub_ps(x, hi_f));
+  const __mmask16 finite = ~_mm512_fpclass_ps_mask(hi_f, 0x99);  // QNaN | +inf | -inf | SNaN
+  *lo = _mm512_maskz_mov_epi32(finite, Bf16Bits(_mm512_sub_ps(x, hi_f)));
 }
 
 // Packs all of B (K x N) into column panels of 32: panel j holds pair-rows p = 0..kp/2 of

@@ -79,7 +79,8 @@ class PrecisionDot(SmallMDot):
   Attributes:
     max_rows: float32 matmuls of at most this many rows go to the small-M kernel (0: never).
     precision: "default", "high" or "highest", applied to every call (`nnx.Linear`'s own
-      `precision` argument, when given, wins).
+      `precision` argument, when given, wins). With "default", `jax.default_matmul_precision`
+      ("high" / "bfloat16_3x") applies as it does for XLA's dots.
   """
   precision: str = "default"
 
@@ -102,6 +103,8 @@ class PrecisionDot(SmallMDot):
                out_sharding=None):
     if precision is None and self.precision != "default":
       precision = jax.lax.Precision(self.precision)
+    if precision is None and _wants_high(jax.config.jax_default_matmul_precision):
+      precision = jax.lax.Precision.HIGH  # `with jax.default_matmul_precision("high"):`
     if self.use_kernel(lhs, rhs, dimension_numbers, preferred_element_type, out_sharding):
       return super().__call__(lhs, rhs, dimension_numbers, precision, preferred_element_type,
                               out_sharding)
