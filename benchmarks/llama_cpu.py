@@ -249,7 +249,7 @@ def main(argv=None):
   runs = {name: first_step(mesh, build, (ids_np,)) for name, mesh in meshes.items()}
   if args.high_precision_row:
     from aotd_jax.kernels import amx_matmul
-    from aotd_jax.train.build import with_options
+    from aotd_jax.models.options import with_options
     high_name = f"1 device, high{'' if amx_matmul.available() else ' (no AMX: f32 dots)'}"
     runs[high_name] = first_step(None, lambda _: build_jax_step(
         with_options(hf.from_pretrained(tmp), matmul_precision="high"), loss=args.loss), (ids_np,))

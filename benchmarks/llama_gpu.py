@@ -13,7 +13,6 @@ tokens agree, and that the CPU-only FFI kernels (`aotd_jax/kernels`) stay out of
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import statistics
 import sys
@@ -63,7 +62,7 @@ def main(argv=None) -> None:
   from flax import nnx
   from aotd_jax import hf
   from aotd_jax.models import generate as gen
-  from aotd_jax.train.build import _with_config  # rebuilds a loaded model under another config
+  from aotd_jax.models.options import with_options  # rebuilds a loaded model under other options
 
   gpu = jax.default_backend() == "gpu" and torch.cuda.is_available()
   if not gpu and not args.cpu_smoke:
@@ -95,7 +94,7 @@ def main(argv=None) -> None:
     precision = "highest" if dtype == "float32" else "default"
     with jax.default_matmul_precision(precision):
       model = hf.from_pretrained(tmp, dtype=jnp.dtype(dtype))
-      model = _with_config(model, dataclasses.replace(model.config, attention_impl=args.attention_impl))
+      model = with_options(model, attention_impl=args.attention_impl)
       ref = transformers.LlamaForCausalLM.from_pretrained(tmp, dtype=getattr(torch, dtype)).to(dev)
       cfg = model.config
       graphdef, params, opt_state, step = build_jax_step(model)

@@ -113,7 +113,8 @@ def _path(role: str, kind: str, section) -> str:
 def _owlv2(section, ctx):
   from experts.backends import owlv2
   return owlv2.Owlv2Detector.from_pretrained(
-      _path("detector", "owlv2", section), buckets=_get(section, "buckets", DEFAULT_BUCKETS))
+      _path("detector", "owlv2", section), buckets=_get(section, "buckets", DEFAULT_BUCKETS),
+      matmul_precision=_get(section, "matmul_precision", "default"))
 
 
 def _univtg(section, ctx):
@@ -132,7 +133,8 @@ def _llava(role):
   def make(section, ctx):
     from experts.backends import llava
     path = _path(role, "llava", section)
-    model = ctx.model(("llava", path), lambda: llava.load(path))
+    precision = _get(section, "matmul_precision", "default")
+    model = ctx.model(("llava", path, precision), lambda: llava.load(path, matmul_precision=precision))
     return llava.LlavaVideoQA(*model, name=f"llava:{path}")
   return make
 

@@ -21,7 +21,7 @@ from aotd_jax.kernels import build
 from aotd_jax.models.clip import CLIPConfig, CLIPVisionConfig
 from aotd_jax.models.llama import LlamaConfig, LlamaForCausalLM
 from aotd_jax.models.llava_next_video import LlavaNextVideoConfig
-from aotd_jax.train.build import with_options
+from aotd_jax.models.options import with_options
 
 needs_amx = pytest.mark.skipif(
     jax.default_backend() != "cpu" or not amx.available(),

@@ -273,6 +273,11 @@ def test_registry_binds_owlv2_by_path(owl, monkeypatch):
   assert box.detector.name == f"owlv2:{path}"
   clip = experts.VideoClip(np.full((3, 12, 12, 3), 128, np.uint8), video_id="v")
   assert box.Count(clip, "cup") > 0  # threshold 0: every patch box counts
+  assert box.detector.config.vision_config.matmul_precision == "default"
+  config.detector.matmul_precision = "high"
+  box = experts.make_toolbox(config)
+  assert box.detector.config.vision_config.matmul_precision == "high"
+  assert box.Count(clip, "cup") > 0
 
 
 @pytest.mark.parametrize("edit,msg", [

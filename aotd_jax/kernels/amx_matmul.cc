@@ -3,7 +3,7 @@
 // Each float32 operand is split into two bfloat16 parts, x = hi + lo (hi = bf16(x),
 // lo = bf16(x - hi)), and the product is hi_a hi_b + lo_a hi_b + hi_a lo_b, summed in float32
 // by AMX's TDPBF16PS. That is JAX's `Precision.HIGH` ("bf16_3x", what TPUs run for it): about
-// 16 bits of each operand's significand are kept, so the relative error is ~1e-5 where a float32
+// 16 bits of each operand's significand are kept, so the relative error is ~5e-6 where a float32
 // GEMM's is ~1e-6. AMX multiplies bfloat16 tiles ~7x faster than AVX-512 runs float32 FMAs, so
 // three passes still beat a float32 GEMM ~2x on the train step's shapes.
 //

@@ -1,10 +1,8 @@
 """Builds the trainer's inputs from a config: the student (HF directory or fresh init) and data."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -13,37 +11,7 @@ from jax.sharding import Mesh
 
 from aotd_jax import hf, sharding as sharding_lib
 from aotd_jax.hf import registry
-
-
-_TEXT_OPTIONS = ("attention_impl", "attention_block_size", "cpu_kernels", "matmul_precision")  # language-model options of a Video-LLM
-
-
-def _apply_options(config, options: dict[str, Any]):
-  """Sets dtype / param_dtype / remat / attention_impl / attention_block_size / cpu_kernels /
-  matmul_precision / freeze_vision_tower where the config (or, for a Video-LLM, its language model's
-  `text_config`) has such a field."""
-  fields = {f.name for f in dataclasses.fields(config)}
-  updates = {k: v for k, v in options.items() if k in fields and v is not None}
-  text = {k: options.get(k) for k in _TEXT_OPTIONS if options.get(k) is not None}
-  if "text_config" in fields and text:
-    updates["text_config"] = _apply_options(config.text_config, text)
-  return dataclasses.replace(config, **updates) if updates else config
-
-
-def _with_config(model: nnx.Module, config) -> nnx.Module:
-  """`model`'s weights under another config of the same shapes: every sub-module is rebuilt,
-  since each keeps the config it was built with (assigning `model.config` alone reaches none)."""
-  if config == model.config:
-    return model
-  abstract = nnx.eval_shape(lambda: type(model)(config, rngs=nnx.Rngs(0)))
-  return nnx.merge(nnx.graphdef(abstract), nnx.state(model))
-
-
-def with_options(model: nnx.Module, **options) -> nnx.Module:
-  """`model` (same weights) with model options that config.json does not hold, e.g.
-  `with_options(model, matmul_precision="high")`; a Video-LLM passes the language-model ones
-  (attention_impl, attention_block_size, cpu_kernels, matmul_precision) to its `text_config`."""
-  return _with_config(model, _apply_options(model.config, options))
+from aotd_jax.models.options import apply_options, with_config
 
 
 def load_vision_init(path: str) -> tuple[dict, nnx.Module]:
@@ -78,7 +46,7 @@ def build_student(cfg, *, mesh: Mesh, seed: int = 0) -> nnx.Module:
   if cfg.get("hf_dir"):
     model = hf.from_pretrained(cfg.hf_dir, dtype=jnp.dtype(cfg.get("param_dtype") or "float32"),
                                mesh=mesh)
-    return _with_config(model, _apply_options(model.config, options))
+    return with_config(model, apply_options(model.config, options))
   adapter = registry.adapter_for(cfg.architecture)
   hf_init, tower = dict(cfg.init), None
   if cfg.get("vision_init"):
@@ -86,7 +54,7 @@ def build_student(cfg, *, mesh: Mesh, seed: int = 0) -> nnx.Module:
       raise ValueError(f"vision_init={cfg.vision_init!r}: architecture {cfg.architecture} has "
                        "no vision tower")
     hf_init["vision_config"], tower = load_vision_init(cfg.vision_init)
-  config = _apply_options(adapter.config_from_hf(hf_init), options)
+  config = apply_options(adapter.config_from_hf(hf_init), options)
   abstract = nnx.eval_shape(lambda: adapter.model_class(config, rngs=nnx.Rngs(seed)))
   graphdef, abstract_state = nnx.split(abstract)
   shardings = sharding_lib.state_shardings(abstract_state, mesh)

@@ -46,10 +46,13 @@ def _choice_logprobs(graphdef, state, ids, mask, pixels, scored):
   return jnp.sum(tok * scored[:, 1:], axis=-1)
 
 
-def load(path: str):
-  """(model, tokenizer) of a HF LLaVA-NeXT-Video directory."""
+def load(path: str, matmul_precision: str = "default"):
+  """(model, tokenizer) of a HF LLaVA-NeXT-Video directory; `matmul_precision="high"` runs its
+  matmuls in bf16x3 (the AMX kernel on Intel CPUs, docs/llama.md)."""
   from aotd_jax import hf
-  return hf.from_pretrained(path), hf.load_tokenizer(path)
+  from aotd_jax.models.options import with_options
+  model = with_options(hf.from_pretrained(path), matmul_precision=matmul_precision)
+  return model, hf.load_tokenizer(path)
 
 
 class LlavaVideoQA:

@@ -80,6 +80,7 @@ class Owlv2Detector:
                pad_value: float = 0.0, feature_cache: int = 64):
     from aotd_jax.models import owlv2_processing as proc
     self.name, self.tokenize, self.nms_threshold = name, tokenize, nms_threshold
+    self.config = model.config  # the model's Owlv2Config
     self.image_size = model.config.vision_config.image_size
     self._graphdef, self._state = nnx.split(model)
     graphdef, size = self._graphdef, self.image_size
@@ -112,10 +113,12 @@ class Owlv2Detector:
 
   @classmethod
   def from_pretrained(cls, path: str, *, buckets: Sequence[int] = DEFAULT_BUCKETS,
-                      **kwargs) -> "Owlv2Detector":
-    """Loads a HF OWLv2 directory (weights + tokenizer) with `aotd_jax.hf`."""
+                      matmul_precision: str = "default", **kwargs) -> "Owlv2Detector":
+    """Loads a HF OWLv2 directory (weights + tokenizer) with `aotd_jax.hf`;
+    `matmul_precision="high"` runs its matmuls in bf16x3 (the AMX kernel on Intel CPUs)."""
     from aotd_jax import hf
-    model = hf.from_pretrained(path)
+    from aotd_jax.models.options import with_options
+    model = with_options(hf.from_pretrained(path), matmul_precision=matmul_precision)
     tokenize = hf_tokenize(hf.load_tokenizer(path),
                            model.config.text_config.max_position_embeddings)
     return cls(model, tokenize, name=f"owlv2:{path}", buckets=buckets, **kwargs)
