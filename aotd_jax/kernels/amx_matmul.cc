@@ -53,8 +53,7 @@ inline int64_t RoundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 // Parallel loops of every call in flight, as one pool of chunks. XLA runs independent ops at
 // once (gate_proj and up_proj, a layer's dx and dw), so two calls often overlap: each calling
-// thread then works on both, and the cores never hold more threads than they have (AMX state
-// switches and split caches cost ~40 % when calls oversubscribe them).
+// thread then works on both, and the cores never hold more threads than they have.
 class Loops {
  public:
   struct Loop {
