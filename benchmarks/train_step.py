@@ -77,7 +77,8 @@ def fast_random_init(p):
   from aotd_jax.hf import registry
   adapter = registry.adapter_for("LlamaForCausalLM")
   config = dataclasses.replace(adapter.config_from_hf(hf_config(p)), dtype=p["dtype"],
-                               remat=p["remat"], attention_impl=p.get("attention_impl", "xla"))
+                               remat=p["remat"], attention_impl=p.get("attention_impl", "xla"),
+                               matmul_precision=p.get("matmul_precision", "default"))
   model = nnx.eval_shape(lambda: adapter.model_class(config, rngs=nnx.Rngs(0)))
   normal = jax.jit(lambda key, shape: 0.02 * jax.random.normal(key, shape, jnp.float32),
                    static_argnums=1)
@@ -147,12 +148,15 @@ def main():
   ap.add_argument("--steps", type=int, default=5)
   ap.add_argument("--no_torch", action="store_true")
   ap.add_argument("--attention_impl", default="xla", choices=["xla", "dot_product_attention", "causal"])
+  ap.add_argument("--matmul_precision", default="default", choices=["default", "high", "highest"],
+                  help="'high': bf16x3 dense-layer matmuls (the AMX kernel on Intel CPUs)")
   ap.add_argument("--remat", type=int, default=-1, help="override the preset's remat (0/1)")
   ap.add_argument("--batch", type=int, default=0, help="override the preset's batch size")
   ap.add_argument("--peak_flops", type=float, default=0.0,
                   help="hardware peak; default: measured with a large matmul in this run")
   args = ap.parse_args()
-  p = dict(PRESETS[args.preset], attention_impl=args.attention_impl)
+  p = dict(PRESETS[args.preset], attention_impl=args.attention_impl,
+           matmul_precision=args.matmul_precision)
   if args.remat >= 0:
     p["remat"] = bool(args.remat)
   if args.batch:
@@ -163,7 +167,8 @@ def main():
   dt, n_params, loss = run_ours(p, args.steps)
   tokens = p["batch"] * p["seq"]
   flops = step_flops(p, n_params)
-  out = {"preset": args.preset, "attention_impl": p["attention_impl"], "remat": p["remat"],
+  out = {"preset": args.preset, "attention_impl": p["attention_impl"],
+         "matmul_precision": p["matmul_precision"], "remat": p["remat"],
          "batch": p["batch"], "backend": jax.default_backend(), "device": str(jax.devices()[0]),
          "matmul_params_M": round(n_params / 1e6, 1), "tokens_per_step": tokens,
          "ours_step_s": round(dt, 4), "ours_tokens_per_s": round(tokens / dt, 1),
