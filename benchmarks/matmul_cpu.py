@@ -61,7 +61,7 @@ def main(argv=None) -> None:
                                m.vocab_size)
   dot = jax.jit(jnp.dot)
   high = amx_matmul.available()
-  dot_high = jax.jit(amx_matmul._call, static_argnums=(2,))  # (a, b, transpose_a)
+  dot_high = jax.jit(amx_matmul.kernel_matmul, static_argnums=(2,))  # (a, b, transpose_a)
   rng = np.random.default_rng(0)
   total = {"jax": 0.0, "high": 0.0, "torch": 0.0}
   print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r} jax {jax.__version__} "

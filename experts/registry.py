@@ -134,7 +134,8 @@ def _llava(role):
     from experts.backends import llava
     path = _path(role, "llava", section)
     precision = _get(section, "matmul_precision", "default")
-    model = ctx.model(("llava", path, precision), lambda: llava.load(path, matmul_precision=precision))
+    model = ctx.model(("llava", path, precision),
+                      lambda: llava.load(path, matmul_precision=precision))
     return llava.LlavaVideoQA(*model, name=f"llava:{path}")
   return make
 

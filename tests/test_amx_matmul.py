@@ -53,7 +53,7 @@ def test_kernel_matches_float64(m, k, n, transpose_a, transpose_b):
   a, b = _operands(m, k, n)
   ref = a.astype(np.float64) @ b.astype(np.float64)
   args = (a.T.copy() if transpose_a else a, b.T.copy() if transpose_b else b)
-  out = jax.jit(lambda x, y: amx._call(x, y, transpose_a, transpose_b))(*args)
+  out = jax.jit(lambda x, y: amx.kernel_matmul(x, y, transpose_a, transpose_b))(*args)
   assert out.shape == (m, n) and out.dtype == jnp.float32
   assert _rel_err(out, ref) < _TOL
 
@@ -64,14 +64,15 @@ def test_kernel_is_more_precise_than_one_bf16_pass():
   ref = a.astype(np.float64) @ b.astype(np.float64)
   one_pass = jnp.dot(jnp.asarray(a, jnp.bfloat16), jnp.asarray(b, jnp.bfloat16),
                      preferred_element_type=jnp.float32)
-  assert _rel_err(one_pass, ref) > 50 * _rel_err(jax.jit(amx._call)(a, b), ref)
+  assert _rel_err(one_pass, ref) > 50 * _rel_err(jax.jit(amx.kernel_matmul)(a, b), ref)
 
 
 @needs_amx
 def test_empty_and_zero_k():
-  out = jax.jit(amx._call)(np.zeros((4, 0), np.float32), np.zeros((0, 6), np.float32))
+  out = jax.jit(amx.kernel_matmul)(np.zeros((4, 0), np.float32), np.zeros((0, 6), np.float32))
   np.testing.assert_array_equal(out, np.zeros((4, 6), np.float32))
-  assert jax.jit(amx._call)(np.zeros((0, 3), np.float32), np.ones((3, 5), np.float32)).shape == (0, 5)
+  empty = jax.jit(amx.kernel_matmul)(np.zeros((0, 3), np.float32), np.ones((3, 5), np.float32))
+  assert empty.shape == (0, 5)
 
 
 @needs_amx
@@ -98,7 +99,7 @@ def test_gradients_match_xla(transpose_w):
 def test_concurrent_calls_and_vmap():
   # Independent calls in one program run at once on XLA's pool (they share its threads).
   xs = [_operands(300, 200, 150, seed=s) for s in range(4)]
-  outs = jax.jit(lambda *ab: [amx._call(ab[2 * i], ab[2 * i + 1]) for i in range(4)])(
+  outs = jax.jit(lambda *ab: [amx.kernel_matmul(ab[2 * i], ab[2 * i + 1]) for i in range(4)])(
       *[t for pair in xs for t in pair])
   for (a, b), out in zip(xs, outs):
     assert _rel_err(out, a.astype(np.float64) @ b.astype(np.float64)) < _TOL
@@ -137,7 +138,8 @@ def test_precision_dot_dispatch():
   batched = (((2,), (1,)), ((0,), (0,)))
   assert amx.TARGET not in _hlo(lambda x, w: high(x, w, batched), x3, jnp.ones((2, 64, 8)))
   # A decode step's few rows still take the small-M kernel first.
-  decode = _hlo(lambda x, w: amx.PrecisionDot(8, "high")(x, w, (((1,), (0,)), ((), ()))), x3[0, :4], w)
+  nn2d = (((1,), (0,)), ((), ()))
+  decode = _hlo(lambda x, w: amx.PrecisionDot(8, "high")(x, w, nn2d), x3[0, :4], w)
   assert "aotd_small_m_matmul" in decode and amx.TARGET not in decode
 
 
@@ -222,7 +224,7 @@ def test_inf_and_nan_never_come_out_finite():
   a[3, 5], a[7, 0], b[2, 9] = np.inf, np.nan, -np.inf
   with np.errstate(invalid="ignore", over="ignore"):
     ref = a.astype(np.float64) @ b.astype(np.float64)
-  out = np.asarray(jax.jit(amx._call)(a, b))
+  out = np.asarray(jax.jit(amx.kernel_matmul)(a, b))
   np.testing.assert_array_equal(np.isfinite(out), np.isfinite(ref))
   assert np.isnan(out[np.isnan(ref)]).all()
   finite = np.isfinite(ref)
@@ -234,7 +236,7 @@ def test_calls_from_several_python_threads():
   # Programs run by different Python threads at once share the kernel's pool of work chunks.
   import concurrent.futures
   cases = [_operands(200 + 10 * i, 300, 90 + i, seed=10 + i) for i in range(6)]
-  fn = jax.jit(amx._call)
+  fn = jax.jit(amx.kernel_matmul)
   with concurrent.futures.ThreadPoolExecutor(3) as pool:
     outs = list(pool.map(lambda ab: np.asarray(fn(*ab)), cases * 3))
   for (a, b), out in zip(cases * 3, outs):

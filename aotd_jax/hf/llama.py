@@ -9,8 +9,8 @@ from aotd_jax.hf.io import CheckpointError
 from aotd_jax.hf.mapping import Rule, embed, linear, norm
 from aotd_jax.models.llama import LlamaConfig, LlamaForCausalLM
 
-_OURS = ("dtype", "param_dtype", "remat", "attention_impl", "attention_block_size", "cpu_kernels", "matmul_precision",
-         "rope_theta", "rope_scaling")
+_OURS = ("dtype", "param_dtype", "remat", "attention_impl", "attention_block_size", "cpu_kernels",
+         "matmul_precision", "rope_theta", "rope_scaling")
 _FIELDS = tuple(f.name for f in dataclasses.fields(LlamaConfig) if f.name not in _OURS)
 
 

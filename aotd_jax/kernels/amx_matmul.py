@@ -3,12 +3,12 @@
 XLA's CPU backend runs float32 dots at full IEEE precision whatever `precision` says. On CPUs
 with AMX-BF16 (Intel Sapphire Rapids and later) `amx_matmul.cc` computes them the way TPUs run
 `jax.lax.Precision.HIGH`: each operand is split into two bfloat16 parts and three bfloat16
-products are summed in float32. The relative error is ~4e-6 (a float32 GEMM's ~1e-6; one
+products are summed in float32. The relative error is ~5e-6 (a float32 GEMM's ~1e-6; one
 bfloat16 pass ~2e-3), and the train step's matmuls run ~2x faster than XLA's float32 dots
 (`benchmarks/matmul_cpu.py`, `benchmarks/RESULTS.md`).
 
-`PrecisionDot` is a drop-in `dot_general` for `nnx.Linear` that takes the kernel for a 2-D
-float32 x @ w when asked for `Precision.HIGH` on a single CPU device with AMX, and XLA's
+`PrecisionDot` is a drop-in `dot_general` for `nnx.Linear` that takes the kernel for a float32
+x (..., K) @ w (or @ w.T) when asked for `Precision.HIGH` on a single CPU device with AMX, and XLA's
 `dot_general` otherwise (with the precision passed on, so GPUs and TPUs apply their own meaning
 of it). Its gradients are the same kernel on the transposed operands, read in place.
 """
@@ -36,7 +36,10 @@ def available() -> bool:
   return build.register("amx_matmul", "AotdAmxMatmul", TARGET)
 
 
-def _call(a: jax.Array, b: jax.Array, transpose_a: bool = False, transpose_b: bool = False):
+def kernel_matmul(a: jax.Array, b: jax.Array, transpose_a: bool = False,
+                  transpose_b: bool = False) -> jax.Array:
+  """op(a) @ op(b) by the kernel (op: transpose or not), float32 in and out, read in place; no
+  gradient rule (see `amx_matmul`). Call `available()` first."""
   m = a.shape[1] if transpose_a else a.shape[0]
   n = b.shape[0] if transpose_b else b.shape[1]
   out = jax.ShapeDtypeStruct((m, n), jnp.float32)
@@ -48,18 +51,18 @@ def _call(a: jax.Array, b: jax.Array, transpose_a: bool = False, transpose_b: bo
 def amx_matmul(x: jax.Array, w: jax.Array, transpose_w: bool = False) -> jax.Array:
   """x (M, K) @ w (K, N), or @ w.T for w (N, K) when `transpose_w`, float32 in and out, in bf16x3
   on AMX (call `available()` first). Gradients run the same kernel."""
-  return _call(x, w, transpose_b=transpose_w)
+  return kernel_matmul(x, w, transpose_b=transpose_w)
 
 
 def _fwd(x, w, transpose_w):
-  return _call(x, w, transpose_b=transpose_w), (x, w)
+  return kernel_matmul(x, w, transpose_b=transpose_w), (x, w)
 
 
 def _bwd(transpose_w, res, g):
   x, w = res
   if transpose_w:  # y = x w^T: dx = g w, dw = g^T x
-    return _call(g, w), _call(g, x, transpose_a=True)
-  return _call(g, w, transpose_b=True), _call(x, g, transpose_a=True)
+    return kernel_matmul(g, w), kernel_matmul(g, x, transpose_a=True)
+  return kernel_matmul(g, w, transpose_b=True), kernel_matmul(x, g, transpose_a=True)
 
 
 amx_matmul.defvjp(_fwd, _bwd)

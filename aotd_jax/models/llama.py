@@ -84,7 +84,8 @@ class LlamaConfig:
     if self.attention_impl not in ATTENTION_IMPLS:
       raise ValueError(f"LlamaConfig: attention_impl={self.attention_impl!r} is not one of {ATTENTION_IMPLS}")
     if self.matmul_precision not in PRECISIONS:
-      raise ValueError(f"LlamaConfig: matmul_precision={self.matmul_precision!r} is not one of {PRECISIONS}")
+      raise ValueError(f"LlamaConfig: matmul_precision={self.matmul_precision!r} is not one of "
+                       f"{PRECISIONS}")
     if self.attention_block_size < 0:
       raise ValueError(f"LlamaConfig: attention_block_size={self.attention_block_size} must be >= 0")
     object.__setattr__(self, "rope_scaling", _freeze(self.rope_scaling) or None)
