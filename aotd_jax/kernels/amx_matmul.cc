@@ -309,42 +309,71 @@ void MicroKernel(const uint16_t* ah, const uint16_t* al, int64_t lda, const uint
 
 // A grow-only, 64-byte aligned scratch buffer of this thread's, reused by every call: fresh
 // multi-megabyte allocations would come from mmap and page-fault on each call.
+constexpr size_t kKeepScratchBytes = size_t{256} << 20;  // larger buffers are freed after a call
+
+template <typename T, int kSlot>
+struct ScratchBuffer {
+  T* p = nullptr;
+  size_t size = 0;
+  ~ScratchBuffer() { std::free(p); }
+  static ScratchBuffer& Get() {
+    thread_local ScratchBuffer buf;
+    return buf;
+  }
+};
+
+// The buffer of n Ts in this thread's slot kSlot, or nullptr if it cannot be allocated.
 template <typename T, int kSlot>
 T* ThreadScratch(size_t n) {
-  struct Buffer {
-    T* p = nullptr;
-    size_t size = 0;
-    ~Buffer() { std::free(p); }
-  };
-  thread_local Buffer buf;
+  auto& buf = ScratchBuffer<T, kSlot>::Get();
   if (buf.size < n) {
     std::free(buf.p);
-    buf.size = n;
     buf.p = static_cast<T*>(std::aligned_alloc(64, RoundUp(n * sizeof(T), 64)));
+    buf.size = buf.p == nullptr ? 0 : n;
   }
   return buf.p;
 }
 
-void Gemm(ffi::ThreadPool& pool, const View& a, const View& b, float* out) {
+// Frees this thread's slot kSlot if it grew past kKeepScratchBytes (a 7B model's LM head would
+// otherwise keep ~0.5 GB per thread).
+template <typename T, int kSlot>
+void TrimThreadScratch() {
+  auto& buf = ScratchBuffer<T, kSlot>::Get();
+  if (buf.size * sizeof(T) > kKeepScratchBytes) {
+    std::free(buf.p);
+    buf.p = nullptr;
+    buf.size = 0;
+  }
+}
+
+// False if a packing buffer could not be allocated.
+bool Gemm(ffi::ThreadPool& pool, const View& a, const View& b, float* out) {
   const int64_t m = a.rows, n = b.cols, k = a.cols;
   const int64_t mp = RoundUp(m, 32), np = RoundUp(n, 32), kp = RoundUp(k, 32);
   const int64_t panels = np / 32;
-  // B's packed panels belong to the calling thread; the helpers only read them until it returns.
+  const bool padded = mp != m || np != n;
+  // B's packed panels (and a padded output) belong to the calling thread; the helpers only read
+  // or write them until it returns.
   uint16_t* bh = ThreadScratch<uint16_t, 0>(2 * panels * kp * 32);
+  float* c = padded ? ThreadScratch<float, 1>(mp * np) : out;
+  // The helpers' A blocks, allocated here first so that a failure shows before any work.
+  if (bh == nullptr || c == nullptr || ThreadScratch<uint16_t, 2>(2 * kMc * kKc) == nullptr ||
+      ThreadScratch<float, 3>(kMc * kKc) == nullptr) {
+    return false;
+  }
   uint16_t* bl = bh + panels * kp * 32;
   const int64_t pack_chunks = std::min<int64_t>(panels, 4 * (pool.num_threads() + 1));
   ParallelFor(pool, pack_chunks, [&](int64_t i) {
     for (int64_t j = i * panels / pack_chunks; j < (i + 1) * panels / pack_chunks; ++j)
       PackBPanel(b, j, kp, bh + j * kp * 32, bl + j * kp * 32);
   });
-  const bool padded = mp != m || np != n;
-  float* c = padded ? ThreadScratch<float, 1>(mp * np) : out;
   const int64_t ldc = padded ? np : n;
   // Row blocks of up to kMc rows (a sweep over the tuning table in RESULTS.md), fewer rows when
   // that would leave a thread without a block.
   const int64_t workers = std::max<int64_t>(1, pool.num_threads());
   const int64_t block_rows = std::min(kMc, RoundUp((mp + workers - 1) / workers, 32));
   const int64_t blocks = (mp + block_rows - 1) / block_rows;
+  std::atomic<bool> failed{false};
   ParallelFor(pool, blocks, [&](int64_t i) {
     OsAllowsAmx();
     ConfigureTiles();
@@ -352,6 +381,10 @@ void Gemm(ffi::ThreadPool& pool, const View& a, const View& b, float* out) {
     uint16_t* ah = ThreadScratch<uint16_t, 2>(2 * kMc * kKc);
     uint16_t* al = ah + kMc * kKc;
     float* scratch = ThreadScratch<float, 3>(kMc * kKc);
+    if (ah == nullptr || scratch == nullptr) {
+      failed.store(true, std::memory_order_relaxed);
+      return;
+    }
     for (int64_t k0 = 0; k0 < kp; k0 += kKc) {
       const int64_t kc = std::min(kKc, kp - k0);
       PackABlock(a, m0, mc, k0, kc, scratch, ah, al);
@@ -370,6 +403,9 @@ void Gemm(ffi::ThreadPool& pool, const View& a, const View& b, float* out) {
         std::memcpy(out + r * n, c + r * ldc, n * sizeof(float));
     }
   });
+  TrimThreadScratch<uint16_t, 0>();
+  TrimThreadScratch<float, 1>();
+  return !failed.load();
 }
 
 #endif  // AOTD_AMX
@@ -397,7 +433,10 @@ ffi::Error AmxMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<
   }
 #ifdef AOTD_AMX
   if (!OsAllowsAmx()) return ffi::Error::Internal("aotd_amx_matmul: the OS does not grant AMX");
-  Gemm(pool, av, bv, o);
+  if (!Gemm(pool, av, bv, o)) {
+    return ffi::Error(ffi::ErrorCode::kResourceExhausted,
+                      "aotd_amx_matmul: out of memory for the packing buffers");
+  }
   return ffi::Error::Success();
 #else
   return ffi::Error::Internal("aotd_amx_matmul: built without AMX-BF16");
