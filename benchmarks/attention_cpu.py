@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+from aotd_jax.kernels import causal_attention as attention_kernel
 from aotd_jax.models.causal_attention import blocked_causal_attention
 
 
@@ -68,7 +69,11 @@ def main(argv=None):
 
   contenders = {"einsum (one block)": lambda q, k, v: einsum_attention(q, k, v, mask)}
   for block in (int(x) for x in args.blocks.split(",")):
-    contenders[f"blocked {block}"] = lambda q, k, v, block=block: blocked_causal_attention(q, k, v, mask, block)
+    contenders[f"blocked {block}"] = lambda q, k, v, block=block: blocked_causal_attention(
+        q, k, v, mask, block, cpu_kernel=False)
+    if attention_kernel.use_kernel(q, k, v, mask):
+      contenders[f"kernel {block}"] = lambda q, k, v, block=block: attention_kernel.causal_attention(
+          q, k, v, mask, block)
 
   tq, tk, tv = (torch.tensor(x).transpose(1, 2).contiguous().requires_grad_() for x in
                 (q.reshape(b, length, h, d), k, v))

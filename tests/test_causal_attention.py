@@ -20,20 +20,22 @@ def full_f32_matmuls():
     yield
 
 
-def _with_block(model: LlamaForCausalLM, block: int) -> LlamaForCausalLM:
-  """The same weights under a config with another `attention_block_size`."""
-  cfg = dataclasses.replace(model.config, attention_block_size=block)
+def _with_block(model: LlamaForCausalLM, block: int, cpu_kernels: bool = True) -> LlamaForCausalLM:
+  """The same weights under a config with another `attention_block_size` (and `cpu_kernels`:
+  False keeps the jnp blocks, True takes the C++ attention kernel where it runs)."""
+  cfg = dataclasses.replace(model.config, attention_block_size=block, cpu_kernels=cpu_kernels)
   other = LlamaForCausalLM(cfg, rngs=nnx.Rngs(0))
   nnx.update(other, nnx.state(model, nnx.Param))
   return other
 
 
+@pytest.mark.parametrize("cpu_kernels", [False, True])
 @pytest.mark.parametrize("length,block", [(24, 8), (21, 8), (24, 5)])
-def test_blocked_logits_match_transformers_with_left_padding(tmp_path, length, block):
+def test_blocked_logits_match_transformers_with_left_padding(tmp_path, length, block, cpu_kernels):
   ref_model = make_hf_llama(tmp_path)
   ids, mask, pos = left_padded_batch(length=length, pads=(5, 0, 11))
   ref = torch_forward(ref_model, ids, mask, pos)
-  model = _with_block(hf.from_pretrained(str(tmp_path)), block)
+  model = _with_block(hf.from_pretrained(str(tmp_path)), block, cpu_kernels)
   real = mask.astype(bool)  # padded query rows attend to nothing: arbitrary in every path
   out = np.asarray(model(ids, mask).logits)
   np.testing.assert_allclose(out[real], ref.logits.numpy()[real], atol=1e-4, rtol=1e-4)
@@ -57,14 +59,15 @@ def _einsum_attention(q, k, v, mask):
   return jnp.einsum("bkgls,bskd->blkgd", jax.nn.softmax(s, -1), v).reshape(b, length, -1)
 
 
+@pytest.mark.parametrize("cpu_kernel", [False, True])
 @pytest.mark.parametrize("block", [3, 7, 19, 32])
-def test_blocked_values_and_gradients_equal_the_einsum_path(block):
+def test_blocked_values_and_gradients_equal_the_einsum_path(block, cpu_kernel):
   q, k, v, mask, weights, valid = _attention_inputs()
 
   def loss(fn):
     return lambda q, k, v: jnp.sum(fn(q, k, v) * weights)
 
-  ours = jax.jit(lambda q, k, v: blocked_causal_attention(q, k, v, mask, block))
+  ours = jax.jit(lambda q, k, v: blocked_causal_attention(q, k, v, mask, block, cpu_kernel=cpu_kernel))
   ref = lambda q, k, v: _einsum_attention(q, k, v, mask)  # noqa: E731
   np.testing.assert_allclose(np.asarray(ours(q, k, v))[valid], np.asarray(ref(q, k, v))[valid], atol=1e-5)
   got = jax.jit(jax.grad(loss(ours), argnums=(0, 1, 2)))(q, k, v)
@@ -73,18 +76,21 @@ def test_blocked_values_and_gradients_equal_the_einsum_path(block):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5, err_msg=f"d{name}")
 
 
-def test_masked_scores_get_no_gradient_even_on_padding_rows():
+@pytest.mark.parametrize("cpu_kernel", [False, True])
+def test_masked_scores_get_no_gradient_even_on_padding_rows(cpu_kernel):
   """A loss that reads padding query rows: dq and dk still equal the einsum path's (dv differs
   there by design: a fully masked row averages its block's values, not all values)."""
   q, k, v, mask, _, _ = _attention_inputs()
   weights = np.random.default_rng(1).standard_normal((3, 19, 48)).astype(np.float32)
-  ours = jax.jit(jax.grad(lambda q, k: jnp.sum(blocked_causal_attention(q, k, v, mask, 4) * weights), (0, 1)))
+  ours = jax.jit(jax.grad(lambda q, k: jnp.sum(
+      blocked_causal_attention(q, k, v, mask, 4, cpu_kernel=cpu_kernel) * weights), (0, 1)))
   ref = jax.grad(lambda q, k: jnp.sum(_einsum_attention(q, k, v, mask) * weights), (0, 1))
   for name, a, b in zip("qk", ours(q, k), ref(q, k)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5, err_msg=f"d{name}")
 
 
-def test_blocked_train_gradients_match_one_block():
+@pytest.mark.parametrize("cpu_kernels", [False, True])
+def test_blocked_train_gradients_match_one_block(cpu_kernels):
   cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                     num_attention_heads=4, num_key_value_heads=2, attention_block_size=0)
   model = LlamaForCausalLM(cfg, rngs=nnx.Rngs(0))
@@ -99,7 +105,7 @@ def test_blocked_train_gradients_match_one_block():
     return nnx.jit(nnx.grad(loss))(m)
 
   want = nnx.to_flat_state(grads(model))
-  got = dict(nnx.to_flat_state(grads(_with_block(model, 6))))
+  got = dict(nnx.to_flat_state(grads(_with_block(model, 6, cpu_kernels))))
   for path, g in want:
     np.testing.assert_allclose(np.asarray(got[path][...]), np.asarray(g[...]), atol=2e-5, err_msg=str(path))
 

@@ -70,8 +70,9 @@ class LlamaConfig:
   # "xla" without a cache (training, scoring) cuts the queries into blocks of this many rows
   # that skip the keys the causal mask hides (`causal_attention.py`); 0 keeps one L x L block.
   attention_block_size: int = 64
-  # On a single CPU device, float32 matmuls of at most 8 rows (a decode step's) run through
-  # aotd_jax's C++ XLA FFI kernel (`aotd_jax/kernels/small_m_matmul.py`); False: XLA's dot only.
+  # On a single CPU device, float32 matmuls of at most 8 rows (a decode step's) and the blocked
+  # causal attention run through aotd_jax's C++ XLA FFI kernels (`aotd_jax/kernels/`); False:
+  # XLA's ops only.
   cpu_kernels: bool = True
   # Precision of the dense layers' and the LM head's matmuls: "default", "high" or "highest"
   # (`jax.lax.Precision`; MaxText's `matmul_precision`). GPUs and TPUs apply their own meaning.
@@ -197,7 +198,8 @@ class LlamaAttention(nnx.Module):
     # Grouped heads attend to their shared kv head without materialising repeated keys.
     q = q.reshape(b, l, kv, h // kv, d)
     if layer_cache is None and 0 < cfg.attention_block_size < l:
-      out = blocked_causal_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, cfg.attention_block_size)
+      out = blocked_causal_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask,
+                                     cfg.attention_block_size, cpu_kernel=cfg.cpu_kernels)
       out = constrain(out, ("activation_batch", "activation_length", "activation_heads"))
       return self.o_proj(_tokens(out)).reshape(b, l, -1), layer_cache
     scores = jnp.einsum(f"blkgd,{kv_axes}->bkgls", q, k.astype(q.dtype),
