@@ -1,5 +1,5 @@
-"""The CPU causal-attention kernel (`aotd_jax/kernels/causal_attention`): numbers, gradients,
-padding rows, dispatch and fallbacks, against the jnp query-block path."""
+"""The CPU attention kernel (`aotd_jax/kernels/attention`): numbers, gradients, padding rows,
+dispatch and fallbacks, against the jnp query-block path (causal) and CLIP's einsum path (not)."""
 import ctypes
 import os
 import platform
@@ -13,8 +13,12 @@ from flax import nnx
 
 from aotd_jax import sharding
 from aotd_jax.kernels import build
-from aotd_jax.kernels import causal_attention as ka
+from aotd_jax.kernels import attention as ka
+from aotd_jax import hf
+from aotd_jax.models import clip
 from aotd_jax.models.causal_attention import blocked_causal_attention
+from aotd_jax.models.llava_next_video import LlavaNextVideoConfig, LlavaNextVideoForConditionalGeneration
+from aotd_jax.models.options import with_options
 from aotd_jax.models.llama import LlamaConfig, LlamaForCausalLM
 from tests.test_causal_attention import _attention_inputs
 from tests.test_llama import left_padded_batch
@@ -38,7 +42,7 @@ def _jnp(block):
 
 
 def _kernel(block):
-  return lambda q, k, v, mask: ka.causal_attention(q, k, v, mask, block)
+  return lambda q, k, v, mask: ka.attention(q, k, v, mask, block, True)
 
 
 def _grads(fn, q, k, v, mask, weights):
@@ -99,7 +103,7 @@ def test_vmap_and_a_general_mask():
 @needs_kernel
 def test_dispatch():
   q, k, v, mask, _, _ = _inputs()
-  target = "aotd_causal_attention_fwd"
+  target = "aotd_attention_fwd"
   assert target in _hlo(lambda q: blocked_causal_attention(q, k, v, mask, 4), q)
   assert target not in _hlo(lambda q: blocked_causal_attention(q, k, v, mask, 4, cpu_kernel=False), q)
   bf16 = [jnp.asarray(x, jnp.bfloat16) for x in (q, k, v)]
@@ -114,7 +118,7 @@ def test_without_the_kernel_the_jnp_path_runs(monkeypatch):
   monkeypatch.setattr(ka, "available", lambda: False)
   q, k, v, mask, _, valid = _inputs()
   fn = lambda q: blocked_causal_attention(q, k, v, mask, 4)  # noqa: E731
-  assert "aotd_causal_attention" not in _hlo(fn, q)
+  assert "aotd_attention" not in _hlo(fn, q)
   np.testing.assert_allclose(np.asarray(jax.jit(fn)(q)), np.asarray(_jnp(4)(q, k, v, mask)), atol=1e-6)
 
 
@@ -134,8 +138,8 @@ def test_llama_train_step_runs_the_kernel_and_matches_the_jnp_path():
 
   grad_of = lambda m: nnx.grad(loss)(m)  # noqa: E731
   hlo = nnx.jit(grad_of).lower(on).compile().as_text()
-  assert "aotd_causal_attention_fwd" in hlo and "aotd_causal_attention_bwd" in hlo
-  assert "aotd_causal_attention" not in nnx.jit(grad_of).lower(off).compile().as_text()
+  assert "aotd_attention_fwd" in hlo and "aotd_attention_bwd" in hlo
+  assert "aotd_attention" not in nnx.jit(grad_of).lower(off).compile().as_text()
   want = dict(nnx.to_flat_state(nnx.jit(grad_of)(off)))
   for path, g in nnx.to_flat_state(nnx.jit(grad_of)(on)):
     np.testing.assert_allclose(np.asarray(g[...]), np.asarray(want[path][...]), atol=2e-5, err_msg=str(path))
@@ -144,12 +148,12 @@ def test_llama_train_step_runs_the_kernel_and_matches_the_jnp_path():
 @needs_kernel
 def test_the_kernel_checks_its_operands():
   q, k, v, mask, _, _ = _inputs()
-  with pytest.raises(Exception, match="aotd_causal_attention_fwd: mask is not"):
-    jax.block_until_ready(ka._forward(q, k, v, mask[:, :, :-1], 4))
+  with pytest.raises(Exception, match="aotd_attention_fwd: mask is not"):
+    jax.block_until_ready(ka._forward(q, k, v, mask[:, :, :-1], 4, True))
   with pytest.raises(Exception, match="keys and values do not fit"):
-    jax.block_until_ready(ka._forward(q, k[:, :-1], v[:, :-1], mask, 4))
+    jax.block_until_ready(ka._forward(q, k[:, :-1], v[:, :-1], mask, 4, True))
   with pytest.raises(Exception, match="block must be >= 1"):
-    jax.block_until_ready(ka._forward(q, k, v, mask, 0))
+    jax.block_until_ready(ka._forward(q, k, v, mask, 0, True))
 
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or build.find_compiler() is None,
@@ -157,9 +161,59 @@ def test_the_kernel_checks_its_operands():
 def test_a_build_without_avx512_says_so(tmp_path):
   # CPUs without AVX-512 compile the source without its kernel: the library loads, reports no
   # support, and `available()` keeps the jnp path.
-  out = tmp_path / "libcausal_attention_avx2.so"
-  src = os.path.join(os.path.dirname(ka.__file__), "causal_attention.cc")
+  out = tmp_path / "libattention_avx2.so"
+  src = os.path.join(os.path.dirname(ka.__file__), "attention.cc")
   flags = [f for f in build._FLAGS if f != "-march=native"]
   subprocess.run([build.find_compiler(), *flags, "-march=x86-64-v3", f"-I{jax.ffi.include_dir()}", src,
                   "-o", str(out)], check=True, timeout=300)
-  assert ctypes.cdll.LoadLibrary(str(out)).AotdCausalAttentionSupported() == 0
+  assert ctypes.cdll.LoadLibrary(str(out)).AotdAttentionSupported() == 0
+
+
+def _clip_attention(cpu_kernels: bool, heads=3, d=8) -> clip.CLIPAttention:
+  cfg = clip.CLIPVisionConfig(hidden_size=heads * d, num_attention_heads=heads, cpu_kernels=cpu_kernels)
+  return clip.CLIPAttention(cfg, rngs=nnx.Rngs(0))
+
+
+@needs_kernel
+@pytest.mark.parametrize("length,masked", [(17, False), (65, True), (150, False)])
+def test_full_attention_equals_clips_einsum_path(length, masked):
+  """causal=False (CLIP's towers): values and gradients of the whole attention layer."""
+  on, off = _clip_attention(True), _clip_attention(False)
+  nnx.update(off, nnx.state(on))
+  rng = np.random.default_rng(length)
+  x = rng.standard_normal((2, length, 24)).astype(np.float32)
+  mask = None
+  if masked:  # CLIP text's (B, 1, L, L) causal & padding mask; row 0 of sequence 1 sees no key
+    valid = np.arange(length)[None] >= np.array([0, 5])[:, None]
+    mask = jnp.asarray(np.tril(np.ones((length, length), bool))[None, None] & valid[:, None, None])
+  assert "aotd_attention_fwd" in _hlo(lambda x: on(x, mask), x)
+  assert "aotd_attention" not in _hlo(lambda x: off(x, mask), x)
+  np.testing.assert_allclose(np.asarray(jax.jit(on)(x, mask)), np.asarray(jax.jit(off)(x, mask)),
+                             atol=2e-6, rtol=1e-5)
+  w = rng.standard_normal((2, length, 24)).astype(np.float32)
+  if masked:
+    w[1, :5] = 0  # padding queries: arbitrary in both paths, and no gradient from the kernel
+  grad = lambda m: nnx.jit(nnx.grad(lambda m, x: jnp.sum(m(x, mask) * w), argnums=(0, 1)))(m, x)  # noqa: E731
+  (gm_on, gx_on), (gm_off, gx_off) = grad(on), grad(off)
+  np.testing.assert_allclose(np.asarray(gx_on), np.asarray(gx_off), atol=1e-5, rtol=1e-5)
+  want = dict(nnx.to_flat_state(gm_off))
+  for path, g in nnx.to_flat_state(gm_on):
+    np.testing.assert_allclose(np.asarray(g[...]), np.asarray(want[path][...]), atol=1e-5, rtol=1e-5,
+                               err_msg=str(path))
+
+
+def test_cpu_kernels_option_reaches_both_towers_and_stays_out_of_config_json(tmp_path):
+  cfg = LlavaNextVideoConfig(
+      vision_config=clip.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                          num_attention_heads=2, image_size=28, patch_size=14),
+      text_config=LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                              num_attention_heads=2),
+      video_token_index=60, image_token_index=61)
+  model = with_options(LlavaNextVideoForConditionalGeneration(cfg, rngs=nnx.Rngs(0)), cpu_kernels=False)
+  assert not model.config.vision_config.cpu_kernels and not model.config.text_config.cpu_kernels
+  assert not clip.CLIPConfig(cpu_kernels=False).vision_config.cpu_kernels  # the towers follow
+  hf.save_pretrained(model, str(tmp_path))
+  with open(os.path.join(tmp_path, "config.json")) as f:
+    assert "cpu_kernels" not in f.read()
+  loaded = hf.from_pretrained(str(tmp_path))
+  assert loaded.config.vision_config.cpu_kernels and loaded.config.text_config.cpu_kernels

@@ -13,6 +13,7 @@ from flax import nnx
 
 from aotd_jax import hf
 from aotd_jax.models import clip
+from aotd_jax.models.options import with_options
 
 TOL = 1e-4
 
@@ -102,16 +103,17 @@ def test_vision_bad_pixel_shape(vision_dir):
     ours(np.zeros((3, 32, 32), np.float32))
 
 
+@pytest.mark.parametrize("cpu_kernels", [True, False])  # the C++ attention kernel / XLA's ops
 @pytest.mark.parametrize("eos_token_id", [98, 2])  # 2 = legacy configs: pool at argmax(input_ids)
-def test_clip_model_parity(tmp_path, eos_token_id):
+def test_clip_model_parity(tmp_path, eos_token_id, cpu_kernels):
   torch.manual_seed(2)
   cfg = transformers.CLIPConfig(
       text_config=dict(**TEXT, eos_token_id=eos_token_id, bos_token_id=97, pad_token_id=1),
       vision_config=dict(**VISION), projection_dim=16)
   ref = transformers.CLIPModel(cfg).eval()
   ref.save_pretrained(tmp_path)
-  ours = hf.from_pretrained(str(tmp_path))
-  assert isinstance(ours, clip.CLIPModel)
+  ours = with_options(hf.from_pretrained(str(tmp_path)), cpu_kernels=cpu_kernels)
+  assert isinstance(ours, clip.CLIPModel) and ours.config.vision_config.cpu_kernels == cpu_kernels
   rng = np.random.default_rng(3)
   ids, mask = _tokens(rng, eos_token_id)
   px = rng.normal(size=(2, 3, 32, 32)).astype(np.float32)

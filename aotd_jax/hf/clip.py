@@ -8,7 +8,7 @@ from aotd_jax.hf.mapping import CONV2D, Rule, embed, linear, norm
 from aotd_jax.hf.registry import Adapter
 from aotd_jax.models import clip
 
-_OURS = ("dtype", "param_dtype", "remat", "matmul_precision")
+_OURS = ("dtype", "param_dtype", "remat", "matmul_precision", "cpu_kernels")
 
 
 def _join(prefix: str, name: str, sep: str) -> str:

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from aotd_jax.kernels import causal_attention as attention_kernel
+from aotd_jax.kernels import attention as attention_kernel
 
 # Dimension numbers on (batch, kv_head, rows, features) operands.
 _QK = (((3,), (3,)), ((0, 1), (0, 1)))  # (b,k,r,d) x (b,k,s,d) -> (b,k,r,s)
@@ -99,7 +99,7 @@ def blocked_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax
       (False for j > i), e.g. causal & key padding: keys past a block's last query are skipped.
     block_size: queries per block; L need not be a multiple (the last block is padded).
     cpu_kernel: on one CPU device, float32 inputs run through aotd_jax's C++ kernel
-      (`aotd_jax/kernels/causal_attention.py`: same numbers, ~5x faster fwd + bwd); False, or
+      (`aotd_jax/kernels/attention.py`: same numbers, ~3x faster fwd + bwd); False, or
       anywhere else: the jnp blocks below.
 
   Returns:
@@ -113,7 +113,7 @@ def blocked_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax
   if block_size < 1:
     raise ValueError(f"blocked_causal_attention: block_size must be >= 1, got {block_size}")
   if cpu_kernel and attention_kernel.use_kernel(q, k, v, mask):
-    return attention_kernel.causal_attention(q, k, v, mask, block_size)
+    return attention_kernel.attention(q, k, v, mask, block_size, causal=True)
   blocks = -(-length // block_size)
   padded = blocks * block_size
   if padded != length:  # padding queries see no key and are cut from the output

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
+from aotd_jax.kernels import attention as attention_kernel
 from aotd_jax.kernels.amx_matmul import PrecisionDot
 from aotd_jax.sharding import constrain
 
@@ -40,6 +41,9 @@ class CLIPVisionConfig:
   remat: bool = False
   # "default" | "high" | "highest" for the dense layers: see `LlamaConfig.matmul_precision`.
   matmul_precision: str = "default"
+  # On a single CPU device, float32 attention runs through aotd_jax's C++ kernel
+  # (`aotd_jax/kernels/attention.py`); False: XLA's ops only.
+  cpu_kernels: bool = True
 
   @property
   def num_patches(self) -> int:
@@ -69,6 +73,9 @@ class CLIPTextConfig:
   remat: bool = False
   # "default" | "high" | "highest" for the dense layers: see `LlamaConfig.matmul_precision`.
   matmul_precision: str = "default"
+  # On a single CPU device, float32 attention runs through aotd_jax's C++ kernel
+  # (`aotd_jax/kernels/attention.py`); False: XLA's ops only.
+  cpu_kernels: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,13 +91,17 @@ class CLIPConfig:
   remat: bool = False
   # "default" | "high" | "highest" for the dense layers: see `LlamaConfig.matmul_precision`.
   matmul_precision: str = "default"
+  # On a single CPU device, float32 attention runs through aotd_jax's C++ kernel
+  # (`aotd_jax/kernels/attention.py`); False: XLA's ops only.
+  cpu_kernels: bool = True
 
   def __post_init__(self):
-    # One dtype/remat/precision choice for the whole model: the towers follow the top-level config.
+    # One dtype/remat/precision/kernel choice for the whole model: the towers follow the
+    # top-level config.
     for name in ("text_config", "vision_config"):
       sub = getattr(self, name)
       want = dict(dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat,
-                  matmul_precision=self.matmul_precision)
+                  matmul_precision=self.matmul_precision, cpu_kernels=self.cpu_kernels)
       if any(getattr(sub, k) != v for k, v in want.items()):
         object.__setattr__(self, name, dataclasses.replace(sub, **want))
 
@@ -148,6 +159,9 @@ def _layer_norm(cfg, dim: int, *, rngs: nnx.Rngs):
                        rngs=rngs)
 
 
+_KERNEL_BLOCK = 64  # queries per task step of the attention kernel (it only tiles the work here)
+
+
 class CLIPAttention(nnx.Module):
   """Multi-head self-attention with separate q/k/v projections (transformers' layout)."""
 
@@ -157,6 +171,7 @@ class CLIPAttention(nnx.Module):
       raise ValueError(f"hidden_size {d} is not divisible by num_attention_heads {cfg.num_attention_heads}")
     self.num_heads = cfg.num_attention_heads
     self.head_dim = d // self.num_heads
+    self.cpu_kernels = cfg.cpu_kernels
     self.q_proj = _dense(cfg, d, d, ("embed", "heads"), rngs=rngs)
     self.k_proj = _dense(cfg, d, d, ("embed", "heads"), rngs=rngs)
     self.v_proj = _dense(cfg, d, d, ("embed", "heads"), rngs=rngs)
@@ -166,6 +181,11 @@ class CLIPAttention(nnx.Module):
     b, l, d = x.shape
     split = lambda t: t.reshape(b, l, self.num_heads, self.head_dim)
     q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
+    if self.cpu_kernels and attention_kernel.use_kernel(q, k, v, mask):
+      # One CPU device, float32: the fused kernel, which never holds the (B, heads, L, L) scores.
+      full = jnp.ones((b, l, l), bool) if mask is None else jnp.broadcast_to(mask, (b, 1, l, l))[:, 0]
+      out = attention_kernel.attention(q[:, :, :, None], k, v, full, _KERNEL_BLOCK, causal=False)
+      return self.out_proj(out)
     scores = jnp.einsum("bqhd,bkhd->bhqk", q * (self.head_dim ** -0.5), k).astype(jnp.float32)
     if mask is not None:
       # transformers adds the dtype's most negative value: a fully masked row stays uniform.

@@ -7,19 +7,22 @@ from typing import Any
 
 from flax import nnx
 
-# Language-model options of a Video-LLM: they also reach its `text_config`.
+# Options of a Video-LLM that also reach its language model's `text_config` / its vision tower's
+# `vision_config`.
 _TEXT_OPTIONS = ("attention_impl", "attention_block_size", "cpu_kernels", "matmul_precision")
+_VISION_OPTIONS = ("cpu_kernels",)
 
 
 def apply_options(config, options: dict[str, Any]):
   """Sets dtype / param_dtype / remat / attention_impl / attention_block_size / cpu_kernels /
   matmul_precision / freeze_vision_tower where the config (or, for a Video-LLM, its language model's
-  `text_config`) has such a field."""
+  `text_config` or its vision tower's `vision_config`) has such a field."""
   fields = {f.name for f in dataclasses.fields(config)}
   updates = {k: v for k, v in options.items() if k in fields and v is not None}
-  text = {k: options.get(k) for k in _TEXT_OPTIONS if options.get(k) is not None}
-  if "text_config" in fields and text:
-    updates["text_config"] = apply_options(config.text_config, text)
+  for sub, names in (("text_config", _TEXT_OPTIONS), ("vision_config", _VISION_OPTIONS)):
+    given = {k: options.get(k) for k in names if options.get(k) is not None}
+    if sub in fields and given:
+      updates[sub] = apply_options(getattr(config, sub), given)
   return dataclasses.replace(config, **updates) if updates else config
 
 
@@ -35,5 +38,6 @@ def with_config(model: nnx.Module, config) -> nnx.Module:
 def with_options(model: nnx.Module, **options) -> nnx.Module:
   """`model` (same weights) with model options that config.json does not hold, e.g.
   `with_options(model, matmul_precision="high")`; a Video-LLM passes the language-model ones
-  (attention_impl, attention_block_size, cpu_kernels, matmul_precision) to its `text_config`."""
+  (attention_impl, attention_block_size, cpu_kernels, matmul_precision) to its `text_config` and
+  cpu_kernels to its `vision_config`."""
   return with_config(model, apply_options(model.config, options))

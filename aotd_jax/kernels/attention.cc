@@ -1,11 +1,14 @@
-// XLA FFI CPU kernels: grouped-query causal attention in float32, forward and backward.
+// XLA FFI CPU kernels: grouped-query attention with a boolean mask, in float32, forward and
+// backward.
 //
-// The same computation as the model's query-block attention (`aotd_jax/models/causal_attention.py`):
-// the queries are cut into blocks of `block` rows, block t meets keys [0, min((t + 1) block, L)),
-// scores are scaled by head_dim^-1/2, masked (a masked score is float32's lowest value, so a query
-// that sees no key averages its block's keys, as the jnp path does) and soft-maxed. XLA runs that
-// path as ~20 small ops per block, whose batched dots reach ~60 GFLOP/s on a CPU; here each
-// (batch, kv head) pair is one task that keeps its keys, values and scores in cache:
+// Causal (attribute `causal`), it is the model's query-block attention
+// (`aotd_jax/models/causal_attention.py`): the queries are cut into blocks of `block` rows and
+// block t meets keys [0, min((t + 1) block, L)). Otherwise every query meets all L keys (CLIP's
+// towers) and `block` only tiles the work. Scores are scaled by head_dim^-1/2 and masked (a masked
+// score is float32's lowest value, so a query that sees no key averages the keys it meets, as the
+// jnp paths do) and soft-maxed. XLA runs these as ~20 small ops per block, whose batched dots
+// reach ~60 GFLOP/s on a CPU, and materialises the (B, heads, L, L) scores; here each (batch,
+// kv head) pair is one task that keeps its keys, values and one block of scores in cache:
 //   forward:  S = Q K^T, P = softmax(S), O = P V; the log-sum-exp of each row is saved;
 //   backward: P is recomputed from the saved log-sum-exp, dP = dO V^T, dS = P (dP - rowsum(dO O)),
 //             dQ = dS K, dK += dS^T Q, dV += P^T dO (scaled where the scores were).
@@ -15,8 +18,8 @@
 // Layouts (row-major, as the model holds them, read in place): q, dq (B, L, kv, G, d); k, v, dk,
 // dv (B, L, kv, d); mask (B, L, L) bool; out, dout (B, L, kv G d); lse (B, kv, G, L).
 //
-// Built on demand by `aotd_jax/kernels/build.py`; see `causal_attention.py`. A build without
-// AVX-512 (F, BW, VL) compiles to handlers that return an error, and `AotdCausalAttentionSupported`
+// Built on demand by `aotd_jax/kernels/build.py`; see `attention.py`. A build without
+// AVX-512 (F, BW, VL) compiles to handlers that return an error, and `AotdAttentionSupported`
 // returns 0, so Python keeps the jnp path there.
 #include <algorithm>
 #include <atomic>
@@ -44,6 +47,8 @@ namespace {
 
 struct Shape {
   int64_t b, l, kv, g, d, block;
+  bool causal;
+  int64_t keys(int64_t r0) const { return causal ? std::min(r0 + block, l) : l; }  // block's keys
   int64_t q_stride() const { return kv * g * d; }  // between query rows of one head
   int64_t k_stride() const { return kv * d; }      // between key rows of one kv head
 };
@@ -285,7 +290,7 @@ struct Fwd {
     Transpose(k + kv_off, s.k_stride(), s.l, d, kt, lp);
     const float scale = 1.f / std::sqrt(static_cast<float>(d));
     for (int64_t r0 = 0; r0 < s.l; r0 += s.block) {
-      const int64_t rows = std::min(s.block, s.l - r0), n = std::min(r0 + s.block, s.l);
+      const int64_t rows = std::min(s.block, s.l - r0), n = s.keys(r0);
       for (int64_t gi = 0; gi < s.g; ++gi) {
         const int64_t q_off = ((bi * s.l + r0) * s.kv + h) * s.g * d + gi * d;
         Gemm(rows, n, d, q + q_off, s.q_stride(), 1, kt, lp, sc, lp, false);
@@ -322,7 +327,7 @@ struct Bwd {
     Transpose(v + kv_off, s.k_stride(), s.l, d, vt, lp);
     const float scale = 1.f / std::sqrt(static_cast<float>(d));
     for (int64_t r0 = 0; r0 < s.l; r0 += s.block) {
-      const int64_t rows = std::min(s.block, s.l - r0), n = std::min(r0 + s.block, s.l);
+      const int64_t rows = std::min(s.block, s.l - r0), n = s.keys(r0);
       for (int64_t gi = 0; gi < s.g; ++gi) {
         const int64_t q_off = ((bi * s.l + r0) * s.kv + h) * s.g * d + gi * d;
         const float* row_lse = lse + ((bi * s.kv + h) * s.g + gi) * s.l + r0;
@@ -349,13 +354,14 @@ struct Bwd {
 
 // Checks the operands' shapes; fills `s` from q (B, L, kv, G, d).
 ffi::Error ReadShape(const char* name, ffi::Buffer<ffi::F32>& q, ffi::Buffer<ffi::F32>& k,
-                     ffi::Buffer<ffi::F32>& v, ffi::Buffer<ffi::PRED>& mask, int64_t block, Shape* s) {
+                     ffi::Buffer<ffi::F32>& v, ffi::Buffer<ffi::PRED>& mask, int64_t block, bool causal,
+                     Shape* s) {
   const auto qd = q.dimensions(), kd = k.dimensions(), vd = v.dimensions(), md = mask.dimensions();
   if (qd.size() != 5 || kd.size() != 4 || vd.size() != 4 || md.size() != 3) {
     return ffi::Error::InvalidArgument(std::string(name) +
                                        ": want q (B, L, kv, G, d), k and v (B, L, kv, d), mask (B, L, L)");
   }
-  *s = Shape{qd[0], qd[1], qd[2], qd[3], qd[4], block};
+  *s = Shape{qd[0], qd[1], qd[2], qd[3], qd[4], block, causal};
   for (int i = 0; i < 4; ++i) {
     const int64_t want = i < 3 ? qd[i] : qd[4];
     if (kd[i] != want || vd[i] != want) {
@@ -371,22 +377,23 @@ ffi::Error ReadShape(const char* name, ffi::Buffer<ffi::F32>& q, ffi::Buffer<ffi
 
 ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
                    ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::PRED> mask,
-                   ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> lse, int64_t block) {
+                   ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> lse, int64_t block,
+                   bool causal) {
   Shape s;
-  if (auto e = ReadShape("aotd_causal_attention_fwd", q, k, v, mask, block, &s); e.failure()) return e;
+  if (auto e = ReadShape("aotd_attention_fwd", q, k, v, mask, block, causal, &s); e.failure()) return e;
   if (s.b * s.l * s.kv * s.g == 0) return ffi::Error::Success();
   if (s.d == 0) {
-    return ffi::Error::InvalidArgument("aotd_causal_attention_fwd: head_dim must be >= 1");
+    return ffi::Error::InvalidArgument("aotd_attention_fwd: head_dim must be >= 1");
   }
 #ifdef AOTD_AVX512
   const Fwd fwd{s, q.typed_data(), k.typed_data(), v.typed_data(), mask.typed_data(),
                 out->typed_data(), lse->typed_data()};
   if (!ParallelFor(pool, s.b * s.kv, [&fwd](int64_t unit) { return fwd.Unit(unit); })) {
-    return ffi::Error(ffi::ErrorCode::kResourceExhausted, "aotd_causal_attention_fwd: out of memory");
+    return ffi::Error(ffi::ErrorCode::kResourceExhausted, "aotd_attention_fwd: out of memory");
   }
   return ffi::Error::Success();
 #else
-  return ffi::Error::Internal("aotd_causal_attention_fwd: built without AVX-512");
+  return ffi::Error::Internal("aotd_attention_fwd: built without AVX-512");
 #endif
 }
 
@@ -394,12 +401,12 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<f
                     ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::PRED> mask, ffi::Buffer<ffi::F32> out,
                     ffi::Buffer<ffi::F32> lse, ffi::Buffer<ffi::F32> dout,
                     ffi::ResultBuffer<ffi::F32> dq, ffi::ResultBuffer<ffi::F32> dk,
-                    ffi::ResultBuffer<ffi::F32> dv, int64_t block) {
+                    ffi::ResultBuffer<ffi::F32> dv, int64_t block, bool causal) {
   Shape s;
-  if (auto e = ReadShape("aotd_causal_attention_bwd", q, k, v, mask, block, &s); e.failure()) return e;
+  if (auto e = ReadShape("aotd_attention_bwd", q, k, v, mask, block, causal, &s); e.failure()) return e;
   if (out.element_count() != q.element_count() || dout.element_count() != q.element_count() ||
       static_cast<int64_t>(lse.element_count()) != s.b * s.kv * s.g * s.l) {
-    return ffi::Error::InvalidArgument("aotd_causal_attention_bwd: out, dout or lse has the wrong size");
+    return ffi::Error::InvalidArgument("aotd_attention_bwd: out, dout or lse has the wrong size");
   }
   if (s.b * s.l * s.kv * s.g * s.d == 0) {
     std::fill(dk->typed_data(), dk->typed_data() + dk->element_count(), 0.f);
@@ -411,18 +418,18 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<f
                 dout.typed_data(), mask.typed_data(), dq->typed_data(), dk->typed_data(),
                 dv->typed_data()};
   if (!ParallelFor(pool, s.b * s.kv, [&bwd](int64_t unit) { return bwd.Unit(unit); })) {
-    return ffi::Error(ffi::ErrorCode::kResourceExhausted, "aotd_causal_attention_bwd: out of memory");
+    return ffi::Error(ffi::ErrorCode::kResourceExhausted, "aotd_attention_bwd: out of memory");
   }
   return ffi::Error::Success();
 #else
-  return ffi::Error::Internal("aotd_causal_attention_bwd: built without AVX-512");
+  return ffi::Error::Internal("aotd_attention_bwd: built without AVX-512");
 #endif
 }
 
 }  // namespace
 
 // 1 when this build has the AVX-512 (F, BW, VL) code path.
-extern "C" int AotdCausalAttentionSupported() {
+extern "C" int AotdAttentionSupported() {
 #ifdef AOTD_AVX512
   return 1;
 #else
@@ -430,7 +437,7 @@ extern "C" int AotdCausalAttentionSupported() {
 #endif
 }
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(AotdCausalAttentionFwd, Forward,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AotdAttentionFwd, Forward,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()   // q
@@ -439,9 +446,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AotdCausalAttentionFwd, Forward,
                                   .Arg<ffi::Buffer<ffi::PRED>>()  // mask
                                   .Ret<ffi::Buffer<ffi::F32>>()   // out
                                   .Ret<ffi::Buffer<ffi::F32>>()   // lse
-                                  .Attr<int64_t>("block"));
+                                  .Attr<int64_t>("block")
+                                  .Attr<bool>("causal"));
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(AotdCausalAttentionBwd, Backward,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AotdAttentionBwd, Backward,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()   // q
@@ -454,4 +462,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AotdCausalAttentionBwd, Backward,
                                   .Ret<ffi::Buffer<ffi::F32>>()   // dq
                                   .Ret<ffi::Buffer<ffi::F32>>()   // dk
                                   .Ret<ffi::Buffer<ffi::F32>>()   // dv
-                                  .Attr<int64_t>("block"));
+                                  .Attr<int64_t>("block")
+                                  .Attr<bool>("causal"));
