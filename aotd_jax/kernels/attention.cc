@@ -157,17 +157,30 @@ constexpr const TileFn* kTiles[kMaxRows + 1] = {nullptr, RowTiles<1>::kFns, RowT
                                                 RowTiles<3>::kFns, RowTiles<4>::kFns,
                                                 RowTiles<5>::kFns, RowTiles<6>::kFns};
 
-// C (M x N, row stride ldc) (+)= A (M x K) B (K x N, row stride ldb), A(i, k) = a[i sa + k sk].
+constexpr int64_t kKc = 128;  // rows of B per pass: 128 x 64 floats (32 KB) stay in L1
+
+constexpr int64_t kNc = 16 * kMaxVecs;  // columns of B per tile
+
+// C (M x N, row stride ldc) (+)= A (M x K) B (K x N), A(i, k) = a[i sa + k sk]. B is held in
+// panels of kNc columns, `bp` floats apart, with row stride ldb inside a panel: a row-major B has
+// bp = kNc; `TransposeToPanels` makes ldb = kNc, bp = K kNc.
 void Gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t sa, int64_t sk, const float* b,
-          int64_t ldb, float* c, int64_t ldc, bool accumulate) {
-  for (int64_t j = 0; j < n; j += 16 * kMaxVecs) {
-    const int64_t cols = std::min<int64_t>(16 * kMaxVecs, n - j);
-    const int64_t vecs = (cols + 15) / 16;
-    const __mmask16 last = FirstLanes(cols - 16 * (vecs - 1));
-    for (int64_t i = 0; i < m; i += kMaxRows) {
-      const int64_t rows = std::min<int64_t>(kMaxRows, m - i);
-      kTiles[rows][vecs](a + i * sa, sa, sk, b + j, ldb, c + i * ldc + j, ldc, k, last, accumulate);
+          int64_t ldb, int64_t bp, float* c, int64_t ldc, bool accumulate) {
+  for (int64_t k0 = 0; k0 < k; k0 += kKc) {
+    const int64_t kc = std::min(kKc, k - k0);
+    for (int64_t j = 0; j < n; j += kNc) {
+      const int64_t cols = std::min<int64_t>(kNc, n - j);
+      const int64_t vecs = (cols + 15) / 16;
+      const __mmask16 last = FirstLanes(cols - 16 * (vecs - 1));
+      for (int64_t i = 0; i < m; i += kMaxRows) {
+        const int64_t rows = std::min<int64_t>(kMaxRows, m - i);
+        kTiles[rows][vecs](a + i * sa + k0 * sk, sa, sk, b + j / kNc * bp + k0 * ldb, ldb, c + i * ldc + j, ldc,
+                           kc, last, accumulate || k0 > 0);
+      }
     }
+  }
+  if (k == 0 && !accumulate) {
+    for (int64_t i = 0; i < m; ++i) std::fill(c + i * ldc, c + i * ldc + n, 0.f);
   }
 }
 
@@ -250,16 +263,24 @@ float Dot(const float* x, const float* y, int64_t n) {
   return _mm512_reduce_add_ps(acc);
 }
 
-// dst (cols x ld) = src^T for src (rows x cols, row stride rs); columns [rows, ld) are zero.
-// 16 rows at a time, so each write fills one cache line and the 16 rows read stay in L1.
-void Transpose(const float* src, int64_t rs, int64_t rows, int64_t cols, float* dst, int64_t ld) {
-  for (int64_t c = 0; c < cols; ++c) std::fill(dst + c * ld + rows, dst + (c + 1) * ld, 0.f);
+// src^T for src (rows x cols, row stride rs), into panels of kNc columns of src^T (rows of src):
+// panel p, kNc x cols floats, holds dst[p][c][j] = src[p kNc + j][c]. Each panel is contiguous,
+// so a tile's loads of B stay within a few pages (a row-major src^T at long L put each of its
+// rows on its own page). 16 rows at a time, so the reads stay in L1.
+void TransposeToPanels(const float* src, int64_t rs, int64_t rows, int64_t cols, float* dst) {
   for (int64_t r0 = 0; r0 < rows; r0 += 16) {
     const int64_t r1 = std::min(rows, r0 + 16);
+    float* panel = dst + r0 / kNc * kNc * cols + r0 % kNc;
     for (int64_t c = 0; c < cols; ++c) {
-      for (int64_t r = r0; r < r1; ++r) dst[c * ld + r] = src[r * rs + c];
+      for (int64_t r = r0; r < r1; ++r) panel[c * kNc + (r - r0)] = src[r * rs + c];
     }
   }
+}
+
+// dst (rows x cols, contiguous) = src (rows x cols, row stride rs): one head's keys or values
+// read contiguously afterwards (at long L their rows, kv heads apart, span more pages than the TLB).
+void Pack(const float* src, int64_t rs, int64_t rows, int64_t cols, float* dst) {
+  for (int64_t r = 0; r < rows; ++r) std::memcpy(dst + r * cols, src + r * rs, cols * sizeof(float));
 }
 
 // A thread's scratch, grown as needed and kept for its next task; nullptr when out of memory.
@@ -283,22 +304,25 @@ struct Fwd {
 
   bool Unit(int64_t unit) const {  // one (batch, kv head) pair; false when out of memory
     const int64_t bi = unit / s.kv, h = unit % s.kv, d = s.d, lp = RoundUp(s.l, 16);
-    float* kt = Scratch(d * lp + std::min(s.block, s.l) * lp);
+    const int64_t tp = RoundUp(s.l, kNc) * d;  // floats of K^T in panels
+    float* kt = Scratch(tp + s.l * d + std::min(s.block, s.l) * lp);
     if (kt == nullptr) return false;
-    float* sc = kt + d * lp;
+    float* vp = kt + tp;
+    float* sc = vp + s.l * d;
     const int64_t kv_off = (bi * s.l * s.kv + h) * d;
-    Transpose(k + kv_off, s.k_stride(), s.l, d, kt, lp);
+    TransposeToPanels(k + kv_off, s.k_stride(), s.l, d, kt);
+    Pack(v + kv_off, s.k_stride(), s.l, d, vp);
     const float scale = 1.f / std::sqrt(static_cast<float>(d));
     for (int64_t r0 = 0; r0 < s.l; r0 += s.block) {
       const int64_t rows = std::min(s.block, s.l - r0), n = s.keys(r0);
       for (int64_t gi = 0; gi < s.g; ++gi) {
         const int64_t q_off = ((bi * s.l + r0) * s.kv + h) * s.g * d + gi * d;
-        Gemm(rows, n, d, q + q_off, s.q_stride(), 1, kt, lp, sc, lp, false);
+        Gemm(rows, n, d, q + q_off, s.q_stride(), 1, kt, kNc, kNc * d, sc, lp, false);
         float* row_lse = lse + ((bi * s.kv + h) * s.g + gi) * s.l + r0;
         for (int64_t r = 0; r < rows; ++r) {
           row_lse[r] = SoftmaxRow(sc + r * lp, n, mask + (bi * s.l + r0 + r) * s.l, scale);
         }
-        Gemm(rows, d, n, sc, lp, 1, v + kv_off, s.k_stride(), out + q_off, s.q_stride(), false);
+        Gemm(rows, d, n, sc, lp, 1, vp, d, kNc, out + q_off, s.q_stride(), false);
       }
     }
     return true;
@@ -313,33 +337,35 @@ struct Bwd {
 
   bool Unit(int64_t unit) const {
     const int64_t bi = unit / s.kv, h = unit % s.kv, d = s.d, lp = RoundUp(s.l, 16);
-    const int64_t rows = std::min(s.block, s.l);
-    float* kt = Scratch(2 * d * lp + 2 * rows * lp + 2 * s.l * d);
+    const int64_t rows = std::min(s.block, s.l), tp = RoundUp(s.l, kNc) * d;
+    float* kt = Scratch(2 * tp + 2 * rows * lp + 3 * s.l * d);
     if (kt == nullptr) return false;
-    float* vt = kt + d * lp;
-    float* p = vt + d * lp;
+    float* vt = kt + tp;
+    float* kp = vt + tp;
+    float* p = kp + s.l * d;
     float* ds = p + rows * lp;
     float* dk_acc = ds + rows * lp;
     float* dv_acc = dk_acc + s.l * d;
     std::fill(dk_acc, dk_acc + 2 * s.l * d, 0.f);
     const int64_t kv_off = (bi * s.l * s.kv + h) * d;
-    Transpose(k + kv_off, s.k_stride(), s.l, d, kt, lp);
-    Transpose(v + kv_off, s.k_stride(), s.l, d, vt, lp);
+    TransposeToPanels(k + kv_off, s.k_stride(), s.l, d, kt);
+    TransposeToPanels(v + kv_off, s.k_stride(), s.l, d, vt);
+    Pack(k + kv_off, s.k_stride(), s.l, d, kp);
     const float scale = 1.f / std::sqrt(static_cast<float>(d));
     for (int64_t r0 = 0; r0 < s.l; r0 += s.block) {
       const int64_t rows = std::min(s.block, s.l - r0), n = s.keys(r0);
       for (int64_t gi = 0; gi < s.g; ++gi) {
         const int64_t q_off = ((bi * s.l + r0) * s.kv + h) * s.g * d + gi * d;
         const float* row_lse = lse + ((bi * s.kv + h) * s.g + gi) * s.l + r0;
-        Gemm(rows, n, d, q + q_off, s.q_stride(), 1, kt, lp, p, lp, false);
-        Gemm(rows, n, d, dout + q_off, s.q_stride(), 1, vt, lp, ds, lp, false);
+        Gemm(rows, n, d, q + q_off, s.q_stride(), 1, kt, kNc, kNc * d, p, lp, false);
+        Gemm(rows, n, d, dout + q_off, s.q_stride(), 1, vt, kNc, kNc * d, ds, lp, false);
         for (int64_t r = 0; r < rows; ++r) {
           const float delta = Dot(dout + q_off + r * s.q_stride(), out + q_off + r * s.q_stride(), d);
           GradRow(p + r * lp, ds + r * lp, n, mask + (bi * s.l + r0 + r) * s.l, scale, row_lse[r], delta);
         }
-        Gemm(rows, d, n, ds, lp, 1, k + kv_off, s.k_stride(), dq + q_off, s.q_stride(), false);
-        Gemm(n, d, rows, ds, 1, lp, q + q_off, s.q_stride(), dk_acc, d, true);
-        Gemm(n, d, rows, p, 1, lp, dout + q_off, s.q_stride(), dv_acc, d, true);
+        Gemm(rows, d, n, ds, lp, 1, kp, d, kNc, dq + q_off, s.q_stride(), false);
+        Gemm(n, d, rows, ds, 1, lp, q + q_off, s.q_stride(), kNc, dk_acc, d, true);
+        Gemm(n, d, rows, p, 1, lp, dout + q_off, s.q_stride(), kNc, dv_acc, d, true);
       }
     }
     for (int64_t j = 0; j < s.l; ++j) {
