@@ -217,3 +217,27 @@ def test_cpu_kernels_option_reaches_both_towers_and_stays_out_of_config_json(tmp
     assert "cpu_kernels" not in f.read()
   loaded = hf.from_pretrained(str(tmp_path))
   assert loaded.config.vision_config.cpu_kernels and loaded.config.text_config.cpu_kernels
+
+
+@needs_kernel
+def test_remat_and_concurrent_python_threads():
+  """The kernel's custom VJP under `remat`, and calls from several Python threads at once."""
+  cfg = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+             num_attention_heads=4, num_key_value_heads=2, attention_block_size=8)
+  plain = LlamaForCausalLM(LlamaConfig(**cfg), rngs=nnx.Rngs(0))
+  remat = LlamaForCausalLM(LlamaConfig(**cfg, remat=True), rngs=nnx.Rngs(0))
+  ids, mask, _ = left_padded_batch(vocab=64, length=20, pads=(0, 6, 3))
+  loss = lambda m: jnp.sum(m(ids, mask).logits * mask[:, :, None])  # noqa: E731
+  want = dict(nnx.to_flat_state(nnx.jit(nnx.grad(loss))(plain)))
+  assert "aotd_attention_bwd" in nnx.jit(nnx.grad(loss)).lower(remat).compile().as_text()
+  for path, g in nnx.to_flat_state(nnx.jit(nnx.grad(loss))(remat)):
+    np.testing.assert_allclose(np.asarray(g[...]), np.asarray(want[path][...]), atol=2e-5, err_msg=str(path))
+
+  import concurrent.futures
+  q, k, v, mask, _, _ = _inputs(b=4, length=70, kv=2, groups=2, d=16, pads=(0, 3, 9, 30))
+  fn = jax.jit(_kernel(16))
+  want = np.asarray(fn(q, k, v, mask))
+  with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    outs = list(pool.map(lambda _: np.asarray(fn(q, k, v, mask)), range(8)))
+  for out in outs:
+    np.testing.assert_array_equal(out, want)
