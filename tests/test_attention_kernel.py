@@ -241,3 +241,21 @@ def test_remat_and_concurrent_python_threads():
     outs = list(pool.map(lambda _: np.asarray(fn(q, k, v, mask)), range(8)))
   for out in outs:
     np.testing.assert_array_equal(out, want)
+
+
+@needs_kernel
+@pytest.mark.parametrize("causal", [True, False])
+def test_a_shared_mask_and_no_mask_equal_their_broadcast(causal):
+  """(1, L, L) is one mask for the batch; None is every key (CLIP's vision tower): both give
+  what the full (B, L, L) mask gives, values and gradients."""
+  q, k, v, mask, weights, _ = _inputs(b=3, length=40, pads=(0, 0, 0))
+  shared = mask[:1] if causal else mask[:1] | True
+  full = jnp.broadcast_to(shared, mask.shape)
+  for given in ([shared, None] if not causal else [shared]):
+    fn = lambda q, k, v, m=given: ka.attention(q, k, v, m, 16, causal)  # noqa: E731
+    ref = lambda q, k, v: ka.attention(q, k, v, full, 16, causal)  # noqa: E731
+    np.testing.assert_array_equal(np.asarray(jax.jit(fn)(q, k, v)), np.asarray(jax.jit(ref)(q, k, v)))
+    got = jax.jit(jax.grad(lambda q, k, v: jnp.sum(fn(q, k, v) * weights), (0, 1, 2)))(q, k, v)
+    want = jax.jit(jax.grad(lambda q, k, v: jnp.sum(ref(q, k, v) * weights), (0, 1, 2)))(q, k, v)
+    for a, c in zip(got, want):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(c))

@@ -16,7 +16,8 @@
 // scores get no gradient; a query that sees no key gets none at all.
 //
 // Layouts (row-major, as the model holds them, read in place): q, dq (B, L, kv, G, d); k, v, dk,
-// dv (B, L, kv, d); mask (B, L, L) bool; out, dout (B, L, kv G d); lse (B, kv, G, L).
+// dv (B, L, kv, d); mask (B, L, L) or (1, L, L) bool, shared by the batch, or none (attribute
+// `masked` false: CLIP's vision tower); out, dout (B, L, kv G d); lse (B, kv, G, L).
 //
 // Built on demand by `aotd_jax/kernels/build.py`; see `attention.py`. A build without
 // AVX-512 (F, BW, VL) compiles to handlers that return an error, and `AotdAttentionSupported`
@@ -48,7 +49,12 @@ namespace {
 struct Shape {
   int64_t b, l, kv, g, d, block;
   bool causal;
+  int64_t mask_batch;  // 0: no mask; 1: one (L, L) mask for the batch; b: one per sequence
   int64_t keys(int64_t r0) const { return causal ? std::min(r0 + block, l) : l; }  // block's keys
+  // Row i of sequence bi's mask, or nullptr when there is no mask.
+  const bool* mask_row(const bool* mask, int64_t bi, int64_t i) const {
+    return mask_batch == 0 ? nullptr : mask + ((mask_batch == 1 ? 0 : bi) * l + i) * l;
+  }
   int64_t q_stride() const { return kv * g * d; }  // between query rows of one head
   int64_t k_stride() const { return kv * d; }      // between key rows of one kv head
 };
@@ -204,10 +210,11 @@ inline __m512 Exp(__m512 x) {
   return _mm512_maskz_mov_ps(~tiny, _mm512_scalef_ps(p, n));
 }
 
-// Lanes of mask[j : j + 16] that are true, within the first `cols`.
-inline __mmask16 MaskLanes(const bool* mask, int64_t cols) {
+// Lanes of row[j : j + 16] that are true, within the first `cols` (all of those without a mask).
+inline __mmask16 MaskLanes(const bool* row, int64_t j, int64_t cols) {
   const __mmask16 in = FirstLanes(cols);
-  const __m128i bytes = _mm_maskz_loadu_epi8(in, mask);
+  if (row == nullptr) return in;
+  const __m128i bytes = _mm_maskz_loadu_epi8(in, row + j);
   return _mm_mask_test_epi8_mask(in, bytes, bytes);
 }
 
@@ -217,7 +224,7 @@ float SoftmaxRow(float* s, int64_t n, const bool* mask, float scale) {
   __m512 vmax = lowest;
   for (int64_t j = 0; j < n; j += 16) {
     const __mmask16 in = FirstLanes(n - j);
-    const __m512 x = _mm512_mask_blend_ps(MaskLanes(mask + j, n - j), lowest,
+    const __m512 x = _mm512_mask_blend_ps(MaskLanes(mask, j, n - j), lowest,
                                           _mm512_mul_ps(_mm512_maskz_loadu_ps(in, s + j), _mm512_set1_ps(scale)));
     _mm512_mask_storeu_ps(s + j, in, x);
     vmax = _mm512_mask_max_ps(vmax, in, vmax, x);
@@ -244,7 +251,7 @@ float SoftmaxRow(float* s, int64_t n, const bool* mask, float scale) {
 void GradRow(float* s, float* dp, int64_t n, const bool* mask, float scale, float lse, float delta) {
   for (int64_t j = 0; j < n; j += 16) {
     const __mmask16 in = FirstLanes(n - j);
-    const __mmask16 keep = MaskLanes(mask + j, n - j);
+    const __mmask16 keep = MaskLanes(mask, j, n - j);
     const __m512 x = _mm512_fmsub_ps(_mm512_maskz_loadu_ps(in, s + j), _mm512_set1_ps(scale),
                                      _mm512_set1_ps(lse));
     const __m512 p = _mm512_maskz_mov_ps(keep, Exp(x));
@@ -320,7 +327,7 @@ struct Fwd {
         Gemm(rows, n, d, q + q_off, s.q_stride(), 1, kt, kNc, kNc * d, sc, lp, false);
         float* row_lse = lse + ((bi * s.kv + h) * s.g + gi) * s.l + r0;
         for (int64_t r = 0; r < rows; ++r) {
-          row_lse[r] = SoftmaxRow(sc + r * lp, n, mask + (bi * s.l + r0 + r) * s.l, scale);
+          row_lse[r] = SoftmaxRow(sc + r * lp, n, s.mask_row(mask, bi, r0 + r), scale);
         }
         Gemm(rows, d, n, sc, lp, 1, vp, d, kNc, out + q_off, s.q_stride(), false);
       }
@@ -361,7 +368,7 @@ struct Bwd {
         Gemm(rows, n, d, dout + q_off, s.q_stride(), 1, vt, kNc, kNc * d, ds, lp, false);
         for (int64_t r = 0; r < rows; ++r) {
           const float delta = Dot(dout + q_off + r * s.q_stride(), out + q_off + r * s.q_stride(), d);
-          GradRow(p + r * lp, ds + r * lp, n, mask + (bi * s.l + r0 + r) * s.l, scale, row_lse[r], delta);
+          GradRow(p + r * lp, ds + r * lp, n, s.mask_row(mask, bi, r0 + r), scale, row_lse[r], delta);
         }
         Gemm(rows, d, n, ds, lp, 1, kp, d, kNc, dq + q_off, s.q_stride(), false);
         Gemm(n, d, rows, ds, 1, lp, q + q_off, s.q_stride(), kNc, dk_acc, d, true);
@@ -381,21 +388,21 @@ struct Bwd {
 // Checks the operands' shapes; fills `s` from q (B, L, kv, G, d).
 ffi::Error ReadShape(const char* name, ffi::Buffer<ffi::F32>& q, ffi::Buffer<ffi::F32>& k,
                      ffi::Buffer<ffi::F32>& v, ffi::Buffer<ffi::PRED>& mask, int64_t block, bool causal,
-                     Shape* s) {
+                     bool masked, Shape* s) {
   const auto qd = q.dimensions(), kd = k.dimensions(), vd = v.dimensions(), md = mask.dimensions();
   if (qd.size() != 5 || kd.size() != 4 || vd.size() != 4 || md.size() != 3) {
     return ffi::Error::InvalidArgument(std::string(name) +
                                        ": want q (B, L, kv, G, d), k and v (B, L, kv, d), mask (B, L, L)");
   }
-  *s = Shape{qd[0], qd[1], qd[2], qd[3], qd[4], block, causal};
+  *s = Shape{qd[0], qd[1], qd[2], qd[3], qd[4], block, causal, masked ? md[0] : 0};
   for (int i = 0; i < 4; ++i) {
     const int64_t want = i < 3 ? qd[i] : qd[4];
     if (kd[i] != want || vd[i] != want) {
       return ffi::Error::InvalidArgument(std::string(name) + ": keys and values do not fit the queries");
     }
   }
-  if (md[0] != s->b || md[1] != s->l || md[2] != s->l) {
-    return ffi::Error::InvalidArgument(std::string(name) + ": mask is not (B, L, L)");
+  if (masked && ((md[0] != s->b && md[0] != 1) || md[1] != s->l || md[2] != s->l)) {
+    return ffi::Error::InvalidArgument(std::string(name) + ": mask is not (B, L, L) or (1, L, L)");
   }
   if (block < 1) return ffi::Error::InvalidArgument(std::string(name) + ": block must be >= 1");
   return ffi::Error::Success();
@@ -404,9 +411,9 @@ ffi::Error ReadShape(const char* name, ffi::Buffer<ffi::F32>& q, ffi::Buffer<ffi
 ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
                    ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::PRED> mask,
                    ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> lse, int64_t block,
-                   bool causal) {
+                   bool causal, bool masked) {
   Shape s;
-  if (auto e = ReadShape("aotd_attention_fwd", q, k, v, mask, block, causal, &s); e.failure()) return e;
+  if (auto e = ReadShape("aotd_attention_fwd", q, k, v, mask, block, causal, masked, &s); e.failure()) return e;
   if (s.b * s.l * s.kv * s.g == 0) return ffi::Error::Success();
   if (s.d == 0) {
     return ffi::Error::InvalidArgument("aotd_attention_fwd: head_dim must be >= 1");
@@ -427,9 +434,9 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<f
                     ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::PRED> mask, ffi::Buffer<ffi::F32> out,
                     ffi::Buffer<ffi::F32> lse, ffi::Buffer<ffi::F32> dout,
                     ffi::ResultBuffer<ffi::F32> dq, ffi::ResultBuffer<ffi::F32> dk,
-                    ffi::ResultBuffer<ffi::F32> dv, int64_t block, bool causal) {
+                    ffi::ResultBuffer<ffi::F32> dv, int64_t block, bool causal, bool masked) {
   Shape s;
-  if (auto e = ReadShape("aotd_attention_bwd", q, k, v, mask, block, causal, &s); e.failure()) return e;
+  if (auto e = ReadShape("aotd_attention_bwd", q, k, v, mask, block, causal, masked, &s); e.failure()) return e;
   if (out.element_count() != q.element_count() || dout.element_count() != q.element_count() ||
       static_cast<int64_t>(lse.element_count()) != s.b * s.kv * s.g * s.l) {
     return ffi::Error::InvalidArgument("aotd_attention_bwd: out, dout or lse has the wrong size");
@@ -473,7 +480,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AotdAttentionFwd, Forward,
                                   .Ret<ffi::Buffer<ffi::F32>>()   // out
                                   .Ret<ffi::Buffer<ffi::F32>>()   // lse
                                   .Attr<int64_t>("block")
-                                  .Attr<bool>("causal"));
+                                  .Attr<bool>("causal")
+                                  .Attr<bool>("masked"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AotdAttentionBwd, Backward,
                               ffi::Ffi::Bind()
@@ -489,4 +497,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AotdAttentionBwd, Backward,
                                   .Ret<ffi::Buffer<ffi::F32>>()   // dk
                                   .Ret<ffi::Buffer<ffi::F32>>()   // dv
                                   .Attr<int64_t>("block")
-                                  .Attr<bool>("causal"));
+                                  .Attr<bool>("causal")
+                                  .Attr<bool>("masked"));

@@ -6,7 +6,8 @@ computes the same thing with one task per (batch, kv head) that keeps the head's
 one block of scores in cache: the forward pass saves each query's log-sum-exp, the backward pass
 recomputes the probabilities from it (`benchmarks/attention_cpu.py`, `benchmarks/RESULTS.md`).
 
-Two modes, both with an arbitrary (B, L, L) mask:
+Two modes, both with an arbitrary (B, L, L) mask, one (1, L, L) mask for the whole batch, or
+none:
 - `causal=True`: the query-block attention of `aotd_jax/models/causal_attention.py` (Llama
   training and scoring): block t of `block_size` queries meets keys [0, (t + 1) * block_size), so
   the mask must be causal.
@@ -49,16 +50,22 @@ def use_kernel(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None 
           and (mask is None or mask.dtype == jnp.bool_) and build.single_cpu_device() and available())
 
 
+def _mask_operand(mask):
+  """The mask buffer and the `masked` attribute: no mask travels as a 1-element dummy."""
+  return (jnp.zeros((1, 1, 1), bool), False) if mask is None else (mask, True)
+
+
 def _forward(q, k, v, mask, block_size, causal):
   b, length, kv, groups, d = q.shape
   out = jax.ShapeDtypeStruct((b, length, kv * groups * d), jnp.float32)
   lse = jax.ShapeDtypeStruct((b, kv, groups, length), jnp.float32)
+  mask, masked = _mask_operand(mask)
   return jax.ffi.ffi_call(TARGET_FWD, (out, lse), vmap_method="sequential")(
-      q, k, v, mask, block=block_size, causal=causal)
+      q, k, v, mask, block=block_size, causal=causal, masked=masked)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, block_size: int,
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, block_size: int,
               causal: bool) -> jax.Array:
   """Grouped-query attention over blocks of `block_size` queries, by the kernel.
 
@@ -66,7 +73,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, block_s
     q: (B, L, kv_heads, groups, head_dim) float32 queries (RoPE applied, not scaled); query head h
       is (h // groups, h % groups), transformers' grouping.
     k, v: (B, L, kv_heads, head_dim) float32 keys and values.
-    mask: (B, L, L) bool, True where query i may attend to key j (causal when `causal`).
+    mask: (B, L, L) bool, True where query i may attend to key j (causal when `causal`); or
+      (1, L, L), shared by the batch; or None: every key.
     block_size: queries per block (>= 1).
     causal: block t meets keys [0, (t + 1) * block_size) only; False: all keys.
 
@@ -85,8 +93,10 @@ def _fwd(q, k, v, mask, block_size, causal):
 def _bwd(block_size, causal, res, d_out):
   q, k, v, mask, out, lse = res
   shapes = [jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in (q, k, v)]
+  mask, masked = _mask_operand(mask)
   dq, dk, dv = jax.ffi.ffi_call(TARGET_BWD, shapes, vmap_method="sequential")(
-      q, k, v, mask, out, lse, d_out.astype(jnp.float32), block=block_size, causal=causal)
+      q, k, v, mask, out, lse, d_out.astype(jnp.float32), block=block_size, causal=causal,
+      masked=masked)
   return dq, dk, dv, None
 
 

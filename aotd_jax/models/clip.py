@@ -183,8 +183,9 @@ class CLIPAttention(nnx.Module):
     q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
     if self.cpu_kernels and attention_kernel.use_kernel(q, k, v, mask):
       # One CPU device, float32: the fused kernel, which never holds the (B, heads, L, L) scores.
-      full = jnp.ones((b, l, l), bool) if mask is None else jnp.broadcast_to(mask, (b, 1, l, l))[:, 0]
-      out = attention_kernel.attention(q[:, :, :, None], k, v, full, _KERNEL_BLOCK, causal=False)
+      if mask is not None:  # (B or 1, L, L): a (1, 1, L, L) mask stays one for the batch
+        mask = jnp.broadcast_to(mask, (mask.shape[0], 1, l, l))[:, 0]
+      out = attention_kernel.attention(q[:, :, :, None], k, v, mask, _KERNEL_BLOCK, causal=False)
       return self.out_proj(out)
     scores = jnp.einsum("bqhd,bkhd->bhqk", q * (self.head_dim ** -0.5), k).astype(jnp.float32)
     if mask is not None:
