@@ -3,11 +3,12 @@
 The config (an `ml_collections.ConfigDict` or a plain dict) has one section per role, each
 with a `kind` and that kind's settings:
 
-  detector:          oracle | owlv2 (path, threshold, buckets) | none
+  detector:          oracle | owlv2 (path, threshold, buckets, matmul_precision, cpu_kernels)
+                     | none
   grounder:          oracle | univtg (path: official checkpoint, clip_path: HF CLIP dir,
                       features_path: saved ObjectStates, "" = CLIP image features) | none
-  action_recognizer: oracle | llava (path) | none
-  video_qa:          oracle | llava (path) | none
+  action_recognizer: oracle | llava (path, matmul_precision, cpu_kernels) | none
+  video_qa:          oracle | llava (path, matmul_precision, cpu_kernels) | none
   selector:          keyword | llama (path: HF Llama dir with tokenizer) | none
   ground_truth:      toyworld (path: world dir) | star (path: JSON file(s), classes_dir)
   cache:             dir ("" = memory only), enabled
@@ -114,7 +115,8 @@ def _owlv2(section, ctx):
   from experts.backends import owlv2
   return owlv2.Owlv2Detector.from_pretrained(
       _path("detector", "owlv2", section), buckets=_get(section, "buckets", DEFAULT_BUCKETS),
-      matmul_precision=_get(section, "matmul_precision", "default"))
+      matmul_precision=_get(section, "matmul_precision", "default"),
+      cpu_kernels=bool(_get(section, "cpu_kernels", True)))
 
 
 def _univtg(section, ctx):
@@ -134,8 +136,9 @@ def _llava(role):
     from experts.backends import llava
     path = _path(role, "llava", section)
     precision = _get(section, "matmul_precision", "default")
-    model = ctx.model(("llava", path, precision),
-                      lambda: llava.load(path, matmul_precision=precision))
+    kernels = bool(_get(section, "cpu_kernels", True))
+    model = ctx.model(("llava", path, precision, kernels),
+                      lambda: llava.load(path, matmul_precision=precision, cpu_kernels=kernels))
     return llava.LlavaVideoQA(*model, name=f"llava:{path}")
   return make
 

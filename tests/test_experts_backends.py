@@ -278,6 +278,13 @@ def test_registry_binds_owlv2_by_path(owl, monkeypatch):
   box = experts.make_toolbox(config)
   assert box.detector.config.vision_config.matmul_precision == "high"
   assert box.Count(clip, "cup") > 0
+  count = box.Count(clip, "cup")
+  assert box.detector.config.vision_config.cpu_kernels and box.detector.config.text_config.cpu_kernels
+  config.detector.cpu_kernels = False  # XLA's attention instead of the CPU kernel: same counts
+  box = experts.make_toolbox(config)
+  assert not box.detector.config.vision_config.cpu_kernels
+  assert not box.detector.config.text_config.cpu_kernels
+  assert box.Count(clip, "cup") == count
 
 
 @pytest.mark.parametrize("edit,msg", [

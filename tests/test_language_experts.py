@@ -188,6 +188,13 @@ def test_qa_expert_training_lowers_the_loss_and_binds_in_experts(world, qa_dir):
   got = box.tools()["Query_Actions"](args["video_clip"], possible_actions=cands)
   assert len(got) == 1 and got[0] in cands
   assert box.action_recognizer.recognize(args["video_clip"], None, cands)[0] in cands
+  # The `cpu_kernels` option reaches both towers of the loaded model; XLA's ops answer the same.
+  assert box.video_qa.model.config.vision_config.cpu_kernels
+  config.video_qa = {"kind": "llava", "path": qa_dir, "cpu_kernels": False}
+  off = experts.make_toolbox(config).video_qa.model
+  assert not off.config.vision_config.cpu_kernels and not off.config.text_config.cpu_kernels
+  assert experts.make_toolbox(config).tools()["Query_Actions"](
+      args["video_clip"], possible_actions=cands) == got
 
 
 def test_score_qa_expert_reports_accuracy_and_action_top1(world, qa_dir):

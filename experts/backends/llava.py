@@ -46,12 +46,14 @@ def _choice_logprobs(graphdef, state, ids, mask, pixels, scored):
   return jnp.sum(tok * scored[:, 1:], axis=-1)
 
 
-def load(path: str, matmul_precision: str = "default"):
+def load(path: str, matmul_precision: str = "default", cpu_kernels: bool = True):
   """(model, tokenizer) of a HF LLaVA-NeXT-Video directory; `matmul_precision="high"` runs its
-  matmuls in bf16x3 (the AMX kernel on Intel CPUs, docs/llama.md)."""
+  matmuls in bf16x3 (the AMX kernel on Intel CPUs, docs/llama.md); `cpu_kernels=False` keeps
+  XLA's ops where aotd_jax's CPU kernels (decode matmuls, attention) would run."""
   from aotd_jax import hf
   from aotd_jax.models.options import with_options
-  model = with_options(hf.from_pretrained(path), matmul_precision=matmul_precision)
+  model = with_options(hf.from_pretrained(path), matmul_precision=matmul_precision,
+                       cpu_kernels=cpu_kernels)
   return model, hf.load_tokenizer(path)
 
 

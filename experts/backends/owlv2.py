@@ -113,12 +113,15 @@ class Owlv2Detector:
 
   @classmethod
   def from_pretrained(cls, path: str, *, buckets: Sequence[int] = DEFAULT_BUCKETS,
-                      matmul_precision: str = "default", **kwargs) -> "Owlv2Detector":
+                      matmul_precision: str = "default", cpu_kernels: bool = True,
+                      **kwargs) -> "Owlv2Detector":
     """Loads a HF OWLv2 directory (weights + tokenizer) with `aotd_jax.hf`;
-    `matmul_precision="high"` runs its matmuls in bf16x3 (the AMX kernel on Intel CPUs)."""
+    `matmul_precision="high"` runs its matmuls in bf16x3 (the AMX kernel on Intel CPUs);
+    `cpu_kernels=False` keeps XLA's attention where aotd_jax's CPU kernel would run."""
     from aotd_jax import hf
     from aotd_jax.models.options import with_options
-    model = with_options(hf.from_pretrained(path), matmul_precision=matmul_precision)
+    model = with_options(hf.from_pretrained(path), matmul_precision=matmul_precision,
+                         cpu_kernels=cpu_kernels)
     tokenize = hf_tokenize(hf.load_tokenizer(path),
                            model.config.text_config.max_position_embeddings)
     return cls(model, tokenize, name=f"owlv2:{path}", buckets=buckets, **kwargs)
