@@ -200,9 +200,10 @@ def main(argv=None):
   parser.add_argument("--train_mesh", default="data=2;tensor=2",
                       help="meshes of the train-step mesh rows, ';'-separated")
   parser.add_argument("--decode_mesh", default="tensor=2", help="mesh of the decode mesh row")
-  parser.add_argument("--high_precision_row", type=int, default=1,
-                      help="1: also time the train step on one device with matmul_precision='high' "
-                           "(bf16x3 on AMX CPUs; XLA's float32 dots elsewhere)")
+  parser.add_argument("--precision_rows", default="highest,high",
+                      help="comma-separated matmul_precision values to also time on one device: "
+                           "'highest' (bf16x6 on AMX CPUs, float32 accuracy), 'high' (bf16x3); "
+                           "XLA's float32 dots on CPUs without AMX; '' for none")
   args = parser.parse_args(argv)
   set_host_devices(args.devices)
 
@@ -247,12 +248,14 @@ def main(argv=None):
   build = lambda mesh: build_jax_step(model if mesh is None else hf.from_pretrained(tmp, mesh=mesh),
                                      loss=args.loss)
   runs = {name: first_step(mesh, build, (ids_np,)) for name, mesh in meshes.items()}
-  if args.high_precision_row:
-    from aotd_jax.kernels import amx_matmul
-    from aotd_jax.models.options import with_options
-    high_name = f"1 device, high{'' if amx_matmul.available() else ' (no AMX: f32 dots)'}"
-    runs[high_name] = first_step(None, lambda _: build_jax_step(
-        with_options(hf.from_pretrained(tmp), matmul_precision="high"), loss=args.loss), (ids_np,))
+  from aotd_jax.kernels import amx_matmul
+  from aotd_jax.models.options import with_options
+  precision_rows = {}  # row name -> matmul_precision
+  for precision in filter(None, args.precision_rows.split(",")):
+    name = f"1 device, {precision}{'' if amx_matmul.available() else ' (no AMX: f32 dots)'}"
+    precision_rows[name] = precision
+    runs[name] = first_step(None, lambda _, p=precision: build_jax_step(
+        with_options(hf.from_pretrained(tmp), matmul_precision=p), loss=args.loss), (ids_np,))
   torch_step = build_torch_step(ref.train())
   print_first_losses(runs, float(torch_step(ids_torch)))
   torch_run = dict(times=[], cpu=[])
@@ -286,8 +289,8 @@ def main(argv=None):
     if args.devices > 1:
       mesh = sharding.make_mesh(parse_mesh(args.decode_mesh))
       decoders[f"mesh {args.decode_mesh}"] = (mesh, hf.from_pretrained(tmp2, mesh=mesh))
-    if args.high_precision_row:  # the prompt's prefill takes the AMX kernel
-      decoders[high_name] = (None, with_options(model, matmul_precision="high"))
+    for name, precision in precision_rows.items():  # the prompt's prefill takes the AMX kernel
+      decoders[name] = (None, with_options(model, matmul_precision=precision))
   def run_jax(name):
     mesh, m = decoders[name]
     with mesh_scope(mesh):

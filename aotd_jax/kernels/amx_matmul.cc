@@ -1,11 +1,16 @@
-// XLA FFI CPU kernel: out (M, N) = op(a) @ op(b) for float32 a, b on Intel AMX, in "bf16x3".
+// XLA FFI CPU kernel: out (M, N) = op(a) @ op(b) for float32 a, b on Intel AMX, in "bf16x3" or
+// "bf16x6" (attribute `passes`: 3 or 6).
 //
-// Each float32 operand is split into two bfloat16 parts, x = hi + lo (hi = bf16(x),
+// bf16x3: each float32 operand is split into two bfloat16 parts, x = hi + lo (hi = bf16(x),
 // lo = bf16(x - hi)), and the product is hi_a hi_b + lo_a hi_b + hi_a lo_b, summed in float32
 // by AMX's TDPBF16PS. That is JAX's `Precision.HIGH` ("bf16_3x", what TPUs run for it): about
 // 16 bits of each operand's significand are kept, so the relative error is ~5e-6 where a float32
 // GEMM's is ~1e-6. AMX multiplies bfloat16 tiles ~7x faster than AVX-512 runs float32 FMAs, so
 // three passes still beat a float32 GEMM ~2x on the train step's shapes.
+//
+// bf16x6 (`Precision.HIGHEST` on TPUs): three parts x = x0 + x1 + x2 hold all 24 bits, and the
+// six products x_i y_j with i + j <= 2 are summed. What it drops is ~2^-24 relative, so its
+// error is a float32 GEMM's; it runs ~1.15x faster than XLA's float32 dot.
 //
 // op(x) is x or x^T (attributes transpose_a / transpose_b), so a backward pass needs no
 // transposed copies. The work: B is split and packed once per call (column panels of 32, pairs of
@@ -127,7 +132,12 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t n, std::function<void(int64_t)> 
 #ifdef AOTD_AMX
 
 constexpr int64_t kMc = 256;   // at most this many rows of A packed at a time (a multiple of 32)
-constexpr int64_t kKc = 1024;  // columns of K per pass over the output (a multiple of 32)
+// Columns of K per pass over the output (a multiple of 32), for kParts parts of each operand:
+// the packed A block (kMc x kc x kParts bf16, 1 MB / 0.75 MB) and a B panel's slice stay in L2
+// (2 MB per core on Sapphire Rapids). bf16x6 with 1024 columns (1.5 MB of A) ran its K = 1408-8192
+// shapes 8-17 % slower; 256 was slower again (RESULTS.md).
+template <int kParts>
+constexpr int64_t KBlock() { return kParts == 3 ? 512 : 1024; }
 
 bool OsAllowsAmx() {
   static const bool ok = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */,
@@ -160,16 +170,25 @@ inline __m512i Bf16Bits(__m512 x) {  // round to nearest even; 16 bf16 values, w
 // (x is inf or NaN, or rounds past bf16's largest value) lo is 0 rather than inf - inf = NaN.
 // Outputs are non-finite where float32's are; an inf can still come out NaN (it meets the other
 // operand's lo part, whose sign is its own).
-inline void Split(__m512 x, __m512i* hi, __m512i* lo) {
-  *hi = Bf16Bits(x);
-  const __m512 hi_f = _mm512_castsi512_ps(_mm512_slli_epi32(*hi, 16));
+template <int kParts>
+inline void Split(__m512 x, __m512i* part) {
+  part[0] = Bf16Bits(x);
+  const __m512 hi_f = _mm512_castsi512_ps(_mm512_slli_epi32(part[0], 16));
   const __mmask16 finite = ~_mm512_fpclass_ps_mask(hi_f, 0x99);  // QNaN | +inf | -inf | SNaN
-  *lo = _mm512_maskz_mov_epi32(finite, Bf16Bits(_mm512_sub_ps(x, hi_f)));
+  __m512 rest = _mm512_maskz_sub_ps(finite, x, hi_f);  // exact: x and hi_f share the exponent
+  for (int p = 1; p < kParts; ++p) {
+    part[p] = Bf16Bits(rest);
+    if (p + 1 < kParts) {
+      rest = _mm512_sub_ps(rest, _mm512_castsi512_ps(_mm512_slli_epi32(part[p], 16)));
+    }
+  }
 }
 
 // Packs all of B (K x N) into column panels of 32: panel j holds pair-rows p = 0..kp/2 of
-// 32 columns x 2 bf16 (rows 2p and 2p + 1 interleaved), for hi and lo.
-void PackBPanel(const View& b, int64_t j, int64_t kp, uint16_t* bh, uint16_t* bl) {
+// 32 columns x 2 bf16 (rows 2p and 2p + 1 interleaved), for each of the kParts parts; part q of
+// the panel starts at bp + q * part_stride.
+template <int kParts>
+void PackBPanel(const View& b, int64_t j, int64_t kp, uint16_t* bp, int64_t part_stride) {
   alignas(64) float r0[32], r1[32];
   const int64_t n0 = j * 32;
   for (int64_t k = 0; k < kp; k += 2) {
@@ -193,19 +212,23 @@ void PackBPanel(const View& b, int64_t j, int64_t kp, uint16_t* bh, uint16_t* bl
       }
     }
     for (int h = 0; h < 2; ++h) {
-      __m512i h0, l0, h1, l1;
-      Split(_mm512_load_ps(r0 + 16 * h), &h0, &l0);
-      Split(_mm512_load_ps(r1 + 16 * h), &h1, &l1);
-      _mm512_store_si512(bh + k * 32 + h * 32, _mm512_or_si512(h0, _mm512_slli_epi32(h1, 16)));
-      _mm512_store_si512(bl + k * 32 + h * 32, _mm512_or_si512(l0, _mm512_slli_epi32(l1, 16)));
+      __m512i p0[kParts], p1[kParts];
+      Split<kParts>(_mm512_load_ps(r0 + 16 * h), p0);
+      Split<kParts>(_mm512_load_ps(r1 + 16 * h), p1);
+      for (int q = 0; q < kParts; ++q) {
+        _mm512_store_si512(bp + q * part_stride + k * 32 + h * 32,
+                           _mm512_or_si512(p0[q], _mm512_slli_epi32(p1[q], 16)));
+      }
     }
   }
 }
 
 // Packs A rows [m0, m0 + mc) x columns [k0, k0 + kc) (zero beyond A) as row-major hi / lo bf16
-// blocks with row stride kc. A transposed A (cs != 1) goes through a float32 block first.
+// blocks with row stride kc, one per part, part_stride apart. A transposed A (cs != 1) goes
+// through a float32 block first.
+template <int kParts>
 void PackABlock(const View& a, int64_t m0, int64_t mc, int64_t k0, int64_t kc, float* scratch,
-                uint16_t* ah, uint16_t* al) {
+                uint16_t* ap, int64_t part_stride) {
   const float* src;
   int64_t ld;
   const bool inside = m0 + mc <= a.rows && k0 + kc <= a.cols;
@@ -221,10 +244,12 @@ void PackABlock(const View& a, int64_t m0, int64_t mc, int64_t k0, int64_t kc, f
     for (int64_t k = 0; k < kc; k += 16) {
       const float* base = a.p + (k0 + k) * a.cs + m0;
       for (int64_t m = 0; m < mc; ++m) {
-        __m512i h, l;
-        Split(_mm512_i32gather_ps(idx, base + m, 4), &h, &l);
-        _mm256_store_si256((__m256i*)(ah + m * kc + k), _mm512_cvtepi32_epi16(h));
-        _mm256_store_si256((__m256i*)(al + m * kc + k), _mm512_cvtepi32_epi16(l));
+        __m512i part[kParts];
+        Split<kParts>(_mm512_i32gather_ps(idx, base + m, 4), part);
+        for (int q = 0; q < kParts; ++q) {
+          _mm256_store_si256((__m256i*)(ap + q * part_stride + m * kc + k),
+                             _mm512_cvtepi32_epi16(part[q]));
+        }
       }
     }
     return;
@@ -245,14 +270,15 @@ void PackABlock(const View& a, int64_t m0, int64_t mc, int64_t k0, int64_t kc, f
   }
   for (int64_t m = 0; m < mc; ++m) {
     for (int64_t k = 0; k < kc; k += 32) {
-      __m512i h0, l0, h1, l1;
-      Split(_mm512_loadu_ps(src + m * ld + k), &h0, &l0);
-      Split(_mm512_loadu_ps(src + m * ld + k + 16), &h1, &l1);
+      __m512i p0[kParts], p1[kParts];
+      Split<kParts>(_mm512_loadu_ps(src + m * ld + k), p0);
+      Split<kParts>(_mm512_loadu_ps(src + m * ld + k + 16), p1);
       // Pack two 16 x 32-bit vectors of bf16 back to 32 x 16 bits.
-      _mm256_store_si256((__m256i*)(ah + m * kc + k), _mm512_cvtepi32_epi16(h0));
-      _mm256_store_si256((__m256i*)(ah + m * kc + k + 16), _mm512_cvtepi32_epi16(h1));
-      _mm256_store_si256((__m256i*)(al + m * kc + k), _mm512_cvtepi32_epi16(l0));
-      _mm256_store_si256((__m256i*)(al + m * kc + k + 16), _mm512_cvtepi32_epi16(l1));
+      for (int q = 0; q < kParts; ++q) {
+        uint16_t* dst = ap + q * part_stride + m * kc + k;
+        _mm256_store_si256((__m256i*)dst, _mm512_cvtepi32_epi16(p0[q]));
+        _mm256_store_si256((__m256i*)(dst + 16), _mm512_cvtepi32_epi16(p1[q]));
+      }
     }
   }
 }
@@ -275,9 +301,11 @@ inline void Accumulate2x2() {
 }
 
 // c (32 x 32, row stride ldc floats) += or = A block (32 rows, stride lda bf16) @ B panel, over
-// `steps` slices of 32 columns of K, in bf16x3.
-void MicroKernel(const uint16_t* ah, const uint16_t* al, int64_t lda, const uint16_t* bh,
-                 const uint16_t* bl, int64_t steps, float* c, int64_t ldc, bool accumulate) {
+// `steps` slices of 32 columns of K: the products of parts a_i b_j with i + j < kParts
+// (kParts 2: bf16x3, 3: bf16x6). Parts of A are a_stride apart, of B b_stride.
+template <int kParts>
+void MicroKernel(const uint16_t* a, int64_t a_stride, int64_t lda, const uint16_t* b,
+                 int64_t b_stride, int64_t steps, float* c, int64_t ldc, bool accumulate) {
   const int64_t ldc_b = ldc * 4;
   if (accumulate) {
     _tile_loadd(0, c, ldc_b);
@@ -291,15 +319,14 @@ void MicroKernel(const uint16_t* ah, const uint16_t* al, int64_t lda, const uint
     _tile_zero(3);
   }
   for (int64_t s = 0; s < steps; ++s) {
-    const uint16_t* b_hi = bh + s * 32 * 32;  // 16 pair-rows x 64 bf16 per 32 columns of K
-    LoadA(ah + s * 32, lda);
-    LoadB(b_hi);
-    Accumulate2x2();  // hi_a hi_b
-    LoadB(bl + s * 32 * 32);
-    Accumulate2x2();  // hi_a lo_b
-    LoadA(al + s * 32, lda);
-    LoadB(b_hi);
-    Accumulate2x2();  // lo_a hi_b
+    const uint16_t* bs = b + s * 32 * 32;  // 16 pair-rows x 64 bf16 per 32 columns of K
+    for (int i = 0; i < kParts; ++i) {
+      LoadA(a + i * a_stride + s * 32, lda);
+      for (int j = 0; j + i < kParts; ++j) {
+        LoadB(bs + j * b_stride);
+        Accumulate2x2();  // a_i b_j
+      }
+    }
   }
   _tile_stored(0, c, ldc_b);
   _tile_stored(1, c + 16, ldc_b);
@@ -347,25 +374,26 @@ void TrimThreadScratch() {
 }
 
 // False if a packing buffer could not be allocated.
+template <int kParts>
 bool Gemm(ffi::ThreadPool& pool, const View& a, const View& b, float* out) {
   const int64_t m = a.rows, n = b.cols, k = a.cols;
   const int64_t mp = RoundUp(m, 32), np = RoundUp(n, 32), kp = RoundUp(k, 32);
   const int64_t panels = np / 32;
   const bool padded = mp != m || np != n;
+  const int64_t b_stride = panels * kp * 32, a_stride = kMc * KBlock<kParts>();
   // B's packed panels (and a padded output) belong to the calling thread; the helpers only read
   // or write them until it returns.
-  uint16_t* bh = ThreadScratch<uint16_t, 0>(2 * panels * kp * 32);
+  uint16_t* bp = ThreadScratch<uint16_t, 0>(kParts * b_stride);
   float* c = padded ? ThreadScratch<float, 1>(mp * np) : out;
   // The helpers' A blocks, allocated here first so that a failure shows before any work.
-  if (bh == nullptr || c == nullptr || ThreadScratch<uint16_t, 2>(2 * kMc * kKc) == nullptr ||
-      ThreadScratch<float, 3>(kMc * kKc) == nullptr) {
+  if (bp == nullptr || c == nullptr || ThreadScratch<uint16_t, 2>(kParts * a_stride) == nullptr ||
+      ThreadScratch<float, 3>(kMc * KBlock<kParts>()) == nullptr) {
     return false;
   }
-  uint16_t* bl = bh + panels * kp * 32;
   const int64_t pack_chunks = std::min<int64_t>(panels, 4 * (pool.num_threads() + 1));
   ParallelFor(pool, pack_chunks, [&](int64_t i) {
     for (int64_t j = i * panels / pack_chunks; j < (i + 1) * panels / pack_chunks; ++j)
-      PackBPanel(b, j, kp, bh + j * kp * 32, bl + j * kp * 32);
+      PackBPanel<kParts>(b, j, kp, bp + j * kp * 32, b_stride);
   });
   const int64_t ldc = padded ? np : n;
   // Row blocks of up to kMc rows (a sweep over the tuning table in RESULTS.md), fewer rows when
@@ -378,22 +406,20 @@ bool Gemm(ffi::ThreadPool& pool, const View& a, const View& b, float* out) {
     OsAllowsAmx();
     ConfigureTiles();
     const int64_t m0 = i * block_rows, mc = std::min(block_rows, mp - m0);
-    uint16_t* ah = ThreadScratch<uint16_t, 2>(2 * kMc * kKc);
-    uint16_t* al = ah + kMc * kKc;
-    float* scratch = ThreadScratch<float, 3>(kMc * kKc);
-    if (ah == nullptr || scratch == nullptr) {
+    uint16_t* ap = ThreadScratch<uint16_t, 2>(kParts * a_stride);
+    float* scratch = ThreadScratch<float, 3>(kMc * KBlock<kParts>());
+    if (ap == nullptr || scratch == nullptr) {
       failed.store(true, std::memory_order_relaxed);
       return;
     }
-    for (int64_t k0 = 0; k0 < kp; k0 += kKc) {
-      const int64_t kc = std::min(kKc, kp - k0);
-      PackABlock(a, m0, mc, k0, kc, scratch, ah, al);
+    for (int64_t k0 = 0; k0 < kp; k0 += KBlock<kParts>()) {
+      const int64_t kc = std::min(KBlock<kParts>(), kp - k0);
+      PackABlock<kParts>(a, m0, mc, k0, kc, scratch, ap, a_stride);
       for (int64_t j = 0; j < panels; ++j) {
-        const uint16_t* bhj = bh + j * kp * 32 + k0 * 32;
-        const uint16_t* blj = bl + j * kp * 32 + k0 * 32;
+        const uint16_t* bj = bp + j * kp * 32 + k0 * 32;
         for (int64_t r = 0; r < mc; r += 32) {
-          MicroKernel(ah + r * kc, al + r * kc, kc, bhj, blj, kc / 32,
-                      c + (m0 + r) * ldc + j * 32, ldc, k0 > 0);
+          MicroKernel<kParts>(ap + r * kc, a_stride, kc, bj, b_stride, kc / 32,
+                              c + (m0 + r) * ldc + j * 32, ldc, k0 > 0);
         }
       }
     }
@@ -411,7 +437,8 @@ bool Gemm(ffi::ThreadPool& pool, const View& a, const View& b, float* out) {
 #endif  // AOTD_AMX
 
 ffi::Error AmxMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
-                     ffi::ResultBuffer<ffi::F32> out, bool transpose_a, bool transpose_b) {
+                     ffi::ResultBuffer<ffi::F32> out, bool transpose_a, bool transpose_b,
+                     int32_t passes) {
   const auto ad = a.dimensions();
   const auto bd = b.dimensions();
   if (ad.size() != 2 || bd.size() != 2) {
@@ -433,7 +460,10 @@ ffi::Error AmxMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<
   }
 #ifdef AOTD_AMX
   if (!OsAllowsAmx()) return ffi::Error::Internal("aotd_amx_matmul: the OS does not grant AMX");
-  if (!Gemm(pool, av, bv, o)) {
+  if (passes != 3 && passes != 6) {
+    return ffi::Error::InvalidArgument("aotd_amx_matmul: passes must be 3 or 6");
+  }
+  if (!(passes == 3 ? Gemm<2>(pool, av, bv, o) : Gemm<3>(pool, av, bv, o))) {
     return ffi::Error(ffi::ErrorCode::kResourceExhausted,
                       "aotd_amx_matmul: out of memory for the packing buffers");
   }
@@ -461,4 +491,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AotdAmxMatmul, AmxMatmul,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<bool>("transpose_a")
-                                  .Attr<bool>("transpose_b"));
+                                  .Attr<bool>("transpose_b")
+                                  .Attr<int32_t>("passes"));

@@ -76,9 +76,10 @@ class LlamaConfig:
   cpu_kernels: bool = True
   # Precision of the dense layers' and the LM head's matmuls: "default", "high" or "highest"
   # (`jax.lax.Precision`; MaxText's `matmul_precision`). GPUs and TPUs apply their own meaning.
-  # On a single CPU device XLA computes float32 dots in full precision whatever is asked; with
-  # "high" and a CPU with AMX-BF16, aotd_jax's kernel computes them in bf16x3 as TPUs do, ~2x
-  # faster at ~4e-6 relative error (`aotd_jax/kernels/amx_matmul.py`).
+  # On a single CPU device XLA computes float32 dots in full precision whatever is asked. On a
+  # CPU with AMX-BF16 aotd_jax's kernel computes them as TPUs do: "high" in bf16x3, ~2x faster at
+  # ~4e-6 relative error; "highest" in bf16x6, float32's error at ~1.15x XLA's speed
+  # (`aotd_jax/kernels/amx_matmul.py`).
   matmul_precision: str = "default"
 
   def __post_init__(self):
