@@ -11,7 +11,9 @@ from flax import nnx
 
 import aotd_jax  # noqa: F401  (turns off eager sharding)
 from aotd_jax import hf
+from aotd_jax.kernels import attention as attention_kernel
 from aotd_jax.models.llama import LlamaConfig, LlamaForCausalLM
+from aotd_jax.models.options import with_options
 
 BASE = dict(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
@@ -94,6 +96,41 @@ def test_kv_cache_prefill_then_steps_match_full_forward(tmp_path):
     out = model(ids[:, t:t + 1], step_mask, cache=out.cache)
     np.testing.assert_allclose(out.logits[:, 0], full[:, t], atol=1e-5)
   assert int(out.cache.index) == 12
+
+
+@pytest.mark.parametrize("cpu_kernels", [True, False])
+def test_prefill_takes_the_prompts_own_keys(tmp_path, cpu_kernels):
+  # prefill=True (an empty cache filled from slot 0): attention over the prompt's keys on the
+  # query-block path / CPU kernel, not scores over every cache slot. Same logits on real tokens,
+  # same cache on real slots, and the decode steps after it agree.
+  make_hf_llama(tmp_path)
+  model = with_options(hf.from_pretrained(str(tmp_path)), attention_block_size=4,
+                       cpu_kernels=cpu_kernels)
+  ids, mask, _ = left_padded_batch(length=12, pads=(5, 0, 7))
+  slots = np.concatenate([mask, np.zeros((3, 4), mask.dtype)], axis=1)
+  prompt_mask = np.where(np.arange(16) < 9, slots, 0)
+  run = jax.jit(lambda m, c, prefill: m(ids[:, :9], prompt_mask, cache=c, prefill=prefill),
+                static_argnums=2)
+  cache = model.init_cache(ids.shape[0], 16)
+  ours, theirs = run(model, cache, True), run(model, cache, False)
+  real = mask.astype(bool)[:, :9]
+  np.testing.assert_allclose(np.asarray(ours.logits)[real], np.asarray(theirs.logits)[real], atol=1e-5)
+  for a, b in zip(ours.cache.keys + ours.cache.values, theirs.cache.keys + theirs.cache.values):
+    np.testing.assert_allclose(np.asarray(a)[:, :, :9].transpose(0, 2, 1, 3)[real],
+                               np.asarray(b)[:, :, :9].transpose(0, 2, 1, 3)[real], atol=1e-5)
+  for t in range(9, 12):
+    step_mask = np.where(np.arange(16) <= t, slots, 0)
+    ours, theirs = (model(ids[:, t:t + 1], step_mask, cache=o.cache) for o in (ours, theirs))
+    np.testing.assert_allclose(ours.logits, theirs.logits, atol=1e-5)
+  text = jax.jit(lambda m, c: m(ids[:, :9], prompt_mask, cache=c, prefill=True)).lower(
+      model, cache).as_text()
+  assert (attention_kernel.TARGET_FWD in text) == (cpu_kernels and attention_kernel.available())
+
+
+def test_prefill_needs_a_cache():
+  model = LlamaForCausalLM(LlamaConfig(**_ours(BASE)), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="prefill=True needs a cache"):
+    model(np.ones((1, 4), np.int32), prefill=True)
 
 
 def test_inputs_embeds_equal_input_ids():

@@ -1,7 +1,8 @@
 """Batched generation for left-padded prompts: jitted prefill + KV-cache decode loop.
 
 Works for any model with the `LlamaForCausalLM` call signature (`input_ids`/`inputs_embeds`,
-`attention_mask` over cache slots, `position_ids`, `cache`, `logits_to_keep`) and `init_cache`;
+`attention_mask` over cache slots, `position_ids`, `cache`, `logits_to_keep`, `prefill`) and
+`init_cache`;
 LLaVA passes its language model with merged `inputs_embeds`. Prompts are left-padded to a
 length bucket, so the loop compiles once per (batch, bucket, max_new_tokens, greedy/sample),
 never per step or per prompt length.
@@ -78,7 +79,7 @@ def _decode(graphdef, state, input_ids, inputs_embeds, mask, eos, pad, temperatu
   positions = jnp.where(mask > 0, jnp.cumsum(mask, axis=-1) - 1, 1)
   cache = model.init_cache(b, total)
   out = model(input_ids, full_mask, inputs_embeds=inputs_embeds, position_ids=positions,
-              cache=cache, logits_to_keep=1)
+              cache=cache, logits_to_keep=1, prefill=True)
   rng, sub = jax.random.split(rng)
   tok = _pick(out.logits[:, -1], sub, temperature, top_p, sample)
   next_pos = jnp.sum(mask, axis=-1).astype(jnp.int32)

@@ -167,7 +167,7 @@ class LlamaAttention(nnx.Module):
     self.v_proj = _dense(cfg, cfg.hidden_size, kv * d, ("embed", "kv_heads"), cfg.attention_bias, rngs)
     self.o_proj = _dense(cfg, h * d, cfg.hidden_size, ("heads", "embed"), cfg.attention_bias, rngs)
 
-  def __call__(self, x, cos, sin, mask, layer_cache=None, index=None):
+  def __call__(self, x, cos, sin, mask, layer_cache=None, index=None, prefill=False):
     cfg = self.config
     b, l, _ = x.shape
     h, d, kv = cfg.num_attention_heads, cfg.head_dim, cfg.num_key_value_heads
@@ -178,15 +178,21 @@ class LlamaAttention(nnx.Module):
     q = constrain(q, ("activation_batch", "activation_length", "activation_heads", None))
     k = constrain(k, ("activation_batch", "activation_length", "activation_kv_heads", None))
     kv_axes = "bskd"
+    # Without a cache, and for a prefill (an empty cache filled from slot 0 with this call's l
+    # tokens), the queries meet only this call's keys: the query-block path and the CPU kernel.
+    own_keys = layer_cache is None or prefill
     if layer_cache is not None:
       # The cache is head-major (B, kv_heads, slots, head_dim): both attention dots then read it
       # in place, where a (B, slots, kv_heads, head_dim) cache is transposed at every step.
       ck, cv = layer_cache
-      k = jax.lax.dynamic_update_slice(ck, k.transpose(0, 2, 1, 3).astype(ck.dtype), (0, 0, index, 0))
-      v = jax.lax.dynamic_update_slice(cv, v.transpose(0, 2, 1, 3).astype(cv.dtype), (0, 0, index, 0))
-      layer_cache = (k, v)
-      kv_axes = "bksd"
-    elif cfg.attention_impl != "xla":
+      ck = jax.lax.dynamic_update_slice(ck, k.transpose(0, 2, 1, 3).astype(ck.dtype), (0, 0, index, 0))
+      cv = jax.lax.dynamic_update_slice(cv, v.transpose(0, 2, 1, 3).astype(cv.dtype), (0, 0, index, 0))
+      layer_cache = (ck, cv)
+      if prefill:
+        mask = mask[:, :, :l]  # slots past the prompt are empty
+      else:
+        k, v, kv_axes = ck, cv, "bksd"
+    if layer_cache is None and cfg.attention_impl != "xla":
       # cuDNN's flash attention on GPUs in half precision; XLA's fused path elsewhere.
       flash = jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16)
       out = jax.nn.dot_product_attention(
@@ -198,7 +204,7 @@ class LlamaAttention(nnx.Module):
       return self.o_proj(_tokens(out)).reshape(b, l, -1), layer_cache
     # Grouped heads attend to their shared kv head without materialising repeated keys.
     q = q.reshape(b, l, kv, h // kv, d)
-    if layer_cache is None and 0 < cfg.attention_block_size < l:
+    if own_keys and 0 < cfg.attention_block_size < l:
       out = blocked_causal_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask,
                                      cfg.attention_block_size, cpu_kernel=cfg.cpu_kernels)
       out = constrain(out, ("activation_batch", "activation_length", "activation_heads"))
@@ -207,7 +213,7 @@ class LlamaAttention(nnx.Module):
                         preferred_element_type=jnp.float32) * (d ** -0.5)
     scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
-    if layer_cache is not None and l == 1:
+    if kv_axes == "bksd" and l == 1:
       # One query per sequence (a decode step): a broadcast multiply + reduce over the slots.
       # XLA CPU's dot for this shape (contracting the slots, a 2-row output per kv head) is
       # ~2.5x slower; in-process A/B on the ~30M benchmark model: decode CPU time -9%, same tokens.
@@ -245,8 +251,9 @@ class LlamaDecoderLayer(nnx.Module):
     self.input_layernorm = LlamaRMSNorm(cfg.hidden_size, cfg.rms_norm_eps, pdt)
     self.post_attention_layernorm = LlamaRMSNorm(cfg.hidden_size, cfg.rms_norm_eps, pdt)
 
-  def __call__(self, x, cos, sin, mask, layer_cache=None, index=None):
-    attn, layer_cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, layer_cache, index)
+  def __call__(self, x, cos, sin, mask, layer_cache=None, index=None, prefill=False):
+    attn, layer_cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, layer_cache, index,
+                                       prefill)
     x = x + attn
     x = x + self.mlp(self.post_attention_layernorm(x))
     x = constrain(x, ("activation_batch", "activation_length", "activation_embed"))
@@ -295,7 +302,7 @@ class LlamaForCausalLM(nnx.Module):
 
   def __call__(self, input_ids=None, attention_mask=None, *, inputs_embeds=None, position_ids=None,
                cache: KVCache | None = None, output_hidden_states: bool = False,
-               logits_to_keep: int = 0) -> CausalLMOutput:
+               logits_to_keep: int = 0, prefill: bool = False) -> CausalLMOutput:
     """Logits (B, L, vocab) for token ids or embeddings.
 
     Args:
@@ -307,10 +314,16 @@ class LlamaForCausalLM(nnx.Module):
       cache: a `KVCache` (from `init_cache`); the new keys/values are written at `cache.index`
         and the returned output carries the advanced cache.
       logits_to_keep: if > 0, only the last that many positions get logits (prefill).
+      prefill: the cache is empty (a fresh `init_cache`, index 0) and this call fills it from
+        slot 0, as `generate` does with the prompt. Attention then runs over this call's own
+        keys, on the query-block path and the CPU attention kernel, instead of over every cache
+        slot (whose (B, heads, L, slots) scores a long prompt cannot afford). Same outputs.
     """
     cfg = self.config
     if (input_ids is None) == (inputs_embeds is None):
       raise ValueError("LlamaForCausalLM: pass exactly one of input_ids and inputs_embeds")
+    if prefill and cache is None:
+      raise ValueError("LlamaForCausalLM: prefill=True needs a cache (the one it fills)")
     x = self.embed(input_ids) if inputs_embeds is None else jnp.asarray(inputs_embeds, jnp.dtype(cfg.dtype))
     b, l, _ = x.shape
     total = l if cache is None else cache.keys[0].shape[2] if cfg.num_hidden_layers else l
@@ -338,7 +351,8 @@ class LlamaForCausalLM(nnx.Module):
     new_k, new_v = [], []
     for i, layer in enumerate(self.model.layers):
       if cache is not None:
-        x, (k, v) = layer(x, cos, sin, mask, (cache.keys[i], cache.values[i]), cache.index)
+        x, (k, v) = layer(x, cos, sin, mask, (cache.keys[i], cache.values[i]), cache.index,
+                          prefill)
         new_k.append(k)
         new_v.append(v)
       elif cfg.remat:

@@ -353,7 +353,7 @@ class LlavaNextVideoForConditionalGeneration(nnx.Module):
   def __call__(self, input_ids=None, attention_mask=None, *, pixel_values=None, image_sizes=None,
                pixel_values_videos=None, inputs_embeds=None, position_ids=None,
                cache: KVCache | None = None, output_hidden_states: bool = False,
-               logits_to_keep: int = 0) -> LlavaNextVideoOutput:
+               logits_to_keep: int = 0, prefill: bool = False) -> LlavaNextVideoOutput:
     """Logits (B, L, vocab) of the prompt with its images/videos merged in.
 
     Args:
@@ -363,7 +363,7 @@ class LlavaNextVideoForConditionalGeneration(nnx.Module):
       pixel_values: (images, tiles, 3, S, S) any-res tiles, with `image_sizes` (images, 2).
       pixel_values_videos: (clips, frames, 3, S, S).
       inputs_embeds: (B, L, hidden) instead of `input_ids` (no media merging then).
-      position_ids, cache, output_hidden_states, logits_to_keep: as `LlamaForCausalLM`.
+      position_ids, cache, output_hidden_states, logits_to_keep, prefill: as `LlamaForCausalLM`.
     """
     image_features = video_features = None
     if inputs_embeds is None:
@@ -377,7 +377,8 @@ class LlavaNextVideoForConditionalGeneration(nnx.Module):
       raise ValueError("LlavaNextVideoForConditionalGeneration: pass exactly one of input_ids and inputs_embeds")
     out = self.language_model(attention_mask=attention_mask, inputs_embeds=inputs_embeds,
                               position_ids=position_ids, cache=cache,
-                              output_hidden_states=output_hidden_states, logits_to_keep=logits_to_keep)
+                              output_hidden_states=output_hidden_states, logits_to_keep=logits_to_keep,
+                              prefill=prefill)
     return LlavaNextVideoOutput(logits=out.logits, hidden_states=out.hidden_states, cache=out.cache,
                                 image_hidden_states=image_features, video_hidden_states=video_features)
 
