@@ -303,10 +303,28 @@ inline void Accumulate2x2() {
 // c (32 x 32, row stride ldc floats) += or = A block (32 rows, stride lda bf16) @ B panel, over
 // `steps` slices of 32 columns of K: the products of parts a_i b_j with i + j < kParts
 // (kParts 2: bf16x3, 3: bf16x6). Parts of A are a_stride apart, of B b_stride.
+// What the next blocks will read from memory, fetched into L2 while this one computes: `lines`
+// cache lines of each part of B from b (parts b_stride bf16 apart), and the 32 x 32 output
+// block at c (row stride ldc floats) when it will be accumulated into.
+struct Prefetch {
+  const uint16_t* b = nullptr;
+  int64_t b_stride = 0, lines = 0;
+  const float* c = nullptr;
+  int64_t ldc = 0;
+};
+
 template <int kParts>
 void MicroKernel(const uint16_t* a, int64_t a_stride, int64_t lda, const uint16_t* b,
-                 int64_t b_stride, int64_t steps, float* c, int64_t ldc, bool accumulate) {
+                 int64_t b_stride, int64_t steps, float* c, int64_t ldc, bool accumulate,
+                 const Prefetch& pf) {
   const int64_t ldc_b = ldc * 4;
+  if (pf.c != nullptr) {
+    for (int r = 0; r < 32; ++r) {
+      _mm_prefetch(reinterpret_cast<const char*>(pf.c + r * pf.ldc), _MM_HINT_T1);
+      _mm_prefetch(reinterpret_cast<const char*>(pf.c + r * pf.ldc + 16), _MM_HINT_T1);
+    }
+  }
+  const int64_t per_step = (pf.lines + steps - 1) / steps;
   if (accumulate) {
     _tile_loadd(0, c, ldc_b);
     _tile_loadd(1, c + 16, ldc_b);
@@ -319,6 +337,13 @@ void MicroKernel(const uint16_t* a, int64_t a_stride, int64_t lda, const uint16_
     _tile_zero(3);
   }
   for (int64_t s = 0; s < steps; ++s) {
+    if (pf.b != nullptr) {
+      for (int64_t t = s * per_step; t < std::min(pf.lines, (s + 1) * per_step); ++t) {
+        for (int q = 0; q < kParts; ++q) {
+          _mm_prefetch(reinterpret_cast<const char*>(pf.b + q * pf.b_stride + t * 32), _MM_HINT_T1);
+        }
+      }
+    }
     const uint16_t* bs = b + s * 32 * 32;  // 16 pair-rows x 64 bf16 per 32 columns of K
     for (int i = 0; i < kParts; ++i) {
       LoadA(a + i * a_stride + s * 32, lda);
@@ -415,11 +440,25 @@ bool Gemm(ffi::ThreadPool& pool, const View& a, const View& b, float* out) {
     for (int64_t k0 = 0; k0 < kp; k0 += KBlock<kParts>()) {
       const int64_t kc = std::min(KBlock<kParts>(), kp - k0);
       PackABlock<kParts>(a, m0, mc, k0, kc, scratch, ap, a_stride);
+      const int64_t strips = mc / 32;
       for (int64_t j = 0; j < panels; ++j) {
         const uint16_t* bj = bp + j * kp * 32 + k0 * 32;
         for (int64_t r = 0; r < mc; r += 32) {
+          // The strips of this panel share the fetch of the next panel's kc lines per part.
+          Prefetch pf;
+          const int64_t strip = r / 32;
+          if (j + 1 < panels) {
+            const int64_t l0 = strip * kc / strips, l1 = (strip + 1) * kc / strips;
+            pf.b = bj + kp * 32 + l0 * 32;
+            pf.b_stride = b_stride;
+            pf.lines = l1 - l0;
+          }
+          if (k0 > 0 && (r + 32 < mc || j + 1 < panels)) {
+            pf.c = r + 32 < mc ? c + (m0 + r + 32) * ldc + j * 32 : c + m0 * ldc + (j + 1) * 32;
+            pf.ldc = ldc;
+          }
           MicroKernel<kParts>(ap + r * kc, a_stride, kc, bj, b_stride, kc / 32,
-                              c + (m0 + r) * ldc + j * 32, ldc, k0 > 0);
+                              c + (m0 + r) * ldc + j * 32, ldc, k0 > 0, pf);
         }
       }
     }
