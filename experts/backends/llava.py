@@ -48,7 +48,8 @@ def _choice_logprobs(graphdef, state, ids, mask, pixels, scored):
 
 def load(path: str, matmul_precision: str = "default", cpu_kernels: bool = True):
   """(model, tokenizer) of a HF LLaVA-NeXT-Video directory; `matmul_precision="high"` runs its
-  matmuls in bf16x3 (the AMX kernel on Intel CPUs, docs/llama.md); `cpu_kernels=False` keeps
+  matmuls in bf16x3 and `"highest"` in bf16x6 with float32's error (the AMX kernel on Intel
+  CPUs, docs/llama.md); `cpu_kernels=False` keeps
   XLA's ops where aotd_jax's CPU kernels (decode matmuls, attention) would run."""
   from aotd_jax import hf
   from aotd_jax.models.options import with_options

@@ -116,7 +116,8 @@ class Owlv2Detector:
                       matmul_precision: str = "default", cpu_kernels: bool = True,
                       **kwargs) -> "Owlv2Detector":
     """Loads a HF OWLv2 directory (weights + tokenizer) with `aotd_jax.hf`;
-    `matmul_precision="high"` runs its matmuls in bf16x3 (the AMX kernel on Intel CPUs);
+    `matmul_precision="high"` runs its matmuls in bf16x3, `"highest"` in bf16x6 with float32's
+    error (the AMX kernel on Intel CPUs);
     `cpu_kernels=False` keeps XLA's attention where aotd_jax's CPU kernel would run."""
     from aotd_jax import hf
     from aotd_jax.models.options import with_options
