@@ -204,7 +204,12 @@ def main(argv=None):
                       help="comma-separated matmul_precision values to also time on one device: "
                            "'highest' (bf16x6 on AMX CPUs, float32 accuracy), 'high' (bf16x3); "
                            "XLA's float32 dots on CPUs without AMX; '' for none")
+  parser.add_argument("--keep_freed_memory", type=int, default=1,
+                      help="1: keep freed host memory for reuse in this process, for both sides "
+                           "(aotd_jax/host_memory.py: no page faults on per-step buffers)")
   args = parser.parse_args(argv)
+  from aotd_jax import host_memory
+  kept = bool(args.keep_freed_memory) and host_memory.keep_freed_memory()
   set_host_devices(args.devices)
 
   import jax
@@ -234,7 +239,7 @@ def main(argv=None):
   matmul_params = n_params - norms - (0 if cfg.tie_word_embeddings else cfg.vocab_size * cfg.hidden_size)
   print(f"machine: {os.cpu_count()} CPUs, jax {jax.__version__} ({len(jax.devices())} "
         f"{jax.devices()[0].platform} devices), torch {torch.__version__} ({torch.get_num_threads()} threads), "
-        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, keep_freed_memory={kept}")
   print(f"model: {n_params / 1e6:.1f}M params ({matmul_params / 1e6:.1f}M in matmuls), "
         f"batch {args.batch} x seq {args.seq}, float32, AdamW")
 

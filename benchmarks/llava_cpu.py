@@ -137,7 +137,12 @@ def main(argv=None):
                       help="comma-separated matmul_precision values to also time on one device: "
                            "'highest' (bf16x6 on AMX CPUs, float32 accuracy), 'high' (bf16x3); "
                            "XLA's float32 dots on CPUs without AMX; '' for none")
+  parser.add_argument("--keep_freed_memory", type=int, default=1,
+                      help="1: keep freed host memory for reuse in this process, for both sides "
+                           "(aotd_jax/host_memory.py: no page faults on per-step buffers)")
   args = parser.parse_args(argv)
+  from aotd_jax import host_memory
+  kept = bool(args.keep_freed_memory) and host_memory.keep_freed_memory()
   v = VARIANTS[args.variant]
   set_host_devices(args.devices)
 
@@ -158,7 +163,8 @@ def main(argv=None):
   video_tokens = frames * cfg.video_tokens_per_frame()
   seq = video_tokens + v["text_tokens"]
   print(f"machine: {os.cpu_count()} CPUs, jax {jax.__version__} ({len(jax.devices())} "
-        f"{jax.devices()[0].platform} devices), torch {torch.__version__} ({torch.get_num_threads()} threads)")
+        f"{jax.devices()[0].platform} devices), torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"keep_freed_memory={kept}")
   print(f"model: {n_params / 1e6:.1f}M params; batch {batch} x ({frames} frames {side}x{side} -> "
         f"{video_tokens} video tokens + {v['text_tokens']} text), float32, AdamW")
   peak = matmul_peak_flops()

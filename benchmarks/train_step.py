@@ -149,12 +149,18 @@ def main():
   ap.add_argument("--no_torch", action="store_true")
   ap.add_argument("--attention_impl", default="xla", choices=["xla", "dot_product_attention", "causal"])
   ap.add_argument("--matmul_precision", default="default", choices=["default", "high", "highest"],
-                  help="'high': bf16x3 dense-layer matmuls (the AMX kernel on Intel CPUs)")
+                  help="'high': bf16x3, 'highest': bf16x6 dense-layer matmuls (the AMX kernel on "
+                       "Intel CPUs)")
+  ap.add_argument("--keep_freed_memory", type=int, default=1,
+                  help="1: keep freed host memory for reuse in this process, for both sides "
+                       "(aotd_jax/host_memory.py)")
   ap.add_argument("--remat", type=int, default=-1, help="override the preset's remat (0/1)")
   ap.add_argument("--batch", type=int, default=0, help="override the preset's batch size")
   ap.add_argument("--peak_flops", type=float, default=0.0,
                   help="hardware peak; default: measured with a large matmul in this run")
   args = ap.parse_args()
+  from aotd_jax import host_memory
+  kept = bool(args.keep_freed_memory) and host_memory.keep_freed_memory()
   p = dict(PRESETS[args.preset], attention_impl=args.attention_impl,
            matmul_precision=args.matmul_precision)
   if args.remat >= 0:
@@ -169,7 +175,7 @@ def main():
   flops = step_flops(p, n_params)
   out = {"preset": args.preset, "attention_impl": p["attention_impl"],
          "matmul_precision": p["matmul_precision"], "remat": p["remat"],
-         "batch": p["batch"], "backend": jax.default_backend(), "device": str(jax.devices()[0]),
+         "keep_freed_memory": kept, "batch": p["batch"], "backend": jax.default_backend(), "device": str(jax.devices()[0]),
          "matmul_params_M": round(n_params / 1e6, 1), "tokens_per_step": tokens,
          "ours_step_s": round(dt, 4), "ours_tokens_per_s": round(tokens / dt, 1),
          "peak_tflops": round(peak / 1e12, 2), "ours_mfu": round(flops / dt / peak, 4),

@@ -17,7 +17,7 @@ import logging as logging_std
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from aotd_jax import sharding
+from aotd_jax import host_memory, sharding
 from aotd_jax.train import build, data as train_data
 from aotd_jax.train.checkpoint import Checkpointer
 from aotd_jax.train.loop import LoopConfig, train_loop
@@ -27,6 +27,9 @@ from aotd_jax.train.trainer import NonFiniteLossError, Trainer, matmul_flops_per
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config (get_config(arg)).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and plots go here.")
+_KEEP_MEMORY = flags.DEFINE_bool(
+    "keep_freed_memory", None, "Keep freed host memory for reuse (aotd_jax/host_memory.py): no "
+    "page faults on XLA's per-step CPU buffers. Default: on when JAX runs on the CPU.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 EXIT_NAN = 3
@@ -102,6 +105,8 @@ def run(cfg, workdir: str) -> int:
 def main(argv):
   del argv
   logging.get_absl_handler().addFilter(_QuietOrbax())
+  if host_memory.wanted(_KEEP_MEMORY.value):
+    logging.info("keep_freed_memory: %s", host_memory.keep_freed_memory())
   sys.exit(run(_CONFIG.value, _WORKDIR.value))
 
 
