@@ -185,16 +185,8 @@ def build_torch_step(model, lr=1e-4):
   return step
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser()
-  parser.add_argument("--variant", default="bench", choices=["bench", "tiny"])
-  parser.add_argument("--batch", type=int, default=8)
-  parser.add_argument("--seq", type=int, default=256)
-  parser.add_argument("--steps", type=int, default=4)
-  parser.add_argument("--prompt", type=int, default=32)
-  parser.add_argument("--new_tokens", type=int, default=64)
-  parser.add_argument("--loss", default="full", choices=["full", "shift"])
-  parser.add_argument("--skip_decode", action="store_true")
+def add_row_args(parser) -> None:
+  """The options both CPU model benchmarks share: mesh rows, precision rows, host memory."""
   parser.add_argument("--devices", type=int, default=2,
                       help="host CPU devices for the mesh rows (1: single-device rows only)")
   parser.add_argument("--train_mesh", default="data=2;tensor=2",
@@ -207,9 +199,27 @@ def main(argv=None):
   parser.add_argument("--keep_freed_memory", type=int, default=1,
                       help="1: keep freed host memory for reuse in this process, for both sides "
                            "(aotd_jax/host_memory.py: no page faults on per-step buffers)")
-  args = parser.parse_args(argv)
+
+
+def keep_memory(args) -> bool:
+  """Applies `--keep_freed_memory`; whether it took effect."""
   from aotd_jax import host_memory
-  kept = bool(args.keep_freed_memory) and host_memory.keep_freed_memory()
+  return bool(args.keep_freed_memory) and host_memory.keep_freed_memory()
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--variant", default="bench", choices=["bench", "tiny"])
+  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--seq", type=int, default=256)
+  parser.add_argument("--steps", type=int, default=4)
+  parser.add_argument("--prompt", type=int, default=32)
+  parser.add_argument("--new_tokens", type=int, default=64)
+  parser.add_argument("--loss", default="full", choices=["full", "shift"])
+  parser.add_argument("--skip_decode", action="store_true")
+  add_row_args(parser)
+  args = parser.parse_args(argv)
+  kept = keep_memory(args)
   set_host_devices(args.devices)
 
   import jax

@@ -27,8 +27,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from llama_cpu import (first_step, matmul_peak_flops, mesh_scope, parse_mesh,  # noqa: E402
-                       print_first_losses, run_step, set_host_devices, time_rounds)
+from llama_cpu import (add_row_args, first_step, keep_memory, matmul_peak_flops,  # noqa: E402
+                       mesh_scope, parse_mesh, print_first_losses, run_step, set_host_devices,
+                       time_rounds)
 
 VARIANTS = {
     # ~40M parameters: CLIP-ish tower 4 x 384, Llama 6 x 512, 8 frames of 112^2 (8x8 patches,
@@ -128,21 +129,9 @@ def main(argv=None):
   parser = argparse.ArgumentParser()
   parser.add_argument("--variant", default="bench", choices=sorted(VARIANTS))
   parser.add_argument("--steps", type=int, default=4)
-  parser.add_argument("--devices", type=int, default=2,
-                      help="host CPU devices for the mesh rows (1: single-device rows only)")
-  parser.add_argument("--train_mesh", default="data=2;tensor=2",
-                      help="meshes of the train-step mesh rows, ';'-separated")
-  parser.add_argument("--decode_mesh", default="tensor=2", help="mesh of the decode mesh row")
-  parser.add_argument("--precision_rows", default="highest,high",
-                      help="comma-separated matmul_precision values to also time on one device: "
-                           "'highest' (bf16x6 on AMX CPUs, float32 accuracy), 'high' (bf16x3); "
-                           "XLA's float32 dots on CPUs without AMX; '' for none")
-  parser.add_argument("--keep_freed_memory", type=int, default=1,
-                      help="1: keep freed host memory for reuse in this process, for both sides "
-                           "(aotd_jax/host_memory.py: no page faults on per-step buffers)")
+  add_row_args(parser)
   args = parser.parse_args(argv)
-  from aotd_jax import host_memory
-  kept = bool(args.keep_freed_memory) and host_memory.keep_freed_memory()
+  kept = keep_memory(args)
   v = VARIANTS[args.variant]
   set_host_devices(args.devices)
 
