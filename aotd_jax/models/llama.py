@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
+from aotd_jax.kernels import attention as attention_kernel
 from aotd_jax.kernels.amx_matmul import PRECISIONS, PrecisionDot
 from aotd_jax.models import rope
 from aotd_jax.models.causal_attention import blocked_causal_attention
@@ -204,7 +205,11 @@ class LlamaAttention(nnx.Module):
       return self.o_proj(_tokens(out)).reshape(b, l, -1), layer_cache
     # Grouped heads attend to their shared kv head without materialising repeated keys.
     q = q.reshape(b, l, kv, h // kv, d)
-    if own_keys and 0 < cfg.attention_block_size < l:
+    # A prefill takes the query blocks only where they run on the CPU kernel; elsewhere one
+    # einsum over the prompt's keys is the better shape (GPUs, TPUs).
+    blocks = 0 < cfg.attention_block_size < l and (
+        not prefill or (cfg.cpu_kernels and attention_kernel.use_kernel(q, k, v, mask)))
+    if own_keys and blocks:
       out = blocked_causal_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask,
                                      cfg.attention_block_size, cpu_kernel=cfg.cpu_kernels)
       out = constrain(out, ("activation_batch", "activation_length", "activation_heads"))
