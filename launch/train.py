@@ -72,7 +72,8 @@ def run(cfg, workdir: str) -> int:
   tx = make_optimizer(cfg.optim, cfg.total_steps)
   trainer = Trainer(student, tx, mesh=mesh,
                     trainable=trainable_filter(cfg.student.get("freeze_vision_tower", True)),
-                    rationale_weight=cfg.rationale_weight)
+                    rationale_weight=cfg.rationale_weight,
+                    loss_normalization=cfg.get("loss", {}).get("normalization", "per_part"))
   ckpt_dir = os.path.join(workdir, "checkpoints")
   build.write_hf_config(student, ckpt_dir)
   checkpointer = Checkpointer(ckpt_dir, max_to_keep=cfg.get("keep_checkpoints", 3),

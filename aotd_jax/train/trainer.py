@@ -20,7 +20,7 @@ from flax.core import spmd
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from aotd_jax import sharding as sharding_lib
-from aotd_jax.train.losses import distill_loss
+from aotd_jax.train.losses import LOSS_NORMALIZATIONS, distill_loss
 
 LOSS_KEYS = ("input_ids", "label_mask", "rationale_mask")
 
@@ -86,13 +86,18 @@ class Trainer:
 
   def __init__(self, model: nnx.Module, tx: optax.GradientTransformation, *, mesh: Mesh,
                trainable=nnx.Param, rationale_weight: float = 1.0, rules=None,
-               schedule: Callable[[int], float] | None = None):
+               schedule: Callable[[int], float] | None = None,
+               loss_normalization: str = "per_part"):
     self.model = model
     self.mesh = mesh
     self.tx = tx
     self.rules = rules
     self.schedule = schedule
     self.rationale_weight = float(rationale_weight)
+    if loss_normalization not in LOSS_NORMALIZATIONS:
+      raise ValueError(f"loss_normalization={loss_normalization!r}: expected one of "
+                       f"{LOSS_NORMALIZATIONS}")
+    self.loss_normalization = loss_normalization
     self._trainable = trainable
     self.graphdef, params, rest = nnx.split(model, trainable, ...)
     self.param_shardings = sharding_lib.state_shardings(params, mesh, rules)
@@ -110,6 +115,7 @@ class Trainer:
 
   def _build_step(self):
     graphdef, tx, lam = self.graphdef, self.tx, self.rationale_weight
+    normalization = self.loss_normalization
     example_model = self.model
 
     def train_step(params, opt_state, rest, batch):
@@ -117,7 +123,8 @@ class Trainer:
         student = nnx.merge(graphdef, p, rest)
         logits = student(**_model_inputs(example_model, batch)).logits
         out = distill_loss(logits, batch["input_ids"], batch["label_mask"],
-                           batch["rationale_mask"], lam)
+                           batch["rationale_mask"], lam, normalization=normalization,
+                           attention_mask=batch.get("attention_mask"))
         return out.loss, out
       (_, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
       grad_norm = optax.global_norm(grads)

@@ -38,6 +38,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.log_every = 5
   c.batch_size = 8
   c.rationale_weight = 1.0  # λ in L = L_label + λ·L_rationale
+  # "per_part": mean(answer) + λ·mean(rationale), prompt masked (ours); "sequence": one token
+  # mean over the whole sequence, as the official release (docs/fidelity.md)
+  c.loss = ml_collections.ConfigDict(dict(normalization="per_part"))
   c.peak_flops = 0.0  # set to the hardware's peak (FLOP/s) for an MFU estimate
   c.nan_at_step = -1  # fault injection (tests): poison this step's batch
   c.kill_at_step = -1  # fault injection (tests): SIGKILL after this step's checkpoint
