@@ -133,6 +133,25 @@ def test_mixture_ratio_over_10k_samples():
     DP.mix_sources([qa, grain.MapDataset.source([])])
 
 
+def test_concat_epoch_mixing_sees_every_example_once_per_epoch():
+  """The official recipe: sources concatenated and shuffled together (CoTs are ~11/48 here,
+  their share of the data, not a weight), reshuffled each epoch."""
+  qa = grain.MapDataset.source([("qa", i) for i in range(37)])
+  cot = grain.MapDataset.source([("cot", i) for i in range(11)])
+  mixed = DP.mix_sources([qa, cot], None, seed=3, mixing="concat_epoch")
+  everything = sorted([("qa", i) for i in range(37)] + [("cot", i) for i in range(11)])
+  first, second = [mixed[i] for i in range(48)], [mixed[i] for i in range(48, 96)]
+  assert sorted(first) == everything and sorted(second) == everything
+  assert first != second and first != sorted(first)
+  assert mixed[5] == DP.mix_sources([qa, cot], [1.0, 1.0], seed=3, mixing="concat_epoch")[5]
+  one_epoch = DP.mix_sources([qa, cot], seed=3, num_epochs=1, mixing="concat_epoch")
+  assert len(one_epoch) == 48
+  with pytest.raises(ValueError, match="takes no weights"):
+    DP.mix_sources([qa, cot], [0.7, 0.3], mixing="concat_epoch")
+  with pytest.raises(ValueError, match="mixing='by_size'"):
+    DP.mix_sources([qa, cot], mixing="by_size")
+
+
 def test_mixture_in_batches(world):
   it = build(world, weights=[0.75, 0.25], batch_size=4)
   qids = [q for _ in range(25) for q in next(it)["qid"]]

@@ -50,6 +50,10 @@ class PipelineConfig:
     answer_style: QA targets, "letter_text" -> "(B) text" or "letter" -> "B".
     seed, shuffle, num_epochs: shuffling per source, reshuffled every epoch; None repeats
       forever.
+    mixing: "weighted" (each source shuffled and repeated on its own, then mixed by the
+      weights: small sets are oversampled) or "concat_epoch" (the official release: every
+      source concatenated and shuffled as one set, so each example appears once an epoch and
+      the weights are not used). See `mix_sources`.
     num_workers: decoding processes (0: in the calling process).
     worker_buffer_size: prepared samples buffered per worker.
     pad_token_id: None uses the tokenizer's pad, else its EOS, else 0.
@@ -67,6 +71,7 @@ class PipelineConfig:
   seed: int = 0
   shuffle: bool = True
   num_epochs: int | None = None
+  mixing: str = "weighted"
   num_workers: int = 0
   worker_buffer_size: int = 2
   pad_token_id: int | None = None
@@ -218,9 +223,20 @@ class EpochShuffle(grain.MapDataset):
     return self._parent[i]
 
 
+MIXINGS = ("weighted", "concat_epoch")
+
+
 def mix_sources(sources: Sequence[grain.MapDataset], weights: Sequence[float] | None = None, *,
-                seed: int = 0, shuffle: bool = True, num_epochs: int | None = None) -> grain.MapDataset:
-  """Shuffles (reshuffled per epoch) and repeats each source, then mixes them by `weights`."""
+                seed: int = 0, shuffle: bool = True, num_epochs: int | None = None,
+                mixing: str = "weighted") -> grain.MapDataset:
+  """Combines the sources into one index-addressable stream of examples.
+
+  `mixing="weighted"` shuffles (reshuffled per epoch) and repeats each source, then mixes them
+  by `weights`. `mixing="concat_epoch"` is the official AoTD recipe: all sources concatenated
+  and shuffled together, each example once per epoch (weights must be None or all equal).
+  """
+  if mixing not in MIXINGS:
+    raise ValueError(f"mix_sources: mixing={mixing!r} not in {MIXINGS}")
   if not sources:
     raise ValueError("mix_sources: no sources")
   if weights is not None:
@@ -228,10 +244,17 @@ def mix_sources(sources: Sequence[grain.MapDataset], weights: Sequence[float] | 
       raise ValueError(f"mix_sources: {len(weights)} weights for {len(sources)} sources")
     if any(w < 0 for w in weights) or not sum(weights) > 0:
       raise ValueError(f"mix_sources: weights must be >= 0 with a positive sum, got {list(weights)}")
-  out, kept = [], []
   for i, ds in enumerate(sources):
     if len(ds) == 0:
       raise ValueError(f"mix_sources: source {i} is empty")
+  if mixing == "concat_epoch":
+    if weights is not None and len(set(weights)) > 1:
+      raise ValueError(f"mix_sources: mixing='concat_epoch' uses every example once per epoch; "
+                       f"it takes no weights, got {list(weights)}")
+    whole = sources[0] if len(sources) == 1 else grain.MapDataset.concatenate(list(sources))
+    return EpochShuffle(whole, seed=seed, num_epochs=num_epochs, shuffle=shuffle)
+  out, kept = [], []
+  for i, ds in enumerate(sources):
     if weights is not None and weights[i] == 0:
       continue  # Grain's mix refuses zero proportions: a weight of 0 means "not used"
     out.append(EpochShuffle(ds, seed=seed + i, num_epochs=num_epochs, shuffle=shuffle))
@@ -409,7 +432,7 @@ def make_pipeline(tokenizer, sources: Sequence[grain.MapDataset], config: Pipeli
   if pad is None:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
   ds = mix_sources(sources, weights, seed=config.seed, shuffle=config.shuffle,
-                   num_epochs=config.num_epochs)
+                   num_epochs=config.num_epochs, mixing=config.mixing)
   if count > 1:
     ds = ds[index::count]
   ds = ds.map(PrepareSample(tokenizer, config, preprocess)).to_iter_dataset()
