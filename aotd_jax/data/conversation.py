@@ -30,11 +30,21 @@ def option_letter(index: int) -> str:
   return LETTERS[index]
 
 
-def format_question(question: str, choices: Sequence[str]) -> str:
-  """The question followed by one `(A) ...` line per choice (just the question if none)."""
-  lines = [question.strip()]
-  lines += [f"({option_letter(i)}) {c}" for i, c in enumerate(choices)]
-  return "\n".join(lines)
+PROMPT_FORMATS = ("plain", "official")
+
+
+def format_question(question: str, choices: Sequence[str], prompt_format: str = "plain") -> str:
+  """The question and one `(A) ...` line per choice (just the question if none).
+
+  `prompt_format="plain"` (ours) writes the question and the option lines; `"official"` writes
+  them as the official AoTD release does, `Question: ...` then `Options:` before the lines.
+  """
+  if prompt_format not in PROMPT_FORMATS:
+    raise ValueError(f"prompt_format {prompt_format!r}: expected one of {PROMPT_FORMATS}")
+  options = [f"({option_letter(i)}) {c}" for i, c in enumerate(choices)]
+  if prompt_format == "official":
+    return "\n".join([f"Question: {question.strip()}"] + (["Options:"] + options if options else []))
+  return "\n".join([question.strip()] + options)
 
 
 def answer_target(choices: Sequence[str], answer: str, answer_index: int | None, *,
@@ -52,15 +62,15 @@ def answer_target(choices: Sequence[str], answer: str, answer_index: int | None,
   raise ValueError(f"answer style {style!r}: expected 'letter_text' or 'letter'")
 
 
-def qa_user_text(question: str, choices: Sequence[str]) -> str:
+def qa_user_text(question: str, choices: Sequence[str], prompt_format: str = "plain") -> str:
   """User text of a QA-mode sample (the answer suffix, or the short-answer one if open-ended)."""
   suffix = ANSWER_SUFFIX if choices else OPEN_ENDED_SUFFIX
-  return f"{format_question(question, choices)}\n{suffix}"
+  return f"{format_question(question, choices, prompt_format)}\n{suffix}"
 
 
-def cot_user_text(question: str, choices: Sequence[str]) -> str:
+def cot_user_text(question: str, choices: Sequence[str], prompt_format: str = "plain") -> str:
   """User text of a CoT-mode sample (the rationale suffix)."""
-  return f"{format_question(question, choices)}\n{RATIONALE_SUFFIX}"
+  return f"{format_question(question, choices, prompt_format)}\n{RATIONALE_SUFFIX}"
 
 
 def strip_media(text: str) -> str:

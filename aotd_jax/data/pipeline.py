@@ -86,11 +86,12 @@ def _video_path(root: str, path: str) -> str:
 
 
 def qa_examples(records: Sequence[VideoQA], *, video_root: str = "", video_ext: str = ".mp4",
-                answer_style: str = "letter_text") -> list[dict]:
+                answer_style: str = "letter_text", prompt_format: str = "plain") -> list[dict]:
   """QA-mode examples (plain dicts) from annotation records.
 
   The video is `meta["video_path"]` when the reader set it (NExT-QA), else
-  `{video_id}{video_ext}`, both under `video_root`.
+  `{video_id}{video_ext}`, both under `video_root`. `prompt_format`: see
+  `conversation.format_question`.
   """
   out = []
   for r in records:
@@ -98,7 +99,7 @@ def qa_examples(records: Sequence[VideoQA], *, video_root: str = "", video_ext: 
     out.append({
         "mode": "qa", "qid": r.qid, "video_path": _video_path(video_root, path),
         "start": r.start, "end": r.end,
-        "user_text": conversation.qa_user_text(r.question, r.choices),
+        "user_text": conversation.qa_user_text(r.question, r.choices, prompt_format),
         "assistant_text": conversation.answer_target(r.choices, r.answer, r.answer_index,
                                                      style=answer_style)})
   return out
@@ -109,16 +110,22 @@ def qa_source(records: Sequence[VideoQA], **kw) -> grain.MapDataset:
   return grain.MapDataset.source(qa_examples(records, **kw))
 
 
-def cot_example(rec: Any, *, video_root: str = "") -> dict:
+def cot_example(rec: Any, *, video_root: str = "", prompt_format: str | None = None) -> dict:
   """A CoT-mode example from one AoTD conversation record; ValueError / KeyError if malformed.
 
   Record: `{"video_path", "conversation": [{"from": "human", ...}, {"from": "gpt", ...}],
-  "qid", optional "start" / "end" (seconds)}`. The rationale suffix is appended to the human
-  text when it is not already there.
+  "qid", optional "start" / "end" (seconds), "question" / "choices"}`. With a `prompt_format`
+  and the record's question and choices, the user text is rebuilt in that format (so CoTs
+  train in the same format as the QA samples); otherwise the human turn is used as written,
+  with the rationale suffix appended when it is not already there.
   """
   if not isinstance(rec, Mapping):
     raise ValueError(f"record is a {type(rec).__name__}, not an object")
   user, rationale = conversation.conversation_turns(rec["conversation"])
+  if prompt_format is not None and isinstance(rec.get("question"), str) and isinstance(
+      rec.get("choices"), list):
+    user = conversation.cot_user_text(rec["question"], [str(c) for c in rec["choices"]],
+                                      prompt_format)
   if conversation.RATIONALE_SUFFIX not in user:
     user = f"{user.rstrip()}\n{conversation.RATIONALE_SUFFIX}"
   if not isinstance(rec["video_path"], str) or not rec["video_path"]:
@@ -132,7 +139,8 @@ def _cot_error(e: Exception) -> str:
   return f"missing field {e}" if isinstance(e, KeyError) else str(e)
 
 
-def read_cot_jsonl(path: str, *, video_root: str = "") -> tuple[list[dict], ReadReport]:
+def read_cot_jsonl(path: str, *, video_root: str = "",
+                   prompt_format: str | None = None) -> tuple[list[dict], ReadReport]:
   """CoT examples from a JSONL file; malformed lines are reported (file:line), counted, skipped."""
   report = ReadReport(fmt="cot", path=path)
   out = []
@@ -141,7 +149,8 @@ def read_cot_jsonl(path: str, *, video_root: str = "") -> tuple[list[dict], Read
       if not line.strip():
         continue
       try:
-        out.append(cot_example(json.loads(line), video_root=video_root))
+        out.append(cot_example(json.loads(line), video_root=video_root,
+                               prompt_format=prompt_format))
       except (json.JSONDecodeError, KeyError, ValueError, TypeError) as e:
         report.skip(f"{path}:{lineno}", _cot_error(e))
   report.num_records = len(out)
@@ -152,30 +161,35 @@ def read_cot_jsonl(path: str, *, video_root: str = "") -> tuple[list[dict], Read
 class _ParseCotRecord:
   """ArrayRecord bytes -> CoT example, or a skip marker naming the file and index."""
 
-  def __init__(self, path: str, video_root: str):
-    self.path, self.video_root = path, video_root
+  def __init__(self, path: str, video_root: str, prompt_format: str | None = None):
+    self.path, self.video_root, self.prompt_format = path, video_root, prompt_format
 
   def __call__(self, index: int, data: bytes) -> dict:
     try:
-      return cot_example(json.loads(data), video_root=self.video_root)
+      return cot_example(json.loads(data), video_root=self.video_root,
+                         prompt_format=self.prompt_format)
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, ValueError, TypeError) as e:
       return {SKIP: f"{self.path}[{index}]: malformed CoT record: {_cot_error(e)}", "kind": "record"}
 
 
-def cot_source(path: str | os.PathLike, *, video_root: str = "") -> grain.MapDataset:
+def cot_source(path: str | os.PathLike, *, video_root: str = "",
+               prompt_format: str | None = None) -> grain.MapDataset:
   """A `MapDataset` of CoT-mode examples from `*.jsonl` or `*.array_record` (JSON per record).
 
   JSONL is parsed up front (bad lines are logged and in `.report` of `read_cot_jsonl`);
-  ArrayRecord is parsed lazily and bad records are counted by the pipeline.
+  ArrayRecord is parsed lazily and bad records are counted by the pipeline. `prompt_format`:
+  see `cot_example`.
   """
   path = os.fspath(path)
   if not os.path.exists(path):
     raise FileNotFoundError(f"CoT file not found: {path}")
   if path.endswith((".array_record", ".arrayrecord")):
     source = grain.sources.ArrayRecordDataSource([path])
-    return grain.MapDataset.source(source).map_with_index(_ParseCotRecord(path, video_root))
+    return grain.MapDataset.source(source).map_with_index(
+        _ParseCotRecord(path, video_root, prompt_format))
   if path.endswith((".jsonl", ".json")):
-    return grain.MapDataset.source(read_cot_jsonl(path, video_root=video_root)[0])
+    return grain.MapDataset.source(
+        read_cot_jsonl(path, video_root=video_root, prompt_format=prompt_format)[0])
   raise ValueError(f"{path}: CoT files must be .jsonl or .array_record")
 
 

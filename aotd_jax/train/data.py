@@ -20,13 +20,17 @@ def make_pipeline_data(cfg, student: nnx.Module, tokenizer=None):
   d = cfg.data
   tokenizer = tokenizer if tokenizer is not None else hf.load_tokenizer(d.tokenizer)
   sources, weights = [], []
+  prompt_format = d.get("prompt_format", "plain")
   for qa in d.get("qa", ()):
     records = annotations.read(qa["format"], qa["path"], **dict(qa.get("read_kwargs", {}) or {}))
     sources.append(pipeline.qa_source(records, video_root=qa.get("video_root", ""),
-                                      video_ext=qa.get("video_ext", ".mp4")))
+                                      video_ext=qa.get("video_ext", ".mp4"),
+                                      answer_style=d.get("answer_style", "letter_text"),
+                                      prompt_format=prompt_format))
     weights.append(float(qa.get("weight", 1.0)))
   for cot in d.get("cot", ()):
-    sources.append(pipeline.cot_source(cot["path"], video_root=cot.get("video_root", "")))
+    sources.append(pipeline.cot_source(cot["path"], video_root=cot.get("video_root", ""),
+                                       prompt_format=prompt_format))
     weights.append(float(cot.get("weight", 1.0)))
   if not sources:
     raise ValueError("config.data.kind='pipeline' needs config.data.qa and/or config.data.cot")
