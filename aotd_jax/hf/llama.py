@@ -10,7 +10,7 @@ from aotd_jax.hf.mapping import Rule, embed, linear, norm
 from aotd_jax.models.llama import LlamaConfig, LlamaForCausalLM
 
 _OURS = ("dtype", "param_dtype", "remat", "attention_impl", "attention_block_size", "cpu_kernels",
-         "matmul_precision", "rope_theta", "rope_scaling")
+         "matmul_precision", "rope_theta", "rope_scaling", "qkv_bias")
 _FIELDS = tuple(f.name for f in dataclasses.fields(LlamaConfig) if f.name not in _OURS)
 
 
@@ -49,7 +49,8 @@ def rules(cfg: LlamaConfig, hf_keys: Collection[str] | None = None) -> list[Rule
   for i in range(cfg.num_hidden_layers):
     hf, fx = f"model.layers.{i}", f"model/layers/{i}"
     for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
-      out += linear(f"{hf}.self_attn.{name}", f"{fx}/self_attn/{name}", bias=cfg.attention_bias)
+      bias = cfg.attention_bias or (cfg.qkv_bias and name != "o_proj")
+      out += linear(f"{hf}.self_attn.{name}", f"{fx}/self_attn/{name}", bias=bias)
     for name in ("gate_proj", "up_proj", "down_proj"):
       out += linear(f"{hf}.mlp.{name}", f"{fx}/mlp/{name}", bias=cfg.mlp_bias)
     out += norm(f"{hf}.input_layernorm", f"{fx}/input_layernorm", bias=False)

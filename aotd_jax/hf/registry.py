@@ -28,6 +28,8 @@ class Adapter:
 
 _ADAPTERS = {
     "LlamaForCausalLM": "aotd_jax.hf.llama:ADAPTER",
+    "Qwen2ForCausalLM": "aotd_jax.hf.qwen2:ADAPTER",
+    "SiglipVisionModel": "aotd_jax.hf.siglip:VISION_ADAPTER",
     "CLIPVisionModel": "aotd_jax.hf.clip:VISION_ADAPTER",
     "CLIPModel": "aotd_jax.hf.clip:ADAPTER",
     "LlavaNextVideoForConditionalGeneration": "aotd_jax.hf.llava_next_video:ADAPTER",
@@ -36,6 +38,8 @@ _ADAPTERS = {
 # config.json files without `architectures` still carry `model_type`.
 _MODEL_TYPES = {
     "llama": "LlamaForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "siglip_vision_model": "SiglipVisionModel",
     "clip_vision_model": "CLIPVisionModel",
     "clip": "CLIPModel",
     "llava_next_video": "LlavaNextVideoForConditionalGeneration",

@@ -55,6 +55,9 @@ class LlamaConfig:
   rope_scaling: Any = None
   tie_word_embeddings: bool = False
   attention_bias: bool = False
+  # Biases on the q/k/v projections only (Qwen2's attention: o_proj has none); attention_bias
+  # puts biases on all four.
+  qkv_bias: bool = False
   mlp_bias: bool = False
   bos_token_id: int | None = 1
   eos_token_id: Any = 2
@@ -163,9 +166,10 @@ class LlamaAttention(nnx.Module):
   def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
     self.config = cfg
     h, d, kv = cfg.num_attention_heads, cfg.head_dim, cfg.num_key_value_heads
-    self.q_proj = _dense(cfg, cfg.hidden_size, h * d, ("embed", "heads"), cfg.attention_bias, rngs)
-    self.k_proj = _dense(cfg, cfg.hidden_size, kv * d, ("embed", "kv_heads"), cfg.attention_bias, rngs)
-    self.v_proj = _dense(cfg, cfg.hidden_size, kv * d, ("embed", "kv_heads"), cfg.attention_bias, rngs)
+    qkv_bias = cfg.attention_bias or cfg.qkv_bias
+    self.q_proj = _dense(cfg, cfg.hidden_size, h * d, ("embed", "heads"), qkv_bias, rngs)
+    self.k_proj = _dense(cfg, cfg.hidden_size, kv * d, ("embed", "kv_heads"), qkv_bias, rngs)
+    self.v_proj = _dense(cfg, cfg.hidden_size, kv * d, ("embed", "kv_heads"), qkv_bias, rngs)
     self.o_proj = _dense(cfg, h * d, cfg.hidden_size, ("heads", "embed"), cfg.attention_bias, rngs)
 
   def __call__(self, x, cos, sin, mask, layer_cache=None, index=None, prefill=False):
