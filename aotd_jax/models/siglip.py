@@ -11,13 +11,12 @@ tower has none.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from aotd_jax.models.clip import CLIPEncoder, CLIPVisionOutput, _layer_norm, activation
+from aotd_jax.models.clip import (CLIPEncoder, CLIPVisionOutput, _layer_norm, activation,
+                                  check_pixel_values)
 from aotd_jax.sharding import constrain
 
 
@@ -83,16 +82,6 @@ class SiglipVisionEmbeddings(nnx.Module):
     patches = self.patch_embedding(x)
     b, gh, gw, d = patches.shape
     return patches.reshape(b, gh * gw, d) + self.position_embedding.embedding[...].astype(patches.dtype)
-
-
-def check_pixel_values(pixel_values: Any, cfg: SiglipVisionConfig, name: str = "pixel_values") -> jax.Array:
-  """Validates a (B, C, S, S) image batch against the config, with a message naming the input."""
-  shape = tuple(getattr(pixel_values, "shape", ()))
-  want = (cfg.num_channels, cfg.image_size, cfg.image_size)
-  if len(shape) != 4 or shape[1:] != want:
-    raise ValueError(f"{name} must have shape (batch, {want[0]}, {want[1]}, {want[2]}) "
-                     f"(channels first, as transformers), got {shape}")
-  return jnp.asarray(pixel_values)
 
 
 class SiglipVisionTransformer(nnx.Module):
