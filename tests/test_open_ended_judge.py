@@ -1,0 +1,134 @@
+"""The open-ended LLM judge: reply parsing, scoring, and the launcher over an OpenAI-compatible
+server, recorded and replayed."""
+import http.server
+import json
+import pathlib
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from aotd_jax.eval import open_ended
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("reply, want", [
+    ("{'pred': 'yes', 'score': 4}", (True, 4.0)),
+    ('Sure! {"pred": "no", "score": 1}', (False, 1.0)),
+    ("pred: Yes, score: 5", (True, 5.0)),
+    ("{'pred': 'yes', 'score': 9}", (True, 5.0)),
+    ("{'pred': 'no', 'score': -2}", (False, 0.0)),
+    ("I think it matches.", None),
+    ("{'pred': 'maybe', 'score': 3}", None),
+    ("{'pred': 'yes'}", None),
+])
+def test_parse_reply(reply, want):
+  assert open_ended.parse_reply(reply) == want
+
+
+class Scripted:
+  """An LLM that answers from a list and keeps the prompts it saw."""
+
+  def __init__(self, replies):
+    self.replies, self.prompts = list(replies), []
+
+  def complete(self, prompts, *, max_new_tokens, temperature=0.0, stop=None):
+    self.prompts.extend(prompts)
+    return [self.replies.pop(0) for _ in prompts]
+
+
+ITEMS = [dict(qid=str(i), question=f"what is in the box {i}", answer="a cat", prediction=p)
+         for i, p in enumerate(["a cat", "cat", "a dog", "nothing"])]
+
+
+def test_accuracy_score_and_unparsed_are_exact():
+  llm = Scripted(["{'pred': 'yes', 'score': 5}", "{'pred': 'yes', 'score': 4}",
+                  "{'pred': 'no', 'score': 1}", "no idea"])
+  out = open_ended.judge_answers(ITEMS, llm, batch_size=3)
+  assert out["accuracy"] == 0.5 and out["score"] == 2.5
+  assert out["num_questions"] == 4 and out["unparsed"] == 1
+  assert [j["correct"] for j in out["judgements"]] == [True, True, False, False]
+  assert out["judgements"][3]["reply"] == "no idea" and not out["judgements"][3]["parsed"]
+  content = llm.prompts[2][0]["content"]
+  assert "Correct answer: a cat" in content and "Predicted answer: a dog" in content
+  assert "what is in the box 2" in content
+
+
+def test_bad_items_and_reply_counts_are_named():
+  with pytest.raises(ValueError, match=r"item 0 \(qid '7'\) lacks \['prediction'\]"):
+    open_ended.judge_answers([dict(qid="7", question="q", answer="a")], Scripted([]))
+  with pytest.raises(ValueError, match="judge returned 0 replies for 1 prompts"):
+    open_ended.judge_answers(ITEMS[:1], type("Empty", (), {"complete": lambda *a, **k: []})())
+
+
+class JudgeServer:
+  """OpenAI-compatible judge: 'yes' when the prediction line contains 'cat'."""
+
+  def __init__(self):
+    self.requests = 0
+    outer = self
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+      def log_message(self, *a):
+        pass
+
+      def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        outer.requests += 1
+        text = body["messages"][-1]["content"]
+        predicted = text.split("Predicted answer:")[1].split("\n")[0]
+        reply = ("{'pred': 'yes', 'score': 5}" if "cat" in predicted
+                 else "{'pred': 'no', 'score': 0}")
+        payload = json.dumps({"choices": [{"message": {"role": "assistant",
+                                                       "content": reply}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+    threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
+
+
+def _launch(*args):
+  return subprocess.run([sys.executable, "-m", "launch.judge_open_ended", *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_launcher_judges_records_and_replays(tmp_path):
+  q = [{"video_name": f"vid{i}", "question": f"what is in the box {i}", "question_id": f"v_{i}"}
+       for i in range(3)]
+  a = [{"question_id": f"v_{i}", "answer": "cat", "type": 3} for i in range(3)]
+  (tmp_path / "test_q.json").write_text(json.dumps(q))
+  (tmp_path / "test_a.json").write_text(json.dumps(a))
+  outputs = [{"qid": "v_0", "output": "a cat"}, {"qid": "v_1", "output": "a dog"},
+             {"qid": "v_2", "output": "the cat"}]
+  (tmp_path / "eval.json").write_text(json.dumps({"outputs": outputs}))
+  server = JudgeServer()
+  try:
+    common = [f"--eval={tmp_path}/eval.json", "--format=activitynet_qa",
+              f"--annotations={tmp_path}/test_q.json"]
+    r = _launch(*common, f"--llm={server.url}", "--model=judge",
+                f"--record={tmp_path}/replies.jsonl", f"--out={tmp_path}/judged.json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    judged = json.loads((tmp_path / "judged.json").read_text())
+    assert judged["accuracy"] == pytest.approx(2 / 3) and judged["score"] == pytest.approx(10 / 3)
+    assert [j["correct"] for j in judged["judgements"]] == [True, False, True]
+    assert server.requests == 3
+    # re-scored from the recording, without the server
+    r = _launch(*common, f"--replay={tmp_path}/replies.jsonl", f"--out={tmp_path}/again.json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((tmp_path / "again.json").read_text())["judgements"] == judged["judgements"]
+    assert server.requests == 3
+  finally:
+    server.httpd.shutdown()
+    server.httpd.server_close()
+  # an output whose qid is not in the annotations is named
+  (tmp_path / "bad.json").write_text(json.dumps({"outputs": [{"qid": "v_9", "output": "x"}]}))
+  r = _launch(f"--eval={tmp_path}/bad.json", "--format=activitynet_qa",
+              f"--annotations={tmp_path}/test_q.json", f"--replay={tmp_path}/replies.jsonl")
+  assert r.returncode != 0 and "outputs[0] qid 'v_9' is not in the annotations" in r.stderr
