@@ -62,7 +62,7 @@ def run_student(model, tokenizer, records: Sequence[VideoQA], *, mode: str = "an
   """
   from aotd_jax.models import llava_next_video  # the student; imported lazily (heavy)
   cfg = model.config
-  n_tokens = num_frames * cfg.video_tokens_per_frame()
+  n_tokens = cfg.video_tokens(num_frames)
   size = cfg.vision_config.image_size
   pad = cfg.text_config.pad_token_id or 0
   outputs: list[str] = []
@@ -125,7 +125,7 @@ def _closed_set(model, tokenizer, records: Sequence[VideoQA], rows_fn, *, video_
   import jax
   from flax import nnx
   cfg = model.config
-  n_tokens = num_frames * cfg.video_tokens_per_frame()
+  n_tokens = cfg.video_tokens(num_frames)
   size = cfg.vision_config.image_size
   pad = cfg.text_config.pad_token_id or 0
   forward = nnx.jit(lambda m, ids, mask, px: jax.nn.log_softmax(

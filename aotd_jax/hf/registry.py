@@ -33,6 +33,7 @@ _ADAPTERS = {
     "CLIPVisionModel": "aotd_jax.hf.clip:VISION_ADAPTER",
     "CLIPModel": "aotd_jax.hf.clip:ADAPTER",
     "LlavaNextVideoForConditionalGeneration": "aotd_jax.hf.llava_next_video:ADAPTER",
+    "LlavaOnevisionForConditionalGeneration": "aotd_jax.hf.llava_onevision:ADAPTER",
     "Owlv2ForObjectDetection": "aotd_jax.hf.owlv2:ADAPTER",
 }
 # config.json files without `architectures` still carry `model_type`.
@@ -43,6 +44,7 @@ _MODEL_TYPES = {
     "clip_vision_model": "CLIPVisionModel",
     "clip": "CLIPModel",
     "llava_next_video": "LlavaNextVideoForConditionalGeneration",
+    "llava_onevision": "LlavaOnevisionForConditionalGeneration",
     "owlv2": "Owlv2ForObjectDetection",
 }
 

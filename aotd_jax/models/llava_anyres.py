@@ -1,13 +1,17 @@
 """LLaVA-NeXT any-resolution geometry: grid choice, unpadding and visual-token counts.
 
-Pure Python on sizes (no arrays), shared by the model (`llava_next_video.py`, which packs the
+Pure Python on sizes (and, for LLaVA-OneVision's bilinear resizes, their small numpy weight
+matrices), shared by the model (`llava_next_video.py`, which packs the
 tile features) and the preprocessor (`aotd_jax/data/video_processing.py`, which tiles the image
 and writes the right number of `<image>` / `<video>` tokens). Every rule follows transformers'
 LLaVA-NeXT code, including its integer truncations, so the counts agree token for token.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
+
+import numpy as np
 
 
 def select_best_resolution(original_size: Sequence[int],
@@ -76,3 +80,55 @@ def num_video_tokens(num_frames: int, *, image_size: int, patch_size: int,
   """`<video>` tokens for a clip of `num_frames` frames of `image_size`² pixels after pooling."""
   side = pooled_side(image_size // patch_size, spatial_pool_stride)
   return num_frames * side * side
+
+
+def anyres_max_extent(height: int, width: int, side: int, max_tiles: int) -> tuple[int, int]:
+  """LLaVA-OneVision's `anyres_max_N` cap: the (rows, cols) an unpadded feature map of
+  (height, width) patches is bilinearly resized to when it holds over ~N base tiles' worth
+  (ratio > 1.1), else (height, width) unchanged (transformers' `pack_image_features`)."""
+  ratio = math.sqrt(height * width / (max_tiles * side ** 2))
+  if ratio > 1.1:
+    return int(height // ratio), int(width // ratio)
+  return height, width
+
+
+def parse_anyres_max(vision_aspect_ratio: str) -> int:
+  """`"anyres_max_9"` -> 9, with a clear error for anything else."""
+  prefix = "anyres_max_"
+  tail = vision_aspect_ratio[len(prefix):] if vision_aspect_ratio.startswith(prefix) else ""
+  if not tail.isdigit() or int(tail) < 1:
+    raise ValueError(f"vision_aspect_ratio={vision_aspect_ratio!r}: expected 'anyres_max_<N>' "
+                     "with N >= 1")
+  return int(tail)
+
+
+def onevision_image_tokens(image_size: Sequence[int], *, image_grid_pinpoints, tile_size: int,
+                           patch_size: int, max_tiles: int,
+                           vision_feature_select_strategy: str = "full") -> int:
+  """`<image>` tokens of one LLaVA-OneVision image of original `image_size` (H, W): the base
+  tile's patches, then the unpadded (and `anyres_max` capped) grid with one newline per row;
+  a single-tile image is its patches plus one newline."""
+  side = tile_size // patch_size
+  base = side * side - (1 if vision_feature_select_strategy == "default" else 0)
+  if anyres_num_tiles(image_size, image_grid_pinpoints, tile_size) == 1:
+    return base + 1
+  rows, cols = anyres_grid_shape(image_size, image_grid_pinpoints, tile_size)
+  top, bottom, left, right = unpadded_extent(image_size, (rows * side, cols * side))
+  h, w = anyres_max_extent(bottom - top, right - left, side, max_tiles)
+  return base + h * (w + 1)
+
+
+def bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
+  """(out_size, in_size) float32 weights of a 1-D bilinear resize as PyTorch's
+  `interpolate(mode="bilinear", align_corners=False)` computes it (half-pixel centres, sources
+  below 0 clamped to 0, no antialiasing): resizing a map is two small matmuls."""
+  scale = np.float32(in_size) / np.float32(out_size)
+  dst = np.arange(out_size, dtype=np.float32)
+  src = np.maximum((dst + np.float32(0.5)) * scale - np.float32(0.5), np.float32(0))
+  lo = np.minimum(src.astype(np.int64), in_size - 1)
+  hi = np.minimum(lo + 1, in_size - 1)
+  frac = src - lo.astype(np.float32)
+  m = np.zeros((out_size, in_size), np.float32)
+  np.add.at(m, (np.arange(out_size), lo), np.float32(1) - frac)
+  np.add.at(m, (np.arange(out_size), hi), frac)
+  return m

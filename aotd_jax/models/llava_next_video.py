@@ -108,6 +108,10 @@ class LlavaNextVideoConfig:
     side = llava_anyres.pooled_side(self.patches_per_side, self.spatial_pool_stride)
     return side * side
 
+  def video_tokens(self, num_frames: int) -> int:
+    """Feature tokens (`<video>` placeholders) of one clip of `num_frames` frames."""
+    return num_frames * self.video_tokens_per_frame()
+
   def image_tokens(self, image_size: Sequence[int]) -> int:
     """Feature tokens of one any-res image of original (H, W) `image_size`."""
     return llava_anyres.num_image_tokens(
@@ -225,8 +229,10 @@ def check_media_tokens(config: LlavaNextVideoConfig, input_ids, *, video_shape=N
   if video_shape is not None:
     b, t = tuple(video_shape)[:2]
     per = config.video_tokens_per_frame()
-    _check_count(input_ids, config.video_token_index, b * t * per, "video",
-                 f"{b} clip(s) x {t} frames x {per} tokens per frame")
+    extra = config.video_tokens(t) - t * per  # e.g. LLaVA-OneVision's newline after each clip
+    _check_count(input_ids, config.video_token_index, b * config.video_tokens(t), "video",
+                 f"{b} clip(s) x {t} frames x {per} tokens per frame"
+                 + (f" + {extra} per clip" if extra else ""))
   if image_sizes is not None:
     sizes = np.asarray(image_sizes).reshape(-1, 2)
     _check_count(input_ids, config.image_token_index, sum(config.image_tokens(s) for s in sizes),

@@ -7,8 +7,8 @@ from aotd_jax.train.synthetic import SyntheticBatches
 
 
 def _video_tokens(config, num_frames: int) -> int:
-  """Visual tokens of a clip after LLaVA-NeXT-Video's spatial pooling (as transformers counts)."""
-  return num_frames * config.video_tokens_per_frame()
+  """Visual tokens of a clip (after pooling; LLaVA-OneVision adds a newline), as transformers counts."""
+  return config.video_tokens(num_frames)
 
 
 def make_pipeline_data(cfg, student: nnx.Module, tokenizer=None):
