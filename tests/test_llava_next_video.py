@@ -340,7 +340,12 @@ def test_mesh_forward_and_train_step_match_one_device(pair):
   ids, mask, videos = _video_batch(model.config, np.random.default_rng(16), frames=1, batch=4)
   batch = dict(input_ids=jnp.asarray(ids), attention_mask=jnp.asarray(mask),
                pixel_values_videos=jnp.asarray(videos))
+  check_mesh_train_step(model, batch, _loss)
 
+
+def check_mesh_train_step(model, batch, loss_fn):
+  """One SGD step of `loss_fn(model, batch) -> (loss, logits)` on one device and on a 2x2x2
+  (data, fsdp, tensor) mesh of host devices: logits, loss and updated weights agree."""
   def run(m, b):
     # SGD: the update is the gradient itself (Adam's g/|g| would amplify float-order noise
     # in near-zero gradients far past any tolerance).
@@ -348,7 +353,7 @@ def test_mesh_forward_and_train_step_match_one_device(pair):
 
     @nnx.jit
     def step(m, opt, b):
-      (loss, logits), grads = nnx.value_and_grad(_loss, has_aux=True)(m, b)
+      (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(m, b)
       opt.update(m, grads)
       return logits, loss
 

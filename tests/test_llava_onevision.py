@@ -11,11 +11,11 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
-from flax.core import spmd
 
 from aotd_jax import hf, sharding
 from aotd_jax.hf.io import CheckpointError, read_tensors
 from aotd_jax.models import llava_onevision as lov
+from tests.test_llava_next_video import check_mesh_train_step
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -267,26 +267,4 @@ def test_mesh_forward_and_train_step_match_one_device(pair):
   ids, mask, videos = _video_batch(model.config, np.random.default_rng(16), frames=1, batch=4)
   batch = dict(input_ids=jnp.asarray(ids), attention_mask=jnp.asarray(mask),
                pixel_values_videos=jnp.asarray(videos))
-
-  def run(m, b):
-    opt = nnx.Optimizer(m, optax.sgd(0.5), wrt=nnx.Param)
-
-    @nnx.jit
-    def step(m, opt, b):
-      (loss, logits), grads = nnx.value_and_grad(_loss, has_aux=True)(m, b)
-      opt.update(m, grads)
-      return logits, loss
-
-    logits, loss = step(m, opt, b)
-    return np.asarray(logits), float(loss), jax.tree.map(np.asarray, nnx.state(m, nnx.Param))
-
-  single = run(nnx.clone(model), batch)
-  mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-  with jax.set_mesh(mesh), spmd.logical_axis_rules(sharding.DEFAULT_RULES):
-    sharded_model = sharding.shard_model(nnx.clone(model), mesh)
-    spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
-    sharded = run(sharded_model, {k: jax.device_put(v, spec) for k, v in batch.items()})
-  np.testing.assert_allclose(sharded[0], single[0], atol=1e-5)
-  assert abs(sharded[1] - single[1]) < 1e-5
-  for a, b in zip(jax.tree.leaves(sharded[2]), jax.tree.leaves(single[2])):
-    np.testing.assert_allclose(a, b, atol=1e-5)
+  check_mesh_train_step(model, batch, _loss)

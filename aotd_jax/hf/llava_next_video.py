@@ -39,11 +39,7 @@ def config_from_hf(hf: dict) -> LlavaNextVideoConfig:
   if text.get("model_type", "llama") != "llama":
     raise CheckpointError(f"config.json: text_config.model_type {text['model_type']!r} is not "
                           "supported (only 'llama')")
-  kwargs = {k: hf[k] for k in _TOP_FIELDS if hf.get(k) is not None}
-  # Older configs name the placeholders *_token_id (attribute_map in transformers).
-  for old, new in (("image_token_id", "image_token_index"), ("video_token_id", "video_token_index")):
-    if new not in kwargs and hf.get(old) is not None:
-      kwargs[new] = hf[old]
+  kwargs = top_fields(hf, _TOP_FIELDS)
   try:
     return LlavaNextVideoConfig(
         vision_config=clip_hf.config_fields(CLIPVisionConfig, vision, _VISION_DEFAULTS),
@@ -82,23 +78,45 @@ def rules(cfg: LlavaNextVideoConfig, hf_keys: Collection[str] | None = None) -> 
   Each part is looked up on its own: transformers 5 writes most parts in the older layout but
   keys it has no rename rule for (`model.vision_resampler.*`) in the current one.
   """
-  vision = _pick(hf_keys, ("model.vision_tower.vision_model.", "model.vision_tower.",
-                           "vision_tower.vision_model.", "vision_tower."))
-  out = clip_hf.vision_tower_rules(cfg.vision_config, vision[:-1], "vision_tower/vision_model")
-  proj = _pick(hf_keys, ("model.multi_modal_projector.", "multi_modal_projector."))
-  for name in ("linear_1", "linear_2"):
-    out += linear(proj + name, f"multi_modal_projector/{name}", bias=cfg.multimodal_projector_bias)
-  out.append(Rule(_pick(hf_keys, ("model.image_newline", "image_newline")), "image_newline"))
+  out = clip_hf.vision_tower_rules(cfg.vision_config, vision_prefix(hf_keys)[:-1],
+                                   "vision_tower/vision_model")
   if cfg.spatial_pool_mode == "conv":
     pool = _pick(hf_keys, ("model.vision_resampler.", "vision_resampler."))
     out += [Rule(pool + "pool.weight", "vision_resampler/pool/kernel", CONV2D),
             Rule(pool + "pool.bias", "vision_resampler/pool/bias")]
+  return out + projector_and_lm_rules(cfg, hf_keys)
+
+
+def vision_prefix(hf_keys: Collection[str] | None) -> str:
+  """The vision tower's HF prefix in `hf_keys` (with or without `model.` / `vision_model.`)."""
+  return _pick(hf_keys, ("model.vision_tower.vision_model.", "model.vision_tower.",
+                         "vision_tower.vision_model.", "vision_tower."))
+
+
+def projector_and_lm_rules(cfg, hf_keys: Collection[str] | None) -> list[Rule]:
+  """The projector, `image_newline` and language-model rules of a LLaVA-family checkpoint
+  (LLaVA-NeXT-Video, LLaVA-OneVision), each part in the layout found in `hf_keys`."""
+  proj = _pick(hf_keys, ("model.multi_modal_projector.", "multi_modal_projector."))
+  out = []
+  for name in ("linear_1", "linear_2"):
+    out += linear(proj + name, f"multi_modal_projector/{name}", bias=cfg.multimodal_projector_bias)
+  out.append(Rule(_pick(hf_keys, ("model.image_newline", "image_newline")), "image_newline"))
   lm = _pick(hf_keys, ("model.language_model.", "language_model.model."))
   head = _pick(hf_keys, ("lm_head.", "language_model.lm_head."))
   for rule in llama_hf.rules(cfg.text_config):
     hf = head + rule.hf[len("lm_head."):] if rule.hf.startswith("lm_head.") else lm + rule.hf[len("model."):]
     out.append(dataclasses.replace(rule, hf=hf, flax=f"language_model/{rule.flax}"))
   return out
+
+
+def top_fields(hf: dict, names) -> dict:
+  """The top-level config.json fields `names` that are set, with the older `image_token_id` /
+  `video_token_id` names read as `*_token_index` (transformers' attribute_map)."""
+  kwargs = {k: hf[k] for k in names if hf.get(k) is not None}
+  for old, new in (("image_token_id", "image_token_index"), ("video_token_id", "video_token_index")):
+    if new not in kwargs and hf.get(old) is not None:
+      kwargs[new] = hf[old]
+  return kwargs
 
 
 ADAPTER = registry.Adapter(

@@ -9,17 +9,15 @@ Reads every key layout transformers has written: the current one (`model.languag
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Collection
 
-from aotd_jax.hf import llama as llama_hf
+from aotd_jax.hf import llava_next_video as lnv_hf
 from aotd_jax.hf import qwen2 as qwen2_hf
 from aotd_jax.hf import registry
 from aotd_jax.hf import siglip as siglip_hf
 from aotd_jax.hf.clip import IGNORE
 from aotd_jax.hf.io import CheckpointError
-from aotd_jax.hf.llava_next_video import _pick
-from aotd_jax.hf.mapping import Rule, linear
+from aotd_jax.hf.mapping import Rule
 from aotd_jax.models.llava_onevision import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
 
 _TOP_FIELDS = ("image_token_index", "video_token_index", "projector_hidden_act",
@@ -40,10 +38,7 @@ def config_from_hf(hf: dict) -> LlavaOnevisionConfig:
   if text.get("model_type", "qwen2") != "qwen2":
     raise CheckpointError(f"config.json: text_config.model_type {text['model_type']!r} is not "
                           "supported (only 'qwen2')")
-  kwargs = {k: hf[k] for k in _TOP_FIELDS if hf.get(k) is not None}
-  for old, new in (("image_token_id", "image_token_index"), ("video_token_id", "video_token_index")):
-    if new not in kwargs and hf.get(old) is not None:
-      kwargs[new] = hf[old]
+  kwargs = lnv_hf.top_fields(hf, _TOP_FIELDS)
   vision_config = siglip_hf.config_from_hf(vision, "config.json: vision_config", _VISION_DEFAULTS)
   text_config = qwen2_hf.config_from_hf(text, "config.json: text_config")
   try:
@@ -68,19 +63,9 @@ def config_to_hf(cfg: LlavaOnevisionConfig) -> dict:
 
 def rules(cfg: LlavaOnevisionConfig, hf_keys: Collection[str] | None = None) -> list[Rule]:
   """HF tensor name -> our param path, for the key layout found in `hf_keys` (current on export)."""
-  vision = _pick(hf_keys, ("model.vision_tower.vision_model.", "model.vision_tower.",
-                           "vision_tower.vision_model.", "vision_tower."))
-  out = siglip_hf.tower_rules(cfg.vision_config, vision[:-1], "vision_tower/vision_model")
-  proj = _pick(hf_keys, ("model.multi_modal_projector.", "multi_modal_projector."))
-  for name in ("linear_1", "linear_2"):
-    out += linear(proj + name, f"multi_modal_projector/{name}", bias=cfg.multimodal_projector_bias)
-  out.append(Rule(_pick(hf_keys, ("model.image_newline", "image_newline")), "image_newline"))
-  lm = _pick(hf_keys, ("model.language_model.", "language_model.model."))
-  head = _pick(hf_keys, ("lm_head.", "language_model.lm_head."))
-  for rule in llama_hf.rules(cfg.text_config):
-    hf = head + rule.hf[len("lm_head."):] if rule.hf.startswith("lm_head.") else lm + rule.hf[len("model."):]
-    out.append(dataclasses.replace(rule, hf=hf, flax=f"language_model/{rule.flax}"))
-  return out
+  out = siglip_hf.tower_rules(cfg.vision_config, lnv_hf.vision_prefix(hf_keys)[:-1],
+                              "vision_tower/vision_model")
+  return out + lnv_hf.projector_and_lm_rules(cfg, hf_keys)
 
 
 ADAPTER = registry.Adapter(

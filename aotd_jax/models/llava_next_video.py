@@ -290,9 +290,9 @@ class LlavaNextVideoForConditionalGeneration(nnx.Module):
     x = self.multi_modal_projector(x)
     return x.reshape(b, -1, x.shape[-1])
 
-  def get_image_features(self, pixel_values: jax.Array, image_sizes) -> list[jax.Array]:
-    """Any-res tiles -> one (tokens_i, hidden) array per image: base tile, then the unpadded
-    grid with an `image_newline` after every row. `image_sizes` (N, 2) must be concrete."""
+  def _image_tiles(self, pixel_values, image_sizes) -> tuple[list, list[int], jax.Array]:
+    """(sizes, tiles per image, (sum(tiles), 3, S, S) tiles) of an any-res image batch given
+    as (images, tiles>=max, 3, S, S) or already flat; `image_sizes` (N, 2) must be concrete."""
     cfg = self.config
     vc = cfg.vision_config
     sizes = [tuple(int(v) for v in s) for s in np.asarray(image_sizes).reshape(-1, 2)]
@@ -305,14 +305,32 @@ class LlavaNextVideoForConditionalGeneration(nnx.Module):
       raise ValueError(
           f"pixel_values must have shape (images, tiles>={max(tiles, default=0)}, {', '.join(map(str, tile_shape))}) "
           f"or ({sum(tiles)}, {', '.join(map(str, tile_shape))}) for image_sizes {sizes}, got {shape}")
+    return sizes, tiles, jnp.asarray(pixel_values)
+
+  def _unpadded_grid(self, features: jax.Array, size) -> jax.Array:
+    """An image's grid-tile features (rows*cols, side*side, D) -> the (H, W, D) feature map of
+    the image itself: tiles stitched row-major, the letterbox padding cropped off."""
+    cfg = self.config
+    side = cfg.patches_per_side
+    rows, cols = llava_anyres.anyres_grid_shape(size, cfg.image_grid_pinpoints, cfg.vision_config.image_size)
+    d = features.shape[-1]
+    grid = features.reshape(rows, cols, side, side, d).transpose(0, 2, 1, 3, 4)
+    grid = grid.reshape(rows * side, cols * side, d)
+    top, bottom, left, right = llava_anyres.unpadded_extent(size, grid.shape[:2])
+    return grid[top:bottom, left:right]
+
+  def get_image_features(self, pixel_values: jax.Array, image_sizes) -> list[jax.Array]:
+    """Any-res tiles -> one (tokens_i, hidden) array per image: base tile, then the unpadded
+    grid with an `image_newline` after every row. `image_sizes` (N, 2) must be concrete."""
+    cfg = self.config
+    sizes, tiles, pixel_values = self._image_tiles(pixel_values, image_sizes)
     if cfg.vision_feature_select_strategy == "full" and max(tiles) > 1:
       raise ValueError(
           f"any-res image tiles give {cfg.patches_per_side ** 2 + 1} tokens each, not a square grid: "
           "vision_feature_select_strategy='full' keeps the class token (transformers fails here "
           "too); use 'default'")
-    feats = self.multi_modal_projector(self._vision_features(jnp.asarray(pixel_values)))
+    feats = self.multi_modal_projector(self._vision_features(pixel_values))
     newline = self.image_newline[...].astype(feats.dtype)
-    side = cfg.patches_per_side
     out, start = [], 0
     for size, n in zip(sizes, tiles):
       f = feats[start:start + n]
@@ -320,12 +338,8 @@ class LlavaNextVideoForConditionalGeneration(nnx.Module):
       if n == 1:
         out.append(jnp.concatenate([f[0], newline[None]], axis=0))
         continue
-      rows, cols = llava_anyres.anyres_grid_shape(size, cfg.image_grid_pinpoints, vc.image_size)
-      d = f.shape[-1]
-      grid = f[1:].reshape(rows, cols, side, side, d).transpose(0, 2, 1, 3, 4)
-      grid = grid.reshape(rows * side, cols * side, d)
-      top, bottom, left, right = llava_anyres.unpadded_extent(size, grid.shape[:2])
-      grid = grid[top:bottom, left:right]
+      grid = self._unpadded_grid(f[1:], size)
+      d = grid.shape[-1]
       grid = jnp.concatenate([grid, jnp.broadcast_to(newline, (grid.shape[0], 1, d))], axis=1)
       out.append(jnp.concatenate([f[0], grid.reshape(-1, d)], axis=0))
     return out

@@ -24,7 +24,6 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from aotd_jax.models import llava_anyres
@@ -137,20 +136,9 @@ class LlavaOnevisionForConditionalGeneration(lnv.LlavaNextVideoForConditionalGen
     grid (resized down under `anyres_max_N`) with an `image_newline` after every row; a one-tile
     image is its tile then one newline. `image_sizes` (N, 2) must be concrete."""
     cfg = self.config
-    vc = cfg.vision_config
-    sizes = [tuple(int(v) for v in s) for s in np.asarray(image_sizes).reshape(-1, 2)]
-    tiles = [llava_anyres.anyres_num_tiles(s, cfg.image_grid_pinpoints, vc.image_size) for s in sizes]
-    shape = tuple(np.shape(pixel_values))
-    tile_shape = (vc.num_channels, vc.image_size, vc.image_size)
-    if len(shape) == 5 and shape[2:] == tile_shape and shape[0] == len(sizes) and shape[1] >= max(tiles):
-      pixel_values = jnp.concatenate([jnp.asarray(pixel_values)[i, :n] for i, n in enumerate(tiles)])
-    elif not (len(shape) == 4 and shape[1:] == tile_shape and shape[0] == sum(tiles)):
-      raise ValueError(
-          f"pixel_values must have shape (images, tiles>={max(tiles, default=0)}, {', '.join(map(str, tile_shape))}) "
-          f"or ({sum(tiles)}, {', '.join(map(str, tile_shape))}) for image_sizes {sizes}, got {shape}")
-    feats = self.multi_modal_projector(self._vision_features(jnp.asarray(pixel_values)))
+    sizes, tiles, pixel_values = self._image_tiles(pixel_values, image_sizes)
+    feats = self.multi_modal_projector(self._vision_features(pixel_values))
     newline = self.image_newline[...].astype(feats.dtype)
-    side = cfg.patches_per_side
     out, start = [], 0
     for size, n in zip(sizes, tiles):
       f = feats[start:start + n]
@@ -158,14 +146,11 @@ class LlavaOnevisionForConditionalGeneration(lnv.LlavaNextVideoForConditionalGen
       if n == 1:
         out.append(jnp.concatenate([f[0], newline[None]], axis=0))
         continue
-      base = self._grid(f[:1])[0].reshape(-1, f.shape[-1])
-      rows, cols = llava_anyres.anyres_grid_shape(size, cfg.image_grid_pinpoints, vc.image_size)
       d = f.shape[-1]
-      grid = f[1:].reshape(rows, cols, side, side, d).transpose(0, 2, 1, 3, 4)
-      grid = grid.reshape(rows * side, cols * side, d)
-      top, bottom, left, right = llava_anyres.unpadded_extent(size, grid.shape[:2])
-      grid = grid[top:bottom, left:right]
-      h, w = llava_anyres.anyres_max_extent(grid.shape[0], grid.shape[1], side, cfg.max_tiles)
+      base = self._grid(f[:1]).reshape(-1, d)
+      grid = self._unpadded_grid(f[1:], size)
+      h, w = llava_anyres.anyres_max_extent(grid.shape[0], grid.shape[1], cfg.patches_per_side,
+                                            cfg.max_tiles)
       if (h, w) != grid.shape[:2]:
         grid = _resize_bilinear(grid, h, w)
       grid = jnp.concatenate([grid, jnp.broadcast_to(newline, (h, 1, d))], axis=1)
