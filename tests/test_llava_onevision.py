@@ -8,14 +8,14 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from flax import nnx
 
 from aotd_jax import hf, sharding
 from aotd_jax.hf.io import CheckpointError, read_tensors
 from aotd_jax.models import llava_onevision as lov
-from tests.test_llava_next_video import check_mesh_train_step
+from tests.test_llava_next_video import (_jit_logits, _logits, _loss, _torch_logits,
+                                         check_mesh_train_step)
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -57,17 +57,6 @@ def _save_hf(path, seed=0, **kw):
   return model
 
 
-def _positions(mask):
-  return torch.tensor(np.where(mask > 0, np.cumsum(mask, 1) - 1, 1))
-
-
-def _torch_logits(model, ids, mask, **media):
-  media = {k: torch.tensor(np.asarray(v)) for k, v in media.items() if v is not None}
-  with torch.no_grad():
-    return model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
-                 position_ids=_positions(mask), **media).logits.numpy()
-
-
 def _video_batch(config, rng, frames=3, batch=2):
   n = config.video_tokens(frames)
   ids = np.concatenate([rng.integers(3, 90, (batch, 5)), np.full((batch, n), VIDEO),
@@ -86,18 +75,6 @@ def _image_batch(config, rng, sizes=((40, 70), (80, 75))):
   mask = np.stack([np.pad(np.ones(len(r), np.int64), (width - len(r), 0)) for r in rows])
   pixels = rng.standard_normal((len(sizes), 5, 3, S, S)).astype(np.float32)
   return ids, mask, dict(pixel_values=pixels, image_sizes=np.asarray(sizes))
-
-
-@nnx.jit(static_argnames=("image_sizes",))
-def _jit_logits(model, ids, mask, pixel_values, image_sizes, pixel_values_videos):
-  return model(ids, mask, pixel_values=pixel_values, image_sizes=image_sizes,
-               pixel_values_videos=pixel_values_videos).logits
-
-
-def _logits(model, ids, mask, *, pixel_values=None, image_sizes=None, pixel_values_videos=None):
-  sizes = None if image_sizes is None else tuple(map(tuple, np.asarray(image_sizes).tolist()))
-  return np.asarray(_jit_logits(model, jnp.asarray(ids), jnp.asarray(mask), pixel_values, sizes,
-                                pixel_values_videos))
 
 
 @pytest.fixture(scope="module")
@@ -217,13 +194,6 @@ def test_mismatched_video_tokens_are_reported(pair):
 
 
 # ------------------------------------------------------------------------ training machinery
-
-
-def _loss(model, batch):
-  logits = model(batch["input_ids"], batch["attention_mask"],
-                 pixel_values_videos=batch["pixel_values_videos"]).logits
-  targets = jnp.roll(batch["input_ids"], -1, axis=1)
-  return optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], targets[:, :-1]).mean(), logits
 
 
 def test_bf16_remat_and_frozen_tower(pair):
