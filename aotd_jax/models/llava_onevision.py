@@ -156,3 +156,14 @@ class LlavaOnevisionForConditionalGeneration(lnv.LlavaNextVideoForConditionalGen
       grid = jnp.concatenate([grid, jnp.broadcast_to(newline, (h, 1, d))], axis=1)
       out.append(jnp.concatenate([base, grid.reshape(-1, d)], axis=0))
     return out
+
+
+def onevision_7b_config(**options) -> LlavaOnevisionConfig:
+  """`llava-hf/llava-onevision-qwen2-7b-ov-hf`'s shapes (SigLIP-so400m tower of 26 layers,
+  Qwen2-7B LM; ~8.0B parameters) for random-weight benchmarks and shape checks; `options`
+  are `LlavaOnevisionConfig` fields (dtype, remat, ...)."""
+  text = qwen2_config(vocab_size=152128, hidden_size=3584, intermediate_size=18944,
+                      num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+                      max_position_embeddings=32768, rope_theta=1e6, rms_norm_eps=1e-6,
+                      bos_token_id=151643, eos_token_id=151645, pad_token_id=151643)
+  return LlavaOnevisionConfig(text_config=text, **options)

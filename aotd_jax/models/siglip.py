@@ -48,9 +48,6 @@ class SiglipVisionConfig:
     if self.vision_use_head:
       raise ValueError("SiglipVisionConfig: vision_use_head=True (the attention-pooling head) is "
                        "not supported; Video-LLM towers (LLaVA-OneVision) have none")
-    if self.image_size % self.patch_size:
-      raise ValueError(f"SiglipVisionConfig: image_size {self.image_size} is not a multiple of "
-                       f"patch_size {self.patch_size}")
     if self.hidden_size % self.num_attention_heads:
       raise ValueError(f"SiglipVisionConfig: hidden_size {self.hidden_size} is not divisible by "
                        f"num_attention_heads {self.num_attention_heads}")

@@ -3,7 +3,8 @@ r"""Toy distillation run: a tiny LLaVA-NeXT-Video student on tiny synthetic data
   python -m launch.train --config=configs/distill/toy.py --workdir=/tmp/toy \
       --config.total_steps=20 --config.checkpoint_every=5 --config.seed=0
 
-`arg` picks the student: "llava" (default) or "llama" (text-only, fastest).
+`arg` picks the student: "llava" (default, LLaVA-NeXT-Video), "onevision" (LLaVA-OneVision) or
+"llama" (text-only, fastest).
 """
 import ml_collections
 
@@ -24,6 +25,22 @@ TINY_LLAVA = dict(
     vision_feature_layer=-2, vision_feature_select_strategy="default",
     projector_hidden_act="gelu", image_grid_pinpoints=[[32, 32], [32, 64], [64, 32]],
     tie_word_embeddings=False)
+
+# A tiny LLaVA-OneVision: SigLIP tower (no class token, 'full' features), Qwen2 LM (q/k/v biases).
+TINY_ONEVISION = dict(
+    architectures=["LlavaOnevisionForConditionalGeneration"], model_type="llava_onevision",
+    text_config={**{k: v for k, v in TINY_LLAMA.items() if k != "architectures"},
+                 "model_type": "qwen2", "rope_theta": 1e6},
+    vision_config=dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64,
+                       num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8,
+                       hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6, vision_use_head=False),
+    video_token_index=4, image_token_index=5, vision_feature_layer=-1,
+    vision_feature_select_strategy="full", projector_hidden_act="gelu",
+    image_grid_pinpoints=[[32, 32], [32, 64], [64, 32]], vision_aspect_ratio="anyres_max_9",
+    tie_word_embeddings=False)
+STUDENTS = {"llava": ("LlavaNextVideoForConditionalGeneration", TINY_LLAVA),
+            "onevision": ("LlavaOnevisionForConditionalGeneration", TINY_ONEVISION),
+            "llama": ("LlamaForCausalLM", TINY_LLAMA)}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -49,9 +66,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.student = ml_collections.ConfigDict()
   c.student.hf_dir = ""
-  c.student.architecture = ("LlavaNextVideoForConditionalGeneration" if student == "llava"
-                            else "LlamaForCausalLM")
-  c.student.init = TINY_LLAVA if student == "llava" else TINY_LLAMA
+  if student not in STUDENTS:
+    raise ValueError(f"configs/distill/toy.py: arg {student!r} not in {sorted(STUDENTS)}")
+  c.student.architecture, c.student.init = STUDENTS[student]
   c.student.dtype = "float32"
   c.student.param_dtype = "float32"
   c.student.remat = False

@@ -1,0 +1,69 @@
+"""LLaVA-OneVision as the distillation student: the toy config trains, the 7B config is lnv7b's
+with only the student (and frames / sequence length) replaced and fits its sequences."""
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+import aotd_jax  # noqa: F401
+from aotd_jax.models import llava_onevision as lov
+from configs.distill import lnv7b, onevision7b, toy
+from aotd_jax import sharding
+from aotd_jax.train import build
+from aotd_jax.train.data import make_train_data
+from aotd_jax.train.optim import make_optimizer
+from aotd_jax.train.trainer import Trainer
+from tests.test_train import _export, _train
+
+
+def test_toy_onevision_student_learns_a_batch():
+  """The toy student through the real trainer (frozen SigLIP tower): it fits a fixed batch."""
+  cfg = toy.get_config("onevision")
+  assert cfg.student.architecture == "LlavaOnevisionForConditionalGeneration"
+  mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
+  student = build.build_student(cfg.student, mesh=mesh, seed=0)
+  assert isinstance(student, lov.LlavaOnevisionForConditionalGeneration)
+  batch = next(make_train_data(cfg, student))
+  n_video = int((batch["input_ids"] == student.config.video_token_index).sum(1)[0])
+  assert n_video == student.config.video_tokens(cfg.data.num_frames) == 4 * 4 + 1
+  trainer = Trainer(student, make_optimizer(cfg.optim, 12), mesh=mesh,
+                    trainable=lov.trainable_filter(student.config))
+  losses = [float(trainer.train_step(batch).loss) for _ in range(12)]
+  assert all(np.isfinite(losses)) and losses[-1] < 0.9 * losses[0], losses
+
+
+@pytest.mark.slow  # a launch.train subprocess and an export
+def test_toy_onevision_launch_train_exports_for_transformers(tmp_path):
+  transformers = pytest.importorskip("transformers")
+  r = _train(tmp_path / "run", "--config.total_steps=2", "--config.checkpoint_every=2",
+             arch="onevision")
+  assert r.returncode == 0, r.stderr[-3000:]
+  _export(tmp_path / "run", tmp_path / "hf")
+  loaded, info = transformers.LlavaOnevisionForConditionalGeneration.from_pretrained(
+      str(tmp_path / "hf"), output_loading_info=True)
+  assert not info["missing_keys"] and not info["unexpected_keys"], info
+
+
+def test_toy_config_names_a_bad_student():
+  with pytest.raises(ValueError, match="arg 'qwen' not in"):
+    toy.get_config("qwen")
+
+
+@pytest.mark.parametrize("target", ["h100x8", "tpu_v5p_128"])
+def test_onevision7b_replaces_only_the_student(target):
+  base, c = lnv7b.get_config(target), onevision7b.get_config(target)
+  assert c.student.architecture == "LlavaOnevisionForConditionalGeneration"
+  assert c.student.hf_dir == c.data.tokenizer == onevision7b.HF_DIR
+  assert c.student.freeze_vision_tower and c.student.remat and c.student.attention_impl == "causal"
+  assert (c.data.num_frames, c.data.seq_len) == (32, 8192)
+  for key in ("mesh", "batch_size", "optim", "total_steps", "rationale_weight", "peak_flops"):
+    assert c[key] == base[key], key
+  assert c.data.qa == base.data.qa and c.data.cot == base.data.cot
+
+
+def test_onevision7b_shapes_fit_the_sequences():
+  config = lov.onevision_7b_config()
+  assert config.video_tokens(onevision7b.NUM_FRAMES) == 32 * 14 * 14 + 1 < onevision7b.SEQ_LEN
+  abstract = nnx.eval_shape(lambda: lov.LlavaOnevisionForConditionalGeneration(config, rngs=nnx.Rngs(0)))
+  n = sum(v.size for v in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+  assert 7.9e9 < n < 8.2e9, n  # llava-onevision-qwen2-7b: 8.03B parameters
