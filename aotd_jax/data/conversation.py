@@ -20,6 +20,34 @@ RATIONALE_SUFFIX = "Explain the rationale to answer the question."
 OPEN_ENDED_SUFFIX = "Answer the question using a single word or phrase."
 
 MEDIA_TOKENS = {"video": "<video>", "image": "<image>"}
+
+# LLaVA-OneVision's conversation format (llava-hf's processor): `<|im_start|>user <video>\n{text}
+# <|im_end|><|im_start|>assistant\n{reply}<|im_end|>`, media first, no system turn. Written so
+# that a rendered reply continues the generation prompt exactly (`tokenize.split_prompt`).
+ONEVISION_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}{{ '<|im_start|>assistant\n' }}"
+    "{% else %}{{ '<|im_start|>' + message['role'] + ' ' }}{% endif %}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] if part['type'] in ('image', 'video') %}"
+    "{{ '<' + part['type'] + '>' }}{% endfor %}"
+    "{% for part in message['content'] if part['type'] == 'text' %}"
+    "{% if message['role'] != 'assistant' %}{{ '\n' }}{% endif %}{{ part['text'] }}{% endfor %}"
+    "{% endif %}{{ '<|im_end|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+# Students whose prompts follow their processor's template rather than the tokenizer's own
+# (the OneVision tokenizer carries Qwen2's text template, with a default system turn).
+STUDENT_CHAT_TEMPLATES = {"LlavaOnevisionForConditionalGeneration": ONEVISION_CHAT_TEMPLATE}
+
+
+def use_student_chat_template(tokenizer, architecture: str | None):
+  """Sets `tokenizer.chat_template` to the student's conversation format when the student
+  (`architecture`, a HF architecture name) has one in `STUDENT_CHAT_TEMPLATES`; returns the
+  tokenizer. Other students keep the tokenizer's own template (or the plain USER/ASSISTANT form)."""
+  template = STUDENT_CHAT_TEMPLATES.get(architecture or "")
+  if template is not None and tokenizer is not None:
+    tokenizer.chat_template = template
+  return tokenizer
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 

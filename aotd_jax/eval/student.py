@@ -62,6 +62,7 @@ def run_student(model, tokenizer, records: Sequence[VideoQA], *, mode: str = "an
   """
   from aotd_jax.models import llava_next_video  # the student; imported lazily (heavy)
   cfg = model.config
+  conversation.use_student_chat_template(tokenizer, getattr(type(model), "hf_architecture", None))
   n_tokens = cfg.video_tokens(num_frames)
   size = cfg.vision_config.image_size
   pad = cfg.text_config.pad_token_id or 0
@@ -125,6 +126,7 @@ def _closed_set(model, tokenizer, records: Sequence[VideoQA], rows_fn, *, video_
   import jax
   from flax import nnx
   cfg = model.config
+  conversation.use_student_chat_template(tokenizer, getattr(type(model), "hf_architecture", None))
   n_tokens = cfg.video_tokens(num_frames)
   size = cfg.vision_config.image_size
   pad = cfg.text_config.pad_token_id or 0

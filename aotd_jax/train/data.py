@@ -15,10 +15,11 @@ def make_pipeline_data(cfg, student: nnx.Module, tokenizer=None):
   """The Grain pipeline over `cfg.data.qa` (annotation files) and `cfg.data.cot` (CoT JSONL /
   ArrayRecord from `launch/generate_cots.py`), mixed by their `weight`s."""
   from aotd_jax import hf
-  from aotd_jax.data import annotations, pipeline
+  from aotd_jax.data import annotations, conversation, pipeline
 
   d = cfg.data
   tokenizer = tokenizer if tokenizer is not None else hf.load_tokenizer(d.tokenizer)
+  conversation.use_student_chat_template(tokenizer, getattr(type(student), "hf_architecture", None))
   sources, weights = [], []
   prompt_format = d.get("prompt_format", "plain")
   for qa in d.get("qa", ()):

@@ -1,0 +1,52 @@
+"""LLaVA-OneVision's conversation format with AoTD's two suffixes (QA and CoT modes)."""
+import numpy as np
+import pytest
+
+from aotd_jax.data import conversation as conv
+from aotd_jax.data import tokenize
+from aotd_jax.data.toy_tokenizer import train_tokenizer
+
+ONEVISION = "LlavaOnevisionForConditionalGeneration"
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+  tok = train_tokenizer(["what is the person holding? the book the cup answer rationale"] * 4,
+                        tmp_path_factory.mktemp("tok"), vocab_size=300)
+  tok.add_special_tokens({"additional_special_tokens": ["<video>", "<image>", "<|im_start|>", "<|im_end|>"],
+                          "eos_token": "<|im_end|>"})
+  return conv.use_student_chat_template(tok, ONEVISION)
+
+
+def test_prompts_in_both_modes(tokenizer):
+  assert tokenizer.chat_template == conv.ONEVISION_CHAT_TEMPLATE
+  q, choices = "What is the person holding?", ["the cup", "the book"]
+  qa = conv.build_prompt(tokenizer, conv.qa_user_text(q, choices))
+  assert qa == ("<|im_start|>user <video>\nWhat is the person holding?\n(A) the cup\n(B) the book\n"
+                f"{conv.ANSWER_SUFFIX}<|im_end|><|im_start|>assistant\n")
+  cot = conv.build_prompt(tokenizer, conv.cot_user_text(q, choices))
+  assert cot.endswith(f"(B) the book\n{conv.RATIONALE_SUFFIX}<|im_end|><|im_start|>assistant\n")
+  image = conv.build_prompt(tokenizer, "Describe.", media="image", assistant_text="A cup.")
+  assert image == "<|im_start|>user <image>\nDescribe.<|im_end|><|im_start|>assistant\nA cup.<|im_end|>"
+
+
+def test_training_sample_continues_the_generation_prompt(tokenizer):
+  q, choices = "What is the person holding?", ["the cup", "the book"]
+  target = conv.answer_target(choices, "the book", 1)
+  prompt, response = tokenize.split_prompt(tokenizer, conv.qa_user_text(q, choices), target, "video")
+  assert prompt.endswith("<|im_start|>assistant\n") and response == "(B) the book<|im_end|>"
+  sample = tokenize.tokenize_sample(tokenizer, conv.qa_user_text(q, choices), target, "qa",
+                                    tokenize.TokenizeOptions(num_video_tokens=5))
+  ids = sample["input_ids"]
+  video = tokenizer.convert_tokens_to_ids("<video>")
+  assert int((ids == video).sum()) == 5
+  assert ids[-1] == tokenizer.eos_token_id and int((ids == tokenizer.eos_token_id).sum()) == 2
+  labelled = ids[np.asarray(sample["label_mask"]) > 0]
+  assert tokenizer.decode(labelled) == "(B) the book<|im_end|>"
+
+
+def test_other_students_keep_their_template(tokenizer):
+  class Tok:
+    chat_template = None
+  assert conv.use_student_chat_template(Tok(), "LlavaNextVideoForConditionalGeneration").chat_template is None
+  assert conv.use_student_chat_template(Tok(), ONEVISION).chat_template == conv.ONEVISION_CHAT_TEMPLATE
