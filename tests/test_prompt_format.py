@@ -69,8 +69,11 @@ def test_trainer_data_config_reaches_the_sources(monkeypatch):
 
   seen = {}
   monkeypatch.setattr(annotations, "read", lambda fmt, path, **kw: [_record()])
-  monkeypatch.setattr(pipeline, "qa_source", lambda records, **kw: seen.setdefault("qa", kw))
-  monkeypatch.setattr(pipeline, "cot_source", lambda path, **kw: seen.setdefault("cot", kw))
+  import grain
+  empty = grain.MapDataset.source([])
+  monkeypatch.setattr(pipeline, "qa_source",
+                      lambda records, **kw: seen.setdefault("qa", kw) and empty)
+  monkeypatch.setattr(pipeline, "cot_source", lambda path, **kw: seen.setdefault("cot", kw) and empty)
   monkeypatch.setattr(pipeline, "make_pipeline", lambda tok, sources, pc, **kw: pc)
   cfg = ml_collections.ConfigDict(dict(
       batch_size=2, seed=0,
@@ -79,7 +82,7 @@ def test_trainer_data_config_reaches_the_sources(monkeypatch):
                 qa=[dict(format="star", path="a.json")], cot=[dict(path="c.jsonl")])))
   vision = types.SimpleNamespace(image_size=8)
   student = types.SimpleNamespace(config=types.SimpleNamespace(
-      vision_config=vision, video_tokens_per_frame=lambda: 4))
+      vision_config=vision, video_tokens=lambda frames: 4 * frames))
   pc = train_data.make_pipeline_data(cfg, student, tokenizer=object())
   assert seen["qa"]["prompt_format"] == "official" and seen["qa"]["answer_style"] == "letter"
   assert seen["cot"]["prompt_format"] == "official"

@@ -54,6 +54,8 @@ class PipelineConfig:
       weights: small sets are oversampled) or "concat_epoch" (the official release: every
       source concatenated and shuffled as one set, so each example appears once an epoch and
       the weights are not used). See `mix_sources`.
+    max_skip_fraction, skip_check_after: a source (tagged by `TagSource`) that skips more
+      than this share of its first `skip_check_after` or more samples stops the run.
     num_workers: decoding processes (0: in the calling process).
     worker_buffer_size: prepared samples buffered per worker.
     pad_token_id: None uses the tokenizer's pad, else its EOS, else 0.
@@ -72,6 +74,8 @@ class PipelineConfig:
   shuffle: bool = True
   num_epochs: int | None = None
   mixing: str = "weighted"
+  max_skip_fraction: float = 0.5
+  skip_check_after: int = 50
   num_workers: int = 0
   worker_buffer_size: int = 2
   pad_token_id: int | None = None
@@ -323,22 +327,55 @@ class PrepareSample:
     return tok
 
 
-class SkipCounter:
-  """Filter predicate (main process): drops skip markers, counting and logging them."""
+class TagSource:
+  """Adds the name of the source an example (or a skip marker) came from."""
 
-  def __init__(self, max_messages: int = 100):
+  def __init__(self, name: str):
+    self.name = name
+
+  def __call__(self, ex: dict) -> dict:
+    return {**ex, "source": self.name}
+
+
+class SkipCounter:
+  """Filter predicate (main process): drops skip markers, counting and logging them.
+
+  Counts are kept per source too (examples tagged by `TagSource`): once a source has
+  produced `min_samples` elements and more than `max_skip_fraction` of them were skipped, the
+  run stops with a RuntimeError that names the source, the counts and the last reasons.
+  """
+
+  def __init__(self, max_messages: int = 100, *, max_skip_fraction: float = 0.5,
+               min_samples: int = 50):
     self.counts: collections.Counter = collections.Counter()
     self.messages: collections.deque = collections.deque(maxlen=max_messages)
     self.truncated = 0
+    self.max_skip_fraction, self.min_samples = max_skip_fraction, min_samples
+    self.seen: collections.Counter = collections.Counter()
+    self.skipped: collections.Counter = collections.Counter()
+    self.reasons: dict[str, collections.deque] = {}
 
   def __call__(self, element: dict) -> bool:
+    source = element.get("source", "data")
+    self.seen[source] += 1
     if SKIP in element:
       self.counts[element.get("kind", "other")] += 1
       self.messages.append(element[SKIP])
+      self.skipped[source] += 1
+      self.reasons.setdefault(source, collections.deque(maxlen=3)).append(element[SKIP])
       logging.warning("pipeline: skipped sample: %s", element[SKIP])
+      self._check(source)
       return False
     self.truncated += int(element["truncated"])
     return True
+
+  def _check(self, source: str) -> None:
+    seen, skipped = self.seen[source], self.skipped[source]
+    if seen >= self.min_samples and skipped > self.max_skip_fraction * seen:
+      raise RuntimeError(
+          f"data source {source}: {skipped} of its first {seen} samples were skipped "
+          f"(more than {self.max_skip_fraction:.0%}); last reasons: "
+          + " | ".join(self.reasons[source]))
 
 
 class Collate:
@@ -457,7 +494,8 @@ def make_pipeline(tokenizer, sources: Sequence[grain.MapDataset], config: Pipeli
       flags.FLAGS.mark_as_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=config.num_workers, per_worker_buffer_size=config.worker_buffer_size))
-  skips = SkipCounter()
+  skips = SkipCounter(max_skip_fraction=config.max_skip_fraction,
+                      min_samples=config.skip_check_after)
   ds = ds.filter(skips).batch(config.batch_size // count, drop_remainder=True,
                               batch_fn=Collate(config.buckets, pad or 0))
   return DistillPipeline(ds, skips, mesh)

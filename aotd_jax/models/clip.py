@@ -17,6 +17,7 @@ from flax import nnx, struct
 
 from aotd_jax.kernels import attention as attention_kernel
 from aotd_jax.kernels.amx_matmul import PrecisionDot
+from aotd_jax.models.remat import remat_call
 from aotd_jax.sharding import constrain
 
 
@@ -231,7 +232,7 @@ class CLIPEncoder(nnx.Module):
     """Returns the last hidden state and the list [input, after layer 1, ..., after layer N]."""
     states = [x]
     for layer in self.layers:
-      x = nnx.remat(lambda m, h, a: m(h, a))(layer, x, mask) if self.remat else layer(x, mask)
+      x = remat_call(lambda m, h, a: m(h, a), layer, x, mask) if self.remat else layer(x, mask)
       states.append(x)
     return x, states
 

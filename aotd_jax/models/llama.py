@@ -18,6 +18,7 @@ from aotd_jax.kernels import attention as attention_kernel
 from aotd_jax.kernels.amx_matmul import PRECISIONS, PrecisionDot
 from aotd_jax.models import rope
 from aotd_jax.models.causal_attention import blocked_causal_attention
+from aotd_jax.models.remat import remat_call
 from aotd_jax.sharding import constrain
 
 _INIT = nnx.initializers.normal(0.02)
@@ -365,7 +366,7 @@ class LlamaForCausalLM(nnx.Module):
         new_k.append(k)
         new_v.append(v)
       elif cfg.remat:
-        x = nnx.remat(_run_layer)(layer, x, cos, sin, mask)
+        x = remat_call(_run_layer, layer, x, cos, sin, mask)
       else:
         x = layer(x, cos, sin, mask)[0]
       if output_hidden_states:

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
+from aotd_jax.models.remat import remat_call
 from aotd_jax.sharding import constrain
 
 # log(1e-45) in float32 (1e-45 is the denormal 1.4e-45): the official saliency adds
@@ -183,7 +184,7 @@ class TransformerEncoder(nnx.Module):
   def __call__(self, src, key_mask, pos):
     for layer in self.layers:
       if self.remat:
-        src = nnx.remat(lambda m, s: m(s, key_mask, pos))(layer, src)
+        src = remat_call(lambda m, s, k, p: m(s, k, p), layer, src, key_mask, pos)
       else:
         src = layer(src, key_mask, pos)
     return src

@@ -13,27 +13,35 @@ def _video_tokens(config, num_frames: int) -> int:
 
 def make_pipeline_data(cfg, student: nnx.Module, tokenizer=None):
   """The Grain pipeline over `cfg.data.qa` (annotation files) and `cfg.data.cot` (CoT JSONL /
-  ArrayRecord from `launch/generate_cots.py`), mixed by their `weight`s."""
+  ArrayRecord from `launch/generate_cots.py`), mixed per `cfg.data.mixing`.
+
+  Before it returns, one sample of each source is tokenised and must fit `seq_len`
+  (`aotd_jax.data.fit_check`; `cfg.data.fit_check=False` skips that), and each source is
+  tagged so that one that skips most of its samples stops the run by name.
+  """
   from aotd_jax import hf
-  from aotd_jax.data import annotations, conversation, pipeline
+  from aotd_jax.data import annotations, conversation, fit_check, pipeline
+  from aotd_jax.data.tokenize import TokenizeOptions
 
   d = cfg.data
   tokenizer = tokenizer if tokenizer is not None else hf.load_tokenizer(d.tokenizer)
   conversation.use_student_chat_template(tokenizer, getattr(type(student), "hf_architecture", None))
-  sources, weights = [], []
+  named, weights = [], []
   prompt_format = d.get("prompt_format", "plain")
-  for qa in d.get("qa", ()):
+  for i, qa in enumerate(d.get("qa", ())):
     records = annotations.read(qa["format"], qa["path"], **dict(qa.get("read_kwargs", {}) or {}))
-    sources.append(pipeline.qa_source(records, video_root=qa.get("video_root", ""),
-                                      video_ext=qa.get("video_ext", ".mp4"),
-                                      answer_style=d.get("answer_style", "letter_text"),
-                                      prompt_format=prompt_format))
+    named.append((f"qa[{i}] ({qa['format']}: {qa['path']})",
+                  pipeline.qa_source(records, video_root=qa.get("video_root", ""),
+                                     video_ext=qa.get("video_ext", ".mp4"),
+                                     answer_style=d.get("answer_style", "letter_text"),
+                                     prompt_format=prompt_format)))
     weights.append(float(qa.get("weight", 1.0)))
-  for cot in d.get("cot", ()):
-    sources.append(pipeline.cot_source(cot["path"], video_root=cot.get("video_root", ""),
-                                       prompt_format=prompt_format))
+  for i, cot in enumerate(d.get("cot", ())):
+    named.append((f"cot[{i}] ({cot['path']})",
+                  pipeline.cot_source(cot["path"], video_root=cot.get("video_root", ""),
+                                      prompt_format=prompt_format)))
     weights.append(float(cot.get("weight", 1.0)))
-  if not sources:
+  if not named:
     raise ValueError("config.data.kind='pipeline' needs config.data.qa and/or config.data.cot")
   mc = student.config
   buckets = tuple(d.get("buckets", ())) or (d.seq_len,)
@@ -43,7 +51,14 @@ def make_pipeline_data(cfg, student: nnx.Module, tokenizer=None):
       train_on_prompt=d.get("train_on_prompt", False),
       num_video_tokens=_video_tokens(mc, d.num_frames), seed=cfg.seed,
       num_workers=d.get("num_workers", 0), answer_style=d.get("answer_style", "letter_text"),
-      mixing=d.get("mixing", "weighted"))
+      mixing=d.get("mixing", "weighted"),
+      max_skip_fraction=d.get("max_skip_fraction", 0.5),
+      skip_check_after=d.get("skip_check_after", 50))
+  if d.get("fit_check", True):
+    options = TokenizeOptions(max_length=max(buckets), train_on_prompt=pc.train_on_prompt,
+                              video_token=pc.video_token, num_video_tokens=pc.num_video_tokens)
+    fit_check.check_sources_fit(tokenizer, named, options, max(buckets))
+  sources = [ds.map(pipeline.TagSource(name)) for name, ds in named]
   return pipeline.make_pipeline(tokenizer, sources, pc, weights=weights)
 
 

@@ -67,7 +67,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.kind = "pipeline"
   c.data.tokenizer = c.student.hf_dir
   c.data.num_frames = 32
-  c.data.seq_len = 4096
+  # 32 frames x 144 = 4,608 video tokens: the official run's max length is 8,192
+  c.data.seq_len = 8192
   c.data.train_on_prompt = False
   c.data.qa = [dict(format=f, path=p, video_root=v, weight=1.0) for f, p, v in DATASETS]
   c.data.cot = [dict(path=f"/data/aotd_cots/{f}.jsonl", video_root=v, weight=1.0)
