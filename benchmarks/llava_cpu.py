@@ -125,14 +125,20 @@ def build_torch_step(model, lr=1e-4):
   return step
 
 
-def main(argv=None):
+def main(argv=None, *, variants=None, make_hf_model=None, flops=None):
+  """The benchmark; another LLaVA-family student (`onevision_cpu.py`) passes its `variants`,
+  its transformers model builder `make_hf_model(variant)` and its `flops(model, batch, seq,
+  frames)`."""
+  variants = variants or VARIANTS
+  make_hf_model = make_hf_model or hf_model
+  flops_fn = flops or step_flops
   parser = argparse.ArgumentParser()
-  parser.add_argument("--variant", default="bench", choices=sorted(VARIANTS))
+  parser.add_argument("--variant", default="bench", choices=sorted(variants))
   parser.add_argument("--steps", type=int, default=4)
   add_row_args(parser)
   args = parser.parse_args(argv)
   kept = keep_memory(args)
-  v = VARIANTS[args.variant]
+  v = variants[args.variant]
   set_host_devices(args.devices)
 
   import jax
@@ -141,7 +147,7 @@ def main(argv=None):
   from aotd_jax import hf, sharding
   from aotd_jax.models import llava_next_video as lnv
 
-  ref = hf_model(v)
+  ref = make_hf_model(v)
   tmp_dir = tempfile.TemporaryDirectory()
   tmp = tmp_dir.name
   ref.save_pretrained(tmp)
@@ -149,12 +155,12 @@ def main(argv=None):
   cfg = model.config
   n_params = sum(p.numel() for p in ref.parameters())
   batch, frames, side = v["batch"], v["frames"], cfg.vision_config.image_size
-  video_tokens = frames * cfg.video_tokens_per_frame()
+  video_tokens = cfg.video_tokens(frames)
   seq = video_tokens + v["text_tokens"]
   print(f"machine: {os.cpu_count()} CPUs, jax {jax.__version__} ({len(jax.devices())} "
         f"{jax.devices()[0].platform} devices), torch {torch.__version__} ({torch.get_num_threads()} threads), "
         f"keep_freed_memory={kept}")
-  print(f"model: {n_params / 1e6:.1f}M params; batch {batch} x ({frames} frames {side}x{side} -> "
+  print(f"model: {type(ref).__name__}, {n_params / 1e6:.1f}M params; batch {batch} x ({frames} frames {side}x{side} -> "
         f"{video_tokens} video tokens + {v['text_tokens']} text), float32, AdamW")
   peak = matmul_peak_flops()
   print(f"f32 matmul peak (jnp 2048^3): {peak / 1e9:.1f} GFLOP/s")
@@ -186,7 +192,7 @@ def main(argv=None):
   torch_run = dict(times=[], cpu=[])
   calls = [(r, lambda r=r: run_step(r)) for r in runs.values()]
   time_rounds(calls + [(torch_run, lambda: torch_step(ids_t, videos_t))], args.steps)
-  flops = step_flops(model, batch, seq, frames)
+  flops = flops_fn(model, batch, seq, frames)
   tt = statistics.median(torch_run["times"])
   print(f"train step: torch {tt * 1e3:.0f} ms ({flops / tt / peak:.0%} of peak)")
   for name, r in runs.items():

@@ -67,3 +67,22 @@ def test_onevision7b_shapes_fit_the_sequences():
   abstract = nnx.eval_shape(lambda: lov.LlavaOnevisionForConditionalGeneration(config, rngs=nnx.Rngs(0)))
   n = sum(v.size for v in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
   assert 7.9e9 < n < 8.2e9, n  # llava-onevision-qwen2-7b: 8.03B parameters
+
+
+@pytest.mark.slow  # four tiny students built and stepped
+@pytest.mark.parametrize("arch", ["llava", "onevision"])
+def test_trainer_step_with_remat_and_a_frozen_tower(arch):
+  """The 7B configs' setting (remat + frozen tower) through the trainer: the towers' remat once
+  failed there ("Cannot mutate Param from a different trace level"); same loss as without."""
+  cfg = toy.get_config(arch)
+  mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
+  losses = []
+  for remat in (False, True):
+    cfg.student.remat = remat
+    student = build.build_student(cfg.student, mesh=mesh, seed=0)
+    assert student.config.vision_config.remat == remat
+    batch = next(make_train_data(cfg, student))
+    trainer = Trainer(student, make_optimizer(cfg.optim, 4), mesh=mesh,
+                      trainable=lov.trainable_filter(student.config))
+    losses.append([float(trainer.train_step(batch).loss) for _ in range(2)])
+  np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)

@@ -1,0 +1,168 @@
+r"""LLaVA-OneVision-7B distillation train step on one GPU: step time and MFU, random weights.
+
+  python benchmarks/onevision_gpu.py             # 7B shapes, bf16, one H200 (~8.0B params)
+  python benchmarks/onevision_gpu.py --cpu_smoke # tiny shapes on CPUs: checks the script only
+
+The student is `llava-onevision-qwen2-7b-ov-hf`'s architecture (`onevision_7b_config`: SigLIP
+so400m tower, 26 layers; Qwen2-7B LM) with random weights, trained as `configs/distill/
+onevision7b.py` does: frozen vision tower, bf16 compute, remat, cuDNN flash attention
+(`attention_impl="causal"`), L_label + L_rationale, AdamW with global-norm clipping, through
+the real `Trainer`. One GPU holds AdamW state for the 7.6B trainable parameters only in bf16
+(`--param_dtype=bfloat16`, the default here; the 8-GPU config keeps float32 master weights,
+sharded). A batch is `--batch` clips of `--frames` 384x384 frames (T x 196 + 1 video tokens)
+and `--text` text tokens, half of them rationale samples.
+
+MFU = model FLOPs / step time / `--peak_flops` (989 TFLOP/s, H100/H200 bf16 dense). Model
+FLOPs: 6 x trainable matmul params x tokens (LM, projector) + 2 x tower params x patches (the
+frozen tower runs forward only) + attention (causal LM: 6 x layers x heads x head_dim x L^2,
+fwd+bwd; tower: 4 x layers x hidden x P^2 per frame, forward). Remat's recomputation is not
+counted (hardware FLOPs are higher).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import numpy as np
+
+
+def random_init(config):
+  """The model with N(0, 0.02) weights and unit norms, one jitted kernel per distinct shape (a
+  7B model's full `jax.jit(init)` takes minutes to compile; this takes seconds)."""
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+  from aotd_jax.models.llava_onevision import LlavaOnevisionForConditionalGeneration
+  model = nnx.eval_shape(lambda: LlavaOnevisionForConditionalGeneration(config, rngs=nnx.Rngs(0)))
+  dtype = jnp.dtype(config.param_dtype)
+  normal = jax.jit(lambda key, shape: (0.02 * jax.random.normal(key, shape, jnp.float32)).astype(dtype),
+                   static_argnums=1)
+  key = jax.random.key(0)
+  for i, (path, var) in enumerate(nnx.to_flat_state(nnx.state(model, nnx.Param))):
+    shape = tuple(var.get_value().shape)
+    if path[-1] == "scale":
+      var.set_value(jnp.ones(shape, dtype))
+    elif path[-1] == "bias":
+      var.set_value(jnp.zeros(shape, dtype))
+    else:
+      var.set_value(normal(jax.random.fold_in(key, i), shape))
+  return model
+
+
+def model_flops(model, batch: int, frames: int, seq: int) -> float:
+  from flax import nnx
+  cfg = model.config
+  vc, tc = cfg.vision_config, cfg.text_config
+
+  def matmul_params(module, skip=()):
+    return sum(v.get_value().size for p, v in nnx.to_flat_state(nnx.state(module, nnx.Param))
+               if v.get_value().ndim >= 2 and not any(s in "/".join(map(str, p)) for s in skip))
+
+  images, patches = batch * frames, (vc.image_size // vc.patch_size) ** 2
+  tower = 2 * matmul_params(model.vision_tower, ("position_embedding",)) * images * patches
+  tower += 4 * vc.num_hidden_layers * vc.hidden_size * patches ** 2 * images
+  proj = 6 * matmul_params(model.multi_modal_projector) * images * patches
+  lm = 6 * matmul_params(model.language_model, ("embed_tokens",)) * batch * seq
+  lm += 6 * tc.num_hidden_layers * tc.num_attention_heads * tc.head_dim * seq * seq * batch
+  return tower + proj + lm
+
+
+def make_batch(config, batch: int, frames: int, text: int, seed: int = 0):
+  rng = np.random.default_rng(seed)
+  vc = config.vision_config
+  n_video = config.video_tokens(frames)
+  ids = np.concatenate([rng.integers(3, 1000, (batch, 8)),
+                        np.full((batch, n_video), config.video_token_index),
+                        rng.integers(3, 1000, (batch, text - 8))], 1).astype(np.int32)
+  b, l = ids.shape
+  label, rationale = np.zeros((b, l), np.int32), np.zeros((b, l), np.int32)
+  label[:, -8:] = 1
+  rationale[: max(b // 2, 1), -text // 2:-8] = 1
+  videos = rng.standard_normal((b, frames, vc.num_channels, vc.image_size, vc.image_size))
+  return dict(input_ids=ids, attention_mask=np.ones((b, l), np.int32), label_mask=label,
+              rationale_mask=rationale, pixel_values_videos=videos.astype(np.float32))
+
+
+def main(argv=None) -> None:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--batch", type=int, default=1, help="clips per step")
+  ap.add_argument("--frames", type=int, default=32)
+  ap.add_argument("--text", type=int, default=128, help="text tokens per sample")
+  ap.add_argument("--steps", type=int, default=5)
+  ap.add_argument("--param_dtype", default="bfloat16", choices=["bfloat16", "float32"])
+  ap.add_argument("--attention_impl", default="causal", choices=["xla", "dot_product_attention", "causal"])
+  ap.add_argument("--remat", type=int, default=1)
+  ap.add_argument("--peak_flops", type=float, default=989e12, help="bf16 dense peak of the GPU")
+  ap.add_argument("--cpu_smoke", action="store_true", help="tiny shapes on CPUs (checks the script)")
+  args = ap.parse_args(argv)
+
+  import dataclasses
+  import jax
+  from flax import nnx
+  from aotd_jax import sharding
+  from aotd_jax.models import llava_onevision as lov
+  from aotd_jax.models.llama import LlamaConfig
+  from aotd_jax.models.siglip import SiglipVisionConfig
+  from aotd_jax.train.optim import make_optimizer
+  from aotd_jax.train.trainer import Trainer
+
+  if jax.default_backend() != "gpu" and not args.cpu_smoke:
+    raise SystemExit(f"needs a GPU (JAX backend: {jax.default_backend()}); --cpu_smoke checks the script")
+  options = dict(dtype="bfloat16", param_dtype=args.param_dtype, remat=bool(args.remat),
+                 freeze_vision_tower=True)
+  config = lov.onevision_7b_config(**options)
+  if args.cpu_smoke:
+    config = dataclasses.replace(
+        config, vision_config=SiglipVisionConfig(hidden_size=64, intermediate_size=128,
+                                                 num_hidden_layers=2, num_attention_heads=4,
+                                                 image_size=56, patch_size=14),
+        text_config=dataclasses.replace(LlamaConfig(), **{
+            f.name: getattr(config.text_config, f.name) for f in dataclasses.fields(LlamaConfig)
+            if f.name not in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                              "num_attention_heads", "num_key_value_heads", "head_dim")},
+            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=16))
+    args.frames, args.text, args.steps = min(args.frames, 4), min(args.text, 32), min(args.steps, 2)
+  config = dataclasses.replace(config, text_config=dataclasses.replace(
+      config.text_config, attention_impl=args.attention_impl))
+  t0 = time.perf_counter()
+  model = random_init(config)
+  n_params = sum(x.size for x in jax.tree.leaves(nnx.state(model)))
+  mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
+  trainer = Trainer(model, make_optimizer({"learning_rate": 4e-5, "grad_clip": 1.0}, 1000),
+                    mesh=mesh, trainable=lov.trainable_filter(config))
+  batch = make_batch(config, args.batch, args.frames, args.text)
+  seq = batch["input_ids"].shape[1]
+  init_s = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  first = trainer.train_step(batch)
+  compile_s = time.perf_counter() - t0
+  times = []
+  for _ in range(args.steps):
+    t0 = time.perf_counter()
+    m = trainer.train_step(batch)
+    times.append(time.perf_counter() - t0)
+  dt = float(np.median(times))
+  flops = model_flops(model, args.batch, args.frames, seq)
+  stats = getattr(jax.devices()[0], "memory_stats", lambda: None)() or {}
+  out = dict(device=str(jax.devices()[0].device_kind), jax=jax.__version__,
+             params_B=round(n_params / 1e9, 3), param_dtype=args.param_dtype, dtype="bfloat16",
+             remat=bool(args.remat), attention_impl=args.attention_impl, batch=args.batch,
+             frames=args.frames, video_tokens=config.video_tokens(args.frames), seq=seq,
+             tokens_per_step=args.batch * seq, init_s=round(init_s, 1),
+             first_step_s=round(compile_s, 1), first_loss=round(float(first.loss), 4),
+             loss=round(float(m.loss), 4), step_s=round(dt, 4),
+             step_times_s=[round(t, 4) for t in times],
+             tokens_per_s=round(args.batch * seq / dt, 1),
+             model_tflop_per_step=round(flops / 1e12, 2),
+             achieved_tflops=round(flops / dt / 1e12, 1),
+             mfu=round(flops / dt / args.peak_flops, 4),
+             peak_memory_GiB=round(stats.get("peak_bytes_in_use", 0) / 2**30, 1))
+  assert math.isfinite(out["loss"]), out
+  print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+  main()
