@@ -155,6 +155,25 @@ class VideoClip:
   def seconds(self, frame_id: int) -> float:
     return float(frame_id) / float(self.fps)
 
+  @property
+  def times(self) -> np.ndarray:
+    """(T,) seconds of each row after the clip's first row, from the source frame ids.
+
+    A question clip keeps a few frames sampled from a long window at the source fps: its rows
+    are `fps / stride` apart in time, not `1 / fps`, and models that read time (UniVTG) must
+    use these, not the row count.
+    """
+    if not len(self.frame_ids):
+      return np.zeros(0)
+    return (self.frame_ids - self.frame_ids[0]) / self.fps
+
+  @property
+  def span_seconds(self) -> float:
+    """Seconds from the first row's frame to the end of the last row's frame (0 if empty)."""
+    if not len(self.frame_ids):
+      return 0.0
+    return float(self.frame_ids[-1] + 1 - self.frame_ids[0]) / self.fps
+
   def to_json(self) -> dict:
     """A compact description for traces: ids and ranges, never pixels."""
     ids = self.frame_ids

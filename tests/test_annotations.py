@@ -9,8 +9,7 @@ import pytest
 from aotd_jax.data import annotations as A
 
 FIX = Path(__file__).parent / "fixtures" / "annotations"
-REAL = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real"
-needs_real = pytest.mark.skipif(not REAL.is_dir(), reason=f"real annotation files not found at {REAL}")
+REAL = Path(__file__).resolve().parent / "fixtures" / "real"
 
 
 def test_star_fixture():
@@ -64,7 +63,6 @@ def test_perception_test_fixture():
   assert recs[0].meta["area"] == "physics" and recs[0].meta["frame_rate"] == 30.0
 
 
-@needs_real
 def test_nextqa_real_file():
   path = REAL / "nextqa" / "val.csv"
   recs = A.read("nextqa", path)
@@ -83,7 +81,6 @@ def test_nextqa_real_file():
   assert recs[0].qid == "4010069381_6" and recs[0].answer == "roll the handle"
 
 
-@needs_real
 def test_activitynet_qa_real_file(tmp_path):
   q_path = REAL / "activitynet_qa" / "val_q.json"
   recs = A.read("activitynet_qa", q_path)

@@ -12,9 +12,7 @@ from experts import registry
 from experts.backends import oracle
 from experts.batching import BucketedJit, count_xla_compilations, plan_chunks
 
-STAR_CLASSES = pathlib.Path("/work/shared/fixtures/real/star_classes")
-if not STAR_CLASSES.exists():
-  STAR_CLASSES = pathlib.Path(__file__).parent / "fixtures" / "real" / "star_classes"
+STAR_CLASSES = pathlib.Path(__file__).parent / "fixtures" / "real" / "star_classes"
 
 
 # -- bucketed jit ------------------------------------------------------------------------------
@@ -379,6 +377,38 @@ def test_univtg_grounder_matches_the_official_pipeline(univtg_parts):
   for w, (s, e, _) in zip(windows, want[0].pred_relevant_windows):
     assert w.start_frame == 50 + min(int(np.floor(s * 4.0)), 21)
     assert 50 <= w.start_frame < w.end_frame <= 72
+
+
+def test_univtg_grounder_reads_a_sampled_long_video_in_source_time(univtg_parts, tmp_path):
+  """A 40 s, 30 fps video sampled to 32 frames is 40 s to the grounder (issue 19, item 1):
+  one feature per clip_length second of source time, windows anywhere in the 1,200 frames."""
+  from aotd_jax.data import video
+  from aotd_jax.models import univtg_postprocess as post
+  from experts.backends.univtg import UniVTGGrounder
+  model, clip_model = univtg_parts
+  g = UniVTGGrounder(model, clip_model, toy_tokenize, buckets=(4, 8), nms_threshold=None)
+  frames = np.random.default_rng(5).integers(0, 255, (1200, 16, 16, 3), dtype=np.uint8)
+  video.write_video(tmp_path / "long.mp4", frames, 30)
+  from experts.clip import question_clip
+  clip = question_clip(str(tmp_path / "long.mp4"), max_frames=32, video_id="long")
+  assert len(clip) == 32 and clip.frame_ids[-1] == 1199
+  assert clip.span_seconds == pytest.approx(40.0)
+  feats, rows = g.features(clip)
+  assert len(feats) == 40  # clip_length 1 s: was 1 feature when rows were read as 1/30 s apart
+  assert rows[0] == 0 and rows[-1] == 30 and np.all(np.diff(rows) >= 0)  # 39 s: row 30
+  times = clip.times[rows]
+  assert np.all(np.abs(times - np.arange(40)) <= 40 / 31 / 2 + 1e-9)  # nearest sampled frame
+  logits, spans, sal, vmask = g.raw_outputs(clip, "a shape spins")
+  from aotd_jax.models.univtg import UniVTGOutput
+  want = post.decode_moments(
+      UniVTGOutput(pred_logits=logits, pred_spans=spans, saliency_scores=sal, vid_mem_proj=None,
+                   txt_mem_proj=None, src_vid_mask=vmask),
+      clip_length=1.0, durations=[40.0], nms_thd=None, top_k=3)[0].pred_relevant_windows
+  windows = g.ground(clip, "a shape spins", top_k=3)
+  for w, (s, e, _) in zip(windows, want):
+    assert w.start_frame == min(int(np.floor(s * 30)), 1199)
+    assert w.end_frame == min(max(int(np.ceil(e * 30)), w.start_frame + 1), 1200)
+  assert max(w.end_frame for w in windows) > 60  # not confined to the first 2 s any more
 
 
 def test_univtg_grounder_compiles_per_bucket_and_serves_filter_frames_with_act(univtg_parts):

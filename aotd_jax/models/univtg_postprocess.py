@@ -103,6 +103,19 @@ def clip_frame_indices(num_frames: int, fps: float, clip_length: float) -> np.nd
   return np.minimum(np.round(np.arange(n) * clip_length * fps).astype(np.int64), num_frames - 1)
 
 
+def clip_row_indices(times: np.ndarray, span_seconds: float, clip_length: float) -> np.ndarray:
+  """One row per clip of `clip_length` seconds, for rows taken at `times` (seconds from the first).
+
+  The rows of a clip need not be consecutive frames (a question clip samples a long window):
+  clip k reads the row at t = k * clip_length, found by interpolating the row index over
+  `times` and rounding. For consecutive frames this is `clip_frame_indices`.
+  """
+  times = np.asarray(times, dtype=np.float64)
+  n = max(1, int(round(span_seconds / clip_length)))
+  rows = np.interp(np.arange(n) * clip_length, times, np.arange(len(times)))
+  return np.minimum(np.round(rows).astype(np.int64), len(times) - 1)
+
+
 @nnx.jit
 def _image_features(clip_model, pixels):
   return clip_model.get_image_features(pixels)

@@ -126,10 +126,11 @@ class UniVTGGrounder:
                frame_features=frame_features, **kwargs)
 
   def features(self, clip) -> tuple[np.ndarray, np.ndarray]:
-    """(L, D) video features, one per `clip_length` seconds, and their positions."""
+    """(L, D) video features, one per `clip_length` seconds of the clip's time span (its rows'
+    source timestamps, however sparsely they were sampled), and the rows they come from."""
     from aotd_jax.data.video_processing import preprocess_video
-    from aotd_jax.models.univtg_postprocess import clip_frame_indices
-    pos = clip_frame_indices(len(clip), clip.fps, self.clip_length)
+    from aotd_jax.models.univtg_postprocess import clip_row_indices
+    pos = clip_row_indices(clip.times, clip.span_seconds, self.clip_length)
     pixels = preprocess_video(clip.frames[pos], shortest_edge=self.image_size,
                               crop_size=self.image_size)
     return self.image_fn(pixels, self._image_state, to_host=True), pos
@@ -164,7 +165,7 @@ class UniVTGGrounder:
     logits, spans, sal, vmask = self.raw_outputs(clip, query)
     out = UniVTGOutput(pred_logits=logits, pred_spans=spans, saliency_scores=sal,
                        vid_mem_proj=None, txt_mem_proj=None, src_vid_mask=vmask)
-    duration = len(clip) / clip.fps
+    duration = clip.span_seconds
     pred = post.decode_moments(out, clip_length=self.clip_length, durations=[duration],
                                nms_thd=self.nms_threshold, top_k=top_k)[0]
     return [self._window(clip, s, e, score, query) for s, e, score in pred.pred_relevant_windows]
@@ -172,7 +173,8 @@ class UniVTGGrounder:
   @staticmethod
   def _window(clip, start_s: float, end_s: float, score: float, query: str) -> Window:
     """Seconds from the clip's first frame -> [first, last + 1) source frame ids."""
-    t = len(clip)
-    a = int(np.clip(np.floor(start_s * clip.fps), 0, t - 1))
-    b = int(np.clip(np.ceil(end_s * clip.fps), a + 1, t))
-    return Window(int(clip.frame_ids[a]), int(clip.frame_ids[b - 1]) + 1, float(score), query)
+    first = int(clip.frame_ids[0])
+    span = int(clip.frame_ids[-1]) + 1 - first
+    a = int(np.clip(np.floor(start_s * clip.fps), 0, span - 1))
+    b = int(np.clip(np.ceil(end_s * clip.fps), a + 1, span))
+    return Window(first + a, first + b, float(score), query)
