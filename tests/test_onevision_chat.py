@@ -50,3 +50,23 @@ def test_other_students_keep_their_template(tokenizer):
     chat_template = None
   assert conv.use_student_chat_template(Tok(), "LlavaNextVideoForConditionalGeneration").chat_template is None
   assert conv.use_student_chat_template(Tok(), ONEVISION).chat_template == conv.ONEVISION_CHAT_TEMPLATE
+
+
+def test_square_video_resize_matches_the_onevision_processor():
+  """OneVision resizes frames straight to S x S (no crop): bit-exact with transformers' PIL
+  processor's base tile; LLaVA-NeXT-Video's shortest-edge crop differs on non-square frames."""
+  from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+      LlavaOnevisionImageProcessorPil)
+  from aotd_jax.data import video_processing as vp
+  from aotd_jax.models import llava_next_video, llava_onevision
+  assert llava_onevision.LlavaOnevisionConfig().video_resize == "square"
+  assert llava_next_video.LlavaNextVideoConfig().video_resize == "shortest_edge"
+  frames = np.random.default_rng(0).integers(0, 256, (2, 90, 160, 3), dtype=np.uint8)
+  proc = LlavaOnevisionImageProcessorPil(size={"height": 48, "width": 48}, image_grid_pinpoints=[[48, 48]])
+  want = np.stack([proc(images=[f], return_tensors="np")["pixel_values"][0][0] for f in frames])
+  got = vp.preprocess_video(frames, crop_size=48, resize="square")
+  np.testing.assert_array_equal(got, want)
+  cropped = vp.preprocess_video(frames, shortest_edge=48, crop_size=48)
+  assert np.abs(cropped - want).mean() > 0.1
+  with pytest.raises(ValueError, match="resize='crop' is not one of"):
+    vp.preprocess_video(frames, resize="crop")

@@ -42,6 +42,9 @@ class PipelineConfig:
     batch_size: global batch size, split evenly over `jax.process_count()` hosts.
     num_frames: frames per clip (T).
     image_size: shortest edge and centre crop of `preprocess_video` (S).
+    video_resize: `preprocess_video`'s resize: "shortest_edge" (LLaVA-NeXT-Video: resize the
+      shortest edge, centre crop) or "square" (LLaVA-OneVision: straight to S x S); the
+      trainer takes the student config's `video_resize`.
     decode_size: size frames are decoded at (int or (H, W)); None keeps the video's size,
       which matches transformers' processor exactly, a small value is much faster.
     buckets: allowed padded lengths; a batch pads to the smallest that fits its longest
@@ -64,6 +67,7 @@ class PipelineConfig:
   batch_size: int
   num_frames: int = 8
   image_size: int = 224
+  video_resize: str = "shortest_edge"
   decode_size: int | tuple[int, int] | None = None
   buckets: tuple[int, ...] = (256, 512, 1024, 2048)
   train_on_prompt: bool = False
@@ -304,7 +308,8 @@ class PrepareSample:
       return self.preprocess(frames)
     from aotd_jax.data import video_processing  # pylint: disable=g-import-not-at-top
     size = self.config.image_size
-    return video_processing.preprocess_video(frames, shortest_edge=size, crop_size=size)
+    return video_processing.preprocess_video(frames, shortest_edge=size, crop_size=size,
+                                             resize=self.config.video_resize)
 
   def __call__(self, ex: dict) -> dict:
     if SKIP in ex:

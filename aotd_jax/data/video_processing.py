@@ -157,18 +157,28 @@ def _check_pixels(x: np.ndarray, name: str, ndim: int, layout: str) -> np.ndarra
 # ----------------------------------------------------------------------------------------------
 
 
+VIDEO_RESIZES = ("shortest_edge", "square")
+
+
 def preprocess_video(frames: np.ndarray, *, shortest_edge: int = 224, crop_size: int = 224,
                      rescale_factor: float = 1 / 255, image_mean: Sequence[float] = CLIP_MEAN,
-                     image_std: Sequence[float] = CLIP_STD) -> np.ndarray:
+                     image_std: Sequence[float] = CLIP_STD, resize: str = "shortest_edge") -> np.ndarray:
   """(T, H, W, 3) uint8 frames -> `pixel_values_videos` of one clip, (T, 3, crop, crop) float32.
 
-  Same steps as transformers' LLaVA-NeXT-Video processor (PIL backend): bicubic resize of the
-  shortest edge, centre crop, rescale, CLIP normalisation. Stack clips for a (B, T, 3, S, S) batch.
+  `resize="shortest_edge"`: transformers' LLaVA-NeXT-Video processor (PIL backend): bicubic
+  resize of the shortest edge, centre crop, rescale, CLIP normalisation. `resize="square"`:
+  LLaVA-OneVision's: a bicubic resize straight to crop x crop (the aspect ratio is not kept,
+  nothing is cropped), then the same rescale and normalisation. Stack clips for a
+  (B, T, 3, S, S) batch.
   """
   frames = _check_pixels(frames, "frames", 4, "(T, H, W, 3)")
-  new_h, new_w = shortest_edge_size(frames.shape[1], frames.shape[2], shortest_edge)
-  x = resize_bicubic(frames, new_h, new_w)
-  x = center_crop(x, crop_size, crop_size)
+  if resize == "square":
+    x = resize_bicubic(frames, crop_size, crop_size)
+  elif resize == "shortest_edge":
+    new_h, new_w = shortest_edge_size(frames.shape[1], frames.shape[2], shortest_edge)
+    x = center_crop(resize_bicubic(frames, new_h, new_w), crop_size, crop_size)
+  else:
+    raise ValueError(f"preprocess_video: resize={resize!r} is not one of {VIDEO_RESIZES}")
   return normalize(x, rescale_factor=rescale_factor, mean=image_mean, std=image_std)
 
 

@@ -41,14 +41,16 @@ def prompt_ids(tokenizer, record: VideoQA, mode: str, num_video_tokens: int) -> 
 
 def _pixels(chunk: Sequence[VideoQA], size: int, *, video_root: str, video_ext: str,
             num_frames: int, decode_size: int | None,
-            frames_fn: Callable[[VideoQA], np.ndarray] | None) -> np.ndarray:
+            frames_fn: Callable[[VideoQA], np.ndarray] | None,
+            resize: str = "shortest_edge") -> np.ndarray:
   """(B, T, 3, size, size) preprocessed frames of each record's question window."""
   pixels = []
   for r in chunk:
     frames = frames_fn(r) if frames_fn is not None else video.read_frames(
         _video_file(r, video_root, video_ext), num_frames, start=r.start, end=r.end,
         size=decode_size)
-    pixels.append(video_processing.preprocess_video(frames, shortest_edge=size, crop_size=size))
+    pixels.append(video_processing.preprocess_video(frames, shortest_edge=size, crop_size=size,
+                                                    resize=resize))
   return np.stack(pixels)
 
 
@@ -78,7 +80,8 @@ def run_student(model, tokenizer, records: Sequence[VideoQA], *, mode: str = "an
         input_ids[j, width - len(x):] = x
         mask[j, width - len(x):] = 1
       pixels = _pixels(chunk, size, video_root=video_root, video_ext=video_ext,
-                       num_frames=num_frames, decode_size=decode_size, frames_fn=frames_fn)
+                       num_frames=num_frames, decode_size=decode_size, frames_fn=frames_fn,
+                       resize=getattr(cfg, "video_resize", "shortest_edge"))
       out = llava_next_video.generate(model, input_ids, mask, pixel_values_videos=pixels,
                                       max_new_tokens=max_new_tokens, pad_token_id=pad)
       seqs = np.asarray(out.sequences)
@@ -154,7 +157,8 @@ def _closed_set(model, tokenizer, records: Sequence[VideoQA], rows_fn, *, video_
         input_ids[j, :len(x)] = x
         mask[j, :len(x)] = 1
       pixels = _pixels(chunk, size, video_root=video_root, video_ext=video_ext,
-                       num_frames=num_frames, decode_size=decode_size, frames_fn=frames_fn)
+                       num_frames=num_frames, decode_size=decode_size, frames_fn=frames_fn,
+                       resize=getattr(cfg, "video_resize", "shortest_edge"))
       out = np.asarray(forward(model, input_ids, mask, pixels[np.asarray(owner)]))
       per: list[list[float]] = [[] for _ in chunk]
       for j, (_, score_fn) in enumerate(rows):

@@ -100,6 +100,11 @@ class LlavaNextVideoConfig:
     return (layer,) if isinstance(layer, int) else tuple(layer)
 
   @property
+  def video_resize(self) -> str:
+    """How the processor resizes frames (`video_processing.preprocess_video`'s `resize`)."""
+    return "shortest_edge"
+
+  @property
   def patches_per_side(self) -> int:
     return self.vision_config.image_size // self.vision_config.patch_size
 

@@ -61,6 +61,11 @@ class LlavaOnevisionConfig(lnv.LlavaNextVideoConfig):
       object.__setattr__(self, "text_config", dataclasses.replace(self.text_config, qkv_bias=True))
 
   @property
+  def video_resize(self) -> str:
+    """LLaVA-OneVision's processor resizes frames straight to image_size x image_size."""
+    return "square"
+
+  @property
   def max_tiles(self) -> int:
     return llava_anyres.parse_anyres_max(self.vision_aspect_ratio)
 

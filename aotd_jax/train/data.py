@@ -47,6 +47,7 @@ def make_pipeline_data(cfg, student: nnx.Module, tokenizer=None):
   buckets = tuple(d.get("buckets", ())) or (d.seq_len,)
   pc = pipeline.PipelineConfig(
       batch_size=cfg.batch_size, num_frames=d.num_frames, image_size=mc.vision_config.image_size,
+      video_resize=getattr(mc, "video_resize", "shortest_edge"),
       decode_size=d.get("decode_size", None), buckets=buckets,
       train_on_prompt=d.get("train_on_prompt", False),
       num_video_tokens=_video_tokens(mc, d.num_frames), seed=cfg.seed,
