@@ -1,11 +1,16 @@
 """LLaVA-OneVision as the distillation student: the toy config trains, the 7B config is lnv7b's
 with only the student (and frames / sequence length) replaced and fits its sequences."""
+import copy
+import json
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import pytest
 from flax import nnx
 
-import aotd_jax  # noqa: F401
+from aotd_jax import hf
 from aotd_jax.models import llava_onevision as lov
 from configs.distill import lnv7b, onevision7b, toy
 from aotd_jax import sharding
@@ -13,6 +18,7 @@ from aotd_jax.train import build
 from aotd_jax.train.data import make_train_data
 from aotd_jax.train.optim import make_optimizer
 from aotd_jax.train.trainer import Trainer
+from tests import test_eval_student
 from tests.test_train import _export, _train
 
 
@@ -86,3 +92,48 @@ def test_trainer_step_with_remat_and_a_frozen_tower(arch):
                       trainable=lov.trainable_filter(student.config))
     losses.append([float(trainer.train_step(batch).loss) for _ in range(2)])
   np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
+
+
+world = test_eval_student.world  # the toy-world fixture (clips, records, tokenizer)
+ROOT = test_eval_student.ROOT
+
+
+@pytest.fixture(scope="module")
+def onevision_world(world):
+  from aotd_jax.hf import registry
+  adapter = registry.adapter_for("LlavaOnevisionForConditionalGeneration")
+  d, records, tok, _ = world
+  tok = copy.deepcopy(tok)
+  model = adapter.model_class(adapter.config_from_hf(dict(toy.TINY_ONEVISION)), rngs=nnx.Rngs(0))
+  return d, records, tok, model
+
+
+def test_student_evaluation_runs_a_onevision_student(onevision_world, monkeypatch):
+  from aotd_jax.data import conversation, video_processing
+  from aotd_jax.eval import student as student_eval
+  d, records, tok, model = onevision_world
+  seen = []
+  real = video_processing.preprocess_video
+  monkeypatch.setattr(video_processing, "preprocess_video",
+                      lambda *a, **k: seen.append(k.get("resize")) or real(*a, **k))
+  run = student_eval.run_student(model, tok, records[:2], mode="answer", video_root=str(d / "videos"),
+                                 num_frames=4, batch_size=2, max_new_tokens=3)
+  assert len(run.outputs) == 2 and set(seen) == {"square"}
+  assert tok.chat_template == conversation.ONEVISION_CHAT_TEMPLATE
+  ids = student_eval.prompt_ids(tok, records[0], "answer", model.config.video_tokens(4))
+  assert ids.count(tok.convert_tokens_to_ids("<video>")) == 4 * 4 + 1
+
+
+@pytest.mark.slow  # a launch.evaluate subprocess
+def test_evaluate_cli_on_an_exported_onevision_student(onevision_world, tmp_path):
+  d, _, tok, model = onevision_world
+  hf.save_pretrained(model, str(tmp_path / "student"))
+  tok.save_pretrained(str(tmp_path / "student"))
+  out = tmp_path / "eval.json"
+  r = subprocess.run([sys.executable, "-m", "launch.evaluate", f"--student={tmp_path / 'student'}",
+                      "--format=star", f"--annotations={d / 'test.json'}",
+                      f"--video_root={d / 'videos'}", "--num_frames=4", "--limit=2",
+                      "--max_new_tokens=4", f"--out={out}"], cwd=ROOT, capture_output=True,
+                     text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert json.loads(out.read_text())["count"] == 2
