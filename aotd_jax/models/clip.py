@@ -163,6 +163,24 @@ def _layer_norm(cfg, dim: int, *, rngs: nnx.Rngs):
 _KERNEL_BLOCK = 64  # queries per task step of the attention kernel (it only tiles the work here)
 
 
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
+           cpu_kernels: bool) -> jax.Array:
+  """Bidirectional multi-head attention: q/k/v (B, L, heads, head_dim), optional bool mask
+  (B or 1, 1, L, L) of visible keys -> (B, L, heads * head_dim). On one CPU device in float32
+  (and `cpu_kernels`) the fused C++ kernel, which never holds the (B, heads, L, L) scores."""
+  b, l, h, hd = q.shape
+  if cpu_kernels and attention_kernel.use_kernel(q, k, v, mask):
+    if mask is not None:  # (B or 1, L, L): a (1, 1, L, L) mask stays one for the batch
+      mask = jnp.broadcast_to(mask, (mask.shape[0], 1, l, l))[:, 0]
+    return attention_kernel.attention(q[:, :, :, None], k, v, mask, _KERNEL_BLOCK, causal=False)
+  scores = jnp.einsum("bqhd,bkhd->bhqk", q * (hd ** -0.5), k).astype(jnp.float32)
+  if mask is not None:
+    # transformers adds the dtype's most negative value: a fully masked row stays uniform.
+    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  return jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, l, h * hd)
+
+
 class CLIPAttention(nnx.Module):
   """Multi-head self-attention with separate q/k/v projections (transformers' layout)."""
 
@@ -182,19 +200,7 @@ class CLIPAttention(nnx.Module):
     b, l, d = x.shape
     split = lambda t: t.reshape(b, l, self.num_heads, self.head_dim)
     q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
-    if self.cpu_kernels and attention_kernel.use_kernel(q, k, v, mask):
-      # One CPU device, float32: the fused kernel, which never holds the (B, heads, L, L) scores.
-      if mask is not None:  # (B or 1, L, L): a (1, 1, L, L) mask stays one for the batch
-        mask = jnp.broadcast_to(mask, (mask.shape[0], 1, l, l))[:, 0]
-      out = attention_kernel.attention(q[:, :, :, None], k, v, mask, _KERNEL_BLOCK, causal=False)
-      return self.out_proj(out)
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q * (self.head_dim ** -0.5), k).astype(jnp.float32)
-    if mask is not None:
-      # transformers adds the dtype's most negative value: a fully masked row stays uniform.
-      scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, l, d)
-    return self.out_proj(out)
+    return self.out_proj(attend(q, k, v, mask, self.cpu_kernels))
 
 
 class CLIPMLP(nnx.Module):

@@ -27,13 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from aotd_jax.kernels import attention as attention_kernel
 from aotd_jax.models import rope
-from aotd_jax.models.clip import _dense, _layer_norm, activation
+from aotd_jax.models.clip import _dense, _layer_norm, activation, attend
 from aotd_jax.models.remat import remat_call
 from aotd_jax.sharding import constrain
-
-_KERNEL_BLOCK = 64
 
 
 # ------------------------------------------------------------------------------------- vision
@@ -144,15 +141,8 @@ class Qwen2VLVisionAttention(nnx.Module):
       valid = np.arange(longest)[None, :] < np.asarray(segments)[:, None]
       idx = np.where(valid, idx, 0)
       q, k, v = (jnp.take(t, jnp.asarray(idx), axis=0) for t in (q, k, v))
-      mask = jnp.broadcast_to(jnp.asarray(valid)[:, None, :], (s, longest, longest))
-    if self.cpu_kernels and attention_kernel.use_kernel(q, k, v, mask):
-      out = attention_kernel.attention(q[:, :, :, None], k, v, mask, _KERNEL_BLOCK, causal=False)
-    else:
-      scores = jnp.einsum("sqhd,skhd->shqk", q, k, preferred_element_type=jnp.float32) * (hd ** -0.5)
-      if mask is not None:
-        scores = jnp.where(mask[:, None], scores, jnp.finfo(jnp.float32).min)
-      probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-      out = jnp.einsum("shqk,skhd->sqhd", probs, v).reshape(s, longest, d)
+      mask = jnp.broadcast_to(jnp.asarray(valid)[:, None, None, :], (s, 1, longest, longest))
+    out = attend(q, k, v, mask, self.cpu_kernels)
     if mask is None:
       out = out.reshape(n, d)
     else:
