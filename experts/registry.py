@@ -9,10 +9,12 @@ with a `kind` and that kind's settings:
                       features_path: saved ObjectStates, "" = CLIP image features) | none
   action_recognizer: oracle | llava (path, matmul_precision, cpu_kernels) | none
   video_qa:          oracle | llava (path, matmul_precision, cpu_kernels) | none
-  selector:          keyword | llama (path: HF Llama dir with tokenizer) | none
+  selector:          keyword | llama (path: HF Llama dir with tokenizer) | openai (base_url,
+                      model, api_key_env: an OpenAI-compatible server) | none
   ground_truth:      toyworld (path: world dir) | star (path: JSON file(s), classes_dir)
   cache:             dir ("" = memory only), enabled
-  object_vocabulary: list of class names, or "toyworld", or "star:<classes_dir>"
+  object_vocabulary: list of class names, "toyworld", "star:<classes_dir>",
+                     "file:<path, one name per line>" or "open" (ask for what the program names)
 
 A model loaded for two roles (LLaVA as action recogniser and video QA) is loaded once.
 `default_config()` is the oracle set-up on the toy world; swap a role with one line, e.g.
@@ -152,6 +154,20 @@ def _llama(section, ctx):
                      max_new_tokens=int(_get(section, "max_new_tokens", 8)))
 
 
+def _openai_selector(section, ctx):
+  from aotd_jax.agent.llm import OpenAIChat
+  from experts.backends.llm import LLMSelector
+  url = _get(section, "base_url", "")
+  if not url:
+    raise ValueError("experts config: selector.base_url (an OpenAI-compatible server) is "
+                     "required for kind 'openai'")
+  model = _get(section, "model", "") or "default"
+  llm = ctx.model(("openai", url, model),
+                  lambda: OpenAIChat(url, model, api_key_env=_get(section, "api_key_env", None)))
+  return LLMSelector(llm, name=f"openai:{model}@{url}",
+                     max_new_tokens=int(_get(section, "max_new_tokens", 8)))
+
+
 # role -> kind -> factory(section, context) -> backend
 FACTORIES: dict[str, dict[str, Callable]] = {
     "detector": {"oracle": _oracle("detector"), "owlv2": _owlv2},
@@ -159,8 +175,37 @@ FACTORIES: dict[str, dict[str, Callable]] = {
     "action_recognizer": {"oracle": _oracle("action_recognizer"),
                           "llava": _llava("action_recognizer")},
     "video_qa": {"oracle": _oracle("video_qa"), "llava": _llava("video_qa")},
-    "selector": {"keyword": _keyword, "llama": _llama},
+    "selector": {"keyword": _keyword, "llama": _llama, "openai": _openai_selector},
 }
+
+
+def describe(config, *, full_hash: bool = False) -> dict[str, dict]:
+  """What each role is bound to, for a run's manifest: kind, checkpoint paths or server, and a
+  fingerprint of local weights (`aotd_jax.agent.manifest.weights_fingerprint`)."""
+  from aotd_jax.agent.manifest import weights_fingerprint
+  out = {}
+  for role in ROLES:
+    section = _get(config, role)
+    kind = _get(section, "kind", "none") or "none"
+    entry: dict[str, Any] = {"kind": kind}
+    if kind == "oracle":
+      gt = _get(config, "ground_truth")
+      entry["ground_truth"] = {"kind": _get(gt, "kind"), "path": _get(gt, "path", "")}
+    elif kind in ("owlv2", "univtg", "llava", "llama"):
+      entry["path"] = _get(section, "path", "")
+      entry["weights"] = weights_fingerprint(entry["path"], full=full_hash)
+      if kind == "univtg":
+        entry["clip_path"] = _get(section, "clip_path", "")
+        entry["clip_weights"] = weights_fingerprint(entry["clip_path"], full=full_hash)
+      if kind == "owlv2":
+        entry["threshold"] = float(_get(section, "threshold", 0.1))
+    elif kind == "openai":
+      entry.update(base_url=_get(section, "base_url", ""), model=_get(section, "model", ""))
+    out[role] = entry
+  vocab = _get(config, "object_vocabulary", ())
+  out["object_vocabulary"] = {"kind": vocab if isinstance(vocab, str) else "list",
+                              "size": len(_vocabulary(config))}
+  return out
 
 
 def _vocabulary(config) -> list[str]:
@@ -173,10 +218,17 @@ def _vocabulary(config) -> list[str]:
       from experts.backends import oracle
       names = oracle.read_class_names(vocab[len("star:"):])
       return [n for k, n in names.items() if k.startswith("o")]
-    if vocab == "":
-      return []
-    raise ValueError(f"experts config: object_vocabulary={vocab!r} is not a list, 'toyworld' "
-                     "or 'star:<classes_dir>'")
+    if vocab.startswith("file:"):
+      path = vocab[len("file:"):]
+      try:
+        with open(path, encoding="utf-8") as f:
+          return [line.strip() for line in f if line.strip() and not line.startswith("#")]
+      except OSError as e:
+        raise ValueError(f"experts config: object_vocabulary {vocab!r}: {e}") from None
+    if vocab in ("", "open"):
+      return []  # open vocabulary: the detector is asked for the phrase the program names
+    raise ValueError(f"experts config: object_vocabulary={vocab!r} is not a list, 'toyworld', "
+                     "'star:<classes_dir>', 'file:<one name per line>' or 'open'")
   return [str(v) for v in vocab]
 
 

@@ -75,6 +75,28 @@ def load_questions(config) -> list[annotations.VideoQA]:
   return questions[:config.max_questions] if config.max_questions else questions
 
 
+IDENTITY_KEYS = ("examples", "program_source", "gold_program_key", "logic_judge", "max_frames",
+                 "max_new_tokens", "temperature", "timeout_s", "tools_factory", "make_args")
+
+
+def provenance(config) -> tuple[dict, dict]:
+  """(roles, identity) for `aotd_jax.agent.manifest`: every backend the run uses, and the
+  settings that decide what a record says."""
+  from aotd_jax.agent import manifest
+  if config.tools_factory == "experts:make_tools":
+    from experts import registry
+    roles = registry.describe(config.experts, full_hash=config.get("manifest_full_hash", False))
+  else:
+    roles = {"tools_factory": {"kind": config.tools_factory}}
+  for role in ("program_llm", "cot_llm", "judge_llm"):
+    roles[role] = manifest.llm_role(config.get(role))
+  if config.program_source == "gold":
+    roles["program_llm"] = {"kind": "gold", "key": config.gold_program_key}
+  data = config.data.to_dict() if hasattr(config.data, "to_dict") else dict(config.data)
+  identity = {"data": data, **{k: config.get(k) for k in IDENTITY_KEYS}}
+  return roles, identity
+
+
 def main(argv):
   del argv
   config = _CONFIG.value
@@ -85,6 +107,11 @@ def main(argv):
   questions = job.shard(load_questions(config), _SHARD_INDEX.value, _NUM_SHARDS.value,
                         process_index=process_index, process_count=process_count)
   name = job.shard_name(_SHARD_INDEX.value, _NUM_SHARDS.value, process_index, process_count)
+  from aotd_jax.agent import manifest
+  roles, identity = provenance(config)
+  manifest_ref = manifest.open_manifest(config.out_dir, roles, identity, config.to_dict())
+  logging.info("vision experts: %s (%s)", manifest.vision_summary(roles),
+               ", ".join(f"{r}={v.get('kind')}" for r, v in roles.items() if isinstance(v, dict)))
   tools = resolve(config.tools_factory)(config.experts)
   make_args = resolve(config.make_args)(config) if config.make_args else clip_args(config)
   from aotd_jax.agent.sandbox import Sandbox
@@ -97,9 +124,10 @@ def main(argv):
         examples=programs.load_examples(config.examples) if config.examples else "",
         batch_size=config.batch_size, num_threads=config.sandbox.num_workers,
         timeout_s=config.timeout_s, max_new_tokens=config.max_new_tokens,
-        temperature=config.temperature, video_path=video_path(config))
+        temperature=config.temperature, video_path=video_path(config), manifest=manifest_ref)
     stats = cot_job.run(questions, job.JobPaths.for_shard(config.out_dir, name),
                         label=f"[{name}] ", progress_every_s=config.progress_every_s)
+  manifest.add_counts(config.out_dir, name, stats.to_dict())
   if config.report_samples:
     from aotd_jax.agent import viewer
     paths = job.JobPaths.for_shard(config.out_dir, name)

@@ -203,6 +203,15 @@ def test_record_format(workspace, straight_run):
   assert wrong["conversation"][0]["value"].endswith("give the best option.")
   assert wrong["conversation"][1]["value"].startswith("(")  # "(C) The object ..."
   assert wrong["rationale"] is None and wrong["verdicts"]["logic"]["by"] == "skip"
+  # provenance: the manifest names the backends, each record names the manifest
+  manifest = json.loads((tmp_path / "straight" / "manifest.json").read_text())
+  assert {r["manifest"] for r in records} == {f"manifest.json#{manifest['id']}"}
+  assert manifest["roles"]["program_llm"] == {"kind": "factory",
+                                              "factory": "cotjob_fixture:make_llm"}
+  assert manifest["roles"]["tools_factory"] == {"kind": "cotjob_fixture:make_tools"}
+  assert manifest["shards"]["00000-of-00001"]["kept"] == len(kept)
+  assert manifest["code"]["git"] and manifest["config"]["batch_size"] == 4
+  assert record["llm_replies"]["program"].startswith("Here you go:")
 
 
 def test_shards_partition_the_dataset():
@@ -277,6 +286,25 @@ def test_open_ended_and_llm_logic_judge(tmp_path):
   assert record["conversation"][1]["value"] == "dog"
 
 
+def test_records_keep_every_raw_llm_reply():
+  """A reply that does not parse can be read back from the record (issue 19, item 8)."""
+  from fixtures.scripted_llm import ScriptedLLM
+  program_llm = ScriptedLLM(["I cannot write code today.", "```python\n" + GOLD + "```"])
+  judge = Judge()
+  cot_job = job.CotJob(tools={}, make_args=lambda q: {}, run_program=FakeRun("a puppy"),
+                       program_llm=program_llm, judge_llm=judge, logic_judge="llm")
+  bad, good = cot_job.process([qa("p1", (), "dog"), qa("p2", (), "dog")])
+  assert bad["llm_replies"] == {"program": "I cannot write code today."}
+  assert not bad["verdicts"]["parsed"]
+  assert good["llm_replies"]["program"].startswith("```python")
+  assert good["llm_replies"]["answer_judge"] == "Yes" and good["llm_replies"]["logic_judge"] == "Yes"
+  assert "rewrite" not in good["llm_replies"]  # the verbaliser wrote this rationale
+  # a stage that made no call in this batch does not leak the previous batch's replies
+  program_llm.replies.append("nope")
+  (again,) = cot_job.process([qa("p3", (), "dog")])
+  assert again["llm_replies"] == {"program": "nope"}
+
+
 def test_failure_modes_are_counted_or_named(tmp_path):
   def broken_args(q):
     raise FileNotFoundError("/videos/v.mp4")
@@ -314,16 +342,87 @@ def test_launcher_config_errors_name_the_field():
   assert generate_cots.make_llm(toy.llm()) is None
 
 
-def test_dataset_configs_build_their_backends():
+def test_dataset_configs_build_their_backends(tmp_path):
+  """configs/cot/{star,nextqa}.py bind the real experts named in the arg; oracles only when
+  asked; vocabularies from the dataset (issue 19, items 4 and 5)."""
   sys.path.insert(0, str(ROOT))
   from configs.cot import nextqa, star, toy
   from launch import generate_cots
   from aotd_jax.agent import llm
-  c = star.get_config("ann=a.json,videos=v,llm=http://127.0.0.1:9/v1,model=m")
+  paths = "owlv2=o,univtg=u.ckpt,clip=c,llava=l"
+  c = star.get_config(f"ann=a.json,videos=v,classes=cls,{paths},llm=http://127.0.0.1:9/v1,model=m")
   assert (c.program_source, c.logic_judge, c.examples) == ("llm", "llm", "star")
   assert isinstance(generate_cots.make_llm(c.program_llm), llm.OpenAIChat)
-  offline = star.get_config("ann=a.json,videos=v")
-  assert offline.program_source == "gold" and generate_cots.make_llm(offline.judge_llm) is None
-  c = nextqa.get_config("ann=t.csv,videos=v,map=m.json")
+  e = c.experts
+  assert (e.detector.kind, e.detector.path) == ("owlv2", "o")
+  assert (e.grounder.kind, e.grounder.path, e.grounder.clip_path) == ("univtg", "u.ckpt", "c")
+  assert (e.action_recognizer.kind, e.video_qa.kind, e.video_qa.path) == ("llava", "llava", "l")
+  assert (e.selector.kind, e.selector.base_url) == ("openai", "http://127.0.0.1:9/v1")
+  assert e.object_vocabulary == "star:cls"
+  with pytest.raises(ValueError, match="missing: univtg=, llava="):
+    star.get_config("ann=a.json,videos=v,owlv2=o,clip=c,llm=http://x/v1")
+  with pytest.raises(ValueError, match="llm= is required"):
+    star.get_config(f"ann=a.json,videos=v,{paths}")
+  oracle = star.get_config("ann=a.json,videos=v,experts=oracle,llm=http://x/v1,selector=keyword")
+  assert oracle.experts.detector.kind == "oracle" and oracle.experts.ground_truth.path == "a.json"
+  assert oracle.experts.selector.kind == "keyword"
+  judged = star.get_config(f"ann=a.json,videos=v,{paths},llm=/models/coder,judge=http://j/v1,"
+                           "judge_model=llama-3.1-8b")
+  assert judged.program_llm.kind == "local" and judged.program_llm.kwargs.model_dir == "/models/coder"
+  assert (judged.judge_llm.kind, judged.judge_llm.kwargs.model) == ("openai", "llama-3.1-8b")
+  assert judged.experts.selector.to_dict() == {"kind": "llama", "path": "/models/coder",
+                                              "max_new_tokens": 8}
+  c = nextqa.get_config(f"ann=t.csv,videos=v,map=m.json,{paths},llm=http://x/v1")
   assert c.data.format == "nextqa" and dict(c.data.read_kwargs) == {"map_path": "m.json"}
+  assert c.experts.object_vocabulary == "open" and c.experts.detector.kind == "owlv2"
+  assert nextqa.get_config(f"ann=t.csv,videos=v,{paths},llm=http://x/v1,vocab=names.txt"
+                           ).experts.object_vocabulary == "file:names.txt"
+  with pytest.raises(ValueError, match="NExT-QA has no scene graphs"):
+    nextqa.get_config(f"ann=t.csv,videos=v,{paths},llm=http://x/v1,experts=oracle")
   assert toy.get_config("programs=llm").program_source == "llm"
+
+
+def test_vocabularies_and_manifest_of_real_experts(tmp_path):
+  """The manifest tells real experts from oracles, fingerprints local weights, and refuses a
+  run that would mix backends in one output directory."""
+  sys.path.insert(0, str(ROOT))
+  from aotd_jax.agent import manifest
+  from configs.cot import star
+  from experts import registry
+  names = tmp_path / "names.txt"
+  names.write_text("# objects\ncup\nlaptop\n\n")
+  assert registry._vocabulary({"object_vocabulary": f"file:{names}"}) == ["cup", "laptop"]
+  assert registry._vocabulary({"object_vocabulary": "open"}) == []
+  with pytest.raises(ValueError, match="object_vocabulary='colours'"):
+    registry._vocabulary({"object_vocabulary": "colours"})
+  for d in ("owl", "clip", "llava"):
+    (tmp_path / d).mkdir()
+    (tmp_path / d / "model.safetensors").write_bytes(d.encode() * 100)
+  (tmp_path / "u.ckpt").write_bytes(b"univtg")
+  arg = (f"ann=a.json,videos=v,owlv2={tmp_path}/owl,univtg={tmp_path}/u.ckpt,"
+         f"clip={tmp_path}/clip,llava={tmp_path}/llava,llm=http://x/v1,model=m")
+  roles = registry.describe(star.get_config(arg).experts)
+  assert manifest.vision_summary(roles) == "real"
+  assert roles["detector"]["weights"]["sha256"] == manifest.weights_fingerprint(
+      str(tmp_path / "owl"))["sha256"]
+  assert roles["grounder"]["clip_weights"]["files"] == 1
+  assert roles["selector"] == {"kind": "openai", "base_url": "http://x/v1", "model": "m"}
+  oracle_roles = registry.describe(star.get_config(
+      "ann=a.json,videos=v,experts=oracle,llm=http://x/v1").experts)
+  assert manifest.vision_summary(oracle_roles) == "oracle"
+  out = tmp_path / "cots"
+  ref = manifest.open_manifest(str(out), roles, {"max_frames": 32}, {"any": 1})
+  assert manifest.open_manifest(str(out), roles, {"max_frames": 32}, {"any": 2}) == ref
+  with pytest.raises(manifest.ManifestError, match=r"roles that differ: \['action_recognizer', "
+                                                   r"'detector', 'grounder', 'selector', "
+                                                   r"'video_qa'\]"):
+    manifest.open_manifest(str(out), oracle_roles, {"max_frames": 32}, {})
+  with pytest.raises(manifest.ManifestError, match="max_frames: 32 -> 8"):
+    manifest.open_manifest(str(out), roles, {"max_frames": 8}, {})
+  manifest.add_counts(str(out), "00000-of-00002", {"kept": 3})
+  data = json.loads((out / "manifest.json").read_text())
+  assert data["vision_experts"] == "real" and data["shards"] == {"00000-of-00002": {"kept": 3}}
+  # the fingerprint moves with the weights
+  before = manifest.weights_fingerprint(str(tmp_path / "owl"))["sha256"]
+  (tmp_path / "owl" / "model.safetensors").write_bytes(b"other")
+  assert manifest.weights_fingerprint(str(tmp_path / "owl"))["sha256"] != before

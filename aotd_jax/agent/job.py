@@ -11,8 +11,11 @@ are written as ArrayRecord (for Grain) and the pass rates as a stats JSON.
 A record is AoTD's conversation format plus what produced it:
 `{"qid", "video_id", "video_path", "type", "conversation": [{"from": "human", "value": ...},
 {"from": "gpt", "value": rationale (kept) or answer}], "kept", "program", "prediction",
-"rationale", "rationale_source", "trace", "verdicts", "timing"}`. Only `timing` varies
-between runs.
+"rationale", "rationale_source", "trace", "verdicts", "llm_replies", "timing"}`, and
+`"manifest"` (the run's `manifest.json`, which names every backend and checkpoint) when the
+launcher sets one. `llm_replies` keeps each LLM stage's raw reply for the question
+(`program`, `rewrite`, `answer_judge`, `logic_judge`), so a parse failure can be debugged.
+Only `timing` varies between runs.
 """
 from __future__ import annotations
 
@@ -111,7 +114,8 @@ def _verdict(v: filters.Verdict | None, skipped: str) -> dict:
 def make_record(qa, *, video_path: str | None, program: programs.ParsedProgram,
                 execution, rationale: str | None, rationale_source: str | None,
                 answer_verdict: filters.Verdict | None, logic_verdict: filters.Verdict | None,
-                seconds: float) -> dict:
+                seconds: float, llm_replies: Mapping[str, str] | None = None,
+                manifest: str | None = None) -> dict:
   """One job record (see the module docstring) for a processed `VideoQA`."""
   trace = execution.to_trace(program.source).to_json() if execution is not None else None
   tool_seconds = []
@@ -142,8 +146,31 @@ def make_record(qa, *, video_path: str | None, program: programs.ParsedProgram,
           "answer": _verdict(answer_verdict, "skipped: no program or failed execution"),
           "logic": _verdict(logic_verdict, "skipped: answer check failed"),
       },
+      "llm_replies": dict(llm_replies or {}),
+      **({"manifest": manifest} if manifest else {}),
       "timing": {"seconds": round(seconds, 4), "tool_seconds": tool_seconds},
   }
+
+
+class CapturedLLM:
+  """Wraps an LLM and keeps the replies of its latest `complete` call, in prompt order.
+
+  Each stage of `CotJob.process` calls its LLM once per batch, from one thread, so `last`
+  after a stage is that stage's replies for the batch.
+  """
+
+  def __init__(self, llm):
+    self.llm, self.last = llm, []
+
+  def complete(self, prompts, **kwargs) -> list[str]:
+    replies = self.llm.complete(prompts, **kwargs)
+    self.last = [str(r) for r in replies]
+    return replies
+
+  def take(self) -> list[str]:
+    """The latest replies, cleared (a stage that makes no call then reads [])."""
+    out, self.last = self.last, []
+    return out
 
 
 # -- progress -------------------------------------------------------------------------------------
@@ -222,6 +249,7 @@ class CotJob:
   max_new_tokens: int = 512
   temperature: float = 0.0
   video_path: Callable[[Any], str | None] = lambda qa: qa.meta.get("video_path")
+  manifest: str | None = None
 
   def __post_init__(self):
     if self.program_source not in ("llm", "gold"):
@@ -234,6 +262,10 @@ class CotJob:
       raise JobError("logic_judge='llm' needs a judge LLM (config.judge_llm)")
     if self.batch_size < 1:
       raise JobError(f"batch_size must be >= 1, got {self.batch_size}")
+    for role in ("program_llm", "cot_llm", "judge_llm"):
+      llm = getattr(self, role)
+      if llm is not None and not isinstance(llm, CapturedLLM):
+        setattr(self, role, CapturedLLM(llm))
 
   # -- stages --
 
@@ -263,7 +295,15 @@ class CotJob:
   def process(self, batch: Sequence[Any]) -> list[dict]:
     """Runs every stage on a batch of `VideoQA` and returns their records, in order."""
     t0 = time.perf_counter()
+    replies: list[dict[str, str]] = [{} for _ in batch]
+
+    def keep(stage: str, llm, indices: Sequence[int]) -> None:
+      for i, reply in zip(indices, llm.take() if llm is not None else []):
+        replies[i][stage] = reply
+
     parsed = self._programs(batch)
+    if self.program_source == "llm":
+      keep("program", self.program_llm, range(len(batch)))
     with concurrent.futures.ThreadPoolExecutor(max(1, self.num_threads)) as pool:
       executions = list(pool.map(self._execute, batch, parsed))
     answers: list[filters.Verdict | None] = []
@@ -280,6 +320,7 @@ class CotJob:
       answers.append(verdict)
     judged = filters.judge_answers(self.judge_llm, [
         (batch[i].question, batch[i].answer, executions[i].value) for i in to_judge])
+    keep("answer_judge", self.judge_llm, to_judge)
     for i, verdict in zip(to_judge, judged):
       answers[i] = verdict
     passing = [i for i, v in enumerate(answers) if v is not None and v.passed]
@@ -288,12 +329,14 @@ class CotJob:
              for i in passing]
     if self.cot_llm is not None:
       rationales = dict(zip(passing, cot.rewrite(self.cot_llm, items)))
+      keep("rewrite", self.cot_llm, passing)
     else:
       rationales = {i: (cot.verbalise(it[2], it[3]), "verbaliser") for i, it in zip(passing, items)}
     logic: dict[int, filters.Verdict] = {}
     if self.logic_judge == "llm":
       verdicts = filters.judge_logic(self.judge_llm, [
           (batch[i].question, batch[i].choices, rationales[i][0]) for i in passing])
+      keep("logic_judge", self.judge_llm, passing)
       logic = dict(zip(passing, verdicts))
     else:
       logic = {i: filters.rule_judge(rationales[i][0], executions[i].trace, executions[i].value)
@@ -302,7 +345,8 @@ class CotJob:
     return [make_record(qa, video_path=self.video_path(qa), program=parsed[i],
                         execution=executions[i], rationale=rationales.get(i, (None, None))[0],
                         rationale_source=rationales.get(i, (None, None))[1],
-                        answer_verdict=answers[i], logic_verdict=logic.get(i), seconds=seconds)
+                        answer_verdict=answers[i], logic_verdict=logic.get(i), seconds=seconds,
+                        llm_replies=replies[i], manifest=self.manifest)
             for i, qa in enumerate(batch)]
 
   # -- the resumable loop --

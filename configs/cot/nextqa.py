@@ -1,34 +1,44 @@
-r"""CoT generation on NExT-QA (multiple choice) with an LLM program writer and judge.
+r"""CoT generation on NExT-QA (multiple choice) with the real experts and LLMs.
 
-  python -m launch.generate_cots --config=configs/cot/nextqa.py:ann=/data/nextqa/train.csv,videos=/data/nextqa/NExTVideo,map=/data/nextqa/map_vid_vidorID.json,llm=http://localhost:8000/v1
+  python -m launch.generate_cots --config=configs/cot/nextqa.py:\
+ann=nextqa/train.csv,videos=NExTVideo,map=nextqa/map_vid_vidorID.json,\
+owlv2=owlv2-base-patch16-ensemble,univtg=univtg/model_best.ckpt,clip=clip-vit-base-patch32,\
+llava=LLaVA-NeXT-Video-7B-DPO-hf,llm=http://localhost:8000/v1,model=deepseek-coder-6.7b-instruct
 
-`arg`: `ann` (NExT-QA csv), `videos`, `map` (video id -> path json), `llm`, `model`.
+`arg`: as `star.py` (experts, LLMs, `out`, `frames`), with `map` (video id -> path JSON) and
+`vocab` ("open": the detector looks for the phrase a program names, the default; or a file
+with one object name per line). NExT-QA has no scene graphs, so there is no oracle.
 """
 import ml_collections
 
-from configs.cot import toy
+from configs.cot import real, toy
+
+KEYS = dict(ann="", videos="", map="", vocab="open", out="workdir/cots/nextqa", experts="real",
+            owlv2="", univtg="", clip="", llava="", llm="", model="deepseek-coder-6.7b-instruct",
+            judge="", judge_model="", rewrite="", rewrite_model="", selector="",
+            selector_model="", frames="32")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  a = toy.parse_arg(arg, ann="data/nextqa/train.csv", videos="data/nextqa/NExTVideo",
-                    map="data/nextqa/map_vid_vidorID.json", llm="",
-                    model="deepseek-coder-6.7b-instruct")
+  a = toy.parse_arg(arg, **KEYS)
+  for key in ("ann", "videos", "llm"):
+    if not a[key]:
+      raise ValueError(f"configs/cot/nextqa.py: {key}= is required (see the module docstring)")
+  if a["experts"] != "real":
+    raise ValueError(f"configs/cot/nextqa.py: experts={a['experts']!r}: NExT-QA has no scene "
+                     "graphs to build an oracle from; only experts=real")
   c = toy.base_config()
   c.data.format = "nextqa"
   c.data.path = a["ann"]
   c.data.video_dir = a["videos"]
   c.data.read_kwargs = {"map_path": a["map"]} if a["map"] else {}
   c.examples = "nextqa"
-  c.out_dir = "workdir/cots/nextqa"
-  c.program_source = "llm"
-  c.program_llm = toy.llm("openai", base_url=a["llm"] or "http://localhost:8000/v1",
-                          model=a["model"])
-  c.cot_llm = toy.llm("openai", base_url=a["llm"] or "http://localhost:8000/v1", model=a["model"])
-  c.judge_llm = toy.llm("openai", base_url=a["llm"] or "http://localhost:8000/v1",
-                        model=a["model"])
-  c.logic_judge = "llm"
-  import experts
-  c.experts = experts.default_config()  # bind real models (the oracle needs ground truth)
+  c.out_dir = a["out"]
+  c.max_frames = int(a["frames"])
+  vocab = a["vocab"]
+  c.experts = real.bind_experts("nextqa", a,
+                                vocabulary="open" if vocab == "open" else f"file:{vocab}")
+  real.bind_llms(c, a)
   c.batch_size = 32
   c.sandbox.num_workers = 8
   c.sandbox.memory_mb = 1024

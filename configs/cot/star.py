@@ -1,38 +1,57 @@
-r"""CoT generation on STAR with real experts and an LLM program writer and judge.
+r"""CoT generation on STAR with the real experts and an LLM program writer, rewriter and judge.
 
-  python -m launch.generate_cots --config=configs/cot/star.py:ann=/data/star/STAR_train.json,videos=/data/star/Charades_v1_480,llm=http://localhost:8000/v1 \
+  python -m launch.generate_cots --config=configs/cot/star.py:\
+ann=STAR_train.json,videos=Charades_v1_480,classes=STAR/annotations/STAR_classes,\
+owlv2=owlv2-base-patch16-ensemble,univtg=univtg/model_best.ckpt,clip=clip-vit-base-patch32,\
+llava=LLaVA-NeXT-Video-7B-DPO-hf,llm=http://localhost:8000/v1,model=deepseek-coder-6.7b-instruct \
       --shard_index=0 --num_shards=8
 
-`arg`: `ann`, `videos`, `llm` (OpenAI-compatible base URL of e.g. a vLLM server; empty: gold
-programs, the verbaliser and the rule judge), `model` (served model name), `classes` (STAR's class-list dir).
+`arg` (comma-separated key=value):
+- data: `ann` (STAR JSON), `videos` (Charades mp4 dir), `classes` (STAR's class-list dir: object
+  names become the detector's vocabulary), `out` (output dir).
+- experts (`experts=real`, the default): `owlv2`, `univtg`, `clip`, `llava` checkpoint paths.
+  `experts=oracle` reads STAR's annotated scene graphs instead (an upper bound, not AoTD);
+  the run's `manifest.json` says which.
+- LLMs: `llm` (OpenAI-compatible base URL, or a local Llama dir) with `model`; optional
+  `judge`/`judge_model`, `rewrite`/`rewrite_model` and `selector`/`selector_model`
+  (`selector=keyword`: the offline word-overlap heuristic instead of an LLM).
+STAR's `question_program` is a list of functions, not Python: programs always come from the LLM.
 """
 import ml_collections
 
-from configs.cot import toy
+from configs.cot import real, toy
+
+KEYS = dict(ann="", videos="", classes="", out="workdir/cots/star", experts="real",
+            owlv2="", univtg="", clip="", llava="", llm="", model="deepseek-coder-6.7b-instruct",
+            judge="", judge_model="", rewrite="", rewrite_model="", selector="",
+            selector_model="", frames="32")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  a = toy.parse_arg(arg, ann="data/star/STAR_train.json", videos="data/star/Charades_v1_480",
-                    llm="", model="deepseek-coder-6.7b-instruct", classes="")
+  a = toy.parse_arg(arg, **KEYS)
+  for key in ("ann", "videos", "llm"):
+    if not a[key]:
+      raise ValueError(f"configs/cot/star.py: {key}= is required (see the module docstring)")
   c = toy.base_config()
   c.data.format = "star"
   c.data.path = a["ann"]
   c.data.video_dir = a["videos"]
   c.examples = "star"
-  c.out_dir = "workdir/cots/star"
-  if a["llm"]:
-    c.program_source = "llm"
-    c.program_llm = toy.llm("openai", base_url=a["llm"], model=a["model"])
-    c.cot_llm = toy.llm("openai", base_url=a["llm"], model=a["model"])
-    c.judge_llm = toy.llm("openai", base_url=a["llm"], model=a["model"])
-    c.logic_judge = "llm"
-  import experts
-  c.experts = experts.default_config()  # edit roles to bind OWLv2 / UniVTG / LLaVA weights
-  c.experts.ground_truth.kind = "star"
-  c.experts.ground_truth.path = a["ann"]
-  c.experts.ground_truth.classes_dir = a["classes"]  # STAR's class lists: o012 -> names
-  if a["classes"]:
-    c.experts.object_vocabulary = "star:" + a["classes"]
+  c.out_dir = a["out"]
+  c.max_frames = int(a["frames"])
+  vocabulary = f"star:{a['classes']}" if a["classes"] else "open"
+  if a["experts"] == "real":
+    c.experts = real.bind_experts("star", a, vocabulary=vocabulary)
+  elif a["experts"] == "oracle":
+    import experts
+    c.experts = experts.default_config()
+    c.experts.ground_truth = {"kind": "star", "path": a["ann"], "classes_dir": a["classes"]}
+    c.experts.object_vocabulary = vocabulary
+    c.experts.selector = real.selector_section(a["selector"] or a["llm"],
+                                               a["selector_model"] or a["model"])
+  else:
+    raise ValueError(f"configs/cot/star.py: experts={a['experts']!r}: expected real or oracle")
+  real.bind_llms(c, a)
   c.batch_size = 32
   c.sandbox.num_workers = 8
   c.sandbox.memory_mb = 1024

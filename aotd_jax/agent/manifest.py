@@ -1,0 +1,173 @@
+"""Provenance of a CoT run: `out_dir/manifest.json` names what made every record.
+
+For each role (detector, grounder, action recogniser, video QA, selector; program, CoT and
+judge LLMs) the manifest holds the backend kind, its checkpoint path or server URL and model
+name, and a fingerprint of local weights; then the config, the code version and, per shard,
+the counts. Every record carries `"manifest": "manifest.json#<id>"`, the id being a hash of the
+roles and the config, so an oracle-made CoT can always be told from an expert-made one.
+
+A manifest is written once per output directory. A later run (a resume, another shard) with
+the same roles and config adds its counts; one with other roles or config is refused, since
+its records would mix backends in one dataset.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import fcntl
+import hashlib
+import json
+import os
+import pathlib
+import subprocess
+from typing import Any, Iterator, Mapping
+
+FILE = "manifest.json"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pth", ".pt", ".msgpack", ".npz", ".h5")
+_EDGE = 1 << 20  # bytes read from each end of a weight file for its fingerprint
+
+
+class ManifestError(ValueError):
+  """An output directory already holds records of other backends or another config."""
+
+
+def _weight_files(path: pathlib.Path) -> list[pathlib.Path]:
+  if path.is_file():
+    return [path]
+  return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+
+
+def weights_fingerprint(path: str, *, full: bool = False) -> dict | None:
+  """sha256 over the weight files under `path` (a file or a directory); None if not local.
+
+  `full=False` hashes each file's name, size and first and last MiB (seconds for a 7B model,
+  and any re-save or truncation changes it); `full=True` hashes every byte.
+  """
+  p = pathlib.Path(path)
+  if not path or not p.exists():
+    return None
+  h = hashlib.sha256()
+  files = _weight_files(p)
+  for f in files:
+    size = f.stat().st_size
+    h.update(f"{f.relative_to(p) if p.is_dir() else f.name}\0{size}\0".encode())
+    with open(f, "rb") as stream:
+      if full or size <= 2 * _EDGE:
+        for chunk in iter(lambda: stream.read(1 << 24), b""):
+          h.update(chunk)
+      else:
+        h.update(stream.read(_EDGE))
+        stream.seek(size - _EDGE)
+        h.update(stream.read(_EDGE))
+  return {"sha256": h.hexdigest(), "files": len(files),
+          "method": "full" if full else "name, size, first and last MiB of each weight file"}
+
+
+def code_version() -> dict:
+  """The package's git revision (and whether the tree had changes), when it is a checkout."""
+  root = pathlib.Path(__file__).resolve().parents[2]
+  try:
+    rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                         timeout=10, check=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                           capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    return {"git": rev, "dirty": bool(dirty)}
+  except (OSError, subprocess.SubprocessError):
+    return {"git": None, "dirty": None}
+
+
+def llm_role(section: Mapping[str, Any] | None) -> dict:
+  """A role entry for an LLM config section (`kind`, `kwargs`: base_url / model / model_dir)."""
+  if not section or section.get("kind", "none") == "none":
+    return {"kind": "none"}
+  kind = section.get("kind")
+  kwargs = dict(section.get("kwargs", {}) or {})
+  entry = {"kind": kind}
+  for key in ("base_url", "model", "model_dir", "path", "factory"):
+    value = kwargs.get(key, section.get(key) if key == "factory" else None)
+    if value:
+      entry[key] = value
+  if kind == "local" and kwargs.get("model_dir"):
+    entry["weights"] = weights_fingerprint(kwargs["model_dir"])
+  return entry
+
+
+def vision_summary(roles: Mapping[str, Mapping[str, Any]]) -> str:
+  """"real", "oracle", "mixed" or "none" over the vision roles."""
+  kinds = {roles[r]["kind"] for r in ("detector", "grounder", "action_recognizer", "video_qa")
+           if r in roles and roles[r].get("kind") not in (None, "none")}
+  if not kinds:
+    return "none"
+  if kinds == {"oracle"}:
+    return "oracle"
+  return "mixed" if "oracle" in kinds else "real"
+
+
+def manifest_id(roles: Mapping[str, Any], identity: Mapping[str, Any]) -> str:
+  """A hash of what decides a record's content: the roles and the `identity` settings."""
+  text = json.dumps({"roles": roles, "identity": identity}, sort_keys=True, default=str)
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _locked(path: pathlib.Path) -> Iterator[None]:
+  with open(str(path) + ".lock", "a") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _write(path: pathlib.Path, data: dict) -> None:
+  tmp = path.with_suffix(".json.tmp")
+  tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
+  os.replace(tmp, path)
+
+
+def open_manifest(out_dir: str, roles: Mapping[str, Any], identity: Mapping[str, Any],
+                  config: Mapping[str, Any]) -> str:
+  """Writes (or checks) `out_dir/manifest.json`; returns the records' `manifest` reference.
+
+  `identity` holds the settings that decide a record's content (data, prompts, program
+  source, judge, frames, decoding); `config` is stored whole, but settings outside `identity`
+  (question limits, batch sizes, workers) may change between shards and resumes.
+
+  Raises:
+    ManifestError: the directory's manifest names other roles or another identity.
+  """
+  folder = pathlib.Path(out_dir)
+  folder.mkdir(parents=True, exist_ok=True)
+  path = folder / FILE
+  ident = manifest_id(roles, identity)
+  with _locked(path):
+    if path.exists():
+      old = json.loads(path.read_text())
+      if old.get("id") != ident:
+        changed = sorted(r for r in set(old.get("roles", {})) | set(roles)
+                         if old.get("roles", {}).get(r) != roles.get(r))
+        raise ManifestError(
+            f"{path} was written by a run with other backends or config (roles that differ: "
+            f"{changed or 'none; the settings differ: ' + _diff(old.get('identity', {}), identity)}"
+            "); its records would mix with this run's. "
+            "Use a new out_dir.")
+    else:
+      _write(path, {"id": ident, "vision_experts": vision_summary(roles), "roles": dict(roles),
+                    "identity": dict(identity), "config": dict(config), "code": code_version(),
+                    "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                    "shards": {}})
+  return f"{FILE}#{ident}"
+
+
+def _diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+  keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+  return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys) or "?"
+
+
+def add_counts(out_dir: str, shard: str, counts: Mapping[str, Any]) -> None:
+  """Records one shard's counts (questions, kept, ...) in the manifest."""
+  path = pathlib.Path(out_dir) / FILE
+  with _locked(path):
+    data = json.loads(path.read_text())
+    data.setdefault("shards", {})[shard] = dict(counts)
+    _write(path, data)
