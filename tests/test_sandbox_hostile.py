@@ -89,6 +89,8 @@ HOSTILE = [
     ("top_level_loop", "while True:\n    pass\n" + body("return 1"), "at top level"),
     ("no_entry_point", "def main():\n    return 1\n", "does not define"),
     ("syntax_error", body("return (1 +"), "syntax error"),
+    ("except_nested_minus", body("try:\n    pass\nexcept " + "-" * 900 + "x:\n    pass"),
+     "'except <UnaryOp expression>' is not allowed"),
     ("null_byte", body("return 1") + "\x00", "null bytes|could not be parsed"),
     # --- loops that try to swallow the limits
     ("catch_baseexception", body("while True:\n    try:\n        pass\n"

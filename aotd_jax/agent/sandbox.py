@@ -274,6 +274,9 @@ class Sandbox:
     except sandbox_policy.PolicyError as e:
       return Execution(ok=False, error=f"refused: {e}",
                        seconds=time.perf_counter() - t_start)
+    except RecursionError:  # a check that recursed on an absurdly nested program
+      return Execution(ok=False, error="refused: program is nested too deeply",
+                       seconds=time.perf_counter() - t_start)
     limits = {"timeout_s": timeout_s, "max_steps": max_steps,
               "max_output_chars": max_output_chars, "max_depth": max_depth,
               "entry_point": entry_point,

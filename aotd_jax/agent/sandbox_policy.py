@@ -103,7 +103,12 @@ def _check_handler(node: ast.ExceptHandler) -> None:
   types = node.type.elts if isinstance(node.type, ast.Tuple) else [node.type]
   for t in types:
     if not (isinstance(t, ast.Name) and t.id in SAFE_EXCEPTIONS):
-      shown = ast.unparse(t)
+      try:
+        shown = ast.unparse(t)
+      except RecursionError:  # a deeply nested expression (`except ----x:`)
+        shown = f"<{type(t).__name__} expression>"
+      if len(shown) > 80:
+        shown = shown[:77] + "..."
       raise PolicyError(
           f"line {node.lineno}: 'except {shown}' is not allowed; catch one of "
           f"{', '.join(sorted(SAFE_EXCEPTIONS))}")
