@@ -67,10 +67,31 @@ def make_mesh(axis_sizes: Mapping[str, int] | None = None, devices: Sequence[Any
   return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)
 
 
-def maybe_initialize_distributed(config: Mapping[str, Any] | None) -> None:
-  """Calls `jax.distributed.initialize()` when the config asks for it (multi-host pods)."""
-  if config is not None and config.get("distributed", False):
-    jax.distributed.initialize()
+def maybe_initialize_distributed(config: Mapping[str, Any] | None, environ=None) -> bool:
+  """Calls `jax.distributed.initialize()` when the config asks for it (multi-host pods).
+
+  On TPU VMs (and SLURM, Kubernetes, ...) JAX finds its peers itself. Elsewhere set
+  `JAX_COORDINATOR_ADDRESS` (host:port of process 0), `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID`
+  in each process's environment; on the CPU the processes then talk over Gloo (how the
+  2-process test runs on one machine). Call it before anything touches a JAX backend;
+  a second call does nothing. Returns whether it initialised.
+  """
+  import os
+  if config is None or not config.get("distributed", False) or jax.distributed.is_initialized():
+    return False
+  env = os.environ if environ is None else environ
+  kwargs = {}
+  if env.get("JAX_COORDINATOR_ADDRESS"):
+    missing = [k for k in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID") if not env.get(k)]
+    if missing:
+      raise ValueError(f"JAX_COORDINATOR_ADDRESS is set but {', '.join(missing)} is not")
+    kwargs = dict(coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
+                  num_processes=int(env["JAX_NUM_PROCESSES"]),
+                  process_id=int(env["JAX_PROCESS_ID"]))
+    # the CPU backend's cross-process collectives (accelerators use their own)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(**kwargs)
+  return True
 
 
 def logical_to_spec(logical: Sequence[str | None] | None, rules=None) -> P:

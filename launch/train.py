@@ -14,6 +14,7 @@ import sys
 import threading
 import logging as logging_std
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -75,12 +76,14 @@ def run(cfg, workdir: str) -> int:
                     rationale_weight=cfg.rationale_weight,
                     loss_normalization=cfg.get("loss", {}).get("normalization", "per_part"))
   ckpt_dir = os.path.join(workdir, "checkpoints")
-  build.write_hf_config(student, ckpt_dir)
+  if jax.process_index() == 0:
+    build.write_hf_config(student, ckpt_dir)
   checkpointer = Checkpointer(ckpt_dir, max_to_keep=cfg.get("keep_checkpoints", 3),
                               async_save=cfg.get("async_checkpoints", True))
-  if cfg.get("kill_at_step", -1) > 0:
+  if cfg.get("kill_at_step", -1) > 0 and cfg.get("kill_process", -1) in (-1, jax.process_index()):
     data = _KillAfter(data, checkpointer, cfg.kill_at_step)
-  writer = MetricsWriter(workdir)
+  # one writer per run: process 0 writes TensorBoard, metrics.jsonl and plots
+  writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
   stop = threading.Event()
   signal.signal(signal.SIGTERM, lambda *_: stop.set())
   loop_cfg = LoopConfig(total_steps=cfg.total_steps, checkpoint_every=cfg.checkpoint_every,
@@ -106,6 +109,7 @@ def run(cfg, workdir: str) -> int:
 def main(argv):
   del argv
   logging.get_absl_handler().addFilter(_QuietOrbax())
+  sharding.maybe_initialize_distributed(_CONFIG.value)  # before any backend is touched
   if host_memory.wanted(_KEEP_MEMORY.value):
     logging.info("keep_freed_memory: %s", host_memory.keep_freed_memory())
   sys.exit(run(_CONFIG.value, _WORKDIR.value))

@@ -9,7 +9,7 @@
 Batch keys: `input_ids`, `attention_mask`, `label_mask`, `rationale_mask` (B, L) int32,
 `pixel_values_videos` (B, T, 3, S, S) float32 and, host-side only, `qid` (object array). The
 masks follow `aotd_jax.data.tokenize`. The iterator's `get_state()` is a JSON-able dict
-(save it with Orbax's `JsonSave`, as the trainer's checkpointer does); `set_state` on a
+(the trainer saves it per process in each checkpoint); `set_state` on a
 pipeline built with the same arguments resumes on the exact next batch.
 """
 from __future__ import annotations

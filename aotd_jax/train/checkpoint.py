@@ -1,24 +1,76 @@
 """Preemption-safe Orbax checkpoints: one composite item per step.
 
 Items: `model` (the full nnx Param state as a pure dict — the layout `python -m aotd_jax.hf
-export` reads), `opt_state`, `meta` (step, config summary) and `data` (the Grain iterator
-state, so a resumed run continues on the exact next batch). Saves are asynchronous; the
-manager keeps the newest `max_to_keep` steps and never leaves a half-written step behind.
+export` reads), `opt_state`, `meta` (step, the run's full config) and `data` (every host's
+data-iterator state, one `process_<i>-of-<n>.json` per process, so each host of a pod resumes
+on its own next batch). Saves are asynchronous; the manager keeps the newest `max_to_keep`
+steps and never leaves a half-written step behind. Directories are `etils.epath` paths: local,
+`gs://` (with the `gcs` extra) or any fsspec filesystem Orbax can write.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
+
+
+def as_path(path: str | os.PathLike) -> epath.Path:
+  """A user path as `epath.Path`: local paths made absolute, URLs (`gs://...`) left as they are."""
+  text = os.fspath(path)
+  if "://" in text:
+    return epath.Path(text)
+  return epath.Path(os.path.abspath(text))
+
+
+def _process_file(directory: epath.Path, index: int, count: int) -> epath.Path:
+  return epath.Path(directory) / f"process_{index}-of-{count}.json"
+
+
+class PerProcessJsonHandler(ocp.CheckpointHandler):
+  """Every process saves its own JSON (`process_<i>-of-<n>.json`) and restores its own: the
+  data position of each host (Orbax's `JsonSave` writes on the primary host only)."""
+
+  def save(self, directory: epath.Path, args: "PerProcessJsonSave") -> None:
+    path = _process_file(directory, jax.process_index(), jax.process_count())
+    path.write_text(json.dumps(args.item, sort_keys=True))
+
+  def restore(self, directory: epath.Path, args: "PerProcessJsonRestore | None" = None) -> dict:
+    count = jax.process_count()
+    path = _process_file(directory, jax.process_index(), count)
+    if not path.exists():
+      found = sorted(p.name for p in epath.Path(directory).glob("process_*.json"))
+      raise FileNotFoundError(
+          f"{path}: no data-iterator state for this process ({count} processes now; the "
+          f"checkpoint holds {found or 'none'}): resume on the same number of hosts")
+    return json.loads(path.read_text())
+
+  def metadata(self, directory: epath.Path) -> None:
+    del directory
+    return None
+
+
+@ocp.args.register_with_handler(PerProcessJsonHandler, for_save=True)
+@dataclasses.dataclass
+class PerProcessJsonSave(ocp.args.CheckpointArgs):
+  item: dict
+
+
+@ocp.args.register_with_handler(PerProcessJsonHandler, for_restore=True)
+@dataclasses.dataclass
+class PerProcessJsonRestore(ocp.args.CheckpointArgs):
+  pass
 
 
 class Checkpointer:
   """Thin wrapper over `ocp.CheckpointManager` with AoTD's composite item."""
 
-  def __init__(self, directory: str, *, max_to_keep: int = 3, async_save: bool = True):
-    self.directory = os.path.abspath(directory)
+  def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 3, async_save: bool = True):
+    self.directory = as_path(directory)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True)
     self._manager = ocp.CheckpointManager(
@@ -37,9 +89,16 @@ class Checkpointer:
         model=ocp.args.StandardSave(model),
         opt_state=ocp.args.StandardSave(opt_state),
         meta=ocp.args.JsonSave(meta),
-        data=ocp.args.JsonSave(data or {}),
+        data=PerProcessJsonSave(dict(data or {})),
     )
     return self._manager.save(step, args=args, force=force)
+
+  def restore_meta(self, step: int | None = None) -> dict:
+    """The `meta` item of `step` (latest if None) alone: the saved config, without the arrays."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"{self.directory}: no checkpoint to restore")
+    return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
   def restore(self, step: int | None, *, model: Any, opt_state: Any) -> dict:
     """Restores `step` (latest if None) onto the abstract/sharded targets given."""
@@ -51,7 +110,7 @@ class Checkpointer:
         model=ocp.args.StandardRestore(to_abstract(model)),
         opt_state=ocp.args.StandardRestore(to_abstract(opt_state)),
         meta=ocp.args.JsonRestore(),
-        data=ocp.args.JsonRestore(),
+        data=PerProcessJsonRestore(),
     ))
     return {"step": step, "model": restored["model"], "opt_state": restored["opt_state"],
             "meta": restored["meta"], "data": restored["data"]}

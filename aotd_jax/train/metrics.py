@@ -18,12 +18,15 @@ def mfu(flops_per_step: float, step_seconds: float, peak_flops: float) -> float:
 
 
 class MetricsWriter:
-  """Writes scalars to TensorBoard and `metrics.jsonl` under `workdir`; plots at `close()`."""
+  """Writes scalars to TensorBoard and `metrics.jsonl` under `workdir`; plots at `close()`.
+
+  `enabled=False` (every process of a pod but process 0) writes nothing."""
 
   def __init__(self, workdir: str, *, enabled: bool = True):
     self.workdir = workdir
     self.enabled = enabled
-    os.makedirs(workdir, exist_ok=True)
+    if enabled:
+      os.makedirs(workdir, exist_ok=True)
     self._history_path = os.path.join(workdir, "metrics.jsonl")
     self._tb = None
     if enabled:
@@ -31,6 +34,8 @@ class MetricsWriter:
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
+    if not self.enabled:
+      return
     if self._tb is not None:
       for k, v in scalars.items():
         if v is not None:

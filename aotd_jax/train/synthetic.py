@@ -12,11 +12,21 @@ import numpy as np
 
 
 class SyntheticBatches:
-  """An infinite iterator of batches with Grain-style `get_state` / `set_state`."""
+  """An infinite iterator of batches with Grain-style `get_state` / `set_state`.
+
+  `batch_size` is global: each of `process_count` hosts yields its own `batch_size /
+  process_count` rows, and its state names the host it belongs to.
+  """
 
   def __init__(self, *, batch_size: int, seq_len: int, vocab_size: int, seed: int = 0,
                num_frames: int = 0, image_size: int = 0, video_token_id: int | None = None,
-               num_video_tokens: int = 0, cot_fraction: float = 0.5, reserved: int = 6):
+               num_video_tokens: int = 0, cot_fraction: float = 0.5, reserved: int = 6,
+               process_index: int | None = None, process_count: int | None = None):
+    import jax
+    self.process_index = jax.process_index() if process_index is None else int(process_index)
+    self.process_count = jax.process_count() if process_count is None else int(process_count)
+    if batch_size % self.process_count:
+      raise ValueError(f"batch_size {batch_size} does not divide over {self.process_count} hosts")
     self.batch_size, self.seq_len, self.vocab_size = batch_size, seq_len, vocab_size
     self.seed, self.num_frames, self.image_size = seed, num_frames, image_size
     self.video_token_id, self.num_video_tokens = video_token_id, num_video_tokens
@@ -27,9 +37,14 @@ class SyntheticBatches:
     return self
 
   def get_state(self) -> dict:
-    return {"index": self._index}
+    return {"index": self._index, "shard": self.process_index, "shards": self.process_count}
 
   def set_state(self, state: dict) -> None:
+    shard = (int(state.get("shard", 0)), int(state.get("shards", 1)))
+    if shard != (self.process_index, self.process_count):
+      raise ValueError(
+          f"data state of host {shard[0]} of {shard[1]} restored on host {self.process_index} of "
+          f"{self.process_count}: each host must resume from its own position")
     self._index = int(state["index"])
 
   def _sample(self, i: int) -> dict[str, np.ndarray]:
@@ -67,6 +82,10 @@ class SyntheticBatches:
     return out
 
   def __next__(self) -> dict[str, np.ndarray]:
-    samples = [self._sample(self._index * self.batch_size + j) for j in range(self.batch_size)]
+    """This host's rows of the global batch (global sample ids: the same global batch on any
+    number of hosts)."""
+    local = self.batch_size // self.process_count
+    first = self._index * self.batch_size + self.process_index * local
+    samples = [self._sample(first + j) for j in range(local)]
     self._index += 1
     return {k: np.stack([s[k] for s in samples]) for k in samples[0]}
