@@ -24,4 +24,8 @@ test: $(VENV)/.installed
 	# two workers, each test file on one (module fixtures such as the demo run once): 9:50 -> 7:30 on 2 cores
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
-.PHONY: install demo test
+# the edit loop: the same suite minus the tests marked `slow` (see CONTRIBUTING.md, "Tests")
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow" tests
+
+.PHONY: install demo test test-fast

@@ -145,8 +145,7 @@ def test_rerun_resumes_from_the_cache_and_cli_prints_the_table(micro):
   assert again["students"]["aotd"]["accuracy"] == rep["students"]["aotd"]["accuracy"]
   assert again["cot"] == rep["cot"] and again["efficiency"] == rep["efficiency"]
   assert {n: os.path.getmtime(os.path.join(rep["students"][n]["train"][0]["path"], common.DONE))
-          for n in STUDENTS} == done
-  assert again["seconds"] < rep["seconds"]
+          for n in STUDENTS} == done  # nothing retrained (a count, not a faster wall time)
   r = subprocess.run([sys.executable, "-m", "launch.demo", "--config=configs/demo.py:micro",
                       f"--workdir={workdir}"], cwd=ROOT, capture_output=True, text=True,
                      timeout=600)

@@ -24,7 +24,11 @@ class FakeServer:
     self.script, self.requests, self.headers = [], [], []
     self.inflight = self.max_inflight = 0
     self.delay_s, self.slow_s, self.random_replies = 0.0, 1.0, False
+    # >0: each request waits (<= 10 s) until this many are in flight or all `expect_requests`
+    # have arrived (the last one may be alone)
+    self.hold_until_inflight, self.expect_requests = 0, 0
     self.lock = threading.Lock()
+    self.changed = threading.Condition(self.lock)
     server = self
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -39,6 +43,10 @@ class FakeServer:
           server.headers.append(dict(self.headers))
           server.inflight += 1
           server.max_inflight = max(server.max_inflight, server.inflight)
+          server.changed.notify_all()
+          server.changed.wait_for(lambda: server.inflight >= server.hold_until_inflight
+                                  or len(server.requests) >= server.expect_requests,
+                                  timeout=10.0)
         try:
           time.sleep(server.slow_s if action == "slow" else server.delay_s)
         finally:
@@ -106,10 +114,13 @@ def test_http_batch_in_order_with_request_fields(server):
 
 
 def test_http_bounded_concurrency(server):
-  server.delay_s = 0.1
-  llm, _ = client(server, concurrency=2)
+  # Each request waits (up to 10 s) until a second one is in flight, so a client that keeps
+  # two in flight reaches exactly 2 however slow the machine; a third can only be in flight
+  # if the client sends more than `concurrency` at once.
+  server.delay_s, server.hold_until_inflight, server.expect_requests = 0.1, 2, 6
+  llm, _ = client(server, concurrency=2, timeout_s=20.0)
   llm.complete([f"p{i}" for i in range(6)], max_new_tokens=4)
-  assert server.max_inflight == 2
+  assert server.max_inflight == 2 and len(server.requests) == 6
 
 
 def test_http_retries_a_server_error_then_succeeds(server):
@@ -142,10 +153,10 @@ def test_http_timeout_is_retried_then_reported(server):
   llm, _ = client(server, timeout_s=0.3)
   assert llm.complete(["hi"], max_new_tokens=4) == ["re: hi"]
   server.script = ["slow"] * 3
-  t0 = time.perf_counter()
   with pytest.raises(LLMError, match="failed after 3 attempts: timed out after 0.3 s"):
     llm.complete(["hi"], max_new_tokens=4)
-  assert time.perf_counter() - t0 < 3.0
+  # counted, not timed: one slow first try + one retry, then exactly three tries
+  assert len(server.requests) == 2 + 3
 
 
 def test_http_bad_responses_and_unreachable_server(server):

@@ -185,11 +185,9 @@ def test_bad_arguments_and_files_are_reported(tmp_path):
     toyworld.load_ground_truth(bad)
 
 
-def test_num_clips_splits_and_speed(tmp_path):
-  import time
-  t0 = time.perf_counter()
+def test_num_clips_splits(tmp_path):
+  # (generation speed is not a test: ~1 s for 50 clips, a figure for benchmarks/, not CI)
   paths = toyworld.generate_world(tmp_path, seed=1, num_clips=50)
-  assert time.perf_counter() - t0 < 20  # ~1 s here; generous for a loaded 2-core CI box
   meta = json.load(open(tmp_path / "world.json"))
   assert {k: len(v) for k, v in meta["splits"].items()} == {"train": 40, "val": 5, "test": 5}
   assert set(paths) == {"train", "val", "test"}
