@@ -41,3 +41,35 @@ def test_remat_with_frozen_tower_matches_no_remat(arch):
   layers = student.config.num_hidden_layers if arch == "llama" else (
       student.config.text_config.num_hidden_layers)
   assert text.count("checkpoint[") + text.count("remat") >= layers
+
+
+def test_remat_call_advances_dropout_rng_and_keeps_gradients():
+  """UniVTG's encoder layer in train mode: under remat the dropout RNG advances as without it
+  (a dropped write-back would reuse one mask forever), with the same loss and gradients."""
+  import jax.numpy as jnp
+  from flax import nnx
+  from aotd_jax.models import univtg
+  from aotd_jax.models.remat import remat_call
+  cfg = univtg.UniVTGConfig(hidden_dim=16, nheads=2, dim_feedforward=32, enc_layers=1)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((2, 5, 16)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((2, 5, 16)), jnp.float32)
+  mask = jnp.ones((2, 5), bool)
+
+  def loss(m, remat):
+    call = lambda mod, s, k, p: mod(s, k, p)
+    out = remat_call(call, m, x, mask, x) if remat else call(m, x, mask, x)
+    return jnp.sum(out * w)  # not sum(out**2): a post-norm output's norm is ~constant
+
+  values, grads = {}, {}
+  for remat in (False, True):
+    m = univtg.TransformerEncoderLayer(cfg, rngs=nnx.Rngs(0, dropout=1))
+    m.train()
+    before = [np.asarray(a) for a in jax.tree.leaves(nnx.state(m, nnx.RngCount))]
+    values[remat], grads[remat] = nnx.value_and_grad(lambda m: loss(m, remat))(m)
+    after = [np.asarray(a) for a in jax.tree.leaves(nnx.state(m, nnx.RngCount))]
+    assert any(not np.array_equal(a, b) for a, b in zip(before, after)), "RNG did not advance"
+  assert float(values[True]) == pytest.approx(float(values[False]), rel=1e-6)  # same mask
+  for a, b in zip(jax.tree.leaves(nnx.state(grads[False], nnx.Param)),
+                  jax.tree.leaves(nnx.state(grads[True], nnx.Param))):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * float(np.abs(a).max()) + 1e-12)
