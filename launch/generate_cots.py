@@ -34,10 +34,16 @@ def resolve(name: str) -> Callable:
     raise ValueError(f"cannot resolve {name!r}: {e}") from None
 
 
-def make_llm(section) -> Any:
-  """An LLM backend from a config section: kind none|replay|local|openai|factory."""
+def make_llm(section, role: str = "") -> Any:
+  """An LLM backend from a config section: kind none|replay|local|openai|factory.
+
+  Only the kwargs that are set (not "" or None) reach the backend, so a section lists every
+  key for the command line (`--config.program_llm.kwargs.model_dir=...`) and each kind takes
+  its own.
+  """
   kind = section.get("kind", "none")
-  kwargs = dict(section.get("kwargs", {}) or {})
+  kwargs = {k: v for k, v in dict(section.get("kwargs", {}) or {}).items()
+            if v not in ("", None)}
   if kind == "none":
     return None
   if kind == "factory":
@@ -46,7 +52,11 @@ def make_llm(section) -> Any:
   if kind not in classes:
     raise ValueError(f"llm kind {kind!r}: expected none, factory or one of {sorted(classes)}")
   from aotd_jax.agent import llm
-  return getattr(llm, classes[kind])(**kwargs)
+  try:
+    return getattr(llm, classes[kind])(**kwargs)
+  except TypeError as e:
+    raise ValueError(f"{role + ' ' if role else ''}LLM section (kind {kind!r}) has kwargs "
+                     f"{sorted(kwargs)}: {e}") from None
 
 
 def video_path(config) -> Callable[[annotations.VideoQA], str | None]:
@@ -118,8 +128,8 @@ def main(argv):
   with Sandbox(num_workers=config.sandbox.num_workers, memory_mb=config.sandbox.memory_mb) as sb:
     cot_job = job.CotJob(
         tools=tools, make_args=make_args, run_program=sb.run,
-        program_llm=make_llm(config.program_llm), cot_llm=make_llm(config.cot_llm),
-        judge_llm=make_llm(config.judge_llm), program_source=config.program_source,
+        program_llm=make_llm(config.program_llm, "program"), cot_llm=make_llm(config.cot_llm, "cot"),
+        judge_llm=make_llm(config.judge_llm, "judge"), program_source=config.program_source,
         gold_program_key=config.gold_program_key, logic_judge=config.logic_judge,
         examples=programs.load_examples(config.examples) if config.examples else "",
         batch_size=config.batch_size, num_threads=config.sandbox.num_workers,

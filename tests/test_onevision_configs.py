@@ -64,7 +64,7 @@ def test_onevision7b_replaces_only_the_student(target):
   assert (c.data.num_frames, c.data.seq_len) == (32, 8192)
   for key in ("mesh", "batch_size", "optim", "total_steps", "rationale_weight", "peak_flops"):
     assert c[key] == base[key], key
-  assert c.data.qa == base.data.qa and c.data.cot == base.data.cot
+  assert c.data.datasets == base.data.datasets
 
 
 def test_onevision7b_shapes_fit_the_sequences():

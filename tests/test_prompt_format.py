@@ -73,12 +73,14 @@ def test_trainer_data_config_reaches_the_sources(monkeypatch):
   empty = grain.MapDataset.source([])
   monkeypatch.setattr(pipeline, "qa_source",
                       lambda records, **kw: seen.setdefault("qa", kw) and empty)
-  monkeypatch.setattr(pipeline, "cot_source", lambda path, **kw: seen.setdefault("cot", kw) and empty)
+  one = grain.MapDataset.source([{"qid": "c0"}])
+  monkeypatch.setattr(pipeline, "cot_source", lambda path, **kw: seen.setdefault("cot", kw) and one)
   monkeypatch.setattr(pipeline, "make_pipeline", lambda tok, sources, pc, **kw: pc)
   cfg = ml_collections.ConfigDict(dict(
       batch_size=2, seed=0,
       data=dict(kind="pipeline", tokenizer="unused", seq_len=64, num_frames=2,
                 prompt_format="official", answer_style="letter", mixing="concat_epoch",
+                fit_check=False,
                 qa=[dict(format="star", path="a.json")], cot=[dict(path="c.jsonl")])))
   vision = types.SimpleNamespace(image_size=8)
   student = types.SimpleNamespace(config=types.SimpleNamespace(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import glob as globlib
 import json
 import os
 import sys
@@ -118,7 +119,13 @@ def qa_source(records: Sequence[VideoQA], **kw) -> grain.MapDataset:
   return grain.MapDataset.source(qa_examples(records, **kw))
 
 
-def cot_example(rec: Any, *, video_root: str = "", prompt_format: str | None = None) -> dict:
+UNFILTERED_HINT = ("that is the CoT job's record log (every question, kept or not), not its kept "
+                   "dataset: train on the job's cot-*.array_record shards, or set "
+                   "config.data.allow_unfiltered_cots=True to train on unfiltered CoTs")
+
+
+def cot_example(rec: Any, *, video_root: str = "", prompt_format: str | None = None,
+                allow_unfiltered: bool = False) -> dict:
   """A CoT-mode example from one AoTD conversation record; ValueError / KeyError if malformed.
 
   Record: `{"video_path", "conversation": [{"from": "human", ...}, {"from": "gpt", ...}],
@@ -126,14 +133,30 @@ def cot_example(rec: Any, *, video_root: str = "", prompt_format: str | None = N
   and the record's question and choices, the user text is rebuilt in that format (so CoTs
   train in the same format as the QA samples); otherwise the human turn is used as written,
   with the rationale suffix appended when it is not already there.
+
+  A record of the CoT job's log that the filter did not keep (`"kept": false`; its
+  conversation is a QA reply) is refused, unless `allow_unfiltered`: then its `rationale`
+  is the CoT (a record without one is refused).
   """
   if not isinstance(rec, Mapping):
     raise ValueError(f"record is a {type(rec).__name__}, not an object")
-  user, rationale = conversation.conversation_turns(rec["conversation"])
-  if prompt_format is not None and isinstance(rec.get("question"), str) and isinstance(
-      rec.get("choices"), list):
-    user = conversation.cot_user_text(rec["question"], [str(c) for c in rec["choices"]],
-                                      prompt_format)
+  if rec.get("kept") is False:
+    if not allow_unfiltered:
+      raise ValueError(f"record {rec.get('qid')!r} is not a kept CoT (kept=false); "
+                       + UNFILTERED_HINT)
+    if not isinstance(rec.get("rationale"), str) or not rec["rationale"].strip():
+      raise ValueError(f"unfiltered record {rec.get('qid')!r} has no rationale (its program "
+                       "failed or its answer was wrong before a rationale was written)")
+    user = conversation.cot_user_text(str(rec.get("question", "")),
+                                      [str(c) for c in rec.get("choices") or []],
+                                      prompt_format or "plain")
+    rationale = rec["rationale"]
+  else:
+    user, rationale = conversation.conversation_turns(rec["conversation"])
+    if prompt_format is not None and isinstance(rec.get("question"), str) and isinstance(
+        rec.get("choices"), list):
+      user = conversation.cot_user_text(rec["question"], [str(c) for c in rec["choices"]],
+                                        prompt_format)
   if conversation.RATIONALE_SUFFIX not in user:
     user = f"{user.rstrip()}\n{conversation.RATIONALE_SUFFIX}"
   if not isinstance(rec["video_path"], str) or not rec["video_path"]:
@@ -147,20 +170,33 @@ def _cot_error(e: Exception) -> str:
   return f"missing field {e}" if isinstance(e, KeyError) else str(e)
 
 
-def read_cot_jsonl(path: str, *, video_root: str = "",
-                   prompt_format: str | None = None) -> tuple[list[dict], ReadReport]:
-  """CoT examples from a JSONL file; malformed lines are reported (file:line), counted, skipped."""
+def read_cot_jsonl(path: str, *, video_root: str = "", prompt_format: str | None = None,
+                   allow_unfiltered: bool = False) -> tuple[list[dict], ReadReport]:
+  """CoT examples from a JSONL file; malformed lines are reported (file:line), counted, skipped.
+
+  Raises:
+    ValueError: the file is the CoT job's record log (records the filter did not keep) and
+      `allow_unfiltered` is not set.
+  """
   report = ReadReport(fmt="cot", path=path)
-  out = []
+  out, unkept, total = [], 0, 0
   with open(path, encoding="utf-8") as f:
     for lineno, line in enumerate(f, 1):
       if not line.strip():
         continue
+      total += 1
       try:
-        out.append(cot_example(json.loads(line), video_root=video_root,
-                               prompt_format=prompt_format))
+        rec = json.loads(line)
+        unkept += isinstance(rec, Mapping) and rec.get("kept") is False
+        if unkept and not allow_unfiltered:
+          continue
+        out.append(cot_example(rec, video_root=video_root, prompt_format=prompt_format,
+                               allow_unfiltered=allow_unfiltered))
       except (json.JSONDecodeError, KeyError, ValueError, TypeError) as e:
         report.skip(f"{path}:{lineno}", _cot_error(e))
+  if unkept and not allow_unfiltered:
+    raise ValueError(f"{path}: {unkept} of its {total} records are not kept CoTs (kept=false); "
+                     + UNFILTERED_HINT)
   report.num_records = len(out)
   logging.log(logging.WARNING if report.num_skipped else logging.INFO, "cot: %s", report.summary())
   return out, report
@@ -169,36 +205,69 @@ def read_cot_jsonl(path: str, *, video_root: str = "",
 class _ParseCotRecord:
   """ArrayRecord bytes -> CoT example, or a skip marker naming the file and index."""
 
-  def __init__(self, path: str, video_root: str, prompt_format: str | None = None):
+  def __init__(self, path: str, video_root: str, prompt_format: str | None = None,
+               allow_unfiltered: bool = False):
     self.path, self.video_root, self.prompt_format = path, video_root, prompt_format
+    self.allow_unfiltered = allow_unfiltered
 
   def __call__(self, index: int, data: bytes) -> dict:
     try:
       return cot_example(json.loads(data), video_root=self.video_root,
-                         prompt_format=self.prompt_format)
+                         prompt_format=self.prompt_format, allow_unfiltered=self.allow_unfiltered)
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, ValueError, TypeError) as e:
       return {SKIP: f"{self.path}[{index}]: malformed CoT record: {_cot_error(e)}", "kind": "record"}
 
 
-def cot_source(path: str | os.PathLike, *, video_root: str = "",
-               prompt_format: str | None = None) -> grain.MapDataset:
+def cot_files(pattern: str | os.PathLike | Sequence[str]) -> list[str]:
+  """The files a CoT source names: a path, a glob (`W/cot-*.array_record`) or a list of them.
+
+  Raises:
+    FileNotFoundError: a path that does not exist or a glob that matches nothing (named).
+  """
+  items = [pattern] if isinstance(pattern, (str, os.PathLike)) else list(pattern)
+  files = []
+  for item in items:
+    item = os.fspath(item)
+    if any(ch in item for ch in "*?["):
+      matched = sorted(globlib.glob(item))
+      if not matched:
+        raise FileNotFoundError(f"CoT glob matches no file: {item}")
+      files += matched
+    elif not os.path.exists(item):
+      raise FileNotFoundError(f"CoT file not found: {item}")
+    else:
+      files.append(item)
+  for f in files:
+    if not f.endswith((".array_record", ".arrayrecord", ".jsonl", ".json")):
+      raise ValueError(f"{f}: CoT files must be .jsonl or .array_record")
+  return files
+
+
+def cot_source(path: str | os.PathLike | Sequence[str], *, video_root: str = "",
+               prompt_format: str | None = None,
+               allow_unfiltered: bool = False) -> grain.MapDataset:
   """A `MapDataset` of CoT-mode examples from `*.jsonl` or `*.array_record` (JSON per record).
 
-  JSONL is parsed up front (bad lines are logged and in `.report` of `read_cot_jsonl`);
-  ArrayRecord is parsed lazily and bad records are counted by the pipeline. `prompt_format`:
-  see `cot_example`.
+  `path` may be a glob or a list (the CoT job's shards: an empty shard adds nothing). JSONL
+  is parsed up front (bad lines are logged and in `.report` of `read_cot_jsonl`); ArrayRecord
+  is parsed lazily and bad records are counted by the pipeline. `prompt_format` and
+  `allow_unfiltered`: see `cot_example`.
   """
-  path = os.fspath(path)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"CoT file not found: {path}")
-  if path.endswith((".array_record", ".arrayrecord")):
-    source = grain.sources.ArrayRecordDataSource([path])
-    return grain.MapDataset.source(source).map_with_index(
-        _ParseCotRecord(path, video_root, prompt_format))
-  if path.endswith((".jsonl", ".json")):
-    return grain.MapDataset.source(
-        read_cot_jsonl(path, video_root=video_root, prompt_format=prompt_format)[0])
-  raise ValueError(f"{path}: CoT files must be .jsonl or .array_record")
+  parts = []
+  for f in cot_files(path):
+    if f.endswith((".array_record", ".arrayrecord")):
+      source = grain.sources.ArrayRecordDataSource([f])
+      if len(source):
+        parts.append(grain.MapDataset.source(source).map_with_index(
+            _ParseCotRecord(f, video_root, prompt_format, allow_unfiltered)))
+    else:
+      examples = read_cot_jsonl(f, video_root=video_root, prompt_format=prompt_format,
+                                allow_unfiltered=allow_unfiltered)[0]
+      if examples:
+        parts.append(grain.MapDataset.source(examples))
+  if not parts:
+    return grain.MapDataset.source([])
+  return parts[0] if len(parts) == 1 else grain.MapDataset.concatenate(parts)
 
 
 def write_cot_array_record(path: str | os.PathLike, records: Sequence[Mapping]) -> None:

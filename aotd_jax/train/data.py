@@ -11,6 +11,22 @@ def _video_tokens(config, num_frames: int) -> int:
   return config.video_tokens(num_frames)
 
 
+def sources_from_datasets(d) -> tuple[list[dict], list[dict]]:
+  """`config.data.datasets` ({name: {format, annotations, video_root, cots, weight}}) as the
+  `qa` and `cot` source lists (a dataset with `cots=""` has no CoT source)."""
+  qa, cot = [], []
+  for name, ds in (d.get("datasets", None) or {}).items():
+    for key in ("format", "annotations", "video_root"):
+      if key not in ds:
+        raise ValueError(f"config.data.datasets.{name}.{key} is missing")
+    qa.append(dict(format=ds["format"], path=ds["annotations"], video_root=ds["video_root"],
+                   weight=float(ds.get("weight", 1.0)), name=name))
+    if ds.get("cots", ""):
+      cot.append(dict(path=ds["cots"], video_root=ds["video_root"],
+                      weight=float(ds.get("weight", 1.0)), name=name))
+  return qa, cot
+
+
 def make_pipeline_data(cfg, student: nnx.Module, tokenizer=None):
   """The Grain pipeline over `cfg.data.qa` (annotation files) and `cfg.data.cot` (CoT JSONL /
   ArrayRecord from `launch/generate_cots.py`), mixed per `cfg.data.mixing`.
@@ -28,21 +44,31 @@ def make_pipeline_data(cfg, student: nnx.Module, tokenizer=None):
   conversation.use_student_chat_template(tokenizer, getattr(type(student), "hf_architecture", None))
   named, weights = [], []
   prompt_format = d.get("prompt_format", "plain")
-  for i, qa in enumerate(d.get("qa", ())):
+  from_datasets = sources_from_datasets(d)
+  qa_list = list(d.get("qa", ())) + from_datasets[0]
+  cot_list = list(d.get("cot", ())) + from_datasets[1]
+  for i, qa in enumerate(qa_list):
     records = annotations.read(qa["format"], qa["path"], **dict(qa.get("read_kwargs", {}) or {}))
-    named.append((f"qa[{i}] ({qa['format']}: {qa['path']})",
+    named.append((f"qa[{i}] ({qa.get('name', qa['format'])}: {qa['path']})",
                   pipeline.qa_source(records, video_root=qa.get("video_root", ""),
                                      video_ext=qa.get("video_ext", ".mp4"),
                                      answer_style=d.get("answer_style", "letter_text"),
                                      prompt_format=prompt_format)))
     weights.append(float(qa.get("weight", 1.0)))
-  for i, cot in enumerate(d.get("cot", ())):
-    named.append((f"cot[{i}] ({cot['path']})",
-                  pipeline.cot_source(cot["path"], video_root=cot.get("video_root", ""),
-                                      prompt_format=prompt_format)))
+  for i, cot in enumerate(cot_list):
+    name = f"cot[{i}] ({cot.get('name') + ': ' if cot.get('name') else ''}{cot['path']})"
+    source = pipeline.cot_source(cot["path"], video_root=cot.get("video_root", ""),
+                                 prompt_format=prompt_format,
+                                 allow_unfiltered=d.get("allow_unfiltered_cots", False))
+    if len(source) == 0:
+      files = pipeline.cot_files(cot["path"])
+      raise ValueError(f"{name}: no CoT in its {len(files)} file(s) ({', '.join(files[:4])}"
+                       f"{', ...' if len(files) > 4 else ''}): did the CoT job keep any?")
+    named.append((name, source))
     weights.append(float(cot.get("weight", 1.0)))
   if not named:
-    raise ValueError("config.data.kind='pipeline' needs config.data.qa and/or config.data.cot")
+    raise ValueError("config.data.kind='pipeline' needs config.data.datasets, config.data.qa "
+                     "or config.data.cot")
   mc = student.config
   buckets = tuple(d.get("buckets", ())) or (d.seq_len,)
   pc = pipeline.PipelineConfig(

@@ -21,9 +21,14 @@ def parse_arg(arg: str | None, **defaults) -> dict:
   return out
 
 
+LLM_KWARGS = ("base_url", "model", "api_key_env", "model_dir", "path")
+
+
 def llm(kind: str = "none", factory: str = "", **kwargs) -> ml_collections.ConfigDict:
-  """An LLM section: kind none | replay | local | openai | factory; kwargs go to the backend."""
-  return ml_collections.ConfigDict({"kind": kind, "factory": factory, "kwargs": kwargs})
+  """An LLM section: kind none | replay | local | openai | factory; the set kwargs go to the
+  backend. Every common kwarg is listed ("" = unset) so the command line can set it."""
+  return ml_collections.ConfigDict({"kind": kind, "factory": factory,
+                                    "kwargs": {**{k: "" for k in LLM_KWARGS}, **kwargs}})
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -1,36 +1,68 @@
 r"""LLaVA-NeXT-Video-7B distilled on AoTD's data: QA + filtered CoTs from STAR, NExT-QA, AGQA,
 ActivityNet-QA and CLEVRER (the paper's recipe: lr 4e-5, warmup 3 %, one epoch, λ = 1,
-frozen vision tower).
+frozen vision tower; the official release's data mix, loss, prompt and target).
 
-  arg = "tpu_v5p_128"  64 v5p chips (v5p-128 = 128 TensorCores): mesh fsdp=64; global batch 128.
   arg = "h100x8"       one 8×H100 node: mesh fsdp=8; global batch 64 (grad memory: bf16 + remat).
+  arg = "tpu_v5p_128"  64 v5p chips (v5p-128 = 128 TensorCores): mesh fsdp=64; global batch 128.
 
-Paths are placeholders: point `hf_dir` at a local copy of
-`llava-hf/LLaVA-NeXT-Video-7B-hf` and each dataset at its annotations, videos and the CoT
-JSONL written by `launch/generate_cots.py`. Nothing is downloaded.
+followed by optional `,key=value` options: `hf_dir=DIR` (the student and its tokenizer),
+`datasets=star+nextqa` (a subset by name), `data=DIR` (the root of the default dataset paths
+below). Every dataset is a field of `config.data.datasets`, so the command line sets it:
+
+  python -m launch.train --config=configs/distill/lnv7b.py:h100x8,hf_dir=/models/lnv7b,datasets=star \
+      --config.data.datasets.star.annotations=/data/star/STAR_train.json \
+      --config.data.datasets.star.video_root=/data/star/Charades_v1_480 \
+      --config.data.datasets.star.cots='/data/cots/star/cot-*.array_record' --workdir=W
+
+`cots` is the CoT job's kept dataset (a glob of its `cot-*.array_record` shards; "" for a
+dataset without CoTs). Nothing is downloaded.
 """
 import ml_collections
 
-# (format, annotation path, video root): the QA half of the dual-mode data.
-DATASETS = (
-    ("star", "/data/star/STAR_train.json", "/data/star/Charades_v1_480"),
-    ("nextqa", "/data/nextqa/train.csv", "/data/nextqa/NExTVideo"),
-    ("agqa", "/data/agqa/train_balanced.txt", "/data/charades/videos"),
-    ("activitynet_qa", "/data/anetqa/train_q.json", "/data/anetqa/videos"),
-    ("clevrer", "/data/clevrer/train.json", "/data/clevrer/videos"),
-)
+# name -> (format, annotations, video root, kept CoT shards), under the `data=` root.
+DATASETS = {
+    "star": ("star", "star/STAR_train.json", "star/Charades_v1_480",
+             "cots/star/cot-*.array_record"),
+    "nextqa": ("nextqa", "nextqa/train.csv", "nextqa/NExTVideo",
+               "cots/nextqa/cot-*.array_record"),
+    "agqa": ("agqa", "agqa/train_balanced.txt", "charades/videos", "cots/agqa/cot-*.array_record"),
+    "activitynet_qa": ("activitynet_qa", "anetqa/train_q.json", "anetqa/videos",
+                       "cots/activitynet_qa/cot-*.array_record"),
+    "clevrer": ("clevrer", "clevrer/train.json", "clevrer/videos",
+                "cots/clevrer/cot-*.array_record"),
+}
 MESHES = {
     "tpu_v5p_128": dict(data=1, fsdp=-1, tensor=1),
     "h100x8": dict(data=1, fsdp=-1, tensor=1),
 }
 GLOBAL_BATCH = {"tpu_v5p_128": 128, "h100x8": 64}
 PEAK_FLOPS = {"tpu_v5p_128": 459e12, "h100x8": 989e12}  # bf16 dense, per chip
+OPTIONS = ("hf_dir", "datasets", "data")
+
+
+def parse_arg(arg: str | None) -> tuple[str, dict]:
+  """`"h100x8,hf_dir=D,datasets=star+nextqa"` -> ("h100x8", {"hf_dir": "D", ...})."""
+  parts = [p.strip() for p in (arg or "h100x8").split(",") if p.strip()]
+  target, options = parts[0] if parts else "h100x8", {}
+  if target not in MESHES:
+    raise ValueError(f"configs/distill/lnv7b.py: arg {target!r} not in {sorted(MESHES)}")
+  for item in parts[1:]:
+    key, sep, value = item.partition("=")
+    if not sep or key not in OPTIONS:
+      raise ValueError(f"configs/distill/lnv7b.py: option {item!r}: expected key=value with "
+                       f"key in {list(OPTIONS)}")
+    options[key] = value
+  return target, options
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  target = arg or "h100x8"
-  if target not in MESHES:
-    raise ValueError(f"configs/distill/lnv7b.py: arg {target!r} not in {sorted(MESHES)}")
+  target, options = parse_arg(arg)
+  names = options.get("datasets", "+".join(DATASETS)).split("+")
+  unknown = [n for n in names if n not in DATASETS]
+  if unknown:
+    raise ValueError(f"configs/distill/lnv7b.py: datasets={options['datasets']!r}: unknown "
+                     f"{unknown}; known {list(DATASETS)}")
+  root = options.get("data", "/data").rstrip("/")
   c = ml_collections.ConfigDict()
   c.name = f"lnv7b_aotd_{target}"
   c.seed = 0
@@ -49,7 +81,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.kill_at_step = -1
 
   c.student = ml_collections.ConfigDict()
-  c.student.hf_dir = "/models/LLaVA-NeXT-Video-7B-hf"
+  c.student.hf_dir = options.get("hf_dir", "/models/LLaVA-NeXT-Video-7B-hf")
   c.student.architecture = "LlavaNextVideoForConditionalGeneration"
   c.student.init = {}
   c.student.dtype = "bfloat16"
@@ -70,8 +102,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # 32 frames x 144 = 4,608 video tokens: the official run's max length is 8,192
   c.data.seq_len = 8192
   c.data.train_on_prompt = False
-  c.data.qa = [dict(format=f, path=p, video_root=v, weight=1.0) for f, p, v in DATASETS]
-  c.data.cot = [dict(path=f"/data/aotd_cots/{f}.jsonl", video_root=v, weight=1.0)
-                for f, _, v in DATASETS]
+  # The official release's recipe (docs/fidelity.md): every example once an epoch, one token
+  # mean over the sequence, "Question:/Options:" prompts and the letter as the QA target.
+  c.data.mixing = "concat_epoch"
+  c.data.prompt_format = "official"
+  c.data.answer_style = "letter"
+  c.loss = ml_collections.ConfigDict(dict(normalization="sequence"))
+  c.data.datasets = ml_collections.ConfigDict({
+      name: dict(format=DATASETS[name][0], annotations=f"{root}/{DATASETS[name][1]}",
+                 video_root=f"{root}/{DATASETS[name][2]}", cots=f"{root}/{DATASETS[name][3]}",
+                 weight=1.0)
+      for name in names})
+  c.data.allow_unfiltered_cots = False
   c.data.num_workers = 16
   return c

@@ -1,0 +1,80 @@
+"""The real configs take their paths from the command line (issue 19, item 7): lnv7b's
+datasets by name, its arg options, and the CoT configs' LLM sections."""
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from configs.distill import lnv7b
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+PRINT = """
+from absl import app, flags
+from ml_collections import config_flags
+C = config_flags.DEFINE_config_file("config")
+def main(_):
+  c = C.value
+  print(repr({k: dict(v) for k, v in c.data.datasets.items()}) if "datasets" in c.data
+        else "-")
+  print(f"{c.student.hf_dir} {c.data.tokenizer}" if "student" in c else "-")
+  if "program_llm" in c:
+    print(c.program_llm.kind, dict(c.program_llm.kwargs))
+app.run(main)
+"""
+
+
+def _flags(*args):
+  r = subprocess.run([sys.executable, "-c", PRINT, *args], cwd=ROOT, capture_output=True,
+                     text=True, timeout=120, check=False)
+  assert r.returncode == 0, r.stderr[-2000:]
+  return r.stdout.splitlines()
+
+
+def test_lnv7b_datasets_and_options_from_the_command_line():
+  lines = _flags("--config=configs/distill/lnv7b.py:h100x8,hf_dir=/m/lnv,datasets=star+nextqa",
+                 "--config.data.datasets.star.annotations=/d/STAR_train.json",
+                 "--config.data.datasets.star.cots=/c/star/cot-*.array_record",
+                 "--config.data.datasets.nextqa.video_root=/d/NExTVideo")
+  datasets = eval(lines[0])  # pylint: disable=eval-used
+  assert sorted(datasets) == ["nextqa", "star"]
+  assert datasets["star"]["annotations"] == "/d/STAR_train.json"
+  assert datasets["star"]["cots"] == "/c/star/cot-*.array_record"
+  assert datasets["nextqa"]["video_root"] == "/d/NExTVideo"
+  assert datasets["nextqa"]["annotations"] == "/data/nextqa/train.csv"
+  assert lines[1] == "/m/lnv /m/lnv"
+
+
+def test_lnv7b_defaults_are_the_official_recipe_and_bad_options_are_named():
+  c = lnv7b.get_config("tpu_v5p_128,data=/bucket")
+  assert c.data.datasets.clevrer.annotations == "/bucket/clevrer/train.json"
+  assert (c.data.mixing, c.loss.normalization) == ("concat_epoch", "sequence")
+  assert (c.data.prompt_format, c.data.answer_style) == ("official", "letter")
+  assert c.data.seq_len == 8192 and not c.data.allow_unfiltered_cots
+  with pytest.raises(ValueError, match=r"datasets='star\+msrvtt': unknown \['msrvtt'\]"):
+    lnv7b.get_config("h100x8,datasets=star+msrvtt")
+  with pytest.raises(ValueError, match="option 'lr=1': expected key=value with key in"):
+    lnv7b.get_config("h100x8,lr=1")
+
+
+def test_cot_llm_sections_are_settable_from_the_command_line():
+  lines = _flags("--config=configs/cot/toy.py:programs=llm",
+                 "--config.program_llm.kind=local",
+                 "--config.program_llm.kwargs.model_dir=/models/coder")
+  kind, kwargs = lines[2].split(" ", 1)
+  assert kind == "local" and eval(kwargs)["model_dir"] == "/models/coder"  # pylint: disable=eval-used
+
+
+def test_make_llm_passes_only_the_set_kwargs():
+  sys.path.insert(0, str(ROOT))
+  from configs.cot import toy
+  from launch import generate_cots
+  from aotd_jax.agent import llm
+  section = toy.llm("openai", base_url="http://127.0.0.1:9/v1", model="m")
+  assert set(section.kwargs) >= {"base_url", "model", "model_dir", "path", "api_key_env"}
+  backend = generate_cots.make_llm(section)
+  assert isinstance(backend, llm.OpenAIChat)
+  section.kwargs.model_dir = "/models/x"
+  with pytest.raises(ValueError, match=r"program LLM section \(kind 'openai'\).*model_dir"):
+    generate_cots.make_llm(section, role="program")
