@@ -1,0 +1,138 @@
+"""Runs the rehearsal: builds the world (`prepare`), runs each stage's command as a
+subprocess, checks its outputs, prints a table and writes `W/rehearsal.json`."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from aotd_jax.rehearsal import checkpoints, datasets, stages as stages_lib
+from aotd_jax.rehearsal.stub_server import Replies, StubServer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def prepare(workdir: str, *, questions: int = 4, seconds: float = 30.0) -> dict:
+  """Checkpoints, datasets and paths under `workdir` (re-used when already there)."""
+  ck = os.path.join(workdir, "checkpoints")
+  done = os.path.join(ck, ".done")
+  if os.path.isfile(done):
+    with open(done) as f:
+      paths = json.load(f)
+  else:
+    paths = checkpoints.build_all(ck, datasets.texts())
+    with open(done, "w") as f:
+      json.dump(paths, f)
+  data = {"star": datasets.star(os.path.join(workdir, "data", "star"), questions=questions,
+                                seconds=seconds),
+          "nextqa": datasets.nextqa(os.path.join(workdir, "data", "nextqa"),
+                                    questions=questions, seconds=seconds)}
+  paths = dict(paths)
+  paths.update(student_orbax=os.path.join(workdir, "student_orbax"),
+               cot_star_out=os.path.join(workdir, "cots", "star"),
+               cot_nextqa_out=os.path.join(workdir, "cots", "nextqa"),
+               train_workdir=os.path.join(workdir, "train"),
+               export=os.path.join(workdir, "export"),
+               eval_out=os.path.join(workdir, "eval"))
+  return {"workdir": workdir, "paths": paths, "data": data}
+
+
+def gold_answers(data: dict) -> tuple[dict, set]:
+  """question -> gold option for the stub selector; the last question of each dataset is
+  answered wrongly (so the filter has something to drop)."""
+  from aotd_jax.data import annotations
+  answers, wrong = {}, set()
+  for name, kw in (("star", {}), ("nextqa", {"map_path": data["nextqa"]["map"]})):
+    qs = list(annotations.read(name, data[name]["ann"], **kw))
+    for q in qs:
+      answers[q.question] = q.answer
+    wrong.add(qs[-1].question)
+  return answers, wrong
+
+
+def _probe(stage, env) -> str:
+  if not stage.probe:
+    return ""
+  r = subprocess.run([sys.executable, "-c", stage.probe], cwd=ROOT, env=env, text=True,
+                     capture_output=True, timeout=120)
+  return (r.stdout.strip() or r.stderr.strip().splitlines()[-1]) if (
+      r.returncode or r.stdout.strip()) else ""
+
+
+def run_stage(stage, ctx: dict, env: dict, log_dir: str) -> dict:
+  row = {"stage": stage.name, "command": stage.text()}
+  t0 = time.time()
+  failed = [n for n in stage.needs if ctx["results"].get(n, {}).get("status") != "ok"]
+  if failed:
+    return dict(row, status="skipped", detail=f"needs {', '.join(failed)}", seconds=0.0)
+  waiting = _probe(stage, env)
+  if waiting:
+    return dict(row, status="waiting", detail=waiting, seconds=round(time.time() - t0, 1))
+  argv = [sys.executable if a == stages_lib.PY else a for a in stage.argv()]
+  log = os.path.join(log_dir, f"{stage.name}.log")
+  with open(log, "w") as f:
+    try:
+      rc = subprocess.run(argv, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT,
+                          timeout=stage.timeout_s).returncode
+    except subprocess.TimeoutExpired:
+      rc = "timeout"
+  row["log"] = log
+  row["seconds"] = round(time.time() - t0, 1)
+  if rc != 0:
+    with open(log) as f:
+      tail = [line.rstrip() for line in f.readlines()[-200:] if line.strip()]
+    errors = [line for line in tail if "Error" in line or "error" in line]
+    return dict(row, status="failed", detail=f"exit {rc}: {(errors or tail or [''])[-1][:300]}")
+  try:
+    figures = stage.check(stage, ctx) if stage.check else {}
+  except stages_lib.CheckFailed as e:
+    return dict(row, status="check failed", detail=str(e)[:500])
+  return dict(row, status="ok", detail=", ".join(f"{k}={v}" for k, v in figures.items()),
+              figures=figures)
+
+
+def table(rows: list[dict]) -> str:
+  w = max(len(r["stage"]) for r in rows)
+  lines = [f"{'stage':<{w}}  {'status':<12} {'s':>6}  detail"]
+  for r in rows:
+    lines.append(f"{r['stage']:<{w}}  {r['status']:<12} {r.get('seconds', 0):>6.1f}  "
+                 f"{r.get('detail', '')}")
+  return "\n".join(lines)
+
+
+def run(workdir: str, *, only: list[str] | None = None, questions: int = 4,
+        seconds: float = 30.0) -> dict:
+  """The whole rehearsal; returns (and writes to `workdir/rehearsal.json`) the results."""
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  log_dir = os.path.join(workdir, "logs")
+  os.makedirs(log_dir, exist_ok=True)
+  t0 = time.time()
+  ctx = prepare(workdir, questions=questions, seconds=seconds)
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      [ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+  env.setdefault("JAX_PLATFORMS", "cpu")
+  answers, wrong = gold_answers(ctx["data"])
+  rows = [{"stage": "prepare", "status": "ok", "seconds": round(time.time() - t0, 1),
+           "detail": "checkpoints, STAR + NExT-QA files, mp4s", "command": ""}]
+  ctx["results"] = {"prepare": rows[0]}
+  with StubServer(Replies(answers, wrong)) as server:
+    ctx["server"] = server
+    for stage in stages_lib.plan(ctx):
+      if only and stage.name not in only:
+        continue
+      row = run_stage(stage, ctx, env, log_dir)
+      ctx["results"][stage.name] = row
+      rows.append(row)
+      print(f"[rehearse] {row['stage']}: {row['status']} ({row.get('seconds', 0)} s) "
+            f"{row.get('detail', '')}", flush=True)
+    llm_counts = dict(server.replies.counts)
+  result = {"workdir": workdir, "seconds": round(time.time() - t0, 1), "stages": rows,
+            "llm_requests": llm_counts,
+            "ok": all(r["status"] == "ok" for r in rows)}
+  with open(os.path.join(workdir, "rehearsal.json"), "w") as f:
+    json.dump(result, f, indent=1)
+  print(table(rows))
+  return result

@@ -1,0 +1,79 @@
+"""The rehearsal (`python -m launch.rehearse`): its builders, its stub LLM server, and the
+whole real path end to end at toy sizes (slow)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_videos_have_a_realistic_length_and_the_readers_parse_the_files(tmp_path):
+  from aotd_jax.data import annotations
+  from aotd_jax.rehearsal import datasets
+  star = datasets.star(str(tmp_path / "star"), questions=3, videos=1)
+  nq = datasets.nextqa(str(tmp_path / "nq"), questions=3, videos=2)
+  frames, fps = datasets.video_info(os.path.join(star["videos"], "RH000.mp4"))
+  assert fps == 30.0 and frames >= 900  # >= 30 s at 30 fps
+  qs = list(annotations.read("star", star["ann"]))
+  assert len(qs) == 3 and qs[0].answer in qs[0].choices and qs[0].meta["situations"]
+  rows = list(annotations.read("nextqa", nq["ann"], map_path=nq["map"]))
+  assert len(rows) == 3 and len(rows[0].choices) == 5
+  assert os.path.isfile(os.path.join(nq["videos"], rows[1].meta["video_path"]))
+  assert sorted(os.listdir(star["classes"]))[0] == "action_classes.txt"
+
+
+def test_stub_server_answers_each_prompt_kind_over_http():
+  from aotd_jax.agent import cot, filters, programs
+  from aotd_jax.agent.llm import OpenAIChat
+  from aotd_jax.rehearsal.stub_server import Replies, StubServer, classify
+  from experts.backends.llm import select_prompt
+  replies = Replies({"Which cup?": "The red cup.", "Which box?": "Big."}, wrong={"Which box?"})
+  with StubServer(replies) as server:
+    llm = OpenAIChat(server.url, "stub-coder")
+    got = llm.complete([select_prompt("Which cup?", ["The blue cup.", "The red cup."], "x"),
+                        select_prompt("Which box?", ["Big.", "Small."], "x"),
+                        "what is the capital of France?"], max_new_tokens=8)
+  assert got == ["(B)", "(B)", "unrecognised prompt"]
+  assert replies.counts == {"selector": 2, "unknown": 1}
+  prompt = programs.build_program_prompt("Which cup?", ["The blue cup.", "The red cup."], {},
+                                         examples="")
+  assert classify(prompt) == "program"
+  program = programs.parse_program(replies.reply(prompt))
+  assert program.ok and "select_answer" in program.source
+  rewrite = cot.rewrite_prompt("Which cup?", ["a", "b"], {"calls": []}, "a")
+  assert classify(rewrite) == "rewrite" and replies.reply(rewrite).endswith("answer is a.")
+  logic = programs.read_prompt_file("judge_logic.txt")
+  assert classify(logic) == "judge_logic"
+  assert filters.parse_yes_no(replies.reply(logic)) is True
+
+
+def test_checkpoints_load_in_their_readers(tmp_path):
+  from aotd_jax.hf.univtg import load_univtg
+  from aotd_jax.rehearsal import checkpoints
+  path = checkpoints.univtg(str(tmp_path / "model_best.ckpt"))
+  model = load_univtg(path)
+  assert model.config.v_feat_dims == (12,) and model.config.t_feat_dim == 16
+  llama = checkpoints.llama(str(tmp_path / "coder"))
+  from transformers import AutoTokenizer
+  tok = AutoTokenizer.from_pretrained(llama)
+  text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
+                                 add_generation_prompt=True)
+  assert text.endswith("assistant<|end_header_id|>\n\n")
+
+
+@pytest.mark.slow
+def test_rehearsal_end_to_end(tmp_path):
+  """Every stage of the real path passes (or says what it waits on) at toy sizes."""
+  r = subprocess.run([sys.executable, "-m", "launch.rehearse", f"--workdir={tmp_path}"],
+                     cwd=ROOT, capture_output=True, text=True, timeout=900)
+  result = json.loads((tmp_path / "rehearsal.json").read_text())
+  rows = {row["stage"]: row for row in result["stages"]}
+  bad = {k: v["detail"] for k, v in rows.items() if v["status"] not in ("ok", "waiting")}
+  assert not bad, f"{bad}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+  for name in ("convert", "cot_star", "cot_nextqa"):
+    assert rows[name]["status"] == "ok", rows[name]
+  assert rows["cot_star"]["figures"]["kept"] >= 1
+  assert result["llm_requests"].get("unknown", 0) == 0
