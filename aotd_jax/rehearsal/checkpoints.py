@@ -122,19 +122,25 @@ def _clip_text_tokenizer(vocab: int):
   return tokenizer((), chat_template="", size=vocab)
 
 
+def _text_tower(tok, vocab: int, hidden: int) -> dict:
+  return dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
+              num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=16,
+              eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
+              pad_token_id=tok.pad_token_id)
+
+
+def _vision_tower(hidden: int, *, patch: int) -> dict:
+  return dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1,
+              num_attention_heads=2, image_size=32, patch_size=patch)
+
+
 def owlv2(path: str, *, vocab: int = 128, seed: int = 2) -> str:
   """OWLv2 detector (image 32 px / patch 8, one layer per tower) + tokenizer."""
   import torch
   import transformers
   tok = _clip_text_tokenizer(vocab)
-  cfg = transformers.Owlv2Config(
-      text_config=dict(vocab_size=vocab, hidden_size=32, intermediate_size=64,
-                       num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=16,
-                       eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
-                       pad_token_id=tok.pad_token_id),
-      vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, image_size=32, patch_size=8),
-      projection_dim=32)
+  cfg = transformers.Owlv2Config(text_config=_text_tower(tok, vocab, 32),
+                                 vision_config=_vision_tower(32, patch=8), projection_dim=32)
   torch.manual_seed(seed)
   model = transformers.Owlv2ForObjectDetection(cfg).eval()
   model.save_pretrained(path)
@@ -147,14 +153,8 @@ def clip(path: str, *, vocab: int = 128, seed: int = 3) -> str:
   import torch
   import transformers
   tok = _clip_text_tokenizer(vocab)
-  cfg = transformers.CLIPConfig(
-      text_config=dict(vocab_size=vocab, hidden_size=16, intermediate_size=32,
-                       num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=16,
-                       eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
-                       pad_token_id=tok.pad_token_id),
-      vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, image_size=32, patch_size=16),
-      projection_dim=12)
+  cfg = transformers.CLIPConfig(text_config=_text_tower(tok, vocab, 16),
+                                vision_config=_vision_tower(16, patch=16), projection_dim=12)
   torch.manual_seed(seed)
   model = transformers.CLIPModel(cfg).eval()
   model.save_pretrained(path)
