@@ -188,12 +188,13 @@ def test_worker_limits_are_set_and_killed_workers_are_replaced(sb):
   time.sleep(0.2)
   assert all(sb.run(body("return 1"), {}, args(), timeout_s=2.0).ok for _ in range(3))
 
-  # A worker that dies mid-run (here: a tool kills it) gives a clear error, then a new one.
+  # A worker that dies mid-run (here: a tool kills its zygote and the running child) gives a
+  # clear error, then a new one.
   def kill_workers():
     for task in os.listdir("/proc/self/task"):
       for pid in open(f"/proc/self/task/{task}/children").read().split():
         if b"sandbox_worker" in open(f"/proc/{pid}/cmdline", "rb").read():
-          os.kill(int(pid), signal.SIGKILL)
+          os.killpg(int(pid), signal.SIGKILL)
     time.sleep(0.1)
 
   ex = sb.run(body("kill_workers()\nreturn 1"), {"kill_workers": kill_workers}, args(),
@@ -260,3 +261,8 @@ def test_toyworld_gold_programs_with_real_tools_match_in_process_exec(sb):
       json.dumps(ex.to_trace(q["question_program"]).to_json())
       n += 1
   assert n >= 4
+
+
+def test_non_ascii_identifiers(sb):
+  ex = sb.run(body("ñandú = len(query)\nreturn ñandú"), {}, args(), timeout_s=2.0)
+  assert ex.ok and ex.value == len(args()["query"]), ex.error

@@ -129,6 +129,28 @@ HOSTILE = [
     ("fancy_index_on_handle", body("return len(video_clip[[0] * 100000])"),
      "index must be ints, slices or strings"),
     ("tool_error", body("return Fail(video_clip)"), "tool Fail failed"),
+    # --- limits a program tries to catch or dodge (they end the run from outside it)
+    ("raise_in_finally", body("while True:\n    try:\n        try:\n            pass\n"
+                              "        finally:\n            raise ValueError('x')\n"
+                              "    except ValueError:\n        pass"), "step limit"),
+    ("memory_caught", body("try:\n    x = 'a' * (10 ** 12)\nexcept Exception:\n"
+                           "    return 'survived'"), "memory limit exceeded"),
+    ("memory_caught_then_tool", body("try:\n    x = [0] * (10 ** 10)\nexcept Exception:\n"
+                                     "    pass\nreturn Noop()"), "memory limit exceeded"),
+    ("memory_in_finally", body("try:\n    x = [0] * (10 ** 10)\nfinally:\n"
+                               "    raise ValueError('swallowed')"), "memory limit exceeded"),
+    ("recursion_caught_once", body("def f(n):\n    return f(n + 1)\ntry:\n    f(0)\n"
+                                   "except Exception:\n    return 'survived'"),
+     "recursion limit exceeded"),
+    ("recursion_in_handler", body("def f(n):\n    try:\n        return f(n + 1)\n"
+                                  "    except RuntimeError:\n        return 0\nreturn f(0)"),
+     "recursion limit exceeded"),
+    ("output_caught", body("try:\n    print('x' * 10 ** 6)\nexcept Exception:\n"
+                           "    return 'survived'"), "output limit"),
+    ("step_limit_in_finally", body("try:\n    while True:\n        pass\nfinally:\n"
+                                   "    return_value = 1"), "step limit"),
+    # --- the channel: a result too large for the worker's frame limit ends the worker
+    ("oversized_tool_result", body("return len(Big())"), "channel failed"),
 ]
 
 
@@ -150,7 +172,7 @@ def _tools():
   def fail(clip):
     raise RuntimeError("detector exploded")
 
-  return {"Noop": lambda: None, "Fail": fail,
+  return {"Noop": lambda: None, "Fail": fail, "Big": lambda: "x" * (65 << 20),
           "Count": lambda clip, name: int(clip.frames.shape[0])}
 
 

@@ -13,18 +13,17 @@ proxies that forward each call over a socket. Plain data (numbers, strings, cont
 numpy arrays up to `array_by_value_bytes`) is copied; any other object a tool returns
 (a `VideoClip` with its frames, a detection record) stays here and the program gets a
 handle that supports public attribute reads, `len`, indexing, iteration, `in` and truth.
-What the worker sends back is unpickled with an allow-list of classes, so even a
-compromised worker cannot make the parent build arbitrary objects.
+What travels between the two is data only (`sandbox_wire`: msgpack with explicit array and
+handle extensions, no pickle), so even a compromised worker cannot make the host build an
+object.
 """
 from __future__ import annotations
 
 import atexit
 import dataclasses
 import inspect
-import io
 import itertools
 import os
-import pickle
 import queue
 import signal
 import socket
@@ -37,20 +36,11 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from aotd_jax.agent import sandbox_policy
+from aotd_jax.agent import sandbox_policy, sandbox_wire
 from aotd_jax.agent.trace import ToolCall, Trace, summarize
 
 _WORKER_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_worker.py")
-_PLAIN_TYPES = (type(None), bool, int, float, complex, str, bytes, list, tuple, dict, set,
-                frozenset, slice, range, bytearray, pickle.PickleBuffer)
-_WORKER_GLOBALS = frozenset({
-    ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "complex"),
-    ("builtins", "slice"), ("builtins", "range"), ("builtins", "Ellipsis"),
-    ("numpy", "ndarray"), ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-})
+_EXIT_CHANNEL = 70  # sandbox_worker.EXIT_CHANNEL
 MAX_ITER_ITEMS = 100_000
 
 
@@ -75,67 +65,51 @@ class Execution:
 
 
 class _Handles:
-  """Objects kept in the parent for one run, by id."""
+  """Objects kept in the host for one run, by id, and the run's codec."""
 
   def __init__(self, array_by_value_bytes: int):
     self.objects: list[Any] = []
     self.ids: dict[int, int] = {}
-    self.array_by_value_bytes = array_by_value_bytes
+    self.codec = sandbox_wire.Codec(self._encode_other, self._decode_handle,
+                                    max_array_bytes=array_by_value_bytes)
 
-  def persistent_id(self, obj):
-    t = type(obj)
-    if t in _PLAIN_TYPES or isinstance(obj, np.dtype):
-      return None
-    if (getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)) in _WORKER_GLOBALS:
-      return None  # the classes and functions that rebuild arrays, pickled by reference
-    if t is np.ndarray or isinstance(obj, np.generic):
-      if obj.dtype != object and obj.nbytes <= self.array_by_value_bytes:
-        return None
+  def _encode_other(self, obj):
     hid = self.ids.get(id(obj))
     if hid is None:
       hid = len(self.objects)
       self.objects.append(obj)
       self.ids[id(obj)] = hid
-    try:
-      if t is np.ndarray:
-        text = f"array(shape={obj.shape}, dtype={obj.dtype})"
-      else:
-        with np.printoptions(threshold=16, edgeitems=2):  # frames inside dataclass reprs
-          text = repr(obj)
-    except Exception:  # a tool object with a broken repr is still usable
-      text = f"<{t.__name__}>"
-    if len(text) > 200:
-      text = text[:197] + "..."
-    return ("h", hid, t.__name__, text)
+    return [hid, type(obj).__name__, _handle_text(obj)]
+
+  def _decode_handle(self, hid):
+    if type(hid) is not int or not 0 <= hid < len(self.objects):
+      raise sandbox_wire.WireError(f"worker sent an unknown handle {str(hid)[:40]}")
+    return self.objects[hid]
 
   def dumps(self, msg) -> bytes:
-    buf = io.BytesIO()
-    pickler = pickle.Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL)
-    pickler.persistent_id = self.persistent_id
-    pickler.dump(msg)
-    return buf.getvalue()
+    return self.codec.encode(msg)
 
   def loads(self, data: bytes):
-    handles = self
+    return self.codec.decode(data)
 
-    class _Restricted(pickle.Unpickler):
 
-      def find_class(self, module, name):
-        if (module, name) not in _WORKER_GLOBALS:
-          raise pickle.UnpicklingError(f"worker sent a forbidden object {module}.{name}")
-        return super().find_class(module, name)
-
-      def persistent_load(self, pid):
-        if (not isinstance(pid, tuple) or len(pid) != 2 or pid[0] != "h"
-            or not isinstance(pid[1], int) or not 0 <= pid[1] < len(handles.objects)):
-          raise pickle.UnpicklingError(f"worker sent an unknown handle {pid!r}")
-        return handles.objects[pid[1]]
-
-    return _Restricted(io.BytesIO(data)).load()
+def _handle_text(obj) -> str:
+  """What the program sees as the handle's repr (bounded)."""
+  try:
+    if type(obj) is np.ndarray:
+      text = f"array(shape={obj.shape}, dtype={obj.dtype})"
+    else:
+      with np.printoptions(threshold=16, edgeitems=2):  # frames inside dataclass reprs
+        text = repr(obj)
+  except Exception:  # a tool object with a broken repr is still usable
+    text = f"<{type(obj).__name__}>"
+  if len(text) > 200:
+    text = text[:197] + "..."
+  return text
 
 
 class _Worker:
-  """One worker process and our end of its socket."""
+  """One worker (a zygote that forks a child per run) and our end of its socket."""
 
   def __init__(self, memory_mb: int, cwd: str | None):
     parent_sock, child_sock = socket.socketpair()
@@ -150,6 +124,7 @@ class _Worker:
     self.conn = Connection(parent_sock.detach())
     self.ready = False
     self.runs = 0
+    self.codec = sandbox_wire.Codec()
 
   def wait_ready(self, timeout: float) -> str | None:
     """Waits for the worker's hello; returns an error message or None."""
@@ -158,10 +133,10 @@ class _Worker:
     try:
       if not self.conn.poll(timeout):
         return f"sandbox worker did not start within {timeout:.0f} s"
-      msg = pickle.loads(self.conn.recv_bytes(1024))
-    except (EOFError, OSError) as e:
+      msg = self.codec.decode(self.conn.recv_bytes(4096))
+    except (EOFError, OSError, sandbox_wire.WireError) as e:
       return f"sandbox worker failed to start ({self.exit_reason() or e})"
-    if not (isinstance(msg, tuple) and msg[:1] == ("ready",)):
+    if not (type(msg) is list and len(msg) == 3 and msg[0] == "ready"):
       return "sandbox worker sent a bad hello"
     self.ready = True
     return None
@@ -171,12 +146,7 @@ class _Worker:
       code = self.proc.wait(timeout=1.0)
     except subprocess.TimeoutExpired:
       return None
-    if code < 0:
-      name = signal.Signals(-code).name
-      extra = {"SIGXCPU": " (CPU time limit)", "SIGSEGV": " (crashed)",
-               "SIGKILL": " (killed)"}.get(name, "")
-      return f"killed by {name}{extra}"
-    return f"exited with status {code}"
+    return _status_text(code)
 
   def kill(self) -> None:
     try:
@@ -191,6 +161,17 @@ class _Worker:
 
   def alive(self) -> bool:
     return self.proc.poll() is None
+
+
+def _status_text(code: int) -> str:
+  if code < 0:
+    name = signal.Signals(-code).name
+    extra = {"SIGXCPU": " (CPU time limit)", "SIGSEGV": " (crashed)",
+             "SIGKILL": " (killed)", "SIGSYS": " (a forbidden system call)"}.get(name, "")
+    return f"killed by {name}{extra}"
+  if code == _EXIT_CHANNEL:
+    return "its channel failed (the run was ended)"
+  return f"exited with status {code}"
 
 
 class _Overrun(Exception):
@@ -228,6 +209,7 @@ class Sandbox:
     self._idle: queue.Queue[_Worker] = queue.Queue()
     self._closed = False
     self._lock = threading.Lock()
+    self._nonces = itertools.count(1)
     for _ in range(num_workers):
       self._idle.put(_Worker(memory_mb, cwd))
 
@@ -281,34 +263,59 @@ class Sandbox:
               "max_output_chars": max_output_chars, "max_depth": max_depth,
               "entry_point": entry_point,
               "builtins": sorted(sandbox_policy.ALLOWED_NAMES - {"print"})}
-    worker = self._idle.get()
-    if not worker.alive():  # killed while idle (OOM killer, an operator): replace it
-      worker.kill()
-      worker = _Worker(self.memory_mb, self.cwd)
-    err = worker.wait_ready(self.start_timeout_s)
-    if err is not None:
-      self._checkin(worker, healthy=False)
-      return Execution(ok=False, error=err, seconds=time.perf_counter() - t_start)
-    calls: list[ToolCall] = []
     handles = _Handles(self.array_by_value_bytes)
-    healthy = False
     try:
-      worker.conn.send_bytes(handles.dumps(
-          ("run", source, dict(args), sorted(tools), limits)))
-      kind, value, stdout = self._serve(worker, handles, tools, calls, timeout_s,
-                                        max_tool_calls, keep_raw)
-      healthy = kind == "done"
-      ex = Execution(ok=healthy, value=value if healthy else None,
-                     error=None if healthy else value, trace=calls, stdout=stdout)
-    except _Overrun as e:
-      ex = Execution(ok=False, error=str(e), trace=calls)
-    except OSError:  # the socket broke under a send: the worker is gone
-      ex = Execution(ok=False, error=f"worker died: {worker.exit_reason() or 'connection lost'}",
-                     trace=calls)
-    finally:
-      self._checkin(worker, healthy)
+      msg = handles.dumps(["run", next(self._nonces), source, dict(args), sorted(tools),
+                           limits])
+    except (TypeError, ValueError, OverflowError) as e:  # the caller's args: a host error
+      raise ValueError(f"run_program args cannot be sent to the sandbox: {e}") from None
+    for attempt in range(2):
+      worker = self._idle.get()
+      if not worker.alive():  # killed while idle (OOM killer, an operator): replace it
+        worker.kill()
+        worker = _Worker(self.memory_mb, self.cwd)
+      err = worker.wait_ready(self.start_timeout_s)
+      if err is not None:
+        self._checkin(worker, healthy=False)
+        return Execution(ok=False, error=err, seconds=time.perf_counter() - t_start)
+      calls: list[ToolCall] = []
+      healthy = False
+      try:
+        worker.conn.send_bytes(msg)
+        if not self._verified(worker):
+          # The last run's child did not end cleanly: this run never started; retry it once
+          # on a fresh worker.
+          if attempt == 0:
+            continue
+          raise _Overrun("sandbox worker failed its check before the run")
+        kind, value, stdout = self._serve(worker, handles, tools, calls, timeout_s,
+                                          max_tool_calls, keep_raw)
+        healthy = True  # the zygote's report on this child is read before the next run
+        ex = Execution(ok=kind == "done", value=value if kind == "done" else None,
+                       error=None if kind == "done" else value, trace=calls, stdout=stdout)
+      except _Overrun as e:
+        ex = Execution(ok=False, error=str(e), trace=calls)
+      except OSError:  # the socket broke under a send: the worker is gone
+        ex = Execution(ok=False,
+                       error=f"worker died: {worker.exit_reason() or 'connection lost'}",
+                       trace=calls)
+      finally:
+        self._checkin(worker, healthy)
+      break
     ex.seconds = time.perf_counter() - t_start
     return ex
+
+  def _verified(self, worker: _Worker) -> bool:
+    """The channel is in step: the first message of a run is its fresh child's hello, with
+    the run's number (a leftover of the last run, or the zygote's report that the last
+    child died, fails this)."""
+    try:
+      if not worker.conn.poll(self.start_timeout_s):
+        return False
+      msg = worker.codec.decode(worker.conn.recv_bytes(256))
+      return msg == ["hello", worker.runs + 1]
+    except (EOFError, OSError, sandbox_wire.WireError):
+      return False
 
   def _serve(self, worker: _Worker, handles: _Handles, tools, calls, timeout_s,
              max_tool_calls, keep_raw):
@@ -329,11 +336,15 @@ class Sandbox:
       budget -= time.perf_counter() - t0
       try:
         msg = handles.loads(data)
-      except Exception as e:
+      except sandbox_wire.WireError as e:
         raise _Overrun(f"worker sent an unreadable message: {e}") from None
-      kind = msg[0] if isinstance(msg, tuple) and msg else None
-      if kind in ("done", "fail") and len(msg) == 3:
+      kind = msg[0] if type(msg) is list and msg else None
+      if kind in ("done", "fail") and len(msg) == 3 and type(msg[2]) is str:
+        if kind == "fail" and type(msg[1]) is not str:
+          raise _Overrun("worker sent a bad message (fail)")
         return msg
+      if kind == "exit" and len(msg) == 3:
+        raise _Overrun(f"worker died: {_status_text(msg[2]) if type(msg[2]) is int else '?'}")
       if kind == "call" and len(msg) == 4:
         if len(calls) >= max_tool_calls:
           raise _Overrun(f"tool-call limit exceeded (more than {max_tool_calls} calls)")
@@ -341,18 +352,18 @@ class Sandbox:
       elif kind == "op" and len(msg) == 4:
         reply = _handle_op(handles, *msg[1:])
       else:
-        raise _Overrun(f"worker sent a bad message ({str(msg)[:80]})")
+        raise _Overrun(f"worker sent a bad message (kind {str(kind)[:40]!r})")
       try:
         data = handles.dumps(reply)
-      except Exception as e:  # a tool result that does not pickle
-        data = handles.dumps(("err", f"result could not be sent: {type(e).__name__}: {e}"))
+      except Exception as e:  # a tool result that cannot be encoded (a huge nested value)
+        data = handles.dumps(["err", f"result could not be sent: {type(e).__name__}"])
       worker.conn.send_bytes(data)
 
   @staticmethod
   def _call_tool(tools, name, args, kwargs, calls, keep_raw):
     fn = tools.get(name) if isinstance(name, str) else None
     if fn is None or not isinstance(args, tuple) or not isinstance(kwargs, dict):
-      return ("err", f"unknown tool {name!r}")
+      return ["err", f"unknown tool {str(name)[:60]!r}"]
     named = _bind(fn, args, kwargs)
     t0 = time.perf_counter()
     try:
