@@ -23,6 +23,7 @@ setuptools.setup(
         "tokenizers",
         "tensorboardX",
         "matplotlib",
+        "msgpack>=1.0",  # the sandbox's data-only wire (aotd_jax/agent/sandbox_wire.py)
     ],
     extras_require={
         # torch is pinned: a CPU wheel of 2.13.0 is what the parity tests were written against.
