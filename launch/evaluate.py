@@ -32,6 +32,9 @@ _LIMIT = flags.DEFINE_integer("limit", 0, "Evaluate the first N questions (0: al
 _BATCH = flags.DEFINE_integer("batch_size", 8, "Questions per generate call.")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 0, "0: 16 in answer mode, 256 in rationale mode.")
 _OUT = flags.DEFINE_string("out", "", "Write the results (and outputs) as JSON here.")
+_PROMPT_FORMAT = flags.DEFINE_enum("prompt_format", "plain", ["plain", "official"],
+                                   "The prompt format the student was trained with "
+                                   "(config.data.prompt_format; lnv7b: official).")
 flags.mark_flags_as_required(["student", "annotations"])
 
 
@@ -53,7 +56,8 @@ def main(argv):
   max_new = _MAX_NEW.value or (16 if _MODE.value == "answer" else 256)
   run = student_eval.run_student(model, tokenizer, records, mode=_MODE.value,
                                  video_root=_VIDEO_ROOT.value, num_frames=_NUM_FRAMES.value,
-                                 batch_size=_BATCH.value, max_new_tokens=max_new)
+                                 batch_size=_BATCH.value, max_new_tokens=max_new,
+                                 prompt_format=_PROMPT_FORMAT.value)
   result = student_eval.score(records, run.outputs)
   result["efficiency"] = run.efficiency.to_dict()
   print(json.dumps({k: v for k, v in result.items()}, indent=1))

@@ -89,3 +89,18 @@ def test_trainer_data_config_reaches_the_sources(monkeypatch):
   assert seen["qa"]["prompt_format"] == "official" and seen["qa"]["answer_style"] == "letter"
   assert seen["cot"]["prompt_format"] == "official"
   assert pc.mixing == "concat_epoch"
+
+
+def test_evaluation_prompts_follow_the_training_format():
+  from aotd_jax.eval import student
+  from fixtures.tiny_tokenizer import make_tokenizer
+  tok = make_tokenizer(["Question: Options: What did the person open?", *CHOICES])
+  r = _record()
+  plain = tok.decode(student.prompt_ids(tok, r, "answer", 2))
+  official = tok.decode(student.prompt_ids(tok, r, "answer", 2, "official"))
+  assert "Question" not in plain and "Options" not in plain  # the word tokenizer spaces ":"
+  assert "Question : What did the person open ?" in official and "Options : ( A )" in official
+  head, letters = student.letter_token_ids(tok, "USER: Q ASSISTANT:", 2, "letter")
+  assert tok.decode(letters[1]).strip() == "B" and "(" not in tok.decode(head)
+  head, letters = student.letter_token_ids(tok, "USER: Q ASSISTANT:", 2)
+  assert tok.decode(head).rstrip().endswith("(")

@@ -28,12 +28,14 @@ def _video_file(record: VideoQA, video_root: str, video_ext: str) -> str:
   return path if os.path.isabs(path) or not video_root else os.path.join(video_root, path)
 
 
-def prompt_ids(tokenizer, record: VideoQA, mode: str, num_video_tokens: int) -> list[int]:
-  """Token ids of the evaluation prompt (answer suffix, or rationale suffix in `rationale` mode)."""
+def prompt_ids(tokenizer, record: VideoQA, mode: str, num_video_tokens: int,
+               prompt_format: str = "plain") -> list[int]:
+  """Token ids of the evaluation prompt (answer suffix, or rationale suffix in `rationale` mode),
+  in the `prompt_format` the student was trained with (`conversation.format_question`)."""
   if mode not in MODES:
     raise ValueError(f"mode {mode!r}: expected one of {MODES}")
   user = (conversation.qa_user_text if mode == "answer" else conversation.cot_user_text)(
-      record.question, record.choices)
+      record.question, record.choices, prompt_format)
   text = conversation.build_prompt(tokenizer, user, media="video")
   text = video_processing.expand_media_tokens(text, video_tokens=[num_video_tokens])
   return list(tokenizer(text, add_special_tokens=True)["input_ids"])
@@ -57,10 +59,12 @@ def _pixels(chunk: Sequence[VideoQA], size: int, *, video_root: str, video_ext: 
 def run_student(model, tokenizer, records: Sequence[VideoQA], *, mode: str = "answer",
                 video_root: str = "", video_ext: str = ".mp4", num_frames: int = 8,
                 decode_size: int | None = None, batch_size: int = 8, max_new_tokens: int = 16,
-                frames_fn: Callable[[VideoQA], np.ndarray] | None = None) -> StudentRun:
+                frames_fn: Callable[[VideoQA], np.ndarray] | None = None,
+                prompt_format: str = "plain") -> StudentRun:
   """Greedy outputs of the LLaVA-NeXT-Video `model` for `records` (batched, left-padded).
 
   `frames_fn(record) -> (T, H, W, 3) uint8` overrides video decoding (tests, cached frames).
+  `prompt_format`: the one the student was trained with (`config.data.prompt_format`).
   """
   from aotd_jax.models import llava_next_video  # the student; imported lazily (heavy)
   cfg = model.config
@@ -72,7 +76,7 @@ def run_student(model, tokenizer, records: Sequence[VideoQA], *, mode: str = "an
   with efficiency.measure(len(records)) as eff:
     for i in range(0, len(records), batch_size):
       chunk = records[i:i + batch_size]
-      ids = [prompt_ids(tokenizer, r, mode, n_tokens) for r in chunk]
+      ids = [prompt_ids(tokenizer, r, mode, n_tokens, prompt_format) for r in chunk]
       width = max(len(x) for x in ids)
       input_ids = np.full((len(chunk), width), pad, np.int32)
       mask = np.zeros((len(chunk), width), np.int32)
@@ -100,14 +104,17 @@ class ChoiceRun:
   efficiency: efficiency.Efficiency
 
 
-def letter_token_ids(tokenizer, prompt: str, num_choices: int) -> tuple[list[int], list[int]]:
-  """(shared prefix ids, one id per option letter) of the replies "(A)", "(B)", ... to `prompt`.
+def letter_token_ids(tokenizer, prompt: str, num_choices: int,
+                     answer_style: str = "letter_text") -> tuple[list[int], list[int]]:
+  """(shared prefix ids, one id per option letter) of the replies "(A)", "(B)", ... to `prompt`
+  ("A", "B", ... for a student trained with `answer_style="letter"`).
 
   The prefix is the prompt plus whatever the replies share (" (" here); each letter must then
   be one token of its own, else the closed-set choice is ill-defined and this raises.
   """
   from aotd_jax.data import conversation
-  seqs = [list(tokenizer(f"{prompt} ({conversation.option_letter(i)})",
+  form = "{} {}" if answer_style == "letter" else "{} ({})"
+  seqs = [list(tokenizer(form.format(prompt, conversation.option_letter(i)),
                          add_special_tokens=True)["input_ids"]) for i in range(num_choices)]
   n = 0
   while all(n < len(x) for x in seqs) and len({x[n] for x in seqs}) == 1:
@@ -121,7 +128,7 @@ def letter_token_ids(tokenizer, prompt: str, num_choices: int) -> tuple[list[int
 
 def _closed_set(model, tokenizer, records: Sequence[VideoQA], rows_fn, *, video_root: str,
                 video_ext: str, num_frames: int, decode_size: int | None, batch_size: int,
-                frames_fn) -> ChoiceRun:
+                frames_fn, prompt_format: str = "plain") -> ChoiceRun:
   """Runs the forward passes of a closed-set scorer. `rows_fn(record, prompt text)` gives the
   record's rows: (token ids, score(log-probs (L, vocab)) -> option scores); a record's option
   scores are its rows' scores concatenated, the highest wins. Rows are right-padded to a
@@ -144,7 +151,7 @@ def _closed_set(model, tokenizer, records: Sequence[VideoQA], rows_fn, *, video_
       for j, r in enumerate(chunk):
         if not r.choices:
           raise ValueError(f"question {r.qid}: closed-set scoring needs choices (open-ended)")
-        user = conversation.qa_user_text(r.question, r.choices)
+        user = conversation.qa_user_text(r.question, r.choices, prompt_format)
         prompt = video_processing.expand_media_tokens(
             conversation.build_prompt(tokenizer, user, media="video"), video_tokens=[n_tokens])
         for row in rows_fn(r, prompt):
@@ -173,12 +180,14 @@ def _closed_set(model, tokenizer, records: Sequence[VideoQA], rows_fn, *, video_
 def choose_letters(model, tokenizer, records: Sequence[VideoQA], *, video_root: str = "",
                    video_ext: str = ".mp4", num_frames: int = 8, decode_size: int | None = None,
                    batch_size: int = 8,
-                   frames_fn: Callable[[VideoQA], np.ndarray] | None = None) -> ChoiceRun:
+                   frames_fn: Callable[[VideoQA], np.ndarray] | None = None,
+                   prompt_format: str = "plain", answer_style: str = "letter_text") -> ChoiceRun:
   """Closed-set multiple-choice answers: one forward pass over prompt + " (" and the option
-  whose letter token has the highest logit (`logprobs`: log-softmax over the letters)."""
+  whose letter token has the highest logit (`logprobs`: log-softmax over the letters).
+  `prompt_format` / `answer_style`: as the student was trained (`config.data.*`)."""
 
   def rows(record, prompt):
-    head, letters = letter_token_ids(tokenizer, prompt, len(record.choices))
+    head, letters = letter_token_ids(tokenizer, prompt, len(record.choices), answer_style)
 
     def score(logp):
       lp = logp[len(head) - 1, letters]
@@ -186,14 +195,16 @@ def choose_letters(model, tokenizer, records: Sequence[VideoQA], *, video_root: 
     return [(head, score)]
   return _closed_set(model, tokenizer, records, rows, video_root=video_root,
                      video_ext=video_ext, num_frames=num_frames, decode_size=decode_size,
-                     batch_size=batch_size, frames_fn=frames_fn)
+                     batch_size=batch_size, frames_fn=frames_fn, prompt_format=prompt_format)
 
 
 def choose_by_likelihood(model, tokenizer, records: Sequence[VideoQA], *, video_root: str = "",
                          video_ext: str = ".mp4", num_frames: int = 8,
                          decode_size: int | None = None, batch_size: int = 8,
                          text_only: bool = False,
-                         frames_fn: Callable[[VideoQA], np.ndarray] | None = None) -> ChoiceRun:
+                         frames_fn: Callable[[VideoQA], np.ndarray] | None = None,
+                         prompt_format: str = "plain",
+                         answer_style: str = "letter_text") -> ChoiceRun:
   """Closed-set multiple-choice answers by the likelihood of each option's reply, "(B) text"
   as the student was trained to write it: the option with the highest summed token
   log-probability wins (lm-eval-harness style; `logprobs` are those sums, per option).
@@ -205,7 +216,8 @@ def choose_by_likelihood(model, tokenizer, records: Sequence[VideoQA], *, video_
   def rows(record, prompt):
     head, out = ids_of(prompt), []
     for k in range(len(record.choices)):
-      reply = conversation.answer_target(record.choices, record.choices[k], k)
+      reply = conversation.answer_target(record.choices, record.choices[k], k,
+                                         style=answer_style)
       ids = ids_of(f"{prompt} {reply}")
       if ids[:len(head)] != head or len(ids) == len(head):
         raise ValueError(f"question {record.qid}: option {k}'s reply {reply!r} does not "
@@ -218,7 +230,7 @@ def choose_by_likelihood(model, tokenizer, records: Sequence[VideoQA], *, video_
     return out
   return _closed_set(model, tokenizer, records, rows, video_root=video_root,
                      video_ext=video_ext, num_frames=num_frames, decode_size=decode_size,
-                     batch_size=batch_size, frames_fn=frames_fn)
+                     batch_size=batch_size, frames_fn=frames_fn, prompt_format=prompt_format)
 
 
 def question_type(record: VideoQA) -> str:
