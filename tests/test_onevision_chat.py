@@ -70,3 +70,19 @@ def test_square_video_resize_matches_the_onevision_processor():
   assert np.abs(cropped - want).mean() > 0.1
   with pytest.raises(ValueError, match="resize='crop' is not one of"):
     vp.preprocess_video(frames, resize="crop")
+
+
+def test_image_tiles_match_the_onevision_processor():
+  """`preprocess_images` at shortest_edge = crop_size = the tile size is LLaVA-OneVision's PIL
+  image processor bit for bit (square base tile, letterboxed grid tiles), incl. a 2x2 grid."""
+  from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+      LlavaOnevisionImageProcessorPil)
+  from aotd_jax.data import video_processing as vp
+  pins = [[35, 70], [70, 35], [70, 70]]
+  proc = LlavaOnevisionImageProcessorPil(size={"height": 35, "width": 35}, image_grid_pinpoints=pins)
+  rng = np.random.default_rng(0)
+  images = [rng.integers(0, 256, s + (3,), dtype=np.uint8) for s in ((40, 70), (80, 75), (100, 33))]
+  want = proc(images=images, return_tensors="np")
+  got = vp.preprocess_images(images, shortest_edge=35, crop_size=35, image_grid_pinpoints=pins)
+  np.testing.assert_array_equal(got["image_sizes"], want["image_sizes"])
+  np.testing.assert_array_equal(got["pixel_values"], want["pixel_values"])
