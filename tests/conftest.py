@@ -5,3 +5,72 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import contextlib
+
+import pytest
+
+# -- kernel coverage ----------------------------------------------------------------------------
+# A kernel test either runs the C++ kernel or skips with the reason; it never passes on XLA's ops
+# in the kernel's name. Tests that take a kernel through a model use `expect_kernel`; the kernels'
+# own test files mark theirs with a `skipif` whose reason names the kernel. Both get the `kernel`
+# marker, and the terminal summary says how many ran.
+_KERNEL_REASON_WORDS = ("kernel", "AMX")
+
+
+@pytest.fixture
+def expect_kernel():
+  """`with expect_kernel(module, *targets, when=True):` skips the test (with the reason) when
+  `module.available()` is False here, clears JAX's caches so the body traces afresh, and fails
+  unless the body emitted a call to each FFI target (`aotd_jax.kernels.build.EMITTED`).
+  `when=False` (the XLA parametrisation) checks nothing."""
+
+  @contextlib.contextmanager
+  def expect(module, *targets, when=True):
+    if not when:
+      yield
+      return
+    import jax
+
+    from aotd_jax.kernels import build
+    if jax.default_backend() != "cpu" or not module.available():
+      pytest.skip(f"{module.__name__} cannot run here (CPU backend, its instruction set and a "
+                  "C++ compiler needed): the XLA parametrisation covers this path")
+    jax.clear_caches()
+    before = {t: build.EMITTED[t] for t in targets}
+    yield
+    missing = [t for t in targets if build.EMITTED[t] == before[t]]
+    assert not missing, f"the kernel never ran ({missing} not emitted): the test took XLA's ops"
+
+  return expect
+
+
+def pytest_collection_modifyitems(config, items):
+  for item in items:
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    uses = "expect_kernel" in item.fixturenames and params.get("cpu_kernels", True)
+    gated = any(any(w in str(m.kwargs.get("reason", "")) for w in _KERNEL_REASON_WORDS)
+                for m in item.iter_markers("skipif"))
+    if uses or gated:
+      item.add_marker(pytest.mark.kernel)
+
+
+_kernel_outcomes = {"ran": 0, "skipped": 0, "failed": 0}
+
+
+def pytest_runtest_logreport(report):
+  if "kernel" not in report.keywords:
+    return
+  if report.skipped:
+    _kernel_outcomes["skipped"] += 1
+  elif report.failed:
+    _kernel_outcomes["failed"] += 1
+  elif report.when == "call":
+    _kernel_outcomes["ran"] += 1
+
+
+def pytest_terminal_summary(terminalreporter):
+  o = _kernel_outcomes
+  if any(o.values()):
+    terminalreporter.write_line(f"kernel tests: {o['ran']} ran the C++ kernels, {o['skipped']} "
+                                f"skipped (kernel unavailable here), {o['failed']} failed")

@@ -9,6 +9,7 @@ from flax import nnx
 
 import aotd_jax  # noqa: F401
 from aotd_jax import hf
+from aotd_jax.kernels import attention as ka
 from aotd_jax.models.causal_attention import blocked_causal_attention
 from aotd_jax.models.llama import LlamaConfig, LlamaForCausalLM
 from tests.test_llama import left_padded_batch, make_hf_llama, torch_forward
@@ -31,13 +32,15 @@ def _with_block(model: LlamaForCausalLM, block: int, cpu_kernels: bool = True) -
 
 @pytest.mark.parametrize("cpu_kernels", [False, True])
 @pytest.mark.parametrize("length,block", [(24, 8), (21, 8), (24, 5)])
-def test_blocked_logits_match_transformers_with_left_padding(tmp_path, length, block, cpu_kernels):
+def test_blocked_logits_match_transformers_with_left_padding(tmp_path, length, block, cpu_kernels,
+                                                             expect_kernel):
   ref_model = make_hf_llama(tmp_path)
   ids, mask, pos = left_padded_batch(length=length, pads=(5, 0, 11))
   ref = torch_forward(ref_model, ids, mask, pos)
   model = _with_block(hf.from_pretrained(str(tmp_path)), block, cpu_kernels)
   real = mask.astype(bool)  # padded query rows attend to nothing: arbitrary in every path
-  out = np.asarray(model(ids, mask).logits)
+  with expect_kernel(ka, ka.TARGET_FWD, when=cpu_kernels):
+    out = np.asarray(model(ids, mask).logits)
   np.testing.assert_allclose(out[real], ref.logits.numpy()[real], atol=1e-4, rtol=1e-4)
 
 
@@ -90,7 +93,7 @@ def test_masked_scores_get_no_gradient_even_on_padding_rows(cpu_kernel):
 
 
 @pytest.mark.parametrize("cpu_kernels", [False, True])
-def test_blocked_train_gradients_match_one_block(cpu_kernels):
+def test_blocked_train_gradients_match_one_block(cpu_kernels, expect_kernel):
   cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                     num_attention_heads=4, num_key_value_heads=2, attention_block_size=0)
   model = LlamaForCausalLM(cfg, rngs=nnx.Rngs(0))
@@ -105,7 +108,8 @@ def test_blocked_train_gradients_match_one_block(cpu_kernels):
     return nnx.jit(nnx.grad(loss))(m)
 
   want = nnx.to_flat_state(grads(model))
-  got = dict(nnx.to_flat_state(grads(_with_block(model, 6, cpu_kernels))))
+  with expect_kernel(ka, ka.TARGET_FWD, ka.TARGET_BWD, when=cpu_kernels):
+    got = dict(nnx.to_flat_state(grads(_with_block(model, 6, cpu_kernels))))
   for path, g in want:
     np.testing.assert_allclose(np.asarray(got[path][...]), np.asarray(g[...]), atol=2e-5, err_msg=str(path))
 

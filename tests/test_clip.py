@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from aotd_jax import hf
+from aotd_jax.kernels import attention as attention_kernel
 from aotd_jax.models import clip
 from aotd_jax.models.options import with_options
 
@@ -105,7 +106,7 @@ def test_vision_bad_pixel_shape(vision_dir):
 
 @pytest.mark.parametrize("cpu_kernels", [True, False])  # the C++ attention kernel / XLA's ops
 @pytest.mark.parametrize("eos_token_id", [98, 2])  # 2 = legacy configs: pool at argmax(input_ids)
-def test_clip_model_parity(tmp_path, eos_token_id, cpu_kernels):
+def test_clip_model_parity(tmp_path, eos_token_id, cpu_kernels, expect_kernel):
   torch.manual_seed(2)
   cfg = transformers.CLIPConfig(
       text_config=dict(**TEXT, eos_token_id=eos_token_id, bos_token_id=97, pad_token_id=1),
@@ -120,7 +121,8 @@ def test_clip_model_parity(tmp_path, eos_token_id, cpu_kernels):
   with torch.no_grad():
     want = ref(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
                pixel_values=torch.from_numpy(px), output_hidden_states=True)
-  got = ours(input_ids=ids, attention_mask=mask, pixel_values=px, output_hidden_states=True)
+  with expect_kernel(attention_kernel, attention_kernel.TARGET_FWD, when=cpu_kernels):
+    got = ours(input_ids=ids, attention_mask=mask, pixel_values=px, output_hidden_states=True)
   for i, (a, b) in enumerate(zip(got.text_model_output.hidden_states, want.text_model_output.hidden_states)):
     _close(a, b, f"text hidden_states[{i}]")
   for i, (a, b) in enumerate(zip(got.vision_model_output.hidden_states,

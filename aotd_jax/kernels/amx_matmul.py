@@ -52,7 +52,7 @@ def kernel_matmul(a: jax.Array, b: jax.Array, transpose_a: bool = False,
   m = a.shape[1] if transpose_a else a.shape[0]
   n = b.shape[0] if transpose_b else b.shape[1]
   out = jax.ShapeDtypeStruct((m, n), jnp.float32)
-  return jax.ffi.ffi_call(TARGET, out, vmap_method="sequential")(
+  return build.ffi_call(TARGET, out, vmap_method="sequential")(
       a, b, transpose_a=transpose_a, transpose_b=transpose_b, passes=np.int32(passes))
 
 

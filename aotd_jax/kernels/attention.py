@@ -60,7 +60,7 @@ def _forward(q, k, v, mask, block_size, causal):
   out = jax.ShapeDtypeStruct((b, length, kv * groups * d), jnp.float32)
   lse = jax.ShapeDtypeStruct((b, kv, groups, length), jnp.float32)
   mask, masked = _mask_operand(mask)
-  return jax.ffi.ffi_call(TARGET_FWD, (out, lse), vmap_method="sequential")(
+  return build.ffi_call(TARGET_FWD, (out, lse), vmap_method="sequential")(
       q, k, v, mask, block=block_size, causal=causal, masked=masked)
 
 
@@ -94,7 +94,7 @@ def _bwd(block_size, causal, res, d_out):
   q, k, v, mask, out, lse = res
   shapes = [jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in (q, k, v)]
   mask, masked = _mask_operand(mask)
-  dq, dk, dv = jax.ffi.ffi_call(TARGET_BWD, shapes, vmap_method="sequential")(
+  dq, dk, dv = build.ffi_call(TARGET_BWD, shapes, vmap_method="sequential")(
       q, k, v, mask, out, lse, d_out.astype(jnp.float32), block=block_size, causal=causal,
       masked=masked)
   return dq, dk, dv, None

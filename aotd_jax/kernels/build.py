@@ -11,6 +11,7 @@ shared between different machines never hands one a binary built for another.
 """
 from __future__ import annotations
 
+import collections
 import ctypes
 import functools
 import hashlib
@@ -24,6 +25,19 @@ from absl import logging
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
+
+
+# How many times each kernel's FFI call was traced into a computation: the tests' proof that a
+# kernel parametrisation took the kernel rather than falling back to XLA's ops.
+EMITTED: collections.Counter = collections.Counter()
+
+
+def ffi_call(target: str, result_shape_dtypes, **kwargs):
+  """`jax.ffi.ffi_call(target, ...)`, counted in `EMITTED`."""
+  import jax
+
+  EMITTED[target] += 1
+  return jax.ffi.ffi_call(target, result_shape_dtypes, **kwargs)
 
 
 class KernelBuildError(RuntimeError):

@@ -30,7 +30,7 @@ def available() -> bool:
 
 def _kernel_call(x: jax.Array, w: jax.Array) -> jax.Array:
   out = jax.ShapeDtypeStruct((x.shape[0], w.shape[1]), jnp.float32)
-  return jax.ffi.ffi_call(TARGET, out, vmap_method="sequential")(x, w)
+  return build.ffi_call(TARGET, out, vmap_method="sequential")(x, w)
 
 
 @jax.custom_vjp
