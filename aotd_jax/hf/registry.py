@@ -34,6 +34,7 @@ _ADAPTERS = {
     "CLIPModel": "aotd_jax.hf.clip:ADAPTER",
     "LlavaNextVideoForConditionalGeneration": "aotd_jax.hf.llava_next_video:ADAPTER",
     "LlavaOnevisionForConditionalGeneration": "aotd_jax.hf.llava_onevision:ADAPTER",
+    "Qwen2VLForConditionalGeneration": "aotd_jax.hf.qwen2_vl:ADAPTER",
     "Owlv2ForObjectDetection": "aotd_jax.hf.owlv2:ADAPTER",
 }
 # config.json files without `architectures` still carry `model_type`.
@@ -45,6 +46,7 @@ _MODEL_TYPES = {
     "clip": "CLIPModel",
     "llava_next_video": "LlavaNextVideoForConditionalGeneration",
     "llava_onevision": "LlavaOnevisionForConditionalGeneration",
+    "qwen2_vl": "Qwen2VLForConditionalGeneration",
     "owlv2": "Owlv2ForObjectDetection",
 }
 

@@ -71,18 +71,22 @@ def _pick(logits, rng, temperature, top_p, sample: bool):
 
 
 def _decode(graphdef, state, input_ids, inputs_embeds, mask, eos, pad, temperature, top_p, rng,
-            *, max_new_tokens: int, sample: bool):
+            prompt_positions=None, deltas=None, *, max_new_tokens: int, sample: bool):
   model = nnx.merge(graphdef, state)
   b, prompt_len = mask.shape
   total = prompt_len + max_new_tokens
   full_mask = jnp.concatenate([mask, jnp.zeros((b, max_new_tokens), mask.dtype)], axis=1)
   positions = jnp.where(mask > 0, jnp.cumsum(mask, axis=-1) - 1, 1)
+  if prompt_positions is not None:
+    positions = prompt_positions
   cache = model.init_cache(b, total)
   out = model(input_ids, full_mask, inputs_embeds=inputs_embeds, position_ids=positions,
               cache=cache, logits_to_keep=1, prefill=True)
   rng, sub = jax.random.split(rng)
   tok = _pick(out.logits[:, -1], sub, temperature, top_p, sample)
   next_pos = jnp.sum(mask, axis=-1).astype(jnp.int32)
+  if deltas is not None:
+    next_pos = next_pos + deltas
   seqs = jnp.full((b, max_new_tokens), pad, jnp.int32).at[:, 0].set(tok)
   done = jnp.isin(tok, eos)
   lengths = jnp.ones((b,), jnp.int32)
@@ -115,7 +119,8 @@ decode_jit = jax.jit(_decode, static_argnums=(0,), static_argnames=("max_new_tok
 
 def generate(model, input_ids=None, attention_mask=None, *, inputs_embeds=None, max_new_tokens: int,
              eos_token_id: int | Sequence[int] | None, pad_token_id: int, temperature: float = 0.0,
-             top_p: float = 1.0, rng: jax.Array | None = None, min_bucket: int = 16) -> GenerateOutput:
+             top_p: float = 1.0, rng: jax.Array | None = None, min_bucket: int = 16,
+             position_ids=None, position_deltas=None) -> GenerateOutput:
   """Generates up to `max_new_tokens` tokens for a batch of left-padded prompts.
 
   Args:
@@ -127,6 +132,9 @@ def generate(model, input_ids=None, attention_mask=None, *, inputs_embeds=None, 
     temperature: 0 for greedy decoding; > 0 samples (needs `rng`).
     top_p: nucleus mass kept when sampling.
     min_bucket: the smallest prompt bucket (`prompt_bucket`); prompts are left-padded to it.
+    position_ids: the prompt's positions, (..., B, L) (Qwen2-VL's M-RoPE: (3, B, L)); default
+      from the mask. position_deltas: (B,) added to every generated token's position (Qwen2-VL's
+      rope deltas); default 0.
   Returns:
     `GenerateOutput(sequences (B, max_new_tokens) int32, lengths (B,))`.
   """
@@ -153,8 +161,17 @@ def generate(model, input_ids=None, attention_mask=None, *, inputs_embeds=None, 
   else:
     embeds = jnp.pad(jnp.asarray(inputs_embeds), ((0, 0), (width - length, 0), (0, 0)))
   eos = jnp.asarray(np.atleast_1d(-1 if eos_token_id is None else np.asarray(eos_token_id)), jnp.int32)
+  if position_ids is not None:
+    position_ids = np.asarray(position_ids, np.int32)
+    if position_ids.shape[-2:] != (b, length):
+      raise ValueError(f"generate: position_ids shape {position_ids.shape} does not end in the "
+                       f"prompt's {(b, length)}")
+    pad = [(0, 0)] * (position_ids.ndim - 1) + [(width - length, 0)]
+    position_ids = jnp.asarray(np.pad(position_ids, pad, constant_values=1))
+  if position_deltas is not None:
+    position_deltas = jnp.asarray(np.asarray(position_deltas, np.int32).reshape(b))
   graphdef, state = nnx.split(model)
   return decode_jit(graphdef, state, ids, embeds, jnp.asarray(mask), eos, jnp.int32(pad_token_id),
                     jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p),
-                    jax.random.PRNGKey(0) if rng is None else rng,
+                    jax.random.PRNGKey(0) if rng is None else rng, position_ids, position_deltas,
                     max_new_tokens=int(max_new_tokens), sample=sample)

@@ -310,6 +310,13 @@ class LlamaForCausalLM(nnx.Module):
     return KVCache(keys=zeros, values=tuple(jnp.zeros(shape, dtype) for _ in zeros),
                    index=jnp.zeros((), jnp.int32))
 
+  def rope_tables(self, position_ids: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
+    """cos/sin (B, L, head_dim) for integer positions (B, L); Qwen2-VL's M-RoPE overrides it."""
+    cfg = self.config
+    inv_freq = rope.inv_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling_dict,
+                                    cfg.max_position_embeddings, jnp.max(position_ids) + 1)
+    return rope.cos_sin(position_ids, inv_freq, dtype)
+
   def __call__(self, input_ids=None, attention_mask=None, *, inputs_embeds=None, position_ids=None,
                cache: KVCache | None = None, output_hidden_states: bool = False,
                logits_to_keep: int = 0, prefill: bool = False) -> CausalLMOutput:
@@ -349,10 +356,7 @@ class LlamaForCausalLM(nnx.Module):
       pos_all = jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1
       pos_all = jnp.where(valid, pos_all, 1)
       position_ids = jax.lax.dynamic_slice_in_dim(pos_all, start, l, axis=1)
-    position_ids = jnp.asarray(position_ids, jnp.int32)
-    inv_freq = rope.inv_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling_dict,
-                                    cfg.max_position_embeddings, jnp.max(position_ids) + 1)
-    cos, sin = rope.cos_sin(position_ids, inv_freq, x.dtype)
+    cos, sin = self.rope_tables(jnp.asarray(position_ids, jnp.int32), x.dtype)
     # Query i (cache slot start + i) sees real key slots j <= start + i.
     q_slot = start + jnp.arange(l)
     mask = (jnp.arange(total)[None, :] <= q_slot[:, None])[None] & valid[:, None, :]
