@@ -24,6 +24,7 @@ setuptools.setup(
         "tensorboardX",
         "matplotlib",
         "msgpack>=1.0",  # the sandbox's data-only wire (aotd_jax/agent/sandbox_wire.py)
+        "Pillow",  # image resizing (video preprocessing, the crops of experts.tools.Find)
     ],
     extras_require={
         # torch is pinned: a CPU wheel of 2.13.0 is what the parity tests were written against.

@@ -13,6 +13,9 @@ with a `kind` and that kind's settings:
                       model, api_key_env: an OpenAI-compatible server) | none
   ground_truth:      toyworld (path: world dir) | star (path: JSON file(s), classes_dir)
   cache:             dir ("" = memory only), enabled
+  tools:             find ("frames": the frames that show the object | "crops": 224 x 224 crops
+                     of its best box, the official AoTD's), exist ("detector" | "detector+qa":
+                     the video QA model confirms "Is this <name>?" on the crops, official)
   object_vocabulary: list of class names, "toyworld", "star:<classes_dir>",
                      "file:<path, one name per line>" or "open" (ask for what the program names)
 
@@ -45,6 +48,7 @@ def default_config() -> ml_collections.ConfigDict:
       "selector": {"kind": "keyword", "path": "", "max_new_tokens": 8},
       "ground_truth": {"kind": "toyworld", "path": "", "classes_dir": ""},
       "cache": {"dir": "", "enabled": True},
+      "tools": {"find": "frames", "exist": "detector"},
       "object_vocabulary": "toyworld",
   })
 
@@ -115,10 +119,13 @@ def _path(role: str, kind: str, section) -> str:
 
 def _owlv2(section, ctx):
   from experts.backends import owlv2
+  nms = _get(section, "nms_threshold", 0.3)
   return owlv2.Owlv2Detector.from_pretrained(
       _path("detector", "owlv2", section), buckets=_get(section, "buckets", DEFAULT_BUCKETS),
       matmul_precision=_get(section, "matmul_precision", "default"),
-      cpu_kernels=bool(_get(section, "cpu_kernels", True)))
+      cpu_kernels=bool(_get(section, "cpu_kernels", True)),
+      query_template=_get(section, "query_template", "{}") or "{}",
+      nms_threshold=None if nms is None or float(nms) <= 0 else float(nms))
 
 
 def _univtg(section, ctx):
@@ -199,10 +206,14 @@ def describe(config, *, full_hash: bool = False) -> dict[str, dict]:
         entry["clip_weights"] = weights_fingerprint(entry["clip_path"], full=full_hash)
       if kind == "owlv2":
         entry["threshold"] = float(_get(section, "threshold", 0.1))
+        entry["query_template"] = _get(section, "query_template", "{}") or "{}"
+        entry["nms_threshold"] = _get(section, "nms_threshold", 0.3)
     elif kind == "openai":
       entry.update(base_url=_get(section, "base_url", ""), model=_get(section, "model", ""))
     out[role] = entry
   vocab = _get(config, "object_vocabulary", ())
+  out["tools"] = {"find": _get(_get(config, "tools"), "find", "frames") or "frames",
+                  "exist": _get(_get(config, "tools"), "exist", "detector") or "detector"}
   out["object_vocabulary"] = {"kind": vocab if isinstance(vocab, str) else "list",
                               "size": len(_vocabulary(config))}
   return out
@@ -258,9 +269,12 @@ def make_toolbox(config=None, *, factories: Mapping[str, Mapping[str, Callable]]
     backends[role] = table[role][kind](section, ctx)
   cache_sec = _get(config, "cache")
   cache = ToolCache(_get(cache_sec, "dir", "") or None, enabled=bool(_get(cache_sec, "enabled", True)))
+  tools_sec = _get(config, "tools")
   return tools_lib.Toolbox(**backends, cache=cache,
                            detect_threshold=float(_get(_get(config, "detector"), "threshold", 0.1)),
-                           object_vocabulary=_vocabulary(config))
+                           object_vocabulary=_vocabulary(config),
+                           find=_get(tools_sec, "find", "frames") or "frames",
+                           exist=_get(tools_sec, "exist", "detector") or "detector")
 
 
 def make_tools(config=None, **kwargs) -> dict[str, Callable]:

@@ -19,6 +19,7 @@ import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import PIL.Image
 
 from experts.backends.protocols import Box, Window
 from experts.cache import ToolCache, frames_key, make_key
@@ -206,12 +207,22 @@ class Toolbox:
     synonyms: object-name rewrites applied before detection.
     object_vocabulary: the object classes `Query_Objs` looks for when asked for "objects".
     max_records: how many recent calls `records` keeps.
+    find: what `Find` returns: "frames" (the frames that show the object, ours) or "crops"
+      (a clip of 224 x 224 crops of its best box per frame, 10 px margin: the official AoTD).
+    exist: "detector" (a box anywhere, ours) or "detector+qa" (then the video QA model is asked
+      "Is this <name>?" on the crops, and must say yes: the official AoTD).
   """
 
   def __init__(self, *, detector=None, grounder=None, action_recognizer=None, video_qa=None,
                selector=None, cache: ToolCache | None = None, detect_threshold: float = 0.1,
                synonyms: dict[str, str] | None = None,
-               object_vocabulary: Sequence[str] = (), max_records: int = 10_000):
+               object_vocabulary: Sequence[str] = (), max_records: int = 10_000,
+               find: str = "frames", exist: str = "detector"):
+    if find not in FIND_MODES:
+      raise ValueError(f"Toolbox: find={find!r} not in {FIND_MODES}")
+    if exist not in EXIST_MODES:
+      raise ValueError(f"Toolbox: exist={exist!r} not in {EXIST_MODES}")
+    self.find_mode, self.exist_mode = find, exist
     self.detector, self.grounder = detector, grounder
     self.action_recognizer, self.video_qa, self.selector = action_recognizer, video_qa, selector
     self.cache = cache if cache is not None else ToolCache()
@@ -405,6 +416,8 @@ class Toolbox:
     clip, name, per_frame = self._find("Find", video_clip, object_name)
     keep = [i for i, boxes in enumerate(per_frame) if boxes]
     found = Detections(name, [per_frame[i][0] for i in keep])
+    if self.find_mode == "crops" and keep:
+      return crop_clip(clip, keep, found.boxes, detections=found)
     return clip.select(keep, detections=found)
 
   @_tool
@@ -426,10 +439,21 @@ class Toolbox:
     if exist(video_clip, "laptop"):
         info["laptop"] = "a laptop is in the video"
     """
-    _, name, per_frame = self._find("exist", video_clip, object_name)
-    found = Detections(name, [boxes[0] for boxes in per_frame if boxes])
+    clip, name, per_frame = self._find("exist", video_clip, object_name)
+    keep = [i for i, boxes in enumerate(per_frame) if boxes]
+    found = Detections(name, [per_frame[i][0] for i in keep])
     self._local.evidence = {"detections": found}
-    return bool(found.boxes)
+    if not found.boxes or self.exist_mode == "detector":
+      return bool(found.boxes)
+    model = self._need("video_qa", "exist")
+    crops = crop_clip(clip, keep, found.boxes)
+    question = f"Is this {name}?"
+    key = make_key(model.name, "answer", crops.identity, frames_key(crops.frame_ids),
+                   question, crop="box", boxes=[b.to_json() for b in found.boxes])
+    reply = self.cache.get_or_compute(key, model.name,
+                                      lambda: str(model.answer(crops, question, None)))
+    self._local.evidence["confirmation"] = reply
+    return "yes" in reply.lower()
 
   @_tool
   def Count(self, video_clip: VideoClip, object_name: str) -> int:
@@ -637,6 +661,31 @@ class Toolbox:
     raw = self.cache.get_or_compute(
         key, model.name, lambda: str(model.select(query, list(possible_answers), text)))
     return snap_to_choice(raw, possible_answers)
+
+
+FIND_MODES = ("frames", "crops")
+EXIST_MODES = ("detector", "detector+qa")
+CROP_SIZE, CROP_MARGIN = 224, 10
+
+
+def crop_clip(clip: VideoClip, positions: Sequence[int], boxes: Sequence[Box], *,
+              detections=None) -> VideoClip:
+  """A clip of `CROP_SIZE`² crops of `boxes[k]` (with a `CROP_MARGIN` px margin) from the
+  frame at `positions[k]`; frame ids are kept, the pixels are new (the official `crop`)."""
+  frames = clip.select(list(positions)).frames
+  out = np.empty((len(positions), CROP_SIZE, CROP_SIZE, 3), np.uint8)
+  for k, (frame, box) in enumerate(zip(frames, boxes)):
+    h, w = frame.shape[:2]
+    x0, y0, x1, y1 = (int(round(v)) for v in box.box)
+    x0, y0 = max(0, x0 - CROP_MARGIN), max(0, y0 - CROP_MARGIN)
+    x1, y1 = min(w, max(x1 + CROP_MARGIN, x0 + 1)), min(h, max(y1 + CROP_MARGIN, y0 + 1))
+    patch = PIL.Image.fromarray(np.ascontiguousarray(frame[y0:y1, x0:x1]))
+    out[k] = np.asarray(patch.resize((CROP_SIZE, CROP_SIZE), PIL.Image.BILINEAR))
+  ids = clip.frame_ids[np.asarray(positions, np.int64)]
+  identity = f"{clip.identity}:crops:" + ",".join(
+      f"{int(i)}@{','.join(str(round(v)) for v in b.box)}" for i, b in zip(ids, boxes))
+  return VideoClip(out, start_frame=int(ids[0]), end_frame=int(ids[-1]) + 1, fps=clip.fps,
+                   video_id=identity, frame_ids=ids, detections=detections)
 
 
 def api_docs(names: Sequence[str] = TOOL_NAMES) -> str:

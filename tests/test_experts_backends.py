@@ -90,6 +90,28 @@ def owl(tmp_path_factory):
   return reference, hf.from_pretrained(str(path)), str(path)
 
 
+def test_owlv2_query_template_embeds_the_official_prompt(owl):
+  """"a photo of a {}" (the official AoTD's queries) is what the text tower reads; boxes keep
+  the bare name; the embeddings equal embedding the templated text directly."""
+  from experts.backends.owlv2 import Owlv2Detector
+  _, model, _ = owl
+  seen = []
+
+  def recording(texts):
+    seen.extend(texts)
+    return toy_tokenize(texts)
+  det = Owlv2Detector(model, recording, query_template="a photo of a {}", buckets=(1, 2, 4))
+  plain = Owlv2Detector(model, toy_tokenize, buckets=(1, 2, 4))
+  emb, _ = det.embed_queries(["cup"])
+  assert seen == ["a photo of a cup"]
+  np.testing.assert_allclose(emb, plain.embed_queries(["a photo of a cup"])[0], atol=1e-6)
+  frames = np.random.default_rng(1).integers(0, 255, (2, 20, 28, 3), dtype=np.uint8)
+  boxes = det.detect(experts.VideoClip(frames, video_id="v"), ["cup"], threshold=0.0)
+  assert boxes[0] and {b.label for b in boxes[0]} == {"cup"}
+  with pytest.raises(ValueError, match="must contain"):
+    Owlv2Detector(model, toy_tokenize, query_template="a photo")
+
+
 def test_owlv2_detector_matches_transformers_pipeline(owl):
   import torch
   from transformers import Owlv2ImageProcessorPil

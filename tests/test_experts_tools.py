@@ -337,3 +337,74 @@ def test_concurrent_calls_record_their_own_evidence(world):
   assert len(box.records) == 90
   for r in box.records:
     assert r.result["detections"]["object"] == r.args["object_name"]
+
+
+# -- the official AoTD's Find (crops) and exist (detector + video QA) ------------------------
+
+
+class _OneBox:
+  """A detector that finds `name` at one fixed box in every frame whose id is even."""
+  name = "one-box"
+
+  def detect(self, clip, queries, *, threshold):
+    return [[experts.Box(int(f), q, 0.9, (4.0, 6.0, 14.0, 20.0)) for q in queries]
+            if int(f) % 2 == 0 else [] for f in clip.frame_ids]
+
+
+class _SaysYes:
+  name = "qa"
+
+  def __init__(self, reply="Yes, it is."):
+    self.reply, self.calls = reply, []
+
+  def answer(self, clip, question, choices=None):
+    self.calls.append((question, clip))
+    return self.reply
+
+
+def test_find_crops_are_the_official_224px_crops_with_a_margin():
+  import PIL.Image
+  frames = np.random.default_rng(0).integers(0, 255, (6, 30, 40, 3), dtype=np.uint8)
+  clip = experts.VideoClip(frames, start_frame=10, video_id="v")
+  box = experts.Toolbox(detector=_OneBox(), find="crops")
+  found = box.Find(clip, "cup")
+  assert list(found.frame_ids) == [10, 12, 14] and found.frames.shape == (3, 224, 224, 3)
+  # box (4, 6, 14, 20) + 10 px margin, clipped to the 40 x 30 frame: x 0..24, y 0..30
+  want = np.asarray(PIL.Image.fromarray(frames[2][0:30, 0:24]).resize((224, 224),
+                                                                     PIL.Image.BILINEAR))
+  np.testing.assert_array_equal(found.frames[1], want)
+  assert [b.frame_id for b in found.detections.boxes] == [10, 12, 14]
+  frames_mode = experts.Toolbox(detector=_OneBox()).Find(clip, "cup")
+  assert frames_mode.frames.shape == (3, 30, 40, 3)
+  with pytest.raises(ValueError, match="find='boxes'"):
+    experts.Toolbox(find="boxes")
+
+
+def test_exist_with_the_video_qa_check():
+  frames = np.zeros((4, 30, 40, 3), np.uint8)
+  clip = experts.VideoClip(frames, video_id="v")
+  qa = _SaysYes()
+  box = experts.Toolbox(detector=_OneBox(), video_qa=qa, exist="detector+qa")
+  assert box.exist(clip, "laptop") is True
+  question, crops = qa.calls[0]
+  assert question == "Is this laptop?" and crops.frames.shape == (2, 224, 224, 3)
+  assert experts.Toolbox(detector=_OneBox(), video_qa=_SaysYes("No."),
+                         exist="detector+qa").exist(clip, "laptop") is False
+  # nothing detected: no question asked
+  empty = experts.VideoClip(frames[1:2], start_frame=1, video_id="v")
+  quiet = _SaysYes()
+  assert experts.Toolbox(detector=_OneBox(), video_qa=quiet, exist="detector+qa").exist(
+      empty, "laptop") is False and not quiet.calls
+  with pytest.raises(ValueError, match="exist='qa'"):
+    experts.Toolbox(exist="qa")
+
+
+def test_registry_binds_the_tool_modes():
+  from experts import registry
+  config = registry.default_config()
+  config.tools.find, config.tools.exist = "crops", "detector+qa"
+  config.ground_truth.path = "unused"
+  for role in ("detector", "grounder", "action_recognizer", "video_qa"):
+    config[role].kind = "none"
+  toolbox = registry.make_toolbox(config)
+  assert (toolbox.find_mode, toolbox.exist_mode) == ("crops", "detector+qa")

@@ -43,8 +43,12 @@ def bind_experts(name: str, a: dict, *, vocabulary: str) -> ml_collections.Confi
     raise ValueError(f"configs/cot/{name}.py: select_answer needs an LLM: give llm= (or "
                      "selector=<url or dir>, or selector=keyword for the offline heuristic)")
   c = experts.default_config()
-  c.detector = {"kind": "owlv2", "path": a["owlv2"], "threshold": 0.1,
+  # The official AoTD's detector settings (docs/fidelity.md): "a photo of a <name>" queries,
+  # score threshold 0.2, no NMS; Find returns crops, exist asks the video QA model to confirm.
+  c.detector = {"kind": "owlv2", "path": a["owlv2"], "threshold": 0.2,
+                "query_template": "a photo of a {}", "nms_threshold": 0.0,
                 "buckets": list(c.detector.buckets)}
+  c.tools = {"find": "crops", "exist": "detector+qa"}
   c.grounder = {"kind": "univtg", "path": a["univtg"], "clip_path": a["clip"],
                 "features_path": "", "buckets": list(c.grounder.buckets)}
   c.action_recognizer = {"kind": "llava", "path": a["llava"]}

@@ -73,13 +73,18 @@ class Owlv2Detector:
     nms_threshold: per-label NMS IoU (None: none, as transformers).
     pad_value: square-padding value (transformers 0.0, the original OWLv2 0.5).
     feature_cache: how many chunks of image features to keep on the device.
+    query_template: the text the detector embeds for a name, e.g. "a photo of a {}" (the
+      official AoTD's, and OWL-ViT's training prompts); boxes keep the bare name as label.
   """
 
   def __init__(self, model, tokenize: Tokenize, *, name: str = "owlv2",
                buckets: Sequence[int] = DEFAULT_BUCKETS, nms_threshold: float | None = 0.3,
-               pad_value: float = 0.0, feature_cache: int = 64):
+               pad_value: float = 0.0, feature_cache: int = 64, query_template: str = "{}"):
     from aotd_jax.models import owlv2_processing as proc
+    if "{}" not in query_template:
+      raise ValueError(f"query_template {query_template!r} must contain {{}} for the name")
     self.name, self.tokenize, self.nms_threshold = name, tokenize, nms_threshold
+    self.query_template = query_template
     self.config = model.config  # the model's Owlv2Config
     self.image_size = model.config.vision_config.image_size
     self._graphdef, self._state = nnx.split(model)
@@ -135,7 +140,7 @@ class Owlv2Detector:
     """(Qp, E) embeddings and (Qp,) mask, Qp = next power of two >= len(queries)."""
     new = [q for q in dict.fromkeys(queries) if q not in self._query_embeds]
     if new:
-      ids, mask = self.tokenize(new)
+      ids, mask = self.tokenize([self.query_template.format(q) for q in new])
       n, pad = len(new), _pow2(len(new))  # bounded text-side compilations as well
       ids = np.concatenate([ids, np.repeat(ids[-1:], pad - n, 0)])
       mask = np.concatenate([mask, np.repeat(mask[-1:], pad - n, 0)])
