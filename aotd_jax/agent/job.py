@@ -9,13 +9,19 @@ is the same records as an uninterrupted run, without duplicates. At the end the 
 are written as ArrayRecord (for Grain) and the pass rates as a stats JSON.
 
 A record is AoTD's conversation format plus what produced it:
-`{"qid", "video_id", "video_path", "type", "conversation": [{"from": "human", "value": ...},
+`{"qid", "video_id", "video_path", "start", "end", "type", "conversation": [{"from": "human",
+"value": ...},
 {"from": "gpt", "value": rationale (kept) or answer}], "kept", "program", "prediction",
 "rationale", "rationale_source", "trace", "verdicts", "llm_replies", "timing"}`, and
 `"manifest"` (the run's `manifest.json`, which names every backend and checkpoint) when the
 launcher sets one. `llm_replies` keeps each LLM stage's raw reply for the question
 (`program`, `rewrite`, `answer_judge`, `logic_judge`), so a parse failure can be debugged.
-Only `timing` varies between runs.
+Only `timing` varies between runs. `start`/`end` are the question's window in seconds (None:
+the whole video): the window the experts saw, so the student trains on the same frames.
+
+The kept records — and only those — go to `cot-SSSSS-of-NNNNN.array_record` (one JSON record
+each, an empty file when nothing was kept): the dataset `aotd_jax.data.pipeline.cot_source`
+and the trainer read, globbed as `out_dir/cot-*.array_record`.
 """
 from __future__ import annotations
 
@@ -132,6 +138,7 @@ def make_record(qa, *, video_path: str | None, program: programs.ParsedProgram,
         not qa.choices or qa.answer_index is not None) else qa.answer
   return {
       "qid": qa.qid, "video_id": qa.video_id, "video_path": video_path,
+      "start": qa.start, "end": qa.end,
       "type": qa.meta.get("question_type") or qa.meta.get("type"),
       "question": qa.question, "choices": list(qa.choices), "answer": qa.answer,
       "conversation": [{"from": "human", "value": CONVERSATION_MEDIA + human},
