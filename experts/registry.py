@@ -10,7 +10,9 @@ with a `kind` and that kind's settings:
   action_recognizer: oracle | llava (path, matmul_precision, cpu_kernels) | none
   video_qa:          oracle | llava (path, matmul_precision, cpu_kernels) | none
   selector:          keyword | llama (path: HF Llama dir with tokenizer) | openai (base_url,
-                      model, api_key_env: an OpenAI-compatible server) | none
+                      model, api_key_env: an OpenAI-compatible server) | none; `chat` (default
+                      True) sends the prompt as a chat message, so a llama dir's tokenizer needs a
+                      chat template (checked when the tools are built); False: plain text
   ground_truth:      toyworld (path: world dir) | star (path: JSON file(s), classes_dir)
   cache:             dir ("" = memory only), enabled
   tools:             find ("frames": the frames that show the object | "crops": 224 x 224 crops
@@ -36,6 +38,14 @@ from experts.cache import ToolCache
 ROLES = ("detector", "grounder", "action_recognizer", "video_qa", "selector")
 
 
+def selector_section(kind: str, *, path: str = "", base_url: str = "", model: str = "",
+                     max_new_tokens: int = 8, chat: bool = True) -> dict:
+  """A selector section with every key any kind reads, so the command line can switch kinds
+  (`--config.experts.selector.kind=openai --config.experts.selector.base_url=URL`)."""
+  return {"kind": kind, "path": path, "base_url": base_url, "model": model, "api_key_env": "",
+          "max_new_tokens": max_new_tokens, "chat": chat}
+
+
 def default_config() -> ml_collections.ConfigDict:
   """Perfect experts on the toy world: edit the roles to bind real models."""
   return ml_collections.ConfigDict({
@@ -45,7 +55,7 @@ def default_config() -> ml_collections.ConfigDict:
                    "buckets": list(DEFAULT_BUCKETS)},
       "action_recognizer": {"kind": "oracle", "path": ""},
       "video_qa": {"kind": "oracle", "path": ""},
-      "selector": {"kind": "keyword", "path": "", "max_new_tokens": 8},
+      "selector": selector_section("keyword"),
       "ground_truth": {"kind": "toyworld", "path": "", "classes_dir": ""},
       "cache": {"dir": "", "enabled": True},
       "tools": {"find": "frames", "exist": "detector"},
@@ -156,9 +166,26 @@ def _llama(section, ctx):
   from aotd_jax.agent.llm import LocalLlama
   from experts.backends.llm import LLMSelector
   path = _path("selector", "llama", section)
-  llm = ctx.model(("llama", path), lambda: LocalLlama(path))
+  chat = bool(_get(section, "chat", True))
+
+  def load():
+    from aotd_jax.hf.api import load_tokenizer
+    try:
+      tokenizer = load_tokenizer(path)
+    except (OSError, ValueError) as e:
+      raise ValueError(f"experts config: selector.path={path!r}: cannot load its tokenizer "
+                       f"({type(e).__name__}: {str(e)[:200]})") from None
+    if chat and not getattr(tokenizer, "chat_template", None):
+      raise ValueError(
+          f"experts config: selector.kind='llama' at {path!r}: its tokenizer has no chat "
+          "template, and select_answer sends the selector a chat message. Use an instruct "
+          "checkpoint whose tokenizer_config.json has a \"chat_template\", serve the model "
+          "with an OpenAI-compatible server (selector=URL), or set "
+          "--config.experts.selector.chat=False to send plain text")
+    return LocalLlama(path, tokenizer=tokenizer)
+  llm = ctx.model(("llama", path), load)
   return LLMSelector(llm, name=f"llama:{path}",
-                     max_new_tokens=int(_get(section, "max_new_tokens", 8)))
+                     max_new_tokens=int(_get(section, "max_new_tokens", 8)), chat=chat)
 
 
 def _openai_selector(section, ctx):
@@ -170,9 +197,11 @@ def _openai_selector(section, ctx):
                      "required for kind 'openai'")
   model = _get(section, "model", "") or "default"
   llm = ctx.model(("openai", url, model),
-                  lambda: OpenAIChat(url, model, api_key_env=_get(section, "api_key_env", None)))
+                  lambda: OpenAIChat(url, model,
+                                     api_key_env=_get(section, "api_key_env", None) or None))
   return LLMSelector(llm, name=f"openai:{model}@{url}",
-                     max_new_tokens=int(_get(section, "max_new_tokens", 8)))
+                     max_new_tokens=int(_get(section, "max_new_tokens", 8)),
+                     chat=bool(_get(section, "chat", True)))
 
 
 # role -> kind -> factory(section, context) -> backend

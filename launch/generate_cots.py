@@ -34,29 +34,55 @@ def resolve(name: str) -> Callable:
     raise ValueError(f"cannot resolve {name!r}: {e}") from None
 
 
+LLM_CLASSES = {"replay": "Replay", "local": "LocalLlama", "openai": "OpenAIChat"}
+# The settings each kind takes from a config (`model` is a server's model name, not a local
+# model object).
+LLM_TAKES = {
+    "replay": {"path", "strict", "default"},
+    "local": {"model_dir", "dtype", "max_batch", "seed", "min_bucket"},
+    "openai": {"base_url", "model", "api_key_env", "timeout_s", "max_retries", "backoff_s",
+               "max_backoff_s", "concurrency", "extra_body"},
+}
+
+
+def set_kwargs(section) -> dict:
+  """The section's backend settings that are set (unset: None or "")."""
+  kwargs = section.get("kwargs", {}) or {}
+  kwargs = kwargs.to_dict() if hasattr(kwargs, "to_dict") else dict(kwargs)
+  return {k: v for k, v in kwargs.items() if v is not None and v != ""}
+
+
 def make_llm(section, role: str = "") -> Any:
   """An LLM backend from a config section: kind none|replay|local|openai|factory.
 
   Only the kwargs that are set (not "" or None) reach the backend, so a section lists every
   key for the command line (`--config.program_llm.kwargs.model_dir=...`) and each kind takes
-  its own.
+  its own. `role` ("program", "cot", "judge") names the section `config.<role>_llm` in errors.
+
+  Raises:
+    ValueError: an unknown kind, or a set setting that kind does not take (naming the flag).
   """
   kind = section.get("kind", "none")
-  kwargs = {k: v for k, v in dict(section.get("kwargs", {}) or {}).items()
-            if v not in ("", None)}
+  kwargs = set_kwargs(section)
   if kind == "none":
     return None
   if kind == "factory":
     return resolve(section.factory)(**kwargs)
-  classes = {"replay": "Replay", "local": "LocalLlama", "openai": "OpenAIChat"}
-  if kind not in classes:
-    raise ValueError(f"llm kind {kind!r}: expected none, factory or one of {sorted(classes)}")
+  if kind not in LLM_CLASSES:
+    raise ValueError(f"llm kind {kind!r}: expected none, factory or one of {sorted(LLM_CLASSES)}")
   from aotd_jax.agent import llm
+  cls = getattr(llm, LLM_CLASSES[kind])
+  extra = sorted(set(kwargs) - LLM_TAKES[kind])
+  what = f"{role + ' ' if role else ''}LLM section (kind {kind!r})"
+  if extra:
+    flags_ = ", ".join(f"--config.{role}_llm.kwargs.{k}" if role else f"kwargs.{k}"
+                       for k in extra)
+    raise ValueError(f"{what} does not take {', '.join(extra)} (set by {flags_}; clear a "
+                     "setting with an empty value, e.g. --config.program_llm.kwargs.base_url=)")
   try:
-    return getattr(llm, classes[kind])(**kwargs)
+    return cls(**kwargs)
   except TypeError as e:
-    raise ValueError(f"{role + ' ' if role else ''}LLM section (kind {kind!r}) has kwargs "
-                     f"{sorted(kwargs)}: {e}") from None
+    raise ValueError(f"{what} has kwargs {sorted(kwargs)}: {e}") from None
 
 
 def video_path(config) -> Callable[[annotations.VideoQA], str | None]:
@@ -81,7 +107,9 @@ def load_questions(config) -> list[annotations.VideoQA]:
     world = os.path.dirname(data.path)
     logging.info("generating the toy world in %s", world)
     toyworld.generate_world(world, seed=data.toyworld_seed, num_clips=data.toyworld_clips)
-  questions = list(annotations.read(data.format, data.path, **dict(data.get("read_kwargs", {}))))
+  read_kwargs = {k: v for k, v in dict(data.get("read_kwargs", {}) or {}).items()
+                 if v is not None and v != ""}
+  questions = list(annotations.read(data.format, data.path, **read_kwargs))
   return questions[:config.max_questions] if config.max_questions else questions
 
 

@@ -370,8 +370,9 @@ def test_dataset_configs_build_their_backends(tmp_path):
                            "judge_model=llama-3.1-8b")
   assert judged.program_llm.kind == "local" and judged.program_llm.kwargs.model_dir == "/models/coder"
   assert (judged.judge_llm.kind, judged.judge_llm.kwargs.model) == ("openai", "llama-3.1-8b")
-  assert judged.experts.selector.to_dict() == {"kind": "llama", "path": "/models/coder",
-                                              "max_new_tokens": 8}
+  assert judged.experts.selector.to_dict() == {
+      "kind": "llama", "path": "/models/coder", "base_url": "", "model": "", "api_key_env": "",
+      "max_new_tokens": 8, "chat": True}
   c = nextqa.get_config(f"ann=t.csv,videos=v,map=m.json,{paths},llm=http://x/v1")
   assert c.data.format == "nextqa" and dict(c.data.read_kwargs) == {"map_path": "m.json"}
   assert c.experts.object_vocabulary == "open" and c.experts.detector.kind == "owlv2"
@@ -426,3 +427,93 @@ def test_vocabularies_and_manifest_of_real_experts(tmp_path):
   before = manifest.weights_fingerprint(str(tmp_path / "owl"))["sha256"]
   (tmp_path / "owl" / "model.safetensors").write_bytes(b"other")
   assert manifest.weights_fingerprint(str(tmp_path / "owl"))["sha256"] != before
+
+
+def test_kept_shards_are_the_trainers_dataset(tmp_path):
+  """The job's `cot-*.array_record` shards are what the trainer reads: kept CoTs only, each with
+  the question's window (the frames the experts saw), and an empty shard is a valid, empty
+  source (issue 19, item 6)."""
+  import glob
+
+  from aotd_jax.data import pipeline
+  windowed = qa("w1")
+  windowed.start, windowed.end = 12.5, 30.0
+  wrong = qa("w2", answer="x")  # the program answers 'y': not kept
+  whole = qa("w3")
+  for q in (windowed, wrong, whole):
+    q.meta["question_program"] = GOLD
+  cot_job = job.CotJob(tools={}, make_args=lambda q: {}, run_program=FakeRun("y"),
+                       program_source="gold", video_path=lambda q: f"videos/{q.video_id}.mp4")
+  quiet = open(os.devnull, "w")
+  cot_job.run([windowed, wrong, whole], job.JobPaths.for_shard(str(tmp_path), "00000-of-00002"),
+              stream=quiet)
+  cot_job.run([qa("w4", answer="x")], job.JobPaths.for_shard(str(tmp_path), "00001-of-00002"),
+              stream=quiet)
+  shards = sorted(glob.glob(str(tmp_path / "cot-*.array_record")))
+  assert [os.path.basename(s) for s in shards] == ["cot-00000-of-00002.array_record",
+                                                   "cot-00001-of-00002.array_record"]
+  first, empty = (pipeline.cot_source(s, video_root="/data") for s in shards)
+  assert len(empty) == 0
+  examples = {e["qid"]: e for e in (first[i] for i in range(len(first)))}
+  assert sorted(examples) == ["w1", "w3"]
+  assert (examples["w1"]["start"], examples["w1"]["end"]) == (12.5, 30.0)
+  assert (examples["w3"]["start"], examples["w3"]["end"]) == (None, None)
+  assert examples["w1"]["video_path"] == "/data/videos/v.mp4"
+  record = next(r for r in job.RecordLog(str(tmp_path / "records-00000-of-00002.jsonl")).load()
+                if r["qid"] == "w1")
+  assert examples["w1"]["assistant_text"] == record["rationale"]
+  assert json.loads((tmp_path / "stats-00001-of-00002.json").read_text())[
+      "array_record_records"] == 0
+
+
+def parse_flags(*argv):
+  """The config as `launch.generate_cots` would get it from this command line."""
+  from absl import flags
+  from ml_collections import config_flags
+  values, argv = flags.FlagValues(), ["generate_cots", *argv]
+  config_flags.DEFINE_config_file("config", None, "", flag_values=values, sys_argv=argv)
+  values(argv)
+  return values.config
+
+
+def test_llm_selector_and_data_settings_from_the_command_line(tmp_path):
+  """LLM backends, the selector, the NExT-QA map and the vocabulary are set with flags on any
+  config, no new config file (issue 19, item 7)."""
+  sys.path.insert(0, str(ROOT))
+  from aotd_jax.agent import llm
+  from launch import generate_cots
+  replay = tmp_path / "replies.jsonl"
+  replay.write_text("")
+  toy_cfg = parse_flags(f"--config={ROOT}/configs/cot/toy.py:world={tmp_path}/w",
+                        "--config.cot_llm.kind=replay", f"--config.cot_llm.kwargs.path={replay}",
+                        "--config.program_llm.kind=local",
+                        "--config.program_llm.kwargs.model_dir=/models/coder",
+                        "--config.experts.selector.kind=openai",
+                        "--config.experts.selector.base_url=http://127.0.0.1:9/v1",
+                        "--config.experts.object_vocabulary=file:names.txt")
+  assert isinstance(generate_cots.make_llm(toy_cfg.cot_llm, "cot"), llm.Replay)
+  assert generate_cots.set_kwargs(toy_cfg.program_llm) == {"model_dir": "/models/coder"}
+  assert (toy_cfg.experts.selector.kind, toy_cfg.experts.selector.base_url) == (
+      "openai", "http://127.0.0.1:9/v1")
+  assert toy_cfg.experts.object_vocabulary == "file:names.txt"
+  paths = "owlv2=o,univtg=u.ckpt,clip=c,llava=l"
+  star_arg = f"--config={ROOT}/configs/cot/star.py:ann=a.json,videos=v,{paths},llm=http://x/v1"
+  # switching a server section to a local model: the server's settings must be cleared
+  switched = parse_flags(star_arg, "--config.program_llm.kind=local",
+                         "--config.program_llm.kwargs.model_dir=/models/coder")
+  with pytest.raises(ValueError, match=r"program LLM section \(kind 'local'\) does not take "
+                                       r"base_url, model \(set by --config.program_llm.kwargs"
+                                       r".base_url"):
+    generate_cots.make_llm(switched.program_llm, "program")
+  cleared = parse_flags(star_arg, "--config.program_llm.kind=local",
+                        "--config.program_llm.kwargs.model_dir=/models/coder",
+                        "--config.program_llm.kwargs.base_url=",
+                        "--config.program_llm.kwargs.model=",
+                        "--config.judge_llm.kwargs.model=llama-3.1-8b")
+  assert generate_cots.set_kwargs(cleared.program_llm) == {"model_dir": "/models/coder"}
+  assert generate_cots.set_kwargs(cleared.judge_llm) == {"base_url": "http://x/v1",
+                                                         "model": "llama-3.1-8b"}
+  nextqa_cfg = parse_flags(
+      f"--config={ROOT}/configs/cot/nextqa.py:ann=t.csv,videos=v,{paths},llm=http://x/v1",
+      "--config.data.read_kwargs.map_path=map.json", "--config.max_questions=3")
+  assert nextqa_cfg.data.read_kwargs.map_path == "map.json" and nextqa_cfg.max_questions == 3

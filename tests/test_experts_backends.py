@@ -349,6 +349,45 @@ def test_llm_selector_prompts_with_evidence_and_snaps_the_reply():
   assert box.select_answer("Other?", choices, {}) == choices[0]
 
 
+def tiny_llama_dir(path):
+  """A tiny random Llama (transformers' own classes and `save_pretrained`) with a word-level
+  tokenizer that has no chat template; returns (dir, tokenizer)."""
+  transformers = pytest.importorskip("transformers")
+  torch = pytest.importorskip("torch")
+  from fixtures.tiny_tokenizer import make_tokenizer
+  tok = make_tokenizer(["We want to answer a question about a video"])
+  torch.manual_seed(0)
+  config = transformers.LlamaConfig(
+      vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+  transformers.LlamaForCausalLM(config).save_pretrained(str(path))
+  tok.save_pretrained(str(path))
+  return str(path), tok
+
+
+def test_llama_selector_without_a_chat_template_fails_when_the_tools_are_built(tmp_path):
+  """select_answer sends a chat message: a local selector whose tokenizer has no chat template
+  is refused when the tools are built, naming the directory and the ways out, instead of
+  failing every program in the records (issue 19, item 8)."""
+  from fixtures.tiny_tokenizer import PLAIN_TEMPLATE
+  path, tok = tiny_llama_dir(tmp_path / "llama")
+  config = registry.default_config()
+  for role in ("detector", "grounder", "action_recognizer", "video_qa"):
+    config[role].kind = "none"
+  config.selector = experts.selector_section("llama", path=path)
+  with pytest.raises(ValueError, match=r"selector.kind='llama' at '.*llama': its tokenizer has "
+                                       r"no chat template.*selector.chat=False"):
+    experts.make_tools(config)
+  config.selector.chat = False  # asked for: plain-text prompts
+  assert experts.make_toolbox(config).selector.chat is False
+  tok.chat_template = PLAIN_TEMPLATE
+  tok.save_pretrained(path)
+  config.selector.chat = True
+  selector = experts.make_toolbox(config).selector
+  assert selector.chat and selector.llm.tokenizer.chat_template == PLAIN_TEMPLATE
+
+
 # -- UniVTG grounder -----------------------------------------------------------------------------
 
 

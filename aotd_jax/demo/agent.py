@@ -35,6 +35,7 @@ def tools_config(config, world_dir: str, experts_info: Mapping) -> ml_collection
       c[role].kind, c[role].path = "llava", experts_info["qa"]["path"]
   if config.experts.selector == "llama" and experts_info["program"]["source"] == "trained":
     c.selector.kind, c.selector.path = "llama", experts_info["program"]["path"]
+    c.selector.chat = False  # the tiny program generator has no chat template: plain text
   return c
 
 

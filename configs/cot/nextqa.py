@@ -31,7 +31,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.format = "nextqa"
   c.data.path = a["ann"]
   c.data.video_dir = a["videos"]
-  c.data.read_kwargs = {"map_path": a["map"]} if a["map"] else {}
+  if a["map"]:
+    c.data.read_kwargs.map_path = a["map"]
   c.examples = "nextqa"
   c.out_dir = a["out"]
   c.max_frames = int(a["frames"])

@@ -26,10 +26,10 @@ def selector_section(value: str, model: str) -> dict:
   """The answer selector (the paper: an LLM choosing a letter) on a server or a local dir;
   `keyword` for the offline word-overlap heuristic (a documented deviation)."""
   if value == "keyword":
-    return {"kind": "keyword", "path": "", "max_new_tokens": 8}
+    return experts.selector_section("keyword")
   if value.startswith(("http://", "https://")):
-    return {"kind": "openai", "base_url": value, "model": model, "path": "", "max_new_tokens": 8}
-  return {"kind": "llama", "path": value, "max_new_tokens": 8}
+    return experts.selector_section("openai", base_url=value, model=model)
+  return experts.selector_section("llama", path=value)
 
 
 def bind_experts(name: str, a: dict, *, vocabulary: str) -> ml_collections.ConfigDict:

@@ -21,14 +21,20 @@ def parse_arg(arg: str | None, **defaults) -> dict:
   return out
 
 
-LLM_KWARGS = ("base_url", "model", "api_key_env", "model_dir", "path")
+# Every backend setting an LLM section can take (`aotd_jax.agent.llm`'s LocalLlama, OpenAIChat,
+# Replay), declared unset so the command line can set any of them on any section, e.g.
+# `--config.program_llm.kind=local --config.program_llm.kwargs.model_dir=DIR`. The launcher
+# passes a backend only the set ones it takes.
+LLM_KWARGS = {"model_dir": str, "dtype": str, "max_batch": int, "base_url": str, "model": str,
+              "api_key_env": str, "timeout_s": float, "concurrency": int, "path": str}
 
 
 def llm(kind: str = "none", factory: str = "", **kwargs) -> ml_collections.ConfigDict:
-  """An LLM section: kind none | replay | local | openai | factory; the set kwargs go to the
-  backend. Every common kwarg is listed ("" = unset) so the command line can set it."""
-  return ml_collections.ConfigDict({"kind": kind, "factory": factory,
-                                    "kwargs": {**{k: "" for k in LLM_KWARGS}, **kwargs}})
+  """An LLM section: kind none | replay | local | openai | factory; kwargs go to the backend."""
+  fields = {k: ml_collections.config_dict.placeholder(t) for k, t in LLM_KWARGS.items()}
+  for key, value in kwargs.items():
+    fields[key] = value
+  return ml_collections.ConfigDict({"kind": kind, "factory": factory, "kwargs": fields})
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -40,7 +46,8 @@ def base_config() -> ml_collections.ConfigDict:
       "path": "",                 # the annotation file
       "video_dir": "",            # videos are <video_dir>/<meta video_path or video_id+ext>
       "video_ext": ".mp4",
-      "read_kwargs": {},
+      # format options for annotations.read (unset ones are not passed)
+      "read_kwargs": {"map_path": ml_collections.config_dict.placeholder(str)},
       "toyworld_seed": None,      # set: generate the toy world at dirname(path) if missing
       "toyworld_clips": 10,
   })
