@@ -416,7 +416,7 @@ def test_vocabularies_and_manifest_of_real_experts(tmp_path):
   assert manifest.open_manifest(str(out), roles, {"max_frames": 32}, {"any": 2}) == ref
   with pytest.raises(manifest.ManifestError, match=r"roles that differ: \['action_recognizer', "
                                                    r"'detector', 'grounder', 'selector', "
-                                                   r"'video_qa'\]"):
+                                                   r"'tools', 'video_qa'\]"):
     manifest.open_manifest(str(out), oracle_roles, {"max_frames": 32}, {})
   with pytest.raises(manifest.ManifestError, match="max_frames: 32 -> 8"):
     manifest.open_manifest(str(out), roles, {"max_frames": 8}, {})
