@@ -34,6 +34,7 @@ import time
 from typing import Any, Callable, Iterable, Mapping, Sequence, TextIO
 
 from aotd_jax.agent import cot, filters, programs
+from aotd_jax.agent.trace import safe_str
 from aotd_jax.data import conversation
 
 CONVERSATION_MEDIA = "<video>\n"
@@ -60,6 +61,36 @@ def shard_name(shard_index: int, num_shards: int, process_index: int = 0,
   """`00003-of-00008` for global worker 3 of 8 (shards x hosts)."""
   total = num_shards * process_count
   return f"{shard_index * process_count + process_index:05d}-of-{total:05d}"
+
+
+# -- program values -------------------------------------------------------------------------------
+
+MAX_ANSWER_CHARS = 2000
+
+
+def answer_checked(ex):
+  """`ex` with its value made a plain answer (str, int, float, bool or None; lone surrogates
+  escaped), or failed when the program returned anything else (a set, bytes, complex, an
+  array, a tool object, a huge int, a huge or self-referencing structure). Also bounds the
+  error text and the printed output, so every record is small and JSON-able."""
+  if ex.error is not None:
+    ex.error = safe_str(str(ex.error), 1000)
+  ex.stdout = safe_str(ex.stdout or "", 10_000)
+  if not ex.ok:
+    ex.value = None
+    return ex
+  v, t = ex.value, type(ex.value)
+  if t is str:
+    ex.value = safe_str(v, MAX_ANSWER_CHARS)
+  elif t is int and -(1 << 63) <= v < (1 << 63) or t in (bool, float) or v is None:
+    pass
+  elif t.__module__ == "numpy" and getattr(v, "ndim", 1) == 0 and v.dtype.kind in "biuf":
+    ex.value = v.item()
+  else:
+    what = (f"an int of {v.bit_length()} bits" if t is int else f"a {t.__name__}")
+    ex.ok, ex.value = False, None
+    ex.error = f"program returned {what}, not an answer (a str, int, float, bool or None)"
+  return ex
 
 
 # -- the append-only record log -------------------------------------------------------------------
@@ -100,7 +131,10 @@ class RecordLog:
 
   def append(self, record: Mapping) -> None:
     """Appends one record as one line: a single write, flushed and fsynced."""
-    line = (json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n").encode()
+    # backslashreplace: a lone surrogate in program text becomes its JSON escape (`\ud800`),
+    # which json.loads reads back, instead of an encoding error that would stop the job.
+    line = (json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n").encode(
+        "utf-8", "backslashreplace")
     fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
       written = os.write(fd, line)
@@ -297,7 +331,13 @@ class CotJob:
       from aotd_jax.agent.sandbox import Execution
       return Execution(ok=False, error=f"cannot load inputs of {qa.qid}: {type(e).__name__}: "
                        f"{str(e)[:200]}")
-    return self.run_program(program.source, self.tools, args, timeout_s=self.timeout_s)
+    try:
+      ex = self.run_program(program.source, self.tools, args, timeout_s=self.timeout_s)
+    except Exception as e:  # the job goes on whatever one program does
+      from aotd_jax.agent.sandbox import Execution
+      return Execution(ok=False, error=f"sandbox failed: {type(e).__name__}: "
+                       f"{safe_str(str(e), 200)}")
+    return answer_checked(ex)
 
   def process(self, batch: Sequence[Any]) -> list[dict]:
     """Runs every stage on a batch of `VideoQA` and returns their records, in order."""

@@ -23,6 +23,7 @@ import atexit
 import dataclasses
 import inspect
 import itertools
+import json
 import os
 import queue
 import signal
@@ -37,7 +38,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from aotd_jax.agent import sandbox_policy, sandbox_wire
-from aotd_jax.agent.trace import ToolCall, Trace, summarize
+from aotd_jax.agent.trace import ToolCall, Trace, safe_str, summarize
 
 _WORKER_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_worker.py")
 _EXIT_CHANNEL = 70  # sandbox_worker.EXIT_CHANNEL
@@ -67,15 +68,23 @@ class Execution:
 class _Handles:
   """Objects kept in the host for one run, by id, and the run's codec."""
 
-  def __init__(self, array_by_value_bytes: int):
+  def __init__(self, array_by_value_bytes: int, max_bytes: int = 1 << 62,
+               max_nodes: int | None = None):
     self.objects: list[Any] = []
     self.ids: dict[int, int] = {}
+    self.bytes, self.max_bytes = 0, max_bytes
     self.codec = sandbox_wire.Codec(self._encode_other, self._decode_handle,
-                                    max_array_bytes=array_by_value_bytes)
+                                    max_array_bytes=array_by_value_bytes, max_nodes=max_nodes)
 
   def _encode_other(self, obj):
     hid = self.ids.get(id(obj))
     if hid is None:
+      # Arrays count their bytes (a property that returns a fresh copy of the frames on
+      # every read would otherwise grow the host by one copy per read until the run ends).
+      self.bytes += obj.nbytes if isinstance(obj, np.ndarray) else 64
+      if self.bytes > self.max_bytes:
+        raise _HandleCap(f"handle memory cap exceeded (more than {self.max_bytes} bytes of "
+                         "tool results kept for this run)")
       hid = len(self.objects)
       self.objects.append(obj)
       self.ids[id(obj)] = hid
@@ -94,18 +103,36 @@ class _Handles:
 
 
 def _handle_text(obj) -> str:
-  """What the program sees as the handle's repr (bounded)."""
+  """What the program sees as the handle's repr: the type and a bounded summary (never the
+  object's own repr, whose cost is unbounded)."""
+  if type(obj) is np.ndarray:
+    return f"array(shape={obj.shape}, dtype={obj.dtype})"
   try:
-    if type(obj) is np.ndarray:
-      text = f"array(shape={obj.shape}, dtype={obj.dtype})"
-    else:
-      with np.printoptions(threshold=16, edgeitems=2):  # frames inside dataclass reprs
-        text = repr(obj)
-  except Exception:  # a tool object with a broken repr is still usable
-    text = f"<{type(obj).__name__}>"
-  if len(text) > 200:
-    text = text[:197] + "..."
-  return text
+    text = json.dumps(summarize(obj, max_array_elements=8, max_nodes=64))
+  except Exception:  # a tool object whose to_json() fails is still usable
+    text = ""
+  text = f"{type(obj).__name__}({text})"
+  return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _exc_text(e: BaseException, limit: int = 300) -> str:
+  """A bounded message for an exception a tool raised (its args may hold program data)."""
+  if len(e.args) == 1 and type(e.args[0]) is str:
+    text = e.args[0]
+  elif not e.args:
+    text = ""
+  else:
+    text = json.dumps(summarize(list(e.args), max_array_elements=8, max_nodes=64))
+  return safe_str(text.splitlines()[0] if text else "", limit)
+
+
+def _short(value) -> str:
+  """A bounded rendering of program data for an error message."""
+  return safe_str(json.dumps(summarize(value, max_array_elements=8, max_nodes=32)), 80)
+
+
+class _HandleCap(BaseException):
+  """The run's handles passed their memory cap (ends the run; not a tool error)."""
 
 
 class _Worker:
@@ -192,11 +219,14 @@ class Sandbox:
       ones stay here behind a handle.
     max_message_bytes: the largest message accepted from a worker.
     max_runs_per_worker: a worker is replaced after this many runs (and after any failure).
+    max_handle_bytes: the run ends when the arrays kept here for its handles pass this.
+    max_message_nodes: the most lists, maps and extension values in one worker message.
   """
 
   def __init__(self, num_workers: int = 2, *, memory_mb: int = 512, cwd: str | None = None,
                array_by_value_bytes: int = 1 << 20, max_message_bytes: int = 64 << 20,
-               max_runs_per_worker: int = 200, start_timeout_s: float = 60.0):
+               max_runs_per_worker: int = 200, start_timeout_s: float = 60.0,
+               max_handle_bytes: int = 512 << 20, max_message_nodes: int = 1_000_000):
     if num_workers < 1:
       raise ValueError(f"num_workers must be >= 1, got {num_workers}")
     if memory_mb < 64:
@@ -205,6 +235,8 @@ class Sandbox:
     self.array_by_value_bytes = array_by_value_bytes
     self.max_message_bytes = max_message_bytes
     self.max_runs_per_worker = max_runs_per_worker
+    self.max_handle_bytes = max_handle_bytes
+    self.max_message_nodes = max_message_nodes
     self.start_timeout_s = start_timeout_s
     self._idle: queue.Queue[_Worker] = queue.Queue()
     self._closed = False
@@ -263,7 +295,8 @@ class Sandbox:
               "max_output_chars": max_output_chars, "max_depth": max_depth,
               "entry_point": entry_point,
               "builtins": sorted(sandbox_policy.ALLOWED_NAMES - {"print"})}
-    handles = _Handles(self.array_by_value_bytes)
+    handles = _Handles(self.array_by_value_bytes, self.max_handle_bytes,
+                       self.max_message_nodes)
     try:
       msg = handles.dumps(["run", next(self._nonces), source, dict(args), sorted(tools),
                            limits])
@@ -352,9 +385,11 @@ class Sandbox:
       elif kind == "op" and len(msg) == 4:
         reply = _handle_op(handles, *msg[1:])
       else:
-        raise _Overrun(f"worker sent a bad message (kind {str(kind)[:40]!r})")
+        raise _Overrun(f"worker sent a bad message (kind {_short(kind)})")
       try:
         data = handles.dumps(reply)
+      except _HandleCap as e:
+        raise _Overrun(str(e)) from None
       except Exception as e:  # a tool result that cannot be encoded (a huge nested value)
         data = handles.dumps(["err", f"result could not be sent: {type(e).__name__}"])
       worker.conn.send_bytes(data)
@@ -363,14 +398,14 @@ class Sandbox:
   def _call_tool(tools, name, args, kwargs, calls, keep_raw):
     fn = tools.get(name) if isinstance(name, str) else None
     if fn is None or not isinstance(args, tuple) or not isinstance(kwargs, dict):
-      return ["err", f"unknown tool {str(name)[:60]!r}"]
+      return ["err", f"unknown tool {_short(name)}"]
     named = _bind(fn, args, kwargs)
     t0 = time.perf_counter()
     try:
       result = fn(*args, **kwargs)
     except Exception as e:
       seconds = time.perf_counter() - t0
-      msg = f"tool {name} failed: {type(e).__name__}: {str(e)[:300]}"
+      msg = f"tool {name} failed: {type(e).__name__}: {_exc_text(e)}"
       calls.append(ToolCall(name, summarize(named), None, seconds, error=msg))
       return ("err", msg)
     seconds = time.perf_counter() - t0
@@ -395,7 +430,7 @@ def _bind(fn: Callable, args: tuple, kwargs: dict) -> dict:
 def _handle_op(handles: _Handles, hid, op, operand):
   """Runs a program's operation on an object kept in the parent."""
   if not isinstance(hid, int) or not 0 <= hid < len(handles.objects):
-    return ("err", f"unknown handle {hid!r}")
+    return ("err", f"unknown handle {_short(hid)}")
   obj = handles.objects[hid]
   tname = type(obj).__name__
   try:
@@ -403,7 +438,7 @@ def _handle_op(handles: _Handles, hid, op, operand):
       if (not isinstance(operand, str) or operand.startswith(
           sandbox_policy.FORBIDDEN_ATTRIBUTE_PREFIXES)
           or operand in sandbox_policy.FORBIDDEN_ATTRIBUTES):
-        return ("err", f"attribute {operand!r} of {tname} is not allowed")
+        return ("err", f"attribute {_short(operand)} of {tname} is not allowed")
       value = getattr(obj, operand)
       if callable(value):
         return ("err", f"calling methods of tool results is not allowed ({tname}.{operand})")
@@ -418,7 +453,7 @@ def _handle_op(handles: _Handles, hid, op, operand):
       keys = operand if isinstance(operand, tuple) else (operand,)
       if not all(k is None or k is Ellipsis or type(k) in (int, str, slice, bool)
                  for k in keys):
-        return ("err", f"{tname} index must be ints, slices or strings, got {operand!r:.80}")
+        return ("err", f"{tname} index must be ints, slices or strings, got {_short(operand)}")
       return ("ok", obj[operand])
     if op == "contains":
       return ("ok", operand in obj)
@@ -428,8 +463,8 @@ def _handle_op(handles: _Handles, hid, op, operand):
         return ("err", f"{tname} has more than {MAX_ITER_ITEMS} items to iterate")
       return ("ok", items)
   except Exception as e:
-    return ("err", f"{tname} {op} failed: {type(e).__name__}: {str(e)[:200]}")
-  return ("err", f"unknown operation {op!r}")
+    return ("err", f"{tname} {op} failed: {type(e).__name__}: {_exc_text(e, 200)}")
+  return ("err", f"unknown operation {_short(op)}")
 
 
 _DEFAULT: Sandbox | None = None

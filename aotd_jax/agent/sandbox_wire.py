@@ -64,10 +64,13 @@ class Codec:
     max_array_bytes: arrays (and scalars) larger than this go to `encode_other` instead.
   """
 
-  def __init__(self, encode_other=None, decode_handle=None, max_array_bytes=None):
+  def __init__(self, encode_other=None, decode_handle=None, max_array_bytes=None,
+               max_nodes=None):
     self.encode_other = encode_other
     self.decode_handle = decode_handle
     self.max_array_bytes = max_array_bytes
+    self.max_nodes = max_nodes
+    self._left = None
 
   # -- encoding
   def encode(self, obj) -> bytes:
@@ -110,14 +113,32 @@ class Codec:
 
   # -- decoding
   def decode(self, data: bytes):
-    """The message in `data`; raises `WireError` for anything but one well-formed message."""
+    """The message in `data`; raises `WireError` for anything but one well-formed message.
+
+    With `max_nodes`, a message holding more lists, maps and extension values than that is
+    refused as it is read (a frame of nested empty lists would otherwise become ~50 bytes of
+    host memory per byte).
+    """
+    top = self._left is None
+    if top and self.max_nodes is not None:
+      self._left = [self.max_nodes]
+    hooks = {} if self._left is None else {"list_hook": self._count, "object_hook": self._count}
     try:
       return msgpack.unpackb(data, ext_hook=self._ext_hook, strict_map_key=False, raw=False,
-                             unicode_errors="surrogatepass", use_list=True)
+                             unicode_errors="surrogatepass", use_list=True, **hooks)
     except WireError:
       raise
     except Exception as e:  # truncated, extra data, unhashable keys, too deep, out of memory
       raise WireError(f"{type(e).__name__}: {str(e)[:100]}") from None
+    finally:
+      if top:
+        self._left = None
+
+  def _count(self, obj):
+    self._left[0] -= 1
+    if self._left[0] < 0:
+      raise WireError(f"message holds more than {self.max_nodes} containers")
+    return obj
 
   def _ext_hook(self, code, data):
     if code == BIGINT:

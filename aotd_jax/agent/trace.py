@@ -33,61 +33,117 @@ def _summarize_array(arr, max_array_elements: int) -> Any:
   return out
 
 
-def summarize(value: Any, *, max_array_elements: int = MAX_ARRAY_ELEMENTS,
-              _depth: int = 0) -> Any:
-  """Returns a JSON-serialisable summary of `value` (a tool argument or result).
+MAX_NODES = 20_000          # values summarised per call (shared references count each time)
+MAX_INT_DIGITS = 60
 
-  Numbers, strings, None stay as they are (non-finite floats become "nan"/"inf" strings);
-  numpy arrays of at most `max_array_elements` become nested lists, larger ones a
-  `{"type": "ndarray", "shape", "dtype", "truncated": true, "min", "max"}` summary;
-  objects with `to_json()` are summarised through it; dataclasses become
+
+def safe_str(text: str, limit: int = MAX_STRING_CHARS) -> str:
+  """`text` cut to `limit` chars, lone surrogates escaped (so it encodes as UTF-8)."""
+  cut = len(text) > limit
+  text = text[:limit]
+  try:
+    text.encode("utf-8")
+  except UnicodeEncodeError:
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    cut = cut or len(text) > limit
+    text = text[:limit]
+  return text + "..." if cut else text
+
+
+def _int(value: int):
+  if -(1 << 63) <= value < (1 << 63):
+    return value
+  return {"type": "int", "bits": value.bit_length(), "sign": -1 if value < 0 else 1}
+
+
+def summarize(value: Any, *, max_array_elements: int = MAX_ARRAY_ELEMENTS,
+              max_nodes: int = MAX_NODES) -> Any:
+  """Returns a bounded, JSON-serialisable summary of `value` (a tool argument or result, a
+  program's value).
+
+  Numbers, strings, None stay as they are (non-finite floats become "nan"/"inf" strings,
+  ints beyond 64 bits `{"type": "int", "bits", "sign"}`, strings are cut at MAX_STRING_CHARS
+  with lone surrogates escaped); numpy arrays of at most `max_array_elements` become nested
+  lists, larger ones a `{"type": "ndarray", "shape", "dtype", "truncated": true, "min",
+  "max"}` summary; objects with `to_json()` are summarised through it; dataclasses become
   `{"type": ClassName, field: ...}`; mappings and sequences recurse (sequences longer than
   MAX_SEQUENCE_ITEMS keep their head plus a `{"truncated": n}` marker); anything else
-  becomes `{"type": ClassName, "repr": ...}`.
+  becomes `{"type": ClassName}`. At most `max_nodes` values are visited in all (a list that
+  contains itself, or a DAG with 2**60 paths, ends in `{"truncated": true}` markers) and
+  nesting stops at MAX_DEPTH, so the work is bounded whatever the value.
   """
-  kw = dict(max_array_elements=max_array_elements, _depth=_depth + 1)
-  if value is None or isinstance(value, (bool, int)):
-    return int(value) if type(value) not in (bool, int) and isinstance(value, int) else value
+  budget = [max_nodes]
+  return _summarize(value, max_array_elements, 0, budget)
+
+
+def _summarize(value: Any, max_array_elements: int, depth: int, budget: list) -> Any:
+  budget[0] -= 1
+  if budget[0] < 0:
+    return {"truncated": True}
+  t = type(value)
+  if value is None or t is bool:
+    return value
+  if isinstance(value, int):
+    return _int(int(value))
   if isinstance(value, float):
-    return value if math.isfinite(value) else str(value)
+    return float(value) if math.isfinite(value) else str(value)
   if isinstance(value, str):
-    return value if len(value) <= MAX_STRING_CHARS else value[:MAX_STRING_CHARS] + "..."
-  if _depth > MAX_DEPTH:
-    return {"type": type(value).__name__, "repr": repr(value)[:200]}
+    return safe_str(str.__str__(value))
+  if depth > MAX_DEPTH:
+    return {"type": t.__name__, "truncated": True}
+  rec = lambda v: _summarize(v, max_array_elements, depth + 1, budget)  # noqa: E731
   np = _numpy()
   if np is not None:
     if isinstance(value, np.ndarray):
+      if value.dtype.hasobject:
+        return {"type": "ndarray", "shape": list(value.shape), "dtype": "object",
+                "truncated": True}
       return _summarize_array(value, max_array_elements)
     if isinstance(value, np.generic):
-      return summarize(value.item(), **kw)
-  if hasattr(value, "__jax_array__") or type(value).__module__.startswith("jax"):
+      if isinstance(value, (np.integer, np.floating, np.bool_, np.str_)):
+        return rec(value.item())
+      return {"type": t.__name__}
+  if hasattr(value, "__jax_array__") or t.__module__.startswith("jax"):
     if np is not None and hasattr(value, "shape"):
       return _summarize_array(np.asarray(value), max_array_elements)
+  if isinstance(value, complex):
+    return {"type": "complex", "real": rec(value.real), "imag": rec(value.imag)}
   to_json = getattr(value, "to_json", None)
   if callable(to_json) and not isinstance(value, type):
-    return summarize(to_json(), **kw)
+    return rec(to_json())
   if dataclasses.is_dataclass(value) and not isinstance(value, type):
-    out = {"type": type(value).__name__}
+    out = {"type": t.__name__}
     for f in dataclasses.fields(value):
-      out[f.name] = summarize(getattr(value, f.name), **kw)
+      out[f.name] = rec(getattr(value, f.name))
     return out
   if isinstance(value, dict):
-    return {str(k): summarize(v, **kw) for k, v in value.items()}
+    out = {}
+    for i, (k, v) in enumerate(value.items()):
+      if i >= MAX_SEQUENCE_ITEMS or budget[0] < 0:
+        out["truncated"] = len(value) - i
+        break
+      key = k if isinstance(k, str) else json.dumps(rec(k))
+      out[safe_str(str.__str__(key), 200)] = rec(v)
+    return out
   if isinstance(value, (set, frozenset)):
-    items = list(value)
+    items = list(value)[:MAX_SEQUENCE_ITEMS + 1]
     try:
       items.sort()
     except TypeError:
       pass
     value = items
   if isinstance(value, (list, tuple)):
-    head = [summarize(v, **kw) for v in value[:MAX_SEQUENCE_ITEMS]]
-    if len(value) > MAX_SEQUENCE_ITEMS:
-      head.append({"truncated": len(value) - MAX_SEQUENCE_ITEMS})
+    head = []
+    for v in value[:MAX_SEQUENCE_ITEMS]:
+      if budget[0] < 0:
+        break
+      head.append(rec(v))
+    if len(value) > len(head):
+      head.append({"truncated": len(value) - len(head)})
     return head
-  if isinstance(value, bytes):
-    return {"type": "bytes", "length": len(value)}
-  return {"type": type(value).__name__, "repr": repr(value)[:200]}
+  if isinstance(value, (bytes, bytearray)):
+    return {"type": t.__name__, "length": len(value)}
+  return {"type": t.__name__}
 
 
 def _numpy():
