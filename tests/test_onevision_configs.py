@@ -137,3 +137,12 @@ def test_evaluate_cli_on_an_exported_onevision_student(onevision_world, tmp_path
                      text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
   assert json.loads(out.read_text())["count"] == 2
+
+
+def test_onevision7b_takes_lnv7b_options():
+  c = onevision7b.get_config("h100x8,hf_dir=/models/ov,datasets=star")
+  assert c.student.hf_dir == c.data.tokenizer == "/models/ov"
+  assert list(c.data.datasets.keys()) == ["star"]
+  assert c.student.architecture == "LlavaOnevisionForConditionalGeneration"
+  with pytest.raises(ValueError, match="not in"):
+    onevision7b.get_config("a100x8")
