@@ -113,7 +113,8 @@ def load_questions(config) -> list[annotations.VideoQA]:
   return questions[:config.max_questions] if config.max_questions else questions
 
 
-IDENTITY_KEYS = ("examples", "program_source", "gold_program_key", "logic_judge", "max_frames",
+IDENTITY_KEYS = ("examples", "program_source", "gold_program_key", "logic_judge", "judge_parse",
+                 "rewrite_prompt", "rewrite_fallback", "max_frames",
                  "max_new_tokens", "temperature", "timeout_s", "tools_factory", "make_args")
 
 
@@ -159,6 +160,9 @@ def main(argv):
         program_llm=make_llm(config.program_llm, "program"), cot_llm=make_llm(config.cot_llm, "cot"),
         judge_llm=make_llm(config.judge_llm, "judge"), program_source=config.program_source,
         gold_program_key=config.gold_program_key, logic_judge=config.logic_judge,
+        judge_parse=config.get("judge_parse", "lenient"),
+        rewrite_prompt=config.get("rewrite_prompt", "ours"),
+        rewrite_fallback=config.get("rewrite_fallback", "verbaliser"),
         examples=programs.load_examples(config.examples) if config.examples else "",
         batch_size=config.batch_size, num_threads=config.sandbox.num_workers,
         timeout_s=config.timeout_s, max_new_tokens=config.max_new_tokens,

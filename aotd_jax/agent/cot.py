@@ -300,13 +300,19 @@ def render_trace(trace: Any) -> str:
   return "\n".join(lines)
 
 
+REWRITE_PROMPTS = {"ours": "cot_rewrite.txt", "official": "cot_rewrite_official.txt"}
+REWRITE_FALLBACKS = ("verbaliser", "none")
+
+
 def rewrite_prompt(question: str, choices: Sequence[str], trace: Any, answer: Any,
-                   template: str | None = None) -> str:
-  """The LLM rewrite prompt for one question (`data/prompts/cot_rewrite.txt`)."""
+                   template: str | None = None, program: str | None = None) -> str:
+  """The LLM rewrite prompt for one question (`data/prompts/cot_rewrite.txt`, or the official
+  release's structure with the program, `cot_rewrite_official.txt`)."""
   template = template or programs.read_prompt_file("cot_rewrite.txt")
   return template.format(question=question,
                          choices=programs.format_choices(choices) or "(open-ended)",
-                         trace=render_trace(trace), answer=_text(answer))
+                         trace=render_trace(trace), answer=_text(answer),
+                         program=(program or "").strip() or "(no program)")
 
 
 def numbers_in(text: str) -> set[str]:
@@ -329,23 +335,34 @@ def missing_evidence(rationale: str, trace: Any) -> list[str]:
   return missing
 
 
-def rewrite(llm, items: Iterable[tuple[str, Sequence[str], Any, Any]], *,
-            max_new_tokens: int = 384, temperature: float = 0.0) -> list[tuple[str, str]]:
-  """LLM-rewrites a batch of (question, choices, trace, answer) into rationales.
+def rewrite(llm, items: Iterable[tuple], *, max_new_tokens: int = 384,
+            temperature: float = 0.0, prompt: str = "ours",
+            fallback: str = "verbaliser") -> list[tuple[str, str]]:
+  """LLM-rewrites a batch of (question, choices, trace, answer[, program]) into rationales.
+
+  `prompt`: "ours" (question, choices, trace, final answer) or "official" (question, choices,
+  program, trace: the official release's rewrite prompt structure). `fallback`: "verbaliser"
+  replaces a reply that is empty or leaves out a window or box of the trace with the
+  verbaliser's rationale (ours); "none" keeps the reply as written (the official release).
 
   Returns:
-    (rationale, source) per item; source is "llm", or "verbaliser" when the reply was empty
-    or left out a window or box of the trace (then the verbaliser's rationale is used).
+    (rationale, source) per item; source is "llm" or "verbaliser".
   """
-  items = list(items)
-  template = programs.read_prompt_file("cot_rewrite.txt")
-  prompts = [rewrite_prompt(q, c, t, a, template) for q, c, t, a in items]
+  if prompt not in REWRITE_PROMPTS:
+    raise ValueError(f"rewrite prompt {prompt!r} not in {sorted(REWRITE_PROMPTS)}")
+  if fallback not in REWRITE_FALLBACKS:
+    raise ValueError(f"rewrite fallback {fallback!r} not in {REWRITE_FALLBACKS}")
+  items = [tuple(it) + (None,) * (5 - len(it)) for it in items]
+  template = programs.read_prompt_file(REWRITE_PROMPTS[prompt])
+  prompts = [rewrite_prompt(q, c, t, a, template, program=prog) for q, c, t, a, prog in items]
   replies = llm.complete(prompts, max_new_tokens=max_new_tokens, temperature=temperature) \
       if prompts else []
   out = []
-  for (_, _, trace, answer), reply in zip(items, replies):
+  for (_, _, trace, answer, _), reply in zip(items, replies):
     text = (reply or "").strip()
-    if text and not missing_evidence(text, trace):
+    if fallback == "none" and text:
+      out.append((text, "llm"))
+    elif text and not missing_evidence(text, trace):
       if _text(answer).lower() not in text.lower().splitlines()[-1]:
         text = text + " " + answer_sentence(answer)
       out.append((text, "llm"))

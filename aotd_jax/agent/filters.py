@@ -117,15 +117,31 @@ def _judged(reply: Any) -> Verdict:
   return Verdict(said, "judge: yes" if said else "judge: no", "llm")
 
 
+JUDGE_PARSES = ("lenient", "exact_true")
+
+
 def judge_logic(llm, items: Sequence[tuple[str, Sequence[str], str]], *,
-                max_new_tokens: int = 8) -> list[Verdict]:
-  """Step 2 by the LLM judge for (question, choices, rationale): step-by-step and helpful?"""
+                max_new_tokens: int = 8, parse: str = "lenient") -> list[Verdict]:
+  """Step 2 by the LLM judge for (question, choices, rationale): step-by-step and helpful?
+
+  `parse="lenient"` (ours) asks for Yes/No and reads yes/no/true/false anywhere in the reply;
+  `"exact_true"` (the official release) asks for True/False and keeps a CoT only when the
+  reply is exactly "True" (surrounding whitespace aside).
+  """
+  if parse not in JUDGE_PARSES:
+    raise ValueError(f"judge parse {parse!r} not in {JUDGE_PARSES}")
   if not items:
     return []
-  template = programs.read_prompt_file("judge_logic.txt")
+  name = "judge_logic.txt" if parse == "lenient" else "judge_logic_official.txt"
+  template = programs.read_prompt_file(name)
   prompts = [template.format(question=q, choices=programs.format_choices(c) or "(open-ended)",
                              rationale=r) for q, c, r in items]
   replies = llm.complete(prompts, max_new_tokens=max_new_tokens, temperature=0.0)
+  if parse == "exact_true":
+    return [Verdict(str(r).strip() == "True",
+                    "judge: True" if str(r).strip() == "True" else
+                    f"judge reply is not exactly True: {str(r)[:60]!r}", "llm")
+            for r in replies]
   return [_judged(r) for r in replies]
 
 

@@ -271,6 +271,10 @@ class CotJob:
     judge_llm: open-ended answer check and (with `logic_judge="llm"`) the logic check.
     program_source: "llm", or "gold" (the annotation's own program, `gold_program_key`).
     logic_judge: "rule" (offline) or "llm".
+    judge_parse: "lenient" (Yes/No anywhere) or "exact_true" (the official: exactly "True").
+    rewrite_prompt: "ours" or "official" (the program in the prompt; `cot.rewrite`).
+    rewrite_fallback: "verbaliser" (ours: an LLM rationale missing a window or box is replaced)
+      or "none" (the reply is kept as written, the official).
     examples: the few-shot programs (`programs.load_examples(dataset)`).
     video_path: `VideoQA -> path` written into each record (None if unknown).
   """
@@ -283,6 +287,9 @@ class CotJob:
   program_source: str = "llm"
   gold_program_key: str = "question_program"
   logic_judge: str = "rule"
+  judge_parse: str = "lenient"
+  rewrite_prompt: str = "ours"
+  rewrite_fallback: str = "verbaliser"
   examples: str = ""
   batch_size: int = 8
   num_threads: int = 2
@@ -301,6 +308,14 @@ class CotJob:
       raise JobError(f"logic_judge={self.logic_judge!r}: expected 'rule' or 'llm'")
     if self.logic_judge == "llm" and self.judge_llm is None:
       raise JobError("logic_judge='llm' needs a judge LLM (config.judge_llm)")
+    if self.judge_parse not in filters.JUDGE_PARSES:
+      raise JobError(f"judge_parse={self.judge_parse!r}: expected one of {filters.JUDGE_PARSES}")
+    if self.rewrite_prompt not in cot.REWRITE_PROMPTS:
+      raise JobError(f"rewrite_prompt={self.rewrite_prompt!r}: expected one of "
+                     f"{sorted(cot.REWRITE_PROMPTS)}")
+    if self.rewrite_fallback not in cot.REWRITE_FALLBACKS:
+      raise JobError(f"rewrite_fallback={self.rewrite_fallback!r}: expected one of "
+                     f"{cot.REWRITE_FALLBACKS}")
     if self.batch_size < 1:
       raise JobError(f"batch_size must be >= 1, got {self.batch_size}")
     for role in ("program_llm", "cot_llm", "judge_llm"):
@@ -372,17 +387,19 @@ class CotJob:
       answers[i] = verdict
     passing = [i for i, v in enumerate(answers) if v is not None and v.passed]
     rationales: dict[int, tuple[str, str]] = {}
-    items = [(batch[i].question, batch[i].choices, executions[i].trace, executions[i].value)
-             for i in passing]
+    items = [(batch[i].question, batch[i].choices, executions[i].trace, executions[i].value,
+              parsed[i].source) for i in passing]
     if self.cot_llm is not None:
-      rationales = dict(zip(passing, cot.rewrite(self.cot_llm, items)))
+      rationales = dict(zip(passing, cot.rewrite(self.cot_llm, items, prompt=self.rewrite_prompt,
+                                                 fallback=self.rewrite_fallback)))
       keep("rewrite", self.cot_llm, passing)
     else:
       rationales = {i: (cot.verbalise(it[2], it[3]), "verbaliser") for i, it in zip(passing, items)}
     logic: dict[int, filters.Verdict] = {}
     if self.logic_judge == "llm":
       verdicts = filters.judge_logic(self.judge_llm, [
-          (batch[i].question, batch[i].choices, rationales[i][0]) for i in passing])
+          (batch[i].question, batch[i].choices, rationales[i][0]) for i in passing],
+          parse=self.judge_parse)
       keep("logic_judge", self.judge_llm, passing)
       logic = dict(zip(passing, verdicts))
     else:

@@ -67,3 +67,7 @@ def bind_llms(c: ml_collections.ConfigDict, a: dict) -> None:
   c.judge_llm = llm_section(a.get("judge") or a["llm"], a.get("judge_model") or a["model"])
   c.program_source = "llm"
   c.logic_judge = "llm"
+  # the official release's rewrite and judge (docs/fidelity.md)
+  c.judge_parse = "exact_true"
+  c.rewrite_prompt = "official"
+  c.rewrite_fallback = "none"

@@ -60,6 +60,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.cot_llm = llm()               # none: the deterministic verbaliser writes rationales
   c.judge_llm = llm()             # open-ended answer check; logic check if logic_judge=llm
   c.logic_judge = "rule"          # rule (offline) | llm
+  c.judge_parse = "lenient"       # lenient (Yes/No anywhere) | exact_true (official)
+  c.rewrite_prompt = "ours"       # ours | official (the program in the prompt)
+  c.rewrite_fallback = "verbaliser"  # verbaliser (ours) | none (official: reply kept as is)
   c.tools_factory = "experts:make_tools"
   c.experts = ml_collections.ConfigDict()
   c.make_args = ""                # "" decodes a VideoClip per question; or a dotted factory
