@@ -7,8 +7,10 @@ with a `kind` and that kind's settings:
                      | none
   grounder:          oracle | univtg (path: official checkpoint, clip_path: HF CLIP dir,
                       features_path: saved ObjectStates, "" = CLIP image features) | none
-  action_recognizer: oracle | llava (path, matmul_precision, cpu_kernels) | none
-  video_qa:          oracle | llava (path, matmul_precision, cpu_kernels) | none
+  action_recognizer: oracle | llava (path, num_frames, choice_scoring: likelihood | generate,
+                      max_new_tokens, prompt_format: plain | official, matmul_precision,
+                      cpu_kernels) | none
+  video_qa:          oracle | llava (the same keys) | none
   selector:          keyword | llama (path: HF Llama dir with tokenizer) | openai (base_url,
                       model, api_key_env: an OpenAI-compatible server) | none; `chat` (default
                       True) sends the prompt as a chat message, so a llama dir's tokenizer needs a
@@ -158,7 +160,11 @@ def _llava(role):
     kernels = bool(_get(section, "cpu_kernels", True))
     model = ctx.model(("llava", path, precision, kernels),
                       lambda: llava.load(path, matmul_precision=precision, cpu_kernels=kernels))
-    return llava.LlavaVideoQA(*model, name=f"llava:{path}")
+    return llava.LlavaVideoQA(*model, name=f"llava:{path}",
+                              num_frames=int(_get(section, "num_frames", 8)),
+                              choice_scoring=_get(section, "choice_scoring", "likelihood"),
+                              max_new_tokens=int(_get(section, "max_new_tokens", 32)),
+                              prompt_format=_get(section, "prompt_format", "plain"))
   return make
 
 
@@ -233,6 +239,10 @@ def describe(config, *, full_hash: bool = False) -> dict[str, dict]:
       if kind == "univtg":
         entry["clip_path"] = _get(section, "clip_path", "")
         entry["clip_weights"] = weights_fingerprint(entry["clip_path"], full=full_hash)
+      if kind == "llava":
+        entry.update(num_frames=int(_get(section, "num_frames", 8)),
+                     choice_scoring=_get(section, "choice_scoring", "likelihood"),
+                     prompt_format=_get(section, "prompt_format", "plain"))
       if kind == "owlv2":
         entry["threshold"] = float(_get(section, "threshold", 0.1))
         entry["query_template"] = _get(section, "query_template", "{}") or "{}"

@@ -357,6 +357,10 @@ def test_dataset_configs_build_their_backends(tmp_path):
   assert (e.detector.kind, e.detector.path) == ("owlv2", "o")
   assert (e.grounder.kind, e.grounder.path, e.grounder.clip_path) == ("univtg", "u.ckpt", "c")
   assert (e.action_recognizer.kind, e.video_qa.kind, e.video_qa.path) == ("llava", "llava", "l")
+  assert (e.video_qa.num_frames, e.video_qa.choice_scoring, e.video_qa.prompt_format) == (
+      32, "generate", "official")
+  assert (e.detector.threshold, e.detector.query_template, e.tools.find) == (
+      0.2, "a photo of a {}", "crops")
   assert (e.selector.kind, e.selector.base_url) == ("openai", "http://127.0.0.1:9/v1")
   assert e.object_vocabulary == "star:cls"
   with pytest.raises(ValueError, match="missing: univtg=, llava="):

@@ -608,6 +608,12 @@ def test_llava_video_qa_scores_choices_by_transformers_likelihood(llava):
                                     choice_scoring="generate")
   assert free.answer(clip, "what", choices) not in choices  # the reply it would have given
   assert qa.recognize(clip, None, choices)[0] in choices
+  # the official prompt ("Question:/Options:") is what an official-format expert scores
+  official = llava_backend.LlavaVideoQA(model, tokenizer, num_frames=4, prompt_format="official")
+  user_official = format_question("what", choices, "official") + "\n" + ANSWER_SUFFIX
+  assert user_official.startswith("Question: what\nOptions:\n(A)")
+  want_official = official.score_choices(clip, user_official, choices)
+  assert official.answer(clip, "what", choices) == choices[int(np.argmax(want_official))]
 
 
 def test_llava_choice_reply_forms():

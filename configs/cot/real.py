@@ -51,8 +51,12 @@ def bind_experts(name: str, a: dict, *, vocabulary: str) -> ml_collections.Confi
   c.tools = {"find": "crops", "exist": "detector+qa"}
   c.grounder = {"kind": "univtg", "path": a["univtg"], "clip_path": a["clip"],
                 "features_path": "", "buckets": list(c.grounder.buckets)}
-  c.action_recognizer = {"kind": "llava", "path": a["llava"]}
-  c.video_qa = {"kind": "llava", "path": a["llava"]}
+  # LLaVA-NeXT-Video-DPO as the official AoTD asks it: 32 frames, a greedy reply (the letter
+  # parsed and snapped to an option), "Question:/Options:" prompts.
+  llava = {"kind": "llava", "path": a["llava"], "num_frames": 32, "choice_scoring": "generate",
+           "max_new_tokens": 100, "prompt_format": "official"}
+  c.action_recognizer = dict(llava)
+  c.video_qa = dict(llava)
   c.selector = selector_section(selector, a.get("selector_model") or a.get("model", ""))
   c.ground_truth = {"kind": "none", "path": "", "classes_dir": ""}
   c.object_vocabulary = vocabulary

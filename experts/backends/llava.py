@@ -72,16 +72,20 @@ class LlavaVideoQA:
       "generate" (free greedy reply snapped to a candidate), for multiple-choice calls.
     answer_format: how the model was trained to name a choice ("text", "letter": "(B)",
       "letter_text": "(B) text"); the form `choice_scoring="likelihood"` scores.
+    prompt_format: "plain" (the question and option lines) or "official" (`Question:` /
+      `Options:` headers, as the official AoTD asks LLaVA-NeXT-Video-DPO).
   """
 
   def __init__(self, model, tokenizer, *, name: str = "llava", num_frames: int = 8,
                max_new_tokens: int = 32, video_token: str = "<video>",
-               choice_scoring: str = "likelihood", answer_format: str = "text"):
+               choice_scoring: str = "likelihood", answer_format: str = "text",
+               prompt_format: str = "plain"):
     if choice_scoring not in CHOICE_SCORING:
       raise ValueError(f"choice_scoring={choice_scoring!r} is not one of {list(CHOICE_SCORING)}")
     if answer_format not in ANSWER_FORMATS:
       raise ValueError(f"answer_format={answer_format!r} is not one of {list(ANSWER_FORMATS)}")
     self.choice_scoring, self.answer_format = choice_scoring, answer_format
+    self.prompt_format = prompt_format
     self._choice_logprobs = None
     self.model, self.tokenizer, self.name = model, tokenizer, name
     self.num_frames, self.max_new_tokens = int(num_frames), int(max_new_tokens)
@@ -159,7 +163,7 @@ class LlavaVideoQA:
     from aotd_jax.data.conversation import (ANSWER_SUFFIX, OPEN_ENDED_SUFFIX, format_question)
     if choices:
       choices = [str(c) for c in choices]
-      user = format_question(question, choices) + "\n" + ANSWER_SUFFIX
+      user = format_question(question, choices, self.prompt_format) + "\n" + ANSWER_SUFFIX
       if self.choice_scoring == "generate":
         return self.generate_text(clip, user)
       replies = [choice_reply(choices, i, self.answer_format) for i in range(len(choices))]
