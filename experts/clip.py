@@ -191,12 +191,31 @@ class VideoClip:
             f"num_frames={self.num_frames}, fps={self.fps:g})")
 
 
+FRAME_NUMBERS = ("source", "sampled")
+
+
 def question_clip(path: str, *, start: float | None = None, end: float | None = None,
-                  max_frames: int = 24, video_id: str | None = None) -> VideoClip:
-  """The [start, end] seconds window of a video as a `VideoClip`, uniformly subsampled to at
-  most `max_frames` frames; frame ids keep the source video's numbering."""
+                  max_frames: int = 24, video_id: str | None = None,
+                  frame_numbers: str = "source") -> VideoClip:
+  """The [start, end] seconds window of a video as a `VideoClip` of at most `max_frames` frames.
+
+  `frame_numbers="source"`: the window's frames uniformly subsampled, numbered by the source
+  video's frame ids (traces say "frame 1,187"). `"sampled"`: exactly the `max_frames` frames
+  the student is given for this window (`aotd_jax.data.video.sample_indices`, the trainer's
+  rule) numbered 0..max_frames-1, with the fps of that sampling, as the official AoTD numbers
+  them: a rationale's "frames 3-9" then points at the student's own frames.
+  """
   from aotd_jax.data import video
+  if frame_numbers not in FRAME_NUMBERS:
+    raise ValueError(f"question_clip: frame_numbers={frame_numbers!r} not in {FRAME_NUMBERS}")
   info = video.probe(path)
+  if frame_numbers == "sampled":
+    ids = video.sample_indices(info.num_frames, info.fps, max_frames, start, end)
+    span_s = (int(ids[-1]) + 1 - int(ids[0])) / info.fps
+    n = len(ids)
+    return VideoClip(video.decode_frames(path, ids), start_frame=0, end_frame=n,
+                     fps=n / span_s, video_id=f"{video_id}@{start}-{end}/{n}"
+                     if video_id is not None else None)
   first = 0 if start is None else max(0, int(start * info.fps))
   last = info.num_frames if end is None else min(info.num_frames, int(end * info.fps))
   ids = np.arange(first, max(last, first + 1))
@@ -206,11 +225,11 @@ def question_clip(path: str, *, start: float | None = None, end: float | None = 
                    end_frame=int(ids[-1]) + 1, fps=info.fps, video_id=video_id, frame_ids=ids)
 
 
-def clip_args(video_path, max_frames: int = 24):
+def clip_args(video_path, max_frames: int = 24, frame_numbers: str = "source"):
   """`qa -> execute_command arguments`: the question's window of its video (`video_path(qa)`)
   as `video_clip`, its text as `query`, its choices as `possible_answers`."""
   def make(qa) -> dict:
     clip = question_clip(video_path(qa), start=qa.start, end=qa.end, max_frames=max_frames,
-                         video_id=qa.video_id)
+                         video_id=qa.video_id, frame_numbers=frame_numbers)
     return {"video_clip": clip, "query": qa.question, "possible_answers": list(qa.choices)}
   return make

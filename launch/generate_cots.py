@@ -96,7 +96,8 @@ def video_path(config) -> Callable[[annotations.VideoQA], str | None]:
 def clip_args(config) -> Callable[[annotations.VideoQA], dict]:
   """The default `make_args`: decodes the question's window of its video into a VideoClip."""
   from experts.clip import clip_args as make_clip_args
-  return make_clip_args(video_path(config), config.max_frames)
+  return make_clip_args(video_path(config), config.max_frames,
+                        config.get("frame_numbers", "source"))
 
 
 def load_questions(config) -> list[annotations.VideoQA]:
@@ -114,7 +115,7 @@ def load_questions(config) -> list[annotations.VideoQA]:
 
 
 IDENTITY_KEYS = ("examples", "program_source", "gold_program_key", "logic_judge", "judge_parse",
-                 "rewrite_prompt", "rewrite_fallback", "max_frames",
+                 "rewrite_prompt", "rewrite_fallback", "max_frames", "frame_numbers",
                  "max_new_tokens", "temperature", "timeout_s", "tools_factory", "make_args")
 
 

@@ -35,7 +35,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.read_kwargs.map_path = a["map"]
   c.examples = "nextqa"
   c.out_dir = a["out"]
-  c.max_frames = int(a["frames"])
+  c.max_frames = int(a["frames"])  # = the student's data.num_frames (lnv7b: 32)
+  c.frame_numbers = "sampled"  # traces name the student's frames 0..frames-1 (official)
   vocab = a["vocab"]
   c.experts = real.bind_experts("nextqa", a,
                                 vocabulary="open" if vocab == "open" else f"file:{vocab}")

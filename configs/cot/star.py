@@ -38,7 +38,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.video_dir = a["videos"]
   c.examples = "star"
   c.out_dir = a["out"]
-  c.max_frames = int(a["frames"])
+  c.max_frames = int(a["frames"])  # = the student's data.num_frames (lnv7b: 32)
+  c.frame_numbers = "sampled"  # traces name the student's frames 0..frames-1 (official)
   vocabulary = f"star:{a['classes']}" if a["classes"] else "open"
   if a["experts"] == "real":
     c.experts = real.bind_experts("star", a, vocabulary=vocabulary)

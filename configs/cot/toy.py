@@ -53,6 +53,9 @@ def base_config() -> ml_collections.ConfigDict:
   })
   c.max_questions = 0             # 0: all
   c.max_frames = 32               # frames decoded per question (uniform over its window)
+  # "source": traces number frames as the source video; "sampled": the student's own frames,
+  # 0..max_frames-1 (set max_frames to the student's data.num_frames), the official numbering
+  c.frame_numbers = "source"
   c.examples = "toyworld"         # few-shot programs: data/prompts/<examples>.py
   c.program_source = "gold"       # gold (annotation's program) | llm
   c.gold_program_key = "question_program"
