@@ -6,10 +6,10 @@ PY := $(VENV)/bin/python
 WORKDIR ?= workdir
 DEMO_CONFIG ?= configs/demo.py:quick
 
-$(VENV)/.installed: setup.py
+$(VENV)/.installed: setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -1,7 +1,10 @@
 r"""Run a config's sweep (`get_hyper(h)`): variants one after another locally, or print one
 command per variant for a cluster scheduler.
 
-  python -m launch.sweep --config=configs/distill/toy.py:llama --workdir=/tmp/sweep [--print_only]
+  python -m launch.sweep --config=configs/distill/toy.py:llama --workdir=/tmp/sweep [--print_only] \
+      [--config.total_steps=50 ...]
+
+`--config.KEY=VALUE` arguments pass through to every variant (before the variant's own keys).
 """
 from __future__ import annotations
 
@@ -18,6 +21,14 @@ _CONFIG = flags.DEFINE_string("config", None, "Config file, optionally with :arg
 _WORKDIR = flags.DEFINE_string("workdir", None, "Each variant gets workdir/<variant name>.")
 _PRINT_ONLY = flags.DEFINE_bool("print_only", False, "Print the commands instead of running them.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+_PASSTHROUGH: list[str] = []  # --config.KEY=VALUE arguments of this command line
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl parsing of everything but `--config.KEY=VALUE`, which is kept to pass through."""
+  _PASSTHROUGH[:] = [a for a in argv[1:] if a.startswith("--config.")]
+  return flags.FLAGS([a for a in argv if not a.startswith("--config.")])
 
 
 def _load(path: str):
@@ -36,7 +47,7 @@ def main(argv):
   failures = 0
   for overrides in variants:
     cmd = sweep.command(_CONFIG.value, os.path.join(_WORKDIR.value, sweep.variant_name(overrides)),
-                        overrides)
+                        overrides, extra=_PASSTHROUGH)
     if _PRINT_ONLY.value:
       print(sweep.render(cmd))
       continue
@@ -47,4 +58,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -4,10 +4,13 @@ r"""Distil AoTD's student: L = L_label + λ·L_rationale over a device mesh.
       --config.total_steps=20 --config.checkpoint_every=5
 
 Resumes automatically from `workdir/checkpoints`; SIGTERM (TPU preemption) saves and exits 0;
-a NaN/Inf loss stops with exit code 3 and the last good checkpoint kept.
+a NaN/Inf loss stops with exit code 3 and the last good checkpoint kept. A resume whose config
+changes the batch size, λ, total steps or data stops with exit code 4 unless
+`--config.allow_changes=True` (each checkpoint's `meta` holds the run's full config).
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -20,10 +23,10 @@ from ml_collections import config_flags
 
 from aotd_jax import host_memory, sharding
 from aotd_jax.train import build, data as train_data
-from aotd_jax.train.checkpoint import Checkpointer
+from aotd_jax.train.checkpoint import Checkpointer, check_resume_config
 from aotd_jax.train.loop import LoopConfig, train_loop
 from aotd_jax.train.metrics import MetricsWriter
-from aotd_jax.train.optim import make_optimizer, trainable_filter
+from aotd_jax.train.optim import learning_rate_schedule, make_optimizer, trainable_filter
 from aotd_jax.train.trainer import NonFiniteLossError, Trainer, matmul_flops_per_token
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config (get_config(arg)).")
@@ -34,6 +37,7 @@ _KEEP_MEMORY = flags.DEFINE_bool(
 flags.mark_flags_as_required(["config", "workdir"])
 
 EXIT_NAN = 3
+EXIT_CONFIG_CHANGED = 4
 
 
 class _QuietOrbax(logging_std.Filter):
@@ -71,9 +75,10 @@ def run(cfg, workdir: str) -> int:
   student = build.build_student(cfg.student, mesh=mesh, seed=cfg.seed)
   data = train_data.make_train_data(cfg, student)
   tx = make_optimizer(cfg.optim, cfg.total_steps)
+  schedule = learning_rate_schedule(cfg.optim, cfg.total_steps)
   trainer = Trainer(student, tx, mesh=mesh,
                     trainable=trainable_filter(cfg.student.get("freeze_vision_tower", True)),
-                    rationale_weight=cfg.rationale_weight,
+                    rationale_weight=cfg.rationale_weight, schedule=schedule,
                     loss_normalization=cfg.get("loss", {}).get("normalization", "per_part"))
   ckpt_dir = os.path.join(workdir, "checkpoints")
   if jax.process_index() == 0:
@@ -82,8 +87,22 @@ def run(cfg, workdir: str) -> int:
                               async_save=cfg.get("async_checkpoints", True))
   if cfg.get("kill_at_step", -1) > 0 and cfg.get("kill_process", -1) in (-1, jax.process_index()):
     data = _KillAfter(data, checkpointer, cfg.kill_at_step)
+  config_dict = json.loads(cfg.to_json_best_effort())
+  if checkpointer.latest_step() is not None:
+    saved = checkpointer.restore_meta().get("config")
+    try:
+      changes = check_resume_config(saved if isinstance(saved, dict) else None, config_dict,
+                                    allow_changes=cfg.get("allow_changes", False),
+                                    directory=ckpt_dir)
+    except ValueError as e:
+      checkpointer.close()
+      print(f"refused: {e}", file=sys.stderr)
+      return EXIT_CONFIG_CHANGED
+    for change in changes:
+      logging.warning("resuming with a changed config (allow_changes): %s", change)
   # one writer per run: process 0 writes TensorBoard, metrics.jsonl and plots
   writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
+  writer.write_text("config", cfg.to_json_best_effort(indent=2, sort_keys=True))
   stop = threading.Event()
   signal.signal(signal.SIGTERM, lambda *_: stop.set())
   loop_cfg = LoopConfig(total_steps=cfg.total_steps, checkpoint_every=cfg.checkpoint_every,
@@ -93,7 +112,7 @@ def run(cfg, workdir: str) -> int:
     result = train_loop(trainer, data, loop_cfg, checkpointer=checkpointer, writer=writer,
                         stop_requested=stop.is_set,
                         flops_per_token=matmul_flops_per_token(student),
-                        meta={"config": cfg.get("name", "")})
+                        meta={"name": cfg.get("name", ""), "config": config_dict})
   except NonFiniteLossError as e:
     logging.error("%s", e)
     print(f"stopped: {e}", file=sys.stderr)

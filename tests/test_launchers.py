@@ -1,5 +1,6 @@
 """Sweep expansion and the TPU pod launcher's dry run."""
 import pathlib
+import os
 import subprocess
 import sys
 
@@ -41,6 +42,37 @@ def test_pod_launcher_dry_run_prints_gcloud_command():
   out = r.stdout
   assert out.startswith("gcloud compute tpus tpu-vm ssh pod1") and "--worker=all" in out
   assert "--config.distributed=True" in out and "--config.total_steps=10" in out
+
+
+def test_pod_launcher_passes_config_flags_env_and_logs_per_worker():
+  r = subprocess.run([sys.executable, "-m", "launch.tpu.pod", "--tpu=pod1", "--zone=z",
+                      "--config=configs/distill/lnv7b.py:tpu_v5p_128", "--workdir=gs://b/run",
+                      "--config.total_steps=7", "--libtpu_init_args=--xla_tpu_x=1", "--dry_run"],
+                     cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert r.returncode == 0, r.stderr
+  out = r.stdout
+  assert "--config.total_steps=7" in out and "export LIBTPU_INIT_ARGS=--xla_tpu_x=1" in out
+  assert "nohup python -m launch.train" in out and "~/aotd_logs/train-$(hostname).log" in out
+  setup = subprocess.run([sys.executable, "-m", "launch.tpu.pod", "--tpu=pod1", "--zone=z",
+                          "--config=configs/distill/lnv7b.py:tpu_v5p_128", "--workdir=gs://b/run",
+                          "--setup", "--dry_run"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+  assert setup.returncode == 0, setup.stderr
+  assert "pip install -q -c constraints.txt -e" in setup.stdout and ".[tpu,gcs]" in setup.stdout
+  assert "launch.train" not in setup.stdout
+  assert os.path.isfile(os.path.join(ROOT, "constraints.txt"))
+
+
+def test_sweep_passes_config_flags_and_big_vision_keys():
+  assert sweep.command("c.py", "w", {"config.lr": 1, "seed": 2}, extra=["--config.total_steps=3"]) == [
+      "python", "-m", "launch.train", "--config=c.py", "--workdir=w", "--config.total_steps=3",
+      "--config.lr=1", "--config.seed=2"]
+  assert sweep.variant_name({"config.optim.lr": 1}) == "lr=1"
+  r = subprocess.run([sys.executable, "-m", "launch.sweep", "--config=configs/distill/toy.py:llama",
+                      "--workdir=w", "--print_only", "--config.total_steps=3"], cwd=ROOT,
+                     capture_output=True, text=True, timeout=120)
+  assert r.returncode == 0, r.stderr
+  assert all("--config.total_steps=3" in l for l in r.stdout.strip().splitlines())
 
 
 def test_real_configs_document_meshes():

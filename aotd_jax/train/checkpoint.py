@@ -122,3 +122,47 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+# Config keys a resume must not change silently: they change what the remaining steps train on.
+GUARDED_KEYS = ("batch_size", "rationale_weight", "total_steps")
+GUARDED_PREFIXES = ("data.",)
+# ... except these, which only say where or how fast the same data is read.
+UNGUARDED_DATA_KEYS = ("num_workers", "worker_buffer_size", "video_root", "tokenizer", "decode_size")
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+  if isinstance(tree, dict):
+    out = {}
+    for k, v in tree.items():
+      out.update(_flatten(v, f"{prefix}{k}."))
+    return out
+  return {prefix[:-1]: tree}
+
+
+def config_changes(saved: dict, current: dict) -> list[str]:
+  """The guarded keys (batch size, λ, total steps, the data mix) whose values differ between
+  the config saved in a checkpoint and the current one, as `key: old -> new` lines."""
+  old, new = _flatten(saved), _flatten(current)
+  out = []
+  for key in sorted(set(old) | set(new)):
+    guarded = key in GUARDED_KEYS or (
+        key.startswith(GUARDED_PREFIXES) and key.rsplit(".", 1)[-1] not in UNGUARDED_DATA_KEYS)
+    if guarded and old.get(key) != new.get(key):
+      out.append(f"{key}: {old.get(key, '<unset>')!r} -> {new.get(key, '<unset>')!r}")
+  return out
+
+
+def check_resume_config(saved: dict | None, current: dict, *, allow_changes: bool,
+                        directory: Any = "") -> list[str]:
+  """Refuses (ValueError) a resume whose config changes a guarded key, unless `allow_changes`;
+  returns the changes (logged by the caller when allowed)."""
+  if not saved:
+    return []
+  changes = config_changes(saved, current)
+  if changes and not allow_changes:
+    raise ValueError(
+        f"{directory}: resuming with a config that changes what the run trains on:\n  "
+        + "\n  ".join(changes)
+        + "\nuse a new workdir, or pass --config.allow_changes=True to resume anyway")
+  return changes

@@ -34,7 +34,7 @@ class LoopConfig:
   total_steps: int
   checkpoint_every: int = 100
   log_every: int = 10
-  peak_flops: float = 0.0
+  peak_flops: float = 0.0  # one chip's peak FLOP/s; MFU divides by it × the mesh's chips
   nan_at_step: int = -1  # fault injection for tests: poison this step's batch
 
 
@@ -64,6 +64,8 @@ def train_loop(trainer: Trainer, data: DataIterator, cfg: LoopConfig, *,
                         force=force)
 
   last: dict[str, float] = {}
+  num_chips = trainer.mesh.devices.size
+  timed: list[float] = []  # step times after the first (compilation) step, for the ETA
   try:
     while trainer.step < cfg.total_steps:
       if stop_requested():
@@ -74,17 +76,23 @@ def train_loop(trainer: Trainer, data: DataIterator, cfg: LoopConfig, *,
       if trainer.step + 1 == cfg.nan_at_step:
         batch = dict(batch, label_mask=np.full(np.shape(batch["label_mask"]), np.nan, np.float32))
       t0 = time.time()
+      first_step = not timed and not last
       m = dataclasses.asdict(trainer.train_step(batch))
       dt = time.time() - t0
-      tokens = float(np.asarray(batch["attention_mask"]).sum()) if "attention_mask" in batch else 0.0
+      tokens = m.pop("tokens")  # the global batch's tokens, summed on the mesh
       m["tokens_per_s"] = tokens / dt if dt > 0 else 0.0
-      m["mfu"] = metrics_lib.mfu(flops_per_token * tokens, dt, cfg.peak_flops)
       m["step_seconds"] = dt
+      m["mfu"] = metrics_lib.mfu(flops_per_token * tokens, dt, cfg.peak_flops * num_chips)
+      if not first_step:
+        timed.append(dt)
+      mean_dt = sum(timed[-50:]) / len(timed[-50:]) if timed else dt
+      m["eta_seconds"] = mean_dt * (cfg.total_steps - trainer.step)
+      m = {k: v for k, v in m.items() if v is not None}
       last = m
       if writer is not None:
-        writer.write(trainer.step, m)
+        writer.write(trainer.step, m, prefix="train/")
       if trainer.step % cfg.log_every == 0 or trainer.step == cfg.total_steps:
-        metrics_lib.log_line(trainer.step, cfg.total_steps, m, m["tokens_per_s"], m["mfu"])
+        metrics_lib.log_line(trainer.step, cfg.total_steps, m)
       if trainer.step % cfg.checkpoint_every == 0 or trainer.step == cfg.total_steps:
         save()
   except NonFiniteLossError:

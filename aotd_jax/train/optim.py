@@ -7,17 +7,23 @@ import optax
 from flax import nnx
 
 
+def learning_rate_schedule(cfg: Mapping[str, Any], total_steps: int) -> optax.Schedule:
+  """Linear warmup (`warmup_ratio` of the steps) then cosine decay to `final_lr_ratio` × lr."""
+  lr = float(cfg["learning_rate"])
+  warmup = int(round(float(cfg.get("warmup_ratio", 0.03)) * total_steps))
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=lr, warmup_steps=max(warmup, 1),
+      decay_steps=max(total_steps, warmup + 1), end_value=lr * float(cfg.get("final_lr_ratio", 0.0)))
+
+
 def make_optimizer(cfg: Mapping[str, Any], total_steps: int) -> optax.GradientTransformation:
   """AdamW + warmup/cosine (the paper: lr 4e-5, warmup 3 %, one epoch) + global-norm clipping.
 
   Keys of `cfg`: learning_rate, warmup_ratio, weight_decay, b1, b2, eps, grad_clip,
-  final_lr_ratio (all optional except learning_rate).
+  final_lr_ratio (all optional except learning_rate). The schedule is
+  `learning_rate_schedule(cfg, total_steps)` (give it to `Trainer` to log the rate).
   """
-  lr = float(cfg["learning_rate"])
-  warmup = int(round(float(cfg.get("warmup_ratio", 0.03)) * total_steps))
-  schedule = optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=lr, warmup_steps=max(warmup, 1),
-      decay_steps=max(total_steps, warmup + 1), end_value=lr * float(cfg.get("final_lr_ratio", 0.0)))
+  schedule = learning_rate_schedule(cfg, total_steps)
   parts = []
   if cfg.get("grad_clip"):
     parts.append(optax.clip_by_global_norm(float(cfg["grad_clip"])))

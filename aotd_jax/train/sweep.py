@@ -59,14 +59,21 @@ def variant_name(overrides: dict[str, Any]) -> str:
   """A short, filesystem-safe name for a variant (`optim.learning_rate=0.0001,seed=1`)."""
   if not overrides:
     return "base"
-  parts = [f"{k.split('.')[-1]}={v}" for k, v in sorted(overrides.items())]
+  parts = [f"{config_key(k).split('.')[-1]}={v}" for k, v in sorted(overrides.items())]
   return ",".join(parts).replace("/", "_").replace(" ", "")
 
 
-def command(config_path: str, workdir: str, overrides: dict[str, Any], module: str = "launch.train") -> list[str]:
-  """The absl command line of one variant."""
-  cmd = ["python", "-m", module, f"--config={config_path}", f"--workdir={workdir}"]
-  cmd += [f"--config.{k}={v}" for k, v in sorted(overrides.items())]
+def config_key(key: str) -> str:
+  """A sweep key as a config path: big_vision writes `config.lr`, we write `lr`; both work."""
+  return key[len("config."):] if key.startswith("config.") else key
+
+
+def command(config_path: str, workdir: str, overrides: dict[str, Any], module: str = "launch.train",
+            extra: Sequence[str] = ()) -> list[str]:
+  """The absl command line of one variant: `extra` arguments (the sweep's own `--config.*`
+  pass-through) first, then the variant's overrides."""
+  cmd = ["python", "-m", module, f"--config={config_path}", f"--workdir={workdir}", *extra]
+  cmd += [f"--config.{config_key(k)}={v}" for k, v in sorted(overrides.items())]
   return cmd
 
 

@@ -79,6 +79,7 @@ class StepMetrics:
   rationale_tokens: float
   grad_norm: float
   learning_rate: float | None = None
+  tokens: float = 0.0  # attended tokens of the global batch (every host's rows)
 
 
 class Trainer:
@@ -133,6 +134,8 @@ class Trainer:
       metrics = dict(loss=parts.loss, label_loss=parts.label_loss,
                      rationale_loss=parts.rationale_loss, label_tokens=parts.label_tokens,
                      rationale_tokens=parts.rationale_tokens, grad_norm=grad_norm)
+      if "attention_mask" in batch:
+        metrics["tokens"] = jnp.sum(batch["attention_mask"].astype(jnp.float32))
       return params, opt_state, metrics
 
     return jax.jit(train_step, donate_argnums=(0, 1),

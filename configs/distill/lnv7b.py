@@ -79,6 +79,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.peak_flops = PEAK_FLOPS[target]
   c.nan_at_step = -1
   c.kill_at_step = -1
+  c.allow_changes = False  # resume even if batch size, λ, total steps or data changed
 
   c.student = ml_collections.ConfigDict()
   c.student.hf_dir = options.get("hf_dir", "/models/LLaVA-NeXT-Video-7B-hf")

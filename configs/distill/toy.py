@@ -61,6 +61,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.peak_flops = 0.0  # set to the hardware's peak (FLOP/s) for an MFU estimate
   c.nan_at_step = -1  # fault injection (tests): poison this step's batch
   c.kill_at_step = -1  # fault injection (tests): SIGKILL after this step's checkpoint
+  c.allow_changes = False  # resume even if batch size, λ, total steps or data changed
   c.kill_process = -1  # ... in this process only (-1: every process)
   c.distributed = False
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
