@@ -167,7 +167,8 @@ def main(argv):
         examples=programs.load_examples(config.examples) if config.examples else "",
         batch_size=config.batch_size, num_threads=config.sandbox.num_workers,
         timeout_s=config.timeout_s, max_new_tokens=config.max_new_tokens,
-        temperature=config.temperature, video_path=video_path(config), manifest=manifest_ref)
+        temperature=config.temperature, video_path=video_path(config), manifest=manifest_ref,
+        fail_fast_min=config.get("fail_fast_min", 4))
     stats = cot_job.run(questions, job.JobPaths.for_shard(config.out_dir, name),
                         label=f"[{name}] ", progress_every_s=config.progress_every_s)
   manifest.add_counts(config.out_dir, name, stats.to_dict())

@@ -521,3 +521,52 @@ def test_llm_selector_and_data_settings_from_the_command_line(tmp_path):
       f"--config={ROOT}/configs/cot/nextqa.py:ann=t.csv,videos=v,{paths},llm=http://x/v1",
       "--config.data.read_kwargs.map_path=map.json", "--config.max_questions=3")
   assert nextqa_cfg.data.read_kwargs.map_path == "map.json" and nextqa_cfg.max_questions == 3
+
+
+def test_a_broken_backend_stops_the_run_instead_of_filling_the_records(tmp_path):
+  """A selector (or any expert) whose backend raises on every call — a server down, a model
+  without a chat template — stops the job with the tool and the error, writing nothing of
+  that batch; a program's own bad arguments (ToolError) and lone failures do not (issue 19,
+  item 8)."""
+  from aotd_jax.agent.sandbox import run_program
+  from experts import ToolError
+  program = ("def execute_command(video_clip, query, possible_answers):\n"
+             "    return select_answer(query, possible_answers, {})\n")
+  questions = [qa(f"b{i}") for i in range(4)]
+  for q in questions:
+    q.meta["question_program"] = program
+
+  def tools(error):
+    def select_answer(query, possible_answers, info):
+      """Picks an option."""
+      if error is not None:
+        raise error
+      return possible_answers[-1]
+    return {"select_answer": select_answer}
+
+  def make(error, **kw):
+    return job.CotJob(tools=tools(error), make_args=lambda q: {
+        "video_clip": None, "query": q.question, "possible_answers": list(q.choices)},
+        run_program=run_program, program_source="gold", num_threads=1, **kw)
+  quiet = open(os.devnull, "w")
+  paths = job.JobPaths.for_shard(str(tmp_path / "broken"), "00000-of-00001")
+  broken = make(RuntimeError("LocalLlama: chat-message prompts need a tokenizer with a "
+                             "chat_template"))
+  with pytest.raises(job.JobError, match=r"an expert backend is broken: all 4 programs of the "
+                                         r"batch stopped in select_answer, whose backend raised "
+                                         r"RuntimeError: LocalLlama: chat-message prompts"):
+    broken.run(questions, paths, stream=quiet)
+  assert job.RecordLog(paths.records).load() == []  # a rerun redoes these questions
+  # the program's own mistakes, or the guard switched off: records, no stop
+  for name, cot_job in (("tool_error", make(ToolError("select_answer: bad info"))),
+                        ("off", make(RuntimeError("down"), fail_fast_min=0))):
+    stats = cot_job.run(questions, job.JobPaths.for_shard(str(tmp_path / name), "x"),
+                        stream=quiet)
+    assert (stats.total, stats.executed) == (4, 0)
+  # fewer failing programs than the threshold: one question alone is not a verdict
+  lone = make(RuntimeError("down")).run(questions[:1], job.JobPaths.for_shard(
+      str(tmp_path / "lone"), "x"), stream=quiet)
+  assert (lone.total, lone.executed) == (1, 0)
+  good = make(None).run(questions, job.JobPaths.for_shard(str(tmp_path / "good"), "x"),
+                        stream=quiet)
+  assert good.executed == 4

@@ -29,6 +29,7 @@ import concurrent.futures
 import dataclasses
 import json
 import os
+import re
 import sys
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence, TextIO
@@ -214,6 +215,39 @@ class CapturedLLM:
     return out
 
 
+# -- broken backends -------------------------------------------------------------------------------
+
+_TOOL_FAILURE = re.compile(r"tool (\w+) failed: (\w+): (.*)", re.S)
+# Exceptions a tool raises for the program's own mistakes (bad arguments): not a broken backend.
+PROGRAM_ERRORS = frozenset({"ToolError"})
+
+
+def backend_failure(record: Mapping) -> tuple[str, str, str] | None:
+  """(tool, exception type, message) when the record's program stopped because a tool's backend
+  raised (a model, an LLM server, a missing chat template), not a `ToolError`; else None."""
+  if record.get("verdicts", {}).get("executed") or not record.get("trace"):
+    return None
+  for call in reversed(record["trace"].get("calls", [])):
+    m = _TOOL_FAILURE.match(call.get("error") or "")
+    if m:
+      return None if m.group(2) in PROGRAM_ERRORS else (m.group(1), m.group(2), m.group(3))
+  return None
+
+
+def broken_backend(records: Sequence[Mapping], min_failures: int) -> str | None:
+  """Why a batch shows a broken expert backend, or None: every program that ran stopped on
+  the same tool raising the same exception type, and there are at least `min_failures`."""
+  ran = [r for r in records if r.get("verdicts", {}).get("parsed") and r.get("trace")]
+  failures = [backend_failure(r) for r in ran]
+  if min_failures < 1 or len(failures) < min_failures or None in failures:
+    return None
+  if len({(tool, kind) for tool, kind, _ in failures}) != 1:
+    return None
+  tool, kind, message = failures[0]
+  return (f"all {len(failures)} programs of the batch stopped in {tool}, whose backend raised "
+          f"{kind}: {safe_str(message, 300)}")
+
+
 # -- progress -------------------------------------------------------------------------------------
 
 class Progress:
@@ -277,6 +311,10 @@ class CotJob:
       or "none" (the reply is kept as written, the official).
     examples: the few-shot programs (`programs.load_examples(dataset)`).
     video_path: `VideoQA -> path` written into each record (None if unknown).
+    fail_fast_min: stop the run (`JobError`, the batch not written) when a batch of at least
+      this many programs all stopped on one tool whose backend raised the same exception (a
+      server down, a model that cannot load, a selector without a chat template): such a run
+      would only fill the records with failures. 0: never.
   """
   tools: Mapping[str, Callable]
   make_args: Callable[[Any], Mapping[str, Any]]
@@ -298,6 +336,7 @@ class CotJob:
   temperature: float = 0.0
   video_path: Callable[[Any], str | None] = lambda qa: qa.meta.get("video_path")
   manifest: str | None = None
+  fail_fast_min: int = 4
 
   def __post_init__(self):
     if self.program_source not in ("llm", "gold"):
@@ -440,7 +479,13 @@ class CotJob:
       print(f"{label}resuming: {len(done)} records in {paths.records}, {len(todo)} to go",
             file=progress.stream, flush=True)
     for start in range(0, len(todo), self.batch_size):
-      for record in self.process(todo[start:start + self.batch_size]):
+      records = self.process(todo[start:start + self.batch_size])
+      broken = broken_backend(records, self.fail_fast_min)
+      if broken:
+        raise JobError(f"{label}an expert backend is broken: {broken}. Nothing of this batch was "
+                       f"written to {paths.records}; fix the backend and rerun the same command "
+                       "(done questions are kept)")
+      for record in records:
         log.append(record)
         stats.add_record(record)
         progress.update()

@@ -70,6 +70,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.experts = ml_collections.ConfigDict()
   c.make_args = ""                # "" decodes a VideoClip per question; or a dotted factory
   c.batch_size = 8
+  c.fail_fast_min = 4             # stop when a batch of >= this many programs all hit one broken backend
   c.timeout_s = 30.0
   c.max_new_tokens = 512
   c.temperature = 0.0
