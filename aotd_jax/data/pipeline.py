@@ -26,6 +26,7 @@ import grain
 import jax
 import numpy as np
 from absl import flags, logging
+from etils import epath
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from aotd_jax.data import conversation, video
@@ -180,7 +181,7 @@ def read_cot_jsonl(path: str, *, video_root: str = "", prompt_format: str | None
   """
   report = ReadReport(fmt="cot", path=path)
   out, unkept, total = [], 0, 0
-  with open(path, encoding="utf-8") as f:
+  with (epath.Path(path).open("r") if _is_url(path) else open(path, encoding="utf-8")) as f:
     for lineno, line in enumerate(f, 1):
       if not line.strip():
         continue
@@ -218,6 +219,10 @@ class _ParseCotRecord:
       return {SKIP: f"{self.path}[{index}]: malformed CoT record: {_cot_error(e)}", "kind": "record"}
 
 
+def _is_url(path: str | os.PathLike) -> bool:
+  return "://" in os.fspath(path)
+
+
 def cot_files(pattern: str | os.PathLike | Sequence[str]) -> list[str]:
   """The files a CoT source names: a path, a glob (`W/cot-*.array_record`) or a list of them.
 
@@ -229,11 +234,15 @@ def cot_files(pattern: str | os.PathLike | Sequence[str]) -> list[str]:
   for item in items:
     item = os.fspath(item)
     if any(ch in item for ch in "*?["):
-      matched = sorted(globlib.glob(item))
+      if _is_url(item):  # gs://, or any fsspec filesystem: a glob in the file name
+        parent, _, name = item.rpartition("/")
+        matched = sorted(os.fspath(p) for p in epath.Path(parent).glob(name))
+      else:
+        matched = sorted(globlib.glob(item))
       if not matched:
         raise FileNotFoundError(f"CoT glob matches no file: {item}")
       files += matched
-    elif not os.path.exists(item):
+    elif not (epath.Path(item).exists() if _is_url(item) else os.path.exists(item)):
       raise FileNotFoundError(f"CoT file not found: {item}")
     else:
       files.append(item)

@@ -79,8 +79,9 @@ def write_hf_config(model: nnx.Module, directory: str) -> None:
   adapter = registry.adapter_for(type(model).hf_architecture)
   hf_config = adapter.config_to_hf(model.config)
   hf_config.setdefault("architectures", [adapter.architecture])
-  os.makedirs(directory, exist_ok=True)
-  tmp = os.path.join(directory, "hf_config.json.tmp")
-  with open(tmp, "w") as f:
-    json.dump(hf_config, f, indent=2, sort_keys=True)
-  os.replace(tmp, os.path.join(directory, "hf_config.json"))
+  from aotd_jax.train.checkpoint import as_path
+  directory = as_path(directory)  # local, gs:// or any fsspec filesystem
+  directory.mkdir(parents=True, exist_ok=True)
+  tmp = directory / "hf_config.json.tmp"
+  tmp.write_text(json.dumps(hf_config, indent=2, sort_keys=True))
+  tmp.replace(directory / "hf_config.json")

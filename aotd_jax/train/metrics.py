@@ -32,15 +32,18 @@ def _workdir_path(workdir: str | os.PathLike) -> epath.Path:
 class MetricsWriter:
   """Writes scalars to TensorBoard and `metrics.jsonl` under `workdir`; plots at `close()`.
 
-  `enabled=False` (every process of a pod but process 0) writes nothing."""
+  `enabled=False` (every process of a pod but process 0) writes nothing; `tensorboard=False`
+  only the JSONL history and the plot."""
 
-  def __init__(self, workdir: str | os.PathLike, *, enabled: bool = True):
+  def __init__(self, workdir: str | os.PathLike, *, enabled: bool = True, tensorboard: bool = True):
     self.workdir = _workdir_path(workdir)
     self.enabled = enabled
     self._history_path = self.workdir / "metrics.jsonl"
     self._tb = None
     if enabled:
       self.workdir.mkdir(parents=True, exist_ok=True)
+    if enabled and tensorboard:
+      # tensorboardX writes local paths itself and gs:// through google-cloud-storage (gcs extra)
       from tensorboardX import SummaryWriter  # pure Python: no TensorFlow needed
       self._tb = SummaryWriter(os.fspath(self.workdir / "tensorboard"))
 
@@ -50,7 +53,8 @@ class MetricsWriter:
       return
     named = {(k if "/" in k else prefix + k): v for k, v in scalars.items() if v is not None}
     for k, v in named.items():
-      self._tb.add_scalar(k, float(v), step)
+      if self._tb is not None:
+        self._tb.add_scalar(k, float(v), step)
     row = json.dumps({"step": step, "time": time.time(), **named}) + "\n"
     with self._history_path.open("a") as f:
       f.write(row)
