@@ -37,8 +37,18 @@ def test_rationale_grounding_parses_the_verbaliser_format():
   assert metrics.rationale_grounding("no evidence", {}, [])["box_iou"] is None
 
 
-def test_efficiency_measure_records_time_and_memory():
+def test_efficiency_measure_records_time_and_memory(monkeypatch):
+  clock = iter([10.0, 12.5])
+  monkeypatch.setattr(efficiency.time, "perf_counter", lambda: next(clock))
+  monkeypatch.setattr(efficiency, "_rss_mb", lambda: 123.0)
+  monkeypatch.setattr(efficiency, "_device_peak_mb", lambda: None)
   with efficiency.measure(4) as e:
-    sum(range(10000))
-  assert e.questions == 4 and e.seconds > 0 and e.peak_mb > 0
-  assert e.to_dict()["seconds_per_question"] == pytest.approx(e.seconds / 4)
+    pass
+  assert e.to_dict() == {"seconds": 2.5, "questions": 4, "seconds_per_question": 0.625,
+                         "peak_mb": 123.0, "memory_kind": "host_rss"}
+  # an accelerator that reports its peak is preferred to the host's RSS
+  clock = iter([0.0, 1.0])
+  monkeypatch.setattr(efficiency, "_device_peak_mb", lambda: 77.0)
+  with efficiency.measure(0) as e:
+    pass
+  assert (e.peak_mb, e.memory_kind, e.seconds_per_question) == (77.0, "device_peak", 0.0)
