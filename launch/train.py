@@ -22,11 +22,12 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from aotd_jax import host_memory, sharding
-from aotd_jax.train import build, data as train_data
+from aotd_jax.train import build, config_check, data as train_data
 from aotd_jax.train.checkpoint import Checkpointer, check_resume_config
 from aotd_jax.train.loop import LoopConfig, train_loop
 from aotd_jax.train.metrics import MetricsWriter
 from aotd_jax.train.optim import learning_rate_schedule, make_optimizer, trainable_filter
+from launch import cli
 from aotd_jax.train.trainer import NonFiniteLossError, Trainer, matmul_flops_per_token
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config (get_config(arg)).")
@@ -70,6 +71,7 @@ class _KillAfter:
 
 def run(cfg, workdir: str) -> int:
   """The whole run; returns the process exit code."""
+  config_check.check_train_config(cfg)
   sharding.maybe_initialize_distributed(cfg)
   mesh = sharding.make_mesh(dict(cfg.mesh))
   student = build.build_student(cfg.student, mesh=mesh, seed=cfg.seed)
@@ -135,4 +137,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -8,12 +8,21 @@ from flax import nnx
 
 
 def learning_rate_schedule(cfg: Mapping[str, Any], total_steps: int) -> optax.Schedule:
-  """Linear warmup (`warmup_ratio` of the steps) then cosine decay to `final_lr_ratio` × lr."""
+  """Linear warmup from 0 over `warmup_ratio` of the steps (at least one), then cosine decay
+  to `final_lr_ratio` × lr by the last step.
+
+  Tiny runs (a smoke test's `total_steps=1`) keep at least one step to decay: warmup ≤
+  total_steps - 1, so a 1-step run trains at the peak rate (optax refuses a 0-step decay).
+  """
+  total_steps = int(total_steps)
+  if total_steps < 1:
+    raise ValueError(f"total_steps must be >= 1, got {total_steps}")
   lr = float(cfg["learning_rate"])
-  warmup = int(round(float(cfg.get("warmup_ratio", 0.03)) * total_steps))
+  warmup = min(max(int(round(float(cfg.get("warmup_ratio", 0.03)) * total_steps)), 1),
+               total_steps - 1)
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=lr, warmup_steps=max(warmup, 1),
-      decay_steps=max(total_steps, warmup + 1), end_value=lr * float(cfg.get("final_lr_ratio", 0.0)))
+      init_value=0.0, peak_value=lr, warmup_steps=warmup, decay_steps=total_steps,
+      end_value=lr * float(cfg.get("final_lr_ratio", 0.0)))
 
 
 def make_optimizer(cfg: Mapping[str, Any], total_steps: int) -> optax.GradientTransformation:

@@ -1,0 +1,82 @@
+"""Checks a training config before anything is built, naming the `--config.` flag at fault.
+
+A bad value (`total_steps=-1`, `batch_size=0`, ...) otherwise surfaces as a traceback deep in
+optax, Grain or the mesh code that does not say which setting to change.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+
+class ConfigError(ValueError):
+  """A config value that cannot train; the message names the flag (`--config.total_steps`)."""
+
+
+def _get(cfg, path: str) -> Any:
+  node = cfg
+  for part in path.split("."):
+    if node is None or not hasattr(node, "get"):
+      return None
+    node = node.get(part, None)
+  return node
+
+
+def _int(errors: list[str], cfg, path: str, *, minimum: int, required: bool = True,
+         what: str = "") -> None:
+  value = _get(cfg, path)
+  if value is None:
+    if required:
+      errors.append(f"--config.{path} is missing")
+    return
+  if isinstance(value, bool) or not isinstance(value, int):
+    errors.append(f"--config.{path}={value!r}: expected an integer")
+  elif value < minimum:
+    errors.append(f"--config.{path}={value}: must be >= {minimum}{what}")
+
+
+def _float(errors: list[str], cfg, path: str, *, low: float, high: float | None = None,
+           low_open: bool = False, what: str = "") -> None:
+  value = _get(cfg, path)
+  if value is None:
+    return
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    errors.append(f"--config.{path}={value!r}: expected a number")
+    return
+  if (value <= low if low_open else value < low) or (high is not None and value > high):
+    bound = f"{'>' if low_open else '>='} {low}" + (f" and <= {high}" if high is not None else "")
+    errors.append(f"--config.{path}={value}: must be {bound}{what}")
+
+
+def check_train_config(cfg) -> None:
+  """Raises `ConfigError` listing every bad value of a `launch.train` config by its flag."""
+  errors: list[str] = []
+  _int(errors, cfg, "total_steps", minimum=1)
+  _int(errors, cfg, "batch_size", minimum=1)
+  _int(errors, cfg, "checkpoint_every", minimum=1)
+  _int(errors, cfg, "log_every", minimum=1, required=False)
+  _int(errors, cfg, "keep_checkpoints", minimum=1, required=False)
+  _int(errors, cfg, "seed", minimum=0, required=False)
+  _float(errors, cfg, "rationale_weight", low=0.0)
+  _float(errors, cfg, "optim.learning_rate", low=0.0, low_open=True)
+  _float(errors, cfg, "optim.warmup_ratio", low=0.0, high=1.0)
+  _float(errors, cfg, "optim.final_lr_ratio", low=0.0, high=1.0)
+  _float(errors, cfg, "optim.weight_decay", low=0.0)
+  _float(errors, cfg, "optim.grad_clip", low=0.0)
+  _int(errors, cfg, "data.seq_len", minimum=1)
+  kind = _get(cfg, "data.kind") or "synthetic"
+  if kind not in ("synthetic", "pipeline"):
+    errors.append(f"--config.data.kind={kind!r}: expected 'synthetic' or 'pipeline'")
+  if kind == "pipeline" or _get(cfg, "student.architecture") != "LlamaForCausalLM":
+    _int(errors, cfg, "data.num_frames", minimum=1, required=False)
+  _int(errors, cfg, "data.num_workers", minimum=0, required=False)
+  _float(errors, cfg, "data.max_skip_fraction", low=0.0, high=1.0)
+  mixing = _get(cfg, "data.mixing")
+  if mixing is not None and mixing not in ("weighted", "concat_epoch"):
+    errors.append(f"--config.data.mixing={mixing!r}: expected 'weighted' or 'concat_epoch'")
+  mesh = _get(cfg, "mesh")
+  if mesh is not None:
+    for axis, size in dict(mesh).items():
+      if isinstance(size, bool) or not isinstance(size, int) or size == 0 or size < -1:
+        errors.append(f"--config.mesh.{axis}={size!r}: expected a positive size or -1 (fill)")
+  if errors:
+    raise ConfigError("bad training config:\n  " + "\n  ".join(errors))

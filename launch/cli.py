@@ -1,0 +1,66 @@
+"""Launcher entry point: command-line mistakes end with one line naming the flag, not a
+traceback.
+
+`--config.totl_steps=3` (a key the config lacks), `--config.total_steps=abc`, a config arg the
+config file refuses, and a `ConfigError` from the launcher's own checks
+(`aotd_jax.train.config_check`) each print `<launcher>: error: ...` on stderr and exit with
+status 2, the usual code for a usage error.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+from typing import Callable
+
+from absl import app, flags
+
+from aotd_jax.train.config_check import ConfigError
+
+EXIT_USAGE = 2
+
+
+def _prog(argv) -> str:
+  name = os.path.basename(argv[0]) if argv else "launch"
+  return name[:-3] if name.endswith(".py") else name
+
+
+def describe(e: BaseException, argv) -> str:
+  """A one-paragraph message for a flag-parsing failure, naming the flag when it can."""
+  overrides = [a for a in argv[1:] if a.startswith("--config.")]
+  if isinstance(e, (KeyError, AttributeError)):
+    message = str(e).replace("\\'", "'")
+    for arg in overrides:
+      path = arg[len("--config."):].split("=", 1)[0]
+      key = next((k for k in path.split(".") if f"'{k}'" in message), None)
+      if key:
+        hint = re.search(r'Did you mean "([^"]+)"', message)
+        return (f"{arg.split('=', 1)[0]}: the config has no key {key!r}"
+                + (f" (did you mean {hint.group(1)!r}?)" if hint else "")
+                + "; a new key needs a config file that defines it")
+  text = str(e).strip().strip("'\"").replace("\\n", " ")
+  if isinstance(e, flags.Error):
+    return text
+  return f"{type(e).__name__}: {text}"
+
+
+def parse_flags(argv):
+  """`app.run`'s flag parser with readable errors."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
+    print(f"{_prog(argv)}: error: {describe(e, argv)}", file=sys.stderr)
+    sys.exit(EXIT_USAGE)
+
+
+def run(main: Callable) -> None:
+  """`app.run(main)`; a `ConfigError` raised by `main` exits 2 with its message."""
+
+  def guarded(argv):
+    try:
+      return main(argv)
+    except ConfigError as e:
+      print(f"{_prog(sys.argv)}: error: {e}", file=sys.stderr)
+      sys.exit(EXIT_USAGE)
+
+  app.run(guarded, flags_parser=parse_flags)

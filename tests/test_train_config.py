@@ -1,0 +1,67 @@
+"""The command line (issue 19, item 8): tiny step counts train, and bad flags or values fail
+with the flag's name, exit status 2 and no traceback."""
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import optax
+import pytest
+
+from aotd_jax.train import config_check
+from aotd_jax.train.optim import make_optimizer
+from configs.distill import lnv7b, toy
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("total", [1, 2, 3])
+def test_tiny_total_steps_schedule(total):
+  """total_steps=1 used to fail inside optax (cosine decay over 0 steps)."""
+  cfg = dict(learning_rate=1e-3, warmup_ratio=0.03, final_lr_ratio=0.1)
+  tx = make_optimizer(cfg, total)
+  params = {"w": np.ones(3, np.float32)}
+  state, new = tx.init(params), params
+  for _ in range(total):  # the run's steps: finite, and the last one (at least) moves
+    updates, state = tx.update({"w": np.ones(3, np.float32)}, state, new)
+    new = optax.apply_updates(new, updates)
+  assert np.all(np.isfinite(new["w"])) and not np.array_equal(new["w"], params["w"])
+
+
+@pytest.mark.parametrize("key,value,flag", [
+    ("total_steps", -1, "--config.total_steps=-1: must be >= 1"),
+    ("batch_size", 0, "--config.batch_size=0: must be >= 1"),
+    ("checkpoint_every", 0, "--config.checkpoint_every=0"),
+    ("rationale_weight", -1.0, "--config.rationale_weight=-1.0: must be >= 0.0"),
+])
+def test_config_check_names_the_flag(key, value, flag):
+  cfg = toy.get_config()
+  config_check.check_train_config(cfg)
+  cfg[key] = value
+  with pytest.raises(config_check.ConfigError, match=flag.replace(".", r"\.").replace("+", r"\+")):
+    config_check.check_train_config(cfg)
+
+
+def test_config_check_nested_and_lnv7b_ok():
+  config_check.check_train_config(lnv7b.get_config())
+  cfg = toy.get_config()
+  cfg.optim.learning_rate = 0.0
+  cfg.data.mixing = "random"
+  with pytest.raises(config_check.ConfigError) as e:
+    config_check.check_train_config(cfg)
+  assert "--config.optim.learning_rate=0.0: must be > 0.0" in str(e.value)
+  assert "--config.data.mixing='random'" in str(e.value)
+
+
+def test_launcher_errors_name_the_flag_without_a_traceback(tmp_path):
+  def run(*extra):
+    return subprocess.run(
+        [sys.executable, "-m", "launch.train", "--config=configs/distill/toy.py",
+         f"--workdir={tmp_path}", *extra], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  for extra, want in [(("--config.totl_steps=3",),
+                       "--config.totl_steps: the config has no key 'totl_steps' (did you mean "
+                       "'total_steps'?)"),
+                      (("--config.batch_size=0",), "--config.batch_size=0: must be >= 1")]:
+    out = run(*extra)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert want in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
