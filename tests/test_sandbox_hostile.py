@@ -2,7 +2,7 @@
 
 Each program is refused by the AST allow-list or stopped by the worker's limits; the test
 checks `ok=False` with a one-line reason that names what was refused, a run time within
-timeout + 2 s, that this process's threads / file descriptors / memory are unchanged, that
+timeout + 5 s, that this process's threads / file descriptors / memory are unchanged, that
 no file appears in the (temporary) working directory, and that a valid program still runs
 with its full trace afterwards.
 """
@@ -153,6 +153,104 @@ HOSTILE = [
     ("oversized_tool_result", body("return len(Big())"), "channel failed"),
 ]
 
+# --- generated classes -------------------------------------------------------------------------
+from aotd_jax.agent import sandbox_policy  # noqa: E402
+
+# Every builtin outside the allow-list, by name (refused before anything runs).
+HOSTILE += [(f"builtin_{name}", body(f"return {name}"), f"builtin '{name}'")
+            for name in sorted(sandbox_policy.FORBIDDEN_NAMES)
+            if name not in {"eval", "exec", "compile", "open", "getattr", "setattr", "vars",
+                            "globals", "locals", "breakpoint", "input", "help", "type",
+                            "object", "memoryview", "exit", "quit", "format"}]
+# Every forbidden attribute, on a handle and on plain data.
+HOSTILE += [(f"attr_{a}_{on}", body(f"return {on}.{a}"), f"'.{a}'")
+            for a in sorted(sandbox_policy.FORBIDDEN_ATTRIBUTES) for on in ("video_clip", "query")]
+# A limit swallowed, for each exception class a program may catch: a loop that raises and
+# catches it, and one that raises it from a `finally` (which replaced the step limit).
+HOSTILE += [(f"swallow_{e}", body(f"while True:\n    try:\n        raise {e}('x')\n"
+                                  f"    except {e}:\n        pass"), "step limit")
+            for e in sorted(sandbox_policy.SAFE_EXCEPTIONS)]
+HOSTILE += [(f"finally_raise_{e}", body(f"while True:\n    try:\n        try:\n"
+                                        f"            pass\n        finally:\n"
+                                        f"            raise {e}('x')\n    except {e}:\n"
+                                        f"        pass"), "step limit")
+            for e in sorted(sandbox_policy.SAFE_EXCEPTIONS)]
+# MemoryError / RecursionError caught by `except Exception` at various places.
+HOSTILE += [
+    ("memory_caught_in_callee", body("def f():\n    try:\n        return [1] * (10 ** 11)\n"
+                                     "    except Exception:\n        return []\n"
+                                     "return len(f())"), "memory limit exceeded"),
+    ("memory_dict_caught", body("try:\n    d = dict.fromkeys(range(10 ** 10))\n"
+                                "except Exception:\n    return 1"),
+     "memory limit exceeded|step limit|timed out"),
+    ("memory_then_tool_result", body("keep = []\ntry:\n    while True:\n"
+                                     "        keep.append('a' * 10 ** 7)\n"
+                                     "except Exception:\n    pass\nreturn Echo('b' * 10 ** 5)"),
+     "memory limit exceeded"),
+    ("memory_join_caught", body("try:\n    s = ''.join(['ab'] * (10 ** 10))\n"
+                                "except Exception as e:\n    return str(e)"),
+     "memory limit exceeded|timed out"),
+    ("recursion_mutual", body("def a(n):\n    return b(n)\ndef b(n):\n    return a(n)\n"
+                              "try:\n    a(0)\nexcept Exception:\n    return 1"),
+     "recursion limit exceeded"),
+    ("recursion_in_finally", body("def f(n):\n    try:\n        pass\n    finally:\n"
+                                  "        f(n + 1)\nreturn f(0)"), "recursion limit exceeded"),
+    ("recursion_comprehension", body("f = lambda n: [f(n + 1) for _ in [0]]\ntry:\n"
+                                     "    f(0)\nexcept Exception:\n    return 1"),
+     "recursion limit exceeded"),
+    ("recursion_then_loop", body("def f(n):\n    try:\n        return f(n + 1)\n"
+                                 "    except Exception:\n        while True:\n"
+                                 "            pass\nreturn f(0)"), "recursion limit exceeded"),
+]
+# Self-referencing and DAG-shaped data sent to every sink: the worker's own encoder meets
+# them (the wire has no references), so the host never walks them.
+_DAG = "x = [1]\nfor i in range(60):\n    x = [x, x]\n"
+_CYCLE = "x = []\nx.append(x)\n"
+HOSTILE += [
+    ("dag_to_tool", body(_DAG + "return Echo(x)"), "timed out"),
+    ("dag_to_handle_op", body(_DAG + "return x in video_clip"), "timed out"),
+    ("dag_as_value", body(_DAG + "return x"), "timed out"),
+    ("dag_dict_to_tool", body("x = {}\nfor i in range(60):\n    x = {'a': x, 'b': x}\n"
+                              "return Echo(x)"), "timed out"),
+    ("cycle_to_tool", body(_CYCLE + "return Echo(x)"), "cannot be sent"),
+    ("cycle_to_handle_index", body(_CYCLE + "return video_clip[x]"), "cannot be sent"),
+    ("cycle_as_value", body(_CYCLE + "return x"), "cannot be sent"),
+    ("cycle_dict_as_value", body("x = {}\nx['x'] = x\nreturn x"), "cannot be sent"),
+    ("cycle_in_error_message", body(_CYCLE + "raise ValueError(x)"), "ValueError"),
+    ("dag_printed", body(_DAG + "print(x)"), "timed out|memory limit|output limit"),
+    ("many_containers", body("return Echo([[]] * 200000)"), "containers"),
+    ("many_containers_value", body("return [[]] * 200000"), "containers"),
+]
+# Host work on program data is bounded: error messages, handle texts, copies per read.
+HOSTILE += [
+    ("tool_error_with_data", body("return Raise([list(range(100))] * 100)"), "tool Raise failed"),
+    ("tool_error_long_text", body("return Raise('x' * 500000)"), "tool Raise failed"),
+    ("tool_keyerror_tuple", body("return Lookup((1, (2, (3,))) * 1000)"), "tool Lookup failed"),
+    ("handle_long_attr", body("return video_clip.a" + "a" * 5000), "attr failed"),
+    ("handle_contains_data", body("return [list(range(1000))] * 100 in video_clip"),
+     "contains failed"),
+    ("frames_reread", body("n = 0\nfor i in range(1000):\n    n += len(video_clip.fresh)\n"
+                           "return n"), "handle memory cap"),
+    ("frames_reread_kept", body("keep = []\nfor i in range(1000):\n"
+                                "    keep.append(video_clip.fresh)\nreturn len(keep)"),
+     "handle memory cap"),
+]
+# Bytes the program chose, echoed back by tools (the old channel's desync / pickle path):
+# they come back as plain strings, nothing is unpickled or run, and the run then fails on
+# purpose with the comparison in its message.
+HOSTILE += [
+    (f"echo_{name}", body(f"p = {payload}\nr = Echo(p)\nq = Find(video_clip, p)\n"
+                          f"raise ValueError('echo ' + str(r == p and q == p))"), "echo True")
+    for name, payload in (
+        ("pickle", repr("cos\nsystem\n(S'touch pwned'\ntR.")),
+        ("frame_header", "chr(0) * 3 + chr(9) + chr(0x93) + 'done'"),
+        ("msgpack_ext", "chr(0xc7) + chr(40) + chr(2) + '|O' * 20"),
+        ("huge_length", "chr(0xff) * 8 + 'x' * 100"),
+        ("surrogates", "chr(0xd800) + chr(0xdfff)"),
+        ("nul", "chr(0) * 1000"),
+    )
+]
+
 
 class Clip:
   """A stand-in for experts.VideoClip: frames stay in the host, the program gets a handle."""
@@ -167,12 +265,21 @@ class Clip:
   def trim(self):  # a method: programs must not call it through a handle
     return self
 
+  @property
+  def fresh(self):  # a new 2 MB copy on every read (beyond array_by_value_bytes: a handle)
+    return np.zeros(2 << 20, np.uint8)
+
 
 def _tools():
   def fail(clip):
     raise RuntimeError("detector exploded")
 
+  def raise_(x):
+    raise ValueError(x)
+
   return {"Noop": lambda: None, "Fail": fail, "Big": lambda: "x" * (65 << 20),
+          "Echo": lambda x: x, "Find": lambda clip, name: name, "Raise": raise_,
+          "Lookup": lambda key: {}[key],
           "Count": lambda clip, name: int(clip.frames.shape[0])}
 
 
@@ -212,13 +319,13 @@ def _rss_mb():
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory):
   cwd = tmp_path_factory.mktemp("sandbox_cwd")
-  with Sandbox(num_workers=2, memory_mb=256, cwd=str(cwd),
-               max_message_bytes=1 << 20) as sb:
+  with Sandbox(num_workers=2, memory_mb=256, cwd=str(cwd), max_message_bytes=1 << 20,
+               max_handle_bytes=64 << 20, max_message_nodes=100_000) as sb:
     yield sb, cwd
 
 
 def test_corpus_is_large_enough():
-  assert len(HOSTILE) >= 40
+  assert len(HOSTILE) >= 150
   assert len({name for name, _, _ in HOSTILE}) == len(HOSTILE)
 
 
@@ -241,9 +348,10 @@ def test_hostile_corpus(sandbox, tmp_path, monkeypatch):
   for (name, _, expected), (_, ex, seconds) in zip(HOSTILE, results):
     if ex.ok:
       failures.append(f"{name}: ran (value {ex.value!r})")
-    elif not ex.error or "\n" in ex.error or not re.search(expected, ex.error):
+    elif (not ex.error or "\n" in ex.error or len(ex.error) > 1000
+          or not re.search(expected, ex.error)):
       failures.append(f"{name}: reason {ex.error!r} does not match {expected!r}")
-    elif seconds > TIMEOUT_S + 2.0:
+    elif seconds > TIMEOUT_S + 5.0:  # a kill may wait for a replacement worker to start
       failures.append(f"{name}: took {seconds:.2f} s")
   assert not failures, "\n".join(failures)
 
