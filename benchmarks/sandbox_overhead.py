@@ -1,6 +1,6 @@
 """Sandbox overhead: programs/s in the worker pool vs in-process `exec` (the unsafe reference).
 
-Usage: python benchmarks/sandbox_overhead.py [--programs 200] [--workers 2]
+Usage: python benchmarks/sandbox_overhead.py [--programs 200] [--workers 2] [--runs_per_child 1]
 
 Measures, in one run on this machine:
   1. a typical 4-tool-call program: in-process exec vs the sandbox (1 and N workers);
@@ -73,11 +73,14 @@ def main():
   p = argparse.ArgumentParser()
   p.add_argument("--programs", type=int, default=200)
   p.add_argument("--workers", type=int, default=2)
+  p.add_argument("--runs_per_child", type=int, default=1,
+                 help="Sandbox(runs_per_child=...); 1 = a fresh child per run")
   a = p.parse_args()
   n = a.programs
   ref = rate(lambda: in_process(PROGRAM, TOOLS, args()), n)
   print(f"in-process exec:            {ref:9.1f} programs/s")
-  with Sandbox(1) as sb:
+  kw = {"runs_per_child": a.runs_per_child} if a.runs_per_child > 1 else {}
+  with Sandbox(1, **kw) as sb:
     sb.run(PROGRAM, TOOLS, args(), timeout_s=5)  # warm
     one = rate(lambda: sb.run(PROGRAM, TOOLS, args(), timeout_s=5), n)
     print(f"sandbox, 1 worker:          {one:9.1f} programs/s  ({ref / one:.0f}x slower, "
@@ -89,7 +92,7 @@ def main():
            "    return 10 ** (10 ** 9)\n", TOOLS, args(), timeout_s=0.2)
     sb.run(PROGRAM, TOOLS, args(), timeout_s=5)
     print(f"timeout kill + replacement: {(time.perf_counter() - t0 - 0.2) * 1e3:9.1f} ms")
-  with Sandbox(a.workers) as sb:
+  with Sandbox(a.workers, **kw) as sb:
     with concurrent.futures.ThreadPoolExecutor(a.workers) as pool:
       list(pool.map(lambda _: sb.run(PROGRAM, TOOLS, args(), timeout_s=5), range(4)))
       t0 = time.perf_counter()

@@ -266,3 +266,33 @@ def test_toyworld_gold_programs_with_real_tools_match_in_process_exec(sb):
 def test_non_ascii_identifiers(sb):
   ex = sb.run(body("ñandú = len(query)\nreturn ñandú"), {}, args(), timeout_s=2.0)
   assert ex.ok and ex.value == len(args()["query"]), ex.error
+
+
+def test_runs_per_child_reuses_a_child_only_after_a_clean_run():
+  with Sandbox(1, memory_mb=256, runs_per_child=3) as sb:
+    outcomes = [sb.run(body(src), {}, args(), timeout_s=2.0, max_steps=10_000)
+                for src in ("return 1", "raise ValueError('mine')", "return 2",
+                            "while True:\n    pass", "return 3", "return 4", "return 5")]
+  assert [e.ok for e in outcomes] == [True, False, True, False, True, True, True]
+  assert "ValueError: mine" in outcomes[1].error and "step limit" in outcomes[3].error
+  assert [e.value for e in outcomes if e.ok] == [1, 2, 3, 4, 5]
+
+
+def test_jail_layers_reported_applied_are_in_force(sb):
+  """Each layer the worker reports as applied is visible from outside; a layer the platform
+  refused is reported (and warned about once), never claimed."""
+  assert sb.run(body("return 1"), {}, args(), timeout_s=2.0).ok
+  worker = list(sb._idle.queue)[0]
+  assert worker.wait_ready(30) is None
+  report, pid = worker.jail_report, worker.proc.pid
+  assert set(report) == {"applied", "missing"}
+  assert set(report["applied"]) | {m.split()[0] for m in report["missing"]} >= {
+      "namespaces", "chroot", "seccomp"}
+  if "namespaces" in report["applied"]:
+    assert os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net")
+    assert os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
+  if "chroot" in report["applied"]:
+    assert os.readlink(f"/proc/{pid}/root") != "/"
+  if "seccomp" in report["applied"]:
+    status = open(f"/proc/{pid}/status").read()
+    assert "Seccomp:\t2" in status and "NoNewPrivs:\t1" in status

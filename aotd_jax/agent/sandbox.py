@@ -138,13 +138,16 @@ class _HandleCap(BaseException):
 class _Worker:
   """One worker (a zygote that forks a child per run) and our end of its socket."""
 
-  def __init__(self, memory_mb: int, cwd: str | None):
+  def __init__(self, memory_mb: int, cwd: str | None, runs_per_child: int = 1,
+               jail: bool = True):
     parent_sock, child_sock = socket.socketpair()
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "OPENBLAS_NUM_THREADS": "1",
            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "LC_ALL": "C.UTF-8"}
     fd = child_sock.fileno()
     self.proc = subprocess.Popen(
-        [sys.executable, "-I", _WORKER_PATH, str(fd), str(memory_mb)], pass_fds=(fd,),
+        [sys.executable, "-I", _WORKER_PATH, str(fd), str(memory_mb), str(runs_per_child),
+         "on" if jail else "off"],
+        pass_fds=(fd,),
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True, env=env, cwd=cwd, close_fds=True)
     child_sock.close()
@@ -165,6 +168,8 @@ class _Worker:
       return f"sandbox worker failed to start ({self.exit_reason() or e})"
     if not (type(msg) is list and len(msg) == 3 and msg[0] == "ready"):
       return "sandbox worker sent a bad hello"
+    self.jail_report = msg[2]
+    _warn_jail(msg[2])
     self.ready = True
     return None
 
@@ -205,6 +210,24 @@ class _Overrun(Exception):
   """The run must end with the worker killed; the message is the reason."""
 
 
+_JAIL_WARNED = False
+
+
+def _warn_jail(report) -> None:
+  """Says once per process, loudly, which layers of the OS jail a worker could not apply."""
+  global _JAIL_WARNED
+  missing = report.get("missing") if isinstance(report, dict) else ["(no report)"]
+  if _JAIL_WARNED or not missing:
+    return
+  _JAIL_WARNED = True
+  applied = ", ".join(map(str, report.get("applied") or [])) if isinstance(report, dict) else ""
+  print(f"aotd_jax sandbox: WARNING: the OS jail is incomplete: missing "
+        f"{'; '.join(map(str, missing))} (applied: {applied or 'nothing'}). The worker "
+        "still has the allow-list, the data-only channel, a fresh child per run, rlimits "
+        "and the host's kill (docs/agent_sandbox.md says which layer stops what).",
+        file=sys.stderr, flush=True)
+
+
 class Sandbox:
   """A pool of warm worker processes that run generated programs.
 
@@ -221,12 +244,20 @@ class Sandbox:
     max_runs_per_worker: a worker is replaced after this many runs (and after any failure).
     max_handle_bytes: the run ends when the arrays kept here for its handles pass this.
     max_message_nodes: the most lists, maps and extension values in one worker message.
+    runs_per_child: 1 (default): every run in a fresh child forked from the warm zygote.
+      N > 1 lets a child that ended its run cleanly (a value, or an ordinary exception of
+      the program) serve up to N runs: cheaper on a loaded machine, but a later run then
+      shares an interpreter with earlier programs (see docs/agent_sandbox.md).
+    jail: put each worker in its own mount and network namespaces (and user namespace when
+      not root), chrooted into an empty read-only tmpfs, under a seccomp filter; what the
+      platform does not allow is reported once on stderr.
   """
 
   def __init__(self, num_workers: int = 2, *, memory_mb: int = 512, cwd: str | None = None,
                array_by_value_bytes: int = 1 << 20, max_message_bytes: int = 64 << 20,
                max_runs_per_worker: int = 200, start_timeout_s: float = 60.0,
-               max_handle_bytes: int = 512 << 20, max_message_nodes: int = 1_000_000):
+               max_handle_bytes: int = 512 << 20, max_message_nodes: int = 1_000_000,
+               runs_per_child: int = 1, jail: bool = True):
     if num_workers < 1:
       raise ValueError(f"num_workers must be >= 1, got {num_workers}")
     if memory_mb < 64:
@@ -236,6 +267,8 @@ class Sandbox:
     self.max_message_bytes = max_message_bytes
     self.max_runs_per_worker = max_runs_per_worker
     self.max_handle_bytes = max_handle_bytes
+    self.runs_per_child = runs_per_child
+    self.jail = jail
     self.max_message_nodes = max_message_nodes
     self.start_timeout_s = start_timeout_s
     self._idle: queue.Queue[_Worker] = queue.Queue()
@@ -243,7 +276,7 @@ class Sandbox:
     self._lock = threading.Lock()
     self._nonces = itertools.count(1)
     for _ in range(num_workers):
-      self._idle.put(_Worker(memory_mb, cwd))
+      self._idle.put(_Worker(memory_mb, cwd, runs_per_child, jail))
 
   def __enter__(self) -> "Sandbox":
     return self
@@ -267,7 +300,7 @@ class Sandbox:
       return
     worker.kill()
     if not self._closed:
-      self._idle.put(_Worker(self.memory_mb, self.cwd))
+      self._idle.put(_Worker(self.memory_mb, self.cwd, self.runs_per_child, self.jail))
 
   def run(self, source: str, tools: Mapping[str, Callable], args: Mapping[str, Any], *,
           timeout_s: float, max_steps: int = 1_000_000, max_output_chars: int = 100_000,
@@ -306,7 +339,7 @@ class Sandbox:
       worker = self._idle.get()
       if not worker.alive():  # killed while idle (OOM killer, an operator): replace it
         worker.kill()
-        worker = _Worker(self.memory_mb, self.cwd)
+        worker = _Worker(self.memory_mb, self.cwd, self.runs_per_child, self.jail)
       err = worker.wait_ready(self.start_timeout_s)
       if err is not None:
         self._checkin(worker, healthy=False)
@@ -346,7 +379,7 @@ class Sandbox:
       if not worker.conn.poll(self.start_timeout_s):
         return False
       msg = worker.codec.decode(worker.conn.recv_bytes(256))
-      return msg == ["hello", worker.runs + 1]
+      return msg == ["hello"]
     except (EOFError, OSError, sandbox_wire.WireError):
       return False
 

@@ -1,6 +1,6 @@
 """The sandbox's worker: a zygote that forks one fresh child per program.
 
-Started by `aotd_jax.agent.sandbox` as `python -I sandbox_worker.py FD MEMORY_MB JAIL`; it must
+Started by `aotd_jax.agent.sandbox` as `python -I sandbox_worker.py FD MEMORY_MB RUNS_PER_CHILD`; it must
 import nothing from `aotd_jax` (that would load JAX): only the standard library, numpy,
 msgpack and `sandbox_wire` (the data-only message format, next to this file).
 
@@ -12,12 +12,13 @@ next, and whatever the program did to its interpreter dies with it.
 
 Protocol (msgpack lists via `sandbox_wire`; host objects travel as handles):
   zygote -> host   ["ready", pid, jail_report]
+  child -> host    ["hello"]                  (first, so the host knows the channel is in step)
   host -> child    ["run", nonce, source, args, tool_names, limits]
   child -> host    ["call", tool, args, kwargs] | ["op", handle_id, op, operand]
   host -> child    ["ok", value] | ["err", message]
   child -> host    ["done", value, stdout] | ["fail", reason, stdout]
-  zygote -> host   ["exit", n, status]     (after the n-th child is reaped; the host reads it
-                                            before it reuses the worker)
+  zygote -> host   ["exit", n, status]        (only when a child died before it was done
+                                              with the channel; the host replaces the worker)
 
 The child's own code never lets the program see a channel failure: any exception while
 sending or receiving (a `MemoryError` after a frame's header, a frame that does not decode)
@@ -140,6 +141,7 @@ class Channel:
 
 
 _CHANNEL = None
+_CLEAN = [False]  # whether the last run ended in a way that leaves the child reusable
 _OUTPUT = None
 _DEPTH = 100
 
@@ -265,6 +267,7 @@ def _program_line(tb):
 def _run(source, args, tool_names, limits, tool=None):
   """Runs one program (in the child); returns the final message for the host."""
   global _OUTPUT, _DEPTH
+  _CLEAN[0] = False
   out = _OUTPUT = _Output(limits["max_output_chars"])
   # The names come from the host (sandbox_policy is the one list); never a dunder.
   builtins_ = {name: getattr(builtins, name) for name in limits["builtins"]
@@ -300,10 +303,12 @@ def _run(source, args, tool_names, limits, tool=None):
     return ["fail", "memory limit exceeded", out.text()]
   except ToolError as e:
     sys.settrace(None)
+    _CLEAN[0] = True
     line = _program_line(e.__traceback__)
     return ["fail", f"line {line}: {e}", out.text()]
   except BaseException as e:  # the program's own error, reported as one line
     sys.settrace(None)
+    _CLEAN[0] = isinstance(e, Exception)
     line = _program_line(e.__traceback__)
     where = f"line {line}: " if line else ""
     try:
@@ -321,35 +326,131 @@ def _release():
   os._exit(0)
 
 
+RUNS_PER_CHILD = 1  # from the host (Sandbox(runs_per_child=...)); 1: a fresh child per run
+
+
 def _child(n):
-  """The forked child: says hello, reads one program, runs it, exits."""
-  try:
-    _CHANNEL.send(["hello", n])
-    msg = _CHANNEL.recv()
-    ok = type(msg) is list and len(msg) == 6 and msg[0] == "run"
-  except BaseException:
-    _die()
-  if not ok:
-    _die()
-  _, _, source, args, tool_names, limits = msg
+  """The forked child: says hello, reads a program, runs it; exits after it (or, with
+  RUNS_PER_CHILD > 1, serves the next run when this one ended cleanly)."""
   resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))  # no grandchildren
-  cpu = int(limits["timeout_s"] + 2)
-  resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-  result = _run(source, args, tool_names, limits)
-  try:
-    data = _CHANNEL.codec.encode(result)
-  except BaseException as e:  # a lambda, a self-containing list, out of memory ...
+  for served in range(1, RUNS_PER_CHILD + 1):
     try:
-      data = _CHANNEL.codec.encode([
-          "fail", f"program returned a value that cannot be sent: {type(e).__name__}",
-          result[2][-10000:]])
+      _CHANNEL.send(["hello"])
+      msg = _CHANNEL.recv()
+      ok = type(msg) is list and len(msg) == 6 and msg[0] == "run"
     except BaseException:
       _die()
-  try:
-    _CHANNEL.conn.send_bytes(data)
-  except BaseException:
-    _die()
+    if not ok:
+      _die()
+    _, _, source, args, tool_names, limits = msg
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = int(used.ru_utime + used.ru_stime + limits["timeout_s"] + 2)
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, resource.RLIM_INFINITY))
+    result = _run(source, args, tool_names, limits)
+    clean = result[0] == "done" or _CLEAN[0]
+    try:
+      data = _CHANNEL.codec.encode(result)
+    except BaseException as e:  # a lambda, a self-containing list, out of memory ...
+      clean = False
+      try:
+        data = _CHANNEL.codec.encode([
+            "fail", f"program returned a value that cannot be sent: {type(e).__name__}",
+            result[2][-10000:]])
+      except BaseException:
+        _die()
+    del result, args, msg
+    try:
+      _CHANNEL.conn.send_bytes(data)
+    except BaseException:
+      _die()
+    if not clean:
+      break
+    sys.setrecursionlimit(1000)
   _release()
+
+
+# System calls a jailed worker may not make (EPERM): files, sockets, programs, namespaces,
+# mounts, tracing, kernel interfaces. fork/clone stay (the zygote forks; RLIMIT_NPROC=0 stops
+# the children), as do kill and the signal calls the zygote and its children use.
+_DENIED_SYSCALLS = (
+    "open", "openat", "openat2", "creat", "mkdir", "mkdirat", "mknod", "mknodat", "unlink",
+    "unlinkat", "rmdir", "rename", "renameat", "renameat2", "link", "linkat", "symlink",
+    "symlinkat", "chmod", "fchmod", "fchmodat", "chown", "fchown", "lchown", "fchownat",
+    "truncate", "ftruncate", "fallocate", "utimensat", "socket", "socketpair", "connect",
+    "bind", "listen", "accept", "accept4", "execve", "execveat", "mount", "umount2", "chroot",
+    "pivot_root", "setns", "unshare", "ptrace", "process_vm_readv", "process_vm_writev",
+    "kexec_load", "init_module", "finit_module", "delete_module", "bpf", "perf_event_open",
+    "keyctl", "add_key", "request_key", "userfaultfd", "io_uring_setup", "personality",
+    "name_to_handle_at", "open_by_handle_at", "memfd_create", "setuid", "setgid",
+    "setreuid", "setregid", "setresuid", "setresgid", "setgroups", "chdir", "fchdir")
+
+
+def _jail(as_root):
+  """The OS jail, applied once in the zygote before its fork loop: its own mount and network
+  namespaces (and user namespace when not root), a chroot into an empty read-only tmpfs, then
+  (by the caller, after the rlimits) a seccomp filter. Returns what was applied and what
+  was not, for the host to report."""
+  import ctypes
+  import ctypes.util
+  libc = ctypes.CDLL(None, use_errno=True)
+  done, missing = [], []
+  seccomp = None  # loaded now: after the chroot there is no library to find
+  path = ctypes.util.find_library("seccomp")
+  if path:
+    try:
+      seccomp = ctypes.CDLL(path)
+    except OSError:
+      seccomp = None
+  newns, newnet, newuser = 0x00020000, 0x40000000, 0x10000000
+  uid, gid = os.getuid(), os.getgid()
+  if libc.unshare(newns | newnet | (0 if as_root else newuser)) == 0:
+    done.append("namespaces")
+    if not as_root:
+      try:
+        for path, text in (("/proc/self/setgroups", "deny"),
+                           ("/proc/self/uid_map", f"{NOBODY} {uid} 1"),
+                           ("/proc/self/gid_map", f"{NOBODY} {gid} 1")):
+          with open(path, "w") as f:
+            f.write(text)
+      except OSError:
+        pass
+    ms_rdonly, ms_nosuid, ms_nodev, ms_noexec, ms_remount, ms_rec, ms_private = (
+        1, 2, 4, 8, 32, 16384, 1 << 18)
+    flags = ms_nosuid | ms_nodev | ms_noexec
+    if (libc.mount(None, b"/", None, ms_rec | ms_private, None) == 0
+        and libc.mount(b"none", b"/tmp", b"tmpfs", flags, b"size=4k,mode=0555") == 0
+        and libc.mount(None, b"/tmp", None, ms_remount | ms_rdonly | flags, None) == 0
+        and libc.chroot(b"/tmp") == 0):
+      os.chdir("/")
+      done.append("chroot")
+    else:
+      missing.append(f"chroot (errno {ctypes.get_errno()})")
+  else:
+    missing.append(f"namespaces (errno {ctypes.get_errno()})")
+    missing.append("chroot")
+  if seccomp is None:
+    missing.append("seccomp (no libseccomp)")
+  return done, missing, seccomp
+
+
+def _seccomp(lib):
+  """Loads a filter that refuses `_DENIED_SYSCALLS` with EPERM; True when it is in force."""
+  import ctypes
+  lib.seccomp_init.restype = ctypes.c_void_p
+  lib.seccomp_init.argtypes = [ctypes.c_uint32]
+  lib.seccomp_rule_add.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int,
+                                   ctypes.c_uint]
+  lib.seccomp_load.argtypes = [ctypes.c_void_p]
+  lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+  ctx = lib.seccomp_init(0x7fff0000)  # SCMP_ACT_ALLOW
+  if not ctx:
+    return False
+  eperm = 0x00050000 | 1  # SCMP_ACT_ERRNO(EPERM)
+  for name in _DENIED_SYSCALLS:
+    nr = lib.seccomp_syscall_resolve_name(name.encode())
+    if nr >= 0:
+      lib.seccomp_rule_add(ctx, eperm, nr, 0)
+  return lib.seccomp_load(ctx) == 0
 
 
 def _limit_process(memory_mb):
@@ -370,8 +471,10 @@ def _limit_process(memory_mb):
 
 def main():
   global _CHANNEL
+  global RUNS_PER_CHILD
   fd, memory_mb = int(sys.argv[1]), int(sys.argv[2])
-  jail = sys.argv[3] if len(sys.argv) > 3 else "off"
+  RUNS_PER_CHILD = max(1, int(sys.argv[3])) if len(sys.argv) > 3 else 1
+  jail = sys.argv[4] if len(sys.argv) > 4 else "on"
   import numpy  # noqa: F401 -- loaded before files can no longer be opened
   from multiprocessing.connection import Connection
   compile("ñ = 1", "<warm>", "exec")  # loads what non-ASCII identifiers need
@@ -379,11 +482,15 @@ def main():
     os.dup2(fd, CHANNEL_FD)
     os.close(fd)
   _CHANNEL = Channel(Connection(CHANNEL_FD))
-  report = "off"
-  if jail != "off":
-    import sandbox_jail
-    report = sandbox_jail.apply()
+  as_root = os.geteuid() == 0
+  done, missing, seccomp = _jail(as_root) if jail == "on" else ([], ["all (jail off)"], None)
   _limit_process(memory_mb)
+  if seccomp is not None:
+    if _seccomp(seccomp):
+      done.append("seccomp")
+    else:
+      missing.append("seccomp (load failed)")
+  report = {"applied": done, "missing": missing}
   try:
     _CHANNEL.send(["ready", os.getpid(), report])
   except BaseException:

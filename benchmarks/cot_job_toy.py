@@ -1,0 +1,84 @@
+"""CoT job throughput on a toy world: questions/s of `CotJob.run` with gold programs (four
+tool calls each, instant tools, the rule judge), every program run in the sandbox.
+
+Usage: python benchmarks/cot_job_toy.py [--questions 200] [--workers 2] [--threads 2]
+       [--runs_per_child 1]
+
+What it measures is the job's own cost per question (program execution in the sandbox,
+records, fsync'd appends) with the models taken out; compare runs on the same machine.
+"""
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from aotd_jax.agent import Sandbox, job  # noqa: E402
+from aotd_jax.data import annotations  # noqa: E402
+
+PROGRAM = """def execute_command(video_clip, query, possible_answers):
+    clip = Filter_frames_with_act(video_clip, query)
+    boxes = Find(clip, "ball")
+    info = {"ball": boxes, "n": len(boxes)}
+    return select_answer(query, possible_answers, info)
+"""
+
+
+def tools():
+  def Filter_frames_with_act(video_clip, action):
+    """Keeps the window where `action` happens."""
+    return {"start_frame": len(action) % 8, "end_frame": len(action) % 8 + 9}
+
+  def Find(video_clip, object_name):
+    """Boxes of `object_name`."""
+    return [{"frame": video_clip["start_frame"] + i, "label": object_name, "score": 0.5,
+             "box": [i, 2, i + 10, 12]} for i in range(2)]
+
+  def select_answer(query, possible_answers, info):
+    """Picks one of possible_answers."""
+    return possible_answers[len(query) % len(possible_answers)]
+
+  return {"Filter_frames_with_act": Filter_frames_with_act, "Find": Find,
+          "select_answer": select_answer}
+
+
+def questions(n):
+  out = []
+  for i in range(n):
+    choices = [f"object {i}{c}" for c in "abcd"]
+    q = annotations.VideoQA(qid=f"q{i}", video_id=f"v{i % 5}", question="Which moved?" + "?" * (i % 4),
+                            choices=choices, answer=choices[i % 4], answer_index=i % 4)
+    q.meta["question_program"] = PROGRAM
+    out.append(q)
+  return out
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument("--questions", type=int, default=200)
+  p.add_argument("--workers", type=int, default=2)
+  p.add_argument("--threads", type=int, default=2)
+  p.add_argument("--runs_per_child", type=int, default=1)
+  a = p.parse_args()
+  qs = questions(a.questions)
+  kw = {"runs_per_child": a.runs_per_child} if a.runs_per_child > 1 else {}
+  with Sandbox(a.workers, **kw) as sb, tempfile.TemporaryDirectory() as out:
+    cot = job.CotJob(tools=tools(), program_source="gold", run_program=sb.run,
+                     make_args=lambda q: {"video_clip": {"start_frame": 0, "end_frame": 32},
+                                          "query": q.question,
+                                          "possible_answers": list(q.choices)},
+                     num_threads=a.threads, batch_size=8)
+    cot.process(qs[:4])  # warm
+    paths = job.JobPaths.for_shard(out, "00000-of-00001")
+    t0 = time.perf_counter()
+    with open(os.devnull, "w") as devnull:
+      stats = cot.run(qs, paths, stream=devnull)
+    dt = time.perf_counter() - t0
+  print(f"CoT job, toy world: {a.questions / dt:.1f} questions/s "
+        f"({1e3 * dt / a.questions:.2f} ms/question; {stats.executed} executed, "
+        f"{stats.kept} kept)")
+
+
+if __name__ == "__main__":
+  main()
