@@ -1,12 +1,15 @@
 """Running untrusted generated programs: `run_program` and the worker pool behind it.
 
-Two layers. `sandbox_policy.validate` refuses, by spelling, anything outside a small subset
-of Python (imports, dunders, frame walks, format tricks, dangerous builtins). What passes
-runs in a separate, stdlib-only worker process (`sandbox_worker.py`) under OS limits
-(RLIMIT_AS memory, RLIMIT_CPU, RLIMIT_FSIZE=0, RLIMIT_NOFILE, no core files, its own
-session), with a line-step budget, a recursion limit and a bounded `print`. The wall-clock
-limit is enforced from here: a C-level operation such as `10 ** (10 ** 9)` ignores signals,
-so on overrun the worker's process group is SIGKILLed and a fresh worker replaces it.
+`sandbox_policy.validate` refuses, by spelling, anything outside a small subset of Python
+(imports, dunders, frame walks, format tricks, dangerous builtins). What passes runs in a
+worker (`sandbox_worker.py`): a zygote, jailed once (namespaces, chroot, seccomp where the
+platform allows) and under OS limits (RLIMIT_AS memory, RLIMIT_CPU, RLIMIT_FSIZE=0,
+RLIMIT_NOFILE, no core files, its own session), forks a fresh child per run, with a
+line-step budget, a recursion limit and a bounded `print` that end the child rather than
+raise. The wall-clock limit is enforced from here: a C-level operation such as
+`10 ** (10 ** 9)` ignores signals, so on overrun the worker's process group is SIGKILLed and
+a fresh worker replaces it. docs/agent_sandbox.md has the threat model and what each layer
+stops.
 
 Tools run here, in the parent, where the models are loaded: the worker's tool names are
 proxies that forward each call over a socket. Plain data (numbers, strings, containers,

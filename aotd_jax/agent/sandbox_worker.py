@@ -4,7 +4,7 @@ Started by `aotd_jax.agent.sandbox` as `python -I sandbox_worker.py FD MEMORY_MB
 import nothing from `aotd_jax` (that would load JAX): only the standard library, numpy,
 msgpack and `sandbox_wire` (the data-only message format, next to this file).
 
-The zygote imports everything once, closes every file, applies the jail (`sandbox_jail`,
+The zygote imports everything once, closes every file, applies the jail (`_jail`,
 when asked and where the platform allows) and the process-wide OS limits, says hello, then
 loops: fork a child, wait for it, report its exit status. The child reads one "run", runs
 the program with the per-run limits and exits, so no state survives from one program to the
