@@ -48,7 +48,9 @@ def expect_kernel():
 def pytest_collection_modifyitems(config, items):
   for item in items:
     params = getattr(getattr(item, "callspec", None), "params", {})
-    uses = "expect_kernel" in item.fixturenames and params.get("cpu_kernels", True)
+    # a `cpu_kernels` parametrisation through `expect_kernel`; other tests say
+    # `@pytest.mark.kernel` themselves
+    uses = "expect_kernel" in item.fixturenames and params.get("cpu_kernels", False)
     gated = any(any(w in str(m.kwargs.get("reason", "")) for w in _KERNEL_REASON_WORDS)
                 for m in item.iter_markers("skipif"))
     if uses or gated:

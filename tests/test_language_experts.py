@@ -76,8 +76,19 @@ def test_program_generator_is_served_by_local_llama(world, program_dir):
   from aotd_jax.agent.llm import LocalLlama
   llm = LocalLlama(program_dir, max_batch=2)
   qa = le.read_split(world, "val")[0]
-  reply = llm.complete([le.program_prompt(qa.question, qa.choices)], max_new_tokens=6)[0]
-  assert isinstance(reply, str)
+  prompt = le.program_prompt(qa.question, qa.choices)
+  reply = llm.complete([prompt], max_new_tokens=6)[0]
+  # independent reference: transformers' greedy generate on the saved directory
+  import torch
+  import transformers
+  ref = transformers.LlamaForCausalLM.from_pretrained(program_dir).eval()
+  ids = torch.tensor([llm.encode(prompt)])
+  with torch.no_grad():
+    out = ref.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6,
+                       do_sample=False, eos_token_id=llm.eos_token_id,
+                       pad_token_id=llm.pad_token_id)
+  want = llm.tokenizer.decode(out[0, ids.shape[1]:].tolist(), skip_special_tokens=True)
+  assert reply == want
   assert programs.parse_program(reply, prefix=programs.PROGRAM_SIGNATURE + "\n").error != "empty reply"
   with open(os.path.join(program_dir, "config.json")) as f:
     config = json.load(f)
@@ -99,26 +110,34 @@ def test_program_generator_is_cached_and_checks_its_arguments(world, tokenizer_d
   assert not os.path.exists(tmp_path / "p" / le.DONE)
 
 
-class _Echo:
-  """A fake program LLM: replies with the gold body (or garbage) of each prompt's question."""
+class _Scripted:
+  """A fake program LLM: replies with scripted function bodies, in prompt order (two
+  questions can share a prompt: the choices are not in it)."""
 
-  def __init__(self, bodies, garbage=False):
-    self.bodies, self.garbage = bodies, garbage
+  def __init__(self, prompts, replies):
+    self.prompts, self.replies = prompts, replies
 
   def complete(self, prompts, *, max_new_tokens, temperature=0.0, stop=None):
-    return ["x = (" if self.garbage else self.bodies[p] for p in prompts]
+    assert list(prompts) == self.prompts
+    return list(self.replies)
 
 
-def test_score_program_generator_separates_right_and_wrong_programs(world):
+def test_score_program_generator_on_known_programs(world):
   from aotd_jax.demo import program_generator as pg
-  records = le.read_split(world, "val")
-  bodies = {le.program_prompt(qa.question, qa.choices): le.program_body(le.gold_program(qa))
-            for qa in records}
-  good = pg.score_program_generator(world, _Echo(bodies), max_questions=4)
-  assert good["exact_match"] == 1.0 and good["parsed"] == 1.0
-  assert good["answer_accuracy"] >= 0.75
-  bad = pg.score_program_generator(world, _Echo(bodies, garbage=True), max_questions=4)
-  assert bad["parsed"] == 0.0 and bad["answer_accuracy"] == 0.0
+  records = le.read_split(world, "val")[:4]
+  assert len(records) == 4 and all(len(qa.choices) == 4 for qa in records)
+  right = lambda qa: f"    return possible_answers[{qa.choices.index(qa.answer)}]\n"
+  wrong = lambda qa: f"    return possible_answers[{(qa.choices.index(qa.answer) + 1) % 4}]\n"
+  # q0: a hand-written right program; q1: a wrong one; q2: garbage; q3: the gold body
+  # verbatim (the only exact match; whether the gold program answers right is read off its run)
+  replies = [right(records[0]), wrong(records[1]), "x = (",
+             le.program_body(le.gold_program(records[3]))]
+  prompts = [le.program_prompt(qa.question, qa.choices) for qa in records]
+  got = pg.score_program_generator(world, _Scripted(prompts, replies), max_questions=4)
+  gold_run = le.run_programs(world, [(records[3], le.gold_program(records[3]))])[0]
+  gold_right = gold_run.ok and gold_run.value == records[3].answer
+  assert got == {"split": "val", "questions": 4, "parsed": 0.75, "exact_match": 0.25,
+                 "executed_ok": 0.75, "answer_accuracy": (1 + gold_right) / 4, "chance": 0.25}
 
 
 # -- action / QA expert ---------------------------------------------------------------------------
