@@ -1,38 +1,60 @@
-r"""Export a training run to Hugging Face format (a convenience over `python -m aotd_jax.hf export`).
+r"""Export a training run as a Hub-ready Hugging Face directory.
 
-  python -m launch.export --workdir=W --hf_dir=D [--step=N] [--tokenizer=TOK_DIR]
+  python -m launch.export --workdir=W --hf_dir=D [--step=N] [--tokenizer=TOK_DIR] \
+      [--cot_manifest=COTS/manifest.json]
 
-Writes `config.json` + safetensors for `transformers.LlavaNextVideoForConditionalGeneration`
-(the latest step unless `--step`), and copies the tokenizer files when `--tokenizer` is given.
+Writes `config.json` (with a top-level `rope_theta`), safetensors (sharded with an index above
+5 GiB), `generation_config.json`, the tokenizer / processor / chat-template files of
+`--tokenizer` (default: the student's `hf_dir` from the checkpoint's config, when it exists)
+and a model card (`README.md`: base model, datasets, λ, the CoT manifest's summary, library
+name, a licence field to fill in). The latest step unless `--step`.
 """
 from __future__ import annotations
 
+import json
 import os
-import shutil
 
 from absl import app, flags
 
-from aotd_jax.hf import orbax_io
+from aotd_jax.hf import hub, io, orbax_io
+from aotd_jax.train.checkpoint import Checkpointer
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training workdir (holds checkpoints/).")
 _HF_DIR = flags.DEFINE_string("hf_dir", None, "Output Hugging Face directory.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
-_TOKENIZER = flags.DEFINE_string("tokenizer", "", "Directory whose tokenizer files to copy.")
+_TOKENIZER = flags.DEFINE_string(
+    "tokenizer", "", "Directory whose tokenizer / processor files to copy (default: the "
+    "student's hf_dir from the saved config).")
+_MANIFEST = flags.DEFINE_string("cot_manifest", "", "The CoT job's manifest.json (for the card).")
 flags.mark_flags_as_required(["workdir", "hf_dir"])
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "chat_template.jinja", "chat_template.json")
+
+def export(workdir: str, hf_dir: str, *, step: int | None = None, tokenizer: str = "",
+           cot_manifest: str = "") -> list[str]:
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  orbax_io.export(ckpt_dir, hf_dir, step=step)
+  checkpointer = Checkpointer(ckpt_dir)
+  try:
+    config = checkpointer.restore_meta(step).get("config")
+  finally:
+    checkpointer.close()
+  config = config if isinstance(config, dict) else {}
+  tokenizer = tokenizer or str(config.get("student", {}).get("hf_dir", "") or "")
+  if tokenizer and not os.path.isdir(tokenizer):
+    tokenizer = ""
+  manifest = None
+  if cot_manifest:
+    with open(cot_manifest) as f:
+      manifest = json.load(f)
+  return hub.write_hub_files(hf_dir, hf_config=io.read_config(hf_dir), tokenizer_dir=tokenizer,
+                             config=config, manifest=manifest)
 
 
 def main(argv):
   del argv
-  orbax_io.export(os.path.join(_WORKDIR.value, "checkpoints"), _HF_DIR.value, step=_STEP.value)
-  if _TOKENIZER.value:
-    for name in TOKENIZER_FILES:
-      src = os.path.join(_TOKENIZER.value, name)
-      if os.path.isfile(src):
-        shutil.copy(src, os.path.join(_HF_DIR.value, name))
-  print(f"exported {_WORKDIR.value} -> {_HF_DIR.value}")
+  written = export(_WORKDIR.value, _HF_DIR.value, step=_STEP.value, tokenizer=_TOKENIZER.value,
+                   cot_manifest=_MANIFEST.value)
+  print(f"exported {_WORKDIR.value} -> {_HF_DIR.value} (+ {', '.join(written)})")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 import jax
@@ -63,7 +64,15 @@ def save_pretrained(model: nnx.Module, path: str, *, dtype=None,
   os.makedirs(path, exist_ok=True)
   hf_config = adapter.config_to_hf(model.config)
   hf_config.setdefault("architectures", [adapter.architecture])
+  text = hf_config.get("text_config")
+  if isinstance(text, dict):  # readers that look for rope_theta at the top level
+    theta = text.get("rope_theta", (text.get("rope_parameters") or {}).get("rope_theta"))
+    if theta is not None:
+      hf_config.setdefault("rope_theta", theta)
   io.write_config(hf_config, path)
+  from aotd_jax.hf import hub
+  with open(os.path.join(path, "generation_config.json"), "w") as f:
+    json.dump(hub.generation_config(hf_config), f, indent=2, sort_keys=True)
   io.write_tensors(tensors, path, max_shard_bytes=max_shard_bytes)
 
 

@@ -1,0 +1,118 @@
+"""What makes an exported directory a Hub model beside `config.json` + safetensors: the
+tokenizer and processor files, the chat template, `generation_config.json` and a model card
+(`README.md`). Nothing of the project's own bookkeeping goes in."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Any, Mapping
+
+# Files copied from the tokenizer / processor directory (the student's base model folder).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
+                   "chat_template.jinja", "chat_template.json")
+PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json",
+                   "video_preprocessor_config.json")
+
+
+def generation_config(hf_config: Mapping[str, Any]) -> dict:
+  """`generation_config.json` from the model config's special-token ids (greedy decoding, as
+  the evaluation runs)."""
+  text = hf_config.get("text_config") or hf_config
+  out = {"_from_model_config": True, "do_sample": False}
+  for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+    value = hf_config.get(key, text.get(key))
+    if value is not None:
+      out[key] = value
+  return out
+
+
+def copy_tokenizer_files(src: str, dst: str) -> list[str]:
+  """Copies the tokenizer, processor and chat-template files of `src` that exist; returns
+  their names."""
+  copied = []
+  for name in TOKENIZER_FILES + PROCESSOR_FILES:
+    path = os.path.join(src, name)
+    if os.path.isfile(path):
+      shutil.copy(path, os.path.join(dst, name))
+      copied.append(name)
+  return copied
+
+
+def _datasets(config: Mapping[str, Any]) -> list[str]:
+  data = config.get("data") or {}
+  names = list((data.get("datasets") or {}).keys())
+  for part in ("qa", "cot"):
+    for source in data.get(part) or ():
+      if isinstance(source, Mapping) and source.get("name"):
+        names.append(str(source["name"]))
+  return sorted(set(names))
+
+
+def manifest_summary(manifest: Mapping[str, Any]) -> list[str]:
+  """Lines for the card from a CoT job's `manifest.json` (roles and counts, no local paths)."""
+  lines = []
+  for role, info in sorted((manifest.get("roles") or {}).items()):
+    if isinstance(info, Mapping):
+      what = info.get("model") or info.get("name") or info.get("kind", "")
+      lines.append(f"- {role}: {info.get('kind', '')} {what}".rstrip())
+  counts = manifest.get("counts")
+  if isinstance(counts, Mapping):
+    lines.append("- counts: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+  return lines
+
+
+def model_card(*, base_model: str = "", config: Mapping[str, Any] | None = None,
+               manifest: Mapping[str, Any] | None = None) -> str:
+  """The README.md of an export: Hub metadata (front matter) and what the model was trained on."""
+  config = config or {}
+  datasets = _datasets(config)
+  lam = config.get("rationale_weight")
+  meta = ["---", "library_name: transformers",
+          "license: \"\"  # fill in: the base model's and the datasets' licences apply",
+          "pipeline_tag: video-text-to-text"]
+  if base_model:
+    meta.append(f"base_model: {base_model}")
+  if datasets:
+    meta.append("datasets:")
+    meta += [f"- {d}" for d in datasets]
+  meta += ["tags:", "- aotd", "- video-question-answering", "---", ""]
+  body = ["# AoTD student", "",
+          "A Video-LLM distilled with Agent-of-Thoughts Distillation (AoTD, CVPR 2025): "
+          "L = L_label + λ·L_rationale over multiple-choice QA and agent chains of thought.", ""]
+  facts = []
+  if base_model:
+    facts.append(f"- base model: {base_model}")
+  if datasets:
+    facts.append(f"- datasets: {', '.join(datasets)}")
+  if lam is not None:
+    facts.append(f"- λ (rationale weight): {lam}")
+  for key in ("total_steps", "batch_size"):
+    if config.get(key) is not None:
+      facts.append(f"- {key.replace('_', ' ')}: {config[key]}")
+  body += facts + [""]
+  if manifest:
+    body += ["## Chains of thought", ""] + manifest_summary(manifest) + [""]
+  return "\n".join(meta + body)
+
+
+def write_hub_files(hf_dir: str, *, hf_config: Mapping[str, Any], tokenizer_dir: str = "",
+                    config: Mapping[str, Any] | None = None,
+                    manifest: Mapping[str, Any] | None = None) -> list[str]:
+  """Writes `README.md`, the tokenizer/processor files and (when `save_pretrained` has not)
+  `generation_config.json` into `hf_dir`, beside config.json + safetensors; returns the names
+  written."""
+  written = []
+  if not os.path.isfile(os.path.join(hf_dir, "generation_config.json")):
+    with open(os.path.join(hf_dir, "generation_config.json"), "w") as f:
+      json.dump(generation_config(hf_config), f, indent=2, sort_keys=True)
+    written.append("generation_config.json")
+  if tokenizer_dir:
+    written += copy_tokenizer_files(tokenizer_dir, hf_dir)
+  base = str((config or {}).get("student", {}).get("hf_dir", "") or "")
+  with open(os.path.join(hf_dir, "README.md"), "w") as f:
+    f.write(model_card(base_model=os.path.basename(base.rstrip("/")), config=config,
+                       manifest=manifest))
+  written.append("README.md")
+  return written
