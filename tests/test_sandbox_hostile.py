@@ -229,6 +229,8 @@ HOSTILE += [
     ("handle_long_attr", body("return video_clip.a" + "a" * 5000), "attr failed"),
     ("handle_contains_data", body("return [list(range(1000))] * 100 in video_clip"),
      "contains failed"),
+    ("slow_handle_reads", body("n = 0\nfor i in range(20):\n    n += video_clip.slow\n"
+                               "return n"), "timed out"),
     ("frames_reread", body("n = 0\nfor i in range(1000):\n    n += len(video_clip.fresh)\n"
                            "return n"), "handle memory cap"),
     ("frames_reread_kept", body("keep = []\nfor i in range(1000):\n"
@@ -264,6 +266,11 @@ class Clip:
 
   def trim(self):  # a method: programs must not call it through a handle
     return self
+
+  @property
+  def slow(self):  # host work on a handle operation counts against the program's time
+    time.sleep(0.2)
+    return 1
 
   @property
   def fresh(self):  # a new 2 MB copy on every read (beyond array_by_value_bytes: a handle)

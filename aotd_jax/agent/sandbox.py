@@ -388,8 +388,9 @@ class Sandbox:
 
   def _serve(self, worker: _Worker, handles: _Handles, tools, calls, timeout_s,
              max_tool_calls, keep_raw):
-    """Answers the worker's requests until it reports; the program's own time (not the
-    tools') counts against `timeout_s`."""
+    """Answers the worker's requests until it reports. The program's own time and the
+    host's work on its requests (handle operations, summaries, encoding) count against
+    `timeout_s`; the time inside tools does not."""
     budget = timeout_s
     while True:
       t0 = time.perf_counter()
@@ -407,6 +408,7 @@ class Sandbox:
         msg = handles.loads(data)
       except sandbox_wire.WireError as e:
         raise _Overrun(f"worker sent an unreadable message: {e}") from None
+      t_host = time.perf_counter()  # host work on this message counts against the budget
       kind = msg[0] if type(msg) is list and msg else None
       if kind in ("done", "fail") and len(msg) == 3 and type(msg[2]) is str:
         if kind == "fail" and type(msg[1]) is not str:
@@ -417,7 +419,10 @@ class Sandbox:
       if kind == "call" and len(msg) == 4:
         if len(calls) >= max_tool_calls:
           raise _Overrun(f"tool-call limit exceeded (more than {max_tool_calls} calls)")
+        before = len(calls)
         reply = self._call_tool(tools, msg[1], msg[2], msg[3], calls, keep_raw)
+        if len(calls) > before:  # the tool's own time is not the program's
+          t_host += calls[-1].seconds
       elif kind == "op" and len(msg) == 4:
         reply = _handle_op(handles, *msg[1:])
       else:
@@ -428,6 +433,7 @@ class Sandbox:
         raise _Overrun(str(e)) from None
       except Exception as e:  # a tool result that cannot be encoded (a huge nested value)
         data = handles.dumps(["err", f"result could not be sent: {type(e).__name__}"])
+      budget -= time.perf_counter() - t_host
       worker.conn.send_bytes(data)
 
   @staticmethod
