@@ -19,3 +19,20 @@ def test_every_module_is_listed():
       assert str(path.relative_to(ROOT)) in build, f"{path} missing from BUILD"
   for test in (ROOT / "tests").glob("test_*.py"):
     assert f'name = "{test.stem}"' in build
+
+
+def test_tests_run_pytest_and_every_launcher_has_a_binary():
+  build = (ROOT / "BUILD").read_text()
+  assert 'main = "tools/bazel_pytest.py",\n    args = ["tests/test_build.py"]' in build
+  assert "pytest.main" in (ROOT / "tools" / "bazel_pytest.py").read_text()
+  for name in ("launch_train", "launch_export", "launch_sweep", "launch_tpu_pod"):
+    assert f'name = "{name}"' in build, name
+  assert "@rules_python" not in build  # native rules: no external repository to fetch
+
+
+def test_bazel_pytest_runner_runs_a_test_file(tmp_path):
+  test = tmp_path / "test_probe.py"
+  test.write_text("def test_fails():\n  assert False\n")
+  r = subprocess.run([sys.executable, str(ROOT / "tools" / "bazel_pytest.py"), str(test)],
+                     capture_output=True, text=True, timeout=120)
+  assert r.returncode == 1 and "1 failed" in r.stdout, r.stdout + r.stderr
