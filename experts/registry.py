@@ -3,8 +3,9 @@
 The config (an `ml_collections.ConfigDict` or a plain dict) has one section per role, each
 with a `kind` and that kind's settings:
 
-  detector:          oracle | owlv2 (path, threshold, buckets, matmul_precision, cpu_kernels)
-                     | none
+  detector:          oracle | owlv2 (path, threshold, buckets, matmul_precision, cpu_kernels,
+                     coalesce: concurrent calls share one batch of frames (experts/coalesce.py),
+                     coalesce_wait_s) | none
   grounder:          oracle | univtg (path: official checkpoint, clip_path: HF CLIP dir,
                       features_path: saved ObjectStates, "" = CLIP image features) | none
   action_recognizer: oracle | llava (path, num_frames, choice_scoring: likelihood | generate,
@@ -52,7 +53,8 @@ def default_config() -> ml_collections.ConfigDict:
   """Perfect experts on the toy world: edit the roles to bind real models."""
   return ml_collections.ConfigDict({
       "detector": {"kind": "oracle", "path": "", "threshold": 0.1,
-                   "buckets": list(DEFAULT_BUCKETS)},
+                   "buckets": list(DEFAULT_BUCKETS), "coalesce": False,
+                   "coalesce_wait_s": 0.002},
       "grounder": {"kind": "oracle", "path": "", "clip_path": "", "features_path": "",
                    "buckets": list(DEFAULT_BUCKETS)},
       "action_recognizer": {"kind": "oracle", "path": ""},
@@ -137,6 +139,8 @@ def _owlv2(section, ctx):
       matmul_precision=_get(section, "matmul_precision", "default"),
       cpu_kernels=bool(_get(section, "cpu_kernels", True)),
       query_template=_get(section, "query_template", "{}") or "{}",
+      coalesce=bool(_get(section, "coalesce", False)),
+      coalesce_wait_s=float(_get(section, "coalesce_wait_s", 0.002)),
       nms_threshold=None if nms is None or float(nms) <= 0 else float(nms))
 
 
@@ -247,6 +251,9 @@ def describe(config, *, full_hash: bool = False) -> dict[str, dict]:
         entry["threshold"] = float(_get(section, "threshold", 0.1))
         entry["query_template"] = _get(section, "query_template", "{}") or "{}"
         entry["nms_threshold"] = _get(section, "nms_threshold", 0.3)
+        entry["coalesce"] = bool(_get(section, "coalesce", False))
+        if entry["coalesce"]:
+          entry["coalesce_wait_s"] = float(_get(section, "coalesce_wait_s", 0.002))
     elif kind == "openai":
       entry.update(base_url=_get(section, "base_url", ""), model=_get(section, "model", ""))
     out[role] = entry

@@ -12,6 +12,8 @@ back to the host for thresholding and NMS.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
+import threading
 import types
 from typing import Callable, Sequence
 
@@ -75,11 +77,18 @@ class Owlv2Detector:
     feature_cache: how many chunks of image features to keep on the device.
     query_template: the text the detector embeds for a name, e.g. "a photo of a {}" (the
       official AoTD's, and OWL-ViT's training prompts); boxes keep the bare name as label.
+    coalesce: run the image side through an `experts.coalesce.Coalescer`, so that `detect`
+      calls from concurrent threads (a CoT job's programs) share one batch of frames.
+    coalesce_wait_s: how long the coalescer waits for more requests after the first.
+
+  Thread-safe: the feature LRU is guarded by a lock, and a chunk being computed for one thread
+  is awaited, not recomputed, by another that asks for the same frames.
   """
 
   def __init__(self, model, tokenize: Tokenize, *, name: str = "owlv2",
                buckets: Sequence[int] = DEFAULT_BUCKETS, nms_threshold: float | None = 0.3,
-               pad_value: float = 0.0, feature_cache: int = 64, query_template: str = "{}"):
+               pad_value: float = 0.0, feature_cache: int = 64, query_template: str = "{}",
+               coalesce: bool = False, coalesce_wait_s: float = 0.002):
     from aotd_jax.models import owlv2_processing as proc
     if "{}" not in query_template:
       raise ValueError(f"query_template {query_template!r} must contain {{}} for the name")
@@ -115,6 +124,13 @@ class Owlv2Detector:
     self._features: collections.OrderedDict = collections.OrderedDict()
     self.feature_cache = feature_cache
     self.feature_hits = 0
+    self._lock = threading.Lock()  # guards _features, _inflight, _query_embeds, feature_hits
+    self._inflight: dict[tuple, concurrent.futures.Future] = {}
+    self.coalescer = None
+    if coalesce:
+      from experts.coalesce import Coalescer
+      self.coalescer = Coalescer(self.image_fn, wait_s=coalesce_wait_s, output="device",
+                                 name=f"{name}/coalesce")
 
   @classmethod
   def from_pretrained(cls, path: str, *, buckets: Sequence[int] = DEFAULT_BUCKETS,
@@ -134,35 +150,66 @@ class Owlv2Detector:
 
   def clear_features(self) -> None:
     """Drops the image features kept on the device (e.g. between videos, or to time cold)."""
-    self._features.clear()
+    with self._lock:
+      self._features.clear()
+
+  def close(self) -> None:
+    """Stops the coalescer's worker thread (if any); the detector then runs calls directly."""
+    if self.coalescer is not None:
+      self.coalescer.close()
+      self.coalescer = None
 
   def embed_queries(self, queries: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """(Qp, E) embeddings and (Qp,) mask, Qp = next power of two >= len(queries)."""
-    new = [q for q in dict.fromkeys(queries) if q not in self._query_embeds]
+    with self._lock:
+      new = [q for q in dict.fromkeys(queries) if q not in self._query_embeds]
     if new:
       ids, mask = self.tokenize([self.query_template.format(q) for q in new])
       n, pad = len(new), _pow2(len(new))  # bounded text-side compilations as well
       ids = np.concatenate([ids, np.repeat(ids[-1:], pad - n, 0)])
       mask = np.concatenate([mask, np.repeat(mask[-1:], pad - n, 0)])
       emb = np.asarray(self._text_fn(self._state, jnp.asarray(ids), jnp.asarray(mask)))
-      for i, q in enumerate(new):
-        self._query_embeds[q] = emb[i]
+      with self._lock:
+        for i, q in enumerate(new):
+          self._query_embeds.setdefault(q, emb[i])
     qp = _pow2(len(queries))
-    emb = np.stack([self._query_embeds[q] for q in queries])
+    with self._lock:
+      emb = np.stack([self._query_embeds[q] for q in queries])
     emb = np.concatenate([emb, np.zeros((qp - len(queries), emb.shape[-1]), emb.dtype)])
     return emb, np.arange(qp) < len(queries)
 
   def _image_chunk(self, key, frames: np.ndarray, size: int):
-    """Device features and boxes of one padded chunk, from the LRU or computed."""
-    if key in self._features:
-      self._features.move_to_end(key)
-      self.feature_hits += 1
-      return self._features[key]
-    out = self.image_fn.run_chunk(pad_rows(frames, size), self._state)
-    self._features[key] = out
-    while len(self._features) > self.feature_cache:
-      self._features.popitem(last=False)
-    return out
+    """Device features and boxes of one padded chunk: from the LRU, from another thread's
+    computation of the same chunk, or computed (through the coalescer when there is one)."""
+    with self._lock:
+      if key in self._features:
+        self._features.move_to_end(key)
+        self.feature_hits += 1
+        return self._features[key]
+      future = self._inflight.get(key)
+      owner = future is None
+      if owner:
+        coalescer = self.coalescer
+        future = (coalescer.submit(frames, self._state) if coalescer is not None
+                  else concurrent.futures.Future())
+        self._inflight[key] = future
+    if not owner:
+      return future.result()
+    try:
+      if coalescer is None:
+        try:
+          future.set_result(self.image_fn.run_chunk(pad_rows(frames, size), self._state))
+        except BaseException as e:
+          future.set_exception(e)
+      out = future.result()
+      with self._lock:
+        self._features[key] = out
+        while len(self._features) > self.feature_cache:
+          self._features.popitem(last=False)
+      return out
+    finally:
+      with self._lock:
+        self._inflight.pop(key, None)
 
   def raw_outputs(self, clip, queries: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Host logits (T, P, Q) and pred_boxes (T, P, 4) of the clip's frames."""

@@ -1,0 +1,208 @@
+"""Dynamic batching across threads (experts/coalesce.py) and the OWLv2 detector coalesced."""
+import concurrent.futures
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experts.batching import BucketedJit, bucket_size, pad_rows
+from experts.coalesce import Coalescer
+
+BUCKETS = (1, 2, 4, 8)
+
+
+def _fn():
+  w = jnp.arange(12.0).reshape(3, 4) / 10
+  return BucketedJit(lambda x, w: {"y": jnp.tanh(x @ w), "s": x.sum(-1)}, buckets=BUCKETS), w
+
+
+def _want(x, w):
+  return {"y": np.tanh(x @ np.asarray(w)), "s": x.sum(-1)}
+
+
+def _hammer(co, w, sizes, threads=12):
+  rng = np.random.default_rng(0)
+  inputs = [rng.normal(size=(n, 3)).astype(np.float32) for n in sizes]
+  barrier = threading.Barrier(threads)
+
+  def call(i):
+    if i < threads:
+      barrier.wait()
+    return co(inputs[i], w)
+
+  with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+    return inputs, list(pool.map(call, range(len(sizes))))
+
+
+def test_host_mode_many_threads_random_sizes_equal_per_request_calls():
+  fn, w = _fn()
+  sizes = np.random.default_rng(1).integers(1, 20, 60).tolist()  # some exceed max_rows=8
+  with Coalescer(fn, wait_s=0.005) as co:
+    inputs, outs = _hammer(co, w, sizes)
+  for x, out in zip(inputs, outs):
+    want = _want(x, w)
+    assert out["y"].shape == (len(x), 4) and isinstance(out["y"], np.ndarray)
+    np.testing.assert_allclose(out["y"], want["y"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["s"], want["s"], rtol=1e-5, atol=1e-6)
+  assert co.stats.requests == len(sizes) and co.stats.rows == sum(sizes)
+  assert co.stats.batches < len(sizes)  # requests did share batches
+  assert fn.compiles <= len(BUCKETS)
+
+
+def test_device_mode_returns_bucket_padded_rows_like_run_chunk():
+  fn, w = _fn()
+  sizes = np.random.default_rng(2).integers(1, 9, 48).tolist()
+  with Coalescer(fn, wait_s=0.005, output="device") as co:
+    inputs, outs = _hammer(co, w, sizes)
+  for x, out in zip(inputs, outs):
+    size = bucket_size(len(x), BUCKETS)
+    assert isinstance(out["y"], jax.Array) and out["y"].shape == (size, 4)
+    want = _want(pad_rows(x, size), w)
+    np.testing.assert_allclose(np.asarray(out["y"]), want["y"], rtol=1e-5, atol=1e-6)
+  assert co.stats.requests_per_batch > 1
+  assert fn.compiles <= len(BUCKETS)
+  with pytest.raises(ValueError, match="exceed the largest bucket"):
+    co.submit(np.zeros((9, 3), np.float32), w)
+
+
+def test_only_same_shape_and_args_share_a_batch():
+  fn, w = _fn()
+  w2 = w * 2
+  with Coalescer(fn, wait_s=0.02) as co:
+    futs = [co.submit(np.ones((2, 3), np.float32), w), co.submit(np.ones((2, 3), np.float32), w2),
+            co.submit(np.ones((1, 3), np.float32), w)]
+    outs = [f.result() for f in futs]
+  np.testing.assert_allclose(outs[1]["y"], _want(np.ones((2, 3)), w2)["y"], rtol=1e-5)
+  assert co.stats.batches == 2  # (w: 2 + 1 rows) and (w2)
+
+
+def test_error_reaches_every_caller_in_the_batch_and_the_worker_survives():
+  def boom(x):
+    if x.shape[0] >= 4:
+      raise ValueError("boom at trace")
+    return x * 2
+
+  fn = BucketedJit(boom, buckets=(1, 2, 4))
+  with Coalescer(fn, wait_s=0.05) as co:
+    futs = [co.submit(np.ones((1, 3), np.float32)) for _ in range(3)]  # 3 rows -> bucket 4
+    for f in futs:
+      with pytest.raises(ValueError, match="boom at trace"):
+        f.result(timeout=10)
+    assert co.stats.errors == 1
+    np.testing.assert_allclose(co(np.ones((1, 3), np.float32)), 2.0)  # still serving
+
+
+def test_close_runs_queued_requests_then_refuses_new_ones():
+  fn, w = _fn()
+  co = Coalescer(fn, wait_s=1.0)  # a long window: close must not wait for it
+  futs = [co.submit(np.ones((1, 3), np.float32), w) for _ in range(3)]
+  co.close(timeout=10)
+  assert not co._thread.is_alive()
+  assert all(f.done() and f.exception() is None for f in futs)
+  with pytest.raises(RuntimeError, match="closed"):
+    co.submit(np.ones((1, 3), np.float32), w)
+  co.close()  # idempotent
+
+
+def test_oversized_request_runs_alone_without_deadlock():
+  fn, w = _fn()
+  with Coalescer(fn, wait_s=0.001, max_rows=4) as co:
+    x = np.random.default_rng(3).normal(size=(21, 3)).astype(np.float32)
+    out = co.submit(x, w).result(timeout=30)
+  np.testing.assert_allclose(out["y"], _want(x, w)["y"], rtol=1e-5, atol=1e-6)
+
+
+def test_bad_arguments_are_refused():
+  fn, _ = _fn()
+  with pytest.raises(TypeError, match="BucketedJit"):
+    Coalescer(lambda x: x)
+  with pytest.raises(ValueError, match="output="):
+    Coalescer(fn, output="gpu")
+  with pytest.raises(ValueError, match="max_rows"):
+    Coalescer(fn, max_rows=0)
+
+
+# -- the OWLv2 detector ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def owl_model():
+  from flax import nnx
+  from aotd_jax.demo.vision_experts import detector_config
+  from aotd_jax.models.owlv2 import Owlv2ForObjectDetection
+  cfg = detector_config(99, image_size=32, patch_size=8, vision_hidden=32, text_hidden=32,
+                        layers=1, heads=2, projection_dim=32)
+  return Owlv2ForObjectDetection(cfg, rngs=nnx.Rngs(0))
+
+
+def _tokenize(texts):
+  ids = np.zeros((len(texts), 16), np.int32)
+  mask = np.zeros_like(ids)
+  for i, t in enumerate(texts):
+    toks = [97] + [3 + sum(map(ord, w)) % 90 for w in t.split()] + [98]
+    ids[i, :len(toks)], mask[i, :len(toks)] = toks, 1
+  return ids, mask
+
+
+def test_detector_coalesced_matches_direct_under_threads(owl_model):
+  from experts.backends.owlv2 import Owlv2Detector
+  from experts.clip import VideoClip
+  rng = np.random.default_rng(0)
+  clips = [VideoClip(rng.integers(0, 255, (int(rng.integers(1, 11)), 24, 32, 3), np.uint8),
+                     video_id=f"v{i}") for i in range(16)]
+  jobs = [(c, [["cup"], ["table"]][i % 2]) for i, c in enumerate(clips)]
+  direct = Owlv2Detector(owl_model, _tokenize, buckets=(2, 8), nms_threshold=None)
+  coal = Owlv2Detector(owl_model, _tokenize, buckets=(2, 8), nms_threshold=None,
+                       coalesce=True, coalesce_wait_s=0.01)
+  try:
+    want = [direct.raw_outputs(c, q) for c, q in jobs]
+    threshold = float(np.quantile(1 / (1 + np.exp(-np.concatenate(
+        [w[0].ravel() for w in want]))), 0.98))
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+      got = list(pool.map(lambda j: coal.raw_outputs(*j), jobs))
+      boxes = list(pool.map(lambda j: coal.detect(*j, threshold=threshold), jobs))
+    assert coal.coalescer.stats.requests_per_batch > 1  # calls did share batches
+    assert coal.image_fn.compiles <= 2
+    for (lw, bw), (lg, bg) in zip(want, got):
+      np.testing.assert_allclose(lg, lw, rtol=1e-4, atol=1e-4)
+      np.testing.assert_allclose(bg, bw, rtol=1e-4, atol=1e-5)
+    n_boxes = 0
+    for (c, q), b in zip(jobs, boxes):
+      ref = direct.detect(c, q, threshold=threshold)
+      for fg, fw in zip(b, ref):  # the same boxes per frame (same order), allclose scores
+        assert [(x.frame_id, x.label) for x in fg] == [(x.frame_id, x.label) for x in fw]
+        np.testing.assert_allclose([x.score for x in fg], [x.score for x in fw], rtol=1e-4)
+        np.testing.assert_allclose([x.box for x in fg], [x.box for x in fw], atol=1e-2)
+      n_boxes += sum(len(f) for f in b)
+    assert n_boxes > 0  # the comparison saw boxes
+    assert coal.feature_hits > 0  # detect reused raw_outputs' features from the LRU
+  finally:
+    coal.close()
+
+
+def test_detector_feature_lru_is_thread_safe_and_computes_a_chunk_once(owl_model):
+  from experts.backends.owlv2 import Owlv2Detector
+  from experts.clip import VideoClip
+  det = Owlv2Detector(owl_model, _tokenize, buckets=(8,), feature_cache=2)
+  clip = VideoClip(np.random.default_rng(1).integers(0, 255, (6, 24, 32, 3), np.uint8),
+                   video_id="same")
+  ref = det.raw_outputs(clip, ["cup"])
+  det.clear_features()
+  det.image_fn.calls = 0
+  with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    outs = list(pool.map(lambda _: det.raw_outputs(clip, ["cup"]), range(16)))
+  for lg, bx in outs:
+    np.testing.assert_allclose(lg, ref[0], rtol=1e-5, atol=1e-6)
+  assert det.image_fn.calls == 1  # one thread computed it, the others waited or hit the LRU
+
+
+def test_registry_binds_and_describes_coalescing():
+  import experts
+  from experts import registry
+  c = experts.default_config()
+  assert c.detector.coalesce is False
+  c.detector = dict(c.detector, kind="owlv2", path="/nonexistent-owl", coalesce=True)
+  d = registry.describe(c)
+  assert d["detector"]["coalesce"] is True and d["detector"]["coalesce_wait_s"] == 0.002
