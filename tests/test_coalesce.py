@@ -206,3 +206,13 @@ def test_registry_binds_and_describes_coalescing():
   c.detector = dict(c.detector, kind="owlv2", path="/nonexistent-owl", coalesce=True)
   d = registry.describe(c)
   assert d["detector"]["coalesce"] is True and d["detector"]["coalesce_wait_s"] == 0.002
+
+
+@pytest.mark.parametrize("name", ["star", "nextqa"])
+def test_real_cot_configs_coalesce_the_detector_by_default(name):
+  import importlib
+  mod = importlib.import_module(f"configs.cot.{name}")
+  arg = ("ann=a.json,videos=v,owlv2=o,univtg=u.ckpt,clip=c,llava=l,llm=http://x/v1"
+         + (",map=m.json" if name == "nextqa" else ""))
+  c = mod.get_config(arg)
+  assert c.experts.detector.coalesce is True
