@@ -65,3 +65,19 @@ def test_launcher_errors_name_the_flag_without_a_traceback(tmp_path):
     out = run(*extra)
     assert out.returncode == 2, out.stderr[-2000:]
     assert want in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
+
+
+def test_shared_config_arg_parser():
+  from configs.common import parse_arg
+  keys = ("target", "x", "y")
+  assert parse_arg("b,y=2", keys, where="c.py", positional="target", defaults={"x": "1"}) == dict(
+      target="b", x="1", y="2")
+  assert parse_arg(None, keys, where="c.py") == {}
+  with pytest.raises(ValueError, match=r"c.py: option 'b': expected key=value with key in"):
+    parse_arg("b", keys, where="c.py")
+  with pytest.raises(ValueError, match=r"c.py: option 'z=1': expected key=value"):
+    parse_arg("t,z=1", keys, where="c.py", positional="target")
+  with pytest.raises(ValueError, match=r"c.py: option 'x' given twice"):
+    parse_arg("x=1,x=2", keys, where="c.py")
+  with pytest.raises(ValueError, match="given twice"):
+    lnv7b.get_config("h100x8,hf_dir=/a,hf_dir=/b")

@@ -19,6 +19,8 @@ dataset without CoTs). Nothing is downloaded.
 """
 import ml_collections
 
+from configs import common
+
 # name -> (format, annotations, video root, kept CoT shards), under the `data=` root.
 DATASETS = {
     "star": ("star", "star/STAR_train.json", "star/Charades_v1_480",
@@ -42,16 +44,11 @@ OPTIONS = ("hf_dir", "datasets", "data")
 
 def parse_arg(arg: str | None) -> tuple[str, dict]:
   """`"h100x8,hf_dir=D,datasets=star+nextqa"` -> ("h100x8", {"hf_dir": "D", ...})."""
-  parts = [p.strip() for p in (arg or "h100x8").split(",") if p.strip()]
-  target, options = parts[0] if parts else "h100x8", {}
+  options = common.parse_arg(arg, ("target",) + OPTIONS, where="configs/distill/lnv7b.py",
+                             positional="target")
+  target = options.pop("target", "h100x8")
   if target not in MESHES:
     raise ValueError(f"configs/distill/lnv7b.py: arg {target!r} not in {sorted(MESHES)}")
-  for item in parts[1:]:
-    key, sep, value = item.partition("=")
-    if not sep or key not in OPTIONS:
-      raise ValueError(f"configs/distill/lnv7b.py: option {item!r}: expected key=value with "
-                       f"key in {list(OPTIONS)}")
-    options[key] = value
   return target, options
 
 
