@@ -660,6 +660,8 @@ class Toolbox:
                    choices=list(possible_answers), info=text)
     raw = self.cache.get_or_compute(
         key, model.name, lambda: str(model.select(query, list(possible_answers), text)))
+    from aotd_jax.agent.trace import note_reply
+    note_reply("select_answer", raw)  # the CoT job keeps it in the record's llm_replies
     return snap_to_choice(raw, possible_answers)
 
 

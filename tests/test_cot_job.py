@@ -570,3 +570,27 @@ def test_a_broken_backend_stops_the_run_instead_of_filling_the_records(tmp_path)
   good = make(None).run(questions, job.JobPaths.for_shard(str(tmp_path / "good"), "x"),
                         stream=quiet)
   assert good.executed == 4
+
+
+def test_records_keep_the_selectors_raw_replies():
+  """select_answer snaps the selector LLM's reply to an option; the record keeps the raw reply
+  of every call (cached ones too), so a selector that rambles can be seen (issue 19, item 8)."""
+  import experts
+  from aotd_jax.agent.sandbox import run_program
+  from experts.backends.llm import LLMSelector
+  from fixtures.scripted_llm import ScriptedLLM
+  selector = ScriptedLLM(["Hmm, probably the second one: (B)", "I refuse."])
+  tools = experts.Toolbox(selector=LLMSelector(selector)).tools()
+  program = ("def execute_command(video_clip, query, possible_answers):\n"
+             "    first = select_answer(query, possible_answers, {'a': 1})\n"
+             "    again = select_answer(query, possible_answers, {'a': 1})\n"
+             "    return select_answer(query, possible_answers, {'b': 2})\n")
+  q = qa("s1")
+  q.meta["question_program"] = program
+  cot_job = job.CotJob(tools={"select_answer": tools["select_answer"]}, make_args=lambda q: {
+      "video_clip": None, "query": q.question, "possible_answers": list(q.choices)},
+      run_program=run_program, program_source="gold")
+  (record,) = cot_job.process([q])
+  assert record["llm_replies"]["select_answer"] == [
+      "Hmm, probably the second one: (B)", "Hmm, probably the second one: (B)", "I refuse."]
+  assert record["verdicts"]["executed"]

@@ -15,7 +15,9 @@ A record is AoTD's conversation format plus what produced it:
 "rationale", "rationale_source", "trace", "verdicts", "llm_replies", "timing"}`, and
 `"manifest"` (the run's `manifest.json`, which names every backend and checkpoint) when the
 launcher sets one. `llm_replies` keeps each LLM stage's raw reply for the question
-(`program`, `rewrite`, `answer_judge`, `logic_judge`), so a parse failure can be debugged.
+(`program`, `rewrite`, `answer_judge`, `logic_judge`), so a parse failure can be debugged, and
+the raw replies tools noted while the program ran (`select_answer`: a list, one per call,
+before the reply was snapped to an option).
 Only `timing` varies between runs. `start`/`end` are the question's window in seconds (None:
 the whole video): the window the experts saw, so the student trains on the same frames.
 
@@ -35,7 +37,7 @@ import time
 from typing import Any, Callable, Iterable, Mapping, Sequence, TextIO
 
 from aotd_jax.agent import cot, filters, programs
-from aotd_jax.agent.trace import safe_str
+from aotd_jax.agent.trace import capture_replies, safe_str
 from aotd_jax.data import conversation
 
 CONVERSATION_MEDIA = "<video>\n"
@@ -337,6 +339,7 @@ class CotJob:
   video_path: Callable[[Any], str | None] = lambda qa: qa.meta.get("video_path")
   manifest: str | None = None
   fail_fast_min: int = 4
+  _tool_replies: dict = dataclasses.field(default_factory=dict, init=False, repr=False)
 
   def __post_init__(self):
     if self.program_source not in ("llm", "gold"):
@@ -386,11 +389,13 @@ class CotJob:
       return Execution(ok=False, error=f"cannot load inputs of {qa.qid}: {type(e).__name__}: "
                        f"{str(e)[:200]}")
     try:
-      ex = self.run_program(program.source, self.tools, args, timeout_s=self.timeout_s)
+      with capture_replies() as noted:
+        ex = self.run_program(program.source, self.tools, args, timeout_s=self.timeout_s)
     except Exception as e:  # the job goes on whatever one program does
       from aotd_jax.agent.sandbox import Execution
       return Execution(ok=False, error=f"sandbox failed: {type(e).__name__}: "
                        f"{safe_str(str(e), 200)}")
+    self._tool_replies[id(qa)] = noted
     return answer_checked(ex)
 
   def process(self, batch: Sequence[Any]) -> list[dict]:
@@ -405,8 +410,12 @@ class CotJob:
     parsed = self._programs(batch)
     if self.program_source == "llm":
       keep("program", self.program_llm, range(len(batch)))
+    self._tool_replies = {}
     with concurrent.futures.ThreadPoolExecutor(max(1, self.num_threads)) as pool:
       executions = list(pool.map(self._execute, batch, parsed))
+    for i, qa in enumerate(batch):  # tools' raw model replies (the selector's), per tool
+      for noted in self._tool_replies.pop(id(qa), []):
+        replies[i].setdefault(noted["tool"], []).append(noted["reply"])
     answers: list[filters.Verdict | None] = []
     to_judge = []
     for i, (qa, ex) in enumerate(zip(batch, executions)):

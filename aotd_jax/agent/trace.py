@@ -9,9 +9,11 @@ become lists (or a shape/dtype summary when large, e.g. video frames), objects w
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
+import threading
 from typing import Any, Sequence
 
 MAX_ARRAY_ELEMENTS = 256    # arrays up to this size are kept whole (boxes, scores)
@@ -216,3 +218,28 @@ class Trace:
 
   def tools_used(self) -> Sequence[str]:
     return [c.name for c in self.calls]
+
+
+# -- raw model replies noted by tools ------------------------------------------------------------
+
+_REPLIES = threading.local()
+MAX_REPLY_CHARS = 2000
+
+
+@contextlib.contextmanager
+def capture_replies():
+  """Collects, in this thread, the raw model replies that tools note with `note_reply` (e.g.
+  the selector LLM's reply before it is snapped to an option); yields the list."""
+  previous, sink = getattr(_REPLIES, "sink", None), []
+  _REPLIES.sink = sink
+  try:
+    yield sink
+  finally:
+    _REPLIES.sink = previous
+
+
+def note_reply(tool: str, reply: Any) -> None:
+  """Adds `{"tool", "reply"}` to this thread's `capture_replies` list (no-op outside one)."""
+  sink = getattr(_REPLIES, "sink", None)
+  if sink is not None:
+    sink.append({"tool": tool, "reply": safe_str(str(reply), MAX_REPLY_CHARS)})
