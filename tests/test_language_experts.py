@@ -7,6 +7,8 @@ import pytest
 
 from aotd_jax.demo import language_experts as le
 
+pytestmark = pytest.mark.slow  # module fixtures train the toy program generator and QA expert
+
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):

@@ -9,6 +9,8 @@ from aotd_jax.data import toyworld
 from aotd_jax.data.toyworld_render import ACTIONS, ClipTruth
 from aotd_jax.demo import object_encoder as oe
 
+pytestmark = pytest.mark.slow  # a module fixture trains the toy object encoder
+
 NAMES = list(toyworld.ALL_OBJECT_NAMES)
 
 

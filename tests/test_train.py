@@ -103,6 +103,7 @@ def _export(workdir, out):
   return io.read_tensors(str(out))[0]
 
 
+@pytest.mark.slow  # two training subprocesses and a SIGKILL: ~6 min on 2 busy cores
 def test_sigkill_after_checkpoint_then_resume_is_exact(tmp_path):
   steps = ["--config.total_steps=8", "--config.checkpoint_every=2"]
   a = _train(tmp_path / "a", *steps)
