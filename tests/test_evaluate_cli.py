@@ -75,12 +75,13 @@ def test_nextqa_map_and_both_scorings(nextqa, tmp_path):
   assert all(o["output"] is not None for o in result["outputs"])
 
 
-def test_bad_flags_are_named(nextqa):
-  d, _, _ = nextqa
-  base = [f"--student={d / 'student'}", f"--annotations={d / 'ann' / 'val.csv'}"]
+def test_bad_flags_are_named(tmp_path):
+  """Each stops before a model is loaded, with one line naming the flag."""
+  (tmp_path / "map.json").write_text("{}")
+  base = [f"--student={tmp_path / 'student'}", f"--annotations={tmp_path / 'val.csv'}"]
   r = _evaluate(*base, "--format=nextqa", "--num_frames=0")
   assert r.returncode != 0 and "--num_frames must be >= 1" in r.stderr and "Traceback" not in r.stderr
-  r = _evaluate(*base, "--format=star", f"--map={d / 'map_vid_vidorID.json'}")
+  r = _evaluate(*base, "--format=star", f"--map={tmp_path / 'map.json'}")
   assert r.returncode == 2 and "is NExT-QA's video map; --format is 'star'" in r.stderr, r.stderr[-2000:]
   r = _evaluate(*base, "--format=nextqa", "--mode=rationale", "--scoring=likelihood")
   assert r.returncode == 2 and "--mode=rationale needs --scoring=generate" in r.stderr
