@@ -287,18 +287,20 @@ def test_registry_binds_owlv2_by_path(owl, monkeypatch):
   from experts.backends import owlv2 as owl_backend
   monkeypatch.setattr(owl_backend, "hf_tokenize", lambda tok, n: toy_tokenize)
   config = registry.default_config()
-  config.detector = {"kind": "owlv2", "path": path, "threshold": 0.0, "buckets": [1, 4]}
+  # threshold 0 and no NMS: every patch's box counts, (32 / 8) ** 2 = 16 in each frame
+  config.detector = {"kind": "owlv2", "path": path, "threshold": 0.0, "buckets": [1, 4],
+                     "nms_threshold": 0}
   config.grounder.kind = config.action_recognizer.kind = config.video_qa.kind = "none"
   box = experts.make_toolbox(config)
   assert box.detector.name == f"owlv2:{path}"
   clip = experts.VideoClip(np.full((3, 12, 12, 3), 128, np.uint8), video_id="v")
-  assert box.Count(clip, "cup") > 0  # threshold 0: every patch box counts
+  assert box.Count(clip, "cup") == 16
   assert box.detector.config.vision_config.matmul_precision == "default"
   config.detector.matmul_precision = "high"
   box = experts.make_toolbox(config)
   assert box.detector.config.vision_config.matmul_precision == "high"
-  assert box.Count(clip, "cup") > 0
   count = box.Count(clip, "cup")
+  assert count == 16
   assert box.detector.config.vision_config.cpu_kernels and box.detector.config.text_config.cpu_kernels
   config.detector.cpu_kernels = False  # XLA's attention instead of the CPU kernel: same counts
   box = experts.make_toolbox(config)
