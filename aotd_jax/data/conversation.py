@@ -35,9 +35,25 @@ ONEVISION_CHAT_TEMPLATE = (
     "{% if message['role'] != 'assistant' %}{{ '\n' }}{% endif %}{{ part['text'] }}{% endfor %}"
     "{% endif %}{{ '<|im_end|>' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+# Qwen2-VL's conversation format (its processor's template): a default system turn, then
+# `<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>{text}<|im_end|>\n`, and the
+# reply after `<|im_start|>assistant\n`, closed by `<|im_end|>\n`.
+QWEN2_VL_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{% elif part['type'] == 'video' %}{{ '<|vision_start|><|video_pad|><|vision_end|>' }}"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "{{ '<|im_end|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 # Students whose prompts follow their processor's template rather than the tokenizer's own
 # (the OneVision tokenizer carries Qwen2's text template, with a default system turn).
-STUDENT_CHAT_TEMPLATES = {"LlavaOnevisionForConditionalGeneration": ONEVISION_CHAT_TEMPLATE}
+STUDENT_CHAT_TEMPLATES = {"LlavaOnevisionForConditionalGeneration": ONEVISION_CHAT_TEMPLATE,
+                          "Qwen2VLForConditionalGeneration": QWEN2_VL_CHAT_TEMPLATE}
 
 
 def use_student_chat_template(tokenizer, architecture: str | None):

@@ -29,15 +29,17 @@ def _video_file(record: VideoQA, video_root: str, video_ext: str) -> str:
 
 
 def prompt_ids(tokenizer, record: VideoQA, mode: str, num_video_tokens: int,
-               prompt_format: str = "plain") -> list[int]:
+               prompt_format: str = "plain", video_token: str = "<video>") -> list[int]:
   """Token ids of the evaluation prompt (answer suffix, or rationale suffix in `rationale` mode),
-  in the `prompt_format` the student was trained with (`conversation.format_question`)."""
+  in the `prompt_format` the student was trained with (`conversation.format_question`);
+  `video_token` is the student's placeholder (`config.video_token`, Qwen2-VL's `<|video_pad|>`)."""
   if mode not in MODES:
     raise ValueError(f"mode {mode!r}: expected one of {MODES}")
   user = (conversation.qa_user_text if mode == "answer" else conversation.cot_user_text)(
       record.question, record.choices, prompt_format)
   text = conversation.build_prompt(tokenizer, user, media="video")
-  text = video_processing.expand_media_tokens(text, video_tokens=[num_video_tokens])
+  text = video_processing.expand_media_tokens(text, video_tokens=[num_video_tokens],
+                                              video_token=video_token)
   return list(tokenizer(text, add_special_tokens=True)["input_ids"])
 
 
@@ -66,8 +68,13 @@ def run_student(model, tokenizer, records: Sequence[VideoQA], *, mode: str = "an
   `frames_fn(record) -> (T, H, W, 3) uint8` overrides video decoding (tests, cached frames).
   `prompt_format`: the one the student was trained with (`config.data.prompt_format`).
   """
+  import importlib
   from aotd_jax.models import llava_next_video  # the student; imported lazily (heavy)
   cfg = model.config
+  # Each student's module has its `generate` (LLaVA's merges then decodes; Qwen2-VL's adds M-RoPE).
+  generate = getattr(importlib.import_module(type(model).__module__), "generate",
+                     llava_next_video.generate)
+  video_token = getattr(cfg, "video_token", "<video>")
   conversation.use_student_chat_template(tokenizer, getattr(type(model), "hf_architecture", None))
   n_tokens = cfg.video_tokens(num_frames)
   size = cfg.vision_config.image_size
@@ -76,7 +83,7 @@ def run_student(model, tokenizer, records: Sequence[VideoQA], *, mode: str = "an
   with efficiency.measure(len(records)) as eff:
     for i in range(0, len(records), batch_size):
       chunk = records[i:i + batch_size]
-      ids = [prompt_ids(tokenizer, r, mode, n_tokens, prompt_format) for r in chunk]
+      ids = [prompt_ids(tokenizer, r, mode, n_tokens, prompt_format, video_token) for r in chunk]
       width = max(len(x) for x in ids)
       input_ids = np.full((len(chunk), width), pad, np.int32)
       mask = np.zeros((len(chunk), width), np.int32)
@@ -86,8 +93,8 @@ def run_student(model, tokenizer, records: Sequence[VideoQA], *, mode: str = "an
       pixels = _pixels(chunk, size, video_root=video_root, video_ext=video_ext,
                        num_frames=num_frames, decode_size=decode_size, frames_fn=frames_fn,
                        resize=getattr(cfg, "video_resize", "shortest_edge"))
-      out = llava_next_video.generate(model, input_ids, mask, pixel_values_videos=pixels,
-                                      max_new_tokens=max_new_tokens, pad_token_id=pad)
+      out = generate(model, input_ids, mask, pixel_values_videos=pixels,
+                     max_new_tokens=max_new_tokens, pad_token_id=pad)
       seqs = np.asarray(out.sequences)
       for j in range(len(chunk)):
         outputs.append(tokenizer.decode(seqs[j, :int(out.lengths[j])], skip_special_tokens=True).strip())
@@ -153,7 +160,8 @@ def _closed_set(model, tokenizer, records: Sequence[VideoQA], rows_fn, *, video_
           raise ValueError(f"question {r.qid}: closed-set scoring needs choices (open-ended)")
         user = conversation.qa_user_text(r.question, r.choices, prompt_format)
         prompt = video_processing.expand_media_tokens(
-            conversation.build_prompt(tokenizer, user, media="video"), video_tokens=[n_tokens])
+            conversation.build_prompt(tokenizer, user, media="video"), video_tokens=[n_tokens],
+            video_token=getattr(cfg, "video_token", "<video>"))
         for row in rows_fn(r, prompt):
           rows.append(row)
           owner.append(j)

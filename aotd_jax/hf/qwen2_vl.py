@@ -43,7 +43,7 @@ def vision_rules(cfg: Qwen2VLVisionConfig, hf: str, fx: str) -> list[Rule]:
 
 _VISION_FIELDS = ("depth", "embed_dim", "hidden_size", "hidden_act", "mlp_ratio", "num_heads",
                   "in_channels", "patch_size", "spatial_merge_size", "temporal_patch_size",
-                  "initializer_range")
+                  "initializer_range", "image_size")  # image_size: ours (the pipeline's frame size)
 _TOP_FIELDS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id",
                "tie_word_embeddings")
 # Text fields a released (transformers 4.x) config.json holds at its top level.

@@ -77,6 +77,7 @@ def make_pipeline_data(cfg, student: nnx.Module, tokenizer=None):
       decode_size=d.get("decode_size", None), buckets=buckets,
       train_on_prompt=d.get("train_on_prompt", False),
       num_video_tokens=_video_tokens(mc, d.num_frames), seed=cfg.seed,
+      video_token=getattr(mc, "video_token", "<video>"),
       num_workers=d.get("num_workers", 0), answer_style=d.get("answer_style", "letter_text"),
       mixing=d.get("mixing", "weighted"),
       max_skip_fraction=d.get("max_skip_fraction", 0.5),

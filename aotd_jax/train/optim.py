@@ -45,5 +45,7 @@ def make_optimizer(cfg: Mapping[str, Any], total_steps: int) -> optax.GradientTr
 def trainable_filter(freeze_vision_tower: bool = True):
   """Params the optimiser updates: all, or all but the vision tower (the paper freezes it)."""
   if freeze_vision_tower:
-    return nnx.All(nnx.Param, nnx.Not(nnx.PathContains("vision_tower")))
+    # LLaVA students name their tower `vision_tower`, Qwen2-VL `visual`.
+    return nnx.All(nnx.Param, nnx.Not(nnx.Any(nnx.PathContains("vision_tower"),
+                                              nnx.PathContains("visual"))))
   return nnx.Param

@@ -3,8 +3,8 @@ r"""Toy distillation run: a tiny LLaVA-NeXT-Video student on tiny synthetic data
   python -m launch.train --config=configs/distill/toy.py --workdir=/tmp/toy \
       --config.total_steps=20 --config.checkpoint_every=5 --config.seed=0
 
-`arg` picks the student: "llava" (default, LLaVA-NeXT-Video), "onevision" (LLaVA-OneVision) or
-"llama" (text-only, fastest).
+`arg` picks the student: "llava" (default, LLaVA-NeXT-Video), "onevision" (LLaVA-OneVision),
+"qwen2vl" (Qwen2-VL) or "llama" (text-only, fastest).
 """
 import ml_collections
 
@@ -38,8 +38,21 @@ TINY_ONEVISION = dict(
     vision_feature_select_strategy="full", projector_hidden_act="gelu",
     image_grid_pinpoints=[[32, 32], [32, 64], [64, 32]], vision_aspect_ratio="anyres_max_9",
     tie_word_embeddings=False)
+# A tiny Qwen2-VL: 2-D rotary ViT on 4x4 patches of 2 frames, 2x2 merger, M-RoPE Qwen2 LM; frames
+# are 16x16 (`image_size`, the pipeline's square frame size), so 4 frames make 2 x 2 x 2 = 8 tokens.
+TINY_QWEN2VL = dict(
+    architectures=["Qwen2VLForConditionalGeneration"], model_type="qwen2_vl",
+    text_config={**{k: v for k, v in TINY_LLAMA.items() if k not in ("architectures", "rope_theta")},
+                 "model_type": "qwen2_vl_text",
+                 "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 1, 1]}},
+    vision_config=dict(model_type="qwen2_vl", depth=2, embed_dim=32, hidden_size=32, num_heads=4,
+                       mlp_ratio=2, patch_size=4, spatial_merge_size=2, temporal_patch_size=2,
+                       hidden_act="quick_gelu", image_size=16),
+    video_token_id=4, image_token_id=5, vision_start_token_id=6, vision_end_token_id=7,
+    tie_word_embeddings=False)
 STUDENTS = {"llava": ("LlavaNextVideoForConditionalGeneration", TINY_LLAVA),
             "onevision": ("LlavaOnevisionForConditionalGeneration", TINY_ONEVISION),
+            "qwen2vl": ("Qwen2VLForConditionalGeneration", TINY_QWEN2VL),
             "llama": ("LlamaForCausalLM", TINY_LLAMA)}
 
 
