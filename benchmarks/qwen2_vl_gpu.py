@@ -1,0 +1,171 @@
+r"""Qwen2-VL-7B distillation train step on one GPU: step time and MFU, random weights.
+
+  python benchmarks/qwen2_vl_gpu.py             # 7B shapes, bf16, one H200 (~8.3B params)
+  python benchmarks/qwen2_vl_gpu.py --cpu_smoke # tiny shapes on CPUs: checks the script only
+
+The student is `Qwen/Qwen2-VL-7B-Instruct`'s architecture (`qwen2_vl_7b_config`: a 32-block
+ViT with 2-D rotary embeddings and the 2x2 merger; the Qwen2-7B LM with M-RoPE) with random
+weights, trained as `configs/distill/qwen2vl7b.py` does: frozen vision tower, bf16 compute,
+remat, cuDNN flash attention (`attention_impl="causal"`), L_label + L_rationale, AdamW with
+global-norm clipping, through the real `Trainer`. One GPU holds AdamW state for the 7.6B
+trainable parameters only in bf16 (`--param_dtype=bfloat16`, the default here). A batch is
+`--batch` clips of `--frames` frames of `--side` pixels ((T/2) x (side/28)^2 video tokens: 16
+frames of 336 are 1152) and `--text` text tokens, half of them rationale samples; the frames
+are patchified and the M-RoPE positions computed inside the step, as in training.
+
+MFU = model FLOPs / step time / `--peak_flops` (989 TFLOP/s, H100/H200 bf16 dense). Model
+FLOPs: 6 x trainable matmul params x tokens (LM) + 2 x tower params x patches (the frozen
+tower runs forward only; the merger on a quarter of them) + attention (causal LM: 6 x layers x
+heads x head_dim x L^2, fwd+bwd; tower: 4 x depth x embed_dim x P^2 per pair of frames,
+forward). Remat's recomputation is not counted (hardware FLOPs are higher).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def random_init(config):
+  """The model with N(0, 0.02) weights, unit norms and zero biases, one jitted kernel per
+  distinct shape (a full `jax.jit(init)` of 8B parameters takes minutes to compile)."""
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+  from aotd_jax.models.qwen2_vl import Qwen2VLForConditionalGeneration
+  model = nnx.eval_shape(lambda: Qwen2VLForConditionalGeneration(config, rngs=nnx.Rngs(0)))
+  dtype = jnp.dtype(config.param_dtype)
+  normal = jax.jit(lambda key, shape: (0.02 * jax.random.normal(key, shape, jnp.float32)).astype(dtype),
+                   static_argnums=1)
+  key = jax.random.key(0)
+  for i, (path, var) in enumerate(nnx.to_flat_state(nnx.state(model, nnx.Param))):
+    shape = tuple(var.get_value().shape)
+    if path[-1] == "scale":
+      var.set_value(jnp.ones(shape, dtype))
+    elif path[-1] == "bias":
+      var.set_value(jnp.zeros(shape, dtype))
+    else:
+      var.set_value(normal(jax.random.fold_in(key, i), shape))
+  return model
+
+
+def model_flops(model, batch: int, frames: int, side: int, seq: int) -> float:
+  from flax import nnx
+  cfg = model.config
+  vc, tc = cfg.vision_config, cfg.text_config
+
+  def matmul_params(module, skip=()):
+    return sum(v.get_value().size for p, v in nnx.to_flat_state(nnx.state(module, nnx.Param))
+               if v.get_value().ndim >= 2 and not any(s in "/".join(map(str, p)) for s in skip))
+
+  slices, per_slice = batch * -(-frames // vc.temporal_patch_size), (side // vc.patch_size) ** 2
+  merger = matmul_params(model.visual.merger)
+  tower = 2 * ((matmul_params(model.visual) - merger) * per_slice + merger * per_slice // 4) * slices
+  tower += 4 * vc.depth * vc.embed_dim * per_slice ** 2 * slices
+  lm = 6 * matmul_params(model.language_model, ("embed_tokens",)) * batch * seq
+  lm += 6 * tc.num_hidden_layers * tc.num_attention_heads * tc.head_dim * seq * seq * batch
+  return tower + lm
+
+
+def make_batch(config, batch: int, frames: int, side: int, text: int, seed: int = 0):
+  rng = np.random.default_rng(seed)
+  n_video = config.tokens(config.grid(frames, side, side))
+  ids = np.concatenate([rng.integers(3, 1000, (batch, 8)),
+                        np.full((batch, 1), config.vision_start_token_id),
+                        np.full((batch, n_video), config.video_token_id),
+                        np.full((batch, 1), config.vision_end_token_id),
+                        rng.integers(3, 1000, (batch, text - 10))], 1).astype(np.int32)
+  b, l = ids.shape
+  label, rationale = np.zeros((b, l), np.int32), np.zeros((b, l), np.int32)
+  label[:, -8:] = 1
+  rationale[: max(b // 2, 1), -text // 2:-8] = 1
+  videos = rng.standard_normal((b, frames, config.vision_config.in_channels, side, side))
+  return dict(input_ids=ids, attention_mask=np.ones((b, l), np.int32), label_mask=label,
+              rationale_mask=rationale, pixel_values_videos=videos.astype(np.float32))
+
+
+def main(argv=None) -> None:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--batch", type=int, default=1, help="clips per step")
+  ap.add_argument("--frames", type=int, default=16)
+  ap.add_argument("--side", type=int, default=336, help="frame size (a multiple of 28)")
+  ap.add_argument("--text", type=int, default=128, help="text tokens per sample")
+  ap.add_argument("--steps", type=int, default=5)
+  ap.add_argument("--param_dtype", default="bfloat16", choices=["bfloat16", "float32"])
+  ap.add_argument("--attention_impl", default="causal", choices=["xla", "dot_product_attention", "causal"])
+  ap.add_argument("--remat", type=int, default=1)
+  ap.add_argument("--peak_flops", type=float, default=989e12, help="bf16 dense peak of the GPU")
+  ap.add_argument("--cpu_smoke", action="store_true", help="tiny shapes on CPUs (checks the script)")
+  args = ap.parse_args(argv)
+
+  import jax
+  from flax import nnx
+  from aotd_jax import sharding
+  from aotd_jax.models import qwen2_vl
+  from aotd_jax.train.optim import make_optimizer
+  from aotd_jax.train.trainer import Trainer
+
+  if jax.default_backend() != "gpu" and not args.cpu_smoke:
+    raise SystemExit(f"needs a GPU (JAX backend: {jax.default_backend()}); --cpu_smoke checks the script")
+  options = dict(dtype="bfloat16", param_dtype=args.param_dtype, remat=bool(args.remat),
+                 freeze_vision_tower=True)
+  config = qwen2_vl.qwen2_vl_7b_config(**options)
+  if args.cpu_smoke:
+    text = qwen2_vl.qwen2_vl_text_config(
+        vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, mrope_section=(4, 2, 2))
+    vision = qwen2_vl.Qwen2VLVisionConfig(depth=2, embed_dim=64, num_heads=4, hidden_size=64)
+    config = qwen2_vl.Qwen2VLConfig(vision_config=vision, text_config=text, image_token_id=1020,
+                                    video_token_id=1021, vision_start_token_id=1022,
+                                    vision_end_token_id=1023, **options)
+    args.frames, args.side, args.text, args.steps = 4, 56, 32, min(args.steps, 2)
+  config = dataclasses.replace(config, text_config=dataclasses.replace(
+      config.text_config, attention_impl=args.attention_impl))
+  t0 = time.perf_counter()
+  model = random_init(config)
+  n_params = sum(x.size for x in jax.tree.leaves(nnx.state(model)))
+  mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
+  trainer = Trainer(model, make_optimizer({"learning_rate": 4e-5, "grad_clip": 1.0}, 1000),
+                    mesh=mesh, trainable=qwen2_vl.trainable_filter(config))
+  batch = make_batch(config, args.batch, args.frames, args.side, args.text)
+  seq = batch["input_ids"].shape[1]
+  init_s = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  first = trainer.train_step(batch)
+  compile_s = time.perf_counter() - t0
+  times = []
+  for _ in range(args.steps):
+    t0 = time.perf_counter()
+    m = trainer.train_step(batch)
+    times.append(time.perf_counter() - t0)
+  dt = float(np.median(times))
+  flops = model_flops(model, args.batch, args.frames, args.side, seq)
+  stats = getattr(jax.devices()[0], "memory_stats", lambda: None)() or {}
+  out = dict(device=str(jax.devices()[0].device_kind), jax=jax.__version__,
+             params_B=round(n_params / 1e9, 3), param_dtype=args.param_dtype, dtype="bfloat16",
+             remat=bool(args.remat), attention_impl=args.attention_impl, batch=args.batch,
+             frames=args.frames, side=args.side,
+             video_tokens=config.tokens(config.grid(args.frames, args.side, args.side)), seq=seq,
+             tokens_per_step=args.batch * seq, init_s=round(init_s, 1),
+             first_step_s=round(compile_s, 1), first_loss=round(float(first.loss), 4),
+             loss=round(float(m.loss), 4), step_s=round(dt, 4),
+             step_times_s=[round(t, 4) for t in times],
+             tokens_per_s=round(args.batch * seq / dt, 1),
+             model_tflop_per_step=round(flops / 1e12, 2),
+             achieved_tflops=round(flops / dt / 1e12, 1),
+             mfu=round(flops / dt / args.peak_flops, 4),
+             peak_memory_GiB=round(stats.get("peak_bytes_in_use", 0) / 2**30, 1))
+  assert math.isfinite(out["loss"]), out
+  print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+  main()
