@@ -28,6 +28,8 @@ _DETECTOR = flags.DEFINE_string("detector", "", "OWLv2 HF directory (trained can
 _GROUNDER = flags.DEFINE_string("grounder", "", "train_grounder output directory.")
 _LLAMA = flags.DEFINE_string("llama", "", "Program-generator HF directory.")
 _LLAVA = flags.DEFINE_string("llava", "", "LLaVA-NeXT-Video HF directory (actions, QA).")
+_VIDEO_DIR = flags.DEFINE_string("video_dir", "", "STAR: directory of the <video_id>.mp4 videos.")
+_CLASSES_DIR = flags.DEFINE_string("classes_dir", "", "STAR: the class-list directory.")
 _OUT = flags.DEFINE_string("out", "", "Write the results as JSON here.")
 
 
@@ -40,6 +42,10 @@ def main(argv):
     config = subtasks.default_config(_DATA.value, split=_SPLIT.value, kind=_KIND.value,
                                      detector_path=_DETECTOR.value, grounder_path=_GROUNDER.value,
                                      llama_path=_LLAMA.value, llava_path=_LLAVA.value)
+    if _VIDEO_DIR.value:
+      config.data.video_dir = _VIDEO_DIR.value
+    if _CLASSES_DIR.value:
+      config.data.classes_dir = _CLASSES_DIR.value
   results = subtasks.evaluate(config)
   print(subtasks.subtask_table(results))
   if _OUT.value:

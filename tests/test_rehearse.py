@@ -77,3 +77,61 @@ def test_rehearsal_end_to_end(tmp_path):
     assert rows[name]["status"] == "ok", rows[name]
   assert rows["cot_star"]["figures"]["kept"] >= 1
   assert result["llm_requests"].get("unknown", 0) == 0
+
+
+def test_activitynet_videos_are_found_by_their_file_stem(tmp_path):
+  """ActivityNet-QA's videos are `v_<name>.mp4`: the student evaluation and the training
+  pipeline both read them (the rehearsal found both looking for `<name>.mp4`)."""
+  from aotd_jax.data import annotations, pipeline
+  from aotd_jax.eval import student
+  from aotd_jax.rehearsal import datasets
+  d = datasets.activitynet_qa(str(tmp_path), questions=2, seconds=1.0)
+  records = list(annotations.read("activitynet_qa", d["ann"]))
+  want = os.path.join(d["videos"], "v_RHanet0000.mp4")
+  assert os.path.isfile(want)
+  assert student._video_file(records[0], d["videos"], ".mp4") == want
+  (example,) = pipeline.qa_examples(records[:1], video_root=d["videos"])
+  assert example["video_path"] == want
+
+
+# A docs command that the rehearsal replaces (the LLM server: the stub server stands in).
+EXTERNAL = {("external", "vllm"), ("python -m", "sglang.launch_server")}
+
+
+def test_reproduce_commands_are_rehearsed():
+  """Every command in docs/reproduce.md is a rehearsal stage's command (sizes and paths
+  aside), and every stage that runs a launcher is in the docs."""
+  from aotd_jax.rehearsal import stages
+  plan = stages.placeholder_plan()
+  rehearsed = {stages.signature(s.command): s.name for s in plan}
+  with open(os.path.join(ROOT, "docs", "reproduce.md")) as f:
+    commands = stages.docs_commands(f.read())
+  assert len(commands) >= 10
+  documented = set()
+  for argv in commands:
+    if argv[0] == "python" and argv[1] == "-m" and argv[2] == "sglang.launch_server":
+      continue
+    sig = stages.signature(argv)
+    if sig in EXTERNAL:
+      continue
+    assert sig in rehearsed, (f"docs/reproduce.md: {' '.join(argv)[:200]} is not a rehearsal "
+                              f"command:\n{sig}\nrehearsed: {sorted(rehearsed.values())}")
+    documented.add(sig)
+  # hf_load is the rehearsal's own check (transformers loads the export)
+  missing = {s.name for s in plan if stages.signature(s.command) not in documented} - {"hf_load"}
+  assert not missing, f"rehearsal stages not in docs/reproduce.md: {sorted(missing)}"
+
+
+def test_signature_ignores_values_and_sizes_but_not_flags():
+  from aotd_jax.rehearsal.stages import signature
+  a = signature(["python", "-m", "launch.train", "--config=configs/distill/lnv7b.py:h100x8,"
+                 "hf_dir=/a,datasets=star", "--workdir=/w"])
+  b = signature(["python", "-m", "launch.train", "--config=configs/distill/lnv7b.py:"
+                 "tpu_v5p_128,hf_dir=/b,datasets=star+nextqa", "--workdir=gs://x"])
+  assert a == b
+  assert a != signature(["python", "-m", "launch.train", "--config=configs/distill/lnv7b.py:"
+                         "h100x8,hf_dir=/a", "--workdir=/w"])
+  assert a != signature(["python", "-m", "launch.train", "--config=configs/distill/toy.py:"
+                         "h100x8,hf_dir=/a,datasets=star", "--workdir=/w"])
+  assert signature(["python", "-m", "aotd_jax.hf", "convert", "--hf_dir=a"])[0] == \
+      "aotd_jax.hf convert"

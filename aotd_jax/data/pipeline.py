@@ -100,12 +100,14 @@ def qa_examples(records: Sequence[VideoQA], *, video_root: str = "", video_ext: 
   """QA-mode examples (plain dicts) from annotation records.
 
   The video is `meta["video_path"]` when the reader set it (NExT-QA), else
-  `{video_id}{video_ext}`, both under `video_root`. `prompt_format`: see
+  `{video_id}{video_ext}` (`{video_file_stem}{video_ext}` for ActivityNet-QA), both under
+  `video_root`. `prompt_format`: see
   `conversation.format_question`.
   """
   out = []
   for r in records:
-    path = r.meta.get("video_path") or f"{r.video_id}{video_ext}"
+    stem = r.meta.get("video_file_stem") or r.video_id  # ActivityNet-QA: v_<id>
+    path = r.meta.get("video_path") or f"{stem}{video_ext}"
     out.append({
         "mode": "qa", "qid": r.qid, "video_path": _video_path(video_root, path),
         "start": r.start, "end": r.end,

@@ -24,7 +24,8 @@ class StudentRun:
 
 def _video_file(record: VideoQA, video_root: str, video_ext: str) -> str:
   import os
-  path = record.meta.get("video_path") or f"{record.video_id}{video_ext}"
+  stem = record.meta.get("video_file_stem") or record.video_id  # ActivityNet: v_<id>
+  path = record.meta.get("video_path") or f"{stem}{video_ext}"
   return path if os.path.isabs(path) or not video_root else os.path.join(video_root, path)
 
 

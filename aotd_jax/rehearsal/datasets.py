@@ -156,4 +156,30 @@ def texts() -> list[str]:
     out += [r["question"]] + [c["choice"] for c in r["choices"]]
   for q, _, options in NEXTQA_ROWS:
     out += [q, *options]
+  out += [f"{q} {a}" for q, a, _ in ANETQA_ROWS]
   return out
+
+
+ANETQA_ROWS = (("is the square moving", "yes", 3), ("what color is the background", "grey", 0),
+               ("how many squares are there", "1", 4))
+
+
+def activitynet_qa(root: str, *, questions: int = 3, videos: int = 1,
+                   seconds: float = 30.0) -> dict:
+  """ActivityNet-QA `val_q.json` + `val_a.json` (open-ended) over `videos/v_<name>.mp4`."""
+  vdir = os.path.join(root, "videos")
+  names = [f"RHanet{k:04d}" for k in range(videos)]
+  for k, name in enumerate(names):
+    write_video(os.path.join(vdir, f"v_{name}.mp4"), seconds=seconds, seed=20 + k)
+  qs, ans = [], []
+  for i in range(questions):
+    q, a, kind = ANETQA_ROWS[i % len(ANETQA_ROWS)]
+    qid = f"v_{names[i % videos]}_{i}"
+    qs.append({"video_name": names[i % videos], "question": q, "question_id": qid})
+    ans.append({"answer": a, "type": kind, "question_id": qid})
+  q_path, a_path = os.path.join(root, "val_q.json"), os.path.join(root, "val_a.json")
+  with open(q_path, "w") as f:
+    json.dump(qs, f)
+  with open(a_path, "w") as f:
+    json.dump(ans, f)
+  return {"ann": q_path, "videos": vdir, "questions": questions}

@@ -28,15 +28,30 @@ def prepare(workdir: str, *, questions: int = 4, seconds: float = 30.0) -> dict:
   data = {"star": datasets.star(os.path.join(workdir, "data", "star"), questions=questions,
                                 seconds=seconds),
           "nextqa": datasets.nextqa(os.path.join(workdir, "data", "nextqa"),
-                                    questions=questions, seconds=seconds)}
+                                    questions=questions, seconds=seconds),
+          "activitynet_qa": datasets.activitynet_qa(os.path.join(workdir, "data", "anetqa"),
+                                                    seconds=seconds)}
   paths = dict(paths)
   paths.update(student_orbax=os.path.join(workdir, "student_orbax"),
                cot_star_out=os.path.join(workdir, "cots", "star"),
                cot_nextqa_out=os.path.join(workdir, "cots", "nextqa"),
                train_workdir=os.path.join(workdir, "train"),
                export=os.path.join(workdir, "export"),
-               eval_out=os.path.join(workdir, "eval"))
+               eval_out=os.path.join(workdir, "eval"),
+               grounder_dir=_grounder_dir(workdir, paths))
   return {"workdir": workdir, "paths": paths, "data": data}
+
+
+def _grounder_dir(workdir: str, paths: dict) -> str:
+  """The `train_grounder` layout (`univtg.ckpt` + `clip/`) that launch.eval_subtasks reads,
+  linking the official checkpoint and the CLIP directory."""
+  d = os.path.join(workdir, "checkpoints", "grounder")
+  os.makedirs(d, exist_ok=True)
+  for name, target in (("univtg.ckpt", paths["univtg"]), ("clip", paths["clip"])):
+    link = os.path.join(d, name)
+    if not os.path.lexists(link):
+      os.symlink(os.path.abspath(target), link)
+  return d
 
 
 def gold_answers(data: dict) -> tuple[dict, set]:
@@ -64,7 +79,10 @@ def _probe(stage, env) -> str:
 def run_stage(stage, ctx: dict, env: dict, log_dir: str) -> dict:
   row = {"stage": stage.name, "command": stage.text()}
   t0 = time.time()
-  failed = [n for n in stage.needs if ctx["results"].get(n, {}).get("status") != "ok"]
+  # a stage needs its inputs: those made earlier in this run must have passed (with --only,
+  # stages not run now are taken from an earlier run in the same workdir)
+  failed = [n for n in stage.needs
+            if n in ctx["results"] and ctx["results"][n].get("status") != "ok"]
   if failed:
     return dict(row, status="skipped", detail=f"needs {', '.join(failed)}", seconds=0.0)
   waiting = _probe(stage, env)
@@ -89,6 +107,8 @@ def run_stage(stage, ctx: dict, env: dict, log_dir: str) -> dict:
     figures = stage.check(stage, ctx) if stage.check else {}
   except stages_lib.CheckFailed as e:
     return dict(row, status="check failed", detail=str(e)[:500])
+  except stages_lib.Gap as e:
+    return dict(row, status="gap", detail=str(e)[:500])
   return dict(row, status="ok", detail=", ".join(f"{k}={v}" for k, v in figures.items()),
               figures=figures)
 
@@ -111,6 +131,7 @@ def run(workdir: str, *, only: list[str] | None = None, questions: int = 4,
   os.makedirs(log_dir, exist_ok=True)
   t0 = time.time()
   ctx = prepare(workdir, questions=questions, seconds=seconds)
+  os.makedirs(ctx["paths"]["eval_out"], exist_ok=True)
   env = dict(os.environ, PYTHONPATH=os.pathsep.join(
       [ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
   env.setdefault("JAX_PLATFORMS", "cpu")

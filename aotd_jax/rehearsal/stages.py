@@ -38,6 +38,10 @@ class CheckFailed(AssertionError):
   """A stage ran but its outputs are wrong (the message says what)."""
 
 
+class Gap(Exception):
+  """A stage ran but the launcher lacks something the issue asks for (reported, not faked)."""
+
+
 def _require(cond: bool, msg: str) -> None:
   if not cond:
     raise CheckFailed(msg)
@@ -103,6 +107,119 @@ def check_cot(stage: Stage, ctx: dict) -> dict:
   return {"records": len(records), "parsed": parsed, "executed": executed, "kept": kept}
 
 
+def _load_json(path: str) -> dict:
+  _require(os.path.isfile(path), f"{path}: missing")
+  with open(path) as f:
+    return json.load(f)
+
+
+def check_distill(stage: Stage, ctx: dict) -> dict:
+  wd = ctx["paths"]["train_workdir"]
+  steps = ctx["train_steps"]
+  ckpts = sorted(int(d) for d in os.listdir(os.path.join(wd, "checkpoints")) if d.isdigit())
+  _require(ckpts and ckpts[-1] == steps, f"{wd}/checkpoints: steps {ckpts}, expected {steps}")
+  with open(os.path.join(wd, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  rows = [r for r in rows if "loss" in r]
+  _require(len(rows) == steps, f"{wd}/metrics.jsonl: {len(rows)} step rows, expected {steps}")
+  losses = [r["loss"] for r in rows]
+  _require(all(l == l and abs(l) < 1e4 for l in losses), f"non-finite losses {losses}")
+  cot_tokens = sum(r.get("rationale_tokens", 0) for r in rows)
+  qa_tokens = sum(r.get("label_tokens", 0) for r in rows)
+  _require(cot_tokens > 0, f"{wd}: no rationale tokens in {steps} steps: the kept CoTs were "
+           "not trained on")
+  _require(qa_tokens > 0, f"{wd}: no answer tokens in {steps} steps")
+  return {"steps": steps, "loss_first": round(losses[0], 4), "loss_last": round(losses[-1], 4),
+          "rationale_tokens": int(cot_tokens), "answer_tokens": int(qa_tokens)}
+
+
+def check_export(stage: Stage, ctx: dict) -> dict:
+  d = ctx["paths"]["export"]
+  files = set(os.listdir(d)) if os.path.isdir(d) else set()
+  need = {"config.json", "tokenizer.json", "tokenizer_config.json"}
+  _require(need <= files, f"{d}: missing {sorted(need - files)}")
+  _require(any(f.endswith(".safetensors") for f in files), f"{d}: no safetensors")
+  return {"files": len(files)}
+
+
+def check_parity(stage: Stage, ctx: dict) -> dict:
+  got = _load_json(os.path.join(ctx["paths"]["eval_out"], "export_parity.json"))
+  _require(got["ok"], f"export parity: {got}")
+  return {"max_abs_diff": f"{got['max_abs_diff']:.1e}",
+          "changed_tensors": got.get("tensors_changed_by_training")}
+
+
+def check_eval(stage: Stage, ctx: dict) -> dict:
+  dataset, mode = stage.name.split("_", 1)[1].rsplit("_", 1)
+  got = _load_json(os.path.join(ctx["paths"]["eval_out"], f"{stage.name}.json"))
+  want = ctx["data"][dataset]["questions"]
+  _require(len(got.get("outputs", [])) == want,
+           f"{stage.name}: {len(got.get('outputs', []))} outputs, expected {want}")
+  if mode == "mc":
+    _require("accuracy" in got, f"{stage.name}: no accuracy in {sorted(got)}")
+    return {"accuracy": round(got["accuracy"], 3), "questions": want}
+  if mode == "rationale":
+    keys = [k for k in got if "grounding" in k or k in ("box_iou", "window_iou")]
+    if not keys:
+      raise Gap("launch.evaluate --mode=rationale writes no rationale grounding "
+                f"(keys: {sorted(k for k in got if k != 'outputs')})")
+    return {k: got[k] for k in keys}
+  return {"questions": want}
+
+
+def check_judge(stage: Stage, ctx: dict) -> dict:
+  got = _load_json(os.path.join(ctx["paths"]["eval_out"], "judged_open_ended.json"))
+  flat = {k: v for k, v in got.items() if isinstance(v, (int, float))}
+  _require(flat, f"judge_open_ended: no scores in {sorted(got)}")
+  return flat
+
+
+def check_subtasks(stage: Stage, ctx: dict) -> dict:
+  got = _load_json(os.path.join(ctx["paths"]["eval_out"], "subtasks.json"))
+  trained = got.get("trained", got)
+  _require(trained, f"eval_subtasks: no results for the real experts in {sorted(got)}")
+  return {"roles": ",".join(sorted(trained)) if isinstance(trained, dict) else str(trained)}
+
+
+EVALUATE_HAS = ("import sys; from absl import flags; import launch.evaluate; "
+                "print('' if {flag!r} in flags.FLAGS else "
+                "'waiting on train: launch/evaluate.py --{flag} ({why})')")
+
+
+def check_pod(stage: Stage, ctx: dict) -> dict:
+  with open(os.path.join(ctx["workdir"], "logs", f"{stage.name}.log")) as f:
+    text = f.read()
+  _require("gcloud" in text and "--worker=all" in text, "launch.tpu.pod printed no gcloud command")
+  _require("launch.train" in text and "configs/distill/lnv7b.py:tpu_v5p_128" in text,
+           "launch.tpu.pod: the worker command is not launch.train with lnv7b's tpu_v5p_128")
+  _require("--config.data.datasets.star.cots=" in text,
+           "launch.tpu.pod dropped the dataset overrides")
+  return {"workers": "all"}
+
+
+def signature(argv: list[str]) -> tuple:
+  """What a command is, sizes and paths aside: the module (and sub-command), the flag names,
+  the config file and the keys of its `:arg`. docs/reproduce.md's commands and the
+  rehearsal's must have the same signatures."""
+  argv = [a for a in argv if a]
+  if argv[:2] != [PY, "-m"] or len(argv) < 3:
+    return ("external", argv[0])
+  module, rest = argv[2], argv[3:]
+  if rest and not rest[0].startswith("-"):
+    module, rest = f"{module} {rest[0]}", rest[1:]
+  flags, config = set(), ()
+  for a in rest:
+    name, _, value = a.partition("=")
+    if name == "--config":
+      path, _, arg = value.partition(":")
+      keys = tuple(sorted(k.partition("=")[0] for k in arg.split(",") if "=" in k))
+      config = (path, keys)
+    if name == "--override":
+      name = "--config." + value.partition("=")[0]
+    flags.add(name)
+  return (module, tuple(sorted(flags)), config)
+
+
 # -- the plan --------------------------------------------------------------------------------
 
 
@@ -126,10 +243,97 @@ def plan(ctx: dict) -> list[Stage]:
       Stage("convert", [PY, "-m", "aotd_jax.hf", "convert", f"--hf_dir={p['llava']}",
                         f"--orbax_dir={p['student_orbax']}"], check=check_convert),
   ]
+  stages.append(Stage(
+      "subtasks", [PY, "-m", "launch.eval_subtasks", "--kind=star", f"--data={d['star']['ann']}",
+                   f"--detector={p['owlv2']}", f"--grounder={p['grounder_dir']}",
+                   f"--llama={p['llama']}", f"--llava={p['llava']}",
+                   f"--video_dir={d['star']['videos']}", f"--classes_dir={d['star']['classes']}",
+                   f"--out={p['eval_out']}/subtasks.json"], check=check_subtasks))
   for name in ("star", "nextqa"):
     stages.append(Stage(
         f"cot_{name}", cot_command(name, p, d[name], url),
         sizes=["--config.batch_size=4", "--config.sandbox.num_workers=1",
                "--config.sandbox.memory_mb=2048", "--config.report_samples=0"],
         check=check_cot))
+  train = [PY, "-m", "launch.train",
+           f"--config=configs/distill/lnv7b.py:h100x8,hf_dir={p['llava']},datasets=star+nextqa"]
+  for name in ("star", "nextqa"):
+    train += [f"--config.data.datasets.{name}.annotations={d[name]['ann']}",
+              f"--config.data.datasets.{name}.video_root={d[name]['videos']}",
+              f"--config.data.datasets.{name}.cots={p[f'cot_{name}_out']}/cot-*.array_record"]
+  train.append(f"--workdir={p['train_workdir']}")
+  ctx["train_steps"] = 4
+  stages.append(Stage(
+      "distill", train, check=check_distill, needs=("cot_star", "cot_nextqa"),
+      sizes=[f"--config.total_steps={ctx['train_steps']}", "--config.batch_size=4",
+             "--config.data.seq_len=1024", "--config.data.num_workers=0",
+             "--config.log_every=1"]))
+  pod = [PY, "-m", "launch.tpu.pod", "--tpu=aotd-v5p-128", "--zone=us-east5-a",
+         "--config=configs/distill/lnv7b.py:tpu_v5p_128,hf_dir=" + p["llava"]
+         + ",datasets=star+nextqa"]
+  for a in train[4:-1]:
+    pod.append("--override=" + a[len("--config."):])
+  pod += [f"--workdir={p['train_workdir']}_pod", "--dry_run"]
+  stages.append(Stage("distill_pod", pod, check=check_pod))
+  stages.append(Stage(
+      "export", [PY, "-m", "launch.export", f"--workdir={p['train_workdir']}",
+                 f"--hf_dir={p['export']}", f"--tokenizer={p['llava']}"],
+      check=check_export, needs=("distill",)))
+  stages.append(Stage(
+      "hf_load", [PY, "-m", "aotd_jax.rehearsal.export_parity", f"--hf_dir={p['export']}",
+                  f"--orbax_dir={p['train_workdir']}/checkpoints", f"--init_dir={p['llava']}",
+                  f"--out={p['eval_out']}/export_parity.json"],
+      check=check_parity, needs=("export",)))
+
+  def evaluate(name, dataset, fmt, mode, extra=(), probe=""):
+    dd = d[dataset]
+    stages.append(Stage(
+        name, [PY, "-m", "launch.evaluate", f"--student={p['export']}", f"--format={fmt}",
+               f"--annotations={dd['ann']}", f"--video_root={dd['videos']}", *extra,
+               "--num_frames=32", f"--mode={mode}", f"--out={p['eval_out']}/{name}.json"],
+        check=check_eval, needs=("export",), probe=probe))
+
+  evaluate("eval_star_mc", "star", "star", "answer")
+  evaluate("eval_nextqa_mc", "nextqa", "nextqa", "answer", [f"--map={d['nextqa']['map']}"],
+           probe=EVALUATE_HAS.format(flag="map", why="NExT-QA video map"))
+  evaluate("eval_star_rationale", "star", "star", "rationale")
+  evaluate("eval_activitynet_qa_open", "activitynet_qa", "activitynet_qa", "answer")
+  stages.append(Stage(
+      "judge_open_ended", [PY, "-m", "launch.judge_open_ended",
+                           f"--eval={p['eval_out']}/eval_activitynet_qa_open.json",
+                           "--format=activitynet_qa", f"--annotations={d['activitynet_qa']['ann']}",
+                           f"--llm={url}", "--model=stub-coder",
+                           f"--out={p['eval_out']}/judged_open_ended.json"],
+      check=check_judge, needs=("eval_activitynet_qa_open",)))
   return stages
+
+
+def placeholder_plan() -> list[Stage]:
+  """The plan over placeholder paths (what the commands are, without building anything)."""
+  class _Server:
+    url = "http://127.0.0.1:0/v1"
+  keys = ("llava", "llama", "owlv2", "clip", "univtg", "student_orbax", "cot_star_out",
+          "cot_nextqa_out", "train_workdir", "export", "eval_out", "grounder_dir")
+  data = {name: {"ann": f"{name}.ann", "videos": f"{name}/videos", "classes": "classes",
+                 "map": "map.json", "questions": 1}
+          for name in ("star", "nextqa", "activitynet_qa")}
+  return plan({"paths": {k: k for k in keys}, "data": data, "server": _Server(),
+               "workdir": "W"})
+
+
+def docs_commands(text: str) -> list[list[str]]:
+  """The shell commands of the ```sh blocks of a Markdown page (continuations joined)."""
+  out, inside, pending = [], False, ""
+  for line in text.splitlines():
+    if line.startswith("```"):
+      inside = line.strip() == "```sh"
+      continue
+    if not inside or not line.strip():
+      continue
+    pending += line.rstrip()
+    if pending.endswith("\\"):
+      pending = pending[:-1] + " "
+      continue
+    out.append(shlex.split(pending))
+    pending = ""
+  return out

@@ -5,7 +5,7 @@ reply that is valid for the prompt it recognises (AoTD's prompt files and the se
 
 - program prompt -> one `execute_command` over the real tools (grounder, detector, action
   recogniser, video QA, selector), in a ```python block;
-- CoT rewrite prompt -> every trace line restated, ending "So the answer is <answer>.";
+- CoT rewrite prompt -> the first trace lines restated (shortened), ending "So the answer is <answer>.";
 - answer / logic judge -> Yes / No; open-ended grader -> {'pred': ..., 'score': ...};
 - selector prompt -> the gold letter when `answers` knows the question (so some CoTs are kept,
   and `wrong` questions are answered wrongly so some are not), else (A).
@@ -78,7 +78,9 @@ class Replies:
     if kind == "rewrite":
       trace = text.split("Trace:", 1)[-1].split("Final answer:", 1)[0].strip()
       answer = text.split("Final answer:", 1)[-1].split("Rationale:", 1)[0].strip()
-      steps = [f"I see that {line.strip()}." for line in trace.splitlines() if line.strip()]
+      # a short rationale (about 100 words: the length of the paper's), not the whole trace
+      steps = [f"I see that {line.strip()[:120]}." for line in trace.splitlines()
+               if line.strip()][:4]
       return " ".join(steps + [f"So the answer is {answer}."])
     if kind == "selector":
       question = _field(text, "Question")
