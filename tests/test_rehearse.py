@@ -64,34 +64,28 @@ def test_checkpoints_load_in_their_readers(tmp_path):
   assert text.endswith("assistant<|end_header_id|>\n\n")
 
 
+# Stages that must pass; the others may report `waiting` (a prerequisite from another issue
+# has not landed) or `gap` (a launcher lacks what issue 19 asks), never fail.
+MUST_PASS = ("convert", "subtasks", "cot_star", "cot_nextqa", "distill", "distill_pod",
+             "export", "hf_load", "eval_star_mc", "eval_activitynet_qa_open",
+             "judge_open_ended")
+
+
 @pytest.mark.slow
 def test_rehearsal_end_to_end(tmp_path):
   """Every stage of the real path passes (or says what it waits on) at toy sizes."""
   r = subprocess.run([sys.executable, "-m", "launch.rehearse", f"--workdir={tmp_path}"],
-                     cwd=ROOT, capture_output=True, text=True, timeout=900)
+                     cwd=ROOT, capture_output=True, text=True, timeout=1200)
   result = json.loads((tmp_path / "rehearsal.json").read_text())
   rows = {row["stage"]: row for row in result["stages"]}
-  bad = {k: v["detail"] for k, v in rows.items() if v["status"] not in ("ok", "waiting")}
+  bad = {k: v["detail"] for k, v in rows.items() if v["status"] not in ("ok", "waiting", "gap")}
   assert not bad, f"{bad}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
-  for name in ("convert", "cot_star", "cot_nextqa"):
+  for name in MUST_PASS:
     assert rows[name]["status"] == "ok", rows[name]
   assert rows["cot_star"]["figures"]["kept"] >= 1
+  assert rows["distill"]["figures"]["rationale_tokens"] > 0
   assert result["llm_requests"].get("unknown", 0) == 0
-
-
-def test_activitynet_videos_are_found_by_their_file_stem(tmp_path):
-  """ActivityNet-QA's videos are `v_<name>.mp4`: the student evaluation and the training
-  pipeline both read them (the rehearsal found both looking for `<name>.mp4`)."""
-  from aotd_jax.data import annotations, pipeline
-  from aotd_jax.eval import student
-  from aotd_jax.rehearsal import datasets
-  d = datasets.activitynet_qa(str(tmp_path), questions=2, seconds=1.0)
-  records = list(annotations.read("activitynet_qa", d["ann"]))
-  want = os.path.join(d["videos"], "v_RHanet0000.mp4")
-  assert os.path.isfile(want)
-  assert student._video_file(records[0], d["videos"], ".mp4") == want
-  (example,) = pipeline.qa_examples(records[:1], video_root=d["videos"])
-  assert example["video_path"] == want
+  assert (r.returncode == 0) == result["ok"]
 
 
 # A docs command that the rehearsal replaces (the LLM server: the stub server stands in).
