@@ -48,6 +48,13 @@ def test_stub_server_answers_each_prompt_kind_over_http():
   logic = programs.read_prompt_file("judge_logic.txt")
   assert classify(logic) == "judge_logic"
   assert filters.parse_yes_no(replies.reply(logic)) is True
+  official = programs.read_prompt_file("judge_logic_official.txt")
+  assert classify(official) == "judge_logic_official" and replies.reply(official) == "True"
+  rewrite = programs.read_prompt_file("cot_rewrite_official.txt").format(
+      question="Which cup?", choices="(A) The blue cup. (B) The red cup.", program="p",
+      trace="1. Find -> a cup")
+  assert classify(rewrite) == "rewrite_official"
+  assert replies.reply(rewrite) == "I see that 1. Find -> a cup. So the answer is The red cup."
 
 
 def test_checkpoints_load_in_their_readers(tmp_path):

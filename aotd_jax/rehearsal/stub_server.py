@@ -6,7 +6,8 @@ reply that is valid for the prompt it recognises (AoTD's prompt files and the se
 - program prompt -> one `execute_command` over the real tools (grounder, detector, action
   recogniser, video QA, selector), in a ```python block;
 - CoT rewrite prompt -> the first trace lines restated (shortened), ending "So the answer is <answer>.";
-- answer / logic judge -> Yes / No; open-ended grader -> {'pred': ..., 'score': ...};
+- official rewrite prompt (program + trace) -> the first trace lines, then the gold answer;
+- answer / logic judge -> Yes / No (the official logic judge: True); open-ended grader -> {'pred': ..., 'score': ...};
 - selector prompt -> the gold letter when `answers` knows the question (so some CoTs are kept,
   and `wrong` questions are answered wrongly so some are not), else (A).
 
@@ -40,12 +41,16 @@ def classify(text: str) -> str:
     return "program"
   if "Rewrite the trace as a step-by-step rationale" in text:
     return "rewrite"
+  if "Turn the trace into a natural-language rationale" in text:
+    return "rewrite_official"
   if "Reply with the letter of the best option only" in text:
     return "selector"
   if "You compare a predicted answer" in text:
     return "judge_answer"
   if "You check reasoning written about a video question" in text:
     return "judge_logic"
+  if "You are given a question about a video and a rationale written to answer it" in text:
+    return "judge_logic_official"
   if "You grade answers to questions about videos" in text:
     return "judge_open_ended"
   return "unknown"
@@ -82,6 +87,12 @@ class Replies:
       steps = [f"I see that {line.strip()[:120]}." for line in trace.splitlines()
                if line.strip()][:4]
       return " ".join(steps + [f"So the answer is {answer}."])
+    if kind == "rewrite_official":
+      trace = text.split("Execution trace:", 1)[-1].split("Rationale:", 1)[0].strip()
+      steps = [f"I see that {line.strip()[:120]}." for line in trace.splitlines()
+               if line.strip()][:4]
+      gold = self.answers.get(_field(text, "Question"))
+      return " ".join(steps + [f"So the answer is {gold.rstrip('.')}." if gold else ""]).strip()
     if kind == "selector":
       question = _field(text, "Question")
       lines = re.findall(r"^\(([A-Z])\) (.*)$", text, flags=re.M)
@@ -95,6 +106,8 @@ class Replies:
       return "Yes" if same else "No"
     if kind == "judge_logic":
       return "Yes"
+    if kind == "judge_logic_official":
+      return "True"
     if kind == "judge_open_ended":
       same = _field(text, "Correct answer").lower() == _field(text, "Predicted answer").lower()
       return "{'pred': 'yes', 'score': 5}" if same else "{'pred': 'no', 'score': 1}"
