@@ -51,7 +51,8 @@ def test_stub_server_answers_each_prompt_kind_over_http():
   official = programs.read_prompt_file("judge_logic_official.txt")
   assert classify(official) == "judge_logic_official" and replies.reply(official) == "True"
   rewrite = programs.read_prompt_file("cot_rewrite_official.txt").format(
-      question="Which cup?", choices="(A) The blue cup. (B) The red cup.", program="p",
+      question="Which cup?", choices="(A) The blue cup. (B) The red cup.",
+      program="def execute_command(video_clip, query, possible_answers): ...",
       trace="1. Find -> a cup")
   assert classify(rewrite) == "rewrite_official"
   assert replies.reply(rewrite) == "I see that 1. Find -> a cup. So the answer is The red cup."

@@ -37,8 +37,6 @@ def execute_command(video_clip, query, possible_answers):
 
 def classify(text: str) -> str:
   """The kind of prompt (see the module docstring)."""
-  if "def execute_command" in text and "Question:" in text:
-    return "program"
   if "Rewrite the trace as a step-by-step rationale" in text:
     return "rewrite"
   if "Turn the trace into a natural-language rationale" in text:
@@ -53,6 +51,9 @@ def classify(text: str) -> str:
     return "judge_logic_official"
   if "You grade answers to questions about videos" in text:
     return "judge_open_ended"
+  # last: the official rewrite and the judges quote programs too
+  if "def execute_command" in text and "Question:" in text:
+    return "program"
   return "unknown"
 
 
