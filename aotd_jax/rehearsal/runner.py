@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -88,6 +89,8 @@ def run_stage(stage, ctx: dict, env: dict, log_dir: str) -> dict:
   waiting = _probe(stage, env)
   if waiting:
     return dict(row, status="waiting", detail=waiting, seconds=round(time.time() - t0, 1))
+  for path in stage.outputs:
+    shutil.rmtree(path, ignore_errors=True)
   argv = [sys.executable if a == stages_lib.PY else a for a in stage.argv()]
   log = os.path.join(log_dir, f"{stage.name}.log")
   with open(log, "w") as f:

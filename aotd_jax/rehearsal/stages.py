@@ -26,6 +26,7 @@ class Stage:
   probe: str = ""      # python snippet: prints "waiting on ..." when a prerequisite is missing
   needs: tuple[str, ...] = ()  # stages that must have passed
   timeout_s: int = 600
+  outputs: tuple[str, ...] = ()  # removed before the stage runs (a re-run starts clean)
 
   def argv(self) -> list[str]:
     return self.command + self.sizes
@@ -120,6 +121,8 @@ def check_distill(stage: Stage, ctx: dict) -> dict:
   _require(ckpts and ckpts[-1] == steps, f"{wd}/checkpoints: steps {ckpts}, expected {steps}")
   with open(os.path.join(wd, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f if line.strip()]
+  # metric names: "train/loss" (TensorBoard tags) or plain "loss"
+  rows = [{k.split("/", 1)[-1]: v for k, v in r.items()} for r in rows]
   rows = [r for r in rows if "loss" in r]
   _require(len(rows) == steps, f"{wd}/metrics.jsonl: {len(rows)} step rows, expected {steps}")
   losses = [r["loss"] for r in rows]
@@ -241,7 +244,8 @@ def plan(ctx: dict) -> list[Stage]:
   p, d, url = ctx["paths"], ctx["data"], ctx["server"].url
   stages = [
       Stage("convert", [PY, "-m", "aotd_jax.hf", "convert", f"--hf_dir={p['llava']}",
-                        f"--orbax_dir={p['student_orbax']}"], check=check_convert),
+                        f"--orbax_dir={p['student_orbax']}"], check=check_convert,
+            outputs=(p["student_orbax"],)),
   ]
   stages.append(Stage(
       "subtasks", [PY, "-m", "launch.eval_subtasks", "--kind=star", f"--data={d['star']['ann']}",
@@ -254,7 +258,7 @@ def plan(ctx: dict) -> list[Stage]:
         f"cot_{name}", cot_command(name, p, d[name], url),
         sizes=["--config.batch_size=4", "--config.sandbox.num_workers=1",
                "--config.sandbox.memory_mb=2048", "--config.report_samples=0"],
-        check=check_cot))
+        check=check_cot, outputs=(p[f"cot_{name}_out"],)))
   train = [PY, "-m", "launch.train",
            f"--config=configs/distill/lnv7b.py:h100x8,hf_dir={p['llava']},datasets=star+nextqa"]
   for name in ("star", "nextqa"):
@@ -265,6 +269,7 @@ def plan(ctx: dict) -> list[Stage]:
   ctx["train_steps"] = 4
   stages.append(Stage(
       "distill", train, check=check_distill, needs=("cot_star", "cot_nextqa"),
+      outputs=(p["train_workdir"],),
       sizes=[f"--config.total_steps={ctx['train_steps']}", "--config.batch_size=4",
              "--config.data.seq_len=1024", "--config.data.num_workers=0",
              "--config.log_every=1"]))
@@ -278,7 +283,7 @@ def plan(ctx: dict) -> list[Stage]:
   stages.append(Stage(
       "export", [PY, "-m", "launch.export", f"--workdir={p['train_workdir']}",
                  f"--hf_dir={p['export']}", f"--tokenizer={p['llava']}"],
-      check=check_export, needs=("distill",)))
+      check=check_export, needs=("distill",), outputs=(p["export"],)))
   stages.append(Stage(
       "hf_load", [PY, "-m", "aotd_jax.rehearsal.export_parity", f"--hf_dir={p['export']}",
                   f"--orbax_dir={p['train_workdir']}/checkpoints", f"--init_dir={p['llava']}",
