@@ -142,7 +142,13 @@ def check_export(stage: Stage, ctx: dict) -> dict:
   need = {"config.json", "tokenizer.json", "tokenizer_config.json"}
   _require(need <= files, f"{d}: missing {sorted(need - files)}")
   _require(any(f.endswith(".safetensors") for f in files), f"{d}: no safetensors")
-  return {"files": len(files)}
+  card = os.path.join(d, "README.md")
+  if os.path.isfile(card):
+    with open(card) as f:
+      text = f.read()
+    _require("detector: owlv2" in text and "grounder: univtg" in text and "oracle" not in text,
+             f"{card}: the model card does not name the real experts that made the CoTs")
+  return {"files": len(files), "model_card": os.path.isfile(card)}
 
 
 def check_parity(stage: Stage, ctx: dict) -> dict:
@@ -159,8 +165,13 @@ def check_eval(stage: Stage, ctx: dict) -> dict:
   _require(len(got.get("outputs", [])) == want,
            f"{stage.name}: {len(got.get('outputs', []))} outputs, expected {want}")
   if mode == "mc":
-    _require("accuracy" in got, f"{stage.name}: no accuracy in {sorted(got)}")
-    return {"accuracy": round(got["accuracy"], 3), "questions": want}
+    acc = {k: round(v, 3) for k, v in _flat(got).items()
+           if "accuracy" in k and isinstance(v, (int, float))}
+    _require(acc, f"{stage.name}: no accuracy in {sorted(got)}")
+    if ctx.get("scoring") == "both":
+      _require(any("likelihood" in k for k in acc),
+               f"{stage.name}: --scoring=both wrote no likelihood accuracy: {sorted(acc)}")
+    return {**acc, "questions": want}
   if mode == "rationale":
     keys = [k for k in got if "grounding" in k or k in ("box_iou", "window_iou")]
     if not keys:
@@ -168,6 +179,16 @@ def check_eval(stage: Stage, ctx: dict) -> dict:
                 f"(keys: {sorted(k for k in got if k != 'outputs')})")
     return {k: got[k] for k in keys}
   return {"questions": want}
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    elif k != "outputs":
+      out[f"{prefix}{k}"] = v
+  return out
 
 
 def check_judge(stage: Stage, ctx: dict) -> dict:
@@ -282,7 +303,8 @@ def plan(ctx: dict) -> list[Stage]:
   stages.append(Stage("distill_pod", pod, check=check_pod))
   stages.append(Stage(
       "export", [PY, "-m", "launch.export", f"--workdir={p['train_workdir']}",
-                 f"--hf_dir={p['export']}", f"--tokenizer={p['llava']}"],
+                 f"--hf_dir={p['export']}", f"--tokenizer={p['llava']}",
+                 f"--cot_manifest={p['cot_star_out']}/manifest.json"],
       check=check_export, needs=("distill",), outputs=(p["export"],)))
   stages.append(Stage(
       "hf_load", [PY, "-m", "aotd_jax.rehearsal.export_parity", f"--hf_dir={p['export']}",
@@ -295,11 +317,17 @@ def plan(ctx: dict) -> list[Stage]:
     stages.append(Stage(
         name, [PY, "-m", "launch.evaluate", f"--student={p['export']}", f"--format={fmt}",
                f"--annotations={dd['ann']}", f"--video_root={dd['videos']}", *extra,
-               "--num_frames=32", f"--mode={mode}", f"--out={p['eval_out']}/{name}.json"],
+               "--num_frames=32", "--prompt_format=official", f"--mode={mode}",
+               f"--out={p['eval_out']}/{name}.json"],
         check=check_eval, needs=("export",), probe=probe))
 
-  evaluate("eval_star_mc", "star", "star", "answer")
-  evaluate("eval_nextqa_mc", "nextqa", "nextqa", "answer", [f"--map={d['nextqa']['map']}"],
+  # lnv7b trains on official prompts with the letter as the QA target; closed-set scoring
+  # (the likelihood of each option) next to the parsed reply
+  mc = ["--answer_style=letter", "--scoring=both"]
+  ctx["scoring"] = "both"
+  evaluate("eval_star_mc", "star", "star", "answer", mc)
+  evaluate("eval_nextqa_mc", "nextqa", "nextqa", "answer",
+           [f"--map={d['nextqa']['map']}", *mc],
            probe=EVALUATE_HAS.format(flag="map", why="NExT-QA video map"))
   evaluate("eval_star_rationale", "star", "star", "rationale")
   evaluate("eval_activitynet_qa_open", "activitynet_qa", "activitynet_qa", "answer")
