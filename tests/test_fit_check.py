@@ -38,6 +38,11 @@ def test_a_source_that_does_not_fit_is_named_with_its_numbers(tok):
   text = str(e.value)
   assert "qa[0] (star: train.json): sample 'q0' needs" in text
   assert "4608 video + " in text and "but seq_len is 4096" in text
+  # a long target is only cut (a warning), the sample still trains
+  (cut,) = fit_check.check_sources_fit(tok, [("qa[0]", _qa())],
+                                       TokenizeOptions(max_length=4652, num_video_tokens=4608),
+                                       4652)
+  assert cut.prompt_fits and cut.total == 4656 > 4652
   fits = fit_check.check_sources_fit(tok, [("qa[0]", _qa())],
                                      TokenizeOptions(max_length=8192, num_video_tokens=4608), 8192)
   (fit,) = fits

@@ -1,8 +1,11 @@
-"""Fail fast on data that cannot train: before step 1, one sample of each source must fit the
-sequence length (video tokens + prompt + target).
+"""Fail fast on data that cannot train: before step 1, one sample of each source is measured
+against the sequence length (video tokens + prompt + target).
 
-A run whose clips alone outgrow `seq_len` (LLaVA-NeXT-Video at 32 frames: 4,608 video tokens)
-would otherwise skip every sample, log it, and repeat the data forever without a step.
+A sample whose video tokens and prompt alone do not fit is skipped by the pipeline, so a run
+whose clips outgrow `seq_len` (LLaVA-NeXT-Video at 32 frames: 4,608 video tokens against
+4,096) would skip every sample and repeat the data forever without a step: that stops the run
+here, naming the numbers. A sample whose target runs past `seq_len` still trains (its end is
+cut and counted as truncated): that is logged as a warning with the same numbers.
 """
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ import dataclasses
 from typing import Sequence
 
 import grain
+
+from absl import logging
 
 from aotd_jax.data import pipeline
 from aotd_jax.data.tokenize import TokenizeOptions, tokenize_sample
@@ -30,6 +35,11 @@ class SampleFit:
   @property
   def total(self) -> int:
     return self.video_tokens + self.prompt_tokens + self.target_tokens
+
+  @property
+  def prompt_fits(self) -> bool:
+    """Video + prompt leave room for at least one target token (else the sample is skipped)."""
+    return self.video_tokens + self.prompt_tokens < self.seq_len
 
   def describe(self) -> str:
     return (f"{self.source}: sample {self.qid!r} needs {self.total} tokens "
@@ -60,7 +70,9 @@ def first_example(ds: grain.MapDataset, limit: int = 16) -> dict | None:
 
 def check_sources_fit(tokenizer, sources: Sequence[tuple[str, grain.MapDataset]],
                       options: TokenizeOptions, seq_len: int) -> list[SampleFit]:
-  """Measures one sample per source; ValueError naming the numbers when one does not fit.
+  """Measures one sample per source; ValueError naming the numbers when a sample's video and
+  prompt alone do not fit (every sample of that source would be skipped); a warning when only
+  its target is cut.
 
   Empty sources are skipped here (the mixer reports them). Returns the measurements.
   """
@@ -73,10 +85,14 @@ def check_sources_fit(tokenizer, sources: Sequence[tuple[str, grain.MapDataset]]
       raise ValueError(f"{name}: none of its first records is well-formed")
     fit = measure(tokenizer, ex, options, name, seq_len)
     fits.append(fit)
-    if fit.total > seq_len:
+    if not fit.prompt_fits:
       bad.append(fit)
+    elif fit.total > seq_len:
+      logging.warning("%s; its target is cut by %d tokens (counted as truncated)",
+                      fit.describe(), fit.total - seq_len)
   if bad:
-    raise ValueError("training data does not fit the sequence length; raise "
-                     "config.data.seq_len or lower config.data.num_frames:\n  "
+    raise ValueError("training data does not fit the sequence length (the video and prompt "
+                     "alone leave no room for the target, so every sample would be skipped); "
+                     "raise config.data.seq_len or lower config.data.num_frames:\n  "
                      + "\n  ".join(f.describe() for f in bad))
   return fits
