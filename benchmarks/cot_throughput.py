@@ -106,7 +106,11 @@ def main(argv=None):
   ap.add_argument("--rounds", type=int, default=2, help="timed rounds each (best kept)")
   ap.add_argument("--questions", type=int, default=0, help="override the preset's count")
   ap.add_argument("--wait_ms", type=float, default=2.0, help="the coalescer's window")
+  ap.add_argument("--switch_ms", type=float, default=0.0,
+                  help="sys.setswitchinterval for every mode (0: Python's default, 5 ms)")
   args = ap.parse_args(argv)
+  if args.switch_ms:
+    sys.setswitchinterval(args.switch_ms / 1000)
   p = dict(PRESETS[args.preset])
   if args.questions:
     p["questions"] = args.questions
@@ -164,6 +168,7 @@ def main(argv=None):
       "device_kind": jax.devices()[0].device_kind, "threads": args.threads,
       "questions": p["questions"], "frames": frames, "image_size": p["image_size"],
       "frame_hw": [h, w], "wait_ms": args.wait_ms,
+      "switch_ms": round(sys.getswitchinterval() * 1000, 3),
       "questions_per_s_off": round(qps["off"], 2), "questions_per_s_on": round(qps["on"], 2),
       "seconds_per_question_on": round(1 / qps["on"], 4),
       "questions_per_s_serial": round(qps["serial"], 2),
