@@ -162,6 +162,11 @@ def main(argv=None):
       best[mode] = min(best[mode], t)
   stats = dets["on"].coalescer.stats
   qps = {m: p["questions"] / t for m, t in best.items()}
+  busy = {}
+  for r in range(1):  # one more "on" run to see how busy the coalescer's worker is
+    before = stats.busy_s
+    t, _ = run(dets["on"], questions("busy"), args.threads, threshold)
+    busy = {"worker_busy_fraction": round((stats.busy_s - before) / t, 3)}
   frames = sum(len(c) for c, _ in questions("count"))
   result = {
       "preset": args.preset, "device": str(jax.devices()[0].platform),
@@ -176,7 +181,8 @@ def main(argv=None):
       "ratio_on_vs_serial": round(qps["on"] / qps["serial"], 2),
       "requests_per_batch": round(stats.requests_per_batch, 2),
       "padded_rows_fraction": round(1 - stats.rows / max(stats.padded_rows, 1), 3),
-      "same_answers": answers["on"] == answers["off"],
+      "same_answers": answers["on"] == answers["off"] == answers["serial"],
+      **busy,
       "image_side_compilations": {m: d.image_fn.compiles for m, d in dets.items()},
       "build_s": round(t_build, 1), "compile_s": round(t_compile, 1),
   }

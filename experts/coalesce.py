@@ -60,12 +60,14 @@ class _Request:
 
 @dataclasses.dataclass
 class CoalescerStats:
-  """Counters (cumulative): batches run, requests and rows served, padded rows computed."""
+  """Counters (cumulative): batches run, requests and rows served, padded rows computed, and
+  seconds the worker spent running batches (`busy_s`, including waiting on the device)."""
   batches: int = 0
   requests: int = 0
   rows: int = 0
   padded_rows: int = 0
   errors: int = 0
+  busy_s: float = 0.0
 
   @property
   def requests_per_batch(self) -> float:
@@ -203,6 +205,7 @@ class Coalescer:
     live = [r for r in batch if r.future.set_running_or_notify_cancel()]
     if not live:
       return
+    t0 = time.perf_counter()
     try:
       if self.output == "host":
         results = self._run_host(live)
@@ -213,6 +216,8 @@ class Coalescer:
       for r in live:
         r.future.set_exception(e)
       return
+    finally:
+      self.stats.busy_s += time.perf_counter() - t0
     self.stats.batches += 1
     self.stats.requests += len(live)
     self.stats.rows += sum(r.n for r in live)
@@ -234,6 +239,7 @@ class Coalescer:
     size = bucket_size(total, self.fn.buckets)
     rows = batch[0].rows if len(batch) == 1 else np.concatenate([r.rows for r in batch])
     out = self.fn.run_chunk(pad_rows(rows, size), *batch[0].args)
+    jax.block_until_ready(out)  # busy_s counts the device's time; callers wait for it anyway
     self.stats.padded_rows += size
     if len(batch) == 1 and batch[0].n == size:
       return [out]
