@@ -48,6 +48,6 @@ setuptools.setup(
         "gcs": ["gcsfs", "google-cloud-storage"],
         # torch is pinned: a CPU wheel of 2.13.0 is what the parity tests were written against.
         "hf": ["torch==2.13.0", "transformers>=4.45"],
-        "test": ["pytest", "pytest-xdist", "torch==2.13.0", "transformers>=4.45"],
+        "test": ["pytest", "pytest-xdist", "ruff", "torch==2.13.0", "transformers>=4.45"],
     },
 )

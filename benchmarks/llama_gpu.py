@@ -139,7 +139,8 @@ def main(argv=None) -> None:
       j, t = min(jt), min(tt)
       print(f"[{dtype}] greedy decode (batch {args.batch}, {args.new_tokens} new): torch {tokens / t:.0f} tok/s, "
             f"jax {tokens / j:.0f} tok/s  ->  jax/torch speed {t / j:.2f}x  "
-            f"(same tokens: {float(np.mean(ours == theirs)):.0%}{'; no CPU kernel in the program' if gpu else ', CPU smoke'})")
+            f"(same tokens: {float(np.mean(ours == theirs)):.0%}"
+            f"{'; no CPU kernel in the program' if gpu else ', CPU smoke'})")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ as a jitted `jnp.dot` and as `torch.mm` on the same arrays, and prints GFLOP/s a
 (torch time / ours: > 1 means ours is faster). On a CPU with AMX-BF16 it also times our
 AMX kernel (`aotd_jax/kernels/amx_matmul.py`) for `Precision.HIGH` (bf16x3) and
 `Precision.HIGHEST` (bf16x6, float32 accuracy); the weight gradients read X^T in place, as in
-the train step. Each one's max error relative to a float64 product is printed too. The issue's train-step target (1.2x PyTorch) needs these to run at least as fast as
+the train step. Each one's max error relative to a float64 product is printed too. The issue's
+train-step target (1.2x PyTorch) needs these to run at least as fast as
 PyTorch's. `benchmarks/RESULTS.md` has the figures.
 """
 from __future__ import annotations

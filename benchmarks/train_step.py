@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 
 import numpy as np
@@ -93,7 +92,6 @@ def fast_random_init(p):
 
 
 def run_ours(p, steps):
-  import jax
   from aotd_jax import sharding
   from aotd_jax.train.optim import make_optimizer
   from aotd_jax.train.trainer import Trainer, matmul_flops_per_token
@@ -175,7 +173,8 @@ def main():
   flops = step_flops(p, n_params)
   out = {"preset": args.preset, "attention_impl": p["attention_impl"],
          "matmul_precision": p["matmul_precision"], "remat": p["remat"],
-         "keep_freed_memory": kept, "batch": p["batch"], "backend": jax.default_backend(), "device": str(jax.devices()[0]),
+         "keep_freed_memory": kept, "batch": p["batch"], "backend": jax.default_backend(),
+         "device": str(jax.devices()[0]),
          "matmul_params_M": round(n_params / 1e6, 1), "tokens_per_step": tokens,
          "ours_step_s": round(dt, 4), "ours_tokens_per_s": round(tokens / dt, 1),
          "peak_tflops": round(peak / 1e12, 2), "ours_mfu": round(flops / dt / peak, 4),

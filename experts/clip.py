@@ -9,7 +9,7 @@ source clip there once (`device_frames`); later calls of the same program only g
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp

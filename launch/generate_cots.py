@@ -6,7 +6,8 @@ r"""Generates filtered CoTs for one shard of a dataset (AoTD steps 2-3); resumab
 Rerun the same command after a kill: done questions are skipped. Each worker (shard x host)
 writes `records-*.jsonl` (every question, AoTD conversation format plus trace and verdicts),
 `cot-*.array_record` (kept CoTs, for Grain), `stats-*.json` (pass rate of each filter step)
-and `report-*.html` (the trace viewer on sampled questions) into `config.out_dir`. Config fields are documented in `configs/cot/toy.py`.
+and `report-*.html` (the trace viewer on sampled questions) into `config.out_dir`. Config fields
+are documented in `configs/cot/toy.py`.
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ import time
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import app
 from flax import nnx
 from flax.core import spmd
 from ml_collections import config_flags

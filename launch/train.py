@@ -18,7 +18,7 @@ import threading
 import logging as logging_std
 
 import jax
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from aotd_jax import host_memory, sharding

@@ -2,7 +2,6 @@
 import json
 import pathlib
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -511,7 +510,6 @@ def llava(tmp_path_factory):
   pytest.importorskip("aotd_jax.models.llava_next_video")
   import tokenizers
   from tokenizers import models, pre_tokenizers
-  from aotd_jax import hf
   path = tmp_path_factory.mktemp("llava")
   words = ["USER:", "ASSISTANT:", "the", "video", "what", "happens", "in", "red", "circle"]
   vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3,

@@ -6,7 +6,6 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-import torch
 import transformers
 from flax import nnx
 from safetensors.numpy import load_file, save_file

@@ -1,7 +1,6 @@
 """The fused attention paths of the Llama decoder agree with the reference einsum path."""
 import dataclasses
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx

@@ -5,7 +5,6 @@ import random
 import threading
 import time
 
-import numpy as np
 import pytest
 
 from aotd_jax.agent.llm import (LLM, LLMError, LocalLlama, OpenAIChat, Recording, Replay,

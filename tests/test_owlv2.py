@@ -145,7 +145,8 @@ def test_bad_inputs(owl):
   px = np.zeros((2, 3, size, size), np.float32)
   with pytest.raises(ValueError, match=rf"pixel_values must have shape \(batch, 3, {size}, {size}\)"):
     ours(np.ones((2, 4), np.int32), np.zeros((2, size, size, 3), np.float32))
-  with pytest.raises(ValueError, match=r"input_ids must have shape \(batch \* num_queries, length\).*batch 2.*\(3, 4\)"):
+  with pytest.raises(ValueError, match=r"input_ids must have shape \(batch \* num_queries, "
+                                       r"length\).*batch 2.*\(3, 4\)"):
     ours(np.ones((3, 4), np.int32), px)
   with pytest.raises(ValueError, match="query_pixel_values batch 1 must equal pixel_values batch 2"):
     ours.image_guided_detection(px, px[:1])

@@ -163,8 +163,10 @@ def test_bad_videos_and_records_are_counted_not_fatal(world, tmp_path):
   d = world["dir"]
   (tmp_path / "broken.mp4").write_bytes(b"not a video")
   recs = world["records"][:2] + [
-      VideoQA(qid="missing", video_id="nowhere", question="what moved 0", choices=["a", "b"], answer="a", answer_index=0),
-      VideoQA(qid="broken", video_id=str(tmp_path / "broken"), question="what moved 0", choices=["a", "b"], answer="a", answer_index=0)]
+      VideoQA(qid="missing", video_id="nowhere", question="what moved 0", choices=["a", "b"],
+              answer="a", answer_index=0),
+      VideoQA(qid="broken", video_id=str(tmp_path / "broken"), question="what moved 0",
+              choices=["a", "b"], answer="a", answer_index=0)]
   with open(tmp_path / "cot.jsonl", "w") as f:
     f.write(json.dumps(world["cot"][0]) + "\n{not json\n")
     f.write(json.dumps({"qid": "x", "video_path": "vid0.mp4", "conversation": [{"from": "gpt", "value": "x"}]}) + "\n")
@@ -191,7 +193,8 @@ def test_array_record_cot_source(world, tmp_path):
   ds = DP.cot_source(path, video_root=str(world["dir"]))
   assert len(ds) == 4 and ds[0]["qid"] == "c0" and ds[0]["mode"] == "cot"
   assert ds[0]["user_text"] == f"what moved 0\n{C.RATIONALE_SUFFIX}"
-  assert DP.SKIP in ds[3] and "cot.array_record[3]: malformed CoT record: missing field 'conversation'" in ds[3][DP.SKIP]
+  assert DP.SKIP in ds[3]
+  assert "cot.array_record[3]: malformed CoT record: missing field 'conversation'" in ds[3][DP.SKIP]
   cfg = DP.PipelineConfig(**{**CFG, "batch_size": 3, "num_epochs": 1, "shuffle": False})
   it = DP.make_pipeline(world["tok"], [ds], cfg)
   assert sorted(next(it)["qid"]) == ["c0", "c1", "c2"]

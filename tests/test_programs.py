@@ -65,7 +65,8 @@ def test_shipped_examples_are_programs_over_the_contract_api(dataset):
 
 
 def test_string_annotations_shown_as_code():
-  def trim(video_clip: "VideoClip", start: "int | None" = None, label: str = "x") -> "VideoClip":
+  def trim(video_clip: "VideoClip", start: "int | None" = None,  # noqa: F821 (shown as text)
+           label: str = "x") -> "VideoClip":  # noqa: F821
     """Cuts."""
   assert programs.describe_tool("trim", trim).splitlines()[0] == (
       "def trim(video_clip: VideoClip, start: int | None = None, label: str = 'x') -> VideoClip:")

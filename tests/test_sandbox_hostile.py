@@ -9,7 +9,6 @@ with its full trace afterwards.
 import concurrent.futures
 import re
 import os
-import resource
 import textwrap
 import threading
 import time

@@ -1,5 +1,4 @@
 """Distillation trainer: loss parts, mesh equivalence, NaN guard, SIGTERM, SIGKILL + resume."""
-import json
 import os
 import pathlib
 import signal
@@ -17,7 +16,6 @@ import aotd_jax  # noqa: F401  (sets Flax's sharding mode)
 from aotd_jax import sharding
 from aotd_jax.train import build, losses
 from aotd_jax.train.optim import make_optimizer, trainable_filter
-from aotd_jax.train.synthetic import SyntheticBatches
 from aotd_jax.train.trainer import Trainer
 from configs.distill import toy
 

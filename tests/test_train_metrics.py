@@ -43,7 +43,6 @@ def test_mfu_is_model_flops_over_time_over_peak():
 
 
 def test_loop_logs_lr_tokens_eta_and_global_mfu(tmp_path):
-  import jax
   from aotd_jax import sharding
   from aotd_jax.train import build, data as train_data
   from aotd_jax.train.loop import LoopConfig, train_loop

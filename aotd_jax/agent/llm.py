@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import threading
-from typing import Any, Protocol, Sequence, Union, runtime_checkable
+from typing import Protocol, Sequence, Union, runtime_checkable
 
 from aotd_jax.agent.llm_http import LLMError, OpenAIChat
 

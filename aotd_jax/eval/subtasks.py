@@ -22,7 +22,6 @@ from __future__ import annotations
 import ast
 import dataclasses
 import os
-import re
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np

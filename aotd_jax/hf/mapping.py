@@ -128,7 +128,8 @@ def import_params(
       raise CheckpointError(
           f"{origin.get(rule.hf, source)}: tensor {rule.hf} has shape "
           f"{tuple(tensors[rule.hf].shape)}, expected one that maps to {want} ({rule.transform.name})")
-    target = dtype if (dtype is not None and jnp.issubdtype(var.get_value().dtype, jnp.floating)) else var.get_value().dtype
+    stored = var.get_value().dtype
+    target = dtype if (dtype is not None and jnp.issubdtype(stored, jnp.floating)) else stored
     value = np.asarray(arr).astype(target)
     if shardings is not None and rule.flax in shardings:
       var.set_value(jax.device_put(value, shardings[rule.flax]))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable, Iterator, Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 from absl import logging
