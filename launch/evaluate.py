@@ -11,8 +11,11 @@ default: the map beside the CSV) `--video_root=NExTVideo`.
 `--student` is a Hugging Face directory or an Orbax checkpoint directory written by
 `launch.train` (its latest step). Prints accuracy (per question type) for multiple-choice data,
 the normalised exact match for open-ended data, seconds per question and peak memory; with
-`--mode=rationale` also the grounding of the rationales' boxes and windows when the records
-carry ground truth (`--ground_truth`: a toy-world `ground_truth.json`).
+`--mode=rationale` also the grounding of the rationales' boxes and windows against STAR's
+annotated key frames (`situations`), in the frame numbers the student was trained to name
+(`--frame_numbers=sampled`: its own frames 0..N-1, the real CoT configs'; `source`: source
+frame ids); box IoU and window IoU, as the paper's grounding figure
+(`aotd_jax/eval/star_grounding.py`).
 
 `--scoring` (multiple-choice data, answer mode): `generate` parses the greedy reply;
 `likelihood` is closed-set scoring, the option whose reply ("(B) text", or "B" with
@@ -44,6 +47,9 @@ _LIMIT = flags.DEFINE_integer("limit", 0, "Evaluate the first N questions (0: al
 _BATCH = flags.DEFINE_integer("batch_size", 8, "Questions per generate call.")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 0, "0: 16 in answer mode, 256 in rationale mode.")
 _OUT = flags.DEFINE_string("out", "", "Write the results (and outputs) as JSON here.")
+_FRAME_NUMBERS = flags.DEFINE_enum(
+    "frame_numbers", "sampled", ["sampled", "source"],
+    "How the student's rationales number frames (the CoT job's config.frame_numbers).")
 _PROMPT_FORMAT = flags.DEFINE_enum("prompt_format", "plain", ["plain", "official"],
                                    "The prompt format the student was trained with "
                                    "(config.data.prompt_format; lnv7b: official).")
@@ -82,6 +88,22 @@ def read_records(fmt: str, path: str, map_path: str = ""):
   return annotations.read(fmt, path, **kw)
 
 
+def star_grounding(records, rationales) -> dict:
+  """Box / window IoU of the rationales against STAR's key frames (records with `situations`)."""
+  from aotd_jax.eval import star_grounding as sg
+  pairs = [(r, text) for r, text in zip(records, rationales) if r.meta.get("situations")]
+  if not pairs:
+    return {"box_iou": None, "window_iou": None, "questions": 0,
+            "note": "no record carries STAR situations"}
+  truths = []
+  for r, _ in pairs:
+    ids = sg.student_frame_ids(student_eval.video_file(r, _VIDEO_ROOT.value, ".mp4"),
+                               _NUM_FRAMES.value, r.start, r.end)
+    truths.append(sg.star_truth(r.meta["situations"], ids, _FRAME_NUMBERS.value))
+  out = student_eval.grounding([t for _, t in pairs], truths)
+  return {**out, "questions": len(pairs), "frame_numbers": _FRAME_NUMBERS.value}
+
+
 def main(argv):
   del argv
   scoring = _SCORING.value
@@ -106,6 +128,8 @@ def main(argv):
     result = student_eval.score(records, run.outputs)
     result["efficiency"] = run.efficiency.to_dict()
     outputs["output"] = run.outputs
+    if _MODE.value == "rationale":
+      result["rationale_grounding"] = star_grounding(records, run.outputs)
   if scoring in ("likelihood", "both"):
     choice = student_eval.choose_by_likelihood(model, tokenizer, records,
                                                answer_style=_ANSWER_STYLE.value, **common)

@@ -22,6 +22,11 @@ class StudentRun:
   efficiency: efficiency.Efficiency
 
 
+def video_file(record: VideoQA, video_root: str, video_ext: str = ".mp4") -> str:
+  """The video of a record: `meta["video_path"]` (or its file stem) or `<video_id><ext>`."""
+  return _video_file(record, video_root, video_ext)
+
+
 def _video_file(record: VideoQA, video_root: str, video_ext: str) -> str:
   import os
   stem = record.meta.get("video_file_stem") or record.video_id  # ActivityNet: v_<id>
