@@ -114,3 +114,35 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.allow_unfiltered_cots = False
   c.data.num_workers = 16
   return c
+
+
+def with_student(arg: str | None, *, name: str, architecture: str, hf_dir: str,
+                 num_frames: int, seq_len: int | None = None) -> ml_collections.ConfigDict:
+  """lnv7b's run (data, optimiser, meshes, batch sizes, options) with another student: only
+  `c.student`, the frame count and (optionally) the sequence length change. `hf_dir` is the
+  default checkpoint; the arg's `hf_dir=` option overrides it (student and tokenizer).
+
+  CoTs for a student of `num_frames` frames are generated with `frames=<num_frames>` (the
+  CoT configs' `sampled` frame numbers index the student's own frames).
+  """
+  c = get_config(arg)
+  c.name = c.name.replace("lnv7b", name, 1)
+  given = "hf_dir" in parse_arg(arg)[1]
+  hf_dir = c.student.hf_dir if given else hf_dir
+  c.student = ml_collections.ConfigDict(dict(
+      hf_dir=hf_dir,
+      architecture=architecture,
+      init={},
+      dtype="bfloat16",
+      param_dtype="float32",
+      remat=True,
+      # Right-padded batches: causal-only attention is exact (cuDNN flash attention on GPUs).
+      attention_impl="causal",
+      freeze_vision_tower=True,
+  ))
+  c.data.tokenizer = hf_dir
+  c.data.num_frames = num_frames
+  if seq_len is not None:
+    c.data.seq_len = seq_len
+  return c
+

@@ -21,27 +21,6 @@ NUM_FRAMES = 32
 SEQ_LEN = 8192
 
 
-def _given(arg: str | None, key: str) -> bool:
-  return any(part.strip().startswith(f"{key}=") for part in (arg or "").split(",")[1:])
-
-
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  c = lnv7b.get_config(arg)
-  c.name = c.name.replace("lnv7b", "onevision7b", 1)
-  hf_dir = c.student.hf_dir if _given(arg, "hf_dir") else HF_DIR
-  c.student = ml_collections.ConfigDict(dict(
-      hf_dir=hf_dir,
-      architecture="LlavaOnevisionForConditionalGeneration",
-      init={},
-      dtype="bfloat16",
-      param_dtype="float32",
-      remat=True,
-      # Right-padded batches: causal-only attention is exact (cuDNN flash attention on GPUs).
-      attention_impl="causal",
-      freeze_vision_tower=True,
-  ))
-  if not _given(arg, "hf_dir"):
-    c.data.tokenizer = hf_dir
-  c.data.num_frames = NUM_FRAMES
-  c.data.seq_len = SEQ_LEN
-  return c
+  return lnv7b.with_student(arg, name="onevision7b", architecture="LlavaOnevisionForConditionalGeneration",
+                            hf_dir=HF_DIR, num_frames=NUM_FRAMES, seq_len=SEQ_LEN)

@@ -8,7 +8,8 @@ The paper reports this transfer as STAR 71.4 -> 73.1, MVBench 65.6 -> 66.5.
 Frames are resized to 336 x 336 (the student's `vision_config.image_size`; a fixed size keeps
 batch shapes static, where transformers' processor picks one per video): each pair of frames
 is 24 x 24 patches, merged 2 x 2 into 144 tokens, so 16 frames are 8 x 144 = 1152 `<|video_pad|>`
-tokens between `<|vision_start|>` and `<|vision_end|>`, well inside lnv7b's 8192.
+tokens between `<|vision_start|>` and `<|vision_end|>`, well inside lnv7b's 8192. Generate its
+CoTs with `frames=16` in the CoT config string, so their frame numbers index these 16 frames.
 
   python -m launch.train --config=configs/distill/qwen2vl7b.py:h100x8 --workdir=W \
       --config.student.hf_dir=/models/Qwen2-VL-7B-Instruct \
@@ -22,26 +23,6 @@ HF_DIR = "/models/Qwen2-VL-7B-Instruct"
 NUM_FRAMES = 16
 
 
-def _given(arg: str | None, key: str) -> bool:
-  return any(part.strip().startswith(f"{key}=") for part in (arg or "").split(",")[1:])
-
-
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  c = lnv7b.get_config(arg)
-  c.name = c.name.replace("lnv7b", "qwen2vl7b", 1)
-  hf_dir = c.student.hf_dir if _given(arg, "hf_dir") else HF_DIR
-  c.student = ml_collections.ConfigDict(dict(
-      hf_dir=hf_dir,
-      architecture="Qwen2VLForConditionalGeneration",
-      init={},
-      dtype="bfloat16",
-      param_dtype="float32",
-      remat=True,
-      # Right-padded batches: causal-only attention is exact (cuDNN flash attention on GPUs).
-      attention_impl="causal",
-      freeze_vision_tower=True,
-  ))
-  if not _given(arg, "hf_dir"):
-    c.data.tokenizer = hf_dir
-  c.data.num_frames = NUM_FRAMES
-  return c
+  return lnv7b.with_student(arg, name="qwen2vl7b", architecture="Qwen2VLForConditionalGeneration",
+                            hf_dir=HF_DIR, num_frames=NUM_FRAMES)
