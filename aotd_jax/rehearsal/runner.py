@@ -138,6 +138,10 @@ def run(workdir: str, *, only: list[str] | None = None, questions: int = 4,
   env = dict(os.environ, PYTHONPATH=os.pathsep.join(
       [ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
   env.setdefault("JAX_PLATFORMS", "cpu")
+  # The launchers see the host as a user's would: a test session's forced host devices
+  # (tests/conftest.py) would give lnv7b's `fsdp=-1` mesh 8 devices for a batch of 4.
+  env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
+                              if not f.startswith("--xla_force_host_platform_device_count"))
   answers, wrong = gold_answers(ctx["data"])
   rows = [{"stage": "prepare", "status": "ok", "seconds": round(time.time() - t0, 1),
            "detail": "checkpoints, STAR + NExT-QA files, mp4s", "command": ""}]
