@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import math
 import os
 import sys
 import time
@@ -32,6 +30,8 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gpu_train_step  # noqa: E402
 
 
 def random_init(config):
@@ -94,20 +94,11 @@ def make_batch(config, batch: int, frames: int, side: int, text: int, seed: int 
 
 def main(argv=None) -> None:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--batch", type=int, default=1, help="clips per step")
-  ap.add_argument("--frames", type=int, default=16)
+  gpu_train_step.add_flags(ap, frames=16)
   ap.add_argument("--side", type=int, default=336, help="frame size (a multiple of 28)")
-  ap.add_argument("--text", type=int, default=128, help="text tokens per sample")
-  ap.add_argument("--steps", type=int, default=5)
-  ap.add_argument("--param_dtype", default="bfloat16", choices=["bfloat16", "float32"])
-  ap.add_argument("--attention_impl", default="causal", choices=["xla", "dot_product_attention", "causal"])
-  ap.add_argument("--remat", type=int, default=1)
-  ap.add_argument("--peak_flops", type=float, default=989e12, help="bf16 dense peak of the GPU")
-  ap.add_argument("--cpu_smoke", action="store_true", help="tiny shapes on CPUs (checks the script)")
   args = ap.parse_args(argv)
 
   import jax
-  from flax import nnx
   from aotd_jax import sharding
   from aotd_jax.models import qwen2_vl
   from aotd_jax.train.optim import make_optimizer
@@ -131,40 +122,16 @@ def main(argv=None) -> None:
       config.text_config, attention_impl=args.attention_impl))
   t0 = time.perf_counter()
   model = random_init(config)
-  n_params = sum(x.size for x in jax.tree.leaves(nnx.state(model)))
   mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
   trainer = Trainer(model, make_optimizer({"learning_rate": 4e-5, "grad_clip": 1.0}, 1000),
                     mesh=mesh, trainable=qwen2_vl.trainable_filter(config))
   batch = make_batch(config, args.batch, args.frames, args.side, args.text)
-  seq = batch["input_ids"].shape[1]
   init_s = time.perf_counter() - t0
-  t0 = time.perf_counter()
-  first = trainer.train_step(batch)
-  compile_s = time.perf_counter() - t0
-  times = []
-  for _ in range(args.steps):
-    t0 = time.perf_counter()
-    m = trainer.train_step(batch)
-    times.append(time.perf_counter() - t0)
-  dt = float(np.median(times))
-  flops = model_flops(model, args.batch, args.frames, args.side, seq)
-  stats = getattr(jax.devices()[0], "memory_stats", lambda: None)() or {}
-  out = dict(device=str(jax.devices()[0].device_kind), jax=jax.__version__,
-             params_B=round(n_params / 1e9, 3), param_dtype=args.param_dtype, dtype="bfloat16",
-             remat=bool(args.remat), attention_impl=args.attention_impl, batch=args.batch,
-             frames=args.frames, side=args.side,
-             video_tokens=config.tokens(config.grid(args.frames, args.side, args.side)), seq=seq,
-             tokens_per_step=args.batch * seq, init_s=round(init_s, 1),
-             first_step_s=round(compile_s, 1), first_loss=round(float(first.loss), 4),
-             loss=round(float(m.loss), 4), step_s=round(dt, 4),
-             step_times_s=[round(t, 4) for t in times],
-             tokens_per_s=round(args.batch * seq / dt, 1),
-             model_tflop_per_step=round(flops / 1e12, 2),
-             achieved_tflops=round(flops / dt / 1e12, 1),
-             mfu=round(flops / dt / args.peak_flops, 4),
-             peak_memory_GiB=round(stats.get("peak_bytes_in_use", 0) / 2**30, 1))
-  assert math.isfinite(out["loss"]), out
-  print(json.dumps(out, indent=1))
+  seq = batch["input_ids"].shape[1]
+  gpu_train_step.run(args, model, trainer, batch, init_s=init_s,
+                     flops=model_flops(model, args.batch, args.frames, args.side, seq),
+                     frames=args.frames, side=args.side,
+                     video_tokens=config.tokens(config.grid(args.frames, args.side, args.side)))
 
 
 if __name__ == "__main__":
