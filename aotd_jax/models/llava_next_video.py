@@ -24,6 +24,7 @@ from aotd_jax.models import llava_anyres
 from aotd_jax.models.clip import CLIPVisionConfig, CLIPVisionModel, activation
 from aotd_jax.kernels.amx_matmul import PrecisionDot
 from aotd_jax.models.llama import KVCache, LlamaConfig, LlamaForCausalLM
+from aotd_jax.models.options import share_options
 from aotd_jax.sharding import constrain
 
 POOL_MODES = ("average", "max", "conv")
@@ -84,15 +85,7 @@ class LlavaNextVideoConfig:
         raise ValueError(f"LlavaNextVideoConfig: vision_feature_layer {i} is out of range for a "
                          f"{depth}-layer vision tower (hidden states -{depth + 1}..{depth})")
     activation(self.projector_hidden_act)  # raises a clear error for an unknown activation
-    want = dict(dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat,
-                matmul_precision=self.matmul_precision)
-    for name in ("vision_config", "text_config"):
-      sub = getattr(self, name)
-      if any(getattr(sub, k) != v for k, v in want.items()):
-        object.__setattr__(self, name, dataclasses.replace(sub, **want))
-    if self.tie_word_embeddings and not self.text_config.tie_word_embeddings:
-      object.__setattr__(self, "text_config",
-                         dataclasses.replace(self.text_config, tie_word_embeddings=True))
+    share_options(self)
 
   @property
   def feature_layers(self) -> tuple[int, ...]:

@@ -13,6 +13,21 @@ _TEXT_OPTIONS = ("attention_impl", "attention_block_size", "cpu_kernels", "matmu
 _VISION_OPTIONS = ("cpu_kernels",)
 
 
+def share_options(config, subs: tuple[str, ...] = ("vision_config", "text_config")) -> None:
+  """In a Video-LLM config's `__post_init__`: its dtype / param_dtype / remat /
+  matmul_precision reach the sub-configs `subs` (one choice for the whole model), and a tied
+  model ties its language model's embeddings. Frozen dataclasses are updated in place."""
+  want = dict(dtype=config.dtype, param_dtype=config.param_dtype, remat=config.remat,
+              matmul_precision=config.matmul_precision)
+  for name in subs:
+    sub = getattr(config, name)
+    if any(getattr(sub, k) != v for k, v in want.items()):
+      object.__setattr__(config, name, dataclasses.replace(sub, **want))
+  if config.tie_word_embeddings and not config.text_config.tie_word_embeddings:
+    object.__setattr__(config, "text_config",
+                       dataclasses.replace(config.text_config, tie_word_embeddings=True))
+
+
 def apply_options(config, options: dict[str, Any]):
   """Sets dtype / param_dtype / remat / attention_impl / attention_block_size / cpu_kernels /
   matmul_precision / freeze_vision_tower where the config (or, for a Video-LLM, its language model's

@@ -32,6 +32,7 @@ from aotd_jax.models.clip import _dense, _layer_norm, activation, attend
 from aotd_jax.models.llama import KVCache, LlamaConfig
 from aotd_jax.models.qwen2 import Qwen2ForCausalLM
 from aotd_jax.models.remat import remat_call
+from aotd_jax.models.options import share_options
 from aotd_jax.sharding import constrain
 
 
@@ -350,15 +351,7 @@ class Qwen2VLConfig:
     if self.vision_config.hidden_size != text.hidden_size:
       raise ValueError(f"Qwen2VLConfig: vision_config.hidden_size {self.vision_config.hidden_size} "
                        f"(the merger's output) must equal text_config.hidden_size {text.hidden_size}")
-    want = dict(dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat,
-                matmul_precision=self.matmul_precision)
-    for name in ("vision_config", "text_config"):
-      sub = getattr(self, name)
-      if any(getattr(sub, k) != v for k, v in want.items()):
-        object.__setattr__(self, name, dataclasses.replace(sub, **want))
-    if self.tie_word_embeddings and not self.text_config.tie_word_embeddings:
-      object.__setattr__(self, "text_config",
-                         dataclasses.replace(self.text_config, tie_word_embeddings=True))
+    share_options(self)
 
   # The names the AoTD data pipeline, trainer and evaluation read (LLaVA students' interface).
   @property
