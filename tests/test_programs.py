@@ -173,3 +173,12 @@ def test_shipped_examples_bind_to_the_expert_signatures():
           signature.bind(None, *node.args, **{k.arg: k.value for k in node.keywords})
         except TypeError as e:
           pytest.fail(f"{dataset}.py line {node.lineno}: {node.func.id}: {e}")
+
+
+@pytest.mark.parametrize("junk", ["\0", "-" * 200_000 + "x"])
+def test_reply_the_parser_cannot_hold_is_a_failed_parse_not_a_crash(junk):
+  # A null byte (ValueError) or nesting past the parser's depth (RecursionError /
+  # MemoryError / SystemError) in an LLM reply: the reply fails to parse, the job goes on.
+  reply = "def execute_command(video_clip, query, possible_answers):\n    return " + junk + "\n"
+  result = programs.parse_program(reply)
+  assert not result.ok and result.source is None

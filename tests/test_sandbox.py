@@ -235,6 +235,30 @@ def test_policy_accepts_ordinary_programs_and_refuses_non_strings():
     validate("#" * 200_000)
 
 
+def test_policy_parses_one_program_at_a_time_and_maps_parser_faults(monkeypatch):
+  # CPython 3.11's AST converter keeps its recursion depth per interpreter: two threads
+  # parsing deep programs at once made one raise SystemError (seen in CI). validate()
+  # serialises parsing and reports a parser fault as a refusal, never as a crash.
+  from aotd_jax.agent import sandbox_policy
+  seen = []
+  real_parse = sandbox_policy.ast.parse
+
+  def parse(*args, **kwargs):
+    seen.append(sandbox_policy._PARSE_LOCK.locked())
+    return real_parse(*args, **kwargs)
+
+  monkeypatch.setattr(sandbox_policy.ast, "parse", parse)
+  validate(body("return 1"))
+  assert seen == [True]
+
+  def broken(*args, **kwargs):
+    raise SystemError("AST constructor recursion depth mismatch (before=27, after=-842)")
+
+  monkeypatch.setattr(sandbox_policy.ast, "parse", broken)
+  with pytest.raises(PolicyError, match="could not be parsed: SystemError"):
+    validate(body("return 1"))
+
+
 def test_toyworld_gold_programs_with_real_tools_match_in_process_exec(sb):
   """The expert API end to end: gold programs over oracle experts give exec's answers."""
   experts = pytest.importorskip("experts")

@@ -19,6 +19,8 @@ import re
 import textwrap
 from typing import Callable, Mapping, Sequence
 
+from aotd_jax.agent.sandbox_policy import PARSE_ERRORS, parse_untrusted
+
 PROGRAM_NAME = "execute_command"
 PROGRAM_SIGNATURE = f"def {PROGRAM_NAME}(video_clip, query, possible_answers):"
 PROMPTS_DIR = pathlib.Path(__file__).resolve().parents[2] / "data" / "prompts"
@@ -146,8 +148,8 @@ def _parse_prefix(text: str) -> tuple[ast.FunctionDef, str, bool] | None:
   for end in range(len(lines), 1, -1):
     candidate = "\n".join(lines[:end]) + "\n"
     try:
-      module = ast.parse(candidate)
-    except SyntaxError:
+      module = parse_untrusted(candidate)
+    except PARSE_ERRORS:
       continue
     funcs = [n for n in module.body if isinstance(n, ast.FunctionDef) and n.name == PROGRAM_NAME]
     if funcs and funcs[0].body:
@@ -202,8 +204,8 @@ def parse_program(reply: str, *, prefix: str = "") -> ParsedProgram:
                         count=1)
         repairs.append(f"signature {tuple(args)} -> (video_clip, query, possible_answers)")
         try:
-          func = ast.parse(source).body[0]
-        except SyntaxError:
+          func = parse_untrusted(source).body[0]
+        except PARSE_ERRORS:
           continue
       source, added = _add_missing_return(func, source)
       if added:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import threading
 
 MAX_SOURCE_CHARS = 100_000
 MAX_AST_NODES = 20_000
@@ -124,6 +125,22 @@ def _check_finally(body: list[ast.stmt]) -> None:
         raise PolicyError(f"line {node.lineno}: '{kind}' inside 'finally' is not allowed")
 
 
+# CPython 3.11 keeps the AST converter's recursion depth in per-interpreter state, so two
+# threads parsing deeply nested programs at once corrupt each other's count and one of them
+# raises "SystemError: AST constructor recursion depth mismatch". Sandbox.run is called from
+# worker threads (the CoT job, tests), so parsing is serialised; it takes microseconds.
+_PARSE_LOCK = threading.Lock()
+# What ast.parse raises for text that is not a program it can hold: syntax, null bytes,
+# absurd nesting (SystemError is CPython's AST recursion-depth check).
+PARSE_ERRORS = (SyntaxError, ValueError, MemoryError, RecursionError, SystemError)
+
+
+def parse_untrusted(source: str, filename: str = "<program>") -> ast.Module:
+  """`ast.parse` for untrusted text, one thread at a time; raises one of `PARSE_ERRORS`."""
+  with _PARSE_LOCK:
+    return ast.parse(source, filename=filename, mode="exec")
+
+
 def validate(source: str, *, entry_point: str = "execute_command") -> ast.Module:
   """Parses `source` and checks it against the allow-list.
 
@@ -136,10 +153,10 @@ def validate(source: str, *, entry_point: str = "execute_command") -> ast.Module
   if len(source) > MAX_SOURCE_CHARS:
     raise PolicyError(f"program is too long ({len(source)} > {MAX_SOURCE_CHARS} chars)")
   try:
-    tree = ast.parse(source, filename="<program>", mode="exec")
+    tree = parse_untrusted(source)
   except SyntaxError as e:
     raise PolicyError(f"line {e.lineno}: syntax error: {e.msg}") from None
-  except (ValueError, MemoryError, RecursionError) as e:  # null bytes, absurd nesting
+  except PARSE_ERRORS as e:
     raise PolicyError(f"program could not be parsed: {type(e).__name__}: {e}") from None
 
   nodes = []
