@@ -1,4 +1,5 @@
-"""UniVTG: official checkpoint layout, parity with a torch reference, post-processing, training."""
+"""UniVTG: official checkpoint layout, parity with the original code's forward (showlab/UniVTG,
+reproduced module for module from torch's own layers), post-processing, training."""
 import argparse
 import math
 
@@ -22,13 +23,22 @@ TINY = dict(v_feat_dims=(20, 12), t_feat_dim=16, hidden_dim=32, nheads=4, enc_la
             dim_feedforward=48, max_q_l=12, clip_length=2.0)
 
 
-# A torch reference written from the paper's/official module structure (torch's own MHA,
-# Conv1d, LayerNorm), so its `state_dict()` has exactly the official names and shapes.
+# -- the reference: showlab/UniVTG's forward, module for module -----------------------------------
+# Each class below does what one class of the original code does (github.com/showlab/UniVTG at
+# commit 32659ac, MIT licence; file and lines cited per class), built from torch's own modules
+# (nn.MultiheadAttention, nn.Conv1d, nn.LayerNorm, nn.Embedding, F.gelu, F.cosine_similarity) in
+# the original's order, with the original's attribute names, so `state_dict()` has exactly the
+# official names and shapes. Nothing here imports aotd_jax: the model under test is compared with
+# the original's arithmetic, not with a second copy of ours. Dropout and DropPath are identities
+# in `eval()`, as in the original's inference.
 class _LinearLayer(tnn.Module):
-  def __init__(self, din, dout, relu):
+  """model/univtg.py:384-406 `LinearLayer`: LayerNorm -> Dropout -> Linear -> ReLU if `relu`."""
+
+  def __init__(self, in_hsz, out_hsz, dropout, relu):
     super().__init__()
-    self.relu, self.LayerNorm = relu, tnn.LayerNorm(din)
-    self.net = tnn.Sequential(tnn.Dropout(0.5), tnn.Linear(din, dout))
+    self.relu = relu
+    self.LayerNorm = tnn.LayerNorm(in_hsz)
+    self.net = tnn.Sequential(tnn.Dropout(dropout), tnn.Linear(in_hsz, out_hsz))
 
   def forward(self, x):
     x = self.net(self.LayerNorm(x))
@@ -36,82 +46,154 @@ class _LinearLayer(tnn.Module):
 
 
 class _Conv(tnn.Module):
-  def __init__(self, d, dout):
+  """model/univtg.py:367-382 `Conv`: `num_layers` Conv1d over time (kernel 3, stride 1, zero
+  padding 1), ReLU after all but the last; (B, L, C) in and out."""
+
+  def __init__(self, input_dim, hidden_dim, output_dim, num_layers=3, kernel_size=3):
     super().__init__()
-    self.layers = tnn.ModuleList([tnn.Conv1d(i, o, 3, padding=1)
-                                  for i, o in ((d, d), (d, d), (d, dout))])
+    dims = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
+    self.layers = tnn.ModuleList(
+        tnn.Conv1d(a, b, kernel_size, stride=1, padding=kernel_size // 2, padding_mode="zeros")
+        for a, b in zip(dims[:-1], dims[1:]))
 
   def forward(self, x):
     x = x.permute(0, 2, 1)
     for i, layer in enumerate(self.layers):
       x = layer(x)
-      x = F.relu(x) if i < 2 else x
+      if i < len(self.layers) - 1:
+        x = F.relu(x)
     return x.permute(0, 2, 1)
 
 
-class _Layer(tnn.Module):
-  def __init__(self, d, h, ff):
-    super().__init__()
-    self.self_attn = tnn.MultiheadAttention(d, h)
-    self.linear1, self.linear2 = tnn.Linear(d, ff), tnn.Linear(ff, d)
-    self.norm1, self.norm2 = tnn.LayerNorm(d), tnn.LayerNorm(d)
+class _WeightedPool(tnn.Module):
+  """model/univtg.py:36-49 `WeightedPool` with `mask_logits` (:22-24): a learned score per
+  token, -1e30 added at padded tokens, softmax over tokens, the weighted sum of tokens."""
 
-  def forward(self, src, pad, pos):  # src (L, B, d)
-    q = src + pos
-    src = self.norm1(src + self.self_attn(q, q, src, key_padding_mask=pad)[0])
+  def __init__(self, dim):
+    super().__init__()
+    self.weight = tnn.Parameter(torch.empty(dim, 1))
+    tnn.init.xavier_uniform_(self.weight)
+
+  def forward(self, x, mask):
+    alpha = torch.tensordot(x, self.weight, dims=1)  # (B, L, 1)
+    alpha = alpha + (1.0 - mask.float().unsqueeze(2)) * -1e30
+    return torch.matmul(x.transpose(1, 2), alpha.softmax(dim=1)).squeeze(2)  # (B, d)
+
+
+class _PositionEmbeddingSine(tnn.Module):
+  """model/position_encoding.py:44-83 `PositionEmbeddingSine`, built as
+  `build_position_encoding` builds it (:113-117: num_pos_feats=hidden_dim, normalize=True)."""
+
+  def __init__(self, num_pos_feats, temperature=10000):
+    super().__init__()
+    self.num_pos_feats, self.temperature = num_pos_feats, temperature
+
+  def forward(self, mask):
+    x_embed = mask.cumsum(1, dtype=torch.float32)
+    x_embed = x_embed / (x_embed[:, -1:] + 1e-6) * (2 * math.pi)
+    dim_t = torch.arange(self.num_pos_feats, dtype=torch.float32)
+    dim_t = self.temperature ** (2 * torch.div(dim_t, 2).int() / self.num_pos_feats)
+    pos = x_embed[:, :, None] / dim_t
+    return torch.stack((pos[:, :, 0::2].sin(), pos[:, :, 1::2].cos()), dim=3).flatten(2)
+
+
+class _TrainablePositionalEncoding(tnn.Module):
+  """model/position_encoding.py:19-41: LayerNorm(x + learned position embedding)."""
+
+  def __init__(self, max_position_embeddings, hidden_size):
+    super().__init__()
+    self.position_embeddings = tnn.Embedding(max_position_embeddings, hidden_size)
+    self.LayerNorm = tnn.LayerNorm(hidden_size)
+
+  def forward(self, x):
+    ids = torch.arange(x.shape[1]).unsqueeze(0).repeat(x.shape[0], 1)
+    return self.LayerNorm(x + self.position_embeddings(ids))
+
+
+class _EncoderLayer(tnn.Module):
+  """model/transformer_encoder_droppath.py:88-126 `TransformerEncoderLayer.forward_post` (the
+  released models are post-norm): q = k = src + pos, value = src; residual, norm1; linear2 of
+  the activation of linear1; residual, norm2. The activation is GELU: `Transformer` (:16-25)
+  passes its default `activation="gelu"` and `build_transformer` (:141-152) sets no other."""
+
+  def __init__(self, d_model, nhead, dim_feedforward, dropout=0.1):
+    super().__init__()
+    self.self_attn = tnn.MultiheadAttention(d_model, nhead, dropout=dropout)
+    self.linear1 = tnn.Linear(d_model, dim_feedforward)
+    self.linear2 = tnn.Linear(dim_feedforward, d_model)
+    self.norm1, self.norm2 = tnn.LayerNorm(d_model), tnn.LayerNorm(d_model)
+
+  def forward(self, src, key_padding_mask, pos):  # src, pos: (L, B, d)
+    q = k = src + pos
+    src = self.norm1(src + self.self_attn(q, k, value=src, key_padding_mask=key_padding_mask)[0])
     return self.norm2(src + self.linear2(F.gelu(self.linear1(src))))
 
 
-class _TorchUniVTG(tnn.Module):
+class _Transformer(tnn.Module):
+  """model/transformer_encoder_droppath.py:14-86 `Transformer` / `TransformerEncoder`: the
+  layers over (L, B, d), no final norm when post-norm (:24), back to (B, L, d)."""
+
+  def __init__(self, d_model, nhead, num_encoder_layers, dim_feedforward):
+    super().__init__()
+    self.encoder = tnn.Module()
+    self.encoder.layers = tnn.ModuleList(_EncoderLayer(d_model, nhead, dim_feedforward)
+                                         for _ in range(num_encoder_layers))
+
+  def forward(self, src, mask, pos_embed):
+    src, pos = src.permute(1, 0, 2), pos_embed.permute(1, 0, 2)
+    for layer in self.encoder.layers:
+      src = layer(src, mask, pos)
+    return src.transpose(0, 1)
+
+
+class _OfficialUniVTG(tnn.Module):
+  """model/univtg.py:51-155 `Model` (span_loss_type "l1", no `src_cls`), configured as
+  `build_model` (:409-425) configures it from the options in `c`."""
+
   def __init__(self, c):
     super().__init__()
-    d = c["hidden_dim"]
-    self.transformer = tnn.Module()
-    self.transformer.encoder = tnn.Module()
-    self.transformer.encoder.layers = tnn.ModuleList(
-      [_Layer(d, c["nheads"], c["dim_feedforward"]) for _ in range(c["enc_layers"])])
-    self.txt_position_embed = tnn.Module()
-    self.txt_position_embed.position_embeddings = tnn.Embedding(c["max_q_l"], d)
-    self.txt_position_embed.LayerNorm = tnn.LayerNorm(d)
+    d, n_proj = c["hidden_dim"], c.get("n_input_proj", 2)
+    self.use_txt_pos = c.get("use_txt_pos", False)
+    self.transformer = _Transformer(d, c["nheads"], c["enc_layers"], c["dim_feedforward"])
+    self.position_embed = _PositionEmbeddingSine(d)
+    self.txt_position_embed = _TrainablePositionalEncoding(c["max_q_l"], d)
     self.token_type_embeddings = tnn.Embedding(2, d)
-    self.span_embed, self.class_embed = _Conv(d, 2), _Conv(d, 1)
-    vdim = sum(c["v_feat_dims"]) + 2
-    self.input_txt_proj = tnn.Sequential(_LinearLayer(c["t_feat_dim"], d, True),
-                                         _LinearLayer(d, d, False))
-    self.input_vid_proj = tnn.Sequential(_LinearLayer(vdim, d, True), _LinearLayer(d, d, False))
-    self.weightedpool = tnn.Module()
-    self.weightedpool.weight = tnn.Parameter(torch.randn(d, 1) * 0.3)
+    self.span_embed = _Conv(d, d, 2)
+    self.class_embed = _Conv(d, d, 1)
+    relu = [True] * 3
+    relu[n_proj - 1] = False  # :89-90
+    vdim = sum(c["v_feat_dims"]) + 2  # + the 2 temporal endpoint features (ctx_mode video_tef)
+    self.input_txt_proj = tnn.Sequential(*[
+        _LinearLayer(c["t_feat_dim"] if i == 0 else d, d, 0.5, relu[i]) for i in range(n_proj)])
+    self.input_vid_proj = tnn.Sequential(*[
+        _LinearLayer(vdim if i == 0 else d, d, 0.5, relu[i]) for i in range(n_proj)])
+    self.weightedpool = _WeightedPool(d)
     for p in self.parameters():  # non-trivial norms / biases so a layout slip shows
       with torch.no_grad():
         p.add_(torch.randn_like(p) * 0.05)
 
   def forward(self, src_txt, src_txt_mask, src_vid, src_vid_mask):
-    d = self.token_type_embeddings.weight.shape[1]
-    vid = self.input_vid_proj(src_vid) + self.token_type_embeddings.weight[1]
-    txt = self.input_txt_proj(src_txt) + self.token_type_embeddings.weight[0]
-    x = torch.cumsum(src_vid_mask, 1)
-    x = x / (x[:, -1:] + 1e-6) * 2 * math.pi
-    dim_t = 10000 ** (2 * (torch.arange(d) // 2) / d)
-    ang = x[:, :, None] / dim_t
-    pos_vid = torch.stack((ang[:, :, 0::2].sin(), ang[:, :, 1::2].cos()), dim=3).flatten(2)
-    pos = torch.cat([pos_vid, torch.zeros_like(txt)], 1).transpose(0, 1)
-    src = torch.cat([vid, txt], 1).transpose(0, 1)
-    pad = ~torch.cat([src_vid_mask, src_txt_mask], 1).bool()
-    for layer in self.transformer.encoder.layers:
-      src = layer(src, pad, pos)
-    mem = src.transpose(0, 1)[:, :vid.shape[1]]
-    logits = self.class_embed(mem).sigmoid()
-    spans = self.span_embed(mem).sigmoid() * torch.tensor([-1.0, 1.0])
-    alpha = (txt @ self.weightedpool.weight) + (1 - src_txt_mask[..., None]) * -1e30
-    pooled = (txt * alpha.softmax(1)).sum(1, keepdim=True)
-    sal = F.cosine_similarity(vid, pooled, dim=-1) + (src_vid_mask + 1e-45).log()
+    src_vid = self.input_vid_proj(src_vid)
+    src_txt = self.input_txt_proj(src_txt)
+    src_vid = src_vid + self.token_type_embeddings(torch.full_like(src_vid_mask.long(), 1))
+    src_txt = src_txt + self.token_type_embeddings(torch.zeros_like(src_txt_mask.long()))
+    src = torch.cat([src_vid, src_txt], dim=1)
+    mask = torch.cat([src_vid_mask, src_txt_mask], dim=1).bool()
+    pos_vid = self.position_embed(src_vid_mask)
+    pos_txt = self.txt_position_embed(src_txt) if self.use_txt_pos else torch.zeros_like(src_txt)
+    memory = self.transformer(src, ~mask, torch.cat([pos_vid, pos_txt], dim=1))
+    vid_mem = memory[:, :src_vid.shape[1], :]
+    logits = self.class_embed(vid_mem).sigmoid()
+    spans = self.span_embed(vid_mem).sigmoid() * torch.tensor((-1, 1))[None, None]
+    txt_mem_proj = self.weightedpool(src_txt, src_txt_mask).unsqueeze(1)
+    sal = F.cosine_similarity(src_vid, txt_mem_proj, dim=-1) + (src_vid_mask + 1e-45).log()
     return logits, spans, sal
 
 
-def _official_file(tmp_path, seed=0, enc_layers=2, **opt):
+def _official_file(tmp_path, seed=0, enc_layers=2, use_txt_pos=False, **opt):
   torch.manual_seed(seed)
-  ref = _TorchUniVTG(dict(TINY, enc_layers=enc_layers)).eval()
-  ns = argparse.Namespace(nheads=4, clip_length=2.0, use_txt_pos=False, ctx_mode="video_tef",
+  ref = _OfficialUniVTG(dict(TINY, enc_layers=enc_layers, use_txt_pos=use_txt_pos, **opt)).eval()
+  ns = argparse.Namespace(nheads=4, clip_length=2.0, use_txt_pos=use_txt_pos, ctx_mode="video_tef",
                           v_feat_types="custom", v_feat_dims=[20, 12], **opt)
   path = tmp_path / "model_best.ckpt"
   torch.save({"model": ref.state_dict(), "optimizer": {}, "epoch": 7, "opt": ns}, path)
@@ -120,7 +202,7 @@ def _official_file(tmp_path, seed=0, enc_layers=2, **opt):
 
 @pytest.fixture(scope="module")
 def official(tmp_path_factory):
-  """(torch reference, official-format file, our model loaded from it)."""
+  """(the original's forward in torch, its official-format file, our model loaded from it)."""
   ref, path = _official_file(tmp_path_factory.mktemp("univtg"))
   return ref, path, load_univtg(path)
 
@@ -136,7 +218,7 @@ def _inputs(b=2, lv=9, lt=5, seed=0):
   return pp.batch_inputs(vids, txts)
 
 
-def test_official_layout_loads_and_matches_torch_reference(official):
+def test_official_layout_loads_and_matches_the_original_forward(official):
   ref, _, model = official
   names = set(ref.state_dict())
   assert "transformer.encoder.layers.1.self_attn.in_proj_weight" in names
@@ -162,6 +244,25 @@ def test_official_layout_loads_and_matches_torch_reference(official):
   np.testing.assert_allclose(np.asarray(out.saliency_scores), sal.numpy(), atol=1e-4)
 
 
+def test_text_positions_and_three_input_projections_match_the_original(tmp_path):
+  """The options the test above leaves at their defaults: learned text positions added to the
+  text tokens' queries and keys (`use_txt_pos`), three input projection layers (ReLU on the
+  first two), one encoder layer."""
+  ref, path = _official_file(tmp_path, seed=1, enc_layers=1, use_txt_pos=True, n_input_proj=3)
+  model = load_univtg(path)
+  assert model.config.use_txt_pos and model.config.n_input_proj == 3
+  assert "input_txt_proj.2.net.1.weight" in ref.state_dict()
+  inp = _inputs(seed=1)
+  out = _forward(model, inp)
+  with torch.no_grad():
+    t = {k: torch.from_numpy(v) for k, v in inp.items()}
+    logits, spans, sal = ref(t["src_txt"], t["src_txt_mask"], t["src_vid"], t["src_vid_mask"])
+  valid = inp["src_vid_mask"] > 0
+  np.testing.assert_allclose(np.asarray(out.pred_logits), logits.numpy(), atol=1e-5)
+  np.testing.assert_allclose(np.asarray(out.pred_spans)[valid], spans.numpy()[valid], atol=1e-5)
+  np.testing.assert_allclose(np.asarray(out.saliency_scores), sal.numpy(), atol=1e-4)
+
+
 def test_released_size_layout_and_shapes_without_compute():
   # The released SlowFast+CLIP model: every official tensor maps onto our parameter of the
   # transformed shape, and the forward's output shapes, all by shape inference only.
@@ -169,7 +270,7 @@ def test_released_size_layout_and_shapes_without_compute():
   size = dict(v_feat_dims=(2304, 512), t_feat_dim=512, hidden_dim=1024, nheads=8,
               enc_layers=4, dim_feedforward=1024, max_q_l=75)
   with torch.device("meta"):
-    official = {k: tuple(v.shape) for k, v in _TorchUniVTG(size).state_dict().items()}
+    official = {k: tuple(v.shape) for k, v in _OfficialUniVTG(size).state_dict().items()}
   assert official["input_vid_proj.0.net.1.weight"] == (1024, 2818)
   cfg = UniVTGConfig(**size)
   model = nnx.eval_shape(lambda: UniVTG(cfg, rngs=nnx.Rngs(0)))
