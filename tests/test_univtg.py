@@ -218,6 +218,17 @@ def _inputs(b=2, lv=9, lt=5, seed=0):
   return pp.batch_inputs(vids, txts)
 
 
+def _assert_matches_original(ref, inp, out):
+  """Our outputs `out` on `inp` equal the original forward's (spans at valid clips only)."""
+  with torch.no_grad():
+    t = {k: torch.from_numpy(v) for k, v in inp.items()}
+    logits, spans, sal = ref(t["src_txt"], t["src_txt_mask"], t["src_vid"], t["src_vid_mask"])
+  valid = inp["src_vid_mask"] > 0
+  np.testing.assert_allclose(np.asarray(out.pred_logits), logits.numpy(), atol=1e-5)
+  np.testing.assert_allclose(np.asarray(out.pred_spans)[valid], spans.numpy()[valid], atol=1e-5)
+  np.testing.assert_allclose(np.asarray(out.saliency_scores), sal.numpy(), atol=1e-4)
+
+
 def test_official_layout_loads_and_matches_the_original_forward(official):
   ref, _, model = official
   names = set(ref.state_dict())
@@ -235,13 +246,7 @@ def test_official_layout_loads_and_matches_the_original_forward(official):
   assert np.all(np.asarray(out.pred_spans[..., 0]) <= 0)
   assert np.all(np.asarray(out.pred_spans[..., 1]) >= 0)
   assert np.asarray(out.saliency_scores)[1, -1] < -100
-  with torch.no_grad():
-    t = {k: torch.from_numpy(v) for k, v in inp.items()}
-    logits, spans, sal = ref(t["src_txt"], t["src_txt_mask"], t["src_vid"], t["src_vid_mask"])
-  valid = inp["src_vid_mask"] > 0
-  np.testing.assert_allclose(np.asarray(out.pred_logits), logits.numpy(), atol=1e-5)
-  np.testing.assert_allclose(np.asarray(out.pred_spans)[valid], spans.numpy()[valid], atol=1e-5)
-  np.testing.assert_allclose(np.asarray(out.saliency_scores), sal.numpy(), atol=1e-4)
+  _assert_matches_original(ref, inp, out)
 
 
 def test_text_positions_and_three_input_projections_match_the_original(tmp_path):
@@ -254,13 +259,7 @@ def test_text_positions_and_three_input_projections_match_the_original(tmp_path)
   assert "input_txt_proj.2.net.1.weight" in ref.state_dict()
   inp = _inputs(seed=1)
   out = _forward(model, inp)
-  with torch.no_grad():
-    t = {k: torch.from_numpy(v) for k, v in inp.items()}
-    logits, spans, sal = ref(t["src_txt"], t["src_txt_mask"], t["src_vid"], t["src_vid_mask"])
-  valid = inp["src_vid_mask"] > 0
-  np.testing.assert_allclose(np.asarray(out.pred_logits), logits.numpy(), atol=1e-5)
-  np.testing.assert_allclose(np.asarray(out.pred_spans)[valid], spans.numpy()[valid], atol=1e-5)
-  np.testing.assert_allclose(np.asarray(out.saliency_scores), sal.numpy(), atol=1e-4)
+  _assert_matches_original(ref, inp, out)
 
 
 def test_released_size_layout_and_shapes_without_compute():
