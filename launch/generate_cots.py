@@ -19,7 +19,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from aotd_jax.agent import job, programs
-from aotd_jax.data import annotations
+from aotd_jax.data import annotations, files
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/cot/<name>.py[:arg]")
 _SHARD_INDEX = flags.DEFINE_integer("shard_index", 0, "which shard of --num_shards to process")
@@ -90,7 +90,7 @@ def video_path(config) -> Callable[[annotations.VideoQA], str | None]:
   """qa -> its video file: `meta["video_path"]` or `<video_id><video_ext>`, under video_dir."""
   def path(qa):
     name = qa.meta.get("video_path") or f"{qa.video_id}{config.data.video_ext}"
-    return os.path.join(config.data.video_dir, name) if config.data.video_dir else name
+    return files.join(config.data.video_dir, name)
   return path
 
 
@@ -104,7 +104,7 @@ def clip_args(config) -> Callable[[annotations.VideoQA], dict]:
 def load_questions(config) -> list[annotations.VideoQA]:
   """The dataset's questions (the toy world is generated first when asked and missing)."""
   data = config.data
-  if not os.path.exists(data.path) and data.get("toyworld_seed", None) is not None:
+  if not files.exists(data.path) and data.get("toyworld_seed", None) is not None:
     from aotd_jax.data import toyworld
     world = os.path.dirname(data.path)
     logging.info("generating the toy world in %s", world)

@@ -77,3 +77,59 @@ def test_cot_shards_read_from_a_bucket_glob_or_list(fake_gcs):
     pipeline.cot_files("gs://bucket/cots/nope-*.jsonl")
   with pytest.raises(FileNotFoundError, match="gs://bucket/cots/missing.jsonl"):
     pipeline.cot_files(["gs://bucket/cots/missing.jsonl"])
+
+
+def _upload(local, url: str) -> str:
+  epath.Path(url).parent.mkdir(parents=True, exist_ok=True)
+  epath.Path(url).write_bytes(open(local, "rb").read())
+  return url
+
+
+def test_annotation_files_read_from_a_bucket(fake_gcs):
+  """NExT-QA's CSV (with the video map beside it), STAR's JSON and an MVBench folder of task
+  files give the same records from `gs://` as from the local copies."""
+  import os
+  from aotd_jax.data import annotations
+  here = os.path.dirname(os.path.abspath(__file__))
+  real, fix = os.path.join(here, "fixtures", "real"), os.path.join(here, "fixtures", "annotations")
+  for name in ("val.csv", "map_vid_vidorID.json"):
+    _upload(os.path.join(real, "nextqa", name), f"gs://bucket/nextqa/{name}")
+  _upload(os.path.join(fix, "star_val.json"), "gs://bucket/star/val.json")
+  for name in sorted(os.listdir(os.path.join(fix, "mvbench"))):
+    _upload(os.path.join(fix, "mvbench", name), f"gs://bucket/mvbench/{name}")
+  cases = [("nextqa", os.path.join(real, "nextqa", "val.csv"), "gs://bucket/nextqa/val.csv"),
+           ("star", os.path.join(fix, "star_val.json"), "gs://bucket/star/val.json"),
+           ("mvbench", os.path.join(fix, "mvbench"), "gs://bucket/mvbench")]
+  for fmt, local, url in cases:
+    want, got = annotations.read(fmt, local), annotations.read(fmt, url)
+    assert len(got) > 0 and [r.to_json() for r in got] == [r.to_json() for r in want], fmt
+  assert got[0].meta["task"] and "video_path" in annotations.read("nextqa", cases[0][2])[0].meta
+  with pytest.raises(annotations.AnnotationError, match="gs://bucket/star/missing.json"):
+    annotations.read("star", "gs://bucket/star/missing.json")
+
+
+def test_videos_decode_from_a_bucket(fake_gcs):
+  """A clip under a `gs://` video root decodes to the same frames as the local file (seeking
+  through a file object), the frame cache keys it, and a missing one is a named decode error."""
+  import numpy as np
+  from aotd_jax.data import pipeline, video
+  from aotd_jax.data.annotations import VideoQA
+  rng = np.random.default_rng(0)
+  frames = rng.integers(0, 255, (40, 32, 48, 3), dtype=np.uint8)
+  video.write_video("clip.mp4", frames, fps=10, gop=5)
+  _upload("clip.mp4", "gs://bucket/videos/clip.mp4")
+  qa = VideoQA(qid="q", video_id="clip", question="?", choices=["a", "b"], answer="a",
+               answer_index=0, start=1.0, end=3.0)
+  ex = pipeline.qa_examples([qa], video_root="gs://bucket/videos")[0]
+  assert ex["video_path"] == "gs://bucket/videos/clip.mp4"
+  assert video.probe(ex["video_path"]) == video.probe("clip.mp4")
+  want = video.read_frames("clip.mp4", 6, start=1.0, end=3.0)
+  cache = video.FrameCache()
+  got = video.read_frames(ex["video_path"], 6, start=1.0, end=3.0, cache=cache)
+  np.testing.assert_array_equal(got, want)
+  assert video.read_frames(ex["video_path"], 6, start=1.0, end=3.0, cache=cache) is got
+  assert cache.hits == 1
+  np.testing.assert_array_equal(video.decode_all(ex["video_path"]), video.decode_all("clip.mp4"))
+  for read in (video.probe, lambda p: video.read_frames(p, 2, cache=video.FrameCache())):
+    with pytest.raises(video.VideoDecodeError, match="gs://bucket/videos/nope.mp4: file not found"):
+      read("gs://bucket/videos/nope.mp4")

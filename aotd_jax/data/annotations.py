@@ -18,6 +18,8 @@ from typing import Any, Callable, Iterator, Mapping
 
 from absl import logging
 
+from aotd_jax.data import files
+
 
 @dataclasses.dataclass
 class VideoQA:
@@ -130,8 +132,7 @@ class _Context:
 def load_json(path: str) -> Any:
   """json.load with an `AnnotationError` naming the file on failure."""
   try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
+    return json.loads(files.read_text(path))
   except FileNotFoundError as e:
     raise AnnotationError(f"annotation file not found: {path}") from e
   except (json.JSONDecodeError, UnicodeDecodeError) as e:

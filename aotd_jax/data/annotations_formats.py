@@ -22,10 +22,11 @@ Formats (as their datasets publish them):
 from __future__ import annotations
 
 import csv
-import glob
+import io
 import os
 from typing import Any, Iterator
 
+from aotd_jax.data import files
 from aotd_jax.data.annotations import AnnotationError, BadRecord, VideoQA, load_json
 
 _ACTIVITYNET_TYPES = {0: "motion", 1: "spatial", 2: "temporal", 3: "yes_no", 4: "color",
@@ -133,15 +134,15 @@ _NEXTQA_COLUMNS = ("video", "frame_count", "width", "height", "question", "answe
 def read_nextqa(path: str, ctx, map_path: str | None = None) -> Iterator[VideoQA]:
   """NExT-QA CSV; `map_path` (default: `map_vid_vidorID.json` beside it) gives video paths."""
   if map_path is None:
-    beside = os.path.join(os.path.dirname(path), "map_vid_vidorID.json")
-    video_map = load_json(beside) if os.path.exists(beside) else {}
+    beside = os.path.join(os.path.dirname(path), "map_vid_vidorID.json")  # also for gs://
+    video_map = load_json(beside) if files.exists(beside) else {}
   else:
     video_map = load_json(map_path)
   try:
-    f = open(path, newline="", encoding="utf-8")
+    text = files.read_text(path)
   except FileNotFoundError as e:
     raise AnnotationError(f"annotation file not found: {path}") from e
-  with f:
+  with io.StringIO(text, newline="") as f:
     reader = csv.reader(f)
     header = next(reader, None)
     if header is None or tuple(header[:len(_NEXTQA_COLUMNS)]) != _NEXTQA_COLUMNS:
@@ -282,14 +283,14 @@ def read_clevrer(path: str, ctx) -> Iterator[VideoQA]:
 
 def read_mvbench(path: str, ctx, task: str | None = None) -> Iterator[VideoQA]:
   """MVBench: one JSON list per task (`path` a file, or the `json/` directory of all tasks)."""
-  if os.path.isdir(path):
-    files = sorted(glob.glob(os.path.join(path, "*.json")))
-    if not files:
+  if files.isdir(path):
+    tasks = files.glob(path, "*.json")
+    if not tasks:
       raise AnnotationError(f"{path}: no MVBench task *.json files in this directory")
-    for f in files:
+    for f in tasks:
       yield from read_mvbench(f, ctx)
     return
-  task = task or os.path.splitext(os.path.basename(path))[0]
+  task = task or os.path.splitext(path.rpartition("/")[2])[0]
   data = _list_of(load_json(path), path, "questions")
 
   def one(i: int, rec: dict) -> VideoQA:

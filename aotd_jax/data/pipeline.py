@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import glob as globlib
+import io
 import json
 import os
 import sys
@@ -26,10 +27,9 @@ import grain
 import jax
 import numpy as np
 from absl import flags, logging
-from etils import epath
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from aotd_jax.data import conversation, video
+from aotd_jax.data import conversation, files, video
 from aotd_jax.data.annotations import ReadReport, VideoQA
 from aotd_jax.data.tokenize import TokenizeOptions, tokenize_sample
 
@@ -92,7 +92,7 @@ class PipelineConfig:
 
 
 def _video_path(root: str, path: str) -> str:
-  return path if os.path.isabs(path) or not root else os.path.join(root, path)
+  return files.join(root, path)
 
 
 def qa_examples(records: Sequence[VideoQA], *, video_root: str = "", video_ext: str = ".mp4",
@@ -183,7 +183,7 @@ def read_cot_jsonl(path: str, *, video_root: str = "", prompt_format: str | None
   """
   report = ReadReport(fmt="cot", path=path)
   out, unkept, total = [], 0, 0
-  with (epath.Path(path).open("r") if _is_url(path) else open(path, encoding="utf-8")) as f:
+  with io.StringIO(files.read_text(path)) as f:
     for lineno, line in enumerate(f, 1):
       if not line.strip():
         continue
@@ -221,10 +221,6 @@ class _ParseCotRecord:
       return {SKIP: f"{self.path}[{index}]: malformed CoT record: {_cot_error(e)}", "kind": "record"}
 
 
-def _is_url(path: str | os.PathLike) -> bool:
-  return "://" in os.fspath(path)
-
-
 def cot_files(pattern: str | os.PathLike | Sequence[str]) -> list[str]:
   """The files a CoT source names: a path, a glob (`W/cot-*.array_record`) or a list of them.
 
@@ -232,26 +228,26 @@ def cot_files(pattern: str | os.PathLike | Sequence[str]) -> list[str]:
     FileNotFoundError: a path that does not exist or a glob that matches nothing (named).
   """
   items = [pattern] if isinstance(pattern, (str, os.PathLike)) else list(pattern)
-  files = []
+  found = []
   for item in items:
     item = os.fspath(item)
     if any(ch in item for ch in "*?["):
-      if _is_url(item):  # gs://, or any fsspec filesystem: a glob in the file name
+      if files.is_url(item):  # gs://, or any fsspec filesystem: a glob in the file name
         parent, _, name = item.rpartition("/")
-        matched = sorted(os.fspath(p) for p in epath.Path(parent).glob(name))
+        matched = files.glob(parent, name)
       else:
         matched = sorted(globlib.glob(item))
       if not matched:
         raise FileNotFoundError(f"CoT glob matches no file: {item}")
-      files += matched
-    elif not (epath.Path(item).exists() if _is_url(item) else os.path.exists(item)):
+      found += matched
+    elif not files.exists(item):
       raise FileNotFoundError(f"CoT file not found: {item}")
     else:
-      files.append(item)
-  for f in files:
+      found.append(item)
+  for f in found:
     if not f.endswith((".array_record", ".arrayrecord", ".jsonl", ".json")):
       raise ValueError(f"{f}: CoT files must be .jsonl or .array_record")
-  return files
+  return found
 
 
 def cot_source(path: str | os.PathLike | Sequence[str], *, video_root: str = "",

@@ -9,11 +9,13 @@ owns; there is no global cache).
 Frame `i` covers the time [i / fps, (i + 1) / fps); a frame's index is computed from its
 presentation timestamp, so seek-based and decode-everything reads agree frame for frame.
 Any failure (missing, corrupt, truncated file, no video stream) raises `VideoDecodeError`
-naming the file; pipelines count and skip those samples.
+naming the file; pipelines count and skip those samples. Paths may be URLs (`gs://...`, any
+`etils.epath` filesystem): PyAV then reads through a file object.
 """
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import math
 import os
@@ -22,7 +24,7 @@ from typing import Callable, Iterator, Sequence
 import av
 import numpy as np
 
-from aotd_jax.data import video_processing
+from aotd_jax.data import files, video_processing
 
 Size = int | tuple[int, int] | None
 
@@ -49,17 +51,22 @@ class VideoInfo:
     return self.num_frames / self.fps
 
 
-def _open(path: str) -> av.container.InputContainer:
-  if not os.path.exists(path):
+@contextlib.contextmanager
+def _opened(path: str) -> Iterator[av.container.InputContainer]:
+  """The container of `path` (local, or a URL read through `etils.epath`), closed on exit."""
+  if not files.exists(path):
     raise VideoDecodeError(path, "file not found")
-  try:
-    container = av.open(path)
-  except (av.FFmpegError, OSError, ValueError) as e:
-    raise VideoDecodeError(path, f"cannot open ({e})") from e
-  if not container.streams.video:
-    container.close()
-    raise VideoDecodeError(path, "no video stream")
-  return container
+  with files.open_binary(path) as source:
+    try:
+      container = av.open(source)
+    except (av.FFmpegError, OSError, ValueError) as e:
+      raise VideoDecodeError(path, f"cannot open ({e})") from e
+    try:
+      if not container.streams.video:
+        raise VideoDecodeError(path, "no video stream")
+      yield container
+    finally:
+      container.close()
 
 
 def _info(path: str, container) -> VideoInfo:
@@ -86,11 +93,8 @@ def _info(path: str, container) -> VideoInfo:
 def probe(path: str | os.PathLike) -> VideoInfo:
   """Number of frames, fps and size of `path`'s first video stream (no decoding)."""
   path = os.fspath(path)
-  container = _open(path)
-  try:
+  with _opened(path) as container:
     return _info(path, container)
-  finally:
-    container.close()
 
 
 def sample_indices(num_frames_total: int, fps: float, n: int, start: float | None = None,
@@ -152,7 +156,12 @@ def decode_frames(path: str | os.PathLike, indices: Sequence[int] | Callable[[Vi
   start. Raises `VideoDecodeError` naming the file on any failure.
   """
   path = os.fspath(path)
-  container = _open(path)
+  with _opened(path) as container:
+    return _decode_frames(path, container, indices, size=size, seek=seek, seek_gap=seek_gap)
+
+
+def _decode_frames(path: str, container, indices, *, size: Size, seek: bool,
+                   seek_gap: int | None) -> np.ndarray:
   try:
     stream = container.streams.video[0]
     info = _info(path, container)
@@ -188,28 +197,24 @@ def decode_frames(path: str | os.PathLike, indices: Sequence[int] | Callable[[Vi
           got[later] = frame_array
   except av.FFmpegError as e:
     raise VideoDecodeError(path, f"decode failed ({e})") from e
-  finally:
-    container.close()
   return np.stack([got[int(i)] for i in indices]) if len(indices) else np.zeros((0, 0, 0, 3), np.uint8)
 
 
 def decode_all(path: str | os.PathLike, *, size: Size = None) -> np.ndarray:
   """Every frame of the video, in order (the reference that seeking must agree with)."""
   path = os.fspath(path)
-  container = _open(path)
-  try:
-    stream = container.streams.video[0]
-    return np.stack([_to_rgb(f, size) for f in container.decode(stream)])
-  except av.FFmpegError as e:
-    raise VideoDecodeError(path, f"decode failed ({e})") from e
-  except ValueError as e:  # np.stack of nothing
-    raise VideoDecodeError(path, "no frames could be decoded") from e
-  finally:
-    container.close()
+  with _opened(path) as container:
+    try:
+      stream = container.streams.video[0]
+      return np.stack([_to_rgb(f, size) for f in container.decode(stream)])
+    except av.FFmpegError as e:
+      raise VideoDecodeError(path, f"decode failed ({e})") from e
+    except ValueError as e:  # np.stack of nothing
+      raise VideoDecodeError(path, "no frames could be decoded") from e
 
 
 class FrameCache:
-  """Bounded LRU of decoded clips keyed by (path, mtime, window, N, size)."""
+  """Bounded LRU of decoded clips keyed by (path, (mtime, bytes), window, N, size)."""
 
   def __init__(self, max_items: int = 128, max_bytes: int | None = 1 << 30):
     self.max_items = max_items
@@ -286,10 +291,10 @@ def read_frames(path: str | os.PathLike, num_frames: int, *, start: float | None
   key = None
   if cache is not None:
     try:
-      mtime = os.stat(path).st_mtime_ns
+      stamp = files.stat_key(path)
     except OSError as e:
       raise VideoDecodeError(path, "file not found") from e
-    key = (path, mtime, start, end, int(num_frames), size)
+    key = (path, stamp, start, end, int(num_frames), size)
     hit = cache.get(key)
     if hit is not None:
       return hit

@@ -9,7 +9,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from aotd_jax.data import conversation, video, video_processing
+from aotd_jax.data import conversation, files, video, video_processing
 from aotd_jax.data.annotations import VideoQA
 from aotd_jax.eval import efficiency, metrics
 
@@ -28,10 +28,9 @@ def video_file(record: VideoQA, video_root: str, video_ext: str = ".mp4") -> str
 
 
 def _video_file(record: VideoQA, video_root: str, video_ext: str) -> str:
-  import os
   stem = record.meta.get("video_file_stem") or record.video_id  # ActivityNet: v_<id>
   path = record.meta.get("video_path") or f"{stem}{video_ext}"
-  return path if os.path.isabs(path) or not video_root else os.path.join(video_root, path)
+  return files.join(video_root, path)
 
 
 def prompt_ids(tokenizer, record: VideoQA, mode: str, num_video_tokens: int,

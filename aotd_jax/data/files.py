@@ -1,0 +1,87 @@
+"""Dataset paths that may live on any filesystem `etils.epath` reaches: local, `gs://` (with the
+`gcs` extra) or another fsspec protocol.
+
+Annotation files, video folders and CoT shards are named by the user; on a pod they sit in a
+bucket. Local paths keep Python's own file I/O (and PyAV's native reads); a URL goes through
+`epath`, so nothing creates a local folder named `gs:`.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import IO, Iterator
+
+from etils import epath
+
+
+def is_url(path: str | os.PathLike) -> bool:
+  """Whether `path` names a filesystem by protocol (`gs://b/x`, `memory://x`)."""
+  return "://" in os.fspath(path)
+
+
+def join(root: str | os.PathLike, name: str | os.PathLike) -> str:
+  """`name` under `root`; an absolute path or a URL `name`, or an empty `root`, stays as it is."""
+  root, name = os.fspath(root), os.fspath(name)
+  if not root or os.path.isabs(name) or is_url(name):
+    return name
+  if is_url(root):
+    return root.rstrip("/") + "/" + name
+  return os.path.join(root, name)
+
+
+def exists(path: str | os.PathLike) -> bool:
+  """Whether a file or folder exists at `path`."""
+  return epath.Path(path).exists() if is_url(path) else os.path.exists(path)
+
+
+def isdir(path: str | os.PathLike) -> bool:
+  """Whether `path` is a folder."""
+  return epath.Path(path).is_dir() if is_url(path) else os.path.isdir(path)
+
+
+def glob(folder: str | os.PathLike, pattern: str) -> list[str]:
+  """The paths in `folder` matching the file-name `pattern` (`*.json`), sorted."""
+  if is_url(folder):
+    return sorted(os.fspath(p) for p in epath.Path(folder).glob(pattern))
+  import glob as globlib  # pylint: disable=g-import-not-at-top
+  return sorted(globlib.glob(os.path.join(os.fspath(folder), pattern)))
+
+
+def read_text(path: str | os.PathLike) -> str:
+  """The file's text as UTF-8, line endings as stored (csv needs `\\r\\n` kept).
+
+  Raises:
+    FileNotFoundError: no file at `path`.
+  """
+  if is_url(path):
+    return epath.Path(path).read_bytes().decode("utf-8")
+  with open(path, encoding="utf-8", newline="") as f:
+    return f.read()
+
+
+@contextlib.contextmanager
+def open_binary(path: str | os.PathLike) -> Iterator[str | IO[bytes]]:
+  """A local path as it is (for readers with native file I/O), or an open binary file object
+  for a URL, closed on exit.
+
+  Raises:
+    FileNotFoundError: no file at a URL `path` (a local path is left to the reader).
+  """
+  if not is_url(path):
+    yield os.fspath(path)
+    return
+  with epath.Path(path).open("rb") as f:
+    yield f
+
+
+def stat_key(path: str | os.PathLike) -> tuple[int, int]:
+  """(modification time, size) of a file: what changes when it is rewritten (cache keys).
+
+  Raises:
+    OSError: no file at `path` (FileNotFoundError for a URL).
+  """
+  if is_url(path):
+    st = epath.Path(path).stat()
+    return int(st.mtime), int(st.length)
+  st = os.stat(path)
+  return st.st_mtime_ns, st.st_size
