@@ -1,27 +1,43 @@
-r"""Evaluate a student the way the paper does.
+r"""Evaluate a student the way the paper does; every number comes from per-question outputs.
 
   python -m launch.evaluate --student=W/checkpoints --tokenizer=TOK_DIR \
-      --format=star --annotations=STAR_val.json --video_root=VIDEOS --num_frames=8 \
-      [--mode=answer|rationale] [--scoring=generate|likelihood|both] [--limit=200] \
-      [--out=W/eval.json]
+      --format=star --annotations=STAR_val.json --video_root=VIDEOS --num_frames=32 \
+      [--mode=answer|rationale] [--scoring=generate|likelihood|both] \
+      [--parse=official|mvbench|ours] [--limit=200] [--out=W/eval.json]
+  python -m launch.evaluate --rescore=W/eval.json --format=star --annotations=STAR_val.json \
+      [--parse=ours] [--judge_replay=W/judge.jsonl]        # re-score a run, no student
 
 NExT-QA: `--format=nextqa --annotations=val.csv --map=map_vid_vidorID.json` (the video-id map;
 default: the map beside the CSV) `--video_root=NExTVideo`.
 
 `--student` is a Hugging Face directory or an Orbax checkpoint directory written by
-`launch.train` (its latest step). Prints accuracy (per question type) for multiple-choice data,
-the normalised exact match for open-ended data, seconds per question and peak memory; with
-`--mode=rationale` also the grounding of the rationales' boxes and windows against STAR's
-annotated key frames (`situations`), in the frame numbers the student was trained to name
-(`--frame_numbers=sampled`: its own frames 0..N-1, the real CoT configs'; `source`: source
-frame ids); box IoU and window IoU, as the paper's grounding figure
-(`aotd_jax/eval/star_grounding.py`).
+`launch.train` (its latest step). The run writes one row per question under `outputs` in
+`--out` (`output`: the greedy reply; `likelihood_output`: the closed-set pick; `frame_ids`: the
+source frame ids of the student's frames, rationale mode) and computes every number from
+those rows (`aotd_jax.eval.rescore`), so `--rescore=` that file gives them again, under
+another `--parse` or with a judge, without the student.
 
-`--scoring` (multiple-choice data, answer mode): `generate` parses the greedy reply;
-`likelihood` is closed-set scoring, the option whose reply ("(B) text", or "B" with
-`--answer_style=letter`) the student finds most likely (`eval.student.choose_by_likelihood`);
-`both` reports the generated result with the likelihood one under "likelihood". A bad flag
-value stops with one line naming the flag (exit 2).
+Multiple choice (answer mode): accuracy overall and per question type. `--parse` says how a
+generated reply picks an option: `official` (the release's `eval_nextqa.py`: the first
+character if a letter, else the first of A-E found in the reply, else a random option seeded
+by `--seed` and the question id; `random_picks` counts those), `mvbench` (the release's
+`eval_mvbench.py` first-word check) or `ours` (a letter or one option's text; unparsable is
+wrong). `--scoring=likelihood` is closed-set scoring, the option whose reply ("(B) text", or
+"B" with `--answer_style=letter`) the student finds most likely; `both` reports it under
+"likelihood" next to the generated result.
+
+Open-ended (AGQA, ActivityNet-QA): normalised exact match, and with `--judge_llm=URL` (any
+OpenAI-compatible server; the paper: GPT-3.5) or `--judge_replay=` a recording of one, the
+judge's accuracy and mean 0-5 score (`open_ended.judge_accuracy`, `judge_score`); its replies
+go to `--out` under `judgements` and, with `--judge_record`, to a replayable JSONL.
+
+`--mode=rationale`: the student explains; the grounding of its boxes and windows against
+STAR's annotated key frames (`situations`), in the frame numbers it was trained to name
+(`--frame_numbers=sampled`: its own frames 0..N-1, the real CoT configs'; `source`: source
+frame ids): box IoU and window IoU, the paper's grounding figure
+(`aotd_jax/eval/star_grounding.py`). Seconds per question and peak memory are reported as
+`efficiency`. docs/evaluation.md maps each number of the paper's main table and grounding
+figure to its command and key. A bad flag value stops with one line naming the flag (exit 2).
 """
 from __future__ import annotations
 
@@ -32,6 +48,7 @@ from absl import flags
 
 from aotd_jax import hf
 from aotd_jax.data import annotations
+from aotd_jax.eval import mc_parse, rescore
 from aotd_jax.eval import student as student_eval
 from aotd_jax.train.config_check import ConfigError
 from launch import cli
@@ -61,7 +78,23 @@ _SCORING = flags.DEFINE_enum("scoring", "generate", ["generate", "likelihood", "
 _ANSWER_STYLE = flags.DEFINE_enum("answer_style", "letter_text", ["letter_text", "letter"],
                                   "The QA target the student was trained with "
                                   "(config.data.answer_style; lnv7b: letter); likelihood scoring.")
-flags.mark_flags_as_required(["student", "annotations"])
+_PARSE = flags.DEFINE_enum("parse", "official", list(mc_parse.PARSES),
+                           "How a generated reply picks an option (answer mode): official "
+                           "(eval_nextqa.py: first letter, any letter, else a seeded random "
+                           "option), mvbench (eval_mvbench.py's first-word check) or ours "
+                           "(letter or option text; unparsable = wrong).")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of --parse=official's random picks.")
+_RESCORE = flags.DEFINE_string("rescore", "", "Re-score the per-question outputs of an earlier "
+                               "--out file instead of running a student.")
+_JUDGE_LLM = flags.DEFINE_string("judge_llm", "", "OpenAI-compatible base URL of the judge of "
+                                 "open-ended answers (the paper: GPT-3.5).")
+_JUDGE_MODEL = flags.DEFINE_string("judge_model", "gpt-3.5-turbo", "Served judge model name.")
+_JUDGE_API_KEY_ENV = flags.DEFINE_string("judge_api_key_env", "OPENAI_API_KEY",
+                                         "Environment variable holding the judge's API key.")
+_JUDGE_REPLAY = flags.DEFINE_string("judge_replay", "", "Replay judge replies recorded with "
+                                    "--judge_record instead of calling a judge.")
+_JUDGE_RECORD = flags.DEFINE_string("judge_record", "", "Append every judge reply to this JSONL.")
+flags.mark_flags_as_required(["annotations"])
 flags.register_validator("num_frames", lambda v: v >= 1, "--num_frames must be >= 1")
 flags.register_validator("batch_size", lambda v: v >= 1, "--batch_size must be >= 1")
 flags.register_validator("limit", lambda v: v >= 0, "--limit must be >= 0 (0: all)")
@@ -88,20 +121,55 @@ def read_records(fmt: str, path: str, map_path: str = ""):
   return annotations.read(fmt, path, **kw)
 
 
-def star_grounding(records, rationales) -> dict:
-  """Box / window IoU of the rationales against STAR's key frames (records with `situations`)."""
+def frame_ids(record) -> list[int]:
+  """The source frame ids of the student's frames of a STAR question (for grounding)."""
   from aotd_jax.eval import star_grounding as sg
-  pairs = [(r, text) for r, text in zip(records, rationales) if r.meta.get("situations")]
-  if not pairs:
-    return {"box_iou": None, "window_iou": None, "questions": 0,
-            "note": "no record carries STAR situations"}
-  truths = []
-  for r, _ in pairs:
-    ids = sg.student_frame_ids(student_eval.video_file(r, _VIDEO_ROOT.value, ".mp4"),
-                               _NUM_FRAMES.value, r.start, r.end)
-    truths.append(sg.star_truth(r.meta["situations"], ids, _FRAME_NUMBERS.value))
-  out = student_eval.grounding([t for _, t in pairs], truths)
-  return {**out, "questions": len(pairs), "frame_numbers": _FRAME_NUMBERS.value}
+  ids = sg.student_frame_ids(student_eval.video_file(record, _VIDEO_ROOT.value, ".mp4"),
+                             _NUM_FRAMES.value, record.start, record.end)
+  return [int(i) for i in ids]
+
+
+def make_judge():
+  """The open-ended judge from the --judge_* flags, or None."""
+  from aotd_jax.agent import llm as llm_lib
+  if _JUDGE_LLM.value and _JUDGE_REPLAY.value:
+    raise ConfigError("give one of --judge_llm (a judge server) and --judge_replay (a recording)")
+  if _JUDGE_REPLAY.value:
+    judge = llm_lib.Replay(_JUDGE_REPLAY.value)
+  elif _JUDGE_LLM.value:
+    judge = llm_lib.OpenAIChat(_JUDGE_LLM.value, _JUDGE_MODEL.value,
+                               api_key_env=_JUDGE_API_KEY_ENV.value)
+  else:
+    return None
+  return llm_lib.Recording(judge, _JUDGE_RECORD.value) if _JUDGE_RECORD.value else judge
+
+
+def run_model(records, scoring: str) -> tuple[list[dict], dict]:
+  """(one row per question, the efficiency of each scoring) from the student."""
+  model = load_student(_STUDENT.value)
+  tokenizer = hf.load_tokenizer(_TOKENIZER.value or _STUDENT.value)
+  common = dict(video_root=_VIDEO_ROOT.value, num_frames=_NUM_FRAMES.value,
+                batch_size=_BATCH.value, prompt_format=_PROMPT_FORMAT.value)
+  rows = [{"qid": r.qid} for r in records]
+  eff = {}
+  if scoring in ("generate", "both"):
+    max_new = _MAX_NEW.value or (16 if _MODE.value == "answer" else 256)
+    run = student_eval.run_student(model, tokenizer, records, mode=_MODE.value,
+                                   max_new_tokens=max_new, **common)
+    eff["output"] = run.efficiency.to_dict()
+    for row, text in zip(rows, run.outputs):
+      row["output"] = text
+    if _MODE.value == "rationale":
+      for row, r in zip(rows, records):
+        if r.meta.get("situations"):
+          row["frame_ids"] = frame_ids(r)
+  if scoring in ("likelihood", "both"):
+    choice = student_eval.choose_by_likelihood(model, tokenizer, records,
+                                               answer_style=_ANSWER_STYLE.value, **common)
+    eff["likelihood_output"] = choice.efficiency.to_dict()
+    for row, text in zip(rows, choice.outputs):
+      row["likelihood_output"] = text
+  return rows, eff
 
 
 def main(argv):
@@ -110,42 +178,52 @@ def main(argv):
   if scoring != "generate" and _MODE.value != "answer":
     raise ConfigError(f"--scoring={scoring} scores answers; --mode={_MODE.value} needs "
                       "--scoring=generate")
+  if not _RESCORE.value and not _STUDENT.value:
+    raise ConfigError("--student is required (or --rescore=EVAL_JSON to re-score a run)")
   records = read_records(_FORMAT.value, _ANNOTATIONS.value, _MAP.value)
   if _LIMIT.value:
     records = records[:_LIMIT.value]
   if scoring != "generate" and not all(r.choices for r in records):
     raise ConfigError(f"--scoring={scoring} needs multiple-choice questions; "
                       f"{_ANNOTATIONS.value} has open-ended ones (use --scoring=generate)")
-  model = load_student(_STUDENT.value)
-  tokenizer = hf.load_tokenizer(_TOKENIZER.value or _STUDENT.value)
-  common = dict(video_root=_VIDEO_ROOT.value, num_frames=_NUM_FRAMES.value,
-                batch_size=_BATCH.value, prompt_format=_PROMPT_FORMAT.value)
-  outputs = {}
-  if scoring in ("generate", "both"):
-    max_new = _MAX_NEW.value or (16 if _MODE.value == "answer" else 256)
-    run = student_eval.run_student(model, tokenizer, records, mode=_MODE.value,
-                                   max_new_tokens=max_new, **common)
-    result = student_eval.score(records, run.outputs)
-    result["efficiency"] = run.efficiency.to_dict()
-    outputs["output"] = run.outputs
-    if _MODE.value == "rationale":
-      result["rationale_grounding"] = star_grounding(records, run.outputs)
-  if scoring in ("likelihood", "both"):
-    choice = student_eval.choose_by_likelihood(model, tokenizer, records,
-                                               answer_style=_ANSWER_STYLE.value, **common)
-    closed = student_eval.score(records, choice.outputs)
-    closed["efficiency"] = choice.efficiency.to_dict()
-    outputs["likelihood_output"] = choice.outputs
+  if (_JUDGE_LLM.value or _JUDGE_REPLAY.value) and all(r.choices for r in records):
+    raise ConfigError(f"--judge_llm/--judge_replay judge open-ended answers; "
+                      f"{_ANNOTATIONS.value} has only multiple-choice questions")
+  if _JUDGE_REPLAY.value and not os.path.isfile(_JUDGE_REPLAY.value):
+    raise ConfigError(f"--judge_replay={_JUDGE_REPLAY.value}: no such file")
+  judge = make_judge()
+  if _RESCORE.value:
+    try:
+      header, rows = rescore.read_rows(_RESCORE.value, records)
+    except ValueError as e:
+      raise ConfigError(f"--rescore: {e}") from e
+    eff = header.get("efficiencies", {})
+    if scoring != "generate" and not any("likelihood_output" in row for row in rows):
+      raise ConfigError(f"--rescore={_RESCORE.value} has no likelihood outputs; "
+                        f"--scoring={scoring} needs them")
     if scoring == "likelihood":
-      result = closed
-    else:
-      result["likelihood"] = closed
+      rows = [{k: v for k, v in row.items() if k != "output"} for row in rows]
+    elif scoring == "generate":
+      rows = [{k: v for k, v in row.items() if k != "likelihood_output"} for row in rows]
+  else:
+    rows, eff = run_model(records, scoring)
+  judgements: list = []
+  result = rescore.score_rows(records, rows, mode=_MODE.value, parse=_PARSE.value,
+                              seed=_SEED.value, frame_numbers=_FRAME_NUMBERS.value, judge=judge,
+                              on_judgements=judgements.extend)
+  if "output" in eff:
+    result["efficiency"] = eff["output"]
+  if "likelihood_output" in eff:
+    (result["likelihood"] if "likelihood" in result else result)["efficiency"] = \
+        eff["likelihood_output"]
   result["scoring"] = scoring
   print(json.dumps(result, indent=1))
   if _OUT.value:
-    rows = [{"qid": r.qid, **{k: v[i] for k, v in outputs.items()}} for i, r in enumerate(records)]
+    out = {**result, "efficiencies": eff, "outputs": rows}
+    if judgements:
+      out["judgements"] = judgements
     with open(_OUT.value, "w") as f:
-      json.dump({**result, "outputs": rows}, f, indent=1)
+      json.dump(out, f, indent=1)
 
 
 if __name__ == "__main__":

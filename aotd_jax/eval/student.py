@@ -11,7 +11,7 @@ import numpy as np
 
 from aotd_jax.data import conversation, files, video, video_processing
 from aotd_jax.data.annotations import VideoQA
-from aotd_jax.eval import efficiency, metrics
+from aotd_jax.eval import efficiency, mc_parse, metrics
 
 MODES = ("answer", "rationale")
 
@@ -247,22 +247,30 @@ def choose_by_likelihood(model, tokenizer, records: Sequence[VideoQA], *, video_
 
 
 def question_type(record: VideoQA) -> str:
-  for key in ("type", "question_type", "category"):
+  for key in ("type", "question_type", "category", "task"):
     if record.meta.get(key):
       return str(record.meta[key])
   return record.qid.split("_")[0] if "_" in record.qid else "all"
 
 
 def score(records: Sequence[VideoQA], outputs: Sequence[str],
-          judge: Callable[[str, str], float] | None = None) -> dict:
-  """Multiple-choice accuracy (per type) and open-ended score of `outputs` for `records`."""
+          judge: Callable[[str, str], float] | None = None, parse: str = "ours",
+          seed: int = 0) -> dict:
+  """Multiple-choice accuracy (per type) and open-ended score of `outputs` for `records`.
+
+  `parse`: how a reply picks an option (`aotd_jax.eval.mc_parse`: `official`, `mvbench`,
+  `ours`); `seed` seeds the official parse's random pick for replies naming no letter
+  (`random_picks` counts them).
+  """
   mc = [(r, o) for r, o in zip(records, outputs) if r.choices]
   oe = [(r, o) for r, o in zip(records, outputs) if not r.choices]
   result: dict = {}
   if mc:
-    preds = [metrics.parse_choice(o, r.choices) for r, o in mc]
-    result.update(metrics.mc_accuracy(preds, [r.answer_index for r, _ in mc],
+    picks = [mc_parse.choice(parse, o, r.choices, r.answer_index, r.qid, seed) for r, o in mc]
+    result.update(metrics.mc_accuracy([p for p, _ in picks], [r.answer_index for r, _ in mc],
                                       [question_type(r) for r, _ in mc]))
+    result["parse"] = parse
+    result["random_picks"] = sum(drawn for _, drawn in picks)
   if oe:
     result["open_ended"] = metrics.open_ended_score([o for _, o in oe], [r.answer for r, _ in oe], judge)
   return result
