@@ -1,5 +1,6 @@
 """The CPU attention kernel (`aotd_jax/kernels/attention`): numbers, gradients, padding rows,
-dispatch and fallbacks, against the jnp query-block path (causal) and CLIP's einsum path (not)."""
+dispatch and fallbacks, against torch's scaled_dot_product_attention (an independent reference),
+the jnp query-block path (causal) and CLIP's einsum path (not)."""
 import ctypes
 import os
 import platform
@@ -68,6 +69,43 @@ def test_kernel_values_and_gradients_equal_the_jnp_blocks(b, length, kv, groups,
   for name, a, c in zip("qkv", _grads(_kernel(block), q, k, v, mask, weights),
                         _grads(_jnp(block), q, k, v, mask, weights)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(c), atol=1e-5, rtol=1e-5, err_msg=f"d{name}")
+
+
+def _torch_attention(q, k, v, mask, weights):
+  """An independent reference: torch's `scaled_dot_product_attention` in float64, query head h
+  reading key/value head h // groups (transformers' grouping), disallowed keys at -1e30. Returns
+  the output (B, L, heads * d) and the gradients of sum(output * weights) in q, k, v."""
+  import torch
+  b, length, kv, groups, d = q.shape
+  tq, tk, tv = (torch.tensor(np.asarray(x), dtype=torch.float64, requires_grad=True)
+                for x in (q, k, v))
+  heads = lambda x: x.permute(0, 2, 1, 3)  # (B, L, H, d) -> (B, H, L, d)  # noqa: E731
+  query = heads(tq.reshape(b, length, kv * groups, d))
+  key, value = (heads(x.repeat_interleave(groups, dim=2)) for x in (tk, tv))
+  bias = torch.where(torch.tensor(np.asarray(mask))[:, None], 0.0, -1e30).to(torch.float64)
+  out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=bias)
+  out = out.permute(0, 2, 1, 3).reshape(b, length, -1)
+  (out * torch.tensor(np.asarray(weights), dtype=torch.float64)).sum().backward()
+  return out.detach().numpy(), [x.grad.numpy() for x in (tq, tk, tv)]
+
+
+@needs_kernel
+@pytest.mark.parametrize("causal", [True, False])
+def test_kernel_values_and_gradients_equal_torch_sdpa(causal):
+  """The kernel against torch's attention (not our jnp path): grouped heads, left padding, a
+  head_dim that is not a multiple of 16, blocks that do not divide L. Causal: the causal & key
+  padding mask; not causal: key padding only. Padding query rows are left out (they see no key,
+  or only padding keys) and carry no weight in the loss."""
+  q, k, v, mask, weights, valid = _inputs(b=3, length=37, kv=2, groups=3, d=12, pads=(0, 5, 11))
+  if not causal:
+    mask = jnp.broadcast_to(jnp.asarray(valid)[:, None, :], mask.shape)
+  fn = lambda q, k, v: ka.attention(q, k, v, mask, 8, causal)  # noqa: E731
+  got = np.asarray(jax.jit(fn)(q, k, v))
+  grads = jax.jit(jax.grad(lambda q, k, v: jnp.sum(fn(q, k, v) * weights), (0, 1, 2)))(q, k, v)
+  want, want_grads = _torch_attention(q, k, v, mask, weights)
+  np.testing.assert_allclose(got[valid], want[valid], atol=1e-5, rtol=1e-5)
+  for name, a, c in zip("qkv", grads, want_grads):
+    np.testing.assert_allclose(np.asarray(a), c, atol=1e-5, rtol=1e-5, err_msg=f"d{name}")
 
 
 @needs_kernel

@@ -62,33 +62,37 @@ def _einsum_attention(q, k, v, mask):
   return jnp.einsum("bkgls,bskd->blkgd", jax.nn.softmax(s, -1), v).reshape(b, length, -1)
 
 
-@pytest.mark.parametrize("cpu_kernel", [False, True])
+@pytest.mark.parametrize("cpu_kernels", [False, True])
 @pytest.mark.parametrize("block", [3, 7, 19, 32])
-def test_blocked_values_and_gradients_equal_the_einsum_path(block, cpu_kernel):
+def test_blocked_values_and_gradients_equal_the_einsum_path(block, cpu_kernels, expect_kernel):
   q, k, v, mask, weights, valid = _attention_inputs()
 
   def loss(fn):
     return lambda q, k, v: jnp.sum(fn(q, k, v) * weights)
 
-  ours = jax.jit(lambda q, k, v: blocked_causal_attention(q, k, v, mask, block, cpu_kernel=cpu_kernel))
+  ours = jax.jit(lambda q, k, v: blocked_causal_attention(q, k, v, mask, block, cpu_kernel=cpu_kernels))
   ref = lambda q, k, v: _einsum_attention(q, k, v, mask)  # noqa: E731
-  np.testing.assert_allclose(np.asarray(ours(q, k, v))[valid], np.asarray(ref(q, k, v))[valid], atol=1e-5)
-  got = jax.jit(jax.grad(loss(ours), argnums=(0, 1, 2)))(q, k, v)
+  with expect_kernel(ka, ka.TARGET_FWD, ka.TARGET_BWD, when=cpu_kernels):
+    out = np.asarray(ours(q, k, v))
+    got = jax.jit(jax.grad(loss(ours), argnums=(0, 1, 2)))(q, k, v)
+  np.testing.assert_allclose(out[valid], np.asarray(ref(q, k, v))[valid], atol=1e-5)
   want = jax.grad(loss(ref), argnums=(0, 1, 2))(q, k, v)
   for name, a, b in zip("qkv", got, want):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5, err_msg=f"d{name}")
 
 
-@pytest.mark.parametrize("cpu_kernel", [False, True])
-def test_masked_scores_get_no_gradient_even_on_padding_rows(cpu_kernel):
+@pytest.mark.parametrize("cpu_kernels", [False, True])
+def test_masked_scores_get_no_gradient_even_on_padding_rows(cpu_kernels, expect_kernel):
   """A loss that reads padding query rows: dq and dk still equal the einsum path's (dv differs
   there by design: a fully masked row averages its block's values, not all values)."""
   q, k, v, mask, _, _ = _attention_inputs()
   weights = np.random.default_rng(1).standard_normal((3, 19, 48)).astype(np.float32)
   ours = jax.jit(jax.grad(lambda q, k: jnp.sum(
-      blocked_causal_attention(q, k, v, mask, 4, cpu_kernel=cpu_kernel) * weights), (0, 1)))
+      blocked_causal_attention(q, k, v, mask, 4, cpu_kernel=cpu_kernels) * weights), (0, 1)))
   ref = jax.grad(lambda q, k: jnp.sum(_einsum_attention(q, k, v, mask) * weights), (0, 1))
-  for name, a, b in zip("qk", ours(q, k), ref(q, k)):
+  with expect_kernel(ka, ka.TARGET_FWD, ka.TARGET_BWD, when=cpu_kernels):
+    got = ours(q, k)
+  for name, a, b in zip("qk", got, ref(q, k)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5, err_msg=f"d{name}")
 
 

@@ -54,7 +54,8 @@ def vision_pair():
 @pytest.mark.parametrize("grid", [[[1, 4, 6], [2, 2, 4], [3, 4, 4]], [[2, 4, 4], [2, 4, 4]]],
                          ids=["mixed_sizes", "same_sizes"])
 @pytest.mark.parametrize("cpu_kernels", [True, False])
-def test_vision_tower_matches_transformers(vision_pair, grid, cpu_kernels):
+def test_vision_tower_matches_transformers(vision_pair, grid, cpu_kernels, expect_kernel):
+  from aotd_jax.kernels import attention as attention_kernel
   ref, model = vision_pair
   model = qwen2_vl.with_vision_options(model, cpu_kernels=cpu_kernels)
   grid = np.asarray(grid)
@@ -62,10 +63,12 @@ def test_vision_tower_matches_transformers(vision_pair, grid, cpu_kernels):
   px = np.random.RandomState(0).randn(n, 3 * 2 * 4 * 4).astype(np.float32)
   with torch.no_grad():
     want = ref(torch.tensor(px), grid_thw=torch.tensor(grid)).pooler_output.numpy()
-  got = np.asarray(model(px, grid))
+  with expect_kernel(attention_kernel, attention_kernel.TARGET_FWD, when=cpu_kernels):
+    got = np.asarray(model(px, grid))
   assert got.shape == want.shape == (n // 4, 24)
   assert np.abs(got - want).max() < 1e-4
-  jitted = nnx.jit(lambda m, x: m(x, grid))(model, px)  # grid is static: traced pixels only
+  with expect_kernel(attention_kernel, attention_kernel.TARGET_FWD, when=cpu_kernels):
+    jitted = nnx.jit(lambda m, x: m(x, grid))(model, px)  # grid is static: traced pixels only
   assert np.abs(np.asarray(jitted) - want).max() < 1e-4
 
 
