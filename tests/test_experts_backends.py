@@ -483,7 +483,11 @@ def test_univtg_grounder_compiles_per_bucket_and_serves_filter_frames_with_act(u
     clip = experts.VideoClip(rng.integers(0, 255, (n, 16, 16, 3), dtype=np.uint8), fps=2.0,
                              video_id=f"v{i}")
     window = box.Filter_frames_with_act(clip, "a shape spins")
-    assert 0 < len(window) <= n
+    # the tool keeps the grounder's top window (clamped to the clip): those frames, no others
+    top = g.ground(clip, "a shape spins", top_k=1)[0]
+    lo = min(max(top.start_frame, 0), n)
+    assert (window.start_frame, window.end_frame) == (lo, max(min(top.end_frame, n), lo))
+    assert list(window.frame_ids) == list(range(window.start_frame, window.end_frame))
     assert box.records[-1].result["windows"][0]["end_frame"] == window.end_frame
   assert g.forward_compiles <= 2 and g.image_fn.compiles <= 2
   # padded clip counts agree with exact inference away from the end (3-tap conv heads)
