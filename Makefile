@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= workdir
-DEMO_CONFIG ?= configs/demo.py:quick
+DEMO_CONFIG ?= configs/toyworld/demo.py:quick
 
 $(VENV)/.installed: setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)

@@ -59,8 +59,9 @@ def main(argv=None):
   import experts
   from aotd_jax.agent import programs
   from aotd_jax.agent.sandbox import Sandbox
-  from aotd_jax.data import annotations, toyworld
-  from configs.cot import toy
+  from aotd_jax.data import annotations
+  from aotd_jax.projects.toyworld import world as toyworld
+  from configs.toyworld import cot as toy
   from launch import generate_cots
 
   tmp = tempfile.mkdtemp()

@@ -25,7 +25,7 @@ class _Shuffled:
   def __init__(self, world, seed=0):
     import numpy as np
 
-    from aotd_jax.demo import language_experts as le
+    from aotd_jax.projects.toyworld import language_experts as le
     recs = le.read_split(world, "val")
     bodies = [le.program_body(le.gold_program(r)) for r in recs]
     perm = np.random.default_rng(seed).permutation(len(recs))
@@ -48,10 +48,10 @@ def main() -> None:
   ap.add_argument("--qa_steps", type=int, default=300)
   ap.add_argument("--workdir", default="")
   args = ap.parse_args()
-  from aotd_jax.data import toyworld
-  from aotd_jax.demo import language_experts as le
-  from aotd_jax.demo import program_generator as pg
-  from aotd_jax.demo import qa_expert as qe
+  from aotd_jax.projects.toyworld import world as toyworld
+  from aotd_jax.projects.toyworld import language_experts as le
+  from aotd_jax.projects.toyworld import program_generator as pg
+  from aotd_jax.projects.toyworld import qa_expert as qe
   from aotd_jax.eval.subtasks import RandomActions
   work = args.workdir or tempfile.mkdtemp(prefix="lang_bench_")
   world = os.path.join(work, "world")

@@ -3,14 +3,14 @@ r"""Can a tiny CLIP ViT tell *which* toy-world object is where, on held-out test
   python benchmarks/toy_frame_encoder.py                       # the quick world, ~2-3 min on 2 cores
   python benchmarks/toy_frame_encoder.py --world=W/world --extra_clips=1000 --steps=1500
 
-Trains the demo's frame encoder (`aotd_jax.demo.object_encoder.train_object_encoder`: our
+Trains the demo's frame encoder (`aotd_jax.projects.toyworld.object_encoder.train_object_encoder`: our
 `CLIPVisionTransformer`, 64 px, patch 8, 2 layers, width 64, with a dense per-patch loss —
 which object's box covers the patch, or none, and what it is doing) on the world's train
 clips plus `extra_clips` rendered from the train split (never a val / test clip), then
 scores the train, val and test splits with its probe: per-patch object identity (chance
 1/12) and per-frame presence of each named object ("some patch says red circle") against
 the "always absent" baseline, all measured in the same run. Without `--world` it generates
-the quick demo's world (`configs/demo.py:quick`) in a temporary directory.
+the quick demo's world (`configs/toyworld/demo.py:quick`) in a temporary directory.
 """
 from __future__ import annotations
 
@@ -33,9 +33,9 @@ def main(argv=None):
   args = parser.parse_args(argv)
 
   import jax
-  from aotd_jax.data import toyworld
-  from aotd_jax.demo import object_encoder as oe
-  from configs.demo import get_config
+  from aotd_jax.projects.toyworld import world as toyworld
+  from aotd_jax.projects.toyworld import object_encoder as oe
+  from configs.toyworld.demo import get_config
 
   with tempfile.TemporaryDirectory() as tmp:
     world = args.world

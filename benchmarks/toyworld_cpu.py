@@ -17,7 +17,7 @@ def main() -> None:
   ap = argparse.ArgumentParser()
   ap.add_argument("--clips", type=int, default=100)
   args = ap.parse_args()
-  from aotd_jax.data import toyworld
+  from aotd_jax.projects.toyworld import world as toyworld
 
   n = args.clips
   t0 = time.perf_counter()

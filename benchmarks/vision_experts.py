@@ -5,8 +5,8 @@ r"""Tiny vision experts at the demo's quick size: training time and sub-task sco
   python benchmarks/vision_experts.py --grounder_features=clip --grounder_steps=150 \
       --grounder_extra_clips=0                                # the older CLIP grounder
 
-Generates the toy world of `configs/demo.py:quick` (60/10/20 clips), trains the detector
-and the grounder (`aotd_jax.demo.vision_experts`) as the quick demo does (the grounder on
+Generates the toy world of `configs/toyworld/demo.py:quick` (60/10/20 clips), trains the detector
+and the grounder (`aotd_jax.projects.toyworld.vision_experts`) as the quick demo does (the grounder on
 the frame encoder's object states, `object_encoder.train_object_encoder`, trained first),
 and scores them on the val and test splits with the sub-task harness next to the random
 baseline measured in the same run. Prints seconds per trainer and the trained / random
@@ -33,8 +33,8 @@ _KEEP = flags.DEFINE_bool("keep", False, "Reuse trained experts in --workdir.")
 
 def main(argv):
   del argv
-  from aotd_jax.data import toyworld
-  from aotd_jax.demo import vision_experts as ve
+  from aotd_jax.projects.toyworld import world as toyworld
+  from aotd_jax.projects.toyworld import vision_experts as ve
   from aotd_jax.eval import subtasks
   w = _WORKDIR.value
   if not _KEEP.value and os.path.exists(w):
@@ -48,7 +48,7 @@ def main(argv):
   seconds["detector"] = time.perf_counter() - t0
   features = None
   if _GR_FEATURES.value == "encoder":
-    from aotd_jax.demo import object_encoder
+    from aotd_jax.projects.toyworld import object_encoder
     t0 = time.perf_counter()
     features = object_encoder.train_object_encoder(world, os.path.join(w, "encoder"),
                                                    steps=_ENCODER_STEPS.value, evaluate=False)

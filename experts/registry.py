@@ -269,7 +269,7 @@ def _vocabulary(config) -> list[str]:
   vocab = _get(config, "object_vocabulary", ())
   if isinstance(vocab, str):
     if vocab == "toyworld":
-      from aotd_jax.data import toyworld
+      from aotd_jax.projects.toyworld import world as toyworld
       return list(toyworld.ALL_OBJECT_NAMES)
     if vocab.startswith("star:"):
       from experts.backends import oracle

@@ -1,13 +1,13 @@
 r"""Generates filtered CoTs for one shard of a dataset (AoTD steps 2-3); resumable.
 
-  python -m launch.generate_cots --config=configs/cot/toy.py \
+  python -m launch.generate_cots --config=configs/toyworld/cot.py \
       --config.out_dir=/tmp/cots --shard_index=0 --num_shards=1
 
 Rerun the same command after a kill: done questions are skipped. Each worker (shard x host)
 writes `records-*.jsonl` (every question, AoTD conversation format plus trace and verdicts),
 `cot-*.array_record` (kept CoTs, for Grain), `stats-*.json` (pass rate of each filter step)
 and `report-*.html` (the trace viewer on sampled questions) into `config.out_dir`. Config fields
-are documented in `configs/cot/toy.py`.
+are documented in `configs/toyworld/cot.py`.
 """
 from __future__ import annotations
 
@@ -105,7 +105,7 @@ def load_questions(config) -> list[annotations.VideoQA]:
   """The dataset's questions (the toy world is generated first when asked and missing)."""
   data = config.data
   if not files.exists(data.path) and data.get("toyworld_seed", None) is not None:
-    from aotd_jax.data import toyworld
+    from aotd_jax.projects.toyworld import world as toyworld
     world = os.path.dirname(data.path)
     logging.info("generating the toy world in %s", world)
     toyworld.generate_world(world, seed=data.toyworld_seed, num_clips=data.toyworld_clips)

@@ -1,7 +1,7 @@
 r"""Run a config's sweep (`get_hyper(h)`): variants one after another locally, or print one
 command per variant for a cluster scheduler.
 
-  python -m launch.sweep --config=configs/distill/toy.py:llama --workdir=/tmp/sweep [--print_only] \
+  python -m launch.sweep --config=configs/toyworld/distill.py:llama --workdir=/tmp/sweep [--print_only] \
       [--config.total_steps=50 ...]
 
 `--config.KEY=VALUE` arguments pass through to every variant (before the variant's own keys).

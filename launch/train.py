@@ -1,6 +1,6 @@
 r"""Distil AoTD's student: L = L_label + λ·L_rationale over a device mesh.
 
-  python -m launch.train --config=configs/distill/toy.py --workdir=/tmp/aotd_toy \
+  python -m launch.train --config=configs/toyworld/distill.py --workdir=/tmp/aotd_toy \
       --config.total_steps=20 --config.checkpoint_every=5
 
 Resumes automatically from `workdir/checkpoints`; SIGTERM (TPU preemption) saves and exits 0;

@@ -8,7 +8,7 @@ from flax import nnx
 import aotd_jax  # noqa: F401
 from aotd_jax import hf, sharding
 from aotd_jax.train import build
-from configs.distill import toy
+from configs.toyworld import distill as toy
 
 
 def test_hf_dir_student_takes_remat_attention_and_freeze_options(tmp_path):

@@ -130,7 +130,7 @@ def test_bad_arguments_are_refused():
 @pytest.fixture(scope="module")
 def owl_model():
   from flax import nnx
-  from aotd_jax.demo.vision_experts import detector_config
+  from aotd_jax.projects.toyworld.vision_experts import detector_config
   from aotd_jax.models.owlv2 import Owlv2ForObjectDetection
   cfg = detector_config(99, image_size=32, patch_size=8, vision_hidden=32, text_hidden=32,
                         layers=1, heads=2, projection_dim=32)

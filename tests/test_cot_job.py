@@ -73,7 +73,7 @@ def make_llm():
 '''
 
 CONFIG = '''
-from configs.cot import toy
+from configs.toyworld import cot as toy
 
 def get_config(arg=None):
   c = toy.base_config()
@@ -330,7 +330,7 @@ def test_failure_modes_are_counted_or_named(tmp_path):
 
 def test_launcher_config_errors_name_the_field():
   sys.path.insert(0, str(ROOT))
-  from configs.cot import toy
+  from configs.toyworld import cot as toy
   from launch import generate_cots
   with pytest.raises(ValueError, match=r"config arg 'colour=red'.*'split'"):
     toy.get_config("colour=red")
@@ -345,7 +345,8 @@ def test_dataset_configs_build_their_backends(tmp_path):
   """configs/cot/{star,nextqa}.py bind the real experts named in the arg; oracles only when
   asked; vocabularies from the dataset (issue 19, items 4 and 5)."""
   sys.path.insert(0, str(ROOT))
-  from configs.cot import nextqa, star, toy
+  from configs.cot import nextqa, star
+  from configs.toyworld import cot as toy
   from launch import generate_cots
   from aotd_jax.agent import llm
   paths = "owlv2=o,univtg=u.ckpt,clip=c,llava=l"
@@ -487,7 +488,7 @@ def test_llm_selector_and_data_settings_from_the_command_line(tmp_path):
   from launch import generate_cots
   replay = tmp_path / "replies.jsonl"
   replay.write_text("")
-  toy_cfg = parse_flags(f"--config={ROOT}/configs/cot/toy.py:world={tmp_path}/w",
+  toy_cfg = parse_flags(f"--config={ROOT}/configs/toyworld/cot.py:world={tmp_path}/w",
                         "--config.cot_llm.kind=replay", f"--config.cot_llm.kwargs.path={replay}",
                         "--config.program_llm.kind=local",
                         "--config.program_llm.kwargs.model_dir=/models/coder",

@@ -9,11 +9,11 @@ import sys
 import pytest
 
 from aotd_jax.data import annotations
-from aotd_jax.demo import agent as demo_agent
-from aotd_jax.demo import common
-from aotd_jax.demo import report as report_lib
-from aotd_jax.demo import run as demo
-from configs import demo as demo_config
+from aotd_jax.projects.toyworld import agent as demo_agent
+from aotd_jax.projects.toyworld import common
+from aotd_jax.projects.toyworld import report as report_lib
+from aotd_jax.projects.toyworld import run as demo
+from configs.toyworld import demo as demo_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STUDENTS = ("instruct", "aotd", "aotd_unfiltered")
@@ -146,7 +146,7 @@ def test_rerun_resumes_from_the_cache_and_cli_prints_the_table(micro):
   assert again["cot"] == rep["cot"] and again["efficiency"] == rep["efficiency"]
   assert {n: os.path.getmtime(os.path.join(rep["students"][n]["train"][0]["path"], common.DONE))
           for n in STUDENTS} == done  # nothing retrained (a count, not a faster wall time)
-  r = subprocess.run([sys.executable, "-m", "launch.demo", "--config=configs/demo.py:micro",
+  r = subprocess.run([sys.executable, "-m", "launch.demo", "--config=configs/toyworld/demo.py:micro",
                       f"--workdir={workdir}"], cwd=ROOT, capture_output=True, text=True,
                      timeout=600)
   assert r.returncode == 0, r.stderr[-2000:]
@@ -160,7 +160,7 @@ def test_config_variants_and_bad_variant():
     c = demo_config.get_config(v)
     assert c.variant == v and list(c.students.names) == list(STUDENTS)
   assert len(demo_config.get_config("full").seeds) == 3
-  with pytest.raises(ValueError, match="configs/demo.py:tiny"):
+  with pytest.raises(ValueError, match="configs/toyworld/demo.py:tiny"):
     demo_config.get_config("tiny")
 
 
@@ -256,7 +256,7 @@ def test_table_from_a_report():
 
 @pytest.fixture(scope="module")
 def tiny_world(tmp_path_factory):
-  from aotd_jax.data import toyworld
+  from aotd_jax.projects.toyworld import world as toyworld
   d = tmp_path_factory.mktemp("tiny_world")
   toyworld.generate_world(d, seed=0, num_train=3, num_val=1, num_test=2, write_videos=False)
   return str(d)

@@ -9,11 +9,12 @@ import pytest
 
 import aotd_jax  # noqa: F401
 from aotd_jax import hf
-from aotd_jax.data import annotations, toyworld
+from aotd_jax.data import annotations
+from aotd_jax.projects.toyworld import world as toyworld
 from aotd_jax.data.toy_tokenizer import train_tokenizer
 from aotd_jax.eval import student as student_eval
 from aotd_jax.hf import registry
-from configs.distill import toy
+from configs.toyworld import distill as toy
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -216,14 +216,14 @@ def test_oracle_stems_verb_forms(a, b):
 
 @pytest.fixture(scope="module")
 def toy_world(tmp_path_factory):
-  from aotd_jax.data import toyworld
+  from aotd_jax.projects.toyworld import world as toyworld
   out = tmp_path_factory.mktemp("world")
   toyworld.generate_world(out, seed=0, num_clips=10, write_videos=False)
   return out
 
 
 def test_make_tools_from_default_config_runs_a_gold_program(toy_world):
-  from aotd_jax.data import toyworld
+  from aotd_jax.projects.toyworld import world as toyworld
   config = registry.default_config()
   config.ground_truth.path = str(toy_world)
   tools = experts.make_tools(config)
@@ -243,7 +243,7 @@ def test_make_tools_from_default_config_runs_a_gold_program(toy_world):
 def test_gold_programs_with_perfect_experts_answer_correctly(toy_world):
   """The toy world's gold programs through the tools with oracle experts and the keyword
   selector (no model): the tool semantics carry the answer."""
-  from aotd_jax.data import toyworld
+  from aotd_jax.projects.toyworld import world as toyworld
   config = registry.default_config()
   config.ground_truth.path = str(toy_world)
   tools = experts.make_tools(config)

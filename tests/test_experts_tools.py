@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import experts
-from aotd_jax.data import toyworld
+from aotd_jax.projects.toyworld import world as toyworld
 from experts.backends import oracle
 from experts.tools import ToolError, format_info, snap_to_choice
 

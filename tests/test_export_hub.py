@@ -23,7 +23,7 @@ def export_dir(tmp_path_factory):
   from aotd_jax import sharding
   from aotd_jax.data.toy_tokenizer import train_tokenizer
   from aotd_jax.train import build
-  from configs.distill import toy
+  from configs.toyworld import distill as toy
   tmp = tmp_path_factory.mktemp("export")
   cfg = toy.get_config("llava")
   mesh = sharding.make_mesh({"data": -1}, jax.devices()[:1])

@@ -15,7 +15,7 @@ from aotd_jax.models.llava_next_video import LlavaNextVideoForConditionalGenerat
 from aotd_jax.train.frozen_vision import CachedVisionLM, tower_features
 from aotd_jax.train.optim import make_optimizer
 from aotd_jax.train.trainer import Trainer
-from configs.distill.toy import TINY_LLAVA
+from configs.toyworld.distill import TINY_LLAVA
 
 
 def _model(freeze=True):

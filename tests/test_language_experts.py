@@ -1,18 +1,18 @@
-"""The toy world's tokenizer and tiny language experts (aotd_jax.demo.language_experts)."""
+"""The toy world's tokenizer and tiny language experts (aotd_jax.projects.toyworld.language_experts)."""
 import json
 import os
 
 import numpy as np
 import pytest
 
-from aotd_jax.demo import language_experts as le
+from aotd_jax.projects.toyworld import language_experts as le
 
 pytestmark = pytest.mark.slow  # module fixtures train the toy program generator and QA expert
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-  from aotd_jax.data import toyworld
+  from aotd_jax.projects.toyworld import world as toyworld
   out = tmp_path_factory.mktemp("world")
   toyworld.generate_world(out, seed=0, num_train=6, num_val=2, num_test=1)
   return str(out)
@@ -60,7 +60,7 @@ TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_atten
 
 @pytest.fixture(scope="module")
 def program_dir(world, tokenizer_dir, tmp_path_factory):
-  from aotd_jax.demo import program_generator as pg
+  from aotd_jax.projects.toyworld import program_generator as pg
   return pg.train_program_generator(world, tokenizer_dir, tmp_path_factory.mktemp("prog"),
                                     steps=12, **TINY)
 
@@ -99,7 +99,7 @@ def test_program_generator_is_served_by_local_llama(world, program_dir):
 
 def test_program_generator_is_cached_and_checks_its_arguments(world, tokenizer_dir, program_dir,
                                                               tmp_path):
-  from aotd_jax.demo import program_generator as pg
+  from aotd_jax.projects.toyworld import program_generator as pg
   stamp = os.path.getmtime(os.path.join(program_dir, "model.safetensors"))
   assert le.train_program_generator(world, tokenizer_dir, program_dir, steps=999) == program_dir
   assert os.path.getmtime(os.path.join(program_dir, "model.safetensors")) == stamp
@@ -125,7 +125,7 @@ class _Scripted:
 
 
 def test_score_program_generator_on_known_programs(world):
-  from aotd_jax.demo import program_generator as pg
+  from aotd_jax.projects.toyworld import program_generator as pg
   records = le.read_split(world, "val")[:4]
   assert len(records) == 4 and all(len(qa.choices) == 4 for qa in records)
   right = lambda qa: f"    return possible_answers[{qa.choices.index(qa.answer)}]\n"
@@ -152,14 +152,14 @@ QA_TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_at
 
 @pytest.fixture(scope="module")
 def qa_dir(world, tokenizer_dir, tmp_path_factory):
-  from aotd_jax.demo import qa_expert as qe
+  from aotd_jax.projects.toyworld import qa_expert as qe
   return qe.train_qa_expert(world, tokenizer_dir, tmp_path_factory.mktemp("qa"), steps=20,
                             evaluate=False, **QA_TINY)
 
 
 def test_qa_expert_examples_cover_questions_and_actions(world, tokenizer_dir):
-  from aotd_jax.data import toyworld
-  from aotd_jax.demo import qa_expert as qe
+  from aotd_jax.projects.toyworld import world as toyworld
+  from aotd_jax.projects.toyworld import qa_expert as qe
   truth = toyworld.load_ground_truth(world)["toy0_train_00000"]
   records = [r for r in le.read_split(world, "train") if r.video_id == truth.video_id]
   rows = qe.clip_examples(truth, records, np.random.default_rng(0), ["green square jumps"],
@@ -183,7 +183,7 @@ def test_qa_expert_examples_cover_questions_and_actions(world, tokenizer_dir):
 
 
 def test_qa_expert_mc_target_styles(monkeypatch):
-  from aotd_jax.demo import qa_expert as qe
+  from aotd_jax.projects.toyworld import qa_expert as qe
   from experts.tools import snap_to_choice
   choices = ["red circle jumps", "blue square moves", "green triangle spins"]
   for style, want in [("letter", "(B)"), ("text", "blue square moves"),
@@ -219,7 +219,7 @@ def test_qa_expert_training_lowers_the_loss_and_binds_in_experts(world, qa_dir):
 
 
 def test_score_qa_expert_reports_accuracy_and_action_top1(world, qa_dir):
-  from aotd_jax.demo import qa_expert as qe
+  from aotd_jax.projects.toyworld import qa_expert as qe
   from experts.backends import llava
   scores = qe.score_qa_expert(world, llava.LlavaVideoQA(*llava.load(qa_dir)), max_videos=1)
   assert scores["qa_n"] >= 1 and scores["action_n"] >= 1
@@ -227,7 +227,7 @@ def test_score_qa_expert_reports_accuracy_and_action_top1(world, qa_dir):
 
 
 def test_qa_expert_is_cached_and_checks_its_arguments(world, tokenizer_dir, qa_dir, tmp_path):
-  from aotd_jax.demo import qa_expert as qe
+  from aotd_jax.projects.toyworld import qa_expert as qe
   stamp = os.path.getmtime(os.path.join(qa_dir, "model.safetensors"))
   assert le.train_qa_expert(world, tokenizer_dir, qa_dir, steps=999) == qa_dir
   assert os.path.getmtime(os.path.join(qa_dir, "model.safetensors")) == stamp
@@ -255,7 +255,7 @@ def _tiny_hf_clip(path, hidden=24):
 
 def test_qa_expert_loads_a_pretrained_clip_vision_tower(world, tokenizer_dir, tmp_path):
   from aotd_jax import hf
-  from aotd_jax.demo import qa_expert as qe
+  from aotd_jax.projects.toyworld import qa_expert as qe
   ref = _tiny_hf_clip(tmp_path / "clip")
   out = qe.train_qa_expert(world, tokenizer_dir, tmp_path / "q", steps=2, evaluate=False,
                            vision_init=tmp_path / "clip", **QA_TINY)
@@ -275,7 +275,7 @@ def test_qa_expert_loads_a_pretrained_clip_vision_tower(world, tokenizer_dir, tm
 
 
 def test_qa_expert_rejects_a_bad_vision_init(world, tokenizer_dir, program_dir, tmp_path):
-  from aotd_jax.demo import qa_expert as qe
+  from aotd_jax.projects.toyworld import qa_expert as qe
   with pytest.raises(le.LanguageExpertError, match=r"vision_init=.*nowhere.*no config.json"):
     qe.train_qa_expert(world, tokenizer_dir, tmp_path / "q", steps=1,
                        vision_init=tmp_path / "nowhere", **QA_TINY)
@@ -286,7 +286,7 @@ def test_qa_expert_rejects_a_bad_vision_init(world, tokenizer_dir, program_dir, 
 
 
 def test_qa_expert_trains_its_own_frame_encoder_by_default(qa_dir):
-  from aotd_jax.demo import object_encoder as oe
+  from aotd_jax.projects.toyworld import object_encoder as oe
   info = le.read_done(qa_dir)
   assert info["vision_init"] == os.path.join(qa_dir, "encoder")
   enc = oe.read_done(info["vision_init"])
@@ -299,8 +299,8 @@ def test_qa_expert_examples_read_cached_features_of_their_frames(world, tokenize
   clip's cached tower features at its frames, as many as its <video> tokens."""
   from flax import nnx
 
-  from aotd_jax.demo import qa_expert as qe
-  from aotd_jax.demo.program_generator import load_tokenizer, resolve_size
+  from aotd_jax.projects.toyworld import qa_expert as qe
+  from aotd_jax.projects.toyworld.program_generator import load_tokenizer, resolve_size
   from aotd_jax.models.llava_next_video import LlavaNextVideoForConditionalGeneration
   tok = load_tokenizer(tokenizer_dir)
   truths, frames, records = qe.training_clips(world, 2)

@@ -7,7 +7,8 @@ import sys
 import pytest
 
 from aotd_jax.train import sweep
-from configs.distill import lnv7b, toy
+from configs.distill import lnv7b
+from configs.toyworld import distill as toy
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -24,7 +25,7 @@ def test_hyper_product_zip_and_names():
 
 def test_toy_config_sweep_prints_one_command_per_variant(tmp_path):
   assert len(sweep.expand(toy)) == 4
-  r = subprocess.run([sys.executable, "-m", "launch.sweep", "--config=configs/distill/toy.py:llama",
+  r = subprocess.run([sys.executable, "-m", "launch.sweep", "--config=configs/toyworld/distill.py:llama",
                       f"--workdir={tmp_path}", "--print_only"], cwd=ROOT, capture_output=True,
                      text=True, timeout=120)
   assert r.returncode == 0, r.stderr
@@ -68,7 +69,7 @@ def test_sweep_passes_config_flags_and_big_vision_keys():
       "python", "-m", "launch.train", "--config=c.py", "--workdir=w", "--config.total_steps=3",
       "--config.lr=1", "--config.seed=2"]
   assert sweep.variant_name({"config.optim.lr": 1}) == "lr=1"
-  r = subprocess.run([sys.executable, "-m", "launch.sweep", "--config=configs/distill/toy.py:llama",
+  r = subprocess.run([sys.executable, "-m", "launch.sweep", "--config=configs/toyworld/distill.py:llama",
                       "--workdir=w", "--print_only", "--config.total_steps=3"], cwd=ROOT,
                      capture_output=True, text=True, timeout=120)
   assert r.returncode == 0, r.stderr

@@ -92,7 +92,7 @@ def test_trainer_step_uses_the_configured_normalization():
   from aotd_jax.train.data import make_train_data
   from aotd_jax.train.optim import make_optimizer, trainable_filter
   from aotd_jax.train.trainer import Trainer, _model_inputs
-  from configs.distill import toy
+  from configs.toyworld import distill as toy
 
   cfg = toy.get_config("llama")
   mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])

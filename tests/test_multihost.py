@@ -34,7 +34,7 @@ def _env(devices: int, **extra) -> dict:
 
 
 def _cmd(workdir, *overrides):
-  return [sys.executable, "-m", "launch.train", f"--config={ROOT}/configs/distill/toy.py:llama",
+  return [sys.executable, "-m", "launch.train", f"--config={ROOT}/configs/toyworld/distill.py:llama",
           f"--workdir={workdir}", *STEPS, *overrides]
 
 

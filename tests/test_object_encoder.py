@@ -1,13 +1,13 @@
-"""The toy world's frame encoder (aotd_jax.demo.object_encoder): dense per-patch targets, a
+"""The toy world's frame encoder (aotd_jax.projects.toyworld.object_encoder): dense per-patch targets, a
 cached HF CLIPVisionModel directory, and clear errors."""
 import os
 
 import numpy as np
 import pytest
 
-from aotd_jax.data import toyworld
-from aotd_jax.data.toyworld_render import ACTIONS, ClipTruth
-from aotd_jax.demo import object_encoder as oe
+from aotd_jax.projects.toyworld import world as toyworld
+from aotd_jax.projects.toyworld.render import ACTIONS, ClipTruth
+from aotd_jax.projects.toyworld import object_encoder as oe
 
 pytestmark = pytest.mark.slow  # a module fixture trains the toy object encoder
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from aotd_jax.models import object_states as obj
+from aotd_jax.projects.toyworld import object_states as obj
 from aotd_jax.models.clip import CLIPVisionConfig, CLIPVisionModel
 
 NAMES = ("red circle", "blue square", "green star")
@@ -89,7 +89,7 @@ def test_permuting_name_blocks_moves_each_block_to_its_new_name():
 def test_the_grounder_backend_reads_object_states(tmp_path):
   """UniVTG on object-state features: the video features are the reader's, and a config
   whose feature width disagrees is refused naming both."""
-  from aotd_jax.demo import vision_experts as ve
+  from aotd_jax.projects.toyworld import vision_experts as ve
   from aotd_jax.models.clip import CLIPModel
   from aotd_jax.models.univtg import UniVTG
   from experts.backends.univtg import UniVTGGrounder

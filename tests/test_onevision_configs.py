@@ -12,7 +12,8 @@ from flax import nnx
 
 from aotd_jax import hf
 from aotd_jax.models import llava_onevision as lov
-from configs.distill import lnv7b, onevision7b, toy
+from configs.distill import lnv7b, onevision7b
+from configs.toyworld import distill as toy
 from aotd_jax import sharding
 from aotd_jax.train import build
 from aotd_jax.train.data import make_train_data

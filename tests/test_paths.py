@@ -46,7 +46,7 @@ def test_metrics_and_hf_config_go_to_the_bucket(fake_gcs):
   import jax
   from aotd_jax import sharding
   from aotd_jax.train import build, metrics
-  from configs.distill import toy
+  from configs.toyworld import distill as toy
   w = metrics.MetricsWriter("gs://bucket/run", tensorboard=False)
   w.write(1, {"loss": 2.0})
   w.close()

@@ -17,7 +17,8 @@ from aotd_jax.train import build
 from aotd_jax.train.data import make_train_data
 from aotd_jax.train.optim import make_optimizer, trainable_filter
 from aotd_jax.train.trainer import Trainer
-from configs.distill import lnv7b, qwen2vl7b, toy
+from configs.distill import lnv7b, qwen2vl7b
+from configs.toyworld import distill as toy
 from tests import test_eval_student
 from tests.test_train import _export, _train
 

@@ -59,7 +59,7 @@ def test_lnv7b_defaults_are_the_official_recipe_and_bad_options_are_named():
 
 
 def test_cot_llm_sections_are_settable_from_the_command_line():
-  lines = _flags("--config=configs/cot/toy.py:programs=llm",
+  lines = _flags("--config=configs/toyworld/cot.py:programs=llm",
                  "--config.program_llm.kind=local",
                  "--config.program_llm.kwargs.model_dir=/models/coder")
   kind, kwargs = lines[2].split(" ", 1)
@@ -68,7 +68,7 @@ def test_cot_llm_sections_are_settable_from_the_command_line():
 
 def test_make_llm_passes_only_the_set_kwargs():
   sys.path.insert(0, str(ROOT))
-  from configs.cot import toy
+  from configs.toyworld import cot as toy
   from launch import generate_cots
   from aotd_jax.agent import llm
   section = toy.llm("openai", base_url="http://127.0.0.1:9/v1", model="m")

@@ -133,7 +133,7 @@ def test_signature_ignores_values_and_sizes_but_not_flags():
   assert a == b
   assert a != signature(["python", "-m", "launch.train", "--config=configs/distill/lnv7b.py:"
                          "h100x8,hf_dir=/a", "--workdir=/w"])
-  assert a != signature(["python", "-m", "launch.train", "--config=configs/distill/toy.py:"
+  assert a != signature(["python", "-m", "launch.train", "--config=configs/toyworld/distill.py:"
                          "h100x8,hf_dir=/a,datasets=star", "--workdir=/w"])
   assert signature(["python", "-m", "aotd_jax.hf", "convert", "--hf_dir=a"])[0] == \
       "aotd_jax.hf convert"

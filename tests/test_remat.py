@@ -11,7 +11,7 @@ from aotd_jax.train import build
 from aotd_jax.train.data import make_train_data
 from aotd_jax.train.optim import make_optimizer, trainable_filter
 from aotd_jax.train.trainer import Trainer
-from configs.distill import toy
+from configs.toyworld import distill as toy
 
 
 def _step(arch: str, remat: bool):

@@ -262,8 +262,8 @@ def test_policy_parses_one_program_at_a_time_and_maps_parser_faults(monkeypatch)
 def test_toyworld_gold_programs_with_real_tools_match_in_process_exec(sb):
   """The expert API end to end: gold programs over oracle experts give exec's answers."""
   experts = pytest.importorskip("experts")
-  from aotd_jax.data import toyworld
-  from aotd_jax.data.toyworld_questions import make_questions
+  from aotd_jax.projects.toyworld import world as toyworld
+  from aotd_jax.projects.toyworld.questions import make_questions
   from experts.backends import oracle
   clips = [toyworld.generate_clip(0, "train", i)[:2] for i in range(2)]
   gt = oracle.GroundTruth.from_toyworld({t.video_id: t for _, t in clips})

@@ -9,7 +9,7 @@ import jax
 import ml_collections
 from aotd_jax import sharding
 from aotd_jax.train import build
-from configs.distill import toy
+from configs.toyworld import distill as toy
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ ROLES = ("detector", "grounder", "action_recognizer", "video_qa")
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-  from aotd_jax.data import toyworld
+  from aotd_jax.projects.toyworld import world as toyworld
   out = tmp_path_factory.mktemp("world")
   toyworld.generate_world(out, seed=3, num_train=1, num_val=3, num_test=1)
   return str(out)

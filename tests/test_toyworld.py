@@ -6,8 +6,8 @@ import re
 import numpy as np
 import pytest
 
-from aotd_jax.data import toyworld
-from aotd_jax.data.toyworld_render import COLOURS
+from aotd_jax.projects.toyworld import world as toyworld
+from aotd_jax.projects.toyworld.render import COLOURS
 
 API = {"Query_Objs", "Query_Actions", "Filter_frames_with_act", "Filter_frames_with_obj",
        "trim", "Find", "exist", "select_answer", "Video_summary", "Count"}

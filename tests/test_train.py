@@ -17,7 +17,7 @@ from aotd_jax import sharding
 from aotd_jax.train import build, losses
 from aotd_jax.train.optim import make_optimizer, trainable_filter
 from aotd_jax.train.trainer import Trainer
-from configs.distill import toy
+from configs.toyworld import distill as toy
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -85,7 +85,7 @@ DETERMINISTIC = dict(XLA_FLAGS="--xla_cpu_multi_thread_eigen=false", OMP_NUM_THR
 
 
 def _train(workdir, *overrides, arch="llama", check=True):
-  cmd = [sys.executable, "-m", "launch.train", f"--config={ROOT}/configs/distill/toy.py:{arch}",
+  cmd = [sys.executable, "-m", "launch.train", f"--config={ROOT}/configs/toyworld/distill.py:{arch}",
          f"--workdir={workdir}", *overrides]
   env = dict(os.environ, **DETERMINISTIC)
   return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300,
@@ -127,7 +127,7 @@ def test_nan_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
 
 
 def test_sigterm_saves_and_exits_cleanly(tmp_path):
-  cmd = [sys.executable, "-m", "launch.train", f"--config={ROOT}/configs/distill/toy.py:llama",
+  cmd = [sys.executable, "-m", "launch.train", f"--config={ROOT}/configs/toyworld/distill.py:llama",
          f"--workdir={tmp_path}", "--config.total_steps=100000", "--config.checkpoint_every=1000"]
   proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           env=dict(os.environ, **DETERMINISTIC))

@@ -10,7 +10,8 @@ import pytest
 
 from aotd_jax.train import config_check
 from aotd_jax.train.optim import make_optimizer
-from configs.distill import lnv7b, toy
+from configs.distill import lnv7b
+from configs.toyworld import distill as toy
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -56,7 +57,7 @@ def test_config_check_nested_and_lnv7b_ok():
 def test_launcher_errors_name_the_flag_without_a_traceback(tmp_path):
   def run(*extra):
     return subprocess.run(
-        [sys.executable, "-m", "launch.train", "--config=configs/distill/toy.py",
+        [sys.executable, "-m", "launch.train", "--config=configs/toyworld/distill.py",
          f"--workdir={tmp_path}", *extra], cwd=ROOT, capture_output=True, text=True, timeout=300)
   for extra, want in [(("--config.totl_steps=3",),
                        "--config.totl_steps: the config has no key 'totl_steps' (did you mean "

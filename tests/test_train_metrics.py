@@ -48,7 +48,7 @@ def test_loop_logs_lr_tokens_eta_and_global_mfu(tmp_path):
   from aotd_jax.train.loop import LoopConfig, train_loop
   from aotd_jax.train.optim import learning_rate_schedule, make_optimizer
   from aotd_jax.train.trainer import Trainer
-  from configs.distill import toy
+  from configs.toyworld import distill as toy
   cfg = toy.get_config("llama")
   cfg.data.seq_len = 16
   mesh = sharding.make_mesh({"data": -1})
@@ -94,7 +94,7 @@ def test_config_changes_name_guarded_keys_only():
 @pytest.mark.slow
 def test_resume_with_another_batch_size_is_refused_and_config_is_in_the_checkpoint(tmp_path):
   def train(*extra):
-    cmd = [sys.executable, "-m", "launch.train", f"--config={ROOT}/configs/distill/toy.py:llama",
+    cmd = [sys.executable, "-m", "launch.train", f"--config={ROOT}/configs/toyworld/distill.py:llama",
            f"--workdir={tmp_path}", "--config.total_steps=2", "--config.checkpoint_every=2",
            "--config.data.seq_len=16", *extra]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import experts
-from aotd_jax.demo import vision_experts as ve
+from aotd_jax.projects.toyworld import vision_experts as ve
 
 pytestmark = pytest.mark.slow  # module fixtures train the toy detector and grounder
 
@@ -17,7 +17,7 @@ TINY_GR = dict(vision_hidden=16, hidden=16, projection_dim=16, layers=1, heads=2
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-  from aotd_jax.data import toyworld
+  from aotd_jax.projects.toyworld import world as toyworld
   out = tmp_path_factory.mktemp("world")
   toyworld.generate_world(out, seed=1, num_train=3, num_val=1, num_test=1)
   return str(out)
@@ -42,7 +42,8 @@ def _info(path):
 
 
 def _clip(world):
-  from aotd_jax.data import toyworld, video
+  from aotd_jax.data import video
+  from aotd_jax.projects.toyworld import world as toyworld
   vid = json.load(open(os.path.join(world, "world.json")))["splits"]["val"][0]
   frames = video.decode_all(toyworld.video_path(world, vid))
   return experts.VideoClip(frames, fps=8, video_id=vid)
@@ -152,9 +153,9 @@ def object_states_dir(tmp_path_factory):
   """A saved (untrained) `ObjectStates` over the world's names: the features a frame
   encoder gives the grounder."""
   from flax import nnx
-  from aotd_jax.data import toyworld
-  from aotd_jax.data.toyworld_render import ACTIONS
-  from aotd_jax.models import object_states as obj
+  from aotd_jax.projects.toyworld import world as toyworld
+  from aotd_jax.projects.toyworld.render import ACTIONS
+  from aotd_jax.projects.toyworld import object_states as obj
   from aotd_jax.models.clip import CLIPVisionConfig, CLIPVisionModel
   cfg = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                          num_attention_heads=2, image_size=32, patch_size=8, projection_dim=8)
@@ -172,7 +173,7 @@ def test_rename_objects_replaces_all_names_at_once():
 
 
 def test_rename_sample_moves_the_queried_objects_block_with_its_name():
-  from aotd_jax.data import toyworld
+  from aotd_jax.projects.toyworld import world as toyworld
   names = list(toyworld.ALL_OBJECT_NAMES)
   feats = np.random.default_rng(0).normal(size=(5, len(names) * 10))
   perm = np.random.default_rng(1).permutation(len(names))
@@ -215,7 +216,7 @@ def test_grounder_feature_errors_are_reported(world, object_states_dir, tmp_path
 def test_grounder_refuses_object_states_of_other_names(world, tmp_path):
   """Renaming permutes name blocks, so the states must be over this world's names."""
   from flax import nnx
-  from aotd_jax.models import object_states as obj
+  from aotd_jax.projects.toyworld import object_states as obj
   from aotd_jax.models.clip import CLIPVisionConfig, CLIPVisionModel
   cfg = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                          num_attention_heads=2, image_size=32, patch_size=8, projection_dim=8)

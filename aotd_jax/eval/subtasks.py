@@ -113,7 +113,7 @@ def load_data(data) -> SubtaskData:
       world = json.load(f)
     records = list(annotations.read("star", qpath))
     wanted = set(world["splits"][split])
-    from aotd_jax.data import toyworld
+    from aotd_jax.projects.toyworld import world as toyworld
     truths = {k: v for k, v in toyworld.load_ground_truth(path).items() if k in wanted}
     gt = oracle.GroundTruth.from_toyworld(truths)
     video_dir, ext, fps = os.path.join(path, "videos"), ".mp4", float(world["fps"])
@@ -388,7 +388,7 @@ def make_program_generator(section, tools: Mapping[str, Callable], *, seed: int 
             examples=section.get("examples", ""), max_new_tokens=max_new)
         return [p.source if p.ok else None for p in parsed]
       return generate
-    from aotd_jax.demo.language_experts import program_prompt  # the demo's compact prompt
+    from aotd_jax.projects.toyworld.language_experts import program_prompt  # the demo's compact prompt
     def generate_compact(records):
       replies = llm.complete([program_prompt(r.question, r.choices) for r in records],
                              max_new_tokens=max_new)

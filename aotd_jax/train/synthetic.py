@@ -4,7 +4,7 @@ Each sample is a token sequence `[prompt | target]` with a short "video" tensor.
 samples are QA samples (the target is an answer: `label_mask`), half CoT samples (the target
 is a rationale followed by the answer: `rationale_mask` + `label_mask`), mirroring the
 dual-mode batches of `aotd_jax.data.pipeline`. The answer is a function of the prompt, so the
-loss can fall. Used by `configs/distill/toy.py` when no data is configured.
+loss can fall. Used by `configs/toyworld/distill.py` when no data is configured.
 """
 from __future__ import annotations
 

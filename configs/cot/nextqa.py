@@ -11,7 +11,8 @@ with one object name per line). NExT-QA has no scene graphs, so there is no orac
 """
 import ml_collections
 
-from configs.cot import real, toy
+from configs.cot import real
+from configs.toyworld import cot as toy
 
 KEYS = dict(ann="", videos="", map="", vocab="open", out="workdir/cots/nextqa", experts="real",
             owlv2="", univtg="", clip="", llava="", llm="", model="deepseek-coder-6.7b-instruct",

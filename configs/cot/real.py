@@ -5,7 +5,7 @@ from __future__ import annotations
 import ml_collections
 
 import experts
-from configs.cot import toy
+from configs.toyworld import cot as toy
 
 EXPERT_KEYS = ("owlv2", "univtg", "clip", "llava")
 EXPERT_HELP = ("owlv2=<HF OWLv2 dir>,univtg=<official UniVTG .ckpt>,clip=<HF CLIP ViT-B/32 dir>,"

@@ -19,7 +19,8 @@ STAR's `question_program` is a list of functions, not Python: programs always co
 """
 import ml_collections
 
-from configs.cot import real, toy
+from configs.cot import real
+from configs.toyworld import cot as toy
 
 KEYS = dict(ann="", videos="", classes="", out="workdir/cots/star", experts="real",
             owlv2="", univtg="", clip="", llava="", llm="", model="deepseek-coder-6.7b-instruct",

@@ -152,7 +152,8 @@ class GroundTruth:
   @classmethod
   def from_toyworld(cls, truths) -> "GroundTruth":
     """From the toy world's ground truth: a world dir, `ground_truth.json`, or {id: ClipTruth}."""
-    from aotd_jax.data import toyworld, toyworld_questions  # the toy world is optional
+    from aotd_jax.projects.toyworld import world as toyworld
+    from aotd_jax.projects.toyworld import questions as toyworld_questions  # the toy world is optional
     if not isinstance(truths, dict):
       truths = toyworld.load_ground_truth(truths)
     gt = cls("toy world")

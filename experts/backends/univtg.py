@@ -15,7 +15,7 @@ evaluation, which pads to the longest video of the batch.
 
 Video features are CLIP's image features (`v_feat_dims == (projection_dim,)`), or, with
 `frame_features` (`features_path` in the config), the per-name object states of a saved
-`aotd_jax.models.object_states.ObjectStates` (the toy world's grounder). The released
+`aotd_jax.projects.toyworld.object_states.ObjectStates` (the toy world's grounder). The released
 SlowFast+CLIP checkpoints need SlowFast features we do not compute.
 """
 from __future__ import annotations
@@ -120,7 +120,7 @@ class UniVTGGrounder:
                            clip_model.config.text_config.max_position_embeddings)
     frame_features = None
     if features_path:
-      from aotd_jax.models.object_states import load_object_states
+      from aotd_jax.projects.toyworld.object_states import load_object_states
       frame_features = load_object_states(features_path)
     return cls(load_univtg(path), clip_model, tokenize, name=f"univtg:{path}", buckets=buckets,
                frame_features=frame_features, **kwargs)

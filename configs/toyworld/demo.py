@@ -1,6 +1,6 @@
 r"""The end-to-end toy-world demo: world -> experts -> agent -> CoTs -> filter -> students -> eval.
 
-  python -m launch.demo --config=configs/demo.py:quick --workdir=/tmp/aotd_demo
+  python -m launch.demo --config=configs/toyworld/demo.py:quick --workdir=/tmp/aotd_demo
 
 `arg` picks the size: `micro` (seconds; the end-to-end test), `quick` (the README's first
 command, <= 10 minutes on a 2-core CPU), `full` (larger world, longer training, 3 seeds,
@@ -8,7 +8,7 @@ mean ± std). Every stage caches its output in the work directory, so a rerun re
 """
 import ml_collections
 
-from configs.distill import toy as distill_toy
+from configs.toyworld import distill as distill_toy
 
 VARIANTS = ("micro", "quick", "full")
 
@@ -26,32 +26,32 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The demo config for `arg` in `micro | quick | full`."""
   variant = (arg or "quick").strip()
   if variant not in VARIANTS:
-    raise ValueError(f"configs/demo.py:{variant}: expected one of {VARIANTS}")
+    raise ValueError(f"configs/toyworld/demo.py:{variant}: expected one of {VARIANTS}")
   micro, full = variant == "micro", variant == "full"
   c = ml_collections.ConfigDict()
   c.variant = variant
   c.seeds = [0, 1, 2] if full else [0]  # student seeds (init + data order); mean ± std over them
   c.compilation_cache = True  # JAX's persistent cache in workdir/jax_cache (reruns, 3 students)
 
-  # The toy world (aotd_jax.data.toyworld.generate_world).
+  # The toy world (aotd_jax.projects.toyworld.world.generate_world).
   c.world = ml_collections.ConfigDict(dict(
       seed=0, num_train=4 if micro else (240 if full else 60), num_val=1 if micro else 10,
       num_test=2 if micro else (60 if full else 20), size=64, fps=8, seconds=3.0,
       questions_per_type=1))
 
   # Experts. source: auto (trained where the trainer is committed, else oracle) | trained | oracle.
-  # `steps` and `size` go to the trainers of aotd_jax/demo/{vision,language}_experts.py.
+  # `steps` and `size` go to the trainers of aotd_jax/projects/toyworld/{vision,language}_experts.py.
   def expert(steps, **size):
     return ml_collections.ConfigDict({"source": "auto", "steps": steps, "size": size})
   scale = 0 if micro else (4 if full else 1)
   c.experts = ml_collections.ConfigDict()
-  # The frame encoder (aotd_jax/demo/object_encoder.py): a tiny CLIP tower trained to tell
+  # The frame encoder (aotd_jax/projects/toyworld/object_encoder.py): a tiny CLIP tower trained to tell
   # which object is where, on the train clips + `extra_clips` rendered from the train split;
   # the frozen vision tower of the QA expert and of the students.
   c.experts.encoder = expert(4 if micro else 1000, extra_clips=1 if micro else 600)
   c.experts.detector = expert(4 if micro else 150 * scale)
   # The grounder's video features: "encoder" = per-name object states from the frame
-  # encoder's head (aotd_jax/models/object_states.py; stage 2 renames objects so held-out
+  # encoder's head (aotd_jax/projects/toyworld/object_states.py; stage 2 renames objects so held-out
   # (object, action) combinations are grounded) | "clip" = its own tiny CLIP (stage 1).
   c.experts.grounder = (expert(4) if micro else expert(500 * scale, extra_clips=200 * scale))
   c.experts.grounder.features = "encoder"

@@ -12,7 +12,7 @@ instead: for every patch, which object's box covers it (cross-entropy over the w
 object names + background) and what that object is doing in this frame (one sigmoid per
 action), on the train clips plus `extra_clips` more rendered from the train split
 (`vision_experts.extra_train_clips`: never a val / test clip, held-out combinations
-excluded). The head is saved beside the tower (`aotd_jax.models.object_states`): the QA
+excluded). The head is saved beside the tower (`aotd_jax.projects.toyworld.object_states`): the QA
 expert and the students read the tower's patch tokens, the grounder reads the head's
 per-name object states. `DONE` (JSON, written last) records, on the world's train clips and on val, per-patch
 identity (chance 1/12) and per-frame presence of each name against the "always absent"
@@ -46,7 +46,7 @@ def patch_targets(truths: Sequence, frames: Sequence[np.ndarray], names: Sequenc
   (N, grid*grid, len(ACTIONS)): what that object is doing in this frame). A box smaller
   than a patch still marks the patch holding its centre. Later objects win overlaps.
   """
-  from aotd_jax.data.toyworld_render import ACTIONS
+  from aotd_jax.projects.toyworld.render import ACTIONS
   index = {n: i for i, n in enumerate(names)}
   centres = np.arange(grid) + 0.5
   xs, ids, acts = [], [], []
@@ -103,7 +103,7 @@ def score_object_encoder(tower, head, truths, frames, *, image_size: int,
   import jax.numpy as jnp
   from flax import nnx
 
-  from aotd_jax.data import toyworld
+  from aotd_jax.projects.toyworld import world as toyworld
   from aotd_jax.data.video_processing import preprocess_video
   names = list(toyworld.ALL_OBJECT_NAMES)
   grid = image_size // tower.config.patch_size
@@ -147,12 +147,12 @@ def train_object_encoder(world_dir: str | os.PathLike, out_dir: str | os.PathLik
   import optax
   from flax import nnx
 
-  from aotd_jax.data import toyworld
-  from aotd_jax.data.toyworld_render import ACTIONS
+  from aotd_jax.projects.toyworld import world as toyworld
+  from aotd_jax.projects.toyworld.render import ACTIONS
   from aotd_jax.data.video_processing import preprocess_video
-  from aotd_jax.demo import vision_experts as ve
+  from aotd_jax.projects.toyworld import vision_experts as ve
   from aotd_jax.models.clip import CLIPVisionModel
-  from aotd_jax.models.object_states import ObjectStates, save_object_states
+  from aotd_jax.projects.toyworld.object_states import ObjectStates, save_object_states
   out_dir, world_dir = str(out_dir), str(world_dir)
   if os.path.exists(os.path.join(out_dir, DONE)):
     return out_dir

@@ -1,6 +1,6 @@
 r"""Toy distillation run: a tiny LLaVA-NeXT-Video student on tiny synthetic data, ~1 min on a CPU.
 
-  python -m launch.train --config=configs/distill/toy.py --workdir=/tmp/toy \
+  python -m launch.train --config=configs/toyworld/distill.py --workdir=/tmp/toy \
       --config.total_steps=20 --config.checkpoint_every=5 --config.seed=0
 
 `arg` picks the student: "llava" (default, LLaVA-NeXT-Video), "onevision" (LLaVA-OneVision),
@@ -82,7 +82,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.student = ml_collections.ConfigDict()
   c.student.hf_dir = ""
   if student not in STUDENTS:
-    raise ValueError(f"configs/distill/toy.py: arg {student!r} not in {sorted(STUDENTS)}")
+    raise ValueError(f"configs/toyworld/distill.py: arg {student!r} not in {sorted(STUDENTS)}")
   c.student.architecture, c.student.init = STUDENTS[student]
   c.student.dtype = "float32"
   c.student.param_dtype = "float32"

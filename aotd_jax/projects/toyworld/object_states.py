@@ -15,7 +15,7 @@ of `names`, a block of
 Because each name has its own block, the vector keeps *which* object does what (a pooled
 CLS feature loses it), and renaming objects is a permutation of blocks
 (`permute_name_blocks`), which is how the toy grounder learns to ground (object, action)
-combinations it never saw (`aotd_jax.demo.vision_experts.train_grounder`).
+combinations it never saw (`aotd_jax.projects.toyworld.vision_experts.train_grounder`).
 
 On disk: a Hugging Face `CLIPVisionModel` directory (the tower; any LLaVA or CLIP loader
 reads it) plus `object_head.safetensors` (`kernel` (hidden, names + 1 + actions), `bias`)

@@ -16,7 +16,7 @@ from typing import Callable, Mapping, Sequence
 import ml_collections
 
 from aotd_jax.agent import cot, job, programs
-from aotd_jax.demo.common import DemoError, cached, read_split, trainer
+from aotd_jax.projects.toyworld.common import DemoError, cached, read_split, trainer
 
 
 def tools_config(config, world_dir: str, experts_info: Mapping) -> ml_collections.ConfigDict:
@@ -28,7 +28,7 @@ def tools_config(config, world_dir: str, experts_info: Mapping) -> ml_collection
     if experts_info[role]["source"] == "trained":  # the trainer's own binding of its output
       section = trainer("vision_experts", f"{role}_section")
       if section is None:
-        raise DemoError(f"aotd_jax.demo.vision_experts has no {role}_section()")
+        raise DemoError(f"aotd_jax.projects.toyworld.vision_experts has no {role}_section()")
       c[role] = ml_collections.ConfigDict(section(experts_info[role]["path"]))
   if experts_info["qa"]["source"] == "trained":
     for role in ("action_recognizer", "video_qa"):

@@ -86,9 +86,9 @@ def read_split(world_dir: str, split: str):
 
 
 def trainer(module: str, name: str) -> Callable | None:
-  """`aotd_jax.demo.<module>.<name>` when that expert trainer is committed, else None."""
+  """`aotd_jax.projects.toyworld.<module>.<name>` when that expert trainer is committed, else None."""
   try:
-    mod = importlib.import_module(f"aotd_jax.demo.{module}")
+    mod = importlib.import_module(f"aotd_jax.projects.toyworld.{module}")
   except ImportError:
     return None
   return getattr(mod, name, None)

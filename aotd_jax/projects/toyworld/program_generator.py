@@ -20,9 +20,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from aotd_jax.agent import programs
-from aotd_jax.demo.language_experts import (LanguageExpertError, check_positive, gold_program,
-                                            is_done, mark_done, program_body, program_prompt,
-                                            read_split, run_programs)
+from aotd_jax.projects.toyworld.language_experts import (LanguageExpertError, check_positive,
+                                                         gold_program, is_done, mark_done,
+                                                         program_body, program_prompt, read_split,
+                                                         run_programs)
 
 DEFAULT_SIZE = dict(hidden_size=64, intermediate_size=192, num_hidden_layers=2,
                     num_attention_heads=4, num_key_value_heads=2, batch_size=8,

@@ -15,8 +15,9 @@ from typing import Mapping
 import ml_collections
 
 from aotd_jax.agent import job
-from aotd_jax.demo.common import (REPO_ROOT, DemoError, cached, enable_compilation_cache,
-                                  load_tokenizer, read_split, run_student, write_json)
+from aotd_jax.projects.toyworld.common import (REPO_ROOT, DemoError, cached,
+                                               enable_compilation_cache, load_tokenizer,
+                                               read_split, run_student, write_json)
 
 
 def _hwm_mb(pid: int | str = "self") -> float:
@@ -57,7 +58,7 @@ def efficiency_child(spec: Mapping) -> dict:
   first (compilation), then the timed pass. Called in a fresh process so that the peak
   memory is this system's own."""
   from aotd_jax.eval import efficiency
-  from aotd_jax.demo.agent import build_agent, make_sandbox
+  from aotd_jax.projects.toyworld.agent import build_agent, make_sandbox
   config = ml_collections.ConfigDict(spec["config"])
   if config.get("compilation_cache", True):
     enable_compilation_cache(spec["workdir"])
@@ -90,7 +91,7 @@ def efficiency_child(spec: Mapping) -> dict:
 def _in_subprocess(spec: Mapping, out_path: str, timeout_s: float) -> dict:
   spec_path = out_path + ".spec.json"
   write_json(spec_path, spec)
-  code = ("import json, sys; from aotd_jax.demo import efficiency as e; "
+  code = ("import json, sys; from aotd_jax.projects.toyworld import efficiency as e; "
           "spec = json.load(open(sys.argv[1])); "
           "e.write_json(sys.argv[2], e.efficiency_child(spec))")
   env = dict(os.environ, PYTHONPATH=os.pathsep.join(

@@ -15,7 +15,7 @@ object is where), frozen; its last layer's patch tokens are what the LM reads
 
 - toy-world questions on their windows (`conversation.qa_user_text`), from the train split
   and from `lm_clips` more clips rendered from the train split with questions generated as
-  the world generates them (`toyworld_questions.make_questions`; never a val / test clip);
+  the world generates them (`questions.make_questions`; never a val / test clip);
 - action recognition as `Query_Actions` asks it: "What actions happen in the video?" with
   candidate actions, on an event's own frames (candidates in the annotation's words, "red
   circle jumps") and on the frames after / before an event (candidates in the questions'
@@ -39,9 +39,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from aotd_jax.demo.language_experts import LanguageExpertError, is_done, read_split
-from aotd_jax.demo.program_generator import (fit, load_tokenizer, one_device_trainer,
-                                             resolve_size, save_expert)
+from aotd_jax.projects.toyworld.language_experts import LanguageExpertError, is_done, read_split
+from aotd_jax.projects.toyworld.program_generator import (fit, load_tokenizer, one_device_trainer,
+                                                          resolve_size, save_expert)
 
 DEFAULT_SIZE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                     num_attention_heads=4, num_key_value_heads=2, pool_stride=2, num_frames=8,
@@ -67,7 +67,7 @@ def model_config(tokenizer, size, vision: dict | None = None) -> Any:
   by `size` (vision_hidden_size, vision_layers, image_size, patch_size).
   """
   from aotd_jax.hf import llava_next_video as adapter
-  from configs.distill.toy import TINY_LLAVA
+  from configs.toyworld.distill import TINY_LLAVA
   text = dict(TINY_LLAVA["text_config"], vocab_size=len(tokenizer),
               hidden_size=size["hidden_size"], intermediate_size=size["intermediate_size"],
               num_hidden_layers=size["num_hidden_layers"],
@@ -132,8 +132,8 @@ def clip_examples(truth, records: Sequence, rng: np.random.Generator,
   `qa_permutations` times: as annotated, then with its choices shuffled (balanced letters).
   """
   from aotd_jax.data import conversation
-  from aotd_jax.data.toyworld_questions import event_text
-  from aotd_jax.data.toyworld_render import PRESENT
+  from aotd_jax.projects.toyworld.questions import event_text
+  from aotd_jax.projects.toyworld.render import PRESENT
   from experts.backends.llava import ACTIONS_PROMPT
   out = []
   for qa in records:
@@ -177,8 +177,9 @@ def clip_examples(truth, records: Sequence, rng: np.random.Generator,
 def _generated_records(world: dict, truths: Sequence) -> list:
   """Questions for rendered train-split clips, generated as `generate_world` does for its own
   (same question rng seeds: what a larger world's train split would hold)."""
-  from aotd_jax.data import annotations, toyworld
-  from aotd_jax.data.toyworld_questions import make_questions
+  from aotd_jax.data import annotations
+  from aotd_jax.projects.toyworld import world as toyworld
+  from aotd_jax.projects.toyworld.questions import make_questions
   start, out = len(world["splits"]["train"]), []
   for i, truth in enumerate(truths):
     qrng = np.random.default_rng([int(world["seed"]), toyworld.SPLITS.index("train"), start + i, 1])
@@ -210,7 +211,7 @@ def video_prompt_ids(tokenizer, config, user: str, target: str,
 def training_clips(world_dir: str, lm_clips: int) -> tuple[list, list, list]:
   """(ClipTruth list, frames list, question records) of the train split plus `lm_clips`
   clips rendered from it (`vision_experts.extra_train_clips`) with generated questions."""
-  from aotd_jax.demo import vision_experts as ve
+  from aotd_jax.projects.toyworld import vision_experts as ve
   truths, frames, world = ve._world(world_dir)
   records = list(read_split(world_dir, "train"))
   if lm_clips:
@@ -224,7 +225,7 @@ def build_examples(truths: Sequence, records: Sequence, tokenizer, config, *, nu
                    seed: int, qa_permutations: int = 1) -> list[dict]:
   """Tokenised examples, each naming its clip (index into `truths`) and the `num_frames`
   frame indices it reads: {"input_ids", "label_mask", "clip", "frames"}."""
-  from aotd_jax.data.toyworld_questions import event_text
+  from aotd_jax.projects.toyworld.questions import event_text
   from aotd_jax.data.video_processing import sample_frame_indices
   rng = np.random.default_rng(seed)
   by_video: dict[str, list] = {}
@@ -259,7 +260,7 @@ def clip_features(model, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
 def feature_collate(features: Sequence[np.ndarray]):
   """collate_fn for `fit`: right-padded ids and masks plus each example's cached
   `video_features` (B, frames * tokens, D_vision)."""
-  from aotd_jax.demo.program_generator import collate
+  from aotd_jax.projects.toyworld.program_generator import collate
 
   def collate_fn(examples: Sequence[dict], pad_id: int) -> dict[str, np.ndarray]:
     batch = collate(examples, pad_id)
@@ -347,7 +348,7 @@ def train_qa_expert(world_dir: str | os.PathLike, tokenizer_dir: str | os.PathLi
   """
   from flax import nnx
 
-  from aotd_jax.demo.language_experts import check_positive
+  from aotd_jax.projects.toyworld.language_experts import check_positive
   from aotd_jax.models.llava_next_video import LlavaNextVideoForConditionalGeneration
   from aotd_jax.train.frozen_vision import CachedVisionLM
   out_dir, world_dir = str(out_dir), str(world_dir)
@@ -358,7 +359,7 @@ def train_qa_expert(world_dir: str | os.PathLike, tokenizer_dir: str | os.PathLi
   t0 = time.perf_counter()
   tokenizer = load_tokenizer(tokenizer_dir)
   if vision_init is None:
-    from aotd_jax.demo import object_encoder
+    from aotd_jax.projects.toyworld import object_encoder
     vd = size["vision_hidden_size"]
     vision_init = object_encoder.train_object_encoder(
         world_dir, os.path.join(out_dir, "encoder"), steps=size["encoder_steps"],

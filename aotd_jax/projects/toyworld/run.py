@@ -1,7 +1,7 @@
 """The demo's stages: world -> experts -> agent CoTs -> filter -> three students -> evaluation.
 
-`run(config, workdir)` runs every stage of `configs/demo.py` and returns the report dict
-(also written as `workdir/report.json` and `report.html` by `aotd_jax.demo.report`). Each
+`run(config, workdir)` runs every stage of `configs/toyworld/demo.py` and returns the report dict
+(also written as `workdir/report.json` and `report.html` by `aotd_jax.projects.toyworld.report`). Each
 stage writes its output under `workdir` and a JSON summary last, so a rerun skips what is
 done and a killed run resumes (the CoT job itself resumes question by question).
 
@@ -21,11 +21,11 @@ from typing import Any, Callable, Mapping, Sequence
 import ml_collections
 import numpy as np
 
-from aotd_jax.demo.agent import cot_stage, tools_config
-from aotd_jax.demo.common import (DemoError, cached, check_config_stamp, done,
-                                  enable_compilation_cache, load_tokenizer, mark_done, read_split,
-                                  run_student, trainer, write_json)
-from aotd_jax.demo.efficiency import efficiency_stage
+from aotd_jax.projects.toyworld.agent import cot_stage, tools_config
+from aotd_jax.projects.toyworld.common import (DemoError, cached, check_config_stamp, done,
+                                               enable_compilation_cache, load_tokenizer, mark_done,
+                                               read_split, run_student, trainer, write_json)
+from aotd_jax.projects.toyworld.efficiency import efficiency_stage
 
 CHANCE = 0.25  # four choices per toy-world question
 EXPERT_ROLES = ("detector", "grounder", "qa", "program")
@@ -37,7 +37,7 @@ def world_stage(config, workdir: str) -> str:
   """Generates the toy world in `workdir/world` (once) and returns its directory."""
   out = os.path.join(workdir, "world")
   if not done(out):
-    from aotd_jax.data import toyworld
+    from aotd_jax.projects.toyworld import world as toyworld
     w = config.world
     toyworld.generate_world(out, seed=w.seed, num_train=w.num_train, num_val=w.num_val,
                             num_test=w.num_test, size=w.size, fps=w.fps, seconds=w.seconds,
@@ -154,7 +154,7 @@ def subtask_stage(config, workdir: str, world_dir: str, experts_info: Mapping) -
   result.update(chance=CHANCE, sources={r: experts_info[r]["source"] for r in EXPERT_ROLES})
   encoder = experts_info.get("encoder", {})
   if encoder.get("source") == "trained":  # its own probe's val scores (object_encoder)
-    from aotd_jax.demo.object_encoder import read_done
+    from aotd_jax.projects.toyworld.object_encoder import read_done
     result["frame_encoder"] = read_done(encoder["path"]).get("val")
   if not config.experts.get("score", True):
     return result
@@ -332,7 +332,7 @@ def student_stage(config, workdir: str, name: str, seed: int, world_dir: str,
       "freeze_vision_tower": bool(s.freeze_vision_tower)}), mesh=mesh, seed=seed)
   projector = {}
   if vision_dir:
-    from aotd_jax.demo.qa_expert import standardize_projector
+    from aotd_jax.projects.toyworld.qa_expert import standardize_projector
     projector = standardize_projector(
         student, _train_pixels(config, world_dir, student.config.vision_config.image_size))
   data = train_data.make_pipeline_data(cfg, student, tokenizer)
@@ -362,7 +362,7 @@ def student_stage(config, workdir: str, name: str, seed: int, world_dir: str,
 
 def ground_truth_for(world_dir: str, records) -> list[tuple[dict, list]]:
   """(boxes by frame, event windows) of each record's clip, for rationale grounding."""
-  from aotd_jax.data import toyworld
+  from aotd_jax.projects.toyworld import world as toyworld
   gt = toyworld.load_ground_truth(world_dir)
   out = []
   for r in records:
@@ -457,7 +457,7 @@ def _student_summary(evals: Sequence[Mapping]) -> dict:
 
 def run(config, workdir: str, *, log: Callable[[str], None] = print) -> dict:
   """Runs (or resumes) every stage; writes and returns the report (see module docstring)."""
-  from aotd_jax.demo import report as report_lib
+  from aotd_jax.projects.toyworld import report as report_lib
   t0 = time.perf_counter()
   os.makedirs(workdir, exist_ok=True)
   check_config_stamp(config, workdir)

@@ -1,6 +1,6 @@
 r"""CoT generation on the toy world (default): oracle experts, gold or LLM programs, offline.
 
-  python -m launch.generate_cots --config=configs/cot/toy.py:world=/tmp/toyworld,split=train \
+  python -m launch.generate_cots --config=configs/toyworld/cot.py:world=/tmp/toyworld,split=train \
       --config.out_dir=/tmp/cots
 
 `arg` (comma-separated key=value): `world` (toy-world dir, generated there when missing),

@@ -3,9 +3,9 @@
 - `build_tokenizer(world_dir, out_dir)`: a byte-level BPE (`aotd_jax.data.toy_tokenizer`) on
   the world's questions, choices, gold programs, the program prompts, the students' QA / CoT
   prompts and rationales verbalised from oracle-run traces of gold programs.
-- `train_program_generator(...)` (`aotd_jax.demo.program_generator`): a tiny Llama that writes
+- `train_program_generator(...)` (`aotd_jax.projects.toyworld.program_generator`): a tiny Llama that writes
   `execute_command` programs from the compact prompt `program_prompt(question, choices)`.
-- `train_qa_expert(...)` (`aotd_jax.demo.qa_expert`): a tiny LLaVA-NeXT-Video that answers
+- `train_qa_expert(...)` (`aotd_jax.projects.toyworld.qa_expert`): a tiny LLaVA-NeXT-Video that answers
   toy-world questions and names actions, bound by `experts` as `kind="llava"`.
 
 Every function caches: an output directory holding a `DONE` marker (written last) is a
@@ -22,7 +22,7 @@ from aotd_jax.agent import programs
 
 DONE = "DONE"
 SPECIAL_IDS = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "<video>": 4, "<image>": 5}
-MAX_VOCAB = 512  # TINY_LLAVA / TINY_LLAMA (configs/distill/toy.py) embed 512 tokens
+MAX_VOCAB = 512  # TINY_LLAVA / TINY_LLAMA (configs/toyworld/distill.py) embed 512 tokens
 
 
 class LanguageExpertError(RuntimeError):
@@ -64,7 +64,7 @@ def read_split(world_dir: str | os.PathLike, split: str) -> list:
   path = os.path.join(world_dir, f"{split}.json")
   if not os.path.isfile(path):
     raise LanguageExpertError(f"toy world {world_dir}: no {split}.json (run "
-                              "aotd_jax.data.toyworld.generate_world first)")
+                              "aotd_jax.projects.toyworld.world.generate_world first)")
   return annotations.read("star", path)
 
 
@@ -136,8 +136,8 @@ def run_programs(world_dir: str | os.PathLike, items: Iterable[tuple[Any, str]],
 
 def _action_prompts() -> list[str]:
   """The action-recognition prompts the QA expert is trained on, and their answers."""
-  from aotd_jax.data import toyworld
-  from aotd_jax.data.toyworld_render import PRESENT
+  from aotd_jax.projects.toyworld import world as toyworld
+  from aotd_jax.projects.toyworld.render import PRESENT
   out = []
   for name in toyworld.ALL_OBJECT_NAMES:
     out.append(f"What is the {name} doing?")
@@ -206,7 +206,7 @@ def __getattr__(name: str):
   if name in where:
     import importlib
     try:
-      module = importlib.import_module(f"aotd_jax.demo.{where[name]}")
+      module = importlib.import_module(f"aotd_jax.projects.toyworld.{where[name]}")
     except ModuleNotFoundError as e:
       raise AttributeError(f"{name} is not available ({e})") from None
     return getattr(module, name)

@@ -7,20 +7,19 @@ settings and the held-out combinations). Everything is a pure function of the se
 
 Held-out combinations: a few (colour, shape, action) triples never occur in train or val;
 every test clip contains at least one, so the test split measures compositional transfer.
-See `toyworld_render` (clips, ground truth) and `toyworld_questions` (questions, programs).
+See `render` (clips, ground truth) and `questions` (questions, programs).
 """
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from aotd_jax.data.toyworld_questions import QUESTION_TYPES, event_text, make_questions
-from aotd_jax.data.toyworld_render import (ACTIONS, COLOURS, SHAPES, ClipSpec, ClipTruth,
-                                           render_clip, sample_clip_spec)
+from aotd_jax.projects.toyworld.questions import QUESTION_TYPES, event_text, make_questions
+from aotd_jax.projects.toyworld.render import (ACTIONS, COLOURS, SHAPES, ClipSpec, ClipTruth,
+                                               render_clip, sample_clip_spec)
 
 __all__ = [
   "ACTIONS", "COLOURS", "SHAPES", "QUESTION_TYPES", "ClipSpec", "ClipTruth", "event_text",

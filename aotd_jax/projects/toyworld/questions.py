@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from aotd_jax.data.toyworld_render import PAST, PRESENT, ClipTruth
+from aotd_jax.projects.toyworld.render import PAST, PRESENT, ClipTruth
 
 QUESTION_TYPES = ("Interaction", "Sequence", "Prediction", "Feasibility")
 

@@ -1,1 +1,0 @@
-"""The end-to-end toy-world demo: AoTD's experiment in miniature (see `aotd_jax.demo.run`)."""
