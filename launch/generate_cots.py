@@ -3,10 +3,13 @@ r"""Generates filtered CoTs for one shard of a dataset (AoTD steps 2-3); resumab
   python -m launch.generate_cots --config=configs/toyworld/cot.py \
       --config.out_dir=/tmp/cots --shard_index=0 --num_shards=1
 
-Rerun the same command after a kill: done questions are skipped. Each worker (shard x host)
-writes `records-*.jsonl` (every question, AoTD conversation format plus trace and verdicts),
-`cot-*.array_record` (kept CoTs, for Grain), `stats-*.json` (pass rate of each filter step)
-and `report-*.html` (the trace viewer on sampled questions) into `config.out_dir`. Config fields
+Rerun the same command after a kill: done questions are skipped. `--shard_index/--num_shards`
+default to the whole dataset split over the JAX processes (on a pod, `launch.tpu.pod
+--module=launch.generate_cots` sets `config.distributed=True`); `python -m launch.merge_cots`
+then merges the shards. Each worker (shard x host) writes `records-*.jsonl` (every question,
+AoTD conversation format plus trace and verdicts), `cot-*.array_record` (kept CoTs, for
+Grain), `stats-*.json` (pass rate of each filter step) and `report-*.html` (the trace viewer
+on sampled questions) into `config.out_dir` (a local or mounted folder). Config fields
 are documented in `configs/toyworld/cot.py`.
 """
 from __future__ import annotations
@@ -22,8 +25,10 @@ from aotd_jax.agent import job, programs
 from aotd_jax.data import annotations, files
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/cot/<name>.py[:arg]")
-_SHARD_INDEX = flags.DEFINE_integer("shard_index", 0, "which shard of --num_shards to process")
-_NUM_SHARDS = flags.DEFINE_integer("num_shards", 1, "how many shards the dataset is split in")
+_SHARD_INDEX = flags.DEFINE_integer(
+    "shard_index", None, "Which shard of --num_shards this command processes (default: the "
+    "whole dataset, split over the JAX processes when config.use_jax_processes).")
+_NUM_SHARDS = flags.DEFINE_integer("num_shards", None, "How many shards the dataset is split in.")
 
 
 def resolve(name: str) -> Callable:
@@ -138,16 +143,39 @@ def provenance(config) -> tuple[dict, dict]:
   return roles, identity
 
 
+def worker(config, shard_index: int | None, num_shards: int | None) -> tuple[int, int, int, int]:
+  """(shard_index, num_shards, process_index, process_count) of this command.
+
+  Without --shard_index/--num_shards the dataset is one shard; with `config.use_jax_processes`
+  it is split over the JAX processes (`config.distributed=True` first calls
+  `jax.distributed.initialize()`, as on a pod), each writing its own `*-0000<i>-of-0000<n>`.
+
+  Raises:
+    ValueError: only one of --shard_index and --num_shards is given.
+  """
+  if (shard_index is None) != (num_shards is None):
+    raise ValueError("--shard_index and --num_shards go together (or neither: one shard per "
+                     "JAX process)")
+  process_index, process_count = 0, 1
+  if config.get("use_jax_processes", True):
+    from aotd_jax import sharding
+    sharding.maybe_initialize_distributed(config)
+    import jax
+    process_index, process_count = jax.process_index(), jax.process_count()
+  if shard_index is None:
+    shard_index, num_shards = 0, 1
+  return shard_index, num_shards, process_index, process_count
+
+
 def main(argv):
   del argv
   config = _CONFIG.value
-  process_index, process_count = 0, 1
-  if config.get("use_jax_processes", True):
-    import jax
-    process_index, process_count = jax.process_index(), jax.process_count()
-  questions = job.shard(load_questions(config), _SHARD_INDEX.value, _NUM_SHARDS.value,
+  job.check_out_dir(config.out_dir)
+  shard_index, num_shards, process_index, process_count = worker(
+      config, _SHARD_INDEX.value, _NUM_SHARDS.value)
+  questions = job.shard(load_questions(config), shard_index, num_shards,
                         process_index=process_index, process_count=process_count)
-  name = job.shard_name(_SHARD_INDEX.value, _NUM_SHARDS.value, process_index, process_count)
+  name = job.shard_name(shard_index, num_shards, process_index, process_count)
   from aotd_jax.agent import manifest
   roles, identity = provenance(config)
   manifest_ref = manifest.open_manifest(config.out_dir, roles, identity, config.to_dict())

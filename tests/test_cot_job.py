@@ -594,3 +594,114 @@ def test_records_keep_the_selectors_raw_replies():
   assert record["llm_replies"]["select_answer"] == [
       "Hmm, probably the second one: (B)", "Hmm, probably the second one: (B)", "I refuse."]
   assert record["verdicts"]["executed"]
+
+
+def _free_port() -> int:
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_write_their_shards_and_merge_into_the_unsharded_run(workspace, straight_run):
+  """Two JAX processes (a local coordinator, as on a pod) run the launcher without shard flags:
+  each writes its own shard; `launch.merge_cots` gives the unsharded run's records, kept CoTs
+  and stats."""
+  import grain
+  tmp_path, config = workspace
+  path, port = config("pair"), _free_port()
+  procs = []
+  for pid in range(2):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)]),
+           "JAX_PLATFORMS": "cpu", "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+           "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(pid)}
+    procs.append(subprocess.Popen(
+        [sys.executable, "-m", "launch.generate_cots", f"--config={path}",
+         "--config.use_jax_processes=True", "--config.distributed=True",
+         "--config.report_samples=0"],
+        cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+  for p in procs:
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err[-3000:]
+  pair = tmp_path / "pair"
+  shards = sorted(p.name for p in pair.glob("records-*.jsonl"))
+  assert shards == ["records-00000-of-00002.jsonl", "records-00001-of-00002.jsonl"]
+  sizes = [len(list((pair / s).open())) for s in shards]
+  assert sizes == [NUM_QUESTIONS // 2] * 2
+  r = subprocess.run([sys.executable, "-m", "launch.merge_cots", f"--cot_dir={pair}"], cwd=ROOT,
+                     capture_output=True, text=True, timeout=120)
+  assert r.returncode == 0, r.stderr
+  merged = pair / "merged"
+  records = [json.loads(l) for l in (merged / "records.jsonl").open()]
+  for rec in records:
+    rec.pop("timing")
+  want_records, want_kept, want_stats = outputs(tmp_path / "straight")
+  assert records == want_records  # same records, the dataset's order
+  source = grain.sources.ArrayRecordDataSource([str(merged / "cot.array_record")])
+  assert [json.loads(source[i])["qid"] for i in range(len(source))] == want_kept
+  assert json.loads((merged / "stats.json").read_text()) == want_stats
+  assert (merged / "manifest.json").read_text() == (pair / "manifest.json").read_text()
+
+
+def _shard_dir(tmp_path, sizes, *, finished=None, qids=None):
+  tmp_path.mkdir(parents=True, exist_ok=True)
+  n, i = len(sizes), 0
+  for k, size in enumerate(sizes):
+    name = job.shard_name(k, n)
+    rows = []
+    for _ in range(size):
+      rows.append(json.dumps({"qid": (qids or {}).get(i, f"q{i}"), "kept": False, "verdicts": {}}))
+      i += 1
+    (tmp_path / f"records-{name}.jsonl").write_text("".join(r + "\n" for r in rows))
+    if finished is None or k in finished:
+      (tmp_path / f"stats-{name}.json").write_text("{}")
+  return str(tmp_path)
+
+
+def test_merge_refuses_shards_that_are_not_one_whole_run(tmp_path):
+  from aotd_jax.agent import merge
+  with pytest.raises(job.JobError, match="no records-"):
+    merge.merge(str(tmp_path / "empty"))
+  with pytest.raises(job.JobError, match=r"shard 00001-of-00002 has not finished \(no stats-"):
+    merge.merge(_shard_dir(tmp_path / "unfinished", [2, 2], finished={0}))
+  with pytest.raises(job.JobError, match="shard 00000-of-00002 holds 3 records; 3 questions over 2 "
+                     "workers give it 2"):
+    merge.merge(_shard_dir(tmp_path / "short", [3, 0]))
+  with pytest.raises(job.JobError, match="'q0' is in shards 00000-of-00002 and 00001-of-00002"):
+    merge.merge(_shard_dir(tmp_path / "dup", [2, 2], qids={2: "q0"}))
+  missing = _shard_dir(tmp_path / "missing", [2, 2, 2])
+  os.remove(os.path.join(missing, "records-00001-of-00003.jsonl"))
+  with pytest.raises(job.JobError, match=r"shard 00001-of-00003 is missing"):
+    merge.merge(missing)
+  mixed = _shard_dir(tmp_path / "mixed", [2, 2])
+  (tmp_path / "mixed" / "records-00000-of-00003.jsonl").write_text("")
+  with pytest.raises(job.JobError, match="2 different splits"):
+    merge.merge(mixed)
+  bad = _shard_dir(tmp_path / "bad", [1, 1])
+  (tmp_path / "bad" / "records-00001-of-00002.jsonl").write_text("{oops\n")
+  with pytest.raises(job.JobError, match=r"records-00001-of-00002.jsonl line 1: not JSON"):
+    merge.merge(bad)
+  merge.merge(_shard_dir(tmp_path / "odd", [3, 2]))  # 5 questions over 2 workers is whole
+  assert [json.loads(l)["qid"] for l in (tmp_path / "odd" / "merged" / "records.jsonl").open()] == [
+      "q0", "q3", "q1", "q4", "q2"]
+
+
+def test_shard_flags_go_together():
+  from launch import generate_cots
+  import ml_collections
+  config = ml_collections.ConfigDict({"use_jax_processes": False})
+  with pytest.raises(ValueError, match="--shard_index and --num_shards go together"):
+    generate_cots.worker(config, 1, None)
+  assert generate_cots.worker(config, None, None) == (0, 1, 0, 1)
+  assert generate_cots.worker(config, 2, 3) == (2, 3, 0, 1)
+
+
+def test_a_bucket_out_dir_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(job.JobError, match="config.out_dir=gs://b/cots: the record log appends"):
+    job.check_out_dir("gs://b/cots")
+  cot_job = job.CotJob(tools={}, make_args=lambda qa: {}, run_program=None, program_source="gold")
+  with pytest.raises(job.JobError, match="gs://b/cots/records-x.jsonl"):
+    cot_job.run([qa("a")], job.JobPaths.for_shard("gs://b/cots", "x"))
+  assert not (tmp_path / "gs:").exists()

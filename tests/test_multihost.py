@@ -117,3 +117,17 @@ def test_synthetic_shards_make_the_global_batch_and_refuse_another_hosts_state()
   np.testing.assert_array_equal(np.concatenate([p["input_ids"] for p in parts]), whole["input_ids"])
   with pytest.raises(ValueError, match="host 0 of 2 restored on host 1"):
     hosts[1].set_state(hosts[0].get_state())
+
+
+def test_resume_on_another_number_of_hosts_names_the_missing_state(tmp_path):
+  """A checkpoint written by 2 processes, restored by 1: the error names the file this process
+  needs and the files the checkpoint holds."""
+  from aotd_jax.train import checkpoint
+  (tmp_path / "process_0-of-2.json").write_text('{"index": 2}')
+  (tmp_path / "process_1-of-2.json").write_text('{"index": 2}')
+  handler = checkpoint.PerProcessJsonHandler()
+  with pytest.raises(FileNotFoundError, match=r"process_0-of-1.json: no data-iterator state for "
+                     r"this process \(1 processes now; the checkpoint holds \['process_0-of-2"):
+    handler.restore(tmp_path)
+  handler.save(tmp_path, checkpoint.PerProcessJsonSave({"index": 3}))
+  assert handler.restore(tmp_path) == {"index": 3}

@@ -133,3 +133,24 @@ def test_videos_decode_from_a_bucket(fake_gcs):
   for read in (video.probe, lambda p: video.read_frames(p, 2, cache=video.FrameCache())):
     with pytest.raises(video.VideoDecodeError, match="gs://bucket/videos/nope.mp4: file not found"):
       read("gs://bucket/videos/nope.mp4")
+
+
+def test_cot_shards_merge_from_and_into_a_bucket(fake_gcs):
+  from aotd_jax.agent import job, merge
+  from aotd_jax.data import pipeline
+  rec = {"video_path": "v.mp4", "verdicts": {}, "conversation": [
+      {"from": "human", "value": "What? (A) a (B) b"}, {"from": "gpt", "value": "Step 1. (B) b."}]}
+  for k, qids in enumerate((["q0", "q2"], ["q1"])):
+    name = job.shard_name(k, 2)
+    lines = [json.dumps(dict(rec, qid=q, kept=q != "q2")) + "\n" for q in qids]
+    epath.Path(f"gs://bucket/cots/records-{name}.jsonl").write_text("".join(lines))
+    epath.Path(f"gs://bucket/cots/stats-{name}.json").write_text("{}")
+  stats = merge.merge("gs://bucket/cots")
+  assert stats.total == 3
+  merged = epath.Path("gs://bucket/cots/merged/records.jsonl").read_text().splitlines()
+  assert [json.loads(line)["qid"] for line in merged] == ["q0", "q1", "q2"]
+  assert epath.Path("gs://bucket/cots/merged/cot.array_record").exists()
+  assert json.loads(epath.Path("gs://bucket/cots/merged/stats.json").read_text())["total"] == 3
+  open("kept.array_record", "wb").write(
+      epath.Path("gs://bucket/cots/merged/cot.array_record").read_bytes())
+  assert len(pipeline.cot_source("kept.array_record")) == 2  # q0 and q1 were kept

@@ -66,6 +66,19 @@ def shard_name(shard_index: int, num_shards: int, process_index: int = 0,
   return f"{shard_index * process_count + process_index:05d}-of-{total:05d}"
 
 
+def check_out_dir(out_dir: str) -> None:
+  """Refuses an output folder the append-only record log cannot use.
+
+  Raises:
+    JobError: `out_dir` is a URL (`gs://...`): each record is appended and fsynced, which
+      needs a local or mounted folder.
+  """
+  if "://" in out_dir:
+    raise JobError(f"config.out_dir={out_dir}: the record log appends and fsyncs each record, "
+                   "which needs a local (or mounted) folder; write the shards there, copy them "
+                   "to the bucket, and merge from it (launch.merge_cots reads gs://)")
+
+
 # -- program values -------------------------------------------------------------------------------
 
 MAX_ANSWER_CHARS = 2000
@@ -470,6 +483,7 @@ class CotJob:
     Raises:
       JobError: duplicate question ids in `questions`, or a corrupt record log.
     """
+    check_out_dir(paths.records)
     qids = [qa.qid for qa in questions]
     if len(set(qids)) != len(qids):
       dup = sorted({q for q in qids if qids.count(q) > 1})[:5]

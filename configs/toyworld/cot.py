@@ -77,6 +77,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.progress_every_s = 10.0
   c.report_samples = 20           # questions in report-*.html (0: no report)
   c.use_jax_processes = True      # also split by jax.process_index() (multi-host)
+  c.distributed = False           # jax.distributed.initialize() first (set by launch.tpu.pod)
   c.sandbox = ml_collections.ConfigDict({"num_workers": 2, "memory_mb": 512})
   return c
 
