@@ -5,9 +5,10 @@ r"""Export a training run as a Hub-ready Hugging Face directory.
 
 Writes `config.json` (with a top-level `rope_theta`), safetensors (sharded with an index above
 5 GiB), `generation_config.json`, the tokenizer / processor / chat-template files of
-`--tokenizer` (default: the student's `hf_dir` from the checkpoint's config, when it exists)
-and a model card (`README.md`: base model, datasets, λ, the CoT manifest's summary, library
-name, a licence field to fill in). The latest step unless `--step`.
+`--tokenizer` (default: the student's `hf_dir` from the checkpoint's config, when it exists;
+processor files made from the model's config where that folder has none) and a model card
+(`README.md`: base model, datasets, λ, the CoT manifest's summary, library name, a licence
+field to fill in). The latest step unless `--step`.
 """
 from __future__ import annotations
 

@@ -48,6 +48,7 @@ def test_folder_holds_hub_files_only(export_dir):
   assert len(shards) > 1 and "model.safetensors.index.json" in names
   assert names - shards <= ALLOWED, names - shards - ALLOWED
   assert {"tokenizer.json", "generation_config.json", "README.md"} <= names
+  assert set(hub.PROCESSOR_FILES) <= names  # written from the model's config
   config = io.read_config(export_dir)
   text = config["text_config"]
   assert config["rope_theta"] == text.get("rope_theta", text.get("rope_parameters", {}).get("rope_theta"))
@@ -82,14 +83,67 @@ def test_transformers_auto_classes_load_the_export(export_dir):
   np.testing.assert_array_equal(theirs[key].numpy(), ours[ours_key])
 
 
-def test_auto_processor_loads_the_export(export_dir, tmp_path):
-  pytest.importorskip("torchvision", reason="transformers' LLaVA-NeXT-Video video processor "
-                      "needs torchvision, which this environment does not install")
-  processor = transformers.LlavaNextVideoProcessor(
-      image_processor=transformers.LlavaNextImageProcessor(),
-      video_processor=transformers.AutoVideoProcessor.from_pretrained(
-          "llava-hf/LLaVA-NeXT-Video-7B-hf", local_files_only=True),
-      tokenizer=transformers.AutoTokenizer.from_pretrained(export_dir))
-  processor.save_pretrained(tmp_path)
-  hub.copy_tokenizer_files(str(tmp_path), export_dir)
-  assert transformers.AutoProcessor.from_pretrained(export_dir) is not None
+def _student_config(export_dir):
+  from aotd_jax.hf import llava_next_video
+  return llava_next_video.config_from_hf(io.read_config(export_dir))
+
+
+def _frames(num_frames=3, height=40, width=52):
+  return np.random.default_rng(0).integers(0, 255, (num_frames, height, width, 3), dtype=np.uint8)
+
+
+def test_processor_files_load_in_transformers_own_classes(export_dir):
+  """Without torchvision (transformers 5 cannot build `LlavaNextVideoProcessor` then: its
+  argument check needs `BaseVideoProcessor`): the export's three processor files, each read by
+  transformers' own class, make the student's inputs. `<video>` / `<image>` expand, by the
+  processor's own expansion code fed the values it read, to the model's token counts; the
+  image processor `AutoImageProcessor` picks (PIL backend) makes the student's pixels."""
+  import functools
+  import types
+  from PIL import Image
+  from transformers.models.llava_next_video.processing_llava_next_video import LlavaNextVideoProcessor
+  from transformers.models.llava_next_video.video_processing_llava_next_video import (
+      LlavaNextVideoVideoProcessor)
+  from aotd_jax.data import video_processing
+  cfg = _student_config(export_dir)
+  size = cfg.vision_config.image_size
+  video_processor = LlavaNextVideoVideoProcessor.from_pretrained(export_dir)
+  assert video_processor.size == {"shortest_edge": size} and video_processor.resample == 3
+  assert video_processor.crop_size == {"height": size, "width": size}
+  assert list(video_processor.image_mean) == list(video_processing.CLIP_MEAN)
+  image_processor = transformers.AutoImageProcessor.from_pretrained(export_dir)
+  settings, _ = LlavaNextVideoProcessor.get_processor_dict(export_dir, local_files_only=True)
+  assert settings["processor_class"] == "LlavaNextVideoProcessor"
+  tokenizer = transformers.AutoTokenizer.from_pretrained(export_dir)
+  assert tokenizer.convert_tokens_to_ids(settings["video_token"]) == cfg.video_token_index
+  assert tokenizer.convert_tokens_to_ids(settings["image_token"]) == cfg.image_token_index
+  proc = types.SimpleNamespace(image_processor=image_processor, **{
+      k: v for k, v in settings.items() if k != "processor_class"})
+  for name in ("_get_unpadded_features", "_get_number_of_features"):
+    setattr(proc, name, functools.partial(getattr(LlavaNextVideoProcessor, name), proc))
+  clip = video_processing.preprocess_video(_frames(), shortest_edge=size, crop_size=size)
+  expanded = LlavaNextVideoProcessor.replace_video_token(proc, {"pixel_values_videos": [clip]}, 0)
+  assert expanded.count("<video>") == cfg.video_tokens(3) > 0
+  image = _frames(1, 44, 70)[0]
+  inputs = image_processor([Image.fromarray(image)], return_tensors="np")
+  expanded = LlavaNextVideoProcessor.replace_image_token(proc, inputs, 0)
+  assert expanded.count("<image>") == cfg.image_tokens(image.shape[:2]) > 0
+  ours, image_size = video_processing.preprocess_image(
+      image, shortest_edge=size, crop_size=size, image_grid_pinpoints=cfg.image_grid_pinpoints)
+  assert tuple(inputs["image_sizes"][0]) == image_size
+  np.testing.assert_allclose(inputs["pixel_values"][0][:len(ours)], ours, atol=1e-5)
+
+
+def test_auto_processor_loads_the_export(export_dir):
+  pytest.importorskip(
+      "torchvision", reason="needs torchvision: without it transformers 5 cannot build "
+      "LlavaNextVideoProcessor (AutoVideoProcessor and BaseVideoProcessor are torchvision-only), "
+      "and installing it here would replace the CPU torch 2.13.0; where it is installed this "
+      "checks that AutoProcessor.from_pretrained(export) alone loads it and expands a clip's "
+      "<video> to the model's token count")
+  cfg = _student_config(export_dir)
+  processor = transformers.AutoProcessor.from_pretrained(export_dir)
+  out = processor(text="<video> what happens?", videos=[_frames()], return_tensors="np")
+  assert (out["input_ids"] == cfg.video_token_index).sum() == cfg.video_tokens(3)
+  size = cfg.vision_config.image_size
+  assert out["pixel_values_videos"].shape == (1, 3, 3, size, size)

@@ -40,6 +40,39 @@ def copy_tokenizer_files(src: str, dst: str) -> list[str]:
   return copied
 
 
+def processor_configs(hf_config: Mapping[str, Any]) -> dict[str, dict]:
+  """transformers' processor files for a LLaVA-NeXT-Video export whose source folder has none
+  (file name -> content; {} for other models).
+
+  The sizes come from the model's own config (vision tile size, patch size, any-res grid,
+  feature selection, CLIP's class token), the rest is the student's preprocessing
+  (`data/video_processing.py`: bicubic shortest-edge resize, centre crop, CLIP mean/std), so
+  transformers' processor makes the inputs the student was trained on: `<video>` and `<image>`
+  expand to as many placeholders as the model has features.
+  """
+  from aotd_jax.data import video_processing  # pylint: disable=g-import-not-at-top
+  if hf_config.get("model_type") != "llava_next_video":
+    return {}
+  vision = hf_config["vision_config"]
+  size = int(vision["image_size"])
+  common = {"do_convert_rgb": True, "do_resize": True, "size": {"shortest_edge": size},
+            "resample": 3, "do_center_crop": True, "crop_size": {"height": size, "width": size},
+            "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+            "image_mean": list(video_processing.CLIP_MEAN),
+            "image_std": list(video_processing.CLIP_STD)}
+  image = {**common, "image_processor_type": "LlavaNextImageProcessor", "do_pad": True,
+           "image_grid_pinpoints": [list(p) for p in hf_config["image_grid_pinpoints"]]}
+  video = {**common, "video_processor_type": "LlavaNextVideoVideoProcessor",
+           "do_sample_frames": False}
+  processor = {"processor_class": "LlavaNextVideoProcessor", "patch_size": int(vision["patch_size"]),
+               "vision_feature_select_strategy": hf_config.get("vision_feature_select_strategy",
+                                                               "default"),
+               "num_additional_image_tokens": int(vision.get("model_type") == "clip_vision_model"),
+               "image_token": "<image>", "video_token": "<video>"}
+  return {"preprocessor_config.json": image, "video_preprocessor_config.json": video,
+          "processor_config.json": processor}
+
+
 def _datasets(config: Mapping[str, Any]) -> list[str]:
   data = config.get("data") or {}
   names = list((data.get("datasets") or {}).keys())
@@ -102,7 +135,8 @@ def write_hub_files(hf_dir: str, *, hf_config: Mapping[str, Any], tokenizer_dir:
                     manifest: Mapping[str, Any] | None = None) -> list[str]:
   """Writes `README.md`, the tokenizer/processor files and (when `save_pretrained` has not)
   `generation_config.json` into `hf_dir`, beside config.json + safetensors; returns the names
-  written."""
+  written. Processor files come from `tokenizer_dir` or, where it has none, from the model's
+  config (`processor_configs`)."""
   written = []
   if not os.path.isfile(os.path.join(hf_dir, "generation_config.json")):
     with open(os.path.join(hf_dir, "generation_config.json"), "w") as f:
@@ -110,6 +144,11 @@ def write_hub_files(hf_dir: str, *, hf_config: Mapping[str, Any], tokenizer_dir:
     written.append("generation_config.json")
   if tokenizer_dir:
     written += copy_tokenizer_files(tokenizer_dir, hf_dir)
+  if not set(written) & set(PROCESSOR_FILES):
+    for name, content in processor_configs(hf_config).items():
+      with open(os.path.join(hf_dir, name), "w") as f:
+        json.dump(content, f, indent=2, sort_keys=True)
+      written.append(name)
   base = str((config or {}).get("student", {}).get("hf_dir", "") or "")
   with open(os.path.join(hf_dir, "README.md"), "w") as f:
     f.write(model_card(base_model=os.path.basename(base.rstrip("/")), config=config,
