@@ -47,7 +47,7 @@ import os
 from absl import flags
 
 from aotd_jax import hf
-from aotd_jax.data import annotations
+from aotd_jax.data import annotations, files
 from aotd_jax.eval import mc_parse, rescore
 from aotd_jax.eval import student as student_eval
 from aotd_jax.train.config_check import ConfigError
@@ -115,7 +115,7 @@ def read_records(fmt: str, path: str, map_path: str = ""):
   if map_path:
     if fmt != "nextqa":
       raise ConfigError(f"--map={map_path} is NExT-QA's video map; --format is {fmt!r}")
-    if not os.path.isfile(map_path):
+    if not files.exists(map_path):
       raise ConfigError(f"--map={map_path}: no such file")
     kw["map_path"] = map_path
   return annotations.read(fmt, path, **kw)

@@ -97,15 +97,22 @@ def test_annotation_files_read_from_a_bucket(fake_gcs):
   _upload(os.path.join(fix, "star_val.json"), "gs://bucket/star/val.json")
   for name in sorted(os.listdir(os.path.join(fix, "mvbench"))):
     _upload(os.path.join(fix, "mvbench", name), f"gs://bucket/mvbench/{name}")
+  want_nextqa = None
   cases = [("nextqa", os.path.join(real, "nextqa", "val.csv"), "gs://bucket/nextqa/val.csv"),
            ("star", os.path.join(fix, "star_val.json"), "gs://bucket/star/val.json"),
            ("mvbench", os.path.join(fix, "mvbench"), "gs://bucket/mvbench")]
   for fmt, local, url in cases:
     want, got = annotations.read(fmt, local), annotations.read(fmt, url)
     assert len(got) > 0 and [r.to_json() for r in got] == [r.to_json() for r in want], fmt
+    want_nextqa = want if fmt == "nextqa" else want_nextqa
   assert got[0].meta["task"] and "video_path" in annotations.read("nextqa", cases[0][2])[0].meta
   with pytest.raises(annotations.AnnotationError, match="gs://bucket/star/missing.json"):
     annotations.read("star", "gs://bucket/star/missing.json")
+  from launch import evaluate  # its --map is checked on the bucket too
+  mapped = evaluate.read_records("nextqa", cases[0][2], "gs://bucket/nextqa/map_vid_vidorID.json")
+  assert [r.to_json() for r in mapped] == [r.to_json() for r in want_nextqa]
+  with pytest.raises(evaluate.ConfigError, match="--map=gs://bucket/nextqa/nope.json: no such file"):
+    evaluate.read_records("nextqa", cases[0][2], "gs://bucket/nextqa/nope.json")
 
 
 def test_videos_decode_from_a_bucket(fake_gcs):
