@@ -44,8 +44,29 @@ def describe(e: BaseException, argv) -> str:
   return f"{type(e).__name__}: {text}"
 
 
+def packaged_configs(argv: list[str], cwd: str | None = None) -> list[str]:
+  """`--config=configs/...` read from the installed `configs` package when no such file is
+  under the working directory, so an installed launcher runs the documented commands from any
+  directory; any other `--config` is left as it is."""
+  cwd = os.getcwd() if cwd is None else cwd
+  out = []
+  for arg in argv:
+    if arg.startswith("--config=configs/"):
+      path, sep, config_arg = arg[len("--config="):].partition(":")
+      if not os.path.exists(os.path.join(cwd, path)):
+        import configs  # pylint: disable=g-import-not-at-top
+        packaged = os.path.join(os.path.dirname(os.path.abspath(configs.__file__)),
+                                path[len("configs/"):])
+        if os.path.isfile(packaged):
+          arg = f"--config={packaged}{sep}{config_arg}"
+    out.append(arg)
+  return out
+
+
 def parse_flags(argv):
-  """`app.run`'s flag parser with readable errors."""
+  """`app.run`'s flag parser with readable errors; `--config=configs/...` also from the
+  installed package (`packaged_configs`)."""
+  argv = packaged_configs(argv)
   try:
     return flags.FLAGS(argv)
   except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:

@@ -23,6 +23,7 @@ from ml_collections import config_flags
 
 from aotd_jax.agent import job, programs
 from aotd_jax.data import annotations, files
+from launch import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/cot/<name>.py[:arg]")
 _SHARD_INDEX = flags.DEFINE_integer(
@@ -213,4 +214,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

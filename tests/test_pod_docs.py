@@ -107,3 +107,20 @@ def test_foreground_runs_and_a_training_run_without_workdir():
                                                    "--workdir=gs://b/r --config.distributed=True")
   missing = dry_run(base)
   assert missing.returncode != 0 and "launch.train needs --workdir" in missing.stderr
+
+
+def test_installed_launchers_find_the_documented_configs_from_any_directory(tmp_path):
+  """`--config=configs/...` resolves against the installed `configs` package when the working
+  directory has no such file (a launcher run outside the checkout)."""
+  from launch import cli
+  packaged = os.path.join(ROOT, "configs", "toyworld", "distill.py")
+  assert cli.packaged_configs(["x", "--config=configs/toyworld/distill.py:llama"],
+                              cwd=str(tmp_path)) == ["x", f"--config={packaged}:llama"]
+  for argv in (["--config=configs/toyworld/distill.py:llama"], ["--config=configs/nope.py"],
+               ["--config=my/own.py:a"], ["--config.total_steps=3"]):
+    assert cli.packaged_configs(argv, cwd=ROOT if "toyworld" in argv[0] else str(tmp_path)) == argv
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  r = subprocess.run([sys.executable, "-m", "launch.train", "--workdir=w",
+                      "--config=configs/toyworld/distill.py:llama", "--config.no_such_key=1"],
+                     cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+  assert r.returncode == 2 and "the config has no key 'no_such_key'" in r.stderr, r.stderr[-2000:]
