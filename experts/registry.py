@@ -9,13 +9,14 @@ with a `kind` and that kind's settings:
   grounder:          oracle | univtg (path: official checkpoint, clip_path: HF CLIP dir,
                       features_path: saved ObjectStates, "" = CLIP image features) | none
   action_recognizer: oracle | llava (path, num_frames, choice_scoring: likelihood | generate,
-                      max_new_tokens, prompt_format: plain | official, matmul_precision,
-                      cpu_kernels) | none
+                      max_new_tokens, prompt_format: plain | official, summary_prompt:
+                      ours | official (Video_summary's), matmul_precision, cpu_kernels) | none
   video_qa:          oracle | llava (the same keys) | none
   selector:          keyword | llama (path: HF Llama dir with tokenizer) | openai (base_url,
                       model, api_key_env: an OpenAI-compatible server) | none; `chat` (default
                       True) sends the prompt as a chat message, so a llama dir's tokenizer needs a
-                      chat template (checked when the tools are built); False: plain text
+                      chat template (checked when the tools are built); False: plain text;
+                      `prompt`: ours | official (the release's select_answer prompt structure)
   ground_truth:      toyworld (path: world dir) | star (path: JSON file(s), classes_dir)
   cache:             dir ("" = memory only), enabled
   tools:             find ("frames": the frames that show the object | "crops": 224 x 224 crops
@@ -42,11 +43,11 @@ ROLES = ("detector", "grounder", "action_recognizer", "video_qa", "selector")
 
 
 def selector_section(kind: str, *, path: str = "", base_url: str = "", model: str = "",
-                     max_new_tokens: int = 8, chat: bool = True) -> dict:
+                     max_new_tokens: int = 8, chat: bool = True, prompt: str = "ours") -> dict:
   """A selector section with every key any kind reads, so the command line can switch kinds
   (`--config.experts.selector.kind=openai --config.experts.selector.base_url=URL`)."""
   return {"kind": kind, "path": path, "base_url": base_url, "model": model, "api_key_env": "",
-          "max_new_tokens": max_new_tokens, "chat": chat}
+          "max_new_tokens": max_new_tokens, "chat": chat, "prompt": prompt}
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -168,7 +169,8 @@ def _llava(role):
                               num_frames=int(_get(section, "num_frames", 8)),
                               choice_scoring=_get(section, "choice_scoring", "likelihood"),
                               max_new_tokens=int(_get(section, "max_new_tokens", 32)),
-                              prompt_format=_get(section, "prompt_format", "plain"))
+                              prompt_format=_get(section, "prompt_format", "plain"),
+                              summary_prompt=_get(section, "summary_prompt", "ours"))
   return make
 
 
@@ -195,7 +197,8 @@ def _llama(section, ctx):
     return LocalLlama(path, tokenizer=tokenizer)
   llm = ctx.model(("llama", path), load)
   return LLMSelector(llm, name=f"llama:{path}",
-                     max_new_tokens=int(_get(section, "max_new_tokens", 8)), chat=chat)
+                     max_new_tokens=int(_get(section, "max_new_tokens", 8)), chat=chat,
+                     prompt=_get(section, "prompt", "ours"))
 
 
 def _openai_selector(section, ctx):
@@ -211,7 +214,8 @@ def _openai_selector(section, ctx):
                                      api_key_env=_get(section, "api_key_env", None) or None))
   return LLMSelector(llm, name=f"openai:{model}@{url}",
                      max_new_tokens=int(_get(section, "max_new_tokens", 8)),
-                     chat=bool(_get(section, "chat", True)))
+                     chat=bool(_get(section, "chat", True)),
+                     prompt=_get(section, "prompt", "ours"))
 
 
 # role -> kind -> factory(section, context) -> backend
@@ -246,7 +250,8 @@ def describe(config, *, full_hash: bool = False) -> dict[str, dict]:
       if kind == "llava":
         entry.update(num_frames=int(_get(section, "num_frames", 8)),
                      choice_scoring=_get(section, "choice_scoring", "likelihood"),
-                     prompt_format=_get(section, "prompt_format", "plain"))
+                     prompt_format=_get(section, "prompt_format", "plain"),
+                     summary_prompt=_get(section, "summary_prompt", "ours"))
       if kind == "owlv2":
         entry["threshold"] = float(_get(section, "threshold", 0.1))
         entry["query_template"] = _get(section, "query_template", "{}") or "{}"
@@ -256,6 +261,8 @@ def describe(config, *, full_hash: bool = False) -> dict[str, dict]:
           entry["coalesce_wait_s"] = float(_get(section, "coalesce_wait_s", 0.002))
     elif kind == "openai":
       entry.update(base_url=_get(section, "base_url", ""), model=_get(section, "model", ""))
+    if role == "selector" and kind in ("llama", "openai"):
+      entry["prompt"] = _get(section, "prompt", "ours")
     out[role] = entry
   vocab = _get(config, "object_vocabulary", ())
   out["tools"] = {"find": _get(_get(config, "tools"), "find", "frames") or "frames",

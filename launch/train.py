@@ -79,9 +79,11 @@ def run(cfg, workdir: str) -> int:
   tx = make_optimizer(cfg.optim, cfg.total_steps)
   schedule = learning_rate_schedule(cfg.optim, cfg.total_steps)
   trainer = Trainer(student, tx, mesh=mesh,
-                    trainable=trainable_filter(cfg.student.get("freeze_vision_tower", True)),
+                    trainable=trainable_filter(cfg.student.get("freeze_vision_tower", True),
+                                               cfg.student.get("freeze_image_newline", False)),
                     rationale_weight=cfg.rationale_weight, schedule=schedule,
-                    loss_normalization=cfg.get("loss", {}).get("normalization", "per_part"))
+                    loss_normalization=cfg.get("loss", {}).get("normalization", "per_part"),
+                    neftune_alpha=cfg.get("neftune_alpha", 0.0), seed=cfg.seed)
   ckpt_dir = os.path.join(workdir, "checkpoints")
   if jax.process_index() == 0:
     build.write_hf_config(student, ckpt_dir)

@@ -376,7 +376,7 @@ def test_dataset_configs_build_their_backends(tmp_path):
   assert (judged.judge_llm.kind, judged.judge_llm.kwargs.model) == ("openai", "llama-3.1-8b")
   assert judged.experts.selector.to_dict() == {
       "kind": "llama", "path": "/models/coder", "base_url": "", "model": "", "api_key_env": "",
-      "max_new_tokens": 8, "chat": True}
+      "max_new_tokens": 8, "chat": True, "prompt": "official"}
   c = nextqa.get_config(f"ann=t.csv,videos=v,map=m.json,{paths},llm=http://x/v1")
   assert c.data.format == "nextqa" and dict(c.data.read_kwargs) == {"map_path": "m.json"}
   assert c.experts.object_vocabulary == "open" and c.experts.detector.kind == "owlv2"
@@ -411,7 +411,8 @@ def test_vocabularies_and_manifest_of_real_experts(tmp_path):
   assert roles["detector"]["weights"]["sha256"] == manifest.weights_fingerprint(
       str(tmp_path / "owl"))["sha256"]
   assert roles["grounder"]["clip_weights"]["files"] == 1
-  assert roles["selector"] == {"kind": "openai", "base_url": "http://x/v1", "model": "m"}
+  assert roles["selector"] == {"kind": "openai", "base_url": "http://x/v1", "model": "m",
+                               "prompt": "official"}
   oracle_roles = registry.describe(star.get_config(
       "ann=a.json,videos=v,experts=oracle,llm=http://x/v1").experts)
   assert manifest.vision_summary(oracle_roles) == "oracle"

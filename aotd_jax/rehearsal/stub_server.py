@@ -41,7 +41,8 @@ def classify(text: str) -> str:
     return "rewrite"
   if "Turn the trace into a natural-language rationale" in text:
     return "rewrite_official"
-  if "Reply with the letter of the best option only" in text:
+  if ("Reply with the letter of the best option only" in text
+      or "Reply with the letter of the best option from the given choices only" in text):
     return "selector"
   if "You compare a predicted answer" in text:
     return "judge_answer"
@@ -96,7 +97,9 @@ class Replies:
       return " ".join(steps + [f"So the answer is {gold.rstrip('.')}." if gold else ""]).strip()
     if kind == "selector":
       question = _field(text, "Question")
-      lines = re.findall(r"^\(([A-Z])\) (.*)$", text, flags=re.M)
+      # the options after the last heading (the official prompt's worked example has its own)
+      tail = re.split(r"^- (?:Options|Possible answers):$", text, flags=re.M)[-1]
+      lines = re.findall(r"^\(([A-Z])\) (.*)$", tail, flags=re.M)
       gold = self.answers.get(question)
       for letter, option in lines:
         if gold is not None and (option.strip() == gold) != (question in self.wrong):

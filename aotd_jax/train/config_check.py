@@ -57,6 +57,7 @@ def check_train_config(cfg) -> None:
   _int(errors, cfg, "keep_checkpoints", minimum=1, required=False)
   _int(errors, cfg, "seed", minimum=0, required=False)
   _float(errors, cfg, "rationale_weight", low=0.0)
+  _float(errors, cfg, "neftune_alpha", low=0.0)
   _float(errors, cfg, "optim.learning_rate", low=0.0, low_open=True)
   _float(errors, cfg, "optim.warmup_ratio", low=0.0, high=1.0)
   _float(errors, cfg, "optim.final_lr_ratio", low=0.0, high=1.0)

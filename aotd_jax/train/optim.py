@@ -42,10 +42,13 @@ def make_optimizer(cfg: Mapping[str, Any], total_steps: int) -> optax.GradientTr
   return optax.chain(*parts)
 
 
-def trainable_filter(freeze_vision_tower: bool = True):
-  """Params the optimiser updates: all, or all but the vision tower (the paper freezes it)."""
+def trainable_filter(freeze_vision_tower: bool = True, freeze_image_newline: bool = False):
+  """Params the optimiser updates: all, or all but the vision tower (the paper freezes it),
+  and with `freeze_image_newline` all but LLaVA's `image_newline` (the official run's)."""
+  frozen = []
   if freeze_vision_tower:
     # LLaVA students name their tower `vision_tower`, Qwen2-VL `visual`.
-    return nnx.All(nnx.Param, nnx.Not(nnx.Any(nnx.PathContains("vision_tower"),
-                                              nnx.PathContains("visual"))))
-  return nnx.Param
+    frozen += [nnx.PathContains("vision_tower"), nnx.PathContains("visual")]
+  if freeze_image_newline:
+    frozen.append(nnx.PathContains("image_newline"))
+  return nnx.All(nnx.Param, nnx.Not(nnx.Any(*frozen))) if frozen else nnx.Param

@@ -20,6 +20,7 @@ from flax.core import spmd
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from aotd_jax import sharding as sharding_lib
+from aotd_jax.train import neftune
 from aotd_jax.train.losses import LOSS_NORMALIZATIONS, distill_loss
 
 LOSS_KEYS = ("input_ids", "label_mask", "rationale_mask")
@@ -88,7 +89,8 @@ class Trainer:
   def __init__(self, model: nnx.Module, tx: optax.GradientTransformation, *, mesh: Mesh,
                trainable=nnx.Param, rationale_weight: float = 1.0, rules=None,
                schedule: Callable[[int], float] | None = None,
-               loss_normalization: str = "per_part"):
+               loss_normalization: str = "per_part", neftune_alpha: float = 0.0,
+               seed: int = 0):
     self.model = model
     self.mesh = mesh
     self.tx = tx
@@ -99,6 +101,9 @@ class Trainer:
       raise ValueError(f"loss_normalization={loss_normalization!r}: expected one of "
                        f"{LOSS_NORMALIZATIONS}")
     self.loss_normalization = loss_normalization
+    if neftune_alpha < 0:
+      raise ValueError(f"neftune_alpha={neftune_alpha} must be >= 0 (0: no NEFTune noise)")
+    self.neftune_alpha, self.seed = float(neftune_alpha), int(seed)
     self._trainable = trainable
     self.graphdef, params, rest = nnx.split(model, trainable, ...)
     self.param_shardings = sharding_lib.state_shardings(params, mesh, rules)
@@ -118,10 +123,13 @@ class Trainer:
     graphdef, tx, lam = self.graphdef, self.tx, self.rationale_weight
     normalization = self.loss_normalization
     example_model = self.model
+    alpha, base_key = self.neftune_alpha, jax.random.key(self.seed)
 
-    def train_step(params, opt_state, rest, batch):
+    def train_step(params, opt_state, rest, batch, step):
       def loss_fn(p):
         student = nnx.merge(graphdef, p, rest)
+        if alpha > 0:  # NEFTune: fresh noise every step
+          neftune.noisy_embed(student, jax.random.fold_in(base_key, step), alpha)
         logits = student(**_model_inputs(example_model, batch)).logits
         out = distill_loss(logits, batch["input_ids"], batch["label_mask"],
                            batch["rationale_mask"], lam, normalization=normalization,
@@ -153,7 +161,8 @@ class Trainer:
     """One optimiser step; raises `NonFiniteLossError` (state not committed) on NaN/Inf."""
     device_batch = self.shard_batch(batch)
     with self.mesh_context():
-      new_params, new_opt, metrics = self._train_step(self.params, self.opt_state, self.rest, device_batch)
+      new_params, new_opt, metrics = self._train_step(self.params, self.opt_state, self.rest,
+                                                      device_batch, np.int32(self.step))
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
     if not all(math.isfinite(metrics[k]) for k in ("loss", "grad_norm")):
       raise NonFiniteLossError(

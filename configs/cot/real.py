@@ -23,13 +23,14 @@ def llm_section(value: str, model: str) -> ml_collections.ConfigDict:
 
 
 def selector_section(value: str, model: str) -> dict:
-  """The answer selector (the paper: an LLM choosing a letter) on a server or a local dir;
-  `keyword` for the offline word-overlap heuristic (a documented deviation)."""
+  """The answer selector (the paper: an LLM choosing a letter, with the release's prompt
+  structure) on a server or a local dir; `keyword` for the offline word-overlap heuristic (a
+  documented deviation)."""
   if value == "keyword":
     return experts.selector_section("keyword")
   if value.startswith(("http://", "https://")):
-    return experts.selector_section("openai", base_url=value, model=model)
-  return experts.selector_section("llama", path=value)
+    return experts.selector_section("openai", base_url=value, model=model, prompt="official")
+  return experts.selector_section("llama", path=value, prompt="official")
 
 
 def bind_experts(name: str, a: dict, *, vocabulary: str) -> ml_collections.ConfigDict:
@@ -54,9 +55,9 @@ def bind_experts(name: str, a: dict, *, vocabulary: str) -> ml_collections.Confi
   c.grounder = {"kind": "univtg", "path": a["univtg"], "clip_path": a["clip"],
                 "features_path": "", "buckets": list(c.grounder.buckets)}
   # LLaVA-NeXT-Video-DPO as the official AoTD asks it: 32 frames, a greedy reply (the letter
-  # parsed and snapped to an option), "Question:/Options:" prompts.
+  # parsed and snapped to an option), "Question:/Options:" prompts, its Video_summary request.
   llava = {"kind": "llava", "path": a["llava"], "num_frames": 32, "choice_scoring": "generate",
-           "max_new_tokens": 100, "prompt_format": "official"}
+           "max_new_tokens": 100, "prompt_format": "official", "summary_prompt": "official"}
   c.action_recognizer = dict(llava)
   c.video_qa = dict(llava)
   c.selector = selector_section(selector, a.get("selector_model") or a.get("model", ""))

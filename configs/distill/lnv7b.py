@@ -89,6 +89,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # on GPUs (54 % MFU for a 1B Llama on one H200 vs 18 % with the einsum path; RESULTS.md).
   c.student.attention_impl = "causal"
   c.student.freeze_vision_tower = True
+  c.student.freeze_image_newline = True  # the official run freezes it too (docs/fidelity.md)
 
   c.optim = ml_collections.ConfigDict(dict(
       learning_rate=4e-5, warmup_ratio=0.03, weight_decay=0.0, grad_clip=1.0, final_lr_ratio=0.0))
@@ -106,6 +107,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.prompt_format = "official"
   c.data.answer_style = "letter"
   c.loss = ml_collections.ConfigDict(dict(normalization="sequence"))
+  c.neftune_alpha = 0.1  # NEFTune noise on the token embeddings, as the official Trainer
   c.data.datasets = ml_collections.ConfigDict({
       name: dict(format=DATASETS[name][0], annotations=f"{root}/{DATASETS[name][1]}",
                  video_root=f"{root}/{DATASETS[name][2]}", cots=f"{root}/{DATASETS[name][3]}",

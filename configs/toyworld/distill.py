@@ -71,6 +71,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # "per_part": mean(answer) + λ·mean(rationale), prompt masked (ours); "sequence": one token
   # mean over the whole sequence, as the official release (docs/fidelity.md)
   c.loss = ml_collections.ConfigDict(dict(normalization="per_part"))
+  # NEFTune noise on the token embeddings (official: 0.1, lnv7b's default); 0: none
+  c.neftune_alpha = 0.0
   c.peak_flops = 0.0  # set to the hardware's peak (FLOP/s) for an MFU estimate
   c.nan_at_step = -1  # fault injection (tests): poison this step's batch
   c.kill_at_step = -1  # fault injection (tests): SIGKILL after this step's checkpoint

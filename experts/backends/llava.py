@@ -19,6 +19,20 @@ from typing import Sequence
 import numpy as np
 
 SUMMARY_PROMPT = "Describe briefly what happens in the video."
+SUMMARY_PROMPTS = ("ours", "official")
+
+
+def summary_text(style: str, query: str | None = None) -> str:
+  """Video_summary's request: `ours` (a short description, focused on `query` when given) or
+  `official` (the release's one-sentence description of subjects, actions and background,
+  `vision_models.py:378`, in our words: `data/prompts/video_summary_official.txt`; like the
+  release it ignores `query`)."""
+  if style == "official":
+    from aotd_jax.agent.programs import read_prompt_file
+    return read_prompt_file("video_summary_official.txt").strip()
+  if style != "ours":
+    raise ValueError(f"summary_prompt={style!r} is not one of {list(SUMMARY_PROMPTS)}")
+  return SUMMARY_PROMPT if not query else f"{SUMMARY_PROMPT} Focus on: {query}"
 ACTIONS_PROMPT = "What actions happen in the video?"
 OBJECT_ACTIONS_PROMPT = "What happens with the {object} in the video?"
 CHOICE_SCORING = ("likelihood", "pmi", "generate")
@@ -79,13 +93,15 @@ class LlavaVideoQA:
   def __init__(self, model, tokenizer, *, name: str = "llava", num_frames: int = 8,
                max_new_tokens: int = 32, video_token: str = "<video>",
                choice_scoring: str = "likelihood", answer_format: str = "text",
-               prompt_format: str = "plain"):
+               prompt_format: str = "plain", summary_prompt: str = "ours"):
     if choice_scoring not in CHOICE_SCORING:
       raise ValueError(f"choice_scoring={choice_scoring!r} is not one of {list(CHOICE_SCORING)}")
     if answer_format not in ANSWER_FORMATS:
       raise ValueError(f"answer_format={answer_format!r} is not one of {list(ANSWER_FORMATS)}")
     self.choice_scoring, self.answer_format = choice_scoring, answer_format
-    self.prompt_format = prompt_format
+    if summary_prompt not in SUMMARY_PROMPTS:
+      raise ValueError(f"summary_prompt={summary_prompt!r} is not one of {list(SUMMARY_PROMPTS)}")
+    self.prompt_format, self.summary_prompt = prompt_format, summary_prompt
     self._choice_logprobs = None
     self.model, self.tokenizer, self.name = model, tokenizer, name
     self.num_frames, self.max_new_tokens = int(num_frames), int(max_new_tokens)
@@ -174,8 +190,7 @@ class LlavaVideoQA:
     return self.generate_text(clip, question + "\n" + OPEN_ENDED_SUFFIX)
 
   def summarize(self, clip, query: str | None = None) -> str:
-    text = SUMMARY_PROMPT if not query else f"{SUMMARY_PROMPT} Focus on: {query}"
-    return self.generate_text(clip, text)
+    return self.generate_text(clip, summary_text(self.summary_prompt, query))
 
   def recognize(self, clip, object_name: str | None = None,
                 candidates: Sequence[str] | None = None) -> list[str]:
