@@ -1,4 +1,5 @@
 """The sandbox's data-only wire: round trips, refusals, and a fuzz of the decoder."""
+import concurrent.futures
 import pickle
 import random
 
@@ -114,3 +115,33 @@ def test_fuzz_random_and_truncated_frames():
     except wire.WireError:
       pass
   assert 0 < ok < len(frames)
+
+
+@pytest.mark.parametrize("size", [0, 5, 16383, 16384, 300_000])
+def test_frames_match_multiprocessing_connection_both_ways(size):
+  """The worker's framing (no multiprocessing import) is the host's Connection format."""
+  import socket
+  from multiprocessing.connection import Connection
+  a, b = socket.socketpair()
+  host, worker = Connection(a.detach()), wire.Frames(b.fileno())
+  data = bytes(random.Random(size).getrandbits(8) for _ in range(min(size, 64))) * (
+      size // 64 + 1)
+  data = data[:size]
+  try:
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # a frame can fill the socket
+      pool.submit(worker.send_bytes, data)
+      assert host.recv_bytes() == data
+      pool.submit(host.send_bytes, data)
+      assert worker.recv_bytes(size) == data
+    host.send_bytes(b"x" * 10)
+    with pytest.raises(OSError, match="limit 9"):
+      worker.recv_bytes(9)
+  finally:
+    host.close()
+    b.close()
+  a, b = socket.socketpair()
+  a.sendall(b"\x00\x00\x00\x05ab")  # a frame cut short, then the end
+  a.close()
+  with pytest.raises(EOFError):
+    wire.Frames(b.fileno()).recv_bytes(100)
+  b.close()

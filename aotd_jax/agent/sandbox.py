@@ -142,14 +142,14 @@ class _Worker:
   """One worker (a zygote that forks a child per run) and our end of its socket."""
 
   def __init__(self, memory_mb: int, cwd: str | None, runs_per_child: int = 1,
-               jail: bool = True):
+               jail: bool = True, spares: int = 2):
     parent_sock, child_sock = socket.socketpair()
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "OPENBLAS_NUM_THREADS": "1",
            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "LC_ALL": "C.UTF-8"}
     fd = child_sock.fileno()
     self.proc = subprocess.Popen(
         [sys.executable, "-I", _WORKER_PATH, str(fd), str(memory_mb), str(runs_per_child),
-         "on" if jail else "off"],
+         "on" if jail else "off", str(spares)],
         pass_fds=(fd,),
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True, env=env, cwd=cwd, close_fds=True)
@@ -157,6 +157,7 @@ class _Worker:
     self.conn = Connection(parent_sock.detach())
     self.ready = False
     self.runs = 0
+    self.child = (0, 0)  # (number, pid) of the child that said hello for the last run
     self.codec = sandbox_wire.Codec()
 
   def wait_ready(self, timeout: float) -> str | None:
@@ -244,13 +245,16 @@ class Sandbox:
     array_by_value_bytes: numpy arrays up to this size are copied to the program; larger
       ones stay here behind a handle.
     max_message_bytes: the largest message accepted from a worker.
-    max_runs_per_worker: a worker is replaced after this many runs (and after any failure).
+    max_runs_per_worker: a worker (its zygote) is replaced after this many runs (and after
+      any failure). Programs never run in the zygote, so this is hygiene, not isolation.
     max_handle_bytes: the run ends when the arrays kept here for its handles pass this.
     max_message_nodes: the most lists, maps and extension values in one worker message.
     runs_per_child: 1 (default): every run in a fresh child forked from the warm zygote.
       N > 1 lets a child that ended its run cleanly (a value, or an ordinary exception of
       the program) serve up to N runs: cheaper on a loaded machine, but a later run then
       shares an interpreter with earlier programs (see docs/agent_sandbox.md).
+    spare_children: children each worker forks ahead of need, each warmed and waiting for
+      its turn, so a run never waits for a fork (0: fork the next one when a run ends).
     jail: put each worker in its own mount and network namespaces (and user namespace when
       not root), chrooted into an empty read-only tmpfs, under a seccomp filter; what the
       platform does not allow is reported once on stderr.
@@ -258,11 +262,13 @@ class Sandbox:
 
   def __init__(self, num_workers: int = 2, *, memory_mb: int = 512, cwd: str | None = None,
                array_by_value_bytes: int = 1 << 20, max_message_bytes: int = 64 << 20,
-               max_runs_per_worker: int = 200, start_timeout_s: float = 60.0,
+               max_runs_per_worker: int = 10_000, start_timeout_s: float = 60.0,
                max_handle_bytes: int = 512 << 20, max_message_nodes: int = 1_000_000,
-               runs_per_child: int = 1, jail: bool = True):
+               runs_per_child: int = 1, jail: bool = True, spare_children: int = 2):
     if num_workers < 1:
       raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+    if spare_children < 0:
+      raise ValueError(f"spare_children must be >= 0, got {spare_children}")
     if memory_mb < 64:
       raise ValueError(f"memory_mb must be >= 64 (numpy alone needs ~100), got {memory_mb}")
     self.memory_mb, self.cwd = memory_mb, cwd
@@ -271,6 +277,7 @@ class Sandbox:
     self.max_runs_per_worker = max_runs_per_worker
     self.max_handle_bytes = max_handle_bytes
     self.runs_per_child = runs_per_child
+    self.spare_children = spare_children
     self.jail = jail
     self.max_message_nodes = max_message_nodes
     self.start_timeout_s = start_timeout_s
@@ -278,8 +285,13 @@ class Sandbox:
     self._closed = False
     self._lock = threading.Lock()
     self._nonces = itertools.count(1)
+    self._signatures: dict[Callable, inspect.Signature] = {}  # tool -> its signature
     for _ in range(num_workers):
-      self._idle.put(_Worker(memory_mb, cwd, runs_per_child, jail))
+      self._idle.put(self._new_worker())
+
+  def _new_worker(self) -> _Worker:
+    return _Worker(self.memory_mb, self.cwd, self.runs_per_child, self.jail,
+                   self.spare_children)
 
   def __enter__(self) -> "Sandbox":
     return self
@@ -303,7 +315,7 @@ class Sandbox:
       return
     worker.kill()
     if not self._closed:
-      self._idle.put(_Worker(self.memory_mb, self.cwd, self.runs_per_child, self.jail))
+      self._idle.put(self._new_worker())
 
   def run(self, source: str, tools: Mapping[str, Callable], args: Mapping[str, Any], *,
           timeout_s: float, max_steps: int = 1_000_000, max_output_chars: int = 100_000,
@@ -342,7 +354,7 @@ class Sandbox:
       worker = self._idle.get()
       if not worker.alive():  # killed while idle (OOM killer, an operator): replace it
         worker.kill()
-        worker = _Worker(self.memory_mb, self.cwd, self.runs_per_child, self.jail)
+        worker = self._new_worker()
       err = worker.wait_ready(self.start_timeout_s)
       if err is not None:
         self._checkin(worker, healthy=False)
@@ -375,16 +387,23 @@ class Sandbox:
     return ex
 
   def _verified(self, worker: _Worker) -> bool:
-    """The channel is in step: the first message of a run is its fresh child's hello, with
-    the run's number (a leftover of the last run, or the zygote's report that the last
-    child died, fails this)."""
+    """The channel is in step: the first message of a run is a child's hello (a leftover of
+    the last run, or the zygote's report that the last child died, fails this), and with
+    `runs_per_child == 1` that child is one this worker has not used before."""
     try:
       if not worker.conn.poll(self.start_timeout_s):
         return False
       msg = worker.codec.decode(worker.conn.recv_bytes(256))
-      return msg == ["hello"]
     except (EOFError, OSError, sandbox_wire.WireError):
       return False
+    if not (type(msg) is list and len(msg) == 3 and msg[0] == "hello"
+            and type(msg[1]) is int and type(msg[2]) is int):
+      return False
+    seq = msg[1]
+    if seq < worker.child[0] or (seq == worker.child[0] and self.runs_per_child == 1):
+      return False
+    worker.child = (seq, msg[2])
+    return True
 
   def _serve(self, worker: _Worker, handles: _Handles, tools, calls, timeout_s,
              max_tool_calls, keep_raw):
@@ -420,7 +439,8 @@ class Sandbox:
         if len(calls) >= max_tool_calls:
           raise _Overrun(f"tool-call limit exceeded (more than {max_tool_calls} calls)")
         before = len(calls)
-        reply = self._call_tool(tools, msg[1], msg[2], msg[3], calls, keep_raw)
+        reply = self._call_tool(tools, msg[1], msg[2], msg[3], calls, keep_raw,
+                                self._signatures)
         if len(calls) > before:  # the tool's own time is not the program's
           t_host += calls[-1].seconds
       elif kind == "op" and len(msg) == 4:
@@ -437,11 +457,11 @@ class Sandbox:
       worker.conn.send_bytes(data)
 
   @staticmethod
-  def _call_tool(tools, name, args, kwargs, calls, keep_raw):
+  def _call_tool(tools, name, args, kwargs, calls, keep_raw, signatures):
     fn = tools.get(name) if isinstance(name, str) else None
     if fn is None or not isinstance(args, tuple) or not isinstance(kwargs, dict):
       return ["err", f"unknown tool {_short(name)}"]
-    named = _bind(fn, args, kwargs)
+    named = _bind(fn, args, kwargs, signatures)
     t0 = time.perf_counter()
     try:
       result = fn(*args, **kwargs)
@@ -458,11 +478,23 @@ class Sandbox:
     return ("ok", result)
 
 
-def _bind(fn: Callable, args: tuple, kwargs: dict) -> dict:
-  """Names the arguments of a call by the tool's signature (arg0, arg1... if it can't)."""
+def _bind(fn: Callable, args: tuple, kwargs: dict, signatures: dict | None = None) -> dict:
+  """Names the arguments of a call by the tool's signature (arg0, arg1... if it can't).
+  `signatures` caches each tool's signature (at most 256 tools; then it starts over)."""
+  sig = None
+  if signatures is not None:
+    try:
+      sig = signatures.get(fn)
+    except TypeError:  # an unhashable callable: no cache
+      signatures = None
   try:
-    bound = inspect.signature(fn).bind(*args, **kwargs)
-    return dict(bound.arguments)
+    if sig is None:
+      sig = inspect.signature(fn)
+      if signatures is not None:
+        if len(signatures) >= 256:
+          signatures.clear()
+        signatures[fn] = sig
+    return dict(sig.bind(*args, **kwargs).arguments)
   except (TypeError, ValueError):
     named = {f"arg{i}": a for i, a in enumerate(args)}
     named.update(kwargs)

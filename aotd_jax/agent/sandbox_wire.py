@@ -22,7 +22,9 @@ match its bytes, an unhashable key, a truncated frame all raise `WireError`. Any
 encoder does not know goes to `encode_other` (the host turns it into a handle; the worker
 refuses it).
 """
+import os
 import re
+import struct
 
 import msgpack
 import numpy as np
@@ -193,3 +195,52 @@ class Codec:
     if count * dt.itemsize != len(raw):
       raise WireError("array size does not match its bytes")
     return np.frombuffer(raw, dt).reshape(shape).copy()
+
+
+_LEN = struct.Struct("!i")
+_LONG_LEN = struct.Struct("!Q")
+_SMALL = 16384
+
+
+class Frames:
+  """Length-prefixed frames on a socket's file descriptor, in the format of
+  `multiprocessing.connection.Connection` (which the host uses): a 4-byte big-endian signed
+  length, or -1 and an 8-byte length for frames of 2 GiB and more, then the bytes. For the
+  worker, which then need not import `multiprocessing` (a smaller zygote forks faster).
+  """
+
+  def __init__(self, fd: int):
+    self.fd = fd
+
+  def send_bytes(self, data) -> None:
+    n = len(data)
+    header = _LEN.pack(n) if n < 0x7fffffff else _LEN.pack(-1) + _LONG_LEN.pack(n)
+    if n < _SMALL:
+      self._write(header + bytes(data))
+    else:
+      self._write(header)
+      self._write(data)
+
+  def recv_bytes(self, maxlength: int) -> bytes:
+    """The next frame; `OSError` if it is longer than `maxlength`, `EOFError` at the end."""
+    (n,) = _LEN.unpack(self._read(4))
+    if n == -1:
+      (n,) = _LONG_LEN.unpack(self._read(8))
+    if n < 0 or n > maxlength:
+      raise OSError(f"bad message length {n} (limit {maxlength})")
+    return self._read(n)
+
+  def _write(self, data) -> None:
+    view = memoryview(data)
+    while view:
+      view = view[os.write(self.fd, view):]
+
+  def _read(self, n: int) -> bytes:
+    chunks, left = [], n
+    while left:
+      chunk = os.read(self.fd, min(left, 1 << 20))
+      if not chunk:
+        raise EOFError("channel closed")
+      chunks.append(chunk)
+      left -= len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -1,18 +1,23 @@
 """The sandbox's worker: a zygote that forks one fresh child per program.
 
-Started by `aotd_jax.agent.sandbox` as `python -I sandbox_worker.py FD MEMORY_MB RUNS_PER_CHILD`; it must
-import nothing from `aotd_jax` (that would load JAX): only the standard library, numpy,
-msgpack and `sandbox_wire` (the data-only message format, next to this file).
+Started by `aotd_jax.agent.sandbox` as
+`python -I sandbox_worker.py FD MEMORY_MB RUNS_PER_CHILD JAIL SPARES`; it must import nothing
+from `aotd_jax` (that would load JAX): only the standard library, numpy, msgpack,
+`sandbox_wire` (the data-only message format) and `sandbox_turns` (whose turn it is on the
+channel), both next to this file.
 
 The zygote imports everything once, closes every file, applies the jail (`_jail`,
 when asked and where the platform allows) and the process-wide OS limits, says hello, then
-loops: fork a child, wait for it, report its exit status. The child reads one "run", runs
-the program with the per-run limits and exits, so no state survives from one program to the
-next, and whatever the program did to its interpreter dies with it.
+keeps SPARES children forked ahead of the one on the channel and reaps them as they end. A
+child warms its pages, waits for its turn, reads one "run", runs the program with the per-run
+limits, hands the channel to the next child and exits, so no state survives from one
+program to the next, and whatever the program did to its interpreter dies with it.
 
 Protocol (msgpack lists via `sandbox_wire`; host objects travel as handles):
   zygote -> host   ["ready", pid, jail_report]
-  child -> host    ["hello"]                  (first, so the host knows the channel is in step)
+  child -> host    ["hello", n, pid]          (first, so the host knows the channel is in step;
+                                              n: the child's number, new for every run
+                                              unless RUNS_PER_CHILD > 1)
   host -> child    ["run", nonce, source, args, tool_names, limits]
   child -> host    ["call", tool, args, kwargs] | ["op", handle_id, op, operand]
   host -> child    ["ok", value] | ["err", message]
@@ -38,6 +43,7 @@ import sys
 import unicodedata  # noqa: F401 -- compile() needs it for non-ASCII names; no file later
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # -I leaves the script's dir out
+import sandbox_turns  # noqa: E402
 import sandbox_wire  # noqa: E402
 
 PROGRAM_FILENAME = "<program>"
@@ -320,22 +326,39 @@ def _run(source, args, tool_names, limits, tool=None):
   return ["done", value, out.text()]
 
 
+_TURN = [None, 0]  # the zygote's `sandbox_turns.Turns` page and this child's number
+_LIBC = [None]  # ctypes' handle on the C library, loaded by the zygote before its jail
+_ZYGOTE = [0]  # the zygote's pid
+PR_SET_PDEATHSIG = 1
+
+
 def _release():
-  """Tells the zygote this child is done with the channel, then exits."""
-  os.kill(os.getppid(), signal.SIGUSR2)
+  """Hands the channel to the next child (this one has sent its last message), then exits."""
+  turns, seq = _TURN
+  if turns is not None:
+    turns.pass_turn(seq)
   os._exit(0)
 
 
 RUNS_PER_CHILD = 1  # from the host (Sandbox(runs_per_child=...)); 1: a fresh child per run
+SPARES = 2  # from the host (Sandbox(spare_children=...)): children forked ahead of need
 
 
-def _child(n):
-  """The forked child: says hello, reads a program, runs it; exits after it (or, with
-  RUNS_PER_CHILD > 1, serves the next run when this one ended cleanly)."""
+def _child(seq, turns):
+  """The forked child: warms its own copy of the zygote's pages, waits for its turn, says
+  hello, reads a program, runs it; exits after it (or, with RUNS_PER_CHILD > 1, serves the
+  next run when this one ended cleanly)."""
   resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))  # no grandchildren
+  if _LIBC[0] is not None:  # dies with the zygote, so no child outlives its worker
+    _LIBC[0].prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+  if os.getppid() != _ZYGOTE[0]:  # the zygote died before that took effect
+    os._exit(EXIT_CHANNEL)
+  _TURN[:] = [turns, seq]
+  _prefault()
+  turns.wait(seq)
   for served in range(1, RUNS_PER_CHILD + 1):
     try:
-      _CHANNEL.send(["hello"])
+      _CHANNEL.send(["hello", seq, os.getpid()])
       msg = _CHANNEL.recv()
       ok = type(msg) is list and len(msg) == 6 and msg[0] == "run"
     except BaseException:
@@ -382,7 +405,8 @@ _DENIED_SYSCALLS = (
     "kexec_load", "init_module", "finit_module", "delete_module", "bpf", "perf_event_open",
     "keyctl", "add_key", "request_key", "userfaultfd", "io_uring_setup", "personality",
     "name_to_handle_at", "open_by_handle_at", "memfd_create", "setuid", "setgid",
-    "setreuid", "setregid", "setresuid", "setresgid", "setgroups", "chdir", "fchdir")
+    "setreuid", "setregid", "setresuid", "setresgid", "setgroups", "chdir", "fchdir",
+    "setsid", "setpgid")
 
 
 def _jail(as_root):
@@ -395,10 +419,12 @@ def _jail(as_root):
   libc = ctypes.CDLL(None, use_errno=True)
   done, missing = [], []
   seccomp = None  # loaded now: after the chroot there is no library to find
-  path = ctypes.util.find_library("seccomp")
-  if path:
+  try:  # the usual soname first: find_library runs a program (and imports subprocess)
+    seccomp = ctypes.CDLL("libseccomp.so.2")
+  except OSError:
+    path = ctypes.util.find_library("seccomp")
     try:
-      seccomp = ctypes.CDLL(path)
+      seccomp = ctypes.CDLL(path) if path else None
     except OSError:
       seccomp = None
   newns, newnet, newuser = 0x00020000, 0x40000000, 0x10000000
@@ -471,17 +497,22 @@ def _limit_process(memory_mb):
 
 def main():
   global _CHANNEL
-  global RUNS_PER_CHILD
+  global RUNS_PER_CHILD, SPARES
   fd, memory_mb = int(sys.argv[1]), int(sys.argv[2])
   RUNS_PER_CHILD = max(1, int(sys.argv[3])) if len(sys.argv) > 3 else 1
   jail = sys.argv[4] if len(sys.argv) > 4 else "on"
+  SPARES = max(0, int(sys.argv[5])) if len(sys.argv) > 5 else 2
+  import ctypes
   import numpy  # noqa: F401 -- loaded before files can no longer be opened
-  from multiprocessing.connection import Connection
+  try:
+    _LIBC[0] = ctypes.CDLL(None, use_errno=True)
+  except OSError:  # pragma: no cover -- a platform without dlopen(NULL)
+    pass
   compile("ñ = 1", "<warm>", "exec")  # loads what non-ASCII identifiers need
   if fd != CHANNEL_FD:
     os.dup2(fd, CHANNEL_FD)
     os.close(fd)
-  _CHANNEL = Channel(Connection(CHANNEL_FD))
+  _CHANNEL = Channel(sandbox_wire.Frames(CHANNEL_FD))
   as_root = os.geteuid() == 0
   done, missing, seccomp = _jail(as_root) if jail == "on" else ([], ["all (jail off)"], None)
   _limit_process(memory_mb)
@@ -495,33 +526,60 @@ def main():
     _CHANNEL.send(["ready", os.getpid(), report])
   except BaseException:
     _die()
-  # Each child is forked one run ahead and waits for SIGUSR1 (blocked, so it stays pending
-  # until the child asks for it): the fork is off the host's path. Only one child uses the
-  # channel at a time: the next one is let go when the current one says it is done with it
-  # (SIGUSR2, after its last message). A child that dies before that is reported to the
-  # host, and the zygote stops (the channel may hold half a message).
+  # Children are forked ahead of need (SPARES of them besides the one on the channel), each
+  # warms its own pages and waits for its turn (`sandbox_turns`), so neither the fork nor the
+  # copy-on-write faults are on the host's path. Only one child uses the channel at a time,
+  # in fork order; one that is done hands it to the next itself.
   signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD})
   _warm_up()
   gc.collect()
   gc.freeze()  # the children's collections skip the zygote's objects (no copy-on-write)
-  n = 1
-  waiting = _fork_child(n)
+  _ZYGOTE[0] = os.getpid()
+  _zygote(sandbox_turns.Turns(SPARES + 2))
+
+
+MAX_SPARE_DEATHS = 10  # spares killed in a row before the zygote gives up
+
+
+def _zygote(turns):
+  """Keeps the current child and SPARES spares alive, in turn order, forever. A child that
+  dies holding the channel (before it passed its turn) is reported to the host and the
+  zygote stops (the channel may hold half a message); a spare that dies before its turn is
+  replaced under the same number."""
+  children = {}  # pid -> number
+  next_seq, deaths = 1, 0
+
+  def spawn(seq):
+    pid = _fork_child(seq, turns)
+    children[pid] = seq
+    turns.register(seq, pid)
+
   while True:
-    current, waiting = waiting, None
-    os.kill(current, signal.SIGUSR1)
-    waiting = _fork_child(n + 1)
-    while True:
-      info = signal.sigwaitinfo({signal.SIGUSR2, signal.SIGCHLD})
-      if info.si_signo == signal.SIGUSR2 and info.si_pid == current:
-        break
-      died = _reap(current)
-      if died is not None:
+    turn = turns.turn
+    for _ in range(SPARES + 1 - sum(seq >= turn for seq in children.values())):
+      spawn(next_seq)
+      next_seq += 1
+    turns.wake(turn)  # in case its predecessor could not (no harm if it did)
+    signal.sigwaitinfo({signal.SIGCHLD})
+    for pid, code in _reap():
+      seq = children.pop(pid, None)
+      turn = turns.turn
+      if seq is None or seq < turn:  # a child that passed its turn, then exited
+        deaths = 0
+        continue
+      if seq == turn:
         try:
-          _CHANNEL.send(["exit", n, died])
+          _CHANNEL.send(["exit", seq, code])
         finally:
-          os.kill(waiting, signal.SIGKILL)
+          for other in children:
+            os.kill(other, signal.SIGKILL)
           _die()
-    n += 1
+      deaths += 1
+      if deaths > MAX_SPARE_DEATHS:
+        for other in children:
+          os.kill(other, signal.SIGKILL)
+        _die()
+      spawn(seq)
 
 
 _WARM_UP = """
@@ -538,48 +596,57 @@ def execute_command(video_clip, query, possible_answers):
 """
 
 
-def _warm_up():
-  """Runs a typical program once in the zygote, so what the first run of a process
-  initialises (caches, lazily built tables) is built once and shared by every child."""
+def _warm_up(times=8):
+  """Runs a typical program in the zygote, so what the first run of a process initialises
+  (caches, lazily built tables) is built once and shared by every child. `times` > 1 lets
+  the adaptive interpreter specialise the code."""
+  global _OUTPUT
   import numpy as np
   codec = _CHANNEL.codec
   msg = ["call", "f", (1, "a", [2.5, None], {"k": b"x"}, np.zeros((2, 2)), np.float32(1)),
          {"z": complex(1, 2), "s": {1}, "r": range(2)}]
-  for _ in range(8):  # the adaptive interpreter specialises code after a few runs
+  for _ in range(times):
     codec.decode(codec.encode(msg))
   limits = {"max_output_chars": 1000, "max_depth": 100, "max_steps": 10000,
             "entry_point": "execute_command",
             "builtins": ["len", "sum", "range", "str", "set", "Exception"]}
   args = {"video_clip": Handle(0, "VideoClip", "<clip>"), "query": "q",
           "possible_answers": ["a", "b"]}
-  for _ in range(8):
+  for _ in range(times):
     try:
       _run(_WARM_UP, args, ["select_answer"], limits, tool=lambda *a, **k: "a")
     except Exception:  # pragma: no cover -- a warm-up only
       pass
   sys.setrecursionlimit(1000)
+  _OUTPUT, _CLEAN[0] = None, False
 
 
-def _reap(current):
-  """Reaps every ended child; returns `current`'s exit code if it was among them."""
-  code = None
+def _prefault():
+  """In a fresh child, before its turn: the warm-up once more, so the pages a typical run
+  writes (reference counts, interpreter caches) are copied from the zygote now rather than
+  one fault at a time during the host's run. Our own program on our own data: the child
+  still meets exactly one untrusted program."""
+  _warm_up(times=1)
+
+
+def _reap():
+  """The (pid, exit code) of every child that has ended."""
+  ended = []
   while True:
     try:
       pid, status = os.waitpid(-1, os.WNOHANG)
     except ChildProcessError:
-      return code
+      return ended
     if pid == 0:
-      return code
-    if pid == current:
-      code = os.waitstatus_to_exitcode(status)
+      return ended
+    ended.append((pid, os.waitstatus_to_exitcode(status)))
 
 
-def _fork_child(n):
+def _fork_child(seq, turns):
   pid = os.fork()
   if pid == 0:
     try:
-      signal.sigwait({signal.SIGUSR1})
-      _child(n)
+      _child(seq, turns)
     finally:
       os._exit(EXIT_CHANNEL)
   return pid

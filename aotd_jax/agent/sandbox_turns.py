@@ -1,0 +1,81 @@
+"""Whose turn it is on a sandbox worker's channel: a page shared by the zygote and its children.
+
+Imported by `sandbox_worker.py` (as a plain module next to it: standard library only). The
+zygote forks its children ahead of need and numbers them in fork order (1, 2, ...); they take
+the one channel to the host in that order, one at a time. The page holds the number of the
+child whose turn it is and, in a ring of slots, the (number, pid) of each child the zygote
+forked, so a child that is done hands the channel to its successor itself (it sets the turn
+and sends SIGUSR1) without waiting for the zygote to wake up.
+
+Writers: the zygote registers children; a child passes the turn once, after its last message.
+A slot is written as a seqlock (number cleared, pid, number), so a reader never pairs a number
+with the wrong pid. A missed or stray wake-up is harmless: a child waits until the page says
+it is its turn, and the zygote wakes the current child again whenever it handles a child's
+exit.
+"""
+import mmap
+import os
+import signal
+import struct
+
+_Q = struct.Struct("q")
+
+
+class Turns:
+  """The shared page. Create it in the zygote, before the first fork.
+
+  Args:
+    slots: ring size; more than the number of children alive at once that have not yet
+      passed their turn.
+  """
+
+  def __init__(self, slots: int):
+    if slots < 2:
+      raise ValueError(f"slots must be >= 2, got {slots}")
+    self.slots = slots
+    self._page = mmap.mmap(-1, _Q.size * (1 + 2 * slots))  # MAP_SHARED | MAP_ANONYMOUS
+    self._set(0, 1)
+
+  def _get(self, i: int) -> int:
+    return _Q.unpack_from(self._page, _Q.size * i)[0]
+
+  def _set(self, i: int, value: int) -> None:
+    _Q.pack_into(self._page, _Q.size * i, value)
+
+  @property
+  def turn(self) -> int:
+    """The number of the child that may use the channel."""
+    return self._get(0)
+
+  def register(self, seq: int, pid: int) -> None:
+    """Records that child `seq` is process `pid` (zygote only)."""
+    base = 1 + 2 * (seq % self.slots)
+    self._set(base, 0)
+    self._set(base + 1, pid)
+    self._set(base, seq)
+
+  def pid_of(self, seq: int) -> int:
+    """The pid of child `seq`, or 0 when its slot holds another child (or none yet)."""
+    base = 1 + 2 * (seq % self.slots)
+    before = self._get(base)
+    pid = self._get(base + 1)
+    return pid if before == seq == self._get(base) else 0
+
+  def wait(self, seq: int) -> None:
+    """Blocks child `seq` until it is its turn (SIGUSR1 must be blocked in the caller)."""
+    while self.turn != seq:
+      signal.sigwait({signal.SIGUSR1})
+
+  def wake(self, seq: int) -> None:
+    """Sends SIGUSR1 to child `seq` if its slot names it."""
+    pid = self.pid_of(seq)
+    if pid > 0:
+      try:
+        os.kill(pid, signal.SIGUSR1)
+      except OSError:
+        pass
+
+  def pass_turn(self, seq: int) -> None:
+    """Child `seq` is done with the channel: the turn goes to `seq + 1`, woken now."""
+    self._set(0, seq + 1)
+    self.wake(seq + 1)
