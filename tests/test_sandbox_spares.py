@@ -44,6 +44,14 @@ def the_worker(sb):
   return worker
 
 
+def ran_once(sb, spares):
+  """Runs one program; returns the zygote's pid once it has its next child and spares."""
+  assert sb.run(PROGRAM, {"probe": lambda: 1}, ARGS, timeout_s=5.0).ok
+  zygote = the_worker(sb).proc.pid
+  assert wait_for(lambda: len(children(zygote)) == spares + 1)
+  return zygote
+
+
 def test_every_run_gets_a_child_never_used_before_and_spares_are_kept_ready():
   with Sandbox(1, memory_mb=256, spare_children=2) as sb:
     zygote = the_worker(sb).proc.pid
@@ -70,9 +78,7 @@ def test_every_run_gets_a_child_never_used_before_and_spares_are_kept_ready():
 def test_a_killed_spare_is_replaced_and_runs_go_on():
   with Sandbox(1, memory_mb=256, spare_children=2) as sb:
     tools = {"probe": lambda: 1}
-    assert sb.run(PROGRAM, tools, ARGS, timeout_s=5.0).ok
-    zygote = the_worker(sb).proc.pid
-    assert wait_for(lambda: len(children(zygote)) == 3)
+    zygote = ran_once(sb, 2)
     spare = max(children(zygote))  # the last forked: its turn is two runs away
     os.kill(spare, signal.SIGKILL)
     assert wait_for(lambda: spare not in children(zygote) and len(children(zygote)) == 3)
@@ -85,9 +91,7 @@ def test_a_killed_spare_is_replaced_and_runs_go_on():
 def test_a_killed_next_child_is_reported_and_its_worker_replaced():
   with Sandbox(1, memory_mb=256, spare_children=1) as sb:
     tools = {"probe": lambda: 1}
-    assert sb.run(PROGRAM, tools, ARGS, timeout_s=5.0).ok
-    zygote = the_worker(sb).proc.pid
-    assert wait_for(lambda: len(children(zygote)) == 2)
+    zygote = ran_once(sb, 1)
     for pid in children(zygote):  # the one that said hello for the next run, and the spare
       os.kill(pid, signal.SIGKILL)
     ex = sb.run(PROGRAM, tools, ARGS, timeout_s=5.0)
@@ -109,9 +113,7 @@ def test_no_process_outlives_the_sandbox():
 
 def test_children_die_with_their_zygote():
   with Sandbox(1, memory_mb=256, spare_children=2) as sb:
-    assert sb.run(PROGRAM, {"probe": lambda: 1}, ARGS, timeout_s=5.0).ok
-    zygote = the_worker(sb).proc.pid
-    assert wait_for(lambda: len(children(zygote)) == 3)
+    zygote = ran_once(sb, 2)
     kids = children(zygote)
     os.kill(zygote, signal.SIGKILL)  # the zygote alone, not its process group
     assert wait_for(lambda: not any(running(p) for p in kids))
