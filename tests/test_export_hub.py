@@ -147,3 +147,21 @@ def test_auto_processor_loads_the_export(export_dir):
   assert (out["input_ids"] == cfg.video_token_index).sum() == cfg.video_tokens(3)
   size = cfg.vision_config.image_size
   assert out["pixel_values_videos"].shape == (1, 3, 3, size, size)
+
+
+def test_the_exported_chat_template_renders_the_training_prompt(export_dir):
+  """The toy tokenizer has no chat template, so the student trained on the plain format; the
+  export's template makes its tokenizer render exactly that prompt (the evaluation of the
+  export sees what training saw)."""
+  from aotd_jax.data import conversation
+  tok = transformers.AutoTokenizer.from_pretrained(export_dir)
+  assert tok.chat_template == conversation.PLAIN_CHAT_TEMPLATE
+  for media in ("video", "image", None):
+    for answer in (None, "Step 1: look. (B) b."):
+      want = conversation.build_prompt(None, "What? (A) a (B) b", assistant_text=answer, media=media)
+      got = conversation.build_prompt(tok, "What? (A) a (B) b", assistant_text=answer, media=media)
+      assert got == want, (media, answer)
+  text = tok.apply_chat_template([{"role": "user", "content": "hi"},
+                                  {"role": "assistant", "content": "yo"},
+                                  {"role": "user", "content": "again"}], tokenize=False)
+  assert text == "USER: hi ASSISTANT: yo USER: again ASSISTANT:"

@@ -21,6 +21,20 @@ OPEN_ENDED_SUFFIX = "Answer the question using a single word or phrase."
 
 MEDIA_TOKENS = {"video": "<video>", "image": "<image>"}
 
+# The plain format `build_prompt` falls back to without a template (`USER: <video>\n{text}
+# ASSISTANT: {reply}`), as a chat template: what an export of a student trained that way
+# carries, so its tokenizer renders the training prompt.
+PLAIN_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}{{ ' ' }}"
+    "{% else %}{% if not loop.first %}{{ ' ' }}{% endif %}{{ 'USER: ' }}{% endif %}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] if part['type'] in ('image', 'video') %}"
+    "{{ '<' + part['type'] + '>\n' }}{% endfor %}"
+    "{% for part in message['content'] if part['type'] == 'text' %}{{ part['text'] }}{% endfor %}"
+    "{% endif %}{% if message['role'] != 'assistant' %}{{ ' ASSISTANT:' }}{% endif %}"
+    "{% endfor %}")
+
 # LLaVA-OneVision's conversation format (llava-hf's processor): `<|im_start|>user <video>\n{text}
 # <|im_end|><|im_start|>assistant\n{reply}<|im_end|>`, media first, no system turn. Written so
 # that a rendered reply continues the generation prompt exactly (`tokenize.split_prompt`).

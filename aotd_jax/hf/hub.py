@@ -73,6 +73,16 @@ def processor_configs(hf_config: Mapping[str, Any]) -> dict[str, dict]:
           "processor_config.json": processor}
 
 
+def _has_chat_template(hf_dir: str) -> bool:
+  if any(os.path.isfile(os.path.join(hf_dir, n)) for n in ("chat_template.jinja", "chat_template.json")):
+    return True
+  path = os.path.join(hf_dir, "tokenizer_config.json")
+  if not os.path.isfile(path):
+    return False
+  with open(path) as f:
+    return bool(json.load(f).get("chat_template"))
+
+
 def _datasets(config: Mapping[str, Any]) -> list[str]:
   data = config.get("data") or {}
   names = list((data.get("datasets") or {}).keys())
@@ -136,7 +146,9 @@ def write_hub_files(hf_dir: str, *, hf_config: Mapping[str, Any], tokenizer_dir:
   """Writes `README.md`, the tokenizer/processor files and (when `save_pretrained` has not)
   `generation_config.json` into `hf_dir`, beside config.json + safetensors; returns the names
   written. Processor files come from `tokenizer_dir` or, where it has none, from the model's
-  config (`processor_configs`)."""
+  config (`processor_configs`); a LLaVA-NeXT-Video export without a chat template gets
+  `chat_template.jinja` holding the plain format the student was trained on without one
+  (`conversation.PLAIN_CHAT_TEMPLATE`)."""
   written = []
   if not os.path.isfile(os.path.join(hf_dir, "generation_config.json")):
     with open(os.path.join(hf_dir, "generation_config.json"), "w") as f:
@@ -149,6 +161,11 @@ def write_hub_files(hf_dir: str, *, hf_config: Mapping[str, Any], tokenizer_dir:
       with open(os.path.join(hf_dir, name), "w") as f:
         json.dump(content, f, indent=2, sort_keys=True)
       written.append(name)
+  if not _has_chat_template(hf_dir) and hf_config.get("model_type") == "llava_next_video":
+    from aotd_jax.data import conversation  # pylint: disable=g-import-not-at-top
+    with open(os.path.join(hf_dir, "chat_template.jinja"), "w") as f:
+      f.write(conversation.PLAIN_CHAT_TEMPLATE)  # the format the student was trained on
+    written.append("chat_template.jinja")
   base = str((config or {}).get("student", {}).get("hf_dir", "") or "")
   with open(os.path.join(hf_dir, "README.md"), "w") as f:
     f.write(model_card(base_model=os.path.basename(base.rstrip("/")), config=config,
