@@ -23,7 +23,7 @@ def test_noise_is_uniform_within_alpha_over_sqrt_length_times_dim():
 
 def _tiny_llava():
   from aotd_jax.hf import registry
-  from configs.distill import toy
+  from configs.toyworld import distill as toy
   adapter = registry.adapter_for("LlavaNextVideoForConditionalGeneration")
   return adapter.model_class(adapter.config_from_hf(dict(toy.TINY_LLAVA)), rngs=nnx.Rngs(0))
 
@@ -54,7 +54,7 @@ def test_trainer_steps_with_and_without_noise():
   from aotd_jax.train.data import make_train_data
   from aotd_jax.train.optim import make_optimizer
   from aotd_jax.train.trainer import Trainer
-  from configs.distill import toy
+  from configs.toyworld import distill as toy
   cfg = toy.get_config("llama")
   mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
   student = build.build_student(cfg.student, mesh=mesh, seed=0)
@@ -79,7 +79,8 @@ def test_image_newline_frozen_on_request():
 
 def test_lnv7b_defaults_are_the_official_run():
   from aotd_jax.train import config_check
-  from configs.distill import lnv7b, toy
+  from configs.distill import lnv7b
+  from configs.toyworld import distill as toy
   c = lnv7b.get_config()
   assert c.neftune_alpha == 0.1 and c.student.freeze_image_newline
   assert toy.get_config("llava").neftune_alpha == 0.0
