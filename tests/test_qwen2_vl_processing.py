@@ -1,5 +1,5 @@
-"""Qwen2-VL preprocessing against transformers' processors (PIL image backend; the video
-processor's torch-only parts, since its module needs torchvision)."""
+"""Qwen2-VL preprocessing against transformers' processors: the PIL image processor, and the
+video processor run with PIL resizing in place of torchvision's (tests/qwen2_vl_reference.py)."""
 import numpy as np
 import pytest
 
@@ -61,7 +61,68 @@ def test_frame_sampling_and_the_per_frame_cap():
     qp.sample_frame_indices(300, fps=2)
   with pytest.raises(ValueError, match="cannot sample 20 frames of a 10-frame video"):
     qp.sample_frame_indices(10, num_frames=20)
-  # 64 frames with the reference cap: each frame gets an even share of the token budget.
-  capped = qp.video_size(64, 720, 1280, cap_pixels_per_frame=True)
+  # 64 frames with a small budget: each frame gets an even share of it (transformers' rule is
+  # compared in test_video_sizes_and_the_cap_match_transformers).
+  capped = qp.video_size(64, 720, 1280, cap_pixels_per_frame=True, max_video_tokens=16384)
   assert capped[0] * capped[1] <= max(16384 * 28 * 28 * 0.9 * 2 // 64, qp.VIDEO_MIN_PIXELS * 1.05)
   assert qp.video_size(64, 720, 1280) == qp.smart_resize(720, 1280, 28, qp.VIDEO_MIN_PIXELS, qp.VIDEO_MAX_PIXELS)
+
+
+# transformers' Qwen2VLVideoProcessor, run with PIL resizing in place of torchvision's (see
+# tests/qwen2_vl_reference.py: everything else is transformers' code). Pixels agree to float
+# rounding: transformers fuses rescale and normalise ((x - 255 mean) / (255 std)), we rescale first.
+VIDEO_TOL = 1e-6
+
+
+@pytest.fixture
+def video_processor(monkeypatch):
+  from tests.qwen2_vl_reference import video_processor_class
+  return video_processor_class(monkeypatch)
+
+
+@pytest.mark.parametrize("frames,height,width", [(5, 37, 53), (4, 480, 854), (3, 53, 37)])
+def test_videos_match_transformers_video_processor(video_processor, frames, height, width):
+  """Odd sizes and frame counts at the processor's default bounds: smart_resize (37 x 53 is
+  upscaled to the minimum area, 480 x 854 rounded to multiples of 28), bicubic resize,
+  normalisation, the last frame repeated to an even count, the patch order and the grid."""
+  rng = np.random.default_rng(frames * height)
+  video = rng.integers(0, 256, (frames, height, width, 3), dtype=np.uint8)
+  want = video_processor(cap_pixels_per_frame=False)(videos=[video], return_tensors="np")
+  got = qp.preprocess_video(video)
+  np.testing.assert_array_equal(got["video_grid_thw"], want["video_grid_thw"])
+  h, w = qp.smart_resize(height, width, 28, qp.VIDEO_MIN_PIXELS, qp.VIDEO_MAX_PIXELS)
+  assert got["video_grid_thw"].tolist() == [[(frames + 1) // 2, h // 14, w // 14]]
+  assert got["pixel_values_videos"].shape == want["pixel_values_videos"].shape
+  np.testing.assert_allclose(got["pixel_values_videos"], want["pixel_values_videos"], rtol=0, atol=VIDEO_TOL)
+
+
+def test_video_sizes_and_the_cap_match_transformers(video_processor):
+  """The per-frame pixel cap (`cap_pixels_per_frame`, a budget of `max_video_tokens`) and
+  custom bounds pick the same size as transformers' processor; the default budget is its."""
+  rng = np.random.default_rng(3)
+  video = rng.integers(0, 256, (8, 90, 160, 3), dtype=np.uint8)
+  processor = video_processor(cap_pixels_per_frame=True)
+  assert processor.max_video_tokens == qp.VIDEO_MAX_TOKENS
+  grids = []
+  for tokens, bounds in ((40, (28 * 28 * 4, 28 * 28 * 30)), (200, (28 * 28 * 4, 28 * 28 * 30)),
+                         (qp.VIDEO_MAX_TOKENS, (qp.VIDEO_MIN_PIXELS, qp.VIDEO_MAX_PIXELS))):
+    want = processor(videos=[video], return_tensors="np", max_video_tokens=tokens,
+                     size={"shortest_edge": bounds[0], "longest_edge": bounds[1]})
+    got = qp.preprocess_video(video, min_pixels=bounds[0], max_pixels=bounds[1],
+                              cap_pixels_per_frame=True, max_video_tokens=tokens)
+    np.testing.assert_array_equal(got["video_grid_thw"], want["video_grid_thw"])
+    np.testing.assert_allclose(got["pixel_values_videos"], want["pixel_values_videos"], rtol=0,
+                               atol=VIDEO_TOL)
+    grids.append(got["video_grid_thw"].tolist())
+  # 40 tokens cap each frame at 56 x 112; 200 leave max_pixels (84 x 168) the binding bound
+  assert grids == [[[4, 4, 8]], [[4, 6, 12]], [[4, 18, 32]]]
+
+
+def test_frame_sampling_matches_transformers(video_processor):
+  from transformers.video_utils import VideoMetadata
+  processor = video_processor(cap_pixels_per_frame=False)
+  for total, fps, kw in ((100, 30.0, dict(num_frames=16)), (100, 30.0, dict(num_frames=15)),
+                         (301, 30.0, dict(fps=2)), (37, 25.0, dict(fps=1)), (900, 29.97, dict(fps=0.5))):
+    want = processor.sample_frames(VideoMetadata(total_num_frames=total, fps=fps), **kw)
+    got = qp.sample_frame_indices(total, video_fps=fps, **kw)
+    np.testing.assert_array_equal(got, want.numpy()), (total, fps, kw)

@@ -9,9 +9,11 @@ flattened as (channels, frames, 14, 14) and ordered block-major (each 2 x 2 bloc
 which the model's merger turns into one token, is consecutive). An image is one frame repeated;
 a clip's frame count is padded to a multiple of 2 by repeating its last frame.
 
-`preprocess_images` matches the PIL backend (`Qwen2VLImageProcessorPil`) bit for bit; the video
-processor resizes with torchvision, whose antialiased bicubic can round a pixel differently by
-one level (the geometry, normalisation and patch order are the same).
+`preprocess_images` matches the PIL backend (`Qwen2VLImageProcessorPil`) bit for bit.
+`preprocess_video` matches transformers' `Qwen2VLVideoProcessor` (sizes, the per-frame cap,
+normalisation, temporal padding, patch order, grids) to float rounding when that processor
+resizes with PIL; transformers resizes videos with torchvision, whose antialiased bicubic can
+round a pixel one level differently (tests/test_qwen2_vl_processing.py says what is compared).
 """
 from __future__ import annotations
 
@@ -25,7 +27,8 @@ from aotd_jax.data import video_processing
 # transformers' defaults (Qwen2VLImageProcessor.size / Qwen2VLVideoProcessor.size).
 IMAGE_MIN_PIXELS, IMAGE_MAX_PIXELS = 56 * 56, 28 * 28 * 1280
 VIDEO_MIN_PIXELS, VIDEO_MAX_PIXELS = 128 * 28 * 28, 28 * 28 * 768
-VIDEO_MAX_TOKENS = 16384  # reference per-video budget (`cap_pixels_per_frame`)
+# `cap_pixels_per_frame`'s per-video budget in tokens (transformers' `max_video_tokens` default)
+VIDEO_MAX_TOKENS = 128000
 
 
 def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = IMAGE_MIN_PIXELS,
@@ -105,7 +108,8 @@ def video_size(num_frames: int, height: int, width: int, *, min_pixels: int = VI
 def preprocess_video(frames: np.ndarray, *, size: tuple[int, int] | None = None,
                      min_pixels: int = VIDEO_MIN_PIXELS, max_pixels: int = VIDEO_MAX_PIXELS,
                      patch_size: int = 14, merge_size: int = 2, temporal_patch_size: int = 2,
-                     cap_pixels_per_frame: bool = False) -> dict[str, np.ndarray]:
+                     cap_pixels_per_frame: bool = False,
+                     max_video_tokens: int = VIDEO_MAX_TOKENS) -> dict[str, np.ndarray]:
   """(T, H, W, 3) uint8 frames -> {"pixel_values_videos": (patches, 3*2*14*14) float32,
   "video_grid_thw": (1, 3) int64}; `size` (H, W) overrides the `video_size` rule (a fixed
   training size)."""
@@ -113,7 +117,8 @@ def preprocess_video(frames: np.ndarray, *, size: tuple[int, int] | None = None,
   if size is None:
     size = video_size(frames.shape[0], frames.shape[1], frames.shape[2], min_pixels=min_pixels,
                       max_pixels=max_pixels, factor=patch_size * merge_size,
-                      temporal_patch_size=temporal_patch_size, cap_pixels_per_frame=cap_pixels_per_frame)
+                      temporal_patch_size=temporal_patch_size, cap_pixels_per_frame=cap_pixels_per_frame,
+                      max_video_tokens=max_video_tokens)
   x = _resize_normalize(frames, *size)
   p, grid = patchify(x, patch_size=patch_size, merge_size=merge_size,
                      temporal_patch_size=temporal_patch_size)

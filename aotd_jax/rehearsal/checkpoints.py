@@ -19,6 +19,13 @@ LLAVA_TEMPLATE = (
     "{% for c in m['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
     "{% for c in m['content'] | selectattr('type', 'equalto', 'text') %}{{ c['text'] + ' ' }}{% endfor %}"
     "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}")
+# Qwen2's text chat template (what a LLaVA-OneVision tokenizer carries: a default system turn;
+# the trainer and the evaluation replace it with the OneVision processor's format).
+QWEN2_TEMPLATE = (
+    "{% for m in messages %}{% if loop.first and m['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 # A Llama-3-style chat template for the program writer.
 LLAMA_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
@@ -27,6 +34,9 @@ LLAMA_TEMPLATE = (
 
 SPECIALS = ["<pad>", "<unk>", "<s>", "</s>", "<video>", "<image>", "<|start_header_id|>",
             "<|end_header_id|>", "<|eot_id|>"]
+# The Qwen2 chat and vision markers (LLaVA-OneVision and Qwen2-VL tokenizers).
+QWEN_SPECIALS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                 "<|video_pad|>", "<|image_pad|>"]
 BASE_WORDS = ("USER: ASSISTANT: user assistant system Answer with the option's letter from the "
               "given choices directly and only give the best option. Explain the rationale to "
               "answer the question. Answer the question using a single word or phrase. "
@@ -41,13 +51,16 @@ def words(texts: Iterable[str]) -> list[str]:
   return out
 
 
-def tokenizer(texts: Iterable[str] = (), *, chat_template: str, size: int = 0):
-  """A word-level `PreTrainedTokenizerFast` over BASE_WORDS + `texts`, padded with filler
-  words to `size` entries (so the model's vocabulary can be fixed before the data exists)."""
+def tokenizer(texts: Iterable[str] = (), *, chat_template: str, size: int = 0,
+              specials: Iterable[str] = ()):
+  """A word-level `PreTrainedTokenizerFast` over BASE_WORDS + `texts` (and the extra special
+  tokens `specials`), padded with filler words to `size` entries (so the model's vocabulary can
+  be fixed before the data exists)."""
   from tokenizers import Tokenizer, models, pre_tokenizers, processors
   from transformers import PreTrainedTokenizerFast
   vocab: dict[str, int] = {}
-  for w in SPECIALS + words([BASE_WORDS]) + words(texts):
+  specials = SPECIALS + list(specials)
+  for w in specials + words([BASE_WORDS]) + words(texts):
     vocab.setdefault(w, len(vocab))
   if size and len(vocab) > size:
     raise ValueError(f"rehearsal tokenizer: {len(vocab)} words do not fit in {size}")
@@ -59,7 +72,7 @@ def tokenizer(texts: Iterable[str] = (), *, chat_template: str, size: int = 0):
                                                      special_tokens=[("<s>", vocab["<s>"])])
   fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
                                  unk_token="<unk>", pad_token="<pad>",
-                                 additional_special_tokens=SPECIALS[4:])
+                                 additional_special_tokens=specials[4:])
   fast.chat_template = chat_template
   return fast
 
@@ -93,6 +106,66 @@ def llava_next_video(path: str, texts: Iterable[str] = (), *, vocab: int = 512,
       video_token_index=tok.convert_tokens_to_ids("<video>"))
   torch.manual_seed(seed)
   model = transformers.LlavaNextVideoForConditionalGeneration(cfg).eval()
+  _perturb(model)
+  model.save_pretrained(path)
+  tok.save_pretrained(path)
+  return path
+
+
+def _qwen2_text(tok, vocab: int, **extra) -> dict:
+  """A one-layer Qwen2 language model (q/k/v biases) over `tok`'s ids."""
+  return dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+              pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+              bos_token_id=tok.bos_token_id, **extra)
+
+
+def llava_onevision(path: str, texts: Iterable[str] = (), *, vocab: int = 512,
+                    seed: int = 5) -> str:
+  """LLaVA-OneVision (SigLIP tower 28 px / patch 7, Qwen2 1 layer) + tokenizer. A frame is
+  4x4 patches pooled to 2x2 tokens: 32 frames take 32 x 4 + 1 = 129 `<video>` tokens."""
+  import torch
+  import transformers
+  tok = tokenizer(["You are a helpful assistant.", *texts], chat_template=QWEN2_TEMPLATE,
+                  size=vocab, specials=QWEN_SPECIALS)
+  vision = transformers.SiglipVisionConfig(hidden_size=32, intermediate_size=64,
+                                           num_hidden_layers=1, num_attention_heads=4,
+                                           image_size=28, patch_size=7, vision_use_head=False)
+  text = transformers.Qwen2Config(**_qwen2_text(tok, vocab))
+  cfg = transformers.LlavaOnevisionConfig(
+      vision_config=vision, text_config=text, image_grid_pinpoints=[[28, 28], [28, 56]],
+      vision_feature_layer=-1, vision_feature_select_strategy="full",
+      image_token_index=tok.convert_tokens_to_ids("<image>"),
+      video_token_index=tok.convert_tokens_to_ids("<video>"))
+  torch.manual_seed(seed)
+  model = transformers.LlavaOnevisionForConditionalGeneration(cfg).eval()
+  _perturb(model)
+  model.save_pretrained(path)
+  tok.save_pretrained(path)
+  return path
+
+
+def qwen2_vl(path: str, texts: Iterable[str] = (), *, vocab: int = 512, seed: int = 6) -> str:
+  """Qwen2-VL (vision transformer on 7x7 patches of 2 frames, 2x2 merger, M-RoPE Qwen2 1 layer)
+  + tokenizer. Frames are 28x28 (`vision_config.image_size`, the pipeline's square frame size):
+  each pair of frames is 2x2 tokens, so 16 frames take 32 `<|video_pad|>` tokens."""
+  import torch
+  import transformers
+  from aotd_jax.data import conversation
+  tok = tokenizer(["You are a helpful assistant.", *texts],
+                  chat_template=conversation.QWEN2_VL_CHAT_TEMPLATE, size=vocab,
+                  specials=QWEN_SPECIALS)
+  ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
+  rope = dict(rope_type="default", rope_theta=1e6, mrope_section=[2, 1, 1])
+  cfg = transformers.Qwen2VLConfig(
+      vision_config=dict(depth=1, embed_dim=32, hidden_size=32, num_heads=4, mlp_ratio=2,
+                         patch_size=7, spatial_merge_size=2, temporal_patch_size=2,
+                         image_size=28),
+      text_config=_qwen2_text(tok, vocab, rope_parameters=rope),
+      image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+      vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+  torch.manual_seed(seed)
+  model = transformers.Qwen2VLForConditionalGeneration(cfg).eval()
   _perturb(model)
   model.save_pretrained(path)
   tok.save_pretrained(path)
@@ -175,12 +248,25 @@ def univtg(path: str, *, feature_dim: int = 12, text_dim: int = 16, seed: int = 
   return path
 
 
-def build_all(root: str, texts: Iterable[str] = ()) -> dict[str, str]:
-  """Writes every checkpoint under `root`; returns role -> path."""
+# role -> (directory name, builder, whether it takes the datasets' words)
+BUILDERS = {"llava": ("llava-next-video", llava_next_video, True),
+            "onevision": ("llava-onevision", llava_onevision, True),
+            "qwen2vl": ("qwen2-vl", qwen2_vl, True),
+            "llama": ("llama-coder", llama, False),
+            "owlv2": ("owlv2", owlv2, False),
+            "clip": ("clip", clip, False),
+            "univtg": ("univtg_model_best.ckpt", univtg, False)}
+
+
+def build_all(root: str, texts: Iterable[str] = (), *,
+              have: dict[str, str] | None = None) -> dict[str, str]:
+  """Writes every checkpoint under `root` that `have` (role -> path, from an earlier run)
+  lacks; returns role -> path for all of them."""
   os.makedirs(root, exist_ok=True)
-  j = lambda name: os.path.join(root, name)  # noqa: E731
-  return {"llava": llava_next_video(j("llava-next-video"), texts),
-          "llama": llama(j("llama-coder")),
-          "owlv2": owlv2(j("owlv2")),
-          "clip": clip(j("clip")),
-          "univtg": univtg(j("univtg_model_best.ckpt"))}
+  texts = list(texts)
+  paths = dict(have or {})
+  for role, (name, build, takes_texts) in BUILDERS.items():
+    if role not in paths:
+      path = os.path.join(root, name)
+      paths[role] = build(path, texts) if takes_texts else build(path)
+  return paths

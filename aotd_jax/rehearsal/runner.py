@@ -15,15 +15,18 @@ from aotd_jax.rehearsal.stub_server import Replies, StubServer
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def prepare(workdir: str, *, questions: int = 4, seconds: float = 30.0) -> dict:
-  """Checkpoints, datasets and paths under `workdir` (re-used when already there)."""
+def prepare(workdir: str, *, questions: int = 4, seconds: float = 30.0,
+            students: tuple[str, ...] = ()) -> dict:
+  """Checkpoints, datasets and paths under `workdir` (re-used when already there); `students`:
+  the other students (`stages_lib.STUDENTS`) rehearsed after LLaVA-NeXT-Video."""
   ck = os.path.join(workdir, "checkpoints")
   done = os.path.join(ck, ".done")
+  have = {}
   if os.path.isfile(done):
     with open(done) as f:
-      paths = json.load(f)
-  else:
-    paths = checkpoints.build_all(ck, datasets.texts())
+      have = json.load(f)
+  paths = checkpoints.build_all(ck, datasets.texts(), have=have)
+  if paths != have:
     with open(done, "w") as f:
       json.dump(paths, f)
   data = {"star": datasets.star(os.path.join(workdir, "data", "star"), questions=questions,
@@ -40,7 +43,10 @@ def prepare(workdir: str, *, questions: int = 4, seconds: float = 30.0) -> dict:
                export=os.path.join(workdir, "export"),
                eval_out=os.path.join(workdir, "eval"),
                grounder_dir=_grounder_dir(workdir, paths))
-  return {"workdir": workdir, "paths": paths, "data": data}
+  for student in students:
+    paths.update({f"train_workdir_{student}": os.path.join(workdir, f"train_{student}"),
+                  f"export_{student}": os.path.join(workdir, f"export_{student}")})
+  return {"workdir": workdir, "paths": paths, "data": data, "students": list(students)}
 
 
 def _grounder_dir(workdir: str, paths: dict) -> str:
@@ -126,14 +132,19 @@ def table(rows: list[dict]) -> str:
 
 
 def run(workdir: str, *, only: list[str] | None = None, questions: int = 4,
-        seconds: float = 30.0) -> dict:
-  """The whole rehearsal; returns (and writes to `workdir/rehearsal.json`) the results."""
+        seconds: float = 30.0, students: tuple[str, ...] = tuple(stages_lib.STUDENTS)) -> dict:
+  """The whole rehearsal; returns (and writes to `workdir/rehearsal.json`) the results.
+  `students`: the other students whose distill / export / hf_load / eval stages run after
+  LLaVA-NeXT-Video's (default all of `stages_lib.STUDENTS`)."""
+  unknown = [s for s in students if s not in stages_lib.STUDENTS]
+  if unknown:
+    raise ValueError(f"rehearsal: --students {unknown} not in {sorted(stages_lib.STUDENTS)}")
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   log_dir = os.path.join(workdir, "logs")
   os.makedirs(log_dir, exist_ok=True)
   t0 = time.time()
-  ctx = prepare(workdir, questions=questions, seconds=seconds)
+  ctx = prepare(workdir, questions=questions, seconds=seconds, students=tuple(students))
   os.makedirs(ctx["paths"]["eval_out"], exist_ok=True)
   env = dict(os.environ, PYTHONPATH=os.pathsep.join(
       [ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))

@@ -27,6 +27,16 @@ class Stage:
   needs: tuple[str, ...] = ()  # stages that must have passed
   timeout_s: int = 600
   outputs: tuple[str, ...] = ()  # removed before the stage runs (a re-run starts clean)
+  student: str = ""  # another student's stages ("onevision7b"): its name ends the stage's
+
+  def base_name(self) -> str:
+    """The stage's name without its student suffix (`eval_star_mc_onevision7b` -> `eval_star_mc`)."""
+    suffix = f"_{self.student}"
+    return self.name[:-len(suffix)] if self.student and self.name.endswith(suffix) else self.name
+
+  def path(self, ctx: dict, key: str) -> str:
+    """`ctx["paths"][key]`, or its student's own (`key_<student>`) for a student's stage."""
+    return ctx["paths"][f"{key}_{self.student}" if self.student else key]
 
   def argv(self) -> list[str]:
     return self.command + self.sizes
@@ -115,7 +125,7 @@ def _load_json(path: str) -> dict:
 
 
 def check_distill(stage: Stage, ctx: dict) -> dict:
-  wd = ctx["paths"]["train_workdir"]
+  wd = stage.path(ctx, "train_workdir")
   steps = ctx["train_steps"]
   ckpts = sorted(int(d) for d in os.listdir(os.path.join(wd, "checkpoints")) if d.isdigit())
   _require(ckpts and ckpts[-1] == steps, f"{wd}/checkpoints: steps {ckpts}, expected {steps}")
@@ -137,7 +147,7 @@ def check_distill(stage: Stage, ctx: dict) -> dict:
 
 
 def check_export(stage: Stage, ctx: dict) -> dict:
-  d = ctx["paths"]["export"]
+  d = stage.path(ctx, "export")
   files = set(os.listdir(d)) if os.path.isdir(d) else set()
   need = {"config.json", "tokenizer.json", "tokenizer_config.json"}
   _require(need <= files, f"{d}: missing {sorted(need - files)}")
@@ -152,14 +162,18 @@ def check_export(stage: Stage, ctx: dict) -> dict:
 
 
 def check_parity(stage: Stage, ctx: dict) -> dict:
-  got = _load_json(os.path.join(ctx["paths"]["eval_out"], "export_parity.json"))
+  got = _load_json(parity_json(ctx["paths"]["eval_out"], stage.student))
   _require(got["ok"], f"export parity: {got}")
   return {"max_abs_diff": f"{got['max_abs_diff']:.1e}",
           "changed_tensors": got.get("tensors_changed_by_training")}
 
 
+def parity_json(eval_out: str, student: str = "") -> str:
+  return os.path.join(eval_out, f"export_parity{'_' + student if student else ''}.json")
+
+
 def check_eval(stage: Stage, ctx: dict) -> dict:
-  dataset, mode = stage.name.split("_", 1)[1].rsplit("_", 1)
+  dataset, mode = stage.base_name().split("_", 1)[1].rsplit("_", 1)
   got = _load_json(os.path.join(ctx["paths"]["eval_out"], f"{stage.name}.json"))
   want = ctx["data"][dataset]["questions"]
   _require(len(got.get("outputs", [])) == want,
@@ -338,7 +352,49 @@ def plan(ctx: dict) -> list[Stage]:
                            f"--llm={url}", "--model=stub-coder",
                            f"--out={p['eval_out']}/judged_open_ended.json"],
       check=check_judge, needs=("eval_activitynet_qa_open",)))
+  for student in ctx.get("students", ()):
+    stages += student_stages(ctx, student, train_data=train[4:-1], mc=mc)
   return stages
+
+
+# Other students (issue 24): config name -> (the rehearsal checkpoint's role, frames evaluated).
+STUDENTS = {"onevision7b": ("onevision", 32), "qwen2vl7b": ("qwen2vl", 16)}
+
+
+def student_stages(ctx: dict, student: str, *, train_data: list[str], mc: list[str]) -> list[Stage]:
+  """Another student's distillation (its production config with lnv7b's data flags), export,
+  transformers reload and multiple-choice evaluation: the stages named `<stage>_<student>`."""
+  if student not in STUDENTS:
+    raise ValueError(f"rehearsal: student {student!r} not in {sorted(STUDENTS)}")
+  role, frames = STUDENTS[student]
+  p, d = ctx["paths"], ctx["data"]
+  workdir, export = p[f"train_workdir_{student}"], p[f"export_{student}"]
+  named = lambda name: f"{name}_{student}"  # noqa: E731
+  star = d["star"]
+  return [
+      Stage(named("distill"),
+            [PY, "-m", "launch.train", f"--config=configs/distill/{student}.py:h100x8,"
+             f"hf_dir={p[role]},datasets=star+nextqa", *train_data, f"--workdir={workdir}"],
+            check=check_distill, needs=("cot_star", "cot_nextqa"), outputs=(workdir,),
+            sizes=[f"--config.total_steps={ctx['train_steps']}", "--config.batch_size=4",
+                   "--config.data.seq_len=1024", "--config.data.num_workers=0",
+                   "--config.log_every=1"], student=student),
+      Stage(named("export"),
+            [PY, "-m", "launch.export", f"--workdir={workdir}", f"--hf_dir={export}",
+             f"--tokenizer={p[role]}", f"--cot_manifest={p['cot_star_out']}/manifest.json"],
+            check=check_export, needs=(named("distill"),), outputs=(export,), student=student),
+      Stage(named("hf_load"),
+            [PY, "-m", "aotd_jax.rehearsal.export_parity", f"--hf_dir={export}",
+             f"--orbax_dir={workdir}/checkpoints", f"--init_dir={p[role]}",
+             f"--out={parity_json(p['eval_out'], student)}"],
+            check=check_parity, needs=(named("export"),), student=student),
+      Stage(named("eval_star_mc"),
+            [PY, "-m", "launch.evaluate", f"--student={export}", "--format=star",
+             f"--annotations={star['ann']}", f"--video_root={star['videos']}", *mc,
+             f"--num_frames={frames}", "--prompt_format=official", "--mode=answer",
+             f"--out={p['eval_out']}/{named('eval_star_mc')}.json"],
+            check=check_eval, needs=(named("export"),), student=student),
+  ]
 
 
 def placeholder_plan() -> list[Stage]:
@@ -347,11 +403,13 @@ def placeholder_plan() -> list[Stage]:
     url = "http://127.0.0.1:0/v1"
   keys = ("llava", "llama", "owlv2", "clip", "univtg", "student_orbax", "cot_star_out",
           "cot_nextqa_out", "train_workdir", "export", "eval_out", "grounder_dir")
+  keys += tuple(role for role, _ in STUDENTS.values())
+  keys += tuple(f"{k}_{s}" for s in STUDENTS for k in ("train_workdir", "export"))
   data = {name: {"ann": f"{name}.ann", "videos": f"{name}/videos", "classes": "classes",
                  "map": "map.json", "questions": 1}
           for name in ("star", "nextqa", "activitynet_qa")}
   return plan({"paths": {k: k for k in keys}, "data": data, "server": _Server(),
-               "workdir": "W"})
+               "workdir": "W", "students": list(STUDENTS)})
 
 
 def docs_commands(text: str) -> list[list[str]]:
