@@ -86,10 +86,21 @@ def _perturb(model, scale: float = 0.05) -> None:
       p.add_(torch.randn_like(p) * scale)
 
 
+def _write(path: str, model_class, cfg, tok, seed: int) -> str:
+  """`model_class(cfg)` with seeded random weights (`_perturb`ed) and `tok`, saved to `path` by
+  transformers' `save_pretrained`."""
+  import torch
+  torch.manual_seed(seed)
+  model = model_class(cfg).eval()
+  _perturb(model)
+  model.save_pretrained(path)
+  tok.save_pretrained(path)
+  return path
+
+
 def llava_next_video(path: str, texts: Iterable[str] = (), *, vocab: int = 512,
                      seed: int = 0) -> str:
   """LLaVA-NeXT-Video (CLIP tower 28 px / patch 7, Llama 1 layer) + tokenizer + template."""
-  import torch
   import transformers
   tok = tokenizer(texts, chat_template=LLAVA_TEMPLATE, size=vocab)
   vision = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=64,
@@ -104,12 +115,7 @@ def llava_next_video(path: str, texts: Iterable[str] = (), *, vocab: int = 512,
       vision_config=vision, text_config=text, image_grid_pinpoints=[[28, 28]],
       image_token_index=tok.convert_tokens_to_ids("<image>"),
       video_token_index=tok.convert_tokens_to_ids("<video>"))
-  torch.manual_seed(seed)
-  model = transformers.LlavaNextVideoForConditionalGeneration(cfg).eval()
-  _perturb(model)
-  model.save_pretrained(path)
-  tok.save_pretrained(path)
-  return path
+  return _write(path, transformers.LlavaNextVideoForConditionalGeneration, cfg, tok, seed)
 
 
 def _qwen2_text(tok, vocab: int, **extra) -> dict:
@@ -124,7 +130,6 @@ def llava_onevision(path: str, texts: Iterable[str] = (), *, vocab: int = 512,
                     seed: int = 5) -> str:
   """LLaVA-OneVision (SigLIP tower 28 px / patch 7, Qwen2 1 layer) + tokenizer. A frame is
   4x4 patches pooled to 2x2 tokens: 32 frames take 32 x 4 + 1 = 129 `<video>` tokens."""
-  import torch
   import transformers
   tok = tokenizer(["You are a helpful assistant.", *texts], chat_template=QWEN2_TEMPLATE,
                   size=vocab, specials=QWEN_SPECIALS)
@@ -137,19 +142,13 @@ def llava_onevision(path: str, texts: Iterable[str] = (), *, vocab: int = 512,
       vision_feature_layer=-1, vision_feature_select_strategy="full",
       image_token_index=tok.convert_tokens_to_ids("<image>"),
       video_token_index=tok.convert_tokens_to_ids("<video>"))
-  torch.manual_seed(seed)
-  model = transformers.LlavaOnevisionForConditionalGeneration(cfg).eval()
-  _perturb(model)
-  model.save_pretrained(path)
-  tok.save_pretrained(path)
-  return path
+  return _write(path, transformers.LlavaOnevisionForConditionalGeneration, cfg, tok, seed)
 
 
 def qwen2_vl(path: str, texts: Iterable[str] = (), *, vocab: int = 512, seed: int = 6) -> str:
   """Qwen2-VL (vision transformer on 7x7 patches of 2 frames, 2x2 merger, M-RoPE Qwen2 1 layer)
   + tokenizer. Frames are 28x28 (`vision_config.image_size`, the pipeline's square frame size):
   each pair of frames is 2x2 tokens, so 16 frames take 32 `<|video_pad|>` tokens."""
-  import torch
   import transformers
   from aotd_jax.data import conversation
   tok = tokenizer(["You are a helpful assistant.", *texts],
@@ -164,17 +163,11 @@ def qwen2_vl(path: str, texts: Iterable[str] = (), *, vocab: int = 512, seed: in
       text_config=_qwen2_text(tok, vocab, rope_parameters=rope),
       image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
       vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
-  torch.manual_seed(seed)
-  model = transformers.Qwen2VLForConditionalGeneration(cfg).eval()
-  _perturb(model)
-  model.save_pretrained(path)
-  tok.save_pretrained(path)
-  return path
+  return _write(path, transformers.Qwen2VLForConditionalGeneration, cfg, tok, seed)
 
 
 def llama(path: str, *, vocab: int = 256, seed: int = 1) -> str:
   """The program writer / selector LLM: Llama (1 layer) + tokenizer with a chat template."""
-  import torch
   import transformers
   tok = tokenizer((), chat_template=LLAMA_TEMPLATE, size=vocab)
   cfg = transformers.LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64,
@@ -182,12 +175,7 @@ def llama(path: str, *, vocab: int = 256, seed: int = 1) -> str:
                                  num_key_value_heads=2, max_position_embeddings=4096,
                                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                                  bos_token_id=tok.bos_token_id)
-  torch.manual_seed(seed)
-  model = transformers.LlamaForCausalLM(cfg).eval()
-  _perturb(model)
-  model.save_pretrained(path)
-  tok.save_pretrained(path)
-  return path
+  return _write(path, transformers.LlamaForCausalLM, cfg, tok, seed)
 
 
 def _clip_text_tokenizer(vocab: int):
