@@ -71,7 +71,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       max_new_tokens=64 if micro else 160, batch_size=8, timeout_s=20.0, max_frames=24,
       sandbox_workers=2, sandbox_memory_mb=512, logic_judge="rule"))
 
-  # Students: three, distilled from the same init with the same steps.
+  # Students: three, distilled from the same init.
   c.students = ml_collections.ConfigDict(dict(
       names=["instruct", "aotd", "aotd_unfiltered"],
       # init_from: "qa" = the trained toy QA expert (in the paper the students and the QA /
@@ -79,6 +79,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # "" = a fresh `init` with the vision tower from `vision_init`; or a HF directory.
       init_from="qa",
       init=_student_init(512, 32 if not full else 64, 1 if micro else 2, 512),
+      # protocol: "epochs" (the paper's: `epochs` passes over each student's own data, QA and
+      # CoTs together, so AoTD sees every QA example as often as Instruct plus its CoTs) |
+      # "steps" (every student `steps` steps, QA : CoT mixed by `cot_weight`).
+      protocol="steps" if micro else "epochs", epochs=6.0 if full else 5.0,
       steps=3 if micro else (600 if full else 120), batch_size=8,
       learning_rate=3e-3, warmup_ratio=0.1, rationale_weight=1.0, cot_weight=1.0,
       num_frames=4, decode_size=32, buckets=[384] if micro else [128, 384], num_devices=1,

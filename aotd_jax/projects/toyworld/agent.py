@@ -88,9 +88,12 @@ class DemoCotJob(job.CotJob):
     return self.writer(batch)
 
 
-def build_agent(config, world_dir: str, experts_info: Mapping, sandbox, fallback_log: str
-                ) -> DemoCotJob:
-  """The agent of the CoT stage (and of the efficiency run): tools, program writer, filter."""
+def build_agent(config, world_dir: str, experts_info: Mapping, sandbox, fallback_log: str,
+                tools: Mapping[str, Callable] | None = None) -> DemoCotJob:
+  """The agent of the CoT stage (and of the efficiency run): tools, program writer, filter.
+
+  tools: the expert tools (`experts.make_tools`); default: those `tools_config` binds.
+  """
   import experts as experts_lib
   a = config.agent
   if a.programs not in ("llm", "gold"):
@@ -99,7 +102,8 @@ def build_agent(config, world_dir: str, experts_info: Mapping, sandbox, fallback
   if a.programs == "llm" and not generator and not a.fallback_to_gold:
     raise DemoError("config.agent.programs='llm' needs a trained program generator "
                     "(config.experts.program) or config.agent.fallback_to_gold=True")
-  tools = experts_lib.make_tools(tools_config(config, world_dir, experts_info))
+  if tools is None:
+    tools = experts_lib.make_tools(tools_config(config, world_dir, experts_info))
   llm = None
   if a.programs == "llm" and generator:
     from aotd_jax.agent.llm import LocalLlama
@@ -152,9 +156,11 @@ def unfiltered_cots(records: Sequence[Mapping], path: str) -> int:
   return n
 
 
-def cot_stage(config, workdir: str, world_dir: str, experts_info: Mapping) -> dict:
-  """Runs the CoT job on the train split (resumable); returns its paths and filter counts."""
-  out = os.path.join(workdir, "cots")
+def cot_stage(config, workdir: str, world_dir: str, experts_info: Mapping, *,
+              tools: Mapping[str, Callable] | None = None, name: str = "cots") -> dict:
+  """Runs the CoT job on the train split (resumable) into `workdir/name`; returns its paths
+  and filter counts. tools: see `build_agent` (another teacher's tools, e.g. noisy oracles)."""
+  out = os.path.join(workdir, name)
   summary = os.path.join(out, "summary.json")
 
   def compute():
@@ -164,7 +170,7 @@ def cot_stage(config, workdir: str, world_dir: str, experts_info: Mapping) -> di
     fallback_log = os.path.join(out, "fallbacks.jsonl")
     t0 = time.perf_counter()
     with make_sandbox(config) as sb:
-      agent = build_agent(config, world_dir, experts_info, sb, fallback_log)
+      agent = build_agent(config, world_dir, experts_info, sb, fallback_log, tools)
       stats = agent.run(questions, paths, label="[cots] ", progress_every_s=30.0)
     records = job.RecordLog(paths.records).load()
     unfiltered = os.path.join(out, "unfiltered.jsonl")

@@ -61,13 +61,27 @@ def _encoder_line(scores: Mapping | None) -> list[str]:
           f"(always absent {_num(scores['presence_always_absent'])})"]
 
 
+def paired_lines(paired: Mapping) -> list[str]:
+  """One line per CoT student: its difference with Instruct and the 95 % intervals."""
+  from aotd_jax.projects.toyworld.stats import fmt_interval
+  lines = []
+  for name, c in paired.items():
+    b = c["bootstrap"]
+    t = f"; t over seeds {fmt_interval(c['t'])}" if c.get("t") else ""
+    lines.append(f"{STUDENT_LABELS.get(name, name).split(' (')[0]} - Instruct: "
+                 f"{fmt_interval(b)} points (95% CI, paired bootstrap over {b['seeds']} seed(s) "
+                 f"x {b['questions']} questions{t})")
+  return lines
+
+
 def table(rep: Mapping) -> str:
   """The printed summary: students' accuracy table, CoT funnel, experts, grounding, efficiency."""
   header, rows = student_rows(rep)
   c, e, g, x = rep["cot"], rep["experts"], rep["rationale_grounding"], rep["efficiency"]
   n_test = len(rep.get("test_qids", ())) or rep["students"][next(iter(rep["students"]))]["count"]
   lines = [f"AoTD toy-world demo ({rep['config'].get('variant')}): accuracy (%) on the held-out "
-           f"test split ({n_test} questions, chance 25%)", _text_table(header, rows), "",
+           f"test split ({n_test} questions, chance 25%)", _text_table(header, rows),
+           *paired_lines(rep.get("paired") or {}), "",
            f"CoTs (train split): {c['questions']} questions -> {c['programs_ok']} programs ran "
            f"-> {c['passed_answer']} right answers -> {c['passed_judge']} passed the judge "
            f"(kept); {c['unfiltered']} unfiltered; gold-program fallbacks: {c['gold_fallbacks']}",

@@ -278,6 +278,31 @@ def shuffled_qa(world_dir: str, out_dir: str, copies: int, seed: int) -> list[st
   return paths
 
 
+PROTOCOLS = ("epochs", "steps")  # config.students.protocol
+
+
+def student_protocol(s) -> str:
+  """`config.students.protocol`: "epochs" (the paper's: `epochs` passes over the student's own
+  data, QA and CoTs concatenated, so AoTD sees every QA example as often as Instruct, plus its
+  CoTs, in more steps) or "steps" (every student `steps` steps, QA : CoT mixed by `cot_weight`)."""
+  protocol = s.get("protocol", "steps")
+  if protocol not in PROTOCOLS:
+    raise DemoError(f"config.students.protocol={protocol!r}: expected one of {PROTOCOLS}")
+  return protocol
+
+
+def student_steps(s, num_qa: int, num_cot: int) -> int:
+  """Training steps of a student with `num_qa` QA and `num_cot` CoT examples under
+  `config.students` (`steps`, or ceil(`epochs` * examples / `batch_size`))."""
+  if student_protocol(s) == "steps":
+    return int(s.steps)
+  epochs = float(s.get("epochs", 0) or 0)
+  if epochs <= 0:
+    raise DemoError(f"config.students.epochs={s.get('epochs')!r}: protocol 'epochs' needs a "
+                    "positive number of epochs")
+  return max(1, -(-int(round(epochs * (num_qa + num_cot))) // int(s.batch_size)))
+
+
 def student_stage(config, workdir: str, name: str, seed: int, world_dir: str,
                   tokenizer_dir: str, cots: Mapping, vision_dir: str = "",
                   base_dir: str = "") -> dict:
@@ -306,7 +331,9 @@ def student_stage(config, workdir: str, name: str, seed: int, world_dir: str,
   s = config.students
   tokenizer = load_tokenizer(tokenizer_dir)
   counts = {"filtered": cots["passed_judge"], "unfiltered": cots["unfiltered"]}
-  cot_files = [{"path": cots[f"{kind}_path"], "weight": s.cot_weight}
+  protocol = student_protocol(s)
+  epochs = protocol == "epochs"  # concat_epoch: every example once an epoch, no weights
+  cot_files = [{"path": cots[f"{kind}_path"], "weight": 1.0 if epochs else s.cot_weight}
                for kind in STUDENT_DATA[name] if counts[kind] > 0]
   videos = os.path.abspath(os.path.join(world_dir, "videos"))
   # QA: the train split as annotated plus `qa_shuffles` choice-shuffled copies, together
@@ -314,14 +341,17 @@ def student_stage(config, workdir: str, name: str, seed: int, world_dir: str,
   copies = int(s.get("qa_shuffles", 0))
   qa_paths = [os.path.join(world_dir, "train.json")] + shuffled_qa(
       world_dir, os.path.join(workdir, "students", "qa"), copies, int(config.world.seed))
-  qa = [{"format": "star", "path": p, "video_root": videos, "weight": 1.0 / len(qa_paths)}
-        for p in qa_paths]
+  qa = [{"format": "star", "path": p, "video_root": videos,
+         "weight": 1.0 if epochs else 1.0 / len(qa_paths)} for p in qa_paths]
+  num_qa = len(read_split(world_dir, "train")) * len(qa_paths)
+  num_cot = sum(counts[kind] for kind in STUDENT_DATA[name])
+  steps = student_steps(s, num_qa, num_cot)
   cfg = ml_collections.ConfigDict({
       "batch_size": s.batch_size, "seed": seed,
       "data": {"tokenizer": tokenizer_dir, "seq_len": max(s.buckets), "buckets": list(s.buckets),
                "num_frames": s.num_frames, "decode_size": s.decode_size, "num_workers": 0,
-               "qa": qa,
-               "cot": cot_files}})
+               "qa": qa, "cot": cot_files,
+               "mixing": "concat_epoch" if epochs else "weighted"}})
   n_dev = s.num_devices or len(jax.devices())
   mesh = sharding.make_mesh({"data": -1}, devices=jax.devices()[:n_dev])
   vision_dir = "" if base_dir else vision_dir
@@ -338,16 +368,18 @@ def student_stage(config, workdir: str, name: str, seed: int, world_dir: str,
   data = train_data.make_pipeline_data(cfg, student, tokenizer)
   optim = {"learning_rate": s.learning_rate, "warmup_ratio": s.warmup_ratio, "grad_clip": 1.0,
            "final_lr_ratio": 0.1}
-  trainer = Trainer(student, make_optimizer(optim, s.steps), mesh=mesh,
+  trainer = Trainer(student, make_optimizer(optim, steps), mesh=mesh,
                     trainable=trainable_filter(s.freeze_vision_tower),
                     rationale_weight=s.rationale_weight)
-  result = train_loop(trainer, data, LoopConfig(total_steps=s.steps, checkpoint_every=s.steps,
-                                                log_every=max(1, s.steps // 4)))
+  result = train_loop(trainer, data, LoopConfig(total_steps=steps, checkpoint_every=steps,
+                                                log_every=max(1, steps // 4)))
   data.close()
   os.makedirs(out, exist_ok=True)
   hf.save_pretrained(trainer.sync_model(), out)
   tokenizer.save_pretrained(out)
   info = {"name": name, "seed": seed, "steps": result.step, "seconds": round(result.seconds, 2),
+          "protocol": protocol, "examples": {"qa": num_qa, "cot": num_cot},
+          "rationale_weight": float(s.rationale_weight),
           "final_loss": result.last_metrics.get("loss"),
           "label_loss": result.last_metrics.get("label_loss"),
           "rationale_loss": result.last_metrics.get("rationale_loss"),
@@ -400,12 +432,16 @@ def eval_stage(config, workdir: str, student: Mapping, world_dir: str) -> dict:
                    num_frames=e.num_frames, decode_size=e.decode_size, batch_size=e.batch_size)
       extra["option_logprobs"] = run.logprobs
     scores = student_eval.score(records, run.outputs)
+    from aotd_jax.eval import metrics
+    correct = [metrics.parse_choice(o, r.choices) == r.answer_index
+               for r, o in zip(records, run.outputs)]  # per question: paired comparisons
     few = records[:config.eval.rationale_questions]
     rationales = run_student(config, model, tokenizer, few, world_dir, "rationale",
                               config.eval.rationale_max_new_tokens).outputs
     grounding = student_eval.grounding(rationales, ground_truth_for(world_dir, few))
     return {"accuracy": scores["accuracy"], "per_type": scores["per_type"],
             "count": scores["count"], "split": "test", "qids": [r.qid for r in records],
+            "correct": correct,
             "outputs": run.outputs, "rationales": [{"qid": r.qid, "text": t}
                                                    for r, t in zip(few, rationales)],
             "grounding": grounding, "scoring": scoring,
@@ -455,6 +491,17 @@ def _student_summary(evals: Sequence[Mapping]) -> dict:
           "rationales": evals[0]["rationales"], "letters": evals[0].get("letters")}
 
 
+def paired_differences(evals: Mapping[str, Sequence[Mapping]]) -> dict:
+  """{CoT student: its accuracy minus Instruct's, paired on the same seeds and test questions,
+  with 95 % intervals (`aotd_jax.projects.toyworld.stats.compare`)}; {} without an Instruct student."""
+  from aotd_jax.projects.toyworld import stats
+  if "instruct" not in evals:
+    return {}
+  return {name: stats.compare([e["correct"] for e in runs],
+                              [e["correct"] for e in evals["instruct"]])
+          for name, runs in evals.items() if name != "instruct"}
+
+
 def run(config, workdir: str, *, log: Callable[[str], None] = print) -> dict:
   """Runs (or resumes) every stage; writes and returns the report (see module docstring)."""
   from aotd_jax.projects.toyworld import report as report_lib
@@ -497,10 +544,12 @@ def run(config, workdir: str, *, log: Callable[[str], None] = print) -> dict:
   eff = stage("efficiency", efficiency_stage, config, workdir, world_dir,
               trained[main][0]["path"], experts_info)
   students = {n: {**_student_summary(e), "train": trained[n]} for n, e in evals.items()}
+  paired = paired_differences(evals)
   rep = {
       "students": students,
       "cot": cots,
       "experts": expert_scores,
+      "paired": paired,
       "rationale_grounding": {k: students[main]["grounding"][k] for k in ("box_iou", "window_iou")},
       "efficiency": eff,
       "config": config.to_dict(),

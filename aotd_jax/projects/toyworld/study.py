@@ -1,0 +1,265 @@
+"""The toy-world study: does AoTD beat Instruct, under which protocol, teacher and loss weight?
+
+Built on the demo's stages (`aotd_jax.projects.toyworld.run`). The shared stages run once into
+`workdir/shared` (a demo work directory: world, tokenizer, experts, the agent's CoTs), plus
+one CoT set per oracle teacher (`cots_oracle<noise>`, `aotd_jax.projects.toyworld.oracle_teacher`). Then
+every (arm, seed) trains and evaluates one student into `workdir/arms/<arm>` and writes
+`workdir/runs/<arm>_s<seed>.json` last; a finished run is never redone, so a killed study
+resumes. Each CoT arm is compared with its Instruct baseline on the same seeds and test
+questions (`aotd_jax.projects.toyworld.stats`), and the table goes to `workdir/study.{json,md}`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Callable, Mapping, Sequence
+
+import ml_collections
+
+from aotd_jax.projects.toyworld import run as demo_run, stats
+from aotd_jax.projects.toyworld.agent import cot_stage
+from aotd_jax.projects.toyworld.common import (DemoError, cached, check_config_stamp,
+                                  enable_compilation_cache, read_split, write_json)
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+  """One student setting. student: a `run.STUDENT_DATA` name (its CoT set: none, the kept
+  CoTs, or every executed program's); teacher: "agent" (the demo's trained experts and
+  program generator) or "oracle" (gold programs on ground truth with `noise`, see
+  `oracle_teacher`); protocol: `run.PROTOCOLS`; baseline: the arm it is paired with."""
+  name: str
+  student: str
+  teacher: str = "agent"
+  noise: float = 0.0
+  protocol: str = "epochs"
+  rationale_weight: float = 1.0
+  baseline: str | None = "instruct"
+
+  @property
+  def cot_set(self) -> str:
+    """Name of the CoT directory under `workdir/shared` this arm trains on ("" for none)."""
+    if not demo_run.STUDENT_DATA.get(self.student):
+      return ""
+    return "cots" if self.teacher == "agent" else f"cots_oracle{self.noise:g}"
+
+
+ARMS = {a.name: a for a in (
+    Arm("instruct", "instruct", teacher="none", baseline=None),
+    Arm("aotd", "aotd"),
+    Arm("aotd_unfiltered", "aotd_unfiltered"),
+    Arm("aotd_lambda0.5", "aotd", rationale_weight=0.5),
+    Arm("instruct_steps", "instruct", teacher="none", protocol="steps", baseline=None),
+    Arm("aotd_steps", "aotd", protocol="steps", baseline="instruct_steps"),
+    Arm("oracle0", "aotd", teacher="oracle", noise=0.0),
+    Arm("oracle0.25", "aotd", teacher="oracle", noise=0.25),
+    Arm("oracle0.5", "aotd", teacher="oracle", noise=0.5),
+    Arm("oracle0.5_unfiltered", "aotd_unfiltered", teacher="oracle", noise=0.5),
+)}
+
+
+def resolve_arms(names: Sequence[str]) -> list[Arm]:
+  """The arms named (plus the baselines they are paired with), in `ARMS` order."""
+  unknown = [n for n in names if n not in ARMS]
+  if unknown:
+    raise DemoError(f"--arms: unknown arm(s) {unknown}; known: {list(ARMS)}")
+  wanted = set(names) | {ARMS[n].baseline for n in names if ARMS[n].baseline}
+  return [a for n, a in ARMS.items() if n in wanted]
+
+
+def arm_config(base, arm: Arm, epochs: float) -> ml_collections.ConfigDict:
+  """The demo config a student of `arm` trains and evaluates under."""
+  c = ml_collections.ConfigDict(base.to_dict())
+  c.students.protocol = arm.protocol
+  c.students.epochs = float(epochs)
+  c.students.rationale_weight = float(arm.rationale_weight)
+  return c
+
+
+# -- shared stages -----------------------------------------------------------------------------
+
+def shared_stages(config, workdir: str, arms: Sequence[Arm], log: Callable[[str], None]) -> dict:
+  """World, tokenizer, experts, and each CoT set the arms need, once, in `workdir/shared`."""
+  shared = os.path.join(workdir, "shared")
+  os.makedirs(shared, exist_ok=True)
+  world = demo_run.world_stage(config, shared)
+  tok = demo_run.tokenizer_stage(config, shared, world)
+  log("[study] experts (cached after the first run) ...")
+  experts_info = cached(os.path.join(shared, "experts", "experts.json"),
+                        lambda: demo_run.experts_stage(config, shared, world, tok["path"]))
+  cots = {}
+  for arm in arms:
+    name = arm.cot_set
+    if not name or name in cots:
+      continue
+    log(f"[study] CoTs {name} ...")
+    if arm.teacher == "agent":
+      cots[name] = cot_stage(config, shared, world, experts_info)
+    else:
+      from aotd_jax.projects.toyworld.oracle_teacher import noisy_oracle_tools
+      c = ml_collections.ConfigDict(config.to_dict())
+      c.agent.programs = "gold"  # gold programs on the (noisy) ground-truth experts
+      train_clips = sorted({r.video_id for r in read_split(world, "train")})
+      tools, swap = noisy_oracle_tools(world, arm.noise, int(config.world.seed), train_clips)
+      cots[name] = dict(cot_stage(c, shared, world, experts_info, tools=tools, name=name),
+                        swapped_clips=len(swap), clips=len(train_clips))
+  base_dir = demo_run.student_base_dir(config, experts_info)
+  vision_dir = "" if base_dir else demo_run.student_vision_dir(config, experts_info)
+  return {"world": world, "tokenizer": tok["path"], "experts": experts_info, "cots": cots,
+          "base_dir": base_dir, "vision_dir": vision_dir}
+
+
+def teacher_accuracy(cots: Mapping) -> float:
+  """The teacher's accuracy on the train questions: programs whose answer passed the filter."""
+  return cots["passed_answer"] / max(1, cots["questions"])
+
+
+# -- one (arm, seed) --------------------------------------------------------------------------
+
+def run_path(workdir: str, arm: Arm, seed: int) -> str:
+  return os.path.join(workdir, "runs", f"{arm.name}_s{seed}.json")
+
+
+def run_one(config, workdir: str, arm: Arm, seed: int, shared: Mapping, epochs: float) -> dict:
+  """Trains and evaluates the (arm, seed) student, or reads its finished result back.
+
+  A result written by another definition of the arm (or another `epochs`) is refused by name.
+  """
+  path = run_path(workdir, arm, seed)
+  spec = {**dataclasses.asdict(arm), "epochs": float(epochs)}
+  if os.path.exists(path):
+    with open(path) as f:
+      try:
+        result = json.load(f)
+      except json.JSONDecodeError as e:
+        raise DemoError(f"{path}: corrupt run result ({e}); delete it to rerun") from None
+    if result.get("arm") != spec:
+      raise DemoError(f"{path} was written for arm {result.get('arm')}, not {spec}; use a fresh "
+                      "--workdir or delete it")
+    return result
+  cfg = arm_config(config, arm, epochs)
+  armdir = os.path.join(workdir, "arms", arm.name)
+  cots = shared["cots"].get(arm.cot_set) or {"passed_judge": 0, "unfiltered": 0}
+  info = demo_run.student_stage(cfg, armdir, arm.student, seed, shared["world"],
+                                shared["tokenizer"], cots, shared["vision_dir"],
+                                shared["base_dir"])
+  ev = demo_run.eval_stage(cfg, armdir, info, shared["world"])
+  result = {"arm": spec, "seed": seed, "accuracy": ev["accuracy"], "per_type": ev["per_type"],
+            "qids": ev["qids"], "correct": [bool(c) for c in ev["correct"]],
+            "rationales": ev["rationales"][:2], "letters": ev.get("letters"),
+            "train": {k: info.get(k) for k in ("steps", "seconds", "final_loss", "label_loss",
+                                              "rationale_loss", "examples", "protocol")}}
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  write_json(path, result)
+  return result
+
+
+# -- the table ---------------------------------------------------------------------------------
+
+def summarize(arms: Sequence[Arm], results: Mapping[str, Sequence[dict]], cots: Mapping,
+              *, samples: int = 4000) -> list[dict]:
+  """One row per arm: accuracy over seeds and, for a CoT arm, its paired difference with its
+  baseline on the seeds both finished."""
+  import numpy as np
+  rows = []
+  for arm in arms:
+    runs = results.get(arm.name, [])
+    if not runs:
+      continue
+    acc = np.array([r["accuracy"] for r in runs])
+    row = {"arm": arm.name, "student": arm.student, "teacher": arm.teacher, "noise": arm.noise,
+           "protocol": arm.protocol, "rationale_weight": arm.rationale_weight,
+           "seeds": [r["seed"] for r in runs], "accuracy": float(acc.mean()),
+           "accuracy_std": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
+           "steps": runs[0]["train"]["steps"],
+           "label_loss": float(np.mean([r["train"]["label_loss"] for r in runs])),
+           "rationale_loss": _mean_or_none([r["train"].get("rationale_loss") for r in runs]),
+           "baseline": arm.baseline, "compare": None}
+    if arm.cot_set:
+      c = cots[arm.cot_set]
+      row.update(teacher_accuracy=teacher_accuracy(c),
+                 cots=c["passed_judge"] if arm.student == "aotd" else c["unfiltered"])
+    base = {r["seed"]: r for r in results.get(arm.baseline or "", [])}
+    paired = [(r, base[r["seed"]]) for r in runs if r["seed"] in base]
+    if paired:
+      for r, b in paired:
+        if r["qids"] != b["qids"]:
+          raise DemoError(f"arm {arm.name} seed {r['seed']}: its test questions differ from "
+                          f"{arm.baseline}'s; the pair is not comparable")
+      row["compare"] = stats.compare([r["correct"] for r, _ in paired],
+                                     [b["correct"] for _, b in paired], samples=samples)
+    rows.append(row)
+  return rows
+
+
+def _mean_or_none(values):
+  values = [v for v in values if v is not None]
+  return sum(values) / len(values) if values else None
+
+
+def markdown(rows: Sequence[dict], questions: int) -> str:
+  """The study's table (accuracy in %, differences in points)."""
+  head = ("| arm | teacher (train acc.) | CoTs | protocol | λ | steps | accuracy (mean ± sd) "
+          "| Δ vs baseline, 95 % CI (bootstrap) | 95 % CI (t, seeds) | seeds | label / rationale loss |")
+  lines = [head, "|" + "---|" * 11]
+  for r in rows:
+    teacher = r["teacher"] if r["teacher"] != "oracle" else f"oracle, noise {r['noise']:g}"
+    if r.get("teacher_accuracy") is not None:
+      teacher += f" ({100 * r['teacher_accuracy']:.0f} %)"
+    c = r["compare"]
+    delta = "-" if not c else f"{stats.fmt_interval(c['bootstrap'])} vs {r['baseline']}"
+    t_ci = "-" if not c or not c["t"] else stats.fmt_interval(c["t"])
+    rat = "-" if r["rationale_loss"] is None else f"{r['rationale_loss']:.2f}"
+    lines.append(
+        f"| {r['arm']} | {teacher} | {r.get('cots', '-')} | {r['protocol']} | "
+        f"{r['rationale_weight']:g} | {r['steps']} | {100 * r['accuracy']:.1f} ± "
+        f"{100 * r['accuracy_std']:.1f} | {delta} | {t_ci} | {len(r['seeds'])} | "
+        f"{r['label_loss']:.2f} / {rat} |")
+  lines.append("")
+  lines.append(f"Accuracy on the held-out test split ({questions} questions, chance 25 %); "
+               "Δ = arm − baseline in points, paired on the same seeds and questions.")
+  return "\n".join(lines)
+
+
+# -- the whole study ---------------------------------------------------------------------------
+
+def run_study(config, workdir: str, arm_names: Sequence[str], seeds: Sequence[int], *,
+              epochs: float, samples: int = 4000, log: Callable[[str], None] = print) -> dict:
+  """Runs (or resumes) every (arm, seed); writes `workdir/study.{json,md}`; returns the rows."""
+  t0 = time.perf_counter()
+  if not seeds:
+    raise DemoError("--seeds: no seeds given")
+  arms = resolve_arms(arm_names)
+  os.makedirs(workdir, exist_ok=True)
+  check_config_stamp(config, workdir)
+  if config.get("compilation_cache", True):
+    enable_compilation_cache(workdir)
+  shared = shared_stages(config, workdir, arms, log)
+  results: dict[str, list] = {}
+  todo = [(arm, s) for s in seeds for arm in arms]  # seed-major: every arm has a pair early
+  done_before = sum(os.path.exists(run_path(workdir, a, s)) for a, s in todo)
+  started, ran = time.perf_counter(), 0
+  for i, (arm, seed) in enumerate(todo):
+    fresh = not os.path.exists(run_path(workdir, arm, seed))
+    results.setdefault(arm.name, []).append(
+        run_one(config, workdir, arm, seed, shared, epochs))
+    ran += fresh
+    left = len(todo) - i - 1
+    eta = (time.perf_counter() - started) / ran * left if ran else 0.0
+    log(f"[study] {i + 1}/{len(todo)} {arm.name} seed {seed}: "
+        f"{100 * results[arm.name][-1]['accuracy']:.1f} % "
+        f"({'ran' if fresh else 'cached'}; ~{eta / 60:.0f} min left)")
+  rows = summarize(arms, results, shared["cots"], samples=samples)
+  questions = len(next(iter(results.values()))[0]["qids"])
+  out = {"rows": rows, "seeds": list(seeds), "epochs": epochs, "questions": questions,
+         "cots": shared["cots"], "experts": {k: v.get("source") for k, v in
+                                             shared["experts"].items()},
+         "runs_cached": done_before, "seconds": round(time.perf_counter() - t0, 1)}
+  write_json(os.path.join(workdir, "study.json"), out)
+  table = markdown(rows, questions)
+  with open(os.path.join(workdir, "study.md"), "w") as f:
+    f.write(table + "\n")
+  log(table)
+  return out

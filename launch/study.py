@@ -1,0 +1,58 @@
+r"""The toy-world study: AoTD vs Instruct over seeds, teachers, protocols and λ (docs/study.md).
+
+  python -m launch.study --config=configs/toyworld/demo.py:quick --workdir=/tmp/aotd_study \
+      --seeds=0,1,2,3,4 [--arms=instruct,aotd,...] [--epochs=5] [--config.KEY=VALUE ...]
+
+The demo's world, experts and CoTs are made once (`workdir/shared`), then each (arm, seed)
+student trains and is evaluated on the held-out test split; a finished one is not redone,
+so rerunning the command after a kill resumes. Writes `workdir/runs/<arm>_s<seed>.json`,
+`workdir/study.json` and the table `workdir/study.md`; the arms are listed in
+`aotd_jax.projects.toyworld.study.ARMS`. The default study (quick world, 10 arms x 5 seeds) is about an
+hour of CPU on 2 cores; it prints its progress with an estimate of the time left.
+"""
+from __future__ import annotations
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/toyworld/demo.py:quick",
+                                          "The demo config the study starts from.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Shared stages, runs and the table go here.")
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2", "3", "4"], "Student seeds (paired across arms).")
+_ARMS = flags.DEFINE_list("arms", None, "Arms to run (default: all of study.ARMS); each CoT "
+                          "arm brings its baseline.")
+_EPOCHS = flags.DEFINE_float("epochs", 5.0, "Passes over each student's own data (protocol "
+                             "'epochs'); 'steps' arms train config.students.steps steps.")
+_SAMPLES = flags.DEFINE_integer("bootstrap_samples", 4000, "Resamples of the paired bootstrap.")
+_KEEP_MEMORY = flags.DEFINE_bool(
+    "keep_freed_memory", None, "Keep freed host memory for reuse (aotd_jax/host_memory.py). "
+    "Default: on when JAX runs on the CPU.")
+flags.mark_flags_as_required(["workdir"])
+
+
+def parse_seeds(values: list[str]) -> list[int]:
+  """--seeds values as ints; a bad one is a usage error naming the flag."""
+  try:
+    seeds = [int(v) for v in values]
+  except ValueError:
+    raise app.UsageError(f"--seeds={','.join(values)}: expected integers, e.g. 0,1,2,3,4") from None
+  if not seeds or len(set(seeds)) != len(seeds):
+    raise app.UsageError(f"--seeds={','.join(values)}: expected distinct seeds")
+  return seeds
+
+
+def main(argv):
+  del argv
+  from aotd_jax import host_memory
+  from aotd_jax.projects.toyworld import study
+  if host_memory.wanted(_KEEP_MEMORY.value):
+    logging.info("keep_freed_memory: %s", host_memory.keep_freed_memory())
+  seeds = parse_seeds(_SEEDS.value)
+  arms = _ARMS.value or list(study.ARMS)
+  out = study.run_study(_CONFIG.value, _WORKDIR.value, arms, seeds, epochs=_EPOCHS.value,
+                        samples=_SAMPLES.value, log=lambda s: print(s, flush=True))
+  logging.info("study: %s/study.md (%.0fs)", _WORKDIR.value, out["seconds"])
+
+
+if __name__ == "__main__":
+  app.run(main)
