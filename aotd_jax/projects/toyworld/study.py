@@ -175,7 +175,8 @@ def summarize(arms: Sequence[Arm], results: Mapping[str, Sequence[dict]], cots: 
            "accuracy_std": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
            "steps": runs[0]["train"]["steps"],
            "label_loss": float(np.mean([r["train"]["label_loss"] for r in runs])),
-           "rationale_loss": _mean_or_none([r["train"].get("rationale_loss") for r in runs]),
+           "rationale_loss": (_mean_or_none([r["train"].get("rationale_loss") for r in runs])
+                              if arm.cot_set else None),
            "baseline": arm.baseline, "compare": None}
     if arm.cot_set:
       c = cots[arm.cot_set]
