@@ -138,6 +138,7 @@ def test_study_pairs_arms_writes_the_table_and_resumes(tmp_path, fake_stages):
   assert "| aotd |" in table and "vs instruct" in table and "vs instruct_steps" in table
   assert json.loads((tmp_path / "study.json").read_text())["questions"] == 40
   assert (tmp_path / "runs" / "aotd_s1.json").is_file()
+  assert "<svg" in (tmp_path / "study_gain.svg").read_text()  # aotd: gain vs teacher accuracy
   # a rerun (e.g. after a kill) trains nothing that finished, and can add a seed
   fake_stages.clear()
   (tmp_path / "runs" / "aotd_s1.json").unlink()  # as if killed before this run finished

@@ -224,6 +224,35 @@ def markdown(rows: Sequence[dict], questions: int) -> str:
   return "\n".join(lines)
 
 
+def gain_plot_svg(rows: Sequence[dict]) -> str | None:
+  """SVG of AoTD − baseline (points, 95 % bootstrap interval) against the teacher's train
+  accuracy, for the filtered CoT arms of the paper's protocol with λ = 1; None if none ran."""
+  pts = [r for r in rows if r.get("compare") and r.get("teacher_accuracy") is not None
+         and r["student"] == "aotd" and r["protocol"] == "epochs" and r["rationale_weight"] == 1]
+  if not pts:
+    return None
+  import io
+
+  import matplotlib
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt
+  fig, ax = plt.subplots(figsize=(5, 3.2))
+  for r in sorted(pts, key=lambda r: r["teacher_accuracy"]):
+    b = r["compare"]["bootstrap"]
+    x, y = 100 * r["teacher_accuracy"], 100 * b["mean"]
+    ax.errorbar([x], [y], yerr=[[y - 100 * b["lo"]], [100 * b["hi"] - y]], fmt="o", capsize=4)
+    ax.annotate(r["arm"], (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+  ax.axhline(0, color="grey", lw=0.8)
+  ax.set_xlabel("teacher accuracy on the train questions (%)")
+  ax.set_ylabel("AoTD − Instruct (points)")
+  ax.set_title("gain vs teacher quality (95 % CI, paired bootstrap)", fontsize=9)
+  fig.tight_layout()
+  buf = io.StringIO()
+  fig.savefig(buf, format="svg", metadata={"Date": None})
+  plt.close(fig)
+  return buf.getvalue()
+
+
 # -- the whole study ---------------------------------------------------------------------------
 
 def run_study(config, workdir: str, arm_names: Sequence[str], seeds: Sequence[int], *,
@@ -262,5 +291,9 @@ def run_study(config, workdir: str, arm_names: Sequence[str], seeds: Sequence[in
   table = markdown(rows, questions)
   with open(os.path.join(workdir, "study.md"), "w") as f:
     f.write(table + "\n")
+  svg = gain_plot_svg(rows)
+  if svg:
+    with open(os.path.join(workdir, "study_gain.svg"), "w") as f:
+      f.write(svg)
   log(table)
   return out
