@@ -11,7 +11,8 @@ the same format plus every frame's ground truth) each candidate is scored per su
                        of frames where the action happens (best over its runs)
   action recognition   per annotated action run: is the top-1 of `recognize(run, candidates)`
                        an action annotated in the run (candidates: the run's actions plus
-                       distractors from the dataset, `num_action_choices` in all)
+                       distractors from the dataset, `num_action_choices` in all; 0, STAR's
+                       default: every action class, the paper's top-1)
   video QA             multiple-choice accuracy of `answer(clip, question, choices)`
 
 `subtask_table(results)` prints the paper's table (sub-task x candidate). The `random`
@@ -194,11 +195,22 @@ def score_grounder(grounder, data: SubtaskData) -> dict[str, float]:
 
 
 def score_action_recognizer(recognizer, data: SubtaskData, *, num_action_choices: int = 4,
-                            seed: int = 0) -> dict[str, float]:
-  """Top-1 accuracy on each annotated action run, among the run's actions plus distractors."""
+                            seed: int = 0,
+                            action_classes: Sequence[str] | None = None) -> dict[str, float]:
+  """Top-1 accuracy on each annotated action run, among the run's actions plus distractors
+  (`num_action_choices` in all), or with `num_action_choices=0` among every action class (the
+  paper's top-1 over STAR's classes: `action_classes`, else every action the data annotates)."""
+  if num_action_choices < 0:
+    raise ValueError(f"num_action_choices={num_action_choices}: must be >= 0 (0: all classes)")
   rng = np.random.default_rng(seed)
   vocab = sorted({a for vid in data.video_ids
                   for a in action_runs(data.gt, vid, data.clip(vid).frame_ids)})
+  if num_action_choices == 0:
+    classes = list(action_classes) if action_classes else vocab
+    missing = sorted(set(vocab) - set(classes))
+    if missing:
+      raise ValueError(f"action recognition: annotated actions {missing[:3]} are not among the "
+                       f"{len(classes)} action classes")
   hits = []
   for vid in data.video_ids:
     clip = data.clip(vid)
@@ -206,6 +218,10 @@ def score_action_recognizer(recognizer, data: SubtaskData, *, num_action_choices
       for start, end in runs:
         run = clip.select(clip.positions_in(start, end), start_frame=start, end_frame=end)
         truth = {a for f in run.frame_ids for a in data.gt.frame(vid, int(f))["actions"]}
+        if num_action_choices == 0:
+          top = recognizer.recognize(run, None, classes)
+          hits.append(bool(top) and top[0] in truth)
+          continue
         others = [a for a in vocab if a not in truth]
         k = max(0, min(num_action_choices - 1, len(others)))
         cands = [action] + [others[int(i)] for i in rng.choice(len(others), k, replace=False)]
@@ -258,10 +274,13 @@ def score_program_generator(generate: Callable[[list], list[str | None]], data: 
   generate: [VideoQA] -> program sources (None when nothing usable was produced).
   tools: the tools the programs run on (the oracle, so that only the program is judged).
   `answer_accuracy`: the generated program's answer is the correct choice; `answer_match`:
-  it equals the annotated program's own executed answer.
+  it equals the annotated program's own executed answer. STAR annotates its programs in its
+  own list form (`[{"function", "value_input"}, ...]`), not as Python: such questions count
+  for `answer_accuracy` only (the match and `answer_match` need a Python program to compare
+  with or run); a generator's non-string output counts as nothing generated.
   """
   from aotd_jax.agent import filters, run_program
-  records = [r for r in data.records if isinstance(r.meta.get(program_key), str)
+  records = [r for r in data.records if isinstance(r.meta.get(program_key), (str, list))
              and r.video_id in set(data.gt.video_ids)]
   if not records:
     return {"program_exact": float("nan"), "program_normalized": float("nan"),
@@ -273,16 +292,19 @@ def score_program_generator(generate: Callable[[list], list[str | None]], data: 
   exact, norm, correct, match = [], [], [], []
   for r, src in zip(records, sources):
     gold = r.meta[program_key]
-    exact.append(src is not None and src.strip() == gold.strip())
-    norm.append(src is not None and normalize_program(src) is not None
-                and normalize_program(src) == normalize_program(gold))
+    src = src if isinstance(src, str) else None
     args = lambda: {"video_clip": _question_clip(data, r), "query": r.question,
                     "possible_answers": list(r.choices)}
     got = run_program(src, tools, args(), timeout_s=timeout_s) if src else None
-    ref = run_program(gold, tools, args(), timeout_s=timeout_s)
     ok = got is not None and got.ok
     v = filters.check_answer(got.value, r.choices, r.answer, r.answer_index) if ok else None
     correct.append(bool(v and v.passed))
+    if not isinstance(gold, str):  # STAR's list form: nothing to match or run
+      continue
+    exact.append(src is not None and src.strip() == gold.strip())
+    norm.append(src is not None and normalize_program(src) is not None
+                and normalize_program(src) == normalize_program(gold))
+    ref = run_program(gold, tools, args(), timeout_s=timeout_s)
     match.append(ok and ref.ok and str(got.value) == str(ref.value))
   return {"program_exact": _mean(exact), "program_normalized": _mean(norm),
           "answer_accuracy": _mean(correct), "answer_match": _mean(match), "n": len(records)}
@@ -431,6 +453,16 @@ def oracle_tools(data_section) -> dict[str, Callable]:
   return experts.make_tools(config)
 
 
+def action_classes(data_section) -> list[str] | None:
+  """STAR's action class names (`classes_dir/action_classes.txt`) for STAR data, else None."""
+  d = _as_dict(data_section)
+  if d.get("kind", "toyworld") != "star" or not d.get("classes_dir"):
+    return None
+  from experts.backends.oracle import read_class_names
+  names = read_class_names(d["classes_dir"])
+  return [n for k, n in sorted(names.items()) if k.startswith("a")]
+
+
 def evaluate_candidate(name: str, candidate, data: SubtaskData, data_section, *,
                        tools: Mapping[str, Callable] | None = None, threshold: float = 0.1,
                        max_frames: int = 0, num_action_choices: int = 4) -> dict[str, dict]:
@@ -472,7 +504,8 @@ def evaluate_candidate(name: str, candidate, data: SubtaskData, data_section, *,
     out["grounder"] = score_grounder(box.grounder, data)
   if box.action_recognizer is not None:
     out["action_recognizer"] = score_action_recognizer(
-        box.action_recognizer, data, num_action_choices=num_action_choices)
+        box.action_recognizer, data, num_action_choices=num_action_choices,
+        action_classes=action_classes(data_section))
   if box.video_qa is not None:
     out["video_qa"] = score_qa(box.video_qa, data)
   return out
@@ -558,7 +591,9 @@ def default_config(data_path: str, *, split: str = "val", kind: str = "toyworld"
   return ml_collections.ConfigDict({
       "data": {"kind": kind, "path": data_path, "split": split, "video_dir": "",
                "video_ext": ".mp4", "classes_dir": "", "max_videos": 0, "blank_frames": False},
-      "candidates": cands, "threshold": 0.1, "max_frames": 0, "num_action_choices": 4,
+      "candidates": cands, "threshold": 0.1, "max_frames": 0,
+      # STAR: top-1 over all its action classes, as the paper; the toy world: 4-way choices
+      "num_action_choices": 0 if kind == "star" else 4,
   })
 
 
