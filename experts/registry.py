@@ -10,7 +10,8 @@ with a `kind` and that kind's settings:
                       features_path: saved ObjectStates, "" = CLIP image features) | none
   action_recognizer: oracle | llava (path, num_frames, choice_scoring: likelihood | generate,
                       max_new_tokens, prompt_format: plain | official, summary_prompt:
-                      ours | official (Video_summary's), matmul_precision, cpu_kernels) | none
+                      ours | official (Video_summary's), action_prompt: ours | official
+                      (Query_Actions' questions), matmul_precision, cpu_kernels) | none
   video_qa:          oracle | llava (the same keys) | none
   selector:          keyword | llama (path: HF Llama dir with tokenizer) | openai (base_url,
                       model, api_key_env: an OpenAI-compatible server) | none; `chat` (default
@@ -170,7 +171,8 @@ def _llava(role):
                               choice_scoring=_get(section, "choice_scoring", "likelihood"),
                               max_new_tokens=int(_get(section, "max_new_tokens", 32)),
                               prompt_format=_get(section, "prompt_format", "plain"),
-                              summary_prompt=_get(section, "summary_prompt", "ours"))
+                              summary_prompt=_get(section, "summary_prompt", "ours"),
+                              action_prompt=_get(section, "action_prompt", "ours"))
   return make
 
 
@@ -251,7 +253,8 @@ def describe(config, *, full_hash: bool = False) -> dict[str, dict]:
         entry.update(num_frames=int(_get(section, "num_frames", 8)),
                      choice_scoring=_get(section, "choice_scoring", "likelihood"),
                      prompt_format=_get(section, "prompt_format", "plain"),
-                     summary_prompt=_get(section, "summary_prompt", "ours"))
+                     summary_prompt=_get(section, "summary_prompt", "ours"),
+                     action_prompt=_get(section, "action_prompt", "ours"))
       if kind == "owlv2":
         entry["threshold"] = float(_get(section, "threshold", 0.1))
         entry["query_template"] = _get(section, "query_template", "{}") or "{}"

@@ -1,4 +1,4 @@
-"""select_answer's and Video_summary's prompts: the official release's structure (our words,
+"""select_answer's, Video_summary's and Query_Actions' prompts: the official release's structure (our words,
 `data/prompts/*_official.txt`) by default in the real CoT configs, ours as an option."""
 import pytest
 
@@ -59,6 +59,7 @@ def test_real_configs_default_to_the_official_prompts():
     c = mod.get_config(arg)
     assert c.experts.selector.prompt == "official"
     assert c.experts.video_qa.summary_prompt == "official"
+    assert c.experts.action_recognizer.action_prompt == "official"
     c = mod.get_config(arg.replace("llm=http://x/v1", "llm=http://x/v1,selector=keyword"))
     assert c.experts.selector.kind == "keyword"
 
@@ -70,3 +71,26 @@ def test_rehearsal_stub_answers_the_official_selector_prompt():
   assert replies.reply(text) == "(C)"  # from the question's options, not the worked example's
   wrong = stub_server.Replies({"what is held?": "the cup"}, wrong={"what is held?"})
   assert wrong.reply(text) == "(B)"
+
+
+def test_action_questions_per_style():
+  assert llava.action_question("official", "the cup", True) == "What did the person do to the cup?"
+  assert llava.action_question("official", None, True) == "What did the person do?"
+  free = llava.action_question("official", None, False)
+  assert "verb phrase" in free and free.rstrip().endswith("action:")
+  assert llava.action_question("ours", "cup", True) == llava.OBJECT_ACTIONS_PROMPT.format(object="cup")
+  assert llava.action_question("ours", None, False) == llava.ACTIONS_PROMPT
+  with pytest.raises(ValueError, match="action_prompt='short'"):
+    llava.action_question("short", None, False)
+
+
+def test_official_recognition_generates_freely_without_options():
+  calls = []
+  qa = llava.LlavaVideoQA.__new__(llava.LlavaVideoQA)  # the prompts only: no model needed
+  qa.action_prompt = "official"
+  qa.generate_text = lambda clip, text: calls.append(("generate", text)) or "open the fridge"
+  qa.answer = lambda clip, q, c: calls.append(("answer", q, c)) or "(B) sit down"
+  assert qa.recognize(None) == ["open the fridge"]
+  assert calls[-1] == ("generate", llava.action_question("official", None, False))
+  assert qa.recognize(None, "the cup", ["open it", "sit down"]) == ["sit down"]
+  assert calls[-1] == ("answer", "What did the person do to the cup?", ["open it", "sit down"])

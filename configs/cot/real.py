@@ -57,7 +57,8 @@ def bind_experts(name: str, a: dict, *, vocabulary: str) -> ml_collections.Confi
   # LLaVA-NeXT-Video-DPO as the official AoTD asks it: 32 frames, a greedy reply (the letter
   # parsed and snapped to an option), "Question:/Options:" prompts, its Video_summary request.
   llava = {"kind": "llava", "path": a["llava"], "num_frames": 32, "choice_scoring": "generate",
-           "max_new_tokens": 100, "prompt_format": "official", "summary_prompt": "official"}
+           "max_new_tokens": 100, "prompt_format": "official", "summary_prompt": "official",
+           "action_prompt": "official"}
   c.action_recognizer = dict(llava)
   c.video_qa = dict(llava)
   c.selector = selector_section(selector, a.get("selector_model") or a.get("model", ""))

@@ -35,6 +35,26 @@ def summary_text(style: str, query: str | None = None) -> str:
   return SUMMARY_PROMPT if not query else f"{SUMMARY_PROMPT} Focus on: {query}"
 ACTIONS_PROMPT = "What actions happen in the video?"
 OBJECT_ACTIONS_PROMPT = "What happens with the {object} in the video?"
+ACTION_PROMPTS = ("ours", "official")
+
+
+def action_question(style: str, object_name: str | None, has_candidates: bool) -> str:
+  """Query_Actions' question to the video model. `official` (the release's `Query_Actions`,
+  `video_clip.py:83-106`): "What did the person do to <object>?", "What did the person do?"
+  when there are options but no object, and with neither its free action-recognition
+  request (`prompts/action_single.prompt`, in our words:
+  `data/prompts/action_recognition_official.txt`); `ours`: `OBJECT_ACTIONS_PROMPT` /
+  `ACTIONS_PROMPT`."""
+  if style == "official":
+    if object_name:
+      return f"What did the person do to {object_name}?"
+    if has_candidates:
+      return "What did the person do?"
+    from aotd_jax.agent.programs import read_prompt_file
+    return read_prompt_file("action_recognition_official.txt").strip()
+  if style != "ours":
+    raise ValueError(f"action_prompt={style!r} is not one of {list(ACTION_PROMPTS)}")
+  return OBJECT_ACTIONS_PROMPT.format(object=object_name) if object_name else ACTIONS_PROMPT
 CHOICE_SCORING = ("likelihood", "pmi", "generate")
 ANSWER_FORMATS = ("text", "letter", "letter_text")
 
@@ -93,7 +113,8 @@ class LlavaVideoQA:
   def __init__(self, model, tokenizer, *, name: str = "llava", num_frames: int = 8,
                max_new_tokens: int = 32, video_token: str = "<video>",
                choice_scoring: str = "likelihood", answer_format: str = "text",
-               prompt_format: str = "plain", summary_prompt: str = "ours"):
+               prompt_format: str = "plain", summary_prompt: str = "ours",
+               action_prompt: str = "ours"):
     if choice_scoring not in CHOICE_SCORING:
       raise ValueError(f"choice_scoring={choice_scoring!r} is not one of {list(CHOICE_SCORING)}")
     if answer_format not in ANSWER_FORMATS:
@@ -101,7 +122,10 @@ class LlavaVideoQA:
     self.choice_scoring, self.answer_format = choice_scoring, answer_format
     if summary_prompt not in SUMMARY_PROMPTS:
       raise ValueError(f"summary_prompt={summary_prompt!r} is not one of {list(SUMMARY_PROMPTS)}")
+    if action_prompt not in ACTION_PROMPTS:
+      raise ValueError(f"action_prompt={action_prompt!r} is not one of {list(ACTION_PROMPTS)}")
     self.prompt_format, self.summary_prompt = prompt_format, summary_prompt
+    self.action_prompt = action_prompt
     self._choice_logprobs = None
     self.model, self.tokenizer, self.name = model, tokenizer, name
     self.num_frames, self.max_new_tokens = int(num_frames), int(max_new_tokens)
@@ -194,9 +218,11 @@ class LlavaVideoQA:
 
   def recognize(self, clip, object_name: str | None = None,
                 candidates: Sequence[str] | None = None) -> list[str]:
-    question = (OBJECT_ACTIONS_PROMPT.format(object=object_name) if object_name
-                else ACTIONS_PROMPT)
-    reply = self.answer(clip, question, candidates)
+    question = action_question(self.action_prompt, object_name, bool(candidates))
+    if self.action_prompt == "official" and not candidates and not object_name:
+      reply = self.generate_text(clip, question)  # the release's free recognition request
+    else:
+      reply = self.answer(clip, question, candidates)
     if reply and candidates:  # the protocol: labels drawn from the candidates ("(B) x" -> x)
       from experts.tools import snap_to_choice
       reply = snap_to_choice(reply, list(candidates))
