@@ -11,7 +11,7 @@ from typing import Any, Callable
 import numpy as np
 
 DONE = "DONE"
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 class DemoError(RuntimeError):
