@@ -208,9 +208,14 @@ def main(argv):
   else:
     rows, eff = run_model(records, scoring)
   judgements: list = []
-  result = rescore.score_rows(records, rows, mode=_MODE.value, parse=_PARSE.value,
-                              seed=_SEED.value, frame_numbers=_FRAME_NUMBERS.value, judge=judge,
-                              on_judgements=judgements.extend)
+  try:
+    result = rescore.score_rows(records, rows, mode=_MODE.value, parse=_PARSE.value,
+                                seed=_SEED.value, frame_numbers=_FRAME_NUMBERS.value,
+                                judge=judge, on_judgements=judgements.extend)
+  except ValueError as e:
+    if not _RESCORE.value:
+      raise
+    raise ConfigError(f"--rescore={_RESCORE.value}: {e}") from e
   if "output" in eff:
     result["efficiency"] = eff["output"]
   if "likelihood_output" in eff:

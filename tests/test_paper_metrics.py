@@ -143,6 +143,7 @@ def _evaluate(*args):
                         capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # five launch.evaluate subprocesses (no model)
 def test_cli_rescores_a_run_without_the_student(tmp_path):
   records = annotations.read("star", str(STAR))
   run = tmp_path / "run.json"
@@ -168,6 +169,9 @@ def test_cli_rescores_a_run_without_the_student(tmp_path):
   assert r.returncode == 2 and "--judge_llm/--judge_replay judge open-ended" in r.stderr
   r = _evaluate(f"--rescore={tmp_path / 'missing.json'}", "--format=agqa", f"--annotations={AGQA}")
   assert r.returncode == 2 and "--rescore:" in r.stderr and "missing.json" in r.stderr
+  # rationale grounding needs the rows' frame_ids: a run without them is named
+  r = _evaluate(f"--rescore={run}", "--format=star", f"--annotations={STAR}", "--mode=rationale")
+  assert r.returncode == 2 and "has no frame_ids" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_mvbench_accuracy_is_reported_per_task():
