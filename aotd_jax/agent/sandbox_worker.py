@@ -415,13 +415,13 @@ def _jail(as_root):
   (by the caller, after the rlimits) a seccomp filter. Returns what was applied and what
   was not, for the host to report."""
   import ctypes
-  import ctypes.util
   libc = ctypes.CDLL(None, use_errno=True)
   done, missing = [], []
   seccomp = None  # loaded now: after the chroot there is no library to find
   try:  # the usual soname first: find_library runs a program (and imports subprocess)
     seccomp = ctypes.CDLL("libseccomp.so.2")
   except OSError:
+    import ctypes.util
     path = ctypes.util.find_library("seccomp")
     try:
       seccomp = ctypes.CDLL(path) if path else None
