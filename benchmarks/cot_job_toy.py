@@ -14,6 +14,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cpu_time  # noqa: E402
 from aotd_jax.agent import Sandbox, job  # noqa: E402
 from aotd_jax.data import annotations  # noqa: E402
 
@@ -71,13 +73,19 @@ def main():
                      num_threads=a.threads, batch_size=8)
     cot.process(qs[:4])  # warm
     paths = job.JobPaths.for_shard(out, "00000-of-00001")
+    meter = cpu_time.Meter()
+    meter.start(sb)
     t0 = time.perf_counter()
     with open(os.devnull, "w") as devnull:
       stats = cot.run(qs, paths, stream=devnull)
     dt = time.perf_counter() - t0
+    meter.stop_host()
+  meter.stop()
   print(f"CoT job, toy world: {a.questions / dt:.1f} questions/s "
         f"({1e3 * dt / a.questions:.2f} ms/question; {stats.executed} executed, "
-        f"{stats.kept} kept)")
+        f"{stats.kept} kept); CPU per question: host "
+        f"{1e3 * meter.host_s / a.questions:.2f} ms, worker processes "
+        f"{1e3 * meter.workers_s / a.questions:.2f} ms")
 
 
 if __name__ == "__main__":

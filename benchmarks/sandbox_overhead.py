@@ -3,7 +3,8 @@
 Usage: python benchmarks/sandbox_overhead.py [--programs 200] [--workers 2] [--runs_per_child 1]
 
 Measures, in one run on this machine:
-  1. a typical 4-tool-call program: in-process exec vs the sandbox (1 and N workers);
+  1. a typical 4-tool-call program: in-process exec vs the sandbox (1 and N workers), and
+     the CPU time one program costs the host and the worker processes (`cpu_time.py`);
   2. one tool call's round trip (worker -> parent -> worker);
   3. a tool returning a 16x224x224x3 uint8 clip, passed by value vs kept behind a handle;
   4. the cost of replacing a worker after a timeout kill.
@@ -18,6 +19,8 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cpu_time  # noqa: E402
 from aotd_jax.agent.sandbox import Sandbox  # noqa: E402
 
 PROGRAM = """
@@ -69,6 +72,19 @@ def rate(fn, n):
   return n / (time.perf_counter() - t0)
 
 
+def cpu_per_program(n: int, **kw) -> tuple[float, float]:
+  """(host, worker processes) CPU ms per program over `n` runs of PROGRAM on one worker."""
+  meter = cpu_time.Meter()
+  with Sandbox(1, **kw) as sb:
+    sb.run(PROGRAM, TOOLS, args(), timeout_s=5)
+    meter.start(sb)
+    for _ in range(n):
+      sb.run(PROGRAM, TOOLS, args(), timeout_s=5)
+    meter.stop_host()
+  meter.stop()
+  return 1e3 * meter.host_s / n, 1e3 * meter.workers_s / n
+
+
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--programs", type=int, default=200)
@@ -85,6 +101,9 @@ def main():
     one = rate(lambda: sb.run(PROGRAM, TOOLS, args(), timeout_s=5), n)
     print(f"sandbox, 1 worker:          {one:9.1f} programs/s  ({ref / one:.0f}x slower, "
           f"{1e3 / one - 1e3 / ref:.2f} ms overhead per program)")
+    host_ms, worker_ms = cpu_per_program(n, **kw)
+    print(f"CPU per program, 1 worker:  {host_ms + worker_ms:9.2f} ms  (host {host_ms:.2f}, "
+          f"worker processes {worker_ms:.2f})")
     t_calls = rate(lambda: sb.run(CALLS, TOOLS, args(), timeout_s=5), 20)
     print(f"tool-call round trip:       {1e3 / t_calls / 200:9.3f} ms per call")
     t0 = time.perf_counter()
