@@ -2,7 +2,7 @@
 tool calls each, instant tools, the rule judge), every program run in the sandbox.
 
 Usage: python benchmarks/cot_job_toy.py [--questions 200] [--workers 2] [--threads 2]
-       [--runs_per_child 1]
+       [--runs_per_child 1] [--warm_spares]
 
 What it measures is the job's own cost per question (program execution in the sandbox,
 records, fsync'd appends) with the models taken out; compare runs on the same machine.
@@ -61,10 +61,14 @@ def main():
   p.add_argument("--questions", type=int, default=200)
   p.add_argument("--workers", type=int, default=2)
   p.add_argument("--threads", type=int, default=2)
+  p.add_argument("--warm_spares", action="store_true",
+                 help="Sandbox(warm_spares=True): warm each spare child before its turn")
   p.add_argument("--runs_per_child", type=int, default=1)
   a = p.parse_args()
   qs = questions(a.questions)
   kw = {"runs_per_child": a.runs_per_child} if a.runs_per_child > 1 else {}
+  if a.warm_spares:
+    kw["warm_spares"] = True
   with Sandbox(a.workers, **kw) as sb, tempfile.TemporaryDirectory() as out:
     cot = job.CotJob(tools=tools(), program_source="gold", run_program=sb.run,
                      make_args=lambda q: {"video_clip": {"start_frame": 0, "end_frame": 32},

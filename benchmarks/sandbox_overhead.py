@@ -1,6 +1,7 @@
 """Sandbox overhead: programs/s in the worker pool vs in-process `exec` (the unsafe reference).
 
 Usage: python benchmarks/sandbox_overhead.py [--programs 200] [--workers 2] [--runs_per_child 1]
+       [--warm_spares]
 
 Measures, in one run on this machine:
   1. a typical 4-tool-call program: in-process exec vs the sandbox (1 and N workers), and
@@ -89,6 +90,8 @@ def main():
   p = argparse.ArgumentParser()
   p.add_argument("--programs", type=int, default=200)
   p.add_argument("--workers", type=int, default=2)
+  p.add_argument("--warm_spares", action="store_true",
+                 help="Sandbox(warm_spares=True): warm each spare child before its turn")
   p.add_argument("--runs_per_child", type=int, default=1,
                  help="Sandbox(runs_per_child=...); 1 = a fresh child per run")
   a = p.parse_args()
@@ -96,6 +99,8 @@ def main():
   ref = rate(lambda: in_process(PROGRAM, TOOLS, args()), n)
   print(f"in-process exec:            {ref:9.1f} programs/s")
   kw = {"runs_per_child": a.runs_per_child} if a.runs_per_child > 1 else {}
+  if a.warm_spares:
+    kw["warm_spares"] = True
   with Sandbox(1, **kw) as sb:
     sb.run(PROGRAM, TOOLS, args(), timeout_s=5)  # warm
     one = rate(lambda: sb.run(PROGRAM, TOOLS, args(), timeout_s=5), n)

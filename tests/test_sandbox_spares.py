@@ -52,8 +52,9 @@ def ran_once(sb, spares):
   return zygote
 
 
-def test_every_run_gets_a_child_never_used_before_and_spares_are_kept_ready():
-  with Sandbox(1, memory_mb=256, spare_children=2) as sb:
+@pytest.mark.parametrize("warm", [False, True])
+def test_every_run_gets_a_child_never_used_before_and_spares_are_kept_ready(warm):
+  with Sandbox(1, memory_mb=256, spare_children=2, warm_spares=warm) as sb:
     zygote = the_worker(sb).proc.pid
     used = []  # (number, pid) of the child of each run
     ready = []  # during each run: whether the zygote had its child and 2 spares alive

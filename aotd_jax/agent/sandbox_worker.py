@@ -1,7 +1,7 @@
 """The sandbox's worker: a zygote that forks one fresh child per program.
 
 Started by `aotd_jax.agent.sandbox` as
-`python -I sandbox_worker.py FD MEMORY_MB RUNS_PER_CHILD JAIL SPARES`; it must import nothing
+`python -I sandbox_worker.py FD MEMORY_MB RUNS_PER_CHILD JAIL SPARES WARM`; it must import nothing
 from `aotd_jax` (that would load JAX): only the standard library, numpy, msgpack,
 `sandbox_wire` (the data-only message format) and `sandbox_turns` (whose turn it is on the
 channel), both next to this file.
@@ -9,8 +9,9 @@ channel), both next to this file.
 The zygote imports everything once, closes every file, applies the jail (`_jail`,
 when asked and where the platform allows) and the process-wide OS limits, says hello, then
 keeps SPARES children forked ahead of the one on the channel and reaps them as they end. A
-child warms its pages, waits for its turn, reads one "run", runs the program with the per-run
-limits, hands the channel to the next child and exits, so no state survives from one
+child (with WARM: after copying the pages a typical run writes) waits for its turn, reads
+one "run", runs the program with the per-run limits, hands the channel to the next child and
+exits, so no state survives from one
 program to the next, and whatever the program did to its interpreter dies with it.
 
 Protocol (msgpack lists via `sandbox_wire`; host objects travel as handles):
@@ -342,6 +343,7 @@ def _release():
 
 RUNS_PER_CHILD = 1  # from the host (Sandbox(runs_per_child=...)); 1: a fresh child per run
 SPARES = 2  # from the host (Sandbox(spare_children=...)): children forked ahead of need
+PREFAULT = False  # from the host (Sandbox(warm_spares=...)): warm each spare before its turn
 
 
 def _child(seq, turns):
@@ -354,7 +356,8 @@ def _child(seq, turns):
   if os.getppid() != _ZYGOTE[0]:  # the zygote died before that took effect
     os._exit(EXIT_CHANNEL)
   _TURN[:] = [turns, seq]
-  _prefault()
+  if PREFAULT:
+    _prefault()
   turns.wait(seq)
   for served in range(1, RUNS_PER_CHILD + 1):
     try:
@@ -497,11 +500,12 @@ def _limit_process(memory_mb):
 
 def main():
   global _CHANNEL
-  global RUNS_PER_CHILD, SPARES
+  global RUNS_PER_CHILD, SPARES, PREFAULT
   fd, memory_mb = int(sys.argv[1]), int(sys.argv[2])
   RUNS_PER_CHILD = max(1, int(sys.argv[3])) if len(sys.argv) > 3 else 1
   jail = sys.argv[4] if len(sys.argv) > 4 else "on"
   SPARES = max(0, int(sys.argv[5])) if len(sys.argv) > 5 else 2
+  PREFAULT = len(sys.argv) > 6 and sys.argv[6] == "warm"
   import ctypes
   import numpy  # noqa: F401 -- loaded before files can no longer be opened
   try:
@@ -526,10 +530,10 @@ def main():
     _CHANNEL.send(["ready", os.getpid(), report])
   except BaseException:
     _die()
-  # Children are forked ahead of need (SPARES of them besides the one on the channel), each
-  # warms its own pages and waits for its turn (`sandbox_turns`), so neither the fork nor the
-  # copy-on-write faults are on the host's path. Only one child uses the channel at a time,
-  # in fork order; one that is done hands it to the next itself.
+  # Children are forked ahead of need (SPARES of them besides the one on the channel) and
+  # wait for their turn (`sandbox_turns`), so the fork is not on the host's path (nor, with
+  # PREFAULT, the copy-on-write faults of a typical run). Only one child uses the channel
+  # at a time, in fork order; one that is done hands it to the next itself.
   signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD})
   _warm_up()
   gc.collect()
