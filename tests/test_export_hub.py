@@ -69,6 +69,8 @@ def test_model_card_names_base_model_datasets_lambda_and_cots(export_dir):
 def test_transformers_auto_classes_load_the_export(export_dir):
   tok = transformers.AutoTokenizer.from_pretrained(export_dir)
   assert tok("the red cube")["input_ids"]
+  with open(os.path.join(export_dir, "tokenizer_config.json")) as f:  # a class 4.x knows too
+    assert json.load(f)["tokenizer_class"] == "PreTrainedTokenizerFast"
   gen = transformers.GenerationConfig.from_pretrained(export_dir)
   assert gen.eos_token_id == 2 and gen.do_sample is False
   model = transformers.AutoModelForImageTextToText.from_pretrained(export_dir)

@@ -14,6 +14,7 @@ from flax.core import spmd
 from aotd_jax import hf, sharding
 from aotd_jax.data import video_processing as vp
 from aotd_jax.hf.io import CheckpointError, read_tensors
+from fixtures.hf_layouts import to_current_layout
 from aotd_jax.models import generate as generate_lib
 from aotd_jax.models import llava_next_video as lnv
 
@@ -178,17 +179,20 @@ def test_generation_compiles_once_per_bucket(pair):
 def test_reads_both_key_layouts(pair, tmp_path):
   path, ref, model = pair
   tensors, _ = read_tensors(path)
-  # transformers 5 writes the older layout: language_model.model.*, vision_tower.*.
+  # transformers 5 writes the older layout: language_model.model.*, vision_tower.*. Exports
+  # use the released checkpoints' (vision_tower.vision_model.*), which 4.45 reads too.
   assert "language_model.lm_head.weight" in tensors and "image_newline" in tensors
-  hf.save_pretrained(model, str(tmp_path))
-  exported, _ = read_tensors(str(tmp_path))
-  assert "lm_head.weight" in exported and "model.image_newline" in exported
-  assert "model.vision_tower.vision_model.embeddings.class_embedding" in exported
-  assert all(k.startswith(("model.", "lm_head")) for k in exported)
-  again = hf.from_pretrained(str(tmp_path))
+  hf.save_pretrained(model, str(tmp_path / "out"))
+  exported, _ = read_tensors(str(tmp_path / "out"))
+  released = {k.replace("vision_tower.", "vision_tower.vision_model.", 1) for k in tensors}
+  assert set(exported) == released
+  current = to_current_layout(str(tmp_path / "out"), str(tmp_path / "current"))
+  assert "lm_head.weight" in current and "model.vision_tower.vision_model.embeddings.class_embedding" in current
   ids, mask, videos = _video_batch(model.config, np.random.default_rng(7))
-  np.testing.assert_allclose(_logits(again, ids, mask, pixel_values_videos=videos),
-                             _logits(model, ids, mask, pixel_values_videos=videos), atol=1e-6)
+  want = _logits(model, ids, mask, pixel_values_videos=videos)
+  for folder in ("out", "current"):
+    again = hf.from_pretrained(str(tmp_path / folder))
+    np.testing.assert_allclose(_logits(again, ids, mask, pixel_values_videos=videos), want, atol=1e-6)
 
 
 def test_export_loads_in_transformers_with_same_logits(pair, tmp_path):

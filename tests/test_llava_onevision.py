@@ -13,6 +13,7 @@ from flax import nnx
 
 from aotd_jax import hf, sharding
 from aotd_jax.hf.io import CheckpointError, read_tensors
+from fixtures.hf_layouts import to_current_layout
 from aotd_jax.models import llava_onevision as lov
 from tests.test_llava_next_video import (_jit_logits, _logits, _loss, _torch_logits,
                                          check_mesh_train_step)
@@ -148,15 +149,18 @@ def test_reads_both_key_layouts_and_exports_for_transformers(pair, tmp_path):
   tensors, _ = read_tensors(path)
   # transformers 5 writes the released checkpoints' older layout: language_model.model.*
   assert "language_model.lm_head.weight" in tensors and "image_newline" in tensors
-  hf.save_pretrained(model, str(tmp_path / "out"))
+  hf.save_pretrained(model, str(tmp_path / "out"))  # the released checkpoints' layout
   exported, _ = read_tensors(str(tmp_path / "out"))
-  assert "lm_head.weight" in exported and "model.image_newline" in exported
-  assert "model.language_model.layers.0.self_attn.q_proj.bias" in exported
-  assert all(k.startswith(("model.", "lm_head")) for k in exported)
-  again = hf.from_pretrained(str(tmp_path / "out"))  # the current layout reads back
+  released = {k.replace("vision_tower.", "vision_tower.vision_model.", 1) for k in tensors}
+  assert set(exported) == released
+  assert "language_model.model.layers.0.self_attn.q_proj.bias" in exported
+  current = to_current_layout(str(tmp_path / "out"), str(tmp_path / "current"))
+  assert "model.language_model.layers.0.self_attn.q_proj.bias" in current
   ids, mask, videos = _video_batch(model.config, np.random.default_rng(7))
   ours = _logits(model, ids, mask, pixel_values_videos=videos)
-  np.testing.assert_allclose(_logits(again, ids, mask, pixel_values_videos=videos), ours, atol=1e-6)
+  for folder in ("out", "current"):  # both layouts read back
+    again = hf.from_pretrained(str(tmp_path / folder))
+    np.testing.assert_allclose(_logits(again, ids, mask, pixel_values_videos=videos), ours, atol=1e-6)
   loaded, info = transformers.LlavaOnevisionForConditionalGeneration.from_pretrained(
       str(tmp_path / "out"), output_loading_info=True)
   assert not info["missing_keys"] and not info["unexpected_keys"], info

@@ -37,7 +37,20 @@ def copy_tokenizer_files(src: str, dst: str) -> list[str]:
     if os.path.isfile(path):
       shutil.copy(path, os.path.join(dst, name))
       copied.append(name)
+  if "tokenizer_config.json" in copied:
+    _portable_tokenizer_class(os.path.join(dst, "tokenizer_config.json"))
   return copied
+
+
+def _portable_tokenizer_class(path: str) -> None:
+  """transformers 5 saves a plain `tokenizer.json` tokenizer as `TokenizersBackend`, a name 4.x
+  does not know; `PreTrainedTokenizerFast` loads the same tokenizer in both."""
+  with open(path) as f:
+    config = json.load(f)
+  if config.get("tokenizer_class") == "TokenizersBackend":
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    with open(path, "w") as f:
+      json.dump(config, f, indent=2, ensure_ascii=False)
 
 
 def processor_configs(hf_config: Mapping[str, Any]) -> dict[str, dict]:

@@ -5,7 +5,8 @@ Reads every key layout transformers has written: the current one (`model.languag
 `model.vision_tower[.vision_model].*`, `model.multi_modal_projector.*`, `model.image_newline`,
 `lm_head.weight`) and the older one (`language_model.model.*`, `language_model.lm_head.weight`,
 `vision_tower[.vision_model].*`, `multi_modal_projector.*`, `image_newline`). Export writes the
-current layout with the `vision_model` level, which transformers 4.4x-5.x all load.
+older layout with the `vision_model` level (the released checkpoints'), which transformers 4.45
+and 5 both load (`_pick`).
 """
 from __future__ import annotations
 
@@ -63,17 +64,24 @@ def config_to_hf(cfg: LlavaNextVideoConfig) -> dict:
   return out
 
 
-def _pick(hf_keys: Collection[str] | None, candidates: tuple[str, ...]) -> str:
-  """The first candidate prefix some key starts with; the first (current layout) on export."""
+def _pick(hf_keys: Collection[str] | None, candidates: tuple[str, ...], export: str) -> str:
+  """The first candidate prefix some key starts with; `export` when writing (`hf_keys` None).
+
+  Exports use the released checkpoints' layout (`language_model.model.*`, `language_model.lm_head.*`,
+  `vision_tower.vision_model.*`, `multi_modal_projector.*`), which transformers 4.45+ and 5 both
+  load; only `vision_resampler` (the conv pooling) keeps transformers 5's `model.` prefix, for
+  which it has no rename rule.
+  """
   if hf_keys is not None:
     for prefix in candidates:
       if any(k.startswith(prefix) for k in hf_keys):
         return prefix
-  return candidates[0]
+  return export
 
 
 def rules(cfg: LlavaNextVideoConfig, hf_keys: Collection[str] | None = None) -> list[Rule]:
-  """HF tensor name -> our param path, for the key layout found in `hf_keys` (current on export).
+  """HF tensor name -> our param path, for the key layout found in `hf_keys` (on export: the
+  layout transformers writes, see `_pick`).
 
   Each part is looked up on its own: transformers 5 writes most parts in the older layout but
   keys it has no rename rule for (`model.vision_resampler.*`) in the current one.
@@ -81,7 +89,8 @@ def rules(cfg: LlavaNextVideoConfig, hf_keys: Collection[str] | None = None) -> 
   out = clip_hf.vision_tower_rules(cfg.vision_config, vision_prefix(hf_keys)[:-1],
                                    "vision_tower/vision_model")
   if cfg.spatial_pool_mode == "conv":
-    pool = _pick(hf_keys, ("model.vision_resampler.", "vision_resampler."))
+    pool = _pick(hf_keys, ("model.vision_resampler.", "vision_resampler."),
+                 "model.vision_resampler.")
     out += [Rule(pool + "pool.weight", "vision_resampler/pool/kernel", CONV2D),
             Rule(pool + "pool.bias", "vision_resampler/pool/bias")]
   return out + projector_and_lm_rules(cfg, hf_keys)
@@ -90,19 +99,21 @@ def rules(cfg: LlavaNextVideoConfig, hf_keys: Collection[str] | None = None) -> 
 def vision_prefix(hf_keys: Collection[str] | None) -> str:
   """The vision tower's HF prefix in `hf_keys` (with or without `model.` / `vision_model.`)."""
   return _pick(hf_keys, ("model.vision_tower.vision_model.", "model.vision_tower.",
-                         "vision_tower.vision_model.", "vision_tower."))
+                         "vision_tower.vision_model.", "vision_tower."), "vision_tower.vision_model.")
 
 
 def projector_and_lm_rules(cfg, hf_keys: Collection[str] | None) -> list[Rule]:
   """The projector, `image_newline` and language-model rules of a LLaVA-family checkpoint
   (LLaVA-NeXT-Video, LLaVA-OneVision), each part in the layout found in `hf_keys`."""
-  proj = _pick(hf_keys, ("model.multi_modal_projector.", "multi_modal_projector."))
+  proj = _pick(hf_keys, ("model.multi_modal_projector.", "multi_modal_projector."),
+               "multi_modal_projector.")
   out = []
   for name in ("linear_1", "linear_2"):
     out += linear(proj + name, f"multi_modal_projector/{name}", bias=cfg.multimodal_projector_bias)
-  out.append(Rule(_pick(hf_keys, ("model.image_newline", "image_newline")), "image_newline"))
-  lm = _pick(hf_keys, ("model.language_model.", "language_model.model."))
-  head = _pick(hf_keys, ("lm_head.", "language_model.lm_head."))
+  out.append(Rule(_pick(hf_keys, ("model.image_newline", "image_newline"), "image_newline"),
+                  "image_newline"))
+  lm = _pick(hf_keys, ("model.language_model.", "language_model.model."), "language_model.model.")
+  head = _pick(hf_keys, ("lm_head.", "language_model.lm_head."), "language_model.lm_head.")
   for rule in llama_hf.rules(cfg.text_config):
     hf = head + rule.hf[len("lm_head."):] if rule.hf.startswith("lm_head.") else lm + rule.hf[len("model."):]
     out.append(dataclasses.replace(rule, hf=hf, flax=f"language_model/{rule.flax}"))

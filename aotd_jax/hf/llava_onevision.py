@@ -5,7 +5,7 @@ Reads every key layout transformers has written: the current one (`model.languag
 `model.vision_tower[.vision_model].*`, `model.multi_modal_projector.*`, `model.image_newline`,
 `lm_head.weight`) and the older one the released checkpoints use (`language_model.model.*`,
 `language_model.lm_head.weight`, `vision_tower[.vision_model].*`, `multi_modal_projector.*`,
-`image_newline`). Export writes the current layout.
+`image_newline`). Export writes the released checkpoints' layout (see `llava_next_video._pick`).
 """
 from __future__ import annotations
 
