@@ -74,7 +74,7 @@ def main(argv=None):
   n = len(questions)
 
   def oracle_tools():
-    return experts.make_tools(config.experts)
+    return experts.make_tools(config.experts, plugins=generate_cots.PLUGINS)
 
   def run_all(runner, tools_fn, threads=1):
     tools = tools_fn()
@@ -113,7 +113,7 @@ def main(argv=None):
       detector = Owlv2Detector(model, experts_tools.tokenize, buckets=buckets, nms_threshold=0.3)
 
       def make():
-        box = experts.make_toolbox(config.experts)
+        box = experts.make_toolbox(config.experts, plugins=generate_cots.PLUGINS)
         box.detector = detector
         return box.tools()
       return make

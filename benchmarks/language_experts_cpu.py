@@ -6,7 +6,7 @@ Generates the toy world (seed 0, 60 train / 10 val clips: the demo's `quick` wor
 the tokenizer, trains the program generator and the action / QA expert at their default
 sizes, and prints each one's seconds (wall and process CPU) and val scores next to the chance
 references measured in the same run: programs of other questions (shuffled gold programs)
-for the program generator, `aotd_jax.eval.subtasks.RandomActions` for the QA expert.
+for the program generator, `experts.subtasks.RandomActions` for the QA expert.
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def main() -> None:
   from aotd_jax.projects.toyworld import language_experts as le
   from aotd_jax.projects.toyworld import program_generator as pg
   from aotd_jax.projects.toyworld import qa_expert as qe
-  from aotd_jax.eval.subtasks import RandomActions
+  from experts.subtasks import RandomActions
   work = args.workdir or tempfile.mkdtemp(prefix="lang_bench_")
   world = os.path.join(work, "world")
   toyworld.generate_world(world, seed=0, num_train=60, num_val=10, num_test=20)

@@ -35,7 +35,9 @@ def main(argv):
   del argv
   from aotd_jax.projects.toyworld import world as toyworld
   from aotd_jax.projects.toyworld import vision_experts as ve
-  from aotd_jax.eval import subtasks
+  from aotd_jax.eval.subtasks import subtask_table
+  from aotd_jax.projects.toyworld.oracle import PLUGIN
+  from experts import subtasks
   w = _WORKDIR.value
   if not _KEEP.value and os.path.exists(w):
     shutil.rmtree(w)
@@ -66,9 +68,9 @@ def main(argv):
                                     "grounder": {"kind": "random"}},
                          "trained": config.candidates.trained}
     t0 = time.perf_counter()
-    res = subtasks.evaluate(config)
+    res = subtasks.evaluate(config, plugins=[PLUGIN])
     print(f"--- {split} split")
-    print(subtasks.subtask_table(res))
+    print(subtask_table(res))
     print(f"harness seconds: {time.perf_counter() - t0:.1f}")
     for name, key, role in (("detector", "detection_iou", "detector"),
                             ("grounder", "grounding_iou", "grounder"),

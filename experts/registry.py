@@ -16,29 +16,36 @@ with a `kind` and that kind's settings:
   selector:          keyword | llama (path: HF Llama dir with tokenizer) | openai (base_url,
                       model, api_key_env: an OpenAI-compatible server) | none; `chat` (default
                       True) sends the prompt as a chat message, so a llama dir's tokenizer needs a
-                      chat template (checked when the tools are built); False: plain text;
-                      `prompt`: ours | official (the release's select_answer prompt structure)
-  ground_truth:      toyworld (path: world dir) | star (path: JSON file(s), classes_dir)
+                     chat template (checked when the tools are built); False: plain text;
+                     `prompt`: ours | official (the release's select_answer prompt structure)
+  ground_truth:      star (path: JSON file(s), classes_dir) | a plugin's kind (toyworld:
+                     path = world dir, with `plugins=[aotd_jax.projects.toyworld.oracle.PLUGIN]`)
   cache:             dir ("" = memory only), enabled
   tools:             find ("frames": the frames that show the object | "crops": 224 x 224 crops
                      of its best box, the official AoTD's), exist ("detector" | "detector+qa":
                      the video QA model confirms "Is this <name>?" on the crops, official)
-  object_vocabulary: list of class names, "toyworld", "star:<classes_dir>",
+  object_vocabulary: list of class names, a plugin's kind ("toyworld"), "star:<classes_dir>",
                      "file:<path, one name per line>" or "open" (ask for what the program names)
 
+A project's own data kind (the toy world's ground truth, names and saved object states) comes
+as an `experts.plugins.Plugin` in `plugins=[...]`: the experts never import a project.
+
 A model loaded for two roles (LLaVA as action recogniser and video QA) is loaded once.
-`default_config()` is the oracle set-up on the toy world; swap a role with one line, e.g.
+`default_config()` is the oracle set-up on the toy world (its plugin required); swap a role
+with one line, e.g.
 `config.detector = dict(kind="owlv2", path="/weights/owlv2-base")`.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import ml_collections
 
 from experts import tools as tools_lib
+from experts.backends import oracle
 from experts.batching import DEFAULT_BUCKETS
 from experts.cache import ToolCache
+from experts.plugins import Plugin, by_kind
 
 ROLES = ("detector", "grounder", "action_recognizer", "video_qa", "selector")
 
@@ -78,29 +85,40 @@ def _get(section: Any, key: str, default: Any = None) -> Any:
 
 
 class _Context:
-  """What factories share within one `make_tools` call: ground truth and loaded models."""
+  """What factories share within one `make_tools` call: ground truth, loaded models and the
+  projects' plugins."""
 
-  def __init__(self, config):
+  def __init__(self, config, plugins: Mapping[str, Plugin] | None = None):
     self.config = config
+    self.plugins = dict(plugins or {})
     self._gt = None
     self.models: dict[tuple, Any] = {}
 
   def ground_truth(self, role: str):
     if self._gt is None:
-      from experts.backends import oracle
       sec = _get(self.config, "ground_truth")
       kind, path = _get(sec, "kind"), _get(sec, "path", "")
       if not path:
         raise ValueError(f"experts config: {role}.kind='oracle' needs ground_truth.path "
                          "(a toy-world directory or STAR JSON files)")
-      if kind == "toyworld":
-        self._gt = oracle.GroundTruth.from_toyworld(path)
-      elif kind == "star":
+      if kind == "star":
         self._gt = oracle.GroundTruth.from_star(path, _get(sec, "classes_dir") or None)
+      elif kind in self.plugins:
+        self._gt = self.plugins[kind].ground_truth(path)
       else:
         raise ValueError(f"experts config: ground_truth.kind={kind!r} is not one of "
-                         "['toyworld', 'star']")
+                         f"{['star'] + sorted(self.plugins)} (a project's kind comes with its "
+                         "plugin: make_tools(config, plugins=[...]))")
     return self._gt
+
+  def frame_features(self, path: str):
+    """Saved frame features (`grounder.features_path`), read by the one plugin that reads them."""
+    readers = [p for p in self.plugins.values() if p.frame_features is not None]
+    if len(readers) != 1:
+      raise ValueError(f"experts config: grounder.features_path={path!r} needs exactly one plugin "
+                       f"that reads frame features (have {[p.kind for p in readers]}; e.g. the "
+                       "toy world's object states)")
+    return readers[0].frame_features(path)
 
   def model(self, key: tuple, load: Callable[[], Any]):
     """Loads a model once per (kind, path), however many roles it serves."""
@@ -111,7 +129,6 @@ class _Context:
 
 def _oracle(role):
   def make(section, ctx: _Context):
-    from experts.backends import oracle
     gt = ctx.ground_truth(role)
     if role == "detector":
       return oracle.OracleDetector(gt)
@@ -122,7 +139,6 @@ def _oracle(role):
 
 
 def _keyword(section, ctx):
-  from experts.backends import oracle
   return oracle.KeywordSelector()
 
 
@@ -152,10 +168,11 @@ def _univtg(section, ctx):
   if not clip_path:
     raise ValueError("experts config: grounder.clip_path (a HF CLIP directory) is required "
                      "for kind 'univtg'")
+  features_path = _get(section, "features_path", "")
   return univtg.UniVTGGrounder.from_pretrained(
       _path("grounder", "univtg", section), clip_path=clip_path,
       buckets=_get(section, "buckets", DEFAULT_BUCKETS),
-      features_path=_get(section, "features_path", ""))
+      frame_features=ctx.frame_features(features_path) if features_path else None)
 
 
 def _llava(role):
@@ -231,7 +248,8 @@ FACTORIES: dict[str, dict[str, Callable]] = {
 }
 
 
-def describe(config, *, full_hash: bool = False) -> dict[str, dict]:
+def describe(config, *, full_hash: bool = False, plugins: Sequence[Plugin] = ()
+             ) -> dict[str, dict]:
   """What each role is bound to, for a run's manifest: kind, checkpoint paths or server, and a
   fingerprint of local weights (`aotd_jax.agent.manifest.weights_fingerprint`)."""
   from aotd_jax.agent.manifest import weights_fingerprint
@@ -271,18 +289,17 @@ def describe(config, *, full_hash: bool = False) -> dict[str, dict]:
   out["tools"] = {"find": _get(_get(config, "tools"), "find", "frames") or "frames",
                   "exist": _get(_get(config, "tools"), "exist", "detector") or "detector"}
   out["object_vocabulary"] = {"kind": vocab if isinstance(vocab, str) else "list",
-                              "size": len(_vocabulary(config))}
+                              "size": len(_vocabulary(config, by_kind(plugins)))}
   return out
 
 
-def _vocabulary(config) -> list[str]:
+def _vocabulary(config, plugins: Mapping[str, Plugin] | None = None) -> list[str]:
+  plugins = plugins or {}
   vocab = _get(config, "object_vocabulary", ())
   if isinstance(vocab, str):
-    if vocab == "toyworld":
-      from aotd_jax.projects.toyworld import world as toyworld
-      return list(toyworld.ALL_OBJECT_NAMES)
+    if vocab in plugins:
+      return list(plugins[vocab].object_names)
     if vocab.startswith("star:"):
-      from experts.backends import oracle
       names = oracle.read_class_names(vocab[len("star:"):])
       return [n for k, n in names.items() if k.startswith("o")]
     if vocab.startswith("file:"):
@@ -294,16 +311,18 @@ def _vocabulary(config) -> list[str]:
         raise ValueError(f"experts config: object_vocabulary {vocab!r}: {e}") from None
     if vocab in ("", "open"):
       return []  # open vocabulary: the detector is asked for the phrase the program names
-    raise ValueError(f"experts config: object_vocabulary={vocab!r} is not a list, 'toyworld', "
-                     "'star:<classes_dir>', 'file:<one name per line>' or 'open'")
+    raise ValueError(f"experts config: object_vocabulary={vocab!r} is not a list, a plugin's "
+                     f"kind {sorted(plugins)}, 'star:<classes_dir>', 'file:<one name per line>' "
+                     "or 'open'")
   return [str(v) for v in vocab]
 
 
-def make_toolbox(config=None, *, factories: Mapping[str, Mapping[str, Callable]] | None = None
-                 ) -> tools_lib.Toolbox:
+def make_toolbox(config=None, *, factories: Mapping[str, Mapping[str, Callable]] | None = None,
+                 plugins: Sequence[Plugin] = ()) -> tools_lib.Toolbox:
   """Builds the `Toolbox` a config describes (see the module docstring for the keys).
 
   `factories` adds or overrides backend kinds: {role: {kind: factory(section, context)}}.
+  `plugins`: projects' data kinds (`experts.plugins.Plugin`), e.g. the toy world's.
   """
   config = default_config() if config is None else config
   table = {role: dict(FACTORIES[role]) for role in ROLES}
@@ -311,7 +330,8 @@ def make_toolbox(config=None, *, factories: Mapping[str, Mapping[str, Callable]]
     if role not in table:
       raise ValueError(f"factories: unknown role {role!r}; roles are {list(ROLES)}")
     table[role].update(kinds)
-  ctx = _Context(config)
+  kinds = by_kind(plugins)
+  ctx = _Context(config, kinds)
   backends = {}
   for role in ROLES:
     section = _get(config, role)
@@ -328,11 +348,12 @@ def make_toolbox(config=None, *, factories: Mapping[str, Mapping[str, Callable]]
   tools_sec = _get(config, "tools")
   return tools_lib.Toolbox(**backends, cache=cache,
                            detect_threshold=float(_get(_get(config, "detector"), "threshold", 0.1)),
-                           object_vocabulary=_vocabulary(config),
+                           object_vocabulary=_vocabulary(config, kinds),
                            find=_get(tools_sec, "find", "frames") or "frames",
                            exist=_get(tools_sec, "exist", "detector") or "detector")
 
 
 def make_tools(config=None, **kwargs) -> dict[str, Callable]:
-  """`{tool name: callable}` bound to the experts `config` names (default: toy-world oracle)."""
+  """`{tool name: callable}` bound to the experts `config` names (default: toy-world oracle,
+  which needs the toy world's plugin: `plugins=[aotd_jax.projects.toyworld.oracle.PLUGIN]`)."""
   return make_toolbox(config, **kwargs).tools()

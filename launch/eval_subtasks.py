@@ -9,7 +9,8 @@ and, as `trained`, whichever model directories are given. A config file gives fu
 `data` (kind toyworld|star, path, split, video_dir, classes_dir, max_videos, blank_frames) and
 `candidates` ({name: experts-style sections: detector, grounder, action_recognizer,
 video_qa with `kind` oracle|random|owlv2|univtg|llava, and program_generator with kind
-gold|random|llama}); see `aotd_jax.eval.subtasks`.
+gold|random|llama}); see `experts.subtasks` (the toy world's kind: its plugin,
+`aotd_jax.projects.toyworld.oracle.PLUGIN`).
 """
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ import json
 from absl import app, flags
 from ml_collections import config_flags
 
-from aotd_jax.eval import subtasks
+from aotd_jax.eval.subtasks import subtask_table
+from aotd_jax.projects.toyworld.oracle import PLUGIN as TOYWORLD
+from experts import subtasks
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Harness config file (optional).")
 _DATA = flags.DEFINE_string("data", "", "Toy-world directory or STAR JSON file.")
@@ -46,8 +49,8 @@ def main(argv):
       config.data.video_dir = _VIDEO_DIR.value
     if _CLASSES_DIR.value:
       config.data.classes_dir = _CLASSES_DIR.value
-  results = subtasks.evaluate(config)
-  print(subtasks.subtask_table(results))
+  results = subtasks.evaluate(config, plugins=[TOYWORLD])
+  print(subtask_table(results))
   if _OUT.value:
     with open(_OUT.value, "w") as f:
       json.dump(results, f, indent=1)

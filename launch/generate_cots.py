@@ -23,6 +23,8 @@ from ml_collections import config_flags
 
 from aotd_jax.agent import job, programs
 from aotd_jax.data import annotations, files
+from aotd_jax.projects.toyworld import oracle as toyworld_oracle
+from aotd_jax.projects.toyworld import world as toyworld
 from launch import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/cot/<name>.py[:arg]")
@@ -30,6 +32,10 @@ _SHARD_INDEX = flags.DEFINE_integer(
     "shard_index", None, "Which shard of --num_shards this command processes (default: the "
     "whole dataset, split over the JAX processes when config.use_jax_processes).")
 _NUM_SHARDS = flags.DEFINE_integer("num_shards", None, "How many shards the dataset is split in.")
+
+
+# The projects' data kinds the experts config may name (`ground_truth.kind="toyworld"`).
+PLUGINS = (toyworld_oracle.PLUGIN,)
 
 
 def resolve(name: str) -> Callable:
@@ -111,7 +117,6 @@ def load_questions(config) -> list[annotations.VideoQA]:
   """The dataset's questions (the toy world is generated first when asked and missing)."""
   data = config.data
   if not files.exists(data.path) and data.get("toyworld_seed", None) is not None:
-    from aotd_jax.projects.toyworld import world as toyworld
     world = os.path.dirname(data.path)
     logging.info("generating the toy world in %s", world)
     toyworld.generate_world(world, seed=data.toyworld_seed, num_clips=data.toyworld_clips)
@@ -132,7 +137,8 @@ def provenance(config) -> tuple[dict, dict]:
   from aotd_jax.agent import manifest
   if config.tools_factory == "experts:make_tools":
     from experts import registry
-    roles = registry.describe(config.experts, full_hash=config.get("manifest_full_hash", False))
+    roles = registry.describe(config.experts, full_hash=config.get("manifest_full_hash", False),
+                              plugins=PLUGINS)
   else:
     roles = {"tools_factory": {"kind": config.tools_factory}}
   for role in ("program_llm", "cot_llm", "judge_llm"):
@@ -182,7 +188,10 @@ def main(argv):
   manifest_ref = manifest.open_manifest(config.out_dir, roles, identity, config.to_dict())
   logging.info("vision experts: %s (%s)", manifest.vision_summary(roles),
                ", ".join(f"{r}={v.get('kind')}" for r, v in roles.items() if isinstance(v, dict)))
-  tools = resolve(config.tools_factory)(config.experts)
+  if config.tools_factory == "experts:make_tools":  # the experts resolve projects' kinds
+    tools = resolve(config.tools_factory)(config.experts, plugins=PLUGINS)
+  else:
+    tools = resolve(config.tools_factory)(config.experts)
   make_args = resolve(config.make_args)(config) if config.make_args else clip_args(config)
   from aotd_jax.agent.sandbox import Sandbox
   with Sandbox(num_workers=config.sandbox.num_workers, memory_mb=config.sandbox.memory_mb) as sb:

@@ -31,13 +31,6 @@ LAYER = {
 
 # (importing file, imported package): the arrows against the stack today (docs/architecture.md).
 KNOWN_DEBT = {
-    ("aotd_jax/eval/subtasks.py", "aotd_jax.projects.toyworld"),
-    ("aotd_jax/eval/subtasks.py", "experts"),
-    ("aotd_jax/projects/toyworld/qa_expert.py", "configs"),
-    # the experts read the toy world's ground truth, names and object states
-    ("experts/backends/oracle.py", "aotd_jax.projects.toyworld"),
-    ("experts/backends/univtg.py", "aotd_jax.projects.toyworld"),
-    ("experts/registry.py", "aotd_jax.projects.toyworld"),
     ("aotd_jax/models/univtg_postprocess.py", "aotd_jax.data"),
     ("aotd_jax/models/llama.py", "aotd_jax.kernels"),
     ("aotd_jax/models/clip.py", "aotd_jax.kernels"),

@@ -200,11 +200,12 @@ def test_detector_feature_lru_is_thread_safe_and_computes_a_chunk_once(owl_model
 
 def test_registry_binds_and_describes_coalescing():
   import experts
+  from aotd_jax.projects.toyworld.oracle import PLUGIN
   from experts import registry
   c = experts.default_config()
   assert c.detector.coalesce is False
   c.detector = dict(c.detector, kind="owlv2", path="/nonexistent-owl", coalesce=True)
-  d = registry.describe(c)
+  d = registry.describe(c, plugins=[PLUGIN])
   assert d["detector"]["coalesce"] is True and d["detector"]["coalesce_wait_s"] == 0.002
 
 

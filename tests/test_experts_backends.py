@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import experts
+from aotd_jax.projects.toyworld.oracle import PLUGIN as TOYWORLD
 from experts import registry
 from experts.backends import oracle
 from experts.batching import BucketedJit, count_xla_compilations, plan_chunks
@@ -226,7 +227,7 @@ def test_make_tools_from_default_config_runs_a_gold_program(toy_world):
   from aotd_jax.projects.toyworld import world as toyworld
   config = registry.default_config()
   config.ground_truth.path = str(toy_world)
-  tools = experts.make_tools(config)
+  tools = experts.make_tools(config, plugins=[TOYWORLD])
   assert list(tools) == list(experts.TOOL_NAMES)
   record = json.loads((toy_world / "train.json").read_text())[0]
   frames, truth, _ = toyworld.generate_clip(0, "train", 0)
@@ -246,7 +247,7 @@ def test_gold_programs_with_perfect_experts_answer_correctly(toy_world):
   from aotd_jax.projects.toyworld import world as toyworld
   config = registry.default_config()
   config.ground_truth.path = str(toy_world)
-  tools = experts.make_tools(config)
+  tools = experts.make_tools(config, plugins=[TOYWORLD])
   right = total = 0
   for split in ("train", "val", "test"):
     for record in json.loads((toy_world / f"{split}.json").read_text()):
@@ -273,7 +274,8 @@ def test_registry_swaps_a_backend_by_config_without_code(toy_world):
   config.ground_truth.path = str(toy_world)
   config.selector.kind = "fixed"
   config.detector.kind = "none"
-  tools = experts.make_tools(config, factories={"selector": {"fixed": lambda sec, ctx: Fixed()}})
+  tools = experts.make_tools(config, factories={"selector": {"fixed": lambda sec, ctx: Fixed()}},
+                             plugins=[TOYWORLD])
   assert tools["select_answer"]("q", ["a", "b"], {}) == "b"
   with pytest.raises(RuntimeError, match="config.detector"):
     tools["Find"](experts.VideoClip(np.zeros((1, 4, 4, 3), np.uint8)), "cup")
@@ -290,19 +292,19 @@ def test_registry_binds_owlv2_by_path(owl, monkeypatch):
   config.detector = {"kind": "owlv2", "path": path, "threshold": 0.0, "buckets": [1, 4],
                      "nms_threshold": 0}
   config.grounder.kind = config.action_recognizer.kind = config.video_qa.kind = "none"
-  box = experts.make_toolbox(config)
+  box = experts.make_toolbox(config, plugins=[TOYWORLD])
   assert box.detector.name == f"owlv2:{path}"
   clip = experts.VideoClip(np.full((3, 12, 12, 3), 128, np.uint8), video_id="v")
   assert box.Count(clip, "cup") == 16
   assert box.detector.config.vision_config.matmul_precision == "default"
   config.detector.matmul_precision = "high"
-  box = experts.make_toolbox(config)
+  box = experts.make_toolbox(config, plugins=[TOYWORLD])
   assert box.detector.config.vision_config.matmul_precision == "high"
   count = box.Count(clip, "cup")
   assert count == 16
   assert box.detector.config.vision_config.cpu_kernels and box.detector.config.text_config.cpu_kernels
   config.detector.cpu_kernels = False  # XLA's attention instead of the CPU kernel: same counts
-  box = experts.make_toolbox(config)
+  box = experts.make_toolbox(config, plugins=[TOYWORLD])
   assert not box.detector.config.vision_config.cpu_kernels
   assert not box.detector.config.text_config.cpu_kernels
   assert box.Count(clip, "cup") == count
@@ -322,7 +324,7 @@ def test_registry_reports_bad_config(toy_world, edit, msg):
   for k, v in edit.items():
     config[k] = v
   with pytest.raises((ValueError, KeyError), match=msg):
-    experts.make_tools(config)
+    experts.make_tools(config, plugins=[TOYWORLD])
 
 
 # -- LLM answer selector -------------------------------------------------------------------------
@@ -379,13 +381,13 @@ def test_llama_selector_without_a_chat_template_fails_when_the_tools_are_built(t
   config.selector = experts.selector_section("llama", path=path)
   with pytest.raises(ValueError, match=r"selector.kind='llama' at '.*llama': its tokenizer has "
                                        r"no chat template.*selector.chat=False"):
-    experts.make_tools(config)
+    experts.make_tools(config, plugins=[TOYWORLD])
   config.selector.chat = False  # asked for: plain-text prompts
-  assert experts.make_toolbox(config).selector.chat is False
+  assert experts.make_toolbox(config, plugins=[TOYWORLD]).selector.chat is False
   tok.chat_template = PLAIN_TEMPLATE
   tok.save_pretrained(path)
   config.selector.chat = True
-  selector = experts.make_toolbox(config).selector
+  selector = experts.make_toolbox(config, plugins=[TOYWORLD]).selector
   assert selector.chat and selector.llm.tokenizer.chat_template == PLAIN_TEMPLATE
 
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import experts
+from aotd_jax.projects.toyworld import oracle as toyworld_oracle
 from aotd_jax.projects.toyworld import world as toyworld
 from experts.backends import oracle
 from experts.tools import ToolError, format_info, snap_to_choice
@@ -21,7 +22,7 @@ def world():
 
 
 def make_box(truths, **kw):
-  gt = oracle.GroundTruth.from_toyworld(truths)
+  gt = toyworld_oracle.ground_truth(truths)
   return experts.Toolbox(detector=oracle.OracleDetector(gt), grounder=oracle.OracleGrounder(gt),
                          action_recognizer=oracle.OracleActions(gt),
                          video_qa=oracle.OracleActions(gt), selector=oracle.KeywordSelector(),
@@ -406,5 +407,5 @@ def test_registry_binds_the_tool_modes():
   config.ground_truth.path = "unused"
   for role in ("detector", "grounder", "action_recognizer", "video_qa"):
     config[role].kind = "none"
-  toolbox = registry.make_toolbox(config)
+  toolbox = registry.make_toolbox(config, plugins=[toyworld_oracle.PLUGIN])
   assert (toolbox.find_mode, toolbox.exist_mode) == ("crops", "detector+qa")

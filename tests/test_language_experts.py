@@ -195,13 +195,14 @@ def test_qa_expert_mc_target_styles(monkeypatch):
 
 def test_qa_expert_training_lowers_the_loss_and_binds_in_experts(world, qa_dir):
   import experts
+  from aotd_jax.projects.toyworld.oracle import PLUGIN
   info = le.read_done(qa_dir)
   assert info["final_loss"] < info["first_loss"] - 0.5 and info["train_examples"] > 10
   config = experts.default_config()
   config.ground_truth.path = world
   config.action_recognizer = {"kind": "llava", "path": qa_dir}
   config.video_qa = {"kind": "llava", "path": qa_dir}
-  box = experts.make_toolbox(config)
+  box = experts.make_toolbox(config, plugins=[PLUGIN])
   assert box.action_recognizer is box.video_qa or box.action_recognizer.model is box.video_qa.model
   qa = le.read_split(world, "val")[0]
   args = le.clip_args(world)(qa)
@@ -212,9 +213,9 @@ def test_qa_expert_training_lowers_the_loss_and_binds_in_experts(world, qa_dir):
   # The `cpu_kernels` option reaches both towers of the loaded model; XLA's ops answer the same.
   assert box.video_qa.model.config.vision_config.cpu_kernels
   config.video_qa = {"kind": "llava", "path": qa_dir, "cpu_kernels": False}
-  off = experts.make_toolbox(config).video_qa.model
+  off = experts.make_toolbox(config, plugins=[PLUGIN]).video_qa.model
   assert not off.config.vision_config.cpu_kernels and not off.config.text_config.cpu_kernels
-  assert experts.make_toolbox(config).tools()["Query_Actions"](
+  assert experts.make_toolbox(config, plugins=[PLUGIN]).tools()["Query_Actions"](
       args["video_clip"], possible_actions=cands) == got
 
 

@@ -262,11 +262,12 @@ def test_policy_parses_one_program_at_a_time_and_maps_parser_faults(monkeypatch)
 def test_toyworld_gold_programs_with_real_tools_match_in_process_exec(sb):
   """The expert API end to end: gold programs over oracle experts give exec's answers."""
   experts = pytest.importorskip("experts")
+  from aotd_jax.projects.toyworld import oracle as toyworld_oracle
   from aotd_jax.projects.toyworld import world as toyworld
   from aotd_jax.projects.toyworld.questions import make_questions
   from experts.backends import oracle
   clips = [toyworld.generate_clip(0, "train", i)[:2] for i in range(2)]
-  gt = oracle.GroundTruth.from_toyworld({t.video_id: t for _, t in clips})
+  gt = toyworld_oracle.ground_truth({t.video_id: t for _, t in clips})
   tools = experts.Toolbox(
       detector=oracle.OracleDetector(gt), grounder=oracle.OracleGrounder(gt),
       action_recognizer=oracle.OracleActions(gt), video_qa=oracle.OracleActions(gt),

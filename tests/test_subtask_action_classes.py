@@ -5,6 +5,7 @@ import pathlib
 import pytest
 
 from aotd_jax.eval import subtasks
+from experts import subtasks as harness
 from tests.test_subtasks import _hand_data
 
 CLASSES = pathlib.Path(__file__).resolve().parent / "fixtures" / "real" / "star_classes"
@@ -39,13 +40,13 @@ def test_top1_over_all_classes():
 
 
 def test_star_defaults_to_all_of_stars_classes():
-  config = subtasks.default_config("STAR_val.json", kind="star")
+  config = harness.default_config("STAR_val.json", kind="star")
   assert config.num_action_choices == 0
-  assert subtasks.default_config("world").num_action_choices == 4
-  names = subtasks.action_classes({"kind": "star", "classes_dir": str(CLASSES)})
+  assert harness.default_config("world").num_action_choices == 4
+  names = harness.action_classes({"kind": "star", "classes_dir": str(CLASSES)})
   lines = [l for l in (CLASSES / "action_classes.txt").read_text().splitlines() if l.strip()]
   assert len(names) == len(lines) == 111 and names[0] == "hold some clothes"
-  assert subtasks.action_classes({"kind": "toyworld", "classes_dir": str(CLASSES)}) is None
+  assert harness.action_classes({"kind": "toyworld", "classes_dir": str(CLASSES)}) is None
 
 
 def test_star_list_programs_score_the_executed_answer():

@@ -11,6 +11,9 @@ import numpy as np
 import pytest
 
 from aotd_jax.eval import subtasks
+from aotd_jax.projects.toyworld import expert_scores
+from aotd_jax.projects.toyworld.oracle import PLUGIN
+from experts import subtasks as harness
 
 ROLES = ("detector", "grounder", "action_recognizer", "video_qa")
 
@@ -24,14 +27,14 @@ def world(tmp_path_factory):
 
 
 def _config(world, **data):
-  config = subtasks.default_config(world, split="val")
+  config = harness.default_config(world, split="val")
   config.data.update(data)
   return config
 
 
 @pytest.fixture(scope="module")
 def results(world):
-  return subtasks.evaluate(_config(world))
+  return harness.evaluate(_config(world), plugins=[PLUGIN])
 
 
 def test_oracle_wiring_scores_one_on_every_ground_truth_subtask(results):
@@ -81,12 +84,12 @@ def test_metrics_helpers():
 
 def test_star_format_with_blank_frames(world):
   """STAR-format data (situations only, no videos): oracle and chance still score."""
-  config = subtasks.default_config(os.path.join(world, "val.json"), kind="star")
+  config = harness.default_config(os.path.join(world, "val.json"), kind="star")
   config.data.blank_frames = True
   for name in ("oracle", "random"):
     config.candidates[name].program_generator = {"kind": "gold"}  # keep this test short
   del config.candidates.random.program_generator
-  res = subtasks.evaluate(config)
+  res = harness.evaluate(config, plugins=[PLUGIN])
   assert res["oracle"]["detector"]["detection_iou"] == 1.0
   assert res["oracle"]["grounder"]["grounding_iou"] == 1.0
   assert res["random"]["detector"]["detection_iou"] < 0.15
@@ -112,7 +115,7 @@ def test_bad_config_is_reported_by_name(world, edit, msg):
   config = _config(world)
   edit(config)
   with pytest.raises((ValueError, FileNotFoundError), match=msg):
-    subtasks.evaluate(config)
+    harness.evaluate(config, plugins=[PLUGIN])
 
 
 def test_missing_video_file_names_the_file(world, tmp_path):
@@ -121,10 +124,10 @@ def test_missing_video_file_names_the_file(world, tmp_path):
   shutil.copytree(world, copy)
   vid = json.load(open(copy / "world.json"))["splits"]["val"][0]
   os.remove(copy / "videos" / f"{vid}.mp4")
-  config = subtasks.default_config(str(copy), split="val")
+  config = harness.default_config(str(copy), split="val")
   config.candidates = {"random": {"detector": {"kind": "random"}}}
   with pytest.raises(FileNotFoundError, match=f"no video file .*{vid}.mp4"):
-    subtasks.evaluate(config)
+    harness.evaluate(config, plugins=[PLUGIN])
 
 
 def test_launcher_prints_the_table(world, tmp_path):
@@ -140,7 +143,7 @@ def test_launcher_prints_the_table(world, tmp_path):
 
 
 def test_score_experts_without_trained_models_gives_chance(world):
-  scores = subtasks.score_experts(world, {}, split="val")
+  scores = expert_scores.score_experts(world, {}, split="val")
   assert scores["detection_iou"] is None and scores["program_accuracy"] is None
   assert scores["random"]["detection_iou"] < 0.15
   assert "random" in scores["table"]

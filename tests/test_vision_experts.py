@@ -8,6 +8,7 @@ import pytest
 
 import experts
 from aotd_jax.projects.toyworld import vision_experts as ve
+from aotd_jax.projects.toyworld.oracle import PLUGIN
 
 pytestmark = pytest.mark.slow  # module fixtures train the toy detector and grounder
 
@@ -67,7 +68,7 @@ def test_detector_trains_and_loads_through_make_tools(world, detector):
   config = experts.default_config()
   config.ground_truth.path = world
   config.detector = ve.detector_section(detector, threshold=0.0)
-  tools = experts.make_tools(config)
+  tools = experts.make_tools(config, plugins=[PLUGIN])
   clip = _clip(world)
   found = tools["Find"](clip, "red circle")  # threshold 0: every frame has boxes
   # kept: every frame, each with exactly its best box
@@ -94,7 +95,7 @@ def test_grounder_trains_and_loads_through_make_tools(world, grounder):
   config.ground_truth.path = world
   # the backend takes the directory itself as `path` (univtg.ckpt inside)
   config.grounder = ve.grounder_section(grounder, path=grounder)
-  box = experts.make_toolbox(config)
+  box = experts.make_toolbox(config, plugins=[PLUGIN])
   clip = _clip(world)
   windows = box.grounder.ground(clip, "red circle jumps", top_k=2)
   assert windows and all(0 <= w.start_frame < w.end_frame <= len(clip) for w in windows)
@@ -197,7 +198,7 @@ def test_grounder_on_object_states_renames_and_loads_through_make_tools(world, o
   config = experts.default_config()
   config.ground_truth.path = world
   config.grounder = section
-  box = experts.make_toolbox(config)
+  box = experts.make_toolbox(config, plugins=[PLUGIN])
   assert box.grounder.image_size == 32  # the object states' tower, not the grounder's CLIP
   clip = _clip(world)
   windows = box.grounder.ground(clip, "the red circle jumps", top_k=2)

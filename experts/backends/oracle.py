@@ -2,9 +2,10 @@
 
 `GroundTruth` indexes per-frame boxes and running actions by video id, from STAR-format
 question files (their `situations`: `bbox`, `bbox_labels`, `actions` per frame id; STAR's
-class ids `o012` / `a077` are turned into names with the class lists when given) or from the
-toy world's `ground_truth.json` (every frame). The oracle backends implement the expert
-protocols on it: tests use them, and they measure the pipeline with perfect experts.
+class ids `o012` / `a077` are turned into names with the class lists when given) or, through
+`add_frame`, from a project's own files (the toy world's: `aotd_jax.projects.toyworld.oracle`).
+The oracle backends implement the expert protocols on it: tests use them, and they measure
+the pipeline with perfect experts.
 Text matching is deliberately simple (lower case, crude stemming, "object"/"something"
 matching any noun) and documented by tests.
 """
@@ -147,23 +148,6 @@ class GroundTruth:
           qid = rec.get("question_id", k) if isinstance(rec, dict) else k
           raise ValueError(f"{path}: record {qid!r} has malformed situations "
                            f"({type(e).__name__}: {e})") from None
-    return gt
-
-  @classmethod
-  def from_toyworld(cls, truths) -> "GroundTruth":
-    """From the toy world's ground truth: a world dir, `ground_truth.json`, or {id: ClipTruth}."""
-    from aotd_jax.projects.toyworld import world as toyworld
-    from aotd_jax.projects.toyworld import questions as toyworld_questions  # the toy world is optional
-    if not isinstance(truths, dict):
-      truths = toyworld.load_ground_truth(truths)
-    gt = cls("toy world")
-    for vid, truth in truths.items():
-      for t in range(truth.num_frames):
-        boxes = [(truth.names[i], truth.boxes[t, i]) for i in range(len(truth.names))
-                 if truth.visible[t, i]]
-        actions = [toyworld_questions.event_text(e, "present")[4:] for e in truth.events
-                   if e["start_frame"] <= t <= e["end_frame"]]
-        gt.add_frame(vid, t, boxes, actions)
     return gt
 
 

@@ -103,11 +103,12 @@ class UniVTGGrounder:
 
   @classmethod
   def from_pretrained(cls, path: str, *, clip_path: str, buckets=DEFAULT_BUCKETS,
-                      features_path: str = "", **kwargs) -> "UniVTGGrounder":
+                      frame_features=None, **kwargs) -> "UniVTGGrounder":
     """An official UniVTG checkpoint (`path`) and a HF CLIP directory with its tokenizer.
 
     `path` may also be a directory holding `univtg.ckpt` (as `train_grounder` writes it).
-    `features_path`: a saved `ObjectStates` for the video features ("" = CLIP's).
+    `frame_features`: loaded video features (the toy world's saved `ObjectStates`, read by its
+    plugin from `grounder.features_path`); None = CLIP's.
     """
     import os
     if os.path.isdir(path) and os.path.isfile(os.path.join(path, "univtg.ckpt")):
@@ -118,10 +119,6 @@ class UniVTGGrounder:
     clip_model = hf.from_pretrained(clip_path)
     tokenize = hf_tokenize(hf.load_tokenizer(clip_path),
                            clip_model.config.text_config.max_position_embeddings)
-    frame_features = None
-    if features_path:
-      from aotd_jax.projects.toyworld.object_states import load_object_states
-      frame_features = load_object_states(features_path)
     return cls(load_univtg(path), clip_model, tokenize, name=f"univtg:{path}", buckets=buckets,
                frame_features=frame_features, **kwargs)
 

@@ -17,6 +17,7 @@ import ml_collections
 
 from aotd_jax.agent import cot, job, programs
 from aotd_jax.projects.toyworld.common import DemoError, cached, read_split, trainer
+from aotd_jax.projects.toyworld.oracle import PLUGIN
 
 
 def tools_config(config, world_dir: str, experts_info: Mapping) -> ml_collections.ConfigDict:
@@ -103,7 +104,8 @@ def build_agent(config, world_dir: str, experts_info: Mapping, sandbox, fallback
     raise DemoError("config.agent.programs='llm' needs a trained program generator "
                     "(config.experts.program) or config.agent.fallback_to_gold=True")
   if tools is None:
-    tools = experts_lib.make_tools(tools_config(config, world_dir, experts_info))
+    tools = experts_lib.make_tools(tools_config(config, world_dir, experts_info),
+                                   plugins=[PLUGIN])
   llm = None
   if a.programs == "llm" and generator:
     from aotd_jax.agent.llm import LocalLlama

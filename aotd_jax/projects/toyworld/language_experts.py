@@ -16,13 +16,16 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping
 
 from aotd_jax.agent import programs
+from aotd_jax.projects.toyworld.oracle import PLUGIN
+from aotd_jax.projects.toyworld.prompts import program_prompt  # noqa: F401 (the trainers' prompt)
+import experts
 
 DONE = "DONE"
 SPECIAL_IDS = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "<video>": 4, "<image>": 5}
-MAX_VOCAB = 512  # TINY_LLAVA / TINY_LLAMA (configs/toyworld/distill.py) embed 512 tokens
+MAX_VOCAB = 512  # TINY_LLAVA / TINY_LLAMA (tiny_models.py) embed 512 tokens
 
 
 class LanguageExpertError(RuntimeError):
@@ -83,21 +86,6 @@ def check_positive(name: str, value: Any) -> int:
   return int(value)
 
 
-def program_prompt(question: str, choices: Sequence[str] = ()) -> str:
-  """The compact program-generation prompt the tiny program generator is trained on.
-
-  The full prompt of `programs.build_program_prompt` (API docstrings, guidelines, few-shots,
-  choices) runs to thousands of tokens, too long for a tiny model trained in a minute. The
-  compact form keeps the question and primes the reply with the signature, so the reply is
-  the function body: parse it with
-  `programs.parse_program(reply, prefix=programs.PROGRAM_SIGNATURE + "\\n")`. The choices
-  are left out: programs receive them as `possible_answers` at run time, and no toy-world
-  program depends on their text (they would double the prompt for nothing).
-  """
-  del choices  # kept in the signature: callers pass (question, choices) as for the full prompt
-  return f"Question: {question}\n{programs.PROGRAM_SIGNATURE}\n"
-
-
 def program_body(source: str) -> str:
   """A gold program without its `def` line: the target after `program_prompt`."""
   head, sep, body = source.partition(programs.PROGRAM_SIGNATURE + "\n")
@@ -109,10 +97,9 @@ def program_body(source: str) -> str:
 
 def oracle_tools(world_dir: str | os.PathLike) -> dict[str, Callable]:
   """The expert tools bound to the world's ground truth (perfect experts)."""
-  import experts
   config = experts.default_config()
   config.ground_truth.path = str(world_dir)
-  return experts.make_tools(config)
+  return experts.make_tools(config, plugins=[PLUGIN])
 
 
 def clip_args(world_dir: str | os.PathLike, *, max_frames: int = 24) -> Callable[[Any], dict]:
@@ -147,8 +134,6 @@ def _action_prompts() -> list[str]:
 
 def tokenizer_texts(world_dir: str | os.PathLike, *, rationales: int = 24) -> list[str]:
   """Everything the demo tokenises, from the train split (and fixed prompt text)."""
-  import experts
-
   from aotd_jax.agent import cot
   from aotd_jax.data import conversation
   records = read_split(world_dir, "train")

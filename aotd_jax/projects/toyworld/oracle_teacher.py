@@ -60,8 +60,9 @@ def noisy_oracle_tools(world_dir: str, noise: float, seed: int = 0,
   the world's clips) swapped among themselves (no tool cache: answers differ from the clean
   oracle's); returns (tools, swap)."""
   import experts as experts_lib
+  from aotd_jax.projects.toyworld.oracle import PLUGIN, ground_truth
   from experts.backends import oracle
-  gt = oracle.GroundTruth.from_toyworld(world_dir)
+  gt = ground_truth(world_dir)
   known = set(gt.video_ids)
   clips = sorted(known if clips is None else set(clips))
   missing = [v for v in clips if v not in known]
@@ -78,4 +79,4 @@ def noisy_oracle_tools(world_dir: str, noise: float, seed: int = 0,
       "action_recognizer": {"oracle": lambda section, ctx: oracle.OracleActions(noisy)},
       "video_qa": {"oracle": lambda section, ctx: oracle.OracleActions(noisy)},
   }
-  return experts_lib.make_tools(c, factories=factories), swap
+  return experts_lib.make_tools(c, factories=factories, plugins=[PLUGIN]), swap

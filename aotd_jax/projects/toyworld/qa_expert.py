@@ -42,6 +42,7 @@ import numpy as np
 from aotd_jax.projects.toyworld.language_experts import LanguageExpertError, is_done, read_split
 from aotd_jax.projects.toyworld.program_generator import (fit, load_tokenizer, one_device_trainer,
                                                           resolve_size, save_expert)
+from aotd_jax.projects.toyworld.tiny_models import TINY_LLAVA
 
 DEFAULT_SIZE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                     num_attention_heads=4, num_key_value_heads=2, pool_stride=2, num_frames=8,
@@ -67,7 +68,6 @@ def model_config(tokenizer, size, vision: dict | None = None) -> Any:
   by `size` (vision_hidden_size, vision_layers, image_size, patch_size).
   """
   from aotd_jax.hf import llava_next_video as adapter
-  from configs.toyworld.distill import TINY_LLAVA
   text = dict(TINY_LLAVA["text_config"], vocab_size=len(tokenizer),
               hidden_size=size["hidden_size"], intermediate_size=size["intermediate_size"],
               num_hidden_layers=size["num_hidden_layers"],
@@ -317,8 +317,10 @@ def score_qa_expert(world_dir: str, backend, *, split: str = "val", max_videos: 
   """QA accuracy and action top-1 of a `VideoQA` / `ActionRecognizer` backend on `split`
   (the sub-task harness' own scorers; chance: 1/4 for both)."""
   from aotd_jax.eval import subtasks
-  data = subtasks.load_data({"kind": "toyworld", "path": str(world_dir), "split": split,
-                             "max_videos": max_videos})
+  from aotd_jax.projects.toyworld.oracle import PLUGIN
+  from experts.subtasks import load_data
+  data = load_data({"kind": "toyworld", "path": str(world_dir), "split": split,
+                    "max_videos": max_videos}, plugins=[PLUGIN])
   qa = subtasks.score_qa(backend, data)
   act = subtasks.score_action_recognizer(backend, data, num_action_choices=4)
   return {"split": split, "qa_accuracy": qa["qa_accuracy"], "qa_n": qa["n"],

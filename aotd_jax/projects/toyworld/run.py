@@ -21,11 +21,14 @@ from typing import Any, Callable, Mapping, Sequence
 import ml_collections
 import numpy as np
 
+from aotd_jax.eval.subtasks import subtask_table
 from aotd_jax.projects.toyworld.agent import cot_stage, tools_config
 from aotd_jax.projects.toyworld.common import (DemoError, cached, check_config_stamp, done,
                                                enable_compilation_cache, load_tokenizer, mark_done,
                                                read_split, run_student, trainer, write_json)
 from aotd_jax.projects.toyworld.efficiency import efficiency_stage
+from aotd_jax.projects.toyworld.oracle import PLUGIN
+from experts import subtasks as harness_lib
 
 CHANCE = 0.25  # four choices per toy-world question
 EXPERT_ROLES = ("detector", "grounder", "qa", "program")
@@ -149,7 +152,7 @@ SUBTASK_KEYS = {  # report key -> (harness role, metric)
 
 def subtask_stage(config, workdir: str, world_dir: str, experts_info: Mapping) -> dict:
   """The experts in use and the random baseline, scored by the sub-task harness
-  (`aotd_jax.eval.subtasks`) on the held-out test split."""
+  (`experts.subtasks`, `aotd_jax.eval.subtasks`) on the held-out test split."""
   result: dict[str, Any] = {k: None for k in SUBTASK_KEYS}
   result.update(chance=CHANCE, sources={r: experts_info[r]["source"] for r in EXPERT_ROLES})
   encoder = experts_info.get("encoder", {})
@@ -158,7 +161,6 @@ def subtask_stage(config, workdir: str, world_dir: str, experts_info: Mapping) -
     result["frame_encoder"] = read_done(encoder["path"]).get("val")
   if not config.experts.get("score", True):
     return result
-  from aotd_jax.eval import subtasks
   tools = tools_config(config, world_dir, experts_info).to_dict()
   ours = {role: tools[role] for role in ("detector", "grounder", "action_recognizer", "video_qa")}
   if experts_info["program"]["source"] == "trained":
@@ -174,11 +176,11 @@ def subtask_stage(config, workdir: str, world_dir: str, experts_info: Mapping) -
                "max_videos": int(config.experts.get("score_videos", 0))},
       "candidates": {"ours": ours, "random": rand}, "threshold": 0.1, "max_frames": 0,
       "num_action_choices": 4})
-  scores = subtasks.evaluate(harness)
+  scores = harness_lib.evaluate(harness, plugins=[PLUGIN])
   for key, (role, metric) in SUBTASK_KEYS.items():
     result[key] = scores["ours"].get(role, {}).get(metric)
     result[f"{key}_random"] = scores["random"].get(role, {}).get(metric)
-  result["table"] = subtasks.subtask_table(scores)
+  result["table"] = subtask_table(scores)
   return result
 
 
