@@ -34,7 +34,8 @@ class TokenizeOptions:
     video_token: the placeholder text of the video in the prompt.
     num_video_tokens: when set, the placeholder token is repeated this many times (the number
       of visual features the student makes), as transformers' processor does.
-    add_eos: append the tokenizer's EOS to the response when it does not end with it.
+    add_eos: append the tokenizer's EOS to the response when the template did not close it
+      with one.
   """
   max_length: int = 2048
   train_on_prompt: bool = False
@@ -72,7 +73,9 @@ def tokenize_sample(tokenizer, user_text: str, assistant_text: str, mode: str,
   prompt_ids = _ids(tokenizer, prompt, True)
   response_ids = _ids(tokenizer, response, False)
   eos = tokenizer.eos_token_id
-  if options.add_eos and eos is not None and (not response_ids or response_ids[-1] != eos):
+  # A template that closes the turn itself (`<|im_end|>`, then Qwen2-VL's newline) has its eos
+  # already; another would teach the student to emit it twice.
+  if options.add_eos and eos is not None and eos not in response_ids:
     response_ids.append(eos)
   video_positions = np.zeros(len(prompt_ids), bool)
   if options.media == "video":

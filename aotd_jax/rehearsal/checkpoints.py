@@ -52,10 +52,10 @@ def words(texts: Iterable[str]) -> list[str]:
 
 
 def tokenizer(texts: Iterable[str] = (), *, chat_template: str, size: int = 0,
-              specials: Iterable[str] = ()):
+              specials: Iterable[str] = (), eos: str = "</s>"):
   """A word-level `PreTrainedTokenizerFast` over BASE_WORDS + `texts` (and the extra special
   tokens `specials`), padded with filler words to `size` entries (so the model's vocabulary can
-  be fixed before the data exists)."""
+  be fixed before the data exists); `eos` is its end-of-sequence token."""
   from tokenizers import Tokenizer, models, pre_tokenizers, processors
   from transformers import PreTrainedTokenizerFast
   vocab: dict[str, int] = {}
@@ -70,7 +70,7 @@ def tokenizer(texts: Iterable[str] = (), *, chat_template: str, size: int = 0,
   tok.pre_tokenizer = pre_tokenizers.Whitespace()
   tok.post_processor = processors.TemplateProcessing(single="<s> $A",
                                                      special_tokens=[("<s>", vocab["<s>"])])
-  fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+  fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token=eos,
                                  unk_token="<unk>", pad_token="<pad>",
                                  additional_special_tokens=specials[4:])
   fast.chat_template = chat_template
@@ -132,7 +132,7 @@ def llava_onevision(path: str, texts: Iterable[str] = (), *, vocab: int = 512,
   4x4 patches pooled to 2x2 tokens: 32 frames take 32 x 4 + 1 = 129 `<video>` tokens."""
   import transformers
   tok = tokenizer(["You are a helpful assistant.", *texts], chat_template=QWEN2_TEMPLATE,
-                  size=vocab, specials=QWEN_SPECIALS)
+                  size=vocab, specials=QWEN_SPECIALS, eos="<|im_end|>")
   vision = transformers.SiglipVisionConfig(hidden_size=32, intermediate_size=64,
                                            num_hidden_layers=1, num_attention_heads=4,
                                            image_size=28, patch_size=7, vision_use_head=False)
@@ -153,7 +153,7 @@ def qwen2_vl(path: str, texts: Iterable[str] = (), *, vocab: int = 512, seed: in
   from aotd_jax.data import conversation
   tok = tokenizer(["You are a helpful assistant.", *texts],
                   chat_template=conversation.QWEN2_VL_CHAT_TEMPLATE, size=vocab,
-                  specials=QWEN_SPECIALS)
+                  specials=QWEN_SPECIALS, eos="<|im_end|>")
   ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
   rope = dict(rope_type="default", rope_theta=1e6, mrope_section=[2, 1, 1])
   cfg = transformers.Qwen2VLConfig(
