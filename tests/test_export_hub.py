@@ -158,6 +158,8 @@ def test_the_exported_chat_template_renders_the_training_prompt(export_dir):
   from aotd_jax.data import conversation
   tok = transformers.AutoTokenizer.from_pretrained(export_dir)
   assert tok.chat_template == conversation.PLAIN_CHAT_TEMPLATE
+  with open(os.path.join(export_dir, "tokenizer_config.json")) as f:  # where 4.x reads it
+    assert json.load(f)["chat_template"] == conversation.PLAIN_CHAT_TEMPLATE
   for media in ("video", "image", None):
     for answer in (None, "Step 1: look. (B) b."):
       want = conversation.build_prompt(None, "What? (A) a (B) b", assistant_text=answer, media=media)

@@ -179,6 +179,13 @@ def write_hub_files(hf_dir: str, *, hf_config: Mapping[str, Any], tokenizer_dir:
     with open(os.path.join(hf_dir, "chat_template.jinja"), "w") as f:
       f.write(conversation.PLAIN_CHAT_TEMPLATE)  # the format the student was trained on
     written.append("chat_template.jinja")
+    tok_config = os.path.join(hf_dir, "tokenizer_config.json")
+    if os.path.isfile(tok_config):  # where transformers 4.x tokenizers read it
+      with open(tok_config) as f:
+        config_json = json.load(f)
+      config_json["chat_template"] = conversation.PLAIN_CHAT_TEMPLATE
+      with open(tok_config, "w") as f:
+        json.dump(config_json, f, indent=2, ensure_ascii=False)
   base = str((config or {}).get("student", {}).get("hf_dir", "") or "")
   with open(os.path.join(hf_dir, "README.md"), "w") as f:
     f.write(model_card(base_model=os.path.basename(base.rstrip("/")), config=config,
