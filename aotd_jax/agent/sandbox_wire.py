@@ -105,8 +105,9 @@ class Codec:
       return msgpack.ExtType(ELLIPSIS, b"")
     small = self.max_array_bytes is None or getattr(obj, "nbytes", 0) <= self.max_array_bytes
     if t is np.ndarray and small and array_ok(obj):
-      return self._ext(ARRAY, [obj.dtype.str, list(obj.shape),
-                               np.ascontiguousarray(obj).tobytes()])
+      # The bytes as a view (no copy of a contiguous array before msgpack's own).
+      raw = memoryview(np.ascontiguousarray(obj).reshape(-1).view(np.uint8))
+      return self._ext(ARRAY, [obj.dtype.str, list(obj.shape), raw])
     if isinstance(obj, np.generic) and small and array_ok(obj):
       return self._ext(SCALAR, [obj.dtype.str, obj.tobytes()])
     if self.encode_other is None:
