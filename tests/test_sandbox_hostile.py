@@ -19,6 +19,9 @@ import pytest
 from aotd_jax.agent import Sandbox
 
 TIMEOUT_S = 1.0
+# The corpus's step limit: far below what 1 s of CPU executes, so a program the step limit
+# must stop is stopped by it even on a loaded machine (20k traced lines take ~20 ms alone).
+STEPS = 20_000
 HEADER = "def execute_command(video_clip, query, possible_answers):\n"
 
 
@@ -123,7 +126,7 @@ HOSTILE = [
     ("handle_method", body("return video_clip.trim()"), "calling methods"),
     ("unsendable_value", body("return lambda: 1"), "cannot be sent"),
     ("oversized_value", body("return 'a' * (4 << 20)"), "message rejected"),
-    ("deep_value", body("x = []\nfor i in range(20000):\n    x = [x]\nreturn x"),
+    ("deep_value", body("x = []\nfor i in range(2000):\n    x = [[[[[[[[[[x]]]]]]]]]]\nreturn x"),
      "cannot be sent|recursion"),
     ("fancy_index_on_handle", body("return len(video_clip[[0] * 100000])"),
      "index must be ints, slices or strings"),
@@ -344,7 +347,7 @@ def test_hostile_corpus(sandbox, tmp_path, monkeypatch):
   def run(item):
     name, source, _ = item
     t0 = time.perf_counter()
-    ex = sb.run(source, _tools(), _args(), timeout_s=TIMEOUT_S, max_steps=200_000,
+    ex = sb.run(source, _tools(), _args(), timeout_s=TIMEOUT_S, max_steps=STEPS,
                 max_tool_calls=50)
     return name, ex, time.perf_counter() - t0
 
