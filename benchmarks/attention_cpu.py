@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 from aotd_jax.kernels import attention as attention_kernel
-from aotd_jax.models.causal_attention import blocked_causal_attention
+from aotd_jax.layers.causal_attention import blocked_causal_attention
 
 
 def einsum_attention(q, k, v, mask):

@@ -32,10 +32,6 @@ LAYER = {
 # (importing file, imported package): the arrows against the stack today (docs/architecture.md).
 KNOWN_DEBT = {
     ("aotd_jax/models/univtg_postprocess.py", "aotd_jax.data"),
-    ("aotd_jax/models/llama.py", "aotd_jax.kernels"),
-    ("aotd_jax/models/clip.py", "aotd_jax.kernels"),
-    ("aotd_jax/models/causal_attention.py", "aotd_jax.kernels"),
-    ("aotd_jax/models/llava_next_video.py", "aotd_jax.kernels"),
 }
 
 

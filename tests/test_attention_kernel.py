@@ -17,7 +17,7 @@ from aotd_jax.kernels import build
 from aotd_jax.kernels import attention as ka
 from aotd_jax import hf
 from aotd_jax.models import clip
-from aotd_jax.models.causal_attention import blocked_causal_attention
+from aotd_jax.layers.causal_attention import blocked_causal_attention
 from aotd_jax.models.llava_next_video import LlavaNextVideoConfig, LlavaNextVideoForConditionalGeneration
 from aotd_jax.models.options import with_options
 from aotd_jax.models.llama import LlamaConfig, LlamaForCausalLM

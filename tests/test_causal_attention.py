@@ -10,7 +10,7 @@ from flax import nnx
 import aotd_jax  # noqa: F401
 from aotd_jax import hf
 from aotd_jax.kernels import attention as ka
-from aotd_jax.models.causal_attention import blocked_causal_attention
+from aotd_jax.layers.causal_attention import blocked_causal_attention
 from aotd_jax.models.llama import LlamaConfig, LlamaForCausalLM
 from tests.test_llama import left_padded_batch, make_hf_llama, torch_forward
 

@@ -37,3 +37,10 @@ def test_causal_matches_on_right_padded_tokens():
 def test_unknown_attention_impl_is_refused():
   with pytest.raises(ValueError, match="attention_impl"):
     dataclasses.replace(CFG, attention_impl="flash3")
+
+
+def test_auto_matches_xla_with_left_padding():
+  ids = np.random.default_rng(2).integers(0, 64, (2, 9))
+  mask = np.ones((2, 9), np.int32)
+  mask[1, :2] = 0
+  np.testing.assert_allclose(_logits("auto", ids, mask), _logits("xla", ids, mask), atol=1e-6)

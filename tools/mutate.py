@@ -55,7 +55,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_loss_normalization.py",),
         "λ (rationale_weight) ignored in the per-part loss"),
     Mutation(
-        "rope_sign", "aotd_jax/models/rope.py",
+        "rope_sign", "aotd_jax/layers/rope.py",
         r"^\s*rotated = jnp\.concatenate\(\[-x\[\.\.\., half:\], x\[\.\.\., :half\]\], axis=-1\)$",
         "rotated = jnp.concatenate([x[..., half:], -x[..., :half]], axis=-1)",
         ("tests/test_llama.py::test_logits_and_hidden_states_match_transformers",),

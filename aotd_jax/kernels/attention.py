@@ -8,7 +8,7 @@ recomputes the probabilities from it (`benchmarks/attention_cpu.py`, `benchmarks
 
 Two modes, both with an arbitrary (B, L, L) mask, one (1, L, L) mask for the whole batch, or
 none:
-- `causal=True`: the query-block attention of `aotd_jax/models/causal_attention.py` (Llama
+- `causal=True`: the query-block attention of `aotd_jax/layers/causal_attention.py` (Llama
   training and scoring): block t of `block_size` queries meets keys [0, (t + 1) * block_size), so
   the mask must be causal.
 - `causal=False`: every query meets all keys (CLIP's towers, OWLv2's backbone).

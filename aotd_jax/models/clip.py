@@ -15,8 +15,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from aotd_jax.kernels import attention as attention_kernel
-from aotd_jax.kernels.amx_matmul import PrecisionDot
+from aotd_jax.layers import attention as attention_lib
+from aotd_jax.layers import dense as dense_lib
+from aotd_jax.layers import norms
 from aotd_jax.models.remat import remat_call
 from aotd_jax.sharding import constrain
 
@@ -145,40 +146,14 @@ def activation(name: str):
 
 
 def _dense(cfg, din: int, dout: int, axes: tuple[str, str], *, rngs: nnx.Rngs, bias: bool = True):
-  init = nnx.initializers.normal(cfg.initializer_range)
-  return nnx.Linear(din, dout, use_bias=bias, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-                    dot_general=PrecisionDot(0, cfg.matmul_precision),
-                    kernel_init=nnx.with_partitioning(init, axes),
-                    bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axes[1],)),
-                    rngs=rngs)
+  return dense_lib.dense(din, dout, axes, rngs=rngs, bias=bias, dtype=cfg.dtype,
+                         param_dtype=cfg.param_dtype, precision=cfg.matmul_precision,
+                         kernel_init=nnx.initializers.normal(cfg.initializer_range))
 
 
 def _layer_norm(cfg, dim: int, *, rngs: nnx.Rngs):
-  return nnx.LayerNorm(dim, epsilon=cfg.layer_norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-                       scale_init=nnx.with_partitioning(nnx.initializers.ones_init(), ("norm",)),
-                       bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("norm",)),
-                       rngs=rngs)
-
-
-_KERNEL_BLOCK = 64  # queries per task step of the attention kernel (it only tiles the work here)
-
-
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
-           cpu_kernels: bool) -> jax.Array:
-  """Bidirectional multi-head attention: q/k/v (B, L, heads, head_dim), optional bool mask
-  (B or 1, 1, L, L) of visible keys -> (B, L, heads * head_dim). On one CPU device in float32
-  (and `cpu_kernels`) the fused C++ kernel, which never holds the (B, heads, L, L) scores."""
-  b, l, h, hd = q.shape
-  if cpu_kernels and attention_kernel.use_kernel(q, k, v, mask):
-    if mask is not None:  # (B or 1, L, L): a (1, 1, L, L) mask stays one for the batch
-      mask = jnp.broadcast_to(mask, (mask.shape[0], 1, l, l))[:, 0]
-    return attention_kernel.attention(q[:, :, :, None], k, v, mask, _KERNEL_BLOCK, causal=False)
-  scores = jnp.einsum("bqhd,bkhd->bhqk", q * (hd ** -0.5), k).astype(jnp.float32)
-  if mask is not None:
-    # transformers adds the dtype's most negative value: a fully masked row stays uniform.
-    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-  return jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, l, h * hd)
+  return norms.layer_norm(dim, cfg.layer_norm_eps, rngs=rngs, dtype=cfg.dtype,
+                          param_dtype=cfg.param_dtype)
 
 
 class CLIPAttention(nnx.Module):
@@ -200,7 +175,7 @@ class CLIPAttention(nnx.Module):
     b, l, d = x.shape
     split = lambda t: t.reshape(b, l, self.num_heads, self.head_dim)
     q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
-    return self.out_proj(attend(q, k, v, mask, self.cpu_kernels))
+    return self.out_proj(attention_lib.attention(q, k, v, mask, cpu_kernels=self.cpu_kernels))
 
 
 class CLIPMLP(nnx.Module):
@@ -336,13 +311,13 @@ class CLIPTextTransformer(nnx.Module):
     if l > self.config.max_position_embeddings:
       raise ValueError(f"input_ids length {l} exceeds max_position_embeddings "
                        f"{self.config.max_position_embeddings}")
-    mask = jnp.tril(jnp.ones((l, l), bool))[None, None]
+    mask = jnp.tril(jnp.ones((l, l), bool))[None]
     if attention_mask is not None:
       attention_mask = jnp.asarray(attention_mask)
       if attention_mask.shape != input_ids.shape:
         raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} does not match "
                          f"input_ids shape {tuple(input_ids.shape)}")
-      mask = mask & (attention_mask[:, None, None, :] > 0)
+      mask = mask & (attention_mask[:, None, :] > 0)
     x = self.embeddings(input_ids, position_ids)
     last, states = self.encoder(x, mask)
     last = self.final_layer_norm(last)

@@ -14,10 +14,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from aotd_jax.kernels import attention as attention_kernel
-from aotd_jax.kernels.amx_matmul import PRECISIONS, PrecisionDot
-from aotd_jax.models import rope
-from aotd_jax.models.causal_attention import blocked_causal_attention
+from aotd_jax.layers import attention as attention_lib
+from aotd_jax.layers import rope
+from aotd_jax.layers.dense import DECODE_ROWS, PRECISIONS, dense, matmul, tokens
+from aotd_jax.layers.norms import RMSNorm
 from aotd_jax.models.remat import remat_call
 from aotd_jax.sharding import constrain
 
@@ -33,7 +33,7 @@ def _freeze(value):
   return value
 
 
-ATTENTION_IMPLS = ("xla", "dot_product_attention", "causal")
+ATTENTION_IMPLS = attention_lib.IMPLEMENTATIONS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,11 +66,13 @@ class LlamaConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat: bool = False
-  # Attention without a KV cache: "xla" (masked softmax over causal query blocks, see
-  # `attention_block_size`; one einsum block for short inputs), "dot_product_attention"
-  # (`jax.nn.dot_product_attention` with the full mask: cuDNN where supported), or "causal"
-  # (causal only, no padding mask: flash-attention friendly, exact for right-padded batches,
-  # which is what the distillation pipeline makes; generation always uses the cache path).
+  # Attention without a KV cache (`aotd_jax/layers/attention.py`): "xla" (masked softmax over
+  # causal query blocks, see `attention_block_size`; one einsum block for short inputs),
+  # "dot_product_attention" (`jax.nn.dot_product_attention` with the full mask: cuDNN where
+  # supported), "causal" (causal only, no padding mask: flash-attention friendly, exact for
+  # right-padded batches, which is what the distillation pipeline makes), "cudnn" (a GPU only) or
+  # "auto" (the CPU kernel, cuDNN on a GPU in half precision, else "xla"). Generation always
+  # uses the cache path.
   attention_impl: str = "xla"
   # "xla" without a cache (training, scoring) cuts the queries into blocks of this many rows
   # that skip the keys the causal mask hides (`causal_attention.py`); 0 keeps one L x L block.
@@ -88,8 +90,7 @@ class LlamaConfig:
   matmul_precision: str = "default"
 
   def __post_init__(self):
-    if self.attention_impl not in ATTENTION_IMPLS:
-      raise ValueError(f"LlamaConfig: attention_impl={self.attention_impl!r} is not one of {ATTENTION_IMPLS}")
+    attention_lib.check_implementation(self.attention_impl, "LlamaConfig")
     if self.matmul_precision not in PRECISIONS:
       raise ValueError(f"LlamaConfig: matmul_precision={self.matmul_precision!r} is not one of "
                        f"{PRECISIONS}")
@@ -126,39 +127,14 @@ class CausalLMOutput:
   cache: KVCache | None = None
 
 
-def _tokens(x: jax.Array) -> jax.Array:
-  """(..., features) -> (tokens, features) for the dense layers.
-
-  A 2-D matmul keeps the weight gradient a plain (tokens x in)^T (tokens x out) dot; with the
-  3-D activations XLA CPU contracts over (batch, length) and materialises a transposed copy of
-  every activation gradient first (~20% of a CPU train step). Reshapes are free (bitcasts).
-  """
-  return x.reshape(-1, x.shape[-1])
-
-
-def _dot_general(cfg: LlamaConfig) -> PrecisionDot:
-  return PrecisionDot(8 if cfg.cpu_kernels else 0, cfg.matmul_precision)
+def _dot_general(cfg: LlamaConfig):
+  return matmul(cfg.matmul_precision, cpu_kernel_rows=DECODE_ROWS if cfg.cpu_kernels else 0)
 
 
 def _dense(cfg: LlamaConfig, din: int, dout: int, axes: tuple[str, str], bias: bool, rngs) -> nnx.Linear:
-  return nnx.Linear(din, dout, use_bias=bias, dtype=jnp.dtype(cfg.dtype),
-                    param_dtype=jnp.dtype(cfg.param_dtype),
-                    dot_general=_dot_general(cfg),
-                    kernel_init=nnx.with_partitioning(_INIT, axes),
-                    bias_init=nnx.with_partitioning(nnx.initializers.zeros, (axes[1],)), rngs=rngs)
-
-
-class LlamaRMSNorm(nnx.Module):
-  """RMSNorm computed in float32, cast back, then scaled (transformers' order)."""
-
-  def __init__(self, size: int, eps: float, param_dtype):
-    self.eps = eps
-    self.scale = nnx.Param(jnp.ones((size,), param_dtype), out_sharding=("norm",))
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    h = x.astype(jnp.float32)
-    h = h * jax.lax.rsqrt(jnp.mean(h * h, axis=-1, keepdims=True) + self.eps)
-    return self.scale[...].astype(x.dtype) * h.astype(x.dtype)
+  return dense(din, dout, axes, rngs=rngs, bias=bias, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+               precision=cfg.matmul_precision,
+               cpu_kernel_rows=DECODE_ROWS if cfg.cpu_kernels else 0, kernel_init=_INIT)
 
 
 class LlamaAttention(nnx.Module):
@@ -177,15 +153,12 @@ class LlamaAttention(nnx.Module):
     cfg = self.config
     b, l, _ = x.shape
     h, d, kv = cfg.num_attention_heads, cfg.head_dim, cfg.num_key_value_heads
-    x = _tokens(x)
+    x = tokens(x)
     q = rope.apply_rope(self.q_proj(x).reshape(b, l, h, d), cos, sin)
     k = rope.apply_rope(self.k_proj(x).reshape(b, l, kv, d), cos, sin)
     v = self.v_proj(x).reshape(b, l, kv, d)
     q = constrain(q, ("activation_batch", "activation_length", "activation_heads", None))
     k = constrain(k, ("activation_batch", "activation_length", "activation_kv_heads", None))
-    kv_axes = "bskd"
-    # Without a cache, and for a prefill (an empty cache filled from slot 0 with this call's l
-    # tokens), the queries meet only this call's keys: the query-block path and the CPU kernel.
     own_keys = layer_cache is None or prefill
     if layer_cache is not None:
       # The cache is head-major (B, kv_heads, slots, head_dim): both attention dots then read it
@@ -197,42 +170,17 @@ class LlamaAttention(nnx.Module):
       if prefill:
         mask = mask[:, :, :l]  # slots past the prompt are empty
       else:
-        k, v, kv_axes = ck, cv, "bksd"
-    if layer_cache is None and cfg.attention_impl != "xla":
-      # cuDNN's flash attention on GPUs in half precision; XLA's fused path elsewhere.
-      flash = jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16)
-      out = jax.nn.dot_product_attention(
-          q, k.astype(q.dtype), v.astype(q.dtype),
-          mask=mask[:, None] if cfg.attention_impl == "dot_product_attention" else None,
-          is_causal=cfg.attention_impl == "causal",
-          implementation="cudnn" if flash else None).reshape(b, l, h * d)
-      out = constrain(out, ("activation_batch", "activation_length", "activation_heads"))
-      return self.o_proj(_tokens(out)).reshape(b, l, -1), layer_cache
-    # Grouped heads attend to their shared kv head without materialising repeated keys.
-    q = q.reshape(b, l, kv, h // kv, d)
-    # A prefill takes the query blocks only where they run on the CPU kernel; elsewhere one
+        k, v = ck, cv
+    # Without a cache, and for a prefill (an empty cache filled from slot 0 with this call's l
+    # tokens), the queries meet only this call's keys: the query blocks and the CPU kernel. A
+    # prefill takes the query blocks only where they run on the CPU kernel; elsewhere one
     # einsum over the prompt's keys is the better shape (GPUs, TPUs).
-    blocks = 0 < cfg.attention_block_size < l and (
-        not prefill or (cfg.cpu_kernels and attention_kernel.use_kernel(q, k, v, mask)))
-    if own_keys and blocks:
-      out = blocked_causal_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask,
-                                     cfg.attention_block_size, cpu_kernel=cfg.cpu_kernels)
-      out = constrain(out, ("activation_batch", "activation_length", "activation_heads"))
-      return self.o_proj(_tokens(out)).reshape(b, l, -1), layer_cache
-    scores = jnp.einsum(f"blkgd,{kv_axes}->bkgls", q, k.astype(q.dtype),
-                        preferred_element_type=jnp.float32) * (d ** -0.5)
-    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
-    if kv_axes == "bksd" and l == 1:
-      # One query per sequence (a decode step): a broadcast multiply + reduce over the slots.
-      # XLA CPU's dot for this shape (contracting the slots, a 2-row output per kv head) is
-      # ~2.5x slower; in-process A/B on the ~30M benchmark model: decode CPU time -9%, same tokens.
-      out = jnp.sum(probs[:, :, :, 0, :, None] * v[:, :, None].astype(x.dtype), axis=3)
-      out = out.reshape(b, l, h * d)
-    else:
-      out = jnp.einsum(f"bkgls,{kv_axes}->blkgd", probs, v.astype(x.dtype)).reshape(b, l, h * d)
+    out = attention_lib.attention(
+        q, k, v, mask, implementation=cfg.attention_impl if layer_cache is None else "xla",
+        causal=True, block_size=cfg.attention_block_size, cpu_kernels=cfg.cpu_kernels,
+        blocked_jnp=not prefill, kv_head_major=not own_keys)
     out = constrain(out, ("activation_batch", "activation_length", "activation_heads"))
-    return self.o_proj(_tokens(out)).reshape(b, l, -1), layer_cache
+    return self.o_proj(tokens(out)).reshape(b, l, -1), layer_cache
 
 
 class LlamaMLP(nnx.Module):
@@ -245,10 +193,10 @@ class LlamaMLP(nnx.Module):
 
   def __call__(self, x):
     b, l, _ = x.shape
-    x = _tokens(x)
+    x = tokens(x)
     h = (jax.nn.silu(self.gate_proj(x)) * self.up_proj(x)).reshape(b, l, -1)
     h = constrain(h, ("activation_batch", "activation_length", "activation_mlp"))
-    return self.down_proj(_tokens(h)).reshape(b, l, -1)
+    return self.down_proj(tokens(h)).reshape(b, l, -1)
 
 
 class LlamaDecoderLayer(nnx.Module):
@@ -258,8 +206,8 @@ class LlamaDecoderLayer(nnx.Module):
     pdt = jnp.dtype(cfg.param_dtype)
     self.self_attn = LlamaAttention(cfg, rngs=rngs)
     self.mlp = LlamaMLP(cfg, rngs=rngs)
-    self.input_layernorm = LlamaRMSNorm(cfg.hidden_size, cfg.rms_norm_eps, pdt)
-    self.post_attention_layernorm = LlamaRMSNorm(cfg.hidden_size, cfg.rms_norm_eps, pdt)
+    self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, pdt)
+    self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, pdt)
 
   def __call__(self, x, cos, sin, mask, layer_cache=None, index=None, prefill=False):
     attn, layer_cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, layer_cache, index,
@@ -283,7 +231,7 @@ class LlamaModel(nnx.Module):
         cfg.vocab_size, cfg.hidden_size, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
         embedding_init=nnx.with_partitioning(_INIT, ("vocab", "embed")), rngs=rngs)
     self.layers = nnx.List([LlamaDecoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
-    self.norm = LlamaRMSNorm(cfg.hidden_size, cfg.rms_norm_eps, jnp.dtype(cfg.param_dtype))
+    self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, jnp.dtype(cfg.param_dtype))
 
 
 class LlamaForCausalLM(nnx.Module):
@@ -381,10 +329,10 @@ class LlamaForCausalLM(nnx.Module):
     if logits_to_keep:
       x = x[:, -logits_to_keep:]
     if cfg.tie_word_embeddings:
-      logits = _dot_general(cfg)(_tokens(x), self.model.embed_tokens.embedding[...].astype(x.dtype),
+      logits = _dot_general(cfg)(tokens(x), self.model.embed_tokens.embedding[...].astype(x.dtype),
                                  (((1,), (1,)), ((), ())))  # x @ embedding^T
     else:
-      logits = self.lm_head(_tokens(x))
+      logits = self.lm_head(tokens(x))
     logits = logits.reshape(*x.shape[:2], -1)
     logits = constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
     new_cache = None

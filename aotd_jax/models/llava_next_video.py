@@ -19,10 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
+from aotd_jax.layers.dense import dense
 from aotd_jax.models import generate as generate_lib
 from aotd_jax.models import llava_anyres
 from aotd_jax.models.clip import CLIPVisionConfig, CLIPVisionModel, activation
-from aotd_jax.kernels.amx_matmul import PrecisionDot
 from aotd_jax.models.llama import KVCache, LlamaConfig, LlamaForCausalLM
 from aotd_jax.models.options import share_options
 from aotd_jax.sharding import constrain
@@ -137,11 +137,8 @@ class LlavaNextVideoOutput:
 
 
 def _dense(cfg: LlavaNextVideoConfig, din: int, dout: int, axes, rngs) -> nnx.Linear:
-  return nnx.Linear(din, dout, use_bias=cfg.multimodal_projector_bias, dtype=jnp.dtype(cfg.dtype),
-                    param_dtype=jnp.dtype(cfg.param_dtype),
-                    dot_general=PrecisionDot(0, cfg.matmul_precision),
-                    kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(), axes),
-                    bias_init=nnx.with_partitioning(nnx.initializers.zeros, (axes[1],)), rngs=rngs)
+  return dense(din, dout, axes, rngs=rngs, bias=cfg.multimodal_projector_bias, dtype=cfg.dtype,
+               param_dtype=cfg.param_dtype, precision=cfg.matmul_precision)
 
 
 class LlavaNextVideoMultiModalProjector(nnx.Module):

@@ -27,8 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
-from aotd_jax.models import rope
-from aotd_jax.models.clip import _dense, _layer_norm, activation, attend
+from aotd_jax.layers import attention as attention_lib
+from aotd_jax.layers import rope
+from aotd_jax.models.clip import _dense, _layer_norm, activation
 from aotd_jax.models.llama import KVCache, LlamaConfig
 from aotd_jax.models.qwen2 import Qwen2ForCausalLM
 from aotd_jax.models.remat import remat_call
@@ -151,8 +152,8 @@ class Qwen2VLVisionAttention(nnx.Module):
       valid = np.arange(longest)[None, :] < np.asarray(segments)[:, None]
       idx = np.where(valid, idx, 0)
       q, k, v = (jnp.take(t, jnp.asarray(idx), axis=0) for t in (q, k, v))
-      mask = jnp.broadcast_to(jnp.asarray(valid)[:, None, None, :], (s, 1, longest, longest))
-    out = attend(q, k, v, mask, self.cpu_kernels)
+      mask = jnp.broadcast_to(jnp.asarray(valid)[:, None, :], (s, longest, longest))
+    out = attention_lib.attention(q, k, v, mask, cpu_kernels=self.cpu_kernels)
     if mask is None:
       out = out.reshape(n, d)
     else:

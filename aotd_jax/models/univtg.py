@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
+from aotd_jax.layers.dense import dense
+from aotd_jax.layers.norms import layer_norm
 from aotd_jax.models.remat import remat_call
 from aotd_jax.sharding import constrain
 
@@ -89,22 +91,14 @@ class UniVTGOutput:
   src_vid_mask: jax.Array
 
 
-def _xavier(axes):
-  return nnx.with_partitioning(nnx.initializers.xavier_uniform(), axes)
-
-
 def _linear(cfg, din, dout, axes, *, rngs, init=None):
-  return nnx.Linear(din, dout, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-                    kernel_init=init or _xavier(axes),
-                    bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axes[1],)),
-                    rngs=rngs)
+  """A dense layer with xavier-uniform init (the official `init_weights`) unless `init` is given."""
+  return dense(din, dout, axes, rngs=rngs, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+               kernel_init=init or nnx.initializers.xavier_uniform())
 
 
 def _layer_norm(cfg, dim, *, rngs):
-  return nnx.LayerNorm(dim, epsilon=1e-5, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-                       scale_init=nnx.with_partitioning(nnx.initializers.ones_init(), ("norm",)),
-                       bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("norm",)),
-                       rngs=rngs)
+  return layer_norm(dim, 1e-5, rngs=rngs, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
 
 
 class LinearLayer(nnx.Module):
@@ -117,8 +111,7 @@ class LinearLayer(nnx.Module):
     # Official init (init_weights is not applied to these): torch's default Linear init;
     # a scaled normal is close enough for training from scratch.
     self.linear = _linear(cfg, din, dout, ("embed", "mlp"), rngs=rngs,
-                          init=nnx.with_partitioning(nnx.initializers.lecun_normal(),
-                                                     ("embed", "mlp")))
+                          init=nnx.initializers.lecun_normal())
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x = self.linear(self.dropout(self.LayerNorm(x)))
