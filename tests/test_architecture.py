@@ -30,9 +30,7 @@ LAYER = {
 }
 
 # (importing file, imported package): the arrows against the stack today (docs/architecture.md).
-KNOWN_DEBT = {
-    ("aotd_jax/models/univtg_postprocess.py", "aotd_jax.data"),
-}
+KNOWN_DEBT: set[tuple[str, str]] = set()
 
 
 def package_of(module: str) -> str | None:

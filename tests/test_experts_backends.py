@@ -417,6 +417,7 @@ def univtg_parts():
 
 
 def test_univtg_grounder_matches_the_official_pipeline(univtg_parts):
+  from aotd_jax.data import univtg_features
   from aotd_jax.models import univtg_postprocess as post
   from experts.backends.univtg import UniVTGGrounder
   model, clip_model = univtg_parts
@@ -427,8 +428,8 @@ def test_univtg_grounder_matches_the_official_pipeline(univtg_parts):
   # reference: the univtg module's own feature extraction and inputs, nothing padded
   ids, mask = toy_tokenize([query])
   inputs = post.batch_inputs(
-      [post.clip_video_features(clip_model, frames, 4.0, clip_length=1.0)],
-      post.clip_text_features(clip_model, ids, mask))
+      [univtg_features.clip_video_features(clip_model, frames, 4.0, clip_length=1.0)],
+      univtg_features.clip_text_features(clip_model, ids, mask))
   ref = model(**inputs)
   assert ref.pred_logits.shape[1] == 6  # 22 frames at 4 fps: 6 clips of 1 s
   ours = g.raw_outputs(clip, query)  # text padded to 16 tokens (masked)

@@ -436,6 +436,7 @@ def test_clip_features_match_transformers(tmp_path):
   transformers = pytest.importorskip("transformers")
   pytest.importorskip("aotd_jax.hf.clip")
   from aotd_jax.data.video_processing import preprocess_video
+  from aotd_jax.data import univtg_features
   from aotd_jax.hf import from_pretrained
 
   torch.manual_seed(0)
@@ -449,7 +450,7 @@ def test_clip_features_match_transformers(tmp_path):
   ref.save_pretrained(tmp_path / "clip")
   model = from_pretrained(str(tmp_path / "clip"))
   frames = np.random.default_rng(0).integers(0, 255, (24, 48, 64, 3), dtype=np.uint8)
-  vid = pp.clip_video_features(model, frames, fps=8, clip_length=0.5, batch_size=4)
+  vid = univtg_features.clip_video_features(model, frames, fps=8, clip_length=0.5, batch_size=4)
   assert vid.shape == (6, 20)  # 3 s at one feature per 0.5 s, batches of 4 (last one padded)
   idx = pp.clip_frame_indices(24, 8, 0.5)
   np.testing.assert_array_equal(idx, [0, 4, 8, 12, 16, 20])
@@ -461,7 +462,7 @@ def test_clip_features_match_transformers(tmp_path):
 
   ids = np.array([[5, 6, 7, 0], [5, 6, 0, 0]])
   mask = (ids > 0).astype(np.int64)
-  txt = pp.clip_text_features(model, ids, mask)
+  txt = univtg_features.clip_text_features(model, ids, mask)
   assert [t.shape for t in txt] == [(3, 16), (2, 16)]
   with torch.no_grad():
     hidden = ref.text_model(input_ids=torch.from_numpy(ids),
@@ -470,4 +471,4 @@ def test_clip_features_match_transformers(tmp_path):
   inp = pp.batch_inputs([[np.ones((6, 4)), vid]], txt[:1])
   assert inp["src_vid"].shape == (1, 6, 4 + 20 + 2) and inp["src_txt"].shape == (1, 3, 16)
   with pytest.raises(ValueError, match="frames must be"):
-    pp.clip_video_features(model, frames.astype(np.float32), fps=8)
+    univtg_features.clip_video_features(model, frames.astype(np.float32), fps=8)
