@@ -16,9 +16,13 @@ setuptools.setup(
     python_requires=">=3.11",
     packages=setuptools.find_packages(include=[
         "aotd_jax", "aotd_jax.*", "experts", "experts.*", "launch", "launch.*",
-        "configs", "configs.*"]),
+        "configs", "configs.*"]) + ["aotd_jax.prompts"],
+    # The prompt files (data only) are installed as aotd_jax/prompts/, where
+    # `aotd_jax.agent.programs.PROMPTS_DIR` finds them in an installed package.
+    package_dir={"aotd_jax.prompts": "data/prompts"},
     # C++ sources of the XLA FFI kernels, compiled on first use (aotd_jax/kernels/build.py).
-    package_data={"aotd_jax.kernels": ["*.cc"], "launch.tpu": ["*.md"]},
+    package_data={"aotd_jax.kernels": ["*.cc"], "launch.tpu": ["*.md"],
+                  "aotd_jax.prompts": ["*.txt", "examples/*.txt"]},
     install_requires=[
         "jax>=0.7",
         "flax>=0.12",

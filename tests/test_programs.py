@@ -73,7 +73,7 @@ def test_string_annotations_shown_as_code():
 
 
 def test_missing_prompt_file_names_path():
-  with pytest.raises(FileNotFoundError, match=r"nosuch\.py.*star\.py"):
+  with pytest.raises(FileNotFoundError, match=r"nosuch\.txt.*star\.txt"):
     programs.load_examples("nosuch")
 
 
@@ -172,7 +172,7 @@ def test_shipped_examples_bind_to_the_expert_signatures():
         try:
           signature.bind(None, *node.args, **{k.arg: k.value for k in node.keywords})
         except TypeError as e:
-          pytest.fail(f"{dataset}.py line {node.lineno}: {node.func.id}: {e}")
+          pytest.fail(f"examples/{dataset}.txt line {node.lineno}: {node.func.id}: {e}")
 
 
 @pytest.mark.parametrize("junk", ["\0", "-" * 200_000 + "x"])

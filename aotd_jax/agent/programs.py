@@ -2,7 +2,7 @@
 
 The prompt is built from the tools' own docstrings (the functions that run are the API the
 LLM reads: one source of truth), our guidelines, few-shot programs shipped in
-`data/prompts/<dataset>.py`, the question and its choices. Parsing accepts what real models
+`data/prompts/examples/<dataset>.txt`, the question and its choices. Parsing accepts what real models
 write — code fences, chatter before and after, several functions, a body that forgets its
 `return`, a reply cut off by the token limit — and returns exactly one
 `def execute_command(video_clip, query, possible_answers)`. A reply with no usable program is
@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import collections
 import dataclasses
+import importlib.resources
 import inspect
 import pathlib
 import re
@@ -23,7 +24,20 @@ from aotd_jax.agent.sandbox_policy import PARSE_ERRORS, parse_untrusted
 
 PROGRAM_NAME = "execute_command"
 PROGRAM_SIGNATURE = f"def {PROGRAM_NAME}(video_clip, query, possible_answers):"
-PROMPTS_DIR = pathlib.Path(__file__).resolve().parents[2] / "data" / "prompts"
+
+
+def find_prompts_dir(package_dir: pathlib.Path) -> pathlib.Path:
+  """The prompt files of the `aotd_jax` package at `package_dir`.
+
+  An installed package (a wheel) carries them as package data in `aotd_jax/prompts/`
+  (setup.py maps `data/prompts` there); a source checkout reads `data/prompts` beside the
+  package.
+  """
+  installed = package_dir / "prompts"
+  return installed if installed.is_dir() else package_dir.parent / "data" / "prompts"
+
+
+PROMPTS_DIR = find_prompts_dir(pathlib.Path(importlib.resources.files("aotd_jax")))
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
 _DEF = re.compile(rf"^([ \t]*)def[ \t]+{PROGRAM_NAME}[ \t]*\(", re.M)
@@ -35,17 +49,18 @@ def read_prompt_file(name: str, prompts_dir: str | pathlib.Path | None = None) -
   Raises:
     FileNotFoundError: naming the path and the prompt files that do exist.
   """
-  folder = pathlib.Path(prompts_dir) if prompts_dir else PROMPTS_DIR
-  path = folder / name
+  path = (pathlib.Path(prompts_dir) if prompts_dir else PROMPTS_DIR) / name
   if not path.is_file():
-    have = sorted(p.name for p in folder.glob("*")) if folder.is_dir() else []
+    folder = path.parent
+    have = sorted(p.name for p in folder.glob("*") if p.is_file()) if folder.is_dir() else []
     raise FileNotFoundError(f"prompt file {path} not found; {folder} has {have}")
-  return path.read_text()
+  return path.read_text(encoding="utf-8")
 
 
 def load_examples(dataset: str, prompts_dir: str | pathlib.Path | None = None) -> str:
-  """Few-shot programs for `dataset` (`star`, `nextqa`, `toyworld`): `data/prompts/<dataset>.py`."""
-  return read_prompt_file(f"{dataset}.py", prompts_dir).strip()
+  """Few-shot programs for `dataset` (`star`, `nextqa`, `toyworld`): the Python text of
+  `data/prompts/examples/<dataset>.txt` (or of `prompts_dir/examples/<dataset>.txt`)."""
+  return read_prompt_file(f"examples/{dataset}.txt", prompts_dir).strip()
 
 
 class _Raw(str):
