@@ -98,3 +98,35 @@ def test_rms_norm_matches_its_definition():
   x = jnp.asarray(np.random.default_rng(3).standard_normal((2, 5)), jnp.float32)
   want = np.asarray(x) / np.sqrt(np.mean(np.asarray(x) ** 2, -1, keepdims=True) + 1e-6)
   np.testing.assert_allclose(np.asarray(norms.RMSNorm(5, 1e-6)(x)), want, rtol=1e-5)
+
+
+def test_pallas_flash_forward_matches_xla_in_interpret_mode():
+  """Pallas' GPU kernel run by its interpreter: causal, L padded to its block, grouped heads."""
+  q, k, v = _qkv(seed=4, l=7)
+  mask = jnp.tril(jnp.ones((7, 7), bool))[None]
+  want = attention_lib.attention(q, k, v, mask, causal=True, cpu_kernels=False)
+  got = attention_lib.pallas_flash(q, k, v, causal=True, interpret=True)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("causal,length", [(True, 7), (True, 40), (False, 7)])
+def test_pallas_flash_matches_xla_in_interpret_mode(causal, length):
+  """Pallas' GPU kernel run by its interpreter: values and gradients equal the XLA path's."""
+  q, k, v = _qkv(seed=4, l=length)
+  mask = jnp.tril(jnp.ones((length, length), bool))[None] if causal else None
+  ref = lambda q, k, v: attention_lib.attention(q, k, v, mask, causal=causal, cpu_kernels=False)  # noqa: E731
+  ours = lambda q, k, v: attention_lib.pallas_flash(q, k, v, causal=causal, interpret=True)  # noqa: E731
+  np.testing.assert_allclose(np.asarray(ours(q, k, v)), np.asarray(ref(q, k, v)), atol=1e-5)
+  w = jnp.asarray(np.random.default_rng(5).standard_normal((2, length, 32)), jnp.float32)
+  grads = [jax.grad(lambda *a, f=f: jnp.sum(f(*a) * w), (0, 1, 2))(q, k, v) for f in (ours, ref)]
+  for name, a, b in zip("qkv", *grads):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, err_msg=f"d{name}")
+
+
+def test_pallas_off_a_gpu_is_a_clear_error():
+  if jax.default_backend() == "gpu":
+    pytest.skip("this checks the refusal on a machine without a GPU")
+  q, k, v = _qkv()
+  with pytest.raises(ValueError, match="'pallas' needs a GPU"):
+    attention_lib.attention(q, k, v, implementation="pallas", causal=True)

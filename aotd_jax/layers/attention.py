@@ -10,6 +10,10 @@ Implementations (a model config's `attention_impl`):
 - "causal": the same, causal only, without the padding mask (flash-attention friendly; exact
   for right-padded batches).
 - "cudnn": `jax.nn.dot_product_attention(implementation="cudnn")`; a GPU only.
+- "pallas": JAX's Pallas flash attention for GPUs (`jax.experimental.pallas.ops.gpu.attention`,
+  a Triton kernel); a GPU only. Like "causal", it applies no padding mask: causal attention, or
+  (bidirectional) every key. Checked against the XLA path in Pallas' interpret mode on a CPU
+  (`tests/test_layers.py`), not yet timed on a GPU.
 - "auto": the CPU kernel where it applies (`cpu_kernels`, one CPU device, float32), cuDNN on a
   GPU in half precision, "xla" otherwise (`choose`).
 
@@ -21,10 +25,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jax.experimental.pallas.ops.gpu import attention as pallas_attention
+
 from aotd_jax.kernels import attention as attention_kernel
 from aotd_jax.layers.causal_attention import blocked_causal_attention
 
-IMPLEMENTATIONS = ("xla", "dot_product_attention", "causal", "cudnn", "auto")
+IMPLEMENTATIONS = ("xla", "dot_product_attention", "causal", "cudnn", "pallas", "auto")
 
 # Queries per task step of the CPU kernel on bidirectional attention (it only tiles the work).
 _KERNEL_BLOCK = 64
@@ -48,8 +54,8 @@ def choose(implementation: str, *, backend: str, dtype, cpu_kernel: bool) -> str
       `aotd_jax.kernels.attention.use_kernel` holds).
 
   Returns:
-    "xla" (which takes the CPU kernel where `cpu_kernel`), "cudnn", "dot_product_attention" or
-    "causal".
+    "xla" (which takes the CPU kernel where `cpu_kernel`) or the explicit choice ("cudnn",
+    "pallas", "dot_product_attention", "causal").
   """
   check_implementation(implementation, "attention")
   if implementation != "auto":
@@ -101,6 +107,11 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None =
   if chosen != "xla":
     if kv_head_major:
       raise ValueError(f"attention: implementation {chosen!r} cannot read a head-major KV cache")
+    if chosen == "pallas":
+      if jax.default_backend() != "gpu":
+        raise ValueError(f"attention: implementation 'pallas' needs a GPU; this backend is "
+                         f"{jax.default_backend()!r} (use 'auto' or 'xla')")
+      return pallas_flash(q, k, v, causal=causal)
     return _fused(q, k, v, mask, chosen)
   if causal and not kv_head_major and 0 < block_size < l and (blocked_jnp or kernel_ok):
     return blocked_causal_attention(grouped, k.astype(q.dtype), v.astype(q.dtype), mask,
@@ -110,6 +121,31 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None =
   if causal or kv_head_major:
     return _grouped_einsum(grouped, k, v, mask, kv_head_major)
   return _bidirectional_einsum(q, k, v, mask)
+
+
+def pallas_flash(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool,
+                 interpret: bool = False) -> jax.Array:
+  """Flash attention by Pallas' GPU kernel: causal, or every key; no padding mask.
+
+  Grouped kv heads are repeated to the query heads (the kernel has no grouping), and L is padded
+  to a multiple of the kernel's block (padded keys come after every real query, or are cut off
+  by a segment id when not causal). `interpret`: Pallas' interpreter (any backend, slow; for
+  tests). Shapes as `attention`'s; returns (B, L, heads * head_dim).
+  """
+  b, l, h, d = q.shape
+  k, v = (jnp.repeat(t.astype(q.dtype), h // t.shape[2], axis=2) for t in (k, v))
+  block = 64 if l > 32 else max(16, 1 << (l - 1).bit_length())
+  padded = -(-l // block) * block
+  segments = None
+  if padded != l:
+    q, k, v = (jnp.pad(t, ((0, 0), (0, padded - l), (0, 0), (0, 0))) for t in (q, k, v))
+    if not causal:
+      segments = jnp.broadcast_to((jnp.arange(padded) < l).astype(jnp.int32), (b, padded))
+  sizes = pallas_attention.BlockSizes(block_q=block, block_k=block, block_q_dkv=block,
+                                      block_kv_dkv=block, block_q_dq=block, block_kv_dq=block)
+  out = pallas_attention.mha(q, k, v, segments, sm_scale=d ** -0.5, causal=causal,
+                             block_sizes=sizes, interpret=interpret)
+  return out[:, :l].reshape(b, l, h * d)
 
 
 def _fused(q, k, v, mask, chosen: str) -> jax.Array:

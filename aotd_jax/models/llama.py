@@ -70,9 +70,9 @@ class LlamaConfig:
   # causal query blocks, see `attention_block_size`; one einsum block for short inputs),
   # "dot_product_attention" (`jax.nn.dot_product_attention` with the full mask: cuDNN where
   # supported), "causal" (causal only, no padding mask: flash-attention friendly, exact for
-  # right-padded batches, which is what the distillation pipeline makes), "cudnn" (a GPU only) or
-  # "auto" (the CPU kernel, cuDNN on a GPU in half precision, else "xla"). Generation always
-  # uses the cache path.
+  # right-padded batches, which is what the distillation pipeline makes), "cudnn", "pallas"
+  # (Pallas' flash attention, causal only like "causal"; both a GPU only) or "auto" (the CPU
+  # kernel, cuDNN on a GPU in half precision, else "xla"). Generation always uses the cache path.
   attention_impl: str = "xla"
   # "xla" without a cache (training, scoring) cuts the queries into blocks of this many rows
   # that skip the keys the causal mask hides (`causal_attention.py`); 0 keeps one L x L block.
