@@ -24,6 +24,8 @@ _ARMS = flags.DEFINE_list("arms", None, "Arms to run (default: all of study.ARMS
 _EPOCHS = flags.DEFINE_float("epochs", 5.0, "Passes over each student's own data (protocol "
                              "'epochs'); 'steps' arms train config.students.steps steps.")
 _SAMPLES = flags.DEFINE_integer("bootstrap_samples", 4000, "Resamples of the paired bootstrap.")
+_REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Train nothing: the table of the runs "
+                                 "already finished (a study stopped early).")
 _KEEP_MEMORY = flags.DEFINE_bool(
     "keep_freed_memory", None, "Keep freed host memory for reuse (aotd_jax/host_memory.py). "
     "Default: on when JAX runs on the CPU.")
@@ -50,7 +52,7 @@ def main(argv):
   seeds = parse_seeds(_SEEDS.value)
   arms = _ARMS.value or list(study.ARMS)
   out = study.run_study(_CONFIG.value, _WORKDIR.value, arms, seeds, epochs=_EPOCHS.value,
-                        samples=_SAMPLES.value, log=lambda s: print(s, flush=True))
+                        samples=_SAMPLES.value, report_only=_REPORT_ONLY.value, log=lambda s: print(s, flush=True))
   logging.info("study: %s/study.md (%.0fs)", _WORKDIR.value, out["seconds"])
 
 

@@ -145,6 +145,15 @@ def test_study_pairs_arms_writes_the_table_and_resumes(tmp_path, fake_stages):
   study.run_study(config, str(tmp_path), ["aotd"], [0, 1, 2], epochs=1, samples=100,
                   log=lines.append)
   assert sorted(fake_stages) == [("aotd", 1), ("aotd", 2), ("instruct", 2)]
+  # report_only trains nothing and tables the finished runs (seeds 0-2 of aotd, instruct)
+  fake_stages.clear()
+  out = study.run_study(config, str(tmp_path), ["aotd", "aotd_steps"], [0, 1, 2, 3], epochs=1,
+                        samples=100, report_only=True, log=lines.append)
+  assert fake_stages == [] and out["seeds"] == [0, 1, 2]
+  assert {r["arm"]: len(r["seeds"]) for r in out["rows"]} == {
+      "instruct": 3, "aotd": 3, "instruct_steps": 2, "aotd_steps": 2}
+  with pytest.raises(DemoError, match="no finished run"):
+    study.run_study(config, str(tmp_path), ["aotd"], [7], epochs=1, report_only=True)
   # a result of another arm definition is refused by name
   with pytest.raises(DemoError, match=r"instruct_s0.json was written for arm"):
     study.run_study(config, str(tmp_path), ["aotd"], [0], epochs=2, log=lines.append)

@@ -256,8 +256,12 @@ def gain_plot_svg(rows: Sequence[dict]) -> str | None:
 # -- the whole study ---------------------------------------------------------------------------
 
 def run_study(config, workdir: str, arm_names: Sequence[str], seeds: Sequence[int], *,
-              epochs: float, samples: int = 4000, log: Callable[[str], None] = print) -> dict:
-  """Runs (or resumes) every (arm, seed); writes `workdir/study.{json,md}`; returns the rows."""
+              epochs: float, samples: int = 4000, report_only: bool = False,
+              log: Callable[[str], None] = print) -> dict:
+  """Runs (or resumes) every (arm, seed); writes `workdir/study.{json,md}`; returns the rows.
+
+  report_only: train nothing; the table of the (arm, seed) runs already finished.
+  """
   t0 = time.perf_counter()
   if not seeds:
     raise DemoError("--seeds: no seeds given")
@@ -271,6 +275,10 @@ def run_study(config, workdir: str, arm_names: Sequence[str], seeds: Sequence[in
   todo = [(arm, s) for s in seeds for arm in arms]  # seed-major: every arm has a pair early
   done_before = sum(os.path.exists(run_path(workdir, a, s)) for a, s in todo)
   started, ran = time.perf_counter(), 0
+  if report_only:
+    todo = [(a, s) for a, s in todo if os.path.exists(run_path(workdir, a, s))]
+    if not todo:
+      raise DemoError(f"--report_only: no finished run in {workdir}/runs for these arms and seeds")
   for i, (arm, seed) in enumerate(todo):
     fresh = not os.path.exists(run_path(workdir, arm, seed))
     results.setdefault(arm.name, []).append(
@@ -283,7 +291,7 @@ def run_study(config, workdir: str, arm_names: Sequence[str], seeds: Sequence[in
         f"({'ran' if fresh else 'cached'}; ~{eta / 60:.0f} min left)")
   rows = summarize(arms, results, shared["cots"], samples=samples)
   questions = len(next(iter(results.values()))[0]["qids"])
-  out = {"rows": rows, "seeds": list(seeds), "epochs": epochs, "questions": questions,
+  out = {"rows": rows, "seeds": sorted({s for _, s in todo}), "epochs": epochs, "questions": questions,
          "cots": shared["cots"], "experts": {k: v.get("source") for k, v in
                                              shared["experts"].items()},
          "runs_cached": done_before, "seconds": round(time.perf_counter() - t0, 1)}
