@@ -7,8 +7,10 @@ The demo's world, experts and CoTs are made once (`workdir/shared`), then each (
 student trains and is evaluated on the held-out test split; a finished one is not redone,
 so rerunning the command after a kill resumes. Writes `workdir/runs/<arm>_s<seed>.json`,
 `workdir/study.json` and the table `workdir/study.md`; the arms are listed in
-`aotd_jax.projects.toyworld.study.ARMS`. The default study (quick world, 10 arms x 5 seeds) is about an
-hour of CPU on 2 cores; it prints its progress with an estimate of the time left.
+`aotd_jax.projects.toyworld.study.ARMS`. The default study (quick world, 10 arms x 5 seeds = 50
+students, ~35 s of CPU each, plus ~5 min for the shared stages) is about 35 minutes of CPU time,
+hours of wall time on a shared 2-core box; it prints its progress with an estimate of the time
+left. `--report_only` tables the runs finished so far.
 """
 from __future__ import annotations
 

@@ -213,9 +213,10 @@ def markdown(rows: Sequence[dict], questions: int) -> str:
     delta = "-" if not c else f"{stats.fmt_interval(c['bootstrap'])} vs {r['baseline']}"
     t_ci = "-" if not c or not c["t"] else stats.fmt_interval(c["t"])
     rat = "-" if r["rationale_loss"] is None else f"{r['rationale_loss']:.2f}"
+    lam = format(r["rationale_weight"], "g") if r.get("cots") is not None else "-"
     lines.append(
         f"| {r['arm']} | {teacher} | {r.get('cots', '-')} | {r['protocol']} | "
-        f"{r['rationale_weight']:g} | {r['steps']} | {100 * r['accuracy']:.1f} ± "
+        f"{lam} | {r['steps']} | {100 * r['accuracy']:.1f} ± "
         f"{100 * r['accuracy_std']:.1f} | {delta} | {t_ci} | {len(r['seeds'])} | "
         f"{r['label_loss']:.2f} / {rat} |")
   lines.append("")
