@@ -203,7 +203,7 @@ def _mean_or_none(values):
 def markdown(rows: Sequence[dict], questions: int) -> str:
   """The study's table (accuracy in %, differences in points)."""
   head = ("| arm | teacher (train acc.) | CoTs | protocol | λ | steps | accuracy (mean ± sd) "
-          "| Δ vs baseline, 95 % CI (bootstrap) | 95 % CI (t, seeds) | seeds | label / rationale loss |")
+          "| Δ vs baseline, 95 % CI (bootstrap) | 95 % CI (t, seeds) | seeds | last step: label / rationale loss |")
   lines = [head, "|" + "---|" * 11]
   for r in rows:
     teacher = r["teacher"] if r["teacher"] != "oracle" else f"oracle, noise {r['noise']:g}"
