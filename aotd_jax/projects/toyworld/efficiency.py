@@ -15,9 +15,10 @@ from typing import Mapping
 import ml_collections
 
 from aotd_jax.agent import job
-from aotd_jax.projects.toyworld.common import (REPO_ROOT, DemoError, cached,
-                                               enable_compilation_cache, load_tokenizer,
-                                               read_split, run_student, write_json)
+from aotd_jax.projects.toyworld.agent import build_agent, make_sandbox
+from aotd_jax.projects.toyworld.common import (DemoError, REPO_ROOT, cached,
+                                               enable_compilation_cache, load_tokenizer, read_split,
+                                               run_student, write_json)
 
 
 def _hwm_mb(pid: int | str = "self") -> float:
@@ -58,7 +59,6 @@ def efficiency_child(spec: Mapping) -> dict:
   first (compilation), then the timed pass. Called in a fresh process so that the peak
   memory is this system's own."""
   from aotd_jax.eval import efficiency
-  from aotd_jax.projects.toyworld.agent import build_agent, make_sandbox
   config = ml_collections.ConfigDict(spec["config"])
   if config.get("compilation_cache", True):
     enable_compilation_cache(spec["workdir"])

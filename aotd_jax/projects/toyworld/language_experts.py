@@ -19,8 +19,10 @@ import time
 from typing import Any, Callable, Iterable, Mapping
 
 from aotd_jax.agent import programs
+from aotd_jax.projects.toyworld import world as toyworld
 from aotd_jax.projects.toyworld.oracle import PLUGIN
 from aotd_jax.projects.toyworld.prompts import program_prompt  # noqa: F401 (the trainers' prompt)
+from aotd_jax.projects.toyworld.render import PRESENT
 import experts
 
 DONE = "DONE"
@@ -123,8 +125,6 @@ def run_programs(world_dir: str | os.PathLike, items: Iterable[tuple[Any, str]],
 
 def _action_prompts() -> list[str]:
   """The action-recognition prompts the QA expert is trained on, and their answers."""
-  from aotd_jax.projects.toyworld import world as toyworld
-  from aotd_jax.projects.toyworld.render import PRESENT
   out = []
   for name in toyworld.ALL_OBJECT_NAMES:
     out.append(f"What is the {name} doing?")

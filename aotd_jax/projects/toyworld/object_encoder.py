@@ -27,6 +27,11 @@ from typing import Sequence
 
 import numpy as np
 
+from aotd_jax.projects.toyworld import vision_experts as ve
+from aotd_jax.projects.toyworld import world as toyworld
+from aotd_jax.projects.toyworld.object_states import ObjectStates, save_object_states
+from aotd_jax.projects.toyworld.render import ACTIONS
+
 DEFAULT_SIZE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                     num_attention_heads=4, image_size=64, patch_size=8, projection_dim=32,
                     batch_size=64, learning_rate=3e-3, every=2, background_weight=0.2)
@@ -46,7 +51,6 @@ def patch_targets(truths: Sequence, frames: Sequence[np.ndarray], names: Sequenc
   (N, grid*grid, len(ACTIONS)): what that object is doing in this frame). A box smaller
   than a patch still marks the patch holding its centre. Later objects win overlaps.
   """
-  from aotd_jax.projects.toyworld.render import ACTIONS
   index = {n: i for i, n in enumerate(names)}
   centres = np.arange(grid) + 0.5
   xs, ids, acts = [], [], []
@@ -103,7 +107,6 @@ def score_object_encoder(tower, head, truths, frames, *, image_size: int,
   import jax.numpy as jnp
   from flax import nnx
 
-  from aotd_jax.projects.toyworld import world as toyworld
   from aotd_jax.data.video_processing import preprocess_video
   names = list(toyworld.ALL_OBJECT_NAMES)
   grid = image_size // tower.config.patch_size
@@ -147,12 +150,8 @@ def train_object_encoder(world_dir: str | os.PathLike, out_dir: str | os.PathLik
   import optax
   from flax import nnx
 
-  from aotd_jax.projects.toyworld import world as toyworld
-  from aotd_jax.projects.toyworld.render import ACTIONS
   from aotd_jax.data.video_processing import preprocess_video
-  from aotd_jax.projects.toyworld import vision_experts as ve
   from aotd_jax.models.clip import CLIPVisionModel
-  from aotd_jax.projects.toyworld.object_states import ObjectStates, save_object_states
   out_dir, world_dir = str(out_dir), str(world_dir)
   if os.path.exists(os.path.join(out_dir, DONE)):
     return out_dir

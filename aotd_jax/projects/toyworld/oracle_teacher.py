@@ -14,6 +14,8 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from aotd_jax.projects.toyworld.oracle import PLUGIN, ground_truth
+
 
 def swapped_clips(video_ids, noise: float, seed: int) -> dict[str, str]:
   """{clip: the clip whose annotations stand in for it} for round(noise * n) of the clips.
@@ -60,7 +62,6 @@ def noisy_oracle_tools(world_dir: str, noise: float, seed: int = 0,
   the world's clips) swapped among themselves (no tool cache: answers differ from the clean
   oracle's); returns (tools, swap)."""
   import experts as experts_lib
-  from aotd_jax.projects.toyworld.oracle import PLUGIN, ground_truth
   from experts.backends import oracle
   gt = ground_truth(world_dir)
   known = set(gt.video_ids)

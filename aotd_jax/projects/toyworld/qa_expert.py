@@ -39,9 +39,16 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from aotd_jax.projects.toyworld.language_experts import LanguageExpertError, is_done, read_split
-from aotd_jax.projects.toyworld.program_generator import (fit, load_tokenizer, one_device_trainer,
-                                                          resolve_size, save_expert)
+from aotd_jax.projects.toyworld import vision_experts as ve
+from aotd_jax.projects.toyworld import world as toyworld
+from aotd_jax.projects.toyworld.language_experts import (LanguageExpertError, check_positive,
+                                                         is_done, read_split)
+from aotd_jax.projects.toyworld.oracle import PLUGIN
+from aotd_jax.projects.toyworld.program_generator import (collate, fit, load_tokenizer,
+                                                          one_device_trainer, resolve_size,
+                                                          save_expert)
+from aotd_jax.projects.toyworld.questions import event_text, make_questions
+from aotd_jax.projects.toyworld.render import PRESENT
 from aotd_jax.projects.toyworld.tiny_models import TINY_LLAVA
 
 DEFAULT_SIZE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -132,8 +139,6 @@ def clip_examples(truth, records: Sequence, rng: np.random.Generator,
   `qa_permutations` times: as annotated, then with its choices shuffled (balanced letters).
   """
   from aotd_jax.data import conversation
-  from aotd_jax.projects.toyworld.questions import event_text
-  from aotd_jax.projects.toyworld.render import PRESENT
   from experts.backends.llava import ACTIONS_PROMPT
   out = []
   for qa in records:
@@ -178,8 +183,6 @@ def _generated_records(world: dict, truths: Sequence) -> list:
   """Questions for rendered train-split clips, generated as `generate_world` does for its own
   (same question rng seeds: what a larger world's train split would hold)."""
   from aotd_jax.data import annotations
-  from aotd_jax.projects.toyworld import world as toyworld
-  from aotd_jax.projects.toyworld.questions import make_questions
   start, out = len(world["splits"]["train"]), []
   for i, truth in enumerate(truths):
     qrng = np.random.default_rng([int(world["seed"]), toyworld.SPLITS.index("train"), start + i, 1])
@@ -211,7 +214,6 @@ def video_prompt_ids(tokenizer, config, user: str, target: str,
 def training_clips(world_dir: str, lm_clips: int) -> tuple[list, list, list]:
   """(ClipTruth list, frames list, question records) of the train split plus `lm_clips`
   clips rendered from it (`vision_experts.extra_train_clips`) with generated questions."""
-  from aotd_jax.projects.toyworld import vision_experts as ve
   truths, frames, world = ve._world(world_dir)
   records = list(read_split(world_dir, "train"))
   if lm_clips:
@@ -225,7 +227,6 @@ def build_examples(truths: Sequence, records: Sequence, tokenizer, config, *, nu
                    seed: int, qa_permutations: int = 1) -> list[dict]:
   """Tokenised examples, each naming its clip (index into `truths`) and the `num_frames`
   frame indices it reads: {"input_ids", "label_mask", "clip", "frames"}."""
-  from aotd_jax.projects.toyworld.questions import event_text
   from aotd_jax.data.video_processing import sample_frame_indices
   rng = np.random.default_rng(seed)
   by_video: dict[str, list] = {}
@@ -260,7 +261,6 @@ def clip_features(model, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
 def feature_collate(features: Sequence[np.ndarray]):
   """collate_fn for `fit`: right-padded ids and masks plus each example's cached
   `video_features` (B, frames * tokens, D_vision)."""
-  from aotd_jax.projects.toyworld.program_generator import collate
 
   def collate_fn(examples: Sequence[dict], pad_id: int) -> dict[str, np.ndarray]:
     batch = collate(examples, pad_id)
@@ -317,7 +317,6 @@ def score_qa_expert(world_dir: str, backend, *, split: str = "val", max_videos: 
   """QA accuracy and action top-1 of a `VideoQA` / `ActionRecognizer` backend on `split`
   (the sub-task harness' own scorers; chance: 1/4 for both)."""
   from aotd_jax.eval import subtasks
-  from aotd_jax.projects.toyworld.oracle import PLUGIN
   from experts.subtasks import load_data
   data = load_data({"kind": "toyworld", "path": str(world_dir), "split": split,
                     "max_videos": max_videos}, plugins=[PLUGIN])
@@ -350,7 +349,6 @@ def train_qa_expert(world_dir: str | os.PathLike, tokenizer_dir: str | os.PathLi
   """
   from flax import nnx
 
-  from aotd_jax.projects.toyworld.language_experts import check_positive
   from aotd_jax.models.llava_next_video import LlavaNextVideoForConditionalGeneration
   from aotd_jax.train.frozen_vision import CachedVisionLM
   out_dir, world_dir = str(out_dir), str(world_dir)

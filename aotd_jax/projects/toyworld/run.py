@@ -22,6 +22,9 @@ import ml_collections
 import numpy as np
 
 from aotd_jax.eval.subtasks import subtask_table
+from aotd_jax.projects.toyworld import report as report_lib
+from aotd_jax.projects.toyworld import stats
+from aotd_jax.projects.toyworld import world as toyworld
 from aotd_jax.projects.toyworld.agent import cot_stage, tools_config
 from aotd_jax.projects.toyworld.common import (DemoError, cached, check_config_stamp, done,
                                                enable_compilation_cache, load_tokenizer, mark_done,
@@ -396,7 +399,6 @@ def student_stage(config, workdir: str, name: str, seed: int, world_dir: str,
 
 def ground_truth_for(world_dir: str, records) -> list[tuple[dict, list]]:
   """(boxes by frame, event windows) of each record's clip, for rationale grounding."""
-  from aotd_jax.projects.toyworld import world as toyworld
   gt = toyworld.load_ground_truth(world_dir)
   out = []
   for r in records:
@@ -496,7 +498,6 @@ def _student_summary(evals: Sequence[Mapping]) -> dict:
 def paired_differences(evals: Mapping[str, Sequence[Mapping]]) -> dict:
   """{CoT student: its accuracy minus Instruct's, paired on the same seeds and test questions,
   with 95 % intervals (`aotd_jax.projects.toyworld.stats.compare`)}; {} without an Instruct student."""
-  from aotd_jax.projects.toyworld import stats
   if "instruct" not in evals:
     return {}
   return {name: stats.compare([e["correct"] for e in runs],
@@ -506,7 +507,6 @@ def paired_differences(evals: Mapping[str, Sequence[Mapping]]) -> dict:
 
 def run(config, workdir: str, *, log: Callable[[str], None] = print) -> dict:
   """Runs (or resumes) every stage; writes and returns the report (see module docstring)."""
-  from aotd_jax.projects.toyworld import report as report_lib
   t0 = time.perf_counter()
   os.makedirs(workdir, exist_ok=True)
   check_config_stamp(config, workdir)

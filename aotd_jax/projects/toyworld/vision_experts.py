@@ -35,6 +35,12 @@ import numpy as np
 import optax
 from flax import nnx
 
+from aotd_jax.projects.toyworld import object_states as obj
+from aotd_jax.projects.toyworld import world as toyworld
+from aotd_jax.projects.toyworld.object_states import permute_name_blocks
+from aotd_jax.projects.toyworld.questions import event_text
+from aotd_jax.projects.toyworld.render import ACTIONS, PAST, PRESENT
+
 DONE = "DONE"
 MAX_TEXT_LEN = 16
 FEATURES_DIR = "features"  # train_grounder(features=...): the object states it reads
@@ -58,8 +64,6 @@ def _mark_done(out_dir: str, info: dict) -> None:
 
 def world_words() -> list[str]:
   """Every word a toy-world query uses (object names, action verbs, fillers)."""
-  from aotd_jax.projects.toyworld import world as toyworld
-  from aotd_jax.projects.toyworld.render import PAST, PRESENT
   words = {w for n in toyworld.ALL_OBJECT_NAMES for w in n.split()}
   words |= set(PRESENT.values()) | set(PAST.values()) | set(toyworld.ACTIONS) | set(_FILLER)
   return sorted(words)
@@ -103,7 +107,6 @@ def _tokenize(out_dir: str, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarra
 def _world(world_dir: str, split: str = "train"):
   """(ClipTruth list, frames list) of a split, frames decoded from the world's mp4 files."""
   from aotd_jax.data import video
-  from aotd_jax.projects.toyworld import world as toyworld
   try:
     with open(os.path.join(world_dir, "world.json")) as f:
       world = json.load(f)
@@ -126,7 +129,6 @@ def extra_train_clips(world: str | dict, count: int):
   held-out combinations excluded as there; never a val / test clip (other seeds). Rendered
   in memory (no mp4 round trip). world: a generated world directory or its `world.json`.
   """
-  from aotd_jax.projects.toyworld import world as toyworld
   if not isinstance(count, (int, np.integer)) or count < 0:
     raise ValueError(f"extra_clips={count!r}: must be an int >= 0")
   if isinstance(world, (str, os.PathLike)):
@@ -257,7 +259,6 @@ def train_detector(world_dir: str, out_dir: str, *, steps: int, seed: int = 0,
     return out_dir
   _check_steps(steps)
   from aotd_jax import hf
-  from aotd_jax.projects.toyworld import world as toyworld
   from aotd_jax.models.owlv2 import Owlv2ForObjectDetection
   t0 = time.perf_counter()
   truths, frames, _ = _world(world_dir)
@@ -305,8 +306,6 @@ def detector_section(out_dir: str, **kw) -> dict:
 
 def grounder_queries(truth) -> list[tuple[str, list[tuple[int, int]]]]:
   """(query, [inclusive frame windows]) pairs of a clip, in the phrasings programs use."""
-  from aotd_jax.projects.toyworld.questions import event_text
-  from aotd_jax.projects.toyworld.render import PRESENT
   out: dict[str, list[tuple[int, int]]] = {}
   def add(q, e):
     out.setdefault(q, []).append((int(e["start_frame"]), int(e["end_frame"])))
@@ -358,7 +357,6 @@ def grounder_configs(vocab_size: int, *, image_size: int = 32, patch_size: int =
 def frame_states(truths, frames, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
   """Every frame, and its target (N, objects, 5 + actions): per object name (visible, cx,
   cy, w, h) in 0-1 of the frame, then one flag per action it is doing in that frame."""
-  from aotd_jax.projects.toyworld.render import ACTIONS
   index = {n: i for i, n in enumerate(names)}
   out_f, out_s = [], []
   for truth, clip in zip(truths, frames):
@@ -395,7 +393,6 @@ def train_frame_encoder(clip_model, truths, frames, *, steps: int, lr: float,
   """Stage 1 of `train_grounder` (also the QA expert's vision tower): trains `clip_model`'s
   image tower in place, through a throw-away linear probe, on `frame_state_loss` over every
   frame of `frames` (`frame_states` targets); returns the losses."""
-  from aotd_jax.projects.toyworld import world as toyworld
   from aotd_jax.data.video_processing import preprocess_video
   _check_steps(steps)
   img = clip_model.config.vision_config.image_size
@@ -446,7 +443,6 @@ def rename_sample(features: np.ndarray, query: str, perm: Sequence[int],
                   names: Sequence[str]) -> tuple[np.ndarray, str]:
   """A grounding sample with its objects renamed: object `names[i]` becomes
   `names[perm[i]]` in the `ObjectStates` features (its block moves) and in the query."""
-  from aotd_jax.projects.toyworld.object_states import permute_name_blocks
   mapping = {n: names[int(perm[i])] for i, n in enumerate(names)}
   return permute_name_blocks(features, perm, len(names)), rename_objects(query, mapping)
 
@@ -522,10 +518,8 @@ def train_grounder(world_dir: str, out_dir: str, *, steps: int, seed: int = 0,
   if not 0.0 <= float(rename_prob) <= 1.0:
     raise ValueError(f"train_grounder: rename_prob={rename_prob!r} must be in [0, 1]")
   from aotd_jax import hf
-  from aotd_jax.projects.toyworld import world as toyworld
   from aotd_jax.data.video_processing import preprocess_video
   from aotd_jax.hf.univtg import save_univtg
-  from aotd_jax.projects.toyworld import object_states as obj
   from aotd_jax.models import univtg_postprocess as post
   from aotd_jax.models.clip import CLIPModel
   from aotd_jax.models.univtg import UniVTG
