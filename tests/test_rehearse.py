@@ -72,26 +72,18 @@ def test_checkpoints_load_in_their_readers(tmp_path):
   assert text.endswith("assistant<|end_header_id|>\n\n")
 
 
-# Stages that must pass; the others may report `waiting` (a prerequisite from another issue
-# has not landed) or `gap` (a launcher lacks what issue 19 asks), never fail.
-MUST_PASS = ("convert", "subtasks", "cot_star", "cot_nextqa", "distill", "distill_pod",
-             "export", "hf_load", "eval_star_mc", "eval_activitynet_qa_open",
-             "judge_open_ended")
-
-
 @pytest.mark.slow
 def test_rehearsal_end_to_end(tmp_path):
-  """Every stage of the real path passes (or says what it waits on) at toy sizes (the other
-  students' stages: tests/test_rehearse_students.py)."""
+  """Every stage of the real path passes at toy sizes (the other students' stages:
+  tests/test_rehearse_students.py). A stage that reports `waiting` or `gap` fails the test."""
   r = subprocess.run([sys.executable, "-m", "launch.rehearse", f"--workdir={tmp_path}",
                       "--students="],
                      cwd=ROOT, capture_output=True, text=True, timeout=1200)
   result = json.loads((tmp_path / "rehearsal.json").read_text())
   rows = {row["stage"]: row for row in result["stages"]}
-  bad = {k: v["detail"] for k, v in rows.items() if v["status"] not in ("ok", "waiting", "gap")}
+  bad = {k: (v["status"], v.get("detail")) for k, v in rows.items() if v["status"] != "ok"}
   assert not bad, f"{bad}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
-  for name in MUST_PASS:
-    assert rows[name]["status"] == "ok", rows[name]
+  assert len(rows) >= 14, sorted(rows)
   assert rows["cot_star"]["figures"]["kept"] >= 1
   assert rows["distill"]["figures"]["rationale_tokens"] > 0
   assert result["llm_requests"].get("unknown", 0) == 0
