@@ -52,16 +52,56 @@ def test_patch_targets_mark_covered_patches_and_actions():
   assert (acts[1].reshape(8, 8, -1)[:2, :4, jump] == 1).all() and acts[1].sum() == 8
 
 
+def test_scores_on_known_probe_outputs(monkeypatch):
+  """`score_object_encoder` on scripted probe logits (no model): every figure by hand."""
+  import dataclasses
+
+  from flax import nnx
+  boxes = np.full((3, 2, 4), np.nan, np.float32)
+  boxes[:, 0] = [0, 0, 32, 16]     # red circle: patches (0..1, 0..3) of the 8 x 8 grid
+  boxes[0, 1] = [60, 60, 62, 62]   # blue square: patch (7, 7), frame 0 only
+  visible = np.array([[True, True], [True, False], [True, False]])
+  truth = ClipTruth("t", 8, 64, ["red circle", "blue square"], boxes, visible, [])
+  red, blue, background = NAMES.index("red circle"), NAMES.index("blue square"), len(NAMES)
+  # scored frames 0 and 2 (every second frame); what the probe says on each patch:
+  said = np.full((2, 8, 8), background)
+  said[0, :2, :4] = red            # frame 0: the circle right, the tiny square missed (8 of 9)
+  said[1, 0, :4] = blue            # frame 2: half the circle called a blue square (4 of 8)
+  said[1, 1, :4] = red
+  logits = np.zeros((2, 64, len(NAMES) + 1 + len(ACTIONS)), np.float32)
+  np.put_along_axis(logits, said.reshape(2, 64, 1), 5.0, axis=-1)
+  monkeypatch.setattr(oe, "_probe_logits", lambda tower, head, pixels: logits)
+
+  @dataclasses.dataclass(frozen=True)
+  class Config:
+    patch_size: int = 8
+
+  class Tower(nnx.Module):
+    config = Config()
+
+  got = oe.score_object_encoder(Tower(), None, [truth], [np.zeros((3, 64, 64, 3), np.uint8)],
+                                image_size=64)
+  # presence over 2 frames x 12 names: there {red, blue}, {red}; said {red}, {red, blue}
+  assert got == {"identity": pytest.approx(12 / 17), "identity_chance": pytest.approx(1 / 12),
+                 "presence": pytest.approx(22 / 24), "presence_always_absent": pytest.approx(21 / 24),
+                 "presence_recall": pytest.approx(2 / 3), "frames": 2}
+
+
 def test_trained_encoder_is_a_cached_hf_clip_vision_model(world, encoder_dir):
   import transformers
 
   from aotd_jax import hf
+  from aotd_jax.demo import vision_experts as ve
+  from aotd_jax.models.object_states import load_object_states
   info = oe.read_done(encoder_dir)
   assert info["final_loss"] < info["first_loss"]
   assert info["train_clips"] == 6 and info["extra_clips"] == 2
-  val = info["val"]
-  assert 0 <= val["identity"] <= 1 and 0 <= val["presence"] <= 1
-  assert val["identity_chance"] == pytest.approx(1 / 12)
+  # the recorded val figures are the scorer's (checked by hand above) on the saved tower + head
+  states = load_object_states(encoder_dir)
+  truths, frames, _ = ve._world(world, "val")
+  assert info["val"] == oe.score_object_encoder(states.tower.vision_model, states.head, truths,
+                                                frames, image_size=64)
+  assert info["val"]["frames"] == 12 and info["val"]["identity_chance"] == pytest.approx(1 / 12)
   ours = hf.from_pretrained(encoder_dir)
   ref = transformers.CLIPVisionModel.from_pretrained(encoder_dir).eval()
   x = np.random.default_rng(0).normal(size=(1, 3, 64, 64)).astype(np.float32)

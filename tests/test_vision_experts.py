@@ -68,14 +68,16 @@ def test_detector_trains_and_loads_through_make_tools(world, detector):
   config = experts.default_config()
   config.ground_truth.path = world
   config.detector = ve.detector_section(detector, threshold=0.0)
-  tools = experts.make_tools(config, plugins=[PLUGIN])
+  box = experts.make_toolbox(config, plugins=[PLUGIN])
   clip = _clip(world)
-  found = tools["Find"](clip, "red circle")  # threshold 0: every frame has boxes
-  # kept: every frame, each with exactly its best box
+  found = box.tools()["Find"](clip, "red circle")  # threshold 0: every frame has boxes
+  # kept: every frame, each with exactly the detector's highest-scoring box of that frame
+  best = [max(boxes, key=lambda b: b.score)
+          for boxes in box.detector.detect(clip, ["red circle"], threshold=0.0)]
   assert len(found) == len(clip)
   assert [b.frame_id for b in found.detections] == [int(f) for f in clip.frame_ids]
   assert {b.label for b in found.detections} == {"red circle"}
-  assert all(len(b.box) == 4 and all(0 <= v <= 64 for v in b.box) for b in found.detections)
+  assert [(b.box, b.score) for b in found.detections] == [(b.box, b.score) for b in best]
 
 
 def test_detector_transformers_loads_the_saved_directory(detector):
@@ -98,9 +100,22 @@ def test_grounder_trains_and_loads_through_make_tools(world, grounder):
   box = experts.make_toolbox(config, plugins=[PLUGIN])
   clip = _clip(world)
   windows = box.grounder.ground(clip, "red circle jumps", top_k=2)
-  assert windows and all(0 <= w.start_frame < w.end_frame <= len(clip) for w in windows)
+  # the windows are the official decoding of the model's outputs (NMS 0.7), in frames at 8 fps
+  from aotd_jax.models import univtg_postprocess as post
+  from aotd_jax.models.univtg import UniVTGOutput
+  logits, spans, sal, vmask = box.grounder.raw_outputs(clip, "red circle jumps")
+  want = post.decode_moments(
+      UniVTGOutput(pred_logits=logits, pred_spans=spans, saliency_scores=sal, vid_mem_proj=None,
+                   txt_mem_proj=None, src_vid_mask=vmask),
+      clip_length=box.grounder.clip_length, durations=[len(clip) / 8], nms_thd=0.7,
+      top_k=2)[0].pred_relevant_windows
+  starts = [min(int(np.floor(s * 8)), len(clip) - 1) for s, _, _ in want]
+  assert [(w.start_frame, w.end_frame, w.score) for w in windows] == [
+      (a, min(max(int(np.ceil(e * 8)), a + 1), len(clip)), pytest.approx(score, abs=1e-6))
+      for a, (_, e, score) in zip(starts, want)]
   out = box.Filter_frames_with_act(clip, "an object moves")
-  assert 0 <= out.start_frame <= out.end_frame <= len(clip)
+  top = box.grounder.ground(clip, "an object moves")[0]
+  assert (out.start_frame, out.end_frame) == (top.start_frame, top.end_frame)
 
 
 def test_finished_directories_are_returned_without_retraining(world, detector, grounder,
