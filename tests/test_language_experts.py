@@ -67,7 +67,7 @@ def program_dir(world, tokenizer_dir, tmp_path_factory):
 
 def test_program_generator_training_lowers_the_loss(world, program_dir):
   from aotd_jax.agent.llm import LocalLlama
-  from aotd_jax.demo import program_generator as pg
+  from aotd_jax.projects.toyworld import program_generator as pg
   info = le.read_done(program_dir)
   assert info["steps"] == 12 and info["train_examples"] > 0
   assert info["final_loss"] < info["first_loss"] - 0.5

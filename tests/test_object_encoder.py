@@ -91,8 +91,8 @@ def test_trained_encoder_is_a_cached_hf_clip_vision_model(world, encoder_dir):
   import transformers
 
   from aotd_jax import hf
-  from aotd_jax.demo import vision_experts as ve
-  from aotd_jax.models.object_states import load_object_states
+  from aotd_jax.projects.toyworld import vision_experts as ve
+  from aotd_jax.projects.toyworld.object_states import load_object_states
   info = oe.read_done(encoder_dir)
   assert info["final_loss"] < info["first_loss"]
   assert info["train_clips"] == 6 and info["extra_clips"] == 2
