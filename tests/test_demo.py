@@ -178,6 +178,11 @@ def test_config_variants_and_bad_variant():
     demo_config.get_config("tiny")
 
 
+def test_repo_root_is_the_repository():
+  """The efficiency stage's child processes import `aotd_jax` and `experts` from here."""
+  assert common.REPO_ROOT == ROOT
+
+
 def test_corrupt_stage_summary_names_the_file(tmp_path):
   bad = tmp_path / "summary.json"
   bad.write_text("{not json")
