@@ -244,7 +244,7 @@ class _Recording:
 def test_score_qa_expert_reports_accuracy_and_action_top1(world, qa_dir):
   from aotd_jax.projects.toyworld import qa_expert as qe
   from experts.backends import llava
-  from experts.backends.oracle import GroundTruth
+  from aotd_jax.projects.toyworld.oracle import ground_truth
   backend = _Recording(llava.LlavaVideoQA(*llava.load(qa_dir)))
   scores = qe.score_qa_expert(world, backend, max_videos=1)
   # the figures by hand from the recorded replies: every question of the first val video, each
@@ -254,7 +254,7 @@ def test_score_qa_expert_reports_accuracy_and_action_top1(world, qa_dir):
   val = [qa for qa in le.read_split(world, "val") if qa.video_id == vid]
   assert [a[:3] for a in backend.answers] == [(vid, qa.question, qa.choices) for qa in val]
   qa_right = sum(pred == qa.answer for (*_, pred), qa in zip(backend.answers, val))
-  gt = GroundTruth.from_toyworld(world)
+  gt = ground_truth(world)
   assert backend.recognized and all(v == vid and len(c) == 4 for v, _, c, _ in backend.recognized)
   act_right = sum(bool(top) and any(top[0] in gt.frame(v, f)["actions"] for f in frames)
                   for v, frames, _, top in backend.recognized)
