@@ -63,6 +63,21 @@ def packaged_configs(argv: list[str], cwd: str | None = None) -> list[str]:
   return out
 
 
+def parse_seeds(values: list[str]) -> list[int]:
+  """--seeds values as ints; a bad one is a usage error naming the flag.
+
+  Here rather than in launch/study.py so that tests can call it without importing a launcher
+  (two launchers imported in one process define --config twice).
+  """
+  try:
+    seeds = [int(v) for v in values]
+  except ValueError:
+    raise app.UsageError(f"--seeds={','.join(values)}: expected integers, e.g. 0,1,2,3,4") from None
+  if not seeds or len(set(seeds)) != len(seeds):
+    raise app.UsageError(f"--seeds={','.join(values)}: expected distinct seeds")
+  return seeds
+
+
 def parse_flags(argv):
   """`app.run`'s flag parser with readable errors; `--config=configs/...` also from the
   installed package (`packaged_configs`)."""

@@ -17,6 +17,8 @@ from __future__ import annotations
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from launch import cli
+
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/toyworld/demo.py:quick",
                                           "The demo config the study starts from.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Shared stages, runs and the table go here.")
@@ -34,24 +36,13 @@ _KEEP_MEMORY = flags.DEFINE_bool(
 flags.mark_flags_as_required(["workdir"])
 
 
-def parse_seeds(values: list[str]) -> list[int]:
-  """--seeds values as ints; a bad one is a usage error naming the flag."""
-  try:
-    seeds = [int(v) for v in values]
-  except ValueError:
-    raise app.UsageError(f"--seeds={','.join(values)}: expected integers, e.g. 0,1,2,3,4") from None
-  if not seeds or len(set(seeds)) != len(seeds):
-    raise app.UsageError(f"--seeds={','.join(values)}: expected distinct seeds")
-  return seeds
-
-
 def main(argv):
   del argv
   from aotd_jax import host_memory
   from aotd_jax.projects.toyworld import study
   if host_memory.wanted(_KEEP_MEMORY.value):
     logging.info("keep_freed_memory: %s", host_memory.keep_freed_memory())
-  seeds = parse_seeds(_SEEDS.value)
+  seeds = cli.parse_seeds(_SEEDS.value)
   arms = _ARMS.value or list(study.ARMS)
   out = study.run_study(_CONFIG.value, _WORKDIR.value, arms, seeds, epochs=_EPOCHS.value,
                         samples=_SAMPLES.value, report_only=_REPORT_ONLY.value, log=lambda s: print(s, flush=True))

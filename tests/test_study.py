@@ -164,11 +164,11 @@ def test_study_refuses_unknown_arms_and_bad_seeds(tmp_path):
     study.resolve_arms(["aodt"])
   from absl import app
 
-  from launch import study as launcher
+  from launch import cli
   with pytest.raises(app.UsageError, match="--seeds=0,x"):
-    launcher.parse_seeds(["0", "x"])
+    cli.parse_seeds(["0", "x"])
   with pytest.raises(app.UsageError, match="distinct"):
-    launcher.parse_seeds(["1", "1"])
+    cli.parse_seeds(["1", "1"])
 
 
 def test_demo_protocol_counts_epochs_over_each_students_own_data():
