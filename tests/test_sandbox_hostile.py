@@ -12,6 +12,7 @@ import os
 import textwrap
 import threading
 import time
+import types
 
 import numpy as np
 import pytest
@@ -425,3 +426,39 @@ def test_worker_holds_even_if_the_allow_list_were_bypassed(tmp_path, monkeypatch
       assert re.search("OSError|PermissionError|ImportError|FileNotFoundError",
                        ex.error), (name, ex.error)
   assert os.listdir(tmp_path) == []
+
+
+def test_host_time_past_the_budget_stops_a_run_whose_worker_answers_at_once():
+  # In CI, 20 host-side reads of 0.2 s each ran to the end under a 1 s timeout: the host
+  # thread lost the GIL after each reply, the worker's next request was already waiting, and
+  # poll(0) let it through. A worker connection that always has the next request ready:
+  from aotd_jax.agent import sandbox as sandbox_module
+
+  class Slow:
+    @property
+    def slow(self):
+      time.sleep(0.1)
+      return 1
+
+  handles = sandbox_module._Handles(array_by_value_bytes=1 << 16)
+  handles.dumps(Slow())  # handle 0
+  request, done = handles.dumps(["op", 0, "attr", "slow"]), handles.dumps(["done", 10, ""])
+
+  class Conn:
+    served = 0
+
+    def poll(self, timeout):
+      return True
+
+    def recv_bytes(self, limit):
+      Conn.served += 1
+      return request if Conn.served <= 10 else done
+
+    def send_bytes(self, data):
+      pass
+
+  host = types.SimpleNamespace(max_message_bytes=1 << 20)
+  worker = types.SimpleNamespace(conn=Conn())
+  with pytest.raises(sandbox_module._Overrun, match="timed out after 0.25 s"):
+    Sandbox._serve(host, worker, handles, {}, [], 0.25, 50, False)
+  assert Conn.served == 3  # 0.1 s of host work each: the third one crosses 0.25 s

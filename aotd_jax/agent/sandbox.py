@@ -417,9 +417,13 @@ class Sandbox:
     `timeout_s`; the time inside tools does not."""
     budget = timeout_s
     while True:
+      # Checked before polling: a worker whose next request is already waiting (the host
+      # thread lost the GIL after its reply) would otherwise pass poll(0) run after run.
+      if budget <= 0:
+        raise _Overrun(f"timed out after {timeout_s:g} s (worker killed)")
       t0 = time.perf_counter()
       try:
-        if not worker.conn.poll(max(budget, 0.0)):
+        if not worker.conn.poll(budget):
           raise _Overrun(f"timed out after {timeout_s:g} s (worker killed)")
         data = worker.conn.recv_bytes(self.max_message_bytes)
       except (EOFError, ConnectionError):
