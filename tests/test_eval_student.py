@@ -87,8 +87,9 @@ def test_prompt_carries_one_video_token_per_feature(world):
     student_eval.prompt_ids(tok, records[0], "explain", n)
 
 
-def test_evaluate_cli_on_an_exported_student(world, tmp_path):
-  d, records, tok, model = world
+def evaluate_export(model, tok, d, tmp_path) -> dict:
+  """Exports `model` + `tok` to HF format and runs `launch.evaluate` on two STAR questions of
+  the world in `d`; returns the written eval JSON (the exit status must be 0)."""
   hf.save_pretrained(model, str(tmp_path / "student"))
   tok.save_pretrained(str(tmp_path / "student"))
   out = tmp_path / "eval.json"
@@ -98,7 +99,12 @@ def test_evaluate_cli_on_an_exported_student(world, tmp_path):
                       "--max_new_tokens=4", f"--out={out}"], cwd=ROOT, capture_output=True,
                      text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
-  result = json.loads(out.read_text())
+  return json.loads(out.read_text())
+
+
+def test_evaluate_cli_on_an_exported_student(world, tmp_path):
+  d, records, tok, model = world
+  result = evaluate_export(model, tok, d, tmp_path)
   assert result["count"] == 2 and len(result["outputs"]) == 2
   # the CLI's outputs are the library's on the same two questions
   run = student_eval.run_student(model, tok, records[:2], video_root=str(d / "videos"),

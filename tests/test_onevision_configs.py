@@ -1,16 +1,12 @@
 """LLaVA-OneVision as the distillation student: the toy config trains, the 7B config is lnv7b's
 with only the student (and frames / sequence length) replaced and fits its sequences."""
 import copy
-import json
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 from flax import nnx
 
-from aotd_jax import hf
 from aotd_jax.models import llava_onevision as lov
 from configs.distill import lnv7b, onevision7b
 from configs.toyworld import distill as toy
@@ -96,7 +92,6 @@ def test_trainer_step_with_remat_and_a_frozen_tower(arch):
 
 
 world = test_eval_student.world  # the toy-world fixture (clips, records, tokenizer)
-ROOT = test_eval_student.ROOT
 
 
 @pytest.fixture(scope="module")
@@ -128,16 +123,7 @@ def test_student_evaluation_runs_a_onevision_student(onevision_world, monkeypatc
 @pytest.mark.slow  # a launch.evaluate subprocess
 def test_evaluate_cli_on_an_exported_onevision_student(onevision_world, tmp_path):
   d, _, tok, model = onevision_world
-  hf.save_pretrained(model, str(tmp_path / "student"))
-  tok.save_pretrained(str(tmp_path / "student"))
-  out = tmp_path / "eval.json"
-  r = subprocess.run([sys.executable, "-m", "launch.evaluate", f"--student={tmp_path / 'student'}",
-                      "--format=star", f"--annotations={d / 'test.json'}",
-                      f"--video_root={d / 'videos'}", "--num_frames=4", "--limit=2",
-                      "--max_new_tokens=4", f"--out={out}"], cwd=ROOT, capture_output=True,
-                     text=True, timeout=600)
-  assert r.returncode == 0, r.stderr[-3000:]
-  assert json.loads(out.read_text())["count"] == 2
+  assert test_eval_student.evaluate_export(model, tok, d, tmp_path)["count"] == 2
 
 
 def test_onevision7b_takes_lnv7b_options():

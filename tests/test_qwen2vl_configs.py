@@ -2,9 +2,6 @@
 config is lnv7b's with only the student (and frames) replaced, the evaluation runs it with its
 chat template and `<|video_pad|>` layout, and a launch.train export loads in transformers."""
 import copy
-import json
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -71,7 +68,6 @@ def test_qwen2vl7b_shapes_fit_the_sequences():
 
 
 world = test_eval_student.world  # the toy-world fixture (clips, records, tokenizer)
-ROOT = test_eval_student.ROOT
 
 
 @pytest.fixture(scope="module")
@@ -143,13 +139,4 @@ def test_toy_qwen2vl_launch_train_exports_for_transformers(tmp_path):
 @pytest.mark.slow  # a launch.evaluate subprocess
 def test_evaluate_cli_on_an_exported_qwen2vl_student(qwen_world, tmp_path):
   d, _, tok, model = qwen_world
-  hf.save_pretrained(model, str(tmp_path / "student"))
-  tok.save_pretrained(str(tmp_path / "student"))
-  out = tmp_path / "eval.json"
-  r = subprocess.run([sys.executable, "-m", "launch.evaluate", f"--student={tmp_path / 'student'}",
-                      "--format=star", f"--annotations={d / 'test.json'}",
-                      f"--video_root={d / 'videos'}", "--num_frames=4", "--limit=2",
-                      "--max_new_tokens=4", f"--out={out}"], cwd=ROOT, capture_output=True,
-                     text=True, timeout=600)
-  assert r.returncode == 0, r.stderr[-3000:]
-  assert json.loads(out.read_text())["count"] == 2
+  assert test_eval_student.evaluate_export(model, tok, d, tmp_path)["count"] == 2
