@@ -150,6 +150,16 @@ def provenance(config) -> tuple[dict, dict]:
   return roles, identity
 
 
+def pipeline_kwargs(config) -> dict:
+  """`CotJob`'s pipeline settings from `config.pipeline` (absent: one batch at a time)."""
+  section = config.get("pipeline", None)
+  if section is None:
+    return {"pipeline": False}
+  return {"pipeline": bool(section.enabled),
+          "max_batches_in_flight": int(section.max_batches_in_flight),
+          "decode_workers": int(section.decode_workers)}
+
+
 def worker(config, shard_index: int | None, num_shards: int | None) -> tuple[int, int, int, int]:
   """(shard_index, num_shards, process_index, process_count) of this command.
 
@@ -207,7 +217,7 @@ def main(argv):
         batch_size=config.batch_size, num_threads=config.sandbox.num_workers,
         timeout_s=config.timeout_s, max_new_tokens=config.max_new_tokens,
         temperature=config.temperature, video_path=video_path(config), manifest=manifest_ref,
-        fail_fast_min=config.get("fail_fast_min", 4))
+        fail_fast_min=config.get("fail_fast_min", 4), **pipeline_kwargs(config))
     stats = cot_job.run(questions, job.JobPaths.for_shard(config.out_dir, name),
                         label=f"[{name}] ", progress_every_s=config.progress_every_s)
   manifest.add_counts(config.out_dir, name, stats.to_dict())

@@ -33,10 +33,12 @@ import json
 import os
 import re
 import sys
+import threading
 import time
-from typing import Any, Callable, Iterable, Mapping, Sequence, TextIO
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TextIO
 
 from aotd_jax.agent import cot, filters, programs
+from aotd_jax.agent.stages import StageTimes, run_stages
 from aotd_jax.agent.trace import capture_replies, safe_str
 from aotd_jax.data import conversation
 
@@ -212,21 +214,27 @@ def make_record(qa, *, video_path: str | None, program: programs.ParsedProgram,
 class CapturedLLM:
   """Wraps an LLM and keeps the replies of its latest `complete` call, in prompt order.
 
-  Each stage of `CotJob.process` calls its LLM once per batch, from one thread, so `last`
-  after a stage is that stage's replies for the batch.
+  Each stage of `CotJob` calls its LLM once per batch, from one thread, so `take()` after a
+  stage is that stage's replies for the batch. The replies are kept per thread: stages that
+  share an LLM and run at once (`CotJob.run` pipelined) each read their own.
   """
 
   def __init__(self, llm):
-    self.llm, self.last = llm, []
+    self.llm = llm
+    self._local = threading.local()
+
+  @property
+  def last(self) -> list[str]:
+    return getattr(self._local, "last", [])
 
   def complete(self, prompts, **kwargs) -> list[str]:
     replies = self.llm.complete(prompts, **kwargs)
-    self.last = [str(r) for r in replies]
+    self._local.last = [str(r) for r in replies]
     return replies
 
   def take(self) -> list[str]:
-    """The latest replies, cleared (a stage that makes no call then reads [])."""
-    out, self.last = self.last, []
+    """This thread's latest replies, cleared (a stage that makes no call then reads [])."""
+    out, self._local.last = self.last, []
     return out
 
 
@@ -307,6 +315,33 @@ class JobPaths:
                os.path.join(out_dir, f"stats-{name}.json"))
 
 
+class _InputError(Exception):
+  """`make_args` failed for a question; the message names the question and its video."""
+
+
+@dataclasses.dataclass
+class _Batch:
+  """One batch on its way through the stages; each stage fills its own fields."""
+  questions: list
+  args: list | None = None  # prefetched inputs (futures of the decode pool), or None
+  parsed: list = dataclasses.field(default_factory=list)
+  executions: list = dataclasses.field(default_factory=list)
+  answers: list = dataclasses.field(default_factory=list)
+  passing: list = dataclasses.field(default_factory=list)
+  rationales: dict = dataclasses.field(default_factory=dict)
+  replies: list = dataclasses.field(default_factory=list)
+  stage_s: dict = dataclasses.field(default_factory=dict)
+  stage_t0: float = 0.0
+
+  def __post_init__(self):
+    self.replies = [{} for _ in self.questions]
+
+  def keep(self, stage: str, llm, indices: Sequence[int]) -> None:
+    """Stores the replies of `llm`'s latest call (this thread's) under `stage`."""
+    for i, reply in zip(indices, llm.take() if llm is not None else []):
+      self.replies[i][stage] = reply
+
+
 @dataclasses.dataclass
 class CotJob:
   """Generates, executes, verbalises and filters CoTs for a list of questions.
@@ -330,6 +365,13 @@ class CotJob:
       this many programs all stopped on one tool whose backend raised the same exception (a
       server down, a model that cannot load, a selector without a chat template): such a run
       would only fill the records with failures. 0: never.
+    pipeline: `run` overlaps the stages across batches (`stages()`, one thread each): batch
+      k+1's programs are written and its videos decoded while batch k's programs run and batch
+      k-1's rationales are written and judged. The records are the same as without.
+    max_batches_in_flight: with `pipeline`, batches between the input and the record log at
+      once (bounds the decoded clips held in memory).
+    decode_workers: with `pipeline`, threads that run `make_args` (decode each question's
+      clip) ahead of execution; 0 decodes in the execution threads.
   """
   tools: Mapping[str, Callable]
   make_args: Callable[[Any], Mapping[str, Any]]
@@ -352,7 +394,10 @@ class CotJob:
   video_path: Callable[[Any], str | None] = lambda qa: qa.meta.get("video_path")
   manifest: str | None = None
   fail_fast_min: int = 4
-  _tool_replies: dict = dataclasses.field(default_factory=dict, init=False, repr=False)
+  pipeline: bool = False
+  max_batches_in_flight: int = 4
+  decode_workers: int = 2
+  times: StageTimes | None = None  # when set, each stage's seconds are added to it
 
   def __post_init__(self):
     if self.program_source not in ("llm", "gold"):
@@ -373,12 +418,19 @@ class CotJob:
                      f"{cot.REWRITE_FALLBACKS}")
     if self.batch_size < 1:
       raise JobError(f"batch_size must be >= 1, got {self.batch_size}")
+    if self.max_batches_in_flight < 1 or self.decode_workers < 0:
+      raise JobError(f"pipeline: max_batches_in_flight must be >= 1 and decode_workers >= 0, got "
+                     f"{self.max_batches_in_flight} and {self.decode_workers}")
     for role in ("program_llm", "cot_llm", "judge_llm"):
       llm = getattr(self, role)
       if llm is not None and not isinstance(llm, CapturedLLM):
         setattr(self, role, CapturedLLM(llm))
 
   # -- stages --
+  # `process` runs them one after another on a batch; `run` with `pipeline=True` runs each in
+  # its own thread (`aotd_jax.agent.stages`), so batch k+1's programs are written while batch
+  # k's run and batch k-1's rationales are judged. Each stage takes and returns a `_Batch`
+  # and touches only its own fields, in batch order, so both give the same records.
 
   def _programs(self, batch) -> list[programs.ParsedProgram]:
     if self.program_source == "gold":
@@ -392,46 +444,62 @@ class CotJob:
         self.program_llm, [(qa.question, qa.choices) for qa in batch], self.tools,
         examples=self.examples, max_new_tokens=self.max_new_tokens, temperature=self.temperature)
 
-  def _execute(self, qa, program: programs.ParsedProgram):
-    if not program.ok:
-      return None
+  def _stage_programs(self, b: "_Batch") -> "_Batch":
+    b.parsed = self._programs(b.questions)
+    if self.program_source == "llm":
+      b.keep("program", self.program_llm, range(len(b.questions)))
+    return b
+
+  def _inputs(self, qa) -> Mapping[str, Any]:
+    """`make_args(qa)`; an error names the question and (when known) its video file."""
     try:
-      args = self.make_args(qa)
+      return self.make_args(qa)
     except Exception as e:  # a missing or undecodable video fails this question only
-      from aotd_jax.agent.sandbox import Execution
-      return Execution(ok=False, error=f"cannot load inputs of {qa.qid}: {type(e).__name__}: "
-                       f"{str(e)[:200]}")
+      raise _InputError(self._input_error(qa, e)) from e
+
+  def _input_error(self, qa, e: BaseException) -> str:
+    text = f"cannot load inputs of {qa.qid}: {type(e).__name__}: {safe_str(str(e), 200)}"
+    try:
+      path = self.video_path(qa)
+    except Exception:  # noqa: BLE001 - the path is only named in the message
+      path = None
+    return text + (f" (video {path})" if path and str(path) not in text else "")
+
+  def _execute(self, qa, program: programs.ParsedProgram, args=None):
+    """(execution or None, the tools' noted replies) for one question; `args` is its inputs
+    (a value, or a future of the decode pool), made here when None."""
+    from aotd_jax.agent.sandbox import Execution
+    if not program.ok:
+      return None, []
+    try:
+      if args is None:
+        args = self._inputs(qa)
+      elif isinstance(args, concurrent.futures.Future):
+        args = args.result()
+    except _InputError as e:
+      return Execution(ok=False, error=str(e)), []
     try:
       with capture_replies() as noted:
         ex = self.run_program(program.source, self.tools, args, timeout_s=self.timeout_s)
     except Exception as e:  # the job goes on whatever one program does
-      from aotd_jax.agent.sandbox import Execution
       return Execution(ok=False, error=f"sandbox failed: {type(e).__name__}: "
-                       f"{safe_str(str(e), 200)}")
-    self._tool_replies[id(qa)] = noted
-    return answer_checked(ex)
+                       f"{safe_str(str(e), 200)}"), []
+    return answer_checked(ex), noted
 
-  def process(self, batch: Sequence[Any]) -> list[dict]:
-    """Runs every stage on a batch of `VideoQA` and returns their records, in order."""
-    t0 = time.perf_counter()
-    replies: list[dict[str, str]] = [{} for _ in batch]
-
-    def keep(stage: str, llm, indices: Sequence[int]) -> None:
-      for i, reply in zip(indices, llm.take() if llm is not None else []):
-        replies[i][stage] = reply
-
-    parsed = self._programs(batch)
-    if self.program_source == "llm":
-      keep("program", self.program_llm, range(len(batch)))
-    self._tool_replies = {}
+  def _stage_execute(self, b: "_Batch") -> "_Batch":
+    args = b.args if b.args is not None else [None] * len(b.questions)
     with concurrent.futures.ThreadPoolExecutor(max(1, self.num_threads)) as pool:
-      executions = list(pool.map(self._execute, batch, parsed))
-    for i, qa in enumerate(batch):  # tools' raw model replies (the selector's), per tool
-      for noted in self._tool_replies.pop(id(qa), []):
-        replies[i].setdefault(noted["tool"], []).append(noted["reply"])
-    answers: list[filters.Verdict | None] = []
+      done = list(pool.map(self._execute, b.questions, b.parsed, args))
+    b.args = None  # the decoded clips can go
+    b.executions = [ex for ex, _ in done]
+    for i, (_, noted) in enumerate(done):  # tools' raw model replies (the selector's), per tool
+      for note in noted:
+        b.replies[i].setdefault(note["tool"], []).append(note["reply"])
+    return b
+
+  def _stage_answer_judge(self, b: "_Batch") -> "_Batch":
     to_judge = []
-    for i, (qa, ex) in enumerate(zip(batch, executions)):
+    for i, (qa, ex) in enumerate(zip(b.questions, b.executions)):
       verdict = None
       if ex is not None and ex.ok:
         verdict = filters.check_answer(ex.value, qa.choices, qa.answer, qa.answer_index)
@@ -440,41 +508,97 @@ class CotJob:
             verdict = filters.Verdict(False, "open-ended mismatch and no judge LLM", "match")
           else:
             to_judge.append(i)
-      answers.append(verdict)
+      b.answers.append(verdict)
     judged = filters.judge_answers(self.judge_llm, [
-        (batch[i].question, batch[i].answer, executions[i].value) for i in to_judge])
-    keep("answer_judge", self.judge_llm, to_judge)
+        (b.questions[i].question, b.questions[i].answer, b.executions[i].value)
+        for i in to_judge])
+    b.keep("answer_judge", self.judge_llm, to_judge)
     for i, verdict in zip(to_judge, judged):
-      answers[i] = verdict
-    passing = [i for i, v in enumerate(answers) if v is not None and v.passed]
-    rationales: dict[int, tuple[str, str]] = {}
-    items = [(batch[i].question, batch[i].choices, executions[i].trace, executions[i].value,
-              parsed[i].source) for i in passing]
+      b.answers[i] = verdict
+    b.passing = [i for i, v in enumerate(b.answers) if v is not None and v.passed]
+    return b
+
+  def _stage_rewrite(self, b: "_Batch") -> "_Batch":
+    qs, ex = b.questions, b.executions
+    items = [(qs[i].question, qs[i].choices, ex[i].trace, ex[i].value, b.parsed[i].source)
+             for i in b.passing]
     if self.cot_llm is not None:
-      rationales = dict(zip(passing, cot.rewrite(self.cot_llm, items, prompt=self.rewrite_prompt,
-                                                 fallback=self.rewrite_fallback)))
-      keep("rewrite", self.cot_llm, passing)
+      b.rationales = dict(zip(b.passing, cot.rewrite(
+          self.cot_llm, items, prompt=self.rewrite_prompt, fallback=self.rewrite_fallback)))
+      b.keep("rewrite", self.cot_llm, b.passing)
     else:
-      rationales = {i: (cot.verbalise(it[2], it[3]), "verbaliser") for i, it in zip(passing, items)}
-    logic: dict[int, filters.Verdict] = {}
+      b.rationales = {i: (cot.verbalise(it[2], it[3]), "verbaliser")
+                      for i, it in zip(b.passing, items)}
+    return b
+
+  def _stage_logic_judge(self, b: "_Batch") -> list[dict]:
     if self.logic_judge == "llm":
       verdicts = filters.judge_logic(self.judge_llm, [
-          (batch[i].question, batch[i].choices, rationales[i][0]) for i in passing],
-          parse=self.judge_parse)
-      keep("logic_judge", self.judge_llm, passing)
-      logic = dict(zip(passing, verdicts))
+          (b.questions[i].question, b.questions[i].choices, b.rationales[i][0])
+          for i in b.passing], parse=self.judge_parse)
+      b.keep("logic_judge", self.judge_llm, b.passing)
+      logic = dict(zip(b.passing, verdicts))
     else:
-      logic = {i: filters.rule_judge(rationales[i][0], executions[i].trace, executions[i].value)
-               for i in passing}
-    seconds = (time.perf_counter() - t0) / max(len(batch), 1)
-    return [make_record(qa, video_path=self.video_path(qa), program=parsed[i],
-                        execution=executions[i], rationale=rationales.get(i, (None, None))[0],
-                        rationale_source=rationales.get(i, (None, None))[1],
-                        answer_verdict=answers[i], logic_verdict=logic.get(i), seconds=seconds,
-                        llm_replies=replies[i], manifest=self.manifest)
-            for i, qa in enumerate(batch)]
+      logic = {i: filters.rule_judge(b.rationales[i][0], b.executions[i].trace,
+                                     b.executions[i].value) for i in b.passing}
+    seconds = (sum(b.stage_s.values()) + time.perf_counter() - b.stage_t0) / max(
+        len(b.questions), 1)
+    return [make_record(qa, video_path=self.video_path(qa), program=b.parsed[i],
+                        execution=b.executions[i],
+                        rationale=b.rationales.get(i, (None, None))[0],
+                        rationale_source=b.rationales.get(i, (None, None))[1],
+                        answer_verdict=b.answers[i], logic_verdict=logic.get(i),
+                        seconds=seconds, llm_replies=b.replies[i], manifest=self.manifest)
+            for i, qa in enumerate(b.questions)]
+
+  def stages(self) -> list[tuple[str, Callable[["_Batch"], Any]]]:
+    """The job's stages in order: (name, `_Batch -> _Batch`; the last returns the records).
+    Each adds its seconds to the batch's `stage_s` (a record's `timing.seconds` is their sum
+    over the batch's questions: its work, not its waits between stages)."""
+    def timed(name: str, fn: Callable[["_Batch"], Any]) -> Callable[["_Batch"], Any]:
+      def run(b: "_Batch") -> Any:
+        b.stage_t0 = time.perf_counter()
+        out = fn(b)
+        b.stage_s[name] = time.perf_counter() - b.stage_t0
+        if self.times is not None:
+          self.times.add(name, b.stage_s[name])
+        return out
+      return run
+    return [(name, timed(name, fn)) for name, fn in (
+        ("program", self._stage_programs), ("execute", self._stage_execute),
+        ("answer_judge", self._stage_answer_judge), ("rewrite", self._stage_rewrite),
+        ("logic_judge", self._stage_logic_judge))]
+
+  def process(self, batch: Sequence[Any]) -> list[dict]:
+    """Runs every stage on a batch of `VideoQA` and returns their records, in order."""
+    out: Any = _Batch(list(batch))
+    for _, fn in self.stages():
+      out = fn(out)
+    return out
 
   # -- the resumable loop --
+
+  def _batches(self, todo: Sequence[Any]) -> Iterator[list[dict]]:
+    """Each batch's records, in order: one batch at a time, or pipelined (`pipeline`)."""
+    starts = range(0, len(todo), self.batch_size)
+    if not self.pipeline:
+      for start in starts:
+        yield self.process(todo[start:start + self.batch_size])
+      return
+    decode = (concurrent.futures.ThreadPoolExecutor(self.decode_workers, "decode")
+              if self.decode_workers else None)
+
+    def batches() -> Iterator[_Batch]:
+      for start in starts:
+        qs = list(todo[start:start + self.batch_size])
+        args = [decode.submit(self._inputs, qa) for qa in qs] if decode else None
+        yield _Batch(qs, args=args)
+
+    try:
+      yield from run_stages(batches(), self.stages(), max_in_flight=self.max_batches_in_flight)
+    finally:
+      if decode is not None:
+        decode.shutdown(wait=True, cancel_futures=True)
 
   def run(self, questions: Sequence[Any], paths: JobPaths, *, label: str = "",
           progress_every_s: float = 5.0, stream: TextIO | None = None) -> filters.FilterStats:
@@ -501,8 +625,7 @@ class CotJob:
     if done:
       print(f"{label}resuming: {len(done)} records in {paths.records}, {len(todo)} to go",
             file=progress.stream, flush=True)
-    for start in range(0, len(todo), self.batch_size):
-      records = self.process(todo[start:start + self.batch_size])
+    for records in self._batches(todo):
       broken = broken_backend(records, self.fail_fast_min)
       if broken:
         raise JobError(f"{label}an expert backend is broken: {broken}. Nothing of this batch was "
