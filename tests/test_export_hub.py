@@ -137,12 +137,10 @@ def test_processor_files_load_in_transformers_own_classes(export_dir):
 
 
 def test_auto_processor_loads_the_export(export_dir):
-  pytest.importorskip(
-      "torchvision", reason="needs torchvision: without it transformers 5 cannot build "
-      "LlavaNextVideoProcessor (AutoVideoProcessor and BaseVideoProcessor are torchvision-only), "
-      "and installing it here would replace the CPU torch 2.13.0; where it is installed this "
-      "checks that AutoProcessor.from_pretrained(export) alone loads it and expands a clip's "
-      "<video> to the model's token count")
+  """Where torchvision imports: AutoProcessor.from_pretrained(export) alone loads the export and
+  expands a clip's <video> to the model's token count."""
+  from tests.test_export_processors import _torchvision_or_skip
+  _torchvision_or_skip()
   cfg = _student_config(export_dir)
   processor = transformers.AutoProcessor.from_pretrained(export_dir)
   out = processor(text="<video> what happens?", videos=[_frames()], return_tensors="np")

@@ -8,12 +8,13 @@ import os
 import shutil
 from typing import Any, Mapping
 
+from aotd_jax.hf import processor_files
+
 # Files copied from the tokenizer / processor directory (the student's base model folder).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
                    "chat_template.jinja", "chat_template.json")
-PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json",
-                   "video_preprocessor_config.json")
+PROCESSOR_FILES = processor_files.FILES
 
 
 def generation_config(hf_config: Mapping[str, Any]) -> dict:
@@ -53,39 +54,6 @@ def _portable_tokenizer_class(path: str) -> None:
       json.dump(config, f, indent=2, ensure_ascii=False)
 
 
-def processor_configs(hf_config: Mapping[str, Any]) -> dict[str, dict]:
-  """transformers' processor files for a LLaVA-NeXT-Video export whose source folder has none
-  (file name -> content; {} for other models).
-
-  The sizes come from the model's own config (vision tile size, patch size, any-res grid,
-  feature selection, CLIP's class token), the rest is the student's preprocessing
-  (`data/video_processing.py`: bicubic shortest-edge resize, centre crop, CLIP mean/std), so
-  transformers' processor makes the inputs the student was trained on: `<video>` and `<image>`
-  expand to as many placeholders as the model has features.
-  """
-  from aotd_jax.data import video_processing  # pylint: disable=g-import-not-at-top
-  if hf_config.get("model_type") != "llava_next_video":
-    return {}
-  vision = hf_config["vision_config"]
-  size = int(vision["image_size"])
-  common = {"do_convert_rgb": True, "do_resize": True, "size": {"shortest_edge": size},
-            "resample": 3, "do_center_crop": True, "crop_size": {"height": size, "width": size},
-            "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
-            "image_mean": list(video_processing.CLIP_MEAN),
-            "image_std": list(video_processing.CLIP_STD)}
-  image = {**common, "image_processor_type": "LlavaNextImageProcessor", "do_pad": True,
-           "image_grid_pinpoints": [list(p) for p in hf_config["image_grid_pinpoints"]]}
-  video = {**common, "video_processor_type": "LlavaNextVideoVideoProcessor",
-           "do_sample_frames": False}
-  processor = {"processor_class": "LlavaNextVideoProcessor", "patch_size": int(vision["patch_size"]),
-               "vision_feature_select_strategy": hf_config.get("vision_feature_select_strategy",
-                                                               "default"),
-               "num_additional_image_tokens": int(vision.get("model_type") == "clip_vision_model"),
-               "image_token": "<image>", "video_token": "<video>"}
-  return {"preprocessor_config.json": image, "video_preprocessor_config.json": video,
-          "processor_config.json": processor}
-
-
 def _has_chat_template(hf_dir: str) -> bool:
   if any(os.path.isfile(os.path.join(hf_dir, n)) for n in ("chat_template.jinja", "chat_template.json")):
     return True
@@ -94,6 +62,19 @@ def _has_chat_template(hf_dir: str) -> bool:
     return False
   with open(path) as f:
     return bool(json.load(f).get("chat_template"))
+
+
+def student_chat_template(hf_config: Mapping[str, Any], *, has_own: bool) -> str | None:
+  """The chat template the student was trained with, to write into the export, or None to keep
+  the copied one: LLaVA-OneVision and Qwen2-VL students always use theirs
+  (`conversation.STUDENT_CHAT_TEMPLATES`, which replaces the tokenizer's own in training);
+  a LLaVA-NeXT-Video student whose tokenizer has none was trained on the plain format."""
+  from aotd_jax.data import conversation  # pylint: disable=g-import-not-at-top
+  architectures = hf_config.get("architectures") or [""]
+  template = conversation.STUDENT_CHAT_TEMPLATES.get(architectures[0])
+  if template is None and not has_own and hf_config.get("model_type") == "llava_next_video":
+    template = conversation.PLAIN_CHAT_TEMPLATE
+  return template
 
 
 def _datasets(config: Mapping[str, Any]) -> list[str]:
@@ -159,9 +140,8 @@ def write_hub_files(hf_dir: str, *, hf_config: Mapping[str, Any], tokenizer_dir:
   """Writes `README.md`, the tokenizer/processor files and (when `save_pretrained` has not)
   `generation_config.json` into `hf_dir`, beside config.json + safetensors; returns the names
   written. Processor files come from `tokenizer_dir` or, where it has none, from the model's
-  config (`processor_configs`); a LLaVA-NeXT-Video export without a chat template gets
-  `chat_template.jinja` holding the plain format the student was trained on without one
-  (`conversation.PLAIN_CHAT_TEMPLATE`)."""
+  config (`processor_files.processor_configs`). The chat template the student was trained
+  with (`student_chat_template`) goes to `chat_template.jinja` and `tokenizer_config.json`."""
   written = []
   if not os.path.isfile(os.path.join(hf_dir, "generation_config.json")):
     with open(os.path.join(hf_dir, "generation_config.json"), "w") as f:
@@ -170,20 +150,24 @@ def write_hub_files(hf_dir: str, *, hf_config: Mapping[str, Any], tokenizer_dir:
   if tokenizer_dir:
     written += copy_tokenizer_files(tokenizer_dir, hf_dir)
   if not set(written) & set(PROCESSOR_FILES):
-    for name, content in processor_configs(hf_config).items():
+    for name, content in processor_files.processor_configs(hf_config).items():
       with open(os.path.join(hf_dir, name), "w") as f:
         json.dump(content, f, indent=2, sort_keys=True)
       written.append(name)
-  if not _has_chat_template(hf_dir) and hf_config.get("model_type") == "llava_next_video":
-    from aotd_jax.data import conversation  # pylint: disable=g-import-not-at-top
+  template = student_chat_template(hf_config, has_own=_has_chat_template(hf_dir))
+  if template is not None:
     with open(os.path.join(hf_dir, "chat_template.jinja"), "w") as f:
-      f.write(conversation.PLAIN_CHAT_TEMPLATE)  # the format the student was trained on
-    written.append("chat_template.jinja")
+      f.write(template)
+    if "chat_template.jinja" not in written:
+      written.append("chat_template.jinja")
+    if os.path.isfile(os.path.join(hf_dir, "chat_template.json")):  # the older form: one template
+      os.remove(os.path.join(hf_dir, "chat_template.json"))
+      written = [n for n in written if n != "chat_template.json"]
     tok_config = os.path.join(hf_dir, "tokenizer_config.json")
     if os.path.isfile(tok_config):  # where transformers 4.x tokenizers read it
       with open(tok_config) as f:
         config_json = json.load(f)
-      config_json["chat_template"] = conversation.PLAIN_CHAT_TEMPLATE
+      config_json["chat_template"] = template
       with open(tok_config, "w") as f:
         json.dump(config_json, f, indent=2, ensure_ascii=False)
   base = str((config or {}).get("student", {}).get("hf_dir", "") or "")
