@@ -22,7 +22,9 @@ class FakeServer:
   def __init__(self):
     self.script, self.requests, self.headers = [], [], []
     self.inflight = self.max_inflight = 0
-    self.delay_s, self.slow_s, self.random_replies = 0.0, 1.0, False
+    # a "slow" request waits until `release` is set (at close) or `slow_s` has passed
+    self.delay_s, self.slow_s, self.random_replies = 0.0, 60.0, False
+    self.release = threading.Event()
     # >0: each request waits (<= 10 s) until this many are in flight or all `expect_requests`
     # have arrived (the last one may be alone)
     self.hold_until_inflight, self.expect_requests = 0, 0
@@ -47,7 +49,10 @@ class FakeServer:
                                   or len(server.requests) >= server.expect_requests,
                                   timeout=10.0)
         try:
-          time.sleep(server.slow_s if action == "slow" else server.delay_s)
+          if action == "slow":
+            server.release.wait(timeout=server.slow_s)
+          else:
+            time.sleep(server.delay_s)
         finally:
           # Counted out before the reply is written: a client that has read its reply may
           # send the next request before this thread would otherwise get to the decrement.
@@ -82,6 +87,7 @@ class FakeServer:
     self.thread.start()
 
   def close(self):
+    self.release.set()
     self.httpd.shutdown()
     self.httpd.server_close()
 
@@ -147,14 +153,19 @@ def test_http_client_errors_are_not_retried(server):
 
 
 def test_http_timeout_is_retried_then_reported(server):
-  server.slow_s = 0.8
+  # A "slow" request is held until the test ends (an event, not a delay), so it times out
+  # however fast or loaded the machine is; the retry is answered at once, well inside the 2 s
+  # that every test here gives an answered request.
   server.script = ["slow"]
-  llm, _ = client(server, timeout_s=0.3)
+  llm, _ = client(server)
   assert llm.complete(["hi"], max_new_tokens=4) == ["re: hi"]
-  server.script = ["slow"] * 3
-  with pytest.raises(LLMError, match="failed after 3 attempts: timed out after 0.3 s"):
+  assert len(server.requests) == 2  # one held first try + one retry
+  server.script = ["slow"] * 3  # every try held: a short timeout cannot flake here
+  llm, _ = client(server, timeout_s=0.1)
+  with pytest.raises(LLMError, match="failed after 3 attempts: timed out after 0.1 s"):
     llm.complete(["hi"], max_new_tokens=4)
-  # counted, not timed: one slow first try + one retry, then exactly three tries
+  with server.lock:  # the last try's handler may still be reading it: wait for the count
+    server.changed.wait_for(lambda: len(server.requests) >= 5, timeout=30.0)
   assert len(server.requests) == 2 + 3
 
 

@@ -48,10 +48,55 @@ def test_oracle_wiring_scores_one_on_every_ground_truth_subtask(results):
   assert gen["n"] > 0
 
 
-def test_random_baseline_scores_near_chance(results):
+def _iou(a, b) -> float:
+  w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+  h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+  inter = w * h
+  return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def _chance_scores(data, seed: int = 0) -> dict[str, float]:
+  """The random detector's and grounder's figures recomputed here, independently of the
+  harness's scorers: what `default_rng(seed)` draws as the baselines document (per frame and
+  label, a box of width and height uniform in [0.05, 0.5] of the frame at a uniform position
+  inside it; per action, the window between two uniform frame positions), scored by IoU."""
+  det_rng, gr_rng = np.random.default_rng(seed), np.random.default_rng(seed)
+  det, gr = [], []
+  for vid in data.video_ids:
+    clip = data.clip(vid)
+    frames = [data.gt.frame(vid, int(f))["boxes"] for f in clip.frame_ids]
+    labels = sorted({label for boxes in frames for label, _ in boxes})
+    for boxes in frames if labels else []:
+      drawn = {}
+      for label in labels:
+        w, h = det_rng.uniform(0.05, 0.5, 2) * (clip.width, clip.height)
+        x, y = det_rng.uniform(0, 1, 2) * (clip.width - w, clip.height - h)
+        drawn[label] = (x, y, x + w, y + h)
+      det += [_iou(drawn[label], box) for label, box in boxes]
+    for _, runs in sorted(subtasks.action_runs(data.gt, vid, clip.frame_ids).items()):
+      a, b = sorted(gr_rng.integers(0, len(clip), 2))
+      lo, hi = int(clip.frame_ids[a]), int(clip.frame_ids[b]) + 1
+      gr.append(max(max(0, min(hi, e) - max(lo, s)) / (max(hi, e) - min(lo, s))
+                    for s, e in runs))
+  return {"detection_iou": float(np.mean(det)), "grounding_iou": float(np.mean(gr))}
+
+
+def test_random_baselines_on_hand_data():
+  """Chance on the hand data (6 frames of 8x8, boxes (0,0,2,2) and (0,0,4,4)): the figures
+  are the IoUs of what seed 0 draws, computed in `_chance_scores`."""
+  data = _hand_data()
+  want = _chance_scores(data)
+  det = subtasks.score_detector(harness.RandomDetector(0), data)
+  gr = subtasks.score_grounder(harness.RandomGrounder(0), data)
+  assert det["n"] == 9 and det["detection_iou"] == pytest.approx(want["detection_iou"])
+  assert gr["n"] == 2 and gr["grounding_iou"] == pytest.approx(want["grounding_iou"])
+
+
+def test_random_baseline_scores_chance(world, results):
   rnd, oracle = results["random"], results["oracle"]
-  assert rnd["detector"]["detection_iou"] < 0.15
-  assert rnd["grounder"]["grounding_iou"] < 0.5
+  want = _chance_scores(harness.load_data(_config(world).data, plugins=[PLUGIN]))
+  assert rnd["detector"]["detection_iou"] == pytest.approx(want["detection_iou"])
+  assert rnd["grounder"]["grounding_iou"] == pytest.approx(want["grounding_iou"])
   assert rnd["action_recognizer"]["action_top1"] < 0.7
   assert rnd["program_generator"]["program_normalized"] < 1.0
   for role, key in [("detector", "detection_iou"), ("grounder", "grounding_iou"),
@@ -92,7 +137,8 @@ def test_star_format_with_blank_frames(world):
   res = harness.evaluate(config, plugins=[PLUGIN])
   assert res["oracle"]["detector"]["detection_iou"] == 1.0
   assert res["oracle"]["grounder"]["grounding_iou"] == 1.0
-  assert res["random"]["detector"]["detection_iou"] < 0.15
+  want = _chance_scores(harness.load_data(config.data, plugins=[PLUGIN]))
+  assert res["random"]["detector"]["detection_iou"] == pytest.approx(want["detection_iou"])
 
 
 @pytest.mark.parametrize("edit,msg", [
@@ -145,7 +191,9 @@ def test_launcher_prints_the_table(world, tmp_path):
 def test_score_experts_without_trained_models_gives_chance(world):
   scores = expert_scores.score_experts(world, {}, split="val")
   assert scores["detection_iou"] is None and scores["program_accuracy"] is None
-  assert scores["random"]["detection_iou"] < 0.15
+  want = _chance_scores(harness.load_data(_config(world).data, plugins=[PLUGIN]))
+  assert scores["random"]["detection_iou"] == pytest.approx(want["detection_iou"])
+  assert scores["random"]["grounding_iou"] == pytest.approx(want["grounding_iou"])
   assert "random" in scores["table"]
 
 
