@@ -3,14 +3,16 @@ r"""The toy-world study: AoTD vs Instruct over seeds, teachers, protocols and λ
   python -m launch.study --config=configs/toyworld/demo.py:quick --workdir=/tmp/aotd_study \
       --seeds=0,1,2,3,4 [--arms=instruct,aotd,...] [--epochs=5] [--config.KEY=VALUE ...]
 
-The demo's world, experts and CoTs are made once (`workdir/shared`), then each (arm, seed)
-student trains and is evaluated on the held-out test split; a finished one is not redone,
-so rerunning the command after a kill resumes. Writes `workdir/runs/<arm>_s<seed>.json`,
+Each seed draws its own world, experts and CoTs (`--vary=all`: world.seed + seed; made once
+into `workdir/shared_w<seed>`), then each (arm, seed) student trains and is evaluated on its
+world's held-out test split; a finished one is not redone, so rerunning the command after a
+kill resumes (`--vary=student`: one world in `workdir/shared`, only the student's seed
+changes). Writes `workdir/runs/<arm>_s<seed>.json`,
 `workdir/study.json` and the table `workdir/study.md`; the arms are listed in
-`aotd_jax.projects.toyworld.study.ARMS`. The default study (quick world, 10 arms x 5 seeds = 50
-students, ~35 s of CPU each, plus ~5 min for the shared stages) is about 35 minutes of CPU time,
-hours of wall time on a shared 2-core box; it prints its progress with an estimate of the time
-left. `--report_only` tables the runs finished so far.
+`aotd_jax.projects.toyworld.study.ARMS`. The whole study (quick world, 15 arms x 5 seeds = 75
+students, ~35-70 s of CPU each, plus ~8 min of shared stages per seed) is about 2 hours of CPU
+time, hours of wall time on a shared 2-core box (docs/study.md); it prints its progress with
+an estimate of the time left. `--report_only` tables the runs finished so far.
 """
 from __future__ import annotations
 
@@ -22,7 +24,10 @@ from launch import cli
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/toyworld/demo.py:quick",
                                           "The demo config the study starts from.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Shared stages, runs and the table go here.")
-_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2", "3", "4"], "Student seeds (paired across arms).")
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2", "3", "4"], "Seeds (paired across arms).")
+_VARY = flags.DEFINE_enum("vary", "all", ["all", "student"], "What a seed changes: 'all' = its "
+                          "own world (world.seed + seed), experts, CoTs and student; 'student' "
+                          "= one world, the student's seed only.")
 _ARMS = flags.DEFINE_list("arms", None, "Arms to run (default: all of study.ARMS); each CoT "
                           "arm brings its baseline.")
 _EPOCHS = flags.DEFINE_float("epochs", 5.0, "Passes over each student's own data (protocol "
@@ -45,7 +50,8 @@ def main(argv):
   seeds = cli.parse_seeds(_SEEDS.value)
   arms = _ARMS.value or list(study.ARMS)
   out = study.run_study(_CONFIG.value, _WORKDIR.value, arms, seeds, epochs=_EPOCHS.value,
-                        samples=_SAMPLES.value, report_only=_REPORT_ONLY.value, log=lambda s: print(s, flush=True))
+                        samples=_SAMPLES.value, report_only=_REPORT_ONLY.value,
+                        vary=_VARY.value, log=lambda s: print(s, flush=True))
   logging.info("study: %s/study.md (%.0fs)", _WORKDIR.value, out["seconds"])
 
 

@@ -1,8 +1,8 @@
 """The toy-world study (`aotd_jax.projects.toyworld.study`, `launch/study.py`): the paired intervals on
-known numbers, the noisy oracle teacher's clip swap, and a 2-seed study whose training and
-evaluation stages are replaced by deterministic fakes (pairing, table, resume, refusals).
-The real stages are covered end to end by tests/test_demo.py; `test_micro_study_end_to_end`
-(slow) runs them through the study."""
+known numbers (crossed and nested), the noisy oracle teacher's clip swap, and 2-seed studies
+whose shared, training and evaluation stages are replaced by deterministic fakes (a world
+per seed or one world, pairing, table, resume, refusals). The real stages are covered end
+to end by tests/test_demo.py."""
 import json
 import os
 
@@ -82,20 +82,24 @@ def test_swapped_clips_moves_the_share_asked_and_no_clip_keeps_its_own():
 
 # -- a 2-seed study on fake stages ---------------------------------------------------------------
 
-QIDS = [f"q{i}" for i in range(40)]
+def qids(world_seed: int) -> list[str]:
+  """The fake world `world_seed`'s test questions: 40 + world_seed of them."""
+  return [f"w{world_seed}_q{i}" for i in range(40 + world_seed)]
 
 
 @pytest.fixture
 def fake_stages(monkeypatch):
   """Shared stages and the student / eval stages replaced by deterministic fakes: a student
-  answers question i right when (i + seed + bonus) % 3 != 0, bonus = 1 for CoT students."""
+  answers question i of world w right when (i + seed + bonus) % 3 != 0, bonus = 1 for CoT
+  students; world w has 40 + w test questions (w = the config's world seed)."""
   calls = []
 
   def shared(config, workdir, arms, log):
-    cots = {a.cot_set: {"questions": 10, "passed_answer": 6, "passed_judge": 5, "unfiltered": 9}
+    cots = {a.cot_key: {"questions": 10, "passed_answer": 6, "passed_judge": 5, "unfiltered": 9}
             for a in arms if a.cot_set}
+    calls.append(("shared", os.path.basename(workdir), int(config.world.seed)))
     return {"world": "w", "tokenizer": "t", "experts": {"qa": {"source": "trained"}},
-            "cots": cots, "base_dir": "", "vision_dir": ""}
+            "cots": cots, "bases": {"base": "", "large": ""}, "vision_dir": ""}
 
   def student_stage(cfg, armdir, name, seed, *args):
     calls.append((os.path.basename(armdir), seed))
@@ -105,8 +109,9 @@ def fake_stages(monkeypatch):
 
   def eval_stage(cfg, armdir, info, world):
     bonus = 0 if info["name"] == "instruct" else 1
-    correct = [(i + info["seed"] + bonus) % 3 != 0 for i in range(len(QIDS))]
-    return {"accuracy": float(np.mean(correct)), "per_type": {}, "qids": QIDS,
+    q = qids(int(cfg.world.seed))
+    correct = [(i + info["seed"] + bonus) % 3 != 0 for i in range(len(q))]
+    return {"accuracy": float(np.mean(correct)), "per_type": {}, "qids": q,
             "correct": correct, "rationales": [], "letters": {}}
 
   monkeypatch.setattr(study, "shared_stages", shared)
@@ -121,22 +126,27 @@ def test_study_pairs_arms_writes_the_table_and_resumes(tmp_path, fake_stages):
   lines = []
   out = study.run_study(config, str(tmp_path), ["aotd", "aotd_steps"], [0, 1], epochs=1,
                         samples=500, log=lines.append)
+  # one world (and set of experts) per seed, drawn from world.seed + seed, made once
+  assert [c for c in fake_stages if c[0] == "shared"] == [("shared", "shared_w0", 0),
+                                                          ("shared", "shared_w1", 1)]
+  fake_stages[:] = [c for c in fake_stages if c[0] != "shared"]
   # each CoT arm brings its baseline; 4 arms x 2 seeds
   assert sorted(fake_stages) == sorted((a, s) for a in ("instruct", "aotd", "instruct_steps",
                                                         "aotd_steps") for s in (0, 1))
   rows = {r["arm"]: r for r in out["rows"]}
   assert rows["aotd"]["baseline"] == "instruct" and rows["instruct"]["compare"] is None
-  # paired per seed on the same questions: the fake's accuracies are exact thirds
-  expected = [np.mean([(i + s + 1) % 3 != 0 for i in range(40)])
-              - np.mean([(i + s) % 3 != 0 for i in range(40)]) for s in (0, 1)]
+  # paired per seed on its own world's questions (40 and 41): a nested bootstrap
+  expected = [np.mean([(i + s + 1) % 3 != 0 for i in range(40 + s)])
+              - np.mean([(i + s) % 3 != 0 for i in range(40 + s)]) for s in (0, 1)]
   c = rows["aotd"]["compare"]
   assert c["per_seed"] == pytest.approx(expected) and c["mean"] == pytest.approx(np.mean(expected))
-  assert c["bootstrap"]["seeds"] == 2 and c["bootstrap"]["questions"] == 40
+  assert c["nested"] and c["bootstrap"]["seeds"] == 2 and c["bootstrap"]["questions"] == 81
   assert rows["aotd"]["cots"] == 5 and rows["aotd"]["teacher_accuracy"] == 0.6
   assert rows["aotd_steps"]["protocol"] == "steps"
   table = (tmp_path / "study.md").read_text()
   assert "| aotd |" in table and "vs instruct" in table and "vs instruct_steps" in table
-  assert json.loads((tmp_path / "study.json").read_text())["questions"] == 40
+  assert json.loads((tmp_path / "study.json").read_text())["questions"] == (
+      "40-41 questions per world")
   assert (tmp_path / "runs" / "aotd_s1.json").is_file()
   assert "<svg" in (tmp_path / "study_gain.svg").read_text()  # aotd: gain vs teacher accuracy
   # a rerun (e.g. after a kill) trains nothing that finished, and can add a seed
@@ -144,7 +154,8 @@ def test_study_pairs_arms_writes_the_table_and_resumes(tmp_path, fake_stages):
   (tmp_path / "runs" / "aotd_s1.json").unlink()  # as if killed before this run finished
   study.run_study(config, str(tmp_path), ["aotd"], [0, 1, 2], epochs=1, samples=100,
                   log=lines.append)
-  assert sorted(fake_stages) == [("aotd", 1), ("aotd", 2), ("instruct", 2)]
+  assert sorted(fake_stages) == [("aotd", 1), ("aotd", 2), ("instruct", 2),
+                                 ("shared", "shared_w1", 1), ("shared", "shared_w2", 2)]
   # report_only trains nothing and tables the finished runs (seeds 0-2 of aotd, instruct)
   fake_stages.clear()
   out = study.run_study(config, str(tmp_path), ["aotd", "aotd_steps"], [0, 1, 2, 3], epochs=1,
@@ -158,6 +169,26 @@ def test_study_pairs_arms_writes_the_table_and_resumes(tmp_path, fake_stages):
   with pytest.raises(DemoError, match=r"instruct_s0.json was written for arm"):
     study.run_study(config, str(tmp_path), ["aotd"], [0], epochs=2, log=lines.append)
 
+
+def test_study_one_world_pairs_on_shared_questions(tmp_path, fake_stages):
+  """--vary=student: every seed on the world of config.world.seed, one shared directory, the
+  crossed (seeds x questions) bootstrap; the judge and size arms take their own CoT set and
+  student init."""
+  config = demo_config.get_config("micro")
+  config.compilation_cache, config.world.seed = False, 3
+  out = study.run_study(config, str(tmp_path), ["aotd_rjudge", "aotd_large"], [0, 1],
+                        epochs=1, samples=100, vary="student", log=lambda s: None)
+  assert {c for c in fake_stages if c[0] == "shared"} == {("shared", "shared", 3)}
+  rows = {r["arm"]: r for r in out["rows"]}
+  assert set(rows) == {"instruct", "aotd_rjudge", "instruct_large", "aotd_large"}
+  c = rows["aotd_rjudge"]["compare"]
+  assert not c["nested"] and c["bootstrap"]["questions"] == 43
+  assert rows["aotd_rjudge"]["judge"] == "rationale" and rows["aotd_large"]["size"] == "large"
+  assert rows["aotd_large"]["baseline"] == "instruct_large"
+  table = (tmp_path / "study.md").read_text()
+  assert "| aotd_rjudge | agent (60 %) | 5 | rationale | base |" in table
+  with pytest.raises(DemoError, match="--vary='world'"):
+    study.run_study(config, str(tmp_path), ["aotd"], [0], epochs=1, vary="world")
 
 def test_study_refuses_unknown_arms_and_bad_seeds(tmp_path):
   with pytest.raises(DemoError, match=r"unknown arm\(s\) \['aodt'\]"):
@@ -196,3 +227,39 @@ def test_demo_report_prints_the_paired_difference():
   evals = {"instruct": [{"correct": [True, False]}], "aotd": [{"correct": [True, True]}]}
   assert demo_run.paired_differences(evals)["aotd"]["mean"] == 0.5
   assert demo_run.paired_differences({"aotd": evals["aotd"]}) == {}
+
+
+def test_nested_bootstrap_per_world_questions():
+  # two worlds of 4 and 2 questions: per-seed gains 0.25 and 1.0, mean 0.625
+  a = [np.array([1, 0, 0, 0]), np.array([1, 1])]
+  b = [np.zeros(4), np.zeros(2)]
+  ci = stats.nested_bootstrap(a, b, samples=4000, seed=0)
+  assert ci["mean"] == 0.625 and ci["questions"] == 6 and ci["seeds"] == 2
+  assert 0.0 <= ci["lo"] < 0.625 < ci["hi"] <= 1.0
+  c = stats.compare(a, b, samples=200, nested=True)
+  assert c["per_seed"] == [0.25, 1.0] and c["nested"] and c["t"]["n"] == 2
+  # the same questions in every seed: nested and crossed agree on the mean
+  x = np.array([[1, 0, 1, 1], [0, 0, 1, 1]])
+  assert stats.nested_bootstrap(x, np.zeros_like(x))["mean"] == pytest.approx(
+      stats.paired_bootstrap(x, np.zeros_like(x))["mean"])
+  with pytest.raises(ValueError, match=r"seed 1: correctness arrays of shapes \(2,\) and \(3,\)"):
+    stats.nested_bootstrap(a, [np.zeros(4), np.zeros(3)])
+  with pytest.raises(ValueError, match="2 and 1 seeds"):
+    stats.nested_bootstrap(a, b[:1])
+
+
+def test_seed_config_draws_a_world_per_seed():
+  config = demo_config.get_config("micro")
+  config.world.seed = 10
+  assert study.seed_config(config, 3, "all").world.seed == 13
+  assert study.seed_config(config, 3, "student").world.seed == 10
+  assert config.world.seed == 10  # the base config is not touched
+  assert study.shared_dir("W", 3, "all") == os.path.join("W", "shared_w3")
+  with pytest.raises(DemoError, match="--vary='seed'"):
+    study.seed_config(config, 0, "seed")
+  config.students.init_from = ""
+  with pytest.raises(DemoError, match="size 'large' needs config.students.init_from='qa'"):
+    study.student_init(config, "W", {}, "large", "", print)
+  with pytest.raises(DemoError, match="size 'huge'"):
+    study.student_init(config, "W", {}, "huge", "", print)
+  assert study.student_init(config, "W", {}, "base", "B", print) == "B"

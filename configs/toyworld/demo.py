@@ -69,7 +69,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       programs="llm",                 # llm | gold (the annotation's program, for debugging)
       fallback_to_gold=True,          # an unparsable / missing LLM program -> gold (counted)
       max_new_tokens=64 if micro else 160, batch_size=8, timeout_s=20.0, max_frames=24,
-      sandbox_workers=2, sandbox_memory_mb=512, logic_judge="rule"))
+      sandbox_workers=2, sandbox_memory_mb=512, logic_judge="rule",
+      # also check each kept CoT against its question: the objects and events it names must
+      # be in the trace and the rationale (aotd_jax/projects/toyworld/rationale_judge.py)
+      rationale_judge=False))
 
   # Students: three, distilled from the same init.
   c.students = ml_collections.ConfigDict(dict(

@@ -161,7 +161,11 @@ def unfiltered_cots(records: Sequence[Mapping], path: str) -> int:
 def cot_stage(config, workdir: str, world_dir: str, experts_info: Mapping, *,
               tools: Mapping[str, Callable] | None = None, name: str = "cots") -> dict:
   """Runs the CoT job on the train split (resumable) into `workdir/name`; returns its paths
-  and filter counts. tools: see `build_agent` (another teacher's tools, e.g. noisy oracles)."""
+  and filter counts. tools: see `build_agent` (another teacher's tools, e.g. noisy oracles).
+
+  With `config.agent.rationale_judge`, the kept CoTs are judged again against their question
+  (`rationale_judge.judged_cots`): `filtered_path` / `passed_judge` are that set's.
+  """
   out = os.path.join(workdir, name)
   summary = os.path.join(out, "summary.json")
 
@@ -184,6 +188,10 @@ def cot_stage(config, workdir: str, world_dir: str, experts_info: Mapping, *,
             "program_source": config.agent.programs, "records": paths.records,
             "filtered_path": paths.array_record, "unfiltered_path": unfiltered,
             "seconds": round(time.perf_counter() - t0, 2)}
-  return cached(summary, compute)
+  result = cached(summary, compute)
+  if config.agent.get("rationale_judge", False):
+    from aotd_jax.projects.toyworld.rationale_judge import judged_cots
+    result = judged_cots(result)
+  return result
 
 

@@ -6,6 +6,8 @@ difference A - B:
 
 - `paired_bootstrap`: resamples seeds and questions independently (a two-way bootstrap),
   so it covers both the test set's sampling and the training seeds' spread;
+- `nested_bootstrap`: when each seed has its own test questions (its own world), resamples
+  seeds, then each drawn seed's questions (a hierarchical bootstrap);
 - `t_interval`: Student's t over the per-seed differences of accuracy (the seeds' spread
   only; needs two or more seeds).
 """
@@ -75,13 +77,57 @@ def paired_bootstrap(a, b, *, samples: int = 4000, seed: int = 0) -> dict:
           "questions": int(n_q), "samples": int(samples)}
 
 
-def compare(a, b, *, samples: int = 4000, seed: int = 0) -> dict:
-  """Both intervals for A - B: {mean, bootstrap: {...}, t: {...} | None, per_seed: [...]}."""
-  a, b = _pair(a, b)
-  per_seed = (a.mean(axis=1) - b.mean(axis=1)).tolist()
-  return {"mean": float(np.mean(per_seed)), "per_seed": per_seed,
-          "bootstrap": paired_bootstrap(a, b, samples=samples, seed=seed),
-          "t": t_interval(per_seed) if len(per_seed) > 1 else None}
+def _pair_nested(a, b) -> list[np.ndarray]:
+  """Per-seed differences A - B of the seeds' own (possibly differently long) questions."""
+  if len(a) != len(b) or not len(a):
+    raise ValueError(f"nested comparison: {len(a)} and {len(b)} seeds; expected the same "
+                     "non-zero number")
+  out = []
+  for k, (x, y) in enumerate(zip(a, b)):
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if x.shape != y.shape or x.ndim != 1 or x.size == 0:
+      raise ValueError(f"nested comparison: seed {k}: correctness arrays of shapes {x.shape} "
+                       f"and {y.shape}; expected the same non-empty (questions,)")
+    out.append(x - y)
+  return out
+
+
+def nested_bootstrap(a, b, *, samples: int = 4000, seed: int = 0) -> dict:
+  """Mean over seeds of the per-seed mean A - B, and its 95 % percentile interval from
+  `samples` hierarchical resamples: seeds with replacement, then each seed's own questions
+  with replacement. a, b: one 0/1 array per seed (lengths may differ between seeds).
+
+  Returns {mean, lo, hi, seeds, questions (total), samples}.
+  """
+  diffs = _pair_nested(a, b)
+  rng = np.random.default_rng(seed)
+  n_seeds = len(diffs)
+  # per seed, `samples` resampled means of its questions
+  means = np.stack([rng.multinomial(d.size, np.full(d.size, 1.0 / d.size), size=samples) @ d
+                    / d.size for d in diffs], axis=1)  # (samples, seeds)
+  ws = rng.multinomial(n_seeds, np.full(n_seeds, 1.0 / n_seeds), size=samples)
+  stats = (ws * means).sum(axis=1) / n_seeds
+  lo, hi = np.quantile(stats, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
+  return {"mean": float(np.mean([d.mean() for d in diffs])), "lo": float(lo), "hi": float(hi),
+          "seeds": n_seeds, "questions": int(sum(d.size for d in diffs)),
+          "samples": int(samples)}
+
+
+def compare(a, b, *, samples: int = 4000, seed: int = 0, nested: bool = False) -> dict:
+  """Both intervals for A - B: {mean, bootstrap: {...}, t: {...} | None, per_seed: [...]}.
+
+  nested: each seed has its own test questions (`nested_bootstrap`); otherwise every seed
+  answers the same questions (`paired_bootstrap`, a (seeds, questions) array).
+  """
+  if nested:
+    per_seed = [float(d.mean()) for d in _pair_nested(a, b)]
+    boot = nested_bootstrap(a, b, samples=samples, seed=seed)
+  else:
+    a, b = _pair(a, b)
+    per_seed = (a.mean(axis=1) - b.mean(axis=1)).tolist()
+    boot = paired_bootstrap(a, b, samples=samples, seed=seed)
+  return {"mean": float(np.mean(per_seed)), "per_seed": per_seed, "bootstrap": boot,
+          "nested": bool(nested), "t": t_interval(per_seed) if len(per_seed) > 1 else None}
 
 
 def fmt_interval(ci: dict | None, scale: float = 100.0) -> str:

@@ -18,7 +18,7 @@ from typing import Callable, Mapping, Sequence
 
 import ml_collections
 
-from aotd_jax.projects.toyworld import run as demo_run, stats
+from aotd_jax.projects.toyworld import rationale_judge, run as demo_run, stats
 from aotd_jax.projects.toyworld.agent import cot_stage
 from aotd_jax.projects.toyworld.common import (DemoError, cached, check_config_stamp,
                                   enable_compilation_cache, read_split, write_json)
@@ -29,7 +29,10 @@ class Arm:
   """One student setting. student: a `run.STUDENT_DATA` name (its CoT set: none, the kept
   CoTs, or every executed program's); teacher: "agent" (the demo's trained experts and
   program generator) or "oracle" (gold programs on ground truth with `noise`, see
-  `oracle_teacher`); protocol: `run.PROTOCOLS`; baseline: the arm it is paired with."""
+  `oracle_teacher`); protocol: `run.PROTOCOLS`; baseline: the arm it is paired with;
+  judge: the CoT filter's second step, "rule" (the job's rule judge) or "rationale" (also
+  `rationale_judge.check`: the question's objects and events in the trace and rationale);
+  size: the QA expert the student starts from (`STUDENT_SIZES`)."""
   name: str
   student: str
   teacher: str = "agent"
@@ -37,13 +40,22 @@ class Arm:
   protocol: str = "epochs"
   rationale_weight: float = 1.0
   baseline: str | None = "instruct"
+  judge: str = "rule"
+  size: str = "base"
 
   @property
   def cot_set(self) -> str:
-    """Name of the CoT directory under `workdir/shared` this arm trains on ("" for none)."""
+    """Name of the CoT directory under the shared directory this arm trains on ("" for none)."""
     if not demo_run.STUDENT_DATA.get(self.student):
       return ""
     return "cots" if self.teacher == "agent" else f"cots_oracle{self.noise:g}"
+
+  @property
+  def cot_key(self) -> str:
+    """The CoT set after this arm's judge ("" for none): `cot_set`, `+rationale` when judged."""
+    if not self.cot_set:
+      return ""
+    return self.cot_set + ("+rationale" if self.judge == "rationale" else "")
 
 
 ARMS = {a.name: a for a in (
@@ -57,7 +69,24 @@ ARMS = {a.name: a for a in (
     Arm("oracle0.25", "aotd", teacher="oracle", noise=0.25),
     Arm("oracle0.5", "aotd", teacher="oracle", noise=0.5),
     Arm("oracle0.5_unfiltered", "aotd_unfiltered", teacher="oracle", noise=0.5),
+    Arm("aotd_rjudge", "aotd", judge="rationale"),
+    Arm("oracle0.5_rjudge", "aotd", teacher="oracle", noise=0.5, judge="rationale"),
+    Arm("instruct_large", "instruct", teacher="none", baseline=None, size="large"),
+    Arm("aotd_large", "aotd", baseline="instruct_large", size="large"),
+    Arm("oracle0_large", "aotd", teacher="oracle", noise=0.0, baseline="instruct_large",
+        size="large"),
 )}
+
+# The QA experts the students start from: "base" is the demo's (config.experts.qa.size);
+# "large" overrides its LM size (`qa_expert.DEFAULT_SIZE` keys), trained once per world into
+# `shared/experts/qa_large` on the same frozen frame encoder. The agent's tools keep "base".
+STUDENT_SIZES = {
+    "base": {},
+    "large": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4,
+                  num_attention_heads=4, num_key_value_heads=2),
+}
+JUDGES = ("rule", "rationale")
+VARY = ("all", "student")  # --vary: what a seed changes
 
 
 def resolve_arms(names: Sequence[str]) -> list[Arm]:
@@ -80,35 +109,84 @@ def arm_config(base, arm: Arm, epochs: float) -> ml_collections.ConfigDict:
 
 # -- shared stages -----------------------------------------------------------------------------
 
-def shared_stages(config, workdir: str, arms: Sequence[Arm], log: Callable[[str], None]) -> dict:
-  """World, tokenizer, experts, and each CoT set the arms need, once, in `workdir/shared`."""
-  shared = os.path.join(workdir, "shared")
+def shared_stages(config, shared: str, arms: Sequence[Arm], log: Callable[[str], None]) -> dict:
+  """World, tokenizer, experts, each CoT set and student init the arms need, once, in
+  `shared` (a demo work directory)."""
   os.makedirs(shared, exist_ok=True)
   world = demo_run.world_stage(config, shared)
   tok = demo_run.tokenizer_stage(config, shared, world)
-  log("[study] experts (cached after the first run) ...")
+  log(f"[study] {shared}: experts (cached after the first run) ...")
   experts_info = cached(os.path.join(shared, "experts", "experts.json"),
                         lambda: demo_run.experts_stage(config, shared, world, tok["path"]))
   cots = {}
   for arm in arms:
     name = arm.cot_set
-    if not name or name in cots:
+    if not name:
       continue
-    log(f"[study] CoTs {name} ...")
-    if arm.teacher == "agent":
-      cots[name] = cot_stage(config, shared, world, experts_info)
-    else:
-      from aotd_jax.projects.toyworld.oracle_teacher import noisy_oracle_tools
-      c = ml_collections.ConfigDict(config.to_dict())
-      c.agent.programs = "gold"  # gold programs on the (noisy) ground-truth experts
-      train_clips = sorted({r.video_id for r in read_split(world, "train")})
-      tools, swap = noisy_oracle_tools(world, arm.noise, int(config.world.seed), train_clips)
-      cots[name] = dict(cot_stage(c, shared, world, experts_info, tools=tools, name=name),
-                        swapped_clips=len(swap), clips=len(train_clips))
+    if name not in cots:
+      log(f"[study] {shared}: CoTs {name} ...")
+      if arm.teacher == "agent":
+        cots[name] = cot_stage(config, shared, world, experts_info)
+      else:
+        from aotd_jax.projects.toyworld.oracle_teacher import noisy_oracle_tools
+        c = ml_collections.ConfigDict(config.to_dict())
+        c.agent.programs = "gold"  # gold programs on the (noisy) ground-truth experts
+        train_clips = sorted({r.video_id for r in read_split(world, "train")})
+        tools, swap = noisy_oracle_tools(world, arm.noise, int(config.world.seed), train_clips)
+        cots[name] = dict(cot_stage(c, shared, world, experts_info, tools=tools, name=name),
+                          swapped_clips=len(swap), clips=len(train_clips))
+    if arm.cot_key not in cots:
+      cots[arm.cot_key] = rationale_judge.judged_cots(cots[name])
   base_dir = demo_run.student_base_dir(config, experts_info)
   vision_dir = "" if base_dir else demo_run.student_vision_dir(config, experts_info)
+  bases = {size: student_init(config, shared, experts_info, size, base_dir, log)
+           for size in dict.fromkeys(arm.size for arm in arms)}
   return {"world": world, "tokenizer": tok["path"], "experts": experts_info, "cots": cots,
-          "base_dir": base_dir, "vision_dir": vision_dir}
+          "base_dir": base_dir, "bases": bases, "vision_dir": vision_dir}
+
+
+def student_init(config, shared: str, experts_info: Mapping, size: str, base_dir: str,
+                 log: Callable[[str], None]) -> str:
+  """The QA expert a student of `size` starts from: the demo's for "base", else one trained
+  here with `STUDENT_SIZES[size]` on the same frame encoder (cached)."""
+  if size not in STUDENT_SIZES:
+    raise DemoError(f"study arm size {size!r}: expected one of {sorted(STUDENT_SIZES)}")
+  if size == "base":
+    return base_dir
+  if str(config.students.get("init_from", "")) != "qa":
+    raise DemoError(f"study arm size {size!r} needs config.students.init_from='qa' (a student "
+                    "starts from a QA expert of that size)")
+  from aotd_jax.projects.toyworld.qa_expert import train_qa_expert
+  out = os.path.join(shared, "experts", f"qa_{size}")
+  log(f"[study] {shared}: the {size} QA expert (cached after the first run) ...")
+  section = config.experts.qa
+  kw = dict(section.get("size", {}) or {}, **STUDENT_SIZES[size])
+  encoder = experts_info.get("encoder", {})
+  if encoder.get("source") == "trained":
+    kw["vision_init"] = encoder["path"]
+  return train_qa_expert(shared_world(shared), os.path.join(shared, "experts", "tokenizer"), out,
+                         steps=int(section.steps), seed=int(config.world.seed), **kw)
+
+
+def shared_world(shared: str) -> str:
+  return os.path.join(shared, "world")
+
+
+def seed_config(config, seed: int, vary: str) -> ml_collections.ConfigDict:
+  """The demo config of seed `seed`: with vary="all" its world (and so its experts, whose
+  seed is the world's) is drawn from `config.world.seed + seed`; with "student" only the
+  student's seed changes."""
+  if vary not in VARY:
+    raise DemoError(f"--vary={vary!r}: expected one of {VARY}")
+  c = ml_collections.ConfigDict(config.to_dict())
+  if vary == "all":
+    c.world.seed = int(config.world.seed) + int(seed)
+  return c
+
+
+def shared_dir(workdir: str, seed: int, vary: str) -> str:
+  """`workdir/shared_w<world seed>` (vary="all") or `workdir/shared` (one world)."""
+  return os.path.join(workdir, f"shared_w{seed}" if vary == "all" else "shared")
 
 
 def teacher_accuracy(cots: Mapping) -> float:
@@ -122,13 +200,15 @@ def run_path(workdir: str, arm: Arm, seed: int) -> str:
   return os.path.join(workdir, "runs", f"{arm.name}_s{seed}.json")
 
 
-def run_one(config, workdir: str, arm: Arm, seed: int, shared: Mapping, epochs: float) -> dict:
+def run_one(config, workdir: str, arm: Arm, seed: int, shared: Mapping, epochs: float,
+            vary: str = "all") -> dict:
   """Trains and evaluates the (arm, seed) student, or reads its finished result back.
 
-  A result written by another definition of the arm (or another `epochs`) is refused by name.
+  config: the seed's (`seed_config`); shared: its `shared_stages`. A result written by another
+  definition of the arm (or another `epochs` or `vary`) is refused by name.
   """
   path = run_path(workdir, arm, seed)
-  spec = {**dataclasses.asdict(arm), "epochs": float(epochs)}
+  spec = {**dataclasses.asdict(arm), "epochs": float(epochs), "vary": vary}
   if os.path.exists(path):
     with open(path) as f:
       try:
@@ -141,12 +221,17 @@ def run_one(config, workdir: str, arm: Arm, seed: int, shared: Mapping, epochs: 
     return result
   cfg = arm_config(config, arm, epochs)
   armdir = os.path.join(workdir, "arms", arm.name)
-  cots = shared["cots"].get(arm.cot_set) or {"passed_judge": 0, "unfiltered": 0}
+  cots = shared["cots"].get(arm.cot_key) or {"passed_judge": 0, "unfiltered": 0}
   info = demo_run.student_stage(cfg, armdir, arm.student, seed, shared["world"],
                                 shared["tokenizer"], cots, shared["vision_dir"],
-                                shared["base_dir"])
+                                shared["bases"][arm.size])
   ev = demo_run.eval_stage(cfg, armdir, info, shared["world"])
-  result = {"arm": spec, "seed": seed, "accuracy": ev["accuracy"], "per_type": ev["per_type"],
+  teacher = None
+  if arm.cot_key:
+    teacher = {"accuracy": teacher_accuracy(cots), "questions": cots["questions"],
+               "cots": cots["passed_judge"] if arm.student == "aotd" else cots["unfiltered"]}
+  result = {"arm": spec, "seed": seed, "world_seed": int(config.world.seed), "teacher": teacher,
+            "accuracy": ev["accuracy"], "per_type": ev["per_type"],
             "qids": ev["qids"], "correct": [bool(c) for c in ev["correct"]],
             "rationales": ev["rationales"][:2], "letters": ev.get("letters"),
             "train": {k: info.get(k) for k in ("steps", "seconds", "final_loss", "label_loss",
@@ -158,10 +243,11 @@ def run_one(config, workdir: str, arm: Arm, seed: int, shared: Mapping, epochs: 
 
 # -- the table ---------------------------------------------------------------------------------
 
-def summarize(arms: Sequence[Arm], results: Mapping[str, Sequence[dict]], cots: Mapping,
+def summarize(arms: Sequence[Arm], results: Mapping[str, Sequence[dict]],
               *, samples: int = 4000) -> list[dict]:
-  """One row per arm: accuracy over seeds and, for a CoT arm, its paired difference with its
-  baseline on the seeds both finished."""
+  """One row per arm: accuracy over seeds and, for a CoT arm, the teacher's train accuracy
+  and kept CoTs (means over the seeds' worlds) and its paired difference with its baseline
+  on the seeds both finished (nested bootstrap when the seeds' test questions differ)."""
   import numpy as np
   rows = []
   for arm in arms:
@@ -171,6 +257,7 @@ def summarize(arms: Sequence[Arm], results: Mapping[str, Sequence[dict]], cots: 
     acc = np.array([r["accuracy"] for r in runs])
     row = {"arm": arm.name, "student": arm.student, "teacher": arm.teacher, "noise": arm.noise,
            "protocol": arm.protocol, "rationale_weight": arm.rationale_weight,
+           "judge": arm.judge, "size": arm.size,
            "seeds": [r["seed"] for r in runs], "accuracy": float(acc.mean()),
            "accuracy_std": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
            "steps": runs[0]["train"]["steps"],
@@ -179,9 +266,8 @@ def summarize(arms: Sequence[Arm], results: Mapping[str, Sequence[dict]], cots: 
                               if arm.cot_set else None),
            "baseline": arm.baseline, "compare": None}
     if arm.cot_set:
-      c = cots[arm.cot_set]
-      row.update(teacher_accuracy=teacher_accuracy(c),
-                 cots=c["passed_judge"] if arm.student == "aotd" else c["unfiltered"])
+      row.update(teacher_accuracy=float(np.mean([r["teacher"]["accuracy"] for r in runs])),
+                 cots=float(np.mean([r["teacher"]["cots"] for r in runs])))
     base = {r["seed"]: r for r in results.get(arm.baseline or "", [])}
     paired = [(r, base[r["seed"]]) for r in runs if r["seed"] in base]
     if paired:
@@ -189,8 +275,10 @@ def summarize(arms: Sequence[Arm], results: Mapping[str, Sequence[dict]], cots: 
         if r["qids"] != b["qids"]:
           raise DemoError(f"arm {arm.name} seed {r['seed']}: its test questions differ from "
                           f"{arm.baseline}'s; the pair is not comparable")
+      nested = any(r["qids"] != paired[0][0]["qids"] for r, _ in paired)
       row["compare"] = stats.compare([r["correct"] for r, _ in paired],
-                                     [b["correct"] for _, b in paired], samples=samples)
+                                     [b["correct"] for _, b in paired], samples=samples,
+                                     nested=nested)
     rows.append(row)
   return rows
 
@@ -200,11 +288,13 @@ def _mean_or_none(values):
   return sum(values) / len(values) if values else None
 
 
-def markdown(rows: Sequence[dict], questions: int) -> str:
-  """The study's table (accuracy in %, differences in points)."""
-  head = ("| arm | teacher (train acc.) | CoTs | protocol | λ | steps | accuracy (mean ± sd) "
-          "| Δ vs baseline, 95 % CI (bootstrap) | 95 % CI (t, seeds) | seeds | last step: label / rationale loss |")
-  lines = [head, "|" + "---|" * 11]
+def markdown(rows: Sequence[dict], questions: str) -> str:
+  """The study's table (accuracy in %, differences in points); `questions` describes the
+  test split(s)."""
+  head = ("| arm | teacher (train acc.) | CoTs | judge | student | protocol | λ | steps "
+          "| accuracy (mean ± sd) | Δ vs baseline, 95 % CI (bootstrap) | 95 % CI (t, seeds) "
+          "| seeds | last step: label / rationale loss |")
+  lines = [head, "|" + "---|" * 13]
   for r in rows:
     teacher = r["teacher"] if r["teacher"] != "oracle" else f"oracle, noise {r['noise']:g}"
     if r.get("teacher_accuracy") is not None:
@@ -213,23 +303,30 @@ def markdown(rows: Sequence[dict], questions: int) -> str:
     delta = "-" if not c else f"{stats.fmt_interval(c['bootstrap'])} vs {r['baseline']}"
     t_ci = "-" if not c or not c["t"] else stats.fmt_interval(c["t"])
     rat = "-" if r["rationale_loss"] is None else f"{r['rationale_loss']:.2f}"
-    lam = format(r["rationale_weight"], "g") if r.get("cots") is not None else "-"
+    cot = r.get("cots") is not None
+    lam = format(r["rationale_weight"], "g") if cot else "-"
+    judge = ("none" if r["student"] == "aotd_unfiltered" else r["judge"]) if cot else "-"
+    kept = f"{r['cots']:.0f}" if cot else "-"
     lines.append(
-        f"| {r['arm']} | {teacher} | {r.get('cots', '-')} | {r['protocol']} | "
+        f"| {r['arm']} | {teacher} | {kept} "
+        f"| {judge} | {r['size']} | {r['protocol']} | "
         f"{lam} | {r['steps']} | {100 * r['accuracy']:.1f} ± "
         f"{100 * r['accuracy_std']:.1f} | {delta} | {t_ci} | {len(r['seeds'])} | "
         f"{r['label_loss']:.2f} / {rat} |")
   lines.append("")
-  lines.append(f"Accuracy on the held-out test split ({questions} questions, chance 25 %); "
-               "Δ = arm − baseline in points, paired on the same seeds and questions.")
+  lines.append(f"Accuracy on the held-out test split ({questions}, chance 25 %); CoTs and the "
+               "teacher's train accuracy are means over the seeds' worlds; Δ = arm − baseline "
+               "in points, paired on the same seeds and questions.")
   return "\n".join(lines)
 
 
 def gain_plot_svg(rows: Sequence[dict]) -> str | None:
   """SVG of AoTD − baseline (points, 95 % bootstrap interval) against the teacher's train
-  accuracy, for the filtered CoT arms of the paper's protocol with λ = 1; None if none ran."""
+  accuracy, for the rule-filtered CoT arms of the base student under the paper's protocol
+  with λ = 1; None if none ran."""
   pts = [r for r in rows if r.get("compare") and r.get("teacher_accuracy") is not None
-         and r["student"] == "aotd" and r["protocol"] == "epochs" and r["rationale_weight"] == 1]
+         and r["student"] == "aotd" and r["protocol"] == "epochs" and r["rationale_weight"] == 1
+         and r.get("judge", "rule") == "rule" and r.get("size", "base") == "base"]
   if not pts:
     return None
   import io
@@ -258,44 +355,53 @@ def gain_plot_svg(rows: Sequence[dict]) -> str | None:
 
 def run_study(config, workdir: str, arm_names: Sequence[str], seeds: Sequence[int], *,
               epochs: float, samples: int = 4000, report_only: bool = False,
-              log: Callable[[str], None] = print) -> dict:
+              vary: str = "all", log: Callable[[str], None] = print) -> dict:
   """Runs (or resumes) every (arm, seed); writes `workdir/study.{json,md}`; returns the rows.
 
+  vary: "all" (each seed its own world, experts, CoTs and student: `seed_config`) or
+  "student" (one world and set of experts; the seed sets the student's data order).
   report_only: train nothing; the table of the (arm, seed) runs already finished.
   """
   t0 = time.perf_counter()
   if not seeds:
     raise DemoError("--seeds: no seeds given")
+  if vary not in VARY:
+    raise DemoError(f"--vary={vary!r}: expected one of {VARY}")
   arms = resolve_arms(arm_names)
   os.makedirs(workdir, exist_ok=True)
   check_config_stamp(config, workdir)
   if config.get("compilation_cache", True):
     enable_compilation_cache(workdir)
-  shared = shared_stages(config, workdir, arms, log)
-  results: dict[str, list] = {}
   todo = [(arm, s) for s in seeds for arm in arms]  # seed-major: every arm has a pair early
   done_before = sum(os.path.exists(run_path(workdir, a, s)) for a, s in todo)
-  started, ran = time.perf_counter(), 0
   if report_only:
     todo = [(a, s) for a, s in todo if os.path.exists(run_path(workdir, a, s))]
     if not todo:
       raise DemoError(f"--report_only: no finished run in {workdir}/runs for these arms and seeds")
+  results: dict[str, list] = {}
+  shared: dict[int, Mapping] = {}
+  started, ran = time.perf_counter(), 0
   for i, (arm, seed) in enumerate(todo):
     fresh = not os.path.exists(run_path(workdir, arm, seed))
+    cfg = seed_config(config, seed, vary)
+    if fresh and seed not in shared:
+      seed_arms = [a for a, s in todo if s == seed]
+      shared[seed] = shared_stages(cfg, shared_dir(workdir, seed, vary), seed_arms, log)
     results.setdefault(arm.name, []).append(
-        run_one(config, workdir, arm, seed, shared, epochs))
+        run_one(cfg, workdir, arm, seed, shared.get(seed, {}), epochs, vary))
     ran += fresh
-    left = len(todo) - i - 1
+    left = sum(not os.path.exists(run_path(workdir, a, s)) for a, s in todo[i + 1:])
     eta = (time.perf_counter() - started) / ran * left if ran else 0.0
     log(f"[study] {i + 1}/{len(todo)} {arm.name} seed {seed}: "
         f"{100 * results[arm.name][-1]['accuracy']:.1f} % "
-        f"({'ran' if fresh else 'cached'}; ~{eta / 60:.0f} min left)")
-  rows = summarize(arms, results, shared["cots"], samples=samples)
-  questions = len(next(iter(results.values()))[0]["qids"])
-  out = {"rows": rows, "seeds": sorted({s for _, s in todo}), "epochs": epochs, "questions": questions,
-         "cots": shared["cots"], "experts": {k: v.get("source") for k, v in
-                                             shared["experts"].items()},
-         "runs_cached": done_before, "seconds": round(time.perf_counter() - t0, 1)}
+        f"({'ran' if fresh else 'cached'}; {left} to run, ~{eta / 60:.0f} min left)")
+  rows = summarize(arms, results, samples=samples)
+  counts = sorted({len(r["qids"]) for runs in results.values() for r in runs})
+  questions = (f"{counts[0]} questions" if len(counts) == 1 else
+               f"{counts[0]}-{counts[-1]} questions per world")
+  out = {"rows": rows, "seeds": sorted({s for _, s in todo}), "epochs": epochs, "vary": vary,
+         "questions": questions, "runs_cached": done_before,
+         "seconds": round(time.perf_counter() - t0, 1)}
   write_json(os.path.join(workdir, "study.json"), out)
   table = markdown(rows, questions)
   with open(os.path.join(workdir, "study.md"), "w") as f:
