@@ -320,13 +320,16 @@ def markdown(rows: Sequence[dict], questions: str) -> str:
   return "\n".join(lines)
 
 
+MARKERS = {("rule", "base"): "o", ("rationale", "base"): "^", ("rule", "large"): "s",
+           ("rationale", "large"): "D"}
+
+
 def gain_plot_svg(rows: Sequence[dict]) -> str | None:
   """SVG of AoTD − baseline (points, 95 % bootstrap interval) against the teacher's train
-  accuracy, for the rule-filtered CoT arms of the base student under the paper's protocol
-  with λ = 1; None if none ran."""
+  accuracy, for the filtered CoT arms under the paper's protocol with λ = 1 (marker: judge
+  and student size); None if none ran."""
   pts = [r for r in rows if r.get("compare") and r.get("teacher_accuracy") is not None
-         and r["student"] == "aotd" and r["protocol"] == "epochs" and r["rationale_weight"] == 1
-         and r.get("judge", "rule") == "rule" and r.get("size", "base") == "base"]
+         and r["student"] == "aotd" and r["protocol"] == "epochs" and r["rationale_weight"] == 1]
   if not pts:
     return None
   import io
@@ -334,16 +337,22 @@ def gain_plot_svg(rows: Sequence[dict]) -> str | None:
   import matplotlib
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt
-  fig, ax = plt.subplots(figsize=(5, 3.2))
+  fig, ax = plt.subplots(figsize=(5.5, 3.5))
+  labelled = set()
   for r in sorted(pts, key=lambda r: r["teacher_accuracy"]):
     b = r["compare"]["bootstrap"]
     x, y = 100 * r["teacher_accuracy"], 100 * b["mean"]
-    ax.errorbar([x], [y], yerr=[[y - 100 * b["lo"]], [100 * b["hi"] - y]], fmt="o", capsize=4)
-    ax.annotate(r["arm"], (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    key = (r.get("judge", "rule"), r.get("size", "base"))
+    label = None if key in labelled else f"{key[0]} judge, {key[1]} student"
+    labelled.add(key)
+    ax.errorbar([x], [y], yerr=[[y - 100 * b["lo"]], [100 * b["hi"] - y]],
+                fmt=MARKERS.get(key, "x"), capsize=4, label=label)
+    ax.annotate(r["arm"], (x, y), textcoords="offset points", xytext=(6, 4), fontsize=7)
   ax.axhline(0, color="grey", lw=0.8)
   ax.set_xlabel("teacher accuracy on the train questions (%)")
   ax.set_ylabel("AoTD − Instruct (points)")
   ax.set_title("gain vs teacher quality (95 % CI, paired bootstrap)", fontsize=9)
+  ax.legend(fontsize=7, loc="best")
   fig.tight_layout()
   buf = io.StringIO()
   fig.savefig(buf, format="svg", metadata={"Date": None})
