@@ -1,4 +1,5 @@
 """The sandbox on well-behaved programs: values, handles, traces, limits and bad arguments."""
+import ast
 import concurrent.futures
 import json
 import os
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from aotd_jax.agent import Execution, PolicyError, Sandbox, Trace, run_program, validate
+from aotd_jax.agent import sandbox_policy
 
 HEADER = "def execute_command(video_clip, query, possible_answers):\n"
 
@@ -243,6 +245,62 @@ def test_policy_accepts_ordinary_programs_and_refuses_non_strings():
     validate(b"def execute_command(): pass")
   with pytest.raises(PolicyError, match="too long"):
     validate("#" * 200_000)
+
+
+def _statement_lines(tree):
+  return [(type(n).__name__, n.lineno) for n in ast.walk(tree)
+          if isinstance(n, ast.stmt) and not _is_check(n)]
+
+
+def _is_check(node):
+  call = node.value if isinstance(node, ast.Expr) else node
+  return (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
+          and call.func.id == sandbox_policy.CHECK_NAME)
+
+
+def test_guard_source_wraps_every_handler_keeps_line_numbers_and_falls_back():
+  """The host puts the worker's check into the text (no second parse in the worker): every
+  `except` type is wrapped, every `finally` starts with the check, on the same lines."""
+  source = body("""\
+      s = 'ñé'; t = 1
+      try:
+          x = 1 / 0
+      except (ZeroDivisionError,
+              ValueError) as e:
+          if x:
+              pass
+      except KeyError: y = 'ü'; z = 2
+      try:
+          pass
+      finally: x = 'é' + 'try'
+      try:
+          pass
+      except (Exception):
+          pass
+      finally:
+          x = 2
+      return x""").replace("\n", "\r\n")
+  guarded = sandbox_policy.guard_source(source, validate(source))
+  tree, want = ast.parse(guarded), ast.parse(source)
+  assert _statement_lines(tree) == _statement_lines(want)
+  handlers = [n for n in ast.walk(tree) if isinstance(n, ast.ExceptHandler)]
+  assert len(handlers) == 3 and all(_is_check(h.type) for h in handlers)
+  finals = [n.finalbody for n in ast.walk(tree) if isinstance(n, ast.Try) and n.finalbody]
+  assert len(finals) == 2 and all(_is_check(f[0]) for f in finals)
+  assert guarded.count(sandbox_policy.CHECK_NAME) == 5
+  # No try: the text as it is. A `finally` that starts with a compound statement cannot take
+  # the check on its line: None (the worker then guards its own parse).
+  plain = body("return 'try'")
+  assert sandbox_policy.guard_source(plain, validate(plain)) is plain
+  compound = body("try:\n    pass\nfinally:\n    if True:\n        pass\nreturn 1")
+  assert sandbox_policy.guard_source(compound, validate(compound)) is None
+
+
+def test_policy_reports_the_first_offence_in_reading_order():
+  with pytest.raises(PolicyError, match="line 2: attribute '.__class__'"):
+    validate(body("x = query.__class__.mro\ny = eval"))
+  with pytest.raises(PolicyError, match="line 3: builtin 'eval'"):
+    validate(body("x = 1\ny = eval"))
 
 
 def test_policy_parses_one_program_at_a_time_and_maps_parser_faults(monkeypatch):

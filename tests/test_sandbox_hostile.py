@@ -196,6 +196,14 @@ HOSTILE += [
     ("recursion_mutual", body("def a(n):\n    return b(n)\ndef b(n):\n    return a(n)\n"
                               "try:\n    a(0)\nexcept Exception:\n    return 1"),
      "recursion limit exceeded"),
+    # The worker's own guard (a `finally` that starts with a compound statement) and the
+    # host's guard in the text of a tuple `except` clause.
+    ("memory_in_compound_finally", body("try:\n    x = [0] * (10 ** 10)\nfinally:\n"
+                                        "    if True:\n        raise ValueError('x')"),
+     "memory limit exceeded"),
+    ("memory_caught_by_tuple", body("try:\n    x = [0] * (10 ** 10)\n"
+                                    "except (KeyError,\n        Exception):\n    return 1"),
+     "memory limit exceeded"),
     ("recursion_in_finally", body("def f(n):\n    try:\n        pass\n    finally:\n"
                                   "        f(n + 1)\nreturn f(0)"), "recursion limit exceeded"),
     ("recursion_comprehension", body("f = lambda n: [f(n + 1) for _ in [0]]\ntry:\n"

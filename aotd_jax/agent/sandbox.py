@@ -149,7 +149,8 @@ class _Worker:
     fd = child_sock.fileno()
     self.proc = subprocess.Popen(
         [sys.executable, "-I", _WORKER_PATH, str(fd), str(memory_mb), str(runs_per_child),
-         "on" if jail else "off", str(spares), "warm" if warm_spares else "cold"],
+         "on" if jail else "off", str(spares), "warm" if warm_spares else "cold",
+         ",".join(sorted(sandbox_policy.ALLOWED_NAMES - {"print"}))],
         pass_fds=(fd,),
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True, env=env, cwd=cwd, close_fds=True)
@@ -337,22 +338,24 @@ class Sandbox:
     if bad:
       raise ValueError(f"tool names must be public identifiers, got {bad}")
     try:
-      sandbox_policy.validate(source, entry_point=entry_point)
+      tree = sandbox_policy.validate(source, entry_point=entry_point)
+      guarded = sandbox_policy.guard_source(source, tree)
     except sandbox_policy.PolicyError as e:
       return Execution(ok=False, error=f"refused: {e}",
                        seconds=time.perf_counter() - t_start)
     except RecursionError:  # a check that recursed on an absurdly nested program
       return Execution(ok=False, error="refused: program is nested too deeply",
                        seconds=time.perf_counter() - t_start)
+    # `guarded`: the checks are in the text (the worker compiles it as it is); otherwise
+    # the worker inserts them into its own parse.
     limits = {"timeout_s": timeout_s, "max_steps": max_steps,
               "max_output_chars": max_output_chars, "max_depth": max_depth,
-              "entry_point": entry_point,
-              "builtins": sorted(sandbox_policy.ALLOWED_NAMES - {"print"})}
+              "entry_point": entry_point, "guarded": guarded is not None}
     handles = _Handles(self.array_by_value_bytes, self.max_handle_bytes,
                        self.max_message_nodes)
     try:
-      msg = handles.dumps(["run", next(self._nonces), source, dict(args), sorted(tools),
-                           limits])
+      msg = handles.dumps(["run", next(self._nonces), source if guarded is None else guarded,
+                           dict(args), sorted(tools), limits])
     except (TypeError, ValueError, OverflowError) as e:  # the caller's args: a host error
       raise ValueError(f"run_program args cannot be sent to the sandbox: {e}") from None
     for attempt in range(2):

@@ -141,6 +141,66 @@ def parse_untrusted(source: str, filename: str = "<program>") -> ast.Module:
     return ast.parse(source, filename=filename, mode="exec")
 
 
+def _nodes(tree: ast.AST) -> list[ast.AST]:
+  """Every node of `tree` (breadth first, as `ast.walk`); refuses a tree that is too large."""
+  out = [tree]
+  add = out.append
+  for node in out:  # the list grows while it is read
+    for name in node._fields:
+      value = getattr(node, name, None)
+      if type(value) is list:
+        for item in value:
+          if isinstance(item, ast.AST):
+            add(item)
+      elif isinstance(value, ast.AST):
+        add(value)
+    if len(out) > MAX_AST_NODES:
+      raise PolicyError(f"program is too large (more than {MAX_AST_NODES} syntax nodes)")
+  return out
+
+
+_ALLOWED_TYPE: dict[type, bool] = {}  # node class -> allowed (filled on first sight)
+
+
+def _check_node(node: ast.AST) -> None:
+  """Raises `PolicyError` if `node` itself is refused (its children are checked apart)."""
+  kind = type(node)
+  allowed = _ALLOWED_TYPE.get(kind)
+  if allowed is None:
+    allowed = _ALLOWED_TYPE[kind] = (kind not in _REFUSED_NODE_REASONS
+                                     and issubclass(kind, _ALLOWED_NODES))
+  if not allowed:
+    reason = _REFUSED_NODE_REASONS.get(kind)
+    if reason is not None:
+      raise PolicyError(f"line {node.lineno}: {reason}")
+    line = getattr(node, "lineno", "?")
+    raise PolicyError(f"line {line}: '{kind.__name__}' syntax is not allowed")
+  if kind is ast.Name:
+    _check_name(node.id, node)
+  elif kind is ast.Attribute:
+    _check_attribute(node)
+  elif kind is ast.ExceptHandler:
+    _check_handler(node)
+    if node.name is not None:
+      _check_name(node.name, node)
+  elif kind is ast.FunctionDef or kind is ast.Lambda:
+    if kind is ast.FunctionDef:
+      _check_name(node.name, node)
+    args = node.args
+    for a in args.posonlyargs + args.args + args.kwonlyargs + [args.vararg, args.kwarg]:
+      if a is not None:
+        _check_name(a.arg, node)
+  elif kind is ast.Try and node.finalbody:
+    _check_finally(node.finalbody)
+  elif kind is ast.keyword and node.arg is not None and _is_dunder(node.arg):
+    raise PolicyError(f"line {node.lineno}: dunder keyword '{node.arg}' is not allowed")
+
+
+def _position(node: ast.AST) -> tuple[int, int, int, int]:
+  return (getattr(node, "lineno", 1 << 30), getattr(node, "col_offset", 0),
+          getattr(node, "end_lineno", 0) or 0, getattr(node, "end_col_offset", 0) or 0)
+
+
 def validate(source: str, *, entry_point: str = "execute_command") -> ast.Module:
   """Parses `source` and checks it against the allow-list.
 
@@ -159,42 +219,17 @@ def validate(source: str, *, entry_point: str = "execute_command") -> ast.Module
   except PARSE_ERRORS as e:
     raise PolicyError(f"program could not be parsed: {type(e).__name__}: {e}") from None
 
-  nodes = []
-  for node in ast.walk(tree):
-    nodes.append(node)
-    if len(nodes) > MAX_AST_NODES:
-      raise PolicyError(f"program is too large (more than {MAX_AST_NODES} syntax nodes)")
-  # Report the first offence in reading order (innermost first: `a.__class__.mro` names
-  # `__class__`), not in ast.walk's breadth-first order.
-  nodes.sort(key=lambda n: (getattr(n, "lineno", 1 << 30), getattr(n, "col_offset", 0),
-                            getattr(n, "end_lineno", 0) or 0,
-                            getattr(n, "end_col_offset", 0) or 0))
-  for node in nodes:
-    reason = _REFUSED_NODE_REASONS.get(type(node))
-    if reason is not None:
-      raise PolicyError(f"line {node.lineno}: {reason}")
-    if not isinstance(node, _ALLOWED_NODES):
-      line = getattr(node, "lineno", "?")
-      raise PolicyError(f"line {line}: '{type(node).__name__}' syntax is not allowed")
-    if isinstance(node, ast.Name):
-      _check_name(node.id, node)
-    elif isinstance(node, ast.Attribute):
-      _check_attribute(node)
-    elif isinstance(node, ast.ExceptHandler):
-      _check_handler(node)
-      if node.name is not None:
-        _check_name(node.name, node)
-    elif isinstance(node, (ast.FunctionDef, ast.Lambda)):
-      if isinstance(node, ast.FunctionDef):
-        _check_name(node.name, node)
-      args = node.args
-      for a in args.posonlyargs + args.args + args.kwonlyargs + [args.vararg, args.kwarg]:
-        if a is not None:
-          _check_name(a.arg, node)
-    elif isinstance(node, ast.Try) and node.finalbody:
-      _check_finally(node.finalbody)
-    elif isinstance(node, ast.keyword) and node.arg is not None and _is_dunder(node.arg):
-      raise PolicyError(f"line {node.lineno}: dunder keyword '{node.arg}' is not allowed")
+  nodes = _nodes(tree)
+  try:
+    for node in nodes:
+      _check_node(node)
+  except PolicyError:
+    # Report the first offence in reading order (innermost first: `a.__class__.mro` names
+    # `__class__`), not in the walk's breadth-first order.
+    nodes.sort(key=_position)
+    for node in nodes:
+      _check_node(node)
+    raise
 
   if not any(isinstance(n, ast.FunctionDef) and n.name == entry_point for n in tree.body):
     raise PolicyError(f"program does not define 'def {entry_point}(...)' at top level")
@@ -204,3 +239,67 @@ def validate(source: str, *, entry_point: str = "execute_command") -> ast.Module
           f"line {n.lineno}: only function definitions and assignments are allowed at top "
           f"level, not '{type(n).__name__}'")
   return tree
+
+
+# The worker's check, called where a program's `except` and `finally` blocks begin
+# (sandbox_worker.CHECK_NAME; a dunder, so a program cannot spell it).
+CHECK_NAME = "__sandbox_check__"
+# Statements that may follow `name(); ` on their line (a compound statement may not).
+_SIMPLE_STATEMENTS = (ast.Expr, ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Return,
+                      ast.Raise, ast.Assert, ast.Pass, ast.Break, ast.Continue, ast.Delete)
+
+
+def _guard_tree(tree: ast.Module) -> None:
+  """What `guard_source` does to the text, done to `tree` (in place)."""
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Try):
+      for handler in node.handlers:
+        handler.type = ast.Call(ast.Name(CHECK_NAME, ast.Load()), [handler.type], [])
+      if node.finalbody:
+        node.finalbody.insert(0, ast.Expr(ast.Call(ast.Name(CHECK_NAME, ast.Load()),
+                                                   [ast.Constant(None)], [])))
+
+
+def guard_source(source: str, tree: ast.Module) -> str | None:
+  """The program's text with the worker's check at the start of every handler and `finally`.
+
+  `except T as e:` becomes `except __sandbox_check__(T) as e:` (the check runs when an
+  exception reaches the handler, before it is matched) and a `finally` body starts with
+  `__sandbox_check__(None); `, on the same line, so every line number stays as it was and
+  the worker compiles the text directly (no second parse in the worker). `tree` is
+  `validate(source)`'s result; it is changed in place. Returns None when the text cannot be
+  changed that way (a `finally` body that starts with a compound statement); the worker then
+  inserts the checks into its own parse of the program.
+  """
+  if "try" not in source:  # no `try` statement: nothing to guard
+    return source
+  text = source.replace("\r\n", "\n").replace("\r", "\n")  # the tokenizer's line breaks
+  edits = []  # (line, byte column, text to insert)
+  for node in ast.walk(tree):
+    if not isinstance(node, ast.Try):
+      continue
+    for handler in node.handlers:
+      kind = handler.type
+      edits.append((kind.lineno, kind.col_offset, CHECK_NAME + "("))
+      edits.append((kind.end_lineno, kind.end_col_offset, ")"))
+    if node.finalbody:
+      first = node.finalbody[0]
+      if not isinstance(first, _SIMPLE_STATEMENTS):
+        return None
+      edits.append((first.lineno, first.col_offset, CHECK_NAME + "(None); "))
+  if not edits:
+    return source
+  lines = text.split("\n")
+  for line, col, insert in sorted(edits, reverse=True):
+    data = lines[line - 1].encode("utf-8", "surrogatepass")  # AST columns count UTF-8 bytes
+    lines[line - 1] = (data[:col] + insert.encode() + data[col:]).decode("utf-8",
+                                                                           "surrogatepass")
+  guarded = "\n".join(lines)
+  # The edits must give exactly the tree the checks are meant to make, or none are used.
+  try:
+    got = ast.dump(parse_untrusted(guarded))
+    _guard_tree(tree)
+    want = ast.dump(tree)
+  except PARSE_ERRORS:  # RecursionError: too deep to dump; the worker guards it
+    return None
+  return guarded if got == want else None

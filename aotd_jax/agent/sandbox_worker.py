@@ -1,7 +1,8 @@
 """The sandbox's worker: a zygote that forks one fresh child per program.
 
 Started by `aotd_jax.agent.sandbox` as
-`python -I sandbox_worker.py FD MEMORY_MB RUNS_PER_CHILD JAIL SPARES WARM`; it must import nothing
+`python -I sandbox_worker.py FD MEMORY_MB RUNS_PER_CHILD JAIL SPARES WARM BUILTINS` (BUILTINS:
+the comma-separated names programs may use); it must import nothing
 from `aotd_jax` (that would load JAX): only the standard library, numpy, msgpack,
 `sandbox_wire` (the data-only message format) and `sandbox_turns` (whose turn it is on the
 channel), both next to this file.
@@ -200,9 +201,11 @@ class _Output:
     return "".join(self.parts)
 
 
-def _check():
-  """Runs first in every `except` and `finally` block of the program: a `MemoryError` or
-  `RecursionError` in flight ends the run, as does a step counter the interpreter dropped."""
+def _check(types=None):
+  """Runs where every `except` clause of the program is matched (`except
+  __sandbox_check__(T):`, returning T) and first in every `finally` block: a `MemoryError`
+  or `RecursionError` in flight ends the run, as does a step counter the interpreter
+  dropped."""
   exc = sys.exc_info()[1]
   if isinstance(exc, MemoryError):
     _end("memory limit exceeded")
@@ -210,10 +213,12 @@ def _check():
     _end(f"recursion limit exceeded (depth > {_DEPTH})")
   if sys.gettrace() is None:
     _end("step counter lost (the program overflowed it)")
+  return types
 
 
 class _Guard(ast.NodeTransformer):
-  """Puts `__sandbox_check__()` first in every handler and `finally` block."""
+  """Puts `__sandbox_check__()` first in every handler and `finally` block (for a program
+  the host could not guard in its text: `sandbox_policy.guard_source`)."""
 
   @staticmethod
   def _call(node):
@@ -276,9 +281,7 @@ def _run(source, args, tool_names, limits, tool=None):
   global _OUTPUT, _DEPTH
   _CLEAN[0] = False
   out = _OUTPUT = _Output(limits["max_output_chars"])
-  # The names come from the host (sandbox_policy is the one list); never a dunder.
-  builtins_ = {name: getattr(builtins, name) for name in limits["builtins"]
-               if not name.startswith("_") and hasattr(builtins, name)}
+  builtins_ = dict(_BUILTINS)
   builtins_["print"] = out.print
   # C code (numpy's lazy `from numpy._core import _methods`) imports through the calling
   # frame's builtins. Programs cannot spell a dunder, so only such internals reach this.
@@ -288,8 +291,11 @@ def _run(source, args, tool_names, limits, tool=None):
     env[name] = tool or _Tool(name)
   _DEPTH = depth = limits["max_depth"]
   try:
-    tree = ast.fix_missing_locations(_Guard().visit(ast.parse(source, PROGRAM_FILENAME)))
-    code = compile(tree, PROGRAM_FILENAME, "exec", dont_inherit=True)
+    if limits["guarded"]:  # the host put the checks in the text (same line numbers)
+      code = compile(source, PROGRAM_FILENAME, "exec", dont_inherit=True)
+    else:
+      tree = ast.fix_missing_locations(_Guard().visit(ast.parse(source, PROGRAM_FILENAME)))
+      code = compile(tree, PROGRAM_FILENAME, "exec", dont_inherit=True)
   except Exception as e:
     return ["fail", f"program could not be compiled: {type(e).__name__}", ""]
   sys.setrecursionlimit(depth + 50)
@@ -328,9 +334,12 @@ def _run(source, args, tool_names, limits, tool=None):
 
 
 _TURN = [None, 0]  # the zygote's `sandbox_turns.Turns` page and this child's number
-_LIBC = [None]  # ctypes' handle on the C library, loaded by the zygote before its jail
+_PRCTL = [None]  # libc's prctl through ctypes, looked up by the zygote before its jail
+_BUILTINS = {}  # name -> builtin a program may use (from the host), built by the zygote
 _ZYGOTE = [0]  # the zygote's pid
 PR_SET_PDEATHSIG = 1
+PR_GET_DUMPABLE = 3
+SIGKILL = int(signal.SIGKILL)
 
 
 def _release():
@@ -351,8 +360,8 @@ def _child(seq, turns):
   hello, reads a program, runs it; exits after it (or, with RUNS_PER_CHILD > 1, serves the
   next run when this one ended cleanly)."""
   resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))  # no grandchildren
-  if _LIBC[0] is not None:  # dies with the zygote, so no child outlives its worker
-    _LIBC[0].prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+  if _PRCTL[0] is not None:  # dies with the zygote, so no child outlives its worker
+    _PRCTL[0](PR_SET_PDEATHSIG, SIGKILL)
   if os.getppid() != _ZYGOTE[0]:  # the zygote died before that took effect
     os._exit(EXIT_CHANNEL)
   _TURN[:] = [turns, seq]
@@ -506,12 +515,17 @@ def main():
   jail = sys.argv[4] if len(sys.argv) > 4 else "on"
   SPARES = max(0, int(sys.argv[5])) if len(sys.argv) > 5 else 2
   PREFAULT = len(sys.argv) > 6 and sys.argv[6] == "warm"
+  # The names come from the host (sandbox_policy is the one list); never a dunder.
+  names = sys.argv[7].split(",") if len(sys.argv) > 7 else []
+  _BUILTINS.update((name, getattr(builtins, name)) for name in names
+                   if not name.startswith("_") and hasattr(builtins, name))
   import ctypes
   import numpy  # noqa: F401 -- loaded before files can no longer be opened
   try:
-    _LIBC[0] = ctypes.CDLL(None, use_errno=True)
-  except OSError:  # pragma: no cover -- a platform without dlopen(NULL)
-    pass
+    _PRCTL[0] = ctypes.CDLL(None, use_errno=True).prctl
+    _PRCTL[0](PR_GET_DUMPABLE, 0)  # a harmless call: ctypes' call path is built here once
+  except (OSError, AttributeError):  # pragma: no cover -- no dlopen(NULL) or no prctl
+    _PRCTL[0] = None
   compile("ñ = 1", "<warm>", "exec")  # loads what non-ASCII identifiers need
   if fd != CHANNEL_FD:
     os.dup2(fd, CHANNEL_FD)
@@ -591,10 +605,10 @@ def execute_command(video_clip, query, possible_answers):
     n = len([b for b in possible_answers if b]) + sum(range(3))
     try:
         x = {"a": [1.5, (2, 3)], "b": set()}
-    except Exception as e:
+    except __sandbox_check__(Exception) as e:
         x = str(e)
     finally:
-        n += 1
+        __sandbox_check__(None); n += 1
     print(query, n)
     return select_answer(query, [str(n)], possible_answers)
 """
@@ -612,8 +626,7 @@ def _warm_up(times=8):
   for _ in range(times):
     codec.decode(codec.encode(msg))
   limits = {"max_output_chars": 1000, "max_depth": 100, "max_steps": 10000,
-            "entry_point": "execute_command",
-            "builtins": ["len", "sum", "range", "str", "set", "Exception"]}
+            "entry_point": "execute_command", "guarded": True}
   args = {"video_clip": Handle(0, "VideoClip", "<clip>"), "query": "q",
           "possible_answers": ["a", "b"]}
   for _ in range(times):
