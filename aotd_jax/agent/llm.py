@@ -189,6 +189,9 @@ class LocalLlama:
     self.model, self.tokenizer = model, tokenizer
     self.max_batch, self.min_bucket, self.seed = max_batch, min_bucket, seed
     self._calls = 0
+    # One `complete` at a time: the pipelined CoT job's stages may share a model (a factory
+    # returning one instance for several roles); their batches then take turns on it.
+    self._lock = threading.Lock()
     cfg = getattr(model, "config", None)
     eos = tokenizer.eos_token_id
     if eos is None:
@@ -213,7 +216,15 @@ class LocalLlama:
 
   def complete(self, prompts: Sequence[Prompt], *, max_new_tokens: int,
                temperature: float = 0.0, stop: Sequence[str] | None = None) -> list[str]:
-    """Generates for all prompts, `max_batch` at a time; greedy when temperature is 0."""
+    """Generates for all prompts, `max_batch` at a time; greedy when temperature is 0.
+
+    Each batch decodes with a KV cache until every row has produced EOS (a finished row
+    emits padding; the loop ends early when all are done) or `max_new_tokens`."""
+    with self._lock:
+      return self._complete(prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+                            stop=stop)
+
+  def _complete(self, prompts, *, max_new_tokens, temperature, stop) -> list[str]:
     import jax
     import numpy as np
 

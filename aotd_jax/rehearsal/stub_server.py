@@ -118,6 +118,13 @@ class Replies:
     return "unrecognised prompt"
 
 
+class _Server(http.server.ThreadingHTTPServer):
+  # listen()'s backlog: the default 5 makes a client's 6th concurrent connect wait for a SYN
+  # retransmit (~1 s), which a real server (vLLM, SGLang) does not; the pipelined CoT job has
+  # several LLM stages' requests in flight at once.
+  request_queue_size = 128
+
+
 class StubServer:
   """`with StubServer(replies) as s: s.url` -> "http://127.0.0.1:<port>/v1"."""
 
@@ -160,7 +167,7 @@ class StubServer:
                          "choices": [{"index": 0, "finish_reason": "stop",
                                       "message": {"role": "assistant", "content": content}}]})
 
-    self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    self._server = _Server(("127.0.0.1", 0), Handler)
     self._server.daemon_threads = True
     self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
