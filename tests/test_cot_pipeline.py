@@ -253,13 +253,15 @@ def test_a_broken_backend_stops_the_pipelined_run_after_the_good_batches(videos,
     return Execution(ok=True, value="mid", trace=[])
 
   paths = job.JobPaths.for_shard(str(tmp_path), "x")
-  golden = questions()
+  golden = questions(28)  # 7 batches: the stop at batch 2 leaves batches in flight
   for q in golden:
     q.meta["question_program"] = PROGRAM.strip("`").removeprefix("python\n")
   cot_job = make_job(videos, pipeline=True, run_program=run, program_source="gold")
   with pytest.raises(job.JobError, match="all 4 programs of the batch stopped in Find"):
     cot_job.run(golden, paths, stream=open(os.devnull, "w"))
   assert [r["qid"] for r in job.RecordLog(paths.records).load()] == [f"q{i}" for i in range(8)]
+  # the stop in the consumer ended the stage and decode threads before run() returned
+  assert not [t for t in threading.enumerate() if t.name.startswith(("stages-", "decode"))]
 
 
 def test_the_cot_configs_pipeline_by_default_with_a_switch():

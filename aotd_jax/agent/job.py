@@ -28,6 +28,7 @@ and the trainer read, globbed as `out_dir/cot-*.array_record`.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import json
 import os
@@ -625,16 +626,19 @@ class CotJob:
     if done:
       print(f"{label}resuming: {len(done)} records in {paths.records}, {len(todo)} to go",
             file=progress.stream, flush=True)
-    for records in self._batches(todo):
-      broken = broken_backend(records, self.fail_fast_min)
-      if broken:
-        raise JobError(f"{label}an expert backend is broken: {broken}. Nothing of this batch was "
-                       f"written to {paths.records}; fix the backend and rerun the same command "
-                       "(done questions are kept)")
-      for record in records:
-        log.append(record)
-        stats.add_record(record)
-        progress.update()
+    # closing: on a stop here, the pipelined stages finish their current batches before this
+    # returns (not when the traceback is dropped), so nothing runs on after the caller's exit.
+    with contextlib.closing(self._batches(todo)) as batches:
+      for records in batches:
+        broken = broken_backend(records, self.fail_fast_min)
+        if broken:
+          raise JobError(f"{label}an expert backend is broken: {broken}. Nothing of this batch "
+                         f"was written to {paths.records}; fix the backend and rerun the same "
+                         "command (done questions are kept)")
+        for record in records:
+          log.append(record)
+          stats.add_record(record)
+          progress.update()
     finalise(log.load(), paths, stats)
     progress.update(0, force=True)
     return stats
