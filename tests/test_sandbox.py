@@ -389,3 +389,30 @@ def test_jail_layers_reported_applied_are_in_force(sb):
   if "seccomp" in report["applied"]:
     status = open(f"/proc/{pid}/status").read()
     assert "Seccomp:\t2" in status and "NoNewPrivs:\t1" in status
+
+
+def test_tool_arguments_are_named_as_signature_bind_names_them():
+  """The cached fast path (positional parameters only) names arguments exactly as
+  `inspect.Signature.bind` does, and falls back to arg0, arg1... where bind refuses."""
+  import inspect
+
+  from aotd_jax.agent.sandbox import _bind
+
+  def f(a, b, c=1):
+    pass
+
+  def g(a, *, k):
+    pass
+
+  def h(*xs):
+    pass
+
+  cache = {}
+  for fn, pos, kw in [(f, (1, 2), {}), (f, (1,), {}), (f, (1, 2, 3, 4), {}), (f, (1, 2, 3), {}),
+                      (g, (1,), {"k": 2}), (h, (1, 2), {}), (f, (1,), {"b": 2}), (f, (), {})]:
+    try:
+      want = dict(inspect.signature(fn).bind(*pos, **kw).arguments)
+    except TypeError:
+      want = {f"arg{i}": a for i, a in enumerate(pos)} | kw
+    assert _bind(fn, pos, kw, cache) == want, (fn.__name__, pos, kw)
+    assert _bind(fn, pos, kw, cache) == want  # cached

@@ -283,9 +283,6 @@ def _run(source, args, tool_names, limits, tool=None):
   out = _OUTPUT = _Output(limits["max_output_chars"])
   builtins_ = dict(_BUILTINS)
   builtins_["print"] = out.print
-  # C code (numpy's lazy `from numpy._core import _methods`) imports through the calling
-  # frame's builtins. Programs cannot spell a dunder, so only such internals reach this.
-  builtins_["__import__"] = _loaded_module
   env = {"__builtins__": builtins_, "__name__": "program", CHECK_NAME: _check}
   for name in tool_names:
     env[name] = tool or _Tool(name)
@@ -544,6 +541,9 @@ def main():
   names = sys.argv[7].split(",") if len(sys.argv) > 7 else []
   _BUILTINS.update((name, getattr(builtins, name)) for name in names
                    if not name.startswith("_") and hasattr(builtins, name))
+  # C code (numpy's lazy `from numpy._core import _methods`) imports through the calling
+  # frame's builtins. Programs cannot spell a dunder, so only such internals reach this.
+  _BUILTINS["__import__"] = _loaded_module
   import ctypes
   import numpy  # noqa: F401 -- loaded before files can no longer be opened
   try:
@@ -597,13 +597,21 @@ def _zygote(turns):
     children[pid] = seq
     turns.register(seq, pid)
 
+  # Every write after a fork copies a page its children still share, so the loop allocates
+  # little: no generator, no new set per wait.
+  sigchld = {signal.SIGCHLD}
   while True:
     turn = turns.turn
-    for _ in range(SPARES + 1 - sum(seq >= turn for seq in children.values())):
+    ahead = 0
+    for seq in children.values():
+      if seq >= turn:
+        ahead += 1
+    while ahead <= SPARES:
       spawn(next_seq)
       next_seq += 1
+      ahead += 1
     turns.wake(turn)  # in case its predecessor could not (no harm if it did)
-    signal.sigwaitinfo({signal.SIGCHLD})
+    signal.sigwaitinfo(sigchld)
     for pid, code in _reap():
       seq = children.pop(pid, None)
       turn = turns.turn
