@@ -89,6 +89,7 @@ def get_config(arg=None):
   c.timeout_s = 10.0
   c.progress_every_s = 0.0
   c.use_jax_processes = False
+  c.pipeline.enabled = True  # the kill/resume test runs the pipelined job (the default)
   return c
 '''
 

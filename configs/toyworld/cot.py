@@ -81,8 +81,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.sandbox = ml_collections.ConfigDict({"num_workers": 2, "memory_mb": 512})
   # Stages overlap across batches (programs of batch k+1 written while batch k runs, its
   # rationales judged after); the same records as enabled=False (one batch at a time).
-  # max_batches_in_flight bounds the decoded clips in memory; decode_workers threads decode
-  # the clips ahead of execution (0: in the execution threads).
+  # max_batches_in_flight bounds the decoded clips in memory (STAR: 32 frames of 480p per
+  # question, batch 32: about 1 GB a batch); decode_workers threads decode the clips ahead of
+  # execution (0: in the execution threads).
   c.pipeline = ml_collections.ConfigDict(
       {"enabled": True, "max_batches_in_flight": 4, "decode_workers": 2})
   return c
