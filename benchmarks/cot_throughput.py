@@ -1,193 +1,321 @@
-r"""CoT job expert side: questions/s of STAR-like programs with the OWLv2 detector coalesced.
+r"""CoT job expert side: questions/s of STAR-like programs, cross-program batching on vs off.
 
-A CoT job runs `num_threads` programs at once; each STAR-like program calls the detector on its
-own (grounded, hence short) clip: `Filter_frames_with_obj`, `Find` and `exist`, each for a
-different object. Per run: `questions` clips of random length (`min_len`..`max_len` frames,
-distinct videos), a fresh `Toolbox` (empty tool cache) and an empty feature LRU; `threads`
-programs in flight (a thread pool, as `CotJob._execute`'s). Two detectors on the same random
-OWLv2 weights:
-  off:    `Owlv2Detector(coalesce=False)`: each call runs its own bucketed image side;
-  on:     `Owlv2Detector(coalesce=True)`: concurrent calls share one batch (experts/coalesce.py);
-  serial: coalesce=False and one program at a time (the official agent's design).
-Both are compiled (a warm-up run) before timing; the runs alternate for `--rounds` and the
-best of each is kept (the CPU box is shared). Printed: questions/s per mode, the ratios, the
-coalescer's requests per batch, and whether both runs found the same boxes.
-The sandbox and the LLM stages are not in the loop: this measures the expert side only.
+A CoT job runs `num_threads` programs at once. Each STAR-like program here calls every model
+expert on its question clip (`frames` frames sampled over a `span` of seconds), through the
+real `experts.Toolbox` (tool cache, detector feature LRU):
 
-  python benchmarks/cot_throughput.py                 # CPU, scaled-down OWLv2 (RESULTS.md)
-  python benchmarks/cot_throughput.py --preset=tiny   # a smoke run
-  python benchmarks/cot_throughput.py --preset=gpu    # OWLv2 B/16 at 960 px, random weights
+  window = Filter_frames_with_act(clip, action)      # UniVTG on CLIP frame features + text
+  kept   = Filter_frames_with_obj(clip, objects[0])  # OWLv2 image side + class head
+  seen   = exist(clip, objects[1])                   # OWLv2: class head on cached features
+  acts   = Query_Actions(window or clip, objects[0], choices)  # LLaVA-NeXT-Video (generates)
+  about  = Video_summary(clip)                       # LLaVA, every other question
+  answer = select_answer(question, choices, {...})   # keyword selector (no model)
+
+Random weights (experts/random_weights.py), LLaVA as configs/cot/star.py asks it (greedy reply
+snapped to a choice, "official" prompts); a random model never emits EOS, so every reply is
+`new_tokens` long. The sandbox and the LLM stages are not in the loop: this is the expert side.
+
+Modes, on the same backends and the same pixels (a fresh tool cache and feature LRU per run):
+  on:     every expert's coalescer on (experts/coalesce.py): concurrent calls share batches;
+  off:    the coalescers bypassed, `threads` programs in flight, each call its own batch;
+  serial: off, one program at a time (the official agent's design).
+A warm-up run of each mode compiles first; the timed rounds alternate modes and the best
+round of each is kept. Reported: questions/s and s/question per mode, ratios, per-expert call
+seconds (sum of call latencies) per mode, requests per batch and worker busy seconds per
+coalescer, the busy fraction of the expert workers (sum of the coalescers' busy seconds / wall:
+how much of the run an expert batch was executing; > 1 when experts overlap), the process's
+CPU seconds per question (all threads: the work done, whatever the machine's load), XLA compilations
+during the timed rounds (should be 0), and whether all modes gave the same answers.
+
+  python benchmarks/cot_throughput.py --preset=cpu           # scaled-down experts (RESULTS.md)
+  python benchmarks/cot_throughput.py --preset=tiny          # a smoke run (seconds)
+  python benchmarks/cot_throughput.py --preset=gpu --out=cot_gpu.json  # real sizes, one GPU
+  python benchmarks/cot_throughput.py --preset=gpu --smoke   # the gpu code path, tiny widths
+
+gpu: OWLv2 B/16 at 960 px, UniVTG at the released size (hidden 1024, 4 layers) on CLIP B/32,
+LLaVA-NeXT-Video-7B shapes in bf16 (32 frames: 4,608 video tokens); `--smoke` keeps its
+buckets, dtypes, frame count and modes but shrinks every width and depth (checks on a CPU that
+the gpu preset runs). One JSON object is printed at the end and written to `--out`.
 """
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import json
 import os
 import sys
+import threading
 import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from experts import random_weights as rw  # noqa: E402
+
+TINY_OWL = dict(image_size=32, patch_size=8, vision_hidden=32, vision_layers=1, vision_heads=2,
+                text_hidden=32, text_layers=1, text_heads=2, projection=32, vocab=99,
+                text_length=16)
+TINY_CLIP = dict(TINY_OWL, image_size=32, patch_size=16, vision_hidden=16, text_hidden=16,
+                 projection=12)
+TINY_UNIVTG = dict(hidden_dim=32, nheads=4, enc_layers=1, dim_feedforward=48, clip_length=2.0)
+TINY_LLAVA = dict(vision_hidden=32, vision_layers=1, vision_heads=2, image_size=28, patch_size=14,
+                  hidden=32, intermediate=64, layers=1, heads=4, kv_heads=2, vocab=100)
+
 PRESETS = {
-    # scaled-down OWLv2 (the size of benchmarks/experts_tools.py's cpu preset)
-    "cpu": dict(image_size=96, patch_size=16, vision_hidden=96, vision_layers=2, heads=4,
-                text_hidden=64, text_layers=1, projection=64, vocab=99, questions=64,
-                min_len=1, max_len=8, frame_hw=(72, 96), precision="default"),
-    "tiny": dict(image_size=32, patch_size=8, vision_hidden=32, vision_layers=1, heads=2,
-                 text_hidden=32, text_layers=1, projection=32, vocab=99, questions=16,
-                 min_len=1, max_len=4, frame_hw=(24, 32), precision="default"),
-    # OWLv2 B/16 at 960 px (owlv2-base-patch16-ensemble's shapes: 3600 patches)
-    "gpu": dict(image_size=960, patch_size=16, vision_hidden=768, vision_layers=12, heads=12,
-                text_hidden=512, text_layers=12, projection=512, vocab=49408, questions=256,
-                min_len=1, max_len=8, frame_hw=(480, 640), precision="default"),
+    "tiny": dict(owl=TINY_OWL, clip=TINY_CLIP, univtg=TINY_UNIVTG, llava=TINY_LLAVA,
+                 questions=8, threads=4, frames=4, frame_hw=(24, 32), spans=(6.0, 10.0),
+                 llava_frames=2, new_tokens=3, owl_buckets=(1, 4), buckets=(1, 4, 16),
+                 llava_buckets=(1, 4), rounds=1),
+    # scaled-down experts: widths and depths cut, the programs and call pattern unchanged
+    "cpu": dict(owl=dict(TINY_OWL, image_size=96, patch_size=16, vision_hidden=96,
+                         vision_layers=2, vision_heads=4, text_hidden=64, projection=64),
+                clip=dict(TINY_CLIP, image_size=64, patch_size=16, vision_hidden=64,
+                          vision_layers=2, vision_heads=4, text_hidden=64, text_layers=2,
+                          text_heads=4, projection=64),
+                univtg=dict(hidden_dim=128, nheads=4, enc_layers=2, dim_feedforward=128,
+                            clip_length=2.0),
+                llava=dict(vision_hidden=64, vision_layers=2, vision_heads=4, image_size=56,
+                           patch_size=14, hidden=128, intermediate=256, layers=2, heads=4,
+                           kv_heads=4, vocab=1000),
+                questions=64, threads=16, frames=8, frame_hw=(72, 96), spans=(12.0, 20.0),
+                llava_frames=4, new_tokens=8, owl_buckets=(1, 2, 4, 8), buckets=(1, 4, 16, 64),
+                llava_buckets=(1, 4, 16), rounds=2),
+    # real sizes (see the module docstring); STAR's 32 frames per question
+    "gpu": dict(owl=rw.OWLV2_B16, clip=rw.CLIP_B32, univtg=rw.UNIVTG_RELEASED,
+                llava=rw.LLAVA_NEXT_VIDEO_7B, questions=24, threads=16, frames=32,
+                frame_hw=(336, 448), spans=(16.0, 24.0), llava_frames=32, new_tokens=8,
+                owl_buckets=(32,), buckets=(1, 16, 64), llava_buckets=(1, 8), rounds=1),
 }
-BUCKETS = (1, 2, 4, 8, 16, 32)
 OBJECTS = ("cup", "book", "laptop", "towel", "bag", "pillow", "sandwich", "door")
+ACTIONS = ("person opens the door", "person holds the cup", "person sits on the sofa",
+           "person puts down the book")
+CHOICES = (("Took.", "Put down.", "Washed.", "Threw."),
+           ("The cup.", "The book.", "The towel.", "The bag."))
 
 
-def build_model(p):
-  from flax import nnx
-  from aotd_jax.models.clip import CLIPTextConfig, CLIPVisionConfig
-  from aotd_jax.models.owlv2 import Owlv2Config, Owlv2ForObjectDetection
-  v = p["vocab"]
-  text = CLIPTextConfig(vocab_size=v, hidden_size=p["text_hidden"],
-                        intermediate_size=4 * p["text_hidden"], projection_dim=p["projection"],
-                        num_hidden_layers=p["text_layers"],
-                        num_attention_heads=max(1, p["text_hidden"] // 64),
-                        max_position_embeddings=16, pad_token_id=0, bos_token_id=v - 2,
-                        eos_token_id=v - 1)
-  vision = CLIPVisionConfig(hidden_size=p["vision_hidden"],
-                            intermediate_size=4 * p["vision_hidden"],
-                            projection_dim=p["projection"], num_hidden_layers=p["vision_layers"],
-                            num_attention_heads=p["heads"], image_size=p["image_size"],
-                            patch_size=p["patch_size"])
-  cfg = Owlv2Config(text_config=text, vision_config=vision, projection_dim=p["projection"],
-                    matmul_precision=p["precision"])
-  return Owlv2ForObjectDetection(cfg, rngs=nnx.Rngs(0))
+def smoke_sizes(p: dict) -> dict:
+  """The preset with every model's width and depth cut to the tiny ones (same code path)."""
+  p = dict(p, owl=TINY_OWL, clip=TINY_CLIP, univtg=dict(TINY_UNIVTG,
+                                                          clip_length=p["univtg"]["clip_length"]),
+           llava=dict(TINY_LLAVA, dtype=p["llava"].get("dtype", "float32")),
+           frame_hw=(24, 32))
+  return p
 
 
-def make_tokenize(vocab):
-  def tokenize(texts):
-    ids = np.zeros((len(texts), 16), np.int32)
-    mask = np.zeros_like(ids)
-    for i, t in enumerate(texts):
-      toks = [vocab - 2] + [3 + sum(map(ord, w)) % (vocab - 6) for w in t.split()] + [vocab - 1]
-      ids[i, :len(toks)], mask[i, :len(toks)] = toks, 1
-    return ids, mask
-  return tokenize
+class Timed:
+  """A backend whose expert calls add their latency to `seconds[role]` (thread-safe)."""
+
+  METHODS = ("detect", "ground", "answer", "recognize", "summarize")
+
+  def __init__(self, backend, role: str, seconds: dict, lock: threading.Lock):
+    self._backend, self._role, self._seconds, self._lock = backend, role, seconds, lock
+
+  def __getattr__(self, name):
+    attr = getattr(self._backend, name)
+    if name not in self.METHODS:
+      return attr
+
+    def timed(*args, **kwargs):
+      t0 = time.perf_counter()
+      try:
+        return attr(*args, **kwargs)
+      finally:
+        with self._lock:
+          self._seconds[self._role] = self._seconds.get(self._role, 0.0) + time.perf_counter() - t0
+    return timed
 
 
-def program(box, clip, objs):
-  """STAR-like: which frames show a, where is b, is c there at all."""
-  kept = box.Filter_frames_with_obj(clip, objs[0])
-  found = box.Find(clip, objs[1])
-  seen = box.exist(clip, objs[2])
-  return len(kept), len(found), bool(seen)
+class Experts:
+  """The three model backends, built once; `bypass()` runs them without their coalescers."""
+
+  def __init__(self, p: dict, wait_s: float):
+    from experts.backends.llava import LlavaVideoQA
+    from experts.backends.owlv2 import Owlv2Detector
+    from experts.backends.univtg import UniVTGGrounder
+    t0 = time.perf_counter()
+    self.detector = Owlv2Detector(rw.owlv2(p["owl"]), rw.word_tokenize(p["owl"]["vocab"],
+                                                                       p["owl"]["text_length"]),
+                                  buckets=p["owl_buckets"], nms_threshold=None, coalesce=True,
+                                  coalesce_wait_s=wait_s, query_template="a photo of a {}")
+    univtg, clip_model = rw.univtg(p["univtg"], p["clip"])
+    self.grounder = UniVTGGrounder(univtg, clip_model,
+                                   rw.word_tokenize(p["clip"]["vocab"], p["clip"]["text_length"]),
+                                   buckets=p["buckets"], coalesce=True, coalesce_wait_s=wait_s)
+    model, tokenizer = rw.llava(p["llava"])
+    self.llava = LlavaVideoQA(model, tokenizer, num_frames=p["llava_frames"],
+                              max_new_tokens=p["new_tokens"], choice_scoring="generate",
+                              prompt_format="official", summary_prompt="ours",
+                              action_prompt="official", buckets=p["llava_buckets"],
+                              coalesce=True, coalesce_wait_s=wait_s)
+    self.build_s = time.perf_counter() - t0
+
+  def coalescers(self) -> dict:
+    out = {"owlv2/image": self.detector.coalescer} if self.detector.coalescer else {}
+    out.update({f"univtg/{k}": c for k, c in self.grounder.coalescers.items()})
+    out.update({f"llava/{k}": c for k, c in self.llava.coalescers.items()})
+    return out
+
+  @contextlib.contextmanager
+  def bypass(self):
+    """Calls go straight to the bucketed functions (the same compiled programs)."""
+    saved = (self.detector.coalescer, self.grounder.coalescers, self.llava.coalescers,
+             self.llava.coalesce)
+    self.detector.coalescer, self.grounder.coalescers = None, {}
+    self.llava.coalescers, self.llava.coalesce = {}, False
+    try:
+      yield
+    finally:
+      (self.detector.coalescer, self.grounder.coalescers, self.llava.coalescers,
+       self.llava.coalesce) = saved
+
+  def close(self):
+    for backend in (self.detector, self.grounder, self.llava):
+      backend.close()
 
 
-def run(det, questions, threads, threshold):
+def make_questions(p: dict, tag: str, seed: int) -> list[dict]:
+  """`questions` clips of `frames` frames sampled over one of `spans` seconds (30 fps source)."""
   import experts
-  det.clear_features()
-  box = experts.Toolbox(detector=det, detect_threshold=threshold, find="frames",
-                        exist="detector")
-  t0 = time.perf_counter()
+  rng = np.random.default_rng(seed)
+  h, w = p["frame_hw"]
+  out = []
+  for i in range(p["questions"]):
+    span = float(p["spans"][i % len(p["spans"])])
+    ids = np.linspace(0, span * 30 - 1, p["frames"]).round().astype(np.int64)
+    frames = rng.integers(0, 255, (p["frames"], h, w, 3), dtype=np.uint8)
+    objs = [OBJECTS[j] for j in rng.permutation(len(OBJECTS))[:2]]
+    out.append({"clip": experts.VideoClip(frames, fps=30.0, video_id=f"{tag}-{i}", frame_ids=ids),
+                "objects": objs, "action": ACTIONS[i % len(ACTIONS)],
+                "choices": list(CHOICES[i % len(CHOICES)]), "summary": i % 2 == 0,
+                "question": f"What did the person do with the {objs[0]}?"})
+  return out
+
+
+def program(tools: dict, q: dict) -> tuple:
+  clip = q["clip"]
+  window = tools["Filter_frames_with_act"](clip, q["action"])
+  kept = tools["Filter_frames_with_obj"](clip, q["objects"][0])
+  seen = tools["exist"](clip, q["objects"][1])
+  acts = tools["Query_Actions"](window if len(window) else clip, q["objects"][0], q["choices"])
+  info = {"window": [window.start_frame, window.end_frame], "frames": kept.num_frames,
+          "seen": seen, "actions": acts}
+  if q["summary"]:
+    info["summary"] = tools["Video_summary"](clip)
+  answer = tools["select_answer"](q["question"], q["choices"], info)
+  return answer, json.dumps(info, sort_keys=True, default=str)
+
+
+def run(ex: Experts, questions: list[dict], threads: int, threshold: float) -> dict:
+  import experts
+  from experts.backends import oracle
+  ex.detector.clear_features()
+  seconds, lock = {}, threading.Lock()
+  box = experts.Toolbox(detector=Timed(ex.detector, "owlv2", seconds, lock),
+                        grounder=Timed(ex.grounder, "univtg+clip", seconds, lock),
+                        action_recognizer=Timed(ex.llava, "llava", seconds, lock),
+                        video_qa=Timed(ex.llava, "llava", seconds, lock),
+                        selector=oracle.KeywordSelector(), detect_threshold=threshold,
+                        find="frames", exist="detector")
+  tools = box.tools()
+  before = {k: (c.stats.busy_s, c.stats.batches, c.stats.requests)
+            for k, c in ex.coalescers().items()}
+  t0, cpu0 = time.perf_counter(), time.process_time()
   with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-    answers = list(pool.map(lambda q: program(box, *q), questions))
-  return time.perf_counter() - t0, answers
+    answers = list(pool.map(lambda q: program(tools, q), questions))
+  wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+  workers = {}
+  for k, c in ex.coalescers().items():
+    busy, batches, requests = (a - b for a, b in zip(
+        (c.stats.busy_s, c.stats.batches, c.stats.requests), before.get(k, (0.0, 0, 0))))
+    if batches:
+      workers[k] = {"busy_s": round(busy, 3), "batches": batches,
+                    "requests_per_batch": round(requests / batches, 2)}
+  return {"wall_s": wall, "cpu_s": cpu, "answers": answers, "expert_call_s": seconds, "workers": workers}
 
 
 def main(argv=None):
-  ap = argparse.ArgumentParser()
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
-  ap.add_argument("--threads", type=int, default=16, help="programs in flight")
-  ap.add_argument("--rounds", type=int, default=2, help="timed rounds each (best kept)")
-  ap.add_argument("--questions", type=int, default=0, help="override the preset's count")
-  ap.add_argument("--wait_ms", type=float, default=2.0, help="the coalescer's window")
-  ap.add_argument("--switch_ms", type=float, default=0.0,
-                  help="sys.setswitchinterval for every mode (0: Python's default, 5 ms)")
+  ap.add_argument("--smoke", action="store_true",
+                  help="the preset's code path with tiny widths and depths (runs on a CPU)")
+  ap.add_argument("--threads", type=int, default=0, help="programs in flight (0: the preset's)")
+  ap.add_argument("--rounds", type=int, default=0, help="timed rounds per mode (best kept)")
+  ap.add_argument("--questions", type=int, default=0, help="questions per round (0: preset's)")
+  ap.add_argument("--wait_ms", type=float, default=2.0, help="the coalescers' wait window")
+  ap.add_argument("--out", default="", help="also write the JSON result here")
   args = ap.parse_args(argv)
-  if args.switch_ms:
-    sys.setswitchinterval(args.switch_ms / 1000)
+  t_start = time.perf_counter()
   p = dict(PRESETS[args.preset])
-  if args.questions:
-    p["questions"] = args.questions
+  if args.smoke:
+    p = smoke_sizes(p)
+  for key in ("threads", "rounds", "questions"):
+    if getattr(args, key):
+      p[key] = getattr(args, key)
+  if p["questions"] < 1 or p["threads"] < 1 or p["rounds"] < 1:
+    raise SystemExit("--questions, --threads and --rounds must be >= 1")
   import jax
-  import experts
-  from experts.backends.owlv2 import Owlv2Detector
 
-  t_build = time.perf_counter()
-  model = build_model(p)
-  t_build = time.perf_counter() - t_build
-  tokenize = make_tokenize(p["vocab"])
-  rng = np.random.default_rng(0)
-  h, w = p["frame_hw"]
+  from experts.batching import count_xla_compilations
+  ex = Experts(p, args.wait_ms / 1000)
+  # the detection threshold: the 99th percentile of the random model's scores (some boxes)
+  probe = make_questions(dict(p, questions=1), "probe", 99)[0]["clip"]
+  logits = ex.detector.raw_outputs(probe, [OBJECTS[0]])[0]
+  threshold = float(np.quantile(1 / (1 + np.exp(-logits.astype(np.float64))), 0.99))
+  modes = {"on": p["threads"], "off": p["threads"], "serial": 1}
+  t0 = time.perf_counter()
+  warm = make_questions(p, "warm", 1)  # compiles every mode's shapes
+  for mode, threads in modes.items():
+    with (contextlib.nullcontext() if mode == "on" else ex.bypass()):
+      # off/serial run each call alone: two questions (both spans, a summary) cover their shapes
+      run(ex, warm if mode == "on" else warm[:2], threads, threshold)
+  for coalescer in ex.coalescers().values():  # every batch size a timed round may form
+    coalescer.warm()
+  compile_s = time.perf_counter() - t0
 
-  def questions(tag):  # distinct videos per run: nothing cached from an earlier run
-    rng_q = np.random.default_rng(1)
-    out = []
-    for i in range(p["questions"]):
-      n = int(rng_q.integers(p["min_len"], p["max_len"] + 1))
-      frames = rng.integers(0, 255, (n, h, w, 3), dtype=np.uint8)
-      objs = [OBJECTS[j] for j in rng_q.permutation(len(OBJECTS))[:3]]
-      out.append((experts.VideoClip(frames, video_id=f"{tag}-v{i}"), objs))
-    return out
-
-  dets = {"off": Owlv2Detector(model, tokenize, buckets=BUCKETS, nms_threshold=None),
-          "on": Owlv2Detector(model, tokenize, buckets=BUCKETS, nms_threshold=None,
-                              coalesce=True, coalesce_wait_s=args.wait_ms / 1000)}
-  # warm-up: compile every bucket of the image side and the heads (1 and 2 queries) for both
-  t_compile = time.perf_counter()
-  for det in dets.values():
-    for b in BUCKETS:
-      clip = experts.VideoClip(rng.integers(0, 255, (b, h, w, 3), dtype=np.uint8),
-                               video_id=f"warm{b}")
-      det.raw_outputs(clip, ["cup"])  # the programs ask for one object per call
-  t_compile = time.perf_counter() - t_compile
-  # threshold: the 99th percentile of the random model's scores (some boxes, not all)
-  warm_logits = dets["off"].raw_outputs(questions("warm")[0][0], ["cup"])[0]
-  threshold = float(np.quantile(1 / (1 + np.exp(-warm_logits)), 0.99))
-  for det in dets.values():  # the first threaded pass (thread pools, coalescer warm)
-    run(det, questions("pre")[:args.threads], args.threads, threshold)
-
-  best = {"off": float("inf"), "on": float("inf"), "serial": float("inf")}
+  best = {m: None for m in modes}
   answers = {}
-  for r in range(args.rounds):
-    qs = questions(f"r{r}")  # the same pixels for every mode within a round
-    for mode in ("off", "on", "serial"):
-      t, answers[mode] = run(dets["off" if mode == "serial" else mode], qs,
-                             1 if mode == "serial" else args.threads, threshold)
-      best[mode] = min(best[mode], t)
-  stats = dets["on"].coalescer.stats
-  qps = {m: p["questions"] / t for m, t in best.items()}
-  busy = {}
-  for r in range(1):  # one more "on" run to see how busy the coalescer's worker is
-    before = stats.busy_s
-    t, _ = run(dets["on"], questions("busy"), args.threads, threshold)
-    busy = {"worker_busy_fraction": round((stats.busy_s - before) / t, 3)}
-  frames = sum(len(c) for c, _ in questions("count"))
+  with count_xla_compilations() as compiles:
+    for r in range(p["rounds"]):
+      qs = make_questions(p, f"r{r}", 10 + r)
+      for mode, threads in modes.items():
+        with (contextlib.nullcontext() if mode == "on" else ex.bypass()):
+          out = run(ex, qs, threads, threshold)
+        answers.setdefault(mode, out["answers"])
+        if best[mode] is None or out["wall_s"] < best[mode]["wall_s"]:
+          best[mode] = out
+  ex.close()
+  qps = {m: p["questions"] / best[m]["wall_s"] for m in modes}
+  on = best["on"]
+  busy = sum(w["busy_s"] for w in on["workers"].values())
+  device = jax.devices()[0]
   result = {
-      "preset": args.preset, "device": str(jax.devices()[0].platform),
-      "device_kind": jax.devices()[0].device_kind, "threads": args.threads,
-      "questions": p["questions"], "frames": frames, "image_size": p["image_size"],
-      "frame_hw": [h, w], "wait_ms": args.wait_ms,
-      "switch_ms": round(sys.getswitchinterval() * 1000, 3),
-      "questions_per_s_off": round(qps["off"], 2), "questions_per_s_on": round(qps["on"], 2),
-      "seconds_per_question_on": round(1 / qps["on"], 4),
-      "questions_per_s_serial": round(qps["serial"], 2),
+      "preset": args.preset + (" (smoke)" if args.smoke else ""), "platform": device.platform,
+      "device_kind": device.device_kind, "threads": p["threads"], "questions": p["questions"],
+      "rounds": p["rounds"], "frames_per_question": p["frames"], "frame_hw": list(p["frame_hw"]),
+      "llava_frames": p["llava_frames"], "new_tokens": p["new_tokens"], "wait_ms": args.wait_ms,
+      "questions_per_s": {m: round(v, 3) for m, v in qps.items()},
+      "seconds_per_question": {m: round(1 / v, 4) for m, v in qps.items()},
+      "process_cpu_s_per_question": {m: round(best[m]["cpu_s"] / p["questions"], 4)
+                                     for m in modes},
       "ratio_on_vs_off": round(qps["on"] / qps["off"], 2),
       "ratio_on_vs_serial": round(qps["on"] / qps["serial"], 2),
-      "requests_per_batch": round(stats.requests_per_batch, 2),
-      "padded_rows_fraction": round(1 - stats.rows / max(stats.padded_rows, 1), 3),
+      "expert_call_s": {m: {k: round(v, 3) for k, v in best[m]["expert_call_s"].items()}
+                        for m in modes},
+      "coalescers_on": on["workers"],
+      "expert_workers_busy_fraction_on": round(busy / on["wall_s"], 3),
       "same_answers": answers["on"] == answers["off"] == answers["serial"],
-      **busy,
-      "image_side_compilations": {m: d.image_fn.compiles for m, d in dets.items()},
-      "build_s": round(t_build, 1), "compile_s": round(t_compile, 1),
+      "xla_compilations_timed": compiles[0],
+      "build_s": round(ex.build_s, 1), "warmup_compile_s": round(compile_s, 1),
+      "total_s": round(time.perf_counter() - t_start, 1),
+      "load_average": [round(x, 1) for x in os.getloadavg()],
   }
-  print(json.dumps(result, indent=1))
-  dets["on"].close()
+  text = json.dumps(result, indent=1)
+  print(text)
+  if args.out:
+    with open(args.out, "w", encoding="utf-8") as f:
+      f.write(text + "\n")
   return result
 
 

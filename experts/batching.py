@@ -51,14 +51,28 @@ def plan_chunks(n: int, buckets: Sequence[int]) -> list[tuple[int, int, int]]:
   return chunks
 
 
+def num_rows(rows) -> int:
+  """The leading size of `rows`: an array, or a tuple/list of arrays sharing their leading axis."""
+  leaves = jax.tree.leaves(rows)
+  if not leaves:
+    raise ValueError("rows: no arrays")
+  n = int(np.shape(leaves[0])[0]) if np.ndim(leaves[0]) else -1
+  if n < 0 or any(np.ndim(a) < 1 or int(np.shape(a)[0]) != n for a in leaves):
+    raise ValueError(f"rows must share a leading axis, got shapes {[np.shape(a) for a in leaves]}")
+  return n
+
+
 def pad_rows(x, size: int):
-  """Pads axis 0 of `x` to `size` by repeating its last row (numpy stays numpy)."""
-  n = x.shape[0]
-  if n == size:
-    return x
-  if isinstance(x, np.ndarray):
-    return np.concatenate([x, np.repeat(x[-1:], size - n, axis=0)], axis=0)
-  return jnp.concatenate([x, jnp.repeat(x[-1:], size - n, axis=0)], axis=0)
+  """Pads axis 0 of `x` (an array or a pytree of arrays) to `size` by repeating its last row
+  (numpy stays numpy)."""
+  def pad(a):
+    n = a.shape[0]
+    if n == size:
+      return a
+    if isinstance(a, np.ndarray):
+      return np.concatenate([a, np.repeat(a[-1:], size - n, axis=0)], axis=0)
+    return jnp.concatenate([a, jnp.repeat(a[-1:], size - n, axis=0)], axis=0)
+  return jax.tree.map(pad, x)
 
 
 class BucketedJit:
@@ -66,7 +80,10 @@ class BucketedJit:
 
   `fn` must map a batch of rows (leading axis B) to a pytree of arrays with leading axis B,
   row by row (no mixing across the batch): padding rows are computed and then dropped.
-  Other positional arguments (model state, tokenised queries) are passed unchanged.
+  Other positional arguments (model state, tokenised queries) are passed unchanged. `rows` may
+  be a tuple of arrays sharing their leading axis (e.g. token ids, masks and pixels per row).
+  `jit=False` calls `fn` as it is, for a function that compiles its own parts (generation's
+  prefill and decode loop); `compiles` then counts nothing.
 
   Example:
     detect = BucketedJit(lambda frames, q: score(frames, q), buckets=(1, 4, 16))
@@ -76,7 +93,7 @@ class BucketedJit:
   """
 
   def __init__(self, fn: Callable[..., Any], *, buckets: Sequence[int] = DEFAULT_BUCKETS,
-               name: str | None = None, donate_rows: bool = False):
+               name: str | None = None, donate_rows: bool = False, jit: bool = True):
     self.buckets = check_buckets(buckets)
     self.name = name or getattr(fn, "__name__", "expert")
     self.compiles = 0
@@ -87,12 +104,13 @@ class BucketedJit:
       self.compiles += 1  # Python side effect: runs once per trace, i.e. per new shape
       return fn(rows, *args)
 
-    self._jitted = jax.jit(traced, donate_argnums=(0,) if donate_rows else ())
+    self._jitted = jax.jit(traced, donate_argnums=(0,) if donate_rows else ()) if jit else fn
 
   def run_chunk(self, rows, *args):
     """One call on rows already padded to a bucket size (no slicing, no concatenation)."""
-    if int(rows.shape[0]) not in self.buckets:
-      raise ValueError(f"{self.name}: chunk of {rows.shape[0]} rows is not a bucket size "
+    n = num_rows(rows)
+    if n not in self.buckets:
+      raise ValueError(f"{self.name}: chunk of {n} rows is not a bucket size "
                        f"{self.buckets}")
     self.calls += 1
     return self._jitted(rows, *args)
@@ -104,15 +122,16 @@ class BucketedJit:
     clip-dependent shape: padding, slicing and concatenation happen in numpy, so the XLA
     compilations are exactly the traces counted by `compiles`.
     """
-    n = int(rows.shape[0])
+    n = num_rows(rows)
     if n == 0:
-      spec = jax.eval_shape(self._fn, jax.ShapeDtypeStruct((1,) + tuple(rows.shape[1:]), rows.dtype),
-                            *args)
+      one = jax.tree.map(lambda a: jax.ShapeDtypeStruct((1,) + tuple(a.shape[1:]), a.dtype), rows)
+      spec = jax.eval_shape(self._fn, one, *args)
       zeros = np.zeros if to_host else jnp.zeros
       return jax.tree.map(lambda s: zeros((0,) + s.shape[1:], s.dtype), spec)
     outs = []
     for start, stop, size in plan_chunks(n, self.buckets):
-      out = self.run_chunk(pad_rows(rows[start:stop], size), *args)
+      part = jax.tree.map(lambda a, s=start, e=stop: a[s:e], rows)
+      out = self.run_chunk(pad_rows(part, size), *args)
       if to_host:
         out = jax.tree.map(np.asarray, out)
       outs.append(out if stop - start == size

@@ -19,9 +19,12 @@ Two output modes:
             through the host. The per-request gather compiles once per (chunk bucket, request
             bucket) pair.
 
-Only requests with the same row shape/dtype and the same `args` objects (compared by
-identity: model state, queries) share a batch. Errors raised by the batch reach every
+Rows may be one array or a tuple of arrays sharing their leading axis (token ids, masks and
+pixels of one prompt per row). Only requests with the same row shapes/dtypes and the same
+`args` objects (compared by identity: model state, queries) share a batch. Errors raised by the batch reach every
 request in it. `close()` runs what is queued, then stops the worker; later submits raise.
+`warm()` compiles `fn` for every bucket size of every row shape seen so far, so that a long
+job does not stall on a compilation the first time a batch of a new size forms.
 
 Results are equal to per-request calls up to floating-point reassociation (a row's outputs can
 differ in the last bits with the batch it ran in).
@@ -40,14 +43,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experts.batching import BucketedJit, bucket_size, pad_rows, plan_chunks
+from experts.batching import BucketedJit, bucket_size, num_rows, pad_rows, plan_chunks
 
 OUTPUTS = ("host", "device")
 
 
 @dataclasses.dataclass
 class _Request:
-  rows: np.ndarray
+  rows: Any  # an array, or a tuple of arrays sharing the leading axis
   args: tuple
   key: tuple
   future: concurrent.futures.Future
@@ -55,7 +58,7 @@ class _Request:
 
   @property
   def n(self) -> int:
-    return int(self.rows.shape[0])
+    return num_rows(self.rows)
 
 
 @dataclasses.dataclass
@@ -120,6 +123,7 @@ class Coalescer:
     self.name = name or f"coalesce:{fn.name}"
     self.stats = CoalescerStats()
     self._queue: queue.Queue = queue.Queue()
+    self._seen: dict[tuple, tuple] = {}  # batching key -> (one row, args), for warm()
     self._closed = False
     self._submit_lock = threading.Lock()
     self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
@@ -128,11 +132,13 @@ class Coalescer:
   # -- callers ---------------------------------------------------------------------------------
 
   def submit(self, rows, *args) -> concurrent.futures.Future:
-    """Queues `rows` (numpy, leading axis N) with `fn`'s other arguments; returns a Future."""
-    rows = np.asarray(rows)
-    if rows.ndim < 1:
-      raise ValueError(f"{self.name}: rows need a leading axis, got shape {rows.shape}")
-    n = int(rows.shape[0])
+    """Queues `rows` (numpy, leading axis N; or a tuple of such arrays) with `fn`'s other
+    arguments; returns a Future."""
+    rows = jax.tree.map(np.asarray, rows)
+    if any(np.ndim(a) < 1 for a in jax.tree.leaves(rows)):
+      raise ValueError(f"{self.name}: rows need a leading axis, got shapes "
+                       f"{[np.shape(a) for a in jax.tree.leaves(rows)]}")
+    n = num_rows(rows)
     if self.output == "device" and n > self.fn.buckets[-1]:
       raise ValueError(f"{self.name}: {n} rows exceed the largest bucket "
                        f"{self.fn.buckets[-1]} (output='device' takes one chunk per request)")
@@ -141,12 +147,36 @@ class Coalescer:
       future.set_result(self.fn(rows, *args, to_host=True) if self.output == "host"
                         else self.fn(rows, *args))
       return future
-    key = (tuple(rows.shape[1:]), rows.dtype.str, tuple(id(a) for a in args))
+    key = (jax.tree.structure(rows),
+           tuple((a.shape[1:], a.dtype.str) for a in jax.tree.leaves(rows)),
+           tuple(id(a) for a in args))
     with self._submit_lock:
       if self._closed:
         raise RuntimeError(f"{self.name} is closed")
       self._queue.put(_Request(rows, args, key, future, time.monotonic()))
+      if key not in self._seen:
+        self._seen[key] = (jax.tree.map(lambda a: a[:1], rows), args)
     return future
+
+  def warm(self) -> int:
+    """Runs `fn` once per bucket size on each row shape submitted so far (a row repeated),
+    compiling what a batch of any size will run; returns the number of calls made. In
+    "device" mode also compiles the per-request gathers."""
+    with self._submit_lock:
+      seen = list(self._seen.values())
+    calls = 0
+    for row, args in seen:
+      for size in self.fn.buckets:
+        out = self.fn.run_chunk(pad_rows(row, size), *args)
+        if self.output == "host":
+          jax.tree.map(np.asarray, out)
+        else:
+          for own in self.fn.buckets:
+            if own <= size:
+              out_own = _take_jit(out, jnp.zeros((own,), jnp.int32))
+              jax.block_until_ready(out_own)
+        calls += 1
+    return calls
 
   def __call__(self, rows, *args):
     """`submit(rows, *args).result()`: blocks until the batch holding these rows has run."""
@@ -224,10 +254,17 @@ class Coalescer:
     for r, out in zip(live, results):
       r.future.set_result(out)
 
+  @staticmethod
+  def _concat(batch: Sequence[_Request]):
+    if len(batch) == 1:
+      return batch[0].rows
+    return jax.tree.map(lambda *a: np.concatenate(a), *[r.rows for r in batch])
+
   def _run_host(self, batch: Sequence[_Request]) -> list[Any]:
-    rows = batch[0].rows if len(batch) == 1 else np.concatenate([r.rows for r in batch])
+    rows = self._concat(batch)
     out = self.fn(rows, *batch[0].args, to_host=True)
-    self.stats.padded_rows += sum(size for _, _, size in plan_chunks(len(rows), self.fn.buckets))
+    total = sum(r.n for r in batch)
+    self.stats.padded_rows += sum(size for _, _, size in plan_chunks(total, self.fn.buckets))
     results, start = [], 0
     for r in batch:
       results.append(jax.tree.map(lambda a, s=start, e=start + r.n: a[s:e], out))
@@ -237,7 +274,7 @@ class Coalescer:
   def _run_device(self, batch: Sequence[_Request]) -> list[Any]:
     total = sum(r.n for r in batch)
     size = bucket_size(total, self.fn.buckets)
-    rows = batch[0].rows if len(batch) == 1 else np.concatenate([r.rows for r in batch])
+    rows = self._concat(batch)
     out = self.fn.run_chunk(pad_rows(rows, size), *batch[0].args)
     jax.block_until_ready(out)  # busy_s counts the device's time; callers wait for it anyway
     self.stats.padded_rows += size

@@ -3,9 +3,11 @@
 The config (an `ml_collections.ConfigDict` or a plain dict) has one section per role, each
 with a `kind` and that kind's settings:
 
-  detector:          oracle | owlv2 (path, threshold, buckets, matmul_precision, cpu_kernels,
-                     coalesce: concurrent calls share one batch of frames (experts/coalesce.py),
-                     coalesce_wait_s) | none
+  coalesce:          True: concurrent calls of a CoT job's programs to a model backend (OWLv2,
+                     UniVTG and its CLIP features, LLaVA) share one batch (experts/coalesce.py);
+                     a role's own `coalesce` key, when set, overrides it for that role
+  coalesce_wait_s:   how long a batch waits for more calls after the first (seconds)
+  detector:          oracle | owlv2 (path, threshold, buckets, matmul_precision, cpu_kernels) | none
   grounder:          oracle | univtg (path: official checkpoint, clip_path: HF CLIP dir,
                       features_path: saved ObjectStates, "" = CLIP image features) | none
   action_recognizer: oracle | llava (path, num_frames, choice_scoring: likelihood | generate,
@@ -62,8 +64,7 @@ def default_config() -> ml_collections.ConfigDict:
   """Perfect experts on the toy world: edit the roles to bind real models."""
   return ml_collections.ConfigDict({
       "detector": {"kind": "oracle", "path": "", "threshold": 0.1,
-                   "buckets": list(DEFAULT_BUCKETS), "coalesce": False,
-                   "coalesce_wait_s": 0.002},
+                   "buckets": list(DEFAULT_BUCKETS)},
       "grounder": {"kind": "oracle", "path": "", "clip_path": "", "features_path": "",
                    "buckets": list(DEFAULT_BUCKETS)},
       "action_recognizer": {"kind": "oracle", "path": ""},
@@ -73,7 +74,22 @@ def default_config() -> ml_collections.ConfigDict:
       "cache": {"dir": "", "enabled": True},
       "tools": {"find": "frames", "exist": "detector"},
       "object_vocabulary": "toyworld",
+      "coalesce": False,
+      "coalesce_wait_s": 0.002,
   })
+
+
+def coalescing(config, role: str) -> tuple[bool, float]:
+  """(on, wait window in s) of cross-program batching for `role`: the role's own `coalesce` /
+  `coalesce_wait_s` keys when set, else the config's top-level ones (default off, 2 ms)."""
+  section = _get(config, role)
+  on = _get(section, "coalesce", None)
+  on = _get(config, "coalesce", False) if on is None else on
+  wait = _get(section, "coalesce_wait_s", None)
+  wait = _get(config, "coalesce_wait_s", 0.002) if wait is None else wait
+  if float(wait) < 0:
+    raise ValueError(f"experts config: coalesce_wait_s must be >= 0 (role {role}), got {wait}")
+  return bool(on), float(wait)
 
 
 def _get(section: Any, key: str, default: Any = None) -> Any:
@@ -152,13 +168,13 @@ def _path(role: str, kind: str, section) -> str:
 def _owlv2(section, ctx):
   from experts.backends import owlv2
   nms = _get(section, "nms_threshold", 0.3)
+  coalesce, wait = coalescing(ctx.config, "detector")
   return owlv2.Owlv2Detector.from_pretrained(
       _path("detector", "owlv2", section), buckets=_get(section, "buckets", DEFAULT_BUCKETS),
       matmul_precision=_get(section, "matmul_precision", "default"),
       cpu_kernels=bool(_get(section, "cpu_kernels", True)),
       query_template=_get(section, "query_template", "{}") or "{}",
-      coalesce=bool(_get(section, "coalesce", False)),
-      coalesce_wait_s=float(_get(section, "coalesce_wait_s", 0.002)),
+      coalesce=coalesce, coalesce_wait_s=wait,
       nms_threshold=None if nms is None or float(nms) <= 0 else float(nms))
 
 
@@ -169,10 +185,12 @@ def _univtg(section, ctx):
     raise ValueError("experts config: grounder.clip_path (a HF CLIP directory) is required "
                      "for kind 'univtg'")
   features_path = _get(section, "features_path", "")
+  coalesce, wait = coalescing(ctx.config, "grounder")
   return univtg.UniVTGGrounder.from_pretrained(
       _path("grounder", "univtg", section), clip_path=clip_path,
       buckets=_get(section, "buckets", DEFAULT_BUCKETS),
-      frame_features=ctx.frame_features(features_path) if features_path else None)
+      frame_features=ctx.frame_features(features_path) if features_path else None,
+      coalesce=coalesce, coalesce_wait_s=wait)
 
 
 def _llava(role):
@@ -183,13 +201,17 @@ def _llava(role):
     kernels = bool(_get(section, "cpu_kernels", True))
     model = ctx.model(("llava", path, precision, kernels),
                       lambda: llava.load(path, matmul_precision=precision, cpu_kernels=kernels))
-    return llava.LlavaVideoQA(*model, name=f"llava:{path}",
-                              num_frames=int(_get(section, "num_frames", 8)),
-                              choice_scoring=_get(section, "choice_scoring", "likelihood"),
-                              max_new_tokens=int(_get(section, "max_new_tokens", 32)),
-                              prompt_format=_get(section, "prompt_format", "plain"),
-                              summary_prompt=_get(section, "summary_prompt", "ours"),
-                              action_prompt=_get(section, "action_prompt", "ours"))
+    coalesce, wait = coalescing(ctx.config, role)
+    settings = dict(num_frames=int(_get(section, "num_frames", 8)),
+                    choice_scoring=_get(section, "choice_scoring", "likelihood"),
+                    max_new_tokens=int(_get(section, "max_new_tokens", 32)),
+                    prompt_format=_get(section, "prompt_format", "plain"),
+                    summary_prompt=_get(section, "summary_prompt", "ours"),
+                    action_prompt=_get(section, "action_prompt", "ours"),
+                    coalesce=coalesce, coalesce_wait_s=wait)
+    # one backend for both roles when their settings agree: their calls then share batches
+    return ctx.model(("llava-backend", path, precision, kernels, tuple(sorted(settings.items()))),
+                     lambda: llava.LlavaVideoQA(*model, name=f"llava:{path}", **settings))
   return make
 
 
@@ -277,9 +299,11 @@ def describe(config, *, full_hash: bool = False, plugins: Sequence[Plugin] = ()
         entry["threshold"] = float(_get(section, "threshold", 0.1))
         entry["query_template"] = _get(section, "query_template", "{}") or "{}"
         entry["nms_threshold"] = _get(section, "nms_threshold", 0.3)
-        entry["coalesce"] = bool(_get(section, "coalesce", False))
-        if entry["coalesce"]:
-          entry["coalesce_wait_s"] = float(_get(section, "coalesce_wait_s", 0.002))
+      if kind in ("owlv2", "univtg", "llava"):
+        on, wait = coalescing(config, role)
+        entry["coalesce"] = on
+        if on:
+          entry["coalesce_wait_s"] = wait
     elif kind == "openai":
       entry.update(base_url=_get(section, "base_url", ""), model=_get(section, "model", ""))
     if role == "selector" and kind in ("llama", "openai"):

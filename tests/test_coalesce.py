@@ -203,17 +203,48 @@ def test_registry_binds_and_describes_coalescing():
   from aotd_jax.projects.toyworld.oracle import PLUGIN
   from experts import registry
   c = experts.default_config()
-  assert c.detector.coalesce is False
-  c.detector = dict(c.detector, kind="owlv2", path="/nonexistent-owl", coalesce=True)
+  assert c.coalesce is False
+  c.detector = dict(c.detector, kind="owlv2", path="/nonexistent-owl")
+  c.grounder = dict(c.grounder, kind="univtg", path="/nonexistent-univtg", clip_path="/c")
+  assert registry.describe(c, plugins=[PLUGIN])["detector"]["coalesce"] is False
+  c.coalesce = True
+  c.grounder.coalesce = False
   d = registry.describe(c, plugins=[PLUGIN])
   assert d["detector"]["coalesce"] is True and d["detector"]["coalesce_wait_s"] == 0.002
+  assert d["grounder"]["coalesce"] is False and "coalesce_wait_s" not in d["grounder"]
 
 
 @pytest.mark.parametrize("name", ["star", "nextqa"])
-def test_real_cot_configs_coalesce_the_detector_by_default(name):
+def test_real_cot_configs_coalesce_every_expert_by_default(name):
   import importlib
   mod = importlib.import_module(f"configs.cot.{name}")
   arg = ("ann=a.json,videos=v,owlv2=o,univtg=u.ckpt,clip=c,llava=l,llm=http://x/v1"
          + (",map=m.json" if name == "nextqa" else ""))
   c = mod.get_config(arg)
-  assert c.experts.detector.coalesce is True
+  from experts import registry
+  for role in ("detector", "grounder", "action_recognizer", "video_qa"):
+    assert registry.coalescing(c.experts, role)[0] is True
+  c.experts.coalesce = False  # --config.experts.coalesce=False
+  assert registry.coalescing(c.experts, "video_qa")[0] is False
+
+
+def test_toy_cot_config_coalesces_model_experts_by_default():
+  from configs.toyworld import cot
+  from experts import registry
+  c = cot.get_config()
+  assert c.experts.coalesce is True
+  c.experts.detector.kind = "owlv2"
+  assert registry.coalescing(c.experts, "detector") == (True, 0.002)
+
+
+def test_warm_compiles_every_bucket_of_the_shapes_seen():
+  fn, w = _fn()
+  with Coalescer(fn, wait_s=0.0) as co:
+    assert co.warm() == 0  # nothing seen yet
+    co(np.ones((3, 3), np.float32), w)
+    assert co.warm() == len(BUCKETS)
+    assert fn.compiles == len(BUCKETS)
+    compiled = fn.compiles
+    for n in (1, 2, 5, 8, 11):
+      co(np.ones((n, 3), np.float32), w)
+    assert fn.compiles == compiled  # no batch size compiles again

@@ -48,9 +48,10 @@ def bind_experts(name: str, a: dict, *, vocabulary: str) -> ml_collections.Confi
   # score threshold 0.2, no NMS; Find returns crops, exist asks the video QA model to confirm.
   c.detector = {"kind": "owlv2", "path": a["owlv2"], "threshold": 0.2,
                 "query_template": "a photo of a {}", "nms_threshold": 0.0,
-                "buckets": list(c.detector.buckets),
-                # concurrent programs' detections share one batch (docs/experts.md)
-                "coalesce": True, "coalesce_wait_s": c.detector.coalesce_wait_s}
+                "buckets": list(c.detector.buckets)}
+  # concurrent programs' calls to every model expert share batches (docs/experts.md);
+  # --config.experts.coalesce=False runs each call on its own
+  c.coalesce = True
   c.tools = {"find": "crops", "exist": "detector+qa"}
   c.grounder = {"kind": "univtg", "path": a["univtg"], "clip_path": a["clip"],
                 "features_path": "", "buckets": list(c.grounder.buckets)}

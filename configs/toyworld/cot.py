@@ -100,6 +100,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   import experts  # the toy world's oracle experts read its ground truth
   c.experts = experts.default_config()
   c.experts.ground_truth.path = a["world"]
+  # a model bound to a role (e.g. --config.experts.detector.kind=owlv2) batches the calls of
+  # concurrent programs (docs/experts.md); --config.experts.coalesce=False turns it off
+  c.experts.coalesce = True
   c.examples = "toyworld"
   c.out_dir = f"workdir/cots/toy_{a['split']}"
   return c

@@ -11,9 +11,16 @@ benchmarks score it: each candidate is scored by the model's log-likelihood of r
 it (`answer_format`: the choice's text, "(B)", or "(B) text", then `</s>`), and the best one
 is returned, so the reply is always a valid choice. `choice_scoring="generate"` decodes
 freely and snaps the reply to a choice instead.
+
+Both kinds of call run through `experts.batching.BucketedJit`s whose rows are requests: a
+scoring request is one clip with its replies (the video tower runs once per clip, its features
+are written into every reply's row), a generation request one left-padded prompt with its
+clip. With `coalesce=True` each sits behind an `experts.coalesce.Coalescer`, so concurrent
+calls from a CoT job's programs (same prompt bucket, same number of replies) share one batch.
 """
 from __future__ import annotations
 
+import threading
 from typing import Sequence
 
 import numpy as np
@@ -68,16 +75,29 @@ def choice_reply(choices: Sequence[str], index: int, answer_format: str = "text"
   return letter if answer_format == "letter" else f"{letter} {choices[index]}"
 
 
-def _choice_logprobs(graphdef, state, ids, mask, pixels, scored):
-  """Summed log-probabilities of the `scored` (B, L) tokens of each row."""
+def _request_logprobs(graphdef, rows, state):
+  """Summed log-probabilities (B, R) of the `scored` tokens of each request's R replies.
+
+  rows: ids (B, R, L), attention mask (B, R, L), pixels (B, T, 3, S, S), scored (B, R, L): one
+  clip per request, its video features computed once and written into each reply's row.
+  """
   import jax
   import jax.numpy as jnp
   from flax import nnx
+
+  from aotd_jax.models.llava_next_video import _scatter_features
+  ids, mask, pixels, scored = rows
+  b, r, length = ids.shape
   model = nnx.merge(graphdef, state)
-  logits = model(ids, mask, pixel_values_videos=pixels).logits[:, :-1].astype(jnp.float32)
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  tok = jnp.take_along_axis(logp, ids[:, 1:, None], axis=-1)[..., 0]
-  return jnp.sum(tok * scored[:, 1:], axis=-1)
+  feats = model.get_video_features(pixels)  # (B, N, hidden)
+  feats = jnp.repeat(feats, r, axis=0).reshape(-1, feats.shape[-1])
+  flat = ids.reshape(b * r, length)
+  embeds = _scatter_features(model.language_model.embed(flat),
+                             flat == model.config.video_token_index, feats)
+  logits = model(attention_mask=mask.reshape(b * r, length), inputs_embeds=embeds).logits
+  logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+  tok = jnp.take_along_axis(logp, flat[:, 1:, None], axis=-1)[..., 0]
+  return jnp.sum(tok * scored.reshape(b * r, length)[:, 1:], axis=-1).reshape(b, r)
 
 
 def load(path: str, matmul_precision: str = "default", cpu_kernels: bool = True):
@@ -108,13 +128,17 @@ class LlavaVideoQA:
       "letter_text": "(B) text"); the form `choice_scoring="likelihood"` scores.
     prompt_format: "plain" (the question and option lines) or "official" (`Question:` /
       `Options:` headers, as the official AoTD asks LLaVA-NeXT-Video-DPO).
+    buckets: request batch sizes the scorer and generation compile for.
+    coalesce: batch concurrent calls across threads (`experts.coalesce.Coalescer`).
+    coalesce_wait_s: the coalescers' wait window.
   """
 
   def __init__(self, model, tokenizer, *, name: str = "llava", num_frames: int = 8,
                max_new_tokens: int = 32, video_token: str = "<video>",
                choice_scoring: str = "likelihood", answer_format: str = "text",
                prompt_format: str = "plain", summary_prompt: str = "ours",
-               action_prompt: str = "ours"):
+               action_prompt: str = "ours", buckets: Sequence[int] = (1, 2, 4, 8, 16),
+               coalesce: bool = False, coalesce_wait_s: float = 0.002):
     if choice_scoring not in CHOICE_SCORING:
       raise ValueError(f"choice_scoring={choice_scoring!r} is not one of {list(CHOICE_SCORING)}")
     if answer_format not in ANSWER_FORMATS:
@@ -126,7 +150,11 @@ class LlavaVideoQA:
       raise ValueError(f"action_prompt={action_prompt!r} is not one of {list(ACTION_PROMPTS)}")
     self.prompt_format, self.summary_prompt = prompt_format, summary_prompt
     self.action_prompt = action_prompt
-    self._choice_logprobs = None
+    self.buckets, self.coalesce, self.coalesce_wait_s = tuple(buckets), coalesce, coalesce_wait_s
+    self._graphdef = self._state = None
+    self._fns: dict[str, object] = {}  # "score" / "generate<max_new_tokens>" -> BucketedJit
+    self.coalescers: dict[str, object] = {}
+    self._lock = threading.Lock()
     self.model, self.tokenizer, self.name = model, tokenizer, name
     self.num_frames, self.max_new_tokens = int(num_frames), int(max_new_tokens)
     self.video_token_id = tokenizer.convert_tokens_to_ids(video_token)
@@ -150,15 +178,49 @@ class LlavaVideoQA:
       ids.extend([t] * per_video if t == self.video_token_id else [t])
     return np.asarray([ids], np.int32), pixels
 
+  def _run(self, key: str, make, rows, *args):
+    """The `BucketedJit` `make()` (built once per key) over request rows, on the host, through
+    the key's coalescer when `coalesce` is on."""
+    with self._lock:  # programs call from many threads: one function and coalescer per key
+      fn = self._fns.get(key)
+      if fn is None:
+        fn = self._fns[key] = make()
+      if self.coalesce and key not in self.coalescers:
+        from experts.coalesce import Coalescer
+        self.coalescers[key] = Coalescer(fn, wait_s=self.coalesce_wait_s, output="host",
+                                         name=f"{self.name}/coalesce-{key}")
+      coalescer = self.coalescers.get(key)
+    return coalescer(rows, *args) if coalescer is not None else fn(rows, *args, to_host=True)
+
+  def close(self) -> None:
+    """Stops the coalescers' worker threads (if any); calls then run directly."""
+    with self._lock:
+      coalescers, self.coalescers, self.coalesce = self.coalescers, {}, False
+    for c in coalescers.values():
+      c.close()
+
   def generate_text(self, clip, user_text: str, max_new_tokens: int | None = None) -> str:
     """Greedy reply of the model to `user_text` about the clip."""
+    from aotd_jax.models.generate import prompt_bucket
     from aotd_jax.models.llava_next_video import generate
+    from experts.batching import BucketedJit
     ids, pixels = self.inputs(clip, user_text)
-    out = generate(self.model, ids, np.ones_like(ids), pixel_values_videos=pixels,
-                   max_new_tokens=max_new_tokens or self.max_new_tokens,
-                   eos_token_id=self.tokenizer.eos_token_id)
-    n = int(np.asarray(out.lengths)[0])
-    return self.tokenizer.decode(np.asarray(out.sequences)[0, :n].tolist(),
+    steps = int(max_new_tokens or self.max_new_tokens)
+    width = prompt_bucket(ids.shape[1])  # left-padded as `generate` pads it
+    pad = self.tokenizer.pad_token_id or 0
+    rows = (np.pad(ids, ((0, 0), (width - ids.shape[1], 0)), constant_values=pad),
+            np.pad(np.ones_like(ids), ((0, 0), (width - ids.shape[1], 0))), pixels)
+    model, eos = self.model, self.tokenizer.eos_token_id
+
+    def run(rows):
+      out = generate(model, rows[0], rows[1], pixel_values_videos=rows[2],
+                     max_new_tokens=steps, eos_token_id=eos, pad_token_id=pad)
+      return out.sequences, out.lengths
+
+    seqs, lengths = self._run(f"generate{steps}", lambda: BucketedJit(
+        run, buckets=self.buckets, name=f"{self.name}/generate", jit=False), rows)
+    n = int(lengths[0])
+    return self.tokenizer.decode(np.asarray(seqs)[0, :n].tolist(),
                                  skip_special_tokens=True).strip()
 
   def score_choices(self, clip, user_text: str, replies: Sequence[str], *,
@@ -169,11 +231,12 @@ class LlavaVideoQA:
     in one batch (right-padded to a `prompt_bucket` length, so lengths share compiled programs).
     blank: the video replaced by zeros (the normalised mean frame): what the text alone says.
     """
-    import jax
-    import jax.numpy as jnp
+    import functools
+
     from flax import nnx
 
     from aotd_jax.models.generate import prompt_bucket
+    from experts.batching import BucketedJit
     if not replies:
       raise ValueError("score_choices: no replies to score")
     ids, pixels = self.inputs(clip, user_text)
@@ -191,13 +254,14 @@ class LlavaVideoQA:
     attn, scored = np.zeros_like(batch), np.zeros((len(rows), width), np.float32)
     for i, (r, m) in enumerate(zip(rows, masks)):
       batch[i, :len(r)], attn[i, :len(r)], scored[i, :len(m)] = r, 1, m
-    if self._choice_logprobs is None:  # one jitted scorer per backend (no module state)
-      self._choice_logprobs = jax.jit(_choice_logprobs, static_argnums=(0,))
-    graphdef, state = nnx.split(self.model)
-    out = self._choice_logprobs(graphdef, state, jnp.asarray(batch), jnp.asarray(attn),
-                                jnp.asarray(np.repeat(pixels, len(rows), axis=0)),
-                                jnp.asarray(scored))
-    return np.asarray(out, np.float64)
+    with self._lock:  # one split: the state object is part of the coalescer's batching key
+      if self._state is None:
+        self._graphdef, self._state = nnx.split(self.model)
+      graphdef, state = self._graphdef, self._state
+    out = self._run("score", lambda: BucketedJit(
+        functools.partial(_request_logprobs, graphdef), buckets=self.buckets,
+        name=f"{self.name}/score"), (batch[None], attn[None], pixels, scored[None]), state)
+    return np.asarray(out[0], np.float64)
 
   def answer(self, clip, question: str, choices: Sequence[str] | None = None) -> str:
     from aotd_jax.data.conversation import (ANSWER_SUFFIX, OPEN_ENDED_SUFFIX, format_question)

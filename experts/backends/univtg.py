@@ -17,13 +17,16 @@ Video features are CLIP's image features (`v_feat_dims == (projection_dim,)`), o
 `frame_features` (`features_path` in the config), the per-name object states of a saved
 `aotd_jax.projects.toyworld.object_states.ObjectStates` (the toy world's grounder). The released
 SlowFast+CLIP checkpoints need SlowFast features we do not compute.
+
+With `coalesce=True` the three jitted parts (CLIP image features, CLIP text states, the
+UniVTG forward) each sit behind an `experts.coalesce.Coalescer`: concurrent `ground` calls
+from a CoT job's programs share batches. The forward batches calls whose video has the same
+(padded) clip count, so a row's inputs are exactly the unbatched call's.
 """
 from __future__ import annotations
 
 from typing import Callable, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -47,12 +50,15 @@ class UniVTGGrounder:
     nms_threshold: temporal NMS IoU of the decoding (official 0.7).
     frame_features: an `nnx.Module` (pixels -> (frames, D)) with `image_size` and
       `feature_dim`, used for the video features instead of CLIP's image tower.
+    coalesce: batch concurrent calls across threads (`experts.coalesce.Coalescer`, host mode)
+      for the image features, the text states and the forward.
+    coalesce_wait_s: the coalescers' wait window.
   """
 
   def __init__(self, model, clip_model, tokenize: Tokenize, *, name: str = "univtg",
                buckets: Sequence[int] = DEFAULT_BUCKETS,
                clip_buckets: Sequence[int] | None = None, nms_threshold: float | None = 0.7,
-               frame_features=None):
+               frame_features=None, coalesce: bool = False, coalesce_wait_s: float = 0.002):
     cfg = model.config
     if frame_features is None:
       dim, what = clip_model.config.projection_dim, "CLIP image features"
@@ -84,22 +90,42 @@ class UniVTGGrounder:
       def image_features(pixels, state):
         return nnx.merge(fg, state)(pixels)
 
-    def text_states(state, input_ids, attention_mask):
+    def text_states(rows, state):
+      input_ids, attention_mask = rows
       return nnx.merge(vg, state).text_model(input_ids, attention_mask).last_hidden_state
 
-    def forward(state, src_txt, src_txt_mask, src_vid, src_vid_mask):
-      out = nnx.merge(ug, state)(src_txt, src_txt_mask, src_vid, src_vid_mask)
+    def forward(rows, state):
+      out = nnx.merge(ug, state)(*rows)  # src_txt, src_txt_mask, src_vid, src_vid_mask
       return out.pred_logits, out.pred_spans, out.saliency_scores, out.src_vid_mask
 
     self.image_fn = BucketedJit(image_features, buckets=buckets, name=f"{name}/clip-image")
-    self._text_fn = jax.jit(text_states)
-    self.forward_compiles = 0
+    self.text_fn = BucketedJit(text_states, buckets=buckets, name=f"{name}/clip-text")
+    self.forward_fn = BucketedJit(forward, buckets=buckets, name=f"{name}/forward")
+    self.coalescers = {}
+    if coalesce:
+      from experts.coalesce import Coalescer
+      self.coalescers = {part: Coalescer(fn, wait_s=coalesce_wait_s, output="host",
+                                         name=f"{name}/coalesce-{part}")
+                         for part, fn in (("image", self.image_fn), ("text", self.text_fn),
+                                          ("forward", self.forward_fn))}
 
-    def counted(*args):
-      self.forward_compiles += 1
-      return forward(*args)
+  @property
+  def forward_compiles(self) -> int:
+    """XLA compilations of the UniVTG forward so far (one per batch bucket and clip count)."""
+    return self.forward_fn.compiles
 
-    self._forward = jax.jit(counted)
+  def _run(self, part: str, fn: BucketedJit, rows, state):
+    """`fn` over `rows` on the host, through the part's coalescer when there is one."""
+    coalescer = self.coalescers.get(part)
+    if coalescer is not None:
+      return coalescer(rows, state)
+    return fn(rows, state, to_host=True)
+
+  def close(self) -> None:
+    """Stops the coalescers' worker threads (if any); calls then run directly."""
+    coalescers, self.coalescers = self.coalescers, {}
+    for c in coalescers.values():
+      c.close()
 
   @classmethod
   def from_pretrained(cls, path: str, *, clip_path: str, buckets=DEFAULT_BUCKETS,
@@ -130,13 +156,14 @@ class UniVTGGrounder:
     pos = clip_row_indices(clip.times, clip.span_seconds, self.clip_length)
     pixels = preprocess_video(clip.frames[pos], shortest_edge=self.image_size,
                               crop_size=self.image_size)
-    return self.image_fn(pixels, self._image_state, to_host=True), pos
+    return self._run("image", self.image_fn, pixels, self._image_state), pos
 
   def query_states(self, query: str) -> np.ndarray:
     """(Lt, hidden) CLIP text token states of the query's valid tokens."""
     ids, mask = self.tokenize([query])
-    hidden = np.asarray(self._text_fn(self._clip_state, jnp.asarray(ids), jnp.asarray(mask)))
-    return hidden[0, np.asarray(mask[0]) > 0]
+    ids, mask = np.asarray(ids, np.int32), np.asarray(mask, np.int32)
+    hidden = self._run("text", self.text_fn, (ids, mask), self._clip_state)
+    return hidden[0, mask[0] > 0]
 
   def raw_outputs(self, clip, query: str, *, pad: bool = True):
     """The UniVTG outputs for a clip and query; `pad=False` pads neither clips nor text."""
@@ -150,8 +177,9 @@ class UniVTGGrounder:
           -(-n // self.clip_buckets[-1]) * self.clip_buckets[-1]
     inputs = post.batch_inputs([feats], [txt], use_tef=self.use_tef, pad_video_to=lv,
                                pad_text_to=self.tokenize([query])[0].shape[1] if pad else None)
-    return self._forward(self._univtg_state, inputs["src_txt"], inputs["src_txt_mask"],
-                         inputs["src_vid"], inputs["src_vid_mask"])
+    rows = tuple(np.asarray(inputs[k]) for k in ("src_txt", "src_txt_mask", "src_vid",
+                                                  "src_vid_mask"))
+    return self._run("forward", self.forward_fn, rows, self._univtg_state)
 
   def ground(self, clip, query: str, *, top_k: int = 1) -> list[Window]:
     """Best-first windows of source frame ids where `query` happens."""

@@ -1,0 +1,167 @@
+"""Cross-program batching of every model expert (UniVTG + CLIP features, LLaVA QA / actions /
+generation, OWLv2): coalesced calls equal single calls, and a CoT job's records are the same
+with coalescing on and off. Tiny random-weight models (experts/random_weights.py)."""
+import concurrent.futures
+import json
+import threading
+
+import numpy as np
+import pytest
+
+import experts
+from experts import random_weights as rw
+
+CLIP_TINY = dict(image_size=32, patch_size=16, vision_hidden=16, vision_layers=1, vision_heads=2,
+                 text_hidden=16, text_layers=1, text_heads=2, projection=12, vocab=99,
+                 text_length=16)
+UNIVTG_TINY = dict(hidden_dim=32, nheads=4, enc_layers=1, dim_feedforward=48, clip_length=1.0)
+LLAVA_TINY = dict(vision_hidden=32, vision_layers=1, vision_heads=2, image_size=28, patch_size=14,
+                  hidden=32, intermediate=64, layers=1, heads=4, kv_heads=2, vocab=100)
+OWL_TINY = dict(CLIP_TINY, image_size=32, patch_size=8, vision_hidden=32, text_hidden=32,
+                projection=32)
+
+
+@pytest.fixture(scope="module")
+def models():
+  return {"univtg": rw.univtg(UNIVTG_TINY, CLIP_TINY), "llava": rw.llava(LLAVA_TINY),
+          "owlv2": rw.owlv2(OWL_TINY)}
+
+
+def _clips(n, lengths, seed=0, fps=2.0):
+  rng = np.random.default_rng(seed)
+  return [experts.VideoClip(rng.integers(0, 255, (lengths[i % len(lengths)], 24, 32, 3),
+                                         np.uint8), fps=fps, video_id=f"v{seed}-{i}")
+          for i in range(n)]
+
+
+def _together(fn, items, threads=8):
+  """fn over items from `threads` threads released at once (so that calls overlap)."""
+  barrier = threading.Barrier(min(threads, len(items)))
+
+  def call(i):
+    if i < threads:
+      barrier.wait()
+    return fn(items[i])
+  with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+    return list(pool.map(call, range(len(items))))
+
+
+def test_univtg_coalesced_ground_equals_single_calls(models):
+  from experts.backends.univtg import UniVTGGrounder
+  model, clip_model = models["univtg"]
+  tokenize = rw.word_tokenize(CLIP_TINY["vocab"], CLIP_TINY["text_length"])
+  direct = UniVTGGrounder(model, clip_model, tokenize, buckets=(1, 4, 8))
+  coal = UniVTGGrounder(model, clip_model, tokenize, buckets=(1, 4, 8), coalesce=True,
+                        coalesce_wait_s=0.05)
+  jobs = [(c, ["a person opens the door", "someone sits"][i % 2])
+          for i, c in enumerate(_clips(8, [6, 6, 9]))]
+  try:
+    want = [direct.raw_outputs(c, q) for c, q in jobs]
+    got = _together(lambda j: coal.raw_outputs(*j), jobs)
+    for w, g in zip(want, got):
+      for a, b in zip(w, g):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+    windows = _together(lambda j: coal.ground(*j, top_k=2), jobs)
+    assert windows == [direct.ground(c, q, top_k=2) for c, q in jobs]
+    stats = {k: c.stats for k, c in coal.coalescers.items()}
+    assert all(s.requests_per_batch > 1 for s in stats.values()), stats  # calls shared batches
+  finally:
+    coal.close()
+  assert coal.coalescers == {}  # closed: later calls run directly
+  assert coal.ground(*jobs[0], top_k=2) == direct.ground(*jobs[0], top_k=2)
+
+
+def test_llava_coalesced_answers_actions_and_generation_equal_single_calls(models):
+  from experts.backends.llava import LlavaVideoQA
+  model, tok = models["llava"]
+  direct = LlavaVideoQA(model, tok, num_frames=2, max_new_tokens=3)
+  coal = LlavaVideoQA(model, tok, num_frames=2, max_new_tokens=3, coalesce=True,
+                      coalesce_wait_s=0.05)
+  clips = _clips(8, [3, 5])
+  choices = ["a red cup", "the dog", "opens the box", "sits down"]
+  try:
+    want = [direct.score_choices(c, "what happens", choices) for c in clips]
+    got = _together(lambda c: coal.score_choices(c, "what happens", choices), clips)
+    np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-5, atol=1e-5)
+    assert (_together(lambda c: coal.recognize(c, "cup", choices), clips)
+            == [direct.recognize(c, "cup", choices) for c in clips])
+    assert (_together(lambda c: coal.generate_text(c, "describe it"), clips)
+            == [direct.generate_text(c, "describe it") for c in clips])
+    stats = {k: c.stats for k, c in coal.coalescers.items()}
+    assert set(stats) == {"score", "generate3"}
+    assert all(s.requests_per_batch > 1 for s in stats.values()), stats
+  finally:
+    coal.close()
+
+
+GOLD = """def execute_command(video_clip, query, possible_answers):
+    window = Filter_frames_with_act(video_clip, "person opens the door")
+    kept = Filter_frames_with_obj(video_clip, "cup")
+    seen = exist(video_clip, "book")
+    acts = Query_Actions(window if window.num_frames else video_clip, "cup", possible_answers)
+    info = {"window": [window.start_frame, window.end_frame], "frames with a cup": kept.num_frames,
+            "book": seen, "actions": acts}
+    return select_answer(query, possible_answers, info)
+"""
+
+
+def test_cot_job_records_are_the_same_with_coalescing_on_and_off(models):
+  """Eight programs in flight, every model expert bound: the records (programs' traces, answers,
+  rationales, verdicts) do not depend on whether concurrent calls were batched."""
+  from aotd_jax.agent import job
+  from aotd_jax.agent.sandbox import run_program
+  from aotd_jax.data import annotations
+  from experts.backends import oracle
+  from experts.backends.llava import LlavaVideoQA
+  from experts.backends.owlv2 import Owlv2Detector
+  from experts.backends.univtg import UniVTGGrounder
+  choices = ["Took the cup.", "Put down the cup.", "Washed the cup.", "Threw the cup."]
+  questions = []
+  for i in range(8):
+    q = annotations.VideoQA(qid=f"q{i}", video_id=f"v{i}", question="What did the person do?",
+                            choices=choices, answer=choices[i % 4], answer_index=i % 4)
+    q.meta["question_program"] = GOLD
+    questions.append(q)
+  clips = {f"v{i}": c for i, c in enumerate(_clips(8, [4, 7, 5], seed=3))}
+
+  def make_job(coalesce):
+    u, c = models["univtg"]
+    m, tok = models["llava"]
+    owl_tok = rw.word_tokenize(OWL_TINY["vocab"], OWL_TINY["text_length"])
+    qa = LlavaVideoQA(m, tok, num_frames=2, max_new_tokens=3, coalesce=coalesce)
+    box = experts.Toolbox(
+        detector=Owlv2Detector(models["owlv2"], owl_tok, buckets=(1, 4, 8), nms_threshold=None,
+                               coalesce=coalesce),
+        grounder=UniVTGGrounder(u, c, rw.word_tokenize(CLIP_TINY["vocab"], 16),
+                                buckets=(1, 4, 8), coalesce=coalesce),
+        action_recognizer=qa, video_qa=qa, selector=oracle.KeywordSelector(),
+        detect_threshold=0.5)
+    return box, job.CotJob(tools=box.tools(), make_args=lambda q: {
+        "video_clip": clips[q.video_id], "query": q.question, "possible_answers": list(q.choices)},
+        run_program=run_program, program_source="gold", num_threads=8)
+
+  records = {}
+  for on in (False, True):
+    box, cot_job = make_job(on)
+    records[on] = [{k: v for k, v in r.items() if k != "timing"} for r in cot_job.process(questions)]
+    if on:
+      batched = [box.detector.coalescer, *box.grounder.coalescers.values(),
+                 *box.video_qa.coalescers.values()]
+      assert max(c.stats.requests_per_batch for c in batched) > 1  # programs' calls did share batches
+      for closable in (box.detector, box.grounder, box.video_qa):
+        closable.close()
+  assert all(r["verdicts"]["executed"] for r in records[False]), records[False][0]["verdicts"]
+  assert json.dumps(records[True], sort_keys=True) == json.dumps(records[False], sort_keys=True)
+
+
+def test_registry_coalescing_switch_and_defaults():
+  from experts import registry
+  c = experts.default_config()
+  assert registry.coalescing(c, "detector") == (False, 0.002)
+  c.coalesce = True
+  c.grounder.coalesce = False  # a role's own key wins
+  assert registry.coalescing(c, "detector") == (True, 0.002)
+  assert registry.coalescing(c, "grounder") == (False, 0.002)
+  c.coalesce_wait_s = -1.0
+  with pytest.raises(ValueError, match=r"coalesce_wait_s must be >= 0 \(role video_qa\)"):
+    registry.coalescing(c, "video_qa")
