@@ -8,12 +8,16 @@ Measures, in one run on this machine:
      the CPU time one program costs the host and the worker processes (`cpu_time.py`);
   2. one tool call's round trip (worker -> parent -> worker);
   3. a tool returning a 16x224x224x3 uint8 clip, passed by value vs kept behind a handle;
-  4. the cost of replacing a worker after a timeout kill.
+  4. the cost of replacing a worker after a timeout kill;
+  5. the floor of a fresh child per run: the CPU of a bare fork and exit of a process that
+     holds the worker's imports (numpy, msgpack, the wire), what every run pays before it
+     does anything.
 Prints each figure and its ratio to the in-process reference.
 """
 import argparse
 import concurrent.futures
 import os
+import subprocess
 import sys
 import time
 
@@ -86,6 +90,36 @@ def cpu_per_program(n: int, **kw) -> tuple[float, float]:
   return 1e3 * meter.host_s / n, 1e3 * meter.workers_s / n
 
 
+_FORK_EXIT = """
+import gc, os, resource, sys
+sys.path.insert(0, sys.argv[1])
+import numpy, msgpack, ctypes, ast, sandbox_wire, sandbox_turns  # the worker's imports
+gc.collect(); gc.freeze()
+def cpu():
+  s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+  return s.ru_utime + s.ru_stime, c.ru_utime + c.ru_stime
+n = int(sys.argv[2])
+s0, c0 = cpu()
+for _ in range(n):
+  pid = os.fork()
+  if pid == 0:
+    os._exit(0)
+  os.waitpid(pid, 0)
+s1, c1 = cpu()
+print(1e3 * (s1 - s0) / n, 1e3 * (c1 - c0) / n)
+"""
+
+
+def fork_exit_cpu_ms(n: int) -> tuple[float, float]:
+  """(parent, child) CPU ms of one fork + exit of a process with the worker's imports."""
+  agent = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "aotd_jax", "agent")
+  out = subprocess.run([sys.executable, "-I", "-c", _FORK_EXIT, agent, str(n)], check=True,
+                       capture_output=True, text=True, env={"OPENBLAS_NUM_THREADS": "1",
+                                                            "LD_BIND_NOW": "1"}).stdout
+  parent, child = map(float, out.split())
+  return parent, child
+
+
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--programs", type=int, default=200)
@@ -116,6 +150,9 @@ def main():
            "    return 10 ** (10 ** 9)\n", TOOLS, args(), timeout_s=0.2)
     sb.run(PROGRAM, TOOLS, args(), timeout_s=5)
     print(f"timeout kill + replacement: {(time.perf_counter() - t0 - 0.2) * 1e3:9.1f} ms")
+  parent, child = fork_exit_cpu_ms(n)
+  print(f"fork + exit, no run:        {parent + child:9.2f} ms CPU  (fork {parent:.2f}, exit in "
+        f"the child {child:.2f}: the floor of a fresh child per run)")
   with Sandbox(a.workers, **kw) as sb:
     with concurrent.futures.ThreadPoolExecutor(a.workers) as pool:
       list(pool.map(lambda _: sb.run(PROGRAM, TOOLS, args(), timeout_s=5), range(4)))
