@@ -86,7 +86,7 @@ PRESETS = {
     "gpu": dict(owl=rw.OWLV2_B16, clip=rw.CLIP_B32, univtg=rw.UNIVTG_RELEASED,
                 llava=rw.LLAVA_NEXT_VIDEO_7B, questions=24, threads=16, frames=32,
                 frame_hw=(336, 448), spans=(16.0, 24.0), llava_frames=32, new_tokens=8,
-                owl_buckets=(32,), buckets=(1, 16, 64), llava_buckets=(1, 8), rounds=1),
+                owl_buckets=(32,), buckets=(1, 16), llava_buckets=(1, 8), rounds=1),
 }
 OBJECTS = ("cup", "book", "laptop", "towel", "bag", "pillow", "sandwich", "door")
 ACTIONS = ("person opens the door", "person holds the cup", "person sits on the sofa",

@@ -19,7 +19,6 @@ import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import PIL.Image
 
 from experts.backends.protocols import Box, Window
 from experts.cache import ToolCache, frames_key, make_key
@@ -674,6 +673,7 @@ def crop_clip(clip: VideoClip, positions: Sequence[int], boxes: Sequence[Box], *
               detections=None) -> VideoClip:
   """A clip of `CROP_SIZE`² crops of `boxes[k]` (with a `CROP_MARGIN` px margin) from the
   frame at `positions[k]`; frame ids are kept, the pixels are new (the official `crop`)."""
+  import PIL.Image  # here: only the official crops need Pillow (a GPU image may lack it)
   frames = clip.select(list(positions)).frames
   out = np.empty((len(positions), CROP_SIZE, CROP_SIZE, 3), np.uint8)
   for k, (frame, box) in enumerate(zip(frames, boxes)):

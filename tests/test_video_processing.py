@@ -119,3 +119,14 @@ def test_bad_frames_are_named():
     vp.preprocess_image(np.zeros((2, 32, 32, 3), np.uint8))
   with pytest.raises(ValueError, match="image_grid_pinpoints is empty"):
     vp.preprocess_image(np.zeros((32, 32, 3), np.uint8), image_grid_pinpoints=[])
+
+
+def test_normalize_table_is_the_per_pixel_arithmetic_bit_for_bit():
+  frames = np.random.default_rng(7).integers(0, 256, (2, 5, 6, 3), dtype=np.uint8)
+  want = np.moveaxis(((frames.astype(np.float64) / 255).astype(np.float32)
+                      - np.asarray(vp.CLIP_MEAN, np.float32)) / np.asarray(vp.CLIP_STD, np.float32),
+                     -1, -3)
+  got = vp.normalize(frames)
+  assert got.dtype == np.float32 and got.shape == (2, 3, 5, 6) and got.flags.c_contiguous
+  np.testing.assert_array_equal(got, want)
+  np.testing.assert_array_equal(vp.normalize(frames.astype(np.float32)), want)  # no table

@@ -135,10 +135,21 @@ def center_crop(images: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def normalize(images: np.ndarray, *, rescale_factor: float = 1 / 255,
               mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD) -> np.ndarray:
-  """(..., H, W, C) uint8 -> (..., C, H, W) float32: rescale in float64, normalise in float32."""
-  x = (images.astype(np.float64) * rescale_factor).astype(np.float32)
-  x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-  return np.moveaxis(x, -1, -3)
+  """(..., H, W, C) uint8 -> (..., C, H, W) float32: rescale in float64, normalise in float32.
+
+  Through a per-channel table of the 256 values (the same arithmetic, bit for bit, ~3x faster
+  than computing it per pixel: a 32-frame 336 px clip is ~0.1 s of host time per call)."""
+  images = np.asarray(images)
+  mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+  if images.dtype != np.uint8 or mean.shape != (images.shape[-1],) or std.shape != mean.shape:
+    x = (images.astype(np.float64) * rescale_factor).astype(np.float32)
+    return np.moveaxis((x - mean) / std, -1, -3)
+  values = (np.arange(256, dtype=np.float64) * rescale_factor).astype(np.float32)
+  table = (values[None, :] - mean[:, None]) / std[:, None]
+  out = np.empty(images.shape[:-3] + (images.shape[-1],) + images.shape[-3:-1], np.float32)
+  for c in range(images.shape[-1]):
+    np.take(table[c], images[..., c], out=out[..., c, :, :])
+  return out
 
 
 def _check_pixels(x: np.ndarray, name: str, ndim: int, layout: str) -> np.ndarray:
