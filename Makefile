@@ -24,8 +24,12 @@ test: $(VENV)/.installed
 	# test renders in a headless Chromium when one is installed, and says it skipped otherwise
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
-# the edit loop: the same suite minus the tests marked `slow` (see CONTRIBUTING.md, "Tests")
+# the edit loop: the same suite minus the tests marked `slow` (see CONTRIBUTING.md, "Tests"),
+# with JAX's persistent compilation cache in .cache/jax (kept between runs, so a rerun loads the
+# XLA programs it compiled before; `rm -rf .cache/jax` empties it)
+JAX_TEST_CACHE ?= .cache/jax
 test-fast: $(VENV)/.installed
-	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow" tests
+	JAX_COMPILATION_CACHE_DIR=$(abspath $(JAX_TEST_CACHE)) JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
+	JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=0 $(PY) -m pytest -q -n 2 --dist loadfile -m "not slow" tests
 
 .PHONY: install demo test test-fast

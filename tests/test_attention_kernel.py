@@ -161,6 +161,7 @@ def test_without_the_kernel_the_jnp_path_runs(monkeypatch):
 
 
 @needs_kernel
+@pytest.mark.slow  # a whole train step twice; the kernel's own tests run fast
 def test_llama_train_step_runs_the_kernel_and_matches_the_jnp_path():
   cfg = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
              num_attention_heads=4, num_key_value_heads=2, attention_block_size=6)

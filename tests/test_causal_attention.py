@@ -31,7 +31,8 @@ def _with_block(model: LlamaForCausalLM, block: int, cpu_kernels: bool = True) -
 
 
 @pytest.mark.parametrize("cpu_kernels", [False, True])
-@pytest.mark.parametrize("length,block", [(24, 8), (21, 8), (24, 5)])
+@pytest.mark.parametrize("length,block", [pytest.param(24, 8, marks=pytest.mark.slow), (21, 8),
+                                          pytest.param(24, 5, marks=pytest.mark.slow)])
 def test_blocked_logits_match_transformers_with_left_padding(tmp_path, length, block, cpu_kernels,
                                                              expect_kernel):
   ref_model = make_hf_llama(tmp_path)
@@ -63,7 +64,7 @@ def _einsum_attention(q, k, v, mask):
 
 
 @pytest.mark.parametrize("cpu_kernels", [False, True])
-@pytest.mark.parametrize("block", [3, 7, 19, 32])
+@pytest.mark.parametrize("block", [pytest.param(3, marks=pytest.mark.slow), 7, 19, 32])
 def test_blocked_values_and_gradients_equal_the_einsum_path(block, cpu_kernels, expect_kernel):
   q, k, v, mask, weights, valid = _attention_inputs()
 

@@ -175,6 +175,7 @@ def test_text_errors(tmp_path):
                                               rngs=nnx.Rngs(0)))
 
 
+@pytest.mark.slow  # more compilations of the model (bf16, remat); `make test` runs it
 def test_bf16_remat_and_logical_axes():
   cfg = clip.CLIPVisionConfig(**{**VISION, "num_hidden_layers": 1}, dtype="bfloat16", remat=True)
   model = clip.CLIPVisionModel(cfg, rngs=nnx.Rngs(0))

@@ -49,6 +49,7 @@ def _greedy_reference(model, tok, record, mode, d, max_new_tokens):
   return tok.decode(new, skip_special_tokens=True).strip()
 
 
+@pytest.mark.slow  # one eager full forward per token (~40 s); choose_letters covers the batch path fast
 def test_run_student_matches_greedy_decoding_by_hand(world):
   d, records, tok, model = world
   records = records[:2]  # a batch of two prompts of different lengths: left padding is exercised
@@ -102,6 +103,7 @@ def evaluate_export(model, tok, d, tmp_path) -> dict:
   return json.loads(out.read_text())
 
 
+@pytest.mark.slow  # a launch.evaluate subprocess
 def test_evaluate_cli_on_an_exported_student(world, tmp_path):
   d, records, tok, model = world
   result = evaluate_export(model, tok, d, tmp_path)
@@ -158,6 +160,7 @@ def test_choose_letters_matches_one_prompt_at_a_time(world):
   assert student_eval.score(records, run.outputs)["count"] == len(records)
 
 
+@pytest.mark.slow  # four eager reference forwards (~15 s)
 def test_choose_by_likelihood_sums_each_reply(world):
   from aotd_jax.data import conversation
   d, records, tok, model = world

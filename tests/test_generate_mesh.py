@@ -19,7 +19,7 @@ def checkpoint(tmp_path_factory):
   return str(path), make_hf_llama(path, num_key_value_heads=2)
 
 
-@pytest.mark.parametrize("axes", [{"tensor": 2}, {"data": 2}])
+@pytest.mark.parametrize("axes", [{"tensor": 2}, pytest.param({"data": 2}, marks=pytest.mark.slow)])
 def test_two_device_mesh_decodes_the_tokens_of_transformers(checkpoint, axes):
   path, ref = checkpoint
   ids, mask, _ = left_padded_batch(length=9, pads=(3, 0))

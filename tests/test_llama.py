@@ -80,6 +80,7 @@ def test_logits_and_hidden_states_match_transformers(tmp_path, name):
     np.testing.assert_allclose(np.asarray(ours)[real], theirs.numpy()[real], atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow  # test_generate checks cached decoding against transformers in the fast set
 def test_kv_cache_prefill_then_steps_match_full_forward(tmp_path):
   make_hf_llama(tmp_path)
   model = hf.from_pretrained(str(tmp_path))
@@ -151,6 +152,7 @@ def _ours(d):
   return {k: v for k, v in d.items() if k in fields}
 
 
+@pytest.mark.slow  # three more compilations of the model
 def test_bf16_and_remat_options():
   cfg = LlamaConfig(**_ours(BASE))
   model = LlamaForCausalLM(cfg, rngs=nnx.Rngs(0))

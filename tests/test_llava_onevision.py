@@ -201,6 +201,7 @@ def test_mismatched_video_tokens_are_reported(pair):
 # ------------------------------------------------------------------------ training machinery
 
 
+@pytest.mark.slow  # more compilations of the model (bf16, remat); `make test` runs it
 def test_bf16_remat_and_frozen_tower(pair):
   path, _, model = pair
   ids, mask, videos = _video_batch(model.config, np.random.default_rng(15))

@@ -64,6 +64,7 @@ def test_onevision7b_replaces_only_the_student(target):
   assert c.data.datasets == base.data.datasets
 
 
+@pytest.mark.slow  # a big-config check
 def test_onevision7b_shapes_fit_the_sequences():
   config = lov.onevision_7b_config()
   assert config.video_tokens(onevision7b.NUM_FRAMES) == 32 * 14 * 14 + 1 < onevision7b.SEQ_LEN

@@ -22,7 +22,8 @@ def _hf_config(image_size, patch_size):
   return transformers.Owlv2Config(text_config=TEXT, vision_config=vision, projection_dim=32)
 
 
-@pytest.fixture(scope="module", params=[(32, 8), (48, 16)], ids=["s32p8", "s48p16"])
+@pytest.fixture(scope="module", ids=["s32p8", "s48p16"],
+                params=[(32, 8), pytest.param((48, 16), marks=pytest.mark.slow)])  # one size fast
 def owl(request, tmp_path_factory):
   torch.manual_seed(0)
   ref = transformers.Owlv2ForObjectDetection(_hf_config(*request.param)).eval()

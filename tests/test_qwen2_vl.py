@@ -327,6 +327,7 @@ def _loss(model, batch):
   return optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], targets[:, :-1]).mean(), logits
 
 
+@pytest.mark.slow  # more compilations of the model (bf16, remat); `make test` runs it
 def test_bf16_remat_and_frozen_tower(pair):
   path, _, model = pair
   ids, mask, videos = _frames_batch(np.random.default_rng(8))

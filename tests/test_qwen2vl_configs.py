@@ -58,6 +58,7 @@ def test_qwen2vl7b_replaces_only_the_student(target):
   assert given.student.hf_dir == given.data.tokenizer == "/elsewhere"
 
 
+@pytest.mark.slow  # a big-config check
 def test_qwen2vl7b_shapes_fit_the_sequences():
   config = qwen2_vl.qwen2_vl_7b_config()
   tokens = config.video_tokens(qwen2vl7b.NUM_FRAMES)

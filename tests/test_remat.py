@@ -27,7 +27,7 @@ def _step(arch: str, remat: bool):
   return student, batch, losses, leaves
 
 
-@pytest.mark.parametrize("arch", ["llava", "llama"])
+@pytest.mark.parametrize("arch", [pytest.param("llava", marks=pytest.mark.slow), "llama"])
 def test_remat_with_frozen_tower_matches_no_remat(arch):
   _, _, want, want_leaves = _step(arch, False)
   student, batch, got, got_leaves = _step(arch, True)

@@ -82,6 +82,7 @@ def test_multi_device_mesh_keeps_xla_dots_and_sharded_weights_stay_correct():
 
 
 @needs_kernel
+@pytest.mark.slow  # a whole decode step twice; the kernel's own tests run fast
 def test_llama_decode_step_uses_the_kernel_and_matches_xla():
   cfg = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
              num_attention_heads=4, num_key_value_heads=2)

@@ -72,7 +72,7 @@ def _losses_on(mesh_cfg, devices, arch="llava", steps=5):
   return [trainer.train_step(next(data)).loss for _ in range(steps)]
 
 
-@pytest.mark.parametrize("arch", ["llama", "llava"])
+@pytest.mark.parametrize("arch", ["llama", pytest.param("llava", marks=pytest.mark.slow)])
 def test_sharded_training_matches_one_device(arch):
   one = _losses_on({"data": 1}, jax.devices()[:1], arch)
   eight = _losses_on({"data": 2, "fsdp": 2, "tensor": 2}, jax.devices(), arch)
@@ -126,6 +126,7 @@ def test_nan_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
   assert steps[-1] == 4
 
 
+@pytest.mark.slow  # a launch.train subprocess (the NaN test keeps one in the fast set)
 def test_sigterm_saves_and_exits_cleanly(tmp_path):
   cmd = [sys.executable, "-m", "launch.train", f"--config={ROOT}/configs/toyworld/distill.py:llama",
          f"--workdir={tmp_path}", "--config.total_steps=100000", "--config.checkpoint_every=1000"]

@@ -398,6 +398,7 @@ def _synthetic_batch(rng, b=16, lv=12, dv=20, dt=16):
   return pp.batch_inputs(vids, txts), wins
 
 
+@pytest.mark.slow  # a short training run; the parity tests run fast
 def test_few_training_steps_find_the_known_span(tmp_path):
   # Start from torch-initialised official-format weights (building a model eagerly costs many
   # small compilations); one layer and no dropout keep compile time and steps small.
