@@ -35,9 +35,13 @@ go to `--out` under `judgements` and, with `--judge_record`, to a replayable JSO
 STAR's annotated key frames (`situations`), in the frame numbers it was trained to name
 (`--frame_numbers=sampled`: its own frames 0..N-1, the real CoT configs'; `source`: source
 frame ids): box IoU and window IoU, the paper's grounding figure
-(`aotd_jax/eval/star_grounding.py`). Seconds per question and peak memory are reported as
-`efficiency`. docs/evaluation.md maps each number of the paper's main table and grounding
-figure to its command and key. A bad flag value stops with one line naming the flag (exit 2).
+(`aotd_jax/eval/star_grounding.py`). The paper's efficiency: each row carries its question's
+`seconds` (its share of its batch's wall time) and generated `new_tokens`
+(`likelihood_seconds` for the closed-set pick), and `efficiency` reports their means (and the
+median seconds: the first batch compiles) with the run's peak memory (the device's peak where
+the backend reports it, else the host's peak RSS). docs/evaluation.md maps each number of the
+paper's main table and grounding figure to its command and key. A bad flag value stops with
+one line naming the flag (exit 2).
 """
 from __future__ import annotations
 
@@ -157,8 +161,8 @@ def run_model(records, scoring: str) -> tuple[list[dict], dict]:
     run = student_eval.run_student(model, tokenizer, records, mode=_MODE.value,
                                    max_new_tokens=max_new, **common)
     eff["output"] = run.efficiency.to_dict()
-    for row, text in zip(rows, run.outputs):
-      row["output"] = text
+    for row, text, secs, tokens in zip(rows, run.outputs, run.seconds, run.new_tokens):
+      row.update(output=text, seconds=round(secs, 6), new_tokens=tokens)
     if _MODE.value == "rationale":
       for row, r in zip(rows, records):
         if r.meta.get("situations"):
@@ -167,8 +171,8 @@ def run_model(records, scoring: str) -> tuple[list[dict], dict]:
     choice = student_eval.choose_by_likelihood(model, tokenizer, records,
                                                answer_style=_ANSWER_STYLE.value, **common)
     eff["likelihood_output"] = choice.efficiency.to_dict()
-    for row, text in zip(rows, choice.outputs):
-      row["likelihood_output"] = text
+    for row, text, secs in zip(rows, choice.outputs, choice.seconds):
+      row.update(likelihood_output=text, likelihood_seconds=round(secs, 6))
   return rows, eff
 
 
@@ -202,9 +206,11 @@ def main(argv):
       raise ConfigError(f"--rescore={_RESCORE.value} has no likelihood outputs; "
                         f"--scoring={scoring} needs them")
     if scoring == "likelihood":
-      rows = [{k: v for k, v in row.items() if k != "output"} for row in rows]
+      rows = [{k: v for k, v in row.items() if k not in ("output", "seconds", "new_tokens")}
+              for row in rows]
     elif scoring == "generate":
-      rows = [{k: v for k, v in row.items() if k != "likelihood_output"} for row in rows]
+      rows = [{k: v for k, v in row.items() if k not in ("likelihood_output",
+                                                         "likelihood_seconds")} for row in rows]
   else:
     rows, eff = run_model(records, scoring)
   judgements: list = []
@@ -216,11 +222,12 @@ def main(argv):
     if not _RESCORE.value:
       raise
     raise ConfigError(f"--rescore={_RESCORE.value}: {e}") from e
+  # Per question (seconds, tokens) from the rows; the run's peak memory from its header.
   if "output" in eff:
-    result["efficiency"] = eff["output"]
+    result["efficiency"] = {**eff["output"], **result.get("efficiency", {})}
   if "likelihood_output" in eff:
-    (result["likelihood"] if "likelihood" in result else result)["efficiency"] = \
-        eff["likelihood_output"]
+    part = result["likelihood"] if "likelihood" in result else result
+    part["efficiency"] = {**eff["likelihood_output"], **part.get("efficiency", {})}
   result["scoring"] = scoring
   print(json.dumps(result, indent=1))
   if _OUT.value:

@@ -218,12 +218,14 @@ def main(argv):
         timeout_s=config.timeout_s, max_new_tokens=config.max_new_tokens,
         temperature=config.temperature, video_path=video_path(config), manifest=manifest_ref,
         fail_fast_min=config.get("fail_fast_min", 4), **pipeline_kwargs(config))
-    stats = cot_job.run(questions, job.JobPaths.for_shard(config.out_dir, name),
-                        label=f"[{name}] ", progress_every_s=config.progress_every_s)
-  manifest.add_counts(config.out_dir, name, stats.to_dict())
+    paths = job.JobPaths.for_shard(config.out_dir, name)
+    stats = cot_job.run(questions, paths, label=f"[{name}] ",
+                        progress_every_s=config.progress_every_s)
+  # the agent's seconds per question and peak memory (the paper's efficiency), per shard
+  manifest.add_counts(config.out_dir, name, {
+      **stats.to_dict(), "efficiency": job.efficiency(job.RecordLog(paths.records).load())})
   if config.report_samples:
     from aotd_jax.agent import viewer
-    paths = job.JobPaths.for_shard(config.out_dir, name)
     report = viewer.render_report(job.RecordLog(paths.records).load(),
                                   os.path.join(config.out_dir, f"report-{name}.html"),
                                   num_samples=config.report_samples, title=f"CoT run {name}")

@@ -26,7 +26,7 @@ LAYER = {
     # one layer, ordered inside: hf reads and writes models; data may use a model's processor
     "aotd_jax.hf": 2.2, "aotd_jax.data": 2.1, "aotd_jax.models": 2,
     "aotd_jax.layers": 1, "aotd_jax.kernels": 1, "aotd_jax.sharding": 1,
-    "aotd_jax.host_memory": 1, "aotd_jax.paths": 1, "aotd_jax": 0,
+    "aotd_jax.host_memory": 1, "aotd_jax.memory_stats": 1, "aotd_jax.paths": 1, "aotd_jax": 0,
 }
 
 # (importing file, imported package): the arrows against the stack today (docs/architecture.md).

@@ -139,7 +139,8 @@ def launch(tmp_path, config, delay=0.0, **kw):
 
 
 def outputs(out_dir):
-  """(records without timing, ArrayRecord records, stats) of a finished run."""
+  """(records without timing, ArrayRecord records, stats without the timings' summary) of a
+  finished run."""
   import grain
   records = [json.loads(l) for l in (out_dir / "records-00000-of-00001.jsonl").open()]
   for r in records:
@@ -147,6 +148,7 @@ def outputs(out_dir):
   source = grain.sources.ArrayRecordDataSource([str(out_dir / "cot-00000-of-00001.array_record")])
   kept = [json.loads(source[i])["qid"] for i in range(len(source))]
   stats = json.loads((out_dir / "stats-00000-of-00001.json").read_text())
+  assert stats.pop("efficiency")["questions"] == len(records)
   return records, kept, stats
 
 
@@ -212,6 +214,27 @@ def test_record_format(workspace, straight_run):
   assert manifest["shards"]["00000-of-00001"]["kept"] == len(kept)
   assert manifest["code"]["git"] and manifest["config"]["batch_size"] == 4
   assert record["llm_replies"]["program"].startswith("Here you go:")
+  # the agent's efficiency: every record's seconds and memory, summed up in stats and manifest
+  raw = [json.loads(l) for l in (tmp_path / "straight" / "records-00000-of-00001.jsonl").open()]
+  for r in raw:
+    assert r["timing"]["seconds"] > 0 and r["timing"]["peak_rss_mb"] >= r["timing"]["rss_mb"] > 0
+  stats = json.loads((tmp_path / "straight" / "stats-00000-of-00001.json").read_text())
+  assert stats["efficiency"] == job.efficiency(raw)
+  assert stats["efficiency"]["peak_rss_mb"] == max(r["timing"]["peak_rss_mb"] for r in raw)
+  assert manifest["shards"]["00000-of-00001"]["efficiency"] == stats["efficiency"]
+
+
+def test_agent_efficiency_by_hand():
+  records = [{"timing": {"seconds": 1.0, "rss_mb": 50.0, "peak_rss_mb": 80.0}},
+             {"timing": {"seconds": 4.0, "rss_mb": 60.0, "peak_rss_mb": 90.0,
+                         "device_mb": 5.0, "device_peak_mb": 700.0}},
+             {"timing": {"seconds": 2.5, "peak_rss_mb": 85.0}},
+             {"qid": "no timing"}]
+  assert job.efficiency(records) == {
+      "questions": 4, "seconds": 7.5, "seconds_per_question": 1.875,
+      "seconds_per_question_median": 1.75, "peak_rss_mb": 90.0, "device_peak_mb": 700.0}
+  assert job.efficiency([]) == {"questions": 0, "seconds": 0.0, "seconds_per_question": 0.0,
+                                "seconds_per_question_median": 0.0}
 
 
 def test_shards_partition_the_dataset():
@@ -642,7 +665,9 @@ def test_two_processes_write_their_shards_and_merge_into_the_unsharded_run(works
   assert records == want_records  # same records, the dataset's order
   source = grain.sources.ArrayRecordDataSource([str(merged / "cot.array_record")])
   assert [json.loads(source[i])["qid"] for i in range(len(source))] == want_kept
-  assert json.loads((merged / "stats.json").read_text()) == want_stats
+  merged_stats = json.loads((merged / "stats.json").read_text())
+  assert merged_stats.pop("efficiency")["questions"] == NUM_QUESTIONS
+  assert merged_stats == want_stats
   assert (merged / "manifest.json").read_text() == (pair / "manifest.json").read_text()
 
 

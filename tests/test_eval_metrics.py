@@ -1,6 +1,7 @@
 """Evaluation metrics: option parsing, accuracy by type, open-ended, rationale grounding."""
 import pytest
 
+from aotd_jax import memory_stats
 from aotd_jax.eval import efficiency, metrics
 
 CHOICES = ["The red circle.", "The blue square.", "The green triangle.", "Nothing."]
@@ -40,15 +41,16 @@ def test_rationale_grounding_parses_the_verbaliser_format():
 def test_efficiency_measure_records_time_and_memory(monkeypatch):
   clock = iter([10.0, 12.5])
   monkeypatch.setattr(efficiency.time, "perf_counter", lambda: next(clock))
-  monkeypatch.setattr(efficiency, "_rss_mb", lambda: 123.0)
-  monkeypatch.setattr(efficiency, "_device_peak_mb", lambda: None)
+  monkeypatch.setattr(memory_stats, "host_peak_rss_mb", lambda: 123.0)
+  monkeypatch.setattr(memory_stats, "device_memory_mb", lambda: {})
   with efficiency.measure(4) as e:
     pass
   assert e.to_dict() == {"seconds": 2.5, "questions": 4, "seconds_per_question": 0.625,
                          "peak_mb": 123.0, "memory_kind": "host_rss"}
   # an accelerator that reports its peak is preferred to the host's RSS
   clock = iter([0.0, 1.0])
-  monkeypatch.setattr(efficiency, "_device_peak_mb", lambda: 77.0)
+  monkeypatch.setattr(memory_stats, "device_memory_mb",
+                      lambda: {"device_mb": 5.0, "device_peak_mb": 77.0})
   with efficiency.measure(0) as e:
     pass
   assert (e.peak_mb, e.memory_kind, e.seconds_per_question) == (77.0, "device_peak", 0.0)

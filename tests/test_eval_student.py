@@ -46,7 +46,7 @@ def _greedy_reference(model, tok, record, mode, d, max_new_tokens):
     new.append(int(np.argmax(np.asarray(logits)[0, -1])))
     if new[-1] == cfg.text_config.eos_token_id:
       break
-  return tok.decode(new, skip_special_tokens=True).strip()
+  return tok.decode(new, skip_special_tokens=True).strip(), len(new)
 
 
 @pytest.mark.slow  # one eager full forward per token (~40 s); choose_letters covers the batch path fast
@@ -56,8 +56,13 @@ def test_run_student_matches_greedy_decoding_by_hand(world):
   for mode in ("answer", "rationale"):
     run = student_eval.run_student(model, tok, records, mode=mode, video_root=str(d / "videos"),
                                    num_frames=4, batch_size=2, max_new_tokens=3)
-    assert run.outputs == [_greedy_reference(model, tok, r, mode, d, 3) for r in records], mode
+    refs = [_greedy_reference(model, tok, r, mode, d, 3) for r in records]
+    assert run.outputs == [text for text, _ in refs], mode
+    assert run.new_tokens == [n for _, n in refs], mode  # EOS counted
     assert run.efficiency.questions == len(records)
+    # one batch: its seconds shared equally, together at most the measured run
+    assert len(run.seconds) == 2 and run.seconds[0] == run.seconds[1] > 0
+    assert sum(run.seconds) <= run.efficiency.seconds
 
 
 def test_score_is_exact_on_outputs_of_known_correctness(world):
@@ -111,7 +116,14 @@ def test_evaluate_cli_on_an_exported_student(world, tmp_path):
   # the CLI's outputs are the library's on the same two questions
   run = student_eval.run_student(model, tok, records[:2], video_root=str(d / "videos"),
                                  num_frames=4, max_new_tokens=4)
-  assert result["outputs"] == [{"qid": r.qid, "output": o} for r, o in zip(records, run.outputs)]
+  assert [(o["qid"], o["output"], o["new_tokens"]) for o in result["outputs"]] == list(
+      zip([r.qid for r in records[:2]], run.outputs, run.new_tokens))
+  # the paper's efficiency from those rows: mean seconds and new tokens per question
+  eff = result["efficiency"]
+  assert eff["questions"] == 2 and eff["new_tokens"] == sum(run.new_tokens)
+  assert eff["seconds_per_question"] == pytest.approx(
+      sum(o["seconds"] for o in result["outputs"]) / 2)
+  assert eff["memory_kind"] == "host_rss" and eff["peak_mb"] > 0
 
 
 # -- closed-set multiple choice ------------------------------------------------------------------

@@ -81,6 +81,31 @@ def test_closed_set_accuracy_sits_beside_the_generated_one():
   assert only["accuracy"] == 0.5 and "likelihood" not in only
 
 
+def test_efficiency_per_question_from_rows():
+  records = [_mc("a", 0), _mc("b", 1), _mc("c", 2)]
+  rows = [{"qid": "a", "output": "A", "seconds": 3.0, "new_tokens": 2, "likelihood_output": "(A)",
+           "likelihood_seconds": 0.5},
+          {"qid": "b", "output": "B", "seconds": 1.0, "new_tokens": 4, "likelihood_output": "(A)",
+           "likelihood_seconds": 0.25},
+          {"qid": "c", "output": "C", "seconds": 2.0, "new_tokens": 6, "likelihood_output": "(C)",
+           "likelihood_seconds": 0.75}]
+  got = rescore.score_rows(records, rows)
+  assert got["efficiency"] == {"questions": 3, "seconds": 6.0, "seconds_per_question": 2.0,
+                               "seconds_per_question_median": 2.0, "new_tokens": 12,
+                               "new_tokens_per_question": 4.0, "tokens_per_second": 2.0}
+  assert got["likelihood"]["efficiency"] == {"questions": 3, "seconds": 1.5,
+                                             "seconds_per_question": 0.5,
+                                             "seconds_per_question_median": 0.5}
+  # rows without timings (an older run): no efficiency; a row missing one, or a bad value: named
+  assert "efficiency" not in rescore.score_rows(records, [{"qid": r["qid"], "output": r["output"]}
+                                                          for r in rows])
+  with pytest.raises(ValueError, match=r"question 'b': 'seconds' is None.*others have one"):
+    rescore.score_rows(records, [rows[0], {"qid": "b", "output": "B", "likelihood_output": "(A)",
+                                           "likelihood_seconds": 0.25}, rows[2]])
+  with pytest.raises(ValueError, match=r"question 'c': 'new_tokens' is 'six'"):
+    rescore.score_rows(records, rows[:2] + [{**rows[2], "new_tokens": "six"}])
+
+
 class _Judge:
   """Answers each judge prompt from a table of prediction -> reply."""
 

@@ -190,6 +190,49 @@ def test_study_one_world_pairs_on_shared_questions(tmp_path, fake_stages):
   with pytest.raises(DemoError, match="--vary='world'"):
     study.run_study(config, str(tmp_path), ["aotd"], [0], epochs=1, vary="world")
 
+
+def test_fidelity_arms_set_their_switch_and_pair_with_aotd(tmp_path, fake_stages, monkeypatch):
+  """The docs/fidelity.md arms: each student trains under its one switch, paired with aotd; a
+  run written before the switches (and judge, size, vary) were in its spec reads back as their
+  defaults."""
+  seen = {}
+  fake_student = demo_run.student_stage
+
+  def student_stage(cfg, armdir, name, seed, *args):
+    s = cfg.students
+    seen[os.path.basename(armdir)] = (s.loss_normalization, demo_run.student_mixing(s),
+                                      s.prompt_format, s.answer_style)
+    return fake_student(cfg, armdir, name, seed, *args)
+  monkeypatch.setattr(demo_run, "student_stage", student_stage)
+  config = demo_config.get_config("micro")
+  config.compilation_cache, config.students.protocol = False, "epochs"
+  names = ["aotd_sequence", "aotd_weighted", "aotd_official_prompt", "aotd_official_format"]
+  out = study.run_study(config, str(tmp_path), names, [0], epochs=1, samples=100,
+                        vary="student", log=lambda s: None)
+  assert seen == {
+      "aotd": ("per_part", "concat_epoch", "plain", "letter_text"),
+      "aotd_sequence": ("sequence", "concat_epoch", "plain", "letter_text"),
+      "aotd_weighted": ("per_part", "weighted", "plain", "letter_text"),
+      "aotd_official_prompt": ("per_part", "concat_epoch", "official", "letter_text"),
+      "aotd_official_format": ("per_part", "concat_epoch", "official", "letter")}
+  rows = {r["arm"]: r for r in out["rows"]}
+  assert "instruct" not in rows and rows["aotd"]["compare"] is None
+  assert all(rows[n]["baseline"] == "aotd" and rows[n]["compare"]["mean"] == 0.0 for n in names)
+  path = tmp_path / "runs" / "aotd_s0.json"
+  old = json.loads(path.read_text())
+  for key in ("loss_normalization", "mixing", "prompt_format", "answer_style", "judge", "size",
+              "vary"):
+    del old["arm"][key]
+  path.write_text(json.dumps(old))
+  seen.clear()
+  study.run_study(config, str(tmp_path), ["aotd_sequence"], [0], epochs=1, samples=100,
+                  vary="student", log=lambda s: None)
+  assert seen == {}  # both runs read back, nothing retrained
+  config.students.mixing = "shuffled"
+  with pytest.raises(DemoError, match=r"config.students.mixing='shuffled': expected ''"):
+    demo_run.student_mixing(config.students)
+
+
 def test_study_refuses_unknown_arms_and_bad_seeds(tmp_path):
   with pytest.raises(DemoError, match=r"unknown arm\(s\) \['aodt'\]"):
     study.resolve_arms(["aodt"])

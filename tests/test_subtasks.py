@@ -268,8 +268,11 @@ def test_program_scorer_on_known_programs():
   generated = [gold.replace("return possible_answers[0]", "return (possible_answers[0])  # A"),
                gold, None]
   got = subtasks.score_program_generator(lambda recs: generated, data, tools={})
+  # the gold program calls no tool: no step to compare (step_n 0, the step columns NaN)
+  steps = {k: got.pop(k) for k in ("step_exact", "step_f1", "step_edit")}
+  assert all(v != v for v in steps.values())
   assert got == {"program_exact": pytest.approx(1 / 3), "program_normalized": pytest.approx(2 / 3),
                  "answer_accuracy": pytest.approx(1 / 3), "answer_match": pytest.approx(2 / 3),
-                 "n": 3}
+                 "n": 3, "step_n": 0, "unknown_star_functions": []}
   with pytest.raises(ValueError, match="returned 2 programs for 3 questions"):
     subtasks.score_program_generator(lambda recs: generated[:2], data, tools={})

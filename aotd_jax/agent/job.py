@@ -18,7 +18,13 @@ launcher sets one. `llm_replies` keeps each LLM stage's raw reply for the questi
 (`program`, `rewrite`, `answer_judge`, `logic_judge`), so a parse failure can be debugged, and
 the raw replies tools noted while the program ran (`select_answer`: a list, one per call,
 before the reply was snapped to an option).
-Only `timing` varies between runs. `start`/`end` are the question's window in seconds (None:
+Only `timing` varies between runs: the question's `seconds` (its share of its batch's work:
+the stages' seconds, not the waits between them), each tool call's seconds, and the process's
+memory when its batch finished its last stage (`rss_mb`,
+`peak_rss_mb`: host; `device_mb`, `device_peak_mb`: the accelerators, where JAX reports them;
+`aotd_jax.memory_stats`). `stats.json` sums them up under `efficiency` (`job.efficiency`):
+the agent's time and peak memory per question, the paper's efficiency figure.
+`start`/`end` are the question's window in seconds (None:
 the whole video): the window the experts saw, so the student trains on the same frames.
 
 The kept records — and only those — go to `cot-SSSSS-of-NNNNN.array_record` (one JSON record
@@ -38,6 +44,7 @@ import threading
 import time
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TextIO
 
+from aotd_jax import memory_stats
 from aotd_jax.agent import cot, filters, programs
 from aotd_jax.agent.stages import StageTimes, run_stages
 from aotd_jax.agent.trace import capture_replies, safe_str
@@ -174,8 +181,9 @@ def make_record(qa, *, video_path: str | None, program: programs.ParsedProgram,
                 execution, rationale: str | None, rationale_source: str | None,
                 answer_verdict: filters.Verdict | None, logic_verdict: filters.Verdict | None,
                 seconds: float, llm_replies: Mapping[str, str] | None = None,
-                manifest: str | None = None) -> dict:
-  """One job record (see the module docstring) for a processed `VideoQA`."""
+                manifest: str | None = None, memory: Mapping[str, float] | None = None) -> dict:
+  """One job record (see the module docstring) for a processed `VideoQA`; `memory`: the
+  `memory_stats.snapshot()` taken when its batch finished."""
   trace = execution.to_trace(program.source).to_json() if execution is not None else None
   tool_seconds = []
   if trace is not None:
@@ -208,8 +216,28 @@ def make_record(qa, *, video_path: str | None, program: programs.ParsedProgram,
       },
       "llm_replies": dict(llm_replies or {}),
       **({"manifest": manifest} if manifest else {}),
-      "timing": {"seconds": round(seconds, 4), "tool_seconds": tool_seconds},
+      "timing": {"seconds": round(seconds, 4), "tool_seconds": tool_seconds,
+                 **dict(memory or {})},
   }
+
+
+def efficiency(records: Iterable[Mapping]) -> dict:
+  """The agent's efficiency over job records: seconds per question (mean, median) and the
+  peak memory over the run (host RSS; the devices' where recorded), from each record's
+  `timing`. Records without timings count for seconds 0 and no memory."""
+  import statistics
+  seconds, peaks = [], {}
+  for record in records:
+    timing = record.get("timing") or {}
+    seconds.append(float(timing.get("seconds", 0.0)))
+    for key in ("peak_rss_mb", "device_peak_mb"):
+      if isinstance(timing.get(key), (int, float)):
+        peaks[key] = max(peaks.get(key, 0.0), float(timing[key]))
+  n = len(seconds)
+  return {"questions": n, "seconds": round(sum(seconds), 4),
+          "seconds_per_question": round(sum(seconds) / n, 4) if n else 0.0,
+          "seconds_per_question_median": round(statistics.median(seconds), 4) if n else 0.0,
+          **peaks}
 
 
 class CapturedLLM:
@@ -544,12 +572,14 @@ class CotJob:
                                      b.executions[i].value) for i in b.passing}
     seconds = (sum(b.stage_s.values()) + time.perf_counter() - b.stage_t0) / max(
         len(b.questions), 1)
+    memory = memory_stats.snapshot()
     return [make_record(qa, video_path=self.video_path(qa), program=b.parsed[i],
                         execution=b.executions[i],
                         rationale=b.rationales.get(i, (None, None))[0],
                         rationale_source=b.rationales.get(i, (None, None))[1],
                         answer_verdict=b.answers[i], logic_verdict=logic.get(i),
-                        seconds=seconds, llm_replies=b.replies[i], manifest=self.manifest)
+                        seconds=seconds, llm_replies=b.replies[i], manifest=self.manifest,
+                        memory=memory)
             for i, qa in enumerate(b.questions)]
 
   def stages(self) -> list[tuple[str, Callable[["_Batch"], Any]]]:
@@ -650,6 +680,7 @@ def finalise(records: Iterable[Mapping], paths: JobPaths, stats: filters.FilterS
   tmp = paths.array_record + ".tmp"
   writer = ArrayRecordWriter(tmp, "group_size:1")
   kept = 0
+  records = list(records)
   for record in records:
     if record.get("kept"):
       writer.write(json.dumps(record, ensure_ascii=False, sort_keys=True).encode())
@@ -658,5 +689,6 @@ def finalise(records: Iterable[Mapping], paths: JobPaths, stats: filters.FilterS
   os.replace(tmp, paths.array_record)
   tmp = paths.stats + ".tmp"
   with open(tmp, "w") as f:
-    json.dump({**stats.to_dict(), "array_record_records": kept}, f, indent=2, sort_keys=True)
+    json.dump({**stats.to_dict(), "array_record_records": kept,
+               "efficiency": efficiency(records)}, f, indent=2, sort_keys=True)
   os.replace(tmp, paths.stats)

@@ -3,23 +3,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import resource
-import sys
 import time
 
-import jax
-
-
-def _rss_mb() -> float:
-  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-  return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
-
-
-def _device_peak_mb() -> float | None:
-  stats = jax.devices()[0].memory_stats() if hasattr(jax.devices()[0], "memory_stats") else None
-  if not stats or "peak_bytes_in_use" not in stats:
-    return None
-  return stats["peak_bytes_in_use"] / 2**20
+from aotd_jax import memory_stats
 
 
 @dataclasses.dataclass
@@ -51,8 +37,8 @@ def measure(questions: int):
     yield out
   finally:
     out.seconds = time.perf_counter() - t0
-    device = _device_peak_mb()
+    device = memory_stats.device_memory_mb().get("device_peak_mb")
     if device is not None:
       out.peak_mb, out.memory_kind = device, "device_peak"
     else:
-      out.peak_mb, out.memory_kind = _rss_mb(), "host_rss"
+      out.peak_mb, out.memory_kind = memory_stats.host_peak_rss_mb(), "host_rss"

@@ -1,7 +1,9 @@
 """Every number `launch.evaluate` reports, computed from per-question outputs.
 
-A run writes one row per question (`{"qid", "output", "likelihood_output", "frame_ids"}`,
-whichever it produced); `score_rows` turns rows into the reported numbers and `read_rows`
+A run writes one row per question (`{"qid", "output", "likelihood_output", "frame_ids",
+"seconds", "new_tokens", "likelihood_seconds"}`, whichever it produced); `score_rows` turns
+rows into the reported numbers (accuracy, grounding, and the efficiency per question: seconds
+and generated tokens) and `read_rows`
 reads them back from a run's `--out` file, so a run can be re-scored (another `--parse`, a
 judge) without the student. Which paper number comes from which key is listed in
 docs/evaluation.md.
@@ -53,6 +55,40 @@ def _column(rows: Sequence[Mapping], key: str) -> list[str] | None:
   return [str(row[key]) for row in rows]
 
 
+def _numbers(rows: Sequence[Mapping], key: str) -> list[float] | None:
+  if not any(key in row for row in rows):
+    return None
+  out = []
+  for row in rows:
+    value = row.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+      raise ValueError(f"question {row.get('qid')!r}: {key!r} is {value!r}, not a number >= 0"
+                       + ("" if key in row else " (others have one)"))
+    out.append(float(value))
+  return out
+
+
+def efficiency(rows: Sequence[Mapping], seconds_key: str = "seconds",
+               tokens_key: str | None = "new_tokens") -> dict | None:
+  """The paper's efficiency from per-question rows: mean (and median) seconds per question
+  and, for generated replies, mean new tokens per question and tokens per second; None when
+  the rows carry no `seconds_key`. A batched run's rows share their batch's time equally, and
+  the first batch includes compilation: the median is the steady figure."""
+  import statistics
+  seconds = _numbers(rows, seconds_key)
+  if seconds is None:
+    return None
+  out = {"questions": len(seconds), "seconds": round(sum(seconds), 6),
+         "seconds_per_question": sum(seconds) / max(len(seconds), 1),
+         "seconds_per_question_median": statistics.median(seconds) if seconds else 0.0}
+  tokens = _numbers(rows, tokens_key) if tokens_key else None
+  if tokens is not None:
+    out.update(new_tokens=int(sum(tokens)),
+               new_tokens_per_question=sum(tokens) / max(len(tokens), 1),
+               tokens_per_second=sum(tokens) / sum(seconds) if sum(seconds) > 0 else None)
+  return out
+
+
 def grounding(records: Sequence[VideoQA], rows: Sequence[Mapping],
               frame_numbers: str = "sampled") -> dict:
   """Box / window IoU of the rationales (`output`) against STAR's key frames, the student's
@@ -81,8 +117,9 @@ def score_rows(records: Sequence[VideoQA], rows: Sequence[Mapping], *, mode: str
   `output` (generated replies): accuracy under `parse` (answer mode; rationale mode reads the
   stated answer with `ours`), open-ended exact match and, with a `judge` LLM, the judge's
   accuracy and 0-5 score; rationale mode adds `rationale_grounding`. `likelihood_output`
-  (closed-set picks) gives the `likelihood` accuracy. `on_judgements` receives the judge's
-  per-question replies.
+  (closed-set picks) gives the `likelihood` accuracy. Rows with `seconds` / `new_tokens`
+  (`likelihood_seconds`) add `efficiency` to the result (its `likelihood` part). `on_judgements`
+  receives the judge's per-question replies.
   """
   if len(records) != len(rows):
     raise ValueError(f"{len(records)} questions but {len(rows)} rows")
@@ -103,8 +140,14 @@ def score_rows(records: Sequence[VideoQA], rows: Sequence[Mapping], *, mode: str
         on_judgements(judged["judgements"])
     if mode == "rationale":
       result["rationale_grounding"] = grounding(records, rows, frame_numbers)
+    eff = efficiency(rows)
+    if eff is not None:
+      result["efficiency"] = eff
   if closed is not None:
     likelihood = student.score(records, closed, parse="ours")
+    eff = efficiency(rows, "likelihood_seconds", None)
+    if eff is not None:
+      likelihood["efficiency"] = eff
     if generated is None:
       result = likelihood
     else:

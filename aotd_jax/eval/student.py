@@ -5,6 +5,7 @@ boxes and frame windows are scored against ground truth. Time and peak memory ar
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -18,8 +19,13 @@ MODES = ("answer", "rationale")
 
 @dataclasses.dataclass
 class StudentRun:
+  """Greedy replies. `seconds[i]`: question i's share of its batch's wall time (decoding its
+  video, prefill and generation; the batch's seconds split equally over its questions);
+  `new_tokens[i]`: the tokens generated for it, EOS included."""
   outputs: list[str]
   efficiency: efficiency.Efficiency
+  seconds: list[float] = dataclasses.field(default_factory=list)
+  new_tokens: list[int] = dataclasses.field(default_factory=list)
 
 
 def video_file(record: VideoQA, video_root: str, video_ext: str = ".mp4") -> str:
@@ -85,8 +91,11 @@ def run_student(model, tokenizer, records: Sequence[VideoQA], *, mode: str = "an
   size = cfg.vision_config.image_size
   pad = cfg.text_config.pad_token_id or 0
   outputs: list[str] = []
+  seconds: list[float] = []
+  new_tokens: list[int] = []
   with efficiency.measure(len(records)) as eff:
     for i in range(0, len(records), batch_size):
+      t0 = time.perf_counter()
       chunk = records[i:i + batch_size]
       ids = [prompt_ids(tokenizer, r, mode, n_tokens, prompt_format, video_token) for r in chunk]
       width = max(len(x) for x in ids)
@@ -100,20 +109,24 @@ def run_student(model, tokenizer, records: Sequence[VideoQA], *, mode: str = "an
                        resize=getattr(cfg, "video_resize", "shortest_edge"))
       out = generate(model, input_ids, mask, pixel_values_videos=pixels,
                      max_new_tokens=max_new_tokens, pad_token_id=pad)
-      seqs = np.asarray(out.sequences)
+      seqs, lengths = np.asarray(out.sequences), np.asarray(out.lengths)
       for j in range(len(chunk)):
-        outputs.append(tokenizer.decode(seqs[j, :int(out.lengths[j])], skip_special_tokens=True).strip())
-  return StudentRun(outputs, eff)
+        outputs.append(tokenizer.decode(seqs[j, :int(lengths[j])], skip_special_tokens=True).strip())
+        new_tokens.append(int(lengths[j]))
+      seconds += [(time.perf_counter() - t0) / len(chunk)] * len(chunk)
+  return StudentRun(outputs, eff, seconds, new_tokens)
 
 
 @dataclasses.dataclass
 class ChoiceRun:
   """Closed-set answers: `predictions[i]` is the option index picked for record i,
-  `logprobs[i]` the log-softmax over its option letters, `outputs[i]` the letter as "(B)"."""
+  `logprobs[i]` the log-softmax over its option letters, `outputs[i]` the letter as "(B)";
+  `seconds[i]` its share of its batch's wall time (as `StudentRun.seconds`)."""
   predictions: list[int]
   logprobs: list[list[float]]
   outputs: list[str]
   efficiency: efficiency.Efficiency
+  seconds: list[float] = dataclasses.field(default_factory=list)
 
 
 def letter_token_ids(tokenizer, prompt: str, num_choices: int,
@@ -156,8 +169,10 @@ def _closed_set(model, tokenizer, records: Sequence[VideoQA], rows_fn, *, video_
       m(input_ids=ids, attention_mask=mask, pixel_values_videos=px).logits, axis=-1))
   preds: list[int] = []
   scores: list[list[float]] = []
+  seconds: list[float] = []
   with efficiency.measure(len(records)) as eff:
     for i in range(0, len(records), batch_size):
+      t0 = time.perf_counter()
       chunk = records[i:i + batch_size]
       rows, owner = [], []
       for j, r in enumerate(chunk):
@@ -186,8 +201,9 @@ def _closed_set(model, tokenizer, records: Sequence[VideoQA], rows_fn, *, video_
       for option_scores in per:
         preds.append(int(np.argmax(option_scores)))
         scores.append(option_scores)
+      seconds += [(time.perf_counter() - t0) / len(chunk)] * len(chunk)
   outputs = [f"({conversation.option_letter(k)})" for k in preds]
-  return ChoiceRun(preds, scores, outputs, eff)
+  return ChoiceRun(preds, scores, outputs, eff, seconds)
 
 
 def choose_letters(model, tokenizer, records: Sequence[VideoQA], *, video_root: str = "",

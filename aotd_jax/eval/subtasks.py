@@ -3,8 +3,11 @@
 On annotated data (STAR's `question_program` + `situations`, or a project's data in the same
 format, such as the toy world's) each candidate is scored per sub-task:
 
-  program generation   exact / normalised match with the annotated program, and the
-                       answer its execution (`aotd_jax.agent.run_program`, oracle tools) gives
+  program generation   exact / normalised match with the annotated program (Python), the
+                       match of their normalised step sequences (exact, F1, edit similarity;
+                       STAR's list form too: `aotd_jax.eval.program_match`, our choice), and
+                       the answer its execution (`aotd_jax.agent.run_program`, oracle tools)
+                       gives
   detection            per annotated frame and object: best IoU of the boxes returned for the
                        object's name against its ground-truth box (0 when none)
   temporal grounding   per (video, action): IoU of the top-1 window with the annotated run
@@ -29,6 +32,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from aotd_jax.agent import filters, run_program
+from aotd_jax.eval import program_match
 from aotd_jax.eval.metrics import box_iou, window_iou  # noqa: F401 (re-exported)
 
 # -- data --------------------------------------------------------------------------------------
@@ -196,24 +200,44 @@ def score_program_generator(generate: Callable[[list], list[str | None]], data: 
   generate: [VideoQA] -> program sources (None when nothing usable was produced).
   tools: the tools the programs run on (the oracle, so that only the program is judged).
   `answer_accuracy`: the generated program's answer is the correct choice; `answer_match`:
-  it equals the annotated program's own executed answer. STAR annotates its programs in its
-  own list form (`[{"function", "value_input"}, ...]`), not as Python: such questions count
-  for `answer_accuracy` only (the match and `answer_match` need a Python program to compare
-  with or run); a generator's non-string output counts as nothing generated.
+  it equals the annotated program's own executed answer. `step_exact`, `step_f1`,
+  `step_edit`: the programs' normalised step sequences compared (`program_match`; over the
+  questions whose annotated program has a step, `step_n` of them), for Python and for STAR's
+  list form (`[{"function", "value_input"}, ...]`); STAR functions outside
+  `program_match.STAR_STEPS` are listed under `unknown_star_functions`. A list-form program
+  cannot be text-matched or run: such questions count for neither `program_exact` /
+  `program_normalized` nor `answer_match`. A generator's non-string output counts as nothing
+  generated.
   """
   records = [r for r in data.records if isinstance(r.meta.get(program_key), (str, list))
              and r.video_id in set(data.gt.video_ids)]
   if not records:
     return {"program_exact": float("nan"), "program_normalized": float("nan"),
-            "answer_accuracy": float("nan"), "answer_match": float("nan"), "n": 0}
+            "answer_accuracy": float("nan"), "answer_match": float("nan"),
+            "step_exact": float("nan"), "step_f1": float("nan"), "step_edit": float("nan"),
+            "n": 0, "step_n": 0, "unknown_star_functions": []}
   sources = list(generate(records))
   if len(sources) != len(records):
     raise ValueError(f"program generator returned {len(sources)} programs for "
                      f"{len(records)} questions")
   exact, norm, correct, match = [], [], [], []
+  steps: dict[str, list[float]] = {"step_exact": [], "step_f1": [], "step_edit": []}
+  unknown: set[str] = set()
   for r, src in zip(records, sources):
     gold = r.meta[program_key]
     src = src if isinstance(src, str) else None
+    if isinstance(gold, str):
+      gold_steps = program_match.python_steps(gold)
+    else:
+      try:
+        gold_steps, missing = program_match.star_steps(gold)
+      except ValueError as e:
+        raise ValueError(f"question {r.qid}: {program_key}: {e}") from None
+      unknown.update(missing)
+    if gold_steps:
+      pred_steps = program_match.python_steps(src) if src is not None else None
+      for k, v in program_match.step_scores(pred_steps, gold_steps).items():
+        steps[k].append(v)
     args = lambda: {"video_clip": _question_clip(data, r), "query": r.question,
                     "possible_answers": list(r.choices)}
     got = run_program(src, tools, args(), timeout_s=timeout_s) if src else None
@@ -228,7 +252,9 @@ def score_program_generator(generate: Callable[[list], list[str | None]], data: 
     ref = run_program(gold, tools, args(), timeout_s=timeout_s)
     match.append(ok and ref.ok and str(got.value) == str(ref.value))
   return {"program_exact": _mean(exact), "program_normalized": _mean(norm),
-          "answer_accuracy": _mean(correct), "answer_match": _mean(match), "n": len(records)}
+          "answer_accuracy": _mean(correct), "answer_match": _mean(match),
+          **{k: _mean(v) for k, v in steps.items()}, "n": len(records),
+          "step_n": len(steps["step_exact"]), "unknown_star_functions": sorted(unknown)}
 
 
 # -- one candidate -----------------------------------------------------------------------------
@@ -263,6 +289,9 @@ def score_candidate(experts, data: SubtaskData, *, generate: Callable | None = N
 
 ROWS = (  # (sub-task, role, metric key, shown metric name)
     ("program generation", "program_generator", "program_normalized", "program match"),
+    ("program generation", "program_generator", "step_exact", "step match"),
+    ("program generation", "program_generator", "step_f1", "step F1"),
+    ("program generation", "program_generator", "step_edit", "step edit sim."),
     ("program generation", "program_generator", "answer_accuracy", "executed-answer acc"),
     ("object detection", "detector", "detection_iou", "IoU"),
     ("object detection", "detector", "detection_ap50", "IoU>=0.5"),

@@ -109,6 +109,14 @@ def enable_compilation_cache(workdir: str) -> None:
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+def student_format(config) -> dict:
+  """The prompt and answer format the students train with (`config.students.prompt_format`:
+  "plain" | "official"; `answer_style`: "letter_text" | "letter"), which their evaluation uses."""
+  s = config.students
+  return {"prompt_format": s.get("prompt_format", "plain"),
+          "answer_style": s.get("answer_style", "letter_text")}
+
+
 def run_student(config, model, tokenizer, records, world_dir, mode: str, max_new_tokens: int):
   """`aotd_jax.eval.student.run_student` with the config's evaluation settings."""
   from aotd_jax.eval import student as student_eval
@@ -116,4 +124,4 @@ def run_student(config, model, tokenizer, records, world_dir, mode: str, max_new
   return student_eval.run_student(
       model, tokenizer, records, mode=mode, video_root=os.path.join(world_dir, "videos"),
       num_frames=e.num_frames, decode_size=e.decode_size, batch_size=e.batch_size,
-      max_new_tokens=max_new_tokens)
+      max_new_tokens=max_new_tokens, prompt_format=student_format(config)["prompt_format"])

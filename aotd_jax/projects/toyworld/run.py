@@ -28,7 +28,8 @@ from aotd_jax.projects.toyworld import world as toyworld
 from aotd_jax.projects.toyworld.agent import cot_stage, tools_config
 from aotd_jax.projects.toyworld.common import (DemoError, cached, check_config_stamp, done,
                                                enable_compilation_cache, load_tokenizer, mark_done,
-                                               read_split, run_student, trainer, write_json)
+                                               read_split, run_student, student_format, trainer,
+                                               write_json)
 from aotd_jax.projects.toyworld.efficiency import efficiency_stage
 from aotd_jax.projects.toyworld.oracle import PLUGIN
 from experts import subtasks as harness_lib
@@ -296,6 +297,19 @@ def student_protocol(s) -> str:
   return protocol
 
 
+def student_mixing(s) -> str:
+  """`config.students.mixing`: "" follows the protocol ("concat_epoch" for "epochs", "weighted"
+  for "steps"); "concat_epoch" or "weighted" (`aotd_jax.data.pipeline.mix_sources`) picks one
+  under either protocol, e.g. the weighted mix over an epochs protocol's steps
+  (docs/fidelity.md, "data mixing")."""
+  from aotd_jax.data.pipeline import MIXINGS
+  mixing = s.get("mixing", "") or ("concat_epoch" if student_protocol(s) == "epochs"
+                                   else "weighted")
+  if mixing not in MIXINGS:
+    raise DemoError(f"config.students.mixing={mixing!r}: expected '' or one of {MIXINGS}")
+  return mixing
+
+
 def student_steps(s, num_qa: int, num_cot: int) -> int:
   """Training steps of a student with `num_qa` QA and `num_cot` CoT examples under
   `config.students` (`steps`, or ceil(`epochs` * examples / `batch_size`))."""
@@ -337,7 +351,8 @@ def student_stage(config, workdir: str, name: str, seed: int, world_dir: str,
   tokenizer = load_tokenizer(tokenizer_dir)
   counts = {"filtered": cots["passed_judge"], "unfiltered": cots["unfiltered"]}
   protocol = student_protocol(s)
-  epochs = protocol == "epochs"  # concat_epoch: every example once an epoch, no weights
+  mixing = student_mixing(s)
+  epochs = mixing == "concat_epoch"  # every example once an epoch, no weights
   cot_files = [{"path": cots[f"{kind}_path"], "weight": 1.0 if epochs else s.cot_weight}
                for kind in STUDENT_DATA[name] if counts[kind] > 0]
   videos = os.path.abspath(os.path.join(world_dir, "videos"))
@@ -355,8 +370,7 @@ def student_stage(config, workdir: str, name: str, seed: int, world_dir: str,
       "batch_size": s.batch_size, "seed": seed,
       "data": {"tokenizer": tokenizer_dir, "seq_len": max(s.buckets), "buckets": list(s.buckets),
                "num_frames": s.num_frames, "decode_size": s.decode_size, "num_workers": 0,
-               "qa": qa, "cot": cot_files,
-               "mixing": "concat_epoch" if epochs else "weighted"}})
+               "qa": qa, "cot": cot_files, "mixing": mixing, **student_format(config)}})
   n_dev = s.num_devices or len(jax.devices())
   mesh = sharding.make_mesh({"data": -1}, devices=jax.devices()[:n_dev])
   vision_dir = "" if base_dir else vision_dir
@@ -375,7 +389,8 @@ def student_stage(config, workdir: str, name: str, seed: int, world_dir: str,
            "final_lr_ratio": 0.1}
   trainer = Trainer(student, make_optimizer(optim, steps), mesh=mesh,
                     trainable=trainable_filter(s.freeze_vision_tower),
-                    rationale_weight=s.rationale_weight)
+                    rationale_weight=s.rationale_weight,
+                    loss_normalization=s.get("loss_normalization", "per_part"))
   result = train_loop(trainer, data, LoopConfig(total_steps=steps, checkpoint_every=steps,
                                                 log_every=max(1, steps // 4)))
   data.close()
@@ -383,7 +398,8 @@ def student_stage(config, workdir: str, name: str, seed: int, world_dir: str,
   hf.save_pretrained(trainer.sync_model(), out)
   tokenizer.save_pretrained(out)
   info = {"name": name, "seed": seed, "steps": result.step, "seconds": round(result.seconds, 2),
-          "protocol": protocol, "examples": {"qa": num_qa, "cot": num_cot},
+          "protocol": protocol, "mixing": mixing, "examples": {"qa": num_qa, "cot": num_cot},
+          "loss_normalization": s.get("loss_normalization", "per_part"), **student_format(config),
           "rationale_weight": float(s.rationale_weight),
           "final_loss": result.last_metrics.get("loss"),
           "label_loss": result.last_metrics.get("label_loss"),
@@ -433,7 +449,8 @@ def eval_stage(config, workdir: str, student: Mapping, world_dir: str) -> dict:
       choose = (student_eval.choose_letters if scoring == "letters"
                 else student_eval.choose_by_likelihood)
       run = choose(model, tokenizer, records, video_root=os.path.join(world_dir, "videos"),
-                   num_frames=e.num_frames, decode_size=e.decode_size, batch_size=e.batch_size)
+                   num_frames=e.num_frames, decode_size=e.decode_size, batch_size=e.batch_size,
+                   **student_format(config))
       extra["option_logprobs"] = run.logprobs
     scores = student_eval.score(records, run.outputs)
     from aotd_jax.eval import metrics

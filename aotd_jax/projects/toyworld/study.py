@@ -32,7 +32,9 @@ class Arm:
   `oracle_teacher`); protocol: `run.PROTOCOLS`; baseline: the arm it is paired with;
   judge: the CoT filter's second step, "rule" (the job's rule judge) or "rationale" (also
   `rationale_judge.check`: the question's objects and events in the trace and rationale);
-  size: the QA expert the student starts from (`STUDENT_SIZES`)."""
+  size: the QA expert the student starts from (`STUDENT_SIZES`);
+  loss_normalization, mixing, prompt_format, answer_style: the `config.students` switches of
+  docs/fidelity.md."""
   name: str
   student: str
   teacher: str = "agent"
@@ -42,6 +44,10 @@ class Arm:
   baseline: str | None = "instruct"
   judge: str = "rule"
   size: str = "base"
+  loss_normalization: str = "per_part"
+  mixing: str = ""
+  prompt_format: str = "plain"
+  answer_style: str = "letter_text"
 
   @property
   def cot_set(self) -> str:
@@ -75,7 +81,19 @@ ARMS = {a.name: a for a in (
     Arm("aotd_large", "aotd", baseline="instruct_large", size="large"),
     Arm("oracle0_large", "aotd", teacher="oracle", noise=0.0, baseline="instruct_large",
         size="large"),
+    # One deviation of docs/fidelity.md each, paired with aotd (our defaults in the toy world).
+    Arm("aotd_sequence", "aotd", loss_normalization="sequence", baseline="aotd"),
+    Arm("aotd_weighted", "aotd", mixing="weighted", baseline="aotd"),
+    Arm("aotd_official_prompt", "aotd", prompt_format="official", baseline="aotd"),
+    Arm("aotd_official_format", "aotd", prompt_format="official", answer_style="letter",
+        baseline="aotd"),
 )}
+
+# The config.students switches of the fidelity arms, at their defaults.
+_LATER_FIELDS = {"loss_normalization": "per_part", "mixing": "", "prompt_format": "plain",
+                 "answer_style": "letter_text"}
+# A run result written before these were part of its spec was made with these values.
+_LEGACY_SPEC = {**_LATER_FIELDS, "judge": "rule", "size": "base", "vary": "student"}
 
 # The QA experts the students start from: "base" is the demo's (config.experts.qa.size);
 # "large" overrides its LM size (`qa_expert.DEFAULT_SIZE` keys), trained once per world into
@@ -104,6 +122,8 @@ def arm_config(base, arm: Arm, epochs: float) -> ml_collections.ConfigDict:
   c.students.protocol = arm.protocol
   c.students.epochs = float(epochs)
   c.students.rationale_weight = float(arm.rationale_weight)
+  for key in _LATER_FIELDS:
+    c.students[key] = getattr(arm, key)
   return c
 
 
@@ -215,7 +235,7 @@ def run_one(config, workdir: str, arm: Arm, seed: int, shared: Mapping, epochs: 
         result = json.load(f)
       except json.JSONDecodeError as e:
         raise DemoError(f"{path}: corrupt run result ({e}); delete it to rerun") from None
-    if result.get("arm") != spec:
+    if {**_LEGACY_SPEC, **(result.get("arm") or {})} != spec:
       raise DemoError(f"{path} was written for arm {result.get('arm')}, not {spec}; use a fresh "
                       "--workdir or delete it")
     return result
