@@ -95,9 +95,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       vision_init="encoder", freeze_vision_tower=True,
       qa_shuffles=0,  # extra choice-shuffled copies of the train QA (balanced letters)
       # The switches of docs/fidelity.md that the toy students exercise (study arms
-      # aotd_sequence, aotd_weighted, aotd_official_format): loss_normalization "per_part" |
-      # "sequence"; mixing "" (by protocol) | "concat_epoch" | "weighted"; prompt_format
-      # "plain" | "official"; answer_style "letter_text" | "letter".
+      # aotd_sequence, aotd_weighted, aotd_official_prompt, aotd_official_format):
+      # loss_normalization "per_part" | "sequence"; mixing "" (by protocol) | "concat_epoch" |
+      # "weighted"; prompt_format "plain" | "official"; answer_style "letter_text" | "letter".
       loss_normalization="per_part", mixing="", prompt_format="plain",
       answer_style="letter_text"))
 
