@@ -101,17 +101,33 @@ class VideoClip:
 
   # -- pixels ---------------------------------------------------------------------------------
 
+  def _run(self) -> slice | None:
+    """The rows as one slice of the store when they are a run (first..last, step 1), else None."""
+    rows = self._rows
+    if len(rows) and rows[0] + len(rows) - 1 == rows[-1] and np.all(np.diff(rows) == 1):
+      return slice(int(rows[0]), int(rows[-1]) + 1)
+    return None
+
   @property
   def frames(self) -> np.ndarray:
-    """The clip's frames on the host, (T, H, W, 3) uint8."""
-    return self._store.host[self._rows]
+    """The clip's frames on the host, (T, H, W, 3) uint8.
+
+    A clip whose rows are one run of the source frames (a question clip, a trim, a window)
+    gets a read-only view of the decoded frames, not a copy; other selections are gathered
+    into a new array."""
+    run = self._run()
+    if run is None:
+      return self._store.host[self._rows]
+    view = self._store.host[run]
+    view.flags.writeable = False
+    return view
 
   def device_frames(self) -> jax.Array:
     """The clip's frames on the default device; the source moves there once per store."""
-    rows = self._rows
-    if len(rows) and rows[0] + len(rows) - 1 == rows[-1] and np.all(np.diff(rows) == 1):
-      return self._store.device()[int(rows[0]):int(rows[-1]) + 1]
-    return jnp.take(self._store.device(), jnp.asarray(rows), axis=0)
+    run = self._run()
+    if run is not None:
+      return self._store.device()[run]
+    return jnp.take(self._store.device(), jnp.asarray(self._rows), axis=0)
 
   @property
   def num_frames(self) -> int:

@@ -275,3 +275,15 @@ def test_the_cot_configs_pipeline_by_default_with_a_switch():
   with pytest.raises(job.JobError, match="decode_workers >= 0"):
     job.CotJob(tools={}, make_args=dict, run_program=None, program_source="gold",
                decode_workers=-1)
+
+
+def test_a_question_clip_hands_its_decoded_frames_to_the_experts_without_copies(videos):
+  from experts.clip import question_clip
+  clip = question_clip(str(videos / "v1.mp4"), max_frames=8)
+  window = clip.select(range(2, 6))
+  assert np.shares_memory(clip.frames, window.frames)  # views of the decoded frames
+  assert not window.frames.flags.writeable  # the store stays what was decoded
+  np.testing.assert_array_equal(window.frames, clip.frames[2:6])
+  picked = clip.select([1, 3, 5])  # not one run: gathered into its own array
+  assert not np.shares_memory(picked.frames, clip.frames)
+  np.testing.assert_array_equal(picked.frames, clip.frames[[1, 3, 5]])
