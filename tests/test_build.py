@@ -36,3 +36,22 @@ def test_bazel_pytest_runner_runs_a_test_file(tmp_path):
   r = subprocess.run([sys.executable, str(ROOT / "tools" / "bazel_pytest.py"), str(test)],
                      capture_output=True, text=True, timeout=120)
   assert r.returncode == 1 and "1 failed" in r.stdout, r.stdout + r.stderr
+
+
+def test_bazel_test_script_skips_visibly_where_bazel_cannot_run(tmp_path):
+  """tools/bazel_test.sh (run by .ci/run) exits 0 with a SKIPPED line, running nothing, where
+  bazel or Debian's mock repositories are missing."""
+  import shutil
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  os_env = {"PATH": str(bin_dir)}
+  (bin_dir / "dirname").symlink_to(shutil.which("dirname"))
+  script = [shutil.which("bash"), str(ROOT / "tools" / "bazel_test.sh")]
+  r = subprocess.run(script, capture_output=True, text=True, env=os_env, timeout=60)
+  assert r.returncode == 0 and "bazel_test: SKIPPED, bazel is not installed" in r.stdout, r.stdout + r.stderr
+  (bin_dir / "bazel").write_text("#!/bin/sh\necho bazel ran\nexit 3\n")
+  (bin_dir / "bazel").chmod(0o755)
+  r = subprocess.run(script, capture_output=True, text=True, timeout=60,
+                     env={**os_env, "BAZEL_MOCK_REPOS": str(tmp_path / "none")})
+  assert r.returncode == 0 and "bazel_test: SKIPPED, no " in r.stdout, r.stdout + r.stderr
+  assert "bazel ran" not in r.stdout

@@ -70,7 +70,11 @@ def test_transformers_auto_classes_load_the_export(export_dir):
   tok = transformers.AutoTokenizer.from_pretrained(export_dir)
   assert tok("the red cube")["input_ids"]
   with open(os.path.join(export_dir, "tokenizer_config.json")) as f:  # a class 4.x knows too
-    assert json.load(f)["tokenizer_class"] == "PreTrainedTokenizerFast"
+    tok_config = json.load(f)
+  assert tok_config["tokenizer_class"] == "PreTrainedTokenizerFast"
+  # 5's inputs, spelt out for 4.x (whose PreTrainedTokenizerFast would add token_type_ids)
+  assert tok_config["model_input_names"] == ["input_ids", "attention_mask"] == tok.model_input_names
+  assert tok_config["additional_special_tokens"] == ["<video>", "<image>"]
   gen = transformers.GenerationConfig.from_pretrained(export_dir)
   assert gen.eos_token_id == 2 and gen.do_sample is False
   model = transformers.AutoModelForImageTextToText.from_pretrained(export_dir)
@@ -167,3 +171,16 @@ def test_the_exported_chat_template_renders_the_training_prompt(export_dir):
                                   {"role": "assistant", "content": "yo"},
                                   {"role": "user", "content": "again"}], tokenize=False)
   assert text == "USER: hi ASSISTANT: yo USER: again ASSISTANT:"
+
+
+def test_exporting_again_into_the_folder_keeps_the_chat_template(export_dir, tmp_path):
+  """A second export into a folder holding the first one's chat_template.jinja still writes the
+  template into the freshly copied tokenizer_config.json (the source folder decides)."""
+  import shutil
+  from aotd_jax.data import conversation
+  again = tmp_path / "again"
+  shutil.copytree(export_dir, again)
+  hub.write_hub_files(str(again), hf_config=io.read_config(str(again)),
+                      tokenizer_dir=os.path.join(os.path.dirname(export_dir), "tok"))
+  with open(again / "tokenizer_config.json") as f:
+    assert json.load(f)["chat_template"] == conversation.PLAIN_CHAT_TEMPLATE

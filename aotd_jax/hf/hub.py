@@ -45,13 +45,20 @@ def copy_tokenizer_files(src: str, dst: str) -> list[str]:
 
 def _portable_tokenizer_class(path: str) -> None:
   """transformers 5 saves a plain `tokenizer.json` tokenizer as `TokenizersBackend`, a name 4.x
-  does not know; `PreTrainedTokenizerFast` loads the same tokenizer in both."""
+  does not know; `PreTrainedTokenizerFast` loads the same tokenizer in both. 5's model inputs
+  (no `token_type_ids`, which the VLMs' forward does not take) and extra special tokens are
+  written out in the names 4.x reads, where the file has none."""
   with open(path) as f:
     config = json.load(f)
-  if config.get("tokenizer_class") == "TokenizersBackend":
-    config["tokenizer_class"] = "PreTrainedTokenizerFast"
-    with open(path, "w") as f:
-      json.dump(config, f, indent=2, ensure_ascii=False)
+  if config.get("tokenizer_class") != "TokenizersBackend":
+    return
+  config["tokenizer_class"] = "PreTrainedTokenizerFast"
+  config.setdefault("model_input_names", ["input_ids", "attention_mask"])
+  extra = config.get("extra_special_tokens")
+  if isinstance(extra, list) and extra:
+    config.setdefault("additional_special_tokens", list(extra))
+  with open(path, "w") as f:
+    json.dump(config, f, indent=2, ensure_ascii=False)
 
 
 def _has_chat_template(hf_dir: str) -> bool:
@@ -154,7 +161,8 @@ def write_hub_files(hf_dir: str, *, hf_config: Mapping[str, Any], tokenizer_dir:
       with open(os.path.join(hf_dir, name), "w") as f:
         json.dump(content, f, indent=2, sort_keys=True)
       written.append(name)
-  template = student_chat_template(hf_config, has_own=_has_chat_template(hf_dir))
+  # the source folder's template counts, not one left in `hf_dir` by an earlier export
+  template = student_chat_template(hf_config, has_own=bool(tokenizer_dir) and _has_chat_template(tokenizer_dir))
   if template is not None:
     with open(os.path.join(hf_dir, "chat_template.jinja"), "w") as f:
       f.write(template)

@@ -80,7 +80,9 @@ def qwen2_vl(hf_config: Mapping[str, Any]) -> dict[str, dict]:
   vision = adapter.vision_config_from_hf(hf_config["vision_config"])
   area = vision.image_size ** 2
   common = {**_normalization(), "do_resize": True,
-            "size": {"shortest_edge": area, "longest_edge": area}, "patch_size": vision.patch_size,
+            "size": {"shortest_edge": area, "longest_edge": area},
+            "min_pixels": area, "max_pixels": area,  # the same bounds, as transformers 4.x reads them
+            "patch_size": vision.patch_size,
             "merge_size": vision.spatial_merge_size, "temporal_patch_size": vision.temporal_patch_size}
   image = {**common, "image_processor_type": "Qwen2VLImageProcessor"}
   video = {**common, "video_processor_type": "Qwen2VLVideoProcessor", "do_sample_frames": False}

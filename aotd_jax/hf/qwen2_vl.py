@@ -110,27 +110,29 @@ def config_from_hf(hf: dict) -> Qwen2VLConfig:
 
 
 def config_to_hf(cfg: Qwen2VLConfig) -> dict:
-  """config.json for transformers' `Qwen2VLConfig` (its current nested `text_config`)."""
+  """config.json in the released checkpoints' layout (text fields, `rope_theta` and an "mrope"
+  `rope_scaling` at the top level), which transformers 4.45+ and 5 both read (4.x has no
+  `text_config`)."""
   vc = cfg.vision_config
   vision = {k: getattr(vc, k) for k in _VISION_FIELDS}
   vision.update(model_type="qwen2_vl", rope_parameters={"rope_type": "axial", "rope_theta": vc.rope_theta})
   text = qwen2_hf.config_to_hf(cfg.text_config)
-  text.pop("architectures", None)
-  for k in ("use_sliding_window", "sliding_window", "max_window_layers"):
+  for k in ("architectures", "model_type", "use_sliding_window", "sliding_window", "max_window_layers",
+            "rope_parameters", "rope_scaling"):
     text.pop(k, None)
-  text.update(model_type="qwen2_vl_text", use_sliding_window=False,
-              rope_parameters={"rope_type": "default", "rope_theta": cfg.text_config.rope_theta,
-                               "mrope_section": list(cfg.text_config.mrope_section)})
-  text.pop("rope_theta", None)
-  out = {k: getattr(cfg, k) for k in _TOP_FIELDS}
-  out.update(model_type="qwen2_vl", vision_config=vision, text_config=text, dtype=cfg.param_dtype,
+  out = {**text, **{k: getattr(cfg, k) for k in _TOP_FIELDS}}
+  out.update(model_type="qwen2_vl", vision_config=vision, dtype=cfg.param_dtype,
+             use_sliding_window=False, rope_theta=cfg.text_config.rope_theta,
+             rope_scaling={"type": "mrope", "mrope_section": list(cfg.text_config.mrope_section)},
              architectures=[Qwen2VLForConditionalGeneration.hf_architecture])
   return out
 
 
 def rules(cfg: Qwen2VLConfig, hf_keys: Collection[str] | None = None) -> list[Rule]:
-  """HF tensor name -> our param path, for the key layout of `hf_keys` (current on export)."""
-  old = hf_keys is not None and any(k.startswith("visual.") for k in hf_keys)
+  """HF tensor name -> our param path, for the key layout of `hf_keys`; on export (None) the
+  released checkpoints' (`visual.*`, `model.*`, `lm_head.*`), which transformers 5 also writes
+  and 4.45+ reads."""
+  old = hf_keys is None or any(k.startswith("visual.") for k in hf_keys)
   out = vision_rules(cfg.vision_config, "visual" if old else "model.visual", "visual")
   lm_prefix = "model." if old else "model.language_model."
   for rule in llama_hf.rules(cfg.text_config):
