@@ -105,6 +105,7 @@ GOLD = """def execute_command(video_clip, query, possible_answers):
 """
 
 
+@pytest.mark.slow  # two jobs through the sandbox, every expert compiled twice: ~50 CPU-s
 def test_cot_job_records_are_the_same_with_coalescing_on_and_off(models):
   """Eight programs in flight, every model expert bound: the records (programs' traces, answers,
   rationales, verdicts) do not depend on whether concurrent calls were batched."""
