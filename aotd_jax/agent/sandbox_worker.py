@@ -411,7 +411,7 @@ _ALLOWED_SYSCALLS = (
     # the channel (fd 3) and the standard streams (/dev/null)
     "read", "write", "readv", "writev", "close", "fstat", "lseek",
     # the zygote's fork loop and its children's turns (clone without new namespaces;
-    # RLIMIT_NPROC=0 stops a child's)
+    # RLIMIT_NPROC=0 stops a child's; kill only to a pid >= 0)
     "clone", "wait4", "waitid", "kill", "getpid", "getppid", "gettid", "set_robust_list",
     "rseq", "futex", "sched_yield", "exit", "exit_group", "restart_syscall",
     # signals
@@ -501,6 +501,10 @@ def _seccomp(lib):
       "mprotect": [(2, cmp_masked_eq, _PROT_EXEC, 0)],
       "prlimit64": [(0, cmp_eq, 0, 0)],
       "prctl": [(0, cmp_eq, PR_SET_PDEATHSIG, 0), (0, cmp_eq, PR_GET_DUMPABLE, 0)],
+      # A pid >= 0 (one process, or the worker's own process group): never -1 (every process
+      # the worker's uid may signal, the host's too when the host is not root) or another
+      # process group.
+      "kill": [(0, cmp_masked_eq, 0x80000000, 0)],
   }
   for name in _ALLOWED_SYSCALLS:
     nr = lib.seccomp_syscall_resolve_name(name.encode())
