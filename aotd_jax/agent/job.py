@@ -1,6 +1,8 @@
 """The resumable CoT generation job: questions -> programs -> traces -> rationales -> filter.
 
-One shard of a dataset is processed in order, in batches (one LLM call per stage per batch).
+One shard of a dataset is processed in order, in batches (one LLM call per stage per batch);
+with `CotJob(pipeline=True)` the stages overlap across batches (`CotJob.stages`), the records
+being the same and written in the same order.
 Every processed question — kept or not — becomes one JSON line in
 `records-SSSSS-of-NNNNN.jsonl`, appended with one `write` + `flush` + `fsync`, so a kill at
 any moment loses at most the line being written. On restart the log is read back, a partial
