@@ -142,6 +142,7 @@ def main(argv=None) -> dict:
   ap.add_argument("--workers", type=int, default=2, help="sandbox workers (program threads)")
   ap.add_argument("--decode_workers", type=int, default=2)
   ap.add_argument("--max_batches_in_flight", type=int, default=4)
+  ap.add_argument("--llm_workers", type=int, default=1, help="batches per LLM stage at once")
   ap.add_argument("--rounds", type=int, default=2)
   ap.add_argument("--skip_local", action="store_true", help="no local Flax LLM row")
   args = ap.parse_args(argv)
@@ -171,6 +172,8 @@ def main(argv=None) -> dict:
   result = {"questions": len(questions), "clips": num_clips, "size": args.size,
             "max_frames": args.max_frames, "batch_size": args.batch_size,
             "sandbox_workers": args.workers, "latency_ms": args.latency_ms,
+            "decode_workers": args.decode_workers, "llm_workers": args.llm_workers,
+            "max_batches_in_flight": args.max_batches_in_flight,
             "load_avg_1m": round(os.getloadavg()[0], 1), "rows": []}
 
   with Sandbox(num_workers=args.workers) as sb:
@@ -182,7 +185,8 @@ def main(argv=None) -> dict:
             batch_size=args.batch_size, num_threads=args.workers, timeout_s=30.0,
             video_path=generate_cots.video_path(config), pipeline=pipelined,
             decode_workers=args.decode_workers,
-            max_batches_in_flight=args.max_batches_in_flight, **llms)
+            max_batches_in_flight=args.max_batches_in_flight, llm_workers=args.llm_workers,
+            **llms)
         return cot_job, timed_args
       return make
 

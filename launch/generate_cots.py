@@ -157,7 +157,8 @@ def pipeline_kwargs(config) -> dict:
     return {"pipeline": False}
   return {"pipeline": bool(section.enabled),
           "max_batches_in_flight": int(section.max_batches_in_flight),
-          "decode_workers": int(section.decode_workers)}
+          "decode_workers": int(section.decode_workers),
+          "llm_workers": int(section.get("llm_workers", 1))}
 
 
 def worker(config, shard_index: int | None, num_shards: int | None) -> tuple[int, int, int, int]:

@@ -2,6 +2,7 @@
 decoded ahead of execution, an undecodable video as a failed record, resume after a failure."""
 import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -59,6 +60,23 @@ def test_at_most_max_in_flight_items_are_fed_ahead_of_the_consumer():
     consumed += 1
     assert len(fed) - consumed <= 2  # fed but not yet handed out: at most max_in_flight
   assert consumed == 10
+
+
+def test_a_stage_of_two_workers_runs_two_items_at_once_and_keeps_their_order():
+  both_in = threading.Barrier(2, timeout=30)  # broken (an error) unless items 0 and 1 meet
+
+  def slow(x):
+    if x < 2:
+      both_in.wait()
+      if x == 0:
+        time.sleep(0.05)  # item 0 finishes after item 1; the stage still hands 0 on first
+    return x
+
+  out = list(run_stages(range(6), [("llm", slow, 2), ("next", lambda x: x + 100)],
+                        max_in_flight=4))
+  assert out == [100, 101, 102, 103, 104, 105]
+  with pytest.raises(ValueError, match="stage 'llm': workers must be >= 1"):
+    list(run_stages([1], [("llm", abs, 0)]))
 
 
 def test_a_stage_error_comes_after_the_earlier_items_and_the_threads_end():
@@ -188,9 +206,10 @@ def test_pipelined_and_prefetched_runs_write_the_records_of_the_plain_run(videos
   assert "broken.mp4" in broken["verdicts"]["execution_error"]
   assert not plain[7]["verdicts"]["parsed"] and plain[6]["verdicts"]["executed"]
   assert {"program", "rewrite", "logic_judge"} <= set(plain[0]["llm_replies"])
-  for name, decode_workers in (("pipelined", 0), ("prefetched", 2)):
-    got = run_records(make_job(videos, pipeline=True, decode_workers=decode_workers),
-                      tmp_path / name)
+  for name, decode_workers, llm_workers in (("pipelined", 0, 1), ("prefetched", 2, 1),
+                                            ("two_llm_batches", 2, 2)):
+    got = run_records(make_job(videos, pipeline=True, decode_workers=decode_workers,
+                               llm_workers=llm_workers), tmp_path / name)
     assert got == plain, name
 
 
@@ -269,7 +288,7 @@ def test_the_cot_configs_pipeline_by_default_with_a_switch():
   from launch import generate_cots
   config = toy.base_config()
   assert generate_cots.pipeline_kwargs(config) == {
-      "pipeline": True, "max_batches_in_flight": 4, "decode_workers": 2}
+      "pipeline": True, "max_batches_in_flight": 4, "decode_workers": 2, "llm_workers": 1}
   config.pipeline.enabled = False
   assert generate_cots.pipeline_kwargs(config)["pipeline"] is False
   with pytest.raises(job.JobError, match="decode_workers >= 0"):

@@ -403,6 +403,10 @@ class CotJob:
       once (bounds the decoded clips held in memory).
     decode_workers: with `pipeline`, threads that run `make_args` (decode each question's
       clip) ahead of execution; 0 decodes in the execution threads.
+    llm_workers: with `pipeline`, batches each LLM stage (program, judges, rewrite) works on at
+      once: 2 keeps an HTTP server busy while one batch waits for its slowest reply. The
+      records stay the same for deterministic LLMs (temperature 0); a local model serves one
+      batch at a time, and with sampling its call order (hence its keys) would vary: keep 1.
   """
   tools: Mapping[str, Callable]
   make_args: Callable[[Any], Mapping[str, Any]]
@@ -428,6 +432,7 @@ class CotJob:
   pipeline: bool = False
   max_batches_in_flight: int = 4
   decode_workers: int = 2
+  llm_workers: int = 1
   times: StageTimes | None = None  # when set, each stage's seconds are added to it
 
   def __post_init__(self):
@@ -449,9 +454,10 @@ class CotJob:
                      f"{cot.REWRITE_FALLBACKS}")
     if self.batch_size < 1:
       raise JobError(f"batch_size must be >= 1, got {self.batch_size}")
-    if self.max_batches_in_flight < 1 or self.decode_workers < 0:
-      raise JobError(f"pipeline: max_batches_in_flight must be >= 1 and decode_workers >= 0, got "
-                     f"{self.max_batches_in_flight} and {self.decode_workers}")
+    if self.max_batches_in_flight < 1 or self.decode_workers < 0 or self.llm_workers < 1:
+      raise JobError(f"pipeline: max_batches_in_flight and llm_workers must be >= 1 and "
+                     f"decode_workers >= 0, got {self.max_batches_in_flight}, "
+                     f"{self.llm_workers} and {self.decode_workers}")
     for role in ("program_llm", "cot_llm", "judge_llm"):
       llm = getattr(self, role)
       if llm is not None and not isinstance(llm, CapturedLLM):
@@ -584,10 +590,11 @@ class CotJob:
                         memory=memory)
             for i, qa in enumerate(b.questions)]
 
-  def stages(self) -> list[tuple[str, Callable[["_Batch"], Any]]]:
-    """The job's stages in order: (name, `_Batch -> _Batch`; the last returns the records).
-    Each adds its seconds to the batch's `stage_s` (a record's `timing.seconds` is their sum
-    over the batch's questions: its work, not its waits between stages)."""
+  def stages(self) -> list[tuple[str, Callable[["_Batch"], Any], int]]:
+    """The job's stages in order: (name, `_Batch -> _Batch` (the last returns the records),
+    workers: batches of the stage at once when pipelined, `llm_workers` for the LLM stages,
+    1 for execution). Each adds its seconds to the batch's `stage_s` (a record's
+    `timing.seconds` is their sum over the batch's questions: its work, not its waits)."""
     def timed(name: str, fn: Callable[["_Batch"], Any]) -> Callable[["_Batch"], Any]:
       def run(b: "_Batch") -> Any:
         b.stage_t0 = time.perf_counter()
@@ -597,15 +604,16 @@ class CotJob:
           self.times.add(name, b.stage_s[name])
         return out
       return run
-    return [(name, timed(name, fn)) for name, fn in (
-        ("program", self._stage_programs), ("execute", self._stage_execute),
-        ("answer_judge", self._stage_answer_judge), ("rewrite", self._stage_rewrite),
-        ("logic_judge", self._stage_logic_judge))]
+    llm = self.llm_workers
+    return [(name, timed(name, fn), workers) for name, fn, workers in (
+        ("program", self._stage_programs, llm), ("execute", self._stage_execute, 1),
+        ("answer_judge", self._stage_answer_judge, llm), ("rewrite", self._stage_rewrite, llm),
+        ("logic_judge", self._stage_logic_judge, llm))]
 
   def process(self, batch: Sequence[Any]) -> list[dict]:
     """Runs every stage on a batch of `VideoQA` and returns their records, in order."""
     out: Any = _Batch(list(batch))
-    for _, fn in self.stages():
+    for _, fn, _ in self.stages():
       out = fn(out)
     return out
 

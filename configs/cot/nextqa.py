@@ -43,6 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                 vocabulary="open" if vocab == "open" else f"file:{vocab}")
   real.bind_llms(c, a)
   c.batch_size = 32
+  c.pipeline.llm_workers = 2  # the LLMs are servers (or greedy local models)
   c.sandbox.num_workers = 8
   c.sandbox.memory_mb = 1024
   return c

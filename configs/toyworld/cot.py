@@ -83,9 +83,11 @@ def base_config() -> ml_collections.ConfigDict:
   # rationales judged after); the same records as enabled=False (one batch at a time).
   # max_batches_in_flight bounds the decoded clips in memory (STAR: 32 frames of 480p per
   # question, batch 32: about 1 GB a batch); decode_workers threads decode the clips ahead of
-  # execution (0: in the execution threads).
+  # execution (0: in the execution threads); llm_workers: batches each LLM stage works on at
+  # once (2 keeps an HTTP server busy past a batch's slowest reply; keep 1 for a local model
+  # that samples, temperature > 0, whose keys follow its call order).
   c.pipeline = ml_collections.ConfigDict(
-      {"enabled": True, "max_batches_in_flight": 4, "decode_workers": 2})
+      {"enabled": True, "max_batches_in_flight": 4, "decode_workers": 2, "llm_workers": 1})
   return c
 
 
