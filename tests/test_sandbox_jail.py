@@ -108,11 +108,11 @@ _AS_USER = textwrap.dedent("""\
 def _run_as(prefix: list[str], **kwargs) -> subprocess.CompletedProcess | None:
   """`_AS_USER` in a new process started with `prefix` (a wrapper command) or `kwargs`
   (`user=`, `group=`: no Python code runs between fork and exec)."""
-  env = dict(os.environ, PYTHONPATH=os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
+  env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
   try:
     return subprocess.run(prefix + [sys.executable, "-c", _AS_USER, ESCAPES], capture_output=True,
-                          text=True, timeout=120, env=env, **kwargs,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                          text=True, timeout=120, env=env, cwd=root, **kwargs)
   except (PermissionError, subprocess.SubprocessError, OSError):
     return None
 
