@@ -224,6 +224,8 @@ def test_run_program_uses_a_shared_pool():
 def test_bad_arguments_are_refused_with_clear_messages(sb):
   with pytest.raises(ValueError, match="timeout_s must be > 0"):
     sb.run(GOOD, TOOLS, args(), timeout_s=0)
+  with pytest.raises(ValueError, match="timeout_s must be > 0 and finite, got inf"):
+    sb.run(GOOD, TOOLS, args(), timeout_s=float("inf"))  # the worker's RLIMIT_CPU needs a number
   with pytest.raises(ValueError, match="tool names must be public identifiers.*_secret"):
     sb.run(GOOD, {"_secret": print}, args(), timeout_s=1.0)
   with pytest.raises(ValueError, match="num_workers must be >= 1"):

@@ -150,7 +150,8 @@ class _Connection(Connection):
     self._poller.register(handle, select.POLLIN)
 
   def _poll(self, timeout):
-    ms = -1 if timeout is None else max(0, math.ceil(timeout * 1000))
+    # None, or more than poll() can count: wait without a limit.
+    ms = -1 if timeout is None or timeout > 1e6 else max(0, math.ceil(timeout * 1000))
     return bool(self._poller.poll(ms))
 
 
@@ -351,8 +352,8 @@ class Sandbox:
     t_start = time.perf_counter()
     if self._closed:
       raise RuntimeError("Sandbox is closed")
-    if not timeout_s > 0:
-      raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+    if not (timeout_s > 0 and math.isfinite(timeout_s)):
+      raise ValueError(f"timeout_s must be > 0 and finite, got {timeout_s}")
     bad = [n for n in tools if not n.isidentifier() or n.startswith("_")]
     if bad:
       raise ValueError(f"tool names must be public identifiers, got {bad}")
