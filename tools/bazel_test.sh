@@ -3,7 +3,7 @@
 # `bazel-bootstrap` (Bazel 4.2.3) and the Python interpreter first on the PATH (the venv with
 # this package's requirements; tools/gen_build.py writes BUILD for Bazel's native Python rules).
 #
-#   tools/bazel_test.sh                      # //:test_build //:test_architecture //:test_mutate
+#   tools/bazel_test.sh                      # //:test_build //:test_architecture //:test_paths
 #   tools/bazel_test.sh //:test_cot          # any py_test of BUILD
 #
 # Bazel's default WORKSPACE fetches rules_cc and rules_java from GitHub, and every test rule
@@ -29,7 +29,7 @@ fi
 PYTHON_BIN="$(dirname "${PYTHON:-.venv/bin/python}")"
 targets=("$@")
 if [[ ${#targets[@]} -eq 0 ]]; then
-  targets=(//:test_build //:test_architecture //:test_mutate)
+  targets=(//:test_build //:test_architecture //:test_paths)
 fi
 # The interpreter's folder first on the PATH: the autodetected Python toolchain runs `python3`.
 PATH="$(cd "$PYTHON_BIN" && pwd):$PATH" exec bazel test \
