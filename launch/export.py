@@ -8,15 +8,16 @@ Writes `config.json` (with a top-level `rope_theta`), safetensors (sharded with 
 `--tokenizer` (default: the student's `hf_dir` from the checkpoint's config, when it exists;
 processor files made from the model's config where that folder has none) and a model card
 (`README.md`: base model, datasets, λ, the CoT manifest's summary, library name, a licence
-field to fill in). The latest step unless `--step`.
+field to fill in). The latest step unless `--step`. Any of the paths may be a URL
+(`gs://bucket/...`, with the `gcs` extra).
 """
 from __future__ import annotations
 
 import json
-import os
 
 from absl import app, flags
 
+from aotd_jax.data import files
 from aotd_jax.hf import hub, io, orbax_io
 from aotd_jax.train.checkpoint import Checkpointer
 
@@ -32,7 +33,7 @@ flags.mark_flags_as_required(["workdir", "hf_dir"])
 
 def export(workdir: str, hf_dir: str, *, step: int | None = None, tokenizer: str = "",
            cot_manifest: str = "") -> list[str]:
-  ckpt_dir = os.path.join(workdir, "checkpoints")
+  ckpt_dir = files.join(workdir, "checkpoints")
   orbax_io.export(ckpt_dir, hf_dir, step=step)
   checkpointer = Checkpointer(ckpt_dir)
   try:
@@ -41,12 +42,11 @@ def export(workdir: str, hf_dir: str, *, step: int | None = None, tokenizer: str
     checkpointer.close()
   config = config if isinstance(config, dict) else {}
   tokenizer = tokenizer or str(config.get("student", {}).get("hf_dir", "") or "")
-  if tokenizer and not os.path.isdir(tokenizer):
+  if tokenizer and not files.isdir(tokenizer):
     tokenizer = ""
   manifest = None
   if cot_manifest:
-    with open(cot_manifest) as f:
-      manifest = json.load(f)
+    manifest = json.loads(files.read_text(cot_manifest))
   return hub.write_hub_files(hf_dir, hf_config=io.read_config(hf_dir), tokenizer_dir=tokenizer,
                              config=config, manifest=manifest)
 

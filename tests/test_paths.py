@@ -161,3 +161,33 @@ def test_cot_shards_merge_from_and_into_a_bucket(fake_gcs):
   open("kept.array_record", "wb").write(
       epath.Path("gs://bucket/cots/merged/cot.array_record").read_bytes())
   assert len(pipeline.cot_source("kept.array_record")) == 2  # q0 and q1 were kept
+
+
+def test_hub_export_writes_to_and_reads_from_a_bucket(fake_gcs):
+  """save_pretrained (sharded, with its index) and the hub files go to gs://; the weights and
+  config read back from there equal a local export's, as the model rebuilt from the bucket."""
+  import numpy as np
+  from flax import nnx
+  from aotd_jax import hf
+  from aotd_jax.data.toy_tokenizer import train_tokenizer
+  from aotd_jax.hf import hub, io, registry
+  from configs.toyworld import distill as toy
+  adapter = registry.adapter_for("LlavaOnevisionForConditionalGeneration")
+  model = adapter.model_class(adapter.config_from_hf(dict(toy.TINY_ONEVISION)), rngs=nnx.Rngs(0))
+  tok = str(fake_gcs / "tok")  # a local tokenizer folder copied into the bucket
+  train_tokenizer(["what is on the table? the red cube."] * 10, tok, vocab_size=300)
+  hf.save_pretrained(model, "gs://bucket/hf", max_shard_bytes=60_000)
+  hf.save_pretrained(model, str(fake_gcs / "local"), max_shard_bytes=60_000)
+  written = hub.write_hub_files("gs://bucket/hf", hf_config=io.read_config("gs://bucket/hf"),
+                                tokenizer_dir=tok, config={"rationale_weight": 0.5})
+  names = {p.name for p in epath.Path("gs://bucket/hf").iterdir()}
+  assert {"model.safetensors.index.json", "config.json", "README.md", "tokenizer.json",
+          "chat_template.jinja", "preprocessor_config.json"} <= names and set(written) <= names
+  assert sum(n.endswith(".safetensors") for n in names) > 1
+  assert "λ (rationale weight): 0.5" in epath.Path("gs://bucket/hf/README.md").read_text()
+  remote, origin = io.read_tensors("gs://bucket/hf")
+  local, _ = io.read_tensors(str(fake_gcs / "local"))
+  assert set(remote) == set(local) and all(o.startswith("gs://bucket/hf/model-") for o in origin.values())
+  for key, value in local.items():
+    np.testing.assert_array_equal(remote[key], value)
+  assert hf.from_pretrained("gs://bucket/hf").config == model.config

@@ -1,8 +1,8 @@
 """Dataset paths that may live on any filesystem `etils.epath` reaches: local, `gs://` (with the
 `gcs` extra) or another fsspec protocol.
 
-Annotation files, video folders and CoT shards are named by the user; on a pod they sit in a
-bucket. Local paths keep Python's own file I/O (and PyAV's native reads); a URL goes through
+Annotation files, video folders, CoT shards and Hugging Face exports are named by the user; on
+a pod they sit in a bucket. Local paths keep Python's own file I/O (and PyAV's native reads); a URL goes through
 `epath`, so nothing creates a local folder named `gs:`.
 """
 from __future__ import annotations
@@ -85,3 +85,51 @@ def stat_key(path: str | os.PathLike) -> tuple[int, int]:
     return int(st.mtime), int(st.length)
   st = os.stat(path)
   return st.st_mtime_ns, st.st_size
+
+
+def isfile(path: str | os.PathLike) -> bool:
+  """Whether `path` is a file."""
+  return epath.Path(path).is_file() if is_url(path) else os.path.isfile(path)
+
+
+def makedirs(path: str | os.PathLike) -> None:
+  """Creates the folder `path` and its parents (a bucket prefix needs nothing, but is fine)."""
+  if is_url(path):
+    epath.Path(path).mkdir(parents=True, exist_ok=True)
+  else:
+    os.makedirs(path, exist_ok=True)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+  """Writes `text` as UTF-8 to the file `path` (replacing it)."""
+  if is_url(path):
+    epath.Path(path).write_text(text, encoding="utf-8")
+  else:
+    with open(path, "w", encoding="utf-8") as f:
+      f.write(text)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+  """Writes `data` to the file `path` (replacing it)."""
+  if is_url(path):
+    epath.Path(path).write_bytes(data)
+  else:
+    with open(path, "wb") as f:
+      f.write(data)
+
+
+def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+  """Copies the file `src` to `dst`, either of them local or a URL."""
+  if not is_url(src) and not is_url(dst):
+    import shutil  # pylint: disable=g-import-not-at-top
+    shutil.copyfile(src, dst)
+  else:
+    epath.Path(dst).write_bytes(epath.Path(src).read_bytes())
+
+
+def remove(path: str | os.PathLike) -> None:
+  """Deletes the file `path`."""
+  if is_url(path):
+    epath.Path(path).unlink()
+  else:
+    os.remove(path)

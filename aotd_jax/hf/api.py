@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from aotd_jax import sharding as sharding_lib
+from aotd_jax.data import files
 from aotd_jax.hf import io, registry
 from aotd_jax.hf.mapping import export_params, import_params
 
@@ -61,7 +61,7 @@ def save_pretrained(model: nnx.Module, path: str, *, dtype=None,
   """Writes `config.json` + safetensors that transformers' `from_pretrained` loads."""
   adapter = adapter_of_model(model)
   tensors = export_params(model, adapter.rules(model.config, None), dtype=dtype)
-  os.makedirs(path, exist_ok=True)
+  files.makedirs(path)
   hf_config = adapter.config_to_hf(model.config)
   hf_config.setdefault("architectures", [adapter.architecture])
   text = hf_config.get("text_config")
@@ -71,8 +71,8 @@ def save_pretrained(model: nnx.Module, path: str, *, dtype=None,
       hf_config.setdefault("rope_theta", theta)
   io.write_config(hf_config, path)
   from aotd_jax.hf import hub
-  with open(os.path.join(path, "generation_config.json"), "w") as f:
-    json.dump(hub.generation_config(hf_config), f, indent=2, sort_keys=True)
+  files.write_text(files.join(path, "generation_config.json"),
+                   json.dumps(hub.generation_config(hf_config), indent=2, sort_keys=True))
   io.write_tensors(tensors, path, max_shard_bytes=max_shard_bytes)
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from typing import Any, Mapping
 
+from aotd_jax.data import files
 from aotd_jax.hf import processor_files
 
 # Files copied from the tokenizer / processor directory (the student's base model folder).
@@ -34,12 +34,12 @@ def copy_tokenizer_files(src: str, dst: str) -> list[str]:
   their names."""
   copied = []
   for name in TOKENIZER_FILES + PROCESSOR_FILES:
-    path = os.path.join(src, name)
-    if os.path.isfile(path):
-      shutil.copy(path, os.path.join(dst, name))
+    path = files.join(src, name)
+    if files.isfile(path):
+      files.copy_file(path, files.join(dst, name))
       copied.append(name)
   if "tokenizer_config.json" in copied:
-    _portable_tokenizer_class(os.path.join(dst, "tokenizer_config.json"))
+    _portable_tokenizer_class(files.join(dst, "tokenizer_config.json"))
   return copied
 
 
@@ -48,8 +48,7 @@ def _portable_tokenizer_class(path: str) -> None:
   does not know; `PreTrainedTokenizerFast` loads the same tokenizer in both. 5's model inputs
   (no `token_type_ids`, which the VLMs' forward does not take) and extra special tokens are
   written out in the names 4.x reads, where the file has none."""
-  with open(path) as f:
-    config = json.load(f)
+  config = json.loads(files.read_text(path))
   if config.get("tokenizer_class") != "TokenizersBackend":
     return
   config["tokenizer_class"] = "PreTrainedTokenizerFast"
@@ -57,18 +56,16 @@ def _portable_tokenizer_class(path: str) -> None:
   extra = config.get("extra_special_tokens")
   if isinstance(extra, list) and extra:
     config.setdefault("additional_special_tokens", list(extra))
-  with open(path, "w") as f:
-    json.dump(config, f, indent=2, ensure_ascii=False)
+  files.write_text(path, json.dumps(config, indent=2, ensure_ascii=False))
 
 
 def _has_chat_template(hf_dir: str) -> bool:
-  if any(os.path.isfile(os.path.join(hf_dir, n)) for n in ("chat_template.jinja", "chat_template.json")):
+  if any(files.isfile(files.join(hf_dir, n)) for n in ("chat_template.jinja", "chat_template.json")):
     return True
-  path = os.path.join(hf_dir, "tokenizer_config.json")
-  if not os.path.isfile(path):
+  path = files.join(hf_dir, "tokenizer_config.json")
+  if not files.isfile(path):
     return False
-  with open(path) as f:
-    return bool(json.load(f).get("chat_template"))
+  return bool(json.loads(files.read_text(path)).get("chat_template"))
 
 
 def student_chat_template(hf_config: Mapping[str, Any], *, has_own: bool) -> str | None:
@@ -150,37 +147,36 @@ def write_hub_files(hf_dir: str, *, hf_config: Mapping[str, Any], tokenizer_dir:
   config (`processor_files.processor_configs`). The chat template the student was trained
   with (`student_chat_template`) goes to `chat_template.jinja` and `tokenizer_config.json`."""
   written = []
-  if not os.path.isfile(os.path.join(hf_dir, "generation_config.json")):
-    with open(os.path.join(hf_dir, "generation_config.json"), "w") as f:
-      json.dump(generation_config(hf_config), f, indent=2, sort_keys=True)
+
+  def write_json(name: str, content: Mapping[str, Any], **kw) -> None:
+    files.write_text(files.join(hf_dir, name), json.dumps(content, indent=2, **kw))
+
+  if not files.isfile(files.join(hf_dir, "generation_config.json")):
+    write_json("generation_config.json", generation_config(hf_config), sort_keys=True)
     written.append("generation_config.json")
   if tokenizer_dir:
     written += copy_tokenizer_files(tokenizer_dir, hf_dir)
   if not set(written) & set(PROCESSOR_FILES):
     for name, content in processor_files.processor_configs(hf_config).items():
-      with open(os.path.join(hf_dir, name), "w") as f:
-        json.dump(content, f, indent=2, sort_keys=True)
+      write_json(name, content, sort_keys=True)
       written.append(name)
   # the source folder's template counts, not one left in `hf_dir` by an earlier export
   template = student_chat_template(hf_config, has_own=bool(tokenizer_dir) and _has_chat_template(tokenizer_dir))
   if template is not None:
-    with open(os.path.join(hf_dir, "chat_template.jinja"), "w") as f:
-      f.write(template)
+    files.write_text(files.join(hf_dir, "chat_template.jinja"), template)
     if "chat_template.jinja" not in written:
       written.append("chat_template.jinja")
-    if os.path.isfile(os.path.join(hf_dir, "chat_template.json")):  # the older form: one template
-      os.remove(os.path.join(hf_dir, "chat_template.json"))
+    if files.isfile(files.join(hf_dir, "chat_template.json")):  # the older form: one template
+      files.remove(files.join(hf_dir, "chat_template.json"))
       written = [n for n in written if n != "chat_template.json"]
-    tok_config = os.path.join(hf_dir, "tokenizer_config.json")
-    if os.path.isfile(tok_config):  # where transformers 4.x tokenizers read it
-      with open(tok_config) as f:
-        config_json = json.load(f)
+    tok_config = files.join(hf_dir, "tokenizer_config.json")
+    if files.isfile(tok_config):  # where transformers 4.x tokenizers read it
+      config_json = json.loads(files.read_text(tok_config))
       config_json["chat_template"] = template
-      with open(tok_config, "w") as f:
-        json.dump(config_json, f, indent=2, ensure_ascii=False)
+      write_json("tokenizer_config.json", config_json, ensure_ascii=False)
   base = str((config or {}).get("student", {}).get("hf_dir", "") or "")
-  with open(os.path.join(hf_dir, "README.md"), "w") as f:
-    f.write(model_card(base_model=os.path.basename(base.rstrip("/")), config=config,
-                       manifest=manifest))
+  files.write_text(files.join(hf_dir, "README.md"),
+                   model_card(base_model=os.path.basename(base.rstrip("/")), config=config,
+                              manifest=manifest))
   written.append("README.md")
   return written

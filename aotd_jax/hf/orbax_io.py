@@ -13,9 +13,11 @@ import os
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 
 from aotd_jax import sharding as sharding_lib
+from aotd_jax.data import files
 from aotd_jax.hf import api, io, registry
 
 HF_CONFIG = "hf_config.json"
@@ -23,7 +25,8 @@ MODEL_ITEM = "model"
 
 
 def _manager(orbax_dir: str) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(os.path.abspath(orbax_dir), item_names=(MODEL_ITEM,))
+  where = epath.Path(orbax_dir) if files.is_url(orbax_dir) else os.path.abspath(orbax_dir)
+  return ocp.CheckpointManager(where, item_names=(MODEL_ITEM,))
 
 
 def convert(hf_dir: str, orbax_dir: str, *, dtype=jnp.float32, step: int = 0) -> str:
@@ -35,24 +38,22 @@ def convert(hf_dir: str, orbax_dir: str, *, dtype=jnp.float32, step: int = 0) ->
   hf_config = dict(io.read_config(hf_dir))
   hf_config["dtype"] = jnp.dtype(dtype).name  # what the checkpoint stores, for export
   params = nnx.state(model, nnx.Param).to_pure_dict()
-  os.makedirs(orbax_dir, exist_ok=True)
+  files.makedirs(orbax_dir)
   with _manager(orbax_dir) as mngr:
     mngr.save(step, args=ocp.args.Composite(**{MODEL_ITEM: ocp.args.StandardSave(params)}), force=True)
     mngr.wait_until_finished()
-  with open(os.path.join(orbax_dir, HF_CONFIG), "w") as f:
-    json.dump(hf_config, f, indent=2, sort_keys=True)
+  files.write_text(files.join(orbax_dir, HF_CONFIG), json.dumps(hf_config, indent=2, sort_keys=True))
   return orbax_dir
 
 
 def read_hf_config(orbax_dir: str) -> dict:
   """The `hf_config.json` beside an Orbax checkpoint, with a clear error when absent."""
-  path = os.path.join(orbax_dir, HF_CONFIG)
-  if not os.path.isfile(path):
+  path = files.join(orbax_dir, HF_CONFIG)
+  if not files.isfile(path):
     raise io.CheckpointError(f"{path}: missing; this Orbax directory was not written by "
                              f"`python -m aotd_jax.hf convert` or the trainer")
   try:
-    with open(path) as f:
-      return json.load(f)
+    return json.loads(files.read_text(path))
   except json.JSONDecodeError as e:
     raise io.CheckpointError(f"{path}: not valid JSON ({e})") from e
 
@@ -84,7 +85,7 @@ def restore_model(orbax_dir: str, *, step: int | None = None, mesh: jax.sharding
     if step is None or step not in mngr.all_steps():
       raise io.CheckpointError(f"{orbax_dir}: no checkpoint step {'found' if step is None else step} "
                                f"(steps: {list(mngr.all_steps())})")
-    if not os.path.isdir(os.path.join(orbax_dir, str(step), MODEL_ITEM)):
+    if not files.isdir(files.join(orbax_dir, f"{step}/{MODEL_ITEM}")):
       raise io.CheckpointError(f"{orbax_dir}/{step}: no `{MODEL_ITEM}` item in this checkpoint")
     try:
       restored = mngr.restore(step, args=ocp.args.Composite(
