@@ -3,6 +3,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -55,3 +57,18 @@ def test_bazel_test_script_skips_visibly_where_bazel_cannot_run(tmp_path):
                      env={**os_env, "BAZEL_MOCK_REPOS": str(tmp_path / "none")})
   assert r.returncode == 0 and "bazel_test: SKIPPED, no " in r.stdout, r.stdout + r.stderr
   assert "bazel ran" not in r.stdout
+
+
+def test_library_deps_are_the_units_imports_and_a_cycle_is_refused():
+  sys.path.insert(0, str(ROOT / "tools"))
+  try:
+    import gen_build  # pylint: disable=g-import-not-at-top
+  finally:
+    sys.path.remove(str(ROOT / "tools"))
+  deps = gen_build.unit_deps()
+  assert deps["aotd_jax"] == []  # the core imports no experts, projects or configs
+  assert "experts" in deps["aotd_jax_projects"] and "aotd_jax" in deps["experts"]
+  assert gen_build.unit_of("aotd_jax.projects.toyworld.world") == "aotd_jax_projects"
+  assert gen_build.unit_of("aotd_jax.hf.io") == "aotd_jax" and gen_build.unit_of("numpy") is None
+  with pytest.raises(SystemExit, match="cycle between Bazel targets: a -> b -> a"):
+    gen_build._check_acyclic({"a": ["b"], "b": ["a"]})

@@ -1,7 +1,9 @@
 """Writes the Bazel `BUILD` file from the source tree (run after adding a module or a test).
 
-One `py_library` per top-level package (explicit `srcs`, so a new file must be listed; `deps`
-are the other packages its modules import), one `py_binary` per launcher (`launch/*.py` with a
+One `py_library` per unit of `UNITS` (a top-level package, or aotd_jax's projects and rehearsal
+on their own: explicit `srcs`, so a new file must be listed; `deps` are the other units its
+modules import, and an import cycle between units stops the generator), one `py_binary` per
+launcher (`launch/*.py` with a
 `__main__` block), one `py_test` per `tests/test_*.py` that runs pytest on it
 (`tools/bazel_pytest.py`), with the files tests read (other test modules, fixtures, tools,
 docs, the project's top-level files) as data. Bazel's native Python rules and the interpreter
@@ -14,11 +16,22 @@ targets); `tests/test_build.py` keeps `BUILD` in step with the tree.
 """
 from __future__ import annotations
 
+import ast
 import pathlib
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-LIBRARY_ROOTS = ("aotd_jax", "experts", "configs", "launch")
+# Bazel targets (py_library) -> (folder, folders inside it that are other targets). The
+# projects and the rehearsal sit above `experts` (tests/test_architecture.py), the rest of
+# aotd_jax below it, so each is its own target and the graph has no cycle.
+UNITS = {
+    "aotd_jax": ("aotd_jax", ("aotd_jax/projects", "aotd_jax/rehearsal")),
+    "experts": ("experts", ()),
+    "aotd_jax_rehearsal": ("aotd_jax/rehearsal", ()),
+    "aotd_jax_projects": ("aotd_jax/projects", ()),
+    "configs": ("configs", ()),
+    "launch": ("launch", ()),
+}
 TEST_SUPPORT_GLOBS = ("tests/**", "tools/**", "docs/**", "benchmarks/**", "launch/**/*.md", ".ci/**")
 TEST_SUPPORT_FILES = ("BUILD", "WORKSPACE", "setup.py", "constraints.txt", "Makefile", "pytest.ini",
                       "ruff.toml", "README.md", "CONTRIBUTING.md")
@@ -31,24 +44,17 @@ package(default_visibility = ["//visibility:public"])
 
 
 def render() -> str:
-  """One py_library per top-level package (all its modules listed), one py_test per test file."""
+  """One py_library per unit (all its modules listed, deps from its imports), one py_binary per
+  launcher, one py_test per test file."""
   chunks = [HEADER]
-  imports = {root: imported_roots(root) for root in LIBRARY_ROOTS}
-  # Bazel forbids cycles, and the packages form one (aotd_jax's demo/eval layers import
-  # experts and configs; experts imports aotd_jax): edges go only from a package to those
-  # before it in LIBRARY_ROOTS; every binary and test depends on all of them, so each run
-  # has the whole tree.
-  order = {r: i for i, r in enumerate(LIBRARY_ROOTS)}
-  deps = {root: [f":{d}" for d in imports[root] if order[d] < order[root]]
-          for root in LIBRARY_ROOTS}
-  for root in LIBRARY_ROOTS:
-    srcs = sorted(str(p.relative_to(ROOT)) for p in (ROOT / root).rglob("*.py")
-                  if "__pycache__" not in p.parts)
+  deps = unit_deps()
+  for name, (folder, _) in UNITS.items():
+    srcs = unit_files(name)
     body = "".join(f'        "{s}",\n' for s in srcs)
-    dep = "".join(f'        "{d}",\n' for d in deps[root])
-    cc = sorted(str(p.relative_to(ROOT)) for p in (ROOT / root).rglob("*.cc"))  # FFI kernels
-    data = "".join(f'        "{c}",\n' for c in cc)
-    chunks.append(f'py_library(\n    name = "{root}",\n    srcs = [\n{body}    ],\n'
+    dep = "".join(f'        ":{d}",\n' for d in deps[name])
+    cc = sorted(str(p.relative_to(ROOT)) for p in (ROOT / folder).rglob("*.cc"))  # FFI kernels
+    data = "".join(f'        "{c}",\n' for c in cc) + ('        ":shipped_data",\n' if name == "aotd_jax" else "")
+    chunks.append(f'py_library(\n    name = "{name}",\n    srcs = [\n{body}    ],\n'
                   + (f"    data = [\n{data}    ],\n" if data else "")
                   + (f"    deps = [\n{dep}    ],\n" if dep else "") + ")\n")
   data = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "data").rglob("*") if p.is_file())
@@ -59,7 +65,7 @@ def render() -> str:
       continue
     rel = str(launcher.relative_to(ROOT))
     name = rel[:-3].replace("/", "_")
-    bin_deps = ", ".join(f'":{r}"' for r in LIBRARY_ROOTS)
+    bin_deps = ", ".join(f'":{u}"' for u in UNITS)
     chunks.append(f'py_binary(\n    name = "{name}",\n    srcs = ["{rel}"],\n    main = "{rel}",\n'
                   f'    deps = [{bin_deps}],\n)\n')
   # what tests read beside their own file: other test modules and fixtures, tools, docs and
@@ -70,7 +76,7 @@ def render() -> str:
                 + "".join(f'        "{f}",\n' for f in TEST_SUPPORT_FILES if (ROOT / f).exists())
                 + "    ],\n)\n")
   # tests start launchers in subprocesses: every library is a dependency
-  lib_deps = "".join(f'        ":{r}",\n' for r in LIBRARY_ROOTS)
+  lib_deps = "".join(f'        ":{u}",\n' for u in UNITS)
   for test in sorted((ROOT / "tests").glob("test_*.py")):
     chunks.append(
         f'py_test(\n    name = "{test.stem}",\n'
@@ -81,20 +87,62 @@ def render() -> str:
   return "\n".join(chunks)
 
 
-def imported_roots(where) -> list[str]:
-  """The library packages (of LIBRARY_ROOTS) that the modules of `where` (a package name or a
-  file) import, itself excluded."""
-  files = [where] if isinstance(where, pathlib.Path) else [
-      p for p in (ROOT / where).rglob("*.py") if "__pycache__" not in p.parts]
-  found = set()
-  for f in files:
-    for line in f.read_text().splitlines():
-      words = line.strip().split()
-      if len(words) >= 2 and words[0] in ("import", "from"):
-        top = words[1].split(".")[0]
-        if top in LIBRARY_ROOTS and top != where:
-          found.add(top)
-  return sorted(found)
+def unit_files(name: str) -> list[str]:
+  """The modules of unit `name` (its folder minus the folders of other units)."""
+  folder, excluded = UNITS[name]
+  return sorted(str(p.relative_to(ROOT)) for p in (ROOT / folder).rglob("*.py")
+                if "__pycache__" not in p.parts
+                and not any(str(p.relative_to(ROOT)).startswith(e + "/") for e in excluded))
+
+
+def unit_of(module: str) -> str | None:
+  """The unit a dotted module name belongs to (None: a third-party or standard module)."""
+  for name, (folder, _) in sorted(UNITS.items(), key=lambda kv: -len(kv[1][0])):
+    dotted = folder.replace("/", ".")
+    if module == dotted or module.startswith(dotted + "."):
+      return name
+  return None
+
+
+def unit_deps() -> dict[str, list[str]]:
+  """Each unit's dependencies: the other units its modules import (at any depth of the file).
+
+  Raises:
+    SystemExit: the imports form a cycle between units, which Bazel cannot express.
+  """
+  deps = {}
+  for name in UNITS:
+    found = set()
+    for rel in unit_files(name):
+      for node in ast.walk(ast.parse((ROOT / rel).read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+          modules = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+          modules = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        else:
+          continue
+        found.update(u for u in map(unit_of, modules) if u and u != name)
+    deps[name] = [u for u in UNITS if u in found]
+  _check_acyclic(deps)
+  return deps
+
+
+def _check_acyclic(deps: dict[str, list[str]]) -> None:
+  state: dict[str, int] = {}
+
+  def visit(unit: str, trail: list[str]) -> None:
+    if state.get(unit) == 1:
+      raise SystemExit("gen_build: imports form a cycle between Bazel targets: "
+                       + " -> ".join(trail[trail.index(unit):] + [unit]))
+    if state.get(unit) == 2:
+      return
+    state[unit] = 1
+    for dep in deps[unit]:
+      visit(dep, trail + [unit])
+    state[unit] = 2
+
+  for unit in deps:
+    visit(unit, [])
 
 
 def main(argv: list[str]) -> int:
