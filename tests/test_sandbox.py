@@ -386,6 +386,11 @@ def test_jail_layers_reported_applied_are_in_force(sb):
   if "namespaces" in report["applied"]:
     assert os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net")
     assert os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
+    # The children (process 1 of their namespace and the ones that run programs) see only
+    # each other.
+    kids = open(f"/proc/{pid}/task/{pid}/children").read().split()
+    assert kids and all(os.readlink(f"/proc/{k}/ns/pid") != os.readlink("/proc/self/ns/pid")
+                        for k in kids)
   if "chroot" in report["applied"]:
     assert os.readlink(f"/proc/{pid}/root") != "/"
   if "seccomp" in report["applied"]:

@@ -31,12 +31,12 @@ ESCAPES = textwrap.dedent("""\
             "unshare": lambda: libc.unshare(0x10000000),
             "clone_new_net": lambda: libc.syscall(56, 0x40000000 | 17, 0, 0, 0, 0),
             "mprotect_exec": lambda: libc.mprotect(aligned, 4096, 7),
-            "prlimit_zygote": lambda: libc.prlimit(libc.getppid(), 7, None,
-                                                  ct.create_string_buffer(16)),
+            "prlimit_other": lambda: libc.prlimit(1, 7, None, ct.create_string_buffer(16)),
             "ptrace": lambda: libc.ptrace(0, 0, None, None),
             "ioctl": lambda: libc.ioctl(0, 0x5401, ct.create_string_buffer(64)),
             "kill_everyone": lambda: libc.kill(-1, 0),
-            "kill_a_group": lambda: libc.kill(-libc.getppid(), 0),
+            "kill_host": lambda: libc.kill(int(query), 0),
+            "kill_a_group": lambda: libc.kill(-2, 0),
             "getpid": lambda: libc.getpid(),
         }
         out = {}
@@ -47,9 +47,10 @@ ESCAPES = textwrap.dedent("""\
         return out
     """)
 REFUSED = ("socket", "open_for_writing", "execve", "uname", "unshare", "clone_new_net",
-           "mprotect_exec", "prlimit_zygote", "ptrace", "ioctl", "kill_everyone", "kill_a_group")
+           "mprotect_exec", "prlimit_other", "ptrace", "ioctl", "kill_everyone", "kill_a_group")
 EPERM = 1
-ARGS = {"video_clip": 0, "query": "q", "possible_answers": []}
+ARGS = {"video_clip": 0, "query": str(os.getpid()), "possible_answers": []}  # the host's pid
+ESRCH = 3
 
 
 def _policy_off(monkeypatch):
@@ -77,6 +78,8 @@ def test_seccomp_allows_only_what_the_worker_needs(monkeypatch):
     got = _escapes(sb)
   assert got["getpid"][0] > 0, got
   assert {name: got[name] for name in REFUSED} == {name: [-1, EPERM] for name in REFUSED}
+  # The host is out of reach: not in the children's PID namespace, or not theirs to signal.
+  assert got["kill_host"] in ([-1, ESRCH], [-1, EPERM]), got
 
 
 # Run by the non-root test in a process of its own (as `nobody`, or as uid 1000 of a user
@@ -98,7 +101,7 @@ _AS_USER = textwrap.dedent("""\
         out["root"] = os.readlink(f"/proc/{pid}/root")
         out["status"] = [l for l in open(f"/proc/{pid}/status").read().splitlines()
                          if l.startswith(("Uid:", "Seccomp:", "NoNewPrivs:"))]
-        ex = sb.run(sys.argv[1], {}, {"video_clip": 0, "query": "q",
+        ex = sb.run(sys.argv[1], {}, {"video_clip": 0, "query": str(os.getpid()),
                     "possible_answers": []}, timeout_s=10.0)
         out["escapes"] = ex.value if ex.ok else ex.error
     print(json.dumps(out))
@@ -160,6 +163,8 @@ def test_jail_when_the_host_is_not_root():
     assert "Seccomp:\t2" in out["status"] and "NoNewPrivs:\t1" in out["status"], out
     escapes = out["escapes"]
     assert {n: escapes[n] for n in REFUSED} == {n: [-1, EPERM] for n in REFUSED}, escapes
+  if "namespaces" in report["applied"]:  # the host, same uid outside: not in the namespace
+    assert out["escapes"]["kill_host"] == [-1, ESRCH], out["escapes"]
   else:  # the layers that remain still refuse a file write and a program
     escapes = out["escapes"]
     assert escapes["open_for_writing"][0] == -1 and escapes["execve"][0] == -1, escapes

@@ -14,11 +14,21 @@ ARGS = {"video_clip": None, "query": "q", "possible_answers": ["a"]}
 
 
 def children(pid: int) -> list[int]:
+  """The zygote's children that run programs (not process 1 of their PID namespace)."""
   try:
     with open(f"/proc/{pid}/task/{pid}/children") as f:
-      return [int(p) for p in f.read().split()]
+      kids = [int(p) for p in f.read().split()]
   except FileNotFoundError:
     return []
+  return [k for k in kids if not _namespace_init(k)]
+
+
+def _namespace_init(pid: int) -> bool:
+  try:
+    with open(f"/proc/{pid}/status") as f:
+      return any(line.startswith("NSpid:") and line.split()[-1] == "1" for line in f)
+  except FileNotFoundError:
+    return False
 
 
 def running(pid: int) -> bool:
@@ -137,6 +147,11 @@ def test_turns_page_pairs_numbers_with_pids():
   assert turns.pid_of(1) == p1 and turns.pid_of(2) == p2
   turns.register(4, p4)  # the ring reuses slot 1 % 3
   assert turns.pid_of(1) == 0 and turns.pid_of(4) == p4
+  assert turns.own_pid_of(2) == 0  # not announced: pass_turn wakes no one
+  turns.announce(2, 7)  # the child's own pid (in its PID namespace) is apart from the zygote's
+  assert turns.own_pid_of(2) == 7 and turns.pid_of(2) == p2
+  turns.announce(5, p1)  # slot 2 % 3 again
+  assert turns.own_pid_of(2) == 0 and turns.own_pid_of(5) == p1
   turns.pass_turn(1)
   assert turns.turn == 2
   with pytest.raises(ValueError, match="slots"):

@@ -5,13 +5,16 @@ zygote forks its children ahead of need and numbers them in fork order (1, 2, ..
 the one channel to the host in that order, one at a time. The page holds the number of the
 child whose turn it is and, in a ring of slots, the (number, pid) of each child the zygote
 forked, so a child that is done hands the channel to its successor itself (it sets the turn
-and sends SIGUSR1) without waiting for the zygote to wake up.
+and sends SIGUSR1) without waiting for the zygote to wake up. Each slot holds two pids: the
+zygote's view (its `fork()` result) and the child's own (`os.getpid()` in the child, which
+differs when the children live in a PID namespace of their own); each side signals by its own
+view.
 
-Writers: the zygote registers children; a child passes the turn once, after its last message.
-A slot is written as a seqlock (number cleared, pid, number), so a reader never pairs a number
-with the wrong pid. A missed or stray wake-up is harmless: a child waits until the page says
-it is its turn, and the zygote wakes the current child again whenever it handles a child's
-exit.
+Writers: the zygote registers children; a child announces its own pid, then passes the turn
+once, after its last message. Each pair in a slot is written as a seqlock (number cleared, pid,
+number), so a reader never pairs a number with the wrong pid. A missed or stray wake-up is
+harmless: a child waits until the page says it is its turn, and the zygote wakes the current
+child again whenever it handles a child's exit.
 """
 import mmap
 import os
@@ -33,7 +36,7 @@ class Turns:
     if slots < 2:
       raise ValueError(f"slots must be >= 2, got {slots}")
     self.slots = slots
-    self._page = mmap.mmap(-1, _Q.size * (1 + 2 * slots))  # MAP_SHARED | MAP_ANONYMOUS
+    self._page = mmap.mmap(-1, _Q.size * (1 + 4 * slots))  # MAP_SHARED | MAP_ANONYMOUS
     self._set(0, 1)
 
   def _get(self, i: int) -> int:
@@ -47,28 +50,41 @@ class Turns:
     """The number of the child that may use the channel."""
     return self._get(0)
 
-  def register(self, seq: int, pid: int) -> None:
-    """Records that child `seq` is process `pid` (zygote only)."""
-    base = 1 + 2 * (seq % self.slots)
+  def _write(self, base: int, seq: int, pid: int) -> None:
     self._set(base, 0)
     self._set(base + 1, pid)
     self._set(base, seq)
 
-  def pid_of(self, seq: int) -> int:
-    """The pid of child `seq`, or 0 when its slot holds another child (or none yet)."""
-    base = 1 + 2 * (seq % self.slots)
+  def _read(self, base: int, seq: int) -> int:
     before = self._get(base)
     pid = self._get(base + 1)
     return pid if before == seq == self._get(base) else 0
+
+  def register(self, seq: int, pid: int) -> None:
+    """Records that child `seq` is process `pid` as the zygote sees it (zygote only)."""
+    self._write(1 + 4 * (seq % self.slots), seq, pid)
+
+  def announce(self, seq: int, pid: int) -> None:
+    """Records child `seq`'s pid as the children see it (the child itself)."""
+    self._write(3 + 4 * (seq % self.slots), seq, pid)
+
+  def pid_of(self, seq: int) -> int:
+    """The zygote's pid of child `seq`, or 0 when its slot holds another child (or none yet)."""
+    return self._read(1 + 4 * (seq % self.slots), seq)
+
+  def own_pid_of(self, seq: int) -> int:
+    """The children's pid of child `seq` (0 when not announced yet, or another child's slot)."""
+    return self._read(3 + 4 * (seq % self.slots), seq)
 
   def wait(self, seq: int) -> None:
     """Blocks child `seq` until it is its turn (SIGUSR1 must be blocked in the caller)."""
     while self.turn != seq:
       signal.sigwait({signal.SIGUSR1})
 
-  def wake(self, seq: int) -> None:
-    """Sends SIGUSR1 to child `seq` if its slot names it."""
-    pid = self.pid_of(seq)
+  def wake(self, seq: int, own: bool = False) -> None:
+    """Sends SIGUSR1 to child `seq` if its slot names it (by the zygote's pid; by the
+    children's with `own`)."""
+    pid = self.own_pid_of(seq) if own else self.pid_of(seq)
     if pid > 0:
       try:
         os.kill(pid, signal.SIGUSR1)
@@ -76,6 +92,7 @@ class Turns:
         pass
 
   def pass_turn(self, seq: int) -> None:
-    """Child `seq` is done with the channel: the turn goes to `seq + 1`, woken now."""
+    """Child `seq` is done with the channel: the turn goes to `seq + 1`, woken now (if it
+    has announced itself; if not, it sees the turn before it waits, or the zygote wakes it)."""
     self._set(0, seq + 1)
-    self.wake(seq + 1)
+    self.wake(seq + 1, own=True)

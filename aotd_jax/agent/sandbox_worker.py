@@ -334,6 +334,7 @@ _TURN = [None, 0]  # the zygote's `sandbox_turns.Turns` page and this child's nu
 _PRCTL = [None]  # libc's prctl through ctypes, looked up by the zygote before its jail
 _BUILTINS = {}  # name -> builtin a program may use (from the host), built by the zygote
 _ZYGOTE = [0]  # the zygote's pid
+_PIDNS = [False]  # whether the children live in a PID namespace of their own
 PR_SET_PDEATHSIG = 1
 PR_GET_DUMPABLE = 3
 SIGKILL = int(signal.SIGKILL)
@@ -359,15 +360,22 @@ def _child(seq, turns):
   resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))  # no grandchildren
   if _PRCTL[0] is not None:  # dies with the zygote, so no child outlives its worker
     _PRCTL[0](PR_SET_PDEATHSIG, SIGKILL)
-  if os.getppid() != _ZYGOTE[0]:  # the zygote died before that took effect
+  # The zygote died before that took effect? (Outside a PID namespace of the children's own
+  # it is our parent; inside, it is not visible: 0.)
+  if os.getppid() != (0 if _PIDNS[0] else _ZYGOTE[0]):
     os._exit(EXIT_CHANNEL)
   _TURN[:] = [turns, seq]
+  turns.announce(seq, os.getpid())
   if PREFAULT:
     _prefault()
   turns.wait(seq)
+  pid = turns.pid_of(seq)  # the host knows us by the zygote's pid
+  while not pid:  # the zygote registers a child right after its fork
+    os.sched_yield()
+    pid = turns.pid_of(seq)
   for served in range(1, RUNS_PER_CHILD + 1):
     try:
-      _CHANNEL.send(["hello", seq, os.getpid()])
+      _CHANNEL.send(["hello", seq, pid])
       msg = _CHANNEL.recv()
       ok = type(msg) is list and len(msg) == 6 and msg[0] == "run"
     except BaseException:
@@ -444,9 +452,11 @@ def _jail(as_root):
       seccomp = ctypes.CDLL(path) if path else None
     except OSError:
       seccomp = None
-  newns, newnet, newuser = 0x00020000, 0x40000000, 0x10000000
+  newns, newnet, newuser, newpid = 0x00020000, 0x40000000, 0x10000000, 0x20000000
   uid, gid = os.getuid(), os.getgid()
-  if libc.unshare(newns | newnet | (0 if as_root else newuser)) == 0:
+  # The PID namespace is the children's (the zygote's next fork is its first process): they
+  # see only each other, not the host or any other process.
+  if libc.unshare(newns | newnet | newpid | (0 if as_root else newuser)) == 0:
     done.append("namespaces")
     if not as_root:
       try:
@@ -582,17 +592,38 @@ def main():
   gc.collect()
   gc.freeze()  # the children's collections skip the zygote's objects (no copy-on-write)
   _ZYGOTE[0] = os.getpid()
-  _zygote(sandbox_turns.Turns(SPARES + 2))
+  _PIDNS[0] = "namespaces" in done
+  _zygote(sandbox_turns.Turns(SPARES + 2), _start_init() if _PIDNS[0] else 0)
+
+
+def _start_init():
+  """Forks process 1 of the children's PID namespace: it must outlive every child (when it
+  ends, the kernel kills the namespace and no process can be forked into it), so it only
+  reaps what is handed to it and dies with the zygote."""
+  pid = os.fork()
+  if pid == 0:
+    try:
+      resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+      if _PRCTL[0] is not None:
+        _PRCTL[0](PR_SET_PDEATHSIG, SIGKILL)
+      sigchld = {signal.SIGCHLD}  # blocked (the zygote blocked it before this fork)
+      while True:
+        signal.sigwaitinfo(sigchld)
+        _reap()
+    finally:
+      os._exit(EXIT_CHANNEL)
+  return pid
 
 
 MAX_SPARE_DEATHS = 10  # spares killed in a row before the zygote gives up
 
 
-def _zygote(turns):
+def _zygote(turns, init=0):
   """Keeps the current child and SPARES spares alive, in turn order, forever. A child that
   dies holding the channel (before it passed its turn) is reported to the host and the
   zygote stops (the channel may hold half a message); a spare that dies before its turn is
-  replaced under the same number."""
+  replaced under the same number. `init`: the pid of the children's PID namespace's first
+  process (0: none); if it ends, so do the zygote and its children."""
   children = {}  # pid -> number
   next_seq, deaths = 1, 0
 
@@ -617,6 +648,10 @@ def _zygote(turns):
     turns.wake(turn)  # in case its predecessor could not (no harm if it did)
     signal.sigwaitinfo(sigchld)
     for pid, code in _reap():
+      if pid == init and init:
+        for other in children:
+          os.kill(other, signal.SIGKILL)
+        _die()
       seq = children.pop(pid, None)
       turn = turns.turn
       if seq is None or seq < turn:  # a child that passed its turn, then exited
