@@ -1,5 +1,6 @@
-"""transformers' own `Qwen2VLVideoProcessor`, runnable without torchvision (not installed here:
-it would pull a CUDA build of torch).
+"""transformers' own `Qwen2VLVideoProcessor`, runnable without torchvision (not importable
+here: its CPU build is only on the PyTorch index, out of reach, and PyPI's 0.28.0 wheel is a CUDA
+build that fails to import beside the CPU torch; docs/export.md).
 
 The processor's module imports torchvision at the top and its base class calls three
 torchvision functions; everything else (frame sampling, the per-frame pixel cap, `smart_resize`,

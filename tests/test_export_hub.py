@@ -184,3 +184,44 @@ def test_exporting_again_into_the_folder_keeps_the_chat_template(export_dir, tmp
                       tokenizer_dir=os.path.join(os.path.dirname(export_dir), "tok"))
   with open(again / "tokenizer_config.json") as f:
     assert json.load(f)["chat_template"] == conversation.PLAIN_CHAT_TEMPLATE
+
+
+def test_launch_export_from_a_training_checkpoint(tmp_path):
+  """launch.export on a trainer-style workdir (model / opt_state / meta / data items, the run's
+  config in meta, hf_config.json): the student's weights, the tokenizer of the config's
+  student.hf_dir, a card naming base model, datasets, λ and the CoT manifest, nothing else."""
+  from flax import nnx
+  from aotd_jax.data.toy_tokenizer import train_tokenizer
+  from aotd_jax.hf import registry
+  from aotd_jax.train import build
+  from aotd_jax.train.checkpoint import Checkpointer
+  from configs.toyworld import distill as toy
+  from launch import export
+  adapter = registry.adapter_for("LlavaNextVideoForConditionalGeneration")
+  model = adapter.model_class(adapter.config_from_hf(dict(toy.TINY_LLAVA)), rngs=nnx.Rngs(0))
+  base = tmp_path / "LLaVA-NeXT-Video-7B-hf"  # the student's base folder: its tokenizer
+  train_tokenizer(["what is on the table? the red cube."] * 10, str(base), vocab_size=300)
+  config = json.loads(toy.get_config("llava").to_json_best_effort())
+  config["student"]["hf_dir"] = str(base)
+  config["data"]["datasets"] = {"star": {}}
+  ckpt = Checkpointer(str(tmp_path / "run" / "checkpoints"), async_save=False)
+  ckpt.save(3, model=nnx.state(model, nnx.Param).to_pure_dict(), opt_state={"count": np.zeros((), np.int32)},
+            meta={"step": 3, "config": config}, data={})
+  ckpt.close()
+  build.write_hf_config(model, str(tmp_path / "run" / "checkpoints"))
+  (tmp_path / "manifest.json").write_text(json.dumps({"counts": {"kept": 7}}))
+  out = tmp_path / "hub"
+  written = export.export(str(tmp_path / "run"), str(out), cot_manifest=str(tmp_path / "manifest.json"))
+  assert "tokenizer.json" in written and "README.md" in written
+  assert set(os.listdir(out)) <= ALLOWED, set(os.listdir(out)) - ALLOWED
+  card = (out / "README.md").read_text()
+  assert "base_model: LLaVA-NeXT-Video-7B-hf" in card and "- star" in card
+  assert f"λ (rationale weight): {config['rationale_weight']}" in card and "kept 7" in card
+  assert str(tmp_path) not in card  # no local paths
+  assert transformers.AutoTokenizer.from_pretrained(str(out))("the red cube")["input_ids"]
+  loaded = hf.from_pretrained(str(out))
+  assert loaded.config == model.config
+  want, got = (nnx.to_flat_state(nnx.state(m, nnx.Param)) for m in (model, loaded))
+  assert len(want) == len(got) > 0
+  for (path, a), (_, b) in zip(want, got):
+    np.testing.assert_array_equal(np.asarray(a.get_value()), np.asarray(b.get_value()), err_msg=str(path))
