@@ -194,7 +194,7 @@ def test_study_one_world_pairs_on_shared_questions(tmp_path, fake_stages):
 def test_fidelity_arms_set_their_switch_and_pair_with_aotd(tmp_path, fake_stages, monkeypatch):
   """The docs/fidelity.md arms: each student trains under its one switch, paired with aotd; a
   run written before the switches (and judge, size, vary) were in its spec reads back as their
-  defaults."""
+  defaults, its teacher from the shared CoTs."""
   seen = {}
   fake_student = demo_run.student_stage
 
@@ -223,11 +223,14 @@ def test_fidelity_arms_set_their_switch_and_pair_with_aotd(tmp_path, fake_stages
   for key in ("loss_normalization", "mixing", "prompt_format", "answer_style", "judge", "size",
               "vary"):
     del old["arm"][key]
+  del old["teacher"]  # runs did not keep their teacher either: it comes from the shared CoTs
   path.write_text(json.dumps(old))
   seen.clear()
-  study.run_study(config, str(tmp_path), ["aotd_sequence"], [0], epochs=1, samples=100,
-                  vary="student", log=lambda s: None)
+  again = study.run_study(config, str(tmp_path), ["aotd_sequence"], [0], epochs=1, samples=100,
+                          vary="student", log=lambda s: None)
   assert seen == {}  # both runs read back, nothing retrained
+  assert {r["arm"]: r["teacher_accuracy"] for r in again["rows"]} == {"aotd": 0.6,
+                                                                      "aotd_sequence": 0.6}
   config.students.mixing = "shuffled"
   with pytest.raises(DemoError, match=r"config.students.mixing='shuffled': expected ''"):
     demo_run.student_mixing(config.students)

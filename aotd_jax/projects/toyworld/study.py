@@ -216,6 +216,23 @@ def teacher_accuracy(cots: Mapping) -> float:
 
 # -- one (arm, seed) --------------------------------------------------------------------------
 
+def _teacher(arm: Arm, cots: Mapping) -> dict:
+  """The teacher of a CoT arm's run: its train accuracy, questions, and the CoTs the arm uses."""
+  return {"accuracy": teacher_accuracy(cots), "questions": cots["questions"],
+          "cots": cots["passed_judge"] if arm.student == "aotd" else cots["unfiltered"]}
+
+
+def _lacks_teacher(path: str, arm: Arm) -> bool:
+  """A finished CoT run written before runs kept their teacher (it needs the shared stages)."""
+  if not arm.cot_key or not os.path.exists(path):
+    return False
+  try:
+    with open(path) as f:
+      return "teacher" not in json.load(f)
+  except (OSError, json.JSONDecodeError):
+    return False  # run_one names a corrupt file
+
+
 def run_path(workdir: str, arm: Arm, seed: int) -> str:
   return os.path.join(workdir, "runs", f"{arm.name}_s{seed}.json")
 
@@ -238,6 +255,8 @@ def run_one(config, workdir: str, arm: Arm, seed: int, shared: Mapping, epochs: 
     if {**_LEGACY_SPEC, **(result.get("arm") or {})} != spec:
       raise DemoError(f"{path} was written for arm {result.get('arm')}, not {spec}; use a fresh "
                       "--workdir or delete it")
+    if "teacher" not in result:  # written before runs kept their teacher: the shared CoTs'
+      result["teacher"] = _teacher(arm, shared["cots"].get(arm.cot_key)) if arm.cot_key else None
     return result
   cfg = arm_config(config, arm, epochs)
   armdir = os.path.join(workdir, "arms", arm.name)
@@ -246,10 +265,7 @@ def run_one(config, workdir: str, arm: Arm, seed: int, shared: Mapping, epochs: 
                                 shared["tokenizer"], cots, shared["vision_dir"],
                                 shared["bases"][arm.size])
   ev = demo_run.eval_stage(cfg, armdir, info, shared["world"])
-  teacher = None
-  if arm.cot_key:
-    teacher = {"accuracy": teacher_accuracy(cots), "questions": cots["questions"],
-               "cots": cots["passed_judge"] if arm.student == "aotd" else cots["unfiltered"]}
+  teacher = _teacher(arm, cots) if arm.cot_key else None
   result = {"arm": spec, "seed": seed, "world_seed": int(config.world.seed), "teacher": teacher,
             "accuracy": ev["accuracy"], "per_type": ev["per_type"],
             "qids": ev["qids"], "correct": [bool(c) for c in ev["correct"]],
@@ -413,7 +429,7 @@ def run_study(config, workdir: str, arm_names: Sequence[str], seeds: Sequence[in
   for i, (arm, seed) in enumerate(todo):
     fresh = not os.path.exists(run_path(workdir, arm, seed))
     cfg = seed_config(config, seed, vary)
-    if fresh and seed not in shared:
+    if (fresh or _lacks_teacher(run_path(workdir, arm, seed), arm)) and seed not in shared:
       seed_arms = [a for a, s in todo if s == seed]
       shared[seed] = shared_stages(cfg, shared_dir(workdir, seed, vary), seed_arms, log)
     results.setdefault(arm.name, []).append(
