@@ -46,6 +46,7 @@ def test_oracle_wiring_scores_one_on_every_ground_truth_subtask(results):
   gen = oracle["program_generator"]
   assert gen["program_exact"] == gen["program_normalized"] == gen["answer_match"] == 1.0
   assert gen["n"] > 0
+  assert gen["step_n"] > 0 and gen["step_exact"] == gen["step_f1"] == gen["step_edit"] == 1.0
 
 
 def _iou(a, b) -> float:
