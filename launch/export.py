@@ -1,7 +1,7 @@
 r"""Export a training run as a Hub-ready Hugging Face directory.
 
   python -m launch.export --workdir=W --hf_dir=D [--step=N] [--tokenizer=TOK_DIR] \
-      [--cot_manifest=COTS/manifest.json]
+      [--cot_manifest=COTS/manifest.json] [--base_model=ORG/NAME]
 
 Writes `config.json` (with a top-level `rope_theta`), safetensors (sharded with an index above
 5 GiB), `generation_config.json`, the tokenizer / processor / chat-template files of
@@ -28,11 +28,14 @@ _TOKENIZER = flags.DEFINE_string(
     "tokenizer", "", "Directory whose tokenizer / processor files to copy (default: the "
     "student's hf_dir from the saved config).")
 _MANIFEST = flags.DEFINE_string("cot_manifest", "", "The CoT job's manifest.json (for the card).")
+_BASE_MODEL = flags.DEFINE_string(
+    "base_model", "", "The base model's Hub repo id for the card (e.g. llava-hf/LLaVA-NeXT-Video-7B-hf; "
+    "default: the name of the student's hf_dir folder).")
 flags.mark_flags_as_required(["workdir", "hf_dir"])
 
 
 def export(workdir: str, hf_dir: str, *, step: int | None = None, tokenizer: str = "",
-           cot_manifest: str = "") -> list[str]:
+           cot_manifest: str = "", base_model: str = "") -> list[str]:
   ckpt_dir = files.join(workdir, "checkpoints")
   orbax_io.export(ckpt_dir, hf_dir, step=step)
   checkpointer = Checkpointer(ckpt_dir)
@@ -48,13 +51,13 @@ def export(workdir: str, hf_dir: str, *, step: int | None = None, tokenizer: str
   if cot_manifest:
     manifest = json.loads(files.read_text(cot_manifest))
   return hub.write_hub_files(hf_dir, hf_config=io.read_config(hf_dir), tokenizer_dir=tokenizer,
-                             config=config, manifest=manifest)
+                             config=config, manifest=manifest, base_model=base_model)
 
 
 def main(argv):
   del argv
   written = export(_WORKDIR.value, _HF_DIR.value, step=_STEP.value, tokenizer=_TOKENIZER.value,
-                   cot_manifest=_MANIFEST.value)
+                   cot_manifest=_MANIFEST.value, base_model=_BASE_MODEL.value)
   print(f"exported {_WORKDIR.value} -> {_HF_DIR.value} (+ {', '.join(written)})")
 
 

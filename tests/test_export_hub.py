@@ -211,11 +211,12 @@ def test_launch_export_from_a_training_checkpoint(tmp_path):
   build.write_hf_config(model, str(tmp_path / "run" / "checkpoints"))
   (tmp_path / "manifest.json").write_text(json.dumps({"counts": {"kept": 7}}))
   out = tmp_path / "hub"
-  written = export.export(str(tmp_path / "run"), str(out), cot_manifest=str(tmp_path / "manifest.json"))
+  written = export.export(str(tmp_path / "run"), str(out), cot_manifest=str(tmp_path / "manifest.json"),
+                          base_model="llava-hf/LLaVA-NeXT-Video-7B-hf")
   assert "tokenizer.json" in written and "README.md" in written
   assert set(os.listdir(out)) <= ALLOWED, set(os.listdir(out)) - ALLOWED
   card = (out / "README.md").read_text()
-  assert "base_model: LLaVA-NeXT-Video-7B-hf" in card and "- star" in card
+  assert "base_model: llava-hf/LLaVA-NeXT-Video-7B-hf" in card and "- star" in card
   assert f"λ (rationale weight): {config['rationale_weight']}" in card and "kept 7" in card
   assert str(tmp_path) not in card  # no local paths
   assert transformers.AutoTokenizer.from_pretrained(str(out))("the red cube")["input_ids"]

@@ -140,12 +140,14 @@ def model_card(*, base_model: str = "", config: Mapping[str, Any] | None = None,
 
 def write_hub_files(hf_dir: str, *, hf_config: Mapping[str, Any], tokenizer_dir: str = "",
                     config: Mapping[str, Any] | None = None,
-                    manifest: Mapping[str, Any] | None = None) -> list[str]:
+                    manifest: Mapping[str, Any] | None = None, base_model: str = "") -> list[str]:
   """Writes `README.md`, the tokenizer/processor files and (when `save_pretrained` has not)
   `generation_config.json` into `hf_dir`, beside config.json + safetensors; returns the names
   written. Processor files come from `tokenizer_dir` or, where it has none, from the model's
   config (`processor_files.processor_configs`). The chat template the student was trained
-  with (`student_chat_template`) goes to `chat_template.jinja` and `tokenizer_config.json`."""
+  with (`student_chat_template`) goes to `chat_template.jinja` and `tokenizer_config.json`.
+  The card's `base_model` is `base_model` (a Hub repo id) or else the name of the config's
+  `student.hf_dir` folder."""
   written = []
 
   def write_json(name: str, content: Mapping[str, Any], **kw) -> None:
@@ -176,7 +178,7 @@ def write_hub_files(hf_dir: str, *, hf_config: Mapping[str, Any], tokenizer_dir:
       write_json("tokenizer_config.json", config_json, ensure_ascii=False)
   base = str((config or {}).get("student", {}).get("hf_dir", "") or "")
   files.write_text(files.join(hf_dir, "README.md"),
-                   model_card(base_model=os.path.basename(base.rstrip("/")), config=config,
+                   model_card(base_model=base_model or os.path.basename(base.rstrip("/")), config=config,
                               manifest=manifest))
   written.append("README.md")
   return written
