@@ -80,7 +80,7 @@ PRESETS = {
                            patch_size=14, hidden=128, intermediate=256, layers=2, heads=4,
                            kv_heads=4, vocab=1000),
                 questions=64, threads=16, frames=8, frame_hw=(72, 96), spans=(12.0, 20.0),
-                llava_frames=4, new_tokens=8, owl_buckets=(1, 2, 4, 8), buckets=(1, 4, 16, 64),
+                llava_frames=4, new_tokens=8, owl_buckets=(1, 8, 32), buckets=(1, 4, 16, 64),
                 llava_buckets=(1, 4, 16), rounds=2),
     # real sizes (see the module docstring); STAR's 32 frames per question
     "gpu": dict(owl=rw.OWLV2_B16, clip=rw.CLIP_B32, univtg=rw.UNIVTG_RELEASED,
