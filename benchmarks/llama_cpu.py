@@ -230,8 +230,6 @@ def main(argv=None):
   from aotd_jax.models.generate import generate
 
   fields = dict(get_config(args.variant).model)
-  for k in ("dtype", "param_dtype"):
-    fields.pop(k)
   torch.manual_seed(0)
   ref = transformers.LlamaForCausalLM(transformers.LlamaConfig(**fields, initializer_range=0.02))
   tmp_dir = tempfile.TemporaryDirectory()

@@ -31,15 +31,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gpu_train_step  # noqa: E402
 
 
-def random_init(config):
+def random_init(config, options):
   """The model with N(0, 0.02) weights and unit norms, one jitted kernel per distinct shape (a
   7B model's full `jax.jit(init)` takes minutes to compile; this takes seconds)."""
   import jax
   import jax.numpy as jnp
   from flax import nnx
   from aotd_jax.models.llava_onevision import LlavaOnevisionForConditionalGeneration
-  model = nnx.eval_shape(lambda: LlavaOnevisionForConditionalGeneration(config, rngs=nnx.Rngs(0)))
-  dtype = jnp.dtype(config.param_dtype)
+  model = nnx.eval_shape(lambda: LlavaOnevisionForConditionalGeneration(config, options=options,
+                                  rngs=nnx.Rngs(0)))
+  dtype = jnp.dtype(options.param_dtype)
   normal = jax.jit(lambda key, shape: (0.02 * jax.random.normal(key, shape, jnp.float32)).astype(dtype),
                    static_argnums=1)
   key = jax.random.key(0)
@@ -96,6 +97,7 @@ def main(argv=None) -> None:
   import dataclasses
   import jax
   from aotd_jax import sharding
+  from aotd_jax.layers.compute import ComputeOptions
   from aotd_jax.models import llava_onevision as lov
   from aotd_jax.models.llama import LlamaConfig
   from aotd_jax.models.siglip import SiglipVisionConfig
@@ -104,9 +106,10 @@ def main(argv=None) -> None:
 
   if jax.default_backend() != "gpu" and not args.cpu_smoke:
     raise SystemExit(f"needs a GPU (JAX backend: {jax.default_backend()}); --cpu_smoke checks the script")
-  options = dict(dtype="bfloat16", param_dtype=args.param_dtype, remat=bool(args.remat),
-                 freeze_vision_tower=True)
-  config = lov.onevision_7b_config(**options)
+  options = ComputeOptions(dtype="bfloat16", param_dtype=args.param_dtype,
+                           remat="full" if args.remat else "none",
+                           attention_impl=args.attention_impl, freeze_vision_tower=True)
+  config = lov.onevision_7b_config()
   if args.cpu_smoke:
     config = dataclasses.replace(
         config, vision_config=SiglipVisionConfig(hidden_size=64, intermediate_size=128,
@@ -119,13 +122,11 @@ def main(argv=None) -> None:
             hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, head_dim=16))
     args.frames, args.text, args.steps = min(args.frames, 4), min(args.text, 32), min(args.steps, 2)
-  config = dataclasses.replace(config, text_config=dataclasses.replace(
-      config.text_config, attention_impl=args.attention_impl))
   t0 = time.perf_counter()
-  model = random_init(config)
+  model = random_init(config, options)
   mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
   trainer = Trainer(model, make_optimizer({"learning_rate": 4e-5, "grad_clip": 1.0}, 1000),
-                    mesh=mesh, trainable=lov.trainable_filter(config))
+                    mesh=mesh, trainable=lov.trainable_filter(options))
   batch = make_batch(config, args.batch, args.frames, args.text)
   init_s = time.perf_counter() - t0
   seq = batch["input_ids"].shape[1]

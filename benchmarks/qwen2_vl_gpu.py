@@ -22,7 +22,6 @@ forward). Remat's recomputation is not counted (hardware FLOPs are higher).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import time
@@ -34,15 +33,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gpu_train_step  # noqa: E402
 
 
-def random_init(config):
+def random_init(config, options):
   """The model with N(0, 0.02) weights, unit norms and zero biases, one jitted kernel per
   distinct shape (a full `jax.jit(init)` of 8B parameters takes minutes to compile)."""
   import jax
   import jax.numpy as jnp
   from flax import nnx
   from aotd_jax.models.qwen2_vl import Qwen2VLForConditionalGeneration
-  model = nnx.eval_shape(lambda: Qwen2VLForConditionalGeneration(config, rngs=nnx.Rngs(0)))
-  dtype = jnp.dtype(config.param_dtype)
+  model = nnx.eval_shape(lambda: Qwen2VLForConditionalGeneration(config, options=options,
+                                  rngs=nnx.Rngs(0)))
+  dtype = jnp.dtype(options.param_dtype)
   normal = jax.jit(lambda key, shape: (0.02 * jax.random.normal(key, shape, jnp.float32)).astype(dtype),
                    static_argnums=1)
   key = jax.random.key(0)
@@ -100,15 +100,17 @@ def main(argv=None) -> None:
 
   import jax
   from aotd_jax import sharding
+  from aotd_jax.layers.compute import ComputeOptions
   from aotd_jax.models import qwen2_vl
   from aotd_jax.train.optim import make_optimizer
   from aotd_jax.train.trainer import Trainer
 
   if jax.default_backend() != "gpu" and not args.cpu_smoke:
     raise SystemExit(f"needs a GPU (JAX backend: {jax.default_backend()}); --cpu_smoke checks the script")
-  options = dict(dtype="bfloat16", param_dtype=args.param_dtype, remat=bool(args.remat),
-                 freeze_vision_tower=True)
-  config = qwen2_vl.qwen2_vl_7b_config(**options)
+  options = ComputeOptions(dtype="bfloat16", param_dtype=args.param_dtype,
+                           remat="full" if args.remat else "none",
+                           attention_impl=args.attention_impl, freeze_vision_tower=True)
+  config = qwen2_vl.qwen2_vl_7b_config()
   if args.cpu_smoke:
     text = qwen2_vl.qwen2_vl_text_config(
         vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -116,15 +118,13 @@ def main(argv=None) -> None:
     vision = qwen2_vl.Qwen2VLVisionConfig(depth=2, embed_dim=64, num_heads=4, hidden_size=64)
     config = qwen2_vl.Qwen2VLConfig(vision_config=vision, text_config=text, image_token_id=1020,
                                     video_token_id=1021, vision_start_token_id=1022,
-                                    vision_end_token_id=1023, **options)
+                                    vision_end_token_id=1023)
     args.frames, args.side, args.text, args.steps = 4, 56, 32, min(args.steps, 2)
-  config = dataclasses.replace(config, text_config=dataclasses.replace(
-      config.text_config, attention_impl=args.attention_impl))
   t0 = time.perf_counter()
-  model = random_init(config)
+  model = random_init(config, options)
   mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
   trainer = Trainer(model, make_optimizer({"learning_rate": 4e-5, "grad_clip": 1.0}, 1000),
-                    mesh=mesh, trainable=qwen2_vl.trainable_filter(config))
+                    mesh=mesh, trainable=qwen2_vl.trainable_filter(options))
   batch = make_batch(config, args.batch, args.frames, args.side, args.text)
   init_s = time.perf_counter() - t0
   seq = batch["input_ids"].shape[1]

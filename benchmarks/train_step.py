@@ -69,16 +69,17 @@ def matmul_peak(jnp_dtype="float32", n=2048, reps=5):
 def fast_random_init(p):
   """The student with N(0, 0.02) weights and unit norms, made one jitted kernel per distinct
   shape: a 1B model's full `jax.jit(init)` takes minutes to compile, this takes seconds."""
-  import dataclasses
   import jax
   import jax.numpy as jnp
   from flax import nnx
   from aotd_jax.hf import registry
+  from aotd_jax.layers.compute import ComputeOptions
   adapter = registry.adapter_for("LlamaForCausalLM")
-  config = dataclasses.replace(adapter.config_from_hf(hf_config(p)), dtype=p["dtype"],
-                               remat=p["remat"], attention_impl=p.get("attention_impl", "xla"),
-                               matmul_precision=p.get("matmul_precision", "default"))
-  model = nnx.eval_shape(lambda: adapter.model_class(config, rngs=nnx.Rngs(0)))
+  config = adapter.config_from_hf(hf_config(p))
+  options = ComputeOptions(dtype=p["dtype"], remat="full" if p["remat"] else "none",
+                           attention_impl=p.get("attention_impl", "xla"),
+                           matmul_precision=p.get("matmul_precision", "default"))
+  model = nnx.eval_shape(lambda: adapter.model_class(config, options=options, rngs=nnx.Rngs(0)))
   normal = jax.jit(lambda key, shape: 0.02 * jax.random.normal(key, shape, jnp.float32),
                    static_argnums=1)
   key = jax.random.key(0)

@@ -25,7 +25,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.variant = variant
   c.model = dict(VARIANTS[variant], rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False,
-                 bos_token_id=1, eos_token_id=2, pad_token_id=0, dtype="float32", param_dtype="float32")
+                 bos_token_id=1, eos_token_id=2, pad_token_id=0)
+  c.compute = dict(dtype="float32", param_dtype="float32")  # `ComputeOptions` fields
   c.hf_dir = ""  # a HF Llama directory to load instead of random weights
   c.seed = 0
   c.batch_size = 2

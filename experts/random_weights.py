@@ -85,13 +85,16 @@ class WordTokenizer:
     return " ".join(words)
 
 
-def _init_params(module_cls, config, seed: int = 0):
-  """`module_cls(config)` with N(0, 0.02) weights, unit scales and zero biases, one jitted kernel
-  per distinct shape (a 7B model's `jax.jit(init)` takes minutes to compile; this, seconds)."""
+def _init_params(module_cls, config, seed: int = 0, options=None):
+  """`module_cls(config, options=options)` with N(0, 0.02) weights, unit scales and zero biases,
+  one jitted kernel per distinct shape (a 7B model's `jax.jit(init)` takes minutes to compile;
+  this, seconds). `options`: a `ComputeOptions` (None: the defaults)."""
   import jax
   import jax.numpy as jnp
   from flax import nnx
-  model = nnx.eval_shape(lambda: module_cls(config, rngs=nnx.Rngs(seed)))
+  from aotd_jax.layers.compute import ComputeOptions
+  options = ComputeOptions() if options is None else options
+  model = nnx.eval_shape(lambda: module_cls(config, options=options, rngs=nnx.Rngs(seed)))
   others = [p for p, _ in nnx.to_flat_state(nnx.state(model, nnx.Not(nnx.Param)))]
   if others:
     raise ValueError(f"_init_params: {module_cls.__name__} has non-parameter variables {others[:3]}")
@@ -109,18 +112,18 @@ def _init_params(module_cls, config, seed: int = 0):
   return model
 
 
-def _clip_configs(s: dict, matmul_precision: str = "default"):
+def _clip_configs(s: dict):
   from aotd_jax.models.clip import CLIPTextConfig, CLIPVisionConfig
   v = s["vocab"]
   text = CLIPTextConfig(vocab_size=v, hidden_size=s["text_hidden"],
                         intermediate_size=4 * s["text_hidden"], projection_dim=s["projection"],
                         num_hidden_layers=s["text_layers"], num_attention_heads=s["text_heads"],
                         max_position_embeddings=s["text_length"], pad_token_id=0,
-                        bos_token_id=v - 2, eos_token_id=v - 1, matmul_precision=matmul_precision)
+                        bos_token_id=v - 2, eos_token_id=v - 1)
   vision = CLIPVisionConfig(hidden_size=s["vision_hidden"], intermediate_size=4 * s["vision_hidden"],
                             projection_dim=s["projection"], num_hidden_layers=s["vision_layers"],
                             num_attention_heads=s["vision_heads"], image_size=s["image_size"],
-                            patch_size=s["patch_size"], matmul_precision=matmul_precision)
+                            patch_size=s["patch_size"])
   return text, vision
 
 
@@ -151,6 +154,7 @@ def univtg(size: dict, clip_size: dict, seed: int = 0):
 def llava(size: dict, seed: int = 0):
   """(LlavaNextVideoForConditionalGeneration, WordTokenizer) on random weights, of `size` (keys
   of `LLAVA_NEXT_VIDEO_7B`); the video and image tokens are the vocabulary's last two ids."""
+  from aotd_jax.layers.compute import ComputeOptions
   from aotd_jax.models.clip import CLIPVisionConfig
   from aotd_jax.models.llama import LlamaConfig
   from aotd_jax.models.llava_next_video import (LlavaNextVideoConfig,
@@ -171,7 +175,7 @@ def llava(size: dict, seed: int = 0):
                               bos_token_id=1),
       image_token_index=v - 1, video_token_index=v - 2,
       image_grid_pinpoints=[[size["image_size"], size["image_size"]]],
-      vision_feature_layer=-2 if size["vision_layers"] > 1 else -1, dtype=dtype,
-      param_dtype=dtype)
-  model = _init_params(LlavaNextVideoForConditionalGeneration, cfg, seed)
+      vision_feature_layer=-2 if size["vision_layers"] > 1 else -1)
+  model = _init_params(LlavaNextVideoForConditionalGeneration, cfg, seed,
+                       ComputeOptions(dtype=dtype, param_dtype=dtype))
   return model, WordTokenizer(v, video_token_id=v - 2, image_token_id=v - 1)

@@ -16,6 +16,7 @@ from flax.core import spmd
 from ml_collections import config_flags
 
 from aotd_jax import hf, sharding
+from aotd_jax.layers.compute import ComputeOptions
 from aotd_jax.models.generate import generate
 from aotd_jax.models.llama import LlamaConfig, LlamaForCausalLM
 
@@ -27,10 +28,12 @@ def main(argv):
   cfg = _CONFIG.value
   sharding.maybe_initialize_distributed(cfg)
   mesh = sharding.make_mesh(dict(cfg.mesh))
+  options = ComputeOptions.from_mapping(cfg.get("compute"), where="compute")
   if cfg.hf_dir:
-    model = hf.from_pretrained(cfg.hf_dir, mesh=mesh)
+    model = hf.from_pretrained(cfg.hf_dir, options=options, mesh=mesh)
   else:
-    model = sharding.shard_model(LlamaForCausalLM(LlamaConfig(**cfg.model), rngs=nnx.Rngs(cfg.seed)), mesh)
+    model = sharding.shard_model(LlamaForCausalLM(LlamaConfig(**cfg.model), options=options,
+                                                  rngs=nnx.Rngs(cfg.seed)), mesh)
   mc = model.config
   rng = np.random.RandomState(cfg.seed)
   lengths = [cfg.prompt_lengths[i % len(cfg.prompt_lengths)] for i in range(cfg.batch_size)]

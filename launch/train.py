@@ -79,7 +79,7 @@ def run(cfg, workdir: str) -> int:
   tx = make_optimizer(cfg.optim, cfg.total_steps)
   schedule = learning_rate_schedule(cfg.optim, cfg.total_steps)
   trainer = Trainer(student, tx, mesh=mesh,
-                    trainable=trainable_filter(cfg.student.get("freeze_vision_tower", True),
+                    trainable=trainable_filter(student.options.freeze_vision_tower,
                                                cfg.student.get("freeze_image_newline", False)),
                     rationale_weight=cfg.rationale_weight, schedule=schedule,
                     loss_normalization=cfg.get("loss", {}).get("normalization", "per_part"),

@@ -18,9 +18,10 @@ from flax import nnx
 from aotd_jax import hf
 from aotd_jax.kernels import amx_matmul as amx
 from aotd_jax.kernels import build
-from aotd_jax.models.clip import CLIPConfig, CLIPVisionConfig
+from aotd_jax.layers.compute import ComputeOptions
+from aotd_jax.models.clip import CLIPConfig, CLIPModel, CLIPVisionConfig
 from aotd_jax.models.llama import LlamaConfig, LlamaForCausalLM
-from aotd_jax.models.llava_next_video import LlavaNextVideoConfig
+from aotd_jax.models.llava_next_video import LlavaNextVideoConfig, LlavaNextVideoForConditionalGeneration
 from aotd_jax.models.options import with_options
 
 needs_amx = pytest.mark.skipif(
@@ -204,17 +205,22 @@ def test_precision_dot_without_the_kernel_is_xla(monkeypatch):
 
 def test_bad_precision_is_named():
   with pytest.raises(ValueError, match="matmul_precision='fast'"):
-    LlamaConfig(matmul_precision="fast")
+    ComputeOptions(matmul_precision="fast")
   with pytest.raises(ValueError, match="'medium' is not one of"):
     amx.PrecisionDot(0, "medium")
 
 
 def test_sub_configs_follow_the_model_precision():
   cfg = LlavaNextVideoConfig(vision_config=CLIPVisionConfig(num_hidden_layers=2),
-                             matmul_precision="high")
-  assert cfg.vision_config.matmul_precision == "high"
-  assert cfg.text_config.matmul_precision == "high"
-  assert CLIPConfig(matmul_precision="highest").vision_config.matmul_precision == "highest"
+                             text_config=LlamaConfig(num_hidden_layers=1, hidden_size=64,
+                                                     intermediate_size=64, num_attention_heads=4))
+  model = nnx.eval_shape(lambda: LlavaNextVideoForConditionalGeneration(
+      cfg, options=ComputeOptions(matmul_precision="high"), rngs=nnx.Rngs(0)))
+  assert model.vision_tower.options.matmul_precision == "high"
+  assert model.language_model.options.matmul_precision == "high"
+  clip_model = nnx.eval_shape(lambda: CLIPModel(
+      CLIPConfig(), options=ComputeOptions(matmul_precision="highest"), rngs=nnx.Rngs(0)))
+  assert clip_model.vision_model.options.matmul_precision == "highest"
 
 
 def _tiny_llama(**kw) -> LlamaForCausalLM:
@@ -228,7 +234,7 @@ def _tiny_llama(**kw) -> LlamaForCausalLM:
 def test_llama_high_precision_step(tied, precision):
   model = _tiny_llama(tie_word_embeddings=tied)
   high = with_options(model, matmul_precision=precision)
-  assert high.config.matmul_precision == precision and high.model.layers[0].mlp.up_proj is not None
+  assert high.options.matmul_precision == precision and high.model.layers[0].mlp.up_proj is not None
   ids = jnp.asarray(np.random.default_rng(0).integers(0, 300, (2, 40)), jnp.int32)
 
   def loss(m):
@@ -250,7 +256,7 @@ def test_matmul_precision_stays_out_of_config_json(tmp_path):
   hf.save_pretrained(model, str(tmp_path))
   with open(os.path.join(tmp_path, "config.json")) as f:
     assert "matmul_precision" not in json.load(f)
-  assert hf.from_pretrained(str(tmp_path)).config.matmul_precision == "default"
+  assert hf.from_pretrained(str(tmp_path)).options.matmul_precision == "default"
 
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or build.find_compiler() is None,

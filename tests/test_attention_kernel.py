@@ -17,6 +17,7 @@ from aotd_jax.kernels import build
 from aotd_jax.kernels import attention as ka
 from aotd_jax import hf
 from aotd_jax.models import clip
+from aotd_jax.layers.compute import ComputeOptions
 from aotd_jax.layers.causal_attention import blocked_causal_attention
 from aotd_jax.models.llava_next_video import LlavaNextVideoConfig, LlavaNextVideoForConditionalGeneration
 from aotd_jax.models.options import with_options
@@ -164,9 +165,12 @@ def test_without_the_kernel_the_jnp_path_runs(monkeypatch):
 @pytest.mark.slow  # a whole train step twice; the kernel's own tests run fast
 def test_llama_train_step_runs_the_kernel_and_matches_the_jnp_path():
   cfg = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-             num_attention_heads=4, num_key_value_heads=2, attention_block_size=6)
-  on = LlamaForCausalLM(LlamaConfig(**cfg), rngs=nnx.Rngs(0))
-  off = LlamaForCausalLM(LlamaConfig(**cfg, cpu_kernels=False), rngs=nnx.Rngs(0))
+             num_attention_heads=4, num_key_value_heads=2)
+  on = LlamaForCausalLM(LlamaConfig(**cfg), options=ComputeOptions(attention_block_size=6),
+                        rngs=nnx.Rngs(0))
+  off = LlamaForCausalLM(LlamaConfig(**cfg), options=ComputeOptions(attention_block_size=6,
+                                                                    cpu_kernels=False),
+                         rngs=nnx.Rngs(0))
   ids, mask, _ = left_padded_batch(vocab=64, length=20, pads=(0, 6, 3))
 
   def loss(m):
@@ -209,8 +213,8 @@ def test_a_build_without_avx512_says_so(tmp_path):
 
 
 def _clip_attention(cpu_kernels: bool, heads=3, d=8) -> clip.CLIPAttention:
-  cfg = clip.CLIPVisionConfig(hidden_size=heads * d, num_attention_heads=heads, cpu_kernels=cpu_kernels)
-  return clip.CLIPAttention(cfg, rngs=nnx.Rngs(0))
+  cfg = clip.CLIPVisionConfig(hidden_size=heads * d, num_attention_heads=heads)
+  return clip.CLIPAttention(cfg, ComputeOptions(cpu_kernels=cpu_kernels), rngs=nnx.Rngs(0))
 
 
 @needs_kernel
@@ -249,22 +253,26 @@ def test_cpu_kernels_option_reaches_both_towers_and_stays_out_of_config_json(tmp
                               num_attention_heads=2),
       video_token_index=60, image_token_index=61)
   model = with_options(LlavaNextVideoForConditionalGeneration(cfg, rngs=nnx.Rngs(0)), cpu_kernels=False)
-  assert not model.config.vision_config.cpu_kernels and not model.config.text_config.cpu_kernels
-  assert not clip.CLIPConfig(cpu_kernels=False).vision_config.cpu_kernels  # the towers follow
+  assert not model.vision_tower.options.cpu_kernels and not model.language_model.options.cpu_kernels
+  clip_model = nnx.eval_shape(lambda: clip.CLIPModel(
+      clip.CLIPConfig(), options=ComputeOptions(cpu_kernels=False), rngs=nnx.Rngs(0)))
+  assert not clip_model.vision_model.options.cpu_kernels  # the towers follow
   hf.save_pretrained(model, str(tmp_path))
   with open(os.path.join(tmp_path, "config.json")) as f:
     assert "cpu_kernels" not in f.read()
   loaded = hf.from_pretrained(str(tmp_path))
-  assert loaded.config.vision_config.cpu_kernels and loaded.config.text_config.cpu_kernels
+  assert loaded.vision_tower.options.cpu_kernels and loaded.language_model.options.cpu_kernels
 
 
 @needs_kernel
 def test_remat_and_concurrent_python_threads():
   """The kernel's custom VJP under `remat`, and calls from several Python threads at once."""
   cfg = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-             num_attention_heads=4, num_key_value_heads=2, attention_block_size=8)
-  plain = LlamaForCausalLM(LlamaConfig(**cfg), rngs=nnx.Rngs(0))
-  remat = LlamaForCausalLM(LlamaConfig(**cfg, remat=True), rngs=nnx.Rngs(0))
+             num_attention_heads=4, num_key_value_heads=2)
+  plain = LlamaForCausalLM(LlamaConfig(**cfg), options=ComputeOptions(attention_block_size=8),
+                           rngs=nnx.Rngs(0))
+  remat = LlamaForCausalLM(LlamaConfig(**cfg), rngs=nnx.Rngs(0),
+                           options=ComputeOptions(attention_block_size=8, remat="full"))
   ids, mask, _ = left_padded_batch(vocab=64, length=20, pads=(0, 6, 3))
   loss = lambda m: jnp.sum(m(ids, mask).logits * mask[:, :, None])  # noqa: E731
   want = dict(nnx.to_flat_state(nnx.jit(nnx.grad(loss))(plain)))

@@ -11,6 +11,7 @@ import aotd_jax  # noqa: F401
 from aotd_jax import hf
 from aotd_jax.kernels import attention as ka
 from aotd_jax.layers.causal_attention import blocked_causal_attention
+from aotd_jax.layers.compute import ComputeOptions
 from aotd_jax.models.llama import LlamaConfig, LlamaForCausalLM
 from tests.test_llama import left_padded_batch, make_hf_llama, torch_forward
 
@@ -24,8 +25,8 @@ def full_f32_matmuls():
 def _with_block(model: LlamaForCausalLM, block: int, cpu_kernels: bool = True) -> LlamaForCausalLM:
   """The same weights under a config with another `attention_block_size` (and `cpu_kernels`:
   False keeps the jnp blocks, True takes the C++ attention kernel where it runs)."""
-  cfg = dataclasses.replace(model.config, attention_block_size=block, cpu_kernels=cpu_kernels)
-  other = LlamaForCausalLM(cfg, rngs=nnx.Rngs(0))
+  options = dataclasses.replace(model.options, attention_block_size=block, cpu_kernels=cpu_kernels)
+  other = LlamaForCausalLM(model.config, options=options, rngs=nnx.Rngs(0))
   nnx.update(other, nnx.state(model, nnx.Param))
   return other
 
@@ -100,8 +101,8 @@ def test_masked_scores_get_no_gradient_even_on_padding_rows(cpu_kernels, expect_
 @pytest.mark.parametrize("cpu_kernels", [False, True])
 def test_blocked_train_gradients_match_one_block(cpu_kernels, expect_kernel):
   cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                    num_attention_heads=4, num_key_value_heads=2, attention_block_size=0)
-  model = LlamaForCausalLM(cfg, rngs=nnx.Rngs(0))
+                    num_attention_heads=4, num_key_value_heads=2)
+  model = LlamaForCausalLM(cfg, options=ComputeOptions(attention_block_size=0), rngs=nnx.Rngs(0))
   ids, mask, _ = left_padded_batch(vocab=64, length=20, pads=(0, 6, 3))
 
   def grads(m):
@@ -140,7 +141,7 @@ def test_bad_inputs_are_named():
   with pytest.raises(ValueError, match="block_size"):
     blocked_causal_attention(q, k, v, mask, 0)
   with pytest.raises(ValueError, match="attention_block_size"):
-    LlamaConfig(attention_block_size=-1)
+    ComputeOptions(attention_block_size=-1)
 
 
 def test_blocked_on_a_mesh_equals_one_device(tmp_path):
@@ -160,9 +161,9 @@ def test_blocked_on_a_mesh_equals_one_device(tmp_path):
 
   (_, want), want_grads = nnx.jit(nnx.value_and_grad(loss, has_aux=True))(single)
   with jax.set_mesh(mesh), spmd.logical_axis_rules(sharding.DEFAULT_RULES):
-    cfg = dataclasses.replace(sharded.config, attention_block_size=8)
+    options = dataclasses.replace(sharded.options, attention_block_size=8)
     for layer in sharded.model.layers:
-      layer.self_attn.config = cfg
+      layer.self_attn.options = options
     (_, got), got_grads = nnx.jit(nnx.value_and_grad(loss, has_aux=True))(sharded)
   real = mask.astype(bool)
   np.testing.assert_allclose(np.asarray(got)[real], np.asarray(want)[real], atol=1e-5)

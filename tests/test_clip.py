@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from aotd_jax import hf
+from aotd_jax.layers.compute import ComputeOptions
 from aotd_jax.kernels import attention as attention_kernel
 from aotd_jax.models import clip
 from aotd_jax.models.options import with_options
@@ -114,7 +115,7 @@ def test_clip_model_parity(tmp_path, eos_token_id, cpu_kernels, expect_kernel):
   ref = transformers.CLIPModel(cfg).eval()
   ref.save_pretrained(tmp_path)
   ours = with_options(hf.from_pretrained(str(tmp_path)), cpu_kernels=cpu_kernels)
-  assert isinstance(ours, clip.CLIPModel) and ours.config.vision_config.cpu_kernels == cpu_kernels
+  assert isinstance(ours, clip.CLIPModel) and ours.vision_model.options.cpu_kernels == cpu_kernels
   rng = np.random.default_rng(3)
   ids, mask = _tokens(rng, eos_token_id)
   px = rng.normal(size=(2, 3, 32, 32)).astype(np.float32)
@@ -177,8 +178,9 @@ def test_text_errors(tmp_path):
 
 @pytest.mark.slow  # more compilations of the model (bf16, remat); `make test` runs it
 def test_bf16_remat_and_logical_axes():
-  cfg = clip.CLIPVisionConfig(**{**VISION, "num_hidden_layers": 1}, dtype="bfloat16", remat=True)
-  model = clip.CLIPVisionModel(cfg, rngs=nnx.Rngs(0))
+  cfg = clip.CLIPVisionConfig(**{**VISION, "num_hidden_layers": 1})
+  model = clip.CLIPVisionModel(cfg, options=ComputeOptions(dtype="bfloat16", remat="full"),
+                               rngs=nnx.Rngs(0))
   x = jnp.ones((2, 3, 32, 32))
 
   def loss(m, x):

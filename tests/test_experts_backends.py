@@ -298,17 +298,16 @@ def test_registry_binds_owlv2_by_path(owl, monkeypatch):
   assert box.detector.name == f"owlv2:{path}"
   clip = experts.VideoClip(np.full((3, 12, 12, 3), 128, np.uint8), video_id="v")
   assert box.Count(clip, "cup") == 16
-  assert box.detector.config.vision_config.matmul_precision == "default"
+  assert box.detector.options.matmul_precision == "default"
   config.detector.matmul_precision = "high"
   box = experts.make_toolbox(config, plugins=[TOYWORLD])
-  assert box.detector.config.vision_config.matmul_precision == "high"
+  assert box.detector.options.matmul_precision == "high"
   count = box.Count(clip, "cup")
   assert count == 16
-  assert box.detector.config.vision_config.cpu_kernels and box.detector.config.text_config.cpu_kernels
+  assert box.detector.options.cpu_kernels
   config.detector.cpu_kernels = False  # XLA's attention instead of the CPU kernel: same counts
   box = experts.make_toolbox(config, plugins=[TOYWORLD])
-  assert not box.detector.config.vision_config.cpu_kernels
-  assert not box.detector.config.text_config.cpu_kernels
+  assert not box.detector.options.cpu_kernels
   assert box.Count(clip, "cup") == count
 
 

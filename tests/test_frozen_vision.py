@@ -1,6 +1,5 @@
 """Cached-feature training of a frozen-tower LLaVA-NeXT-Video: same logits as the full model,
 and training the wrapper trains the model."""
-import dataclasses
 
 import jax
 
@@ -11,6 +10,7 @@ from flax import nnx
 
 from aotd_jax import sharding
 from aotd_jax.hf import llava_next_video as adapter
+from aotd_jax.layers.compute import ComputeOptions
 from aotd_jax.models.llava_next_video import LlavaNextVideoForConditionalGeneration
 from aotd_jax.train.frozen_vision import CachedVisionLM, tower_features
 from aotd_jax.train.optim import make_optimizer
@@ -19,8 +19,9 @@ from configs.toyworld.distill import TINY_LLAVA
 
 
 def _model(freeze=True):
-  config = dataclasses.replace(adapter.config_from_hf(dict(TINY_LLAVA)), freeze_vision_tower=freeze)
-  return LlavaNextVideoForConditionalGeneration(config, rngs=nnx.Rngs(0))
+  return LlavaNextVideoForConditionalGeneration(
+      adapter.config_from_hf(dict(TINY_LLAVA)), options=ComputeOptions(freeze_vision_tower=freeze),
+      rngs=nnx.Rngs(0))
 
 
 def _batch(model, rng, frames=2, batch=2):

@@ -50,7 +50,7 @@ def test_dtype_on_load(tmp_path):
   f32 = hf.from_pretrained(str(tmp_path))
   bf16 = hf.from_pretrained(str(tmp_path), dtype=jnp.bfloat16)
   kernel = bf16.model.layers[0].self_attn.q_proj.kernel
-  assert kernel.get_value().dtype == jnp.bfloat16 and bf16.config.dtype == "bfloat16"
+  assert kernel.get_value().dtype == jnp.bfloat16 and bf16.options.dtype == "bfloat16"
   ids, mask, _ = left_padded_batch()
   a, b = f32(ids, mask).logits, bf16(ids, mask).logits
   np.testing.assert_allclose(np.asarray(b, np.float32), a, atol=0.1 * float(np.abs(a).max()))

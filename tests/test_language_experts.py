@@ -216,10 +216,10 @@ def test_qa_expert_training_lowers_the_loss_and_binds_in_experts(world, qa_dir):
   assert len(got) == 1 and got[0] in cands
   assert box.action_recognizer.recognize(args["video_clip"], None, cands)[0] in cands
   # The `cpu_kernels` option reaches both towers of the loaded model; XLA's ops answer the same.
-  assert box.video_qa.model.config.vision_config.cpu_kernels
+  assert box.video_qa.model.vision_tower.options.cpu_kernels
   config.video_qa = {"kind": "llava", "path": qa_dir, "cpu_kernels": False}
   off = experts.make_toolbox(config, plugins=[PLUGIN]).video_qa.model
-  assert not off.config.vision_config.cpu_kernels and not off.config.text_config.cpu_kernels
+  assert not off.vision_tower.options.cpu_kernels and not off.language_model.options.cpu_kernels
   assert experts.make_toolbox(config, plugins=[PLUGIN]).tools()["Query_Actions"](
       args["video_clip"], possible_actions=cands) == got
 
@@ -347,8 +347,8 @@ def test_qa_expert_examples_read_cached_features_of_their_frames(world, tokenize
   assert generated and all(r.choices and r.answer in r.choices for r in generated)
   size = resolve_size(QA_TINY, qe.DEFAULT_SIZE, "test")
   config = qe.model_config(tok, size, None)
-  assert config.freeze_vision_tower and config.vision_feature_layer == -1
-  model = LlavaNextVideoForConditionalGeneration(config, rngs=nnx.Rngs(0))
+  assert qe.OPTIONS.freeze_vision_tower and config.vision_feature_layer == -1
+  model = LlavaNextVideoForConditionalGeneration(config, options=qe.OPTIONS, rngs=nnx.Rngs(0))
   examples = qe.build_examples(truths, records, tok, config, num_frames=8, seed=0)
   features = qe.clip_features(model, frames)
   assert [f.shape[0] for f in features] == [len(f) for f in frames]

@@ -80,6 +80,6 @@ def test_real_configs_document_meshes():
   for arg in ("tpu_v5p_128", "h100x8"):
     c = lnv7b.get_config(arg)
     assert c.optim.learning_rate == 4e-5 and c.optim.warmup_ratio == 0.03
-    assert c.student.freeze_vision_tower and c.rationale_weight == 1.0
+    assert c.student.compute.freeze_vision_tower and c.rationale_weight == 1.0
   with pytest.raises(ValueError, match="not in"):
     lnv7b.get_config("v4")

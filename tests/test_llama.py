@@ -11,6 +11,7 @@ from flax import nnx
 
 import aotd_jax  # noqa: F401  (turns off eager sharding)
 from aotd_jax import hf
+from aotd_jax.layers.compute import ComputeOptions
 from aotd_jax.kernels import attention as attention_kernel
 from aotd_jax.models.llama import LlamaConfig, LlamaForCausalLM
 from aotd_jax.models.options import with_options
@@ -158,11 +159,11 @@ def test_bf16_and_remat_options():
   model = LlamaForCausalLM(cfg, rngs=nnx.Rngs(0))
   ids, mask, _ = left_padded_batch()
   ref = model(ids, mask).logits
-  bf16 = LlamaForCausalLM(dataclasses.replace(cfg, dtype="bfloat16"), rngs=nnx.Rngs(0))
+  bf16 = LlamaForCausalLM(cfg, options=ComputeOptions(dtype="bfloat16"), rngs=nnx.Rngs(0))
   low = bf16(ids, mask).logits
   assert low.dtype == jnp.bfloat16
   np.testing.assert_allclose(np.asarray(low, np.float32), ref, atol=0.1 * float(jnp.abs(ref).max()))
-  remat = LlamaForCausalLM(dataclasses.replace(cfg, remat=True), rngs=nnx.Rngs(0))
+  remat = LlamaForCausalLM(cfg, options=ComputeOptions(remat="full"), rngs=nnx.Rngs(0))
 
   def loss(m):
     return jnp.mean(m(ids, mask).logits ** 2)

@@ -1,11 +1,10 @@
 """The fused attention paths of the Llama decoder agree with the reference einsum path."""
-import dataclasses
-
 import numpy as np
 import pytest
 from flax import nnx
 
 import aotd_jax  # noqa: F401
+from aotd_jax.layers.compute import ComputeOptions
 from aotd_jax.models.llama import LlamaConfig, LlamaForCausalLM
 
 CFG = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -13,7 +12,7 @@ CFG = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidde
 
 
 def _logits(impl, ids, mask):
-  model = LlamaForCausalLM(dataclasses.replace(CFG, attention_impl=impl), rngs=nnx.Rngs(0))
+  model = LlamaForCausalLM(CFG, options=ComputeOptions(attention_impl=impl), rngs=nnx.Rngs(0))
   return np.asarray(model(ids, mask).logits)
 
 
@@ -36,7 +35,7 @@ def test_causal_matches_on_right_padded_tokens():
 
 def test_unknown_attention_impl_is_refused():
   with pytest.raises(ValueError, match="attention_impl"):
-    dataclasses.replace(CFG, attention_impl="flash3")
+    ComputeOptions(attention_impl="flash3")
 
 
 def test_auto_matches_xla_with_left_padding():

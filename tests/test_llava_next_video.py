@@ -294,13 +294,13 @@ def test_freeze_vision_tower_filter_and_gradients(pair):
   _, _, model = pair
   import dataclasses
   frozen = nnx.clone(model)
-  frozen.config = dataclasses.replace(model.config, freeze_vision_tower=True)
+  frozen.options = dataclasses.replace(model.options, freeze_vision_tower=True)
   ids, mask, videos = _video_batch(model.config, np.random.default_rng(14))
   batch = dict(input_ids=jnp.asarray(ids), attention_mask=jnp.asarray(mask), pixel_values_videos=videos)
-  trainable = nnx.state(frozen, lnv.trainable_filter(frozen.config))
+  trainable = nnx.state(frozen, lnv.trainable_filter(frozen.options))
   assert not any("vision_tower" in "/".join(map(str, p)) for p, _ in nnx.to_flat_state(trainable))
   assert any("vision_tower" in "/".join(map(str, p))
-             for p, _ in nnx.to_flat_state(nnx.state(model, lnv.trainable_filter(model.config))))
+             for p, _ in nnx.to_flat_state(nnx.state(model, lnv.trainable_filter(model.options))))
   grads = nnx.jit(nnx.grad(lambda m, b: _loss(m, b)[0]))(frozen, batch)
   tower = jax.tree.leaves(nnx.state(grads.vision_tower))
   assert all(float(jnp.abs(g).max()) == 0.0 for g in tower)
@@ -312,9 +312,11 @@ def test_bf16_and_remat(pair):
   ids, mask, videos = _video_batch(model.config, np.random.default_rng(15))
   want = _logits(model, ids, mask, pixel_values_videos=videos)
   import dataclasses
-  config = dataclasses.replace(model.config, remat=True)
-  assert config.vision_config.remat and config.text_config.remat  # one switch for the whole model
-  remat = nnx.eval_shape(lambda: lnv.LlavaNextVideoForConditionalGeneration(config, rngs=nnx.Rngs(0)))
+  options = dataclasses.replace(model.options, remat="full")
+  remat = nnx.eval_shape(lambda: lnv.LlavaNextVideoForConditionalGeneration(
+      model.config, options=options, rngs=nnx.Rngs(0)))
+  # one switch for the whole model
+  assert remat.vision_tower.options.remat_enabled and remat.language_model.options.remat_enabled
   nnx.update(remat, nnx.state(model))
   got = nnx.jit(lambda m: m(jnp.asarray(ids), jnp.asarray(mask), pixel_values_videos=videos).logits)(remat)
   assert np.abs(np.asarray(got) - want).max() < 1e-4

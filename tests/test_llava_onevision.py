@@ -206,16 +206,17 @@ def test_bf16_remat_and_frozen_tower(pair):
   path, _, model = pair
   ids, mask, videos = _video_batch(model.config, np.random.default_rng(15))
   want = _logits(model, ids, mask, pixel_values_videos=videos)
-  config = dataclasses.replace(model.config, remat=True, freeze_vision_tower=True)
-  assert config.vision_config.remat and config.text_config.remat
-  remat = nnx.eval_shape(lambda: lov.LlavaOnevisionForConditionalGeneration(config, rngs=nnx.Rngs(0)))
+  options = dataclasses.replace(model.options, remat="full", freeze_vision_tower=True)
+  remat = nnx.eval_shape(lambda: lov.LlavaOnevisionForConditionalGeneration(
+      model.config, options=options, rngs=nnx.Rngs(0)))
+  assert remat.vision_tower.options.remat_enabled and remat.language_model.options.remat_enabled
   nnx.update(remat, nnx.state(model))
   batch = dict(input_ids=jnp.asarray(ids), attention_mask=jnp.asarray(mask), pixel_values_videos=videos)
   (_, logits), grads = nnx.jit(nnx.value_and_grad(_loss, has_aux=True))(remat, batch)
   assert np.abs(np.asarray(logits) - want).max() < 1e-4
   assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(nnx.state(grads.vision_tower)))
   assert float(jnp.abs(grads.language_model.model.layers[0].self_attn.q_proj.bias[...]).max()) > 0
-  trainable = nnx.state(remat, lov.trainable_filter(config))
+  trainable = nnx.state(remat, lov.trainable_filter(options))
   assert not any("vision_tower" in "/".join(map(str, p)) for p, _ in nnx.to_flat_state(trainable))
   bf16 = hf.from_pretrained(path, dtype=jnp.bfloat16)
   logits = _jit_logits(bf16, jnp.asarray(ids), jnp.asarray(mask), None, None, videos)

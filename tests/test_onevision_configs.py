@@ -57,7 +57,8 @@ def test_onevision7b_replaces_only_the_student(target):
   base, c = lnv7b.get_config(target), onevision7b.get_config(target)
   assert c.student.architecture == "LlavaOnevisionForConditionalGeneration"
   assert c.student.hf_dir == c.data.tokenizer == onevision7b.HF_DIR
-  assert c.student.freeze_vision_tower and c.student.remat and c.student.attention_impl == "causal"
+  compute = c.student.compute
+  assert compute.freeze_vision_tower and compute.remat == "full" and compute.attention_impl == "causal"
   assert (c.data.num_frames, c.data.seq_len) == (32, 8192)
   for key in ("mesh", "batch_size", "optim", "total_steps", "rationale_weight", "peak_flops"):
     assert c[key] == base[key], key
@@ -81,13 +82,13 @@ def test_trainer_step_with_remat_and_a_frozen_tower(arch):
   cfg = toy.get_config(arch)
   mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
   losses = []
-  for remat in (False, True):
-    cfg.student.remat = remat
+  for remat in ("none", "full"):
+    cfg.student.compute.remat = remat
     student = build.build_student(cfg.student, mesh=mesh, seed=0)
-    assert student.config.vision_config.remat == remat
+    assert student.vision_tower.options.remat == remat
     batch = next(make_train_data(cfg, student))
     trainer = Trainer(student, make_optimizer(cfg.optim, 4), mesh=mesh,
-                      trainable=lov.trainable_filter(student.config))
+                      trainable=lov.trainable_filter(student.options))
     losses.append([float(trainer.train_step(batch).loss) for _ in range(2)])
   np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
 

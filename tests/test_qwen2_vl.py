@@ -15,6 +15,7 @@ from aotd_jax.hf import qwen2_vl as qwen2_vl_hf
 from aotd_jax.hf.io import CheckpointError, read_tensors
 from aotd_jax.hf.mapping import import_params
 from aotd_jax.models import qwen2_vl
+from aotd_jax.models.options import with_options
 from tests.test_llava_next_video import check_mesh_train_step
 
 torch = pytest.importorskip("torch")
@@ -57,7 +58,7 @@ def vision_pair():
 def test_vision_tower_matches_transformers(vision_pair, grid, cpu_kernels, expect_kernel):
   from aotd_jax.kernels import attention as attention_kernel
   ref, model = vision_pair
-  model = qwen2_vl.with_vision_options(model, cpu_kernels=cpu_kernels)
+  model = with_options(model, cpu_kernels=cpu_kernels)
   grid = np.asarray(grid)
   n = int(grid.prod(-1).sum())
   px = np.random.RandomState(0).randn(n, 3 * 2 * 4 * 4).astype(np.float32)
@@ -333,15 +334,16 @@ def test_bf16_remat_and_frozen_tower(pair):
   ids, mask, videos = _frames_batch(np.random.default_rng(8))
   batch = dict(input_ids=jnp.asarray(ids), attention_mask=jnp.asarray(mask), pixel_values_videos=videos)
   want = np.asarray(nnx.jit(lambda m, b: _loss(m, b)[1])(model, batch))
-  config = dataclasses.replace(model.config, remat=True, freeze_vision_tower=True)
-  assert config.vision_config.remat and config.text_config.remat
-  remat = nnx.eval_shape(lambda: qwen2_vl.Qwen2VLForConditionalGeneration(config, rngs=nnx.Rngs(0)))
+  options = dataclasses.replace(model.options, remat="full", freeze_vision_tower=True)
+  remat = nnx.eval_shape(lambda: qwen2_vl.Qwen2VLForConditionalGeneration(
+      model.config, options=options, rngs=nnx.Rngs(0)))
+  assert remat.visual.options.remat_enabled and remat.language_model.options.remat_enabled
   nnx.update(remat, nnx.state(model))
   (_, logits), grads = nnx.jit(nnx.value_and_grad(_loss, has_aux=True))(remat, batch)
   assert np.abs(np.asarray(logits) - want).max() < 1e-4
   assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(nnx.state(grads.visual)))
   assert float(jnp.abs(grads.language_model.model.layers[0].self_attn.q_proj.bias[...]).max()) > 0
-  trainable = nnx.state(remat, qwen2_vl.trainable_filter(config))
+  trainable = nnx.state(remat, qwen2_vl.trainable_filter(options))
   assert not any("visual" in "/".join(map(str, p)) for p, _ in nnx.to_flat_state(trainable))
   bf16 = hf.from_pretrained(path, dtype=jnp.bfloat16)
   logits = nnx.jit(lambda m, b: _loss(m, b)[1])(bf16, batch)

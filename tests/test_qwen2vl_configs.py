@@ -33,7 +33,7 @@ def test_toy_qwen2vl_student_learns_a_batch():
   assert batch["pixel_values_videos"].shape[-2:] == (16, 16)
   n_video = int((batch["input_ids"] == student.config.video_token_index).sum(1)[0])
   assert n_video == student.config.video_tokens(cfg.data.num_frames) == 2 * 2 * 2
-  trainable = trainable_filter(cfg.student.freeze_vision_tower)
+  trainable = trainable_filter(cfg.student.compute.freeze_vision_tower)
   assert not any("visual" in "/".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(student, trainable)))
   trainer = Trainer(student, make_optimizer(cfg.optim, 12), mesh=mesh, trainable=trainable)
   before = jax.tree.map(np.asarray, nnx.state(student.visual, nnx.Param))
@@ -49,7 +49,8 @@ def test_qwen2vl7b_replaces_only_the_student(target):
   base, c = lnv7b.get_config(target), qwen2vl7b.get_config(target)
   assert c.student.architecture == "Qwen2VLForConditionalGeneration"
   assert c.student.hf_dir == c.data.tokenizer == qwen2vl7b.HF_DIR
-  assert c.student.freeze_vision_tower and c.student.remat and c.student.attention_impl == "causal"
+  compute = c.student.compute
+  assert compute.freeze_vision_tower and compute.remat == "full" and compute.attention_impl == "causal"
   assert c.data.num_frames == 16 and c.data.seq_len == base.data.seq_len
   for key in ("mesh", "batch_size", "optim", "total_steps", "rationale_weight", "peak_flops"):
     assert c[key] == base[key], key

@@ -16,7 +16,7 @@ from configs.toyworld import distill as toy
 
 def _step(arch: str, remat: bool):
   cfg = toy.get_config(arch)
-  cfg.student.remat = remat
+  cfg.student.compute.remat = "full" if remat else "none"
   mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
   student = build.build_student(cfg.student, mesh=mesh, seed=0)
   batch = next(make_train_data(cfg, student))

@@ -10,6 +10,7 @@ from flax import nnx
 from aotd_jax import sharding
 from aotd_jax.kernels import build
 from aotd_jax.kernels import small_m_matmul as smm
+from aotd_jax.layers.compute import ComputeOptions
 from aotd_jax.models.llama import LlamaConfig, LlamaForCausalLM
 
 DIMS = (((1,), (0,)), ((), ()))
@@ -87,7 +88,8 @@ def test_llama_decode_step_uses_the_kernel_and_matches_xla():
   cfg = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
              num_attention_heads=4, num_key_value_heads=2)
   on = LlamaForCausalLM(LlamaConfig(**cfg), rngs=nnx.Rngs(0))
-  off = LlamaForCausalLM(LlamaConfig(**cfg, cpu_kernels=False), rngs=nnx.Rngs(0))
+  off = LlamaForCausalLM(LlamaConfig(**cfg), options=ComputeOptions(cpu_kernels=False),
+                         rngs=nnx.Rngs(0))
   ids = jnp.asarray(np.random.default_rng(0).integers(0, 64, (4, 1)), jnp.int32)
 
   def step(model, ids):

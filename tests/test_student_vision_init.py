@@ -33,8 +33,9 @@ def _cfg(**kw):
 def test_vision_tower_is_the_clip_and_frozen(clip_dir):
   d, ref = clip_dir
   mesh = sharding.make_mesh({"data": -1}, devices=jax.devices()[:1])
-  student = build.build_student(_cfg(vision_init=str(d), freeze_vision_tower=True), mesh=mesh)
-  assert student.config.vision_config.hidden_size == 48 and student.config.freeze_vision_tower
+  student = build.build_student(_cfg(vision_init=str(d), compute={"freeze_vision_tower": True}),
+                                mesh=mesh)
+  assert student.config.vision_config.hidden_size == 48 and student.options.freeze_vision_tower
   pixels = np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32)
   ours = student.vision_tower.vision_model(pixels, output_hidden_states=True).hidden_states[-2]
   with torch.no_grad():

@@ -54,6 +54,17 @@ def test_config_check_nested_and_lnv7b_ok():
   assert "--config.data.mixing='random'" in str(e.value)
 
 
+def test_config_check_names_a_bad_compute_option():
+  cfg = toy.get_config()
+  cfg.student.compute.remat = True  # a policy name is expected
+  with pytest.raises(config_check.ConfigError, match=r"--config\.student\.compute: .*remat=True"):
+    config_check.check_train_config(cfg)
+  cfg = toy.get_config()
+  cfg.student.compute.flash = True
+  with pytest.raises(config_check.ConfigError, match=r"unknown compute option\(s\) \['flash'\]"):
+    config_check.check_train_config(cfg)
+
+
 def test_launcher_errors_name_the_flag_without_a_traceback(tmp_path):
   def run(*extra):
     return subprocess.run(

@@ -8,8 +8,6 @@ from aotd_jax.hf.mapping import CONV2D, Rule, embed, linear, norm
 from aotd_jax.hf.registry import Adapter
 from aotd_jax.models import clip
 
-_OURS = ("dtype", "param_dtype", "remat", "matmul_precision", "cpu_kernels")
-
 
 def _join(prefix: str, name: str, sep: str) -> str:
   return f"{prefix}{sep}{name}" if prefix else name
@@ -17,16 +15,16 @@ def _join(prefix: str, name: str, sep: str) -> str:
 
 def config_fields(cls, hf: dict, defaults: dict | None = None):
   """Builds a config dataclass from the HF fields it knows (unknown HF fields are ignored)."""
-  names = {f.name for f in dataclasses.fields(cls)} - set(_OURS)
+  names = {f.name for f in dataclasses.fields(cls)}
   kw = dict(defaults or {})
   kw.update({k: v for k, v in hf.items() if k in names})
   return cls(**kw)
 
 
 def config_dict(config) -> dict:
-  """A config dataclass as HF fields (our dtype/remat options dropped)."""
+  """A config dataclass as HF fields (its sub-configs left out)."""
   return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
-          if f.name not in _OURS and not f.name.endswith("_config")}
+          if not f.name.endswith("_config")}
 
 
 def encoder_rules(num_layers: int, hf: str, fx: str) -> list[Rule]:

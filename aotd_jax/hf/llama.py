@@ -9,9 +9,9 @@ from aotd_jax.hf.io import CheckpointError
 from aotd_jax.hf.mapping import Rule, embed, linear, norm
 from aotd_jax.models.llama import LlamaConfig, LlamaForCausalLM
 
-_OURS = ("dtype", "param_dtype", "remat", "attention_impl", "attention_block_size", "cpu_kernels",
-         "matmul_precision", "rope_theta", "rope_scaling", "qkv_bias")
-_FIELDS = tuple(f.name for f in dataclasses.fields(LlamaConfig) if f.name not in _OURS)
+# Fields config.json spells differently (rope) or does not hold (qkv_bias: Qwen2's model type).
+_SPECIAL = ("rope_theta", "rope_scaling", "qkv_bias")
+_FIELDS = tuple(f.name for f in dataclasses.fields(LlamaConfig) if f.name not in _SPECIAL)
 
 
 def config_from_hf(hf: dict) -> LlamaConfig:
@@ -36,7 +36,7 @@ def config_to_hf(cfg: LlamaConfig) -> dict:
   if isinstance(out["eos_token_id"], tuple):
     out["eos_token_id"] = list(out["eos_token_id"])
   scaling = cfg.rope_scaling_dict
-  out.update(model_type="llama", hidden_act="silu", dtype=cfg.param_dtype,
+  out.update(model_type="llama", hidden_act="silu",
              rope_parameters={"rope_type": "default", **(scaling or {}), "rope_theta": cfg.rope_theta})
   out["architectures"] = [LlamaForCausalLM.hf_architecture]
   return out

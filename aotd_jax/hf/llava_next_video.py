@@ -59,7 +59,6 @@ def config_to_hf(cfg: LlavaNextVideoConfig) -> dict:
   text.pop("architectures", None)
   vision = {**clip_hf.config_dict(cfg.vision_config), "model_type": "clip_vision_model"}
   out.update(model_type="llava_next_video", text_config=text, vision_config=vision,
-             dtype=cfg.param_dtype,
              architectures=[LlavaNextVideoForConditionalGeneration.hf_architecture])
   return out
 

@@ -56,7 +56,7 @@ def config_to_hf(cfg: LlavaOnevisionConfig) -> dict:
   text = qwen2_hf.config_to_hf(cfg.text_config)
   text.pop("architectures", None)
   out.update(model_type="llava_onevision", text_config=text,
-             vision_config=siglip_hf.config_to_hf(cfg.vision_config), dtype=cfg.param_dtype,
+             vision_config=siglip_hf.config_to_hf(cfg.vision_config),
              architectures=[LlavaOnevisionForConditionalGeneration.hf_architecture])
   return out
 

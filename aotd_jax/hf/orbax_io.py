@@ -66,8 +66,8 @@ def restore_model(orbax_dir: str, *, step: int | None = None, mesh: jax.sharding
   """
   hf_config = read_hf_config(orbax_dir)
   adapter = registry.adapter_for(registry.architecture_of(hf_config, orbax_dir))
-  config = api._with_dtype(adapter.config_from_hf(hf_config), hf_config.get("dtype") or "float32")
-  model = api.build_abstract(adapter, config)
+  config = adapter.config_from_hf(hf_config)
+  model = api.build_abstract(adapter, config, api.dtype_options(hf_config.get("dtype") or "float32"))
   graphdef, abstract, rest = nnx.split(model, nnx.Param, ...)
   if mesh is not None:
     by_path = sharding_lib.param_shardings_by_path(model, mesh, rules)

@@ -121,7 +121,7 @@ def config_to_hf(cfg: Qwen2VLConfig) -> dict:
             "rope_parameters", "rope_scaling"):
     text.pop(k, None)
   out = {**text, **{k: getattr(cfg, k) for k in _TOP_FIELDS}}
-  out.update(model_type="qwen2_vl", vision_config=vision, dtype=cfg.param_dtype,
+  out.update(model_type="qwen2_vl", vision_config=vision,
              use_sliding_window=False, rope_theta=cfg.text_config.rope_theta,
              rope_scaling={"type": "mrope", "mrope_section": list(cfg.text_config.mrope_section)},
              architectures=[Qwen2VLForConditionalGeneration.hf_architecture])

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from aotd_jax.layers.compute import ComputeOptions
 from aotd_jax.hf.io import CheckpointError
 from aotd_jax.hf.mapping import (CONV1D, TRANSPOSE, Rule, embed, export_params, import_params,
                                  linear, norm)
@@ -138,9 +139,9 @@ def load_univtg(path: str | os.PathLike, *, dtype=jnp.float32, trust_pickle: boo
   path = os.fspath(path)
   tensors, opt = _read(path, trust_pickle)
   name = jnp.dtype(dtype).name
-  config = config_from_checkpoint(tensors, opt, path, dtype=name, param_dtype=name,
-                                  **config_overrides)
-  model = nnx.eval_shape(lambda: UniVTG(config, rngs=nnx.Rngs(0)))
+  config = config_from_checkpoint(tensors, opt, path, **config_overrides)
+  options = ComputeOptions(dtype=name, param_dtype=name)
+  model = nnx.eval_shape(lambda: UniVTG(config, options=options, rngs=nnx.Rngs(0)))
   model = import_params(model, rules(config), tensors, {}, source=path, dtype=dtype)
   _materialize_rng_state(model, seed)
   model.eval()

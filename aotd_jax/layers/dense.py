@@ -8,7 +8,7 @@ XLA's dot with the precision passed on elsewhere).
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +16,10 @@ from flax import nnx
 
 from aotd_jax.kernels.amx_matmul import PRECISIONS, PrecisionDot
 
-__all__ = ["PRECISIONS", "dense", "matmul", "tokens"]
+if TYPE_CHECKING:
+  from aotd_jax.layers.compute import ComputeOptions
+
+__all__ = ["PRECISIONS", "dense", "dense_for", "matmul", "tokens"]
 
 # Decode steps multiply at most this many rows: the small-M CPU kernel takes those matmuls.
 DECODE_ROWS = 8
@@ -56,6 +59,17 @@ def dense(din: int, dout: int, axes: tuple[Any, Any], *, rngs: nnx.Rngs, bias: b
                     kernel_init=nnx.with_partitioning(kernel_init, axes),
                     bias_init=nnx.with_partitioning(nnx.initializers.zeros, (axes[1],)),
                     rngs=rngs)
+
+
+def dense_for(options: ComputeOptions, din: int, dout: int, axes: tuple[Any, Any], *,
+              rngs: nnx.Rngs, bias: bool = True, decode_kernel: bool = False,
+              kernel_init: Callable[..., jax.Array] = nnx.initializers.lecun_normal()) -> nnx.Linear:
+  """`dense` with the dtypes and matmul precision of `options`; `decode_kernel` (a decoder's
+  layers) lets a decode step's few rows take the small-M CPU kernel when `options.cpu_kernels`."""
+  return dense(din, dout, axes, rngs=rngs, bias=bias, dtype=options.dtype,
+               param_dtype=options.param_dtype, precision=options.matmul_precision,
+               cpu_kernel_rows=options.cpu_kernel_rows if decode_kernel else 0,
+               kernel_init=kernel_init)
 
 
 def tokens(x: jax.Array) -> jax.Array:

@@ -18,13 +18,14 @@ from flax import nnx, struct
 from aotd_jax.layers import attention as attention_lib
 from aotd_jax.layers import dense as dense_lib
 from aotd_jax.layers import norms
+from aotd_jax.layers.compute import ComputeOptions
 from aotd_jax.models.remat import remat_call
 from aotd_jax.sharding import constrain
 
 
 @dataclasses.dataclass(frozen=True)
 class CLIPVisionConfig:
-  """HF `CLIPVisionConfig` fields plus our dtype / remat options."""
+  """HF `CLIPVisionConfig` fields."""
   hidden_size: int = 768
   intermediate_size: int = 3072
   projection_dim: int = 512
@@ -38,14 +39,6 @@ class CLIPVisionConfig:
   attention_dropout: float = 0.0
   initializer_range: float = 0.02
   initializer_factor: float = 1.0
-  dtype: str = "float32"
-  param_dtype: str = "float32"
-  remat: bool = False
-  # "default" | "high" | "highest" for the dense layers: see `LlamaConfig.matmul_precision`.
-  matmul_precision: str = "default"
-  # On a single CPU device, float32 attention runs through aotd_jax's C++ kernel
-  # (`aotd_jax/kernels/attention.py`); False: XLA's ops only.
-  cpu_kernels: bool = True
 
   @property
   def num_patches(self) -> int:
@@ -54,7 +47,7 @@ class CLIPVisionConfig:
 
 @dataclasses.dataclass(frozen=True)
 class CLIPTextConfig:
-  """HF `CLIPTextConfig` fields plus our dtype / remat options."""
+  """HF `CLIPTextConfig` fields."""
   vocab_size: int = 49408
   hidden_size: int = 512
   intermediate_size: int = 2048
@@ -70,14 +63,6 @@ class CLIPTextConfig:
   pad_token_id: int | None = 1
   bos_token_id: int | None = 49406
   eos_token_id: int | None = 49407
-  dtype: str = "float32"
-  param_dtype: str = "float32"
-  remat: bool = False
-  # "default" | "high" | "highest" for the dense layers: see `LlamaConfig.matmul_precision`.
-  matmul_precision: str = "default"
-  # On a single CPU device, float32 attention runs through aotd_jax's C++ kernel
-  # (`aotd_jax/kernels/attention.py`); False: XLA's ops only.
-  cpu_kernels: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,24 +73,6 @@ class CLIPConfig:
   projection_dim: int = 512
   logit_scale_init_value: float = 2.6592
   initializer_factor: float = 1.0
-  dtype: str = "float32"
-  param_dtype: str = "float32"
-  remat: bool = False
-  # "default" | "high" | "highest" for the dense layers: see `LlamaConfig.matmul_precision`.
-  matmul_precision: str = "default"
-  # On a single CPU device, float32 attention runs through aotd_jax's C++ kernel
-  # (`aotd_jax/kernels/attention.py`); False: XLA's ops only.
-  cpu_kernels: bool = True
-
-  def __post_init__(self):
-    # One dtype/remat/precision/kernel choice for the whole model: the towers follow the
-    # top-level config.
-    for name in ("text_config", "vision_config"):
-      sub = getattr(self, name)
-      want = dict(dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat,
-                  matmul_precision=self.matmul_precision, cpu_kernels=self.cpu_kernels)
-      if any(getattr(sub, k) != v for k, v in want.items()):
-        object.__setattr__(self, name, dataclasses.replace(sub, **want))
 
 
 @struct.dataclass
@@ -145,31 +112,33 @@ def activation(name: str):
   raise ValueError(f"hidden_act={name!r} is not supported (quick_gelu, gelu, gelu_new, relu)")
 
 
-def _dense(cfg, din: int, dout: int, axes: tuple[str, str], *, rngs: nnx.Rngs, bias: bool = True):
-  return dense_lib.dense(din, dout, axes, rngs=rngs, bias=bias, dtype=cfg.dtype,
-                         param_dtype=cfg.param_dtype, precision=cfg.matmul_precision,
-                         kernel_init=nnx.initializers.normal(cfg.initializer_range))
+def encoder_dense(cfg, options: ComputeOptions, din: int, dout: int, axes: tuple[str, str], *,
+                  rngs: nnx.Rngs, bias: bool = True) -> nnx.Linear:
+  """A dense layer of a CLIP-family encoder (normal(`cfg.initializer_range`) init)."""
+  return dense_lib.dense_for(options, din, dout, axes, rngs=rngs, bias=bias,
+                             kernel_init=nnx.initializers.normal(cfg.initializer_range))
 
 
-def _layer_norm(cfg, dim: int, *, rngs: nnx.Rngs):
-  return norms.layer_norm(dim, cfg.layer_norm_eps, rngs=rngs, dtype=cfg.dtype,
-                          param_dtype=cfg.param_dtype)
+def encoder_layer_norm(cfg, options: ComputeOptions, dim: int, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
+  """A LayerNorm of a CLIP-family encoder (`cfg.layer_norm_eps`)."""
+  return norms.layer_norm(dim, cfg.layer_norm_eps, rngs=rngs, dtype=options.dtype,
+                          param_dtype=options.param_dtype)
 
 
 class CLIPAttention(nnx.Module):
   """Multi-head self-attention with separate q/k/v projections (transformers' layout)."""
 
-  def __init__(self, cfg, *, rngs: nnx.Rngs):
+  def __init__(self, cfg, options: ComputeOptions, *, rngs: nnx.Rngs):
     d = cfg.hidden_size
     if d % cfg.num_attention_heads:
       raise ValueError(f"hidden_size {d} is not divisible by num_attention_heads {cfg.num_attention_heads}")
     self.num_heads = cfg.num_attention_heads
     self.head_dim = d // self.num_heads
-    self.cpu_kernels = cfg.cpu_kernels
-    self.q_proj = _dense(cfg, d, d, ("embed", "heads"), rngs=rngs)
-    self.k_proj = _dense(cfg, d, d, ("embed", "heads"), rngs=rngs)
-    self.v_proj = _dense(cfg, d, d, ("embed", "heads"), rngs=rngs)
-    self.out_proj = _dense(cfg, d, d, ("heads", "embed"), rngs=rngs)
+    self.cpu_kernels = options.cpu_kernels
+    self.q_proj = encoder_dense(cfg, options, d, d, ("embed", "heads"), rngs=rngs)
+    self.k_proj = encoder_dense(cfg, options, d, d, ("embed", "heads"), rngs=rngs)
+    self.v_proj = encoder_dense(cfg, options, d, d, ("embed", "heads"), rngs=rngs)
+    self.out_proj = encoder_dense(cfg, options, d, d, ("heads", "embed"), rngs=rngs)
 
   def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     b, l, d = x.shape
@@ -179,10 +148,11 @@ class CLIPAttention(nnx.Module):
 
 
 class CLIPMLP(nnx.Module):
-  def __init__(self, cfg, *, rngs: nnx.Rngs):
+  def __init__(self, cfg, options: ComputeOptions, *, rngs: nnx.Rngs):
     self.act = activation(cfg.hidden_act)
-    self.fc1 = _dense(cfg, cfg.hidden_size, cfg.intermediate_size, ("embed", "mlp"), rngs=rngs)
-    self.fc2 = _dense(cfg, cfg.intermediate_size, cfg.hidden_size, ("mlp", "embed"), rngs=rngs)
+    d, m = cfg.hidden_size, cfg.intermediate_size
+    self.fc1 = encoder_dense(cfg, options, d, m, ("embed", "mlp"), rngs=rngs)
+    self.fc2 = encoder_dense(cfg, options, m, d, ("mlp", "embed"), rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     h = constrain(self.act(self.fc1(x)), ("activation_batch", "activation_length", "activation_mlp"))
@@ -192,11 +162,11 @@ class CLIPMLP(nnx.Module):
 class CLIPEncoderLayer(nnx.Module):
   """Pre-LN transformer block."""
 
-  def __init__(self, cfg, *, rngs: nnx.Rngs):
-    self.layer_norm1 = _layer_norm(cfg, cfg.hidden_size, rngs=rngs)
-    self.self_attn = CLIPAttention(cfg, rngs=rngs)
-    self.layer_norm2 = _layer_norm(cfg, cfg.hidden_size, rngs=rngs)
-    self.mlp = CLIPMLP(cfg, rngs=rngs)
+  def __init__(self, cfg, options: ComputeOptions, *, rngs: nnx.Rngs):
+    self.layer_norm1 = encoder_layer_norm(cfg, options, cfg.hidden_size, rngs=rngs)
+    self.self_attn = CLIPAttention(cfg, options, rngs=rngs)
+    self.layer_norm2 = encoder_layer_norm(cfg, options, cfg.hidden_size, rngs=rngs)
+    self.mlp = CLIPMLP(cfg, options, rngs=rngs)
 
   def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     x = x + self.self_attn(self.layer_norm1(x), mask)
@@ -205,36 +175,42 @@ class CLIPEncoderLayer(nnx.Module):
 
 
 class CLIPEncoder(nnx.Module):
-  def __init__(self, cfg, *, rngs: nnx.Rngs):
-    self.remat = cfg.remat
-    self.layers = nnx.List([CLIPEncoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
+  def __init__(self, cfg, options: ComputeOptions, *, rngs: nnx.Rngs):
+    self.options = options
+    self.layers = nnx.List([CLIPEncoderLayer(cfg, options, rngs=rngs)
+                            for _ in range(cfg.num_hidden_layers)])
 
   def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> tuple[jax.Array, list[jax.Array]]:
     """Returns the last hidden state and the list [input, after layer 1, ..., after layer N]."""
     states = [x]
+    opt = self.options
     for layer in self.layers:
-      x = remat_call(lambda m, h, a: m(h, a), layer, x, mask) if self.remat else layer(x, mask)
+      if opt.remat_enabled:
+        x = remat_call(lambda m, h, a: m(h, a), layer, x, mask, policy=opt.checkpoint_policy())
+      else:
+        x = layer(x, mask)
       states.append(x)
     return x, states
 
 
 class CLIPVisionEmbeddings(nnx.Module):
-  def __init__(self, cfg: CLIPVisionConfig, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: CLIPVisionConfig, options: ComputeOptions, *, rngs: nnx.Rngs):
     self.config = cfg
+    self.options = options
     d, p = cfg.hidden_size, cfg.patch_size
     init = nnx.initializers.normal(cfg.initializer_range)
     self.class_embedding = nnx.Param(
-        init(rngs.params(), (d,), jnp.dtype(cfg.param_dtype)), sharding=("embed",))
+        init(rngs.params(), (d,), jnp.dtype(options.param_dtype)), sharding=("embed",))
     self.patch_embedding = nnx.Conv(
         cfg.num_channels, d, kernel_size=(p, p), strides=(p, p), padding="VALID", use_bias=False,
-        dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+        dtype=options.dtype, param_dtype=options.param_dtype,
         kernel_init=nnx.with_partitioning(init, ("conv_in", "conv_in", "conv_out", "embed")), rngs=rngs)
     self.position_embedding = nnx.Embed(
-        cfg.num_patches + 1, d, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+        cfg.num_patches + 1, d, dtype=options.dtype, param_dtype=options.param_dtype,
         embedding_init=nnx.with_partitioning(init, (None, "embed")), rngs=rngs)
 
   def __call__(self, pixel_values: jax.Array) -> jax.Array:
-    x = jnp.transpose(pixel_values, (0, 2, 3, 1)).astype(self.config.dtype)  # NCHW -> NHWC
+    x = jnp.transpose(pixel_values, (0, 2, 3, 1)).astype(self.options.dtype)  # NCHW -> NHWC
     patches = self.patch_embedding(x)
     b, gh, gw, d = patches.shape
     patches = patches.reshape(b, gh * gw, d)
@@ -255,12 +231,14 @@ def check_pixel_values(pixel_values: Any, cfg: CLIPVisionConfig, name: str = "pi
 class CLIPVisionTransformer(nnx.Module):
   """CLIP's ViT; `hidden_states[i]` is the input of layer i (0 = embeddings after pre-LN)."""
 
-  def __init__(self, config: CLIPVisionConfig, *, rngs: nnx.Rngs):
+  def __init__(self, config: CLIPVisionConfig, *, options: ComputeOptions = ComputeOptions(),
+               rngs: nnx.Rngs):
     self.config = config
-    self.embeddings = CLIPVisionEmbeddings(config, rngs=rngs)
-    self.pre_layrnorm = _layer_norm(config, config.hidden_size, rngs=rngs)
-    self.encoder = CLIPEncoder(config, rngs=rngs)
-    self.post_layernorm = _layer_norm(config, config.hidden_size, rngs=rngs)
+    self.options = options
+    self.embeddings = CLIPVisionEmbeddings(config, options, rngs=rngs)
+    self.pre_layrnorm = encoder_layer_norm(config, options, config.hidden_size, rngs=rngs)
+    self.encoder = CLIPEncoder(config, options, rngs=rngs)
+    self.post_layernorm = encoder_layer_norm(config, options, config.hidden_size, rngs=rngs)
 
   def __call__(self, pixel_values: jax.Array, output_hidden_states: bool = False) -> CLIPVisionOutput:
     """pixel_values (B, C, S, S) -> last_hidden_state (B, 1+P, D), pooler_output (B, D)."""
@@ -273,9 +251,9 @@ class CLIPVisionTransformer(nnx.Module):
 
 
 class CLIPTextEmbeddings(nnx.Module):
-  def __init__(self, cfg: CLIPTextConfig, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: CLIPTextConfig, options: ComputeOptions, *, rngs: nnx.Rngs):
     init = nnx.initializers.normal(cfg.initializer_range)
-    kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
+    kw = dict(dtype=options.dtype, param_dtype=options.param_dtype, rngs=rngs)
     self.token_embedding = nnx.Embed(cfg.vocab_size, cfg.hidden_size,
                                      embedding_init=nnx.with_partitioning(init, ("vocab", "embed")), **kw)
     self.position_embedding = nnx.Embed(cfg.max_position_embeddings, cfg.hidden_size,
@@ -295,12 +273,14 @@ class CLIPTextTransformer(nnx.Module):
   `eos_token_id`.
   """
 
-  def __init__(self, config: CLIPTextConfig, *, rngs: nnx.Rngs, pool_by_argmax: bool = False):
+  def __init__(self, config: CLIPTextConfig, *, options: ComputeOptions = ComputeOptions(),
+               rngs: nnx.Rngs, pool_by_argmax: bool = False):
     self.config = config
+    self.options = options
     self.pool_by_argmax = pool_by_argmax
-    self.embeddings = CLIPTextEmbeddings(config, rngs=rngs)
-    self.encoder = CLIPEncoder(config, rngs=rngs)
-    self.final_layer_norm = _layer_norm(config, config.hidden_size, rngs=rngs)
+    self.embeddings = CLIPTextEmbeddings(config, options, rngs=rngs)
+    self.encoder = CLIPEncoder(config, options, rngs=rngs)
+    self.final_layer_norm = encoder_layer_norm(config, options, config.hidden_size, rngs=rngs)
 
   def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
                position_ids: jax.Array | None = None, output_hidden_states: bool = False) -> CLIPTextOutput:
@@ -333,9 +313,11 @@ class CLIPVisionModel(nnx.Module):
   """HF `CLIPVisionModel`: the vision tower alone (used as LLaVA's vision tower)."""
   hf_architecture = "CLIPVisionModel"
 
-  def __init__(self, config: CLIPVisionConfig, *, rngs: nnx.Rngs):
+  def __init__(self, config: CLIPVisionConfig, *, options: ComputeOptions = ComputeOptions(),
+               rngs: nnx.Rngs):
     self.config = config
-    self.vision_model = CLIPVisionTransformer(config, rngs=rngs)
+    self.options = options
+    self.vision_model = CLIPVisionTransformer(config, options=options, rngs=rngs)
 
   def __call__(self, pixel_values: jax.Array, output_hidden_states: bool = False) -> CLIPVisionOutput:
     return self.vision_model(pixel_values, output_hidden_states)
@@ -345,9 +327,11 @@ class CLIPTextModel(nnx.Module):
   """HF `CLIPTextModel`: the text tower alone."""
   hf_architecture = "CLIPTextModel"
 
-  def __init__(self, config: CLIPTextConfig, *, rngs: nnx.Rngs):
+  def __init__(self, config: CLIPTextConfig, *, options: ComputeOptions = ComputeOptions(),
+               rngs: nnx.Rngs):
     self.config = config
-    self.text_model = CLIPTextTransformer(config, rngs=rngs)
+    self.options = options
+    self.text_model = CLIPTextTransformer(config, options=options, rngs=rngs)
 
   def __call__(self, input_ids, attention_mask=None, position_ids=None,
                output_hidden_states: bool = False) -> CLIPTextOutput:
@@ -362,16 +346,19 @@ class CLIPModel(nnx.Module):
   """HF `CLIPModel`: both towers, projections and the contrastive logit scale."""
   hf_architecture = "CLIPModel"
 
-  def __init__(self, config: CLIPConfig, *, rngs: nnx.Rngs):
+  def __init__(self, config: CLIPConfig, *, options: ComputeOptions = ComputeOptions(),
+               rngs: nnx.Rngs):
     self.config = config
-    tc, vc = config.text_config, config.vision_config
-    self.text_model = CLIPTextTransformer(tc, rngs=rngs)
-    self.vision_model = CLIPVisionTransformer(vc, rngs=rngs)
-    self.visual_projection = _dense(vc, vc.hidden_size, config.projection_dim, ("embed", "mlp"),
-                                    rngs=rngs, bias=False)
-    self.text_projection = _dense(tc, tc.hidden_size, config.projection_dim, ("embed", "mlp"),
-                                  rngs=rngs, bias=False)
-    self.logit_scale = nnx.Param(jnp.asarray(config.logit_scale_init_value, jnp.dtype(config.param_dtype)))
+    self.options = options
+    tc, vc, p = config.text_config, config.vision_config, config.projection_dim
+    self.text_model = CLIPTextTransformer(tc, options=options, rngs=rngs)
+    self.vision_model = CLIPVisionTransformer(vc, options=options, rngs=rngs)
+    self.visual_projection = encoder_dense(vc, options, vc.hidden_size, p, ("embed", "mlp"),
+                                           rngs=rngs, bias=False)
+    self.text_projection = encoder_dense(tc, options, tc.hidden_size, p, ("embed", "mlp"),
+                                         rngs=rngs, bias=False)
+    self.logit_scale = nnx.Param(jnp.asarray(config.logit_scale_init_value,
+                                             jnp.dtype(options.param_dtype)))
 
   def get_text_features(self, input_ids, attention_mask=None, position_ids=None) -> jax.Array:
     """Projected (not normalised) pooled text features, (B, projection_dim)."""

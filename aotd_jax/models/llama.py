@@ -16,7 +16,8 @@ from flax import nnx, struct
 
 from aotd_jax.layers import attention as attention_lib
 from aotd_jax.layers import rope
-from aotd_jax.layers.dense import DECODE_ROWS, PRECISIONS, dense, matmul, tokens
+from aotd_jax.layers.compute import ComputeOptions
+from aotd_jax.layers.dense import dense_for, matmul, tokens
 from aotd_jax.layers.norms import RMSNorm
 from aotd_jax.models.remat import remat_call
 from aotd_jax.sharding import constrain
@@ -33,12 +34,9 @@ def _freeze(value):
   return value
 
 
-ATTENTION_IMPLS = attention_lib.IMPLEMENTATIONS
-
-
 @dataclasses.dataclass(frozen=True)
 class LlamaConfig:
-  """Llama config; field names are transformers' `LlamaConfig` names, plus dtype/param_dtype/remat.
+  """Llama config: transformers' `LlamaConfig` fields (how to compute is `ComputeOptions`).
 
   `rope_scaling` may be given as a dict; it is stored as sorted (key, value) pairs (hashable),
   read it back with `rope_scaling_dict`. `eos_token_id` may be an int or a list of ints.
@@ -63,39 +61,8 @@ class LlamaConfig:
   bos_token_id: int | None = 1
   eos_token_id: Any = 2
   pad_token_id: int | None = None
-  dtype: str = "float32"
-  param_dtype: str = "float32"
-  remat: bool = False
-  # Attention without a KV cache (`aotd_jax/layers/attention.py`): "xla" (masked softmax over
-  # causal query blocks, see `attention_block_size`; one einsum block for short inputs),
-  # "dot_product_attention" (`jax.nn.dot_product_attention` with the full mask: cuDNN where
-  # supported), "causal" (causal only, no padding mask: flash-attention friendly, exact for
-  # right-padded batches, which is what the distillation pipeline makes), "cudnn", "pallas"
-  # (Pallas' flash attention, causal only like "causal"; both a GPU only) or "auto" (the CPU
-  # kernel, cuDNN on a GPU in half precision, else "xla"). Generation always uses the cache path.
-  attention_impl: str = "xla"
-  # "xla" without a cache (training, scoring) cuts the queries into blocks of this many rows
-  # that skip the keys the causal mask hides (`causal_attention.py`); 0 keeps one L x L block.
-  attention_block_size: int = 64
-  # On a single CPU device, float32 matmuls of at most 8 rows (a decode step's) and the blocked
-  # causal attention run through aotd_jax's C++ XLA FFI kernels (`aotd_jax/kernels/`); False:
-  # XLA's ops only.
-  cpu_kernels: bool = True
-  # Precision of the dense layers' and the LM head's matmuls: "default", "high" or "highest"
-  # (`jax.lax.Precision`; MaxText's `matmul_precision`). GPUs and TPUs apply their own meaning.
-  # On a single CPU device XLA computes float32 dots in full precision whatever is asked. On a
-  # CPU with AMX-BF16 aotd_jax's kernel computes them as TPUs do: "high" in bf16x3, ~2x faster at
-  # ~4e-6 relative error; "highest" in bf16x6, float32's error at ~1.15x XLA's speed
-  # (`aotd_jax/kernels/amx_matmul.py`).
-  matmul_precision: str = "default"
 
   def __post_init__(self):
-    attention_lib.check_implementation(self.attention_impl, "LlamaConfig")
-    if self.matmul_precision not in PRECISIONS:
-      raise ValueError(f"LlamaConfig: matmul_precision={self.matmul_precision!r} is not one of "
-                       f"{PRECISIONS}")
-    if self.attention_block_size < 0:
-      raise ValueError(f"LlamaConfig: attention_block_size={self.attention_block_size} must be >= 0")
     object.__setattr__(self, "rope_scaling", _freeze(self.rope_scaling) or None)
     object.__setattr__(self, "eos_token_id", _freeze(self.eos_token_id))
     if self.num_key_value_heads is None:
@@ -127,27 +94,25 @@ class CausalLMOutput:
   cache: KVCache | None = None
 
 
-def _dot_general(cfg: LlamaConfig):
-  return matmul(cfg.matmul_precision, cpu_kernel_rows=DECODE_ROWS if cfg.cpu_kernels else 0)
-
-
-def _dense(cfg: LlamaConfig, din: int, dout: int, axes: tuple[str, str], bias: bool, rngs) -> nnx.Linear:
-  return dense(din, dout, axes, rngs=rngs, bias=bias, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-               precision=cfg.matmul_precision,
-               cpu_kernel_rows=DECODE_ROWS if cfg.cpu_kernels else 0, kernel_init=_INIT)
+def _dense(options: ComputeOptions, din: int, dout: int, axes: tuple[str, str], bias: bool,
+           rngs) -> nnx.Linear:
+  return dense_for(options, din, dout, axes, rngs=rngs, bias=bias, decode_kernel=True,
+                   kernel_init=_INIT)
 
 
 class LlamaAttention(nnx.Module):
   """Grouped-query self-attention with RoPE and an optional KV cache."""
 
-  def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: LlamaConfig, options: ComputeOptions, *, rngs: nnx.Rngs):
     self.config = cfg
+    self.options = options
     h, d, kv = cfg.num_attention_heads, cfg.head_dim, cfg.num_key_value_heads
     qkv_bias = cfg.attention_bias or cfg.qkv_bias
-    self.q_proj = _dense(cfg, cfg.hidden_size, h * d, ("embed", "heads"), qkv_bias, rngs)
-    self.k_proj = _dense(cfg, cfg.hidden_size, kv * d, ("embed", "kv_heads"), qkv_bias, rngs)
-    self.v_proj = _dense(cfg, cfg.hidden_size, kv * d, ("embed", "kv_heads"), qkv_bias, rngs)
-    self.o_proj = _dense(cfg, h * d, cfg.hidden_size, ("heads", "embed"), cfg.attention_bias, rngs)
+    o = options
+    self.q_proj = _dense(o, cfg.hidden_size, h * d, ("embed", "heads"), qkv_bias, rngs)
+    self.k_proj = _dense(o, cfg.hidden_size, kv * d, ("embed", "kv_heads"), qkv_bias, rngs)
+    self.v_proj = _dense(o, cfg.hidden_size, kv * d, ("embed", "kv_heads"), qkv_bias, rngs)
+    self.o_proj = _dense(o, h * d, cfg.hidden_size, ("heads", "embed"), cfg.attention_bias, rngs)
 
   def __call__(self, x, cos, sin, mask, layer_cache=None, index=None, prefill=False):
     cfg = self.config
@@ -175,9 +140,10 @@ class LlamaAttention(nnx.Module):
     # tokens), the queries meet only this call's keys: the query blocks and the CPU kernel. A
     # prefill takes the query blocks only where they run on the CPU kernel; elsewhere one
     # einsum over the prompt's keys is the better shape (GPUs, TPUs).
+    opt = self.options
     out = attention_lib.attention(
-        q, k, v, mask, implementation=cfg.attention_impl if layer_cache is None else "xla",
-        causal=True, block_size=cfg.attention_block_size, cpu_kernels=cfg.cpu_kernels,
+        q, k, v, mask, implementation=opt.attention_impl if layer_cache is None else "xla",
+        causal=True, block_size=opt.attention_block_size, cpu_kernels=opt.cpu_kernels,
         blocked_jnp=not prefill, kv_head_major=not own_keys)
     out = constrain(out, ("activation_batch", "activation_length", "activation_heads"))
     return self.o_proj(tokens(out)).reshape(b, l, -1), layer_cache
@@ -186,10 +152,11 @@ class LlamaAttention(nnx.Module):
 class LlamaMLP(nnx.Module):
   """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
 
-  def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
-    self.gate_proj = _dense(cfg, cfg.hidden_size, cfg.intermediate_size, ("embed", "mlp"), cfg.mlp_bias, rngs)
-    self.up_proj = _dense(cfg, cfg.hidden_size, cfg.intermediate_size, ("embed", "mlp"), cfg.mlp_bias, rngs)
-    self.down_proj = _dense(cfg, cfg.intermediate_size, cfg.hidden_size, ("mlp", "embed"), cfg.mlp_bias, rngs)
+  def __init__(self, cfg: LlamaConfig, options: ComputeOptions, *, rngs: nnx.Rngs):
+    d, m, o = cfg.hidden_size, cfg.intermediate_size, options
+    self.gate_proj = _dense(o, d, m, ("embed", "mlp"), cfg.mlp_bias, rngs)
+    self.up_proj = _dense(o, d, m, ("embed", "mlp"), cfg.mlp_bias, rngs)
+    self.down_proj = _dense(o, m, d, ("mlp", "embed"), cfg.mlp_bias, rngs)
 
   def __call__(self, x):
     b, l, _ = x.shape
@@ -202,10 +169,10 @@ class LlamaMLP(nnx.Module):
 class LlamaDecoderLayer(nnx.Module):
   """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
-  def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
-    pdt = jnp.dtype(cfg.param_dtype)
-    self.self_attn = LlamaAttention(cfg, rngs=rngs)
-    self.mlp = LlamaMLP(cfg, rngs=rngs)
+  def __init__(self, cfg: LlamaConfig, options: ComputeOptions, *, rngs: nnx.Rngs):
+    pdt = jnp.dtype(options.param_dtype)
+    self.self_attn = LlamaAttention(cfg, options, rngs=rngs)
+    self.mlp = LlamaMLP(cfg, options, rngs=rngs)
     self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, pdt)
     self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, pdt)
 
@@ -225,24 +192,29 @@ def _run_layer(layer, x, cos, sin, mask):
 class LlamaModel(nnx.Module):
   """Embeddings, decoder layers and the final norm (transformers' `LlamaModel`)."""
 
-  def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: LlamaConfig, options: ComputeOptions, *, rngs: nnx.Rngs):
     self.config = cfg
     self.embed_tokens = nnx.Embed(
-        cfg.vocab_size, cfg.hidden_size, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
+        cfg.vocab_size, cfg.hidden_size, dtype=jnp.dtype(options.dtype),
+        param_dtype=jnp.dtype(options.param_dtype),
         embedding_init=nnx.with_partitioning(_INIT, ("vocab", "embed")), rngs=rngs)
-    self.layers = nnx.List([LlamaDecoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
-    self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, jnp.dtype(cfg.param_dtype))
+    self.layers = nnx.List([LlamaDecoderLayer(cfg, options, rngs=rngs)
+                            for _ in range(cfg.num_hidden_layers)])
+    self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, jnp.dtype(options.param_dtype))
 
 
 class LlamaForCausalLM(nnx.Module):
   """Decoder LM with transformers' `LlamaForCausalLM` interface and parameter layout."""
   hf_architecture = "LlamaForCausalLM"
 
-  def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+  def __init__(self, config: LlamaConfig, *, options: ComputeOptions = ComputeOptions(),
+               rngs: nnx.Rngs):
     self.config = config
-    self.model = LlamaModel(config, rngs=rngs)
+    self.options = options
+    self.model = LlamaModel(config, options, rngs=rngs)
     if not config.tie_word_embeddings:
-      self.lm_head = _dense(config, config.hidden_size, config.vocab_size, ("embed", "vocab"), False, rngs)
+      self.lm_head = _dense(options, config.hidden_size, config.vocab_size, ("embed", "vocab"),
+                            False, rngs)
 
   def embed(self, input_ids: jax.Array) -> jax.Array:
     """Token embeddings (B, L, hidden) in the compute dtype (LLaVA merges image features into these)."""
@@ -252,7 +224,7 @@ class LlamaForCausalLM(nnx.Module):
   def init_cache(self, batch_size: int, max_length: int, dtype=None) -> KVCache:
     """An empty KV cache with `max_length` slots per sequence."""
     cfg = self.config
-    dtype = jnp.dtype(dtype or cfg.dtype)
+    dtype = jnp.dtype(dtype or self.options.dtype)
     shape = (batch_size, cfg.num_key_value_heads, max_length, cfg.head_dim)
     zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_hidden_layers))
     return KVCache(keys=zeros, values=tuple(jnp.zeros(shape, dtype) for _ in zeros),
@@ -289,7 +261,8 @@ class LlamaForCausalLM(nnx.Module):
       raise ValueError("LlamaForCausalLM: pass exactly one of input_ids and inputs_embeds")
     if prefill and cache is None:
       raise ValueError("LlamaForCausalLM: prefill=True needs a cache (the one it fills)")
-    x = self.embed(input_ids) if inputs_embeds is None else jnp.asarray(inputs_embeds, jnp.dtype(cfg.dtype))
+    opt = self.options
+    x = self.embed(input_ids) if inputs_embeds is None else jnp.asarray(inputs_embeds, jnp.dtype(opt.dtype))
     b, l, _ = x.shape
     total = l if cache is None else cache.keys[0].shape[2] if cfg.num_hidden_layers else l
     if attention_mask is None:
@@ -317,8 +290,8 @@ class LlamaForCausalLM(nnx.Module):
                           prefill)
         new_k.append(k)
         new_v.append(v)
-      elif cfg.remat:
-        x = remat_call(_run_layer, layer, x, cos, sin, mask)
+      elif opt.remat_enabled:
+        x = remat_call(_run_layer, layer, x, cos, sin, mask, policy=opt.checkpoint_policy())
       else:
         x = layer(x, cos, sin, mask)[0]
       if output_hidden_states:
@@ -329,7 +302,8 @@ class LlamaForCausalLM(nnx.Module):
     if logits_to_keep:
       x = x[:, -logits_to_keep:]
     if cfg.tie_word_embeddings:
-      logits = _dot_general(cfg)(tokens(x), self.model.embed_tokens.embedding[...].astype(x.dtype),
+      dot = matmul(opt.matmul_precision, cpu_kernel_rows=opt.cpu_kernel_rows)
+      logits = dot(tokens(x), self.model.embed_tokens.embedding[...].astype(x.dtype),
                                  (((1,), (1,)), ((), ())))  # x @ embedding^T
     else:
       logits = self.lm_head(tokens(x))

@@ -19,12 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
-from aotd_jax.layers.dense import dense
+from aotd_jax.layers.compute import ComputeOptions
+from aotd_jax.layers.dense import dense_for
 from aotd_jax.models import generate as generate_lib
 from aotd_jax.models import llava_anyres
 from aotd_jax.models.clip import CLIPVisionConfig, CLIPVisionModel, activation
 from aotd_jax.models.llama import KVCache, LlamaConfig, LlamaForCausalLM
-from aotd_jax.models.options import share_options
 from aotd_jax.sharding import constrain
 
 POOL_MODES = ("average", "max", "conv")
@@ -33,12 +33,7 @@ DEFAULT_PINPOINTS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008
 
 @dataclasses.dataclass(frozen=True)
 class LlavaNextVideoConfig:
-  """transformers' `LlavaNextVideoConfig` fields, plus dtype/param_dtype/remat/matmul_precision
-  and `freeze_vision_tower` (no gradient flows into the tower; see `trainable_filter`).
-
-  dtype / param_dtype / remat / matmul_precision apply to the whole model: the sub-configs follow
-  them. matmul_precision: "default" | "high" | "highest", see `LlamaConfig.matmul_precision`.
-  """
+  """transformers' `LlavaNextVideoConfig` fields (how to compute is `ComputeOptions`)."""
   vision_config: CLIPVisionConfig = dataclasses.field(default_factory=lambda: CLIPVisionConfig(
       hidden_size=1024, intermediate_size=4096, patch_size=14, image_size=336, num_hidden_layers=24,
       num_attention_heads=16, projection_dim=768))
@@ -56,11 +51,6 @@ class LlavaNextVideoConfig:
   spatial_pool_out_channels: int | None = None
   image_seq_length: int = 576
   video_seq_length: int = 288
-  freeze_vision_tower: bool = False
-  dtype: str = "float32"
-  param_dtype: str = "float32"
-  remat: bool = False
-  matmul_precision: str = "default"
 
   def __post_init__(self):
     layer = self.vision_feature_layer
@@ -85,7 +75,9 @@ class LlavaNextVideoConfig:
         raise ValueError(f"LlavaNextVideoConfig: vision_feature_layer {i} is out of range for a "
                          f"{depth}-layer vision tower (hidden states -{depth + 1}..{depth})")
     activation(self.projector_hidden_act)  # raises a clear error for an unknown activation
-    share_options(self)
+    if self.tie_word_embeddings and not self.text_config.tie_word_embeddings:
+      object.__setattr__(self, "text_config",
+                         dataclasses.replace(self.text_config, tie_word_embeddings=True))
 
   @property
   def feature_layers(self) -> tuple[int, ...]:
@@ -118,9 +110,9 @@ class LlavaNextVideoConfig:
         vision_feature_select_strategy=self.vision_feature_select_strategy)
 
 
-def trainable_filter(config: LlavaNextVideoConfig):
+def trainable_filter(options: ComputeOptions):
   """The `nnx` filter of parameters to optimise: all, or all but the vision tower when frozen."""
-  if config.freeze_vision_tower:
+  if options.freeze_vision_tower:
     return nnx.All(nnx.Param, nnx.Not(nnx.PathContains("vision_tower")))
   return nnx.Param
 
@@ -136,19 +128,16 @@ class LlavaNextVideoOutput:
   video_hidden_states: jax.Array | None = None
 
 
-def _dense(cfg: LlavaNextVideoConfig, din: int, dout: int, axes, rngs) -> nnx.Linear:
-  return dense(din, dout, axes, rngs=rngs, bias=cfg.multimodal_projector_bias, dtype=cfg.dtype,
-               param_dtype=cfg.param_dtype, precision=cfg.matmul_precision)
 
 
 class LlavaNextVideoMultiModalProjector(nnx.Module):
   """linear_2(act(linear_1(x))): vision features (concatenated layers) -> LM hidden size."""
 
-  def __init__(self, cfg: LlavaNextVideoConfig, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: LlavaNextVideoConfig, options: ComputeOptions, *, rngs: nnx.Rngs):
     din = cfg.vision_config.hidden_size * len(cfg.feature_layers)
-    dout = cfg.text_config.hidden_size
-    self.linear_1 = _dense(cfg, din, dout, ("embed", "mlp"), rngs)
-    self.linear_2 = _dense(cfg, dout, dout, ("mlp", "embed"), rngs)
+    dout, bias = cfg.text_config.hidden_size, cfg.multimodal_projector_bias
+    self.linear_1 = dense_for(options, din, dout, ("embed", "mlp"), rngs=rngs, bias=bias)
+    self.linear_2 = dense_for(options, dout, dout, ("mlp", "embed"), rngs=rngs, bias=bias)
     self.act = activation(cfg.projector_hidden_act)
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -158,15 +147,15 @@ class LlavaNextVideoMultiModalProjector(nnx.Module):
 class LlavaNextVideoPooler(nnx.Module):
   """Spatial pooling of each frame's patch grid (kernel = stride, no padding)."""
 
-  def __init__(self, cfg: LlavaNextVideoConfig, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: LlavaNextVideoConfig, options: ComputeOptions, *, rngs: nnx.Rngs):
     self.mode = cfg.spatial_pool_mode
     self.stride = cfg.spatial_pool_stride
     if self.mode == "conv":
       d = cfg.vision_config.hidden_size
       s = self.stride
       self.pool = nnx.Conv(d, cfg.spatial_pool_out_channels or d, kernel_size=(s, s), strides=(s, s),
-                           padding="VALID", dtype=jnp.dtype(cfg.dtype),
-                           param_dtype=jnp.dtype(cfg.param_dtype),
+                           padding="VALID", dtype=jnp.dtype(options.dtype),
+                           param_dtype=jnp.dtype(options.param_dtype),
                            kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(),
                                                              ("conv_in", "conv_in", "embed", "conv_out")),
                            bias_init=nnx.with_partitioning(nnx.initializers.zeros, ("conv_out",)),
@@ -238,16 +227,18 @@ class LlavaNextVideoForConditionalGeneration(nnx.Module):
   """LLaVA-NeXT-Video with transformers' interface (inputs named and laid out as in transformers)."""
   hf_architecture = "LlavaNextVideoForConditionalGeneration"
 
-  def __init__(self, config: LlavaNextVideoConfig, *, rngs: nnx.Rngs):
+  def __init__(self, config: LlavaNextVideoConfig, *, options: ComputeOptions = ComputeOptions(),
+               rngs: nnx.Rngs):
     self.config = config
-    self.vision_tower = CLIPVisionModel(config.vision_config, rngs=rngs)
-    self.multi_modal_projector = LlavaNextVideoMultiModalProjector(config, rngs=rngs)
+    self.options = options
+    self.vision_tower = CLIPVisionModel(config.vision_config, options=options, rngs=rngs)
+    self.multi_modal_projector = LlavaNextVideoMultiModalProjector(config, options, rngs=rngs)
     d = config.text_config.hidden_size
     init = nnx.initializers.normal(1.0 / math.sqrt(d))
-    self.image_newline = nnx.Param(init(rngs.params(), (d,), jnp.dtype(config.param_dtype)),
+    self.image_newline = nnx.Param(init(rngs.params(), (d,), jnp.dtype(options.param_dtype)),
                                    out_sharding=("embed",))
-    self.vision_resampler = LlavaNextVideoPooler(config, rngs=rngs)
-    self.language_model = LlamaForCausalLM(config.text_config, rngs=rngs)
+    self.vision_resampler = LlavaNextVideoPooler(config, options, rngs=rngs)
+    self.language_model = LlamaForCausalLM(config.text_config, options=options, rngs=rngs)
 
   # -------------------------------------------------------------------------- vision features
 
@@ -258,7 +249,7 @@ class LlavaNextVideoForConditionalGeneration(nnx.Module):
     x = jnp.concatenate([states[i] for i in cfg.feature_layers], axis=-1)
     if cfg.vision_feature_select_strategy == "default":
       x = x[:, 1:]
-    if cfg.freeze_vision_tower:
+    if self.options.freeze_vision_tower:
       x = jax.lax.stop_gradient(x)  # no backward pass through a frozen tower
     return constrain(x, ("activation_batch", "activation_length", "activation_embed"))
 

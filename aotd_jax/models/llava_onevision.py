@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from aotd_jax.layers.compute import ComputeOptions
 from aotd_jax.models import llava_anyres
 from aotd_jax.models import llava_next_video as lnv
 from aotd_jax.models.llama import LlamaConfig
@@ -41,8 +42,8 @@ trainable_filter = lnv.trainable_filter
 
 @dataclasses.dataclass(frozen=True)
 class LlavaOnevisionConfig(lnv.LlavaNextVideoConfig):
-  """transformers' `LlavaOnevisionConfig` fields, plus dtype/param_dtype/remat/matmul_precision
-  and `freeze_vision_tower` (as `LlavaNextVideoConfig`, whose spatial-pool fields are unused)."""
+  """transformers' `LlavaOnevisionConfig` fields (as `LlavaNextVideoConfig`, whose spatial-pool
+  fields are unused)."""
   vision_config: SiglipVisionConfig = dataclasses.field(default_factory=lambda: SiglipVisionConfig(
       hidden_size=1152, intermediate_size=4304, patch_size=14, image_size=384, num_hidden_layers=26,
       num_attention_heads=16, vision_use_head=False))
@@ -103,15 +104,17 @@ class LlavaOnevisionForConditionalGeneration(lnv.LlavaNextVideoForConditionalGen
   """
   hf_architecture = "LlavaOnevisionForConditionalGeneration"
 
-  def __init__(self, config: LlavaOnevisionConfig, *, rngs: nnx.Rngs):
+  def __init__(self, config: LlavaOnevisionConfig, *, options: ComputeOptions = ComputeOptions(),
+               rngs: nnx.Rngs):
     self.config = config
-    self.vision_tower = SiglipVisionModel(config.vision_config, rngs=rngs)
-    self.multi_modal_projector = lnv.LlavaNextVideoMultiModalProjector(config, rngs=rngs)
+    self.options = options
+    self.vision_tower = SiglipVisionModel(config.vision_config, options=options, rngs=rngs)
+    self.multi_modal_projector = lnv.LlavaNextVideoMultiModalProjector(config, options, rngs=rngs)
     d = config.text_config.hidden_size
     init = nnx.initializers.normal(1.0 / math.sqrt(d))
-    self.image_newline = nnx.Param(init(rngs.params(), (d,), jnp.dtype(config.param_dtype)),
+    self.image_newline = nnx.Param(init(rngs.params(), (d,), jnp.dtype(options.param_dtype)),
                                    out_sharding=("embed",))
-    self.language_model = Qwen2ForCausalLM(config.text_config, rngs=rngs)
+    self.language_model = Qwen2ForCausalLM(config.text_config, options=options, rngs=rngs)
 
   def _grid(self, x: jax.Array) -> jax.Array:
     """(N, side*side, D) -> (N, side, side, D), with a clear error for a non-square count."""
@@ -163,12 +166,12 @@ class LlavaOnevisionForConditionalGeneration(lnv.LlavaNextVideoForConditionalGen
     return out
 
 
-def onevision_7b_config(**options) -> LlavaOnevisionConfig:
+def onevision_7b_config(**fields) -> LlavaOnevisionConfig:
   """`llava-hf/llava-onevision-qwen2-7b-ov-hf`'s shapes (SigLIP-so400m tower of 26 layers,
-  Qwen2-7B LM; ~8.0B parameters) for random-weight benchmarks and shape checks; `options`
-  are `LlavaOnevisionConfig` fields (dtype, remat, ...)."""
+  Qwen2-7B LM; ~8.0B parameters) for random-weight benchmarks and shape checks; `fields`
+  are other `LlavaOnevisionConfig` fields."""
   text = qwen2_config(vocab_size=152128, hidden_size=3584, intermediate_size=18944,
                       num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
                       max_position_embeddings=32768, rope_theta=1e6, rms_norm_eps=1e-6,
                       bos_token_id=151643, eos_token_id=151645, pad_token_id=151643)
-  return LlavaOnevisionConfig(text_config=text, **options)
+  return LlavaOnevisionConfig(text_config=text, **fields)

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
+from aotd_jax.layers.compute import ComputeOptions
 from aotd_jax.models import clip
 from aotd_jax.models.clip import CLIPTextConfig, CLIPVisionConfig
 
@@ -67,24 +68,26 @@ def box_bias(grid_h: int, grid_w: int) -> np.ndarray:
 class Owlv2Model(nnx.Module):
   """The CLIP backbone of OWLv2 (text pooled at argmax(input_ids), as transformers)."""
 
-  def __init__(self, config: Owlv2Config, *, rngs: nnx.Rngs):
-    tc, vc = config.text_config, config.vision_config
-    self.text_model = clip.CLIPTextTransformer(tc, rngs=rngs, pool_by_argmax=True)
-    self.vision_model = clip.CLIPVisionTransformer(vc, rngs=rngs)
-    self.visual_projection = clip._dense(vc, vc.hidden_size, config.projection_dim, ("embed", "mlp"),
-                                         rngs=rngs, bias=False)
-    self.text_projection = clip._dense(tc, tc.hidden_size, config.projection_dim, ("embed", "mlp"),
-                                       rngs=rngs, bias=False)
-    self.logit_scale = nnx.Param(jnp.asarray(config.logit_scale_init_value, jnp.dtype(config.param_dtype)))
+  def __init__(self, config: Owlv2Config, options: ComputeOptions, *, rngs: nnx.Rngs):
+    tc, vc, p = config.text_config, config.vision_config, config.projection_dim
+    self.text_model = clip.CLIPTextTransformer(tc, options=options, rngs=rngs, pool_by_argmax=True)
+    self.vision_model = clip.CLIPVisionTransformer(vc, options=options, rngs=rngs)
+    self.visual_projection = clip.encoder_dense(vc, options, vc.hidden_size, p, ("embed", "mlp"),
+                                                rngs=rngs, bias=False)
+    self.text_projection = clip.encoder_dense(tc, options, tc.hidden_size, p, ("embed", "mlp"),
+                                              rngs=rngs, bias=False)
+    self.logit_scale = nnx.Param(jnp.asarray(config.logit_scale_init_value,
+                                             jnp.dtype(options.param_dtype)))
 
 
 class Owlv2BoxPredictionHead(nnx.Module):
-  def __init__(self, config: Owlv2Config, out_dim: int = 4, *, rngs: nnx.Rngs):
+  def __init__(self, config: Owlv2Config, options: ComputeOptions, out_dim: int = 4, *,
+               rngs: nnx.Rngs):
     vc = config.vision_config
     w = vc.hidden_size
-    self.dense0 = clip._dense(vc, w, w, ("embed", "mlp"), rngs=rngs)
-    self.dense1 = clip._dense(vc, w, w, ("mlp", "embed"), rngs=rngs)
-    self.dense2 = clip._dense(vc, w, out_dim, ("embed", None), rngs=rngs)
+    self.dense0 = clip.encoder_dense(vc, options, w, w, ("embed", "mlp"), rngs=rngs)
+    self.dense1 = clip.encoder_dense(vc, options, w, w, ("mlp", "embed"), rngs=rngs)
+    self.dense2 = clip.encoder_dense(vc, options, w, out_dim, ("embed", None), rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     gelu = lambda t: jax.nn.gelu(t, approximate=False)
@@ -92,11 +95,12 @@ class Owlv2BoxPredictionHead(nnx.Module):
 
 
 class Owlv2ClassPredictionHead(nnx.Module):
-  def __init__(self, config: Owlv2Config, *, rngs: nnx.Rngs):
-    vc = config.vision_config
-    self.dense0 = clip._dense(vc, vc.hidden_size, config.text_config.hidden_size, ("embed", "mlp"), rngs=rngs)
-    self.logit_shift = clip._dense(vc, vc.hidden_size, 1, ("embed", None), rngs=rngs)
-    self.logit_scale = clip._dense(vc, vc.hidden_size, 1, ("embed", None), rngs=rngs)
+  def __init__(self, config: Owlv2Config, options: ComputeOptions, *, rngs: nnx.Rngs):
+    vc, d = config.vision_config, config.vision_config.hidden_size
+    self.dense0 = clip.encoder_dense(vc, options, d, config.text_config.hidden_size, ("embed", "mlp"),
+                                     rngs=rngs)
+    self.logit_shift = clip.encoder_dense(vc, options, d, 1, ("embed", None), rngs=rngs)
+    self.logit_scale = clip.encoder_dense(vc, options, d, 1, ("embed", None), rngs=rngs)
 
   def __call__(self, image_embeds, query_embeds=None, query_mask=None):
     """Returns (logits (B, P, Q) or None, normalised-or-raw class embeddings (B, P, D))."""
@@ -117,14 +121,16 @@ class Owlv2ForObjectDetection(nnx.Module):
   """HF `Owlv2ForObjectDetection`: text-query and image-query open-vocabulary detection."""
   hf_architecture = "Owlv2ForObjectDetection"
 
-  def __init__(self, config: Owlv2Config, *, rngs: nnx.Rngs):
+  def __init__(self, config: Owlv2Config, *, options: ComputeOptions = ComputeOptions(),
+               rngs: nnx.Rngs):
     self.config = config
+    self.options = options
     vc = config.vision_config
-    self.owlv2 = Owlv2Model(config, rngs=rngs)
-    self.class_head = Owlv2ClassPredictionHead(config, rngs=rngs)
-    self.box_head = Owlv2BoxPredictionHead(config, rngs=rngs)
-    self.objectness_head = Owlv2BoxPredictionHead(config, out_dim=1, rngs=rngs)
-    self.layer_norm = clip._layer_norm(vc, vc.hidden_size, rngs=rngs)
+    self.owlv2 = Owlv2Model(config, options, rngs=rngs)
+    self.class_head = Owlv2ClassPredictionHead(config, options, rngs=rngs)
+    self.box_head = Owlv2BoxPredictionHead(config, options, rngs=rngs)
+    self.objectness_head = Owlv2BoxPredictionHead(config, options, out_dim=1, rngs=rngs)
+    self.layer_norm = clip.encoder_layer_norm(vc, options, vc.hidden_size, rngs=rngs)
     self.grid = vc.image_size // vc.patch_size
 
   # ---- image side

@@ -29,11 +29,11 @@ from flax import nnx, struct
 
 from aotd_jax.layers import attention as attention_lib
 from aotd_jax.layers import rope
-from aotd_jax.models.clip import _dense, _layer_norm, activation
+from aotd_jax.layers.compute import ComputeOptions
+from aotd_jax.models.clip import activation, encoder_dense, encoder_layer_norm
 from aotd_jax.models.llama import KVCache, LlamaConfig
 from aotd_jax.models.qwen2 import Qwen2ForCausalLM
 from aotd_jax.models.remat import remat_call
-from aotd_jax.models.options import share_options
 from aotd_jax.sharding import constrain
 
 
@@ -42,7 +42,7 @@ from aotd_jax.sharding import constrain
 
 @dataclasses.dataclass(frozen=True)
 class Qwen2VLVisionConfig:
-  """transformers' `Qwen2VLVisionConfig` fields plus our dtype / remat / precision / kernel options."""
+  """transformers' `Qwen2VLVisionConfig` fields (plus the fixed frame size, see `image_size`)."""
   depth: int = 32
   embed_dim: int = 1280
   hidden_size: int = 3584  # the LM's: the merger's output size
@@ -59,12 +59,6 @@ class Qwen2VLVisionConfig:
   # data pipeline and evaluation resize video frames to; transformers' processor picks a size
   # per video (`qwen2_vl_processing.smart_resize`), which a fixed-shape training batch cannot.
   image_size: int = 336
-  dtype: str = "float32"
-  param_dtype: str = "float32"
-  remat: bool = False
-  matmul_precision: str = "default"
-  # On a single CPU device, float32 attention runs through aotd_jax's C++ kernel.
-  cpu_kernels: bool = True
 
   def __post_init__(self):
     if self.embed_dim % self.num_heads:
@@ -123,13 +117,13 @@ def vision_segments(grid_thw) -> list[int]:
 class Qwen2VLVisionAttention(nnx.Module):
   """Fused-qkv self-attention with 2-D rotary embeddings, within segments."""
 
-  def __init__(self, cfg: Qwen2VLVisionConfig, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: Qwen2VLVisionConfig, options: ComputeOptions, *, rngs: nnx.Rngs):
     d = cfg.embed_dim
     self.num_heads = cfg.num_heads
     self.head_dim = cfg.head_dim
-    self.cpu_kernels = cfg.cpu_kernels
-    self.qkv = _dense(cfg, d, 3 * d, ("embed", "heads"), rngs=rngs)
-    self.proj = _dense(cfg, d, d, ("heads", "embed"), rngs=rngs)
+    self.cpu_kernels = options.cpu_kernels
+    self.qkv = encoder_dense(cfg, options, d, 3 * d, ("embed", "heads"), rngs=rngs)
+    self.proj = encoder_dense(cfg, options, d, d, ("heads", "embed"), rngs=rngs)
 
   def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segments: tuple[int, ...]):
     """x (N, D) with N = sum(segments); cos/sin (N, head_dim) float32."""
@@ -162,11 +156,11 @@ class Qwen2VLVisionAttention(nnx.Module):
 
 
 class Qwen2VLVisionMlp(nnx.Module):
-  def __init__(self, cfg: Qwen2VLVisionConfig, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: Qwen2VLVisionConfig, options: ComputeOptions, *, rngs: nnx.Rngs):
     hidden = cfg.embed_dim * cfg.mlp_ratio
     self.act = activation(cfg.hidden_act)
-    self.fc1 = _dense(cfg, cfg.embed_dim, hidden, ("embed", "mlp"), rngs=rngs)
-    self.fc2 = _dense(cfg, hidden, cfg.embed_dim, ("mlp", "embed"), rngs=rngs)
+    self.fc1 = encoder_dense(cfg, options, cfg.embed_dim, hidden, ("embed", "mlp"), rngs=rngs)
+    self.fc2 = encoder_dense(cfg, options, hidden, cfg.embed_dim, ("mlp", "embed"), rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.fc2(constrain(self.act(self.fc1(x)), ("activation_length", "activation_mlp")))
@@ -175,11 +169,11 @@ class Qwen2VLVisionMlp(nnx.Module):
 class Qwen2VLVisionBlock(nnx.Module):
   """Pre-LN block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
 
-  def __init__(self, cfg: Qwen2VLVisionConfig, *, rngs: nnx.Rngs):
-    self.norm1 = _layer_norm(cfg, cfg.embed_dim, rngs=rngs)
-    self.norm2 = _layer_norm(cfg, cfg.embed_dim, rngs=rngs)
-    self.attn = Qwen2VLVisionAttention(cfg, rngs=rngs)
-    self.mlp = Qwen2VLVisionMlp(cfg, rngs=rngs)
+  def __init__(self, cfg: Qwen2VLVisionConfig, options: ComputeOptions, *, rngs: nnx.Rngs):
+    self.norm1 = encoder_layer_norm(cfg, options, cfg.embed_dim, rngs=rngs)
+    self.norm2 = encoder_layer_norm(cfg, options, cfg.embed_dim, rngs=rngs)
+    self.attn = Qwen2VLVisionAttention(cfg, options, rngs=rngs)
+    self.mlp = Qwen2VLVisionMlp(cfg, options, rngs=rngs)
 
   def __call__(self, x, cos, sin, segments):
     x = x + self.attn(self.norm1(x), cos, sin, segments)
@@ -191,8 +185,9 @@ class Qwen2VLPatchEmbed(nnx.Module):
   """transformers' Conv3d (kernel = stride = (2, 14, 14), no bias) as one matmul over each
   flattened (channels, 2, 14, 14) patch."""
 
-  def __init__(self, cfg: Qwen2VLVisionConfig, *, rngs: nnx.Rngs):
-    self.proj = _dense(cfg, cfg.patch_dim, cfg.embed_dim, ("conv_in", "embed"), rngs=rngs, bias=False)
+  def __init__(self, cfg: Qwen2VLVisionConfig, options: ComputeOptions, *, rngs: nnx.Rngs):
+    self.proj = encoder_dense(cfg, options, cfg.patch_dim, cfg.embed_dim, ("conv_in", "embed"),
+                              rngs=rngs, bias=False)
 
   def __call__(self, x):
     return self.proj(x)
@@ -201,11 +196,11 @@ class Qwen2VLPatchEmbed(nnx.Module):
 class Qwen2VLPatchMerger(nnx.Module):
   """LayerNorm, then each block of merge^2 patches (consecutive rows) -> MLP -> one LM token."""
 
-  def __init__(self, cfg: Qwen2VLVisionConfig, *, rngs: nnx.Rngs):
-    self.merged = cfg.embed_dim * cfg.spatial_merge_size ** 2
-    self.ln_q = _layer_norm(cfg, cfg.embed_dim, rngs=rngs)
-    self.mlp = nnx.List([_dense(cfg, self.merged, self.merged, ("embed", "mlp"), rngs=rngs),
-                         _dense(cfg, self.merged, cfg.hidden_size, ("mlp", "embed"), rngs=rngs)])
+  def __init__(self, cfg: Qwen2VLVisionConfig, options: ComputeOptions, *, rngs: nnx.Rngs):
+    m = self.merged = cfg.embed_dim * cfg.spatial_merge_size ** 2
+    self.ln_q = encoder_layer_norm(cfg, options, cfg.embed_dim, rngs=rngs)
+    self.mlp = nnx.List([encoder_dense(cfg, options, m, m, ("embed", "mlp"), rngs=rngs),
+                         encoder_dense(cfg, options, m, cfg.hidden_size, ("mlp", "embed"), rngs=rngs)])
 
   def __call__(self, x):
     x = self.ln_q(x).reshape(-1, self.merged)
@@ -220,11 +215,14 @@ def _run_block(block, x, cos, sin, segments):
 class Qwen2VisionTransformer(nnx.Module):
   """transformers' `Qwen2VisionTransformerPretrainedModel`: flattened patches -> merged tokens."""
 
-  def __init__(self, config: Qwen2VLVisionConfig, *, rngs: nnx.Rngs):
+  def __init__(self, config: Qwen2VLVisionConfig, *, options: ComputeOptions = ComputeOptions(),
+               rngs: nnx.Rngs):
     self.config = config
-    self.patch_embed = Qwen2VLPatchEmbed(config, rngs=rngs)
-    self.blocks = nnx.List([Qwen2VLVisionBlock(config, rngs=rngs) for _ in range(config.depth)])
-    self.merger = Qwen2VLPatchMerger(config, rngs=rngs)
+    self.options = options
+    self.patch_embed = Qwen2VLPatchEmbed(config, options, rngs=rngs)
+    self.blocks = nnx.List([Qwen2VLVisionBlock(config, options, rngs=rngs)
+                            for _ in range(config.depth)])
+    self.merger = Qwen2VLPatchMerger(config, options, rngs=rngs)
 
   def rotary(self, grid_thw) -> tuple[jax.Array, jax.Array]:
     """cos/sin (patches, head_dim) float32: rows rotate the first quarter-pairs, columns the next."""
@@ -251,23 +249,19 @@ class Qwen2VisionTransformer(nnx.Module):
                        f"x {cfg.patch_size} x {cfg.patch_size} each), got {shape}")
     segments = tuple(vision_segments(grid))
     cos, sin = self.rotary(grid)
-    x = self.patch_embed(jnp.asarray(pixel_values).astype(cfg.dtype))
+    opt = self.options
+    x = self.patch_embed(jnp.asarray(pixel_values).astype(opt.dtype))
     x = constrain(x, ("activation_length", "activation_embed"))
     states = [x]
     for block in self.blocks:
-      if cfg.remat:
-        x = remat_call(lambda b, h, c, s: _run_block(b, h, c, s, segments), block, x, cos, sin)
+      if opt.remat_enabled:
+        x = remat_call(lambda b, h, c, s: _run_block(b, h, c, s, segments), block, x, cos, sin,
+                       policy=opt.checkpoint_policy())
       else:
         x = block(x, cos, sin, segments)
       states.append(x)
     merged = self.merger(x)
     return (merged, states) if output_hidden_states else merged
-
-
-def with_vision_options(tower: Qwen2VisionTransformer, **options) -> Qwen2VisionTransformer:
-  """`tower`'s weights under its config with `options` (cpu_kernels, remat, ...) replaced."""
-  from aotd_jax.models.options import with_config  # pylint: disable=g-import-not-at-top
-  return with_config(tower, dataclasses.replace(tower.config, **options))
 
 
 # ------------------------------------------------------------------------------ language model
@@ -329,9 +323,7 @@ class Qwen2VLTextForCausalLM(Qwen2ForCausalLM):
 
 @dataclasses.dataclass(frozen=True)
 class Qwen2VLConfig:
-  """transformers' `Qwen2VLConfig` fields, plus dtype/param_dtype/remat/matmul_precision and
-  `freeze_vision_tower` (no gradient flows into `visual`; see `trainable_filter`). dtype,
-  param_dtype, remat and matmul_precision apply to the whole model: the sub-configs follow."""
+  """transformers' `Qwen2VLConfig` fields (how to compute is `ComputeOptions`)."""
   vision_config: Qwen2VLVisionConfig = dataclasses.field(default_factory=Qwen2VLVisionConfig)
   text_config: Qwen2VLTextConfig = dataclasses.field(default_factory=qwen2_vl_text_config)
   image_token_id: int = 151655
@@ -339,11 +331,6 @@ class Qwen2VLConfig:
   vision_start_token_id: int = 151652
   vision_end_token_id: int = 151653
   tie_word_embeddings: bool = False
-  freeze_vision_tower: bool = False
-  dtype: str = "float32"
-  param_dtype: str = "float32"
-  remat: bool = False
-  matmul_precision: str = "default"
 
   def __post_init__(self):
     text = self.text_config
@@ -352,7 +339,8 @@ class Qwen2VLConfig:
     if self.vision_config.hidden_size != text.hidden_size:
       raise ValueError(f"Qwen2VLConfig: vision_config.hidden_size {self.vision_config.hidden_size} "
                        f"(the merger's output) must equal text_config.hidden_size {text.hidden_size}")
-    share_options(self)
+    if self.tie_word_embeddings and not text.tie_word_embeddings:
+      object.__setattr__(self, "text_config", dataclasses.replace(text, tie_word_embeddings=True))
 
   # The names the AoTD data pipeline, trainer and evaluation read (LLaVA students' interface).
   @property
@@ -390,9 +378,9 @@ class Qwen2VLConfig:
     return self.tokens(self.grid(num_frames, s, s))
 
 
-def trainable_filter(config: Qwen2VLConfig):
+def trainable_filter(options: ComputeOptions):
   """The `nnx` filter of parameters to optimise: all, or all but the vision tower when frozen."""
-  if config.freeze_vision_tower:
+  if options.freeze_vision_tower:
     return nnx.All(nnx.Param, nnx.Not(nnx.PathContains("visual")))
   return nnx.Param
 
@@ -520,14 +508,16 @@ class Qwen2VLForConditionalGeneration(nnx.Module):
   """
   hf_architecture = "Qwen2VLForConditionalGeneration"
 
-  def __init__(self, config: Qwen2VLConfig, *, rngs: nnx.Rngs):
+  def __init__(self, config: Qwen2VLConfig, *, options: ComputeOptions = ComputeOptions(),
+               rngs: nnx.Rngs):
     self.config = config
-    self.visual = Qwen2VisionTransformer(config.vision_config, rngs=rngs)
-    self.language_model = Qwen2VLTextForCausalLM(config.text_config, rngs=rngs)
+    self.options = options
+    self.visual = Qwen2VisionTransformer(config.vision_config, options=options, rngs=rngs)
+    self.language_model = Qwen2VLTextForCausalLM(config.text_config, options=options, rngs=rngs)
 
   def _features(self, pixels, grid):
     x = self.visual(pixels, grid)
-    if self.config.freeze_vision_tower:
+    if self.options.freeze_vision_tower:
       x = jax.lax.stop_gradient(x)
     return x
 
@@ -710,10 +700,11 @@ def generate(model: Qwen2VLForConditionalGeneration, input_ids, attention_mask=N
                                position_deltas=deltas)
 
 
-def qwen2_vl_7b_config(**options) -> Qwen2VLConfig:
+def qwen2_vl_7b_config(**fields) -> Qwen2VLConfig:
   """`Qwen/Qwen2-VL-7B-Instruct`'s shapes (a 675M-parameter 32-block ViT, the Qwen2-7B LM; ~8.3B
-  parameters) for random-weight benchmarks and shape checks; `options` are `Qwen2VLConfig` fields."""
+  parameters) for random-weight benchmarks and shape checks; `fields` are other `Qwen2VLConfig`
+  fields."""
   text = qwen2_vl_text_config(vocab_size=152064, hidden_size=3584, intermediate_size=18944,
                               num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
                               rms_norm_eps=1e-6, rope_theta=1e6, mrope_section=(16, 24, 24))
-  return Qwen2VLConfig(vision_config=Qwen2VLVisionConfig(hidden_size=3584), text_config=text, **options)
+  return Qwen2VLConfig(vision_config=Qwen2VLVisionConfig(hidden_size=3584), text_config=text, **fields)

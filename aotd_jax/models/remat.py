@@ -16,13 +16,15 @@ import jax
 from flax import nnx
 
 
-def remat_call(fn: Callable[..., Any], module: nnx.Module, *args: Any) -> Any:
+def remat_call(fn: Callable[..., Any], module: nnx.Module, *args: Any,
+               policy: Callable[..., Any] | None = None) -> Any:
   """`fn(module, *args)` with the activations inside recomputed in the backward pass.
 
   Parameters are never written back. Other state the call changes (a dropout layer's RNG
   counter in train mode) comes back as an output and is written to `module` at the caller's
   trace level, where it lives: without that, every remat'd dropout would draw the same mask.
-  The arguments may be arrays or pytrees of arrays (None leaves are fine).
+  The arguments may be arrays or pytrees of arrays (None leaves are fine). `policy` is a
+  `jax.checkpoint_policies` policy (`ComputeOptions.checkpoint_policy()`); None saves nothing.
   """
   graphdef, params, rest = nnx.split(module, nnx.Param, ...)
 
@@ -30,7 +32,7 @@ def remat_call(fn: Callable[..., Any], module: nnx.Module, *args: Any) -> Any:
     copy = nnx.merge(graphdef, params, rest)
     return fn(copy, *args), nnx.state(copy, nnx.Not(nnx.Param))
 
-  out, new_rest = jax.checkpoint(pure)(params, rest, *args)
+  out, new_rest = jax.checkpoint(pure, policy=policy)(params, rest, *args)
   if jax.tree.leaves(new_rest):
     nnx.update(module, new_rest)
   return out

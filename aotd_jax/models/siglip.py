@@ -15,14 +15,15 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from aotd_jax.models.clip import (CLIPEncoder, CLIPVisionOutput, _layer_norm, activation,
-                                  check_pixel_values)
+from aotd_jax.layers.compute import ComputeOptions
+from aotd_jax.models.clip import (CLIPEncoder, CLIPVisionOutput, activation, check_pixel_values,
+                                  encoder_layer_norm)
 from aotd_jax.sharding import constrain
 
 
 @dataclasses.dataclass(frozen=True)
 class SiglipVisionConfig:
-  """HF `SiglipVisionConfig` fields plus our dtype / remat / precision / kernel options."""
+  """HF `SiglipVisionConfig` fields."""
   hidden_size: int = 768
   intermediate_size: int = 3072
   num_hidden_layers: int = 12
@@ -36,13 +37,6 @@ class SiglipVisionConfig:
   vision_use_head: bool = False
   # Init scale of our fresh weights (transformers' own init differs; parity tests load weights).
   initializer_range: float = 0.02
-  dtype: str = "float32"
-  param_dtype: str = "float32"
-  remat: bool = False
-  # "default" | "high" | "highest" for the dense layers: see `LlamaConfig.matmul_precision`.
-  matmul_precision: str = "default"
-  # On a single CPU device, float32 attention runs through aotd_jax's C++ kernel.
-  cpu_kernels: bool = True
 
   def __post_init__(self):
     if self.vision_use_head:
@@ -61,21 +55,22 @@ class SiglipVisionConfig:
 class SiglipVisionEmbeddings(nnx.Module):
   """Patch conv (with bias) + learned position embeddings; no class token."""
 
-  def __init__(self, cfg: SiglipVisionConfig, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: SiglipVisionConfig, options: ComputeOptions, *, rngs: nnx.Rngs):
     self.config = cfg
+    self.options = options
     d, p = cfg.hidden_size, cfg.patch_size
     init = nnx.initializers.normal(cfg.initializer_range)
     self.patch_embedding = nnx.Conv(
         cfg.num_channels, d, kernel_size=(p, p), strides=(p, p), padding="VALID", use_bias=True,
-        dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+        dtype=options.dtype, param_dtype=options.param_dtype,
         kernel_init=nnx.with_partitioning(init, ("conv_in", "conv_in", "conv_out", "embed")),
         bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("embed",)), rngs=rngs)
     self.position_embedding = nnx.Embed(
-        cfg.num_patches, d, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+        cfg.num_patches, d, dtype=options.dtype, param_dtype=options.param_dtype,
         embedding_init=nnx.with_partitioning(init, (None, "embed")), rngs=rngs)
 
   def __call__(self, pixel_values: jax.Array) -> jax.Array:
-    x = jnp.transpose(pixel_values, (0, 2, 3, 1)).astype(self.config.dtype)  # NCHW -> NHWC
+    x = jnp.transpose(pixel_values, (0, 2, 3, 1)).astype(self.options.dtype)  # NCHW -> NHWC
     patches = self.patch_embedding(x)
     b, gh, gw, d = patches.shape
     return patches.reshape(b, gh * gw, d) + self.position_embedding.embedding[...].astype(patches.dtype)
@@ -84,11 +79,13 @@ class SiglipVisionEmbeddings(nnx.Module):
 class SiglipVisionTransformer(nnx.Module):
   """Embeddings -> CLIP-style encoder -> post_layernorm; `pooler_output` is None (no head)."""
 
-  def __init__(self, config: SiglipVisionConfig, *, rngs: nnx.Rngs):
+  def __init__(self, config: SiglipVisionConfig, *, options: ComputeOptions = ComputeOptions(),
+               rngs: nnx.Rngs):
     self.config = config
-    self.embeddings = SiglipVisionEmbeddings(config, rngs=rngs)
-    self.encoder = CLIPEncoder(config, rngs=rngs)
-    self.post_layernorm = _layer_norm(config, config.hidden_size, rngs=rngs)
+    self.options = options
+    self.embeddings = SiglipVisionEmbeddings(config, options, rngs=rngs)
+    self.encoder = CLIPEncoder(config, options, rngs=rngs)
+    self.post_layernorm = encoder_layer_norm(config, options, config.hidden_size, rngs=rngs)
 
   def __call__(self, pixel_values: jax.Array, output_hidden_states: bool = False) -> CLIPVisionOutput:
     """pixel_values (B, C, S, S) -> last_hidden_state (B, P, D) after post_layernorm."""
@@ -103,9 +100,11 @@ class SiglipVisionModel(nnx.Module):
   """HF `SiglipVisionModel` without the pooling head (LLaVA-OneVision's vision tower)."""
   hf_architecture = "SiglipVisionModel"
 
-  def __init__(self, config: SiglipVisionConfig, *, rngs: nnx.Rngs):
+  def __init__(self, config: SiglipVisionConfig, *, options: ComputeOptions = ComputeOptions(),
+               rngs: nnx.Rngs):
     self.config = config
-    self.vision_model = SiglipVisionTransformer(config, rngs=rngs)
+    self.options = options
+    self.vision_model = SiglipVisionTransformer(config, options=options, rngs=rngs)
 
   def __call__(self, pixel_values: jax.Array, output_hidden_states: bool = False) -> CLIPVisionOutput:
     return self.vision_model(pixel_values, output_hidden_states)

@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
-from aotd_jax.layers.dense import dense
+from aotd_jax.layers.compute import ComputeOptions
+from aotd_jax.layers.dense import dense_for
 from aotd_jax.layers.norms import layer_norm
 from aotd_jax.models.remat import remat_call
 from aotd_jax.sharding import constrain
@@ -61,9 +62,6 @@ class UniVTGConfig:
   input_dropout: float = 0.5
   dropout: float = 0.1
   droppath: float = 0.1
-  dtype: str = "float32"
-  param_dtype: str = "float32"
-  remat: bool = False
 
   @property
   def v_feat_dim(self) -> int:
@@ -91,26 +89,27 @@ class UniVTGOutput:
   src_vid_mask: jax.Array
 
 
-def _linear(cfg, din, dout, axes, *, rngs, init=None):
+def _linear(opt: ComputeOptions, din, dout, axes, *, rngs, init=None):
   """A dense layer with xavier-uniform init (the official `init_weights`) unless `init` is given."""
-  return dense(din, dout, axes, rngs=rngs, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-               kernel_init=init or nnx.initializers.xavier_uniform())
+  return dense_for(opt, din, dout, axes, rngs=rngs,
+                   kernel_init=init or nnx.initializers.xavier_uniform())
 
 
-def _layer_norm(cfg, dim, *, rngs):
-  return layer_norm(dim, 1e-5, rngs=rngs, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+def _layer_norm(opt: ComputeOptions, dim, *, rngs):
+  return layer_norm(dim, 1e-5, rngs=rngs, dtype=opt.dtype, param_dtype=opt.param_dtype)
 
 
 class LinearLayer(nnx.Module):
   """LayerNorm -> dropout -> Linear -> (ReLU): the official input projector block."""
 
-  def __init__(self, cfg: UniVTGConfig, din: int, dout: int, relu: bool, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: UniVTGConfig, opt: ComputeOptions, din: int, dout: int, relu: bool, *,
+               rngs: nnx.Rngs):
     self.relu = relu
-    self.LayerNorm = _layer_norm(cfg, din, rngs=rngs)
+    self.LayerNorm = _layer_norm(opt, din, rngs=rngs)
     self.dropout = nnx.Dropout(cfg.input_dropout, rngs=rngs)
     # Official init (init_weights is not applied to these): torch's default Linear init;
     # a scaled normal is close enough for training from scratch.
-    self.linear = _linear(cfg, din, dout, ("embed", "mlp"), rngs=rngs,
+    self.linear = _linear(opt, din, dout, ("embed", "mlp"), rngs=rngs,
                           init=nnx.initializers.lecun_normal())
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -121,11 +120,11 @@ class LinearLayer(nnx.Module):
 class MultiheadAttention(nnx.Module):
   """torch.nn.MultiheadAttention's computation with its fused `in_proj` layout."""
 
-  def __init__(self, cfg: UniVTGConfig, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: UniVTGConfig, opt: ComputeOptions, *, rngs: nnx.Rngs):
     d = cfg.hidden_dim
     self.num_heads, self.head_dim = cfg.nheads, d // cfg.nheads
-    self.in_proj = _linear(cfg, d, 3 * d, ("embed", "heads"), rngs=rngs)
-    self.out_proj = _linear(cfg, d, d, ("heads", "embed"), rngs=rngs)
+    self.in_proj = _linear(opt, d, 3 * d, ("embed", "heads"), rngs=rngs)
+    self.out_proj = _linear(opt, d, d, ("heads", "embed"), rngs=rngs)
     self.attn_dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
 
   def __call__(self, qk: jax.Array, v: jax.Array, key_mask: jax.Array) -> jax.Array:
@@ -149,13 +148,13 @@ class MultiheadAttention(nnx.Module):
 class TransformerEncoderLayer(nnx.Module):
   """Post-norm encoder layer with drop-path on both residual branches and GELU FFN."""
 
-  def __init__(self, cfg: UniVTGConfig, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: UniVTGConfig, opt: ComputeOptions, *, rngs: nnx.Rngs):
     d = cfg.hidden_dim
-    self.self_attn = MultiheadAttention(cfg, rngs=rngs)
-    self.linear1 = _linear(cfg, d, cfg.dim_feedforward, ("embed", "mlp"), rngs=rngs)
-    self.linear2 = _linear(cfg, cfg.dim_feedforward, d, ("mlp", "embed"), rngs=rngs)
-    self.norm1 = _layer_norm(cfg, d, rngs=rngs)
-    self.norm2 = _layer_norm(cfg, d, rngs=rngs)
+    self.self_attn = MultiheadAttention(cfg, opt, rngs=rngs)
+    self.linear1 = _linear(opt, d, cfg.dim_feedforward, ("embed", "mlp"), rngs=rngs)
+    self.linear2 = _linear(opt, cfg.dim_feedforward, d, ("mlp", "embed"), rngs=rngs)
+    self.norm1 = _layer_norm(opt, d, rngs=rngs)
+    self.norm2 = _layer_norm(opt, d, rngs=rngs)
     # Drop-path = dropout of a whole sample's branch: one mask value per batch row.
     self.droppath1 = nnx.Dropout(cfg.droppath, broadcast_dims=(1, 2), rngs=rngs)
     self.droppath2 = nnx.Dropout(cfg.droppath, broadcast_dims=(1, 2), rngs=rngs)
@@ -169,15 +168,17 @@ class TransformerEncoderLayer(nnx.Module):
 
 
 class TransformerEncoder(nnx.Module):
-  def __init__(self, cfg: UniVTGConfig, *, rngs: nnx.Rngs):
-    self.remat = cfg.remat
-    self.layers = nnx.List([TransformerEncoderLayer(cfg, rngs=rngs)
+  def __init__(self, cfg: UniVTGConfig, opt: ComputeOptions, *, rngs: nnx.Rngs):
+    self.options = opt
+    self.layers = nnx.List([TransformerEncoderLayer(cfg, opt, rngs=rngs)
                             for _ in range(cfg.enc_layers)])
 
   def __call__(self, src, key_mask, pos):
+    opt = self.options
     for layer in self.layers:
-      if self.remat:
-        src = remat_call(lambda m, s, k, p: m(s, k, p), layer, src, key_mask, pos)
+      if opt.remat_enabled:
+        src = remat_call(lambda m, s, k, p: m(s, k, p), layer, src, key_mask, pos,
+                         policy=opt.checkpoint_policy())
       else:
         src = layer(src, key_mask, pos)
     return src
@@ -186,8 +187,8 @@ class TransformerEncoder(nnx.Module):
 class Transformer(nnx.Module):
   """Holds the encoder under the official attribute path `transformer.encoder`."""
 
-  def __init__(self, cfg: UniVTGConfig, *, rngs: nnx.Rngs):
-    self.encoder = TransformerEncoder(cfg, rngs=rngs)
+  def __init__(self, cfg: UniVTGConfig, opt: ComputeOptions, *, rngs: nnx.Rngs):
+    self.encoder = TransformerEncoder(cfg, opt, rngs=rngs)
 
   def __call__(self, src, key_mask, pos):
     return self.encoder(src, key_mask, pos)
@@ -196,12 +197,12 @@ class Transformer(nnx.Module):
 class Conv(nnx.Module):
   """Three 1-D convolutions (kernel 3, zero 'same' padding) over clips, ReLU between."""
 
-  def __init__(self, cfg: UniVTGConfig, din: int, dhid: int, dout: int, num_layers: int = 3,
+  def __init__(self, opt: ComputeOptions, din: int, dhid: int, dout: int, num_layers: int = 3,
                kernel_size: int = 3, *, rngs: nnx.Rngs):
     dims = [din] + [dhid] * (num_layers - 1) + [dout]
     self.layers = nnx.List([
       nnx.Conv(i, o, kernel_size=(kernel_size,), padding=[(kernel_size // 2,) * 2],
-               dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+               dtype=opt.dtype, param_dtype=opt.param_dtype,
                kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(),
                                                  (None, "conv_in", "conv_out")),
                bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("conv_out",)),
@@ -219,12 +220,12 @@ class Conv(nnx.Module):
 class TrainablePositionalEncoding(nnx.Module):
   """Learned text positions + LayerNorm (used only when `use_txt_pos`, always in the state)."""
 
-  def __init__(self, cfg: UniVTGConfig, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: UniVTGConfig, opt: ComputeOptions, *, rngs: nnx.Rngs):
     self.position_embeddings = nnx.Embed(
-      cfg.max_q_l, cfg.hidden_dim, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+      cfg.max_q_l, cfg.hidden_dim, dtype=opt.dtype, param_dtype=opt.param_dtype,
       embedding_init=nnx.with_partitioning(nnx.initializers.normal(0.02), (None, "embed")),
       rngs=rngs)
-    self.LayerNorm = _layer_norm(cfg, cfg.hidden_dim, rngs=rngs)
+    self.LayerNorm = _layer_norm(opt, cfg.hidden_dim, rngs=rngs)
     self.dropout = nnx.Dropout(cfg.input_dropout, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -255,10 +256,10 @@ def cosine_similarity(a: jax.Array, b: jax.Array, eps: float = 1e-8) -> jax.Arra
 class WeightedPool(nnx.Module):
   """Attention pooling of text tokens into one sentence vector (learned scoring vector)."""
 
-  def __init__(self, cfg: UniVTGConfig, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: UniVTGConfig, opt: ComputeOptions, *, rngs: nnx.Rngs):
     self.weight = nnx.Param(nnx.with_partitioning(nnx.initializers.xavier_uniform(),
                                                   ("embed", None))(
-      rngs.params(), (cfg.hidden_dim, 1), jnp.dtype(cfg.param_dtype)))
+      rngs.params(), (cfg.hidden_dim, 1), jnp.dtype(opt.param_dtype)))
 
   def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
     alpha = (x @ self.weight[...])[..., 0]  # (B, Lt)
@@ -275,30 +276,32 @@ class UniVTG(nnx.Module):
   1 for valid positions. Dropout is active after `model.train()`, off after `model.eval()`.
   """
 
-  def __init__(self, config: UniVTGConfig, *, rngs: nnx.Rngs):
+  def __init__(self, config: UniVTGConfig, *, options: ComputeOptions = ComputeOptions(),
+               rngs: nnx.Rngs):
     self.config = cfg = config
+    self.options = opt = options
     d = cfg.hidden_dim
-    self.transformer = Transformer(cfg, rngs=rngs)
-    self.txt_position_embed = TrainablePositionalEncoding(cfg, rngs=rngs)
+    self.transformer = Transformer(cfg, opt, rngs=rngs)
+    self.txt_position_embed = TrainablePositionalEncoding(cfg, opt, rngs=rngs)
     self.token_type_embeddings = nnx.Embed(
-      2, d, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+      2, d, dtype=opt.dtype, param_dtype=opt.param_dtype,
       embedding_init=nnx.with_partitioning(nnx.initializers.normal(0.02), (None, "embed")),
       rngs=rngs)
-    self.span_embed = Conv(cfg, d, d, 2, rngs=rngs)
-    self.class_embed = Conv(cfg, d, d, 1, rngs=rngs)
+    self.span_embed = Conv(opt, d, d, 2, rngs=rngs)
+    self.class_embed = Conv(opt, d, d, 1, rngs=rngs)
     relu = [True, True, True]
     relu[cfg.n_input_proj - 1] = False
     txt_dims = [cfg.t_feat_dim] + [d] * cfg.n_input_proj
     vid_dims = [cfg.v_feat_dim] + [d] * cfg.n_input_proj
-    self.input_txt_proj = nnx.List([LinearLayer(cfg, txt_dims[i], d, relu[i], rngs=rngs)
+    self.input_txt_proj = nnx.List([LinearLayer(cfg, opt, txt_dims[i], d, relu[i], rngs=rngs)
                                     for i in range(cfg.n_input_proj)])
-    self.input_vid_proj = nnx.List([LinearLayer(cfg, vid_dims[i], d, relu[i], rngs=rngs)
+    self.input_vid_proj = nnx.List([LinearLayer(cfg, opt, vid_dims[i], d, relu[i], rngs=rngs)
                                     for i in range(cfg.n_input_proj)])
-    self.weightedpool = WeightedPool(cfg, rngs=rngs)
+    self.weightedpool = WeightedPool(cfg, opt, rngs=rngs)
 
   def __call__(self, src_txt, src_txt_mask, src_vid, src_vid_mask) -> UniVTGOutput:
     cfg = self.config
-    src_vid, src_txt = jnp.asarray(src_vid, cfg.dtype), jnp.asarray(src_txt, cfg.dtype)
+    src_vid, src_txt = jnp.asarray(src_vid, self.options.dtype), jnp.asarray(src_txt, self.options.dtype)
     if src_vid.ndim != 3 or src_vid.shape[-1] != cfg.v_feat_dim:
       raise ValueError(f"src_vid must be (batch, clips, {cfg.v_feat_dim}), got {src_vid.shape}")
     if src_txt.ndim != 3 or src_txt.shape[-1] != cfg.t_feat_dim:

@@ -5,13 +5,13 @@ import json
 import os
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
 
 from aotd_jax import hf, sharding as sharding_lib
+from aotd_jax.hf import api as hf_api
 from aotd_jax.hf import registry
-from aotd_jax.models.options import apply_options, with_config
+from aotd_jax.layers.compute import ComputeOptions
 
 
 def load_vision_init(path: str) -> tuple[dict, nnx.Module]:
@@ -30,23 +30,24 @@ def load_vision_init(path: str) -> tuple[dict, nnx.Module]:
   return hf_vision, clip_model.vision_model
 
 
+def compute_options(cfg) -> ComputeOptions:
+  """The student's `ComputeOptions` from its config section's `compute` (absent: the defaults);
+  an unknown or invalid option raises a ValueError naming `student.compute` and the key."""
+  return ComputeOptions.from_mapping(cfg.get("compute"), where="student.compute")
+
+
 def build_student(cfg, *, mesh: Mesh, seed: int = 0) -> nnx.Module:
   """The student: from `cfg.hf_dir` if set, else a fresh init of `cfg.architecture` with the
   HF-style config dict `cfg.init`, placed on `mesh` (initialised directly sharded).
 
   A fresh Video-LLM may take its vision tower from a CLIP directory `cfg.vision_init` (its
   `vision_config` replaces `init`'s, its weights the random ones), as LLaVA students start
-  from a pretrained CLIP; `cfg.freeze_vision_tower` stops gradients into the tower.
+  from a pretrained CLIP. `cfg.compute` holds the `ComputeOptions` (dtypes, remat policy,
+  attention, precision, CPU kernels, `freeze_vision_tower`: no gradients into the tower).
   """
-  options = {"dtype": cfg.get("dtype"), "param_dtype": cfg.get("param_dtype"),
-             "remat": cfg.get("remat"), "attention_impl": cfg.get("attention_impl"),
-             "attention_block_size": cfg.get("attention_block_size"),
-             "cpu_kernels": cfg.get("cpu_kernels"), "matmul_precision": cfg.get("matmul_precision"),
-             "freeze_vision_tower": cfg.get("freeze_vision_tower")}
+  options = compute_options(cfg)
   if cfg.get("hf_dir"):
-    model = hf.from_pretrained(cfg.hf_dir, dtype=jnp.dtype(cfg.get("param_dtype") or "float32"),
-                               mesh=mesh)
-    return with_config(model, apply_options(model.config, options))
+    return hf.from_pretrained(cfg.hf_dir, options=options, mesh=mesh)
   adapter = registry.adapter_for(cfg.architecture)
   hf_init, tower = dict(cfg.init), None
   if cfg.get("vision_init"):
@@ -54,13 +55,14 @@ def build_student(cfg, *, mesh: Mesh, seed: int = 0) -> nnx.Module:
       raise ValueError(f"vision_init={cfg.vision_init!r}: architecture {cfg.architecture} has "
                        "no vision tower")
     hf_init["vision_config"], tower = load_vision_init(cfg.vision_init)
-  config = apply_options(adapter.config_from_hf(hf_init), options)
-  abstract = nnx.eval_shape(lambda: adapter.model_class(config, rngs=nnx.Rngs(seed)))
+  config = adapter.config_from_hf(hf_init)
+  abstract = nnx.eval_shape(lambda: adapter.model_class(config, options=options,
+                                                        rngs=nnx.Rngs(seed)))
   graphdef, abstract_state = nnx.split(abstract)
   shardings = sharding_lib.state_shardings(abstract_state, mesh)
 
   def init():
-    return nnx.state(adapter.model_class(config, rngs=nnx.Rngs(seed)))
+    return nnx.state(adapter.model_class(config, options=options, rngs=nnx.Rngs(seed)))
 
   with jax.set_mesh(mesh):
     state = jax.jit(init, out_shardings=shardings)()
@@ -76,9 +78,7 @@ def build_student(cfg, *, mesh: Mesh, seed: int = 0) -> nnx.Module:
 def write_hf_config(model: nnx.Module, directory: str) -> None:
   """Writes `hf_config.json` beside the checkpoints, so `python -m aotd_jax.hf export` can
   rebuild the model without the training config."""
-  adapter = registry.adapter_for(type(model).hf_architecture)
-  hf_config = adapter.config_to_hf(model.config)
-  hf_config.setdefault("architectures", [adapter.architecture])
+  hf_config = hf_api.hf_config_of(model)
   from aotd_jax.train.checkpoint import as_path
   directory = as_path(directory)  # local, gs:// or any fsspec filesystem
   directory.mkdir(parents=True, exist_ok=True)

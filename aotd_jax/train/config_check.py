@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from aotd_jax.layers.compute import ComputeOptions
+
 
 class ConfigError(ValueError):
   """A config value that cannot train; the message names the flag (`--config.total_steps`)."""
@@ -74,6 +76,12 @@ def check_train_config(cfg) -> None:
   mixing = _get(cfg, "data.mixing")
   if mixing is not None and mixing not in ("weighted", "concat_epoch"):
     errors.append(f"--config.data.mixing={mixing!r}: expected 'weighted' or 'concat_epoch'")
+  compute = _get(cfg, "student.compute")
+  if compute is not None:
+    try:
+      ComputeOptions.from_mapping(compute, where="--config.student.compute")
+    except (TypeError, ValueError) as e:
+      errors.append(str(e))
   mesh = _get(cfg, "mesh")
   if mesh is not None:
     for axis, size in dict(mesh).items():

@@ -49,7 +49,7 @@ class CachedVisionLM(nnx.Module):
   """
 
   def __init__(self, model: LlavaNextVideoForConditionalGeneration):
-    if not model.config.freeze_vision_tower:
+    if not model.options.freeze_vision_tower:
       raise ValueError("CachedVisionLM: the model's vision tower is trainable "
                        "(freeze_vision_tower=False); cached tower features would be stale")
     self.multi_modal_projector = model.multi_modal_projector

@@ -52,6 +52,19 @@ def parse_arg(arg: str | None) -> tuple[str, dict]:
   return target, options
 
 
+def compute_options() -> ml_collections.ConfigDict:
+  """The student's `ComputeOptions` (aotd_jax.layers.compute) for every target."""
+  return ml_collections.ConfigDict(dict(
+      dtype="bfloat16",
+      param_dtype="float32",
+      remat="full",
+      # The pipeline pads on the right, so causal-only attention is exact: cuDNN flash
+      # attention on GPUs (benchmarks/RESULTS.md).
+      attention_impl="causal",
+      freeze_vision_tower=True,
+  ))
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   target, options = parse_arg(arg)
   names = options.get("datasets", "+".join(DATASETS)).split("+")
@@ -82,13 +95,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.student.hf_dir = options.get("hf_dir", "/models/LLaVA-NeXT-Video-7B-hf")
   c.student.architecture = "LlavaNextVideoForConditionalGeneration"
   c.student.init = {}
-  c.student.dtype = "bfloat16"
-  c.student.param_dtype = "float32"
-  c.student.remat = True
-  # The pipeline pads on the right, so causal-only attention is exact: cuDNN flash attention
-  # on GPUs (54 % MFU for a 1B Llama on one H200 vs 18 % with the einsum path; RESULTS.md).
-  c.student.attention_impl = "causal"
-  c.student.freeze_vision_tower = True
+  c.student.compute = compute_options()
   c.student.freeze_image_newline = True  # the official run freezes it too (docs/fidelity.md)
 
   c.optim = ml_collections.ConfigDict(dict(
@@ -135,12 +142,7 @@ def with_student(arg: str | None, *, name: str, architecture: str, hf_dir: str,
       hf_dir=hf_dir,
       architecture=architecture,
       init={},
-      dtype="bfloat16",
-      param_dtype="float32",
-      remat=True,
-      # Right-padded batches: causal-only attention is exact (cuDNN flash attention on GPUs).
-      attention_impl="causal",
-      freeze_vision_tower=True,
+      compute=compute_options(),
   ))
   c.data.tokenizer = hf_dir
   c.data.num_frames = num_frames

@@ -70,14 +70,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if student not in STUDENTS:
     raise ValueError(f"configs/toyworld/distill.py: arg {student!r} not in {sorted(STUDENTS)}")
   c.student.architecture, c.student.init = STUDENTS[student]
-  c.student.dtype = "float32"
-  c.student.param_dtype = "float32"
-  c.student.remat = False
-  c.student.attention_impl = "xla"  # "causal": flash attention (right-padded batches)
-  c.student.attention_block_size = 64  # "xla": causal query blocks of this many rows (0: one block)
-  # "high": bf16x3 dense-layer matmuls (AMX kernel on Intel CPUs; Precision.HIGH elsewhere).
-  c.student.matmul_precision = "default"
-  c.student.freeze_vision_tower = True
+  # `ComputeOptions` (aotd_jax/layers/compute.py): remat "none" | "full" | a jax policy name;
+  # attention_impl "causal": flash attention (right-padded batches); matmul_precision "high":
+  # bf16x3 dense-layer matmuls.
+  c.student.compute = ml_collections.ConfigDict(dict(
+      dtype="float32", param_dtype="float32", remat="none", attention_impl="xla",
+      attention_block_size=64, matmul_precision="default", cpu_kernels=True,
+      freeze_vision_tower=True))
 
   c.optim = ml_collections.ConfigDict(dict(
       learning_rate=3e-3, warmup_ratio=0.1, weight_decay=0.0, grad_clip=1.0, final_lr_ratio=0.1))

@@ -106,10 +106,9 @@ def load(path: str, matmul_precision: str = "default", cpu_kernels: bool = True)
   CPUs, docs/llama.md); `cpu_kernels=False` keeps
   XLA's ops where aotd_jax's CPU kernels (decode matmuls, attention) would run."""
   from aotd_jax import hf
-  from aotd_jax.models.options import with_options
-  model = with_options(hf.from_pretrained(path), matmul_precision=matmul_precision,
-                       cpu_kernels=cpu_kernels)
-  return model, hf.load_tokenizer(path)
+  from aotd_jax.layers.compute import ComputeOptions
+  options = ComputeOptions(matmul_precision=matmul_precision, cpu_kernels=cpu_kernels)
+  return hf.from_pretrained(path, options=options), hf.load_tokenizer(path)
 
 
 class LlavaVideoQA:

@@ -95,6 +95,7 @@ class Owlv2Detector:
     self.name, self.tokenize, self.nms_threshold = name, tokenize, nms_threshold
     self.query_template = query_template
     self.config = model.config  # the model's Owlv2Config
+    self.options = model.options  # its ComputeOptions
     self.image_size = model.config.vision_config.image_size
     self._graphdef, self._state = nnx.split(model)
     graphdef, size = self._graphdef, self.image_size
@@ -141,9 +142,9 @@ class Owlv2Detector:
     error (the AMX kernel on Intel CPUs);
     `cpu_kernels=False` keeps XLA's attention where aotd_jax's CPU kernel would run."""
     from aotd_jax import hf
-    from aotd_jax.models.options import with_options
-    model = with_options(hf.from_pretrained(path), matmul_precision=matmul_precision,
-                         cpu_kernels=cpu_kernels)
+    from aotd_jax.layers.compute import ComputeOptions
+    options = ComputeOptions(matmul_precision=matmul_precision, cpu_kernels=cpu_kernels)
+    model = hf.from_pretrained(path, options=options)
     tokenize = hf_tokenize(hf.load_tokenizer(path),
                            model.config.text_config.max_position_embeddings)
     return cls(model, tokenize, name=f"owlv2:{path}", buckets=buckets, **kwargs)

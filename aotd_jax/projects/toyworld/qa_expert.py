@@ -30,7 +30,6 @@ through the llava backend) go to `out_dir/scores.json` and the `DONE` marker.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import tempfile
@@ -39,6 +38,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from aotd_jax.layers.compute import ComputeOptions
 from aotd_jax.projects.toyworld import vision_experts as ve
 from aotd_jax.projects.toyworld import world as toyworld
 from aotd_jax.projects.toyworld.language_experts import (LanguageExpertError, check_positive,
@@ -67,9 +67,13 @@ ANSWER_STYLE = "text"  # the toy world's questions
 ACTION_STYLE = "text"  # "What actions happen in the video?" (snapped to a candidate)
 
 
+# The QA expert trains the projector and the language model: the vision tower stays frozen.
+OPTIONS = ComputeOptions(freeze_vision_tower=True)
+
+
 def model_config(tokenizer, size, vision: dict | None = None) -> Any:
   """The tiny LLaVA-NeXT-Video config (`TINY_LLAVA` resized; vocabulary = the tokenizer's;
-  vision tower frozen, read at its last layer).
+  vision tower read at its last layer; built with `OPTIONS`, which freeze it).
 
   vision: the HF `vision_config` (e.g. a pretrained CLIP's); default: `TINY_LLAVA`'s resized
   by `size` (vision_hidden_size, vision_layers, image_size, patch_size).
@@ -91,7 +95,7 @@ def model_config(tokenizer, size, vision: dict | None = None) -> Any:
             spatial_pool_stride=size["pool_stride"], vision_feature_layer=VISION_FEATURE_LAYER,
             video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
             image_token_index=tokenizer.convert_tokens_to_ids("<image>"))
-  return dataclasses.replace(adapter.config_from_hf(hf), freeze_vision_tower=True)
+  return adapter.config_from_hf(hf)
 
 
 # -- examples ------------------------------------------------------------------------------------
@@ -368,7 +372,7 @@ def train_qa_expert(world_dir: str | os.PathLike, tokenizer_dir: str | os.PathLi
         image_size=size["image_size"], patch_size=size["patch_size"], projection_dim=vd)
   hf_vision, tower, vision_info = pretrained_vision(vision_init)
   config = model_config(tokenizer, size, hf_vision)
-  model = LlavaNextVideoForConditionalGeneration(config, rngs=nnx.Rngs(seed))
+  model = LlavaNextVideoForConditionalGeneration(config, options=OPTIONS, rngs=nnx.Rngs(seed))
   nnx.update(model.vision_tower.vision_model, nnx.state(tower))
 
   truths, frames, records = training_clips(world_dir, size["lm_clips"])

@@ -376,9 +376,8 @@ def student_stage(config, workdir: str, name: str, seed: int, world_dir: str,
   vision_dir = "" if base_dir else vision_dir
   student = build.build_student(ml_collections.ConfigDict({
       "hf_dir": base_dir, "architecture": "LlavaNextVideoForConditionalGeneration",
-      "init": _student_init(config, tokenizer), "dtype": "float32", "param_dtype": "float32",
-      "remat": False, "vision_init": vision_dir,
-      "freeze_vision_tower": bool(s.freeze_vision_tower)}), mesh=mesh, seed=seed)
+      "init": _student_init(config, tokenizer), "vision_init": vision_dir,
+      "compute": {"freeze_vision_tower": bool(s.freeze_vision_tower)}}), mesh=mesh, seed=seed)
   projector = {}
   if vision_dir:
     from aotd_jax.projects.toyworld.qa_expert import standardize_projector
