@@ -22,7 +22,8 @@ setuptools.setup(
     package_dir={"aotd_jax.prompts": "data/prompts"},
     # C++ sources of the XLA FFI kernels, compiled on first use (aotd_jax/kernels/build.py).
     package_data={"aotd_jax.kernels": ["*.cc"], "launch.tpu": ["*.md"],
-                  "aotd_jax.prompts": ["*.txt", "examples/*.txt"]},
+                  "aotd_jax.prompts": ["*.txt", "examples/*.txt"],
+                  "aotd_jax.projects.toyworld": ["examples/*.txt"]},
     install_requires=[
         "jax>=0.7",
         "flax>=0.12",

@@ -15,7 +15,9 @@ are documented in `configs/toyworld/cot.py`.
 from __future__ import annotations
 
 import importlib
+import importlib.resources
 import os
+import pathlib
 from typing import Any, Callable
 
 from absl import app, flags, logging
@@ -45,6 +47,17 @@ def resolve(name: str) -> Callable:
     return getattr(importlib.import_module(module), attr)
   except (ImportError, AttributeError) as e:
     raise ValueError(f"cannot resolve {name!r}: {e}") from None
+
+
+def few_shot_examples(config) -> str:
+  """The few-shot programs `config.examples` names ("" for none): `examples/<name>.txt` of the
+  package `config.examples_package` (a project's own prompts, e.g. the toy world's), else of
+  the shipped `data/prompts`."""
+  if not config.examples:
+    return ""
+  package = config.get("examples_package", "")
+  prompts_dir = pathlib.Path(str(importlib.resources.files(package))) if package else None
+  return programs.load_examples(config.examples, prompts_dir)
 
 
 LLM_CLASSES = {"replay": "Replay", "local": "LocalLlama", "openai": "OpenAIChat"}
@@ -214,7 +227,7 @@ def main(argv):
         judge_parse=config.get("judge_parse", "lenient"),
         rewrite_prompt=config.get("rewrite_prompt", "ours"),
         rewrite_fallback=config.get("rewrite_fallback", "verbaliser"),
-        examples=programs.load_examples(config.examples) if config.examples else "",
+        examples=few_shot_examples(config),
         batch_size=config.batch_size, num_threads=config.sandbox.num_workers,
         timeout_s=config.timeout_s, max_new_tokens=config.max_new_tokens,
         temperature=config.temperature, video_path=video_path(config), manifest=manifest_ref,

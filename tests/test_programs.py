@@ -50,9 +50,17 @@ def test_prompt_uses_tool_docstrings_examples_and_question():
   assert "(open-ended)" in open_prompt
 
 
+def _shipped_examples(dataset: str) -> str:
+  """The few-shot programs of `dataset`: the toy world's ship with its project."""
+  if dataset == "toyworld":
+    from aotd_jax.projects.toyworld import prompts
+    return prompts.few_shot_examples()
+  return programs.load_examples(dataset)
+
+
 @pytest.mark.parametrize("dataset", ["star", "nextqa", "toyworld"])
 def test_shipped_examples_are_programs_over_the_contract_api(dataset):
-  text = programs.load_examples(dataset)
+  text = _shipped_examples(dataset)
   tree = ast.parse(text)
   assert len(tree.body) >= 3
   for func in tree.body:
@@ -166,7 +174,7 @@ def test_shipped_examples_bind_to_the_expert_signatures():
   import inspect
   tools = pytest.importorskip("experts.tools")
   for dataset in ("star", "nextqa", "toyworld"):
-    for node in ast.walk(ast.parse(programs.load_examples(dataset))):
+    for node in ast.walk(ast.parse(_shipped_examples(dataset))):
       if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
         signature = inspect.signature(getattr(tools.Toolbox, node.func.id))
         try:

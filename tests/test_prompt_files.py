@@ -48,3 +48,13 @@ def test_source_checkout_reads_data_prompts():
   assert programs.PROMPTS_DIR == ROOT / "data" / "prompts"
   assert programs.read_prompt_file("judge_answer.txt") == (
       ROOT / "data" / "prompts" / "judge_answer.txt").read_text(encoding="utf-8")
+
+
+def test_the_toy_worlds_examples_ship_with_its_project():
+  from aotd_jax.projects.toyworld import prompts
+  folder = ROOT / "aotd_jax" / "projects" / "toyworld"
+  assert prompts.PROMPTS_DIR == folder and prompts.PACKAGE == "aotd_jax.projects.toyworld"
+  patterns = _setup_call()["package_data"][prompts.PACKAGE]
+  assert (folder / "examples" / "toyworld.txt") in {p for pat in patterns for p in folder.glob(pat)}
+  assert "def execute_command(" in prompts.few_shot_examples()
+  assert not (ROOT / "data" / "prompts" / "examples" / "toyworld.txt").exists()

@@ -52,8 +52,9 @@ def render() -> str:
     srcs = unit_files(name)
     body = "".join(f'        "{s}",\n' for s in srcs)
     dep = "".join(f'        ":{d}",\n' for d in deps[name])
-    cc = sorted(str(p.relative_to(ROOT)) for p in (ROOT / folder).rglob("*.cc"))  # FFI kernels
-    data = "".join(f'        "{c}",\n' for c in cc) + ('        ":shipped_data",\n' if name == "aotd_jax" else "")
+    # package data: the FFI kernels' C++ sources, a project's own prompt files
+    files = unit_files(name, (".cc", ".txt"))
+    data = "".join(f'        "{c}",\n' for c in files) + ('        ":shipped_data",\n' if name == "aotd_jax" else "")
     chunks.append(f'py_library(\n    name = "{name}",\n    srcs = [\n{body}    ],\n'
                   + (f"    data = [\n{data}    ],\n" if data else "")
                   + (f"    deps = [\n{dep}    ],\n" if dep else "") + ")\n")
@@ -87,11 +88,12 @@ def render() -> str:
   return "\n".join(chunks)
 
 
-def unit_files(name: str) -> list[str]:
-  """The modules of unit `name` (its folder minus the folders of other units)."""
+def unit_files(name: str, suffixes: tuple[str, ...] = (".py",)) -> list[str]:
+  """The files of unit `name` with these suffixes (its folder minus the folders of other units):
+  its modules by default."""
   folder, excluded = UNITS[name]
-  return sorted(str(p.relative_to(ROOT)) for p in (ROOT / folder).rglob("*.py")
-                if "__pycache__" not in p.parts
+  return sorted(str(p.relative_to(ROOT)) for p in (ROOT / folder).rglob("*")
+                if p.suffix in suffixes and p.is_file() and "__pycache__" not in p.parts
                 and not any(str(p.relative_to(ROOT)).startswith(e + "/") for e in excluded))
 
 

@@ -58,8 +58,9 @@ def read_prompt_file(name: str, prompts_dir: str | pathlib.Path | None = None) -
 
 
 def load_examples(dataset: str, prompts_dir: str | pathlib.Path | None = None) -> str:
-  """Few-shot programs for `dataset` (`star`, `nextqa`, `toyworld`): the Python text of
-  `data/prompts/examples/<dataset>.txt` (or of `prompts_dir/examples/<dataset>.txt`)."""
+  """Few-shot programs for `dataset` (`star`, `nextqa`): the Python text of
+  `data/prompts/examples/<dataset>.txt`, or of `prompts_dir/examples/<dataset>.txt` (a project's
+  own, e.g. the toy world's `aotd_jax/projects/toyworld/examples/toyworld.txt`)."""
   return read_prompt_file(f"examples/{dataset}.txt", prompts_dir).strip()
 
 

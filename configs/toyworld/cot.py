@@ -56,7 +56,9 @@ def base_config() -> ml_collections.ConfigDict:
   # "source": traces number frames as the source video; "sampled": the student's own frames,
   # 0..max_frames-1 (set max_frames to the student's data.num_frames), the official numbering
   c.frame_numbers = "source"
-  c.examples = "toyworld"         # few-shot programs: data/prompts/examples/<examples>.txt
+  # few-shot programs: <examples_package's folder, else data/prompts>/examples/<examples>.txt
+  c.examples = "toyworld"
+  c.examples_package = "aotd_jax.projects.toyworld"
   c.program_source = "gold"       # gold (annotation's program) | llm
   c.gold_program_key = "question_program"
   c.program_llm = llm()

@@ -19,6 +19,7 @@ import time
 from typing import Any, Callable, Iterable, Mapping
 
 from aotd_jax.agent import programs
+from aotd_jax.projects.toyworld import prompts
 from aotd_jax.projects.toyworld import world as toyworld
 from aotd_jax.projects.toyworld.oracle import PLUGIN
 from aotd_jax.projects.toyworld.prompts import program_prompt  # noqa: F401 (the trainers' prompt)
@@ -138,7 +139,7 @@ def tokenizer_texts(world_dir: str | os.PathLike, *, rationales: int = 24) -> li
   from aotd_jax.data import conversation
   records = read_split(world_dir, "train")
   texts = [programs.read_prompt_file("program_guidelines.txt"),
-           programs.load_examples("toyworld"), experts.api_docs(),
+           prompts.few_shot_examples(), experts.api_docs(),
            conversation.build_prompt(None, "x") + " (A) x", *_action_prompts()]
   for qa in records:
     prog = gold_program(qa)

@@ -1,9 +1,22 @@
-"""The toy world's compact program prompt (what its tiny program generator reads)."""
+"""The toy world's prompts: its few-shot programs (`examples/toyworld.txt`, package data of
+this project) and the compact program prompt its tiny program generator reads."""
 from __future__ import annotations
 
+import pathlib
 from typing import Sequence
 
 from aotd_jax.agent import programs
+
+# The folder `programs.load_examples("toyworld", PROMPTS_DIR)` reads `examples/toyworld.txt`
+# from: this package's own folder, in a checkout and in an installed wheel alike.
+PROMPTS_DIR = pathlib.Path(__file__).resolve().parent
+# The CoT configs name the same folder by package (`c.examples_package`).
+PACKAGE = __package__
+
+
+def few_shot_examples() -> str:
+  """The toy world's few-shot programs (Python text of `def execute_command(...)` functions)."""
+  return programs.load_examples("toyworld", PROMPTS_DIR)
 
 
 def program_prompt(question: str, choices: Sequence[str] = ()) -> str:
