@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 import logging as logging_std
+from typing import Any, Callable
 
 import jax
 from absl import flags, logging
@@ -48,28 +49,13 @@ class _QuietOrbax(logging_std.Filter):
     return "orbax" not in record.pathname
 
 
-class _KillAfter:
-  """Fault injection for preemption tests: SIGKILL this process once step `n`'s checkpoint is
-  durable (`config.kill_at_step`), exactly like a VM that disappears."""
-
-  def __init__(self, data, checkpointer: Checkpointer, n: int):
-    self._data, self._ckpt, self._n, self._served = data, checkpointer, n, 0
-
-  def __next__(self):
-    if self._served == self._n:
-      self._ckpt.wait()
-      os.kill(os.getpid(), signal.SIGKILL)
-    self._served += 1
-    return next(self._data)
-
-  def get_state(self):
-    return self._data.get_state()
-
-  def set_state(self, state):
-    self._data.set_state(state)
+# `wrap_data(data, checkpointer, trainer) -> data`: a data iterator around the run's own
+# (same `__next__` / `get_state` / `set_state`); the tests' fault injection is one
+# (tests/fault_train.py).
+WrapData = Callable[[Any, Checkpointer, Trainer], Any]
 
 
-def run(cfg, workdir: str) -> int:
+def run(cfg, workdir: str, *, wrap_data: WrapData | None = None) -> int:
   """The whole run; returns the process exit code."""
   config_check.check_train_config(cfg)
   sharding.maybe_initialize_distributed(cfg)
@@ -89,8 +75,8 @@ def run(cfg, workdir: str) -> int:
     build.write_hf_config(student, ckpt_dir)
   checkpointer = Checkpointer(ckpt_dir, max_to_keep=cfg.get("keep_checkpoints", 3),
                               async_save=cfg.get("async_checkpoints", True))
-  if cfg.get("kill_at_step", -1) > 0 and cfg.get("kill_process", -1) in (-1, jax.process_index()):
-    data = _KillAfter(data, checkpointer, cfg.kill_at_step)
+  if wrap_data is not None:
+    data = wrap_data(data, checkpointer, trainer)
   config_dict = json.loads(cfg.to_json_best_effort())
   if checkpointer.latest_step() is not None:
     saved = checkpointer.restore_meta().get("config")
@@ -110,8 +96,7 @@ def run(cfg, workdir: str) -> int:
   stop = threading.Event()
   signal.signal(signal.SIGTERM, lambda *_: stop.set())
   loop_cfg = LoopConfig(total_steps=cfg.total_steps, checkpoint_every=cfg.checkpoint_every,
-                        log_every=cfg.get("log_every", 10), peak_flops=cfg.get("peak_flops", 0.0),
-                        nan_at_step=cfg.get("nan_at_step", -1))
+                        log_every=cfg.get("log_every", 10), peak_flops=cfg.get("peak_flops", 0.0))
   try:
     result = train_loop(trainer, data, loop_cfg, checkpointer=checkpointer, writer=writer,
                         stop_requested=stop.is_set,
@@ -129,13 +114,13 @@ def run(cfg, workdir: str) -> int:
   return 0
 
 
-def main(argv):
+def main(argv, wrap_data: WrapData | None = None):
   del argv
   logging.get_absl_handler().addFilter(_QuietOrbax())
   sharding.maybe_initialize_distributed(_CONFIG.value)  # before any backend is touched
   if host_memory.wanted(_KEEP_MEMORY.value):
     logging.info("keep_freed_memory: %s", host_memory.keep_freed_memory())
-  sys.exit(run(_CONFIG.value, _WORKDIR.value))
+  sys.exit(run(_CONFIG.value, _WORKDIR.value, wrap_data=wrap_data))
 
 
 if __name__ == "__main__":

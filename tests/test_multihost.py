@@ -34,7 +34,8 @@ def _env(devices: int, **extra) -> dict:
 
 
 def _cmd(workdir, *overrides):
-  return [sys.executable, "-m", "launch.train", f"--config={ROOT}/configs/toyworld/distill.py:llama",
+  # tests.fault_train: launch.train with the --kill_at_step / --kill_process fault injection
+  return [sys.executable, "-m", "tests.fault_train", f"--config={ROOT}/configs/toyworld/distill.py:llama",
           f"--workdir={workdir}", *STEPS, *overrides]
 
 
@@ -69,7 +70,7 @@ def test_two_processes_match_one_and_resume_every_host_after_sigkill(tmp_path):
   ref = subprocess.Popen(_cmd(ref_dir), cwd=ROOT, env=_env(8), stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
   # 1) both processes start; process 1 is SIGKILLed once its step-2 checkpoint is durable
-  p0, p1 = _start_pair(pod_dir, "--config.kill_at_step=2", "--config.kill_process=1")
+  p0, p1 = _start_pair(pod_dir, "--kill_at_step=2", "--kill_process=1")
   _, err1 = p1.communicate(timeout=240)
   assert p1.returncode == -signal.SIGKILL, err1[-3000:]
   time.sleep(1.0)

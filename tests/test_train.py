@@ -84,8 +84,10 @@ def test_sharded_training_matches_one_device(arch):
 DETERMINISTIC = dict(XLA_FLAGS="--xla_cpu_multi_thread_eigen=false", OMP_NUM_THREADS="1")
 
 
-def _train(workdir, *overrides, arch="llama", check=True):
-  cmd = [sys.executable, "-m", "launch.train", f"--config={ROOT}/configs/toyworld/distill.py:{arch}",
+def _train(workdir, *overrides, arch="llama", check=True, launcher="launch.train"):
+  """`launcher` runs the toy config; `tests.fault_train` (launch.train with fault injection)
+  takes --kill_at_step / --nan_at_step."""
+  cmd = [sys.executable, "-m", launcher, f"--config={ROOT}/configs/toyworld/distill.py:{arch}",
          f"--workdir={workdir}", *overrides]
   env = dict(os.environ, **DETERMINISTIC)
   return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300,
@@ -106,7 +108,7 @@ def test_sigkill_after_checkpoint_then_resume_is_exact(tmp_path):
   steps = ["--config.total_steps=8", "--config.checkpoint_every=2"]
   a = _train(tmp_path / "a", *steps)
   assert a.returncode == 0, a.stderr[-3000:]
-  b1 = _train(tmp_path / "b", *steps, "--config.kill_at_step=4")
+  b1 = _train(tmp_path / "b", *steps, "--kill_at_step=4", launcher="tests.fault_train")
   assert b1.returncode == -signal.SIGKILL, b1.stderr[-3000:]
   b2 = _train(tmp_path / "b", *steps)
   assert b2.returncode == 0, b2.stderr[-3000:]
@@ -119,7 +121,7 @@ def test_sigkill_after_checkpoint_then_resume_is_exact(tmp_path):
 
 def test_nan_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
   r = _train(tmp_path, "--config.total_steps=6", "--config.checkpoint_every=2",
-             "--config.nan_at_step=5")
+             "--nan_at_step=5", launcher="tests.fault_train")
   assert r.returncode == 3, r.stderr[-3000:]
   assert "non-finite loss" in r.stderr and "step 5" in r.stderr
   steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())

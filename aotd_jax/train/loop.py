@@ -35,7 +35,6 @@ class LoopConfig:
   checkpoint_every: int = 100
   log_every: int = 10
   peak_flops: float = 0.0  # one chip's peak FLOP/s; MFU divides by it × the mesh's chips
-  nan_at_step: int = -1  # fault injection for tests: poison this step's batch
 
 
 def train_loop(trainer: Trainer, data: DataIterator, cfg: LoopConfig, *,
@@ -73,8 +72,6 @@ def train_loop(trainer: Trainer, data: DataIterator, cfg: LoopConfig, *,
         save(force=True)
         return LoopResult("preempted", trainer.step, last, time.time() - start)
       batch = next(data)
-      if trainer.step + 1 == cfg.nan_at_step:
-        batch = dict(batch, label_mask=np.full(np.shape(batch["label_mask"]), np.nan, np.float32))
       t0 = time.time()
       first_step = not timed and not last
       m = dataclasses.asdict(trainer.train_step(batch))
