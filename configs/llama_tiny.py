@@ -8,6 +8,8 @@ r"""Llama configs: the tiny default (smoke run, tests' sizes) and the ~30M bench
 """
 import ml_collections
 
+from configs import common
+
 VARIANTS = {
     "tiny": dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512),
@@ -19,7 +21,8 @@ VARIANTS = {
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The smoke-run config; `arg` is the model variant."""
-  variant = (arg or "tiny").strip()
+  variant = common.parse_arg(arg, ("variant",), where="configs/llama_tiny.py",
+                             positional="variant", defaults={"variant": "tiny"})["variant"]
   if variant not in VARIANTS:
     raise ValueError(f"configs/llama_tiny.py: unknown variant {variant!r}; choose from {sorted(VARIANTS)}")
   c = ml_collections.ConfigDict()

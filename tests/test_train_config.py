@@ -55,12 +55,13 @@ def test_config_check_nested_and_lnv7b_ok():
 
 
 def test_config_check_names_a_bad_compute_option():
+  import ml_collections
   cfg = toy.get_config()
-  cfg.student.compute.remat = True  # a policy name is expected
+  compute = cfg.student.compute.to_dict()
+  cfg.student.compute = ml_collections.ConfigDict({**compute, "remat": True})  # not a policy name
   with pytest.raises(config_check.ConfigError, match=r"--config\.student\.compute: .*remat=True"):
     config_check.check_train_config(cfg)
-  cfg = toy.get_config()
-  cfg.student.compute.flash = True
+  cfg.student.compute = ml_collections.ConfigDict({**compute, "flash": True})
   with pytest.raises(config_check.ConfigError, match=r"unknown compute option\(s\) \['flash'\]"):
     config_check.check_train_config(cfg)
 
@@ -93,3 +94,32 @@ def test_shared_config_arg_parser():
     parse_arg("x=1,x=2", keys, where="c.py")
   with pytest.raises(ValueError, match="given twice"):
     lnv7b.get_config("h100x8,hf_dir=/a,hf_dir=/b")
+
+
+def test_switches_runlocal_and_one_value_configs():
+  from configs.common import parse_arg
+  from configs.cot import star
+  assert parse_arg("runlocal,x=1", ("x",), where="c.py", switches=("runlocal",)) == dict(
+      runlocal=True, x="1")
+  assert parse_arg("", ("x",), where="c.py", switches=("runlocal",)) == dict(runlocal=False)
+  full, local = lnv7b.get_config("h100x8"), lnv7b.get_config("h100x8,runlocal")
+  assert (full.batch_size, local.batch_size, local.total_steps, local.data.num_workers) == (64, 2, 4, 0)
+  config_check.check_train_config(local)
+  paths = "owlv2=o,univtg=u,clip=c,llava=l,llm=http://x/v1"
+  assert star.get_config(f"ann=a.json,videos=v,{paths},runlocal").max_questions == 4
+  assert star.get_config(f"ann=a.json,videos=v,{paths}").max_questions == 0
+  with pytest.raises(ValueError, match=r"configs/toyworld/distill.py: option 'x=1': the arg is one value"):
+    toy.get_config("llava,x=1")
+
+
+def test_configs_import_no_other_config():
+  """Every config file imports `configs.common` at most: shared pieces live there."""
+  import ast
+  for path in sorted((ROOT / "configs").rglob("*.py")):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+      names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+               [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+      for name in names:
+        if name.split(".")[0] == "configs":
+          assert name == "configs.common" or (name == "configs" and [a.name for a in node.names]
+                                              == ["common"]), f"{path.relative_to(ROOT)}: {name}"

@@ -15,12 +15,13 @@ llava=LLaVA-NeXT-Video-7B-DPO-hf,llm=http://localhost:8000/v1,model=deepseek-cod
 - LLMs: `llm` (OpenAI-compatible base URL, or a local Llama dir) with `model`; optional
   `judge`/`judge_model`, `rewrite`/`rewrite_model` and `selector`/`selector_model`
   (`selector=keyword`: the offline word-overlap heuristic instead of an LLM).
+- `runlocal`: 4 questions in batches of 2 (the plumbing, before the sharded run).
 STAR's `question_program` is a list of functions, not Python: programs always come from the LLM.
 """
 import ml_collections
 
-from configs.cot import real
-from configs.toyworld import cot as toy
+import experts
+from configs import common
 
 KEYS = dict(ann="", videos="", classes="", out="workdir/cots/star", experts="real",
             owlv2="", univtg="", clip="", llava="", llm="", model="deepseek-coder-6.7b-instruct",
@@ -29,33 +30,36 @@ KEYS = dict(ann="", videos="", classes="", out="workdir/cots/star", experts="rea
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  a = toy.parse_arg(arg, **KEYS)
+  a = common.parse_arg(arg, KEYS, where="configs/cot/star.py", defaults=KEYS,
+                       switches=(common.RUNLOCAL,))
   for key in ("ann", "videos", "llm"):
     if not a[key]:
       raise ValueError(f"configs/cot/star.py: {key}= is required (see the module docstring)")
-  c = toy.base_config()
+  c = common.cot_base_config()
   c.data.format = "star"
   c.data.path = a["ann"]
   c.data.video_dir = a["videos"]
   c.examples = "star"
+  c.examples_package = ""  # data/prompts/examples/star.txt
   c.out_dir = a["out"]
   c.max_frames = int(a["frames"])  # = the student's data.num_frames (lnv7b: 32)
   c.frame_numbers = "sampled"  # traces name the student's frames 0..frames-1 (official)
   vocabulary = f"star:{a['classes']}" if a["classes"] else "open"
   if a["experts"] == "real":
-    c.experts = real.bind_experts("star", a, vocabulary=vocabulary)
+    c.experts = common.bind_experts("star", a, vocabulary=vocabulary)
   elif a["experts"] == "oracle":
-    import experts
     c.experts = experts.default_config()
     c.experts.ground_truth = {"kind": "star", "path": a["ann"], "classes_dir": a["classes"]}
     c.experts.object_vocabulary = vocabulary
-    c.experts.selector = real.selector_section(a["selector"] or a["llm"],
+    c.experts.selector = common.selector_section(a["selector"] or a["llm"],
                                                a["selector_model"] or a["model"])
   else:
     raise ValueError(f"configs/cot/star.py: experts={a['experts']!r}: expected real or oracle")
-  real.bind_llms(c, a)
+  common.bind_llms(c, a)
   c.batch_size = 32
   c.pipeline.llm_workers = 2  # the LLMs are servers (or greedy local models)
   c.sandbox.num_workers = 8
   c.sandbox.memory_mb = 1024
+  if a[common.RUNLOCAL]:
+    common.shrink_cot(c)
   return c

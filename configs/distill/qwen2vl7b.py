@@ -1,8 +1,9 @@
 r"""Qwen2-VL-7B (`Qwen/Qwen2-VL-7B-Instruct`) distilled with AoTD's recipe.
 
-Everything but the student comes from `configs/distill/lnv7b.py` (data, optimiser, meshes,
-batch sizes, sequence length; same `arg`: `h100x8` | `tpu_v5p_128`, optionally followed by
-lnv7b's `,key=value` options such as `hf_dir=DIR`): only `c.student` and the frame count change.
+The recipe is lnv7b's (`configs/common.py`'s `distill_config`: data, optimiser, meshes, batch
+sizes, sequence length; the same `arg`: `h100x8` | `tpu_v5p_128`, optionally followed by
+`,key=value` options such as `hf_dir=DIR`, and `runlocal`): only `c.student` and the frame
+count differ.
 The paper reports this transfer as STAR 71.4 -> 73.1, MVBench 65.6 -> 66.5.
 
 Frames are resized to 336 x 336 (the student's `vision_config.image_size`; a fixed size keeps
@@ -17,12 +18,13 @@ CoTs with `frames=16` in the CoT config string, so their frame numbers index the
 """
 import ml_collections
 
-from configs.distill import lnv7b
+from configs import common
 
 HF_DIR = "/models/Qwen2-VL-7B-Instruct"
 NUM_FRAMES = 16
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  return lnv7b.with_student(arg, name="qwen2vl7b", architecture="Qwen2VLForConditionalGeneration",
-                            hf_dir=HF_DIR, num_frames=NUM_FRAMES)
+  return common.distill_config(
+      arg, where="configs/distill/qwen2vl7b.py", name="qwen2vl7b",
+      architecture="Qwen2VLForConditionalGeneration", hf_dir=HF_DIR, num_frames=NUM_FRAMES)

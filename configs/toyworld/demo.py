@@ -8,7 +8,8 @@ mean ± std). Every stage caches its output in the work directory, so a rerun re
 """
 import ml_collections
 
-from configs.toyworld import distill as distill_toy
+from aotd_jax.projects.toyworld.tiny_models import TINY_LLAVA
+from configs import common
 
 VARIANTS = ("micro", "quick", "full")
 
@@ -16,15 +17,16 @@ VARIANTS = ("micro", "quick", "full")
 def _student_init(vocab_size: int, hidden: int, layers: int, max_positions: int) -> dict:
   """TINY_LLAVA resized: vocab_size is overwritten with the trained tokenizer's size. The
   vision tower is read at its last layer (what the frame encoder trains)."""
-  text = dict(distill_toy.TINY_LLAVA["text_config"], vocab_size=vocab_size, hidden_size=hidden,
+  text = dict(TINY_LLAVA["text_config"], vocab_size=vocab_size, hidden_size=hidden,
               intermediate_size=2 * hidden, num_hidden_layers=layers,
               max_position_embeddings=max_positions)
-  return dict(distill_toy.TINY_LLAVA, text_config=text, vision_feature_layer=-1)
+  return dict(TINY_LLAVA, text_config=text, vision_feature_layer=-1)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The demo config for `arg` in `micro | quick | full`."""
-  variant = (arg or "quick").strip()
+  variant = common.parse_arg(arg, ("variant",), where="configs/toyworld/demo.py",
+                             positional="variant", defaults={"variant": "quick"})["variant"]
   if variant not in VARIANTS:
     raise ValueError(f"configs/toyworld/demo.py:{variant}: expected one of {VARIANTS}")
   micro, full = variant == "micro", variant == "full"

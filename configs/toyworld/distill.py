@@ -9,6 +9,7 @@ r"""Toy distillation run: a tiny LLaVA-NeXT-Video student on tiny synthetic data
 import ml_collections
 
 from aotd_jax.projects.toyworld.tiny_models import TINY_LLAMA, TINY_LLAVA
+from configs import common
 
 # A tiny LLaVA-OneVision: SigLIP tower (no class token, 'full' features), Qwen2 LM (q/k/v biases).
 TINY_ONEVISION = dict(
@@ -41,7 +42,8 @@ STUDENTS = {"llava": ("LlavaNextVideoForConditionalGeneration", TINY_LLAVA),
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  student = (arg or "llava").strip()
+  student = common.parse_arg(arg, ("student",), where="configs/toyworld/distill.py",
+                             positional="student", defaults={"student": "llava"})["student"]
   c = ml_collections.ConfigDict()
   c.name = f"toy_{student}"
   c.seed = 0
@@ -58,10 +60,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # NEFTune noise on the token embeddings (official: 0.1, lnv7b's default); 0: none
   c.neftune_alpha = 0.0
   c.peak_flops = 0.0  # set to the hardware's peak (FLOP/s) for an MFU estimate
-  c.nan_at_step = -1  # fault injection (tests): poison this step's batch
-  c.kill_at_step = -1  # fault injection (tests): SIGKILL after this step's checkpoint
   c.allow_changes = False  # resume even if batch size, λ, total steps or data changed
-  c.kill_process = -1  # ... in this process only (-1: every process)
   c.distributed = False
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
