@@ -30,7 +30,7 @@ def test_toy_onevision_student_learns_a_batch():
   n_video = int((batch["input_ids"] == student.config.video_token_index).sum(1)[0])
   assert n_video == student.config.video_tokens(cfg.data.num_frames) == 4 * 4 + 1
   trainer = Trainer(student, make_optimizer(cfg.optim, 12), mesh=mesh,
-                    trainable=lov.trainable_filter(student.config))
+                    trainable=lov.trainable_filter(student.options))
   losses = [float(trainer.train_step(batch).loss) for _ in range(12)]
   assert all(np.isfinite(losses)) and losses[-1] < 0.9 * losses[0], losses
 

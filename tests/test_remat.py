@@ -48,6 +48,7 @@ def test_remat_call_advances_dropout_rng_and_keeps_gradients():
   (a dropped write-back would reuse one mask forever), with the same loss and gradients."""
   import jax.numpy as jnp
   from flax import nnx
+  from aotd_jax.layers.compute import ComputeOptions
   from aotd_jax.models import univtg
   from aotd_jax.models.remat import remat_call
   cfg = univtg.UniVTGConfig(hidden_dim=16, nheads=2, dim_feedforward=32, enc_layers=1)
@@ -63,7 +64,7 @@ def test_remat_call_advances_dropout_rng_and_keeps_gradients():
 
   values, grads = {}, {}
   for remat in (False, True):
-    m = univtg.TransformerEncoderLayer(cfg, rngs=nnx.Rngs(0, dropout=1))
+    m = univtg.TransformerEncoderLayer(cfg, ComputeOptions(), rngs=nnx.Rngs(0, dropout=1))
     m.train()
     before = [np.asarray(a) for a in jax.tree.leaves(nnx.state(m, nnx.RngCount))]
     values[remat], grads[remat] = nnx.value_and_grad(lambda m: loss(m, remat))(m)
