@@ -248,3 +248,27 @@ def test_warm_compiles_every_bucket_of_the_shapes_seen():
     for n in (1, 2, 5, 8, 11):
       co(np.ones((n, 3), np.float32), w)
     assert fn.compiles == compiled  # no batch size compiles again
+
+
+def test_tuple_rows_batch_together_and_mismatched_rows_are_named():
+  fn = BucketedJit(lambda rows, w: rows[0] @ w + rows[1][:, None], buckets=BUCKETS)
+  w = jnp.ones((3, 2))
+  rng = np.random.default_rng(4)
+  inputs = [(rng.normal(size=(n, 3)).astype(np.float32), np.arange(n, dtype=np.float32))
+            for n in (1, 3, 2, 5)]
+  with Coalescer(fn, wait_s=0.05) as co:
+    barrier = threading.Barrier(len(inputs))
+
+    def call(rows):
+      barrier.wait()
+      return co(rows, w)
+    with concurrent.futures.ThreadPoolExecutor(len(inputs)) as pool:
+      outs = list(pool.map(call, inputs))
+    for (x, b), out in zip(inputs, outs):
+      np.testing.assert_allclose(out, x @ np.ones((3, 2)) + b[:, None], rtol=1e-5)
+    assert co.stats.batches < len(inputs)
+    with pytest.raises(ValueError, match=r"rows must share a leading axis, got shapes "
+                                         r"\[\(2, 3\), \(3,\)\]"):
+      co.submit((np.zeros((2, 3), np.float32), np.zeros(3, np.float32)), w)
+    with pytest.raises(ValueError, match="rows need a leading axis"):
+      co.submit(np.float32(1.0), w)
