@@ -74,7 +74,10 @@ def test_transformers_auto_classes_load_the_export(export_dir):
   assert tok_config["tokenizer_class"] == "PreTrainedTokenizerFast"
   # 5's inputs, spelt out for 4.x (whose PreTrainedTokenizerFast would add token_type_ids)
   assert tok_config["model_input_names"] == ["input_ids", "attention_mask"] == tok.model_input_names
+  # 5's list of extra special tokens, in the key 4.x reads as a list (4.47+ wants a dict there)
   assert tok_config["additional_special_tokens"] == ["<video>", "<image>"]
+  assert "extra_special_tokens" not in tok_config
+  assert tok.decode(tok("<video> cube")["input_ids"], skip_special_tokens=True).strip() == "cube"
   gen = transformers.GenerationConfig.from_pretrained(export_dir)
   assert gen.eos_token_id == 2 and gen.do_sample is False
   model = transformers.AutoModelForImageTextToText.from_pretrained(export_dir)

@@ -44,19 +44,24 @@ def copy_tokenizer_files(src: str, dst: str) -> list[str]:
 
 
 def _portable_tokenizer_class(path: str) -> None:
-  """transformers 5 saves a plain `tokenizer.json` tokenizer as `TokenizersBackend`, a name 4.x
-  does not know; `PreTrainedTokenizerFast` loads the same tokenizer in both. 5's model inputs
-  (no `token_type_ids`, which the VLMs' forward does not take) and extra special tokens are
-  written out in the names 4.x reads, where the file has none."""
+  """A `tokenizer_config.json` transformers 5 wrote, made readable by 4.x too: the class
+  `TokenizersBackend` (unknown to 4.x) becomes `PreTrainedTokenizerFast`, which loads the same
+  tokenizer in both, with 5's model inputs spelt out (4.x's would add `token_type_ids`, which
+  the VLMs' forward rejects); 5's list of `extra_special_tokens` (a dict of named tokens in
+  4.47+, which fails on a list) goes back to `additional_special_tokens`, which 5 reads too."""
   config = json.loads(files.read_text(path))
-  if config.get("tokenizer_class") != "TokenizersBackend":
-    return
-  config["tokenizer_class"] = "PreTrainedTokenizerFast"
-  config.setdefault("model_input_names", ["input_ids", "attention_mask"])
+  changed = False
+  if config.get("tokenizer_class") == "TokenizersBackend":
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config.setdefault("model_input_names", ["input_ids", "attention_mask"])
+    changed = True
   extra = config.get("extra_special_tokens")
-  if isinstance(extra, list) and extra:
+  if isinstance(extra, list):
     config.setdefault("additional_special_tokens", list(extra))
-  files.write_text(path, json.dumps(config, indent=2, ensure_ascii=False))
+    del config["extra_special_tokens"]
+    changed = True
+  if changed:
+    files.write_text(path, json.dumps(config, indent=2, ensure_ascii=False))
 
 
 def _has_chat_template(hf_dir: str) -> bool:
