@@ -12,7 +12,8 @@
    project's site-packages after it, so torch, numpy and safetensors are the project's.
 3. In that venv, for each export (`--child`): `AutoTokenizer` (chat template rendered),
    `GenerationConfig`, the config's architecture class with no missing or unexpected keys,
-   `AutoProcessor` on a 4-frame clip, and the logits of that input.
+   `AutoProcessor` on a 4-frame clip, and the logits of that input (4.47+ build video
+   processors only with torchvision: without it, the logits of the pipeline's own inputs).
 4. Back here: the project's transformers runs the same export on the old processor's inputs
    (logits must agree), and the old processor's pixels and placeholder count must be what the
    student's pipeline makes.
@@ -73,9 +74,16 @@ def child(name: str, export_dir: str, out: str) -> None:
   report["weights"] = not info["missing_keys"] and not info["unexpected_keys"]
   if not report["weights"]:
     report["weights_detail"] = {k: sorted(info[k])[:5] for k in ("missing_keys", "unexpected_keys")}
-  processor = transformers.AutoProcessor.from_pretrained(export_dir)
-  report["processor"] = type(processor).__name__
-  inputs = processor(text=f"{PROMPTS[name]} what happens?", videos=[clip()], return_tensors="pt")
+  try:
+    processor = transformers.AutoProcessor.from_pretrained(export_dir)
+  except ImportError as e:  # 4.47+ build video processors with torchvision only
+    if "orchvision" not in str(e):
+      raise
+    report["processor"] = "AutoProcessor needs torchvision (absent): the pipeline's inputs"
+    inputs = {k: torch.from_numpy(v) for k, v in np.load(out.replace(".npz", "_pipeline.npz")).items()}
+  else:
+    report["processor"] = type(processor).__name__
+    inputs = processor(text=f"{PROMPTS[name]} what happens?", videos=[clip()], return_tensors="pt")
   extra = {}
   if "video_grid_thw" in inputs and hasattr(model, "get_rope_index"):
     # 4.45's Qwen2-VL forward leaves M-RoPE positions to `prepare_inputs_for_generation`: a
@@ -154,17 +162,36 @@ def expected_pixels(name: str, hf_config: dict):
   size = cfg.vision_config.image_size
   x = video_processing.preprocess_video(clip(), shortest_edge=size, crop_size=size,
                                         resize=getattr(cfg, "video_resize", "shortest_edge"))
+  grid = None
   if name == "qwen2vl":
     v = cfg.vision_config
-    x = qwen2_vl_processing.patchify(x, patch_size=v.patch_size, merge_size=v.spatial_merge_size,
-                                     temporal_patch_size=v.temporal_patch_size)[0]
+    x, grid = qwen2_vl_processing.patchify(x, patch_size=v.patch_size, merge_size=v.spatial_merge_size,
+                                           temporal_patch_size=v.temporal_patch_size)
   else:
     x = x[None]
   video_id = getattr(cfg, "video_token_id", None) or cfg.video_token_index
-  return x, cfg.video_tokens(4), video_id
+  return x, cfg.video_tokens(4), video_id, grid
 
 
-def compare(name: str, export_dir: str, out: str) -> dict[str, bool]:
+def pipeline_inputs(name: str, export_dir: str, out: str) -> None:
+  """The student pipeline's inputs for `clip()` (placeholders expanded, pixels), saved for a
+  transformers whose AutoProcessor cannot be built without torchvision."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  from aotd_jax.hf import io  # pylint: disable=g-import-not-at-top
+  hf_config = io.read_config(export_dir)
+  pixels, tokens, _, grid = expected_pixels(name, hf_config)
+  token = "<|video_pad|>" if name == "qwen2vl" else "<video>"
+  text = f"{PROMPTS[name]} what happens?".replace(token, token * tokens)
+  ids = transformers.AutoTokenizer.from_pretrained(export_dir)(text, return_tensors="np")
+  arrays = {"input_ids": ids["input_ids"], "attention_mask": ids["attention_mask"],
+            "pixel_values_videos": pixels}
+  if grid is not None:
+    arrays["video_grid_thw"] = np.asarray([grid], np.int64)
+  np.savez(out, **arrays)
+
+
+def compare(name: str, export_dir: str, out: str, processor_ran: bool) -> dict[str, bool]:
   """The project's transformers on the old processor's inputs, and the pipeline's pixels."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
@@ -180,10 +207,12 @@ def compare(name: str, export_dir: str, out: str) -> dict[str, bool]:
     inputs["mm_token_type_ids"] = torch.from_numpy(types)
   with torch.no_grad():
     logits = model(**inputs).logits.float().numpy()
-  pixels, tokens, video_id = expected_pixels(name, hf_config)
-  return {"same_logits": bool(np.allclose(logits, data["logits"], atol=LOGIT_TOL)),
-          "pipeline_pixels": bool(np.allclose(data["pixel_values_videos"], pixels, atol=1e-5)),
-          "video_tokens": int((data["input_ids"] == video_id).sum()) == tokens}
+  pixels, tokens, video_id, _ = expected_pixels(name, hf_config)
+  checks = {"same_logits": bool(np.allclose(logits, data["logits"], atol=LOGIT_TOL))}
+  if processor_ran:  # else the inputs are the pipeline's own: nothing to compare
+    checks["pipeline_pixels"] = bool(np.allclose(data["pixel_values_videos"], pixels, atol=1e-5))
+    checks["video_tokens"] = int((data["input_ids"] == video_id).sum()) == tokens
+  return checks
 
 
 def main(argv: list[str]) -> int:
@@ -204,6 +233,7 @@ def main(argv: list[str]) -> int:
   failed = 0
   for name, export_dir in dirs.items():
     out = os.path.join(work, f"{name}.npz")
+    pipeline_inputs(name, export_dir, out.replace(".npz", "_pipeline.npz"))
     r = subprocess.run([python, os.path.abspath(__file__), "--child", name, export_dir, out],
                        capture_output=True, text=True, cwd=work)
     if r.returncode:
@@ -212,7 +242,8 @@ def main(argv: list[str]) -> int:
       continue
     with open(out + ".json") as f:
       report = json.load(f)
-    checks = {k: v for k, v in report.items() if isinstance(v, bool)} | compare(name, export_dir, out)
+    ran = "torchvision" not in report["processor"]
+    checks = {k: v for k, v in report.items() if isinstance(v, bool)} | compare(name, export_dir, out, ran)
     bad = [k for k, v in checks.items() if not v]
     failed += bool(bad)
     print(f"{name}: transformers {report['transformers']} {report['processor']}: "
