@@ -57,6 +57,12 @@ def test_bazel_test_script_skips_visibly_where_bazel_cannot_run(tmp_path):
                      env={**os_env, "BAZEL_MOCK_REPOS": str(tmp_path / "none")})
   assert r.returncode == 0 and "bazel_test: SKIPPED, no " in r.stdout, r.stdout + r.stderr
   assert "bazel ran" not in r.stdout
+  for repo in ("rules_cc", "rules_java"):  # bazel can run, but the interpreter is missing
+    (tmp_path / "mock" / repo).mkdir(parents=True)
+  r = subprocess.run(script, capture_output=True, text=True, timeout=60,
+                     env={**os_env, "BAZEL_MOCK_REPOS": str(tmp_path / "mock"),
+                          "PYTHON": str(tmp_path / "none" / "python")})
+  assert r.returncode == 1 and "no interpreter at PYTHON=" in r.stderr, r.stdout + r.stderr
 
 
 def test_library_deps_are_the_units_imports_and_a_cycle_is_refused():

@@ -26,7 +26,12 @@ if [[ ! -d "$MOCK_REPOS/rules_cc" || ! -d "$MOCK_REPOS/rules_java" ]]; then
        "or set BAZEL_MOCK_REPOS)"
   exit 0
 fi
-PYTHON_BIN="$(dirname "${PYTHON:-.venv/bin/python}")"
+PYTHON="${PYTHON:-.venv/bin/python}"
+if [[ ! -x "$PYTHON" ]]; then
+  echo "bazel_test: no interpreter at PYTHON=$PYTHON (make install creates .venv)" >&2
+  exit 1
+fi
+PYTHON_BIN="$(dirname "$PYTHON")"
 targets=("$@")
 if [[ ${#targets[@]} -eq 0 ]]; then
   targets=(//:test_build //:test_architecture //:test_paths)
