@@ -161,6 +161,12 @@ def test_study_pairs_arms_writes_the_table_and_resumes(tmp_path, fake_stages):
   out = study.run_study(config, str(tmp_path), ["aotd", "aotd_steps"], [0, 1, 2, 3], epochs=1,
                         samples=100, report_only=True, log=lines.append)
   assert fake_stages == [] and out["seeds"] == [0, 1, 2]
+  other = demo_config.get_config("micro")  # a newer config may differ: tabling still works
+  other.compilation_cache, other.students.batch_size = False, 3
+  assert study.run_study(other, str(tmp_path), ["aotd"], [0, 1, 2], epochs=1, samples=100,
+                         report_only=True, log=lines.append)["seeds"] == [0, 1, 2]
+  with pytest.raises(DemoError, match="another config"):
+    study.run_study(other, str(tmp_path), ["aotd"], [3], epochs=1, log=lines.append)
   assert {r["arm"]: len(r["seeds"]) for r in out["rows"]} == {
       "instruct": 3, "aotd": 3, "instruct_steps": 2, "aotd_steps": 2}
   with pytest.raises(DemoError, match="no finished run"):

@@ -405,7 +405,8 @@ def run_study(config, workdir: str, arm_names: Sequence[str], seeds: Sequence[in
 
   vary: "all" (each seed its own world, experts, CoTs and student: `seed_config`) or
   "student" (one world and set of experts; the seed sets the student's data order).
-  report_only: train nothing; the table of the (arm, seed) runs already finished.
+  report_only: train nothing; the table of the (arm, seed) runs already finished (the work
+  directory's config stamp is not checked: each run's arm spec still is).
   """
   t0 = time.perf_counter()
   if not seeds:
@@ -414,7 +415,8 @@ def run_study(config, workdir: str, arm_names: Sequence[str], seeds: Sequence[in
     raise DemoError(f"--vary={vary!r}: expected one of {VARY}")
   arms = resolve_arms(arm_names)
   os.makedirs(workdir, exist_ok=True)
-  check_config_stamp(config, workdir)
+  if not report_only:  # tabling finished runs trains nothing (a newer config's defaults may differ)
+    check_config_stamp(config, workdir)
   if config.get("compilation_cache", True):
     enable_compilation_cache(workdir)
   todo = [(arm, s) for s in seeds for arm in arms]  # seed-major: every arm has a pair early
