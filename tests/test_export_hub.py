@@ -3,12 +3,17 @@ the model from sharded safetensors), the card names base model / datasets / λ /
 and nothing of the project's own files is in it."""
 import json
 import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from aotd_jax import hf
 from aotd_jax.hf import hub, io
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -199,7 +204,6 @@ def test_launch_export_from_a_training_checkpoint(tmp_path):
   from aotd_jax.train import build
   from aotd_jax.train.checkpoint import Checkpointer
   from configs.toyworld import distill as toy
-  from launch import export
   adapter = registry.adapter_for("LlavaNextVideoForConditionalGeneration")
   model = adapter.model_class(adapter.config_from_hf(dict(toy.TINY_LLAVA)), rngs=nnx.Rngs(0))
   base = tmp_path / "LLaVA-NeXT-Video-7B-hf"  # the student's base folder: its tokenizer
@@ -214,9 +218,14 @@ def test_launch_export_from_a_training_checkpoint(tmp_path):
   build.write_hf_config(model, str(tmp_path / "run" / "checkpoints"))
   (tmp_path / "manifest.json").write_text(json.dumps({"counts": {"kept": 7}}))
   out = tmp_path / "hub"
-  written = export.export(str(tmp_path / "run"), str(out), cot_manifest=str(tmp_path / "manifest.json"),
-                          base_model="llava-hf/LLaVA-NeXT-Video-7B-hf")
-  assert "tokenizer.json" in written and "README.md" in written
+  # a subprocess, as users run it (importing launch.export here would define its absl flags
+  # in a process whose other test files define their own)
+  r = subprocess.run([sys.executable, "-m", "launch.export", f"--workdir={tmp_path / 'run'}",
+                      f"--hf_dir={out}", f"--cot_manifest={tmp_path / 'manifest.json'}",
+                      "--base_model=llava-hf/LLaVA-NeXT-Video-7B-hf"], cwd=ROOT, capture_output=True,
+                     text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "tokenizer.json" in r.stdout and "README.md" in r.stdout
   assert set(os.listdir(out)) <= ALLOWED, set(os.listdir(out)) - ALLOWED
   card = (out / "README.md").read_text()
   assert "base_model: llava-hf/LLaVA-NeXT-Video-7B-hf" in card and "- star" in card
