@@ -1,7 +1,8 @@
 """Sub-task harness: each scorer on a scripted expert with known, imperfect outputs (figures
 computed by hand); the toy world wired end to end (the oracle reads the ground truth it is
 scored against, so its 1.0 only checks the wiring: frame ids, labels, windows line up); chance
-baselines below the oracle; the table; bad configs / data reported by name."""
+baselines equal to the IoUs of their seeded draws, recomputed here; the table; bad configs / data
+reported by name."""
 import json
 import os
 import subprocess

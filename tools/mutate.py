@@ -68,8 +68,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         "the CoT filter keeps any program that names a choice, right or wrong"),
     Mutation(
         "sandbox_policy_hook", "aotd_jax/agent/sandbox.py",
-        r"^\s*sandbox_policy\.validate\(source, entry_point=entry_point\)$",
-        "pass  # mutated: no policy check",
+        r"^\s*tree = sandbox_policy\.validate\(source, entry_point=entry_point\)$",
+        "tree = __import__('ast').parse(source)  # mutated: no policy check",
         ("tests/test_sandbox.py", "tests/test_sandbox_hostile.py"),
         "generated programs run without the allow-list check"),
     Mutation(
