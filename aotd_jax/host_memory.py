@@ -13,6 +13,7 @@ effect: `launch/train.py` and `launch/demo.py` call it on CPU hosts (`--keep_fre
 and the CPU benchmarks call it for both sides of a comparison. The same effect from outside:
 `GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647`.
 """
+
 from __future__ import annotations
 
 import ctypes

@@ -4,6 +4,7 @@ Shared by the student's evaluation (`aotd_jax.eval.efficiency`) and the CoT job'
 records (`aotd_jax.agent.job`). Device figures come from JAX's `memory_stats()` and only when
 JAX is already imported and its backend reports them (GPU, TPU; not the CPU backend).
 """
+
 from __future__ import annotations
 
 import os

@@ -4,6 +4,7 @@ Models name the axes of weights and activations logically (`embed`, `mlp`, `head
 `activation_batch`, ...) and never a mesh axis. One rules table maps logical names to the
 mesh axes `data`, `fsdp`, `tensor`; the mesh is built in one place from a config.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,26 +20,26 @@ MESH_AXES = ("data", "fsdp", "tensor")
 
 # logical axis -> mesh axis (or tuple of mesh axes, or None: replicated).
 DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
-    # weights
-    ("vocab", "tensor"),
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("kv_heads", "tensor"),
-    ("head_dim", None),
-    ("norm", None),
-    ("conv_in", None),
-    ("conv_out", None),
-    ("layers", None),
-    # activations
-    ("activation_batch", ("data", "fsdp")),
-    ("activation_length", None),
-    ("activation_embed", None),
-    ("activation_mlp", "tensor"),
-    ("activation_heads", "tensor"),
-    ("activation_kv_heads", "tensor"),
-    ("activation_vocab", "tensor"),
-    ("activation_frames", None),
+  # weights
+  ("vocab", "tensor"),
+  ("embed", "fsdp"),
+  ("mlp", "tensor"),
+  ("heads", "tensor"),
+  ("kv_heads", "tensor"),
+  ("head_dim", None),
+  ("norm", None),
+  ("conv_in", None),
+  ("conv_out", None),
+  ("layers", None),
+  # activations
+  ("activation_batch", ("data", "fsdp")),
+  ("activation_length", None),
+  ("activation_embed", None),
+  ("activation_mlp", "tensor"),
+  ("activation_heads", "tensor"),
+  ("activation_kv_heads", "tensor"),
+  ("activation_vocab", "tensor"),
+  ("activation_frames", None),
 )
 
 
@@ -51,15 +52,20 @@ def mesh_shape(axis_sizes: Mapping[str, int], num_devices: int) -> tuple[int, ..
   known = math.prod(s for s in sizes if s != -1)
   if unknown:
     if num_devices % known:
-      raise ValueError(f"mesh config {dict(axis_sizes)}: {num_devices} devices do not divide by {known}")
+      raise ValueError(
+        f"mesh config {dict(axis_sizes)}: {num_devices} devices do not divide by {known}"
+      )
     sizes[unknown[0]] = num_devices // known
   if math.prod(sizes) != num_devices:
     raise ValueError(
-        f"mesh config {dict(axis_sizes)} needs {math.prod(sizes)} devices, have {num_devices}")
+      f"mesh config {dict(axis_sizes)} needs {math.prod(sizes)} devices, have {num_devices}"
+    )
   return tuple(sizes)
 
 
-def make_mesh(axis_sizes: Mapping[str, int] | None = None, devices: Sequence[Any] | None = None) -> Mesh:
+def make_mesh(
+  axis_sizes: Mapping[str, int] | None = None, devices: Sequence[Any] | None = None
+) -> Mesh:
   """A mesh with axes (data, fsdp, tensor) from a config such as {'data': -1, 'fsdp': 1, 'tensor': 1}."""
   devices = list(devices if devices is not None else jax.devices())
   shape = mesh_shape(axis_sizes or {"data": -1}, len(devices))
@@ -77,6 +83,7 @@ def maybe_initialize_distributed(config: Mapping[str, Any] | None, environ=None)
   a second call does nothing. Returns whether it initialised.
   """
   import os
+
   if config is None or not config.get("distributed", False) or jax.distributed.is_initialized():
     return False
   env = os.environ if environ is None else environ
@@ -85,9 +92,11 @@ def maybe_initialize_distributed(config: Mapping[str, Any] | None, environ=None)
     missing = [k for k in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID") if not env.get(k)]
     if missing:
       raise ValueError(f"JAX_COORDINATOR_ADDRESS is set but {', '.join(missing)} is not")
-    kwargs = dict(coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
-                  num_processes=int(env["JAX_NUM_PROCESSES"]),
-                  process_id=int(env["JAX_PROCESS_ID"]))
+    kwargs = dict(
+      coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
+      num_processes=int(env["JAX_NUM_PROCESSES"]),
+      process_id=int(env["JAX_PROCESS_ID"]),
+    )
     # the CPU backend's cross-process collectives (accelerators use their own)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(**kwargs)
@@ -131,11 +140,13 @@ def _logical_of(var: nnx.Variable):
 
 def state_shardings(state: nnx.State, mesh: Mesh, rules=None) -> nnx.State:
   """NamedShardings for every variable of `state`, from its logical annotations."""
+
   def one(var):
     if not isinstance(var, nnx.Variable):
       return NamedSharding(mesh, P())
     spec = logical_to_spec(_logical_of(var), rules)
     return NamedSharding(mesh, _fit_spec(spec, np.shape(var.get_value()), mesh))
+
   return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
@@ -144,7 +155,9 @@ def param_shardings_by_path(model: nnx.Module, mesh: Mesh, rules=None) -> dict[s
   out = {}
   for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
     spec = logical_to_spec(_logical_of(var), rules)
-    out["/".join(map(str, path))] = NamedSharding(mesh, _fit_spec(spec, np.shape(var.get_value()), mesh))
+    out["/".join(map(str, path))] = NamedSharding(
+      mesh, _fit_spec(spec, np.shape(var.get_value()), mesh)
+    )
   return out
 
 

@@ -15,6 +15,7 @@ Each measured pass uses a fresh toolbox (empty cache); compilation is warmed up 
   python benchmarks/agent_cpu.py                 # figures in benchmarks/RESULTS.md
   python benchmarks/agent_cpu.py --clips=4 --detector_preset=tiny  # a smoke run
 """
+
 from __future__ import annotations
 
 import argparse
@@ -92,7 +93,8 @@ def main(argv=None):
     run_all(run, oracle_tools, threads=2)
     t_sb2, out2 = run_all(run, oracle_tools, threads=2)
   agree = sum(o.ok and o.value == r for o, r in zip(out1, ref))
-  result.update({
+  result.update(
+    {
       "exec_programs_per_s": round(n / t_exec, 1),
       "sandbox_1w_programs_per_s": round(n / t_sb1, 1),
       "sandbox_2w_programs_per_s": round(n / t_sb2, 1),
@@ -101,11 +103,13 @@ def main(argv=None):
       "ratio_sandbox_2w_vs_exec": round(t_sb2 / t_exec, 2),
       "sandbox_answers_equal_exec": f"{agree}/{n}",
       "sandbox_2w_ok": f"{sum(o.ok for o in out2)}/{n}",
-  })
+    }
+  )
 
   if not args.skip_detector:
     import experts_tools  # the tiny OWLv2 the experts benchmark builds (same weights recipe)
     from experts.backends.owlv2 import Owlv2Detector
+
     with tempfile.TemporaryDirectory() as d:
       _, model = experts_tools.build(experts_tools.PRESETS[args.detector_preset], d)
 
@@ -116,6 +120,7 @@ def main(argv=None):
         box = experts.make_toolbox(config.experts, plugins=generate_cots.PLUGINS)
         box.detector = detector
         return box.tools()
+
       return make
 
     with Sandbox(num_workers=1) as sb:
@@ -125,12 +130,14 @@ def main(argv=None):
       run_all(run, single)
       t_on, _ = run_all(run, batched)
       t_off, _ = run_all(run, single)
-    result.update({
+    result.update(
+      {
         "detector_batched_programs_per_s": round(n / t_on, 2),
         "detector_per_frame_programs_per_s": round(n / t_off, 2),
         "ratio_batching_on_vs_off": round(t_off / t_on, 2),
         "detector_preset": args.detector_preset,
-    })
+      }
+    )
   print(json.dumps(result, indent=1))
   return result
 

@@ -19,6 +19,7 @@ flash-attention kernel on the CPU), in one process.
 `--forward_only` times the forward pass alone (expert inference). Outputs are checked to agree
 first.
 """
+
 import argparse
 import os
 import sys
@@ -29,7 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+sys.path.insert(
+  0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)  # run from a checkout
 from aotd_jax.kernels import attention as attention_kernel
 from aotd_jax.layers.causal_attention import blocked_causal_attention
 
@@ -37,7 +40,7 @@ from aotd_jax.layers.causal_attention import blocked_causal_attention
 def einsum_attention(q, k, v, mask):
   """The einsum path of `LlamaAttention` (one L x L block) and of `CLIPAttention`."""
   b, length, kv, groups, d = q.shape
-  s = jnp.einsum("blkgd,bskd->bkgls", q, k, preferred_element_type=jnp.float32) * d ** -0.5
+  s = jnp.einsum("blkgd,bskd->bkgls", q, k, preferred_element_type=jnp.float32) * d**-0.5
   s = jnp.where(mask[:, None, None], s, jnp.finfo(jnp.float32).min)
   return jnp.einsum("bkgls,bskd->blkgd", jax.nn.softmax(s, -1), v).reshape(b, length, -1)
 
@@ -53,7 +56,9 @@ def median_ms(fn, reps: int) -> float:
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--length", type=int, default=256)
   parser.add_argument("--heads", type=int, default=8)
@@ -66,34 +71,47 @@ def main(argv=None):
   args = parser.parse_args(argv)
   b, length, h, kv, d = args.batch, args.length, args.heads, args.kv_heads, args.head_dim
   torch.set_num_threads(torch.get_num_threads())
-  print(f"machine: {jax.device_count()} jax cpu devices, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads); attention {'fwd' if args.forward_only else 'fwd+bwd'}, "
-        f"batch {b}, length {length}, {h} heads / {kv} kv heads of {d}, float32, "
-        f"{'no mask' if args.full else 'causal'}")
+  print(
+    f"machine: {jax.device_count()} jax cpu devices, torch {torch.__version__} "
+    f"({torch.get_num_threads()} threads); attention {'fwd' if args.forward_only else 'fwd+bwd'}, "
+    f"batch {b}, length {length}, {h} heads / {kv} kv heads of {d}, float32, "
+    f"{'no mask' if args.full else 'causal'}"
+  )
   rng = np.random.default_rng(0)
   q = rng.standard_normal((b, length, kv, h // kv, d), np.float32)
   k = rng.standard_normal((b, length, kv, d), np.float32)
   v = rng.standard_normal((b, length, kv, d), np.float32)
   causal = np.tril(np.ones((length, length), bool))
-  mask = jnp.asarray(np.broadcast_to(np.ones_like(causal) if args.full else causal, (b, length, length)))
+  mask = jnp.asarray(
+    np.broadcast_to(np.ones_like(causal) if args.full else causal, (b, length, length))
+  )
   weights = rng.standard_normal((b, length, h * d), np.float32)
   kernel = attention_kernel.use_kernel(q, k, v, mask)
 
-  contenders = {("XLA einsum" if args.full else "einsum (one block)"):
-                lambda q, k, v: einsum_attention(q, k, v, mask)}
+  contenders = {
+    ("XLA einsum" if args.full else "einsum (one block)"): lambda q, k, v: einsum_attention(
+      q, k, v, mask
+    )
+  }
   if args.full and kernel:
     # No mask operand at all, as CLIP's vision tower calls it (a (B, L, L) mask of ones would
     # be 415 MB for 32 frames at 3601 tokens).
-    contenders["kernel"] = lambda q, k, v: attention_kernel.attention(q, k, v, None, 64, causal=False)
-  for block in ([] if args.full else [int(x) for x in args.blocks.split(",")]):
+    contenders["kernel"] = lambda q, k, v: attention_kernel.attention(
+      q, k, v, None, 64, causal=False
+    )
+  for block in [] if args.full else [int(x) for x in args.blocks.split(",")]:
     contenders[f"blocked {block}"] = lambda q, k, v, block=block: blocked_causal_attention(
-        q, k, v, mask, block, cpu_kernel=False)
+      q, k, v, mask, block, cpu_kernel=False
+    )
     if kernel:
       contenders[f"kernel {block}"] = lambda q, k, v, block=block: attention_kernel.attention(
-          q, k, v, mask, block, causal=True)
+        q, k, v, mask, block, causal=True
+      )
 
-  tq, tk, tv = (torch.tensor(x).transpose(1, 2).contiguous().requires_grad_(not args.forward_only)
-                for x in (q.reshape(b, length, h, d), k, v))
+  tq, tk, tv = (
+    torch.tensor(x).transpose(1, 2).contiguous().requires_grad_(not args.forward_only)
+    for x in (q.reshape(b, length, h, d), k, v)
+  )
   tw = torch.tensor(weights)
 
   def torch_out():
@@ -117,7 +135,9 @@ def main(argv=None):
     if args.forward_only:
       g = jax.jit(attention)
     else:
-      g = jax.jit(jax.grad(lambda q, k, v, f=attention: jnp.sum(f(q, k, v) * weights), argnums=(0, 1, 2)))
+      g = jax.jit(
+        jax.grad(lambda q, k, v, f=attention: jnp.sum(f(q, k, v) * weights), argnums=(0, 1, 2))
+      )
     ms = median_ms(lambda: jax.block_until_ready(g(q, k, v)), args.reps)
     print(f"{name:22s} {ms:7.1f} ms  ->  jax/torch speed {torch_ms / ms:.2f}x")
 

@@ -7,6 +7,7 @@ Usage: python benchmarks/cot_job_toy.py [--questions 200] [--workers 2] [--threa
 What it measures is the job's own cost per question (program execution in the sandbox,
 records, fsync'd appends) with the models taken out; compare runs on the same machine.
 """
+
 import argparse
 import os
 import sys
@@ -34,23 +35,39 @@ def tools():
 
   def Find(video_clip, object_name):
     """Boxes of `object_name`."""
-    return [{"frame": video_clip["start_frame"] + i, "label": object_name, "score": 0.5,
-             "box": [i, 2, i + 10, 12]} for i in range(2)]
+    return [
+      {
+        "frame": video_clip["start_frame"] + i,
+        "label": object_name,
+        "score": 0.5,
+        "box": [i, 2, i + 10, 12],
+      }
+      for i in range(2)
+    ]
 
   def select_answer(query, possible_answers, info):
     """Picks one of possible_answers."""
     return possible_answers[len(query) % len(possible_answers)]
 
-  return {"Filter_frames_with_act": Filter_frames_with_act, "Find": Find,
-          "select_answer": select_answer}
+  return {
+    "Filter_frames_with_act": Filter_frames_with_act,
+    "Find": Find,
+    "select_answer": select_answer,
+  }
 
 
 def questions(n):
   out = []
   for i in range(n):
     choices = [f"object {i}{c}" for c in "abcd"]
-    q = annotations.VideoQA(qid=f"q{i}", video_id=f"v{i % 5}", question="Which moved?" + "?" * (i % 4),
-                            choices=choices, answer=choices[i % 4], answer_index=i % 4)
+    q = annotations.VideoQA(
+      qid=f"q{i}",
+      video_id=f"v{i % 5}",
+      question="Which moved?" + "?" * (i % 4),
+      choices=choices,
+      answer=choices[i % 4],
+      answer_index=i % 4,
+    )
     q.meta["question_program"] = PROGRAM
     out.append(q)
   return out
@@ -61,8 +78,11 @@ def main():
   p.add_argument("--questions", type=int, default=200)
   p.add_argument("--workers", type=int, default=2)
   p.add_argument("--threads", type=int, default=2)
-  p.add_argument("--warm_spares", action="store_true",
-                 help="Sandbox(warm_spares=True): warm each spare child before its turn")
+  p.add_argument(
+    "--warm_spares",
+    action="store_true",
+    help="Sandbox(warm_spares=True): warm each spare child before its turn",
+  )
   p.add_argument("--runs_per_child", type=int, default=1)
   a = p.parse_args()
   qs = questions(a.questions)
@@ -70,11 +90,18 @@ def main():
   if a.warm_spares:
     kw["warm_spares"] = True
   with Sandbox(a.workers, **kw) as sb, tempfile.TemporaryDirectory() as out:
-    cot = job.CotJob(tools=tools(), program_source="gold", run_program=sb.run,
-                     make_args=lambda q: {"video_clip": {"start_frame": 0, "end_frame": 32},
-                                          "query": q.question,
-                                          "possible_answers": list(q.choices)},
-                     num_threads=a.threads, batch_size=8)
+    cot = job.CotJob(
+      tools=tools(),
+      program_source="gold",
+      run_program=sb.run,
+      make_args=lambda q: {
+        "video_clip": {"start_frame": 0, "end_frame": 32},
+        "query": q.question,
+        "possible_answers": list(q.choices),
+      },
+      num_threads=a.threads,
+      batch_size=8,
+    )
     cot.process(qs[:4])  # warm
     paths = job.JobPaths.for_shard(out, "00000-of-00001")
     meter = cpu_time.Meter()
@@ -85,11 +112,13 @@ def main():
     dt = time.perf_counter() - t0
     meter.stop_host()
   meter.stop()
-  print(f"CoT job, toy world: {a.questions / dt:.1f} questions/s "
-        f"({1e3 * dt / a.questions:.2f} ms/question; {stats.executed} executed, "
-        f"{stats.kept} kept); CPU per question: host "
-        f"{1e3 * meter.host_s / a.questions:.2f} ms, worker processes "
-        f"{1e3 * meter.workers_s / a.questions:.2f} ms")
+  print(
+    f"CoT job, toy world: {a.questions / dt:.1f} questions/s "
+    f"({1e3 * dt / a.questions:.2f} ms/question; {stats.executed} executed, "
+    f"{stats.kept} kept); CPU per question: host "
+    f"{1e3 * meter.host_s / a.questions:.2f} ms, worker processes "
+    f"{1e3 * meter.workers_s / a.questions:.2f} ms"
+  )
 
 
 if __name__ == "__main__":

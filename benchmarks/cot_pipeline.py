@@ -26,6 +26,7 @@ Each mode runs once untimed (sandbox start, compilation), then the modes alterna
   python benchmarks/cot_pipeline.py                    # RESULTS.md's row
   python benchmarks/cot_pipeline.py --clips 4 --rounds 1 --skip_local   # a smoke run
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,6 +55,7 @@ def slow_replies(gold_programs: dict[str, str], latency_s: float):
             self.counts["program"] = self.counts.get("program", 0) + 1
           return "```python\n" + gold_programs[question].strip() + "\n```"
       return super().reply(text)
+
   return Replies()
 
 
@@ -81,6 +83,7 @@ def tiny_local_llm(texts, out_dir: str, max_batch: int):
   from aotd_jax.data.toy_tokenizer import train_tokenizer
   from aotd_jax.models.llama import LlamaConfig, LlamaForCausalLM
   from aotd_jax.projects.toyworld.tiny_models import TINY_LLAMA
+
   tok = train_tokenizer(texts, out_dir, vocab_size=TINY_LLAMA["vocab_size"])
   fields = {k: v for k, v in TINY_LLAMA.items() if k not in ("architectures", "model_type")}
   fields["max_position_embeddings"] = 8192
@@ -91,6 +94,7 @@ def tiny_local_llm(texts, out_dir: str, max_batch: int):
 def run_mode(make_job, questions, pipelined: bool, out_dir: str) -> dict:
   from aotd_jax.agent import job
   from aotd_jax.agent.stages import StageTimes
+
   cot_job, timed_args = make_job(pipelined)
   cot_job.times = StageTimes()
   paths = job.JobPaths.for_shard(out_dir, "00000-of-00001")
@@ -104,11 +108,17 @@ def run_mode(make_job, questions, pipelined: bool, out_dir: str) -> dict:
     r.pop("timing")
   busy = cot_job.times.busy_s
   other = {} if pipelined else {"other_s": round(seconds - sum(busy.values()), 3)}
-  return {"seconds": seconds, "questions_per_s": len(questions) / seconds,
-          "stage_busy_s": {k: round(v, 3) for k, v in busy.items()}, **other,
-          "decode_thread_s": round(timed_args.seconds, 3),
-          "experts_thread_s": round(tool_s, 3),
-          "executed": stats.executed, "kept": stats.kept, "records": records}
+  return {
+    "seconds": seconds,
+    "questions_per_s": len(questions) / seconds,
+    "stage_busy_s": {k: round(v, 3) for k, v in busy.items()},
+    **other,
+    "decode_thread_s": round(timed_args.seconds, 3),
+    "experts_thread_s": round(tool_s, 3),
+    "executed": stats.executed,
+    "kept": stats.kept,
+    "records": records,
+  }
 
 
 def compare(name: str, make_job, questions, rounds: int, tmp: str) -> dict:
@@ -116,14 +126,21 @@ def compare(name: str, make_job, questions, rounds: int, tmp: str) -> dict:
   best: dict[str, dict] = {}
   for r in range(rounds + 1):
     for mode in ("sequential", "pipelined"):
-      out = run_mode(make_job, questions, mode == "pipelined",
-                     tempfile.mkdtemp(dir=tmp, prefix=f"{name}-{mode}-{r}-"))
+      out = run_mode(
+        make_job,
+        questions,
+        mode == "pipelined",
+        tempfile.mkdtemp(dir=tmp, prefix=f"{name}-{mode}-{r}-"),
+      )
       if r and (mode not in best or out["seconds"] < best[mode]["seconds"]):
         best[mode] = out
   seq, pipe = best["sequential"], best["pipelined"]
-  row = {"setup": name, "questions": len(questions),
-         "same_records": seq.pop("records") == pipe.pop("records"),
-         "speedup": round(seq["seconds"] / pipe["seconds"], 2)}
+  row = {
+    "setup": name,
+    "questions": len(questions),
+    "same_records": seq.pop("records") == pipe.pop("records"),
+    "speedup": round(seq["seconds"] / pipe["seconds"], 2),
+  }
   for mode, out in (("sequential", seq), ("pipelined", pipe)):
     out["seconds"] = round(out["seconds"], 2)
     out["questions_per_s"] = round(out["questions_per_s"], 2)
@@ -169,33 +186,58 @@ def main(argv=None) -> dict:
     gold.setdefault(qa.question, qa.meta["question_program"])
   tools = experts.make_tools(config.experts, plugins=generate_cots.PLUGINS)
   examples = programs.load_examples("toyworld")
-  result = {"questions": len(questions), "clips": num_clips, "size": args.size,
-            "max_frames": args.max_frames, "batch_size": args.batch_size,
-            "sandbox_workers": args.workers, "latency_ms": args.latency_ms,
-            "decode_workers": args.decode_workers, "llm_workers": args.llm_workers,
-            "max_batches_in_flight": args.max_batches_in_flight,
-            "load_avg_1m": round(os.getloadavg()[0], 1), "rows": []}
+  result = {
+    "questions": len(questions),
+    "clips": num_clips,
+    "size": args.size,
+    "max_frames": args.max_frames,
+    "batch_size": args.batch_size,
+    "sandbox_workers": args.workers,
+    "latency_ms": args.latency_ms,
+    "decode_workers": args.decode_workers,
+    "llm_workers": args.llm_workers,
+    "max_batches_in_flight": args.max_batches_in_flight,
+    "load_avg_1m": round(os.getloadavg()[0], 1),
+    "rows": [],
+  }
 
   with Sandbox(num_workers=args.workers) as sb:
+
     def job_factory(**llms):
       def make(pipelined: bool):
         timed_args = TimedArgs(generate_cots.clip_args(config))
         cot_job = job.CotJob(
-            tools=tools, make_args=timed_args, run_program=sb.run, examples=examples,
-            batch_size=args.batch_size, num_threads=args.workers, timeout_s=30.0,
-            video_path=generate_cots.video_path(config), pipeline=pipelined,
-            decode_workers=args.decode_workers,
-            max_batches_in_flight=args.max_batches_in_flight, llm_workers=args.llm_workers,
-            **llms)
+          tools=tools,
+          make_args=timed_args,
+          run_program=sb.run,
+          examples=examples,
+          batch_size=args.batch_size,
+          num_threads=args.workers,
+          timeout_s=30.0,
+          video_path=generate_cots.video_path(config),
+          pipeline=pipelined,
+          decode_workers=args.decode_workers,
+          max_batches_in_flight=args.max_batches_in_flight,
+          llm_workers=args.llm_workers,
+          **llms,
+        )
         return cot_job, timed_args
+
       return make
 
     replies = slow_replies(gold, args.latency_ms / 1e3)
     with StubServer(replies) as server:
+
       def http():
         return OpenAIChat(server.url, "stub-coder", concurrency=args.concurrency, timeout_s=60)
-      stub_job = job_factory(program_llm=http(), cot_llm=http(), judge_llm=http(),
-                             program_source="llm", logic_judge="llm")
+
+      stub_job = job_factory(
+        program_llm=http(),
+        cot_llm=http(),
+        judge_llm=http(),
+        program_source="llm",
+        logic_judge="llm",
+      )
       row = compare("stub", stub_job, questions, args.rounds, tmp)
     row["stub_requests"] = dict(sorted(replies.counts.items()))
     result["rows"].append(row)
@@ -204,8 +246,9 @@ def main(argv=None) -> dict:
     if not args.skip_local:
       texts = [qa.question for qa in questions] + list(gold.values())
       local = tiny_local_llm(texts, os.path.join(tmp, "tokenizer"), args.batch_size)
-      local_job = job_factory(cot_llm=local, judge_llm=local, program_source="gold",
-                              logic_judge="llm")
+      local_job = job_factory(
+        cot_llm=local, judge_llm=local, program_source="gold", logic_judge="llm"
+      )
       row = compare("local", local_job, questions, args.rounds, tmp)
       result["rows"].append(row)
       print(json.dumps(row), flush=True)

@@ -37,6 +37,7 @@ LLaVA-NeXT-Video-7B shapes in bf16 (32 frames: 4,608 video tokens); `--smoke` ke
 buckets, dtypes, frame count and modes but shrinks every width and depth (checks on a CPU that
 the gpu preset runs). One JSON object is printed at the end and written to `--out`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,55 +55,149 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experts import random_weights as rw  # noqa: E402
 
-TINY_OWL = dict(image_size=32, patch_size=8, vision_hidden=32, vision_layers=1, vision_heads=2,
-                text_hidden=32, text_layers=1, text_heads=2, projection=32, vocab=99,
-                text_length=16)
-TINY_CLIP = dict(TINY_OWL, image_size=32, patch_size=16, vision_hidden=16, text_hidden=16,
-                 projection=12)
+TINY_OWL = dict(
+  image_size=32,
+  patch_size=8,
+  vision_hidden=32,
+  vision_layers=1,
+  vision_heads=2,
+  text_hidden=32,
+  text_layers=1,
+  text_heads=2,
+  projection=32,
+  vocab=99,
+  text_length=16,
+)
+TINY_CLIP = dict(
+  TINY_OWL, image_size=32, patch_size=16, vision_hidden=16, text_hidden=16, projection=12
+)
 TINY_UNIVTG = dict(hidden_dim=32, nheads=4, enc_layers=1, dim_feedforward=48, clip_length=2.0)
-TINY_LLAVA = dict(vision_hidden=32, vision_layers=1, vision_heads=2, image_size=28, patch_size=14,
-                  hidden=32, intermediate=64, layers=1, heads=4, kv_heads=2, vocab=100)
+TINY_LLAVA = dict(
+  vision_hidden=32,
+  vision_layers=1,
+  vision_heads=2,
+  image_size=28,
+  patch_size=14,
+  hidden=32,
+  intermediate=64,
+  layers=1,
+  heads=4,
+  kv_heads=2,
+  vocab=100,
+)
 
 PRESETS = {
-    "tiny": dict(owl=TINY_OWL, clip=TINY_CLIP, univtg=TINY_UNIVTG, llava=TINY_LLAVA,
-                 questions=8, threads=4, frames=4, frame_hw=(24, 32), spans=(6.0, 10.0),
-                 llava_frames=2, new_tokens=3, owl_buckets=(1, 4), buckets=(1, 4, 16),
-                 llava_buckets=(1, 4), rounds=1),
-    # scaled-down experts: widths and depths cut, the programs and call pattern unchanged
-    "cpu": dict(owl=dict(TINY_OWL, image_size=96, patch_size=16, vision_hidden=96,
-                         vision_layers=2, vision_heads=4, text_hidden=64, projection=64),
-                clip=dict(TINY_CLIP, image_size=64, patch_size=16, vision_hidden=64,
-                          vision_layers=2, vision_heads=4, text_hidden=64, text_layers=2,
-                          text_heads=4, projection=64),
-                univtg=dict(hidden_dim=128, nheads=4, enc_layers=2, dim_feedforward=128,
-                            clip_length=2.0),
-                llava=dict(vision_hidden=64, vision_layers=2, vision_heads=4, image_size=56,
-                           patch_size=14, hidden=128, intermediate=256, layers=2, heads=4,
-                           kv_heads=4, vocab=1000),
-                questions=64, threads=16, frames=8, frame_hw=(72, 96), spans=(12.0, 20.0),
-                llava_frames=4, new_tokens=8, owl_buckets=(1, 8, 32), buckets=(1, 4, 16, 64),
-                llava_buckets=(1, 4, 16), rounds=2),
-    # real sizes (see the module docstring); STAR's 32 frames per question. LLaVA batches of at
-    # most 4 requests: a 4,650-token prefill is compute-bound already, and 4 keeps its KV cache
-    # and attention scores (~11 + ~27 GB) clear of OWLv2's 32-frame batch on one 141 GB device
-    "gpu": dict(owl=rw.OWLV2_B16, clip=rw.CLIP_B32, univtg=rw.UNIVTG_RELEASED,
-                llava=rw.LLAVA_NEXT_VIDEO_7B, questions=24, threads=16, frames=32,
-                frame_hw=(336, 448), spans=(16.0, 24.0), llava_frames=32, new_tokens=8,
-                owl_buckets=(32,), buckets=(1, 16), llava_buckets=(1, 4), rounds=1),
+  "tiny": dict(
+    owl=TINY_OWL,
+    clip=TINY_CLIP,
+    univtg=TINY_UNIVTG,
+    llava=TINY_LLAVA,
+    questions=8,
+    threads=4,
+    frames=4,
+    frame_hw=(24, 32),
+    spans=(6.0, 10.0),
+    llava_frames=2,
+    new_tokens=3,
+    owl_buckets=(1, 4),
+    buckets=(1, 4, 16),
+    llava_buckets=(1, 4),
+    rounds=1,
+  ),
+  # scaled-down experts: widths and depths cut, the programs and call pattern unchanged
+  "cpu": dict(
+    owl=dict(
+      TINY_OWL,
+      image_size=96,
+      patch_size=16,
+      vision_hidden=96,
+      vision_layers=2,
+      vision_heads=4,
+      text_hidden=64,
+      projection=64,
+    ),
+    clip=dict(
+      TINY_CLIP,
+      image_size=64,
+      patch_size=16,
+      vision_hidden=64,
+      vision_layers=2,
+      vision_heads=4,
+      text_hidden=64,
+      text_layers=2,
+      text_heads=4,
+      projection=64,
+    ),
+    univtg=dict(hidden_dim=128, nheads=4, enc_layers=2, dim_feedforward=128, clip_length=2.0),
+    llava=dict(
+      vision_hidden=64,
+      vision_layers=2,
+      vision_heads=4,
+      image_size=56,
+      patch_size=14,
+      hidden=128,
+      intermediate=256,
+      layers=2,
+      heads=4,
+      kv_heads=4,
+      vocab=1000,
+    ),
+    questions=64,
+    threads=16,
+    frames=8,
+    frame_hw=(72, 96),
+    spans=(12.0, 20.0),
+    llava_frames=4,
+    new_tokens=8,
+    owl_buckets=(1, 8, 32),
+    buckets=(1, 4, 16, 64),
+    llava_buckets=(1, 4, 16),
+    rounds=2,
+  ),
+  # real sizes (see the module docstring); STAR's 32 frames per question. LLaVA batches of at
+  # most 4 requests: a 4,650-token prefill is compute-bound already, and 4 keeps its KV cache
+  # and attention scores (~11 + ~27 GB) clear of OWLv2's 32-frame batch on one 141 GB device
+  "gpu": dict(
+    owl=rw.OWLV2_B16,
+    clip=rw.CLIP_B32,
+    univtg=rw.UNIVTG_RELEASED,
+    llava=rw.LLAVA_NEXT_VIDEO_7B,
+    questions=24,
+    threads=16,
+    frames=32,
+    frame_hw=(336, 448),
+    spans=(16.0, 24.0),
+    llava_frames=32,
+    new_tokens=8,
+    owl_buckets=(32,),
+    buckets=(1, 16),
+    llava_buckets=(1, 4),
+    rounds=1,
+  ),
 }
 OBJECTS = ("cup", "book", "laptop", "towel", "bag", "pillow", "sandwich", "door")
-ACTIONS = ("person opens the door", "person holds the cup", "person sits on the sofa",
-           "person puts down the book")
-CHOICES = (("Took.", "Put down.", "Washed.", "Threw."),
-           ("The cup.", "The book.", "The towel.", "The bag."))
+ACTIONS = (
+  "person opens the door",
+  "person holds the cup",
+  "person sits on the sofa",
+  "person puts down the book",
+)
+CHOICES = (
+  ("Took.", "Put down.", "Washed.", "Threw."),
+  ("The cup.", "The book.", "The towel.", "The bag."),
+)
 
 
 def smoke_sizes(p: dict) -> dict:
   """The preset with every model's width and depth cut to the tiny ones (same code path)."""
-  p = dict(p, owl=TINY_OWL, clip=TINY_CLIP, univtg=dict(TINY_UNIVTG,
-                                                          clip_length=p["univtg"]["clip_length"]),
-           llava=dict(TINY_LLAVA, dtype=p["llava"].get("dtype", "float32")),
-           frame_hw=(24, 32))
+  p = dict(
+    p,
+    owl=TINY_OWL,
+    clip=TINY_CLIP,
+    univtg=dict(TINY_UNIVTG, clip_length=p["univtg"]["clip_length"]),
+    llava=dict(TINY_LLAVA, dtype=p["llava"].get("dtype", "float32")),
+    frame_hw=(24, 32),
+  )
   return p
 
 
@@ -126,6 +221,7 @@ class Timed:
       finally:
         with self._lock:
           self._seconds[self._role] = self._seconds.get(self._role, 0.0) + time.perf_counter() - t0
+
     return timed
 
 
@@ -136,21 +232,40 @@ class Experts:
     from experts.backends.llava import LlavaVideoQA
     from experts.backends.owlv2 import Owlv2Detector
     from experts.backends.univtg import UniVTGGrounder
+
     t0 = time.perf_counter()
-    self.detector = Owlv2Detector(rw.owlv2(p["owl"]), rw.word_tokenize(p["owl"]["vocab"],
-                                                                       p["owl"]["text_length"]),
-                                  buckets=p["owl_buckets"], nms_threshold=None, coalesce=True,
-                                  coalesce_wait_s=wait_s, query_template="a photo of a {}")
+    self.detector = Owlv2Detector(
+      rw.owlv2(p["owl"]),
+      rw.word_tokenize(p["owl"]["vocab"], p["owl"]["text_length"]),
+      buckets=p["owl_buckets"],
+      nms_threshold=None,
+      coalesce=True,
+      coalesce_wait_s=wait_s,
+      query_template="a photo of a {}",
+    )
     univtg, clip_model = rw.univtg(p["univtg"], p["clip"])
-    self.grounder = UniVTGGrounder(univtg, clip_model,
-                                   rw.word_tokenize(p["clip"]["vocab"], p["clip"]["text_length"]),
-                                   buckets=p["buckets"], coalesce=True, coalesce_wait_s=wait_s)
+    self.grounder = UniVTGGrounder(
+      univtg,
+      clip_model,
+      rw.word_tokenize(p["clip"]["vocab"], p["clip"]["text_length"]),
+      buckets=p["buckets"],
+      coalesce=True,
+      coalesce_wait_s=wait_s,
+    )
     model, tokenizer = rw.llava(p["llava"])
-    self.llava = LlavaVideoQA(model, tokenizer, num_frames=p["llava_frames"],
-                              max_new_tokens=p["new_tokens"], choice_scoring="generate",
-                              prompt_format="official", summary_prompt="ours",
-                              action_prompt="official", buckets=p["llava_buckets"],
-                              coalesce=True, coalesce_wait_s=wait_s)
+    self.llava = LlavaVideoQA(
+      model,
+      tokenizer,
+      num_frames=p["llava_frames"],
+      max_new_tokens=p["new_tokens"],
+      choice_scoring="generate",
+      prompt_format="official",
+      summary_prompt="ours",
+      action_prompt="official",
+      buckets=p["llava_buckets"],
+      coalesce=True,
+      coalesce_wait_s=wait_s,
+    )
     self.build_s = time.perf_counter() - t0
 
   def coalescers(self) -> dict:
@@ -162,15 +277,23 @@ class Experts:
   @contextlib.contextmanager
   def bypass(self):
     """Calls go straight to the bucketed functions (the same compiled programs)."""
-    saved = (self.detector.coalescer, self.grounder.coalescers, self.llava.coalescers,
-             self.llava.coalesce)
+    saved = (
+      self.detector.coalescer,
+      self.grounder.coalescers,
+      self.llava.coalescers,
+      self.llava.coalesce,
+    )
     self.detector.coalescer, self.grounder.coalescers = None, {}
     self.llava.coalescers, self.llava.coalesce = {}, False
     try:
       yield
     finally:
-      (self.detector.coalescer, self.grounder.coalescers, self.llava.coalescers,
-       self.llava.coalesce) = saved
+      (
+        self.detector.coalescer,
+        self.grounder.coalescers,
+        self.llava.coalescers,
+        self.llava.coalesce,
+      ) = saved
 
   def close(self):
     for backend in (self.detector, self.grounder, self.llava):
@@ -180,6 +303,7 @@ class Experts:
 def make_questions(p: dict, tag: str, seed: int) -> list[dict]:
   """`questions` clips of `frames` frames sampled over one of `spans` seconds (30 fps source)."""
   import experts
+
   rng = np.random.default_rng(seed)
   h, w = p["frame_hw"]
   out = []
@@ -188,10 +312,16 @@ def make_questions(p: dict, tag: str, seed: int) -> list[dict]:
     ids = np.linspace(0, span * 30 - 1, p["frames"]).round().astype(np.int64)
     frames = rng.integers(0, 255, (p["frames"], h, w, 3), dtype=np.uint8)
     objs = [OBJECTS[j] for j in rng.permutation(len(OBJECTS))[:2]]
-    out.append({"clip": experts.VideoClip(frames, fps=30.0, video_id=f"{tag}-{i}", frame_ids=ids),
-                "objects": objs, "action": ACTIONS[i % len(ACTIONS)],
-                "choices": list(CHOICES[i % len(CHOICES)]), "summary": i % 2 == 0,
-                "question": f"What did the person do with the {objs[0]}?"})
+    out.append(
+      {
+        "clip": experts.VideoClip(frames, fps=30.0, video_id=f"{tag}-{i}", frame_ids=ids),
+        "objects": objs,
+        "action": ACTIONS[i % len(ACTIONS)],
+        "choices": list(CHOICES[i % len(CHOICES)]),
+        "summary": i % 2 == 0,
+        "question": f"What did the person do with the {objs[0]}?",
+      }
+    )
   return out
 
 
@@ -201,8 +331,12 @@ def program(tools: dict, q: dict) -> tuple:
   kept = tools["Filter_frames_with_obj"](clip, q["objects"][0])
   seen = tools["exist"](clip, q["objects"][1])
   acts = tools["Query_Actions"](window if len(window) else clip, q["objects"][0], q["choices"])
-  info = {"window": [window.start_frame, window.end_frame], "frames": kept.num_frames,
-          "seen": seen, "actions": acts}
+  info = {
+    "window": [window.start_frame, window.end_frame],
+    "frames": kept.num_frames,
+    "seen": seen,
+    "actions": acts,
+  }
   if q["summary"]:
     info["summary"] = tools["Video_summary"](clip)
   answer = tools["select_answer"](q["question"], q["choices"], info)
@@ -212,36 +346,58 @@ def program(tools: dict, q: dict) -> tuple:
 def run(ex: Experts, questions: list[dict], threads: int, threshold: float) -> dict:
   import experts
   from experts.backends import oracle
+
   ex.detector.clear_features()
   seconds, lock = {}, threading.Lock()
-  box = experts.Toolbox(detector=Timed(ex.detector, "owlv2", seconds, lock),
-                        grounder=Timed(ex.grounder, "univtg+clip", seconds, lock),
-                        action_recognizer=Timed(ex.llava, "llava", seconds, lock),
-                        video_qa=Timed(ex.llava, "llava", seconds, lock),
-                        selector=oracle.KeywordSelector(), detect_threshold=threshold,
-                        find="frames", exist="detector")
+  box = experts.Toolbox(
+    detector=Timed(ex.detector, "owlv2", seconds, lock),
+    grounder=Timed(ex.grounder, "univtg+clip", seconds, lock),
+    action_recognizer=Timed(ex.llava, "llava", seconds, lock),
+    video_qa=Timed(ex.llava, "llava", seconds, lock),
+    selector=oracle.KeywordSelector(),
+    detect_threshold=threshold,
+    find="frames",
+    exist="detector",
+  )
   tools = box.tools()
-  before = {k: (c.stats.busy_s, c.stats.batches, c.stats.requests)
-            for k, c in ex.coalescers().items()}
+  before = {
+    k: (c.stats.busy_s, c.stats.batches, c.stats.requests) for k, c in ex.coalescers().items()
+  }
   t0, cpu0 = time.perf_counter(), time.process_time()
   with concurrent.futures.ThreadPoolExecutor(threads) as pool:
     answers = list(pool.map(lambda q: program(tools, q), questions))
   wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
   workers = {}
   for k, c in ex.coalescers().items():
-    busy, batches, requests = (a - b for a, b in zip(
-        (c.stats.busy_s, c.stats.batches, c.stats.requests), before.get(k, (0.0, 0, 0))))
+    busy, batches, requests = (
+      a - b
+      for a, b in zip(
+        (c.stats.busy_s, c.stats.batches, c.stats.requests), before.get(k, (0.0, 0, 0))
+      )
+    )
     if batches:
-      workers[k] = {"busy_s": round(busy, 3), "batches": batches,
-                    "requests_per_batch": round(requests / batches, 2)}
-  return {"wall_s": wall, "cpu_s": cpu, "answers": answers, "expert_call_s": seconds, "workers": workers}
+      workers[k] = {
+        "busy_s": round(busy, 3),
+        "batches": batches,
+        "requests_per_batch": round(requests / batches, 2),
+      }
+  return {
+    "wall_s": wall,
+    "cpu_s": cpu,
+    "answers": answers,
+    "expert_call_s": seconds,
+    "workers": workers,
+  }
 
 
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
-  ap.add_argument("--smoke", action="store_true",
-                  help="the preset's code path with tiny widths and depths (runs on a CPU)")
+  ap.add_argument(
+    "--smoke",
+    action="store_true",
+    help="the preset's code path with tiny widths and depths (runs on a CPU)",
+  )
   ap.add_argument("--threads", type=int, default=0, help="programs in flight (0: the preset's)")
   ap.add_argument("--rounds", type=int, default=0, help="timed rounds per mode (best kept)")
   ap.add_argument("--questions", type=int, default=0, help="questions per round (0: preset's)")
@@ -260,6 +416,7 @@ def main(argv=None):
   import jax
 
   from experts.batching import count_xla_compilations
+
   ex = Experts(p, args.wait_ms / 1000)
   # the detection threshold: the 99th percentile of the random model's scores (some boxes)
   probe = make_questions(dict(p, questions=1), "probe", 99)[0]["clip"]
@@ -269,7 +426,7 @@ def main(argv=None):
   t0 = time.perf_counter()
   warm = make_questions(p, "warm", 1)  # compiles every mode's shapes
   for mode, threads in modes.items():
-    with (contextlib.nullcontext() if mode == "on" else ex.bypass()):
+    with contextlib.nullcontext() if mode == "on" else ex.bypass():
       # off/serial run each call alone: two questions (both spans, a summary) cover their shapes
       run(ex, warm if mode == "on" else warm[:2], threads, threshold)
   for coalescer in ex.coalescers().values():  # every batch size a timed round may form
@@ -282,7 +439,7 @@ def main(argv=None):
     for r in range(p["rounds"]):
       qs = make_questions(p, f"r{r}", 10 + r)
       for mode, threads in modes.items():
-        with (contextlib.nullcontext() if mode == "on" else ex.bypass()):
+        with contextlib.nullcontext() if mode == "on" else ex.bypass():
           out = run(ex, qs, threads, threshold)
         answers.setdefault(mode, out["answers"])
         if best[mode] is None or out["wall_s"] < best[mode]["wall_s"]:
@@ -293,25 +450,33 @@ def main(argv=None):
   busy = sum(w["busy_s"] for w in on["workers"].values())
   device = jax.devices()[0]
   result = {
-      "preset": args.preset + (" (smoke)" if args.smoke else ""), "platform": device.platform,
-      "device_kind": device.device_kind, "threads": p["threads"], "questions": p["questions"],
-      "rounds": p["rounds"], "frames_per_question": p["frames"], "frame_hw": list(p["frame_hw"]),
-      "llava_frames": p["llava_frames"], "new_tokens": p["new_tokens"], "wait_ms": args.wait_ms,
-      "questions_per_s": {m: round(v, 3) for m, v in qps.items()},
-      "seconds_per_question": {m: round(1 / v, 4) for m, v in qps.items()},
-      "process_cpu_s_per_question": {m: round(best[m]["cpu_s"] / p["questions"], 4)
-                                     for m in modes},
-      "ratio_on_vs_off": round(qps["on"] / qps["off"], 2),
-      "ratio_on_vs_serial": round(qps["on"] / qps["serial"], 2),
-      "expert_call_s": {m: {k: round(v, 3) for k, v in best[m]["expert_call_s"].items()}
-                        for m in modes},
-      "coalescers_on": on["workers"],
-      "expert_workers_busy_fraction_on": round(busy / on["wall_s"], 3),
-      "same_answers": answers["on"] == answers["off"] == answers["serial"],
-      "xla_compilations_timed": compiles[0],
-      "build_s": round(ex.build_s, 1), "warmup_compile_s": round(compile_s, 1),
-      "total_s": round(time.perf_counter() - t_start, 1),
-      "load_average": [round(x, 1) for x in os.getloadavg()],
+    "preset": args.preset + (" (smoke)" if args.smoke else ""),
+    "platform": device.platform,
+    "device_kind": device.device_kind,
+    "threads": p["threads"],
+    "questions": p["questions"],
+    "rounds": p["rounds"],
+    "frames_per_question": p["frames"],
+    "frame_hw": list(p["frame_hw"]),
+    "llava_frames": p["llava_frames"],
+    "new_tokens": p["new_tokens"],
+    "wait_ms": args.wait_ms,
+    "questions_per_s": {m: round(v, 3) for m, v in qps.items()},
+    "seconds_per_question": {m: round(1 / v, 4) for m, v in qps.items()},
+    "process_cpu_s_per_question": {m: round(best[m]["cpu_s"] / p["questions"], 4) for m in modes},
+    "ratio_on_vs_off": round(qps["on"] / qps["off"], 2),
+    "ratio_on_vs_serial": round(qps["on"] / qps["serial"], 2),
+    "expert_call_s": {
+      m: {k: round(v, 3) for k, v in best[m]["expert_call_s"].items()} for m in modes
+    },
+    "coalescers_on": on["workers"],
+    "expert_workers_busy_fraction_on": round(busy / on["wall_s"], 3),
+    "same_answers": answers["on"] == answers["off"] == answers["serial"],
+    "xla_compilations_timed": compiles[0],
+    "build_s": round(ex.build_s, 1),
+    "warmup_compile_s": round(compile_s, 1),
+    "total_s": round(time.perf_counter() - t_start, 1),
+    "load_average": [round(x, 1) for x in os.getloadavg()],
   }
   text = json.dumps(result, indent=1)
   print(text)

@@ -4,6 +4,7 @@ On a machine shared with other jobs the wall time of a run moves with the load; 
 time the host and the worker processes spend on it moves much less, so both benchmarks
 print it next to their rates.
 """
+
 import os
 import resource
 

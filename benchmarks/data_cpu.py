@@ -5,6 +5,7 @@ clips/s of the Grain pipeline with 2 decoding workers vs 1 (and in-process).
 
 Prints each figure and its ratio to the reference measured in the same run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,13 +52,23 @@ def bench_seek(d: str, quick: bool) -> dict:
   out = {}
   for name, window in [("whole clip", (None, None)), ("10 s window at 40 s", (40.0, 50.0))]:
     seek = _best(lambda: V.read_frames(path, 8, start=window[0], end=window[1], seek=True), 3)
-    full = _best(lambda: V.decode_frames(path, V.sample_indices(fps * seconds, fps, 8, *window),
-                                         seek=False), 1 if quick else 2)
-    all_frames = _best(lambda: V.decode_all(path)[V.sample_indices(fps * seconds, fps, 8, *window)], 1)
-    out[name] = {"seek_s": seek, "decode_forward_s": full, "decode_all_s": all_frames,
-                 "speedup_vs_decode_all": all_frames / seek}
-    print(f"8 frames, {name}: seek {seek * 1e3:.1f} ms | decode forward {full * 1e3:.1f} ms | "
-          f"decode all {all_frames * 1e3:.1f} ms -> seek is {all_frames / seek:.1f}x decode-all")
+    full = _best(
+      lambda: V.decode_frames(path, V.sample_indices(fps * seconds, fps, 8, *window), seek=False),
+      1 if quick else 2,
+    )
+    all_frames = _best(
+      lambda: V.decode_all(path)[V.sample_indices(fps * seconds, fps, 8, *window)], 1
+    )
+    out[name] = {
+      "seek_s": seek,
+      "decode_forward_s": full,
+      "decode_all_s": all_frames,
+      "speedup_vs_decode_all": all_frames / seek,
+    }
+    print(
+      f"8 frames, {name}: seek {seek * 1e3:.1f} ms | decode forward {full * 1e3:.1f} ms | "
+      f"decode all {all_frames * 1e3:.1f} ms -> seek is {all_frames / seek:.1f}x decode-all"
+    )
   return out
 
 
@@ -66,16 +77,34 @@ def bench_pipeline(d: str, quick: bool) -> dict:
   records = []
   for i in range(n_clips):
     V.write_video(os.path.join(d, f"c{i}.mp4"), _frames(fps * seconds, 240, 320, i), fps, gop=50)
-    records.append(VideoQA(qid=f"q{i}", video_id=f"c{i}", question="what moves", choices=["a", "b"],
-                           answer="a", answer_index=0, start=1.0, end=9.0))
+    records.append(
+      VideoQA(
+        qid=f"q{i}",
+        video_id=f"c{i}",
+        question="what moves",
+        choices=["a", "b"],
+        answer="a",
+        answer_index=0,
+        start=1.0,
+        end=9.0,
+      )
+    )
   sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
   from fixtures.tiny_tokenizer import make_tokenizer  # pylint: disable=g-import-not-at-top
+
   tok = make_tokenizer(["what moves a b"])
   batches = 4 if quick else 8
   out = {}
   for workers in (0, 1, 2):
-    cfg = DP.PipelineConfig(batch_size=4, num_frames=8, image_size=224, decode_size=None,
-                            buckets=(64,), num_workers=workers, worker_buffer_size=2)
+    cfg = DP.PipelineConfig(
+      batch_size=4,
+      num_frames=8,
+      image_size=224,
+      decode_size=None,
+      buckets=(64,),
+      num_workers=workers,
+      worker_buffer_size=2,
+    )
     it = DP.make_pipeline(tok, [DP.qa_source(records, video_root=d)], cfg)
     try:
       next(it)  # start-up (worker spawn) excluded
@@ -87,8 +116,10 @@ def bench_pipeline(d: str, quick: bool) -> dict:
       it.close()
     out[workers] = batches * cfg.batch_size / dt
     print(f"pipeline, {workers} worker(s): {out[workers]:.1f} clips/s")
-  print(f"2 workers vs 1: {out[2] / out[1]:.2f}x; 1 worker vs in-process: {out[1] / out[0]:.2f}x "
-        f"({os.cpu_count()} CPUs)")
+  print(
+    f"2 workers vs 1: {out[2] / out[1]:.2f}x; 1 worker vs in-process: {out[1] / out[0]:.2f}x "
+    f"({os.cpu_count()} CPUs)"
+  )
   return {"clips_per_s": out, "ratio_2_vs_1": out[2] / out[1]}
 
 

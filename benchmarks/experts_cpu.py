@@ -13,6 +13,7 @@ buckets 1,2,4,8,16,32: the count must stay at most the number of buckets.
   python benchmarks/experts_cpu.py                 # the figures in benchmarks/RESULTS.md
   python benchmarks/experts_cpu.py --preset=tiny   # a smoke run
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,17 +25,46 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+sys.path.insert(
+  0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)  # run from a checkout
 
 PRESETS = {
-    # ~4M-parameter towers: 128 px, 16 px patches (64 patches), 4 vision layers of width 128.
-    "cpu": dict(image_size=128, patch_size=16, vision_hidden=128, vision_layers=4, vision_heads=4,
-                text_hidden=64, text_layers=2, frames=64, batch=32),
-    # toy-world detector size: 64 px, 8 px patches (64 patches), 2 layers of width 64.
-    "toy": dict(image_size=64, patch_size=8, vision_hidden=64, vision_layers=2, vision_heads=2,
-                text_hidden=64, text_layers=2, frames=64, batch=32),
-    "tiny": dict(image_size=32, patch_size=8, vision_hidden=32, vision_layers=1, vision_heads=2,
-                 text_hidden=32, text_layers=1, frames=16, batch=8),
+  # ~4M-parameter towers: 128 px, 16 px patches (64 patches), 4 vision layers of width 128.
+  "cpu": dict(
+    image_size=128,
+    patch_size=16,
+    vision_hidden=128,
+    vision_layers=4,
+    vision_heads=4,
+    text_hidden=64,
+    text_layers=2,
+    frames=64,
+    batch=32,
+  ),
+  # toy-world detector size: 64 px, 8 px patches (64 patches), 2 layers of width 64.
+  "toy": dict(
+    image_size=64,
+    patch_size=8,
+    vision_hidden=64,
+    vision_layers=2,
+    vision_heads=2,
+    text_hidden=64,
+    text_layers=2,
+    frames=64,
+    batch=32,
+  ),
+  "tiny": dict(
+    image_size=32,
+    patch_size=8,
+    vision_hidden=32,
+    vision_layers=1,
+    vision_heads=2,
+    text_hidden=32,
+    text_layers=1,
+    frames=16,
+    batch=8,
+  ),
 }
 BUCKETS = (1, 2, 4, 8, 16, 32)
 
@@ -42,18 +72,31 @@ BUCKETS = (1, 2, 4, 8, 16, 32)
 def build(p, path):
   import torch
   import transformers
+
   torch.manual_seed(0)
   cfg = transformers.Owlv2Config(
-      text_config=dict(hidden_size=p["text_hidden"], intermediate_size=4 * p["text_hidden"],
-                       num_hidden_layers=p["text_layers"], num_attention_heads=2, vocab_size=1000,
-                       max_position_embeddings=16),
-      vision_config=dict(hidden_size=p["vision_hidden"], intermediate_size=4 * p["vision_hidden"],
-                         num_hidden_layers=p["vision_layers"], num_attention_heads=p["vision_heads"],
-                         image_size=p["image_size"], patch_size=p["patch_size"]),
-      projection_dim=p["text_hidden"])
+    text_config=dict(
+      hidden_size=p["text_hidden"],
+      intermediate_size=4 * p["text_hidden"],
+      num_hidden_layers=p["text_layers"],
+      num_attention_heads=2,
+      vocab_size=1000,
+      max_position_embeddings=16,
+    ),
+    vision_config=dict(
+      hidden_size=p["vision_hidden"],
+      intermediate_size=4 * p["vision_hidden"],
+      num_hidden_layers=p["vision_layers"],
+      num_attention_heads=p["vision_heads"],
+      image_size=p["image_size"],
+      patch_size=p["patch_size"],
+    ),
+    projection_dim=p["text_hidden"],
+  )
   ref = transformers.Owlv2ForObjectDetection(cfg).eval()
   ref.save_pretrained(path)
   from aotd_jax import hf
+
   return ref, hf.from_pretrained(path)
 
 
@@ -100,8 +143,8 @@ def main():
   detect = jax.jit(detect_fn)
   dev_pixels = jnp.asarray(pixels)
 
-  singles = [dev_pixels[i:i + 1] for i in range(n)]  # sliced up front: time only the model
-  batches = [dev_pixels[i:i + bsz] for i in range(0, n, bsz)]
+  singles = [dev_pixels[i : i + 1] for i in range(n)]  # sliced up front: time only the model
+  batches = [dev_pixels[i : i + bsz] for i in range(0, n, bsz)]
 
   def per_frame():
     for x in singles:
@@ -115,17 +158,24 @@ def main():
     frames = n if batch > 1 else min(n, 16)  # per-frame eager torch is slow: time 16 frames
     with torch.no_grad():
       for i in range(0, frames, batch):
-        x = torch.from_numpy(pixels[i:i + batch])
-        ref(input_ids=torch.from_numpy(np.tile(ids, (len(x), 1))),
-            attention_mask=torch.from_numpy(np.tile(mask, (len(x), 1))), pixel_values=x)
+        x = torch.from_numpy(pixels[i : i + batch])
+        ref(
+          input_ids=torch.from_numpy(np.tile(ids, (len(x), 1))),
+          attention_mask=torch.from_numpy(np.tile(mask, (len(x), 1))),
+          pixel_values=x,
+        )
 
   # The four runs are interleaved, best of `repeats` each, so that all see the same load
   # (a shared machine's load swings within seconds). PyTorch runs with one intra-op thread: on
   # a loaded 2-core machine its default threads spin against other processes (10x slower);
   # on an idle machine two threads could be up to 2x faster than the figure here.
   torch.set_num_threads(1)
-  runs = {"frame": per_frame, "batch": batched,
-          "torch_batch": lambda: torch_run(bsz), "torch_frame": lambda: torch_run(1)}
+  runs = {
+    "frame": per_frame,
+    "batch": batched,
+    "torch_batch": lambda: torch_run(bsz),
+    "torch_frame": lambda: torch_run(1),
+  }
   for fn in runs.values():
     fn()
   best = {k: float("inf") for k in runs}
@@ -145,7 +195,7 @@ def main():
   flops_per_frame = float(cost["flops"]) / bsz
   big = jnp.ones((1024, 1024), jnp.float32)
   matmul = jax.jit(lambda a: a @ a)
-  peak = 2 * 1024 ** 3 / timed(lambda: jax.block_until_ready(matmul(big)), repeats=20)
+  peak = 2 * 1024**3 / timed(lambda: jax.block_until_ready(matmul(big)), repeats=20)
 
   # Compilations over clips of random lengths (frames on the host, as decoded). (a) through
   # experts.batching.BucketedJit, counting the expert's traces and every XLA compilation (its
@@ -167,22 +217,30 @@ def main():
       clip = np.repeat(frame, int(length), 0)
       for start, stop, size in plan_chunks(len(clip), BUCKETS):
         out = host_detect(state, pad_rows(clip[start:stop], size), queries)
-        _ = [np.asarray(o)[:stop - start] for o in out]
+        _ = [np.asarray(o)[: stop - start] for o in out]
 
   result = {
-      "preset": args.preset, "frames": n, "batch": bsz, "image_size": s,
-      "ours_per_frame_fps": round(fps(t_frame), 1), "ours_batched_fps": round(fps(t_batch), 1),
-      "torch_per_frame_fps": round(fps(t_torch_frame), 1), "torch_batched_fps": round(fps(t_torch), 1),
-      "mflop_per_frame": round(flops_per_frame / 1e6, 1), "matmul_peak_gflops": round(peak / 1e9, 1),
-      "per_frame_fraction_of_peak": round(fps(t_frame) * flops_per_frame / peak, 2),
-      "batched_fraction_of_peak": round(fps(t_batch) * flops_per_frame / peak, 2),
-      "batched_vs_per_frame": round(t_frame / t_batch, 2),
-      "batched_vs_torch_batched": round(t_torch / t_batch, 2),
-      "per_frame_vs_torch_per_frame": round(t_torch_frame / t_frame, 2),
-      "clips": args.clips, "clip_frames": int(lengths.sum()), "buckets": list(BUCKETS),
-      "bucketedjit_expert_compiles": expert.compiles,
-      "bucketedjit_all_xla_compilations": total_bucketed[0],
-      "host_unpad_all_xla_compilations": total_host[0],
+    "preset": args.preset,
+    "frames": n,
+    "batch": bsz,
+    "image_size": s,
+    "ours_per_frame_fps": round(fps(t_frame), 1),
+    "ours_batched_fps": round(fps(t_batch), 1),
+    "torch_per_frame_fps": round(fps(t_torch_frame), 1),
+    "torch_batched_fps": round(fps(t_torch), 1),
+    "mflop_per_frame": round(flops_per_frame / 1e6, 1),
+    "matmul_peak_gflops": round(peak / 1e9, 1),
+    "per_frame_fraction_of_peak": round(fps(t_frame) * flops_per_frame / peak, 2),
+    "batched_fraction_of_peak": round(fps(t_batch) * flops_per_frame / peak, 2),
+    "batched_vs_per_frame": round(t_frame / t_batch, 2),
+    "batched_vs_torch_batched": round(t_torch / t_batch, 2),
+    "per_frame_vs_torch_per_frame": round(t_torch_frame / t_frame, 2),
+    "clips": args.clips,
+    "clip_frames": int(lengths.sum()),
+    "buckets": list(BUCKETS),
+    "bucketedjit_expert_compiles": expert.compiles,
+    "bucketedjit_all_xla_compilations": total_bucketed[0],
+    "host_unpad_all_xla_compilations": total_host[0],
   }
   print(json.dumps(result, indent=2))
   assert expert.compiles <= len(BUCKETS), "more expert compilations than buckets"

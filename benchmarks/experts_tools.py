@@ -17,6 +17,7 @@ XLA compilations seen during the batched pass.
   python benchmarks/experts_tools.py               # the figures in benchmarks/RESULTS.md
   python benchmarks/experts_tools.py --preset=tiny # a smoke run (seconds)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,10 +32,12 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 PRESETS = {
-    "cpu": dict(image_size=96, patch_size=16, hidden=96, layers=2, clips=100, max_len=48,
-                frame_hw=(72, 96)),
-    "tiny": dict(image_size=32, patch_size=8, hidden=32, layers=1, clips=12, max_len=12,
-                 frame_hw=(24, 32)),
+  "cpu": dict(
+    image_size=96, patch_size=16, hidden=96, layers=2, clips=100, max_len=48, frame_hw=(72, 96)
+  ),
+  "tiny": dict(
+    image_size=32, patch_size=8, hidden=32, layers=1, clips=12, max_len=12, frame_hw=(24, 32)
+  ),
 }
 BUCKETS = (1, 2, 4, 8, 16, 32)
 VOCAB = 99
@@ -45,7 +48,7 @@ def tokenize(texts):
   mask = np.zeros_like(ids)
   for i, t in enumerate(texts):
     toks = [VOCAB - 2] + [3 + sum(map(ord, w)) % (VOCAB - 6) for w in t.split()] + [VOCAB - 1]
-    ids[i, :len(toks)], mask[i, :len(toks)] = toks, 1
+    ids[i, : len(toks)], mask[i, : len(toks)] = toks, 1
   return ids, mask
 
 
@@ -53,15 +56,30 @@ def build(p, path):
   import torch
   import transformers
   from aotd_jax import hf
+
   torch.manual_seed(0)
   cfg = transformers.Owlv2Config(
-      text_config=dict(vocab_size=VOCAB, hidden_size=p["hidden"], intermediate_size=2 * p["hidden"],
-                       num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=16,
-                       eos_token_id=VOCAB - 1, bos_token_id=VOCAB - 2, pad_token_id=0),
-      vision_config=dict(hidden_size=p["hidden"], intermediate_size=4 * p["hidden"],
-                         num_hidden_layers=p["layers"], num_attention_heads=4,
-                         image_size=p["image_size"], patch_size=p["patch_size"]),
-      projection_dim=p["hidden"])
+    text_config=dict(
+      vocab_size=VOCAB,
+      hidden_size=p["hidden"],
+      intermediate_size=2 * p["hidden"],
+      num_hidden_layers=1,
+      num_attention_heads=2,
+      max_position_embeddings=16,
+      eos_token_id=VOCAB - 1,
+      bos_token_id=VOCAB - 2,
+      pad_token_id=0,
+    ),
+    vision_config=dict(
+      hidden_size=p["hidden"],
+      intermediate_size=4 * p["hidden"],
+      num_hidden_layers=p["layers"],
+      num_attention_heads=4,
+      image_size=p["image_size"],
+      patch_size=p["patch_size"],
+    ),
+    projection_dim=p["hidden"],
+  )
   ref = transformers.Owlv2ForObjectDetection(cfg).eval()
   ref.save_pretrained(path)
   return ref, hf.from_pretrained(path)
@@ -78,8 +96,9 @@ def main(argv=None):
   ap = argparse.ArgumentParser()
   ap.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
   ap.add_argument("--rounds", type=int, default=3, help="timed rounds (best kept)")
-  ap.add_argument("--reference_clips", type=int, default=20,
-                  help="clips run through transformers (its frames/s)")
+  ap.add_argument(
+    "--reference_clips", type=int, default=20, help="clips run through transformers (its frames/s)"
+  )
   args = ap.parse_args(argv)
   p = PRESETS[args.preset]
   import jax
@@ -93,8 +112,10 @@ def main(argv=None):
   rng = np.random.default_rng(0)
   h, w = p["frame_hw"]
   lengths = rng.integers(1, p["max_len"] + 1, p["clips"])
-  clips = [experts.VideoClip(rng.integers(0, 255, (int(n), h, w, 3), dtype=np.uint8),
-                             video_id=f"clip{i}") for i, n in enumerate(lengths)]
+  clips = [
+    experts.VideoClip(rng.integers(0, 255, (int(n), h, w, 3), dtype=np.uint8), video_id=f"clip{i}")
+    for i, n in enumerate(lengths)
+  ]
   frames = int(lengths.sum())
   query = "red circle"
 
@@ -126,32 +147,42 @@ def main(argv=None):
 
   proc = Owlv2ImageProcessorPil(size={"height": p["image_size"], "width": p["image_size"]})
   ids, mask = tokenize([query])
-  ref_clips = clips[:args.reference_clips]
+  ref_clips = clips[: args.reference_clips]
   ref_frames = sum(len(c) for c in ref_clips)
   t0 = time.perf_counter()
   with torch.no_grad():
     for clip in ref_clips:
       n = len(clip)
       pv = proc(images=list(clip.frames), return_tensors="pt")["pixel_values"]
-      out = ref(input_ids=torch.tensor(np.tile(ids, (n, 1))).long(),
-                attention_mask=torch.tensor(np.tile(mask, (n, 1))), pixel_values=pv)
+      out = ref(
+        input_ids=torch.tensor(np.tile(ids, (n, 1))).long(),
+        attention_mask=torch.tensor(np.tile(mask, (n, 1))),
+        pixel_values=pv,
+      )
       proc.post_process_object_detection(out, threshold=0.1, target_sizes=[(h, w)] * n)
   t_torch = time.perf_counter() - t0
 
   fps = lambda t: frames / t
   result = {
-      "preset": args.preset, "device": str(jax.devices()[0].platform), "clips": p["clips"],
-      "frames": frames, "frame_hw": [h, w], "image_size": p["image_size"],
-      "batched_fps": round(fps(t_batched), 1), "per_frame_fps": round(fps(t_single), 1),
-      "transformers_fps": round(ref_frames / t_torch, 1), "cached_fps": round(fps(t_cached), 1),
-      "new_query_fps": round(fps(t_new_query), 1),
-      "batched_cold_s": round(t_batched_cold, 2),
-      "ratio_batched_vs_per_frame": round(t_single / t_batched, 2),
-      "ratio_batched_vs_transformers": round(fps(t_batched) / (ref_frames / t_torch), 2),
-      "ratio_cached_vs_batched": round(t_batched / t_cached, 1),
-      "ratio_second_query_vs_first": round(t_first / t_new_query, 2),
-      "image_side_compilations": compiles, "buckets": len(BUCKETS),
-      "xla_compilations_batched_pass": xla[0],
+    "preset": args.preset,
+    "device": str(jax.devices()[0].platform),
+    "clips": p["clips"],
+    "frames": frames,
+    "frame_hw": [h, w],
+    "image_size": p["image_size"],
+    "batched_fps": round(fps(t_batched), 1),
+    "per_frame_fps": round(fps(t_single), 1),
+    "transformers_fps": round(ref_frames / t_torch, 1),
+    "cached_fps": round(fps(t_cached), 1),
+    "new_query_fps": round(fps(t_new_query), 1),
+    "batched_cold_s": round(t_batched_cold, 2),
+    "ratio_batched_vs_per_frame": round(t_single / t_batched, 2),
+    "ratio_batched_vs_transformers": round(fps(t_batched) / (ref_frames / t_torch), 2),
+    "ratio_cached_vs_batched": round(t_batched / t_cached, 1),
+    "ratio_second_query_vs_first": round(t_first / t_new_query, 2),
+    "image_side_compilations": compiles,
+    "buckets": len(BUCKETS),
+    "xla_compilations_batched_pass": xla[0],
   }
   print(json.dumps(result, indent=1))
   assert compiles <= len(BUCKETS), compiles

@@ -9,6 +9,7 @@ hits both alike. Prints GFLOP/s per shape and the total speed ratio (> 1: the wo
 faster). A noisy box moves both sides; separate runs do not compare. `benchmarks/RESULTS.md` has
 the figures this produced.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,17 +31,21 @@ def base_target(rev: str, out_dir: str) -> str:
   import jax
 
   from aotd_jax.kernels import build
+
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  src = subprocess.run(["git", "show", f"{rev}:{_SOURCE}"], cwd=root, check=True,
-                       capture_output=True, text=True).stdout
-  src = src.replace("AotdAmxMatmul", "AotdAmxMatmulBase").replace("AotdAmxSupported",
-                                                                   "AotdAmxSupportedBase")
+  src = subprocess.run(
+    ["git", "show", f"{rev}:{_SOURCE}"], cwd=root, check=True, capture_output=True, text=True
+  ).stdout
+  src = src.replace("AotdAmxMatmul", "AotdAmxMatmulBase").replace(
+    "AotdAmxSupported", "AotdAmxSupportedBase"
+  )
   path = os.path.join(out_dir, "amx_matmul_base.cc")
   with open(path, "w") as f:
     f.write(src)
   lib = ctypes.cdll.LoadLibrary(build.build_library(path, out_dir=out_dir))
-  jax.ffi.register_ffi_target("aotd_amx_matmul_base", jax.ffi.pycapsule(lib.AotdAmxMatmulBase),
-                              platform="cpu")
+  jax.ffi.register_ffi_target(
+    "aotd_amx_matmul_base", jax.ffi.pycapsule(lib.AotdAmxMatmulBase), platform="cpu"
+  )
   return "aotd_amx_matmul_base"
 
 
@@ -57,6 +62,7 @@ def main(argv=None) -> None:
   from aotd_jax.kernels import amx_matmul
   from benchmarks.matmul_cpu import train_matmul_shapes
   from configs.llama_tiny import get_config
+
   if not amx_matmul.available():
     sys.exit("kernel_ab: this CPU has no AMX-BF16 (or no C++ compiler)")
   with tempfile.TemporaryDirectory() as tmp:
@@ -66,7 +72,8 @@ def main(argv=None) -> None:
       m = a.shape[1] if ta else a.shape[0]
       n = b.shape[0] if tb else b.shape[1]
       return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct((m, n), jnp.float32))(
-          a, b, transpose_a=ta, transpose_b=tb, passes=np.int32(args.passes))
+        a, b, transpose_a=ta, transpose_b=tb, passes=np.int32(args.passes)
+      )
 
     m = get_config("bench").model
     kv = m.hidden_size // m.num_attention_heads * m.num_key_value_heads
@@ -75,8 +82,11 @@ def main(argv=None) -> None:
     total = {"base": 0.0, "tree": 0.0}
     print(f"base {args.base} vs the working tree, bf16x{args.passes}, jax {jax.__version__}")
     for mm, k, n in shapes[:5]:  # forward shapes; each also as dx (g W^T) and dW (x^T g)
-      for rows, inner, cols, ta, tb in ((mm, k, n, False, False), (mm, n, k, False, True),
-                                        (k, mm, n, True, False)):
+      for rows, inner, cols, ta, tb in (
+        (mm, k, n, False, False),
+        (mm, n, k, False, True),
+        (k, mm, n, True, False),
+      ):
         a = jnp.asarray(rng.standard_normal((inner, rows) if ta else (rows, inner), np.float32))
         b = jnp.asarray(rng.standard_normal((cols, inner) if tb else (inner, cols), np.float32))
         fns = {key: jax.jit(lambda x, y, t=t: call(t, x, y, ta, tb)) for key, t in targets.items()}
@@ -91,11 +101,15 @@ def main(argv=None) -> None:
         for key in total:
           total[key] += med[key]
         gf = 2.0 * rows * inner * cols / 1e9
-        print(f"{rows:5d} x {inner:5d} x {cols:5d} ta={ta:d} tb={tb:d}: base "
-              f"{gf / med['base']:6.1f}  tree {gf / med['tree']:6.1f} GFLOP/s  speed "
-              f"{med['base'] / med['tree']:.3f}x  max |diff| {diff:.1e}")
-    print(f"total: base {total['base'] * 1e3:.1f} ms, tree {total['tree'] * 1e3:.1f} ms, "
-          f"speed {total['base'] / total['tree']:.3f}x")
+        print(
+          f"{rows:5d} x {inner:5d} x {cols:5d} ta={ta:d} tb={tb:d}: base "
+          f"{gf / med['base']:6.1f}  tree {gf / med['tree']:6.1f} GFLOP/s  speed "
+          f"{med['base'] / med['tree']:.3f}x  max |diff| {diff:.1e}"
+        )
+    print(
+      f"total: base {total['base'] * 1e3:.1f} ms, tree {total['tree'] * 1e3:.1f} ms, "
+      f"speed {total['base'] / total['tree']:.3f}x"
+    )
 
 
 if __name__ == "__main__":

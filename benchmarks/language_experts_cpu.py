@@ -8,6 +8,7 @@ sizes, and prints each one's seconds (wall and process CPU) and val scores next 
 references measured in the same run: programs of other questions (shuffled gold programs)
 for the program generator, `experts.subtasks.RandomActions` for the QA expert.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,11 +27,13 @@ class _Shuffled:
     import numpy as np
 
     from aotd_jax.projects.toyworld import language_experts as le
+
     recs = le.read_split(world, "val")
     bodies = [le.program_body(le.gold_program(r)) for r in recs]
     perm = np.random.default_rng(seed).permutation(len(recs))
-    self.table = {le.program_prompt(r.question, r.choices): bodies[int(perm[i])]
-                  for i, r in enumerate(recs)}
+    self.table = {
+      le.program_prompt(r.question, r.choices): bodies[int(perm[i])] for i, r in enumerate(recs)
+    }
 
   def complete(self, prompts, *, max_new_tokens, temperature=0.0, stop=None):
     return [self.table[p] for p in prompts]
@@ -53,28 +56,41 @@ def main() -> None:
   from aotd_jax.projects.toyworld import program_generator as pg
   from aotd_jax.projects.toyworld import qa_expert as qe
   from experts.subtasks import RandomActions
+
   work = args.workdir or tempfile.mkdtemp(prefix="lang_bench_")
   world = os.path.join(work, "world")
   toyworld.generate_world(world, seed=0, num_train=60, num_val=10, num_test=20)
   tok, w, c = _timed(lambda: le.build_tokenizer(world, os.path.join(work, "tok")))
   print(f"tokenizer: {w:.1f} s wall, {c:.1f} s CPU, vocab {le.read_done(tok)['vocab_size']}")
-  prog, w, c = _timed(lambda: pg.train_program_generator(
-      world, tok, os.path.join(work, "program"), steps=args.program_steps))
+  prog, w, c = _timed(
+    lambda: pg.train_program_generator(
+      world, tok, os.path.join(work, "program"), steps=args.program_steps
+    )
+  )
   val = le.read_done(prog)["val"]
   ref = pg.score_program_generator(world, _Shuffled(world))
-  print(f"program generator ({args.program_steps} steps): {w:.1f} s wall, {c:.1f} s CPU "
-        f"(train {le.read_done(prog)['train_seconds']:.1f} s)")
-  print(f"  exact match {val['exact_match']:.3f} vs shuffled {ref['exact_match']:.3f}; answer "
-        f"accuracy {val['answer_accuracy']:.3f} vs shuffled {ref['answer_accuracy']:.3f} "
-        f"(x{val['answer_accuracy'] / max(ref['answer_accuracy'], 1e-9):.2f}), chance 0.25")
-  qa, w, c = _timed(lambda: qe.train_qa_expert(world, tok, os.path.join(work, "qa"),
-                                               steps=args.qa_steps))
+  print(
+    f"program generator ({args.program_steps} steps): {w:.1f} s wall, {c:.1f} s CPU "
+    f"(train {le.read_done(prog)['train_seconds']:.1f} s)"
+  )
+  print(
+    f"  exact match {val['exact_match']:.3f} vs shuffled {ref['exact_match']:.3f}; answer "
+    f"accuracy {val['answer_accuracy']:.3f} vs shuffled {ref['answer_accuracy']:.3f} "
+    f"(x{val['answer_accuracy'] / max(ref['answer_accuracy'], 1e-9):.2f}), chance 0.25"
+  )
+  qa, w, c = _timed(
+    lambda: qe.train_qa_expert(world, tok, os.path.join(work, "qa"), steps=args.qa_steps)
+  )
   val = le.read_done(qa)["val"]
   ref = qe.score_qa_expert(world, RandomActions(0))
-  print(f"QA expert ({args.qa_steps} steps): {w:.1f} s wall, {c:.1f} s CPU "
-        f"(train {le.read_done(qa)['train_seconds']:.1f} s)")
-  print(f"  QA accuracy {val['qa_accuracy']:.3f} vs random {ref['qa_accuracy']:.3f}; action "
-        f"top-1 {val['action_top1']:.3f} vs random {ref['action_top1']:.3f}; chance 0.25")
+  print(
+    f"QA expert ({args.qa_steps} steps): {w:.1f} s wall, {c:.1f} s CPU "
+    f"(train {le.read_done(qa)['train_seconds']:.1f} s)"
+  )
+  print(
+    f"  QA accuracy {val['qa_accuracy']:.3f} vs random {ref['qa_accuracy']:.3f}; action "
+    f"top-1 {val['action_top1']:.3f} vs random {ref['action_top1']:.3f}; chance 0.25"
+  )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ cores split into JAX devices, `jax_num_cpu_devices`): the train step on `--train
 on `--decode_mesh` (weights sharded, as `hf.from_pretrained(..., mesh=...)` places them).
 Losses and tokens are checked equal across all of them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,11 +32,12 @@ def matmul_peak_flops(n: int = 2048, reps: int = 6) -> float:
   """FLOP/s of a large f32 jnp matmul (best of `reps`)."""
   import jax
   import jax.numpy as jnp
+
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
   f = jax.jit(lambda x, y: x @ y)
   f(a, a).block_until_ready()
   best = min(_timed(lambda: f(a, a).block_until_ready()) for _ in range(reps))
-  return 2 * n ** 3 / best
+  return 2 * n**3 / best
 
 
 def _timed(fn) -> float:
@@ -56,7 +58,9 @@ def parse_mesh(spec: str) -> dict:
   for item in filter(None, spec.split(",")):
     axis, _, size = item.partition("=")
     if axis not in ("data", "fsdp", "tensor") or not size.lstrip("-").isdigit():
-      raise SystemExit(f"bad mesh spec {spec!r}: want e.g. 'tensor=2' or 'data=2' (axes data, fsdp, tensor)")
+      raise SystemExit(
+        f"bad mesh spec {spec!r}: want e.g. 'tensor=2' or 'data=2' (axes data, fsdp, tensor)"
+      )
     out[axis] = int(size)
   return out
 
@@ -66,9 +70,11 @@ def mesh_scope(mesh):
   import contextlib
   from flax.core import spmd
   from aotd_jax import sharding
+
   stack = contextlib.ExitStack()
   if mesh is not None:
     import jax
+
     stack.enter_context(jax.set_mesh(mesh))
     stack.enter_context(spmd.logical_axis_rules(sharding.DEFAULT_RULES))
   return stack
@@ -77,9 +83,11 @@ def mesh_scope(mesh):
 def place_batch(x, mesh):
   """Puts a host batch on the mesh, split over its batch axes (replicated where they are 1)."""
   import jax
+
   if mesh is None:
     return jax.numpy.asarray(x)
   from jax.sharding import NamedSharding, PartitionSpec as P
+
   return jax.device_put(x, NamedSharding(mesh, P(("data", "fsdp"))))
 
 
@@ -93,6 +101,7 @@ def rotated(items: list, i: int) -> list:
 def set_host_devices(n: int) -> None:
   """Splits this host's CPU into `n` JAX devices; must run before JAX initialises its backend."""
   import jax
+
   jax.config.update("jax_num_cpu_devices", n)
 
 
@@ -105,8 +114,17 @@ def first_step(mesh, build, host_inputs) -> dict:
     start = time.perf_counter()
     params, opt_state, loss = step(params, opt_state, *inputs)
     loss.block_until_ready()
-  return dict(mesh=mesh, graphdef=graphdef, state=[params, opt_state], step=step, inputs=inputs,
-              loss=float(loss), compile=time.perf_counter() - start, times=[], cpu=[])
+  return dict(
+    mesh=mesh,
+    graphdef=graphdef,
+    state=[params, opt_state],
+    step=step,
+    inputs=inputs,
+    loss=float(loss),
+    compile=time.perf_counter() - start,
+    times=[],
+    cpu=[],
+  )
 
 
 def run_step(r: dict) -> None:
@@ -128,9 +146,13 @@ def time_rounds(calls, rounds: int) -> None:
 
 
 def print_first_losses(runs: dict, torch_loss: float) -> None:
-  print("first-step loss: " + "  ".join(f"jax[{n}] {r['loss']:.4f}" for n, r in runs.items())
-        + f"  torch {torch_loss:.4f}  (jax compile+run "
-        + ", ".join(f"{r['compile']:.1f}s" for r in runs.values()) + ")")
+  print(
+    "first-step loss: "
+    + "  ".join(f"jax[{n}] {r['loss']:.4f}" for n, r in runs.items())
+    + f"  torch {torch_loss:.4f}  (jax compile+run "
+    + ", ".join(f"{r['compile']:.1f}s" for r in runs.values())
+    + ")"
+  )
 
 
 def build_jax_step(model, lr=1e-4, loss="full"):
@@ -143,6 +165,7 @@ def build_jax_step(model, lr=1e-4, loss="full"):
   import jax.numpy as jnp
   import optax
   from flax import nnx
+
   graphdef, params = nnx.split(model, nnx.Param)
   tx = optax.adamw(lr, weight_decay=0.0)
 
@@ -171,12 +194,14 @@ def build_jax_step(model, lr=1e-4, loss="full"):
 
 def build_torch_step(model, lr=1e-4):
   import torch
+
   opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
 
   def step(ids):
     logits = model(input_ids=ids).logits[:, :-1]
-    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
-                                             ids[:, 1:].reshape(-1))
+    loss = torch.nn.functional.cross_entropy(
+      logits.reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1)
+    )
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -187,23 +212,38 @@ def build_torch_step(model, lr=1e-4):
 
 def add_row_args(parser) -> None:
   """The options both CPU model benchmarks share: mesh rows, precision rows, host memory."""
-  parser.add_argument("--devices", type=int, default=2,
-                      help="host CPU devices for the mesh rows (1: single-device rows only)")
-  parser.add_argument("--train_mesh", default="data=2;tensor=2",
-                      help="meshes of the train-step mesh rows, ';'-separated")
+  parser.add_argument(
+    "--devices",
+    type=int,
+    default=2,
+    help="host CPU devices for the mesh rows (1: single-device rows only)",
+  )
+  parser.add_argument(
+    "--train_mesh",
+    default="data=2;tensor=2",
+    help="meshes of the train-step mesh rows, ';'-separated",
+  )
   parser.add_argument("--decode_mesh", default="tensor=2", help="mesh of the decode mesh row")
-  parser.add_argument("--precision_rows", default="highest,high",
-                      help="comma-separated matmul_precision values to also time on one device: "
-                           "'highest' (bf16x6 on AMX CPUs, float32 accuracy), 'high' (bf16x3); "
-                           "XLA's float32 dots on CPUs without AMX; '' for none")
-  parser.add_argument("--keep_freed_memory", type=int, default=1,
-                      help="1: keep freed host memory for reuse in this process, for both sides "
-                           "(aotd_jax/host_memory.py: no page faults on per-step buffers)")
+  parser.add_argument(
+    "--precision_rows",
+    default="highest,high",
+    help="comma-separated matmul_precision values to also time on one device: "
+    "'highest' (bf16x6 on AMX CPUs, float32 accuracy), 'high' (bf16x3); "
+    "XLA's float32 dots on CPUs without AMX; '' for none",
+  )
+  parser.add_argument(
+    "--keep_freed_memory",
+    type=int,
+    default=1,
+    help="1: keep freed host memory for reuse in this process, for both sides "
+    "(aotd_jax/host_memory.py: no page faults on per-step buffers)",
+  )
 
 
 def keep_memory(args) -> bool:
   """Applies `--keep_freed_memory`; whether it took effect."""
   from aotd_jax import host_memory
+
   return bool(args.keep_freed_memory) and host_memory.keep_freed_memory()
 
 
@@ -244,12 +284,18 @@ def main(argv=None):
   n_params = sum(p.numel() for p in ref.parameters())
   # The embedding lookup is no matmul (unless tied, when it is also the LM head); norms neither.
   norms = sum(p.numel() for n, p in ref.named_parameters() if "norm" in n)
-  matmul_params = n_params - norms - (0 if cfg.tie_word_embeddings else cfg.vocab_size * cfg.hidden_size)
-  print(f"machine: {os.cpu_count()} CPUs, jax {jax.__version__} ({len(jax.devices())} "
-        f"{jax.devices()[0].platform} devices), torch {torch.__version__} ({torch.get_num_threads()} threads), "
-        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, keep_freed_memory={kept}")
-  print(f"model: {n_params / 1e6:.1f}M params ({matmul_params / 1e6:.1f}M in matmuls), "
-        f"batch {args.batch} x seq {args.seq}, float32, AdamW")
+  matmul_params = (
+    n_params - norms - (0 if cfg.tie_word_embeddings else cfg.vocab_size * cfg.hidden_size)
+  )
+  print(
+    f"machine: {os.cpu_count()} CPUs, jax {jax.__version__} ({len(jax.devices())} "
+    f"{jax.devices()[0].platform} devices), torch {torch.__version__} ({torch.get_num_threads()} threads), "
+    f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, keep_freed_memory={kept}"
+  )
+  print(
+    f"model: {n_params / 1e6:.1f}M params ({matmul_params / 1e6:.1f}M in matmuls), "
+    f"batch {args.batch} x seq {args.seq}, float32, AdamW"
+  )
 
   peak = matmul_peak_flops()
   print(f"f32 matmul peak (jnp 2048^3): {peak / 1e9:.1f} GFLOP/s")
@@ -258,17 +304,24 @@ def main(argv=None):
   rng = np.random.default_rng(0)
   ids_np = rng.integers(3, cfg.vocab_size, (args.batch, args.seq)).astype(np.int32)
   ids_torch = torch.tensor(ids_np, dtype=torch.long)
-  build = lambda mesh: build_jax_step(model if mesh is None else hf.from_pretrained(tmp, mesh=mesh),
-                                     loss=args.loss)
+  build = lambda mesh: build_jax_step(
+    model if mesh is None else hf.from_pretrained(tmp, mesh=mesh), loss=args.loss
+  )
   runs = {name: first_step(mesh, build, (ids_np,)) for name, mesh in meshes.items()}
   from aotd_jax.kernels import amx_matmul
   from aotd_jax.models.options import with_options
+
   precision_rows = {}  # row name -> matmul_precision
   for precision in filter(None, args.precision_rows.split(",")):
     name = f"1 device, {precision}{'' if amx_matmul.available() else ' (no AMX: f32 dots)'}"
     precision_rows[name] = precision
-    runs[name] = first_step(None, lambda _, p=precision: build_jax_step(
-        with_options(hf.from_pretrained(tmp), matmul_precision=p), loss=args.loss), (ids_np,))
+    runs[name] = first_step(
+      None,
+      lambda _, p=precision: build_jax_step(
+        with_options(hf.from_pretrained(tmp), matmul_precision=p), loss=args.loss
+      ),
+      (ids_np,),
+    )
   torch_step = build_torch_step(ref.train())
   print_first_losses(runs, float(torch_step(ids_torch)))
   torch_run = dict(times=[], cpu=[])
@@ -276,25 +329,36 @@ def main(argv=None):
   time_rounds(calls + [(torch_run, lambda: torch_step(ids_torch))], args.steps)
   flops = train_flops(cfg, args.batch, args.seq, matmul_params)
   tt = statistics.median(torch_run["times"])
-  print(f"train step: torch {tt * 1e3:.0f} ms ({flops / tt / peak:.0%} of peak), "
-        f"CPU time {statistics.median(torch_run['cpu']) * 1e3:.0f} ms")
+  print(
+    f"train step: torch {tt * 1e3:.0f} ms ({flops / tt / peak:.0%} of peak), "
+    f"CPU time {statistics.median(torch_run['cpu']) * 1e3:.0f} ms"
+  )
   for name, r in runs.items():
     tj = statistics.median(r["times"])
-    print(f"train step: jax[{name}] {tj * 1e3:.0f} ms ({flops / tj / peak:.0%} of peak), "
-          f"CPU time {statistics.median(r['cpu']) * 1e3:.0f} ms  ->  jax/torch speed {tt / tj:.2f}x")
-  print("  step times (ms): " + "; ".join(
+    print(
+      f"train step: jax[{name}] {tj * 1e3:.0f} ms ({flops / tj / peak:.0%} of peak), "
+      f"CPU time {statistics.median(r['cpu']) * 1e3:.0f} ms  ->  jax/torch speed {tt / tj:.2f}x"
+    )
+  print(
+    "  step times (ms): "
+    + "; ".join(
       f"{name} " + " ".join(f"{t * 1e3:.0f}" for t in r["times"])
-      for name, r in [("torch", torch_run), *runs.items()]))
+      for name, r in [("torch", torch_run), *runs.items()]
+    )
+  )
 
   # ---- greedy decode with a KV cache ----
   if args.skip_decode:
     return
   from flax import nnx
+
   prompt = rng.integers(3, cfg.vocab_size, (args.batch, args.prompt)).astype(np.int32)
   mask = np.ones_like(prompt)
   kw = dict(max_new_tokens=args.new_tokens, eos_token_id=None, pad_token_id=0)
   trained = runs["1 device"]
-  model = nnx.merge(trained["graphdef"], trained["state"][0])  # the step donated the original buffers
+  model = nnx.merge(
+    trained["graphdef"], trained["state"][0]
+  )  # the step donated the original buffers
   with tempfile.TemporaryDirectory() as tmp2:  # the same trained weights for every row
     hf.save_pretrained(model, tmp2)
     ref = transformers.LlamaForCausalLM.from_pretrained(tmp2).eval()
@@ -304,6 +368,7 @@ def main(argv=None):
       decoders[f"mesh {args.decode_mesh}"] = (mesh, hf.from_pretrained(tmp2, mesh=mesh))
     for name, precision in precision_rows.items():  # the prompt's prefill takes the AMX kernel
       decoders[name] = (None, with_options(model, matmul_precision=precision))
+
   def run_jax(name):
     mesh, m = decoders[name]
     with mesh_scope(mesh):
@@ -314,21 +379,27 @@ def main(argv=None):
   torch_run = dict(times=[], cpu=[])
   with torch.no_grad():
     tp, tm = torch.tensor(prompt, dtype=torch.long), torch.tensor(mask)
-    gen_kw = dict(input_ids=tp, attention_mask=tm, do_sample=False, min_new_tokens=args.new_tokens, **kw)
-    theirs = ref.generate(**gen_kw).numpy()[:, args.prompt:]  # warm-up
+    gen_kw = dict(
+      input_ids=tp, attention_mask=tm, do_sample=False, min_new_tokens=args.new_tokens, **kw
+    )
+    theirs = ref.generate(**gen_kw).numpy()[:, args.prompt :]  # warm-up
     calls = [(records[name], lambda name=name: run_jax(name)) for name in decoders]
     time_rounds(calls + [(torch_run, lambda: ref.generate(**gen_kw))], args.steps)
   tokens = args.batch * args.new_tokens
   # A decode step streams every matmul weight once for `batch` rows: 2 x matmul params x rows FLOPs.
   dflops = 2 * matmul_params
   tt = min(torch_run["times"])
-  print(f"greedy decode (batch {args.batch}, prompt {args.prompt}, {args.new_tokens} new): "
-        f"torch {tokens / tt:.0f} tok/s ({dflops * tokens / tt / peak:.1%} of peak)")
+  print(
+    f"greedy decode (batch {args.batch}, prompt {args.prompt}, {args.new_tokens} new): "
+    f"torch {tokens / tt:.0f} tok/s ({dflops * tokens / tt / peak:.1%} of peak)"
+  )
   for name in decoders:
     tj = min(records[name]["times"])
     same = float(np.mean(seqs[name] == theirs))
-    print(f"greedy decode: jax[{name}] {tokens / tj:.0f} tok/s ({dflops * tokens / tj / peak:.1%} of peak)  "
-          f"->  jax/torch speed {tt / tj:.2f}x  (same tokens as torch: {same:.0%})")
+    print(
+      f"greedy decode: jax[{name}] {tokens / tj:.0f} tok/s ({dflops * tokens / tj / peak:.1%} of peak)  "
+      f"->  jax/torch speed {tt / tj:.2f}x  (same tokens as torch: {same:.0%})"
+    )
   tmp_dir.cleanup()
 
 

@@ -10,6 +10,7 @@ The same comparison as `llama_cpu.py` on a GPU, with the same weights: an AdamW 
 compute; torch's model in bf16). Checks that the first-step losses agree, that the decoded
 tokens agree, and that the CPU-only FFI kernels (`aotd_jax/kernels`) stay out of the GPU program.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,9 +51,14 @@ def main(argv=None) -> None:
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--prompt", type=int, default=32)
   parser.add_argument("--new_tokens", type=int, default=64)
-  parser.add_argument("--attention_impl", default="xla",
-                      help="ours: xla (blocked, the default) or causal (cuDNN flash attention in bf16)")
-  parser.add_argument("--cpu_smoke", action="store_true", help="run on CPUs (checks the script only)")
+  parser.add_argument(
+    "--attention_impl",
+    default="xla",
+    help="ours: xla (blocked, the default) or causal (cuDNN flash attention in bf16)",
+  )
+  parser.add_argument(
+    "--cpu_smoke", action="store_true", help="run on CPUs (checks the script only)"
+  )
   args = parser.parse_args(argv)
 
   import jax
@@ -66,15 +72,24 @@ def main(argv=None) -> None:
 
   gpu = jax.default_backend() == "gpu" and torch.cuda.is_available()
   if not gpu and not args.cpu_smoke:
-    raise SystemExit(f"needs a GPU for both JAX ({jax.default_backend()}) and torch "
-                     f"(cuda: {torch.cuda.is_available()})")
+    raise SystemExit(
+      f"needs a GPU for both JAX ({jax.default_backend()}) and torch "
+      f"(cuda: {torch.cuda.is_available()})"
+    )
   dev = "cuda" if gpu else "cpu"
   torch.backends.cuda.matmul.allow_tf32 = False
   torch.backends.cudnn.allow_tf32 = False
-  fields = dict(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
-                num_hidden_layers=args.layers, num_attention_heads=args.heads,
-                num_key_value_heads=args.kv_heads, max_position_embeddings=2048,
-                tie_word_embeddings=False, initializer_range=0.02)
+  fields = dict(
+    vocab_size=args.vocab,
+    hidden_size=args.hidden,
+    intermediate_size=args.intermediate,
+    num_hidden_layers=args.layers,
+    num_attention_heads=args.heads,
+    num_key_value_heads=args.kv_heads,
+    max_position_embeddings=2048,
+    tie_word_embeddings=False,
+    initializer_range=0.02,
+  )
   torch.manual_seed(0)
   ref_cpu = transformers.LlamaForCausalLM(transformers.LlamaConfig(**fields))
   tmp = tempfile.mkdtemp()
@@ -83,8 +98,10 @@ def main(argv=None) -> None:
   norms = sum(p.numel() for n, p in ref_cpu.named_parameters() if "norm" in n)
   matmul_params = n_params - norms - args.vocab * args.hidden
   print(f"device: {jax.devices()[0].device_kind}; jax {jax.__version__}, torch {torch.__version__}")
-  print(f"model: {n_params / 1e6:.1f}M params, batch {args.batch} x seq {args.seq}, AdamW, "
-        f"our attention_impl={args.attention_impl}")
+  print(
+    f"model: {n_params / 1e6:.1f}M params, batch {args.batch} x seq {args.seq}, AdamW, "
+    f"our attention_impl={args.attention_impl}"
+  )
   rng = np.random.default_rng(0)
   ids_np = rng.integers(3, args.vocab, (args.batch, args.seq)).astype(np.int32)
   prompt = rng.integers(3, args.vocab, (args.batch, args.prompt)).astype(np.int32)
@@ -113,34 +130,58 @@ def main(argv=None) -> None:
       _timed_rounds([(jt, run_jax), (tt, lambda: torch_step(ids_t))], args.steps, sync)
       flops = train_flops(cfg, args.batch, args.seq, matmul_params)
       j, t = statistics.median(jt), statistics.median(tt)
-      print(f"[{dtype}] train step: first losses jax {first_jax:.4f} torch {first_torch:.4f}; "
-            f"torch {t * 1e3:.1f} ms ({flops / t / 1e12:.1f} TFLOP/s), jax {j * 1e3:.1f} ms "
-            f"({flops / j / 1e12:.1f} TFLOP/s)  ->  jax/torch speed {t / j:.2f}x")
+      print(
+        f"[{dtype}] train step: first losses jax {first_jax:.4f} torch {first_torch:.4f}; "
+        f"torch {t * 1e3:.1f} ms ({flops / t / 1e12:.1f} TFLOP/s), jax {j * 1e3:.1f} ms "
+        f"({flops / j / 1e12:.1f} TFLOP/s)  ->  jax/torch speed {t / j:.2f}x"
+      )
 
       model = nnx.merge(graphdef, state[0])
       hf.save_pretrained(model, tmp + "_trained")
-      ref = transformers.LlamaForCausalLM.from_pretrained(tmp + "_trained", dtype=getattr(torch, dtype)).to(dev).eval()
+      ref = (
+        transformers.LlamaForCausalLM.from_pretrained(tmp + "_trained", dtype=getattr(torch, dtype))
+        .to(dev)
+        .eval()
+      )
       kw = dict(max_new_tokens=args.new_tokens, eos_token_id=None, pad_token_id=0)
       mask = np.ones_like(prompt)
       gd, st = nnx.split(model)
-      hlo = gen.decode_jit.lower(gd, st, jnp.asarray(prompt), None, jnp.asarray(mask), jnp.asarray([-1], jnp.int32),
-                                 jnp.int32(0), jnp.float32(1e-6), jnp.float32(1.0), jax.random.PRNGKey(0),
-                                 max_new_tokens=args.new_tokens, sample=False).as_text()
+      hlo = gen.decode_jit.lower(
+        gd,
+        st,
+        jnp.asarray(prompt),
+        None,
+        jnp.asarray(mask),
+        jnp.asarray([-1], jnp.int32),
+        jnp.int32(0),
+        jnp.float32(1e-6),
+        jnp.float32(1.0),
+        jax.random.PRNGKey(0),
+        max_new_tokens=args.new_tokens,
+        sample=False,
+      ).as_text()
       assert not gpu or "aotd_" not in hlo, "a CPU FFI kernel reached the GPU program"
       run_gen = lambda: np.asarray(gen.generate(model, prompt, mask, **kw).sequences)
       tp = torch.tensor(prompt, dtype=torch.long, device=dev)
       with torch.no_grad():
-        tgen = lambda: ref.generate(input_ids=tp, attention_mask=torch.ones_like(tp), do_sample=False,
-                                    min_new_tokens=args.new_tokens, **kw)
-        ours, theirs = run_gen(), tgen()[:, args.prompt:].cpu().numpy()
+        tgen = lambda: ref.generate(
+          input_ids=tp,
+          attention_mask=torch.ones_like(tp),
+          do_sample=False,
+          min_new_tokens=args.new_tokens,
+          **kw,
+        )
+        ours, theirs = run_gen(), tgen()[:, args.prompt :].cpu().numpy()
         jt, tt = [], []
         _timed_rounds([(jt, run_gen), (tt, tgen)], max(3, args.steps // 2), sync)
       tokens = args.batch * args.new_tokens
       j, t = min(jt), min(tt)
-      print(f"[{dtype}] greedy decode (batch {args.batch}, {args.new_tokens} new): torch {tokens / t:.0f} tok/s, "
-            f"jax {tokens / j:.0f} tok/s  ->  jax/torch speed {t / j:.2f}x  "
-            f"(same tokens: {float(np.mean(ours == theirs)):.0%}"
-            f"{'; no CPU kernel in the program' if gpu else ', CPU smoke'})")
+      print(
+        f"[{dtype}] greedy decode (batch {args.batch}, {args.new_tokens} new): torch {tokens / t:.0f} tok/s, "
+        f"jax {tokens / j:.0f} tok/s  ->  jax/torch speed {t / j:.2f}x  "
+        f"(same tokens: {float(np.mean(ours == theirs)):.0%}"
+        f"{'; no CPU kernel in the program' if gpu else ', CPU smoke'})"
+      )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ Ours is measured on one JAX device and on a mesh over `--devices` host CPU devic
 (`jax_num_cpu_devices`; `--train_mesh`, `--decode_mesh`, as in `llama_cpu.py`); losses and
 decoded tokens are checked against transformers for each.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,35 +27,83 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from llama_cpu import (add_row_args, first_step, keep_memory, matmul_peak_flops,  # noqa: E402
-                       mesh_scope, parse_mesh, print_first_losses, run_step, set_host_devices,
-                       time_rounds)
+from llama_cpu import (
+  add_row_args,
+  first_step,
+  keep_memory,
+  matmul_peak_flops,  # noqa: E402
+  mesh_scope,
+  parse_mesh,
+  print_first_losses,
+  run_step,
+  set_host_devices,
+  time_rounds,
+)
 
 VARIANTS = {
-    # ~40M parameters: CLIP-ish tower 4 x 384, Llama 6 x 512, 8 frames of 112^2 (8x8 patches,
-    # pooled to 4x4 = 16 tokens per frame, 128 video tokens).
-    "bench": dict(vision=dict(hidden_size=384, intermediate_size=1536, num_hidden_layers=4,
-                              num_attention_heads=6, image_size=112, patch_size=14),
-                  text=dict(vocab_size=14000, hidden_size=512, intermediate_size=1408,
-                            num_hidden_layers=6, num_attention_heads=8, num_key_value_heads=4),
-                  frames=8, batch=4, text_tokens=64, prompt_text=16, new_tokens=64),
-    "tiny": dict(vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                             num_attention_heads=4, image_size=28, patch_size=7),
-                 text=dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2),
-                 frames=4, batch=2, text_tokens=16, prompt_text=8, new_tokens=8),
+  # ~40M parameters: CLIP-ish tower 4 x 384, Llama 6 x 512, 8 frames of 112^2 (8x8 patches,
+  # pooled to 4x4 = 16 tokens per frame, 128 video tokens).
+  "bench": dict(
+    vision=dict(
+      hidden_size=384,
+      intermediate_size=1536,
+      num_hidden_layers=4,
+      num_attention_heads=6,
+      image_size=112,
+      patch_size=14,
+    ),
+    text=dict(
+      vocab_size=14000,
+      hidden_size=512,
+      intermediate_size=1408,
+      num_hidden_layers=6,
+      num_attention_heads=8,
+      num_key_value_heads=4,
+    ),
+    frames=8,
+    batch=4,
+    text_tokens=64,
+    prompt_text=16,
+    new_tokens=64,
+  ),
+  "tiny": dict(
+    vision=dict(
+      hidden_size=32,
+      intermediate_size=64,
+      num_hidden_layers=2,
+      num_attention_heads=4,
+      image_size=28,
+      patch_size=7,
+    ),
+    text=dict(
+      vocab_size=128,
+      hidden_size=32,
+      intermediate_size=64,
+      num_hidden_layers=2,
+      num_attention_heads=4,
+      num_key_value_heads=2,
+    ),
+    frames=4,
+    batch=2,
+    text_tokens=16,
+    prompt_text=8,
+    new_tokens=8,
+  ),
 }
 
 
 def hf_model(v):
   import torch
   import transformers
+
   vision = transformers.CLIPVisionConfig(projection_dim=v["vision"]["hidden_size"], **v["vision"])
-  text = transformers.LlamaConfig(max_position_embeddings=1024, pad_token_id=0, eos_token_id=2,
-                                  **v["text"])
+  text = transformers.LlamaConfig(
+    max_position_embeddings=1024, pad_token_id=0, eos_token_id=2, **v["text"]
+  )
   vocab = v["text"]["vocab_size"]
-  cfg = transformers.LlavaNextVideoConfig(vision_config=vision, text_config=text,
-                                          video_token_index=vocab - 1, image_token_index=vocab - 2)
+  cfg = transformers.LlavaNextVideoConfig(
+    vision_config=vision, text_config=text, video_token_index=vocab - 1, image_token_index=vocab - 2
+  )
   torch.manual_seed(0)
   return transformers.LlavaNextVideoForConditionalGeneration(cfg)
 
@@ -62,6 +111,7 @@ def hf_model(v):
 def step_flops(model, batch: int, seq: int, frames: int) -> float:
   """Train-step FLOPs: 6 x (matmul params x tokens through them) + attention (x3 for backward)."""
   from flax import nnx
+
   cfg = model.config
   vc, tc = cfg.vision_config, cfg.text_config
 
@@ -77,7 +127,7 @@ def step_flops(model, batch: int, seq: int, frames: int) -> float:
   patches = (vc.image_size // vc.patch_size) ** 2 + 1
   video_tokens = frames * cfg.video_tokens_per_frame()
   tower = matmul_params(model.vision_tower, ("position_embedding",)) * images * patches
-  tower_attn = 4 * vc.num_hidden_layers * vc.hidden_size * patches ** 2 * images
+  tower_attn = 4 * vc.num_hidden_layers * vc.hidden_size * patches**2 * images
   proj = matmul_params(model.multi_modal_projector) * batch * video_tokens
   lm = matmul_params(model.language_model, ("embed_tokens",)) * batch * seq
   lm_attn = 4 * tc.num_hidden_layers * tc.num_attention_heads * tc.head_dim * seq * seq * batch
@@ -90,6 +140,7 @@ def build_jax_step(model, lr=1e-4):
   import jax.numpy as jnp
   import optax
   from flax import nnx
+
   graphdef, params = nnx.split(model, nnx.Param)
   tx = optax.adamw(lr, weight_decay=0.0)
 
@@ -110,12 +161,14 @@ def build_jax_step(model, lr=1e-4):
 
 def build_torch_step(model, lr=1e-4):
   import torch
+
   opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
 
   def step(ids, videos):
     logits = model(input_ids=ids, pixel_values_videos=videos).logits[:, :-1]
-    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
-                                             ids[:, 1:].reshape(-1))
+    loss = torch.nn.functional.cross_entropy(
+      logits.reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1)
+    )
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -156,20 +209,29 @@ def main(argv=None, *, variants=None, make_hf_model=None, flops=None):
   batch, frames, side = v["batch"], v["frames"], cfg.vision_config.image_size
   video_tokens = cfg.video_tokens(frames)
   seq = video_tokens + v["text_tokens"]
-  print(f"machine: {os.cpu_count()} CPUs, jax {jax.__version__} ({len(jax.devices())} "
-        f"{jax.devices()[0].platform} devices), torch {torch.__version__} ({torch.get_num_threads()} threads), "
-        f"keep_freed_memory={kept}")
-  print(f"model: {type(ref).__name__}, {n_params / 1e6:.1f}M params; batch {batch} x ({frames} frames {side}x{side} -> "
-        f"{video_tokens} video tokens + {v['text_tokens']} text), float32, AdamW")
+  print(
+    f"machine: {os.cpu_count()} CPUs, jax {jax.__version__} ({len(jax.devices())} "
+    f"{jax.devices()[0].platform} devices), torch {torch.__version__} ({torch.get_num_threads()} threads), "
+    f"keep_freed_memory={kept}"
+  )
+  print(
+    f"model: {type(ref).__name__}, {n_params / 1e6:.1f}M params; batch {batch} x ({frames} frames {side}x{side} -> "
+    f"{video_tokens} video tokens + {v['text_tokens']} text), float32, AdamW"
+  )
   peak = matmul_peak_flops()
   print(f"f32 matmul peak (jnp 2048^3): {peak / 1e9:.1f} GFLOP/s")
 
   # ---- train step: ours on each mesh, interleaved with torch ----
   rng = np.random.default_rng(0)
   vocab = cfg.text_config.vocab_size
-  ids_np = np.concatenate([rng.integers(3, vocab - 2, (batch, 4)),
-                           np.full((batch, video_tokens), cfg.video_token_index),
-                           rng.integers(3, vocab - 2, (batch, v["text_tokens"] - 4))], 1).astype(np.int32)
+  ids_np = np.concatenate(
+    [
+      rng.integers(3, vocab - 2, (batch, 4)),
+      np.full((batch, video_tokens), cfg.video_token_index),
+      rng.integers(3, vocab - 2, (batch, v["text_tokens"] - 4)),
+    ],
+    1,
+  ).astype(np.int32)
   videos_np = rng.standard_normal((batch, frames, 3, side, side)).astype(np.float32)
   ids_t, videos_t = torch.tensor(ids_np, dtype=torch.long), torch.tensor(videos_np)
   meshes = {"1 device": None}
@@ -180,12 +242,18 @@ def main(argv=None, *, variants=None, make_hf_model=None, flops=None):
   runs = {name: first_step(mesh, build, (ids_np, videos_np)) for name, mesh in meshes.items()}
   from aotd_jax.kernels import amx_matmul
   from aotd_jax.models.options import with_options
+
   precision_rows = {}  # row name -> matmul_precision
   for precision in filter(None, args.precision_rows.split(",")):
     name = f"1 device, {precision}{'' if amx_matmul.available() else ' (no AMX: f32 dots)'}"
     precision_rows[name] = precision
-    runs[name] = first_step(None, lambda _, p=precision: build_jax_step(
-        with_options(hf.from_pretrained(tmp), matmul_precision=p)), (ids_np, videos_np))
+    runs[name] = first_step(
+      None,
+      lambda _, p=precision: build_jax_step(
+        with_options(hf.from_pretrained(tmp), matmul_precision=p)
+      ),
+      (ids_np, videos_np),
+    )
   torch_step = build_torch_step(ref.train())
   print_first_losses(runs, torch_step(ids_t, videos_t).item())
   torch_run = dict(times=[], cpu=[])
@@ -196,15 +264,23 @@ def main(argv=None, *, variants=None, make_hf_model=None, flops=None):
   print(f"train step: torch {tt * 1e3:.0f} ms ({flops / tt / peak:.0%} of peak)")
   for name, r in runs.items():
     tj = statistics.median(r["times"])
-    print(f"train step: jax[{name}] {tj * 1e3:.0f} ms ({flops / tj / peak:.0%} of peak)  "
-          f"->  jax/torch speed {tt / tj:.2f}x")
-  print("  step times (ms): " + "; ".join(
+    print(
+      f"train step: jax[{name}] {tj * 1e3:.0f} ms ({flops / tj / peak:.0%} of peak)  "
+      f"->  jax/torch speed {tt / tj:.2f}x"
+    )
+  print(
+    "  step times (ms): "
+    + "; ".join(
       f"{name} " + " ".join(f"{t * 1e3:.0f}" for t in r["times"])
-      for name, r in [("torch", torch_run), *runs.items()]))
+      for name, r in [("torch", torch_run), *runs.items()]
+    )
+  )
 
   # ---- video-conditioned greedy decoding ----
   trained = runs["1 device"]
-  model = nnx.merge(trained["graphdef"], trained["state"][0])  # the step donated the original buffers
+  model = nnx.merge(
+    trained["graphdef"], trained["state"][0]
+  )  # the step donated the original buffers
   with tempfile.TemporaryDirectory() as tmp2:  # same (trained) weights on both sides again
     hf.save_pretrained(model, tmp2)
     ref = type(ref).from_pretrained(tmp2).eval()
@@ -214,8 +290,13 @@ def main(argv=None, *, variants=None, make_hf_model=None, flops=None):
       decoders[f"mesh {args.decode_mesh}"] = (mesh, hf.from_pretrained(tmp2, mesh=mesh))
     for name, precision in precision_rows.items():  # vision tower and prefill take the AMX kernel
       decoders[name] = (None, with_options(model, matmul_precision=precision))
-  prompt = np.concatenate([np.full((batch, video_tokens), cfg.video_token_index),
-                           rng.integers(3, vocab - 2, (batch, v["prompt_text"]))], 1).astype(np.int32)
+  prompt = np.concatenate(
+    [
+      np.full((batch, video_tokens), cfg.video_token_index),
+      rng.integers(3, vocab - 2, (batch, v["prompt_text"])),
+    ],
+    1,
+  ).astype(np.int32)
   mask = np.ones_like(prompt)
   n_new = v["new_tokens"]
   kw = dict(max_new_tokens=n_new, eos_token_id=-1, pad_token_id=0)
@@ -230,25 +311,41 @@ def main(argv=None, *, variants=None, make_hf_model=None, flops=None):
   torch_run = dict(times=[], cpu=[])
   with torch.no_grad():
     tp, tm = torch.tensor(prompt, dtype=torch.long), torch.tensor(mask)
-    gen = dict(input_ids=tp, attention_mask=tm, pixel_values_videos=videos_t, do_sample=False,
-               max_new_tokens=n_new, min_new_tokens=n_new, pad_token_id=0)
-    theirs = ref.generate(**gen).numpy()[:, prompt.shape[1]:]  # warm-up
-    calls = [(records[name], lambda name=name: run_jax(name).sequences.block_until_ready())
-             for name in decoders]
+    gen = dict(
+      input_ids=tp,
+      attention_mask=tm,
+      pixel_values_videos=videos_t,
+      do_sample=False,
+      max_new_tokens=n_new,
+      min_new_tokens=n_new,
+      pad_token_id=0,
+    )
+    theirs = ref.generate(**gen).numpy()[:, prompt.shape[1] :]  # warm-up
+    calls = [
+      (records[name], lambda name=name: run_jax(name).sequences.block_until_ready())
+      for name in decoders
+    ]
     time_rounds(calls + [(torch_run, lambda: ref.generate(**gen))], args.steps)
   tokens = batch * n_new
   tt = statistics.median(torch_run["times"])
   # Each decode step streams the LM's matmul weights once for `batch` rows.
-  lm_matmul = sum(var.get_value().size for path, var in nnx.to_flat_state(nnx.state(model.language_model, nnx.Param))
-                  if var.get_value().ndim >= 2 and "embed_tokens" not in "/".join(map(str, path)))
+  lm_matmul = sum(
+    var.get_value().size
+    for path, var in nnx.to_flat_state(nnx.state(model.language_model, nnx.Param))
+    if var.get_value().ndim >= 2 and "embed_tokens" not in "/".join(map(str, path))
+  )
   dflops = 2 * lm_matmul
-  print(f"greedy decode (batch {batch}, {video_tokens} video + {v['prompt_text']} text prompt, {n_new} new): "
-        f"torch {tokens / tt:.0f} tok/s ({dflops * tokens / tt / peak:.1%} of peak)")
+  print(
+    f"greedy decode (batch {batch}, {video_tokens} video + {v['prompt_text']} text prompt, {n_new} new): "
+    f"torch {tokens / tt:.0f} tok/s ({dflops * tokens / tt / peak:.1%} of peak)"
+  )
   for name in decoders:
     tj = statistics.median(records[name]["times"])
     same = float(np.mean(seqs[name] == theirs))
-    print(f"greedy decode: jax[{name}] {tokens / tj:.0f} tok/s ({dflops * tokens / tj / peak:.1%} of peak)  "
-          f"->  jax/torch speed {tt / tj:.2f}x  (same tokens as torch: {same:.0%})")
+    print(
+      f"greedy decode: jax[{name}] {tokens / tj:.0f} tok/s ({dflops * tokens / tj / peak:.1%} of peak)  "
+      f"->  jax/torch speed {tt / tj:.2f}x  (same tokens as torch: {same:.0%})"
+    )
   tmp_dir.cleanup()
 
 

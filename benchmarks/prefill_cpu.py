@@ -8,6 +8,7 @@ a cache of prompt + 64 slots with prompts of several lengths, both ways, in one 
 the two last-token logits. `generate` takes the `prefill=True` path; with it the prompt's queries
 run on the query blocks and the CPU attention kernel (docs/llama.md).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--shapes", default="8x256,4x1024,1x4096",
-                      help="comma-separated batch x prompt length")
+  parser.add_argument(
+    "--shapes", default="8x256,4x1024,1x4096", help="comma-separated batch x prompt length"
+  )
   parser.add_argument("--reps", type=int, default=5)
   args = parser.parse_args(argv)
   import jax
@@ -30,10 +32,13 @@ def main(argv=None) -> None:
 
   from aotd_jax.models.llama import LlamaConfig, LlamaForCausalLM
   from configs.llama_tiny import get_config
+
   fields = dict(get_config("bench").model)
   cfg = LlamaConfig(**{k: v for k, v in fields.items() if k in LlamaConfig.__dataclass_fields__})
   model = LlamaForCausalLM(cfg, rngs=nnx.Rngs(0))
-  print(f"jax {jax.__version__}, {jax.devices()[0].platform}; Llama bench model, cache = prompt + 64")
+  print(
+    f"jax {jax.__version__}, {jax.devices()[0].platform}; Llama bench model, cache = prompt + 64"
+  )
   for spec in args.shapes.split(","):
     b, length = (int(x) for x in spec.split("x"))
     ids = np.random.default_rng(0).integers(3, cfg.vocab_size, (b, length)).astype(np.int32)
@@ -41,8 +46,11 @@ def main(argv=None) -> None:
     cache = model.init_cache(b, length + 64)
     res = {}
     for prefill in (False, True):
-      fn = jax.jit(lambda m, c, prefill=prefill: m(ids, mask, cache=c, logits_to_keep=1,
-                                                   prefill=prefill).logits)
+      fn = jax.jit(
+        lambda m, c, prefill=prefill: (
+          m(ids, mask, cache=c, logits_to_keep=1, prefill=prefill).logits
+        )
+      )
       temp = fn.lower(model, cache).compile().memory_analysis().temp_size_in_bytes / 2**20
       logits = np.asarray(fn(model, cache))
       times = []
@@ -52,8 +60,10 @@ def main(argv=None) -> None:
         times.append(time.perf_counter() - t0)
       res[prefill] = (float(np.median(times)) * 1e3, temp, logits)
     (t0, m0, l0), (t1, m1, l1) = res[False], res[True]
-    print(f"{b} x {length}: every slot {t0:.0f} ms, {m0:.0f} MiB temp | prefill=True {t1:.0f} ms, "
-          f"{m1:.0f} MiB temp | {t0 / t1:.2f}x, max |logit diff| {np.abs(l0 - l1).max():.1e}")
+    print(
+      f"{b} x {length}: every slot {t0:.0f} ms, {m0:.0f} MiB temp | prefill=True {t1:.0f} ms, "
+      f"{m1:.0f} MiB temp | {t0 / t1:.2f}x, max |logit diff| {np.abs(l0 - l1).max():.1e}"
+    )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ Measures, in one run on this machine:
      does anything.
 Prints each figure and its ratio to the in-process reference.
 """
+
 import argparse
 import concurrent.futures
 import os
@@ -36,10 +37,14 @@ def execute_command(video_clip, query, possible_answers):
     n = len([b for b in boxes if b])
     return select_answer(query, labels + [str(n)], possible_answers)
 """
-CALLS = "def execute_command(video_clip, query, possible_answers):\n" \
-        "    for i in range(200):\n        noop(i)\n    return 1\n"
-CLIP_CALLS = "def execute_command(video_clip, query, possible_answers):\n" \
-             "    for i in range(20):\n        c = frames(video_clip)\n    return c.shape\n"
+CALLS = (
+  "def execute_command(video_clip, query, possible_answers):\n"
+  "    for i in range(200):\n        noop(i)\n    return 1\n"
+)
+CLIP_CALLS = (
+  "def execute_command(video_clip, query, possible_answers):\n"
+  "    for i in range(20):\n        c = frames(video_clip)\n    return c.shape\n"
+)
 
 
 class Clip:
@@ -51,17 +56,20 @@ class Clip:
 
 
 TOOLS = {
-    "trim": lambda c, s, e: Clip(c.frames[s:e]),
-    "Find": lambda c, name: [[1.0, 2.0, 3.0, 4.0]] * len(c),
-    "Query_Objs": lambda c, answers: list(answers[:2]),
-    "select_answer": lambda q, info, answers: answers[len(info) % len(answers)],
-    "noop": lambda i: i,
+  "trim": lambda c, s, e: Clip(c.frames[s:e]),
+  "Find": lambda c, name: [[1.0, 2.0, 3.0, 4.0]] * len(c),
+  "Query_Objs": lambda c, answers: list(answers[:2]),
+  "select_answer": lambda q, info, answers: answers[len(info) % len(answers)],
+  "noop": lambda i: i,
 }
 
 
 def args():
-  return {"video_clip": Clip(np.zeros((16, 32, 32, 3), np.uint8)), "query": "what?",
-          "possible_answers": ["a", "b", "c", "d"]}
+  return {
+    "video_clip": Clip(np.zeros((16, 32, 32, 3), np.uint8)),
+    "query": "what?",
+    "possible_answers": ["a", "b", "c", "d"],
+  }
 
 
 def in_process(source, tools, a):
@@ -113,9 +121,13 @@ print(1e3 * (s1 - s0) / n, 1e3 * (c1 - c0) / n)
 def fork_exit_cpu_ms(n: int) -> tuple[float, float]:
   """(parent, child) CPU ms of one fork + exit of a process with the worker's imports."""
   agent = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "aotd_jax", "agent")
-  out = subprocess.run([sys.executable, "-I", "-c", _FORK_EXIT, agent, str(n)], check=True,
-                       capture_output=True, text=True, env={"OPENBLAS_NUM_THREADS": "1",
-                                                            "LD_BIND_NOW": "1"}).stdout
+  out = subprocess.run(
+    [sys.executable, "-I", "-c", _FORK_EXIT, agent, str(n)],
+    check=True,
+    capture_output=True,
+    text=True,
+    env={"OPENBLAS_NUM_THREADS": "1", "LD_BIND_NOW": "1"},
+  ).stdout
   parent, child = map(float, out.split())
   return parent, child
 
@@ -124,10 +136,17 @@ def main():
   p = argparse.ArgumentParser()
   p.add_argument("--programs", type=int, default=200)
   p.add_argument("--workers", type=int, default=2)
-  p.add_argument("--warm_spares", action="store_true",
-                 help="Sandbox(warm_spares=True): warm each spare child before its turn")
-  p.add_argument("--runs_per_child", type=int, default=1,
-                 help="Sandbox(runs_per_child=...); 1 = a fresh child per run")
+  p.add_argument(
+    "--warm_spares",
+    action="store_true",
+    help="Sandbox(warm_spares=True): warm each spare child before its turn",
+  )
+  p.add_argument(
+    "--runs_per_child",
+    type=int,
+    default=1,
+    help="Sandbox(runs_per_child=...); 1 = a fresh child per run",
+  )
   a = p.parse_args()
   n = a.programs
   ref = rate(lambda: in_process(PROGRAM, TOOLS, args()), n)
@@ -138,29 +157,41 @@ def main():
   with Sandbox(1, **kw) as sb:
     sb.run(PROGRAM, TOOLS, args(), timeout_s=5)  # warm
     one = rate(lambda: sb.run(PROGRAM, TOOLS, args(), timeout_s=5), n)
-    print(f"sandbox, 1 worker:          {one:9.1f} programs/s  ({ref / one:.0f}x slower, "
-          f"{1e3 / one - 1e3 / ref:.2f} ms overhead per program)")
+    print(
+      f"sandbox, 1 worker:          {one:9.1f} programs/s  ({ref / one:.0f}x slower, "
+      f"{1e3 / one - 1e3 / ref:.2f} ms overhead per program)"
+    )
     host_ms, worker_ms = cpu_per_program(n, **kw)
-    print(f"CPU per program, 1 worker:  {host_ms + worker_ms:9.2f} ms  (host {host_ms:.2f}, "
-          f"worker processes {worker_ms:.2f})")
+    print(
+      f"CPU per program, 1 worker:  {host_ms + worker_ms:9.2f} ms  (host {host_ms:.2f}, "
+      f"worker processes {worker_ms:.2f})"
+    )
     t_calls = rate(lambda: sb.run(CALLS, TOOLS, args(), timeout_s=5), 20)
     print(f"tool-call round trip:       {1e3 / t_calls / 200:9.3f} ms per call")
     t0 = time.perf_counter()
-    sb.run("def execute_command(video_clip, query, possible_answers):\n"
-           "    return 10 ** (10 ** 9)\n", TOOLS, args(), timeout_s=0.2)
+    sb.run(
+      "def execute_command(video_clip, query, possible_answers):\n    return 10 ** (10 ** 9)\n",
+      TOOLS,
+      args(),
+      timeout_s=0.2,
+    )
     sb.run(PROGRAM, TOOLS, args(), timeout_s=5)
     print(f"timeout kill + replacement: {(time.perf_counter() - t0 - 0.2) * 1e3:9.1f} ms")
   parent, child = fork_exit_cpu_ms(n)
-  print(f"fork + exit, no run:        {parent + child:9.2f} ms CPU  (fork {parent:.2f}, exit in "
-        f"the child {child:.2f}: the floor of a fresh child per run)")
+  print(
+    f"fork + exit, no run:        {parent + child:9.2f} ms CPU  (fork {parent:.2f}, exit in "
+    f"the child {child:.2f}: the floor of a fresh child per run)"
+  )
   with Sandbox(a.workers, **kw) as sb:
     with concurrent.futures.ThreadPoolExecutor(a.workers) as pool:
       list(pool.map(lambda _: sb.run(PROGRAM, TOOLS, args(), timeout_s=5), range(4)))
       t0 = time.perf_counter()
       list(pool.map(lambda _: sb.run(PROGRAM, TOOLS, args(), timeout_s=5), range(n)))
       many = n / (time.perf_counter() - t0)
-    print(f"sandbox, {a.workers} workers (threads): {many:9.1f} programs/s  "
-          f"({ref / many:.0f}x slower than in-process)")
+    print(
+      f"sandbox, {a.workers} workers (threads): {many:9.1f} programs/s  "
+      f"({ref / many:.0f}x slower than in-process)"
+    )
 
   big = {"video_clip": np.zeros((16, 224, 224, 3), np.uint8), "query": "", "possible_answers": []}
   tools = {"frames": lambda c: c}

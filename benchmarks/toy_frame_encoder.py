@@ -12,6 +12,7 @@ scores the train, val and test splits with its probe: per-patch object identity 
 the "always absent" baseline, all measured in the same run. Without `--world` it generates
 the quick demo's world (`configs/toyworld/demo.py:quick`) in a temporary directory.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,7 +26,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def main(argv=None):
   parser = argparse.ArgumentParser()
-  parser.add_argument("--world", default="", help="a generated toy world (default: a new quick one)")
+  parser.add_argument(
+    "--world", default="", help="a generated toy world (default: a new quick one)"
+  )
   parser.add_argument("--extra_clips", type=int, default=600)
   parser.add_argument("--steps", type=int, default=1000)
   parser.add_argument("--lr", type=float, default=3e-3)
@@ -42,28 +45,48 @@ def main(argv=None):
     if not world:
       world = os.path.join(tmp, "world")
       w = get_config("quick").world
-      toyworld.generate_world(world, seed=w.seed, num_train=w.num_train, num_val=w.num_val,
-                              num_test=w.num_test, size=w.size, fps=w.fps, seconds=w.seconds,
-                              questions_per_type=w.questions_per_type)
+      toyworld.generate_world(
+        world,
+        seed=w.seed,
+        num_train=w.num_train,
+        num_val=w.num_val,
+        num_test=w.num_test,
+        size=w.size,
+        fps=w.fps,
+        seconds=w.seconds,
+        questions_per_type=w.questions_per_type,
+      )
     start = time.perf_counter()
-    out = oe.train_object_encoder(world, os.path.join(tmp, "encoder"), steps=args.steps,
-                                  extra_clips=args.extra_clips, learning_rate=args.lr,
-                                  batch_size=args.batch, evaluate=("train", "val", "test"))
+    out = oe.train_object_encoder(
+      world,
+      os.path.join(tmp, "encoder"),
+      steps=args.steps,
+      extra_clips=args.extra_clips,
+      learning_rate=args.lr,
+      batch_size=args.batch,
+      evaluate=("train", "val", "test"),
+    )
     info = oe.read_done(out)
-    print(f"machine: {os.cpu_count()} CPUs, jax {jax.__version__}; world {world}: "
-          f"{info['train_clips'] - args.extra_clips} + {args.extra_clips} rendered train clips "
-          f"({info['train_frames']} frames)")
-    print(f"trained {args.steps} steps in {info['seconds']:.0f} s (rendering "
-          f"{info['render_seconds']:.0f} s; loss {info['first_loss']:.3f} -> "
-          f"{info['final_loss']:.3f}); {time.perf_counter() - start:.0f} s with scoring")
+    print(
+      f"machine: {os.cpu_count()} CPUs, jax {jax.__version__}; world {world}: "
+      f"{info['train_clips'] - args.extra_clips} + {args.extra_clips} rendered train clips "
+      f"({info['train_frames']} frames)"
+    )
+    print(
+      f"trained {args.steps} steps in {info['seconds']:.0f} s (rendering "
+      f"{info['render_seconds']:.0f} s; loss {info['first_loss']:.3f} -> "
+      f"{info['final_loss']:.3f}); {time.perf_counter() - start:.0f} s with scoring"
+    )
     for split in ("train", "val", "test"):
       s = info.get(split)
       if not s:
         continue
-      print(f"{split:5s} ({s['frames']} frames): object under a patch {s['identity']:.3f} "
-            f"(chance {s['identity_chance']:.3f}: {s['identity'] / s['identity_chance']:.1f}x); "
-            f"object in frame {s['presence']:.3f} (always absent "
-            f"{s['presence_always_absent']:.3f}), recall {s['presence_recall']:.3f}")
+      print(
+        f"{split:5s} ({s['frames']} frames): object under a patch {s['identity']:.3f} "
+        f"(chance {s['identity_chance']:.3f}: {s['identity'] / s['identity_chance']:.1f}x); "
+        f"object in frame {s['presence']:.3f} (always absent "
+        f"{s['presence_always_absent']:.3f}), recall {s['presence_recall']:.3f}"
+      )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Toy-world generation speed on one core: rendering alone vs the full world (mp4s + JSON).
 
-  python benchmarks/toyworld_cpu.py [--clips 100]
+python benchmarks/toyworld_cpu.py [--clips 100]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,11 +30,16 @@ def main() -> None:
     paths = toyworld.generate_world(tmp, seed=0, num_clips=n)
     world_s = time.perf_counter() - t0
     import json
+
     questions = sum(len(json.load(open(p))) for p in paths.values())
-  print(f"{n} clips (64x64, 24 frames): render + ground truth {render_s:.2f} s "
-        f"({n / render_s:.0f} clips/s)")
-  print(f"full world ({questions} questions, mp4s, JSON): {world_s:.2f} s "
-        f"({n / world_s:.0f} clips/s); mp4 + questions cost {world_s / render_s:.2f}x rendering")
+  print(
+    f"{n} clips (64x64, 24 frames): render + ground truth {render_s:.2f} s "
+    f"({n / render_s:.0f} clips/s)"
+  )
+  print(
+    f"full world ({questions} questions, mp4s, JSON): {world_s:.2f} s "
+    f"({n / world_s:.0f} clips/s); mp4 + questions cost {world_s / render_s:.2f}x rendering"
+  )
 
 
 if __name__ == "__main__":

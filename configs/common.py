@@ -10,6 +10,7 @@
 - `distill_config`: the paper's distillation recipe for a 7B student (lnv7b, onevision7b,
   qwen2vl7b).
 """
+
 from __future__ import annotations
 
 from typing import Iterable, Mapping
@@ -21,10 +22,15 @@ import experts
 RUNLOCAL = "runlocal"
 
 
-def parse_arg(arg: str | None, keys: Iterable[str], *, where: str,
-              positional: str | None = None,
-              defaults: Mapping[str, str] | None = None,
-              switches: Iterable[str] = ()) -> dict:
+def parse_arg(
+  arg: str | None,
+  keys: Iterable[str],
+  *,
+  where: str,
+  positional: str | None = None,
+  defaults: Mapping[str, str] | None = None,
+  switches: Iterable[str] = (),
+) -> dict:
   """`"h100x8,hf_dir=D,datasets=star+nextqa"` -> {"target": "h100x8", "hf_dir": "D", ...}.
 
   Args:
@@ -54,13 +60,19 @@ def parse_arg(arg: str | None, keys: Iterable[str], *, where: str,
     elif not sep and n == 0 and positional is not None:
       key, value = positional, item
     elif not known and not switches and positional is not None:
-      raise ValueError(f"{where}: option {item!r}: the arg is one value ({positional}), "
-                       f"with no key=value options (config arg {arg!r})")
+      raise ValueError(
+        f"{where}: option {item!r}: the arg is one value ({positional}), "
+        f"with no key=value options (config arg {arg!r})"
+      )
     elif not sep or key not in keys:
       unknown = f"; unknown key {key!r}" if sep else ""
       tail = f" (config arg {arg!r}; defaults {dict(defaults)})" if defaults else ""
-      raise ValueError(f"{where}: option {item!r}: expected key=value with key in {known}"
-                       + (f" or one of {switches}" if switches else "") + unknown + tail)
+      raise ValueError(
+        f"{where}: option {item!r}: expected key=value with key in {known}"
+        + (f" or one of {switches}" if switches else "")
+        + unknown
+        + tail
+      )
     if key in given:
       raise ValueError(f"{where}: option {key!r} given twice in {arg!r}")
     given.add(key)
@@ -74,8 +86,17 @@ def parse_arg(arg: str | None, keys: Iterable[str], *, where: str,
 # Replay), declared unset so the command line can set any of them on any section, e.g.
 # `--config.program_llm.kind=local --config.program_llm.kwargs.model_dir=DIR`. The launcher
 # passes a backend only the set ones it takes.
-LLM_KWARGS = {"model_dir": str, "dtype": str, "max_batch": int, "base_url": str, "model": str,
-              "api_key_env": str, "timeout_s": float, "concurrency": int, "path": str}
+LLM_KWARGS = {
+  "model_dir": str,
+  "dtype": str,
+  "max_batch": int,
+  "base_url": str,
+  "model": str,
+  "api_key_env": str,
+  "timeout_s": float,
+  "concurrency": int,
+  "path": str,
+}
 
 
 def llm(kind: str = "none", factory: str = "", **kwargs) -> ml_collections.ConfigDict:
@@ -90,45 +111,47 @@ def cot_base_config() -> ml_collections.ConfigDict:
   """Every field of the CoT job (`launch.generate_cots`), with offline defaults (the toy world's)."""
   c = ml_collections.ConfigDict()
   c.out_dir = "workdir/cots"
-  c.data = ml_collections.ConfigDict({
-      "format": "star",           # aotd_jax.data.annotations.read format
-      "path": "",                 # the annotation file
-      "video_dir": "",            # videos are <video_dir>/<meta video_path or video_id+ext>
+  c.data = ml_collections.ConfigDict(
+    {
+      "format": "star",  # aotd_jax.data.annotations.read format
+      "path": "",  # the annotation file
+      "video_dir": "",  # videos are <video_dir>/<meta video_path or video_id+ext>
       "video_ext": ".mp4",
       # format options for annotations.read (unset ones are not passed)
       "read_kwargs": {"map_path": ml_collections.config_dict.placeholder(str)},
-      "toyworld_seed": None,      # set: generate the toy world at dirname(path) if missing
+      "toyworld_seed": None,  # set: generate the toy world at dirname(path) if missing
       "toyworld_clips": 10,
-  })
-  c.max_questions = 0             # 0: all
-  c.max_frames = 32               # frames decoded per question (uniform over its window)
+    }
+  )
+  c.max_questions = 0  # 0: all
+  c.max_frames = 32  # frames decoded per question (uniform over its window)
   # "source": traces number frames as the source video; "sampled": the student's own frames,
   # 0..max_frames-1 (set max_frames to the student's data.num_frames), the official numbering
   c.frame_numbers = "source"
   # few-shot programs: <examples_package's folder, else data/prompts>/examples/<examples>.txt
   c.examples = "toyworld"
   c.examples_package = "aotd_jax.projects.toyworld"
-  c.program_source = "gold"       # gold (annotation's program) | llm
+  c.program_source = "gold"  # gold (annotation's program) | llm
   c.gold_program_key = "question_program"
   c.program_llm = llm()
-  c.cot_llm = llm()               # none: the deterministic verbaliser writes rationales
-  c.judge_llm = llm()             # open-ended answer check; logic check if logic_judge=llm
-  c.logic_judge = "rule"          # rule (offline) | llm
-  c.judge_parse = "lenient"       # lenient (Yes/No anywhere) | exact_true (official)
-  c.rewrite_prompt = "ours"       # ours | official (the program in the prompt)
+  c.cot_llm = llm()  # none: the deterministic verbaliser writes rationales
+  c.judge_llm = llm()  # open-ended answer check; logic check if logic_judge=llm
+  c.logic_judge = "rule"  # rule (offline) | llm
+  c.judge_parse = "lenient"  # lenient (Yes/No anywhere) | exact_true (official)
+  c.rewrite_prompt = "ours"  # ours | official (the program in the prompt)
   c.rewrite_fallback = "verbaliser"  # verbaliser (ours) | none (official: reply kept as is)
   c.tools_factory = "experts:make_tools"
   c.experts = ml_collections.ConfigDict()
-  c.make_args = ""                # "" decodes a VideoClip per question; or a dotted factory
+  c.make_args = ""  # "" decodes a VideoClip per question; or a dotted factory
   c.batch_size = 8
-  c.fail_fast_min = 4             # stop when a batch of >= this many programs all hit one broken backend
+  c.fail_fast_min = 4  # stop when a batch of >= this many programs all hit one broken backend
   c.timeout_s = 30.0
   c.max_new_tokens = 512
   c.temperature = 0.0
   c.progress_every_s = 10.0
-  c.report_samples = 20           # questions in report-*.html (0: no report)
-  c.use_jax_processes = True      # also split by jax.process_index() (multi-host)
-  c.distributed = False           # jax.distributed.initialize() first (set by launch.tpu.pod)
+  c.report_samples = 20  # questions in report-*.html (0: no report)
+  c.use_jax_processes = True  # also split by jax.process_index() (multi-host)
+  c.distributed = False  # jax.distributed.initialize() first (set by launch.tpu.pod)
   c.sandbox = ml_collections.ConfigDict({"num_workers": 2, "memory_mb": 512})
   # Stages overlap across batches (programs of batch k+1 written while batch k runs, its
   # rationales judged after); the same records as enabled=False (one batch at a time).
@@ -138,7 +161,8 @@ def cot_base_config() -> ml_collections.ConfigDict:
   # once (2 keeps an HTTP server busy past a batch's slowest reply; keep 1 for a local model
   # that samples, temperature > 0, whose keys follow its call order).
   c.pipeline = ml_collections.ConfigDict(
-      {"enabled": True, "max_batches_in_flight": 4, "decode_workers": 2, "llm_workers": 1})
+    {"enabled": True, "max_batches_in_flight": 4, "decode_workers": 2, "llm_workers": 1}
+  )
   return c
 
 
@@ -154,8 +178,10 @@ def shrink_cot(c: ml_collections.ConfigDict) -> None:
 # ------------------------------------------------------------------- real-data CoT configs
 
 EXPERT_KEYS = ("owlv2", "univtg", "clip", "llava")
-EXPERT_HELP = ("owlv2=<HF OWLv2 dir>,univtg=<official UniVTG .ckpt>,clip=<HF CLIP ViT-B/32 dir>,"
-               "llava=<HF LLaVA-NeXT-Video dir>")
+EXPERT_HELP = (
+  "owlv2=<HF OWLv2 dir>,univtg=<official UniVTG .ckpt>,clip=<HF CLIP ViT-B/32 dir>,"
+  "llava=<HF LLaVA-NeXT-Video dir>"
+)
 
 
 def llm_section(value: str, model: str) -> ml_collections.ConfigDict:
@@ -183,29 +209,50 @@ def bind_experts(name: str, a: dict, *, vocabulary: str) -> ml_collections.Confi
   """The experts section: real models from `a`'s paths (`experts=real`, the default)."""
   missing = [k for k in EXPERT_KEYS if not a.get(k)]
   if missing:
-    raise ValueError(f"configs/cot/{name}.py: experts=real needs the checkpoints "
-                     f"{EXPERT_HELP}; missing: {', '.join(k + '=' for k in missing)}")
+    raise ValueError(
+      f"configs/cot/{name}.py: experts=real needs the checkpoints "
+      f"{EXPERT_HELP}; missing: {', '.join(k + '=' for k in missing)}"
+    )
   selector = a.get("selector") or a.get("llm")
   if not selector:
-    raise ValueError(f"configs/cot/{name}.py: select_answer needs an LLM: give llm= (or "
-                     "selector=<url or dir>, or selector=keyword for the offline heuristic)")
+    raise ValueError(
+      f"configs/cot/{name}.py: select_answer needs an LLM: give llm= (or "
+      "selector=<url or dir>, or selector=keyword for the offline heuristic)"
+    )
   c = experts.default_config()
   # The official AoTD's detector settings (docs/fidelity.md): "a photo of a <name>" queries,
   # score threshold 0.2, no NMS; Find returns crops, exist asks the video QA model to confirm.
-  c.detector = {"kind": "owlv2", "path": a["owlv2"], "threshold": 0.2,
-                "query_template": "a photo of a {}", "nms_threshold": 0.0,
-                "buckets": list(c.detector.buckets)}
+  c.detector = {
+    "kind": "owlv2",
+    "path": a["owlv2"],
+    "threshold": 0.2,
+    "query_template": "a photo of a {}",
+    "nms_threshold": 0.0,
+    "buckets": list(c.detector.buckets),
+  }
   # concurrent programs' calls to every model expert share batches (docs/experts.md);
   # --config.experts.coalesce=False runs each call on its own
   c.coalesce = True
   c.tools = {"find": "crops", "exist": "detector+qa"}
-  c.grounder = {"kind": "univtg", "path": a["univtg"], "clip_path": a["clip"],
-                "features_path": "", "buckets": list(c.grounder.buckets)}
+  c.grounder = {
+    "kind": "univtg",
+    "path": a["univtg"],
+    "clip_path": a["clip"],
+    "features_path": "",
+    "buckets": list(c.grounder.buckets),
+  }
   # LLaVA-NeXT-Video-DPO as the official AoTD asks it: 32 frames, a greedy reply (the letter
   # parsed and snapped to an option), "Question:/Options:" prompts, its Video_summary request.
-  llava = {"kind": "llava", "path": a["llava"], "num_frames": 32, "choice_scoring": "generate",
-           "max_new_tokens": 100, "prompt_format": "official", "summary_prompt": "official",
-           "action_prompt": "official"}
+  llava = {
+    "kind": "llava",
+    "path": a["llava"],
+    "num_frames": 32,
+    "choice_scoring": "generate",
+    "max_new_tokens": 100,
+    "prompt_format": "official",
+    "summary_prompt": "official",
+    "action_prompt": "official",
+  }
   c.action_recognizer = dict(llava)
   c.video_qa = dict(llava)
   c.selector = selector_section(selector, a.get("selector_model") or a.get("model", ""))
@@ -232,19 +279,20 @@ def bind_llms(c: ml_collections.ConfigDict, a: dict) -> None:
 
 # name -> (format, annotations, video root, kept CoT shards), under the `data=` root.
 DATASETS = {
-    "star": ("star", "star/STAR_train.json", "star/Charades_v1_480",
-             "cots/star/cot-*.array_record"),
-    "nextqa": ("nextqa", "nextqa/train.csv", "nextqa/NExTVideo",
-               "cots/nextqa/cot-*.array_record"),
-    "agqa": ("agqa", "agqa/train_balanced.txt", "charades/videos", "cots/agqa/cot-*.array_record"),
-    "activitynet_qa": ("activitynet_qa", "anetqa/train_q.json", "anetqa/videos",
-                       "cots/activitynet_qa/cot-*.array_record"),
-    "clevrer": ("clevrer", "clevrer/train.json", "clevrer/videos",
-                "cots/clevrer/cot-*.array_record"),
+  "star": ("star", "star/STAR_train.json", "star/Charades_v1_480", "cots/star/cot-*.array_record"),
+  "nextqa": ("nextqa", "nextqa/train.csv", "nextqa/NExTVideo", "cots/nextqa/cot-*.array_record"),
+  "agqa": ("agqa", "agqa/train_balanced.txt", "charades/videos", "cots/agqa/cot-*.array_record"),
+  "activitynet_qa": (
+    "activitynet_qa",
+    "anetqa/train_q.json",
+    "anetqa/videos",
+    "cots/activitynet_qa/cot-*.array_record",
+  ),
+  "clevrer": ("clevrer", "clevrer/train.json", "clevrer/videos", "cots/clevrer/cot-*.array_record"),
 }
 MESHES = {
-    "tpu_v5p_128": dict(data=1, fsdp=-1, tensor=1),
-    "h100x8": dict(data=1, fsdp=-1, tensor=1),
+  "tpu_v5p_128": dict(data=1, fsdp=-1, tensor=1),
+  "h100x8": dict(data=1, fsdp=-1, tensor=1),
 }
 GLOBAL_BATCH = {"tpu_v5p_128": 128, "h100x8": 64}
 PEAK_FLOPS = {"tpu_v5p_128": 459e12, "h100x8": 989e12}  # bf16 dense, per chip
@@ -253,8 +301,9 @@ DISTILL_OPTIONS = ("hf_dir", "datasets", "data")
 
 def parse_distill_arg(arg: str | None, where: str) -> tuple[str, dict]:
   """`"h100x8,hf_dir=D,datasets=star+nextqa,runlocal"` -> ("h100x8", {"hf_dir": "D", ...})."""
-  options = parse_arg(arg, ("target",) + DISTILL_OPTIONS, where=where, positional="target",
-                      switches=(RUNLOCAL,))
+  options = parse_arg(
+    arg, ("target",) + DISTILL_OPTIONS, where=where, positional="target", switches=(RUNLOCAL,)
+  )
   target = options.pop("target", "h100x8")
   if target not in MESHES:
     raise ValueError(f"{where}: arg {target!r} not in {sorted(MESHES)}")
@@ -263,7 +312,8 @@ def parse_distill_arg(arg: str | None, where: str) -> tuple[str, dict]:
 
 def student_compute() -> ml_collections.ConfigDict:
   """A 7B student's `ComputeOptions` (aotd_jax/layers/compute.py) on every target."""
-  return ml_collections.ConfigDict(dict(
+  return ml_collections.ConfigDict(
+    dict(
       dtype="bfloat16",
       param_dtype="float32",
       remat="full",
@@ -271,12 +321,21 @@ def student_compute() -> ml_collections.ConfigDict:
       # attention on GPUs (benchmarks/RESULTS.md).
       attention_impl="causal",
       freeze_vision_tower=True,
-  ))
+    )
+  )
 
 
-def distill_config(arg: str | None, *, where: str, name: str, architecture: str, hf_dir: str,
-                   num_frames: int, seq_len: int = 8192,
-                   student_extra: Mapping[str, object] | None = None) -> ml_collections.ConfigDict:
+def distill_config(
+  arg: str | None,
+  *,
+  where: str,
+  name: str,
+  architecture: str,
+  hf_dir: str,
+  num_frames: int,
+  seq_len: int = 8192,
+  student_extra: Mapping[str, object] | None = None,
+) -> ml_collections.ConfigDict:
   """The paper's distillation run (lr 4e-5, warmup 3 %, one epoch, λ = 1, frozen vision tower;
   the official release's data mix, loss, prompt and target) for a 7B `architecture` student.
 
@@ -289,8 +348,9 @@ def distill_config(arg: str | None, *, where: str, name: str, architecture: str,
   names = options.get("datasets", "+".join(DATASETS)).split("+")
   unknown = [n for n in names if n not in DATASETS]
   if unknown:
-    raise ValueError(f"{where}: datasets={options['datasets']!r}: unknown "
-                     f"{unknown}; known {list(DATASETS)}")
+    raise ValueError(
+      f"{where}: datasets={options['datasets']!r}: unknown {unknown}; known {list(DATASETS)}"
+    )
   root = options.get("data", "/data").rstrip("/")
   hf_dir = options.get("hf_dir", hf_dir)
   c = ml_collections.ConfigDict()
@@ -309,12 +369,19 @@ def distill_config(arg: str | None, *, where: str, name: str, architecture: str,
   c.peak_flops = PEAK_FLOPS[target]
   c.allow_changes = False  # resume even if batch size, λ, total steps or data changed
 
-  c.student = ml_collections.ConfigDict(dict(
-      hf_dir=hf_dir, architecture=architecture, init={}, compute=student_compute(),
-      **dict(student_extra or {})))
+  c.student = ml_collections.ConfigDict(
+    dict(
+      hf_dir=hf_dir,
+      architecture=architecture,
+      init={},
+      compute=student_compute(),
+      **dict(student_extra or {}),
+    )
+  )
 
-  c.optim = ml_collections.ConfigDict(dict(
-      learning_rate=4e-5, warmup_ratio=0.03, weight_decay=0.0, grad_clip=1.0, final_lr_ratio=0.0))
+  c.optim = ml_collections.ConfigDict(
+    dict(learning_rate=4e-5, warmup_ratio=0.03, weight_decay=0.0, grad_clip=1.0, final_lr_ratio=0.0)
+  )
 
   c.data = ml_collections.ConfigDict()
   c.data.kind = "pipeline"
@@ -330,10 +397,18 @@ def distill_config(arg: str | None, *, where: str, name: str, architecture: str,
   c.data.answer_style = "letter"
   c.loss = ml_collections.ConfigDict(dict(normalization="sequence"))
   c.neftune_alpha = 0.1  # NEFTune noise on the token embeddings, as the official Trainer
-  c.data.datasets = ml_collections.ConfigDict({
-      n: dict(format=DATASETS[n][0], annotations=f"{root}/{DATASETS[n][1]}",
-              video_root=f"{root}/{DATASETS[n][2]}", cots=f"{root}/{DATASETS[n][3]}", weight=1.0)
-      for n in names})
+  c.data.datasets = ml_collections.ConfigDict(
+    {
+      n: dict(
+        format=DATASETS[n][0],
+        annotations=f"{root}/{DATASETS[n][1]}",
+        video_root=f"{root}/{DATASETS[n][2]}",
+        cots=f"{root}/{DATASETS[n][3]}",
+        weight=1.0,
+      )
+      for n in names
+    }
+  )
   c.data.allow_unfiltered_cots = False
   c.data.num_workers = 16
   if options[RUNLOCAL]:

@@ -11,6 +11,7 @@ arguments), whatever the clip lengths.
 `count_xla_compilations()` counts every XLA compilation in a block, through jax.monitoring,
 for benchmarks that want the whole truth (small eager ops included).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -65,6 +66,7 @@ def num_rows(rows) -> int:
 def pad_rows(x, size: int):
   """Pads axis 0 of `x` (an array or a pytree of arrays) to `size` by repeating its last row
   (numpy stays numpy)."""
+
   def pad(a):
     n = a.shape[0]
     if n == size:
@@ -72,6 +74,7 @@ def pad_rows(x, size: int):
     if isinstance(a, np.ndarray):
       return np.concatenate([a, np.repeat(a[-1:], size - n, axis=0)], axis=0)
     return jnp.concatenate([a, jnp.repeat(a[-1:], size - n, axis=0)], axis=0)
+
   return jax.tree.map(pad, x)
 
 
@@ -92,8 +95,15 @@ class BucketedJit:
     detect.compiles                # -> 2
   """
 
-  def __init__(self, fn: Callable[..., Any], *, buckets: Sequence[int] = DEFAULT_BUCKETS,
-               name: str | None = None, donate_rows: bool = False, jit: bool = True):
+  def __init__(
+    self,
+    fn: Callable[..., Any],
+    *,
+    buckets: Sequence[int] = DEFAULT_BUCKETS,
+    name: str | None = None,
+    donate_rows: bool = False,
+    jit: bool = True,
+  ):
     self.buckets = check_buckets(buckets)
     self.name = name or getattr(fn, "__name__", "expert")
     self.compiles = 0
@@ -110,8 +120,7 @@ class BucketedJit:
     """One call on rows already padded to a bucket size (no slicing, no concatenation)."""
     n = num_rows(rows)
     if n not in self.buckets:
-      raise ValueError(f"{self.name}: chunk of {n} rows is not a bucket size "
-                       f"{self.buckets}")
+      raise ValueError(f"{self.name}: chunk of {n} rows is not a bucket size {self.buckets}")
     self.calls += 1
     return self._jitted(rows, *args)
 
@@ -134,8 +143,9 @@ class BucketedJit:
       out = self.run_chunk(pad_rows(part, size), *args)
       if to_host:
         out = jax.tree.map(np.asarray, out)
-      outs.append(out if stop - start == size
-                  else jax.tree.map(lambda a, k=stop - start: a[:k], out))
+      outs.append(
+        out if stop - start == size else jax.tree.map(lambda a, k=stop - start: a[:k], out)
+      )
     if len(outs) == 1:
       return outs[0]
     cat = np.concatenate if to_host else jnp.concatenate

@@ -11,6 +11,7 @@ arrive, read back on first use: re-running or resuming a CoT generation job does
 the experts again. A line that does not parse (e.g. a job killed mid-write) is reported with
 its file and line number, counted in `corrupt_lines` and skipped.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,8 +38,9 @@ def frames_key(frame_ids: Sequence[int]) -> str:
 
 def make_key(model: str, op: str, video: str, frames: str, query: Any = None, **extra) -> str:
   """A canonical string key; `query` and `extra` must be JSON-serialisable."""
-  payload = json.dumps({"q": query, **extra}, sort_keys=True, ensure_ascii=False,
-                       separators=(",", ":"))
+  payload = json.dumps(
+    {"q": query, **extra}, sort_keys=True, ensure_ascii=False, separators=(",", ":")
+  )
   return f"{model}|{op}|{video}|{frames}|{payload}"
 
 
@@ -103,8 +105,9 @@ class ToolCache:
     self.hits += 1
     return value
 
-  def put(self, key: str, model: str, value: Any,
-          encode: Callable[[Any], Any] = lambda v: v) -> None:
+  def put(
+    self, key: str, model: str, value: Any, encode: Callable[[Any], Any] = lambda v: v
+  ) -> None:
     """Stores `value` in memory and, with a directory, appends it to the model's file."""
     if not self.enabled:
       return
@@ -114,9 +117,15 @@ class ToolCache:
       with open(self._path(model), "a", encoding="utf-8") as f:
         f.write(line + "\n")
 
-  def get_or_compute(self, key: str, model: str, compute: Callable[[], Any], *,
-                     encode: Callable[[Any], Any] = lambda v: v,
-                     decode: Callable[[Any], Any] = lambda v: v) -> Any:
+  def get_or_compute(
+    self,
+    key: str,
+    model: str,
+    compute: Callable[[], Any],
+    *,
+    encode: Callable[[Any], Any] = lambda v: v,
+    decode: Callable[[Any], Any] = lambda v: v,
+  ) -> Any:
     """Serves `key` from the cache, or computes, stores and returns it."""
     value = self._lookup(key, model, decode)
     if value is not _MISSING:
@@ -126,5 +135,10 @@ class ToolCache:
     return value
 
   def stats(self) -> dict:
-    return {"entries": len(self._memory), "hits": self.hits, "misses": self.misses,
-            "disk_hits": self.disk_hits, "corrupt_lines": self.corrupt_lines}
+    return {
+      "entries": len(self._memory),
+      "hits": self.hits,
+      "misses": self.misses,
+      "disk_hits": self.disk_hits,
+      "corrupt_lines": self.corrupt_lines,
+    }

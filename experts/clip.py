@@ -6,6 +6,7 @@ program trims or filters. Clips made from one another share one frame store: the
 is never copied, and the first expert that needs pixels on the accelerator moves the whole
 source clip there once (`device_frames`); later calls of the same program only gather rows.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -74,10 +75,19 @@ class VideoClip:
     detections: boxes found in this clip by the tool that made it (`Find`), else None.
   """
 
-  def __init__(self, frames, start_frame: int = 0, end_frame: int | None = None,
-               fps: float = 30.0, video_id: str | None = None, frame_ids=None,
-               detections=None, *, _store: _FrameStore | None = None,
-               _rows: np.ndarray | None = None):
+  def __init__(
+    self,
+    frames,
+    start_frame: int = 0,
+    end_frame: int | None = None,
+    fps: float = 30.0,
+    video_id: str | None = None,
+    frame_ids=None,
+    detections=None,
+    *,
+    _store: _FrameStore | None = None,
+    _rows: np.ndarray | None = None,
+  ):
     if _store is None:
       if frames is None:
         raise ValueError("VideoClip needs frames")
@@ -151,8 +161,14 @@ class VideoClip:
 
   # -- views -----------------------------------------------------------------------------------
 
-  def select(self, positions: Sequence[int], *, start_frame: int | None = None,
-             end_frame: int | None = None, detections=None) -> "VideoClip":
+  def select(
+    self,
+    positions: Sequence[int],
+    *,
+    start_frame: int | None = None,
+    end_frame: int | None = None,
+    detections=None,
+  ) -> "VideoClip":
     """A clip of some of this clip's rows (positions 0..T-1), sharing the frame store."""
     positions = np.asarray(positions, dtype=np.int64).reshape(-1)
     ids = self.frame_ids[positions]
@@ -160,9 +176,17 @@ class VideoClip:
       start_frame = int(ids[0]) if len(ids) else self.start_frame
     if end_frame is None:
       end_frame = int(ids[-1]) + 1 if len(ids) else start_frame
-    return VideoClip(None, start_frame=start_frame, end_frame=end_frame, fps=self.fps,
-                     video_id=self.video_id, frame_ids=ids, detections=detections,
-                     _store=self._store, _rows=self._rows[positions])
+    return VideoClip(
+      None,
+      start_frame=start_frame,
+      end_frame=end_frame,
+      fps=self.fps,
+      video_id=self.video_id,
+      frame_ids=ids,
+      detections=detections,
+      _store=self._store,
+      _rows=self._rows[positions],
+    )
 
   def positions_in(self, start: int, end: int) -> np.ndarray:
     """Row positions whose source frame id lies in [start, end)."""
@@ -194,8 +218,14 @@ class VideoClip:
     """A compact description for traces: ids and ranges, never pixels."""
     ids = self.frame_ids
     contiguous = len(ids) == 0 or bool(np.all(np.diff(ids) == 1))
-    out = {"type": "VideoClip", "video_id": self.video_id, "start_frame": self.start_frame,
-           "end_frame": self.end_frame, "num_frames": self.num_frames, "fps": float(self.fps)}
+    out = {
+      "type": "VideoClip",
+      "video_id": self.video_id,
+      "start_frame": self.start_frame,
+      "end_frame": self.end_frame,
+      "num_frames": self.num_frames,
+      "fps": float(self.fps),
+    }
     if not contiguous:
       out["frame_ids"] = [int(i) for i in ids]
     if self.detections is not None:
@@ -203,16 +233,24 @@ class VideoClip:
     return out
 
   def __repr__(self) -> str:
-    return (f"VideoClip(video_id={self.video_id!r}, frames {self.start_frame}..{self.end_frame}, "
-            f"num_frames={self.num_frames}, fps={self.fps:g})")
+    return (
+      f"VideoClip(video_id={self.video_id!r}, frames {self.start_frame}..{self.end_frame}, "
+      f"num_frames={self.num_frames}, fps={self.fps:g})"
+    )
 
 
 FRAME_NUMBERS = ("source", "sampled")
 
 
-def question_clip(path: str, *, start: float | None = None, end: float | None = None,
-                  max_frames: int = 24, video_id: str | None = None,
-                  frame_numbers: str = "source") -> VideoClip:
+def question_clip(
+  path: str,
+  *,
+  start: float | None = None,
+  end: float | None = None,
+  max_frames: int = 24,
+  video_id: str | None = None,
+  frame_numbers: str = "source",
+) -> VideoClip:
   """The [start, end] seconds window of a video as a `VideoClip` of at most `max_frames` frames.
 
   `frame_numbers="source"`: the window's frames uniformly subsampled, numbered by the source
@@ -222,6 +260,7 @@ def question_clip(path: str, *, start: float | None = None, end: float | None = 
   them: a rationale's "frames 3-9" then points at the student's own frames.
   """
   from aotd_jax.data import video
+
   if frame_numbers not in FRAME_NUMBERS:
     raise ValueError(f"question_clip: frame_numbers={frame_numbers!r} not in {FRAME_NUMBERS}")
   info = video.probe(path)
@@ -229,23 +268,41 @@ def question_clip(path: str, *, start: float | None = None, end: float | None = 
     ids = video.sample_indices(info.num_frames, info.fps, max_frames, start, end)
     span_s = (int(ids[-1]) + 1 - int(ids[0])) / info.fps
     n = len(ids)
-    return VideoClip(video.decode_frames(path, ids), start_frame=0, end_frame=n,
-                     fps=n / span_s, video_id=f"{video_id}@{start}-{end}/{n}"
-                     if video_id is not None else None)
+    return VideoClip(
+      video.decode_frames(path, ids),
+      start_frame=0,
+      end_frame=n,
+      fps=n / span_s,
+      video_id=f"{video_id}@{start}-{end}/{n}" if video_id is not None else None,
+    )
   first = 0 if start is None else max(0, int(start * info.fps))
   last = info.num_frames if end is None else min(info.num_frames, int(end * info.fps))
   ids = np.arange(first, max(last, first + 1))
   if len(ids) > max_frames:
     ids = ids[np.linspace(0, len(ids) - 1, max_frames).round().astype(int)]
-  return VideoClip(video.decode_frames(path, ids), start_frame=int(ids[0]),
-                   end_frame=int(ids[-1]) + 1, fps=info.fps, video_id=video_id, frame_ids=ids)
+  return VideoClip(
+    video.decode_frames(path, ids),
+    start_frame=int(ids[0]),
+    end_frame=int(ids[-1]) + 1,
+    fps=info.fps,
+    video_id=video_id,
+    frame_ids=ids,
+  )
 
 
 def clip_args(video_path, max_frames: int = 24, frame_numbers: str = "source"):
   """`qa -> execute_command arguments`: the question's window of its video (`video_path(qa)`)
   as `video_clip`, its text as `query`, its choices as `possible_answers`."""
+
   def make(qa) -> dict:
-    clip = question_clip(video_path(qa), start=qa.start, end=qa.end, max_frames=max_frames,
-                         video_id=qa.video_id, frame_numbers=frame_numbers)
+    clip = question_clip(
+      video_path(qa),
+      start=qa.start,
+      end=qa.end,
+      max_frames=max_frames,
+      video_id=qa.video_id,
+      frame_numbers=frame_numbers,
+    )
     return {"video_clip": clip, "query": qa.question, "possible_answers": list(qa.choices)}
+
   return make

@@ -29,6 +29,7 @@ job does not stall on a compilation the first time a batch of a new size forms.
 Results are equal to per-request calls up to floating-point reassociation (a row's outputs can
 differ in the last bits with the batch it ran in).
 """
+
 from __future__ import annotations
 
 import collections
@@ -65,6 +66,7 @@ class _Request:
 class CoalescerStats:
   """Counters (cumulative): batches run, requests and rows served, padded rows computed, and
   seconds the worker spent running batches (`busy_s`, including waiting on the device)."""
+
   batches: int = 0
   requests: int = 0
   rows: int = 0
@@ -105,8 +107,15 @@ class Coalescer:
     image.close()
   """
 
-  def __init__(self, fn: BucketedJit, *, wait_s: float = 0.002, max_rows: int | None = None,
-               output: str = "host", name: str | None = None):
+  def __init__(
+    self,
+    fn: BucketedJit,
+    *,
+    wait_s: float = 0.002,
+    max_rows: int | None = None,
+    output: str = "host",
+    name: str | None = None,
+  ):
     if not isinstance(fn, BucketedJit):
       raise TypeError(f"Coalescer needs a BucketedJit, got {type(fn).__name__}")
     if output not in OUTPUTS:
@@ -136,20 +145,27 @@ class Coalescer:
     arguments; returns a Future."""
     rows = jax.tree.map(np.asarray, rows)
     if any(np.ndim(a) < 1 for a in jax.tree.leaves(rows)):
-      raise ValueError(f"{self.name}: rows need a leading axis, got shapes "
-                       f"{[np.shape(a) for a in jax.tree.leaves(rows)]}")
+      raise ValueError(
+        f"{self.name}: rows need a leading axis, got shapes "
+        f"{[np.shape(a) for a in jax.tree.leaves(rows)]}"
+      )
     n = num_rows(rows)
     if self.output == "device" and n > self.fn.buckets[-1]:
-      raise ValueError(f"{self.name}: {n} rows exceed the largest bucket "
-                       f"{self.fn.buckets[-1]} (output='device' takes one chunk per request)")
+      raise ValueError(
+        f"{self.name}: {n} rows exceed the largest bucket "
+        f"{self.fn.buckets[-1]} (output='device' takes one chunk per request)"
+      )
     future: concurrent.futures.Future = concurrent.futures.Future()
     if n == 0:
-      future.set_result(self.fn(rows, *args, to_host=True) if self.output == "host"
-                        else self.fn(rows, *args))
+      future.set_result(
+        self.fn(rows, *args, to_host=True) if self.output == "host" else self.fn(rows, *args)
+      )
       return future
-    key = (jax.tree.structure(rows),
-           tuple((a.shape[1:], a.dtype.str) for a in jax.tree.leaves(rows)),
-           tuple(id(a) for a in args))
+    key = (
+      jax.tree.structure(rows),
+      tuple((a.shape[1:], a.dtype.str) for a in jax.tree.leaves(rows)),
+      tuple(id(a) for a in args),
+    )
     with self._submit_lock:
       if self._closed:
         raise RuntimeError(f"{self.name} is closed")
@@ -287,4 +303,3 @@ class Coalescer:
       results.append(_take_jit(out, jnp.asarray(idx, jnp.int32)))
       start += r.n
     return results
-

@@ -7,6 +7,7 @@ reader and a compact program prompt. `experts.make_tools(config, plugins=[PLUGIN
 `experts.subtasks.evaluate(config, plugins=[PLUGIN])` resolves `data.kind` and the program
 generator's `prompt="demo"`. Launchers, configs and tests pass the plugins.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,6 +26,7 @@ class Plugin:
   program_prompt: (question, choices) -> the prompt of the project's program generator
     (the sub-task harness's `program_generator.prompt="demo"`).
   """
+
   kind: str
   ground_truth: Callable[[str], Any]
   object_names: Sequence[str] = ()

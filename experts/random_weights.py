@@ -8,6 +8,7 @@ no chat template) and `word_tokenize` for OWLv2's / CLIP's padded text tokenisat
 here reads a file or the network. Large models are initialised one parameter at a time
 (N(0, 0.02) matrices, unit scales, zero biases), which keeps a 7B model's set-up in seconds.
 """
+
 from __future__ import annotations
 
 import zlib
@@ -16,17 +17,49 @@ from typing import Sequence
 import numpy as np
 
 # Sizes (keyword arguments of the builders below).
-OWLV2_B16 = dict(image_size=960, patch_size=16, vision_hidden=768, vision_layers=12,
-                 vision_heads=12, text_hidden=512, text_layers=12, text_heads=8, projection=512,
-                 vocab=49408, text_length=16)
-CLIP_B32 = dict(image_size=224, patch_size=32, vision_hidden=768, vision_layers=12,
-                vision_heads=12, text_hidden=512, text_layers=12, text_heads=8, projection=512,
-                vocab=49408, text_length=77)
-UNIVTG_RELEASED = dict(hidden_dim=1024, nheads=8, enc_layers=4, dim_feedforward=1024,
-                       clip_length=2.0)
-LLAVA_NEXT_VIDEO_7B = dict(vision_hidden=1024, vision_layers=24, vision_heads=16, image_size=336,
-                           patch_size=14, hidden=4096, intermediate=11008, layers=32, heads=32,
-                           kv_heads=32, vocab=32064, dtype="bfloat16")
+OWLV2_B16 = dict(
+  image_size=960,
+  patch_size=16,
+  vision_hidden=768,
+  vision_layers=12,
+  vision_heads=12,
+  text_hidden=512,
+  text_layers=12,
+  text_heads=8,
+  projection=512,
+  vocab=49408,
+  text_length=16,
+)
+CLIP_B32 = dict(
+  image_size=224,
+  patch_size=32,
+  vision_hidden=768,
+  vision_layers=12,
+  vision_heads=12,
+  text_hidden=512,
+  text_layers=12,
+  text_heads=8,
+  projection=512,
+  vocab=49408,
+  text_length=77,
+)
+UNIVTG_RELEASED = dict(
+  hidden_dim=1024, nheads=8, enc_layers=4, dim_feedforward=1024, clip_length=2.0
+)
+LLAVA_NEXT_VIDEO_7B = dict(
+  vision_hidden=1024,
+  vision_layers=24,
+  vision_heads=16,
+  image_size=336,
+  patch_size=14,
+  hidden=4096,
+  intermediate=11008,
+  layers=32,
+  heads=32,
+  kv_heads=32,
+  vocab=32064,
+  dtype="bfloat16",
+)
 
 
 def word_ids(text: str, vocab: int, first: int = 4, reserved: int = 4) -> list[int]:
@@ -37,13 +70,15 @@ def word_ids(text: str, vocab: int, first: int = 4, reserved: int = 4) -> list[i
 
 def word_tokenize(vocab: int, length: int):
   """OWLv2 / CLIP tokenisation stand-in: BOS, word ids, EOS, right-padded (masked) to `length`."""
+
   def tokenize(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     ids = np.zeros((len(texts), length), np.int32)
     mask = np.zeros_like(ids)
     for i, t in enumerate(texts):
-      toks = ([vocab - 2] + word_ids(t, vocab)[:length - 2] + [vocab - 1])
-      ids[i, :len(toks)], mask[i, :len(toks)] = toks, 1
+      toks = [vocab - 2] + word_ids(t, vocab)[: length - 2] + [vocab - 1]
+      ids[i, : len(toks)], mask[i, : len(toks)] = toks, 1
     return ids, mask
+
   return tokenize
 
 
@@ -57,8 +92,14 @@ class WordTokenizer:
 
   def __init__(self, vocab: int, video_token_id: int, image_token_id: int):
     self.vocab = vocab
-    self.special = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "<video>": video_token_id,
-                    "<image>": image_token_id}
+    self.special = {
+      "<pad>": 0,
+      "<s>": 1,
+      "</s>": 2,
+      "<unk>": 3,
+      "<video>": video_token_id,
+      "<image>": image_token_id,
+    }
     self._names = {v: k for k, v in self.special.items()}
     self._words = min(video_token_id, image_token_id)  # word ids: [4, first media id)
 
@@ -66,8 +107,10 @@ class WordTokenizer:
     return self.special.get(token, self.unk_token_id)
 
   def _ids(self, text: str) -> list[int]:
-    return [self.special[w] if w in self.special else word_ids(w, self._words, reserved=0)[0]
-            for w in text.split()]
+    return [
+      self.special[w] if w in self.special else word_ids(w, self._words, reserved=0)[0]
+      for w in text.split()
+    ]
 
   def __call__(self, text: str, add_special_tokens: bool = True) -> dict:
     ids = self._ids(text)
@@ -93,13 +136,18 @@ def _init_params(module_cls, config, seed: int = 0, options=None):
   import jax.numpy as jnp
   from flax import nnx
   from aotd_jax.layers.compute import ComputeOptions
+
   options = ComputeOptions() if options is None else options
   model = nnx.eval_shape(lambda: module_cls(config, options=options, rngs=nnx.Rngs(seed)))
   others = [p for p, _ in nnx.to_flat_state(nnx.state(model, nnx.Not(nnx.Param)))]
   if others:
-    raise ValueError(f"_init_params: {module_cls.__name__} has non-parameter variables {others[:3]}")
-  normal = jax.jit(lambda key, shape, dtype: (0.02 * jax.random.normal(key, shape, jnp.float32)
-                                               ).astype(dtype), static_argnums=(1, 2))
+    raise ValueError(
+      f"_init_params: {module_cls.__name__} has non-parameter variables {others[:3]}"
+    )
+  normal = jax.jit(
+    lambda key, shape, dtype: (0.02 * jax.random.normal(key, shape, jnp.float32)).astype(dtype),
+    static_argnums=(1, 2),
+  )
   key = jax.random.key(seed)
   for i, (path, var) in enumerate(nnx.to_flat_state(nnx.state(model, nnx.Param))):
     shape, dtype = tuple(var.get_value().shape), var.get_value().dtype
@@ -114,16 +162,29 @@ def _init_params(module_cls, config, seed: int = 0, options=None):
 
 def _clip_configs(s: dict):
   from aotd_jax.models.clip import CLIPTextConfig, CLIPVisionConfig
+
   v = s["vocab"]
-  text = CLIPTextConfig(vocab_size=v, hidden_size=s["text_hidden"],
-                        intermediate_size=4 * s["text_hidden"], projection_dim=s["projection"],
-                        num_hidden_layers=s["text_layers"], num_attention_heads=s["text_heads"],
-                        max_position_embeddings=s["text_length"], pad_token_id=0,
-                        bos_token_id=v - 2, eos_token_id=v - 1)
-  vision = CLIPVisionConfig(hidden_size=s["vision_hidden"], intermediate_size=4 * s["vision_hidden"],
-                            projection_dim=s["projection"], num_hidden_layers=s["vision_layers"],
-                            num_attention_heads=s["vision_heads"], image_size=s["image_size"],
-                            patch_size=s["patch_size"])
+  text = CLIPTextConfig(
+    vocab_size=v,
+    hidden_size=s["text_hidden"],
+    intermediate_size=4 * s["text_hidden"],
+    projection_dim=s["projection"],
+    num_hidden_layers=s["text_layers"],
+    num_attention_heads=s["text_heads"],
+    max_position_embeddings=s["text_length"],
+    pad_token_id=0,
+    bos_token_id=v - 2,
+    eos_token_id=v - 1,
+  )
+  vision = CLIPVisionConfig(
+    hidden_size=s["vision_hidden"],
+    intermediate_size=4 * s["vision_hidden"],
+    projection_dim=s["projection"],
+    num_hidden_layers=s["vision_layers"],
+    num_attention_heads=s["vision_heads"],
+    image_size=s["image_size"],
+    patch_size=s["patch_size"],
+  )
   return text, vision
 
 
@@ -131,6 +192,7 @@ def owlv2(size: dict, seed: int = 0):
   """A random-weight `Owlv2ForObjectDetection` of `size` (keys of `OWLV2_B16`)."""
   from flax import nnx
   from aotd_jax.models.owlv2 import Owlv2Config, Owlv2ForObjectDetection
+
   text, vision = _clip_configs(size)
   cfg = Owlv2Config(text_config=text, vision_config=vision, projection_dim=size["projection"])
   return Owlv2ForObjectDetection(cfg, rngs=nnx.Rngs(seed))
@@ -142,11 +204,18 @@ def univtg(size: dict, clip_size: dict, seed: int = 0):
   from flax import nnx
   from aotd_jax.models.clip import CLIPConfig, CLIPModel
   from aotd_jax.models.univtg import UniVTG, UniVTGConfig
+
   text, vision = _clip_configs(clip_size)
-  clip_model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision,
-                                    projection_dim=clip_size["projection"]), rngs=nnx.Rngs(seed))
-  model = UniVTG(UniVTGConfig(v_feat_dims=(clip_size["projection"],),
-                              t_feat_dim=clip_size["text_hidden"], **size), rngs=nnx.Rngs(seed + 1))
+  clip_model = CLIPModel(
+    CLIPConfig(text_config=text, vision_config=vision, projection_dim=clip_size["projection"]),
+    rngs=nnx.Rngs(seed),
+  )
+  model = UniVTG(
+    UniVTGConfig(
+      v_feat_dims=(clip_size["projection"],), t_feat_dim=clip_size["text_hidden"], **size
+    ),
+    rngs=nnx.Rngs(seed + 1),
+  )
   model.eval()
   return model, clip_model
 
@@ -157,25 +226,43 @@ def llava(size: dict, seed: int = 0):
   from aotd_jax.layers.compute import ComputeOptions
   from aotd_jax.models.clip import CLIPVisionConfig
   from aotd_jax.models.llama import LlamaConfig
-  from aotd_jax.models.llava_next_video import (LlavaNextVideoConfig,
-                                                LlavaNextVideoForConditionalGeneration)
+  from aotd_jax.models.llava_next_video import (
+    LlavaNextVideoConfig,
+    LlavaNextVideoForConditionalGeneration,
+  )
+
   v = size["vocab"]
   dtype = size.get("dtype", "float32")
   cfg = LlavaNextVideoConfig(
-      vision_config=CLIPVisionConfig(hidden_size=size["vision_hidden"],
-                                     intermediate_size=4 * size["vision_hidden"],
-                                     num_hidden_layers=size["vision_layers"],
-                                     num_attention_heads=size["vision_heads"],
-                                     image_size=size["image_size"], patch_size=size["patch_size"]),
-      text_config=LlamaConfig(vocab_size=v, hidden_size=size["hidden"],
-                              intermediate_size=size["intermediate"],
-                              num_hidden_layers=size["layers"], num_attention_heads=size["heads"],
-                              num_key_value_heads=size["kv_heads"],
-                              max_position_embeddings=8192, pad_token_id=0, eos_token_id=2,
-                              bos_token_id=1),
-      image_token_index=v - 1, video_token_index=v - 2,
-      image_grid_pinpoints=[[size["image_size"], size["image_size"]]],
-      vision_feature_layer=-2 if size["vision_layers"] > 1 else -1)
-  model = _init_params(LlavaNextVideoForConditionalGeneration, cfg, seed,
-                       ComputeOptions(dtype=dtype, param_dtype=dtype))
+    vision_config=CLIPVisionConfig(
+      hidden_size=size["vision_hidden"],
+      intermediate_size=4 * size["vision_hidden"],
+      num_hidden_layers=size["vision_layers"],
+      num_attention_heads=size["vision_heads"],
+      image_size=size["image_size"],
+      patch_size=size["patch_size"],
+    ),
+    text_config=LlamaConfig(
+      vocab_size=v,
+      hidden_size=size["hidden"],
+      intermediate_size=size["intermediate"],
+      num_hidden_layers=size["layers"],
+      num_attention_heads=size["heads"],
+      num_key_value_heads=size["kv_heads"],
+      max_position_embeddings=8192,
+      pad_token_id=0,
+      eos_token_id=2,
+      bos_token_id=1,
+    ),
+    image_token_index=v - 1,
+    video_token_index=v - 2,
+    image_grid_pinpoints=[[size["image_size"], size["image_size"]]],
+    vision_feature_layer=-2 if size["vision_layers"] > 1 else -1,
+  )
+  model = _init_params(
+    LlavaNextVideoForConditionalGeneration,
+    cfg,
+    seed,
+    ComputeOptions(dtype=dtype, param_dtype=dtype),
+  )
   return model, WordTokenizer(v, video_token_id=v - 2, image_token_id=v - 1)

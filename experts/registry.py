@@ -37,6 +37,7 @@ A model loaded for two roles (LLaVA as action recogniser and video QA) is loaded
 with one line, e.g.
 `config.detector = dict(kind="owlv2", path="/weights/owlv2-base")`.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Sequence
@@ -52,21 +53,47 @@ from experts.plugins import Plugin, by_kind
 ROLES = ("detector", "grounder", "action_recognizer", "video_qa", "selector")
 
 
-def selector_section(kind: str, *, path: str = "", base_url: str = "", model: str = "",
-                     max_new_tokens: int = 8, chat: bool = True, prompt: str = "ours") -> dict:
+def selector_section(
+  kind: str,
+  *,
+  path: str = "",
+  base_url: str = "",
+  model: str = "",
+  max_new_tokens: int = 8,
+  chat: bool = True,
+  prompt: str = "ours",
+) -> dict:
   """A selector section with every key any kind reads, so the command line can switch kinds
   (`--config.experts.selector.kind=openai --config.experts.selector.base_url=URL`)."""
-  return {"kind": kind, "path": path, "base_url": base_url, "model": model, "api_key_env": "",
-          "max_new_tokens": max_new_tokens, "chat": chat, "prompt": prompt}
+  return {
+    "kind": kind,
+    "path": path,
+    "base_url": base_url,
+    "model": model,
+    "api_key_env": "",
+    "max_new_tokens": max_new_tokens,
+    "chat": chat,
+    "prompt": prompt,
+  }
 
 
 def default_config() -> ml_collections.ConfigDict:
   """Perfect experts on the toy world: edit the roles to bind real models."""
-  return ml_collections.ConfigDict({
-      "detector": {"kind": "oracle", "path": "", "threshold": 0.1,
-                   "buckets": list(DEFAULT_BUCKETS)},
-      "grounder": {"kind": "oracle", "path": "", "clip_path": "", "features_path": "",
-                   "buckets": list(DEFAULT_BUCKETS)},
+  return ml_collections.ConfigDict(
+    {
+      "detector": {
+        "kind": "oracle",
+        "path": "",
+        "threshold": 0.1,
+        "buckets": list(DEFAULT_BUCKETS),
+      },
+      "grounder": {
+        "kind": "oracle",
+        "path": "",
+        "clip_path": "",
+        "features_path": "",
+        "buckets": list(DEFAULT_BUCKETS),
+      },
       "action_recognizer": {"kind": "oracle", "path": ""},
       "video_qa": {"kind": "oracle", "path": ""},
       "selector": selector_section("keyword"),
@@ -76,7 +103,8 @@ def default_config() -> ml_collections.ConfigDict:
       "object_vocabulary": "toyworld",
       "coalesce": False,
       "coalesce_wait_s": 0.002,
-  })
+    }
+  )
 
 
 def coalescing(config, role: str) -> tuple[bool, float]:
@@ -115,25 +143,31 @@ class _Context:
       sec = _get(self.config, "ground_truth")
       kind, path = _get(sec, "kind"), _get(sec, "path", "")
       if not path:
-        raise ValueError(f"experts config: {role}.kind='oracle' needs ground_truth.path "
-                         "(a toy-world directory or STAR JSON files)")
+        raise ValueError(
+          f"experts config: {role}.kind='oracle' needs ground_truth.path "
+          "(a toy-world directory or STAR JSON files)"
+        )
       if kind == "star":
         self._gt = oracle.GroundTruth.from_star(path, _get(sec, "classes_dir") or None)
       elif kind in self.plugins:
         self._gt = self.plugins[kind].ground_truth(path)
       else:
-        raise ValueError(f"experts config: ground_truth.kind={kind!r} is not one of "
-                         f"{['star'] + sorted(self.plugins)} (a project's kind comes with its "
-                         "plugin: make_tools(config, plugins=[...]))")
+        raise ValueError(
+          f"experts config: ground_truth.kind={kind!r} is not one of "
+          f"{['star'] + sorted(self.plugins)} (a project's kind comes with its "
+          "plugin: make_tools(config, plugins=[...]))"
+        )
     return self._gt
 
   def frame_features(self, path: str):
     """Saved frame features (`grounder.features_path`), read by the one plugin that reads them."""
     readers = [p for p in self.plugins.values() if p.frame_features is not None]
     if len(readers) != 1:
-      raise ValueError(f"experts config: grounder.features_path={path!r} needs exactly one plugin "
-                       f"that reads frame features (have {[p.kind for p in readers]}; e.g. the "
-                       "toy world's object states)")
+      raise ValueError(
+        f"experts config: grounder.features_path={path!r} needs exactly one plugin "
+        f"that reads frame features (have {[p.kind for p in readers]}; e.g. the "
+        "toy world's object states)"
+      )
     return readers[0].frame_features(path)
 
   def model(self, key: tuple, load: Callable[[], Any]):
@@ -151,6 +185,7 @@ def _oracle(role):
     if role == "grounder":
       return oracle.OracleGrounder(gt)
     return oracle.OracleActions(gt)
+
   return make
 
 
@@ -167,114 +202,151 @@ def _path(role: str, kind: str, section) -> str:
 
 def _owlv2(section, ctx):
   from experts.backends import owlv2
+
   nms = _get(section, "nms_threshold", 0.3)
   coalesce, wait = coalescing(ctx.config, "detector")
   return owlv2.Owlv2Detector.from_pretrained(
-      _path("detector", "owlv2", section), buckets=_get(section, "buckets", DEFAULT_BUCKETS),
-      matmul_precision=_get(section, "matmul_precision", "default"),
-      cpu_kernels=bool(_get(section, "cpu_kernels", True)),
-      query_template=_get(section, "query_template", "{}") or "{}",
-      coalesce=coalesce, coalesce_wait_s=wait,
-      nms_threshold=None if nms is None or float(nms) <= 0 else float(nms))
+    _path("detector", "owlv2", section),
+    buckets=_get(section, "buckets", DEFAULT_BUCKETS),
+    matmul_precision=_get(section, "matmul_precision", "default"),
+    cpu_kernels=bool(_get(section, "cpu_kernels", True)),
+    query_template=_get(section, "query_template", "{}") or "{}",
+    coalesce=coalesce,
+    coalesce_wait_s=wait,
+    nms_threshold=None if nms is None or float(nms) <= 0 else float(nms),
+  )
 
 
 def _univtg(section, ctx):
   from experts.backends import univtg
+
   clip_path = _get(section, "clip_path", "")
   if not clip_path:
-    raise ValueError("experts config: grounder.clip_path (a HF CLIP directory) is required "
-                     "for kind 'univtg'")
+    raise ValueError(
+      "experts config: grounder.clip_path (a HF CLIP directory) is required for kind 'univtg'"
+    )
   features_path = _get(section, "features_path", "")
   coalesce, wait = coalescing(ctx.config, "grounder")
   return univtg.UniVTGGrounder.from_pretrained(
-      _path("grounder", "univtg", section), clip_path=clip_path,
-      buckets=_get(section, "buckets", DEFAULT_BUCKETS),
-      frame_features=ctx.frame_features(features_path) if features_path else None,
-      coalesce=coalesce, coalesce_wait_s=wait)
+    _path("grounder", "univtg", section),
+    clip_path=clip_path,
+    buckets=_get(section, "buckets", DEFAULT_BUCKETS),
+    frame_features=ctx.frame_features(features_path) if features_path else None,
+    coalesce=coalesce,
+    coalesce_wait_s=wait,
+  )
 
 
 def _llava(role):
   def make(section, ctx):
     from experts.backends import llava
+
     path = _path(role, "llava", section)
     precision = _get(section, "matmul_precision", "default")
     kernels = bool(_get(section, "cpu_kernels", True))
-    model = ctx.model(("llava", path, precision, kernels),
-                      lambda: llava.load(path, matmul_precision=precision, cpu_kernels=kernels))
+    model = ctx.model(
+      ("llava", path, precision, kernels),
+      lambda: llava.load(path, matmul_precision=precision, cpu_kernels=kernels),
+    )
     coalesce, wait = coalescing(ctx.config, role)
-    settings = dict(num_frames=int(_get(section, "num_frames", 8)),
-                    choice_scoring=_get(section, "choice_scoring", "likelihood"),
-                    max_new_tokens=int(_get(section, "max_new_tokens", 32)),
-                    prompt_format=_get(section, "prompt_format", "plain"),
-                    summary_prompt=_get(section, "summary_prompt", "ours"),
-                    action_prompt=_get(section, "action_prompt", "ours"),
-                    coalesce=coalesce, coalesce_wait_s=wait)
+    settings = dict(
+      num_frames=int(_get(section, "num_frames", 8)),
+      choice_scoring=_get(section, "choice_scoring", "likelihood"),
+      max_new_tokens=int(_get(section, "max_new_tokens", 32)),
+      prompt_format=_get(section, "prompt_format", "plain"),
+      summary_prompt=_get(section, "summary_prompt", "ours"),
+      action_prompt=_get(section, "action_prompt", "ours"),
+      coalesce=coalesce,
+      coalesce_wait_s=wait,
+    )
     # one backend for both roles when their settings agree: their calls then share batches
-    return ctx.model(("llava-backend", path, precision, kernels, tuple(sorted(settings.items()))),
-                     lambda: llava.LlavaVideoQA(*model, name=f"llava:{path}", **settings))
+    return ctx.model(
+      ("llava-backend", path, precision, kernels, tuple(sorted(settings.items()))),
+      lambda: llava.LlavaVideoQA(*model, name=f"llava:{path}", **settings),
+    )
+
   return make
 
 
 def _llama(section, ctx):
   from aotd_jax.agent.llm import LocalLlama
   from experts.backends.llm import LLMSelector
+
   path = _path("selector", "llama", section)
   chat = bool(_get(section, "chat", True))
 
   def load():
     from aotd_jax.hf.api import load_tokenizer
+
     try:
       tokenizer = load_tokenizer(path)
     except (OSError, ValueError) as e:
-      raise ValueError(f"experts config: selector.path={path!r}: cannot load its tokenizer "
-                       f"({type(e).__name__}: {str(e)[:200]})") from None
+      raise ValueError(
+        f"experts config: selector.path={path!r}: cannot load its tokenizer "
+        f"({type(e).__name__}: {str(e)[:200]})"
+      ) from None
     if chat and not getattr(tokenizer, "chat_template", None):
       raise ValueError(
-          f"experts config: selector.kind='llama' at {path!r}: its tokenizer has no chat "
-          "template, and select_answer sends the selector a chat message. Use an instruct "
-          "checkpoint whose tokenizer_config.json has a \"chat_template\", serve the model "
-          "with an OpenAI-compatible server (selector=URL), or set "
-          "--config.experts.selector.chat=False to send plain text")
+        f"experts config: selector.kind='llama' at {path!r}: its tokenizer has no chat "
+        "template, and select_answer sends the selector a chat message. Use an instruct "
+        "checkpoint whose tokenizer_config.json has a \"chat_template\", serve the model "
+        "with an OpenAI-compatible server (selector=URL), or set "
+        "--config.experts.selector.chat=False to send plain text"
+      )
     return LocalLlama(path, tokenizer=tokenizer)
+
   llm = ctx.model(("llama", path), load)
-  return LLMSelector(llm, name=f"llama:{path}",
-                     max_new_tokens=int(_get(section, "max_new_tokens", 8)), chat=chat,
-                     prompt=_get(section, "prompt", "ours"))
+  return LLMSelector(
+    llm,
+    name=f"llama:{path}",
+    max_new_tokens=int(_get(section, "max_new_tokens", 8)),
+    chat=chat,
+    prompt=_get(section, "prompt", "ours"),
+  )
 
 
 def _openai_selector(section, ctx):
   from aotd_jax.agent.llm import OpenAIChat
   from experts.backends.llm import LLMSelector
+
   url = _get(section, "base_url", "")
   if not url:
-    raise ValueError("experts config: selector.base_url (an OpenAI-compatible server) is "
-                     "required for kind 'openai'")
+    raise ValueError(
+      "experts config: selector.base_url (an OpenAI-compatible server) is "
+      "required for kind 'openai'"
+    )
   model = _get(section, "model", "") or "default"
-  llm = ctx.model(("openai", url, model),
-                  lambda: OpenAIChat(url, model,
-                                     api_key_env=_get(section, "api_key_env", None) or None))
-  return LLMSelector(llm, name=f"openai:{model}@{url}",
-                     max_new_tokens=int(_get(section, "max_new_tokens", 8)),
-                     chat=bool(_get(section, "chat", True)),
-                     prompt=_get(section, "prompt", "ours"))
+  llm = ctx.model(
+    ("openai", url, model),
+    lambda: OpenAIChat(url, model, api_key_env=_get(section, "api_key_env", None) or None),
+  )
+  return LLMSelector(
+    llm,
+    name=f"openai:{model}@{url}",
+    max_new_tokens=int(_get(section, "max_new_tokens", 8)),
+    chat=bool(_get(section, "chat", True)),
+    prompt=_get(section, "prompt", "ours"),
+  )
 
 
 # role -> kind -> factory(section, context) -> backend
 FACTORIES: dict[str, dict[str, Callable]] = {
-    "detector": {"oracle": _oracle("detector"), "owlv2": _owlv2},
-    "grounder": {"oracle": _oracle("grounder"), "univtg": _univtg},
-    "action_recognizer": {"oracle": _oracle("action_recognizer"),
-                          "llava": _llava("action_recognizer")},
-    "video_qa": {"oracle": _oracle("video_qa"), "llava": _llava("video_qa")},
-    "selector": {"keyword": _keyword, "llama": _llama, "openai": _openai_selector},
+  "detector": {"oracle": _oracle("detector"), "owlv2": _owlv2},
+  "grounder": {"oracle": _oracle("grounder"), "univtg": _univtg},
+  "action_recognizer": {
+    "oracle": _oracle("action_recognizer"),
+    "llava": _llava("action_recognizer"),
+  },
+  "video_qa": {"oracle": _oracle("video_qa"), "llava": _llava("video_qa")},
+  "selector": {"keyword": _keyword, "llama": _llama, "openai": _openai_selector},
 }
 
 
-def describe(config, *, full_hash: bool = False, plugins: Sequence[Plugin] = ()
-             ) -> dict[str, dict]:
+def describe(config, *, full_hash: bool = False, plugins: Sequence[Plugin] = ()) -> dict[str, dict]:
   """What each role is bound to, for a run's manifest: kind, checkpoint paths or server, and a
   fingerprint of local weights (`aotd_jax.agent.manifest.weights_fingerprint`)."""
   from aotd_jax.agent.manifest import weights_fingerprint
+
   out = {}
   for role in ROLES:
     section = _get(config, role)
@@ -290,11 +362,13 @@ def describe(config, *, full_hash: bool = False, plugins: Sequence[Plugin] = ()
         entry["clip_path"] = _get(section, "clip_path", "")
         entry["clip_weights"] = weights_fingerprint(entry["clip_path"], full=full_hash)
       if kind == "llava":
-        entry.update(num_frames=int(_get(section, "num_frames", 8)),
-                     choice_scoring=_get(section, "choice_scoring", "likelihood"),
-                     prompt_format=_get(section, "prompt_format", "plain"),
-                     summary_prompt=_get(section, "summary_prompt", "ours"),
-                     action_prompt=_get(section, "action_prompt", "ours"))
+        entry.update(
+          num_frames=int(_get(section, "num_frames", 8)),
+          choice_scoring=_get(section, "choice_scoring", "likelihood"),
+          prompt_format=_get(section, "prompt_format", "plain"),
+          summary_prompt=_get(section, "summary_prompt", "ours"),
+          action_prompt=_get(section, "action_prompt", "ours"),
+        )
       if kind == "owlv2":
         entry["threshold"] = float(_get(section, "threshold", 0.1))
         entry["query_template"] = _get(section, "query_template", "{}") or "{}"
@@ -310,10 +384,14 @@ def describe(config, *, full_hash: bool = False, plugins: Sequence[Plugin] = ()
       entry["prompt"] = _get(section, "prompt", "ours")
     out[role] = entry
   vocab = _get(config, "object_vocabulary", ())
-  out["tools"] = {"find": _get(_get(config, "tools"), "find", "frames") or "frames",
-                  "exist": _get(_get(config, "tools"), "exist", "detector") or "detector"}
-  out["object_vocabulary"] = {"kind": vocab if isinstance(vocab, str) else "list",
-                              "size": len(_vocabulary(config, by_kind(plugins)))}
+  out["tools"] = {
+    "find": _get(_get(config, "tools"), "find", "frames") or "frames",
+    "exist": _get(_get(config, "tools"), "exist", "detector") or "detector",
+  }
+  out["object_vocabulary"] = {
+    "kind": vocab if isinstance(vocab, str) else "list",
+    "size": len(_vocabulary(config, by_kind(plugins))),
+  }
   return out
 
 
@@ -324,10 +402,10 @@ def _vocabulary(config, plugins: Mapping[str, Plugin] | None = None) -> list[str
     if vocab in plugins:
       return list(plugins[vocab].object_names)
     if vocab.startswith("star:"):
-      names = oracle.read_class_names(vocab[len("star:"):])
+      names = oracle.read_class_names(vocab[len("star:") :])
       return [n for k, n in names.items() if k.startswith("o")]
     if vocab.startswith("file:"):
-      path = vocab[len("file:"):]
+      path = vocab[len("file:") :]
       try:
         with open(path, encoding="utf-8") as f:
           return [line.strip() for line in f if line.strip() and not line.startswith("#")]
@@ -335,14 +413,20 @@ def _vocabulary(config, plugins: Mapping[str, Plugin] | None = None) -> list[str
         raise ValueError(f"experts config: object_vocabulary {vocab!r}: {e}") from None
     if vocab in ("", "open"):
       return []  # open vocabulary: the detector is asked for the phrase the program names
-    raise ValueError(f"experts config: object_vocabulary={vocab!r} is not a list, a plugin's "
-                     f"kind {sorted(plugins)}, 'star:<classes_dir>', 'file:<one name per line>' "
-                     "or 'open'")
+    raise ValueError(
+      f"experts config: object_vocabulary={vocab!r} is not a list, a plugin's "
+      f"kind {sorted(plugins)}, 'star:<classes_dir>', 'file:<one name per line>' "
+      "or 'open'"
+    )
   return [str(v) for v in vocab]
 
 
-def make_toolbox(config=None, *, factories: Mapping[str, Mapping[str, Callable]] | None = None,
-                 plugins: Sequence[Plugin] = ()) -> tools_lib.Toolbox:
+def make_toolbox(
+  config=None,
+  *,
+  factories: Mapping[str, Mapping[str, Callable]] | None = None,
+  plugins: Sequence[Plugin] = (),
+) -> tools_lib.Toolbox:
   """Builds the `Toolbox` a config describes (see the module docstring for the keys).
 
   `factories` adds or overrides backend kinds: {role: {kind: factory(section, context)}}.
@@ -364,17 +448,23 @@ def make_toolbox(config=None, *, factories: Mapping[str, Mapping[str, Callable]]
       backends[role] = None
       continue
     if kind not in table[role]:
-      raise ValueError(f"experts config: {role}.kind={kind!r} is not one of "
-                       f"{sorted(table[role]) + ['none']}")
+      raise ValueError(
+        f"experts config: {role}.kind={kind!r} is not one of {sorted(table[role]) + ['none']}"
+      )
     backends[role] = table[role][kind](section, ctx)
   cache_sec = _get(config, "cache")
-  cache = ToolCache(_get(cache_sec, "dir", "") or None, enabled=bool(_get(cache_sec, "enabled", True)))
+  cache = ToolCache(
+    _get(cache_sec, "dir", "") or None, enabled=bool(_get(cache_sec, "enabled", True))
+  )
   tools_sec = _get(config, "tools")
-  return tools_lib.Toolbox(**backends, cache=cache,
-                           detect_threshold=float(_get(_get(config, "detector"), "threshold", 0.1)),
-                           object_vocabulary=_vocabulary(config, kinds),
-                           find=_get(tools_sec, "find", "frames") or "frames",
-                           exist=_get(tools_sec, "exist", "detector") or "detector")
+  return tools_lib.Toolbox(
+    **backends,
+    cache=cache,
+    detect_threshold=float(_get(_get(config, "detector"), "threshold", 0.1)),
+    object_vocabulary=_vocabulary(config, kinds),
+    find=_get(tools_sec, "find", "frames") or "frames",
+    exist=_get(tools_sec, "exist", "detector") or "detector",
+  )
 
 
 def make_tools(config=None, **kwargs) -> dict[str, Callable]:

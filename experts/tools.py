@@ -5,6 +5,7 @@ program-generation prompt shows (`api_docs()`): they are written for an LLM read
 Every call is recorded (`Toolbox.records`) with its structured result — boxes with source
 frame ids, windows, labels — as JSON-ready dicts, so the agent's trace can quote them.
 """
+
 from __future__ import annotations
 
 import collections
@@ -24,12 +25,27 @@ from experts.backends.protocols import Box, Window
 from experts.cache import ToolCache, frames_key, make_key
 from experts.clip import VideoClip
 
-TOOL_NAMES = ("trim", "Query_Objs", "Find", "exist", "Count", "Filter_frames_with_obj",
-              "Query_Actions", "Filter_frames_with_act", "Video_summary", "select_answer")
+TOOL_NAMES = (
+  "trim",
+  "Query_Objs",
+  "Find",
+  "exist",
+  "Count",
+  "Filter_frames_with_obj",
+  "Query_Actions",
+  "Filter_frames_with_act",
+  "Video_summary",
+  "select_answer",
+)
 
 # Plural and collective words a program may use for a detector class (AoTD maps these too).
-DEFAULT_SYNONYMS = {"people": "person", "persons": "person", "children": "child",
-                    "men": "man", "women": "woman"}
+DEFAULT_SYNONYMS = {
+  "people": "person",
+  "persons": "person",
+  "children": "child",
+  "men": "man",
+  "women": "woman",
+}
 
 
 # Query_Objs queries that mean "every object", not a description to resolve.
@@ -47,6 +63,7 @@ class Detections:
   `answer`: for a described object ("the object that is touched"), the class the video QA
   model names as the one meant (listed first in `labels`), else None.
   """
+
   object_name: str
   boxes: list[Box]
   answer: str | None = None
@@ -77,8 +94,13 @@ class Detections:
     return labels
 
   def to_json(self) -> dict:
-    out = {"type": "Detections", "object": self.object_name, "labels": self.labels,
-           "frames": self.frame_ids, "boxes": [b.to_json() for b in self.boxes]}
+    out = {
+      "type": "Detections",
+      "object": self.object_name,
+      "labels": self.labels,
+      "frames": self.frame_ids,
+      "boxes": [b.to_json() for b in self.boxes],
+    }
     if self.answer is not None:
       out["answer"] = self.answer
     return out
@@ -87,6 +109,7 @@ class Detections:
 @dataclasses.dataclass
 class ToolRecord:
   """One tool call: its name, arguments and structured result (all JSON-ready)."""
+
   name: str
   args: dict
   result: Any
@@ -131,8 +154,11 @@ def _tool(method: Callable) -> Callable:
     if self._local.evidence is not None:
       result = {"value": result, **to_json(self._local.evidence)}
     arguments = {k: to_json(v) for k, v in list(bound.arguments.items())[1:]}
-    self.records.append(ToolRecord(method.__name__, arguments, result,
-                                   time.perf_counter() - t0, self.cache.hits - hits))
+    self.records.append(
+      ToolRecord(
+        method.__name__, arguments, result, time.perf_counter() - t0, self.cache.hits - hits
+      )
+    )
     return value
 
   return wrapper
@@ -175,6 +201,7 @@ def snap_to_choice(text: str, choices: Sequence[str]) -> str:
 
 def format_info(info: Any) -> str:
   """Evidence as the bulleted text `select_answer` shows the LLM (nested dicts indented)."""
+
   def fmt(v, depth):
     if isinstance(v, dict):
       pad = "\t" * depth
@@ -184,9 +211,13 @@ def format_info(info: Any) -> str:
     if isinstance(v, VideoClip):
       return f"frames {v.start_frame} to {v.end_frame}"
     if isinstance(v, Detections):
-      return (f"{v.object_name} found in frames {v.frame_ids}" if v.boxes
-              else f"{v.object_name} not found")
+      return (
+        f"{v.object_name} found in frames {v.frame_ids}"
+        if v.boxes
+        else f"{v.object_name} not found"
+      )
     return str(v)
+
   if isinstance(info, dict):
     return "\n".join(f"- {k}: {fmt(v, 1)}" for k, v in info.items())
   return fmt(info, 0)
@@ -212,11 +243,22 @@ class Toolbox:
       "Is this <name>?" on the crops, and must say yes: the official AoTD).
   """
 
-  def __init__(self, *, detector=None, grounder=None, action_recognizer=None, video_qa=None,
-               selector=None, cache: ToolCache | None = None, detect_threshold: float = 0.1,
-               synonyms: dict[str, str] | None = None,
-               object_vocabulary: Sequence[str] = (), max_records: int = 10_000,
-               find: str = "frames", exist: str = "detector"):
+  def __init__(
+    self,
+    *,
+    detector=None,
+    grounder=None,
+    action_recognizer=None,
+    video_qa=None,
+    selector=None,
+    cache: ToolCache | None = None,
+    detect_threshold: float = 0.1,
+    synonyms: dict[str, str] | None = None,
+    object_vocabulary: Sequence[str] = (),
+    max_records: int = 10_000,
+    find: str = "frames",
+    exist: str = "detector",
+  ):
     if find not in FIND_MODES:
       raise ValueError(f"Toolbox: find={find!r} not in {FIND_MODES}")
     if exist not in EXIST_MODES:
@@ -242,8 +284,9 @@ class Toolbox:
   def _need(self, role: str, tool: str):
     backend = getattr(self, role)
     if backend is None:
-      raise RuntimeError(f"{tool} needs a {role} backend but none is bound "
-                         f"(set config.{role} in the experts config)")
+      raise RuntimeError(
+        f"{tool} needs a {role} backend but none is bound (set config.{role} in the experts config)"
+      )
     return backend
 
   @staticmethod
@@ -269,8 +312,17 @@ class Toolbox:
         if part:
           part_to_class.setdefault(part, cls)
     queries = list(part_to_class)
-    keys = [make_key(detector.name, "detect", clip.identity, str(int(f)), queries,
-                     threshold=self.detect_threshold) for f in clip.frame_ids]
+    keys = [
+      make_key(
+        detector.name,
+        "detect",
+        clip.identity,
+        str(int(f)),
+        queries,
+        threshold=self.detect_threshold,
+      )
+      for f in clip.frame_ids
+    ]
     decode = lambda v: [Box.from_json(b) for b in v]
     encode = lambda v: [b.to_json() for b in v]
     per_frame = [self.cache.get(k, detector.name, decode) for k in keys]
@@ -278,11 +330,14 @@ class Toolbox:
     if missing:
       found = detector.detect(clip.select(missing), queries, threshold=self.detect_threshold)
       if len(found) != len(missing):
-        raise RuntimeError(f"detector {detector.name} returned {len(found)} frames for "
-                           f"{len(missing)}")
+        raise RuntimeError(
+          f"detector {detector.name} returned {len(found)} frames for {len(missing)}"
+        )
       for i, boxes in zip(missing, found):
-        boxes = [dataclasses.replace(b, label=part_to_class.get(b.label, b.label))
-                 for b in sorted(boxes, key=lambda b: -b.score)]
+        boxes = [
+          dataclasses.replace(b, label=part_to_class.get(b.label, b.label))
+          for b in sorted(boxes, key=lambda b: -b.score)
+        ]
         per_frame[i] = boxes
         self.cache.put(keys[i], detector.name, boxes, encode)
     return per_frame
@@ -298,16 +353,18 @@ class Toolbox:
       names = [_object_phrase(a) for a in possible_answers]
       return list(dict.fromkeys(self.synonyms.get(n, n) for n in names if n))
     name = _object_phrase(query)
-    if not self.object_vocabulary or (name not in GENERIC_OBJECT_QUERIES
-                                      and len(name.split()) <= 3):
+    if not self.object_vocabulary or (
+      name not in GENERIC_OBJECT_QUERIES and len(name.split()) <= 3
+    ):
       return [name or query]  # a name ("cup", "the red ball", "cup/glass/bottle")
     return list(self.object_vocabulary)  # a description: look for every class
 
   # -- tools ---------------------------------------------------------------------------------
 
   @_tool
-  def trim(self, video_clip: VideoClip, start: int | None = None,
-           end: int | None = None) -> VideoClip:
+  def trim(
+    self, video_clip: VideoClip, start: int | None = None, end: int | None = None
+  ) -> VideoClip:
     """Returns the part of video_clip from frame `start` up to (not including) frame `end`.
 
     Parameters
@@ -336,15 +393,17 @@ class Toolbox:
     for arg, v in (("start", start), ("end", end)):
       if v is not None and not _is_number(v):
         raise ToolError(f"trim: {arg} must be a frame number or None, got {v!r}")
-    lo = clip.start_frame if start is None else min(max(int(start), clip.start_frame),
-                                                    clip.end_frame)
+    lo = (
+      clip.start_frame if start is None else min(max(int(start), clip.start_frame), clip.end_frame)
+    )
     hi = clip.end_frame if end is None else min(max(int(end), clip.start_frame), clip.end_frame)
     hi = max(hi, lo)
     return clip.select(clip.positions_in(lo, hi), start_frame=lo, end_frame=hi)
 
   @_tool
-  def Query_Objs(self, video_clip: VideoClip, query: str,
-                 possible_answers: Sequence[str] | None = None) -> Detections:
+  def Query_Objs(
+    self, video_clip: VideoClip, query: str, possible_answers: Sequence[str] | None = None
+  ) -> Detections:
     """Detects the objects that match `query`, with their boxes, in every frame of the clip.
 
     Parameters
@@ -373,22 +432,35 @@ class Toolbox:
     """
     clip = self._clip("Query_Objs", video_clip)
     name = self._name("Query_Objs", query, "query")
-    if possible_answers is not None and (isinstance(possible_answers, str) or not all(
-        isinstance(a, str) for a in possible_answers)):
-      raise ToolError("Query_Objs: possible_answers must be a list of strings, "
-                      f"got {possible_answers!r}")
+    if possible_answers is not None and (
+      isinstance(possible_answers, str) or not all(isinstance(a, str) for a in possible_answers)
+    ):
+      raise ToolError(
+        f"Query_Objs: possible_answers must be a list of strings, got {possible_answers!r}"
+      )
     classes = self._object_classes(name, possible_answers)
     per_frame = self._detect(clip, classes) if len(clip) else []
     found = Detections(name, [b for boxes in per_frame for b in boxes])
-    if (self.video_qa is not None and len(clip) and len(classes) > 1
-        and name not in GENERIC_OBJECT_QUERIES):
+    if (
+      self.video_qa is not None
+      and len(clip)
+      and len(classes) > 1
+      and name not in GENERIC_OBJECT_QUERIES
+    ):
       # a description ("the object that is touched"): as AoTD, ask the video QA model which
       # of the candidate objects it means (a detector cannot resolve relations)
       question = f"What is {name}?"
-      key = make_key(self.video_qa.name, "answer", clip.identity, frames_key(clip.frame_ids),
-                     question, choices=classes)
+      key = make_key(
+        self.video_qa.name,
+        "answer",
+        clip.identity,
+        frames_key(clip.frame_ids),
+        question,
+        choices=classes,
+      )
       reply = self.cache.get_or_compute(
-          key, self.video_qa.name, lambda: str(self.video_qa.answer(clip, question, classes)))
+        key, self.video_qa.name, lambda: str(self.video_qa.answer(clip, question, classes))
+      )
       found.answer = snap_to_choice(reply, classes)
     return found
 
@@ -447,10 +519,18 @@ class Toolbox:
     model = self._need("video_qa", "exist")
     crops = crop_clip(clip, keep, found.boxes)
     question = f"Is this {name}?"
-    key = make_key(model.name, "answer", crops.identity, frames_key(crops.frame_ids),
-                   question, crop="box", boxes=[b.to_json() for b in found.boxes])
-    reply = self.cache.get_or_compute(key, model.name,
-                                      lambda: str(model.answer(crops, question, None)))
+    key = make_key(
+      model.name,
+      "answer",
+      crops.identity,
+      frames_key(crops.frame_ids),
+      question,
+      crop="box",
+      boxes=[b.to_json() for b in found.boxes],
+    )
+    reply = self.cache.get_or_compute(
+      key, model.name, lambda: str(model.answer(crops, question, None))
+    )
     self._local.evidence["confirmation"] = reply
     return "yes" in reply.lower()
 
@@ -475,7 +555,9 @@ class Toolbox:
     _, name, per_frame = self._find("Count", video_clip, object_name)
     counts = [len(b) for b in per_frame]
     best = int(np.argmax(counts)) if counts and max(counts) else None
-    self._local.evidence = {"detections": Detections(name, per_frame[best] if best is not None else [])}
+    self._local.evidence = {
+      "detections": Detections(name, per_frame[best] if best is not None else [])
+    }
     return max(counts, default=0)
 
   @_tool
@@ -504,8 +586,12 @@ class Toolbox:
     return clip.select(keep)
 
   @_tool
-  def Query_Actions(self, video_clip: VideoClip, object_name: str | None = None,
-                    possible_actions: Sequence[str] | None = None) -> list[str]:
+  def Query_Actions(
+    self,
+    video_clip: VideoClip,
+    object_name: str | None = None,
+    possible_actions: Sequence[str] | None = None,
+  ) -> list[str]:
     """Recognises the actions that happen in the clip.
 
     Parameters
@@ -530,16 +616,23 @@ class Toolbox:
     cands = None
     if possible_actions is not None:
       if isinstance(possible_actions, str) or not all(isinstance(a, str) for a in possible_actions):
-        raise ToolError("Query_Actions: possible_actions must be a list of strings, "
-                        f"got {possible_actions!r}")
+        raise ToolError(
+          f"Query_Actions: possible_actions must be a list of strings, got {possible_actions!r}"
+        )
       cands = list(possible_actions)
     if not len(clip):
       return []
     model = self._need("action_recognizer", "Query_Actions")
-    key = make_key(model.name, "actions", clip.identity, frames_key(clip.frame_ids),
-                   {"object": obj, "candidates": cands})
-    labels = self.cache.get_or_compute(key, model.name,
-                                       lambda: list(model.recognize(clip, obj, cands)))
+    key = make_key(
+      model.name,
+      "actions",
+      clip.identity,
+      frames_key(clip.frame_ids),
+      {"object": obj, "candidates": cands},
+    )
+    labels = self.cache.get_or_compute(
+      key, model.name, lambda: list(model.recognize(clip, obj, cands))
+    )
     if cands:
       labels = list(dict.fromkeys(snap_to_choice(a, cands) for a in labels))
     return labels
@@ -568,19 +661,25 @@ class Toolbox:
     clip = self._clip("Filter_frames_with_act", video_clip)
     actions = [action] if isinstance(action, str) else list(action) if action is not None else []
     if not actions or not all(isinstance(a, str) and a.strip() for a in actions):
-      raise ToolError(f"Filter_frames_with_act: action must be a non-empty string or list of "
-                      f"strings, got {action!r}")
+      raise ToolError(
+        f"Filter_frames_with_act: action must be a non-empty string or list of "
+        f"strings, got {action!r}"
+      )
     windows = []
     for act in actions:
       if not len(clip):
         break
       model = self._need("grounder", "Filter_frames_with_act")
-      key = make_key(model.name, "ground", clip.identity, frames_key(clip.frame_ids), act.strip(),
-                     top_k=1)
+      key = make_key(
+        model.name, "ground", clip.identity, frames_key(clip.frame_ids), act.strip(), top_k=1
+      )
       found = self.cache.get_or_compute(
-          key, model.name, lambda c=clip, a=act.strip(): list(model.ground(c, a, top_k=1)),
-          encode=lambda v: [w.to_json() for w in v],
-          decode=lambda v: [Window.from_json(w) for w in v])
+        key,
+        model.name,
+        lambda c=clip, a=act.strip(): list(model.ground(c, a, top_k=1)),
+        encode=lambda v: [w.to_json() for w in v],
+        decode=lambda v: [Window.from_json(w) for w in v],
+      )
       if not found:
         clip = clip.select([])
         break
@@ -649,17 +748,23 @@ class Toolbox:
       possible_answers, info = info, possible_answers
     if not isinstance(query, str):
       raise ToolError(f"select_answer: query must be a string, got {query!r}")
-    if (isinstance(possible_answers, str) or not possible_answers
-        or not all(isinstance(a, str) for a in possible_answers)):
-      raise ToolError("select_answer: possible_answers must be a non-empty list of strings, "
-                      f"got {possible_answers!r}")
+    if (
+      isinstance(possible_answers, str)
+      or not possible_answers
+      or not all(isinstance(a, str) for a in possible_answers)
+    ):
+      raise ToolError(
+        "select_answer: possible_answers must be a non-empty list of strings, "
+        f"got {possible_answers!r}"
+      )
     model = self._need("selector", "select_answer")
     text = format_info(info)
-    key = make_key(model.name, "select", "-", "-", query,
-                   choices=list(possible_answers), info=text)
+    key = make_key(model.name, "select", "-", "-", query, choices=list(possible_answers), info=text)
     raw = self.cache.get_or_compute(
-        key, model.name, lambda: str(model.select(query, list(possible_answers), text)))
+      key, model.name, lambda: str(model.select(query, list(possible_answers), text))
+    )
     from aotd_jax.agent.trace import note_reply
+
     note_reply("select_answer", raw)  # the CoT job keeps it in the record's llm_replies
     return snap_to_choice(raw, possible_answers)
 
@@ -669,11 +774,13 @@ EXIST_MODES = ("detector", "detector+qa")
 CROP_SIZE, CROP_MARGIN = 224, 10
 
 
-def crop_clip(clip: VideoClip, positions: Sequence[int], boxes: Sequence[Box], *,
-              detections=None) -> VideoClip:
+def crop_clip(
+  clip: VideoClip, positions: Sequence[int], boxes: Sequence[Box], *, detections=None
+) -> VideoClip:
   """A clip of `CROP_SIZE`² crops of `boxes[k]` (with a `CROP_MARGIN` px margin) from the
   frame at `positions[k]`; frame ids are kept, the pixels are new (the official `crop`)."""
   import PIL.Image  # here: only the official crops need Pillow (a GPU image may lack it)
+
   frames = clip.select(list(positions)).frames
   out = np.empty((len(positions), CROP_SIZE, CROP_SIZE, 3), np.uint8)
   for k, (frame, box) in enumerate(zip(frames, boxes)):
@@ -685,9 +792,17 @@ def crop_clip(clip: VideoClip, positions: Sequence[int], boxes: Sequence[Box], *
     out[k] = np.asarray(patch.resize((CROP_SIZE, CROP_SIZE), PIL.Image.BILINEAR))
   ids = clip.frame_ids[np.asarray(positions, np.int64)]
   identity = f"{clip.identity}:crops:" + ",".join(
-      f"{int(i)}@{','.join(str(round(v)) for v in b.box)}" for i, b in zip(ids, boxes))
-  return VideoClip(out, start_frame=int(ids[0]), end_frame=int(ids[-1]) + 1, fps=clip.fps,
-                   video_id=identity, frame_ids=ids, detections=detections)
+    f"{int(i)}@{','.join(str(round(v)) for v in b.box)}" for i, b in zip(ids, boxes)
+  )
+  return VideoClip(
+    out,
+    start_frame=int(ids[0]),
+    end_frame=int(ids[-1]) + 1,
+    fps=clip.fps,
+    video_id=identity,
+    frame_ids=ids,
+    detections=detections,
+  )
 
 
 def api_docs(names: Sequence[str] = TOOL_NAMES) -> str:

@@ -6,6 +6,7 @@ config file refuses, and a `ConfigError` from the launcher's own checks
 (`aotd_jax.train.config_check`) each print `<launcher>: error: ...` on stderr and exit with
 status 2, the usual code for a usage error.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,13 +32,15 @@ def describe(e: BaseException, argv) -> str:
   if isinstance(e, (KeyError, AttributeError)):
     message = str(e).replace("\\'", "'")
     for arg in overrides:
-      path = arg[len("--config."):].split("=", 1)[0]
+      path = arg[len("--config.") :].split("=", 1)[0]
       key = next((k for k in path.split(".") if f"'{k}'" in message), None)
       if key:
         hint = re.search(r'Did you mean "([^"]+)"', message)
-        return (f"{arg.split('=', 1)[0]}: the config has no key {key!r}"
-                + (f" (did you mean {hint.group(1)!r}?)" if hint else "")
-                + "; a new key needs a config file that defines it")
+        return (
+          f"{arg.split('=', 1)[0]}: the config has no key {key!r}"
+          + (f" (did you mean {hint.group(1)!r}?)" if hint else "")
+          + "; a new key needs a config file that defines it"
+        )
   text = str(e).strip().strip("'\"").replace("\\n", " ")
   if isinstance(e, flags.Error):
     return text
@@ -52,11 +55,13 @@ def packaged_configs(argv: list[str], cwd: str | None = None) -> list[str]:
   out = []
   for arg in argv:
     if arg.startswith("--config=configs/"):
-      path, sep, config_arg = arg[len("--config="):].partition(":")
+      path, sep, config_arg = arg[len("--config=") :].partition(":")
       if not os.path.exists(os.path.join(cwd, path)):
         import configs  # pylint: disable=g-import-not-at-top
-        packaged = os.path.join(os.path.dirname(os.path.abspath(configs.__file__)),
-                                path[len("configs/"):])
+
+        packaged = os.path.join(
+          os.path.dirname(os.path.abspath(configs.__file__)), path[len("configs/") :]
+        )
         if os.path.isfile(packaged):
           arg = f"--config={packaged}{sep}{config_arg}"
     out.append(arg)

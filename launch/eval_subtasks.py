@@ -12,6 +12,7 @@ video_qa with `kind` oracle|random|owlv2|univtg|llava, and program_generator wit
 gold|random|llama}); see `experts.subtasks` (the toy world's kind: its plugin,
 `aotd_jax.projects.toyworld.oracle.PLUGIN`).
 """
+
 from __future__ import annotations
 
 import json
@@ -42,9 +43,15 @@ def main(argv):
   if config is None:
     if not _DATA.value:
       raise app.UsageError("give --config or --data")
-    config = subtasks.default_config(_DATA.value, split=_SPLIT.value, kind=_KIND.value,
-                                     detector_path=_DETECTOR.value, grounder_path=_GROUNDER.value,
-                                     llama_path=_LLAMA.value, llava_path=_LLAVA.value)
+    config = subtasks.default_config(
+      _DATA.value,
+      split=_SPLIT.value,
+      kind=_KIND.value,
+      detector_path=_DETECTOR.value,
+      grounder_path=_GROUNDER.value,
+      llama_path=_LLAMA.value,
+      llava_path=_LLAVA.value,
+    )
     if _VIDEO_DIR.value:
       config.data.video_dir = _VIDEO_DIR.value
     if _CLASSES_DIR.value:

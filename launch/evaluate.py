@@ -43,6 +43,7 @@ the backend reports it, else the host's peak RSS). docs/evaluation.md maps each 
 paper's main table and grounding figure to its command and key. A bad flag value stops with
 one line naming the flag (exit 2).
 """
+
 from __future__ import annotations
 
 import json
@@ -69,34 +70,65 @@ _BATCH = flags.DEFINE_integer("batch_size", 8, "Questions per generate call.")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 0, "0: 16 in answer mode, 256 in rationale mode.")
 _OUT = flags.DEFINE_string("out", "", "Write the results (and outputs) as JSON here.")
 _FRAME_NUMBERS = flags.DEFINE_enum(
-    "frame_numbers", "sampled", ["sampled", "source"],
-    "How the student's rationales number frames (the CoT job's config.frame_numbers).")
-_PROMPT_FORMAT = flags.DEFINE_enum("prompt_format", "plain", ["plain", "official"],
-                                   "The prompt format the student was trained with "
-                                   "(config.data.prompt_format; lnv7b: official).")
-_MAP = flags.DEFINE_string("map", "", "NExT-QA video-id map (map_vid_vidorID.json; "
-                           "--format=nextqa only; default: the map beside the CSV).")
-_SCORING = flags.DEFINE_enum("scoring", "generate", ["generate", "likelihood", "both"],
-                             "Multiple choice: parse the generated reply, pick the most likely "
-                             "option, or both.")
-_ANSWER_STYLE = flags.DEFINE_enum("answer_style", "letter_text", ["letter_text", "letter"],
-                                  "The QA target the student was trained with "
-                                  "(config.data.answer_style; lnv7b: letter); likelihood scoring.")
-_PARSE = flags.DEFINE_enum("parse", "official", list(mc_parse.PARSES),
-                           "How a generated reply picks an option (answer mode): official "
-                           "(eval_nextqa.py: first letter, any letter, else a seeded random "
-                           "option), mvbench (eval_mvbench.py's first-word check) or ours "
-                           "(letter or option text; unparsable = wrong).")
+  "frame_numbers",
+  "sampled",
+  ["sampled", "source"],
+  "How the student's rationales number frames (the CoT job's config.frame_numbers).",
+)
+_PROMPT_FORMAT = flags.DEFINE_enum(
+  "prompt_format",
+  "plain",
+  ["plain", "official"],
+  "The prompt format the student was trained with (config.data.prompt_format; lnv7b: official).",
+)
+_MAP = flags.DEFINE_string(
+  "map",
+  "",
+  "NExT-QA video-id map (map_vid_vidorID.json; "
+  "--format=nextqa only; default: the map beside the CSV).",
+)
+_SCORING = flags.DEFINE_enum(
+  "scoring",
+  "generate",
+  ["generate", "likelihood", "both"],
+  "Multiple choice: parse the generated reply, pick the most likely option, or both.",
+)
+_ANSWER_STYLE = flags.DEFINE_enum(
+  "answer_style",
+  "letter_text",
+  ["letter_text", "letter"],
+  "The QA target the student was trained with "
+  "(config.data.answer_style; lnv7b: letter); likelihood scoring.",
+)
+_PARSE = flags.DEFINE_enum(
+  "parse",
+  "official",
+  list(mc_parse.PARSES),
+  "How a generated reply picks an option (answer mode): official "
+  "(eval_nextqa.py: first letter, any letter, else a seeded random "
+  "option), mvbench (eval_mvbench.py's first-word check) or ours "
+  "(letter or option text; unparsable = wrong).",
+)
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of --parse=official's random picks.")
-_RESCORE = flags.DEFINE_string("rescore", "", "Re-score the per-question outputs of an earlier "
-                               "--out file instead of running a student.")
-_JUDGE_LLM = flags.DEFINE_string("judge_llm", "", "OpenAI-compatible base URL of the judge of "
-                                 "open-ended answers (the paper: GPT-3.5).")
+_RESCORE = flags.DEFINE_string(
+  "rescore",
+  "",
+  "Re-score the per-question outputs of an earlier --out file instead of running a student.",
+)
+_JUDGE_LLM = flags.DEFINE_string(
+  "judge_llm",
+  "",
+  "OpenAI-compatible base URL of the judge of open-ended answers (the paper: GPT-3.5).",
+)
 _JUDGE_MODEL = flags.DEFINE_string("judge_model", "gpt-3.5-turbo", "Served judge model name.")
-_JUDGE_API_KEY_ENV = flags.DEFINE_string("judge_api_key_env", "OPENAI_API_KEY",
-                                         "Environment variable holding the judge's API key.")
-_JUDGE_REPLAY = flags.DEFINE_string("judge_replay", "", "Replay judge replies recorded with "
-                                    "--judge_record instead of calling a judge.")
+_JUDGE_API_KEY_ENV = flags.DEFINE_string(
+  "judge_api_key_env", "OPENAI_API_KEY", "Environment variable holding the judge's API key."
+)
+_JUDGE_REPLAY = flags.DEFINE_string(
+  "judge_replay",
+  "",
+  "Replay judge replies recorded with --judge_record instead of calling a judge.",
+)
 _JUDGE_RECORD = flags.DEFINE_string("judge_record", "", "Append every judge reply to this JSONL.")
 flags.mark_flags_as_required(["annotations"])
 flags.register_validator("num_frames", lambda v: v >= 1, "--num_frames must be >= 1")
@@ -110,6 +142,7 @@ def load_student(path: str):
   if os.path.isfile(os.path.join(path, "config.json")):
     return hf.from_pretrained(path)
   from aotd_jax.hf import orbax_io
+
   return orbax_io.restore_model(path)
 
 
@@ -128,21 +161,28 @@ def read_records(fmt: str, path: str, map_path: str = ""):
 def frame_ids(record) -> list[int]:
   """The source frame ids of the student's frames of a STAR question (for grounding)."""
   from aotd_jax.eval import star_grounding as sg
-  ids = sg.student_frame_ids(student_eval.video_file(record, _VIDEO_ROOT.value, ".mp4"),
-                             _NUM_FRAMES.value, record.start, record.end)
+
+  ids = sg.student_frame_ids(
+    student_eval.video_file(record, _VIDEO_ROOT.value, ".mp4"),
+    _NUM_FRAMES.value,
+    record.start,
+    record.end,
+  )
   return [int(i) for i in ids]
 
 
 def make_judge():
   """The open-ended judge from the --judge_* flags, or None."""
   from aotd_jax.agent import llm as llm_lib
+
   if _JUDGE_LLM.value and _JUDGE_REPLAY.value:
     raise ConfigError("give one of --judge_llm (a judge server) and --judge_replay (a recording)")
   if _JUDGE_REPLAY.value:
     judge = llm_lib.Replay(_JUDGE_REPLAY.value)
   elif _JUDGE_LLM.value:
-    judge = llm_lib.OpenAIChat(_JUDGE_LLM.value, _JUDGE_MODEL.value,
-                               api_key_env=_JUDGE_API_KEY_ENV.value)
+    judge = llm_lib.OpenAIChat(
+      _JUDGE_LLM.value, _JUDGE_MODEL.value, api_key_env=_JUDGE_API_KEY_ENV.value
+    )
   else:
     return None
   return llm_lib.Recording(judge, _JUDGE_RECORD.value) if _JUDGE_RECORD.value else judge
@@ -152,14 +192,19 @@ def run_model(records, scoring: str) -> tuple[list[dict], dict]:
   """(one row per question, the efficiency of each scoring) from the student."""
   model = load_student(_STUDENT.value)
   tokenizer = hf.load_tokenizer(_TOKENIZER.value or _STUDENT.value)
-  common = dict(video_root=_VIDEO_ROOT.value, num_frames=_NUM_FRAMES.value,
-                batch_size=_BATCH.value, prompt_format=_PROMPT_FORMAT.value)
+  common = dict(
+    video_root=_VIDEO_ROOT.value,
+    num_frames=_NUM_FRAMES.value,
+    batch_size=_BATCH.value,
+    prompt_format=_PROMPT_FORMAT.value,
+  )
   rows = [{"qid": r.qid} for r in records]
   eff = {}
   if scoring in ("generate", "both"):
     max_new = _MAX_NEW.value or (16 if _MODE.value == "answer" else 256)
-    run = student_eval.run_student(model, tokenizer, records, mode=_MODE.value,
-                                   max_new_tokens=max_new, **common)
+    run = student_eval.run_student(
+      model, tokenizer, records, mode=_MODE.value, max_new_tokens=max_new, **common
+    )
     eff["output"] = run.efficiency.to_dict()
     for row, text, secs, tokens in zip(rows, run.outputs, run.seconds, run.new_tokens):
       row.update(output=text, seconds=round(secs, 6), new_tokens=tokens)
@@ -168,8 +213,9 @@ def run_model(records, scoring: str) -> tuple[list[dict], dict]:
         if r.meta.get("situations"):
           row["frame_ids"] = frame_ids(r)
   if scoring in ("likelihood", "both"):
-    choice = student_eval.choose_by_likelihood(model, tokenizer, records,
-                                               answer_style=_ANSWER_STYLE.value, **common)
+    choice = student_eval.choose_by_likelihood(
+      model, tokenizer, records, answer_style=_ANSWER_STYLE.value, **common
+    )
     eff["likelihood_output"] = choice.efficiency.to_dict()
     for row, text, secs in zip(rows, choice.outputs, choice.seconds):
       row.update(likelihood_output=text, likelihood_seconds=round(secs, 6))
@@ -180,19 +226,24 @@ def main(argv):
   del argv
   scoring = _SCORING.value
   if scoring != "generate" and _MODE.value != "answer":
-    raise ConfigError(f"--scoring={scoring} scores answers; --mode={_MODE.value} needs "
-                      "--scoring=generate")
+    raise ConfigError(
+      f"--scoring={scoring} scores answers; --mode={_MODE.value} needs --scoring=generate"
+    )
   if not _RESCORE.value and not _STUDENT.value:
     raise ConfigError("--student is required (or --rescore=EVAL_JSON to re-score a run)")
   records = read_records(_FORMAT.value, _ANNOTATIONS.value, _MAP.value)
   if _LIMIT.value:
-    records = records[:_LIMIT.value]
+    records = records[: _LIMIT.value]
   if scoring != "generate" and not all(r.choices for r in records):
-    raise ConfigError(f"--scoring={scoring} needs multiple-choice questions; "
-                      f"{_ANNOTATIONS.value} has open-ended ones (use --scoring=generate)")
+    raise ConfigError(
+      f"--scoring={scoring} needs multiple-choice questions; "
+      f"{_ANNOTATIONS.value} has open-ended ones (use --scoring=generate)"
+    )
   if (_JUDGE_LLM.value or _JUDGE_REPLAY.value) and all(r.choices for r in records):
-    raise ConfigError(f"--judge_llm/--judge_replay judge open-ended answers; "
-                      f"{_ANNOTATIONS.value} has only multiple-choice questions")
+    raise ConfigError(
+      f"--judge_llm/--judge_replay judge open-ended answers; "
+      f"{_ANNOTATIONS.value} has only multiple-choice questions"
+    )
   if _JUDGE_REPLAY.value and not os.path.isfile(_JUDGE_REPLAY.value):
     raise ConfigError(f"--judge_replay={_JUDGE_REPLAY.value}: no such file")
   judge = make_judge()
@@ -203,21 +254,33 @@ def main(argv):
       raise ConfigError(f"--rescore: {e}") from e
     eff = header.get("efficiencies", {})
     if scoring != "generate" and not any("likelihood_output" in row for row in rows):
-      raise ConfigError(f"--rescore={_RESCORE.value} has no likelihood outputs; "
-                        f"--scoring={scoring} needs them")
+      raise ConfigError(
+        f"--rescore={_RESCORE.value} has no likelihood outputs; --scoring={scoring} needs them"
+      )
     if scoring == "likelihood":
-      rows = [{k: v for k, v in row.items() if k not in ("output", "seconds", "new_tokens")}
-              for row in rows]
+      rows = [
+        {k: v for k, v in row.items() if k not in ("output", "seconds", "new_tokens")}
+        for row in rows
+      ]
     elif scoring == "generate":
-      rows = [{k: v for k, v in row.items() if k not in ("likelihood_output",
-                                                         "likelihood_seconds")} for row in rows]
+      rows = [
+        {k: v for k, v in row.items() if k not in ("likelihood_output", "likelihood_seconds")}
+        for row in rows
+      ]
   else:
     rows, eff = run_model(records, scoring)
   judgements: list = []
   try:
-    result = rescore.score_rows(records, rows, mode=_MODE.value, parse=_PARSE.value,
-                                seed=_SEED.value, frame_numbers=_FRAME_NUMBERS.value,
-                                judge=judge, on_judgements=judgements.extend)
+    result = rescore.score_rows(
+      records,
+      rows,
+      mode=_MODE.value,
+      parse=_PARSE.value,
+      seed=_SEED.value,
+      frame_numbers=_FRAME_NUMBERS.value,
+      judge=judge,
+      on_judgements=judgements.extend,
+    )
   except ValueError as e:
     if not _RESCORE.value:
       raise

@@ -11,6 +11,7 @@ processor files made from the model's config where that folder has none) and a m
 field to fill in). The latest step unless `--step`. Any of the paths may be a URL
 (`gs://bucket/...`, with the `gcs` extra).
 """
+
 from __future__ import annotations
 
 import json
@@ -25,17 +26,30 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "The training workdir (holds che
 _HF_DIR = flags.DEFINE_string("hf_dir", None, "Output Hugging Face directory.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
 _TOKENIZER = flags.DEFINE_string(
-    "tokenizer", "", "Directory whose tokenizer / processor files to copy (default: the "
-    "student's hf_dir from the saved config).")
+  "tokenizer",
+  "",
+  "Directory whose tokenizer / processor files to copy (default: the "
+  "student's hf_dir from the saved config).",
+)
 _MANIFEST = flags.DEFINE_string("cot_manifest", "", "The CoT job's manifest.json (for the card).")
 _BASE_MODEL = flags.DEFINE_string(
-    "base_model", "", "The base model's Hub repo id for the card (e.g. llava-hf/LLaVA-NeXT-Video-7B-hf; "
-    "default: the name of the student's hf_dir folder).")
+  "base_model",
+  "",
+  "The base model's Hub repo id for the card (e.g. llava-hf/LLaVA-NeXT-Video-7B-hf; "
+  "default: the name of the student's hf_dir folder).",
+)
 flags.mark_flags_as_required(["workdir", "hf_dir"])
 
 
-def export(workdir: str, hf_dir: str, *, step: int | None = None, tokenizer: str = "",
-           cot_manifest: str = "", base_model: str = "") -> list[str]:
+def export(
+  workdir: str,
+  hf_dir: str,
+  *,
+  step: int | None = None,
+  tokenizer: str = "",
+  cot_manifest: str = "",
+  base_model: str = "",
+) -> list[str]:
   ckpt_dir = files.join(workdir, "checkpoints")
   orbax_io.export(ckpt_dir, hf_dir, step=step)
   checkpointer = Checkpointer(ckpt_dir)
@@ -50,14 +64,26 @@ def export(workdir: str, hf_dir: str, *, step: int | None = None, tokenizer: str
   manifest = None
   if cot_manifest:
     manifest = json.loads(files.read_text(cot_manifest))
-  return hub.write_hub_files(hf_dir, hf_config=io.read_config(hf_dir), tokenizer_dir=tokenizer,
-                             config=config, manifest=manifest, base_model=base_model)
+  return hub.write_hub_files(
+    hf_dir,
+    hf_config=io.read_config(hf_dir),
+    tokenizer_dir=tokenizer,
+    config=config,
+    manifest=manifest,
+    base_model=base_model,
+  )
 
 
 def main(argv):
   del argv
-  written = export(_WORKDIR.value, _HF_DIR.value, step=_STEP.value, tokenizer=_TOKENIZER.value,
-                   cot_manifest=_MANIFEST.value, base_model=_BASE_MODEL.value)
+  written = export(
+    _WORKDIR.value,
+    _HF_DIR.value,
+    step=_STEP.value,
+    tokenizer=_TOKENIZER.value,
+    cot_manifest=_MANIFEST.value,
+    base_model=_BASE_MODEL.value,
+  )
   print(f"exported {_WORKDIR.value} -> {_HF_DIR.value} (+ {', '.join(written)})")
 
 

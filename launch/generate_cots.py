@@ -12,6 +12,7 @@ Grain), `stats-*.json` (pass rate of each filter step) and `report-*.html` (the 
 on sampled questions) into `config.out_dir` (a local or mounted folder). Config fields
 are documented in `configs/toyworld/cot.py`.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -31,8 +32,11 @@ from launch import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/cot/<name>.py[:arg]")
 _SHARD_INDEX = flags.DEFINE_integer(
-    "shard_index", None, "Which shard of --num_shards this command processes (default: the "
-    "whole dataset, split over the JAX processes when config.use_jax_processes).")
+  "shard_index",
+  None,
+  "Which shard of --num_shards this command processes (default: the "
+  "whole dataset, split over the JAX processes when config.use_jax_processes).",
+)
 _NUM_SHARDS = flags.DEFINE_integer("num_shards", None, "How many shards the dataset is split in.")
 
 
@@ -64,10 +68,19 @@ LLM_CLASSES = {"replay": "Replay", "local": "LocalLlama", "openai": "OpenAIChat"
 # The settings each kind takes from a config (`model` is a server's model name, not a local
 # model object).
 LLM_TAKES = {
-    "replay": {"path", "strict", "default"},
-    "local": {"model_dir", "dtype", "max_batch", "seed", "min_bucket"},
-    "openai": {"base_url", "model", "api_key_env", "timeout_s", "max_retries", "backoff_s",
-               "max_backoff_s", "concurrency", "extra_body"},
+  "replay": {"path", "strict", "default"},
+  "local": {"model_dir", "dtype", "max_batch", "seed", "min_bucket"},
+  "openai": {
+    "base_url",
+    "model",
+    "api_key_env",
+    "timeout_s",
+    "max_retries",
+    "backoff_s",
+    "max_backoff_s",
+    "concurrency",
+    "extra_body",
+  },
 }
 
 
@@ -97,14 +110,16 @@ def make_llm(section, role: str = "") -> Any:
   if kind not in LLM_CLASSES:
     raise ValueError(f"llm kind {kind!r}: expected none, factory or one of {sorted(LLM_CLASSES)}")
   from aotd_jax.agent import llm
+
   cls = getattr(llm, LLM_CLASSES[kind])
   extra = sorted(set(kwargs) - LLM_TAKES[kind])
   what = f"{role + ' ' if role else ''}LLM section (kind {kind!r})"
   if extra:
-    flags_ = ", ".join(f"--config.{role}_llm.kwargs.{k}" if role else f"kwargs.{k}"
-                       for k in extra)
-    raise ValueError(f"{what} does not take {', '.join(extra)} (set by {flags_}; clear a "
-                     "setting with an empty value, e.g. --config.program_llm.kwargs.base_url=)")
+    flags_ = ", ".join(f"--config.{role}_llm.kwargs.{k}" if role else f"kwargs.{k}" for k in extra)
+    raise ValueError(
+      f"{what} does not take {', '.join(extra)} (set by {flags_}; clear a "
+      "setting with an empty value, e.g. --config.program_llm.kwargs.base_url=)"
+    )
   try:
     return cls(**kwargs)
   except TypeError as e:
@@ -113,17 +128,21 @@ def make_llm(section, role: str = "") -> Any:
 
 def video_path(config) -> Callable[[annotations.VideoQA], str | None]:
   """qa -> its video file: `meta["video_path"]` or `<video_id><video_ext>`, under video_dir."""
+
   def path(qa):
     name = qa.meta.get("video_path") or f"{qa.video_id}{config.data.video_ext}"
     return files.join(config.data.video_dir, name)
+
   return path
 
 
 def clip_args(config) -> Callable[[annotations.VideoQA], dict]:
   """The default `make_args`: decodes the question's window of its video into a VideoClip."""
   from experts.clip import clip_args as make_clip_args
-  return make_clip_args(video_path(config), config.max_frames,
-                        config.get("frame_numbers", "source"))
+
+  return make_clip_args(
+    video_path(config), config.max_frames, config.get("frame_numbers", "source")
+  )
 
 
 def load_questions(config) -> list[annotations.VideoQA]:
@@ -133,25 +152,42 @@ def load_questions(config) -> list[annotations.VideoQA]:
     world = os.path.dirname(data.path)
     logging.info("generating the toy world in %s", world)
     toyworld.generate_world(world, seed=data.toyworld_seed, num_clips=data.toyworld_clips)
-  read_kwargs = {k: v for k, v in dict(data.get("read_kwargs", {}) or {}).items()
-                 if v is not None and v != ""}
+  read_kwargs = {
+    k: v for k, v in dict(data.get("read_kwargs", {}) or {}).items() if v is not None and v != ""
+  }
   questions = list(annotations.read(data.format, data.path, **read_kwargs))
-  return questions[:config.max_questions] if config.max_questions else questions
+  return questions[: config.max_questions] if config.max_questions else questions
 
 
-IDENTITY_KEYS = ("examples", "program_source", "gold_program_key", "logic_judge", "judge_parse",
-                 "rewrite_prompt", "rewrite_fallback", "max_frames", "frame_numbers",
-                 "max_new_tokens", "temperature", "timeout_s", "tools_factory", "make_args")
+IDENTITY_KEYS = (
+  "examples",
+  "program_source",
+  "gold_program_key",
+  "logic_judge",
+  "judge_parse",
+  "rewrite_prompt",
+  "rewrite_fallback",
+  "max_frames",
+  "frame_numbers",
+  "max_new_tokens",
+  "temperature",
+  "timeout_s",
+  "tools_factory",
+  "make_args",
+)
 
 
 def provenance(config) -> tuple[dict, dict]:
   """(roles, identity) for `aotd_jax.agent.manifest`: every backend the run uses, and the
   settings that decide what a record says."""
   from aotd_jax.agent import manifest
+
   if config.tools_factory == "experts:make_tools":
     from experts import registry
-    roles = registry.describe(config.experts, full_hash=config.get("manifest_full_hash", False),
-                              plugins=PLUGINS)
+
+    roles = registry.describe(
+      config.experts, full_hash=config.get("manifest_full_hash", False), plugins=PLUGINS
+    )
   else:
     roles = {"tools_factory": {"kind": config.tools_factory}}
   for role in ("program_llm", "cot_llm", "judge_llm"):
@@ -168,10 +204,12 @@ def pipeline_kwargs(config) -> dict:
   section = config.get("pipeline", None)
   if section is None:
     return {"pipeline": False}
-  return {"pipeline": bool(section.enabled),
-          "max_batches_in_flight": int(section.max_batches_in_flight),
-          "decode_workers": int(section.decode_workers),
-          "llm_workers": int(section.get("llm_workers", 1))}
+  return {
+    "pipeline": bool(section.enabled),
+    "max_batches_in_flight": int(section.max_batches_in_flight),
+    "decode_workers": int(section.decode_workers),
+    "llm_workers": int(section.get("llm_workers", 1)),
+  }
 
 
 def worker(config, shard_index: int | None, num_shards: int | None) -> tuple[int, int, int, int]:
@@ -185,13 +223,16 @@ def worker(config, shard_index: int | None, num_shards: int | None) -> tuple[int
     ValueError: only one of --shard_index and --num_shards is given.
   """
   if (shard_index is None) != (num_shards is None):
-    raise ValueError("--shard_index and --num_shards go together (or neither: one shard per "
-                     "JAX process)")
+    raise ValueError(
+      "--shard_index and --num_shards go together (or neither: one shard per JAX process)"
+    )
   process_index, process_count = 0, 1
   if config.get("use_jax_processes", True):
     from aotd_jax import sharding
+
     sharding.maybe_initialize_distributed(config)
     import jax
+
     process_index, process_count = jax.process_index(), jax.process_count()
   if shard_index is None:
     shard_index, num_shards = 0, 1
@@ -203,46 +244,76 @@ def main(argv):
   config = _CONFIG.value
   job.check_out_dir(config.out_dir)
   shard_index, num_shards, process_index, process_count = worker(
-      config, _SHARD_INDEX.value, _NUM_SHARDS.value)
-  questions = job.shard(load_questions(config), shard_index, num_shards,
-                        process_index=process_index, process_count=process_count)
+    config, _SHARD_INDEX.value, _NUM_SHARDS.value
+  )
+  questions = job.shard(
+    load_questions(config),
+    shard_index,
+    num_shards,
+    process_index=process_index,
+    process_count=process_count,
+  )
   name = job.shard_name(shard_index, num_shards, process_index, process_count)
   from aotd_jax.agent import manifest
+
   roles, identity = provenance(config)
   manifest_ref = manifest.open_manifest(config.out_dir, roles, identity, config.to_dict())
-  logging.info("vision experts: %s (%s)", manifest.vision_summary(roles),
-               ", ".join(f"{r}={v.get('kind')}" for r, v in roles.items() if isinstance(v, dict)))
+  logging.info(
+    "vision experts: %s (%s)",
+    manifest.vision_summary(roles),
+    ", ".join(f"{r}={v.get('kind')}" for r, v in roles.items() if isinstance(v, dict)),
+  )
   if config.tools_factory == "experts:make_tools":  # the experts resolve projects' kinds
     tools = resolve(config.tools_factory)(config.experts, plugins=PLUGINS)
   else:
     tools = resolve(config.tools_factory)(config.experts)
   make_args = resolve(config.make_args)(config) if config.make_args else clip_args(config)
   from aotd_jax.agent.sandbox import Sandbox
+
   with Sandbox(num_workers=config.sandbox.num_workers, memory_mb=config.sandbox.memory_mb) as sb:
     cot_job = job.CotJob(
-        tools=tools, make_args=make_args, run_program=sb.run,
-        program_llm=make_llm(config.program_llm, "program"), cot_llm=make_llm(config.cot_llm, "cot"),
-        judge_llm=make_llm(config.judge_llm, "judge"), program_source=config.program_source,
-        gold_program_key=config.gold_program_key, logic_judge=config.logic_judge,
-        judge_parse=config.get("judge_parse", "lenient"),
-        rewrite_prompt=config.get("rewrite_prompt", "ours"),
-        rewrite_fallback=config.get("rewrite_fallback", "verbaliser"),
-        examples=few_shot_examples(config),
-        batch_size=config.batch_size, num_threads=config.sandbox.num_workers,
-        timeout_s=config.timeout_s, max_new_tokens=config.max_new_tokens,
-        temperature=config.temperature, video_path=video_path(config), manifest=manifest_ref,
-        fail_fast_min=config.get("fail_fast_min", 4), **pipeline_kwargs(config))
+      tools=tools,
+      make_args=make_args,
+      run_program=sb.run,
+      program_llm=make_llm(config.program_llm, "program"),
+      cot_llm=make_llm(config.cot_llm, "cot"),
+      judge_llm=make_llm(config.judge_llm, "judge"),
+      program_source=config.program_source,
+      gold_program_key=config.gold_program_key,
+      logic_judge=config.logic_judge,
+      judge_parse=config.get("judge_parse", "lenient"),
+      rewrite_prompt=config.get("rewrite_prompt", "ours"),
+      rewrite_fallback=config.get("rewrite_fallback", "verbaliser"),
+      examples=few_shot_examples(config),
+      batch_size=config.batch_size,
+      num_threads=config.sandbox.num_workers,
+      timeout_s=config.timeout_s,
+      max_new_tokens=config.max_new_tokens,
+      temperature=config.temperature,
+      video_path=video_path(config),
+      manifest=manifest_ref,
+      fail_fast_min=config.get("fail_fast_min", 4),
+      **pipeline_kwargs(config),
+    )
     paths = job.JobPaths.for_shard(config.out_dir, name)
-    stats = cot_job.run(questions, paths, label=f"[{name}] ",
-                        progress_every_s=config.progress_every_s)
+    stats = cot_job.run(
+      questions, paths, label=f"[{name}] ", progress_every_s=config.progress_every_s
+    )
   # the agent's seconds per question and peak memory (the paper's efficiency), per shard
-  manifest.add_counts(config.out_dir, name, {
-      **stats.to_dict(), "efficiency": job.efficiency(job.RecordLog(paths.records).load())})
+  manifest.add_counts(
+    config.out_dir,
+    name,
+    {**stats.to_dict(), "efficiency": job.efficiency(job.RecordLog(paths.records).load())},
+  )
   if config.report_samples:
     from aotd_jax.agent import viewer
-    report = viewer.render_report(job.RecordLog(paths.records).load(),
-                                  os.path.join(config.out_dir, f"report-{name}.html"),
-                                  num_samples=config.report_samples, title=f"CoT run {name}")
+
+    report = viewer.render_report(
+      job.RecordLog(paths.records).load(),
+      os.path.join(config.out_dir, f"report-{name}.html"),
+      num_samples=config.report_samples,
+      title=f"CoT run {name}",
+    )
     logging.info("report: %s", report)
   logging.info("done %s: %s", name, stats.summary())
 

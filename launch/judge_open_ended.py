@@ -11,6 +11,7 @@ reports for AGQA and ActivityNet-QA), from the per-question outputs of `launch.e
 The output holds the accuracy, the mean score, the count of replies that could not be read and
 every question's reply.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,13 +23,15 @@ from aotd_jax.data import annotations
 from aotd_jax.eval import open_ended
 
 _EVAL = flags.DEFINE_string("eval", None, "JSON written by launch.evaluate --out (its outputs).")
-_FORMAT = flags.DEFINE_enum("format", "activitynet_qa", list(annotations.FORMATS),
-                            "Annotation format of --annotations.")
+_FORMAT = flags.DEFINE_enum(
+  "format", "activitynet_qa", list(annotations.FORMATS), "Annotation format of --annotations."
+)
 _ANNOTATIONS = flags.DEFINE_string("annotations", None, "The annotations the run evaluated.")
 _LLM = flags.DEFINE_string("llm", "", "OpenAI-compatible base URL of the judge.")
 _MODEL = flags.DEFINE_string("model", "gpt-3.5-turbo", "Served judge model name.")
-_API_KEY_ENV = flags.DEFINE_string("api_key_env", "OPENAI_API_KEY",
-                                   "Environment variable holding the API key (if any).")
+_API_KEY_ENV = flags.DEFINE_string(
+  "api_key_env", "OPENAI_API_KEY", "Environment variable holding the API key (if any)."
+)
 _REPLAY = flags.DEFINE_string("replay", "", "Replay judge replies recorded with --record.")
 _RECORD = flags.DEFINE_string("record", "", "Append every judge reply to this JSONL file.")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Prompts per judge call.")
@@ -51,8 +54,14 @@ def judge_items(eval_path: str, records) -> list[dict]:
     if qid not in by_qid:
       raise ValueError(f"{eval_path}: outputs[{i}] qid {qid!r} is not in the annotations")
     r = by_qid[qid]
-    items.append({"qid": qid, "question": r.question, "answer": r.answer,
-                  "prediction": str(o.get("output", ""))})
+    items.append(
+      {
+        "qid": qid,
+        "question": r.question,
+        "answer": r.answer,
+        "prediction": str(o.get("output", "")),
+      }
+    )
   return items
 
 
@@ -72,8 +81,9 @@ def main(argv):
   judge = make_judge()
   items = judge_items(_EVAL.value, annotations.read(_FORMAT.value, _ANNOTATIONS.value))
   result = open_ended.judge_answers(items, judge, batch_size=_BATCH.value)
-  result["judge"] = {"replay": _REPLAY.value} if _REPLAY.value else {"url": _LLM.value,
-                                                                     "model": _MODEL.value}
+  result["judge"] = (
+    {"replay": _REPLAY.value} if _REPLAY.value else {"url": _LLM.value, "model": _MODEL.value}
+  )
   print(json.dumps({k: v for k, v in result.items() if k != "judgements"}, indent=1))
   if _OUT.value:
     with open(_OUT.value, "w", encoding="utf-8") as f:

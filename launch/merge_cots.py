@@ -7,14 +7,19 @@ Writes `records.jsonl` (every question, in the dataset's order: what an unsharde
 `stats.json` and `manifest.json` into `--out_dir` (default `--cot_dir/merged`). Either may be a
 `gs://` path. Stops with an error naming the shard when the shards are not one whole run.
 """
+
 from __future__ import annotations
 
 from absl import app, flags
 
 from aotd_jax.agent import merge
 
-_COT_DIR = flags.DEFINE_string("cot_dir", None, "The CoT job's out_dir (holds records-*-of-*.jsonl).")
-_OUT_DIR = flags.DEFINE_string("out_dir", "", "Where the merged dataset goes (default: COT_DIR/merged).")
+_COT_DIR = flags.DEFINE_string(
+  "cot_dir", None, "The CoT job's out_dir (holds records-*-of-*.jsonl)."
+)
+_OUT_DIR = flags.DEFINE_string(
+  "out_dir", "", "Where the merged dataset goes (default: COT_DIR/merged)."
+)
 flags.mark_flags_as_required(["cot_dir"])
 
 

@@ -9,6 +9,7 @@ LLaVA-NeXT-Video's stages, each of `--students` (LLaVA-OneVision, Qwen2-VL) is d
 its own production config, exported, reloaded by transformers and evaluated.
 Writes `workdir/rehearsal.json` and prints a table; exits 1 unless every stage passed.
 """
+
 from absl import app, flags
 
 from aotd_jax.rehearsal import runner, stages
@@ -18,15 +19,22 @@ _ONLY = flags.DEFINE_list("only", [], "Run only these stages (default: all).")
 _QUESTIONS = flags.DEFINE_integer("questions", 4, "Questions per dataset.")
 _SECONDS = flags.DEFINE_float("seconds", 30.0, "Length of each video (30 fps).")
 _STUDENTS = flags.DEFINE_list(
-    "students", list(stages.STUDENTS),
-    "Other students rehearsed after LLaVA-NeXT-Video (distill, export, hf_load, eval_star_mc "
-    "with their production configs); empty for none.")
+  "students",
+  list(stages.STUDENTS),
+  "Other students rehearsed after LLaVA-NeXT-Video (distill, export, hf_load, eval_star_mc "
+  "with their production configs); empty for none.",
+)
 
 
 def main(argv):
   del argv
-  result = runner.run(_WORKDIR.value, only=_ONLY.value or None, questions=_QUESTIONS.value,
-                      seconds=_SECONDS.value, students=tuple(_STUDENTS.value))
+  result = runner.run(
+    _WORKDIR.value,
+    only=_ONLY.value or None,
+    questions=_QUESTIONS.value,
+    seconds=_SECONDS.value,
+    students=tuple(_STUDENTS.value),
+  )
   return 0 if result["ok"] else 1
 
 

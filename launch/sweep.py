@@ -6,6 +6,7 @@ command per variant for a cluster scheduler.
 
 `--config.KEY=VALUE` arguments pass through to every variant (before the variant's own keys).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -46,8 +47,12 @@ def main(argv):
   variants = sweep.expand(_load(path), arg or None)
   failures = 0
   for overrides in variants:
-    cmd = sweep.command(_CONFIG.value, os.path.join(_WORKDIR.value, sweep.variant_name(overrides)),
-                        overrides, extra=_PASSTHROUGH)
+    cmd = sweep.command(
+      _CONFIG.value,
+      os.path.join(_WORKDIR.value, sweep.variant_name(overrides)),
+      overrides,
+      extra=_PASSTHROUGH,
+    )
     if _PRINT_ONLY.value:
       print(sweep.render(cmd))
       continue

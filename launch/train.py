@@ -8,6 +8,7 @@ a NaN/Inf loss stops with exit code 3 and the last good checkpoint kept. A resum
 changes the batch size, λ, total steps or data stops with exit code 4 unless
 `--config.allow_changes=True` (each checkpoint's `meta` holds the run's full config).
 """
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,11 @@ from aotd_jax.train.trainer import NonFiniteLossError, Trainer, matmul_flops_per
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config (get_config(arg)).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and plots go here.")
 _KEEP_MEMORY = flags.DEFINE_bool(
-    "keep_freed_memory", None, "Keep freed host memory for reuse (aotd_jax/host_memory.py): no "
-    "page faults on XLA's per-step CPU buffers. Default: on when JAX runs on the CPU.")
+  "keep_freed_memory",
+  None,
+  "Keep freed host memory for reuse (aotd_jax/host_memory.py): no "
+  "page faults on XLA's per-step CPU buffers. Default: on when JAX runs on the CPU.",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 EXIT_NAN = 3
@@ -64,26 +68,39 @@ def run(cfg, workdir: str, *, wrap_data: WrapData | None = None) -> int:
   data = train_data.make_train_data(cfg, student)
   tx = make_optimizer(cfg.optim, cfg.total_steps)
   schedule = learning_rate_schedule(cfg.optim, cfg.total_steps)
-  trainer = Trainer(student, tx, mesh=mesh,
-                    trainable=trainable_filter(student.options.freeze_vision_tower,
-                                               cfg.student.get("freeze_image_newline", False)),
-                    rationale_weight=cfg.rationale_weight, schedule=schedule,
-                    loss_normalization=cfg.get("loss", {}).get("normalization", "per_part"),
-                    neftune_alpha=cfg.get("neftune_alpha", 0.0), seed=cfg.seed)
+  trainer = Trainer(
+    student,
+    tx,
+    mesh=mesh,
+    trainable=trainable_filter(
+      student.options.freeze_vision_tower, cfg.student.get("freeze_image_newline", False)
+    ),
+    rationale_weight=cfg.rationale_weight,
+    schedule=schedule,
+    loss_normalization=cfg.get("loss", {}).get("normalization", "per_part"),
+    neftune_alpha=cfg.get("neftune_alpha", 0.0),
+    seed=cfg.seed,
+  )
   ckpt_dir = os.path.join(workdir, "checkpoints")
   if jax.process_index() == 0:
     build.write_hf_config(student, ckpt_dir)
-  checkpointer = Checkpointer(ckpt_dir, max_to_keep=cfg.get("keep_checkpoints", 3),
-                              async_save=cfg.get("async_checkpoints", True))
+  checkpointer = Checkpointer(
+    ckpt_dir,
+    max_to_keep=cfg.get("keep_checkpoints", 3),
+    async_save=cfg.get("async_checkpoints", True),
+  )
   if wrap_data is not None:
     data = wrap_data(data, checkpointer, trainer)
   config_dict = json.loads(cfg.to_json_best_effort())
   if checkpointer.latest_step() is not None:
     saved = checkpointer.restore_meta().get("config")
     try:
-      changes = check_resume_config(saved if isinstance(saved, dict) else None, config_dict,
-                                    allow_changes=cfg.get("allow_changes", False),
-                                    directory=ckpt_dir)
+      changes = check_resume_config(
+        saved if isinstance(saved, dict) else None,
+        config_dict,
+        allow_changes=cfg.get("allow_changes", False),
+        directory=ckpt_dir,
+      )
     except ValueError as e:
       checkpointer.close()
       print(f"refused: {e}", file=sys.stderr)
@@ -95,13 +112,23 @@ def run(cfg, workdir: str, *, wrap_data: WrapData | None = None) -> int:
   writer.write_text("config", cfg.to_json_best_effort(indent=2, sort_keys=True))
   stop = threading.Event()
   signal.signal(signal.SIGTERM, lambda *_: stop.set())
-  loop_cfg = LoopConfig(total_steps=cfg.total_steps, checkpoint_every=cfg.checkpoint_every,
-                        log_every=cfg.get("log_every", 10), peak_flops=cfg.get("peak_flops", 0.0))
+  loop_cfg = LoopConfig(
+    total_steps=cfg.total_steps,
+    checkpoint_every=cfg.checkpoint_every,
+    log_every=cfg.get("log_every", 10),
+    peak_flops=cfg.get("peak_flops", 0.0),
+  )
   try:
-    result = train_loop(trainer, data, loop_cfg, checkpointer=checkpointer, writer=writer,
-                        stop_requested=stop.is_set,
-                        flops_per_token=matmul_flops_per_token(student),
-                        meta={"name": cfg.get("name", ""), "config": config_dict})
+    result = train_loop(
+      trainer,
+      data,
+      loop_cfg,
+      checkpointer=checkpointer,
+      writer=writer,
+      stop_requested=stop.is_set,
+      flops_per_token=matmul_flops_per_token(student),
+      meta={"name": cfg.get("name", ""), "config": config_dict},
+    )
   except NonFiniteLossError as e:
     logging.error("%s", e)
     print(f"stopped: {e}", file=sys.stderr)
@@ -109,8 +136,10 @@ def run(cfg, workdir: str, *, wrap_data: WrapData | None = None) -> int:
   finally:
     writer.close()
     checkpointer.close()
-  print(f"{result.status} at step {result.step} in {result.seconds:.1f}s; "
-        f"loss {result.last_metrics.get('loss', float('nan')):.4f}; checkpoints in {ckpt_dir}")
+  print(
+    f"{result.status} at step {result.step} in {result.seconds:.1f}s; "
+    f"loss {result.last_metrics.get('loss', float('nan')):.4f}; checkpoints in {ckpt_dir}"
+  )
   return 0
 
 

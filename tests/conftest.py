@@ -1,4 +1,5 @@
 """Test setup: 8 forced host CPU devices (mesh tests) before JAX is imported anywhere."""
+
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -33,9 +34,12 @@ def expect_kernel():
     import jax
 
     from aotd_jax.kernels import build
+
     if jax.default_backend() != "cpu" or not module.available():
-      pytest.skip(f"{module.__name__} cannot run here (CPU backend, its instruction set and a "
-                  "C++ compiler needed): the XLA parametrisation covers this path")
+      pytest.skip(
+        f"{module.__name__} cannot run here (CPU backend, its instruction set and a "
+        "C++ compiler needed): the XLA parametrisation covers this path"
+      )
     jax.clear_caches()
     before = {t: build.EMITTED[t] for t in targets}
     yield
@@ -51,8 +55,10 @@ def pytest_collection_modifyitems(config, items):
     # a `cpu_kernels` parametrisation through `expect_kernel`; other tests say
     # `@pytest.mark.kernel` themselves
     uses = "expect_kernel" in item.fixturenames and params.get("cpu_kernels", False)
-    gated = any(any(w in str(m.kwargs.get("reason", "")) for w in _KERNEL_REASON_WORDS)
-                for m in item.iter_markers("skipif"))
+    gated = any(
+      any(w in str(m.kwargs.get("reason", "")) for w in _KERNEL_REASON_WORDS)
+      for m in item.iter_markers("skipif")
+    )
     if uses or gated:
       item.add_marker(pytest.mark.kernel)
 
@@ -74,5 +80,7 @@ def pytest_runtest_logreport(report):
 def pytest_terminal_summary(terminalreporter):
   o = _kernel_outcomes
   if any(o.values()):
-    terminalreporter.write_line(f"kernel tests: {o['ran']} ran the C++ kernels, {o['skipped']} "
-                                f"skipped (kernel unavailable here), {o['failed']} failed")
+    terminalreporter.write_line(
+      f"kernel tests: {o['ran']} ran the C++ kernels, {o['skipped']} "
+      f"skipped (kernel unavailable here), {o['failed']} failed"
+    )

@@ -6,6 +6,7 @@ r"""`launch.train` with fault injection, for the preemption and NaN tests only.
 Without these flags it is `launch.train` itself. The faults wrap the run's data iterator
 (`launch.train.run(..., wrap_data=)`), so no production config or launcher carries them.
 """
+
 from __future__ import annotations
 
 import functools
@@ -20,11 +21,14 @@ from launch import cli
 from launch import train
 
 _KILL_AT = flags.DEFINE_integer(
-    "kill_at_step", -1, "SIGKILL this process once step N's checkpoint is durable (-1: never).")
+  "kill_at_step", -1, "SIGKILL this process once step N's checkpoint is durable (-1: never)."
+)
 _KILL_PROCESS = flags.DEFINE_integer(
-    "kill_process", -1, "Only the process of this jax.process_index() is killed (-1: every one).")
+  "kill_process", -1, "Only the process of this jax.process_index() is killed (-1: every one)."
+)
 _NAN_AT = flags.DEFINE_integer(
-    "nan_at_step", -1, "Poison step N's batch (NaN label mask): a non-finite loss (-1: never).")
+  "nan_at_step", -1, "Poison step N's batch (NaN label mask): a non-finite loss (-1: never)."
+)
 
 
 class KillAfter:

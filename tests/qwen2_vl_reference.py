@@ -16,6 +16,7 @@ source with that import removed and gives the three functions to it and its base
 So a comparison with it covers the whole video processor except torchvision's resampling
 kernel, which can round a pixel one grey level differently from PIL's.
 """
+
 from __future__ import annotations
 
 import ast
@@ -40,18 +41,27 @@ def _resize(video, size, interpolation=InterpolationMode.BILINEAR, antialias=Tru
   import torch
   from transformers.image_transforms import resize
   from transformers.image_utils import ChannelDimension, PILImageResampling
+
   del antialias
   if interpolation != InterpolationMode.BICUBIC:
     raise NotImplementedError(f"qwen2_vl_reference: only bicubic resizing, got {interpolation}")
   frames = video.reshape(-1, *video.shape[-3:]).numpy()
-  out = [resize(f, tuple(size), resample=PILImageResampling.BICUBIC,
-                data_format=ChannelDimension.FIRST, input_data_format=ChannelDimension.FIRST)
-         for f in frames]
+  out = [
+    resize(
+      f,
+      tuple(size),
+      resample=PILImageResampling.BICUBIC,
+      data_format=ChannelDimension.FIRST,
+      input_data_format=ChannelDimension.FIRST,
+    )
+    for f in frames
+  ]
   return torch.from_numpy(np.stack(out)).reshape(*video.shape[:-2], *size)
 
 
 def _normalize(x, mean, std, inplace=False):
   import torch
+
   del inplace
   mean = torch.as_tensor(mean, dtype=x.dtype).view(-1, 1, 1)
   std = torch.as_tensor(std, dtype=x.dtype).view(-1, 1, 1)
@@ -59,8 +69,12 @@ def _normalize(x, mean, std, inplace=False):
 
 
 def torchvision_stand_in() -> types.SimpleNamespace:
-  return types.SimpleNamespace(InterpolationMode=InterpolationMode, resize=_resize,
-                               normalize=_normalize, grayscale_to_rgb=lambda video: video)
+  return types.SimpleNamespace(
+    InterpolationMode=InterpolationMode,
+    resize=_resize,
+    normalize=_normalize,
+    grayscale_to_rgb=lambda video: video,
+  )
 
 
 def video_processor_class(monkeypatch):
@@ -68,16 +82,23 @@ def video_processor_class(monkeypatch):
   import transformers.models.qwen2_vl as package
   from transformers import image_processing_backends, video_processing_utils
   from transformers.image_utils import PILImageResampling
+
   tvf = torchvision_stand_in()
   monkeypatch.setattr(image_processing_backends, "tvF", tvf, raising=False)
   monkeypatch.setattr(video_processing_utils, "tvF", tvf, raising=False)
-  monkeypatch.setattr(image_processing_backends, "pil_torch_interpolation_mapping",
-                      {PILImageResampling.BICUBIC: InterpolationMode.BICUBIC})
+  monkeypatch.setattr(
+    image_processing_backends,
+    "pil_torch_interpolation_mapping",
+    {PILImageResampling.BICUBIC: InterpolationMode.BICUBIC},
+  )
   path = os.path.join(os.path.dirname(package.__file__), "video_processing_qwen2_vl.py")
   with open(path) as f:
     tree = ast.parse(f.read())
-  tree.body = [n for n in tree.body if not (
-      isinstance(n, ast.Import) and any(a.name.startswith("torchvision") for a in n.names))]
+  tree.body = [
+    n
+    for n in tree.body
+    if not (isinstance(n, ast.Import) and any(a.name.startswith("torchvision") for a in n.names))
+  ]
   module = types.ModuleType(MODULE)
   module.__file__ = path  # transformers' docstring decorator reads the class's source file
   module.__package__ = package.__name__

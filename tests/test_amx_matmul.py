@@ -3,6 +3,7 @@
 Kernel tests compare against a float64 reference; they skip on CPUs without AMX-BF16 (or
 without a C++ compiler). The dispatch and config tests run everywhere.
 """
+
 import ctypes
 import json
 import os
@@ -21,12 +22,16 @@ from aotd_jax.kernels import build
 from aotd_jax.layers.compute import ComputeOptions
 from aotd_jax.models.clip import CLIPConfig, CLIPModel, CLIPVisionConfig
 from aotd_jax.models.llama import LlamaConfig, LlamaForCausalLM
-from aotd_jax.models.llava_next_video import LlavaNextVideoConfig, LlavaNextVideoForConditionalGeneration
+from aotd_jax.models.llava_next_video import (
+  LlavaNextVideoConfig,
+  LlavaNextVideoForConditionalGeneration,
+)
 from aotd_jax.models.options import with_options
 
 needs_amx = pytest.mark.skipif(
-    jax.default_backend() != "cpu" or not amx.available(),
-    reason="needs a CPU with AMX-BF16, an OS that grants it, and a C++ compiler")
+  jax.default_backend() != "cpu" or not amx.available(),
+  reason="needs a CPU with AMX-BF16, an OS that grants it, and a C++ compiler",
+)
 
 # bf16x3 keeps ~16 bits of each operand: relative error ~5e-6 here. One bf16 pass gives ~2e-3,
 # so this bound also fails a kernel that dropped either correction product.
@@ -43,20 +48,24 @@ def _tol(passes, a, b, ref, transpose_a=False, transpose_b=False) -> float:
   its six products gives ~2e-6 and fails."""
   if passes == 3:
     return _TOL
-  xla = jnp.dot(a.T if transpose_a else a, b.T if transpose_b else b,
-                precision=jax.lax.Precision.HIGHEST)
+  xla = jnp.dot(
+    a.T if transpose_a else a, b.T if transpose_b else b, precision=jax.lax.Precision.HIGHEST
+  )
   return max(3 * _rel_err(xla, ref), 5e-7)
 
 
 def _operands(m, k, n, seed=0):
   rng = np.random.default_rng(seed)
-  return (rng.standard_normal((m, k)).astype(np.float32),
-          rng.standard_normal((k, n)).astype(np.float32))
+  return (
+    rng.standard_normal((m, k)).astype(np.float32),
+    rng.standard_normal((k, n)).astype(np.float32),
+  )
 
 
 @needs_amx
-@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (5, 7, 3), (33, 65, 47), (64, 512, 96),
-                                   (257, 1030, 129)])
+@pytest.mark.parametrize(
+  "m,k,n", [(1, 1, 1), (5, 7, 3), (33, 65, 47), (64, 512, 96), (257, 1030, 129)]
+)
 @pytest.mark.parametrize("transpose_a", [False, True])
 @pytest.mark.parametrize("transpose_b", [False, True])
 @pytest.mark.parametrize("passes", [3, 6])
@@ -101,8 +110,9 @@ def test_the_handler_checks_passes():
 def test_kernel_is_more_precise_than_one_bf16_pass():
   a, b = _operands(128, 256, 64, seed=1)
   ref = a.astype(np.float64) @ b.astype(np.float64)
-  one_pass = jnp.dot(jnp.asarray(a, jnp.bfloat16), jnp.asarray(b, jnp.bfloat16),
-                     preferred_element_type=jnp.float32)
+  one_pass = jnp.dot(
+    jnp.asarray(a, jnp.bfloat16), jnp.asarray(b, jnp.bfloat16), preferred_element_type=jnp.float32
+  )
   assert _rel_err(one_pass, ref) > 50 * _rel_err(jax.jit(amx.kernel_matmul)(a, b), ref)
 
 
@@ -128,8 +138,9 @@ def test_gradients_match_xla(transpose_w, passes):
   def xla(x, w):
     return jnp.dot(x, w.T if transpose_w else w, precision=jax.lax.Precision.HIGHEST)
 
-  ours = jax.grad(lambda x, w: loss(lambda x, w: amx.amx_matmul(x, w, transpose_w, passes), x, w),
-                  argnums=(0, 1))(x, w)
+  ours = jax.grad(
+    lambda x, w: loss(lambda x, w: amx.amx_matmul(x, w, transpose_w, passes), x, w), argnums=(0, 1)
+  )(x, w)
   theirs = jax.grad(lambda x, w: loss(xla, x, w), argnums=(0, 1))(x, w)
   x64, w64, c64 = (t.astype(np.float64) for t in (x, w, c))
   w_kn = w64.T if transpose_w else w64
@@ -145,7 +156,8 @@ def test_concurrent_calls_and_vmap():
   # Independent calls in one program run at once on XLA's pool (they share its threads).
   xs = [_operands(300, 200, 150, seed=s) for s in range(4)]
   outs = jax.jit(lambda *ab: [amx.kernel_matmul(ab[2 * i], ab[2 * i + 1]) for i in range(4)])(
-      *[t for pair in xs for t in pair])
+    *[t for pair in xs for t in pair]
+  )
   for (a, b), out in zip(xs, outs):
     assert _rel_err(out, a.astype(np.float64) @ b.astype(np.float64)) < _TOL
   a = np.stack([xs[0][0], xs[1][0]])
@@ -199,8 +211,9 @@ def test_precision_dot_without_the_kernel_is_xla(monkeypatch):
   nn = (((1,), (0,)), ((), ()))
   text = _hlo(lambda x, w: amx.PrecisionDot(0, "high")(x, w, nn), x, w)
   assert amx.TARGET not in text
-  np.testing.assert_array_equal(jax.jit(lambda x, w: amx.PrecisionDot(0, "high")(x, w, nn))(x, w),
-                                jax.jit(jnp.dot)(x, w))
+  np.testing.assert_array_equal(
+    jax.jit(lambda x, w: amx.PrecisionDot(0, "high")(x, w, nn))(x, w), jax.jit(jnp.dot)(x, w)
+  )
 
 
 def test_bad_precision_is_named():
@@ -211,21 +224,37 @@ def test_bad_precision_is_named():
 
 
 def test_sub_configs_follow_the_model_precision():
-  cfg = LlavaNextVideoConfig(vision_config=CLIPVisionConfig(num_hidden_layers=2),
-                             text_config=LlamaConfig(num_hidden_layers=1, hidden_size=64,
-                                                     intermediate_size=64, num_attention_heads=4))
-  model = nnx.eval_shape(lambda: LlavaNextVideoForConditionalGeneration(
-      cfg, options=ComputeOptions(matmul_precision="high"), rngs=nnx.Rngs(0)))
+  cfg = LlavaNextVideoConfig(
+    vision_config=CLIPVisionConfig(num_hidden_layers=2),
+    text_config=LlamaConfig(
+      num_hidden_layers=1, hidden_size=64, intermediate_size=64, num_attention_heads=4
+    ),
+  )
+  model = nnx.eval_shape(
+    lambda: LlavaNextVideoForConditionalGeneration(
+      cfg, options=ComputeOptions(matmul_precision="high"), rngs=nnx.Rngs(0)
+    )
+  )
   assert model.vision_tower.options.matmul_precision == "high"
   assert model.language_model.options.matmul_precision == "high"
-  clip_model = nnx.eval_shape(lambda: CLIPModel(
-      CLIPConfig(), options=ComputeOptions(matmul_precision="highest"), rngs=nnx.Rngs(0)))
+  clip_model = nnx.eval_shape(
+    lambda: CLIPModel(
+      CLIPConfig(), options=ComputeOptions(matmul_precision="highest"), rngs=nnx.Rngs(0)
+    )
+  )
   assert clip_model.vision_model.options.matmul_precision == "highest"
 
 
 def _tiny_llama(**kw) -> LlamaForCausalLM:
-  cfg = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
-                    num_attention_heads=4, num_key_value_heads=2, **kw)
+  cfg = LlamaConfig(
+    vocab_size=300,
+    hidden_size=64,
+    intermediate_size=160,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    **kw,
+  )
   return LlamaForCausalLM(cfg, rngs=nnx.Rngs(0))
 
 
@@ -259,15 +288,29 @@ def test_matmul_precision_stays_out_of_config_json(tmp_path):
   assert hf.from_pretrained(str(tmp_path)).options.matmul_precision == "default"
 
 
-@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or build.find_compiler() is None,
-                    reason="needs an x86-64 C++ compiler")
+@pytest.mark.skipif(
+  platform.machine() not in ("x86_64", "AMD64") or build.find_compiler() is None,
+  reason="needs an x86-64 C++ compiler",
+)
 def test_a_build_without_amx_says_so(tmp_path):
   # CPUs without AMX (AMD, older Intel) compile the source without its AMX path: the library
   # loads, reports no support, and `available()` keeps XLA's dots.
   out = tmp_path / "libamx_matmul_noamx.so"
   src = os.path.join(os.path.dirname(amx.__file__), "amx_matmul.cc")
-  subprocess.run([build.find_compiler(), *build._FLAGS, "-mno-amx-tile", "-mno-amx-bf16",
-                  f"-I{jax.ffi.include_dir()}", src, "-o", str(out)], check=True, timeout=300)
+  subprocess.run(
+    [
+      build.find_compiler(),
+      *build._FLAGS,
+      "-mno-amx-tile",
+      "-mno-amx-bf16",
+      f"-I{jax.ffi.include_dir()}",
+      src,
+      "-o",
+      str(out),
+    ],
+    check=True,
+    timeout=300,
+  )
   assert ctypes.cdll.LoadLibrary(str(out)).AotdAmxSupported() == 0
 
 
@@ -290,6 +333,7 @@ def test_inf_and_nan_never_come_out_finite():
 def test_calls_from_several_python_threads():
   # Programs run by different Python threads at once share the kernel's pool of work chunks.
   import concurrent.futures
+
   cases = [_operands(200 + 10 * i, 300, 90 + i, seed=10 + i) for i in range(6)]
   fn = jax.jit(amx.kernel_matmul)
   with concurrent.futures.ThreadPoolExecutor(3) as pool:

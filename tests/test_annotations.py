@@ -1,5 +1,6 @@
 """Annotation readers: each format on its fixture, NExT-QA / ActivityNet-QA on the real files,
 and every malformed-input path reported with file and row / key."""
+
 import csv
 import json
 from pathlib import Path
@@ -19,7 +20,10 @@ def test_star_fixture():
   assert (r.video_id, r.start, r.end, r.answer_index) == ("6H78U", 11.1, 19.6, 0)
   assert r.choices[0] == r.answer == "The closet/cabinet."
   assert r.meta["question_type"] == "Interaction"
-  assert r.meta["question_program"][2] == {"function": "Filter_Actions_with_Verb", "value_input": ["tidy"]}
+  assert r.meta["question_program"][2] == {
+    "function": "Filter_Actions_with_Verb",
+    "value_input": ["tidy"],
+  }
   assert "000199" in r.meta["situations"]
   # choices are ordered by choice_id, not by their order in the file
   assert recs[1].choices == ["The bag.", "The book.", "The phone/camera.", "The towel."]
@@ -86,16 +90,23 @@ def test_activitynet_qa_real_file(tmp_path):
   recs = A.read("activitynet_qa", q_path)
   assert len(recs) == 18000 and recs.report.num_skipped == 0
   qs = json.loads(q_path.read_text())
-  ans = {a["question_id"]: a for a in json.loads((REAL / "activitynet_qa" / "val_a.json").read_text())}
+  ans = {
+    a["question_id"]: a for a in json.loads((REAL / "activitynet_qa" / "val_a.json").read_text())
+  }
   for i in (0, 1, 9000, 17999):
     q, r = qs[i], recs[i]
     assert (r.qid, r.video_id, r.question) == (q["question_id"], q["video_name"], q["question"])
-    assert r.answer == ans[q["question_id"]]["answer"] and r.meta["type"] == ans[q["question_id"]]["type"]
+    assert (
+      r.answer == ans[q["question_id"]]["answer"]
+      and r.meta["type"] == ans[q["question_id"]]["type"]
+    )
     assert r.choices == [] and r.answer_index is None
   # answers_path= for a questions file that is not named *_q.json
   copy = tmp_path / "questions.json"
   copy.write_text(json.dumps(qs[:10]))
-  assert len(A.read("activitynet_qa", copy, answers_path=REAL / "activitynet_qa" / "val_a.json")) == 10
+  assert (
+    len(A.read("activitynet_qa", copy, answers_path=REAL / "activitynet_qa" / "val_a.json")) == 10
+  )
   with pytest.raises(A.AnnotationError, match="questions.json"):
     A.read("activitynet_qa", copy)
 
@@ -105,7 +116,9 @@ def test_to_json_roundtrip():
     assert A.VideoQA.from_json(r.to_json()) == r
     assert A.VideoQA.from_json(r.to_dict()) == r
   with pytest.raises(ValueError, match="unknown fields"):
-    A.VideoQA.from_json({"qid": "x", "video_id": "v", "question": "q", "choices": [], "answer": "", "bogus": 1})
+    A.VideoQA.from_json(
+      {"qid": "x", "video_id": "v", "question": "q", "choices": [], "answer": "", "bogus": 1}
+    )
   with pytest.raises(ValueError, match="missing fields"):
     A.VideoQA.from_json({"qid": "x"})
 
@@ -115,8 +128,8 @@ def test_to_json_roundtrip():
 
 def test_star_malformed_records_counted_and_skipped(tmp_path):
   data = json.loads((FIX / "star_val.json").read_text())
-  data[0]["answer"] = "A sandwich."          # not among the choices
-  del data[1]["video_id"]                     # missing field
+  data[0]["answer"] = "A sandwich."  # not among the choices
+  del data[1]["video_id"]  # missing field
   data[2]["start"], data[2]["end"] = 9.0, 2.0  # inverted window
   data.append(dict(data[2], question_id="Feasibility_T5_3", start=1.0, end=2.0))
   path = tmp_path / "star_bad.json"
@@ -134,8 +147,8 @@ def test_star_malformed_records_counted_and_skipped(tmp_path):
 
 def test_nextqa_malformed_rows(tmp_path):
   lines = (FIX.parent / "nextqa_small.csv").read_text().splitlines()
-  lines[2] = lines[2].replace(",2,1,CW,", ",7,1,CW,")   # answer index out of range
-  lines[3] = ",".join(lines[3].split(",")[:-1])          # a column short
+  lines[2] = lines[2].replace(",2,1,CW,", ",7,1,CW,")  # answer index out of range
+  lines[3] = ",".join(lines[3].split(",")[:-1])  # a column short
   path = tmp_path / "val.csv"
   path.write_text("\n".join(lines) + "\n")
   recs = A.read("nextqa", path)
@@ -150,10 +163,17 @@ def test_nextqa_malformed_rows(tmp_path):
 
 
 def test_activitynet_missing_answer(tmp_path):
-  (tmp_path / "x_q.json").write_text(json.dumps([
-      {"video_name": "a", "question": "is it red", "question_id": "v_a_0"},
-      {"video_name": "b", "question": "is it blue", "question_id": "v_b_0"}]))
-  (tmp_path / "x_a.json").write_text(json.dumps([{"answer": "yes", "type": 3, "question_id": "v_a_0"}]))
+  (tmp_path / "x_q.json").write_text(
+    json.dumps(
+      [
+        {"video_name": "a", "question": "is it red", "question_id": "v_a_0"},
+        {"video_name": "b", "question": "is it blue", "question_id": "v_b_0"},
+      ]
+    )
+  )
+  (tmp_path / "x_a.json").write_text(
+    json.dumps([{"answer": "yes", "type": 3, "question_id": "v_a_0"}])
+  )
   recs = A.read("activitynet_qa", tmp_path / "x_q.json")
   assert [r.qid for r in recs] == ["v_a_0"]
   assert "question_id=v_b_0: no answer with this question_id" in recs.report.messages[0]
@@ -166,20 +186,28 @@ def test_other_formats_malformed(tmp_path):
   del agqa["o10001"]["question"]
   (tmp_path / "agqa.json").write_text(json.dumps(agqa))
   recs = A.read("agqa", tmp_path / "agqa.json")
-  assert len(recs) == 2 and "agqa.json['o10001']: missing field 'question'" in recs.report.messages[0]
+  assert (
+    len(recs) == 2 and "agqa.json['o10001']: missing field 'question'" in recs.report.messages[0]
+  )
 
   clevrer = json.loads((FIX / "clevrer_validation.json").read_text())
   clevrer[0]["questions"][2]["choices"][0]["answer"] = "maybe"
   (tmp_path / "clevrer.json").write_text(json.dumps(clevrer))
   recs = A.read("clevrer", tmp_path / "clevrer.json")
-  assert len(recs) == 4 and "questions[2]" in recs.report.messages[0] and "'maybe'" in recs.report.messages[0]
+  assert (
+    len(recs) == 4
+    and "questions[2]" in recs.report.messages[0]
+    and "'maybe'" in recs.report.messages[0]
+  )
 
   (tmp_path / "mv").mkdir()
   mv = json.loads((FIX / "mvbench" / "action_sequence.json").read_text())
   mv[1]["answer"] = "Flew away."
   (tmp_path / "mv" / "action_sequence.json").write_text(json.dumps(mv))
   recs = A.read("mvbench", tmp_path / "mv")
-  assert len(recs) == 1 and "action_sequence.json[1]: answer 'Flew away.'" in recs.report.messages[0]
+  assert (
+    len(recs) == 1 and "action_sequence.json[1]: answer 'Flew away.'" in recs.report.messages[0]
+  )
 
   pt = json.loads((FIX / "perception_test_mc_valid.json").read_text())
   pt["video_5678"]["mc_question"][0]["answer_id"] = 5

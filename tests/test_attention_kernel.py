@@ -1,6 +1,7 @@
 """The CPU attention kernel (`aotd_jax/kernels/attention`): numbers, gradients, padding rows,
 dispatch and fallbacks, against torch's scaled_dot_product_attention (an independent reference),
 the jnp query-block path (causal) and CLIP's einsum path (not)."""
+
 import ctypes
 import os
 import platform
@@ -19,14 +20,19 @@ from aotd_jax import hf
 from aotd_jax.models import clip
 from aotd_jax.layers.compute import ComputeOptions
 from aotd_jax.layers.causal_attention import blocked_causal_attention
-from aotd_jax.models.llava_next_video import LlavaNextVideoConfig, LlavaNextVideoForConditionalGeneration
+from aotd_jax.models.llava_next_video import (
+  LlavaNextVideoConfig,
+  LlavaNextVideoForConditionalGeneration,
+)
 from aotd_jax.models.options import with_options
 from aotd_jax.models.llama import LlamaConfig, LlamaForCausalLM
 from tests.test_causal_attention import _attention_inputs
 from tests.test_llama import left_padded_batch
 
-needs_kernel = pytest.mark.skipif(jax.default_backend() != "cpu" or not ka.available(),
-                                  reason="a CPU kernel: needs AVX-512 and a C++ compiler")
+needs_kernel = pytest.mark.skipif(
+  jax.default_backend() != "cpu" or not ka.available(),
+  reason="a CPU kernel: needs AVX-512 and a C++ compiler",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -58,18 +64,31 @@ def _hlo(fn, *args) -> str:
 # Tails everywhere: L not a multiple of the block or of 16, head_dim not a multiple of 16, one
 # and several query groups, a block longer than L, the Llama benchmark's shape.
 @needs_kernel
-@pytest.mark.parametrize("b,length,kv,groups,d,pads,block", [
-    (3, 19, 2, 3, 8, (0, 4, 9), 4), (3, 19, 2, 3, 8, (0, 4, 9), 7), (2, 70, 2, 2, 64, (0, 13), 16),
-    (1, 33, 1, 1, 20, (0,), 64), (2, 100, 3, 1, 96, (5, 50), 32), (2, 256, 4, 2, 64, (0, 0), 64)])
+@pytest.mark.parametrize(
+  "b,length,kv,groups,d,pads,block",
+  [
+    (3, 19, 2, 3, 8, (0, 4, 9), 4),
+    (3, 19, 2, 3, 8, (0, 4, 9), 7),
+    (2, 70, 2, 2, 64, (0, 13), 16),
+    (1, 33, 1, 1, 20, (0,), 64),
+    (2, 100, 3, 1, 96, (5, 50), 32),
+    (2, 256, 4, 2, 64, (0, 0), 64),
+  ],
+)
 def test_kernel_values_and_gradients_equal_the_jnp_blocks(b, length, kv, groups, d, pads, block):
   q, k, v, mask, weights, valid = _inputs(b, length, kv, groups, d, pads)
   got = np.asarray(jax.jit(_kernel(block))(q, k, v, mask))
   want = np.asarray(jax.jit(_jnp(block))(q, k, v, mask))
   # Every row, padding queries included: both average their block's keys.
   np.testing.assert_allclose(got, want, atol=2e-6, rtol=1e-5)
-  for name, a, c in zip("qkv", _grads(_kernel(block), q, k, v, mask, weights),
-                        _grads(_jnp(block), q, k, v, mask, weights)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(c), atol=1e-5, rtol=1e-5, err_msg=f"d{name}")
+  for name, a, c in zip(
+    "qkv",
+    _grads(_kernel(block), q, k, v, mask, weights),
+    _grads(_jnp(block), q, k, v, mask, weights),
+  ):
+    np.testing.assert_allclose(
+      np.asarray(a), np.asarray(c), atol=1e-5, rtol=1e-5, err_msg=f"d{name}"
+    )
 
 
 def _torch_attention(q, k, v, mask, weights):
@@ -77,9 +96,11 @@ def _torch_attention(q, k, v, mask, weights):
   reading key/value head h // groups (transformers' grouping), disallowed keys at -1e30. Returns
   the output (B, L, heads * d) and the gradients of sum(output * weights) in q, k, v."""
   import torch
+
   b, length, kv, groups, d = q.shape
-  tq, tk, tv = (torch.tensor(np.asarray(x), dtype=torch.float64, requires_grad=True)
-                for x in (q, k, v))
+  tq, tk, tv = (
+    torch.tensor(np.asarray(x), dtype=torch.float64, requires_grad=True) for x in (q, k, v)
+  )
   heads = lambda x: x.permute(0, 2, 1, 3)  # (B, L, H, d) -> (B, H, L, d)  # noqa: E731
   query = heads(tq.reshape(b, length, kv * groups, d))
   key, value = (heads(x.repeat_interleave(groups, dim=2)) for x in (tk, tv))
@@ -130,8 +151,12 @@ def test_vmap_and_a_general_mask():
   # Any causal mask, not only causal & key padding: drop a few extra keys per query.
   drop = np.random.default_rng(2).random(mask.shape) < 0.2
   mask = mask & ~jnp.asarray(drop) | jnp.eye(19, dtype=bool)[None]
-  np.testing.assert_allclose(np.asarray(jax.jit(_kernel(5))(q, k, v, mask)),
-                             np.asarray(jax.jit(_jnp(5))(q, k, v, mask)), atol=2e-6, rtol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(jax.jit(_kernel(5))(q, k, v, mask)),
+    np.asarray(jax.jit(_jnp(5))(q, k, v, mask)),
+    atol=2e-6,
+    rtol=1e-5,
+  )
   stacked = [np.stack([x, x[::-1]]) for x in (q, k, v)]
   masks = jnp.stack([mask, mask[::-1]])
   got = jax.jit(jax.vmap(_kernel(5)))(*stacked, masks)
@@ -144,7 +169,9 @@ def test_dispatch():
   q, k, v, mask, _, _ = _inputs()
   target = "aotd_attention_fwd"
   assert target in _hlo(lambda q: blocked_causal_attention(q, k, v, mask, 4), q)
-  assert target not in _hlo(lambda q: blocked_causal_attention(q, k, v, mask, 4, cpu_kernel=False), q)
+  assert target not in _hlo(
+    lambda q: blocked_causal_attention(q, k, v, mask, 4, cpu_kernel=False), q
+  )
   bf16 = [jnp.asarray(x, jnp.bfloat16) for x in (q, k, v)]
   assert target not in _hlo(lambda q: blocked_causal_attention(q, *bf16[1:], mask, 4), bf16[0])
   assert not ka.use_kernel(q, k, v, mask.astype(jnp.int32))
@@ -158,19 +185,30 @@ def test_without_the_kernel_the_jnp_path_runs(monkeypatch):
   q, k, v, mask, _, valid = _inputs()
   fn = lambda q: blocked_causal_attention(q, k, v, mask, 4)  # noqa: E731
   assert "aotd_attention" not in _hlo(fn, q)
-  np.testing.assert_allclose(np.asarray(jax.jit(fn)(q)), np.asarray(_jnp(4)(q, k, v, mask)), atol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(jax.jit(fn)(q)), np.asarray(_jnp(4)(q, k, v, mask)), atol=1e-6
+  )
 
 
 @needs_kernel
 @pytest.mark.slow  # a whole train step twice; the kernel's own tests run fast
 def test_llama_train_step_runs_the_kernel_and_matches_the_jnp_path():
-  cfg = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-             num_attention_heads=4, num_key_value_heads=2)
-  on = LlamaForCausalLM(LlamaConfig(**cfg), options=ComputeOptions(attention_block_size=6),
-                        rngs=nnx.Rngs(0))
-  off = LlamaForCausalLM(LlamaConfig(**cfg), options=ComputeOptions(attention_block_size=6,
-                                                                    cpu_kernels=False),
-                         rngs=nnx.Rngs(0))
+  cfg = dict(
+    vocab_size=64,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+  )
+  on = LlamaForCausalLM(
+    LlamaConfig(**cfg), options=ComputeOptions(attention_block_size=6), rngs=nnx.Rngs(0)
+  )
+  off = LlamaForCausalLM(
+    LlamaConfig(**cfg),
+    options=ComputeOptions(attention_block_size=6, cpu_kernels=False),
+    rngs=nnx.Rngs(0),
+  )
   ids, mask, _ = left_padded_batch(vocab=64, length=20, pads=(0, 6, 3))
 
   def loss(m):
@@ -185,7 +223,9 @@ def test_llama_train_step_runs_the_kernel_and_matches_the_jnp_path():
   assert "aotd_attention" not in nnx.jit(grad_of).lower(off).compile().as_text()
   want = dict(nnx.to_flat_state(nnx.jit(grad_of)(off)))
   for path, g in nnx.to_flat_state(nnx.jit(grad_of)(on)):
-    np.testing.assert_allclose(np.asarray(g[...]), np.asarray(want[path][...]), atol=2e-5, err_msg=str(path))
+    np.testing.assert_allclose(
+      np.asarray(g[...]), np.asarray(want[path][...]), atol=2e-5, err_msg=str(path)
+    )
 
 
 @needs_kernel
@@ -199,16 +239,29 @@ def test_the_kernel_checks_its_operands():
     jax.block_until_ready(ka._forward(q, k, v, mask, 0, True))
 
 
-@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or build.find_compiler() is None,
-                    reason="needs an x86-64 C++ compiler")
+@pytest.mark.skipif(
+  platform.machine() not in ("x86_64", "AMD64") or build.find_compiler() is None,
+  reason="needs an x86-64 C++ compiler",
+)
 def test_a_build_without_avx512_says_so(tmp_path):
   # CPUs without AVX-512 compile the source without its kernel: the library loads, reports no
   # support, and `available()` keeps the jnp path.
   out = tmp_path / "libattention_avx2.so"
   src = os.path.join(os.path.dirname(ka.__file__), "attention.cc")
   flags = [f for f in build._FLAGS if f != "-march=native"]
-  subprocess.run([build.find_compiler(), *flags, "-march=x86-64-v3", f"-I{jax.ffi.include_dir()}", src,
-                  "-o", str(out)], check=True, timeout=300)
+  subprocess.run(
+    [
+      build.find_compiler(),
+      *flags,
+      "-march=x86-64-v3",
+      f"-I{jax.ffi.include_dir()}",
+      src,
+      "-o",
+      str(out),
+    ],
+    check=True,
+    timeout=300,
+  )
   assert ctypes.cdll.LoadLibrary(str(out)).AotdAttentionSupported() == 0
 
 
@@ -231,8 +284,9 @@ def test_full_attention_equals_clips_einsum_path(length, masked):
     mask = jnp.asarray(np.tril(np.ones((length, length), bool))[None, None] & valid[:, None, None])
   assert "aotd_attention_fwd" in _hlo(lambda x: on(x, mask), x)
   assert "aotd_attention" not in _hlo(lambda x: off(x, mask), x)
-  np.testing.assert_allclose(np.asarray(jax.jit(on)(x, mask)), np.asarray(jax.jit(off)(x, mask)),
-                             atol=2e-6, rtol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(jax.jit(on)(x, mask)), np.asarray(jax.jit(off)(x, mask)), atol=2e-6, rtol=1e-5
+  )
   w = rng.standard_normal((2, length, 24)).astype(np.float32)
   if masked:
     w[1, :5] = 0  # padding queries: arbitrary in both paths, and no gradient from the kernel
@@ -241,21 +295,40 @@ def test_full_attention_equals_clips_einsum_path(length, masked):
   np.testing.assert_allclose(np.asarray(gx_on), np.asarray(gx_off), atol=1e-5, rtol=1e-5)
   want = dict(nnx.to_flat_state(gm_off))
   for path, g in nnx.to_flat_state(gm_on):
-    np.testing.assert_allclose(np.asarray(g[...]), np.asarray(want[path][...]), atol=1e-5, rtol=1e-5,
-                               err_msg=str(path))
+    np.testing.assert_allclose(
+      np.asarray(g[...]), np.asarray(want[path][...]), atol=1e-5, rtol=1e-5, err_msg=str(path)
+    )
 
 
 def test_cpu_kernels_option_reaches_both_towers_and_stays_out_of_config_json(tmp_path):
   cfg = LlavaNextVideoConfig(
-      vision_config=clip.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                          num_attention_heads=2, image_size=28, patch_size=14),
-      text_config=LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                              num_attention_heads=2),
-      video_token_index=60, image_token_index=61)
-  model = with_options(LlavaNextVideoForConditionalGeneration(cfg, rngs=nnx.Rngs(0)), cpu_kernels=False)
+    vision_config=clip.CLIPVisionConfig(
+      hidden_size=32,
+      intermediate_size=64,
+      num_hidden_layers=1,
+      num_attention_heads=2,
+      image_size=28,
+      patch_size=14,
+    ),
+    text_config=LlamaConfig(
+      vocab_size=64,
+      hidden_size=32,
+      intermediate_size=64,
+      num_hidden_layers=1,
+      num_attention_heads=2,
+    ),
+    video_token_index=60,
+    image_token_index=61,
+  )
+  model = with_options(
+    LlavaNextVideoForConditionalGeneration(cfg, rngs=nnx.Rngs(0)), cpu_kernels=False
+  )
   assert not model.vision_tower.options.cpu_kernels and not model.language_model.options.cpu_kernels
-  clip_model = nnx.eval_shape(lambda: clip.CLIPModel(
-      clip.CLIPConfig(), options=ComputeOptions(cpu_kernels=False), rngs=nnx.Rngs(0)))
+  clip_model = nnx.eval_shape(
+    lambda: clip.CLIPModel(
+      clip.CLIPConfig(), options=ComputeOptions(cpu_kernels=False), rngs=nnx.Rngs(0)
+    )
+  )
   assert not clip_model.vision_model.options.cpu_kernels  # the towers follow
   hf.save_pretrained(model, str(tmp_path))
   with open(os.path.join(tmp_path, "config.json")) as f:
@@ -267,20 +340,33 @@ def test_cpu_kernels_option_reaches_both_towers_and_stays_out_of_config_json(tmp
 @needs_kernel
 def test_remat_and_concurrent_python_threads():
   """The kernel's custom VJP under `remat`, and calls from several Python threads at once."""
-  cfg = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-             num_attention_heads=4, num_key_value_heads=2)
-  plain = LlamaForCausalLM(LlamaConfig(**cfg), options=ComputeOptions(attention_block_size=8),
-                           rngs=nnx.Rngs(0))
-  remat = LlamaForCausalLM(LlamaConfig(**cfg), rngs=nnx.Rngs(0),
-                           options=ComputeOptions(attention_block_size=8, remat="full"))
+  cfg = dict(
+    vocab_size=64,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+  )
+  plain = LlamaForCausalLM(
+    LlamaConfig(**cfg), options=ComputeOptions(attention_block_size=8), rngs=nnx.Rngs(0)
+  )
+  remat = LlamaForCausalLM(
+    LlamaConfig(**cfg),
+    rngs=nnx.Rngs(0),
+    options=ComputeOptions(attention_block_size=8, remat="full"),
+  )
   ids, mask, _ = left_padded_batch(vocab=64, length=20, pads=(0, 6, 3))
   loss = lambda m: jnp.sum(m(ids, mask).logits * mask[:, :, None])  # noqa: E731
   want = dict(nnx.to_flat_state(nnx.jit(nnx.grad(loss))(plain)))
   assert "aotd_attention_bwd" in nnx.jit(nnx.grad(loss)).lower(remat).compile().as_text()
   for path, g in nnx.to_flat_state(nnx.jit(nnx.grad(loss))(remat)):
-    np.testing.assert_allclose(np.asarray(g[...]), np.asarray(want[path][...]), atol=2e-5, err_msg=str(path))
+    np.testing.assert_allclose(
+      np.asarray(g[...]), np.asarray(want[path][...]), atol=2e-5, err_msg=str(path)
+    )
 
   import concurrent.futures
+
   q, k, v, mask, _, _ = _inputs(b=4, length=70, kv=2, groups=2, d=16, pads=(0, 3, 9, 30))
   fn = jax.jit(_kernel(16))
   want = np.asarray(fn(q, k, v, mask))
@@ -298,10 +384,12 @@ def test_a_shared_mask_and_no_mask_equal_their_broadcast(causal):
   q, k, v, mask, weights, _ = _inputs(b=3, length=40, pads=(0, 0, 0))
   shared = mask[:1] if causal else mask[:1] | True
   full = jnp.broadcast_to(shared, mask.shape)
-  for given in ([shared, None] if not causal else [shared]):
+  for given in [shared, None] if not causal else [shared]:
     fn = lambda q, k, v, m=given: ka.attention(q, k, v, m, 16, causal)  # noqa: E731
     ref = lambda q, k, v: ka.attention(q, k, v, full, 16, causal)  # noqa: E731
-    np.testing.assert_array_equal(np.asarray(jax.jit(fn)(q, k, v)), np.asarray(jax.jit(ref)(q, k, v)))
+    np.testing.assert_array_equal(
+      np.asarray(jax.jit(fn)(q, k, v)), np.asarray(jax.jit(ref)(q, k, v))
+    )
     got = jax.jit(jax.grad(lambda q, k, v: jnp.sum(fn(q, k, v) * weights), (0, 1, 2)))(q, k, v)
     want = jax.jit(jax.grad(lambda q, k, v: jnp.sum(ref(q, k, v) * weights), (0, 1, 2)))(q, k, v)
     for a, c in zip(got, want):

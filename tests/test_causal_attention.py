@@ -1,4 +1,5 @@
 """Blocked causal attention: transformers parity, gradients equal to the einsum path, bad input."""
+
 import dataclasses
 
 import jax
@@ -32,10 +33,17 @@ def _with_block(model: LlamaForCausalLM, block: int, cpu_kernels: bool = True) -
 
 
 @pytest.mark.parametrize("cpu_kernels", [False, True])
-@pytest.mark.parametrize("length,block", [pytest.param(24, 8, marks=pytest.mark.slow), (21, 8),
-                                          pytest.param(24, 5, marks=pytest.mark.slow)])
-def test_blocked_logits_match_transformers_with_left_padding(tmp_path, length, block, cpu_kernels,
-                                                             expect_kernel):
+@pytest.mark.parametrize(
+  "length,block",
+  [
+    pytest.param(24, 8, marks=pytest.mark.slow),
+    (21, 8),
+    pytest.param(24, 5, marks=pytest.mark.slow),
+  ],
+)
+def test_blocked_logits_match_transformers_with_left_padding(
+  tmp_path, length, block, cpu_kernels, expect_kernel
+):
   ref_model = make_hf_llama(tmp_path)
   ids, mask, pos = left_padded_batch(length=length, pads=(5, 0, 11))
   ref = torch_forward(ref_model, ids, mask, pos)
@@ -59,7 +67,7 @@ def _attention_inputs(b=3, length=19, kv=2, groups=3, d=8, pads=(0, 4, 9), seed=
 
 def _einsum_attention(q, k, v, mask):
   b, length, kv, groups, d = q.shape
-  s = jnp.einsum("blkgd,bskd->bkgls", q, k) * d ** -0.5
+  s = jnp.einsum("blkgd,bskd->bkgls", q, k) * d**-0.5
   s = jnp.where(mask[:, None, None], s, jnp.finfo(jnp.float32).min)
   return jnp.einsum("bkgls,bskd->blkgd", jax.nn.softmax(s, -1), v).reshape(b, length, -1)
 
@@ -72,7 +80,9 @@ def test_blocked_values_and_gradients_equal_the_einsum_path(block, cpu_kernels, 
   def loss(fn):
     return lambda q, k, v: jnp.sum(fn(q, k, v) * weights)
 
-  ours = jax.jit(lambda q, k, v: blocked_causal_attention(q, k, v, mask, block, cpu_kernel=cpu_kernels))
+  ours = jax.jit(
+    lambda q, k, v: blocked_causal_attention(q, k, v, mask, block, cpu_kernel=cpu_kernels)
+  )
   ref = lambda q, k, v: _einsum_attention(q, k, v, mask)  # noqa: E731
   with expect_kernel(ka, ka.TARGET_FWD, ka.TARGET_BWD, when=cpu_kernels):
     out = np.asarray(ours(q, k, v))
@@ -89,8 +99,14 @@ def test_masked_scores_get_no_gradient_even_on_padding_rows(cpu_kernels, expect_
   there by design: a fully masked row averages its block's values, not all values)."""
   q, k, v, mask, _, _ = _attention_inputs()
   weights = np.random.default_rng(1).standard_normal((3, 19, 48)).astype(np.float32)
-  ours = jax.jit(jax.grad(lambda q, k: jnp.sum(
-      blocked_causal_attention(q, k, v, mask, 4, cpu_kernel=cpu_kernels) * weights), (0, 1)))
+  ours = jax.jit(
+    jax.grad(
+      lambda q, k: jnp.sum(
+        blocked_causal_attention(q, k, v, mask, 4, cpu_kernel=cpu_kernels) * weights
+      ),
+      (0, 1),
+    )
+  )
   ref = jax.grad(lambda q, k: jnp.sum(_einsum_attention(q, k, v, mask) * weights), (0, 1))
   with expect_kernel(ka, ka.TARGET_FWD, ka.TARGET_BWD, when=cpu_kernels):
     got = ours(q, k)
@@ -100,8 +116,14 @@ def test_masked_scores_get_no_gradient_even_on_padding_rows(cpu_kernels, expect_
 
 @pytest.mark.parametrize("cpu_kernels", [False, True])
 def test_blocked_train_gradients_match_one_block(cpu_kernels, expect_kernel):
-  cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                    num_attention_heads=4, num_key_value_heads=2)
+  cfg = LlamaConfig(
+    vocab_size=64,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+  )
   model = LlamaForCausalLM(cfg, options=ComputeOptions(attention_block_size=0), rngs=nnx.Rngs(0))
   ids, mask, _ = left_padded_batch(vocab=64, length=20, pads=(0, 6, 3))
 
@@ -111,13 +133,16 @@ def test_blocked_train_gradients_match_one_block(cpu_kernels, expect_kernel):
       nll = -jnp.take_along_axis(logp, ids[:, 1:, None], -1)[..., 0]
       scored = mask[:, :-1] * mask[:, 1:]  # a padding query's logits are arbitrary
       return jnp.sum(nll * scored) / scored.sum()
+
     return nnx.jit(nnx.grad(loss))(m)
 
   want = nnx.to_flat_state(grads(model))
   with expect_kernel(ka, ka.TARGET_FWD, ka.TARGET_BWD, when=cpu_kernels):
     got = dict(nnx.to_flat_state(grads(_with_block(model, 6, cpu_kernels))))
   for path, g in want:
-    np.testing.assert_allclose(np.asarray(got[path][...]), np.asarray(g[...]), atol=2e-5, err_msg=str(path))
+    np.testing.assert_allclose(
+      np.asarray(got[path][...]), np.asarray(g[...]), atol=2e-5, err_msg=str(path)
+    )
 
 
 def test_blocked_runs_in_bfloat16():
@@ -127,8 +152,9 @@ def test_blocked_runs_in_bfloat16():
   assert out.dtype == jnp.bfloat16
   ref = _einsum_attention(q, k, v, mask)
   np.testing.assert_allclose(np.asarray(out, np.float32)[valid], np.asarray(ref)[valid], atol=0.1)
-  grads = jax.jit(jax.grad(
-      lambda q: jnp.sum(blocked_causal_attention(q, *cast[1:], mask, 4).astype(jnp.float32))))(cast[0])
+  grads = jax.jit(
+    jax.grad(lambda q: jnp.sum(blocked_causal_attention(q, *cast[1:], mask, 4).astype(jnp.float32)))
+  )(cast[0])
   assert grads.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(grads.astype(jnp.float32))))
 
 
@@ -147,13 +173,16 @@ def test_bad_inputs_are_named():
 def test_blocked_on_a_mesh_equals_one_device(tmp_path):
   from flax.core import spmd
   from aotd_jax import sharding
+
   assert jax.device_count() == 8, "conftest should force 8 host devices"
   make_hf_llama(tmp_path)
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
   single = _with_block(hf.from_pretrained(str(tmp_path)), 8)
   sharded = hf.from_pretrained(str(tmp_path), mesh=mesh)
   ids, mask, _ = left_padded_batch(length=24, pads=(5, 0, 11, 2))
-  weights = np.random.default_rng(0).standard_normal((4, 24, 96)).astype(np.float32) * mask[..., None]
+  weights = (
+    np.random.default_rng(0).standard_normal((4, 24, 96)).astype(np.float32) * mask[..., None]
+  )
 
   def loss(m):
     logits = m(ids, mask).logits
@@ -169,5 +198,6 @@ def test_blocked_on_a_mesh_equals_one_device(tmp_path):
   np.testing.assert_allclose(np.asarray(got)[real], np.asarray(want)[real], atol=1e-5)
   got_flat = dict(nnx.to_flat_state(got_grads))
   for path, g in nnx.to_flat_state(want_grads):
-    np.testing.assert_allclose(np.asarray(got_flat[path][...]), np.asarray(g[...]), rtol=1e-5, atol=1e-4,
-                               err_msg=str(path))
+    np.testing.assert_allclose(
+      np.asarray(got_flat[path][...]), np.asarray(g[...]), rtol=1e-5, atol=1e-4, err_msg=str(path)
+    )

@@ -1,4 +1,5 @@
 """CLIP towers: parity with transformers' PyTorch models on random tiny weights, export round trip."""
+
 import json
 import os
 
@@ -19,10 +20,24 @@ from aotd_jax.models.options import with_options
 
 TOL = 1e-4
 
-VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-              image_size=32, patch_size=8, projection_dim=16)
-TEXT = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
-            vocab_size=99, max_position_embeddings=12, projection_dim=16)
+VISION = dict(
+  hidden_size=32,
+  intermediate_size=64,
+  num_hidden_layers=2,
+  num_attention_heads=4,
+  image_size=32,
+  patch_size=8,
+  projection_dim=16,
+)
+TEXT = dict(
+  hidden_size=32,
+  intermediate_size=48,
+  num_hidden_layers=2,
+  num_attention_heads=2,
+  vocab_size=99,
+  max_position_embeddings=12,
+  projection_dim=16,
+)
 
 
 def _close(ours, theirs, what):
@@ -55,7 +70,9 @@ def vision_dir(tmp_path_factory):
 @pytest.mark.parametrize("hidden_act", ["quick_gelu", "gelu"])
 def test_vision_parity_every_hidden_state(tmp_path, hidden_act):
   torch.manual_seed(1)
-  ref = transformers.CLIPVisionModel(transformers.CLIPVisionConfig(**VISION, hidden_act=hidden_act)).eval()
+  ref = transformers.CLIPVisionModel(
+    transformers.CLIPVisionConfig(**VISION, hidden_act=hidden_act)
+  ).eval()
   ref.save_pretrained(tmp_path)
   ours = hf.from_pretrained(str(tmp_path))
   assert isinstance(ours, clip.CLIPVisionModel)
@@ -73,9 +90,12 @@ def test_vision_parity_every_hidden_state(tmp_path, hidden_act):
 def test_vision_legacy_prefixed_keys_load(vision_dir, tmp_path):
   """Checkpoints written by transformers 4 prefix every key with `vision_model.`."""
   from safetensors.numpy import load_file, save_file
+
   path, ref = vision_dir
   tensors = load_file(os.path.join(path, "model.safetensors"))
-  save_file({f"vision_model.{k}": v for k, v in tensors.items()}, str(tmp_path / "model.safetensors"))
+  save_file(
+    {f"vision_model.{k}": v for k, v in tensors.items()}, str(tmp_path / "model.safetensors")
+  )
   with open(os.path.join(path, "config.json")) as f, open(tmp_path / "config.json", "w") as g:
     g.write(f.read())
   ours = hf.from_pretrained(str(tmp_path))
@@ -99,7 +119,9 @@ def test_vision_export_round_trip(vision_dir, tmp_path):
 
 def test_vision_bad_pixel_shape(vision_dir):
   ours = hf.from_pretrained(vision_dir[0])
-  with pytest.raises(ValueError, match=r"pixel_values must have shape \(batch, 3, 32, 32\).*\(2, 32, 32, 3\)"):
+  with pytest.raises(
+    ValueError, match=r"pixel_values must have shape \(batch, 3, 32, 32\).*\(2, 32, 32, 3\)"
+  ):
     ours(np.zeros((2, 32, 32, 3), np.float32))
   with pytest.raises(ValueError, match="pixel_values"):
     ours(np.zeros((3, 32, 32), np.float32))
@@ -110,8 +132,10 @@ def test_vision_bad_pixel_shape(vision_dir):
 def test_clip_model_parity(tmp_path, eos_token_id, cpu_kernels, expect_kernel):
   torch.manual_seed(2)
   cfg = transformers.CLIPConfig(
-      text_config=dict(**TEXT, eos_token_id=eos_token_id, bos_token_id=97, pad_token_id=1),
-      vision_config=dict(**VISION), projection_dim=16)
+    text_config=dict(**TEXT, eos_token_id=eos_token_id, bos_token_id=97, pad_token_id=1),
+    vision_config=dict(**VISION),
+    projection_dim=16,
+  )
   ref = transformers.CLIPModel(cfg).eval()
   ref.save_pretrained(tmp_path)
   ours = with_options(hf.from_pretrained(str(tmp_path)), cpu_kernels=cpu_kernels)
@@ -120,34 +144,54 @@ def test_clip_model_parity(tmp_path, eos_token_id, cpu_kernels, expect_kernel):
   ids, mask = _tokens(rng, eos_token_id)
   px = rng.normal(size=(2, 3, 32, 32)).astype(np.float32)
   with torch.no_grad():
-    want = ref(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
-               pixel_values=torch.from_numpy(px), output_hidden_states=True)
+    want = ref(
+      input_ids=torch.from_numpy(ids),
+      attention_mask=torch.from_numpy(mask),
+      pixel_values=torch.from_numpy(px),
+      output_hidden_states=True,
+    )
   with expect_kernel(attention_kernel, attention_kernel.TARGET_FWD, when=cpu_kernels):
     got = ours(input_ids=ids, attention_mask=mask, pixel_values=px, output_hidden_states=True)
-  for i, (a, b) in enumerate(zip(got.text_model_output.hidden_states, want.text_model_output.hidden_states)):
+  for i, (a, b) in enumerate(
+    zip(got.text_model_output.hidden_states, want.text_model_output.hidden_states)
+  ):
     _close(a, b, f"text hidden_states[{i}]")
-  for i, (a, b) in enumerate(zip(got.vision_model_output.hidden_states,
-                                 want.vision_model_output.hidden_states)):
+  for i, (a, b) in enumerate(
+    zip(got.vision_model_output.hidden_states, want.vision_model_output.hidden_states)
+  ):
     _close(a, b, f"vision hidden_states[{i}]")
-  _close(got.text_model_output.last_hidden_state, want.text_model_output.last_hidden_state, "text last")
+  _close(
+    got.text_model_output.last_hidden_state, want.text_model_output.last_hidden_state, "text last"
+  )
   # transformers 5 overwrites the sub-output's pooler_output with the projected one; ours keeps
   # the tower's pooled state, so project it to compare.
-  _close(ours.text_projection(got.text_model_output.pooler_output), want.text_model_output.pooler_output,
-         "text pooled")
+  _close(
+    ours.text_projection(got.text_model_output.pooler_output),
+    want.text_model_output.pooler_output,
+    "text pooled",
+  )
   for name in ("text_embeds", "image_embeds", "logits_per_image", "logits_per_text"):
     _close(getattr(got, name), getattr(want, name), name)
   with torch.no_grad():
-    _close(ours.get_text_features(ids, mask),
-           ref.get_text_features(input_ids=torch.from_numpy(ids),
-                                 attention_mask=torch.from_numpy(mask)).pooler_output, "get_text_features")
-    _close(ours.get_image_features(px),
-           ref.get_image_features(pixel_values=torch.from_numpy(px)).pooler_output, "get_image_features")
+    _close(
+      ours.get_text_features(ids, mask),
+      ref.get_text_features(
+        input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)
+      ).pooler_output,
+      "get_text_features",
+    )
+    _close(
+      ours.get_image_features(px),
+      ref.get_image_features(pixel_values=torch.from_numpy(px)).pooler_output,
+      "get_image_features",
+    )
 
 
 def test_clip_model_export_round_trip(tmp_path):
   torch.manual_seed(4)
-  cfg = transformers.CLIPConfig(text_config=dict(**TEXT, eos_token_id=98), vision_config=dict(**VISION),
-                                projection_dim=16)
+  cfg = transformers.CLIPConfig(
+    text_config=dict(**TEXT, eos_token_id=98), vision_config=dict(**VISION), projection_dim=16
+  )
   ref = transformers.CLIPModel(cfg).eval()
   ref.save_pretrained(tmp_path / "in")
   ours = hf.from_pretrained(str(tmp_path / "in"))
@@ -167,20 +211,26 @@ def test_text_errors(tmp_path):
   # Shapes only: the checks run before any weight is used.
   model = nnx.eval_shape(lambda: clip.CLIPTextModel(cfg, rngs=nnx.Rngs(0)))
   ids = np.ones((2, 5), np.int32)
-  with pytest.raises(ValueError, match=r"attention_mask shape \(2, 4\) does not match input_ids shape \(2, 5\)"):
+  with pytest.raises(
+    ValueError, match=r"attention_mask shape \(2, 4\) does not match input_ids shape \(2, 5\)"
+  ):
     model(ids, np.ones((2, 4), np.int32))
   with pytest.raises(ValueError, match="exceeds max_position_embeddings 12"):
     model(np.ones((1, 13), np.int32))
   with pytest.raises(ValueError, match="hidden_act='swish'"):
-    nnx.eval_shape(lambda: clip.CLIPTextModel(clip.CLIPTextConfig(**{**TEXT, "hidden_act": "swish"}),
-                                              rngs=nnx.Rngs(0)))
+    nnx.eval_shape(
+      lambda: clip.CLIPTextModel(
+        clip.CLIPTextConfig(**{**TEXT, "hidden_act": "swish"}), rngs=nnx.Rngs(0)
+      )
+    )
 
 
 @pytest.mark.slow  # more compilations of the model (bf16, remat); `make test` runs it
 def test_bf16_remat_and_logical_axes():
   cfg = clip.CLIPVisionConfig(**{**VISION, "num_hidden_layers": 1})
-  model = clip.CLIPVisionModel(cfg, options=ComputeOptions(dtype="bfloat16", remat="full"),
-                               rngs=nnx.Rngs(0))
+  model = clip.CLIPVisionModel(
+    cfg, options=ComputeOptions(dtype="bfloat16", remat="full"), rngs=nnx.Rngs(0)
+  )
   x = jnp.ones((2, 3, 32, 32))
 
   def loss(m, x):
@@ -192,4 +242,6 @@ def test_bf16_remat_and_logical_axes():
   assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
   q = model.vision_model.encoder.layers[0].self_attn.q_proj.kernel
   assert q.get_metadata()["out_sharding"] == ("embed", "heads")
-  assert model.vision_model.embeddings.class_embedding.get_metadata().get("out_sharding") == ("embed",)
+  assert model.vision_model.embeddings.class_embedding.get_metadata().get("out_sharding") == (
+    "embed",
+  )

@@ -1,4 +1,5 @@
 """Dynamic batching across threads (experts/coalesce.py) and the OWLv2 detector coalesced."""
+
 import concurrent.futures
 import threading
 
@@ -71,8 +72,11 @@ def test_only_same_shape_and_args_share_a_batch():
   fn, w = _fn()
   w2 = w * 2
   with Coalescer(fn, wait_s=0.02) as co:
-    futs = [co.submit(np.ones((2, 3), np.float32), w), co.submit(np.ones((2, 3), np.float32), w2),
-            co.submit(np.ones((1, 3), np.float32), w)]
+    futs = [
+      co.submit(np.ones((2, 3), np.float32), w),
+      co.submit(np.ones((2, 3), np.float32), w2),
+      co.submit(np.ones((1, 3), np.float32), w),
+    ]
     outs = [f.result() for f in futs]
   np.testing.assert_allclose(outs[1]["y"], _want(np.ones((2, 3)), w2)["y"], rtol=1e-5)
   assert co.stats.batches == 2  # (w: 2 + 1 rows) and (w2)
@@ -132,8 +136,17 @@ def owl_model():
   from flax import nnx
   from aotd_jax.projects.toyworld.vision_experts import detector_config
   from aotd_jax.models.owlv2 import Owlv2ForObjectDetection
-  cfg = detector_config(99, image_size=32, patch_size=8, vision_hidden=32, text_hidden=32,
-                        layers=1, heads=2, projection_dim=32)
+
+  cfg = detector_config(
+    99,
+    image_size=32,
+    patch_size=8,
+    vision_hidden=32,
+    text_hidden=32,
+    layers=1,
+    heads=2,
+    projection_dim=32,
+  )
   return Owlv2ForObjectDetection(cfg, rngs=nnx.Rngs(0))
 
 
@@ -142,24 +155,31 @@ def _tokenize(texts):
   mask = np.zeros_like(ids)
   for i, t in enumerate(texts):
     toks = [97] + [3 + sum(map(ord, w)) % 90 for w in t.split()] + [98]
-    ids[i, :len(toks)], mask[i, :len(toks)] = toks, 1
+    ids[i, : len(toks)], mask[i, : len(toks)] = toks, 1
   return ids, mask
 
 
 def test_detector_coalesced_matches_direct_under_threads(owl_model):
   from experts.backends.owlv2 import Owlv2Detector
   from experts.clip import VideoClip
+
   rng = np.random.default_rng(0)
-  clips = [VideoClip(rng.integers(0, 255, (int(rng.integers(1, 11)), 24, 32, 3), np.uint8),
-                     video_id=f"v{i}") for i in range(16)]
+  clips = [
+    VideoClip(
+      rng.integers(0, 255, (int(rng.integers(1, 11)), 24, 32, 3), np.uint8), video_id=f"v{i}"
+    )
+    for i in range(16)
+  ]
   jobs = [(c, [["cup"], ["table"]][i % 2]) for i, c in enumerate(clips)]
   direct = Owlv2Detector(owl_model, _tokenize, buckets=(2, 8), nms_threshold=None)
-  coal = Owlv2Detector(owl_model, _tokenize, buckets=(2, 8), nms_threshold=None,
-                       coalesce=True, coalesce_wait_s=0.01)
+  coal = Owlv2Detector(
+    owl_model, _tokenize, buckets=(2, 8), nms_threshold=None, coalesce=True, coalesce_wait_s=0.01
+  )
   try:
     want = [direct.raw_outputs(c, q) for c, q in jobs]
-    threshold = float(np.quantile(1 / (1 + np.exp(-np.concatenate(
-        [w[0].ravel() for w in want]))), 0.98))
+    threshold = float(
+      np.quantile(1 / (1 + np.exp(-np.concatenate([w[0].ravel() for w in want]))), 0.98)
+    )
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
       got = list(pool.map(lambda j: coal.raw_outputs(*j), jobs))
       boxes = list(pool.map(lambda j: coal.detect(*j, threshold=threshold), jobs))
@@ -185,9 +205,11 @@ def test_detector_coalesced_matches_direct_under_threads(owl_model):
 def test_detector_feature_lru_is_thread_safe_and_computes_a_chunk_once(owl_model):
   from experts.backends.owlv2 import Owlv2Detector
   from experts.clip import VideoClip
+
   det = Owlv2Detector(owl_model, _tokenize, buckets=(8,), feature_cache=2)
-  clip = VideoClip(np.random.default_rng(1).integers(0, 255, (6, 24, 32, 3), np.uint8),
-                   video_id="same")
+  clip = VideoClip(
+    np.random.default_rng(1).integers(0, 255, (6, 24, 32, 3), np.uint8), video_id="same"
+  )
   ref = det.raw_outputs(clip, ["cup"])
   det.clear_features()
   det.image_fn.calls = 0
@@ -202,6 +224,7 @@ def test_registry_binds_and_describes_coalescing():
   import experts
   from aotd_jax.projects.toyworld.oracle import PLUGIN
   from experts import registry
+
   c = experts.default_config()
   assert c.coalesce is False
   c.detector = dict(c.detector, kind="owlv2", path="/nonexistent-owl")
@@ -217,11 +240,14 @@ def test_registry_binds_and_describes_coalescing():
 @pytest.mark.parametrize("name", ["star", "nextqa"])
 def test_real_cot_configs_coalesce_every_expert_by_default(name):
   import importlib
+
   mod = importlib.import_module(f"configs.cot.{name}")
-  arg = ("ann=a.json,videos=v,owlv2=o,univtg=u.ckpt,clip=c,llava=l,llm=http://x/v1"
-         + (",map=m.json" if name == "nextqa" else ""))
+  arg = "ann=a.json,videos=v,owlv2=o,univtg=u.ckpt,clip=c,llava=l,llm=http://x/v1" + (
+    ",map=m.json" if name == "nextqa" else ""
+  )
   c = mod.get_config(arg)
   from experts import registry
+
   for role in ("detector", "grounder", "action_recognizer", "video_qa"):
     assert registry.coalescing(c.experts, role)[0] is True
   c.experts.coalesce = False  # --config.experts.coalesce=False
@@ -231,6 +257,7 @@ def test_real_cot_configs_coalesce_every_expert_by_default(name):
 def test_toy_cot_config_coalesces_model_experts_by_default():
   from configs.toyworld import cot
   from experts import registry
+
   c = cot.get_config()
   assert c.experts.coalesce is True
   c.experts.detector.kind = "owlv2"
@@ -254,21 +281,27 @@ def test_tuple_rows_batch_together_and_mismatched_rows_are_named():
   fn = BucketedJit(lambda rows, w: rows[0] @ w + rows[1][:, None], buckets=BUCKETS)
   w = jnp.ones((3, 2))
   rng = np.random.default_rng(4)
-  inputs = [(rng.normal(size=(n, 3)).astype(np.float32), np.arange(n, dtype=np.float32))
-            for n in (1, 3, 2, 5)]
+  inputs = [
+    (rng.normal(size=(n, 3)).astype(np.float32), np.arange(n, dtype=np.float32))
+    for n in (1, 3, 2, 5)
+  ]
   with Coalescer(fn, wait_s=0.05) as co:
     barrier = threading.Barrier(len(inputs))
 
     def call(rows):
       barrier.wait()
       return co(rows, w)
+
     with concurrent.futures.ThreadPoolExecutor(len(inputs)) as pool:
       outs = list(pool.map(call, inputs))
     for (x, b), out in zip(inputs, outs):
       np.testing.assert_allclose(out, x @ np.ones((3, 2)) + b[:, None], rtol=1e-5)
     assert co.stats.batches < len(inputs)
-    with pytest.raises(ValueError, match=r"rows must share a leading axis, got shapes "
-                                         r"\[\(2, 3\), \(3,\)\]"):
+    with pytest.raises(
+      ValueError,
+      match=r"rows must share a leading axis, got shapes "
+      r"\[\(2, 3\), \(3,\)\]",
+    ):
       co.submit((np.zeros((2, 3), np.float32), np.zeros(3, np.float32)), w)
     with pytest.raises(ValueError, match="rows need a leading axis"):
       co.submit(np.float32(1.0), w)

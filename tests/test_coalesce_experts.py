@@ -1,6 +1,7 @@
 """Cross-program batching of every model expert (UniVTG + CLIP features, LLaVA QA / actions /
 generation, OWLv2): coalesced calls equal single calls, and a CoT job's records are the same
 with coalescing on and off. Tiny random-weight models (experts/random_weights.py)."""
+
 import concurrent.futures
 import json
 import threading
@@ -11,27 +12,57 @@ import pytest
 import experts
 from experts import random_weights as rw
 
-CLIP_TINY = dict(image_size=32, patch_size=16, vision_hidden=16, vision_layers=1, vision_heads=2,
-                 text_hidden=16, text_layers=1, text_heads=2, projection=12, vocab=99,
-                 text_length=16)
+CLIP_TINY = dict(
+  image_size=32,
+  patch_size=16,
+  vision_hidden=16,
+  vision_layers=1,
+  vision_heads=2,
+  text_hidden=16,
+  text_layers=1,
+  text_heads=2,
+  projection=12,
+  vocab=99,
+  text_length=16,
+)
 UNIVTG_TINY = dict(hidden_dim=32, nheads=4, enc_layers=1, dim_feedforward=48, clip_length=1.0)
-LLAVA_TINY = dict(vision_hidden=32, vision_layers=1, vision_heads=2, image_size=28, patch_size=14,
-                  hidden=32, intermediate=64, layers=1, heads=4, kv_heads=2, vocab=100)
-OWL_TINY = dict(CLIP_TINY, image_size=32, patch_size=8, vision_hidden=32, text_hidden=32,
-                projection=32)
+LLAVA_TINY = dict(
+  vision_hidden=32,
+  vision_layers=1,
+  vision_heads=2,
+  image_size=28,
+  patch_size=14,
+  hidden=32,
+  intermediate=64,
+  layers=1,
+  heads=4,
+  kv_heads=2,
+  vocab=100,
+)
+OWL_TINY = dict(
+  CLIP_TINY, image_size=32, patch_size=8, vision_hidden=32, text_hidden=32, projection=32
+)
 
 
 @pytest.fixture(scope="module")
 def models():
-  return {"univtg": rw.univtg(UNIVTG_TINY, CLIP_TINY), "llava": rw.llava(LLAVA_TINY),
-          "owlv2": rw.owlv2(OWL_TINY)}
+  return {
+    "univtg": rw.univtg(UNIVTG_TINY, CLIP_TINY),
+    "llava": rw.llava(LLAVA_TINY),
+    "owlv2": rw.owlv2(OWL_TINY),
+  }
 
 
 def _clips(n, lengths, seed=0, fps=2.0):
   rng = np.random.default_rng(seed)
-  return [experts.VideoClip(rng.integers(0, 255, (lengths[i % len(lengths)], 24, 32, 3),
-                                         np.uint8), fps=fps, video_id=f"v{seed}-{i}")
-          for i in range(n)]
+  return [
+    experts.VideoClip(
+      rng.integers(0, 255, (lengths[i % len(lengths)], 24, 32, 3), np.uint8),
+      fps=fps,
+      video_id=f"v{seed}-{i}",
+    )
+    for i in range(n)
+  ]
 
 
 def _together(fn, items, threads=8):
@@ -42,19 +73,24 @@ def _together(fn, items, threads=8):
     if i < threads:
       barrier.wait()
     return fn(items[i])
+
   with concurrent.futures.ThreadPoolExecutor(threads) as pool:
     return list(pool.map(call, range(len(items))))
 
 
 def test_univtg_coalesced_ground_equals_single_calls(models):
   from experts.backends.univtg import UniVTGGrounder
+
   model, clip_model = models["univtg"]
   tokenize = rw.word_tokenize(CLIP_TINY["vocab"], CLIP_TINY["text_length"])
   direct = UniVTGGrounder(model, clip_model, tokenize, buckets=(1, 4, 8))
-  coal = UniVTGGrounder(model, clip_model, tokenize, buckets=(1, 4, 8), coalesce=True,
-                        coalesce_wait_s=0.05)
-  jobs = [(c, ["a person opens the door", "someone sits"][i % 2])
-          for i, c in enumerate(_clips(8, [6, 6, 9]))]
+  coal = UniVTGGrounder(
+    model, clip_model, tokenize, buckets=(1, 4, 8), coalesce=True, coalesce_wait_s=0.05
+  )
+  jobs = [
+    (c, ["a person opens the door", "someone sits"][i % 2])
+    for i, c in enumerate(_clips(8, [6, 6, 9]))
+  ]
   try:
     want = [direct.raw_outputs(c, q) for c, q in jobs]
     got = _together(lambda j: coal.raw_outputs(*j), jobs)
@@ -73,20 +109,24 @@ def test_univtg_coalesced_ground_equals_single_calls(models):
 
 def test_llava_coalesced_answers_actions_and_generation_equal_single_calls(models):
   from experts.backends.llava import LlavaVideoQA
+
   model, tok = models["llava"]
   direct = LlavaVideoQA(model, tok, num_frames=2, max_new_tokens=3)
-  coal = LlavaVideoQA(model, tok, num_frames=2, max_new_tokens=3, coalesce=True,
-                      coalesce_wait_s=0.05)
+  coal = LlavaVideoQA(
+    model, tok, num_frames=2, max_new_tokens=3, coalesce=True, coalesce_wait_s=0.05
+  )
   clips = _clips(8, [3, 5])
   choices = ["a red cup", "the dog", "opens the box", "sits down"]
   try:
     want = [direct.score_choices(c, "what happens", choices) for c in clips]
     got = _together(lambda c: coal.score_choices(c, "what happens", choices), clips)
     np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-5, atol=1e-5)
-    assert (_together(lambda c: coal.recognize(c, "cup", choices), clips)
-            == [direct.recognize(c, "cup", choices) for c in clips])
-    assert (_together(lambda c: coal.generate_text(c, "describe it"), clips)
-            == [direct.generate_text(c, "describe it") for c in clips])
+    assert _together(lambda c: coal.recognize(c, "cup", choices), clips) == [
+      direct.recognize(c, "cup", choices) for c in clips
+    ]
+    assert _together(lambda c: coal.generate_text(c, "describe it"), clips) == [
+      direct.generate_text(c, "describe it") for c in clips
+    ]
     stats = {k: c.stats for k, c in coal.coalescers.items()}
     assert set(stats) == {"score", "generate3"}
     assert all(s.requests_per_batch > 1 for s in stats.values()), stats
@@ -116,11 +156,18 @@ def test_cot_job_records_are_the_same_with_coalescing_on_and_off(models):
   from experts.backends.llava import LlavaVideoQA
   from experts.backends.owlv2 import Owlv2Detector
   from experts.backends.univtg import UniVTGGrounder
+
   choices = ["Took the cup.", "Put down the cup.", "Washed the cup.", "Threw the cup."]
   questions = []
   for i in range(8):
-    q = annotations.VideoQA(qid=f"q{i}", video_id=f"v{i}", question="What did the person do?",
-                            choices=choices, answer=choices[i % 4], answer_index=i % 4)
+    q = annotations.VideoQA(
+      qid=f"q{i}",
+      video_id=f"v{i}",
+      question="What did the person do?",
+      choices=choices,
+      answer=choices[i % 4],
+      answer_index=i % 4,
+    )
     q.meta["question_program"] = GOLD
     questions.append(q)
   clips = {f"v{i}": c for i, c in enumerate(_clips(8, [4, 7, 5], seed=3))}
@@ -131,24 +178,44 @@ def test_cot_job_records_are_the_same_with_coalescing_on_and_off(models):
     owl_tok = rw.word_tokenize(OWL_TINY["vocab"], OWL_TINY["text_length"])
     qa = LlavaVideoQA(m, tok, num_frames=2, max_new_tokens=3, coalesce=coalesce)
     box = experts.Toolbox(
-        detector=Owlv2Detector(models["owlv2"], owl_tok, buckets=(1, 4, 8), nms_threshold=None,
-                               coalesce=coalesce),
-        grounder=UniVTGGrounder(u, c, rw.word_tokenize(CLIP_TINY["vocab"], 16),
-                                buckets=(1, 4, 8), coalesce=coalesce),
-        action_recognizer=qa, video_qa=qa, selector=oracle.KeywordSelector(),
-        detect_threshold=0.5)
-    return box, job.CotJob(tools=box.tools(), make_args=lambda q: {
-        "video_clip": clips[q.video_id], "query": q.question, "possible_answers": list(q.choices)},
-        run_program=run_program, program_source="gold", num_threads=8)
+      detector=Owlv2Detector(
+        models["owlv2"], owl_tok, buckets=(1, 4, 8), nms_threshold=None, coalesce=coalesce
+      ),
+      grounder=UniVTGGrounder(
+        u, c, rw.word_tokenize(CLIP_TINY["vocab"], 16), buckets=(1, 4, 8), coalesce=coalesce
+      ),
+      action_recognizer=qa,
+      video_qa=qa,
+      selector=oracle.KeywordSelector(),
+      detect_threshold=0.5,
+    )
+    return box, job.CotJob(
+      tools=box.tools(),
+      make_args=lambda q: {
+        "video_clip": clips[q.video_id],
+        "query": q.question,
+        "possible_answers": list(q.choices),
+      },
+      run_program=run_program,
+      program_source="gold",
+      num_threads=8,
+    )
 
   records = {}
   for on in (False, True):
     box, cot_job = make_job(on)
-    records[on] = [{k: v for k, v in r.items() if k != "timing"} for r in cot_job.process(questions)]
+    records[on] = [
+      {k: v for k, v in r.items() if k != "timing"} for r in cot_job.process(questions)
+    ]
     if on:
-      batched = [box.detector.coalescer, *box.grounder.coalescers.values(),
-                 *box.video_qa.coalescers.values()]
-      assert max(c.stats.requests_per_batch for c in batched) > 1  # programs' calls did share batches
+      batched = [
+        box.detector.coalescer,
+        *box.grounder.coalescers.values(),
+        *box.video_qa.coalescers.values(),
+      ]
+      assert (
+        max(c.stats.requests_per_batch for c in batched) > 1
+      )  # programs' calls did share batches
       for closable in (box.detector, box.grounder, box.video_qa):
         closable.close()
   assert all(r["verdicts"]["executed"] for r in records[False]), records[False][0]["verdicts"]
@@ -157,6 +224,7 @@ def test_cot_job_records_are_the_same_with_coalescing_on_and_off(models):
 
 def test_registry_coalescing_switch_and_defaults():
   from experts import registry
+
   c = experts.default_config()
   assert registry.coalescing(c, "detector") == (False, 0.002)
   c.coalesce = True

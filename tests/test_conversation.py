@@ -1,4 +1,5 @@
 """Prompts (both AoTD modes, with and without a chat template) and token-level loss masks."""
+
 import numpy as np
 import pytest
 
@@ -11,8 +12,9 @@ TEXTS = [Q, *CHOICES, "the cup is red because it shines"]
 
 
 def test_suffixes_and_question_format():
-  assert C.ANSWER_SUFFIX == ("Answer with the option's letter from the given choices directly and "
-                             "only give the best option.")
+  assert C.ANSWER_SUFFIX == (
+    "Answer with the option's letter from the given choices directly and only give the best option."
+  )
   assert C.RATIONALE_SUFFIX == "Explain the rationale to answer the question."
   assert C.format_question(" what is red ", CHOICES) == "what is red\n(A) the book\n(B) the cup"
   assert C.format_question(Q, []) == Q
@@ -56,15 +58,36 @@ def test_build_prompt_with_templates():
 def test_conversation_turns():
   conv = [{"from": "human", "value": "<video>\nwhat is red"}, {"from": "gpt", "value": "because"}]
   assert C.conversation_turns(conv) == ("what is red", "because")
-  assert C.conversation_turns([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]) == ("a", "b")
-  with pytest.raises(ValueError, match=r"one human turn then one gpt turn, got roles \['gpt', 'human'\]"):
+  assert C.conversation_turns(
+    [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+  ) == ("a", "b")
+  with pytest.raises(
+    ValueError, match=r"one human turn then one gpt turn, got roles \['gpt', 'human'\]"
+  ):
     C.conversation_turns(conv[::-1])
   with pytest.raises(ValueError, match="must be text"):
     C.conversation_turns([{"from": "human", "value": 3}, {"from": "gpt", "value": "x"}])
 
 
-PROMPT_TOKENS = (["<s>", "USER", ":", "<video>", "what", "is", "red", "(", "A", ")", "the", "book",
-                  "(", "B", ")", "the", "cup"])
+PROMPT_TOKENS = [
+  "<s>",
+  "USER",
+  ":",
+  "<video>",
+  "what",
+  "is",
+  "red",
+  "(",
+  "A",
+  ")",
+  "the",
+  "book",
+  "(",
+  "B",
+  ")",
+  "the",
+  "cup",
+]
 
 
 @pytest.mark.parametrize("template", [None, PLAIN_TEMPLATE, PARTS_TEMPLATE])
@@ -88,11 +111,13 @@ def test_cot_masks_and_train_on_prompt():
   tokens = tok.convert_ids_to_tokens(out["input_ids"].tolist())
   n = int(out["prompt_length"])
   assert tokens[n:] == ["the", "cup", "is", "red", "</s>"]
-  assert tokens[n - 2:n] == ["ASSISTANT", ":"]
+  assert tokens[n - 2 : n] == ["ASSISTANT", ":"]
   np.testing.assert_array_equal(out["rationale_mask"], [0] * n + [1] * 5)
   assert not out["label_mask"].any()
   # train_on_prompt: every prompt token but the video placeholder becomes a target too
-  full = T.tokenize_sample(tok, user, "the cup is red", "cot", T.TokenizeOptions(train_on_prompt=True))
+  full = T.tokenize_sample(
+    tok, user, "the cup is red", "cot", T.TokenizeOptions(train_on_prompt=True)
+  )
   expect = [0 if t == "<video>" else 1 for t in tokens]
   np.testing.assert_array_equal(full["rationale_mask"], expect)
 
@@ -100,8 +125,9 @@ def test_cot_masks_and_train_on_prompt():
 def test_video_token_expansion_and_truncation():
   tok = make_tokenizer(TEXTS)
   user = C.qa_user_text(Q, CHOICES)
-  out = T.tokenize_sample(tok, user, "(B) the cup", "qa",
-                          T.TokenizeOptions(num_video_tokens=4, train_on_prompt=True))
+  out = T.tokenize_sample(
+    tok, user, "(B) the cup", "qa", T.TokenizeOptions(num_video_tokens=4, train_on_prompt=True)
+  )
   tokens = tok.convert_ids_to_tokens(out["input_ids"].tolist())
   assert tokens[:8] == ["<s>", "USER", ":"] + ["<video>"] * 4 + ["what"]
   assert out["label_mask"][3:7].tolist() == [0, 0, 0, 0] and out["label_mask"][7] == 1
@@ -119,8 +145,12 @@ def test_tokenize_errors():
     T.tokenize_sample(tok, "hi", "x", "dpo")
   with pytest.raises(ValueError, match="no single token for '<clip>'"):
     T.tokenize_sample(tok, "hi", "x", "qa", T.TokenizeOptions(video_token="<clip>"))
-  unstable = make_tokenizer(TEXTS, chat_template=(
+  unstable = make_tokenizer(
+    TEXTS,
+    chat_template=(
       "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-      "{% if add_generation_prompt %}bot:{% endif %}"))
+      "{% if add_generation_prompt %}bot:{% endif %}"
+    ),
+  )
   with pytest.raises(ValueError, match="not render the prompt as a prefix"):
     T.tokenize_sample(unstable, "hi", "x", "qa")

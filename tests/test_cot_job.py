@@ -1,4 +1,5 @@
 """The resumable CoT job: SIGKILL mid-run + restart == uninterrupted run; sharding; bad inputs."""
+
 import json
 import os
 import pathlib
@@ -98,10 +99,15 @@ def star_questions(n):
   out = []
   for i in range(n):
     choices = [f"The object {i}{c}." for c in "abcd"]
-    out.append({"question_id": f"Interaction_T1_{i}", "video_id": f"v{i % 5}",
-                "question": f"Which object moved? #{i}" + "?" * (i % 4),
-                "answer": choices[(i * 7 + 4) % 4],
-                "choices": [{"choice_id": j, "choice": c} for j, c in enumerate(choices)]})
+    out.append(
+      {
+        "question_id": f"Interaction_T1_{i}",
+        "video_id": f"v{i % 5}",
+        "question": f"Which object moved? #{i}" + "?" * (i % 4),
+        "answer": choices[(i * 7 + 4) % 4],
+        "choices": [{"choice_id": j, "choice": c} for j, c in enumerate(choices)],
+      }
+    )
   return out
 
 
@@ -116,6 +122,7 @@ def workspace(tmp_path_factory):
     path = tmp_path / f"config_{name}.py"
     path.write_text(CONFIG.format(ann=str(ann), out=str(tmp_path / name)))
     return path
+
   return tmp_path, config
 
 
@@ -130,18 +137,33 @@ def straight_run(workspace):
 
 
 def launch(tmp_path, config, delay=0.0, **kw):
-  env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)]),
-         "JAX_PLATFORMS": "cpu"}
+  env = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)]),
+    "JAX_PLATFORMS": "cpu",
+  }
   kw = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **kw}
-  return subprocess.Popen([sys.executable, "-m", "launch.generate_cots",
-                           f"--config={config}:{delay}", "--shard_index=0", "--num_shards=1"],
-                          cwd=ROOT, env=env, text=True, **kw)
+  return subprocess.Popen(
+    [
+      sys.executable,
+      "-m",
+      "launch.generate_cots",
+      f"--config={config}:{delay}",
+      "--shard_index=0",
+      "--num_shards=1",
+    ],
+    cwd=ROOT,
+    env=env,
+    text=True,
+    **kw,
+  )
 
 
 def outputs(out_dir):
   """(records without timing, ArrayRecord records, stats without the timings' summary) of a
   finished run."""
   import grain
+
   records = [json.loads(l) for l in (out_dir / "records-00000-of-00001.jsonl").open()]
   for r in records:
     r.pop("timing")
@@ -161,8 +183,11 @@ def test_sigkill_mid_run_then_restart_equals_uninterrupted_run(workspace, straig
   with victim_log.open("w") as f:
     victim = launch(tmp_path, config("killed"), delay=0.1, stdout=f, stderr=f)
   deadline = time.time() + 120
-  while time.time() < deadline and victim.poll() is None and (
-      not log.exists() or log.read_text().count("\n") < 4):
+  while (
+    time.time() < deadline
+    and victim.poll() is None
+    and (not log.exists() or log.read_text().count("\n") < 4)
+  ):
     time.sleep(0.01)
   os.kill(victim.pid, signal.SIGKILL)
   victim.wait(timeout=60)
@@ -198,8 +223,11 @@ def test_record_format(workspace, straight_run):
   assert human["value"].endswith("Explain the rationale to answer the question.")
   assert gpt["value"] == record["rationale"] and gpt["value"].startswith("Looking for")
   assert record["verdicts"]["answer"]["passed"] and record["verdicts"]["logic"]["by"] == "rule"
-  assert [c["name"] for c in record["trace"]["calls"]] == ["Filter_frames_with_act", "Find",
-                                                          "select_answer"]
+  assert [c["name"] for c in record["trace"]["calls"]] == [
+    "Filter_frames_with_act",
+    "Find",
+    "select_answer",
+  ]
   assert record["type"] == "Interaction" and record["qid"] in kept
   wrong = next(r for r in records if r["verdicts"]["executed"] and not r["kept"])
   assert wrong["conversation"][0]["value"].endswith("give the best option.")
@@ -208,8 +236,10 @@ def test_record_format(workspace, straight_run):
   # provenance: the manifest names the backends, each record names the manifest
   manifest = json.loads((tmp_path / "straight" / "manifest.json").read_text())
   assert {r["manifest"] for r in records} == {f"manifest.json#{manifest['id']}"}
-  assert manifest["roles"]["program_llm"] == {"kind": "factory",
-                                              "factory": "cotjob_fixture:make_llm"}
+  assert manifest["roles"]["program_llm"] == {
+    "kind": "factory",
+    "factory": "cotjob_fixture:make_llm",
+  }
   assert manifest["roles"]["tools_factory"] == {"kind": "cotjob_fixture:make_tools"}
   assert manifest["shards"]["00000-of-00001"]["kept"] == len(kept)
   assert manifest["code"]["git"] and manifest["config"]["batch_size"] == 4
@@ -225,22 +255,41 @@ def test_record_format(workspace, straight_run):
 
 
 def test_agent_efficiency_by_hand():
-  records = [{"timing": {"seconds": 1.0, "rss_mb": 50.0, "peak_rss_mb": 80.0}},
-             {"timing": {"seconds": 4.0, "rss_mb": 60.0, "peak_rss_mb": 90.0,
-                         "device_mb": 5.0, "device_peak_mb": 700.0}},
-             {"timing": {"seconds": 2.5, "peak_rss_mb": 85.0}},
-             {"qid": "no timing"}]
+  records = [
+    {"timing": {"seconds": 1.0, "rss_mb": 50.0, "peak_rss_mb": 80.0}},
+    {
+      "timing": {
+        "seconds": 4.0,
+        "rss_mb": 60.0,
+        "peak_rss_mb": 90.0,
+        "device_mb": 5.0,
+        "device_peak_mb": 700.0,
+      }
+    },
+    {"timing": {"seconds": 2.5, "peak_rss_mb": 85.0}},
+    {"qid": "no timing"},
+  ]
   assert job.efficiency(records) == {
-      "questions": 4, "seconds": 7.5, "seconds_per_question": 1.875,
-      "seconds_per_question_median": 1.75, "peak_rss_mb": 90.0, "device_peak_mb": 700.0}
-  assert job.efficiency([]) == {"questions": 0, "seconds": 0.0, "seconds_per_question": 0.0,
-                                "seconds_per_question_median": 0.0}
+    "questions": 4,
+    "seconds": 7.5,
+    "seconds_per_question": 1.875,
+    "seconds_per_question_median": 1.75,
+    "peak_rss_mb": 90.0,
+    "device_peak_mb": 700.0,
+  }
+  assert job.efficiency([]) == {
+    "questions": 0,
+    "seconds": 0.0,
+    "seconds_per_question": 0.0,
+    "seconds_per_question_median": 0.0,
+  }
 
 
 def test_shards_partition_the_dataset():
   items = list(range(23))
-  parts = [job.shard(items, s, 3, process_index=p, process_count=2)
-           for s in range(3) for p in range(2)]
+  parts = [
+    job.shard(items, s, 3, process_index=p, process_count=2) for s in range(3) for p in range(2)
+  ]
   assert sorted(sum(parts, [])) == items and all(parts)
   assert job.shard_name(1, 3, 1, 2) == "00003-of-00006"
   with pytest.raises(job.JobError, match=r"--shard_index=3 must be in \[0, --num_shards=3\)"):
@@ -261,9 +310,14 @@ def test_corrupt_record_log_names_file_and_line(tmp_path):
 
 
 def qa(qid, choices=("x", "y"), answer="y"):
-  return annotations.VideoQA(qid=qid, video_id="v", question="What?", choices=list(choices),
-                             answer=answer, answer_index=list(choices).index(answer)
-                             if choices else None)
+  return annotations.VideoQA(
+    qid=qid,
+    video_id="v",
+    question="What?",
+    choices=list(choices),
+    answer=answer,
+    answer_index=list(choices).index(answer) if choices else None,
+  )
 
 
 class FakeRun:
@@ -273,9 +327,13 @@ class FakeRun:
   def __call__(self, source, tools, args, *, timeout_s):
     from aotd_jax.agent.sandbox import Execution
     from aotd_jax.agent.trace import ToolCall
+
     window = {"start_frame": 2, "end_frame": 6}
-    return Execution(ok=True, value=self.value,
-                     trace=[ToolCall("Filter_frames_with_act", {"action": "go"}, window, 0.1)])
+    return Execution(
+      ok=True,
+      value=self.value,
+      trace=[ToolCall("Filter_frames_with_act", {"action": "go"}, window, 0.1)],
+    )
 
 
 class Judge:
@@ -295,15 +353,22 @@ def test_open_ended_and_llm_logic_judge(tmp_path):
   questions = [qa("o1", (), "dog"), qa("o2", (), "dog")]
   for q in questions:
     q.meta["question_program"] = GOLD
-  cot_job = job.CotJob(tools={}, make_args=lambda q: {}, run_program=FakeRun("a puppy"),
-                       judge_llm=judge, program_source="gold", logic_judge="llm")
+  cot_job = job.CotJob(
+    tools={},
+    make_args=lambda q: {},
+    run_program=FakeRun("a puppy"),
+    judge_llm=judge,
+    program_source="gold",
+    logic_judge="llm",
+  )
   paths = job.JobPaths.for_shard(str(tmp_path), "00000-of-00001")
   stats = cot_job.run(questions, paths, stream=open(os.devnull, "w"))
   assert (stats.total, stats.answer_passed, stats.kept) == (2, 2, 2)
   assert sum("Predicted answer: a puppy" in p for p in judge.prompts) == 2
   assert sum("step-by-step and helpful" in p for p in judge.prompts) == 2
-  no_judge = job.CotJob(tools={}, make_args=lambda q: {}, run_program=FakeRun("a puppy"),
-                        program_source="gold")
+  no_judge = job.CotJob(
+    tools={}, make_args=lambda q: {}, run_program=FakeRun("a puppy"), program_source="gold"
+  )
   record = no_judge.process(questions[:1])[0]
   assert record["verdicts"]["answer"]["reason"] == "open-ended mismatch and no judge LLM"
   assert record["conversation"][1]["value"] == "dog"
@@ -312,15 +377,24 @@ def test_open_ended_and_llm_logic_judge(tmp_path):
 def test_records_keep_every_raw_llm_reply():
   """A reply that does not parse can be read back from the record (issue 19, item 8)."""
   from fixtures.scripted_llm import ScriptedLLM
+
   program_llm = ScriptedLLM(["I cannot write code today.", "```python\n" + GOLD + "```"])
   judge = Judge()
-  cot_job = job.CotJob(tools={}, make_args=lambda q: {}, run_program=FakeRun("a puppy"),
-                       program_llm=program_llm, judge_llm=judge, logic_judge="llm")
+  cot_job = job.CotJob(
+    tools={},
+    make_args=lambda q: {},
+    run_program=FakeRun("a puppy"),
+    program_llm=program_llm,
+    judge_llm=judge,
+    logic_judge="llm",
+  )
   bad, good = cot_job.process([qa("p1", (), "dog"), qa("p2", (), "dog")])
   assert bad["llm_replies"] == {"program": "I cannot write code today."}
   assert not bad["verdicts"]["parsed"]
   assert good["llm_replies"]["program"].startswith("```python")
-  assert good["llm_replies"]["answer_judge"] == "Yes" and good["llm_replies"]["logic_judge"] == "Yes"
+  assert (
+    good["llm_replies"]["answer_judge"] == "Yes" and good["llm_replies"]["logic_judge"] == "Yes"
+  )
   assert "rewrite" not in good["llm_replies"]  # the verbaliser wrote this rationale
   # a stage that made no call in this batch does not leak the previous batch's replies
   program_llm.replies.append("nope")
@@ -331,9 +405,11 @@ def test_records_keep_every_raw_llm_reply():
 def test_failure_modes_are_counted_or_named(tmp_path):
   def broken_args(q):
     raise FileNotFoundError("/videos/v.mp4")
+
   no_gold = qa("g1")
-  cot_job = job.CotJob(tools={}, make_args=broken_args, run_program=FakeRun("y"),
-                       program_source="gold")
+  cot_job = job.CotJob(
+    tools={}, make_args=broken_args, run_program=FakeRun("y"), program_source="gold"
+  )
   bad_video = qa("g2")
   bad_video.meta["question_program"] = GOLD
   records = cot_job.process([no_gold, bad_video])
@@ -348,14 +424,20 @@ def test_failure_modes_are_counted_or_named(tmp_path):
   with pytest.raises(job.JobError, match="program_source='llm' needs a program LLM"):
     job.CotJob(tools={}, make_args=broken_args, run_program=FakeRun("y"))
   with pytest.raises(job.JobError, match="logic_judge='gpt'"):
-    job.CotJob(tools={}, make_args=broken_args, run_program=FakeRun("y"), program_source="gold",
-               logic_judge="gpt")
+    job.CotJob(
+      tools={},
+      make_args=broken_args,
+      run_program=FakeRun("y"),
+      program_source="gold",
+      logic_judge="gpt",
+    )
 
 
 def test_launcher_config_errors_name_the_field():
   sys.path.insert(0, str(ROOT))
   from configs.toyworld import cot as toy
   from launch import generate_cots
+
   with pytest.raises(ValueError, match=r"config arg 'colour=red'.*'split'"):
     toy.get_config("colour=red")
   with pytest.raises(ValueError, match="llm kind 'gpt4'"):
@@ -373,6 +455,7 @@ def test_dataset_configs_build_their_backends(tmp_path):
   from configs.toyworld import cot as toy
   from launch import generate_cots
   from aotd_jax.agent import llm
+
   paths = "owlv2=o,univtg=u.ckpt,clip=c,llava=l"
   c = star.get_config(f"ann=a.json,videos=v,classes=cls,{paths},llm=http://127.0.0.1:9/v1,model=m")
   assert (c.program_source, c.logic_judge, c.examples) == ("llm", "llm", "star")
@@ -382,9 +465,15 @@ def test_dataset_configs_build_their_backends(tmp_path):
   assert (e.grounder.kind, e.grounder.path, e.grounder.clip_path) == ("univtg", "u.ckpt", "c")
   assert (e.action_recognizer.kind, e.video_qa.kind, e.video_qa.path) == ("llava", "llava", "l")
   assert (e.video_qa.num_frames, e.video_qa.choice_scoring, e.video_qa.prompt_format) == (
-      32, "generate", "official")
+    32,
+    "generate",
+    "official",
+  )
   assert (e.detector.threshold, e.detector.query_template, e.tools.find) == (
-      0.2, "a photo of a {}", "crops")
+    0.2,
+    "a photo of a {}",
+    "crops",
+  )
   assert (e.selector.kind, e.selector.base_url) == ("openai", "http://127.0.0.1:9/v1")
   assert e.object_vocabulary == "star:cls"
   with pytest.raises(ValueError, match="missing: univtg=, llava="):
@@ -394,18 +483,32 @@ def test_dataset_configs_build_their_backends(tmp_path):
   oracle = star.get_config("ann=a.json,videos=v,experts=oracle,llm=http://x/v1,selector=keyword")
   assert oracle.experts.detector.kind == "oracle" and oracle.experts.ground_truth.path == "a.json"
   assert oracle.experts.selector.kind == "keyword"
-  judged = star.get_config(f"ann=a.json,videos=v,{paths},llm=/models/coder,judge=http://j/v1,"
-                           "judge_model=llama-3.1-8b")
-  assert judged.program_llm.kind == "local" and judged.program_llm.kwargs.model_dir == "/models/coder"
+  judged = star.get_config(
+    f"ann=a.json,videos=v,{paths},llm=/models/coder,judge=http://j/v1,judge_model=llama-3.1-8b"
+  )
+  assert (
+    judged.program_llm.kind == "local" and judged.program_llm.kwargs.model_dir == "/models/coder"
+  )
   assert (judged.judge_llm.kind, judged.judge_llm.kwargs.model) == ("openai", "llama-3.1-8b")
   assert judged.experts.selector.to_dict() == {
-      "kind": "llama", "path": "/models/coder", "base_url": "", "model": "", "api_key_env": "",
-      "max_new_tokens": 8, "chat": True, "prompt": "official"}
+    "kind": "llama",
+    "path": "/models/coder",
+    "base_url": "",
+    "model": "",
+    "api_key_env": "",
+    "max_new_tokens": 8,
+    "chat": True,
+    "prompt": "official",
+  }
   c = nextqa.get_config(f"ann=t.csv,videos=v,map=m.json,{paths},llm=http://x/v1")
   assert c.data.format == "nextqa" and dict(c.data.read_kwargs) == {"map_path": "m.json"}
   assert c.experts.object_vocabulary == "open" and c.experts.detector.kind == "owlv2"
-  assert nextqa.get_config(f"ann=t.csv,videos=v,{paths},llm=http://x/v1,vocab=names.txt"
-                           ).experts.object_vocabulary == "file:names.txt"
+  assert (
+    nextqa.get_config(
+      f"ann=t.csv,videos=v,{paths},llm=http://x/v1,vocab=names.txt"
+    ).experts.object_vocabulary
+    == "file:names.txt"
+  )
   with pytest.raises(ValueError, match="NExT-QA has no scene graphs"):
     nextqa.get_config(f"ann=t.csv,videos=v,{paths},llm=http://x/v1,experts=oracle")
   assert toy.get_config("programs=llm").program_source == "llm"
@@ -418,6 +521,7 @@ def test_vocabularies_and_manifest_of_real_experts(tmp_path):
   from aotd_jax.agent import manifest
   from configs.cot import star
   from experts import registry
+
   names = tmp_path / "names.txt"
   names.write_text("# objects\ncup\nlaptop\n\n")
   assert registry._vocabulary({"object_vocabulary": f"file:{names}"}) == ["cup", "laptop"]
@@ -428,24 +532,36 @@ def test_vocabularies_and_manifest_of_real_experts(tmp_path):
     (tmp_path / d).mkdir()
     (tmp_path / d / "model.safetensors").write_bytes(d.encode() * 100)
   (tmp_path / "u.ckpt").write_bytes(b"univtg")
-  arg = (f"ann=a.json,videos=v,owlv2={tmp_path}/owl,univtg={tmp_path}/u.ckpt,"
-         f"clip={tmp_path}/clip,llava={tmp_path}/llava,llm=http://x/v1,model=m")
+  arg = (
+    f"ann=a.json,videos=v,owlv2={tmp_path}/owl,univtg={tmp_path}/u.ckpt,"
+    f"clip={tmp_path}/clip,llava={tmp_path}/llava,llm=http://x/v1,model=m"
+  )
   roles = registry.describe(star.get_config(arg).experts)
   assert manifest.vision_summary(roles) == "real"
-  assert roles["detector"]["weights"]["sha256"] == manifest.weights_fingerprint(
-      str(tmp_path / "owl"))["sha256"]
+  assert (
+    roles["detector"]["weights"]["sha256"]
+    == manifest.weights_fingerprint(str(tmp_path / "owl"))["sha256"]
+  )
   assert roles["grounder"]["clip_weights"]["files"] == 1
-  assert roles["selector"] == {"kind": "openai", "base_url": "http://x/v1", "model": "m",
-                               "prompt": "official"}
-  oracle_roles = registry.describe(star.get_config(
-      "ann=a.json,videos=v,experts=oracle,llm=http://x/v1").experts)
+  assert roles["selector"] == {
+    "kind": "openai",
+    "base_url": "http://x/v1",
+    "model": "m",
+    "prompt": "official",
+  }
+  oracle_roles = registry.describe(
+    star.get_config("ann=a.json,videos=v,experts=oracle,llm=http://x/v1").experts
+  )
   assert manifest.vision_summary(oracle_roles) == "oracle"
   out = tmp_path / "cots"
   ref = manifest.open_manifest(str(out), roles, {"max_frames": 32}, {"any": 1})
   assert manifest.open_manifest(str(out), roles, {"max_frames": 32}, {"any": 2}) == ref
-  with pytest.raises(manifest.ManifestError, match=r"roles that differ: \['action_recognizer', "
-                                                   r"'detector', 'grounder', 'selector', "
-                                                   r"'tools', 'video_qa'\]"):
+  with pytest.raises(
+    manifest.ManifestError,
+    match=r"roles that differ: \['action_recognizer', "
+    r"'detector', 'grounder', 'selector', "
+    r"'tools', 'video_qa'\]",
+  ):
     manifest.open_manifest(str(out), oracle_roles, {"max_frames": 32}, {})
   with pytest.raises(manifest.ManifestError, match="max_frames: 32 -> 8"):
     manifest.open_manifest(str(out), roles, {"max_frames": 8}, {})
@@ -465,22 +581,32 @@ def test_kept_shards_are_the_trainers_dataset(tmp_path):
   import glob
 
   from aotd_jax.data import pipeline
+
   windowed = qa("w1")
   windowed.start, windowed.end = 12.5, 30.0
   wrong = qa("w2", answer="x")  # the program answers 'y': not kept
   whole = qa("w3")
   for q in (windowed, wrong, whole):
     q.meta["question_program"] = GOLD
-  cot_job = job.CotJob(tools={}, make_args=lambda q: {}, run_program=FakeRun("y"),
-                       program_source="gold", video_path=lambda q: f"videos/{q.video_id}.mp4")
+  cot_job = job.CotJob(
+    tools={},
+    make_args=lambda q: {},
+    run_program=FakeRun("y"),
+    program_source="gold",
+    video_path=lambda q: f"videos/{q.video_id}.mp4",
+  )
   quiet = open(os.devnull, "w")
-  cot_job.run([windowed, wrong, whole], job.JobPaths.for_shard(str(tmp_path), "00000-of-00002"),
-              stream=quiet)
-  cot_job.run([qa("w4", answer="x")], job.JobPaths.for_shard(str(tmp_path), "00001-of-00002"),
-              stream=quiet)
+  cot_job.run(
+    [windowed, wrong, whole], job.JobPaths.for_shard(str(tmp_path), "00000-of-00002"), stream=quiet
+  )
+  cot_job.run(
+    [qa("w4", answer="x")], job.JobPaths.for_shard(str(tmp_path), "00001-of-00002"), stream=quiet
+  )
   shards = sorted(glob.glob(str(tmp_path / "cot-*.array_record")))
-  assert [os.path.basename(s) for s in shards] == ["cot-00000-of-00002.array_record",
-                                                   "cot-00001-of-00002.array_record"]
+  assert [os.path.basename(s) for s in shards] == [
+    "cot-00000-of-00002.array_record",
+    "cot-00001-of-00002.array_record",
+  ]
   first, empty = (pipeline.cot_source(s, video_root="/data") for s in shards)
   assert len(empty) == 0
   examples = {e["qid"]: e for e in (first[i] for i in range(len(first)))}
@@ -488,17 +614,22 @@ def test_kept_shards_are_the_trainers_dataset(tmp_path):
   assert (examples["w1"]["start"], examples["w1"]["end"]) == (12.5, 30.0)
   assert (examples["w3"]["start"], examples["w3"]["end"]) == (None, None)
   assert examples["w1"]["video_path"] == "/data/videos/v.mp4"
-  record = next(r for r in job.RecordLog(str(tmp_path / "records-00000-of-00002.jsonl")).load()
-                if r["qid"] == "w1")
+  record = next(
+    r
+    for r in job.RecordLog(str(tmp_path / "records-00000-of-00002.jsonl")).load()
+    if r["qid"] == "w1"
+  )
   assert examples["w1"]["assistant_text"] == record["rationale"]
-  assert json.loads((tmp_path / "stats-00001-of-00002.json").read_text())[
-      "array_record_records"] == 0
+  assert (
+    json.loads((tmp_path / "stats-00001-of-00002.json").read_text())["array_record_records"] == 0
+  )
 
 
 def parse_flags(*argv):
   """The config as `launch.generate_cots` would get it from this command line."""
   from absl import flags
   from ml_collections import config_flags
+
   values, argv = flags.FlagValues(), ["generate_cots", *argv]
   config_flags.DEFINE_config_file("config", None, "", flag_values=values, sys_argv=argv)
   values(argv)
@@ -511,40 +642,59 @@ def test_llm_selector_and_data_settings_from_the_command_line(tmp_path):
   sys.path.insert(0, str(ROOT))
   from aotd_jax.agent import llm
   from launch import generate_cots
+
   replay = tmp_path / "replies.jsonl"
   replay.write_text("")
-  toy_cfg = parse_flags(f"--config={ROOT}/configs/toyworld/cot.py:world={tmp_path}/w",
-                        "--config.cot_llm.kind=replay", f"--config.cot_llm.kwargs.path={replay}",
-                        "--config.program_llm.kind=local",
-                        "--config.program_llm.kwargs.model_dir=/models/coder",
-                        "--config.experts.selector.kind=openai",
-                        "--config.experts.selector.base_url=http://127.0.0.1:9/v1",
-                        "--config.experts.object_vocabulary=file:names.txt")
+  toy_cfg = parse_flags(
+    f"--config={ROOT}/configs/toyworld/cot.py:world={tmp_path}/w",
+    "--config.cot_llm.kind=replay",
+    f"--config.cot_llm.kwargs.path={replay}",
+    "--config.program_llm.kind=local",
+    "--config.program_llm.kwargs.model_dir=/models/coder",
+    "--config.experts.selector.kind=openai",
+    "--config.experts.selector.base_url=http://127.0.0.1:9/v1",
+    "--config.experts.object_vocabulary=file:names.txt",
+  )
   assert isinstance(generate_cots.make_llm(toy_cfg.cot_llm, "cot"), llm.Replay)
   assert generate_cots.set_kwargs(toy_cfg.program_llm) == {"model_dir": "/models/coder"}
   assert (toy_cfg.experts.selector.kind, toy_cfg.experts.selector.base_url) == (
-      "openai", "http://127.0.0.1:9/v1")
+    "openai",
+    "http://127.0.0.1:9/v1",
+  )
   assert toy_cfg.experts.object_vocabulary == "file:names.txt"
   paths = "owlv2=o,univtg=u.ckpt,clip=c,llava=l"
   star_arg = f"--config={ROOT}/configs/cot/star.py:ann=a.json,videos=v,{paths},llm=http://x/v1"
   # switching a server section to a local model: the server's settings must be cleared
-  switched = parse_flags(star_arg, "--config.program_llm.kind=local",
-                         "--config.program_llm.kwargs.model_dir=/models/coder")
-  with pytest.raises(ValueError, match=r"program LLM section \(kind 'local'\) does not take "
-                                       r"base_url, model \(set by --config.program_llm.kwargs"
-                                       r".base_url"):
+  switched = parse_flags(
+    star_arg,
+    "--config.program_llm.kind=local",
+    "--config.program_llm.kwargs.model_dir=/models/coder",
+  )
+  with pytest.raises(
+    ValueError,
+    match=r"program LLM section \(kind 'local'\) does not take "
+    r"base_url, model \(set by --config.program_llm.kwargs"
+    r".base_url",
+  ):
     generate_cots.make_llm(switched.program_llm, "program")
-  cleared = parse_flags(star_arg, "--config.program_llm.kind=local",
-                        "--config.program_llm.kwargs.model_dir=/models/coder",
-                        "--config.program_llm.kwargs.base_url=",
-                        "--config.program_llm.kwargs.model=",
-                        "--config.judge_llm.kwargs.model=llama-3.1-8b")
+  cleared = parse_flags(
+    star_arg,
+    "--config.program_llm.kind=local",
+    "--config.program_llm.kwargs.model_dir=/models/coder",
+    "--config.program_llm.kwargs.base_url=",
+    "--config.program_llm.kwargs.model=",
+    "--config.judge_llm.kwargs.model=llama-3.1-8b",
+  )
   assert generate_cots.set_kwargs(cleared.program_llm) == {"model_dir": "/models/coder"}
-  assert generate_cots.set_kwargs(cleared.judge_llm) == {"base_url": "http://x/v1",
-                                                         "model": "llama-3.1-8b"}
+  assert generate_cots.set_kwargs(cleared.judge_llm) == {
+    "base_url": "http://x/v1",
+    "model": "llama-3.1-8b",
+  }
   nextqa_cfg = parse_flags(
-      f"--config={ROOT}/configs/cot/nextqa.py:ann=t.csv,videos=v,{paths},llm=http://x/v1",
-      "--config.data.read_kwargs.map_path=map.json", "--config.max_questions=3")
+    f"--config={ROOT}/configs/cot/nextqa.py:ann=t.csv,videos=v,{paths},llm=http://x/v1",
+    "--config.data.read_kwargs.map_path=map.json",
+    "--config.max_questions=3",
+  )
   assert nextqa_cfg.data.read_kwargs.map_path == "map.json" and nextqa_cfg.max_questions == 3
 
 
@@ -555,8 +705,11 @@ def test_a_broken_backend_stops_the_run_instead_of_filling_the_records(tmp_path)
   item 8)."""
   from aotd_jax.agent.sandbox import run_program
   from experts import ToolError
-  program = ("def execute_command(video_clip, query, possible_answers):\n"
-             "    return select_answer(query, possible_answers, {})\n")
+
+  program = (
+    "def execute_command(video_clip, query, possible_answers):\n"
+    "    return select_answer(query, possible_answers, {})\n"
+  )
   questions = [qa(f"b{i}") for i in range(4)]
   for q in questions:
     q.meta["question_program"] = program
@@ -567,33 +720,51 @@ def test_a_broken_backend_stops_the_run_instead_of_filling_the_records(tmp_path)
       if error is not None:
         raise error
       return possible_answers[-1]
+
     return {"select_answer": select_answer}
 
   def make(error, **kw):
-    return job.CotJob(tools=tools(error), make_args=lambda q: {
-        "video_clip": None, "query": q.question, "possible_answers": list(q.choices)},
-        run_program=run_program, program_source="gold", num_threads=1, **kw)
+    return job.CotJob(
+      tools=tools(error),
+      make_args=lambda q: {
+        "video_clip": None,
+        "query": q.question,
+        "possible_answers": list(q.choices),
+      },
+      run_program=run_program,
+      program_source="gold",
+      num_threads=1,
+      **kw,
+    )
+
   quiet = open(os.devnull, "w")
   paths = job.JobPaths.for_shard(str(tmp_path / "broken"), "00000-of-00001")
-  broken = make(RuntimeError("LocalLlama: chat-message prompts need a tokenizer with a "
-                             "chat_template"))
-  with pytest.raises(job.JobError, match=r"an expert backend is broken: all 4 programs of the "
-                                         r"batch stopped in select_answer, whose backend raised "
-                                         r"RuntimeError: LocalLlama: chat-message prompts"):
+  broken = make(
+    RuntimeError("LocalLlama: chat-message prompts need a tokenizer with a chat_template")
+  )
+  with pytest.raises(
+    job.JobError,
+    match=r"an expert backend is broken: all 4 programs of the "
+    r"batch stopped in select_answer, whose backend raised "
+    r"RuntimeError: LocalLlama: chat-message prompts",
+  ):
     broken.run(questions, paths, stream=quiet)
   assert job.RecordLog(paths.records).load() == []  # a rerun redoes these questions
   # the program's own mistakes, or the guard switched off: records, no stop
-  for name, cot_job in (("tool_error", make(ToolError("select_answer: bad info"))),
-                        ("off", make(RuntimeError("down"), fail_fast_min=0))):
-    stats = cot_job.run(questions, job.JobPaths.for_shard(str(tmp_path / name), "x"),
-                        stream=quiet)
+  for name, cot_job in (
+    ("tool_error", make(ToolError("select_answer: bad info"))),
+    ("off", make(RuntimeError("down"), fail_fast_min=0)),
+  ):
+    stats = cot_job.run(questions, job.JobPaths.for_shard(str(tmp_path / name), "x"), stream=quiet)
     assert (stats.total, stats.executed) == (4, 0)
   # fewer failing programs than the threshold: one question alone is not a verdict
-  lone = make(RuntimeError("down")).run(questions[:1], job.JobPaths.for_shard(
-      str(tmp_path / "lone"), "x"), stream=quiet)
+  lone = make(RuntimeError("down")).run(
+    questions[:1], job.JobPaths.for_shard(str(tmp_path / "lone"), "x"), stream=quiet
+  )
   assert (lone.total, lone.executed) == (1, 0)
-  good = make(None).run(questions, job.JobPaths.for_shard(str(tmp_path / "good"), "x"),
-                        stream=quiet)
+  good = make(None).run(
+    questions, job.JobPaths.for_shard(str(tmp_path / "good"), "x"), stream=quiet
+  )
   assert good.executed == 4
 
 
@@ -604,25 +775,39 @@ def test_records_keep_the_selectors_raw_replies():
   from aotd_jax.agent.sandbox import run_program
   from experts.backends.llm import LLMSelector
   from fixtures.scripted_llm import ScriptedLLM
+
   selector = ScriptedLLM(["Hmm, probably the second one: (B)", "I refuse."])
   tools = experts.Toolbox(selector=LLMSelector(selector)).tools()
-  program = ("def execute_command(video_clip, query, possible_answers):\n"
-             "    first = select_answer(query, possible_answers, {'a': 1})\n"
-             "    again = select_answer(query, possible_answers, {'a': 1})\n"
-             "    return select_answer(query, possible_answers, {'b': 2})\n")
+  program = (
+    "def execute_command(video_clip, query, possible_answers):\n"
+    "    first = select_answer(query, possible_answers, {'a': 1})\n"
+    "    again = select_answer(query, possible_answers, {'a': 1})\n"
+    "    return select_answer(query, possible_answers, {'b': 2})\n"
+  )
   q = qa("s1")
   q.meta["question_program"] = program
-  cot_job = job.CotJob(tools={"select_answer": tools["select_answer"]}, make_args=lambda q: {
-      "video_clip": None, "query": q.question, "possible_answers": list(q.choices)},
-      run_program=run_program, program_source="gold")
+  cot_job = job.CotJob(
+    tools={"select_answer": tools["select_answer"]},
+    make_args=lambda q: {
+      "video_clip": None,
+      "query": q.question,
+      "possible_answers": list(q.choices),
+    },
+    run_program=run_program,
+    program_source="gold",
+  )
   (record,) = cot_job.process([q])
   assert record["llm_replies"]["select_answer"] == [
-      "Hmm, probably the second one: (B)", "Hmm, probably the second one: (B)", "I refuse."]
+    "Hmm, probably the second one: (B)",
+    "Hmm, probably the second one: (B)",
+    "I refuse.",
+  ]
   assert record["verdicts"]["executed"]
 
 
 def _free_port() -> int:
   import socket
+
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]
@@ -634,18 +819,37 @@ def test_two_processes_write_their_shards_and_merge_into_the_unsharded_run(works
   each writes its own shard; `launch.merge_cots` gives the unsharded run's records, kept CoTs
   and stats."""
   import grain
+
   tmp_path, config = workspace
   path, port = config("pair"), _free_port()
   procs = []
   for pid in range(2):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)]),
-           "JAX_PLATFORMS": "cpu", "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
-           "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(pid)}
-    procs.append(subprocess.Popen(
-        [sys.executable, "-m", "launch.generate_cots", f"--config={path}",
-         "--config.use_jax_processes=True", "--config.distributed=True",
-         "--config.report_samples=0"],
-        cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    env = {
+      **os.environ,
+      "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)]),
+      "JAX_PLATFORMS": "cpu",
+      "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+      "JAX_NUM_PROCESSES": "2",
+      "JAX_PROCESS_ID": str(pid),
+    }
+    procs.append(
+      subprocess.Popen(
+        [
+          sys.executable,
+          "-m",
+          "launch.generate_cots",
+          f"--config={path}",
+          "--config.use_jax_processes=True",
+          "--config.distributed=True",
+          "--config.report_samples=0",
+        ],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+      )
+    )
   for p in procs:
     _, err = p.communicate(timeout=300)
     assert p.returncode == 0, err[-3000:]
@@ -654,8 +858,13 @@ def test_two_processes_write_their_shards_and_merge_into_the_unsharded_run(works
   assert shards == ["records-00000-of-00002.jsonl", "records-00001-of-00002.jsonl"]
   sizes = [len(list((pair / s).open())) for s in shards]
   assert sizes == [NUM_QUESTIONS // 2] * 2
-  r = subprocess.run([sys.executable, "-m", "launch.merge_cots", f"--cot_dir={pair}"], cwd=ROOT,
-                     capture_output=True, text=True, timeout=120)
+  r = subprocess.run(
+    [sys.executable, "-m", "launch.merge_cots", f"--cot_dir={pair}"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert r.returncode == 0, r.stderr
   merged = pair / "merged"
   records = [json.loads(l) for l in (merged / "records.jsonl").open()]
@@ -688,12 +897,14 @@ def _shard_dir(tmp_path, sizes, *, finished=None, qids=None):
 
 def test_merge_refuses_shards_that_are_not_one_whole_run(tmp_path):
   from aotd_jax.agent import merge
+
   with pytest.raises(job.JobError, match="no records-"):
     merge.merge(str(tmp_path / "empty"))
   with pytest.raises(job.JobError, match=r"shard 00001-of-00002 has not finished \(no stats-"):
     merge.merge(_shard_dir(tmp_path / "unfinished", [2, 2], finished={0}))
-  with pytest.raises(job.JobError, match="shard 00000-of-00002 holds 3 records; 3 questions over 2 "
-                     "workers give it 2"):
+  with pytest.raises(
+    job.JobError, match="shard 00000-of-00002 holds 3 records; 3 questions over 2 workers give it 2"
+  ):
     merge.merge(_shard_dir(tmp_path / "short", [3, 0]))
   with pytest.raises(job.JobError, match="'q0' is in shards 00000-of-00002 and 00001-of-00002"):
     merge.merge(_shard_dir(tmp_path / "dup", [2, 2], qids={2: "q0"}))
@@ -711,12 +922,18 @@ def test_merge_refuses_shards_that_are_not_one_whole_run(tmp_path):
     merge.merge(bad)
   merge.merge(_shard_dir(tmp_path / "odd", [3, 2]))  # 5 questions over 2 workers is whole
   assert [json.loads(l)["qid"] for l in (tmp_path / "odd" / "merged" / "records.jsonl").open()] == [
-      "q0", "q3", "q1", "q4", "q2"]
+    "q0",
+    "q3",
+    "q1",
+    "q4",
+    "q2",
+  ]
 
 
 def test_shard_flags_go_together():
   from launch import generate_cots
   import ml_collections
+
   config = ml_collections.ConfigDict({"use_jax_processes": False})
   with pytest.raises(ValueError, match="--shard_index and --num_shards go together"):
     generate_cots.worker(config, 1, None)

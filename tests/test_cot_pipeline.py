@@ -1,5 +1,6 @@
 """The pipelined CoT job: the same records as one batch at a time, stages that overlap, clips
 decoded ahead of execution, an undecodable video as a failed record, resume after a failure."""
+
 import os
 import threading
 import time
@@ -14,12 +15,15 @@ from aotd_jax.agent.stages import StageTimes, run_stages
 from aotd_jax.agent.trace import ToolCall
 from aotd_jax.data import annotations, video
 
-PROGRAM = ("```python\ndef execute_command(video_clip, query, possible_answers):\n"
-           "    boxes = Find(video_clip, 'ball')\n"
-           "    return select_answer(query, possible_answers, {'ball': boxes})\n```")
+PROGRAM = (
+  "```python\ndef execute_command(video_clip, query, possible_answers):\n"
+  "    boxes = Find(video_clip, 'ball')\n"
+  "    return select_answer(query, possible_answers, {'ball': boxes})\n```"
+)
 
 
 # -- run_stages ---------------------------------------------------------------------------------
+
 
 def test_stages_keep_the_order_and_overlap():
   started = {1: threading.Event()}
@@ -72,8 +76,7 @@ def test_a_stage_of_two_workers_runs_two_items_at_once_and_keeps_their_order():
         time.sleep(0.05)  # item 0 finishes after item 1; the stage still hands 0 on first
     return x
 
-  out = list(run_stages(range(6), [("llm", slow, 2), ("next", lambda x: x + 100)],
-                        max_in_flight=4))
+  out = list(run_stages(range(6), [("llm", slow, 2), ("next", lambda x: x + 100)], max_in_flight=4))
   assert out == [100, 101, 102, 103, 104, 105]
   with pytest.raises(ValueError, match="stage 'llm': workers must be >= 1"):
     list(run_stages([1], [("llm", abs, 0)]))
@@ -97,13 +100,14 @@ def test_a_stage_error_comes_after_the_earlier_items_and_the_threads_end():
 
 # -- the job ------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
   """Three tiny videos of different brightness and one file that is not a video."""
   root = tmp_path_factory.mktemp("videos")
   for i in range(3):
     frames = np.full((8, 16, 16, 3), 40 + 60 * i, np.uint8)
-    frames[:, 4:8, 2 + 3 * i:6 + 3 * i] = 250  # a bright square, placed per video
+    frames[:, 4:8, 2 + 3 * i : 6 + 3 * i] = 250  # a bright square, placed per video
     video.write_video(str(root / f"v{i}.mp4"), frames, fps=8)
   (root / "broken.mp4").write_bytes(b"this is not an mp4 file")
   return root
@@ -115,9 +119,16 @@ def questions(n=14):
     vid = "broken" if i == 5 else f"v{i % 3}"
     choices = [] if i % 4 == 3 else ["dark", "mid", "bright"]
     answer = ["dark", "mid", "bright"][i % 3]
-    out.append(annotations.VideoQA(
-        qid=f"q{i}", video_id=vid, question=f"How bright is it? #{i}", choices=choices,
-        answer=answer, answer_index=choices.index(answer) if choices else None))
+    out.append(
+      annotations.VideoQA(
+        qid=f"q{i}",
+        video_id=vid,
+        question=f"How bright is it? #{i}",
+        choices=choices,
+        answer=answer,
+        answer_index=choices.index(answer) if choices else None,
+      )
+    )
   return out
 
 
@@ -126,14 +137,22 @@ def tools():
     """Boxes of the brightest square, read from the decoded pixels."""
     frames = video_clip.frames
     cols = np.nonzero(frames[0].max(axis=(0, 2)) > 200)[0]
-    return [{"frame": int(f), "label": object_name, "score": 0.9,
-             "box": [int(cols[0]), 4, int(cols[-1]) + 1, 8]} for f in video_clip.frame_ids[:2]]
+    return [
+      {
+        "frame": int(f),
+        "label": object_name,
+        "score": 0.9,
+        "box": [int(cols[0]), 4, int(cols[-1]) + 1, 8],
+      }
+      for f in video_clip.frame_ids[:2]
+    ]
 
   def select_answer(query, possible_answers, info):
     """Picks by the square's position."""
     x = info["ball"][0]["box"][0]
     options = possible_answers or ["dark", "mid", "bright"]
     return options[min(len(options) - 1, (x - 2) // 3)]
+
   return {"Find": Find, "select_answer": select_answer}
 
 
@@ -175,12 +194,25 @@ class TextLLM:
 def make_job(videos, *, pipeline, decode_workers=2, program_llm=None, run_program=None, **kw):
   from aotd_jax.agent.sandbox import run_program as sandbox_run
   from experts.clip import clip_args
+
   path = lambda qa: str(videos / f"{qa.video_id}.mp4")  # noqa: E731
   return job.CotJob(
-      tools=tools(), make_args=clip_args(path, max_frames=4), run_program=run_program or sandbox_run,
-      program_llm=program_llm or ProgramLLM(), cot_llm=TextLLM(), judge_llm=TextLLM(),
-      logic_judge="llm", batch_size=4, num_threads=2, timeout_s=10.0, video_path=path,
-      pipeline=pipeline, decode_workers=decode_workers, max_batches_in_flight=3, **kw)
+    tools=tools(),
+    make_args=clip_args(path, max_frames=4),
+    run_program=run_program or sandbox_run,
+    program_llm=program_llm or ProgramLLM(),
+    cot_llm=TextLLM(),
+    judge_llm=TextLLM(),
+    logic_judge="llm",
+    batch_size=4,
+    num_threads=2,
+    timeout_s=10.0,
+    video_path=path,
+    pipeline=pipeline,
+    decode_workers=decode_workers,
+    max_batches_in_flight=3,
+    **kw,
+  )
 
 
 def run_records(cot_job, out_dir):
@@ -206,10 +238,15 @@ def test_pipelined_and_prefetched_runs_write_the_records_of_the_plain_run(videos
   assert "broken.mp4" in broken["verdicts"]["execution_error"]
   assert not plain[7]["verdicts"]["parsed"] and plain[6]["verdicts"]["executed"]
   assert {"program", "rewrite", "logic_judge"} <= set(plain[0]["llm_replies"])
-  for name, decode_workers, llm_workers in (("pipelined", 0, 1), ("prefetched", 2, 1),
-                                            ("two_llm_batches", 2, 2)):
-    got = run_records(make_job(videos, pipeline=True, decode_workers=decode_workers,
-                               llm_workers=llm_workers), tmp_path / name)
+  for name, decode_workers, llm_workers in (
+    ("pipelined", 0, 1),
+    ("prefetched", 2, 1),
+    ("two_llm_batches", 2, 2),
+  ):
+    got = run_records(
+      make_job(videos, pipeline=True, decode_workers=decode_workers, llm_workers=llm_workers),
+      tmp_path / name,
+    )
     assert got == plain, name
 
 
@@ -231,16 +268,22 @@ def test_llm_stages_overlap_execution(videos):
       overlapped.append(("rewrite 0 during run 1", batch0_rewrite.wait(timeout=30)))
     boxes = tools_["Find"](args["video_clip"], "ball")
     value = tools_["select_answer"](args["query"], args["possible_answers"], {"ball": boxes})
-    return Execution(ok=True, value=value, trace=[ToolCall("Find", {"object_name": "ball"},
-                                                           boxes, 0.0)])
+    return Execution(
+      ok=True, value=value, trace=[ToolCall("Find", {"object_name": "ball"}, boxes, 0.0)]
+    )
 
   def on_rewrite(prompts):
     if any("#0\n" in p for p in prompts) and any("Trace:" in p for p in prompts):
       batch0_rewrite.set()
       batch1_running.wait(timeout=30)
 
-  cot_job = make_job(videos, pipeline=True, program_llm=ProgramLLM(on_call=on_program),
-                     run_program=run, times=StageTimes())
+  cot_job = make_job(
+    videos,
+    pipeline=True,
+    program_llm=ProgramLLM(on_call=on_program),
+    run_program=run,
+    times=StageTimes(),
+  )
   cot_job.cot_llm.llm.on_call = on_rewrite
   records = [r for batch in cot_job._batches(questions(8)) for r in batch]
   assert [r["qid"] for r in records] == [f"q{i}" for i in range(8)]
@@ -267,8 +310,11 @@ def test_a_failing_stage_keeps_the_done_batches_and_a_rerun_completes_the_run(vi
 def test_a_broken_backend_stops_the_pipelined_run_after_the_good_batches(videos, tmp_path):
   def run(source, tools_, args, *, timeout_s):
     if args["query"].endswith(("#8", "#9", "#10", "#11")):  # batch 2: every program fails
-      return Execution(ok=False, error="tool Find failed: RuntimeError: OOM", trace=[
-          ToolCall("Find", {}, None, 0.0, error="tool Find failed: RuntimeError: OOM")])
+      return Execution(
+        ok=False,
+        error="tool Find failed: RuntimeError: OOM",
+        trace=[ToolCall("Find", {}, None, 0.0, error="tool Find failed: RuntimeError: OOM")],
+      )
     return Execution(ok=True, value="mid", trace=[])
 
   paths = job.JobPaths.for_shard(str(tmp_path), "x")
@@ -286,18 +332,23 @@ def test_a_broken_backend_stops_the_pipelined_run_after_the_good_batches(videos,
 def test_the_cot_configs_pipeline_by_default_with_a_switch():
   from configs.toyworld import cot as toy
   from launch import generate_cots
+
   config = toy.base_config()
   assert generate_cots.pipeline_kwargs(config) == {
-      "pipeline": True, "max_batches_in_flight": 4, "decode_workers": 2, "llm_workers": 1}
+    "pipeline": True,
+    "max_batches_in_flight": 4,
+    "decode_workers": 2,
+    "llm_workers": 1,
+  }
   config.pipeline.enabled = False
   assert generate_cots.pipeline_kwargs(config)["pipeline"] is False
   with pytest.raises(job.JobError, match="decode_workers >= 0"):
-    job.CotJob(tools={}, make_args=dict, run_program=None, program_source="gold",
-               decode_workers=-1)
+    job.CotJob(tools={}, make_args=dict, run_program=None, program_source="gold", decode_workers=-1)
 
 
 def test_a_question_clip_hands_its_decoded_frames_to_the_experts_without_copies(videos):
   from experts.clip import question_clip
+
   clip = question_clip(str(videos / "v1.mp4"), max_frames=8)
   window = clip.select(range(2, 6))
   assert np.shares_memory(clip.frames, window.frames)  # views of the decoded frames

@@ -1,5 +1,6 @@
 """The end-to-end demo on the `micro` config: every stage's output, held-out evaluation,
 student vs agent efficiency, resume from the cache, the CLI, and bad configs / files."""
+
 import json
 import os
 import pathlib
@@ -64,7 +65,9 @@ def test_every_stage_leaves_its_output(micro):
   c = rep["cot"]
   train_qids = _split_qids(workdir, "train")
   records = [json.loads(l) for l in open(c["records"])]
-  assert sorted(r["qid"] for r in records) == sorted(train_qids) and c["questions"] == len(train_qids)
+  assert sorted(r["qid"] for r in records) == sorted(train_qids) and c["questions"] == len(
+    train_qids
+  )
   assert c["questions"] >= c["programs_ok"] >= c["passed_answer"] >= c["passed_judge"] > 0
   assert c["unfiltered"] == c["programs_ok"] and os.path.getsize(c["filtered_path"]) > 0
   assert c["passed_judge"] == sum(r["kept"] for r in records)
@@ -90,8 +93,10 @@ def test_every_stage_leaves_its_output(micro):
 def test_report_json_has_the_contract_keys(micro):
   workdir, _, _ = micro
   rep = json.loads(pathlib.Path(workdir, "report.json").read_text())
-  gold = {r.qid: r.answer_index
-          for r in annotations.read("star", os.path.join(workdir, "world", "test.json"))}
+  gold = {
+    r.qid: r.answer_index
+    for r in annotations.read("star", os.path.join(workdir, "world", "test.json"))
+  }
   for name in STUDENTS:
     assert {"accuracy", "per_type"} <= set(rep["students"][name])
     # by hand from the saved per-question scores (one seed): the likeliest option is the answer
@@ -100,11 +105,20 @@ def test_report_json_has_the_contract_keys(micro):
     right = [p == gold[q] for p, q in zip(picks, saved["qids"])]
     assert rep["students"][name]["accuracy"] == pytest.approx(sum(right) / len(gold))
   assert {"questions", "programs_ok", "passed_answer", "passed_judge"} <= set(rep["cot"])
-  assert {"detection_iou", "grounding_iou", "action_top1", "qa_accuracy",
-          "program_accuracy"} <= set(rep["experts"])
+  assert {
+    "detection_iou",
+    "grounding_iou",
+    "action_top1",
+    "qa_accuracy",
+    "program_accuracy",
+  } <= set(rep["experts"])
   assert {"box_iou", "window_iou"} <= set(rep["rationale_grounding"])
-  assert {"agent_s_per_question", "student_s_per_question", "agent_peak_mb",
-          "student_peak_mb"} <= set(rep["efficiency"])
+  assert {
+    "agent_s_per_question",
+    "student_s_per_question",
+    "agent_peak_mb",
+    "student_peak_mb",
+  } <= set(rep["efficiency"])
   assert rep["config"]["variant"] == "micro" and "seconds" in rep
 
 
@@ -141,10 +155,11 @@ def test_student_and_agent_measured_on_the_same_questions(micro):
   # each system ran in its own process: the peaks differ (a shared RSS peak would not)
   assert e["agent_process_peak_mb"] != e["student_peak_mb"]
   agent = [json.loads(l) for l in open(e["agent_records"])]
-  assert [r["qid"] for r in agent] == _split_qids(workdir, "test")[:e["questions"]]
+  assert [r["qid"] for r in agent] == _split_qids(workdir, "test")[: e["questions"]]
   # by hand: a question counts when its program's value is the gold answer's text
-  gold = {r.qid: r.answer
-          for r in annotations.read("star", os.path.join(workdir, "world", "test.json"))}
+  gold = {
+    r.qid: r.answer for r in annotations.read("star", os.path.join(workdir, "world", "test.json"))
+  }
   right = sum(r["prediction"] == gold[r["qid"]] for r in agent)
   assert e["agent_accuracy"] == pytest.approx(right / len(agent))
 
@@ -152,22 +167,37 @@ def test_student_and_agent_measured_on_the_same_questions(micro):
 @pytest.mark.slow
 def test_rerun_resumes_from_the_cache_and_cli_prints_the_table(micro):
   workdir, rep, _ = micro
-  done = {n: os.path.getmtime(os.path.join(rep["students"][n]["train"][0]["path"], common.DONE))
-          for n in STUDENTS}
+  done = {
+    n: os.path.getmtime(os.path.join(rep["students"][n]["train"][0]["path"], common.DONE))
+    for n in STUDENTS
+  }
   lines = []
   again = demo.run(demo_config.get_config("micro"), workdir, log=lines.append)
   assert again["students"]["aotd"]["accuracy"] == rep["students"]["aotd"]["accuracy"]
   assert again["cot"] == rep["cot"] and again["efficiency"] == rep["efficiency"]
-  assert {n: os.path.getmtime(os.path.join(rep["students"][n]["train"][0]["path"], common.DONE))
-          for n in STUDENTS} == done  # nothing retrained (a count, not a faster wall time)
-  r = subprocess.run([sys.executable, "-m", "launch.demo", "--config=configs/toyworld/demo.py:micro",
-                      f"--workdir={workdir}"], cwd=ROOT, capture_output=True, text=True,
-                     timeout=600)
+  assert {
+    n: os.path.getmtime(os.path.join(rep["students"][n]["train"][0]["path"], common.DONE))
+    for n in STUDENTS
+  } == done  # nothing retrained (a count, not a faster wall time)
+  r = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "launch.demo",
+      "--config=configs/toyworld/demo.py:micro",
+      f"--workdir={workdir}",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert r.returncode == 0, r.stderr[-2000:]
   assert "AoTD (QA + filtered CoTs)" in r.stdout and "held-out test split" in r.stdout
 
 
 # -- failure modes (no training) --------------------------------------------------------------
+
 
 def test_config_variants_and_bad_variant():
   for v in demo_config.VARIANTS:
@@ -237,35 +267,65 @@ def test_program_writer_falls_back_to_gold_and_counts(tmp_path):
       self.qid, self.question, self.choices = qid, "Which object jumped?", ["a", "b", "c", "d"]
       self.meta = {"question_program": gold}
 
-  gold = "def execute_command(video_clip, query, possible_answers):\n    return possible_answers[0]\n"
+  gold = (
+    "def execute_command(video_clip, query, possible_answers):\n    return possible_answers[0]\n"
+  )
 
   class Chatter:
     def complete(self, prompts, *, max_new_tokens, temperature=0.0, stop=None):
-      return ["    return possible_answers[1]\n", "no code here (((", ][:len(prompts)]
+      return [
+        "    return possible_answers[1]\n",
+        "no code here (((",
+      ][: len(prompts)]
 
   log = tmp_path / "fallbacks.jsonl"
-  writer = demo_agent.ProgramWriter(Chatter(), prompt=lambda q, c: q, max_new_tokens=8,
-                              fallback_to_gold=True, fallback_log=str(log))
+  writer = demo_agent.ProgramWriter(
+    Chatter(), prompt=lambda q, c: q, max_new_tokens=8, fallback_to_gold=True, fallback_log=str(log)
+  )
   out = writer([QA("q1", gold), QA("q2", gold)])
   assert "possible_answers[1]" in out[0].source  # the LLM's own program, primed with the def
   assert out[1].source == gold
   assert [json.loads(l)["qid"] for l in log.read_text().splitlines()] == ["q2"]
-  strict = demo_agent.ProgramWriter(Chatter(), prompt=lambda q, c: q, max_new_tokens=8,
-                              fallback_to_gold=False, fallback_log=str(log))
+  strict = demo_agent.ProgramWriter(
+    Chatter(),
+    prompt=lambda q, c: q,
+    max_new_tokens=8,
+    fallback_to_gold=False,
+    fallback_log=str(log),
+  )
   assert not strict([QA("q1", gold), QA("q2", gold)])[1].ok
 
 
 def test_table_from_a_report():
-  rep = {"config": {"variant": "x"}, "seconds": 1.0, "test_qids": ["a", "b"],
-         "students": {n: {"accuracy": 0.5, "per_type": {"Sequence": 0.5}, "per_seed": [0.5]}
-                      for n in STUDENTS},
-         "cot": {"questions": 4, "programs_ok": 3, "passed_answer": 2, "passed_judge": 1,
-                 "unfiltered": 3, "gold_fallbacks": 0},
-         "experts": {"sources": {"detector": "trained"}, "detection_iou": 0.7},
-         "rationale_grounding": {"box_iou": None, "window_iou": 0.5},
-         "efficiency": {"questions": 2, "memory_kind": "host_vmhwm", "student_s_per_question": 0.1,
-                        "student_peak_mb": 100, "agent_s_per_question": 0.4, "agent_peak_mb": 300,
-                        "speedup": 4.0, "memory_ratio": 3.0, "agent_accuracy": 0.75}}
+  rep = {
+    "config": {"variant": "x"},
+    "seconds": 1.0,
+    "test_qids": ["a", "b"],
+    "students": {
+      n: {"accuracy": 0.5, "per_type": {"Sequence": 0.5}, "per_seed": [0.5]} for n in STUDENTS
+    },
+    "cot": {
+      "questions": 4,
+      "programs_ok": 3,
+      "passed_answer": 2,
+      "passed_judge": 1,
+      "unfiltered": 3,
+      "gold_fallbacks": 0,
+    },
+    "experts": {"sources": {"detector": "trained"}, "detection_iou": 0.7},
+    "rationale_grounding": {"box_iou": None, "window_iou": 0.5},
+    "efficiency": {
+      "questions": 2,
+      "memory_kind": "host_vmhwm",
+      "student_s_per_question": 0.1,
+      "student_peak_mb": 100,
+      "agent_s_per_question": 0.4,
+      "agent_peak_mb": 300,
+      "speedup": 4.0,
+      "memory_ratio": 3.0,
+      "agent_accuracy": 0.75,
+    },
+  }
   text = report_lib.table(rep)
   assert "AoTD (QA + filtered CoTs)" in text and "50.0" in text and "75.0" in text
   assert "4.0x faster" in text and "detection_iou 0.700 (random -)" in text
@@ -273,9 +333,11 @@ def test_table_from_a_report():
 
 # -- students: shuffled QA copies, vision tower, baselines, scoring (no training) -------------------
 
+
 @pytest.fixture(scope="module")
 def tiny_world(tmp_path_factory):
   from aotd_jax.projects.toyworld import world as toyworld
+
   d = tmp_path_factory.mktemp("tiny_world")
   toyworld.generate_world(d, seed=0, num_train=3, num_val=1, num_test=2, write_videos=False)
   return str(d)
@@ -316,7 +378,9 @@ def test_student_vision_dir_needs_a_trained_encoder_or_grounder(tmp_path):
   enc = tmp_path / "encoder"
   enc.mkdir()
   (enc / "config.json").write_text("{}")
-  assert demo.student_vision_dir(c, {"encoder": {"source": "trained", "path": str(enc)}}) == str(enc)
+  assert demo.student_vision_dir(c, {"encoder": {"source": "trained", "path": str(enc)}}) == str(
+    enc
+  )
   with pytest.raises(common.DemoError, match="vision_init='encoder'.*its source is 'none'"):
     demo.student_vision_dir(c, {"encoder": {"source": "none", "path": ""}})
   c.students.vision_init = "grounder"
@@ -338,7 +402,9 @@ def test_student_base_dir_needs_a_trained_qa_expert(tmp_path):
   assert c.students.init_from == "qa"
   info = {"qa": {"source": "trained", "path": str(tmp_path / "qa")}}
   assert demo.student_base_dir(c, info) == str(tmp_path / "qa")
-  with pytest.raises(common.DemoError, match="init_from='qa' needs the trained QA expert.*'oracle'"):
+  with pytest.raises(
+    common.DemoError, match="init_from='qa' needs the trained QA expert.*'oracle'"
+  ):
     demo.student_base_dir(c, {"qa": {"source": "oracle", "path": ""}})
   c.students.init_from = str(tmp_path / "nowhere")
   with pytest.raises(common.DemoError, match="init_from=.*nowhere.*no config.json"):

@@ -1,4 +1,5 @@
 """The student evaluator on a tiny random LLaVA-NeXT-Video, toy-world clips and the toy tokenizer."""
+
 import json
 import pathlib
 import subprocess
@@ -24,9 +25,12 @@ def world(tmp_path_factory):
   d = tmp_path_factory.mktemp("world")
   paths = toyworld.generate_world(d, seed=0, num_train=2, num_val=1, num_test=2)
   records = annotations.read("star", paths["test"])
-  texts = [r.question + " " + " ".join(r.choices) for r in records] + ["USER: ASSISTANT: (A) (B) (C) (D)"]
+  texts = [r.question + " " + " ".join(r.choices) for r in records] + [
+    "USER: ASSISTANT: (A) (B) (C) (D)"
+  ]
   tok = train_tokenizer(texts, d / "tok", vocab_size=300)
   from flax import nnx
+
   adapter = registry.adapter_for("LlavaNextVideoForConditionalGeneration")
   model = adapter.model_class(adapter.config_from_hf(dict(toy.TINY_LLAVA)), rngs=nnx.Rngs(0))
   return d, records[:3], tok, model
@@ -36,9 +40,16 @@ def _greedy_reference(model, tok, record, mode, d, max_new_tokens):
   """Greedy decoding by hand: one full forward (no cache, no batch, no padding) per new token."""
   cfg = model.config
   ids = student_eval.prompt_ids(tok, record, mode, cfg.video_tokens(4))
-  pixels = student_eval._pixels([record], cfg.vision_config.image_size, video_root=str(d / "videos"),
-                                video_ext=".mp4", num_frames=4, decode_size=None, frames_fn=None,
-                                resize=getattr(cfg, "video_resize", "shortest_edge"))
+  pixels = student_eval._pixels(
+    [record],
+    cfg.vision_config.image_size,
+    video_root=str(d / "videos"),
+    video_ext=".mp4",
+    num_frames=4,
+    decode_size=None,
+    frames_fn=None,
+    resize=getattr(cfg, "video_resize", "shortest_edge"),
+  )
   new = []
   for _ in range(max_new_tokens):
     x = np.asarray([ids + new], np.int32)
@@ -54,8 +65,16 @@ def test_run_student_matches_greedy_decoding_by_hand(world):
   d, records, tok, model = world
   records = records[:2]  # a batch of two prompts of different lengths: left padding is exercised
   for mode in ("answer", "rationale"):
-    run = student_eval.run_student(model, tok, records, mode=mode, video_root=str(d / "videos"),
-                                   num_frames=4, batch_size=2, max_new_tokens=3)
+    run = student_eval.run_student(
+      model,
+      tok,
+      records,
+      mode=mode,
+      video_root=str(d / "videos"),
+      num_frames=4,
+      batch_size=2,
+      max_new_tokens=3,
+    )
     refs = [_greedy_reference(model, tok, r, mode, d, 3) for r in records]
     assert run.outputs == [text for text, _ in refs], mode
     assert run.new_tokens == [n for _, n in refs], mode  # EOS counted
@@ -67,6 +86,7 @@ def test_run_student_matches_greedy_decoding_by_hand(world):
 
 def test_score_is_exact_on_outputs_of_known_correctness(world):
   from aotd_jax.data import conversation
+
   _, records, _, _ = world
   letter = lambda i: conversation.option_letter(i)
   gold = [r.answer_index for r in records]
@@ -76,8 +96,9 @@ def test_score_is_exact_on_outputs_of_known_correctness(world):
   res = student_eval.score(records, outputs)
   assert res["count"] == 3 and res["accuracy"] == pytest.approx(1 / 3)
   types = [student_eval.question_type(r) for r in records]
-  expect = {t: sum(1 for k, u in enumerate(types) if u == t and k == 0) / types.count(t)
-            for t in set(types)}
+  expect = {
+    t: sum(1 for k, u in enumerate(types) if u == t and k == 0) / types.count(t) for t in set(types)
+  }
   assert res["per_type"] == pytest.approx(expect)
   # the right answer's text (no letter) counts too: 2 of 3
   outputs[2] = records[2].choices[gold[2]]
@@ -99,11 +120,25 @@ def evaluate_export(model, tok, d, tmp_path) -> dict:
   hf.save_pretrained(model, str(tmp_path / "student"))
   tok.save_pretrained(str(tmp_path / "student"))
   out = tmp_path / "eval.json"
-  r = subprocess.run([sys.executable, "-m", "launch.evaluate", f"--student={tmp_path / 'student'}",
-                      "--format=star", f"--annotations={d / 'test.json'}",
-                      f"--video_root={d / 'videos'}", "--num_frames=4", "--limit=2",
-                      "--max_new_tokens=4", f"--out={out}"], cwd=ROOT, capture_output=True,
-                     text=True, timeout=600)
+  r = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "launch.evaluate",
+      f"--student={tmp_path / 'student'}",
+      "--format=star",
+      f"--annotations={d / 'test.json'}",
+      f"--video_root={d / 'videos'}",
+      "--num_frames=4",
+      "--limit=2",
+      "--max_new_tokens=4",
+      f"--out={out}",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   return json.loads(out.read_text())
 
@@ -114,26 +149,32 @@ def test_evaluate_cli_on_an_exported_student(world, tmp_path):
   result = evaluate_export(model, tok, d, tmp_path)
   assert result["count"] == 2 and len(result["outputs"]) == 2
   # the CLI's outputs are the library's on the same two questions
-  run = student_eval.run_student(model, tok, records[:2], video_root=str(d / "videos"),
-                                 num_frames=4, max_new_tokens=4)
+  run = student_eval.run_student(
+    model, tok, records[:2], video_root=str(d / "videos"), num_frames=4, max_new_tokens=4
+  )
   assert [(o["qid"], o["output"], o["new_tokens"]) for o in result["outputs"]] == list(
-      zip([r.qid for r in records[:2]], run.outputs, run.new_tokens))
+    zip([r.qid for r in records[:2]], run.outputs, run.new_tokens)
+  )
   # the paper's efficiency from those rows: mean seconds and new tokens per question
   eff = result["efficiency"]
   assert eff["questions"] == 2 and eff["new_tokens"] == sum(run.new_tokens)
   assert eff["seconds_per_question"] == pytest.approx(
-      sum(o["seconds"] for o in result["outputs"]) / 2)
+    sum(o["seconds"] for o in result["outputs"]) / 2
+  )
   assert eff["memory_kind"] == "host_rss" and eff["peak_mb"] > 0
 
 
 # -- closed-set multiple choice ------------------------------------------------------------------
 
+
 def _one_prompt(tok, model, record, reply=None):
   """Unpadded ids of one record's answer prompt (+ reply), built without the batch code."""
   from aotd_jax.data import conversation, video_processing
+
   n = 4 * model.config.video_tokens_per_frame()
-  text = conversation.build_prompt(tok, conversation.qa_user_text(record.question, record.choices),
-                                   media="video")
+  text = conversation.build_prompt(
+    tok, conversation.qa_user_text(record.question, record.choices), media="video"
+  )
   text = video_processing.expand_media_tokens(text, video_tokens=[n])
   if reply is not None:
     text = f"{text} {reply}"
@@ -142,13 +183,16 @@ def _one_prompt(tok, model, record, reply=None):
 
 def _frames(d, record):
   from aotd_jax.data import video, video_processing
-  f = video.read_frames(str(d / "videos" / f"{record.video_id}.mp4"), 4, start=record.start,
-                        end=record.end, size=32)
+
+  f = video.read_frames(
+    str(d / "videos" / f"{record.video_id}.mp4"), 4, start=record.start, end=record.end, size=32
+  )
   return video_processing.preprocess_video(f, shortest_edge=32, crop_size=32)[None]
 
 
 def _logp(model, ids, pixels):
   import jax
+
   out = model(input_ids=ids, attention_mask=np.ones_like(ids), pixel_values_videos=pixels)
   return np.asarray(jax.nn.log_softmax(out.logits, axis=-1))[0]
 
@@ -156,15 +200,21 @@ def _logp(model, ids, pixels):
 def test_choose_letters_matches_one_prompt_at_a_time(world):
   d, records, tok, model = world
   records = records[:2]
-  run = student_eval.choose_letters(model, tok, records, video_root=str(d / "videos"),
-                                    num_frames=4, decode_size=32, batch_size=2)
+  run = student_eval.choose_letters(
+    model, tok, records, video_root=str(d / "videos"), num_frames=4, decode_size=32, batch_size=2
+  )
   assert len(run.predictions) == len(records) == len(run.outputs)
   for r, pred, lp, out in zip(records, run.predictions, run.logprobs, run.outputs):
     # reference: the unbatched prompt + " (" and the four letter tokens' logits there
     from aotd_jax.data import conversation
-    letters = [tok(f"x ({conversation.option_letter(i)})", add_special_tokens=False)["input_ids"][-2]
-               for i in range(len(r.choices))]
-    ids = np.concatenate([_one_prompt(tok, model, r), [[tok(" (", add_special_tokens=False)["input_ids"][-1]]]], 1)
+
+    letters = [
+      tok(f"x ({conversation.option_letter(i)})", add_special_tokens=False)["input_ids"][-2]
+      for i in range(len(r.choices))
+    ]
+    ids = np.concatenate(
+      [_one_prompt(tok, model, r), [[tok(" (", add_special_tokens=False)["input_ids"][-1]]]], 1
+    )
     ref = _logp(model, ids.astype(np.int32), _frames(d, r))[-1, letters]
     ref = ref - np.logaddexp.reduce(ref)
     np.testing.assert_allclose(lp, ref, atol=2e-3)  # batch of right-padded rows vs one row
@@ -175,6 +225,7 @@ def test_choose_letters_matches_one_prompt_at_a_time(world):
 @pytest.mark.slow  # four eager reference forwards (~15 s)
 def test_choose_by_likelihood_sums_each_reply(world):
   from aotd_jax.data import conversation
+
   d, records, tok, model = world
   r = records[0]
   head = _one_prompt(tok, model, r).shape[1]
@@ -186,14 +237,22 @@ def test_choose_by_likelihood_sums_each_reply(world):
     full.append(sum(lp[t - 1, ids[0, t]] for t in range(head, ids.shape[1])))
     text.append(sum(lp[t - 1, ids[0, t]] for t in range(after_letter, ids.shape[1])))
   for text_only, ref in ((False, full), (True, text)):
-    run = student_eval.choose_by_likelihood(model, tok, [r], video_root=str(d / "videos"),
-                                            num_frames=4, decode_size=32, text_only=text_only)
+    run = student_eval.choose_by_likelihood(
+      model,
+      tok,
+      [r],
+      video_root=str(d / "videos"),
+      num_frames=4,
+      decode_size=32,
+      text_only=text_only,
+    )
     np.testing.assert_allclose(run.logprobs[0], ref, rtol=1e-4, atol=2e-3)
     assert run.predictions == [int(np.argmax(ref))]
 
 
 def test_closed_set_refuses_open_ended_and_merged_letters(world):
   import dataclasses
+
   d, records, tok, model = world
   open_ended = dataclasses.replace(records[0], choices=[], answer_index=None, qid="oe_1")
   for fn in (student_eval.choose_letters, student_eval.choose_by_likelihood):
@@ -203,5 +262,6 @@ def test_closed_set_refuses_open_ended_and_merged_letters(world):
   class OneTokenPerWord:  # "(A)" and "(B)" both become the unknown id: no letter to compare
     def __call__(self, text, add_special_tokens=True):
       return {"input_ids": [hash(w) % 97 if "(" not in w else 3 for w in text.split(" ")]}
+
   with pytest.raises(ValueError, match="do not tokenize to distinct single tokens"):
     student_eval.letter_token_ids(OneTokenPerWord(), "USER: which? ASSISTANT:", 4)

@@ -1,5 +1,6 @@
 """launch.evaluate on NExT-QA (issue 19, item 8): `--map` finds the videos through NExT-QA's
 video-id map, `--scoring=likelihood|both` is closed-set scoring, and bad flags are named."""
+
 import csv
 import json
 import pathlib
@@ -19,13 +20,31 @@ from aotd_jax.hf import registry
 from configs.toyworld import distill as toy
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-COLUMNS = ["video", "frame_count", "width", "height", "question", "answer", "qid", "type",
-           "a0", "a1", "a2", "a3", "a4"]
+COLUMNS = [
+  "video",
+  "frame_count",
+  "width",
+  "height",
+  "question",
+  "answer",
+  "qid",
+  "type",
+  "a0",
+  "a1",
+  "a2",
+  "a3",
+  "a4",
+]
 
 
 def _evaluate(*args):
-  return subprocess.run([sys.executable, "-m", "launch.evaluate", *args], cwd=ROOT,
-                        capture_output=True, text=True, timeout=600)
+  return subprocess.run(
+    [sys.executable, "-m", "launch.evaluate", *args],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
 
 
 @pytest.fixture(scope="module")
@@ -41,16 +60,20 @@ def nextqa(tmp_path_factory):
   for i, r in enumerate(star):
     vid = str(4000 + i)
     video_map[vid] = f"0001/{r.video_id}"
-    shutil.copy(d / "toy" / "videos" / f"{r.video_id}.mp4", d / "NExTVideo" / "0001" / f"{r.video_id}.mp4")
+    shutil.copy(
+      d / "toy" / "videos" / f"{r.video_id}.mp4", d / "NExTVideo" / "0001" / f"{r.video_id}.mp4"
+    )
     choices = (list(r.choices) + ["nothing"] * 5)[:5]
     rows.append([vid, "64", "64", "64", r.question, str(r.answer_index), str(i), "CW", *choices])
   with open(d / "ann" / "val.csv", "w", newline="") as f:
     csv.writer(f).writerows([COLUMNS, *rows])
   (d / "map_vid_vidorID.json").write_text(json.dumps(video_map))
   texts = [r.question + " " + " ".join(r.choices) for r in star] + [
-      "USER: ASSISTANT: (A) (B) (C) (D) (E) nothing"]
+    "USER: ASSISTANT: (A) (B) (C) (D) (E) nothing"
+  ]
   tok = train_tokenizer(texts, d / "tok", vocab_size=300)
   from flax import nnx
+
   adapter = registry.adapter_for("LlavaNextVideoForConditionalGeneration")
   model = adapter.model_class(adapter.config_from_hf(dict(toy.TINY_LLAVA)), rngs=nnx.Rngs(0))
   hf.save_pretrained(model, str(d / "student"))
@@ -62,16 +85,26 @@ def nextqa(tmp_path_factory):
 def test_nextqa_map_and_both_scorings(nextqa, tmp_path):
   d, model, tok = nextqa
   out = tmp_path / "eval.json"
-  r = _evaluate(f"--student={d / 'student'}", "--format=nextqa", f"--annotations={d / 'ann' / 'val.csv'}",
-                f"--map={d / 'map_vid_vidorID.json'}", f"--video_root={d / 'NExTVideo'}",
-                "--num_frames=4", "--max_new_tokens=2", "--scoring=both", f"--out={out}")
+  r = _evaluate(
+    f"--student={d / 'student'}",
+    "--format=nextqa",
+    f"--annotations={d / 'ann' / 'val.csv'}",
+    f"--map={d / 'map_vid_vidorID.json'}",
+    f"--video_root={d / 'NExTVideo'}",
+    "--num_frames=4",
+    "--max_new_tokens=2",
+    "--scoring=both",
+    f"--out={out}",
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   result = json.loads(out.read_text())
   assert result["scoring"] == "both" and result["count"] == 2 and result["likelihood"]["count"] == 2
-  records = annotations.read("nextqa", str(d / "ann" / "val.csv"),
-                             map_path=str(d / "map_vid_vidorID.json"))
-  want = student_eval.choose_by_likelihood(model, tok, records, video_root=str(d / "NExTVideo"),
-                                           num_frames=4)
+  records = annotations.read(
+    "nextqa", str(d / "ann" / "val.csv"), map_path=str(d / "map_vid_vidorID.json")
+  )
+  want = student_eval.choose_by_likelihood(
+    model, tok, records, video_root=str(d / "NExTVideo"), num_frames=4
+  )
   assert [o["likelihood_output"] for o in result["outputs"]] == want.outputs
   assert all(o["output"] is not None for o in result["outputs"])
 
@@ -81,8 +114,12 @@ def test_bad_flags_are_named(tmp_path):
   (tmp_path / "map.json").write_text("{}")
   base = [f"--student={tmp_path / 'student'}", f"--annotations={tmp_path / 'val.csv'}"]
   r = _evaluate(*base, "--format=nextqa", "--num_frames=0")
-  assert r.returncode != 0 and "--num_frames must be >= 1" in r.stderr and "Traceback" not in r.stderr
+  assert (
+    r.returncode != 0 and "--num_frames must be >= 1" in r.stderr and "Traceback" not in r.stderr
+  )
   r = _evaluate(*base, "--format=star", f"--map={tmp_path / 'map.json'}")
-  assert r.returncode == 2 and "is NExT-QA's video map; --format is 'star'" in r.stderr, r.stderr[-2000:]
+  assert r.returncode == 2 and "is NExT-QA's video map; --format is 'star'" in r.stderr, r.stderr[
+    -2000:
+  ]
   r = _evaluate(*base, "--format=nextqa", "--mode=rationale", "--scoring=likelihood")
   assert r.returncode == 2 and "--mode=rationale needs --scoring=generate" in r.stderr

@@ -1,4 +1,5 @@
 """Expert backends: bucketed jit, the OWLv2 detector against transformers, oracles, registry."""
+
 import json
 import pathlib
 
@@ -28,8 +29,9 @@ def test_plan_chunks_cover_rows_with_bucket_sizes():
 
 def test_bucketed_jit_compiles_at_most_once_per_bucket_over_100_clips():
   weight = jnp.arange(12.0).reshape(3, 4)
-  fn = BucketedJit(lambda x, w: jnp.tanh(x.astype(jnp.float32).mean((1, 2)) @ w),
-                   buckets=(1, 2, 4, 8, 16, 32))
+  fn = BucketedJit(
+    lambda x, w: jnp.tanh(x.astype(jnp.float32).mean((1, 2)) @ w), buckets=(1, 2, 4, 8, 16, 32)
+  )
   rng = np.random.default_rng(0)
   with count_xla_compilations() as xla:
     for _ in range(100):
@@ -66,7 +68,7 @@ def toy_tokenize(texts):
   mask = np.zeros_like(ids)
   for i, t in enumerate(texts):
     toks = [V - 2] + [3 + sum(map(ord, w)) % (V - 6) for w in t.split()] + [V - 1]
-    ids[i, :len(toks)], mask[i, :len(toks)] = toks, 1
+    ids[i, : len(toks)], mask[i, : len(toks)] = toks, 1
   return ids, mask
 
 
@@ -76,13 +78,29 @@ def owl(tmp_path_factory):
   transformers = pytest.importorskip("transformers")
   pytest.importorskip("aotd_jax.models.owlv2")
   from aotd_jax import hf
+
   cfg = transformers.Owlv2Config(
-      text_config=dict(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                       num_attention_heads=2, max_position_embeddings=16, eos_token_id=V - 1,
-                       bos_token_id=V - 2, pad_token_id=0),
-      vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, image_size=32, patch_size=8),
-      projection_dim=32)
+    text_config=dict(
+      vocab_size=V,
+      hidden_size=32,
+      intermediate_size=64,
+      num_hidden_layers=1,
+      num_attention_heads=2,
+      max_position_embeddings=16,
+      eos_token_id=V - 1,
+      bos_token_id=V - 2,
+      pad_token_id=0,
+    ),
+    vision_config=dict(
+      hidden_size=32,
+      intermediate_size=64,
+      num_hidden_layers=1,
+      num_attention_heads=2,
+      image_size=32,
+      patch_size=8,
+    ),
+    projection_dim=32,
+  )
   torch.manual_seed(0)
   reference = transformers.Owlv2ForObjectDetection(cfg).eval()
   path = tmp_path_factory.mktemp("owl")
@@ -91,15 +109,17 @@ def owl(tmp_path_factory):
 
 
 def test_owlv2_query_template_embeds_the_official_prompt(owl):
-  """"a photo of a {}" (the official AoTD's queries) is what the text tower reads; boxes keep
+  """ "a photo of a {}" (the official AoTD's queries) is what the text tower reads; boxes keep
   the bare name; the embeddings equal embedding the templated text directly."""
   from experts.backends.owlv2 import Owlv2Detector
+
   _, model, _ = owl
   seen = []
 
   def recording(texts):
     seen.extend(texts)
     return toy_tokenize(texts)
+
   det = Owlv2Detector(model, recording, query_template="a photo of a {}", buckets=(1, 2, 4))
   plain = Owlv2Detector(model, toy_tokenize, buckets=(1, 2, 4))
   emb, _ = det.embed_queries(["cup"])
@@ -116,6 +136,7 @@ def test_owlv2_detector_matches_transformers_pipeline(owl):
   import torch
   from transformers import Owlv2ImageProcessorPil
   from experts.backends.owlv2 import Owlv2Detector
+
   reference, model, _ = owl
   det = Owlv2Detector(model, toy_tokenize, nms_threshold=None, buckets=(1, 2, 4, 8))
   frames = np.random.default_rng(0).integers(0, 255, (5, 20, 28, 3), dtype=np.uint8)
@@ -125,9 +146,11 @@ def test_owlv2_detector_matches_transformers_pipeline(owl):
   proc = Owlv2ImageProcessorPil(size={"height": 32, "width": 32})
   ids, mask = toy_tokenize(queries)
   with torch.no_grad():
-    out = reference(input_ids=torch.tensor(np.tile(ids, (5, 1))).long(),
-                    attention_mask=torch.tensor(np.tile(mask, (5, 1))),
-                    pixel_values=proc(images=list(frames), return_tensors="pt")["pixel_values"])
+    out = reference(
+      input_ids=torch.tensor(np.tile(ids, (5, 1))).long(),
+      attention_mask=torch.tensor(np.tile(mask, (5, 1))),
+      pixel_values=proc(images=list(frames), return_tensors="pt")["pixel_values"],
+    )
   logits, boxes = det.raw_outputs(clip, queries)
   np.testing.assert_allclose(np.asarray(logits), out.logits.numpy(), atol=1e-4)
   np.testing.assert_allclose(np.asarray(boxes), out.pred_boxes.numpy(), atol=1e-4)
@@ -135,21 +158,22 @@ def test_owlv2_detector_matches_transformers_pipeline(owl):
   for i, (got, ref) in enumerate(zip(ours, want)):
     assert [b.frame_id for b in got] == [100 + i] * len(ref["boxes"])
     assert [b.label for b in got] == [queries[int(l)] for l in ref["labels"]]
-    np.testing.assert_allclose([b.box for b in got],
-                               np.clip(ref["boxes"].numpy(), 0, [28, 20, 28, 20]), atol=1e-3)
+    np.testing.assert_allclose(
+      [b.box for b in got], np.clip(ref["boxes"].numpy(), 0, [28, 20, 28, 20]), atol=1e-3
+    )
     np.testing.assert_allclose([b.score for b in got], ref["scores"].numpy(), atol=1e-4)
 
 
 def test_owlv2_detector_compiles_once_per_bucket_through_the_tools(owl):
   from experts.backends.owlv2 import Owlv2Detector
+
   _, model, _ = owl
   det = Owlv2Detector(model, toy_tokenize, buckets=(4, 8))
   box = experts.Toolbox(detector=det, detect_threshold=0.0)
   rng = np.random.default_rng(1)
   for i in range(5):
     n = int(rng.integers(1, 19))
-    clip = experts.VideoClip(rng.integers(0, 255, (n, 16, 16, 3), dtype=np.uint8),
-                             video_id=f"v{i}")
+    clip = experts.VideoClip(rng.integers(0, 255, (n, 16, 16, 3), dtype=np.uint8), video_id=f"v{i}")
     box.Count(clip, ["cup", "dog", "ball"][i % 3])
     box.Query_Objs(clip, "cup/mug")  # two query names: masked up to a power of two
   assert det.image_fn.compiles <= 2  # one per bucket
@@ -162,12 +186,26 @@ def test_owlv2_detector_compiles_once_per_bucket_through_the_tools(owl):
 
 
 def star_records():
-  return [{"question_id": "Interaction_T1_13", "video_id": "6H78U", "situations": {
-      "000199": {"rel_pairs": [], "rel_labels": [], "actions": ["a077"],
-                 "bbox": [[10.0, 20.0, 50.0, 90.0], [5.0, 5.0, 9.0, 9.0]],
-                 "bbox_labels": ["o000", "o023"]},
-      "000210": {"actions": ["a077", "a001"], "bbox": [[11.0, 21.0, 51.0, 91.0]],
-                 "bbox_labels": ["o000"]}}}]
+  return [
+    {
+      "question_id": "Interaction_T1_13",
+      "video_id": "6H78U",
+      "situations": {
+        "000199": {
+          "rel_pairs": [],
+          "rel_labels": [],
+          "actions": ["a077"],
+          "bbox": [[10.0, 20.0, 50.0, 90.0], [5.0, 5.0, 9.0, 9.0]],
+          "bbox_labels": ["o000", "o023"],
+        },
+        "000210": {
+          "actions": ["a077", "a001"],
+          "bbox": [[11.0, 21.0, 51.0, 91.0]],
+          "bbox_labels": ["o000"],
+        },
+      },
+    }
+  ]
 
 
 def test_oracle_reads_star_situations_with_class_names(tmp_path):
@@ -177,8 +215,11 @@ def test_oracle_reads_star_situations_with_class_names(tmp_path):
   names = oracle.read_class_names(str(STAR_CLASSES))
   frames = np.zeros((20, 8, 8, 3), np.uint8)
   clip = experts.VideoClip(frames, start_frame=195, video_id="6H78U")
-  box = experts.Toolbox(detector=oracle.OracleDetector(gt), grounder=oracle.OracleGrounder(gt),
-                        action_recognizer=oracle.OracleActions(gt))
+  box = experts.Toolbox(
+    detector=oracle.OracleDetector(gt),
+    grounder=oracle.OracleGrounder(gt),
+    action_recognizer=oracle.OracleActions(gt),
+  )
   person = box.Find(clip, "person")
   assert len(person) == 20  # every frame takes its nearest annotated key frame
   assert person.detections[0].box == (10.0, 20.0, 50.0, 90.0)
@@ -205,8 +246,9 @@ def test_oracle_reports_malformed_star_records(tmp_path):
     oracle.read_class_names(str(tmp_path))
 
 
-@pytest.mark.parametrize("a,b", [("jumps", "jumping"), ("spun", "spins"), ("moved", "move"),
-                                 ("touches", "touched")])
+@pytest.mark.parametrize(
+  "a,b", [("jumps", "jumping"), ("spun", "spins"), ("moved", "move"), ("touches", "touched")]
+)
 def test_oracle_stems_verb_forms(a, b):
   assert oracle.stem(a) == oracle.stem(b)
   assert oracle.match_score(f"the red circle {a}", f"red circle {b} the blue square") == 1.0
@@ -218,6 +260,7 @@ def test_oracle_stems_verb_forms(a, b):
 @pytest.fixture(scope="module")
 def toy_world(tmp_path_factory):
   from aotd_jax.projects.toyworld import world as toyworld
+
   out = tmp_path_factory.mktemp("world")
   toyworld.generate_world(out, seed=0, num_clips=10, write_videos=False)
   return out
@@ -225,6 +268,7 @@ def toy_world(tmp_path_factory):
 
 def test_make_tools_from_default_config_runs_a_gold_program(toy_world):
   from aotd_jax.projects.toyworld import world as toyworld
+
   config = registry.default_config()
   config.ground_truth.path = str(toy_world)
   tools = experts.make_tools(config, plugins=[TOYWORLD])
@@ -235,8 +279,9 @@ def test_make_tools_from_default_config_runs_a_gold_program(toy_world):
   scope = dict(tools)
   exec(record["question_program"], scope)
   clip = experts.VideoClip(frames, fps=truth.fps, video_id=truth.video_id)
-  answer = scope["execute_command"](clip, record["question"],
-                                    [c["choice"] for c in record["choices"]])
+  answer = scope["execute_command"](
+    clip, record["question"], [c["choice"] for c in record["choices"]]
+  )
   assert answer in [c["choice"] for c in record["choices"]]
   assert tools["trim"].__self__.records  # the program's calls were recorded
 
@@ -245,6 +290,7 @@ def test_gold_programs_with_perfect_experts_answer_correctly(toy_world):
   """The toy world's gold programs through the tools with oracle experts and the keyword
   selector (no model): the tool semantics carry the answer."""
   from aotd_jax.projects.toyworld import world as toyworld
+
   config = registry.default_config()
   config.ground_truth.path = str(toy_world)
   tools = experts.make_tools(config, plugins=[TOYWORLD])
@@ -256,8 +302,9 @@ def test_gold_programs_with_perfect_experts_answer_correctly(toy_world):
       scope = dict(tools)
       exec(record["question_program"], scope)
       clip = experts.VideoClip(frames, fps=truth.fps, video_id=truth.video_id)
-      answer = scope["execute_command"](clip, record["question"],
-                                        [c["choice"] for c in record["choices"]])
+      answer = scope["execute_command"](
+        clip, record["question"], [c["choice"] for c in record["choices"]]
+      )
       if answer != record["answer"]:
         wrong.append((record["video_id"], record["question"], answer, record["answer"]))
       total += 1
@@ -276,8 +323,9 @@ def test_registry_swaps_a_backend_by_config_without_code(toy_world):
   config.ground_truth.path = str(toy_world)
   config.selector.kind = "fixed"
   config.detector.kind = "none"
-  tools = experts.make_tools(config, factories={"selector": {"fixed": lambda sec, ctx: Fixed()}},
-                             plugins=[TOYWORLD])
+  tools = experts.make_tools(
+    config, factories={"selector": {"fixed": lambda sec, ctx: Fixed()}}, plugins=[TOYWORLD]
+  )
   assert tools["select_answer"]("q", ["a", "b"], {}) == "b"
   with pytest.raises(RuntimeError, match="config.detector"):
     tools["Find"](experts.VideoClip(np.zeros((1, 4, 4, 3), np.uint8)), "cup")
@@ -285,14 +333,21 @@ def test_registry_swaps_a_backend_by_config_without_code(toy_world):
 
 def test_registry_binds_owlv2_by_path(owl, monkeypatch):
   from aotd_jax import hf
+
   _, _, path = owl
   monkeypatch.setattr(hf, "load_tokenizer", lambda p: None)  # no tokenizer files in a tiny dir
   from experts.backends import owlv2 as owl_backend
+
   monkeypatch.setattr(owl_backend, "hf_tokenize", lambda tok, n: toy_tokenize)
   config = registry.default_config()
   # threshold 0 and no NMS: every patch's box counts, (32 / 8) ** 2 = 16 in each frame
-  config.detector = {"kind": "owlv2", "path": path, "threshold": 0.0, "buckets": [1, 4],
-                     "nms_threshold": 0}
+  config.detector = {
+    "kind": "owlv2",
+    "path": path,
+    "threshold": 0.0,
+    "buckets": [1, 4],
+    "nms_threshold": 0,
+  }
   config.grounder.kind = config.action_recognizer.kind = config.video_qa.kind = "none"
   box = experts.make_toolbox(config, plugins=[TOYWORLD])
   assert box.detector.name == f"owlv2:{path}"
@@ -311,14 +366,17 @@ def test_registry_binds_owlv2_by_path(owl, monkeypatch):
   assert box.Count(clip, "cup") == count
 
 
-@pytest.mark.parametrize("edit,msg", [
+@pytest.mark.parametrize(
+  "edit,msg",
+  [
     ({"detector": {"kind": "yolo"}}, r"detector.kind='yolo' is not one of"),
     ({"detector": {"kind": "owlv2", "path": ""}}, r"detector.path is required for kind 'owlv2'"),
     ({"selector": {"kind": "llama", "path": ""}}, r"selector.path is required for kind 'llama'"),
     ({"ground_truth": {"kind": "toyworld", "path": ""}}, r"needs ground_truth.path"),
     ({"ground_truth": {"kind": "kinetics", "path": "x"}}, r"ground_truth.kind='kinetics'"),
     ({"object_vocabulary": "coco"}, r"object_vocabulary='coco'"),
-])
+  ],
+)
 def test_registry_reports_bad_config(toy_world, edit, msg):
   config = registry.default_config().to_dict()
   config["ground_truth"]["path"] = str(toy_world)
@@ -345,8 +403,9 @@ def test_llm_selector_prompts_with_evidence_and_snaps_the_reply():
   llm = FakeLLM("(B)")
   box = experts.Toolbox(selector=LLMSelector(llm))
   choices = ["The red circle jumped.", "The blue square spun."]
-  assert box.select_answer("What happened?", choices, {"actions": ["blue square spins"]}) \
-      == choices[1]
+  assert (
+    box.select_answer("What happened?", choices, {"actions": ["blue square spins"]}) == choices[1]
+  )
   text = llm.prompts[0][0]["content"]
   assert "(A) The red circle jumped." in text and "- actions: blue square spins" in text
   llm.reply = "the red circle jumped i think"
@@ -359,12 +418,21 @@ def tiny_llama_dir(path):
   transformers = pytest.importorskip("transformers")
   torch = pytest.importorskip("torch")
   from fixtures.tiny_tokenizer import make_tokenizer
+
   tok = make_tokenizer(["We want to answer a question about a video"])
   torch.manual_seed(0)
   config = transformers.LlamaConfig(
-      vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
-      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    vocab_size=len(tok),
+    hidden_size=16,
+    intermediate_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    max_position_embeddings=512,
+    bos_token_id=tok.bos_token_id,
+    eos_token_id=tok.eos_token_id,
+    pad_token_id=tok.pad_token_id,
+  )
   transformers.LlamaForCausalLM(config).save_pretrained(str(path))
   tok.save_pretrained(str(path))
   return str(path), tok
@@ -375,13 +443,17 @@ def test_llama_selector_without_a_chat_template_fails_when_the_tools_are_built(t
   is refused when the tools are built, naming the directory and the ways out, instead of
   failing every program in the records (issue 19, item 8)."""
   from fixtures.tiny_tokenizer import PLAIN_TEMPLATE
+
   path, tok = tiny_llama_dir(tmp_path / "llama")
   config = registry.default_config()
   for role in ("detector", "grounder", "action_recognizer", "video_qa"):
     config[role].kind = "none"
   config.selector = experts.selector_section("llama", path=path)
-  with pytest.raises(ValueError, match=r"selector.kind='llama' at '.*llama': its tokenizer has "
-                                       r"no chat template.*selector.chat=False"):
+  with pytest.raises(
+    ValueError,
+    match=r"selector.kind='llama' at '.*llama': its tokenizer has "
+    r"no chat template.*selector.chat=False",
+  ):
     experts.make_tools(config, plugins=[TOYWORLD])
   config.selector.chat = False  # asked for: plain-text prompts
   assert experts.make_toolbox(config, plugins=[TOYWORLD]).selector.chat is False
@@ -401,18 +473,42 @@ def univtg_parts():
   from flax import nnx
   from aotd_jax.models.clip import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
   from aotd_jax.models.univtg import UniVTG, UniVTGConfig
+
   clip_cfg = CLIPConfig(
-      text_config=CLIPTextConfig(vocab_size=V, hidden_size=16, intermediate_size=32,
-                                 num_hidden_layers=1, num_attention_heads=2,
-                                 max_position_embeddings=16, eos_token_id=V - 1,
-                                 bos_token_id=V - 2, pad_token_id=0),
-      vision_config=CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                     num_attention_heads=2, image_size=32, patch_size=16),
-      projection_dim=12)
+    text_config=CLIPTextConfig(
+      vocab_size=V,
+      hidden_size=16,
+      intermediate_size=32,
+      num_hidden_layers=1,
+      num_attention_heads=2,
+      max_position_embeddings=16,
+      eos_token_id=V - 1,
+      bos_token_id=V - 2,
+      pad_token_id=0,
+    ),
+    vision_config=CLIPVisionConfig(
+      hidden_size=16,
+      intermediate_size=32,
+      num_hidden_layers=1,
+      num_attention_heads=2,
+      image_size=32,
+      patch_size=16,
+    ),
+    projection_dim=12,
+  )
   clip_model = CLIPModel(clip_cfg, rngs=nnx.Rngs(0))
-  model = UniVTG(UniVTGConfig(v_feat_dims=(12,), t_feat_dim=16, hidden_dim=32, nheads=4,
-                              enc_layers=1, dim_feedforward=48, clip_length=1.0),
-                 rngs=nnx.Rngs(1))
+  model = UniVTG(
+    UniVTGConfig(
+      v_feat_dims=(12,),
+      t_feat_dim=16,
+      hidden_dim=32,
+      nheads=4,
+      enc_layers=1,
+      dim_feedforward=48,
+      clip_length=1.0,
+    ),
+    rngs=nnx.Rngs(1),
+  )
   model.eval()
   return model, clip_model
 
@@ -421,6 +517,7 @@ def test_univtg_grounder_matches_the_official_pipeline(univtg_parts):
   from aotd_jax.data import univtg_features
   from aotd_jax.models import univtg_postprocess as post
   from experts.backends.univtg import UniVTGGrounder
+
   model, clip_model = univtg_parts
   g = UniVTGGrounder(model, clip_model, toy_tokenize, buckets=(4, 8), nms_threshold=None)
   frames = np.random.default_rng(2).integers(0, 255, (22, 24, 40, 3), dtype=np.uint8)
@@ -429,8 +526,9 @@ def test_univtg_grounder_matches_the_official_pipeline(univtg_parts):
   # reference: the univtg module's own feature extraction and inputs, nothing padded
   ids, mask = toy_tokenize([query])
   inputs = post.batch_inputs(
-      [univtg_features.clip_video_features(clip_model, frames, 4.0, clip_length=1.0)],
-      univtg_features.clip_text_features(clip_model, ids, mask))
+    [univtg_features.clip_video_features(clip_model, frames, 4.0, clip_length=1.0)],
+    univtg_features.clip_text_features(clip_model, ids, mask),
+  )
   ref = model(**inputs)
   assert ref.pred_logits.shape[1] == 6  # 22 frames at 4 fps: 6 clips of 1 s
   ours = g.raw_outputs(clip, query)  # text padded to 16 tokens (masked)
@@ -439,7 +537,8 @@ def test_univtg_grounder_matches_the_official_pipeline(univtg_parts):
   want = post.decode_moments(ref, clip_length=1.0, durations=[22 / 4.0], nms_thd=None, top_k=3)
   windows = g.ground(clip, query, top_k=3)
   assert [w.score for w in windows] == pytest.approx(
-      [r[2] for r in want[0].pred_relevant_windows], abs=1e-4)
+    [r[2] for r in want[0].pred_relevant_windows], abs=1e-4
+  )
   for w, (s, e, _) in zip(windows, want[0].pred_relevant_windows):
     assert w.start_frame == 50 + min(int(np.floor(s * 4.0)), 21)
     assert 50 <= w.start_frame < w.end_frame <= 72
@@ -451,11 +550,13 @@ def test_univtg_grounder_reads_a_sampled_long_video_in_source_time(univtg_parts,
   from aotd_jax.data import video
   from aotd_jax.models import univtg_postprocess as post
   from experts.backends.univtg import UniVTGGrounder
+
   model, clip_model = univtg_parts
   g = UniVTGGrounder(model, clip_model, toy_tokenize, buckets=(4, 8), nms_threshold=None)
   frames = np.random.default_rng(5).integers(0, 255, (1200, 16, 16, 3), dtype=np.uint8)
   video.write_video(tmp_path / "long.mp4", frames, 30)
   from experts.clip import question_clip
+
   clip = question_clip(str(tmp_path / "long.mp4"), max_frames=32, video_id="long")
   assert len(clip) == 32 and clip.frame_ids[-1] == 1199
   assert clip.span_seconds == pytest.approx(40.0)
@@ -466,10 +567,21 @@ def test_univtg_grounder_reads_a_sampled_long_video_in_source_time(univtg_parts,
   assert np.all(np.abs(times - np.arange(40)) <= 40 / 31 / 2 + 1e-9)  # nearest sampled frame
   logits, spans, sal, vmask = g.raw_outputs(clip, "a shape spins")
   from aotd_jax.models.univtg import UniVTGOutput
+
   want = post.decode_moments(
-      UniVTGOutput(pred_logits=logits, pred_spans=spans, saliency_scores=sal, vid_mem_proj=None,
-                   txt_mem_proj=None, src_vid_mask=vmask),
-      clip_length=1.0, durations=[40.0], nms_thd=None, top_k=3)[0].pred_relevant_windows
+    UniVTGOutput(
+      pred_logits=logits,
+      pred_spans=spans,
+      saliency_scores=sal,
+      vid_mem_proj=None,
+      txt_mem_proj=None,
+      src_vid_mask=vmask,
+    ),
+    clip_length=1.0,
+    durations=[40.0],
+    nms_thd=None,
+    top_k=3,
+  )[0].pred_relevant_windows
   windows = g.ground(clip, "a shape spins", top_k=3)
   for w, (s, e, _) in zip(windows, want):
     assert w.start_frame == min(int(np.floor(s * 30)), 1199)
@@ -479,13 +591,15 @@ def test_univtg_grounder_reads_a_sampled_long_video_in_source_time(univtg_parts,
 
 def test_univtg_grounder_compiles_per_bucket_and_serves_filter_frames_with_act(univtg_parts):
   from experts.backends.univtg import UniVTGGrounder
+
   model, clip_model = univtg_parts
   g = UniVTGGrounder(model, clip_model, toy_tokenize, buckets=(4, 8), clip_buckets=(8, 16))
   box = experts.Toolbox(grounder=g)
   rng = np.random.default_rng(3)
   for i, n in enumerate([5, 9, 30, 17, 24]):  # 3 to 15 clips of 1 s: buckets 8 and 16
-    clip = experts.VideoClip(rng.integers(0, 255, (n, 16, 16, 3), dtype=np.uint8), fps=2.0,
-                             video_id=f"v{i}")
+    clip = experts.VideoClip(
+      rng.integers(0, 255, (n, 16, 16, 3), dtype=np.uint8), fps=2.0, video_id=f"v{i}"
+    )
     window = box.Filter_frames_with_act(clip, "a shape spins")
     # the tool keeps the grounder's top window (clamped to the clip): those frames, no others
     top = g.ground(clip, "a shape spins", top_k=1)[0]
@@ -501,9 +615,22 @@ def test_univtg_grounder_compiles_per_bucket_and_serves_filter_frames_with_act(u
   with pytest.raises(ValueError, match=r"v_feat_dims=\(12,\)"):
     from aotd_jax.models.univtg import UniVTG, UniVTGConfig
     from flax import nnx
-    UniVTGGrounder(UniVTG(UniVTGConfig(v_feat_dims=(20, 12), t_feat_dim=16, hidden_dim=32,
-                                       nheads=4, enc_layers=1, dim_feedforward=48),
-                          rngs=nnx.Rngs(0)), clip_model, toy_tokenize)
+
+    UniVTGGrounder(
+      UniVTG(
+        UniVTGConfig(
+          v_feat_dims=(20, 12),
+          t_feat_dim=16,
+          hidden_dim=32,
+          nheads=4,
+          enc_layers=1,
+          dim_feedforward=48,
+        ),
+        rngs=nnx.Rngs(0),
+      ),
+      clip_model,
+      toy_tokenize,
+    )
 
 
 # -- LLaVA-NeXT-Video video QA -------------------------------------------------------------------
@@ -518,27 +645,57 @@ def llava(tmp_path_factory):
   pytest.importorskip("aotd_jax.models.llava_next_video")
   import tokenizers
   from tokenizers import models, pre_tokenizers
+
   path = tmp_path_factory.mktemp("llava")
   words = ["USER:", "ASSISTANT:", "the", "video", "what", "happens", "in", "red", "circle"]
-  vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3,
-           **{w: i + 4 for i, w in enumerate(words)},
-           **{f"w{i}": i for i in range(4 + len(words), LV_IMAGE)},
-           "<image>": LV_IMAGE, "<video>": LV_VIDEO}
+  vocab = {
+    "<pad>": 0,
+    "<s>": 1,
+    "</s>": 2,
+    "<unk>": 3,
+    **{w: i + 4 for i, w in enumerate(words)},
+    **{f"w{i}": i for i in range(4 + len(words), LV_IMAGE)},
+    "<image>": LV_IMAGE,
+    "<video>": LV_VIDEO,
+  }
   tok = tokenizers.Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
   tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
   tokenizer = transformers.PreTrainedTokenizerFast(
-      tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-      unk_token="<unk>", additional_special_tokens=["<video>", "<image>"])
-  vision = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                         num_attention_heads=4, image_size=28, patch_size=7,
-                                         projection_dim=16)
-  text = transformers.LlamaConfig(vocab_size=LV_VOCAB, hidden_size=32, intermediate_size=64,
-                                  num_hidden_layers=1, num_attention_heads=4,
-                                  num_key_value_heads=2, max_position_embeddings=512,
-                                  pad_token_id=0, eos_token_id=2, bos_token_id=1)
-  cfg = transformers.LlavaNextVideoConfig(vision_config=vision, text_config=text,
-                                          image_token_index=LV_IMAGE, video_token_index=LV_VIDEO,
-                                          image_grid_pinpoints=[[28, 28]])
+    tokenizer_object=tok,
+    bos_token="<s>",
+    eos_token="</s>",
+    pad_token="<pad>",
+    unk_token="<unk>",
+    additional_special_tokens=["<video>", "<image>"],
+  )
+  vision = transformers.CLIPVisionConfig(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=1,
+    num_attention_heads=4,
+    image_size=28,
+    patch_size=7,
+    projection_dim=16,
+  )
+  text = transformers.LlamaConfig(
+    vocab_size=LV_VOCAB,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=1,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+    pad_token_id=0,
+    eos_token_id=2,
+    bos_token_id=1,
+  )
+  cfg = transformers.LlavaNextVideoConfig(
+    vision_config=vision,
+    text_config=text,
+    image_token_index=LV_IMAGE,
+    video_token_index=LV_VIDEO,
+    image_grid_pinpoints=[[28, 28]],
+  )
   torch.manual_seed(0)
   reference = transformers.LlavaNextVideoForConditionalGeneration(cfg).eval()
   with torch.no_grad():
@@ -553,6 +710,7 @@ def llava(tmp_path_factory):
 def test_llava_video_qa_generates_as_transformers(llava):
   import torch
   from experts.backends import llava as llava_backend
+
   reference, path = llava
   model, tokenizer = llava_backend.load(path)
   qa = llava_backend.LlavaVideoQA(model, tokenizer, num_frames=4, max_new_tokens=6)
@@ -562,11 +720,16 @@ def test_llava_video_qa_generates_as_transformers(llava):
   assert pixels.shape == (1, 4, 3, 28, 28)
   assert int((ids == LV_VIDEO).sum()) == 4 * model.config.video_tokens_per_frame()
   with torch.no_grad():
-    want = reference.generate(input_ids=torch.tensor(ids).long(),
-                              attention_mask=torch.ones(ids.shape, dtype=torch.long),
-                              pixel_values_videos=torch.tensor(pixels), max_new_tokens=6,
-                              do_sample=False, pad_token_id=0, eos_token_id=2)
-  want_text = tokenizer.decode(want[0, ids.shape[1]:].tolist(), skip_special_tokens=True).strip()
+    want = reference.generate(
+      input_ids=torch.tensor(ids).long(),
+      attention_mask=torch.ones(ids.shape, dtype=torch.long),
+      pixel_values_videos=torch.tensor(pixels),
+      max_new_tokens=6,
+      do_sample=False,
+      pad_token_id=0,
+      eos_token_id=2,
+    )
+  want_text = tokenizer.decode(want[0, ids.shape[1] :].tolist(), skip_special_tokens=True).strip()
   assert qa.generate_text(clip, "what happens in the video") == want_text
   # through the tools: Query_Actions snaps the reply to one of the candidates; cached
   box = experts.Toolbox(action_recognizer=qa, video_qa=qa)
@@ -583,11 +746,13 @@ def test_llava_video_qa_scores_choices_by_transformers_likelihood(llava):
   generation of this random model replies with no choice at all."""
   import torch
   from experts.backends import llava as llava_backend
+
   reference, path = llava
   model, tokenizer = llava_backend.load(path)
   qa = llava_backend.LlavaVideoQA(model, tokenizer, num_frames=4, max_new_tokens=3)
-  clip = experts.VideoClip(np.random.default_rng(5).integers(0, 255, (9, 28, 28, 3), np.uint8),
-                           video_id="v")
+  clip = experts.VideoClip(
+    np.random.default_rng(5).integers(0, 255, (9, 28, 28, 3), np.uint8), video_id="v"
+  )
   choices = ["red circle", "the video", "circle", "what happens in the video"]
   user = "what happens in the video"
   ids, pixels = qa.inputs(clip, user)
@@ -603,17 +768,18 @@ def test_llava_video_qa_scores_choices_by_transformers_likelihood(llava):
   np.testing.assert_allclose(got, want, atol=2e-3)
   assert len(set(np.round(want, 3))) == len(choices)  # a real ranking, not ties
   from aotd_jax.data.conversation import ANSWER_SUFFIX, format_question
+
   answer = qa.answer(clip, "what", choices)
-  scored = qa.score_choices(clip, format_question("what", choices) + "\n" + ANSWER_SUFFIX,
-                            choices)
+  scored = qa.score_choices(clip, format_question("what", choices) + "\n" + ANSWER_SUFFIX, choices)
   assert answer == choices[int(np.argmax(scored))]
   pmi = llava_backend.LlavaVideoQA(model, tokenizer, num_frames=4, choice_scoring="pmi")
   user_mc = format_question("what", choices) + "\n" + ANSWER_SUFFIX
   blank = pmi.score_choices(clip, user_mc, choices, blank=True)
   assert not np.allclose(blank, scored)  # the video counts
   assert pmi.answer(clip, "what", choices) == choices[int(np.argmax(scored - blank))]
-  free = llava_backend.LlavaVideoQA(model, tokenizer, num_frames=4, max_new_tokens=3,
-                                    choice_scoring="generate")
+  free = llava_backend.LlavaVideoQA(
+    model, tokenizer, num_frames=4, max_new_tokens=3, choice_scoring="generate"
+  )
   assert free.answer(clip, "what", choices) not in choices  # the reply it would have given
   assert qa.recognize(clip, None, choices)[0] in choices
   # the official prompt ("Question:/Options:") is what an official-format expert scores
@@ -626,6 +792,7 @@ def test_llava_video_qa_scores_choices_by_transformers_likelihood(llava):
 
 def test_llava_choice_reply_forms():
   from experts.backends import llava as llava_backend
+
   choices = ["red circle jumps", "blue square moves"]
   assert llava_backend.choice_reply(choices, 1) == "blue square moves"
   assert llava_backend.choice_reply(choices, 1, "letter") == "(B)"
@@ -635,6 +802,7 @@ def test_llava_choice_reply_forms():
 def test_llava_video_qa_rejects_bad_scoring_arguments():
   import types
   from experts.backends import llava as llava_backend
+
   model = types.SimpleNamespace(config=types.SimpleNamespace(video_token_index=LV_VIDEO))
   with pytest.raises(ValueError, match="choice_scoring='vote' is not one of"):
     llava_backend.LlavaVideoQA(model, object(), choice_scoring="vote")

@@ -1,4 +1,5 @@
 """Identical expert calls are served from the memory / disk cache instead of the model."""
+
 import json
 import logging
 
@@ -11,6 +12,7 @@ from experts.cache import ToolCache, frames_key, make_key
 
 class CountingDetector:
   """Finds 'bright' in frames whose mean pixel is > 100; counts frames it is asked about."""
+
   name = "counting-detector"
 
   def __init__(self):
@@ -124,7 +126,9 @@ def test_keys_name_model_video_frames_and_query():
   assert frames_key([1, 5]).startswith("ids:") and frames_key([1, 5]) != frames_key([1, 6])
   k = make_key("owlv2", "detect", "vid", "3:6", ["cup"], threshold=0.1)
   assert k.startswith("owlv2|detect|vid|3:6|") and json.loads(k.split("|", 4)[4]) == {
-      "q": ["cup"], "threshold": 0.1}
+    "q": ["cup"],
+    "threshold": 0.1,
+  }
   assert k != make_key("owlv2", "detect", "vid", "3:6", ["cup"], threshold=0.2)
 
 

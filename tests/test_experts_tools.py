@@ -1,4 +1,5 @@
 """The expert tools' semantics on toy-world clips, with ground-truth (oracle) experts."""
+
 import json
 
 import numpy as np
@@ -23,10 +24,15 @@ def world():
 
 def make_box(truths, **kw):
   gt = toyworld_oracle.ground_truth(truths)
-  return experts.Toolbox(detector=oracle.OracleDetector(gt), grounder=oracle.OracleGrounder(gt),
-                         action_recognizer=oracle.OracleActions(gt),
-                         video_qa=oracle.OracleActions(gt), selector=oracle.KeywordSelector(),
-                         object_vocabulary=toyworld.ALL_OBJECT_NAMES, **kw)
+  return experts.Toolbox(
+    detector=oracle.OracleDetector(gt),
+    grounder=oracle.OracleGrounder(gt),
+    action_recognizer=oracle.OracleActions(gt),
+    video_qa=oracle.OracleActions(gt),
+    selector=oracle.KeywordSelector(),
+    object_vocabulary=toyworld.ALL_OBJECT_NAMES,
+    **kw,
+  )
 
 
 @pytest.fixture
@@ -49,18 +55,22 @@ def test_video_clip_keeps_source_frame_ids_and_shares_frames(world):
   assert list(sub.frame_ids) == [2, 5, 6] and (sub.start_frame, sub.end_frame) == (2, 7)
   np.testing.assert_array_equal(sub.frames, world[0][0][0][[2, 5, 6]])
   np.testing.assert_array_equal(np.asarray(sub.device_frames()), sub.frames)
-  np.testing.assert_array_equal(np.asarray(clip.select(range(3, 9)).device_frames()),
-                                world[0][0][0][3:9])
+  np.testing.assert_array_equal(
+    np.asarray(clip.select(range(3, 9)).device_frames()), world[0][0][0][3:9]
+  )
   assert sub._store is clip._store  # no pixel copy between clips of one program
   js = sub.to_json()
   assert js["frame_ids"] == [2, 5, 6] and js["video_id"] == truth.video_id
   json.dumps(js)
 
 
-@pytest.mark.parametrize("frames,msg", [
+@pytest.mark.parametrize(
+  "frames,msg",
+  [
     (np.zeros((4, 8, 8), np.uint8), "shape"),
     (np.zeros((4, 8, 8, 3), np.float32), "uint8"),
-])
+  ],
+)
 def test_video_clip_rejects_bad_frames(frames, msg):
   with pytest.raises(ValueError, match=msg):
     experts.VideoClip(frames)
@@ -104,8 +114,9 @@ def test_trim_empty_range_gives_empty_clip_and_tools_give_empty_results(world, b
   assert len(box.Query_Objs(empty, "objects")) == 0
 
 
-@pytest.mark.parametrize("kwargs,arg", [({"start": "3"}, "start"), ({"end": [4]}, "end"),
-                                        ({"start": True}, "start")])
+@pytest.mark.parametrize(
+  "kwargs,arg", [({"start": "3"}, "start"), ({"end": [4]}, "end"), ({"start": True}, "start")]
+)
 def test_trim_rejects_non_numbers(world, box, kwargs, arg):
   clip, _ = clip_of(world)
   with pytest.raises(ToolError, match=f"trim: {arg}"):
@@ -242,8 +253,16 @@ def test_select_answer_returns_one_choice_in_any_argument_order(box):
     box.select_answer("q", [], info)
 
 
-@pytest.mark.parametrize("text,want", [("B", "spun"), ("(A) jumped", "jumped"), ("spun", "spun"),
-                                       ("It spun around", "spun"), ("jumpd", "jumped")])
+@pytest.mark.parametrize(
+  "text,want",
+  [
+    ("B", "spun"),
+    ("(A) jumped", "jumped"),
+    ("spun", "spun"),
+    ("It spun around", "spun"),
+    ("jumpd", "jumped"),
+  ],
+)
 def test_snap_to_choice(text, want):
   assert snap_to_choice(text, ["jumped", "spun"]) == want
 
@@ -306,23 +325,31 @@ def test_end_to_end_program_calling_five_tools(world):
   first, second = truth.events[0], truth.events[-1]
   assert first["end_frame"] < second["start_frame"]
   tools = make_box(world[1]).tools()
-  scope = dict(tools, EVENT=f"the {second['object']} {second['action']}s",
-               ACTOR=first["object"])
+  scope = dict(tools, EVENT=f"the {second['object']} {second['action']}s", ACTOR=first["object"])
   exec(PROGRAM, scope)  # the sandbox is another module's job; here a plain call
-  right = f"The {first['object']} {first['action']}ed the {first['target']}." if first["target"] \
-      else f"The {first['object']} {first['action']}ed."
+  right = (
+    f"The {first['object']} {first['action']}ed the {first['target']}."
+    if first["target"]
+    else f"The {first['object']} {first['action']}ed."
+  )
   choices = ["The purple hexagon spun.", right, "The green square grew."]
   answer = scope["execute_command"](clip, "What happened right before?", choices)
   assert answer == right
   toolbox = tools["trim"].__self__
-  assert [r.name for r in toolbox.records] == ["Filter_frames_with_act", "trim", "Find",
-                                               "Query_Actions", "select_answer"]
+  assert [r.name for r in toolbox.records] == [
+    "Filter_frames_with_act",
+    "trim",
+    "Find",
+    "Query_Actions",
+    "select_answer",
+  ]
   json.dumps([r.to_json() for r in toolbox.records])
 
 
 def test_concurrent_calls_record_their_own_evidence(world):
   """A sandbox may serve tool calls from several threads on one toolbox."""
   import threading
+
   box = make_box(world[1])
   clip, truth = clip_of(world)
 
@@ -345,11 +372,16 @@ def test_concurrent_calls_record_their_own_evidence(world):
 
 class _OneBox:
   """A detector that finds `name` at one fixed box in every frame whose id is even."""
+
   name = "one-box"
 
   def detect(self, clip, queries, *, threshold):
-    return [[experts.Box(int(f), q, 0.9, (4.0, 6.0, 14.0, 20.0)) for q in queries]
-            if int(f) % 2 == 0 else [] for f in clip.frame_ids]
+    return [
+      [experts.Box(int(f), q, 0.9, (4.0, 6.0, 14.0, 20.0)) for q in queries]
+      if int(f) % 2 == 0
+      else []
+      for f in clip.frame_ids
+    ]
 
 
 class _SaysYes:
@@ -365,14 +397,16 @@ class _SaysYes:
 
 def test_find_crops_are_the_official_224px_crops_with_a_margin():
   import PIL.Image
+
   frames = np.random.default_rng(0).integers(0, 255, (6, 30, 40, 3), dtype=np.uint8)
   clip = experts.VideoClip(frames, start_frame=10, video_id="v")
   box = experts.Toolbox(detector=_OneBox(), find="crops")
   found = box.Find(clip, "cup")
   assert list(found.frame_ids) == [10, 12, 14] and found.frames.shape == (3, 224, 224, 3)
   # box (4, 6, 14, 20) + 10 px margin, clipped to the 40 x 30 frame: x 0..24, y 0..30
-  want = np.asarray(PIL.Image.fromarray(frames[2][0:30, 0:24]).resize((224, 224),
-                                                                     PIL.Image.BILINEAR))
+  want = np.asarray(
+    PIL.Image.fromarray(frames[2][0:30, 0:24]).resize((224, 224), PIL.Image.BILINEAR)
+  )
   np.testing.assert_array_equal(found.frames[1], want)
   assert [b.frame_id for b in found.detections.boxes] == [10, 12, 14]
   frames_mode = experts.Toolbox(detector=_OneBox()).Find(clip, "cup")
@@ -389,19 +423,27 @@ def test_exist_with_the_video_qa_check():
   assert box.exist(clip, "laptop") is True
   question, crops = qa.calls[0]
   assert question == "Is this laptop?" and crops.frames.shape == (2, 224, 224, 3)
-  assert experts.Toolbox(detector=_OneBox(), video_qa=_SaysYes("No."),
-                         exist="detector+qa").exist(clip, "laptop") is False
+  assert (
+    experts.Toolbox(detector=_OneBox(), video_qa=_SaysYes("No."), exist="detector+qa").exist(
+      clip, "laptop"
+    )
+    is False
+  )
   # nothing detected: no question asked
   empty = experts.VideoClip(frames[1:2], start_frame=1, video_id="v")
   quiet = _SaysYes()
-  assert experts.Toolbox(detector=_OneBox(), video_qa=quiet, exist="detector+qa").exist(
-      empty, "laptop") is False and not quiet.calls
+  assert (
+    experts.Toolbox(detector=_OneBox(), video_qa=quiet, exist="detector+qa").exist(empty, "laptop")
+    is False
+    and not quiet.calls
+  )
   with pytest.raises(ValueError, match="exist='qa'"):
     experts.Toolbox(exist="qa")
 
 
 def test_registry_binds_the_tool_modes():
   from experts import registry
+
   config = registry.default_config()
   config.tools.find, config.tools.exist = "crops", "detector+qa"
   config.ground_truth.path = "unused"

@@ -1,6 +1,7 @@
 """A Hub-ready export: transformers' Auto classes load the folder (tokenizer, generation config,
 the model from sharded safetensors), the card names base model / datasets / λ / CoT summary,
 and nothing of the project's own files is in it."""
+
 import json
 import os
 import pathlib
@@ -18,8 +19,15 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-ALLOWED = {"config.json", "generation_config.json", "README.md", "model.safetensors",
-           "model.safetensors.index.json", *hub.TOKENIZER_FILES, *hub.PROCESSOR_FILES}
+ALLOWED = {
+  "config.json",
+  "generation_config.json",
+  "README.md",
+  "model.safetensors",
+  "model.safetensors.index.json",
+  *hub.TOKENIZER_FILES,
+  *hub.PROCESSOR_FILES,
+}
 
 
 @pytest.fixture(scope="module")
@@ -29,21 +37,26 @@ def export_dir(tmp_path_factory):
   from aotd_jax.data.toy_tokenizer import train_tokenizer
   from aotd_jax.train import build
   from configs.toyworld import distill as toy
+
   tmp = tmp_path_factory.mktemp("export")
   cfg = toy.get_config("llava")
   mesh = sharding.make_mesh({"data": -1}, jax.devices()[:1])
   student = build.build_student(cfg.student, mesh=mesh)
   out, tok = str(tmp / "hub"), str(tmp / "tok")
   hf.save_pretrained(student, out, max_shard_bytes=60_000)  # several shards + an index
-  train_tokenizer(["what is on the table? the red cube.", "step 1: find the cube"] * 20, tok,
-                  vocab_size=300)
+  train_tokenizer(
+    ["what is on the table? the red cube.", "step 1: find the cube"] * 20, tok, vocab_size=300
+  )
   config = json.loads(cfg.to_json_best_effort())
   config["student"]["hf_dir"] = "/models/LLaVA-NeXT-Video-7B-hf"
   config["data"]["datasets"] = {"star": {}, "nextqa": {}}
-  manifest = {"roles": {"program": {"kind": "real", "model": "Qwen2.5-Coder"}},
-              "counts": {"kept": 3, "total": 5}}
-  hub.write_hub_files(out, hf_config=io.read_config(out), tokenizer_dir=tok, config=config,
-                      manifest=manifest)
+  manifest = {
+    "roles": {"program": {"kind": "real", "model": "Qwen2.5-Coder"}},
+    "counts": {"kept": 3, "total": 5},
+  }
+  hub.write_hub_files(
+    out, hf_config=io.read_config(out), tokenizer_dir=tok, config=config, manifest=manifest
+  )
   return out
 
 
@@ -56,7 +69,9 @@ def test_folder_holds_hub_files_only(export_dir):
   assert set(hub.PROCESSOR_FILES) <= names  # written from the model's config
   config = io.read_config(export_dir)
   text = config["text_config"]
-  assert config["rope_theta"] == text.get("rope_theta", text.get("rope_parameters", {}).get("rope_theta"))
+  assert config["rope_theta"] == text.get(
+    "rope_theta", text.get("rope_parameters", {}).get("rope_theta")
+  )
   assert config["rope_theta"] == 10000.0
 
 
@@ -92,13 +107,15 @@ def test_transformers_auto_classes_load_the_export(export_dir):
   key = "model.language_model.norm.weight" if "model.language_model.norm.weight" in theirs else None
   if key is None:
     key = next(k for k in theirs if k.endswith("language_model.norm.weight"))
-  ours_key = next(k for k in ours if k.endswith("norm.weight") and "language_model" in k
-                  and "layers" not in k)
+  ours_key = next(
+    k for k in ours if k.endswith("norm.weight") and "language_model" in k and "layers" not in k
+  )
   np.testing.assert_array_equal(theirs[key].numpy(), ours[ours_key])
 
 
 def _student_config(export_dir):
   from aotd_jax.hf import llava_next_video
+
   return llava_next_video.config_from_hf(io.read_config(export_dir))
 
 
@@ -115,10 +132,14 @@ def test_processor_files_load_in_transformers_own_classes(export_dir):
   import functools
   import types
   from PIL import Image
-  from transformers.models.llava_next_video.processing_llava_next_video import LlavaNextVideoProcessor
+  from transformers.models.llava_next_video.processing_llava_next_video import (
+    LlavaNextVideoProcessor,
+  )
   from transformers.models.llava_next_video.video_processing_llava_next_video import (
-      LlavaNextVideoVideoProcessor)
+    LlavaNextVideoVideoProcessor,
+  )
   from aotd_jax.data import video_processing
+
   cfg = _student_config(export_dir)
   size = cfg.vision_config.image_size
   video_processor = LlavaNextVideoVideoProcessor.from_pretrained(export_dir)
@@ -131,8 +152,9 @@ def test_processor_files_load_in_transformers_own_classes(export_dir):
   tokenizer = transformers.AutoTokenizer.from_pretrained(export_dir)
   assert tokenizer.convert_tokens_to_ids(settings["video_token"]) == cfg.video_token_index
   assert tokenizer.convert_tokens_to_ids(settings["image_token"]) == cfg.image_token_index
-  proc = types.SimpleNamespace(image_processor=image_processor, **{
-      k: v for k, v in settings.items() if k != "processor_class"})
+  proc = types.SimpleNamespace(
+    image_processor=image_processor, **{k: v for k, v in settings.items() if k != "processor_class"}
+  )
   for name in ("_get_unpadded_features", "_get_number_of_features"):
     setattr(proc, name, functools.partial(getattr(LlavaNextVideoProcessor, name), proc))
   clip = video_processing.preprocess_video(_frames(), shortest_edge=size, crop_size=size)
@@ -143,15 +165,17 @@ def test_processor_files_load_in_transformers_own_classes(export_dir):
   expanded = LlavaNextVideoProcessor.replace_image_token(proc, inputs, 0)
   assert expanded.count("<image>") == cfg.image_tokens(image.shape[:2]) > 0
   ours, image_size = video_processing.preprocess_image(
-      image, shortest_edge=size, crop_size=size, image_grid_pinpoints=cfg.image_grid_pinpoints)
+    image, shortest_edge=size, crop_size=size, image_grid_pinpoints=cfg.image_grid_pinpoints
+  )
   assert tuple(inputs["image_sizes"][0]) == image_size
-  np.testing.assert_allclose(inputs["pixel_values"][0][:len(ours)], ours, atol=1e-5)
+  np.testing.assert_allclose(inputs["pixel_values"][0][: len(ours)], ours, atol=1e-5)
 
 
 def test_auto_processor_loads_the_export(export_dir):
   """Where torchvision imports: AutoProcessor.from_pretrained(export) alone loads the export and
   expands a clip's <video> to the model's token count."""
   from tests.test_export_processors import _torchvision_or_skip
+
   _torchvision_or_skip()
   cfg = _student_config(export_dir)
   processor = transformers.AutoProcessor.from_pretrained(export_dir)
@@ -166,18 +190,26 @@ def test_the_exported_chat_template_renders_the_training_prompt(export_dir):
   export's template makes its tokenizer render exactly that prompt (the evaluation of the
   export sees what training saw)."""
   from aotd_jax.data import conversation
+
   tok = transformers.AutoTokenizer.from_pretrained(export_dir)
   assert tok.chat_template == conversation.PLAIN_CHAT_TEMPLATE
   with open(os.path.join(export_dir, "tokenizer_config.json")) as f:  # where 4.x reads it
     assert json.load(f)["chat_template"] == conversation.PLAIN_CHAT_TEMPLATE
   for media in ("video", "image", None):
     for answer in (None, "Step 1: look. (B) b."):
-      want = conversation.build_prompt(None, "What? (A) a (B) b", assistant_text=answer, media=media)
+      want = conversation.build_prompt(
+        None, "What? (A) a (B) b", assistant_text=answer, media=media
+      )
       got = conversation.build_prompt(tok, "What? (A) a (B) b", assistant_text=answer, media=media)
       assert got == want, (media, answer)
-  text = tok.apply_chat_template([{"role": "user", "content": "hi"},
-                                  {"role": "assistant", "content": "yo"},
-                                  {"role": "user", "content": "again"}], tokenize=False)
+  text = tok.apply_chat_template(
+    [
+      {"role": "user", "content": "hi"},
+      {"role": "assistant", "content": "yo"},
+      {"role": "user", "content": "again"},
+    ],
+    tokenize=False,
+  )
   assert text == "USER: hi ASSISTANT: yo USER: again ASSISTANT:"
 
 
@@ -186,10 +218,14 @@ def test_exporting_again_into_the_folder_keeps_the_chat_template(export_dir, tmp
   template into the freshly copied tokenizer_config.json (the source folder decides)."""
   import shutil
   from aotd_jax.data import conversation
+
   again = tmp_path / "again"
   shutil.copytree(export_dir, again)
-  hub.write_hub_files(str(again), hf_config=io.read_config(str(again)),
-                      tokenizer_dir=os.path.join(os.path.dirname(export_dir), "tok"))
+  hub.write_hub_files(
+    str(again),
+    hf_config=io.read_config(str(again)),
+    tokenizer_dir=os.path.join(os.path.dirname(export_dir), "tok"),
+  )
   with open(again / "tokenizer_config.json") as f:
     assert json.load(f)["chat_template"] == conversation.PLAIN_CHAT_TEMPLATE
 
@@ -204,6 +240,7 @@ def test_launch_export_from_a_training_checkpoint(tmp_path):
   from aotd_jax.train import build
   from aotd_jax.train.checkpoint import Checkpointer
   from configs.toyworld import distill as toy
+
   adapter = registry.adapter_for("LlavaNextVideoForConditionalGeneration")
   model = adapter.model_class(adapter.config_from_hf(dict(toy.TINY_LLAVA)), rngs=nnx.Rngs(0))
   base = tmp_path / "LLaVA-NeXT-Video-7B-hf"  # the student's base folder: its tokenizer
@@ -212,18 +249,34 @@ def test_launch_export_from_a_training_checkpoint(tmp_path):
   config["student"]["hf_dir"] = str(base)
   config["data"]["datasets"] = {"star": {}}
   ckpt = Checkpointer(str(tmp_path / "run" / "checkpoints"), async_save=False)
-  ckpt.save(3, model=nnx.state(model, nnx.Param).to_pure_dict(), opt_state={"count": np.zeros((), np.int32)},
-            meta={"step": 3, "config": config}, data={})
+  ckpt.save(
+    3,
+    model=nnx.state(model, nnx.Param).to_pure_dict(),
+    opt_state={"count": np.zeros((), np.int32)},
+    meta={"step": 3, "config": config},
+    data={},
+  )
   ckpt.close()
   build.write_hf_config(model, str(tmp_path / "run" / "checkpoints"))
   (tmp_path / "manifest.json").write_text(json.dumps({"counts": {"kept": 7}}))
   out = tmp_path / "hub"
   # a subprocess, as users run it (importing launch.export here would define its absl flags
   # in a process whose other test files define their own)
-  r = subprocess.run([sys.executable, "-m", "launch.export", f"--workdir={tmp_path / 'run'}",
-                      f"--hf_dir={out}", f"--cot_manifest={tmp_path / 'manifest.json'}",
-                      "--base_model=llava-hf/LLaVA-NeXT-Video-7B-hf"], cwd=ROOT, capture_output=True,
-                     text=True, timeout=300)
+  r = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "launch.export",
+      f"--workdir={tmp_path / 'run'}",
+      f"--hf_dir={out}",
+      f"--cot_manifest={tmp_path / 'manifest.json'}",
+      "--base_model=llava-hf/LLaVA-NeXT-Video-7B-hf",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   assert "tokenizer.json" in r.stdout and "README.md" in r.stdout
   assert set(os.listdir(out)) <= ALLOWED, set(os.listdir(out)) - ALLOWED
@@ -237,4 +290,6 @@ def test_launch_export_from_a_training_checkpoint(tmp_path):
   want, got = (nnx.to_flat_state(nnx.state(m, nnx.Param)) for m in (model, loaded))
   assert len(want) == len(got) > 0
   for (path, a), (_, b) in zip(want, got):
-    np.testing.assert_array_equal(np.asarray(a.get_value()), np.asarray(b.get_value()), err_msg=str(path))
+    np.testing.assert_array_equal(
+      np.asarray(a.get_value()), np.asarray(b.get_value()), err_msg=str(path)
+    )

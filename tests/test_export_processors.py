@@ -8,6 +8,7 @@ image processor (tile 0 is the frame resized to image_size squared, as the pipel
 resize), and Qwen2-VL's video pixels through transformers' own video processor with PIL resizing
 (tests/qwen2_vl_reference.py). Where torchvision imports, `AutoProcessor` alone loads each export.
 """
+
 import copy
 import functools
 import json
@@ -23,14 +24,21 @@ from aotd_jax.hf import hub, io, processor_files
 pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-QWEN_TOKENS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-               "<|video_pad|>", "<|image_pad|>"]
+QWEN_TOKENS = [
+  "<|im_start|>",
+  "<|im_end|>",
+  "<|vision_start|>",
+  "<|vision_end|>",
+  "<|video_pad|>",
+  "<|image_pad|>",
+]
 
 
 def _export(tmp, arch: str, init: dict, tok) -> tuple[str, object]:
   """save_pretrained of a random tiny `arch` + the hub files with `tok`'s folder; (dir, model)."""
   from flax import nnx
   from aotd_jax.hf import registry
+
   adapter = registry.adapter_for(arch)
   model = adapter.model_class(adapter.config_from_hf(init), rngs=nnx.Rngs(0))
   out, tok_dir = str(tmp / "hub"), str(tmp / "tok")
@@ -43,30 +51,47 @@ def _export(tmp, arch: str, init: dict, tok) -> tuple[str, object]:
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
   from aotd_jax.data.toy_tokenizer import train_tokenizer
-  return train_tokenizer(["what is on the table? the red cube.", "step 1: find the cube"] * 20,
-                         str(tmp_path_factory.mktemp("tok")), vocab_size=300)
+
+  return train_tokenizer(
+    ["what is on the table? the red cube.", "step 1: find the cube"] * 20,
+    str(tmp_path_factory.mktemp("tok")),
+    vocab_size=300,
+  )
 
 
 @pytest.fixture(scope="module")
 def onevision(tmp_path_factory, tokenizer):
   from configs.toyworld import distill as toy
-  return _export(tmp_path_factory.mktemp("ov"), "LlavaOnevisionForConditionalGeneration",
-                 dict(toy.TINY_ONEVISION), tokenizer)
+
+  return _export(
+    tmp_path_factory.mktemp("ov"),
+    "LlavaOnevisionForConditionalGeneration",
+    dict(toy.TINY_ONEVISION),
+    tokenizer,
+  )
 
 
 @pytest.fixture(scope="module")
 def qwen2vl(tmp_path_factory, tokenizer):
   from configs.toyworld import distill as toy
+
   tok = copy.deepcopy(tokenizer)
   tok.add_special_tokens({"additional_special_tokens": QWEN_TOKENS})
   ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_TOKENS}
-  init = dict(toy.TINY_QWEN2VL, video_token_id=ids["<|video_pad|>"], image_token_id=ids["<|image_pad|>"],
-              vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+  init = dict(
+    toy.TINY_QWEN2VL,
+    video_token_id=ids["<|video_pad|>"],
+    image_token_id=ids["<|image_pad|>"],
+    vision_start_token_id=ids["<|vision_start|>"],
+    vision_end_token_id=ids["<|vision_end|>"],
+  )
   return _export(tmp_path_factory.mktemp("qwen"), "Qwen2VLForConditionalGeneration", init, tok)
 
 
 def _frames(num_frames=4, height=40, width=52, seed=0):
-  return np.random.default_rng(seed).integers(0, 255, (num_frames, height, width, 3), dtype=np.uint8)
+  return np.random.default_rng(seed).integers(
+    0, 255, (num_frames, height, width, 3), dtype=np.uint8
+  )
 
 
 def _processor(cls, export_dir, **parts):
@@ -83,8 +108,11 @@ def _processor(cls, export_dir, **parts):
 
 def test_exports_hold_processor_files_and_the_students_chat_template(onevision, qwen2vl):
   from aotd_jax.data import conversation
-  for (export_dir, _), template in ((onevision, conversation.ONEVISION_CHAT_TEMPLATE),
-                                    (qwen2vl, conversation.QWEN2_VL_CHAT_TEMPLATE)):
+
+  for (export_dir, _), template in (
+    (onevision, conversation.ONEVISION_CHAT_TEMPLATE),
+    (qwen2vl, conversation.QWEN2_VL_CHAT_TEMPLATE),
+  ):
     assert set(processor_files.FILES) <= set(os.listdir(export_dir)), export_dir
     tok = transformers.AutoTokenizer.from_pretrained(export_dir)
     assert tok.chat_template == template  # the template training used, not the tokenizer's own
@@ -97,8 +125,10 @@ def test_onevision_processor_files_make_the_students_inputs(onevision):
   from PIL import Image
   from transformers.models.llava_onevision.processing_llava_onevision import LlavaOnevisionProcessor
   from transformers.models.llava_onevision.video_processing_llava_onevision import (
-      LlavaOnevisionVideoProcessor)
+    LlavaOnevisionVideoProcessor,
+  )
   from aotd_jax.data import video_processing
+
   export_dir, model = onevision
   cfg = model.config
   size = cfg.vision_config.image_size
@@ -111,8 +141,9 @@ def test_onevision_processor_files_make_the_students_inputs(onevision):
   proc = _processor(LlavaOnevisionProcessor, export_dir, image_processor=image_processor)
   assert tokenizer.convert_tokens_to_ids(proc.video_token) == cfg.video_token_index
   assert tokenizer.convert_tokens_to_ids(proc.image_token) == cfg.image_token_index
-  clip = video_processing.preprocess_video(_frames(), shortest_edge=size, crop_size=size,
-                                           resize=cfg.video_resize)
+  clip = video_processing.preprocess_video(
+    _frames(), shortest_edge=size, crop_size=size, resize=cfg.video_resize
+  )
   expanded = LlavaOnevisionProcessor.replace_video_token(proc, {"pixel_values_videos": [clip]}, 0)
   assert expanded.count("<video>") == cfg.video_tokens(4) > 0
   # An image: the processor's any-res count is the model's; its tile 0 (the picture resized
@@ -122,8 +153,9 @@ def test_onevision_processor_files_make_the_students_inputs(onevision):
   inputs["batch_num_images"] = [1]
   expanded = LlavaOnevisionProcessor.replace_image_token(proc, inputs, 0)
   assert expanded.count("<image>") == cfg.image_tokens(frame.shape[:2]) > 0
-  ours = video_processing.preprocess_video(frame[None], shortest_edge=size, crop_size=size,
-                                           resize=cfg.video_resize)
+  ours = video_processing.preprocess_video(
+    frame[None], shortest_edge=size, crop_size=size, resize=cfg.video_resize
+  )
   np.testing.assert_allclose(inputs["pixel_values"][0][0], ours[0], atol=1e-5)
 
 
@@ -135,14 +167,19 @@ def test_qwen2vl_processor_files_make_the_students_inputs(qwen2vl, monkeypatch):
   from aotd_jax.data import qwen2_vl_processing as qp
   from aotd_jax.data import video_processing
   from tests.qwen2_vl_reference import video_processor_class
+
   export_dir, model = qwen2vl
   cfg, vision = model.config, model.config.vision_config
   size = vision.image_size
   frames = _frames(4, 40, 40)  # square: the processor's bounds give exactly the training size
-  ours = video_processing.preprocess_video(frames, shortest_edge=size, crop_size=size,
-                                           resize=cfg.video_resize)
-  patch = dict(patch_size=vision.patch_size, merge_size=vision.spatial_merge_size,
-               temporal_patch_size=vision.temporal_patch_size)
+  ours = video_processing.preprocess_video(
+    frames, shortest_edge=size, crop_size=size, resize=cfg.video_resize
+  )
+  patch = dict(
+    patch_size=vision.patch_size,
+    merge_size=vision.spatial_merge_size,
+    temporal_patch_size=vision.temporal_patch_size,
+  )
   want, grid = qp.patchify(ours, **patch)
   video_processor = video_processor_class(monkeypatch).from_pretrained(export_dir)
   got = video_processor(videos=[frames], return_tensors="np")
@@ -152,8 +189,13 @@ def test_qwen2vl_processor_files_make_the_students_inputs(qwen2vl, monkeypatch):
   image = image_processor(images=[frames[0]], return_tensors="np")
   np.testing.assert_allclose(image["pixel_values"], qp.patchify(ours[:1], **patch)[0], atol=1e-5)
   tokenizer = transformers.AutoTokenizer.from_pretrained(export_dir)
-  proc = _processor(Qwen2VLProcessor, export_dir, video_processor=video_processor,
-                    image_processor=image_processor, video_token="<|video_pad|>")
+  proc = _processor(
+    Qwen2VLProcessor,
+    export_dir,
+    video_processor=video_processor,
+    image_processor=image_processor,
+    video_token="<|video_pad|>",
+  )
   assert tokenizer.convert_tokens_to_ids(proc.video_token) == cfg.video_token_id
   expanded = Qwen2VLProcessor.replace_video_token(proc, got, 0)
   assert expanded.count("<|video_pad|>") == cfg.video_tokens(4) > 0
@@ -163,9 +205,11 @@ def _torchvision_or_skip():
   try:
     import torchvision  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   except Exception as e:  # pylint: disable=broad-except
-    pytest.skip(f"torchvision does not import ({type(e).__name__}: {str(e)[:80]}): transformers 5 "
-                "builds video processors with torchvision only; the CPU build is "
-                "torchvision==0.28.0 from https://download.pytorch.org/whl/cpu (docs/export.md)")
+    pytest.skip(
+      f"torchvision does not import ({type(e).__name__}: {str(e)[:80]}): transformers 5 "
+      "builds video processors with torchvision only; the CPU build is "
+      "torchvision==0.28.0 from https://download.pytorch.org/whl/cpu (docs/export.md)"
+    )
 
 
 @pytest.mark.parametrize("which", ["onevision", "qwen2vl"])

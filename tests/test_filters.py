@@ -1,4 +1,5 @@
 """Two-step CoT filter: answer check (MC letter/text, open-ended, judge), logic judge, counts."""
+
 import pytest
 
 from aotd_jax.agent import cot, filters
@@ -7,14 +8,35 @@ from fixtures.scripted_llm import ScriptedLLM
 CHOICES = ["The clothes.", "The pillow.", "The bag.", "The box."]
 
 
-@pytest.mark.parametrize("prediction,index", [
-    ("The pillow.", 1), ("pillow", 1), ("  THE PILLOW ", 1), ("a pillow", 1),
-    ("B", 1), ("(B)", 1), ("b.", 1), ("B)", 1), ("[B]", 1), ("**B**", 1),
-    ("Answer: B", 1), ("The answer is (C)", 2), ("Option D", 3), ("(B) The pillow.", 1),
-    ("(B) something", 1), ("I think the person threw the bag.", 2), (1, 1),
-    ("E", None), ("", None), (None, None), ("the pillow or the bag", None), ("Box.", 3),
-    ("Banana", None), (7, None),
-])
+@pytest.mark.parametrize(
+  "prediction,index",
+  [
+    ("The pillow.", 1),
+    ("pillow", 1),
+    ("  THE PILLOW ", 1),
+    ("a pillow", 1),
+    ("B", 1),
+    ("(B)", 1),
+    ("b.", 1),
+    ("B)", 1),
+    ("[B]", 1),
+    ("**B**", 1),
+    ("Answer: B", 1),
+    ("The answer is (C)", 2),
+    ("Option D", 3),
+    ("(B) The pillow.", 1),
+    ("(B) something", 1),
+    ("I think the person threw the bag.", 2),
+    (1, 1),
+    ("E", None),
+    ("", None),
+    (None, None),
+    ("the pillow or the bag", None),
+    ("Box.", 3),
+    ("Banana", None),
+    (7, None),
+  ],
+)
 def test_choice_index_by_letter_and_text(prediction, index):
   assert filters.choice_index(prediction, CHOICES) == index
 
@@ -43,12 +65,28 @@ def test_check_answer_open_ended_match_or_defer_to_judge():
   assert filters.check_answer("a puppy", [], "dog") is None  # the judge decides
 
 
-@pytest.mark.parametrize("reply,said", [
-    ("Yes", True), ("yes.", True), ("**Yes**", True), ("Answer: YES", True), ("True", True),
-    ("correct", True), ("Y", True), ("No", False), ("no, it skips steps", False),
-    ("False.", False), ("Incorrect", False), ("The answer is: No", False),
-    ("Maybe", None), ("", None), (None, None), ("Nobody knows", None), ("yesterday", None),
-])
+@pytest.mark.parametrize(
+  "reply,said",
+  [
+    ("Yes", True),
+    ("yes.", True),
+    ("**Yes**", True),
+    ("Answer: YES", True),
+    ("True", True),
+    ("correct", True),
+    ("Y", True),
+    ("No", False),
+    ("no, it skips steps", False),
+    ("False.", False),
+    ("Incorrect", False),
+    ("The answer is: No", False),
+    ("Maybe", None),
+    ("", None),
+    (None, None),
+    ("Nobody knows", None),
+    ("yesterday", None),
+  ],
+)
 def test_parse_yes_no(reply, said):
   assert filters.parse_yes_no(reply) is said
 
@@ -66,10 +104,18 @@ def test_llm_judges_parse_and_count_unparsable_as_fail():
   assert filters.judge_logic(llm, []) == []
 
 
-TRACE = [{"name": "Filter_frames_with_act", "args": {"action": "throw"},
-          "result": {"start_frame": 10, "end_frame": 20}},
-         {"name": "Find", "args": {"obj": "pillow"},
-          "result": [{"frame": 12, "label": "pillow", "box": [1, 2, 3, 4], "score": 0.9}]}]
+TRACE = [
+  {
+    "name": "Filter_frames_with_act",
+    "args": {"action": "throw"},
+    "result": {"start_frame": 10, "end_frame": 20},
+  },
+  {
+    "name": "Find",
+    "args": {"obj": "pillow"},
+    "result": [{"frame": 12, "label": "pillow", "box": [1, 2, 3, 4], "score": 0.9}],
+  },
+]
 
 
 def test_rule_judge():
@@ -77,11 +123,13 @@ def test_rule_judge():
   assert filters.rule_judge(good, TRACE, "The pillow.").passed
   one_step = filters.rule_judge("So the answer is the pillow.", TRACE, "The pillow.")
   assert not one_step.passed and "need 2 steps" in one_step.reason
-  no_box = filters.rule_judge("The throw is in frames 10-19. So the answer is the pillow.",
-                              TRACE, "The pillow.")
+  no_box = filters.rule_judge(
+    "The throw is in frames 10-19. So the answer is the pillow.", TRACE, "The pillow."
+  )
   assert not no_box.passed and "omits 1 piece(s) of evidence" in no_box.reason
-  wrong_end = filters.rule_judge(good.replace("So the answer is the pillow.", "Done."), TRACE,
-                                 "The pillow.")
+  wrong_end = filters.rule_judge(
+    good.replace("So the answer is the pillow.", "Done."), TRACE, "The pillow."
+  )
   assert not wrong_end.passed and "does not give the answer" in wrong_end.reason
 
 
@@ -91,11 +139,29 @@ def test_filter_stats_counts_each_step():
   stats.add(parsed=True, executed=False, answer_passed=False, logic_passed=False)
   stats.add(parsed=True, executed=True, answer_passed=False, logic_passed=True)  # not counted
   stats.add(parsed=True, executed=True, answer_passed=True, logic_passed=False)
-  stats.add_record({"verdicts": {"parsed": True, "executed": True, "answer": {"passed": True},
-                                 "logic": {"passed": True}}})
-  assert (stats.total, stats.parsed, stats.executed, stats.answer_passed, stats.kept) == (5, 4, 3,
-                                                                                         2, 1)
-  assert stats.rates() == {"parsed": 0.8, "executed": 0.6, "answer": 0.4, "logic": 0.2,
-                           "logic_given_answer": 0.5}
+  stats.add_record(
+    {
+      "verdicts": {
+        "parsed": True,
+        "executed": True,
+        "answer": {"passed": True},
+        "logic": {"passed": True},
+      }
+    }
+  )
+  assert (stats.total, stats.parsed, stats.executed, stats.answer_passed, stats.kept) == (
+    5,
+    4,
+    3,
+    2,
+    1,
+  )
+  assert stats.rates() == {
+    "parsed": 0.8,
+    "executed": 0.6,
+    "answer": 0.4,
+    "logic": 0.2,
+    "logic_given_answer": 0.5,
+  }
   assert stats.summary() == "parsed 80% exec 60% answer 40% logic 20% (kept 1)"
   assert stats.to_dict()["kept"] == 1

@@ -1,4 +1,5 @@
 """Batched KV-cache generation against transformers' `generate` on the same weights."""
+
 import jax
 import numpy as np
 import pytest
@@ -20,9 +21,15 @@ def models(tmp_path_factory):
 
 def hf_greedy(ref, ids, mask, eos):
   with torch.no_grad():
-    out = ref.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), do_sample=False,
-                       max_new_tokens=NEW, eos_token_id=eos, pad_token_id=0)
-  new = out[:, ids.shape[1]:].numpy()
+    out = ref.generate(
+      input_ids=torch.tensor(ids),
+      attention_mask=torch.tensor(mask),
+      do_sample=False,
+      max_new_tokens=NEW,
+      eos_token_id=eos,
+      pad_token_id=0,
+    )
+  new = out[:, ids.shape[1] :].numpy()
   return np.pad(new, ((0, 0), (0, NEW - new.shape[1])))  # transformers stops when all rows end
 
 
@@ -42,8 +49,17 @@ def test_greedy_matches_transformers_with_eos(models):
 
 def test_prompt_buckets_are_powers_of_two_then_four_per_octave():
   assert [gen.prompt_bucket(n) for n in (1, 16, 17, 33, 64)] == [16, 16, 32, 64, 64]
-  assert [gen.prompt_bucket(n) for n in (65, 80, 81, 128, 129, 144, 161, 256, 257)] == \
-      [80, 80, 96, 128, 160, 160, 192, 256, 320]
+  assert [gen.prompt_bucket(n) for n in (65, 80, 81, 128, 129, 144, 161, 256, 257)] == [
+    80,
+    80,
+    96,
+    128,
+    160,
+    160,
+    192,
+    256,
+    320,
+  ]
   assert gen.prompt_bucket(5, minimum=128) == 128
   lengths = np.arange(1, 2049)
   buckets = np.array([gen.prompt_bucket(n) for n in lengths])
@@ -68,8 +84,14 @@ def test_inputs_embeds_prefill_equals_ids(models):
   _, model = models
   ids, mask, _ = left_padded_batch(length=10, pads=(4, 0, 6))
   a = gen.generate(model, ids, mask, max_new_tokens=6, eos_token_id=[2, 3], pad_token_id=0)
-  b = gen.generate(model, inputs_embeds=model.embed(ids), attention_mask=mask, max_new_tokens=6,
-                   eos_token_id=[2, 3], pad_token_id=0)
+  b = gen.generate(
+    model,
+    inputs_embeds=model.embed(ids),
+    attention_mask=mask,
+    max_new_tokens=6,
+    eos_token_id=[2, 3],
+    pad_token_id=0,
+  )
   np.testing.assert_array_equal(a.sequences, b.sequences)
 
 
@@ -83,20 +105,29 @@ def test_sampling_temperature_top_p(models):
   np.testing.assert_array_equal(tiny.sequences, greedy.sequences)
   a = gen.generate(model, ids, mask, rng=jax.random.PRNGKey(1), **kw)
   b = gen.generate(model, ids, mask, rng=jax.random.PRNGKey(1), **kw)
-  c = gen.generate(model, ids, mask, rng=jax.random.PRNGKey(2), temperature=5.0,
-                   **{k: v for k, v in kw.items() if k != "temperature"})
+  c = gen.generate(
+    model,
+    ids,
+    mask,
+    rng=jax.random.PRNGKey(2),
+    temperature=5.0,
+    **{k: v for k, v in kw.items() if k != "temperature"},
+  )
   np.testing.assert_array_equal(a.sequences, b.sequences)
   assert not np.array_equal(a.sequences, c.sequences)
 
 
-@pytest.mark.parametrize("kwargs, message", [
+@pytest.mark.parametrize(
+  "kwargs, message",
+  [
     (dict(max_new_tokens=0), "max_new_tokens"),
     (dict(temperature=0.5), "needs an `rng`"),
     (dict(top_p=0.0), "top_p"),
     (dict(attention_mask=np.array([[1, 1, 0, 0, 0]] * 3)), "left-padded"),
     (dict(attention_mask=np.ones((3, 4))), "attention_mask shape"),
     (dict(input_ids=None), "exactly one of"),
-])
+  ],
+)
 def test_bad_arguments_are_named(models, kwargs, message):
   _, model = models
   ids, _, _ = left_padded_batch(length=5, pads=(0, 0, 0))
@@ -112,18 +143,33 @@ def test_smoke_launcher_prints_generated_tokens():
   import os
   import subprocess
   import sys
+
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
-  out = subprocess.run([sys.executable, "-m", "launch.smoke", "--config=configs/llama_tiny.py",
-                        "--config.max_new_tokens=4"], cwd=root, env=env, capture_output=True,
-                       text=True, timeout=300)
+  out = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "launch.smoke",
+      "--config=configs/llama_tiny.py",
+      "--config.max_new_tokens=4",
+    ],
+    cwd=root,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert out.returncode == 0, out.stderr[-2000:]
   lines = [l for l in out.stdout.splitlines() if "-> generated" in l]
-  assert len(lines) == 2 and all(len(ast.literal_eval(l.split("-> generated ")[1])) <= 4 for l in lines)
+  assert len(lines) == 2 and all(
+    len(ast.literal_eval(l.split("-> generated ")[1])) <= 4 for l in lines
+  )
 
 
 def test_llama_config_rejects_unknown_variant():
   from configs.llama_tiny import get_config
+
   assert get_config().model["hidden_size"] == 64
   with pytest.raises(ValueError, match="unknown variant 'huge'"):
     get_config("huge")

@@ -1,5 +1,6 @@
 """Greedy generation on a 2-device mesh (how a CPU host uses both cores for decoding, see
 docs/llama.md): the same tokens as transformers and as one device, weights really split."""
+
 import jax
 import numpy as np
 import pytest
@@ -24,8 +25,14 @@ def test_two_device_mesh_decodes_the_tokens_of_transformers(checkpoint, axes):
   path, ref = checkpoint
   ids, mask, _ = left_padded_batch(length=9, pads=(3, 0))
   with torch.no_grad():
-    want = ref.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), do_sample=False,
-                        max_new_tokens=NEW, eos_token_id=2, pad_token_id=0)[:, ids.shape[1]:].numpy()
+    want = ref.generate(
+      input_ids=torch.tensor(ids),
+      attention_mask=torch.tensor(mask),
+      do_sample=False,
+      max_new_tokens=NEW,
+      eos_token_id=2,
+      pad_token_id=0,
+    )[:, ids.shape[1] :].numpy()
   want = np.pad(want, ((0, 0), (0, NEW - want.shape[1])))  # transformers stops when all rows end
   kw = dict(max_new_tokens=NEW, eos_token_id=2, pad_token_id=0)
   one = gen.generate(hf.from_pretrained(path), ids, mask, **kw).sequences

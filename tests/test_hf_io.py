@@ -1,4 +1,5 @@
 """HF import/export for Llama, Orbax convert/export, and every handled bad-checkpoint error."""
+
 import json
 import os
 
@@ -57,13 +58,21 @@ def test_dtype_on_load(tmp_path):
 
 
 def test_transformers4_config_fields_are_read():
-  cfg = config_from_hf({"hidden_size": 32, "num_attention_heads": 4, "rope_theta": 500000.0,
-                        "rope_scaling": {"type": "linear", "factor": 4.0}, "eos_token_id": [2, 7]})
+  cfg = config_from_hf(
+    {
+      "hidden_size": 32,
+      "num_attention_heads": 4,
+      "rope_theta": 500000.0,
+      "rope_scaling": {"type": "linear", "factor": 4.0},
+      "eos_token_id": [2, 7],
+    }
+  )
   assert cfg.rope_theta == 500000.0 and cfg.rope_scaling_dict == {"type": "linear", "factor": 4.0}
   assert cfg.eos_token_id == (2, 7) and cfg.head_dim == 8
 
 
 # --- errors: each names the file and the tensor -------------------------------------------------
+
 
 def _rewrite(path, change):
   fpath = os.path.join(path, io.SAFE_WEIGHTS)
@@ -83,7 +92,9 @@ def test_unsupported_architecture(tmp_path):
   cfg = json.load(open(tmp_path / "config.json"))
   cfg["architectures"] = ["GPT2LMHeadModel"]
   json.dump(cfg, open(tmp_path / "config.json", "w"))
-  with pytest.raises(io.CheckpointError, match="config.json: unsupported architecture 'GPT2LMHeadModel'"):
+  with pytest.raises(
+    io.CheckpointError, match="config.json: unsupported architecture 'GPT2LMHeadModel'"
+  ):
     hf.from_pretrained(str(tmp_path))
 
 
@@ -96,32 +107,46 @@ def test_missing_tensor(tmp_path):
 
 def test_unexpected_tensor(tmp_path):
   make_hf_llama(tmp_path)
-  fpath = _rewrite(tmp_path, lambda t: t.update({"model.layers.0.extra.weight": np.zeros(3, np.float32)}))
-  with pytest.raises(io.CheckpointError, match=f"{fpath}: unexpected tensor model.layers.0.extra.weight"):
+  fpath = _rewrite(
+    tmp_path, lambda t: t.update({"model.layers.0.extra.weight": np.zeros(3, np.float32)})
+  )
+  with pytest.raises(
+    io.CheckpointError, match=f"{fpath}: unexpected tensor model.layers.0.extra.weight"
+  ):
     hf.from_pretrained(str(tmp_path))
 
 
 def test_misshaped_tensor(tmp_path):
   make_hf_llama(tmp_path)
   fpath = _rewrite(tmp_path, lambda t: t.update({"model.norm.weight": np.ones(31, np.float32)}))
-  with pytest.raises(io.CheckpointError, match=f"{fpath}: tensor model.norm.weight has shape \\(31,\\)"):
+  with pytest.raises(
+    io.CheckpointError, match=f"{fpath}: tensor model.norm.weight has shape \\(31,\\)"
+  ):
     hf.from_pretrained(str(tmp_path))
 
 
 # --- Orbax -----------------------------------------------------------------------------------
 
+
 def test_orbax_convert_export_round_trip_is_exact(tmp_path):
   make_hf_llama(tmp_path / "src", **CONFIGS["llama3"])
-  assert cli.main(["convert", "--hf_dir", str(tmp_path / "src"), "--orbax_dir", str(tmp_path / "ckpt")]) == 0
+  assert (
+    cli.main(["convert", "--hf_dir", str(tmp_path / "src"), "--orbax_dir", str(tmp_path / "ckpt")])
+    == 0
+  )
   assert os.path.isdir(tmp_path / "ckpt" / "0" / "model")
-  assert cli.main(["export", "--orbax_dir", str(tmp_path / "ckpt"), "--hf_dir", str(tmp_path / "out")]) == 0
+  assert (
+    cli.main(["export", "--orbax_dir", str(tmp_path / "ckpt"), "--hf_dir", str(tmp_path / "out")])
+    == 0
+  )
   a, _ = io.read_tensors(str(tmp_path / "src"))
   b, _ = io.read_tensors(str(tmp_path / "out"))
   assert sorted(a) == sorted(b)
   for k in a:
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
   assert config_from_hf(io.read_config(str(tmp_path / "out"))) == config_from_hf(
-      io.read_config(str(tmp_path / "src")))
+    io.read_config(str(tmp_path / "src"))
+  )
 
 
 def test_export_restores_only_model_of_trainer_layout(tmp_path):
@@ -132,8 +157,12 @@ def test_export_restores_only_model_of_trainer_layout(tmp_path):
   params = nnx.state(model, nnx.Param).to_pure_dict()
   params["model"]["norm"]["scale"] = params["model"]["norm"]["scale"] * 2
   with ocp.CheckpointManager(str(tmp_path / "ckpt")) as mngr:
-    mngr.save(7, args=ocp.args.Composite(model=ocp.args.StandardSave(params),
-                                         opt_state=ocp.args.StandardSave({"mu": jnp.zeros(5)})))
+    mngr.save(
+      7,
+      args=ocp.args.Composite(
+        model=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave({"mu": jnp.zeros(5)})
+      ),
+    )
     mngr.wait_until_finished()
   orbax_io.export(str(tmp_path / "ckpt"), str(tmp_path / "out"))
   src, _ = io.read_tensors(str(tmp_path / "src"))
@@ -148,5 +177,8 @@ def test_orbax_errors_name_the_directory(tmp_path, capsys):
   orbax_io.convert(str(tmp_path / "src"), str(tmp_path / "ckpt"))
   with pytest.raises(io.CheckpointError, match="no checkpoint step 3"):
     orbax_io.restore_model(str(tmp_path / "ckpt"), step=3)
-  assert cli.main(["convert", "--hf_dir", str(tmp_path / "nothing"), "--orbax_dir", str(tmp_path / "c")]) == 2
+  assert (
+    cli.main(["convert", "--hf_dir", str(tmp_path / "nothing"), "--orbax_dir", str(tmp_path / "c")])
+    == 2
+  )
   assert "no config.json" in capsys.readouterr().err

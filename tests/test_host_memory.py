@@ -3,6 +3,7 @@
 Each case runs in a fresh Python process (the setting is process-wide): a jitted step whose
 64 MiB temporary is larger than anything glibc recycles by default.
 """
+
 import os
 import subprocess
 import sys
@@ -31,9 +32,14 @@ _STEP = textwrap.dedent("""
 
 
 def _faults_per_step(keep: bool) -> tuple[str, int]:
-  out = subprocess.run([sys.executable, "-c", _STEP, "1" if keep else "0"], capture_output=True,
-                       text=True, timeout=300, cwd=_ROOT,
-                       env={**os.environ, "PYTHONPATH": _ROOT, "GLIBC_TUNABLES": ""})
+  out = subprocess.run(
+    [sys.executable, "-c", _STEP, "1" if keep else "0"],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=_ROOT,
+    env={**os.environ, "PYTHONPATH": _ROOT, "GLIBC_TUNABLES": ""},
+  )
   assert out.returncode == 0, out.stderr[-2000:]
   kept, faults = out.stdout.split()[-2:]
   return kept, int(faults)
@@ -53,6 +59,7 @@ def test_steps_stop_page_faulting():
 def test_launcher_default_follows_the_backend(monkeypatch):
   assert host_memory.wanted(True) and not host_memory.wanted(False)
   import jax
+
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   assert not host_memory.wanted(None)
   monkeypatch.setattr(jax, "default_backend", lambda: "cpu")

@@ -1,5 +1,6 @@
 """The trainer reads the CoT job's kept dataset: globbed shards, empty shards counted, the
 unfiltered record log refused unless asked for, errors that name the file (issue 19, item 6)."""
+
 import json
 import types
 
@@ -11,15 +12,29 @@ from aotd_jax.data import pipeline as DP
 
 
 def _record(qid, kept):
-  rec = {"qid": qid, "video_id": "v", "video_path": "v.mp4", "question": "What moved?",
-         "choices": ["a cup", "a door"], "answer": "a door", "kept": kept,
-         "rationale": "The door swings open in frames 3-9. So the answer is a door." if kept
-         else None,
-         "conversation": [{"from": "human", "value": "<video>\nWhat moved?\n(A) a cup\n(B) a door\n"
-                                                     + ("Explain the rationale to answer the "
-                                                        "question." if kept else "Answer ...")},
-                          {"from": "gpt", "value": "The door swings open in frames 3-9. So the "
-                                                   "answer is a door." if kept else "(B) a door"}]}
+  rec = {
+    "qid": qid,
+    "video_id": "v",
+    "video_path": "v.mp4",
+    "question": "What moved?",
+    "choices": ["a cup", "a door"],
+    "answer": "a door",
+    "kept": kept,
+    "rationale": "The door swings open in frames 3-9. So the answer is a door." if kept else None,
+    "conversation": [
+      {
+        "from": "human",
+        "value": "<video>\nWhat moved?\n(A) a cup\n(B) a door\n"
+        + ("Explain the rationale to answer the question." if kept else "Answer ..."),
+      },
+      {
+        "from": "gpt",
+        "value": "The door swings open in frames 3-9. So the answer is a door."
+        if kept
+        else "(B) a door",
+      },
+    ],
+  }
   return rec
 
 
@@ -49,8 +64,11 @@ def test_globbed_shards_with_an_empty_one(tmp_path):
 def test_the_record_log_is_refused_unless_asked(tmp_path):
   _shards(tmp_path, [[True, False, True]])
   log = str(tmp_path / "records-00000-of-00001.jsonl")
-  with pytest.raises(ValueError, match=r"records-00000-of-00001.jsonl: 1 of its 3 records are "
-                                       r"not kept CoTs .*allow_unfiltered_cots=True"):
+  with pytest.raises(
+    ValueError,
+    match=r"records-00000-of-00001.jsonl: 1 of its 3 records are "
+    r"not kept CoTs .*allow_unfiltered_cots=True",
+  ):
     DP.cot_source(log)
   examples = list(DP.cot_source(log, allow_unfiltered=True))
   # the kept ones, as CoTs; the unkept one has no rationale: skipped and reported, never
@@ -68,13 +86,30 @@ def test_the_record_log_is_refused_unless_asked(tmp_path):
 def test_the_trainer_names_an_empty_cot_source(tmp_path, monkeypatch):
   from aotd_jax.data import annotations
   from aotd_jax.train import data as train_data
+
   _shards(tmp_path, [[False], [False, False]])
   monkeypatch.setattr(annotations, "read", lambda fmt, path, **kw: [])
-  cfg = ml_collections.ConfigDict(dict(batch_size=2, seed=0, data=dict(
-      kind="pipeline", tokenizer="unused", seq_len=64, num_frames=2,
-      cot=[dict(path=str(tmp_path / "cot-*.array_record"))])))
-  student = types.SimpleNamespace(config=types.SimpleNamespace(
-      vision_config=types.SimpleNamespace(image_size=8), video_tokens=lambda f: 4 * f))
-  with pytest.raises(ValueError, match=r"cot\[0\] \(.*cot-\*.array_record\): no CoT in its 2 "
-                                       r"file\(s\)"):
+  cfg = ml_collections.ConfigDict(
+    dict(
+      batch_size=2,
+      seed=0,
+      data=dict(
+        kind="pipeline",
+        tokenizer="unused",
+        seq_len=64,
+        num_frames=2,
+        cot=[dict(path=str(tmp_path / "cot-*.array_record"))],
+      ),
+    )
+  )
+  student = types.SimpleNamespace(
+    config=types.SimpleNamespace(
+      vision_config=types.SimpleNamespace(image_size=8), video_tokens=lambda f: 4 * f
+    )
+  )
+  with pytest.raises(
+    ValueError,
+    match=r"cot\[0\] \(.*cot-\*.array_record\): no CoT in its 2 "
+    r"file\(s\)",
+  ):
     train_data.make_pipeline_data(cfg, student, tokenizer=object())

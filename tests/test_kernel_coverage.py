@@ -1,5 +1,6 @@
 """The `expect_kernel` fixture (tests/conftest.py) fails when a kernel parametrisation fell back
 to XLA's ops, passes when the kernel's FFI call was emitted, and checks nothing for XLA runs."""
+
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -1,4 +1,5 @@
 """Sweep expansion and the TPU pod launcher's dry run."""
+
 import pathlib
 import os
 import subprocess
@@ -25,9 +26,20 @@ def test_hyper_product_zip_and_names():
 
 def test_toy_config_sweep_prints_one_command_per_variant(tmp_path):
   assert len(sweep.expand(toy)) == 4
-  r = subprocess.run([sys.executable, "-m", "launch.sweep", "--config=configs/toyworld/distill.py:llama",
-                      f"--workdir={tmp_path}", "--print_only"], cwd=ROOT, capture_output=True,
-                     text=True, timeout=120)
+  r = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "launch.sweep",
+      "--config=configs/toyworld/distill.py:llama",
+      f"--workdir={tmp_path}",
+      "--print_only",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert r.returncode == 0, r.stderr
   lines = r.stdout.strip().splitlines()
   assert len(lines) == 4
@@ -35,10 +47,23 @@ def test_toy_config_sweep_prints_one_command_per_variant(tmp_path):
 
 
 def test_pod_launcher_dry_run_prints_gcloud_command():
-  r = subprocess.run([sys.executable, "-m", "launch.tpu.pod", "--tpu=pod1", "--zone=us-east5-a",
-                      "--config=configs/distill/lnv7b.py:tpu_v5p_128", "--workdir=gs://b/run",
-                      "--override=total_steps=10", "--dry_run"],
-                     cwd=ROOT, capture_output=True, text=True, timeout=120)
+  r = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "launch.tpu.pod",
+      "--tpu=pod1",
+      "--zone=us-east5-a",
+      "--config=configs/distill/lnv7b.py:tpu_v5p_128",
+      "--workdir=gs://b/run",
+      "--override=total_steps=10",
+      "--dry_run",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert r.returncode == 0, r.stderr
   out = r.stdout
   assert out.startswith("gcloud compute tpus tpu-vm ssh pod1") and "--worker=all" in out
@@ -46,18 +71,45 @@ def test_pod_launcher_dry_run_prints_gcloud_command():
 
 
 def test_pod_launcher_passes_config_flags_env_and_logs_per_worker():
-  r = subprocess.run([sys.executable, "-m", "launch.tpu.pod", "--tpu=pod1", "--zone=z",
-                      "--config=configs/distill/lnv7b.py:tpu_v5p_128", "--workdir=gs://b/run",
-                      "--config.total_steps=7", "--libtpu_init_args=--xla_tpu_x=1", "--dry_run"],
-                     cwd=ROOT, capture_output=True, text=True, timeout=120)
+  r = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "launch.tpu.pod",
+      "--tpu=pod1",
+      "--zone=z",
+      "--config=configs/distill/lnv7b.py:tpu_v5p_128",
+      "--workdir=gs://b/run",
+      "--config.total_steps=7",
+      "--libtpu_init_args=--xla_tpu_x=1",
+      "--dry_run",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert r.returncode == 0, r.stderr
   out = r.stdout
   assert "--config.total_steps=7" in out and "export LIBTPU_INIT_ARGS=--xla_tpu_x=1" in out
   assert "nohup python -m launch.train" in out and "~/aotd_logs/train-$(hostname).log" in out
-  setup = subprocess.run([sys.executable, "-m", "launch.tpu.pod", "--tpu=pod1", "--zone=z",
-                          "--config=configs/distill/lnv7b.py:tpu_v5p_128", "--workdir=gs://b/run",
-                          "--setup", "--dry_run"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=120)
+  setup = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "launch.tpu.pod",
+      "--tpu=pod1",
+      "--zone=z",
+      "--config=configs/distill/lnv7b.py:tpu_v5p_128",
+      "--workdir=gs://b/run",
+      "--setup",
+      "--dry_run",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert setup.returncode == 0, setup.stderr
   assert "pip install -q -c constraints.txt -e" in setup.stdout and ".[tpu,gcs]" in setup.stdout
   assert "launch.train" not in setup.stdout
@@ -65,13 +117,34 @@ def test_pod_launcher_passes_config_flags_env_and_logs_per_worker():
 
 
 def test_sweep_passes_config_flags_and_big_vision_keys():
-  assert sweep.command("c.py", "w", {"config.lr": 1, "seed": 2}, extra=["--config.total_steps=3"]) == [
-      "python", "-m", "launch.train", "--config=c.py", "--workdir=w", "--config.total_steps=3",
-      "--config.lr=1", "--config.seed=2"]
+  assert sweep.command(
+    "c.py", "w", {"config.lr": 1, "seed": 2}, extra=["--config.total_steps=3"]
+  ) == [
+    "python",
+    "-m",
+    "launch.train",
+    "--config=c.py",
+    "--workdir=w",
+    "--config.total_steps=3",
+    "--config.lr=1",
+    "--config.seed=2",
+  ]
   assert sweep.variant_name({"config.optim.lr": 1}) == "lr=1"
-  r = subprocess.run([sys.executable, "-m", "launch.sweep", "--config=configs/toyworld/distill.py:llama",
-                      "--workdir=w", "--print_only", "--config.total_steps=3"], cwd=ROOT,
-                     capture_output=True, text=True, timeout=120)
+  r = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "launch.sweep",
+      "--config=configs/toyworld/distill.py:llama",
+      "--workdir=w",
+      "--print_only",
+      "--config.total_steps=3",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert r.returncode == 0, r.stderr
   assert all("--config.total_steps=3" in l for l in r.stdout.strip().splitlines())
 

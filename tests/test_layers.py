@@ -1,4 +1,5 @@
 """aotd_jax.layers: the attention dispatcher's choices and paths, dense layers, norms."""
+
 import numpy as np
 import pytest
 import jax
@@ -13,24 +14,31 @@ from aotd_jax.layers import norms
 
 def _qkv(seed=0, b=2, l=6, h=4, kv=2, d=8):
   r = np.random.default_rng(seed)
-  q, k, v = (jnp.asarray(r.standard_normal(s), jnp.float32)
-             for s in ((b, l, h, d), (b, l, kv, d), (b, l, kv, d)))
+  q, k, v = (
+    jnp.asarray(r.standard_normal(s), jnp.float32)
+    for s in ((b, l, h, d), (b, l, kv, d), (b, l, kv, d))
+  )
   return q, k, v
 
 
-@pytest.mark.parametrize("backend,dtype,kernel,want", [
-    ("cpu", jnp.float32, True, "xla"),      # "xla" takes the CPU kernel there
+@pytest.mark.parametrize(
+  "backend,dtype,kernel,want",
+  [
+    ("cpu", jnp.float32, True, "xla"),  # "xla" takes the CPU kernel there
     ("cpu", jnp.float32, False, "xla"),
     ("gpu", jnp.bfloat16, False, "cudnn"),
     ("gpu", jnp.float32, False, "xla"),
     ("tpu", jnp.bfloat16, False, "xla"),
-])
+  ],
+)
 def test_auto_chooses_by_backend_and_dtype(backend, dtype, kernel, want):
   assert attention_lib.choose("auto", backend=backend, dtype=dtype, cpu_kernel=kernel) == want
 
 
 def test_explicit_choice_is_kept_and_unknown_names_refused():
-  assert attention_lib.choose("causal", backend="gpu", dtype=jnp.bfloat16, cpu_kernel=False) == "causal"
+  assert (
+    attention_lib.choose("causal", backend="gpu", dtype=jnp.bfloat16, cpu_kernel=False) == "causal"
+  )
   with pytest.raises(ValueError, match="attention_impl='flash3'"):
     attention_lib.choose("flash3", backend="cpu", dtype=jnp.float32, cpu_kernel=False)
 
@@ -46,25 +54,39 @@ def test_cudnn_off_a_gpu_is_a_clear_error():
 def test_head_major_cache_is_read_by_xla_only():
   q, k, v = _qkv(l=1)
   with pytest.raises(ValueError, match="head-major"):
-    attention_lib.attention(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3),
-                            implementation="dot_product_attention", kv_head_major=True)
+    attention_lib.attention(
+      q,
+      k.transpose(0, 2, 1, 3),
+      v.transpose(0, 2, 1, 3),
+      implementation="dot_product_attention",
+      kv_head_major=True,
+    )
 
 
 def test_causal_paths_agree():
   q, k, v = _qkv(l=7)
-  mask = jnp.tril(jnp.ones((7, 7), bool))[None] & jnp.asarray([[True] * 7, [False] * 2 + [True] * 5])[:, None, :]
+  mask = (
+    jnp.tril(jnp.ones((7, 7), bool))[None]
+    & jnp.asarray([[True] * 7, [False] * 2 + [True] * 5])[:, None, :]
+  )
   real = np.asarray(mask.any(-1))  # padding queries see no key: arbitrary in every path
   ref = attention_lib.attention(q, k, v, mask, causal=True, cpu_kernels=False)
   outs = {
-      "blocks": attention_lib.attention(q, k, v, mask, causal=True, block_size=3, cpu_kernels=False),
-      "auto": attention_lib.attention(q, k, v, mask, implementation="auto", causal=True, block_size=3),
-      "dot_product_attention": attention_lib.attention(q, k, v, mask, causal=True,
-                                                       implementation="dot_product_attention"),
-      "head_major": attention_lib.attention(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3),
-                                            mask, causal=True, kv_head_major=True),
+    "blocks": attention_lib.attention(q, k, v, mask, causal=True, block_size=3, cpu_kernels=False),
+    "auto": attention_lib.attention(
+      q, k, v, mask, implementation="auto", causal=True, block_size=3
+    ),
+    "dot_product_attention": attention_lib.attention(
+      q, k, v, mask, causal=True, implementation="dot_product_attention"
+    ),
+    "head_major": attention_lib.attention(
+      q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), mask, causal=True, kv_head_major=True
+    ),
   }
   for name, out in outs.items():
-    np.testing.assert_allclose(np.asarray(out)[real], np.asarray(ref)[real], atol=1e-5, err_msg=name)
+    np.testing.assert_allclose(
+      np.asarray(out)[real], np.asarray(ref)[real], atol=1e-5, err_msg=name
+    )
 
 
 def test_bidirectional_grouped_heads_match_repeated_keys():
@@ -80,8 +102,11 @@ def test_bidirectional_grouped_heads_match_repeated_keys():
   s = np.where(np.asarray(mask)[:, None], s, -np.inf)
   p = np.exp(s - s.max(-1, keepdims=True))
   p /= p.sum(-1, keepdims=True)
-  np.testing.assert_allclose(np.asarray(want), np.einsum("bhqk,bkhd->bqhd", p, np.asarray(rep(v))).reshape(2, 6, 32),
-                             atol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(want),
+    np.einsum("bhqk,bkhd->bqhd", p, np.asarray(rep(v))).reshape(2, 6, 32),
+    atol=1e-5,
+  )
 
 
 def test_dense_carries_axes_and_refuses_unknown_precision():
@@ -89,7 +114,9 @@ def test_dense_carries_axes_and_refuses_unknown_precision():
   assert layer.kernel.get_metadata()["out_sharding"] == ("embed", "mlp")
   assert layer.bias.get_metadata()["out_sharding"] == ("mlp",)
   x = jnp.ones((2, 4))
-  np.testing.assert_allclose(np.asarray(layer(x)), np.asarray(x @ layer.kernel[...] + layer.bias[...]), rtol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(layer(x)), np.asarray(x @ layer.kernel[...] + layer.bias[...]), rtol=1e-6
+  )
   with pytest.raises(ValueError, match="'medium'"):
     dense_lib.dense(4, 3, ("embed", "mlp"), rngs=nnx.Rngs(0), precision="medium")
 

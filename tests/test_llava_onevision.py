@@ -1,6 +1,7 @@
 """LLaVA-OneVision student: parity with transformers' PyTorch model on random tiny weights
 (videos, any-res images with the anyres_max cap, greedy generation), both HF key layouts, the
 export transformers reloads, remat/bf16, mesh equivalence and the errors users hit."""
+
 import dataclasses
 import json
 import os
@@ -15,8 +16,13 @@ from aotd_jax import hf, sharding
 from aotd_jax.hf.io import CheckpointError, read_tensors
 from fixtures.hf_layouts import to_current_layout
 from aotd_jax.models import llava_onevision as lov
-from tests.test_llava_next_video import (_jit_logits, _logits, _loss, _torch_logits,
-                                         check_mesh_train_step)
+from tests.test_llava_next_video import (
+  _jit_logits,
+  _logits,
+  _loss,
+  _torch_logits,
+  check_mesh_train_step,
+)
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -33,19 +39,38 @@ def full_f32_matmuls():
 
 
 def _hf_config(**kw):
-  vision = transformers.SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                           num_attention_heads=4, image_size=S, patch_size=7,
-                                           vision_use_head=False)
-  text = transformers.Qwen2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
-                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                  max_position_embeddings=512, pad_token_id=0, eos_token_id=2,
-                                  rope_parameters=dict(rope_type="default", rope_theta=1e6))
+  vision = transformers.SiglipVisionConfig(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    image_size=S,
+    patch_size=7,
+    vision_use_head=False,
+  )
+  text = transformers.Qwen2Config(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+    pad_token_id=0,
+    eos_token_id=2,
+    rope_parameters=dict(rope_type="default", rope_theta=1e6),
+  )
   # anyres_max_2: a 2x2-tile image (10x10 patches > 2 tiles' worth) is resized, 1x2 is not.
-  args = dict(image_token_index=IMAGE, video_token_index=VIDEO, image_grid_pinpoints=PINPOINTS,
-              vision_aspect_ratio="anyres_max_2")
+  args = dict(
+    image_token_index=IMAGE,
+    video_token_index=VIDEO,
+    image_grid_pinpoints=PINPOINTS,
+    vision_aspect_ratio="anyres_max_2",
+  )
   args.update(kw)
-  return transformers.LlavaOnevisionConfig(vision_config=vision.to_dict(), text_config=text.to_dict(),
-                                           **args)
+  return transformers.LlavaOnevisionConfig(
+    vision_config=vision.to_dict(), text_config=text.to_dict(), **args
+  )
 
 
 def _save_hf(path, seed=0, **kw):
@@ -60,8 +85,10 @@ def _save_hf(path, seed=0, **kw):
 
 def _video_batch(config, rng, frames=3, batch=2):
   n = config.video_tokens(frames)
-  ids = np.concatenate([rng.integers(3, 90, (batch, 5)), np.full((batch, n), VIDEO),
-                        rng.integers(3, 90, (batch, 4))], 1)
+  ids = np.concatenate(
+    [rng.integers(3, 90, (batch, 5)), np.full((batch, n), VIDEO), rng.integers(3, 90, (batch, 4))],
+    1,
+  )
   mask = np.ones_like(ids)
   mask[-1, :2] = 0  # left padding
   videos = rng.standard_normal((batch, frames, 3, S, S)).astype(np.float32)
@@ -70,7 +97,9 @@ def _video_batch(config, rng, frames=3, batch=2):
 
 def _image_batch(config, rng, sizes=((40, 70), (80, 75))):
   """Random tiles (images, max tiles, 3, S, S) for images of `sizes` (H, W)."""
-  rows = [np.concatenate([[5, 6], np.full(config.image_tokens(s), IMAGE), [7, 8, 9]]) for s in sizes]
+  rows = [
+    np.concatenate([[5, 6], np.full(config.image_tokens(s), IMAGE), [7, 8, 9]]) for s in sizes
+  ]
   width = max(map(len, rows))
   ids = np.stack([np.pad(r, (width - len(r), 0)) for r in rows])
   mask = np.stack([np.pad(np.ones(len(r), np.int64), (width - len(r), 0)) for r in rows])
@@ -98,12 +127,15 @@ def test_config_and_token_counts(pair):
   # The counts are what transformers' model produces (its masked_scatter checks them too).
   rng = np.random.default_rng(0)
   with torch.no_grad():
-    feats = ref.model.get_video_features(torch.tensor(rng.standard_normal((1, 3, 3, S, S), np.float32)))
+    feats = ref.model.get_video_features(
+      torch.tensor(rng.standard_normal((1, 3, 3, S, S), np.float32))
+    )
     assert feats.pooler_output.shape[1] == cfg.video_tokens(3)
     for size in ((40, 70), (80, 75), (70, 30), (35, 35)):
       _, _, batch = _image_batch(cfg, rng, sizes=(size,))
-      got = ref.model.get_image_features(torch.tensor(batch["pixel_values"]),
-                                         torch.tensor(batch["image_sizes"])).pooler_output
+      got = ref.model.get_image_features(
+        torch.tensor(batch["pixel_values"]), torch.tensor(batch["image_sizes"])
+      ).pooler_output
       assert got[0].shape[0] == cfg.image_tokens(size), size
 
 
@@ -132,12 +164,19 @@ def test_image_logits_match_transformers(pair):
 def test_greedy_generation_with_video_matches_transformers(pair):
   _, ref, model = pair
   ids, mask, videos = _video_batch(model.config, np.random.default_rng(5))
-  out = lov.generate(model, ids, mask, pixel_values_videos=videos, max_new_tokens=8,
-                     eos_token_id=-1, pad_token_id=0)
+  out = lov.generate(
+    model, ids, mask, pixel_values_videos=videos, max_new_tokens=8, eos_token_id=-1, pad_token_id=0
+  )
   with torch.no_grad():
-    want = ref.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
-                        pixel_values_videos=torch.tensor(videos), max_new_tokens=8, do_sample=False,
-                        eos_token_id=None, pad_token_id=0).numpy()[:, ids.shape[1]:]
+    want = ref.generate(
+      input_ids=torch.tensor(ids),
+      attention_mask=torch.tensor(mask),
+      pixel_values_videos=torch.tensor(videos),
+      max_new_tokens=8,
+      do_sample=False,
+      eos_token_id=None,
+      pad_token_id=0,
+    ).numpy()[:, ids.shape[1] :]
   assert len(np.unique(want)) > 3  # a sequence that exercises the KV cache, not one token
   np.testing.assert_array_equal(np.asarray(out.sequences), want)
 
@@ -161,9 +200,12 @@ def test_reads_both_key_layouts_and_exports_for_transformers(pair, tmp_path):
   ours = _logits(model, ids, mask, pixel_values_videos=videos)
   for folder in ("out", "current"):  # both layouts read back
     again = hf.from_pretrained(str(tmp_path / folder))
-    np.testing.assert_allclose(_logits(again, ids, mask, pixel_values_videos=videos), ours, atol=1e-6)
+    np.testing.assert_allclose(
+      _logits(again, ids, mask, pixel_values_videos=videos), ours, atol=1e-6
+    )
   loaded, info = transformers.LlavaOnevisionForConditionalGeneration.from_pretrained(
-      str(tmp_path / "out"), output_loading_info=True)
+    str(tmp_path / "out"), output_loading_info=True
+  )
   assert not info["missing_keys"] and not info["unexpected_keys"], info
   want = _torch_logits(ref, ids, mask, pixel_values_videos=videos)
   theirs = _torch_logits(loaded.eval(), ids, mask, pixel_values_videos=videos)
@@ -176,9 +218,18 @@ def test_bad_checkpoints_are_named(pair, tmp_path):
   cfg = json.load(open(os.path.join(path, "config.json")))
   os.makedirs(tmp_path / "bad")
   for key, value, message in (
-      ("vision_aspect_ratio", "anyres_9", "vision_aspect_ratio='anyres_9': expected 'anyres_max_<N>'"),
-      ("text_config", {**cfg["text_config"], "model_type": "llama"}, "text_config.model_type 'llama'"),
-      ("vision_config", {**cfg["vision_config"], "vision_use_head": True}, "vision_use_head=True")):
+    (
+      "vision_aspect_ratio",
+      "anyres_9",
+      "vision_aspect_ratio='anyres_9': expected 'anyres_max_<N>'",
+    ),
+    (
+      "text_config",
+      {**cfg["text_config"], "model_type": "llama"},
+      "text_config.model_type 'llama'",
+    ),
+    ("vision_config", {**cfg["vision_config"], "vision_use_head": True}, "vision_use_head=True"),
+  ):
     json.dump({**cfg, key: value}, open(tmp_path / "bad" / "config.json", "w"))
     with pytest.raises(CheckpointError, match=message):
       hf.from_pretrained(str(tmp_path / "bad"))
@@ -189,12 +240,17 @@ def test_mismatched_video_tokens_are_reported(pair):
   ids, mask, videos = _video_batch(model.config, np.random.default_rng(10))
   short = ids[:, 1:]
   short[:, 4] = 7  # drop one video token per row
-  with pytest.raises(ValueError, match=r"input_ids hold 54 video tokens .* give 56 features "
-                                       r"\(2 clip\(s\) x 3 frames x 9 tokens per frame \+ 1 per clip\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"input_ids hold 54 video tokens .* give 56 features "
+    r"\(2 clip\(s\) x 3 frames x 9 tokens per frame \+ 1 per clip\)",
+  ):
     model(short, mask[:, 1:], pixel_values_videos=videos)
   default = nnx.clone(model)
   default.config = dataclasses.replace(model.config, vision_feature_select_strategy="default")
-  with pytest.raises(ValueError, match="got 24 .* SigLIP tower, which has no class token: use 'full'"):
+  with pytest.raises(
+    ValueError, match="got 24 .* SigLIP tower, which has no class token: use 'full'"
+  ):
     default.get_video_features(videos[:1])
 
 
@@ -207,11 +263,16 @@ def test_bf16_remat_and_frozen_tower(pair):
   ids, mask, videos = _video_batch(model.config, np.random.default_rng(15))
   want = _logits(model, ids, mask, pixel_values_videos=videos)
   options = dataclasses.replace(model.options, remat="full", freeze_vision_tower=True)
-  remat = nnx.eval_shape(lambda: lov.LlavaOnevisionForConditionalGeneration(
-      model.config, options=options, rngs=nnx.Rngs(0)))
+  remat = nnx.eval_shape(
+    lambda: lov.LlavaOnevisionForConditionalGeneration(
+      model.config, options=options, rngs=nnx.Rngs(0)
+    )
+  )
   assert remat.vision_tower.options.remat_enabled and remat.language_model.options.remat_enabled
   nnx.update(remat, nnx.state(model))
-  batch = dict(input_ids=jnp.asarray(ids), attention_mask=jnp.asarray(mask), pixel_values_videos=videos)
+  batch = dict(
+    input_ids=jnp.asarray(ids), attention_mask=jnp.asarray(mask), pixel_values_videos=videos
+  )
   (_, logits), grads = nnx.jit(nnx.value_and_grad(_loss, has_aux=True))(remat, batch)
   assert np.abs(np.asarray(logits) - want).max() < 1e-4
   assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(nnx.state(grads.vision_tower)))
@@ -232,7 +293,9 @@ def test_weights_carry_logical_axes(pair):
   placed = hf.from_pretrained(path, mesh=mesh)  # loads straight onto the mesh
   P = jax.sharding.PartitionSpec
   assert placed.multi_modal_projector.linear_1.kernel[...].sharding.spec == P("fsdp", "tensor")
-  assert placed.language_model.model.layers[0].self_attn.q_proj.kernel[...].sharding.spec == P("fsdp", "tensor")
+  assert placed.language_model.model.layers[0].self_attn.q_proj.kernel[...].sharding.spec == P(
+    "fsdp", "tensor"
+  )
   patch = placed.vision_tower.vision_model.embeddings.patch_embedding.kernel[...]
   assert patch.sharding.spec[-1] == "fsdp"
 
@@ -242,6 +305,9 @@ def test_mesh_forward_and_train_step_match_one_device(pair):
   _, _, model = pair
   assert len(jax.devices()) >= 8, "conftest forces 8 host devices"
   ids, mask, videos = _video_batch(model.config, np.random.default_rng(16), frames=1, batch=4)
-  batch = dict(input_ids=jnp.asarray(ids), attention_mask=jnp.asarray(mask),
-               pixel_values_videos=jnp.asarray(videos))
+  batch = dict(
+    input_ids=jnp.asarray(ids),
+    attention_mask=jnp.asarray(mask),
+    pixel_values_videos=jnp.asarray(videos),
+  )
   check_mesh_train_step(model, batch, _loss)

@@ -1,4 +1,5 @@
 """LLM backends: OpenAI-compatible HTTP against a loopback server, replay, and local Flax Llama."""
+
 import http.server
 import json
 import random
@@ -7,8 +8,7 @@ import time
 
 import pytest
 
-from aotd_jax.agent.llm import (LLM, LLMError, LocalLlama, OpenAIChat, Recording, Replay,
-                                cut_at_stop)
+from aotd_jax.agent.llm import LLM, LLMError, LocalLlama, OpenAIChat, Recording, Replay, cut_at_stop
 
 
 class FakeServer:
@@ -45,9 +45,13 @@ class FakeServer:
           server.inflight += 1
           server.max_inflight = max(server.max_inflight, server.inflight)
           server.changed.notify_all()
-          server.changed.wait_for(lambda: server.inflight >= server.hold_until_inflight
-                                  or len(server.requests) >= server.expect_requests,
-                                  timeout=10.0)
+          server.changed.wait_for(
+            lambda: (
+              server.inflight >= server.hold_until_inflight
+              or len(server.requests) >= server.expect_requests
+            ),
+            timeout=10.0,
+          )
         try:
           if action == "slow":
             server.release.wait(timeout=server.slow_s)
@@ -68,10 +72,14 @@ class FakeServer:
             payload = b"not json"
           else:
             content = body["messages"][-1]["content"]
-            reply = (random.choice(["alpha", "beta", "gamma", "delta"])
-                     if server.random_replies else f"re: {content}")
-            payload = json.dumps({"choices": [{"message": {"role": "assistant",
-                                                           "content": reply}}]}).encode()
+            reply = (
+              random.choice(["alpha", "beta", "gamma", "delta"])
+              if server.random_replies
+              else f"re: {content}"
+            )
+            payload = json.dumps(
+              {"choices": [{"message": {"role": "assistant", "content": reply}}]}
+            ).encode()
           self.send_response(200)
           self.send_header("Content-Type", "application/json")
           self.send_header("Content-Length", str(len(payload)))
@@ -108,8 +116,9 @@ def client(server, **kw):
 def test_http_batch_in_order_with_request_fields(server):
   llm, _ = client(server, concurrency=3)
   assert isinstance(llm, LLM)
-  prompts = [f"question {i}" for i in range(7)] + [[{"role": "system", "content": "s"},
-                                                   {"role": "user", "content": "chat"}]]
+  prompts = [f"question {i}" for i in range(7)] + [
+    [{"role": "system", "content": "s"}, {"role": "user", "content": "chat"}]
+  ]
   replies = llm.complete(prompts, max_new_tokens=17, temperature=0.5, stop=["\n\n"])
   assert replies == [f"re: question {i}" for i in range(7)] + ["re: chat"]
   body = next(r for r in server.requests if r["messages"][-1]["content"] == "chat")
@@ -138,8 +147,11 @@ def test_http_retries_a_server_error_then_succeeds(server):
 def test_http_persistent_failure_is_a_clear_error(server):
   server.script = [500] * 10
   llm, waits = client(server)
-  with pytest.raises(LLMError, match=r"POST http://127\.0\.0\.1:\d+/v1/chat/completions "
-                     r"failed after 3 attempts: HTTP 500"):
+  with pytest.raises(
+    LLMError,
+    match=r"POST http://127\.0\.0\.1:\d+/v1/chat/completions "
+    r"failed after 3 attempts: HTTP 500",
+  ):
     llm.complete(["hi"], max_new_tokens=4)
   assert len(server.requests) == 3 and len(waits) == 2
 
@@ -174,8 +186,9 @@ def test_http_bad_responses_and_unreachable_server(server):
   llm, _ = client(server)
   with pytest.raises(LLMError, match="failed after 3 attempts: JSONDecodeError"):
     llm.complete(["hi"], max_new_tokens=4)
-  dead = OpenAIChat("http://127.0.0.1:9", "tiny", max_retries=1, backoff_s=0,
-                    sleep=lambda s: None, timeout_s=1.0)
+  dead = OpenAIChat(
+    "http://127.0.0.1:9", "tiny", max_retries=1, backoff_s=0, sleep=lambda s: None, timeout_s=1.0
+  )
   with pytest.raises(LLMError, match="failed after 2 attempts: connection failed"):
     dead.complete(["hi"], max_new_tokens=4)
 
@@ -239,14 +252,18 @@ def make_tokenizer(path):
   import tokenizers
   from tokenizers import models, pre_tokenizers, processors
   from transformers import PreTrainedTokenizerFast
+
   vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
   tok = tokenizers.Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
   tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
   tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-  fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                                 pad_token="<pad>")
-  fast.chat_template = ("<s>{% for m in messages %}{{ m['role'] }} {{ m['content'] }} "
-                        "{% endfor %}{% if add_generation_prompt %}assistant{% endif %}")
+  fast = PreTrainedTokenizerFast(
+    tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+  )
+  fast.chat_template = (
+    "<s>{% for m in messages %}{{ m['role'] }} {{ m['content'] }} "
+    "{% endfor %}{% if add_generation_prompt %}assistant{% endif %}"
+  )
   fast.save_pretrained(str(path))
   return fast
 
@@ -258,9 +275,18 @@ def tiny_llama(tmp_path_factory):
   path = tmp_path_factory.mktemp("tiny_llama")
   torch.manual_seed(0)
   config = transformers.LlamaConfig(
-      vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-      initializer_range=0.2, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    vocab_size=96,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+    initializer_range=0.2,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+  )
   ref = transformers.LlamaForCausalLM(config).eval()
   ref.save_pretrained(str(path))
   tok = make_tokenizer(path)
@@ -269,19 +295,32 @@ def tiny_llama(tmp_path_factory):
 
 def torch_greedy(ref, tok, text, new, add_special_tokens=True):
   import torch
+
   ids = tok(text, add_special_tokens=add_special_tokens, return_tensors="pt")["input_ids"]
   with torch.no_grad():
-    out = ref.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                       max_new_tokens=new, eos_token_id=2, pad_token_id=0)
-  return tok.decode(out[0, ids.shape[1]:].tolist(), skip_special_tokens=True)
+    out = ref.generate(
+      input_ids=ids,
+      attention_mask=torch.ones_like(ids),
+      do_sample=False,
+      max_new_tokens=new,
+      eos_token_id=2,
+      pad_token_id=0,
+    )
+  return tok.decode(out[0, ids.shape[1] :].tolist(), skip_special_tokens=True)
 
 
 def test_local_llama_matches_transformers_greedy(tiny_llama):
   path, ref, tok = tiny_llama
   llm = LocalLlama(str(path), max_batch=4)
   assert isinstance(llm, LLM)
-  prompts = ["w1 w2 w3", "w7", "w5 w9 w11 w13 w17 w19 w23", "w40 w41",
-             "w60 w61 w62", [{"role": "user", "content": "w3 w4"}]]
+  prompts = [
+    "w1 w2 w3",
+    "w7",
+    "w5 w9 w11 w13 w17 w19 w23",
+    "w40 w41",
+    "w60 w61 w62",
+    [{"role": "user", "content": "w3 w4"}],
+  ]
   got = llm.complete(prompts, max_new_tokens=6)
   want = [torch_greedy(ref, tok, p, 6) for p in prompts[:-1]]
   chat = tok.apply_chat_template(prompts[-1], tokenize=False, add_generation_prompt=True)
@@ -289,8 +328,7 @@ def test_local_llama_matches_transformers_greedy(tiny_llama):
   assert got == want
   assert all(w for w in want)  # something was generated
   stop = want[0].split()[1]
-  assert llm.complete(prompts[:1], max_new_tokens=6, stop=[stop]) == [
-      want[0][:want[0].find(stop)]]
+  assert llm.complete(prompts[:1], max_new_tokens=6, stop=[stop]) == [want[0][: want[0].find(stop)]]
 
 
 def test_local_llama_bad_arguments(tmp_path):

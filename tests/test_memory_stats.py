@@ -1,4 +1,5 @@
 """`aotd_jax.memory_stats`: host RSS now / peak and the devices' bytes in use."""
+
 import sys
 import types
 
@@ -25,9 +26,12 @@ class _Device:
 
 
 def test_device_memory_is_the_largest_over_local_devices(monkeypatch):
-  fake = types.SimpleNamespace(local_devices=lambda: [
+  fake = types.SimpleNamespace(
+    local_devices=lambda: [
       _Device({"bytes_in_use": 2 * 2**20, "peak_bytes_in_use": 10 * 2**20}),
-      _Device({"bytes_in_use": 3 * 2**20, "peak_bytes_in_use": 6 * 2**20})])
+      _Device({"bytes_in_use": 3 * 2**20, "peak_bytes_in_use": 6 * 2**20}),
+    ]
+  )
   monkeypatch.setitem(sys.modules, "jax", fake)
   assert memory_stats.device_memory_mb() == {"device_mb": 3.0, "device_peak_mb": 10.0}
   snap = memory_stats.snapshot()
@@ -38,7 +42,8 @@ def test_device_memory_is_the_largest_over_local_devices(monkeypatch):
 def test_no_device_figures_without_jax_or_on_a_backend_without_stats(monkeypatch):
   monkeypatch.delitem(sys.modules, "jax", raising=False)
   assert memory_stats.device_memory_mb() == {}
-  monkeypatch.setitem(sys.modules, "jax", types.SimpleNamespace(
-      local_devices=lambda: [_Device(None), _Device({})]))
+  monkeypatch.setitem(
+    sys.modules, "jax", types.SimpleNamespace(local_devices=lambda: [_Device(None), _Device({})])
+  )
   assert memory_stats.device_memory_mb() == {}
   assert set(memory_stats.snapshot()) == {"peak_rss_mb", "rss_mb"}

@@ -1,4 +1,5 @@
 """tools/mutate.py's list still points at real code and real tests (fast: nothing is mutated)."""
+
 import os
 import re
 import sys

@@ -1,6 +1,7 @@
 """NEFTune (the official distillation's `neftune_noise_alpha=0.1`): noise of the right size on
 the token embeddings only, fresh each step, on in lnv7b and off at 0; and the official run's
 frozen `image_newline`."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,6 +25,7 @@ def test_noise_is_uniform_within_alpha_over_sqrt_length_times_dim():
 def _tiny_llava():
   from aotd_jax.hf import registry
   from configs.toyworld import distill as toy
+
   adapter = registry.adapter_for("LlavaNextVideoForConditionalGeneration")
   return adapter.model_class(adapter.config_from_hf(dict(toy.TINY_LLAVA)), rngs=nnx.Rngs(0))
 
@@ -55,14 +57,22 @@ def test_trainer_steps_with_and_without_noise():
   from aotd_jax.train.optim import make_optimizer
   from aotd_jax.train.trainer import Trainer
   from configs.toyworld import distill as toy
+
   cfg = toy.get_config("llama")
   mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
   student = build.build_student(cfg.student, mesh=mesh, seed=0)
   batch = next(make_train_data(cfg, student))
-  losses = {alpha: Trainer(build.build_student(cfg.student, mesh=mesh, seed=0),
-                           make_optimizer(cfg.optim, 2), mesh=mesh,
-                           neftune_alpha=alpha).train_step(batch).loss
-            for alpha in (0.0, 5.0)}
+  losses = {
+    alpha: Trainer(
+      build.build_student(cfg.student, mesh=mesh, seed=0),
+      make_optimizer(cfg.optim, 2),
+      mesh=mesh,
+      neftune_alpha=alpha,
+    )
+    .train_step(batch)
+    .loss
+    for alpha in (0.0, 5.0)
+  }
   assert losses[5.0] != losses[0.0]  # the noise changes the step's loss
   with pytest.raises(ValueError, match="neftune_alpha=-1"):
     Trainer(student, make_optimizer(cfg.optim, 2), mesh=mesh, neftune_alpha=-1.0)
@@ -81,6 +91,7 @@ def test_lnv7b_defaults_are_the_official_run():
   from aotd_jax.train import config_check
   from configs.distill import lnv7b
   from configs.toyworld import distill as toy
+
   c = lnv7b.get_config()
   assert c.neftune_alpha == 0.1 and c.student.freeze_image_newline
   assert toy.get_config("llava").neftune_alpha == 0.0

@@ -8,8 +8,11 @@ from aotd_jax.agent.trace import ToolCall
 from aotd_jax.data import annotations
 from fixtures.scripted_llm import ScriptedLLM
 
-TRACE = [ToolCall("Filter_frames_with_act", {"action": "open the door"},
-                  {"start_frame": 12, "end_frame": 40}, 0.1)]
+TRACE = [
+  ToolCall(
+    "Filter_frames_with_act", {"action": "open the door"}, {"start_frame": 12, "end_frame": 40}, 0.1
+  )
+]
 PROGRAM = "def execute_command(video_clip, query, possible_answers):\n    return 'a door'\n"
 
 
@@ -26,13 +29,16 @@ def test_exact_true_judge_keeps_only_true():
 
 def test_official_rewrite_prompt_has_the_program_and_keeps_the_reply():
   llm = ScriptedLLM(["The person opens the door, so the answer is a door."])
-  (text, source), = cot.rewrite(llm, [("What opened?", ["a cup", "a door"], TRACE, "a door",
-                                       PROGRAM)], prompt="official", fallback="none")
+  ((text, source),) = cot.rewrite(
+    llm,
+    [("What opened?", ["a cup", "a door"], TRACE, "a door", PROGRAM)],
+    prompt="official",
+    fallback="none",
+  )
   assert "Program:\n" + PROGRAM.strip() in llm.prompts[0] and "frames 12-39" in llm.prompts[0]
   # the reply states no window: ours would replace it, the official keeps it as written
   assert (text, source) == ("The person opens the door, so the answer is a door.", "llm")
-  ours = cot.rewrite(ScriptedLLM([text]), [("What opened?", ["a cup", "a door"], TRACE,
-                                            "a door")])
+  ours = cot.rewrite(ScriptedLLM([text]), [("What opened?", ["a cup", "a door"], TRACE, "a door")])
   assert ours[0][1] == "verbaliser"
   with pytest.raises(ValueError, match="rewrite prompt 'paper'"):
     cot.rewrite(llm, [], prompt="paper")
@@ -41,24 +47,43 @@ def test_official_rewrite_prompt_has_the_program_and_keeps_the_reply():
 class _Run:
   def __call__(self, source, tools, args, *, timeout_s):
     from aotd_jax.agent.sandbox import Execution
+
     return Execution(ok=True, value="a door", trace=TRACE)
 
 
 def test_the_job_runs_the_official_rewrite_and_judge():
-  qa = annotations.VideoQA(qid="q", video_id="v", question="What opened?",
-                           choices=["a cup", "a door"], answer="a door", answer_index=1)
+  qa = annotations.VideoQA(
+    qid="q",
+    video_id="v",
+    question="What opened?",
+    choices=["a cup", "a door"],
+    answer="a door",
+    answer_index=1,
+  )
   qa.meta["question_program"] = PROGRAM
   rewriter = ScriptedLLM(["It opens a door, so a door."])
   judge = ScriptedLLM(["True"])
-  cot_job = job.CotJob(tools={}, make_args=lambda q: {}, run_program=_Run(), cot_llm=rewriter,
-                       judge_llm=judge, program_source="gold", logic_judge="llm",
-                       judge_parse="exact_true", rewrite_prompt="official",
-                       rewrite_fallback="none")
+  cot_job = job.CotJob(
+    tools={},
+    make_args=lambda q: {},
+    run_program=_Run(),
+    cot_llm=rewriter,
+    judge_llm=judge,
+    program_source="gold",
+    logic_judge="llm",
+    judge_parse="exact_true",
+    rewrite_prompt="official",
+    rewrite_fallback="none",
+  )
   (record,) = cot_job.process([qa])
   assert record["kept"] and record["rationale"] == "It opens a door, so a door."
   assert PROGRAM.strip() in rewriter.prompts[0]
-  assert record["llm_replies"] == {"rewrite": "It opens a door, so a door.",
-                                   "logic_judge": "True"}
+  assert record["llm_replies"] == {"rewrite": "It opens a door, so a door.", "logic_judge": "True"}
   with pytest.raises(job.JobError, match="judge_parse='maybe'"):
-    job.CotJob(tools={}, make_args=lambda q: {}, run_program=_Run(), program_source="gold",
-               judge_parse="maybe")
+    job.CotJob(
+      tools={},
+      make_args=lambda q: {},
+      run_program=_Run(),
+      program_source="gold",
+      judge_parse="maybe",
+    )

@@ -1,5 +1,6 @@
 """select_answer's, Video_summary's and Query_Actions' prompts: the official release's structure (our words,
 `data/prompts/*_official.txt`) by default in the real CoT configs, ours as an option."""
+
 import pytest
 
 from aotd_jax.rehearsal import stub_server
@@ -24,7 +25,9 @@ def test_official_select_prompt_has_the_release_structure():
   # one worked example, then the question, the evidence lines, the options, the answer cue
   assert text.count("- Question:") == 2 and text.rstrip().endswith("- Selected answer:")
   tail = text.split("- Question: what is held?", 1)[1]
-  assert tail.index(INFO) < tail.index("- Possible answers:\n(A) the cup\n(B) the book\n(C) the bag")
+  assert tail.index(INFO) < tail.index(
+    "- Possible answers:\n(A) the cup\n(B) the book\n(C) the bag"
+  )
   ours = llm.select_prompt("what is held?", CHOICES, INFO)
   assert "- Possible answers:" not in ours and "- Options:\n(A) the cup" in ours
   with pytest.raises(ValueError, match="selector prompt 'short'"):
@@ -35,8 +38,9 @@ def test_selector_sends_the_configured_prompt():
   rec = _Recorder()
   sel = llm.LLMSelector(rec, prompt="official")
   assert sel.select("what is held?", CHOICES, INFO) == "B"
-  assert rec.prompts[0][0]["content"] == llm.select_prompt("what is held?", CHOICES, INFO,
-                                                           "official")
+  assert rec.prompts[0][0]["content"] == llm.select_prompt(
+    "what is held?", CHOICES, INFO, "official"
+  )
   with pytest.raises(ValueError, match="selector.prompt='x'"):
     llm.LLMSelector(rec, prompt="x")
 
@@ -52,6 +56,7 @@ def test_summary_request_per_style():
 
 def test_real_configs_default_to_the_official_prompts():
   from configs.cot import nextqa, star
+
   for mod in (star, nextqa):
     arg = "ann=a,videos=v,owlv2=o,univtg=u,clip=c,llava=l,llm=http://x/v1"
     if mod is nextqa:
@@ -78,7 +83,9 @@ def test_action_questions_per_style():
   assert llava.action_question("official", None, True) == "What did the person do?"
   free = llava.action_question("official", None, False)
   assert "verb phrase" in free and free.rstrip().endswith("action:")
-  assert llava.action_question("ours", "cup", True) == llava.OBJECT_ACTIONS_PROMPT.format(object="cup")
+  assert llava.action_question("ours", "cup", True) == llava.OBJECT_ACTIONS_PROMPT.format(
+    object="cup"
+  )
   assert llava.action_question("ours", None, False) == llava.ACTIONS_PROMPT
   with pytest.raises(ValueError, match="action_prompt='short'"):
     llava.action_question("short", None, False)

@@ -1,5 +1,6 @@
 """LLaVA-OneVision as the distillation student: the toy config trains, the 7B config is lnv7b's
 with only the student (and frames / sequence length) replaced and fits its sequences."""
+
 import copy
 
 import jax
@@ -29,8 +30,12 @@ def test_toy_onevision_student_learns_a_batch():
   batch = next(make_train_data(cfg, student))
   n_video = int((batch["input_ids"] == student.config.video_token_index).sum(1)[0])
   assert n_video == student.config.video_tokens(cfg.data.num_frames) == 4 * 4 + 1
-  trainer = Trainer(student, make_optimizer(cfg.optim, 12), mesh=mesh,
-                    trainable=lov.trainable_filter(student.options))
+  trainer = Trainer(
+    student,
+    make_optimizer(cfg.optim, 12),
+    mesh=mesh,
+    trainable=lov.trainable_filter(student.options),
+  )
   losses = [float(trainer.train_step(batch).loss) for _ in range(12)]
   assert all(np.isfinite(losses)) and losses[-1] < 0.9 * losses[0], losses
 
@@ -38,12 +43,14 @@ def test_toy_onevision_student_learns_a_batch():
 @pytest.mark.slow  # a launch.train subprocess and an export
 def test_toy_onevision_launch_train_exports_for_transformers(tmp_path):
   transformers = pytest.importorskip("transformers")
-  r = _train(tmp_path / "run", "--config.total_steps=2", "--config.checkpoint_every=2",
-             arch="onevision")
+  r = _train(
+    tmp_path / "run", "--config.total_steps=2", "--config.checkpoint_every=2", arch="onevision"
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   _export(tmp_path / "run", tmp_path / "hf")
   loaded, info = transformers.LlavaOnevisionForConditionalGeneration.from_pretrained(
-      str(tmp_path / "hf"), output_loading_info=True)
+    str(tmp_path / "hf"), output_loading_info=True
+  )
   assert not info["missing_keys"] and not info["unexpected_keys"], info
 
 
@@ -58,7 +65,9 @@ def test_onevision7b_replaces_only_the_student(target):
   assert c.student.architecture == "LlavaOnevisionForConditionalGeneration"
   assert c.student.hf_dir == c.data.tokenizer == onevision7b.HF_DIR
   compute = c.student.compute
-  assert compute.freeze_vision_tower and compute.remat == "full" and compute.attention_impl == "causal"
+  assert (
+    compute.freeze_vision_tower and compute.remat == "full" and compute.attention_impl == "causal"
+  )
   assert (c.data.num_frames, c.data.seq_len) == (32, 8192)
   for key in ("mesh", "batch_size", "optim", "total_steps", "rationale_weight", "peak_flops"):
     assert c[key] == base[key], key
@@ -69,7 +78,9 @@ def test_onevision7b_replaces_only_the_student(target):
 def test_onevision7b_shapes_fit_the_sequences():
   config = lov.onevision_7b_config()
   assert config.video_tokens(onevision7b.NUM_FRAMES) == 32 * 14 * 14 + 1 < onevision7b.SEQ_LEN
-  abstract = nnx.eval_shape(lambda: lov.LlavaOnevisionForConditionalGeneration(config, rngs=nnx.Rngs(0)))
+  abstract = nnx.eval_shape(
+    lambda: lov.LlavaOnevisionForConditionalGeneration(config, rngs=nnx.Rngs(0))
+  )
   n = sum(v.size for v in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
   assert 7.9e9 < n < 8.2e9, n  # llava-onevision-qwen2-7b: 8.03B parameters
 
@@ -87,8 +98,12 @@ def test_trainer_step_with_remat_and_a_frozen_tower(arch):
     student = build.build_student(cfg.student, mesh=mesh, seed=0)
     assert student.vision_tower.options.remat == remat
     batch = next(make_train_data(cfg, student))
-    trainer = Trainer(student, make_optimizer(cfg.optim, 4), mesh=mesh,
-                      trainable=lov.trainable_filter(student.options))
+    trainer = Trainer(
+      student,
+      make_optimizer(cfg.optim, 4),
+      mesh=mesh,
+      trainable=lov.trainable_filter(student.options),
+    )
     losses.append([float(trainer.train_step(batch).loss) for _ in range(2)])
   np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
 
@@ -99,6 +114,7 @@ world = test_eval_student.world  # the toy-world fixture (clips, records, tokeni
 @pytest.fixture(scope="module")
 def onevision_world(world):
   from aotd_jax.hf import registry
+
   adapter = registry.adapter_for("LlavaOnevisionForConditionalGeneration")
   d, records, tok, _ = world
   tok = copy.deepcopy(tok)
@@ -109,13 +125,25 @@ def onevision_world(world):
 def test_student_evaluation_runs_a_onevision_student(onevision_world, monkeypatch):
   from aotd_jax.data import conversation, video_processing
   from aotd_jax.eval import student as student_eval
+
   d, records, tok, model = onevision_world
   seen = []
   real = video_processing.preprocess_video
-  monkeypatch.setattr(video_processing, "preprocess_video",
-                      lambda *a, **k: seen.append(k.get("resize")) or real(*a, **k))
-  run = student_eval.run_student(model, tok, records[:2], mode="answer", video_root=str(d / "videos"),
-                                 num_frames=4, batch_size=2, max_new_tokens=3)
+  monkeypatch.setattr(
+    video_processing,
+    "preprocess_video",
+    lambda *a, **k: seen.append(k.get("resize")) or real(*a, **k),
+  )
+  run = student_eval.run_student(
+    model,
+    tok,
+    records[:2],
+    mode="answer",
+    video_root=str(d / "videos"),
+    num_frames=4,
+    batch_size=2,
+    max_new_tokens=3,
+  )
   assert len(run.outputs) == 2 and set(seen) == {"square"}
   assert tok.chat_template == conversation.ONEVISION_CHAT_TEMPLATE
   ids = student_eval.prompt_ids(tok, records[0], "answer", model.config.video_tokens(4))

@@ -1,5 +1,6 @@
 """The open-ended LLM judge: reply parsing, scoring, and the launcher over an OpenAI-compatible
 server, recorded and replayed."""
+
 import http.server
 import json
 import pathlib
@@ -14,7 +15,9 @@ from aotd_jax.eval import open_ended
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("reply, want", [
+@pytest.mark.parametrize(
+  "reply, want",
+  [
     ("{'pred': 'yes', 'score': 4}", (True, 4.0)),
     ('Sure! {"pred": "no", "score": 1}', (False, 1.0)),
     ("pred: Yes, score: 5", (True, 5.0)),
@@ -23,7 +26,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
     ("I think it matches.", None),
     ("{'pred': 'maybe', 'score': 3}", None),
     ("{'pred': 'yes'}", None),
-])
+  ],
+)
 def test_parse_reply(reply, want):
   assert open_ended.parse_reply(reply) == want
 
@@ -39,13 +43,21 @@ class Scripted:
     return [self.replies.pop(0) for _ in prompts]
 
 
-ITEMS = [dict(qid=str(i), question=f"what is in the box {i}", answer="a cat", prediction=p)
-         for i, p in enumerate(["a cat", "cat", "a dog", "nothing"])]
+ITEMS = [
+  dict(qid=str(i), question=f"what is in the box {i}", answer="a cat", prediction=p)
+  for i, p in enumerate(["a cat", "cat", "a dog", "nothing"])
+]
 
 
 def test_accuracy_score_and_unparsed_are_exact():
-  llm = Scripted(["{'pred': 'yes', 'score': 5}", "{'pred': 'yes', 'score': 4}",
-                  "{'pred': 'no', 'score': 1}", "no idea"])
+  llm = Scripted(
+    [
+      "{'pred': 'yes', 'score': 5}",
+      "{'pred': 'yes', 'score': 4}",
+      "{'pred': 'no', 'score': 1}",
+      "no idea",
+    ]
+  )
   out = open_ended.judge_answers(ITEMS, llm, batch_size=3)
   assert out["accuracy"] == 0.5 and out["score"] == 2.5
   assert out["num_questions"] == 4 and out["unparsed"] == 1
@@ -79,10 +91,12 @@ class JudgeServer:
         outer.requests += 1
         text = body["messages"][-1]["content"]
         predicted = text.split("Predicted answer:")[1].split("\n")[0]
-        reply = ("{'pred': 'yes', 'score': 5}" if "cat" in predicted
-                 else "{'pred': 'no', 'score': 0}")
-        payload = json.dumps({"choices": [{"message": {"role": "assistant",
-                                                       "content": reply}}]}).encode()
+        reply = (
+          "{'pred': 'yes', 'score': 5}" if "cat" in predicted else "{'pred': 'no', 'score': 0}"
+        )
+        payload = json.dumps(
+          {"choices": [{"message": {"role": "assistant", "content": reply}}]}
+        ).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
@@ -95,25 +109,44 @@ class JudgeServer:
 
 
 def _launch(*args):
-  return subprocess.run([sys.executable, "-m", "launch.judge_open_ended", *args], cwd=ROOT,
-                        capture_output=True, text=True, timeout=120, check=False)
+  return subprocess.run(
+    [sys.executable, "-m", "launch.judge_open_ended", *args],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+    check=False,
+  )
 
 
 def test_launcher_judges_records_and_replays(tmp_path):
-  q = [{"video_name": f"vid{i}", "question": f"what is in the box {i}", "question_id": f"v_{i}"}
-       for i in range(3)]
+  q = [
+    {"video_name": f"vid{i}", "question": f"what is in the box {i}", "question_id": f"v_{i}"}
+    for i in range(3)
+  ]
   a = [{"question_id": f"v_{i}", "answer": "cat", "type": 3} for i in range(3)]
   (tmp_path / "test_q.json").write_text(json.dumps(q))
   (tmp_path / "test_a.json").write_text(json.dumps(a))
-  outputs = [{"qid": "v_0", "output": "a cat"}, {"qid": "v_1", "output": "a dog"},
-             {"qid": "v_2", "output": "the cat"}]
+  outputs = [
+    {"qid": "v_0", "output": "a cat"},
+    {"qid": "v_1", "output": "a dog"},
+    {"qid": "v_2", "output": "the cat"},
+  ]
   (tmp_path / "eval.json").write_text(json.dumps({"outputs": outputs}))
   server = JudgeServer()
   try:
-    common = [f"--eval={tmp_path}/eval.json", "--format=activitynet_qa",
-              f"--annotations={tmp_path}/test_q.json"]
-    r = _launch(*common, f"--llm={server.url}", "--model=judge",
-                f"--record={tmp_path}/replies.jsonl", f"--out={tmp_path}/judged.json")
+    common = [
+      f"--eval={tmp_path}/eval.json",
+      "--format=activitynet_qa",
+      f"--annotations={tmp_path}/test_q.json",
+    ]
+    r = _launch(
+      *common,
+      f"--llm={server.url}",
+      "--model=judge",
+      f"--record={tmp_path}/replies.jsonl",
+      f"--out={tmp_path}/judged.json",
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     judged = json.loads((tmp_path / "judged.json").read_text())
     assert judged["accuracy"] == pytest.approx(2 / 3) and judged["score"] == pytest.approx(10 / 3)
@@ -129,6 +162,10 @@ def test_launcher_judges_records_and_replays(tmp_path):
     server.httpd.server_close()
   # an output whose qid is not in the annotations is named
   (tmp_path / "bad.json").write_text(json.dumps({"outputs": [{"qid": "v_9", "output": "x"}]}))
-  r = _launch(f"--eval={tmp_path}/bad.json", "--format=activitynet_qa",
-              f"--annotations={tmp_path}/test_q.json", f"--replay={tmp_path}/replies.jsonl")
+  r = _launch(
+    f"--eval={tmp_path}/bad.json",
+    "--format=activitynet_qa",
+    f"--annotations={tmp_path}/test_q.json",
+    f"--replay={tmp_path}/replies.jsonl",
+  )
   assert r.returncode != 0 and "outputs[0] qid 'v_9' is not in the annotations" in r.stderr

@@ -2,6 +2,7 @@
 (`aotd_jax.eval.rescore`, `launch.evaluate --rescore`), each checked on hand-computed values:
 MC accuracy under the official, MVBench and our parses, the closed-set accuracy, open-ended
 judge accuracy / score, and rationale box / window IoU."""
+
 import json
 import pathlib
 import subprocess
@@ -20,18 +21,28 @@ CHOICES = ["the cup", "the book", "the bag", "the door"]
 
 
 def _mc(qid, answer_index, qtype="T"):
-  return VideoQA(qid, "v", "q?", list(CHOICES), CHOICES[answer_index], answer_index,
-                 meta={"question_type": qtype})
+  return VideoQA(
+    qid,
+    "v",
+    "q?",
+    list(CHOICES),
+    CHOICES[answer_index],
+    answer_index,
+    meta={"question_type": qtype},
+  )
 
 
-@pytest.mark.parametrize("output,want", [
-    ("B", (1, False)),                       # first character
+@pytest.mark.parametrize(
+  "output,want",
+  [
+    ("B", (1, False)),  # first character
     ("D. the door", (3, False)),
-    ("(C) the bag", (2, False)),             # "(" is not a letter: C is the first of A-E found
-    ("The answer is D", (3, False)),         # no A, B or C in it: D
+    ("(C) the bag", (2, False)),  # "(" is not a letter: C is the first of A-E found
+    ("The answer is D", (3, False)),  # no A, B or C in it: D
     ("A person holds the book (B)", (0, False)),  # an "A" anywhere wins over the B
-    ("E", (4, False)),                       # a fifth letter to four options: wrong, not redrawn
-])
+    ("E", (4, False)),  # a fifth letter to four options: wrong, not redrawn
+  ],
+)
 def test_official_parse(output, want):
   assert mc_parse.official_choice(output, 4, "q1") == want
 
@@ -39,25 +50,42 @@ def test_official_parse(output, want):
 def test_official_parse_draws_a_seeded_random_option():
   picks = {mc_parse.official_choice("no idea", 4, f"q{i}")[0] for i in range(40)}
   assert picks == {0, 1, 2, 3}  # uniform over the options, not a fixed one
-  assert mc_parse.official_choice("no idea", 4, "q7") == mc_parse.official_choice("no idea", 4, "q7")
+  assert mc_parse.official_choice("no idea", 4, "q7") == mc_parse.official_choice(
+    "no idea", 4, "q7"
+  )
   assert mc_parse.official_choice("no idea", 4, "q7")[1] is True
   seeds = {mc_parse.official_choice("no idea", 4, "q7", seed=s)[0] for s in range(20)}
   assert len(seeds) > 1
 
 
-@pytest.mark.parametrize("output,answer,want", [
-    ("(B) the book", 1, True), ("B.", 1, True), ("b", 1, True), ("A", 1, False),
-    ("the book", 1, False), ("", 1, True),  # the release accepts an empty reply
-])
+@pytest.mark.parametrize(
+  "output,answer,want",
+  [
+    ("(B) the book", 1, True),
+    ("B.", 1, True),
+    ("b", 1, True),
+    ("A", 1, False),
+    ("the book", 1, False),
+    ("", 1, True),  # the release accepts an empty reply
+  ],
+)
 def test_mvbench_parse(output, answer, want):
   assert mc_parse.mvbench_correct(output, answer) is want
 
 
 def test_accuracy_per_parse_from_rows():
-  records = [_mc("a", 0, "Interaction"), _mc("b", 1, "Interaction"), _mc("c", 2, "Sequence"),
-             _mc("d", 3, "Sequence")]
-  rows = [{"qid": "a", "output": "A"}, {"qid": "b", "output": "the book"},
-          {"qid": "c", "output": "(C)"}, {"qid": "d", "output": "Bag or door?"}]
+  records = [
+    _mc("a", 0, "Interaction"),
+    _mc("b", 1, "Interaction"),
+    _mc("c", 2, "Sequence"),
+    _mc("d", 3, "Sequence"),
+  ]
+  rows = [
+    {"qid": "a", "output": "A"},
+    {"qid": "b", "output": "the book"},
+    {"qid": "c", "output": "(C)"},
+    {"qid": "d", "output": "Bag or door?"},
+  ]
   ours = rescore.score_rows(records, rows, parse="ours")
   # a: A right; b: text "the book" right; c: (C) right; d: names no option -> wrong
   assert ours["accuracy"] == 0.75 and ours["per_type"] == {"Interaction": 1.0, "Sequence": 0.5}
@@ -73,8 +101,10 @@ def test_accuracy_per_parse_from_rows():
 
 def test_closed_set_accuracy_sits_beside_the_generated_one():
   records = [_mc("a", 0), _mc("b", 1)]
-  rows = [{"qid": "a", "output": "B", "likelihood_output": "(A)"},
-          {"qid": "b", "output": "B", "likelihood_output": "(A)"}]
+  rows = [
+    {"qid": "a", "output": "B", "likelihood_output": "(A)"},
+    {"qid": "b", "output": "B", "likelihood_output": "(A)"},
+  ]
   got = rescore.score_rows(records, rows, parse="official")
   assert got["accuracy"] == 0.5 and got["likelihood"]["accuracy"] == 0.5
   only = rescore.score_rows(records, [{"qid": r["qid"], "likelihood_output": "(B)"} for r in rows])
@@ -83,25 +113,61 @@ def test_closed_set_accuracy_sits_beside_the_generated_one():
 
 def test_efficiency_per_question_from_rows():
   records = [_mc("a", 0), _mc("b", 1), _mc("c", 2)]
-  rows = [{"qid": "a", "output": "A", "seconds": 3.0, "new_tokens": 2, "likelihood_output": "(A)",
-           "likelihood_seconds": 0.5},
-          {"qid": "b", "output": "B", "seconds": 1.0, "new_tokens": 4, "likelihood_output": "(A)",
-           "likelihood_seconds": 0.25},
-          {"qid": "c", "output": "C", "seconds": 2.0, "new_tokens": 6, "likelihood_output": "(C)",
-           "likelihood_seconds": 0.75}]
+  rows = [
+    {
+      "qid": "a",
+      "output": "A",
+      "seconds": 3.0,
+      "new_tokens": 2,
+      "likelihood_output": "(A)",
+      "likelihood_seconds": 0.5,
+    },
+    {
+      "qid": "b",
+      "output": "B",
+      "seconds": 1.0,
+      "new_tokens": 4,
+      "likelihood_output": "(A)",
+      "likelihood_seconds": 0.25,
+    },
+    {
+      "qid": "c",
+      "output": "C",
+      "seconds": 2.0,
+      "new_tokens": 6,
+      "likelihood_output": "(C)",
+      "likelihood_seconds": 0.75,
+    },
+  ]
   got = rescore.score_rows(records, rows)
-  assert got["efficiency"] == {"questions": 3, "seconds": 6.0, "seconds_per_question": 2.0,
-                               "seconds_per_question_median": 2.0, "new_tokens": 12,
-                               "new_tokens_per_question": 4.0, "tokens_per_second": 2.0}
-  assert got["likelihood"]["efficiency"] == {"questions": 3, "seconds": 1.5,
-                                             "seconds_per_question": 0.5,
-                                             "seconds_per_question_median": 0.5}
+  assert got["efficiency"] == {
+    "questions": 3,
+    "seconds": 6.0,
+    "seconds_per_question": 2.0,
+    "seconds_per_question_median": 2.0,
+    "new_tokens": 12,
+    "new_tokens_per_question": 4.0,
+    "tokens_per_second": 2.0,
+  }
+  assert got["likelihood"]["efficiency"] == {
+    "questions": 3,
+    "seconds": 1.5,
+    "seconds_per_question": 0.5,
+    "seconds_per_question_median": 0.5,
+  }
   # rows without timings (an older run): no efficiency; a row missing one, or a bad value: named
-  assert "efficiency" not in rescore.score_rows(records, [{"qid": r["qid"], "output": r["output"]}
-                                                          for r in rows])
+  assert "efficiency" not in rescore.score_rows(
+    records, [{"qid": r["qid"], "output": r["output"]} for r in rows]
+  )
   with pytest.raises(ValueError, match=r"question 'b': 'seconds' is None.*others have one"):
-    rescore.score_rows(records, [rows[0], {"qid": "b", "output": "B", "likelihood_output": "(A)",
-                                           "likelihood_seconds": 0.25}, rows[2]])
+    rescore.score_rows(
+      records,
+      [
+        rows[0],
+        {"qid": "b", "output": "B", "likelihood_output": "(A)", "likelihood_seconds": 0.25},
+        rows[2],
+      ],
+    )
   with pytest.raises(ValueError, match=r"question 'c': 'new_tokens' is 'six'"):
     rescore.score_rows(records, rows[:2] + [{**rows[2], "new_tokens": "six"}])
 
@@ -114,16 +180,24 @@ class _Judge:
 
   def complete(self, prompts, *, max_new_tokens, temperature=0.0, stop=None):
     del max_new_tokens, temperature, stop
-    return [next(r for p_, r in self.replies.items() if f"Predicted answer: {p_}\n" in p[0]["content"])
-            for p in prompts]
+    return [
+      next(r for p_, r in self.replies.items() if f"Predicted answer: {p_}\n" in p[0]["content"])
+      for p in prompts
+    ]
 
 
 def test_open_ended_judge_accuracy_and_score_from_rows():
   records = [VideoQA(q, "v", "what?", [], a) for q, a in (("x", "dog"), ("y", "red"), ("z", "2"))]
-  rows = [{"qid": "x", "output": "a dog"}, {"qid": "y", "output": "blue"},
-          {"qid": "z", "output": "two"}]
-  replies = {"a dog": "{'pred': 'yes', 'score': 5}", "blue": "{'pred': 'no', 'score': 1}",
-             "two": "yes I think"}  # unreadable: no and 0, counted
+  rows = [
+    {"qid": "x", "output": "a dog"},
+    {"qid": "y", "output": "blue"},
+    {"qid": "z", "output": "two"},
+  ]
+  replies = {
+    "a dog": "{'pred': 'yes', 'score': 5}",
+    "blue": "{'pred': 'no', 'score': 1}",
+    "two": "yes I think",
+  }  # unreadable: no and 0, counted
   seen = []
   got = rescore.score_rows(records, rows, judge=_Judge(replies), on_judgements=seen.extend)
   oe = got["open_ended"]
@@ -164,8 +238,13 @@ def test_read_rows_names_the_file_and_question(tmp_path):
 
 
 def _evaluate(*args):
-  return subprocess.run([sys.executable, "-m", "launch.evaluate", *args], cwd=ROOT,
-                        capture_output=True, text=True, timeout=300)
+  return subprocess.run(
+    [sys.executable, "-m", "launch.evaluate", *args],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
 
 
 @pytest.mark.slow  # five launch.evaluate subprocesses (no model)
@@ -173,24 +252,43 @@ def test_cli_rescores_a_run_without_the_student(tmp_path):
   records = annotations.read("star", str(STAR))
   run = tmp_path / "run.json"
   outputs = ["A", "no letter here", "(A) x"]
-  run.write_text(json.dumps({"outputs": [{"qid": r.qid, "output": o, "likelihood_output": "(A)"}
-                                         for r, o in zip(records, outputs)],
-                             "efficiencies": {"output": {"seconds_per_question": 2.0}}}))
+  run.write_text(
+    json.dumps(
+      {
+        "outputs": [
+          {"qid": r.qid, "output": o, "likelihood_output": "(A)"} for r, o in zip(records, outputs)
+        ],
+        "efficiencies": {"output": {"seconds_per_question": 2.0}},
+      }
+    )
+  )
   out = tmp_path / "again.json"
-  r = _evaluate(f"--rescore={run}", "--format=star", f"--annotations={STAR}", "--parse=ours",
-                "--scoring=both", f"--out={out}")
+  r = _evaluate(
+    f"--rescore={run}",
+    "--format=star",
+    f"--annotations={STAR}",
+    "--parse=ours",
+    "--scoring=both",
+    f"--out={out}",
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   got = json.loads(out.read_text())
-  want = [int(o.startswith(("A", "(A)")) and rec.answer_index == 0)
-          for o, rec in zip(outputs, records)]
+  want = [
+    int(o.startswith(("A", "(A)")) and rec.answer_index == 0) for o, rec in zip(outputs, records)
+  ]
   assert got["accuracy"] == pytest.approx(sum(want) / 3)
   assert got["likelihood"]["accuracy"] == pytest.approx(
-      sum(rec.answer_index == 0 for rec in records) / 3)
+    sum(rec.answer_index == 0 for rec in records) / 3
+  )
   assert got["efficiency"] == {"seconds_per_question": 2.0}
   assert [o["qid"] for o in got["outputs"]] == [rec.qid for rec in records]
   # a judge on multiple-choice data, and a run that is not one, are named
-  r = _evaluate(f"--rescore={run}", "--format=star", f"--annotations={STAR}",
-                f"--judge_replay={tmp_path / 'j.jsonl'}")
+  r = _evaluate(
+    f"--rescore={run}",
+    "--format=star",
+    f"--annotations={STAR}",
+    f"--judge_replay={tmp_path / 'j.jsonl'}",
+  )
   assert r.returncode == 2 and "--judge_llm/--judge_replay judge open-ended" in r.stderr
   r = _evaluate(f"--rescore={tmp_path / 'missing.json'}", "--format=agqa", f"--annotations={AGQA}")
   assert r.returncode == 2 and "--rescore:" in r.stderr and "missing.json" in r.stderr
@@ -200,7 +298,9 @@ def test_cli_rescores_a_run_without_the_student(tmp_path):
 
 
 def test_mvbench_accuracy_is_reported_per_task():
-  records = annotations.read("mvbench", str(ROOT / "tests" / "fixtures" / "annotations" / "mvbench"))
+  records = annotations.read(
+    "mvbench", str(ROOT / "tests" / "fixtures" / "annotations" / "mvbench")
+  )
   rows = [{"qid": r.qid, "output": f"({'ABCDE'[r.answer_index]})"} for r in records]
   got = rescore.score_rows(records, rows, parse="mvbench")
   assert got["accuracy"] == 1.0

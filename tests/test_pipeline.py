@@ -1,5 +1,6 @@
 """Grain pipeline: batches and masks, resume on the exact next batch, mixture ratios, bad
 videos and CoT records counted and skipped, host sharding, global arrays, worker processes."""
+
 import collections
 import json
 
@@ -29,12 +30,28 @@ def world(tmp_path_factory):
   for i in range(6):
     V.write_video(d / f"vid{i}.mp4", tiny_frames(20, i), 10)
     choices = [f"object{i} {j}" for j in range(3)]
-    records.append(VideoQA(qid=f"q{i}", video_id=f"vid{i}", question=f"what moved {i}",
-                           choices=choices, answer=choices[i % 3], answer_index=i % 3,
-                           start=0.2 if i % 2 else None, end=1.5 if i % 2 else None))
-    cot.append({"qid": f"c{i}", "video_path": f"vid{i}.mp4",
-                "conversation": [{"from": "human", "value": f"<video>\nwhat moved {i}"},
-                                 {"from": "gpt", "value": f"first object{i} moves so the answer is {i}"}]})
+    records.append(
+      VideoQA(
+        qid=f"q{i}",
+        video_id=f"vid{i}",
+        question=f"what moved {i}",
+        choices=choices,
+        answer=choices[i % 3],
+        answer_index=i % 3,
+        start=0.2 if i % 2 else None,
+        end=1.5 if i % 2 else None,
+      )
+    )
+    cot.append(
+      {
+        "qid": f"c{i}",
+        "video_path": f"vid{i}.mp4",
+        "conversation": [
+          {"from": "human", "value": f"<video>\nwhat moved {i}"},
+          {"from": "gpt", "value": f"first object{i} moves so the answer is {i}"},
+        ],
+      }
+    )
   with open(d / "cot.jsonl", "w") as f:
     for rec in cot:
       f.write(json.dumps(rec) + "\n")
@@ -44,15 +61,18 @@ def world(tmp_path_factory):
 
 
 def build(world, **kw):
-  src = [DP.qa_source(world["records"], video_root=str(world["dir"])),
-         DP.cot_source(world["dir"] / "cot.jsonl", video_root=str(world["dir"]))]
+  src = [
+    DP.qa_source(world["records"], video_root=str(world["dir"])),
+    DP.cot_source(world["dir"] / "cot.jsonl", video_root=str(world["dir"])),
+  ]
   weights = kw.pop("weights", [0.5, 0.5])
   mesh = kw.pop("mesh", None)
   pcount = kw.pop("process_count", None)
   pindex = kw.pop("process_index", None)
   cfg = DP.PipelineConfig(**{**CFG, **kw})
-  return DP.make_pipeline(world["tok"], src, cfg, weights=weights, mesh=mesh,
-                          process_index=pindex, process_count=pcount)
+  return DP.make_pipeline(
+    world["tok"], src, cfg, weights=weights, mesh=mesh, process_index=pindex, process_count=pcount
+  )
 
 
 def test_batch_layout_and_masks(world):
@@ -70,7 +90,9 @@ def test_batch_layout_and_masks(world):
   cot_by_qid = {c["qid"]: c for c in world["cot"]}
   for b in range(B):
     n = int(batch["attention_mask"][b].sum())
-    assert (batch["attention_mask"][b, :n] == 1).all() and (batch["input_ids"][b, n:] == tok.pad_token_id).all()
+    assert (batch["attention_mask"][b, :n] == 1).all() and (
+      batch["input_ids"][b, n:] == tok.pad_token_id
+    ).all()
     label, rat = batch["label_mask"][b], batch["rationale_mask"][b]
     assert not (label & rat).any() and not label[n:].any() and not rat[n:].any()
     qid = batch["qid"][b]
@@ -84,7 +106,7 @@ def test_batch_layout_and_masks(world):
       assert target == cot_by_qid[qid]["conversation"][1]["value"] + " </s>"
     # the targets are exactly the tokens after the prompt's final "ASSISTANT :"
     toks = tok.convert_ids_to_tokens(batch["input_ids"][b, :n].tolist())
-    start = max(i for i in range(n - 1) if toks[i:i + 2] == ["ASSISTANT", ":"]) + 2
+    start = max(i for i in range(n - 1) if toks[i : i + 2] == ["ASSISTANT", ":"]) + 2
     np.testing.assert_array_equal(mask[:n], [0] * start + [1] * (n - start))
     prompt = tok.decode(batch["input_ids"][b, :start])
     suffix = C.ANSWER_SUFFIX if qid.startswith("q") else C.RATIONALE_SUFFIX
@@ -97,6 +119,7 @@ def test_pixels_are_the_processed_window(world):
   batch = next(it)
   r = next(r for r in world["records"] if r.qid == batch["qid"][0])
   from aotd_jax.data import video_processing
+
   frames = V.read_frames(world["dir"] / f"{r.video_id}.mp4", 2, start=r.start, end=r.end, size=16)
   expect = video_processing.preprocess_video(frames, shortest_edge=8, crop_size=8)
   np.testing.assert_allclose(batch["pixel_values_videos"][0], expect, rtol=0, atol=0)
@@ -163,13 +186,31 @@ def test_bad_videos_and_records_are_counted_not_fatal(world, tmp_path):
   d = world["dir"]
   (tmp_path / "broken.mp4").write_bytes(b"not a video")
   recs = world["records"][:2] + [
-      VideoQA(qid="missing", video_id="nowhere", question="what moved 0", choices=["a", "b"],
-              answer="a", answer_index=0),
-      VideoQA(qid="broken", video_id=str(tmp_path / "broken"), question="what moved 0",
-              choices=["a", "b"], answer="a", answer_index=0)]
+    VideoQA(
+      qid="missing",
+      video_id="nowhere",
+      question="what moved 0",
+      choices=["a", "b"],
+      answer="a",
+      answer_index=0,
+    ),
+    VideoQA(
+      qid="broken",
+      video_id=str(tmp_path / "broken"),
+      question="what moved 0",
+      choices=["a", "b"],
+      answer="a",
+      answer_index=0,
+    ),
+  ]
   with open(tmp_path / "cot.jsonl", "w") as f:
     f.write(json.dumps(world["cot"][0]) + "\n{not json\n")
-    f.write(json.dumps({"qid": "x", "video_path": "vid0.mp4", "conversation": [{"from": "gpt", "value": "x"}]}) + "\n")
+    f.write(
+      json.dumps(
+        {"qid": "x", "video_path": "vid0.mp4", "conversation": [{"from": "gpt", "value": "x"}]}
+      )
+      + "\n"
+    )
   rows, report = DP.read_cot_jsonl(str(tmp_path / "cot.jsonl"))
   assert len(rows) == 1 and report.num_skipped == 2
   assert report.messages[0].startswith(f"{tmp_path / 'cot.jsonl'}:2:")
@@ -211,6 +252,7 @@ def test_per_host_shards_are_disjoint(world):
   def qids(**kw):
     it = build(world, num_epochs=1, shuffle=False, weights=[1.0, 0.0], batch_size=2, **kw)
     return [q for b in it for q in b["qid"]]
+
   hosts = [qids(process_index=i, process_count=2) for i in range(2)]
   assert not set(hosts[0]) & set(hosts[1])
   assert sorted(hosts[0] + hosts[1]) == sorted(qids())

@@ -1,4 +1,5 @@
 """Program prompt (built from the tools' docstrings) and parsing of messy LLM replies."""
+
 import ast
 import re
 
@@ -7,8 +8,18 @@ import pytest
 from aotd_jax.agent import programs
 from fixtures.scripted_llm import ScriptedLLM
 
-CONTRACT_TOOLS = {"Query_Objs", "Query_Actions", "Filter_frames_with_act", "Filter_frames_with_obj",
-                  "trim", "Find", "exist", "select_answer", "Video_summary", "Count"}
+CONTRACT_TOOLS = {
+  "Query_Objs",
+  "Query_Actions",
+  "Filter_frames_with_act",
+  "Filter_frames_with_obj",
+  "trim",
+  "Find",
+  "exist",
+  "select_answer",
+  "Video_summary",
+  "Count",
+}
 
 GOOD = """def execute_command(video_clip, query, possible_answers):
     clip = trim(video_clip, start=0, end=8)
@@ -38,8 +49,12 @@ def _ok(result):
 
 def test_prompt_uses_tool_docstrings_examples_and_question():
   examples = programs.load_examples("star")
-  prompt = programs.build_program_prompt("What did the person hold?", ["A cup", "A book"],
-                                         {"Find": Find, "Count": Counter()}, examples=examples)
+  prompt = programs.build_program_prompt(
+    "What did the person hold?",
+    ["A cup", "A book"],
+    {"Find": Find, "Count": Counter()},
+    examples=examples,
+  )
   assert "def Find(video_clip, obj):" in prompt
   assert "Returns boxes of `obj`" in prompt
   assert "def Count(video_clip, obj):" in prompt and "Counts instances" in prompt
@@ -54,6 +69,7 @@ def _shipped_examples(dataset: str) -> str:
   """The few-shot programs of `dataset`: the toy world's ship with its project."""
   if dataset == "toyworld":
     from aotd_jax.projects.toyworld import prompts
+
     return prompts.few_shot_examples()
   return programs.load_examples(dataset)
 
@@ -66,18 +82,24 @@ def test_shipped_examples_are_programs_over_the_contract_api(dataset):
   for func in tree.body:
     assert isinstance(func, ast.FunctionDef) and func.name == "execute_command"
     assert [a.arg for a in func.args.args] == ["video_clip", "query", "possible_answers"]
-    called = {n.func.id for n in ast.walk(func) if isinstance(n, ast.Call)
-              and isinstance(n.func, ast.Name)}
+    called = {
+      n.func.id for n in ast.walk(func) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+    }
     assert called <= CONTRACT_TOOLS, called - CONTRACT_TOOLS
   assert len(re.findall(r"^# Question:", text, re.M)) == len(tree.body)
 
 
 def test_string_annotations_shown_as_code():
-  def trim(video_clip: "VideoClip", start: "int | None" = None,  # noqa: F821 (shown as text)
-           label: str = "x") -> "VideoClip":  # noqa: F821
+  def trim(
+    video_clip: "VideoClip",  # noqa: F821 (shown as text)
+    start: "int | None" = None,
+    label: str = "x",
+  ) -> "VideoClip":  # noqa: F821
     """Cuts."""
+
   assert programs.describe_tool("trim", trim).splitlines()[0] == (
-      "def trim(video_clip: VideoClip, start: int | None = None, label: str = 'x') -> VideoClip:")
+    "def trim(video_clip: VideoClip, start: int | None = None, label: str = 'x') -> VideoClip:"
+  )
 
 
 def test_missing_prompt_file_names_path():
@@ -90,8 +112,11 @@ def test_clean_reply():
 
 
 def test_fences_and_chatter():
-  reply = ("Sure! Here is the program you asked for:\n\n```python\n" + GOOD +
-           "```\n\nThis first trims the clip and then selects the answer. Let me know!")
+  reply = (
+    "Sure! Here is the program you asked for:\n\n```python\n"
+    + GOOD
+    + "```\n\nThis first trims the clip and then selects the answer. Let me know!"
+  )
   assert _ok(programs.parse_program(reply)) == GOOD
   # Untagged fence, indented inside the fence.
   reply = "```\n" + "\n".join("  " + l for l in GOOD.splitlines()) + "\n```"
@@ -99,29 +124,38 @@ def test_fences_and_chatter():
 
 
 def test_python_fence_preferred_over_other_fences():
-  reply = ("Plan:\n```text\ndef execute_command(video_clip, query, possible_answers): step 1\n```\n"
-           "```python\n" + GOOD + "```")
+  reply = (
+    "Plan:\n```text\ndef execute_command(video_clip, query, possible_answers): step 1\n```\n"
+    "```python\n" + GOOD + "```"
+  )
   assert _ok(programs.parse_program(reply)) == GOOD
 
 
 def test_two_functions_keeps_only_execute_command():
-  reply = ("def helper(x):\n    return x\n\n" + GOOD +
-           "\ndef execute_command(video_clip, query, possible_answers):\n    return 'second'\n"
-           "\nprint(execute_command(None, None, None))\n")
+  reply = (
+    "def helper(x):\n    return x\n\n"
+    + GOOD
+    + "\ndef execute_command(video_clip, query, possible_answers):\n    return 'second'\n"
+    "\nprint(execute_command(None, None, None))\n"
+  )
   source = _ok(programs.parse_program(reply))
   assert source == GOOD and "helper" not in source and "print" not in source
 
 
 def test_missing_return_added():
-  reply = ("def execute_command(video_clip, query, possible_answers):\n"
-           "    clip = trim(video_clip, start=0, end=8)\n"
-           "    answer = select_answer(clip, query, possible_answers, [])\n")
+  reply = (
+    "def execute_command(video_clip, query, possible_answers):\n"
+    "    clip = trim(video_clip, start=0, end=8)\n"
+    "    answer = select_answer(clip, query, possible_answers, [])\n"
+  )
   result = programs.parse_program(reply)
   assert _ok(result).rstrip().endswith("return answer")
   assert "added return" in result.repairs
-  reply = ("def execute_command(video_clip, query, possible_answers):\n"
-           "    select_answer(video_clip, query,\n"
-           "                  possible_answers, [])\n")
+  reply = (
+    "def execute_command(video_clip, query, possible_answers):\n"
+    "    select_answer(video_clip, query,\n"
+    "                  possible_answers, [])\n"
+  )
   source = _ok(programs.parse_program(reply))
   assert "    return select_answer(video_clip, query," in source
   ast.parse(source)
@@ -145,33 +179,45 @@ def test_primed_prefix():
   assert source == programs.PROGRAM_SIGNATURE + "\n    return possible_answers[0]\n"
 
 
-@pytest.mark.parametrize("reply,reason", [
+@pytest.mark.parametrize(
+  "reply,reason",
+  [
     ("", "empty reply"),
     (None, "empty reply"),
     ("I cannot answer that question.", "no `def execute_command`"),
     ("```python\nanswer = select_answer(video_clip)\n```", "no `def execute_command`"),
     ("def execute_command(video_clip, query, possible_answers):\n", "does not parse"),
     ("def execute_command(video_clip, query, possible_answers:\n  return 1\n", "does not parse"),
-])
+  ],
+)
 def test_no_program_is_counted_failure(reply, reason):
   result = programs.parse_program(reply)
   assert not result.ok and reason in result.error
 
 
 def test_generate_programs_counts_failures():
-  llm = ScriptedLLM(["```python\n" + GOOD + "```", "no idea", GOOD.replace("    return", "    x =")])
+  llm = ScriptedLLM(
+    ["```python\n" + GOOD + "```", "no idea", GOOD.replace("    return", "    x =")]
+  )
   stats = programs.ProgramStats()
-  out = programs.generate_programs(llm, [("q1", ["a", "b"]), ("q2", []), ("q3", ["c"])],
-                                   {"Find": Find}, stats=stats)
+  out = programs.generate_programs(
+    llm, [("q1", ["a", "b"]), ("q2", []), ("q3", ["c"])], {"Find": Find}, stats=stats
+  )
   assert [r.ok for r in out] == [True, False, True]
-  assert stats.to_dict() == {"total": 3, "parsed": 2, "repaired": 1, "failed": 1,
-                             "failures": {"no `def execute_command` in the reply": 1}}
+  assert stats.to_dict() == {
+    "total": 3,
+    "parsed": 2,
+    "repaired": 1,
+    "failed": 1,
+    "failures": {"no `def execute_command` in the reply": 1},
+  }
   assert len(llm.prompts) == 3 and "q2" in llm.prompts[1]
 
 
 def test_shipped_examples_bind_to_the_expert_signatures():
   """Every call in the few-shot programs fits the signature of the tool that will run it."""
   import inspect
+
   tools = pytest.importorskip("experts.tools")
   for dataset in ("star", "nextqa", "toyworld"):
     for node in ast.walk(ast.parse(_shipped_examples(dataset))):

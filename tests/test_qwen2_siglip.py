@@ -1,5 +1,6 @@
 """Qwen2 LM (the Llama decoder with q/k/v biases) and the SigLIP vision tower against
 transformers' PyTorch `Qwen2ForCausalLM` / `SiglipVisionModel` on random tiny weights."""
+
 import json
 import os
 
@@ -16,12 +17,29 @@ from aotd_jax.hf.io import CheckpointError
 from aotd_jax.models.qwen2 import Qwen2ForCausalLM
 from aotd_jax.models.siglip import SiglipVisionModel
 
-QWEN2 = dict(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-             initializer_range=0.2, rope_parameters=dict(rope_type="default", rope_theta=1e6),
-             bos_token_id=None, eos_token_id=2, pad_token_id=None)
-SIGLIP = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-              image_size=32, patch_size=8, vision_use_head=False)
+QWEN2 = dict(
+  vocab_size=96,
+  hidden_size=32,
+  intermediate_size=64,
+  num_hidden_layers=2,
+  num_attention_heads=4,
+  num_key_value_heads=2,
+  max_position_embeddings=64,
+  initializer_range=0.2,
+  rope_parameters=dict(rope_type="default", rope_theta=1e6),
+  bos_token_id=None,
+  eos_token_id=2,
+  pad_token_id=None,
+)
+SIGLIP = dict(
+  hidden_size=32,
+  intermediate_size=64,
+  num_hidden_layers=3,
+  num_attention_heads=4,
+  image_size=32,
+  patch_size=8,
+  vision_use_head=False,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -53,8 +71,9 @@ def _batch(vocab=96, length=20, pads=(4, 0)):
 
 def _torch_logits(model, ids, mask, pos):
   with torch.no_grad():
-    return model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
-                 position_ids=torch.tensor(pos)).logits.numpy()
+    return model(
+      input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), position_ids=torch.tensor(pos)
+    ).logits.numpy()
 
 
 @pytest.mark.parametrize("tied", [False, True])
@@ -72,8 +91,9 @@ def test_qwen2_logits_and_export_match_transformers(tmp_path, tied):
   hf.save_pretrained(model, str(tmp_path / "out"))
   exported = json.load(open(tmp_path / "out" / "config.json"))
   assert exported["model_type"] == "qwen2" and "qkv_bias" not in exported
-  loaded, info = transformers.Qwen2ForCausalLM.from_pretrained(str(tmp_path / "out"),
-                                                                output_loading_info=True)
+  loaded, info = transformers.Qwen2ForCausalLM.from_pretrained(
+    str(tmp_path / "out"), output_loading_info=True
+  )
   assert not info["missing_keys"] and not info["unexpected_keys"], info
   assert np.abs(_torch_logits(loaded.eval(), ids, mask, pos) - want)[real].max() < 1e-5
 
@@ -103,7 +123,9 @@ def test_siglip_hidden_states_match_transformers_in_both_layouts(tmp_path):
   tensors = load_file(str(tmp_path / "v5" / "model.safetensors"))
   assert "embeddings.patch_embedding.bias" in tensors
   os.makedirs(tmp_path / "v4")
-  save_file({f"vision_model.{k}": v for k, v in tensors.items()}, str(tmp_path / "v4" / "model.safetensors"))
+  save_file(
+    {f"vision_model.{k}": v for k, v in tensors.items()}, str(tmp_path / "v4" / "model.safetensors")
+  )
   (tmp_path / "v4" / "config.json").write_text((tmp_path / "v5" / "config.json").read_text())
   for layout in ("v5", "v4"):
     model = hf.from_pretrained(str(tmp_path / layout))
@@ -114,8 +136,9 @@ def test_siglip_hidden_states_match_transformers_in_both_layouts(tmp_path):
       assert np.abs(np.asarray(ours) - theirs.numpy()).max() < 1e-4
     assert np.abs(np.asarray(out.last_hidden_state) - want.last_hidden_state.numpy()).max() < 1e-4
   hf.save_pretrained(model, str(tmp_path / "out"))
-  loaded, info = transformers.SiglipVisionModel.from_pretrained(str(tmp_path / "out"),
-                                                                output_loading_info=True)
+  loaded, info = transformers.SiglipVisionModel.from_pretrained(
+    str(tmp_path / "out"), output_loading_info=True
+  )
   assert not info["missing_keys"] and not info["unexpected_keys"], info
   with torch.no_grad():
     again = loaded.eval()(torch.tensor(pixels)).last_hidden_state.numpy()

@@ -1,5 +1,6 @@
 """Qwen2-VL against transformers' PyTorch `Qwen2VLForConditionalGeneration` (and its vision
 tower) on random tiny configs."""
+
 import dataclasses
 import json
 import os
@@ -21,12 +22,29 @@ from tests.test_llava_next_video import check_mesh_train_step
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-VISION = dict(depth=2, embed_dim=32, hidden_size=24, num_heads=4, patch_size=4,
-              spatial_merge_size=2, temporal_patch_size=2, mlp_ratio=2)
-TEXT = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, initializer_range=0.2,
-            rope_parameters=dict(rope_type="default", rope_theta=1e4, mrope_section=[2, 3, 3]),
-            bos_token_id=1, eos_token_id=2, pad_token_id=0)
+VISION = dict(
+  depth=2,
+  embed_dim=32,
+  hidden_size=24,
+  num_heads=4,
+  patch_size=4,
+  spatial_merge_size=2,
+  temporal_patch_size=2,
+  mlp_ratio=2,
+)
+TEXT = dict(
+  vocab_size=128,
+  hidden_size=64,
+  intermediate_size=96,
+  num_hidden_layers=2,
+  num_attention_heads=4,
+  num_key_value_heads=2,
+  initializer_range=0.2,
+  rope_parameters=dict(rope_type="default", rope_theta=1e4, mrope_section=[2, 3, 3]),
+  bos_token_id=1,
+  eos_token_id=2,
+  pad_token_id=0,
+)
 IMAGE, VIDEO, START, END = 100, 101, 102, 103
 
 
@@ -39,6 +57,7 @@ def full_f32_matmuls():
 @pytest.fixture(scope="module")
 def vision_pair():
   from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VisionTransformerPretrainedModel
+
   torch.manual_seed(0)
   ref = Qwen2VisionTransformerPretrainedModel(transformers.Qwen2VLVisionConfig(**VISION)).eval()
   with torch.no_grad():  # transformers' init leaves biases at zero and norms at one
@@ -46,17 +65,23 @@ def vision_pair():
       p.normal_(0, 0.3)
   cfg = qwen2_vl.Qwen2VLVisionConfig(**VISION)
   model = nnx.eval_shape(lambda: qwen2_vl.Qwen2VisionTransformer(cfg, rngs=nnx.Rngs(0)))
-  rules = [dataclasses.replace(r, hf=r.hf.lstrip("."), flax=r.flax.lstrip("/"))
-           for r in qwen2_vl_hf.vision_rules(cfg, "", "")]
+  rules = [
+    dataclasses.replace(r, hf=r.hf.lstrip("."), flax=r.flax.lstrip("/"))
+    for r in qwen2_vl_hf.vision_rules(cfg, "", "")
+  ]
   tensors = {k: v.numpy() for k, v in ref.state_dict().items()}
   return ref, import_params(model, rules, tensors, {}, source="test")
 
 
-@pytest.mark.parametrize("grid", [[[1, 4, 6], [2, 2, 4], [3, 4, 4]], [[2, 4, 4], [2, 4, 4]]],
-                         ids=["mixed_sizes", "same_sizes"])
+@pytest.mark.parametrize(
+  "grid",
+  [[[1, 4, 6], [2, 2, 4], [3, 4, 4]], [[2, 4, 4], [2, 4, 4]]],
+  ids=["mixed_sizes", "same_sizes"],
+)
 @pytest.mark.parametrize("cpu_kernels", [True, False])
 def test_vision_tower_matches_transformers(vision_pair, grid, cpu_kernels, expect_kernel):
   from aotd_jax.kernels import attention as attention_kernel
+
   ref, model = vision_pair
   model = with_options(model, cpu_kernels=cpu_kernels)
   grid = np.asarray(grid)
@@ -96,8 +121,14 @@ def test_vision_position_ids_are_block_major():
 def _save_hf(path, **kw):
   torch.manual_seed(0)
   config = transformers.Qwen2VLConfig(
-      vision_config={**VISION, "hidden_size": 64}, text_config=TEXT, image_token_id=IMAGE,
-      video_token_id=VIDEO, vision_start_token_id=START, vision_end_token_id=END, **kw)
+    vision_config={**VISION, "hidden_size": 64},
+    text_config=TEXT,
+    image_token_id=IMAGE,
+    video_token_id=VIDEO,
+    vision_start_token_id=START,
+    vision_end_token_id=END,
+    **kw,
+  )
   ref = transformers.Qwen2VLForConditionalGeneration(config).eval()
   with torch.no_grad():  # transformers' init leaves biases at zero and norms at one
     for name, p in ref.named_parameters():
@@ -118,20 +149,32 @@ def pair(tmp_path_factory):
 
 def _media_batch(rng, pads=(3, 0)):
   """Two left-padded rows, each: text, a 3x4x4 video (12 tokens), text, a 1x4x6 image (6), text."""
+
   def row(pre, post):
-    return (list(rng.integers(3, 99, pre)) + [START] + [VIDEO] * 12 + [END]
-            + list(rng.integers(3, 99, 3)) + [START] + [IMAGE] * 6 + [END]
-            + list(rng.integers(3, 99, post)))
+    return (
+      list(rng.integers(3, 99, pre))
+      + [START]
+      + [VIDEO] * 12
+      + [END]
+      + list(rng.integers(3, 99, 3))
+      + [START]
+      + [IMAGE] * 6
+      + [END]
+      + list(rng.integers(3, 99, post))
+    )
+
   width = 40
   ids = np.zeros((len(pads), width), np.int64)
   mask = np.zeros_like(ids)
   for i, p in enumerate(pads):
     ids[i, p:] = row(width - 30 - p, 5)
     mask[i, p:] = 1
-  media = dict(pixel_values=rng.standard_normal((2 * 24, 96)).astype(np.float32),
-               image_grid_thw=np.array([[1, 4, 6]] * 2),
-               pixel_values_videos=rng.standard_normal((2 * 48, 96)).astype(np.float32),
-               video_grid_thw=np.array([[3, 4, 4]] * 2))
+  media = dict(
+    pixel_values=rng.standard_normal((2 * 24, 96)).astype(np.float32),
+    image_grid_thw=np.array([[1, 4, 6]] * 2),
+    pixel_values_videos=rng.standard_normal((2 * 48, 96)).astype(np.float32),
+    video_grid_thw=np.array([[3, 4, 4]] * 2),
+  )
   return ids, mask, media
 
 
@@ -145,16 +188,27 @@ def _torch(media):
 
 def _torch_logits(model, ids, mask, media):
   with torch.no_grad():
-    return model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
-                 mm_token_type_ids=torch.tensor(_types(ids)), **_torch(media)).logits.numpy()
+    return model(
+      input_ids=torch.tensor(ids),
+      attention_mask=torch.tensor(mask),
+      mm_token_type_ids=torch.tensor(_types(ids)),
+      **_torch(media),
+    ).logits.numpy()
 
 
 def _frames_batch(rng, batch=2, frames=3):
   """Rows of text + one clip of `frames` 16x16 frames (grid (ceil(T/2), 4, 4)) + text."""
   n = -(-frames // 2) * 4
-  ids = np.concatenate([rng.integers(3, 99, (batch, 5)), np.full((batch, 1), START),
-                        np.full((batch, n), VIDEO), np.full((batch, 1), END),
-                        rng.integers(3, 99, (batch, 6))], 1)
+  ids = np.concatenate(
+    [
+      rng.integers(3, 99, (batch, 5)),
+      np.full((batch, 1), START),
+      np.full((batch, n), VIDEO),
+      np.full((batch, 1), END),
+      rng.integers(3, 99, (batch, 6)),
+    ],
+    1,
+  )
   mask = np.ones_like(ids)
   mask[-1, :2] = 0
   videos = rng.standard_normal((batch, frames, 3, 16, 16)).astype(np.float32)
@@ -176,17 +230,26 @@ def test_rope_index_matches_transformers(pair):
   _, ref, model = pair
   ids, mask, media = _media_batch(np.random.default_rng(0))
   want, want_deltas = ref.model.get_rope_index(
-      torch.tensor(ids), torch.tensor(_types(ids)), torch.tensor(media["image_grid_thw"]),
-      torch.tensor(media["video_grid_thw"]), torch.tensor(mask))
-  pos, deltas = qwen2_vl.rope_index(model.config, ids, mask, media["image_grid_thw"],
-                                    media["video_grid_thw"])
+    torch.tensor(ids),
+    torch.tensor(_types(ids)),
+    torch.tensor(media["image_grid_thw"]),
+    torch.tensor(media["video_grid_thw"]),
+    torch.tensor(mask),
+  )
+  pos, deltas = qwen2_vl.rope_index(
+    model.config, ids, mask, media["image_grid_thw"], media["video_grid_thw"]
+  )
   np.testing.assert_array_equal(pos, want.numpy())
   np.testing.assert_array_equal(deltas, want_deltas.numpy().ravel())
   # The in-graph version for same-grid clips agrees with it.
   ids, mask, _ = _frames_batch(np.random.default_rng(1))
   grids = ((2, 4, 4),) * 2
-  uniform = qwen2_vl.rope_index_uniform(model.config, jnp.asarray(ids), jnp.asarray(mask), VIDEO, grids[0])
-  np.testing.assert_array_equal(np.asarray(uniform), qwen2_vl.rope_index(model.config, ids, mask, None, grids)[0])
+  uniform = qwen2_vl.rope_index_uniform(
+    model.config, jnp.asarray(ids), jnp.asarray(mask), VIDEO, grids[0]
+  )
+  np.testing.assert_array_equal(
+    np.asarray(uniform), qwen2_vl.rope_index(model.config, ids, mask, None, grids)[0]
+  )
 
 
 def test_image_and_video_logits_match_transformers(pair):
@@ -202,9 +265,12 @@ def transformers_video_patchify():
   module itself imports torchvision, which this environment does not have."""
   import ast
   import transformers.models.qwen2_vl as package
+
   path = os.path.join(os.path.dirname(package.__file__), "video_processing_qwen2_vl.py")
   tree = ast.parse(open(path).read())
-  cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Qwen2VLVideoProcessor")
+  cls = next(
+    n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Qwen2VLVideoProcessor"
+  )
   fn = next(n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "patchify")
   namespace = {"torch": torch}
   exec(compile(ast.Module([fn], []), path, "exec"), namespace)  # pylint: disable=exec-used
@@ -220,7 +286,9 @@ def test_video_frames_path_matches_transformers(pair):
   patches, grid = qwen2_vl.patchify_frames(model.config, jnp.asarray(videos))
   assert grid == (t, h, w) == (2, 4, 4)
   np.testing.assert_array_equal(np.asarray(patches), theirs.reshape(-1, 96).numpy())
-  media = dict(pixel_values_videos=theirs.reshape(-1, 96).numpy(), video_grid_thw=np.array([[2, 4, 4]] * 2))
+  media = dict(
+    pixel_values_videos=theirs.reshape(-1, 96).numpy(), video_grid_thw=np.array([[2, 4, 4]] * 2)
+  )
   want = _torch_logits(ref, ids, mask, media)
   jitted = nnx.jit(lambda m, i, a, v: m(i, a, pixel_values_videos=v).logits)
   got = np.asarray(jitted(model, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(videos)))
@@ -231,10 +299,17 @@ def test_greedy_generation_with_video_matches_transformers(pair):
   _, ref, model = pair
   ids, mask, media = _media_batch(np.random.default_rng(4))
   with torch.no_grad():
-    out = ref.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
-                       mm_token_type_ids=torch.tensor(_types(ids)), **_torch(media),
-                       max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
-  want = out[:, ids.shape[1]:].numpy()
+    out = ref.generate(
+      input_ids=torch.tensor(ids),
+      attention_mask=torch.tensor(mask),
+      mm_token_type_ids=torch.tensor(_types(ids)),
+      **_torch(media),
+      max_new_tokens=12,
+      do_sample=False,
+      eos_token_id=None,
+      pad_token_id=0,
+    )
+  want = out[:, ids.shape[1] :].numpy()
   assert len(np.unique(want)) > 3  # a sequence that exercises the positions, not one token
   got = qwen2_vl.generate(model, ids, mask, max_new_tokens=12, eos_token_id=-1, **media)
   np.testing.assert_array_equal(np.asarray(got.sequences), want)
@@ -243,11 +318,20 @@ def test_greedy_generation_with_video_matches_transformers(pair):
   patches = np.asarray(qwen2_vl.patchify_frames(model.config, jnp.asarray(videos))[0])
   media = dict(pixel_values_videos=patches, video_grid_thw=np.array([[2, 4, 4]] * 2))
   with torch.no_grad():
-    out = ref.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
-                       mm_token_type_ids=torch.tensor(_types(ids)), **_torch(media),
-                       max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0)
-  got = qwen2_vl.generate(model, ids, mask, pixel_values_videos=videos, max_new_tokens=8, eos_token_id=-1)
-  np.testing.assert_array_equal(np.asarray(got.sequences), out[:, ids.shape[1]:].numpy())
+    out = ref.generate(
+      input_ids=torch.tensor(ids),
+      attention_mask=torch.tensor(mask),
+      mm_token_type_ids=torch.tensor(_types(ids)),
+      **_torch(media),
+      max_new_tokens=8,
+      do_sample=False,
+      eos_token_id=None,
+      pad_token_id=0,
+    )
+  got = qwen2_vl.generate(
+    model, ids, mask, pixel_values_videos=videos, max_new_tokens=8, eos_token_id=-1
+  )
+  np.testing.assert_array_equal(np.asarray(got.sequences), out[:, ids.shape[1] :].numpy())
 
 
 # ------------------------------------------------------------------------------------ HF I/O
@@ -257,7 +341,10 @@ def test_reads_both_key_layouts_and_exports_for_transformers(pair, tmp_path):
   path, ref, model = pair
   tensors, _ = read_tensors(path)
   # transformers 5 saves the released checkpoints' layout: visual.*, model.layers.*
-  assert "visual.patch_embed.proj.weight" in tensors and "model.layers.0.self_attn.q_proj.bias" in tensors
+  assert (
+    "visual.patch_embed.proj.weight" in tensors
+    and "model.layers.0.self_attn.q_proj.bias" in tensors
+  )
   ids, mask, media = _media_batch(np.random.default_rng(6))
   ours = np.asarray(model(ids, mask, **media).logits)
   # Export writes the released layout (visual.*, model.*; what transformers 5 saves too) and
@@ -271,7 +358,8 @@ def test_reads_both_key_layouts_and_exports_for_transformers(pair, tmp_path):
   assert again.config == model.config
   np.testing.assert_allclose(np.asarray(again(ids, mask, **media).logits), ours, atol=1e-6)
   loaded, info = transformers.Qwen2VLForConditionalGeneration.from_pretrained(
-      str(tmp_path / "out"), output_loading_info=True)
+    str(tmp_path / "out"), output_loading_info=True
+  )
   assert not info["missing_keys"] and not info["unexpected_keys"], info
   want = _torch_logits(ref, ids, mask, media)
   theirs = _torch_logits(loaded.eval(), ids, mask, media)
@@ -285,10 +373,17 @@ def test_reads_both_key_layouts_and_exports_for_transformers(pair, tmp_path):
   vision.pop("in_channels")
   os.makedirs(tmp_path / "old")
   os.symlink(os.path.join(path, "model.safetensors"), tmp_path / "old" / "model.safetensors")
-  json.dump({**cfg, **text, "model_type": "qwen2_vl", "vision_config": vision,
-             "rope_theta": rope["rope_theta"],
-             "rope_scaling": {"type": "mrope", "mrope_section": rope["mrope_section"]}},
-            open(tmp_path / "old" / "config.json", "w"))
+  json.dump(
+    {
+      **cfg,
+      **text,
+      "model_type": "qwen2_vl",
+      "vision_config": vision,
+      "rope_theta": rope["rope_theta"],
+      "rope_scaling": {"type": "mrope", "mrope_section": rope["mrope_section"]},
+    },
+    open(tmp_path / "old" / "config.json", "w"),
+  )
   assert hf.from_pretrained(str(tmp_path / "old")).config == model.config
 
 
@@ -298,11 +393,18 @@ def test_bad_checkpoints_and_inputs_are_named(pair, tmp_path):
   os.makedirs(tmp_path / "bad")
   rope = {"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 2, 2]}
   for key, value, message in (
-      ("text_config", {**cfg["text_config"], "rope_parameters": rope},
-       r"mrope_section \[2, 2, 2\] must be three parts summing to head_dim // 2 = 8"),
-      ("text_config", {**cfg["text_config"], "use_sliding_window": True}, "use_sliding_window=true"),
-      ("vision_config", {**cfg["vision_config"], "hidden_size": 32},
-       "must equal text_config.hidden_size 64")):
+    (
+      "text_config",
+      {**cfg["text_config"], "rope_parameters": rope},
+      r"mrope_section \[2, 2, 2\] must be three parts summing to head_dim // 2 = 8",
+    ),
+    ("text_config", {**cfg["text_config"], "use_sliding_window": True}, "use_sliding_window=true"),
+    (
+      "vision_config",
+      {**cfg["vision_config"], "hidden_size": 32},
+      "must equal text_config.hidden_size 64",
+    ),
+  ):
     json.dump({**cfg, key: value}, open(tmp_path / "bad" / "config.json", "w"))
     with pytest.raises(CheckpointError, match=message):
       hf.from_pretrained(str(tmp_path / "bad"))
@@ -322,21 +424,30 @@ def test_bad_checkpoints_and_inputs_are_named(pair, tmp_path):
 
 def _loss(model, batch):
   import optax
-  logits = model(batch["input_ids"], batch["attention_mask"],
-                 pixel_values_videos=batch["pixel_values_videos"]).logits
+
+  logits = model(
+    batch["input_ids"], batch["attention_mask"], pixel_values_videos=batch["pixel_values_videos"]
+  ).logits
   targets = jnp.roll(batch["input_ids"], -1, axis=1)
-  return optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], targets[:, :-1]).mean(), logits
+  return optax.softmax_cross_entropy_with_integer_labels(
+    logits[:, :-1], targets[:, :-1]
+  ).mean(), logits
 
 
 @pytest.mark.slow  # more compilations of the model (bf16, remat); `make test` runs it
 def test_bf16_remat_and_frozen_tower(pair):
   path, _, model = pair
   ids, mask, videos = _frames_batch(np.random.default_rng(8))
-  batch = dict(input_ids=jnp.asarray(ids), attention_mask=jnp.asarray(mask), pixel_values_videos=videos)
+  batch = dict(
+    input_ids=jnp.asarray(ids), attention_mask=jnp.asarray(mask), pixel_values_videos=videos
+  )
   want = np.asarray(nnx.jit(lambda m, b: _loss(m, b)[1])(model, batch))
   options = dataclasses.replace(model.options, remat="full", freeze_vision_tower=True)
-  remat = nnx.eval_shape(lambda: qwen2_vl.Qwen2VLForConditionalGeneration(
-      model.config, options=options, rngs=nnx.Rngs(0)))
+  remat = nnx.eval_shape(
+    lambda: qwen2_vl.Qwen2VLForConditionalGeneration(
+      model.config, options=options, rngs=nnx.Rngs(0)
+    )
+  )
   assert remat.visual.options.remat_enabled and remat.language_model.options.remat_enabled
   nnx.update(remat, nnx.state(model))
   (_, logits), grads = nnx.jit(nnx.value_and_grad(_loss, has_aux=True))(remat, batch)
@@ -356,7 +467,9 @@ def test_weights_carry_logical_axes(pair):
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
   placed = hf.from_pretrained(path, mesh=mesh)
   P = jax.sharding.PartitionSpec
-  assert placed.language_model.model.layers[0].self_attn.q_proj.kernel[...].sharding.spec == P("fsdp", "tensor")
+  assert placed.language_model.model.layers[0].self_attn.q_proj.kernel[...].sharding.spec == P(
+    "fsdp", "tensor"
+  )
   assert placed.visual.blocks[0].attn.qkv.kernel[...].sharding.spec == P("fsdp", "tensor")
   assert placed.visual.merger.mlp[0].kernel[...].sharding.spec == P("fsdp", "tensor")
 
@@ -366,6 +479,9 @@ def test_mesh_forward_and_train_step_match_one_device(pair):
   _, _, model = pair
   assert len(jax.devices()) >= 8, "conftest forces 8 host devices"
   ids, mask, videos = _frames_batch(np.random.default_rng(9), batch=4, frames=2)
-  batch = dict(input_ids=jnp.asarray(ids), attention_mask=jnp.asarray(mask),
-               pixel_values_videos=jnp.asarray(videos))
+  batch = dict(
+    input_ids=jnp.asarray(ids),
+    attention_mask=jnp.asarray(mask),
+    pixel_values_videos=jnp.asarray(videos),
+  )
   check_mesh_train_step(model, batch, _loss)

@@ -1,5 +1,6 @@
 """Qwen2-VL preprocessing against transformers' processors: the PIL image processor, and the
 video processor run with PIL resizing in place of torchvision's (tests/qwen2_vl_reference.py)."""
+
 import numpy as np
 import pytest
 
@@ -11,10 +12,15 @@ transformers = pytest.importorskip("transformers")
 
 def test_smart_resize_matches_transformers():
   from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
   rng = np.random.default_rng(0)
   for h, w in [(1, 1), (27, 29), (480, 640), (4000, 30), (2000, 3000)] + [
-      tuple(int(v) for v in rng.integers(10, 3000, 2)) for _ in range(50)]:
-    for bounds in [(qp.IMAGE_MIN_PIXELS, qp.IMAGE_MAX_PIXELS), (qp.VIDEO_MIN_PIXELS, qp.VIDEO_MAX_PIXELS)]:
+    tuple(int(v) for v in rng.integers(10, 3000, 2)) for _ in range(50)
+  ]:
+    for bounds in [
+      (qp.IMAGE_MIN_PIXELS, qp.IMAGE_MAX_PIXELS),
+      (qp.VIDEO_MIN_PIXELS, qp.VIDEO_MAX_PIXELS),
+    ]:
       assert qp.smart_resize(h, w, 28, *bounds) == smart_resize(h, w, 28, *bounds), (h, w, bounds)
   with pytest.raises(ValueError, match="aspect ratio must be smaller than 200"):
     qp.smart_resize(1, 300)
@@ -22,8 +28,11 @@ def test_smart_resize_matches_transformers():
 
 def test_images_match_transformers_pil_processor_exactly():
   from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
   rng = np.random.default_rng(1)
-  images = [rng.integers(0, 256, s, dtype=np.uint8) for s in ((50, 90, 3), (120, 64, 3), (20, 30, 3))]
+  images = [
+    rng.integers(0, 256, s, dtype=np.uint8) for s in ((50, 90, 3), (120, 64, 3), (20, 30, 3))
+  ]
   bounds = dict(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16)
   want = Qwen2VLImageProcessorPil(**bounds)(images=images, return_tensors="np")
   got = qp.preprocess_images(images, **bounds)
@@ -34,6 +43,7 @@ def test_images_match_transformers_pil_processor_exactly():
 
 def test_video_patches_match_transformers_video_processor():
   from tests.test_qwen2_vl import transformers_video_patchify
+
   rng = np.random.default_rng(2)
   frames = rng.integers(0, 256, (5, 40, 70, 3), dtype=np.uint8)  # odd count: last frame repeated
   out = qp.preprocess_video(frames, min_pixels=28 * 28 * 2, max_pixels=28 * 28 * 6)
@@ -41,6 +51,7 @@ def test_video_patches_match_transformers_video_processor():
   assert out["video_grid_thw"].tolist() == [[3, h // 14, w // 14]]
   # Resize + normalise per frame as the image processor, then transformers' video patchify.
   from aotd_jax.data import video_processing
+
   x = video_processing.normalize(video_processing.resize_bicubic(frames, h, w))
   want, t, gh, gw = transformers_video_patchify()(None, torch.tensor(x[None]), 14, 2, 2)
   assert (t, gh, gw) == (3, h // 14, w // 14)
@@ -65,7 +76,9 @@ def test_frame_sampling_and_the_per_frame_cap():
   # compared in test_video_sizes_and_the_cap_match_transformers).
   capped = qp.video_size(64, 720, 1280, cap_pixels_per_frame=True, max_video_tokens=16384)
   assert capped[0] * capped[1] <= max(16384 * 28 * 28 * 0.9 * 2 // 64, qp.VIDEO_MIN_PIXELS * 1.05)
-  assert qp.video_size(64, 720, 1280) == qp.smart_resize(720, 1280, 28, qp.VIDEO_MIN_PIXELS, qp.VIDEO_MAX_PIXELS)
+  assert qp.video_size(64, 720, 1280) == qp.smart_resize(
+    720, 1280, 28, qp.VIDEO_MIN_PIXELS, qp.VIDEO_MAX_PIXELS
+  )
 
 
 # transformers' Qwen2VLVideoProcessor, run with PIL resizing in place of torchvision's (see
@@ -77,6 +90,7 @@ VIDEO_TOL = 1e-6
 @pytest.fixture
 def video_processor(monkeypatch):
   from tests.qwen2_vl_reference import video_processor_class
+
   return video_processor_class(monkeypatch)
 
 
@@ -93,7 +107,9 @@ def test_videos_match_transformers_video_processor(video_processor, frames, heig
   h, w = qp.smart_resize(height, width, 28, qp.VIDEO_MIN_PIXELS, qp.VIDEO_MAX_PIXELS)
   assert got["video_grid_thw"].tolist() == [[(frames + 1) // 2, h // 14, w // 14]]
   assert got["pixel_values_videos"].shape == want["pixel_values_videos"].shape
-  np.testing.assert_allclose(got["pixel_values_videos"], want["pixel_values_videos"], rtol=0, atol=VIDEO_TOL)
+  np.testing.assert_allclose(
+    got["pixel_values_videos"], want["pixel_values_videos"], rtol=0, atol=VIDEO_TOL
+  )
 
 
 def test_video_sizes_and_the_cap_match_transformers(video_processor):
@@ -104,15 +120,28 @@ def test_video_sizes_and_the_cap_match_transformers(video_processor):
   processor = video_processor(cap_pixels_per_frame=True)
   assert processor.max_video_tokens == qp.VIDEO_MAX_TOKENS
   grids = []
-  for tokens, bounds in ((40, (28 * 28 * 4, 28 * 28 * 30)), (200, (28 * 28 * 4, 28 * 28 * 30)),
-                         (qp.VIDEO_MAX_TOKENS, (qp.VIDEO_MIN_PIXELS, qp.VIDEO_MAX_PIXELS))):
-    want = processor(videos=[video], return_tensors="np", max_video_tokens=tokens,
-                     size={"shortest_edge": bounds[0], "longest_edge": bounds[1]})
-    got = qp.preprocess_video(video, min_pixels=bounds[0], max_pixels=bounds[1],
-                              cap_pixels_per_frame=True, max_video_tokens=tokens)
+  for tokens, bounds in (
+    (40, (28 * 28 * 4, 28 * 28 * 30)),
+    (200, (28 * 28 * 4, 28 * 28 * 30)),
+    (qp.VIDEO_MAX_TOKENS, (qp.VIDEO_MIN_PIXELS, qp.VIDEO_MAX_PIXELS)),
+  ):
+    want = processor(
+      videos=[video],
+      return_tensors="np",
+      max_video_tokens=tokens,
+      size={"shortest_edge": bounds[0], "longest_edge": bounds[1]},
+    )
+    got = qp.preprocess_video(
+      video,
+      min_pixels=bounds[0],
+      max_pixels=bounds[1],
+      cap_pixels_per_frame=True,
+      max_video_tokens=tokens,
+    )
     np.testing.assert_array_equal(got["video_grid_thw"], want["video_grid_thw"])
-    np.testing.assert_allclose(got["pixel_values_videos"], want["pixel_values_videos"], rtol=0,
-                               atol=VIDEO_TOL)
+    np.testing.assert_allclose(
+      got["pixel_values_videos"], want["pixel_values_videos"], rtol=0, atol=VIDEO_TOL
+    )
     grids.append(got["video_grid_thw"].tolist())
   # 40 tokens cap each frame at 56 x 112; 200 leave max_pixels (84 x 168) the binding bound
   assert grids == [[[4, 4, 8]], [[4, 6, 12]], [[4, 18, 32]]]
@@ -120,9 +149,15 @@ def test_video_sizes_and_the_cap_match_transformers(video_processor):
 
 def test_frame_sampling_matches_transformers(video_processor):
   from transformers.video_utils import VideoMetadata
+
   processor = video_processor(cap_pixels_per_frame=False)
-  for total, fps, kw in ((100, 30.0, dict(num_frames=16)), (100, 30.0, dict(num_frames=15)),
-                         (301, 30.0, dict(fps=2)), (37, 25.0, dict(fps=1)), (900, 29.97, dict(fps=0.5))):
+  for total, fps, kw in (
+    (100, 30.0, dict(num_frames=16)),
+    (100, 30.0, dict(num_frames=15)),
+    (301, 30.0, dict(fps=2)),
+    (37, 25.0, dict(fps=1)),
+    (900, 29.97, dict(fps=0.5)),
+  ):
     want = processor.sample_frames(VideoMetadata(total_num_frames=total, fps=fps), **kw)
     got = qp.sample_frame_indices(total, video_fps=fps, **kw)
     np.testing.assert_array_equal(got, want.numpy()), (total, fps, kw)

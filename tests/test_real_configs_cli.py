@@ -1,5 +1,6 @@
 """The real configs take their paths from the command line (issue 19, item 7): lnv7b's
 datasets by name, its arg options, and the CoT configs' LLM sections."""
+
 import pathlib
 import subprocess
 import sys
@@ -26,17 +27,25 @@ app.run(main)
 
 
 def _flags(*args):
-  r = subprocess.run([sys.executable, "-c", PRINT, *args], cwd=ROOT, capture_output=True,
-                     text=True, timeout=120, check=False)
+  r = subprocess.run(
+    [sys.executable, "-c", PRINT, *args],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+    check=False,
+  )
   assert r.returncode == 0, r.stderr[-2000:]
   return r.stdout.splitlines()
 
 
 def test_lnv7b_datasets_and_options_from_the_command_line():
-  lines = _flags("--config=configs/distill/lnv7b.py:h100x8,hf_dir=/m/lnv,datasets=star+nextqa",
-                 "--config.data.datasets.star.annotations=/d/STAR_train.json",
-                 "--config.data.datasets.star.cots=/c/star/cot-*.array_record",
-                 "--config.data.datasets.nextqa.video_root=/d/NExTVideo")
+  lines = _flags(
+    "--config=configs/distill/lnv7b.py:h100x8,hf_dir=/m/lnv,datasets=star+nextqa",
+    "--config.data.datasets.star.annotations=/d/STAR_train.json",
+    "--config.data.datasets.star.cots=/c/star/cot-*.array_record",
+    "--config.data.datasets.nextqa.video_root=/d/NExTVideo",
+  )
   datasets = eval(lines[0])  # pylint: disable=eval-used
   assert sorted(datasets) == ["nextqa", "star"]
   assert datasets["star"]["annotations"] == "/d/STAR_train.json"
@@ -59,9 +68,11 @@ def test_lnv7b_defaults_are_the_official_recipe_and_bad_options_are_named():
 
 
 def test_cot_llm_sections_are_settable_from_the_command_line():
-  lines = _flags("--config=configs/toyworld/cot.py:programs=llm",
-                 "--config.program_llm.kind=local",
-                 "--config.program_llm.kwargs.model_dir=/models/coder")
+  lines = _flags(
+    "--config=configs/toyworld/cot.py:programs=llm",
+    "--config.program_llm.kind=local",
+    "--config.program_llm.kwargs.model_dir=/models/coder",
+  )
   kind, kwargs = lines[2].split(" ", 1)
   assert kind == "local" and eval(kwargs)["model_dir"] == "/models/coder"  # pylint: disable=eval-used
 
@@ -71,6 +82,7 @@ def test_make_llm_passes_only_the_set_kwargs():
   from configs.toyworld import cot as toy
   from launch import generate_cots
   from aotd_jax.agent import llm
+
   section = toy.llm("openai", base_url="http://127.0.0.1:9/v1", model="m")
   assert set(section.kwargs) >= {"base_url", "model", "model_dir", "path", "api_key_env"}
   backend = generate_cots.make_llm(section)

@@ -1,5 +1,6 @@
 """The rehearsal (`python -m launch.rehearse`): its builders, its stub LLM server, and the
 whole real path end to end at toy sizes (slow)."""
+
 import json
 import os
 import subprocess
@@ -13,6 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_videos_have_a_realistic_length_and_the_readers_parse_the_files(tmp_path):
   from aotd_jax.data import annotations
   from aotd_jax.rehearsal import datasets
+
   star = datasets.star(str(tmp_path / "star"), questions=3, videos=1)
   nq = datasets.nextqa(str(tmp_path / "nq"), questions=3, videos=2)
   frames, fps = datasets.video_info(os.path.join(star["videos"], "RH000.mp4"))
@@ -30,16 +32,23 @@ def test_stub_server_answers_each_prompt_kind_over_http():
   from aotd_jax.agent.llm import OpenAIChat
   from aotd_jax.rehearsal.stub_server import Replies, StubServer, classify
   from experts.backends.llm import select_prompt
+
   replies = Replies({"Which cup?": "The red cup.", "Which box?": "Big."}, wrong={"Which box?"})
   with StubServer(replies) as server:
     llm = OpenAIChat(server.url, "stub-coder")
-    got = llm.complete([select_prompt("Which cup?", ["The blue cup.", "The red cup."], "x"),
-                        select_prompt("Which box?", ["Big.", "Small."], "x"),
-                        "what is the capital of France?"], max_new_tokens=8)
+    got = llm.complete(
+      [
+        select_prompt("Which cup?", ["The blue cup.", "The red cup."], "x"),
+        select_prompt("Which box?", ["Big.", "Small."], "x"),
+        "what is the capital of France?",
+      ],
+      max_new_tokens=8,
+    )
   assert got == ["(B)", "(B)", "unrecognised prompt"]
   assert replies.counts == {"selector": 2, "unknown": 1}
-  prompt = programs.build_program_prompt("Which cup?", ["The blue cup.", "The red cup."], {},
-                                         examples="")
+  prompt = programs.build_program_prompt(
+    "Which cup?", ["The blue cup.", "The red cup."], {}, examples=""
+  )
   assert classify(prompt) == "program"
   program = programs.parse_program(replies.reply(prompt))
   assert program.ok and "select_answer" in program.source
@@ -51,9 +60,11 @@ def test_stub_server_answers_each_prompt_kind_over_http():
   official = programs.read_prompt_file("judge_logic_official.txt")
   assert classify(official) == "judge_logic_official" and replies.reply(official) == "True"
   rewrite = programs.read_prompt_file("cot_rewrite_official.txt").format(
-      question="Which cup?", choices="(A) The blue cup. (B) The red cup.",
-      program="def execute_command(video_clip, query, possible_answers): ...",
-      trace="1. Find -> a cup")
+    question="Which cup?",
+    choices="(A) The blue cup. (B) The red cup.",
+    program="def execute_command(video_clip, query, possible_answers): ...",
+    trace="1. Find -> a cup",
+  )
   assert classify(rewrite) == "rewrite_official"
   assert replies.reply(rewrite) == "I see that 1. Find -> a cup. So the answer is The red cup."
 
@@ -61,14 +72,17 @@ def test_stub_server_answers_each_prompt_kind_over_http():
 def test_checkpoints_load_in_their_readers(tmp_path):
   from aotd_jax.hf.univtg import load_univtg
   from aotd_jax.rehearsal import checkpoints
+
   path = checkpoints.univtg(str(tmp_path / "model_best.ckpt"))
   model = load_univtg(path)
   assert model.config.v_feat_dims == (12,) and model.config.t_feat_dim == 16
   llama = checkpoints.llama(str(tmp_path / "coder"))
   from transformers import AutoTokenizer
+
   tok = AutoTokenizer.from_pretrained(llama)
-  text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
-                                 add_generation_prompt=True)
+  text = tok.apply_chat_template(
+    [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+  )
   assert text.endswith("assistant<|end_header_id|>\n\n")
 
 
@@ -76,9 +90,13 @@ def test_checkpoints_load_in_their_readers(tmp_path):
 def test_rehearsal_end_to_end(tmp_path):
   """Every stage of the real path passes at toy sizes (the other students' stages:
   tests/test_rehearse_students.py). A stage that reports `waiting` or `gap` fails the test."""
-  r = subprocess.run([sys.executable, "-m", "launch.rehearse", f"--workdir={tmp_path}",
-                      "--students="],
-                     cwd=ROOT, capture_output=True, text=True, timeout=1200)
+  r = subprocess.run(
+    [sys.executable, "-m", "launch.rehearse", f"--workdir={tmp_path}", "--students="],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=1200,
+  )
   result = json.loads((tmp_path / "rehearsal.json").read_text())
   rows = {row["stage"]: row for row in result["stages"]}
   bad = {k: (v["status"], v.get("detail")) for k, v in rows.items() if v["status"] != "ok"}
@@ -98,6 +116,7 @@ def test_reproduce_commands_are_rehearsed():
   """Every command in docs/reproduce.md is a rehearsal stage's command (sizes and paths
   aside), and every stage that runs a launcher is in the docs."""
   from aotd_jax.rehearsal import stages
+
   plan = stages.placeholder_plan()
   rehearsed = {stages.signature(s.command): s.name for s in plan}
   with open(os.path.join(ROOT, "docs", "reproduce.md")) as f:
@@ -110,25 +129,60 @@ def test_reproduce_commands_are_rehearsed():
     sig = stages.signature(argv)
     if sig in EXTERNAL:
       continue
-    assert sig in rehearsed, (f"docs/reproduce.md: {' '.join(argv)[:200]} is not a rehearsal "
-                              f"command:\n{sig}\nrehearsed: {sorted(rehearsed.values())}")
+    assert sig in rehearsed, (
+      f"docs/reproduce.md: {' '.join(argv)[:200]} is not a rehearsal "
+      f"command:\n{sig}\nrehearsed: {sorted(rehearsed.values())}"
+    )
     documented.add(sig)
   # hf_load (and each student's) is the rehearsal's own check (transformers loads the export)
-  missing = {s.name for s in plan
-             if stages.signature(s.command) not in documented and s.base_name() != "hf_load"}
+  missing = {
+    s.name
+    for s in plan
+    if stages.signature(s.command) not in documented and s.base_name() != "hf_load"
+  }
   assert not missing, f"rehearsal stages not in docs/reproduce.md: {sorted(missing)}"
 
 
 def test_signature_ignores_values_and_sizes_but_not_flags():
   from aotd_jax.rehearsal.stages import signature
-  a = signature(["python", "-m", "launch.train", "--config=configs/distill/lnv7b.py:h100x8,"
-                 "hf_dir=/a,datasets=star", "--workdir=/w"])
-  b = signature(["python", "-m", "launch.train", "--config=configs/distill/lnv7b.py:"
-                 "tpu_v5p_128,hf_dir=/b,datasets=star+nextqa", "--workdir=gs://x"])
+
+  a = signature(
+    [
+      "python",
+      "-m",
+      "launch.train",
+      "--config=configs/distill/lnv7b.py:h100x8,hf_dir=/a,datasets=star",
+      "--workdir=/w",
+    ]
+  )
+  b = signature(
+    [
+      "python",
+      "-m",
+      "launch.train",
+      "--config=configs/distill/lnv7b.py:tpu_v5p_128,hf_dir=/b,datasets=star+nextqa",
+      "--workdir=gs://x",
+    ]
+  )
   assert a == b
-  assert a != signature(["python", "-m", "launch.train", "--config=configs/distill/lnv7b.py:"
-                         "h100x8,hf_dir=/a", "--workdir=/w"])
-  assert a != signature(["python", "-m", "launch.train", "--config=configs/toyworld/distill.py:"
-                         "h100x8,hf_dir=/a,datasets=star", "--workdir=/w"])
-  assert signature(["python", "-m", "aotd_jax.hf", "convert", "--hf_dir=a"])[0] == \
-      "aotd_jax.hf convert"
+  assert a != signature(
+    [
+      "python",
+      "-m",
+      "launch.train",
+      "--config=configs/distill/lnv7b.py:h100x8,hf_dir=/a",
+      "--workdir=/w",
+    ]
+  )
+  assert a != signature(
+    [
+      "python",
+      "-m",
+      "launch.train",
+      "--config=configs/toyworld/distill.py:h100x8,hf_dir=/a,datasets=star",
+      "--workdir=/w",
+    ]
+  )
+  assert (
+    signature(["python", "-m", "aotd_jax.hf", "convert", "--hf_dir=a"])[0] == "aotd_jax.hf convert"
+  )

@@ -20,8 +20,9 @@ def _step(arch: str, remat: bool):
   mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
   student = build.build_student(cfg.student, mesh=mesh, seed=0)
   batch = next(make_train_data(cfg, student))
-  trainer = Trainer(student, make_optimizer(cfg.optim, 3), mesh=mesh,
-                    trainable=trainable_filter(True))  # the vision tower frozen
+  trainer = Trainer(
+    student, make_optimizer(cfg.optim, 3), mesh=mesh, trainable=trainable_filter(True)
+  )  # the vision tower frozen
   losses = [float(trainer.train_step(batch).loss) for _ in range(2)]
   leaves = jax.tree.leaves(trainer.params)
   return student, batch, losses, leaves
@@ -35,11 +36,20 @@ def test_remat_with_frozen_tower_matches_no_remat(arch):
   for a, b in zip(got_leaves, want_leaves):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
   # the recomputation is really there: one checkpoint per decoder layer (and per tower layer)
-  text = str(jax.make_jaxpr(lambda ids: student(input_ids=ids).logits if arch == "llama" else
-                            student(input_ids=ids, pixel_values_videos=batch["pixel_values_videos"]
-                                    ).logits)(batch["input_ids"]))
-  layers = student.config.num_hidden_layers if arch == "llama" else (
-      student.config.text_config.num_hidden_layers)
+  text = str(
+    jax.make_jaxpr(
+      lambda ids: (
+        student(input_ids=ids).logits
+        if arch == "llama"
+        else student(input_ids=ids, pixel_values_videos=batch["pixel_values_videos"]).logits
+      )
+    )(batch["input_ids"])
+  )
+  layers = (
+    student.config.num_hidden_layers
+    if arch == "llama"
+    else (student.config.text_config.num_hidden_layers)
+  )
   assert text.count("checkpoint[") + text.count("remat") >= layers
 
 
@@ -51,6 +61,7 @@ def test_remat_call_advances_dropout_rng_and_keeps_gradients():
   from aotd_jax.layers.compute import ComputeOptions
   from aotd_jax.models import univtg
   from aotd_jax.models.remat import remat_call
+
   cfg = univtg.UniVTGConfig(hidden_dim=16, nheads=2, dim_feedforward=32, enc_layers=1)
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((2, 5, 16)), jnp.float32)
@@ -71,6 +82,8 @@ def test_remat_call_advances_dropout_rng_and_keeps_gradients():
     after = [np.asarray(a) for a in jax.tree.leaves(nnx.state(m, nnx.RngCount))]
     assert any(not np.array_equal(a, b) for a, b in zip(before, after)), "RNG did not advance"
   assert float(values[True]) == pytest.approx(float(values[False]), rel=1e-6)  # same mask
-  for a, b in zip(jax.tree.leaves(nnx.state(grads[False], nnx.Param)),
-                  jax.tree.leaves(nnx.state(grads[True], nnx.Param))):
+  for a, b in zip(
+    jax.tree.leaves(nnx.state(grads[False], nnx.Param)),
+    jax.tree.leaves(nnx.state(grads[True], nnx.Param)),
+  ):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * float(np.abs(a).max()) + 1e-12)

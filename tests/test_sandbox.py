@@ -1,4 +1,5 @@
 """The sandbox on well-behaved programs: values, handles, traces, limits and bad arguments."""
+
 import ast
 import concurrent.futures
 import json
@@ -52,8 +53,10 @@ def trim(video_clip, start=None, end=None):
 
 def Find(video_clip, object_name):
   """Boxes of `object_name` per frame."""
-  return [Detection(i + video_clip.start_frame, (1.0, 2.0, 3.0, 4.0), object_name)
-          for i in range(len(video_clip))]
+  return [
+    Detection(i + video_clip.start_frame, (1.0, 2.0, 3.0, 4.0), object_name)
+    for i in range(len(video_clip))
+  ]
 
 
 def select_answer(query, info, possible_answers):
@@ -64,8 +67,11 @@ TOOLS = {"trim": trim, "Find": Find, "select_answer": select_answer}
 
 
 def args(t=6):
-  return {"video_clip": Clip(np.arange(t * 2 * 2 * 3, dtype=np.uint8).reshape(t, 2, 2, 3)),
-          "query": "What did the person hold?", "possible_answers": ["cup", "box", "bag"]}
+  return {
+    "video_clip": Clip(np.arange(t * 2 * 2 * 3, dtype=np.uint8).reshape(t, 2, 2, 3)),
+    "query": "What did the person hold?",
+    "possible_answers": ["cup", "box", "bag"],
+  }
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +100,7 @@ def test_program_runs_with_full_trace(sb):
   assert t.args["start"] == 2 and t.args["end"] == 5
   assert t.result["type"] == "Clip" and t.result["start_frame"] == 2
   assert f.args["object_name"] == "cup"
-  assert f.result == [{"frame": i, "box": [1.0, 2.0, 3.0, 4.0], "label": "cup"}
-                      for i in (2, 3, 4)]
+  assert f.result == [{"frame": i, "box": [1.0, 2.0, 3.0, 4.0], "label": "cup"} for i in (2, 3, 4)]
   assert s.result == "cup" and all(c.seconds >= 0 for c in ex.trace)
   # The trace is JSON and round-trips.
   trace = ex.to_trace(program=GOOD)
@@ -126,8 +131,12 @@ def test_returned_handle_is_the_host_object(sb):
 def test_large_arrays_stay_behind_a_handle():
   big = np.zeros((64, 64, 64, 3), np.uint8)  # 786 KB
   with Sandbox(1, memory_mb=256, array_by_value_bytes=1 << 16) as sb:
-    ex = sb.run(body("return [video_clip.shape, video_clip[0].shape, video_clip]"),
-                {}, {"video_clip": big, "query": "", "possible_answers": []}, timeout_s=2.0)
+    ex = sb.run(
+      body("return [video_clip.shape, video_clip[0].shape, video_clip]"),
+      {},
+      {"video_clip": big, "query": "", "possible_answers": []},
+      timeout_s=2.0,
+    )
   assert ex.ok, ex.error
   assert ex.value[0] == (64, 64, 64, 3) and ex.value[1] == (64, 64, 3)
   assert ex.value[2] is big  # never copied
@@ -162,9 +171,9 @@ def test_tool_time_does_not_count_against_the_timeout(sb, monkeypatch):
   # against a 5 s budget passes only if tool time is excluded; the program's own real time
   # (a few messages) stays far below 5 s however loaded the machine is.
   from aotd_jax.agent import sandbox as sandbox_module
+
   offset = [0.0]
-  clock = types.SimpleNamespace(**{k: getattr(time, k) for k in dir(time)
-                                   if not k.startswith("_")})
+  clock = types.SimpleNamespace(**{k: getattr(time, k) for k in dir(time) if not k.startswith("_")})
   clock.perf_counter = lambda: time.perf_counter() + offset[0]
   monkeypatch.setattr(sandbox_module, "time", clock)
 
@@ -180,8 +189,9 @@ def test_tool_time_does_not_count_against_the_timeout(sb, monkeypatch):
 
 def test_parallel_runs_and_worker_reuse(sb):
   with concurrent.futures.ThreadPoolExecutor(4) as pool:
-    exs = list(pool.map(lambda i: sb.run(body(f"return {i} * 2"), {}, args(),
-                                         timeout_s=2.0), range(8)))
+    exs = list(
+      pool.map(lambda i: sb.run(body(f"return {i} * 2"), {}, args(), timeout_s=2.0), range(8))
+    )
   assert [e.value for e in exs] == [i * 2 for i in range(8)]
 
 
@@ -209,8 +219,9 @@ def test_worker_limits_are_set_and_killed_workers_are_replaced(sb):
           os.killpg(int(pid), signal.SIGKILL)
     time.sleep(0.1)
 
-  ex = sb.run(body("kill_workers()\nreturn 1"), {"kill_workers": kill_workers}, args(),
-              timeout_s=2.0)
+  ex = sb.run(
+    body("kill_workers()\nreturn 1"), {"kill_workers": kill_workers}, args(), timeout_s=2.0
+  )
   assert not ex.ok and ex.error.startswith("worker died: killed by SIGKILL"), ex.error
   assert [c.name for c in ex.trace] == ["kill_workers"]
   assert all(sb.run(body("return 1"), {}, args(), timeout_s=2.0).ok for _ in range(3))
@@ -240,9 +251,13 @@ def test_bad_arguments_are_refused_with_clear_messages(sb):
 
 def test_policy_accepts_ordinary_programs_and_refuses_non_strings():
   validate(GOOD)
-  validate(body("x = [i * i for i in range(3) if i]\nd = {k: v for k, v in zip('ab', x)}\n"
-                "s = f'{x[0]:>4} {d!r}'\ntry:\n    y = 1 / 0\nexcept (ZeroDivisionError,"
-                " ValueError) as e:\n    y = str(e)\nreturn (y, s, sorted(set(x)))"))
+  validate(
+    body(
+      "x = [i * i for i in range(3) if i]\nd = {k: v for k, v in zip('ab', x)}\n"
+      "s = f'{x[0]:>4} {d!r}'\ntry:\n    y = 1 / 0\nexcept (ZeroDivisionError,"
+      " ValueError) as e:\n    y = str(e)\nreturn (y, s, sorted(set(x)))"
+    )
+  )
   with pytest.raises(PolicyError, match="program must be a str"):
     validate(b"def execute_command(): pass")
   with pytest.raises(PolicyError, match="too long"):
@@ -250,14 +265,20 @@ def test_policy_accepts_ordinary_programs_and_refuses_non_strings():
 
 
 def _statement_lines(tree):
-  return [(type(n).__name__, n.lineno) for n in ast.walk(tree)
-          if isinstance(n, ast.stmt) and not _is_check(n)]
+  return [
+    (type(n).__name__, n.lineno)
+    for n in ast.walk(tree)
+    if isinstance(n, ast.stmt) and not _is_check(n)
+  ]
 
 
 def _is_check(node):
   call = node.value if isinstance(node, ast.Expr) else node
-  return (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
-          and call.func.id == sandbox_policy.CHECK_NAME)
+  return (
+    isinstance(call, ast.Call)
+    and isinstance(call.func, ast.Name)
+    and call.func.id == sandbox_policy.CHECK_NAME
+  )
 
 
 def test_guard_source_wraps_every_handler_keeps_line_numbers_and_falls_back():
@@ -310,6 +331,7 @@ def test_policy_parses_one_program_at_a_time_and_maps_parser_faults(monkeypatch)
   # parsing deep programs at once made one raise SystemError (seen in CI). validate()
   # serialises parsing and reports a parser fault as a refusal, never as a crash.
   from aotd_jax.agent import sandbox_policy
+
   seen = []
   real_parse = sandbox_policy.ast.parse
 
@@ -336,17 +358,25 @@ def test_toyworld_gold_programs_with_real_tools_match_in_process_exec(sb):
   from aotd_jax.projects.toyworld import world as toyworld
   from aotd_jax.projects.toyworld.questions import make_questions
   from experts.backends import oracle
+
   clips = [toyworld.generate_clip(0, "train", i)[:2] for i in range(2)]
   gt = toyworld_oracle.ground_truth({t.video_id: t for _, t in clips})
   tools = experts.Toolbox(
-      detector=oracle.OracleDetector(gt), grounder=oracle.OracleGrounder(gt),
-      action_recognizer=oracle.OracleActions(gt), video_qa=oracle.OracleActions(gt),
-      selector=oracle.KeywordSelector(), object_vocabulary=toyworld.ALL_OBJECT_NAMES).tools()
+    detector=oracle.OracleDetector(gt),
+    grounder=oracle.OracleGrounder(gt),
+    action_recognizer=oracle.OracleActions(gt),
+    video_qa=oracle.OracleActions(gt),
+    selector=oracle.KeywordSelector(),
+    object_vocabulary=toyworld.ALL_OBJECT_NAMES,
+  ).tools()
   n = 0
   for frames, truth in clips:
     for q in make_questions(truth, np.random.default_rng(0), toyworld.ALL_OBJECT_NAMES):
-      a = {"video_clip": experts.VideoClip(frames, fps=truth.fps, video_id=truth.video_id),
-           "query": q["question"], "possible_answers": [c["choice"] for c in q["choices"]]}
+      a = {
+        "video_clip": experts.VideoClip(frames, fps=truth.fps, video_id=truth.video_id),
+        "query": q["question"],
+        "possible_answers": [c["choice"] for c in q["choices"]],
+      }
       env = dict(tools)
       exec(q["question_program"], env)  # the trusted reference: our own gold program
       ex = sb.run(q["question_program"], tools, a, timeout_s=10.0)
@@ -365,9 +395,18 @@ def test_non_ascii_identifiers(sb):
 
 def test_runs_per_child_reuses_a_child_only_after_a_clean_run():
   with Sandbox(1, memory_mb=256, runs_per_child=3) as sb:
-    outcomes = [sb.run(body(src), {}, args(), timeout_s=2.0, max_steps=10_000)
-                for src in ("return 1", "raise ValueError('mine')", "return 2",
-                            "while True:\n    pass", "return 3", "return 4", "return 5")]
+    outcomes = [
+      sb.run(body(src), {}, args(), timeout_s=2.0, max_steps=10_000)
+      for src in (
+        "return 1",
+        "raise ValueError('mine')",
+        "return 2",
+        "while True:\n    pass",
+        "return 3",
+        "return 4",
+        "return 5",
+      )
+    ]
   assert [e.ok for e in outcomes] == [True, False, True, False, True, True, True]
   assert "ValueError: mine" in outcomes[1].error and "step limit" in outcomes[3].error
   assert [e.value for e in outcomes if e.ok] == [1, 2, 3, 4, 5]
@@ -382,15 +421,19 @@ def test_jail_layers_reported_applied_are_in_force(sb):
   report, pid = worker.jail_report, worker.proc.pid
   assert set(report) == {"applied", "missing"}
   assert set(report["applied"]) | {m.split()[0] for m in report["missing"]} >= {
-      "namespaces", "chroot", "seccomp"}
+    "namespaces",
+    "chroot",
+    "seccomp",
+  }
   if "namespaces" in report["applied"]:
     assert os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net")
     assert os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
     # The children (process 1 of their namespace and the ones that run programs) see only
     # each other.
     kids = open(f"/proc/{pid}/task/{pid}/children").read().split()
-    assert kids and all(os.readlink(f"/proc/{k}/ns/pid") != os.readlink("/proc/self/ns/pid")
-                        for k in kids)
+    assert kids and all(
+      os.readlink(f"/proc/{k}/ns/pid") != os.readlink("/proc/self/ns/pid") for k in kids
+    )
   if "chroot" in report["applied"]:
     assert os.readlink(f"/proc/{pid}/root") != "/"
   if "seccomp" in report["applied"]:
@@ -415,8 +458,16 @@ def test_tool_arguments_are_named_as_signature_bind_names_them():
     pass
 
   cache = {}
-  for fn, pos, kw in [(f, (1, 2), {}), (f, (1,), {}), (f, (1, 2, 3, 4), {}), (f, (1, 2, 3), {}),
-                      (g, (1,), {"k": 2}), (h, (1, 2), {}), (f, (1,), {"b": 2}), (f, (), {})]:
+  for fn, pos, kw in [
+    (f, (1, 2), {}),
+    (f, (1,), {}),
+    (f, (1, 2, 3, 4), {}),
+    (f, (1, 2, 3), {}),
+    (g, (1,), {"k": 2}),
+    (h, (1, 2), {}),
+    (f, (1,), {"b": 2}),
+    (f, (), {}),
+  ]:
     try:
       want = dict(inspect.signature(fn).bind(*pos, **kw).arguments)
     except TypeError:

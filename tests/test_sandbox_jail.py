@@ -4,6 +4,7 @@ Both tests switch the AST allow-list off and hand the program `ctypes` (reached 
 module the worker has loaded), so the program makes raw system calls and only the OS layers
 stand in its way.
 """
+
 import json
 import os
 import pwd
@@ -46,8 +47,20 @@ ESCAPES = textwrap.dedent("""\
             out[name] = [result, ct.get_errno()]
         return out
     """)
-REFUSED = ("socket", "open_for_writing", "execve", "uname", "unshare", "clone_new_net",
-           "mprotect_exec", "prlimit_other", "ptrace", "ioctl", "kill_everyone", "kill_a_group")
+REFUSED = (
+  "socket",
+  "open_for_writing",
+  "execve",
+  "uname",
+  "unshare",
+  "clone_new_net",
+  "mprotect_exec",
+  "prlimit_other",
+  "ptrace",
+  "ioctl",
+  "kill_everyone",
+  "kill_a_group",
+)
 EPERM = 1
 ARGS = {"video_clip": 0, "query": str(os.getpid()), "possible_answers": []}  # the host's pid
 ESRCH = 3
@@ -70,8 +83,7 @@ def test_seccomp_allows_only_what_the_worker_needs(monkeypatch):
   here; the rest of the suite for the others) work."""
   _policy_off(monkeypatch)
   with Sandbox(num_workers=1, memory_mb=256, spare_children=0) as sb:
-    assert sb.run(ESCAPES.replace("ct = ", "return 1\n    ct = ", 1), {}, ARGS,
-                  timeout_s=10.0).ok
+    assert sb.run(ESCAPES.replace("ct = ", "return 1\n    ct = ", 1), {}, ARGS, timeout_s=10.0).ok
     report = list(sb._idle.queue)[0].jail_report
     if "seccomp" not in report["applied"]:
       pytest.skip(f"no seccomp filter on this platform: {report['missing']}")
@@ -114,8 +126,15 @@ def _run_as(prefix: list[str], **kwargs) -> subprocess.CompletedProcess | None:
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
   env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
   try:
-    return subprocess.run(prefix + [sys.executable, "-c", _AS_USER, ESCAPES], capture_output=True,
-                          text=True, timeout=120, env=env, cwd=root, **kwargs)
+    return subprocess.run(
+      prefix + [sys.executable, "-c", _AS_USER, ESCAPES],
+      capture_output=True,
+      text=True,
+      timeout=120,
+      env=env,
+      cwd=root,
+      **kwargs,
+    )
   except (PermissionError, subprocess.SubprocessError, OSError):
     return None
 
@@ -144,8 +163,10 @@ def test_jail_when_the_host_is_not_root():
     if proc is not None and proc.returncode != 0 and "unshare failed" in proc.stderr:
       proc = None
   if proc is None:
-    pytest.skip("cannot run a process as a non-root user here (nobody cannot run this "
-                "interpreter, and there is no `unshare` or user namespaces are refused)")
+    pytest.skip(
+      "cannot run a process as a non-root user here (nobody cannot run this "
+      "interpreter, and there is no `unshare` or user namespaces are refused)"
+    )
   assert proc.returncode == 0, (how, proc.stderr[-3000:])
   out = json.loads(proc.stdout.strip().splitlines()[-1])
   assert out["uid"] != 0, how

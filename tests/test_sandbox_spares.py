@@ -1,5 +1,6 @@
 """The sandbox's children forked ahead of need: one fresh child per run, spares kept ready and
 replaced when killed, and no process left behind by a closed Sandbox."""
+
 import os
 import signal
 import time

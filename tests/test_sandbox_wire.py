@@ -1,4 +1,5 @@
 """The sandbox's data-only wire: round trips, refusals, and a fuzz of the decoder."""
+
 import concurrent.futures
 import pickle
 import random
@@ -31,11 +32,30 @@ def test_round_trip_of_every_carried_type():
   kept = []
   c = _codec(kept)
   k = Kept()
-  value = [None, True, 3, -2**70, 2**64 + 5, 1.5, "a\ud800b", b"xy", (1, (2,)), {1, 2},
-           frozenset([3]), 1 + 2j, slice(1, None, 2), range(0, 9, 3), Ellipsis,
-           np.arange(6, dtype=np.int16).reshape(2, 3), np.float32(2.5), np.bool_(True),
-           np.array(["ab", "c"]), {"k": [1], 2: "v", (1, 2): None}, k,
-           np.zeros(1 << 15)]  # 256 KB: over max_array_bytes, kept behind a handle
+  value = [
+    None,
+    True,
+    3,
+    -(2**70),
+    2**64 + 5,
+    1.5,
+    "a\ud800b",
+    b"xy",
+    (1, (2,)),
+    {1, 2},
+    frozenset([3]),
+    1 + 2j,
+    slice(1, None, 2),
+    range(0, 9, 3),
+    Ellipsis,
+    np.arange(6, dtype=np.int16).reshape(2, 3),
+    np.float32(2.5),
+    np.bool_(True),
+    np.array(["ab", "c"]),
+    {"k": [1], 2: "v", (1, 2): None},
+    k,
+    np.zeros(1 << 15),
+  ]  # 256 KB: over max_array_bytes, kept behind a handle
   out = c.decode(c.encode(value))
   for a, b in zip(value[:-2], out[:-2]):
     if isinstance(a, np.ndarray):
@@ -46,19 +66,24 @@ def test_round_trip_of_every_carried_type():
   assert out[15].flags.writeable  # a copy the program may write into
 
 
-@pytest.mark.parametrize("bad", [
+@pytest.mark.parametrize(
+  "bad",
+  [
     np.array([object()], dtype=object),
     np.zeros(2, dtype=[("a", "i4"), ("b", "f4")]),
     lambda: 1,
     type,
-])
+  ],
+)
 def test_objects_the_wire_does_not_carry_are_refused_without_a_handle_hook(bad):
   with pytest.raises(TypeError, match="cannot be sent"):
     wire.Codec().encode(bad)
 
 
-@pytest.mark.parametrize("frame", [
-    pickle.dumps(("done", 1, "")),                                        # a pickle
+@pytest.mark.parametrize(
+  "frame",
+  [
+    pickle.dumps(("done", 1, "")),  # a pickle
     pickle.dumps(np.float64(1.0)),
     msgpack.packb(msgpack.ExtType(wire.ARRAY, msgpack.packb(["|O", [1], b"\0" * 8]))),
     msgpack.packb(msgpack.ExtType(wire.ARRAY, msgpack.packb(["<f8", [3], b"\0" * 8]))),
@@ -66,17 +91,18 @@ def test_objects_the_wire_does_not_carry_are_refused_without_a_handle_hook(bad):
     msgpack.packb(msgpack.ExtType(wire.ARRAY, msgpack.packb(["<i4", [-1], b""]))),
     msgpack.packb(msgpack.ExtType(wire.ARRAY, msgpack.packb(["[('a','O')]", [1], b""]))),
     msgpack.packb(msgpack.ExtType(wire.SCALAR, msgpack.packb(["<f8", b"\0"]))),
-    msgpack.packb(msgpack.ExtType(wire.HANDLE, msgpack.packb(7))),          # no handle hook
-    msgpack.packb(msgpack.ExtType(99, b"")),                              # unknown extension
+    msgpack.packb(msgpack.ExtType(wire.HANDLE, msgpack.packb(7))),  # no handle hook
+    msgpack.packb(msgpack.ExtType(99, b"")),  # unknown extension
     msgpack.packb(msgpack.ExtType(wire.COMPLEX, msgpack.packb(["a", 1]))),
     msgpack.packb(msgpack.ExtType(wire.RANGE, msgpack.packb([0, 1.5, 1]))),
-    b"\x81\x90\x01",                                                      # unhashable key
-    b"\x93\x01\x02",                                                      # truncated
-    b"\x01\x02",                                                          # extra data
-    b"\xdd\xff\xff\xff\xff",                                              # 4G-item array
-    b"\xc1",                                                              # never used byte
+    b"\x81\x90\x01",  # unhashable key
+    b"\x93\x01\x02",  # truncated
+    b"\x01\x02",  # extra data
+    b"\xdd\xff\xff\xff\xff",  # 4G-item array
+    b"\xc1",  # never used byte
     b"",
-])
+  ],
+)
 def test_frames_that_are_not_data_are_refused(frame):
   with pytest.raises(wire.WireError):
     wire.Codec().decode(frame)
@@ -95,10 +121,16 @@ def test_fuzz_random_and_truncated_frames():
   or raises WireError, nothing else (no crash, no other exception)."""
   rng = random.Random(0)
   c = wire.Codec(max_nodes=10_000)
-  real = [c.encode(m) for m in (
-      ["call", "Find", ("clip", "cup"), {"k": 1.5}], ["done", [1, (2, {3})], "out"],
-      ["ok", np.arange(12, dtype=np.float32).reshape(3, 4)], ["err", "x" * 300],
-      [2**80, 1j, slice(1, 2), range(3), Ellipsis, np.int8(3), b"\0" * 9])]
+  real = [
+    c.encode(m)
+    for m in (
+      ["call", "Find", ("clip", "cup"), {"k": 1.5}],
+      ["done", [1, (2, {3})], "out"],
+      ["ok", np.arange(12, dtype=np.float32).reshape(3, 4)],
+      ["err", "x" * 300],
+      [2**80, 1j, slice(1, 2), range(3), Ellipsis, np.int8(3), b"\0" * 9],
+    )
+  ]
   frames = [bytes(rng.getrandbits(8) for _ in range(rng.randrange(0, 64))) for _ in range(1500)]
   for f in real:
     frames += [f[:i] for i in range(len(f))]
@@ -122,10 +154,10 @@ def test_frames_match_multiprocessing_connection_both_ways(size):
   """The worker's framing (no multiprocessing import) is the host's Connection format."""
   import socket
   from multiprocessing.connection import Connection
+
   a, b = socket.socketpair()
   host, worker = Connection(a.detach()), wire.Frames(b.fileno())
-  data = bytes(random.Random(size).getrandbits(8) for _ in range(min(size, 64))) * (
-      size // 64 + 1)
+  data = bytes(random.Random(size).getrandbits(8) for _ in range(min(size, 64))) * (size // 64 + 1)
   data = data[:size]
   try:
     with concurrent.futures.ThreadPoolExecutor(1) as pool:  # a frame can fill the socket
@@ -152,9 +184,16 @@ def test_arrays_of_every_layout_round_trip():
   empty, big-endian, string and datetime arrays all come back equal and writable."""
   c = wire.Codec()
   base = np.arange(24, dtype=np.int32).reshape(4, 6)
-  for a in (base[:, ::2], base.T, np.array(3.5), np.zeros((0, 3)), base.astype(">i8"),
-            np.array(["ab", "c"]), np.array(["2026-12-04"], dtype="M8[D]"),
-            np.array([b"x", b"yz"])):
+  for a in (
+    base[:, ::2],
+    base.T,
+    np.array(3.5),
+    np.zeros((0, 3)),
+    base.astype(">i8"),
+    np.array(["ab", "c"]),
+    np.array(["2026-12-04"], dtype="M8[D]"),
+    np.array([b"x", b"yz"]),
+  ):
     out = c.decode(c.encode(a))
     assert out.dtype == a.dtype and out.shape == a.shape and np.array_equal(out, a)
     assert out.flags.writeable

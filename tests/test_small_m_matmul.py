@@ -1,4 +1,5 @@
 """The CPU small-M matmul kernel (`aotd_jax/kernels`): numbers, dispatch, gradients, fallbacks."""
+
 import os
 
 import jax
@@ -14,8 +15,10 @@ from aotd_jax.layers.compute import ComputeOptions
 from aotd_jax.models.llama import LlamaConfig, LlamaForCausalLM
 
 DIMS = (((1,), (0,)), ((), ()))
-needs_kernel = pytest.mark.skipif(jax.default_backend() != "cpu" or not smm.available(),
-                                  reason="a CPU kernel: needs the CPU backend and a C++ compiler")
+needs_kernel = pytest.mark.skipif(
+  jax.default_backend() != "cpu" or not smm.available(),
+  reason="a CPU kernel: needs the CPU backend and a C++ compiler",
+)
 
 
 def _pair(m, k, n, seed=0):
@@ -28,8 +31,19 @@ def _hlo(fn, *args) -> str:
 
 
 @needs_kernel
-@pytest.mark.parametrize("m,k,n", [(1, 5, 1), (3, 100, 70), (7, 33, 31), (8, 512, 8192 // 16),
-                                   (8, 64, 96), (13, 64, 96), (32, 40, 200), (2, 0, 5)])
+@pytest.mark.parametrize(
+  "m,k,n",
+  [
+    (1, 5, 1),
+    (3, 100, 70),
+    (7, 33, 31),
+    (8, 512, 8192 // 16),
+    (8, 64, 96),
+    (13, 64, 96),
+    (32, 40, 200),
+    (2, 0, 5),
+  ],
+)
 def test_kernel_matches_a_float64_matmul(m, k, n):
   x, w = _pair(m, k, n)
   got = np.asarray(jax.jit(smm.small_m_matmul)(x, w))
@@ -49,7 +63,9 @@ def test_gradients_and_vmap_equal_xla_dots():
   for g, r in zip(got, want):
     np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
   xs = np.stack([x, 2 * x])
-  np.testing.assert_allclose(jax.vmap(smm.small_m_matmul, (0, None))(xs, w), xs @ w, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    jax.vmap(smm.small_m_matmul, (0, None))(xs, w), xs @ w, rtol=1e-5, atol=1e-5
+  )
 
 
 @needs_kernel
@@ -65,7 +81,9 @@ def test_dot_general_dispatch():
   assert not smm.SmallMDot(max_rows=0).use_kernel(jnp.asarray(x), jnp.asarray(w), DIMS)
   assert not dot.use_kernel(jnp.asarray(x.T), jnp.asarray(x), (((0,), (0,)), ((), ())))
   assert "aotd_small_m_matmul" not in _hlo(lambda x, w: dot(x, w, DIMS), big, w)
-  np.testing.assert_allclose(jax.jit(lambda x, w: dot(x, w, DIMS))(big, w), big @ w, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    jax.jit(lambda x, w: dot(x, w, DIMS))(big, w), big @ w, rtol=1e-5, atol=1e-5
+  )
   # Equal settings compare equal (shared jit caches for separately built models).
   assert smm.SmallMDot(8) == smm.SmallMDot(8) and hash(smm.SmallMDot(8)) == hash(smm.SmallMDot(8))
 
@@ -78,18 +96,29 @@ def test_multi_device_mesh_keeps_xla_dots_and_sharded_weights_stay_correct():
   with jax.set_mesh(mesh):
     assert "aotd_small_m_matmul" not in _hlo(lambda x, w: dot(x, w, DIMS), x, w)
   # Weights split over devices without a mesh context: the kernel runs on replicated operands.
-  ws = jax.device_put(w, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "tensor")))
-  np.testing.assert_allclose(jax.jit(lambda x, w: dot(x, w, DIMS))(x, ws), x @ w, rtol=1e-5, atol=1e-5)
+  ws = jax.device_put(
+    w, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "tensor"))
+  )
+  np.testing.assert_allclose(
+    jax.jit(lambda x, w: dot(x, w, DIMS))(x, ws), x @ w, rtol=1e-5, atol=1e-5
+  )
 
 
 @needs_kernel
 @pytest.mark.slow  # a whole decode step twice; the kernel's own tests run fast
 def test_llama_decode_step_uses_the_kernel_and_matches_xla():
-  cfg = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-             num_attention_heads=4, num_key_value_heads=2)
+  cfg = dict(
+    vocab_size=64,
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+  )
   on = LlamaForCausalLM(LlamaConfig(**cfg), rngs=nnx.Rngs(0))
-  off = LlamaForCausalLM(LlamaConfig(**cfg), options=ComputeOptions(cpu_kernels=False),
-                         rngs=nnx.Rngs(0))
+  off = LlamaForCausalLM(
+    LlamaConfig(**cfg), options=ComputeOptions(cpu_kernels=False), rngs=nnx.Rngs(0)
+  )
   ids = jnp.asarray(np.random.default_rng(0).integers(0, 64, (4, 1)), jnp.int32)
 
   def step(model, ids):

@@ -1,5 +1,6 @@
 """`build_student(vision_init=CLIP dir)`: the student's vision tower is the CLIP's, weight for
 weight, as transformers computes it; bad directories are refused by name."""
+
 import numpy as np
 import pytest
 import torch
@@ -15,26 +16,40 @@ from configs.toyworld import distill as toy
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
   from transformers import CLIPVisionConfig, CLIPVisionModel
+
   d = tmp_path_factory.mktemp("clip")
   torch.manual_seed(0)
-  cfg = CLIPVisionConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=2,
-                         num_attention_heads=4, image_size=32, patch_size=8, projection_dim=48)
+  cfg = CLIPVisionConfig(
+    hidden_size=48,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    image_size=32,
+    patch_size=8,
+    projection_dim=48,
+  )
   model = CLIPVisionModel(cfg).eval()
   model.save_pretrained(d)
   return d, model
 
 
 def _cfg(**kw):
-  return ml_collections.ConfigDict({
-      "hf_dir": "", "architecture": "LlavaNextVideoForConditionalGeneration",
-      "init": dict(toy.TINY_LLAVA), **kw})
+  return ml_collections.ConfigDict(
+    {
+      "hf_dir": "",
+      "architecture": "LlavaNextVideoForConditionalGeneration",
+      "init": dict(toy.TINY_LLAVA),
+      **kw,
+    }
+  )
 
 
 def test_vision_tower_is_the_clip_and_frozen(clip_dir):
   d, ref = clip_dir
   mesh = sharding.make_mesh({"data": -1}, devices=jax.devices()[:1])
-  student = build.build_student(_cfg(vision_init=str(d), compute={"freeze_vision_tower": True}),
-                                mesh=mesh)
+  student = build.build_student(
+    _cfg(vision_init=str(d), compute={"freeze_vision_tower": True}), mesh=mesh
+  )
   assert student.config.vision_config.hidden_size == 48 and student.options.freeze_vision_tower
   pixels = np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32)
   ours = student.vision_tower.vision_model(pixels, output_hidden_states=True).hidden_states[-2]
@@ -49,7 +64,13 @@ def test_bad_vision_init_is_named(tmp_path):
   mesh = sharding.make_mesh({"data": -1}, devices=jax.devices()[:1])
   with pytest.raises(ValueError, match=f"vision_init='{tmp_path}': no config.json"):
     build.build_student(_cfg(vision_init=str(tmp_path)), mesh=mesh)
-  llama = ml_collections.ConfigDict({"hf_dir": "", "architecture": "LlamaForCausalLM",
-                                     "init": dict(toy.TINY_LLAMA), "vision_init": str(tmp_path)})
+  llama = ml_collections.ConfigDict(
+    {
+      "hf_dir": "",
+      "architecture": "LlamaForCausalLM",
+      "init": dict(toy.TINY_LLAMA),
+      "vision_init": str(tmp_path),
+    }
+  )
   with pytest.raises(ValueError, match="LlamaForCausalLM has no vision tower"):
     build.build_student(llama, mesh=mesh)

@@ -3,6 +3,7 @@ known numbers (crossed and nested), the noisy oracle teacher's clip swap, and 2-
 whose shared, training and evaluation stages are replaced by deterministic fakes (a world
 per seed or one world, pairing, table, resume, refusals). The real stages are covered end
 to end by tests/test_demo.py."""
+
 import json
 import os
 
@@ -76,11 +77,13 @@ def test_swapped_clips_moves_the_share_asked_and_no_clip_keeps_its_own():
 
     def frame(self, video_id, frame_id):
       return {"video": video_id, "frame": frame_id}
+
   noisy = NoisyGroundTruth(GT(), {"a": "b"})
   assert noisy.frame("a", 3) == {"video": "b", "frame": 3} and noisy.frame("b", 1)["video"] == "b"
 
 
 # -- a 2-seed study on fake stages ---------------------------------------------------------------
+
 
 def qids(world_seed: int) -> list[str]:
   """The fake world `world_seed`'s test questions: 40 + world_seed of them."""
@@ -95,24 +98,46 @@ def fake_stages(monkeypatch):
   calls = []
 
   def shared(config, workdir, arms, log):
-    cots = {a.cot_key: {"questions": 10, "passed_answer": 6, "passed_judge": 5, "unfiltered": 9}
-            for a in arms if a.cot_set}
+    cots = {
+      a.cot_key: {"questions": 10, "passed_answer": 6, "passed_judge": 5, "unfiltered": 9}
+      for a in arms
+      if a.cot_set
+    }
     calls.append(("shared", os.path.basename(workdir), int(config.world.seed)))
-    return {"world": "w", "tokenizer": "t", "experts": {"qa": {"source": "trained"}},
-            "cots": cots, "bases": {"base": "", "large": ""}, "vision_dir": ""}
+    return {
+      "world": "w",
+      "tokenizer": "t",
+      "experts": {"qa": {"source": "trained"}},
+      "cots": cots,
+      "bases": {"base": "", "large": ""},
+      "vision_dir": "",
+    }
 
   def student_stage(cfg, armdir, name, seed, *args):
     calls.append((os.path.basename(armdir), seed))
-    return {"name": name, "seed": seed, "steps": 7, "seconds": 0.1, "label_loss": 0.5,
-            "rationale_loss": None if name == "instruct" else 1.5, "path": armdir,
-            "protocol": cfg.students.protocol}
+    return {
+      "name": name,
+      "seed": seed,
+      "steps": 7,
+      "seconds": 0.1,
+      "label_loss": 0.5,
+      "rationale_loss": None if name == "instruct" else 1.5,
+      "path": armdir,
+      "protocol": cfg.students.protocol,
+    }
 
   def eval_stage(cfg, armdir, info, world):
     bonus = 0 if info["name"] == "instruct" else 1
     q = qids(int(cfg.world.seed))
     correct = [(i + info["seed"] + bonus) % 3 != 0 for i in range(len(q))]
-    return {"accuracy": float(np.mean(correct)), "per_type": {}, "qids": q,
-            "correct": correct, "rationales": [], "letters": {}}
+    return {
+      "accuracy": float(np.mean(correct)),
+      "per_type": {},
+      "qids": q,
+      "correct": correct,
+      "rationales": [],
+      "letters": {},
+    }
 
   monkeypatch.setattr(study, "shared_stages", shared)
   monkeypatch.setattr(demo_run, "student_stage", student_stage)
@@ -124,20 +149,27 @@ def test_study_pairs_arms_writes_the_table_and_resumes(tmp_path, fake_stages):
   config = demo_config.get_config("micro")
   config.compilation_cache = False
   lines = []
-  out = study.run_study(config, str(tmp_path), ["aotd", "aotd_steps"], [0, 1], epochs=1,
-                        samples=500, log=lines.append)
+  out = study.run_study(
+    config, str(tmp_path), ["aotd", "aotd_steps"], [0, 1], epochs=1, samples=500, log=lines.append
+  )
   # one world (and set of experts) per seed, drawn from world.seed + seed, made once
-  assert [c for c in fake_stages if c[0] == "shared"] == [("shared", "shared_w0", 0),
-                                                          ("shared", "shared_w1", 1)]
+  assert [c for c in fake_stages if c[0] == "shared"] == [
+    ("shared", "shared_w0", 0),
+    ("shared", "shared_w1", 1),
+  ]
   fake_stages[:] = [c for c in fake_stages if c[0] != "shared"]
   # each CoT arm brings its baseline; 4 arms x 2 seeds
-  assert sorted(fake_stages) == sorted((a, s) for a in ("instruct", "aotd", "instruct_steps",
-                                                        "aotd_steps") for s in (0, 1))
+  assert sorted(fake_stages) == sorted(
+    (a, s) for a in ("instruct", "aotd", "instruct_steps", "aotd_steps") for s in (0, 1)
+  )
   rows = {r["arm"]: r for r in out["rows"]}
   assert rows["aotd"]["baseline"] == "instruct" and rows["instruct"]["compare"] is None
   # paired per seed on its own world's questions (40 and 41): a nested bootstrap
-  expected = [np.mean([(i + s + 1) % 3 != 0 for i in range(40 + s)])
-              - np.mean([(i + s) % 3 != 0 for i in range(40 + s)]) for s in (0, 1)]
+  expected = [
+    np.mean([(i + s + 1) % 3 != 0 for i in range(40 + s)])
+    - np.mean([(i + s) % 3 != 0 for i in range(40 + s)])
+    for s in (0, 1)
+  ]
   c = rows["aotd"]["compare"]
   assert c["per_seed"] == pytest.approx(expected) and c["mean"] == pytest.approx(np.mean(expected))
   assert c["nested"] and c["bootstrap"]["seeds"] == 2 and c["bootstrap"]["questions"] == 81
@@ -146,29 +178,56 @@ def test_study_pairs_arms_writes_the_table_and_resumes(tmp_path, fake_stages):
   table = (tmp_path / "study.md").read_text()
   assert "| aotd |" in table and "vs instruct" in table and "vs instruct_steps" in table
   assert json.loads((tmp_path / "study.json").read_text())["questions"] == (
-      "40-41 questions per world")
+    "40-41 questions per world"
+  )
   assert (tmp_path / "runs" / "aotd_s1.json").is_file()
   assert "<svg" in (tmp_path / "study_gain.svg").read_text()  # aotd: gain vs teacher accuracy
   # a rerun (e.g. after a kill) trains nothing that finished, and can add a seed
   fake_stages.clear()
   (tmp_path / "runs" / "aotd_s1.json").unlink()  # as if killed before this run finished
-  study.run_study(config, str(tmp_path), ["aotd"], [0, 1, 2], epochs=1, samples=100,
-                  log=lines.append)
-  assert sorted(fake_stages) == [("aotd", 1), ("aotd", 2), ("instruct", 2),
-                                 ("shared", "shared_w1", 1), ("shared", "shared_w2", 2)]
+  study.run_study(
+    config, str(tmp_path), ["aotd"], [0, 1, 2], epochs=1, samples=100, log=lines.append
+  )
+  assert sorted(fake_stages) == [
+    ("aotd", 1),
+    ("aotd", 2),
+    ("instruct", 2),
+    ("shared", "shared_w1", 1),
+    ("shared", "shared_w2", 2),
+  ]
   # report_only trains nothing and tables the finished runs (seeds 0-2 of aotd, instruct)
   fake_stages.clear()
-  out = study.run_study(config, str(tmp_path), ["aotd", "aotd_steps"], [0, 1, 2, 3], epochs=1,
-                        samples=100, report_only=True, log=lines.append)
+  out = study.run_study(
+    config,
+    str(tmp_path),
+    ["aotd", "aotd_steps"],
+    [0, 1, 2, 3],
+    epochs=1,
+    samples=100,
+    report_only=True,
+    log=lines.append,
+  )
   assert fake_stages == [] and out["seeds"] == [0, 1, 2]
   other = demo_config.get_config("micro")  # a newer config may differ: tabling still works
   other.compilation_cache, other.students.batch_size = False, 3
-  assert study.run_study(other, str(tmp_path), ["aotd"], [0, 1, 2], epochs=1, samples=100,
-                         report_only=True, log=lines.append)["seeds"] == [0, 1, 2]
+  assert study.run_study(
+    other,
+    str(tmp_path),
+    ["aotd"],
+    [0, 1, 2],
+    epochs=1,
+    samples=100,
+    report_only=True,
+    log=lines.append,
+  )["seeds"] == [0, 1, 2]
   with pytest.raises(DemoError, match="another config"):
     study.run_study(other, str(tmp_path), ["aotd"], [3], epochs=1, log=lines.append)
   assert {r["arm"]: len(r["seeds"]) for r in out["rows"]} == {
-      "instruct": 3, "aotd": 3, "instruct_steps": 2, "aotd_steps": 2}
+    "instruct": 3,
+    "aotd": 3,
+    "instruct_steps": 2,
+    "aotd_steps": 2,
+  }
   with pytest.raises(DemoError, match="no finished run"):
     study.run_study(config, str(tmp_path), ["aotd"], [7], epochs=1, report_only=True)
   # a result of another arm definition is refused by name
@@ -182,8 +241,16 @@ def test_study_one_world_pairs_on_shared_questions(tmp_path, fake_stages):
   student init."""
   config = demo_config.get_config("micro")
   config.compilation_cache, config.world.seed = False, 3
-  out = study.run_study(config, str(tmp_path), ["aotd_rjudge", "aotd_large"], [0, 1],
-                        epochs=1, samples=100, vary="student", log=lambda s: None)
+  out = study.run_study(
+    config,
+    str(tmp_path),
+    ["aotd_rjudge", "aotd_large"],
+    [0, 1],
+    epochs=1,
+    samples=100,
+    vary="student",
+    log=lambda s: None,
+  )
   assert {c for c in fake_stages if c[0] == "shared"} == {("shared", "shared", 3)}
   rows = {r["arm"]: r for r in out["rows"]}
   assert set(rows) == {"instruct", "aotd_rjudge", "instruct_large", "aotd_large"}
@@ -206,37 +273,61 @@ def test_fidelity_arms_set_their_switch_and_pair_with_aotd(tmp_path, fake_stages
 
   def student_stage(cfg, armdir, name, seed, *args):
     s = cfg.students
-    seen[os.path.basename(armdir)] = (s.loss_normalization, demo_run.student_mixing(s),
-                                      s.prompt_format, s.answer_style)
+    seen[os.path.basename(armdir)] = (
+      s.loss_normalization,
+      demo_run.student_mixing(s),
+      s.prompt_format,
+      s.answer_style,
+    )
     return fake_student(cfg, armdir, name, seed, *args)
+
   monkeypatch.setattr(demo_run, "student_stage", student_stage)
   config = demo_config.get_config("micro")
   config.compilation_cache, config.students.protocol = False, "epochs"
   names = ["aotd_sequence", "aotd_weighted", "aotd_official_prompt", "aotd_official_format"]
-  out = study.run_study(config, str(tmp_path), names, [0], epochs=1, samples=100,
-                        vary="student", log=lambda s: None)
+  out = study.run_study(
+    config, str(tmp_path), names, [0], epochs=1, samples=100, vary="student", log=lambda s: None
+  )
   assert seen == {
-      "aotd": ("per_part", "concat_epoch", "plain", "letter_text"),
-      "aotd_sequence": ("sequence", "concat_epoch", "plain", "letter_text"),
-      "aotd_weighted": ("per_part", "weighted", "plain", "letter_text"),
-      "aotd_official_prompt": ("per_part", "concat_epoch", "official", "letter_text"),
-      "aotd_official_format": ("per_part", "concat_epoch", "official", "letter")}
+    "aotd": ("per_part", "concat_epoch", "plain", "letter_text"),
+    "aotd_sequence": ("sequence", "concat_epoch", "plain", "letter_text"),
+    "aotd_weighted": ("per_part", "weighted", "plain", "letter_text"),
+    "aotd_official_prompt": ("per_part", "concat_epoch", "official", "letter_text"),
+    "aotd_official_format": ("per_part", "concat_epoch", "official", "letter"),
+  }
   rows = {r["arm"]: r for r in out["rows"]}
   assert "instruct" not in rows and rows["aotd"]["compare"] is None
   assert all(rows[n]["baseline"] == "aotd" and rows[n]["compare"]["mean"] == 0.0 for n in names)
   path = tmp_path / "runs" / "aotd_s0.json"
   old = json.loads(path.read_text())
-  for key in ("loss_normalization", "mixing", "prompt_format", "answer_style", "judge", "size",
-              "vary"):
+  for key in (
+    "loss_normalization",
+    "mixing",
+    "prompt_format",
+    "answer_style",
+    "judge",
+    "size",
+    "vary",
+  ):
     del old["arm"][key]
   del old["teacher"]  # runs did not keep their teacher either: it comes from the shared CoTs
   path.write_text(json.dumps(old))
   seen.clear()
-  again = study.run_study(config, str(tmp_path), ["aotd_sequence"], [0], epochs=1, samples=100,
-                          vary="student", log=lambda s: None)
+  again = study.run_study(
+    config,
+    str(tmp_path),
+    ["aotd_sequence"],
+    [0],
+    epochs=1,
+    samples=100,
+    vary="student",
+    log=lambda s: None,
+  )
   assert seen == {}  # both runs read back, nothing retrained
-  assert {r["arm"]: r["teacher_accuracy"] for r in again["rows"]} == {"aotd": 0.6,
-                                                                      "aotd_sequence": 0.6}
+  assert {r["arm"]: r["teacher_accuracy"] for r in again["rows"]} == {
+    "aotd": 0.6,
+    "aotd_sequence": 0.6,
+  }
   config.students.mixing = "shuffled"
   with pytest.raises(DemoError, match=r"config.students.mixing='shuffled': expected ''"):
     demo_run.student_mixing(config.students)
@@ -248,6 +339,7 @@ def test_study_refuses_unknown_arms_and_bad_seeds(tmp_path):
   from absl import app
 
   from launch import cli
+
   with pytest.raises(app.UsageError, match="--seeds=0,x"):
     cli.parse_seeds(["0", "x"])
   with pytest.raises(app.UsageError, match="distinct"):
@@ -271,9 +363,10 @@ def test_demo_protocol_counts_epochs_over_each_students_own_data():
 
 def test_demo_report_prints_the_paired_difference():
   from aotd_jax.projects.toyworld import report
+
   a = np.array([[1, 1, 0, 1]])
   c = stats.compare(a, np.array([[1, 0, 0, 1]]), samples=200)
-  line, = report.paired_lines({"aotd": c})
+  (line,) = report.paired_lines({"aotd": c})
   assert line.startswith("AoTD - Instruct: +25.0 [") and "1 seed(s) x 4 questions" in line
   assert "t over seeds" not in line  # one seed: no interval over seeds
   evals = {"instruct": [{"correct": [True, False]}], "aotd": [{"correct": [True, True]}]}
@@ -293,7 +386,8 @@ def test_nested_bootstrap_per_world_questions():
   # the same questions in every seed: nested and crossed agree on the mean
   x = np.array([[1, 0, 1, 1], [0, 0, 1, 1]])
   assert stats.nested_bootstrap(x, np.zeros_like(x))["mean"] == pytest.approx(
-      stats.paired_bootstrap(x, np.zeros_like(x))["mean"])
+    stats.paired_bootstrap(x, np.zeros_like(x))["mean"]
+  )
   with pytest.raises(ValueError, match=r"seed 1: correctness arrays of shapes \(2,\) and \(3,\)"):
     stats.nested_bootstrap(a, [np.zeros(4), np.zeros(3)])
   with pytest.raises(ValueError, match="2 and 1 seeds"):

@@ -1,5 +1,6 @@
 """Step 1's action recognition as the paper scores it on STAR: top-1 over every action class
 (`num_action_choices=0`, STAR's default), next to the toy world's 4-way choice."""
+
 import pathlib
 
 import pytest
@@ -33,8 +34,7 @@ def test_top1_over_all_classes():
   subtasks.score_action_recognizer(four, data, num_action_choices=4)
   assert all(len(c) == 2 for c in four.offered)  # the data's two actions: no more distractors
   with pytest.raises(ValueError, match=r"annotated actions \['open box'\] are not among"):
-    subtasks.score_action_recognizer(rec, data, num_action_choices=0,
-                                     action_classes=["hold cup"])
+    subtasks.score_action_recognizer(rec, data, num_action_choices=0, action_classes=["hold cup"])
   with pytest.raises(ValueError, match="num_action_choices=-1"):
     subtasks.score_action_recognizer(rec, data, num_action_choices=-1)
 
@@ -54,20 +54,31 @@ def test_star_list_programs_score_the_executed_answer_and_the_steps():
   its normalised steps against STAR's (`program_match`); the text-match columns have no
   Python program to compare with."""
   data = _hand_data()
-  star_program = [{"function": "Situations", "value_input": []},
-                  {"function": "Filter_Actions_with_Verb", "value_input": ["hold"]},
-                  {"function": "Query_Objs", "value_input": []}]
+  star_program = [
+    {"function": "Situations", "value_input": []},
+    {"function": "Filter_Actions_with_Verb", "value_input": ["hold"]},
+    {"function": "Query_Objs", "value_input": []},
+  ]
   for r in data.records:
     r.meta["question_program"] = star_program
-  data.records[2].meta["question_program"] = [{"function": "Situations", "value_input": []},
-                                              {"function": "Query_Colour", "value_input": []}]
-  second = "def execute_command(video_clip, query, possible_answers):\n    return possible_answers[1]\n"
-  steps = ("def execute_command(video_clip, query, possible_answers):\n"
-           "    clip = Filter_frames_with_act(video_clip, 'hold')\n"
-           "    return possible_answers[1]\n")
+  data.records[2].meta["question_program"] = [
+    {"function": "Situations", "value_input": []},
+    {"function": "Query_Colour", "value_input": []},
+  ]
+  second = (
+    "def execute_command(video_clip, query, possible_answers):\n    return possible_answers[1]\n"
+  )
+  steps = (
+    "def execute_command(video_clip, query, possible_answers):\n"
+    "    clip = Filter_frames_with_act(video_clip, 'hold')\n"
+    "    return possible_answers[1]\n"
+  )
   # q1 (gold A): wrong; q2 (gold B): right; q3 (gold B): a non-program output, so none
-  got = subtasks.score_program_generator(lambda recs: [second, steps, star_program], data,
-                                         tools={"Filter_frames_with_act": lambda clip, a: clip})
+  got = subtasks.score_program_generator(
+    lambda recs: [second, steps, star_program],
+    data,
+    tools={"Filter_frames_with_act": lambda clip, a: clip},
+  )
   assert got["answer_accuracy"] == pytest.approx(1 / 3) and got["n"] == 3
   assert got["program_normalized"] != got["program_normalized"]  # NaN: nothing to match
   assert got["answer_match"] != got["answer_match"]

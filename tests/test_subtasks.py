@@ -3,6 +3,7 @@ computed by hand); the toy world wired end to end (the oracle reads the ground t
 scored against, so its 1.0 only checks the wiring: frame ids, labels, windows line up); chance
 baselines equal to the IoUs of their seeded draws, recomputed here; the table; bad configs / data
 reported by name."""
+
 import json
 import os
 import subprocess
@@ -22,6 +23,7 @@ ROLES = ("detector", "grounder", "action_recognizer", "video_qa")
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
   from aotd_jax.projects.toyworld import world as toyworld
+
   out = tmp_path_factory.mktemp("world")
   toyworld.generate_world(out, seed=3, num_train=1, num_val=3, num_test=1)
   return str(out)
@@ -78,8 +80,7 @@ def _chance_scores(data, seed: int = 0) -> dict[str, float]:
     for _, runs in sorted(subtasks.action_runs(data.gt, vid, clip.frame_ids).items()):
       a, b = sorted(gr_rng.integers(0, len(clip), 2))
       lo, hi = int(clip.frame_ids[a]), int(clip.frame_ids[b]) + 1
-      gr.append(max(max(0, min(hi, e) - max(lo, s)) / (max(hi, e) - min(lo, s))
-                    for s, e in runs))
+      gr.append(max(max(0, min(hi, e) - max(lo, s)) / (max(hi, e) - min(lo, s)) for s, e in runs))
   return {"detection_iou": float(np.mean(det)), "grounding_iou": float(np.mean(gr))}
 
 
@@ -101,8 +102,11 @@ def test_random_baseline_scores_chance(world, results):
   assert rnd["grounder"]["grounding_iou"] == pytest.approx(want["grounding_iou"])
   assert rnd["action_recognizer"]["action_top1"] < 0.7
   assert rnd["program_generator"]["program_normalized"] < 1.0
-  for role, key in [("detector", "detection_iou"), ("grounder", "grounding_iou"),
-                    ("action_recognizer", "action_top1")]:
+  for role, key in [
+    ("detector", "detection_iou"),
+    ("grounder", "grounding_iou"),
+    ("action_recognizer", "action_top1"),
+  ]:
     assert rnd[role][key] < oracle[role][key] - 0.3, (role, rnd[role][key])
 
 
@@ -110,8 +114,13 @@ def test_table_has_a_row_per_subtask_and_a_column_per_candidate(results):
   table = subtasks.subtask_table(results)
   lines = table.splitlines()
   assert lines[0].split()[-2:] == ["oracle", "random"]
-  for task in ("program generation", "object detection", "temporal grounding",
-               "action recognition", "video QA"):
+  for task in (
+    "program generation",
+    "object detection",
+    "temporal grounding",
+    "action recognition",
+    "video QA",
+  ):
     assert any(line.startswith(task) for line in lines), task
   det = next(l for l in lines if l.startswith("object detection") and " IoU " in l)
   assert det.split()[-2] == "1.000"
@@ -143,22 +152,35 @@ def test_star_format_with_blank_frames(world):
   assert res["random"]["detector"]["detection_iou"] == pytest.approx(want["detection_iou"])
 
 
-@pytest.mark.parametrize("edit,msg", [
-    (lambda c: c.candidates.oracle.update({"segmenter": {"kind": "sam"}}),
-     r"candidates.oracle has unknown section\(s\) \['segmenter'\]"),
-    (lambda c: c.candidates.random.detector.update({"kind": "yolo"}),
-     r"candidates.random: experts config: detector.kind='yolo' is not one of"),
-    (lambda c: c.candidates.random.program_generator.update({"kind": "gpt"}),
-     r"candidates.random: program_generator.kind='gpt'"),
-    (lambda c: c.candidates.random.program_generator.update({"kind": "llama"}),
-     r"program_generator.path is required for kind 'llama'"),
-    (lambda c: c.candidates.random.grounder.update({"kind": "univtg"}),
-     r"candidates.random: .*grounder"),
+@pytest.mark.parametrize(
+  "edit,msg",
+  [
+    (
+      lambda c: c.candidates.oracle.update({"segmenter": {"kind": "sam"}}),
+      r"candidates.oracle has unknown section\(s\) \['segmenter'\]",
+    ),
+    (
+      lambda c: c.candidates.random.detector.update({"kind": "yolo"}),
+      r"candidates.random: experts config: detector.kind='yolo' is not one of",
+    ),
+    (
+      lambda c: c.candidates.random.program_generator.update({"kind": "gpt"}),
+      r"candidates.random: program_generator.kind='gpt'",
+    ),
+    (
+      lambda c: c.candidates.random.program_generator.update({"kind": "llama"}),
+      r"program_generator.path is required for kind 'llama'",
+    ),
+    (
+      lambda c: c.candidates.random.grounder.update({"kind": "univtg"}),
+      r"candidates.random: .*grounder",
+    ),
     (lambda c: c.data.update({"kind": "kinetics"}), r"data.kind='kinetics' is not one of"),
     (lambda c: c.data.update({"path": ""}), r"data.path is required"),
     (lambda c: c.data.update({"split": "dev"}), r"dev.json not found"),
     (lambda c: setattr(c, "candidates", {}), r"`candidates` is empty"),
-])
+  ],
+)
 def test_bad_config_is_reported_by_name(world, edit, msg):
   config = _config(world)
   edit(config)
@@ -168,6 +190,7 @@ def test_bad_config_is_reported_by_name(world, edit, msg):
 
 def test_missing_video_file_names_the_file(world, tmp_path):
   import shutil
+
   copy = tmp_path / "w"
   shutil.copytree(world, copy)
   vid = json.load(open(copy / "world.json"))["splits"]["val"][0]
@@ -182,9 +205,20 @@ def test_launcher_prints_the_table(world, tmp_path):
   out = tmp_path / "res.json"
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   proc = subprocess.run(
-      [sys.executable, "-m", "launch.eval_subtasks", f"--data={world}", "--split=val",
-       f"--out={out}"], cwd=root, capture_output=True, text=True, timeout=600,
-      env={**os.environ, "PYTHONPATH": root})
+    [
+      sys.executable,
+      "-m",
+      "launch.eval_subtasks",
+      f"--data={world}",
+      "--split=val",
+      f"--out={out}",
+    ],
+    cwd=root,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env={**os.environ, "PYTHONPATH": root},
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "temporal grounding" in proc.stdout and "oracle" in proc.stdout
   assert json.load(open(out))["oracle"]["detector"]["detection_iou"] == 1.0
@@ -201,24 +235,27 @@ def test_score_experts_without_trained_models_gives_chance(world):
 
 # -- the scorers on an expert with known, imperfect outputs (every figure computed by hand) -----
 
+
 def _hand_data():
   """One 6-frame video (fps 1): frames 0-2 show a cup, "hold cup"; frames 3-5 the cup and a
   box, "open box". Two questions (gold A, gold B) with annotated programs."""
   from aotd_jax.data.annotations import VideoQA
   from experts.backends.oracle import GroundTruth
   from experts.clip import VideoClip
+
   gt = GroundTruth("hand")
   for f in range(6):
     boxes = [("cup", (0, 0, 2, 2))] + ([("box", (0, 0, 4, 4))] if f >= 3 else [])
     gt.add_frame("v", f, boxes, ["hold cup"] if f < 3 else ["open box"])
-  first = "def execute_command(video_clip, query, possible_answers):\n    return possible_answers[0]\n"
+  first = (
+    "def execute_command(video_clip, query, possible_answers):\n    return possible_answers[0]\n"
+  )
   records = [
-      VideoQA("q1", "v", "what is held?", ["cup", "box"], "cup", 0,
-              meta={"question_program": first}),
-      VideoQA("q2", "v", "what is opened?", ["cup", "box"], "box", 1,
-              meta={"question_program": first}),  # an annotated program that answers wrong
-      VideoQA("q3", "v", "what is last?", ["cup", "box"], "box", 1,
-              meta={"question_program": first}),
+    VideoQA("q1", "v", "what is held?", ["cup", "box"], "cup", 0, meta={"question_program": first}),
+    VideoQA(
+      "q2", "v", "what is opened?", ["cup", "box"], "box", 1, meta={"question_program": first}
+    ),  # an annotated program that answers wrong
+    VideoQA("q3", "v", "what is last?", ["cup", "box"], "box", 1, meta={"question_program": first}),
   ]
   frames = np.zeros((6, 8, 8, 3), np.uint8)
   return subtasks.SubtaskData(records, gt, lambda vid: VideoClip(frames, fps=1.0, video_id=vid))
@@ -231,12 +268,17 @@ class _ScriptedExperts:
 
   def detect(self, clip, queries, *, threshold):
     from experts.backends.protocols import Box
+
     assert sorted(queries) == ["box", "cup"]
-    return [[Box(int(f), "cup", 0.9, (1, 0, 3, 2))]
-            + ([Box(int(f), "box", 0.8, (0, 0, 4, 4))] if f == 5 else []) for f in clip.frame_ids]
+    return [
+      [Box(int(f), "cup", 0.9, (1, 0, 3, 2))]
+      + ([Box(int(f), "box", 0.8, (0, 0, 4, 4))] if f == 5 else [])
+      for f in clip.frame_ids
+    ]
 
   def ground(self, clip, query, *, top_k=1):
     from experts.backends.protocols import Window
+
     return [Window(0, 2, 1.0, query)] if query == "hold cup" else [Window(0, 3, 1.0, query)]
 
   def recognize(self, clip, object_name=None, candidates=None, **kw):
@@ -251,9 +293,14 @@ def test_scorers_on_known_imperfect_outputs():
   # 9 (frame, object) pairs: 6 cups at IoU 1/3, boxes at 0, 0, 1 -> mean 3/9, one >= 0.5
   det = subtasks.score_detector(ex, data)
   assert det["n"] == 9
-  assert det["detection_iou"] == pytest.approx(1 / 3) and det["detection_ap50"] == pytest.approx(1 / 9)
+  assert det["detection_iou"] == pytest.approx(1 / 3) and det["detection_ap50"] == pytest.approx(
+    1 / 9
+  )
   # runs: hold cup [0, 3), open box [3, 6); windows [0, 2) -> 2/3 and [0, 3) -> 0
-  assert subtasks.action_runs(data.gt, "v", range(6)) == {"hold cup": [(0, 3)], "open box": [(3, 6)]}
+  assert subtasks.action_runs(data.gt, "v", range(6)) == {
+    "hold cup": [(0, 3)],
+    "open box": [(3, 6)],
+  }
   gr = subtasks.score_grounder(ex, data)
   assert gr == {"grounding_iou": pytest.approx(1 / 3), "grounding_r50": 0.5, "n": 2}
   # "open box" is right on its own run only
@@ -267,14 +314,23 @@ def test_program_scorer_on_known_programs():
   gold = data.records[0].meta["question_program"]
   # q1: the gold program reformatted (normalised match, right answer); q2: the gold program
   # verbatim, whose answer (cup) is wrong; q3: nothing generated.
-  generated = [gold.replace("return possible_answers[0]", "return (possible_answers[0])  # A"),
-               gold, None]
+  generated = [
+    gold.replace("return possible_answers[0]", "return (possible_answers[0])  # A"),
+    gold,
+    None,
+  ]
   got = subtasks.score_program_generator(lambda recs: generated, data, tools={})
   # the gold program calls no tool: no step to compare (step_n 0, the step columns NaN)
   steps = {k: got.pop(k) for k in ("step_exact", "step_f1", "step_edit")}
   assert all(v != v for v in steps.values())
-  assert got == {"program_exact": pytest.approx(1 / 3), "program_normalized": pytest.approx(2 / 3),
-                 "answer_accuracy": pytest.approx(1 / 3), "answer_match": pytest.approx(2 / 3),
-                 "n": 3, "step_n": 0, "unknown_star_functions": []}
+  assert got == {
+    "program_exact": pytest.approx(1 / 3),
+    "program_normalized": pytest.approx(2 / 3),
+    "answer_accuracy": pytest.approx(1 / 3),
+    "answer_match": pytest.approx(2 / 3),
+    "n": 3,
+    "step_n": 0,
+    "unknown_star_functions": [],
+  }
   with pytest.raises(ValueError, match="returned 2 programs for 3 questions"):
     subtasks.score_program_generator(lambda recs: generated[:2], data, tools={})

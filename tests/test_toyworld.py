@@ -1,4 +1,5 @@
 """Toy world: determinism, boxes vs pixels, question consistency, held-out splits, mp4s."""
+
 import ast
 import json
 import re
@@ -9,11 +10,28 @@ import pytest
 from aotd_jax.projects.toyworld import world as toyworld
 from aotd_jax.projects.toyworld.render import COLOURS
 
-API = {"Query_Objs", "Query_Actions", "Filter_frames_with_act", "Filter_frames_with_obj",
-       "trim", "Find", "exist", "select_answer", "Video_summary", "Count"}
+API = {
+  "Query_Objs",
+  "Query_Actions",
+  "Filter_frames_with_act",
+  "Filter_frames_with_obj",
+  "trim",
+  "Find",
+  "exist",
+  "select_answer",
+  "Video_summary",
+  "Count",
+}
 # Written out here (not imported) so the test checks the generator, not itself.
-PAST = {"moved": "move", "jumped": "jump", "spun": "spin", "grew": "grow",
-        "appeared": "appear", "disappeared": "disappear", "touched": "touch"}
+PAST = {
+  "moved": "move",
+  "jumped": "jump",
+  "spun": "spin",
+  "grew": "grow",
+  "appeared": "appear",
+  "disappeared": "disappear",
+  "touched": "touch",
+}
 
 
 @pytest.fixture(scope="module")
@@ -35,12 +53,12 @@ def test_render_is_deterministic_by_seed():
 
 def test_generate_world_is_deterministic(world, tmp_path):
   out, paths = world
-  again = toyworld.generate_world(tmp_path, seed=3, num_train=40, num_val=6, num_test=10,
-                                  write_videos=False)
+  again = toyworld.generate_world(
+    tmp_path, seed=3, num_train=40, num_val=6, num_test=10, write_videos=False
+  )
   for split in ("train", "val", "test"):
     assert open(paths[split]).read() == open(again[split]).read()
-  assert (open(out / "ground_truth.json").read()
-          == open(tmp_path / "ground_truth.json").read())
+  assert open(out / "ground_truth.json").read() == open(tmp_path / "ground_truth.json").read()
 
 
 def test_boxes_match_rendered_pixels():
@@ -55,12 +73,19 @@ def test_boxes_match_rendered_pixels():
         seen = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
         box = gt.boxes[t, k]
         occluded = any(
-          gt.visible[t, j] and not (gt.boxes[t, j, 0] >= box[2] or gt.boxes[t, j, 2] <= box[0]
-                                    or gt.boxes[t, j, 1] >= box[3] or gt.boxes[t, j, 3] <= box[1])
-          for j in range(k + 1, len(spec.objects)))
+          gt.visible[t, j]
+          and not (
+            gt.boxes[t, j, 0] >= box[2]
+            or gt.boxes[t, j, 2] <= box[0]
+            or gt.boxes[t, j, 1] >= box[3]
+            or gt.boxes[t, j, 3] <= box[1]
+          )
+          for j in range(k + 1, len(spec.objects))
+        )
         if occluded:  # drawn under a later object: pixels stay inside the box
-          assert box[0] <= seen[0] and box[1] <= seen[1] and seen[2] <= box[2] \
-            and seen[3] <= box[3], (i, t, obj.name)
+          assert (
+            box[0] <= seen[0] and box[1] <= seen[1] and seen[2] <= box[2] and seen[3] <= box[3]
+          ), (i, t, obj.name)
         else:
           assert tuple(box) == seen, (i, t, obj.name, box, seen)
 

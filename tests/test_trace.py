@@ -1,4 +1,5 @@
 """Execution traces: structured, JSON-serialisable summaries and their round trip."""
+
 import dataclasses
 import enum
 import json
@@ -32,12 +33,25 @@ def test_summarize_keeps_evidence_and_truncates_frames():
   frames = np.full((8, 32, 32, 3), 7, np.uint8)
   clip = Clip(frames, 10, 18)
   s = summarize(clip)
-  assert s == {"type": "Clip", "start_frame": 10, "end_frame": 18,
-               "frames": {"type": "ndarray", "shape": [8, 32, 32, 3], "dtype": "uint8",
-                          "truncated": True, "min": 7, "max": 7}}
+  assert s == {
+    "type": "Clip",
+    "start_frame": 10,
+    "end_frame": 18,
+    "frames": {
+      "type": "ndarray",
+      "shape": [8, 32, 32, 3],
+      "dtype": "uint8",
+      "truncated": True,
+      "min": 7,
+      "max": 7,
+    },
+  }
   boxes = np.array([[1.5, 2.0, 3.0, 4.0]], np.float32)
-  assert summarize(Boxes(12, boxes, "cup")) == {"frame": 12, "box": [[1.5, 2.0, 3.0, 4.0]],
-                                                "label": "cup"}
+  assert summarize(Boxes(12, boxes, "cup")) == {
+    "frame": 12,
+    "box": [[1.5, 2.0, 3.0, 4.0]],
+    "label": "cup",
+  }
   assert summarize(np.int64(3)) == 3 and type(summarize(np.float32(0.5))) is float
   assert summarize(np.array(["a", "b"])) == ["a", "b"]
   assert summarize({"window": (2, 5), 3: {1, 0}}) == {"window": [2, 5], "3": [0, 1]}
@@ -45,8 +59,16 @@ def test_summarize_keeps_evidence_and_truncates_frames():
 
 
 def test_summarize_edge_cases_are_json():
-  values = [float("nan"), float("inf"), "x" * 10_000, b"raw", object(), None,
-            list(range(MAX_SEQUENCE_ITEMS + 5)), np.zeros((0, 4))]
+  values = [
+    float("nan"),
+    float("inf"),
+    "x" * 10_000,
+    b"raw",
+    object(),
+    None,
+    list(range(MAX_SEQUENCE_ITEMS + 5)),
+    np.zeros((0, 4)),
+  ]
   s = summarize(values)
   json.dumps(s, allow_nan=False)
   assert s[0] == "nan" and s[1] == "inf" and s[2].endswith("...") and len(s[2]) < 5000
@@ -66,9 +88,11 @@ def test_summarize_jax_arrays():
 
 
 def test_trace_round_trip():
-  calls = [ToolCall("trim", {"start": 2, "end": 5}, {"type": "Clip", "start_frame": 2}, 0.01),
-           ToolCall("Find", {"object_name": "cup"}, [{"frame": 3, "box": [1, 2, 3, 4]}], 0.2),
-           ToolCall("Query_Actions", {"query": "?"}, None, 0.0, error="tool failed: boom")]
+  calls = [
+    ToolCall("trim", {"start": 2, "end": 5}, {"type": "Clip", "start_frame": 2}, 0.01),
+    ToolCall("Find", {"object_name": "cup"}, [{"frame": 3, "box": [1, 2, 3, 4]}], 0.2),
+    ToolCall("Query_Actions", {"query": "?"}, None, 0.0, error="tool failed: boom"),
+  ]
   t = Trace(calls, value="cup", ok=True, seconds=0.3, stdout="hi\n", program="def f(): ...")
   text = t.dumps()
   back = Trace.from_json(text)

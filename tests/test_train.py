@@ -1,4 +1,5 @@
 """Distillation trainer: loss parts, mesh equivalence, NaN guard, SIGTERM, SIGKILL + resume."""
+
 import os
 import pathlib
 import signal
@@ -37,11 +38,20 @@ def test_loss_parts_match_torch_cross_entropy():
   ids = rng.integers(0, 11, (3, 7))
   label = (rng.random((3, 7)) < 0.3).astype(np.int32)
   rationale = (rng.random((3, 7)) < 0.5).astype(np.int32) * (1 - label)
-  out = losses.distill_loss(jnp.asarray(logits), jnp.asarray(ids), jnp.asarray(label),
-                            jnp.asarray(rationale), rationale_weight=0.5)
+  out = losses.distill_loss(
+    jnp.asarray(logits),
+    jnp.asarray(ids),
+    jnp.asarray(label),
+    jnp.asarray(rationale),
+    rationale_weight=0.5,
+  )
   assert float(out.label_loss) == pytest.approx(_torch_masked_ce(logits, ids, label), rel=1e-5)
-  assert float(out.rationale_loss) == pytest.approx(_torch_masked_ce(logits, ids, rationale), rel=1e-5)
-  assert float(out.loss) == pytest.approx(float(out.label_loss) + 0.5 * float(out.rationale_loss), rel=1e-6)
+  assert float(out.rationale_loss) == pytest.approx(
+    _torch_masked_ce(logits, ids, rationale), rel=1e-5
+  )
+  assert float(out.loss) == pytest.approx(
+    float(out.label_loss) + 0.5 * float(out.rationale_loss), rel=1e-6
+  )
 
 
 def test_lambda_zero_without_cot_is_instruction_tuning():
@@ -51,13 +61,23 @@ def test_lambda_zero_without_cot_is_instruction_tuning():
   ids = rng.integers(0, 13, (2, 9))
   label = np.zeros((2, 9), np.int32)
   label[:, -2:] = 1
-  out = losses.distill_loss(jnp.asarray(logits), jnp.asarray(ids), jnp.asarray(label),
-                            jnp.zeros((2, 9), jnp.int32), rationale_weight=0.0)
+  out = losses.distill_loss(
+    jnp.asarray(logits),
+    jnp.asarray(ids),
+    jnp.asarray(label),
+    jnp.zeros((2, 9), jnp.int32),
+    rationale_weight=0.0,
+  )
   assert float(out.rationale_loss) == 0.0 and float(out.rationale_tokens) == 0.0
   assert float(out.loss) == pytest.approx(_torch_masked_ce(logits, ids, label), rel=1e-5)
   # and λ does not matter when there is no rationale token
-  out1 = losses.distill_loss(jnp.asarray(logits), jnp.asarray(ids), jnp.asarray(label),
-                             jnp.zeros((2, 9), jnp.int32), rationale_weight=1.0)
+  out1 = losses.distill_loss(
+    jnp.asarray(logits),
+    jnp.asarray(ids),
+    jnp.asarray(label),
+    jnp.zeros((2, 9), jnp.int32),
+    rationale_weight=1.0,
+  )
   assert float(out1.loss) == float(out.loss)
 
 
@@ -66,9 +86,11 @@ def _losses_on(mesh_cfg, devices, arch="llava", steps=5):
   mesh = sharding.make_mesh(mesh_cfg, devices)
   student = build.build_student(cfg.student, mesh=mesh, seed=0)
   from aotd_jax.train.data import make_train_data
+
   data = make_train_data(cfg, student)
-  trainer = Trainer(student, make_optimizer(cfg.optim, steps), mesh=mesh,
-                    trainable=trainable_filter(True))
+  trainer = Trainer(
+    student, make_optimizer(cfg.optim, steps), mesh=mesh, trainable=trainable_filter(True)
+  )
   return [trainer.train_step(next(data)).loss for _ in range(steps)]
 
 
@@ -87,19 +109,39 @@ DETERMINISTIC = dict(XLA_FLAGS="--xla_cpu_multi_thread_eigen=false", OMP_NUM_THR
 def _train(workdir, *overrides, arch="llama", check=True, launcher="launch.train"):
   """`launcher` runs the toy config; `tests.fault_train` (launch.train with fault injection)
   takes --kill_at_step / --nan_at_step."""
-  cmd = [sys.executable, "-m", launcher, f"--config={ROOT}/configs/toyworld/distill.py:{arch}",
-         f"--workdir={workdir}", *overrides]
+  cmd = [
+    sys.executable,
+    "-m",
+    launcher,
+    f"--config={ROOT}/configs/toyworld/distill.py:{arch}",
+    f"--workdir={workdir}",
+    *overrides,
+  ]
   env = dict(os.environ, **DETERMINISTIC)
-  return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300,
-                        check=False)
+  return subprocess.run(
+    cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300, check=False
+  )
 
 
 def _export(workdir, out):
-  r = subprocess.run([sys.executable, "-m", "aotd_jax.hf", "export", f"--orbax_dir={workdir}/checkpoints",
-                      f"--hf_dir={out}"], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                     env=dict(os.environ, **DETERMINISTIC))
+  r = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "aotd_jax.hf",
+      "export",
+      f"--orbax_dir={workdir}/checkpoints",
+      f"--hf_dir={out}",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=dict(os.environ, **DETERMINISTIC),
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   from aotd_jax.hf import io
+
   return io.read_tensors(str(out))[0]
 
 
@@ -120,8 +162,13 @@ def test_sigkill_after_checkpoint_then_resume_is_exact(tmp_path):
 
 
 def test_nan_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
-  r = _train(tmp_path, "--config.total_steps=6", "--config.checkpoint_every=2",
-             "--nan_at_step=5", launcher="tests.fault_train")
+  r = _train(
+    tmp_path,
+    "--config.total_steps=6",
+    "--config.checkpoint_every=2",
+    "--nan_at_step=5",
+    launcher="tests.fault_train",
+  )
   assert r.returncode == 3, r.stderr[-3000:]
   assert "non-finite loss" in r.stderr and "step 5" in r.stderr
   steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
@@ -130,10 +177,23 @@ def test_nan_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
 
 @pytest.mark.slow  # a launch.train subprocess (the NaN test keeps one in the fast set)
 def test_sigterm_saves_and_exits_cleanly(tmp_path):
-  cmd = [sys.executable, "-m", "launch.train", f"--config={ROOT}/configs/toyworld/distill.py:llama",
-         f"--workdir={tmp_path}", "--config.total_steps=100000", "--config.checkpoint_every=1000"]
-  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          env=dict(os.environ, **DETERMINISTIC))
+  cmd = [
+    sys.executable,
+    "-m",
+    "launch.train",
+    f"--config={ROOT}/configs/toyworld/distill.py:llama",
+    f"--workdir={tmp_path}",
+    "--config.total_steps=100000",
+    "--config.checkpoint_every=1000",
+  ]
+  proc = subprocess.Popen(
+    cmd,
+    cwd=ROOT,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    env=dict(os.environ, **DETERMINISTIC),
+  )
   metrics = tmp_path / "metrics.jsonl"
   deadline = time.time() + 120
   while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size > 0):

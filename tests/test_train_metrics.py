@@ -1,5 +1,6 @@
 """Training metrics: TensorBoard events without TensorFlow, JSONL history with `train/` tags,
 curves, MFU over the global peak, lr / ETA in the loop, the config saved and guarded on resume."""
+
 import glob
 import json
 import os
@@ -16,8 +17,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_writer_leaves_events_history_and_plot(tmp_path):
   w = metrics.MetricsWriter(str(tmp_path))
   for step in range(1, 4):
-    w.write(step, {"loss": 3.0 / step, "label_loss": 1.0, "rationale_loss": 2.0 / step,
-                   "mfu": None})
+    w.write(
+      step, {"loss": 3.0 / step, "label_loss": 1.0, "rationale_loss": 2.0 / step, "mfu": None}
+    )
   w.write(3, {"accuracy": 0.5}, prefix="eval/")
   w.write_text("config", "a: 1\nb: 2")
   w.close()
@@ -49,6 +51,7 @@ def test_loop_logs_lr_tokens_eta_and_global_mfu(tmp_path):
   from aotd_jax.train.optim import learning_rate_schedule, make_optimizer
   from aotd_jax.train.trainer import Trainer
   from configs.toyworld import distill as toy
+
   cfg = toy.get_config("llama")
   cfg.data.seq_len = 16
   mesh = sharding.make_mesh({"data": -1})
@@ -57,26 +60,35 @@ def test_loop_logs_lr_tokens_eta_and_global_mfu(tmp_path):
   trainer = Trainer(student, make_optimizer(cfg.optim, 3), mesh=mesh, schedule=schedule)
   data = train_data.make_train_data(cfg, student)
   writer = metrics.MetricsWriter(tmp_path)
-  train_loop(trainer, data, LoopConfig(total_steps=3, peak_flops=1e9), writer=writer,
-             flops_per_token=100.0)
+  train_loop(
+    trainer, data, LoopConfig(total_steps=3, peak_flops=1e9), writer=writer, flops_per_token=100.0
+  )
   writer.close()
   rows = writer.history()
-  assert [r["train/learning_rate"] for r in rows] == pytest.approx([float(schedule(i)) for i in range(3)])
+  assert [r["train/learning_rate"] for r in rows] == pytest.approx(
+    [float(schedule(i)) for i in range(3)]
+  )
   tokens = 8 * 16  # at most every position of the global batch (8 rows of 16)
   for r in rows:
     for key in ("train/grad_norm", "train/tokens_per_s", "train/step_seconds", "train/eta_seconds"):
       assert key in r, (key, r)
     # MFU divides by every chip's peak (8 devices here)
     got_tokens = r["train/tokens_per_s"] * r["train/step_seconds"]
-    assert r["train/mfu"] == pytest.approx(100.0 * got_tokens / r["train/step_seconds"] / (8e9),
-                                           rel=1e-6)
+    assert r["train/mfu"] == pytest.approx(
+      100.0 * got_tokens / r["train/step_seconds"] / (8e9), rel=1e-6
+    )
     assert 0 < got_tokens <= tokens
   assert rows[-1]["train/eta_seconds"] == 0.0
 
 
 def test_config_changes_name_guarded_keys_only():
-  old = {"batch_size": 8, "rationale_weight": 1.0, "total_steps": 10, "seed": 0,
-         "data": {"mixing": "weighted", "num_workers": 2, "cot": [{"path": "a"}]}}
+  old = {
+    "batch_size": 8,
+    "rationale_weight": 1.0,
+    "total_steps": 10,
+    "seed": 0,
+    "data": {"mixing": "weighted", "num_workers": 2, "cot": [{"path": "a"}]},
+  }
   new = json.loads(json.dumps(old))
   new.update(seed=1)
   new["data"]["num_workers"] = 8
@@ -84,8 +96,10 @@ def test_config_changes_name_guarded_keys_only():
   new.update(batch_size=16, rationale_weight=0.5)
   new["data"]["mixing"] = "concat_epoch"
   assert checkpoint.config_changes(old, new) == [
-      "batch_size: 8 -> 16", "data.mixing: 'weighted' -> 'concat_epoch'",
-      "rationale_weight: 1.0 -> 0.5"]
+    "batch_size: 8 -> 16",
+    "data.mixing: 'weighted' -> 'concat_epoch'",
+    "rationale_weight: 1.0 -> 0.5",
+  ]
   with pytest.raises(ValueError, match="allow_changes=True"):
     checkpoint.check_resume_config(old, new, allow_changes=False)
   assert len(checkpoint.check_resume_config(old, new, allow_changes=True)) == 3
@@ -94,10 +108,19 @@ def test_config_changes_name_guarded_keys_only():
 @pytest.mark.slow
 def test_resume_with_another_batch_size_is_refused_and_config_is_in_the_checkpoint(tmp_path):
   def train(*extra):
-    cmd = [sys.executable, "-m", "launch.train", f"--config={ROOT}/configs/toyworld/distill.py:llama",
-           f"--workdir={tmp_path}", "--config.total_steps=2", "--config.checkpoint_every=2",
-           "--config.data.seq_len=16", *extra]
+    cmd = [
+      sys.executable,
+      "-m",
+      "launch.train",
+      f"--config={ROOT}/configs/toyworld/distill.py:llama",
+      f"--workdir={tmp_path}",
+      "--config.total_steps=2",
+      "--config.checkpoint_every=2",
+      "--config.data.seq_len=16",
+      *extra,
+    ]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
   r = train()
   assert r.returncode == 0, r.stderr[-3000:]
   meta = json.loads((tmp_path / "checkpoints" / "2" / "meta" / "metadata").read_text())

@@ -1,5 +1,6 @@
 """UniVTG: official checkpoint layout, parity with the original code's forward (showlab/UniVTG,
 reproduced module for module from torch's own layers), post-processing, training."""
+
 import argparse
 import math
 
@@ -19,8 +20,16 @@ torch = pytest.importorskip("torch")
 tnn = torch.nn
 F = torch.nn.functional
 
-TINY = dict(v_feat_dims=(20, 12), t_feat_dim=16, hidden_dim=32, nheads=4, enc_layers=2,
-            dim_feedforward=48, max_q_l=12, clip_length=2.0)
+TINY = dict(
+  v_feat_dims=(20, 12),
+  t_feat_dim=16,
+  hidden_dim=32,
+  nheads=4,
+  enc_layers=2,
+  dim_feedforward=48,
+  max_q_l=12,
+  clip_length=2.0,
+)
 
 
 # -- the reference: showlab/UniVTG's forward, module for module -----------------------------------
@@ -53,8 +62,9 @@ class _Conv(tnn.Module):
     super().__init__()
     dims = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
     self.layers = tnn.ModuleList(
-        tnn.Conv1d(a, b, kernel_size, stride=1, padding=kernel_size // 2, padding_mode="zeros")
-        for a, b in zip(dims[:-1], dims[1:]))
+      tnn.Conv1d(a, b, kernel_size, stride=1, padding=kernel_size // 2, padding_mode="zeros")
+      for a, b in zip(dims[:-1], dims[1:])
+    )
 
   def forward(self, x):
     x = x.permute(0, 2, 1)
@@ -136,8 +146,9 @@ class _Transformer(tnn.Module):
   def __init__(self, d_model, nhead, num_encoder_layers, dim_feedforward):
     super().__init__()
     self.encoder = tnn.Module()
-    self.encoder.layers = tnn.ModuleList(_EncoderLayer(d_model, nhead, dim_feedforward)
-                                         for _ in range(num_encoder_layers))
+    self.encoder.layers = tnn.ModuleList(
+      _EncoderLayer(d_model, nhead, dim_feedforward) for _ in range(num_encoder_layers)
+    )
 
   def forward(self, src, mask, pos_embed):
     src, pos = src.permute(1, 0, 2), pos_embed.permute(1, 0, 2)
@@ -163,10 +174,12 @@ class _OfficialUniVTG(tnn.Module):
     relu = [True] * 3
     relu[n_proj - 1] = False  # :89-90
     vdim = sum(c["v_feat_dims"]) + 2  # + the 2 temporal endpoint features (ctx_mode video_tef)
-    self.input_txt_proj = tnn.Sequential(*[
-        _LinearLayer(c["t_feat_dim"] if i == 0 else d, d, 0.5, relu[i]) for i in range(n_proj)])
-    self.input_vid_proj = tnn.Sequential(*[
-        _LinearLayer(vdim if i == 0 else d, d, 0.5, relu[i]) for i in range(n_proj)])
+    self.input_txt_proj = tnn.Sequential(
+      *[_LinearLayer(c["t_feat_dim"] if i == 0 else d, d, 0.5, relu[i]) for i in range(n_proj)]
+    )
+    self.input_vid_proj = tnn.Sequential(
+      *[_LinearLayer(vdim if i == 0 else d, d, 0.5, relu[i]) for i in range(n_proj)]
+    )
     self.weightedpool = _WeightedPool(d)
     for p in self.parameters():  # non-trivial norms / biases so a layout slip shows
       with torch.no_grad():
@@ -182,7 +195,7 @@ class _OfficialUniVTG(tnn.Module):
     pos_vid = self.position_embed(src_vid_mask)
     pos_txt = self.txt_position_embed(src_txt) if self.use_txt_pos else torch.zeros_like(src_txt)
     memory = self.transformer(src, ~mask, torch.cat([pos_vid, pos_txt], dim=1))
-    vid_mem = memory[:, :src_vid.shape[1], :]
+    vid_mem = memory[:, : src_vid.shape[1], :]
     logits = self.class_embed(vid_mem).sigmoid()
     spans = self.span_embed(vid_mem).sigmoid() * torch.tensor((-1, 1))[None, None]
     txt_mem_proj = self.weightedpool(src_txt, src_txt_mask).unsqueeze(1)
@@ -193,8 +206,15 @@ class _OfficialUniVTG(tnn.Module):
 def _official_file(tmp_path, seed=0, enc_layers=2, use_txt_pos=False, **opt):
   torch.manual_seed(seed)
   ref = _OfficialUniVTG(dict(TINY, enc_layers=enc_layers, use_txt_pos=use_txt_pos, **opt)).eval()
-  ns = argparse.Namespace(nheads=4, clip_length=2.0, use_txt_pos=use_txt_pos, ctx_mode="video_tef",
-                          v_feat_types="custom", v_feat_dims=[20, 12], **opt)
+  ns = argparse.Namespace(
+    nheads=4,
+    clip_length=2.0,
+    use_txt_pos=use_txt_pos,
+    ctx_mode="video_tef",
+    v_feat_types="custom",
+    v_feat_dims=[20, 12],
+    **opt,
+  )
   path = tmp_path / "model_best.ckpt"
   torch.save({"model": ref.state_dict(), "optimizer": {}, "epoch": 7, "opt": ns}, path)
   return ref, path
@@ -266,25 +286,37 @@ def test_released_size_layout_and_shapes_without_compute():
   # The released SlowFast+CLIP model: every official tensor maps onto our parameter of the
   # transformed shape, and the forward's output shapes, all by shape inference only.
   from aotd_jax.hf.univtg import rules
-  size = dict(v_feat_dims=(2304, 512), t_feat_dim=512, hidden_dim=1024, nheads=8,
-              enc_layers=4, dim_feedforward=1024, max_q_l=75)
+
+  size = dict(
+    v_feat_dims=(2304, 512),
+    t_feat_dim=512,
+    hidden_dim=1024,
+    nheads=8,
+    enc_layers=4,
+    dim_feedforward=1024,
+    max_q_l=75,
+  )
   with torch.device("meta"):
     official = {k: tuple(v.shape) for k, v in _OfficialUniVTG(size).state_dict().items()}
   assert official["input_vid_proj.0.net.1.weight"] == (1024, 2818)
   cfg = UniVTGConfig(**size)
   model = nnx.eval_shape(lambda: UniVTG(cfg, rngs=nnx.Rngs(0)))
-  params = {"/".join(map(str, p)): v.get_value().shape
-            for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+  params = {
+    "/".join(map(str, p)): v.get_value().shape
+    for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
+  }
   table = rules(cfg)
   assert {r.hf for r in table} == set(official)
   assert {r.flax for r in table} == set(params)
   for r in table:
     probe = np.zeros(official[r.hf], np.float32)
     assert r.transform.to_flax(probe).shape == params[r.flax], r.hf
-  inp = {"src_txt": jax.ShapeDtypeStruct((2, 20, 512), jnp.float32),
-         "src_txt_mask": jax.ShapeDtypeStruct((2, 20), jnp.float32),
-         "src_vid": jax.ShapeDtypeStruct((2, 75, 2818), jnp.float32),
-         "src_vid_mask": jax.ShapeDtypeStruct((2, 75), jnp.float32)}
+  inp = {
+    "src_txt": jax.ShapeDtypeStruct((2, 20, 512), jnp.float32),
+    "src_txt_mask": jax.ShapeDtypeStruct((2, 20), jnp.float32),
+    "src_vid": jax.ShapeDtypeStruct((2, 75, 2818), jnp.float32),
+    "src_vid_mask": jax.ShapeDtypeStruct((2, 75), jnp.float32),
+  }
   out = nnx.eval_shape(lambda m, x: m(**x), model, inp)
   assert out.pred_logits.shape == (2, 75, 1) and out.pred_spans.shape == (2, 75, 2)
   assert out.saliency_scores.shape == (2, 75)
@@ -313,8 +345,9 @@ def test_bad_checkpoints_are_reported(official, tmp_path):
   missing = dict(sd)
   del missing["class_embed.layers.1.bias"]
   torch.save({"model": missing}, tmp_path / "missing.ckpt")
-  with pytest.raises(CheckpointError,
-                     match="missing.ckpt: missing tensor class_embed.layers.1.bias"):
+  with pytest.raises(
+    CheckpointError, match="missing.ckpt: missing tensor class_embed.layers.1.bias"
+  ):
     load_univtg(tmp_path / "missing.ckpt", nheads=4)
   shaped = dict(sd, **{"weightedpool.weight": torch.zeros(32, 2)})
   torch.save({"model": shaped}, tmp_path / "shape.ckpt")
@@ -352,8 +385,15 @@ def test_temporal_nms_and_decoding():
   spans[0, 2] = (-0.25, 0.25)
   logits = np.array([[[0.1], [0.2], [0.9], [0.0]]], np.float32)
   from aotd_jax.models.univtg import UniVTGOutput
-  out = UniVTGOutput(jnp.asarray(logits), jnp.asarray(spans), jnp.zeros((1, 4)),
-                     jnp.zeros((1, 4, 8)), jnp.zeros((1, 1, 8)), jnp.asarray([[1, 1, 1, 0.0]]))
+
+  out = UniVTGOutput(
+    jnp.asarray(logits),
+    jnp.asarray(spans),
+    jnp.zeros((1, 4)),
+    jnp.zeros((1, 4, 8)),
+    jnp.zeros((1, 1, 8)),
+    jnp.asarray([[1, 1, 1, 0.0]]),
+  )
   (pred,) = pp.decode_moments(out, clip_length=2.0, nms_thd=None)
   # 3 valid clips -> duration 6 s; anchor of clip 2 = (2 + 1) / 3 = 1.0 -> [0.75, 1.25] * 6
   assert pred.duration == 6.0
@@ -371,9 +411,14 @@ def test_targets_follow_the_official_assignment():
   # one positive clip drawn at random: the default draw is numpy's for seed 0, and over seeds
   # every positive clip (0, 1, 2) and no negative one is drawn
   assert t["saliency_pos_labels"][0] == np.random.default_rng(0).choice([0, 1, 2])
-  drawn = {int(pp.moment_targets([[[2.0, 6.0]]], [5], clip_length=2.0, pad_to=6,
-                                 rng=np.random.default_rng(seed))["saliency_pos_labels"][0])
-           for seed in range(40)}
+  drawn = {
+    int(
+      pp.moment_targets(
+        [[[2.0, 6.0]]], [5], clip_length=2.0, pad_to=6, rng=np.random.default_rng(seed)
+      )["saliency_pos_labels"][0]
+    )
+    for seed in range(40)
+  }
   assert drawn == {0, 1, 2}
   with pytest.raises(ValueError, match="sample 0"):
     pp.moment_targets([[[5.0, 1.0]]], [5], clip_length=2.0)
@@ -415,14 +460,16 @@ def test_few_training_steps_find_the_known_span(tmp_path):
     def loss_fn(m):
       out = m(**inp)
       return pp.univtg_losses(out, targets)[0], out
+
     (loss, out), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
     optimizer.update(model, grads)
     return loss, out  # `out` is the prediction before this update
 
   def top1_ious(out):
     preds = pp.decode_moments(out, clip_length=cfg.clip_length)
-    return np.array([pp.temporal_iou(p.pred_relevant_windows[0][:2], w[0])
-                     for p, w in zip(preds, wins)])
+    return np.array(
+      [pp.temporal_iou(p.pred_relevant_windows[0][:2], w[0]) for p, w in zip(preds, wins)]
+    )
 
   first_loss, first_out = step(model, optimizer, inp, targets)
   for _ in range(60):
@@ -442,11 +489,24 @@ def test_clip_features_match_transformers(tmp_path):
 
   torch.manual_seed(0)
   hf_cfg = transformers.CLIPConfig(
-    text_config=dict(vocab_size=99, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                     num_attention_heads=2, max_position_embeddings=12),
-    vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                       num_attention_heads=2, image_size=32, patch_size=16),
-    projection_dim=20)
+    text_config=dict(
+      vocab_size=99,
+      hidden_size=16,
+      intermediate_size=32,
+      num_hidden_layers=1,
+      num_attention_heads=2,
+      max_position_embeddings=12,
+    ),
+    vision_config=dict(
+      hidden_size=16,
+      intermediate_size=32,
+      num_hidden_layers=1,
+      num_attention_heads=2,
+      image_size=32,
+      patch_size=16,
+    ),
+    projection_dim=20,
+  )
   ref = transformers.CLIPModel(hf_cfg).eval()
   ref.save_pretrained(tmp_path / "clip")
   model = from_pretrained(str(tmp_path / "clip"))
@@ -466,8 +526,9 @@ def test_clip_features_match_transformers(tmp_path):
   txt = univtg_features.clip_text_features(model, ids, mask)
   assert [t.shape for t in txt] == [(3, 16), (2, 16)]
   with torch.no_grad():
-    hidden = ref.text_model(input_ids=torch.from_numpy(ids),
-                            attention_mask=torch.from_numpy(mask)).last_hidden_state.numpy()
+    hidden = ref.text_model(
+      input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)
+    ).last_hidden_state.numpy()
   np.testing.assert_allclose(txt[1], hidden[1, :2], atol=1e-4)
   inp = pp.batch_inputs([[np.ones((6, 4)), vid]], txt[:1])
   assert inp["src_vid"].shape == (1, 6, 4 + 20 + 2) and inp["src_txt"].shape == (1, 3, 16)

@@ -1,5 +1,6 @@
 """Video decoding: seek-based sampling equals a decode-everything reference; windows, fps and
 size edge cases; the frame cache; bad files raise a clear error and are counted, not fatal."""
+
 import numpy as np
 import pytest
 
@@ -33,11 +34,15 @@ def clips(tmp_path_factory):
 def test_probe(clips):
   path, n, fps = clips["ntsc"]
   info = V.probe(path)
-  assert info.num_frames == n and abs(info.fps - fps) < 1e-6 and (info.width, info.height) == (64, 64)
+  assert (
+    info.num_frames == n and abs(info.fps - fps) < 1e-6 and (info.width, info.height) == (64, 64)
+  )
 
 
 @pytest.mark.parametrize("name", ["pal", "ntsc", "slow"])
-@pytest.mark.parametrize("window", [(None, None), (1.0, 2.6), (0.0, 0.05), (0.9, None), (None, 1.234)])
+@pytest.mark.parametrize(
+  "window", [(None, None), (1.0, 2.6), (0.0, 0.05), (0.9, None), (None, 1.234)]
+)
 def test_seek_matches_decode_all(clips, name, window):
   path, n, fps = clips[name]
   ref = V.decode_all(path)
@@ -115,8 +120,12 @@ def test_bad_files_raise_and_are_counted(clips, tmp_path):
   (tmp_path / "truncated.mp4").write_bytes(data[: len(data) // 2])
   (tmp_path / "corrupt.mp4").write_bytes(np.random.default_rng(0).bytes(4096))
   (tmp_path / "empty.mp4").write_bytes(b"")
-  bad = {"missing.mp4": "file not found", "truncated.mp4": "", "corrupt.mp4": "cannot open",
-         "empty.mp4": "cannot open"}
+  bad = {
+    "missing.mp4": "file not found",
+    "truncated.mp4": "",
+    "corrupt.mp4": "cannot open",
+    "empty.mp4": "cannot open",
+  }
   for name, why in bad.items():
     with pytest.raises(V.VideoDecodeError, match=f"{name}: {why}") as e:
       V.read_frames(tmp_path / name, 4)
@@ -135,6 +144,7 @@ def test_bad_files_raise_and_are_counted(clips, tmp_path):
 def test_truncated_mid_stream(clips, tmp_path):
   """A faststart mp4 (index first) cut short opens, then runs out of frames."""
   import av
+
   path, n, _ = clips["pal"]
   fast = tmp_path / "fast.mp4"
   with av.open(path) as src, av.open(str(fast), "w", options={"movflags": "faststart"}) as dst:

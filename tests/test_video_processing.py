@@ -1,4 +1,5 @@
 """Video/image preprocessing and token counts against transformers' own processors (PIL backend)."""
+
 import numpy as np
 import PIL.Image
 import pytest
@@ -8,14 +9,25 @@ from aotd_jax.models import llava_anyres
 
 transformers = pytest.importorskip("transformers")
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil  # noqa: E402
-from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil  # noqa: E402
+from transformers.models.llava_next.image_processing_pil_llava_next import (
+  LlavaNextImageProcessorPil,
+)  # noqa: E402
 from transformers.models.llava_next_video.processing_llava_next_video import LlavaNextVideoProcessor  # noqa: E402
 
 PINPOINTS = [[28, 56], [56, 28], [56, 56], [84, 28], [28, 84]]
 
 
-@pytest.mark.parametrize("size,out", [((50, 70), (224, 313)), ((31, 97), (17, 300)), ((100, 100), (20, 80)),
-                                      ((20, 20), (30, 80)), ((90, 40), (45, 30)), ((13, 7), (13, 2))])
+@pytest.mark.parametrize(
+  "size,out",
+  [
+    ((50, 70), (224, 313)),
+    ((31, 97), (17, 300)),
+    ((100, 100), (20, 80)),
+    ((20, 20), (30, 80)),
+    ((90, 40), (45, 30)),
+    ((13, 7), (13, 2)),
+  ],
+)
 def test_resize_is_pillow_bicubic_bit_exact(size, out):
   image = np.random.default_rng(sum(size)).integers(0, 256, size + (3,), dtype=np.uint8)
   ref = np.asarray(PIL.Image.fromarray(image).resize(out[::-1], resample=PIL.Image.BICUBIC))
@@ -27,7 +39,8 @@ def test_resize_is_pillow_bicubic_bit_exact(size, out):
 def test_video_frames_match_transformers(hw, monkeypatch):
   frames = np.random.default_rng(hw[0]).integers(0, 256, (3,) + hw + (3,), dtype=np.uint8)
   ref = CLIPImageProcessorPil(size={"shortest_edge": 40}, crop_size={"height": 36, "width": 36})(
-      list(frames), return_tensors="np")["pixel_values"]
+    list(frames), return_tensors="np"
+  )["pixel_values"]
   ours = vp.preprocess_video(frames, shortest_edge=40, crop_size=36)
   assert ours.shape == (3, 3, 36, 36) and ours.dtype == np.float32
   assert np.abs(ours - ref).max() <= 1e-5
@@ -38,10 +51,15 @@ def test_video_frames_match_transformers(hw, monkeypatch):
 @pytest.mark.parametrize("hw", [(40, 70), (28, 28), (20, 90), (120, 40), (56, 56), (61, 33)])
 def test_anyres_images_match_transformers(hw):
   image = np.random.default_rng(hw[1]).integers(0, 256, hw + (3,), dtype=np.uint8)
-  proc = LlavaNextImageProcessorPil(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28},
-                                    image_grid_pinpoints=PINPOINTS)
+  proc = LlavaNextImageProcessorPil(
+    size={"shortest_edge": 28},
+    crop_size={"height": 28, "width": 28},
+    image_grid_pinpoints=PINPOINTS,
+  )
   ref = proc(image, return_tensors="np")
-  tiles, size = vp.preprocess_image(image, shortest_edge=28, crop_size=28, image_grid_pinpoints=PINPOINTS)
+  tiles, size = vp.preprocess_image(
+    image, shortest_edge=28, crop_size=28, image_grid_pinpoints=PINPOINTS
+  )
   assert size == hw and tuple(ref["image_sizes"][0]) == hw
   assert tiles.shape == ref["pixel_values"][0].shape
   assert np.abs(tiles - ref["pixel_values"][0]).max() <= 1e-5
@@ -50,11 +68,19 @@ def test_anyres_images_match_transformers(hw):
 
 def test_image_batch_pads_tiles_like_transformers():
   rng = np.random.default_rng(0)
-  images = [rng.integers(0, 256, (40, 70, 3), dtype=np.uint8), rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)]
-  proc = LlavaNextImageProcessorPil(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28},
-                                    image_grid_pinpoints=PINPOINTS)
+  images = [
+    rng.integers(0, 256, (40, 70, 3), dtype=np.uint8),
+    rng.integers(0, 256, (28, 28, 3), dtype=np.uint8),
+  ]
+  proc = LlavaNextImageProcessorPil(
+    size={"shortest_edge": 28},
+    crop_size={"height": 28, "width": 28},
+    image_grid_pinpoints=PINPOINTS,
+  )
   ref = proc(images, return_tensors="np")
-  ours = vp.preprocess_images(images, shortest_edge=28, crop_size=28, image_grid_pinpoints=PINPOINTS)
+  ours = vp.preprocess_images(
+    images, shortest_edge=28, crop_size=28, image_grid_pinpoints=PINPOINTS
+  )
   np.testing.assert_array_equal(ours["image_sizes"], ref["image_sizes"])
   assert np.abs(ours["pixel_values"] - ref["pixel_values"]).max() <= 1e-5
 
@@ -73,9 +99,16 @@ def _processor(strategy):
 @pytest.mark.parametrize("strategy", ["default", "full"])
 @pytest.mark.parametrize("hw", [(40, 70), (28, 28), (20, 90), (120, 40), (61, 33), (1000, 30)])
 def test_image_token_counts_match_transformers(hw, strategy):
-  want = _processor(strategy)._get_number_of_features(hw[0], hw[1], 28, 28) - (strategy == "default")
-  got = llava_anyres.num_image_tokens(hw, image_grid_pinpoints=PINPOINTS, tile_size=28, patch_size=7,
-                                      vision_feature_select_strategy=strategy)
+  want = _processor(strategy)._get_number_of_features(hw[0], hw[1], 28, 28) - (
+    strategy == "default"
+  )
+  got = llava_anyres.num_image_tokens(
+    hw,
+    image_grid_pinpoints=PINPOINTS,
+    tile_size=28,
+    patch_size=7,
+    vision_feature_select_strategy=strategy,
+  )
   assert got == want
 
 
@@ -111,7 +144,9 @@ def test_sample_frame_indices():
 def test_bad_frames_are_named():
   with pytest.raises(ValueError, match=r"frames: expected \(T, H, W, 3\).*got shape \(4, 32, 32\)"):
     vp.preprocess_video(np.zeros((4, 32, 32), np.uint8))
-  with pytest.raises(ValueError, match=r"frames: expected \(T, H, W, 3\).*got shape \(4, 3, 32, 32\)"):
+  with pytest.raises(
+    ValueError, match=r"frames: expected \(T, H, W, 3\).*got shape \(4, 3, 32, 32\)"
+  ):
     vp.preprocess_video(np.zeros((4, 3, 32, 32), np.uint8))
   with pytest.raises(ValueError, match="frames: expected uint8 pixels.*float32"):
     vp.preprocess_video(np.zeros((4, 32, 32, 3), np.float32))
@@ -123,9 +158,12 @@ def test_bad_frames_are_named():
 
 def test_normalize_table_is_the_per_pixel_arithmetic_bit_for_bit():
   frames = np.random.default_rng(7).integers(0, 256, (2, 5, 6, 3), dtype=np.uint8)
-  want = np.moveaxis(((frames.astype(np.float64) / 255).astype(np.float32)
-                      - np.asarray(vp.CLIP_MEAN, np.float32)) / np.asarray(vp.CLIP_STD, np.float32),
-                     -1, -3)
+  want = np.moveaxis(
+    ((frames.astype(np.float64) / 255).astype(np.float32) - np.asarray(vp.CLIP_MEAN, np.float32))
+    / np.asarray(vp.CLIP_STD, np.float32),
+    -1,
+    -3,
+  )
   got = vp.normalize(frames)
   assert got.dtype == np.float32 and got.shape == (2, 3, 5, 6) and got.flags.c_contiguous
   np.testing.assert_array_equal(got, want)

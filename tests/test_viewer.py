@@ -1,4 +1,5 @@
 """The static HTML trace report, rendered by headless Chromium."""
+
 import html.parser
 import re
 import shutil
@@ -16,23 +17,50 @@ def clip(start, end):
 
 
 def record(qid, kept, *, boxes=True):
-  calls = [{"name": "Filter_frames_with_act", "args": {"video_clip": clip(0, 40), "action": "jump"},
-            "result": {"value": clip(8, 20), "windows": [
-                {"start_frame": 8, "end_frame": 20, "score": 0.9, "query": "jump"}]}}]
+  calls = [
+    {
+      "name": "Filter_frames_with_act",
+      "args": {"video_clip": clip(0, 40), "action": "jump"},
+      "result": {
+        "value": clip(8, 20),
+        "windows": [{"start_frame": 8, "end_frame": 20, "score": 0.9, "query": "jump"}],
+      },
+    }
+  ]
   if boxes:
-    calls.append({"name": "Find", "args": {"video_clip": clip(8, 20), "object_name": "ball"},
-                  "result": {"type": "Detections", "object": "ball", "frames": [9, 12], "boxes": [
-                      {"frame": 9, "label": "ball", "score": 0.8, "box": [4, 6, 20, 22]},
-                      {"frame": 12, "label": "ball <b>", "score": 0.7, "box": [30, 6, 46, 22]}]}})
-  return {"qid": qid, "question": "What did the ball do? <script>alert(1)</script>",
-          "choices": ["Jumped.", "Spun."], "answer": "Jumped.", "prediction": "Jumped.",
-          "kept": kept, "program": "def execute_command(video_clip, query, possible_answers):\n"
-          "    return 'Jumped.'\n", "rationale": "The ball jumps in frames 8-19. So the answer "
-          "is Jumped." if kept else None, "video_path": None,
-          "trace": {"calls": calls}, "verdicts": {
-              "parsed": True, "executed": True,
-              "answer": {"passed": True, "reason": "predicted (A), gold (A)", "by": "match"},
-              "logic": {"passed": kept, "reason": "r", "by": "rule" if kept else "skip"}}}
+    calls.append(
+      {
+        "name": "Find",
+        "args": {"video_clip": clip(8, 20), "object_name": "ball"},
+        "result": {
+          "type": "Detections",
+          "object": "ball",
+          "frames": [9, 12],
+          "boxes": [
+            {"frame": 9, "label": "ball", "score": 0.8, "box": [4, 6, 20, 22]},
+            {"frame": 12, "label": "ball <b>", "score": 0.7, "box": [30, 6, 46, 22]},
+          ],
+        },
+      }
+    )
+  return {
+    "qid": qid,
+    "question": "What did the ball do? <script>alert(1)</script>",
+    "choices": ["Jumped.", "Spun."],
+    "answer": "Jumped.",
+    "prediction": "Jumped.",
+    "kept": kept,
+    "program": "def execute_command(video_clip, query, possible_answers):\n    return 'Jumped.'\n",
+    "rationale": "The ball jumps in frames 8-19. So the answer is Jumped." if kept else None,
+    "video_path": None,
+    "trace": {"calls": calls},
+    "verdicts": {
+      "parsed": True,
+      "executed": True,
+      "answer": {"passed": True, "reason": "predicted (A), gold (A)", "by": "match"},
+      "logic": {"passed": kept, "reason": "r", "by": "rule" if kept else "skip"},
+    },
+  }
 
 
 def frames_of(record, frame_ids):
@@ -50,17 +78,22 @@ class Elements(html.parser.HTMLParser):
     self.elements.append((tag, dict(attrs)))
 
   def find(self, tag, cls=None, **attrs):
-    return [a for t, a in self.elements if t == tag
-            and (cls is None or cls in a.get("class", "").split())
-            and all(a.get(k.replace("_", "-")) == v for k, v in attrs.items())]
+    return [
+      a
+      for t, a in self.elements
+      if t == tag
+      and (cls is None or cls in a.get("class", "").split())
+      and all(a.get(k.replace("_", "-")) == v for k, v in attrs.items())
+    ]
 
 
 def test_png_data_uri_is_a_valid_png():
   image = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
   import base64
+
   data = base64.b64decode(viewer.png_data_uri(image).split(",", 1)[1])
   assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
-  idat = data[data.index(b"IDAT") + 4:data.index(b"IEND") - 8]
+  idat = data[data.index(b"IDAT") + 4 : data.index(b"IEND") - 8]
   rows = zlib.decompress(idat)
   assert rows == b"".join(b"\x00" + image[y].tobytes() for y in range(2))
 
@@ -78,16 +111,31 @@ def test_report_renders_in_headless_chromium(tmp_path):
   if browser is None:
     pytest.skip("chromium not installed (make test installs it: apt-get install -y chromium)")
   records = [record("q0", True), record("q1", False), record("q2", True, boxes=False)]
-  path = viewer.render_report(records, str(tmp_path / "report.html"), frames=frames_of,
-                              title="toy run")
-  result = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
-                           "--disable-background-networking", "--dump-dom", f"file://{path}"],
-                          capture_output=True, text=True, timeout=120)
+  path = viewer.render_report(
+    records, str(tmp_path / "report.html"), frames=frames_of, title="toy run"
+  )
+  result = subprocess.run(
+    [
+      browser,
+      "--headless",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-background-networking",
+      "--dump-dom",
+      f"file://{path}",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert result.returncode == 0, result.stderr[-2000:]
   dom = result.stdout
   # The inline script ran in the browser and measured the laid-out SVG boxes.
-  assert re.search(r'<p id="rendered" data-done="yes">questions=3 calls=5 boxes_drawn=4 '
-                   r'windows=3</p>', dom), dom[:2000]
+  assert re.search(
+    r'<p id="rendered" data-done="yes">questions=3 calls=5 boxes_drawn=4 '
+    r'windows=3</p>',
+    dom,
+  ), dom[:2000]
   doc = Elements()
   doc.feed(dom)
   sections = doc.find("section", "question")
@@ -104,8 +152,10 @@ def test_report_renders_in_headless_chromium(tmp_path):
   boxes = doc.find("rect", "box")
   assert boxes[0]["x"] == "4" and boxes[0]["width"] == "16" and boxes[1]["data-label"] == "ball <b>"
   verdicts = doc.find("span", "verdict")
-  assert [(v["data-step"], v["class"]) for v in verdicts[:2]] == [("answer", "verdict pass"),
-                                                                  ("logic", "verdict pass")]
+  assert [(v["data-step"], v["class"]) for v in verdicts[:2]] == [
+    ("answer", "verdict pass"),
+    ("logic", "verdict pass"),
+  ]
   assert verdicts[3]["class"] == "verdict fail"
   assert "<script>alert(1)</script>" not in dom.split("</script>", 1)[1]  # text is escaped
 

@@ -1,5 +1,6 @@
 """Tiny vision experts on the toy world: training lowers the loss, the saved models load
 through `experts.make_tools` and return boxes / windows, a finished directory is reused."""
+
 import json
 import os
 
@@ -19,6 +20,7 @@ TINY_GR = dict(vision_hidden=16, hidden=16, projection_dim=16, layers=1, heads=2
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
   from aotd_jax.projects.toyworld import world as toyworld
+
   out = tmp_path_factory.mktemp("world")
   toyworld.generate_world(out, seed=1, num_train=3, num_val=1, num_test=1)
   return str(out)
@@ -33,8 +35,9 @@ def detector(world, tmp_path_factory):
 @pytest.fixture(scope="module")
 def grounder(world, tmp_path_factory):
   out = str(tmp_path_factory.mktemp("gr") / "grounder")
-  return ve.train_grounder(world, out, steps=10, clip_steps=20, vtg_steps=30, batch_size=8,
-                          extra_clips=1, **TINY_GR)
+  return ve.train_grounder(
+    world, out, steps=10, clip_steps=20, vtg_steps=30, batch_size=8, extra_clips=1, **TINY_GR
+  )
 
 
 def _info(path):
@@ -45,6 +48,7 @@ def _info(path):
 def _clip(world):
   from aotd_jax.data import video
   from aotd_jax.projects.toyworld import world as toyworld
+
   vid = json.load(open(os.path.join(world, "world.json")))["splits"]["val"][0]
   frames = video.decode_all(toyworld.video_path(world, vid))
   return experts.VideoClip(frames, fps=8, video_id=vid)
@@ -52,6 +56,7 @@ def _clip(world):
 
 def test_word_tokenizer_loads_with_autotokenizer_and_ends_with_the_highest_id(tmp_path):
   from aotd_jax import hf
+
   vocab = ve.build_word_tokenizer(ve.world_words(), str(tmp_path))
   tok = hf.load_tokenizer(str(tmp_path))
   enc = tok(["red circle", "the BLUE square jumps"], padding="max_length", max_length=16)
@@ -72,8 +77,10 @@ def test_detector_trains_and_loads_through_make_tools(world, detector):
   clip = _clip(world)
   found = box.tools()["Find"](clip, "red circle")  # threshold 0: every frame has boxes
   # kept: every frame, each with exactly the detector's highest-scoring box of that frame
-  best = [max(boxes, key=lambda b: b.score)
-          for boxes in box.detector.detect(clip, ["red circle"], threshold=0.0)]
+  best = [
+    max(boxes, key=lambda b: b.score)
+    for boxes in box.detector.detect(clip, ["red circle"], threshold=0.0)
+  ]
   assert len(found) == len(clip)
   assert [b.frame_id for b in found.detections] == [int(f) for f in clip.frame_ids]
   assert {b.label for b in found.detections} == {"red circle"}
@@ -83,6 +90,7 @@ def test_detector_trains_and_loads_through_make_tools(world, detector):
 def test_detector_transformers_loads_the_saved_directory(detector):
   """The save is a real HF OWLv2 directory: transformers reads the config and weights."""
   import transformers
+
   model = transformers.Owlv2ForObjectDetection.from_pretrained(detector)
   assert model.config.vision_config.image_size == 64
   assert model.config.text_config.eos_token_id == model.config.text_config.vocab_size - 1
@@ -103,25 +111,38 @@ def test_grounder_trains_and_loads_through_make_tools(world, grounder):
   # the windows are the official decoding of the model's outputs (NMS 0.7), in frames at 8 fps
   from aotd_jax.models import univtg_postprocess as post
   from aotd_jax.models.univtg import UniVTGOutput
+
   logits, spans, sal, vmask = box.grounder.raw_outputs(clip, "red circle jumps")
   want = post.decode_moments(
-      UniVTGOutput(pred_logits=logits, pred_spans=spans, saliency_scores=sal, vid_mem_proj=None,
-                   txt_mem_proj=None, src_vid_mask=vmask),
-      clip_length=box.grounder.clip_length, durations=[len(clip) / 8], nms_thd=0.7,
-      top_k=2)[0].pred_relevant_windows
+    UniVTGOutput(
+      pred_logits=logits,
+      pred_spans=spans,
+      saliency_scores=sal,
+      vid_mem_proj=None,
+      txt_mem_proj=None,
+      src_vid_mask=vmask,
+    ),
+    clip_length=box.grounder.clip_length,
+    durations=[len(clip) / 8],
+    nms_thd=0.7,
+    top_k=2,
+  )[0].pred_relevant_windows
   starts = [min(int(np.floor(s * 8)), len(clip) - 1) for s, _, _ in want]
   assert [(w.start_frame, w.end_frame, w.score) for w in windows] == [
-      (a, min(max(int(np.ceil(e * 8)), a + 1), len(clip)), pytest.approx(score, abs=1e-6))
-      for a, (_, e, score) in zip(starts, want)]
+    (a, min(max(int(np.ceil(e * 8)), a + 1), len(clip)), pytest.approx(score, abs=1e-6))
+    for a, (_, e, score) in zip(starts, want)
+  ]
   out = box.Filter_frames_with_act(clip, "an object moves")
   top = box.grounder.ground(clip, "an object moves")[0]
   assert (out.start_frame, out.end_frame) == (top.start_frame, top.end_frame)
 
 
-def test_finished_directories_are_returned_without_retraining(world, detector, grounder,
-                                                              monkeypatch):
+def test_finished_directories_are_returned_without_retraining(
+  world, detector, grounder, monkeypatch
+):
   def boom(*a, **k):
     raise AssertionError("retrained a finished expert")
+
   monkeypatch.setattr(ve, "_world", boom)
   assert ve.train_detector(world, detector, steps=5) == detector
   assert ve.train_grounder(world, grounder, steps=5) == grounder
@@ -173,23 +194,35 @@ def object_states_dir(tmp_path_factory):
   from aotd_jax.projects.toyworld.render import ACTIONS
   from aotd_jax.projects.toyworld import object_states as obj
   from aotd_jax.models.clip import CLIPVisionConfig, CLIPVisionModel
-  cfg = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, image_size=32, patch_size=8, projection_dim=8)
+
+  cfg = CLIPVisionConfig(
+    hidden_size=16,
+    intermediate_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    image_size=32,
+    patch_size=8,
+    projection_dim=8,
+  )
   rngs = nnx.Rngs(0)
-  model = obj.ObjectStates(CLIPVisionModel(cfg, rngs=rngs), toyworld.ALL_OBJECT_NAMES, ACTIONS,
-                           rngs=rngs)
+  model = obj.ObjectStates(
+    CLIPVisionModel(cfg, rngs=rngs), toyworld.ALL_OBJECT_NAMES, ACTIONS, rngs=rngs
+  )
   return obj.save_object_states(model, str(tmp_path_factory.mktemp("states")))
 
 
 def test_rename_objects_replaces_all_names_at_once():
   swap = {"red circle": "blue square", "blue square": "red circle"}
-  assert (ve.rename_objects("the red circle touches the blue square", swap)
-          == "the blue square touches the red circle")
+  assert (
+    ve.rename_objects("the red circle touches the blue square", swap)
+    == "the blue square touches the red circle"
+  )
   assert ve.rename_objects("an object spins", swap) == "an object spins"
 
 
 def test_rename_sample_moves_the_queried_objects_block_with_its_name():
   from aotd_jax.projects.toyworld import world as toyworld
+
   names = list(toyworld.ALL_OBJECT_NAMES)
   feats = np.random.default_rng(0).normal(size=(5, len(names) * 10))
   perm = np.random.default_rng(1).permutation(len(names))
@@ -197,13 +230,21 @@ def test_rename_sample_moves_the_queried_objects_block_with_its_name():
   new = names[perm[4]]
   assert query == f"the {new} jumps"
   j = names.index(new)
-  np.testing.assert_array_equal(out[:, j * 10:(j + 1) * 10], feats[:, 40:50])
+  np.testing.assert_array_equal(out[:, j * 10 : (j + 1) * 10], feats[:, 40:50])
 
 
-def test_grounder_on_object_states_renames_and_loads_through_make_tools(world, object_states_dir,
-                                                                       tmp_path):
-  out = ve.train_grounder(world, str(tmp_path / "g"), steps=10, vtg_steps=30, batch_size=8,
-                          features=object_states_dir, **TINY_GR)
+def test_grounder_on_object_states_renames_and_loads_through_make_tools(
+  world, object_states_dir, tmp_path
+):
+  out = ve.train_grounder(
+    world,
+    str(tmp_path / "g"),
+    steps=10,
+    vtg_steps=30,
+    batch_size=8,
+    features=object_states_dir,
+    **TINY_GR,
+  )
   info = _info(out)
   assert info["features"] == "object_states" and info["clip_steps"] == 0
   assert info["renamed_samples"] == 30 * 8 and not info["clip_losses"]  # rename_prob 1
@@ -222,8 +263,9 @@ def test_grounder_on_object_states_renames_and_loads_through_make_tools(world, o
 
 def test_grounder_feature_errors_are_reported(world, object_states_dir, tmp_path):
   with pytest.raises(ValueError, match=r"rename_prob=1.5 must be in \[0, 1\]"):
-    ve.train_grounder(world, str(tmp_path / "a"), steps=2, features=object_states_dir,
-                      rename_prob=1.5)
+    ve.train_grounder(
+      world, str(tmp_path / "a"), steps=2, features=object_states_dir, rename_prob=1.5
+    )
   with pytest.raises(FileNotFoundError, match=r"object_states.json: missing"):
     ve.train_grounder(world, str(tmp_path / "b"), steps=2, features=str(tmp_path))
   assert not os.path.exists(tmp_path / "b")
@@ -234,13 +276,27 @@ def test_grounder_refuses_object_states_of_other_names(world, tmp_path):
   from flax import nnx
   from aotd_jax.projects.toyworld import object_states as obj
   from aotd_jax.models.clip import CLIPVisionConfig, CLIPVisionModel
-  cfg = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, image_size=32, patch_size=8, projection_dim=8)
+
+  cfg = CLIPVisionConfig(
+    hidden_size=16,
+    intermediate_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    image_size=32,
+    patch_size=8,
+    projection_dim=8,
+  )
   rngs = nnx.Rngs(0)
   other = obj.save_object_states(
-      obj.ObjectStates(CLIPVisionModel(cfg, rngs=rngs), ("red circle", "pink cube"), ("jump",),
-                       rngs=rngs), str(tmp_path / "states"))
-  with pytest.raises(ValueError, match=r"states: object states for names \['red circle', "
-                                       r"'pink cube'\], not this world's"):
+    obj.ObjectStates(
+      CLIPVisionModel(cfg, rngs=rngs), ("red circle", "pink cube"), ("jump",), rngs=rngs
+    ),
+    str(tmp_path / "states"),
+  )
+  with pytest.raises(
+    ValueError,
+    match=r"states: object states for names \['red circle', "
+    r"'pink cube'\], not this world's",
+  ):
     ve.train_grounder(world, str(tmp_path / "g"), steps=2, features=other)
   assert not os.path.exists(tmp_path / "g")

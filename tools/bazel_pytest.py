@@ -1,5 +1,6 @@
 """Entry point of the generated `py_test` targets: runs pytest on the test files given as
 arguments (Bazel's `py_test` runs `main` as a script, which alone would only import the tests)."""
+
 import os
 import sys
 

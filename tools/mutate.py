@@ -16,6 +16,7 @@ working tree is never touched), and the tests run there:
 
 `tests/test_mutate.py` checks (fast) that every pattern still matches exactly one line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,42 +43,54 @@ class Mutation:
 
 
 MUTATIONS: tuple[Mutation, ...] = (
-    Mutation(
-        "rationale_mask", "aotd_jax/data/tokenize.py",
-        r'^\s*"rationale_mask": target if mode == "cot" else zeros,$',
-        '"rationale_mask": zeros,',
-        ("tests/test_conversation.py::test_cot_masks_and_train_on_prompt",),
-        "CoT samples lose their rationale targets: the student never learns the rationales"),
-    Mutation(
-        "lambda_weight", "aotd_jax/train/losses.py",
-        r"^\s*loss = label_loss \+ rationale_weight \* rationale_loss$",
-        "loss = label_loss + rationale_loss",
-        ("tests/test_loss_normalization.py",),
-        "λ (rationale_weight) ignored in the per-part loss"),
-    Mutation(
-        "rope_sign", "aotd_jax/layers/rope.py",
-        r"^\s*rotated = jnp\.concatenate\(\[-x\[\.\.\., half:\], x\[\.\.\., :half\]\], axis=-1\)$",
-        "rotated = jnp.concatenate([x[..., half:], -x[..., :half]], axis=-1)",
-        ("tests/test_llama.py::test_logits_and_hidden_states_match_transformers",),
-        "RoPE rotates the wrong way (a transposed rotation: positions read mirrored)"),
-    Mutation(
-        "filter_answer_match", "aotd_jax/agent/filters.py",
-        r'^\s*return Verdict\(got == gold, f"predicted \(\{letter\}\), gold "$',
-        'return Verdict(got is not None, f"predicted ({letter}), gold "',
-        ("tests/test_filters.py",),
-        "the CoT filter keeps any program that names a choice, right or wrong"),
-    Mutation(
-        "sandbox_policy_hook", "aotd_jax/agent/sandbox.py",
-        r"^\s*tree = sandbox_policy\.validate\(source, entry_point=entry_point\)$",
-        "tree = __import__('ast').parse(source)  # mutated: no policy check",
-        ("tests/test_sandbox.py", "tests/test_sandbox_hostile.py"),
-        "generated programs run without the allow-list check"),
-    Mutation(
-        "checkpoint_restore", "aotd_jax/train/loop.py",
-        r'^\s*trainer\.load\(restored\["model"\], restored\["opt_state"\], restored\["step"\]\)$',
-        "pass  # mutated: restored state dropped",
-        ("tests/test_train.py::test_sigkill_after_checkpoint_then_resume_is_exact",),
-        "a resumed run restarts from scratch instead of the checkpoint"),
+  Mutation(
+    "rationale_mask",
+    "aotd_jax/data/tokenize.py",
+    r'^\s*"rationale_mask": target if mode == "cot" else zeros,$',
+    '"rationale_mask": zeros,',
+    ("tests/test_conversation.py::test_cot_masks_and_train_on_prompt",),
+    "CoT samples lose their rationale targets: the student never learns the rationales",
+  ),
+  Mutation(
+    "lambda_weight",
+    "aotd_jax/train/losses.py",
+    r"^\s*loss = label_loss \+ rationale_weight \* rationale_loss$",
+    "loss = label_loss + rationale_loss",
+    ("tests/test_loss_normalization.py",),
+    "λ (rationale_weight) ignored in the per-part loss",
+  ),
+  Mutation(
+    "rope_sign",
+    "aotd_jax/layers/rope.py",
+    r"^\s*rotated = jnp\.concatenate\(\[-x\[\.\.\., half:\], x\[\.\.\., :half\]\], axis=-1\)$",
+    "rotated = jnp.concatenate([x[..., half:], -x[..., :half]], axis=-1)",
+    ("tests/test_llama.py::test_logits_and_hidden_states_match_transformers",),
+    "RoPE rotates the wrong way (a transposed rotation: positions read mirrored)",
+  ),
+  Mutation(
+    "filter_answer_match",
+    "aotd_jax/agent/filters.py",
+    r"^\s*got == gold,$",
+    "got is not None,",
+    ("tests/test_filters.py",),
+    "the CoT filter keeps any program that names a choice, right or wrong",
+  ),
+  Mutation(
+    "sandbox_policy_hook",
+    "aotd_jax/agent/sandbox.py",
+    r"^\s*tree = sandbox_policy\.validate\(source, entry_point=entry_point\)$",
+    "tree = __import__('ast').parse(source)  # mutated: no policy check",
+    ("tests/test_sandbox.py", "tests/test_sandbox_hostile.py"),
+    "generated programs run without the allow-list check",
+  ),
+  Mutation(
+    "checkpoint_restore",
+    "aotd_jax/train/loop.py",
+    r'^\s*trainer\.load\(restored\["model"\], restored\["opt_state"\], restored\["step"\]\)$',
+    "pass  # mutated: restored state dropped",
+    ("tests/test_train.py::test_sigkill_after_checkpoint_then_resume_is_exact",),
+    "a resumed run restarts from scratch instead of the checkpoint",
+  ),
 )
 
 
@@ -86,8 +99,10 @@ def find_line(text: str, m: Mutation) -> int:
   rx = re.compile(m.pattern)
   hits = [i for i, line in enumerate(text.splitlines()) if rx.search(line)]
   if len(hits) != 1:
-    raise ValueError(f"mutation {m.name}: pattern {m.pattern!r} matches {len(hits)} lines of "
-                     f"{m.path} (expected exactly 1): update tools/mutate.py")
+    raise ValueError(
+      f"mutation {m.name}: pattern {m.pattern!r} matches {len(hits)} lines of "
+      f"{m.path} (expected exactly 1): update tools/mutate.py"
+    )
   return hits[0]
 
 
@@ -100,8 +115,12 @@ def mutated_source(text: str, m: Mutation) -> str:
 
 
 def _tracked_copy(dest: str) -> None:
-  files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                         cwd=ROOT, check=True, capture_output=True).stdout.split(b"\0")
+  files = subprocess.run(
+    ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+    cwd=ROOT,
+    check=True,
+    capture_output=True,
+  ).stdout.split(b"\0")
   for f in filter(None, (x.decode() for x in files)):
     src = os.path.join(ROOT, f)
     if not os.path.isfile(src):
@@ -168,8 +187,10 @@ def main(argv=None) -> int:
     return 0
   results = run(chosen, baseline=a.baseline, timeout_s=a.timeout_s)
   bad = [n for n, (v, _) in results.items() if v != "killed"]
-  print(f"{len(results) - len(bad)}/{len(results)} mutations killed" +
-        (f"; not killed: {bad}" if bad else ""))
+  print(
+    f"{len(results) - len(bad)}/{len(results)} mutations killed"
+    + (f"; not killed: {bad}" if bad else "")
+  )
   return 1 if bad else 0
 
 

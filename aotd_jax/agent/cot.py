@@ -14,6 +14,7 @@ JSON dict. Arguments and results are the tools' JSON forms: clips
 `{"frame", "label", "score", "box": [x0, y0, x1, y1]}`, windows `{"start_frame", "end_frame", ...}`,
 labels, counts, booleans and text.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,15 +30,24 @@ _NUMBER = re.compile(r"\d+(?:\.\d+)?")  # "12-39" is two numbers, not 12 and -39
 
 # -- reading a trace -----------------------------------------------------------------------------
 
+
 def as_call(call: Any) -> dict:
   """A tool call as a plain dict with keys name, args, result, seconds."""
   if isinstance(call, Mapping):
-    return {"name": call.get("name", "?"), "args": call.get("args", {}),
-            "result": call.get("result"), "seconds": call.get("seconds", 0.0)}
+    return {
+      "name": call.get("name", "?"),
+      "args": call.get("args", {}),
+      "result": call.get("result"),
+      "seconds": call.get("seconds", 0.0),
+    }
   if dataclasses.is_dataclass(call):
     return as_call(dataclasses.asdict(call))
-  return {"name": getattr(call, "name", "?"), "args": getattr(call, "args", {}),
-          "result": getattr(call, "result", None), "seconds": getattr(call, "seconds", 0.0)}
+  return {
+    "name": getattr(call, "name", "?"),
+    "args": getattr(call, "args", {}),
+    "result": getattr(call, "result", None),
+    "seconds": getattr(call, "seconds", 0.0),
+  }
 
 
 def as_calls(trace: Any) -> list[dict]:
@@ -53,6 +63,7 @@ def as_calls(trace: Any) -> list[dict]:
 @dataclasses.dataclass
 class Evidence:
   """What a value says about the video: windows (start, end-exclusive), boxes, labels."""
+
   windows: list[tuple[int, int]] = dataclasses.field(default_factory=list)
   boxes: list[dict] = dataclasses.field(default_factory=list)  # runs, see `evidence`
   labels: list[str] = dataclasses.field(default_factory=list)
@@ -60,8 +71,13 @@ class Evidence:
 
 
 def _is_box(value: Any) -> bool:
-  return (isinstance(value, Mapping) and "box" in value and "frame" in value
-          and isinstance(value["box"], (list, tuple)) and len(value["box"]) == 4)
+  return (
+    isinstance(value, Mapping)
+    and "box" in value
+    and "frame" in value
+    and isinstance(value["box"], (list, tuple))
+    and len(value["box"]) == 4
+  )
 
 
 def _is_window(value: Any) -> bool:
@@ -84,8 +100,17 @@ def _collect(value: Any, out: Evidence) -> None:
     if window[1] > window[0] and window not in out.windows:  # an empty clip shows nothing
       out.windows.append(window)
     for key, item in value.items():
-      if key not in ("start_frame", "end_frame", "type", "video_id", "num_frames", "fps",
-                     "frame_ids", "score", "query"):
+      if key not in (
+        "start_frame",
+        "end_frame",
+        "type",
+        "video_id",
+        "num_frames",
+        "fps",
+        "frame_ids",
+        "score",
+        "query",
+      ):
         _collect(item, out)
   elif isinstance(value, Mapping):
     for key, item in value.items():
@@ -119,8 +144,14 @@ def evidence(value: Any, *, max_boxes_per_object: int = MAX_BOXES_PER_OBJECT) ->
     if len(idx) <= max_boxes_per_object:
       keep.update(idx)
     else:
-      picks = {round(k * (len(idx) - 1) / (max_boxes_per_object - 1))
-               for k in range(max_boxes_per_object)} if max_boxes_per_object > 1 else {0}
+      picks = (
+        {
+          round(k * (len(idx) - 1) / (max_boxes_per_object - 1))
+          for k in range(max_boxes_per_object)
+        }
+        if max_boxes_per_object > 1
+        else {0}
+      )
       keep.update(idx[p] for p in picks)
   out.boxes = [run for i, run in enumerate(out.boxes) if i in keep]
   return out
@@ -137,6 +168,7 @@ def trace_evidence(trace: Any) -> Evidence:
 
 
 # -- formatting (shared by the verbaliser, the rewrite prompt and the rule judge) ------------------
+
 
 def _num(v: float) -> str:
   return str(int(round(v))) if abs(v - round(v)) < 0.05 else f"{v:.1f}"
@@ -279,6 +311,7 @@ def verbalise(trace: Any, answer: Any) -> str:
 
 # -- the LLM rewrite -----------------------------------------------------------------------------
 
+
 def render_trace(trace: Any) -> str:
   """The trace as numbered lines for the rewrite prompt (windows and boxes pre-formatted)."""
   lines = []
@@ -289,8 +322,11 @@ def render_trace(trace: Any) -> str:
     parts = [f"{i}. {call['name']}"]
     if where:
       parts.append(f"on {window_text(where)}")
-    shown = {k: v for k, v in args.items() if k not in _CLIP_ARG_NAMES} if isinstance(
-        args, Mapping) else [a for a in (args or []) if not _is_window(a)]
+    shown = (
+      {k: v for k, v in args.items() if k not in _CLIP_ARG_NAMES}
+      if isinstance(args, Mapping)
+      else [a for a in (args or []) if not _is_window(a)]
+    )
     if shown:
       parts.append(f"with {shown}")
     got = [window_text(w) for w in found.windows] + [box_text(b) for b in found.boxes]
@@ -304,15 +340,24 @@ REWRITE_PROMPTS = {"ours": "cot_rewrite.txt", "official": "cot_rewrite_official.
 REWRITE_FALLBACKS = ("verbaliser", "none")
 
 
-def rewrite_prompt(question: str, choices: Sequence[str], trace: Any, answer: Any,
-                   template: str | None = None, program: str | None = None) -> str:
+def rewrite_prompt(
+  question: str,
+  choices: Sequence[str],
+  trace: Any,
+  answer: Any,
+  template: str | None = None,
+  program: str | None = None,
+) -> str:
   """The LLM rewrite prompt for one question (`data/prompts/cot_rewrite.txt`, or the official
   release's structure with the program, `cot_rewrite_official.txt`)."""
   template = template or programs.read_prompt_file("cot_rewrite.txt")
-  return template.format(question=question,
-                         choices=programs.format_choices(choices) or "(open-ended)",
-                         trace=render_trace(trace), answer=_text(answer),
-                         program=(program or "").strip() or "(no program)")
+  return template.format(
+    question=question,
+    choices=programs.format_choices(choices) or "(open-ended)",
+    trace=render_trace(trace),
+    answer=_text(answer),
+    program=(program or "").strip() or "(no program)",
+  )
 
 
 def numbers_in(text: str) -> set[str]:
@@ -335,9 +380,15 @@ def missing_evidence(rationale: str, trace: Any) -> list[str]:
   return missing
 
 
-def rewrite(llm, items: Iterable[tuple], *, max_new_tokens: int = 384,
-            temperature: float = 0.0, prompt: str = "ours",
-            fallback: str = "verbaliser") -> list[tuple[str, str]]:
+def rewrite(
+  llm,
+  items: Iterable[tuple],
+  *,
+  max_new_tokens: int = 384,
+  temperature: float = 0.0,
+  prompt: str = "ours",
+  fallback: str = "verbaliser",
+) -> list[tuple[str, str]]:
   """LLM-rewrites a batch of (question, choices, trace, answer[, program]) into rationales.
 
   `prompt`: "ours" (question, choices, trace, final answer) or "official" (question, choices,
@@ -355,8 +406,9 @@ def rewrite(llm, items: Iterable[tuple], *, max_new_tokens: int = 384,
   items = [tuple(it) + (None,) * (5 - len(it)) for it in items]
   template = programs.read_prompt_file(REWRITE_PROMPTS[prompt])
   prompts = [rewrite_prompt(q, c, t, a, template, program=prog) for q, c, t, a, prog in items]
-  replies = llm.complete(prompts, max_new_tokens=max_new_tokens, temperature=temperature) \
-      if prompts else []
+  replies = (
+    llm.complete(prompts, max_new_tokens=max_new_tokens, temperature=temperature) if prompts else []
+  )
   out = []
   for (_, _, trace, answer, _), reply in zip(items, replies):
     text = (reply or "").strip()

@@ -8,6 +8,7 @@ Step 2, logic: the LLM judge says whether the rationale is step-by-step and help
 judge checks that the rationale states the trace's evidence and ends in the answer.
 Only CoTs that pass both are kept; `FilterStats` counts every step.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,8 +20,10 @@ from aotd_jax.agent import cot, programs
 
 _ARTICLES = {"a", "an", "the"}
 _LETTER = re.compile(
-    r"^\s*(?:\**\s*)?(?:(?:the\s+)?(?:answer|option|choice)\s*(?:is|:)?\s*)?[(\[]?([A-Za-z])[)\].:]?"
-    r"(?=[\s*]|$)", re.I)
+  r"^\s*(?:\**\s*)?(?:(?:the\s+)?(?:answer|option|choice)\s*(?:is|:)?\s*)?[(\[]?([A-Za-z])[)\].:]?"
+  r"(?=[\s*]|$)",
+  re.I,
+)
 _YES_NO = re.compile(r"\b(yes|no|true|false|correct|incorrect|y|n)\b", re.I)
 _POSITIVE = {"yes", "true", "correct", "y"}
 
@@ -28,6 +31,7 @@ _POSITIVE = {"yes", "true", "correct", "y"}
 @dataclasses.dataclass(frozen=True)
 class Verdict:
   """One filter decision: whether it passed, why, and who decided (rule, match, llm)."""
+
   passed: bool
   reason: str
   by: str
@@ -58,13 +62,19 @@ def choice_index(prediction: Any, choices: Sequence[str]) -> int | None:
   match = _LETTER.match(text)
   if match:
     index = ord(match.group(1).upper()) - ord("A")
-    rest = text[match.end():].strip()
+    rest = text[match.end() :].strip()
     # "A" alone, or "(B) the pillow" whose text agrees (or is absent) — not the word "A ...".
-    if 0 <= index < len(choices) and (not rest or normalise(rest) == normalise(choices[index])
-                                      or not match.group(0).strip().isalpha()):
+    if 0 <= index < len(choices) and (
+      not rest
+      or normalise(rest) == normalise(choices[index])
+      or not match.group(0).strip().isalpha()
+    ):
       return index
-  contained = [i for i, c in enumerate(choices)
-               if normalise(c) and re.search(rf"\b{re.escape(normalise(c))}\b", norm)]
+  contained = [
+    i
+    for i, c in enumerate(choices)
+    if normalise(c) and re.search(rf"\b{re.escape(normalise(c))}\b", norm)
+  ]
   return contained[0] if len(contained) == 1 else None
 
 
@@ -81,8 +91,9 @@ def gold_index(choices: Sequence[str], answer: str, answer_index: int | None) ->
   return choice_index(answer, choices)
 
 
-def check_answer(prediction: Any, choices: Sequence[str], answer: str,
-                 answer_index: int | None = None) -> Verdict | None:
+def check_answer(
+  prediction: Any, choices: Sequence[str], answer: str, answer_index: int | None = None
+) -> Verdict | None:
   """Step 1 without an LLM. None when only the judge can decide (open-ended, no match)."""
   if prediction is None:
     return Verdict(False, "program returned no answer", "rule")
@@ -92,15 +103,19 @@ def check_answer(prediction: Any, choices: Sequence[str], answer: str,
     if got is None:
       return Verdict(False, f"prediction {str(prediction)[:80]!r} names no single choice", "match")
     letter = chr(ord("A") + got)
-    return Verdict(got == gold, f"predicted ({letter}), gold "
-                   f"({chr(ord('A') + gold) if gold is not None else '?'})", "match")
+    return Verdict(
+      got == gold,
+      f"predicted ({letter}), gold ({chr(ord('A') + gold) if gold is not None else '?'})",
+      "match",
+    )
   if normalise(prediction) == normalise(answer):
     return Verdict(True, "normalised match", "match")
   return None
 
 
-def judge_answers(llm, items: Sequence[tuple[str, str, Any]], *,
-                  max_new_tokens: int = 8) -> list[Verdict]:
+def judge_answers(
+  llm, items: Sequence[tuple[str, str, Any]], *, max_new_tokens: int = 8
+) -> list[Verdict]:
   """Step 1 for open-ended (question, answer, prediction) by the LLM judge."""
   if not items:
     return []
@@ -120,8 +135,13 @@ def _judged(reply: Any) -> Verdict:
 JUDGE_PARSES = ("lenient", "exact_true")
 
 
-def judge_logic(llm, items: Sequence[tuple[str, Sequence[str], str]], *,
-                max_new_tokens: int = 8, parse: str = "lenient") -> list[Verdict]:
+def judge_logic(
+  llm,
+  items: Sequence[tuple[str, Sequence[str], str]],
+  *,
+  max_new_tokens: int = 8,
+  parse: str = "lenient",
+) -> list[Verdict]:
   """Step 2 by the LLM judge for (question, choices, rationale): step-by-step and helpful?
 
   `parse="lenient"` (ours) asks for Yes/No and reads yes/no/true/false anywhere in the reply;
@@ -134,14 +154,22 @@ def judge_logic(llm, items: Sequence[tuple[str, Sequence[str], str]], *,
     return []
   name = "judge_logic.txt" if parse == "lenient" else "judge_logic_official.txt"
   template = programs.read_prompt_file(name)
-  prompts = [template.format(question=q, choices=programs.format_choices(c) or "(open-ended)",
-                             rationale=r) for q, c, r in items]
+  prompts = [
+    template.format(question=q, choices=programs.format_choices(c) or "(open-ended)", rationale=r)
+    for q, c, r in items
+  ]
   replies = llm.complete(prompts, max_new_tokens=max_new_tokens, temperature=0.0)
   if parse == "exact_true":
-    return [Verdict(str(r).strip() == "True",
-                    "judge: True" if str(r).strip() == "True" else
-                    f"judge reply is not exactly True: {str(r)[:60]!r}", "llm")
-            for r in replies]
+    return [
+      Verdict(
+        str(r).strip() == "True",
+        "judge: True"
+        if str(r).strip() == "True"
+        else f"judge reply is not exactly True: {str(r)[:60]!r}",
+        "llm",
+      )
+      for r in replies
+    ]
   return [_judged(r) for r in replies]
 
 
@@ -153,8 +181,9 @@ def rule_judge(rationale: str, trace: Any, answer: Any, *, min_steps: int = 2) -
     return Verdict(False, f"{len(sentences)} sentence(s), need {min_steps} steps", "rule")
   missing = cot.missing_evidence(text, trace)
   if missing:
-    return Verdict(False, f"rationale omits {len(missing)} piece(s) of evidence, e.g. "
-                   f"{missing[0]}", "rule")
+    return Verdict(
+      False, f"rationale omits {len(missing)} piece(s) of evidence, e.g. {missing[0]}", "rule"
+    )
   if normalise(answer) not in normalise(sentences[-1]):
     return Verdict(False, f"last sentence does not give the answer {str(answer)[:60]!r}", "rule")
   return Verdict(True, "steps, evidence and answer present", "rule")
@@ -163,6 +192,7 @@ def rule_judge(rationale: str, trace: Any, answer: Any, *, min_steps: int = 2) -
 @dataclasses.dataclass
 class FilterStats:
   """Pass counts at each step: questions -> program parsed -> executed -> answer -> logic."""
+
   total: int = 0
   parsed: int = 0
   executed: int = 0
@@ -179,9 +209,12 @@ class FilterStats:
   def add_record(self, record: Mapping) -> None:
     """Counts one job record (its `verdicts` block)."""
     v = record.get("verdicts", {})
-    self.add(parsed=v.get("parsed", False), executed=v.get("executed", False),
-             answer_passed=v.get("answer", {}).get("passed", False),
-             logic_passed=v.get("logic", {}).get("passed", False))
+    self.add(
+      parsed=v.get("parsed", False),
+      executed=v.get("executed", False),
+      answer_passed=v.get("answer", {}).get("passed", False),
+      logic_passed=v.get("logic", {}).get("passed", False),
+    )
 
   @property
   def kept(self) -> int:
@@ -190,14 +223,20 @@ class FilterStats:
   def rates(self) -> dict[str, float]:
     """Pass rate of each step over all questions, and the final keep rate."""
     n = max(self.total, 1)
-    return {"parsed": self.parsed / n, "executed": self.executed / n,
-            "answer": self.answer_passed / n, "logic": self.logic_passed / n,
-            "logic_given_answer": self.logic_passed / max(self.answer_passed, 1)}
+    return {
+      "parsed": self.parsed / n,
+      "executed": self.executed / n,
+      "answer": self.answer_passed / n,
+      "logic": self.logic_passed / n,
+      "logic_given_answer": self.logic_passed / max(self.answer_passed, 1),
+    }
 
   def to_dict(self) -> dict:
     return {**dataclasses.asdict(self), "kept": self.kept, "rates": self.rates()}
 
   def summary(self) -> str:
     r = self.rates()
-    return (f"parsed {r['parsed']:.0%} exec {r['executed']:.0%} answer {r['answer']:.0%} "
-            f"logic {r['logic']:.0%} (kept {self.kept})")
+    return (
+      f"parsed {r['parsed']:.0%} exec {r['executed']:.0%} answer {r['answer']:.0%} "
+      f"logic {r['logic']:.0%} (kept {self.kept})"
+    )

@@ -33,6 +33,7 @@ The kept records — and only those — go to `cot-SSSSS-of-NNNNN.array_record` 
 each, an empty file when nothing was kept): the dataset `aotd_jax.data.pipeline.cot_source`
 and the trainer read, globbed as `out_dir/cot-*.array_record`.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -61,18 +62,26 @@ class JobError(ValueError):
 
 # -- sharding ------------------------------------------------------------------------------------
 
-def shard(items: Sequence[Any], shard_index: int, num_shards: int, *, process_index: int = 0,
-          process_count: int = 1) -> list[Any]:
+
+def shard(
+  items: Sequence[Any],
+  shard_index: int,
+  num_shards: int,
+  *,
+  process_index: int = 0,
+  process_count: int = 1,
+) -> list[Any]:
   """This worker's share: `items[k::n]` for worker k of n = num_shards * process_count."""
   if not 0 <= shard_index < num_shards:
     raise JobError(f"--shard_index={shard_index} must be in [0, --num_shards={num_shards})")
   if not 0 <= process_index < process_count:
     raise JobError(f"process_index={process_index} must be in [0, {process_count})")
-  return list(items[shard_index * process_count + process_index::num_shards * process_count])
+  return list(items[shard_index * process_count + process_index :: num_shards * process_count])
 
 
-def shard_name(shard_index: int, num_shards: int, process_index: int = 0,
-               process_count: int = 1) -> str:
+def shard_name(
+  shard_index: int, num_shards: int, process_index: int = 0, process_count: int = 1
+) -> str:
   """`00003-of-00008` for global worker 3 of 8 (shards x hosts)."""
   total = num_shards * process_count
   return f"{shard_index * process_count + process_index:05d}-of-{total:05d}"
@@ -86,9 +95,11 @@ def check_out_dir(out_dir: str) -> None:
       needs a local or mounted folder.
   """
   if "://" in out_dir:
-    raise JobError(f"config.out_dir={out_dir}: the record log appends and fsyncs each record, "
-                   "which needs a local (or mounted) folder; write the shards there, copy them "
-                   "to the bucket, and merge from it (launch.merge_cots reads gs://)")
+    raise JobError(
+      f"config.out_dir={out_dir}: the record log appends and fsyncs each record, "
+      "which needs a local (or mounted) folder; write the shards there, copy them "
+      "to the bucket, and merge from it (launch.merge_cots reads gs://)"
+    )
 
 
 # -- program values -------------------------------------------------------------------------------
@@ -115,13 +126,14 @@ def answer_checked(ex):
   elif t.__module__ == "numpy" and getattr(v, "ndim", 1) == 0 and v.dtype.kind in "biuf":
     ex.value = v.item()
   else:
-    what = (f"an int of {v.bit_length()} bits" if t is int else f"a {t.__name__}")
+    what = f"an int of {v.bit_length()} bits" if t is int else f"a {t.__name__}"
     ex.ok, ex.value = False, None
     ex.error = f"program returned {what}, not an answer (a str, int, float, bool or None)"
   return ex
 
 
 # -- the append-only record log -------------------------------------------------------------------
+
 
 class RecordLog:
   """An append-only JSONL file with one atomic, durable append per record."""
@@ -150,8 +162,10 @@ class RecordLog:
       try:
         record = json.loads(line)
       except json.JSONDecodeError as e:
-        raise JobError(f"{self.path} line {lineno}: not JSON ({e.msg}); the record log is "
-                       "corrupt — move it away to start over") from None
+        raise JobError(
+          f"{self.path} line {lineno}: not JSON ({e.msg}); the record log is "
+          "corrupt — move it away to start over"
+        ) from None
       if not isinstance(record, dict) or "qid" not in record:
         raise JobError(f"{self.path} line {lineno}: not a record (an object with 'qid')")
       records.append(record)
@@ -162,7 +176,8 @@ class RecordLog:
     # backslashreplace: a lone surrogate in program text becomes its JSON escape (`\ud800`),
     # which json.loads reads back, instead of an encoding error that would stop the job.
     line = (json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n").encode(
-        "utf-8", "backslashreplace")
+      "utf-8", "backslashreplace"
+    )
     fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
       written = os.write(fd, line)
@@ -175,15 +190,26 @@ class RecordLog:
 
 # -- records --------------------------------------------------------------------------------------
 
+
 def _verdict(v: filters.Verdict | None, skipped: str) -> dict:
   return v.to_dict() if v is not None else {"passed": False, "reason": skipped, "by": "skip"}
 
 
-def make_record(qa, *, video_path: str | None, program: programs.ParsedProgram,
-                execution, rationale: str | None, rationale_source: str | None,
-                answer_verdict: filters.Verdict | None, logic_verdict: filters.Verdict | None,
-                seconds: float, llm_replies: Mapping[str, str] | None = None,
-                manifest: str | None = None, memory: Mapping[str, float] | None = None) -> dict:
+def make_record(
+  qa,
+  *,
+  video_path: str | None,
+  program: programs.ParsedProgram,
+  execution,
+  rationale: str | None,
+  rationale_source: str | None,
+  answer_verdict: filters.Verdict | None,
+  logic_verdict: filters.Verdict | None,
+  seconds: float,
+  llm_replies: Mapping[str, str] | None = None,
+  manifest: str | None = None,
+  memory: Mapping[str, float] | None = None,
+) -> dict:
   """One job record (see the module docstring) for a processed `VideoQA`; `memory`: the
   `memory_stats.snapshot()` taken when its batch finished."""
   trace = execution.to_trace(program.source).to_json() if execution is not None else None
@@ -197,29 +223,43 @@ def make_record(qa, *, video_path: str | None, program: programs.ParsedProgram,
     human, gpt = conversation.cot_user_text(qa.question, qa.choices), rationale
   else:
     human = conversation.qa_user_text(qa.question, qa.choices)
-    gpt = conversation.answer_target(qa.choices, qa.answer, qa.answer_index) if (
-        not qa.choices or qa.answer_index is not None) else qa.answer
+    gpt = (
+      conversation.answer_target(qa.choices, qa.answer, qa.answer_index)
+      if (not qa.choices or qa.answer_index is not None)
+      else qa.answer
+    )
   return {
-      "qid": qa.qid, "video_id": qa.video_id, "video_path": video_path,
-      "start": qa.start, "end": qa.end,
-      "type": qa.meta.get("question_type") or qa.meta.get("type"),
-      "question": qa.question, "choices": list(qa.choices), "answer": qa.answer,
-      "conversation": [{"from": "human", "value": CONVERSATION_MEDIA + human},
-                       {"from": "gpt", "value": gpt}],
-      "kept": kept, "program": program.source,
-      "prediction": execution.value if execution is not None and execution.ok else None,
-      "rationale": rationale, "rationale_source": rationale_source, "trace": trace,
-      "verdicts": {
-          "parsed": program.ok, "parse_error": program.error, "repairs": list(program.repairs),
-          "executed": bool(execution is not None and execution.ok),
-          "execution_error": execution.error if execution is not None else None,
-          "answer": _verdict(answer_verdict, "skipped: no program or failed execution"),
-          "logic": _verdict(logic_verdict, "skipped: answer check failed"),
-      },
-      "llm_replies": dict(llm_replies or {}),
-      **({"manifest": manifest} if manifest else {}),
-      "timing": {"seconds": round(seconds, 4), "tool_seconds": tool_seconds,
-                 **dict(memory or {})},
+    "qid": qa.qid,
+    "video_id": qa.video_id,
+    "video_path": video_path,
+    "start": qa.start,
+    "end": qa.end,
+    "type": qa.meta.get("question_type") or qa.meta.get("type"),
+    "question": qa.question,
+    "choices": list(qa.choices),
+    "answer": qa.answer,
+    "conversation": [
+      {"from": "human", "value": CONVERSATION_MEDIA + human},
+      {"from": "gpt", "value": gpt},
+    ],
+    "kept": kept,
+    "program": program.source,
+    "prediction": execution.value if execution is not None and execution.ok else None,
+    "rationale": rationale,
+    "rationale_source": rationale_source,
+    "trace": trace,
+    "verdicts": {
+      "parsed": program.ok,
+      "parse_error": program.error,
+      "repairs": list(program.repairs),
+      "executed": bool(execution is not None and execution.ok),
+      "execution_error": execution.error if execution is not None else None,
+      "answer": _verdict(answer_verdict, "skipped: no program or failed execution"),
+      "logic": _verdict(logic_verdict, "skipped: answer check failed"),
+    },
+    "llm_replies": dict(llm_replies or {}),
+    **({"manifest": manifest} if manifest else {}),
+    "timing": {"seconds": round(seconds, 4), "tool_seconds": tool_seconds, **dict(memory or {})},
   }
 
 
@@ -228,6 +268,7 @@ def efficiency(records: Iterable[Mapping]) -> dict:
   peak memory over the run (host RSS; the devices' where recorded), from each record's
   `timing`. Records without timings count for seconds 0 and no memory."""
   import statistics
+
   seconds, peaks = [], {}
   for record in records:
     timing = record.get("timing") or {}
@@ -236,10 +277,13 @@ def efficiency(records: Iterable[Mapping]) -> dict:
       if isinstance(timing.get(key), (int, float)):
         peaks[key] = max(peaks.get(key, 0.0), float(timing[key]))
   n = len(seconds)
-  return {"questions": n, "seconds": round(sum(seconds), 4),
-          "seconds_per_question": round(sum(seconds) / n, 4) if n else 0.0,
-          "seconds_per_question_median": round(statistics.median(seconds), 4) if n else 0.0,
-          **peaks}
+  return {
+    "questions": n,
+    "seconds": round(sum(seconds), 4),
+    "seconds_per_question": round(sum(seconds) / n, 4) if n else 0.0,
+    "seconds_per_question_median": round(statistics.median(seconds), 4) if n else 0.0,
+    **peaks,
+  }
 
 
 class CapturedLLM:
@@ -298,17 +342,28 @@ def broken_backend(records: Sequence[Mapping], min_failures: int) -> str | None:
   if len({(tool, kind) for tool, kind, _ in failures}) != 1:
     return None
   tool, kind, message = failures[0]
-  return (f"all {len(failures)} programs of the batch stopped in {tool}, whose backend raised "
-          f"{kind}: {safe_str(message, 300)}")
+  return (
+    f"all {len(failures)} programs of the batch stopped in {tool}, whose backend raised "
+    f"{kind}: {safe_str(message, 300)}"
+  )
 
 
 # -- progress -------------------------------------------------------------------------------------
 
+
 class Progress:
   """A one-line progress report: done/total, rate, ETA and running pass rates."""
 
-  def __init__(self, total: int, done: int, stats: filters.FilterStats, *, label: str = "",
-               stream: TextIO | None = None, every_s: float = 5.0):
+  def __init__(
+    self,
+    total: int,
+    done: int,
+    stats: filters.FilterStats,
+    *,
+    label: str = "",
+    stream: TextIO | None = None,
+    every_s: float = 5.0,
+  ):
     self.total, self.done, self.stats, self.label = total, done, stats, label
     self.stream, self.every_s = stream or sys.stderr, every_s
     self._t0, self._start_done, self._last = time.monotonic(), done, 0.0
@@ -319,8 +374,10 @@ class Progress:
     left = self.total - self.done
     eta = "0s" if left <= 0 else f"{left / rate:.0f}s" if rate > 0 else "?"
     pct = self.done / max(self.total, 1)
-    return (f"{self.label}{self.done}/{self.total} ({pct:.0%}) {rate:.2f} q/s ETA {eta} | "
-            f"{self.stats.summary()}")
+    return (
+      f"{self.label}{self.done}/{self.total} ({pct:.0%}) {rate:.2f} q/s ETA {eta} | "
+      f"{self.stats.summary()}"
+    )
 
   def update(self, n: int = 1, *, force: bool = False) -> None:
     self.done += n
@@ -332,18 +389,22 @@ class Progress:
 
 # -- the job --------------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass
 class JobPaths:
   """Where one shard's outputs go."""
+
   records: str
   array_record: str
   stats: str
 
   @classmethod
   def for_shard(cls, out_dir: str, name: str) -> "JobPaths":
-    return cls(os.path.join(out_dir, f"records-{name}.jsonl"),
-               os.path.join(out_dir, f"cot-{name}.array_record"),
-               os.path.join(out_dir, f"stats-{name}.json"))
+    return cls(
+      os.path.join(out_dir, f"records-{name}.jsonl"),
+      os.path.join(out_dir, f"cot-{name}.array_record"),
+      os.path.join(out_dir, f"stats-{name}.json"),
+    )
 
 
 class _InputError(Exception):
@@ -353,6 +414,7 @@ class _InputError(Exception):
 @dataclasses.dataclass
 class _Batch:
   """One batch on its way through the stages; each stage fills its own fields."""
+
   questions: list
   args: list | None = None  # prefetched inputs (futures of the decode pool), or None
   parsed: list = dataclasses.field(default_factory=list)
@@ -408,6 +470,7 @@ class CotJob:
       records stay the same for deterministic LLMs (temperature 0); a local model serves one
       batch at a time, and with sampling its call order (hence its keys) would vary: keep 1.
   """
+
   tools: Mapping[str, Callable]
   make_args: Callable[[Any], Mapping[str, Any]]
   run_program: Callable[..., Any]
@@ -447,17 +510,21 @@ class CotJob:
     if self.judge_parse not in filters.JUDGE_PARSES:
       raise JobError(f"judge_parse={self.judge_parse!r}: expected one of {filters.JUDGE_PARSES}")
     if self.rewrite_prompt not in cot.REWRITE_PROMPTS:
-      raise JobError(f"rewrite_prompt={self.rewrite_prompt!r}: expected one of "
-                     f"{sorted(cot.REWRITE_PROMPTS)}")
+      raise JobError(
+        f"rewrite_prompt={self.rewrite_prompt!r}: expected one of {sorted(cot.REWRITE_PROMPTS)}"
+      )
     if self.rewrite_fallback not in cot.REWRITE_FALLBACKS:
-      raise JobError(f"rewrite_fallback={self.rewrite_fallback!r}: expected one of "
-                     f"{cot.REWRITE_FALLBACKS}")
+      raise JobError(
+        f"rewrite_fallback={self.rewrite_fallback!r}: expected one of {cot.REWRITE_FALLBACKS}"
+      )
     if self.batch_size < 1:
       raise JobError(f"batch_size must be >= 1, got {self.batch_size}")
     if self.max_batches_in_flight < 1 or self.decode_workers < 0 or self.llm_workers < 1:
-      raise JobError(f"pipeline: max_batches_in_flight and llm_workers must be >= 1 and "
-                     f"decode_workers >= 0, got {self.max_batches_in_flight}, "
-                     f"{self.llm_workers} and {self.decode_workers}")
+      raise JobError(
+        f"pipeline: max_batches_in_flight and llm_workers must be >= 1 and "
+        f"decode_workers >= 0, got {self.max_batches_in_flight}, "
+        f"{self.llm_workers} and {self.decode_workers}"
+      )
     for role in ("program_llm", "cot_llm", "judge_llm"):
       llm = getattr(self, role)
       if llm is not None and not isinstance(llm, CapturedLLM):
@@ -474,12 +541,20 @@ class CotJob:
       out = []
       for qa in batch:
         gold = qa.meta.get(self.gold_program_key)
-        out.append(programs.parse_program(gold) if isinstance(gold, str) else
-                   programs.ParsedProgram(None, f"no gold program in meta[{self.gold_program_key!r}]"))
+        out.append(
+          programs.parse_program(gold)
+          if isinstance(gold, str)
+          else programs.ParsedProgram(None, f"no gold program in meta[{self.gold_program_key!r}]")
+        )
       return out
     return programs.generate_programs(
-        self.program_llm, [(qa.question, qa.choices) for qa in batch], self.tools,
-        examples=self.examples, max_new_tokens=self.max_new_tokens, temperature=self.temperature)
+      self.program_llm,
+      [(qa.question, qa.choices) for qa in batch],
+      self.tools,
+      examples=self.examples,
+      max_new_tokens=self.max_new_tokens,
+      temperature=self.temperature,
+    )
 
   def _stage_programs(self, b: "_Batch") -> "_Batch":
     b.parsed = self._programs(b.questions)
@@ -506,6 +581,7 @@ class CotJob:
     """(execution or None, the tools' noted replies) for one question; `args` is its inputs
     (a value, or a future of the decode pool), made here when None."""
     from aotd_jax.agent.sandbox import Execution
+
     if not program.ok:
       return None, []
     try:
@@ -519,8 +595,9 @@ class CotJob:
       with capture_replies() as noted:
         ex = self.run_program(program.source, self.tools, args, timeout_s=self.timeout_s)
     except Exception as e:  # the job goes on whatever one program does
-      return Execution(ok=False, error=f"sandbox failed: {type(e).__name__}: "
-                       f"{safe_str(str(e), 200)}"), []
+      return Execution(
+        ok=False, error=f"sandbox failed: {type(e).__name__}: {safe_str(str(e), 200)}"
+      ), []
     return answer_checked(ex), noted
 
   def _stage_execute(self, b: "_Batch") -> "_Batch":
@@ -546,9 +623,10 @@ class CotJob:
           else:
             to_judge.append(i)
       b.answers.append(verdict)
-    judged = filters.judge_answers(self.judge_llm, [
-        (b.questions[i].question, b.questions[i].answer, b.executions[i].value)
-        for i in to_judge])
+    judged = filters.judge_answers(
+      self.judge_llm,
+      [(b.questions[i].question, b.questions[i].answer, b.executions[i].value) for i in to_judge],
+    )
     b.keep("answer_judge", self.judge_llm, to_judge)
     for i, verdict in zip(to_judge, judged):
       b.answers[i] = verdict
@@ -557,44 +635,68 @@ class CotJob:
 
   def _stage_rewrite(self, b: "_Batch") -> "_Batch":
     qs, ex = b.questions, b.executions
-    items = [(qs[i].question, qs[i].choices, ex[i].trace, ex[i].value, b.parsed[i].source)
-             for i in b.passing]
+    items = [
+      (qs[i].question, qs[i].choices, ex[i].trace, ex[i].value, b.parsed[i].source)
+      for i in b.passing
+    ]
     if self.cot_llm is not None:
-      b.rationales = dict(zip(b.passing, cot.rewrite(
-          self.cot_llm, items, prompt=self.rewrite_prompt, fallback=self.rewrite_fallback)))
+      b.rationales = dict(
+        zip(
+          b.passing,
+          cot.rewrite(
+            self.cot_llm, items, prompt=self.rewrite_prompt, fallback=self.rewrite_fallback
+          ),
+        )
+      )
       b.keep("rewrite", self.cot_llm, b.passing)
     else:
-      b.rationales = {i: (cot.verbalise(it[2], it[3]), "verbaliser")
-                      for i, it in zip(b.passing, items)}
+      b.rationales = {
+        i: (cot.verbalise(it[2], it[3]), "verbaliser") for i, it in zip(b.passing, items)
+      }
     return b
 
   def _stage_logic_judge(self, b: "_Batch") -> list[dict]:
     if self.logic_judge == "llm":
-      verdicts = filters.judge_logic(self.judge_llm, [
-          (b.questions[i].question, b.questions[i].choices, b.rationales[i][0])
-          for i in b.passing], parse=self.judge_parse)
+      verdicts = filters.judge_logic(
+        self.judge_llm,
+        [(b.questions[i].question, b.questions[i].choices, b.rationales[i][0]) for i in b.passing],
+        parse=self.judge_parse,
+      )
       b.keep("logic_judge", self.judge_llm, b.passing)
       logic = dict(zip(b.passing, verdicts))
     else:
-      logic = {i: filters.rule_judge(b.rationales[i][0], b.executions[i].trace,
-                                     b.executions[i].value) for i in b.passing}
+      logic = {
+        i: filters.rule_judge(b.rationales[i][0], b.executions[i].trace, b.executions[i].value)
+        for i in b.passing
+      }
     seconds = (sum(b.stage_s.values()) + time.perf_counter() - b.stage_t0) / max(
-        len(b.questions), 1)
+      len(b.questions), 1
+    )
     memory = memory_stats.snapshot()
-    return [make_record(qa, video_path=self.video_path(qa), program=b.parsed[i],
-                        execution=b.executions[i],
-                        rationale=b.rationales.get(i, (None, None))[0],
-                        rationale_source=b.rationales.get(i, (None, None))[1],
-                        answer_verdict=b.answers[i], logic_verdict=logic.get(i),
-                        seconds=seconds, llm_replies=b.replies[i], manifest=self.manifest,
-                        memory=memory)
-            for i, qa in enumerate(b.questions)]
+    return [
+      make_record(
+        qa,
+        video_path=self.video_path(qa),
+        program=b.parsed[i],
+        execution=b.executions[i],
+        rationale=b.rationales.get(i, (None, None))[0],
+        rationale_source=b.rationales.get(i, (None, None))[1],
+        answer_verdict=b.answers[i],
+        logic_verdict=logic.get(i),
+        seconds=seconds,
+        llm_replies=b.replies[i],
+        manifest=self.manifest,
+        memory=memory,
+      )
+      for i, qa in enumerate(b.questions)
+    ]
 
   def stages(self) -> list[tuple[str, Callable[["_Batch"], Any], int]]:
     """The job's stages in order: (name, `_Batch -> _Batch` (the last returns the records),
     workers: batches of the stage at once when pipelined, `llm_workers` for the LLM stages,
     1 for execution). Each adds its seconds to the batch's `stage_s` (a record's
     `timing.seconds` is their sum over the batch's questions: its work, not its waits)."""
+
     def timed(name: str, fn: Callable[["_Batch"], Any]) -> Callable[["_Batch"], Any]:
       def run(b: "_Batch") -> Any:
         b.stage_t0 = time.perf_counter()
@@ -603,12 +705,20 @@ class CotJob:
         if self.times is not None:
           self.times.add(name, b.stage_s[name])
         return out
+
       return run
+
     llm = self.llm_workers
-    return [(name, timed(name, fn), workers) for name, fn, workers in (
-        ("program", self._stage_programs, llm), ("execute", self._stage_execute, 1),
-        ("answer_judge", self._stage_answer_judge, llm), ("rewrite", self._stage_rewrite, llm),
-        ("logic_judge", self._stage_logic_judge, llm))]
+    return [
+      (name, timed(name, fn), workers)
+      for name, fn, workers in (
+        ("program", self._stage_programs, llm),
+        ("execute", self._stage_execute, 1),
+        ("answer_judge", self._stage_answer_judge, llm),
+        ("rewrite", self._stage_rewrite, llm),
+        ("logic_judge", self._stage_logic_judge, llm),
+      )
+    ]
 
   def process(self, batch: Sequence[Any]) -> list[dict]:
     """Runs every stage on a batch of `VideoQA` and returns their records, in order."""
@@ -624,14 +734,17 @@ class CotJob:
     starts = range(0, len(todo), self.batch_size)
     if not self.pipeline:
       for start in starts:
-        yield self.process(todo[start:start + self.batch_size])
+        yield self.process(todo[start : start + self.batch_size])
       return
-    decode = (concurrent.futures.ThreadPoolExecutor(self.decode_workers, "decode")
-              if self.decode_workers else None)
+    decode = (
+      concurrent.futures.ThreadPoolExecutor(self.decode_workers, "decode")
+      if self.decode_workers
+      else None
+    )
 
     def batches() -> Iterator[_Batch]:
       for start in starts:
-        qs = list(todo[start:start + self.batch_size])
+        qs = list(todo[start : start + self.batch_size])
         args = [decode.submit(self._inputs, qa) for qa in qs] if decode else None
         yield _Batch(qs, args=args)
 
@@ -641,8 +754,15 @@ class CotJob:
       if decode is not None:
         decode.shutdown(wait=True, cancel_futures=True)
 
-  def run(self, questions: Sequence[Any], paths: JobPaths, *, label: str = "",
-          progress_every_s: float = 5.0, stream: TextIO | None = None) -> filters.FilterStats:
+  def run(
+    self,
+    questions: Sequence[Any],
+    paths: JobPaths,
+    *,
+    label: str = "",
+    progress_every_s: float = 5.0,
+    stream: TextIO | None = None,
+  ) -> filters.FilterStats:
     """Processes `questions` not yet in `paths.records`, then writes ArrayRecord and stats.
 
     Raises:
@@ -661,20 +781,31 @@ class CotJob:
       stats.add_record(record)
     done_ids = {r["qid"] for r in done}
     todo = [qa for qa in questions if qa.qid not in done_ids]
-    progress = Progress(len(questions), len(questions) - len(todo), stats, label=label,
-                        stream=stream, every_s=progress_every_s)
+    progress = Progress(
+      len(questions),
+      len(questions) - len(todo),
+      stats,
+      label=label,
+      stream=stream,
+      every_s=progress_every_s,
+    )
     if done:
-      print(f"{label}resuming: {len(done)} records in {paths.records}, {len(todo)} to go",
-            file=progress.stream, flush=True)
+      print(
+        f"{label}resuming: {len(done)} records in {paths.records}, {len(todo)} to go",
+        file=progress.stream,
+        flush=True,
+      )
     # closing: on a stop here, the pipelined stages finish their current batches before this
     # returns (not when the traceback is dropped), so nothing runs on after the caller's exit.
     with contextlib.closing(self._batches(todo)) as batches:
       for records in batches:
         broken = broken_backend(records, self.fail_fast_min)
         if broken:
-          raise JobError(f"{label}an expert backend is broken: {broken}. Nothing of this batch "
-                         f"was written to {paths.records}; fix the backend and rerun the same "
-                         "command (done questions are kept)")
+          raise JobError(
+            f"{label}an expert backend is broken: {broken}. Nothing of this batch "
+            f"was written to {paths.records}; fix the backend and rerun the same "
+            "command (done questions are kept)"
+          )
         for record in records:
           log.append(record)
           stats.add_record(record)
@@ -687,6 +818,7 @@ class CotJob:
 def finalise(records: Iterable[Mapping], paths: JobPaths, stats: filters.FilterStats) -> None:
   """Writes the kept CoTs as ArrayRecord and the stats JSON, each atomically (tmp + rename)."""
   from array_record.python.array_record_module import ArrayRecordWriter
+
   tmp = paths.array_record + ".tmp"
   writer = ArrayRecordWriter(tmp, "group_size:1")
   kept = 0
@@ -699,6 +831,10 @@ def finalise(records: Iterable[Mapping], paths: JobPaths, stats: filters.FilterS
   os.replace(tmp, paths.array_record)
   tmp = paths.stats + ".tmp"
   with open(tmp, "w") as f:
-    json.dump({**stats.to_dict(), "array_record_records": kept,
-               "efficiency": efficiency(records)}, f, indent=2, sort_keys=True)
+    json.dump(
+      {**stats.to_dict(), "array_record_records": kept, "efficiency": efficiency(records)},
+      f,
+      indent=2,
+      sort_keys=True,
+    )
   os.replace(tmp, paths.stats)

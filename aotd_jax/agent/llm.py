@@ -10,6 +10,7 @@ of chat messages `[{"role": "user", "content": "..."}]`. Replies come back in pr
 back, keyed by a hash of the prompt and the generation settings, so a run is reproduced
 exactly without the model.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,24 +30,34 @@ __all__ = ["LLM", "LLMError", "LocalLlama", "OpenAIChat", "Recording", "Replay",
 class LLM(Protocol):
   """Anything that completes a batch of prompts."""
 
-  def complete(self, prompts: Sequence[Prompt], *, max_new_tokens: int,
-               temperature: float = 0.0, stop: Sequence[str] | None = None) -> list[str]:
+  def complete(
+    self,
+    prompts: Sequence[Prompt],
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    stop: Sequence[str] | None = None,
+  ) -> list[str]:
     """Returns one reply per prompt, in order."""
 
 
 def check_prompts(prompts: Sequence[Prompt]) -> list[Prompt]:
   """Validates a batch: each prompt is a str or a list of {"role", "content"} dicts."""
   if isinstance(prompts, (str, dict)):
-    raise TypeError("prompts must be a sequence of prompts, not a single "
-                    f"{type(prompts).__name__}")
+    raise TypeError(f"prompts must be a sequence of prompts, not a single {type(prompts).__name__}")
   out = list(prompts)
   for i, p in enumerate(out):
     if isinstance(p, str):
       continue
-    if (not isinstance(p, list) or not p or not all(
-        isinstance(m, dict) and "role" in m and "content" in m for m in p)):
-      raise TypeError(f"prompt {i} must be a str or a non-empty list of "
-                      f"{{'role', 'content'}} messages, got {str(p)[:100]}")
+    if (
+      not isinstance(p, list)
+      or not p
+      or not all(isinstance(m, dict) and "role" in m and "content" in m for m in p)
+    ):
+      raise TypeError(
+        f"prompt {i} must be a str or a non-empty list of "
+        f"{{'role', 'content'}} messages, got {str(p)[:100]}"
+      )
   return out
 
 
@@ -58,12 +69,20 @@ def cut_at_stop(text: str, stop: Sequence[str] | None) -> str:
   return text[:cut]
 
 
-def prompt_key(prompt: Prompt, *, max_new_tokens: int, temperature: float,
-               stop: Sequence[str] | None) -> str:
+def prompt_key(
+  prompt: Prompt, *, max_new_tokens: int, temperature: float, stop: Sequence[str] | None
+) -> str:
   """The replay key: sha256 of the prompt and the settings that change the reply."""
-  blob = json.dumps({"prompt": prompt, "max_new_tokens": int(max_new_tokens),
-                     "temperature": float(temperature), "stop": list(stop or [])},
-                    sort_keys=True, ensure_ascii=False)
+  blob = json.dumps(
+    {
+      "prompt": prompt,
+      "max_new_tokens": int(max_new_tokens),
+      "temperature": float(temperature),
+      "stop": list(stop or []),
+    },
+    sort_keys=True,
+    ensure_ascii=False,
+  )
   return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
@@ -79,18 +98,36 @@ class Recording:
     self._lock = threading.Lock()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
 
-  def complete(self, prompts: Sequence[Prompt], *, max_new_tokens: int,
-               temperature: float = 0.0, stop: Sequence[str] | None = None) -> list[str]:
+  def complete(
+    self,
+    prompts: Sequence[Prompt],
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    stop: Sequence[str] | None = None,
+  ) -> list[str]:
     """Completes through the wrapped backend and records the replies."""
     prompts = check_prompts(prompts)
-    replies = self.backend.complete(prompts, max_new_tokens=max_new_tokens,
-                                    temperature=temperature, stop=stop)
+    replies = self.backend.complete(
+      prompts, max_new_tokens=max_new_tokens, temperature=temperature, stop=stop
+    )
     lines = []
     for p, r in zip(prompts, replies):
       key = prompt_key(p, max_new_tokens=max_new_tokens, temperature=temperature, stop=stop)
-      lines.append(json.dumps({"key": key, "prompt": p, "max_new_tokens": max_new_tokens,
-                               "temperature": temperature, "stop": list(stop or []),
-                               "reply": r}, ensure_ascii=False) + "\n")
+      lines.append(
+        json.dumps(
+          {
+            "key": key,
+            "prompt": p,
+            "max_new_tokens": max_new_tokens,
+            "temperature": temperature,
+            "stop": list(stop or []),
+            "reply": r,
+          },
+          ensure_ascii=False,
+        )
+        + "\n"
+      )
     with self._lock, open(self.path, "a", encoding="utf-8") as f:
       f.writelines(lines)
       f.flush()
@@ -125,15 +162,22 @@ class Replay:
           if not isinstance(key, str) or not isinstance(reply, str):
             raise TypeError("'key' and 'reply' must be strings")
         except (ValueError, KeyError, TypeError) as e:
-          raise LLMError(f"replay file {path} line {lineno}: bad record "
-                         f"({type(e).__name__}: {e})") from None
+          raise LLMError(
+            f"replay file {path} line {lineno}: bad record ({type(e).__name__}: {e})"
+          ) from None
         self._replies.setdefault(key, []).append(reply)
 
   def __len__(self) -> int:
     return sum(len(v) for v in self._replies.values())
 
-  def complete(self, prompts: Sequence[Prompt], *, max_new_tokens: int,
-               temperature: float = 0.0, stop: Sequence[str] | None = None) -> list[str]:
+  def complete(
+    self,
+    prompts: Sequence[Prompt],
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    stop: Sequence[str] | None = None,
+  ) -> list[str]:
     """The recorded replies for `prompts` (in the order they were recorded)."""
     out = []
     with self._lock:
@@ -150,9 +194,10 @@ class Replay:
         else:
           shown = p if isinstance(p, str) else json.dumps(p)
           raise LLMError(
-              f"replay file {self.path}: no recorded reply #{n + 1} for prompt "
-              f"{shown[:80]!r} (max_new_tokens={max_new_tokens}, temperature={temperature},"
-              f" stop={list(stop or [])})")
+            f"replay file {self.path}: no recorded reply #{n + 1} for prompt "
+            f"{shown[:80]!r} (max_new_tokens={max_new_tokens}, temperature={temperature},"
+            f" stop={list(stop or [])})"
+          )
         self._served[key] = n + 1
     return out
 
@@ -169,9 +214,17 @@ class LocalLlama:
     seed: the sampling key's seed (temperature > 0).
   """
 
-  def __init__(self, model_dir: str | None = None, *, model=None, tokenizer=None,
-               dtype: str = "float32", max_batch: int = 8, seed: int = 0,
-               min_bucket: int = 16):
+  def __init__(
+    self,
+    model_dir: str | None = None,
+    *,
+    model=None,
+    tokenizer=None,
+    dtype: str = "float32",
+    max_batch: int = 8,
+    seed: int = 0,
+    min_bucket: int = 16,
+  ):
     if model_dir is None and (model is None or tokenizer is None):
       raise ValueError("LocalLlama needs model_dir, or both model and tokenizer")
     if max_batch < 1:
@@ -182,9 +235,11 @@ class LocalLlama:
       import jax.numpy as jnp
 
       from aotd_jax import hf
+
       model = hf.from_pretrained(model_dir, dtype=getattr(jnp, dtype))
     if tokenizer is None:
       from aotd_jax.hf.api import load_tokenizer
+
       tokenizer = load_tokenizer(model_dir)
     self.model, self.tokenizer = model, tokenizer
     self.max_batch, self.min_bucket, self.seed = max_batch, min_bucket, seed
@@ -200,35 +255,45 @@ class LocalLlama:
     pad = tokenizer.pad_token_id
     if pad is None:
       pad = getattr(cfg, "pad_token_id", None)
-    self.pad_token_id = pad if pad is not None else (
-        eos if isinstance(eos, int) else (eos[0] if eos else 0))
+    self.pad_token_id = (
+      pad if pad is not None else (eos if isinstance(eos, int) else (eos[0] if eos else 0))
+    )
 
   def encode(self, prompt: Prompt) -> list[int]:
     """Token ids of one prompt (chat messages through the tokenizer's chat template)."""
     if isinstance(prompt, str):
       return list(self.tokenizer(prompt)["input_ids"])
     if not getattr(self.tokenizer, "chat_template", None):
-      raise ValueError("LocalLlama: chat-message prompts need a tokenizer with a chat_template;"
-                       " this one has none (pass string prompts)")
-    text = self.tokenizer.apply_chat_template(prompt, tokenize=False,
-                                              add_generation_prompt=True)
+      raise ValueError(
+        "LocalLlama: chat-message prompts need a tokenizer with a chat_template;"
+        " this one has none (pass string prompts)"
+      )
+    text = self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
     return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-  def complete(self, prompts: Sequence[Prompt], *, max_new_tokens: int,
-               temperature: float = 0.0, stop: Sequence[str] | None = None) -> list[str]:
+  def complete(
+    self,
+    prompts: Sequence[Prompt],
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    stop: Sequence[str] | None = None,
+  ) -> list[str]:
     """Generates for all prompts, `max_batch` at a time; greedy when temperature is 0.
 
     Each batch decodes with a KV cache until every row has produced EOS (a finished row
     emits padding; the loop ends early when all are done) or `max_new_tokens`."""
     with self._lock:
-      return self._complete(prompts, max_new_tokens=max_new_tokens, temperature=temperature,
-                            stop=stop)
+      return self._complete(
+        prompts, max_new_tokens=max_new_tokens, temperature=temperature, stop=stop
+      )
 
   def _complete(self, prompts, *, max_new_tokens, temperature, stop) -> list[str]:
     import jax
     import numpy as np
 
     from aotd_jax.models.generate import generate
+
     prompts = check_prompts(prompts)
     if max_new_tokens < 1:
       raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -236,21 +301,29 @@ class LocalLlama:
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out: list[str] = [""] * len(ids)
     for start in range(0, len(order), self.max_batch):
-      rows = order[start:start + self.max_batch]
+      rows = order[start : start + self.max_batch]
       n = len(rows)
       width = max(len(ids[i]) for i in rows)
       batch = np.full((self.max_batch, width), self.pad_token_id, np.int32)
       mask = np.zeros((self.max_batch, width), np.int32)
       for r, i in enumerate(rows + rows[:1] * (self.max_batch - n)):  # pad rows: a repeat
-        batch[r, width - len(ids[i]):] = ids[i]
-        mask[r, width - len(ids[i]):] = 1
+        batch[r, width - len(ids[i]) :] = ids[i]
+        mask[r, width - len(ids[i]) :] = 1
       self._calls += 1
       rng = jax.random.PRNGKey(self.seed + self._calls) if temperature > 0 else None
-      res = generate(self.model, batch, mask, max_new_tokens=max_new_tokens,
-                     eos_token_id=self.eos_token_id, pad_token_id=self.pad_token_id,
-                     temperature=temperature, rng=rng, min_bucket=self.min_bucket)
+      res = generate(
+        self.model,
+        batch,
+        mask,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=self.eos_token_id,
+        pad_token_id=self.pad_token_id,
+        temperature=temperature,
+        rng=rng,
+        min_bucket=self.min_bucket,
+      )
       seqs, lengths = np.asarray(res.sequences), np.asarray(res.lengths)
       for r, i in enumerate(rows):
-        text = self.tokenizer.decode(seqs[r, :lengths[r]].tolist(), skip_special_tokens=True)
+        text = self.tokenizer.decode(seqs[r, : lengths[r]].tolist(), skip_special_tokens=True)
         out[i] = cut_at_stop(text, stop)
     return out

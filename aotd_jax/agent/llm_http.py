@@ -4,6 +4,7 @@ Standard library only (urllib): per-request timeouts, retries with exponential b
 5xx / 429 / timeouts / refused connections, and a bounded thread pool so a batch of prompts
 is sent `concurrency` at a time. Other 4xx answers are not retried (the request is wrong).
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -38,16 +39,28 @@ class OpenAIChat:
     sleep: the wait function (tests pass a fake).
   """
 
-  def __init__(self, base_url: str, model: str, *, api_key: str | None = None,
-               api_key_env: str | None = None, timeout_s: float = 120.0,
-               max_retries: int = 4, backoff_s: float = 1.0, max_backoff_s: float = 30.0,
-               concurrency: int = 8, extra_body: dict | None = None,
-               sleep: Callable[[float], None] = time.sleep):
+  def __init__(
+    self,
+    base_url: str,
+    model: str,
+    *,
+    api_key: str | None = None,
+    api_key_env: str | None = None,
+    timeout_s: float = 120.0,
+    max_retries: int = 4,
+    backoff_s: float = 1.0,
+    max_backoff_s: float = 30.0,
+    concurrency: int = 8,
+    extra_body: dict | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+  ):
     if not base_url.startswith(("http://", "https://")):
       raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
     if concurrency < 1 or max_retries < 0 or timeout_s <= 0:
-      raise ValueError(f"need concurrency >= 1, max_retries >= 0, timeout_s > 0; got "
-                       f"{concurrency}, {max_retries}, {timeout_s}")
+      raise ValueError(
+        f"need concurrency >= 1, max_retries >= 0, timeout_s > 0; got "
+        f"{concurrency}, {max_retries}, {timeout_s}"
+      )
     base = base_url.rstrip("/")
     self.url = base + ("/chat/completions" if base.endswith("/v1") else "/v1/chat/completions")
     self.model = model
@@ -62,8 +75,12 @@ class OpenAIChat:
 
   def _body(self, prompt, max_new_tokens, temperature, stop) -> bytes:
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-    body = {"model": self.model, "messages": messages, "max_tokens": int(max_new_tokens),
-            "temperature": float(temperature)}
+    body = {
+      "model": self.model,
+      "messages": messages,
+      "max_tokens": int(max_new_tokens),
+      "temperature": float(temperature),
+    }
     if stop:
       body["stop"] = list(stop)
     body.update(self.extra_body)
@@ -99,10 +116,17 @@ class OpenAIChat:
         last = f"{type(e).__name__}: {e}"
     raise LLMError(f"POST {self.url} failed after {self.max_retries + 1} attempts: {last}")
 
-  def complete(self, prompts: Sequence[Any], *, max_new_tokens: int,
-               temperature: float = 0.0, stop: Sequence[str] | None = None) -> list[str]:
+  def complete(
+    self,
+    prompts: Sequence[Any],
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    stop: Sequence[str] | None = None,
+  ) -> list[str]:
     """One chat completion per prompt, `concurrency` requests at a time, in order."""
     from aotd_jax.agent.llm import check_prompts, cut_at_stop
+
     bodies = [self._body(p, max_new_tokens, temperature, stop) for p in check_prompts(prompts)]
     if len(bodies) <= 1:
       replies = [self._post(b) for b in bodies]

@@ -10,6 +10,7 @@ A manifest is written once per output directory. A later run (a resume, another 
 the same roles and config adds its counts; one with other roles or config is refused, since
 its records would mix backends in one dataset.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -59,18 +60,28 @@ def weights_fingerprint(path: str, *, full: bool = False) -> dict | None:
         h.update(stream.read(_EDGE))
         stream.seek(size - _EDGE)
         h.update(stream.read(_EDGE))
-  return {"sha256": h.hexdigest(), "files": len(files),
-          "method": "full" if full else "name, size, first and last MiB of each weight file"}
+  return {
+    "sha256": h.hexdigest(),
+    "files": len(files),
+    "method": "full" if full else "name, size, first and last MiB of each weight file",
+  }
 
 
 def code_version() -> dict:
   """The package's git revision (and whether the tree had changes), when it is a checkout."""
   root = pathlib.Path(__file__).resolve().parents[2]
   try:
-    rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                         timeout=10, check=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                           capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    rev = subprocess.run(
+      ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+      ["git", "status", "--porcelain", "--untracked-files=no"],
+      cwd=root,
+      capture_output=True,
+      text=True,
+      timeout=10,
+      check=True,
+    ).stdout.strip()
     return {"git": rev, "dirty": bool(dirty)}
   except (OSError, subprocess.SubprocessError):
     return {"git": None, "dirty": None}
@@ -93,9 +104,12 @@ def llm_role(section: Mapping[str, Any] | None) -> dict:
 
 
 def vision_summary(roles: Mapping[str, Mapping[str, Any]]) -> str:
-  """"real", "oracle", "mixed" or "none" over the vision roles."""
-  kinds = {roles[r]["kind"] for r in ("detector", "grounder", "action_recognizer", "video_qa")
-           if r in roles and roles[r].get("kind") not in (None, "none")}
+  """ "real", "oracle", "mixed" or "none" over the vision roles."""
+  kinds = {
+    roles[r]["kind"]
+    for r in ("detector", "grounder", "action_recognizer", "video_qa")
+    if r in roles and roles[r].get("kind") not in (None, "none")
+  }
   if not kinds:
     return "none"
   if kinds == {"oracle"}:
@@ -125,8 +139,9 @@ def _write(path: pathlib.Path, data: dict) -> None:
   os.replace(tmp, path)
 
 
-def open_manifest(out_dir: str, roles: Mapping[str, Any], identity: Mapping[str, Any],
-                  config: Mapping[str, Any]) -> str:
+def open_manifest(
+  out_dir: str, roles: Mapping[str, Any], identity: Mapping[str, Any], config: Mapping[str, Any]
+) -> str:
   """Writes (or checks) `out_dir/manifest.json`; returns the records' `manifest` reference.
 
   `identity` holds the settings that decide a record's content (data, prompts, program
@@ -144,18 +159,31 @@ def open_manifest(out_dir: str, roles: Mapping[str, Any], identity: Mapping[str,
     if path.exists():
       old = json.loads(path.read_text())
       if old.get("id") != ident:
-        changed = sorted(r for r in set(old.get("roles", {})) | set(roles)
-                         if old.get("roles", {}).get(r) != roles.get(r))
+        changed = sorted(
+          r
+          for r in set(old.get("roles", {})) | set(roles)
+          if old.get("roles", {}).get(r) != roles.get(r)
+        )
         raise ManifestError(
-            f"{path} was written by a run with other backends or config (roles that differ: "
-            f"{changed or 'none; the settings differ: ' + _diff(old.get('identity', {}), identity)}"
-            "); its records would mix with this run's. "
-            "Use a new out_dir.")
+          f"{path} was written by a run with other backends or config (roles that differ: "
+          f"{changed or 'none; the settings differ: ' + _diff(old.get('identity', {}), identity)}"
+          "); its records would mix with this run's. "
+          "Use a new out_dir."
+        )
     else:
-      _write(path, {"id": ident, "vision_experts": vision_summary(roles), "roles": dict(roles),
-                    "identity": dict(identity), "config": dict(config), "code": code_version(),
-                    "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-                    "shards": {}})
+      _write(
+        path,
+        {
+          "id": ident,
+          "vision_experts": vision_summary(roles),
+          "roles": dict(roles),
+          "identity": dict(identity),
+          "config": dict(config),
+          "code": code_version(),
+          "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+          "shards": {},
+        },
+      )
   return f"{FILE}#{ident}"
 
 

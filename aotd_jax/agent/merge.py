@@ -8,6 +8,7 @@ manifest the records name is copied beside them. A merge refuses shards that do 
 whole run: a missing or unfinished shard, shards of two different splits, a shard with the
 wrong number of records, a question in two shards.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,13 +25,13 @@ from aotd_jax.agent import filters, job
 from aotd_jax.data import files
 
 _SHARD = re.compile(r"records-(\d{5})-of-(\d{5})\.jsonl$")
-MERGED = job.JobPaths(records="records.jsonl", array_record="cot.array_record",
-                      stats="stats.json")
+MERGED = job.JobPaths(records="records.jsonl", array_record="cot.array_record", stats="stats.json")
 
 
 @dataclasses.dataclass(frozen=True)
 class Shard:
   """One worker's outputs: its name (`00001-of-00004`) and its records in log order."""
+
   name: str
   records: list[dict]
 
@@ -64,17 +65,23 @@ def read_shards(cot_dir: str) -> list[Shard]:
     raise job.JobError(f"{cot_dir}: no records-*-of-*.jsonl shards to merge")
   totals = sorted({n for _, n in found})
   if len(totals) > 1:
-    raise job.JobError(f"{cot_dir}: shards of {len(totals)} different splits (-of-"
-                       f"{', -of-'.join(f'{n:05d}' for n in totals)}); merge one run's shards")
+    raise job.JobError(
+      f"{cot_dir}: shards of {len(totals)} different splits (-of-"
+      f"{', -of-'.join(f'{n:05d}' for n in totals)}); merge one run's shards"
+    )
   n = totals[0]
   shards = []
   for k in range(n):
     name = job.shard_name(k, n)
     if (k, n) not in found:
-      raise job.JobError(f"{cot_dir}: shard {name} is missing (records-{name}.jsonl); run its worker")
+      raise job.JobError(
+        f"{cot_dir}: shard {name} is missing (records-{name}.jsonl); run its worker"
+      )
     if not files.exists(files.join(cot_dir, f"stats-{name}.json")):
-      raise job.JobError(f"{cot_dir}: shard {name} has not finished (no stats-{name}.json); "
-                         "rerun its worker, which resumes")
+      raise job.JobError(
+        f"{cot_dir}: shard {name} has not finished (no stats-{name}.json); "
+        "rerun its worker, which resumes"
+      )
     shards.append(Shard(name, _read_records(found[(k, n)])))
   return shards
 
@@ -90,14 +97,18 @@ def interleave(shards: Sequence[Shard]) -> list[dict]:
   for k, shard in enumerate(shards):
     want = len(range(k, total, n))
     if len(shard.records) != want:
-      raise job.JobError(f"shard {shard.name} holds {len(shard.records)} records; {total} "
-                         f"questions over {n} workers give it {want}")
+      raise job.JobError(
+        f"shard {shard.name} holds {len(shard.records)} records; {total} "
+        f"questions over {n} workers give it {want}"
+      )
   out = [shards[i % n].records[i // n] for i in range(total)]
   seen: dict[str, str] = {}
   for i, record in enumerate(out):
     where = shards[i % n].name
     if record["qid"] in seen:
-      raise job.JobError(f"question {record['qid']!r} is in shards {seen[record['qid']]} and {where}")
+      raise job.JobError(
+        f"question {record['qid']!r} is in shards {seen[record['qid']]} and {where}"
+      )
     seen[record["qid"]] = where
   return out
 
@@ -106,8 +117,9 @@ def _write(records: Sequence[Mapping], local_dir: str) -> filters.FilterStats:
   stats = filters.FilterStats()
   for record in records:
     stats.add_record(record)
-  paths = job.JobPaths(*(os.path.join(local_dir, getattr(MERGED, f.name))
-                         for f in dataclasses.fields(MERGED)))
+  paths = job.JobPaths(
+    *(os.path.join(local_dir, getattr(MERGED, f.name)) for f in dataclasses.fields(MERGED))
+  )
   with open(paths.records + ".tmp", "w", encoding="utf-8") as f:
     for record in records:
       f.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")

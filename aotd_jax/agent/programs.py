@@ -8,6 +8,7 @@ write — code fences, chatter before and after, several functions, a body that 
 `def execute_command(video_clip, query, possible_answers)`. A reply with no usable program is
 a counted failure (`ParsedProgram.error`), never an exception.
 """
+
 from __future__ import annotations
 
 import ast
@@ -74,6 +75,7 @@ class _Raw(str):
 def _unquoted(signature: inspect.Signature) -> inspect.Signature:
   def fix(annotation):
     return _Raw(annotation) if isinstance(annotation, str) else annotation
+
   params = [p.replace(annotation=fix(p.annotation)) for p in signature.parameters.values()]
   return signature.replace(parameters=params, return_annotation=fix(signature.return_annotation))
 
@@ -102,8 +104,14 @@ def format_choices(choices: Sequence[str]) -> str:
   return " ".join(f"({chr(ord('A') + i)}) {c}" for i, c in enumerate(choices))
 
 
-def build_program_prompt(question: str, choices: Sequence[str], tools: Mapping[str, Callable],
-                         *, examples: str = "", guidelines: str | None = None) -> str:
+def build_program_prompt(
+  question: str,
+  choices: Sequence[str],
+  tools: Mapping[str, Callable],
+  *,
+  examples: str = "",
+  guidelines: str | None = None,
+) -> str:
   """The full program-generation prompt for one question.
 
   Args:
@@ -115,20 +123,26 @@ def build_program_prompt(question: str, choices: Sequence[str], tools: Mapping[s
   """
   if guidelines is None:
     guidelines = read_prompt_file("program_guidelines.txt").strip()
-  parts = ["You write Python programs that answer questions about a video by calling these "
-           "functions:", "```python\n" + api_docs(tools) + "\n```", guidelines]
+  parts = [
+    "You write Python programs that answer questions about a video by calling these functions:",
+    "```python\n" + api_docs(tools) + "\n```",
+    guidelines,
+  ]
   if examples:
     parts += ["Examples:", "```python\n" + examples + "\n```"]
-  parts += [f"Question: {question}",
-            f"Possible answers: {format_choices(choices) if choices else '(open-ended)'}",
-            f"Write `{PROGRAM_SIGNATURE}` for this question. Reply with the function only, "
-            "in one ```python block."]
+  parts += [
+    f"Question: {question}",
+    f"Possible answers: {format_choices(choices) if choices else '(open-ended)'}",
+    f"Write `{PROGRAM_SIGNATURE}` for this question. Reply with the function only, "
+    "in one ```python block.",
+  ]
   return "\n\n".join(parts) + "\n"
 
 
 @dataclasses.dataclass(frozen=True)
 class ParsedProgram:
   """The result of parsing one reply: `source` is None and `error` says why on failure."""
+
   source: str | None
   error: str | None = None
   repairs: tuple[str, ...] = ()  # e.g. ("added return", "dropped truncated tail")
@@ -152,7 +166,7 @@ def _function_text(block: str, start: int, indent: str) -> str:
   kept = [lines[0]]
   for line in lines[1:]:
     if line.strip() and not line.startswith(indent + " ") and not line.startswith(indent + "\t"):
-      if not (line.startswith(indent) and line[len(indent):].lstrip().startswith(")")):
+      if not (line.startswith(indent) and line[len(indent) :].lstrip().startswith(")")):
         break
     kept.append(line)
   return textwrap.dedent("\n".join(kept)).rstrip() + "\n"
@@ -180,13 +194,17 @@ def _add_missing_return(func: ast.FunctionDef, source: str) -> tuple[str, bool]:
   last = func.body[-1]
   lines = source.rstrip("\n").splitlines()
   indent = re.match(r"[ \t]*", lines[last.lineno - 1]).group(0)
-  if isinstance(last, ast.Assign) and len(last.targets) == 1 and isinstance(last.targets[0], ast.Name):
+  if (
+    isinstance(last, ast.Assign)
+    and len(last.targets) == 1
+    and isinstance(last.targets[0], ast.Name)
+  ):
     return source.rstrip("\n") + f"\n{indent}return {last.targets[0].id}\n", True
   if isinstance(last, (ast.AnnAssign, ast.AugAssign)) and isinstance(last.target, ast.Name):
     return source.rstrip("\n") + f"\n{indent}return {last.target.id}\n", True
   if isinstance(last, ast.Expr) and not isinstance(last.value, ast.Constant):
-    head = lines[:last.lineno - 1]
-    expr = "\n".join(lines[last.lineno - 1:last.end_lineno])
+    head = lines[: last.lineno - 1]
+    expr = "\n".join(lines[last.lineno - 1 : last.end_lineno])
     return "\n".join(head + [indent + "return " + expr.lstrip()]) + "\n", True
   return source, False
 
@@ -216,8 +234,9 @@ def parse_program(reply: str, *, prefix: str = "") -> ParsedProgram:
       repairs = ["dropped truncated tail"] if truncated else []
       args = [a.arg for a in func.args.args]
       if args != ["video_clip", "query", "possible_answers"]:
-        source = re.sub(rf"def\s+{PROGRAM_NAME}\s*\([^)]*\)", PROGRAM_SIGNATURE[:-1], source,
-                        count=1)
+        source = re.sub(
+          rf"def\s+{PROGRAM_NAME}\s*\([^)]*\)", PROGRAM_SIGNATURE[:-1], source, count=1
+        )
         repairs.append(f"signature {tuple(args)} -> (video_clip, query, possible_answers)")
         try:
           func = parse_untrusted(source).body[0]
@@ -235,6 +254,7 @@ def parse_program(reply: str, *, prefix: str = "") -> ParsedProgram:
 @dataclasses.dataclass
 class ProgramStats:
   """Counts of parsed replies and failures by reason (failures are counted, not raised)."""
+
   total: int = 0
   parsed: int = 0
   repaired: int = 0
@@ -249,18 +269,31 @@ class ProgramStats:
       self.failures[result.error] += 1
 
   def to_dict(self) -> dict:
-    return {"total": self.total, "parsed": self.parsed, "repaired": self.repaired,
-            "failed": self.total - self.parsed, "failures": dict(self.failures)}
+    return {
+      "total": self.total,
+      "parsed": self.parsed,
+      "repaired": self.repaired,
+      "failed": self.total - self.parsed,
+      "failures": dict(self.failures),
+    }
 
 
-def generate_programs(llm, questions: Sequence[tuple[str, Sequence[str]]],
-                      tools: Mapping[str, Callable], *, examples: str = "",
-                      max_new_tokens: int = 512, temperature: float = 0.0,
-                      stats: ProgramStats | None = None) -> list[ParsedProgram]:
+def generate_programs(
+  llm,
+  questions: Sequence[tuple[str, Sequence[str]]],
+  tools: Mapping[str, Callable],
+  *,
+  examples: str = "",
+  max_new_tokens: int = 512,
+  temperature: float = 0.0,
+  stats: ProgramStats | None = None,
+) -> list[ParsedProgram]:
   """Prompts `llm` once for a batch of (question, choices) and parses every reply."""
   guidelines = read_prompt_file("program_guidelines.txt").strip()
-  prompts = [build_program_prompt(q, c, tools, examples=examples, guidelines=guidelines)
-             for q, c in questions]
+  prompts = [
+    build_program_prompt(q, c, tools, examples=examples, guidelines=guidelines)
+    for q, c in questions
+  ]
   replies = llm.complete(prompts, max_new_tokens=max_new_tokens, temperature=temperature)
   results = [parse_program(r) for r in replies]
   if stats is not None:

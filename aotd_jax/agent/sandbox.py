@@ -20,6 +20,7 @@ What travels between the two is data only (`sandbox_wire`: msgpack with explicit
 handle extensions, no pickle), so even a compromised worker cannot make the host build an
 object.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -57,6 +58,7 @@ class Execution:
   `trace` lists every tool call in order (also for failed runs, up to the failure);
   `stdout` is what the program printed (bounded); `seconds` is the whole run's wall time.
   """
+
   ok: bool
   value: Any = None
   error: str | None = None
@@ -66,20 +68,32 @@ class Execution:
 
   def to_trace(self, program: str | None = None) -> Trace:
     """The JSON-serialisable `Trace` of this execution."""
-    return Trace(calls=list(self.trace), value=self.value, ok=self.ok, error=self.error,
-                 seconds=self.seconds, stdout=self.stdout, program=program)
+    return Trace(
+      calls=list(self.trace),
+      value=self.value,
+      ok=self.ok,
+      error=self.error,
+      seconds=self.seconds,
+      stdout=self.stdout,
+      program=program,
+    )
 
 
 class _Handles:
   """Objects kept in the host for one run, by id, and the run's codec."""
 
-  def __init__(self, array_by_value_bytes: int, max_bytes: int = 1 << 62,
-               max_nodes: int | None = None):
+  def __init__(
+    self, array_by_value_bytes: int, max_bytes: int = 1 << 62, max_nodes: int | None = None
+  ):
     self.objects: list[Any] = []
     self.ids: dict[int, int] = {}
     self.bytes, self.max_bytes = 0, max_bytes
-    self.codec = sandbox_wire.Codec(self._encode_other, self._decode_handle,
-                                    max_array_bytes=array_by_value_bytes, max_nodes=max_nodes)
+    self.codec = sandbox_wire.Codec(
+      self._encode_other,
+      self._decode_handle,
+      max_array_bytes=array_by_value_bytes,
+      max_nodes=max_nodes,
+    )
 
   def _encode_other(self, obj):
     hid = self.ids.get(id(obj))
@@ -88,8 +102,10 @@ class _Handles:
       # every read would otherwise grow the host by one copy per read until the run ends).
       self.bytes += obj.nbytes if isinstance(obj, np.ndarray) else 64
       if self.bytes > self.max_bytes:
-        raise _HandleCap(f"handle memory cap exceeded (more than {self.max_bytes} bytes of "
-                         "tool results kept for this run)")
+        raise _HandleCap(
+          f"handle memory cap exceeded (more than {self.max_bytes} bytes of "
+          "tool results kept for this run)"
+        )
       hid = len(self.objects)
       self.objects.append(obj)
       self.ids[id(obj)] = hid
@@ -158,22 +174,49 @@ class _Connection(Connection):
 class _Worker:
   """One worker (a zygote that forks a child per run) and our end of its socket."""
 
-  def __init__(self, memory_mb: int, cwd: str | None, runs_per_child: int = 1,
-               jail: bool = True, spares: int = 2, warm_spares: bool = False):
+  def __init__(
+    self,
+    memory_mb: int,
+    cwd: str | None,
+    runs_per_child: int = 1,
+    jail: bool = True,
+    spares: int = 2,
+    warm_spares: bool = False,
+  ):
     parent_sock, child_sock = socket.socketpair()
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "OPENBLAS_NUM_THREADS": "1",
-           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "LC_ALL": "C.UTF-8",
-           # Every library symbol bound when it is loaded, in the zygote: a child's first
-           # call of a function would otherwise look it up and write the table (a page copy).
-           "LD_BIND_NOW": "1"}
+    env = {
+      "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+      "OPENBLAS_NUM_THREADS": "1",
+      "OMP_NUM_THREADS": "1",
+      "MKL_NUM_THREADS": "1",
+      "LC_ALL": "C.UTF-8",
+      # Every library symbol bound when it is loaded, in the zygote: a child's first
+      # call of a function would otherwise look it up and write the table (a page copy).
+      "LD_BIND_NOW": "1",
+    }
     fd = child_sock.fileno()
     self.proc = subprocess.Popen(
-        [sys.executable, "-I", _WORKER_PATH, str(fd), str(memory_mb), str(runs_per_child),
-         "on" if jail else "off", str(spares), "warm" if warm_spares else "cold",
-         ",".join(sorted(sandbox_policy.ALLOWED_NAMES - {"print"}))],
-        pass_fds=(fd,),
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True, env=env, cwd=cwd, close_fds=True)
+      [
+        sys.executable,
+        "-I",
+        _WORKER_PATH,
+        str(fd),
+        str(memory_mb),
+        str(runs_per_child),
+        "on" if jail else "off",
+        str(spares),
+        "warm" if warm_spares else "cold",
+        ",".join(sorted(sandbox_policy.ALLOWED_NAMES - {"print"})),
+      ],
+      pass_fds=(fd,),
+      stdin=subprocess.DEVNULL,
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL,
+      start_new_session=True,
+      env=env,
+      cwd=cwd,
+      close_fds=True,
+    )
     child_sock.close()
     self.conn = _Connection(parent_sock.detach())
     self.ready = False
@@ -223,8 +266,12 @@ class _Worker:
 def _status_text(code: int) -> str:
   if code < 0:
     name = signal.Signals(-code).name
-    extra = {"SIGXCPU": " (CPU time limit)", "SIGSEGV": " (crashed)",
-             "SIGKILL": " (killed)", "SIGSYS": " (a forbidden system call)"}.get(name, "")
+    extra = {
+      "SIGXCPU": " (CPU time limit)",
+      "SIGSEGV": " (crashed)",
+      "SIGKILL": " (killed)",
+      "SIGSYS": " (a forbidden system call)",
+    }.get(name, "")
     return f"killed by {name}{extra}"
   if code == _EXIT_CHANNEL:
     return "its channel failed (the run was ended)"
@@ -246,11 +293,14 @@ def _warn_jail(report) -> None:
     return
   _JAIL_WARNED = True
   applied = ", ".join(map(str, report.get("applied") or [])) if isinstance(report, dict) else ""
-  print(f"aotd_jax sandbox: WARNING: the OS jail is incomplete: missing "
-        f"{'; '.join(map(str, missing))} (applied: {applied or 'nothing'}). The worker "
-        "still has the allow-list, the data-only channel, a fresh child per run, rlimits "
-        "and the host's kill (docs/agent_sandbox.md says which layer stops what).",
-        file=sys.stderr, flush=True)
+  print(
+    f"aotd_jax sandbox: WARNING: the OS jail is incomplete: missing "
+    f"{'; '.join(map(str, missing))} (applied: {applied or 'nothing'}). The worker "
+    "still has the allow-list, the data-only channel, a fresh child per run, rlimits "
+    "and the host's kill (docs/agent_sandbox.md says which layer stops what).",
+    file=sys.stderr,
+    flush=True,
+  )
 
 
 class Sandbox:
@@ -284,12 +334,23 @@ class Sandbox:
       platform does not allow is reported once on stderr.
   """
 
-  def __init__(self, num_workers: int = 2, *, memory_mb: int = 512, cwd: str | None = None,
-               array_by_value_bytes: int = 1 << 20, max_message_bytes: int = 64 << 20,
-               max_runs_per_worker: int = 10_000, start_timeout_s: float = 60.0,
-               max_handle_bytes: int = 512 << 20, max_message_nodes: int = 1_000_000,
-               runs_per_child: int = 1, jail: bool = True, spare_children: int = 2,
-               warm_spares: bool = False):
+  def __init__(
+    self,
+    num_workers: int = 2,
+    *,
+    memory_mb: int = 512,
+    cwd: str | None = None,
+    array_by_value_bytes: int = 1 << 20,
+    max_message_bytes: int = 64 << 20,
+    max_runs_per_worker: int = 10_000,
+    start_timeout_s: float = 60.0,
+    max_handle_bytes: int = 512 << 20,
+    max_message_nodes: int = 1_000_000,
+    runs_per_child: int = 1,
+    jail: bool = True,
+    spare_children: int = 2,
+    warm_spares: bool = False,
+  ):
     if num_workers < 1:
       raise ValueError(f"num_workers must be >= 1, got {num_workers}")
     if spare_children < 0:
@@ -316,8 +377,14 @@ class Sandbox:
       self._idle.put(self._new_worker())
 
   def _new_worker(self) -> _Worker:
-    return _Worker(self.memory_mb, self.cwd, self.runs_per_child, self.jail,
-                   self.spare_children, self.warm_spares)
+    return _Worker(
+      self.memory_mb,
+      self.cwd,
+      self.runs_per_child,
+      self.jail,
+      self.spare_children,
+      self.warm_spares,
+    )
 
   def __enter__(self) -> "Sandbox":
     return self
@@ -343,10 +410,20 @@ class Sandbox:
     if not self._closed:
       self._idle.put(self._new_worker())
 
-  def run(self, source: str, tools: Mapping[str, Callable], args: Mapping[str, Any], *,
-          timeout_s: float, max_steps: int = 1_000_000, max_output_chars: int = 100_000,
-          max_depth: int = 100, max_tool_calls: int = 1000,
-          entry_point: str = "execute_command", keep_raw: bool = False) -> Execution:
+  def run(
+    self,
+    source: str,
+    tools: Mapping[str, Callable],
+    args: Mapping[str, Any],
+    *,
+    timeout_s: float,
+    max_steps: int = 1_000_000,
+    max_output_chars: int = 100_000,
+    max_depth: int = 100,
+    max_tool_calls: int = 1000,
+    entry_point: str = "execute_command",
+    keep_raw: bool = False,
+  ) -> Execution:
     """Validates and runs `source`, calling `entry_point(**args)`. Never raises for
     anything the program does; see `run_program` for the arguments."""
     t_start = time.perf_counter()
@@ -361,21 +438,35 @@ class Sandbox:
       tree = sandbox_policy.validate(source, entry_point=entry_point)
       guarded = sandbox_policy.guard_source(source, tree)
     except sandbox_policy.PolicyError as e:
-      return Execution(ok=False, error=f"refused: {e}",
-                       seconds=time.perf_counter() - t_start)
+      return Execution(ok=False, error=f"refused: {e}", seconds=time.perf_counter() - t_start)
     except RecursionError:  # a check that recursed on an absurdly nested program
-      return Execution(ok=False, error="refused: program is nested too deeply",
-                       seconds=time.perf_counter() - t_start)
+      return Execution(
+        ok=False,
+        error="refused: program is nested too deeply",
+        seconds=time.perf_counter() - t_start,
+      )
     # `guarded`: the checks are in the text (the worker compiles it as it is); otherwise
     # the worker inserts them into its own parse.
-    limits = {"timeout_s": timeout_s, "max_steps": max_steps,
-              "max_output_chars": max_output_chars, "max_depth": max_depth,
-              "entry_point": entry_point, "guarded": guarded is not None}
-    handles = _Handles(self.array_by_value_bytes, self.max_handle_bytes,
-                       self.max_message_nodes)
+    limits = {
+      "timeout_s": timeout_s,
+      "max_steps": max_steps,
+      "max_output_chars": max_output_chars,
+      "max_depth": max_depth,
+      "entry_point": entry_point,
+      "guarded": guarded is not None,
+    }
+    handles = _Handles(self.array_by_value_bytes, self.max_handle_bytes, self.max_message_nodes)
     try:
-      msg = handles.dumps(["run", next(self._nonces), source if guarded is None else guarded,
-                           dict(args), sorted(tools), limits])
+      msg = handles.dumps(
+        [
+          "run",
+          next(self._nonces),
+          source if guarded is None else guarded,
+          dict(args),
+          sorted(tools),
+          limits,
+        ]
+      )
     except (TypeError, ValueError, OverflowError) as e:  # the caller's args: a host error
       raise ValueError(f"run_program args cannot be sent to the sandbox: {e}") from None
     for attempt in range(2):
@@ -397,17 +488,23 @@ class Sandbox:
           if attempt == 0:
             continue
           raise _Overrun("sandbox worker failed its check before the run")
-        kind, value, stdout = self._serve(worker, handles, tools, calls, timeout_s,
-                                          max_tool_calls, keep_raw)
+        kind, value, stdout = self._serve(
+          worker, handles, tools, calls, timeout_s, max_tool_calls, keep_raw
+        )
         healthy = True  # the zygote's report on this child is read before the next run
-        ex = Execution(ok=kind == "done", value=value if kind == "done" else None,
-                       error=None if kind == "done" else value, trace=calls, stdout=stdout)
+        ex = Execution(
+          ok=kind == "done",
+          value=value if kind == "done" else None,
+          error=None if kind == "done" else value,
+          trace=calls,
+          stdout=stdout,
+        )
       except _Overrun as e:
         ex = Execution(ok=False, error=str(e), trace=calls)
       except OSError:  # the socket broke under a send: the worker is gone
-        ex = Execution(ok=False,
-                       error=f"worker died: {worker.exit_reason() or 'connection lost'}",
-                       trace=calls)
+        ex = Execution(
+          ok=False, error=f"worker died: {worker.exit_reason() or 'connection lost'}", trace=calls
+        )
       finally:
         self._checkin(worker, healthy)
       break
@@ -424,8 +521,13 @@ class Sandbox:
       msg = worker.codec.decode(worker.conn.recv_bytes(256))
     except (EOFError, OSError, sandbox_wire.WireError):
       return False
-    if not (type(msg) is list and len(msg) == 3 and msg[0] == "hello"
-            and type(msg[1]) is int and type(msg[2]) is int):
+    if not (
+      type(msg) is list
+      and len(msg) == 3
+      and msg[0] == "hello"
+      and type(msg[1]) is int
+      and type(msg[2]) is int
+    ):
       return False
     seq = msg[1]
     if seq < worker.child[0] or (seq == worker.child[0] and self.runs_per_child == 1):
@@ -433,8 +535,9 @@ class Sandbox:
     worker.child = (seq, msg[2])
     return True
 
-  def _serve(self, worker: _Worker, handles: _Handles, tools, calls, timeout_s,
-             max_tool_calls, keep_raw):
+  def _serve(
+    self, worker: _Worker, handles: _Handles, tools, calls, timeout_s, max_tool_calls, keep_raw
+  ):
     """Answers the worker's requests until it reports. The program's own time and the
     host's work on its requests (handle operations, summaries, encoding) count against
     `timeout_s`; the time inside tools does not."""
@@ -452,8 +555,9 @@ class Sandbox:
       except (EOFError, ConnectionError):
         raise _Overrun(f"worker died: {worker.exit_reason() or 'connection lost'}") from None
       except OSError as e:
-        raise _Overrun(f"worker message rejected: {e} "
-                       f"(limit {self.max_message_bytes} bytes)") from None
+        raise _Overrun(
+          f"worker message rejected: {e} (limit {self.max_message_bytes} bytes)"
+        ) from None
       budget -= time.perf_counter() - t0
       try:
         msg = handles.loads(data)
@@ -471,8 +575,7 @@ class Sandbox:
         if len(calls) >= max_tool_calls:
           raise _Overrun(f"tool-call limit exceeded (more than {max_tool_calls} calls)")
         before = len(calls)
-        reply = self._call_tool(tools, msg[1], msg[2], msg[3], calls, keep_raw,
-                                self._signatures)
+        reply = self._call_tool(tools, msg[1], msg[2], msg[3], calls, keep_raw, self._signatures)
         if len(calls) > before:  # the tool's own time is not the program's
           t_host += calls[-1].seconds
       elif kind == "op" and len(msg) == 4:
@@ -527,8 +630,7 @@ def _bind(fn: Callable, args: tuple, kwargs: dict, signatures: dict | None = Non
     if entry is None:
       sig = inspect.signature(fn)
       params = sig.parameters.values()
-      names = (tuple(p.name for p in params) if all(p.kind in _POSITIONAL for p in params)
-               else None)
+      names = tuple(p.name for p in params) if all(p.kind in _POSITIONAL for p in params) else None
       entry = (sig, names, sum(p.default is p.empty for p in params))
       if signatures is not None:
         if len(signatures) >= 256:
@@ -552,9 +654,11 @@ def _handle_op(handles: _Handles, hid, op, operand):
   tname = type(obj).__name__
   try:
     if op == "attr":
-      if (not isinstance(operand, str) or operand.startswith(
-          sandbox_policy.FORBIDDEN_ATTRIBUTE_PREFIXES)
-          or operand in sandbox_policy.FORBIDDEN_ATTRIBUTES):
+      if (
+        not isinstance(operand, str)
+        or operand.startswith(sandbox_policy.FORBIDDEN_ATTRIBUTE_PREFIXES)
+        or operand in sandbox_policy.FORBIDDEN_ATTRIBUTES
+      ):
         return ["err", f"attribute {_short(operand)} of {tname} is not allowed"]
       value = getattr(obj, operand)
       if callable(value):
@@ -568,8 +672,7 @@ def _handle_op(handles: _Handles, hid, op, operand):
       # Basic keys only: a fancy index (a list of 10**7 ints) would make the parent copy
       # an arbitrarily large array out of the program's small message.
       keys = operand if isinstance(operand, tuple) else (operand,)
-      if not all(k is None or k is Ellipsis or type(k) in (int, str, slice, bool)
-                 for k in keys):
+      if not all(k is None or k is Ellipsis or type(k) in (int, str, slice, bool) for k in keys):
         return ["err", f"{tname} index must be ints, slices or strings, got {_short(operand)}"]
       return ["ok", obj[operand]]
     if op == "contains":
@@ -598,8 +701,15 @@ def default_sandbox() -> Sandbox:
     return _DEFAULT
 
 
-def run_program(source: str, tools: Mapping[str, Callable], args: Mapping[str, Any], *,
-                timeout_s: float, sandbox: Sandbox | None = None, **limits) -> Execution:
+def run_program(
+  source: str,
+  tools: Mapping[str, Callable],
+  args: Mapping[str, Any],
+  *,
+  timeout_s: float,
+  sandbox: Sandbox | None = None,
+  **limits,
+) -> Execution:
   """Runs an untrusted program's `execute_command(**args)` with `tools` available.
 
   Args:
@@ -618,5 +728,4 @@ def run_program(source: str, tools: Mapping[str, Callable], args: Mapping[str, A
     `Execution(ok, value, error, trace, stdout, seconds)`; never raises for anything the
     program does (bad arguments to this function do raise ValueError).
   """
-  return (sandbox or default_sandbox()).run(source, tools, args, timeout_s=timeout_s,
-                                            **limits)
+  return (sandbox or default_sandbox()).run(source, tools, args, timeout_s=timeout_s, **limits)

@@ -9,6 +9,7 @@ field names walk attributes: `"{0.__class__}".format(x)`), `global` / `nonlocal`
 `with`, generators and the dangerous builtins. The worker process then enforces the dynamic
 limits (time, memory, steps, output); this module only decides what may run at all.
 """
+
 from __future__ import annotations
 
 import ast
@@ -19,61 +20,162 @@ MAX_SOURCE_CHARS = 100_000
 MAX_AST_NODES = 20_000
 
 # Builtins a program may use. The worker exposes exactly these (plus `print`, captured).
-SAFE_BUILTINS = frozenset({
-    "abs", "all", "any", "bool", "chr", "dict", "divmod", "enumerate", "filter", "float",
-    "frozenset", "hash", "int", "isinstance", "len", "list", "map", "max", "min", "ord",
-    "pow", "print", "range", "repr", "reversed", "round", "set", "slice", "sorted", "str",
-    "sum", "tuple", "zip", "True", "False", "None",
-})
+SAFE_BUILTINS = frozenset(
+  {
+    "abs",
+    "all",
+    "any",
+    "bool",
+    "chr",
+    "dict",
+    "divmod",
+    "enumerate",
+    "filter",
+    "float",
+    "frozenset",
+    "hash",
+    "int",
+    "isinstance",
+    "len",
+    "list",
+    "map",
+    "max",
+    "min",
+    "ord",
+    "pow",
+    "print",
+    "range",
+    "repr",
+    "reversed",
+    "round",
+    "set",
+    "slice",
+    "sorted",
+    "str",
+    "sum",
+    "tuple",
+    "zip",
+    "True",
+    "False",
+    "None",
+  }
+)
 # Exception classes a program may raise or catch. BaseException and its non-Exception
 # children are absent on purpose: the worker's own limits derive from BaseException, so a
 # program cannot swallow them.
-SAFE_EXCEPTIONS = frozenset({
-    "Exception", "ArithmeticError", "AssertionError", "AttributeError", "IndexError",
-    "KeyError", "LookupError", "NameError", "RuntimeError", "StopIteration", "TypeError",
-    "ValueError", "ZeroDivisionError",
-})
+SAFE_EXCEPTIONS = frozenset(
+  {
+    "Exception",
+    "ArithmeticError",
+    "AssertionError",
+    "AttributeError",
+    "IndexError",
+    "KeyError",
+    "LookupError",
+    "NameError",
+    "RuntimeError",
+    "StopIteration",
+    "TypeError",
+    "ValueError",
+    "ZeroDivisionError",
+  }
+)
 ALLOWED_NAMES = SAFE_BUILTINS | SAFE_EXCEPTIONS
 
 # Builtins refused with a pointed reason (everything else not allowed is refused too, at
 # run time, by its absence from the worker's builtins).
-FORBIDDEN_NAMES = frozenset(
-    name for name in dir(builtins) if not name.startswith("_")
-) - ALLOWED_NAMES
+FORBIDDEN_NAMES = (
+  frozenset(name for name in dir(builtins) if not name.startswith("_")) - ALLOWED_NAMES
+)
 
 # Attributes that introspect frames, code, generators, tracebacks or classes, or that write
 # files (numpy's `tofile` / `dump`), or that walk attributes through a format string.
-FORBIDDEN_ATTRIBUTES = frozenset({
-    "format", "format_map", "mro", "tofile", "dump", "dumps", "ctypes",
-    "func_globals", "func_code", "im_func", "im_self", "im_class",
-})
+FORBIDDEN_ATTRIBUTES = frozenset(
+  {
+    "format",
+    "format_map",
+    "mro",
+    "tofile",
+    "dump",
+    "dumps",
+    "ctypes",
+    "func_globals",
+    "func_code",
+    "im_func",
+    "im_self",
+    "im_class",
+  }
+)
 FORBIDDEN_ATTRIBUTE_PREFIXES = ("_", "gi_", "cr_", "ag_", "f_", "tb_", "co_", "func_")
 
 # Node types that may appear at all. Anything else is refused with its class name.
 _ALLOWED_NODES = (
-    ast.Module, ast.FunctionDef, ast.arguments, ast.arg, ast.Return, ast.Assign,
-    ast.AugAssign, ast.AnnAssign, ast.For, ast.While, ast.If, ast.Raise, ast.Try,
-    ast.ExceptHandler, ast.Assert, ast.Expr, ast.Pass, ast.Break, ast.Continue, ast.Delete,
-    ast.BoolOp, ast.BinOp, ast.UnaryOp, ast.Lambda, ast.IfExp, ast.Dict, ast.Set,
-    ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp, ast.comprehension,
-    ast.Compare, ast.Call, ast.keyword, ast.FormattedValue, ast.JoinedStr, ast.Constant,
-    ast.Attribute, ast.Subscript, ast.Starred, ast.Name, ast.List, ast.Tuple, ast.Slice,
-    ast.NamedExpr, ast.expr_context, ast.boolop, ast.operator, ast.unaryop, ast.cmpop,
+  ast.Module,
+  ast.FunctionDef,
+  ast.arguments,
+  ast.arg,
+  ast.Return,
+  ast.Assign,
+  ast.AugAssign,
+  ast.AnnAssign,
+  ast.For,
+  ast.While,
+  ast.If,
+  ast.Raise,
+  ast.Try,
+  ast.ExceptHandler,
+  ast.Assert,
+  ast.Expr,
+  ast.Pass,
+  ast.Break,
+  ast.Continue,
+  ast.Delete,
+  ast.BoolOp,
+  ast.BinOp,
+  ast.UnaryOp,
+  ast.Lambda,
+  ast.IfExp,
+  ast.Dict,
+  ast.Set,
+  ast.ListComp,
+  ast.SetComp,
+  ast.DictComp,
+  ast.GeneratorExp,
+  ast.comprehension,
+  ast.Compare,
+  ast.Call,
+  ast.keyword,
+  ast.FormattedValue,
+  ast.JoinedStr,
+  ast.Constant,
+  ast.Attribute,
+  ast.Subscript,
+  ast.Starred,
+  ast.Name,
+  ast.List,
+  ast.Tuple,
+  ast.Slice,
+  ast.NamedExpr,
+  ast.expr_context,
+  ast.boolop,
+  ast.operator,
+  ast.unaryop,
+  ast.cmpop,
 )
 _REFUSED_NODE_REASONS = {
-    ast.Import: "import is not allowed",
-    ast.ImportFrom: "import is not allowed",
-    ast.Global: "'global' is not allowed",
-    ast.Nonlocal: "'nonlocal' is not allowed",
-    ast.ClassDef: "class definitions are not allowed",
-    ast.With: "'with' is not allowed",
-    ast.AsyncWith: "'async with' is not allowed",
-    ast.AsyncFunctionDef: "async functions are not allowed",
-    ast.AsyncFor: "'async for' is not allowed",
-    ast.Await: "'await' is not allowed",
-    ast.Yield: "generators ('yield') are not allowed",
-    ast.YieldFrom: "generators ('yield from') are not allowed",
-    ast.Match: "'match' is not allowed",
+  ast.Import: "import is not allowed",
+  ast.ImportFrom: "import is not allowed",
+  ast.Global: "'global' is not allowed",
+  ast.Nonlocal: "'nonlocal' is not allowed",
+  ast.ClassDef: "class definitions are not allowed",
+  ast.With: "'with' is not allowed",
+  ast.AsyncWith: "'async with' is not allowed",
+  ast.AsyncFunctionDef: "async functions are not allowed",
+  ast.AsyncFor: "'async for' is not allowed",
+  ast.Await: "'await' is not allowed",
+  ast.Yield: "generators ('yield') are not allowed",
+  ast.YieldFrom: "generators ('yield from') are not allowed",
+  ast.Match: "'match' is not allowed",
 }
 
 
@@ -111,8 +213,9 @@ def _check_handler(node: ast.ExceptHandler) -> None:
       if len(shown) > 80:
         shown = shown[:77] + "..."
       raise PolicyError(
-          f"line {node.lineno}: 'except {shown}' is not allowed; catch one of "
-          f"{', '.join(sorted(SAFE_EXCEPTIONS))}")
+        f"line {node.lineno}: 'except {shown}' is not allowed; catch one of "
+        f"{', '.join(sorted(SAFE_EXCEPTIONS))}"
+      )
 
 
 def _check_finally(body: list[ast.stmt]) -> None:
@@ -167,8 +270,9 @@ def _check_node(node: ast.AST) -> None:
   kind = type(node)
   allowed = _ALLOWED_TYPE.get(kind)
   if allowed is None:
-    allowed = _ALLOWED_TYPE[kind] = (kind not in _REFUSED_NODE_REASONS
-                                     and issubclass(kind, _ALLOWED_NODES))
+    allowed = _ALLOWED_TYPE[kind] = kind not in _REFUSED_NODE_REASONS and issubclass(
+      kind, _ALLOWED_NODES
+    )
   if not allowed:
     reason = _REFUSED_NODE_REASONS.get(kind)
     if reason is not None:
@@ -197,8 +301,12 @@ def _check_node(node: ast.AST) -> None:
 
 
 def _position(node: ast.AST) -> tuple[int, int, int, int]:
-  return (getattr(node, "lineno", 1 << 30), getattr(node, "col_offset", 0),
-          getattr(node, "end_lineno", 0) or 0, getattr(node, "end_col_offset", 0) or 0)
+  return (
+    getattr(node, "lineno", 1 << 30),
+    getattr(node, "col_offset", 0),
+    getattr(node, "end_lineno", 0) or 0,
+    getattr(node, "end_col_offset", 0) or 0,
+  )
 
 
 def validate(source: str, *, entry_point: str = "execute_command") -> ast.Module:
@@ -236,8 +344,9 @@ def validate(source: str, *, entry_point: str = "execute_command") -> ast.Module
   for n in tree.body:
     if not isinstance(n, (ast.FunctionDef, ast.Assign, ast.AnnAssign, ast.Expr)):
       raise PolicyError(
-          f"line {n.lineno}: only function definitions and assignments are allowed at top "
-          f"level, not '{type(n).__name__}'")
+        f"line {n.lineno}: only function definitions and assignments are allowed at top "
+        f"level, not '{type(n).__name__}'"
+      )
   return tree
 
 
@@ -245,8 +354,19 @@ def validate(source: str, *, entry_point: str = "execute_command") -> ast.Module
 # (sandbox_worker.CHECK_NAME; a dunder, so a program cannot spell it).
 CHECK_NAME = "__sandbox_check__"
 # Statements that may follow `name(); ` on their line (a compound statement may not).
-_SIMPLE_STATEMENTS = (ast.Expr, ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Return,
-                      ast.Raise, ast.Assert, ast.Pass, ast.Break, ast.Continue, ast.Delete)
+_SIMPLE_STATEMENTS = (
+  ast.Expr,
+  ast.Assign,
+  ast.AugAssign,
+  ast.AnnAssign,
+  ast.Return,
+  ast.Raise,
+  ast.Assert,
+  ast.Pass,
+  ast.Break,
+  ast.Continue,
+  ast.Delete,
+)
 
 
 def _guard_tree(tree: ast.Module) -> None:
@@ -256,8 +376,9 @@ def _guard_tree(tree: ast.Module) -> None:
       for handler in node.handlers:
         handler.type = ast.Call(ast.Name(CHECK_NAME, ast.Load()), [handler.type], [])
       if node.finalbody:
-        node.finalbody.insert(0, ast.Expr(ast.Call(ast.Name(CHECK_NAME, ast.Load()),
-                                                   [ast.Constant(None)], [])))
+        node.finalbody.insert(
+          0, ast.Expr(ast.Call(ast.Name(CHECK_NAME, ast.Load()), [ast.Constant(None)], []))
+        )
 
 
 def guard_source(source: str, tree: ast.Module | None) -> str | None:
@@ -294,8 +415,7 @@ def guard_source(source: str, tree: ast.Module | None) -> str | None:
   lines = text.split("\n")
   for line, col, insert in sorted(edits, reverse=True):
     data = lines[line - 1].encode("utf-8", "surrogatepass")  # AST columns count UTF-8 bytes
-    lines[line - 1] = (data[:col] + insert.encode() + data[col:]).decode("utf-8",
-                                                                           "surrogatepass")
+    lines[line - 1] = (data[:col] + insert.encode() + data[col:]).decode("utf-8", "surrogatepass")
   guarded = "\n".join(lines)
   # The edits must give exactly the tree the checks are meant to make, or none are used.
   try:

@@ -16,6 +16,7 @@ number), so a reader never pairs a number with the wrong pid. A missed or stray 
 harmless: a child waits until the page says it is its turn, and the zygote wakes the current
 child again whenever it handles a child's exit.
 """
+
 import mmap
 import os
 import signal

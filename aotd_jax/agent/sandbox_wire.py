@@ -22,6 +22,7 @@ match its bytes, an unhashable key, a truncated frame all raise `WireError`. Any
 encoder does not know goes to `encode_other` (the host turns it into a handle; the worker
 refuses it).
 """
+
 import os
 import re
 import struct
@@ -29,11 +30,12 @@ import struct
 import msgpack
 import numpy as np
 
-TUPLE, SET, FROZENSET, COMPLEX, BIGINT, ARRAY, SCALAR, SLICE, RANGE, ELLIPSIS, HANDLE = range(
-    1, 12)
+TUPLE, SET, FROZENSET, COMPLEX, BIGINT, ARRAY, SCALAR, SLICE, RANGE, ELLIPSIS, HANDLE = range(1, 12)
 # Kinds of dtype that travel by value: bool, ints, floats, complex, bytes, str, datetimes.
-_DTYPE = re.compile(r"^[<>|=]?(b1|[iu][1248]|f[248]|c(8|16)|f16|c32|S\d{1,9}|U\d{1,9}|"
-                    r"[mM]8(\[\d{0,3}[a-zA-Z]{1,2}\])?)$")
+_DTYPE = re.compile(
+  r"^[<>|=]?(b1|[iu][1248]|f[248]|c(8|16)|f16|c32|S\d{1,9}|U\d{1,9}|"
+  r"[mM]8(\[\d{0,3}[a-zA-Z]{1,2}\])?)$"
+)
 MAX_DIMS = 32
 
 
@@ -66,8 +68,7 @@ class Codec:
     max_array_bytes: arrays (and scalars) larger than this go to `encode_other` instead.
   """
 
-  def __init__(self, encode_other=None, decode_handle=None, max_array_bytes=None,
-               max_nodes=None):
+  def __init__(self, encode_other=None, decode_handle=None, max_array_bytes=None, max_nodes=None):
     self.encode_other = encode_other
     self.decode_handle = decode_handle
     self.max_array_bytes = max_array_bytes
@@ -76,8 +77,13 @@ class Codec:
 
   # -- encoding
   def encode(self, obj) -> bytes:
-    return msgpack.packb(obj, default=self._default, strict_types=True, use_bin_type=True,
-                         unicode_errors="surrogatepass")
+    return msgpack.packb(
+      obj,
+      default=self._default,
+      strict_types=True,
+      use_bin_type=True,
+      unicode_errors="surrogatepass",
+    )
 
   def _ext(self, code, payload):
     return msgpack.ExtType(code, self.encode(payload))
@@ -127,8 +133,15 @@ class Codec:
       self._left = [self.max_nodes]
     hooks = {} if self._left is None else {"list_hook": self._count, "object_hook": self._count}
     try:
-      return msgpack.unpackb(data, ext_hook=self._ext_hook, strict_map_key=False, raw=False,
-                             unicode_errors="surrogatepass", use_list=True, **hooks)
+      return msgpack.unpackb(
+        data,
+        ext_hook=self._ext_hook,
+        strict_map_key=False,
+        raw=False,
+        unicode_errors="surrogatepass",
+        use_list=True,
+        **hooks,
+      )
     except WireError:
       raise
     except Exception as e:  # truncated, extra data, unhashable keys, too deep, out of memory
@@ -215,7 +228,7 @@ class Frames:
 
   def send_bytes(self, data) -> None:
     n = len(data)
-    header = _LEN.pack(n) if n < 0x7fffffff else _LEN.pack(-1) + _LONG_LEN.pack(n)
+    header = _LEN.pack(n) if n < 0x7FFFFFFF else _LEN.pack(-1) + _LONG_LEN.pack(n)
     if n < _SMALL:
       self._write(header + bytes(data))
     else:
@@ -234,7 +247,7 @@ class Frames:
   def _write(self, data) -> None:
     view = memoryview(data)
     while view:
-      view = view[os.write(self.fd, view):]
+      view = view[os.write(self.fd, view) :]
 
   def _read(self, n: int) -> bytes:
     chunks, left = [], n

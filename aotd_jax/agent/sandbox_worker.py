@@ -35,6 +35,7 @@ whole worker. Limits the child enforces itself (steps, printed output, `MemoryEr
 `try`/`finally` in the program can swallow them. Wall time and CPU are enforced by the host
 killing the worker (and RLIMIT_CPU).
 """
+
 import ast
 import builtins
 import gc
@@ -62,6 +63,7 @@ class ToolError(Exception):
 
 class Handle:
   """A stand-in for an object the host keeps (e.g. a VideoClip holding frames)."""
+
   __slots__ = ("_hid", "_type", "_repr")
 
   def __init__(self, hid, type_name, text):
@@ -106,8 +108,13 @@ def _encode_handle(obj):
 
 
 def _decode_handle(p):
-  if (type(p) is not list or len(p) != 3 or type(p[0]) is not int
-      or type(p[1]) is not str or type(p[2]) is not str):
+  if (
+    type(p) is not list
+    or len(p) != 3
+    or type(p[0]) is not int
+    or type(p[1]) is not str
+    or type(p[2]) is not str
+  ):
     raise sandbox_wire.WireError("bad handle")
   return Handle(*p)
 
@@ -172,6 +179,7 @@ def _end(reason):
 
 class _Tool:
   """The worker's proxy for one tool: calls are forwarded to the host."""
+
   __slots__ = ("_name",)
 
   def __init__(self, name):
@@ -393,9 +401,13 @@ def _child(seq, turns):
     except BaseException as e:  # a lambda, a self-containing list, out of memory ...
       clean = False
       try:
-        data = _CHANNEL.codec.encode([
-            "fail", f"program returned a value that cannot be sent: {type(e).__name__}",
-            result[2][-10000:]])
+        data = _CHANNEL.codec.encode(
+          [
+            "fail",
+            f"program returned a value that cannot be sent: {type(e).__name__}",
+            result[2][-10000:],
+          ]
+        )
       except BaseException:
         _die()
     del result, args, msg
@@ -414,22 +426,63 @@ def _child(seq, turns):
 # refused with EPERM: files, sockets, programs, namespaces, mounts, tracing, ioctls, new file
 # descriptors, kernel interfaces. A few are allowed only with safe arguments (`_seccomp`).
 _ALLOWED_SYSCALLS = (
-    # memory (mmap and mprotect never with PROT_EXEC)
-    "brk", "mmap", "munmap", "mremap", "madvise", "mprotect",
-    # the channel (fd 3) and the standard streams (/dev/null)
-    "read", "write", "readv", "writev", "close", "fstat", "lseek",
-    # the zygote's fork loop and its children's turns (clone without new namespaces;
-    # RLIMIT_NPROC=0 stops a child's; kill only to a pid >= 0)
-    "clone", "wait4", "waitid", "kill", "getpid", "getppid", "gettid", "set_robust_list",
-    "rseq", "futex", "sched_yield", "exit", "exit_group", "restart_syscall",
-    # signals
-    "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "rt_sigtimedwait", "rt_sigpending",
-    "sigaltstack",
-    # limits on itself (prlimit64 only on pid 0; prctl only the two the worker uses)
-    "prlimit64", "getrlimit", "setrlimit", "getrusage", "prctl",
-    # clocks, identity, randomness
-    "clock_gettime", "clock_getres", "gettimeofday", "time", "nanosleep", "clock_nanosleep",
-    "getuid", "geteuid", "getgid", "getegid", "getrandom")
+  # memory (mmap and mprotect never with PROT_EXEC)
+  "brk",
+  "mmap",
+  "munmap",
+  "mremap",
+  "madvise",
+  "mprotect",
+  # the channel (fd 3) and the standard streams (/dev/null)
+  "read",
+  "write",
+  "readv",
+  "writev",
+  "close",
+  "fstat",
+  "lseek",
+  # the zygote's fork loop and its children's turns (clone without new namespaces;
+  # RLIMIT_NPROC=0 stops a child's; kill only to a pid >= 0)
+  "clone",
+  "wait4",
+  "waitid",
+  "kill",
+  "getpid",
+  "getppid",
+  "gettid",
+  "set_robust_list",
+  "rseq",
+  "futex",
+  "sched_yield",
+  "exit",
+  "exit_group",
+  "restart_syscall",
+  # signals
+  "rt_sigaction",
+  "rt_sigprocmask",
+  "rt_sigreturn",
+  "rt_sigtimedwait",
+  "rt_sigpending",
+  "sigaltstack",
+  # limits on itself (prlimit64 only on pid 0; prctl only the two the worker uses)
+  "prlimit64",
+  "getrlimit",
+  "setrlimit",
+  "getrusage",
+  "prctl",
+  # clocks, identity, randomness
+  "clock_gettime",
+  "clock_getres",
+  "gettimeofday",
+  "time",
+  "nanosleep",
+  "clock_nanosleep",
+  "getuid",
+  "geteuid",
+  "getgid",
+  "getegid",
+  "getrandom",
+)
 _CLONE_NEW_NAMESPACES = 0x7E020000  # CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | ...
 _PROT_EXEC = 4
 
@@ -440,6 +493,7 @@ def _jail(as_root):
   (by the caller, after the rlimits) a seccomp filter. Returns what was applied and what
   was not, for the host to report."""
   import ctypes
+
   libc = ctypes.CDLL(None, use_errno=True)
   done, missing = [], []
   seccomp = None  # loaded now: after the chroot there is no library to find
@@ -447,6 +501,7 @@ def _jail(as_root):
     seccomp = ctypes.CDLL("libseccomp.so.2")
   except OSError:
     import ctypes.util
+
     path = ctypes.util.find_library("seccomp")
     try:
       seccomp = ctypes.CDLL(path) if path else None
@@ -460,20 +515,31 @@ def _jail(as_root):
     done.append("namespaces")
     if not as_root:
       try:
-        for path, text in (("/proc/self/setgroups", "deny"),
-                           ("/proc/self/uid_map", f"{NOBODY} {uid} 1"),
-                           ("/proc/self/gid_map", f"{NOBODY} {gid} 1")):
+        for path, text in (
+          ("/proc/self/setgroups", "deny"),
+          ("/proc/self/uid_map", f"{NOBODY} {uid} 1"),
+          ("/proc/self/gid_map", f"{NOBODY} {gid} 1"),
+        ):
           with open(path, "w") as f:
             f.write(text)
       except OSError:
         pass
     ms_rdonly, ms_nosuid, ms_nodev, ms_noexec, ms_remount, ms_rec, ms_private = (
-        1, 2, 4, 8, 32, 16384, 1 << 18)
+      1,
+      2,
+      4,
+      8,
+      32,
+      16384,
+      1 << 18,
+    )
     flags = ms_nosuid | ms_nodev | ms_noexec
-    if (libc.mount(None, b"/", None, ms_rec | ms_private, None) == 0
-        and libc.mount(b"none", b"/tmp", b"tmpfs", flags, b"size=4k,mode=0555") == 0
-        and libc.mount(None, b"/tmp", None, ms_remount | ms_rdonly | flags, None) == 0
-        and libc.chroot(b"/tmp") == 0):
+    if (
+      libc.mount(None, b"/", None, ms_rec | ms_private, None) == 0
+      and libc.mount(b"none", b"/tmp", b"tmpfs", flags, b"size=4k,mode=0555") == 0
+      and libc.mount(None, b"/tmp", None, ms_remount | ms_rdonly | flags, None) == 0
+      and libc.chroot(b"/tmp") == 0
+    ):
       os.chdir("/")
       done.append("chroot")
     else:
@@ -492,29 +558,38 @@ def _seccomp(lib):
   import ctypes
 
   class ArgCmp(ctypes.Structure):  # libseccomp's struct scmp_arg_cmp
-    _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int), ("datum_a", ctypes.c_uint64),
-                ("datum_b", ctypes.c_uint64)]
+    _fields_ = [
+      ("arg", ctypes.c_uint),
+      ("op", ctypes.c_int),
+      ("datum_a", ctypes.c_uint64),
+      ("datum_b", ctypes.c_uint64),
+    ]
 
   lib.seccomp_init.restype = ctypes.c_void_p
   lib.seccomp_init.argtypes = [ctypes.c_uint32]
-  lib.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int,
-                                         ctypes.c_uint, ctypes.POINTER(ArgCmp)]
+  lib.seccomp_rule_add_array.argtypes = [
+    ctypes.c_void_p,
+    ctypes.c_uint32,
+    ctypes.c_int,
+    ctypes.c_uint,
+    ctypes.POINTER(ArgCmp),
+  ]
   lib.seccomp_load.argtypes = [ctypes.c_void_p]
   lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
   ctx = lib.seccomp_init(0x00050000 | 1)  # default: SCMP_ACT_ERRNO(EPERM)
   if not ctx:
     return False
-  allow, cmp_eq, cmp_masked_eq = 0x7fff0000, 4, 7
+  allow, cmp_eq, cmp_masked_eq = 0x7FFF0000, 4, 7
   only = {  # syscall -> (argument, comparison, a, b): allowed only when it holds
-      "clone": [(0, cmp_masked_eq, _CLONE_NEW_NAMESPACES, 0)],
-      "mmap": [(2, cmp_masked_eq, _PROT_EXEC, 0)],
-      "mprotect": [(2, cmp_masked_eq, _PROT_EXEC, 0)],
-      "prlimit64": [(0, cmp_eq, 0, 0)],
-      "prctl": [(0, cmp_eq, PR_SET_PDEATHSIG, 0), (0, cmp_eq, PR_GET_DUMPABLE, 0)],
-      # A pid >= 0 (one process, or the worker's own process group): never -1 (every process
-      # the worker's uid may signal, the host's too when the host is not root) or another
-      # process group.
-      "kill": [(0, cmp_masked_eq, 0x80000000, 0)],
+    "clone": [(0, cmp_masked_eq, _CLONE_NEW_NAMESPACES, 0)],
+    "mmap": [(2, cmp_masked_eq, _PROT_EXEC, 0)],
+    "mprotect": [(2, cmp_masked_eq, _PROT_EXEC, 0)],
+    "prlimit64": [(0, cmp_eq, 0, 0)],
+    "prctl": [(0, cmp_eq, PR_SET_PDEATHSIG, 0), (0, cmp_eq, PR_GET_DUMPABLE, 0)],
+    # A pid >= 0 (one process, or the worker's own process group): never -1 (every process
+    # the worker's uid may signal, the host's too when the host is not root) or another
+    # process group.
+    "kill": [(0, cmp_masked_eq, 0x80000000, 0)],
   }
   for name in _ALLOWED_SYSCALLS:
     nr = lib.seccomp_syscall_resolve_name(name.encode())
@@ -553,13 +628,17 @@ def main():
   PREFAULT = len(sys.argv) > 6 and sys.argv[6] == "warm"
   # The names come from the host (sandbox_policy is the one list); never a dunder.
   names = sys.argv[7].split(",") if len(sys.argv) > 7 else []
-  _BUILTINS.update((name, getattr(builtins, name)) for name in names
-                   if not name.startswith("_") and hasattr(builtins, name))
+  _BUILTINS.update(
+    (name, getattr(builtins, name))
+    for name in names
+    if not name.startswith("_") and hasattr(builtins, name)
+  )
   # C code (numpy's lazy `from numpy._core import _methods`) imports through the calling
   # frame's builtins. Programs cannot spell a dunder, so only such internals reach this.
   _BUILTINS["__import__"] = _loaded_module
   import ctypes
   import numpy  # noqa: F401 -- loaded before files can no longer be opened
+
   try:
     _PRCTL[0] = ctypes.CDLL(None, use_errno=True).prctl
     _PRCTL[0](PR_GET_DUMPABLE, 0)  # a harmless call: ctypes' call path is built here once
@@ -692,15 +771,28 @@ def _warm_up(times=8):
   the adaptive interpreter specialise the code."""
   global _OUTPUT
   import numpy as np
+
   codec = _CHANNEL.codec
-  msg = ["call", "f", (1, "a", [2.5, None], {"k": b"x"}, np.zeros((2, 2)), np.float32(1)),
-         {"z": complex(1, 2), "s": {1}, "r": range(2)}]
+  msg = [
+    "call",
+    "f",
+    (1, "a", [2.5, None], {"k": b"x"}, np.zeros((2, 2)), np.float32(1)),
+    {"z": complex(1, 2), "s": {1}, "r": range(2)},
+  ]
   for _ in range(times):
     codec.decode(codec.encode(msg))
-  limits = {"max_output_chars": 1000, "max_depth": 100, "max_steps": 10000,
-            "entry_point": "execute_command", "guarded": True}
-  args = {"video_clip": Handle(0, "VideoClip", "<clip>"), "query": "q",
-          "possible_answers": ["a", "b"]}
+  limits = {
+    "max_output_chars": 1000,
+    "max_depth": 100,
+    "max_steps": 10000,
+    "entry_point": "execute_command",
+    "guarded": True,
+  }
+  args = {
+    "video_clip": Handle(0, "VideoClip", "<clip>"),
+    "query": "q",
+    "possible_answers": ["a", "b"],
+  }
   for _ in range(times):
     try:
       _run(_WARM_UP, args, ["select_answer"], limits, tool=lambda *a, **k: "a")

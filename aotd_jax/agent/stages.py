@@ -15,6 +15,7 @@ gets it (re-raised) when that item's turn comes, after every earlier item, as a 
 would raise it. When the consumer stops early (an exception, `close()`), every stage finishes
 its current items and the threads are joined before the generator returns.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,10 +37,12 @@ class _Failed:
 @dataclasses.dataclass
 class StageTimes:
   """Busy seconds and items per stage (what the stage's function took, not its waits)."""
+
   busy_s: dict[str, float] = dataclasses.field(default_factory=dict)
   items: dict[str, int] = dataclasses.field(default_factory=dict)
-  _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False,
-                                            compare=False)
+  _lock: threading.Lock = dataclasses.field(
+    default_factory=threading.Lock, repr=False, compare=False
+  )
 
   def add(self, name: str, seconds: float) -> None:
     with self._lock:  # a stage's workers add at once
@@ -78,8 +81,13 @@ def _parse(stage: tuple) -> tuple[str, Callable[[Any], Any], int]:
   return name, fn, workers
 
 
-def run_stages(items: Iterable[Any], stages: Sequence[tuple], *, max_in_flight: int = 4,
-               times: StageTimes | None = None) -> Iterator[Any]:
+def run_stages(
+  items: Iterable[Any],
+  stages: Sequence[tuple],
+  *,
+  max_in_flight: int = 4,
+  times: StageTimes | None = None,
+) -> Iterator[Any]:
   """Runs every item through `stages` in order, each stage in its own thread(s).
 
   Args:
@@ -146,8 +154,12 @@ def run_stages(items: Iterable[Any], stages: Sequence[tuple], *, max_in_flight: 
   threads = [threading.Thread(target=feed, name="stages-feed", daemon=True)]
   for i, (name, fn, workers) in enumerate(parsed):
     out = _InOrder(queues[i + 1], workers)
-    threads += [threading.Thread(target=work, args=(queues[i], out, name, fn),
-                                 name=f"stages-{name}-{w}", daemon=True) for w in range(workers)]
+    threads += [
+      threading.Thread(
+        target=work, args=(queues[i], out, name, fn), name=f"stages-{name}-{w}", daemon=True
+      )
+      for w in range(workers)
+    ]
   for t in threads:
     t.start()
   ended = False

@@ -7,6 +7,7 @@ frame indices, labels, the chosen answer), how long it took, and the program's f
 become lists (or a shape/dtype summary when large, e.g. video frames), objects with
 `to_json()` use it, dataclasses become dicts tagged with their type.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -16,8 +17,8 @@ import math
 import threading
 from typing import Any, Sequence
 
-MAX_ARRAY_ELEMENTS = 256    # arrays up to this size are kept whole (boxes, scores)
-MAX_SEQUENCE_ITEMS = 1000   # longer lists keep their head and count the rest
+MAX_ARRAY_ELEMENTS = 256  # arrays up to this size are kept whole (boxes, scores)
+MAX_SEQUENCE_ITEMS = 1000  # longer lists keep their head and count the rest
 MAX_STRING_CHARS = 4000
 MAX_DEPTH = 12
 
@@ -27,15 +28,14 @@ def _summarize_array(arr, max_array_elements: int) -> Any:
     return [summarize(v) for v in arr.tolist()] if arr.ndim else summarize(arr.item())
   if arr.dtype.kind in "US" and arr.size <= max_array_elements:
     return arr.tolist()
-  out = {"type": "ndarray", "shape": list(arr.shape), "dtype": str(arr.dtype),
-         "truncated": True}
+  out = {"type": "ndarray", "shape": list(arr.shape), "dtype": str(arr.dtype), "truncated": True}
   if arr.dtype.kind in "biuf" and arr.size:
     out["min"] = summarize(arr.min().item())
     out["max"] = summarize(arr.max().item())
   return out
 
 
-MAX_NODES = 20_000          # values summarised per call (shared references count each time)
+MAX_NODES = 20_000  # values summarised per call (shared references count each time)
 MAX_INT_DIGITS = 60
 
 
@@ -58,8 +58,9 @@ def _int(value: int):
   return {"type": "int", "bits": value.bit_length(), "sign": -1 if value < 0 else 1}
 
 
-def summarize(value: Any, *, max_array_elements: int = MAX_ARRAY_ELEMENTS,
-              max_nodes: int = MAX_NODES) -> Any:
+def summarize(
+  value: Any, *, max_array_elements: int = MAX_ARRAY_ELEMENTS, max_nodes: int = MAX_NODES
+) -> Any:
   """Returns a bounded, JSON-serialisable summary of `value` (a tool argument or result, a
   program's value).
 
@@ -98,8 +99,7 @@ def _summarize(value: Any, max_array_elements: int, depth: int, budget: list) ->
   if np is not None:
     if isinstance(value, np.ndarray):
       if value.dtype.hasobject:
-        return {"type": "ndarray", "shape": list(value.shape), "dtype": "object",
-                "truncated": True}
+        return {"type": "ndarray", "shape": list(value.shape), "dtype": "object", "truncated": True}
       return _summarize_array(value, max_array_elements)
     if isinstance(value, np.generic):
       if isinstance(value, (np.integer, np.floating, np.bool_, np.str_)):
@@ -128,7 +128,7 @@ def _summarize(value: Any, max_array_elements: int, depth: int, budget: list) ->
       out[safe_str(str.__str__(key), 200)] = rec(v)
     return out
   if isinstance(value, (set, frozenset)):
-    items = list(value)[:MAX_SEQUENCE_ITEMS + 1]
+    items = list(value)[: MAX_SEQUENCE_ITEMS + 1]
     try:
       items.sort()
     except TypeError:
@@ -151,6 +151,7 @@ def _summarize(value: Any, max_array_elements: int, depth: int, budget: list) ->
 def _numpy():
   try:
     import numpy
+
     return numpy
   except ImportError:  # pragma: no cover
     return None
@@ -160,6 +161,7 @@ def _numpy():
 class ToolCall:
   """One tool call of a program: `args` maps parameter names to summaries; `result` is the
   summary of what the tool returned (None with `error` set when it raised)."""
+
   name: str
   args: dict
   result: Any
@@ -169,8 +171,12 @@ class ToolCall:
   raw: Any = dataclasses.field(default=None, repr=False, compare=False)
 
   def to_json(self) -> dict:
-    d = {"name": self.name, "args": self.args, "result": self.result,
-         "seconds": round(self.seconds, 6)}
+    d = {
+      "name": self.name,
+      "args": self.args,
+      "result": self.result,
+      "seconds": round(self.seconds, 6),
+    }
     if self.error is not None:
       d["error"] = self.error
     return d
@@ -178,8 +184,13 @@ class ToolCall:
   @classmethod
   def from_json(cls, d: dict) -> "ToolCall":
     try:
-      return cls(name=d["name"], args=d["args"], result=d["result"],
-                 seconds=float(d["seconds"]), error=d.get("error"))
+      return cls(
+        name=d["name"],
+        args=d["args"],
+        result=d["result"],
+        seconds=float(d["seconds"]),
+        error=d.get("error"),
+      )
     except (KeyError, TypeError) as e:
       raise ValueError(f"bad ToolCall record {str(d)[:200]}: missing or bad {e}") from None
 
@@ -187,6 +198,7 @@ class ToolCall:
 @dataclasses.dataclass
 class Trace:
   """A whole execution: the program, its tool calls in order, its value and outcome."""
+
   calls: list[ToolCall]
   value: Any = None
   ok: bool = True
@@ -197,9 +209,15 @@ class Trace:
 
   def to_json(self) -> dict:
     """A plain dict (json.dumps-able)."""
-    return {"program": self.program, "ok": self.ok, "error": self.error,
-            "value": summarize(self.value), "seconds": round(self.seconds, 6),
-            "stdout": self.stdout, "calls": [c.to_json() for c in self.calls]}
+    return {
+      "program": self.program,
+      "ok": self.ok,
+      "error": self.error,
+      "value": summarize(self.value),
+      "seconds": round(self.seconds, 6),
+      "stdout": self.stdout,
+      "calls": [c.to_json() for c in self.calls],
+    }
 
   @classmethod
   def from_json(cls, d: dict | str) -> "Trace":
@@ -208,10 +226,15 @@ class Trace:
       d = json.loads(d)
     if not isinstance(d, dict) or "calls" not in d:
       raise ValueError(f"bad Trace record: expected an object with 'calls', got {str(d)[:200]}")
-    return cls(calls=[ToolCall.from_json(c) for c in d["calls"]], value=d.get("value"),
-               ok=bool(d.get("ok", True)), error=d.get("error"),
-               seconds=float(d.get("seconds", 0.0)), stdout=d.get("stdout", ""),
-               program=d.get("program"))
+    return cls(
+      calls=[ToolCall.from_json(c) for c in d["calls"]],
+      value=d.get("value"),
+      ok=bool(d.get("ok", True)),
+      error=d.get("error"),
+      seconds=float(d.get("seconds", 0.0)),
+      stdout=d.get("stdout", ""),
+      program=d.get("program"),
+    )
 
   def dumps(self) -> str:
     return json.dumps(self.to_json(), sort_keys=True)

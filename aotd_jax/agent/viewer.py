@@ -6,6 +6,7 @@ tool call with its arguments and result, the time windows it produced marked on 
 of the video, its boxes drawn over their frames (inline SVG over PNG data URIs when frames
 are available, over a blank canvas otherwise), the rationale and both filter verdicts.
 """
+
 from __future__ import annotations
 
 import base64
@@ -62,10 +63,19 @@ def png_data_uri(image: np.ndarray) -> str:
   raw = b"".join(b"\x00" + image[y].tobytes() for y in range(h))
 
   def chunk(kind: bytes, data: bytes) -> bytes:
-    return (struct.pack(">I", len(data)) + kind + data
-            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-  png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-         + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
+    return (
+      struct.pack(">I", len(data))
+      + kind
+      + data
+      + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    )
+
+  png = (
+    b"\x89PNG\r\n\x1a\n"
+    + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+    + chunk(b"IDAT", zlib.compress(raw, 6))
+    + chunk(b"IEND", b"")
+  )
   return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
@@ -75,6 +85,7 @@ def video_frames(record: Mapping, frame_ids: Sequence[int]) -> Mapping[int, np.n
   if not path or not os.path.exists(path) or not frame_ids:
     return {}
   from aotd_jax.data import video
+
   ids = sorted(set(int(i) for i in frame_ids))
   return dict(zip(ids, video.decode_frames(path, ids)))
 
@@ -96,32 +107,42 @@ def _frame_svg(frame_id: int, boxes: list[dict], image: np.ndarray | None) -> st
     h = int(max([b["box"][3] for b in boxes] + [64]) + 4)
   scale = FRAME_PX / w
   font = max(round(w / 18, 1), 3)  # ~10 px once scaled to FRAME_PX
-  parts = [f'<svg class="frame" data-frame="{frame_id}" width="{FRAME_PX}" '
-           f'height="{round(h * scale)}" viewBox="0 0 {w} {h}">']
+  parts = [
+    f'<svg class="frame" data-frame="{frame_id}" width="{FRAME_PX}" '
+    f'height="{round(h * scale)}" viewBox="0 0 {w} {h}">'
+  ]
   if image is not None:
     parts.append(f'<image href="{png_data_uri(image)}" width="{w}" height="{h}"/>')
   else:
     parts.append(f'<rect class="blank" width="{w}" height="{h}" fill="#ddd"/>')
   for b in boxes:
     x0, y0, x1, y1 = b["box"]
-    parts.append(f'<rect class="box" data-label="{_e(b["label"])}" x="{x0:g}" y="{y0:g}" '
-                 f'width="{max(x1 - x0, 0.5):g}" height="{max(y1 - y0, 0.5):g}"/>'
-                 f'<text class="label" x="{x0:g}" y="{max(y0 - 1, font):g}" font-size="{font:g}">'
-                 f'{_e(b["label"])}</text>')
-  parts.append(f'<text x="2" y="{h - 2}" font-size="{font:g}" fill="#fff" stroke="#000" '
-               f'stroke-width="{font / 30:.2f}">frame {frame_id}</text></svg>')
+    parts.append(
+      f'<rect class="box" data-label="{_e(b["label"])}" x="{x0:g}" y="{y0:g}" '
+      f'width="{max(x1 - x0, 0.5):g}" height="{max(y1 - y0, 0.5):g}"/>'
+      f'<text class="label" x="{x0:g}" y="{max(y0 - 1, font):g}" font-size="{font:g}">'
+      f'{_e(b["label"])}</text>'
+    )
+  parts.append(
+    f'<text x="2" y="{h - 2}" font-size="{font:g}" fill="#fff" stroke="#000" '
+    f'stroke-width="{font / 30:.2f}">frame {frame_id}</text></svg>'
+  )
   return "".join(parts)
 
 
 def _timeline_svg(windows: list[tuple[int, int]], length: int) -> str:
   width = 480
-  parts = [f'<svg class="timeline" width="{width}" height="14" data-frames="{length}">'
-           f'<rect width="{width}" height="14" fill="#eee"/>']
+  parts = [
+    f'<svg class="timeline" width="{width}" height="14" data-frames="{length}">'
+    f'<rect width="{width}" height="14" fill="#eee"/>'
+  ]
   for start, end in windows:
     x = width * start / length
-    parts.append(f'<rect class="window" data-start="{start}" data-end="{end}" x="{x:.1f}" '
-                 f'width="{max(width * (end - start) / length, 1):.1f}" height="14">'
-                 f'<title>{_e(cot.window_text((start, end)))}</title></rect>')
+    parts.append(
+      f'<rect class="window" data-start="{start}" data-end="{end}" x="{x:.1f}" '
+      f'width="{max(width * (end - start) / length, 1):.1f}" height="14">'
+      f'<title>{_e(cot.window_text((start, end)))}</title></rect>'
+    )
   return "".join(parts) + "</svg>"
 
 
@@ -130,7 +151,7 @@ def _video_length(record: Mapping) -> int:
   ends = [1]
   for call in cot.as_calls(record.get("trace")):
     for value in (call["args"], call["result"]):
-      found = cot.evidence(value, max_boxes_per_object=10 ** 6)
+      found = cot.evidence(value, max_boxes_per_object=10**6)
       ends += [e for _, e in found.windows] + [b["last_frame"] + 1 for b in found.boxes]
   return max(ends)
 
@@ -138,9 +159,11 @@ def _video_length(record: Mapping) -> int:
 def _verdict_html(step: str, verdict: Mapping | None) -> str:
   verdict = verdict or {}
   ok = bool(verdict.get("passed"))
-  return (f'<span class="verdict {"pass" if ok else "fail"}" data-step="{step}" '
-          f'title="{_e(verdict.get("reason", ""))}">{step}: {"pass" if ok else "fail"} '
-          f'({_e(verdict.get("by", "?"))})</span>')
+  return (
+    f'<span class="verdict {"pass" if ok else "fail"}" data-step="{step}" '
+    f'title="{_e(verdict.get("reason", ""))}">{step}: {"pass" if ok else "fail"} '
+    f'({_e(verdict.get("by", "?"))})</span>'
+  )
 
 
 def _call_html(call: Mapping, record: Mapping, length: int, frames: FrameSource) -> str:
@@ -150,9 +173,11 @@ def _call_html(call: Mapping, record: Mapping, length: int, frames: FrameSource)
     by_frame.setdefault(b["frame"], []).append(b)
   shown = sorted(by_frame)[:MAX_FRAMES_PER_CALL]
   images = frames(record, shown) if shown else {}
-  parts = [f'<li class="call" data-tool="{_e(call["name"])}"><b>{_e(call["name"])}</b> '
-           f'<span class="args">{_e(_short_json(call["args"]))}</span><br>'
-           f'<span class="result">&rarr; {_e(_short_json(call["result"]))}</span>']
+  parts = [
+    f'<li class="call" data-tool="{_e(call["name"])}"><b>{_e(call["name"])}</b> '
+    f'<span class="args">{_e(_short_json(call["args"]))}</span><br>'
+    f'<span class="result">&rarr; {_e(_short_json(call["result"]))}</span>'
+  ]
   if found.windows:
     parts.append(_timeline_svg(found.windows, length))
   parts += [_frame_svg(f, by_frame[f], images.get(f)) for f in shown]
@@ -166,21 +191,23 @@ def _question_html(record: Mapping, frames: FrameSource) -> str:
   choices = record.get("choices") or []
   calls = cot.as_calls(record.get("trace"))
   error = verdicts.get("parse_error") or verdicts.get("execution_error")
-  parts = [f'<section class="question {"kept" if kept else "dropped"}" '
-           f'data-qid="{_e(record["qid"])}">',
-           f'<h2>{_e(record["qid"])}: {_e(record.get("question", ""))}</h2>',
-           f'<div class="choices">{_e(programs.format_choices(choices) or "(open-ended)")}'
-           f' &mdash; gold: <b>{_e(record.get("answer", ""))}</b>, program: '
-           f'<b class="prediction">{_e(record.get("prediction"))}</b></div>',
-           f'<div class="verdicts">{_verdict_html("answer", verdicts.get("answer"))}'
-           f'{_verdict_html("logic", verdicts.get("logic"))}</div>']
+  parts = [
+    f'<section class="question {"kept" if kept else "dropped"}" data-qid="{_e(record["qid"])}">',
+    f'<h2>{_e(record["qid"])}: {_e(record.get("question", ""))}</h2>',
+    f'<div class="choices">{_e(programs.format_choices(choices) or "(open-ended)")}'
+    f' &mdash; gold: <b>{_e(record.get("answer", ""))}</b>, program: '
+    f'<b class="prediction">{_e(record.get("prediction"))}</b></div>',
+    f'<div class="verdicts">{_verdict_html("answer", verdicts.get("answer"))}'
+    f'{_verdict_html("logic", verdicts.get("logic"))}</div>',
+  ]
   if error:
     parts.append(f'<div class="error">{_e(error)}</div>')
   if record.get("program"):
     parts.append(f'<pre class="program">{_e(record["program"])}</pre>')
   if calls:
-    parts.append('<ol class="calls">' + "".join(_call_html(c, record, length, frames)
-                                                for c in calls) + "</ol>")
+    parts.append(
+      '<ol class="calls">' + "".join(_call_html(c, record, length, frames) for c in calls) + "</ol>"
+    )
   if record.get("rationale"):
     parts.append(f'<div class="rationale">{_e(record["rationale"])}</div>')
   return "".join(parts) + "</section>"
@@ -194,24 +221,38 @@ def sample_records(records: Sequence[Mapping], num_samples: int, seed: int = 0) 
   return [records[i] for i in keep]
 
 
-def render_report(records: Iterable[Mapping], path: str, *, num_samples: int = 20,
-                  seed: int = 0, frames: FrameSource | None = None,
-                  title: str = "AoTD CoT run") -> str:
+def render_report(
+  records: Iterable[Mapping],
+  path: str,
+  *,
+  num_samples: int = 20,
+  seed: int = 0,
+  frames: FrameSource | None = None,
+  title: str = "AoTD CoT run",
+) -> str:
   """Writes the HTML report for a sample of job records to `path`; returns `path`."""
   records = list(records)
   stats = filters.FilterStats()
   for r in records:
     stats.add_record(r)
   frames = frames or video_frames
-  rows = "".join(f"<tr><th>{_e(k)}</th><td>{v}</td><td>{stats.rates().get(k, 1.0):.0%}</td></tr>"
-                 for k, v in (("total", stats.total), ("parsed", stats.parsed),
-                              ("executed", stats.executed), ("answer", stats.answer_passed),
-                              ("logic", stats.logic_passed)))
+  rows = "".join(
+    f"<tr><th>{_e(k)}</th><td>{v}</td><td>{stats.rates().get(k, 1.0):.0%}</td></tr>"
+    for k, v in (
+      ("total", stats.total),
+      ("parsed", stats.parsed),
+      ("executed", stats.executed),
+      ("answer", stats.answer_passed),
+      ("logic", stats.logic_passed),
+    )
+  )
   body = "".join(_question_html(r, frames) for r in sample_records(records, num_samples, seed))
-  page = (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{_e(title)}</title>'
-          f"<style>{_CSS}</style><script>{_SCRIPT}</script></head><body>"
-          f"<h1>{_e(title)}</h1><table class=\"stats\"><tr><th>step</th><th>passed</th>"
-          f"<th>rate</th></tr>{rows}</table><p id=\"rendered\"></p>{body}</body></html>")
+  page = (
+    f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{_e(title)}</title>'
+    f"<style>{_CSS}</style><script>{_SCRIPT}</script></head><body>"
+    f"<h1>{_e(title)}</h1><table class=\"stats\"><tr><th>step</th><th>passed</th>"
+    f"<th>rate</th></tr>{rows}</table><p id=\"rendered\"></p>{body}</body></html>"
+  )
   tmp = path + ".tmp"
   with open(tmp, "w", encoding="utf-8") as f:
     f.write(page)

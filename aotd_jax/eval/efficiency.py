@@ -1,4 +1,5 @@
 """Seconds per question and peak memory, measured the same way for the agent and the student."""
+
 from __future__ import annotations
 
 import contextlib
@@ -20,9 +21,13 @@ class Efficiency:
     return self.seconds / self.questions if self.questions else 0.0
 
   def to_dict(self) -> dict:
-    return {"seconds": self.seconds, "questions": self.questions,
-            "seconds_per_question": self.seconds_per_question, "peak_mb": self.peak_mb,
-            "memory_kind": self.memory_kind}
+    return {
+      "seconds": self.seconds,
+      "questions": self.questions,
+      "seconds_per_question": self.seconds_per_question,
+      "peak_mb": self.peak_mb,
+      "memory_kind": self.memory_kind,
+    }
 
 
 @contextlib.contextmanager

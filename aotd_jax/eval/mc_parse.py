@@ -14,6 +14,7 @@ offers (`--parse`):
 `choice(...)` returns the picked option index (`None`: wrong, nothing picked) and whether it
 was drawn at random.
 """
+
 from __future__ import annotations
 
 import zlib
@@ -37,7 +38,7 @@ def official_choice(output: str, num_choices: int, qid: str, seed: int = 0) -> t
   if num_choices < 1:
     raise ValueError(f"question {qid}: official parse needs choices, got {num_choices}")
   text = str(output)
-  letters = _OFFICIAL_LETTERS + metrics.LETTERS[len(_OFFICIAL_LETTERS):num_choices]
+  letters = _OFFICIAL_LETTERS + metrics.LETTERS[len(_OFFICIAL_LETTERS) : num_choices]
   if text[:1] and text[:1] in letters:
     return letters.index(text[:1]), False
   for k, letter in enumerate(letters):
@@ -55,8 +56,9 @@ def mvbench_correct(output: str, answer_index: int) -> bool:
   return pred.replace(".", "") in gt or gt in pred
 
 
-def choice(parse: str, output: str, choices: Sequence[str], answer_index: int, qid: str,
-           seed: int = 0) -> tuple[int | None, bool]:
+def choice(
+  parse: str, output: str, choices: Sequence[str], answer_index: int, qid: str, seed: int = 0
+) -> tuple[int | None, bool]:
   """(picked option index or None, drawn at random) of one reply under `parse`."""
   if parse == "official":
     return official_choice(output, len(choices), qid, seed)

@@ -1,6 +1,7 @@
 """How the paper scores a Video-LLM: multiple-choice accuracy (option letter or text parsed from
 the output), open-ended score, and the grounding of generated rationales (boxes and frame
 windows parsed from the text, IoU against ground truth, as measured on STAR)."""
+
 from __future__ import annotations
 
 import collections
@@ -11,8 +12,8 @@ from typing import Callable, Iterable, Mapping, Sequence
 LETTERS = string.ascii_uppercase
 
 _LETTER_PATTERNS = (
-    re.compile(r"^\s*\(?([A-Z])\)?(?:[.:)\s]|$)"),  # "B", "(B)", "B.", "B) text"
-    re.compile(r"(?:answer|option)\s*(?:is|:)?\s*\(?([A-Z])\)?\b", re.IGNORECASE),
+  re.compile(r"^\s*\(?([A-Z])\)?(?:[.:)\s]|$)"),  # "B", "(B)", "B.", "B) text"
+  re.compile(r"(?:answer|option)\s*(?:is|:)?\s*\(?([A-Z])\)?\b", re.IGNORECASE),
 )
 
 
@@ -29,7 +30,7 @@ def parse_choice(output: str, choices: Sequence[str]) -> int | None:
   the one choice whose normalised text appears in the output (None when ambiguous or absent)."""
   for pattern in _LETTER_PATTERNS:
     m = pattern.search(output.strip())
-    if m and m.group(1).upper() in LETTERS[:len(choices)]:
+    if m and m.group(1).upper() in LETTERS[: len(choices)]:
       if pattern is _LETTER_PATTERNS[0] or m.group(1).isupper():
         return LETTERS.index(m.group(1).upper())
   norm = normalize(output)
@@ -40,8 +41,9 @@ def parse_choice(output: str, choices: Sequence[str]) -> int | None:
   return exact[0] if exact else None
 
 
-def mc_accuracy(predictions: Iterable[int | None], answers: Iterable[int],
-                types: Iterable[str] | None = None) -> dict:
+def mc_accuracy(
+  predictions: Iterable[int | None], answers: Iterable[int], types: Iterable[str] | None = None
+) -> dict:
   """Accuracy overall and per question type (unparsable outputs count as wrong)."""
   preds, gold = list(predictions), list(answers)
   kinds = list(types) if types is not None else ["all"] * len(gold)
@@ -51,12 +53,16 @@ def mc_accuracy(predictions: Iterable[int | None], answers: Iterable[int],
     per[t][1] += 1
   correct = sum(c for c, _ in per.values())
   total = sum(n for _, n in per.values())
-  return {"accuracy": correct / total if total else 0.0, "count": total,
-          "per_type": {t: c / n for t, (c, n) in sorted(per.items())}}
+  return {
+    "accuracy": correct / total if total else 0.0,
+    "count": total,
+    "per_type": {t: c / n for t, (c, n) in sorted(per.items())},
+  }
 
 
-def open_ended_score(outputs: Sequence[str], answers: Sequence[str],
-                     judge: Callable[[str, str], float] | None = None) -> dict:
+def open_ended_score(
+  outputs: Sequence[str], answers: Sequence[str], judge: Callable[[str, str], float] | None = None
+) -> dict:
   """Normalised exact match, and the judge's mean score when a judge is given."""
   match = [normalize(o) == normalize(a) for o, a in zip(outputs, answers)]
   out = {"exact_match": sum(match) / len(match) if match else 0.0, "count": len(match)}
@@ -69,8 +75,10 @@ def open_ended_score(outputs: Sequence[str], answers: Sequence[str],
 # -- rationale grounding --------------------------------------------------------------------------
 
 _BOX = re.compile(
-    r"\[\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*\]"
-    r"\s*in\s+frame\s+(\d+)", re.IGNORECASE)
+  r"\[\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*\]"
+  r"\s*in\s+frame\s+(\d+)",
+  re.IGNORECASE,
+)
 _WINDOW = re.compile(r"\bframes?\s+(\d+)(?:\s*(?:-|to|–)\s*(\d+))?", re.IGNORECASE)
 
 
@@ -106,8 +114,11 @@ def window_iou(a: tuple[int, int], b: tuple[int, int]) -> float:
   return inter / union if union > 0 else 0.0
 
 
-def rationale_grounding(rationale: str, gt_boxes: Mapping[int, Sequence[Sequence[float]]],
-                        gt_windows: Sequence[tuple[int, int]]) -> dict:
+def rationale_grounding(
+  rationale: str,
+  gt_boxes: Mapping[int, Sequence[Sequence[float]]],
+  gt_windows: Sequence[tuple[int, int]],
+) -> dict:
   """IoU of the boxes and windows a rationale states against ground truth.
 
   Each stated box is scored against the best ground-truth box of its frame (0 if the frame
@@ -118,5 +129,9 @@ def rationale_grounding(rationale: str, gt_boxes: Mapping[int, Sequence[Sequence
   windows = parse_windows(rationale)
   b = [max((box_iou(box, g) for g in gt_boxes.get(f, ())), default=0.0) for f, box in boxes]
   w = [max((window_iou(win, g) for g in gt_windows), default=0.0) for win in windows]
-  return {"box_iou": sum(b) / len(b) if b else None, "boxes": len(b),
-          "window_iou": sum(w) / len(w) if w else None, "windows": len(w)}
+  return {
+    "box_iou": sum(b) / len(b) if b else None,
+    "boxes": len(b),
+    "window_iou": sum(w) / len(w) if w else None,
+    "windows": len(w),
+  }

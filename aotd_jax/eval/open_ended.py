@@ -7,6 +7,7 @@ vLLM / SGLang), a local Flax Llama, or `Replay` of a recorded run, so a judged e
 be re-scored without the model. Every reply is kept with its question; a reply that cannot be
 parsed counts as "no" with score 0 and is counted (`unparsed`), never dropped.
 """
+
 from __future__ import annotations
 
 import ast
@@ -24,6 +25,7 @@ _SCORE = re.compile(r"""['"]?score['"]?\s*:\s*['"]?(\d+(?:\.\d+)?)""", re.I)
 @dataclasses.dataclass(frozen=True)
 class Judgement:
   """One judged answer: the judge's raw reply and what was read from it."""
+
   qid: str
   question: str
   answer: str
@@ -40,8 +42,9 @@ class Judgement:
 def judge_prompt(question: str, answer: str, prediction: str, template: str | None = None) -> str:
   """The judge's prompt for one answer (`data/prompts/judge_open_ended.txt`)."""
   template = template or programs.read_prompt_file(PROMPT_FILE)
-  return template.format(question=question.strip(), answer=str(answer).strip(),
-                         prediction=str(prediction).strip())
+  return template.format(
+    question=question.strip(), answer=str(answer).strip(), prediction=str(prediction).strip()
+  )
 
 
 def parse_reply(reply: str) -> tuple[bool, float] | None:
@@ -70,8 +73,14 @@ def parse_reply(reply: str) -> tuple[bool, float] | None:
   return None
 
 
-def judge_answers(items: Sequence[Mapping[str, Any]], llm, *, batch_size: int = 16,
-                  max_new_tokens: int = 32, template: str | None = None) -> dict:
+def judge_answers(
+  items: Sequence[Mapping[str, Any]],
+  llm,
+  *,
+  batch_size: int = 16,
+  max_new_tokens: int = 32,
+  template: str | None = None,
+) -> dict:
   """Judges `items` (`{"qid", "question", "answer", "prediction"}`) with `llm`.
 
   Returns `{"accuracy", "score", "num_questions", "unparsed", "judgements": [...]}`:
@@ -86,21 +95,39 @@ def judge_answers(items: Sequence[Mapping[str, Any]], llm, *, batch_size: int = 
   template = template or programs.read_prompt_file(PROMPT_FILE)
   out: list[Judgement] = []
   for start in range(0, len(items), batch_size):
-    chunk = items[start:start + batch_size]
-    prompts = [[{"role": "user", "content": judge_prompt(it["question"], it["answer"],
-                                                         it["prediction"], template)}]
-               for it in chunk]
+    chunk = items[start : start + batch_size]
+    prompts = [
+      [
+        {
+          "role": "user",
+          "content": judge_prompt(it["question"], it["answer"], it["prediction"], template),
+        }
+      ]
+      for it in chunk
+    ]
     replies = llm.complete(prompts, max_new_tokens=max_new_tokens, temperature=0.0)
     if len(replies) != len(chunk):
       raise ValueError(f"judge returned {len(replies)} replies for {len(chunk)} prompts")
     for it, reply in zip(chunk, replies):
       verdict = parse_reply(reply)
       correct, score = verdict if verdict is not None else (False, 0.0)
-      out.append(Judgement(str(it["qid"]), str(it["question"]), str(it["answer"]),
-                           str(it["prediction"]), str(reply), bool(correct), float(score),
-                           verdict is not None))
+      out.append(
+        Judgement(
+          str(it["qid"]),
+          str(it["question"]),
+          str(it["answer"]),
+          str(it["prediction"]),
+          str(reply),
+          bool(correct),
+          float(score),
+          verdict is not None,
+        )
+      )
   n = len(out)
-  return {"accuracy": sum(j.correct for j in out) / n if n else float("nan"),
-          "score": sum(j.score for j in out) / n if n else float("nan"),
-          "num_questions": n, "unparsed": sum(not j.parsed for j in out),
-          "judgements": [j.to_json() for j in out]}
+  return {
+    "accuracy": sum(j.correct for j in out) / n if n else float("nan"),
+    "score": sum(j.score for j in out) / n if n else float("nan"),
+    "num_questions": n,
+    "unparsed": sum(not j.parsed for j in out),
+    "judgements": [j.to_json() for j in out],
+  }

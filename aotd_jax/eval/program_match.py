@@ -18,6 +18,7 @@ one step: `step_exact` (the kind sequences are equal), `step_f1` (F1 of the two 
 kinds) and `step_edit` (1 - Levenshtein distance / the longer length). Argument values (verbs,
 objects) are not compared: STAR's are class names, the agent's free text.
 """
+
 from __future__ import annotations
 
 import ast
@@ -26,27 +27,43 @@ from typing import Any, Mapping, Sequence
 
 # STAR's program modules (its program executor's table) -> step kind; None: dropped.
 STAR_STEPS: Mapping[str, str | None] = {
-    "Situations": None, "Actions": None, "Objs": None, "Rels": None,
-    "Unique": None, "Unique_Objects": None, "Unique_Verbs": None, "Equal": None,
-    "Union": None, "Belong_to": None, "Except": None,
-    "Filter_Actions_with_Verb": "action", "Filter_Actions_with_Obj": "action",
-    "Filter_Objs_by_Verb": "action",
-    "Filter_Situations_with_Obj": "object", "Filter_Situations_with_Rel": "object",
-    "Filter_After_Actions": "time", "Filter_Before_Actions": "time",
-    "Query_Objs": "query_objects", "Query_Actions": "query_actions",
-    "Query_Verbs": "query_actions", "Query_Earliest_Action": "query_actions",
-    "Query_Latest_Action": "query_actions",
+  "Situations": None,
+  "Actions": None,
+  "Objs": None,
+  "Rels": None,
+  "Unique": None,
+  "Unique_Objects": None,
+  "Unique_Verbs": None,
+  "Equal": None,
+  "Union": None,
+  "Belong_to": None,
+  "Except": None,
+  "Filter_Actions_with_Verb": "action",
+  "Filter_Actions_with_Obj": "action",
+  "Filter_Objs_by_Verb": "action",
+  "Filter_Situations_with_Obj": "object",
+  "Filter_Situations_with_Rel": "object",
+  "Filter_After_Actions": "time",
+  "Filter_Before_Actions": "time",
+  "Query_Objs": "query_objects",
+  "Query_Actions": "query_actions",
+  "Query_Verbs": "query_actions",
+  "Query_Earliest_Action": "query_actions",
+  "Query_Latest_Action": "query_actions",
 }
 
 # The agent's tools (experts/tools.py) -> step kind; None: dropped.
 TOOL_STEPS: Mapping[str, str | None] = {
-    "Filter_frames_with_act": "action",
-    "Filter_frames_with_obj": "object", "Find": "object", "exist": "object", "Count": "object",
-    "trim": "time",
-    "Query_Objs": "query_objects",
-    "Query_Actions": "query_actions",
-    "Video_summary": "summary",
-    "select_answer": None,
+  "Filter_frames_with_act": "action",
+  "Filter_frames_with_obj": "object",
+  "Find": "object",
+  "exist": "object",
+  "Count": "object",
+  "trim": "time",
+  "Query_Objs": "query_objects",
+  "Query_Actions": "query_actions",
+  "Video_summary": "summary",
+  "select_answer": None,
 }
 
 
@@ -62,8 +79,9 @@ def star_steps(program: Sequence[Any]) -> tuple[list[str], list[str]]:
   for i, step in enumerate(program):
     name = step.get("function") if isinstance(step, Mapping) else None
     if not isinstance(name, str):
-      raise ValueError(f"step {i} of the STAR program is not a {{'function': name}} mapping: "
-                       f"{step!r:.80}")
+      raise ValueError(
+        f"step {i} of the STAR program is not a {{'function': name}} mapping: {step!r:.80}"
+      )
     if name not in STAR_STEPS:
       unknown.append(name)
       kinds.append(f"star:{name}")
@@ -123,5 +141,8 @@ def step_scores(pred: Sequence[str] | None, gold: Sequence[str]) -> dict[str, fl
   if pred is None:
     return {"step_exact": 0.0, "step_f1": 0.0, "step_edit": 0.0}
   longest = max(len(pred), len(gold))
-  return {"step_exact": float(list(pred) == list(gold)), "step_f1": step_f1(pred, gold),
-          "step_edit": 1.0 - edit_distance(pred, gold) / longest if longest else 1.0}
+  return {
+    "step_exact": float(list(pred) == list(gold)),
+    "step_f1": step_f1(pred, gold),
+    "step_edit": 1.0 - edit_distance(pred, gold) / longest if longest else 1.0,
+  }

@@ -8,6 +8,7 @@ reads them back from a run's `--out` file, so a run can be re-scored (another `-
 judge) without the student. Which paper number comes from which key is listed in
 docs/evaluation.md.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,10 @@ def read_rows(path: str, records: Sequence[VideoQA]) -> tuple[dict, list[dict]]:
     by_qid[str(row["qid"])] = row
   missing = [r.qid for r in records if str(r.qid) not in by_qid]
   if missing:
-    raise ValueError(f"{path}: no output for {len(missing)} of {len(records)} questions "
-                     f"(first: qid {missing[0]!r}); re-score with the same --annotations/--limit")
+    raise ValueError(
+      f"{path}: no output for {len(missing)} of {len(records)} questions "
+      f"(first: qid {missing[0]!r}); re-score with the same --annotations/--limit"
+    )
   header = {k: v for k, v in data.items() if k != "outputs"}
   return header, [by_qid[str(r.qid)] for r in records]
 
@@ -62,56 +65,79 @@ def _numbers(rows: Sequence[Mapping], key: str) -> list[float] | None:
   for row in rows:
     value = row.get(key)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-      raise ValueError(f"question {row.get('qid')!r}: {key!r} is {value!r}, not a number >= 0"
-                       + ("" if key in row else " (others have one)"))
+      raise ValueError(
+        f"question {row.get('qid')!r}: {key!r} is {value!r}, not a number >= 0"
+        + ("" if key in row else " (others have one)")
+      )
     out.append(float(value))
   return out
 
 
-def efficiency(rows: Sequence[Mapping], seconds_key: str = "seconds",
-               tokens_key: str | None = "new_tokens") -> dict | None:
+def efficiency(
+  rows: Sequence[Mapping], seconds_key: str = "seconds", tokens_key: str | None = "new_tokens"
+) -> dict | None:
   """The paper's efficiency from per-question rows: mean (and median) seconds per question
   and, for generated replies, mean new tokens per question and tokens per second; None when
   the rows carry no `seconds_key`. A batched run's rows share their batch's time equally, and
   the first batch includes compilation: the median is the steady figure."""
   import statistics
+
   seconds = _numbers(rows, seconds_key)
   if seconds is None:
     return None
-  out = {"questions": len(seconds), "seconds": round(sum(seconds), 6),
-         "seconds_per_question": sum(seconds) / max(len(seconds), 1),
-         "seconds_per_question_median": statistics.median(seconds) if seconds else 0.0}
+  out = {
+    "questions": len(seconds),
+    "seconds": round(sum(seconds), 6),
+    "seconds_per_question": sum(seconds) / max(len(seconds), 1),
+    "seconds_per_question_median": statistics.median(seconds) if seconds else 0.0,
+  }
   tokens = _numbers(rows, tokens_key) if tokens_key else None
   if tokens is not None:
-    out.update(new_tokens=int(sum(tokens)),
-               new_tokens_per_question=sum(tokens) / max(len(tokens), 1),
-               tokens_per_second=sum(tokens) / sum(seconds) if sum(seconds) > 0 else None)
+    out.update(
+      new_tokens=int(sum(tokens)),
+      new_tokens_per_question=sum(tokens) / max(len(tokens), 1),
+      tokens_per_second=sum(tokens) / sum(seconds) if sum(seconds) > 0 else None,
+    )
   return out
 
 
-def grounding(records: Sequence[VideoQA], rows: Sequence[Mapping],
-              frame_numbers: str = "sampled") -> dict:
+def grounding(
+  records: Sequence[VideoQA], rows: Sequence[Mapping], frame_numbers: str = "sampled"
+) -> dict:
   """Box / window IoU of the rationales (`output`) against STAR's key frames, the student's
   frames of each question being its row's `frame_ids` (source frame ids)."""
   pairs = [(r, row) for r, row in zip(records, rows) if r.meta.get("situations")]
   if not pairs:
-    return {"box_iou": None, "window_iou": None, "questions": 0,
-            "note": "no record carries STAR situations"}
+    return {
+      "box_iou": None,
+      "window_iou": None,
+      "questions": 0,
+      "note": "no record carries STAR situations",
+    }
   truths = []
   for r, row in pairs:
     if not isinstance(row.get("frame_ids"), list):
-      raise ValueError(f"question {r.qid!r}: its row has no frame_ids (the source frame ids of "
-                       "the student's frames), needed for rationale grounding")
-    truths.append(star_grounding.star_truth(r.meta["situations"], row["frame_ids"],
-                                            frame_numbers))
+      raise ValueError(
+        f"question {r.qid!r}: its row has no frame_ids (the source frame ids of "
+        "the student's frames), needed for rationale grounding"
+      )
+    truths.append(star_grounding.star_truth(r.meta["situations"], row["frame_ids"], frame_numbers))
   out = student.grounding([str(row["output"]) for _, row in pairs], truths)
   return {**out, "questions": len(pairs), "frame_numbers": frame_numbers}
 
 
-def score_rows(records: Sequence[VideoQA], rows: Sequence[Mapping], *, mode: str = "answer",
-               parse: str = "official", seed: int = 0, frame_numbers: str = "sampled",
-               judge=None, judge_batch_size: int = 16,
-               on_judgements: Callable[[list], None] | None = None) -> dict:
+def score_rows(
+  records: Sequence[VideoQA],
+  rows: Sequence[Mapping],
+  *,
+  mode: str = "answer",
+  parse: str = "official",
+  seed: int = 0,
+  frame_numbers: str = "sampled",
+  judge=None,
+  judge_batch_size: int = 16,
+  on_judgements: Callable[[list], None] | None = None,
+) -> dict:
   """The numbers of a run from its rows.
 
   `output` (generated replies): accuracy under `parse` (answer mode; rationale mode reads the
@@ -127,15 +153,23 @@ def score_rows(records: Sequence[VideoQA], rows: Sequence[Mapping], *, mode: str
   closed = _column(rows, "likelihood_output")
   result: dict = {}
   if generated is not None:
-    result = student.score(records, generated, parse="ours" if mode == "rationale" else parse,
-                           seed=seed)
+    result = student.score(
+      records, generated, parse="ours" if mode == "rationale" else parse, seed=seed
+    )
     oe = [(r, o) for r, o in zip(records, generated) if not r.choices]
     if oe and judge is not None:
       judged = open_ended.judge_answers(
-          [{"qid": r.qid, "question": r.question, "answer": r.answer, "prediction": o}
-           for r, o in oe], judge, batch_size=judge_batch_size)
-      result["open_ended"].update(judge_accuracy=judged["accuracy"], judge_score=judged["score"],
-                                  judge_unparsed=judged["unparsed"])
+        [
+          {"qid": r.qid, "question": r.question, "answer": r.answer, "prediction": o} for r, o in oe
+        ],
+        judge,
+        batch_size=judge_batch_size,
+      )
+      result["open_ended"].update(
+        judge_accuracy=judged["accuracy"],
+        judge_score=judged["score"],
+        judge_unparsed=judged["unparsed"],
+      )
       if on_judgements is not None:
         on_judgements(judged["judgements"])
     if mode == "rationale":

@@ -9,6 +9,7 @@ boxes by frame (each sampled frame takes the annotated frame nearest to it, with
 sampling stride) and one window, the span of the annotated frames. The metrics are
 `aotd_jax.eval.metrics.rationale_grounding` (box IoU, window IoU).
 """
+
 from __future__ import annotations
 
 from typing import Mapping, Sequence
@@ -20,8 +21,9 @@ from aotd_jax.data import video
 FRAME_NUMBERS = ("sampled", "source")
 
 
-def star_truth(situations: Mapping[str, Mapping], frame_ids: Sequence[int],
-               frame_numbers: str = "sampled") -> tuple[dict[int, list], list[tuple[int, int]]]:
+def star_truth(
+  situations: Mapping[str, Mapping], frame_ids: Sequence[int], frame_numbers: str = "sampled"
+) -> tuple[dict[int, list], list[tuple[int, int]]]:
   """(boxes by frame number, windows) of one STAR question.
 
   Args:
@@ -53,8 +55,9 @@ def star_truth(situations: Mapping[str, Mapping], frame_ids: Sequence[int],
   return boxes, [(min(first, last), max(first, last) + 1)]
 
 
-def student_frame_ids(video_path: str, num_frames: int, start: float | None,
-                      end: float | None) -> np.ndarray:
+def student_frame_ids(
+  video_path: str, num_frames: int, start: float | None, end: float | None
+) -> np.ndarray:
   """The source frame ids of the student's `num_frames` frames of a question window."""
   info = video.probe(video_path)
   return video.sample_indices(info.num_frames, info.fps, num_frames, start, end)

@@ -23,6 +23,7 @@ with the `experts.backends.protocols` methods); building them from a config is
 `experts.subtasks.evaluate`. `subtask_table(results)` prints the paper's table (sub-task x
 candidate).
 """
+
 from __future__ import annotations
 
 import ast
@@ -47,6 +48,7 @@ class SubtaskData:
     (`experts.backends.oracle.GroundTruth`).
   load_clip: video_id -> `experts.VideoClip` covering the annotated frames (source frame ids).
   """
+
   records: list
   gt: Any
   load_clip: Callable[[str], Any]
@@ -88,8 +90,9 @@ def _mean(xs) -> float:
   return float(np.mean(xs)) if xs else float("nan")
 
 
-def score_detector(detector, data: SubtaskData, *, threshold: float = 0.1,
-                   max_frames: int = 0) -> dict[str, float]:
+def score_detector(
+  detector, data: SubtaskData, *, threshold: float = 0.1, max_frames: int = 0
+) -> dict[str, float]:
   """Mean best-match box IoU per (annotated frame, object), queried by the object's name."""
   ious = []
   for vid in data.video_ids:
@@ -102,10 +105,12 @@ def score_detector(detector, data: SubtaskData, *, threshold: float = 0.1,
     found = detector.detect(clip, labels, threshold=threshold)
     for f, boxes in zip(clip.frame_ids, found):
       for label, gt_box in data.gt.frame(vid, int(f))["boxes"]:
-        ious.append(max((box_iou(b.box, gt_box) for b in boxes if b.label == label),
-                        default=0.0))
-  return {"detection_iou": _mean(ious), "detection_ap50": _mean(i >= 0.5 for i in ious),
-          "n": len(ious)}
+        ious.append(max((box_iou(b.box, gt_box) for b in boxes if b.label == label), default=0.0))
+  return {
+    "detection_iou": _mean(ious),
+    "detection_ap50": _mean(i >= 0.5 for i in ious),
+    "n": len(ious),
+  }
 
 
 def score_grounder(grounder, data: SubtaskData) -> dict[str, float]:
@@ -117,27 +122,38 @@ def score_grounder(grounder, data: SubtaskData) -> dict[str, float]:
       pred = grounder.ground(clip, action, top_k=1)
       w = (pred[0].start_frame, pred[0].end_frame) if pred else (0, 0)
       ious.append(max(window_iou(w, r) for r in runs))
-  return {"grounding_iou": _mean(ious), "grounding_r50": _mean(i >= 0.5 for i in ious),
-          "n": len(ious)}
+  return {
+    "grounding_iou": _mean(ious),
+    "grounding_r50": _mean(i >= 0.5 for i in ious),
+    "n": len(ious),
+  }
 
 
-def score_action_recognizer(recognizer, data: SubtaskData, *, num_action_choices: int = 4,
-                            seed: int = 0,
-                            action_classes: Sequence[str] | None = None) -> dict[str, float]:
+def score_action_recognizer(
+  recognizer,
+  data: SubtaskData,
+  *,
+  num_action_choices: int = 4,
+  seed: int = 0,
+  action_classes: Sequence[str] | None = None,
+) -> dict[str, float]:
   """Top-1 accuracy on each annotated action run, among the run's actions plus distractors
   (`num_action_choices` in all), or with `num_action_choices=0` among every action class (the
   paper's top-1 over STAR's classes: `action_classes`, else every action the data annotates)."""
   if num_action_choices < 0:
     raise ValueError(f"num_action_choices={num_action_choices}: must be >= 0 (0: all classes)")
   rng = np.random.default_rng(seed)
-  vocab = sorted({a for vid in data.video_ids
-                  for a in action_runs(data.gt, vid, data.clip(vid).frame_ids)})
+  vocab = sorted(
+    {a for vid in data.video_ids for a in action_runs(data.gt, vid, data.clip(vid).frame_ids)}
+  )
   if num_action_choices == 0:
     classes = list(action_classes) if action_classes else vocab
     missing = sorted(set(vocab) - set(classes))
     if missing:
-      raise ValueError(f"action recognition: annotated actions {missing[:3]} are not among the "
-                       f"{len(classes)} action classes")
+      raise ValueError(
+        f"action recognition: annotated actions {missing[:3]} are not among the "
+        f"{len(classes)} action classes"
+      )
   hits = []
   for vid in data.video_ids:
     clip = data.clip(vid)
@@ -186,15 +202,25 @@ def normalize_program(source: str) -> str | None:
     return None
   for node in ast.walk(tree):  # docstrings do not change what a program does
     body = getattr(node, "body", None)
-    if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
-        and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+    if (
+      isinstance(body, list)
+      and body
+      and isinstance(body[0], ast.Expr)
+      and isinstance(body[0].value, ast.Constant)
+      and isinstance(body[0].value.value, str)
+    ):
       node.body = body[1:] or [ast.Pass()]
   return ast.unparse(tree)
 
 
-def score_program_generator(generate: Callable[[list], list[str | None]], data: SubtaskData,
-                            tools: Mapping[str, Callable], *, program_key: str = "question_program",
-                            timeout_s: float = 10.0) -> dict[str, float]:
+def score_program_generator(
+  generate: Callable[[list], list[str | None]],
+  data: SubtaskData,
+  tools: Mapping[str, Callable],
+  *,
+  program_key: str = "question_program",
+  timeout_s: float = 10.0,
+) -> dict[str, float]:
   """Generated vs annotated programs: exact and normalised match, executed-answer match.
 
   generate: [VideoQA] -> program sources (None when nothing usable was produced).
@@ -209,17 +235,29 @@ def score_program_generator(generate: Callable[[list], list[str | None]], data: 
   `program_normalized` nor `answer_match`. A generator's non-string output counts as nothing
   generated.
   """
-  records = [r for r in data.records if isinstance(r.meta.get(program_key), (str, list))
-             and r.video_id in set(data.gt.video_ids)]
+  records = [
+    r
+    for r in data.records
+    if isinstance(r.meta.get(program_key), (str, list)) and r.video_id in set(data.gt.video_ids)
+  ]
   if not records:
-    return {"program_exact": float("nan"), "program_normalized": float("nan"),
-            "answer_accuracy": float("nan"), "answer_match": float("nan"),
-            "step_exact": float("nan"), "step_f1": float("nan"), "step_edit": float("nan"),
-            "n": 0, "step_n": 0, "unknown_star_functions": []}
+    return {
+      "program_exact": float("nan"),
+      "program_normalized": float("nan"),
+      "answer_accuracy": float("nan"),
+      "answer_match": float("nan"),
+      "step_exact": float("nan"),
+      "step_f1": float("nan"),
+      "step_edit": float("nan"),
+      "n": 0,
+      "step_n": 0,
+      "unknown_star_functions": [],
+    }
   sources = list(generate(records))
   if len(sources) != len(records):
-    raise ValueError(f"program generator returned {len(sources)} programs for "
-                     f"{len(records)} questions")
+    raise ValueError(
+      f"program generator returned {len(sources)} programs for {len(records)} questions"
+    )
   exact, norm, correct, match = [], [], [], []
   steps: dict[str, list[float]] = {"step_exact": [], "step_f1": [], "step_edit": []}
   unknown: set[str] = set()
@@ -238,8 +276,11 @@ def score_program_generator(generate: Callable[[list], list[str | None]], data: 
       pred_steps = program_match.python_steps(src) if src is not None else None
       for k, v in program_match.step_scores(pred_steps, gold_steps).items():
         steps[k].append(v)
-    args = lambda: {"video_clip": _question_clip(data, r), "query": r.question,
-                    "possible_answers": list(r.choices)}
+    args = lambda: {
+      "video_clip": _question_clip(data, r),
+      "query": r.question,
+      "possible_answers": list(r.choices),
+    }
     got = run_program(src, tools, args(), timeout_s=timeout_s) if src else None
     ok = got is not None and got.ok
     v = filters.check_answer(got.value, r.choices, r.answer, r.answer_index) if ok else None
@@ -247,23 +288,39 @@ def score_program_generator(generate: Callable[[list], list[str | None]], data: 
     if not isinstance(gold, str):  # STAR's list form: nothing to match or run
       continue
     exact.append(src is not None and src.strip() == gold.strip())
-    norm.append(src is not None and normalize_program(src) is not None
-                and normalize_program(src) == normalize_program(gold))
+    norm.append(
+      src is not None
+      and normalize_program(src) is not None
+      and normalize_program(src) == normalize_program(gold)
+    )
     ref = run_program(gold, tools, args(), timeout_s=timeout_s)
     match.append(ok and ref.ok and str(got.value) == str(ref.value))
-  return {"program_exact": _mean(exact), "program_normalized": _mean(norm),
-          "answer_accuracy": _mean(correct), "answer_match": _mean(match),
-          **{k: _mean(v) for k, v in steps.items()}, "n": len(records),
-          "step_n": len(steps["step_exact"]), "unknown_star_functions": sorted(unknown)}
+  return {
+    "program_exact": _mean(exact),
+    "program_normalized": _mean(norm),
+    "answer_accuracy": _mean(correct),
+    "answer_match": _mean(match),
+    **{k: _mean(v) for k, v in steps.items()},
+    "n": len(records),
+    "step_n": len(steps["step_exact"]),
+    "unknown_star_functions": sorted(unknown),
+  }
 
 
 # -- one candidate -----------------------------------------------------------------------------
 
 
-def score_candidate(experts, data: SubtaskData, *, generate: Callable | None = None,
-                    tools: Mapping[str, Callable] | None = None, threshold: float = 0.1,
-                    max_frames: int = 0, num_action_choices: int = 4,
-                    action_classes: Sequence[str] | None = None) -> dict[str, dict]:
+def score_candidate(
+  experts,
+  data: SubtaskData,
+  *,
+  generate: Callable | None = None,
+  tools: Mapping[str, Callable] | None = None,
+  threshold: float = 0.1,
+  max_frames: int = 0,
+  num_action_choices: int = 4,
+  action_classes: Sequence[str] | None = None,
+) -> dict[str, dict]:
   """Scores one candidate on every sub-task it has an expert for.
 
   experts: anything with `detector`, `grounder`, `action_recognizer`, `video_qa` attributes
@@ -274,31 +331,35 @@ def score_candidate(experts, data: SubtaskData, *, generate: Callable | None = N
   if generate is not None:
     out["program_generator"] = score_program_generator(generate, data, tools or {})
   if getattr(experts, "detector", None) is not None:
-    out["detector"] = score_detector(experts.detector, data, threshold=threshold,
-                                     max_frames=max_frames)
+    out["detector"] = score_detector(
+      experts.detector, data, threshold=threshold, max_frames=max_frames
+    )
   if getattr(experts, "grounder", None) is not None:
     out["grounder"] = score_grounder(experts.grounder, data)
   if getattr(experts, "action_recognizer", None) is not None:
     out["action_recognizer"] = score_action_recognizer(
-        experts.action_recognizer, data, num_action_choices=num_action_choices,
-        action_classes=action_classes)
+      experts.action_recognizer,
+      data,
+      num_action_choices=num_action_choices,
+      action_classes=action_classes,
+    )
   if getattr(experts, "video_qa", None) is not None:
     out["video_qa"] = score_qa(experts.video_qa, data)
   return out
 
 
 ROWS = (  # (sub-task, role, metric key, shown metric name)
-    ("program generation", "program_generator", "program_normalized", "program match"),
-    ("program generation", "program_generator", "step_exact", "step match"),
-    ("program generation", "program_generator", "step_f1", "step F1"),
-    ("program generation", "program_generator", "step_edit", "step edit sim."),
-    ("program generation", "program_generator", "answer_accuracy", "executed-answer acc"),
-    ("object detection", "detector", "detection_iou", "IoU"),
-    ("object detection", "detector", "detection_ap50", "IoU>=0.5"),
-    ("temporal grounding", "grounder", "grounding_iou", "IoU"),
-    ("temporal grounding", "grounder", "grounding_r50", "R@0.5"),
-    ("action recognition", "action_recognizer", "action_top1", "top-1"),
-    ("video QA", "video_qa", "qa_accuracy", "accuracy"),
+  ("program generation", "program_generator", "program_normalized", "program match"),
+  ("program generation", "program_generator", "step_exact", "step match"),
+  ("program generation", "program_generator", "step_f1", "step F1"),
+  ("program generation", "program_generator", "step_edit", "step edit sim."),
+  ("program generation", "program_generator", "answer_accuracy", "executed-answer acc"),
+  ("object detection", "detector", "detection_iou", "IoU"),
+  ("object detection", "detector", "detection_ap50", "IoU>=0.5"),
+  ("temporal grounding", "grounder", "grounding_iou", "IoU"),
+  ("temporal grounding", "grounder", "grounding_r50", "R@0.5"),
+  ("action recognition", "action_recognizer", "action_top1", "top-1"),
+  ("video QA", "video_qa", "qa_accuracy", "accuracy"),
 )
 
 
@@ -315,7 +376,8 @@ def subtask_table(results: Mapping[str, Mapping[str, Mapping[str, float]]]) -> s
       cells.append("-" if v is None or v != v else f"{v:.3f}")
     body.append([task, shown] + cells)
   widths = [max(len(str(r[i])) for r in [head] + body) for i in range(len(head))]
-  fmt = lambda r: "  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w)
-                            for i, (c, w) in enumerate(zip(r, widths)))
+  fmt = lambda r: "  ".join(
+    str(c).ljust(w) if i < 2 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths))
+  )
   lines = [fmt(head), "  ".join("-" * w for w in widths)] + [fmt(r) for r in body]
   return "\n".join(lines)

@@ -1,4 +1,5 @@
 """Hugging Face compatibility: `from_pretrained`, `save_pretrained`, Orbax convert/export."""
+
 from aotd_jax.hf.api import from_pretrained, load_tokenizer, save_pretrained
 from aotd_jax.hf.io import CheckpointError
 

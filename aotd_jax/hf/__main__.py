@@ -1,4 +1,5 @@
 """CLI: `python -m aotd_jax.hf convert --hf_dir D --orbax_dir O` and `... export --orbax_dir O --hf_dir D`."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,10 +11,13 @@ from aotd_jax.hf.io import CheckpointError
 
 def main(argv: list[str] | None = None) -> int:
   """Runs one sub-command; returns the exit status (2 with a one-line message on a bad checkpoint)."""
-  parser = argparse.ArgumentParser(prog="python -m aotd_jax.hf",
-                                   description="Convert between Hugging Face and Orbax checkpoints.")
+  parser = argparse.ArgumentParser(
+    prog="python -m aotd_jax.hf", description="Convert between Hugging Face and Orbax checkpoints."
+  )
   sub = parser.add_subparsers(dest="command", required=True)
-  conv = sub.add_parser("convert", help="HF directory -> Orbax CheckpointManager directory (step 0)")
+  conv = sub.add_parser(
+    "convert", help="HF directory -> Orbax CheckpointManager directory (step 0)"
+  )
   conv.add_argument("--hf_dir", required=True)
   conv.add_argument("--orbax_dir", required=True)
   conv.add_argument("--dtype", default="float32", help="parameter dtype stored in the checkpoint")
@@ -28,8 +32,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "convert":
       out = orbax_io.convert(args.hf_dir, args.orbax_dir, dtype=args.dtype)
     else:
-      out = orbax_io.export(args.orbax_dir, args.hf_dir, step=args.step, dtype=args.dtype,
-                            max_shard_bytes=args.max_shard_bytes)
+      out = orbax_io.export(
+        args.orbax_dir,
+        args.hf_dir,
+        step=args.step,
+        dtype=args.dtype,
+        max_shard_bytes=args.max_shard_bytes,
+      )
   except CheckpointError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

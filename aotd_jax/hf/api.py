@@ -1,4 +1,5 @@
 """`from_pretrained` / `save_pretrained` between HF directories and our Flax NNX models."""
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,14 @@ def build_abstract(adapter: registry.Adapter, config, options: ComputeOptions) -
   return nnx.eval_shape(lambda: adapter.model_class(config, options=options, rngs=nnx.Rngs(0)))
 
 
-def from_pretrained(path: str, *, dtype=jnp.float32, options: ComputeOptions | None = None,
-                    mesh: jax.sharding.Mesh | None = None, rules=None) -> nnx.Module:
+def from_pretrained(
+  path: str,
+  *,
+  dtype=jnp.float32,
+  options: ComputeOptions | None = None,
+  mesh: jax.sharding.Mesh | None = None,
+  rules=None,
+) -> nnx.Module:
   """Builds the Flax model of a HF directory (`config.json` + safetensors, sharded too).
 
   Args:
@@ -47,8 +54,16 @@ def from_pretrained(path: str, *, dtype=jnp.float32, options: ComputeOptions | N
   shardings = None
   if mesh is not None:
     shardings = sharding_lib.param_shardings_by_path(model, mesh, rules)
-  return import_params(model, adapter.rules(config, set(tensors)), tensors, origin, source=path,
-                       dtype=dtype, ignore=adapter.ignore, shardings=shardings)
+  return import_params(
+    model,
+    adapter.rules(config, set(tensors)),
+    tensors,
+    origin,
+    source=path,
+    dtype=dtype,
+    ignore=adapter.ignore,
+    shardings=shardings,
+  )
 
 
 def adapter_of_model(model: nnx.Module) -> registry.Adapter:
@@ -70,8 +85,9 @@ def hf_config_of(model: nnx.Module) -> dict:
   return hf_config
 
 
-def save_pretrained(model: nnx.Module, path: str, *, dtype=None,
-                    max_shard_bytes: int = 5 * 2**30) -> None:
+def save_pretrained(
+  model: nnx.Module, path: str, *, dtype=None, max_shard_bytes: int = 5 * 2**30
+) -> None:
   """Writes `config.json` + safetensors that transformers' `from_pretrained` loads."""
   adapter = adapter_of_model(model)
   tensors = export_params(model, adapter.rules(model.config, None), dtype=dtype)
@@ -84,12 +100,16 @@ def save_pretrained(model: nnx.Module, path: str, *, dtype=None,
       hf_config.setdefault("rope_theta", theta)
   io.write_config(hf_config, path)
   from aotd_jax.hf import hub
-  files.write_text(files.join(path, "generation_config.json"),
-                   json.dumps(hub.generation_config(hf_config), indent=2, sort_keys=True))
+
+  files.write_text(
+    files.join(path, "generation_config.json"),
+    json.dumps(hub.generation_config(hf_config), indent=2, sort_keys=True),
+  )
   io.write_tensors(tensors, path, max_shard_bytes=max_shard_bytes)
 
 
 def load_tokenizer(path: str):
   """The tokenizer saved beside the weights, via transformers' AutoTokenizer (no network)."""
   from transformers import AutoTokenizer  # optional dependency: only needed for text
+
   return AutoTokenizer.from_pretrained(path, local_files_only=True)

@@ -1,6 +1,7 @@
 """What makes an exported directory a Hub model beside `config.json` + safetensors: the
 tokenizer and processor files, the chat template, `generation_config.json` and a model card
 (`README.md`). Nothing of the project's own bookkeeping goes in."""
+
 from __future__ import annotations
 
 import json
@@ -11,9 +12,17 @@ from aotd_jax.data import files
 from aotd_jax.hf import processor_files
 
 # Files copied from the tokenizer / processor directory (the student's base model folder).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
-                   "chat_template.jinja", "chat_template.json")
+TOKENIZER_FILES = (
+  "tokenizer.json",
+  "tokenizer_config.json",
+  "special_tokens_map.json",
+  "tokenizer.model",
+  "vocab.json",
+  "merges.txt",
+  "added_tokens.json",
+  "chat_template.jinja",
+  "chat_template.json",
+)
 PROCESSOR_FILES = processor_files.FILES
 
 
@@ -65,7 +74,9 @@ def _portable_tokenizer_class(path: str) -> None:
 
 
 def _has_chat_template(hf_dir: str) -> bool:
-  if any(files.isfile(files.join(hf_dir, n)) for n in ("chat_template.jinja", "chat_template.json")):
+  if any(
+    files.isfile(files.join(hf_dir, n)) for n in ("chat_template.jinja", "chat_template.json")
+  ):
     return True
   path = files.join(hf_dir, "tokenizer_config.json")
   if not files.isfile(path):
@@ -79,6 +90,7 @@ def student_chat_template(hf_config: Mapping[str, Any], *, has_own: bool) -> str
   (`conversation.STUDENT_CHAT_TEMPLATES`, which replaces the tokenizer's own in training);
   a LLaVA-NeXT-Video student whose tokenizer has none was trained on the plain format."""
   from aotd_jax.data import conversation  # pylint: disable=g-import-not-at-top
+
   architectures = hf_config.get("architectures") or [""]
   template = conversation.STUDENT_CHAT_TEMPLATES.get(architectures[0])
   if template is None and not has_own and hf_config.get("model_type") == "llava_next_video":
@@ -109,24 +121,35 @@ def manifest_summary(manifest: Mapping[str, Any]) -> list[str]:
   return lines
 
 
-def model_card(*, base_model: str = "", config: Mapping[str, Any] | None = None,
-               manifest: Mapping[str, Any] | None = None) -> str:
+def model_card(
+  *,
+  base_model: str = "",
+  config: Mapping[str, Any] | None = None,
+  manifest: Mapping[str, Any] | None = None,
+) -> str:
   """The README.md of an export: Hub metadata (front matter) and what the model was trained on."""
   config = config or {}
   datasets = _datasets(config)
   lam = config.get("rationale_weight")
-  meta = ["---", "library_name: transformers",
-          "license: \"\"  # fill in: the base model's and the datasets' licences apply",
-          "pipeline_tag: video-text-to-text"]
+  meta = [
+    "---",
+    "library_name: transformers",
+    "license: \"\"  # fill in: the base model's and the datasets' licences apply",
+    "pipeline_tag: video-text-to-text",
+  ]
   if base_model:
     meta.append(f"base_model: {base_model}")
   if datasets:
     meta.append("datasets:")
     meta += [f"- {d}" for d in datasets]
   meta += ["tags:", "- aotd", "- video-question-answering", "---", ""]
-  body = ["# AoTD student", "",
-          "A Video-LLM distilled with Agent-of-Thoughts Distillation (AoTD, CVPR 2025): "
-          "L = L_label + λ·L_rationale over multiple-choice QA and agent chains of thought.", ""]
+  body = [
+    "# AoTD student",
+    "",
+    "A Video-LLM distilled with Agent-of-Thoughts Distillation (AoTD, CVPR 2025): "
+    "L = L_label + λ·L_rationale over multiple-choice QA and agent chains of thought.",
+    "",
+  ]
   facts = []
   if base_model:
     facts.append(f"- base model: {base_model}")
@@ -143,9 +166,15 @@ def model_card(*, base_model: str = "", config: Mapping[str, Any] | None = None,
   return "\n".join(meta + body)
 
 
-def write_hub_files(hf_dir: str, *, hf_config: Mapping[str, Any], tokenizer_dir: str = "",
-                    config: Mapping[str, Any] | None = None,
-                    manifest: Mapping[str, Any] | None = None, base_model: str = "") -> list[str]:
+def write_hub_files(
+  hf_dir: str,
+  *,
+  hf_config: Mapping[str, Any],
+  tokenizer_dir: str = "",
+  config: Mapping[str, Any] | None = None,
+  manifest: Mapping[str, Any] | None = None,
+  base_model: str = "",
+) -> list[str]:
   """Writes `README.md`, the tokenizer/processor files and (when `save_pretrained` has not)
   `generation_config.json` into `hf_dir`, beside config.json + safetensors; returns the names
   written. Processor files come from `tokenizer_dir` or, where it has none, from the model's
@@ -168,7 +197,9 @@ def write_hub_files(hf_dir: str, *, hf_config: Mapping[str, Any], tokenizer_dir:
       write_json(name, content, sort_keys=True)
       written.append(name)
   # the source folder's template counts, not one left in `hf_dir` by an earlier export
-  template = student_chat_template(hf_config, has_own=bool(tokenizer_dir) and _has_chat_template(tokenizer_dir))
+  template = student_chat_template(
+    hf_config, has_own=bool(tokenizer_dir) and _has_chat_template(tokenizer_dir)
+  )
   if template is not None:
     files.write_text(files.join(hf_dir, "chat_template.jinja"), template)
     if "chat_template.jinja" not in written:
@@ -182,8 +213,11 @@ def write_hub_files(hf_dir: str, *, hf_config: Mapping[str, Any], tokenizer_dir:
       config_json["chat_template"] = template
       write_json("tokenizer_config.json", config_json, ensure_ascii=False)
   base = str((config or {}).get("student", {}).get("hf_dir", "") or "")
-  files.write_text(files.join(hf_dir, "README.md"),
-                   model_card(base_model=base_model or os.path.basename(base.rstrip("/")), config=config,
-                              manifest=manifest))
+  files.write_text(
+    files.join(hf_dir, "README.md"),
+    model_card(
+      base_model=base_model or os.path.basename(base.rstrip("/")), config=config, manifest=manifest
+    ),
+  )
   written.append("README.md")
   return written

@@ -4,6 +4,7 @@ A directory may be local or a URL (`gs://bucket/model`, any fsspec filesystem `e
 reaches: `aotd_jax.data.files`). Local safetensors are memory-mapped (`safe_open`); a remote
 file is read whole into memory, one at a time, and written from bytes.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,16 +36,20 @@ def read_config(path: str) -> dict:
 
 def write_config(config: Mapping, path: str) -> None:
   files.makedirs(path)
-  files.write_text(files.join(path, "config.json"), json.dumps(dict(config), indent=2, sort_keys=True))
+  files.write_text(
+    files.join(path, "config.json"), json.dumps(dict(config), indent=2, sort_keys=True)
+  )
 
 
 def _read_file(fpath: str) -> dict[str, np.ndarray]:
   """Reads one safetensors file through `safetensors.safe_open` (memory-mapped: only the
   tensors are copied out, never the whole file; bf16 via ml_dtypes, no torch needed)."""
   from safetensors import SafetensorError, safe_open
+
   try:
     if files.is_url(fpath):  # no memory-mapping through fsspec: the bytes of this one file
       from safetensors.numpy import load  # pylint: disable=g-import-not-at-top
+
       with files.open_binary(fpath) as f:
         return load(f.read())
     with safe_open(fpath, framework="numpy") as f:
@@ -56,6 +61,7 @@ def _read_file(fpath: str) -> dict[str, np.ndarray]:
 def _write_file(tensors: Mapping[str, np.ndarray], fpath: str) -> None:
   """Writes one safetensors file with the `safetensors` package (bf16 included)."""
   from safetensors.numpy import save, save_file
+
   remote = files.is_url(fpath)  # an object store writes the whole object at once
   tmp = fpath if remote else fpath + ".tmp"
   try:
@@ -97,7 +103,9 @@ def read_tensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
   return tensors, origin
 
 
-def write_tensors(tensors: Mapping[str, np.ndarray], path: str, *, max_shard_bytes: int = 5 * 2**30) -> None:
+def write_tensors(
+  tensors: Mapping[str, np.ndarray], path: str, *, max_shard_bytes: int = 5 * 2**30
+) -> None:
   """Writes tensors as `model.safetensors`, or as shards plus an index when over the limit."""
   files.makedirs(path)
   # np.asarray(order="C"), not np.ascontiguousarray: the latter turns 0-d tensors (CLIP logit_scale) into (1,).
@@ -122,5 +130,7 @@ def write_tensors(tensors: Mapping[str, np.ndarray], path: str, *, max_shard_byt
     for key, value in shard.items():
       weight_map[key] = name
       total += value.nbytes
-  files.write_text(files.join(path, SAFE_INDEX),
-                   json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+  files.write_text(
+    files.join(path, SAFE_INDEX),
+    json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2),
+  )

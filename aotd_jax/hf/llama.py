@@ -1,4 +1,5 @@
 """HF adapter for `LlamaForCausalLM`: config.json <-> `LlamaConfig`, and the parameter-name table."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,7 +18,9 @@ _FIELDS = tuple(f.name for f in dataclasses.fields(LlamaConfig) if f.name not in
 def config_from_hf(hf: dict) -> LlamaConfig:
   """`LlamaConfig` from a parsed config.json (transformers 4 `rope_scaling`/`rope_theta` or 5 `rope_parameters`)."""
   if hf.get("hidden_act", "silu") != "silu":
-    raise CheckpointError(f"config.json: hidden_act {hf['hidden_act']!r} is not supported (only 'silu')")
+    raise CheckpointError(
+      f"config.json: hidden_act {hf['hidden_act']!r} is not supported (only 'silu')"
+    )
   params = dict(hf.get("rope_parameters") or {})
   rope_theta = params.pop("rope_theta", hf.get("rope_theta", 10000.0))
   scaling = params or dict(hf.get("rope_scaling") or {})
@@ -36,8 +39,11 @@ def config_to_hf(cfg: LlamaConfig) -> dict:
   if isinstance(out["eos_token_id"], tuple):
     out["eos_token_id"] = list(out["eos_token_id"])
   scaling = cfg.rope_scaling_dict
-  out.update(model_type="llama", hidden_act="silu",
-             rope_parameters={"rope_type": "default", **(scaling or {}), "rope_theta": cfg.rope_theta})
+  out.update(
+    model_type="llama",
+    hidden_act="silu",
+    rope_parameters={"rope_type": "default", **(scaling or {}), "rope_theta": cfg.rope_theta},
+  )
   out["architectures"] = [LlamaForCausalLM.hf_architecture]
   return out
 
@@ -61,10 +67,10 @@ def rules(cfg: LlamaConfig, hf_keys: Collection[str] | None = None) -> list[Rule
 
 
 ADAPTER = registry.Adapter(
-    architecture=LlamaForCausalLM.hf_architecture,
-    model_class=LlamaForCausalLM,
-    config_from_hf=config_from_hf,
-    config_to_hf=config_to_hf,
-    rules=rules,
-    ignore=(r"rotary_emb\.inv_freq$",),
+  architecture=LlamaForCausalLM.hf_architecture,
+  model_class=LlamaForCausalLM,
+  config_from_hf=config_from_hf,
+  config_to_hf=config_to_hf,
+  rules=rules,
+  ignore=(r"rotary_emb\.inv_freq$",),
 )

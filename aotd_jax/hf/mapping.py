@@ -5,6 +5,7 @@ model, and a `Transform` run forward on import and backward on export. `import_p
 `export_params` are generic; every check (missing, unexpected, mis-shaped) names the file and
 the tensor.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,6 +23,7 @@ from aotd_jax.hf.io import CheckpointError
 @dataclasses.dataclass(frozen=True)
 class Transform:
   """A reversible array transform: `to_flax` on import, `to_hf` on export."""
+
   name: str
   to_flax: Callable[[np.ndarray], np.ndarray]
   to_hf: Callable[[np.ndarray], np.ndarray]
@@ -36,8 +38,11 @@ CONV2D = Transform("conv2d", lambda x: x.transpose(2, 3, 1, 0), lambda x: x.tran
 CONV1D = Transform("conv1d", lambda x: x.transpose(2, 1, 0), lambda x: x.transpose(2, 1, 0))
 
 
-def reshape(flax_shape: Sequence[int], hf_shape: Sequence[int], transpose: bool = False) -> Transform:
+def reshape(
+  flax_shape: Sequence[int], hf_shape: Sequence[int], transpose: bool = False
+) -> Transform:
   """A (transpose +) reshape between the HF layout and ours, e.g. fused heads -> (heads, dim)."""
+
   def fwd(x):
     return (x.T if transpose else x).reshape(flax_shape)
 
@@ -86,15 +91,15 @@ def param_paths(model: nnx.Module) -> dict[str, nnx.Variable]:
 
 
 def import_params(
-    model: nnx.Module,
-    rules: Iterable[Rule],
-    tensors: Mapping[str, np.ndarray],
-    origin: Mapping[str, str],
-    *,
-    source: str,
-    dtype=None,
-    ignore: Sequence[str] = (),
-    shardings: Mapping[str, jax.sharding.Sharding] | None = None,
+  model: nnx.Module,
+  rules: Iterable[Rule],
+  tensors: Mapping[str, np.ndarray],
+  origin: Mapping[str, str],
+  *,
+  source: str,
+  dtype=None,
+  ignore: Sequence[str] = (),
+  shardings: Mapping[str, jax.sharding.Sharding] | None = None,
 ) -> nnx.Module:
   """Fills `model`'s params (abstract or concrete) from HF `tensors`, checking every name and shape.
 
@@ -126,8 +131,9 @@ def import_params(
     want = tuple(var.get_value().shape)
     if tuple(arr.shape) != want:
       raise CheckpointError(
-          f"{origin.get(rule.hf, source)}: tensor {rule.hf} has shape "
-          f"{tuple(tensors[rule.hf].shape)}, expected one that maps to {want} ({rule.transform.name})")
+        f"{origin.get(rule.hf, source)}: tensor {rule.hf} has shape "
+        f"{tuple(tensors[rule.hf].shape)}, expected one that maps to {want} ({rule.transform.name})"
+      )
     stored = var.get_value().dtype
     target = dtype if (dtype is not None and jnp.issubdtype(stored, jnp.floating)) else stored
     value = np.asarray(arr).astype(target)

@@ -5,6 +5,7 @@ Layout (shared with the distillation trainer): `<orbax_dir>/<step>/model` holds 
 and are never read here), and `<orbax_dir>/hf_config.json` holds the HF `config.json`, so that
 export knows which architecture and config to rebuild.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,9 +41,13 @@ def convert(hf_dir: str, orbax_dir: str, *, dtype=jnp.float32, step: int = 0) ->
   params = nnx.state(model, nnx.Param).to_pure_dict()
   files.makedirs(orbax_dir)
   with _manager(orbax_dir) as mngr:
-    mngr.save(step, args=ocp.args.Composite(**{MODEL_ITEM: ocp.args.StandardSave(params)}), force=True)
+    mngr.save(
+      step, args=ocp.args.Composite(**{MODEL_ITEM: ocp.args.StandardSave(params)}), force=True
+    )
     mngr.wait_until_finished()
-  files.write_text(files.join(orbax_dir, HF_CONFIG), json.dumps(hf_config, indent=2, sort_keys=True))
+  files.write_text(
+    files.join(orbax_dir, HF_CONFIG), json.dumps(hf_config, indent=2, sort_keys=True)
+  )
   return orbax_dir
 
 
@@ -50,16 +55,19 @@ def read_hf_config(orbax_dir: str) -> dict:
   """The `hf_config.json` beside an Orbax checkpoint, with a clear error when absent."""
   path = files.join(orbax_dir, HF_CONFIG)
   if not files.isfile(path):
-    raise io.CheckpointError(f"{path}: missing; this Orbax directory was not written by "
-                             f"`python -m aotd_jax.hf convert` or the trainer")
+    raise io.CheckpointError(
+      f"{path}: missing; this Orbax directory was not written by "
+      f"`python -m aotd_jax.hf convert` or the trainer"
+    )
   try:
     return json.loads(files.read_text(path))
   except json.JSONDecodeError as e:
     raise io.CheckpointError(f"{path}: not valid JSON ({e})") from e
 
 
-def restore_model(orbax_dir: str, *, step: int | None = None, mesh: jax.sharding.Mesh | None = None,
-                  rules=None) -> nnx.Module:
+def restore_model(
+  orbax_dir: str, *, step: int | None = None, mesh: jax.sharding.Mesh | None = None, rules=None
+) -> nnx.Module:
   """Rebuilds the model of an Orbax checkpoint (latest step by default), reading only its `model` item.
 
   With `mesh`, every parameter is restored directly into its rules-table sharding.
@@ -67,7 +75,9 @@ def restore_model(orbax_dir: str, *, step: int | None = None, mesh: jax.sharding
   hf_config = read_hf_config(orbax_dir)
   adapter = registry.adapter_for(registry.architecture_of(hf_config, orbax_dir))
   config = adapter.config_from_hf(hf_config)
-  model = api.build_abstract(adapter, config, api.dtype_options(hf_config.get("dtype") or "float32"))
+  model = api.build_abstract(
+    adapter, config, api.dtype_options(hf_config.get("dtype") or "float32")
+  )
   graphdef, abstract, rest = nnx.split(model, nnx.Param, ...)
   if mesh is not None:
     by_path = sharding_lib.param_shardings_by_path(model, mesh, rules)
@@ -77,28 +87,40 @@ def restore_model(orbax_dir: str, *, step: int | None = None, mesh: jax.sharding
   for path, var in nnx.to_flat_state(abstract):
     key = "/".join(map(str, path))
     value = var.get_value()
-    flat[path] = jax.ShapeDtypeStruct(value.shape, value.dtype,
-                                      sharding=by_path[key] if mesh is not None else one)
+    flat[path] = jax.ShapeDtypeStruct(
+      value.shape, value.dtype, sharding=by_path[key] if mesh is not None else one
+    )
   target = nnx.State.from_flat_path(flat).to_pure_dict()
   with _manager(orbax_dir) as mngr:
     step = mngr.latest_step() if step is None else step
     if step is None or step not in mngr.all_steps():
-      raise io.CheckpointError(f"{orbax_dir}: no checkpoint step {'found' if step is None else step} "
-                               f"(steps: {list(mngr.all_steps())})")
+      raise io.CheckpointError(
+        f"{orbax_dir}: no checkpoint step {'found' if step is None else step} "
+        f"(steps: {list(mngr.all_steps())})"
+      )
     if not files.isdir(files.join(orbax_dir, f"{step}/{MODEL_ITEM}")):
       raise io.CheckpointError(f"{orbax_dir}/{step}: no `{MODEL_ITEM}` item in this checkpoint")
     try:
-      restored = mngr.restore(step, args=ocp.args.Composite(
-          **{MODEL_ITEM: ocp.args.StandardRestore(target)}))[MODEL_ITEM]
+      restored = mngr.restore(
+        step, args=ocp.args.Composite(**{MODEL_ITEM: ocp.args.StandardRestore(target)})
+      )[MODEL_ITEM]
     except (ValueError, KeyError) as e:
-      raise io.CheckpointError(f"{orbax_dir}/{step}/{MODEL_ITEM}: does not match the "
-                               f"{adapter.architecture} of {HF_CONFIG} ({e})") from e
+      raise io.CheckpointError(
+        f"{orbax_dir}/{step}/{MODEL_ITEM}: does not match the "
+        f"{adapter.architecture} of {HF_CONFIG} ({e})"
+      ) from e
   abstract.replace_by_pure_dict(restored)
   return nnx.merge(graphdef, abstract, rest)
 
 
-def export(orbax_dir: str, hf_dir: str, *, step: int | None = None, dtype=None,
-           max_shard_bytes: int = 5 * 2**30) -> str:
+def export(
+  orbax_dir: str,
+  hf_dir: str,
+  *,
+  step: int | None = None,
+  dtype=None,
+  max_shard_bytes: int = 5 * 2**30,
+) -> str:
   """Writes the latest (or given) step of an Orbax checkpoint as a HF directory; returns `hf_dir`."""
   model = restore_model(orbax_dir, step=step)
   api.save_pretrained(model, hf_dir, dtype=dtype, max_shard_bytes=max_shard_bytes)

@@ -12,6 +12,7 @@ One builder per student family; each states the preprocessing of `aotd_jax.data`
   so a square clip gets exactly the training size (a non-square one keeps its aspect ratio
   at about that area, as Qwen2-VL's processor does).
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Mapping
@@ -25,9 +26,16 @@ BICUBIC = 3  # PIL.Image.Resampling.BICUBIC, transformers' `resample` value
 
 def _normalization() -> dict:
   from aotd_jax.data import video_processing  # pylint: disable=g-import-not-at-top
-  return {"do_convert_rgb": True, "do_rescale": True, "rescale_factor": 1 / 255,
-          "do_normalize": True, "image_mean": list(video_processing.CLIP_MEAN),
-          "image_std": list(video_processing.CLIP_STD), "resample": BICUBIC}
+
+  return {
+    "do_convert_rgb": True,
+    "do_rescale": True,
+    "rescale_factor": 1 / 255,
+    "do_normalize": True,
+    "image_mean": list(video_processing.CLIP_MEAN),
+    "image_std": list(video_processing.CLIP_STD),
+    "resample": BICUBIC,
+  }
 
 
 def _pinpoints(hf_config: Mapping[str, Any]) -> list[list[int]]:
@@ -39,17 +47,32 @@ def llava_next_video(hf_config: Mapping[str, Any]) -> dict[str, dict]:
   to the model's feature counts (CLIP's class token counted by `num_additional_image_tokens`)."""
   vision = hf_config["vision_config"]
   size = int(vision["image_size"])
-  common = {**_normalization(), "do_resize": True, "size": {"shortest_edge": size},
-            "do_center_crop": True, "crop_size": {"height": size, "width": size}}
-  image = {**common, "image_processor_type": "LlavaNextImageProcessor", "do_pad": True,
-           "image_grid_pinpoints": _pinpoints(hf_config)}
-  video = {**common, "video_processor_type": "LlavaNextVideoVideoProcessor",
-           "do_sample_frames": False}
-  processor = {"processor_class": "LlavaNextVideoProcessor", "patch_size": int(vision["patch_size"]),
-               "vision_feature_select_strategy": hf_config.get("vision_feature_select_strategy",
-                                                               "default"),
-               "num_additional_image_tokens": int(vision.get("model_type") == "clip_vision_model"),
-               "image_token": "<image>", "video_token": "<video>"}
+  common = {
+    **_normalization(),
+    "do_resize": True,
+    "size": {"shortest_edge": size},
+    "do_center_crop": True,
+    "crop_size": {"height": size, "width": size},
+  }
+  image = {
+    **common,
+    "image_processor_type": "LlavaNextImageProcessor",
+    "do_pad": True,
+    "image_grid_pinpoints": _pinpoints(hf_config),
+  }
+  video = {
+    **common,
+    "video_processor_type": "LlavaNextVideoVideoProcessor",
+    "do_sample_frames": False,
+  }
+  processor = {
+    "processor_class": "LlavaNextVideoProcessor",
+    "patch_size": int(vision["patch_size"]),
+    "vision_feature_select_strategy": hf_config.get("vision_feature_select_strategy", "default"),
+    "num_additional_image_tokens": int(vision.get("model_type") == "clip_vision_model"),
+    "image_token": "<image>",
+    "video_token": "<video>",
+  }
   return {IMAGE_FILE: image, VIDEO_FILE: video, PROCESSOR_FILE: processor}
 
 
@@ -60,15 +83,25 @@ def llava_onevision(hf_config: Mapping[str, Any]) -> dict[str, dict]:
   size = int(vision["image_size"])
   side = size // int(vision["patch_size"])
   common = {**_normalization(), "do_resize": True, "size": {"height": size, "width": size}}
-  image = {**common, "image_processor_type": "LlavaOnevisionImageProcessor", "do_pad": True,
-           "image_grid_pinpoints": _pinpoints(hf_config)}
-  video = {**common, "video_processor_type": "LlavaOnevisionVideoProcessor",
-           "do_sample_frames": False}
-  processor = {"processor_class": "LlavaOnevisionProcessor", "num_image_tokens": side * side,
-               "vision_feature_select_strategy": hf_config.get("vision_feature_select_strategy",
-                                                               "full"),
-               "vision_aspect_ratio": hf_config.get("vision_aspect_ratio", "anyres_max_9"),
-               "image_token": "<image>", "video_token": "<video>"}
+  image = {
+    **common,
+    "image_processor_type": "LlavaOnevisionImageProcessor",
+    "do_pad": True,
+    "image_grid_pinpoints": _pinpoints(hf_config),
+  }
+  video = {
+    **common,
+    "video_processor_type": "LlavaOnevisionVideoProcessor",
+    "do_sample_frames": False,
+  }
+  processor = {
+    "processor_class": "LlavaOnevisionProcessor",
+    "num_image_tokens": side * side,
+    "vision_feature_select_strategy": hf_config.get("vision_feature_select_strategy", "full"),
+    "vision_aspect_ratio": hf_config.get("vision_aspect_ratio", "anyres_max_9"),
+    "image_token": "<image>",
+    "video_token": "<video>",
+  }
   return {IMAGE_FILE: image, VIDEO_FILE: video, PROCESSOR_FILE: processor}
 
 
@@ -77,20 +110,33 @@ def qwen2_vl(hf_config: Mapping[str, Any]) -> dict[str, dict]:
   config has none, as in the released checkpoints) and the vision tower's patch, merge and
   temporal sizes."""
   from aotd_jax.hf import qwen2_vl as adapter  # pylint: disable=g-import-not-at-top
+
   vision = adapter.vision_config_from_hf(hf_config["vision_config"])
-  area = vision.image_size ** 2
-  common = {**_normalization(), "do_resize": True,
-            "size": {"shortest_edge": area, "longest_edge": area},
-            "min_pixels": area, "max_pixels": area,  # the same bounds, as transformers 4.x reads them
-            "patch_size": vision.patch_size,
-            "merge_size": vision.spatial_merge_size, "temporal_patch_size": vision.temporal_patch_size}
+  area = vision.image_size**2
+  common = {
+    **_normalization(),
+    "do_resize": True,
+    "size": {"shortest_edge": area, "longest_edge": area},
+    "min_pixels": area,
+    "max_pixels": area,  # the same bounds, as transformers 4.x reads them
+    "patch_size": vision.patch_size,
+    "merge_size": vision.spatial_merge_size,
+    "temporal_patch_size": vision.temporal_patch_size,
+  }
   image = {**common, "image_processor_type": "Qwen2VLImageProcessor"}
   video = {**common, "video_processor_type": "Qwen2VLVideoProcessor", "do_sample_frames": False}
-  return {IMAGE_FILE: image, VIDEO_FILE: video, PROCESSOR_FILE: {"processor_class": "Qwen2VLProcessor"}}
+  return {
+    IMAGE_FILE: image,
+    VIDEO_FILE: video,
+    PROCESSOR_FILE: {"processor_class": "Qwen2VLProcessor"},
+  }
 
 
 BUILDERS: dict[str, Callable[[Mapping[str, Any]], dict[str, dict]]] = {
-    "llava_next_video": llava_next_video, "llava_onevision": llava_onevision, "qwen2_vl": qwen2_vl}
+  "llava_next_video": llava_next_video,
+  "llava_onevision": llava_onevision,
+  "qwen2_vl": qwen2_vl,
+}
 
 
 def processor_configs(hf_config: Mapping[str, Any]) -> dict[str, dict]:

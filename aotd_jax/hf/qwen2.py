@@ -4,6 +4,7 @@ Qwen2's checkpoints use Llama's tensor names (plus `self_attn.{q,k,v}_proj.bias`
 is `aotd_jax.hf.llama.rules`. Sliding-window attention (`use_sliding_window=true`) is refused:
 the released Qwen2 LMs (and LLaVA-OneVision's) run with full attention.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,8 +22,10 @@ _QWEN2_ONLY = dict(use_sliding_window=False, sliding_window=None, max_window_lay
 def config_from_hf(hf: dict, where: str = "config.json") -> LlamaConfig:
   """`LlamaConfig(qkv_bias=True)` from a Qwen2 config.json (or a VLM's `text_config`)."""
   if hf.get("use_sliding_window"):
-    raise CheckpointError(f"{where}: use_sliding_window=true (sliding-window attention) is not "
-                          "supported; only full-attention Qwen2 models load")
+    raise CheckpointError(
+      f"{where}: use_sliding_window=true (sliding-window attention) is not "
+      "supported; only full-attention Qwen2 models load"
+    )
   cfg = llama_hf.config_from_hf({**QWEN2_DEFAULTS, **hf})
   # Qwen2 configs may leave the special tokens unset (None), which Llama's defaults would fill.
   tokens = {k: hf.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
@@ -34,8 +37,12 @@ def config_to_hf(cfg: LlamaConfig) -> dict:
   out = llama_hf.config_to_hf(cfg)
   for name in ("attention_bias", "mlp_bias"):
     out.pop(name, None)
-  out.update(_QWEN2_ONLY, model_type="qwen2", rope_theta=cfg.rope_theta,
-             architectures=[Qwen2ForCausalLM.hf_architecture])
+  out.update(
+    _QWEN2_ONLY,
+    model_type="qwen2",
+    rope_theta=cfg.rope_theta,
+    architectures=[Qwen2ForCausalLM.hf_architecture],
+  )
   return out
 
 
@@ -44,10 +51,10 @@ def rules(cfg: LlamaConfig, hf_keys=None):
 
 
 ADAPTER = registry.Adapter(
-    architecture=Qwen2ForCausalLM.hf_architecture,
-    model_class=Qwen2ForCausalLM,
-    config_from_hf=config_from_hf,
-    config_to_hf=config_to_hf,
-    rules=rules,
-    ignore=(r"rotary_emb\.inv_freq$",),
+  architecture=Qwen2ForCausalLM.hf_architecture,
+  model_class=Qwen2ForCausalLM,
+  config_from_hf=config_from_hf,
+  config_to_hf=config_to_hf,
+  rules=rules,
+  ignore=(r"rotary_emb\.inv_freq$",),
 )

@@ -4,6 +4,7 @@ An `Adapter` knows one architecture: how its `config.json` maps to our config da
 back, which model class to build, and the parameter-name table. Adapters are imported lazily
 so that loading a Llama does not import OWLv2.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,27 +28,27 @@ class Adapter:
 
 
 _ADAPTERS = {
-    "LlamaForCausalLM": "aotd_jax.hf.llama:ADAPTER",
-    "Qwen2ForCausalLM": "aotd_jax.hf.qwen2:ADAPTER",
-    "SiglipVisionModel": "aotd_jax.hf.siglip:VISION_ADAPTER",
-    "CLIPVisionModel": "aotd_jax.hf.clip:VISION_ADAPTER",
-    "CLIPModel": "aotd_jax.hf.clip:ADAPTER",
-    "LlavaNextVideoForConditionalGeneration": "aotd_jax.hf.llava_next_video:ADAPTER",
-    "LlavaOnevisionForConditionalGeneration": "aotd_jax.hf.llava_onevision:ADAPTER",
-    "Qwen2VLForConditionalGeneration": "aotd_jax.hf.qwen2_vl:ADAPTER",
-    "Owlv2ForObjectDetection": "aotd_jax.hf.owlv2:ADAPTER",
+  "LlamaForCausalLM": "aotd_jax.hf.llama:ADAPTER",
+  "Qwen2ForCausalLM": "aotd_jax.hf.qwen2:ADAPTER",
+  "SiglipVisionModel": "aotd_jax.hf.siglip:VISION_ADAPTER",
+  "CLIPVisionModel": "aotd_jax.hf.clip:VISION_ADAPTER",
+  "CLIPModel": "aotd_jax.hf.clip:ADAPTER",
+  "LlavaNextVideoForConditionalGeneration": "aotd_jax.hf.llava_next_video:ADAPTER",
+  "LlavaOnevisionForConditionalGeneration": "aotd_jax.hf.llava_onevision:ADAPTER",
+  "Qwen2VLForConditionalGeneration": "aotd_jax.hf.qwen2_vl:ADAPTER",
+  "Owlv2ForObjectDetection": "aotd_jax.hf.owlv2:ADAPTER",
 }
 # config.json files without `architectures` still carry `model_type`.
 _MODEL_TYPES = {
-    "llama": "LlamaForCausalLM",
-    "qwen2": "Qwen2ForCausalLM",
-    "siglip_vision_model": "SiglipVisionModel",
-    "clip_vision_model": "CLIPVisionModel",
-    "clip": "CLIPModel",
-    "llava_next_video": "LlavaNextVideoForConditionalGeneration",
-    "llava_onevision": "LlavaOnevisionForConditionalGeneration",
-    "qwen2_vl": "Qwen2VLForConditionalGeneration",
-    "owlv2": "Owlv2ForObjectDetection",
+  "llama": "LlamaForCausalLM",
+  "qwen2": "Qwen2ForCausalLM",
+  "siglip_vision_model": "SiglipVisionModel",
+  "clip_vision_model": "CLIPVisionModel",
+  "clip": "CLIPModel",
+  "llava_next_video": "LlavaNextVideoForConditionalGeneration",
+  "llava_onevision": "LlavaOnevisionForConditionalGeneration",
+  "qwen2_vl": "Qwen2VLForConditionalGeneration",
+  "owlv2": "Owlv2ForObjectDetection",
 }
 
 
@@ -59,7 +60,8 @@ def adapter_for(architecture: str) -> Adapter:
   """The adapter of a HF architecture name, with a clear error listing what is supported."""
   if architecture not in _ADAPTERS:
     raise CheckpointError(
-        f"unsupported architecture {architecture!r}; supported: {', '.join(supported())}")
+      f"unsupported architecture {architecture!r}; supported: {', '.join(supported())}"
+    )
   module, attr = _ADAPTERS[architecture].split(":")
   return getattr(importlib.import_module(module), attr)
 
@@ -72,10 +74,12 @@ def architecture_of(hf_config: dict, source: str) -> str:
       return arch
   if archs:
     raise CheckpointError(
-        f"{source}/config.json: unsupported architecture {archs[0]!r}; supported: {', '.join(supported())}")
+      f"{source}/config.json: unsupported architecture {archs[0]!r}; supported: {', '.join(supported())}"
+    )
   model_type = hf_config.get("model_type")
   if model_type in _MODEL_TYPES:
     return _MODEL_TYPES[model_type]
   raise CheckpointError(
-      f"{source}/config.json: no supported `architectures` or `model_type` (got {model_type!r}); "
-      f"supported: {', '.join(supported())}")
+    f"{source}/config.json: no supported `architectures` or `model_type` (got {model_type!r}); "
+    f"supported: {', '.join(supported())}"
+  )

@@ -17,6 +17,7 @@ with AMX, and XLA's `dot_general` otherwise (with the precision passed on, so GP
 apply their own meaning of it). Its gradients are the same kernel on the transposed operands,
 read in place.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,8 +43,9 @@ def available() -> bool:
   return build.register("amx_matmul", "AotdAmxMatmul", TARGET)
 
 
-def kernel_matmul(a: jax.Array, b: jax.Array, transpose_a: bool = False,
-                  transpose_b: bool = False, passes: int = 3) -> jax.Array:
+def kernel_matmul(
+  a: jax.Array, b: jax.Array, transpose_a: bool = False, transpose_b: bool = False, passes: int = 3
+) -> jax.Array:
   """op(a) @ op(b) by the kernel (op: transpose or not), float32 in and out, read in place; no
   gradient rule (see `amx_matmul`). `passes`: 3 (bf16x3) or 6 (bf16x6). Call `available()`
   first."""
@@ -53,12 +55,12 @@ def kernel_matmul(a: jax.Array, b: jax.Array, transpose_a: bool = False,
   n = b.shape[0] if transpose_b else b.shape[1]
   out = jax.ShapeDtypeStruct((m, n), jnp.float32)
   return build.ffi_call(TARGET, out, vmap_method="sequential")(
-      a, b, transpose_a=transpose_a, transpose_b=transpose_b, passes=np.int32(passes))
+    a, b, transpose_a=transpose_a, transpose_b=transpose_b, passes=np.int32(passes)
+  )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def amx_matmul(x: jax.Array, w: jax.Array, transpose_w: bool = False,
-               passes: int = 3) -> jax.Array:
+def amx_matmul(x: jax.Array, w: jax.Array, transpose_w: bool = False, passes: int = 3) -> jax.Array:
   """x (M, K) @ w (K, N), or @ w.T for w (N, K) when `transpose_w`, float32 in and out, in bf16x3
   (`passes=3`) or bf16x6 (`passes=6`) on AMX (call `available()` first). Gradients run the same
   kernel with the same passes."""
@@ -106,42 +108,68 @@ class PrecisionDot(SmallMDot):
       `precision` argument, when given, wins). With "default", `jax.default_matmul_precision`
       ("high" / "bfloat16_3x", "highest" / "float32") applies as it does for XLA's dots.
   """
+
   precision: str = "default"
 
   def __post_init__(self):
     if self.precision not in PRECISIONS:
       raise ValueError(f"matmul precision {self.precision!r} is not one of {PRECISIONS}")
 
-  def amx_passes(self, lhs, rhs, dimension_numbers, precision, preferred_element_type=None,
-                 out_sharding=None) -> int:
+  def amx_passes(
+    self, lhs, rhs, dimension_numbers, precision, preferred_element_type=None, out_sharding=None
+  ) -> int:
     """The AMX kernel's passes for this call (0: not the kernel): Precision.HIGH (3) or HIGHEST
     (6), float32, lhs (..., K) contracted on its last dim with rhs (K, N) or (N, K), no batch
     dims, one CPU device with AMX."""
     (lc, rc), batch = dimension_numbers
     passes = kernel_passes(precision)
-    fits = (passes and lhs.ndim >= 1 and rhs.ndim == 2
-            and tuple(lc) == (lhs.ndim - 1,) and tuple(rc) in ((0,), (1,)) and not any(batch)
-            and lhs.dtype == jnp.float32 and rhs.dtype == jnp.float32
-            and preferred_element_type in (None, jnp.float32) and out_sharding is None
-            and build.single_cpu_device() and available())
+    fits = (
+      passes
+      and lhs.ndim >= 1
+      and rhs.ndim == 2
+      and tuple(lc) == (lhs.ndim - 1,)
+      and tuple(rc) in ((0,), (1,))
+      and not any(batch)
+      and lhs.dtype == jnp.float32
+      and rhs.dtype == jnp.float32
+      and preferred_element_type in (None, jnp.float32)
+      and out_sharding is None
+      and build.single_cpu_device()
+      and available()
+    )
     return passes if fits else 0
 
-  def __call__(self, lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None,
-               out_sharding=None):
+  def __call__(
+    self,
+    lhs,
+    rhs,
+    dimension_numbers,
+    precision=None,
+    preferred_element_type=None,
+    out_sharding=None,
+  ):
     if precision is None and self.precision != "default":
       precision = jax.lax.Precision(self.precision)
     if precision is None:  # `with jax.default_matmul_precision("high"):` and the like
       precision = {3: jax.lax.Precision.HIGH, 6: jax.lax.Precision.HIGHEST}.get(
-          kernel_passes(jax.config.jax_default_matmul_precision))
+        kernel_passes(jax.config.jax_default_matmul_precision)
+      )
     if self.use_kernel(lhs, rhs, dimension_numbers, preferred_element_type, out_sharding):
-      return super().__call__(lhs, rhs, dimension_numbers, precision, preferred_element_type,
-                              out_sharding)
-    passes = self.amx_passes(lhs, rhs, dimension_numbers, precision, preferred_element_type,
-                             out_sharding)
+      return super().__call__(
+        lhs, rhs, dimension_numbers, precision, preferred_element_type, out_sharding
+      )
+    passes = self.amx_passes(
+      lhs, rhs, dimension_numbers, precision, preferred_element_type, out_sharding
+    )
     if passes:
       transpose_w = tuple(dimension_numbers[0][1]) == (1,)
       out = amx_matmul(lhs.reshape(-1, lhs.shape[-1]), rhs, transpose_w, passes)
       return out.reshape(*lhs.shape[:-1], out.shape[-1])
-    return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
-                               preferred_element_type=preferred_element_type,
-                               out_sharding=out_sharding)
+    return jax.lax.dot_general(
+      lhs,
+      rhs,
+      dimension_numbers,
+      precision=precision,
+      preferred_element_type=preferred_element_type,
+      out_sharding=out_sharding,
+    )

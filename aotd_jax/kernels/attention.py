@@ -21,6 +21,7 @@ rows are arbitrary in every path, and a loss that ignores them sends them no gra
 `jax.set_mesh`) whose build has AVX-512 (F, BW, VL), and a C++ compiler. Otherwise the jnp paths
 run, with the same numbers.
 """
+
 from __future__ import annotations
 
 import functools
@@ -40,14 +41,21 @@ def available() -> bool:
   lib = build.load_library("attention")
   if lib is None or not lib.AotdAttentionSupported():
     return False
-  return (build.register("attention", "AotdAttentionFwd", TARGET_FWD)
-          and build.register("attention", "AotdAttentionBwd", TARGET_BWD))
+  return build.register("attention", "AotdAttentionFwd", TARGET_FWD) and build.register(
+    "attention", "AotdAttentionBwd", TARGET_BWD
+  )
 
 
 def use_kernel(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None) -> bool:
   """Whether `attention` can run these operands here (see the module docstring)."""
-  return (q.dtype == jnp.float32 and k.dtype == jnp.float32 and v.dtype == jnp.float32
-          and (mask is None or mask.dtype == jnp.bool_) and build.single_cpu_device() and available())
+  return (
+    q.dtype == jnp.float32
+    and k.dtype == jnp.float32
+    and v.dtype == jnp.float32
+    and (mask is None or mask.dtype == jnp.bool_)
+    and build.single_cpu_device()
+    and available()
+  )
 
 
 def _mask_operand(mask):
@@ -61,12 +69,14 @@ def _forward(q, k, v, mask, block_size, causal):
   lse = jax.ShapeDtypeStruct((b, kv, groups, length), jnp.float32)
   mask, masked = _mask_operand(mask)
   return build.ffi_call(TARGET_FWD, (out, lse), vmap_method="sequential")(
-      q, k, v, mask, block=block_size, causal=causal, masked=masked)
+    q, k, v, mask, block=block_size, causal=causal, masked=masked
+  )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, block_size: int,
-              causal: bool) -> jax.Array:
+def attention(
+  q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, block_size: int, causal: bool
+) -> jax.Array:
   """Grouped-query attention over blocks of `block_size` queries, by the kernel.
 
   Args:
@@ -95,8 +105,17 @@ def _bwd(block_size, causal, res, d_out):
   shapes = [jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in (q, k, v)]
   mask, masked = _mask_operand(mask)
   dq, dk, dv = build.ffi_call(TARGET_BWD, shapes, vmap_method="sequential")(
-      q, k, v, mask, out, lse, d_out.astype(jnp.float32), block=block_size, causal=causal,
-      masked=masked)
+    q,
+    k,
+    v,
+    mask,
+    out,
+    lse,
+    d_out.astype(jnp.float32),
+    block=block_size,
+    causal=causal,
+    masked=masked,
+  )
   return dq, dk, dv, None
 
 

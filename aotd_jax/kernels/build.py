@@ -9,6 +9,7 @@ Libraries are cached under `$AOTD_JAX_KERNEL_CACHE` (default `~/.cache/aotd_jax/
 by the source, jaxlib's version, the compiler and the CPU's instruction-set flags, so a cache
 shared between different machines never hands one a binary built for another.
 """
+
 from __future__ import annotations
 
 import collections
@@ -67,7 +68,8 @@ def _cpu_flags() -> str:
 
 def cache_dir() -> str:
   return os.environ.get("AOTD_JAX_KERNEL_CACHE") or os.path.join(
-      os.path.expanduser("~"), ".cache", "aotd_jax", "kernels")
+    os.path.expanduser("~"), ".cache", "aotd_jax", "kernels"
+  )
 
 
 def build_library(source: str, compiler: str | None = None, out_dir: str | None = None) -> str:
@@ -87,9 +89,18 @@ def build_library(source: str, compiler: str | None = None, out_dir: str | None 
     raise FileNotFoundError("no C++ compiler found (set $CXX or install g++ / clang++)")
   with open(source, "rb") as f:
     text = f.read()
-  key = hashlib.sha256(b"\0".join([
-      text, jaxlib.__version__.encode(), os.path.realpath(compiler).encode(), " ".join(_FLAGS).encode(),
-      _cpu_flags().encode(), platform.machine().encode()])).hexdigest()[:16]
+  key = hashlib.sha256(
+    b"\0".join(
+      [
+        text,
+        jaxlib.__version__.encode(),
+        os.path.realpath(compiler).encode(),
+        " ".join(_FLAGS).encode(),
+        _cpu_flags().encode(),
+        platform.machine().encode(),
+      ]
+    )
+  ).hexdigest()[:16]
   out_dir = out_dir or cache_dir()
   name = os.path.splitext(os.path.basename(source))[0]
   target = os.path.join(out_dir, f"lib{name}-{key}.so")
@@ -145,4 +156,3 @@ def single_cpu_device() -> bool:
 
   mesh = jax.sharding.get_abstract_mesh()
   return jax.default_backend() == "cpu" and (mesh is None or mesh.empty or mesh.size == 1)
-

@@ -11,6 +11,7 @@ everything else (other backends, dtypes and shapes; a multi-device mesh set with
 `jax.set_mesh`; no C++ compiler). Both give the same numbers to float32 rounding (the kernel
 sums over K in order, XLA in blocks). Gradients are XLA dots.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -57,22 +58,43 @@ class SmallMDot:
 
   Frozen (hashable, compared by value), so modules built with equal settings share jit caches.
   """
+
   max_rows: int = 8
 
-  def use_kernel(self, lhs, rhs, dimension_numbers, preferred_element_type=None,
-                 out_sharding=None) -> bool:
+  def use_kernel(
+    self, lhs, rhs, dimension_numbers, preferred_element_type=None, out_sharding=None
+  ) -> bool:
     """Whether this call takes the kernel (see the module docstring for the conditions)."""
-    return (0 < lhs.shape[0] <= self.max_rows and lhs.ndim == 2 and rhs.ndim == 2
-            and tuple(map(tuple, dimension_numbers[0])) == ((1,), (0,))
-            and not any(dimension_numbers[1])
-            and lhs.dtype == jnp.float32 and rhs.dtype == jnp.float32
-            and preferred_element_type in (None, jnp.float32) and out_sharding is None
-            and build.single_cpu_device() and available())
+    return (
+      0 < lhs.shape[0] <= self.max_rows
+      and lhs.ndim == 2
+      and rhs.ndim == 2
+      and tuple(map(tuple, dimension_numbers[0])) == ((1,), (0,))
+      and not any(dimension_numbers[1])
+      and lhs.dtype == jnp.float32
+      and rhs.dtype == jnp.float32
+      and preferred_element_type in (None, jnp.float32)
+      and out_sharding is None
+      and build.single_cpu_device()
+      and available()
+    )
 
-  def __call__(self, lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None,
-               out_sharding=None):
+  def __call__(
+    self,
+    lhs,
+    rhs,
+    dimension_numbers,
+    precision=None,
+    preferred_element_type=None,
+    out_sharding=None,
+  ):
     if self.use_kernel(lhs, rhs, dimension_numbers, preferred_element_type, out_sharding):
       return small_m_matmul(lhs, rhs)
-    return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
-                               preferred_element_type=preferred_element_type,
-                               out_sharding=out_sharding)
+    return jax.lax.dot_general(
+      lhs,
+      rhs,
+      dimension_numbers,
+      precision=precision,
+      preferred_element_type=preferred_element_type,
+      out_sharding=out_sharding,
+    )

@@ -20,6 +20,7 @@ Implementations (a model config's `attention_impl`):
 A cache laid out head-major (`kv_head_major`, a decode step's keys (B, kv_heads, slots, d)) is
 always read by XLA's ops.
 """
+
 from __future__ import annotations
 
 import jax
@@ -67,10 +68,19 @@ def choose(implementation: str, *, backend: str, dtype, cpu_kernel: bool) -> str
   return "xla"
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None, *,
-              implementation: str = "xla", causal: bool = False, block_size: int = 0,
-              cpu_kernels: bool = True, blocked_jnp: bool = True,
-              kv_head_major: bool = False) -> jax.Array:
+def attention(
+  q: jax.Array,
+  k: jax.Array,
+  v: jax.Array,
+  mask: jax.Array | None = None,
+  *,
+  implementation: str = "xla",
+  causal: bool = False,
+  block_size: int = 0,
+  cpu_kernels: bool = True,
+  blocked_jnp: bool = True,
+  kv_head_major: bool = False,
+) -> jax.Array:
   """softmax(q k^T / sqrt(head_dim), masked) v with grouped-query heads.
 
   Args:
@@ -100,22 +110,25 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None =
   if mask is not None and mask.ndim == 4:
     mask = jnp.broadcast_to(mask, (mask.shape[0], 1, l, mask.shape[-1]))[:, 0]
   grouped = q.reshape(b, l, kv, h // kv, d)
-  kernel_ok = (cpu_kernels and not kv_head_major
-               and attention_kernel.use_kernel(grouped, k, v, mask))
-  chosen = choose(implementation, backend=jax.default_backend(), dtype=q.dtype,
-                  cpu_kernel=kernel_ok)
+  kernel_ok = cpu_kernels and not kv_head_major and attention_kernel.use_kernel(grouped, k, v, mask)
+  chosen = choose(
+    implementation, backend=jax.default_backend(), dtype=q.dtype, cpu_kernel=kernel_ok
+  )
   if chosen != "xla":
     if kv_head_major:
       raise ValueError(f"attention: implementation {chosen!r} cannot read a head-major KV cache")
     if chosen == "pallas":
       if jax.default_backend() != "gpu":
-        raise ValueError(f"attention: implementation 'pallas' needs a GPU; this backend is "
-                         f"{jax.default_backend()!r} (use 'auto' or 'xla')")
+        raise ValueError(
+          f"attention: implementation 'pallas' needs a GPU; this backend is "
+          f"{jax.default_backend()!r} (use 'auto' or 'xla')"
+        )
       return pallas_flash(q, k, v, causal=causal)
     return _fused(q, k, v, mask, chosen)
   if causal and not kv_head_major and 0 < block_size < l and (blocked_jnp or kernel_ok):
-    return blocked_causal_attention(grouped, k.astype(q.dtype), v.astype(q.dtype), mask,
-                                    block_size, cpu_kernel=cpu_kernels)
+    return blocked_causal_attention(
+      grouped, k.astype(q.dtype), v.astype(q.dtype), mask, block_size, cpu_kernel=cpu_kernels
+    )
   if not causal and kernel_ok:
     return attention_kernel.attention(grouped, k, v, mask, _KERNEL_BLOCK, causal=False)
   if causal or kv_head_major:
@@ -123,8 +136,9 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None =
   return _bidirectional_einsum(q, k, v, mask)
 
 
-def pallas_flash(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool,
-                 interpret: bool = False) -> jax.Array:
+def pallas_flash(
+  q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool, interpret: bool = False
+) -> jax.Array:
   """Flash attention by Pallas' GPU kernel: causal, or every key; no padding mask.
 
   Grouped kv heads are repeated to the query heads (the kernel has no grouping), and L is padded
@@ -141,10 +155,17 @@ def pallas_flash(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool,
     q, k, v = (jnp.pad(t, ((0, 0), (0, padded - l), (0, 0), (0, 0))) for t in (q, k, v))
     if not causal:
       segments = jnp.broadcast_to((jnp.arange(padded) < l).astype(jnp.int32), (b, padded))
-  sizes = pallas_attention.BlockSizes(block_q=block, block_k=block, block_q_dkv=block,
-                                      block_kv_dkv=block, block_q_dq=block, block_kv_dq=block)
-  out = pallas_attention.mha(q, k, v, segments, sm_scale=d ** -0.5, causal=causal,
-                             block_sizes=sizes, interpret=interpret)
+  sizes = pallas_attention.BlockSizes(
+    block_q=block,
+    block_k=block,
+    block_q_dkv=block,
+    block_kv_dkv=block,
+    block_q_dq=block,
+    block_kv_dq=block,
+  )
+  out = pallas_attention.mha(
+    q, k, v, segments, sm_scale=d**-0.5, causal=causal, block_sizes=sizes, interpret=interpret
+  )
   return out[:, :l].reshape(b, l, h * d)
 
 
@@ -153,8 +174,10 @@ def _fused(q, k, v, mask, chosen: str) -> jax.Array:
   b, l, h, d = q.shape
   if chosen == "cudnn":
     if jax.default_backend() != "gpu":
-      raise ValueError(f"attention: implementation 'cudnn' needs a GPU; this backend is "
-                       f"{jax.default_backend()!r} (use 'auto' or 'xla')")
+      raise ValueError(
+        f"attention: implementation 'cudnn' needs a GPU; this backend is "
+        f"{jax.default_backend()!r} (use 'auto' or 'xla')"
+      )
     impl = "cudnn"
   else:
     # cuDNN's flash attention on GPUs in half precision; XLA's fused path elsewhere.
@@ -162,9 +185,13 @@ def _fused(q, k, v, mask, chosen: str) -> jax.Array:
     impl = "cudnn" if flash else None
   only_causal = chosen == "causal"
   out = jax.nn.dot_product_attention(
-      q, k.astype(q.dtype), v.astype(q.dtype),
-      mask=None if only_causal or mask is None else mask[:, None],
-      is_causal=only_causal, implementation=impl)
+    q,
+    k.astype(q.dtype),
+    v.astype(q.dtype),
+    mask=None if only_causal or mask is None else mask[:, None],
+    is_causal=only_causal,
+    implementation=impl,
+  )
   return out.reshape(b, l, h * d)
 
 
@@ -172,8 +199,9 @@ def _grouped_einsum(q, k, v, mask, kv_head_major: bool) -> jax.Array:
   """Masked softmax with float32 scores; grouped heads read their shared kv head in place."""
   b, l, kv, g, d = q.shape
   kv_axes = "bksd" if kv_head_major else "bskd"
-  scores = jnp.einsum(f"blkgd,{kv_axes}->bkgls", q, k.astype(q.dtype),
-                      preferred_element_type=jnp.float32) * (d ** -0.5)
+  scores = jnp.einsum(
+    f"blkgd,{kv_axes}->bkgls", q, k.astype(q.dtype), preferred_element_type=jnp.float32
+  ) * (d**-0.5)
   if mask is not None:
     scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
@@ -193,7 +221,7 @@ def _bidirectional_einsum(q, k, v, mask) -> jax.Array:
   kv = k.shape[2]
   if kv != h:
     k, v = (jnp.repeat(t, h // kv, axis=2) for t in (k, v))
-  scores = jnp.einsum("bqhd,bkhd->bhqk", q * (d ** -0.5), k.astype(q.dtype)).astype(jnp.float32)
+  scores = jnp.einsum("bqhd,bkhd->bhqk", q * (d**-0.5), k.astype(q.dtype)).astype(jnp.float32)
   if mask is not None:
     scores = jnp.where(mask[:, None], scores, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)

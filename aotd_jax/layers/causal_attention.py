@@ -10,6 +10,7 @@ probabilities once. Numerics match the einsum path to float32 rounding on every 
 that sees at least one key; a fully masked row (a padding query) averages the values of its
 block's keys instead of all keys: such rows are arbitrary in both paths.
 """
+
 import functools
 
 import jax
@@ -29,7 +30,7 @@ def _key_end(i: int, block: int, length: int) -> int:
 
 
 def _block_mask(mask: jax.Array, i: int, block: int, end: int) -> jax.Array:
-  return mask[:, None, None, i * block:(i + 1) * block, :end]  # (B, 1, 1, block, end)
+  return mask[:, None, None, i * block : (i + 1) * block, :end]  # (B, 1, 1, block, end)
 
 
 def _probs(q_i, k, mask, i, groups):
@@ -47,7 +48,7 @@ def _forward(qb, k, v, mask, groups):
   outs, probs = [], []
   for i in range(qb.shape[0]):
     p = _probs(qb[i], k, mask, i, groups).astype(qb.dtype)
-    outs.append(lax.dot_general(p, v[:, :, :p.shape[-1]].astype(qb.dtype), _PV))
+    outs.append(lax.dot_general(p, v[:, :, : p.shape[-1]].astype(qb.dtype), _PV))
     probs.append(p)
   return jnp.stack(outs), probs
 
@@ -77,7 +78,11 @@ def _blocked_bwd(groups, residuals, d_out):
     ds = (p.astype(f32) * (dp - delta[i][..., None]) * scale).reshape(b, kv, groups, block, end)
     # Masked scores get no gradient (as through `where` in the einsum path): this matters only
     # on fully masked rows, whose probabilities are uniform rather than zero.
-    ds = jnp.where(_block_mask(mask, i, block, end), ds, 0.0).reshape(b, kv, rows, end).astype(qb.dtype)
+    ds = (
+      jnp.where(_block_mask(mask, i, block, end), ds, 0.0)
+      .reshape(b, kv, rows, end)
+      .astype(qb.dtype)
+    )
     dq.append(lax.dot_general(ds, k[:, :, :end].astype(qb.dtype), _PV))
     dk = dk.at[:, :, :end].add(lax.dot_general(ds, qb[i], _TN, preferred_element_type=f32))
     dv = dv.at[:, :, :end].add(lax.dot_general(p, d_out[i], _TN, preferred_element_type=f32))
@@ -87,8 +92,15 @@ def _blocked_bwd(groups, residuals, d_out):
 _blocked.defvjp(_blocked_fwd, _blocked_bwd)
 
 
-def blocked_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
-                             block_size: int, *, cpu_kernel: bool = True) -> jax.Array:
+def blocked_causal_attention(
+  q: jax.Array,
+  k: jax.Array,
+  v: jax.Array,
+  mask: jax.Array,
+  block_size: int,
+  *,
+  cpu_kernel: bool = True,
+) -> jax.Array:
   """Grouped-query causal attention computed over blocks of `block_size` queries.
 
   Args:
@@ -107,9 +119,13 @@ def blocked_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax
   """
   b, length, kv, groups, d = q.shape
   if k.shape != (b, length, kv, d) or v.shape != k.shape:
-    raise ValueError(f"blocked_causal_attention: keys {k.shape} / values {v.shape} do not fit queries {q.shape}")
+    raise ValueError(
+      f"blocked_causal_attention: keys {k.shape} / values {v.shape} do not fit queries {q.shape}"
+    )
   if mask.shape != (b, length, length):
-    raise ValueError(f"blocked_causal_attention: mask has shape {mask.shape}, expected {(b, length, length)}")
+    raise ValueError(
+      f"blocked_causal_attention: mask has shape {mask.shape}, expected {(b, length, length)}"
+    )
   if block_size < 1:
     raise ValueError(f"blocked_causal_attention: block_size must be >= 1, got {block_size}")
   if cpu_kernel and attention_kernel.use_kernel(q, k, v, mask):

@@ -7,6 +7,7 @@ handed down unchanged to every sub-module. Each layer reads the fields that appl
 causal LM's attention reads `attention_impl` and `attention_block_size`, a vision tower's
 bidirectional attention only `cpu_kernels`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,8 +21,14 @@ from aotd_jax.layers.dense import DECODE_ROWS, PRECISIONS
 # Remat policies by name: "none" (keep every activation), "full" (recompute each layer's
 # activations in the backward pass) or the name of a `jax.checkpoint_policies` policy that
 # takes no argument (which intermediates of a layer to keep).
-_JAX_POLICIES = ("dots_saveable", "dots_with_no_batch_dims_saveable", "nothing_saveable",
-                 "everything_saveable", "checkpoint_dots", "checkpoint_dots_with_no_batch_dims")
+_JAX_POLICIES = (
+  "dots_saveable",
+  "dots_with_no_batch_dims_saveable",
+  "nothing_saveable",
+  "everything_saveable",
+  "checkpoint_dots",
+  "checkpoint_dots_with_no_batch_dims",
+)
 REMAT_POLICIES = ("none", "full") + _JAX_POLICIES
 _DTYPES = ("float32", "bfloat16", "float16")
 
@@ -47,6 +54,7 @@ class ComputeOptions:
     freeze_vision_tower: a Video-LLM's vision features are a constant for the backward pass
       (`stop_gradient` at the tower's output), and training leaves the tower's weights alone.
   """
+
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat: str = "none"
@@ -62,15 +70,19 @@ class ComputeOptions:
       if value not in _DTYPES:
         raise ValueError(f"ComputeOptions: {name}={value!r} is not one of {_DTYPES}")
     if not isinstance(self.remat, str) or self.remat not in REMAT_POLICIES:
-      raise ValueError(f"ComputeOptions: remat={self.remat!r} is not a remat policy name; use one "
-                       f"of {REMAT_POLICIES}")
+      raise ValueError(
+        f"ComputeOptions: remat={self.remat!r} is not a remat policy name; use one "
+        f"of {REMAT_POLICIES}"
+      )
     attention_lib.check_implementation(self.attention_impl, "ComputeOptions")
     if self.matmul_precision not in PRECISIONS:
-      raise ValueError(f"ComputeOptions: matmul_precision={self.matmul_precision!r} is not one of "
-                       f"{PRECISIONS}")
+      raise ValueError(
+        f"ComputeOptions: matmul_precision={self.matmul_precision!r} is not one of {PRECISIONS}"
+      )
     if not isinstance(self.attention_block_size, int) or self.attention_block_size < 0:
-      raise ValueError(f"ComputeOptions: attention_block_size={self.attention_block_size!r} must "
-                       "be an int >= 0")
+      raise ValueError(
+        f"ComputeOptions: attention_block_size={self.attention_block_size!r} must be an int >= 0"
+      )
     for name in ("cpu_kernels", "freeze_vision_tower"):
       if not isinstance(getattr(self, name), bool):
         raise ValueError(f"ComputeOptions: {name}={getattr(self, name)!r} must be True or False")

@@ -6,6 +6,7 @@ Every model's linear layers come from `dense()`, so the matmul precision ("defau
 "high"/"highest" float32 dots on one CPU device, the small-M kernel for a decode step's few rows,
 XLA's dot with the precision passed on elsewhere).
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
@@ -38,10 +39,19 @@ def matmul(precision: str = "default", *, cpu_kernel_rows: int = 0) -> Precision
   return PrecisionDot(cpu_kernel_rows, precision)
 
 
-def dense(din: int, dout: int, axes: tuple[Any, Any], *, rngs: nnx.Rngs, bias: bool = True,
-          dtype: Any = "float32", param_dtype: Any = "float32", precision: str = "default",
-          cpu_kernel_rows: int = 0,
-          kernel_init: Callable[..., jax.Array] = nnx.initializers.lecun_normal()) -> nnx.Linear:
+def dense(
+  din: int,
+  dout: int,
+  axes: tuple[Any, Any],
+  *,
+  rngs: nnx.Rngs,
+  bias: bool = True,
+  dtype: Any = "float32",
+  param_dtype: Any = "float32",
+  precision: str = "default",
+  cpu_kernel_rows: int = 0,
+  kernel_init: Callable[..., jax.Array] = nnx.initializers.lecun_normal(),
+) -> nnx.Linear:
   """`nnx.Linear(din, dout)` whose kernel carries logical axes `axes` (its bias `axes[1]`).
 
   Args:
@@ -53,23 +63,44 @@ def dense(din: int, dout: int, axes: tuple[Any, Any], *, rngs: nnx.Rngs, bias: b
     precision, cpu_kernel_rows: see `matmul`.
     kernel_init: the kernel's initializer (unpartitioned; `axes` is applied here).
   """
-  return nnx.Linear(din, dout, use_bias=bias, dtype=jnp.dtype(dtype),
-                    param_dtype=jnp.dtype(param_dtype),
-                    dot_general=matmul(precision, cpu_kernel_rows=cpu_kernel_rows),
-                    kernel_init=nnx.with_partitioning(kernel_init, axes),
-                    bias_init=nnx.with_partitioning(nnx.initializers.zeros, (axes[1],)),
-                    rngs=rngs)
+  return nnx.Linear(
+    din,
+    dout,
+    use_bias=bias,
+    dtype=jnp.dtype(dtype),
+    param_dtype=jnp.dtype(param_dtype),
+    dot_general=matmul(precision, cpu_kernel_rows=cpu_kernel_rows),
+    kernel_init=nnx.with_partitioning(kernel_init, axes),
+    bias_init=nnx.with_partitioning(nnx.initializers.zeros, (axes[1],)),
+    rngs=rngs,
+  )
 
 
-def dense_for(options: ComputeOptions, din: int, dout: int, axes: tuple[Any, Any], *,
-              rngs: nnx.Rngs, bias: bool = True, decode_kernel: bool = False,
-              kernel_init: Callable[..., jax.Array] = nnx.initializers.lecun_normal()) -> nnx.Linear:
+def dense_for(
+  options: ComputeOptions,
+  din: int,
+  dout: int,
+  axes: tuple[Any, Any],
+  *,
+  rngs: nnx.Rngs,
+  bias: bool = True,
+  decode_kernel: bool = False,
+  kernel_init: Callable[..., jax.Array] = nnx.initializers.lecun_normal(),
+) -> nnx.Linear:
   """`dense` with the dtypes and matmul precision of `options`; `decode_kernel` (a decoder's
   layers) lets a decode step's few rows take the small-M CPU kernel when `options.cpu_kernels`."""
-  return dense(din, dout, axes, rngs=rngs, bias=bias, dtype=options.dtype,
-               param_dtype=options.param_dtype, precision=options.matmul_precision,
-               cpu_kernel_rows=options.cpu_kernel_rows if decode_kernel else 0,
-               kernel_init=kernel_init)
+  return dense(
+    din,
+    dout,
+    axes,
+    rngs=rngs,
+    bias=bias,
+    dtype=options.dtype,
+    param_dtype=options.param_dtype,
+    precision=options.matmul_precision,
+    cpu_kernel_rows=options.cpu_kernel_rows if decode_kernel else 0,
+    kernel_init=kernel_init,
+  )
 
 
 def tokens(x: jax.Array) -> jax.Array:

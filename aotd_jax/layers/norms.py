@@ -1,5 +1,6 @@
 """Normalisation layers: RMSNorm (Llama family) and LayerNorm (CLIP, SigLIP, Qwen2-VL's vision
 tower, UniVTG), with their parameters on the "norm" logical axis."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -22,10 +23,16 @@ class RMSNorm(nnx.Module):
     return self.scale[...].astype(x.dtype) * h.astype(x.dtype)
 
 
-def layer_norm(dim: int, eps: float, *, rngs: nnx.Rngs, dtype: Any = "float32",
-               param_dtype: Any = "float32") -> nnx.LayerNorm:
+def layer_norm(
+  dim: int, eps: float, *, rngs: nnx.Rngs, dtype: Any = "float32", param_dtype: Any = "float32"
+) -> nnx.LayerNorm:
   """`nnx.LayerNorm(dim)` (scale ones, bias zeros) with both parameters on the "norm" axis."""
-  return nnx.LayerNorm(dim, epsilon=eps, dtype=dtype, param_dtype=param_dtype,
-                       scale_init=nnx.with_partitioning(nnx.initializers.ones_init(), ("norm",)),
-                       bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("norm",)),
-                       rngs=rngs)
+  return nnx.LayerNorm(
+    dim,
+    epsilon=eps,
+    dtype=dtype,
+    param_dtype=param_dtype,
+    scale_init=nnx.with_partitioning(nnx.initializers.ones_init(), ("norm",)),
+    bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("norm",)),
+    rngs=rngs,
+  )

@@ -4,6 +4,7 @@ The inverse frequencies follow transformers' `modeling_rope_utils` (`default`, `
 `dynamic`, `llama3`), computed in float32 as there so that logits agree to ~1e-6. `dynamic`
 (NTK) depends on the longest position in the call, so it is computed inside the jitted graph.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,10 +28,14 @@ def validate(rope_scaling: Mapping[str, Any] | None) -> None:
   """Raises a ValueError naming the variant or key when `rope_scaling` is not supported."""
   kind = rope_type(rope_scaling)
   if kind not in SUPPORTED_ROPE_TYPES:
-    raise ValueError(f"rope_scaling: unsupported rope_type {kind!r}; supported: {SUPPORTED_ROPE_TYPES}")
-  needed = {"linear": ("factor",), "dynamic": ("factor",),
-            "llama3": ("factor", "low_freq_factor", "high_freq_factor",
-                       "original_max_position_embeddings")}.get(kind, ())
+    raise ValueError(
+      f"rope_scaling: unsupported rope_type {kind!r}; supported: {SUPPORTED_ROPE_TYPES}"
+    )
+  needed = {
+    "linear": ("factor",),
+    "dynamic": ("factor",),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+  }.get(kind, ())
   missing = [k for k in needed if k not in rope_scaling]
   if missing:
     raise ValueError(f"rope_scaling ({kind}): missing key(s) {missing}")
@@ -38,11 +43,16 @@ def validate(rope_scaling: Mapping[str, Any] | None) -> None:
 
 def _base_inv_freq(theta, dim: int):
   exponents = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)
-  return 1.0 / (theta ** exponents)
+  return 1.0 / (theta**exponents)
 
 
-def inv_frequencies(head_dim: int, rope_theta: float, rope_scaling: Mapping[str, Any] | None,
-                    max_position_embeddings: int, seq_len: jax.Array | None = None) -> jax.Array:
+def inv_frequencies(
+  head_dim: int,
+  rope_theta: float,
+  rope_scaling: Mapping[str, Any] | None,
+  max_position_embeddings: int,
+  seq_len: jax.Array | None = None,
+) -> jax.Array:
   """Float32 inverse frequencies (head_dim // 2,) for the configured variant.
 
   Args:
@@ -55,7 +65,7 @@ def inv_frequencies(head_dim: int, rope_theta: float, rope_scaling: Mapping[str,
     n = jnp.maximum(jnp.asarray(max_pos if seq_len is None else seq_len, jnp.float32), max_pos)
     base = rope_theta * ((factor * n / max_pos) - (factor - 1)) ** (head_dim / (head_dim - 2))
     exponents = jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim
-    return 1.0 / (base ** exponents)
+    return 1.0 / (base**exponents)
   inv = _base_inv_freq(np.float32(rope_theta), head_dim).astype(np.float32)
   if kind == "linear":
     inv = inv / np.float32(rope_scaling["factor"])

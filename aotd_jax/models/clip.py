@@ -6,6 +6,7 @@ returns every hidden state so that LLaVA can pick `vision_feature_layer` (-1, -2
 The text tower is causal with EOS pooling. OWLv2 reuses both (`aotd_jax.models.owlv2`).
 Submodule names mirror transformers' so the HF name table (`aotd_jax.hf.clip`) is regular.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,6 +27,7 @@ from aotd_jax.sharding import constrain
 @dataclasses.dataclass(frozen=True)
 class CLIPVisionConfig:
   """HF `CLIPVisionConfig` fields."""
+
   hidden_size: int = 768
   intermediate_size: int = 3072
   projection_dim: int = 512
@@ -48,6 +50,7 @@ class CLIPVisionConfig:
 @dataclasses.dataclass(frozen=True)
 class CLIPTextConfig:
   """HF `CLIPTextConfig` fields."""
+
   vocab_size: int = 49408
   hidden_size: int = 512
   intermediate_size: int = 2048
@@ -68,6 +71,7 @@ class CLIPTextConfig:
 @dataclasses.dataclass(frozen=True)
 class CLIPConfig:
   """HF `CLIPConfig`: the two tower configs, the shared projection size and the logit scale."""
+
   text_config: CLIPTextConfig = CLIPTextConfig()
   vision_config: CLIPVisionConfig = CLIPVisionConfig()
   projection_dim: int = 512
@@ -112,17 +116,33 @@ def activation(name: str):
   raise ValueError(f"hidden_act={name!r} is not supported (quick_gelu, gelu, gelu_new, relu)")
 
 
-def encoder_dense(cfg, options: ComputeOptions, din: int, dout: int, axes: tuple[str, str], *,
-                  rngs: nnx.Rngs, bias: bool = True) -> nnx.Linear:
+def encoder_dense(
+  cfg,
+  options: ComputeOptions,
+  din: int,
+  dout: int,
+  axes: tuple[str, str],
+  *,
+  rngs: nnx.Rngs,
+  bias: bool = True,
+) -> nnx.Linear:
   """A dense layer of a CLIP-family encoder (normal(`cfg.initializer_range`) init)."""
-  return dense_lib.dense_for(options, din, dout, axes, rngs=rngs, bias=bias,
-                             kernel_init=nnx.initializers.normal(cfg.initializer_range))
+  return dense_lib.dense_for(
+    options,
+    din,
+    dout,
+    axes,
+    rngs=rngs,
+    bias=bias,
+    kernel_init=nnx.initializers.normal(cfg.initializer_range),
+  )
 
 
 def encoder_layer_norm(cfg, options: ComputeOptions, dim: int, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
   """A LayerNorm of a CLIP-family encoder (`cfg.layer_norm_eps`)."""
-  return norms.layer_norm(dim, cfg.layer_norm_eps, rngs=rngs, dtype=options.dtype,
-                          param_dtype=options.param_dtype)
+  return norms.layer_norm(
+    dim, cfg.layer_norm_eps, rngs=rngs, dtype=options.dtype, param_dtype=options.param_dtype
+  )
 
 
 class CLIPAttention(nnx.Module):
@@ -131,7 +151,9 @@ class CLIPAttention(nnx.Module):
   def __init__(self, cfg, options: ComputeOptions, *, rngs: nnx.Rngs):
     d = cfg.hidden_size
     if d % cfg.num_attention_heads:
-      raise ValueError(f"hidden_size {d} is not divisible by num_attention_heads {cfg.num_attention_heads}")
+      raise ValueError(
+        f"hidden_size {d} is not divisible by num_attention_heads {cfg.num_attention_heads}"
+      )
     self.num_heads = cfg.num_attention_heads
     self.head_dim = d // self.num_heads
     self.cpu_kernels = options.cpu_kernels
@@ -155,7 +177,9 @@ class CLIPMLP(nnx.Module):
     self.fc2 = encoder_dense(cfg, options, m, d, ("mlp", "embed"), rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    h = constrain(self.act(self.fc1(x)), ("activation_batch", "activation_length", "activation_mlp"))
+    h = constrain(
+      self.act(self.fc1(x)), ("activation_batch", "activation_length", "activation_mlp")
+    )
     return self.fc2(h)
 
 
@@ -177,10 +201,13 @@ class CLIPEncoderLayer(nnx.Module):
 class CLIPEncoder(nnx.Module):
   def __init__(self, cfg, options: ComputeOptions, *, rngs: nnx.Rngs):
     self.options = options
-    self.layers = nnx.List([CLIPEncoderLayer(cfg, options, rngs=rngs)
-                            for _ in range(cfg.num_hidden_layers)])
+    self.layers = nnx.List(
+      [CLIPEncoderLayer(cfg, options, rngs=rngs) for _ in range(cfg.num_hidden_layers)]
+    )
 
-  def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> tuple[jax.Array, list[jax.Array]]:
+  def __call__(
+    self, x: jax.Array, mask: jax.Array | None = None
+  ) -> tuple[jax.Array, list[jax.Array]]:
     """Returns the last hidden state and the list [input, after layer 1, ..., after layer N]."""
     states = [x]
     opt = self.options
@@ -200,14 +227,28 @@ class CLIPVisionEmbeddings(nnx.Module):
     d, p = cfg.hidden_size, cfg.patch_size
     init = nnx.initializers.normal(cfg.initializer_range)
     self.class_embedding = nnx.Param(
-        init(rngs.params(), (d,), jnp.dtype(options.param_dtype)), sharding=("embed",))
+      init(rngs.params(), (d,), jnp.dtype(options.param_dtype)), sharding=("embed",)
+    )
     self.patch_embedding = nnx.Conv(
-        cfg.num_channels, d, kernel_size=(p, p), strides=(p, p), padding="VALID", use_bias=False,
-        dtype=options.dtype, param_dtype=options.param_dtype,
-        kernel_init=nnx.with_partitioning(init, ("conv_in", "conv_in", "conv_out", "embed")), rngs=rngs)
+      cfg.num_channels,
+      d,
+      kernel_size=(p, p),
+      strides=(p, p),
+      padding="VALID",
+      use_bias=False,
+      dtype=options.dtype,
+      param_dtype=options.param_dtype,
+      kernel_init=nnx.with_partitioning(init, ("conv_in", "conv_in", "conv_out", "embed")),
+      rngs=rngs,
+    )
     self.position_embedding = nnx.Embed(
-        cfg.num_patches + 1, d, dtype=options.dtype, param_dtype=options.param_dtype,
-        embedding_init=nnx.with_partitioning(init, (None, "embed")), rngs=rngs)
+      cfg.num_patches + 1,
+      d,
+      dtype=options.dtype,
+      param_dtype=options.param_dtype,
+      embedding_init=nnx.with_partitioning(init, (None, "embed")),
+      rngs=rngs,
+    )
 
   def __call__(self, pixel_values: jax.Array) -> jax.Array:
     x = jnp.transpose(pixel_values, (0, 2, 3, 1)).astype(self.options.dtype)  # NCHW -> NHWC
@@ -215,24 +256,31 @@ class CLIPVisionEmbeddings(nnx.Module):
     b, gh, gw, d = patches.shape
     patches = patches.reshape(b, gh * gw, d)
     cls = jnp.broadcast_to(self.class_embedding[...].astype(patches.dtype), (b, 1, d))
-    return jnp.concatenate([cls, patches], axis=1) + self.position_embedding.embedding[...].astype(patches.dtype)
+    return jnp.concatenate([cls, patches], axis=1) + self.position_embedding.embedding[...].astype(
+      patches.dtype
+    )
 
 
-def check_pixel_values(pixel_values: Any, cfg: CLIPVisionConfig, name: str = "pixel_values") -> jax.Array:
+def check_pixel_values(
+  pixel_values: Any, cfg: CLIPVisionConfig, name: str = "pixel_values"
+) -> jax.Array:
   """Validates a (B, C, S, S) image batch against the config, with a message naming the input."""
   shape = tuple(getattr(pixel_values, "shape", ()))
   want = (cfg.num_channels, cfg.image_size, cfg.image_size)
   if len(shape) != 4 or shape[1:] != want:
-    raise ValueError(f"{name} must have shape (batch, {want[0]}, {want[1]}, {want[2]}) "
-                     f"(channels first, as transformers), got {shape}")
+    raise ValueError(
+      f"{name} must have shape (batch, {want[0]}, {want[1]}, {want[2]}) "
+      f"(channels first, as transformers), got {shape}"
+    )
   return jnp.asarray(pixel_values)
 
 
 class CLIPVisionTransformer(nnx.Module):
   """CLIP's ViT; `hidden_states[i]` is the input of layer i (0 = embeddings after pre-LN)."""
 
-  def __init__(self, config: CLIPVisionConfig, *, options: ComputeOptions = ComputeOptions(),
-               rngs: nnx.Rngs):
+  def __init__(
+    self, config: CLIPVisionConfig, *, options: ComputeOptions = ComputeOptions(), rngs: nnx.Rngs
+  ):
     self.config = config
     self.options = options
     self.embeddings = CLIPVisionEmbeddings(config, options, rngs=rngs)
@@ -240,7 +288,9 @@ class CLIPVisionTransformer(nnx.Module):
     self.encoder = CLIPEncoder(config, options, rngs=rngs)
     self.post_layernorm = encoder_layer_norm(config, options, config.hidden_size, rngs=rngs)
 
-  def __call__(self, pixel_values: jax.Array, output_hidden_states: bool = False) -> CLIPVisionOutput:
+  def __call__(
+    self, pixel_values: jax.Array, output_hidden_states: bool = False
+  ) -> CLIPVisionOutput:
     """pixel_values (B, C, S, S) -> last_hidden_state (B, 1+P, D), pooler_output (B, D)."""
     x = check_pixel_values(pixel_values, self.config)
     x = self.pre_layrnorm(self.embeddings(x))
@@ -254,10 +304,18 @@ class CLIPTextEmbeddings(nnx.Module):
   def __init__(self, cfg: CLIPTextConfig, options: ComputeOptions, *, rngs: nnx.Rngs):
     init = nnx.initializers.normal(cfg.initializer_range)
     kw = dict(dtype=options.dtype, param_dtype=options.param_dtype, rngs=rngs)
-    self.token_embedding = nnx.Embed(cfg.vocab_size, cfg.hidden_size,
-                                     embedding_init=nnx.with_partitioning(init, ("vocab", "embed")), **kw)
-    self.position_embedding = nnx.Embed(cfg.max_position_embeddings, cfg.hidden_size,
-                                        embedding_init=nnx.with_partitioning(init, (None, "embed")), **kw)
+    self.token_embedding = nnx.Embed(
+      cfg.vocab_size,
+      cfg.hidden_size,
+      embedding_init=nnx.with_partitioning(init, ("vocab", "embed")),
+      **kw,
+    )
+    self.position_embedding = nnx.Embed(
+      cfg.max_position_embeddings,
+      cfg.hidden_size,
+      embedding_init=nnx.with_partitioning(init, (None, "embed")),
+      **kw,
+    )
 
   def __call__(self, input_ids: jax.Array, position_ids: jax.Array | None = None) -> jax.Array:
     if position_ids is None:
@@ -273,8 +331,14 @@ class CLIPTextTransformer(nnx.Module):
   `eos_token_id`.
   """
 
-  def __init__(self, config: CLIPTextConfig, *, options: ComputeOptions = ComputeOptions(),
-               rngs: nnx.Rngs, pool_by_argmax: bool = False):
+  def __init__(
+    self,
+    config: CLIPTextConfig,
+    *,
+    options: ComputeOptions = ComputeOptions(),
+    rngs: nnx.Rngs,
+    pool_by_argmax: bool = False,
+  ):
     self.config = config
     self.options = options
     self.pool_by_argmax = pool_by_argmax
@@ -282,21 +346,30 @@ class CLIPTextTransformer(nnx.Module):
     self.encoder = CLIPEncoder(config, options, rngs=rngs)
     self.final_layer_norm = encoder_layer_norm(config, options, config.hidden_size, rngs=rngs)
 
-  def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
-               position_ids: jax.Array | None = None, output_hidden_states: bool = False) -> CLIPTextOutput:
+  def __call__(
+    self,
+    input_ids: jax.Array,
+    attention_mask: jax.Array | None = None,
+    position_ids: jax.Array | None = None,
+    output_hidden_states: bool = False,
+  ) -> CLIPTextOutput:
     input_ids = jnp.asarray(input_ids)
     if input_ids.ndim != 2:
       raise ValueError(f"input_ids must have shape (batch, length), got {tuple(input_ids.shape)}")
     b, l = input_ids.shape
     if l > self.config.max_position_embeddings:
-      raise ValueError(f"input_ids length {l} exceeds max_position_embeddings "
-                       f"{self.config.max_position_embeddings}")
+      raise ValueError(
+        f"input_ids length {l} exceeds max_position_embeddings "
+        f"{self.config.max_position_embeddings}"
+      )
     mask = jnp.tril(jnp.ones((l, l), bool))[None]
     if attention_mask is not None:
       attention_mask = jnp.asarray(attention_mask)
       if attention_mask.shape != input_ids.shape:
-        raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} does not match "
-                         f"input_ids shape {tuple(input_ids.shape)}")
+        raise ValueError(
+          f"attention_mask shape {tuple(attention_mask.shape)} does not match "
+          f"input_ids shape {tuple(input_ids.shape)}"
+        )
       mask = mask & (attention_mask[:, None, :] > 0)
     x = self.embeddings(input_ids, position_ids)
     last, states = self.encoder(x, mask)
@@ -311,30 +384,37 @@ class CLIPTextTransformer(nnx.Module):
 
 class CLIPVisionModel(nnx.Module):
   """HF `CLIPVisionModel`: the vision tower alone (used as LLaVA's vision tower)."""
+
   hf_architecture = "CLIPVisionModel"
 
-  def __init__(self, config: CLIPVisionConfig, *, options: ComputeOptions = ComputeOptions(),
-               rngs: nnx.Rngs):
+  def __init__(
+    self, config: CLIPVisionConfig, *, options: ComputeOptions = ComputeOptions(), rngs: nnx.Rngs
+  ):
     self.config = config
     self.options = options
     self.vision_model = CLIPVisionTransformer(config, options=options, rngs=rngs)
 
-  def __call__(self, pixel_values: jax.Array, output_hidden_states: bool = False) -> CLIPVisionOutput:
+  def __call__(
+    self, pixel_values: jax.Array, output_hidden_states: bool = False
+  ) -> CLIPVisionOutput:
     return self.vision_model(pixel_values, output_hidden_states)
 
 
 class CLIPTextModel(nnx.Module):
   """HF `CLIPTextModel`: the text tower alone."""
+
   hf_architecture = "CLIPTextModel"
 
-  def __init__(self, config: CLIPTextConfig, *, options: ComputeOptions = ComputeOptions(),
-               rngs: nnx.Rngs):
+  def __init__(
+    self, config: CLIPTextConfig, *, options: ComputeOptions = ComputeOptions(), rngs: nnx.Rngs
+  ):
     self.config = config
     self.options = options
     self.text_model = CLIPTextTransformer(config, options=options, rngs=rngs)
 
-  def __call__(self, input_ids, attention_mask=None, position_ids=None,
-               output_hidden_states: bool = False) -> CLIPTextOutput:
+  def __call__(
+    self, input_ids, attention_mask=None, position_ids=None, output_hidden_states: bool = False
+  ) -> CLIPTextOutput:
     return self.text_model(input_ids, attention_mask, position_ids, output_hidden_states)
 
 
@@ -344,32 +424,45 @@ def l2_normalize(x: jax.Array) -> jax.Array:
 
 class CLIPModel(nnx.Module):
   """HF `CLIPModel`: both towers, projections and the contrastive logit scale."""
+
   hf_architecture = "CLIPModel"
 
-  def __init__(self, config: CLIPConfig, *, options: ComputeOptions = ComputeOptions(),
-               rngs: nnx.Rngs):
+  def __init__(
+    self, config: CLIPConfig, *, options: ComputeOptions = ComputeOptions(), rngs: nnx.Rngs
+  ):
     self.config = config
     self.options = options
     tc, vc, p = config.text_config, config.vision_config, config.projection_dim
     self.text_model = CLIPTextTransformer(tc, options=options, rngs=rngs)
     self.vision_model = CLIPVisionTransformer(vc, options=options, rngs=rngs)
-    self.visual_projection = encoder_dense(vc, options, vc.hidden_size, p, ("embed", "mlp"),
-                                           rngs=rngs, bias=False)
-    self.text_projection = encoder_dense(tc, options, tc.hidden_size, p, ("embed", "mlp"),
-                                         rngs=rngs, bias=False)
-    self.logit_scale = nnx.Param(jnp.asarray(config.logit_scale_init_value,
-                                             jnp.dtype(options.param_dtype)))
+    self.visual_projection = encoder_dense(
+      vc, options, vc.hidden_size, p, ("embed", "mlp"), rngs=rngs, bias=False
+    )
+    self.text_projection = encoder_dense(
+      tc, options, tc.hidden_size, p, ("embed", "mlp"), rngs=rngs, bias=False
+    )
+    self.logit_scale = nnx.Param(
+      jnp.asarray(config.logit_scale_init_value, jnp.dtype(options.param_dtype))
+    )
 
   def get_text_features(self, input_ids, attention_mask=None, position_ids=None) -> jax.Array:
     """Projected (not normalised) pooled text features, (B, projection_dim)."""
-    return self.text_projection(self.text_model(input_ids, attention_mask, position_ids).pooler_output)
+    return self.text_projection(
+      self.text_model(input_ids, attention_mask, position_ids).pooler_output
+    )
 
   def get_image_features(self, pixel_values) -> jax.Array:
     """Projected (not normalised) pooled image features, (B, projection_dim)."""
     return self.visual_projection(self.vision_model(pixel_values).pooler_output)
 
-  def __call__(self, input_ids, pixel_values, attention_mask=None, position_ids=None,
-               output_hidden_states: bool = False) -> CLIPOutput:
+  def __call__(
+    self,
+    input_ids,
+    pixel_values,
+    attention_mask=None,
+    position_ids=None,
+    output_hidden_states: bool = False,
+  ) -> CLIPOutput:
     vis = self.vision_model(pixel_values, output_hidden_states)
     txt = self.text_model(input_ids, attention_mask, position_ids, output_hidden_states)
     image_embeds = l2_normalize(self.visual_projection(vis.pooler_output))

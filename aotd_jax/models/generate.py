@@ -7,6 +7,7 @@ LLaVA passes its language model with merged `inputs_embeds`. Prompts are left-pa
 length bucket, so the loop compiles once per (batch, bucket, max_new_tokens, greedy/sample),
 never per step or per prompt length.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -50,7 +51,9 @@ def _argmax(logits):
   iota = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
   top = jnp.max(logits, axis=-1, keepdims=True)
   nan = jnp.isnan(logits)
-  hit = jnp.where(jnp.any(nan, axis=-1, keepdims=True), nan, logits == top)  # argmax: NaN is the max
+  hit = jnp.where(
+    jnp.any(nan, axis=-1, keepdims=True), nan, logits == top
+  )  # argmax: NaN is the max
   return jnp.min(jnp.where(hit, iota, logits.shape[-1]), axis=-1)
 
 
@@ -70,8 +73,23 @@ def _pick(logits, rng, temperature, top_p, sample: bool):
   return jnp.take_along_axis(order, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
 
 
-def _decode(graphdef, state, input_ids, inputs_embeds, mask, eos, pad, temperature, top_p, rng,
-            prompt_positions=None, deltas=None, *, max_new_tokens: int, sample: bool):
+def _decode(
+  graphdef,
+  state,
+  input_ids,
+  inputs_embeds,
+  mask,
+  eos,
+  pad,
+  temperature,
+  top_p,
+  rng,
+  prompt_positions=None,
+  deltas=None,
+  *,
+  max_new_tokens: int,
+  sample: bool,
+):
   model = nnx.merge(graphdef, state)
   b, prompt_len = mask.shape
   total = prompt_len + max_new_tokens
@@ -80,8 +98,15 @@ def _decode(graphdef, state, input_ids, inputs_embeds, mask, eos, pad, temperatu
   if prompt_positions is not None:
     positions = prompt_positions
   cache = model.init_cache(b, total)
-  out = model(input_ids, full_mask, inputs_embeds=inputs_embeds, position_ids=positions,
-              cache=cache, logits_to_keep=1, prefill=True)
+  out = model(
+    input_ids,
+    full_mask,
+    inputs_embeds=inputs_embeds,
+    position_ids=positions,
+    cache=cache,
+    logits_to_keep=1,
+    prefill=True,
+  )
   rng, sub = jax.random.split(rng)
   tok = _pick(out.logits[:, -1], sub, temperature, top_p, sample)
   next_pos = jnp.sum(mask, axis=-1).astype(jnp.int32)
@@ -97,8 +122,9 @@ def _decode(graphdef, state, input_ids, inputs_embeds, mask, eos, pad, temperatu
 
   def body(carry):
     step, tok, done, seqs, lengths, cache, full_mask, rng = carry
-    full_mask = jax.lax.dynamic_update_slice(full_mask, jnp.ones((b, 1), full_mask.dtype),
-                                             (0, prompt_len + step - 1))
+    full_mask = jax.lax.dynamic_update_slice(
+      full_mask, jnp.ones((b, 1), full_mask.dtype), (0, prompt_len + step - 1)
+    )
     out = model(tok[:, None], full_mask, position_ids=(next_pos + step - 1)[:, None], cache=cache)
     rng, sub = jax.random.split(rng)
     new = _pick(out.logits[:, -1], sub, temperature, top_p, sample)
@@ -117,10 +143,22 @@ def _decode(graphdef, state, input_ids, inputs_embeds, mask, eos, pad, temperatu
 decode_jit = jax.jit(_decode, static_argnums=(0,), static_argnames=("max_new_tokens", "sample"))
 
 
-def generate(model, input_ids=None, attention_mask=None, *, inputs_embeds=None, max_new_tokens: int,
-             eos_token_id: int | Sequence[int] | None, pad_token_id: int, temperature: float = 0.0,
-             top_p: float = 1.0, rng: jax.Array | None = None, min_bucket: int = 16,
-             position_ids=None, position_deltas=None) -> GenerateOutput:
+def generate(
+  model,
+  input_ids=None,
+  attention_mask=None,
+  *,
+  inputs_embeds=None,
+  max_new_tokens: int,
+  eos_token_id: int | Sequence[int] | None,
+  pad_token_id: int,
+  temperature: float = 0.0,
+  top_p: float = 1.0,
+  rng: jax.Array | None = None,
+  min_bucket: int = 16,
+  position_ids=None,
+  position_deltas=None,
+) -> GenerateOutput:
   """Generates up to `max_new_tokens` tokens for a batch of left-padded prompts.
 
   Args:
@@ -143,14 +181,22 @@ def generate(model, input_ids=None, attention_mask=None, *, inputs_embeds=None, 
   if max_new_tokens < 1:
     raise ValueError(f"generate: max_new_tokens must be >= 1, got {max_new_tokens}")
   if temperature < 0 or not 0 < top_p <= 1:
-    raise ValueError(f"generate: need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+    raise ValueError(
+      f"generate: need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}"
+    )
   sample = temperature > 0
   if sample and rng is None:
     raise ValueError("generate: sampling (temperature > 0) needs an `rng` key")
   b, length = np.shape(input_ids if inputs_embeds is None else inputs_embeds)[:2]
-  mask = np.ones((b, length), np.int32) if attention_mask is None else np.asarray(attention_mask, np.int32)
+  mask = (
+    np.ones((b, length), np.int32)
+    if attention_mask is None
+    else np.asarray(attention_mask, np.int32)
+  )
   if mask.shape != (b, length):
-    raise ValueError(f"generate: attention_mask shape {mask.shape} does not match the prompt {(b, length)}")
+    raise ValueError(
+      f"generate: attention_mask shape {mask.shape} does not match the prompt {(b, length)}"
+    )
   if np.any(np.diff(mask, axis=1) < 0):
     raise ValueError("generate: attention_mask must be left-padded (0s before 1s in every row)")
   width = prompt_bucket(length, min_bucket)
@@ -160,18 +206,34 @@ def generate(model, input_ids=None, attention_mask=None, *, inputs_embeds=None, 
     ids = jnp.asarray(_left_pad(np.asarray(input_ids, np.int32), width, pad_token_id))
   else:
     embeds = jnp.pad(jnp.asarray(inputs_embeds), ((0, 0), (width - length, 0), (0, 0)))
-  eos = jnp.asarray(np.atleast_1d(-1 if eos_token_id is None else np.asarray(eos_token_id)), jnp.int32)
+  eos = jnp.asarray(
+    np.atleast_1d(-1 if eos_token_id is None else np.asarray(eos_token_id)), jnp.int32
+  )
   if position_ids is not None:
     position_ids = np.asarray(position_ids, np.int32)
     if position_ids.shape[-2:] != (b, length):
-      raise ValueError(f"generate: position_ids shape {position_ids.shape} does not end in the "
-                       f"prompt's {(b, length)}")
+      raise ValueError(
+        f"generate: position_ids shape {position_ids.shape} does not end in the "
+        f"prompt's {(b, length)}"
+      )
     pad = [(0, 0)] * (position_ids.ndim - 1) + [(width - length, 0)]
     position_ids = jnp.asarray(np.pad(position_ids, pad, constant_values=1))
   if position_deltas is not None:
     position_deltas = jnp.asarray(np.asarray(position_deltas, np.int32).reshape(b))
   graphdef, state = nnx.split(model)
-  return decode_jit(graphdef, state, ids, embeds, jnp.asarray(mask), eos, jnp.int32(pad_token_id),
-                    jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p),
-                    jax.random.PRNGKey(0) if rng is None else rng, position_ids, position_deltas,
-                    max_new_tokens=int(max_new_tokens), sample=sample)
+  return decode_jit(
+    graphdef,
+    state,
+    ids,
+    embeds,
+    jnp.asarray(mask),
+    eos,
+    jnp.int32(pad_token_id),
+    jnp.float32(max(temperature, 1e-6)),
+    jnp.float32(top_p),
+    jax.random.PRNGKey(0) if rng is None else rng,
+    position_ids,
+    position_deltas,
+    max_new_tokens=int(max_new_tokens),
+    sample=sample,
+  )

@@ -5,6 +5,7 @@ tied or untied embeddings, left-padding masks, and a KV cache for generation. Mo
 mirror transformers' (`model.layers[i].self_attn.q_proj`) so the HF name table is regular.
 Weights and main activations carry logical axis names (`aotd_jax.sharding`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,6 +42,7 @@ class LlamaConfig:
   `rope_scaling` may be given as a dict; it is stored as sorted (key, value) pairs (hashable),
   read it back with `rope_scaling_dict`. `eos_token_id` may be an int or a list of ints.
   """
+
   vocab_size: int = 32000
   hidden_size: int = 4096
   intermediate_size: int = 11008
@@ -70,8 +72,10 @@ class LlamaConfig:
     if self.head_dim is None:
       object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
     if self.num_attention_heads % self.num_key_value_heads:
-      raise ValueError(f"LlamaConfig: num_attention_heads={self.num_attention_heads} is not a "
-                       f"multiple of num_key_value_heads={self.num_key_value_heads}")
+      raise ValueError(
+        f"LlamaConfig: num_attention_heads={self.num_attention_heads} is not a "
+        f"multiple of num_key_value_heads={self.num_key_value_heads}"
+      )
     rope.validate(self.rope_scaling_dict)
 
   @property
@@ -82,6 +86,7 @@ class LlamaConfig:
 @struct.dataclass
 class KVCache:
   """Per-layer keys/values (B, kv_heads, max_length, head_dim) and the next write slot."""
+
   keys: tuple
   values: tuple
   index: jax.Array
@@ -94,10 +99,12 @@ class CausalLMOutput:
   cache: KVCache | None = None
 
 
-def _dense(options: ComputeOptions, din: int, dout: int, axes: tuple[str, str], bias: bool,
-           rngs) -> nnx.Linear:
-  return dense_for(options, din, dout, axes, rngs=rngs, bias=bias, decode_kernel=True,
-                   kernel_init=_INIT)
+def _dense(
+  options: ComputeOptions, din: int, dout: int, axes: tuple[str, str], bias: bool, rngs
+) -> nnx.Linear:
+  return dense_for(
+    options, din, dout, axes, rngs=rngs, bias=bias, decode_kernel=True, kernel_init=_INIT
+  )
 
 
 class LlamaAttention(nnx.Module):
@@ -129,8 +136,12 @@ class LlamaAttention(nnx.Module):
       # The cache is head-major (B, kv_heads, slots, head_dim): both attention dots then read it
       # in place, where a (B, slots, kv_heads, head_dim) cache is transposed at every step.
       ck, cv = layer_cache
-      ck = jax.lax.dynamic_update_slice(ck, k.transpose(0, 2, 1, 3).astype(ck.dtype), (0, 0, index, 0))
-      cv = jax.lax.dynamic_update_slice(cv, v.transpose(0, 2, 1, 3).astype(cv.dtype), (0, 0, index, 0))
+      ck = jax.lax.dynamic_update_slice(
+        ck, k.transpose(0, 2, 1, 3).astype(ck.dtype), (0, 0, index, 0)
+      )
+      cv = jax.lax.dynamic_update_slice(
+        cv, v.transpose(0, 2, 1, 3).astype(cv.dtype), (0, 0, index, 0)
+      )
       layer_cache = (ck, cv)
       if prefill:
         mask = mask[:, :, :l]  # slots past the prompt are empty
@@ -142,9 +153,17 @@ class LlamaAttention(nnx.Module):
     # einsum over the prompt's keys is the better shape (GPUs, TPUs).
     opt = self.options
     out = attention_lib.attention(
-        q, k, v, mask, implementation=opt.attention_impl if layer_cache is None else "xla",
-        causal=True, block_size=opt.attention_block_size, cpu_kernels=opt.cpu_kernels,
-        blocked_jnp=not prefill, kv_head_major=not own_keys)
+      q,
+      k,
+      v,
+      mask,
+      implementation=opt.attention_impl if layer_cache is None else "xla",
+      causal=True,
+      block_size=opt.attention_block_size,
+      cpu_kernels=opt.cpu_kernels,
+      blocked_jnp=not prefill,
+      kv_head_major=not own_keys,
+    )
     out = constrain(out, ("activation_batch", "activation_length", "activation_heads"))
     return self.o_proj(tokens(out)).reshape(b, l, -1), layer_cache
 
@@ -177,8 +196,9 @@ class LlamaDecoderLayer(nnx.Module):
     self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, pdt)
 
   def __call__(self, x, cos, sin, mask, layer_cache=None, index=None, prefill=False):
-    attn, layer_cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, layer_cache, index,
-                                       prefill)
+    attn, layer_cache = self.self_attn(
+      self.input_layernorm(x), cos, sin, mask, layer_cache, index, prefill
+    )
     x = x + attn
     x = x + self.mlp(self.post_attention_layernorm(x))
     x = constrain(x, ("activation_batch", "activation_length", "activation_embed"))
@@ -195,26 +215,34 @@ class LlamaModel(nnx.Module):
   def __init__(self, cfg: LlamaConfig, options: ComputeOptions, *, rngs: nnx.Rngs):
     self.config = cfg
     self.embed_tokens = nnx.Embed(
-        cfg.vocab_size, cfg.hidden_size, dtype=jnp.dtype(options.dtype),
-        param_dtype=jnp.dtype(options.param_dtype),
-        embedding_init=nnx.with_partitioning(_INIT, ("vocab", "embed")), rngs=rngs)
-    self.layers = nnx.List([LlamaDecoderLayer(cfg, options, rngs=rngs)
-                            for _ in range(cfg.num_hidden_layers)])
+      cfg.vocab_size,
+      cfg.hidden_size,
+      dtype=jnp.dtype(options.dtype),
+      param_dtype=jnp.dtype(options.param_dtype),
+      embedding_init=nnx.with_partitioning(_INIT, ("vocab", "embed")),
+      rngs=rngs,
+    )
+    self.layers = nnx.List(
+      [LlamaDecoderLayer(cfg, options, rngs=rngs) for _ in range(cfg.num_hidden_layers)]
+    )
     self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, jnp.dtype(options.param_dtype))
 
 
 class LlamaForCausalLM(nnx.Module):
   """Decoder LM with transformers' `LlamaForCausalLM` interface and parameter layout."""
+
   hf_architecture = "LlamaForCausalLM"
 
-  def __init__(self, config: LlamaConfig, *, options: ComputeOptions = ComputeOptions(),
-               rngs: nnx.Rngs):
+  def __init__(
+    self, config: LlamaConfig, *, options: ComputeOptions = ComputeOptions(), rngs: nnx.Rngs
+  ):
     self.config = config
     self.options = options
     self.model = LlamaModel(config, options, rngs=rngs)
     if not config.tie_word_embeddings:
-      self.lm_head = _dense(options, config.hidden_size, config.vocab_size, ("embed", "vocab"),
-                            False, rngs)
+      self.lm_head = _dense(
+        options, config.hidden_size, config.vocab_size, ("embed", "vocab"), False, rngs
+      )
 
   def embed(self, input_ids: jax.Array) -> jax.Array:
     """Token embeddings (B, L, hidden) in the compute dtype (LLaVA merges image features into these)."""
@@ -227,19 +255,36 @@ class LlamaForCausalLM(nnx.Module):
     dtype = jnp.dtype(dtype or self.options.dtype)
     shape = (batch_size, cfg.num_key_value_heads, max_length, cfg.head_dim)
     zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_hidden_layers))
-    return KVCache(keys=zeros, values=tuple(jnp.zeros(shape, dtype) for _ in zeros),
-                   index=jnp.zeros((), jnp.int32))
+    return KVCache(
+      keys=zeros,
+      values=tuple(jnp.zeros(shape, dtype) for _ in zeros),
+      index=jnp.zeros((), jnp.int32),
+    )
 
   def rope_tables(self, position_ids: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
     """cos/sin (B, L, head_dim) for integer positions (B, L); Qwen2-VL's M-RoPE overrides it."""
     cfg = self.config
-    inv_freq = rope.inv_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling_dict,
-                                    cfg.max_position_embeddings, jnp.max(position_ids) + 1)
+    inv_freq = rope.inv_frequencies(
+      cfg.head_dim,
+      cfg.rope_theta,
+      cfg.rope_scaling_dict,
+      cfg.max_position_embeddings,
+      jnp.max(position_ids) + 1,
+    )
     return rope.cos_sin(position_ids, inv_freq, dtype)
 
-  def __call__(self, input_ids=None, attention_mask=None, *, inputs_embeds=None, position_ids=None,
-               cache: KVCache | None = None, output_hidden_states: bool = False,
-               logits_to_keep: int = 0, prefill: bool = False) -> CausalLMOutput:
+  def __call__(
+    self,
+    input_ids=None,
+    attention_mask=None,
+    *,
+    inputs_embeds=None,
+    position_ids=None,
+    cache: KVCache | None = None,
+    output_hidden_states: bool = False,
+    logits_to_keep: int = 0,
+    prefill: bool = False,
+  ) -> CausalLMOutput:
     """Logits (B, L, vocab) for token ids or embeddings.
 
     Args:
@@ -262,15 +307,21 @@ class LlamaForCausalLM(nnx.Module):
     if prefill and cache is None:
       raise ValueError("LlamaForCausalLM: prefill=True needs a cache (the one it fills)")
     opt = self.options
-    x = self.embed(input_ids) if inputs_embeds is None else jnp.asarray(inputs_embeds, jnp.dtype(opt.dtype))
+    x = (
+      self.embed(input_ids)
+      if inputs_embeds is None
+      else jnp.asarray(inputs_embeds, jnp.dtype(opt.dtype))
+    )
     b, l, _ = x.shape
     total = l if cache is None else cache.keys[0].shape[2] if cfg.num_hidden_layers else l
     if attention_mask is None:
       attention_mask = jnp.ones((b, total), jnp.int32)
     attention_mask = jnp.asarray(attention_mask)
     if attention_mask.shape != (b, total):
-      raise ValueError(f"LlamaForCausalLM: attention_mask has shape {attention_mask.shape}, expected "
-                       f"{(b, total)} ({'cache slots' if cache is not None else 'input length'})")
+      raise ValueError(
+        f"LlamaForCausalLM: attention_mask has shape {attention_mask.shape}, expected "
+        f"{(b, total)} ({'cache slots' if cache is not None else 'input length'})"
+      )
     start = jnp.zeros((), jnp.int32) if cache is None else cache.index
     valid = attention_mask.astype(bool)
     if position_ids is None:
@@ -286,8 +337,7 @@ class LlamaForCausalLM(nnx.Module):
     new_k, new_v = [], []
     for i, layer in enumerate(self.model.layers):
       if cache is not None:
-        x, (k, v) = layer(x, cos, sin, mask, (cache.keys[i], cache.values[i]), cache.index,
-                          prefill)
+        x, (k, v) = layer(x, cos, sin, mask, (cache.keys[i], cache.values[i]), cache.index, prefill)
         new_k.append(k)
         new_v.append(v)
       elif opt.remat_enabled:
@@ -303,8 +353,9 @@ class LlamaForCausalLM(nnx.Module):
       x = x[:, -logits_to_keep:]
     if cfg.tie_word_embeddings:
       dot = matmul(opt.matmul_precision, cpu_kernel_rows=opt.cpu_kernel_rows)
-      logits = dot(tokens(x), self.model.embed_tokens.embedding[...].astype(x.dtype),
-                                 (((1,), (1,)), ((), ())))  # x @ embedding^T
+      logits = dot(
+        tokens(x), self.model.embed_tokens.embedding[...].astype(x.dtype), (((1,), (1,)), ((), ()))
+      )  # x @ embedding^T
     else:
       logits = self.lm_head(tokens(x))
     logits = logits.reshape(*x.shape[:2], -1)
@@ -312,5 +363,6 @@ class LlamaForCausalLM(nnx.Module):
     new_cache = None
     if cache is not None:
       new_cache = KVCache(keys=tuple(new_k), values=tuple(new_v), index=cache.index + l)
-    return CausalLMOutput(logits=logits, hidden_states=tuple(hidden_states) if hidden_states else None,
-                          cache=new_cache)
+    return CausalLMOutput(
+      logits=logits, hidden_states=tuple(hidden_states) if hidden_states else None, cache=new_cache
+    )

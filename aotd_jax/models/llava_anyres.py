@@ -6,6 +6,7 @@ tile features) and the preprocessor (`aotd_jax/data/video_processing.py`, which 
 and writes the right number of `<image>` / `<video>` tokens). Every rule follows transformers'
 LLaVA-NeXT code, including its integer truncations, so the counts agree token for token.
 """
+
 from __future__ import annotations
 
 import math
@@ -14,8 +15,9 @@ from typing import Sequence
 import numpy as np
 
 
-def select_best_resolution(original_size: Sequence[int],
-                           possible_resolutions: Sequence[Sequence[int]]) -> tuple[int, int]:
+def select_best_resolution(
+  original_size: Sequence[int], possible_resolutions: Sequence[Sequence[int]]
+) -> tuple[int, int]:
   """The (height, width) of `possible_resolutions` that keeps most pixels and wastes fewest."""
   orig_h, orig_w = (int(s) for s in original_size)
   best, best_eff, best_waste = None, 0, float("inf")
@@ -42,7 +44,9 @@ def anyres_num_tiles(image_size: Sequence[int], grid_pinpoints, tile_size: int) 
   return -(-height // tile_size) * -(-width // tile_size) + 1
 
 
-def unpadded_extent(original_size: Sequence[int], current_size: Sequence[int]) -> tuple[int, int, int, int]:
+def unpadded_extent(
+  original_size: Sequence[int], current_size: Sequence[int]
+) -> tuple[int, int, int, int]:
   """(top, bottom, left, right) of the feature map region that holds the image, not the padding.
 
   The processor letterboxes the image into the best grid resolution; the model crops the same
@@ -59,8 +63,14 @@ def unpadded_extent(original_size: Sequence[int], current_size: Sequence[int]) -
   return 0, cur_h, pad, cur_w - pad
 
 
-def num_image_tokens(image_size: Sequence[int], *, image_grid_pinpoints, tile_size: int,
-                     patch_size: int, vision_feature_select_strategy: str = "default") -> int:
+def num_image_tokens(
+  image_size: Sequence[int],
+  *,
+  image_grid_pinpoints,
+  tile_size: int,
+  patch_size: int,
+  vision_feature_select_strategy: str = "default",
+) -> int:
   """`<image>` tokens for one image of original `image_size` (H, W), newline tokens included."""
   side = tile_size // patch_size
   rows, cols = anyres_grid_shape(image_size, image_grid_pinpoints, tile_size)
@@ -75,8 +85,9 @@ def pooled_side(side: int, stride: int) -> int:
   return (side - stride) // stride + 1
 
 
-def num_video_tokens(num_frames: int, *, image_size: int, patch_size: int,
-                     spatial_pool_stride: int = 2) -> int:
+def num_video_tokens(
+  num_frames: int, *, image_size: int, patch_size: int, spatial_pool_stride: int = 2
+) -> int:
   """`<video>` tokens for a clip of `num_frames` frames of `image_size`² pixels after pooling."""
   side = pooled_side(image_size // patch_size, spatial_pool_stride)
   return num_frames * side * side
@@ -86,7 +97,7 @@ def anyres_max_extent(height: int, width: int, side: int, max_tiles: int) -> tup
   """LLaVA-OneVision's `anyres_max_N` cap: the (rows, cols) an unpadded feature map of
   (height, width) patches is bilinearly resized to when it holds over ~N base tiles' worth
   (ratio > 1.1), else (height, width) unchanged (transformers' `pack_image_features`)."""
-  ratio = math.sqrt(height * width / (max_tiles * side ** 2))
+  ratio = math.sqrt(height * width / (max_tiles * side**2))
   if ratio > 1.1:
     return int(height // ratio), int(width // ratio)
   return height, width
@@ -95,16 +106,23 @@ def anyres_max_extent(height: int, width: int, side: int, max_tiles: int) -> tup
 def parse_anyres_max(vision_aspect_ratio: str) -> int:
   """`"anyres_max_9"` -> 9, with a clear error for anything else."""
   prefix = "anyres_max_"
-  tail = vision_aspect_ratio[len(prefix):] if vision_aspect_ratio.startswith(prefix) else ""
+  tail = vision_aspect_ratio[len(prefix) :] if vision_aspect_ratio.startswith(prefix) else ""
   if not tail.isdigit() or int(tail) < 1:
-    raise ValueError(f"vision_aspect_ratio={vision_aspect_ratio!r}: expected 'anyres_max_<N>' "
-                     "with N >= 1")
+    raise ValueError(
+      f"vision_aspect_ratio={vision_aspect_ratio!r}: expected 'anyres_max_<N>' with N >= 1"
+    )
   return int(tail)
 
 
-def onevision_image_tokens(image_size: Sequence[int], *, image_grid_pinpoints, tile_size: int,
-                           patch_size: int, max_tiles: int,
-                           vision_feature_select_strategy: str = "full") -> int:
+def onevision_image_tokens(
+  image_size: Sequence[int],
+  *,
+  image_grid_pinpoints,
+  tile_size: int,
+  patch_size: int,
+  max_tiles: int,
+  vision_feature_select_strategy: str = "full",
+) -> int:
   """`<image>` tokens of one LLaVA-OneVision image of original `image_size` (H, W): the base
   tile's patches, then the unpadded (and `anyres_max` capped) grid with one newline per row;
   a single-tile image is its patches plus one newline."""

@@ -8,6 +8,7 @@ Submodules follow transformers' older layout (`vision_tower`, `multi_modal_proje
 language model can be handed to `aotd_jax.models.generate` as is; `aotd_jax.hf.llava_next_video`
 reads and writes both transformers key layouts.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,9 +35,18 @@ DEFAULT_PINPOINTS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008
 @dataclasses.dataclass(frozen=True)
 class LlavaNextVideoConfig:
   """transformers' `LlavaNextVideoConfig` fields (how to compute is `ComputeOptions`)."""
-  vision_config: CLIPVisionConfig = dataclasses.field(default_factory=lambda: CLIPVisionConfig(
-      hidden_size=1024, intermediate_size=4096, patch_size=14, image_size=336, num_hidden_layers=24,
-      num_attention_heads=16, projection_dim=768))
+
+  vision_config: CLIPVisionConfig = dataclasses.field(
+    default_factory=lambda: CLIPVisionConfig(
+      hidden_size=1024,
+      intermediate_size=4096,
+      patch_size=14,
+      image_size=336,
+      num_hidden_layers=24,
+      num_attention_heads=16,
+      projection_dim=768,
+    )
+  )
   text_config: LlamaConfig = dataclasses.field(default_factory=LlamaConfig)
   image_token_index: int = 32001
   video_token_index: int = 32000
@@ -56,28 +66,42 @@ class LlavaNextVideoConfig:
     layer = self.vision_feature_layer
     if isinstance(layer, (list, tuple)):
       object.__setattr__(self, "vision_feature_layer", tuple(int(i) for i in layer))
-    object.__setattr__(self, "image_grid_pinpoints",
-                       tuple(tuple(int(v) for v in p) for p in self.image_grid_pinpoints))
+    object.__setattr__(
+      self,
+      "image_grid_pinpoints",
+      tuple(tuple(int(v) for v in p) for p in self.image_grid_pinpoints),
+    )
     if self.spatial_pool_mode not in POOL_MODES:
-      raise ValueError(f"LlavaNextVideoConfig: spatial_pool_mode={self.spatial_pool_mode!r} is not "
-                       f"supported; use one of {', '.join(POOL_MODES)}")
+      raise ValueError(
+        f"LlavaNextVideoConfig: spatial_pool_mode={self.spatial_pool_mode!r} is not "
+        f"supported; use one of {', '.join(POOL_MODES)}"
+      )
     if self.spatial_pool_stride < 1:
-      raise ValueError(f"LlavaNextVideoConfig: spatial_pool_stride must be >= 1, got {self.spatial_pool_stride}")
+      raise ValueError(
+        f"LlavaNextVideoConfig: spatial_pool_stride must be >= 1, got {self.spatial_pool_stride}"
+      )
     if self.vision_feature_select_strategy not in ("default", "full"):
-      raise ValueError("LlavaNextVideoConfig: vision_feature_select_strategy must be 'default' or "
-                       f"'full', got {self.vision_feature_select_strategy!r}")
+      raise ValueError(
+        "LlavaNextVideoConfig: vision_feature_select_strategy must be 'default' or "
+        f"'full', got {self.vision_feature_select_strategy!r}"
+      )
     if self.spatial_pool_mode == "conv" and len(self.feature_layers) > 1:
-      raise ValueError("LlavaNextVideoConfig: spatial_pool_mode='conv' takes one vision_feature_layer "
-                       f"(its conv has vision hidden_size input channels), got {self.vision_feature_layer}")
+      raise ValueError(
+        "LlavaNextVideoConfig: spatial_pool_mode='conv' takes one vision_feature_layer "
+        f"(its conv has vision hidden_size input channels), got {self.vision_feature_layer}"
+      )
     depth = self.vision_config.num_hidden_layers
     for i in self.feature_layers:
       if not -(depth + 1) <= i <= depth:
-        raise ValueError(f"LlavaNextVideoConfig: vision_feature_layer {i} is out of range for a "
-                         f"{depth}-layer vision tower (hidden states -{depth + 1}..{depth})")
+        raise ValueError(
+          f"LlavaNextVideoConfig: vision_feature_layer {i} is out of range for a "
+          f"{depth}-layer vision tower (hidden states -{depth + 1}..{depth})"
+        )
     activation(self.projector_hidden_act)  # raises a clear error for an unknown activation
     if self.tie_word_embeddings and not self.text_config.tie_word_embeddings:
-      object.__setattr__(self, "text_config",
-                         dataclasses.replace(self.text_config, tie_word_embeddings=True))
+      object.__setattr__(
+        self, "text_config", dataclasses.replace(self.text_config, tie_word_embeddings=True)
+      )
 
   @property
   def feature_layers(self) -> tuple[int, ...]:
@@ -105,9 +129,12 @@ class LlavaNextVideoConfig:
   def image_tokens(self, image_size: Sequence[int]) -> int:
     """Feature tokens of one any-res image of original (H, W) `image_size`."""
     return llava_anyres.num_image_tokens(
-        image_size, image_grid_pinpoints=self.image_grid_pinpoints,
-        tile_size=self.vision_config.image_size, patch_size=self.vision_config.patch_size,
-        vision_feature_select_strategy=self.vision_feature_select_strategy)
+      image_size,
+      image_grid_pinpoints=self.image_grid_pinpoints,
+      tile_size=self.vision_config.image_size,
+      patch_size=self.vision_config.patch_size,
+      vision_feature_select_strategy=self.vision_feature_select_strategy,
+    )
 
 
 def trainable_filter(options: ComputeOptions):
@@ -121,13 +148,12 @@ def trainable_filter(options: ComputeOptions):
 class LlavaNextVideoOutput:
   """transformers' output names: `logits`, `hidden_states` (LM), `cache`, and the projected
   `image_hidden_states` / `video_hidden_states` features that were merged."""
+
   logits: jax.Array
   hidden_states: tuple | None = None
   cache: KVCache | None = None
   image_hidden_states: jax.Array | None = None
   video_hidden_states: jax.Array | None = None
-
-
 
 
 class LlavaNextVideoMultiModalProjector(nnx.Module):
@@ -153,28 +179,37 @@ class LlavaNextVideoPooler(nnx.Module):
     if self.mode == "conv":
       d = cfg.vision_config.hidden_size
       s = self.stride
-      self.pool = nnx.Conv(d, cfg.spatial_pool_out_channels or d, kernel_size=(s, s), strides=(s, s),
-                           padding="VALID", dtype=jnp.dtype(options.dtype),
-                           param_dtype=jnp.dtype(options.param_dtype),
-                           kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(),
-                                                             ("conv_in", "conv_in", "embed", "conv_out")),
-                           bias_init=nnx.with_partitioning(nnx.initializers.zeros, ("conv_out",)),
-                           rngs=rngs)
+      self.pool = nnx.Conv(
+        d,
+        cfg.spatial_pool_out_channels or d,
+        kernel_size=(s, s),
+        strides=(s, s),
+        padding="VALID",
+        dtype=jnp.dtype(options.dtype),
+        param_dtype=jnp.dtype(options.param_dtype),
+        kernel_init=nnx.with_partitioning(
+          nnx.initializers.lecun_normal(), ("conv_in", "conv_in", "embed", "conv_out")
+        ),
+        bias_init=nnx.with_partitioning(nnx.initializers.zeros, ("conv_out",)),
+        rngs=rngs,
+      )
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """(N, side*side, D) -> (N, side'*side', D), row-major like transformers' NCHW pooling."""
     n, p, d = x.shape
     side = math.isqrt(p)
     if side * side != p:
-      raise ValueError(f"video pooling needs a square patch grid, got {p} tokens per frame "
-                       "(vision_feature_select_strategy='full' keeps the class token: use 'default')")
+      raise ValueError(
+        f"video pooling needs a square patch grid, got {p} tokens per frame "
+        "(vision_feature_select_strategy='full' keeps the class token: use 'default')"
+      )
     x = x.reshape(n, side, side, d)
     s = self.stride
     if self.mode == "conv":
       y = self.pool(x)
     else:
       out = llava_anyres.pooled_side(side, s)
-      y = x[:, :out * s, :out * s].reshape(n, out, s, out, s, d)
+      y = x[:, : out * s, : out * s].reshape(n, out, s, out, s, d)
       y = y.mean(axis=(2, 4)) if self.mode == "average" else y.max(axis=(2, 4))
     return y.reshape(n, -1, y.shape[-1])
 
@@ -199,14 +234,16 @@ def _check_count(input_ids, token_id: int, n_features: int, what: str, detail: s
   n_tokens = int(np.sum(np.asarray(input_ids) == token_id))
   if n_tokens != n_features:
     raise ValueError(
-        f"{what} features and {what} tokens do not match: input_ids hold {n_tokens} {what} tokens "
-        f"(id {token_id}) but the {what} inputs give {n_features} features ({detail}). "
-        f"Expand each <{what}> placeholder to that many tokens, e.g. with "
-        "aotd_jax.data.video_processing.expand_media_tokens.")
+      f"{what} features and {what} tokens do not match: input_ids hold {n_tokens} {what} tokens "
+      f"(id {token_id}) but the {what} inputs give {n_features} features ({detail}). "
+      f"Expand each <{what}> placeholder to that many tokens, e.g. with "
+      "aotd_jax.data.video_processing.expand_media_tokens."
+    )
 
 
-def check_media_tokens(config: LlavaNextVideoConfig, input_ids, *, video_shape=None,
-                       image_sizes=None) -> None:
+def check_media_tokens(
+  config: LlavaNextVideoConfig, input_ids, *, video_shape=None, image_sizes=None
+) -> None:
   """Raises a ValueError naming both counts when `input_ids` (concrete) hold a different number
   of `<video>` / `<image>` tokens than clips of `video_shape` (B, T, ...) / images of
   `image_sizes` make features."""
@@ -214,29 +251,46 @@ def check_media_tokens(config: LlavaNextVideoConfig, input_ids, *, video_shape=N
     b, t = tuple(video_shape)[:2]
     per = config.video_tokens_per_frame()
     extra = config.video_tokens(t) - t * per  # e.g. LLaVA-OneVision's newline after each clip
-    _check_count(input_ids, config.video_token_index, b * config.video_tokens(t), "video",
-                 f"{b} clip(s) x {t} frames x {per} tokens per frame"
-                 + (f" + {extra} per clip" if extra else ""))
+    _check_count(
+      input_ids,
+      config.video_token_index,
+      b * config.video_tokens(t),
+      "video",
+      f"{b} clip(s) x {t} frames x {per} tokens per frame"
+      + (f" + {extra} per clip" if extra else ""),
+    )
   if image_sizes is not None:
     sizes = np.asarray(image_sizes).reshape(-1, 2)
-    _check_count(input_ids, config.image_token_index, sum(config.image_tokens(s) for s in sizes),
-                 "image", f"{len(sizes)} image(s) of sizes {sizes.tolist()}")
+    _check_count(
+      input_ids,
+      config.image_token_index,
+      sum(config.image_tokens(s) for s in sizes),
+      "image",
+      f"{len(sizes)} image(s) of sizes {sizes.tolist()}",
+    )
 
 
 class LlavaNextVideoForConditionalGeneration(nnx.Module):
   """LLaVA-NeXT-Video with transformers' interface (inputs named and laid out as in transformers)."""
+
   hf_architecture = "LlavaNextVideoForConditionalGeneration"
 
-  def __init__(self, config: LlavaNextVideoConfig, *, options: ComputeOptions = ComputeOptions(),
-               rngs: nnx.Rngs):
+  def __init__(
+    self,
+    config: LlavaNextVideoConfig,
+    *,
+    options: ComputeOptions = ComputeOptions(),
+    rngs: nnx.Rngs,
+  ):
     self.config = config
     self.options = options
     self.vision_tower = CLIPVisionModel(config.vision_config, options=options, rngs=rngs)
     self.multi_modal_projector = LlavaNextVideoMultiModalProjector(config, options, rngs=rngs)
     d = config.text_config.hidden_size
     init = nnx.initializers.normal(1.0 / math.sqrt(d))
-    self.image_newline = nnx.Param(init(rngs.params(), (d,), jnp.dtype(options.param_dtype)),
-                                   out_sharding=("embed",))
+    self.image_newline = nnx.Param(
+      init(rngs.params(), (d,), jnp.dtype(options.param_dtype)), out_sharding=("embed",)
+    )
     self.vision_resampler = LlavaNextVideoPooler(config, options, rngs=rngs)
     self.language_model = LlamaForCausalLM(config.text_config, options=options, rngs=rngs)
 
@@ -258,8 +312,9 @@ class LlavaNextVideoForConditionalGeneration(nnx.Module):
     shape = tuple(np.shape(pixel_values_videos))
     if len(shape) != 5 or shape[2:] != (vc.num_channels, vc.image_size, vc.image_size):
       raise ValueError(
-          f"pixel_values_videos must have shape (batch, frames, {vc.num_channels}, {vc.image_size}, "
-          f"{vc.image_size}) (channels first, as transformers), got {shape}")
+        f"pixel_values_videos must have shape (batch, frames, {vc.num_channels}, {vc.image_size}, "
+        f"{vc.image_size}) (channels first, as transformers), got {shape}"
+      )
     return shape
 
   def get_video_features(self, pixel_values_videos: jax.Array) -> jax.Array:
@@ -267,9 +322,11 @@ class LlavaNextVideoForConditionalGeneration(nnx.Module):
     shape = self._check_video_shape(pixel_values_videos)
     if self.config.vision_feature_select_strategy == "full":
       side = self.config.patches_per_side
-      raise ValueError(f"video pooling needs a square patch grid, got {side * side + 1} tokens per "
-                       "frame: vision_feature_select_strategy='full' keeps the class token "
-                       "(transformers fails here too); use 'default'")
+      raise ValueError(
+        f"video pooling needs a square patch grid, got {side * side + 1} tokens per "
+        "frame: vision_feature_select_strategy='full' keeps the class token "
+        "(transformers fails here too); use 'default'"
+      )
     b, t = shape[:2]
     x = jnp.asarray(pixel_values_videos).reshape((b * t,) + shape[2:])
     x = self.vision_resampler(self._vision_features(x))
@@ -282,15 +339,25 @@ class LlavaNextVideoForConditionalGeneration(nnx.Module):
     cfg = self.config
     vc = cfg.vision_config
     sizes = [tuple(int(v) for v in s) for s in np.asarray(image_sizes).reshape(-1, 2)]
-    tiles = [llava_anyres.anyres_num_tiles(s, cfg.image_grid_pinpoints, vc.image_size) for s in sizes]
+    tiles = [
+      llava_anyres.anyres_num_tiles(s, cfg.image_grid_pinpoints, vc.image_size) for s in sizes
+    ]
     shape = tuple(np.shape(pixel_values))
     tile_shape = (vc.num_channels, vc.image_size, vc.image_size)
-    if len(shape) == 5 and shape[2:] == tile_shape and shape[0] == len(sizes) and shape[1] >= max(tiles):
-      pixel_values = jnp.concatenate([jnp.asarray(pixel_values)[i, :n] for i, n in enumerate(tiles)])
+    if (
+      len(shape) == 5
+      and shape[2:] == tile_shape
+      and shape[0] == len(sizes)
+      and shape[1] >= max(tiles)
+    ):
+      pixel_values = jnp.concatenate(
+        [jnp.asarray(pixel_values)[i, :n] for i, n in enumerate(tiles)]
+      )
     elif not (len(shape) == 4 and shape[1:] == tile_shape and shape[0] == sum(tiles)):
       raise ValueError(
-          f"pixel_values must have shape (images, tiles>={max(tiles, default=0)}, {', '.join(map(str, tile_shape))}) "
-          f"or ({sum(tiles)}, {', '.join(map(str, tile_shape))}) for image_sizes {sizes}, got {shape}")
+        f"pixel_values must have shape (images, tiles>={max(tiles, default=0)}, {', '.join(map(str, tile_shape))}) "
+        f"or ({sum(tiles)}, {', '.join(map(str, tile_shape))}) for image_sizes {sizes}, got {shape}"
+      )
     return sizes, tiles, jnp.asarray(pixel_values)
 
   def _unpadded_grid(self, features: jax.Array, size) -> jax.Array:
@@ -298,7 +365,9 @@ class LlavaNextVideoForConditionalGeneration(nnx.Module):
     the image itself: tiles stitched row-major, the letterbox padding cropped off."""
     cfg = self.config
     side = cfg.patches_per_side
-    rows, cols = llava_anyres.anyres_grid_shape(size, cfg.image_grid_pinpoints, cfg.vision_config.image_size)
+    rows, cols = llava_anyres.anyres_grid_shape(
+      size, cfg.image_grid_pinpoints, cfg.vision_config.image_size
+    )
     d = features.shape[-1]
     grid = features.reshape(rows, cols, side, side, d).transpose(0, 2, 1, 3, 4)
     grid = grid.reshape(rows * side, cols * side, d)
@@ -312,14 +381,15 @@ class LlavaNextVideoForConditionalGeneration(nnx.Module):
     sizes, tiles, pixel_values = self._image_tiles(pixel_values, image_sizes)
     if cfg.vision_feature_select_strategy == "full" and max(tiles) > 1:
       raise ValueError(
-          f"any-res image tiles give {cfg.patches_per_side ** 2 + 1} tokens each, not a square grid: "
-          "vision_feature_select_strategy='full' keeps the class token (transformers fails here "
-          "too); use 'default'")
+        f"any-res image tiles give {cfg.patches_per_side**2 + 1} tokens each, not a square grid: "
+        "vision_feature_select_strategy='full' keeps the class token (transformers fails here "
+        "too); use 'default'"
+      )
     feats = self.multi_modal_projector(self._vision_features(pixel_values))
     newline = self.image_newline[...].astype(feats.dtype)
     out, start = [], 0
     for size, n in zip(sizes, tiles):
-      f = feats[start:start + n]
+      f = feats[start : start + n]
       start += n
       if n == 1:
         out.append(jnp.concatenate([f[0], newline[None]], axis=0))
@@ -332,8 +402,9 @@ class LlavaNextVideoForConditionalGeneration(nnx.Module):
 
   # -------------------------------------------------------------------------- merging
 
-  def merge_embeddings(self, input_ids: jax.Array, *, pixel_values=None, image_sizes=None,
-                       pixel_values_videos=None):
+  def merge_embeddings(
+    self, input_ids: jax.Array, *, pixel_values=None, image_sizes=None, pixel_values_videos=None
+  ):
     """Token embeddings with image/video features written at their placeholder tokens.
 
     Returns (inputs_embeds (B, L, hidden), image_features or None, video_features or None).
@@ -343,8 +414,12 @@ class LlavaNextVideoForConditionalGeneration(nnx.Module):
       raise ValueError("pixel_values need image_sizes (the original (height, width) of each image)")
     if pixel_values_videos is not None:
       self._check_video_shape(pixel_values_videos)
-    check_media_tokens(cfg, input_ids, image_sizes=None if pixel_values is None else image_sizes,
-                       video_shape=None if pixel_values_videos is None else np.shape(pixel_values_videos))
+    check_media_tokens(
+      cfg,
+      input_ids,
+      image_sizes=None if pixel_values is None else image_sizes,
+      video_shape=None if pixel_values_videos is None else np.shape(pixel_values_videos),
+    )
     embeds = self.language_model.embed(input_ids)
     image_features = video_features = None
     if pixel_values is not None:
@@ -356,10 +431,21 @@ class LlavaNextVideoForConditionalGeneration(nnx.Module):
       embeds = _scatter_features(embeds, input_ids == cfg.video_token_index, video_features)
     return embeds, image_features, video_features
 
-  def __call__(self, input_ids=None, attention_mask=None, *, pixel_values=None, image_sizes=None,
-               pixel_values_videos=None, inputs_embeds=None, position_ids=None,
-               cache: KVCache | None = None, output_hidden_states: bool = False,
-               logits_to_keep: int = 0, prefill: bool = False) -> LlavaNextVideoOutput:
+  def __call__(
+    self,
+    input_ids=None,
+    attention_mask=None,
+    *,
+    pixel_values=None,
+    image_sizes=None,
+    pixel_values_videos=None,
+    inputs_embeds=None,
+    position_ids=None,
+    cache: KVCache | None = None,
+    output_hidden_states: bool = False,
+    logits_to_keep: int = 0,
+    prefill: bool = False,
+  ) -> LlavaNextVideoOutput:
     """Logits (B, L, vocab) of the prompt with its images/videos merged in.
 
     Args:
@@ -377,16 +463,31 @@ class LlavaNextVideoForConditionalGeneration(nnx.Module):
         raise ValueError("LlavaNextVideoForConditionalGeneration: pass input_ids or inputs_embeds")
       input_ids = input_ids if isinstance(input_ids, jax.Array) else np.asarray(input_ids)
       inputs_embeds, image_features, video_features = self.merge_embeddings(
-          input_ids, pixel_values=pixel_values, image_sizes=image_sizes,
-          pixel_values_videos=pixel_values_videos)
+        input_ids,
+        pixel_values=pixel_values,
+        image_sizes=image_sizes,
+        pixel_values_videos=pixel_values_videos,
+      )
     elif input_ids is not None:
-      raise ValueError("LlavaNextVideoForConditionalGeneration: pass exactly one of input_ids and inputs_embeds")
-    out = self.language_model(attention_mask=attention_mask, inputs_embeds=inputs_embeds,
-                              position_ids=position_ids, cache=cache,
-                              output_hidden_states=output_hidden_states, logits_to_keep=logits_to_keep,
-                              prefill=prefill)
-    return LlavaNextVideoOutput(logits=out.logits, hidden_states=out.hidden_states, cache=out.cache,
-                                image_hidden_states=image_features, video_hidden_states=video_features)
+      raise ValueError(
+        "LlavaNextVideoForConditionalGeneration: pass exactly one of input_ids and inputs_embeds"
+      )
+    out = self.language_model(
+      attention_mask=attention_mask,
+      inputs_embeds=inputs_embeds,
+      position_ids=position_ids,
+      cache=cache,
+      output_hidden_states=output_hidden_states,
+      logits_to_keep=logits_to_keep,
+      prefill=prefill,
+    )
+    return LlavaNextVideoOutput(
+      logits=out.logits,
+      hidden_states=out.hidden_states,
+      cache=out.cache,
+      image_hidden_states=image_features,
+      video_hidden_states=video_features,
+    )
 
   def init_cache(self, batch_size: int, max_length: int, dtype=None) -> KVCache:
     return self.language_model.init_cache(batch_size, max_length, dtype)
@@ -397,19 +498,34 @@ class LlavaNextVideoForConditionalGeneration(nnx.Module):
 
 def _merge(graphdef, state, input_ids, pixel_values, pixel_values_videos, *, image_sizes):
   model = nnx.merge(graphdef, state)
-  return model.merge_embeddings(input_ids, pixel_values=pixel_values, image_sizes=image_sizes,
-                                pixel_values_videos=pixel_values_videos)[0]
+  return model.merge_embeddings(
+    input_ids,
+    pixel_values=pixel_values,
+    image_sizes=image_sizes,
+    pixel_values_videos=pixel_values_videos,
+  )[0]
 
 
 # One program per (graphdef, prompt bucket, media shapes, image sizes); `_cache_size()` counts them.
 merge_jit = jax.jit(_merge, static_argnums=(0,), static_argnames=("image_sizes",))
 
 
-def generate(model: LlavaNextVideoForConditionalGeneration, input_ids, attention_mask=None, *,
-             pixel_values_videos=None, pixel_values=None, image_sizes=None, max_new_tokens: int,
-             eos_token_id=None, pad_token_id: int | None = None, temperature: float = 0.0,
-             top_p: float = 1.0, rng: jax.Array | None = None,
-             min_bucket: int = 16) -> generate_lib.GenerateOutput:
+def generate(
+  model: LlavaNextVideoForConditionalGeneration,
+  input_ids,
+  attention_mask=None,
+  *,
+  pixel_values_videos=None,
+  pixel_values=None,
+  image_sizes=None,
+  max_new_tokens: int,
+  eos_token_id=None,
+  pad_token_id: int | None = None,
+  temperature: float = 0.0,
+  top_p: float = 1.0,
+  rng: jax.Array | None = None,
+  min_bucket: int = 16,
+) -> generate_lib.GenerateOutput:
   """Video/image-conditioned generation for a left-padded batch.
 
   The prompt is left-padded to a length bucket (`generate.prompt_bucket`), its embeddings are merged with the media
@@ -426,27 +542,52 @@ def generate(model: LlavaNextVideoForConditionalGeneration, input_ids, attention
   if ids.ndim != 2:
     raise ValueError(f"generate: input_ids must be (batch, length), got shape {ids.shape}")
   b, length = ids.shape
-  mask = np.ones((b, length), np.int32) if attention_mask is None else np.asarray(attention_mask, np.int32)
+  mask = (
+    np.ones((b, length), np.int32)
+    if attention_mask is None
+    else np.asarray(attention_mask, np.int32)
+  )
   if mask.shape != ids.shape:
-    raise ValueError(f"generate: attention_mask shape {mask.shape} does not match input_ids {ids.shape}")
+    raise ValueError(
+      f"generate: attention_mask shape {mask.shape} does not match input_ids {ids.shape}"
+    )
   # Check the placeholder counts eagerly (shapes only) before anything compiles.
   if pixel_values is not None and image_sizes is None:
     raise ValueError("generate: pixel_values need image_sizes")
   if pixel_values_videos is not None:
     model._check_video_shape(pixel_values_videos)
-  check_media_tokens(model.config, ids, image_sizes=None if pixel_values is None else image_sizes,
-                     video_shape=None if pixel_values_videos is None else np.shape(pixel_values_videos))
+  check_media_tokens(
+    model.config,
+    ids,
+    image_sizes=None if pixel_values is None else image_sizes,
+    video_shape=None if pixel_values_videos is None else np.shape(pixel_values_videos),
+  )
   width = generate_lib.prompt_bucket(length, min_bucket)
   ids = np.pad(ids, ((0, 0), (width - length, 0)), constant_values=pad_token_id)
   mask = np.pad(mask, ((0, 0), (width - length, 0)))
-  static_sizes = None if image_sizes is None else tuple(
-      tuple(int(v) for v in s) for s in np.asarray(image_sizes).reshape(-1, 2))
+  static_sizes = (
+    None
+    if image_sizes is None
+    else tuple(tuple(int(v) for v in s) for s in np.asarray(image_sizes).reshape(-1, 2))
+  )
   graphdef, state = nnx.split(model)
-  embeds = merge_jit(graphdef, state, jnp.asarray(ids),
-                     None if pixel_values is None else jnp.asarray(pixel_values),
-                     None if pixel_values_videos is None else jnp.asarray(pixel_values_videos),
-                     image_sizes=static_sizes)
-  return generate_lib.generate(model.language_model, inputs_embeds=embeds, attention_mask=mask,
-                               max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
-                               pad_token_id=pad_token_id, temperature=temperature, top_p=top_p,
-                               rng=rng, min_bucket=min_bucket)
+  embeds = merge_jit(
+    graphdef,
+    state,
+    jnp.asarray(ids),
+    None if pixel_values is None else jnp.asarray(pixel_values),
+    None if pixel_values_videos is None else jnp.asarray(pixel_values_videos),
+    image_sizes=static_sizes,
+  )
+  return generate_lib.generate(
+    model.language_model,
+    inputs_embeds=embeds,
+    attention_mask=mask,
+    max_new_tokens=max_new_tokens,
+    eos_token_id=eos_token_id,
+    pad_token_id=pad_token_id,
+    temperature=temperature,
+    top_p=top_p,
+    rng=rng,
+    min_bucket=min_bucket,
+  )

@@ -16,6 +16,7 @@ Submodules follow transformers' older layout (`vision_tower`, `multi_modal_proje
 `image_newline`, `language_model` = a full `Qwen2ForCausalLM`); `aotd_jax.hf.llava_onevision`
 reads and writes both transformers key layouts.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -44,9 +45,18 @@ trainable_filter = lnv.trainable_filter
 class LlavaOnevisionConfig(lnv.LlavaNextVideoConfig):
   """transformers' `LlavaOnevisionConfig` fields (as `LlavaNextVideoConfig`, whose spatial-pool
   fields are unused)."""
-  vision_config: SiglipVisionConfig = dataclasses.field(default_factory=lambda: SiglipVisionConfig(
-      hidden_size=1152, intermediate_size=4304, patch_size=14, image_size=384, num_hidden_layers=26,
-      num_attention_heads=16, vision_use_head=False))
+
+  vision_config: SiglipVisionConfig = dataclasses.field(
+    default_factory=lambda: SiglipVisionConfig(
+      hidden_size=1152,
+      intermediate_size=4304,
+      patch_size=14,
+      image_size=384,
+      num_hidden_layers=26,
+      num_attention_heads=16,
+      vision_use_head=False,
+    )
+  )
   text_config: LlamaConfig = dataclasses.field(default_factory=qwen2_config)
   image_token_index: int = 151646
   video_token_index: int = 151647
@@ -82,9 +92,13 @@ class LlavaOnevisionConfig(lnv.LlavaNextVideoConfig):
   def image_tokens(self, image_size: Sequence[int]) -> int:
     vc = self.vision_config
     return llava_anyres.onevision_image_tokens(
-        image_size, image_grid_pinpoints=self.image_grid_pinpoints, tile_size=vc.image_size,
-        patch_size=vc.patch_size, max_tiles=self.max_tiles,
-        vision_feature_select_strategy=self.vision_feature_select_strategy)
+      image_size,
+      image_grid_pinpoints=self.image_grid_pinpoints,
+      tile_size=vc.image_size,
+      patch_size=vc.patch_size,
+      max_tiles=self.max_tiles,
+      vision_feature_select_strategy=self.vision_feature_select_strategy,
+    )
 
 
 def _resize_bilinear(x: jax.Array, rows: int, cols: int) -> jax.Array:
@@ -102,18 +116,25 @@ class LlavaOnevisionForConditionalGeneration(lnv.LlavaNextVideoForConditionalGen
   `init_cache` and `merge_embeddings` are LLaVA-NeXT-Video's; each clip of T frames takes
   `config.video_tokens(T)` `<video>` tokens (T x ceil(side/2)^2 + 1).
   """
+
   hf_architecture = "LlavaOnevisionForConditionalGeneration"
 
-  def __init__(self, config: LlavaOnevisionConfig, *, options: ComputeOptions = ComputeOptions(),
-               rngs: nnx.Rngs):
+  def __init__(
+    self,
+    config: LlavaOnevisionConfig,
+    *,
+    options: ComputeOptions = ComputeOptions(),
+    rngs: nnx.Rngs,
+  ):
     self.config = config
     self.options = options
     self.vision_tower = SiglipVisionModel(config.vision_config, options=options, rngs=rngs)
     self.multi_modal_projector = lnv.LlavaNextVideoMultiModalProjector(config, options, rngs=rngs)
     d = config.text_config.hidden_size
     init = nnx.initializers.normal(1.0 / math.sqrt(d))
-    self.image_newline = nnx.Param(init(rngs.params(), (d,), jnp.dtype(options.param_dtype)),
-                                   out_sharding=("embed",))
+    self.image_newline = nnx.Param(
+      init(rngs.params(), (d,), jnp.dtype(options.param_dtype)), out_sharding=("embed",)
+    )
     self.language_model = Qwen2ForCausalLM(config.text_config, options=options, rngs=rngs)
 
   def _grid(self, x: jax.Array) -> jax.Array:
@@ -121,10 +142,12 @@ class LlavaOnevisionForConditionalGeneration(lnv.LlavaNextVideoForConditionalGen
     n, p, d = x.shape
     side = self.config.patches_per_side
     if p != side * side:
-      raise ValueError(f"LLaVA-OneVision needs a square patch grid of {side}x{side} tokens per "
-                       f"frame/tile, got {p} (vision_feature_select_strategy="
-                       f"{self.config.vision_feature_select_strategy!r} drops the first patch "
-                       "of a SigLIP tower, which has no class token: use 'full')")
+      raise ValueError(
+        f"LLaVA-OneVision needs a square patch grid of {side}x{side} tokens per "
+        f"frame/tile, got {p} (vision_feature_select_strategy="
+        f"{self.config.vision_feature_select_strategy!r} drops the first patch "
+        "of a SigLIP tower, which has no class token: use 'full')"
+      )
     return x.reshape(n, side, side, d)
 
   def get_video_features(self, pixel_values_videos: jax.Array) -> jax.Array:
@@ -149,7 +172,7 @@ class LlavaOnevisionForConditionalGeneration(lnv.LlavaNextVideoForConditionalGen
     newline = self.image_newline[...].astype(feats.dtype)
     out, start = [], 0
     for size, n in zip(sizes, tiles):
-      f = feats[start:start + n]
+      f = feats[start : start + n]
       start += n
       if n == 1:
         out.append(jnp.concatenate([f[0], newline[None]], axis=0))
@@ -157,8 +180,9 @@ class LlavaOnevisionForConditionalGeneration(lnv.LlavaNextVideoForConditionalGen
       d = f.shape[-1]
       base = self._grid(f[:1]).reshape(-1, d)
       grid = self._unpadded_grid(f[1:], size)
-      h, w = llava_anyres.anyres_max_extent(grid.shape[0], grid.shape[1], cfg.patches_per_side,
-                                            cfg.max_tiles)
+      h, w = llava_anyres.anyres_max_extent(
+        grid.shape[0], grid.shape[1], cfg.patches_per_side, cfg.max_tiles
+      )
       if (h, w) != grid.shape[:2]:
         grid = _resize_bilinear(grid, h, w)
       grid = jnp.concatenate([grid, jnp.broadcast_to(newline, (h, 1, d))], axis=1)
@@ -170,8 +194,18 @@ def onevision_7b_config(**fields) -> LlavaOnevisionConfig:
   """`llava-hf/llava-onevision-qwen2-7b-ov-hf`'s shapes (SigLIP-so400m tower of 26 layers,
   Qwen2-7B LM; ~8.0B parameters) for random-weight benchmarks and shape checks; `fields`
   are other `LlavaOnevisionConfig` fields."""
-  text = qwen2_config(vocab_size=152128, hidden_size=3584, intermediate_size=18944,
-                      num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
-                      max_position_embeddings=32768, rope_theta=1e6, rms_norm_eps=1e-6,
-                      bos_token_id=151643, eos_token_id=151645, pad_token_id=151643)
+  text = qwen2_config(
+    vocab_size=152128,
+    hidden_size=3584,
+    intermediate_size=18944,
+    num_hidden_layers=28,
+    num_attention_heads=28,
+    num_key_value_heads=4,
+    max_position_embeddings=32768,
+    rope_theta=1e6,
+    rms_norm_eps=1e-6,
+    bos_token_id=151643,
+    eos_token_id=151645,
+    pad_token_id=151643,
+  )
   return LlavaOnevisionConfig(text_config=text, **fields)

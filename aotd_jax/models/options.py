@@ -1,4 +1,5 @@
 """A built model under other `ComputeOptions` (the same weights, every sub-module rebuilt)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,5 +22,9 @@ def with_options(model: nnx.Module, **changes) -> nnx.Module:
   """`model` (same weights) with some compute options changed, e.g.
   `with_options(model, matmul_precision="high")`; a field that is not a `ComputeOptions` one
   raises a ValueError naming it."""
-  return with_compute(model, ComputeOptions.from_mapping(
-      {**dataclasses.asdict(model.options), **changes}, where="with_options"))
+  return with_compute(
+    model,
+    ComputeOptions.from_mapping(
+      {**dataclasses.asdict(model.options), **changes}, where="with_options"
+    ),
+  )

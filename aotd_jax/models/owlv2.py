@@ -9,6 +9,7 @@ Besides transformers' entry points (`__call__`, `image_guided_detection`) the mo
 the two halves separately, `embed_text_queries` and `detect`, so that experts embed a query
 once and run the jitted image side over batches of frames.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,34 +31,38 @@ OWL_VISION_DEFAULTS = dict(image_size=768, patch_size=16)
 @dataclasses.dataclass(frozen=True)
 class Owlv2Config(clip.CLIPConfig):
   """HF `Owlv2Config`: CLIPConfig's fields with OWLv2's tower defaults."""
+
   text_config: CLIPTextConfig = CLIPTextConfig(**OWL_TEXT_DEFAULTS)
   vision_config: CLIPVisionConfig = CLIPVisionConfig(**OWL_VISION_DEFAULTS)
 
 
 @struct.dataclass
 class Owlv2ObjectDetectionOutput:
-  logits: jax.Array             # (B, P, Q) class logits per patch and query
-  pred_boxes: jax.Array         # (B, P, 4) cxcywh in [0, 1] of the padded square image
+  logits: jax.Array  # (B, P, Q) class logits per patch and query
+  pred_boxes: jax.Array  # (B, P, 4) cxcywh in [0, 1] of the padded square image
   objectness_logits: jax.Array  # (B, P)
-  image_embeds: jax.Array       # (B, G, G, D) merged feature map
-  text_embeds: jax.Array        # (B, Q, projection_dim) normalised query embeddings
-  class_embeds: jax.Array       # (B, P, text hidden) normalised patch class embeddings
+  image_embeds: jax.Array  # (B, G, G, D) merged feature map
+  text_embeds: jax.Array  # (B, Q, projection_dim) normalised query embeddings
+  class_embeds: jax.Array  # (B, P, text hidden) normalised patch class embeddings
 
 
 @struct.dataclass
 class Owlv2ImageGuidedObjectDetectionOutput:
-  logits: jax.Array             # (B, P, 1)
+  logits: jax.Array  # (B, P, 1)
   target_pred_boxes: jax.Array  # (B, P, 4)
-  query_pred_boxes: jax.Array   # (B, P, 4)
-  image_embeds: jax.Array       # (B, G, G, D)
+  query_pred_boxes: jax.Array  # (B, P, 4)
+  image_embeds: jax.Array  # (B, G, G, D)
   query_image_embeds: jax.Array  # (B, G, G, D)
-  class_embeds: jax.Array       # (B, P, text hidden)
+  class_embeds: jax.Array  # (B, P, text hidden)
 
 
 def box_bias(grid_h: int, grid_w: int) -> np.ndarray:
   """Inverse-sigmoid prior of each patch's box: centre at the patch's corner grid point, size 1/grid."""
-  xx, yy = np.meshgrid(np.arange(1, grid_w + 1, dtype=np.float32) / grid_w,
-                       np.arange(1, grid_h + 1, dtype=np.float32) / grid_h, indexing="xy")
+  xx, yy = np.meshgrid(
+    np.arange(1, grid_w + 1, dtype=np.float32) / grid_w,
+    np.arange(1, grid_h + 1, dtype=np.float32) / grid_h,
+    indexing="xy",
+  )
   coords = np.clip(np.stack([xx, yy], -1).reshape(-1, 2), 0.0, 1.0)
   coord_bias = np.log(coords + 1e-4) - np.log1p(-coords + 1e-4)
   size = np.broadcast_to(np.array([1.0 / grid_w, 1.0 / grid_h], np.float32), coords.shape)
@@ -72,17 +77,21 @@ class Owlv2Model(nnx.Module):
     tc, vc, p = config.text_config, config.vision_config, config.projection_dim
     self.text_model = clip.CLIPTextTransformer(tc, options=options, rngs=rngs, pool_by_argmax=True)
     self.vision_model = clip.CLIPVisionTransformer(vc, options=options, rngs=rngs)
-    self.visual_projection = clip.encoder_dense(vc, options, vc.hidden_size, p, ("embed", "mlp"),
-                                                rngs=rngs, bias=False)
-    self.text_projection = clip.encoder_dense(tc, options, tc.hidden_size, p, ("embed", "mlp"),
-                                              rngs=rngs, bias=False)
-    self.logit_scale = nnx.Param(jnp.asarray(config.logit_scale_init_value,
-                                             jnp.dtype(options.param_dtype)))
+    self.visual_projection = clip.encoder_dense(
+      vc, options, vc.hidden_size, p, ("embed", "mlp"), rngs=rngs, bias=False
+    )
+    self.text_projection = clip.encoder_dense(
+      tc, options, tc.hidden_size, p, ("embed", "mlp"), rngs=rngs, bias=False
+    )
+    self.logit_scale = nnx.Param(
+      jnp.asarray(config.logit_scale_init_value, jnp.dtype(options.param_dtype))
+    )
 
 
 class Owlv2BoxPredictionHead(nnx.Module):
-  def __init__(self, config: Owlv2Config, options: ComputeOptions, out_dim: int = 4, *,
-               rngs: nnx.Rngs):
+  def __init__(
+    self, config: Owlv2Config, options: ComputeOptions, out_dim: int = 4, *, rngs: nnx.Rngs
+  ):
     vc = config.vision_config
     w = vc.hidden_size
     self.dense0 = clip.encoder_dense(vc, options, w, w, ("embed", "mlp"), rngs=rngs)
@@ -97,8 +106,9 @@ class Owlv2BoxPredictionHead(nnx.Module):
 class Owlv2ClassPredictionHead(nnx.Module):
   def __init__(self, config: Owlv2Config, options: ComputeOptions, *, rngs: nnx.Rngs):
     vc, d = config.vision_config, config.vision_config.hidden_size
-    self.dense0 = clip.encoder_dense(vc, options, d, config.text_config.hidden_size, ("embed", "mlp"),
-                                     rngs=rngs)
+    self.dense0 = clip.encoder_dense(
+      vc, options, d, config.text_config.hidden_size, ("embed", "mlp"), rngs=rngs
+    )
     self.logit_shift = clip.encoder_dense(vc, options, d, 1, ("embed", None), rngs=rngs)
     self.logit_scale = clip.encoder_dense(vc, options, d, 1, ("embed", None), rngs=rngs)
 
@@ -119,10 +129,12 @@ class Owlv2ClassPredictionHead(nnx.Module):
 
 class Owlv2ForObjectDetection(nnx.Module):
   """HF `Owlv2ForObjectDetection`: text-query and image-query open-vocabulary detection."""
+
   hf_architecture = "Owlv2ForObjectDetection"
 
-  def __init__(self, config: Owlv2Config, *, options: ComputeOptions = ComputeOptions(),
-               rngs: nnx.Rngs):
+  def __init__(
+    self, config: Owlv2Config, *, options: ComputeOptions = ComputeOptions(), rngs: nnx.Rngs
+  ):
     self.config = config
     self.options = options
     vc = config.vision_config
@@ -171,8 +183,13 @@ class Owlv2ForObjectDetection(nnx.Module):
       query_mask = jnp.broadcast_to(jnp.asarray(query_mask, bool), query_embeds.shape[:2])
     logits, class_embeds = self.class_head(feats, query_embeds, query_mask)
     return Owlv2ObjectDetectionOutput(
-        logits=logits, pred_boxes=self.box_predictor(feats), objectness_logits=self.objectness_predictor(feats),
-        image_embeds=feature_map, text_embeds=query_embeds, class_embeds=class_embeds)
+      logits=logits,
+      pred_boxes=self.box_predictor(feats),
+      objectness_logits=self.objectness_predictor(feats),
+      image_embeds=feature_map,
+      text_embeds=query_embeds,
+      class_embeds=class_embeds,
+    )
 
   def __call__(self, input_ids, pixel_values, attention_mask=None) -> Owlv2ObjectDetectionOutput:
     """transformers' forward: input_ids (B*Q, L) hold Q queries per image, in image order.
@@ -183,21 +200,27 @@ class Owlv2ForObjectDetection(nnx.Module):
     pixel_values = clip.check_pixel_values(pixel_values, self.config.vision_config)
     b = pixel_values.shape[0]
     if input_ids.ndim != 2 or input_ids.shape[0] % b:
-      raise ValueError(f"input_ids must have shape (batch * num_queries, length) with batch = "
-                       f"pixel_values batch {b}; got {tuple(input_ids.shape)}")
+      raise ValueError(
+        f"input_ids must have shape (batch * num_queries, length) with batch = "
+        f"pixel_values batch {b}; got {tuple(input_ids.shape)}"
+      )
     q = input_ids.shape[0] // b
     query_embeds = self.embed_text_queries(input_ids, attention_mask).reshape(b, q, -1)
     query_mask = input_ids.reshape(b, q, -1)[..., 0] > 0
     return self.detect(pixel_values, query_embeds, query_mask)
 
-  def image_guided_detection(self, pixel_values, query_pixel_values) -> Owlv2ImageGuidedObjectDetectionOutput:
+  def image_guided_detection(
+    self, pixel_values, query_pixel_values
+  ) -> Owlv2ImageGuidedObjectDetectionOutput:
     """One query image per target image: the query's most object-like patch is the query embedding."""
     vc = self.config.vision_config
     pixel_values = clip.check_pixel_values(pixel_values, vc)
     query_pixel_values = clip.check_pixel_values(query_pixel_values, vc, "query_pixel_values")
     if query_pixel_values.shape[0] != pixel_values.shape[0]:
-      raise ValueError(f"query_pixel_values batch {query_pixel_values.shape[0]} must equal pixel_values "
-                       f"batch {pixel_values.shape[0]} (one query image per target image)")
+      raise ValueError(
+        f"query_pixel_values batch {query_pixel_values.shape[0]} must equal pixel_values "
+        f"batch {pixel_values.shape[0]} (one query image per target image)"
+      )
     query_map = self.image_embedder(query_pixel_values)
     b, gh, gw, d = query_map.shape
     query_feats = query_map.reshape(b, gh * gw, d)
@@ -209,5 +232,10 @@ class Owlv2ForObjectDetection(nnx.Module):
     feats = feature_map.reshape(b, gh * gw, d)
     logits, class_embeds = self.class_head(feats, query_embeds)
     return Owlv2ImageGuidedObjectDetectionOutput(
-        logits=logits, target_pred_boxes=self.box_predictor(feats), query_pred_boxes=query_boxes,
-        image_embeds=feature_map, query_image_embeds=query_map, class_embeds=class_embeds)
+      logits=logits,
+      target_pred_boxes=self.box_predictor(feats),
+      query_pred_boxes=query_boxes,
+      image_embeds=feature_map,
+      query_image_embeds=query_map,
+      class_embeds=class_embeds,
+    )

@@ -13,6 +13,7 @@ transformers' 0.0 so that features match the HF pipeline; pass 0.5 for the origi
 Post-processing: sigmoid of the best query's logit per box, threshold, optional NMS, boxes
 xyxy in pixels of the original frame (the padded square is max(h, w) on each side).
 """
+
 from __future__ import annotations
 
 import functools
@@ -43,8 +44,11 @@ def _blur_matrix(n: int, sigma: float, truncate: float = 4.0) -> np.ndarray:
   weights /= weights.sum()
   m = np.zeros((n, n))
   rows = np.arange(n)[:, None]
-  np.add.at(m, (np.broadcast_to(rows, (n, offsets.size)), _mirror(rows + offsets[None], n)),
-            np.broadcast_to(weights, (n, offsets.size)))
+  np.add.at(
+    m,
+    (np.broadcast_to(rows, (n, offsets.size)), _mirror(rows + offsets[None], n)),
+    np.broadcast_to(weights, (n, offsets.size)),
+  )
   return m
 
 
@@ -77,9 +81,14 @@ def _check_image(image: Any, i: int) -> np.ndarray:
   return arr
 
 
-def preprocess(images: Sequence[np.ndarray], size: int = 960, *, pad_value: float = 0.0,
-               image_mean: Sequence[float] = OPENAI_CLIP_MEAN,
-               image_std: Sequence[float] = OPENAI_CLIP_STD) -> np.ndarray:
+def preprocess(
+  images: Sequence[np.ndarray],
+  size: int = 960,
+  *,
+  pad_value: float = 0.0,
+  image_mean: Sequence[float] = OPENAI_CLIP_MEAN,
+  image_std: Sequence[float] = OPENAI_CLIP_STD,
+) -> np.ndarray:
   """Uint8 (H, W, 3) frames -> `pixel_values` (B, 3, size, size) float32, as `Owlv2ImageProcessor`.
 
   Args:
@@ -118,8 +127,9 @@ def _check_target_sizes(target_sizes, batch: int) -> np.ndarray | None:
     return None
   sizes = np.asarray(target_sizes)
   if sizes.ndim != 2 or sizes.shape != (batch, 2):
-    raise ValueError(f"target_sizes must be {batch} (height, width) pairs, one per image; "
-                     f"got shape {sizes.shape}")
+    raise ValueError(
+      f"target_sizes must be {batch} (height, width) pairs, one per image; got shape {sizes.shape}"
+    )
   return sizes
 
 
@@ -138,7 +148,9 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
   return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_threshold: float) -> np.ndarray:
+def nms(
+  boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_threshold: float
+) -> np.ndarray:
   """Greedy per-label NMS; returns kept indices in descending score order."""
   order = np.argsort(-scores, kind="stable")
   keep = []
@@ -156,8 +168,9 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
   return (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)
 
 
-def post_process_object_detection(outputs, threshold: float = 0.1, target_sizes=None,
-                                  nms_threshold: float | None = None) -> list[dict[str, np.ndarray]]:
+def post_process_object_detection(
+  outputs, threshold: float = 0.1, target_sizes=None, nms_threshold: float | None = None
+) -> list[dict[str, np.ndarray]]:
   """Model outputs -> per image {"scores" (N,), "labels" (N,) query index, "boxes" (N, 4) xyxy}.
 
   As transformers' `Owlv2ImageProcessor.post_process_object_detection` (score = sigmoid of the
@@ -182,8 +195,9 @@ def post_process_object_detection(outputs, threshold: float = 0.1, target_sizes=
   return results
 
 
-def post_process_image_guided_detection(outputs, threshold: float = 0.0, nms_threshold: float = 0.3,
-                                        target_sizes=None) -> list[dict[str, Any]]:
+def post_process_image_guided_detection(
+  outputs, threshold: float = 0.0, nms_threshold: float = 0.3, target_sizes=None
+) -> list[dict[str, Any]]:
   """As transformers' `post_process_image_guided_detection`: class-agnostic NMS, then scores
   rescaled to [0, 1] relative to the image's best box (alpha), boxes with alpha > 0 kept."""
   logits = np.asarray(outputs.logits, np.float32)

@@ -17,6 +17,7 @@ Submodules follow transformers' current layout (`visual`, `language_model` = a f
 `Qwen2VLTextForCausalLM` holding `model.*` and `lm_head`); `aotd_jax.hf.qwen2_vl` reads both key
 layouts transformers has written.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,6 +44,7 @@ from aotd_jax.sharding import constrain
 @dataclasses.dataclass(frozen=True)
 class Qwen2VLVisionConfig:
   """transformers' `Qwen2VLVisionConfig` fields (plus the fixed frame size, see `image_size`)."""
+
   depth: int = 32
   embed_dim: int = 1280
   hidden_size: int = 3584  # the LM's: the merger's output size
@@ -62,15 +64,21 @@ class Qwen2VLVisionConfig:
 
   def __post_init__(self):
     if self.embed_dim % self.num_heads:
-      raise ValueError(f"Qwen2VLVisionConfig: embed_dim {self.embed_dim} is not divisible by "
-                       f"num_heads {self.num_heads}")
+      raise ValueError(
+        f"Qwen2VLVisionConfig: embed_dim {self.embed_dim} is not divisible by "
+        f"num_heads {self.num_heads}"
+      )
     if (self.embed_dim // self.num_heads) % 4:
-      raise ValueError(f"Qwen2VLVisionConfig: head dim {self.embed_dim // self.num_heads} must be a "
-                       "multiple of 4 (2-D rotary embedding: half for rows, half for columns)")
+      raise ValueError(
+        f"Qwen2VLVisionConfig: head dim {self.embed_dim // self.num_heads} must be a "
+        "multiple of 4 (2-D rotary embedding: half for rows, half for columns)"
+      )
     activation(self.hidden_act)
     if self.image_size % (self.patch_size * self.spatial_merge_size):
-      raise ValueError(f"Qwen2VLVisionConfig: image_size {self.image_size} must be a multiple of "
-                       f"patch_size * spatial_merge_size = {self.patch_size * self.spatial_merge_size}")
+      raise ValueError(
+        f"Qwen2VLVisionConfig: image_size {self.image_size} must be a multiple of "
+        f"patch_size * spatial_merge_size = {self.patch_size * self.spatial_merge_size}"
+      )
 
   # Names `aotd_jax.models.clip`'s layer helpers read.
   @property
@@ -89,8 +97,10 @@ class Qwen2VLVisionConfig:
 def _grid_list(grid_thw) -> list[tuple[int, int, int]]:
   """Concrete (N, 3) `grid_thw` -> list of (t, h, w) ints, with a clear error if it is traced."""
   if isinstance(grid_thw, jax.core.Tracer):
-    raise ValueError("Qwen2-VL: grid_thw must be concrete (numpy or a tuple), not a traced array: "
-                     "it fixes the attention segments and the token count")
+    raise ValueError(
+      "Qwen2-VL: grid_thw must be concrete (numpy or a tuple), not a traced array: "
+      "it fixes the attention segments and the token count"
+    )
   grid = np.asarray(grid_thw, np.int64).reshape(-1, 3)
   return [tuple(int(v) for v in row) for row in grid]
 
@@ -100,7 +110,9 @@ def vision_position_ids(grid_thw, merge: int) -> np.ndarray:
   out = []
   for t, h, w in _grid_list(grid_thw):
     if h % merge or w % merge:
-      raise ValueError(f"Qwen2-VL: grid {(t, h, w)} is not a multiple of spatial_merge_size {merge}")
+      raise ValueError(
+        f"Qwen2-VL: grid {(t, h, w)} is not a multiple of spatial_merge_size {merge}"
+      )
     hpos, wpos = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
     block = (h // merge, merge, w // merge, merge)
     hpos = hpos.reshape(block).transpose(0, 2, 1, 3).reshape(-1)
@@ -186,8 +198,9 @@ class Qwen2VLPatchEmbed(nnx.Module):
   flattened (channels, 2, 14, 14) patch."""
 
   def __init__(self, cfg: Qwen2VLVisionConfig, options: ComputeOptions, *, rngs: nnx.Rngs):
-    self.proj = encoder_dense(cfg, options, cfg.patch_dim, cfg.embed_dim, ("conv_in", "embed"),
-                              rngs=rngs, bias=False)
+    self.proj = encoder_dense(
+      cfg, options, cfg.patch_dim, cfg.embed_dim, ("conv_in", "embed"), rngs=rngs, bias=False
+    )
 
   def __call__(self, x):
     return self.proj(x)
@@ -197,10 +210,14 @@ class Qwen2VLPatchMerger(nnx.Module):
   """LayerNorm, then each block of merge^2 patches (consecutive rows) -> MLP -> one LM token."""
 
   def __init__(self, cfg: Qwen2VLVisionConfig, options: ComputeOptions, *, rngs: nnx.Rngs):
-    m = self.merged = cfg.embed_dim * cfg.spatial_merge_size ** 2
+    m = self.merged = cfg.embed_dim * cfg.spatial_merge_size**2
     self.ln_q = encoder_layer_norm(cfg, options, cfg.embed_dim, rngs=rngs)
-    self.mlp = nnx.List([encoder_dense(cfg, options, m, m, ("embed", "mlp"), rngs=rngs),
-                         encoder_dense(cfg, options, m, cfg.hidden_size, ("mlp", "embed"), rngs=rngs)])
+    self.mlp = nnx.List(
+      [
+        encoder_dense(cfg, options, m, m, ("embed", "mlp"), rngs=rngs),
+        encoder_dense(cfg, options, m, cfg.hidden_size, ("mlp", "embed"), rngs=rngs),
+      ]
+    )
 
   def __call__(self, x):
     x = self.ln_q(x).reshape(-1, self.merged)
@@ -215,13 +232,15 @@ def _run_block(block, x, cos, sin, segments):
 class Qwen2VisionTransformer(nnx.Module):
   """transformers' `Qwen2VisionTransformerPretrainedModel`: flattened patches -> merged tokens."""
 
-  def __init__(self, config: Qwen2VLVisionConfig, *, options: ComputeOptions = ComputeOptions(),
-               rngs: nnx.Rngs):
+  def __init__(
+    self, config: Qwen2VLVisionConfig, *, options: ComputeOptions = ComputeOptions(), rngs: nnx.Rngs
+  ):
     self.config = config
     self.options = options
     self.patch_embed = Qwen2VLPatchEmbed(config, options, rngs=rngs)
-    self.blocks = nnx.List([Qwen2VLVisionBlock(config, options, rngs=rngs)
-                            for _ in range(config.depth)])
+    self.blocks = nnx.List(
+      [Qwen2VLVisionBlock(config, options, rngs=rngs) for _ in range(config.depth)]
+    )
     self.merger = Qwen2VLPatchMerger(config, options, rngs=rngs)
 
   def rotary(self, grid_thw) -> tuple[jax.Array, jax.Array]:
@@ -229,8 +248,12 @@ class Qwen2VisionTransformer(nnx.Module):
     cfg = self.config
     pos = vision_position_ids(grid_thw, cfg.spatial_merge_size)
     dim = cfg.head_dim // 2
-    inv = 1.0 / (np.float32(cfg.rope_theta) ** (np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)))
-    freqs = jnp.asarray(pos, jnp.float32)[:, :, None] * jnp.asarray(inv, jnp.float32)  # (N, 2, dim/2)
+    inv = 1.0 / (
+      np.float32(cfg.rope_theta) ** (np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim))
+    )
+    freqs = jnp.asarray(pos, jnp.float32)[:, :, None] * jnp.asarray(
+      inv, jnp.float32
+    )  # (N, 2, dim/2)
     freqs = freqs.reshape(pos.shape[0], -1)  # rows' then columns' frequencies
     emb = jnp.concatenate([freqs, freqs], axis=-1)
     return jnp.cos(emb), jnp.sin(emb)
@@ -244,9 +267,11 @@ class Qwen2VisionTransformer(nnx.Module):
     shape = tuple(np.shape(pixel_values))
     n = sum(t * h * w for t, h, w in grid)
     if len(shape) != 2 or shape != (n, cfg.patch_dim):
-      raise ValueError(f"Qwen2-VL: pixel values must have shape ({n}, {cfg.patch_dim}) "
-                       f"(patches of grid_thw {grid}, {cfg.in_channels} x {cfg.temporal_patch_size} "
-                       f"x {cfg.patch_size} x {cfg.patch_size} each), got {shape}")
+      raise ValueError(
+        f"Qwen2-VL: pixel values must have shape ({n}, {cfg.patch_dim}) "
+        f"(patches of grid_thw {grid}, {cfg.in_channels} x {cfg.temporal_patch_size} "
+        f"x {cfg.patch_size} x {cfg.patch_size} each), got {shape}"
+      )
     segments = tuple(vision_segments(grid))
     cos, sin = self.rotary(grid)
     opt = self.options
@@ -255,8 +280,14 @@ class Qwen2VisionTransformer(nnx.Module):
     states = [x]
     for block in self.blocks:
       if opt.remat_enabled:
-        x = remat_call(lambda b, h, c, s: _run_block(b, h, c, s, segments), block, x, cos, sin,
-                       policy=opt.checkpoint_policy())
+        x = remat_call(
+          lambda b, h, c, s: _run_block(b, h, c, s, segments),
+          block,
+          x,
+          cos,
+          sin,
+          policy=opt.checkpoint_policy(),
+        )
       else:
         x = block(x, cos, sin, segments)
       states.append(x)
@@ -271,23 +302,36 @@ class Qwen2VisionTransformer(nnx.Module):
 class Qwen2VLTextConfig(LlamaConfig):
   """A Qwen2 `LlamaConfig` (q/k/v biases) with M-RoPE: `mrope_section` splits the head's
   head_dim // 2 frequencies into (temporal, height, width) parts."""
+
   mrope_section: tuple = (16, 24, 24)
 
   def __post_init__(self):
     super().__post_init__()
     object.__setattr__(self, "mrope_section", tuple(int(v) for v in self.mrope_section))
     if len(self.mrope_section) != 3 or sum(self.mrope_section) != self.head_dim // 2:
-      raise ValueError(f"Qwen2VLTextConfig: mrope_section {list(self.mrope_section)} must be three "
-                       f"parts summing to head_dim // 2 = {self.head_dim // 2}")
+      raise ValueError(
+        f"Qwen2VLTextConfig: mrope_section {list(self.mrope_section)} must be three "
+        f"parts summing to head_dim // 2 = {self.head_dim // 2}"
+      )
     if self.rope_scaling is not None:
       raise ValueError("Qwen2VLTextConfig: rope scaling is not supported with M-RoPE")
 
 
 # transformers' `Qwen2VLTextConfig` defaults where they differ from `LlamaConfig`'s.
-QWEN2_VL_TEXT_DEFAULTS = dict(vocab_size=152064, hidden_size=8192, intermediate_size=29568,
-                              num_hidden_layers=80, num_attention_heads=64, num_key_value_heads=8,
-                              max_position_embeddings=32768, rms_norm_eps=1e-5, rope_theta=1e6,
-                              bos_token_id=151643, eos_token_id=151645, pad_token_id=None)
+QWEN2_VL_TEXT_DEFAULTS = dict(
+  vocab_size=152064,
+  hidden_size=8192,
+  intermediate_size=29568,
+  num_hidden_layers=80,
+  num_attention_heads=64,
+  num_key_value_heads=8,
+  max_position_embeddings=32768,
+  rms_norm_eps=1e-5,
+  rope_theta=1e6,
+  bos_token_id=151643,
+  eos_token_id=151645,
+  pad_token_id=None,
+)
 
 
 def qwen2_vl_text_config(**fields) -> Qwen2VLTextConfig:
@@ -295,8 +339,9 @@ def qwen2_vl_text_config(**fields) -> Qwen2VLTextConfig:
   return Qwen2VLTextConfig(**{**QWEN2_VL_TEXT_DEFAULTS, **fields, "qkv_bias": True})
 
 
-def mrope_cos_sin(position_ids: jax.Array, head_dim: int, theta: float, section: Sequence[int],
-                  dtype) -> tuple[jax.Array, jax.Array]:
+def mrope_cos_sin(
+  position_ids: jax.Array, head_dim: int, theta: float, section: Sequence[int], dtype
+) -> tuple[jax.Array, jax.Array]:
   """cos/sin (B, L, head_dim) of M-RoPE: position_ids (3, B, L) or (B, L) (text: three equal)."""
   if position_ids.ndim == 2:
     position_ids = jnp.broadcast_to(position_ids[None], (3,) + position_ids.shape)
@@ -311,6 +356,7 @@ def mrope_cos_sin(position_ids: jax.Array, head_dim: int, theta: float, section:
 class Qwen2VLTextForCausalLM(Qwen2ForCausalLM):
   """Qwen2-VL's language model: the Qwen2 decoder with M-RoPE. `position_ids` may be (3, B, L)
   (temporal, height, width) or (B, L) (the three equal, as for text)."""
+
   hf_architecture = "Qwen2VLForConditionalGeneration"
 
   def rope_tables(self, position_ids, dtype):
@@ -324,6 +370,7 @@ class Qwen2VLTextForCausalLM(Qwen2ForCausalLM):
 @dataclasses.dataclass(frozen=True)
 class Qwen2VLConfig:
   """transformers' `Qwen2VLConfig` fields (how to compute is `ComputeOptions`)."""
+
   vision_config: Qwen2VLVisionConfig = dataclasses.field(default_factory=Qwen2VLVisionConfig)
   text_config: Qwen2VLTextConfig = dataclasses.field(default_factory=qwen2_vl_text_config)
   image_token_id: int = 151655
@@ -335,10 +382,14 @@ class Qwen2VLConfig:
   def __post_init__(self):
     text = self.text_config
     if not isinstance(text, Qwen2VLTextConfig):
-      raise ValueError(f"Qwen2VLConfig: text_config must be a Qwen2VLTextConfig, got {type(text).__name__}")
+      raise ValueError(
+        f"Qwen2VLConfig: text_config must be a Qwen2VLTextConfig, got {type(text).__name__}"
+      )
     if self.vision_config.hidden_size != text.hidden_size:
-      raise ValueError(f"Qwen2VLConfig: vision_config.hidden_size {self.vision_config.hidden_size} "
-                       f"(the merger's output) must equal text_config.hidden_size {text.hidden_size}")
+      raise ValueError(
+        f"Qwen2VLConfig: vision_config.hidden_size {self.vision_config.hidden_size} "
+        f"(the merger's output) must equal text_config.hidden_size {text.hidden_size}"
+      )
     if self.tie_word_embeddings and not text.tie_word_embeddings:
       object.__setattr__(self, "text_config", dataclasses.replace(text, tie_word_embeddings=True))
 
@@ -365,12 +416,16 @@ class Qwen2VLConfig:
     """(t, h, w) patch grid of a clip (an image is one frame): frames padded to a multiple of
     temporal_patch_size by repeating the last, as transformers' processor does."""
     vc = self.vision_config
-    return (-(-num_frames // vc.temporal_patch_size), height // vc.patch_size, width // vc.patch_size)
+    return (
+      -(-num_frames // vc.temporal_patch_size),
+      height // vc.patch_size,
+      width // vc.patch_size,
+    )
 
   def tokens(self, grid_thw) -> int:
     """LM tokens of one (t, h, w) grid after the merger."""
     t, h, w = (int(v) for v in grid_thw)
-    return t * h * w // self.vision_config.spatial_merge_size ** 2
+    return t * h * w // self.vision_config.spatial_merge_size**2
 
   def video_tokens(self, num_frames: int) -> int:
     """`<|video_pad|>` tokens of a clip of `num_frames` square frames of `vision_config.image_size`."""
@@ -385,8 +440,9 @@ def trainable_filter(options: ComputeOptions):
   return nnx.Param
 
 
-def rope_index(config: Qwen2VLConfig, input_ids, attention_mask=None, image_grid_thw=None,
-               video_grid_thw=None) -> tuple[np.ndarray, np.ndarray]:
+def rope_index(
+  config: Qwen2VLConfig, input_ids, attention_mask=None, image_grid_thw=None, video_grid_thw=None
+) -> tuple[np.ndarray, np.ndarray]:
   """M-RoPE position ids (3, B, L) and deltas (B,) for concrete ids, as transformers'
   `get_rope_index`: a run of image/video tokens takes (start + t, start + row, start + column)
   of its next grid; text after it continues at start + max(rows, columns) (transformers
@@ -395,10 +451,14 @@ def rope_index(config: Qwen2VLConfig, input_ids, attention_mask=None, image_grid
   delta."""
   ids = np.asarray(input_ids)
   b, l = ids.shape
-  mask = np.ones((b, l), bool) if attention_mask is None else np.asarray(attention_mask).astype(bool)
+  mask = (
+    np.ones((b, l), bool) if attention_mask is None else np.asarray(attention_mask).astype(bool)
+  )
   merge = config.vision_config.spatial_merge_size
-  grids = {1: iter(_grid_list(image_grid_thw) if image_grid_thw is not None else []),
-           2: iter(_grid_list(video_grid_thw) if video_grid_thw is not None else [])}
+  grids = {
+    1: iter(_grid_list(image_grid_thw) if image_grid_thw is not None else []),
+    2: iter(_grid_list(video_grid_thw) if video_grid_thw is not None else []),
+  }
   kinds = np.where(ids == config.image_token_id, 1, np.where(ids == config.video_token_id, 2, 0))
   out = np.zeros((3, b, l), np.int64)
   deltas = np.zeros((b,), np.int64)
@@ -417,11 +477,15 @@ def rope_index(config: Qwen2VLConfig, input_ids, attention_mask=None, image_grid
         try:
           t, h, w = next(grids[kind[i]])
         except StopIteration:
-          raise ValueError(f"Qwen2-VL: row {row} has more {what} token runs than {what} grids") from None
+          raise ValueError(
+            f"Qwen2-VL: row {row} has more {what} token runs than {what} grids"
+          ) from None
         h, w = h // merge, w // merge
         if j - i != t * h * w:
-          raise ValueError(f"Qwen2-VL: row {row} has a run of {j - i} {what} tokens where its grid "
-                           f"{(t, h * merge, w * merge)} makes {t * h * w}")
+          raise ValueError(
+            f"Qwen2-VL: row {row} has a run of {j - i} {what} tokens where its grid "
+            f"{(t, h * merge, w * merge)} makes {t * h * w}"
+          )
         tt, hh, ww = np.meshgrid(np.arange(t), np.arange(h), np.arange(w), indexing="ij")
         parts.append(np.stack([tt, hh, ww]).reshape(3, -1) + pos)
         pos += max(h, w)
@@ -433,8 +497,13 @@ def rope_index(config: Qwen2VLConfig, input_ids, attention_mask=None, image_grid
   return out, deltas
 
 
-def rope_index_uniform(config: Qwen2VLConfig, input_ids: jax.Array, attention_mask: jax.Array,
-                       token_id: int, grid: tuple[int, int, int]) -> jax.Array:
+def rope_index_uniform(
+  config: Qwen2VLConfig,
+  input_ids: jax.Array,
+  attention_mask: jax.Array,
+  token_id: int,
+  grid: tuple[int, int, int],
+) -> jax.Array:
   """`rope_index` inside a jitted graph (traced ids) when every media run is one clip of the
   same `grid` (t, h, w): the trainer's batches (B clips of T square frames). (3, B, L) int32."""
   merge = config.vision_config.spatial_merge_size
@@ -454,7 +523,9 @@ def rope_index_uniform(config: Qwen2VLConfig, input_ids: jax.Array, attention_ma
   return jnp.where(valid[None], pos, 0).astype(jnp.int32)
 
 
-def patchify_frames(config: Qwen2VLConfig, frames: jax.Array) -> tuple[jax.Array, tuple[int, int, int]]:
+def patchify_frames(
+  config: Qwen2VLConfig, frames: jax.Array
+) -> tuple[jax.Array, tuple[int, int, int]]:
   """(B, T, C, H, W) normalised frames -> ((B * t*h*w, C*2*P*P) patches in the processor's
   order, the (t, h, w) grid of each clip): transformers' video processor's `patchify`, frames
   padded to a multiple of temporal_patch_size by repeating the last."""
@@ -462,8 +533,10 @@ def patchify_frames(config: Qwen2VLConfig, frames: jax.Array) -> tuple[jax.Array
   b, n, c, hh, ww = frames.shape
   tp, p, m = vc.temporal_patch_size, vc.patch_size, vc.spatial_merge_size
   if c != vc.in_channels or hh % (p * m) or ww % (p * m):
-    raise ValueError(f"Qwen2-VL: video frames must be (batch, frames, {vc.in_channels}, H, W) with H "
-                     f"and W multiples of {p * m}, got {tuple(frames.shape)}")
+    raise ValueError(
+      f"Qwen2-VL: video frames must be (batch, frames, {vc.in_channels}, H, W) with H "
+      f"and W multiples of {p * m}, got {tuple(frames.shape)}"
+    )
   if n % tp:
     frames = jnp.concatenate([frames, jnp.repeat(frames[:, -1:], tp - n % tp, axis=1)], axis=1)
   t, gh, gw = frames.shape[1] // tp, hh // p, ww // p
@@ -476,6 +549,7 @@ def patchify_frames(config: Qwen2VLConfig, frames: jax.Array) -> tuple[jax.Array
 class Qwen2VLOutput:
   """transformers' names: `logits`, `hidden_states` (LM), `cache`, `rope_deltas` (B,) (for
   decoding after this prompt), and the merged `image_hidden_states` / `video_hidden_states`."""
+
   logits: jax.Array
   hidden_states: tuple | None = None
   cache: KVCache | None = None
@@ -491,9 +565,10 @@ def _check_count(input_ids, token_id: int, n_features: int, what: str, grids) ->
   n_tokens = int(np.sum(np.asarray(input_ids) == token_id))
   if n_tokens != n_features:
     raise ValueError(
-        f"{what} features and {what} tokens do not match: input_ids hold {n_tokens} {what} tokens "
-        f"(id {token_id}) but the {what} grids {grids} give {n_features} features. Expand each "
-        f"{what} placeholder to t*h*w/4 tokens of its grid.")
+      f"{what} features and {what} tokens do not match: input_ids hold {n_tokens} {what} tokens "
+      f"(id {token_id}) but the {what} grids {grids} give {n_features} features. Expand each "
+      f"{what} placeholder to t*h*w/4 tokens of its grid."
+    )
 
 
 class Qwen2VLForConditionalGeneration(nnx.Module):
@@ -506,10 +581,12 @@ class Qwen2VLForConditionalGeneration(nnx.Module):
   the M-RoPE positions come from the ids (`rope_index`; inside a jitted graph
   `rope_index_uniform`, for frames).
   """
+
   hf_architecture = "Qwen2VLForConditionalGeneration"
 
-  def __init__(self, config: Qwen2VLConfig, *, options: ComputeOptions = ComputeOptions(),
-               rngs: nnx.Rngs):
+  def __init__(
+    self, config: Qwen2VLConfig, *, options: ComputeOptions = ComputeOptions(), rngs: nnx.Rngs
+  ):
     self.config = config
     self.options = options
     self.visual = Qwen2VisionTransformer(config.vision_config, options=options, rngs=rngs)
@@ -530,8 +607,10 @@ class Qwen2VLForConditionalGeneration(nnx.Module):
     the grids as a list)."""
     if video_grid_thw is None:
       if np.ndim(pixel_values_videos) != 5:
-        raise ValueError("Qwen2-VL: pixel_values_videos without video_grid_thw must be frames "
-                         f"(batch, frames, channels, H, W), got shape {np.shape(pixel_values_videos)}")
+        raise ValueError(
+          "Qwen2-VL: pixel_values_videos without video_grid_thw must be frames "
+          f"(batch, frames, channels, H, W), got shape {np.shape(pixel_values_videos)}"
+        )
         # (flattened patches need their grids)
       patches, grid = patchify_frames(self.config, jnp.asarray(pixel_values_videos))
       grids = [grid] * int(np.shape(pixel_values_videos)[0])
@@ -539,10 +618,18 @@ class Qwen2VLForConditionalGeneration(nnx.Module):
     grids = _grid_list(video_grid_thw)
     return self._features(pixel_values_videos, grids), grids
 
-  def merge_embeddings(self, input_ids, *, pixel_values=None, image_grid_thw=None,
-                       pixel_values_videos=None, video_grid_thw=None):
+  def merge_embeddings(
+    self,
+    input_ids,
+    *,
+    pixel_values=None,
+    image_grid_thw=None,
+    pixel_values_videos=None,
+    video_grid_thw=None,
+  ):
     """(inputs_embeds (B, L, hidden), image features or None, video features or None, video grids)."""
     from aotd_jax.models.llava_next_video import _scatter_features  # pylint: disable=g-import-not-at-top
+
     cfg = self.config
     embeds = self.language_model.embed(input_ids)
     image_features = video_features = video_grids = None
@@ -560,8 +647,13 @@ class Qwen2VLForConditionalGeneration(nnx.Module):
       else:
         video_grids = _grid_list(video_grid_thw) if video_grid_thw is not None else None
       if video_grids is not None:
-        _check_count(input_ids, cfg.video_token_id, sum(cfg.tokens(g) for g in video_grids), "video",
-                     video_grids)
+        _check_count(
+          input_ids,
+          cfg.video_token_id,
+          sum(cfg.tokens(g) for g in video_grids),
+          "video",
+          video_grids,
+        )
       video_features, video_grids = self.get_video_features(pixel_values_videos, video_grid_thw)
       embeds = _scatter_features(embeds, input_ids == cfg.video_token_id, video_features)
     return embeds, image_features, video_features, video_grids
@@ -572,19 +664,35 @@ class Qwen2VLForConditionalGeneration(nnx.Module):
       return None, None
     if isinstance(input_ids, jax.core.Tracer) or isinstance(attention_mask, jax.core.Tracer):
       if image_grid_thw is not None or len(set(video_grids)) != 1:
-        raise ValueError("Qwen2-VL: inside jit, M-RoPE positions are computed for videos of one "
-                         "grid only (frames (B, T, C, H, W)); pass position_ids for other inputs")
+        raise ValueError(
+          "Qwen2-VL: inside jit, M-RoPE positions are computed for videos of one "
+          "grid only (frames (B, T, C, H, W)); pass position_ids for other inputs"
+        )
       mask = jnp.ones(input_ids.shape, jnp.int32) if attention_mask is None else attention_mask
-      pos = rope_index_uniform(self.config, input_ids, mask, self.config.video_token_id, video_grids[0])
+      pos = rope_index_uniform(
+        self.config, input_ids, mask, self.config.video_token_id, video_grids[0]
+      )
       deltas = jnp.max(pos, axis=(0, 2)) + 1 - jnp.sum(mask, axis=-1)
       return pos, deltas
     pos, deltas = rope_index(self.config, input_ids, attention_mask, image_grid_thw, video_grids)
     return jnp.asarray(pos, jnp.int32), jnp.asarray(deltas, jnp.int32)
 
-  def __call__(self, input_ids=None, attention_mask=None, *, pixel_values=None, image_grid_thw=None,
-               pixel_values_videos=None, video_grid_thw=None, inputs_embeds=None, position_ids=None,
-               cache: KVCache | None = None, output_hidden_states: bool = False,
-               logits_to_keep: int = 0, prefill: bool = False) -> Qwen2VLOutput:
+  def __call__(
+    self,
+    input_ids=None,
+    attention_mask=None,
+    *,
+    pixel_values=None,
+    image_grid_thw=None,
+    pixel_values_videos=None,
+    video_grid_thw=None,
+    inputs_embeds=None,
+    position_ids=None,
+    cache: KVCache | None = None,
+    output_hidden_states: bool = False,
+    logits_to_keep: int = 0,
+    prefill: bool = False,
+  ) -> Qwen2VLOutput:
     """Logits (B, L, vocab) of the prompt with its images/videos merged in.
 
     Args:
@@ -602,20 +710,37 @@ class Qwen2VLForConditionalGeneration(nnx.Module):
         raise ValueError("Qwen2VLForConditionalGeneration: pass input_ids or inputs_embeds")
       input_ids = input_ids if isinstance(input_ids, jax.Array) else np.asarray(input_ids)
       inputs_embeds, image_features, video_features, video_grids = self.merge_embeddings(
-          input_ids, pixel_values=pixel_values, image_grid_thw=image_grid_thw,
-          pixel_values_videos=pixel_values_videos, video_grid_thw=video_grid_thw)
+        input_ids,
+        pixel_values=pixel_values,
+        image_grid_thw=image_grid_thw,
+        pixel_values_videos=pixel_values_videos,
+        video_grid_thw=video_grid_thw,
+      )
       if position_ids is None and cache is None:
-        position_ids, deltas = self.position_ids(input_ids, attention_mask,
-                                                 image_grid_thw=image_grid_thw, video_grids=video_grids)
+        position_ids, deltas = self.position_ids(
+          input_ids, attention_mask, image_grid_thw=image_grid_thw, video_grids=video_grids
+        )
     elif input_ids is not None:
-      raise ValueError("Qwen2VLForConditionalGeneration: pass exactly one of input_ids and inputs_embeds")
-    out = self.language_model(attention_mask=attention_mask, inputs_embeds=inputs_embeds,
-                              position_ids=position_ids, cache=cache,
-                              output_hidden_states=output_hidden_states, logits_to_keep=logits_to_keep,
-                              prefill=prefill)
-    return Qwen2VLOutput(logits=out.logits, hidden_states=out.hidden_states, cache=out.cache,
-                         rope_deltas=deltas, image_hidden_states=image_features,
-                         video_hidden_states=video_features)
+      raise ValueError(
+        "Qwen2VLForConditionalGeneration: pass exactly one of input_ids and inputs_embeds"
+      )
+    out = self.language_model(
+      attention_mask=attention_mask,
+      inputs_embeds=inputs_embeds,
+      position_ids=position_ids,
+      cache=cache,
+      output_hidden_states=output_hidden_states,
+      logits_to_keep=logits_to_keep,
+      prefill=prefill,
+    )
+    return Qwen2VLOutput(
+      logits=out.logits,
+      hidden_states=out.hidden_states,
+      cache=out.cache,
+      rope_deltas=deltas,
+      image_hidden_states=image_features,
+      video_hidden_states=video_features,
+    )
 
   def init_cache(self, batch_size: int, max_length: int, dtype=None) -> KVCache:
     return self.language_model.init_cache(batch_size, max_length, dtype)
@@ -628,23 +753,42 @@ def _static_grids(grid_thw):
   return None if grid_thw is None else tuple(_grid_list(grid_thw))
 
 
-def _merge(graphdef, state, input_ids, pixel_values, pixel_values_videos, *, image_grid_thw,
-           video_grid_thw):
+def _merge(
+  graphdef, state, input_ids, pixel_values, pixel_values_videos, *, image_grid_thw, video_grid_thw
+):
   model = nnx.merge(graphdef, state)
-  return model.merge_embeddings(input_ids, pixel_values=pixel_values, image_grid_thw=image_grid_thw,
-                                pixel_values_videos=pixel_values_videos,
-                                video_grid_thw=video_grid_thw)[0]
+  return model.merge_embeddings(
+    input_ids,
+    pixel_values=pixel_values,
+    image_grid_thw=image_grid_thw,
+    pixel_values_videos=pixel_values_videos,
+    video_grid_thw=video_grid_thw,
+  )[0]
 
 
 # One program per (graphdef, prompt bucket, media shapes, grids); `_cache_size()` counts them.
-merge_jit = jax.jit(_merge, static_argnums=(0,), static_argnames=("image_grid_thw", "video_grid_thw"))
+merge_jit = jax.jit(
+  _merge, static_argnums=(0,), static_argnames=("image_grid_thw", "video_grid_thw")
+)
 
 
-def generate(model: Qwen2VLForConditionalGeneration, input_ids, attention_mask=None, *,
-             pixel_values=None, image_grid_thw=None, pixel_values_videos=None, video_grid_thw=None,
-             max_new_tokens: int, eos_token_id=None, pad_token_id: int | None = None,
-             temperature: float = 0.0, top_p: float = 1.0, rng: jax.Array | None = None,
-             min_bucket: int = 16):
+def generate(
+  model: Qwen2VLForConditionalGeneration,
+  input_ids,
+  attention_mask=None,
+  *,
+  pixel_values=None,
+  image_grid_thw=None,
+  pixel_values_videos=None,
+  video_grid_thw=None,
+  max_new_tokens: int,
+  eos_token_id=None,
+  pad_token_id: int | None = None,
+  temperature: float = 0.0,
+  top_p: float = 1.0,
+  rng: jax.Array | None = None,
+  min_bucket: int = 16,
+):
   """Image/video-conditioned generation for a left-padded batch (transformers' `generate`).
 
   The prompt's M-RoPE positions and deltas come from the concrete ids (`rope_index`); the prompt
@@ -653,6 +797,7 @@ def generate(model: Qwen2VLForConditionalGeneration, input_ids, attention_mask=N
   its text position + the row's delta. Returns `GenerateOutput(sequences, lengths)`.
   """
   from aotd_jax.models import generate as generate_lib  # pylint: disable=g-import-not-at-top
+
   cfg = model.config
   text = cfg.text_config
   eos_token_id = text.eos_token_id if eos_token_id is None else eos_token_id
@@ -661,14 +806,22 @@ def generate(model: Qwen2VLForConditionalGeneration, input_ids, attention_mask=N
   if ids.ndim != 2:
     raise ValueError(f"generate: input_ids must be (batch, length), got shape {ids.shape}")
   b, length = ids.shape
-  mask = np.ones((b, length), np.int32) if attention_mask is None else np.asarray(attention_mask, np.int32)
+  mask = (
+    np.ones((b, length), np.int32)
+    if attention_mask is None
+    else np.asarray(attention_mask, np.int32)
+  )
   if mask.shape != ids.shape:
-    raise ValueError(f"generate: attention_mask shape {mask.shape} does not match input_ids {ids.shape}")
+    raise ValueError(
+      f"generate: attention_mask shape {mask.shape} does not match input_ids {ids.shape}"
+    )
   video_grids = _static_grids(video_grid_thw)
   if pixel_values_videos is not None and video_grids is None:
     if np.ndim(pixel_values_videos) != 5:
-      raise ValueError("generate: pixel_values_videos without video_grid_thw must be frames "
-                       f"(batch, frames, channels, H, W), got shape {np.shape(pixel_values_videos)}")
+      raise ValueError(
+        "generate: pixel_values_videos without video_grid_thw must be frames "
+        f"(batch, frames, channels, H, W), got shape {np.shape(pixel_values_videos)}"
+      )
     n, hh, ww = np.shape(pixel_values_videos)[1], *np.shape(pixel_values_videos)[3:]
     grids = tuple([cfg.grid(n, hh, ww)] * np.shape(pixel_values_videos)[0])
   else:
@@ -677,7 +830,9 @@ def generate(model: Qwen2VLForConditionalGeneration, input_ids, attention_mask=N
   if pixel_values is not None:
     if image_grids is None:
       raise ValueError("generate: pixel_values need image_grid_thw")
-    _check_count(ids, cfg.image_token_id, sum(cfg.tokens(g) for g in image_grids), "image", image_grids)
+    _check_count(
+      ids, cfg.image_token_id, sum(cfg.tokens(g) for g in image_grids), "image", image_grids
+    )
   if grids is not None:
     _check_count(ids, cfg.video_token_id, sum(cfg.tokens(g) for g in grids), "video", grids)
   positions = deltas = None
@@ -689,22 +844,46 @@ def generate(model: Qwen2VLForConditionalGeneration, input_ids, attention_mask=N
   if positions is not None:
     positions = np.pad(positions, ((0, 0), (0, 0), (width - length, 0)), constant_values=1)
   graphdef, state = nnx.split(model)
-  embeds = merge_jit(graphdef, state, jnp.asarray(ids),
-                     None if pixel_values is None else jnp.asarray(pixel_values),
-                     None if pixel_values_videos is None else jnp.asarray(pixel_values_videos),
-                     image_grid_thw=image_grids, video_grid_thw=video_grids)
-  return generate_lib.generate(model.language_model, inputs_embeds=embeds, attention_mask=mask,
-                               max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
-                               pad_token_id=pad_token_id, temperature=temperature, top_p=top_p,
-                               rng=rng, min_bucket=min_bucket, position_ids=positions,
-                               position_deltas=deltas)
+  embeds = merge_jit(
+    graphdef,
+    state,
+    jnp.asarray(ids),
+    None if pixel_values is None else jnp.asarray(pixel_values),
+    None if pixel_values_videos is None else jnp.asarray(pixel_values_videos),
+    image_grid_thw=image_grids,
+    video_grid_thw=video_grids,
+  )
+  return generate_lib.generate(
+    model.language_model,
+    inputs_embeds=embeds,
+    attention_mask=mask,
+    max_new_tokens=max_new_tokens,
+    eos_token_id=eos_token_id,
+    pad_token_id=pad_token_id,
+    temperature=temperature,
+    top_p=top_p,
+    rng=rng,
+    min_bucket=min_bucket,
+    position_ids=positions,
+    position_deltas=deltas,
+  )
 
 
 def qwen2_vl_7b_config(**fields) -> Qwen2VLConfig:
   """`Qwen/Qwen2-VL-7B-Instruct`'s shapes (a 675M-parameter 32-block ViT, the Qwen2-7B LM; ~8.3B
   parameters) for random-weight benchmarks and shape checks; `fields` are other `Qwen2VLConfig`
   fields."""
-  text = qwen2_vl_text_config(vocab_size=152064, hidden_size=3584, intermediate_size=18944,
-                              num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
-                              rms_norm_eps=1e-6, rope_theta=1e6, mrope_section=(16, 24, 24))
-  return Qwen2VLConfig(vision_config=Qwen2VLVisionConfig(hidden_size=3584), text_config=text, **fields)
+  text = qwen2_vl_text_config(
+    vocab_size=152064,
+    hidden_size=3584,
+    intermediate_size=18944,
+    num_hidden_layers=28,
+    num_attention_heads=28,
+    num_key_value_heads=4,
+    rms_norm_eps=1e-6,
+    rope_theta=1e6,
+    mrope_section=(16, 24, 24),
+  )
+  return Qwen2VLConfig(
+    vision_config=Qwen2VLVisionConfig(hidden_size=3584), text_config=text, **fields
+  )

@@ -8,6 +8,7 @@ of a layer changes no parameter, so `remat_call` splits the layer into its graph
 runs `jax.checkpoint` over a pure function of the state, and never writes parameters back: the
 same recomputation in the backward pass, for trainable and frozen layers alike.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -16,8 +17,9 @@ import jax
 from flax import nnx
 
 
-def remat_call(fn: Callable[..., Any], module: nnx.Module, *args: Any,
-               policy: Callable[..., Any] | None = None) -> Any:
+def remat_call(
+  fn: Callable[..., Any], module: nnx.Module, *args: Any, policy: Callable[..., Any] | None = None
+) -> Any:
   """`fn(module, *args)` with the activations inside recomputed in the backward pass.
 
   Parameters are never written back. Other state the call changes (a dropout layer's RNG

@@ -16,6 +16,7 @@ Module and field names follow the official code, so its state dict maps one to o
 (`aotd_jax.hf.univtg`). Inputs and outputs keep the official names too (`src_vid`,
 `src_txt`, `pred_logits`, ...), since UniVTG has no transformers counterpart.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,6 +48,7 @@ class UniVTGConfig:
   t_feat_dim: text token feature width (CLIP ViT-B/32 text tower hidden size, 512).
   clip_length: seconds per video clip (one feature vector each).
   """
+
   v_feat_dims: tuple[int, ...] = (2304, 512)
   use_tef: bool = True
   t_feat_dim: int = 512
@@ -69,8 +71,9 @@ class UniVTGConfig:
 
   def __post_init__(self):
     if self.hidden_dim % self.nheads or self.hidden_dim % 2:
-      raise ValueError(f"hidden_dim={self.hidden_dim} must be even and divisible by "
-                       f"nheads={self.nheads}")
+      raise ValueError(
+        f"hidden_dim={self.hidden_dim} must be even and divisible by nheads={self.nheads}"
+      )
     if not 1 <= self.n_input_proj <= 3:
       raise ValueError(f"n_input_proj={self.n_input_proj}: must be 1, 2 or 3")
 
@@ -81,6 +84,7 @@ class UniVTGOutput:
   pred_spans: (start, end) offsets from each clip's anchor, normalised by the video length,
   (B, Lv, 2); saliency_scores: (B, Lv), padded clips at about -103; vid_mem_proj (B, Lv, d)
   and txt_mem_proj (B, 1, d): the embeddings the saliency is computed from."""
+
   pred_logits: jax.Array
   pred_spans: jax.Array
   saliency_scores: jax.Array
@@ -91,8 +95,9 @@ class UniVTGOutput:
 
 def _linear(opt: ComputeOptions, din, dout, axes, *, rngs, init=None):
   """A dense layer with xavier-uniform init (the official `init_weights`) unless `init` is given."""
-  return dense_for(opt, din, dout, axes, rngs=rngs,
-                   kernel_init=init or nnx.initializers.xavier_uniform())
+  return dense_for(
+    opt, din, dout, axes, rngs=rngs, kernel_init=init or nnx.initializers.xavier_uniform()
+  )
 
 
 def _layer_norm(opt: ComputeOptions, dim, *, rngs):
@@ -102,15 +107,17 @@ def _layer_norm(opt: ComputeOptions, dim, *, rngs):
 class LinearLayer(nnx.Module):
   """LayerNorm -> dropout -> Linear -> (ReLU): the official input projector block."""
 
-  def __init__(self, cfg: UniVTGConfig, opt: ComputeOptions, din: int, dout: int, relu: bool, *,
-               rngs: nnx.Rngs):
+  def __init__(
+    self, cfg: UniVTGConfig, opt: ComputeOptions, din: int, dout: int, relu: bool, *, rngs: nnx.Rngs
+  ):
     self.relu = relu
     self.LayerNorm = _layer_norm(opt, din, rngs=rngs)
     self.dropout = nnx.Dropout(cfg.input_dropout, rngs=rngs)
     # Official init (init_weights is not applied to these): torch's default Linear init;
     # a scaled normal is close enough for training from scratch.
-    self.linear = _linear(opt, din, dout, ("embed", "mlp"), rngs=rngs,
-                          init=nnx.initializers.lecun_normal())
+    self.linear = _linear(
+      opt, din, dout, ("embed", "mlp"), rngs=rngs, init=nnx.initializers.lecun_normal()
+    )
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x = self.linear(self.dropout(self.LayerNorm(x)))
@@ -133,11 +140,11 @@ class MultiheadAttention(nnx.Module):
     w = self.in_proj.kernel[...]
     bias = self.in_proj.bias[...]
     q = qk @ w[:, :d] + bias[:d]
-    k = qk @ w[:, d:2 * d] + bias[d:2 * d]
-    val = v @ w[:, 2 * d:] + bias[2 * d:]
+    k = qk @ w[:, d : 2 * d] + bias[d : 2 * d]
+    val = v @ w[:, 2 * d :] + bias[2 * d :]
     split = lambda t: t.reshape(b, l, self.num_heads, self.head_dim)
     q, k, val = split(q), split(k), split(val)
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q * (self.head_dim ** -0.5), k).astype(jnp.float32)
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q * (self.head_dim**-0.5), k).astype(jnp.float32)
     scores = jnp.where(key_mask[:, None, None, :], scores, -jnp.inf)
     probs = self.attn_dropout(jax.nn.softmax(scores, axis=-1)).astype(val.dtype)
     out = jnp.einsum("bhqk,bkhd->bqhd", probs, val).reshape(b, l, d)
@@ -170,15 +177,17 @@ class TransformerEncoderLayer(nnx.Module):
 class TransformerEncoder(nnx.Module):
   def __init__(self, cfg: UniVTGConfig, opt: ComputeOptions, *, rngs: nnx.Rngs):
     self.options = opt
-    self.layers = nnx.List([TransformerEncoderLayer(cfg, opt, rngs=rngs)
-                            for _ in range(cfg.enc_layers)])
+    self.layers = nnx.List(
+      [TransformerEncoderLayer(cfg, opt, rngs=rngs) for _ in range(cfg.enc_layers)]
+    )
 
   def __call__(self, src, key_mask, pos):
     opt = self.options
     for layer in self.layers:
       if opt.remat_enabled:
-        src = remat_call(lambda m, s, k, p: m(s, k, p), layer, src, key_mask, pos,
-                         policy=opt.checkpoint_policy())
+        src = remat_call(
+          lambda m, s, k, p: m(s, k, p), layer, src, key_mask, pos, policy=opt.checkpoint_policy()
+        )
       else:
         src = layer(src, key_mask, pos)
     return src
@@ -197,17 +206,36 @@ class Transformer(nnx.Module):
 class Conv(nnx.Module):
   """Three 1-D convolutions (kernel 3, zero 'same' padding) over clips, ReLU between."""
 
-  def __init__(self, opt: ComputeOptions, din: int, dhid: int, dout: int, num_layers: int = 3,
-               kernel_size: int = 3, *, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    opt: ComputeOptions,
+    din: int,
+    dhid: int,
+    dout: int,
+    num_layers: int = 3,
+    kernel_size: int = 3,
+    *,
+    rngs: nnx.Rngs,
+  ):
     dims = [din] + [dhid] * (num_layers - 1) + [dout]
-    self.layers = nnx.List([
-      nnx.Conv(i, o, kernel_size=(kernel_size,), padding=[(kernel_size // 2,) * 2],
-               dtype=opt.dtype, param_dtype=opt.param_dtype,
-               kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(),
-                                                 (None, "conv_in", "conv_out")),
-               bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("conv_out",)),
-               rngs=rngs)
-      for i, o in zip(dims[:-1], dims[1:])])
+    self.layers = nnx.List(
+      [
+        nnx.Conv(
+          i,
+          o,
+          kernel_size=(kernel_size,),
+          padding=[(kernel_size // 2,) * 2],
+          dtype=opt.dtype,
+          param_dtype=opt.param_dtype,
+          kernel_init=nnx.with_partitioning(
+            nnx.initializers.lecun_normal(), (None, "conv_in", "conv_out")
+          ),
+          bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("conv_out",)),
+          rngs=rngs,
+        )
+        for i, o in zip(dims[:-1], dims[1:])
+      ]
+    )
 
   def __call__(self, x: jax.Array) -> jax.Array:
     for i, layer in enumerate(self.layers):
@@ -222,9 +250,13 @@ class TrainablePositionalEncoding(nnx.Module):
 
   def __init__(self, cfg: UniVTGConfig, opt: ComputeOptions, *, rngs: nnx.Rngs):
     self.position_embeddings = nnx.Embed(
-      cfg.max_q_l, cfg.hidden_dim, dtype=opt.dtype, param_dtype=opt.param_dtype,
+      cfg.max_q_l,
+      cfg.hidden_dim,
+      dtype=opt.dtype,
+      param_dtype=opt.param_dtype,
       embedding_init=nnx.with_partitioning(nnx.initializers.normal(0.02), (None, "embed")),
-      rngs=rngs)
+      rngs=rngs,
+    )
     self.LayerNorm = _layer_norm(opt, cfg.hidden_dim, rngs=rngs)
     self.dropout = nnx.Dropout(cfg.input_dropout, rngs=rngs)
 
@@ -257,9 +289,11 @@ class WeightedPool(nnx.Module):
   """Attention pooling of text tokens into one sentence vector (learned scoring vector)."""
 
   def __init__(self, cfg: UniVTGConfig, opt: ComputeOptions, *, rngs: nnx.Rngs):
-    self.weight = nnx.Param(nnx.with_partitioning(nnx.initializers.xavier_uniform(),
-                                                  ("embed", None))(
-      rngs.params(), (cfg.hidden_dim, 1), jnp.dtype(opt.param_dtype)))
+    self.weight = nnx.Param(
+      nnx.with_partitioning(nnx.initializers.xavier_uniform(), ("embed", None))(
+        rngs.params(), (cfg.hidden_dim, 1), jnp.dtype(opt.param_dtype)
+      )
+    )
 
   def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
     alpha = (x @ self.weight[...])[..., 0]  # (B, Lt)
@@ -276,32 +310,42 @@ class UniVTG(nnx.Module):
   1 for valid positions. Dropout is active after `model.train()`, off after `model.eval()`.
   """
 
-  def __init__(self, config: UniVTGConfig, *, options: ComputeOptions = ComputeOptions(),
-               rngs: nnx.Rngs):
+  def __init__(
+    self, config: UniVTGConfig, *, options: ComputeOptions = ComputeOptions(), rngs: nnx.Rngs
+  ):
     self.config = cfg = config
     self.options = opt = options
     d = cfg.hidden_dim
     self.transformer = Transformer(cfg, opt, rngs=rngs)
     self.txt_position_embed = TrainablePositionalEncoding(cfg, opt, rngs=rngs)
     self.token_type_embeddings = nnx.Embed(
-      2, d, dtype=opt.dtype, param_dtype=opt.param_dtype,
+      2,
+      d,
+      dtype=opt.dtype,
+      param_dtype=opt.param_dtype,
       embedding_init=nnx.with_partitioning(nnx.initializers.normal(0.02), (None, "embed")),
-      rngs=rngs)
+      rngs=rngs,
+    )
     self.span_embed = Conv(opt, d, d, 2, rngs=rngs)
     self.class_embed = Conv(opt, d, d, 1, rngs=rngs)
     relu = [True, True, True]
     relu[cfg.n_input_proj - 1] = False
     txt_dims = [cfg.t_feat_dim] + [d] * cfg.n_input_proj
     vid_dims = [cfg.v_feat_dim] + [d] * cfg.n_input_proj
-    self.input_txt_proj = nnx.List([LinearLayer(cfg, opt, txt_dims[i], d, relu[i], rngs=rngs)
-                                    for i in range(cfg.n_input_proj)])
-    self.input_vid_proj = nnx.List([LinearLayer(cfg, opt, vid_dims[i], d, relu[i], rngs=rngs)
-                                    for i in range(cfg.n_input_proj)])
+    self.input_txt_proj = nnx.List(
+      [LinearLayer(cfg, opt, txt_dims[i], d, relu[i], rngs=rngs) for i in range(cfg.n_input_proj)]
+    )
+    self.input_vid_proj = nnx.List(
+      [LinearLayer(cfg, opt, vid_dims[i], d, relu[i], rngs=rngs) for i in range(cfg.n_input_proj)]
+    )
     self.weightedpool = WeightedPool(cfg, opt, rngs=rngs)
 
   def __call__(self, src_txt, src_txt_mask, src_vid, src_vid_mask) -> UniVTGOutput:
     cfg = self.config
-    src_vid, src_txt = jnp.asarray(src_vid, self.options.dtype), jnp.asarray(src_txt, self.options.dtype)
+    src_vid, src_txt = (
+      jnp.asarray(src_vid, self.options.dtype),
+      jnp.asarray(src_txt, self.options.dtype),
+    )
     if src_vid.ndim != 3 or src_vid.shape[-1] != cfg.v_feat_dim:
       raise ValueError(f"src_vid must be (batch, clips, {cfg.v_feat_dim}), got {src_vid.shape}")
     if src_txt.ndim != 3 or src_txt.shape[-1] != cfg.t_feat_dim:
@@ -311,8 +355,10 @@ class UniVTG(nnx.Module):
     vid_mask = jnp.asarray(src_vid_mask).astype(jnp.float32)
     txt_mask = jnp.asarray(src_txt_mask).astype(jnp.float32)
     if vid_mask.shape != src_vid.shape[:2] or txt_mask.shape != src_txt.shape[:2]:
-      raise ValueError(f"mask shapes {vid_mask.shape} / {txt_mask.shape} do not match features "
-                       f"{src_vid.shape[:2]} / {src_txt.shape[:2]}")
+      raise ValueError(
+        f"mask shapes {vid_mask.shape} / {txt_mask.shape} do not match features "
+        f"{src_vid.shape[:2]} / {src_txt.shape[:2]}"
+      )
     src_vid = constrain(src_vid, ("activation_batch", "activation_length", None))
     for layer in self.input_vid_proj:
       src_vid = layer(src_vid)
@@ -325,11 +371,10 @@ class UniVTG(nnx.Module):
     src = jnp.concatenate([src_vid, src_txt], axis=1)
     key_mask = jnp.concatenate([vid_mask, txt_mask], axis=1) > 0
     pos_vid = sine_position_embedding(vid_mask, cfg.hidden_dim).astype(src.dtype)
-    pos_txt = (self.txt_position_embed(src_txt) if cfg.use_txt_pos
-               else jnp.zeros_like(src_txt))
+    pos_txt = self.txt_position_embed(src_txt) if cfg.use_txt_pos else jnp.zeros_like(src_txt)
     pos = jnp.concatenate([pos_vid, pos_txt], axis=1)
     memory = self.transformer(src, key_mask, pos)
-    vid_mem = memory[:, :src_vid.shape[1]]
+    vid_mem = memory[:, : src_vid.shape[1]]
 
     pred_logits = jax.nn.sigmoid(self.class_embed(vid_mem).astype(jnp.float32))
     pred_spans = jax.nn.sigmoid(self.span_embed(vid_mem).astype(jnp.float32))
@@ -338,5 +383,11 @@ class UniVTG(nnx.Module):
     txt_mem_proj = self.weightedpool(src_txt, txt_mask)[:, None]
     sim = cosine_similarity(src_vid.astype(jnp.float32), txt_mem_proj.astype(jnp.float32))
     saliency = sim + jnp.where(vid_mask > 0, 0.0, _LOG_TINY)
-    return UniVTGOutput(pred_logits=pred_logits, pred_spans=pred_spans, saliency_scores=saliency,
-                        vid_mem_proj=src_vid, txt_mem_proj=txt_mem_proj, src_vid_mask=vid_mask)
+    return UniVTGOutput(
+      pred_logits=pred_logits,
+      pred_spans=pred_spans,
+      saliency_scores=saliency,
+      vid_mem_proj=src_vid,
+      txt_mem_proj=txt_mem_proj,
+      src_vid_mask=vid_mask,
+    )

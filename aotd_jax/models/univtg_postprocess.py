@@ -11,6 +11,7 @@ Conventions of the official code (showlab/UniVTG, `main/dataset.py`, `main/infer
   with it, so we keep it.) A moment predicted at clip i is
   `(anchor_i + pred_spans[i]) * duration`, scored by `pred_logits[i]`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,8 +24,13 @@ import numpy as np
 from aotd_jax.models.univtg import UniVTGOutput, cosine_similarity
 
 # Loss weights of the released pre-training script (scripts/pretrain.sh).
-DEFAULT_LOSS_WEIGHTS = {"loss_b": 10.0, "loss_g": 1.0, "loss_f": 10.0, "loss_s_intra": 0.1,
-                        "loss_s_inter": 0.1}
+DEFAULT_LOSS_WEIGHTS = {
+  "loss_b": 10.0,
+  "loss_g": 1.0,
+  "loss_f": 10.0,
+  "loss_s_intra": 0.1,
+  "loss_s_inter": 0.1,
+}
 
 # ------------------------------------------------------------------------------ inputs
 
@@ -48,13 +54,19 @@ def _pad(seqs: Sequence[np.ndarray], length: int) -> tuple[np.ndarray, np.ndarra
   out = np.zeros((len(seqs), length, seqs[0].shape[-1]), np.float32)
   mask = np.zeros((len(seqs), length), np.float32)
   for i, s in enumerate(seqs):
-    out[i, :len(s)], mask[i, :len(s)] = s, 1.0
+    out[i, : len(s)], mask[i, : len(s)] = s, 1.0
   return out, mask
 
 
-def batch_inputs(videos: Sequence[np.ndarray | Sequence[np.ndarray]],
-                 queries: Sequence[np.ndarray], *, use_tef: bool = True, normalize: bool = True,
-                 pad_video_to: int | None = None, pad_text_to: int | None = None) -> dict:
+def batch_inputs(
+  videos: Sequence[np.ndarray | Sequence[np.ndarray]],
+  queries: Sequence[np.ndarray],
+  *,
+  use_tef: bool = True,
+  normalize: bool = True,
+  pad_video_to: int | None = None,
+  pad_text_to: int | None = None,
+) -> dict:
   """Model inputs for a batch: `src_vid`, `src_vid_mask`, `src_txt`, `src_txt_mask` (numpy).
 
   videos: per video, one (L, D) array or a list of feature blocks [(L, D1), (L, D2), ...]
@@ -63,14 +75,17 @@ def batch_inputs(videos: Sequence[np.ndarray | Sequence[np.ndarray]],
   pad_*_to: pad to a fixed length (bucket) so a jitted model compiles once.
   """
   if len(videos) != len(queries) or not videos:
-    raise ValueError(f"need as many queries as videos (>0), got {len(videos)} videos and "
-                     f"{len(queries)} queries")
+    raise ValueError(
+      f"need as many queries as videos (>0), got {len(videos)} videos and {len(queries)} queries"
+    )
   vids = []
   for i, v in enumerate(videos):
     blocks = [np.asarray(b, np.float32) for b in ([v] if isinstance(v, np.ndarray) else v)]
     if any(b.ndim != 2 or len(b) == 0 for b in blocks):
-      raise ValueError(f"video {i}: feature blocks must be non-empty (L, D) arrays, got "
-                       f"{[b.shape for b in blocks]}")
+      raise ValueError(
+        f"video {i}: feature blocks must be non-empty (L, D) arrays, got "
+        f"{[b.shape for b in blocks]}"
+      )
     n = min(len(b) for b in blocks)
     feats = [(_l2(b[:n]) if normalize else b[:n]) for b in blocks]
     if use_tef:
@@ -80,18 +95,25 @@ def batch_inputs(videos: Sequence[np.ndarray | Sequence[np.ndarray]],
   for i, q in enumerate(queries):
     q = np.asarray(q, np.float32)
     if q.ndim != 2 or len(q) == 0:
-      raise ValueError(f"query {i}: token features must be a non-empty (Lt, D) array, "
-                       f"got {q.shape}")
+      raise ValueError(
+        f"query {i}: token features must be a non-empty (Lt, D) array, got {q.shape}"
+      )
     txts.append(_l2(q) if normalize else q)
   lv = max(len(v) for v in vids) if pad_video_to is None else pad_video_to
   lt = max(len(t) for t in txts) if pad_text_to is None else pad_text_to
   if any(len(v) > lv for v in vids) or any(len(t) > lt for t in txts):
-    raise ValueError(f"pad_video_to={pad_video_to} / pad_text_to={pad_text_to} is shorter than "
-                     "the longest video / query")
+    raise ValueError(
+      f"pad_video_to={pad_video_to} / pad_text_to={pad_text_to} is shorter than "
+      "the longest video / query"
+    )
   src_vid, src_vid_mask = _pad(vids, lv)
   src_txt, src_txt_mask = _pad(txts, lt)
-  return {"src_vid": src_vid, "src_vid_mask": src_vid_mask, "src_txt": src_txt,
-          "src_txt_mask": src_txt_mask}
+  return {
+    "src_vid": src_vid,
+    "src_vid_mask": src_vid_mask,
+    "src_txt": src_txt,
+    "src_txt_mask": src_txt_mask,
+  }
 
 
 # ------------------------------------------------------------------------------ clips
@@ -119,9 +141,14 @@ def clip_row_indices(times: np.ndarray, span_seconds: float, clip_length: float)
 # ------------------------------------------------------------------------------ targets
 
 
-def moment_targets(windows: Sequence[Sequence[Sequence[float]]], num_clips: Sequence[int],
-                   clip_length: float, *, pad_to: int | None = None,
-                   rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+def moment_targets(
+  windows: Sequence[Sequence[Sequence[float]]],
+  num_clips: Sequence[int],
+  clip_length: float,
+  *,
+  pad_to: int | None = None,
+  rng: np.random.Generator | None = None,
+) -> dict[str, np.ndarray]:
   """Training targets for moment retrieval, as the official `DatasetMR` builds them.
 
   windows: per sample, a list of [start, end] seconds; num_clips: per sample, its valid L.
@@ -133,16 +160,20 @@ def moment_targets(windows: Sequence[Sequence[Sequence[float]]], num_clips: Sequ
   rng = rng or np.random.default_rng(0)
   big_l = max(num_clips) if pad_to is None else pad_to
   b = len(num_clips)
-  out = {"timestamp": np.zeros((b, big_l, 2), np.float32),
-         "timestamp_mask": np.zeros((b, big_l), np.float32),
-         "timestamp_window": np.zeros((b, big_l), np.float32),
-         "span_labels_nn": np.zeros((b, big_l, 2), np.float32),
-         "saliency_pos_labels": np.zeros((b,), np.int32)}
+  out = {
+    "timestamp": np.zeros((b, big_l, 2), np.float32),
+    "timestamp_mask": np.zeros((b, big_l), np.float32),
+    "timestamp_window": np.zeros((b, big_l), np.float32),
+    "span_labels_nn": np.zeros((b, big_l, 2), np.float32),
+    "saliency_pos_labels": np.zeros((b,), np.int32),
+  }
   for i, (wins, n) in enumerate(zip(windows, num_clips)):
     wins = np.asarray(wins, np.float32).reshape(-1, 2)
     if n > big_l or n < 1 or len(wins) == 0 or np.any(wins[:, 1] < wins[:, 0]):
-      raise ValueError(f"sample {i}: need 1 <= num_clips <= {big_l} and windows with "
-                       f"start <= end, got num_clips={n}, windows={wins.tolist()}")
+      raise ValueError(
+        f"sample {i}: need 1 <= num_clips <= {big_l} and windows with "
+        f"start <= end, got num_clips={n}, windows={wins.tolist()}"
+      )
     anchor = clip_anchors(n, clip_length)
     wts = wins / (n * clip_length)
     nn = np.zeros((n, 2), np.float32)
@@ -180,8 +211,14 @@ def _smooth_l1(x: jax.Array, y: jax.Array) -> jax.Array:
   return jnp.where(d < 1.0, 0.5 * d * d, d - 0.5)
 
 
-def univtg_losses(out: UniVTGOutput, targets: dict, *, weights: dict | None = None,
-                  eos_coef: float = 0.1, temperature: float = 0.07) -> tuple[jax.Array, dict]:
+def univtg_losses(
+  out: UniVTGOutput,
+  targets: dict,
+  *,
+  weights: dict | None = None,
+  eos_coef: float = 0.1,
+  temperature: float = 0.07,
+) -> tuple[jax.Array, dict]:
   """The official criterion (spans, labels, saliency): returns (weighted total, parts).
 
   loss_b: smooth-L1 of predicted vs target (start, end) on clips inside the moment;
@@ -208,8 +245,10 @@ def univtg_losses(out: UniVTGOutput, targets: dict, *, weights: dict | None = No
   pos_feats = vid[rows, pos]
   unit = lambda x: x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-8)
   sim = unit(pos_feats) @ unit(txt).T / temperature
-  loss_inter = -(jnp.diag(jax.nn.log_softmax(sim, axis=1)).mean()
-                 + jnp.diag(jax.nn.log_softmax(sim.T, axis=1)).mean())
+  loss_inter = -(
+    jnp.diag(jax.nn.log_softmax(sim, axis=1)).mean()
+    + jnp.diag(jax.nn.log_softmax(sim.T, axis=1)).mean()
+  )
   scores = jnp.asarray(targets["saliency_scores"])
   neg = (scores < scores[rows, pos][:, None]).at[rows, pos].set(True)
   valid = neg & (mask > 0)
@@ -218,8 +257,13 @@ def univtg_losses(out: UniVTGOutput, targets: dict, *, weights: dict | None = No
   loss_j = jax.nn.log_softmax(sim_in.T / temperature, axis=1)[pos, rows].mean()
   loss_intra = -(loss_i + loss_j)
 
-  parts = {"loss_b": loss_b, "loss_g": loss_g, "loss_f": loss_f, "loss_s_inter": loss_inter,
-           "loss_s_intra": loss_intra}
+  parts = {
+    "loss_b": loss_b,
+    "loss_g": loss_g,
+    "loss_f": loss_f,
+    "loss_s_inter": loss_inter,
+    "loss_s_intra": loss_intra,
+  }
   total = sum(weights.get(k, 0.0) * v for k, v in parts.items())
   return total, parts
 
@@ -241,8 +285,9 @@ def _hull_iou(a, b) -> float:
   return inter / hull if hull > 0 else 0.0
 
 
-def temporal_nms(windows: Sequence[Sequence[float]], nms_thd: float,
-                 max_after_nms: int = 100) -> list[list[float]]:
+def temporal_nms(
+  windows: Sequence[Sequence[float]], nms_thd: float, max_after_nms: int = 100
+) -> list[list[float]]:
   """Greedy NMS of [start, end, score] rows, as the official `temporal_nms`."""
   rest = sorted((list(map(float, w)) for w in windows), key=lambda w: -w[2])
   kept = []
@@ -257,6 +302,7 @@ def temporal_nms(windows: Sequence[Sequence[float]], nms_thd: float,
 class MomentPrediction:
   """Per query: `pred_relevant_windows` [[start_s, end_s, score], ...] best first (official
   name), `pred_saliency_scores` per valid clip, and `duration` in seconds."""
+
   pred_relevant_windows: list[list[float]]
   pred_saliency_scores: list[float]
   duration: float
@@ -265,9 +311,15 @@ class MomentPrediction:
     return dataclasses.asdict(self)
 
 
-def decode_moments(out: UniVTGOutput, *, clip_length: float,
-                   durations: Sequence[float] | None = None, nms_thd: float | None = 0.7,
-                   max_before_nms: int = 10, top_k: int = 5) -> list[MomentPrediction]:
+def decode_moments(
+  out: UniVTGOutput,
+  *,
+  clip_length: float,
+  durations: Sequence[float] | None = None,
+  nms_thd: float | None = 0.7,
+  max_before_nms: int = 10,
+  top_k: int = 5,
+) -> list[MomentPrediction]:
   """Dense predictions -> top-k moments per query (seconds), with temporal NMS.
 
   durations: per video in seconds (default: valid clips x clip_length). Windows are
@@ -291,8 +343,11 @@ def decode_moments(out: UniVTGOutput, *, clip_length: float,
     rows.sort(key=lambda r: -r[2])
     if nms_thd is not None:
       rows = temporal_nms(rows[:max_before_nms], nms_thd, max_after_nms=top_k)
-    results.append(MomentPrediction([[round(v, 4) for v in r] for r in rows[:top_k]],
-                                    [float(s) for s in sal[i, :n]], duration))
+    results.append(
+      MomentPrediction(
+        [[round(v, 4) for v in r] for r in rows[:top_k]], [float(s) for s in sal[i, :n]], duration
+      )
+    )
   return results
 
 

@@ -15,6 +15,7 @@ reply that is valid for the prompt it recognises (AoTD's prompt files and the se
 an unrecognised prompt is answered "unrecognised prompt" and counted, so a prompt change
 shows up in the rehearsal's checks rather than as a silent pass.
 """
+
 from __future__ import annotations
 
 import http.server
@@ -41,8 +42,10 @@ def classify(text: str) -> str:
     return "rewrite"
   if "Turn the trace into a natural-language rationale" in text:
     return "rewrite_official"
-  if ("Reply with the letter of the best option only" in text
-      or "Reply with the letter of the best option from the given choices only" in text):
+  if (
+    "Reply with the letter of the best option only" in text
+    or "Reply with the letter of the best option from the given choices only" in text
+  ):
     return "selector"
   if "You compare a predicted answer" in text:
     return "judge_answer"
@@ -86,13 +89,15 @@ class Replies:
       trace = text.split("Trace:", 1)[-1].split("Final answer:", 1)[0].strip()
       answer = text.split("Final answer:", 1)[-1].split("Rationale:", 1)[0].strip()
       # a short rationale (about 100 words: the length of the paper's), not the whole trace
-      steps = [f"I see that {line.strip()[:120]}." for line in trace.splitlines()
-               if line.strip()][:4]
+      steps = [f"I see that {line.strip()[:120]}." for line in trace.splitlines() if line.strip()][
+        :4
+      ]
       return " ".join(steps + [f"So the answer is {answer}."])
     if kind == "rewrite_official":
       trace = text.split("Execution trace:", 1)[-1].split("Rationale:", 1)[0].strip()
-      steps = [f"I see that {line.strip()[:120]}." for line in trace.splitlines()
-               if line.strip()][:4]
+      steps = [f"I see that {line.strip()[:120]}." for line in trace.splitlines() if line.strip()][
+        :4
+      ]
       gold = self.answers.get(_field(text, "Question"))
       return " ".join(steps + [f"So the answer is {gold.rstrip('.')}." if gold else ""]).strip()
     if kind == "selector":
@@ -157,15 +162,31 @@ class StubServer:
         try:
           body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
           messages = body["messages"]
-          text = "\n".join(m["content"] if isinstance(m["content"], str) else
-                           " ".join(p.get("text", "") for p in m["content"]) for m in messages)
+          text = "\n".join(
+            m["content"]
+            if isinstance(m["content"], str)
+            else " ".join(p.get("text", "") for p in m["content"])
+            for m in messages
+          )
         except (ValueError, KeyError, TypeError) as e:
           self._send(400, {"error": {"message": f"bad request: {e}"}})
           return
         content = outer.replies.reply(text)
-        self._send(200, {"id": "stub", "object": "chat.completion", "model": outer.model,
-                         "choices": [{"index": 0, "finish_reason": "stop",
-                                      "message": {"role": "assistant", "content": content}}]})
+        self._send(
+          200,
+          {
+            "id": "stub",
+            "object": "chat.completion",
+            "model": outer.model,
+            "choices": [
+              {
+                "index": 0,
+                "finish_reason": "stop",
+                "message": {"role": "assistant", "content": content},
+              }
+            ],
+          },
+        )
 
     self._server = _Server(("127.0.0.1", 0), Handler)
     self._server.daemon_threads = True

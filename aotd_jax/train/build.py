@@ -1,4 +1,5 @@
 """Builds the trainer's inputs from a config: the student (HF directory or fresh init) and data."""
+
 from __future__ import annotations
 
 import json
@@ -18,13 +19,18 @@ def load_vision_init(path: str) -> tuple[dict, nnx.Module]:
   """(HF `vision_config` dict, `CLIPVisionTransformer`) of the CLIP directory `path` (a
   `CLIPModel` or `CLIPVisionModel` in HF layout): a student's pretrained vision tower."""
   from aotd_jax.hf.clip import _vision_to_hf
+
   if not os.path.isfile(os.path.join(str(path), "config.json")):
-    raise ValueError(f"vision_init={path!r}: no config.json (expected a CLIP directory in HF "
-                     "layout, e.g. the demo's experts/encoder)")
+    raise ValueError(
+      f"vision_init={path!r}: no config.json (expected a CLIP directory in HF "
+      "layout, e.g. the demo's experts/encoder)"
+    )
   clip_model = hf.from_pretrained(str(path))
   if not hasattr(clip_model, "vision_model"):
-    raise ValueError(f"vision_init={path!r}: {type(clip_model).__name__} is not a CLIP model "
-                     "(CLIPModel / CLIPVisionModel)")
+    raise ValueError(
+      f"vision_init={path!r}: {type(clip_model).__name__} is not a CLIP model "
+      "(CLIPModel / CLIPVisionModel)"
+    )
   vc = getattr(clip_model.config, "vision_config", clip_model.config)
   hf_vision = {k: v for k, v in _vision_to_hf(vc).items() if k != "architectures"}
   return hf_vision, clip_model.vision_model
@@ -52,12 +58,14 @@ def build_student(cfg, *, mesh: Mesh, seed: int = 0) -> nnx.Module:
   hf_init, tower = dict(cfg.init), None
   if cfg.get("vision_init"):
     if "vision_config" not in hf_init:
-      raise ValueError(f"vision_init={cfg.vision_init!r}: architecture {cfg.architecture} has "
-                       "no vision tower")
+      raise ValueError(
+        f"vision_init={cfg.vision_init!r}: architecture {cfg.architecture} has no vision tower"
+      )
     hf_init["vision_config"], tower = load_vision_init(cfg.vision_init)
   config = adapter.config_from_hf(hf_init)
-  abstract = nnx.eval_shape(lambda: adapter.model_class(config, options=options,
-                                                        rngs=nnx.Rngs(seed)))
+  abstract = nnx.eval_shape(
+    lambda: adapter.model_class(config, options=options, rngs=nnx.Rngs(seed))
+  )
   graphdef, abstract_state = nnx.split(abstract)
   shardings = sharding_lib.state_shardings(abstract_state, mesh)
 
@@ -69,8 +77,9 @@ def build_student(cfg, *, mesh: Mesh, seed: int = 0) -> nnx.Module:
   model = nnx.merge(graphdef, state)
   if tower is not None:
     target = model.vision_tower.vision_model
-    placed = jax.tree.map(lambda new, old: jax.device_put(new, old.sharding),
-                          nnx.state(tower), nnx.state(target))
+    placed = jax.tree.map(
+      lambda new, old: jax.device_put(new, old.sharding), nnx.state(tower), nnx.state(target)
+    )
     nnx.update(target, placed)
   return model
 
@@ -80,6 +89,7 @@ def write_hf_config(model: nnx.Module, directory: str) -> None:
   rebuild the model without the training config."""
   hf_config = hf_api.hf_config_of(model)
   from aotd_jax.train.checkpoint import as_path
+
   directory = as_path(directory)  # local, gs:// or any fsspec filesystem
   directory.mkdir(parents=True, exist_ok=True)
   tmp = directory / "hf_config.json.tmp"

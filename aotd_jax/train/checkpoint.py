@@ -7,6 +7,7 @@ on its own next batch). Saves are asynchronous; the manager keeps the newest `ma
 steps and never leaves a half-written step behind. Directories are `etils.epath` paths: local,
 `gs://` (with the `gcs` extra) or any fsspec filesystem Orbax can write.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -45,8 +46,9 @@ class PerProcessJsonHandler(ocp.CheckpointHandler):
     if not path.exists():
       found = sorted(p.name for p in epath.Path(directory).glob("process_*.json"))
       raise FileNotFoundError(
-          f"{path}: no data-iterator state for this process ({count} processes now; the "
-          f"checkpoint holds {found or 'none'}): resume on the same number of hosts")
+        f"{path}: no data-iterator state for this process ({count} processes now; the "
+        f"checkpoint holds {found or 'none'}): resume on the same number of hosts"
+      )
     return json.loads(path.read_text())
 
   def metadata(self, directory: epath.Path) -> None:
@@ -69,12 +71,16 @@ class PerProcessJsonRestore(ocp.args.CheckpointArgs):
 class Checkpointer:
   """Thin wrapper over `ocp.CheckpointManager` with AoTD's composite item."""
 
-  def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 3, async_save: bool = True):
+  def __init__(
+    self, directory: str | os.PathLike, *, max_to_keep: int = 3, async_save: bool = True
+  ):
     self.directory = as_path(directory)
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True)
+      max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True
+    )
     self._manager = ocp.CheckpointManager(
-        self.directory, options=options, item_names=("model", "opt_state", "meta", "data"))
+      self.directory, options=options, item_names=("model", "opt_state", "meta", "data")
+    )
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -82,14 +88,22 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
 
-  def save(self, step: int, *, model: Any, opt_state: Any, meta: dict, data: dict | None,
-           force: bool = False) -> bool:
+  def save(
+    self,
+    step: int,
+    *,
+    model: Any,
+    opt_state: Any,
+    meta: dict,
+    data: dict | None,
+    force: bool = False,
+  ) -> bool:
     """Starts an (async) save of step `step`; returns whether a save was started."""
     args = ocp.args.Composite(
-        model=ocp.args.StandardSave(model),
-        opt_state=ocp.args.StandardSave(opt_state),
-        meta=ocp.args.JsonSave(meta),
-        data=PerProcessJsonSave(dict(data or {})),
+      model=ocp.args.StandardSave(model),
+      opt_state=ocp.args.StandardSave(opt_state),
+      meta=ocp.args.JsonSave(meta),
+      data=PerProcessJsonSave(dict(data or {})),
     )
     return self._manager.save(step, args=args, force=force)
 
@@ -106,14 +120,22 @@ class Checkpointer:
     if step is None:
       raise FileNotFoundError(f"{self.directory}: no checkpoint to restore")
     to_abstract = lambda t: jax.tree.map(ocp.utils.to_shape_dtype_struct, t)
-    restored = self._manager.restore(step, args=ocp.args.Composite(
+    restored = self._manager.restore(
+      step,
+      args=ocp.args.Composite(
         model=ocp.args.StandardRestore(to_abstract(model)),
         opt_state=ocp.args.StandardRestore(to_abstract(opt_state)),
         meta=ocp.args.JsonRestore(),
         data=PerProcessJsonRestore(),
-    ))
-    return {"step": step, "model": restored["model"], "opt_state": restored["opt_state"],
-            "meta": restored["meta"], "data": restored["data"]}
+      ),
+    )
+    return {
+      "step": step,
+      "model": restored["model"],
+      "opt_state": restored["opt_state"],
+      "meta": restored["meta"],
+      "data": restored["data"],
+    }
 
   def wait(self) -> None:
     """Blocks until pending async saves are durable."""
@@ -128,7 +150,13 @@ class Checkpointer:
 GUARDED_KEYS = ("batch_size", "rationale_weight", "total_steps")
 GUARDED_PREFIXES = ("data.",)
 # ... except these, which only say where or how fast the same data is read.
-UNGUARDED_DATA_KEYS = ("num_workers", "worker_buffer_size", "video_root", "tokenizer", "decode_size")
+UNGUARDED_DATA_KEYS = (
+  "num_workers",
+  "worker_buffer_size",
+  "video_root",
+  "tokenizer",
+  "decode_size",
+)
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -147,14 +175,16 @@ def config_changes(saved: dict, current: dict) -> list[str]:
   out = []
   for key in sorted(set(old) | set(new)):
     guarded = key in GUARDED_KEYS or (
-        key.startswith(GUARDED_PREFIXES) and key.rsplit(".", 1)[-1] not in UNGUARDED_DATA_KEYS)
+      key.startswith(GUARDED_PREFIXES) and key.rsplit(".", 1)[-1] not in UNGUARDED_DATA_KEYS
+    )
     if guarded and old.get(key) != new.get(key):
       out.append(f"{key}: {old.get(key, '<unset>')!r} -> {new.get(key, '<unset>')!r}")
   return out
 
 
-def check_resume_config(saved: dict | None, current: dict, *, allow_changes: bool,
-                        directory: Any = "") -> list[str]:
+def check_resume_config(
+  saved: dict | None, current: dict, *, allow_changes: bool, directory: Any = ""
+) -> list[str]:
   """Refuses (ValueError) a resume whose config changes a guarded key, unless `allow_changes`;
   returns the changes (logged by the caller when allowed)."""
   if not saved:
@@ -162,7 +192,8 @@ def check_resume_config(saved: dict | None, current: dict, *, allow_changes: boo
   changes = config_changes(saved, current)
   if changes and not allow_changes:
     raise ValueError(
-        f"{directory}: resuming with a config that changes what the run trains on:\n  "
-        + "\n  ".join(changes)
-        + "\nuse a new workdir, or pass --config.allow_changes=True to resume anyway")
+      f"{directory}: resuming with a config that changes what the run trains on:\n  "
+      + "\n  ".join(changes)
+      + "\nuse a new workdir, or pass --config.allow_changes=True to resume anyway"
+    )
   return changes

@@ -3,6 +3,7 @@
 A bad value (`total_steps=-1`, `batch_size=0`, ...) otherwise surfaces as a traceback deep in
 optax, Grain or the mesh code that does not say which setting to change.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -23,8 +24,9 @@ def _get(cfg, path: str) -> Any:
   return node
 
 
-def _int(errors: list[str], cfg, path: str, *, minimum: int, required: bool = True,
-         what: str = "") -> None:
+def _int(
+  errors: list[str], cfg, path: str, *, minimum: int, required: bool = True, what: str = ""
+) -> None:
   value = _get(cfg, path)
   if value is None:
     if required:
@@ -36,8 +38,16 @@ def _int(errors: list[str], cfg, path: str, *, minimum: int, required: bool = Tr
     errors.append(f"--config.{path}={value}: must be >= {minimum}{what}")
 
 
-def _float(errors: list[str], cfg, path: str, *, low: float, high: float | None = None,
-           low_open: bool = False, what: str = "") -> None:
+def _float(
+  errors: list[str],
+  cfg,
+  path: str,
+  *,
+  low: float,
+  high: float | None = None,
+  low_open: bool = False,
+  what: str = "",
+) -> None:
   value = _get(cfg, path)
   if value is None:
     return

@@ -1,4 +1,5 @@
 """The trainer's data: the Grain dual-mode pipeline, or synthetic batches for smoke runs."""
+
 from __future__ import annotations
 
 from flax import nnx
@@ -19,11 +20,24 @@ def sources_from_datasets(d) -> tuple[list[dict], list[dict]]:
     for key in ("format", "annotations", "video_root"):
       if key not in ds:
         raise ValueError(f"config.data.datasets.{name}.{key} is missing")
-    qa.append(dict(format=ds["format"], path=ds["annotations"], video_root=ds["video_root"],
-                   weight=float(ds.get("weight", 1.0)), name=name))
+    qa.append(
+      dict(
+        format=ds["format"],
+        path=ds["annotations"],
+        video_root=ds["video_root"],
+        weight=float(ds.get("weight", 1.0)),
+        name=name,
+      )
+    )
     if ds.get("cots", ""):
-      cot.append(dict(path=ds["cots"], video_root=ds["video_root"],
-                      weight=float(ds.get("weight", 1.0)), name=name))
+      cot.append(
+        dict(
+          path=ds["cots"],
+          video_root=ds["video_root"],
+          weight=float(ds.get("weight", 1.0)),
+          name=name,
+        )
+      )
   return qa, cot
 
 
@@ -49,42 +63,65 @@ def make_pipeline_data(cfg, student: nnx.Module, tokenizer=None):
   cot_list = list(d.get("cot", ())) + from_datasets[1]
   for i, qa in enumerate(qa_list):
     records = annotations.read(qa["format"], qa["path"], **dict(qa.get("read_kwargs", {}) or {}))
-    named.append((f"qa[{i}] ({qa.get('name', qa['format'])}: {qa['path']})",
-                  pipeline.qa_source(records, video_root=qa.get("video_root", ""),
-                                     video_ext=qa.get("video_ext", ".mp4"),
-                                     answer_style=d.get("answer_style", "letter_text"),
-                                     prompt_format=prompt_format)))
+    named.append(
+      (
+        f"qa[{i}] ({qa.get('name', qa['format'])}: {qa['path']})",
+        pipeline.qa_source(
+          records,
+          video_root=qa.get("video_root", ""),
+          video_ext=qa.get("video_ext", ".mp4"),
+          answer_style=d.get("answer_style", "letter_text"),
+          prompt_format=prompt_format,
+        ),
+      )
+    )
     weights.append(float(qa.get("weight", 1.0)))
   for i, cot in enumerate(cot_list):
     name = f"cot[{i}] ({cot.get('name') + ': ' if cot.get('name') else ''}{cot['path']})"
-    source = pipeline.cot_source(cot["path"], video_root=cot.get("video_root", ""),
-                                 prompt_format=prompt_format,
-                                 allow_unfiltered=d.get("allow_unfiltered_cots", False))
+    source = pipeline.cot_source(
+      cot["path"],
+      video_root=cot.get("video_root", ""),
+      prompt_format=prompt_format,
+      allow_unfiltered=d.get("allow_unfiltered_cots", False),
+    )
     if len(source) == 0:
       files = pipeline.cot_files(cot["path"])
-      raise ValueError(f"{name}: no CoT in its {len(files)} file(s) ({', '.join(files[:4])}"
-                       f"{', ...' if len(files) > 4 else ''}): did the CoT job keep any?")
+      raise ValueError(
+        f"{name}: no CoT in its {len(files)} file(s) ({', '.join(files[:4])}"
+        f"{', ...' if len(files) > 4 else ''}): did the CoT job keep any?"
+      )
     named.append((name, source))
     weights.append(float(cot.get("weight", 1.0)))
   if not named:
-    raise ValueError("config.data.kind='pipeline' needs config.data.datasets, config.data.qa "
-                     "or config.data.cot")
+    raise ValueError(
+      "config.data.kind='pipeline' needs config.data.datasets, config.data.qa or config.data.cot"
+    )
   mc = student.config
   buckets = tuple(d.get("buckets", ())) or (d.seq_len,)
   pc = pipeline.PipelineConfig(
-      batch_size=cfg.batch_size, num_frames=d.num_frames, image_size=mc.vision_config.image_size,
-      video_resize=getattr(mc, "video_resize", "shortest_edge"),
-      decode_size=d.get("decode_size", None), buckets=buckets,
-      train_on_prompt=d.get("train_on_prompt", False),
-      num_video_tokens=_video_tokens(mc, d.num_frames), seed=cfg.seed,
-      video_token=getattr(mc, "video_token", "<video>"),
-      num_workers=d.get("num_workers", 0), answer_style=d.get("answer_style", "letter_text"),
-      mixing=d.get("mixing", "weighted"),
-      max_skip_fraction=d.get("max_skip_fraction", 0.5),
-      skip_check_after=d.get("skip_check_after", 50))
+    batch_size=cfg.batch_size,
+    num_frames=d.num_frames,
+    image_size=mc.vision_config.image_size,
+    video_resize=getattr(mc, "video_resize", "shortest_edge"),
+    decode_size=d.get("decode_size", None),
+    buckets=buckets,
+    train_on_prompt=d.get("train_on_prompt", False),
+    num_video_tokens=_video_tokens(mc, d.num_frames),
+    seed=cfg.seed,
+    video_token=getattr(mc, "video_token", "<video>"),
+    num_workers=d.get("num_workers", 0),
+    answer_style=d.get("answer_style", "letter_text"),
+    mixing=d.get("mixing", "weighted"),
+    max_skip_fraction=d.get("max_skip_fraction", 0.5),
+    skip_check_after=d.get("skip_check_after", 50),
+  )
   if d.get("fit_check", True):
-    options = TokenizeOptions(max_length=max(buckets), train_on_prompt=pc.train_on_prompt,
-                              video_token=pc.video_token, num_video_tokens=pc.num_video_tokens)
+    options = TokenizeOptions(
+      max_length=max(buckets),
+      train_on_prompt=pc.train_on_prompt,
+      video_token=pc.video_token,
+      num_video_tokens=pc.num_video_tokens,
+    )
     fit_check.check_sources_fit(tokenizer, named, options, max(buckets))
   sources = [ds.map(pipeline.TagSource(name)) for name, ds in named]
   return pipeline.make_pipeline(tokenizer, sources, pc, weights=weights)
@@ -101,8 +138,13 @@ def make_train_data(cfg, student: nnx.Module):
     vision = getattr(mc, "vision_config", None)
     frames = cfg.data.get("num_frames", 0) if vision is not None else 0
     return SyntheticBatches(
-        batch_size=cfg.batch_size, seq_len=cfg.data.seq_len, vocab_size=text.vocab_size,
-        seed=cfg.seed, num_frames=frames, image_size=vision.image_size if vision is not None else 0,
-        video_token_id=mc.video_token_index if vision is not None else None,
-        num_video_tokens=_video_tokens(mc, frames) if vision is not None else 0)
+      batch_size=cfg.batch_size,
+      seq_len=cfg.data.seq_len,
+      vocab_size=text.vocab_size,
+      seed=cfg.seed,
+      num_frames=frames,
+      image_size=vision.image_size if vision is not None else 0,
+      video_token_id=mc.video_token_index if vision is not None else None,
+      num_video_tokens=_video_tokens(mc, frames) if vision is not None else 0,
+    )
   raise ValueError(f"config.data.kind={kind!r}: expected 'synthetic' or 'pipeline'")

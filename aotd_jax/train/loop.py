@@ -1,4 +1,5 @@
 """The training loop: resume, step, log, checkpoint, stop on preemption or NaN."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,11 +38,17 @@ class LoopConfig:
   peak_flops: float = 0.0  # one chip's peak FLOP/s; MFU divides by it × the mesh's chips
 
 
-def train_loop(trainer: Trainer, data: DataIterator, cfg: LoopConfig, *,
-               checkpointer: Checkpointer | None = None,
-               writer: metrics_lib.MetricsWriter | None = None,
-               stop_requested: Callable[[], bool] = lambda: False,
-               flops_per_token: float = 0.0, meta: dict | None = None) -> LoopResult:
+def train_loop(
+  trainer: Trainer,
+  data: DataIterator,
+  cfg: LoopConfig,
+  *,
+  checkpointer: Checkpointer | None = None,
+  writer: metrics_lib.MetricsWriter | None = None,
+  stop_requested: Callable[[], bool] = lambda: False,
+  flops_per_token: float = 0.0,
+  meta: dict | None = None,
+) -> LoopResult:
   """Runs `trainer` on `data` until `cfg.total_steps`, resuming from `checkpointer` if it holds a step.
 
   Saves every `cfg.checkpoint_every` steps and at the end (async), and synchronously when
@@ -58,9 +65,14 @@ def train_loop(trainer: Trainer, data: DataIterator, cfg: LoopConfig, *,
 
   def save(force: bool = False) -> None:
     if checkpointer is not None:
-      checkpointer.save(trainer.step, model=trainer.model_state(), opt_state=trainer.opt_state,
-                        meta={"step": trainer.step, **(meta or {})}, data=data.get_state(),
-                        force=force)
+      checkpointer.save(
+        trainer.step,
+        model=trainer.model_state(),
+        opt_state=trainer.opt_state,
+        meta={"step": trainer.step, **(meta or {})},
+        data=data.get_state(),
+        force=force,
+      )
 
   last: dict[str, float] = {}
   num_chips = trainer.mesh.devices.size

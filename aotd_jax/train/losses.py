@@ -12,6 +12,7 @@ so its rationale loss is 0 and the objective is plain instruction tuning.
   batch (`attention_mask`), prompt and video placeholders included, as the official collator's
   labels are; rationale tokens weigh λ (1 reproduces the official loss exactly).
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -46,10 +47,16 @@ def masked_mean(values: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Arra
   return (values * mask).sum() / jnp.maximum(count, 1.0), count
 
 
-def distill_loss(logits: jax.Array, input_ids: jax.Array, label_mask: jax.Array,
-                 rationale_mask: jax.Array, rationale_weight: float = 1.0, *,
-                 normalization: str = "per_part",
-                 attention_mask: jax.Array | None = None) -> DistillLoss:
+def distill_loss(
+  logits: jax.Array,
+  input_ids: jax.Array,
+  label_mask: jax.Array,
+  rationale_mask: jax.Array,
+  rationale_weight: float = 1.0,
+  *,
+  normalization: str = "per_part",
+  attention_mask: jax.Array | None = None,
+) -> DistillLoss:
   """L_label + λ·L_rationale for causal-LM `logits` (B, L, V) over `input_ids` (B, L).
 
   Masks are aligned with `input_ids`: mask[b, t] = 1 means token t is a target. Position t is

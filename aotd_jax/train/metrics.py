@@ -4,6 +4,7 @@ loss parts, lr, |g|, tokens/s, MFU and ETA, a JSONL history, and PNG plots of th
 Tags carry their phase: `train/loss`, `train/learning_rate`, ..., `eval/<metric>`; the JSONL
 rows use the same names. `workdir` may be local or any `etils.epath` filesystem (`gs://`).
 """
+
 from __future__ import annotations
 
 import io
@@ -45,9 +46,12 @@ class MetricsWriter:
     if enabled and tensorboard:
       # tensorboardX writes local paths itself and gs:// through google-cloud-storage (gcs extra)
       from tensorboardX import SummaryWriter  # pure Python: no TensorFlow needed
+
       self._tb = SummaryWriter(os.fspath(self.workdir / "tensorboard"))
 
-  def write(self, step: int, scalars: Mapping[str, float | None], *, prefix: str = "train/") -> None:
+  def write(
+    self, step: int, scalars: Mapping[str, float | None], *, prefix: str = "train/"
+  ) -> None:
     """Scalars of one step; names without a `phase/` get `prefix` (`train/` or `eval/`)."""
     if not self.enabled:
       return
@@ -67,7 +71,9 @@ class MetricsWriter:
   def history(self) -> list[dict]:
     if not self._history_path.exists():
       return []
-    return [json.loads(line) for line in self._history_path.read_text().splitlines() if line.strip()]
+    return [
+      json.loads(line) for line in self._history_path.read_text().splitlines() if line.strip()
+    ]
 
   def plot(self, keys=("train/loss", "train/label_loss", "train/rationale_loss")) -> str | None:
     """Saves `curves.png` of the given scalars over steps; returns its path."""
@@ -75,8 +81,10 @@ class MetricsWriter:
     if not rows:
       return None
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for key in keys:
       pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
@@ -117,5 +125,12 @@ def log_line(step: int, total: int, m: Mapping[str, Any]) -> None:
     extra += f"  MFU {100.0 * m['mfu']:.1f}%"
   if m.get("eta_seconds") is not None:
     extra += f"  ETA {_duration(m['eta_seconds'])}"
-  logging.info("step %d/%d  loss %.4f  (label %.4f, rationale %.4f)%s",
-               step, total, m["loss"], m["label_loss"], m["rationale_loss"], extra)
+  logging.info(
+    "step %d/%d  loss %.4f  (label %.4f, rationale %.4f)%s",
+    step,
+    total,
+    m["loss"],
+    m["label_loss"],
+    m["rationale_loss"],
+    extra,
+  )

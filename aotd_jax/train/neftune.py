@@ -8,6 +8,7 @@ that layer, so they carry no noise. `noisy_embed` does the same for a student wh
 model embeds tokens through `language_model.embed` (LLaVA-NeXT-Video, LLaVA-OneVision,
 Qwen2-VL) or `embed` (a plain Llama).
 """
+
 from __future__ import annotations
 
 import jax
@@ -29,9 +30,12 @@ def noisy_embed(student, key: jax.Array, alpha: float) -> None:
   owner = getattr(student, "language_model", student)
   embed = getattr(owner, "embed", None)
   if embed is None:
-    raise ValueError(f"--config.neftune_alpha: {type(student).__name__} has no token embedding "
-                     "(language_model.embed or embed) to add noise to; set --config.neftune_alpha=0")
+    raise ValueError(
+      f"--config.neftune_alpha: {type(student).__name__} has no token embedding "
+      "(language_model.embed or embed) to add noise to; set --config.neftune_alpha=0"
+    )
 
   def noisy(input_ids):
     return add_noise(embed(input_ids), key, alpha)
+
   object.__setattr__(owner, "embed", noisy)

@@ -1,4 +1,5 @@
 """The optimiser of AoTD's distillation: AdamW with linear warmup and cosine decay."""
+
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -18,11 +19,16 @@ def learning_rate_schedule(cfg: Mapping[str, Any], total_steps: int) -> optax.Sc
   if total_steps < 1:
     raise ValueError(f"total_steps must be >= 1, got {total_steps}")
   lr = float(cfg["learning_rate"])
-  warmup = min(max(int(round(float(cfg.get("warmup_ratio", 0.03)) * total_steps)), 1),
-               total_steps - 1)
+  warmup = min(
+    max(int(round(float(cfg.get("warmup_ratio", 0.03)) * total_steps)), 1), total_steps - 1
+  )
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=lr, warmup_steps=warmup, decay_steps=total_steps,
-      end_value=lr * float(cfg.get("final_lr_ratio", 0.0)))
+    init_value=0.0,
+    peak_value=lr,
+    warmup_steps=warmup,
+    decay_steps=total_steps,
+    end_value=lr * float(cfg.get("final_lr_ratio", 0.0)),
+  )
 
 
 def make_optimizer(cfg: Mapping[str, Any], total_steps: int) -> optax.GradientTransformation:
@@ -36,9 +42,15 @@ def make_optimizer(cfg: Mapping[str, Any], total_steps: int) -> optax.GradientTr
   parts = []
   if cfg.get("grad_clip"):
     parts.append(optax.clip_by_global_norm(float(cfg["grad_clip"])))
-  parts.append(optax.adamw(schedule, b1=float(cfg.get("b1", 0.9)), b2=float(cfg.get("b2", 0.999)),
-                           eps=float(cfg.get("eps", 1e-8)),
-                           weight_decay=float(cfg.get("weight_decay", 0.0))))
+  parts.append(
+    optax.adamw(
+      schedule,
+      b1=float(cfg.get("b1", 0.9)),
+      b2=float(cfg.get("b2", 0.999)),
+      eps=float(cfg.get("eps", 1e-8)),
+      weight_decay=float(cfg.get("weight_decay", 0.0)),
+    )
+  )
   return optax.chain(*parts)
 
 

@@ -1,6 +1,7 @@
 """Hyper-parameter sweeps, big_vision / scenic style: a config's `get_hyper(h)` returns
 `h.product([...])` / `h.sweep(key, values)` / `h.zip(...)`, expanded here into a list of
 override dicts (`{"optim.learning_rate": 1e-4, "seed": 1}`)."""
+
 from __future__ import annotations
 
 import itertools
@@ -65,11 +66,16 @@ def variant_name(overrides: dict[str, Any]) -> str:
 
 def config_key(key: str) -> str:
   """A sweep key as a config path: big_vision writes `config.lr`, we write `lr`; both work."""
-  return key[len("config."):] if key.startswith("config.") else key
+  return key[len("config.") :] if key.startswith("config.") else key
 
 
-def command(config_path: str, workdir: str, overrides: dict[str, Any], module: str = "launch.train",
-            extra: Sequence[str] = ()) -> list[str]:
+def command(
+  config_path: str,
+  workdir: str,
+  overrides: dict[str, Any],
+  module: str = "launch.train",
+  extra: Sequence[str] = (),
+) -> list[str]:
   """The absl command line of one variant: `extra` arguments (the sweep's own `--config.*`
   pass-through) first, then the variant's overrides."""
   cmd = ["python", "-m", module, f"--config={config_path}", f"--workdir={workdir}", *extra]

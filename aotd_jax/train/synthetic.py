@@ -6,6 +6,7 @@ is a rationale followed by the answer: `rationale_mask` + `label_mask`), mirrori
 dual-mode batches of `aotd_jax.data.pipeline`. The answer is a function of the prompt, so the
 loss can fall. Used by `configs/toyworld/distill.py` when no data is configured.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,11 +19,24 @@ class SyntheticBatches:
   process_count` rows, and its state names the host it belongs to.
   """
 
-  def __init__(self, *, batch_size: int, seq_len: int, vocab_size: int, seed: int = 0,
-               num_frames: int = 0, image_size: int = 0, video_token_id: int | None = None,
-               num_video_tokens: int = 0, cot_fraction: float = 0.5, reserved: int = 6,
-               process_index: int | None = None, process_count: int | None = None):
+  def __init__(
+    self,
+    *,
+    batch_size: int,
+    seq_len: int,
+    vocab_size: int,
+    seed: int = 0,
+    num_frames: int = 0,
+    image_size: int = 0,
+    video_token_id: int | None = None,
+    num_video_tokens: int = 0,
+    cot_fraction: float = 0.5,
+    reserved: int = 6,
+    process_index: int | None = None,
+    process_count: int | None = None,
+  ):
     import jax
+
     self.process_index = jax.process_index() if process_index is None else int(process_index)
     self.process_count = jax.process_count() if process_count is None else int(process_count)
     if batch_size % self.process_count:
@@ -43,8 +57,9 @@ class SyntheticBatches:
     shard = (int(state.get("shard", 0)), int(state.get("shards", 1)))
     if shard != (self.process_index, self.process_count):
       raise ValueError(
-          f"data state of host {shard[0]} of {shard[1]} restored on host {self.process_index} of "
-          f"{self.process_count}: each host must resume from its own position")
+        f"data state of host {shard[0]} of {shard[1]} restored on host {self.process_index} of "
+        f"{self.process_count}: each host must resume from its own position"
+      )
     self._index = int(state["index"])
 
   def _sample(self, i: int) -> dict[str, np.ndarray]:
@@ -56,29 +71,34 @@ class SyntheticBatches:
     rationale = np.zeros(L, np.int32)
     pos = 0
     if self.video_token_id is not None and self.num_video_tokens:
-      ids[:self.num_video_tokens] = self.video_token_id
+      ids[: self.num_video_tokens] = self.video_token_id
       pos = self.num_video_tokens
     prompt_len = max(2, (L - pos) // 2)
     prompt = rng.integers(lo, self.vocab_size, prompt_len)
-    ids[pos:pos + prompt_len] = prompt
+    ids[pos : pos + prompt_len] = prompt
     pos += prompt_len
     answer = lo + int(prompt.sum() % (self.vocab_size - lo))
     if rng.random() < self.cot_fraction:
       # a "rationale" that restates the prompt's tokens in order, then the answer
       n = min(L - pos - 1, prompt_len)
-      ids[pos:pos + n] = prompt[:n]
-      rationale[pos:pos + n] = 1
+      ids[pos : pos + n] = prompt[:n]
+      rationale[pos : pos + n] = 1
       pos += n
     if pos < L:
       ids[pos] = answer
       label[pos] = 1
       pos += 1
     attention = (np.arange(L) < pos).astype(np.int32)
-    out = {"input_ids": ids, "attention_mask": attention, "label_mask": label,
-           "rationale_mask": rationale}
+    out = {
+      "input_ids": ids,
+      "attention_mask": attention,
+      "label_mask": label,
+      "rationale_mask": rationale,
+    }
     if self.num_frames:
       out["pixel_values_videos"] = rng.standard_normal(
-          (self.num_frames, 3, self.image_size, self.image_size)).astype(np.float32)
+        (self.num_frames, 3, self.image_size, self.image_size)
+      ).astype(np.float32)
     return out
 
   def __next__(self) -> dict[str, np.ndarray]:

@@ -4,6 +4,7 @@ The student is split into trainable params (optimised), and the rest (a frozen v
 non-param state). The step is one `jax.jit` with explicit in/out shardings from the
 logical-axis rules; the batch is sharded over (`data`, `fsdp`) on its first axis.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -51,8 +52,11 @@ def _model_inputs(model: nnx.Module, batch: Mapping[str, jax.Array]) -> dict[str
   """The batch entries the student's __call__ accepts (masks for the loss are not inputs)."""
   params = inspect.signature(type(model).__call__).parameters
   accepts_all = any(p.kind == p.VAR_KEYWORD for p in params.values())
-  return {k: v for k, v in batch.items()
-          if k not in ("label_mask", "rationale_mask") and (accepts_all or k in params)}
+  return {
+    k: v
+    for k, v in batch.items()
+    if k not in ("label_mask", "rationale_mask") and (accepts_all or k in params)
+  }
 
 
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
@@ -86,11 +90,20 @@ class StepMetrics:
 class Trainer:
   """Holds the sharded student and optimiser state and runs jitted train steps."""
 
-  def __init__(self, model: nnx.Module, tx: optax.GradientTransformation, *, mesh: Mesh,
-               trainable=nnx.Param, rationale_weight: float = 1.0, rules=None,
-               schedule: Callable[[int], float] | None = None,
-               loss_normalization: str = "per_part", neftune_alpha: float = 0.0,
-               seed: int = 0):
+  def __init__(
+    self,
+    model: nnx.Module,
+    tx: optax.GradientTransformation,
+    *,
+    mesh: Mesh,
+    trainable=nnx.Param,
+    rationale_weight: float = 1.0,
+    rules=None,
+    schedule: Callable[[int], float] | None = None,
+    loss_normalization: str = "per_part",
+    neftune_alpha: float = 0.0,
+    seed: int = 0,
+  ):
     self.model = model
     self.mesh = mesh
     self.tx = tx
@@ -98,8 +111,9 @@ class Trainer:
     self.schedule = schedule
     self.rationale_weight = float(rationale_weight)
     if loss_normalization not in LOSS_NORMALIZATIONS:
-      raise ValueError(f"loss_normalization={loss_normalization!r}: expected one of "
-                       f"{LOSS_NORMALIZATIONS}")
+      raise ValueError(
+        f"loss_normalization={loss_normalization!r}: expected one of {LOSS_NORMALIZATIONS}"
+      )
     self.loss_normalization = loss_normalization
     if neftune_alpha < 0:
       raise ValueError(f"neftune_alpha={neftune_alpha} must be >= 0 (0: no NEFTune noise)")
@@ -114,7 +128,8 @@ class Trainer:
     replicated = NamedSharding(mesh, P())
     opt_state = jax.jit(tx.init)(self.params)
     self.opt_shardings = jax.tree.map(
-        lambda x: x.sharding if isinstance(x.sharding, NamedSharding) else replicated, opt_state)
+      lambda x: x.sharding if isinstance(x.sharding, NamedSharding) else replicated, opt_state
+    )
     self.opt_state = jax.device_put(opt_state, self.opt_shardings)
     self.step = 0
     self._train_step = self._build_step()
@@ -131,43 +146,62 @@ class Trainer:
         if alpha > 0:  # NEFTune: fresh noise every step
           neftune.noisy_embed(student, jax.random.fold_in(base_key, step), alpha)
         logits = student(**_model_inputs(example_model, batch)).logits
-        out = distill_loss(logits, batch["input_ids"], batch["label_mask"],
-                           batch["rationale_mask"], lam, normalization=normalization,
-                           attention_mask=batch.get("attention_mask"))
+        out = distill_loss(
+          logits,
+          batch["input_ids"],
+          batch["label_mask"],
+          batch["rationale_mask"],
+          lam,
+          normalization=normalization,
+          attention_mask=batch.get("attention_mask"),
+        )
         return out.loss, out
+
       (_, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
       grad_norm = optax.global_norm(grads)
       updates, opt_state = tx.update(grads, opt_state, params)
       params = optax.apply_updates(params, updates)
-      metrics = dict(loss=parts.loss, label_loss=parts.label_loss,
-                     rationale_loss=parts.rationale_loss, label_tokens=parts.label_tokens,
-                     rationale_tokens=parts.rationale_tokens, grad_norm=grad_norm)
+      metrics = dict(
+        loss=parts.loss,
+        label_loss=parts.label_loss,
+        rationale_loss=parts.rationale_loss,
+        label_tokens=parts.label_tokens,
+        rationale_tokens=parts.rationale_tokens,
+        grad_norm=grad_norm,
+      )
       if "attention_mask" in batch:
         metrics["tokens"] = jnp.sum(batch["attention_mask"].astype(jnp.float32))
       return params, opt_state, metrics
 
-    return jax.jit(train_step, donate_argnums=(0, 1),
-                   out_shardings=(self.param_shardings, self.opt_shardings, None))
+    return jax.jit(
+      train_step,
+      donate_argnums=(0, 1),
+      out_shardings=(self.param_shardings, self.opt_shardings, None),
+    )
 
   def shard_batch(self, batch: Mapping[str, Any]) -> dict[str, jax.Array]:
     """Places a host batch (numpy) on the mesh, batch axis over (data, fsdp)."""
     out = {}
     for k, v in batch.items():
       if isinstance(v, (np.ndarray, jax.Array)) and np.asarray(v).dtype != object:
-        out[k] = jax.make_array_from_process_local_data(batch_sharding(self.mesh, np.ndim(v)), np.asarray(v))
+        out[k] = jax.make_array_from_process_local_data(
+          batch_sharding(self.mesh, np.ndim(v)), np.asarray(v)
+        )
     return out
 
   def train_step(self, batch: Mapping[str, Any]) -> StepMetrics:
     """One optimiser step; raises `NonFiniteLossError` (state not committed) on NaN/Inf."""
     device_batch = self.shard_batch(batch)
     with self.mesh_context():
-      new_params, new_opt, metrics = self._train_step(self.params, self.opt_state, self.rest,
-                                                      device_batch, np.int32(self.step))
+      new_params, new_opt, metrics = self._train_step(
+        self.params, self.opt_state, self.rest, device_batch, np.int32(self.step)
+      )
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
     if not all(math.isfinite(metrics[k]) for k in ("loss", "grad_norm")):
       raise NonFiniteLossError(
-          f"step {self.step + 1}: non-finite loss {metrics['loss']} / grad norm "
-          f"{metrics['grad_norm']}; stopping (the last checkpoint is kept)")
+        f"step {self.step + 1}: non-finite loss {metrics['loss']} / grad norm "
+        f"{metrics['grad_norm']}; stopping (the last checkpoint is kept)"
+      )
     self.params, self.opt_state = new_params, new_opt
     self.step += 1
     lr = float(self.schedule(self.step - 1)) if self.schedule is not None else None

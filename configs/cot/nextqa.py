@@ -10,25 +10,46 @@ llava=LLaVA-NeXT-Video-7B-DPO-hf,llm=http://localhost:8000/v1,model=deepseek-cod
 with one object name per line), and `runlocal` (4 questions in batches of 2). NExT-QA has no
 scene graphs, so there is no oracle.
 """
+
 import ml_collections
 
 from configs import common
 
-KEYS = dict(ann="", videos="", map="", vocab="open", out="workdir/cots/nextqa", experts="real",
-            owlv2="", univtg="", clip="", llava="", llm="", model="deepseek-coder-6.7b-instruct",
-            judge="", judge_model="", rewrite="", rewrite_model="", selector="",
-            selector_model="", frames="32")
+KEYS = dict(
+  ann="",
+  videos="",
+  map="",
+  vocab="open",
+  out="workdir/cots/nextqa",
+  experts="real",
+  owlv2="",
+  univtg="",
+  clip="",
+  llava="",
+  llm="",
+  model="deepseek-coder-6.7b-instruct",
+  judge="",
+  judge_model="",
+  rewrite="",
+  rewrite_model="",
+  selector="",
+  selector_model="",
+  frames="32",
+)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  a = common.parse_arg(arg, KEYS, where="configs/cot/nextqa.py", defaults=KEYS,
-                       switches=(common.RUNLOCAL,))
+  a = common.parse_arg(
+    arg, KEYS, where="configs/cot/nextqa.py", defaults=KEYS, switches=(common.RUNLOCAL,)
+  )
   for key in ("ann", "videos", "llm"):
     if not a[key]:
       raise ValueError(f"configs/cot/nextqa.py: {key}= is required (see the module docstring)")
   if a["experts"] != "real":
-    raise ValueError(f"configs/cot/nextqa.py: experts={a['experts']!r}: NExT-QA has no scene "
-                     "graphs to build an oracle from; only experts=real")
+    raise ValueError(
+      f"configs/cot/nextqa.py: experts={a['experts']!r}: NExT-QA has no scene "
+      "graphs to build an oracle from; only experts=real"
+    )
   c = common.cot_base_config()
   c.data.format = "nextqa"
   c.data.path = a["ann"]
@@ -41,8 +62,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.max_frames = int(a["frames"])  # = the student's data.num_frames (lnv7b: 32)
   c.frame_numbers = "sampled"  # traces name the student's frames 0..frames-1 (official)
   vocab = a["vocab"]
-  c.experts = common.bind_experts("nextqa", a,
-                                vocabulary="open" if vocab == "open" else f"file:{vocab}")
+  c.experts = common.bind_experts(
+    "nextqa", a, vocabulary="open" if vocab == "open" else f"file:{vocab}"
+  )
   common.bind_llms(c, a)
   c.batch_size = 32
   c.pipeline.llm_workers = 2  # the LLMs are servers (or greedy local models)

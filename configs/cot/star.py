@@ -18,20 +18,38 @@ llava=LLaVA-NeXT-Video-7B-DPO-hf,llm=http://localhost:8000/v1,model=deepseek-cod
 - `runlocal`: 4 questions in batches of 2 (the plumbing, before the sharded run).
 STAR's `question_program` is a list of functions, not Python: programs always come from the LLM.
 """
+
 import ml_collections
 
 import experts
 from configs import common
 
-KEYS = dict(ann="", videos="", classes="", out="workdir/cots/star", experts="real",
-            owlv2="", univtg="", clip="", llava="", llm="", model="deepseek-coder-6.7b-instruct",
-            judge="", judge_model="", rewrite="", rewrite_model="", selector="",
-            selector_model="", frames="32")
+KEYS = dict(
+  ann="",
+  videos="",
+  classes="",
+  out="workdir/cots/star",
+  experts="real",
+  owlv2="",
+  univtg="",
+  clip="",
+  llava="",
+  llm="",
+  model="deepseek-coder-6.7b-instruct",
+  judge="",
+  judge_model="",
+  rewrite="",
+  rewrite_model="",
+  selector="",
+  selector_model="",
+  frames="32",
+)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  a = common.parse_arg(arg, KEYS, where="configs/cot/star.py", defaults=KEYS,
-                       switches=(common.RUNLOCAL,))
+  a = common.parse_arg(
+    arg, KEYS, where="configs/cot/star.py", defaults=KEYS, switches=(common.RUNLOCAL,)
+  )
   for key in ("ann", "videos", "llm"):
     if not a[key]:
       raise ValueError(f"configs/cot/star.py: {key}= is required (see the module docstring)")
@@ -51,8 +69,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.experts = experts.default_config()
     c.experts.ground_truth = {"kind": "star", "path": a["ann"], "classes_dir": a["classes"]}
     c.experts.object_vocabulary = vocabulary
-    c.experts.selector = common.selector_section(a["selector"] or a["llm"],
-                                               a["selector_model"] or a["model"])
+    c.experts.selector = common.selector_section(
+      a["selector"] or a["llm"], a["selector_model"] or a["model"]
+    )
   else:
     raise ValueError(f"configs/cot/star.py: experts={a['experts']!r}: expected real or oracle")
   common.bind_llms(c, a)

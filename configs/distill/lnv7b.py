@@ -18,6 +18,7 @@ one machine). Every dataset is a field of `config.data.datasets`, so the command
 `cots` is the CoT job's kept dataset (a glob of its `cot-*.array_record` shards; "" for a
 dataset without CoTs). Nothing is downloaded.
 """
+
 import ml_collections
 
 from configs import common
@@ -27,8 +28,13 @@ HF_DIR = "/models/LLaVA-NeXT-Video-7B-hf"
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   return common.distill_config(
-      arg, where="configs/distill/lnv7b.py", name="lnv7b",
-      architecture="LlavaNextVideoForConditionalGeneration", hf_dir=HF_DIR, num_frames=32,
-      seq_len=8192,
-      # the official run freezes image_newline too (docs/fidelity.md)
-      student_extra={"freeze_image_newline": True})
+    arg,
+    where="configs/distill/lnv7b.py",
+    name="lnv7b",
+    architecture="LlavaNextVideoForConditionalGeneration",
+    hf_dir=HF_DIR,
+    num_frames=32,
+    seq_len=8192,
+    # the official run freezes image_newline too (docs/fidelity.md)
+    student_extra={"freeze_image_newline": True},
+  )

@@ -12,6 +12,7 @@ A OneVision clip of T frames takes T x 14 x 14 + 1 visual tokens (27x27 SigLIP p
       --config.student.hf_dir=/models/llava-onevision-qwen2-7b-ov-hf \
       --config.data.tokenizer=/models/llava-onevision-qwen2-7b-ov-hf
 """
+
 import ml_collections
 
 from configs import common
@@ -23,6 +24,11 @@ SEQ_LEN = 8192
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   return common.distill_config(
-      arg, where="configs/distill/onevision7b.py", name="onevision7b",
-      architecture="LlavaOnevisionForConditionalGeneration", hf_dir=HF_DIR,
-      num_frames=NUM_FRAMES, seq_len=SEQ_LEN)
+    arg,
+    where="configs/distill/onevision7b.py",
+    name="onevision7b",
+    architecture="LlavaOnevisionForConditionalGeneration",
+    hf_dir=HF_DIR,
+    num_frames=NUM_FRAMES,
+    seq_len=SEQ_LEN,
+  )

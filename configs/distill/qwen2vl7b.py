@@ -16,6 +16,7 @@ CoTs with `frames=16` in the CoT config string, so their frame numbers index the
       --config.student.hf_dir=/models/Qwen2-VL-7B-Instruct \
       --config.data.tokenizer=/models/Qwen2-VL-7B-Instruct
 """
+
 import ml_collections
 
 from configs import common
@@ -26,5 +27,10 @@ NUM_FRAMES = 16
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   return common.distill_config(
-      arg, where="configs/distill/qwen2vl7b.py", name="qwen2vl7b",
-      architecture="Qwen2VLForConditionalGeneration", hf_dir=HF_DIR, num_frames=NUM_FRAMES)
+    arg,
+    where="configs/distill/qwen2vl7b.py",
+    name="qwen2vl7b",
+    architecture="Qwen2VLForConditionalGeneration",
+    hf_dir=HF_DIR,
+    num_frames=NUM_FRAMES,
+  )

@@ -7,10 +7,12 @@ r"""CoT generation on the toy world (default): oracle experts, gold or LLM progr
 `split` (train|val|test), `clips` (clips to generate), `programs` (gold|llm).
 Every field the job reads is set by `configs/common.py`'s `cot_base_config`.
 """
+
 import ml_collections
 
 import experts
 from configs import common
+
 # The CoT job's sections, as this config's own (tests and fixtures build on them).
 from configs.common import cot_base_config as base_config, llm  # noqa: F401
 

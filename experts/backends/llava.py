@@ -18,6 +18,7 @@ are written into every reply's row), a generation request one left-padded prompt
 clip. With `coalesce=True` each sits behind an `experts.coalesce.Coalescer`, so concurrent
 calls from a CoT job's programs (same prompt bucket, same number of replies) share one batch.
 """
+
 from __future__ import annotations
 
 import threading
@@ -36,10 +37,13 @@ def summary_text(style: str, query: str | None = None) -> str:
   release it ignores `query`)."""
   if style == "official":
     from aotd_jax.agent.programs import read_prompt_file
+
     return read_prompt_file("video_summary_official.txt").strip()
   if style != "ours":
     raise ValueError(f"summary_prompt={style!r} is not one of {list(SUMMARY_PROMPTS)}")
   return SUMMARY_PROMPT if not query else f"{SUMMARY_PROMPT} Focus on: {query}"
+
+
 ACTIONS_PROMPT = "What actions happen in the video?"
 OBJECT_ACTIONS_PROMPT = "What happens with the {object} in the video?"
 ACTION_PROMPTS = ("ours", "official")
@@ -58,10 +62,13 @@ def action_question(style: str, object_name: str | None, has_candidates: bool) -
     if has_candidates:
       return "What did the person do?"
     from aotd_jax.agent.programs import read_prompt_file
+
     return read_prompt_file("action_recognition_official.txt").strip()
   if style != "ours":
     raise ValueError(f"action_prompt={style!r} is not one of {list(ACTION_PROMPTS)}")
   return OBJECT_ACTIONS_PROMPT.format(object=object_name) if object_name else ACTIONS_PROMPT
+
+
 CHOICE_SCORING = ("likelihood", "pmi", "generate")
 ANSWER_FORMATS = ("text", "letter", "letter_text")
 
@@ -69,6 +76,7 @@ ANSWER_FORMATS = ("text", "letter", "letter_text")
 def choice_reply(choices: Sequence[str], index: int, answer_format: str = "text") -> str:
   """The reply that names `choices[index]`: its text, "(B)" or "(B) text" (`answer_format`)."""
   from aotd_jax.data import conversation
+
   if answer_format == "text":
     return str(choices[index])
   letter = f"({conversation.option_letter(index)})"
@@ -86,14 +94,16 @@ def _request_logprobs(graphdef, rows, state):
   from flax import nnx
 
   from aotd_jax.models.llava_next_video import _scatter_features
+
   ids, mask, pixels, scored = rows
   b, r, length = ids.shape
   model = nnx.merge(graphdef, state)
   feats = model.get_video_features(pixels)  # (B, N, hidden)
   feats = jnp.repeat(feats, r, axis=0).reshape(-1, feats.shape[-1])
   flat = ids.reshape(b * r, length)
-  embeds = _scatter_features(model.language_model.embed(flat),
-                             flat == model.config.video_token_index, feats)
+  embeds = _scatter_features(
+    model.language_model.embed(flat), flat == model.config.video_token_index, feats
+  )
   logits = model(attention_mask=mask.reshape(b * r, length), inputs_embeds=embeds).logits
   logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
   tok = jnp.take_along_axis(logp, flat[:, 1:, None], axis=-1)[..., 0]
@@ -107,6 +117,7 @@ def load(path: str, matmul_precision: str = "default", cpu_kernels: bool = True)
   XLA's ops where aotd_jax's CPU kernels (decode matmuls, attention) would run."""
   from aotd_jax import hf
   from aotd_jax.layers.compute import ComputeOptions
+
   options = ComputeOptions(matmul_precision=matmul_precision, cpu_kernels=cpu_kernels)
   return hf.from_pretrained(path, options=options), hf.load_tokenizer(path)
 
@@ -132,12 +143,24 @@ class LlavaVideoQA:
     coalesce_wait_s: the coalescers' wait window.
   """
 
-  def __init__(self, model, tokenizer, *, name: str = "llava", num_frames: int = 8,
-               max_new_tokens: int = 32, video_token: str = "<video>",
-               choice_scoring: str = "likelihood", answer_format: str = "text",
-               prompt_format: str = "plain", summary_prompt: str = "ours",
-               action_prompt: str = "ours", buckets: Sequence[int] = (1, 2, 4, 8, 16),
-               coalesce: bool = False, coalesce_wait_s: float = 0.002):
+  def __init__(
+    self,
+    model,
+    tokenizer,
+    *,
+    name: str = "llava",
+    num_frames: int = 8,
+    max_new_tokens: int = 32,
+    video_token: str = "<video>",
+    choice_scoring: str = "likelihood",
+    answer_format: str = "text",
+    prompt_format: str = "plain",
+    summary_prompt: str = "ours",
+    action_prompt: str = "ours",
+    buckets: Sequence[int] = (1, 2, 4, 8, 16),
+    coalesce: bool = False,
+    coalesce_wait_s: float = 0.002,
+  ):
     if choice_scoring not in CHOICE_SCORING:
       raise ValueError(f"choice_scoring={choice_scoring!r} is not one of {list(CHOICE_SCORING)}")
     if answer_format not in ANSWER_FORMATS:
@@ -160,13 +183,16 @@ class LlavaVideoQA:
     if self.video_token_id is None or self.video_token_id == tokenizer.unk_token_id:
       raise ValueError(f"the tokenizer has no single token for {video_token!r}")
     if self.video_token_id != model.config.video_token_index:
-      raise ValueError(f"tokenizer id {self.video_token_id} of {video_token!r} != the model's "
-                       f"video_token_index {model.config.video_token_index}")
+      raise ValueError(
+        f"tokenizer id {self.video_token_id} of {video_token!r} != the model's "
+        f"video_token_index {model.config.video_token_index}"
+      )
 
   def inputs(self, clip, user_text: str) -> tuple[np.ndarray, np.ndarray]:
     """(input_ids (1, L), pixel_values_videos (1, T, 3, S, S)) for one question about a clip."""
     from aotd_jax.data.conversation import build_prompt
     from aotd_jax.data.video_processing import preprocess_video, sample_frame_indices
+
     idx = sample_frame_indices(len(clip), self.num_frames)
     size = self.model.config.vision_config.image_size
     pixels = preprocess_video(clip.frames[idx], shortest_edge=size, crop_size=size)[None]
@@ -186,8 +212,10 @@ class LlavaVideoQA:
         fn = self._fns[key] = make()
       if self.coalesce and key not in self.coalescers:
         from experts.coalesce import Coalescer
-        self.coalescers[key] = Coalescer(fn, wait_s=self.coalesce_wait_s, output="host",
-                                         name=f"{self.name}/coalesce-{key}")
+
+        self.coalescers[key] = Coalescer(
+          fn, wait_s=self.coalesce_wait_s, output="host", name=f"{self.name}/coalesce-{key}"
+        )
       coalescer = self.coalescers.get(key)
     return coalescer(rows, *args) if coalescer is not None else fn(rows, *args, to_host=True)
 
@@ -203,27 +231,41 @@ class LlavaVideoQA:
     from aotd_jax.models.generate import prompt_bucket
     from aotd_jax.models.llava_next_video import generate
     from experts.batching import BucketedJit
+
     ids, pixels = self.inputs(clip, user_text)
     steps = int(max_new_tokens or self.max_new_tokens)
     width = prompt_bucket(ids.shape[1])  # left-padded as `generate` pads it
     pad = self.tokenizer.pad_token_id or 0
-    rows = (np.pad(ids, ((0, 0), (width - ids.shape[1], 0)), constant_values=pad),
-            np.pad(np.ones_like(ids), ((0, 0), (width - ids.shape[1], 0))), pixels)
+    rows = (
+      np.pad(ids, ((0, 0), (width - ids.shape[1], 0)), constant_values=pad),
+      np.pad(np.ones_like(ids), ((0, 0), (width - ids.shape[1], 0))),
+      pixels,
+    )
     model, eos = self.model, self.tokenizer.eos_token_id
 
     def run(rows):
-      out = generate(model, rows[0], rows[1], pixel_values_videos=rows[2],
-                     max_new_tokens=steps, eos_token_id=eos, pad_token_id=pad)
+      out = generate(
+        model,
+        rows[0],
+        rows[1],
+        pixel_values_videos=rows[2],
+        max_new_tokens=steps,
+        eos_token_id=eos,
+        pad_token_id=pad,
+      )
       return out.sequences, out.lengths
 
-    seqs, lengths = self._run(f"generate{steps}", lambda: BucketedJit(
-        run, buckets=self.buckets, name=f"{self.name}/generate", jit=False), rows)
+    seqs, lengths = self._run(
+      f"generate{steps}",
+      lambda: BucketedJit(run, buckets=self.buckets, name=f"{self.name}/generate", jit=False),
+      rows,
+    )
     n = int(lengths[0])
-    return self.tokenizer.decode(np.asarray(seqs)[0, :n].tolist(),
-                                 skip_special_tokens=True).strip()
+    return self.tokenizer.decode(np.asarray(seqs)[0, :n].tolist(), skip_special_tokens=True).strip()
 
-  def score_choices(self, clip, user_text: str, replies: Sequence[str], *,
-                    blank: bool = False) -> np.ndarray:
+  def score_choices(
+    self, clip, user_text: str, replies: Sequence[str], *, blank: bool = False
+  ) -> np.ndarray:
     """Log-likelihood (len(replies),) of the model replying `reply</s>` to `user_text`.
 
     The replies are tokenised as training encodes targets (`" " + reply`, then EOS) and scored
@@ -236,6 +278,7 @@ class LlavaVideoQA:
 
     from aotd_jax.models.generate import prompt_bucket
     from experts.batching import BucketedJit
+
     if not replies:
       raise ValueError("score_choices: no replies to score")
     ids, pixels = self.inputs(clip, user_text)
@@ -252,18 +295,26 @@ class LlavaVideoQA:
     batch = np.full((len(rows), width), pad, np.int32)
     attn, scored = np.zeros_like(batch), np.zeros((len(rows), width), np.float32)
     for i, (r, m) in enumerate(zip(rows, masks)):
-      batch[i, :len(r)], attn[i, :len(r)], scored[i, :len(m)] = r, 1, m
+      batch[i, : len(r)], attn[i, : len(r)], scored[i, : len(m)] = r, 1, m
     with self._lock:  # one split: the state object is part of the coalescer's batching key
       if self._state is None:
         self._graphdef, self._state = nnx.split(self.model)
       graphdef, state = self._graphdef, self._state
-    out = self._run("score", lambda: BucketedJit(
-        functools.partial(_request_logprobs, graphdef), buckets=self.buckets,
-        name=f"{self.name}/score"), (batch[None], attn[None], pixels, scored[None]), state)
+    out = self._run(
+      "score",
+      lambda: BucketedJit(
+        functools.partial(_request_logprobs, graphdef),
+        buckets=self.buckets,
+        name=f"{self.name}/score",
+      ),
+      (batch[None], attn[None], pixels, scored[None]),
+      state,
+    )
     return np.asarray(out[0], np.float64)
 
   def answer(self, clip, question: str, choices: Sequence[str] | None = None) -> str:
-    from aotd_jax.data.conversation import (ANSWER_SUFFIX, OPEN_ENDED_SUFFIX, format_question)
+    from aotd_jax.data.conversation import ANSWER_SUFFIX, OPEN_ENDED_SUFFIX, format_question
+
     if choices:
       choices = [str(c) for c in choices]
       user = format_question(question, choices, self.prompt_format) + "\n" + ANSWER_SUFFIX
@@ -279,8 +330,9 @@ class LlavaVideoQA:
   def summarize(self, clip, query: str | None = None) -> str:
     return self.generate_text(clip, summary_text(self.summary_prompt, query))
 
-  def recognize(self, clip, object_name: str | None = None,
-                candidates: Sequence[str] | None = None) -> list[str]:
+  def recognize(
+    self, clip, object_name: str | None = None, candidates: Sequence[str] | None = None
+  ) -> list[str]:
     question = action_question(self.action_prompt, object_name, bool(candidates))
     if self.action_prompt == "official" and not candidates and not object_name:
       reply = self.generate_text(clip, question)  # the release's free recognition request
@@ -288,5 +340,6 @@ class LlavaVideoQA:
       reply = self.answer(clip, question, candidates)
     if reply and candidates:  # the protocol: labels drawn from the candidates ("(B) x" -> x)
       from experts.tools import snap_to_choice
+
       reply = snap_to_choice(reply, list(candidates))
     return [reply] if reply else []

@@ -7,6 +7,7 @@ prompt structure (`prompts/select_answer.prompt`: an intro, one worked example, 
 the evidence as "- key: value" lines, "- Possible answers:", "- Selected answer:"), in our
 words (`data/prompts/select_answer_official.txt`); `"ours"` the shorter `SELECT_PROMPT`.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -31,8 +32,10 @@ def select_prompt(question: str, choices: Sequence[str], info: str, prompt: str 
   options = "\n".join(f"({chr(ord('A') + i)}) {c}" for i, c in enumerate(choices))
   if prompt == "official":
     from aotd_jax.agent.programs import read_prompt_file
-    return read_prompt_file(OFFICIAL_PROMPT_FILE).format(question=question, info=info or "",
-                                                         options=options)
+
+    return read_prompt_file(OFFICIAL_PROMPT_FILE).format(
+      question=question, info=info or "", options=options
+    )
   if prompt != "ours":
     raise ValueError(f"selector prompt {prompt!r}: expected one of {PROMPTS}")
   return SELECT_PROMPT.format(question=question, info=info or "(none)", options=options)
@@ -41,8 +44,15 @@ def select_prompt(question: str, choices: Sequence[str], info: str, prompt: str 
 class LLMSelector:
   """Picks an option with an LLM; `llm` has `complete(prompts, *, max_new_tokens, ...)`."""
 
-  def __init__(self, llm, *, name: str = "llm", max_new_tokens: int = 8, chat: bool = True,
-               prompt: str = "ours"):
+  def __init__(
+    self,
+    llm,
+    *,
+    name: str = "llm",
+    max_new_tokens: int = 8,
+    chat: bool = True,
+    prompt: str = "ours",
+  ):
     if prompt not in PROMPTS:
       raise ValueError(f"experts config: selector.prompt={prompt!r} is not one of {PROMPTS}")
     self.llm, self.name, self.max_new_tokens, self.chat = llm, name, max_new_tokens, chat

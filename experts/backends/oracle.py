@@ -9,6 +9,7 @@ the pipeline with perfect experts.
 Text matching is deliberately simple (lower case, crude stemming, "object"/"something"
 matching any noun) and documented by tests.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -19,12 +20,48 @@ from typing import Iterable, Sequence
 
 from experts.backends.protocols import Box, Window
 
-_STOP = {"the", "a", "an", "is", "are", "was", "were", "to", "of", "with", "and", "in", "on",
-         "at", "by", "some", "somewhere", "from", "what", "did", "do", "does", "person's"}
+_STOP = {
+  "the",
+  "a",
+  "an",
+  "is",
+  "are",
+  "was",
+  "were",
+  "to",
+  "of",
+  "with",
+  "and",
+  "in",
+  "on",
+  "at",
+  "by",
+  "some",
+  "somewhere",
+  "from",
+  "what",
+  "did",
+  "do",
+  "does",
+  "person's",
+}
 _WILDCARDS = {"object", "objects", "something", "thing", "shape", "another", "other"}
-_IRREGULAR = {"spun": "spin", "grew": "grow", "threw": "throw", "took": "take", "ate": "eat",
-              "drank": "drink", "sat": "sit", "put": "put", "held": "hold", "stood": "stand",
-              "ran": "run", "went": "go", "opened": "open", "closed": "close"}
+_IRREGULAR = {
+  "spun": "spin",
+  "grew": "grow",
+  "threw": "throw",
+  "took": "take",
+  "ate": "eat",
+  "drank": "drink",
+  "sat": "sit",
+  "put": "put",
+  "held": "hold",
+  "stood": "stand",
+  "ran": "run",
+  "went": "go",
+  "opened": "open",
+  "closed": "close",
+}
 
 
 def stem(word: str) -> str:
@@ -32,7 +69,7 @@ def stem(word: str) -> str:
   w = _IRREGULAR.get(word, word)
   for suffix in ("ing", "ed", "es", "s"):
     if w.endswith(suffix) and len(w) - len(suffix) >= 3:
-      w = w[:-len(suffix)]
+      w = w[: -len(suffix)]
       break
   if len(w) > 3 and w.endswith("e"):
     w = w[:-1]
@@ -43,8 +80,9 @@ def stem(word: str) -> str:
 
 def content_words(text: str) -> list[str]:
   """Stemmed words of `text` without stop words."""
-  return [stem(w) for w in re.findall(r"[a-z0-9']+", text.lower().replace("/", " "))
-          if w not in _STOP]
+  return [
+    stem(w) for w in re.findall(r"[a-z0-9']+", text.lower().replace("/", " ")) if w not in _STOP
+  ]
 
 
 def match_score(query: str, text: str) -> float:
@@ -89,8 +127,13 @@ class GroundTruth:
     self._frames: dict[str, dict[int, dict]] = {}
     self._sorted: dict[str, list[int]] = {}
 
-  def add_frame(self, video_id: str, frame_id: int, boxes: Iterable[tuple[str, Sequence[float]]],
-                actions: Iterable[str]) -> None:
+  def add_frame(
+    self,
+    video_id: str,
+    frame_id: int,
+    boxes: Iterable[tuple[str, Sequence[float]]],
+    actions: Iterable[str],
+  ) -> None:
     frames = self._frames.setdefault(str(video_id), {})
     entry = frames.setdefault(int(frame_id), {"boxes": [], "actions": []})
     for label, box in boxes:
@@ -108,8 +151,10 @@ class GroundTruth:
   def frame(self, video_id: str | None, frame_id: int) -> dict:
     """The annotation of `frame_id`, or of the nearest annotated frame (within `max_gap`)."""
     if video_id not in self._frames:
-      raise KeyError(f"oracle has no ground truth for video {video_id!r} (loaded from "
-                     f"{self.source}; {len(self._frames)} videos)")
+      raise KeyError(
+        f"oracle has no ground truth for video {video_id!r} (loaded from "
+        f"{self.source}; {len(self._frames)} videos)"
+      )
     ids = self._sorted.get(video_id)
     if ids is None:
       ids = self._sorted[video_id] = sorted(self._frames[video_id])
@@ -120,8 +165,9 @@ class GroundTruth:
     return self._frames[video_id][near]
 
   @classmethod
-  def from_star(cls, paths: str | Sequence[str], classes_dir: str | None = None,
-                max_gap: int | None = None) -> "GroundTruth":
+  def from_star(
+    cls, paths: str | Sequence[str], classes_dir: str | None = None, max_gap: int | None = None
+  ) -> "GroundTruth":
     """Reads STAR-format JSON question files (a list of records with `situations`)."""
     paths = [paths] if isinstance(paths, str) else list(paths)
     names = read_class_names(classes_dir) if classes_dir else {}
@@ -142,12 +188,14 @@ class GroundTruth:
             boxes = sit.get("bbox", [])
             if len(labels) != len(boxes):
               raise ValueError(f"{len(boxes)} boxes but {len(labels)} bbox_labels in frame {fid}")
-            gt.add_frame(vid, int(fid), zip(labels, boxes),
-                         [names.get(a, a) for a in sit.get("actions", [])])
+            gt.add_frame(
+              vid, int(fid), zip(labels, boxes), [names.get(a, a) for a in sit.get("actions", [])]
+            )
         except (KeyError, TypeError, ValueError) as e:
           qid = rec.get("question_id", k) if isinstance(rec, dict) else k
-          raise ValueError(f"{path}: record {qid!r} has malformed situations "
-                           f"({type(e).__name__}: {e})") from None
+          raise ValueError(
+            f"{path}: record {qid!r} has malformed situations ({type(e).__name__}: {e})"
+          ) from None
     return gt
 
 
@@ -171,8 +219,14 @@ class OracleDetector:
     out = []
     for f in clip.frame_ids:
       boxes = self.gt.frame(clip.video_id, int(f))["boxes"]
-      out.append([Box(int(f), q, 1.0, box) for label, box in boxes for q in queries
-                  if label_matches(q, label)])
+      out.append(
+        [
+          Box(int(f), q, 1.0, box)
+          for label, box in boxes
+          for q in queries
+          if label_matches(q, label)
+        ]
+      )
     return out
 
 
@@ -212,8 +266,9 @@ class OracleActions:
   def __init__(self, gt: GroundTruth, name: str = "oracle", min_score: float = 1.0):
     self.gt, self.name, self.min_score = gt, name, min_score
 
-  def recognize(self, clip, object_name: str | None = None,
-                candidates: Sequence[str] | None = None) -> list[str]:
+  def recognize(
+    self, clip, object_name: str | None = None, candidates: Sequence[str] | None = None
+  ) -> list[str]:
     timed = _actions_in(self.gt, clip)
     if object_name:
       timed = [(a, f) for a, f in timed if match_score(object_name, a) == 1.0]
@@ -235,8 +290,9 @@ class OracleActions:
         if label not in objects:
           objects.append(label)
     acts = [f"{a} (from frame {f})" for a, f in _actions_in(self.gt, clip)]
-    return (f"Objects: {', '.join(objects) or 'none'}. "
-            f"Actions in order: {'; '.join(acts) or 'none'}.")
+    return (
+      f"Objects: {', '.join(objects) or 'none'}. Actions in order: {'; '.join(acts) or 'none'}."
+    )
 
   def answer(self, clip, question: str, choices: Sequence[str] | None = None) -> str:
     """With choices: the one an annotated action involves, not named by the question.
@@ -292,4 +348,5 @@ class KeywordSelector:
       pos = text.find(_object_phrase(choice))
       pos = (-pos if before else pos) if pos >= 0 else float("inf")
       return (-overlap, pos, i)
+
     return min(enumerate(choices), key=rank)[1]

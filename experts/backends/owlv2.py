@@ -9,6 +9,7 @@ head — whose features stay on the device for the next query; a second jitted f
 class head) scores them against the queries, and only the (B, P, Q) logits and boxes come
 back to the host for thresholding and NMS.
 """
+
 from __future__ import annotations
 
 import collections
@@ -34,17 +35,27 @@ def _pow2(n: int) -> int:
 
 def hf_tokenize(tokenizer, max_length: int) -> Tokenize:
   """A transformers tokenizer as `Tokenize`: padded to `max_length` as OWLv2's processor does."""
+
   def tokenize(texts):
-    enc = tokenizer(list(texts), padding="max_length", truncation=True, max_length=max_length,
-                    return_tensors="np")
+    enc = tokenizer(
+      list(texts), padding="max_length", truncation=True, max_length=max_length, return_tensors="np"
+    )
     return np.asarray(enc["input_ids"], np.int32), np.asarray(enc["attention_mask"], np.int32)
+
   return tokenize
 
 
-def device_preprocess(frames: jax.Array, image_size: int, *, pad_value: float = 0.0,
-                      mean: Sequence[float], std: Sequence[float]) -> jax.Array:
+def device_preprocess(
+  frames: jax.Array,
+  image_size: int,
+  *,
+  pad_value: float = 0.0,
+  mean: Sequence[float],
+  std: Sequence[float],
+) -> jax.Array:
   """(B, H, W, 3) uint8 -> (B, 3, S, S) float32 exactly as `owlv2_processing.preprocess`."""
   from aotd_jax.models import owlv2_processing as proc
+
   b, h, w, _ = frames.shape
   side = max(h, w)
   x = frames.astype(jnp.float32) * np.float32(1 / 255)
@@ -55,7 +66,9 @@ def device_preprocess(frames: jax.Array, image_size: int, *, pad_value: float = 
   lo = x.min(axis=(1, 2, 3)).reshape(b, 1, 1, 1)
   hi = x.max(axis=(1, 2, 3)).reshape(b, 1, 1, 1)
   y = jnp.clip(y, lo, hi)  # scikit-image clips the interpolation to the input's range
-  return (y - jnp.asarray(mean, jnp.float32)[:, None, None]) / jnp.asarray(std, jnp.float32)[:, None, None]
+  return (y - jnp.asarray(mean, jnp.float32)[:, None, None]) / jnp.asarray(std, jnp.float32)[
+    :, None, None
+  ]
 
 
 class Owlv2Detector:
@@ -85,11 +98,22 @@ class Owlv2Detector:
   is awaited, not recomputed, by another that asks for the same frames.
   """
 
-  def __init__(self, model, tokenize: Tokenize, *, name: str = "owlv2",
-               buckets: Sequence[int] = DEFAULT_BUCKETS, nms_threshold: float | None = 0.3,
-               pad_value: float = 0.0, feature_cache: int = 64, query_template: str = "{}",
-               coalesce: bool = False, coalesce_wait_s: float = 0.002):
+  def __init__(
+    self,
+    model,
+    tokenize: Tokenize,
+    *,
+    name: str = "owlv2",
+    buckets: Sequence[int] = DEFAULT_BUCKETS,
+    nms_threshold: float | None = 0.3,
+    pad_value: float = 0.0,
+    feature_cache: int = 64,
+    query_template: str = "{}",
+    coalesce: bool = False,
+    coalesce_wait_s: float = 0.002,
+  ):
     from aotd_jax.models import owlv2_processing as proc
+
     if "{}" not in query_template:
       raise ValueError(f"query_template {query_template!r} must contain {{}} for the name")
     self.name, self.tokenize, self.nms_threshold = name, tokenize, nms_threshold
@@ -102,8 +126,9 @@ class Owlv2Detector:
 
     def image_side(frames, state):
       m = nnx.merge(graphdef, state)
-      pixel_values = device_preprocess(frames, size, pad_value=pad_value,
-                                       mean=proc.OPENAI_CLIP_MEAN, std=proc.OPENAI_CLIP_STD)
+      pixel_values = device_preprocess(
+        frames, size, pad_value=pad_value, mean=proc.OPENAI_CLIP_MEAN, std=proc.OPENAI_CLIP_STD
+      )
       fmap = m.image_embedder(pixel_values)
       feats = fmap.reshape(fmap.shape[0], -1, fmap.shape[-1])
       return feats, m.box_predictor(feats)
@@ -130,23 +155,33 @@ class Owlv2Detector:
     self.coalescer = None
     if coalesce:
       from experts.coalesce import Coalescer
-      self.coalescer = Coalescer(self.image_fn, wait_s=coalesce_wait_s, output="device",
-                                 name=f"{name}/coalesce")
+
+      self.coalescer = Coalescer(
+        self.image_fn, wait_s=coalesce_wait_s, output="device", name=f"{name}/coalesce"
+      )
 
   @classmethod
-  def from_pretrained(cls, path: str, *, buckets: Sequence[int] = DEFAULT_BUCKETS,
-                      matmul_precision: str = "default", cpu_kernels: bool = True,
-                      **kwargs) -> "Owlv2Detector":
+  def from_pretrained(
+    cls,
+    path: str,
+    *,
+    buckets: Sequence[int] = DEFAULT_BUCKETS,
+    matmul_precision: str = "default",
+    cpu_kernels: bool = True,
+    **kwargs,
+  ) -> "Owlv2Detector":
     """Loads a HF OWLv2 directory (weights + tokenizer) with `aotd_jax.hf`;
     `matmul_precision="high"` runs its matmuls in bf16x3, `"highest"` in bf16x6 with float32's
     error (the AMX kernel on Intel CPUs);
     `cpu_kernels=False` keeps XLA's attention where aotd_jax's CPU kernel would run."""
     from aotd_jax import hf
     from aotd_jax.layers.compute import ComputeOptions
+
     options = ComputeOptions(matmul_precision=matmul_precision, cpu_kernels=cpu_kernels)
     model = hf.from_pretrained(path, options=options)
-    tokenize = hf_tokenize(hf.load_tokenizer(path),
-                           model.config.text_config.max_position_embeddings)
+    tokenize = hf_tokenize(
+      hf.load_tokenizer(path), model.config.text_config.max_position_embeddings
+    )
     return cls(model, tokenize, name=f"owlv2:{path}", buckets=buckets, **kwargs)
 
   def clear_features(self) -> None:
@@ -191,8 +226,11 @@ class Owlv2Detector:
       owner = future is None
       if owner:
         coalescer = self.coalescer
-        future = (coalescer.submit(frames, self._state) if coalescer is not None
-                  else concurrent.futures.Future())
+        future = (
+          coalescer.submit(frames, self._state)
+          if coalescer is not None
+          else concurrent.futures.Future()
+        )
         self._inflight[key] = future
     if not owner:
       return future.result()
@@ -218,16 +256,22 @@ class Owlv2Detector:
     host = clip.frames
     logits, boxes = [], []
     for start, stop, size in plan_chunks(len(clip), self.image_fn.buckets):
-      key = (clip.identity, clip.height, clip.width, tuple(int(f) for f in clip.frame_ids[start:stop]))
+      key = (
+        clip.identity,
+        clip.height,
+        clip.width,
+        tuple(int(f) for f in clip.frame_ids[start:stop]),
+      )
       feats, pred = self._image_chunk(key, host[start:stop], size)
       lg = self.head_fn.run_chunk(feats, self._state, emb, mask)
-      logits.append(np.asarray(lg)[:stop - start, :, :len(queries)])
-      boxes.append(np.asarray(pred)[:stop - start])
+      logits.append(np.asarray(lg)[: stop - start, :, : len(queries)])
+      boxes.append(np.asarray(pred)[: stop - start])
     return np.concatenate(logits), np.concatenate(boxes)
 
   def detect(self, clip, queries: Sequence[str], *, threshold: float) -> list[list[Box]]:
     """Boxes per frame of `clip` scoring > threshold, in source-frame pixels."""
     from aotd_jax.models import owlv2_processing as proc
+
     if not len(clip):
       return []
     logits, boxes = self.raw_outputs(clip, list(queries))
@@ -235,6 +279,10 @@ class Owlv2Detector:
     sizes = [(clip.height, clip.width)] * len(clip)
     results = proc.post_process_object_detection(outputs, threshold, sizes, self.nms_threshold)
     limit = [clip.width, clip.height] * 2
-    return [[Box(int(fid), queries[int(l)], float(sc), tuple(float(v) for v in np.clip(b, 0, limit)))
-             for sc, l, b in zip(r["scores"], r["labels"], r["boxes"])]
-            for fid, r in zip(clip.frame_ids, results)]
+    return [
+      [
+        Box(int(fid), queries[int(l)], float(sc), tuple(float(v) for v in np.clip(b, 0, limit)))
+        for sc, l, b in zip(r["scores"], r["labels"], r["boxes"])
+      ]
+      for fid, r in zip(clip.frame_ids, results)
+    ]

@@ -23,6 +23,7 @@ UniVTG forward) each sit behind an `experts.coalesce.Coalescer`: concurrent `gro
 from a CoT job's programs share batches. The forward batches calls whose video has the same
 (padded) clip count, so a row's inputs are exactly the unbatched call's.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -55,26 +56,43 @@ class UniVTGGrounder:
     coalesce_wait_s: the coalescers' wait window.
   """
 
-  def __init__(self, model, clip_model, tokenize: Tokenize, *, name: str = "univtg",
-               buckets: Sequence[int] = DEFAULT_BUCKETS,
-               clip_buckets: Sequence[int] | None = None, nms_threshold: float | None = 0.7,
-               frame_features=None, coalesce: bool = False, coalesce_wait_s: float = 0.002):
+  def __init__(
+    self,
+    model,
+    clip_model,
+    tokenize: Tokenize,
+    *,
+    name: str = "univtg",
+    buckets: Sequence[int] = DEFAULT_BUCKETS,
+    clip_buckets: Sequence[int] | None = None,
+    nms_threshold: float | None = 0.7,
+    frame_features=None,
+    coalesce: bool = False,
+    coalesce_wait_s: float = 0.002,
+  ):
     cfg = model.config
     if frame_features is None:
       dim, what = clip_model.config.projection_dim, "CLIP image features"
     else:
       dim, what = frame_features.feature_dim, "frame_features"
     if tuple(cfg.v_feat_dims) != (dim,):
-      raise ValueError(f"UniVTG config expects video feature blocks {tuple(cfg.v_feat_dims)}; "
-                       f"the {what} computed here are ({dim},) (set v_feat_dims=({dim},))")
+      raise ValueError(
+        f"UniVTG config expects video feature blocks {tuple(cfg.v_feat_dims)}; "
+        f"the {what} computed here are ({dim},) (set v_feat_dims=({dim},))"
+      )
     if cfg.t_feat_dim != clip_model.config.text_config.hidden_size:
-      raise ValueError(f"UniVTG t_feat_dim={cfg.t_feat_dim} != CLIP text hidden size "
-                       f"{clip_model.config.text_config.hidden_size}")
+      raise ValueError(
+        f"UniVTG t_feat_dim={cfg.t_feat_dim} != CLIP text hidden size "
+        f"{clip_model.config.text_config.hidden_size}"
+      )
     self.name, self.tokenize, self.nms_threshold = name, tokenize, nms_threshold
     self.clip_length = float(cfg.clip_length)
     self.use_tef = cfg.use_tef
-    self.image_size = (clip_model.config.vision_config.image_size if frame_features is None
-                       else frame_features.image_size)
+    self.image_size = (
+      clip_model.config.vision_config.image_size
+      if frame_features is None
+      else frame_features.image_size
+    )
     self.clip_buckets = tuple(sorted(clip_buckets)) if clip_buckets else None
     vg, vs = nnx.split(clip_model)
     ug, us = nnx.split(model)
@@ -104,10 +122,15 @@ class UniVTGGrounder:
     self.coalescers = {}
     if coalesce:
       from experts.coalesce import Coalescer
-      self.coalescers = {part: Coalescer(fn, wait_s=coalesce_wait_s, output="host",
-                                         name=f"{name}/coalesce-{part}")
-                         for part, fn in (("image", self.image_fn), ("text", self.text_fn),
-                                          ("forward", self.forward_fn))}
+
+      self.coalescers = {
+        part: Coalescer(fn, wait_s=coalesce_wait_s, output="host", name=f"{name}/coalesce-{part}")
+        for part, fn in (
+          ("image", self.image_fn),
+          ("text", self.text_fn),
+          ("forward", self.forward_fn),
+        )
+      }
 
   @property
   def forward_compiles(self) -> int:
@@ -128,8 +151,9 @@ class UniVTGGrounder:
       c.close()
 
   @classmethod
-  def from_pretrained(cls, path: str, *, clip_path: str, buckets=DEFAULT_BUCKETS,
-                      frame_features=None, **kwargs) -> "UniVTGGrounder":
+  def from_pretrained(
+    cls, path: str, *, clip_path: str, buckets=DEFAULT_BUCKETS, frame_features=None, **kwargs
+  ) -> "UniVTGGrounder":
     """An official UniVTG checkpoint (`path`) and a HF CLIP directory with its tokenizer.
 
     `path` may also be a directory holding `univtg.ckpt` (as `train_grounder` writes it).
@@ -137,25 +161,37 @@ class UniVTGGrounder:
     plugin from `grounder.features_path`); None = CLIP's.
     """
     import os
+
     if os.path.isdir(path) and os.path.isfile(os.path.join(path, "univtg.ckpt")):
       path = os.path.join(path, "univtg.ckpt")
     from aotd_jax import hf
     from aotd_jax.hf.univtg import load_univtg
     from experts.backends.owlv2 import hf_tokenize
+
     clip_model = hf.from_pretrained(clip_path)
-    tokenize = hf_tokenize(hf.load_tokenizer(clip_path),
-                           clip_model.config.text_config.max_position_embeddings)
-    return cls(load_univtg(path), clip_model, tokenize, name=f"univtg:{path}", buckets=buckets,
-               frame_features=frame_features, **kwargs)
+    tokenize = hf_tokenize(
+      hf.load_tokenizer(clip_path), clip_model.config.text_config.max_position_embeddings
+    )
+    return cls(
+      load_univtg(path),
+      clip_model,
+      tokenize,
+      name=f"univtg:{path}",
+      buckets=buckets,
+      frame_features=frame_features,
+      **kwargs,
+    )
 
   def features(self, clip) -> tuple[np.ndarray, np.ndarray]:
     """(L, D) video features, one per `clip_length` seconds of the clip's time span (its rows'
     source timestamps, however sparsely they were sampled), and the rows they come from."""
     from aotd_jax.data.video_processing import preprocess_video
     from aotd_jax.models.univtg_postprocess import clip_row_indices
+
     pos = clip_row_indices(clip.times, clip.span_seconds, self.clip_length)
-    pixels = preprocess_video(clip.frames[pos], shortest_edge=self.image_size,
-                              crop_size=self.image_size)
+    pixels = preprocess_video(
+      clip.frames[pos], shortest_edge=self.image_size, crop_size=self.image_size
+    )
     return self._run("image", self.image_fn, pixels, self._image_state), pos
 
   def query_states(self, query: str) -> np.ndarray:
@@ -168,31 +204,53 @@ class UniVTGGrounder:
   def raw_outputs(self, clip, query: str, *, pad: bool = True):
     """The UniVTG outputs for a clip and query; `pad=False` pads neither clips nor text."""
     from aotd_jax.models import univtg_postprocess as post
+
     feats, _ = self.features(clip)
     txt = self.query_states(query)
     n = len(feats)
     lv = None
     if pad and self.clip_buckets:
-      lv = bucket_size(n, self.clip_buckets) if n <= self.clip_buckets[-1] else \
-          -(-n // self.clip_buckets[-1]) * self.clip_buckets[-1]
-    inputs = post.batch_inputs([feats], [txt], use_tef=self.use_tef, pad_video_to=lv,
-                               pad_text_to=self.tokenize([query])[0].shape[1] if pad else None)
-    rows = tuple(np.asarray(inputs[k]) for k in ("src_txt", "src_txt_mask", "src_vid",
-                                                  "src_vid_mask"))
+      lv = (
+        bucket_size(n, self.clip_buckets)
+        if n <= self.clip_buckets[-1]
+        else -(-n // self.clip_buckets[-1]) * self.clip_buckets[-1]
+      )
+    inputs = post.batch_inputs(
+      [feats],
+      [txt],
+      use_tef=self.use_tef,
+      pad_video_to=lv,
+      pad_text_to=self.tokenize([query])[0].shape[1] if pad else None,
+    )
+    rows = tuple(
+      np.asarray(inputs[k]) for k in ("src_txt", "src_txt_mask", "src_vid", "src_vid_mask")
+    )
     return self._run("forward", self.forward_fn, rows, self._univtg_state)
 
   def ground(self, clip, query: str, *, top_k: int = 1) -> list[Window]:
     """Best-first windows of source frame ids where `query` happens."""
     from aotd_jax.models import univtg_postprocess as post
     from aotd_jax.models.univtg import UniVTGOutput
+
     if not len(clip):
       return []
     logits, spans, sal, vmask = self.raw_outputs(clip, query)
-    out = UniVTGOutput(pred_logits=logits, pred_spans=spans, saliency_scores=sal,
-                       vid_mem_proj=None, txt_mem_proj=None, src_vid_mask=vmask)
+    out = UniVTGOutput(
+      pred_logits=logits,
+      pred_spans=spans,
+      saliency_scores=sal,
+      vid_mem_proj=None,
+      txt_mem_proj=None,
+      src_vid_mask=vmask,
+    )
     duration = clip.span_seconds
-    pred = post.decode_moments(out, clip_length=self.clip_length, durations=[duration],
-                               nms_thd=self.nms_threshold, top_k=top_k)[0]
+    pred = post.decode_moments(
+      out,
+      clip_length=self.clip_length,
+      durations=[duration],
+      nms_thd=self.nms_threshold,
+      top_k=top_k,
+    )[0]
     return [self._window(clip, s, e, score, query) for s, e, score in pred.pred_relevant_windows]
 
   @staticmethod

@@ -20,6 +20,7 @@ peers themselves). Arguments
 `--config.KEY=VALUE` pass through to every worker (as does `--override=KEY=VALUE`). With
 `--dry_run` the gcloud commands are printed, not run (that is how the tests check it).
 """
+
 from __future__ import annotations
 
 import shlex
@@ -34,22 +35,37 @@ _PROJECT = flags.DEFINE_string("project", "", "GCP project (gcloud's default if 
 _REPO = flags.DEFINE_string("repo_dir", "~/aotd_jax", "Checkout of this repo on every worker.")
 _CONFIG = flags.DEFINE_string("config", None, "Config file (with :arg) for launch.train.")
 _WORKDIR = flags.DEFINE_string(
-    "workdir", "", "Shared workdir (a gs:// bucket path on pods); launch.train needs it, modules "
-    "without a --workdir flag (launch.generate_cots) run without.")
+  "workdir",
+  "",
+  "Shared workdir (a gs:// bucket path on pods); launch.train needs it, modules "
+  "without a --workdir flag (launch.generate_cots) run without.",
+)
 _MODULE = flags.DEFINE_string("module", "launch.train", "Entry point to run on every worker.")
 _OVERRIDES = flags.DEFINE_multi_string("override", [], "Extra --config.KEY=VALUE, repeatable.")
 _SETUP = flags.DEFINE_bool(
-    "setup", False, "Instead of the run: create .venv on every worker and install the package "
-    "with the TPU build of JAX (`pip install -c constraints.txt -e '.[tpu,gcs]'`).")
+  "setup",
+  False,
+  "Instead of the run: create .venv on every worker and install the package "
+  "with the TPU build of JAX (`pip install -c constraints.txt -e '.[tpu,gcs]'`).",
+)
 _EXTRAS = flags.DEFINE_string("extras", "tpu,gcs", "Extras the setup step installs.")
-_PYTHON = flags.DEFINE_string("python", "python3", "Interpreter the setup step makes the venv "
-                              "with (Python >= 3.11, e.g. python3.11 on older TPU VM images).")
+_PYTHON = flags.DEFINE_string(
+  "python",
+  "python3",
+  "Interpreter the setup step makes the venv "
+  "with (Python >= 3.11, e.g. python3.11 on older TPU VM images).",
+)
 _LIBTPU = flags.DEFINE_string("libtpu_init_args", "", "LIBTPU_INIT_ARGS for every worker.")
 _XLA_FLAGS = flags.DEFINE_string("xla_flags", "", "XLA_FLAGS for every worker.")
 _BACKGROUND = flags.DEFINE_bool(
-    "background", True, "Detach the run on every worker (nohup), logging to "
-    "--worker_log_dir/<module>-<worker hostname>.log; the ssh returns at once.")
-_LOG_DIR = flags.DEFINE_string("worker_log_dir", "~/aotd_logs", "Per-worker log folder (on each worker).")
+  "background",
+  True,
+  "Detach the run on every worker (nohup), logging to "
+  "--worker_log_dir/<module>-<worker hostname>.log; the ssh returns at once.",
+)
+_LOG_DIR = flags.DEFINE_string(
+  "worker_log_dir", "~/aotd_logs", "Per-worker log folder (on each worker)."
+)
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the commands instead of running them.")
 flags.mark_flags_as_required(["tpu", "zone", "config"])
 
@@ -65,14 +81,24 @@ def _tilde(path: str) -> str:
 
 def setup_command(repo_dir: str, extras: str = "tpu,gcs", python: str = "python3") -> str:
   """The shell command that prepares one worker: a venv with the accelerator build of JAX."""
-  return (f"cd {_tilde(repo_dir)} && {shlex.quote(python)} -m venv .venv && . .venv/bin/activate && "
-          "python -m pip install -q --upgrade pip && "
-          f"python -m pip install -q -c constraints.txt -e {shlex.quote(f'.[{extras}]')}")
+  return (
+    f"cd {_tilde(repo_dir)} && {shlex.quote(python)} -m venv .venv && . .venv/bin/activate && "
+    "python -m pip install -q --upgrade pip && "
+    f"python -m pip install -q -c constraints.txt -e {shlex.quote(f'.[{extras}]')}"
+  )
 
 
-def worker_command(repo_dir: str, module: str, config: str, workdir: str, overrides: list[str], *,
-                   env: dict[str, str] | None = None, background: bool = False,
-                   log_dir: str = "~/aotd_logs") -> str:
+def worker_command(
+  repo_dir: str,
+  module: str,
+  config: str,
+  workdir: str,
+  overrides: list[str],
+  *,
+  env: dict[str, str] | None = None,
+  background: bool = False,
+  log_dir: str = "~/aotd_logs",
+) -> str:
   """The shell command every worker runs (same on all; JAX tells the workers apart)."""
   args = [f"--config={config}"] + ([f"--workdir={workdir}"] if workdir else [])
   args.append("--config.distributed=True")
@@ -86,8 +112,17 @@ def worker_command(repo_dir: str, module: str, config: str, workdir: str, overri
 
 
 def gcloud_command(tpu: str, zone: str, project: str, remote: str) -> list[str]:
-  cmd = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", tpu, f"--zone={zone}", "--worker=all",
-         f"--command={remote}"]
+  cmd = [
+    "gcloud",
+    "compute",
+    "tpus",
+    "tpu-vm",
+    "ssh",
+    tpu,
+    f"--zone={zone}",
+    "--worker=all",
+    f"--command={remote}",
+  ]
   if project:
     cmd.append(f"--project={project}")
   return cmd
@@ -107,9 +142,16 @@ def main(argv):
     remote = setup_command(_REPO.value, _EXTRAS.value, _PYTHON.value)
   else:
     env = {"LIBTPU_INIT_ARGS": _LIBTPU.value, "XLA_FLAGS": _XLA_FLAGS.value}
-    remote = worker_command(_REPO.value, _MODULE.value, _CONFIG.value, _WORKDIR.value,
-                            _OVERRIDES.value + _PASSTHROUGH, env=env,
-                            background=_BACKGROUND.value, log_dir=_LOG_DIR.value)
+    remote = worker_command(
+      _REPO.value,
+      _MODULE.value,
+      _CONFIG.value,
+      _WORKDIR.value,
+      _OVERRIDES.value + _PASSTHROUGH,
+      env=env,
+      background=_BACKGROUND.value,
+      log_dir=_LOG_DIR.value,
+    )
   cmd = gcloud_command(_TPU.value, _ZONE.value, _PROJECT.value, remote)
   if _DRY_RUN.value:
     print(" ".join(shlex.quote(c) for c in cmd))

@@ -5,6 +5,7 @@ program stage swapped for a `ProgramWriter` (the compact prompt the tiny program
 was trained on, and a counted gold fallback), then writes one unfiltered CoT per executed
 program for the `aotd_unfiltered` student.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,6 +24,7 @@ from aotd_jax.projects.toyworld.oracle import PLUGIN
 def tools_config(config, world_dir: str, experts_info: Mapping) -> ml_collections.ConfigDict:
   """The `experts.make_tools` config: trained models where present, oracles elsewhere."""
   import experts as experts_lib
+
   c = experts_lib.default_config()
   c.ground_truth.path = world_dir
   for role in ("detector", "grounder"):
@@ -45,8 +47,9 @@ def _compact_prompt() -> Callable[[str, Sequence[str]], str]:
   fn = trainer("language_experts", "program_prompt")
   if fn is not None:
     return fn
-  return lambda q, c: (f"Question: {q}\nPossible answers: {programs.format_choices(c)}\n"
-                       f"{programs.PROGRAM_SIGNATURE}\n")
+  return lambda q, c: (
+    f"Question: {q}\nPossible answers: {programs.format_choices(c)}\n{programs.PROGRAM_SIGNATURE}\n"
+  )
 
 
 class ProgramWriter:
@@ -54,18 +57,33 @@ class ProgramWriter:
   back to the annotation's gold program when the config allows it, and every fallback is
   appended to `fallback_log` (so resumed runs count them too)."""
 
-  def __init__(self, llm, *, prompt: Callable[[str, Sequence[str]], str], max_new_tokens: int,
-               fallback_to_gold: bool, fallback_log: str, gold_key: str = "question_program"):
+  def __init__(
+    self,
+    llm,
+    *,
+    prompt: Callable[[str, Sequence[str]], str],
+    max_new_tokens: int,
+    fallback_to_gold: bool,
+    fallback_log: str,
+    gold_key: str = "question_program",
+  ):
     self.llm, self.prompt, self.max_new_tokens = llm, prompt, max_new_tokens
-    self.fallback_to_gold, self.fallback_log, self.gold_key = fallback_to_gold, fallback_log, gold_key
+    self.fallback_to_gold, self.fallback_log, self.gold_key = (
+      fallback_to_gold,
+      fallback_log,
+      gold_key,
+    )
 
   def __call__(self, batch) -> list[programs.ParsedProgram]:
     if self.llm is not None:
       prompts = [self.prompt(qa.question, qa.choices) for qa in batch]
       replies = self.llm.complete(prompts, max_new_tokens=self.max_new_tokens)
-      parsed = [programs.parse_program(r) if programs.PROGRAM_NAME in r else
-                programs.parse_program(r, prefix=programs.PROGRAM_SIGNATURE + "\n")
-                for r in replies]
+      parsed = [
+        programs.parse_program(r)
+        if programs.PROGRAM_NAME in r
+        else programs.parse_program(r, prefix=programs.PROGRAM_SIGNATURE + "\n")
+        for r in replies
+      ]
     else:
       parsed = [programs.ParsedProgram(None, "no program generator") for _ in batch]
     out = []
@@ -81,6 +99,7 @@ class ProgramWriter:
 @dataclasses.dataclass
 class DemoCotJob(job.CotJob):
   """`CotJob` whose program stage is a `ProgramWriter` (compact prompt + counted fallback)."""
+
   writer: Callable | None = None
 
   def _programs(self, batch):
@@ -89,46 +108,69 @@ class DemoCotJob(job.CotJob):
     return self.writer(batch)
 
 
-def build_agent(config, world_dir: str, experts_info: Mapping, sandbox, fallback_log: str,
-                tools: Mapping[str, Callable] | None = None) -> DemoCotJob:
+def build_agent(
+  config,
+  world_dir: str,
+  experts_info: Mapping,
+  sandbox,
+  fallback_log: str,
+  tools: Mapping[str, Callable] | None = None,
+) -> DemoCotJob:
   """The agent of the CoT stage (and of the efficiency run): tools, program writer, filter.
 
   tools: the expert tools (`experts.make_tools`); default: those `tools_config` binds.
   """
   import experts as experts_lib
+
   a = config.agent
   if a.programs not in ("llm", "gold"):
     raise DemoError(f"config.agent.programs={a.programs!r}: expected 'llm' or 'gold'")
   generator = experts_info["program"]["source"] == "trained"
   if a.programs == "llm" and not generator and not a.fallback_to_gold:
-    raise DemoError("config.agent.programs='llm' needs a trained program generator "
-                    "(config.experts.program) or config.agent.fallback_to_gold=True")
+    raise DemoError(
+      "config.agent.programs='llm' needs a trained program generator "
+      "(config.experts.program) or config.agent.fallback_to_gold=True"
+    )
   if tools is None:
-    tools = experts_lib.make_tools(tools_config(config, world_dir, experts_info),
-                                   plugins=[PLUGIN])
+    tools = experts_lib.make_tools(tools_config(config, world_dir, experts_info), plugins=[PLUGIN])
   llm = None
   if a.programs == "llm" and generator:
     from aotd_jax.agent.llm import LocalLlama
+
     llm = LocalLlama(experts_info["program"]["path"], max_batch=a.batch_size)
-  writer = ProgramWriter(llm, prompt=_compact_prompt(), max_new_tokens=a.max_new_tokens,
-                         fallback_to_gold=a.fallback_to_gold, fallback_log=fallback_log)
+  writer = ProgramWriter(
+    llm,
+    prompt=_compact_prompt(),
+    max_new_tokens=a.max_new_tokens,
+    fallback_to_gold=a.fallback_to_gold,
+    fallback_log=fallback_log,
+  )
   video_dir = os.path.abspath(os.path.join(world_dir, "videos"))
-  return DemoCotJob(tools=tools, make_args=clip_args(video_dir, a.max_frames),
-                    run_program=sandbox.run,
-                    program_llm=writer, program_source=a.programs, logic_judge=a.logic_judge,
-                    batch_size=a.batch_size, num_threads=a.sandbox_workers,
-                    timeout_s=a.timeout_s, writer=writer,
-                    video_path=lambda qa: os.path.join(video_dir, f"{qa.video_id}.mp4"))
+  return DemoCotJob(
+    tools=tools,
+    make_args=clip_args(video_dir, a.max_frames),
+    run_program=sandbox.run,
+    program_llm=writer,
+    program_source=a.programs,
+    logic_judge=a.logic_judge,
+    batch_size=a.batch_size,
+    num_threads=a.sandbox_workers,
+    timeout_s=a.timeout_s,
+    writer=writer,
+    video_path=lambda qa: os.path.join(video_dir, f"{qa.video_id}.mp4"),
+  )
 
 
 def clip_args(video_dir: str, max_frames: int) -> Callable:
   """qa -> `execute_command` arguments: the question's window of its clip as a `VideoClip`."""
   from experts.clip import clip_args as make_clip_args
+
   return make_clip_args(lambda qa: os.path.join(video_dir, f"{qa.video_id}.mp4"), max_frames)
 
 
 def make_sandbox(config):
   from aotd_jax.agent.sandbox import Sandbox
+
   return Sandbox(num_workers=config.agent.sandbox_workers, memory_mb=config.agent.sandbox_memory_mb)
 
 
@@ -142,6 +184,7 @@ def _count_lines(path: str) -> int:
 def unfiltered_cots(records: Sequence[Mapping], path: str) -> int:
   """Writes a CoT for every executed program (no filter), verbalised from its trace."""
   from aotd_jax.data import conversation
+
   n = 0
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
@@ -150,16 +193,34 @@ def unfiltered_cots(records: Sequence[Mapping], path: str) -> int:
         continue
       rationale = r.get("rationale") or cot.verbalise(r["trace"], r.get("prediction"))
       human = job.CONVERSATION_MEDIA + conversation.cot_user_text(r["question"], r["choices"])
-      f.write(json.dumps({"qid": r["qid"], "video_id": r["video_id"], "video_path": r["video_path"],
-                          "conversation": [{"from": "human", "value": human},
-                                           {"from": "gpt", "value": rationale}]}) + "\n")
+      f.write(
+        json.dumps(
+          {
+            "qid": r["qid"],
+            "video_id": r["video_id"],
+            "video_path": r["video_path"],
+            "conversation": [
+              {"from": "human", "value": human},
+              {"from": "gpt", "value": rationale},
+            ],
+          }
+        )
+        + "\n"
+      )
       n += 1
   os.replace(tmp, path)
   return n
 
 
-def cot_stage(config, workdir: str, world_dir: str, experts_info: Mapping, *,
-              tools: Mapping[str, Callable] | None = None, name: str = "cots") -> dict:
+def cot_stage(
+  config,
+  workdir: str,
+  world_dir: str,
+  experts_info: Mapping,
+  *,
+  tools: Mapping[str, Callable] | None = None,
+  name: str = "cots",
+) -> dict:
   """Runs the CoT job on the train split (resumable) into `workdir/name`; returns its paths
   and filter counts. tools: see `build_agent` (another teacher's tools, e.g. noisy oracles).
 
@@ -182,16 +243,24 @@ def cot_stage(config, workdir: str, world_dir: str, experts_info: Mapping, *,
     unfiltered = os.path.join(out, "unfiltered.jsonl")
     n_unfiltered = unfiltered_cots(records, unfiltered)
     d = stats.to_dict()
-    return {"questions": d["total"], "programs_parsed": d["parsed"], "programs_ok": d["executed"],
-            "passed_answer": d["answer_passed"], "passed_judge": d["logic_passed"],
-            "unfiltered": n_unfiltered, "gold_fallbacks": _count_lines(fallback_log),
-            "program_source": config.agent.programs, "records": paths.records,
-            "filtered_path": paths.array_record, "unfiltered_path": unfiltered,
-            "seconds": round(time.perf_counter() - t0, 2)}
+    return {
+      "questions": d["total"],
+      "programs_parsed": d["parsed"],
+      "programs_ok": d["executed"],
+      "passed_answer": d["answer_passed"],
+      "passed_judge": d["logic_passed"],
+      "unfiltered": n_unfiltered,
+      "gold_fallbacks": _count_lines(fallback_log),
+      "program_source": config.agent.programs,
+      "records": paths.records,
+      "filtered_path": paths.array_record,
+      "unfiltered_path": unfiltered,
+      "seconds": round(time.perf_counter() - t0, 2),
+    }
+
   result = cached(summary, compute)
   if config.agent.get("rationale_judge", False):
     from aotd_jax.projects.toyworld.rationale_judge import judged_cots
+
     result = judged_cots(result)
   return result
-
-

@@ -1,4 +1,5 @@
 """Shared pieces of the demo's stages: errors, the stage cache, the config stamp, splits."""
+
 from __future__ import annotations
 
 import importlib
@@ -55,8 +56,9 @@ def check_config_stamp(config, workdir: str) -> None:
   `workdir/config.json`; a rerun with different settings (other than those in
   `STAMP_IGNORED`) is refused, naming the sections that differ."""
   path = os.path.join(workdir, "config.json")
-  current = {k: v for k, v in json.loads(json.dumps(config.to_dict())).items()
-             if k not in STAMP_IGNORED}
+  current = {
+    k: v for k, v in json.loads(json.dumps(config.to_dict())).items() if k not in STAMP_IGNORED
+  }
   if not os.path.exists(path):
     write_json(path, current)
     return
@@ -67,8 +69,10 @@ def check_config_stamp(config, workdir: str) -> None:
     raise DemoError(f"{path}: corrupt config stamp ({e}); use a fresh --workdir") from None
   differ = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
   if differ:
-    raise DemoError(f"{workdir} holds a run of another config (sections {differ} differ from "
-                    f"{path}); use a fresh --workdir or delete it")
+    raise DemoError(
+      f"{workdir} holds a run of another config (sections {differ} differ from "
+      f"{path}); use a fresh --workdir or delete it"
+    )
 
 
 def done(directory: str | os.PathLike) -> bool:
@@ -82,6 +86,7 @@ def mark_done(directory: str | os.PathLike) -> None:
 def read_split(world_dir: str, split: str):
   """The split's questions as `VideoQA` records (STAR reader, as for real data)."""
   from aotd_jax.data import annotations
+
   return annotations.read("star", os.path.join(world_dir, f"{split}.json"))
 
 
@@ -97,6 +102,7 @@ def trainer(module: str, name: str) -> Callable | None:
 def load_tokenizer(path: str):
   """A tokenizer directory (the toy tokenizer, or a student's copy of it)."""
   from aotd_jax import hf
+
   return hf.load_tokenizer(path)
 
 
@@ -104,7 +110,10 @@ def enable_compilation_cache(workdir: str) -> None:
   """JAX's persistent compilation cache in `workdir/jax_cache`: the three students share
   their train-step program, the efficiency processes reuse the evaluation's, reruns reuse all."""
   import jax
-  jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.abspath(workdir), "jax_cache"))
+
+  jax.config.update(
+    "jax_compilation_cache_dir", os.path.join(os.path.abspath(workdir), "jax_cache")
+  )
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
@@ -113,15 +122,26 @@ def student_format(config) -> dict:
   """The prompt and answer format the students train with (`config.students.prompt_format`:
   "plain" | "official"; `answer_style`: "letter_text" | "letter"), which their evaluation uses."""
   s = config.students
-  return {"prompt_format": s.get("prompt_format", "plain"),
-          "answer_style": s.get("answer_style", "letter_text")}
+  return {
+    "prompt_format": s.get("prompt_format", "plain"),
+    "answer_style": s.get("answer_style", "letter_text"),
+  }
 
 
 def run_student(config, model, tokenizer, records, world_dir, mode: str, max_new_tokens: int):
   """`aotd_jax.eval.student.run_student` with the config's evaluation settings."""
   from aotd_jax.eval import student as student_eval
+
   e = config.eval
   return student_eval.run_student(
-      model, tokenizer, records, mode=mode, video_root=os.path.join(world_dir, "videos"),
-      num_frames=e.num_frames, decode_size=e.decode_size, batch_size=e.batch_size,
-      max_new_tokens=max_new_tokens, prompt_format=student_format(config)["prompt_format"])
+    model,
+    tokenizer,
+    records,
+    mode=mode,
+    video_root=os.path.join(world_dir, "videos"),
+    num_frames=e.num_frames,
+    decode_size=e.decode_size,
+    batch_size=e.batch_size,
+    max_new_tokens=max_new_tokens,
+    prompt_format=student_format(config)["prompt_format"],
+  )

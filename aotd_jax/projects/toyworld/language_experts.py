@@ -11,6 +11,7 @@
 Every function caches: an output directory holding a `DONE` marker (written last) is a
 finished result and is returned at once.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,6 +37,7 @@ class LanguageExpertError(RuntimeError):
 
 
 # -- shared helpers ------------------------------------------------------------------------------
+
 
 def is_done(out_dir: str | os.PathLike) -> bool:
   """True when `out_dir` holds a finished result (its `DONE` marker)."""
@@ -67,10 +69,13 @@ def read_split(world_dir: str | os.PathLike, split: str) -> list:
     LanguageExpertError: naming the missing `{split}.json`.
   """
   from aotd_jax.data import annotations
+
   path = os.path.join(world_dir, f"{split}.json")
   if not os.path.isfile(path):
-    raise LanguageExpertError(f"toy world {world_dir}: no {split}.json (run "
-                              "aotd_jax.projects.toyworld.world.generate_world first)")
+    raise LanguageExpertError(
+      f"toy world {world_dir}: no {split}.json (run "
+      "aotd_jax.projects.toyworld.world.generate_world first)"
+    )
   return annotations.read("star", path)
 
 
@@ -93,8 +98,9 @@ def program_body(source: str) -> str:
   """A gold program without its `def` line: the target after `program_prompt`."""
   head, sep, body = source.partition(programs.PROGRAM_SIGNATURE + "\n")
   if not sep or head.strip():
-    raise LanguageExpertError(f"program does not start with {programs.PROGRAM_SIGNATURE!r}: "
-                              f"{source[:60]!r}")
+    raise LanguageExpertError(
+      f"program does not start with {programs.PROGRAM_SIGNATURE!r}: {source[:60]!r}"
+    )
   return body
 
 
@@ -109,20 +115,28 @@ def clip_args(world_dir: str | os.PathLike, *, max_frames: int = 24) -> Callable
   """qa -> `execute_command`'s arguments: its window of the world's mp4 as a `VideoClip`
   (`experts.clip.clip_args`, as the CoT launcher builds them)."""
   from experts.clip import clip_args as make_clip_args
+
   videos = os.path.join(str(world_dir), "videos")
   return make_clip_args(lambda qa: os.path.join(videos, f"{qa.video_id}.mp4"), max_frames)
 
 
-def run_programs(world_dir: str | os.PathLike, items: Iterable[tuple[Any, str]], *,
-                 tools: Mapping[str, Callable] | None = None, timeout_s: float = 20.0) -> list:
+def run_programs(
+  world_dir: str | os.PathLike,
+  items: Iterable[tuple[Any, str]],
+  *,
+  tools: Mapping[str, Callable] | None = None,
+  timeout_s: float = 20.0,
+) -> list:
   """Runs (qa, program source) pairs in the sandbox over `tools` (default: oracle tools)."""
   from aotd_jax.agent import run_program
+
   tools = oracle_tools(world_dir) if tools is None else tools
   make_args = clip_args(world_dir)
   return [run_program(src, tools, make_args(qa), timeout_s=timeout_s) for qa, src in items]
 
 
 # -- the tokenizer -------------------------------------------------------------------------------
+
 
 def _action_prompts() -> list[str]:
   """The action-recognition prompts the QA expert is trained on, and their answers."""
@@ -137,17 +151,25 @@ def tokenizer_texts(world_dir: str | os.PathLike, *, rationales: int = 24) -> li
   """Everything the demo tokenises, from the train split (and fixed prompt text)."""
   from aotd_jax.agent import cot
   from aotd_jax.data import conversation
+
   records = read_split(world_dir, "train")
-  texts = [programs.read_prompt_file("program_guidelines.txt"),
-           prompts.few_shot_examples(), experts.api_docs(),
-           conversation.build_prompt(None, "x") + " (A) x", *_action_prompts()]
+  texts = [
+    programs.read_prompt_file("program_guidelines.txt"),
+    prompts.few_shot_examples(),
+    experts.api_docs(),
+    conversation.build_prompt(None, "x") + " (A) x",
+    *_action_prompts(),
+  ]
   for qa in records:
     prog = gold_program(qa)
     answer = conversation.answer_target(qa.choices, qa.answer, qa.answer_index)
-    texts += [program_prompt(qa.question, qa.choices) + program_body(prog),
-              conversation.build_prompt(None, conversation.qa_user_text(qa.question, qa.choices),
-                                        assistant_text=answer),
-              conversation.cot_user_text(qa.question, qa.choices)]
+    texts += [
+      program_prompt(qa.question, qa.choices) + program_body(prog),
+      conversation.build_prompt(
+        None, conversation.qa_user_text(qa.question, qa.choices), assistant_text=answer
+      ),
+      conversation.cot_user_text(qa.question, qa.choices),
+    ]
   # Rationales as the agent writes them: verbalised traces of gold programs on oracle tools.
   picked = records[:: max(1, len(records) // max(rationales, 1))][:rationales]
   for qa, ex in zip(picked, run_programs(world_dir, [(qa, gold_program(qa)) for qa in picked])):
@@ -156,8 +178,9 @@ def tokenizer_texts(world_dir: str | os.PathLike, *, rationales: int = 24) -> li
   return texts
 
 
-def build_tokenizer(world_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
-                    vocab_size: int = MAX_VOCAB) -> str:
+def build_tokenizer(
+  world_dir: str | os.PathLike, out_dir: str | os.PathLike, *, vocab_size: int = MAX_VOCAB
+) -> str:
   """Trains the toy tokenizer on the world's text and saves it in `out_dir` (cached).
 
   Special tokens `<pad> <s> </s> <unk> <video> <image>` get ids 0..5, as `TINY_LLAVA` /
@@ -171,16 +194,20 @@ def build_tokenizer(world_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     return out_dir
   vocab_size = check_positive("vocab_size", vocab_size)
   if not len(SPECIAL_IDS) + 256 < vocab_size <= MAX_VOCAB:
-    raise ValueError(f"vocab_size={vocab_size}: must be in ({len(SPECIAL_IDS) + 256}, "
-                     f"{MAX_VOCAB}] (byte alphabet + special tokens, and the tiny configs' "
-                     "embedding size)")
+    raise ValueError(
+      f"vocab_size={vocab_size}: must be in ({len(SPECIAL_IDS) + 256}, "
+      f"{MAX_VOCAB}] (byte alphabet + special tokens, and the tiny configs' "
+      "embedding size)"
+    )
   from aotd_jax.data.toy_tokenizer import train_tokenizer
+
   texts = tokenizer_texts(world_dir)
   tok = train_tokenizer(texts, out_dir, vocab_size=vocab_size)
   ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_IDS}
   if ids != SPECIAL_IDS:
-    raise LanguageExpertError(f"tokenizer in {out_dir}: special token ids {ids}, expected "
-                              f"{SPECIAL_IDS}")
+    raise LanguageExpertError(
+      f"tokenizer in {out_dir}: special token ids {ids}, expected {SPECIAL_IDS}"
+    )
   mark_done(out_dir, {"vocab_size": len(tok), "texts": len(texts)})
   return out_dir
 
@@ -191,6 +218,7 @@ def __getattr__(name: str):
   where = {"train_program_generator": "program_generator", "train_qa_expert": "qa_expert"}
   if name in where:
     import importlib
+
     try:
       module = importlib.import_module(f"aotd_jax.projects.toyworld.{where[name]}")
     except ModuleNotFoundError as e:

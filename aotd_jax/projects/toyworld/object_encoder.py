@@ -18,6 +18,7 @@ per-name object states. `DONE` (JSON, written last) records, on the world's trai
 identity (chance 1/12) and per-frame presence of each name against the "always absent"
 baseline.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,9 +33,19 @@ from aotd_jax.projects.toyworld import world as toyworld
 from aotd_jax.projects.toyworld.object_states import ObjectStates, save_object_states
 from aotd_jax.projects.toyworld.render import ACTIONS
 
-DEFAULT_SIZE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                    num_attention_heads=4, image_size=64, patch_size=8, projection_dim=32,
-                    batch_size=64, learning_rate=3e-3, every=2, background_weight=0.2)
+DEFAULT_SIZE = dict(
+  hidden_size=64,
+  intermediate_size=128,
+  num_hidden_layers=2,
+  num_attention_heads=4,
+  image_size=64,
+  patch_size=8,
+  projection_dim=32,
+  batch_size=64,
+  learning_rate=3e-3,
+  every=2,
+  background_weight=0.2,
+)
 DONE = "DONE"
 
 
@@ -42,8 +53,9 @@ class ObjectEncoderError(ValueError):
   """A bad argument or input of the object encoder, naming it."""
 
 
-def patch_targets(truths: Sequence, frames: Sequence[np.ndarray], names: Sequence[str],
-                  grid: int, *, every: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def patch_targets(
+  truths: Sequence, frames: Sequence[np.ndarray], names: Sequence[str], grid: int, *, every: int = 2
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Every `every`-th frame of each clip and its per-patch targets on a `grid` x `grid` grid.
 
   Returns (frames (N, H, W, 3), identity (N, grid*grid) int: the index in `names` of the
@@ -86,12 +98,16 @@ def patch_targets(truths: Sequence, frames: Sequence[np.ndarray], names: Sequenc
 def vision_config(size: dict):
   """Our `CLIPVisionConfig` for the `size` dict (`DEFAULT_SIZE` keys)."""
   from aotd_jax.models.clip import CLIPVisionConfig
-  return CLIPVisionConfig(hidden_size=size["hidden_size"],
-                          intermediate_size=size["intermediate_size"],
-                          projection_dim=size["projection_dim"],
-                          num_hidden_layers=size["num_hidden_layers"],
-                          num_attention_heads=size["num_attention_heads"],
-                          image_size=size["image_size"], patch_size=size["patch_size"])
+
+  return CLIPVisionConfig(
+    hidden_size=size["hidden_size"],
+    intermediate_size=size["intermediate_size"],
+    projection_dim=size["projection_dim"],
+    num_hidden_layers=size["num_hidden_layers"],
+    num_attention_heads=size["num_attention_heads"],
+    image_size=size["image_size"],
+    patch_size=size["patch_size"],
+  )
 
 
 def _probe_logits(tower, head, pixels):
@@ -99,8 +115,7 @@ def _probe_logits(tower, head, pixels):
   return head(tower(pixels).last_hidden_state[:, 1:])
 
 
-def score_object_encoder(tower, head, truths, frames, *, image_size: int,
-                         batch: int = 256) -> dict:
+def score_object_encoder(tower, head, truths, frames, *, image_size: int, batch: int = 256) -> dict:
   """Per-patch identity accuracy on object patches and per-frame presence of each name
   ("some patch says red circle") against the "always absent" baseline."""
   import jax
@@ -108,27 +123,41 @@ def score_object_encoder(tower, head, truths, frames, *, image_size: int,
   from flax import nnx
 
   from aotd_jax.data.video_processing import preprocess_video
+
   names = list(toyworld.ALL_OBJECT_NAMES)
   grid = image_size // tower.config.patch_size
   x, ids, _ = patch_targets(truths, frames, names, grid)
   pixels = preprocess_video(x, shortest_edge=image_size, crop_size=image_size)
-  read = nnx.jit(lambda t, h, p: jnp.argmax(_probe_logits(t, h, p)[..., :len(names) + 1], -1))
-  pred = np.concatenate([np.asarray(jax.device_get(read(tower, head, jnp.asarray(pixels[i:i + batch]))))
-                         for i in range(0, len(pixels), batch)])
+  read = nnx.jit(lambda t, h, p: jnp.argmax(_probe_logits(t, h, p)[..., : len(names) + 1], -1))
+  pred = np.concatenate(
+    [
+      np.asarray(jax.device_get(read(tower, head, jnp.asarray(pixels[i : i + batch]))))
+      for i in range(0, len(pixels), batch)
+    ]
+  )
   on = ids < len(names)
   said = np.stack([(pred == k).any(1) for k in range(len(names))], 1)
   there = np.stack([(ids == k).any(1) for k in range(len(names))], 1)
-  return {"identity": float((pred[on] == ids[on]).mean()) if on.any() else float("nan"),
-          "identity_chance": 1.0 / len(names),
-          "presence": float((said == there).mean()),
-          "presence_always_absent": float(1.0 - there.mean()),
-          "presence_recall": float((said & there).sum() / max(there.sum(), 1)),
-          "frames": int(len(pixels))}
+  return {
+    "identity": float((pred[on] == ids[on]).mean()) if on.any() else float("nan"),
+    "identity_chance": 1.0 / len(names),
+    "presence": float((said == there).mean()),
+    "presence_always_absent": float(1.0 - there.mean()),
+    "presence_recall": float((said & there).sum() / max(there.sum(), 1)),
+    "frames": int(len(pixels)),
+  }
 
 
-def train_object_encoder(world_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
-                         steps: int, extra_clips: int = 600, seed: int = 0,
-                         evaluate: bool | Sequence[str] = True, **size) -> str:
+def train_object_encoder(
+  world_dir: str | os.PathLike,
+  out_dir: str | os.PathLike,
+  *,
+  steps: int,
+  extra_clips: int = 600,
+  seed: int = 0,
+  evaluate: bool | Sequence[str] = True,
+  **size,
+) -> str:
   """Trains the frame encoder and saves it as a HF `CLIPVisionModel` directory (cached).
 
   Args:
@@ -152,19 +181,23 @@ def train_object_encoder(world_dir: str | os.PathLike, out_dir: str | os.PathLik
 
   from aotd_jax.data.video_processing import preprocess_video
   from aotd_jax.models.clip import CLIPVisionModel
+
   out_dir, world_dir = str(out_dir), str(world_dir)
   if os.path.exists(os.path.join(out_dir, DONE)):
     return out_dir
   unknown = sorted(set(size) - set(DEFAULT_SIZE))
   if unknown:
-    raise ObjectEncoderError(f"train_object_encoder: unknown size keys {unknown}; "
-                             f"expected some of {sorted(DEFAULT_SIZE)}")
+    raise ObjectEncoderError(
+      f"train_object_encoder: unknown size keys {unknown}; expected some of {sorted(DEFAULT_SIZE)}"
+    )
   if not isinstance(steps, (int, np.integer)) or steps < 1:
     raise ObjectEncoderError(f"train_object_encoder: steps={steps!r} must be a positive int")
   size = dict(DEFAULT_SIZE, **size)
   if size["image_size"] % size["patch_size"]:
-    raise ObjectEncoderError(f"train_object_encoder: image_size={size['image_size']} is not a "
-                             f"multiple of patch_size={size['patch_size']}")
+    raise ObjectEncoderError(
+      f"train_object_encoder: image_size={size['image_size']} is not a "
+      f"multiple of patch_size={size['patch_size']}"
+    )
   t0 = time.perf_counter()
   names = list(toyworld.ALL_OBJECT_NAMES)
   truths, frames, _ = ve._world(world_dir)
@@ -184,18 +217,22 @@ def train_object_encoder(world_dir: str | os.PathLike, out_dir: str | os.PathLik
   model, head = states.tower, states.head
   parts = nnx.List([model.vision_model, head])
   lr = float(size["learning_rate"])
-  sched = optax.warmup_cosine_decay_schedule(0.0, lr, max(1, min(40, steps // 10)),
-                                             max(steps, 2), lr * 0.05)
-  opt = nnx.Optimizer(parts, optax.chain(optax.clip_by_global_norm(1.0),
-                                         optax.adamw(sched, weight_decay=1e-4)), wrt=nnx.Param)
+  sched = optax.warmup_cosine_decay_schedule(
+    0.0, lr, max(1, min(40, steps // 10)), max(steps, 2), lr * 0.05
+  )
+  opt = nnx.Optimizer(
+    parts,
+    optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, weight_decay=1e-4)),
+    wrt=nnx.Param,
+  )
   bg_weight, n = float(size["background_weight"]), len(names)
 
   def loss_fn(parts, pixels, ids, acts):
     out = _probe_logits(parts[0], parts[1], pixels)
     weight = jnp.where(ids == n, bg_weight, 1.0)  # background patches count less
-    ce = optax.softmax_cross_entropy_with_integer_labels(out[..., :n + 1], ids)
+    ce = optax.softmax_cross_entropy_with_integer_labels(out[..., : n + 1], ids)
     on = (ids < n).astype(jnp.float32)
-    bce = optax.sigmoid_binary_cross_entropy(out[..., n + 1:], acts).sum(-1)
+    bce = optax.sigmoid_binary_cross_entropy(out[..., n + 1 :], acts).sum(-1)
     return (ce * weight).sum() / weight.sum() + (bce * on).sum() / jnp.maximum(on.sum(), 1.0)
 
   @nnx.jit
@@ -209,14 +246,22 @@ def train_object_encoder(world_dir: str | os.PathLike, out_dir: str | os.PathLik
   losses = []
   for _ in range(steps):
     pick = rng.integers(0, len(pixels), bs)
-    losses.append(step(parts, opt, jnp.asarray(pixels[pick]), jnp.asarray(ids[pick]),
-                       jnp.asarray(acts[pick])))
+    losses.append(
+      step(parts, opt, jnp.asarray(pixels[pick]), jnp.asarray(ids[pick]), jnp.asarray(acts[pick]))
+    )
   losses = [float(v) for v in losses]
-  info = {"steps": int(steps), "seed": int(seed), "size": size, "train_clips": len(truths),
-          "extra_clips": int(extra_clips), "train_frames": int(len(pixels)),
-          "first_loss": losses[0], "final_loss": float(np.mean(losses[-10:])),
-          "render_seconds": round(render_s, 2),
-          "seconds": round(time.perf_counter() - t0, 2)}
+  info = {
+    "steps": int(steps),
+    "seed": int(seed),
+    "size": size,
+    "train_clips": len(truths),
+    "extra_clips": int(extra_clips),
+    "train_frames": int(len(pixels)),
+    "first_loss": losses[0],
+    "final_loss": float(np.mean(losses[-10:])),
+    "render_seconds": round(render_s, 2),
+    "seconds": round(time.perf_counter() - t0, 2),
+  }
   del pixels, ids, acts
   with open(os.path.join(world_dir, "world.json")) as f:
     splits = json.load(f)["splits"]

@@ -21,6 +21,7 @@ On disk: a Hugging Face `CLIPVisionModel` directory (the tower; any LLaVA or CLI
 reads it) plus `object_head.safetensors` (`kernel` (hidden, names + 1 + actions), `bias`)
 and `object_states.json` (`names`, `actions`).
 """
+
 from __future__ import annotations
 
 import json
@@ -49,8 +50,9 @@ class ObjectStates(nnx.Module):
 
   def __init__(self, tower, names: Sequence[str], actions: Sequence[str], *, rngs: nnx.Rngs):
     if not names or not actions:
-      raise ValueError(f"ObjectStates: names ({len(names)}) and actions ({len(actions)}) "
-                       "must both be non-empty")
+      raise ValueError(
+        f"ObjectStates: names ({len(names)}) and actions ({len(actions)}) must both be non-empty"
+      )
     self.tower = tower
     self.names, self.actions = tuple(names), tuple(actions)
     self.head = nnx.Linear(tower.config.hidden_size, len(names) + 1 + len(actions), rngs=rngs)
@@ -76,15 +78,16 @@ class ObjectStates(nnx.Module):
     """(B, 3, S, S) -> (B, len(names) * block_size) per-name states (module docstring)."""
     out = self.patch_logits(pixel_values)
     n, grid = len(self.names), self.image_size // self.tower.config.patch_size
-    p = jax.nn.softmax(out[..., :n + 1], -1)[..., :n]                    # (B, P, N)
-    act = jax.nn.sigmoid(out[..., n + 1:])                                # (B, P, A)
+    p = jax.nn.softmax(out[..., : n + 1], -1)[..., :n]  # (B, P, N)
+    act = jax.nn.sigmoid(out[..., n + 1 :])  # (B, P, A)
     centres = (jnp.arange(grid, dtype=p.dtype) + 0.5) / grid
-    xy = jnp.stack(jnp.meshgrid(centres, centres), -1).reshape(-1, 2)     # (P, 2) as (x, y)
-    mass = p.sum(1) + 1e-6                                                # (B, N)
+    xy = jnp.stack(jnp.meshgrid(centres, centres), -1).reshape(-1, 2)  # (P, 2) as (x, y)
+    mass = p.sum(1) + 1e-6  # (B, N)
     centre = jnp.einsum("bpn,pc->bnc", p, xy) / mass[..., None]
     doing = jnp.einsum("bpn,bpa->bna", p, act) / mass[..., None]
-    block = jnp.concatenate([p.max(1)[..., None], (mass / p.shape[1])[..., None], centre,
-                             doing], -1)                                  # (B, N, block)
+    block = jnp.concatenate(
+      [p.max(1)[..., None], (mass / p.shape[1])[..., None], centre, doing], -1
+    )  # (B, N, block)
     return block.reshape(block.shape[0], -1)
 
 
@@ -94,8 +97,10 @@ def permute_name_blocks(features: np.ndarray, perm: Sequence[int], num_names: in
   features = np.asarray(features)
   block = features.shape[-1] // num_names
   if block * num_names != features.shape[-1] or sorted(perm) != list(range(num_names)):
-    raise ValueError(f"permute_name_blocks: features of width {features.shape[-1]} and a "
-                     f"permutation of {len(perm)} do not split into {num_names} name blocks")
+    raise ValueError(
+      f"permute_name_blocks: features of width {features.shape[-1]} and a "
+      f"permutation of {len(perm)} do not split into {num_names} name blocks"
+    )
   blocks = features.reshape(*features.shape[:-1], num_names, block)
   out = np.empty_like(blocks)
   out[..., np.asarray(perm), :] = blocks
@@ -107,13 +112,23 @@ def save_object_states(model: ObjectStates, out_dir: str | os.PathLike) -> str:
   from safetensors.numpy import save_file
 
   from aotd_jax import hf
+
   out_dir = str(out_dir)
   hf.save_pretrained(model.tower, out_dir)
-  save_file({"kernel": np.asarray(model.head.kernel.value),
-             "bias": np.asarray(model.head.bias.value)}, os.path.join(out_dir, HEAD_FILE))
+  save_file(
+    {"kernel": np.asarray(model.head.kernel.value), "bias": np.asarray(model.head.bias.value)},
+    os.path.join(out_dir, HEAD_FILE),
+  )
   with open(os.path.join(out_dir, META_FILE), "w") as f:
-    json.dump({"names": list(model.names), "actions": list(model.actions),
-               "block": list(STATE_FIELDS) + list(model.actions)}, f, indent=1)
+    json.dump(
+      {
+        "names": list(model.names),
+        "actions": list(model.actions),
+        "block": list(STATE_FIELDS) + list(model.actions),
+      },
+      f,
+      indent=1,
+    )
   return out_dir
 
 
@@ -127,12 +142,15 @@ def load_object_states(path: str | os.PathLike) -> ObjectStates:
   from safetensors.numpy import load_file
 
   from aotd_jax import hf
+
   path = str(path)
   meta_path, head_path = os.path.join(path, META_FILE), os.path.join(path, HEAD_FILE)
   for p in (meta_path, head_path):
     if not os.path.isfile(p):
-      raise FileNotFoundError(f"{p}: missing; {path} is not a saved ObjectStates "
-                              "(a frame encoder trained before the head was kept?)")
+      raise FileNotFoundError(
+        f"{p}: missing; {path} is not a saved ObjectStates "
+        "(a frame encoder trained before the head was kept?)"
+      )
   with open(meta_path) as f:
     meta = json.load(f)
   if not isinstance(meta.get("names"), list) or not isinstance(meta.get("actions"), list):
@@ -144,7 +162,9 @@ def load_object_states(path: str | os.PathLike) -> ObjectStates:
     want = getattr(model.head, key).value.shape
     got = weights.get(key)
     if got is None or got.shape != want:
-      raise ValueError(f"{head_path}: tensor '{key}' is "
-                       f"{'missing' if got is None else tuple(got.shape)}, expected {want}")
+      raise ValueError(
+        f"{head_path}: tensor '{key}' is "
+        f"{'missing' if got is None else tuple(got.shape)}, expected {want}"
+      )
     getattr(model.head, key).value = jnp.asarray(got)
   return model

@@ -3,6 +3,7 @@ names, its saved object states and its sub-task data, handed over as `PLUGIN`.
 
   tools = experts.make_tools(config, plugins=[PLUGIN])   # ground_truth.kind="toyworld"
 """
+
 from __future__ import annotations
 
 import json
@@ -25,10 +26,14 @@ def ground_truth(truths) -> GroundTruth:
   gt = GroundTruth("toy world")
   for vid, truth in truths.items():
     for t in range(truth.num_frames):
-      boxes = [(truth.names[i], truth.boxes[t, i]) for i in range(len(truth.names))
-               if truth.visible[t, i]]
-      actions = [questions.event_text(e, "present")[4:] for e in truth.events
-                 if e["start_frame"] <= t <= e["end_frame"]]
+      boxes = [
+        (truth.names[i], truth.boxes[t, i]) for i in range(len(truth.names)) if truth.visible[t, i]
+      ]
+      actions = [
+        questions.event_text(e, "present")[4:]
+        for e in truth.events
+        if e["start_frame"] <= t <= e["end_frame"]
+      ]
       gt.add_frame(vid, t, boxes, actions)
   return gt
 
@@ -39,18 +44,30 @@ def subtask_data(get: Callable[..., Any]) -> DataSource:
   path, split = get("path", ""), get("split", "val")
   qpath = os.path.join(path, f"{split}.json")
   if not os.path.exists(qpath):
-    raise FileNotFoundError(f"sub-task data: {qpath} not found (data.path must be a "
-                            "generated toy world; data.split one of train|val|test)")
+    raise FileNotFoundError(
+      f"sub-task data: {qpath} not found (data.path must be a "
+      "generated toy world; data.split one of train|val|test)"
+    )
   with open(os.path.join(path, "world.json")) as f:
     settings = json.load(f)
   records = list(annotations.read("star", qpath))
   wanted = set(settings["splits"][split])
   truths = {k: v for k, v in world.load_ground_truth(path).items() if k in wanted}
-  return DataSource(records=records, gt=ground_truth(truths),
-                    video_dir=os.path.join(path, "videos"), video_ext=".mp4",
-                    fps=float(settings["fps"]), size=int(settings["size"]))
+  return DataSource(
+    records=records,
+    gt=ground_truth(truths),
+    video_dir=os.path.join(path, "videos"),
+    video_ext=".mp4",
+    fps=float(settings["fps"]),
+    size=int(settings["size"]),
+  )
 
 
-PLUGIN = Plugin(kind="toyworld", ground_truth=ground_truth, object_names=world.ALL_OBJECT_NAMES,
-                frame_features=load_object_states, subtask_data=subtask_data,
-                program_prompt=program_prompt)
+PLUGIN = Plugin(
+  kind="toyworld",
+  ground_truth=ground_truth,
+  object_names=world.ALL_OBJECT_NAMES,
+  frame_features=load_object_states,
+  subtask_data=subtask_data,
+  program_prompt=program_prompt,
+)

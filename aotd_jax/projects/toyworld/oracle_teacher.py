@@ -8,6 +8,7 @@ train clips (every tool, consistently), so those questions mostly get wrong answ
 the answer filter drops) and sometimes the right letter for the wrong reasons (kept), as
 with weak trained experts.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Mapping, Sequence
@@ -55,14 +56,15 @@ class NoisyGroundTruth:
     return self.gt.frame(self.swap.get(video_id, video_id), frame_id)
 
 
-def noisy_oracle_tools(world_dir: str, noise: float, seed: int = 0,
-                       clips: Sequence[str] | None = None
-                       ) -> tuple[dict[str, Callable], dict[str, str]]:
+def noisy_oracle_tools(
+  world_dir: str, noise: float, seed: int = 0, clips: Sequence[str] | None = None
+) -> tuple[dict[str, Callable], dict[str, str]]:
   """The expert tools on the toy world's ground truth with `noise` of `clips` (default: all
   the world's clips) swapped among themselves (no tool cache: answers differ from the clean
   oracle's); returns (tools, swap)."""
   import experts as experts_lib
   from experts.backends import oracle
+
   gt = ground_truth(world_dir)
   known = set(gt.video_ids)
   clips = sorted(known if clips is None else set(clips))
@@ -75,9 +77,9 @@ def noisy_oracle_tools(world_dir: str, noise: float, seed: int = 0,
   c.ground_truth.path = world_dir
   c.cache.enabled = False
   factories = {
-      "detector": {"oracle": lambda section, ctx: oracle.OracleDetector(noisy)},
-      "grounder": {"oracle": lambda section, ctx: oracle.OracleGrounder(noisy)},
-      "action_recognizer": {"oracle": lambda section, ctx: oracle.OracleActions(noisy)},
-      "video_qa": {"oracle": lambda section, ctx: oracle.OracleActions(noisy)},
+    "detector": {"oracle": lambda section, ctx: oracle.OracleDetector(noisy)},
+    "grounder": {"oracle": lambda section, ctx: oracle.OracleGrounder(noisy)},
+    "action_recognizer": {"oracle": lambda section, ctx: oracle.OracleActions(noisy)},
+    "video_qa": {"oracle": lambda section, ctx: oracle.OracleActions(noisy)},
   }
   return experts_lib.make_tools(c, factories=factories, plugins=[PLUGIN]), swap

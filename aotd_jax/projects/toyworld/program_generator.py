@@ -10,6 +10,7 @@ zero) on a one-device mesh. Scores on the val split (program exact match, and th
 the answers the generated programs give when run in the sandbox on oracle experts) are written
 to `out_dir/scores.json` and the `DONE` marker.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,14 +21,30 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from aotd_jax.agent import programs
-from aotd_jax.projects.toyworld.language_experts import (LanguageExpertError, check_positive,
-                                                         gold_program, is_done, mark_done,
-                                                         program_body, program_prompt, read_split,
-                                                         run_programs)
+from aotd_jax.projects.toyworld.language_experts import (
+  LanguageExpertError,
+  check_positive,
+  gold_program,
+  is_done,
+  mark_done,
+  program_body,
+  program_prompt,
+  read_split,
+  run_programs,
+)
 
-DEFAULT_SIZE = dict(hidden_size=64, intermediate_size=192, num_hidden_layers=2,
-                    num_attention_heads=4, num_key_value_heads=2, batch_size=8,
-                    learning_rate=3e-3, max_length=256, max_new_tokens=160, eval_questions=64)
+DEFAULT_SIZE = dict(
+  hidden_size=64,
+  intermediate_size=192,
+  num_hidden_layers=2,
+  num_attention_heads=4,
+  num_key_value_heads=2,
+  batch_size=8,
+  learning_rate=3e-3,
+  max_length=256,
+  max_new_tokens=160,
+  eval_questions=64,
+)
 PARSE_PREFIX = programs.PROGRAM_SIGNATURE + "\n"
 
 
@@ -52,9 +69,12 @@ def resolve_size(size: Mapping[str, Any], defaults: Mapping[str, Any], who: str)
 def load_tokenizer(tokenizer_dir: str | os.PathLike):
   """The toy tokenizer of `tokenizer_dir`; LanguageExpertError naming the directory if absent."""
   from aotd_jax.hf.api import load_tokenizer as load
+
   if not os.path.isfile(os.path.join(tokenizer_dir, "tokenizer.json")):
-    raise LanguageExpertError(f"tokenizer_dir {tokenizer_dir}: no tokenizer.json (run "
-                              "language_experts.build_tokenizer first)")
+    raise LanguageExpertError(
+      f"tokenizer_dir {tokenizer_dir}: no tokenizer.json (run "
+      "language_experts.build_tokenizer first)"
+    )
   return load(str(tokenizer_dir))
 
 
@@ -77,8 +97,10 @@ def encode_pairs(tokenizer, pairs: Sequence[tuple[str, str]], max_length: int) -
 def collate(examples: Sequence[dict], pad_id: int) -> dict[str, np.ndarray]:
   """Right-pads a batch to its longest example (rounded up to a multiple of 32)."""
   width = -(-max(len(e["input_ids"]) for e in examples) // 32) * 32
-  batch = {k: np.zeros((len(examples), width), np.int32)
-           for k in ("input_ids", "attention_mask", "label_mask", "rationale_mask")}
+  batch = {
+    k: np.zeros((len(examples), width), np.int32)
+    for k in ("input_ids", "attention_mask", "label_mask", "rationale_mask")
+  }
   batch["input_ids"][:] = pad_id
   for i, e in enumerate(examples):
     n = len(e["input_ids"])
@@ -95,14 +117,24 @@ def one_device_trainer(model, steps: int, learning_rate: float):
   from aotd_jax import sharding
   from aotd_jax.train.optim import make_optimizer
   from aotd_jax.train.trainer import Trainer
+
   mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
-  tx = make_optimizer(dict(learning_rate=learning_rate, warmup_ratio=0.05, grad_clip=1.0,
-                           final_lr_ratio=0.1), steps)
+  tx = make_optimizer(
+    dict(learning_rate=learning_rate, warmup_ratio=0.05, grad_clip=1.0, final_lr_ratio=0.1), steps
+  )
   return Trainer(model, tx, mesh=mesh, rationale_weight=0.0)
 
 
-def fit(trainer, examples: Sequence[dict], *, steps: int, batch_size: int, seed: int,
-        pad_id: int, collate_fn=None) -> list[float]:
+def fit(
+  trainer,
+  examples: Sequence[dict],
+  *,
+  steps: int,
+  batch_size: int,
+  seed: int,
+  pad_id: int,
+  collate_fn=None,
+) -> list[float]:
   """`steps` optimiser steps over shuffled epochs of `examples`; returns the label losses."""
   collate_fn = collate if collate_fn is None else collate_fn
   rng = np.random.default_rng(seed)
@@ -116,11 +148,13 @@ def fit(trainer, examples: Sequence[dict], *, steps: int, batch_size: int, seed:
   return losses
 
 
-def save_expert(model, tokenizer, out_dir: str, info: dict, losses: Sequence[float],
-                score=None) -> str:
+def save_expert(
+  model, tokenizer, out_dir: str, info: dict, losses: Sequence[float], score=None
+) -> str:
   """Saves model + tokenizer (HF layout), scores it (`score(model) -> dict`, stored as
   `info["val"]`), then writes `scores.json` and, last, the `DONE` marker."""
   from aotd_jax import hf
+
   t0 = time.perf_counter()
   os.makedirs(out_dir, exist_ok=True)
   hf.save_pretrained(model, out_dir)
@@ -140,20 +174,32 @@ def build_model(tokenizer, size: Mapping[str, Any], seed: int):
   from flax import nnx
 
   from aotd_jax.models.llama import LlamaConfig, LlamaForCausalLM
+
   config = LlamaConfig(
-      vocab_size=len(tokenizer), hidden_size=size["hidden_size"],
-      intermediate_size=size["intermediate_size"], num_hidden_layers=size["num_hidden_layers"],
-      num_attention_heads=size["num_attention_heads"],
-      num_key_value_heads=size["num_key_value_heads"],
-      max_position_embeddings=size["max_length"] + size["max_new_tokens"], rms_norm_eps=1e-5,
-      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-      pad_token_id=tokenizer.pad_token_id)
+    vocab_size=len(tokenizer),
+    hidden_size=size["hidden_size"],
+    intermediate_size=size["intermediate_size"],
+    num_hidden_layers=size["num_hidden_layers"],
+    num_attention_heads=size["num_attention_heads"],
+    num_key_value_heads=size["num_key_value_heads"],
+    max_position_embeddings=size["max_length"] + size["max_new_tokens"],
+    rms_norm_eps=1e-5,
+    bos_token_id=tokenizer.bos_token_id,
+    eos_token_id=tokenizer.eos_token_id,
+    pad_token_id=tokenizer.pad_token_id,
+  )
   return LlamaForCausalLM(config, rngs=nnx.Rngs(seed))
 
 
-def score_program_generator(world_dir: str | os.PathLike, llm, *, split: str = "val",
-                            max_questions: int = 64, max_new_tokens: int = 160,
-                            tools=None) -> dict:
+def score_program_generator(
+  world_dir: str | os.PathLike,
+  llm,
+  *,
+  split: str = "val",
+  max_questions: int = 64,
+  max_new_tokens: int = 160,
+  tools=None,
+) -> dict:
   """Program exact match and executed-answer accuracy of `llm`'s programs on `split`.
 
   `llm` completes `program_prompt`s (e.g. `LocalLlama(path)`); programs run in the sandbox
@@ -163,25 +209,37 @@ def score_program_generator(world_dir: str | os.PathLike, llm, *, split: str = "
   records = read_split(world_dir, split)[:max_questions]
   if not records:
     raise LanguageExpertError(f"toy world {world_dir}: split {split!r} has no questions")
-  replies = llm.complete([program_prompt(qa.question, qa.choices) for qa in records],
-                         max_new_tokens=max_new_tokens)
+  replies = llm.complete(
+    [program_prompt(qa.question, qa.choices) for qa in records], max_new_tokens=max_new_tokens
+  )
   parsed = [programs.parse_program(r, prefix=PARSE_PREFIX) for r in replies]
-  exact = [p.ok and p.source.strip() == gold_program(qa).strip()
-           for p, qa in zip(parsed, records)]
+  exact = [p.ok and p.source.strip() == gold_program(qa).strip() for p, qa in zip(parsed, records)]
   runnable = [(qa, p.source) for qa, p in zip(records, parsed) if p.ok]
   runs = run_programs(world_dir, runnable, tools=tools) if runnable else []
   answers = {qa.qid: ex.value if ex.ok else None for (qa, _), ex in zip(runnable, runs)}
   correct = [answers.get(qa.qid) == qa.answer for qa in records]
   n = len(records)
-  return {"split": split, "questions": n, "parsed": sum(p.ok for p in parsed) / n,
-          "exact_match": sum(exact) / n, "executed_ok": sum(ex.ok for ex in runs) / n,
-          "answer_accuracy": sum(correct) / n,
-          "chance": float(np.mean([1 / max(len(qa.choices), 1) for qa in records]))}
+  return {
+    "split": split,
+    "questions": n,
+    "parsed": sum(p.ok for p in parsed) / n,
+    "exact_match": sum(exact) / n,
+    "executed_ok": sum(ex.ok for ex in runs) / n,
+    "answer_accuracy": sum(correct) / n,
+    "chance": float(np.mean([1 / max(len(qa.choices), 1) for qa in records])),
+  }
 
 
-def train_program_generator(world_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike,
-                            out_dir: str | os.PathLike, *, steps: int, seed: int = 0,
-                            evaluate: bool = True, **size) -> str:
+def train_program_generator(
+  world_dir: str | os.PathLike,
+  tokenizer_dir: str | os.PathLike,
+  out_dir: str | os.PathLike,
+  *,
+  steps: int,
+  seed: int = 0,
+  evaluate: bool = True,
+  **size,
+) -> str:
   """Trains the tiny program generator on the train split and saves it in `out_dir` (cached).
 
   Args:
@@ -206,22 +264,38 @@ def train_program_generator(world_dir: str | os.PathLike, tokenizer_dir: str | o
   records = read_split(world_dir, "train")
   if not records:
     raise LanguageExpertError(f"toy world {world_dir}: the train split has no questions")
-  pairs = [(program_prompt(qa.question, qa.choices), program_body(gold_program(qa)))
-           for qa in records]
+  pairs = [
+    (program_prompt(qa.question, qa.choices), program_body(gold_program(qa))) for qa in records
+  ]
   examples = encode_pairs(tokenizer, pairs, size["max_length"])
   model = build_model(tokenizer, size, seed)
   trainer = one_device_trainer(model, steps, size["learning_rate"])
-  losses = fit(trainer, examples, steps=steps, batch_size=size["batch_size"], seed=seed,
-               pad_id=tokenizer.pad_token_id)
+  losses = fit(
+    trainer,
+    examples,
+    steps=steps,
+    batch_size=size["batch_size"],
+    seed=seed,
+    pad_id=tokenizer.pad_token_id,
+  )
   model = trainer.sync_model()
   train_s = time.perf_counter() - t0
 
-  info = {"steps": steps, "seed": seed, "size": size, "train_examples": len(examples),
-          "train_seconds": round(train_s, 2), "prompt": "language_experts.program_prompt"}
+  info = {
+    "steps": steps,
+    "seed": seed,
+    "size": size,
+    "train_examples": len(examples),
+    "train_seconds": round(train_s, 2),
+    "prompt": "language_experts.program_prompt",
+  }
 
   def score(model):
     from aotd_jax.agent.llm import LocalLlama
+
     llm = LocalLlama(model=model, tokenizer=tokenizer, max_batch=16)
-    return score_program_generator(world_dir, llm, max_questions=size["eval_questions"],
-                                   max_new_tokens=size["max_new_tokens"])
+    return score_program_generator(
+      world_dir, llm, max_questions=size["eval_questions"], max_new_tokens=size["max_new_tokens"]
+    )
+
   return save_expert(model, tokenizer, out_dir, info, losses, score if evaluate else None)

@@ -1,5 +1,6 @@
 """The toy world's prompts: its few-shot programs (`examples/toyworld.txt`, package data of
 this project) and the compact program prompt its tiny program generator reads."""
+
 from __future__ import annotations
 
 import pathlib

@@ -6,6 +6,7 @@ Gold programs are written in the expert API (`Filter_frames_with_act`, `trim`, `
 `Query_Actions`, `select_answer`, ...) as `def execute_command(video_clip, query,
 possible_answers):` bodies, as the program-generation LLM is asked to write them.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -29,8 +30,10 @@ def _sentence(text: str) -> str:
 
 
 def _program(lines: list[str]) -> str:
-  body = "\n".join("    " + ln for ln in lines + [
-    "answer = select_answer(query, possible_answers, info)", "return answer"])
+  body = "\n".join(
+    "    " + ln
+    for ln in lines + ["answer = select_answer(query, possible_answers, info)", "return answer"]
+  )
   return "def execute_command(video_clip, query, possible_answers):\n" + body + "\n"
 
 
@@ -47,33 +50,42 @@ def _interaction(gt: ClipTruth, absent: list[str]):
       b = targets.pop()
       pool = [_sentence(f"the {n}") for n in names if n not in (a, b)]
       pool += [_sentence(f"the {n}") for n in absent]
-      prog = _program([
-        f'touch_clip = Filter_frames_with_act(video_clip, "the {a} touches an object")',
-        f'objects = Query_Objs(touch_clip, "the object touched by the {a}", possible_answers)',
-        f'info = {{"objects where the {a} touches an object": objects.labels}}'])
-      out.append((1, f"Which object did the {a} touch?", _sentence(f"the {b}"), pool, prog,
-                  0, last))
+      prog = _program(
+        [
+          f'touch_clip = Filter_frames_with_act(video_clip, "the {a} touches an object")',
+          f'objects = Query_Objs(touch_clip, "the object touched by the {a}", possible_answers)',
+          f'info = {{"objects where the {a} touches an object": objects.labels}}',
+        ]
+      )
+      out.append(
+        (1, f"Which object did the {a} touch?", _sentence(f"the {b}"), pool, prog, 0, last)
+      )
   for action in sorted({e["action"] for e in ev} - {"touch"}):
     doers = {e["object"] for e in ev if e["action"] == action}
     if len(doers) == 1:
       a = doers.pop()
       pool = [_sentence(f"the {n}") for n in names if n != a]
       pool += [_sentence(f"the {n}") for n in absent]
-      prog = _program([
-        f'act_clip = Filter_frames_with_act(video_clip, "an object {PRESENT[action]}")',
-        f'objects = Query_Objs(act_clip, "the object that {PRESENT[action]}", possible_answers)',
-        f'info = {{"objects where an object {PRESENT[action]}": objects.labels}}'])
-      out.append((2, f"Which object {PAST[action]}?", _sentence(f"the {a}"), pool, prog,
-                  0, last))
+      prog = _program(
+        [
+          f'act_clip = Filter_frames_with_act(video_clip, "an object {PRESENT[action]}")',
+          f'objects = Query_Objs(act_clip, "the object that {PRESENT[action]}", possible_answers)',
+          f'info = {{"objects where an object {PRESENT[action]}": objects.labels}}',
+        ]
+      )
+      out.append((2, f"Which object {PAST[action]}?", _sentence(f"the {a}"), pool, prog, 0, last))
   return out
 
 
 def _fake_events(gt: ClipTruth) -> list[str]:
   """Sentences for (object, action) pairs that never happen in the clip."""
   done = {(e["object"], e["action"]) for e in gt.events}
-  return [_sentence(event_text({"object": n, "action": a}))
-          for n in gt.names for a in ("move", "jump", "spin", "grow")
-          if (n, a) not in done and not (a == "spin" and n.endswith("circle"))]
+  return [
+    _sentence(event_text({"object": n, "action": a}))
+    for n in gt.names
+    for a in ("move", "jump", "spin", "grow")
+    if (n, a) not in done and not (a == "spin" and n.endswith("circle"))
+  ]
 
 
 def _sequence(gt: ClipTruth, absent: list[str]):
@@ -87,22 +99,30 @@ def _sequence(gt: ClipTruth, absent: list[str]):
     present = event_text(e, "present")
     if i + 1 < len(ev):
       pool = [_sentence(k) for k in keys[:i]] + fake
-      prog = _program([
-        f'event_clip = Filter_frames_with_act(video_clip, "{present}")',
-        "after_clip = trim(video_clip, start=event_clip.end_frame, end=None)",
-        "actions = Query_Actions(after_clip, possible_actions=possible_answers)",
-        f'info = {{"actions right after {present}": actions}}'])
-      out.append((1, f"What happened right after {keys[i]}?", _sentence(keys[i + 1]),
-                  pool, prog, 0, last))
+      prog = _program(
+        [
+          f'event_clip = Filter_frames_with_act(video_clip, "{present}")',
+          "after_clip = trim(video_clip, start=event_clip.end_frame, end=None)",
+          "actions = Query_Actions(after_clip, possible_actions=possible_answers)",
+          f'info = {{"actions right after {present}": actions}}',
+        ]
+      )
+      out.append(
+        (1, f"What happened right after {keys[i]}?", _sentence(keys[i + 1]), pool, prog, 0, last)
+      )
     if i > 0:
-      pool = [_sentence(k) for k in keys[i + 1:]] + fake
-      prog = _program([
-        f'event_clip = Filter_frames_with_act(video_clip, "{present}")',
-        "before_clip = trim(video_clip, start=None, end=event_clip.start_frame)",
-        "actions = Query_Actions(before_clip, possible_actions=possible_answers)",
-        f'info = {{"actions right before {present}": actions}}'])
-      out.append((2, f"What happened right before {keys[i]}?", _sentence(keys[i - 1]),
-                  pool, prog, 0, last))
+      pool = [_sentence(k) for k in keys[i + 1 :]] + fake
+      prog = _program(
+        [
+          f'event_clip = Filter_frames_with_act(video_clip, "{present}")',
+          "before_clip = trim(video_clip, start=None, end=event_clip.start_frame)",
+          "actions = Query_Actions(before_clip, possible_actions=possible_answers)",
+          f'info = {{"actions right before {present}": actions}}',
+        ]
+      )
+      out.append(
+        (2, f"What happened right before {keys[i]}?", _sentence(keys[i - 1]), pool, prog, 0, last)
+      )
   return out
 
 
@@ -115,12 +135,24 @@ def _prediction(gt: ClipTruth, absent: list[str]):
     if e["action"] == "touch" and nxt["action"] == "move" and nxt["object"] == e["target"]:
       pool = [_sentence(f"the {n}") for n in gt.names if n != e["target"]]
       pool += [_sentence(f"the {n}") for n in absent]
-      prog = _program([
-        'touch_clip = Filter_frames_with_act(video_clip, "an object touches another object")',
-        'objects = Query_Objs(touch_clip, "the object that is touched", possible_answers)',
-        'info = {"objects where an object touches another object": objects.labels}'])
-      out.append((1, "Which object will move next?", _sentence(f"the {e['target']}"), pool,
-                  prog, 0, e["end_frame"]))
+      prog = _program(
+        [
+          'touch_clip = Filter_frames_with_act(video_clip, "an object touches another object")',
+          'objects = Query_Objs(touch_clip, "the object that is touched", possible_answers)',
+          'info = {"objects where an object touches another object": objects.labels}',
+        ]
+      )
+      out.append(
+        (
+          1,
+          "Which object will move next?",
+          _sentence(f"the {e['target']}"),
+          pool,
+          prog,
+          0,
+          e["end_frame"],
+        )
+      )
   return out
 
 
@@ -133,17 +165,31 @@ def _feasibility(gt: ClipTruth, absent: list[str]):
       if b == a:
         continue
       pool = [_sentence(f"the {n}") for n in gone + absent]
-      prog = _program([
-        "end_clip = trim(video_clip, start=video_clip.end_frame - 1, end=None)",
-        'objects = Query_Objs(end_clip, "objects", possible_answers)',
-        'info = {"objects visible at the end of the video": objects.labels}'])
-      out.append((1, f"Which object is the {a} able to touch at the end of the video?",
-                  _sentence(f"the {b}"), pool, prog, 0, last))
+      prog = _program(
+        [
+          "end_clip = trim(video_clip, start=video_clip.end_frame - 1, end=None)",
+          'objects = Query_Objs(end_clip, "objects", possible_answers)',
+          'info = {"objects visible at the end of the video": objects.labels}',
+        ]
+      )
+      out.append(
+        (
+          1,
+          f"Which object is the {a} able to touch at the end of the video?",
+          _sentence(f"the {b}"),
+          pool,
+          prog,
+          0,
+          last,
+        )
+      )
   return out
 
 
 _TEMPLATES: dict[str, Callable] = {
-  "Interaction": _interaction, "Sequence": _sequence, "Prediction": _prediction,
+  "Interaction": _interaction,
+  "Sequence": _sequence,
+  "Prediction": _prediction,
   "Feasibility": _feasibility,
 }
 
@@ -168,16 +214,18 @@ def situations(gt: ClipTruth, start_frame: int, end_frame: int) -> dict[str, Any
     out[f"{t:06d}"] = {
       "rel_pairs": pairs,
       "rel_labels": ["touching"] * len(pairs),
-      "actions": [event_text(e, "present")[4:] for e in gt.events
-                  if e["start_frame"] <= t <= e["end_frame"]],
+      "actions": [
+        event_text(e, "present")[4:] for e in gt.events if e["start_frame"] <= t <= e["end_frame"]
+      ],
       "bbox": [[float(v) for v in gt.boxes[t, i]] for i in idx],
       "bbox_labels": [gt.names[i] for i in idx],
     }
   return out
 
 
-def make_questions(gt: ClipTruth, rng: np.random.Generator, all_names: list[str],
-                   per_type: int = 1) -> list[dict[str, Any]]:
+def make_questions(
+  gt: ClipTruth, rng: np.random.Generator, all_names: list[str], per_type: int = 1
+) -> list[dict[str, Any]]:
   """STAR-format question records for one clip: up to `per_type` per question type."""
   absent = [n for n in all_names if n not in gt.names]
   records = []
@@ -189,17 +237,24 @@ def make_questions(gt: ClipTruth, rng: np.random.Generator, all_names: list[str]
       wrong = [pool[int(j)] for j in rng.choice(len(pool), 3, replace=False)]
       choices = wrong[:]
       choices.insert(int(rng.integers(4)), answer)
-      records.append({
-        "question_id": f"{qtype}_T{tno}_{gt.video_id}_{len(records)}",
-        "question": question,
-        "video_id": gt.video_id,
-        "start": round(s / gt.fps, 4),
-        "end": round((e + 1) / gt.fps, 4),
-        "answer": answer,
-        "question_program": program,
-        "choices": [{"choice_id": j, "choice": c,
-                     "choice_program": [{"function": "Equal", "value_input": [c]}]}
-                    for j, c in enumerate(choices)],
-        "situations": situations(gt, s, e),
-      })
+      records.append(
+        {
+          "question_id": f"{qtype}_T{tno}_{gt.video_id}_{len(records)}",
+          "question": question,
+          "video_id": gt.video_id,
+          "start": round(s / gt.fps, 4),
+          "end": round((e + 1) / gt.fps, 4),
+          "answer": answer,
+          "question_program": program,
+          "choices": [
+            {
+              "choice_id": j,
+              "choice": c,
+              "choice_program": [{"function": "Equal", "value_input": [c]}],
+            }
+            for j, c in enumerate(choices)
+          ],
+          "situations": situations(gt, s, e),
+        }
+      )
   return records

@@ -13,6 +13,7 @@ tool calls (their queries and results) and in the rationale; any event form coun
 the CoTs that pass as a JSONL set beside the job's records (the `config.agent.rationale_judge`
 switch of the demo, and the study's `judge="rationale"` arms).
 """
+
 from __future__ import annotations
 
 import json
@@ -74,6 +75,7 @@ def judged_cots(cots: Mapping[str, Any], name: str = "judged_rationale") -> dict
   `<its dir>/<name>.jsonl` (once) and returns the summary with `filtered_path` and
   `passed_judge` replaced (`passed_rule`: the rule judge's count, `judge`: "rationale")."""
   from aotd_jax.agent.job import RecordLog
+
   records_path = cots["records"]
   if not os.path.exists(records_path):
     raise FileNotFoundError(f"rationale judge: no CoT records at {records_path}")
@@ -85,17 +87,33 @@ def judged_cots(cots: Mapping[str, Any], name: str = "judged_rationale") -> dict
     with open(tmp, "w") as f:
       for r, passed, _ in verdicts:
         if passed:
-          f.write(json.dumps({"qid": r["qid"], "video_id": r["video_id"],
-                              "video_path": r["video_path"],
-                              "conversation": r["conversation"]}) + "\n")
+          f.write(
+            json.dumps(
+              {
+                "qid": r["qid"],
+                "video_id": r["video_id"],
+                "video_path": r["video_path"],
+                "conversation": r["conversation"],
+              }
+            )
+            + "\n"
+          )
     os.replace(tmp, path)
     dropped = [{"qid": r["qid"], "reason": why} for r, ok, why in verdicts if not ok]
     with open(counts + ".tmp", "w") as f:
-      json.dump({"kept": sum(ok for _, ok, _ in verdicts), "judged": len(verdicts),
-                 "dropped": dropped}, f, indent=1)
+      json.dump(
+        {"kept": sum(ok for _, ok, _ in verdicts), "judged": len(verdicts), "dropped": dropped},
+        f,
+        indent=1,
+      )
     os.replace(counts + ".tmp", counts)
   with open(counts) as f:
     summary = json.load(f)
-  return dict(cots, filtered_path=path, passed_judge=summary["kept"],
-              passed_rule=cots["passed_judge"], judge="rationale",
-              rationale_dropped=summary["dropped"][:5])
+  return dict(
+    cots,
+    filtered_path=path,
+    passed_judge=summary["kept"],
+    passed_rule=cots["passed_judge"],
+    judge="rationale",
+    rationale_dropped=summary["dropped"][:5],
+  )

@@ -7,6 +7,7 @@ truth boxes are measured on each object's own rasterised mask, so they match the
 World rule (makes Prediction questions answerable): an object that is touched moves away in
 the next slot.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,15 +25,30 @@ COLOURS = {
 }
 ACTIONS = ("move", "jump", "spin", "grow", "appear", "disappear", "touch")
 BACKGROUND = (235, 235, 235)
-PAST = {"move": "moved", "jump": "jumped", "spin": "spun", "grow": "grew",
-        "appear": "appeared", "disappear": "disappeared", "touch": "touched"}
-PRESENT = {"move": "moves", "jump": "jumps", "spin": "spins", "grow": "grows",
-           "appear": "appears", "disappear": "disappears", "touch": "touches"}
+PAST = {
+  "move": "moved",
+  "jump": "jumped",
+  "spin": "spun",
+  "grow": "grew",
+  "appear": "appeared",
+  "disappear": "disappeared",
+  "touch": "touched",
+}
+PRESENT = {
+  "move": "moves",
+  "jump": "jumps",
+  "spin": "spins",
+  "grow": "grows",
+  "appear": "appears",
+  "disappear": "disappears",
+  "touch": "touches",
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class ToyObject:
   """One shape: identity and initial state (pixels; `radius` is the circumscribed size)."""
+
   shape: str
   colour: str
   x: float
@@ -52,6 +68,7 @@ class ToyEvent:
   `target` is the touched object's index (touch only); `params` holds the end state
   (`x`, `y` for move/touch, `height` for jump, `factor` for grow).
   """
+
   action: str
   object: int
   start: int
@@ -66,6 +83,7 @@ class ToyEvent:
 @dataclasses.dataclass(frozen=True)
 class ClipSpec:
   """Everything needed to render a clip, deterministically."""
+
   objects: tuple[ToyObject, ...]
   events: tuple[ToyEvent, ...]
   size: int = 64
@@ -74,7 +92,9 @@ class ClipSpec:
 
   def to_json(self) -> dict[str, Any]:
     return {
-      "size": self.size, "num_frames": self.num_frames, "fps": self.fps,
+      "size": self.size,
+      "num_frames": self.num_frames,
+      "fps": self.fps,
       "objects": [dataclasses.asdict(o) for o in self.objects],
       "events": [dict(dataclasses.asdict(e), params=dict(e.params)) for e in self.events],
     }
@@ -83,9 +103,13 @@ class ClipSpec:
   def from_json(cls, d: dict[str, Any]) -> "ClipSpec":
     return cls(
       objects=tuple(ToyObject(**o) for o in d["objects"]),
-      events=tuple(ToyEvent(**dict(e, params=tuple(sorted(e["params"].items()))))
-                   for e in d["events"]),
-      size=d["size"], num_frames=d["num_frames"], fps=d["fps"])
+      events=tuple(
+        ToyEvent(**dict(e, params=tuple(sorted(e["params"].items())))) for e in d["events"]
+      ),
+      size=d["size"],
+      num_frames=d["num_frames"],
+      fps=d["fps"],
+    )
 
 
 @dataclasses.dataclass
@@ -96,6 +120,7 @@ class ClipTruth:
   visible: (T, N) bool. names: object names ("red circle"). events: dicts with `action`,
   `object`, `target` (names or None), `start_frame`, `end_frame`.
   """
+
   video_id: str
   fps: int
   size: int
@@ -109,11 +134,22 @@ class ClipTruth:
     return int(self.boxes.shape[0])
 
   def to_json(self) -> dict[str, Any]:
-    boxes = [[None if not self.visible[t, i] else [float(v) for v in self.boxes[t, i]]
-              for i in range(len(self.names))] for t in range(self.num_frames)]
-    return {"video_id": self.video_id, "fps": self.fps, "size": self.size,
-            "num_frames": self.num_frames, "objects": self.names, "events": self.events,
-            "boxes": boxes}
+    boxes = [
+      [
+        None if not self.visible[t, i] else [float(v) for v in self.boxes[t, i]]
+        for i in range(len(self.names))
+      ]
+      for t in range(self.num_frames)
+    ]
+    return {
+      "video_id": self.video_id,
+      "fps": self.fps,
+      "size": self.size,
+      "num_frames": self.num_frames,
+      "objects": self.names,
+      "events": self.events,
+      "boxes": boxes,
+    }
 
   @classmethod
   def from_json(cls, d: dict[str, Any]) -> "ClipTruth":
@@ -123,15 +159,23 @@ class ClipTruth:
       for i, b in enumerate(row):
         if b is not None:
           boxes[ti, i] = b
-    return cls(video_id=d["video_id"], fps=d["fps"], size=d["size"], names=list(d["objects"]),
-               boxes=boxes, visible=~np.isnan(boxes[..., 0]), events=list(d["events"]))
+    return cls(
+      video_id=d["video_id"],
+      fps=d["fps"],
+      size=d["size"],
+      names=list(d["objects"]),
+      boxes=boxes,
+      visible=~np.isnan(boxes[..., 0]),
+      events=list(d["events"]),
+    )
 
 
 # ----------------------------------------------------------------------------- rendering
 
 
-def _shape_mask(shape: str, cx: float, cy: float, r: float, angle: float,
-                size: int) -> tuple[np.ndarray, int, int]:
+def _shape_mask(
+  shape: str, cx: float, cy: float, r: float, angle: float, size: int
+) -> tuple[np.ndarray, int, int]:
   """Mask of one shape on the window that bounds it; returns (mask, x0, y0)."""
   reach = int(math.ceil(r * 1.25)) + 1
   x0, y0 = max(int(cx) - reach, 0), max(int(cy) - reach, 0)
@@ -159,8 +203,10 @@ def _shape_mask(shape: str, cx: float, cy: float, r: float, angle: float,
 def object_states(spec: ClipSpec) -> dict[str, np.ndarray]:
   """Per-frame state arrays (T, N): x, y, radius, angle, visible."""
   t_all, n = spec.num_frames, len(spec.objects)
-  st = {k: np.tile(np.array([getattr(o, k) for o in spec.objects], np.float64), (t_all, 1))
-        for k in ("x", "y", "radius", "angle")}
+  st = {
+    k: np.tile(np.array([getattr(o, k) for o in spec.objects], np.float64), (t_all, 1))
+    for k in ("x", "y", "radius", "angle")
+  }
   st["visible"] = np.ones((t_all, n), bool)
   frames = np.arange(t_all)
   for ev in sorted(spec.events, key=lambda e: e.start):
@@ -181,14 +227,15 @@ def object_states(spec: ClipSpec) -> dict[str, np.ndarray]:
       st["radius"][s:, i] = base["radius"] * (0.3 + 0.7 * p)
     elif ev.action == "disappear":
       st["radius"][s:, i] = base["radius"] * (1 - 0.7 * p)
-      st["visible"][e + 1:, i] = False
+      st["visible"][e + 1 :, i] = False
     else:
       raise ValueError(f"unknown action {ev.action!r} in event {ev}")
   return st
 
 
-def render_clip(spec: ClipSpec | dict[str, Any],
-                video_id: str = "clip") -> tuple[np.ndarray, ClipTruth]:
+def render_clip(
+  spec: ClipSpec | dict[str, Any], video_id: str = "clip"
+) -> tuple[np.ndarray, ClipTruth]:
   """Renders `spec` (a ClipSpec or its `to_json()` dict) to frames (T, H, W, 3) uint8 and truth.
 
   Objects are drawn in index order (later ones occlude earlier ones); each box is the
@@ -205,20 +252,34 @@ def render_clip(spec: ClipSpec | dict[str, Any],
     for i, obj in enumerate(spec.objects):
       if not st["visible"][t, i]:
         continue
-      mask, x0, y0 = _shape_mask(obj.shape, st["x"][t, i], st["y"][t, i], st["radius"][t, i],
-                                 st["angle"][t, i], size)
+      mask, x0, y0 = _shape_mask(
+        obj.shape, st["x"][t, i], st["y"][t, i], st["radius"][t, i], st["angle"][t, i], size
+      )
       ys, xs = np.nonzero(mask)
       if ys.size == 0:
         continue
-      frames[t, y0:y0 + mask.shape[0], x0:x0 + mask.shape[1]][mask] = COLOURS[obj.colour]
+      frames[t, y0 : y0 + mask.shape[0], x0 : x0 + mask.shape[1]][mask] = COLOURS[obj.colour]
       boxes[t, i] = (x0 + xs.min(), y0 + ys.min(), x0 + xs.max() + 1, y0 + ys.max() + 1)
   names = [o.name for o in spec.objects]
-  events = [{"action": e.action, "object": names[e.object],
-             "target": None if e.target is None else names[e.target],
-             "start_frame": int(e.start), "end_frame": int(e.end)}
-            for e in sorted(spec.events, key=lambda e: e.start)]
-  truth = ClipTruth(video_id=video_id, fps=spec.fps, size=size, names=names, boxes=boxes,
-                    visible=~np.isnan(boxes[..., 0]), events=events)
+  events = [
+    {
+      "action": e.action,
+      "object": names[e.object],
+      "target": None if e.target is None else names[e.target],
+      "start_frame": int(e.start),
+      "end_frame": int(e.end),
+    }
+    for e in sorted(spec.events, key=lambda e: e.start)
+  ]
+  truth = ClipTruth(
+    video_id=video_id,
+    fps=spec.fps,
+    size=size,
+    names=names,
+    boxes=boxes,
+    visible=~np.isnan(boxes[..., 0]),
+    events=events,
+  )
   return frames, truth
 
 
@@ -230,8 +291,13 @@ def _extent(r: float) -> float:
   return 1.2 * r + 1
 
 
-def _free_spot(rng: np.random.Generator, size: int, r: float,
-               others: Sequence[tuple[float, float, float]], tries: int = 30):
+def _free_spot(
+  rng: np.random.Generator,
+  size: int,
+  r: float,
+  others: Sequence[tuple[float, float, float]],
+  tries: int = 30,
+):
   """A centre for an object of size r inside the frame, clear of `others` (x, y, r)."""
   lo, hi = _extent(r), size - _extent(r)
   for _ in range(tries):
@@ -241,8 +307,16 @@ def _free_spot(rng: np.random.Generator, size: int, r: float,
   return None
 
 
-def sample_clip_spec(rng: np.random.Generator, *, size: int = 64, num_frames: int = 24,
-                     fps: int = 8, allowed=None, prefer=None, force_object=None) -> ClipSpec:
+def sample_clip_spec(
+  rng: np.random.Generator,
+  *,
+  size: int = 64,
+  num_frames: int = 24,
+  fps: int = 8,
+  allowed=None,
+  prefer=None,
+  force_object=None,
+) -> ClipSpec:
   """Samples a clip: 2–4 objects of distinct colours, 2–4 sequential events.
 
   allowed(shape, colour, action) -> bool filters (object, action) choices (held-out
@@ -254,7 +328,7 @@ def sample_clip_spec(rng: np.random.Generator, *, size: int = 64, num_frames: in
   colours = list(rng.permutation(list(COLOURS)))[:n_obj]
   kinds = [(str(rng.choice(SHAPES)), str(c)) for c in colours]
   if force_object is not None and force_object not in kinds:
-    kinds = [k for k in kinds if k[1] != force_object[1]][:n_obj - 1] + [force_object]
+    kinds = [k for k in kinds if k[1] != force_object[1]][: n_obj - 1] + [force_object]
     kinds = [kinds[j] for j in rng.permutation(len(kinds))]
   objs, placed = [], []
   for shape, colour in kinds:
@@ -280,8 +354,9 @@ def sample_clip_spec(rng: np.random.Generator, *, size: int = 64, num_frames: in
     for i, o in enumerate(objs):
       if status[i] == "gone":
         continue
-      others = [(cur[j]["x"], cur[j]["y"], cur[j]["r"]) for j in cur
-                if j != i and status[j] != "gone"]
+      others = [
+        (cur[j]["x"], cur[j]["y"], cur[j]["r"]) for j in cur if j != i and status[j] != "gone"
+      ]
       if forced_move is not None and i != forced_move:
         continue
       for a in ACTIONS if forced_move is None else ("move",):
@@ -298,8 +373,11 @@ def sample_clip_spec(rng: np.random.Generator, *, size: int = 64, num_frames: in
         elif a == "grow":
           f = 1.5
           e2 = _extent(cur[i]["r"] * f)
-          ok = (cur[i]["r"] * f <= 0.2 * size and e2 <= cur[i]["x"] <= size - e2
-                and e2 <= cur[i]["y"] <= size - e2)
+          ok = (
+            cur[i]["r"] * f <= 0.2 * size
+            and e2 <= cur[i]["x"] <= size - e2
+            and e2 <= cur[i]["y"] <= size - e2
+          )
           p = (("factor", f),) if ok else None
         elif a == "move":
           spot = _free_spot(rng, size, cur[i]["r"], others)

@@ -8,6 +8,7 @@ every (arm, seed) trains and evaluates one student into `workdir/arms/<arm>` and
 resumes. Each CoT arm is compared with its Instruct baseline on the same seeds and test
 questions (`aotd_jax.projects.toyworld.stats`), and the table goes to `workdir/study.{json,md}`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,8 +21,14 @@ import ml_collections
 
 from aotd_jax.projects.toyworld import rationale_judge, run as demo_run, stats
 from aotd_jax.projects.toyworld.agent import cot_stage
-from aotd_jax.projects.toyworld.common import (DemoError, cached, check_config_stamp,
-                                  enable_compilation_cache, read_split, write_json)
+from aotd_jax.projects.toyworld.common import (
+  DemoError,
+  cached,
+  check_config_stamp,
+  enable_compilation_cache,
+  read_split,
+  write_json,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +42,7 @@ class Arm:
   size: the QA expert the student starts from (`STUDENT_SIZES`);
   loss_normalization, mixing, prompt_format, answer_style: the `config.students` switches of
   docs/fidelity.md."""
+
   name: str
   student: str
   teacher: str = "agent"
@@ -64,7 +72,9 @@ class Arm:
     return self.cot_set + ("+rationale" if self.judge == "rationale" else "")
 
 
-ARMS = {a.name: a for a in (
+ARMS = {
+  a.name: a
+  for a in (
     Arm("instruct", "instruct", teacher="none", baseline=None),
     Arm("aotd", "aotd"),
     Arm("aotd_unfiltered", "aotd_unfiltered"),
@@ -79,19 +89,30 @@ ARMS = {a.name: a for a in (
     Arm("oracle0.5_rjudge", "aotd", teacher="oracle", noise=0.5, judge="rationale"),
     Arm("instruct_large", "instruct", teacher="none", baseline=None, size="large"),
     Arm("aotd_large", "aotd", baseline="instruct_large", size="large"),
-    Arm("oracle0_large", "aotd", teacher="oracle", noise=0.0, baseline="instruct_large",
-        size="large"),
+    Arm(
+      "oracle0_large", "aotd", teacher="oracle", noise=0.0, baseline="instruct_large", size="large"
+    ),
     # One deviation of docs/fidelity.md each, paired with aotd (our defaults in the toy world).
     Arm("aotd_sequence", "aotd", loss_normalization="sequence", baseline="aotd"),
     Arm("aotd_weighted", "aotd", mixing="weighted", baseline="aotd"),
     Arm("aotd_official_prompt", "aotd", prompt_format="official", baseline="aotd"),
-    Arm("aotd_official_format", "aotd", prompt_format="official", answer_style="letter",
-        baseline="aotd"),
-)}
+    Arm(
+      "aotd_official_format",
+      "aotd",
+      prompt_format="official",
+      answer_style="letter",
+      baseline="aotd",
+    ),
+  )
+}
 
 # The config.students switches of the fidelity arms, at their defaults.
-_LATER_FIELDS = {"loss_normalization": "per_part", "mixing": "", "prompt_format": "plain",
-                 "answer_style": "letter_text"}
+_LATER_FIELDS = {
+  "loss_normalization": "per_part",
+  "mixing": "",
+  "prompt_format": "plain",
+  "answer_style": "letter_text",
+}
 # A run result written before these were part of its spec was made with these values.
 _LEGACY_SPEC = {**_LATER_FIELDS, "judge": "rule", "size": "base", "vary": "student"}
 
@@ -99,9 +120,14 @@ _LEGACY_SPEC = {**_LATER_FIELDS, "judge": "rule", "size": "base", "vary": "stude
 # "large" overrides its LM size (`qa_expert.DEFAULT_SIZE` keys), trained once per world into
 # `shared/experts/qa_large` on the same frozen frame encoder. The agent's tools keep "base".
 STUDENT_SIZES = {
-    "base": {},
-    "large": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4,
-                  num_attention_heads=4, num_key_value_heads=2),
+  "base": {},
+  "large": dict(
+    hidden_size=128,
+    intermediate_size=256,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+  ),
 }
 JUDGES = ("rule", "rationale")
 VARY = ("all", "student")  # --vary: what a seed changes
@@ -129,6 +155,7 @@ def arm_config(base, arm: Arm, epochs: float) -> ml_collections.ConfigDict:
 
 # -- shared stages -----------------------------------------------------------------------------
 
+
 def shared_stages(config, shared: str, arms: Sequence[Arm], log: Callable[[str], None]) -> dict:
   """World, tokenizer, experts, each CoT set and student init the arms need, once, in
   `shared` (a demo work directory)."""
@@ -136,8 +163,10 @@ def shared_stages(config, shared: str, arms: Sequence[Arm], log: Callable[[str],
   world = demo_run.world_stage(config, shared)
   tok = demo_run.tokenizer_stage(config, shared, world)
   log(f"[study] {shared}: experts (cached after the first run) ...")
-  experts_info = cached(os.path.join(shared, "experts", "experts.json"),
-                        lambda: demo_run.experts_stage(config, shared, world, tok["path"]))
+  experts_info = cached(
+    os.path.join(shared, "experts", "experts.json"),
+    lambda: demo_run.experts_stage(config, shared, world, tok["path"]),
+  )
   cots = {}
   for arm in arms:
     name = arm.cot_set
@@ -149,24 +178,38 @@ def shared_stages(config, shared: str, arms: Sequence[Arm], log: Callable[[str],
         cots[name] = cot_stage(config, shared, world, experts_info)
       else:
         from aotd_jax.projects.toyworld.oracle_teacher import noisy_oracle_tools
+
         c = ml_collections.ConfigDict(config.to_dict())
         c.agent.programs = "gold"  # gold programs on the (noisy) ground-truth experts
         train_clips = sorted({r.video_id for r in read_split(world, "train")})
         tools, swap = noisy_oracle_tools(world, arm.noise, int(config.world.seed), train_clips)
-        cots[name] = dict(cot_stage(c, shared, world, experts_info, tools=tools, name=name),
-                          swapped_clips=len(swap), clips=len(train_clips))
+        cots[name] = dict(
+          cot_stage(c, shared, world, experts_info, tools=tools, name=name),
+          swapped_clips=len(swap),
+          clips=len(train_clips),
+        )
     if arm.cot_key not in cots:
       cots[arm.cot_key] = rationale_judge.judged_cots(cots[name])
   base_dir = demo_run.student_base_dir(config, experts_info)
   vision_dir = "" if base_dir else demo_run.student_vision_dir(config, experts_info)
-  bases = {size: student_init(config, shared, experts_info, size, base_dir, log)
-           for size in dict.fromkeys(arm.size for arm in arms)}
-  return {"world": world, "tokenizer": tok["path"], "experts": experts_info, "cots": cots,
-          "base_dir": base_dir, "bases": bases, "vision_dir": vision_dir}
+  bases = {
+    size: student_init(config, shared, experts_info, size, base_dir, log)
+    for size in dict.fromkeys(arm.size for arm in arms)
+  }
+  return {
+    "world": world,
+    "tokenizer": tok["path"],
+    "experts": experts_info,
+    "cots": cots,
+    "base_dir": base_dir,
+    "bases": bases,
+    "vision_dir": vision_dir,
+  }
 
 
-def student_init(config, shared: str, experts_info: Mapping, size: str, base_dir: str,
-                 log: Callable[[str], None]) -> str:
+def student_init(
+  config, shared: str, experts_info: Mapping, size: str, base_dir: str, log: Callable[[str], None]
+) -> str:
   """The QA expert a student of `size` starts from: the demo's for "base", else one trained
   here with `STUDENT_SIZES[size]` on the same frame encoder (cached)."""
   if size not in STUDENT_SIZES:
@@ -174,9 +217,12 @@ def student_init(config, shared: str, experts_info: Mapping, size: str, base_dir
   if size == "base":
     return base_dir
   if str(config.students.get("init_from", "")) != "qa":
-    raise DemoError(f"study arm size {size!r} needs config.students.init_from='qa' (a student "
-                    "starts from a QA expert of that size)")
+    raise DemoError(
+      f"study arm size {size!r} needs config.students.init_from='qa' (a student "
+      "starts from a QA expert of that size)"
+    )
   from aotd_jax.projects.toyworld.qa_expert import train_qa_expert
+
   out = os.path.join(shared, "experts", f"qa_{size}")
   log(f"[study] {shared}: the {size} QA expert (cached after the first run) ...")
   section = config.experts.qa
@@ -184,8 +230,14 @@ def student_init(config, shared: str, experts_info: Mapping, size: str, base_dir
   encoder = experts_info.get("encoder", {})
   if encoder.get("source") == "trained":
     kw["vision_init"] = encoder["path"]
-  return train_qa_expert(shared_world(shared), os.path.join(shared, "experts", "tokenizer"), out,
-                         steps=int(section.steps), seed=int(config.world.seed), **kw)
+  return train_qa_expert(
+    shared_world(shared),
+    os.path.join(shared, "experts", "tokenizer"),
+    out,
+    steps=int(section.steps),
+    seed=int(config.world.seed),
+    **kw,
+  )
 
 
 def shared_world(shared: str) -> str:
@@ -216,10 +268,14 @@ def teacher_accuracy(cots: Mapping) -> float:
 
 # -- one (arm, seed) --------------------------------------------------------------------------
 
+
 def _teacher(arm: Arm, cots: Mapping) -> dict:
   """The teacher of a CoT arm's run: its train accuracy, questions, and the CoTs the arm uses."""
-  return {"accuracy": teacher_accuracy(cots), "questions": cots["questions"],
-          "cots": cots["passed_judge"] if arm.student == "aotd" else cots["unfiltered"]}
+  return {
+    "accuracy": teacher_accuracy(cots),
+    "questions": cots["questions"],
+    "cots": cots["passed_judge"] if arm.student == "aotd" else cots["unfiltered"],
+  }
 
 
 def _lacks_teacher(path: str, arm: Arm) -> bool:
@@ -237,8 +293,9 @@ def run_path(workdir: str, arm: Arm, seed: int) -> str:
   return os.path.join(workdir, "runs", f"{arm.name}_s{seed}.json")
 
 
-def run_one(config, workdir: str, arm: Arm, seed: int, shared: Mapping, epochs: float,
-            vary: str = "all") -> dict:
+def run_one(
+  config, workdir: str, arm: Arm, seed: int, shared: Mapping, epochs: float, vary: str = "all"
+) -> dict:
   """Trains and evaluates the (arm, seed) student, or reads its finished result back.
 
   config: the seed's (`seed_config`); shared: its `shared_stages`. A result written by another
@@ -253,25 +310,53 @@ def run_one(config, workdir: str, arm: Arm, seed: int, shared: Mapping, epochs: 
       except json.JSONDecodeError as e:
         raise DemoError(f"{path}: corrupt run result ({e}); delete it to rerun") from None
     if {**_LEGACY_SPEC, **(result.get("arm") or {})} != spec:
-      raise DemoError(f"{path} was written for arm {result.get('arm')}, not {spec}; use a fresh "
-                      "--workdir or delete it")
+      raise DemoError(
+        f"{path} was written for arm {result.get('arm')}, not {spec}; use a fresh "
+        "--workdir or delete it"
+      )
     if "teacher" not in result:  # written before runs kept their teacher: the shared CoTs'
       result["teacher"] = _teacher(arm, shared["cots"].get(arm.cot_key)) if arm.cot_key else None
     return result
   cfg = arm_config(config, arm, epochs)
   armdir = os.path.join(workdir, "arms", arm.name)
   cots = shared["cots"].get(arm.cot_key) or {"passed_judge": 0, "unfiltered": 0}
-  info = demo_run.student_stage(cfg, armdir, arm.student, seed, shared["world"],
-                                shared["tokenizer"], cots, shared["vision_dir"],
-                                shared["bases"][arm.size])
+  info = demo_run.student_stage(
+    cfg,
+    armdir,
+    arm.student,
+    seed,
+    shared["world"],
+    shared["tokenizer"],
+    cots,
+    shared["vision_dir"],
+    shared["bases"][arm.size],
+  )
   ev = demo_run.eval_stage(cfg, armdir, info, shared["world"])
   teacher = _teacher(arm, cots) if arm.cot_key else None
-  result = {"arm": spec, "seed": seed, "world_seed": int(config.world.seed), "teacher": teacher,
-            "accuracy": ev["accuracy"], "per_type": ev["per_type"],
-            "qids": ev["qids"], "correct": [bool(c) for c in ev["correct"]],
-            "rationales": ev["rationales"][:2], "letters": ev.get("letters"),
-            "train": {k: info.get(k) for k in ("steps", "seconds", "final_loss", "label_loss",
-                                              "rationale_loss", "examples", "protocol")}}
+  result = {
+    "arm": spec,
+    "seed": seed,
+    "world_seed": int(config.world.seed),
+    "teacher": teacher,
+    "accuracy": ev["accuracy"],
+    "per_type": ev["per_type"],
+    "qids": ev["qids"],
+    "correct": [bool(c) for c in ev["correct"]],
+    "rationales": ev["rationales"][:2],
+    "letters": ev.get("letters"),
+    "train": {
+      k: info.get(k)
+      for k in (
+        "steps",
+        "seconds",
+        "final_loss",
+        "label_loss",
+        "rationale_loss",
+        "examples",
+        "protocol",
+      )
+    },
+  }
   os.makedirs(os.path.dirname(path), exist_ok=True)
   write_json(path, result)
   return result
@@ -279,42 +364,62 @@ def run_one(config, workdir: str, arm: Arm, seed: int, shared: Mapping, epochs: 
 
 # -- the table ---------------------------------------------------------------------------------
 
-def summarize(arms: Sequence[Arm], results: Mapping[str, Sequence[dict]],
-              *, samples: int = 4000) -> list[dict]:
+
+def summarize(
+  arms: Sequence[Arm], results: Mapping[str, Sequence[dict]], *, samples: int = 4000
+) -> list[dict]:
   """One row per arm: accuracy over seeds and, for a CoT arm, the teacher's train accuracy
   and kept CoTs (means over the seeds' worlds) and its paired difference with its baseline
   on the seeds both finished (nested bootstrap when the seeds' test questions differ)."""
   import numpy as np
+
   rows = []
   for arm in arms:
     runs = results.get(arm.name, [])
     if not runs:
       continue
     acc = np.array([r["accuracy"] for r in runs])
-    row = {"arm": arm.name, "student": arm.student, "teacher": arm.teacher, "noise": arm.noise,
-           "protocol": arm.protocol, "rationale_weight": arm.rationale_weight,
-           "judge": arm.judge, "size": arm.size,
-           "seeds": [r["seed"] for r in runs], "accuracy": float(acc.mean()),
-           "accuracy_std": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
-           "steps": runs[0]["train"]["steps"],
-           "label_loss": float(np.mean([r["train"]["label_loss"] for r in runs])),
-           "rationale_loss": (_mean_or_none([r["train"].get("rationale_loss") for r in runs])
-                              if arm.cot_set else None),
-           "baseline": arm.baseline, "compare": None}
+    row = {
+      "arm": arm.name,
+      "student": arm.student,
+      "teacher": arm.teacher,
+      "noise": arm.noise,
+      "protocol": arm.protocol,
+      "rationale_weight": arm.rationale_weight,
+      "judge": arm.judge,
+      "size": arm.size,
+      "seeds": [r["seed"] for r in runs],
+      "accuracy": float(acc.mean()),
+      "accuracy_std": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
+      "steps": runs[0]["train"]["steps"],
+      "label_loss": float(np.mean([r["train"]["label_loss"] for r in runs])),
+      "rationale_loss": (
+        _mean_or_none([r["train"].get("rationale_loss") for r in runs]) if arm.cot_set else None
+      ),
+      "baseline": arm.baseline,
+      "compare": None,
+    }
     if arm.cot_set:
-      row.update(teacher_accuracy=float(np.mean([r["teacher"]["accuracy"] for r in runs])),
-                 cots=float(np.mean([r["teacher"]["cots"] for r in runs])))
+      row.update(
+        teacher_accuracy=float(np.mean([r["teacher"]["accuracy"] for r in runs])),
+        cots=float(np.mean([r["teacher"]["cots"] for r in runs])),
+      )
     base = {r["seed"]: r for r in results.get(arm.baseline or "", [])}
     paired = [(r, base[r["seed"]]) for r in runs if r["seed"] in base]
     if paired:
       for r, b in paired:
         if r["qids"] != b["qids"]:
-          raise DemoError(f"arm {arm.name} seed {r['seed']}: its test questions differ from "
-                          f"{arm.baseline}'s; the pair is not comparable")
+          raise DemoError(
+            f"arm {arm.name} seed {r['seed']}: its test questions differ from "
+            f"{arm.baseline}'s; the pair is not comparable"
+          )
       nested = any(r["qids"] != paired[0][0]["qids"] for r, _ in paired)
-      row["compare"] = stats.compare([r["correct"] for r, _ in paired],
-                                     [b["correct"] for _, b in paired], samples=samples,
-                                     nested=nested)
+      row["compare"] = stats.compare(
+        [r["correct"] for r, _ in paired],
+        [b["correct"] for _, b in paired],
+        samples=samples,
+        nested=nested,
+      )
     rows.append(row)
   return rows
 
@@ -327,9 +432,11 @@ def _mean_or_none(values):
 def markdown(rows: Sequence[dict], questions: str) -> str:
   """The study's table (accuracy in %, differences in points); `questions` describes the
   test split(s)."""
-  head = ("| arm | teacher (train acc.) | CoTs | judge | student | protocol | λ | steps "
-          "| accuracy (mean ± sd) | Δ vs baseline, 95 % CI (bootstrap) | 95 % CI (t, seeds) "
-          "| seeds | last step: label / rationale loss |")
+  head = (
+    "| arm | teacher (train acc.) | CoTs | judge | student | protocol | λ | steps "
+    "| accuracy (mean ± sd) | Δ vs baseline, 95 % CI (bootstrap) | 95 % CI (t, seeds) "
+    "| seeds | last step: label / rationale loss |"
+  )
   lines = [head, "|" + "---|" * 13]
   for r in rows:
     teacher = r["teacher"] if r["teacher"] != "oracle" else f"oracle, noise {r['noise']:g}"
@@ -344,35 +451,51 @@ def markdown(rows: Sequence[dict], questions: str) -> str:
     judge = ("none" if r["student"] == "aotd_unfiltered" else r["judge"]) if cot else "-"
     kept = f"{r['cots']:.0f}" if cot else "-"
     lines.append(
-        f"| {r['arm']} | {teacher} | {kept} "
-        f"| {judge} | {r['size']} | {r['protocol']} | "
-        f"{lam} | {r['steps']} | {100 * r['accuracy']:.1f} ± "
-        f"{100 * r['accuracy_std']:.1f} | {delta} | {t_ci} | {len(r['seeds'])} | "
-        f"{r['label_loss']:.2f} / {rat} |")
+      f"| {r['arm']} | {teacher} | {kept} "
+      f"| {judge} | {r['size']} | {r['protocol']} | "
+      f"{lam} | {r['steps']} | {100 * r['accuracy']:.1f} ± "
+      f"{100 * r['accuracy_std']:.1f} | {delta} | {t_ci} | {len(r['seeds'])} | "
+      f"{r['label_loss']:.2f} / {rat} |"
+    )
   lines.append("")
-  lines.append(f"Accuracy on the held-out test split ({questions}, chance 25 %); CoTs and the "
-               "teacher's train accuracy are means over the seeds' worlds; Δ = arm − baseline "
-               "in points, paired on the same seeds and questions.")
+  lines.append(
+    f"Accuracy on the held-out test split ({questions}, chance 25 %); CoTs and the "
+    "teacher's train accuracy are means over the seeds' worlds; Δ = arm − baseline "
+    "in points, paired on the same seeds and questions."
+  )
   return "\n".join(lines)
 
 
-MARKERS = {("rule", "base"): "o", ("rationale", "base"): "^", ("rule", "large"): "s",
-           ("rationale", "large"): "D"}
+MARKERS = {
+  ("rule", "base"): "o",
+  ("rationale", "base"): "^",
+  ("rule", "large"): "s",
+  ("rationale", "large"): "D",
+}
 
 
 def gain_plot_svg(rows: Sequence[dict]) -> str | None:
   """SVG of AoTD − baseline (points, 95 % bootstrap interval) against the teacher's train
   accuracy, for the filtered CoT arms under the paper's protocol with λ = 1 (marker: judge
   and student size); None if none ran."""
-  pts = [r for r in rows if r.get("compare") and r.get("teacher_accuracy") is not None
-         and r["student"] == "aotd" and r["protocol"] == "epochs" and r["rationale_weight"] == 1]
+  pts = [
+    r
+    for r in rows
+    if r.get("compare")
+    and r.get("teacher_accuracy") is not None
+    and r["student"] == "aotd"
+    and r["protocol"] == "epochs"
+    and r["rationale_weight"] == 1
+  ]
   if not pts:
     return None
   import io
 
   import matplotlib
+
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt
+
   fig, ax = plt.subplots(figsize=(5.5, 3.5))
   labelled = set()
   for r in sorted(pts, key=lambda r: r["teacher_accuracy"]):
@@ -381,8 +504,14 @@ def gain_plot_svg(rows: Sequence[dict]) -> str | None:
     key = (r.get("judge", "rule"), r.get("size", "base"))
     label = None if key in labelled else f"{key[0]} judge, {key[1]} student"
     labelled.add(key)
-    ax.errorbar([x], [y], yerr=[[y - 100 * b["lo"]], [100 * b["hi"] - y]],
-                fmt=MARKERS.get(key, "x"), capsize=4, label=label)
+    ax.errorbar(
+      [x],
+      [y],
+      yerr=[[y - 100 * b["lo"]], [100 * b["hi"] - y]],
+      fmt=MARKERS.get(key, "x"),
+      capsize=4,
+      label=label,
+    )
     ax.annotate(r["arm"], (x, y), textcoords="offset points", xytext=(6, 4), fontsize=7)
   ax.axhline(0, color="grey", lw=0.8)
   ax.set_xlabel("teacher accuracy on the train questions (%)")
@@ -398,9 +527,19 @@ def gain_plot_svg(rows: Sequence[dict]) -> str | None:
 
 # -- the whole study ---------------------------------------------------------------------------
 
-def run_study(config, workdir: str, arm_names: Sequence[str], seeds: Sequence[int], *,
-              epochs: float, samples: int = 4000, report_only: bool = False,
-              vary: str = "all", log: Callable[[str], None] = print) -> dict:
+
+def run_study(
+  config,
+  workdir: str,
+  arm_names: Sequence[str],
+  seeds: Sequence[int],
+  *,
+  epochs: float,
+  samples: int = 4000,
+  report_only: bool = False,
+  vary: str = "all",
+  log: Callable[[str], None] = print,
+) -> dict:
   """Runs (or resumes) every (arm, seed); writes `workdir/study.{json,md}`; returns the rows.
 
   vary: "all" (each seed its own world, experts, CoTs and student: `seed_config`) or
@@ -435,20 +574,32 @@ def run_study(config, workdir: str, arm_names: Sequence[str], seeds: Sequence[in
       seed_arms = [a for a, s in todo if s == seed]
       shared[seed] = shared_stages(cfg, shared_dir(workdir, seed, vary), seed_arms, log)
     results.setdefault(arm.name, []).append(
-        run_one(cfg, workdir, arm, seed, shared.get(seed, {}), epochs, vary))
+      run_one(cfg, workdir, arm, seed, shared.get(seed, {}), epochs, vary)
+    )
     ran += fresh
-    left = sum(not os.path.exists(run_path(workdir, a, s)) for a, s in todo[i + 1:])
+    left = sum(not os.path.exists(run_path(workdir, a, s)) for a, s in todo[i + 1 :])
     eta = (time.perf_counter() - started) / ran * left if ran else 0.0
-    log(f"[study] {i + 1}/{len(todo)} {arm.name} seed {seed}: "
-        f"{100 * results[arm.name][-1]['accuracy']:.1f} % "
-        f"({'ran' if fresh else 'cached'}; {left} to run, ~{eta / 60:.0f} min left)")
+    log(
+      f"[study] {i + 1}/{len(todo)} {arm.name} seed {seed}: "
+      f"{100 * results[arm.name][-1]['accuracy']:.1f} % "
+      f"({'ran' if fresh else 'cached'}; {left} to run, ~{eta / 60:.0f} min left)"
+    )
   rows = summarize(arms, results, samples=samples)
   counts = sorted({len(r["qids"]) for runs in results.values() for r in runs})
-  questions = (f"{counts[0]} questions" if len(counts) == 1 else
-               f"{counts[0]}-{counts[-1]} questions per world")
-  out = {"rows": rows, "seeds": sorted({s for _, s in todo}), "epochs": epochs, "vary": vary,
-         "questions": questions, "runs_cached": done_before,
-         "seconds": round(time.perf_counter() - t0, 1)}
+  questions = (
+    f"{counts[0]} questions"
+    if len(counts) == 1
+    else f"{counts[0]}-{counts[-1]} questions per world"
+  )
+  out = {
+    "rows": rows,
+    "seeds": sorted({s for _, s in todo}),
+    "epochs": epochs,
+    "vary": vary,
+    "questions": questions,
+    "runs_cached": done_before,
+    "seconds": round(time.perf_counter() - t0, 1),
+  }
   write_json(os.path.join(workdir, "study.json"), out)
   table = markdown(rows, questions)
   with open(os.path.join(workdir, "study.md"), "w") as f:

@@ -22,6 +22,7 @@ class logits (that patch x its object's query is positive, everything else negat
 GIoU on that patch's `pred_boxes`, BCE on objectness. Grounder loss: UniVTG's own criterion
 (`univtg_postprocess.univtg_losses`) on the official targets (`moment_targets`).
 """
+
 from __future__ import annotations
 
 import json
@@ -44,8 +45,24 @@ from aotd_jax.projects.toyworld.render import ACTIONS, PAST, PRESENT
 DONE = "DONE"
 MAX_TEXT_LEN = 16
 FEATURES_DIR = "features"  # train_grounder(features=...): the object states it reads
-_FILLER = ("the", "a", "an", "object", "objects", "another", "other", "that", "is", "touched",
-           "by", "where", "and", "shape", "something", "thing")
+_FILLER = (
+  "the",
+  "a",
+  "an",
+  "object",
+  "objects",
+  "another",
+  "other",
+  "that",
+  "is",
+  "touched",
+  "by",
+  "where",
+  "and",
+  "shape",
+  "something",
+  "thing",
+)
 
 
 # -- shared helpers ----------------------------------------------------------------------------
@@ -69,14 +86,16 @@ def world_words() -> list[str]:
   return sorted(words)
 
 
-def build_word_tokenizer(words: Sequence[str], out_dir: str, *,
-                         max_length: int = MAX_TEXT_LEN) -> dict[str, int]:
+def build_word_tokenizer(
+  words: Sequence[str], out_dir: str, *, max_length: int = MAX_TEXT_LEN
+) -> dict[str, int]:
   """Writes a word-level tokenizer (`tokenizer.json` + config) that AutoTokenizer loads.
 
   Ids: [PAD]=0, [UNK]=1, the words, [BOS], [EOS] (highest, for OWL's argmax pooling).
   Returns the vocabulary.
   """
   from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
   vocab = {"[PAD]": 0, "[UNK]": 1}
   for w in sorted(set(words)):
     vocab.setdefault(w, len(vocab))
@@ -86,14 +105,24 @@ def build_word_tokenizer(words: Sequence[str], out_dir: str, *,
   tok.normalizer = normalizers.Lowercase()
   tok.pre_tokenizer = pre_tokenizers.Whitespace()
   tok.post_processor = processors.TemplateProcessing(
-      single="[BOS] $A [EOS]",
-      special_tokens=[("[BOS]", vocab["[BOS]"]), ("[EOS]", vocab["[EOS]"])])
+    single="[BOS] $A [EOS]", special_tokens=[("[BOS]", vocab["[BOS]"]), ("[EOS]", vocab["[EOS]"])]
+  )
   os.makedirs(out_dir, exist_ok=True)
   tok.save(os.path.join(out_dir, "tokenizer.json"))
   with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
-    json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "pad_token": "[PAD]",
-               "unk_token": "[UNK]", "bos_token": "[BOS]", "eos_token": "[EOS]",
-               "model_max_length": max_length, "padding_side": "right"}, f, indent=1)
+    json.dump(
+      {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "pad_token": "[PAD]",
+        "unk_token": "[UNK]",
+        "bos_token": "[BOS]",
+        "eos_token": "[EOS]",
+        "model_max_length": max_length,
+        "padding_side": "right",
+      },
+      f,
+      indent=1,
+    )
   return vocab
 
 
@@ -101,18 +130,22 @@ def _tokenize(out_dir: str, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarra
   """Token ids and mask exactly as the experts backends make them (padded to max length)."""
   from aotd_jax import hf
   from experts.backends.owlv2 import hf_tokenize
+
   return hf_tokenize(hf.load_tokenizer(out_dir), MAX_TEXT_LEN)(list(texts))
 
 
 def _world(world_dir: str, split: str = "train"):
   """(ClipTruth list, frames list) of a split, frames decoded from the world's mp4 files."""
   from aotd_jax.data import video
+
   try:
     with open(os.path.join(world_dir, "world.json")) as f:
       world = json.load(f)
   except FileNotFoundError:
-    raise FileNotFoundError(f"{world_dir}: no world.json (not a generated toy world; run "
-                            "aotd_jax.projects.toyworld.world.generate_world)") from None
+    raise FileNotFoundError(
+      f"{world_dir}: no world.json (not a generated toy world; run "
+      "aotd_jax.projects.toyworld.world.generate_world)"
+    ) from None
   truths = toyworld.load_ground_truth(world_dir)
   ids = world["splits"][split]
   if not ids:
@@ -139,17 +172,29 @@ def extra_train_clips(world: str | dict, count: int):
       world = json.load(f)
   start = len(world["splits"]["train"])
   heldout = [tuple(h) for h in world.get("heldout", [])]
-  out = [toyworld.generate_clip(int(world["seed"]), "train", start + i, size=int(world["size"]),
-                                fps=int(world["fps"]), seconds=float(world["seconds"]),
-                                heldout=heldout) for i in range(count)]
+  out = [
+    toyworld.generate_clip(
+      int(world["seed"]),
+      "train",
+      start + i,
+      size=int(world["size"]),
+      fps=int(world["fps"]),
+      seconds=float(world["seconds"]),
+      heldout=heldout,
+    )
+    for i in range(count)
+  ]
   return [t for _, t, _ in out], [f for f, _, _ in out]
 
 
 def _optimizer(model, lr: float, steps: int):
   warm = max(1, min(50, steps // 10))
   sched = optax.warmup_cosine_decay_schedule(0.0, lr, warm, max(steps, warm + 1), lr * 0.05)
-  return nnx.Optimizer(model, optax.chain(optax.clip_by_global_norm(1.0),
-                                          optax.adamw(sched, weight_decay=1e-4)), wrt=nnx.Param)
+  return nnx.Optimizer(
+    model,
+    optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, weight_decay=1e-4)),
+    wrt=nnx.Param,
+  )
 
 
 def _check_steps(steps) -> None:
@@ -160,21 +205,42 @@ def _check_steps(steps) -> None:
 # -- detector ----------------------------------------------------------------------------------
 
 
-def detector_config(vocab_size: int, *, image_size: int = 64, patch_size: int = 8,
-                    vision_hidden: int = 64, text_hidden: int = 32, layers: int = 2,
-                    heads: int = 4, projection_dim: int = 32):
+def detector_config(
+  vocab_size: int,
+  *,
+  image_size: int = 64,
+  patch_size: int = 8,
+  vision_hidden: int = 64,
+  text_hidden: int = 32,
+  layers: int = 2,
+  heads: int = 4,
+  projection_dim: int = 32,
+):
   """A tiny `Owlv2Config` (our dataclass; HF field names)."""
   from aotd_jax.models.clip import CLIPTextConfig, CLIPVisionConfig
   from aotd_jax.models.owlv2 import Owlv2Config
-  text = CLIPTextConfig(vocab_size=vocab_size, hidden_size=text_hidden,
-                        intermediate_size=2 * text_hidden, projection_dim=projection_dim,
-                        num_hidden_layers=layers, num_attention_heads=max(1, heads // 2),
-                        max_position_embeddings=MAX_TEXT_LEN, pad_token_id=0,
-                        bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1)
-  vision = CLIPVisionConfig(hidden_size=vision_hidden, intermediate_size=2 * vision_hidden,
-                            projection_dim=projection_dim, num_hidden_layers=layers,
-                            num_attention_heads=heads, image_size=image_size,
-                            patch_size=patch_size)
+
+  text = CLIPTextConfig(
+    vocab_size=vocab_size,
+    hidden_size=text_hidden,
+    intermediate_size=2 * text_hidden,
+    projection_dim=projection_dim,
+    num_hidden_layers=layers,
+    num_attention_heads=max(1, heads // 2),
+    max_position_embeddings=MAX_TEXT_LEN,
+    pad_token_id=0,
+    bos_token_id=vocab_size - 2,
+    eos_token_id=vocab_size - 1,
+  )
+  vision = CLIPVisionConfig(
+    hidden_size=vision_hidden,
+    intermediate_size=2 * vision_hidden,
+    projection_dim=projection_dim,
+    num_hidden_layers=layers,
+    num_attention_heads=heads,
+    image_size=image_size,
+    patch_size=patch_size,
+  )
   return Owlv2Config(text_config=text, vision_config=vision, projection_dim=projection_dim)
 
 
@@ -199,10 +265,12 @@ def detection_targets(truths, frames, names: Sequence[str], grid: int, *, max_ob
         b[k], lab[k], v[k] = box, index[name], 1.0
         pat[k] = min(int(cy * grid), grid - 1) * grid + min(int(cx * grid), grid - 1)
         k += 1
-      out_f.append(clip[t]); boxes.append(b); labels.append(lab); patches.append(pat)
+      out_f.append(clip[t])
+      boxes.append(b)
+      labels.append(lab)
+      patches.append(pat)
       valid.append(v)
-  return (np.stack(out_f), np.stack(boxes), np.stack(labels), np.stack(patches),
-          np.stack(valid))
+  return (np.stack(out_f), np.stack(boxes), np.stack(labels), np.stack(patches), np.stack(valid))
 
 
 def _xyxy(cxcywh):
@@ -226,9 +294,11 @@ def detector_loss(model, frames, boxes, labels, patches, valid, ids, mask):
   """(total, parts) of the documented detector loss on a batch of frames."""
   from aotd_jax.models import owlv2_processing as proc
   from experts.backends.owlv2 import device_preprocess
+
   vc = model.config.vision_config
-  pixels = device_preprocess(frames, vc.image_size, mean=proc.OPENAI_CLIP_MEAN,
-                             std=proc.OPENAI_CLIP_STD)
+  pixels = device_preprocess(
+    frames, vc.image_size, mean=proc.OPENAI_CLIP_MEAN, std=proc.OPENAI_CLIP_STD
+  )
   queries = model.embed_text_queries(ids, mask)
   out = model.detect(pixels, queries)
   b, p, q = out.logits.shape
@@ -237,8 +307,9 @@ def detector_loss(model, frames, boxes, labels, patches, valid, ids, mask):
   num_pos = jnp.maximum(valid.sum(), 1.0)
   cls = optax.sigmoid_focal_loss(out.logits, pos, alpha=0.25, gamma=2.0).sum() / num_pos
   pred = out.pred_boxes[rows, patches]  # (B, K, 4) cxcywh
-  gt_c = jnp.concatenate([(boxes[..., :2] + boxes[..., 2:]) / 2,
-                          boxes[..., 2:] - boxes[..., :2]], -1)
+  gt_c = jnp.concatenate(
+    [(boxes[..., :2] + boxes[..., 2:]) / 2, boxes[..., 2:] - boxes[..., :2]], -1
+  )
   l1 = (jnp.abs(pred - gt_c).sum(-1) * valid).sum() / num_pos
   giou = ((1 - _giou(_xyxy(pred), boxes)) * valid).sum() / num_pos
   obj_t = jnp.zeros((b, p)).at[rows, patches].max(valid)
@@ -247,9 +318,17 @@ def detector_loss(model, frames, boxes, labels, patches, valid, ids, mask):
   return total, {"cls": cls, "l1": l1, "giou": giou, "obj": obj}
 
 
-def train_detector(world_dir: str, out_dir: str, *, steps: int, seed: int = 0,
-                   batch_size: int = 32, lr: float = 2e-3, log_every: int = 0,
-                   **size) -> str:
+def train_detector(
+  world_dir: str,
+  out_dir: str,
+  *,
+  steps: int,
+  seed: int = 0,
+  batch_size: int = 32,
+  lr: float = 2e-3,
+  log_every: int = 0,
+  **size,
+) -> str:
   """Trains a tiny OWLv2 on the toy world's train frames; returns `out_dir` (HF format).
 
   size: `detector_config` keywords (image_size, patch_size, vision_hidden, text_hidden,
@@ -260,6 +339,7 @@ def train_detector(world_dir: str, out_dir: str, *, steps: int, seed: int = 0,
   _check_steps(steps)
   from aotd_jax import hf
   from aotd_jax.models.owlv2 import Owlv2ForObjectDetection
+
   t0 = time.perf_counter()
   truths, frames, _ = _world(world_dir)
   vocab = build_word_tokenizer(world_words(), out_dir)
@@ -287,12 +367,24 @@ def train_detector(world_dir: str, out_dir: str, *, steps: int, seed: int = 0,
     loss, parts = step(model, opt, batch, jnp.asarray(ids), jnp.asarray(mask))
     losses.append(float(loss))
     if log_every and (i % log_every == 0 or i == steps - 1):
-      print(f"detector step {i}: loss {losses[-1]:.4f} "
-            + " ".join(f"{k} {float(v):.3f}" for k, v in parts.items()), flush=True)
+      print(
+        f"detector step {i}: loss {losses[-1]:.4f} "
+        + " ".join(f"{k} {float(v):.3f}" for k, v in parts.items()),
+        flush=True,
+      )
   hf.save_pretrained(model, out_dir)
-  _mark_done(out_dir, {"steps": steps, "seed": seed, "first_loss": losses[0],
-                       "last_loss": float(np.mean(losses[-max(1, steps // 10):])),
-                       "losses": losses, "seconds": time.perf_counter() - t0, "size": size})
+  _mark_done(
+    out_dir,
+    {
+      "steps": steps,
+      "seed": seed,
+      "first_loss": losses[0],
+      "last_loss": float(np.mean(losses[-max(1, steps // 10) :])),
+      "losses": losses,
+      "seconds": time.perf_counter() - t0,
+      "size": size,
+    },
+  )
   return out_dir
 
 
@@ -307,8 +399,10 @@ def detector_section(out_dir: str, **kw) -> dict:
 def grounder_queries(truth) -> list[tuple[str, list[tuple[int, int]]]]:
   """(query, [inclusive frame windows]) pairs of a clip, in the phrasings programs use."""
   out: dict[str, list[tuple[int, int]]] = {}
+
   def add(q, e):
     out.setdefault(q, []).append((int(e["start_frame"]), int(e["end_frame"])))
+
   for e in truth.events:
     text = event_text(e, "present")  # "the red circle jumps"
     add(text, e)
@@ -322,10 +416,20 @@ def grounder_queries(truth) -> list[tuple[str, list[tuple[int, int]]]]:
   return sorted(out.items())
 
 
-def grounder_configs(vocab_size: int, *, image_size: int = 32, patch_size: int = 8,
-                     vision_hidden: int = 64, hidden: int = 32, projection_dim: int = 64,
-                     layers: int = 2, heads: int = 2, clip_length: float = 0.25,
-                     input_dropout: float = 0.0, video_feature_dim: int | None = None):
+def grounder_configs(
+  vocab_size: int,
+  *,
+  image_size: int = 32,
+  patch_size: int = 8,
+  vision_hidden: int = 64,
+  hidden: int = 32,
+  projection_dim: int = 64,
+  layers: int = 2,
+  heads: int = 2,
+  clip_length: float = 0.25,
+  input_dropout: float = 0.0,
+  video_feature_dim: int | None = None,
+):
   """Tiny (CLIPConfig, UniVTGConfig): UniVTG reads CLIP image features + text token states.
 
   video_feature_dim: the width of the video features when they are not CLIP's image
@@ -337,20 +441,45 @@ def grounder_configs(vocab_size: int, *, image_size: int = 32, patch_size: int =
   """
   from aotd_jax.models.clip import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
   from aotd_jax.models.univtg import UniVTGConfig
-  text = CLIPTextConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
-                        projection_dim=projection_dim, num_hidden_layers=layers,
-                        num_attention_heads=heads, max_position_embeddings=MAX_TEXT_LEN,
-                        pad_token_id=0, bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1)
-  vision = CLIPVisionConfig(hidden_size=vision_hidden, intermediate_size=2 * vision_hidden,
-                            projection_dim=projection_dim, num_hidden_layers=layers,
-                            num_attention_heads=max(1, vision_hidden // 16),
-                            image_size=image_size, patch_size=patch_size)
+
+  text = CLIPTextConfig(
+    vocab_size=vocab_size,
+    hidden_size=hidden,
+    intermediate_size=2 * hidden,
+    projection_dim=projection_dim,
+    num_hidden_layers=layers,
+    num_attention_heads=heads,
+    max_position_embeddings=MAX_TEXT_LEN,
+    pad_token_id=0,
+    bos_token_id=vocab_size - 2,
+    eos_token_id=vocab_size - 1,
+  )
+  vision = CLIPVisionConfig(
+    hidden_size=vision_hidden,
+    intermediate_size=2 * vision_hidden,
+    projection_dim=projection_dim,
+    num_hidden_layers=layers,
+    num_attention_heads=max(1, vision_hidden // 16),
+    image_size=image_size,
+    patch_size=patch_size,
+  )
   clip_cfg = CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim)
-  vtg = UniVTGConfig(v_feat_dims=(video_feature_dim or projection_dim,), use_tef=True, t_feat_dim=hidden,
-                     hidden_dim=hidden, nheads=heads, enc_layers=layers,
-                     dim_feedforward=2 * hidden, n_input_proj=2, max_q_l=MAX_TEXT_LEN,
-                     max_v_l=128, clip_length=clip_length, input_dropout=input_dropout,
-                     dropout=0.0, droppath=0.0)
+  vtg = UniVTGConfig(
+    v_feat_dims=(video_feature_dim or projection_dim,),
+    use_tef=True,
+    t_feat_dim=hidden,
+    hidden_dim=hidden,
+    nheads=heads,
+    enc_layers=layers,
+    dim_feedforward=2 * hidden,
+    n_input_proj=2,
+    max_q_l=MAX_TEXT_LEN,
+    max_v_l=128,
+    clip_length=clip_length,
+    input_dropout=input_dropout,
+    dropout=0.0,
+    droppath=0.0,
+  )
   return clip_cfg, vtg
 
 
@@ -387,13 +516,24 @@ def frame_state_loss(models, pixels, states):
   return bce + 4.0 * geo / jnp.maximum(vis.sum(), 1.0) + act
 
 
-def train_frame_encoder(clip_model, truths, frames, *, steps: int, lr: float,
-                        rng: np.random.Generator, rngs: nnx.Rngs, batch_size: int = 64,
-                        log_every: int = 0, tag: str = "grounder clip") -> list[float]:
+def train_frame_encoder(
+  clip_model,
+  truths,
+  frames,
+  *,
+  steps: int,
+  lr: float,
+  rng: np.random.Generator,
+  rngs: nnx.Rngs,
+  batch_size: int = 64,
+  log_every: int = 0,
+  tag: str = "grounder clip",
+) -> list[float]:
   """Stage 1 of `train_grounder` (also the QA expert's vision tower): trains `clip_model`'s
   image tower in place, through a throw-away linear probe, on `frame_state_loss` over every
   frame of `frames` (`frame_states` targets); returns the losses."""
   from aotd_jax.data.video_processing import preprocess_video
+
   _check_steps(steps)
   img = clip_model.config.vision_config.image_size
   all_frames, states = frame_states(truths, frames, list(toyworld.ALL_OBJECT_NAMES))
@@ -425,22 +565,27 @@ def _l2(x):
 def grounding_samples(truths, frames, fps: float, clip_length: float):
   """(clip index, query, [[start, end] seconds]) for every clip's grounder queries."""
   del frames, clip_length
-  return [(c, q, [[s / fps, (e + 1) / fps] for s, e in wins])
-          for c, truth in enumerate(truths) for q, wins in grounder_queries(truth)]
+  return [
+    (c, q, [[s / fps, (e + 1) / fps] for s, e in wins])
+    for c, truth in enumerate(truths)
+    for q, wins in grounder_queries(truth)
+  ]
 
 
 def rename_objects(text: str, mapping: dict[str, str]) -> str:
   """`text` with every object name in `mapping` replaced at once ("the red circle touches
   the blue square" -> "the green star touches the red circle"); longest names first."""
   import re
+
   if not mapping:
     return text
   pattern = re.compile("|".join(re.escape(n) for n in sorted(mapping, key=len, reverse=True)))
   return pattern.sub(lambda m: mapping[m.group(0)], text)
 
 
-def rename_sample(features: np.ndarray, query: str, perm: Sequence[int],
-                  names: Sequence[str]) -> tuple[np.ndarray, str]:
+def rename_sample(
+  features: np.ndarray, query: str, perm: Sequence[int], names: Sequence[str]
+) -> tuple[np.ndarray, str]:
   """A grounding sample with its objects renamed: object `names[i]` becomes
   `names[perm[i]]` in the `ObjectStates` features (its block moves) and in the query."""
   mapping = {n: names[int(perm[i])] for i, n in enumerate(names)}
@@ -459,30 +604,45 @@ class _TextStates:
   def __call__(self, queries: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     new = sorted({q for q in queries if q not in self.cache})
     for i in range(0, len(new), self.chunk):
-      part = new[i:i + self.chunk]
+      part = new[i : i + self.chunk]
       ids, mask = _tokenize(self.clip_dir, part + part[-1:] * (self.chunk - len(part)))
       states = np.asarray(self.fn(self.model, jnp.asarray(ids), jnp.asarray(mask)))
       states = (_l2(states) * mask[..., None]).astype(np.float32)
       for q, st, m in zip(part, states, mask):
         self.cache[q] = (st, m.astype(np.float32))
-    return (np.stack([self.cache[q][0] for q in queries]),
-            np.stack([self.cache[q][1] for q in queries]))
+    return (
+      np.stack([self.cache[q][0] for q in queries]),
+      np.stack([self.cache[q][1] for q in queries]),
+    )
 
 
 def _video_features(fn, pixels: np.ndarray, batch: int = 512) -> np.ndarray:
   """(videos, clips, 3, S, S) -> (videos, clips, D) with `fn` over frame batches."""
   n_vid, n_clips = pixels.shape[:2]
   flat = pixels.reshape(n_vid * n_clips, *pixels.shape[2:])
-  out = np.concatenate([np.asarray(fn(jnp.asarray(flat[i:i + batch])))
-                        for i in range(0, len(flat), batch)])
+  out = np.concatenate(
+    [np.asarray(fn(jnp.asarray(flat[i : i + batch]))) for i in range(0, len(flat), batch)]
+  )
   return out.reshape(n_vid, n_clips, -1)
 
 
-def train_grounder(world_dir: str, out_dir: str, *, steps: int, seed: int = 0,
-                   batch_size: int = 32, lr: float = 3e-3, clip_steps: int | None = None,
-                   vtg_steps: int | None = None, clip_lr: float = 3e-2, log_every: int = 0,
-                   extra_clips: int = 0, features: str | None = None,
-                   rename_prob: float = 1.0, **size) -> str:
+def train_grounder(
+  world_dir: str,
+  out_dir: str,
+  *,
+  steps: int,
+  seed: int = 0,
+  batch_size: int = 32,
+  lr: float = 3e-3,
+  clip_steps: int | None = None,
+  vtg_steps: int | None = None,
+  clip_lr: float = 3e-2,
+  log_every: int = 0,
+  extra_clips: int = 0,
+  features: str | None = None,
+  rename_prob: float = 1.0,
+  **size,
+) -> str:
   """Trains a tiny UniVTG (and its tiny CLIP) to ground toy-world actions; returns `out_dir`.
 
   `steps` is the budget unit: stage 2 runs `vtg_steps` (default 2 * steps, learning rate
@@ -523,11 +683,14 @@ def train_grounder(world_dir: str, out_dir: str, *, steps: int, seed: int = 0,
   from aotd_jax.models import univtg_postprocess as post
   from aotd_jax.models.clip import CLIPModel
   from aotd_jax.models.univtg import UniVTG
+
   t0 = time.perf_counter()
   reader = obj.load_object_states(features) if features else None
   if reader is not None and list(reader.names) != list(toyworld.ALL_OBJECT_NAMES):
-    raise ValueError(f"{features}: object states for names {list(reader.names)}, not this "
-                     f"world's {list(toyworld.ALL_OBJECT_NAMES)}")
+    raise ValueError(
+      f"{features}: object states for names {list(reader.names)}, not this "
+      f"world's {list(toyworld.ALL_OBJECT_NAMES)}"
+    )
   truths, frames, world = _world(world_dir)
   if extra_clips:
     more = extra_train_clips(world, extra_clips)
@@ -544,8 +707,16 @@ def train_grounder(world_dir: str, out_dir: str, *, steps: int, seed: int = 0,
 
   losses1: list[float] = []
   if reader is None:  # Stage 1: frame states into the pooled CLIP feature.
-    losses1 = train_frame_encoder(clip_model, truths, frames, steps=clip_steps, lr=clip_lr,
-                                  rng=rng, rngs=rngs, log_every=log_every)
+    losses1 = train_frame_encoder(
+      clip_model,
+      truths,
+      frames,
+      steps=clip_steps,
+      lr=clip_lr,
+      rng=rng,
+      rngs=rngs,
+      log_every=log_every,
+    )
     feature_fn = nnx.jit(lambda m, x: m.get_image_features(x))
     extract = lambda x: feature_fn(clip_model, x)
   else:
@@ -557,8 +728,9 @@ def train_grounder(world_dir: str, out_dir: str, *, steps: int, seed: int = 0,
   pos = post.clip_frame_indices(len(frames[0]), fps, vtg_cfg.clip_length)
   if any(len(f) != len(frames[0]) for f in frames):
     raise ValueError(f"{world_dir}: clips of different lengths in the train split")
-  clip_pixels = np.stack([preprocess_video(f[pos], shortest_edge=img, crop_size=img)
-                          for f in frames])
+  clip_pixels = np.stack(
+    [preprocess_video(f[pos], shortest_edge=img, crop_size=img) for f in frames]
+  )
   feats = _l2(_video_features(extract, clip_pixels)).astype(np.float32)
   n_vid, n_clips = feats.shape[:2]
   tef = np.broadcast_to(post.temporal_endpoint_features(n_clips), (n_clips, 2))
@@ -575,6 +747,7 @@ def train_grounder(world_dir: str, out_dir: str, *, steps: int, seed: int = 0,
     def loss_fn(m):
       out = m(src_txt, src_txt_mask, src_vid, jnp.ones(src_vid.shape[:2], jnp.float32))
       return post.univtg_losses(out, targets)
+
     (loss, parts), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
     opt.update(model, grads)
     return loss, parts
@@ -583,8 +756,9 @@ def train_grounder(world_dir: str, out_dir: str, *, steps: int, seed: int = 0,
   losses, renamed = [], 0
   for i in range(steps):
     chosen = [samples[int(k)] for k in rng.choice(len(samples), bs, replace=False)]
-    targets = post.moment_targets([w for _, _, w in chosen], [n_clips] * bs,
-                                  vtg_cfg.clip_length, rng=rng)
+    targets = post.moment_targets(
+      [w for _, _, w in chosen], [n_clips] * bs, vtg_cfg.clip_length, rng=rng
+    )
     vids, queries = [], []
     for c, q, _ in chosen:
       f = feats[c]
@@ -594,33 +768,57 @@ def train_grounder(world_dir: str, out_dir: str, *, steps: int, seed: int = 0,
       vids.append(np.concatenate([f, tef], -1))
       queries.append(q)
     txt, mask = text_states(queries)
-    loss, parts = step2(vtg, opt2, jnp.asarray(txt), jnp.asarray(mask),
-                        jnp.asarray(np.stack(vids).astype(np.float32)),
-                        {k: jnp.asarray(v) for k, v in targets.items()})
+    loss, parts = step2(
+      vtg,
+      opt2,
+      jnp.asarray(txt),
+      jnp.asarray(mask),
+      jnp.asarray(np.stack(vids).astype(np.float32)),
+      {k: jnp.asarray(v) for k, v in targets.items()},
+    )
     losses.append(float(loss))
     if log_every and (i % log_every == 0 or i == steps - 1):
-      print(f"grounder step {i}: loss {losses[-1]:.4f} "
-            + " ".join(f"{k} {float(v):.3f}" for k, v in parts.items()), flush=True)
+      print(
+        f"grounder step {i}: loss {losses[-1]:.4f} "
+        + " ".join(f"{k} {float(v):.3f}" for k, v in parts.items()),
+        flush=True,
+      )
   vtg.eval()
   hf.save_pretrained(clip_model, clip_dir)
   if reader is not None:
     obj.save_object_states(reader, os.path.join(out_dir, FEATURES_DIR))
   save_univtg(vtg, os.path.join(out_dir, "univtg.ckpt"), epoch=steps)
-  _mark_done(out_dir, {"steps": steps, "clip_steps": 0 if reader is not None else clip_steps,
-                       "seed": seed, "train_clips": len(truths), "extra_clips": extra_clips,
-                       "features": "object_states" if reader is not None else "clip",
-                       "features_from": str(features or ""), "rename_prob": rename_prob,
-                       "renamed_samples": renamed, "first_loss": losses[0],
-                       "last_loss": float(np.mean(losses[-max(1, steps // 10):])),
-                       "losses": losses, "clip_losses": losses1,
-                       "seconds": time.perf_counter() - t0, "size": size})
+  _mark_done(
+    out_dir,
+    {
+      "steps": steps,
+      "clip_steps": 0 if reader is not None else clip_steps,
+      "seed": seed,
+      "train_clips": len(truths),
+      "extra_clips": extra_clips,
+      "features": "object_states" if reader is not None else "clip",
+      "features_from": str(features or ""),
+      "rename_prob": rename_prob,
+      "renamed_samples": renamed,
+      "first_loss": losses[0],
+      "last_loss": float(np.mean(losses[-max(1, steps // 10) :])),
+      "losses": losses,
+      "clip_losses": losses1,
+      "seconds": time.perf_counter() - t0,
+      "size": size,
+    },
+  )
   return out_dir
 
 
 def grounder_section(out_dir: str, **kw) -> dict:
   """The `experts` config section that binds a `train_grounder` output."""
-  section = {"kind": "univtg", "path": os.path.join(out_dir, "univtg.ckpt"),
-             "clip_path": os.path.join(out_dir, "clip"), "buckets": [8, 32]}
+  section = {
+    "kind": "univtg",
+    "path": os.path.join(out_dir, "univtg.ckpt"),
+    "clip_path": os.path.join(out_dir, "clip"),
+    "buckets": [8, 32],
+  }
   if os.path.isdir(os.path.join(out_dir, FEATURES_DIR)):
     section["features_path"] = os.path.join(out_dir, FEATURES_DIR)
   return {**section, **kw}

@@ -9,6 +9,7 @@ Held-out combinations: a few (colour, shape, action) triples never occur in trai
 every test clip contains at least one, so the test split measures compositional transfer.
 See `render` (clips, ground truth) and `questions` (questions, programs).
 """
+
 from __future__ import annotations
 
 import json
@@ -18,13 +19,32 @@ from pathlib import Path
 import numpy as np
 
 from aotd_jax.projects.toyworld.questions import QUESTION_TYPES, event_text, make_questions
-from aotd_jax.projects.toyworld.render import (ACTIONS, COLOURS, SHAPES, ClipSpec, ClipTruth,
-                                               render_clip, sample_clip_spec)
+from aotd_jax.projects.toyworld.render import (
+  ACTIONS,
+  COLOURS,
+  SHAPES,
+  ClipSpec,
+  ClipTruth,
+  render_clip,
+  sample_clip_spec,
+)
 
 __all__ = [
-  "ACTIONS", "COLOURS", "SHAPES", "QUESTION_TYPES", "ClipSpec", "ClipTruth", "event_text",
-  "generate_world", "heldout_combinations", "load_ground_truth", "make_questions",
-  "render_clip", "sample_clip_spec", "write_mp4", "ALL_OBJECT_NAMES",
+  "ACTIONS",
+  "COLOURS",
+  "SHAPES",
+  "QUESTION_TYPES",
+  "ClipSpec",
+  "ClipTruth",
+  "event_text",
+  "generate_world",
+  "heldout_combinations",
+  "load_ground_truth",
+  "make_questions",
+  "render_clip",
+  "sample_clip_spec",
+  "write_mp4",
+  "ALL_OBJECT_NAMES",
 ]
 
 ALL_OBJECT_NAMES = [f"{c} {s}" for c in COLOURS for s in SHAPES]
@@ -34,8 +54,13 @@ SPLITS = ("train", "val", "test")
 def heldout_combinations(seed: int, num: int = 4) -> list[tuple[str, str, str]]:
   """The (shape, colour, action) triples kept out of train/val for this seed."""
   rng = np.random.default_rng([seed, 7919])
-  combos = [(s, c, a) for s in SHAPES for c in COLOURS for a in ACTIONS
-            if not (s == "circle" and a == "spin")]
+  combos = [
+    (s, c, a)
+    for s in SHAPES
+    for c in COLOURS
+    for a in ACTIONS
+    if not (s == "circle" and a == "spin")
+  ]
   return [combos[int(i)] for i in sorted(rng.choice(len(combos), num, replace=False))]
 
 
@@ -68,8 +93,16 @@ def _split_counts(num_clips, num_train, num_val, num_test) -> dict[str, int]:
   return counts
 
 
-def generate_clip(seed: int, split: str, index: int, *, size: int = 64, fps: int = 8,
-                  seconds: float = 3.0, heldout=None) -> tuple[np.ndarray, ClipTruth, ClipSpec]:
+def generate_clip(
+  seed: int,
+  split: str,
+  index: int,
+  *,
+  size: int = 64,
+  fps: int = 8,
+  seconds: float = 3.0,
+  heldout=None,
+) -> tuple[np.ndarray, ClipTruth, ClipSpec]:
   """Renders clip `index` of `split` for `seed`: (frames, ground truth, spec)."""
   heldout = set(heldout if heldout is not None else heldout_combinations(seed))
   num_frames = int(round(fps * seconds))
@@ -78,17 +111,29 @@ def generate_clip(seed: int, split: str, index: int, *, size: int = 64, fps: int
   rng = np.random.default_rng([seed, SPLITS.index(split), index])
   video_id = f"toy{seed}_{split}_{index:05d}"
   if split != "test":
-    spec = sample_clip_spec(rng, size=size, num_frames=num_frames, fps=fps,
-                            allowed=lambda s, c, a: (s, c, a) not in heldout)
+    spec = sample_clip_spec(
+      rng,
+      size=size,
+      num_frames=num_frames,
+      fps=fps,
+      allowed=lambda s, c, a: (s, c, a) not in heldout,
+    )
   else:
     combos = sorted(heldout)
     for _ in range(50):
       shape, colour, _a = combos[int(rng.integers(len(combos)))]
-      spec = sample_clip_spec(rng, size=size, num_frames=num_frames, fps=fps,
-                              prefer=lambda s, c, a: (s, c, a) in heldout,
-                              force_object=(shape, colour))
-      if any((spec.objects[e.object].shape, spec.objects[e.object].colour, e.action) in heldout
-             for e in spec.events):
+      spec = sample_clip_spec(
+        rng,
+        size=size,
+        num_frames=num_frames,
+        fps=fps,
+        prefer=lambda s, c, a: (s, c, a) in heldout,
+        force_object=(shape, colour),
+      )
+      if any(
+        (spec.objects[e.object].shape, spec.objects[e.object].colour, e.action) in heldout
+        for e in spec.events
+      ):
         break
     else:
       raise RuntimeError(f"could not place a held-out combination in {video_id}")
@@ -96,10 +141,20 @@ def generate_clip(seed: int, split: str, index: int, *, size: int = 64, fps: int
   return frames, truth, spec
 
 
-def generate_world(out_dir: str | os.PathLike, *, seed: int = 0, num_clips: int | None = None,
-                   num_train: int = 80, num_val: int = 10, num_test: int = 10, size: int = 64,
-                   fps: int = 8, seconds: float = 3.0, questions_per_type: int = 1,
-                   write_videos: bool = True) -> dict[str, str]:
+def generate_world(
+  out_dir: str | os.PathLike,
+  *,
+  seed: int = 0,
+  num_clips: int | None = None,
+  num_train: int = 80,
+  num_val: int = 10,
+  num_test: int = 10,
+  size: int = 64,
+  fps: int = 8,
+  seconds: float = 3.0,
+  questions_per_type: int = 1,
+  write_videos: bool = True,
+) -> dict[str, str]:
   """Writes the toy world to `out_dir`; returns {split: path of its STAR-format JSON}.
 
   `num_clips`, when given, overrides the per-split counts (10% val, 10% test). Also writes
@@ -119,8 +174,9 @@ def generate_world(out_dir: str | os.PathLike, *, seed: int = 0, num_clips: int 
     records = []
     clip_ids[split] = []
     for i in range(counts[split]):
-      frames, truth, _ = generate_clip(seed, split, i, size=size, fps=fps, seconds=seconds,
-                                       heldout=heldout)
+      frames, truth, _ = generate_clip(
+        seed, split, i, size=size, fps=fps, seconds=seconds, heldout=heldout
+      )
       if write_videos:
         write_mp4(out / "videos" / f"{truth.video_id}.mp4", frames, fps)
       qrng = np.random.default_rng([seed, SPLITS.index(split), i, 1])
@@ -133,9 +189,19 @@ def generate_world(out_dir: str | os.PathLike, *, seed: int = 0, num_clips: int 
   with open(out / "ground_truth.json", "w") as f:
     json.dump(truths, f)
   with open(out / "world.json", "w") as f:
-    json.dump({"seed": seed, "size": size, "fps": fps, "seconds": seconds,
-               "heldout": [list(h) for h in heldout], "splits": clip_ids,
-               "video_dir": "videos"}, f, indent=1)
+    json.dump(
+      {
+        "seed": seed,
+        "size": size,
+        "fps": fps,
+        "seconds": seconds,
+        "heldout": [list(h) for h in heldout],
+        "splits": clip_ids,
+        "video_dir": "videos",
+      },
+      f,
+      indent=1,
+    )
   return paths
 
 
