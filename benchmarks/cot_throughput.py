@@ -72,19 +72,7 @@ TINY_CLIP = dict(
   TINY_OWL, image_size=32, patch_size=16, vision_hidden=16, text_hidden=16, projection=12
 )
 TINY_UNIVTG = dict(hidden_dim=32, nheads=4, enc_layers=1, dim_feedforward=48, clip_length=2.0)
-TINY_LLAVA = dict(
-  vision_hidden=32,
-  vision_layers=1,
-  vision_heads=2,
-  image_size=28,
-  patch_size=14,
-  hidden=32,
-  intermediate=64,
-  layers=1,
-  heads=4,
-  kv_heads=2,
-  vocab=100,
-)
+TINY_LLAVA = rw.LLAVA_TINY
 
 PRESETS = {
   "tiny": dict(

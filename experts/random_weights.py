@@ -43,6 +43,20 @@ CLIP_B32 = dict(
   vocab=49408,
   text_length=77,
 )
+# LLaVA-NeXT-Video at test size (the same code path as the released shapes, in milliseconds).
+LLAVA_TINY = dict(
+  vision_hidden=32,
+  vision_layers=1,
+  vision_heads=2,
+  image_size=28,
+  patch_size=14,
+  hidden=32,
+  intermediate=64,
+  layers=1,
+  heads=4,
+  kv_heads=2,
+  vocab=100,
+)
 UNIVTG_RELEASED = dict(
   hidden_dim=1024, nheads=8, enc_layers=4, dim_feedforward=1024, clip_length=2.0
 )

@@ -26,19 +26,7 @@ CLIP_TINY = dict(
   text_length=16,
 )
 UNIVTG_TINY = dict(hidden_dim=32, nheads=4, enc_layers=1, dim_feedforward=48, clip_length=1.0)
-LLAVA_TINY = dict(
-  vision_hidden=32,
-  vision_layers=1,
-  vision_heads=2,
-  image_size=28,
-  patch_size=14,
-  hidden=32,
-  intermediate=64,
-  layers=1,
-  heads=4,
-  kv_heads=2,
-  vocab=100,
-)
+LLAVA_TINY = rw.LLAVA_TINY
 OWL_TINY = dict(
   CLIP_TINY, image_size=32, patch_size=8, vision_hidden=32, text_hidden=32, projection=32
 )

@@ -20,18 +20,10 @@ import pytest
 
 from aotd_jax import hf
 from aotd_jax.hf import hub, io, processor_files
+from aotd_jax.rehearsal.checkpoints import QWEN_SPECIALS
 
 pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
-
-QWEN_TOKENS = [
-  "<|im_start|>",
-  "<|im_end|>",
-  "<|vision_start|>",
-  "<|vision_end|>",
-  "<|video_pad|>",
-  "<|image_pad|>",
-]
 
 
 def _export(tmp, arch: str, init: dict, tok) -> tuple[str, object]:
@@ -76,8 +68,8 @@ def qwen2vl(tmp_path_factory, tokenizer):
   from configs.toyworld import distill as toy
 
   tok = copy.deepcopy(tokenizer)
-  tok.add_special_tokens({"additional_special_tokens": QWEN_TOKENS})
-  ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_TOKENS}
+  tok.add_special_tokens({"additional_special_tokens": QWEN_SPECIALS})
+  ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
   init = dict(
     toy.TINY_QWEN2VL,
     video_token_id=ids["<|video_pad|>"],

@@ -45,14 +45,6 @@ PROMPTS = {
   "onevision": "<video>",
   "qwen2vl": "<|vision_start|><|video_pad|><|vision_end|>",
 }
-QWEN_TOKENS = [
-  "<|im_start|>",
-  "<|im_end|>",
-  "<|vision_start|>",
-  "<|vision_end|>",
-  "<|video_pad|>",
-  "<|image_pad|>",
-]
 LOGIT_TOL = 1e-4
 
 
@@ -129,6 +121,7 @@ def write_exports(where: str) -> dict[str, str]:
   from aotd_jax import hf  # pylint: disable=g-import-not-at-top
   from aotd_jax.data.toy_tokenizer import train_tokenizer  # pylint: disable=g-import-not-at-top
   from aotd_jax.hf import hub, io, registry  # pylint: disable=g-import-not-at-top
+  from aotd_jax.rehearsal.checkpoints import QWEN_SPECIALS  # pylint: disable=g-import-not-at-top
   from configs.toyworld import distill as toy  # pylint: disable=g-import-not-at-top
 
   shutil.rmtree(where, ignore_errors=True)
@@ -148,8 +141,8 @@ def write_exports(where: str) -> dict[str, str]:
       init["image_grid_pinpoints"] = [[64, 64], [64, 128], [128, 64]]
       init.update(image_seq_length=(64 // 8) ** 2, video_seq_length=(64 // 8 // 2) ** 2)
     if name == "qwen2vl":
-      tok.add_special_tokens({"additional_special_tokens": QWEN_TOKENS})
-      ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_TOKENS}
+      tok.add_special_tokens({"additional_special_tokens": QWEN_SPECIALS})
+      ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
       init.update(
         video_token_id=ids["<|video_pad|>"],
         image_token_id=ids["<|image_pad|>"],
