@@ -373,11 +373,6 @@ def describe(config, *, full_hash: bool = False, plugins: Sequence[Plugin] = ())
         entry["threshold"] = float(_get(section, "threshold", 0.1))
         entry["query_template"] = _get(section, "query_template", "{}") or "{}"
         entry["nms_threshold"] = _get(section, "nms_threshold", 0.3)
-      if kind in ("owlv2", "univtg", "llava"):
-        on, wait = coalescing(config, role)
-        entry["coalesce"] = on
-        if on:
-          entry["coalesce_wait_s"] = wait
     elif kind == "openai":
       entry.update(base_url=_get(section, "base_url", ""), model=_get(section, "model", ""))
     if role == "selector" and kind in ("llama", "openai"):
@@ -392,6 +387,17 @@ def describe(config, *, full_hash: bool = False, plugins: Sequence[Plugin] = ())
     "kind": vocab if isinstance(vocab, str) else "list",
     "size": len(_vocabulary(config, by_kind(plugins))),
   }
+  return out
+
+
+def batching(config) -> dict[str, dict]:
+  """How each model role's calls are batched across programs, for the manifest's `info` (it
+  does not change a record: recorded per run, not part of the manifest's id)."""
+  out = {}
+  for role in ROLES:
+    if (_get(_get(config, role), "kind", "none") or "none") in ("owlv2", "univtg", "llava"):
+      on, wait = coalescing(config, role)
+      out[role] = {"coalesce": on, **({"coalesce_wait_s": wait} if on else {})}
   return out
 
 

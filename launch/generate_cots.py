@@ -177,9 +177,9 @@ IDENTITY_KEYS = (
 )
 
 
-def provenance(config) -> tuple[dict, dict]:
-  """(roles, identity) for `aotd_jax.agent.manifest`: every backend the run uses, and the
-  settings that decide what a record says."""
+def provenance(config) -> tuple[dict, dict, dict]:
+  """(roles, identity, info) for `aotd_jax.agent.manifest`: every backend the run uses, the
+  settings that decide what a record says, and those recorded that do not (batching)."""
   from aotd_jax.agent import manifest
 
   if config.tools_factory == "experts:make_tools":
@@ -188,15 +188,16 @@ def provenance(config) -> tuple[dict, dict]:
     roles = registry.describe(
       config.experts, full_hash=config.get("manifest_full_hash", False), plugins=PLUGINS
     )
+    info = {"batching": registry.batching(config.experts)}
   else:
-    roles = {"tools_factory": {"kind": config.tools_factory}}
+    roles, info = {"tools_factory": {"kind": config.tools_factory}}, {}
   for role in ("program_llm", "cot_llm", "judge_llm"):
     roles[role] = manifest.llm_role(config.get(role))
   if config.program_source == "gold":
     roles["program_llm"] = {"kind": "gold", "key": config.gold_program_key}
   data = config.data.to_dict() if hasattr(config.data, "to_dict") else dict(config.data)
   identity = {"data": data, **{k: config.get(k) for k in IDENTITY_KEYS}}
-  return roles, identity
+  return roles, identity, info
 
 
 def pipeline_kwargs(config) -> dict:
@@ -256,8 +257,8 @@ def main(argv):
   name = job.shard_name(shard_index, num_shards, process_index, process_count)
   from aotd_jax.agent import manifest
 
-  roles, identity = provenance(config)
-  manifest_ref = manifest.open_manifest(config.out_dir, roles, identity, config.to_dict())
+  roles, identity, info = provenance(config)
+  manifest_ref = manifest.open_manifest(config.out_dir, roles, identity, config.to_dict(), info)
   logging.info(
     "vision experts: %s (%s)",
     manifest.vision_summary(roles),

@@ -229,12 +229,14 @@ def test_registry_binds_and_describes_coalescing():
   assert c.coalesce is False
   c.detector = dict(c.detector, kind="owlv2", path="/nonexistent-owl")
   c.grounder = dict(c.grounder, kind="univtg", path="/nonexistent-univtg", clip_path="/c")
-  assert registry.describe(c, plugins=[PLUGIN])["detector"]["coalesce"] is False
+  assert registry.batching(c) == {"detector": {"coalesce": False}, "grounder": {"coalesce": False}}
+  roles = registry.describe(c, plugins=[PLUGIN])
   c.coalesce = True
   c.grounder.coalesce = False
-  d = registry.describe(c, plugins=[PLUGIN])
-  assert d["detector"]["coalesce"] is True and d["detector"]["coalesce_wait_s"] == 0.002
-  assert d["grounder"]["coalesce"] is False and "coalesce_wait_s" not in d["grounder"]
+  d = registry.batching(c)
+  assert d["detector"] == {"coalesce": True, "coalesce_wait_s": 0.002}
+  assert d["grounder"] == {"coalesce": False}
+  assert registry.describe(c, plugins=[PLUGIN]) == roles  # batching is not a role's identity
 
 
 @pytest.mark.parametrize("name", ["star", "nextqa"])

@@ -574,6 +574,50 @@ def test_vocabularies_and_manifest_of_real_experts(tmp_path):
   assert manifest.weights_fingerprint(str(tmp_path / "owl"))["sha256"] != before
 
 
+def test_resume_with_batching_flipped_is_accepted_and_recorded(tmp_path):
+  """Cross-program batching does not change a record: a resume of a real-expert STAR job with
+  `experts.coalesce` flipped reuses the manifest (same id, the switch recorded per run), and a
+  manifest of 2026-12-04 that put the switch in its roles is still resumed."""
+  sys.path.insert(0, str(ROOT))
+  from aotd_jax.agent import manifest
+  from configs.cot import star
+  from launch import generate_cots
+
+  config = star.get_config(
+    "ann=a.json,videos=v,owlv2=o,univtg=u.ckpt,clip=c,llava=l,llm=http://x/v1,model=m"
+  )
+  out = str(tmp_path / "cots")
+  roles, identity, info = generate_cots.provenance(config)
+  assert info["batching"]["detector"] == {"coalesce": True, "coalesce_wait_s": 0.002}
+  ref = manifest.open_manifest(out, roles, identity, {}, info)
+  config.experts.coalesce = False  # --config.experts.coalesce=False on the resume
+  roles_off, identity_off, info_off = generate_cots.provenance(config)
+  assert info_off["batching"]["video_qa"] == {"coalesce": False}
+  assert manifest.open_manifest(out, roles_off, identity_off, {}, info_off) == ref
+  data = json.loads((tmp_path / "cots" / "manifest.json").read_text())
+  assert [r["info"] for r in data["runs"]] == [info, info_off]
+  # a content setting still refuses
+  with pytest.raises(manifest.ManifestError, match="max_frames"):
+    manifest.open_manifest(out, roles, {**identity, "max_frames": 3}, {}, info)
+  # a manifest written with the switch inside its roles (hence its id)
+  legacy = tmp_path / "legacy"
+  legacy.mkdir()
+  old_roles = {r: {**e, "coalesce": True} if r in info["batching"] else e for r, e in roles.items()}
+  old_id = manifest.manifest_id(old_roles, identity)
+  (legacy / "manifest.json").write_text(
+    json.dumps({"id": old_id, "roles": old_roles, "identity": identity, "shards": {}})
+  )
+  assert manifest.open_manifest(str(legacy), roles_off, identity, {}, info_off) == (
+    f"manifest.json#{old_id}"
+  )
+  old_roles["detector"]["threshold"] = 0.9  # but not one whose backends differ
+  (legacy / "manifest.json").write_text(
+    json.dumps({"id": "x", "roles": old_roles, "identity": identity, "shards": {}})
+  )
+  with pytest.raises(manifest.ManifestError, match=r"roles that differ: \['detector'\]"):
+    manifest.open_manifest(str(legacy), roles, identity, {}, info)
+
+
 def test_kept_shards_are_the_trainers_dataset(tmp_path):
   """The job's `cot-*.array_record` shards are what the trainer reads: kept CoTs only, each with
   the question's window (the frames the experts saw), and an empty shard is a valid, empty

@@ -8,7 +8,8 @@ roles and the config, so an oracle-made CoT can always be told from an expert-ma
 
 A manifest is written once per output directory. A later run (a resume, another shard) with
 the same roles and config adds its counts; one with other roles or config is refused, since
-its records would mix backends in one dataset.
+its records would mix backends in one dataset. Settings that do not change a record (how
+expert calls are batched: `info`) are recorded, per run, but never refused on.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ import subprocess
 from typing import Any, Iterator, Mapping
 
 FILE = "manifest.json"
+# role keys that manifests of 2026-12-04 wrote into `roles` (hence into the id) although they do
+# not change a record; a manifest holding them is compared without them
+_LEGACY_INFO_KEYS = ("coalesce", "coalesce_wait_s")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pth", ".pt", ".msgpack", ".npz", ".h5")
 _EDGE = 1 << 20  # bytes read from each end of a weight file for its fingerprint
 
@@ -140,13 +144,19 @@ def _write(path: pathlib.Path, data: dict) -> None:
 
 
 def open_manifest(
-  out_dir: str, roles: Mapping[str, Any], identity: Mapping[str, Any], config: Mapping[str, Any]
+  out_dir: str,
+  roles: Mapping[str, Any],
+  identity: Mapping[str, Any],
+  config: Mapping[str, Any],
+  info: Mapping[str, Any] | None = None,
 ) -> str:
   """Writes (or checks) `out_dir/manifest.json`; returns the records' `manifest` reference.
 
   `identity` holds the settings that decide a record's content (data, prompts, program
   source, judge, frames, decoding); `config` is stored whole, but settings outside `identity`
-  (question limits, batch sizes, workers) may change between shards and resumes.
+  (question limits, batch sizes, workers) may change between shards and resumes. `info` holds
+  settings that do not change a record either (e.g. the experts' cross-program batching): each
+  run's is appended to the manifest's `runs`, and a resume with another `info` is accepted.
 
   Raises:
     ManifestError: the directory's manifest names other roles or another identity.
@@ -155,36 +165,47 @@ def open_manifest(
   folder.mkdir(parents=True, exist_ok=True)
   path = folder / FILE
   ident = manifest_id(roles, identity)
+  run = {
+    "started": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+    "info": dict(info or {}),
+  }
   with _locked(path):
     if path.exists():
       old = json.loads(path.read_text())
-      if old.get("id") != ident:
-        changed = sorted(
-          r
-          for r in set(old.get("roles", {})) | set(roles)
-          if old.get("roles", {}).get(r) != roles.get(r)
-        )
+      old_roles = _without_legacy_info(old.get("roles", {}))
+      if old.get("id") != ident and manifest_id(old_roles, old.get("identity", {})) != ident:
+        changed = sorted(r for r in set(old_roles) | set(roles) if old_roles.get(r) != roles.get(r))
         raise ManifestError(
           f"{path} was written by a run with other backends or config (roles that differ: "
           f"{changed or 'none; the settings differ: ' + _diff(old.get('identity', {}), identity)}"
           "); its records would mix with this run's. "
           "Use a new out_dir."
         )
-    else:
-      _write(
-        path,
-        {
-          "id": ident,
-          "vision_experts": vision_summary(roles),
-          "roles": dict(roles),
-          "identity": dict(identity),
-          "config": dict(config),
-          "code": code_version(),
-          "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-          "shards": {},
-        },
-      )
+      old.setdefault("runs", []).append(run)
+      _write(path, old)
+      return f"{FILE}#{old['id']}"  # the directory's records keep one reference
+    _write(
+      path,
+      {
+        "id": ident,
+        "vision_experts": vision_summary(roles),
+        "roles": dict(roles),
+        "identity": dict(identity),
+        "config": dict(config),
+        "code": code_version(),
+        "created": run["started"],
+        "runs": [run],
+        "shards": {},
+      },
+    )
   return f"{FILE}#{ident}"
+
+
+def _without_legacy_info(roles: Mapping[str, Any]) -> dict:
+  return {
+    r: {k: v for k, v in e.items() if k not in _LEGACY_INFO_KEYS} if isinstance(e, dict) else e
+    for r, e in roles.items()
+  }
 
 
 def _diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
