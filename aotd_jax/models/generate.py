@@ -45,7 +45,7 @@ def _left_pad(x: np.ndarray, width: int, value=0) -> np.ndarray:
   return np.pad(x, pad, constant_values=value)
 
 
-def _argmax(logits):
+def argmax_first(logits: jax.Array) -> jax.Array:
   """The first index of the maximum (jnp.argmax) as two plain reductions: XLA CPU runs argmax's
   (value, index) pair reduction serially, ~0.5 ms per decode step over an 8k vocabulary."""
   iota = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
@@ -57,11 +57,11 @@ def _argmax(logits):
   return jnp.min(jnp.where(hit, iota, logits.shape[-1]), axis=-1)
 
 
-def _pick(logits, rng, temperature, top_p, sample: bool):
+def pick_tokens(logits, rng, temperature, top_p, sample: bool) -> jax.Array:
   """Greedy argmax, or sampling at `temperature` from the top-p nucleus."""
   logits = logits.astype(jnp.float32)
   if not sample:
-    return _argmax(logits)
+    return argmax_first(logits)
   logits = logits / temperature
   order = jnp.argsort(-logits, axis=-1)
   sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
@@ -108,7 +108,7 @@ def _decode(
     prefill=True,
   )
   rng, sub = jax.random.split(rng)
-  tok = _pick(out.logits[:, -1], sub, temperature, top_p, sample)
+  tok = pick_tokens(out.logits[:, -1], sub, temperature, top_p, sample)
   next_pos = jnp.sum(mask, axis=-1).astype(jnp.int32)
   if deltas is not None:
     next_pos = next_pos + deltas
@@ -127,7 +127,7 @@ def _decode(
     )
     out = model(tok[:, None], full_mask, position_ids=(next_pos + step - 1)[:, None], cache=cache)
     rng, sub = jax.random.split(rng)
-    new = _pick(out.logits[:, -1], sub, temperature, top_p, sample)
+    new = pick_tokens(out.logits[:, -1], sub, temperature, top_p, sample)
     new = jnp.where(done, pad, new)
     seqs = jax.lax.dynamic_update_slice(seqs, new[:, None], (0, step))
     lengths = lengths + (~done).astype(jnp.int32)

@@ -85,7 +85,11 @@ class LlamaConfig:
 
 @struct.dataclass
 class KVCache:
-  """Per-layer keys/values (B, kv_heads, max_length, head_dim) and the next write slot."""
+  """Per-layer keys/values (B, kv_heads, max_length, head_dim) and the next write slot.
+
+  `index` is one slot for every row (a scalar, `generate`'s left-padded batch), or one per row
+  ((B,) int32, `aotd_jax.models.engine`'s slots, each at its own length; decode calls only).
+  """
 
   keys: tuple
   values: tuple
@@ -97,6 +101,19 @@ class CausalLMOutput:
   logits: jax.Array
   hidden_states: tuple | None = None
   cache: KVCache | None = None
+
+
+def write_slots(cache: jax.Array, new: jax.Array, index: jax.Array) -> jax.Array:
+  """`new` (B, kv_heads, l, head_dim) written into `cache` (B, kv_heads, slots, head_dim) from
+  slot `index`: a scalar (every row) or (B,) (each row at its own slot)."""
+  new = new.astype(cache.dtype)
+  if jnp.ndim(index) == 0:
+    return jax.lax.dynamic_update_slice(cache, new, (0, 0, index, 0))
+
+  def row(c, n, i):
+    return jax.lax.dynamic_update_slice(c, n, (0, i, 0))
+
+  return jax.vmap(row)(cache, new, index)
 
 
 def _dense(
@@ -136,12 +153,8 @@ class LlamaAttention(nnx.Module):
       # The cache is head-major (B, kv_heads, slots, head_dim): both attention dots then read it
       # in place, where a (B, slots, kv_heads, head_dim) cache is transposed at every step.
       ck, cv = layer_cache
-      ck = jax.lax.dynamic_update_slice(
-        ck, k.transpose(0, 2, 1, 3).astype(ck.dtype), (0, 0, index, 0)
-      )
-      cv = jax.lax.dynamic_update_slice(
-        cv, v.transpose(0, 2, 1, 3).astype(cv.dtype), (0, 0, index, 0)
-      )
+      ck = write_slots(ck, k.transpose(0, 2, 1, 3), index)
+      cv = write_slots(cv, v.transpose(0, 2, 1, 3), index)
       layer_cache = (ck, cv)
       if prefill:
         mask = mask[:, :, :l]  # slots past the prompt are empty
@@ -294,7 +307,8 @@ class LlamaForCausalLM(nnx.Module):
       position_ids: (B, L); default from the mask as transformers' `generate` does
         (cumsum - 1 over real tokens), i.e. left padding does not shift positions.
       cache: a `KVCache` (from `init_cache`); the new keys/values are written at `cache.index`
-        and the returned output carries the advanced cache.
+        and the returned output carries the advanced cache. A (B,) index (each row at its own
+        slot) is for decode calls (not `prefill`); pass `position_ids` with it.
       logits_to_keep: if > 0, only the last that many positions get logits (prefill).
       prefill: the cache is empty (a fresh `init_cache`, index 0) and this call fills it from
         slot 0, as `generate` does with the prompt. Attention then runs over this call's own
@@ -323,15 +337,23 @@ class LlamaForCausalLM(nnx.Module):
         f"{(b, total)} ({'cache slots' if cache is not None else 'input length'})"
       )
     start = jnp.zeros((), jnp.int32) if cache is None else cache.index
+    per_row = jnp.ndim(start) == 1
+    if per_row and (prefill or position_ids is None):
+      raise ValueError(
+        "LlamaForCausalLM: a per-row cache index is for decode calls with position_ids"
+        " (not prefill)"
+      )
     valid = attention_mask.astype(bool)
     if position_ids is None:
       pos_all = jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1
       pos_all = jnp.where(valid, pos_all, 1)
       position_ids = jax.lax.dynamic_slice_in_dim(pos_all, start, l, axis=1)
     cos, sin = self.rope_tables(jnp.asarray(position_ids, jnp.int32), x.dtype)
-    # Query i (cache slot start + i) sees real key slots j <= start + i.
-    q_slot = start + jnp.arange(l)
-    mask = (jnp.arange(total)[None, :] <= q_slot[:, None])[None] & valid[:, None, :]
+    # Query i (cache slot start + i, per row with a per-row index) sees real key slots
+    # j <= start + i.
+    q_slot = jnp.expand_dims(start, -1) + jnp.arange(l)  # (l,) or (B, l)
+    causal = (jnp.arange(total) <= q_slot[..., None]).reshape(-1, l, total)
+    mask = causal & valid[:, None, :]
     x = constrain(x, ("activation_batch", "activation_length", "activation_embed"))
     hidden_states = [x] if output_hidden_states else None
     new_k, new_v = [], []

@@ -1,0 +1,499 @@
+"""Continuous batching for a `LlamaForCausalLM`-like model: a fixed set of slots, one KV cache.
+
+`DecodeEngine(model, slots=8, max_len=2048, ...)` keeps one KV cache of `slots` rows by
+`max_len` cache slots. Each row holds one request at its own length (the model's per-row
+`KVCache.index` and position ids). The engine's worker thread loops:
+
+  1. admit: every free row takes the next waiting request (first come, first served); the new
+     prompts are prefilled into their rows, left-padded to `prompt_bucket` widths and grouped
+     by width, so compilations repeat (one per (width, rows padded to a power of two));
+  2. decode: `steps_per_call` jitted decode steps for all rows at once (one host round trip);
+     a row that ends (EOS, its `max_new_tokens`) stops advancing within the call;
+  3. finish: rows that ended (or whose `stop` callback says so) resolve their futures and
+     free their row for step 1, while the other rows keep decoding.
+
+A decode call attends over a window of the cache (the smallest `prompt_bucket` that holds
+every active row's next `steps_per_call` tokens), so short requests do not pay for
+`max_len`; each (window, greedy/sampling) pair compiles once.
+
+Requests come from any thread: `submit(ids, max_new_tokens=...)` returns a
+`concurrent.futures.Future` of the new token ids (up to and including EOS); `generate(list)`
+submits several and waits. Greedy tokens equal `aotd_jax.models.generate.generate`'s for the
+same prompt (the same left-padded prefill and decode, per row). Sampling draws each token from
+a key derived from (`seed`, the prompt's ids, how many times the prompt was submitted before,
+the token's index), so a request's sample does not depend on which other requests share the
+batch or on thread timing.
+
+The worker thread runs only while there is work (it is started by `submit` and ends when the
+queue is empty), so an idle engine holds no thread; `close()` fails waiting requests.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import hashlib
+import threading
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from aotd_jax.models.generate import argmax_first, pick_tokens, prompt_bucket
+from aotd_jax.models.llama import KVCache
+
+StopFn = Callable[[list[int]], bool]
+
+
+class EngineClosed(RuntimeError):
+  """The engine was closed before the request finished."""
+
+
+@dataclasses.dataclass
+class _Request:
+  ids: list[int]
+  max_new_tokens: int
+  temperature: float
+  top_p: float
+  key: np.ndarray  # (2,) uint32: the request's sampling key
+  stop: StopFn | None
+  future: concurrent.futures.Future
+  tokens: list[int] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class EngineStats:
+  """Counts since the engine was built (for benchmarks and tests; no timing)."""
+
+  requests: int = 0
+  tokens: int = 0
+  prefill_calls: int = 0
+  decode_calls: int = 0
+  max_active: int = 0  # the most rows decoding at once
+
+
+def _pick_rows(logits, keys, steps, temperature, top_p, sample: bool):
+  """One token per row: greedy, or (sample) each row from its own key folded with its step."""
+  logits = logits.astype(jnp.float32)
+  greedy = argmax_first(logits)
+  if not sample:
+    return greedy
+
+  def one(row_logits, key, step, t, p):
+    key = jax.random.fold_in(jax.random.wrap_key_data(key), step)
+    return pick_tokens(row_logits[None], key, jnp.maximum(t, 1e-6), p, True)[0]
+
+  drawn = jax.vmap(one)(logits, keys, steps, temperature, top_p)
+  return jnp.where(temperature > 0, drawn, greedy)
+
+
+def _prefill(graphdef, state, cache, ids, mask, rows, keys, temperature, top_p, *, sample: bool):
+  """Prefills left-padded prompts (n, w) into the cache rows `rows` (a row index past the cache
+  drops that prompt: batch padding); returns the cache and each prompt's first token."""
+  model = nnx.merge(graphdef, state)
+  n, w = mask.shape
+  positions = jnp.where(mask > 0, jnp.cumsum(mask, axis=-1) - 1, 1)
+  out = model(
+    ids,
+    mask,
+    position_ids=positions,
+    cache=model.init_cache(n, w),
+    logits_to_keep=1,
+    prefill=True,
+  )
+  zeros = jnp.zeros((n,), jnp.int32)
+  tok = _pick_rows(out.logits[:, -1], keys, zeros, temperature, top_p, sample)
+
+  # Each prompt's keys/values move to the front of its row (real tokens at slots [0, length),
+  # position = slot); the left padding wraps to [length, w), past the row's index, unseen and
+  # overwritten by the tokens generated next.
+  lengths = jnp.sum(mask, axis=-1)
+  src = (jnp.arange(w)[None, :] + (w - lengths)[:, None]) % w
+
+  def put(full, part):
+    part = jax.vmap(lambda p, s: jnp.take(p, s, axis=1))(part, src)
+    return full.at[rows, :, :w, :].set(part.astype(full.dtype), mode="drop")
+
+  cache = KVCache(
+    keys=tuple(put(f, p) for f, p in zip(cache.keys, out.cache.keys)),
+    values=tuple(put(f, p) for f, p in zip(cache.values, out.cache.values)),
+    index=cache.index,
+  )
+  return cache, tok
+
+
+def _decode(
+  graphdef,
+  state,
+  cache,
+  tok,
+  index,
+  left,
+  step,
+  keys,
+  temperature,
+  top_p,
+  eos,
+  pad,
+  *,
+  steps: int,
+  window: int,
+  sample: bool,
+):
+  """Up to `steps` decode steps for every row over the first `window` cache slots.
+
+  Per row: `tok` the last token (fed next), `index` its cache slot (= its position: a row's
+  tokens fill its slots from 0), `left` tokens still to generate (0: idle),
+  `step` tokens generated so far. Returns the cache, the new tokens (rows, steps) (pad after a
+  row ends), how many each row emitted, and the updated tok/index/left/step.
+  """
+  model = nnx.merge(graphdef, state)
+  rows = tok.shape[0]
+  full = cache
+  win = KVCache(
+    keys=tuple(k[:, :, :window] for k in cache.keys),
+    values=tuple(v[:, :, :window] for v in cache.values),
+    index=index,
+  )
+  attention_mask = jnp.ones((rows, window), jnp.int32)  # the causal mask stops at each index
+  out = jnp.full((rows, steps), pad, jnp.int32)
+  emitted = jnp.zeros((rows,), jnp.int32)
+
+  def cond(carry):
+    i, _, _, _, left, *_ = carry
+    return (i < steps) & jnp.any(left > 0)
+
+  def body(carry):
+    i, win, tok, index, left, step, out, emitted = carry
+    active = left > 0
+    slot = jnp.minimum(index, window - 1)  # idle rows write (harmlessly) inside the window
+    res = model(
+      tok[:, None],
+      attention_mask,
+      position_ids=slot[:, None],
+      cache=dataclasses.replace(win, index=slot),
+    )
+    new = _pick_rows(res.logits[:, -1], keys, step, temperature, top_p, sample)
+    new = jnp.where(active, new, pad)
+    out = jax.lax.dynamic_update_slice(out, new[:, None], (0, i))
+    grow = active.astype(jnp.int32)
+    ended = jnp.isin(new, eos) | (left == 1)
+    left = jnp.where(active & ended, 0, left - grow)
+    return (
+      i + 1,
+      res.cache,
+      jnp.where(active, new, tok),
+      index + grow,
+      left,
+      step + grow,
+      out,
+      emitted + grow,
+    )
+
+  carry = (jnp.zeros((), jnp.int32), win, tok, index, left, step, out, emitted)
+  _, win, tok, index, left, step, out, emitted = jax.lax.while_loop(cond, body, carry)
+  full = KVCache(
+    keys=tuple(
+      jax.lax.dynamic_update_slice(f, w, (0, 0, 0, 0)) for f, w in zip(full.keys, win.keys)
+    ),
+    values=tuple(
+      jax.lax.dynamic_update_slice(f, w, (0, 0, 0, 0)) for f, w in zip(full.values, win.values)
+    ),
+    index=full.index,
+  )
+  return full, out, emitted, tok, index, left, step
+
+
+_prefill_jit = jax.jit(
+  _prefill, static_argnums=(0,), static_argnames=("sample",), donate_argnames=("cache",)
+)
+_decode_jit = jax.jit(
+  _decode,
+  static_argnums=(0,),
+  static_argnames=("steps", "window", "sample"),
+  donate_argnames=("cache",),
+)
+
+
+def _request_key(seed: int, ids: Sequence[int], occurrence: int) -> np.ndarray:
+  """The (2,) uint32 key data of a request: a hash of (seed, ids, occurrence)."""
+  blob = np.asarray([seed, occurrence, *ids], np.int64).tobytes()
+  return np.frombuffer(hashlib.sha256(blob).digest()[:8], np.uint32).copy()
+
+
+class DecodeEngine:
+  """Continuous batching over `slots` rows of one KV cache (see the module docstring).
+
+  Args:
+    model: a `LlamaForCausalLM`-like NNX module (`init_cache`, a per-row `KVCache.index`).
+    slots: rows decoding at once.
+    max_len: cache slots per row: a request needs its prompt's length + `max_new_tokens` - 1.
+    eos_token_id: id(s) that end a request (None: only `max_new_tokens` does).
+    pad_token_id: the prompt padding id (and what `generate` writes after EOS).
+    min_bucket: the smallest prompt bucket (`prompt_bucket`), as `generate`'s.
+    steps_per_call: decode steps per host round trip (a finished row's slot is refilled after
+      the call it finished in).
+    seed: the sampling keys' seed.
+  """
+
+  def __init__(
+    self,
+    model,
+    *,
+    slots: int = 8,
+    max_len: int = 2048,
+    eos_token_id: int | Sequence[int] | None,
+    pad_token_id: int,
+    min_bucket: int = 16,
+    steps_per_call: int = 8,
+    seed: int = 0,
+  ):
+    if slots < 1 or max_len < 1 or steps_per_call < 1:
+      raise ValueError(
+        f"DecodeEngine: slots, max_len and steps_per_call must be >= 1, got {slots}, "
+        f"{max_len} and {steps_per_call}"
+      )
+    self.model, self.slots, self.max_len = model, slots, max_len
+    self.min_bucket, self.steps_per_call, self.seed = min_bucket, steps_per_call, seed
+    self.pad_token_id = int(pad_token_id)
+    eos = [] if eos_token_id is None else np.atleast_1d(np.asarray(eos_token_id)).tolist()
+    self._eos = np.asarray(eos or [-1], np.int32)
+    self.stats = EngineStats()
+    self._cond = threading.Condition()
+    self._waiting: collections.deque[_Request] = collections.deque()
+    self._rows: list[_Request | None] = [None] * slots
+    self._occurrences: dict[bytes, int] = {}
+    self._worker: threading.Thread | None = None
+    self._closed = False
+    self._cache: KVCache | None = None
+    # per-row state, host side (the source of truth; sent with each decode call)
+    self._tok = np.zeros(slots, np.int32)
+    self._index = np.zeros(slots, np.int32)
+    self._left = np.zeros(slots, np.int32)
+    self._step = np.zeros(slots, np.int32)
+    self._keys = np.zeros((slots, 2), np.uint32)
+    self._temp = np.zeros(slots, np.float32)
+    self._top_p = np.ones(slots, np.float32)
+
+  # -- the caller's side --
+
+  def submit(
+    self,
+    ids: Sequence[int],
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    stop: StopFn | None = None,
+  ) -> concurrent.futures.Future:
+    """Queues one prompt; the future's result is its new token ids (EOS included when hit).
+
+    `stop(tokens)`, when given, is called with the request's tokens so far after each decode
+    call; True ends the request there (its tokens so far are the result).
+
+    Raises:
+      ValueError: empty ids, max_new_tokens < 1, a bad temperature/top_p, or a prompt (with
+        its generation) that does not fit the cache (`max_len`).
+      EngineClosed: after `close()`.
+    """
+    ids = [int(t) for t in ids]
+    if not ids:
+      raise ValueError("DecodeEngine: the prompt has no tokens")
+    if int(max_new_tokens) < 1:
+      raise ValueError(f"DecodeEngine: max_new_tokens must be >= 1, got {max_new_tokens}")
+    if temperature < 0 or not 0 < top_p <= 1:
+      raise ValueError(
+        f"DecodeEngine: need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}"
+      )
+    if len(ids) > self.max_len:
+      raise ValueError(
+        f"DecodeEngine: the prompt has {len(ids)} tokens, longer than the cache "
+        f"(max_len={self.max_len})"
+      )
+    if len(ids) + max_new_tokens - 1 > self.max_len:
+      raise ValueError(
+        f"DecodeEngine: a prompt of {len(ids)} tokens plus max_new_tokens={max_new_tokens} "
+        f"needs {len(ids) + max_new_tokens - 1} cache slots; "
+        f"the cache has max_len={self.max_len} (raise max_len or lower max_new_tokens)"
+      )
+    future: concurrent.futures.Future = concurrent.futures.Future()
+    with self._cond:
+      if self._closed:
+        raise EngineClosed("DecodeEngine: closed")
+      blob = np.asarray(ids, np.int64).tobytes()
+      occurrence = self._occurrences.get(blob, 0)
+      self._occurrences[blob] = occurrence + 1
+      self._waiting.append(
+        _Request(
+          ids=ids,
+          max_new_tokens=int(max_new_tokens),
+          temperature=float(temperature),
+          top_p=float(top_p),
+          key=_request_key(self.seed, ids, occurrence),
+          stop=stop,
+          future=future,
+        )
+      )
+      self.stats.requests += 1
+      if self._worker is None:
+        self._worker = threading.Thread(target=self._run, name="decode-engine", daemon=True)
+        self._worker.start()
+      self._cond.notify_all()
+    return future
+
+  def generate(
+    self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int | Sequence[int], **kwargs
+  ) -> list[list[int]]:
+    """Submits every prompt (one `max_new_tokens` or one per prompt) and waits for all."""
+    if isinstance(max_new_tokens, int):
+      max_new_tokens = [max_new_tokens] * len(prompts)
+    if len(max_new_tokens) != len(prompts):
+      raise ValueError(
+        f"DecodeEngine: {len(max_new_tokens)} max_new_tokens for {len(prompts)} prompts"
+      )
+    futures = [self.submit(p, max_new_tokens=m, **kwargs) for p, m in zip(prompts, max_new_tokens)]
+    return [f.result() for f in futures]
+
+  def close(self) -> None:
+    """Fails the waiting requests (`EngineClosed`), lets the running ones finish, and refuses
+    new ones."""
+    with self._cond:
+      self._closed = True
+      while self._waiting:
+        self._waiting.popleft().future.set_exception(EngineClosed("DecodeEngine: closed"))
+      worker = self._worker
+    if worker is not None and worker is not threading.current_thread():
+      worker.join()
+
+  def __enter__(self) -> "DecodeEngine":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+  # -- the worker's side --
+
+  def _bucket(self, length: int) -> int:
+    return min(prompt_bucket(length, self.min_bucket), self.max_len)
+
+  def _run(self) -> None:
+    while True:
+      with self._cond:
+        free = [r for r in range(self.slots) if self._rows[r] is None]
+        admitted = []
+        for r in free:
+          if not self._waiting:
+            break
+          self._rows[r] = self._waiting.popleft()
+          admitted.append(r)
+        if not admitted and all(q is None for q in self._rows):
+          self._worker = None  # a later submit starts a new worker
+          return
+      try:
+        if admitted:
+          self._admit(admitted)
+        if any(q is not None for q in self._rows):
+          self._decode()
+      except BaseException as e:  # noqa: BLE001 - each request in flight gets the error
+        self._fail_rows(e)
+
+  def _fail_rows(self, error: BaseException) -> None:
+    self._cache = None  # donated buffers may be gone: rebuilt for the next request
+    for r, q in enumerate(self._rows):
+      if q is not None:
+        q.future.set_exception(error)
+        self._rows[r] = None
+    self._left[:] = 0
+
+  def _finish(self, r: int) -> None:
+    q = self._rows[r]
+    self._rows[r] = None
+    self._left[r] = 0
+    self.stats.tokens += len(q.tokens)
+    q.future.set_result(list(q.tokens))
+
+  def _admit(self, admitted: list[int]) -> None:
+    if self._cache is None:
+      cache = self.model.init_cache(self.slots, self.max_len)
+      self._cache = dataclasses.replace(cache, index=jnp.zeros((self.slots,), jnp.int32))
+    graphdef, state = nnx.split(self.model)
+    groups: dict[int, list[int]] = {}
+    for r in admitted:
+      groups.setdefault(self._bucket(len(self._rows[r].ids)), []).append(r)
+    for width, rows in sorted(groups.items()):
+      n = min(1 << (len(rows) - 1).bit_length(), self.slots)
+      n = max(n, len(rows))
+      ids = np.full((n, width), self.pad_token_id, np.int32)
+      mask = np.zeros((n, width), np.int32)
+      target = np.full((n,), self.slots, np.int32)  # past the cache: dropped
+      keys = np.zeros((n, 2), np.uint32)
+      temp = np.zeros((n,), np.float32)
+      top_p = np.ones((n,), np.float32)
+      for i, r in enumerate(rows + rows[:1] * (n - len(rows))):
+        q = self._rows[r]
+        ids[i, width - len(q.ids) :] = q.ids
+        mask[i, width - len(q.ids) :] = 1
+        keys[i], temp[i], top_p[i] = q.key, q.temperature, q.top_p
+        if i < len(rows):
+          target[i] = r
+      self._cache, tok = _prefill_jit(
+        graphdef,
+        state,
+        self._cache,
+        jnp.asarray(ids),
+        jnp.asarray(mask),
+        jnp.asarray(target),
+        jnp.asarray(keys),
+        jnp.asarray(temp),
+        jnp.asarray(top_p),
+        sample=bool(np.any(temp > 0)),
+      )
+      self.stats.prefill_calls += 1
+      tok = np.asarray(tok)
+      for i, r in enumerate(rows):
+        q = self._rows[r]
+        q.tokens.append(int(tok[i]))
+        self._tok[r], self._index[r] = tok[i], len(q.ids)
+        self._step[r] = 1
+        self._keys[r], self._temp[r], self._top_p[r] = q.key, q.temperature, q.top_p
+        self._left[r] = q.max_new_tokens - 1
+        if tok[i] in self._eos or self._left[r] == 0 or (q.stop and q.stop(q.tokens)):
+          self._finish(r)
+
+  def _decode(self) -> None:
+    active = self._left > 0
+    if not active.any():
+      return
+    self.stats.max_active = max(self.stats.max_active, int(active.sum()))
+    need = int(np.max(np.where(active, self._index + self.steps_per_call, 0)))
+    window = min(prompt_bucket(need, self.min_bucket), self.max_len)
+    graphdef, state = nnx.split(self.model)
+    self._cache, out, emitted, tok, index, left, step = _decode_jit(
+      graphdef,
+      state,
+      self._cache,
+      jnp.asarray(self._tok),
+      jnp.asarray(self._index),
+      jnp.asarray(self._left),
+      jnp.asarray(self._step),
+      jnp.asarray(self._keys),
+      jnp.asarray(self._temp),
+      jnp.asarray(self._top_p),
+      jnp.asarray(self._eos),
+      jnp.int32(self.pad_token_id),
+      steps=self.steps_per_call,
+      window=window,
+      sample=bool(np.any(self._temp[active] > 0)),
+    )
+    self.stats.decode_calls += 1
+    out, emitted = np.asarray(out), np.asarray(emitted)
+    self._tok, self._index = np.array(tok), np.array(index)
+    self._left, self._step = np.array(left), np.array(step)
+    for r in np.flatnonzero(active):
+      q = self._rows[r]
+      q.tokens.extend(out[r, : emitted[r]].tolist())
+      if self._left[r] == 0 or (q.stop is not None and q.stop(q.tokens)):
+        self._finish(r)
