@@ -239,6 +239,7 @@ def _univtg(section, ctx):
 
 def _llava(role):
   def make(section, ctx):
+    from aotd_jax.hf import processor_files
     from experts.backends import llava
 
     path = _path(role, "llava", section)
@@ -262,7 +263,12 @@ def _llava(role):
     # one backend for both roles when their settings agree: their calls then share batches
     return ctx.model(
       ("llava-backend", path, precision, kernels, tuple(sorted(settings.items()))),
-      lambda: llava.LlavaVideoQA(*model, name=f"llava:{path}", **settings),
+      lambda: llava.LlavaVideoQA(
+        *model,
+        name=f"llava:{path}",
+        normalization=processor_files.pixel_normalization(model[0].config, path),
+        **settings,
+      ),
     )
 
   return make

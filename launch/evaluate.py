@@ -190,9 +190,14 @@ def make_judge():
 
 def run_model(records, scoring: str) -> tuple[list[dict], dict]:
   """(one row per question, the efficiency of each scoring) from the student."""
+  from aotd_jax.hf import processor_files
+
   model = load_student(_STUDENT.value)
   tokenizer = hf.load_tokenizer(_TOKENIZER.value or _STUDENT.value)
   common = dict(
+    # the checkpoint's processor files (an export's, or those the trainer writes beside its
+    # checkpoints), else the released processor's
+    normalization=processor_files.pixel_normalization(model.config, _STUDENT.value),
     video_root=_VIDEO_ROOT.value,
     num_frames=_NUM_FRAMES.value,
     batch_size=_BATCH.value,

@@ -19,7 +19,7 @@ import json
 from absl import app, flags
 
 from aotd_jax.data import files
-from aotd_jax.hf import hub, io, orbax_io
+from aotd_jax.hf import hub, io, orbax_io, processor_files
 from aotd_jax.train.checkpoint import Checkpointer
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training workdir (holds checkpoints/).")
@@ -61,6 +61,9 @@ def export(
   tokenizer = tokenizer or str(config.get("student", {}).get("hf_dir", "") or "")
   if tokenizer and not files.isdir(tokenizer):
     tokenizer = ""
+  # the normalisation the trainer wrote beside its checkpoints (build.write_hf_config), for
+  # processor files made where the tokenizer folder has none
+  found = processor_files.read_normalization(ckpt_dir)
   manifest = None
   if cot_manifest:
     manifest = json.loads(files.read_text(cot_manifest))
@@ -71,6 +74,7 @@ def export(
     config=config,
     manifest=manifest,
     base_model=base_model,
+    normalization=found[0] if found else None,
   )
 
 

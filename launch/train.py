@@ -83,7 +83,7 @@ def run(cfg, workdir: str, *, wrap_data: WrapData | None = None) -> int:
   )
   ckpt_dir = os.path.join(workdir, "checkpoints")
   if jax.process_index() == 0:
-    build.write_hf_config(student, ckpt_dir)
+    build.write_hf_config(student, ckpt_dir, source_dir=cfg.student.get("hf_dir", ""))
   checkpointer = Checkpointer(
     ckpt_dir,
     max_to_keep=cfg.get("keep_checkpoints", 3),

@@ -126,15 +126,23 @@ def test_onevision_processor_files_make_the_students_inputs(onevision):
   size = cfg.vision_config.image_size
   video_processor = LlavaOnevisionVideoProcessor.from_pretrained(export_dir)
   assert video_processor.size == {"height": size, "width": size} and video_processor.resample == 3
-  assert list(video_processor.image_mean) == list(video_processing.CLIP_MEAN)
-  assert list(video_processor.image_std) == list(video_processing.CLIP_STD)
+  # the released OneVision processor's SigLIP normalisation, which the pipeline also uses
+  mean, std = cfg.pixel_normalization
+  assert (mean, std) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+  assert list(video_processor.image_mean) == list(mean)
+  assert list(video_processor.image_std) == list(std)
   image_processor = transformers.AutoImageProcessor.from_pretrained(export_dir)
   tokenizer = transformers.AutoTokenizer.from_pretrained(export_dir)
   proc = _processor(LlavaOnevisionProcessor, export_dir, image_processor=image_processor)
   assert tokenizer.convert_tokens_to_ids(proc.video_token) == cfg.video_token_index
   assert tokenizer.convert_tokens_to_ids(proc.image_token) == cfg.image_token_index
   clip = video_processing.preprocess_video(
-    _frames(), shortest_edge=size, crop_size=size, resize=cfg.video_resize
+    _frames(),
+    shortest_edge=size,
+    crop_size=size,
+    resize=cfg.video_resize,
+    image_mean=mean,
+    image_std=std,
   )
   expanded = LlavaOnevisionProcessor.replace_video_token(proc, {"pixel_values_videos": [clip]}, 0)
   assert expanded.count("<video>") == cfg.video_tokens(4) > 0
@@ -146,7 +154,12 @@ def test_onevision_processor_files_make_the_students_inputs(onevision):
   expanded = LlavaOnevisionProcessor.replace_image_token(proc, inputs, 0)
   assert expanded.count("<image>") == cfg.image_tokens(frame.shape[:2]) > 0
   ours = video_processing.preprocess_video(
-    frame[None], shortest_edge=size, crop_size=size, resize=cfg.video_resize
+    frame[None],
+    shortest_edge=size,
+    crop_size=size,
+    resize=cfg.video_resize,
+    image_mean=mean,
+    image_std=std,
   )
   np.testing.assert_allclose(inputs["pixel_values"][0][0], ours[0], atol=1e-5)
 

@@ -185,8 +185,14 @@ def expected_pixels(name: str, hf_config: dict):
 
   cfg = registry.adapter_for(STUDENTS[name]).config_from_hf(hf_config)
   size = cfg.vision_config.image_size
+  mean, std = cfg.pixel_normalization  # the export's processor files hold the released values
   x = video_processing.preprocess_video(
-    clip(), shortest_edge=size, crop_size=size, resize=getattr(cfg, "video_resize", "shortest_edge")
+    clip(),
+    shortest_edge=size,
+    crop_size=size,
+    resize=getattr(cfg, "video_resize", "shortest_edge"),
+    image_mean=mean,
+    image_std=std,
   )
   grid = None
   if name == "qwen2vl":

@@ -32,6 +32,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from aotd_jax.data import conversation, files, video
 from aotd_jax.data.annotations import ReadReport, VideoQA
 from aotd_jax.data.tokenize import TokenizeOptions, tokenize_sample
+from aotd_jax.models.pixel_norms import CLIP_MEAN, CLIP_STD
 
 SKIP = "_skip"  # key of the marker a worker returns for a sample it could not prepare
 
@@ -47,6 +48,9 @@ class PipelineConfig:
     video_resize: `preprocess_video`'s resize: "shortest_edge" (LLaVA-NeXT-Video: resize the
       shortest edge, centre crop) or "square" (LLaVA-OneVision: straight to S x S); the
       trainer takes the student config's `video_resize`.
+    image_mean, image_std: per-channel normalisation after the 1/255 rescale; the trainer
+      takes the student checkpoint's processor files' (or the released processor's:
+      `aotd_jax.hf.processor_files.pixel_normalization`).
     decode_size: size frames are decoded at (int or (H, W)); None keeps the video's size,
       which matches transformers' processor exactly, a small value is much faster.
     buckets: allowed padded lengths; a batch pads to the smallest that fits its longest
@@ -70,6 +74,8 @@ class PipelineConfig:
   num_frames: int = 8
   image_size: int = 224
   video_resize: str = "shortest_edge"
+  image_mean: tuple[float, ...] = CLIP_MEAN
+  image_std: tuple[float, ...] = CLIP_STD
   decode_size: int | tuple[int, int] | None = None
   buckets: tuple[int, ...] = (256, 512, 1024, 2048)
   train_on_prompt: bool = False
@@ -385,7 +391,9 @@ class PrepareSample:
     from aotd_jax.data import video_processing  # pylint: disable=g-import-not-at-top
     size = self.config.image_size
     return video_processing.preprocess_video(frames, shortest_edge=size, crop_size=size,
-                                             resize=self.config.video_resize)
+                                             resize=self.config.video_resize,
+                                             image_mean=self.config.image_mean,
+                                             image_std=self.config.image_std)
 
   def __call__(self, ex: dict) -> dict:
     if SKIP in ex:

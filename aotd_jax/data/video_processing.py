@@ -3,8 +3,11 @@
 Matches transformers' PIL-backend processors bit for bit before normalisation: frames are
 resized along the shortest edge with Pillow's antialiased bicubic filter (re-implemented here
 in fixed point, as Pillow does it on uint8), centre cropped, rescaled by 1/255 and normalised
-with the CLIP mean/std. Images additionally go through LLaVA-NeXT's any-resolution tiling
-(`image_grid_pinpoints`). Uniform frame sampling helpers pick which frames to decode.
+with a per-channel mean/std (CLIP's by default; a student's comes from its checkpoint's
+processor files or its config's `pixel_normalization`:
+`aotd_jax.hf.processor_files.pixel_normalization`). Images additionally go through
+LLaVA-NeXT's any-resolution tiling (`image_grid_pinpoints`). Uniform frame sampling helpers
+pick which frames to decode.
 """
 from __future__ import annotations
 
@@ -15,9 +18,8 @@ from typing import Sequence
 import numpy as np
 
 from aotd_jax.models import llava_anyres
+from aotd_jax.models.pixel_norms import CLIP_MEAN, CLIP_STD
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 DEFAULT_PINPOINTS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))
 
 _PRECISION_BITS = 32 - 8 - 2  # Pillow's fixed-point precision for 8-bit resampling
@@ -177,10 +179,11 @@ def preprocess_video(frames: np.ndarray, *, shortest_edge: int = 224, crop_size:
   """(T, H, W, 3) uint8 frames -> `pixel_values_videos` of one clip, (T, 3, crop, crop) float32.
 
   `resize="shortest_edge"`: transformers' LLaVA-NeXT-Video processor (PIL backend): bicubic
-  resize of the shortest edge, centre crop, rescale, CLIP normalisation. `resize="square"`:
-  LLaVA-OneVision's: a bicubic resize straight to crop x crop (the aspect ratio is not kept,
-  nothing is cropped), then the same rescale and normalisation. Stack clips for a
-  (B, T, 3, S, S) batch.
+  resize of the shortest edge, centre crop, rescale, normalisation by `image_mean` /
+  `image_std` (CLIP's by default). `resize="square"`: LLaVA-OneVision's: a bicubic resize
+  straight to crop x crop (the aspect ratio is not kept, nothing is cropped), then the same
+  rescale and normalisation (OneVision's released processor: SigLIP's 0.5 / 0.5). Stack clips
+  for a (B, T, 3, S, S) batch.
   """
   frames = _check_pixels(frames, "frames", 4, "(T, H, W, 3)")
   if resize == "square":

@@ -74,8 +74,11 @@ def _pixels(
   decode_size: int | None,
   frames_fn: Callable[[VideoQA], np.ndarray] | None,
   resize: str = "shortest_edge",
+  normalization: tuple | None = None,
 ) -> np.ndarray:
-  """(B, T, 3, size, size) preprocessed frames of each record's question window."""
+  """(B, T, 3, size, size) preprocessed frames of each record's question window, normalised
+  by `normalization` = (image_mean, image_std) (default: CLIP's)."""
+  mean, std = normalization or (video_processing.CLIP_MEAN, video_processing.CLIP_STD)
   pixels = []
   for r in chunk:
     frames = (
@@ -90,7 +93,9 @@ def _pixels(
       )
     )
     pixels.append(
-      video_processing.preprocess_video(frames, shortest_edge=size, crop_size=size, resize=resize)
+      video_processing.preprocess_video(
+        frames, shortest_edge=size, crop_size=size, resize=resize, image_mean=mean, image_std=std
+      )
     )
   return np.stack(pixels)
 
@@ -109,11 +114,14 @@ def run_student(
   max_new_tokens: int = 16,
   frames_fn: Callable[[VideoQA], np.ndarray] | None = None,
   prompt_format: str = "plain",
+  normalization: tuple | None = None,
 ) -> StudentRun:
   """Greedy outputs of the LLaVA-NeXT-Video `model` for `records` (batched, left-padded).
 
   `frames_fn(record) -> (T, H, W, 3) uint8` overrides video decoding (tests, cached frames).
   `prompt_format`: the one the student was trained with (`config.data.prompt_format`).
+  `normalization`: (image_mean, image_std) of its frames (default: the model config's
+  `pixel_normalization`; `launch/evaluate.py` reads the checkpoint's processor files).
   """
   import importlib
   from aotd_jax.models import llava_next_video  # the student; imported lazily (heavy)
@@ -151,6 +159,7 @@ def run_student(
         decode_size=decode_size,
         frames_fn=frames_fn,
         resize=getattr(cfg, "video_resize", "shortest_edge"),
+        normalization=normalization or getattr(cfg, "pixel_normalization", None),
       )
       out = generate(
         model,
@@ -228,6 +237,7 @@ def _closed_set(
   batch_size: int,
   frames_fn,
   prompt_format: str = "plain",
+  normalization: tuple | None = None,
 ) -> ChoiceRun:
   """Runs the forward passes of a closed-set scorer. `rows_fn(record, prompt text)` gives the
   record's rows: (token ids, score(log-probs (L, vocab)) -> option scores); a record's option
@@ -281,6 +291,7 @@ def _closed_set(
         decode_size=decode_size,
         frames_fn=frames_fn,
         resize=getattr(cfg, "video_resize", "shortest_edge"),
+        normalization=normalization or getattr(cfg, "pixel_normalization", None),
       )
       out = np.asarray(forward(model, input_ids, mask, pixels[np.asarray(owner)]))
       per: list[list[float]] = [[] for _ in chunk]
@@ -307,6 +318,7 @@ def choose_letters(
   frames_fn: Callable[[VideoQA], np.ndarray] | None = None,
   prompt_format: str = "plain",
   answer_style: str = "letter_text",
+  normalization: tuple | None = None,
 ) -> ChoiceRun:
   """Closed-set multiple-choice answers: one forward pass over prompt + " (" and the option
   whose letter token has the highest logit (`logprobs`: log-softmax over the letters).
@@ -333,6 +345,7 @@ def choose_letters(
     batch_size=batch_size,
     frames_fn=frames_fn,
     prompt_format=prompt_format,
+    normalization=normalization,
   )
 
 
@@ -350,6 +363,7 @@ def choose_by_likelihood(
   frames_fn: Callable[[VideoQA], np.ndarray] | None = None,
   prompt_format: str = "plain",
   answer_style: str = "letter_text",
+  normalization: tuple | None = None,
 ) -> ChoiceRun:
   """Closed-set multiple-choice answers by the likelihood of each option's reply, "(B) text"
   as the student was trained to write it: the option with the highest summed token
@@ -393,6 +407,7 @@ def choose_by_likelihood(
     batch_size=batch_size,
     frames_fn=frames_fn,
     prompt_format=prompt_format,
+    normalization=normalization,
   )
 
 

@@ -174,11 +174,13 @@ def write_hub_files(
   config: Mapping[str, Any] | None = None,
   manifest: Mapping[str, Any] | None = None,
   base_model: str = "",
+  normalization: tuple | None = None,
 ) -> list[str]:
   """Writes `README.md`, the tokenizer/processor files and (when `save_pretrained` has not)
   `generation_config.json` into `hf_dir`, beside config.json + safetensors; returns the names
   written. Processor files come from `tokenizer_dir` or, where it has none, from the model's
-  config (`processor_files.processor_configs`). The chat template the student was trained
+  config (`processor_files.processor_configs`) with `normalization`, the (image_mean,
+  image_std) the model was trained with (default: its released processor's). The chat template the student was trained
   with (`student_chat_template`) goes to `chat_template.jinja` and `tokenizer_config.json`.
   The card's `base_model` is `base_model` (a Hub repo id) or else the name of the config's
   `student.hf_dir` folder."""
@@ -193,9 +195,7 @@ def write_hub_files(
   if tokenizer_dir:
     written += copy_tokenizer_files(tokenizer_dir, hf_dir)
   if not set(written) & set(PROCESSOR_FILES):
-    for name, content in processor_files.processor_configs(hf_config).items():
-      write_json(name, content, sort_keys=True)
-      written.append(name)
+    written += processor_files.write_processor_files(hf_dir, hf_config, normalization)
   # the source folder's template counts, not one left in `hf_dir` by an earlier export
   template = student_chat_template(
     hf_config, has_own=bool(tokenizer_dir) and _has_chat_template(tokenizer_dir)

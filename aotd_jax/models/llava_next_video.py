@@ -23,7 +23,7 @@ from flax import nnx, struct
 from aotd_jax.layers.compute import ComputeOptions
 from aotd_jax.layers.dense import dense_for
 from aotd_jax.models import generate as generate_lib
-from aotd_jax.models import llava_anyres
+from aotd_jax.models import llava_anyres, pixel_norms
 from aotd_jax.models.clip import CLIPVisionConfig, CLIPVisionModel, activation
 from aotd_jax.models.llama import KVCache, LlamaConfig, LlamaForCausalLM
 from aotd_jax.sharding import constrain
@@ -112,6 +112,12 @@ class LlavaNextVideoConfig:
   def video_resize(self) -> str:
     """How the processor resizes frames (`video_processing.preprocess_video`'s `resize`)."""
     return "shortest_edge"
+
+  @property
+  def pixel_normalization(self) -> pixel_norms.Normalization:
+    """(image_mean, image_std) of the released processor (llava-hf's: CLIP's); a checkpoint's
+    own processor files override it (`aotd_jax.hf.processor_files.pixel_normalization`)."""
+    return pixel_norms.CLIP
 
   @property
   def patches_per_side(self) -> int:

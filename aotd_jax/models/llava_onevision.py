@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from aotd_jax.layers.compute import ComputeOptions
-from aotd_jax.models import llava_anyres
+from aotd_jax.models import llava_anyres, pixel_norms
 from aotd_jax.models import llava_next_video as lnv
 from aotd_jax.models.llama import LlamaConfig
 from aotd_jax.models.qwen2 import Qwen2ForCausalLM, qwen2_config
@@ -75,6 +75,11 @@ class LlavaOnevisionConfig(lnv.LlavaNextVideoConfig):
   def video_resize(self) -> str:
     """LLaVA-OneVision's processor resizes frames straight to image_size x image_size."""
     return "square"
+
+  @property
+  def pixel_normalization(self) -> pixel_norms.Normalization:
+    """SigLIP's 0.5 / 0.5: the released llava-hf OneVision processor's (not CLIP's)."""
+    return pixel_norms.SIGLIP
 
   @property
   def max_tiles(self) -> int:

@@ -21,8 +21,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from aotd_jax.models.pixel_norms import CLIP_MEAN as OPENAI_CLIP_MEAN
+from aotd_jax.models.pixel_norms import CLIP_STD as OPENAI_CLIP_STD
 
 
 def _mirror(idx: np.ndarray, n: int) -> np.ndarray:

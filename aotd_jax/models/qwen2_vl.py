@@ -33,6 +33,7 @@ from aotd_jax.layers import rope
 from aotd_jax.layers.compute import ComputeOptions
 from aotd_jax.models.clip import activation, encoder_dense, encoder_layer_norm
 from aotd_jax.models.llama import KVCache, LlamaConfig
+from aotd_jax.models import pixel_norms
 from aotd_jax.models.qwen2 import Qwen2ForCausalLM
 from aotd_jax.models.remat import remat_call
 from aotd_jax.sharding import constrain
@@ -411,6 +412,11 @@ class Qwen2VLConfig:
   def video_resize(self) -> str:
     """Frames are resized straight to `vision_config.image_size` squared (fixed batch shapes)."""
     return "square"
+
+  @property
+  def pixel_normalization(self) -> pixel_norms.Normalization:
+    """(image_mean, image_std) of the released Qwen2-VL processor: CLIP's."""
+    return pixel_norms.CLIP
 
   def grid(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
     """(t, h, w) patch grid of a clip (an image is one frame): frames padded to a multiple of

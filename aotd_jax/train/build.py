@@ -84,14 +84,19 @@ def build_student(cfg, *, mesh: Mesh, seed: int = 0) -> nnx.Module:
   return model
 
 
-def write_hf_config(model: nnx.Module, directory: str) -> None:
+def write_hf_config(model: nnx.Module, directory: str, *, source_dir: str = "") -> None:
   """Writes `hf_config.json` beside the checkpoints, so `python -m aotd_jax.hf export` can
-  rebuild the model without the training config."""
-  hf_config = hf_api.hf_config_of(model)
+  rebuild the model without the training config, and a student's processor files with the
+  pixel normalisation its frames get (`source_dir`'s, the checkpoint it started from, else
+  the released processor's), which `launch/evaluate.py` and `launch/export.py` read back."""
+  from aotd_jax.hf import processor_files
   from aotd_jax.train.checkpoint import as_path
 
+  hf_config = hf_api.hf_config_of(model)
   directory = as_path(directory)  # local, gs:// or any fsspec filesystem
   directory.mkdir(parents=True, exist_ok=True)
   tmp = directory / "hf_config.json.tmp"
   tmp.write_text(json.dumps(hf_config, indent=2, sort_keys=True))
   tmp.replace(directory / "hf_config.json")
+  normalization = processor_files.pixel_normalization(model.config, source_dir)
+  processor_files.write_processor_files(str(directory), hf_config, normalization)

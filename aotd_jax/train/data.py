@@ -51,6 +51,7 @@ def make_pipeline_data(cfg, student: nnx.Module, tokenizer=None):
   """
   from aotd_jax import hf
   from aotd_jax.data import annotations, conversation, fit_check, pipeline
+  from aotd_jax.hf import processor_files
   from aotd_jax.data.tokenize import TokenizeOptions
 
   d = cfg.data
@@ -98,11 +99,17 @@ def make_pipeline_data(cfg, student: nnx.Module, tokenizer=None):
     )
   mc = student.config
   buckets = tuple(d.get("buckets", ())) or (d.seq_len,)
+  # The student checkpoint's own processor files say how its frames are normalised (the real
+  # path always has them); a fresh student gets its released processor's values.
+  hf_dir = (cfg.get("student", None) or {}).get("hf_dir", "")
+  image_mean, image_std = processor_files.pixel_normalization(mc, hf_dir)
   pc = pipeline.PipelineConfig(
     batch_size=cfg.batch_size,
     num_frames=d.num_frames,
     image_size=mc.vision_config.image_size,
     video_resize=getattr(mc, "video_resize", "shortest_edge"),
+    image_mean=image_mean,
+    image_std=image_std,
     decode_size=d.get("decode_size", None),
     buckets=buckets,
     train_on_prompt=d.get("train_on_prompt", False),

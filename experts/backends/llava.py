@@ -141,6 +141,9 @@ class LlavaVideoQA:
     buckets: request batch sizes the scorer and generation compile for.
     coalesce: batch concurrent calls across threads (`experts.coalesce.Coalescer`).
     coalesce_wait_s: the coalescers' wait window.
+    normalization: (image_mean, image_std) of the frames (default: the model config's
+      `pixel_normalization`, the released processor's; `experts.registry` passes the
+      checkpoint's processor files').
   """
 
   def __init__(
@@ -160,6 +163,7 @@ class LlavaVideoQA:
     buckets: Sequence[int] = (1, 2, 4, 8, 16),
     coalesce: bool = False,
     coalesce_wait_s: float = 0.002,
+    normalization: tuple | None = None,
   ):
     if choice_scoring not in CHOICE_SCORING:
       raise ValueError(f"choice_scoring={choice_scoring!r} is not one of {list(CHOICE_SCORING)}")
@@ -178,6 +182,7 @@ class LlavaVideoQA:
     self.coalescers: dict[str, object] = {}
     self._lock = threading.Lock()
     self.model, self.tokenizer, self.name = model, tokenizer, name
+    self.normalization = normalization or model.config.pixel_normalization
     self.num_frames, self.max_new_tokens = int(num_frames), int(max_new_tokens)
     self.video_token_id = tokenizer.convert_tokens_to_ids(video_token)
     if self.video_token_id is None or self.video_token_id == tokenizer.unk_token_id:
@@ -194,8 +199,16 @@ class LlavaVideoQA:
     from aotd_jax.data.video_processing import preprocess_video, sample_frame_indices
 
     idx = sample_frame_indices(len(clip), self.num_frames)
-    size = self.model.config.vision_config.image_size
-    pixels = preprocess_video(clip.frames[idx], shortest_edge=size, crop_size=size)[None]
+    cfg = self.model.config
+    size, (mean, std) = cfg.vision_config.image_size, self.normalization
+    pixels = preprocess_video(
+      clip.frames[idx],
+      shortest_edge=size,
+      crop_size=size,
+      resize=cfg.video_resize,
+      image_mean=mean,
+      image_std=std,
+    )[None]
     prompt = build_prompt(self.tokenizer, user_text, media="video")
     ids = []
     per_video = self.num_frames * self.model.config.video_tokens_per_frame()
