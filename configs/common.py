@@ -334,15 +334,14 @@ def distill_config(
   hf_dir: str,
   num_frames: int,
   seq_len: int = 8192,
-  student_extra: Mapping[str, object] | None = None,
 ) -> ml_collections.ConfigDict:
-  """The paper's distillation run (lr 4e-5, warmup 3 %, one epoch, λ = 1, frozen vision tower;
-  the official release's data mix, loss, prompt and target) for a 7B `architecture` student.
+  """The paper's distillation run (lr 4e-5, warmup 3 %, one epoch, λ = 1, frozen vision tower
+  and `image_newline`; the official release's data mix, loss, prompt and target) for a 7B
+  `architecture` student.
 
   `arg` is `<target>[,hf_dir=DIR][,datasets=a+b][,data=ROOT][,runlocal]`: `hf_dir` overrides
   the default checkpoint `hf_dir` (student and tokenizer); `runlocal` shrinks the run (batch 2,
-  4 steps, no data workers) to check the plumbing on one machine. `student_extra` adds fields
-  to `c.student`.
+  4 steps, no data workers) to check the plumbing on one machine.
   """
   target, options = parse_distill_arg(arg, where)
   names = options.get("datasets", "+".join(DATASETS)).split("+")
@@ -375,7 +374,10 @@ def distill_config(
       architecture=architecture,
       init={},
       compute=student_compute(),
-      **dict(student_extra or {}),
+      # The official run freezes every parameter named `vision_tower` or `image_newline`
+      # (docs/fidelity.md, "frozen parts"); the same rule for every student: OneVision's
+      # newline (one per clip) stays as released, Qwen2-VL has none.
+      freeze_image_newline=True,
     )
   )
 

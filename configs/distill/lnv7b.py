@@ -35,6 +35,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     hf_dir=HF_DIR,
     num_frames=32,
     seq_len=8192,
-    # the official run freezes image_newline too (docs/fidelity.md)
-    student_extra={"freeze_image_newline": True},
   )
