@@ -3,6 +3,7 @@
 import dataclasses
 
 from aotd_jax.agent import cot
+from aotd_jax.agent.trace import ToolCall
 from fixtures.scripted_llm import ScriptedLLM
 
 
@@ -118,6 +119,18 @@ def test_verbaliser_reads_dicts_and_trace_objects():
 
   assert cot.verbalise(Trace(), "Jumped.") == cot.verbalise(TRACE, "Jumped.")
   assert cot.verbalise({"calls": as_dicts}, "Jumped.") == cot.verbalise(TRACE, "Jumped.")
+
+
+def test_a_tool_call_is_read_not_copied():
+  # The sandbox's ToolCall holds summaries (and, with keep_raw, the raw frames): reading a
+  # trace must not deep-copy them for every question of a job.
+  raw = object()  # deepcopy would copy it (and fail on a lock, a socket ...)
+  tc = ToolCall("Find", {"object_name": "cup"}, [{"frame": 1, "box": [1, 2, 3, 4]}], 0.1)
+  tc.raw = (raw, raw)
+  got = cot.as_call(tc)
+  assert got == {"name": "Find", "args": tc.args, "result": tc.result, "seconds": 0.1}
+  assert got["args"] is tc.args and got["result"] is tc.result
+  assert cot.as_calls([tc]) == [got]
 
 
 def test_verbaliser_handles_empty_results_and_unknown_tools():

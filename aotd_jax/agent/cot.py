@@ -22,6 +22,7 @@ import re
 from typing import Any, Iterable, Mapping, Sequence
 
 from aotd_jax.agent import programs
+from aotd_jax.agent.trace import ToolCall
 
 _CLIP_ARG_NAMES = ("video_clip", "clip")
 MAX_BOXES_PER_OBJECT = 4
@@ -32,7 +33,10 @@ _NUMBER = re.compile(r"\d+(?:\.\d+)?")  # "12-39" is two numbers, not 12 and -39
 
 
 def as_call(call: Any) -> dict:
-  """A tool call as a plain dict with keys name, args, result, seconds."""
+  """A tool call as a plain dict with keys name, args, result, seconds (the values are the
+  call's own, not copies: read them, do not change them)."""
+  if type(call) is ToolCall:  # its args and result are summaries (JSON values): no copy
+    return {"name": call.name, "args": call.args, "result": call.result, "seconds": call.seconds}
   if isinstance(call, Mapping):
     return {
       "name": call.get("name", "?"),
