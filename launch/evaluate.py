@@ -11,7 +11,10 @@ NExT-QA: `--format=nextqa --annotations=val.csv --map=map_vid_vidorID.json` (the
 default: the map beside the CSV) `--video_root=NExTVideo`.
 
 `--student` is a Hugging Face directory or an Orbax checkpoint directory written by
-`launch.train` (its latest step). The run writes one row per question under `outputs` in
+`launch.train` (its latest step). For the latter, `--tokenizer`, `--num_frames`,
+`--prompt_format` and `--answer_style` default to what the run trained with (its saved
+`config.data`: `tokenizer`, `num_frames`, `prompt_format`, `answer_style`); a flag given on the
+command line wins. `settings` in the output says what was used. The run writes one row per question under `outputs` in
 `--out` (`output`: the greedy reply; `likelihood_output`: the closed-set pick; `frame_ids`: the
 source frame ids of the student's frames, rationale mode) and computes every number from
 those rows (`aotd_jax.eval.rescore`), so `--rescore=` that file gives them again, under
@@ -49,7 +52,7 @@ from __future__ import annotations
 import json
 import os
 
-from absl import flags
+from absl import flags, logging
 
 from aotd_jax import hf
 from aotd_jax.data import annotations, files
@@ -135,6 +138,55 @@ flags.register_validator("num_frames", lambda v: v >= 1, "--num_frames must be >
 flags.register_validator("batch_size", lambda v: v >= 1, "--batch_size must be >= 1")
 flags.register_validator("limit", lambda v: v >= 0, "--limit must be >= 0 (0: all)")
 flags.register_validator("max_new_tokens", lambda v: v >= 0, "--max_new_tokens must be >= 0")
+
+
+# Flags a training checkpoint's saved config gives when the command line leaves them out:
+# flag -> key of the run's `config.data`.
+TRAINED_WITH = {
+  "tokenizer": "tokenizer",
+  "num_frames": "num_frames",
+  "prompt_format": "prompt_format",
+  "answer_style": "answer_style",
+}
+
+
+def training_data_config(path: str) -> dict:
+  """`config.data` of the `launch.train` run whose Orbax checkpoint directory is `path` (its
+  latest step's saved config); {} for a HF directory or a directory the trainer did not write."""
+  from aotd_jax.hf import orbax_io
+  from aotd_jax.train.checkpoint import Checkpointer
+
+  if files.isfile(files.join(path, "config.json")) or not files.isfile(
+    files.join(path, orbax_io.HF_CONFIG)
+  ):
+    return {}
+  checkpointer = Checkpointer(path)
+  try:
+    config = checkpointer.restore_meta().get("config")
+  except FileNotFoundError:
+    return {}
+  finally:
+    checkpointer.close()
+  data = config.get("data") if isinstance(config, dict) else None
+  return data if isinstance(data, dict) else {}
+
+
+def defaults_from_training(data: dict) -> list[str]:
+  """Sets each `TRAINED_WITH` flag the command line left out to the training config's value;
+  returns them as `--flag=value`. A saved value the flag does not take is a ConfigError."""
+  taken = []
+  for flag, key in TRAINED_WITH.items():
+    value = data.get(key)
+    if flags.FLAGS[flag].present or value is None or value == "":
+      continue
+    try:
+      flags.FLAGS[flag].parse(str(value))
+    except flags.IllegalFlagValueError as e:
+      raise ConfigError(
+        f"--student: its training config's data.{key}={value!r} is not a valid --{flag} ({e})"
+      ) from e
+    taken.append(f"--{flag}={value}")
+  return taken
 
 
 def load_student(path: str):
@@ -236,6 +288,11 @@ def main(argv):
     )
   if not _RESCORE.value and not _STUDENT.value:
     raise ConfigError("--student is required (or --rescore=EVAL_JSON to re-score a run)")
+  from_training = []
+  if not _RESCORE.value:
+    from_training = defaults_from_training(training_data_config(_STUDENT.value))
+    if from_training:
+      logging.info("from the student's training config: %s", " ".join(from_training))
   records = read_records(_FORMAT.value, _ANNOTATIONS.value, _MAP.value)
   if _LIMIT.value:
     records = records[: _LIMIT.value]
@@ -274,6 +331,14 @@ def main(argv):
       ]
   else:
     rows, eff = run_model(records, scoring)
+    settings = {
+      "student": _STUDENT.value,
+      "tokenizer": _TOKENIZER.value or _STUDENT.value,
+      "num_frames": _NUM_FRAMES.value,
+      "prompt_format": _PROMPT_FORMAT.value,
+      "answer_style": _ANSWER_STYLE.value,
+      "from_training_config": from_training,
+    }
   judgements: list = []
   try:
     result = rescore.score_rows(
@@ -297,6 +362,8 @@ def main(argv):
     part = result["likelihood"] if "likelihood" in result else result
     part["efficiency"] = {**eff["likelihood_output"], **part.get("efficiency", {})}
   result["scoring"] = scoring
+  if not _RESCORE.value:
+    result["settings"] = settings
   print(json.dumps(result, indent=1))
   if _OUT.value:
     out = {**result, "efficiencies": eff, "outputs": rows}

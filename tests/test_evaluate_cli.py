@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import aotd_jax  # noqa: F401
@@ -123,3 +124,89 @@ def test_bad_flags_are_named(tmp_path):
   ]
   r = _evaluate(*base, "--format=nextqa", "--mode=rationale", "--scoring=likelihood")
   assert r.returncode == 2 and "--mode=rationale needs --scoring=generate" in r.stderr
+
+
+@pytest.mark.slow  # two launch.evaluate subprocesses with a model
+def test_a_training_checkpoint_gives_its_tokenizer_frames_and_formats(nextqa, tmp_path):
+  """`--student=W/checkpoints` alone (the README's command): the tokenizer, frames, prompt
+  format and QA target come from the run's saved config; a flag on the command line wins."""
+  from flax import nnx
+
+  from aotd_jax.train import build
+  from aotd_jax.train.checkpoint import Checkpointer
+
+  d, model, tok = nextqa
+  ckpt = tmp_path / "checkpoints"
+  data = dict(
+    tokenizer=str(d / "student"), num_frames=3, prompt_format="official", answer_style="letter"
+  )
+  checkpointer = Checkpointer(ckpt, async_save=False)
+  checkpointer.save(
+    2,
+    model=nnx.state(model, nnx.Param).to_pure_dict(),
+    opt_state={"count": np.zeros((), np.int32)},
+    meta={"config": {"data": data}},
+    data=None,
+  )
+  checkpointer.close()
+  build.write_hf_config(model, str(ckpt))
+  out = tmp_path / "eval.json"
+  common = (
+    f"--student={ckpt}",
+    "--format=nextqa",
+    f"--annotations={d / 'ann' / 'val.csv'}",
+    f"--map={d / 'map_vid_vidorID.json'}",
+    f"--video_root={d / 'NExTVideo'}",
+    "--scoring=likelihood",
+    f"--out={out}",
+  )
+  r = _evaluate(*common)
+  assert r.returncode == 0, r.stderr[-3000:]
+  result = json.loads(out.read_text())
+  assert result["settings"]["tokenizer"] == str(d / "student")
+  assert {k: result["settings"][k] for k in data if k != "tokenizer"} == {
+    "num_frames": 3,
+    "prompt_format": "official",
+    "answer_style": "letter",
+  }
+  records = annotations.read(
+    "nextqa", str(d / "ann" / "val.csv"), map_path=str(d / "map_vid_vidorID.json")
+  )
+  want = student_eval.choose_by_likelihood(
+    model,
+    tok,
+    records,
+    video_root=str(d / "NExTVideo"),
+    num_frames=3,
+    prompt_format="official",
+    answer_style="letter",
+  )
+  assert [o["likelihood_output"] for o in result["outputs"]] == want.outputs
+  r = _evaluate(*common, "--num_frames=2", "--answer_style=letter_text")
+  assert r.returncode == 0, r.stderr[-3000:]
+  settings = json.loads(out.read_text())["settings"]
+  assert (settings["num_frames"], settings["answer_style"]) == (2, "letter_text")
+  assert settings["from_training_config"] == [
+    f"--tokenizer={d / 'student'}",
+    "--prompt_format=official",
+  ]
+
+
+def test_a_bad_value_in_the_training_config_is_named(tmp_path):
+  """Stops before any model is loaded, naming the saved key and the flag."""
+  from aotd_jax.train.checkpoint import Checkpointer
+
+  ckpt = tmp_path / "checkpoints"
+  checkpointer = Checkpointer(ckpt, async_save=False)
+  checkpointer.save(
+    1,
+    model={"w": np.zeros(2, np.float32)},
+    opt_state={"count": np.zeros((), np.int32)},
+    meta={"config": {"data": {"prompt_format": "fancy"}}},
+    data=None,
+  )
+  checkpointer.close()
+  (ckpt / "hf_config.json").write_text("{}")
+  r = _evaluate(f"--student={ckpt}", f"--annotations={tmp_path / 'val.json'}")
+  assert r.returncode == 2, r.stderr[-2000:]
+  assert "training config's data.prompt_format='fancy' is not a valid --prompt_format" in r.stderr
