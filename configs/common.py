@@ -90,6 +90,8 @@ LLM_KWARGS = {
   "model_dir": str,
   "dtype": str,
   "max_batch": int,
+  "batching": str,
+  "max_len": int,
   "base_url": str,
   "model": str,
   "api_key_env": str,

@@ -69,7 +69,16 @@ LLM_CLASSES = {"replay": "Replay", "local": "LocalLlama", "openai": "OpenAIChat"
 # model object).
 LLM_TAKES = {
   "replay": {"path", "strict", "default"},
-  "local": {"model_dir", "dtype", "max_batch", "seed", "min_bucket"},
+  "local": {
+    "model_dir",
+    "dtype",
+    "max_batch",
+    "seed",
+    "min_bucket",
+    "batching",
+    "max_len",
+    "steps_per_call",
+  },
   "openai": {
     "base_url",
     "model",
@@ -91,12 +100,14 @@ def set_kwargs(section) -> dict:
   return {k: v for k, v in kwargs.items() if v is not None and v != ""}
 
 
-def make_llm(section, role: str = "") -> Any:
+def make_llm(section, role: str = "", shared: dict | None = None) -> Any:
   """An LLM backend from a config section: kind none|replay|local|openai|factory.
 
   Only the kwargs that are set (not "" or None) reach the backend, so a section lists every
   key for the command line (`--config.program_llm.kwargs.model_dir=...`) and each kind takes
   its own. `role` ("program", "cot", "judge") names the section `config.<role>_llm` in errors.
+  With `shared` (a dict kept across the roles), local sections with the same settings get one
+  `LocalLlama`: one copy of the weights, and one engine whose rows the roles' prompts share.
 
   Raises:
     ValueError: an unknown kind, or a set setting that kind does not take (naming the flag).
@@ -120,10 +131,16 @@ def make_llm(section, role: str = "") -> Any:
       f"{what} does not take {', '.join(extra)} (set by {flags_}; clear a "
       "setting with an empty value, e.g. --config.program_llm.kwargs.base_url=)"
     )
+  key = (kind, tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
+  if kind == "local" and shared is not None and key in shared:
+    return shared[key]
   try:
-    return cls(**kwargs)
+    backend = cls(**kwargs)
   except TypeError as e:
     raise ValueError(f"{what} has kwargs {sorted(kwargs)}: {e}") from None
+  if kind == "local" and shared is not None:
+    shared[key] = backend
+  return backend
 
 
 def video_path(config) -> Callable[[annotations.VideoQA], str | None]:
@@ -271,14 +288,15 @@ def main(argv):
   make_args = resolve(config.make_args)(config) if config.make_args else clip_args(config)
   from aotd_jax.agent.sandbox import Sandbox
 
+  local_llms: dict = {}  # roles with the same local model share one (`make_llm`)
   with Sandbox(num_workers=config.sandbox.num_workers, memory_mb=config.sandbox.memory_mb) as sb:
     cot_job = job.CotJob(
       tools=tools,
       make_args=make_args,
       run_program=sb.run,
-      program_llm=make_llm(config.program_llm, "program"),
-      cot_llm=make_llm(config.cot_llm, "cot"),
-      judge_llm=make_llm(config.judge_llm, "judge"),
+      program_llm=make_llm(config.program_llm, "program", local_llms),
+      cot_llm=make_llm(config.cot_llm, "cot", local_llms),
+      judge_llm=make_llm(config.judge_llm, "judge", local_llms),
       program_source=config.program_source,
       gold_program_key=config.gold_program_key,
       logic_judge=config.logic_judge,

@@ -331,6 +331,85 @@ def test_local_llama_matches_transformers_greedy(tiny_llama):
   assert llm.complete(prompts[:1], max_new_tokens=6, stop=[stop]) == [want[0][: want[0].find(stop)]]
 
 
+def test_local_llama_engine_equals_static_batches_from_several_threads(tiny_llama):
+  """The CoT stages' case: three threads (program, rewrite, judge) on one instance, mixed
+  prompt lengths, max_new_tokens and stop strings, more prompts than rows."""
+  path, _, _ = tiny_llama
+  static = LocalLlama(str(path), max_batch=3, batching="static")
+  engine = LocalLlama(model=static.model, tokenizer=static.tokenizer, max_batch=3, steps_per_call=2)
+  rng = random.Random(0)
+  calls = []
+  for role in range(3):
+    words = [" ".join(f"w{rng.randrange(90)}" for _ in range(rng.randint(1, 14))) for _ in range(4)]
+    calls.append((role, words, [9, 4, 9][role]))
+  want = [static.complete(p, max_new_tokens=n) for _, p, n in calls]
+  stops = [[w.split()[1]] if len(w.split()) > 2 else None for w in (r[0] for r in want)]
+  want_stop = [static.complete(p, max_new_tokens=n, stop=s) for (_, p, n), s in zip(calls, stops)]
+  got, got_stop = [None] * len(calls), [None] * len(calls)
+
+  def stage(role):
+    for i, (r, prompts, new) in enumerate(calls):
+      if r == role:
+        got[i] = engine.complete(prompts, max_new_tokens=new)
+        got_stop[i] = engine.complete(prompts, max_new_tokens=new, stop=stops[i])
+
+  threads = [threading.Thread(target=stage, args=(r,)) for r in range(3)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert got == want and got_stop == want_stop
+  assert any(s for s in stops) and got_stop != got  # the stops cut something
+  assert engine.engine.stats.requests == 2 * sum(len(p) for _, p, _ in calls)
+  engine.close()
+
+
+def test_local_llama_sampling_is_reproducible(tiny_llama):
+  path, _, _ = tiny_llama
+  a = LocalLlama(str(path), max_batch=2, seed=3)
+  b = LocalLlama(model=a.model, tokenizer=a.tokenizer, max_batch=2, seed=3)
+  prompts = ["w1 w2 w3", "w7", "w1 w2 w3"]
+  first = a.complete(prompts, max_new_tokens=8, temperature=1.0)
+  assert first[0] != first[2]  # a repeated prompt draws again
+  # another batch (other prompts beside each): the same draws
+  assert b.complete(prompts[1::-1], max_new_tokens=8, temperature=1.0) == first[1::-1]
+  c = LocalLlama(model=a.model, tokenizer=a.tokenizer, max_batch=2, seed=3)
+  assert c.complete(prompts, max_new_tokens=8, temperature=1.0) == first
+
+
+def test_local_llama_prompt_longer_than_the_cache(tiny_llama):
+  path, _, _ = tiny_llama
+  llm = LocalLlama(str(path), max_batch=2, max_len=8)
+  with pytest.raises(
+    ValueError, match="prompt 1: .*the prompt has 9 tokens, longer than the cache"
+  ):
+    llm.complete(["w1", "w1 w2 w3 w4 w5 w6 w7 w8"], max_new_tokens=1)
+  with pytest.raises(ValueError, match="prompt 0: .*3 tokens plus max_new_tokens=7 needs 9 cache"):
+    llm.complete(["w1 w2"], max_new_tokens=7)
+  with pytest.raises(ValueError, match="max_new_tokens must be >= 1, got 0"):
+    llm.complete(["w1"], max_new_tokens=0)
+  assert llm.engine.stats.requests == 0  # nothing ran
+  assert len(llm.complete(["w1 w2"], max_new_tokens=6)) == 1
+
+
+def test_launcher_shares_one_local_llama_across_roles(tiny_llama):
+  import pathlib
+  import sys
+
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+  from configs.toyworld import cot as toy
+  from launch import generate_cots
+
+  path, _, _ = tiny_llama
+  shared = {}
+  program = generate_cots.make_llm(toy.llm("local", model_dir=str(path)), "program", shared)
+  judge = generate_cots.make_llm(toy.llm("local", model_dir=str(path)), "judge", shared)
+  other = generate_cots.make_llm(toy.llm("local", model_dir=str(path), max_len=32), "cot", shared)
+  assert program is judge and other is not program and other.max_len == 32
+  assert program.batching == "continuous" and program.max_len == 64  # max_position_embeddings
+  assert generate_cots.make_llm(toy.llm("local", model_dir=str(path)), "cot") is not program
+
+
 def test_local_llama_bad_arguments(tmp_path):
   with pytest.raises(ValueError, match="needs model_dir, or both model and tokenizer"):
     LocalLlama()
@@ -338,6 +417,10 @@ def test_local_llama_bad_arguments(tmp_path):
     LocalLlama(str(tmp_path))
   with pytest.raises(ValueError, match="max_batch must be >= 1"):
     LocalLlama(model=object(), tokenizer=object(), max_batch=0)
+  with pytest.raises(ValueError, match="batching='dynamic': expected one of"):
+    LocalLlama(model=object(), tokenizer=object(), batching="dynamic")
+  with pytest.raises(ValueError, match="max_len and steps_per_call must be >= 1"):
+    LocalLlama(model=object(), tokenizer=object(), max_len=0)
   tok = make_tokenizer(tmp_path)
   tok.chat_template = None
   llm = LocalLlama(model=object(), tokenizer=tok)

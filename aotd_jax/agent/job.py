@@ -466,9 +466,10 @@ class CotJob:
     decode_workers: with `pipeline`, threads that run `make_args` (decode each question's
       clip) ahead of execution; 0 decodes in the execution threads.
     llm_workers: with `pipeline`, batches each LLM stage (program, judges, rewrite) works on at
-      once: 2 keeps an HTTP server busy while one batch waits for its slowest reply. The
-      records stay the same for deterministic LLMs (temperature 0); a local model serves one
-      batch at a time, and with sampling its call order (hence its keys) would vary: keep 1.
+      once: 2 keeps an HTTP server busy while one batch waits for its slowest reply, and a
+      local model's engine (`LocalLlama`, continuous batching) full. The records stay the same
+      for deterministic LLMs (temperature 0) and for the engine's sampling (keyed per prompt);
+      a `LocalLlama(batching="static")` samples with a key per call, whose order would vary.
   """
 
   tools: Mapping[str, Callable]

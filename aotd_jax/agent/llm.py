@@ -22,6 +22,7 @@ from typing import Protocol, Sequence, Union, runtime_checkable
 from aotd_jax.agent.llm_http import LLMError, OpenAIChat
 
 Prompt = Union[str, list]
+BATCHING = ("continuous", "static")  # LocalLlama's batching modes
 
 __all__ = ["LLM", "LLMError", "LocalLlama", "OpenAIChat", "Recording", "Replay", "prompt_key"]
 
@@ -203,15 +204,36 @@ class Replay:
 
 
 class LocalLlama:
-  """Our Flax Llama (`aotd_jax.models.generate.generate`): many prompts per compiled batch.
+  """Our Flax Llama on this machine, by continuous batching (default) or static batches.
+
+  `batching="continuous"`: one `aotd_jax.models.engine.DecodeEngine` per instance, `max_batch`
+  rows of one KV cache of `max_len` slots each: a finished prompt's row takes the next waiting
+  prompt while the others decode, and `complete` calls from several threads (the pipelined
+  CoT job's program, rewrite and judge stages on one model) share the rows instead of taking
+  turns. A row ends at EOS, `max_new_tokens`, or once a stop string appears in the text of
+  its tokens before the last.
+
+  `batching="static"`: prompts sorted by length and run through
+  `aotd_jax.models.generate.generate` `max_batch` at a time (a finished row emits padding until
+  its batch ends), one `complete` at a time. It needs no `max_len`, and reproduces the sampled
+  replies of runs made before the engine (their keys were per batch).
+
+  Greedy replies are the same both ways (and transformers'). Sampling is reproducible given
+  `seed` both ways; with the engine each prompt's draw depends only on (seed, prompt, how
+  many times it was sent before), not on the batch or the threads.
 
   Args:
     model_dir: a Hugging Face directory (config.json + safetensors + tokenizer files).
     model / tokenizer: already-built ones instead (a `LlamaForCausalLM`-like NNX module and
       a transformers tokenizer).
-    max_batch: prompts per generate call; prompts are sorted by length so each batch pads
-      little, and the batch is padded to `max_batch` rows so shapes (and compilations) repeat.
-    seed: the sampling key's seed (temperature > 0).
+    max_batch: rows decoding at once (the engine's slots; a static batch's rows, padded to
+      `max_batch` so shapes and compilations repeat).
+    seed: the sampling keys' seed (temperature > 0).
+    batching: "continuous" or "static".
+    max_len: the engine's cache slots per row: a prompt's tokens + max_new_tokens - 1 must fit
+      (default: the model's max_position_embeddings, at most 4096; the cache is
+      allocated whole: slots x max_len x layers x 2 x kv_heads x head_dim).
+    steps_per_call: the engine's decode steps per host round trip.
   """
 
   def __init__(
@@ -224,11 +246,20 @@ class LocalLlama:
     max_batch: int = 8,
     seed: int = 0,
     min_bucket: int = 16,
+    batching: str = "continuous",
+    max_len: int | None = None,
+    steps_per_call: int = 8,
   ):
     if model_dir is None and (model is None or tokenizer is None):
       raise ValueError("LocalLlama needs model_dir, or both model and tokenizer")
     if max_batch < 1:
       raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+    if batching not in BATCHING:
+      raise ValueError(f"LocalLlama: batching={batching!r}: expected one of {BATCHING}")
+    if (max_len is not None and max_len < 1) or steps_per_call < 1:
+      raise ValueError(
+        f"LocalLlama: max_len and steps_per_call must be >= 1, got {max_len} and {steps_per_call}"
+      )
     if model_dir is not None and not os.path.isfile(os.path.join(model_dir, "config.json")):
       raise ValueError(f"LocalLlama: {model_dir} has no config.json")
     if model is None:
@@ -243,10 +274,16 @@ class LocalLlama:
       tokenizer = load_tokenizer(model_dir)
     self.model, self.tokenizer = model, tokenizer
     self.max_batch, self.min_bucket, self.seed = max_batch, min_bucket, seed
+    self.batching, self.steps_per_call = batching, steps_per_call
+    if max_len is None:
+      max_len = min(
+        4096, int(getattr(getattr(model, "config", None), "max_position_embeddings", 4096))
+      )
+    self.max_len = max_len
     self._calls = 0
-    # One `complete` at a time: the pipelined CoT job's stages may share a model (a factory
-    # returning one instance for several roles); their batches then take turns on it.
+    # Static batches: one `complete` at a time (stages sharing the model take turns).
     self._lock = threading.Lock()
+    self._engine = None  # built at the first continuous `complete`
     cfg = getattr(model, "config", None)
     eos = tokenizer.eos_token_id
     if eos is None:
@@ -279,16 +316,79 @@ class LocalLlama:
     temperature: float = 0.0,
     stop: Sequence[str] | None = None,
   ) -> list[str]:
-    """Generates for all prompts, `max_batch` at a time; greedy when temperature is 0.
+    """Generates for all prompts (see the class docstring); greedy when temperature is 0.
 
-    Each batch decodes with a KV cache until every row has produced EOS (a finished row
-    emits padding; the loop ends early when all are done) or `max_new_tokens`."""
+    Raises:
+      ValueError: max_new_tokens < 1, or (continuous) a prompt that does not fit `max_len`
+        (naming the prompt).
+    """
+    if self.batching == "static":
+      with self._lock:
+        return self._complete_static(
+          prompts, max_new_tokens=max_new_tokens, temperature=temperature, stop=stop
+        )
+    return self._complete_continuous(
+      prompts, max_new_tokens=max_new_tokens, temperature=temperature, stop=stop
+    )
+
+  @property
+  def engine(self):
+    """The `DecodeEngine` (continuous batching), built on first use."""
     with self._lock:
-      return self._complete(
-        prompts, max_new_tokens=max_new_tokens, temperature=temperature, stop=stop
-      )
+      if self._engine is None:
+        from aotd_jax.models.engine import DecodeEngine
 
-  def _complete(self, prompts, *, max_new_tokens, temperature, stop) -> list[str]:
+        self._engine = DecodeEngine(
+          self.model,
+          slots=self.max_batch,
+          max_len=self.max_len,
+          eos_token_id=self.eos_token_id,
+          pad_token_id=self.pad_token_id,
+          min_bucket=self.min_bucket,
+          steps_per_call=self.steps_per_call,
+          seed=self.seed,
+        )
+      return self._engine
+
+  def close(self) -> None:
+    """Stops the engine (waiting prompts fail); a later `complete` builds a new one."""
+    with self._lock:
+      engine, self._engine = self._engine, None
+    if engine is not None:
+      engine.close()
+
+  def _text(self, tokens: Sequence[int]) -> str:
+    return self.tokenizer.decode(list(tokens), skip_special_tokens=True)
+
+  def _complete_continuous(self, prompts, *, max_new_tokens, temperature, stop) -> list[str]:
+    prompts = check_prompts(prompts)
+    if max_new_tokens < 1:
+      raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    engine = self.engine
+    ids = [self.encode(p) for p in prompts]
+    for i, row in enumerate(ids):  # the whole call is refused before any prompt runs
+      try:
+        engine.check(row, max_new_tokens=max_new_tokens, temperature=temperature)
+      except ValueError as e:
+        raise ValueError(f"LocalLlama: prompt {i}: {e}") from None
+    stops = [s for s in stop or () if s]
+
+    def stopped(tokens: list[int]) -> bool:
+      # the text before the last token: it no longer changes as tokens follow
+      return len(tokens) > 1 and any(s in self._text(tokens[:-1]) for s in stops)
+
+    futures = [
+      engine.submit(
+        row,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        stop=stopped if stops else None,
+      )
+      for row in ids
+    ]
+    return [cut_at_stop(self._text(f.result()), stop) for f in futures]
+
+  def _complete_static(self, prompts, *, max_new_tokens, temperature, stop) -> list[str]:
     import jax
     import numpy as np
 

@@ -299,6 +299,39 @@ class DecodeEngine:
         its generation) that does not fit the cache (`max_len`).
       EngineClosed: after `close()`.
     """
+    ids = self.check(ids, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+    future: concurrent.futures.Future = concurrent.futures.Future()
+    with self._cond:
+      if self._closed:
+        raise EngineClosed("DecodeEngine: closed")
+      occurrence = 0
+      if temperature > 0:  # only sampled requests need their own key
+        digest = hashlib.sha256(np.asarray(ids, np.int64).tobytes()).digest()
+        occurrence = self._occurrences.get(digest, 0)
+        self._occurrences[digest] = occurrence + 1
+      self._waiting.append(
+        _Request(
+          ids=ids,
+          max_new_tokens=int(max_new_tokens),
+          temperature=float(temperature),
+          top_p=float(top_p),
+          key=_request_key(self.seed, ids, occurrence),
+          stop=stop,
+          future=future,
+        )
+      )
+      self.stats.requests += 1
+      if self._worker is None:
+        self._worker = threading.Thread(target=self._run, name="decode-engine", daemon=True)
+        self._worker.start()
+      self._cond.notify_all()
+    return future
+
+  def check(
+    self, ids: Sequence[int], *, max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0
+  ) -> list[int]:
+    """The request's ids as ints; raises `ValueError` if `submit` would refuse them (the
+    reasons `submit` lists)."""
     ids = [int(t) for t in ids]
     if not ids:
       raise ValueError("DecodeEngine: the prompt has no tokens")
@@ -319,30 +352,7 @@ class DecodeEngine:
         f"needs {len(ids) + max_new_tokens - 1} cache slots; "
         f"the cache has max_len={self.max_len} (raise max_len or lower max_new_tokens)"
       )
-    future: concurrent.futures.Future = concurrent.futures.Future()
-    with self._cond:
-      if self._closed:
-        raise EngineClosed("DecodeEngine: closed")
-      blob = np.asarray(ids, np.int64).tobytes()
-      occurrence = self._occurrences.get(blob, 0)
-      self._occurrences[blob] = occurrence + 1
-      self._waiting.append(
-        _Request(
-          ids=ids,
-          max_new_tokens=int(max_new_tokens),
-          temperature=float(temperature),
-          top_p=float(top_p),
-          key=_request_key(self.seed, ids, occurrence),
-          stop=stop,
-          future=future,
-        )
-      )
-      self.stats.requests += 1
-      if self._worker is None:
-        self._worker = threading.Thread(target=self._run, name="decode-engine", daemon=True)
-        self._worker.start()
-      self._cond.notify_all()
-    return future
+    return ids
 
   def generate(
     self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int | Sequence[int], **kwargs

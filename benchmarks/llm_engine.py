@@ -1,0 +1,165 @@
+r"""Local Flax LLM throughput: continuous batching (the engine) vs static batches, same prompts.
+
+`LocalLlama` on a small random Llama (ids-as-words tokenizer) completes a mixed workload:
+`--prompts` prompts of 8..`--max_prompt` tokens in three calls, one per max_new_tokens value
+(`--new`, as the CoT job's program / rewrite / judge stages each have their own), with an
+EOS id that random greedy rows really emit (picked from a free run), so rows end at mixed
+lengths. Modes:
+
+  static:            `batching="static"`: each call sorts its prompts by length and runs
+                     `generate` on `--slots` rows at a time; the calls take turns.
+  engine:            `batching="continuous"`, the three calls one after another.
+  engine_threads:    the engine, the three calls from three threads at once (the pipelined
+                     CoT job's stages sharing one model).
+
+Reported per mode: prompts/s and generated tokens/s (tokens up to and including EOS), and
+whether each mode's replies equal the static ones (greedy). Each mode runs once untimed
+(compilation), then the modes alternate for `--rounds` and the best of each is kept.
+
+  python benchmarks/llm_engine.py                      # RESULTS.md's row
+  python benchmarks/llm_engine.py --prompts 12 --rounds 1 --hidden 64   # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class IdsTokenizer:
+  """Text is token ids as words ("5 17 3"); enough of a tokenizer for `LocalLlama`."""
+
+  chat_template = None
+
+  def __init__(self, eos_token_id: int, pad_token_id: int = 0):
+    self.eos_token_id, self.pad_token_id = eos_token_id, pad_token_id
+
+  def __call__(self, text: str, add_special_tokens: bool = True) -> dict:
+    return {"input_ids": [int(w) for w in text.split()]}
+
+  def decode(self, ids, skip_special_tokens: bool = True) -> str:  # EOS kept: counted
+    return " ".join(str(i) for i in ids)
+
+
+def build(args):
+  """The model, the prompts per max_new_tokens value and the EOS id."""
+  import numpy as np
+  from flax import nnx
+
+  from aotd_jax.models import generate as gen
+  from aotd_jax.models.llama import LlamaConfig, LlamaForCausalLM
+
+  cfg = LlamaConfig(
+    vocab_size=args.vocab,
+    hidden_size=args.hidden,
+    intermediate_size=args.hidden * 8 // 3,
+    num_hidden_layers=args.layers,
+    num_attention_heads=args.heads,
+    num_key_value_heads=max(1, args.heads // 2),
+    max_position_embeddings=4096,
+  )
+  model = LlamaForCausalLM(cfg, rngs=nnx.Rngs(0))
+  rng = np.random.RandomState(0)
+  prompts = [
+    " ".join(map(str, rng.randint(3, args.vocab, rng.randint(8, args.max_prompt + 1))))
+    for _ in range(args.prompts)
+  ]
+  # EOS: the token a free greedy run emits most often after its first few steps, so rows end
+  # at mixed lengths.
+  ids = np.array([[int(w) for w in p.split()][:8] for p in prompts[:8]])
+  free = np.asarray(
+    gen.generate(model, ids, max_new_tokens=32, eos_token_id=None, pad_token_id=0).sequences
+  )
+  values, counts = np.unique(free[:, 4:], return_counts=True)
+  eos = int(values[np.argmax(counts)])
+  calls = [(new, prompts[i :: len(args.new)]) for i, new in enumerate(args.new)]
+  return model, calls, eos
+
+
+def run(llm, calls, threaded: bool) -> tuple[float, list]:
+  replies = [None] * len(calls)
+
+  def one(i):
+    new, prompts = calls[i]
+    replies[i] = llm.complete(prompts, max_new_tokens=new)
+
+  t0 = time.perf_counter()
+  if threaded:
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+      t.start()
+    for t in threads:
+      t.join()
+  else:
+    for i in range(len(calls)):
+      one(i)
+  return time.perf_counter() - t0, replies
+
+
+def main(argv=None) -> dict:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--prompts", type=int, default=48)
+  ap.add_argument("--max_prompt", type=int, default=200, help="longest prompt (tokens)")
+  ap.add_argument("--new", type=int, nargs="+", default=[16, 48, 96], help="max_new_tokens")
+  ap.add_argument("--slots", type=int, default=8, help="rows at once (max_batch)")
+  ap.add_argument("--steps_per_call", type=int, default=8)
+  ap.add_argument("--hidden", type=int, default=256)
+  ap.add_argument("--layers", type=int, default=4)
+  ap.add_argument("--heads", type=int, default=8)
+  ap.add_argument("--vocab", type=int, default=4096)
+  ap.add_argument("--rounds", type=int, default=2)
+  args = ap.parse_args(argv)
+
+  from aotd_jax.agent.llm import LocalLlama
+
+  model, calls, eos = build(args)
+  tok = IdsTokenizer(eos)
+  llms = {
+    "static": LocalLlama(model=model, tokenizer=tok, max_batch=args.slots, batching="static"),
+    "engine": LocalLlama(
+      model=model, tokenizer=tok, max_batch=args.slots, steps_per_call=args.steps_per_call
+    ),
+  }
+  modes = {"static": ("static", False), "engine": ("engine", False)}
+  modes["engine_threads"] = ("engine", True)
+  best: dict[str, float] = {}
+  replies: dict[str, list] = {}
+  for r in range(args.rounds + 1):
+    for mode, (which, threaded) in modes.items():
+      seconds, out = run(llms[which], calls, threaded)
+      replies[mode] = out
+      if r and (mode not in best or seconds < best[mode]):
+        best[mode] = seconds
+  n_prompts = sum(len(p) for _, p in calls)
+  # generated tokens, EOS included (`IdsTokenizer.decode` keeps every id)
+  tokens = sum(len(reply.split()) for out in replies["static"] for reply in out)
+  row = {
+    "prompts": n_prompts,
+    "max_new_tokens": args.new,
+    "slots": args.slots,
+    "model": {"hidden": args.hidden, "layers": args.layers, "vocab": args.vocab},
+    "eos": eos,
+    "load_avg_1m": round(os.getloadavg()[0], 1),
+  }
+  for mode, seconds in best.items():
+    row[mode] = {
+      "seconds": round(seconds, 2),
+      "prompts_per_s": round(n_prompts / seconds, 2),
+      "tokens_per_s": round(tokens / seconds, 1),
+      "same_replies": replies[mode] == replies["static"],
+    }
+  row["speedup_engine"] = round(best["static"] / best["engine"], 2)
+  row["speedup_engine_threads"] = round(best["static"] / best["engine_threads"], 2)
+  row["engine_stats"] = vars(llms["engine"].engine.stats)
+  print(json.dumps(row))
+  return row
+
+
+if __name__ == "__main__":
+  main()
