@@ -396,6 +396,26 @@ def describe(config, *, full_hash: bool = False, plugins: Sequence[Plugin] = ())
   return out
 
 
+def missing_checkpoints(config) -> list[str]:
+  """The model roles' checkpoint paths that do not exist (local or remote), each as
+  "<role>.<key>=<path> (<kind>)"; [] when all do. A run checks this before it writes anything,
+  so a mistyped path stops it before its manifest names that path."""
+  from aotd_jax.data import files
+
+  out = []
+  for role in ROLES:
+    section = _get(config, role)
+    kind = _get(section, "kind", "none") or "none"
+    if kind not in ("owlv2", "univtg", "llava", "llama"):
+      continue
+    keys = ("path", "clip_path") if kind == "univtg" else ("path",)
+    for key in keys:
+      path = _get(section, key, "")
+      if path and not files.exists(path):
+        out.append(f"{role}.{key}={path} ({kind})")
+  return out
+
+
 def batching(config) -> dict[str, dict]:
   """How each model role's calls are batched across programs, for the manifest's `info` (it
   does not change a record: recorded per run, not part of the manifest's id)."""

@@ -4,7 +4,8 @@ traceback.
 `--config.totl_steps=3` (a key the config lacks), `--config.total_steps=abc`, a config arg the
 config file refuses, and a `ConfigError` from the launcher's own checks
 (`aotd_jax.train.config_check`) each print `<launcher>: error: ...` on stderr and exit with
-status 2, the usual code for a usage error.
+status 2, the usual code for a usage error; so does a `CheckpointError` (a checkpoint path
+given on the command line that is not a readable checkpoint: the message names the file).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Callable
 
 from absl import app, flags
 
+from aotd_jax.hf.io import CheckpointError
 from aotd_jax.train.config_check import ConfigError
 
 EXIT_USAGE = 2
@@ -95,12 +97,13 @@ def parse_flags(argv):
 
 
 def run(main: Callable) -> None:
-  """`app.run(main)`; a `ConfigError` raised by `main` exits 2 with its message."""
+  """`app.run(main)`; a `ConfigError` or `CheckpointError` raised by `main` exits 2 with its
+  message."""
 
   def guarded(argv):
     try:
       return main(argv)
-    except ConfigError as e:
+    except (ConfigError, CheckpointError) as e:
       print(f"{_prog(sys.argv)}: error: {e}", file=sys.stderr)
       sys.exit(EXIT_USAGE)
 

@@ -21,13 +21,14 @@ import os
 import pathlib
 from typing import Any, Callable
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from aotd_jax.agent import job, programs
 from aotd_jax.data import annotations, files
 from aotd_jax.projects.toyworld import oracle as toyworld_oracle
 from aotd_jax.projects.toyworld import world as toyworld
+from aotd_jax.train.config_check import ConfigError
 from launch import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/cot/<name>.py[:arg]")
@@ -217,6 +218,28 @@ def provenance(config) -> tuple[dict, dict, dict]:
   return roles, identity, info
 
 
+def missing_inputs(config) -> list[str]:
+  """What the run reads that does not exist: the videos directory, the experts' checkpoints
+  (`experts.registry.missing_checkpoints`), local LLM directories and replay files; [] when
+  everything is there. Checked before the manifest is written: a mistyped path must not leave
+  a manifest in `out_dir` that names it (a rerun with the path fixed would be refused)."""
+  missing = []
+  video_dir = config.data.get("video_dir", "")
+  if video_dir and not files.isdir(video_dir):
+    missing.append(f"data.video_dir={video_dir} (the videos)")
+  if config.tools_factory == "experts:make_tools":
+    from experts import registry
+
+    missing += [f"experts.{m}" for m in registry.missing_checkpoints(config.experts)]
+  for role in ("program_llm", "cot_llm", "judge_llm"):
+    section = config.get(role) or {}
+    kwargs = section.get("kwargs") or {}
+    key = {"local": "model_dir", "replay": "path"}.get(section.get("kind"))
+    if key and kwargs.get(key) and not files.exists(kwargs[key]):
+      missing.append(f"{role}.kwargs.{key}={kwargs[key]} ({section.get('kind')})")
+  return missing
+
+
 def pipeline_kwargs(config) -> dict:
   """`CotJob`'s pipeline settings from `config.pipeline` (absent: one batch at a time)."""
   section = config.get("pipeline", None)
@@ -272,6 +295,12 @@ def main(argv):
     process_count=process_count,
   )
   name = job.shard_name(shard_index, num_shards, process_index, process_count)
+  missing = missing_inputs(config)
+  if missing:
+    raise ConfigError(
+      f"not found: {'; '.join(missing)}. Nothing was written; fix the path(s) in the config "
+      "string (or flags) and rerun"
+    )
   from aotd_jax.agent import manifest
 
   roles, identity, info = provenance(config)
@@ -339,4 +368,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config"])
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main)

@@ -993,3 +993,35 @@ def test_a_bucket_out_dir_is_refused_before_anything_is_written(tmp_path, monkey
   with pytest.raises(job.JobError, match="gs://b/cots/records-x.jsonl"):
     cot_job.run([qa("a")], job.JobPaths.for_shard("gs://b/cots", "x"))
   assert not (tmp_path / "gs:").exists()
+
+
+def test_missing_inputs_are_listed_before_anything_is_written(tmp_path):
+  """Every path the real config reads is checked: the videos, each expert's checkpoint, a
+  local LLM directory; [] once they exist."""
+  sys.path.insert(0, str(ROOT))
+  from configs.cot import star
+  from launch import generate_cots
+
+  t = tmp_path
+  arg = (
+    f"ann={t / 'a.json'},videos={t / 'v'},classes={t / 'cls'},owlv2={t / 'o'},"
+    f"univtg={t / 'u.ckpt'},clip={t / 'c'},llava={t / 'l'},llm={t / 'llm'}"
+  )
+  c = star.get_config(arg)
+  missing = generate_cots.missing_inputs(c)
+  assert missing == [
+    f"data.video_dir={t / 'v'} (the videos)",
+    f"experts.detector.path={t / 'o'} (owlv2)",
+    f"experts.grounder.path={t / 'u.ckpt'} (univtg)",
+    f"experts.grounder.clip_path={t / 'c'} (univtg)",
+    f"experts.action_recognizer.path={t / 'l'} (llava)",
+    f"experts.video_qa.path={t / 'l'} (llava)",
+    f"experts.selector.path={t / 'llm'} (llama)",
+    f"program_llm.kwargs.model_dir={t / 'llm'} (local)",
+    f"cot_llm.kwargs.model_dir={t / 'llm'} (local)",
+    f"judge_llm.kwargs.model_dir={t / 'llm'} (local)",
+  ]
+  for d in ("v", "o", "c", "l", "llm"):
+    (t / d).mkdir()
+  (t / "u.ckpt").write_bytes(b"")
+  assert generate_cots.missing_inputs(c) == []

@@ -90,3 +90,47 @@ def test_make_llm_passes_only_the_set_kwargs():
   section.kwargs.model_dir = "/models/x"
   with pytest.raises(ValueError, match=r"program LLM section \(kind 'openai'\).*model_dir"):
     generate_cots.make_llm(section, role="program")
+
+
+def test_a_mistyped_checkpoint_stops_the_cot_job_before_its_manifest(tmp_path):
+  """On the vendored NExT-QA annotations: one line naming every missing path, exit 2, and no
+  manifest in out_dir (which would refuse the rerun with the path fixed)."""
+  real = ROOT / "tests" / "fixtures" / "real" / "nextqa"
+  (tmp_path / "videos").mkdir()
+  out = tmp_path / "cots"
+  arg = (
+    f"ann={real / 'val.csv'},videos={tmp_path / 'videos'},map={real / 'map_vid_vidorID.json'},"
+    f"owlv2={tmp_path / 'owlv2-typo'},univtg={tmp_path / 'u.ckpt'},clip={tmp_path / 'videos'},"
+    f"llava={tmp_path / 'videos'},llm=http://127.0.0.1:9/v1,model=m,runlocal,out={out}"
+  )
+  (tmp_path / "u.ckpt").write_bytes(b"")
+  r = subprocess.run(
+    [sys.executable, "-m", "launch.generate_cots", f"--config=configs/cot/nextqa.py:{arg}"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert r.returncode == 2, r.stderr[-3000:]
+  assert f"not found: experts.detector.path={tmp_path / 'owlv2-typo'} (owlv2)." in r.stderr
+  assert "Traceback" not in r.stderr and not (out / "manifest.json").exists()
+
+
+def test_a_student_path_that_is_no_checkpoint_is_one_line(tmp_path):
+  """launch.train with a mistyped `hf_dir`: exit 2 and one line naming the file."""
+  r = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "launch.train",
+      f"--config=configs/distill/lnv7b.py:h100x8,hf_dir={tmp_path / 'typo'},runlocal",
+      f"--workdir={tmp_path / 'w'}",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert r.returncode == 2, r.stderr[-3000:]
+  assert f"train: error: {tmp_path / 'typo' / 'config.json'}: no config.json" in r.stderr
+  assert "Traceback" not in r.stderr
