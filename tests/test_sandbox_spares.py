@@ -3,6 +3,9 @@ replaced when killed, and no process left behind by a closed Sandbox."""
 
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 import time
 
 import pytest
@@ -123,8 +126,11 @@ def test_no_process_outlives_the_sandbox():
   assert wait_for(lambda: not any(running(p) for p in pids)), [p for p in pids if running(p)]
 
 
-def test_children_die_with_their_zygote():
-  with Sandbox(1, memory_mb=256, spare_children=2) as sb:
+@pytest.mark.parametrize("jail", [True, False])
+def test_children_die_with_their_zygote(jail):
+  # Jailed, the children live in a PID namespace whose process 1 dies with the zygote (the
+  # kernel then kills the rest); without it, each child asked for PR_SET_PDEATHSIG.
+  with Sandbox(1, memory_mb=256, spare_children=2, jail=jail) as sb:
     zygote = ran_once(sb, 2)
     kids = children(zygote)
     os.kill(zygote, signal.SIGKILL)  # the zygote alone, not its process group
@@ -157,3 +163,33 @@ def test_turns_page_pairs_numbers_with_pids():
   assert turns.turn == 2
   with pytest.raises(ValueError, match="slots"):
     Turns(1)
+
+
+_FILL_CHECK = textwrap.dedent(
+  """
+  import sys
+  sys.path.insert(0, sys.argv[1])
+  import numpy, msgpack  # the zygote's imports: many partly used pools
+  import sandbox_worker as w
+  sizes = [16 * (c + 1) - sys.getsizeof(b"") for c in range(2, 32)]
+  before = [bytes(n) for n in sizes]  # where each size goes now
+  fillers = w._fill_pools()
+  after = [bytes(n) for n in sizes]
+  pool = lambda o: id(o) & ~(w.POOL_BYTES - 1)
+  starts = {pool(f) for f in fillers if id(f) - pool(f) == w._POOL_HEADER}
+  print(sum(pool(o) in starts for o in before), sum(pool(o) in starts for o in after))
+  """
+)
+
+
+def test_zygote_fills_partly_used_pools_so_a_child_allocates_in_fresh_ones():
+  # Run as the worker is (its own interpreter, its imports), not in pytest's process.
+  agent = os.path.join(os.path.dirname(__file__), "..", "aotd_jax", "agent")
+  out = subprocess.run(
+    [sys.executable, "-I", "-c", _FILL_CHECK, agent], capture_output=True, text=True, check=True
+  ).stdout.split()
+  before, after = map(int, out)
+  # Before, each size goes into some old pool with a hole; after, into the pool the fill
+  # just started for it (counted for the 30 sizes from 48 to 512 bytes).
+  assert before == 0
+  assert after >= 28, out

@@ -199,6 +199,9 @@ class _Worker:
       [
         sys.executable,
         "-I",
+        # No docstrings (numpy's are most of them) and no asserts: ~1.7 MB less memory in
+        # the zygote, which every fork copies the page tables of and every exit tears down.
+        "-OO",
         _WORKER_PATH,
         str(fd),
         str(memory_mb),

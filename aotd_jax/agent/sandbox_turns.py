@@ -17,12 +17,16 @@ harmless: a child waits until the page says it is its turn, and the zygote wakes
 child again whenever it handles a child's exit.
 """
 
+import _signal
 import mmap
 import os
 import signal
 import struct
 
 _Q = struct.Struct("q")
+# `signal.sigwait` converts its answer to a `signal.Signals` enum member (a trip through
+# the enum machinery, whose pages a fresh child would copy); `_signal.sigwait` does not.
+_USR1 = frozenset([int(signal.SIGUSR1)])
 
 
 class Turns:
@@ -80,7 +84,7 @@ class Turns:
   def wait(self, seq: int) -> None:
     """Blocks child `seq` until it is its turn (SIGUSR1 must be blocked in the caller)."""
     while self.turn != seq:
-      signal.sigwait({signal.SIGUSR1})
+      _signal.sigwait(_USR1)
 
   def wake(self, seq: int, own: bool = False) -> None:
     """Sends SIGUSR1 to child `seq` if its slot names it (by the zygote's pid; by the

@@ -41,6 +41,8 @@ MAX_INT_DIGITS = 60
 
 def safe_str(text: str, limit: int = MAX_STRING_CHARS) -> str:
   """`text` cut to `limit` chars, lone surrogates escaped (so it encodes as UTF-8)."""
+  if len(text) <= limit and text.isascii():  # the common case: nothing to cut or escape
+    return text
   cut = len(text) > limit
   text = text[:limit]
   try:
@@ -95,6 +97,10 @@ def _summarize(value: Any, max_array_elements: int, depth: int, budget: list) ->
   if depth > MAX_DEPTH:
     return {"type": t.__name__, "truncated": True}
   rec = lambda v: _summarize(v, max_array_elements, depth + 1, budget)  # noqa: E731
+  if t is dict:  # the common containers first: none of the checks below applies to them
+    return _summarize_dict(value, rec, budget)
+  if t is list or t is tuple:
+    return _summarize_sequence(value, rec, budget)
   np = _numpy()
   if np is not None:
     if isinstance(value, np.ndarray):
@@ -119,14 +125,7 @@ def _summarize(value: Any, max_array_elements: int, depth: int, budget: list) ->
       out[f.name] = rec(getattr(value, f.name))
     return out
   if isinstance(value, dict):
-    out = {}
-    for i, (k, v) in enumerate(value.items()):
-      if i >= MAX_SEQUENCE_ITEMS or budget[0] < 0:
-        out["truncated"] = len(value) - i
-        break
-      key = k if isinstance(k, str) else json.dumps(rec(k))
-      out[safe_str(str.__str__(key), 200)] = rec(v)
-    return out
+    return _summarize_dict(value, rec, budget)
   if isinstance(value, (set, frozenset)):
     items = list(value)[: MAX_SEQUENCE_ITEMS + 1]
     try:
@@ -135,17 +134,32 @@ def _summarize(value: Any, max_array_elements: int, depth: int, budget: list) ->
       pass
     value = items
   if isinstance(value, (list, tuple)):
-    head = []
-    for v in value[:MAX_SEQUENCE_ITEMS]:
-      if budget[0] < 0:
-        break
-      head.append(rec(v))
-    if len(value) > len(head):
-      head.append({"truncated": len(value) - len(head)})
-    return head
+    return _summarize_sequence(value, rec, budget)
   if isinstance(value, (bytes, bytearray)):
     return {"type": t.__name__, "length": len(value)}
   return {"type": t.__name__}
+
+
+def _summarize_dict(value: dict, rec, budget: list) -> dict:
+  out = {}
+  for i, (k, v) in enumerate(value.items()):
+    if i >= MAX_SEQUENCE_ITEMS or budget[0] < 0:
+      out["truncated"] = len(value) - i
+      break
+    key = k if isinstance(k, str) else json.dumps(rec(k))
+    out[safe_str(str.__str__(key), 200)] = rec(v)
+  return out
+
+
+def _summarize_sequence(value, rec, budget: list) -> list:
+  head = []
+  for v in value[:MAX_SEQUENCE_ITEMS]:
+    if budget[0] < 0:
+      break
+    head.append(rec(v))
+  if len(value) > len(head):
+    head.append({"truncated": len(value) - len(head)})
+  return head
 
 
 def _numpy():
