@@ -272,3 +272,52 @@ def test_llava_expert_normalises_with_the_checkpoints_values():
     clip.frames[idx], shortest_edge=size, crop_size=size, image_mean=custom[0], image_std=custom[1]
   )
   np.testing.assert_array_equal(got[0], want)
+
+
+CUSTOM = ((0.2, 0.3, 0.4), (0.5, 0.6, 0.7))
+
+
+def test_univtg_clip_features_use_the_clip_directorys_values(monkeypatch):
+  import experts
+  from experts import random_weights as rw
+  from experts.backends.univtg import UniVTGGrounder
+
+  clip_size = dict(
+    image_size=32, patch_size=16, vision_hidden=16, vision_layers=1, vision_heads=2,
+    text_hidden=16, text_layers=1, text_heads=2, projection=12, vocab=99, text_length=16,
+  )  # fmt: skip
+  size = dict(hidden_dim=32, nheads=4, enc_layers=1, dim_feedforward=48, clip_length=1.0)
+  model, clip_model = rw.univtg(size, clip_size)
+  tokenize = rw.word_tokenize(99, 16)
+  assert UniVTGGrounder(model, clip_model, tokenize).normalization == pixel_norms.CLIP
+  g = UniVTGGrounder(model, clip_model, tokenize, normalization=CUSTOM)
+  monkeypatch.setattr(g, "_run", lambda part, fn, rows, state: rows)  # the pixels it would run
+  clip = experts.VideoClip(_frames(6, 30, 40, seed=5), fps=2.0, video_id="v")
+  pixels, pos = g.features(clip)
+  want = vp.preprocess_video(
+    clip.frames[pos], shortest_edge=32, crop_size=32, image_mean=CUSTOM[0], image_std=CUSTOM[1]
+  )
+  np.testing.assert_array_equal(pixels, want)
+
+
+def test_owlv2_detector_uses_the_values_it_is_given():
+  import jax.numpy as jnp
+
+  from aotd_jax.models import owlv2_processing as proc
+  from experts import random_weights as rw
+  from experts.backends.owlv2 import Owlv2Detector
+
+  size = dict(
+    image_size=32, patch_size=8, vision_hidden=32, vision_layers=1, vision_heads=2,
+    text_hidden=32, text_layers=1, text_heads=2, projection=32, vocab=99, text_length=16,
+  )  # fmt: skip
+  model = rw.owlv2(size)
+  tokenize = rw.word_tokenize(99, 16)
+  assert Owlv2Detector(model, tokenize).normalization == pixel_norms.CLIP
+  det = Owlv2Detector(model, tokenize, normalization=CUSTOM, buckets=(2,))
+  frames = _frames(2, 20, 28, seed=6)
+  feats, _ = det.image_fn(frames, det._state, to_host=True)
+  pixels = proc.preprocess(list(frames), 32, image_mean=CUSTOM[0], image_std=CUSTOM[1])
+  fmap = model.image_embedder(jnp.asarray(pixels))
+  want = np.asarray(fmap).reshape(2, -1, fmap.shape[-1])
+  np.testing.assert_allclose(feats, want, atol=2e-5)

@@ -26,6 +26,8 @@ from typing import Sequence
 
 import numpy as np
 
+from aotd_jax.models import pixel_norms
+
 SUMMARY_PROMPT = "Describe briefly what happens in the video."
 SUMMARY_PROMPTS = ("ours", "official")
 
@@ -182,7 +184,9 @@ class LlavaVideoQA:
     self.coalescers: dict[str, object] = {}
     self._lock = threading.Lock()
     self.model, self.tokenizer, self.name = model, tokenizer, name
-    self.normalization = normalization or model.config.pixel_normalization
+    self.normalization = normalization or getattr(
+      model.config, "pixel_normalization", pixel_norms.CLIP
+    )
     self.num_frames, self.max_new_tokens = int(num_frames), int(max_new_tokens)
     self.video_token_id = tokenizer.convert_tokens_to_ids(video_token)
     if self.video_token_id is None or self.video_token_id == tokenizer.unk_token_id:

@@ -93,6 +93,8 @@ class Owlv2Detector:
     coalesce: run the image side through an `experts.coalesce.Coalescer`, so that `detect`
       calls from concurrent threads (a CoT job's programs) share one batch of frames.
     coalesce_wait_s: how long the coalescer waits for more requests after the first.
+    normalization: (image_mean, image_std) after the 1/255 rescale (default CLIP's, the
+      released OWLv2 processor's; `from_pretrained` reads the directory's processor file).
 
   Thread-safe: the feature LRU is guarded by a lock, and a chunk being computed for one thread
   is awaited, not recomputed, by another that asks for the same frames.
@@ -111,6 +113,7 @@ class Owlv2Detector:
     query_template: str = "{}",
     coalesce: bool = False,
     coalesce_wait_s: float = 0.002,
+    normalization: tuple | None = None,
   ):
     from aotd_jax.models import owlv2_processing as proc
 
@@ -121,14 +124,14 @@ class Owlv2Detector:
     self.config = model.config  # the model's Owlv2Config
     self.options = model.options  # its ComputeOptions
     self.image_size = model.config.vision_config.image_size
+    mean, std = normalization or (proc.OPENAI_CLIP_MEAN, proc.OPENAI_CLIP_STD)
+    self.normalization = (tuple(mean), tuple(std))
     self._graphdef, self._state = nnx.split(model)
     graphdef, size = self._graphdef, self.image_size
 
     def image_side(frames, state):
       m = nnx.merge(graphdef, state)
-      pixel_values = device_preprocess(
-        frames, size, pad_value=pad_value, mean=proc.OPENAI_CLIP_MEAN, std=proc.OPENAI_CLIP_STD
-      )
+      pixel_values = device_preprocess(frames, size, pad_value=pad_value, mean=mean, std=std)
       fmap = m.image_embedder(pixel_values)
       feats = fmap.reshape(fmap.shape[0], -1, fmap.shape[-1])
       return feats, m.box_predictor(feats)
@@ -175,6 +178,7 @@ class Owlv2Detector:
     error (the AMX kernel on Intel CPUs);
     `cpu_kernels=False` keeps XLA's attention where aotd_jax's CPU kernel would run."""
     from aotd_jax import hf
+    from aotd_jax.hf import processor_files
     from aotd_jax.layers.compute import ComputeOptions
 
     options = ComputeOptions(matmul_precision=matmul_precision, cpu_kernels=cpu_kernels)
@@ -182,6 +186,7 @@ class Owlv2Detector:
     tokenize = hf_tokenize(
       hf.load_tokenizer(path), model.config.text_config.max_position_embeddings
     )
+    kwargs.setdefault("normalization", processor_files.pixel_normalization(model.config, path))
     return cls(model, tokenize, name=f"owlv2:{path}", buckets=buckets, **kwargs)
 
   def clear_features(self) -> None:

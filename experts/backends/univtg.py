@@ -54,6 +54,8 @@ class UniVTGGrounder:
     coalesce: batch concurrent calls across threads (`experts.coalesce.Coalescer`, host mode)
       for the image features, the text states and the forward.
     coalesce_wait_s: the coalescers' wait window.
+    normalization: (image_mean, image_std) of the frames for CLIP's image tower (default
+      CLIP's; `from_pretrained` reads the CLIP directory's processor file).
   """
 
   def __init__(
@@ -69,8 +71,12 @@ class UniVTGGrounder:
     frame_features=None,
     coalesce: bool = False,
     coalesce_wait_s: float = 0.002,
+    normalization: tuple | None = None,
   ):
+    from aotd_jax.models import pixel_norms
+
     cfg = model.config
+    self.normalization = normalization or pixel_norms.CLIP
     if frame_features is None:
       dim, what = clip_model.config.projection_dim, "CLIP image features"
     else:
@@ -168,10 +174,16 @@ class UniVTGGrounder:
     from aotd_jax.hf.univtg import load_univtg
     from experts.backends.owlv2 import hf_tokenize
 
+    from aotd_jax.hf import processor_files
+
     clip_model = hf.from_pretrained(clip_path)
     tokenize = hf_tokenize(
       hf.load_tokenizer(clip_path), clip_model.config.text_config.max_position_embeddings
     )
+    if frame_features is None:
+      kwargs.setdefault(
+        "normalization", processor_files.pixel_normalization(clip_model.config, clip_path)
+      )
     return cls(
       load_univtg(path),
       clip_model,
@@ -189,8 +201,13 @@ class UniVTGGrounder:
     from aotd_jax.models.univtg_postprocess import clip_row_indices
 
     pos = clip_row_indices(clip.times, clip.span_seconds, self.clip_length)
+    mean, std = self.normalization
     pixels = preprocess_video(
-      clip.frames[pos], shortest_edge=self.image_size, crop_size=self.image_size
+      clip.frames[pos],
+      shortest_edge=self.image_size,
+      crop_size=self.image_size,
+      image_mean=mean,
+      image_std=std,
     )
     return self._run("image", self.image_fn, pixels, self._image_state), pos
 
