@@ -182,25 +182,35 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
     "-m",
     "launch.train",
     f"--config={ROOT}/configs/toyworld/distill.py:llama",
-    f"--workdir={tmp_path}",
+    f"--workdir={tmp_path / 'run'}",
     "--config.total_steps=100000",
     "--config.checkpoint_every=1000",
   ]
-  proc = subprocess.Popen(
-    cmd,
-    cwd=ROOT,
-    stdout=subprocess.PIPE,
-    stderr=subprocess.PIPE,
-    text=True,
-    env=dict(os.environ, **DETERMINISTIC),
-  )
-  metrics = tmp_path / "metrics.jsonl"
-  deadline = time.time() + 120
-  while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size > 0):
-    time.sleep(0.2)
-  proc.send_signal(signal.SIGTERM)
-  out, err = proc.communicate(timeout=120)
-  assert proc.returncode == 0, err[-3000:]
+  # output to files, not pipes: nobody reads a pipe while the run trains, and a full one would
+  # block it
+  with open(tmp_path / "stdout", "w") as out_f, open(tmp_path / "stderr", "w") as err_f:
+    proc = subprocess.Popen(
+      cmd, cwd=ROOT, stdout=out_f, stderr=err_f, text=True, env=dict(os.environ, **DETERMINISTIC)
+    )
+  err = lambda: (tmp_path / "stderr").read_text()[-3000:]  # noqa: E731
+  try:
+    # The first metrics line comes after the SIGTERM handler is installed (before the loop), so
+    # the signal cannot arrive before it (that would kill the process instead); the bound is
+    # only a safety net against a hung run, no timing the test relies on.
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + 1800
+    while not (metrics.exists() and metrics.stat().st_size > 0):
+      assert proc.poll() is None, f"exited {proc.returncode} before its first step:\n{err()}"
+      assert time.monotonic() < deadline, f"no metrics line after 30 minutes:\n{err()}"
+      time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=1800)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
+  out = (tmp_path / "stdout").read_text()
+  assert proc.returncode == 0, err()
   assert "preempted at step" in out
   step = int(out.split("preempted at step")[1].split()[0])
-  assert (tmp_path / "checkpoints" / str(step)).is_dir()
+  assert step >= 1 and (tmp_path / "run" / "checkpoints" / str(step)).is_dir()
