@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Mapping
 
+from aotd_jax.hf.io import CheckpointError
 from aotd_jax.models import pixel_norms
 
 IMAGE_FILE = "preprocessor_config.json"
@@ -41,7 +42,7 @@ def _channels(value: Any, path: str, key: str, *, positive: bool) -> tuple[float
   ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
   if not ok or (positive and min(values) <= 0):
     what = "3 positive numbers" if positive else "3 numbers"
-    raise ValueError(f"{path}: `{key}` must be {what} (one per RGB channel), got {value!r}")
+    raise CheckpointError(f"{path}: `{key}` must be {what} (one per RGB channel), got {value!r}")
   return tuple(float(v) for v in values)
 
 
@@ -49,9 +50,10 @@ def read_normalization(directory: str) -> tuple[pixel_norms.Normalization, str] 
   """((image_mean, image_std), the file read) from `directory`'s video processor file, else its
   image processor file; None when neither exists. `do_normalize: false` reads as mean 0, std 1.
 
-  Raises a ValueError naming the file for a file that is not a JSON object, a mean or std that
-  is not 3 numbers (or one, for all channels), a std <= 0, or a rescale this pipeline does not
-  apply (`do_rescale: false`, or a `rescale_factor` other than 1/255)."""
+  Raises a CheckpointError (a ValueError) naming the file for a file that is not a JSON
+  object, a mean or std that is not 3 numbers (or one, for all channels), a std <= 0, or a
+  rescale this pipeline does not apply (`do_rescale: false`, or a `rescale_factor` other than
+  1/255)."""
   from aotd_jax.data import files  # pylint: disable=g-import-not-at-top
 
   for name in (VIDEO_FILE, IMAGE_FILE):
@@ -61,14 +63,14 @@ def read_normalization(directory: str) -> tuple[pixel_norms.Normalization, str] 
     try:
       content = json.loads(files.read_text(path))
     except json.JSONDecodeError as e:
-      raise ValueError(f"{path}: not valid JSON ({e})") from e
+      raise CheckpointError(f"{path}: not valid JSON ({e})") from e
     if not isinstance(content, dict):
-      raise ValueError(f"{path}: expected a JSON object, got {type(content).__name__}")
+      raise CheckpointError(f"{path}: expected a JSON object, got {type(content).__name__}")
     rescale = content.get("rescale_factor", RESCALE)
     if content.get("do_rescale", True) is False or not (
       isinstance(rescale, (int, float)) and abs(rescale - RESCALE) < 1e-9
     ):
-      raise ValueError(
+      raise CheckpointError(
         f"{path}: do_rescale={content.get('do_rescale', True)}, rescale_factor={rescale!r}: "
         f"this pipeline rescales pixels by 1/255 only"
       )
@@ -78,7 +80,7 @@ def read_normalization(directory: str) -> tuple[pixel_norms.Normalization, str] 
       continue  # a file that leaves the normalisation to its class default
     for key in ("image_mean", "image_std"):
       if key not in content:
-        raise ValueError(f"{path}: has `{_other(key)}` but no `{key}`")
+        raise CheckpointError(f"{path}: has `{_other(key)}` but no `{key}`")
     mean = _channels(content["image_mean"], path, "image_mean", positive=False)
     std = _channels(content["image_std"], path, "image_std", positive=True)
     return (mean, std), path
