@@ -122,7 +122,7 @@ def fork_exit_cpu_ms(n: int) -> tuple[float, float]:
   """(parent, child) CPU ms of one fork + exit of a process with the worker's imports."""
   agent = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "aotd_jax", "agent")
   out = subprocess.run(
-    [sys.executable, "-I", "-c", _FORK_EXIT, agent, str(n)],
+    [sys.executable, "-I", "-OO", "-c", _FORK_EXIT, agent, str(n)],  # the worker's flags
     check=True,
     capture_output=True,
     text=True,

@@ -140,6 +140,19 @@ def _summarize(value: Any, max_array_elements: int, depth: int, budget: list) ->
   return {"type": t.__name__}
 
 
+def _plain(v) -> bool:
+  """Whether `_summarize(v)` is `v` itself (a None, bool, 64-bit int, finite float or short
+  ASCII str): summarised without a call, the same value either way."""
+  t = type(v)
+  if t is str:
+    return len(v) <= MAX_STRING_CHARS and v.isascii()
+  if t is int:
+    return -(1 << 63) <= v < (1 << 63)
+  if t is float:
+    return math.isfinite(v)
+  return v is None or t is bool
+
+
 def _summarize_dict(value: dict, rec, budget: list) -> dict:
   out = {}
   for i, (k, v) in enumerate(value.items()):
@@ -147,7 +160,12 @@ def _summarize_dict(value: dict, rec, budget: list) -> dict:
       out["truncated"] = len(value) - i
       break
     key = k if isinstance(k, str) else json.dumps(rec(k))
-    out[safe_str(str.__str__(key), 200)] = rec(v)
+    key = safe_str(str.__str__(key), 200)
+    if _plain(v):
+      budget[0] -= 1
+      out[key] = v if budget[0] >= 0 else {"truncated": True}
+    else:
+      out[key] = rec(v)
   return out
 
 
@@ -156,7 +174,11 @@ def _summarize_sequence(value, rec, budget: list) -> list:
   for v in value[:MAX_SEQUENCE_ITEMS]:
     if budget[0] < 0:
       break
-    head.append(rec(v))
+    if _plain(v):
+      budget[0] -= 1
+      head.append(v if budget[0] >= 0 else {"truncated": True})
+    else:
+      head.append(rec(v))
   if len(value) > len(head):
     head.append({"truncated": len(value) - len(head)})
   return head
