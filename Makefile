@@ -21,9 +21,10 @@ test: $(VENV)/.installed
 	# lint and formatting first (ruff.toml): pyflakes, lines over 120 columns, `ruff format`
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	# two workers, each test file on one (module fixtures such as the demo run once); the viewer
-	# test renders in a headless Chromium when one is installed, and says it skipped otherwise
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
+	# two workers, each test file on one (module fixtures such as the demo run once), the longest
+	# files first (tests/conftest.py's LONGEST_FILES, kept in that order); the viewer test renders
+	# in a headless Chromium when one is installed, and says it skipped otherwise
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests
 	# then `bazel test` on a few BUILD targets (offline with Debian's bazel-bootstrap; it says
 	# SKIPPED and exits 0 where Bazel is not installed)
 	PYTHON=$(PY) tools/bazel_test.sh
@@ -34,6 +35,6 @@ test: $(VENV)/.installed
 JAX_TEST_CACHE ?= .cache/jax
 test-fast: $(VENV)/.installed
 	JAX_COMPILATION_CACHE_DIR=$(abspath $(JAX_TEST_CACHE)) JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
-	JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=0 $(PY) -m pytest -q -n 2 --dist loadfile -m "not slow" tests
+	JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=0 $(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder -m "not slow" tests
 
 .PHONY: install demo test test-fast

@@ -11,6 +11,38 @@ import contextlib
 
 import pytest
 
+# -- file order for `--dist loadfile` ------------------------------------------------------------
+# `make test` hands whole files to two workers in collection order (`--no-loadscope-reorder`), so
+# the files that take longest go first: a long file that started last would run alone at the end.
+# Longest first, as `make test` measured them (`--durations`, CONTRIBUTING.md "Tests"); files not
+# listed keep their order after these. tests/test_run_order.py checks that each one exists.
+LONGEST_FILES = (
+  "test_rehearse.py",
+  "test_train.py",
+  "test_onevision_configs.py",
+  "test_vision_experts.py",
+  "test_demo.py",
+  "test_qwen2vl_configs.py",
+  "test_llava_onevision.py",
+  "test_train_metrics.py",
+  "test_language_experts.py",
+  "test_generate.py",
+  "test_clip.py",
+  "test_causal_attention.py",
+  "test_multihost.py",
+  "test_qwen2_vl.py",
+  "test_coalesce_experts.py",
+  "test_eval_student.py",
+)
+
+
+def longest_first(items: list) -> list:
+  """`items` with the files of LONGEST_FILES first, in its order (a stable sort: the tests of a
+  file and the other files keep their order)."""
+  rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+  return sorted(items, key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 # -- kernel coverage ----------------------------------------------------------------------------
 # A kernel test either runs the C++ kernel or skips with the reason; it never passes on XLA's ops
 # in the kernel's name. Tests that take a kernel through a model use `expect_kernel`; the kernels'
@@ -50,6 +82,7 @@ def expect_kernel():
 
 
 def pytest_collection_modifyitems(config, items):
+  items[:] = longest_first(items)
   for item in items:
     params = getattr(getattr(item, "callspec", None), "params", {})
     # a `cpu_kernels` parametrisation through `expect_kernel`; other tests say
