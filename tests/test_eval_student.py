@@ -36,8 +36,38 @@ def world(tmp_path_factory):
   return d, records[:3], tok, model
 
 
-def _greedy_reference(model, tok, record, mode, d, max_new_tokens):
-  """Greedy decoding by hand: one full forward (no cache, no batch, no padding) per new token."""
+@pytest.fixture(scope="module")
+def padded_logits():
+  """`f(model, ids, pixels, length)`: logits (n, vocab) of one prompt `ids` (n tokens) by a
+  full forward, no cache, over `ids` right-padded (masked) to `length`. A causal model's logits
+  at the real positions cannot see the padding, and one compiled program serves every prefix up
+  to `length`. The batch paths under test left-pad and use the KV cache (generation) or batch
+  rows (scoring); test_choose_letters keeps an unpadded eager reference."""
+  import jax
+  from flax import nnx
+
+  forward = nnx.jit(
+    lambda m, i, a, p: m(input_ids=i, attention_mask=a, pixel_values_videos=p).logits
+  )
+
+  def logits(model, ids, pixels, length):
+    n = len(ids)
+    x = np.full((1, length), model.config.text_config.pad_token_id or 0, np.int32)
+    x[0, :n] = ids
+    mask = np.zeros_like(x)
+    mask[0, :n] = 1
+    return np.asarray(jax.device_get(forward(model, x, mask, pixels)))[0, :n]
+
+  return logits
+
+
+def _bucket(n: int) -> int:
+  return -(-n // 64) * 64
+
+
+def _greedy_reference(padded_logits, model, tok, record, mode, d, max_new_tokens):
+  """Greedy decoding by hand: one full forward (no cache, no batch, no left padding) per new
+  token."""
   cfg = model.config
   ids = student_eval.prompt_ids(tok, record, mode, cfg.video_tokens(4))
   pixels = student_eval._pixels(
@@ -52,16 +82,15 @@ def _greedy_reference(model, tok, record, mode, d, max_new_tokens):
   )
   new = []
   for _ in range(max_new_tokens):
-    x = np.asarray([ids + new], np.int32)
-    logits = model(input_ids=x, attention_mask=np.ones_like(x), pixel_values_videos=pixels).logits
-    new.append(int(np.argmax(np.asarray(logits)[0, -1])))
+    logits = padded_logits(model, ids + new, pixels, _bucket(len(ids) + max_new_tokens))
+    new.append(int(np.argmax(logits[-1])))
     if new[-1] == cfg.text_config.eos_token_id:
       break
   return tok.decode(new, skip_special_tokens=True).strip(), len(new)
 
 
-@pytest.mark.slow  # one eager full forward per token (~40 s); choose_letters covers the batch path fast
-def test_run_student_matches_greedy_decoding_by_hand(world):
+@pytest.mark.slow  # one full forward per token; choose_letters covers the batch path fast
+def test_run_student_matches_greedy_decoding_by_hand(world, padded_logits):
   d, records, tok, model = world
   records = records[:2]  # a batch of two prompts of different lengths: left padding is exercised
   for mode in ("answer", "rationale"):
@@ -75,7 +104,7 @@ def test_run_student_matches_greedy_decoding_by_hand(world):
       batch_size=2,
       max_new_tokens=3,
     )
-    refs = [_greedy_reference(model, tok, r, mode, d, 3) for r in records]
+    refs = [_greedy_reference(padded_logits, model, tok, r, mode, d, 3) for r in records]
     assert run.outputs == [text for text, _ in refs], mode
     assert run.new_tokens == [n for _, n in refs], mode  # EOS counted
     assert run.efficiency.questions == len(records)
@@ -222,17 +251,24 @@ def test_choose_letters_matches_one_prompt_at_a_time(world):
   assert student_eval.score(records, run.outputs)["count"] == len(records)
 
 
-@pytest.mark.slow  # four eager reference forwards (~15 s)
-def test_choose_by_likelihood_sums_each_reply(world):
+@pytest.mark.slow  # a reference forward per option
+def test_choose_by_likelihood_sums_each_reply(world, padded_logits):
+  import jax
+
   from aotd_jax.data import conversation
 
   d, records, tok, model = world
   r = records[0]
   head = _one_prompt(tok, model, r).shape[1]
   full, text = [], []  # reference sums, one unbatched forward per option
-  for k in range(len(r.choices)):
-    ids = _one_prompt(tok, model, r, conversation.answer_target(r.choices, r.choices[k], k))
-    lp = _logp(model, ids, _frames(d, r))
+  options = [
+    _one_prompt(tok, model, r, conversation.answer_target(r.choices, r.choices[k], k))
+    for k in range(len(r.choices))
+  ]
+  length = _bucket(max(ids.shape[1] for ids in options))
+  for k, ids in enumerate(options):
+    logits = padded_logits(model, list(ids[0]), _frames(d, r), length)
+    lp = np.asarray(jax.nn.log_softmax(logits, axis=-1))
     after_letter = _one_prompt(tok, model, r, f"({conversation.option_letter(k)})").shape[1]
     full.append(sum(lp[t - 1, ids[0, t]] for t in range(head, ids.shape[1])))
     text.append(sum(lp[t - 1, ids[0, t]] for t in range(after_letter, ids.shape[1])))

@@ -124,24 +124,12 @@ def _train(workdir, *overrides, arch="llama", check=True, launcher="launch.train
 
 
 def _export(workdir, out):
-  r = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "aotd_jax.hf",
-      "export",
-      f"--orbax_dir={workdir}/checkpoints",
-      f"--hf_dir={out}",
-    ],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=300,
-    env=dict(os.environ, **DETERMINISTIC),
-  )
-  assert r.returncode == 0, r.stderr[-3000:]
+  """The latest checkpoint as HF tensors, through the export CLI's `main` in process (the
+  rehearsal's `convert` stage runs `python -m aotd_jax.hf` itself)."""
   from aotd_jax.hf import io
+  from aotd_jax.hf.__main__ import main
 
+  assert main(["export", f"--orbax_dir={workdir}/checkpoints", f"--hf_dir={out}"]) == 0
   return io.read_tensors(str(out))[0]
 
 
