@@ -21,12 +21,11 @@ import _signal
 import mmap
 import os
 import signal
-import struct
 
-_Q = struct.Struct("q")
 # `signal.sigwait` converts its answer to a `signal.Signals` enum member (a trip through
 # the enum machinery, whose pages a fresh child would copy); `_signal.sigwait` does not.
-_USR1 = frozenset([int(signal.SIGUSR1)])
+_SIGUSR1 = int(signal.SIGUSR1)
+_USR1 = frozenset([_SIGUSR1])
 
 
 class Turns:
@@ -41,63 +40,62 @@ class Turns:
     if slots < 2:
       raise ValueError(f"slots must be >= 2, got {slots}")
     self.slots = slots
-    self._page = mmap.mmap(-1, _Q.size * (1 + 4 * slots))  # MAP_SHARED | MAP_ANONYMOUS
-    self._set(0, 1)
-
-  def _get(self, i: int) -> int:
-    return _Q.unpack_from(self._page, _Q.size * i)[0]
-
-  def _set(self, i: int, value: int) -> None:
-    _Q.pack_into(self._page, _Q.size * i, value)
+    self._page = mmap.mmap(-1, 8 * (1 + 4 * slots))  # MAP_SHARED | MAP_ANONYMOUS
+    # The page as int64 words. Each method reads and writes them itself: a fresh child
+    # copies the zygote's memory page by page as it first writes it, and every call (a
+    # frame, a code object's reference count) touches more of it.
+    self._words = memoryview(self._page).cast("q")
+    self._words[0] = 1
 
   @property
   def turn(self) -> int:
     """The number of the child that may use the channel."""
-    return self._get(0)
-
-  def _write(self, base: int, seq: int, pid: int) -> None:
-    self._set(base, 0)
-    self._set(base + 1, pid)
-    self._set(base, seq)
-
-  def _read(self, base: int, seq: int) -> int:
-    before = self._get(base)
-    pid = self._get(base + 1)
-    return pid if before == seq == self._get(base) else 0
+    return self._words[0]
 
   def register(self, seq: int, pid: int) -> None:
     """Records that child `seq` is process `pid` as the zygote sees it (zygote only)."""
-    self._write(1 + 4 * (seq % self.slots), seq, pid)
+    words, base = self._words, 1 + 4 * (seq % self.slots)
+    words[base] = 0
+    words[base + 1] = pid
+    words[base] = seq
 
   def announce(self, seq: int, pid: int) -> None:
     """Records child `seq`'s pid as the children see it (the child itself)."""
-    self._write(3 + 4 * (seq % self.slots), seq, pid)
+    words, base = self._words, 3 + 4 * (seq % self.slots)
+    words[base] = 0
+    words[base + 1] = pid
+    words[base] = seq
 
   def pid_of(self, seq: int) -> int:
     """The zygote's pid of child `seq`, or 0 when its slot holds another child (or none yet)."""
-    return self._read(1 + 4 * (seq % self.slots), seq)
+    words, base = self._words, 1 + 4 * (seq % self.slots)
+    before, pid = words[base], words[base + 1]
+    return pid if before == seq == words[base] else 0
 
   def own_pid_of(self, seq: int) -> int:
     """The children's pid of child `seq` (0 when not announced yet, or another child's slot)."""
-    return self._read(3 + 4 * (seq % self.slots), seq)
+    words, base = self._words, 3 + 4 * (seq % self.slots)
+    before, pid = words[base], words[base + 1]
+    return pid if before == seq == words[base] else 0
 
   def wait(self, seq: int) -> None:
     """Blocks child `seq` until it is its turn (SIGUSR1 must be blocked in the caller)."""
-    while self.turn != seq:
+    while self._words[0] != seq:
       _signal.sigwait(_USR1)
 
   def wake(self, seq: int, own: bool = False) -> None:
     """Sends SIGUSR1 to child `seq` if its slot names it (by the zygote's pid; by the
     children's with `own`)."""
-    pid = self.own_pid_of(seq) if own else self.pid_of(seq)
-    if pid > 0:
+    words, base = self._words, (3 if own else 1) + 4 * (seq % self.slots)
+    before, pid = words[base], words[base + 1]
+    if pid > 0 and before == seq == words[base]:
       try:
-        os.kill(pid, signal.SIGUSR1)
+        os.kill(pid, _SIGUSR1)
       except OSError:
         pass
 
   def pass_turn(self, seq: int) -> None:
     """Child `seq` is done with the channel: the turn goes to `seq + 1`, woken now (if it
     has announced itself; if not, it sees the turn before it waits, or the zygote wakes it)."""
-    self._set(0, seq + 1)
+    self._words[0] = seq + 1
     self.wake(seq + 1, own=True)
