@@ -241,6 +241,9 @@ def bind_experts(name: str, a: dict, *, vocabulary: str) -> ml_collections.Confi
     "path": a["univtg"],
     "clip_path": a["clip"],
     "features_path": "",
+    # the official AoTD's UniVTG features: each frame squashed to 224 x 224 (bilinear), not
+    # CLIP's processor's resize and centre crop (docs/fidelity.md)
+    "frame_preprocess": "official",
     "buckets": list(c.grounder.buckets),
   }
   # LLaVA-NeXT-Video-DPO as the official AoTD asks it: 32 frames, a greedy reply (the letter

@@ -92,6 +92,9 @@ def default_config() -> ml_collections.ConfigDict:
         "path": "",
         "clip_path": "",
         "features_path": "",
+        # "clip_processor" (CLIP's processor: resize, centre crop) | "official" (the official
+        # AoTD's: the whole frame squashed to a square); experts/backends/univtg.py
+        "frame_preprocess": "clip_processor",
         "buckets": list(DEFAULT_BUCKETS),
       },
       "action_recognizer": {"kind": "oracle", "path": ""},
@@ -232,6 +235,7 @@ def _univtg(section, ctx):
     clip_path=clip_path,
     buckets=_get(section, "buckets", DEFAULT_BUCKETS),
     frame_features=ctx.frame_features(features_path) if features_path else None,
+    frame_preprocess=_get(section, "frame_preprocess", "clip_processor") or "clip_processor",
     coalesce=coalesce,
     coalesce_wait_s=wait,
   )
@@ -367,6 +371,9 @@ def describe(config, *, full_hash: bool = False, plugins: Sequence[Plugin] = ())
       if kind == "univtg":
         entry["clip_path"] = _get(section, "clip_path", "")
         entry["clip_weights"] = weights_fingerprint(entry["clip_path"], full=full_hash)
+        entry["frame_preprocess"] = (
+          _get(section, "frame_preprocess", "clip_processor") or "clip_processor"
+        )
       if kind == "llava":
         entry.update(
           num_frames=int(_get(section, "num_frames", 8)),

@@ -287,7 +287,9 @@ def test_univtg_clip_features_use_the_clip_directorys_values(monkeypatch):
     text_hidden=16, text_layers=1, text_heads=2, projection=12, vocab=99, text_length=16,
   )  # fmt: skip
   size = dict(hidden_dim=32, nheads=4, enc_layers=1, dim_feedforward=48, clip_length=1.0)
-  model, clip_model = rw.univtg(size, clip_size)
+  from flax import nnx
+
+  model, clip_model = nnx.eval_shape(lambda: rw.univtg(size, clip_size))  # the pixels only
   tokenize = rw.word_tokenize(99, 16)
   assert UniVTGGrounder(model, clip_model, tokenize).normalization == pixel_norms.CLIP
   g = UniVTGGrounder(model, clip_model, tokenize, normalization=CUSTOM)

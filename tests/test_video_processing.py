@@ -33,6 +33,10 @@ def test_resize_is_pillow_bicubic_bit_exact(size, out):
   ref = np.asarray(PIL.Image.fromarray(image).resize(out[::-1], resample=PIL.Image.BICUBIC))
   np.testing.assert_array_equal(vp.resize_bicubic_numpy(image, *out), ref)
   np.testing.assert_array_equal(vp.resize_bicubic(image, *out), ref)
+  # the bilinear filter (the official AoTD's UniVTG frames), numpy port and Pillow alike
+  ref = np.asarray(PIL.Image.fromarray(image).resize(out[::-1], resample=PIL.Image.BILINEAR))
+  np.testing.assert_array_equal(vp.resize_bicubic_numpy(image, *out, kind="bilinear"), ref)
+  np.testing.assert_array_equal(vp.resize_bicubic(image, *out, kind="bilinear"), ref)
 
 
 @pytest.mark.parametrize("hw", [(50, 70), (90, 30), (20, 20), (240, 320), (36, 36)])

@@ -38,13 +38,24 @@ def _bicubic(x: np.ndarray) -> np.ndarray:
   return np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
 
 
+def _triangle(x: np.ndarray) -> np.ndarray:
+  x = np.abs(x)
+  return np.where(x < 1.0, 1.0 - x, 0.0)
+
+
+# Pillow's filters: (function, support); a downscale widens the support by the scale (antialias).
+_FILTERS = {"bicubic": (_bicubic, 2.0), "bilinear": (_triangle, 1.0)}
+
+
 @functools.lru_cache(maxsize=64)
-def _resample_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+def _resample_taps(in_size: int, out_size: int,
+                   kind: str = "bicubic") -> tuple[np.ndarray, np.ndarray]:
   """Pillow's `precompute_coeffs` + 8-bit normalisation: for each output pixel, the input
-  indices (out, K) and fixed-point bicubic weights (out, K) int32 (0 past the window)."""
+  indices (out, K) and fixed-point `kind` filter weights (out, K) int32 (0 past the window)."""
+  fn, base_support = _FILTERS[kind]
   scale = in_size / out_size
   filterscale = max(scale, 1.0)
-  support = 2.0 * filterscale
+  support = base_support * filterscale
   center = (np.arange(out_size) + 0.5) * scale
   # C's (int) truncates toward zero; the lower bound is then clamped at 0 anyway.
   xmin = np.maximum(np.trunc(center - support + 0.5), 0).astype(np.int64)
@@ -52,7 +63,7 @@ def _resample_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]
   k = np.arange(int((xmax - xmin).max()))[None, :]
   inside = k < (xmax - xmin)[:, None]
   x = xmin[:, None] + k
-  w = np.where(inside, _bicubic((x - center[:, None] + 0.5) / filterscale), 0.0)
+  w = np.where(inside, fn((x - center[:, None] + 0.5) / filterscale), 0.0)
   total = w.sum(axis=1, keepdims=True)
   w = w / np.where(total == 0.0, 1.0, total)
   # Round half away from zero into fixed point, as Pillow's normalize_coeffs_8bpc.
@@ -64,9 +75,10 @@ def _resample_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]
   return idx, fixed
 
 
-def _resample_axis(x: np.ndarray, in_size: int, out_size: int, axis: int) -> np.ndarray:
+def _resample_axis(x: np.ndarray, in_size: int, out_size: int, axis: int,
+                   kind: str = "bicubic") -> np.ndarray:
   # int32 accumulation of uint8 x 22-bit weights, exactly as Pillow's 8-bit kernels do it.
-  idx, weights = _resample_taps(in_size, out_size)
+  idx, weights = _resample_taps(in_size, out_size, kind)
   x = np.moveaxis(x, axis, -1)
   acc = np.full(x.shape[:-1] + (out_size,), 1 << (_PRECISION_BITS - 1), np.int32)
   for k in range(idx.shape[1]):
@@ -75,8 +87,10 @@ def _resample_axis(x: np.ndarray, in_size: int, out_size: int, axis: int) -> np.
   return np.moveaxis(out, -1, axis)
 
 
-def resize_bicubic_numpy(images: np.ndarray, height: int, width: int) -> np.ndarray:
-  """Pillow's uint8 bicubic resize re-implemented in numpy (bit-exact; ~10x slower than Pillow)."""
+def resize_bicubic_numpy(images: np.ndarray, height: int, width: int,
+                         kind: str = "bicubic") -> np.ndarray:
+  """Pillow's uint8 bicubic (or `kind="bilinear"`) resize re-implemented in numpy (bit-exact;
+  ~10x slower than Pillow)."""
   in_h, in_w = images.shape[-3], images.shape[-2]
   passes = [(-2, in_w, width), (-3, in_h, height)]
   # Pillow (>= 10) shrinks rows first when the height drops by more than twice the width's
@@ -86,24 +100,28 @@ def resize_bicubic_numpy(images: np.ndarray, height: int, width: int) -> np.ndar
   out = images
   for axis, size_in, size_out in passes:
     if size_out != size_in:
-      out = _resample_axis(out, size_in, size_out, axis)
+      out = _resample_axis(out, size_in, size_out, axis, kind)
   return out
 
 
-def resize_bicubic(images: np.ndarray, height: int, width: int) -> np.ndarray:
+def resize_bicubic(images: np.ndarray, height: int, width: int,
+                   kind: str = "bicubic") -> np.ndarray:
   """Resizes (..., H, W, 3) uint8 images exactly as transformers' PIL backend does
-  (`PIL.Image.resize(..., BICUBIC)`): with Pillow when installed (it comes with matplotlib),
-  else with the numpy port."""
+  (`PIL.Image.resize(..., BICUBIC)`, or `BILINEAR` with `kind="bilinear"`): with Pillow when
+  installed (it comes with matplotlib), else with the numpy port."""
   if images.dtype != np.uint8:
     raise ValueError(f"resize_bicubic: expected uint8 pixels, got {images.dtype}")
+  if kind not in _FILTERS:
+    raise ValueError(f"resize_bicubic: kind={kind!r} is not one of {sorted(_FILTERS)}")
   if (height, width) == images.shape[-3:-1]:
     return images
   try:
     import PIL.Image
   except ImportError:
-    return resize_bicubic_numpy(images, height, width)
+    return resize_bicubic_numpy(images, height, width, kind)
+  resample = PIL.Image.BICUBIC if kind == "bicubic" else PIL.Image.BILINEAR
   flat = images.reshape((-1,) + images.shape[-3:])
-  out = np.stack([np.asarray(PIL.Image.fromarray(f).resize((width, height), PIL.Image.BICUBIC))
+  out = np.stack([np.asarray(PIL.Image.fromarray(f).resize((width, height), resample))
                   for f in flat])
   return out.reshape(images.shape[:-3] + out.shape[-3:])
 
@@ -175,7 +193,8 @@ VIDEO_RESIZES = ("shortest_edge", "square")
 
 def preprocess_video(frames: np.ndarray, *, shortest_edge: int = 224, crop_size: int = 224,
                      rescale_factor: float = 1 / 255, image_mean: Sequence[float] = CLIP_MEAN,
-                     image_std: Sequence[float] = CLIP_STD, resize: str = "shortest_edge") -> np.ndarray:
+                     image_std: Sequence[float] = CLIP_STD, resize: str = "shortest_edge",
+                     resample: str = "bicubic") -> np.ndarray:
   """(T, H, W, 3) uint8 frames -> `pixel_values_videos` of one clip, (T, 3, crop, crop) float32.
 
   `resize="shortest_edge"`: transformers' LLaVA-NeXT-Video processor (PIL backend): bicubic
@@ -183,14 +202,15 @@ def preprocess_video(frames: np.ndarray, *, shortest_edge: int = 224, crop_size:
   `image_std` (CLIP's by default). `resize="square"`: LLaVA-OneVision's: a bicubic resize
   straight to crop x crop (the aspect ratio is not kept, nothing is cropped), then the same
   rescale and normalisation (OneVision's released processor: SigLIP's 0.5 / 0.5). Stack clips
-  for a (B, T, 3, S, S) batch.
+  for a (B, T, 3, S, S) batch. `resample`: Pillow's "bicubic" (the processors') or "bilinear"
+  (antialiased, as torchvision's `Resize` of the official AoTD's UniVTG features).
   """
   frames = _check_pixels(frames, "frames", 4, "(T, H, W, 3)")
   if resize == "square":
-    x = resize_bicubic(frames, crop_size, crop_size)
+    x = resize_bicubic(frames, crop_size, crop_size, resample)
   elif resize == "shortest_edge":
     new_h, new_w = shortest_edge_size(frames.shape[1], frames.shape[2], shortest_edge)
-    x = center_crop(resize_bicubic(frames, new_h, new_w), crop_size, crop_size)
+    x = center_crop(resize_bicubic(frames, new_h, new_w, resample), crop_size, crop_size)
   else:
     raise ValueError(f"preprocess_video: resize={resize!r} is not one of {VIDEO_RESIZES}")
   return normalize(x, rescale_factor=rescale_factor, mean=image_mean, std=image_std)

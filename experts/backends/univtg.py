@@ -37,6 +37,13 @@ from experts.batching import DEFAULT_BUCKETS, BucketedJit, bucket_size
 Tokenize = Callable[[Sequence[str]], tuple[np.ndarray, np.ndarray]]
 
 
+# `video_processing.preprocess_video` settings of each `frame_preprocess`.
+FRAME_PREPROCESS = {
+  "clip_processor": {"resize": "shortest_edge", "resample": "bicubic"},
+  "official": {"resize": "square", "resample": "bilinear"},
+}
+
+
 class UniVTGGrounder:
   """The `Grounder` protocol on `aotd_jax.models.univtg.UniVTG` + our `CLIPModel`.
 
@@ -56,6 +63,10 @@ class UniVTGGrounder:
     coalesce_wait_s: the coalescers' wait window.
     normalization: (image_mean, image_std) of the frames for CLIP's image tower (default
       CLIP's; `from_pretrained` reads the CLIP directory's processor file).
+    frame_preprocess: how frames become CLIP's input: "clip_processor" (transformers'
+      `CLIPImageProcessor`: bicubic shortest-edge resize, centre crop) or "official" (the
+      official AoTD's UniVTG `Preprocessing`: the whole frame resized to a square, bilinear,
+      antialiased, nothing cropped).
   """
 
   def __init__(
@@ -72,9 +83,15 @@ class UniVTGGrounder:
     coalesce: bool = False,
     coalesce_wait_s: float = 0.002,
     normalization: tuple | None = None,
+    frame_preprocess: str = "clip_processor",
   ):
     from aotd_jax.models import pixel_norms
 
+    if frame_preprocess not in FRAME_PREPROCESS:
+      raise ValueError(
+        f"frame_preprocess={frame_preprocess!r} is not one of {sorted(FRAME_PREPROCESS)}"
+      )
+    self.frame_preprocess = frame_preprocess
     cfg = model.config
     self.normalization = normalization or pixel_norms.CLIP
     if frame_features is None:
@@ -208,6 +225,7 @@ class UniVTGGrounder:
       crop_size=self.image_size,
       image_mean=mean,
       image_std=std,
+      **FRAME_PREPROCESS[self.frame_preprocess],
     )
     return self._run("image", self.image_fn, pixels, self._image_state), pos
 
