@@ -1,19 +1,19 @@
 """The sandbox's worker: a zygote that forks one fresh child per program.
 
 Started by `aotd_jax.agent.sandbox` as
-`python -I sandbox_worker.py FD MEMORY_MB RUNS_PER_CHILD JAIL SPARES WARM BUILTINS` (BUILTINS:
+`python -I -OO sandbox_worker.py FD MEMORY_MB RUNS_PER_CHILD JAIL SPARES WARM BUILTINS` (BUILTINS:
 the comma-separated names programs may use); it must import nothing
 from `aotd_jax` (that would load JAX): only the standard library, numpy, msgpack,
 `sandbox_wire` (the data-only message format) and `sandbox_turns` (whose turn it is on the
 channel), both next to this file.
 
 The zygote imports everything once, closes every file, applies the jail (`_jail`,
-when asked and where the platform allows) and the process-wide OS limits, says hello, then
-keeps SPARES children forked ahead of the one on the channel and reaps them as they end. A
-child (with WARM: after copying the pages a typical run writes) waits for its turn, reads
-one "run", runs the program with the per-run limits, hands the channel to the next child and
-exits, so no state survives from one
-program to the next, and whatever the program did to its interpreter dies with it.
+when asked and where the platform allows) and the process-wide OS limits, says hello, fills
+the holes of its object pools (`_fill_pools`), then keeps SPARES children forked ahead of the
+one on the channel and reaps them as they end. A child (with WARM: after copying the pages a
+typical run writes) waits for its turn, reads one "run", runs the program with the per-run
+limits, hands the channel to the next child and exits, so no state survives from one program
+to the next, and whatever the program did to its interpreter dies with it.
 
 Protocol (msgpack lists via `sandbox_wire`; host objects travel as handles):
   zygote -> host   ["ready", pid, jail_report]
