@@ -227,3 +227,42 @@ def test_auto_processor_loads_the_export(which, request):
   out = processor(text=f"{token} what happens?", videos=[_frames(4, 40, 40)], return_tensors="np")
   video_id = getattr(cfg, "video_token_id", None) or cfg.video_token_index
   assert (out["input_ids"] == video_id).sum() == cfg.video_tokens(4)
+
+
+def test_qwen2vl_export_from_a_released_folder_keeps_the_training_frame_size(tmp_path, qwen2vl):
+  """The source folder's processor files are copied (its mean/std, everything else) with the
+  pixel bounds of the frames the student trained at: transformers' image processor loaded from
+  the export makes the training grid, where the released bounds would pick another size."""
+  from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+  export_dir, model = qwen2vl
+  vision = model.config.vision_config
+  area, patch = vision.image_size**2, vision.patch_size
+  src = tmp_path / "released"
+  src.mkdir()
+  released = {
+    "image_processor_type": "Qwen2VLImageProcessor",
+    "min_pixels": 3136,
+    "max_pixels": 12845056,
+    "size": {"shortest_edge": 3136, "longest_edge": 12845056},
+    "patch_size": patch,
+    "merge_size": vision.spatial_merge_size,
+    "temporal_patch_size": vision.temporal_patch_size,
+    "image_mean": [0.48145466, 0.4578275, 0.40821073],
+    "image_std": [0.26862954, 0.26130258, 0.27577711],
+    "resample": 3,
+  }
+  (src / processor_files.IMAGE_FILE).write_text(json.dumps(released))
+  out = tmp_path / "export"
+  out.mkdir()
+  hub.write_hub_files(str(out), hf_config=io.read_config(export_dir), tokenizer_dir=str(src))
+  got = json.loads((out / processor_files.IMAGE_FILE).read_text())
+  assert (got["min_pixels"], got["max_pixels"]) == (area, area)
+  assert got["size"] == {"shortest_edge": area, "longest_edge": area}
+  assert got["image_mean"] == released["image_mean"] and got["patch_size"] == patch
+  side = vision.image_size
+  frame = _frames(1, side, side)[0]
+  grid = Qwen2VLImageProcessorPil.from_pretrained(str(out))(images=[frame], return_tensors="np")
+  assert grid["image_grid_thw"].tolist() == [[1, side // patch, side // patch]]
+  grid = Qwen2VLImageProcessorPil.from_pretrained(str(src))(images=[frame], return_tensors="np")
+  assert grid["image_grid_thw"].tolist() != [[1, side // patch, side // patch]]

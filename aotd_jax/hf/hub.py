@@ -178,10 +178,12 @@ def write_hub_files(
 ) -> list[str]:
   """Writes `README.md`, the tokenizer/processor files and (when `save_pretrained` has not)
   `generation_config.json` into `hf_dir`, beside config.json + safetensors; returns the names
-  written. Processor files come from `tokenizer_dir` or, where it has none, from the model's
-  config (`processor_files.processor_configs`) with `normalization`, the (image_mean,
-  image_std) the model was trained with (default: its released processor's). The chat template the student was trained
-  with (`student_chat_template`) goes to `chat_template.jinja` and `tokenizer_config.json`.
+  written. Processor files come from `tokenizer_dir` (a Qwen2-VL student's with the pixel
+  bounds of the frames it trained at, `processor_files.pin_training_geometry`) or, where it has
+  none, from the model's config (`processor_files.processor_configs`) with `normalization`,
+  the (image_mean, image_std) the model was trained with (default: its released processor's).
+  The chat template the student was trained with (`student_chat_template`) goes to
+  `chat_template.jinja` and `tokenizer_config.json`.
   The card's `base_model` is `base_model` (a Hub repo id) or else the name of the config's
   `student.hf_dir` folder."""
   written = []
@@ -196,6 +198,8 @@ def write_hub_files(
     written += copy_tokenizer_files(tokenizer_dir, hf_dir)
   if not set(written) & set(PROCESSOR_FILES):
     written += processor_files.write_processor_files(hf_dir, hf_config, normalization)
+  else:
+    processor_files.pin_training_geometry(hf_dir, hf_config)
   # the source folder's template counts, not one left in `hf_dir` by an earlier export
   template = student_chat_template(
     hf_config, has_own=bool(tokenizer_dir) and _has_chat_template(tokenizer_dir)

@@ -231,6 +231,34 @@ def qwen2_vl(
   }
 
 
+# The keys of a copied processor file that state the frame size the student trained at, where
+# the released processor picks another (Qwen2-VL: a size per video between pixel bounds).
+PINNED_KEYS = {"qwen2_vl": ("size", "min_pixels", "max_pixels")}
+
+
+def pin_training_geometry(directory: str, hf_config: Mapping[str, Any]) -> list[str]:
+  """Rewrites, in `directory`'s image and video processor files (copied from the student's
+  source checkpoint), the keys `PINNED_KEYS` names for the model with the builder's values:
+  the frame size the student was trained at. Returns the names rewritten ([] for a model whose
+  released processor already makes the training frames)."""
+  from aotd_jax.data import files  # pylint: disable=g-import-not-at-top
+
+  keys = PINNED_KEYS.get(str(hf_config.get("model_type", "")), ())
+  if not keys:
+    return []
+  built = processor_configs(hf_config)
+  rewritten = []
+  for name in (IMAGE_FILE, VIDEO_FILE):
+    path = files.join(directory, name)
+    if not files.isfile(path):
+      continue
+    content = json.loads(files.read_text(path))
+    content.update({k: built[name][k] for k in keys})
+    files.write_text(path, json.dumps(content, indent=2, sort_keys=True))
+    rewritten.append(name)
+  return rewritten
+
+
 BUILDERS: dict[str, Callable[..., dict[str, dict]]] = {
   "llava_next_video": llava_next_video,
   "llava_onevision": llava_onevision,
