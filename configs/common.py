@@ -402,6 +402,9 @@ def distill_config(
   c.data.mixing = "concat_epoch"
   c.data.prompt_format = "official"
   c.data.answer_style = "letter"
+  # "question": STAR's question window (ours); "whole": the whole video (the official release;
+  # docs/fidelity.md, "which frames"). The CoTs must have been made the same way.
+  c.data.window = "question"
   c.loss = ml_collections.ConfigDict(dict(normalization="sequence"))
   c.neftune_alpha = 0.1  # NEFTune noise on the token embeddings, as the official Trainer
   c.data.datasets = ml_collections.ConfigDict(

@@ -12,13 +12,14 @@ default: the map beside the CSV) `--video_root=NExTVideo`.
 
 `--student` is a Hugging Face directory or an Orbax checkpoint directory written by
 `launch.train` (its latest step). For the latter, `--tokenizer`, `--num_frames`,
-`--prompt_format` and `--answer_style` default to what the run trained with (its saved
-`config.data`: `tokenizer`, `num_frames`, `prompt_format`, `answer_style`); a flag given on the
-command line wins. `settings` in the output says what was used. The run writes one row per question under `outputs` in
-`--out` (`output`: the greedy reply; `likelihood_output`: the closed-set pick; `frame_ids`: the
-source frame ids of the student's frames, rationale mode) and computes every number from
-those rows (`aotd_jax.eval.rescore`), so `--rescore=` that file gives them again, under
-another `--parse` or with a judge, without the student.
+`--prompt_format`, `--answer_style` and `--window` default to what the run trained with (its
+saved `config.data`: `tokenizer`, `num_frames`, `prompt_format`, `answer_style`, `window`); a
+flag given on the command line wins. `settings` in the output says what was used. The run
+writes one row per question under `outputs` in `--out` (`output`: the greedy reply;
+`likelihood_output`: the closed-set pick; `frame_ids`: the source frame ids of the student's
+frames, rationale mode) and computes every number from those rows (`aotd_jax.eval.rescore`),
+so `--rescore=` that file gives them again, under another `--parse` or with a judge, without
+the student.
 
 Multiple choice (answer mode): accuracy overall and per question type. `--parse` says how a
 generated reply picks an option: `official` (the release's `eval_nextqa.py`: the first
@@ -113,6 +114,13 @@ _PARSE = flags.DEFINE_enum(
   "(letter or option text; unparsable = wrong).",
 )
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of --parse=official's random picks.")
+_WINDOW = flags.DEFINE_enum(
+  "window",
+  "question",
+  ["question", "whole"],
+  "Frames from the question's window (STAR's start/end) or the whole video (the official "
+  "release's); as the student was trained (config.data.window).",
+)
 _RESCORE = flags.DEFINE_string(
   "rescore",
   "",
@@ -147,6 +155,7 @@ TRAINED_WITH = {
   "num_frames": "num_frames",
   "prompt_format": "prompt_format",
   "answer_style": "answer_style",
+  "window": "window",
 }
 
 
@@ -207,7 +216,7 @@ def read_records(fmt: str, path: str, map_path: str = ""):
     if not files.exists(map_path):
       raise ConfigError(f"--map={map_path}: no such file")
     kw["map_path"] = map_path
-  return annotations.read(fmt, path, **kw)
+  return annotations.read(fmt, path, window=_WINDOW.value, **kw)
 
 
 def frame_ids(record) -> list[int]:
@@ -337,6 +346,7 @@ def main(argv):
       "num_frames": _NUM_FRAMES.value,
       "prompt_format": _PROMPT_FORMAT.value,
       "answer_style": _ANSWER_STYLE.value,
+      "window": _WINDOW.value,
       "from_training_config": from_training,
     }
   judgements: list = []

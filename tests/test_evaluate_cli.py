@@ -138,7 +138,11 @@ def test_a_training_checkpoint_gives_its_tokenizer_frames_and_formats(nextqa, tm
   d, model, tok = nextqa
   ckpt = tmp_path / "checkpoints"
   data = dict(
-    tokenizer=str(d / "student"), num_frames=3, prompt_format="official", answer_style="letter"
+    tokenizer=str(d / "student"),
+    num_frames=3,
+    prompt_format="official",
+    answer_style="letter",
+    window="whole",
   )
   checkpointer = Checkpointer(ckpt, async_save=False)
   checkpointer.save(
@@ -168,6 +172,7 @@ def test_a_training_checkpoint_gives_its_tokenizer_frames_and_formats(nextqa, tm
     "num_frames": 3,
     "prompt_format": "official",
     "answer_style": "letter",
+    "window": "whole",
   }
   records = annotations.read(
     "nextqa", str(d / "ann" / "val.csv"), map_path=str(d / "map_vid_vidorID.json")
@@ -189,6 +194,7 @@ def test_a_training_checkpoint_gives_its_tokenizer_frames_and_formats(nextqa, tm
   assert settings["from_training_config"] == [
     f"--tokenizer={d / 'student'}",
     "--prompt_format=official",
+    "--window=whole",
   ]
 
 

@@ -155,7 +155,12 @@ def _readers() -> dict[str, Callable[..., Iterator[VideoQA]]]:
 FORMATS = ("star", "nextqa", "activitynet_qa", "agqa", "clevrer", "mvbench", "perception_test")
 
 
-def read(fmt: str, path: str | os.PathLike, *, labelled: bool = True, **kw) -> Records:
+WINDOWS = ("question", "whole")
+
+
+def read(
+  fmt: str, path: str | os.PathLike, *, labelled: bool = True, window: str = "question", **kw
+) -> Records:
   """Reads an annotation file of format `fmt` into `VideoQA` records.
 
   Args:
@@ -164,6 +169,10 @@ def read(fmt: str, path: str | os.PathLike, *, labelled: bool = True, **kw) -> R
       `activitynet_qa` the `*_q.json`).
     labelled: when False, records without an answer (test splits) are kept with
       `answer=""`; when True they are reported as malformed.
+    window: "question" keeps each record's `start` / `end` (STAR's question window: the
+      agent, the trainer and the evaluation then decode only that span); "whole" drops them,
+      so the whole video is used, as the official AoTD release does (the window stays in
+      `meta["question_window"]`).
     **kw: format options (`map_path=` for nextqa, `answers_path=` for activitynet_qa,
       `task=` for an mvbench file).
 
@@ -173,6 +182,8 @@ def read(fmt: str, path: str | os.PathLike, *, labelled: bool = True, **kw) -> R
   readers = _readers()
   if fmt not in readers:
     raise ValueError(f"unknown annotation format {fmt!r}; expected one of {FORMATS}")
+  if window not in WINDOWS:
+    raise ValueError(f"annotations: window={window!r} is not one of {WINDOWS}")
   path = os.fspath(path)
   report = ReadReport(fmt=fmt, path=path)
   ctx = _Context(report, labelled)
@@ -185,6 +196,10 @@ def read(fmt: str, path: str | os.PathLike, *, labelled: bool = True, **kw) -> R
       report.skip(f"{path}:{r.qid}", "duplicate qid")
       continue
     seen.add(r.qid)
+    if window == "whole" and (r.start is not None or r.end is not None):
+      r = dataclasses.replace(
+        r, start=None, end=None, meta={**r.meta, "question_window": [r.start, r.end]}
+      )
     unique.append(r)
   report.num_records = len(unique)
   log = logging.warning if report.num_skipped else logging.info

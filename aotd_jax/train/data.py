@@ -63,7 +63,8 @@ def make_pipeline_data(cfg, student: nnx.Module, tokenizer=None):
   qa_list = list(d.get("qa", ())) + from_datasets[0]
   cot_list = list(d.get("cot", ())) + from_datasets[1]
   for i, qa in enumerate(qa_list):
-    records = annotations.read(qa["format"], qa["path"], **dict(qa.get("read_kwargs", {}) or {}))
+    read_kwargs = {"window": d.get("window", "question"), **dict(qa.get("read_kwargs", {}) or {})}
+    records = annotations.read(qa["format"], qa["path"], **read_kwargs)
     named.append(
       (
         f"qa[{i}] ({qa.get('name', qa['format'])}: {qa['path']})",

@@ -43,6 +43,7 @@ KEYS = dict(
   selector="",
   selector_model="",
   frames="32",
+  window="question",
 )
 
 
@@ -57,6 +58,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.format = "star"
   c.data.path = a["ann"]
   c.data.video_dir = a["videos"]
+  # "question": the experts see the question's window; "whole": the whole video, as the
+  # official release (docs/fidelity.md, "which frames"); the student must train the same way
+  c.data.read_kwargs.window = a["window"]
   c.examples = "star"
   c.examples_package = ""  # data/prompts/examples/star.txt
   c.out_dir = a["out"]
