@@ -23,6 +23,7 @@ whether each mode's replies equal the static ones (greedy). Each mode runs once 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import sys
@@ -70,14 +71,16 @@ def build(args):
     " ".join(map(str, rng.randint(3, args.vocab, rng.randint(8, args.max_prompt + 1))))
     for _ in range(args.prompts)
   ]
-  # EOS: the token a free greedy run emits most often after its first few steps, so rows end
-  # at mixed lengths.
-  ids = np.array([[int(w) for w in p.split()][:8] for p in prompts[:8]])
+  # EOS: the token found in the most rows of a free greedy run (after their first 2 tokens),
+  # so rows end at mixed lengths, as real replies do.
+  ids = np.array([[int(w) for w in p.split()][:8] for p in prompts[:16]])
   free = np.asarray(
-    gen.generate(model, ids, max_new_tokens=32, eos_token_id=None, pad_token_id=0).sequences
-  )
-  values, counts = np.unique(free[:, 4:], return_counts=True)
-  eos = int(values[np.argmax(counts)])
+    gen.generate(
+      model, ids, max_new_tokens=max(args.new), eos_token_id=None, pad_token_id=0
+    ).sequences
+  )[:, 2:]
+  rows_with = collections.Counter(t for row in free for t in set(row.tolist()))
+  eos = int(rows_with.most_common(1)[0][0])
   calls = [(new, prompts[i :: len(args.new)]) for i, new in enumerate(args.new)]
   return model, calls, eos
 
@@ -157,6 +160,7 @@ def main(argv=None) -> dict:
   row["speedup_engine"] = round(best["static"] / best["engine"], 2)
   row["speedup_engine_threads"] = round(best["static"] / best["engine_threads"], 2)
   row["engine_stats"] = vars(llms["engine"].engine.stats)
+  row["mean_new_tokens"] = round(tokens / n_prompts, 1)
   print(json.dumps(row))
   return row
 

@@ -5,8 +5,9 @@
 `KVCache.index` and position ids). The engine's worker thread loops:
 
   1. admit: every free row takes the next waiting request (first come, first served); the new
-     prompts are prefilled into their rows, left-padded to `prompt_bucket` widths and grouped
-     by width, so compilations repeat (one per (width, rows padded to a power of two));
+     prompts are prefilled into their rows in one call, left-padded to the longest one's
+     `prompt_bucket` width, so compilations repeat (one per (width, rows padded to a power of
+     two));
   2. decode: `steps_per_call` jitted decode steps for all rows at once (one host round trip);
      a row that ends (EOS, its `max_new_tokens`) stops advancing within the call;
   3. finish: rows that ended (or whose `stop` callback says so) resolve their futures and
@@ -23,6 +24,9 @@ same prompt (the same left-padded prefill and decode, per row). Sampling draws e
 a key derived from (`seed`, the prompt's ids, how many times the prompt was submitted before,
 the token's index), so a request's sample does not depend on which other requests share the
 batch or on thread timing.
+
+The engine takes the model's weights (`nnx.split`) when it allocates its cache, at the first
+request: a model changed afterwards needs a new engine.
 
 The worker thread runs only while there is work (it is started by `submit` and ends when the
 queue is empty), so an idle engine holds no thread; `close()` fails waiting requests.
@@ -269,6 +273,7 @@ class DecodeEngine:
     self._worker: threading.Thread | None = None
     self._closed = False
     self._cache: KVCache | None = None
+    self._split = None  # the model's (graphdef, state), taken with the cache
     # per-row state, host side (the source of truth; sent with each decode call)
     self._tok = np.zeros(slots, np.int32)
     self._index = np.zeros(slots, np.int32)
@@ -322,7 +327,9 @@ class DecodeEngine:
       )
       self.stats.requests += 1
       if self._worker is None:
-        self._worker = threading.Thread(target=self._run, name="decode-engine", daemon=True)
+        # not a daemon: interpreter exit waits for the requests in flight (a daemon thread
+        # inside an XLA call at exit aborts the process); the thread ends when idle
+        self._worker = threading.Thread(target=self._run, name="decode-engine")
         self._worker.start()
       self._cond.notify_all()
     return future
@@ -429,49 +436,48 @@ class DecodeEngine:
     if self._cache is None:
       cache = self.model.init_cache(self.slots, self.max_len)
       self._cache = dataclasses.replace(cache, index=jnp.zeros((self.slots,), jnp.int32))
-    graphdef, state = nnx.split(self.model)
-    groups: dict[int, list[int]] = {}
-    for r in admitted:
-      groups.setdefault(self._bucket(len(self._rows[r].ids)), []).append(r)
-    for width, rows in sorted(groups.items()):
-      n = min(1 << (len(rows) - 1).bit_length(), self.slots)
-      n = max(n, len(rows))
-      ids = np.full((n, width), self.pad_token_id, np.int32)
-      mask = np.zeros((n, width), np.int32)
-      target = np.full((n,), self.slots, np.int32)  # past the cache: dropped
-      keys = np.zeros((n, 2), np.uint32)
-      temp = np.zeros((n,), np.float32)
-      top_p = np.ones((n,), np.float32)
-      for i, r in enumerate(rows + rows[:1] * (n - len(rows))):
-        q = self._rows[r]
-        ids[i, width - len(q.ids) :] = q.ids
-        mask[i, width - len(q.ids) :] = 1
-        keys[i], temp[i], top_p[i] = q.key, q.temperature, q.top_p
-        if i < len(rows):
-          target[i] = r
-      self._cache, tok = _prefill_jit(
-        graphdef,
-        state,
-        self._cache,
-        jnp.asarray(ids),
-        jnp.asarray(mask),
-        jnp.asarray(target),
-        jnp.asarray(keys),
-        jnp.asarray(temp),
-        jnp.asarray(top_p),
-        sample=bool(np.any(temp > 0)),
-      )
-      self.stats.prefill_calls += 1
-      tok = np.asarray(tok)
-      for i, r in enumerate(rows):
-        q = self._rows[r]
-        q.tokens.append(int(tok[i]))
-        self._tok[r], self._index[r] = tok[i], len(q.ids)
-        self._step[r] = 1
-        self._keys[r], self._temp[r], self._top_p[r] = q.key, q.temperature, q.top_p
-        self._left[r] = q.max_new_tokens - 1
-        if tok[i] in self._eos or self._left[r] == 0 or (q.stop and q.stop(q.tokens)):
-          self._finish(r)
+      self._split = nnx.split(self.model)
+    graphdef, state = self._split
+    # One prefill for the round's new prompts, left-padded to the longest one's bucket (as a
+    # static batch is): fewer, larger calls than one per bucket.
+    width = max(self._bucket(len(self._rows[r].ids)) for r in admitted)
+    n = max(min(1 << (len(admitted) - 1).bit_length(), self.slots), len(admitted))
+    ids = np.full((n, width), self.pad_token_id, np.int32)
+    mask = np.zeros((n, width), np.int32)
+    target = np.full((n,), self.slots, np.int32)  # past the cache: dropped
+    keys = np.zeros((n, 2), np.uint32)
+    temp = np.zeros((n,), np.float32)
+    top_p = np.ones((n,), np.float32)
+    for i, r in enumerate(admitted + admitted[:1] * (n - len(admitted))):
+      q = self._rows[r]
+      ids[i, width - len(q.ids) :] = q.ids
+      mask[i, width - len(q.ids) :] = 1
+      keys[i], temp[i], top_p[i] = q.key, q.temperature, q.top_p
+      if i < len(admitted):
+        target[i] = r
+    self._cache, tok = _prefill_jit(
+      graphdef,
+      state,
+      self._cache,
+      jnp.asarray(ids),
+      jnp.asarray(mask),
+      jnp.asarray(target),
+      jnp.asarray(keys),
+      jnp.asarray(temp),
+      jnp.asarray(top_p),
+      sample=bool(np.any(temp > 0)),
+    )
+    self.stats.prefill_calls += 1
+    tok = np.asarray(tok)
+    for i, r in enumerate(admitted):
+      q = self._rows[r]
+      q.tokens.append(int(tok[i]))
+      self._tok[r], self._index[r] = tok[i], len(q.ids)
+      self._step[r] = 1
+      self._keys[r], self._temp[r], self._top_p[r] = q.key, q.temperature, q.top_p
+      self._left[r] = q.max_new_tokens - 1
+      if tok[i] in self._eos or self._left[r] == 0 or (q.stop and q.stop(q.tokens)):
+        self._finish(r)
 
   def _decode(self) -> None:
     active = self._left > 0
@@ -480,7 +486,7 @@ class DecodeEngine:
     self.stats.max_active = max(self.stats.max_active, int(active.sum()))
     need = int(np.max(np.where(active, self._index + self.steps_per_call, 0)))
     window = min(prompt_bucket(need, self.min_bucket), self.max_len)
-    graphdef, state = nnx.split(self.model)
+    graphdef, state = self._split
     self._cache, out, emitted, tok, index, left, step = _decode_jit(
       graphdef,
       state,
