@@ -7,7 +7,6 @@ the LLaVA expert, and the errors a bad file gets."""
 import json
 import types
 
-import ml_collections
 import numpy as np
 import pytest
 
@@ -158,36 +157,14 @@ def test_unparsable_file_and_do_normalize_false(tmp_path):
 
 
 def test_trainer_pipeline_takes_the_student_checkpoints_values(tmp_path, monkeypatch):
-  from aotd_jax.data import annotations, pipeline
-  from aotd_jax.train import data as train_data
+  from aotd_jax.data import pipeline
+  from fixtures.train_data import pipeline_config as stubbed
 
-  monkeypatch.setattr(annotations, "read", lambda fmt, path, **kw: [])
-  import grain
-
-  monkeypatch.setattr(
-    pipeline, "qa_source", lambda records, **kw: grain.MapDataset.source([{"qid": "q"}])
-  )
-  monkeypatch.setattr(pipeline, "make_pipeline", lambda tok, sources, pc, **kw: pc)
   cfg = _onevision_config()
   student = types.SimpleNamespace(config=cfg)
 
   def pipeline_config(hf_dir):
-    c = ml_collections.ConfigDict(
-      dict(
-        batch_size=1,
-        seed=0,
-        student=dict(hf_dir=hf_dir),
-        data=dict(
-          kind="pipeline",
-          tokenizer="unused",
-          seq_len=64,
-          num_frames=2,
-          fit_check=False,
-          qa=[dict(format="star", path="a.json")],
-        ),
-      )
-    )
-    return train_data.make_pipeline_data(c, student, tokenizer=object())
+    return stubbed(monkeypatch, student, student_section=dict(hf_dir=hf_dir))[0]
 
   pc = pipeline_config("")
   assert (pc.image_mean, pc.image_std) == pixel_norms.SIGLIP and pc.video_resize == "square"
