@@ -388,6 +388,16 @@ def test_toyworld_gold_programs_with_real_tools_match_in_process_exec(sb):
   assert n >= 4
 
 
+def test_programs_run_as_written_in_an_optimised_worker(sb):
+  # The worker runs with -OO; a program's asserts and `__debug__`-free code still behave
+  # as in plain Python (compiled with optimize=0), with the text guarded or not.
+  ex = sb.run(body("assert len(query) > 100, 'short'\nreturn 1"), {}, args(), timeout_s=2.0)
+  assert not ex.ok and ex.error == "line 2: AssertionError: short", ex.error
+  guarded = "try:\n    assert False\nexcept AssertionError:\n    return 7"
+  ex = sb.run(body(guarded), {}, args(), timeout_s=2.0)
+  assert ex.ok and ex.value == 7, ex.error
+
+
 def test_non_ascii_identifiers(sb):
   ex = sb.run(body("ñandú = len(query)\nreturn ñandú"), {}, args(), timeout_s=2.0)
   assert ex.ok and ex.value == len(args()["query"]), ex.error

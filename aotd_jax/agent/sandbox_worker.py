@@ -297,10 +297,11 @@ def _run(source, args, tool_names, limits, tool=None):
   _DEPTH = depth = limits["max_depth"]
   try:
     if limits["guarded"]:  # the host put the checks in the text (same line numbers)
-      code = compile(source, PROGRAM_FILENAME, "exec", dont_inherit=True)
+      # optimize=0: the worker runs with -OO, the program as written (its asserts kept)
+      code = compile(source, PROGRAM_FILENAME, "exec", dont_inherit=True, optimize=0)
     else:
       tree = ast.fix_missing_locations(_Guard().visit(ast.parse(source, PROGRAM_FILENAME)))
-      code = compile(tree, PROGRAM_FILENAME, "exec", dont_inherit=True)
+      code = compile(tree, PROGRAM_FILENAME, "exec", dont_inherit=True, optimize=0)
   except Exception as e:
     return ["fail", f"program could not be compiled: {type(e).__name__}", ""]
   sys.setrecursionlimit(depth + 50)
