@@ -16,9 +16,13 @@ snapped to a choice, "official" prompts); a random model never emits EOS, so eve
 `new_tokens` long. The sandbox and the LLM stages are not in the loop: this is the expert side.
 
 Modes, on the same backends and the same pixels (a fresh tool cache and feature LRU per run):
-  on:     every expert's coalescer on (experts/coalesce.py): concurrent calls share batches;
-  off:    the coalescers bypassed, `threads` programs in flight, each call its own batch;
-  serial: off, one program at a time (the official agent's design).
+  on:         every expert's coalescer on (experts/coalesce.py), all run by one device
+              scheduler (experts/scheduler.py) that knows the programs in flight: a batch
+              when they are all blocked on expert calls, the fullest queue first;
+  per_expert: the coalescers each with their own worker thread and wait window (the design
+              before the scheduler; `--modes=on,per_expert,off,serial` adds it);
+  off:        the coalescers bypassed, `threads` programs in flight, each call its own batch;
+  serial:     off, one program at a time (the official agent's design).
 A warm-up run of each mode compiles first; the timed rounds alternate modes and the best
 round of each is kept. Reported: questions/s and s/question per mode, ratios, per-expert call
 seconds (sum of call latencies) per mode, requests per batch and worker busy seconds per
@@ -31,6 +35,11 @@ during the timed rounds (should be 0), and whether all modes gave the same answe
   python benchmarks/cot_throughput.py --preset=tiny          # a smoke run (seconds)
   python benchmarks/cot_throughput.py --preset=gpu --out=cot_gpu.json  # real sizes, one GPU
   python benchmarks/cot_throughput.py --preset=gpu --smoke   # the gpu code path, tiny widths
+  python benchmarks/cot_throughput.py --batch_cost            # + each expert at 1 vs 16 requests
+
+`--batch_cost` also times each coalesced expert part on its first request alone and on 16
+copies of it in one call (the same compiled buckets): the gain batching can give that part at
+most (16 x one / sixteen); a part whose gain is far below 16 is compute-bound at that size.
 
 gpu: OWLv2 B/16 at 960 px, UniVTG at the released size (hidden 1024, 4 layers) on CLIP B/32,
 LLaVA-NeXT-Video-7B shapes in bf16 (32 frames: 4,608 video tokens); `--smoke` keeps its
@@ -43,6 +52,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -163,6 +173,7 @@ PRESETS = {
     rounds=1,
   ),
 }
+MODES = ("on", "per_expert", "off", "serial")
 OBJECTS = ("cup", "book", "laptop", "towel", "bag", "pillow", "sandwich", "door")
 ACTIONS = (
   "person opens the door",
@@ -214,14 +225,18 @@ class Timed:
 
 
 class Experts:
-  """The three model backends, built once; `bypass()` runs them without their coalescers."""
+  """The three model backends, built once, their coalescers on one `DeviceScheduler`;
+  `bypass()` runs them without coalescers, `per_expert()` with a worker thread each."""
 
   def __init__(self, p: dict, wait_s: float):
     from experts.backends.llava import LlavaVideoQA
     from experts.backends.owlv2 import Owlv2Detector
     from experts.backends.univtg import UniVTGGrounder
+    from experts.scheduler import DeviceScheduler
 
     t0 = time.perf_counter()
+    self.wait_s = wait_s
+    self.scheduler = scheduler = DeviceScheduler()
     self.detector = Owlv2Detector(
       rw.owlv2(p["owl"]),
       rw.word_tokenize(p["owl"]["vocab"], p["owl"]["text_length"]),
@@ -229,6 +244,7 @@ class Experts:
       nms_threshold=None,
       coalesce=True,
       coalesce_wait_s=wait_s,
+      scheduler=scheduler,
       query_template="a photo of a {}",
     )
     univtg, clip_model = rw.univtg(p["univtg"], p["clip"])
@@ -239,6 +255,7 @@ class Experts:
       buckets=p["buckets"],
       coalesce=True,
       coalesce_wait_s=wait_s,
+      scheduler=scheduler,
     )
     model, tokenizer = rw.llava(p["llava"])
     self.llava = LlavaVideoQA(
@@ -253,6 +270,7 @@ class Experts:
       buckets=p["llava_buckets"],
       coalesce=True,
       coalesce_wait_s=wait_s,
+      scheduler=scheduler,
     )
     self.build_s = time.perf_counter() - t0
 
@@ -283,9 +301,38 @@ class Experts:
         self.llava.coalesce,
       ) = saved
 
+  @contextlib.contextmanager
+  def per_expert(self):
+    """Each coalescer replaced by one on the same function with its own worker thread."""
+    from experts.coalesce import Coalescer
+
+    def twin(c):
+      return Coalescer(c.fn, wait_s=c.wait_s, output=c.output, name=c.name + "/own")
+
+    saved = (self.detector.coalescer, self.grounder.coalescers, self.llava.coalescers)
+    self.detector.coalescer = twin(saved[0])
+    self.grounder.coalescers = {k: twin(c) for k, c in saved[1].items()}
+    self.llava.coalescers = {k: twin(c) for k, c in saved[2].items()}
+    twins = self.coalescers()
+    try:
+      yield twins
+    finally:
+      for c in twins.values():
+        c.close()
+      self.detector.coalescer, self.grounder.coalescers, self.llava.coalescers = saved
+
+  def mode(self, mode: str):
+    """The context a mode runs in (see the module docstring)."""
+    if mode == "on":
+      return contextlib.nullcontext()
+    if mode == "per_expert":
+      return self.per_expert()
+    return self.bypass()
+
   def close(self):
     for backend in (self.detector, self.grounder, self.llava):
       backend.close()
+    self.scheduler.close()
 
 
 def make_questions(p: dict, tag: str, seed: int) -> list[dict]:
@@ -331,6 +378,33 @@ def program(tools: dict, q: dict) -> tuple:
   return answer, json.dumps(info, sort_keys=True, default=str)
 
 
+def batch_cost(ex: Experts, copies: int = 16, repeats: int = 5) -> dict:
+  """Per coalesced part: seconds of one call on its first request alone and on `copies`
+  copies of it (best of `repeats`), and the gain `copies` x one / together."""
+  import jax
+
+  out = {}
+  for name, c in ex.coalescers().items():
+    for i, (rows, args) in enumerate(c.samples()):
+      many = jax.tree.map(lambda a: np.concatenate([a] * copies), rows)
+      times = []
+      for batch in (rows, many):
+        c.fn(batch, *args, to_host=True)  # compiled (warm), but run once untimed
+        best = float("inf")
+        for _ in range(repeats):
+          t0 = time.perf_counter()
+          c.fn(batch, *args, to_host=True)
+          best = min(best, time.perf_counter() - t0)
+        times.append(best)
+      out[name + (f"#{i}" if i else "")] = {
+        "rows_per_request": int(jax.tree.leaves(rows)[0].shape[0]),
+        "one_request_ms": round(times[0] * 1e3, 2),
+        f"{copies}_requests_ms": round(times[1] * 1e3, 2),
+        "gain": round(copies * times[0] / times[1], 2),
+      }
+  return out
+
+
 def run(ex: Experts, questions: list[dict], threads: int, threshold: float) -> dict:
   import experts
   from experts.backends import oracle
@@ -351,9 +425,16 @@ def run(ex: Experts, questions: list[dict], threads: int, threshold: float) -> d
   before = {
     k: (c.stats.busy_s, c.stats.batches, c.stats.requests) for k, c in ex.coalescers().items()
   }
+  sched = ex.scheduler.stats
+  sched0 = dataclasses.replace(sched)
+
+  def one(q):
+    with ex.scheduler.program():  # the scheduler knows the programs in flight
+      return program(tools, q)
+
   t0, cpu0 = time.perf_counter(), time.process_time()
   with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-    answers = list(pool.map(lambda q: program(tools, q), questions))
+    answers = list(pool.map(one, questions))
   wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
   workers = {}
   for k, c in ex.coalescers().items():
@@ -369,12 +450,16 @@ def run(ex: Experts, questions: list[dict], threads: int, threshold: float) -> d
         "batches": batches,
         "requests_per_batch": round(requests / batches, 2),
       }
+  rules = {
+    k: getattr(sched, k) - getattr(sched0, k) for k in ("quiescent", "full", "window", "closing")
+  }
   return {
     "wall_s": wall,
     "cpu_s": cpu,
     "answers": answers,
     "expert_call_s": seconds,
     "workers": workers,
+    "scheduler_batches_by_rule": {k: v for k, v in rules.items() if v},
   }
 
 
@@ -390,6 +475,14 @@ def main(argv=None):
   ap.add_argument("--rounds", type=int, default=0, help="timed rounds per mode (best kept)")
   ap.add_argument("--questions", type=int, default=0, help="questions per round (0: preset's)")
   ap.add_argument("--wait_ms", type=float, default=2.0, help="the coalescers' wait window")
+  ap.add_argument(
+    "--modes",
+    default="on,off,serial",
+    help="comma-separated, of on, per_expert, off, serial (on, off and serial are needed)",
+  )
+  ap.add_argument(
+    "--batch_cost", action="store_true", help="also time each expert part at 1 vs 16 requests"
+  )
   ap.add_argument("--out", default="", help="also write the JSON result here")
   args = ap.parse_args(argv)
   t_start = time.perf_counter()
@@ -410,13 +503,16 @@ def main(argv=None):
   probe = make_questions(dict(p, questions=1), "probe", 99)[0]["clip"]
   logits = ex.detector.raw_outputs(probe, [OBJECTS[0]])[0]
   threshold = float(np.quantile(1 / (1 + np.exp(-logits.astype(np.float64))), 0.99))
-  modes = {"on": p["threads"], "off": p["threads"], "serial": 1}
+  names = [m for m in args.modes.split(",") if m]
+  if not {"on", "off", "serial"} <= set(names) or not set(names) <= set(MODES):
+    raise SystemExit(f"--modes={args.modes!r}: need on, off and serial, of {MODES}")
+  modes = {m: 1 if m == "serial" else p["threads"] for m in MODES if m in names}
   t0 = time.perf_counter()
   warm = make_questions(p, "warm", 1)  # compiles every mode's shapes
   for mode, threads in modes.items():
-    with contextlib.nullcontext() if mode == "on" else ex.bypass():
+    with ex.mode(mode):
       # off/serial run each call alone: two questions (both spans, a summary) cover their shapes
-      run(ex, warm if mode == "on" else warm[:2], threads, threshold)
+      run(ex, warm if mode in ("on", "per_expert") else warm[:2], threads, threshold)
   for coalescer in ex.coalescers().values():  # every batch size a timed round may form
     coalescer.warm()
   compile_s = time.perf_counter() - t0
@@ -427,11 +523,12 @@ def main(argv=None):
     for r in range(p["rounds"]):
       qs = make_questions(p, f"r{r}", 10 + r)
       for mode, threads in modes.items():
-        with contextlib.nullcontext() if mode == "on" else ex.bypass():
+        with ex.mode(mode):
           out = run(ex, qs, threads, threshold)
         answers.setdefault(mode, out["answers"])
         if best[mode] is None or out["wall_s"] < best[mode]["wall_s"]:
           best[mode] = out
+  cost = batch_cost(ex) if args.batch_cost else None
   ex.close()
   qps = {m: p["questions"] / best[m]["wall_s"] for m in modes}
   on = best["on"]
@@ -458,8 +555,18 @@ def main(argv=None):
       m: {k: round(v, 3) for k, v in best[m]["expert_call_s"].items()} for m in modes
     },
     "coalescers_on": on["workers"],
+    "scheduler_batches_by_rule_on": on["scheduler_batches_by_rule"],
     "expert_workers_busy_fraction_on": round(busy / on["wall_s"], 3),
-    "same_answers": answers["on"] == answers["off"] == answers["serial"],
+    **(
+      {
+        "ratio_on_vs_per_expert": round(qps["on"] / qps["per_expert"], 2),
+        "coalescers_per_expert": best["per_expert"]["workers"],
+      }
+      if "per_expert" in modes
+      else {}
+    ),
+    **({"batch_cost": cost} if cost is not None else {}),
+    "same_answers": all(a == answers["off"] for a in answers.values()),
     "xla_compilations_timed": compiles[0],
     "build_s": round(ex.build_s, 1),
     "warmup_compile_s": round(compile_s, 1),

@@ -26,6 +26,11 @@ request in it. `close()` runs what is queued, then stops the worker; later submi
 `warm()` compiles `fn` for every bucket size of every row shape seen so far, so that a long
 job does not stall on a compilation the first time a batch of a new size forms.
 
+With `scheduler=` (an `experts.scheduler.DeviceScheduler`) the coalescer has no thread of
+its own: the device's scheduler runs the batches of all its coalescers one at a time, and
+releases one when every program in flight is blocked on an expert call (or the queue is full,
+or the window has passed), picking the fullest queue.
+
 Results are equal to per-request calls up to floating-point reassociation (a row's outputs can
 differ in the last bits with the batch it ran in).
 """
@@ -35,16 +40,18 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
-import queue
 import threading
 import time
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from experts.batching import BucketedJit, bucket_size, num_rows, pad_rows, plan_chunks
+
+if TYPE_CHECKING:
+  from experts.scheduler import DeviceScheduler
 
 OUTPUTS = ("host", "device")
 
@@ -79,9 +86,6 @@ class CoalescerStats:
     return self.requests / self.batches if self.batches else 0.0
 
 
-_STOP = object()
-
-
 def _take(tree, idx):
   return jax.tree.map(lambda a: jnp.take(a, idx, axis=0), tree)
 
@@ -99,6 +103,8 @@ class Coalescer:
       mode at most that).
     output: "host" or "device" (see the module docstring).
     name: the worker thread's name.
+    scheduler: the device's `experts.scheduler.DeviceScheduler`, which then runs the batches
+      (no thread of this coalescer's own).
 
   Example:
     image = Coalescer(BucketedJit(image_side, buckets=(1, 4, 16)), output="host")
@@ -115,6 +121,7 @@ class Coalescer:
     max_rows: int | None = None,
     output: str = "host",
     name: str | None = None,
+    scheduler: DeviceScheduler | None = None,
   ):
     if not isinstance(fn, BucketedJit):
       raise TypeError(f"Coalescer needs a BucketedJit, got {type(fn).__name__}")
@@ -131,12 +138,19 @@ class Coalescer:
     self.fn, self.wait_s, self.max_rows, self.output = fn, float(wait_s), max_rows, output
     self.name = name or f"coalesce:{fn.name}"
     self.stats = CoalescerStats()
-    self._queue: queue.Queue = queue.Queue()
-    self._seen: dict[tuple, tuple] = {}  # batching key -> (one row, args), for warm()
+    self.scheduler = scheduler
+    # the queue: guarded by the scheduler's condition when there is one, else by our own
+    self._cond = scheduler.cond if scheduler is not None else threading.Condition()
+    self._pending: collections.deque[_Request] = collections.deque()
+    self._seen: dict[tuple, tuple] = {}  # batching key -> (first request's rows, args)
     self._closed = False
-    self._submit_lock = threading.Lock()
-    self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
-    self._thread.start()
+    self._running = False  # a batch of ours is running (scheduler mode)
+    self._thread = None
+    if scheduler is not None:
+      scheduler.attach(self)
+    else:
+      self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
+      self._thread.start()
 
   # -- callers ---------------------------------------------------------------------------------
 
@@ -166,22 +180,31 @@ class Coalescer:
       tuple((a.shape[1:], a.dtype.str) for a in jax.tree.leaves(rows)),
       tuple(id(a) for a in args),
     )
-    with self._submit_lock:
+    with self._cond:
       if self._closed:
         raise RuntimeError(f"{self.name} is closed")
-      self._queue.put(_Request(rows, args, key, future, time.monotonic()))
+      self._pending.append(_Request(rows, args, key, future, time.monotonic()))
       if key not in self._seen:
-        self._seen[key] = (jax.tree.map(lambda a: a[:1], rows), args)
+        self._seen[key] = (rows, args)
+      self._cond.notify_all()
     return future
+
+  def wait(self, future: concurrent.futures.Future):
+    """`future.result()`; under a scheduler the caller counts as blocked on an expert call
+    meanwhile (see `experts.scheduler`)."""
+    if self.scheduler is not None:
+      return self.scheduler.wait(future)
+    return future.result()
 
   def warm(self) -> int:
     """Runs `fn` once per bucket size on each row shape submitted so far (a row repeated),
     compiling what a batch of any size will run; returns the number of calls made. In
     "device" mode also compiles the per-request gathers."""
-    with self._submit_lock:
+    with self._cond:
       seen = list(self._seen.values())
     calls = 0
-    for row, args in seen:
+    for rows, args in seen:
+      row = jax.tree.map(lambda a: a[:1], rows)
       for size in self.fn.buckets:
         out = self.fn.run_chunk(pad_rows(row, size), *args)
         if self.output == "host":
@@ -194,18 +217,33 @@ class Coalescer:
         calls += 1
     return calls
 
+  def samples(self) -> list[tuple]:
+    """(rows, args) of the first request of each row shape seen so far."""
+    with self._cond:
+      return list(self._seen.values())
+
   def __call__(self, rows, *args):
-    """`submit(rows, *args).result()`: blocks until the batch holding these rows has run."""
-    return self.submit(rows, *args).result()
+    """`wait(submit(rows, *args))`: blocks until the batch holding these rows has run."""
+    return self.wait(self.submit(rows, *args))
 
   def close(self, timeout: float | None = None) -> None:
-    """Runs what is queued, then stops the worker (idempotent)."""
-    with self._submit_lock:
-      if not self._closed:
-        self._closed = True
-        self._queue.put(_STOP)
-    if threading.current_thread() is not self._thread:
-      self._thread.join(timeout)
+    """Runs what is queued, then stops the worker (idempotent); under a scheduler, waits for
+    it to run this coalescer's queue, then detaches."""
+    with self._cond:
+      self._closed = True
+      self._cond.notify_all()
+    if self.scheduler is None:
+      if threading.current_thread() is not self._thread:
+        self._thread.join(timeout)
+      return
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with self._cond:
+      while self._pending or self._running:
+        left = None if deadline is None else deadline - time.monotonic()
+        if (left is not None and left <= 0) or not self.scheduler._thread.is_alive():
+          break
+        self._cond.wait(left)
+    self.scheduler.detach(self)
 
   def __enter__(self) -> "Coalescer":
     return self
@@ -215,36 +253,49 @@ class Coalescer:
 
   # -- the worker ------------------------------------------------------------------------------
 
+  def _candidate(self, any_key: bool = False) -> tuple[int, int, float, tuple]:
+    """(requests, rows, arrival of its first request, key) of the batch `_take_batch(key)`
+    would form now: the first request's key, or with `any_key` the key with the most requests
+    (ties: the oldest). The lock is held and the queue is not empty."""
+    groups: dict[tuple, list] = {}  # key -> [requests, rows, first arrival]
+    for r in self._pending:
+      g = groups.setdefault(r.key, [0, 0, r.arrived])
+      if not g[0] or g[1] + r.n <= self.max_rows:
+        g[0], g[1] = g[0] + 1, g[1] + r.n
+    key = self._pending[0].key
+    if any_key:
+      key = max(groups, key=lambda k: (groups[k][0], -groups[k][2]))
+    n, rows, arrived = groups[key]
+    return n, rows, arrived, key
+
+  def _take_batch(self, key: tuple) -> list[_Request]:
+    """Removes and returns the next batch of `key`: its requests in order, up to `max_rows`
+    rows (at least one request). The lock is held."""
+    batch, rest, rows = [], collections.deque(), 0
+    for r in self._pending:
+      if r.key == key and (not batch or rows + r.n <= self.max_rows):
+        batch.append(r)
+        rows += r.n
+      else:
+        rest.append(r)
+    self._pending = rest
+    return batch
+
   def _loop(self) -> None:
-    pending: collections.deque[_Request] = collections.deque()
-    stopping = False
-    while pending or not stopping:
-      if not pending:
-        item = self._queue.get()
-        if item is _STOP:
-          stopping = True
-          continue
-        pending.append(item)
-      key = pending[0].key
-      deadline = pending[0].arrived + self.wait_s
-      while not stopping and sum(r.n for r in pending if r.key == key) < self.max_rows:
-        timeout = deadline - time.monotonic()
-        try:
-          item = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
-        except queue.Empty:
-          break
-        if item is _STOP:
-          stopping = True
-        else:
-          pending.append(item)
-      batch, rest, rows = [], collections.deque(), 0
-      for r in pending:
-        if r.key == key and (not batch or rows + r.n <= self.max_rows):
-          batch.append(r)
-          rows += r.n
-        else:
-          rest.append(r)
-      pending = rest
+    """The own worker (no scheduler): a batch when `max_rows` rows of the first request's
+    shape wait, or `wait_s` after it arrived."""
+    while True:
+      with self._cond:
+        while not self._pending and not self._closed:
+          self._cond.wait()
+        if not self._pending:
+          return
+        while not self._closed and self._candidate()[1] < self.max_rows:
+          timeout = self._pending[0].arrived + self.wait_s - time.monotonic()
+          if timeout <= 0:
+            break
+          self._cond.wait(timeout)
+        batch = self._take_batch(self._pending[0].key)
       self._run(batch)
 
   def _run(self, batch: Sequence[_Request]) -> None:

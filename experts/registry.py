@@ -140,6 +140,18 @@ class _Context:
     self.plugins = dict(plugins or {})
     self._gt = None
     self.models: dict[tuple, Any] = {}
+    self._scheduler = None
+
+  def scheduler(self, coalesce: bool):
+    """The device scheduler the coalesced backends share (made on first use); None when
+    `coalesce` is off."""
+    if not coalesce:
+      return None
+    if self._scheduler is None:
+      from experts.scheduler import DeviceScheduler
+
+      self._scheduler = DeviceScheduler()
+    return self._scheduler
 
   def ground_truth(self, role: str):
     if self._gt is None:
@@ -216,6 +228,7 @@ def _owlv2(section, ctx):
     query_template=_get(section, "query_template", "{}") or "{}",
     coalesce=coalesce,
     coalesce_wait_s=wait,
+    scheduler=ctx.scheduler(coalesce),
     nms_threshold=None if nms is None or float(nms) <= 0 else float(nms),
   )
 
@@ -238,6 +251,7 @@ def _univtg(section, ctx):
     frame_preprocess=_get(section, "frame_preprocess", "clip_processor") or "clip_processor",
     coalesce=coalesce,
     coalesce_wait_s=wait,
+    scheduler=ctx.scheduler(coalesce),
   )
 
 
@@ -271,6 +285,7 @@ def _llava(role):
         *model,
         name=f"llava:{path}",
         normalization=processor_files.pixel_normalization(model[0].config, path),
+        scheduler=ctx.scheduler(coalesce),
         **settings,
       ),
     )
@@ -498,6 +513,7 @@ def make_toolbox(
   tools_sec = _get(config, "tools")
   return tools_lib.Toolbox(
     **backends,
+    scheduler=ctx._scheduler,
     cache=cache,
     detect_threshold=float(_get(_get(config, "detector"), "threshold", 0.1)),
     object_vocabulary=_vocabulary(config, kinds),

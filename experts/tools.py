@@ -241,6 +241,8 @@ class Toolbox:
       (a clip of 224 x 224 crops of its best box per frame, 10 px margin: the official AoTD).
     exist: "detector" (a box anywhere, ours) or "detector+qa" (then the video QA model is asked
       "Is this <name>?" on the crops, and must say yes: the official AoTD).
+    scheduler: the `experts.scheduler.DeviceScheduler` the coalesced backends share (None:
+      none); a CoT job enters `scheduler.program()` around each program.
   """
 
   def __init__(
@@ -258,12 +260,14 @@ class Toolbox:
     max_records: int = 10_000,
     find: str = "frames",
     exist: str = "detector",
+    scheduler=None,
   ):
     if find not in FIND_MODES:
       raise ValueError(f"Toolbox: find={find!r} not in {FIND_MODES}")
     if exist not in EXIST_MODES:
       raise ValueError(f"Toolbox: exist={exist!r} not in {EXIST_MODES}")
     self.find_mode, self.exist_mode = find, exist
+    self.scheduler = scheduler
     self.detector, self.grounder = detector, grounder
     self.action_recognizer, self.video_qa, self.selector = action_recognizer, video_qa, selector
     self.cache = cache if cache is not None else ToolCache()

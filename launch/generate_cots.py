@@ -310,8 +310,12 @@ def main(argv):
     manifest.vision_summary(roles),
     ", ".join(f"{r}={v.get('kind')}" for r, v in roles.items() if isinstance(v, dict)),
   )
+  scheduler = None
   if config.tools_factory == "experts:make_tools":  # the experts resolve projects' kinds
-    tools = resolve(config.tools_factory)(config.experts, plugins=PLUGINS)
+    from experts import registry
+
+    box = registry.make_toolbox(config.experts, plugins=PLUGINS)
+    tools, scheduler = box.tools(), box.scheduler  # coalesced experts: one device scheduler
   else:
     tools = resolve(config.tools_factory)(config.experts)
   make_args = resolve(config.make_args)(config) if config.make_args else clip_args(config)
@@ -341,6 +345,7 @@ def main(argv):
       video_path=video_path(config),
       manifest=manifest_ref,
       fail_fast_min=config.get("fail_fast_min", 4),
+      program_scope=scheduler.program if scheduler is not None else None,
       **pipeline_kwargs(config),
     )
     paths = job.JobPaths.for_shard(config.out_dir, name)

@@ -133,10 +133,11 @@ GOLD = """def execute_command(video_clip, query, possible_answers):
 """
 
 
-@pytest.mark.slow  # two jobs through the sandbox, every expert compiled twice: ~50 CPU-s
+@pytest.mark.slow  # three jobs through the sandbox, every expert compiled 3 times: ~75 CPU-s
 def test_cot_job_records_are_the_same_with_coalescing_on_and_off(models):
   """Eight programs in flight, every model expert bound: the records (programs' traces, answers,
-  rationales, verdicts) do not depend on whether concurrent calls were batched."""
+  rationales, verdicts) do not depend on whether concurrent calls were batched, by each
+  expert's own coalescer or by one device scheduler that knows the programs in flight."""
   from aotd_jax.agent import job
   from aotd_jax.agent.sandbox import run_program
   from aotd_jax.data import annotations
@@ -144,6 +145,7 @@ def test_cot_job_records_are_the_same_with_coalescing_on_and_off(models):
   from experts.backends.llava import LlavaVideoQA
   from experts.backends.owlv2 import Owlv2Detector
   from experts.backends.univtg import UniVTGGrounder
+  from experts.scheduler import DeviceScheduler
 
   choices = ["Took the cup.", "Put down the cup.", "Washed the cup.", "Threw the cup."]
   questions = []
@@ -160,22 +162,35 @@ def test_cot_job_records_are_the_same_with_coalescing_on_and_off(models):
     questions.append(q)
   clips = {f"v{i}": c for i, c in enumerate(_clips(8, [4, 7, 5], seed=3))}
 
-  def make_job(coalesce):
+  def make_job(mode):
+    coalesce = mode != "off"
+    sched = DeviceScheduler() if mode == "scheduler" else None
     u, c = models["univtg"]
     m, tok = models["llava"]
     owl_tok = rw.word_tokenize(OWL_TINY["vocab"], OWL_TINY["text_length"])
-    qa = LlavaVideoQA(m, tok, num_frames=2, max_new_tokens=3, coalesce=coalesce)
+    qa = LlavaVideoQA(m, tok, num_frames=2, max_new_tokens=3, coalesce=coalesce, scheduler=sched)
     box = experts.Toolbox(
       detector=Owlv2Detector(
-        models["owlv2"], owl_tok, buckets=(1, 4, 8), nms_threshold=None, coalesce=coalesce
+        models["owlv2"],
+        owl_tok,
+        buckets=(1, 4, 8),
+        nms_threshold=None,
+        coalesce=coalesce,
+        scheduler=sched,
       ),
       grounder=UniVTGGrounder(
-        u, c, rw.word_tokenize(CLIP_TINY["vocab"], 16), buckets=(1, 4, 8), coalesce=coalesce
+        u,
+        c,
+        rw.word_tokenize(CLIP_TINY["vocab"], 16),
+        buckets=(1, 4, 8),
+        coalesce=coalesce,
+        scheduler=sched,
       ),
       action_recognizer=qa,
       video_qa=qa,
       selector=oracle.KeywordSelector(),
       detect_threshold=0.5,
+      scheduler=sched,
     )
     return box, job.CotJob(
       tools=box.tools(),
@@ -187,15 +202,16 @@ def test_cot_job_records_are_the_same_with_coalescing_on_and_off(models):
       run_program=run_program,
       program_source="gold",
       num_threads=8,
+      program_scope=sched.program if sched is not None else None,
     )
 
   records = {}
-  for on in (False, True):
-    box, cot_job = make_job(on)
-    records[on] = [
+  for mode in ("off", "per_expert", "scheduler"):
+    box, cot_job = make_job(mode)
+    records[mode] = [
       {k: v for k, v in r.items() if k != "timing"} for r in cot_job.process(questions)
     ]
-    if on:
+    if mode != "off":
       batched = [
         box.detector.coalescer,
         *box.grounder.coalescers.values(),
@@ -206,8 +222,14 @@ def test_cot_job_records_are_the_same_with_coalescing_on_and_off(models):
       )  # programs' calls did share batches
       for closable in (box.detector, box.grounder, box.video_qa):
         closable.close()
-  assert all(r["verdicts"]["executed"] for r in records[False]), records[False][0]["verdicts"]
-  assert json.dumps(records[True], sort_keys=True) == json.dumps(records[False], sort_keys=True)
+    if mode == "scheduler":  # its batches were released when all 8 programs were blocked
+      assert box.scheduler.stats.quiescent > 0, box.scheduler.stats
+      assert box.scheduler.programs == 0
+      box.scheduler.close()
+  assert all(r["verdicts"]["executed"] for r in records["off"]), records["off"][0]["verdicts"]
+  want = json.dumps(records["off"], sort_keys=True)
+  assert json.dumps(records["per_expert"], sort_keys=True) == want
+  assert json.dumps(records["scheduler"], sort_keys=True) == want
 
 
 def test_registry_coalescing_switch_and_defaults():

@@ -45,7 +45,7 @@ import re
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TextIO
+from typing import Any, Callable, ContextManager, Iterable, Iterator, Mapping, Sequence, TextIO
 
 from aotd_jax import memory_stats
 from aotd_jax.agent import cot, filters, programs
@@ -470,6 +470,9 @@ class CotJob:
       local model's engine (`LocalLlama`, continuous batching) full. The records stay the same
       for deterministic LLMs (temperature 0) and for the engine's sampling (keyed per prompt);
       a `LocalLlama(batching="static")` samples with a key per call, whose order would vary.
+    program_scope: a context manager factory entered around each program's execution, e.g.
+      the experts' device scheduler's `program` (`experts.scheduler`), which counts the
+      programs in flight to batch their expert calls when all of them are blocked on one.
   """
 
   tools: Mapping[str, Callable]
@@ -498,6 +501,7 @@ class CotJob:
   decode_workers: int = 2
   llm_workers: int = 1
   times: StageTimes | None = None  # when set, each stage's seconds are added to it
+  program_scope: Callable[[], ContextManager[Any]] | None = None
 
   def __post_init__(self):
     if self.program_source not in ("llm", "gold"):
@@ -593,7 +597,8 @@ class CotJob:
     except _InputError as e:
       return Execution(ok=False, error=str(e)), []
     try:
-      with capture_replies() as noted:
+      scope = self.program_scope() if self.program_scope else contextlib.nullcontext()
+      with capture_replies() as noted, scope:
         ex = self.run_program(program.source, self.tools, args, timeout_s=self.timeout_s)
     except Exception as e:  # the job goes on whatever one program does
       return Execution(

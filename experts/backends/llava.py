@@ -146,6 +146,8 @@ class LlavaVideoQA:
     normalization: (image_mean, image_std) of the frames (default: the model config's
       `pixel_normalization`, the released processor's; `experts.registry` passes the
       checkpoint's processor files').
+    scheduler: the device's `experts.scheduler.DeviceScheduler`: with `coalesce`, its
+      coalescers share it (one batch at a time on the device; see experts/scheduler.py).
   """
 
   def __init__(
@@ -166,6 +168,7 @@ class LlavaVideoQA:
     coalesce: bool = False,
     coalesce_wait_s: float = 0.002,
     normalization: tuple | None = None,
+    scheduler=None,
   ):
     if choice_scoring not in CHOICE_SCORING:
       raise ValueError(f"choice_scoring={choice_scoring!r} is not one of {list(CHOICE_SCORING)}")
@@ -179,6 +182,7 @@ class LlavaVideoQA:
     self.prompt_format, self.summary_prompt = prompt_format, summary_prompt
     self.action_prompt = action_prompt
     self.buckets, self.coalesce, self.coalesce_wait_s = tuple(buckets), coalesce, coalesce_wait_s
+    self.scheduler = scheduler
     self._graphdef = self._state = None
     self._fns: dict[str, object] = {}  # "score" / "generate<max_new_tokens>" -> BucketedJit
     self.coalescers: dict[str, object] = {}
@@ -231,7 +235,11 @@ class LlavaVideoQA:
         from experts.coalesce import Coalescer
 
         self.coalescers[key] = Coalescer(
-          fn, wait_s=self.coalesce_wait_s, output="host", name=f"{self.name}/coalesce-{key}"
+          fn,
+          wait_s=self.coalesce_wait_s,
+          output="host",
+          name=f"{self.name}/coalesce-{key}",
+          scheduler=self.scheduler,
         )
       coalescer = self.coalescers.get(key)
     return coalescer(rows, *args) if coalescer is not None else fn(rows, *args, to_host=True)

@@ -95,6 +95,8 @@ class Owlv2Detector:
     coalesce_wait_s: how long the coalescer waits for more requests after the first.
     normalization: (image_mean, image_std) after the 1/255 rescale (default CLIP's, the
       released OWLv2 processor's; `from_pretrained` reads the directory's processor file).
+    scheduler: the device's `experts.scheduler.DeviceScheduler`: with `coalesce`, its
+      coalescers share it (one batch at a time on the device; see experts/scheduler.py).
 
   Thread-safe: the feature LRU is guarded by a lock, and a chunk being computed for one thread
   is awaited, not recomputed, by another that asks for the same frames.
@@ -114,6 +116,7 @@ class Owlv2Detector:
     coalesce: bool = False,
     coalesce_wait_s: float = 0.002,
     normalization: tuple | None = None,
+    scheduler=None,
   ):
     from aotd_jax.models import owlv2_processing as proc
 
@@ -160,7 +163,11 @@ class Owlv2Detector:
       from experts.coalesce import Coalescer
 
       self.coalescer = Coalescer(
-        self.image_fn, wait_s=coalesce_wait_s, output="device", name=f"{name}/coalesce"
+        self.image_fn,
+        wait_s=coalesce_wait_s,
+        output="device",
+        name=f"{name}/coalesce",
+        scheduler=scheduler,
       )
 
   @classmethod
@@ -229,23 +236,23 @@ class Owlv2Detector:
         return self._features[key]
       future = self._inflight.get(key)
       owner = future is None
+      coalescer = self.coalescer
       if owner:
-        coalescer = self.coalescer
         future = (
           coalescer.submit(frames, self._state)
           if coalescer is not None
           else concurrent.futures.Future()
         )
         self._inflight[key] = future
-    if not owner:
-      return future.result()
+    if not owner:  # another thread computes it: through the coalescer, wait as blocked on it
+      return coalescer.wait(future) if coalescer is not None else future.result()
     try:
       if coalescer is None:
         try:
           future.set_result(self.image_fn.run_chunk(pad_rows(frames, size), self._state))
         except BaseException as e:
           future.set_exception(e)
-      out = future.result()
+      out = coalescer.wait(future) if coalescer is not None else future.result()
       with self._lock:
         self._features[key] = out
         while len(self._features) > self.feature_cache:

@@ -67,6 +67,8 @@ class UniVTGGrounder:
       `CLIPImageProcessor`: bicubic shortest-edge resize, centre crop) or "official" (the
       official AoTD's UniVTG `Preprocessing`: the whole frame resized to a square, bilinear,
       antialiased, nothing cropped).
+    scheduler: the device's `experts.scheduler.DeviceScheduler`: with `coalesce`, its
+      coalescers share it (one batch at a time on the device; see experts/scheduler.py).
   """
 
   def __init__(
@@ -84,6 +86,7 @@ class UniVTGGrounder:
     coalesce_wait_s: float = 0.002,
     normalization: tuple | None = None,
     frame_preprocess: str = "clip_processor",
+    scheduler=None,
   ):
     from aotd_jax.models import pixel_norms
 
@@ -147,7 +150,13 @@ class UniVTGGrounder:
       from experts.coalesce import Coalescer
 
       self.coalescers = {
-        part: Coalescer(fn, wait_s=coalesce_wait_s, output="host", name=f"{name}/coalesce-{part}")
+        part: Coalescer(
+          fn,
+          wait_s=coalesce_wait_s,
+          output="host",
+          name=f"{name}/coalesce-{part}",
+          scheduler=scheduler,
+        )
         for part, fn in (
           ("image", self.image_fn),
           ("text", self.text_fn),

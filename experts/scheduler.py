@@ -1,0 +1,209 @@
+"""One device, one batch at a time: a scheduler shared by every coalescer of a device.
+
+Each `experts.coalesce.Coalescer` on its own has a worker thread with a wait window: with
+several experts (OWLv2, UniVTG's three parts, LLaVA) up to five batches run at once on one
+device, and a CoT job's programs spread over the experts' queues, so each batch holds the few
+programs that happened to reach that expert within the window.
+
+`DeviceScheduler` is the one worker thread of all the coalescers attached to it
+(`Coalescer(fn, scheduler=s)`). It knows how many programs are in flight (`program()`: the job
+or benchmark enters it around each program) and how many of them are blocked on an expert
+call (`wait`, which `Coalescer.__call__` uses), and runs a batch when no more requests can come soon:
+
+  quiescent: every program in flight is blocked on an expert call (a program running Python,
+             a host-side tool or the sandbox counts as running), so waiting longer gains
+             nothing;
+  full:      a queue holds a full batch (`max_rows` rows of one shape);
+  window:    the oldest waiting request has waited its coalescer's `wait_s` since it arrived
+             or since the last batch ended, whichever is later (the programs that batch
+             released get `wait_s` to reach their next call; a program busy elsewhere for long
+             does not hold up the others).
+
+It then runs the fullest queue (the most requests of one row shape; ties: the oldest request),
+except that a queue passed over `patience` times in a row goes first. Programs thus move almost
+in lockstep from expert to expert, and each batch holds most of the programs in
+flight. Without `program()` registrations only the full and window rules apply.
+
+  sched = DeviceScheduler()
+  image = Coalescer(BucketedJit(image_side), scheduler=sched)
+  text = Coalescer(BucketedJit(text_side), scheduler=sched)
+  with sched.program():       # in each program's thread
+    feats = image(frames, state)
+  sched.close()
+
+A batch's results are the same whichever rule released it (`Coalescer`'s row-wise functions).
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import contextlib
+import dataclasses
+import threading
+import time
+from typing import TYPE_CHECKING, Iterator
+
+if TYPE_CHECKING:
+  from experts.coalesce import Coalescer
+
+
+@dataclasses.dataclass
+class SchedulerStats:
+  """Counters (cumulative): batches run, by the rule that released them, and the seconds the
+  worker spent running batches."""
+
+  batches: int = 0
+  quiescent: int = 0
+  full: int = 0
+  window: int = 0
+  closing: int = 0
+  busy_s: float = 0.0
+
+
+class DeviceScheduler:
+  """The worker thread of the coalescers of one device (see the module docstring).
+
+  Args:
+    patience: dispatches a non-empty queue may be passed over before it goes first.
+    name: the worker thread's name.
+    history: how many of the last batches `history` keeps, as (coalescer name, requests,
+      rule) tuples.
+  """
+
+  def __init__(self, *, patience: int = 8, name: str = "device-scheduler", history: int = 256):
+    if patience < 1:
+      raise ValueError(f"DeviceScheduler: patience must be >= 1, got {patience}")
+    self.patience, self.name = int(patience), name
+    self.stats = SchedulerStats()
+    self.history: collections.deque[tuple[str, int, str]] = collections.deque(maxlen=history)
+    self.cond = threading.Condition()  # guards everything below and the coalescers' queues
+    self._coalescers: list[Coalescer] = []
+    self._passed: dict[int, int] = {}  # id(coalescer) -> dispatches passed over
+    self._programs = 0
+    self._blocked = 0
+    self._closed = False
+    self._last_end = 0.0  # time.monotonic() when the last batch ended
+    self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+    self._thread.start()
+
+  # -- what coalescers and programs call ---------------------------------------------------------
+
+  def attach(self, coalescer: "Coalescer") -> None:
+    with self.cond:
+      if self._closed:
+        raise RuntimeError(f"{self.name} is closed")
+      self._coalescers.append(coalescer)
+      self._passed[id(coalescer)] = 0
+
+  def detach(self, coalescer: "Coalescer") -> None:
+    with self.cond:
+      if coalescer in self._coalescers:
+        self._coalescers.remove(coalescer)
+        self._passed.pop(id(coalescer), None)
+
+  @contextlib.contextmanager
+  def program(self) -> Iterator[None]:
+    """Counts the calling program as in flight while the block runs."""
+    with self.cond:
+      self._programs += 1
+    try:
+      yield
+    finally:
+      with self.cond:
+        self._programs -= 1
+        self.cond.notify_all()  # one fewer to wait for: the others may be quiescent now
+
+  def wait(self, future: concurrent.futures.Future):
+    """`future.result()`, the calling thread counted as blocked on an expert call until the
+    result is set (by the worker, before it picks the next batch: a program whose result is
+    in counts as running at once, even before its thread wakes up)."""
+    with self.cond:
+      if not future.done():
+        self._blocked += 1
+        self.cond.notify_all()
+        future.add_done_callback(self._unblock)
+    return future.result()
+
+  def _unblock(self, _future) -> None:
+    with self.cond:
+      self._blocked -= 1
+
+  @property
+  def programs(self) -> int:
+    """Programs in flight now."""
+    return self._programs
+
+  def close(self, timeout: float | None = None) -> None:
+    """Runs what is queued, then stops the worker (idempotent); coalescers attached later, or
+    still attached, can no longer submit."""
+    with self.cond:
+      self._closed = True
+      for c in self._coalescers:
+        c._closed = True  # noqa: SLF001 - the scheduler owns its coalescers' queues
+      self.cond.notify_all()
+    if threading.current_thread() is not self._thread:
+      self._thread.join(timeout)
+
+  def __enter__(self) -> "DeviceScheduler":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+  # -- the worker --------------------------------------------------------------------------------
+
+  def _pick(self, now: float):
+    """((coalescer, batching key), rule) to run now, or (None, seconds to wait: None = until
+    notified)."""
+    # each queue's fullest batch: (requests, rows, first arrival, key)
+    heads = [(c, c._candidate(any_key=True)) for c in self._coalescers if c._pending]  # noqa: SLF001
+    if not heads:
+      return None, None
+    closing = heads if self._closed else [h for h in heads if h[0]._closed]  # noqa: SLF001
+    full = [h for h in heads if h[1][1] >= h[0].max_rows]
+    quiescent = self._programs > 0 and self._blocked >= self._programs
+    due = min(max(h[2], self._last_end) + c.wait_s for c, h in heads)
+    if closing:
+      rule, heads = "closing", closing
+    elif quiescent:
+      rule = "quiescent"
+    elif full:
+      rule, heads = "full", full
+    elif now >= due:
+      rule = "window"
+    else:
+      return None, due - now
+    late = [h for h in heads if self._passed[id(h[0])] >= self.patience]
+    # the fullest queue (most requests), ties to the oldest request
+    chosen, (_, _, _, key) = max(late or heads, key=lambda h: (h[1][0], -h[1][2]))
+    for c, _ in heads:
+      self._passed[id(c)] = 0 if c is chosen else self._passed[id(c)] + 1
+    return (chosen, key), rule
+
+  def _loop(self) -> None:
+    while True:
+      with self.cond:
+        while True:
+          pick, rule = self._pick(time.monotonic())
+          if pick is not None:
+            chosen, key = pick
+            batch = chosen._take_batch(key)  # noqa: SLF001
+            break
+          if self._closed and not any(c._pending for c in self._coalescers):  # noqa: SLF001
+            self.cond.notify_all()
+            return
+          self.cond.wait(rule)
+        chosen._running = True  # noqa: SLF001
+      t0 = time.perf_counter()
+      try:
+        chosen._run(batch)  # noqa: SLF001 - outside the lock: programs keep submitting
+      finally:
+        with self.cond:
+          chosen._running = False  # noqa: SLF001
+          self._last_end = time.monotonic()
+          self.history.append((chosen.name, len(batch), rule))
+          self.stats.batches += 1
+          setattr(self.stats, rule, getattr(self.stats, rule) + 1)
+          self.stats.busy_s += time.perf_counter() - t0
+          self.cond.notify_all()  # coalescers closing wait for their queue to drain

@@ -1,0 +1,147 @@
+"""One device scheduler for many coalescers (experts/scheduler.py): a batch when every program
+in flight is blocked on an expert call, the window otherwise, the fullest queue first; results
+equal to unbatched calls. Counts, not timings."""
+
+import concurrent.futures
+import threading
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experts.batching import BucketedJit
+from experts.coalesce import Coalescer
+from experts.scheduler import DeviceScheduler
+
+BUCKETS = (1, 2, 4, 8)
+W = jnp.arange(12.0).reshape(3, 4) / 10
+
+
+def _fn(scale=1.0):
+  return BucketedJit(lambda x, w: jnp.tanh(x @ w) * scale, buckets=BUCKETS)
+
+
+def _want(x, scale=1.0):
+  return np.tanh(x @ np.asarray(W)) * scale
+
+
+def _programs(sched, bodies, timeout=60):
+  """Runs each body in its own thread as a program in flight; all are registered before any
+  body starts (so quiescence means: all of them blocked)."""
+  barrier = threading.Barrier(len(bodies))
+
+  def run(body):
+    with sched.program():
+      barrier.wait(timeout)
+      return body()
+
+  with concurrent.futures.ThreadPoolExecutor(len(bodies)) as pool:
+    futures = [pool.submit(run, b) for b in bodies]
+    return [f.result(timeout) for f in futures]
+
+
+def test_quiescence_releases_one_batch_of_every_program_without_the_window():
+  rng = np.random.default_rng(0)
+  xs = [rng.normal(size=(n, 3)).astype(np.float32) for n in (1, 2, 1, 3, 1, 2)]
+  with DeviceScheduler() as sched:
+    co = Coalescer(_fn(), wait_s=600.0, max_rows=32, scheduler=sched)  # no window, not full
+    outs = _programs(sched, [lambda x=x: co(x, W) for x in xs])
+    assert co._thread is None  # no worker of its own
+  for x, out in zip(xs, outs):
+    np.testing.assert_allclose(out, _want(x), rtol=1e-5, atol=1e-6)
+  assert list(sched.history) == [(co.name, 6, "quiescent")]
+  assert co.stats.batches == 1 and co.stats.rows == 10
+  assert sched.programs == 0
+
+
+def test_a_program_busy_elsewhere_is_waited_for_only_the_window():
+  after = threading.Barrier(3)  # the busy program ends only once the others have their rows
+  with DeviceScheduler() as sched:
+    co = Coalescer(_fn(), wait_s=0.05, scheduler=sched)
+    x = np.ones((1, 3), np.float32)
+
+    def call():
+      out = co(x, W)
+      after.wait(60)
+      return out
+
+    outs = _programs(sched, [call, call, lambda: after.wait(60)])
+  np.testing.assert_allclose(outs[0], _want(x), rtol=1e-5)
+  assert list(sched.history) == [(co.name, 2, "window")]
+  assert sched.stats.window == 1 and sched.stats.quiescent == 0
+
+
+def test_the_fullest_queue_runs_first_then_the_rest():
+  with DeviceScheduler() as sched:
+    a = Coalescer(_fn(), wait_s=600.0, scheduler=sched, name="a")
+    b = Coalescer(_fn(2.0), wait_s=600.0, scheduler=sched, name="b")
+    x = np.ones((1, 3), np.float32)
+    outs = _programs(sched, [lambda: b(x, W)] + [lambda: a(x, W)] * 3)
+  np.testing.assert_allclose(outs[0], _want(x, 2.0), rtol=1e-5)
+  # a (3 requests) before b (1); once a's programs end, b's program alone is quiescent
+  assert list(sched.history) == [("a", 3, "quiescent"), ("b", 1, "quiescent")]
+
+
+def test_within_a_queue_the_row_shape_with_most_requests_runs_first():
+  fn = BucketedJit(lambda x, w: jnp.tanh(x[..., :3] @ w), buckets=BUCKETS)
+  with DeviceScheduler() as sched:
+    co = Coalescer(fn, wait_s=600.0, scheduler=sched)
+    short, long = np.ones((1, 3), np.float32), np.ones((1, 5), np.float32)
+    outs = _programs(sched, [lambda: co(short, W)] + [lambda: co(long, W)] * 3)
+  np.testing.assert_allclose(outs[0], outs[1], rtol=1e-6)  # the same first 3 features
+  assert list(sched.history) == [(co.name, 3, "quiescent"), (co.name, 1, "quiescent")]
+
+
+def test_a_full_queue_runs_at_once_and_oversized_requests_run_alone():
+  with DeviceScheduler() as sched:
+    co = Coalescer(_fn(), wait_s=600.0, max_rows=4, scheduler=sched)
+    x = np.random.default_rng(1).normal(size=(11, 3)).astype(np.float32)
+    np.testing.assert_allclose(co(x, W), _want(x), rtol=1e-5, atol=1e-6)  # no program: full
+  assert list(sched.history) == [(co.name, 1, "full")]
+
+
+def test_errors_reach_the_callers_and_the_scheduler_survives():
+  def boom(x, w):
+    if x.shape[0] >= 4:
+      raise ValueError("boom at trace")
+    return x @ w
+
+  with DeviceScheduler() as sched:
+    bad = Coalescer(BucketedJit(boom, buckets=(1, 2, 4)), wait_s=600.0, scheduler=sched)
+    good = Coalescer(_fn(), wait_s=600.0, scheduler=sched)
+    x = np.ones((1, 3), np.float32)
+    outs = _programs(
+      sched,
+      [lambda: _raises(bad, x) for _ in range(3)] + [lambda: good(x, W)],
+    )
+  assert outs[:3] == ["boom at trace"] * 3  # 3 rows -> bucket 4 -> the error, to each caller
+  np.testing.assert_allclose(outs[3], _want(x), rtol=1e-5)
+  assert bad.stats.errors == 1
+
+
+def _raises(co, x):
+  try:
+    co(x, W)
+  except ValueError as e:
+    return str(e)
+  return None
+
+
+def test_close_runs_what_is_queued_and_refuses_later_calls():
+  sched = DeviceScheduler()
+  co = Coalescer(_fn(), wait_s=600.0, scheduler=sched)
+  with sched.program(), sched.program():  # two in flight, none blocked: only close releases
+    futures = [co.submit(np.ones((1, 3), np.float32), W) for _ in range(3)]
+    co.close(timeout=30)
+  assert all(f.done() and f.exception() is None for f in futures)
+  assert list(sched.history) == [(co.name, 3, "closing")]
+  with pytest.raises(RuntimeError, match="closed"):
+    co.submit(np.ones((1, 3), np.float32), W)
+  other = Coalescer(_fn(), wait_s=600.0, scheduler=sched)
+  pending = other.submit(np.ones((2, 3), np.float32), W)
+  sched.close(timeout=30)
+  assert pending.done() and not sched._thread.is_alive()
+  with pytest.raises(RuntimeError, match="closed"):
+    Coalescer(_fn(), scheduler=sched)
+  with pytest.raises(ValueError, match="patience"):
+    DeviceScheduler(patience=0)
