@@ -139,7 +139,7 @@ def test_cot_job_records_are_the_same_with_coalescing_on_and_off(models):
   rationales, verdicts) do not depend on whether concurrent calls were batched, by each
   expert's own coalescer or by one device scheduler that knows the programs in flight."""
   from aotd_jax.agent import job
-  from aotd_jax.agent.sandbox import run_program
+  from aotd_jax.agent.sandbox import Sandbox
   from aotd_jax.data import annotations
   from experts.backends import oracle
   from experts.backends.llava import LlavaVideoQA
@@ -162,13 +162,23 @@ def test_cot_job_records_are_the_same_with_coalescing_on_and_off(models):
     questions.append(q)
   clips = {f"v{i}": c for i, c in enumerate(_clips(8, [4, 7, 5], seed=3))}
 
-  def make_job(mode):
+  def make_job(mode, sandbox):
     coalesce = mode != "off"
     sched = DeviceScheduler() if mode == "scheduler" else None
+    # the scheduler's window never fires (a batch only when all programs wait, or one is full)
+    wait = 600.0 if sched else 0.002
     u, c = models["univtg"]
     m, tok = models["llava"]
     owl_tok = rw.word_tokenize(OWL_TINY["vocab"], OWL_TINY["text_length"])
-    qa = LlavaVideoQA(m, tok, num_frames=2, max_new_tokens=3, coalesce=coalesce, scheduler=sched)
+    qa = LlavaVideoQA(
+      m,
+      tok,
+      num_frames=2,
+      max_new_tokens=3,
+      coalesce=coalesce,
+      coalesce_wait_s=wait,
+      scheduler=sched,
+    )
     box = experts.Toolbox(
       detector=Owlv2Detector(
         models["owlv2"],
@@ -176,6 +186,7 @@ def test_cot_job_records_are_the_same_with_coalescing_on_and_off(models):
         buckets=(1, 4, 8),
         nms_threshold=None,
         coalesce=coalesce,
+        coalesce_wait_s=wait,
         scheduler=sched,
       ),
       grounder=UniVTGGrounder(
@@ -184,6 +195,7 @@ def test_cot_job_records_are_the_same_with_coalescing_on_and_off(models):
         rw.word_tokenize(CLIP_TINY["vocab"], 16),
         buckets=(1, 4, 8),
         coalesce=coalesce,
+        coalesce_wait_s=wait,
         scheduler=sched,
       ),
       action_recognizer=qa,
@@ -199,7 +211,7 @@ def test_cot_job_records_are_the_same_with_coalescing_on_and_off(models):
         "query": q.question,
         "possible_answers": list(q.choices),
       },
-      run_program=run_program,
+      run_program=sandbox.run,  # a worker per program: none waits for one while in flight
       program_source="gold",
       num_threads=8,
       program_scope=sched.program if sched is not None else None,
@@ -207,10 +219,11 @@ def test_cot_job_records_are_the_same_with_coalescing_on_and_off(models):
 
   records = {}
   for mode in ("off", "per_expert", "scheduler"):
-    box, cot_job = make_job(mode)
-    records[mode] = [
-      {k: v for k, v in r.items() if k != "timing"} for r in cot_job.process(questions)
-    ]
+    with Sandbox(num_workers=8, memory_mb=512) as sandbox:
+      box, cot_job = make_job(mode, sandbox)
+      records[mode] = [
+        {k: v for k, v in r.items() if k != "timing"} for r in cot_job.process(questions)
+      ]
     if mode != "off":
       batched = [
         box.detector.coalescer,
@@ -222,8 +235,10 @@ def test_cot_job_records_are_the_same_with_coalescing_on_and_off(models):
       )  # programs' calls did share batches
       for closable in (box.detector, box.grounder, box.video_qa):
         closable.close()
-    if mode == "scheduler":  # its batches were released when all 8 programs were blocked
-      assert box.scheduler.stats.quiescent > 0, box.scheduler.stats
+    if mode == "scheduler":  # its batches were released when all programs were blocked
+      assert box.scheduler.stats.quiescent > 0 and box.scheduler.stats.window == 0, (
+        box.scheduler.stats
+      )
       assert box.scheduler.programs == 0
       box.scheduler.close()
   assert all(r["verdicts"]["executed"] for r in records["off"]), records["off"][0]["verdicts"]
