@@ -130,6 +130,9 @@ def cot_base_config() -> ml_collections.ConfigDict:
   # "source": traces number frames as the source video; "sampled": the student's own frames,
   # 0..max_frames-1 (set max_frames to the student's data.num_frames), the official numbering
   c.frame_numbers = "source"
+  # which frames of the window: "ours" (both ends) or "official" (the release's
+  # linspace(0, vlen, max_frames, endpoint=False)); as the student's data.frame_sampling
+  c.frame_sampling = "ours"
   # few-shot programs: <examples_package's folder, else data/prompts>/examples/<examples>.txt
   c.examples = "toyworld"
   c.examples_package = "aotd_jax.projects.toyworld"
@@ -166,6 +169,18 @@ def cot_base_config() -> ml_collections.ConfigDict:
     {"enabled": True, "max_batches_in_flight": 4, "decode_workers": 2, "llm_workers": 1}
   )
   return c
+
+
+def frame_sampling(a: Mapping[str, str], where: str) -> str:
+  """The `frame_sampling=` of a CoT config string, checked (`video_processing.FRAME_SAMPLINGS`)."""
+  from aotd_jax.data import video_processing
+
+  value = a["frame_sampling"]
+  if value not in video_processing.FRAME_SAMPLINGS:
+    raise ValueError(
+      f"{where}: frame_sampling={value!r}: expected one of {video_processing.FRAME_SAMPLINGS}"
+    )
+  return value
 
 
 def shrink_cot(c: ml_collections.ConfigDict) -> None:
@@ -402,9 +417,12 @@ def distill_config(
   c.data.mixing = "concat_epoch"
   c.data.prompt_format = "official"
   c.data.answer_style = "letter"
-  # "question": STAR's question window (ours); "whole": the whole video (the official release;
-  # docs/fidelity.md, "which frames"). The CoTs must have been made the same way.
-  c.data.window = "question"
+  # The official release's frames (docs/fidelity.md, "which frames"): the whole video, not
+  # STAR's question window ("question", ours), at linspace(0, vlen, num_frames,
+  # endpoint=False) ("ours": both ends taken). The CoTs must have been made the same way
+  # (configs/cot/*.py's window= and frame_sampling=; tests/test_frame_sampling.py checks).
+  c.data.window = "whole"
+  c.data.frame_sampling = "official"
   c.loss = ml_collections.ConfigDict(dict(normalization="sequence"))
   c.neftune_alpha = 0.1  # NEFTune noise on the token embeddings, as the official Trainer
   c.data.datasets = ml_collections.ConfigDict(

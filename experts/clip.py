@@ -250,6 +250,7 @@ def question_clip(
   max_frames: int = 24,
   video_id: str | None = None,
   frame_numbers: str = "source",
+  frame_sampling: str = "ours",
 ) -> VideoClip:
   """The [start, end] seconds window of a video as a `VideoClip` of at most `max_frames` frames.
 
@@ -258,28 +259,48 @@ def question_clip(
   the student is given for this window (`aotd_jax.data.video.sample_indices`, the trainer's
   rule) numbered 0..max_frames-1, with the fps of that sampling, as the official AoTD numbers
   them: a rationale's "frames 3-9" then points at the student's own frames.
+
+  `frame_sampling`: which frames, as the student's (`video.sample_indices`): "ours" takes the
+  window's first and last frames; "official" is the release's `linspace(0, vlen, N,
+  endpoint=False)` over the window, its clip's fps `N / window seconds` (the release's
+  `1 / clip_len`). With "source" numbering it subsamples a window longer than `max_frames`.
   """
-  from aotd_jax.data import video
+  from aotd_jax.data import video, video_processing
 
   if frame_numbers not in FRAME_NUMBERS:
     raise ValueError(f"question_clip: frame_numbers={frame_numbers!r} not in {FRAME_NUMBERS}")
+  if frame_sampling not in video_processing.FRAME_SAMPLINGS:
+    raise ValueError(
+      f"question_clip: frame_sampling={frame_sampling!r} not in {video_processing.FRAME_SAMPLINGS}"
+    )
   info = video.probe(path)
   if frame_numbers == "sampled":
-    ids = video.sample_indices(info.num_frames, info.fps, max_frames, start, end)
-    span_s = (int(ids[-1]) + 1 - int(ids[0])) / info.fps
+    ids = video.sample_indices(
+      info.num_frames, info.fps, max_frames, start, end, sampling=frame_sampling
+    )
+    if frame_sampling == "official":  # the frames stand for equal slices of the whole window
+      window = video.sample_indices(info.num_frames, info.fps, 2, start, end)
+      span_s = (int(window[-1]) + 1 - int(window[0])) / info.fps
+    else:
+      span_s = (int(ids[-1]) + 1 - int(ids[0])) / info.fps
     n = len(ids)
+    # caches never mix two windows' (or two samplings') frame 0
+    tag = f"@{start}-{end}/{n}" + ("/official" if frame_sampling == "official" else "")
     return VideoClip(
       video.decode_frames(path, ids),
       start_frame=0,
       end_frame=n,
       fps=n / span_s,
-      video_id=f"{video_id}@{start}-{end}/{n}" if video_id is not None else None,
+      video_id=None if video_id is None else f"{video_id}{tag}",
     )
   first = 0 if start is None else max(0, int(start * info.fps))
   last = info.num_frames if end is None else min(info.num_frames, int(end * info.fps))
   ids = np.arange(first, max(last, first + 1))
   if len(ids) > max_frames:
-    ids = ids[np.linspace(0, len(ids) - 1, max_frames).round().astype(int)]
+    if frame_sampling == "official":
+      ids = ids[video_processing.sample_frame_indices(len(ids), max_frames, sampling="official")]
+    else:
+      ids = ids[np.linspace(0, len(ids) - 1, max_frames).round().astype(int)]
   return VideoClip(
     video.decode_frames(path, ids),
     start_frame=int(ids[0]),
@@ -290,9 +311,11 @@ def question_clip(
   )
 
 
-def clip_args(video_path, max_frames: int = 24, frame_numbers: str = "source"):
+def clip_args(
+  video_path, max_frames: int = 24, frame_numbers: str = "source", frame_sampling: str = "ours"
+):
   """`qa -> execute_command arguments`: the question's window of its video (`video_path(qa)`)
-  as `video_clip`, its text as `query`, its choices as `possible_answers`."""
+  as `video_clip` (`question_clip`), its text as `query`, its choices as `possible_answers`."""
 
   def make(qa) -> dict:
     clip = question_clip(
@@ -302,6 +325,7 @@ def clip_args(video_path, max_frames: int = 24, frame_numbers: str = "source"):
       max_frames=max_frames,
       video_id=qa.video_id,
       frame_numbers=frame_numbers,
+      frame_sampling=frame_sampling,
     )
     return {"video_clip": clip, "query": qa.question, "possible_answers": list(qa.choices)}
 

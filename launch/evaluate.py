@@ -12,9 +12,14 @@ default: the map beside the CSV) `--video_root=NExTVideo`.
 
 `--student` is a Hugging Face directory or an Orbax checkpoint directory written by
 `launch.train` (its latest step). For the latter, `--tokenizer`, `--num_frames`,
-`--prompt_format`, `--answer_style` and `--window` default to what the run trained with (its
-saved `config.data`: `tokenizer`, `num_frames`, `prompt_format`, `answer_style`, `window`); a
-flag given on the command line wins. `settings` in the output says what was used. The run
+`--prompt_format`, `--answer_style`, `--window` and `--frame_sampling` default to what the run
+trained with (its saved `config.data`: `tokenizer`, `num_frames`, `prompt_format`,
+`answer_style`, `window`, `frame_sampling`; a run whose config has no `window` /
+`frame_sampling` trained with `question` / `ours`); a flag given on the command line wins.
+Otherwise (a Hugging Face directory, e.g. `launch.export`'s) the frames are the official
+release's, as the real configs train on: the whole video (`--window=whole`) at
+`linspace(0, vlen, N, endpoint=False)` (`--frame_sampling=official`; docs/fidelity.md, "which
+frames"). `settings` in the output says what was used. The run
 writes one row per question under `outputs` in `--out` (`output`: the greedy reply;
 `likelihood_output`: the closed-set pick; `frame_ids`: the source frame ids of the student's
 frames, rationale mode) and computes every number from those rows (`aotd_jax.eval.rescore`),
@@ -56,9 +61,10 @@ import os
 from absl import flags, logging
 
 from aotd_jax import hf
-from aotd_jax.data import annotations, files
+from aotd_jax.data import annotations, files, video_processing
 from aotd_jax.eval import mc_parse, rescore
 from aotd_jax.eval import student as student_eval
+from aotd_jax.train import data as train_data
 from aotd_jax.train.config_check import ConfigError
 from launch import cli
 
@@ -116,10 +122,17 @@ _PARSE = flags.DEFINE_enum(
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of --parse=official's random picks.")
 _WINDOW = flags.DEFINE_enum(
   "window",
-  "question",
-  ["question", "whole"],
-  "Frames from the question's window (STAR's start/end) or the whole video (the official "
-  "release's); as the student was trained (config.data.window).",
+  "whole",
+  list(annotations.WINDOWS),
+  "Frames from the whole video (the official release's; the real configs') or the question's "
+  "window (STAR's start/end); as the student was trained (config.data.window).",
+)
+_FRAME_SAMPLING = flags.DEFINE_enum(
+  "frame_sampling",
+  "official",
+  list(video_processing.FRAME_SAMPLINGS),
+  "Which N frames: official (the release's linspace(0, vlen, N, endpoint=False); the real "
+  "configs') or ours (both ends taken); as the student was trained (config.data.frame_sampling).",
 )
 _RESCORE = flags.DEFINE_string(
   "rescore",
@@ -156,6 +169,7 @@ TRAINED_WITH = {
   "prompt_format": "prompt_format",
   "answer_style": "answer_style",
   "window": "window",
+  "frame_sampling": "frame_sampling",
 }
 
 
@@ -182,10 +196,13 @@ def training_data_config(path: str) -> dict:
 
 def defaults_from_training(data: dict) -> list[str]:
   """Sets each `TRAINED_WITH` flag the command line left out to the training config's value;
-  returns them as `--flag=value`. A saved value the flag does not take is a ConfigError."""
+  returns them as `--flag=value` (a key the config leaves out: the trainer's default,
+  `aotd_jax.train.data.DATA_DEFAULTS`). A saved value the flag does not take is a ConfigError."""
   taken = []
   for flag, key in TRAINED_WITH.items():
     value = data.get(key)
+    if value is None and data:  # the trainer's value when its config leaves the key out
+      value = train_data.DATA_DEFAULTS.get(key)
     if flags.FLAGS[flag].present or value is None or value == "":
       continue
     try:
@@ -207,8 +224,9 @@ def load_student(path: str):
   return orbax_io.restore_model(path)
 
 
-def read_records(fmt: str, path: str, map_path: str = ""):
-  """The evaluation records; `map_path` is NExT-QA's video map (ConfigError for another format)."""
+def read_records(fmt: str, path: str, map_path: str = "", window: str = "question"):
+  """The evaluation records; `map_path` is NExT-QA's video map (ConfigError for another format),
+  `window` `annotations.read`'s (`--window`)."""
   kw = {}
   if map_path:
     if fmt != "nextqa":
@@ -216,7 +234,7 @@ def read_records(fmt: str, path: str, map_path: str = ""):
     if not files.exists(map_path):
       raise ConfigError(f"--map={map_path}: no such file")
     kw["map_path"] = map_path
-  return annotations.read(fmt, path, window=_WINDOW.value, **kw)
+  return annotations.read(fmt, path, window=window, **kw)
 
 
 def frame_ids(record) -> list[int]:
@@ -228,6 +246,7 @@ def frame_ids(record) -> list[int]:
     _NUM_FRAMES.value,
     record.start,
     record.end,
+    _FRAME_SAMPLING.value,
   )
   return [int(i) for i in ids]
 
@@ -263,6 +282,7 @@ def run_model(records, scoring: str) -> tuple[list[dict], dict]:
     num_frames=_NUM_FRAMES.value,
     batch_size=_BATCH.value,
     prompt_format=_PROMPT_FORMAT.value,
+    frame_sampling=_FRAME_SAMPLING.value,
   )
   rows = [{"qid": r.qid} for r in records]
   eff = {}
@@ -302,7 +322,7 @@ def main(argv):
     from_training = defaults_from_training(training_data_config(_STUDENT.value))
     if from_training:
       logging.info("from the student's training config: %s", " ".join(from_training))
-  records = read_records(_FORMAT.value, _ANNOTATIONS.value, _MAP.value)
+  records = read_records(_FORMAT.value, _ANNOTATIONS.value, _MAP.value, _WINDOW.value)
   if _LIMIT.value:
     records = records[: _LIMIT.value]
   if scoring != "generate" and not all(r.choices for r in records):
@@ -347,6 +367,7 @@ def main(argv):
       "prompt_format": _PROMPT_FORMAT.value,
       "answer_style": _ANSWER_STYLE.value,
       "window": _WINDOW.value,
+      "frame_sampling": _FRAME_SAMPLING.value,
       "from_training_config": from_training,
     }
   judgements: list = []

@@ -159,7 +159,10 @@ def clip_args(config) -> Callable[[annotations.VideoQA], dict]:
   from experts.clip import clip_args as make_clip_args
 
   return make_clip_args(
-    video_path(config), config.max_frames, config.get("frame_numbers", "source")
+    video_path(config),
+    config.max_frames,
+    config.get("frame_numbers", "source"),
+    config.get("frame_sampling", "ours"),
   )
 
 
@@ -187,6 +190,7 @@ IDENTITY_KEYS = (
   "rewrite_fallback",
   "max_frames",
   "frame_numbers",
+  "frame_sampling",
   "max_new_tokens",
   "temperature",
   "timeout_s",

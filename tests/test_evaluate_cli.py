@@ -103,8 +103,10 @@ def test_nextqa_map_and_both_scorings(nextqa, tmp_path):
   records = annotations.read(
     "nextqa", str(d / "ann" / "val.csv"), map_path=str(d / "map_vid_vidorID.json")
   )
+  # a Hugging Face directory: the official release's frames (--frame_sampling=official)
+  assert result["settings"]["frame_sampling"] == "official"
   want = student_eval.choose_by_likelihood(
-    model, tok, records, video_root=str(d / "NExTVideo"), num_frames=4
+    model, tok, records, video_root=str(d / "NExTVideo"), num_frames=4, frame_sampling="official"
   )
   assert [o["likelihood_output"] for o in result["outputs"]] == want.outputs
   assert all(o["output"] is not None for o in result["outputs"])
@@ -174,6 +176,8 @@ def test_a_training_checkpoint_gives_its_tokenizer_frames_and_formats(nextqa, tm
     "answer_style": "letter",
     "window": "whole",
   }
+  # the saved config has no frame_sampling: the run trained with the trainer's default, ours
+  assert result["settings"]["frame_sampling"] == "ours"
   records = annotations.read(
     "nextqa", str(d / "ann" / "val.csv"), map_path=str(d / "map_vid_vidorID.json")
   )
@@ -195,6 +199,7 @@ def test_a_training_checkpoint_gives_its_tokenizer_frames_and_formats(nextqa, tm
     f"--tokenizer={d / 'student'}",
     "--prompt_format=official",
     "--window=whole",
+    "--frame_sampling=ours",
   ]
 
 

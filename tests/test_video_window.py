@@ -31,13 +31,16 @@ def test_configs_carry_the_window_to_the_readers(monkeypatch):
   from fixtures.train_data import pipeline_config
 
   paths = "owlv2=o,univtg=u.ckpt,clip=c,llava=l,llm=http://127.0.0.1:9/v1"
-  assert star.get_config(f"ann=a.json,videos=v,{paths}").data.read_kwargs.window == "question"
-  c = star.get_config(f"ann=a.json,videos=v,{paths},window=whole")
-  assert c.data.read_kwargs.window == "whole"
-  assert lnv7b.get_config("h100x8").data.window == "question"
+  assert star.get_config(f"ann=a.json,videos=v,{paths}").data.read_kwargs.window == "whole"
+  c = star.get_config(f"ann=a.json,videos=v,{paths},window=question")
+  assert c.data.read_kwargs.window == "question"
+  assert lnv7b.get_config("h100x8").data.window == "whole"
   vision = types.SimpleNamespace(image_size=8)
   student = types.SimpleNamespace(
     config=types.SimpleNamespace(vision_config=vision, video_tokens=lambda frames: 4 * frames)
   )
-  _, reads = pipeline_config(monkeypatch, student, window="whole")
-  assert reads == [{"window": "whole"}]
+  pc, reads = pipeline_config(monkeypatch, student, window="whole", frame_sampling="official")
+  assert reads == [{"window": "whole"}] and pc.frame_sampling == "official"
+  # a config without them (the toy world's): the trainer's defaults
+  pc, reads = pipeline_config(monkeypatch, student)
+  assert reads == [{"window": "question"}] and pc.frame_sampling == "ours"

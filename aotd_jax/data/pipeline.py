@@ -44,6 +44,8 @@ class PipelineConfig:
   Attributes:
     batch_size: global batch size, split evenly over `jax.process_count()` hosts.
     num_frames: frames per clip (T).
+    frame_sampling: which frames of a clip's window, "ours" (both ends taken) or "official"
+      (the AoTD release's `linspace(0, vlen, T, endpoint=False)`; `video.sample_indices`).
     image_size: shortest edge and centre crop of `preprocess_video` (S).
     video_resize: `preprocess_video`'s resize: "shortest_edge" (LLaVA-NeXT-Video: resize the
       shortest edge, centre crop) or "square" (LLaVA-OneVision: straight to S x S); the
@@ -72,6 +74,7 @@ class PipelineConfig:
   """
   batch_size: int
   num_frames: int = 8
+  frame_sampling: str = "ours"
   image_size: int = 224
   video_resize: str = "shortest_edge"
   image_mean: tuple[float, ...] = CLIP_MEAN
@@ -403,7 +406,8 @@ class PrepareSample:
       self._cache = video.FrameCache(cfg.frame_cache_items)
     try:
       frames = video.read_frames(ex["video_path"], cfg.num_frames, start=ex["start"],
-                                 end=ex["end"], size=cfg.decode_size, cache=self._cache)
+                                 end=ex["end"], size=cfg.decode_size, cache=self._cache,
+                                 sampling=cfg.frame_sampling)
     except video.VideoDecodeError as e:
       return {SKIP: f"qid {ex['qid']}: {e}", "kind": "video"}
     try:

@@ -98,13 +98,15 @@ def probe(path: str | os.PathLike) -> VideoInfo:
 
 
 def sample_indices(num_frames_total: int, fps: float, n: int, start: float | None = None,
-                   end: float | None = None) -> np.ndarray:
-  """`n` frame indices spread uniformly (endpoints included) over the window [start, end) s.
+                   end: float | None = None, *, sampling: str = "ours") -> np.ndarray:
+  """`n` frame indices spread uniformly over the window [start, end) s (None: the video's ends).
 
   Frame `i` covers [i / fps, (i + 1) / fps). The window is clipped to the video; a window that
   starts past the end collapses onto the last frame (STAR windows sometimes overrun their
   video by a frame or two). With fewer frames in the window than `n`, indices repeat. The
-  spreading rule is `video_processing.sample_frame_indices` (transformers' linspace).
+  spreading rule is `video_processing.sample_frame_indices`: `sampling="ours"` takes the
+  window's first and last frames (transformers' linspace), `"official"` the AoTD release's
+  `linspace(0, vlen, n, endpoint=False)` over the window's frames (its last one never taken).
   """
   if n <= 0:
     raise ValueError(f"number of frames to sample must be positive, got {n}")
@@ -112,7 +114,8 @@ def sample_indices(num_frames_total: int, fps: float, n: int, start: float | Non
   first = 0 if start is None else min(max(int(math.floor(start * fps + 1e-6)), 0), last_frame)
   last = last_frame if end is None else int(math.ceil(end * fps - 1e-6)) - 1
   last = min(max(last, first), last_frame)
-  return video_processing.sample_frame_indices(num_frames_total, n, start=first, end=last + 1)
+  return video_processing.sample_frame_indices(num_frames_total, n, start=first, end=last + 1,
+                                               sampling=sampling)
 
 
 def _size_kwargs(size: Size) -> dict:
@@ -214,7 +217,7 @@ def decode_all(path: str | os.PathLike, *, size: Size = None) -> np.ndarray:
 
 
 class FrameCache:
-  """Bounded LRU of decoded clips keyed by (path, (mtime, bytes), window, N, size)."""
+  """Bounded LRU of decoded clips keyed by (path, (mtime, bytes), window, N, size, sampling)."""
 
   def __init__(self, max_items: int = 128, max_bytes: int | None = 1 << 30):
     self.max_items = max_items
@@ -273,7 +276,7 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float | int = 
 
 def read_frames(path: str | os.PathLike, num_frames: int, *, start: float | None = None,
                 end: float | None = None, size: Size = None, cache: FrameCache | None = None,
-                seek: bool = True) -> np.ndarray:
+                seek: bool = True, sampling: str = "ours") -> np.ndarray:
   """`num_frames` RGB uint8 frames (N, H, W, 3) sampled uniformly inside [start, end] seconds.
 
   Args:
@@ -283,25 +286,31 @@ def read_frames(path: str | os.PathLike, num_frames: int, *, start: float | None
     size: output size, `int` (square) or `(height, width)`; None keeps the video's size.
     cache: an optional `FrameCache`; hits return a read-only array.
     seek: False decodes everything up to the last wanted frame (the slow reference).
+    sampling: which frames of the window, "ours" or "official" (`sample_indices`).
 
   Raises:
     VideoDecodeError: naming the file, when it is missing, corrupt or truncated.
   """
   path = os.fspath(path)
+  if sampling not in video_processing.FRAME_SAMPLINGS:
+    raise ValueError(f"read_frames: frame_sampling={sampling!r} is not one of "
+                     f"{video_processing.FRAME_SAMPLINGS}")
   key = None
   if cache is not None:
     try:
       stamp = files.stat_key(path)
     except OSError as e:
       raise VideoDecodeError(path, "file not found") from e
-    key = (path, stamp, start, end, int(num_frames), size)
+    key = (path, stamp, start, end, int(num_frames), size, sampling)
     hit = cache.get(key)
     if hit is not None:
       return hit
   if num_frames <= 0:
     raise ValueError(f"number of frames to sample must be positive, got {num_frames}")
   frames = decode_frames(
-      path, lambda info: sample_indices(info.num_frames, info.fps, num_frames, start, end),
+      path,
+      lambda info: sample_indices(info.num_frames, info.fps, num_frames, start, end,
+                                  sampling=sampling),
       size=size, seek=seek)
   if cache is not None:
     cache.put(key, frames)

@@ -262,13 +262,26 @@ def preprocess_images(images: Sequence[np.ndarray], **kw) -> dict[str, np.ndarra
 # ----------------------------------------------------------------------------------------------
 
 
+# How `n` frames are spread over a span of frames [start, end): "ours" takes both ends
+# (transformers' `np.linspace(start, end - 1, n)`), "official" is the AoTD release's
+# `np.linspace(0, vlen, n, endpoint=False).astype(int)` (its cot_construction.py, train.py and
+# eval_nextqa.py), which starts at the span's first frame and never takes its last.
+FRAME_SAMPLINGS = ("ours", "official")
+
+
 def sample_frame_indices(num_frames_total: int, n: int, start: int | None = None,
-                         end: int | None = None) -> np.ndarray:
+                         end: int | None = None, *, sampling: str = "ours") -> np.ndarray:
   """`n` frame indices spread uniformly over [start, end) (whole clip by default), int64.
 
-  Same rule as transformers' `np.linspace(start, end - 1, n).astype(int)` sampling, so a short
-  clip repeats frames rather than returning fewer than `n`.
+  `sampling="ours"`: transformers' `np.linspace(start, end - 1, n).astype(int)`, both ends
+  taken. `"official"`: the AoTD release's `np.linspace(start, end, n, endpoint=False)
+  .astype(int)` (with start 0 and end the video's length, its formula exactly): frame
+  `start + floor(i * (end - start) / n)`, the last frame never taken. Either way a short clip
+  repeats frames rather than returning fewer than `n`.
   """
+  if sampling not in FRAME_SAMPLINGS:
+    raise ValueError(f"sample_frame_indices: frame_sampling={sampling!r} is not one of "
+                     f"{FRAME_SAMPLINGS}")
   if n < 1:
     raise ValueError(f"sample_frame_indices: n must be >= 1, got {n}")
   if num_frames_total < 1:
@@ -278,6 +291,8 @@ def sample_frame_indices(num_frames_total: int, n: int, start: int | None = None
   if end <= start:
     raise ValueError(f"sample_frame_indices: empty range start={start} end={end} "
                      f"for a video of {num_frames_total} frames")
+  if sampling == "official":
+    return np.linspace(start, end, n, endpoint=False).astype(np.int64)
   return np.linspace(start, end - 1, n).astype(np.int64)
 
 

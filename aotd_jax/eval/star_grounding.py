@@ -56,8 +56,15 @@ def star_truth(
 
 
 def student_frame_ids(
-  video_path: str, num_frames: int, start: float | None, end: float | None
+  video_path: str,
+  num_frames: int,
+  start: float | None,
+  end: float | None,
+  frame_sampling: str = "ours",
 ) -> np.ndarray:
-  """The source frame ids of the student's `num_frames` frames of a question window."""
+  """The source frame ids of the student's `num_frames` frames of a question window (None: the
+  whole video), picked by `frame_sampling` as the student's frames were."""
   info = video.probe(video_path)
-  return video.sample_indices(info.num_frames, info.fps, num_frames, start, end)
+  return video.sample_indices(
+    info.num_frames, info.fps, num_frames, start, end, sampling=frame_sampling
+  )

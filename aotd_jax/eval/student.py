@@ -75,9 +75,11 @@ def _pixels(
   frames_fn: Callable[[VideoQA], np.ndarray] | None,
   resize: str = "shortest_edge",
   normalization: tuple | None = None,
+  frame_sampling: str = "ours",
 ) -> np.ndarray:
-  """(B, T, 3, size, size) preprocessed frames of each record's question window, normalised
-  by `normalization` = (image_mean, image_std) (default: CLIP's)."""
+  """(B, T, 3, size, size) preprocessed frames of each record's window (the whole video when it
+  has none), picked by `frame_sampling` (`video.sample_indices`), normalised by
+  `normalization` = (image_mean, image_std) (default: CLIP's)."""
   mean, std = normalization or (video_processing.CLIP_MEAN, video_processing.CLIP_STD)
   pixels = []
   for r in chunk:
@@ -90,6 +92,7 @@ def _pixels(
         start=r.start,
         end=r.end,
         size=decode_size,
+        sampling=frame_sampling,
       )
     )
     pixels.append(
@@ -115,6 +118,7 @@ def run_student(
   frames_fn: Callable[[VideoQA], np.ndarray] | None = None,
   prompt_format: str = "plain",
   normalization: tuple | None = None,
+  frame_sampling: str = "ours",
 ) -> StudentRun:
   """Greedy outputs of the LLaVA-NeXT-Video `model` for `records` (batched, left-padded).
 
@@ -122,6 +126,8 @@ def run_student(
   `prompt_format`: the one the student was trained with (`config.data.prompt_format`).
   `normalization`: (image_mean, image_std) of its frames (default: the model config's
   `pixel_normalization`; `launch/evaluate.py` reads the checkpoint's processor files).
+  `frame_sampling`: which frames, "ours" or "official", as the student was trained
+  (`config.data.frame_sampling`; `aotd_jax.data.video.sample_indices`).
   """
   import importlib
   from aotd_jax.models import llava_next_video  # the student; imported lazily (heavy)
@@ -160,6 +166,7 @@ def run_student(
         frames_fn=frames_fn,
         resize=getattr(cfg, "video_resize", "shortest_edge"),
         normalization=normalization or getattr(cfg, "pixel_normalization", None),
+        frame_sampling=frame_sampling,
       )
       out = generate(
         model,
@@ -238,6 +245,7 @@ def _closed_set(
   frames_fn,
   prompt_format: str = "plain",
   normalization: tuple | None = None,
+  frame_sampling: str = "ours",
 ) -> ChoiceRun:
   """Runs the forward passes of a closed-set scorer. `rows_fn(record, prompt text)` gives the
   record's rows: (token ids, score(log-probs (L, vocab)) -> option scores); a record's option
@@ -292,6 +300,7 @@ def _closed_set(
         frames_fn=frames_fn,
         resize=getattr(cfg, "video_resize", "shortest_edge"),
         normalization=normalization or getattr(cfg, "pixel_normalization", None),
+        frame_sampling=frame_sampling,
       )
       out = np.asarray(forward(model, input_ids, mask, pixels[np.asarray(owner)]))
       per: list[list[float]] = [[] for _ in chunk]
@@ -319,10 +328,12 @@ def choose_letters(
   prompt_format: str = "plain",
   answer_style: str = "letter_text",
   normalization: tuple | None = None,
+  frame_sampling: str = "ours",
 ) -> ChoiceRun:
   """Closed-set multiple-choice answers: one forward pass over prompt + " (" and the option
   whose letter token has the highest logit (`logprobs`: log-softmax over the letters).
-  `prompt_format` / `answer_style`: as the student was trained (`config.data.*`)."""
+  `prompt_format` / `answer_style` / `frame_sampling`: as the student was trained
+  (`config.data.*`)."""
 
   def rows(record, prompt):
     head, letters = letter_token_ids(tokenizer, prompt, len(record.choices), answer_style)
@@ -346,6 +357,7 @@ def choose_letters(
     frames_fn=frames_fn,
     prompt_format=prompt_format,
     normalization=normalization,
+    frame_sampling=frame_sampling,
   )
 
 
@@ -364,11 +376,13 @@ def choose_by_likelihood(
   prompt_format: str = "plain",
   answer_style: str = "letter_text",
   normalization: tuple | None = None,
+  frame_sampling: str = "ours",
 ) -> ChoiceRun:
   """Closed-set multiple-choice answers by the likelihood of each option's reply, "(B) text"
   as the student was trained to write it: the option with the highest summed token
   log-probability wins (lm-eval-harness style; `logprobs` are those sums, per option).
-  text_only: sum over the option's text only (after its "(B)"), leaving out the letter."""
+  text_only: sum over the option's text only (after its "(B)"), leaving out the letter.
+  frame_sampling: which frames, as `run_student`'s."""
 
   def ids_of(text):
     return list(tokenizer(text, add_special_tokens=True)["input_ids"])
@@ -408,6 +422,7 @@ def choose_by_likelihood(
     frames_fn=frames_fn,
     prompt_format=prompt_format,
     normalization=normalization,
+    frame_sampling=frame_sampling,
   )
 
 

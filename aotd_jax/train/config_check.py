@@ -86,6 +86,15 @@ def check_train_config(cfg) -> None:
   mixing = _get(cfg, "data.mixing")
   if mixing is not None and mixing not in ("weighted", "concat_epoch"):
     errors.append(f"--config.data.mixing={mixing!r}: expected 'weighted' or 'concat_epoch'")
+  from aotd_jax.data import annotations, video_processing
+
+  for key, allowed in (
+    ("window", annotations.WINDOWS),
+    ("frame_sampling", video_processing.FRAME_SAMPLINGS),
+  ):
+    value = _get(cfg, f"data.{key}")
+    if value is not None and value not in allowed:
+      errors.append(f"--config.data.{key}={value!r}: expected one of {allowed}")
   compute = _get(cfg, "student.compute")
   if compute is not None:
     try:

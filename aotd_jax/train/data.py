@@ -6,6 +6,11 @@ from flax import nnx
 
 from aotd_jax.train.synthetic import SyntheticBatches
 
+# What the pipeline uses when `config.data` leaves a key out (older configs, the toy world's):
+# STAR's question window and our frame sampling; the real configs set the official release's
+# (`configs/common.py`'s `distill_config`; docs/fidelity.md, "which frames").
+DATA_DEFAULTS = {"window": "question", "frame_sampling": "ours"}
+
 
 def _video_tokens(config, num_frames: int) -> int:
   """Visual tokens of a clip (after pooling; LLaVA-OneVision adds a newline), as transformers counts."""
@@ -63,7 +68,10 @@ def make_pipeline_data(cfg, student: nnx.Module, tokenizer=None):
   qa_list = list(d.get("qa", ())) + from_datasets[0]
   cot_list = list(d.get("cot", ())) + from_datasets[1]
   for i, qa in enumerate(qa_list):
-    read_kwargs = {"window": d.get("window", "question"), **dict(qa.get("read_kwargs", {}) or {})}
+    read_kwargs = {
+      "window": d.get("window", DATA_DEFAULTS["window"]),
+      **dict(qa.get("read_kwargs", {}) or {}),
+    }
     records = annotations.read(qa["format"], qa["path"], **read_kwargs)
     named.append(
       (
@@ -107,6 +115,7 @@ def make_pipeline_data(cfg, student: nnx.Module, tokenizer=None):
   pc = pipeline.PipelineConfig(
     batch_size=cfg.batch_size,
     num_frames=d.num_frames,
+    frame_sampling=d.get("frame_sampling", DATA_DEFAULTS["frame_sampling"]),
     image_size=mc.vision_config.image_size,
     video_resize=getattr(mc, "video_resize", "shortest_edge"),
     image_mean=image_mean,

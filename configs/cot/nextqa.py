@@ -5,7 +5,8 @@ ann=nextqa/train.csv,videos=NExTVideo,map=nextqa/map_vid_vidorID.json,\
 owlv2=owlv2-base-patch16-ensemble,univtg=univtg/model_best.ckpt,clip=clip-vit-base-patch32,\
 llava=LLaVA-NeXT-Video-7B-DPO-hf,llm=http://localhost:8000/v1,model=deepseek-coder-6.7b-instruct
 
-`arg`: as `star.py` (experts, LLMs, `out`, `frames`), with `map` (video id -> path JSON) and
+`arg`: as `star.py` (experts, LLMs, `out`, `frames`, `frame_sampling`; NExT-QA has no question
+window, so its videos are always whole), with `map` (video id -> path JSON) and
 `vocab` ("open": the detector looks for the phrase a program names, the default; or a file
 with one object name per line), and `runlocal` (4 questions in batches of 2). NExT-QA has no
 scene graphs, so there is no oracle.
@@ -35,6 +36,7 @@ KEYS = dict(
   selector="",
   selector_model="",
   frames="32",
+  frame_sampling="official",
 )
 
 
@@ -61,6 +63,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.out_dir = a["out"]
   c.max_frames = int(a["frames"])  # = the student's data.num_frames (lnv7b: 32)
   c.frame_numbers = "sampled"  # traces name the student's frames 0..frames-1 (official)
+  # which frames, as the student's data.frame_sampling: "official" (the release's
+  # linspace(0, vlen, frames, endpoint=False)) or "ours" (both ends taken)
+  c.frame_sampling = common.frame_sampling(a, "configs/cot/nextqa.py")
   vocab = a["vocab"]
   c.experts = common.bind_experts(
     "nextqa", a, vocabulary="open" if vocab == "open" else f"file:{vocab}"

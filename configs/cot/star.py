@@ -15,6 +15,10 @@ llava=LLaVA-NeXT-Video-7B-DPO-hf,llm=http://localhost:8000/v1,model=deepseek-cod
 - LLMs: `llm` (OpenAI-compatible base URL, or a local Llama dir) with `model`; optional
   `judge`/`judge_model`, `rewrite`/`rewrite_model` and `selector`/`selector_model`
   (`selector=keyword`: the offline word-overlap heuristic instead of an LLM).
+- frames: `frames` (32, the student's), `window` (`whole`: the whole video, as the official
+  release; `question`: STAR's question window) and `frame_sampling` (`official`: the release's
+  `linspace(0, vlen, frames, endpoint=False)`; `ours`: both ends taken), as the student's
+  `data.window` / `data.frame_sampling` (docs/fidelity.md, "which frames").
 - `runlocal`: 4 questions in batches of 2 (the plumbing, before the sharded run).
 STAR's `question_program` is a list of functions, not Python: programs always come from the LLM.
 """
@@ -43,7 +47,8 @@ KEYS = dict(
   selector="",
   selector_model="",
   frames="32",
-  window="question",
+  window="whole",
+  frame_sampling="official",
 )
 
 
@@ -58,14 +63,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.format = "star"
   c.data.path = a["ann"]
   c.data.video_dir = a["videos"]
-  # "question": the experts see the question's window; "whole": the whole video, as the
-  # official release (docs/fidelity.md, "which frames"); the student must train the same way
+  # "whole": the experts see the whole video, as the official release; "question": the
+  # question's window (ours; docs/fidelity.md, "which frames"). The student must train the
+  # same way (configs/common.py's distill_config: data.window)
   c.data.read_kwargs.window = a["window"]
   c.examples = "star"
   c.examples_package = ""  # data/prompts/examples/star.txt
   c.out_dir = a["out"]
   c.max_frames = int(a["frames"])  # = the student's data.num_frames (lnv7b: 32)
   c.frame_numbers = "sampled"  # traces name the student's frames 0..frames-1 (official)
+  # which frames, as the student's data.frame_sampling: "official" (the release's
+  # linspace(0, vlen, frames, endpoint=False)) or "ours" (both ends taken)
+  c.frame_sampling = common.frame_sampling(a, "configs/cot/star.py")
   vocabulary = f"star:{a['classes']}" if a["classes"] else "open"
   if a["experts"] == "real":
     c.experts = common.bind_experts("star", a, vocabulary=vocabulary)
