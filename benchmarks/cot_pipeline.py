@@ -13,6 +13,8 @@ fsync'd record log. Two LLM setups:
   local: our Flax Llama (`LocalLlama`, tiny random weights, a toy BPE tokenizer) rewrites
          and judges on this machine's CPU; programs are the annotations' gold ones (a random
          model writes no program that runs). The LLM's compute competes for the same cores.
+         One row per `--local_batching` (continuous: the engine, which the rewrite and judge
+         stages share when pipelined; static: `generate` batches, the stages taking turns).
 
 Per mode: questions/s, busy seconds per stage (`CotJob.times`: the wall time each stage's
 work took, summed over batches; in the pipelined run they overlap), the seconds spent decoding
@@ -25,6 +27,7 @@ Each mode runs once untimed (sandbox start, compilation), then the modes alterna
 
   python benchmarks/cot_pipeline.py                    # RESULTS.md's row
   python benchmarks/cot_pipeline.py --clips 4 --rounds 1 --skip_local   # a smoke run
+  python benchmarks/cot_pipeline.py --clips 32 --skip_stub --local_batching continuous static
 """
 
 from __future__ import annotations
@@ -75,7 +78,7 @@ class TimedArgs:
         self.seconds += time.perf_counter() - t0
 
 
-def tiny_local_llm(texts, out_dir: str, max_batch: int):
+def tiny_local_llm(texts, out_dir: str, max_batch: int, batching: str = "continuous"):
   """`LocalLlama` on a tiny random Llama and a toy BPE tokenizer trained on `texts`."""
   from flax import nnx
 
@@ -88,7 +91,7 @@ def tiny_local_llm(texts, out_dir: str, max_batch: int):
   fields = {k: v for k, v in TINY_LLAMA.items() if k not in ("architectures", "model_type")}
   fields["max_position_embeddings"] = 8192
   model = LlamaForCausalLM(LlamaConfig(**fields), rngs=nnx.Rngs(0))
-  return LocalLlama(model=model, tokenizer=tok, max_batch=max_batch)
+  return LocalLlama(model=model, tokenizer=tok, max_batch=max_batch, batching=batching)
 
 
 def run_mode(make_job, questions, pipelined: bool, out_dir: str) -> dict:
@@ -162,6 +165,14 @@ def main(argv=None) -> dict:
   ap.add_argument("--llm_workers", type=int, default=1, help="batches per LLM stage at once")
   ap.add_argument("--rounds", type=int, default=2)
   ap.add_argument("--skip_local", action="store_true", help="no local Flax LLM row")
+  ap.add_argument("--skip_stub", action="store_true", help="no HTTP stub row")
+  ap.add_argument(
+    "--local_batching",
+    nargs="+",
+    default=["continuous"],
+    choices=["continuous", "static"],
+    help="LocalLlama's batching for the local row(s): one row each",
+  )
   args = ap.parse_args(argv)
 
   import experts
@@ -225,33 +236,35 @@ def main(argv=None) -> dict:
 
       return make
 
-    replies = slow_replies(gold, args.latency_ms / 1e3)
-    with StubServer(replies) as server:
+    if not args.skip_stub:
+      replies = slow_replies(gold, args.latency_ms / 1e3)
+      with StubServer(replies) as server:
 
-      def http():
-        return OpenAIChat(server.url, "stub-coder", concurrency=args.concurrency, timeout_s=60)
+        def http():
+          return OpenAIChat(server.url, "stub-coder", concurrency=args.concurrency, timeout_s=60)
 
-      stub_job = job_factory(
-        program_llm=http(),
-        cot_llm=http(),
-        judge_llm=http(),
-        program_source="llm",
-        logic_judge="llm",
-      )
-      row = compare("stub", stub_job, questions, args.rounds, tmp)
-    row["stub_requests"] = dict(sorted(replies.counts.items()))
-    result["rows"].append(row)
-    print(json.dumps(row), flush=True)
+        stub_job = job_factory(
+          program_llm=http(),
+          cot_llm=http(),
+          judge_llm=http(),
+          program_source="llm",
+          logic_judge="llm",
+        )
+        row = compare("stub", stub_job, questions, args.rounds, tmp)
+      row["stub_requests"] = dict(sorted(replies.counts.items()))
+      result["rows"].append(row)
+      print(json.dumps(row), flush=True)
 
     if not args.skip_local:
       texts = [qa.question for qa in questions] + list(gold.values())
-      local = tiny_local_llm(texts, os.path.join(tmp, "tokenizer"), args.batch_size)
-      local_job = job_factory(
-        cot_llm=local, judge_llm=local, program_source="gold", logic_judge="llm"
-      )
-      row = compare("local", local_job, questions, args.rounds, tmp)
-      result["rows"].append(row)
-      print(json.dumps(row), flush=True)
+      for batching in args.local_batching:
+        local = tiny_local_llm(texts, os.path.join(tmp, "tokenizer"), args.batch_size, batching)
+        local_job = job_factory(
+          cot_llm=local, judge_llm=local, program_source="gold", logic_judge="llm"
+        )
+        row = compare(f"local-{batching}", local_job, questions, args.rounds, tmp)
+        result["rows"].append(row)
+        print(json.dumps(row), flush=True)
   result["load_avg_1m_end"] = round(os.getloadavg()[0], 1)
   print(json.dumps({k: v for k, v in result.items() if k != "rows"}))
   return result
