@@ -145,3 +145,30 @@ def test_close_runs_what_is_queued_and_refuses_later_calls():
     Coalescer(_fn(), scheduler=sched)
   with pytest.raises(ValueError, match="patience"):
     DeviceScheduler(patience=0)
+
+
+def test_the_registry_gives_every_coalesced_backend_of_a_toolbox_one_scheduler():
+  import experts
+  from experts import registry
+
+  def fake(role):
+    def make(section, ctx):
+      return {"role": role, "scheduler": ctx.scheduler(registry.coalescing(ctx.config, role)[0])}
+
+    return make
+
+  factories = {r: {"fake": fake(r)} for r in ("detector", "grounder", "video_qa")}
+  c = experts.default_config()
+  for role in ("detector", "grounder", "video_qa"):
+    c[role] = {"kind": "fake"}
+  c.action_recognizer = {"kind": "none"}
+  c.object_vocabulary = "open"
+  c.coalesce = True
+  c.grounder["coalesce"] = False  # a role's own switch
+  box = registry.make_toolbox(c, factories=factories)
+  assert isinstance(box.scheduler, DeviceScheduler)
+  assert box.detector["scheduler"] is box.video_qa["scheduler"] is box.scheduler
+  assert box.grounder["scheduler"] is None
+  box.scheduler.close()
+  c.coalesce = False
+  assert registry.make_toolbox(c, factories=factories).scheduler is None
