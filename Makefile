@@ -17,14 +17,20 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(PY) -m launch.demo --config=$(DEMO_CONFIG) --workdir=$(WORKDIR)
 
+RUN_CACHE ?= .cache/jax-run
 test: $(VENV)/.installed
 	# lint and formatting first (ruff.toml): pyflakes, lines over 120 columns, `ruff format`
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	# two workers, each test file on one (module fixtures such as the demo run once), the longest
 	# files first (tests/conftest.py's LONGEST_FILES, kept in that order); the viewer test renders
-	# in a headless Chromium when one is installed, and says it skipped otherwise
-	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests
+	# in a headless Chromium when one is installed, and says it skipped otherwise. JAX's persistent
+	# compilation cache lives in a directory of this run only (empty at the start, removed at the
+	# end): every XLA program still compiles once per run, and the workers and launcher
+	# subprocesses that need the same program again load it instead of compiling it again
+	rm -rf $(RUN_CACHE) && JAX_COMPILATION_CACHE_DIR=$(abspath $(RUN_CACHE)) \
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests; \
+	rc=$$?; rm -rf $(RUN_CACHE); exit $$rc
 	# then `bazel test` on a few BUILD targets (offline with Debian's bazel-bootstrap; it says
 	# SKIPPED and exits 0 where Bazel is not installed)
 	PYTHON=$(PY) tools/bazel_test.sh
