@@ -37,7 +37,9 @@ if [[ ${#targets[@]} -eq 0 ]]; then
   targets=(//:test_build //:test_architecture //:test_paths)
 fi
 # The interpreter's folder first on the PATH: the autodetected Python toolchain runs `python3`.
-PATH="$(cd "$PYTHON_BIN" && pwd):$PATH" exec bazel test \
+# The server stops itself 10 s after the run (it would otherwise stay up for hours holding the
+# descriptors it inherited, e.g. a caller's lock file).
+PATH="$(cd "$PYTHON_BIN" && pwd):$PATH" exec bazel --max_idle_secs=10 test \
   --override_repository=rules_cc="$MOCK_REPOS/rules_cc" \
   --override_repository=rules_java="$MOCK_REPOS/rules_java" \
   --override_repository=remote_coverage_tools="$PWD/tools/bazel/no_coverage" \
