@@ -71,12 +71,17 @@ def build(args):
     " ".join(map(str, rng.randint(3, args.vocab, rng.randint(8, args.max_prompt + 1))))
     for _ in range(args.prompts)
   ]
-  # EOS: the token found in the most rows of a free greedy run (after their first 2 tokens),
-  # so rows end at mixed lengths, as real replies do.
-  ids = np.array([[int(w) for w in p.split()][:8] for p in prompts[:16]])
+  # EOS: the token found in the most rows of a free greedy run of the whole prompts (after
+  # their first 2 new tokens), so rows end at mixed lengths, as real replies do.
+  toks = [[int(w) for w in p.split()] for p in prompts]
+  width = max(map(len, toks))
+  ids = np.zeros((len(toks), width), np.int32)
+  mask = np.zeros((len(toks), width), np.int32)
+  for r, t in enumerate(toks):  # left-padded, as `LocalLlama` pads
+    ids[r, width - len(t) :], mask[r, width - len(t) :] = t, 1
   free = np.asarray(
     gen.generate(
-      model, ids, max_new_tokens=max(args.new), eos_token_id=None, pad_token_id=0
+      model, ids, mask, max_new_tokens=max(args.new), eos_token_id=None, pad_token_id=0
     ).sequences
   )[:, 2:]
   rows_with = collections.Counter(t for row in free for t in set(row.tolist()))
@@ -161,6 +166,9 @@ def main(argv=None) -> dict:
   row["speedup_engine_threads"] = round(best["static"] / best["engine_threads"], 2)
   row["engine_stats"] = vars(llms["engine"].engine.stats)
   row["mean_new_tokens"] = round(tokens / n_prompts, 1)
+  row["rows_ended_before_max_new_tokens"] = sum(
+    len(reply.split()) < new for (new, _), out in zip(calls, replies["static"]) for reply in out
+  )
   print(json.dumps(row))
   return row
 

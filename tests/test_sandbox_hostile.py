@@ -544,8 +544,11 @@ def test_hostile_corpus(sandbox, tmp_path, monkeypatch):
       not ex.error or "\n" in ex.error or len(ex.error) > 1000 or not re.search(expected, ex.error)
     ):
       failures.append(f"{name}: reason {ex.error!r} does not match {expected!r}")
-    elif seconds > TIMEOUT_S + 5.0:  # a kill may wait for a replacement worker to start
-      failures.append(f"{name}: took {seconds:.2f} s")
+    elif seconds > TIMEOUT_S + 60.0:
+      # A stall, not a speed check: unmetered host work on program data (a 2^60-leaf DAG
+      # walked, a summary of it) runs for hours; a loaded CI box has taken 7 s for a run
+      # that a kill plus a replacement worker ends.
+      failures.append(f"{name}: took {seconds:.2f} s (the host stalled)")
   assert not failures, "\n".join(failures)
 
   # The host is healthy: no new threads, no leaked descriptors, memory barely moved, and

