@@ -26,15 +26,15 @@ app.run(main)
 """
 
 
-def _flags(*args):
-  r = subprocess.run(
-    [sys.executable, "-c", PRINT, *args],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=120,
-    check=False,
+def _python(*args, timeout: int = 300) -> subprocess.CompletedProcess:
+  """`python ARGS` from the repository root, its output captured."""
+  return subprocess.run(
+    [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
   )
+
+
+def _flags(*args):
+  r = _python("-c", PRINT, *args, timeout=120)
   assert r.returncode == 0, r.stderr[-2000:]
   return r.stdout.splitlines()
 
@@ -104,13 +104,7 @@ def test_a_mistyped_checkpoint_stops_the_cot_job_before_its_manifest(tmp_path):
     f"llava={tmp_path / 'videos'},llm=http://127.0.0.1:9/v1,model=m,runlocal,out={out}"
   )
   (tmp_path / "u.ckpt").write_bytes(b"")
-  r = subprocess.run(
-    [sys.executable, "-m", "launch.generate_cots", f"--config=configs/cot/nextqa.py:{arg}"],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
+  r = _python("-m", "launch.generate_cots", f"--config=configs/cot/nextqa.py:{arg}")
   assert r.returncode == 2, r.stderr[-3000:]
   assert f"not found: experts.detector.path={tmp_path / 'owlv2-typo'} (owlv2)." in r.stderr
   assert "Traceback" not in r.stderr and not (out / "manifest.json").exists()
@@ -118,18 +112,11 @@ def test_a_mistyped_checkpoint_stops_the_cot_job_before_its_manifest(tmp_path):
 
 def test_a_student_path_that_is_no_checkpoint_is_one_line(tmp_path):
   """launch.train with a mistyped `hf_dir`: exit 2 and one line naming the file."""
-  r = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "launch.train",
-      f"--config=configs/distill/lnv7b.py:h100x8,hf_dir={tmp_path / 'typo'},runlocal",
-      f"--workdir={tmp_path / 'w'}",
-    ],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=300,
+  r = _python(
+    "-m",
+    "launch.train",
+    f"--config=configs/distill/lnv7b.py:h100x8,hf_dir={tmp_path / 'typo'},runlocal",
+    f"--workdir={tmp_path / 'w'}",
   )
   assert r.returncode == 2, r.stderr[-3000:]
   assert f"train: error: {tmp_path / 'typo' / 'config.json'}: no config.json" in r.stderr
