@@ -200,6 +200,18 @@ def test_greedy_generation_matches_transformers(pair):
       pad_token_id=0,
     ).numpy()[:, ids.shape[1] :]
   np.testing.assert_array_equal(np.asarray(out.sequences), want)
+  # a caller's kept splits (the experts' LLaVA on fixed weights) give the same tokens
+  kept = lnv.generate(
+    model,
+    ids,
+    mask,
+    pixel_values_videos=videos,
+    max_new_tokens=6,
+    eos_token_id=-1,
+    pad_token_id=0,
+    splits=lnv.generation_splits(model),
+  )
+  np.testing.assert_array_equal(np.asarray(kept.sequences), want)
 
 
 def test_generation_compiles_once_per_bucket(pair):
