@@ -1,10 +1,20 @@
 r"""Local Flax LLM throughput: continuous batching (the engine) vs static batches, same prompts.
 
-`LocalLlama` on a small random Llama (ids-as-words tokenizer) completes a mixed workload:
-`--prompts` prompts of 8..`--max_prompt` tokens in three calls, one per max_new_tokens value
-(`--new`, as the CoT job's program / rewrite / judge stages each have their own), with an
-EOS id that random greedy rows really emit (picked from a free run), so rows end at mixed
-lengths. Modes:
+`LocalLlama` on a small random Llama (ids-as-words tokenizer) completes `--prompts` prompts of
+8..`--max_prompt` tokens in three calls, one per max_new_tokens value (`--new`, as the CoT
+job's program / rewrite / judge stages each have their own). Two workloads (`--lengths`):
+
+  mixed:  each prompt's reply length is drawn from a log-normal (median `--median` of its
+          call's max_new_tokens, `--sigma`; clipped to [1, max_new_tokens]), as real replies
+          vary. The model (`Countdown`) runs the random Llama's full forward pass, then steers
+          the greedy pick: a token in the countdown range [C, C + K) makes the next one t - 1,
+          C makes EOS; each prompt ends in C + its reply length - 1. Both paths run the same
+          model, so the replies are the same and only the batching differs.
+  free:   the random model's own greedy tokens, EOS the token most rows emit in a free run:
+          a random model repeats itself, so few rows end early (near-equal row lengths, the
+          engine's worst case).
+
+Modes:
 
   static:            `batching="static"`: each call sorts its prompts by length and runs
                      `generate` on `--slots` rows at a time; the calls take turns.
@@ -16,7 +26,8 @@ Reported per mode: prompts/s and generated tokens/s (tokens up to and including 
 whether each mode's replies equal the static ones (greedy). Each mode runs once untimed
 (compilation), then the modes alternate for `--rounds` and the best of each is kept.
 
-  python benchmarks/llm_engine.py                      # RESULTS.md's row
+  python benchmarks/llm_engine.py                      # RESULTS.md's rows (mixed lengths)
+  python benchmarks/llm_engine.py --lengths free --new 16 48 96   # near-equal lengths
   python benchmarks/llm_engine.py --prompts 12 --rounds 1 --hidden 64   # a smoke run
 """
 
@@ -48,8 +59,41 @@ class IdsTokenizer:
     return " ".join(str(i) for i in ids)
 
 
+def countdown_model(model, start: int, size: int, eos: int):
+  """`model` whose greedy pick is steered by a countdown (the module docstring's `mixed`)."""
+  import dataclasses
+
+  import jax.numpy as jnp
+  from flax import nnx
+
+  class Countdown(nnx.Module):
+    """A fed token t in [start, start + size) forces t - 1 next (start forces EOS): the
+    logits get a bias of 1e4 on that token after the wrapped model's full forward pass."""
+
+    def __init__(self, inner):
+      self.inner, self.config = inner, inner.config
+
+    def init_cache(self, *args, **kwargs):
+      return self.inner.init_cache(*args, **kwargs)
+
+    def __call__(self, input_ids, *args, **kwargs):
+      out = self.inner(input_ids, *args, **kwargs)
+      fed = jnp.asarray(input_ids)[:, -1]  # prompts are left-padded: the last one is real
+      steer = (fed >= start) & (fed < start + size)
+      forced = jnp.where(fed > start, fed - 1, eos)
+      bias = jnp.where(steer[:, None], 1e4 * jax_one_hot(forced, out.logits.shape[-1]), 0.0)
+      logits = out.logits.at[:, -1].add(bias.astype(out.logits.dtype))
+      return dataclasses.replace(out, logits=logits)
+
+  def jax_one_hot(x, n):
+    return (jnp.arange(n)[None, :] == x[:, None]).astype(jnp.float32)
+
+  return Countdown(model)
+
+
 def build(args):
-  """The model, the prompts per max_new_tokens value and the EOS id."""
+  """The model, the prompts per max_new_tokens value, the EOS id and the drawn reply lengths
+  (None for `free`)."""
   import numpy as np
   from flax import nnx
 
@@ -67,27 +111,39 @@ def build(args):
   )
   model = LlamaForCausalLM(cfg, rngs=nnx.Rngs(0))
   rng = np.random.RandomState(0)
-  prompts = [
-    " ".join(map(str, rng.randint(3, args.vocab, rng.randint(8, args.max_prompt + 1))))
+  toks = [
+    rng.randint(3, args.vocab, rng.randint(8, args.max_prompt + 1)).tolist()
     for _ in range(args.prompts)
   ]
-  # EOS: the token found in the most rows of a free greedy run of the whole prompts (after
-  # their first 2 new tokens), so rows end at mixed lengths, as real replies do.
-  toks = [[int(w) for w in p.split()] for p in prompts]
-  width = max(map(len, toks))
-  ids = np.zeros((len(toks), width), np.int32)
-  mask = np.zeros((len(toks), width), np.int32)
-  for r, t in enumerate(toks):  # left-padded, as `LocalLlama` pads
-    ids[r, width - len(t) :], mask[r, width - len(t) :] = t, 1
-  free = np.asarray(
-    gen.generate(
-      model, ids, mask, max_new_tokens=max(args.new), eos_token_id=None, pad_token_id=0
-    ).sequences
-  )[:, 2:]
-  rows_with = collections.Counter(t for row in free for t in set(row.tolist()))
-  eos = int(rows_with.most_common(1)[0][0])
+  if args.lengths == "mixed":
+    eos, start = 1, 3
+    if start + max(args.new) > args.vocab:
+      raise ValueError(f"--vocab {args.vocab} must exceed 3 + max(--new)")
+    lengths = []
+    for i, t in enumerate(toks):
+      new = args.new[i % len(args.new)]
+      drawn = rng.lognormal(np.log(max(1.0, args.median * new)), args.sigma)
+      lengths.append(int(np.clip(round(drawn), 1, new)))
+      t[-1] = start + lengths[-1] - 1
+    model = countdown_model(model, start, max(args.new), eos)
+  else:
+    # EOS: the token found in the most rows of a free greedy run of the whole prompts (after
+    # their first 2 new tokens)
+    width = max(map(len, toks))
+    ids = np.zeros((len(toks), width), np.int32)
+    mask = np.zeros((len(toks), width), np.int32)
+    for r, t in enumerate(toks):  # left-padded, as `LocalLlama` pads
+      ids[r, width - len(t) :], mask[r, width - len(t) :] = t, 1
+    free = np.asarray(
+      gen.generate(
+        model, ids, mask, max_new_tokens=max(args.new), eos_token_id=None, pad_token_id=0
+      ).sequences
+    )[:, 2:]
+    rows_with = collections.Counter(t for row in free for t in set(row.tolist()))
+    eos, lengths = int(rows_with.most_common(1)[0][0]), None
+  prompts = [" ".join(map(str, t)) for t in toks]
   calls = [(new, prompts[i :: len(args.new)]) for i, new in enumerate(args.new)]
-  return model, calls, eos
+  return model, calls, eos, lengths
 
 
 def run(llm, calls, threaded: bool) -> tuple[float, list]:
@@ -114,7 +170,10 @@ def main(argv=None) -> dict:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--prompts", type=int, default=48)
   ap.add_argument("--max_prompt", type=int, default=200, help="longest prompt (tokens)")
-  ap.add_argument("--new", type=int, nargs="+", default=[16, 48, 96], help="max_new_tokens")
+  ap.add_argument("--lengths", choices=["mixed", "free"], default="mixed")
+  ap.add_argument("--new", type=int, nargs="+", default=[8, 384, 512], help="max_new_tokens")
+  ap.add_argument("--median", type=float, default=0.25, help="mixed: median reply / max_new")
+  ap.add_argument("--sigma", type=float, default=0.6, help="mixed: log-normal sigma")
   ap.add_argument("--slots", type=int, default=8, help="rows at once (max_batch)")
   ap.add_argument("--steps_per_call", type=int, default=8)
   ap.add_argument("--hidden", type=int, default=256)
@@ -126,7 +185,7 @@ def main(argv=None) -> dict:
 
   from aotd_jax.agent.llm import LocalLlama
 
-  model, calls, eos = build(args)
+  model, calls, eos, lengths = build(args)
   tok = IdsTokenizer(eos)
   llms = {
     "static": LocalLlama(model=model, tokenizer=tok, max_batch=args.slots, batching="static"),
@@ -149,6 +208,7 @@ def main(argv=None) -> dict:
   tokens = sum(len(reply.split()) for out in replies["static"] for reply in out)
   row = {
     "prompts": n_prompts,
+    "lengths": args.lengths,
     "max_new_tokens": args.new,
     "slots": args.slots,
     "model": {"hidden": args.hidden, "layers": args.layers, "vocab": args.vocab},
@@ -169,6 +229,14 @@ def main(argv=None) -> dict:
   row["rows_ended_before_max_new_tokens"] = sum(
     len(reply.split()) < new for (new, _), out in zip(calls, replies["static"]) for reply in out
   )
+  if lengths is not None:  # the replies are the drawn lengths (EOS included)
+    got = [len(r.split()) for i in range(len(calls)) for r in replies["static"][i]]
+    want = [n for i in range(len(calls)) for n in lengths[i :: len(calls)]]
+    row["replies_are_drawn_lengths"] = got == want
+    ends = [(i % len(args.new), n) for i, n in enumerate(lengths)]
+    row["reply_lengths"] = {
+      new: sorted(n for c, n in ends if c == i) for i, new in enumerate(args.new)
+    }
   print(json.dumps(row))
   return row
 

@@ -129,6 +129,26 @@ def test_stop_callback_ends_a_request_early(models):
   assert engine.stats.decode_calls - calls < calls
 
 
+def test_the_cache_is_as_long_as_the_requests_need(models):
+  _, model = models
+  engine = DecodeEngine(
+    model, slots=2, max_len=128, eos_token_id=None, pad_token_id=0, steps_per_call=3
+  )
+  assert engine.cache_length == 0  # nothing allocated before a request
+  short, brief, long = [5, 6, 7, 8, 9], [10, 11, 12], list(range(3, 43))
+  with engine._cond:  # all three queued before the worker admits: short and brief first
+    futures = [
+      engine.submit(short, max_new_tokens=20),  # 24 slots: bucket 32
+      engine.submit(brief, max_new_tokens=2),
+      engine.submit(long, max_new_tokens=5),  # 44 slots: bucket 64, admitted mid-flight
+    ]
+  got = [f.result() for f in futures]
+  want = [generate_one(model, p, n, None) for p, n in ((short, 20), (brief, 2), (long, 5))]
+  assert got == want  # the row in flight kept its keys/values through the growth
+  assert engine.cache_length == 64 and engine.stats.cache_grows == 1
+  engine.close()
+
+
 def test_bad_input_is_a_clear_error(models):
   _, model = models
   engine = DecodeEngine(model, slots=2, max_len=32, eos_token_id=2, pad_token_id=0)

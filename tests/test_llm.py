@@ -386,6 +386,8 @@ def test_local_llama_prompt_longer_than_the_cache(tiny_llama):
     llm.complete(["w1", "w1 w2 w3 w4 w5 w6 w7 w8"], max_new_tokens=1)
   with pytest.raises(ValueError, match="prompt 0: .*3 tokens plus max_new_tokens=7 needs 9 cache"):
     llm.complete(["w1 w2"], max_new_tokens=7)
+  with pytest.raises(ValueError, match="max_len=8 .*--config.cot_llm.kwargs.max_len"):
+    llm.complete(["w1 w2"], max_new_tokens=7)
   with pytest.raises(ValueError, match="max_new_tokens must be >= 1, got 0"):
     llm.complete(["w1"], max_new_tokens=0)
   assert llm.engine.stats.requests == 0  # nothing ran

@@ -230,9 +230,11 @@ class LocalLlama:
       `max_batch` so shapes and compilations repeat).
     seed: the sampling keys' seed (temperature > 0).
     batching: "continuous" or "static".
-    max_len: the engine's cache slots per row: a prompt's tokens + max_new_tokens - 1 must fit
-      (default: the model's max_position_embeddings, at most 4096; the cache is
-      allocated whole: slots x max_len x layers x 2 x kv_heads x head_dim).
+    max_len: the most cache slots per row of the engine: a prompt's tokens + max_new_tokens
+      - 1 must fit (default: the model's max_position_embeddings, at most 4096). The cache is
+      allocated at what the prompts need (the longest prompt + max_new_tokens, rounded up to a
+      `prompt_bucket`: slots x that x layers x 2 x kv_heads x head_dim in the compute dtype)
+      and grows as longer prompts come, never past max_len.
     steps_per_call: the engine's decode steps per host round trip.
   """
 
@@ -370,7 +372,13 @@ class LocalLlama:
       try:
         engine.check(row, max_new_tokens=max_new_tokens, temperature=temperature)
       except ValueError as e:
-        raise ValueError(f"LocalLlama: prompt {i}: {e}") from None
+        where = ""
+        if "max_len" in str(e):
+          where = (
+            "; LocalLlama's max_len is an LLM section's kwargs.max_len in a CoT config"
+            " (e.g. --config.cot_llm.kwargs.max_len)"
+          )
+        raise ValueError(f"LocalLlama: prompt {i}: {e}{where}") from None
     stops = [s for s in stop or () if s]
 
     def stopped(tokens: list[int]) -> bool:

@@ -17,6 +17,13 @@ A decode call attends over a window of the cache (the smallest `prompt_bucket` t
 every active row's next `steps_per_call` tokens), so short requests do not pay for
 `max_len`; each (window, greedy/sampling) pair compiles once.
 
+The cache is as long as the requests need, not `max_len`: it is allocated at the first
+request with `prompt_bucket(prompt + max_new_tokens - 1)` slots per row and grows (to the
+next bucket, the rows in flight copied) when a longer request is admitted; `max_len` only
+caps it (a request past it is refused by `submit`). A 7B Llama's cache of 8 slots at 4096
+would be ~16 GB in bf16 (32 layers x 2 x 32 kv heads x 128 x 2 bytes per slot and row); a
+CoT job's 2k-token prompts and 512 new tokens take 2560 slots, two thirds of that.
+
 Requests come from any thread: `submit(ids, max_new_tokens=...)` returns a
 `concurrent.futures.Future` of the new token ids (up to and including EOS); `generate(list)`
 submits several and waits. Greedy tokens equal `aotd_jax.models.generate.generate`'s for the
@@ -25,8 +32,8 @@ a key derived from (`seed`, the prompt's ids, how many times the prompt was subm
 the token's index), so a request's sample does not depend on which other requests share the
 batch or on thread timing.
 
-The engine takes the model's weights (`nnx.split`) when it allocates its cache, at the first
-request: a model changed afterwards needs a new engine.
+The engine takes the model's weights (`nnx.split`) when it first allocates its cache, at the
+first request: a model changed afterwards needs a new engine.
 
 The worker thread runs only while there is work (it is started by `submit` and ends when the
 queue is empty), so an idle engine holds no thread; `close()` fails waiting requests.
@@ -77,6 +84,7 @@ class EngineStats:
   prefill_calls: int = 0
   decode_calls: int = 0
   max_active: int = 0  # the most rows decoding at once
+  cache_grows: int = 0  # times the cache grew to a longer bucket
 
 
 def _pick_rows(logits, keys, steps, temperature, top_p, sample: bool):
@@ -211,6 +219,18 @@ def _decode(
   return full, out, emitted, tok, index, left, step
 
 
+def _grow(cache: KVCache, length: int) -> KVCache:
+  """The cache with `length` slots per row: the old slots first, zeros after."""
+
+  def pad(a):
+    return jnp.pad(a, ((0, 0), (0, 0), (0, length - a.shape[2]), (0, 0)))
+
+  return KVCache(
+    keys=tuple(map(pad, cache.keys)), values=tuple(map(pad, cache.values)), index=cache.index
+  )
+
+
+_grow_jit = jax.jit(_grow, static_argnums=(1,))  # the old cache is freed once replaced
 _prefill_jit = jax.jit(
   _prefill, static_argnums=(0,), static_argnames=("sample",), donate_argnames=("cache",)
 )
@@ -234,7 +254,8 @@ class DecodeEngine:
   Args:
     model: a `LlamaForCausalLM`-like NNX module (`init_cache`, a per-row `KVCache.index`).
     slots: rows decoding at once.
-    max_len: cache slots per row: a request needs its prompt's length + `max_new_tokens` - 1.
+    max_len: the most cache slots per row (the cache grows to what the requests need, up to
+      this): a request needs its prompt's length + `max_new_tokens` - 1.
     eos_token_id: id(s) that end a request (None: only `max_new_tokens` does).
     pad_token_id: the prompt padding id (and what `generate` writes after EOS).
     min_bucket: the smallest prompt bucket (`prompt_bucket`), as `generate`'s.
@@ -282,6 +303,11 @@ class DecodeEngine:
     self._keys = np.zeros((slots, 2), np.uint32)
     self._temp = np.zeros(slots, np.float32)
     self._top_p = np.ones(slots, np.float32)
+
+  @property
+  def cache_length(self) -> int:
+    """Cache slots per row allocated now (0 before the first request)."""
+    return 0 if self._cache is None else int(self._cache.keys[0].shape[2])
 
   # -- the caller's side --
 
@@ -433,10 +459,15 @@ class DecodeEngine:
     q.future.set_result(list(q.tokens))
 
   def _admit(self, admitted: list[int]) -> None:
+    need = max(len(q.ids) + q.max_new_tokens - 1 for q in self._rows if q is not None)
+    length = self._bucket(need)
     if self._cache is None:
-      cache = self.model.init_cache(self.slots, self.max_len)
+      cache = self.model.init_cache(self.slots, length)
       self._cache = dataclasses.replace(cache, index=jnp.zeros((self.slots,), jnp.int32))
       self._split = nnx.split(self.model)
+    elif length > self.cache_length:
+      self._cache = _grow_jit(self._cache, length)
+      self.stats.cache_grows += 1
     graphdef, state = self._split
     # One prefill for the round's new prompts, left-padded to the longest one's bucket (as a
     # static batch is): fewer, larger calls than one per bucket.
@@ -484,8 +515,11 @@ class DecodeEngine:
     if not active.any():
       return
     self.stats.max_active = max(self.stats.max_active, int(active.sum()))
-    need = int(np.max(np.where(active, self._index + self.steps_per_call, 0)))
-    window = min(prompt_bucket(need, self.min_bucket), self.max_len)
+    # the slots this call may write: each active row's next min(steps, left) tokens
+    need = int(
+      np.max(np.where(active, self._index + np.minimum(self._left, self.steps_per_call), 0))
+    )
+    window = min(prompt_bucket(need, self.min_bucket), self.cache_length)
     graphdef, state = self._split
     self._cache, out, emitted, tok, index, left, step = _decode_jit(
       graphdef,
