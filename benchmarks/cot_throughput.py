@@ -36,6 +36,14 @@ during the timed rounds (should be 0), and whether all modes gave the same answe
   python benchmarks/cot_throughput.py --preset=gpu --out=cot_gpu.json  # real sizes, one GPU
   python benchmarks/cot_throughput.py --preset=gpu --smoke   # the gpu code path, tiny widths
   python benchmarks/cot_throughput.py --batch_cost            # + each expert at 1 vs 16 requests
+  python benchmarks/cot_throughput.py --questions_per_video=7  # STAR-like: 7 questions a video
+
+`--questions_per_video=N` (default 1: every question its own video) makes N consecutive
+questions ask about one video and see the same frames, as STAR's ~7 questions per video do
+when the whole video is the window (158.6K questions over ~22K videos): their image sides hit
+OWLv2's device feature cache and UniVTG's frame-feature cache (`--feature_cache_mb`, 0: off),
+and a repeated `Video_summary` the tool cache. Each mode starts with empty caches; the hits,
+calls shared with another program and misses of both feature caches are reported per mode.
 
 `--batch_cost` also times each coalesced expert part on its first request alone and on 16
 copies of it in one call (the same compiled buckets): the gain batching can give that part at
@@ -228,7 +236,7 @@ class Experts:
   """The three model backends, built once, their coalescers on one `DeviceScheduler`;
   `bypass()` runs them without coalescers, `per_expert()` with a worker thread each."""
 
-  def __init__(self, p: dict, wait_s: float):
+  def __init__(self, p: dict, wait_s: float, feature_cache_mb: float = 64.0):
     from experts.backends.llava import LlavaVideoQA
     from experts.backends.owlv2 import Owlv2Detector
     from experts.backends.univtg import UniVTGGrounder
@@ -256,6 +264,7 @@ class Experts:
       coalesce=True,
       coalesce_wait_s=wait_s,
       scheduler=scheduler,
+      feature_cache_mb=feature_cache_mb,
     )
     model, tokenizer = rw.llava(p["llava"])
     self.llava = LlavaVideoQA(
@@ -336,20 +345,25 @@ class Experts:
 
 
 def make_questions(p: dict, tag: str, seed: int) -> list[dict]:
-  """`questions` clips of `frames` frames sampled over one of `spans` seconds (30 fps source)."""
+  """`questions` clips of `frames` frames sampled over one of `spans` seconds (30 fps source);
+  `per_video` consecutive questions ask about the same video and see the same frames (as
+  STAR's questions of a video do with the whole video as window), each its own clip object."""
   import experts
 
   rng = np.random.default_rng(seed)
   h, w = p["frame_hw"]
+  per_video = p.get("per_video", 1)
   out = []
   for i in range(p["questions"]):
-    span = float(p["spans"][i % len(p["spans"])])
+    v = i // per_video
+    span = float(p["spans"][v % len(p["spans"])])
     ids = np.linspace(0, span * 30 - 1, p["frames"]).round().astype(np.int64)
-    frames = rng.integers(0, 255, (p["frames"], h, w, 3), dtype=np.uint8)
+    if i % per_video == 0:
+      frames = rng.integers(0, 255, (p["frames"], h, w, 3), dtype=np.uint8)
     objs = [OBJECTS[j] for j in rng.permutation(len(OBJECTS))[:2]]
     out.append(
       {
-        "clip": experts.VideoClip(frames, fps=30.0, video_id=f"{tag}-{i}", frame_ids=ids),
+        "clip": experts.VideoClip(frames, fps=30.0, video_id=f"{tag}-{v}", frame_ids=ids),
         "objects": objs,
         "action": ACTIONS[i % len(ACTIONS)],
         "choices": list(CHOICES[i % len(CHOICES)]),
@@ -410,6 +424,10 @@ def run(ex: Experts, questions: list[dict], threads: int, threshold: float) -> d
   from experts.backends import oracle
 
   ex.detector.clear_features()
+  ex.grounder.clear_features()
+  caches = {"owlv2/image": ex.detector.feature_cache, "univtg/frames": ex.grounder.feature_cache}
+  caches = {k: c for k, c in caches.items() if c is not None}
+  cache0 = {k: dataclasses.replace(c.stats) for k, c in caches.items()}
   seconds, lock = {}, threading.Lock()
   box = experts.Toolbox(
     detector=Timed(ex.detector, "owlv2", seconds, lock),
@@ -453,9 +471,19 @@ def run(ex: Experts, questions: list[dict], threads: int, threshold: float) -> d
   rules = {
     k: getattr(sched, k) - getattr(sched0, k) for k in ("quiescent", "full", "window", "closing")
   }
+  feature_caches = {
+    k: {
+      "hits": c.stats.hits - cache0[k].hits,
+      "shared": c.stats.shared - cache0[k].shared,
+      "misses": c.stats.misses - cache0[k].misses,
+      "bytes": c.stats.bytes,
+    }
+    for k, c in caches.items()
+  }
   return {
     "wall_s": wall,
     "cpu_s": cpu,
+    "feature_caches": feature_caches,
     "answers": answers,
     "expert_call_s": seconds,
     "workers": workers,
@@ -483,6 +511,19 @@ def main(argv=None):
   ap.add_argument(
     "--batch_cost", action="store_true", help="also time each expert part at 1 vs 16 requests"
   )
+  ap.add_argument(
+    "--questions_per_video",
+    type=int,
+    default=1,
+    help="consecutive questions on the same video and frames (1: every question its own "
+    "video; STAR has ~7 per video: 158.6K questions over ~22K videos)",
+  )
+  ap.add_argument(
+    "--feature_cache_mb",
+    type=float,
+    default=64.0,
+    help="UniVTG's per-frame feature cache (0: none; OWLv2's device cache is always on)",
+  )
   ap.add_argument("--out", default="", help="also write the JSON result here")
   args = ap.parse_args(argv)
   t_start = time.perf_counter()
@@ -494,11 +535,14 @@ def main(argv=None):
       p[key] = getattr(args, key)
   if p["questions"] < 1 or p["threads"] < 1 or p["rounds"] < 1:
     raise SystemExit("--questions, --threads and --rounds must be >= 1")
+  if args.questions_per_video < 1 or args.feature_cache_mb < 0:
+    raise SystemExit("--questions_per_video must be >= 1 and --feature_cache_mb >= 0")
+  p["per_video"] = args.questions_per_video
   import jax
 
   from experts.batching import count_xla_compilations
 
-  ex = Experts(p, args.wait_ms / 1000)
+  ex = Experts(p, args.wait_ms / 1000, args.feature_cache_mb)
   # the detection threshold: the 99th percentile of the random model's scores (some boxes)
   probe = make_questions(dict(p, questions=1), "probe", 99)[0]["clip"]
   logits = ex.detector.raw_outputs(probe, [OBJECTS[0]])[0]
@@ -508,7 +552,7 @@ def main(argv=None):
     raise SystemExit(f"--modes={args.modes!r}: need on, off and serial, of {MODES}")
   modes = {m: 1 if m == "serial" else p["threads"] for m in MODES if m in names}
   t0 = time.perf_counter()
-  warm = make_questions(p, "warm", 1)  # compiles every mode's shapes
+  warm = make_questions(dict(p, per_video=1), "warm", 1)  # compiles every mode's shapes
   for mode, threads in modes.items():
     with ex.mode(mode):
       # off/serial run each call alone: two questions (both spans, a summary) cover their shapes
@@ -540,6 +584,8 @@ def main(argv=None):
     "device_kind": device.device_kind,
     "threads": p["threads"],
     "questions": p["questions"],
+    "questions_per_video": p["per_video"],
+    "univtg_feature_cache_mb": args.feature_cache_mb,
     "rounds": p["rounds"],
     "frames_per_question": p["frames"],
     "frame_hw": list(p["frame_hw"]),
@@ -557,6 +603,7 @@ def main(argv=None):
     "coalescers_on": on["workers"],
     "scheduler_batches_by_rule_on": on["scheduler_batches_by_rule"],
     "expert_workers_busy_fraction_on": round(busy / on["wall_s"], 3),
+    "feature_caches": {m: best[m]["feature_caches"] for m in modes},
     **(
       {
         "ratio_on_vs_per_expert": round(qps["on"] / qps["per_expert"], 2),

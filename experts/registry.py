@@ -7,9 +7,11 @@ with a `kind` and that kind's settings:
                      UniVTG and its CLIP features, LLaVA) share one batch (experts/coalesce.py);
                      a role's own `coalesce` key, when set, overrides it for that role
   coalesce_wait_s:   how long a batch waits for more calls after the first (seconds)
-  detector:          oracle | owlv2 (path, threshold, buckets, matmul_precision, cpu_kernels) | none
+  detector:          oracle | owlv2 (path, threshold, buckets, matmul_precision, cpu_kernels,
+                      feature_cache_mb: image features kept on the device, default 8192) | none
   grounder:          oracle | univtg (path: official checkpoint, clip_path: HF CLIP dir,
-                      features_path: saved ObjectStates, "" = CLIP image features) | none
+                      features_path: saved ObjectStates, "" = CLIP image features,
+                      feature_cache_mb: per-frame features kept, default 64, 0 = none) | none
   action_recognizer: oracle | llava (path, num_frames, choice_scoring: likelihood | generate,
                       max_new_tokens, prompt_format: plain | official, summary_prompt:
                       ours | official (Video_summary's), action_prompt: ours | official
@@ -230,6 +232,7 @@ def _owlv2(section, ctx):
     coalesce_wait_s=wait,
     scheduler=ctx.scheduler(coalesce),
     nms_threshold=None if nms is None or float(nms) <= 0 else float(nms),
+    feature_cache_mb=float(_get(section, "feature_cache_mb", 8192.0)),
   )
 
 
@@ -252,6 +255,7 @@ def _univtg(section, ctx):
     coalesce=coalesce,
     coalesce_wait_s=wait,
     scheduler=ctx.scheduler(coalesce),
+    feature_cache_mb=float(_get(section, "feature_cache_mb", 64.0)),
   )
 
 

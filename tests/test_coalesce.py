@@ -206,7 +206,7 @@ def test_detector_feature_lru_is_thread_safe_and_computes_a_chunk_once(owl_model
   from experts.backends.owlv2 import Owlv2Detector
   from experts.clip import VideoClip
 
-  det = Owlv2Detector(owl_model, _tokenize, buckets=(8,), feature_cache=2)
+  det = Owlv2Detector(owl_model, _tokenize, buckets=(8,), feature_cache_mb=1)
   clip = VideoClip(
     np.random.default_rng(1).integers(0, 255, (6, 24, 32, 3), np.uint8), video_id="same"
   )

@@ -95,6 +95,38 @@ def test_univtg_coalesced_ground_equals_single_calls(models):
   assert coal.ground(*jobs[0], top_k=2) == direct.ground(*jobs[0], top_k=2)
 
 
+def test_univtg_keeps_frame_features_across_queries_with_the_same_windows(models):
+  from experts.backends.univtg import UniVTGGrounder
+
+  model, clip_model = models["univtg"]
+  tokenize = rw.word_tokenize(CLIP_TINY["vocab"], CLIP_TINY["text_length"])
+  plain = UniVTGGrounder(model, clip_model, tokenize, buckets=(8,), feature_cache_mb=0)
+  kept = UniVTGGrounder(
+    model, clip_model, tokenize, buckets=(8,), coalesce=True, coalesce_wait_s=0.05
+  )
+  rng = np.random.default_rng(4)
+  clips = [
+    experts.VideoClip(rng.integers(0, 255, (n, 24, 32, 3), np.uint8), fps=2.0, video_id=f"v{i}")
+    for i, n in enumerate([6, 9])
+  ]
+  # each clip grounded with 4 queries from 8 threads at once; a trim shares its frames
+  jobs = [(c, q) for c in clips for q in ("a person opens the door", "someone sits", "x", "y")]
+  jobs.append((clips[1].select(range(2, 7)), "someone sits"))
+  try:
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+      got = list(pool.map(lambda j: kept.ground(*j, top_k=2), jobs))
+    assert got == [plain.ground(c, q, top_k=2) for c, q in jobs]
+    stats = kept.feature_cache.stats
+    frames = sum(len(kept.features(c)[1]) for c in clips)
+    assert stats.misses <= 6 + 9 and stats.hits + stats.shared > 0, stats
+    assert stats.bytes == stats.entries * 12 * 4  # float32 rows of the projection size
+    assert kept.coalescers["image"].stats.rows == stats.misses < frames * 4
+  finally:
+    kept.close()
+  with pytest.raises(ValueError, match="feature_cache_mb must be >= 0"):
+    UniVTGGrounder(model, clip_model, tokenize, feature_cache_mb=-1)
+
+
 def test_llava_coalesced_answers_actions_and_generation_equal_single_calls(models):
   from experts.backends.llava import LlavaVideoQA
 
@@ -141,7 +173,7 @@ def test_llava_generation_splits_the_model_once(models, monkeypatch):
 
 
 GOLD = """def execute_command(video_clip, query, possible_answers):
-    window = Filter_frames_with_act(video_clip, "person opens the door")
+    window = Filter_frames_with_act(video_clip, query)
     kept = Filter_frames_with_obj(video_clip, "cup")
     seen = exist(video_clip, "book")
     acts = Query_Actions(window if window.num_frames else video_clip, "cup", possible_answers)
@@ -155,7 +187,9 @@ GOLD = """def execute_command(video_clip, query, possible_answers):
 def test_cot_job_records_are_the_same_with_coalescing_on_and_off(models):
   """Eight programs in flight, every model expert bound: the records (programs' traces, answers,
   rationales, verdicts) do not depend on whether concurrent calls were batched, by each
-  expert's own coalescer or by one device scheduler that knows the programs in flight."""
+  expert's own coalescer or by one device scheduler that knows the programs in flight, nor on
+  UniVTG's frame-feature cache (off in the unbatched reference; two questions per video, so
+  the second grounds another query on kept features)."""
   from aotd_jax.agent import job
   from aotd_jax.agent.sandbox import Sandbox
   from aotd_jax.data import annotations
@@ -170,15 +204,15 @@ def test_cot_job_records_are_the_same_with_coalescing_on_and_off(models):
   for i in range(8):
     q = annotations.VideoQA(
       qid=f"q{i}",
-      video_id=f"v{i}",
-      question="What did the person do?",
+      video_id=f"v{i // 2}",
+      question=["What did the person do?", "Who opened the door?"][i % 2],
       choices=choices,
       answer=choices[i % 4],
       answer_index=i % 4,
     )
     q.meta["question_program"] = GOLD
     questions.append(q)
-  clips = {f"v{i}": c for i, c in enumerate(_clips(8, [4, 7, 5], seed=3))}
+  clips = {f"v{i}": c for i, c in enumerate(_clips(4, [4, 7, 5], seed=3))}
 
   def make_job(mode, sandbox):
     coalesce = mode != "off"
@@ -215,6 +249,7 @@ def test_cot_job_records_are_the_same_with_coalescing_on_and_off(models):
         coalesce=coalesce,
         coalesce_wait_s=wait,
         scheduler=sched,
+        feature_cache_mb=64 if coalesce else 0,
       ),
       action_recognizer=qa,
       video_qa=qa,
@@ -253,6 +288,7 @@ def test_cot_job_records_are_the_same_with_coalescing_on_and_off(models):
       )  # programs' calls did share batches
       for closable in (box.detector, box.grounder, box.video_qa):
         closable.close()
+      assert box.grounder.feature_cache.stats.hits + box.grounder.feature_cache.stats.shared > 0
     if mode == "scheduler":  # its batches were released when all programs were blocked
       assert box.scheduler.stats.quiescent > 0 and box.scheduler.stats.window == 0, (
         box.scheduler.stats

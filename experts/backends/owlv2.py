@@ -12,8 +12,6 @@ back to the host for thresholding and NMS.
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 import threading
 import types
 from typing import Callable, Sequence
@@ -25,6 +23,7 @@ from flax import nnx
 
 from experts.backends.protocols import Box
 from experts.batching import DEFAULT_BUCKETS, BucketedJit, pad_rows, plan_chunks
+from experts.feature_cache import FrameFeatureCache
 
 Tokenize = Callable[[Sequence[str]], tuple[np.ndarray, np.ndarray]]
 
@@ -75,9 +74,11 @@ class Owlv2Detector:
   """The `Detector` protocol on `aotd_jax.models.owlv2.Owlv2ForObjectDetection`.
 
   The image side (pre-processing, image tower, box head) runs once per chunk of frames and
-  its features stay on the device (an LRU of `feature_cache` chunks): a program that asks
-  for several objects in the same clip runs the image tower once and only the cheap class
-  head per object. Frames are gathered and padded on the host, so the XLA compilations are
+  its features stay on the device (`experts.feature_cache.FrameFeatureCache`, an LRU of
+  `feature_cache_mb` megabytes keyed by the clip's identity, frame size and the chunk's
+  source frame ids): a program that asks for several objects in the same clip, or another
+  question on the same frames, runs the image tower once and only the cheap class head per
+  object. Frames are gathered and padded on the host, so the XLA compilations are
   one per bucket for the image side and one per (bucket, padded query count) for the head.
 
   Args:
@@ -87,7 +88,8 @@ class Owlv2Detector:
     buckets: frame batch sizes the image side is compiled for.
     nms_threshold: per-label NMS IoU (None: none, as transformers).
     pad_value: square-padding value (transformers 0.0, the original OWLv2 0.5).
-    feature_cache: how many chunks of image features to keep on the device.
+    feature_cache_mb: megabytes of image features (and box predictions) kept on the device
+      (at B/16 960 px a 32-frame chunk holds ~355 MB).
     query_template: the text the detector embeds for a name, e.g. "a photo of a {}" (the
       official AoTD's, and OWL-ViT's training prompts); boxes keep the bare name as label.
     coalesce: run the image side through an `experts.coalesce.Coalescer`, so that `detect`
@@ -98,8 +100,8 @@ class Owlv2Detector:
     scheduler: the device's `experts.scheduler.DeviceScheduler`: with `coalesce`, its
       coalescers share it (one batch at a time on the device; see experts/scheduler.py).
 
-  Thread-safe: the feature LRU is guarded by a lock, and a chunk being computed for one thread
-  is awaited, not recomputed, by another that asks for the same frames.
+  Thread-safe: a chunk being computed for one thread is awaited, not recomputed, by another
+  that asks for the same frames.
   """
 
   def __init__(
@@ -111,7 +113,7 @@ class Owlv2Detector:
     buckets: Sequence[int] = DEFAULT_BUCKETS,
     nms_threshold: float | None = 0.3,
     pad_value: float = 0.0,
-    feature_cache: int = 64,
+    feature_cache_mb: float = 8192.0,
     query_template: str = "{}",
     coalesce: bool = False,
     coalesce_wait_s: float = 0.002,
@@ -153,11 +155,12 @@ class Owlv2Detector:
     self.head_fn = BucketedJit(class_head, buckets=buckets, name=f"{name}/head")
     self._text_fn = jax.jit(text_side)
     self._query_embeds: dict[str, np.ndarray] = {}
-    self._features: collections.OrderedDict = collections.OrderedDict()
-    self.feature_cache = feature_cache
-    self.feature_hits = 0
-    self._lock = threading.Lock()  # guards _features, _inflight, _query_embeds, feature_hits
-    self._inflight: dict[tuple, concurrent.futures.Future] = {}
+    if feature_cache_mb <= 0:
+      raise ValueError(f"feature_cache_mb must be > 0, got {feature_cache_mb}")
+    self.feature_cache = FrameFeatureCache(
+      int(feature_cache_mb * 2**20), name=f"{name}/image-features"
+    )
+    self._lock = threading.Lock()  # guards _query_embeds
     self.coalescer = None
     if coalesce:
       from experts.coalesce import Coalescer
@@ -196,10 +199,14 @@ class Owlv2Detector:
     kwargs.setdefault("normalization", processor_files.pixel_normalization(model.config, path))
     return cls(model, tokenize, name=f"owlv2:{path}", buckets=buckets, **kwargs)
 
+  @property
+  def feature_hits(self) -> int:
+    """Chunks of image features found kept so far (`feature_cache.stats` has the rest)."""
+    return self.feature_cache.stats.hits
+
   def clear_features(self) -> None:
     """Drops the image features kept on the device (e.g. between videos, or to time cold)."""
-    with self._lock:
-      self._features.clear()
+    self.feature_cache.clear()
 
   def close(self) -> None:
     """Stops the coalescer's worker thread (if any); the detector then runs calls directly."""
@@ -227,40 +234,22 @@ class Owlv2Detector:
     return emb, np.arange(qp) < len(queries)
 
   def _image_chunk(self, key, frames: np.ndarray, size: int):
-    """Device features and boxes of one padded chunk: from the LRU, from another thread's
-    computation of the same chunk, or computed (through the coalescer when there is one)."""
-    with self._lock:
-      if key in self._features:
-        self._features.move_to_end(key)
-        self.feature_hits += 1
-        return self._features[key]
-      future = self._inflight.get(key)
-      owner = future is None
-      coalescer = self.coalescer
-      if owner:
-        future = (
-          coalescer.submit(frames, self._state)
-          if coalescer is not None
-          else concurrent.futures.Future()
-        )
-        self._inflight[key] = future
-    if not owner:  # another thread computes it: through the coalescer, wait as blocked on it
-      return coalescer.wait(future) if coalescer is not None else future.result()
-    try:
-      if coalescer is None:
-        try:
-          future.set_result(self.image_fn.run_chunk(pad_rows(frames, size), self._state))
-        except BaseException as e:
-          future.set_exception(e)
-      out = coalescer.wait(future) if coalescer is not None else future.result()
-      with self._lock:
-        self._features[key] = out
-        while len(self._features) > self.feature_cache:
-          self._features.popitem(last=False)
-      return out
-    finally:
-      with self._lock:
-        self._inflight.pop(key, None)
+    """Device features and boxes of one padded chunk: kept, being computed by another thread
+    (awaited, not recomputed), or computed (through the coalescer when there is one)."""
+    coalescer = self.coalescer
+    claim = self.feature_cache.claim([key])
+    if claim.mine:
+      try:
+        if coalescer is not None:
+          out = coalescer(frames, self._state)
+        else:
+          out = self.image_fn.run_chunk(pad_rows(frames, size), self._state)
+      except BaseException as e:
+        self.feature_cache.fail(claim, e)
+        raise
+      self.feature_cache.fill(claim, [out])
+    # another thread computes it: through the coalescer, wait as blocked on it
+    return claim.values(coalescer.wait if coalescer is not None else lambda f: f.result())[0]
 
   def raw_outputs(self, clip, queries: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Host logits (T, P, Q) and pred_boxes (T, P, 4) of the clip's frames."""

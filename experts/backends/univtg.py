@@ -69,6 +69,9 @@ class UniVTGGrounder:
       antialiased, nothing cropped).
     scheduler: the device's `experts.scheduler.DeviceScheduler`: with `coalesce`, its
       coalescers share it (one batch at a time on the device; see experts/scheduler.py).
+    feature_cache_mb: megabytes of per-frame video features kept between calls
+      (`experts.feature_cache`: a frame's features do not depend on the query, so another
+      query on the same frames runs only the text side and the forward); 0: none.
   """
 
   def __init__(
@@ -87,14 +90,23 @@ class UniVTGGrounder:
     normalization: tuple | None = None,
     frame_preprocess: str = "clip_processor",
     scheduler=None,
+    feature_cache_mb: float = 64.0,
   ):
     from aotd_jax.models import pixel_norms
+    from experts.feature_cache import FrameFeatureCache
 
     if frame_preprocess not in FRAME_PREPROCESS:
       raise ValueError(
         f"frame_preprocess={frame_preprocess!r} is not one of {sorted(FRAME_PREPROCESS)}"
       )
     self.frame_preprocess = frame_preprocess
+    if feature_cache_mb < 0:
+      raise ValueError(f"feature_cache_mb must be >= 0 (0: no cache), got {feature_cache_mb}")
+    self.feature_cache = (
+      FrameFeatureCache(int(feature_cache_mb * 2**20), name=f"{name}/frame-features")
+      if feature_cache_mb
+      else None
+    )
     cfg = model.config
     self.normalization = normalization or pixel_norms.CLIP
     if frame_features is None:
@@ -176,6 +188,11 @@ class UniVTGGrounder:
       return coalescer(rows, state)
     return fn(rows, state, to_host=True)
 
+  def clear_features(self) -> None:
+    """Drops the kept frame features (e.g. to time a cold run)."""
+    if self.feature_cache is not None:
+      self.feature_cache.clear()
+
   def close(self) -> None:
     """Stops the coalescers' worker threads (if any); calls then run directly."""
     coalescers, self.coalescers = self.coalescers, {}
@@ -228,15 +245,35 @@ class UniVTGGrounder:
 
     pos = clip_row_indices(clip.times, clip.span_seconds, self.clip_length)
     mean, std = self.normalization
-    pixels = preprocess_video(
-      clip.frames[pos],
-      shortest_edge=self.image_size,
-      crop_size=self.image_size,
-      image_mean=mean,
-      image_std=std,
-      **FRAME_PREPROCESS[self.frame_preprocess],
-    )
-    return self._run("image", self.image_fn, pixels, self._image_state), pos
+
+    def compute(rows):
+      pixels = preprocess_video(
+        clip.frames[rows],
+        shortest_edge=self.image_size,
+        crop_size=self.image_size,
+        image_mean=mean,
+        image_std=std,
+        **FRAME_PREPROCESS[self.frame_preprocess],
+      )
+      return self._run("image", self.image_fn, pixels, self._image_state)
+
+    if self.feature_cache is None or not len(pos):
+      return compute(pos), pos
+    # a frame's features depend on the frame alone: kept per (clip, frame size, source frame)
+    ident, ids = clip.identity, clip.frame_ids
+    keys = [(ident, clip.height, clip.width, int(ids[p])) for p in pos]
+    claim = self.feature_cache.claim(keys)
+    if claim.mine:
+      first = {key: p for key, p in zip(keys, pos)}
+      try:
+        feats = compute(np.asarray([first[key] for key in claim.mine]))
+      except BaseException as e:
+        self.feature_cache.fail(claim, e)
+        raise
+      self.feature_cache.fill(claim, [np.array(row) for row in feats])  # rows, not views
+    coalescer = self.coalescers.get("image")
+    rows = claim.values(coalescer.wait if coalescer is not None else lambda f: f.result())
+    return np.stack(rows), pos
 
   def query_states(self, query: str) -> np.ndarray:
     """(Lt, hidden) CLIP text token states of the query's valid tokens."""
