@@ -423,6 +423,9 @@ def distill_config(
   # (configs/cot/*.py's window= and frame_sampling=; tests/test_frame_sampling.py checks).
   c.data.window = "whole"
   c.data.frame_sampling = "official"
+  # launch.train compares these (and num_frames) with each CoT set's manifest.json and stops
+  # on a mismatch; True trains anyway (recorded in workdir/cot_frames.json)
+  c.data.allow_cot_frame_mismatch = False
   c.loss = ml_collections.ConfigDict(dict(normalization="sequence"))
   c.neftune_alpha = 0.1  # NEFTune noise on the token embeddings, as the official Trainer
   c.data.datasets = ml_collections.ConfigDict(

@@ -6,11 +6,16 @@ r"""Generates filtered CoTs for one shard of a dataset (AoTD steps 2-3); resumab
 Rerun the same command after a kill: done questions are skipped. `--shard_index/--num_shards`
 default to the whole dataset split over the JAX processes (on a pod, `launch.tpu.pod
 --module=launch.generate_cots` sets `config.distributed=True`); `python -m launch.merge_cots`
-then merges the shards. Each worker (shard x host) writes `records-*.jsonl` (every question,
-AoTD conversation format plus trace and verdicts), `cot-*.array_record` (kept CoTs, for
-Grain), `stats-*.json` (pass rate of each filter step) and `report-*.html` (the trace viewer
-on sampled questions) into `config.out_dir` (a local or mounted folder). Config fields
-are documented in `configs/toyworld/cot.py`.
+then merges the shards. A resume with other backends or settings than the directory's
+`manifest.json` is refused; so is one of a directory whose manifest predates the keys it records
+now (frame sampling, window, the grounder's frame preprocessing), naming them and the values runs
+used before them: `--accept_old_defaults` resumes it when this run asks for those values.
+
+Each worker (shard x host) writes `records-*.jsonl` (every question, AoTD conversation format
+plus trace and verdicts), `cot-*.array_record` (kept CoTs, for Grain), `stats-*.json` (pass rate
+of each filter step) and `report-*.html` (the trace viewer on sampled questions) into
+`config.out_dir` (a local or mounted folder). Config fields are documented in
+`configs/toyworld/cot.py`.
 """
 
 from __future__ import annotations
@@ -39,6 +44,13 @@ _SHARD_INDEX = flags.DEFINE_integer(
   "whole dataset, split over the JAX processes when config.use_jax_processes).",
 )
 _NUM_SHARDS = flags.DEFINE_integer("num_shards", None, "How many shards the dataset is split in.")
+_ACCEPT_OLD_DEFAULTS = flags.DEFINE_bool(
+  "accept_old_defaults",
+  False,
+  "Resume an out_dir whose manifest.json predates keys the manifest records now (frame "
+  "sampling, window, the grounder's frame preprocessing) when this run's config asks for the "
+  "values runs used before them; the defaults are then written into the manifest.",
+)
 
 
 # The projects' data kinds the experts config may name (`ground_truth.kind="toyworld"`).
@@ -308,7 +320,17 @@ def main(argv):
   from aotd_jax.agent import manifest
 
   roles, identity, info = provenance(config)
-  manifest_ref = manifest.open_manifest(config.out_dir, roles, identity, config.to_dict(), info)
+  try:
+    manifest_ref = manifest.open_manifest(
+      config.out_dir,
+      roles,
+      identity,
+      config.to_dict(),
+      info,
+      accept_old_defaults=_ACCEPT_OLD_DEFAULTS.value,
+    )
+  except manifest.ManifestError as e:
+    raise ConfigError(str(e)) from None
   logging.info(
     "vision experts: %s (%s)",
     manifest.vision_summary(roles),

@@ -7,6 +7,10 @@ Resumes automatically from `workdir/checkpoints`; SIGTERM (TPU preemption) saves
 a NaN/Inf loss stops with exit code 3 and the last good checkpoint kept. A resume whose config
 changes the batch size, λ, total steps or data stops with exit code 4 unless
 `--config.allow_changes=True` (each checkpoint's `meta` holds the run's full config).
+Before anything is built, each CoT set's `manifest.json` must record the frames this run
+decodes (`config.data.window`, `.frame_sampling`, `.num_frames`; `aotd_jax/train/cot_frames.py`):
+a mismatch is a usage error naming both values unless `--config.data.allow_cot_frame_mismatch=True`;
+`workdir/cot_frames.json` records the comparison.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from aotd_jax import host_memory, sharding
-from aotd_jax.train import build, config_check, data as train_data
+from aotd_jax.train import build, config_check, cot_frames, data as train_data
 from aotd_jax.train.checkpoint import Checkpointer, check_resume_config
 from aotd_jax.train.loop import LoopConfig, train_loop
 from aotd_jax.train.metrics import MetricsWriter
@@ -62,6 +66,10 @@ WrapData = Callable[[Any, Checkpointer, Trainer], Any]
 def run(cfg, workdir: str, *, wrap_data: WrapData | None = None) -> int:
   """The whole run; returns the process exit code."""
   config_check.check_train_config(cfg)
+  # the CoT sets' manifests against this run's frames, before anything is built
+  cot_report = cot_frames.check(cfg) if cfg.data.get("kind", "synthetic") == "pipeline" else None
+  for error in (cot_report or {}).get("errors_allowed", ()):
+    logging.warning("training on mismatched CoT frames (allow_cot_frame_mismatch): %s", error)
   sharding.maybe_initialize_distributed(cfg)
   mesh = sharding.make_mesh(dict(cfg.mesh))
   student = build.build_student(cfg.student, mesh=mesh, seed=cfg.seed)
@@ -84,6 +92,8 @@ def run(cfg, workdir: str, *, wrap_data: WrapData | None = None) -> int:
   ckpt_dir = os.path.join(workdir, "checkpoints")
   if jax.process_index() == 0:
     build.write_hf_config(student, ckpt_dir, source_dir=cfg.student.get("hf_dir", ""))
+    if cot_report is not None:
+      cot_frames.write_report(cot_report, workdir)
   checkpointer = Checkpointer(
     ckpt_dir,
     max_to_keep=cfg.get("keep_checkpoints", 3),

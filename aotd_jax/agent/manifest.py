@@ -24,6 +24,8 @@ import pathlib
 import subprocess
 from typing import Any, Iterator, Mapping
 
+from aotd_jax.agent import manifest_added
+
 FILE = "manifest.json"
 # role keys that manifests of 2026-12-04 wrote into `roles` (hence into the id) although they do
 # not change a record; a manifest holding them is compared without them
@@ -149,6 +151,8 @@ def open_manifest(
   identity: Mapping[str, Any],
   config: Mapping[str, Any],
   info: Mapping[str, Any] | None = None,
+  *,
+  accept_old_defaults: bool = False,
 ) -> str:
   """Writes (or checks) `out_dir/manifest.json`; returns the records' `manifest` reference.
 
@@ -158,8 +162,14 @@ def open_manifest(
   settings that do not change a record either (e.g. the experts' cross-program batching): each
   run's is appended to the manifest's `runs`, and a resume with another `info` is accepted.
 
+  A manifest written before some keys were recorded (`manifest_added.ADDED_KEYS`: frame
+  sampling, window, the grounder's frame preprocessing) is refused naming them and their old
+  defaults; with `accept_old_defaults` a run whose config asks for those defaults resumes it,
+  and the defaults are written into the manifest (`old_defaults_accepted` says when).
+
   Raises:
-    ManifestError: the directory's manifest names other roles or another identity.
+    ManifestError: the directory's manifest names other roles or another identity, or lacks
+      keys this run records (see above).
   """
   folder = pathlib.Path(out_dir)
   folder.mkdir(parents=True, exist_ok=True)
@@ -174,12 +184,25 @@ def open_manifest(
       old = json.loads(path.read_text())
       old_roles = _without_legacy_info(old.get("roles", {}))
       if old.get("id") != ident and manifest_id(old_roles, old.get("identity", {})) != ident:
-        changed = sorted(r for r in set(old_roles) | set(roles) if old_roles.get(r) != roles.get(r))
-        raise ManifestError(
-          f"{path} was written by a run with other backends or config (roles that differ: "
-          f"{changed or 'none; the settings differ: ' + _diff(old.get('identity', {}), identity)}"
-          "); its records would mix with this run's. "
-          "Use a new out_dir."
+        current = {"roles": dict(roles), "identity": dict(identity)}
+        recorded = {"roles": old_roles, "identity": old.get("identity", {})}
+        added = manifest_added.missing_keys(recorded, current)
+        if not added:
+          raise _mismatch(path, recorded, current)
+        filled = manifest_added.with_old_defaults(recorded, added)
+        if manifest_id(filled["roles"], filled["identity"]) != ident:
+          raise _mismatch(path, filled, current, added)
+        if not accept_old_defaults:
+          raise ManifestError(
+            f"{path} was written before the manifest recorded "
+            f"{manifest_added.describe(added)}. This run's config asks for those same values, "
+            "so its records match the directory's: rerun with --accept_old_defaults to resume "
+            "it (the old defaults are then written into the manifest), or use a new out_dir."
+          )
+        old["roles"] = {r: e for r, e in filled["roles"].items()}
+        old["identity"] = filled["identity"]
+        old.setdefault("old_defaults_accepted", []).append(
+          {"at": run["started"], "keys": {k.name: k.old_default for k in added}}
         )
       old.setdefault("runs", []).append(run)
       _write(path, old)
@@ -208,9 +231,55 @@ def _without_legacy_info(roles: Mapping[str, Any]) -> dict:
   }
 
 
-def _diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
-  keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-  return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys) or "?"
+def _mismatch(
+  path: pathlib.Path,
+  old: Mapping[str, Any],
+  new: Mapping[str, Any],
+  added: list[manifest_added.AddedKey] | None = None,
+) -> ManifestError:
+  """The refusal of a resume whose roles or identity differ from the directory's manifest."""
+  old_roles, roles = old["roles"], new["roles"]
+  changed = sorted(r for r in set(old_roles) | set(roles) if old_roles.get(r) != roles.get(r))
+  settings = _diff(old["identity"], new["identity"]) if old["identity"] != new["identity"] else ""
+  what = f"roles that differ: {changed}" if changed else "roles that differ: none"
+  if not added:
+    what += f"; the settings differ: {settings}" if settings or not changed else ""
+    return ManifestError(
+      f"{path} was written by a run with other backends or config ({what}); its records would "
+      "mix with this run's. Use a new out_dir."
+    )
+  details = [_roles_diff(old_roles, roles, changed)] if changed else []
+  details += [settings] if settings else []
+  return ManifestError(
+    f"{path} was written before the manifest recorded {manifest_added.describe(added)}; with "
+    f"those old values it still differs from this run ({'; '.join(details)}). To resume that "
+    "directory, give this run its values ("
+    + "; ".join(f"{k.name}: {k.setting}" for k in added)
+    + ") and pass --accept_old_defaults; to make CoTs with this run's settings, use a new out_dir."
+  )
+
+
+def _roles_diff(old: Mapping[str, Any], new: Mapping[str, Any], roles: list[str]) -> str:
+  parts = []
+  for r in roles:
+    a, b = old.get(r), new.get(r)
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+      parts.append(f"{r}: {_diff(a, b)}")
+    else:
+      parts.append(f"{r}: {a!r} -> {b!r}")
+  return "; ".join(parts)
+
+
+def _diff(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> str:
+  """`key: old -> new` for each differing key; nested dicts by their dotted keys."""
+  parts = []
+  for k in sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)):
+    a, b = old.get(k), new.get(k)
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+      parts.append(_diff(a, b, f"{prefix}{k}."))
+    else:
+      parts.append(f"{prefix}{k}: {a!r} -> {b!r}")
+  return ", ".join(parts) or "?"
 
 
 def add_counts(out_dir: str, shard: str, counts: Mapping[str, Any]) -> None:

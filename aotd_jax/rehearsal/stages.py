@@ -162,8 +162,21 @@ def check_distill(stage: Stage, ctx: dict) -> dict:
     cot_tokens > 0, f"{wd}: no rationale tokens in {steps} steps: the kept CoTs were not trained on"
   )
   _require(qa_tokens > 0, f"{wd}: no answer tokens in {steps} steps")
+  # the trainer compared each CoT set's manifest with its frames (aotd_jax/train/cot_frames.py)
+  with open(os.path.join(wd, "cot_frames.json")) as f:
+    frames = json.load(f)
+  checked = [s for s in frames["sources"] if s.get("manifest")]
+  _require(
+    len(checked) == 2, f"{wd}/cot_frames.json: {len(checked)} CoT manifests checked, expected 2"
+  )
+  mismatches = sorted({k for s in checked for k in s["mismatches"]})
+  _require(
+    not mismatches or frames["allow_cot_frame_mismatch"],
+    f"{wd}/cot_frames.json: mismatches {mismatches} without allow_cot_frame_mismatch",
+  )
   return {
     "steps": steps,
+    "cot_frame_mismatches": mismatches,
     "loss_first": round(losses[0], 4),
     "loss_last": round(losses[-1], 4),
     "rationale_tokens": int(cot_tokens),
@@ -556,6 +569,9 @@ def student_stages(ctx: dict, student: str, *, train_data: list[str], mc: list[s
         "--config.data.seq_len=1024",
         "--config.data.num_workers=0",
         "--config.log_every=1",
+        # Qwen2-VL's 16 frames on section 2's 32-frame CoTs (docs/reproduce.md, section 6):
+        # deliberate here, so the trainer's frame check is told so
+        *(["--config.data.allow_cot_frame_mismatch=True"] if frames != 32 else []),
       ],
       student=student,
     ),
