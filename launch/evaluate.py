@@ -15,8 +15,10 @@ default: the map beside the CSV) `--video_root=NExTVideo`.
 `--prompt_format`, `--answer_style`, `--window` and `--frame_sampling` default to what the run
 trained with (its saved `config.data`: `tokenizer`, `num_frames`, `prompt_format`,
 `answer_style`, `window`, `frame_sampling`; a run whose config has no `window` /
-`frame_sampling` trained with `question` / `ours`); a flag given on the command line wins.
-Otherwise (a Hugging Face directory, e.g. `launch.export`'s) the frames are the official
+`frame_sampling` trained with `question` / `ours`); so do all but `--tokenizer` for a Hugging
+Face directory `launch.export` wrote (its `aotd_training.json`). A flag given on the command
+line wins (`settings.differs_from_training` lists those that differ, with a warning).
+Otherwise (a Hugging Face directory from elsewhere) the frames are the official
 release's, as the real configs train on: the whole video (`--window=whole`) at
 `linspace(0, vlen, N, endpoint=False)` (`--frame_sampling=official`; docs/fidelity.md, "which
 frames"). `settings` in the output says what was used. The run
@@ -175,13 +177,23 @@ TRAINED_WITH = {
 
 def training_data_config(path: str) -> dict:
   """`config.data` of the `launch.train` run whose Orbax checkpoint directory is `path` (its
-  latest step's saved config); {} for a HF directory or a directory the trainer did not write."""
+  latest step's saved config), or what `launch.export` recorded of it in a Hugging Face
+  directory (`aotd_training.json`); {} for a directory neither wrote."""
   from aotd_jax.hf import orbax_io
   from aotd_jax.train.checkpoint import Checkpointer
 
-  if files.isfile(files.join(path, "config.json")) or not files.isfile(
-    files.join(path, orbax_io.HF_CONFIG)
-  ):
+  if files.isfile(files.join(path, "config.json")):
+    recorded = files.join(path, train_data.TRAINED_INPUTS_FILE)
+    if not files.isfile(recorded):
+      return {}
+    try:
+      data = json.loads(files.read_text(recorded)).get("data")
+    except (ValueError, AttributeError) as e:
+      raise ConfigError(
+        f"--student: {recorded} is not the JSON launch.export writes ({e})"
+      ) from None
+    return data if isinstance(data, dict) else {}
+  if not files.isfile(files.join(path, orbax_io.HF_CONFIG)):
     return {}
   checkpointer = Checkpointer(path)
   try:
@@ -213,6 +225,21 @@ def defaults_from_training(data: dict) -> list[str]:
       ) from e
     taken.append(f"--{flag}={value}")
   return taken
+
+
+def differences_from_training(data: dict) -> list[str]:
+  """The `TRAINED_WITH` flags (the tokenizer aside) given on the command line with another
+  value than the student was trained with: `--flag=value (trained with X)`."""
+  out = []
+  for flag, key in TRAINED_WITH.items():
+    value = data.get(key)
+    if value is None and data:
+      value = train_data.DATA_DEFAULTS.get(key)
+    if flag == "tokenizer" or not flags.FLAGS[flag].present or value is None or value == "":
+      continue
+    if str(flags.FLAGS[flag].value) != str(value):
+      out.append(f"--{flag}={flags.FLAGS[flag].value} (trained with {value})")
+  return out
 
 
 def load_student(path: str):
@@ -317,11 +344,15 @@ def main(argv):
     )
   if not _RESCORE.value and not _STUDENT.value:
     raise ConfigError("--student is required (or --rescore=EVAL_JSON to re-score a run)")
-  from_training = []
+  from_training, differs = [], []
   if not _RESCORE.value:
-    from_training = defaults_from_training(training_data_config(_STUDENT.value))
+    trained = training_data_config(_STUDENT.value)
+    from_training = defaults_from_training(trained)
     if from_training:
       logging.info("from the student's training config: %s", " ".join(from_training))
+    differs = differences_from_training(trained)
+    if differs:
+      logging.warning("evaluating on other inputs than the student trained on: %s", differs)
   records = read_records(_FORMAT.value, _ANNOTATIONS.value, _MAP.value, _WINDOW.value)
   if _LIMIT.value:
     records = records[: _LIMIT.value]
@@ -369,6 +400,7 @@ def main(argv):
       "window": _WINDOW.value,
       "frame_sampling": _FRAME_SAMPLING.value,
       "from_training_config": from_training,
+      "differs_from_training": differs,
     }
   judgements: list = []
   try:

@@ -8,7 +8,9 @@ Writes `config.json` (with a top-level `rope_theta`), safetensors (sharded with 
 `--tokenizer` (default: the student's `hf_dir` from the checkpoint's config, when it exists;
 processor files made from the model's config where that folder has none) and a model card
 (`README.md`: base model, datasets, λ, the CoT manifest's summary, library name, a licence
-field to fill in). The latest step unless `--step`. Any of the paths may be a URL
+field to fill in) and `aotd_training.json`, the frames, prompt format and QA target the run
+trained with (`launch.evaluate --student=D` takes them as its defaults). The latest step unless
+`--step`. Any of the paths may be a URL
 (`gs://bucket/...`, with the `gcs` extra).
 """
 
@@ -20,6 +22,7 @@ from absl import app, flags
 
 from aotd_jax.data import files
 from aotd_jax.hf import hub, io, orbax_io, processor_files
+from aotd_jax.train import data as train_data
 from aotd_jax.train.checkpoint import Checkpointer
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training workdir (holds checkpoints/).")
@@ -67,7 +70,7 @@ def export(
   manifest = None
   if cot_manifest:
     manifest = json.loads(files.read_text(cot_manifest))
-  return hub.write_hub_files(
+  written = hub.write_hub_files(
     hf_dir,
     hf_config=io.read_config(hf_dir),
     tokenizer_dir=tokenizer,
@@ -76,6 +79,14 @@ def export(
     base_model=base_model,
     normalization=found[0] if found else None,
   )
+  data = config.get("data")
+  if isinstance(data, dict):
+    inputs = {"data": train_data.trained_inputs(data)}
+    files.write_text(
+      files.join(hf_dir, train_data.TRAINED_INPUTS_FILE), json.dumps(inputs, indent=1)
+    )
+    written.append(train_data.TRAINED_INPUTS_FILE)
+  return written
 
 
 def main(argv):

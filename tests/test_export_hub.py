@@ -25,6 +25,7 @@ ALLOWED = {
   "README.md",
   "model.safetensors",
   "model.safetensors.index.json",
+  "aotd_training.json",
   *hub.TOKENIZER_FILES,
   *hub.PROCESSOR_FILES,
 }
@@ -284,6 +285,9 @@ def test_launch_export_from_a_training_checkpoint(tmp_path):
   assert "base_model: llava-hf/LLaVA-NeXT-Video-7B-hf" in card and "- star" in card
   assert f"λ (rationale weight): {config['rationale_weight']}" in card and "kept 7" in card
   assert str(tmp_path) not in card  # no local paths
+  # what the run trained on, for launch.evaluate (the toy config: 4 frames, the trainer's defaults)
+  inputs = json.loads((out / "aotd_training.json").read_text())
+  assert inputs == {"data": {"num_frames": 4, "window": "question", "frame_sampling": "ours"}}
   assert transformers.AutoTokenizer.from_pretrained(str(out))("the red cube")["input_ids"]
   loaded = hf.from_pretrained(str(out))
   assert loaded.config == model.config

@@ -222,6 +222,9 @@ def check_eval(stage: Stage, ctx: dict) -> dict:
     len(got.get("outputs", [])) == want,
     f"{stage.name}: {len(got.get('outputs', []))} outputs, expected {want}",
   )
+  # the docs' flags are what the student trained with (the export's aotd_training.json)
+  differs = got.get("settings", {}).get("differs_from_training")
+  _require(not differs, f"{stage.name}: flags other than the student trained with: {differs}")
   if mode == "mc":
     acc = {
       k: round(v, 3)

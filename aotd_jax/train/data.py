@@ -10,6 +10,22 @@ from aotd_jax.train.synthetic import SyntheticBatches
 # STAR's question window and our frame sampling; the real configs set the official release's
 # (`configs/common.py`'s `distill_config`; docs/fidelity.md, "which frames").
 DATA_DEFAULTS = {"window": "question", "frame_sampling": "ours"}
+# `launch.export` writes the inputs a student was trained on beside its weights, so that
+# `launch.evaluate` on the export decodes and prompts as the run did (`trained_inputs`).
+TRAINED_INPUTS_FILE = "aotd_training.json"
+TRAINED_INPUT_KEYS = ("num_frames", "prompt_format", "answer_style", "window", "frame_sampling")
+
+
+def trained_inputs(data) -> dict:
+  """The `config.data` settings that decide what a student sees and answers (frames, prompt,
+  QA target), as the trainer used them: a key the config leaves out has its `DATA_DEFAULTS`
+  value, or is left out (the evaluation's flag default is the trainer's)."""
+  out = {}
+  for key in TRAINED_INPUT_KEYS:
+    value = data.get(key, DATA_DEFAULTS.get(key))
+    if value is not None and value != "":
+      out[key] = value
+  return out
 
 
 def _video_tokens(config, num_frames: int) -> int:
