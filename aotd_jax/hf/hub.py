@@ -108,15 +108,40 @@ def _datasets(config: Mapping[str, Any]) -> list[str]:
   return sorted(set(names))
 
 
+def _role_line(role: str, info: Mapping[str, Any]) -> str:
+  """`- detector: owlv2`, `- program_llm: openai deepseek-coder-6.7b-instruct`: the backend and
+  a served model's name, never a local path (a vocabulary `star:<dir>` is named `star`)."""
+  if role == "tools":
+    return f"- tools: {', '.join(f'{k}={v}' for k, v in sorted(info.items()))}"
+  kind = str(info.get("kind", "")).partition(":")[0]
+  parts = [kind] + [str(info[k]) for k in ("model", "name") if info.get(k)]
+  if role == "object_vocabulary" and info.get("size") is not None:
+    parts.append(f"({info['size']} names)")
+  return f"- {role}: {' '.join(p for p in parts if p)}".rstrip()
+
+
+def _counts(manifest: Mapping[str, Any]) -> dict:
+  """The run's counts: `counts`, or the sum of its shards' (`shards`: name -> counts)."""
+  if isinstance(manifest.get("counts"), Mapping):
+    return dict(manifest["counts"])
+  total: dict = {}
+  for shard in (manifest.get("shards") or {}).values():
+    for key, value in (shard or {}).items():
+      if isinstance(value, int) and not isinstance(value, bool):
+        total[key] = total.get(key, 0) + value
+  return total
+
+
 def manifest_summary(manifest: Mapping[str, Any]) -> list[str]:
   """Lines for the card from a CoT job's `manifest.json` (roles and counts, no local paths)."""
   lines = []
+  if manifest.get("vision_experts"):
+    lines.append(f"- vision experts: {manifest['vision_experts']}")
   for role, info in sorted((manifest.get("roles") or {}).items()):
     if isinstance(info, Mapping):
-      what = info.get("model") or info.get("name") or info.get("kind", "")
-      lines.append(f"- {role}: {info.get('kind', '')} {what}".rstrip())
-  counts = manifest.get("counts")
-  if isinstance(counts, Mapping):
+      lines.append(_role_line(role, info))
+  counts = _counts(manifest)
+  if counts:
     lines.append("- counts: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
   return lines
 

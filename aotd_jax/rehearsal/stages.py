@@ -198,6 +198,8 @@ def check_export(stage: Stage, ctx: dict) -> dict:
       "detector: owlv2" in text and "grounder: univtg" in text and "oracle" not in text,
       f"{card}: the model card does not name the real experts that made the CoTs",
     )
+    _require("counts: " in text and "kept " in text, f"{card}: the model card has no CoT counts")
+    _require(not ctx.get("workdir") or ctx["workdir"] not in text, f"{card}: names a local path")
   return {"files": len(files), "model_card": os.path.isfile(card)}
 
 
