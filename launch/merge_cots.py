@@ -10,9 +10,11 @@ Writes `records.jsonl` (every question, in the dataset's order: what an unsharde
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 
-from aotd_jax.agent import merge
+from aotd_jax.agent import job, merge
+from aotd_jax.train.config_check import ConfigError
+from launch import cli
 
 _COT_DIR = flags.DEFINE_string(
   "cot_dir", None, "The CoT job's out_dir (holds records-*-of-*.jsonl)."
@@ -25,10 +27,13 @@ flags.mark_flags_as_required(["cot_dir"])
 
 def main(argv):
   del argv
-  stats = merge.merge(_COT_DIR.value, _OUT_DIR.value)
+  try:
+    stats = merge.merge(_COT_DIR.value, _OUT_DIR.value)
+  except job.JobError as e:  # the shards are not one whole run: one line naming the shard
+    raise ConfigError(str(e)) from None
   out = _OUT_DIR.value or _COT_DIR.value.rstrip("/") + "/merged"
   print(f"merged {stats.total} records ({stats.summary()}) -> {out}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -25,6 +25,7 @@ from aotd_jax.agent import filters, job
 from aotd_jax.data import files
 
 _SHARD = re.compile(r"records-(\d{5})-of-(\d{5})\.jsonl$")
+_STATS = re.compile(r"stats-(\d{5})-of-(\d{5})\.json$")
 MERGED = job.JobPaths(records="records.jsonl", array_record="cot.array_record", stats="stats.json")
 
 
@@ -49,8 +50,18 @@ def _read_records(path: str) -> list[dict]:
   return records
 
 
+def _total(stats_path: str) -> int | None:
+  """The questions a finished worker's `stats-*.json` counts (None: unreadable)."""
+  try:
+    total = json.loads(files.read_text(stats_path)).get("total")
+  except (OSError, ValueError, AttributeError):
+    return None
+  return total if isinstance(total, int) else None
+
+
 def read_shards(cot_dir: str) -> list[Shard]:
-  """Every shard of a finished run in `cot_dir`, in worker order.
+  """Every shard of a finished run in `cot_dir`, in worker order (a worker that had no questions,
+  more workers than questions, left a `stats-*.json` counting 0 and no records: an empty shard).
 
   Raises:
     JobError: no shard, shards of different splits (`-of-N`), a missing shard, or one whose
@@ -61,9 +72,16 @@ def read_shards(cot_dir: str) -> list[Shard]:
     m = _SHARD.search(path)
     if m:
       found[(int(m.group(1)), int(m.group(2)))] = path
+  # a worker whose share of the questions was empty finished (its stats say 0) with no records
+  empty = set()
+  for path in files.glob(cot_dir, "stats-*-of-*.json"):
+    m = _STATS.search(path)
+    key = (int(m.group(1)), int(m.group(2))) if m else None
+    if key and key not in found and _total(path) == 0:
+      empty.add(key)
   if not found:
     raise job.JobError(f"{cot_dir}: no records-*-of-*.jsonl shards to merge")
-  totals = sorted({n for _, n in found})
+  totals = sorted({n for _, n in found} | {n for _, n in empty})
   if len(totals) > 1:
     raise job.JobError(
       f"{cot_dir}: shards of {len(totals)} different splits (-of-"
@@ -73,6 +91,9 @@ def read_shards(cot_dir: str) -> list[Shard]:
   shards = []
   for k in range(n):
     name = job.shard_name(k, n)
+    if (k, n) in empty:
+      shards.append(Shard(name, []))
+      continue
     if (k, n) not in found:
       raise job.JobError(
         f"{cot_dir}: shard {name} is missing (records-{name}.jsonl); run its worker"
