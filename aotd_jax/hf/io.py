@@ -27,6 +27,13 @@ def read_config(path: str) -> dict:
   """Returns the parsed `config.json` of a HF model directory, with a clear error if absent."""
   cfg_path = files.join(path, "config.json")
   if not files.isfile(cfg_path):
+    if files.isfile(files.join(path, "hf_config.json")):  # aotd_jax.hf.orbax_io's layout
+      raise CheckpointError(
+        f"{path}: an Orbax checkpoint directory (hf_config.json, as `python -m aotd_jax.hf "
+        "convert` and launch.train write), not a Hugging Face directory (config.json + "
+        "safetensors): give the Hugging Face directory here (launch.evaluate --student takes "
+        "either; `python -m aotd_jax.hf export` turns an Orbax one back)"
+      )
     raise CheckpointError(f"{cfg_path}: no config.json in this Hugging Face directory")
   try:
     return json.loads(files.read_text(cfg_path))
