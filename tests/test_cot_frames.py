@@ -80,6 +80,8 @@ def test_a_mismatch_names_both_values_the_manifest_and_the_flags(
   assert f"made with {key}={cot_value!r} ({manifest})" in msg
   assert f"trains with --config.data.{key}={ours!r}" in msg
   assert f"Set --config.data.{key}={cot_value} " in msg
+  setting = {"num_frames": "frames"}.get(key, key)
+  assert f"regenerate the CoTs with {setting}={ours} in the configs/cot/*.py string" in msg
   assert "--config.data.datasets.star.cots" in msg
   assert "--config.data.allow_cot_frame_mismatch=True" in msg
   # deliberate: trains, and the report says what differed

@@ -33,9 +33,9 @@ REPORT = "cot_frames.json"
 WINDOWED_FORMATS = ("star", "mvbench")
 # the CoT job's config settings for each compared key (for messages)
 COT_SETTINGS = {
-  "window": "window= in the configs/cot/*.py string",
-  "frame_sampling": "frame_sampling= in the configs/cot/*.py string",
-  "num_frames": "frames= in the configs/cot/*.py string (config.max_frames)",
+  "window": "window={} in the configs/cot/*.py string",
+  "frame_sampling": "frame_sampling={} in the configs/cot/*.py string",
+  "num_frames": "frames={} in the configs/cot/*.py string (config.max_frames)",
 }
 
 
@@ -184,7 +184,7 @@ def check(cfg) -> dict:
           f"{flag}: its CoTs were made with {key}={got['value']!r} ({entry['manifest']}{source}), "
           f"but this run trains with --config.data.{key}={trainer[key]!r}. Set "
           f"--config.data.{key}={got['value']} to train on the CoTs' frames, or regenerate the "
-          f"CoTs with {COT_SETTINGS[key]} = {trainer[key]}"
+          f"CoTs with {COT_SETTINGS[key].format(trainer[key])}"
         )
       report["sources"].append({**entry, "recorded": frames, "mismatches": mismatches})
   if errors and not allow:
