@@ -2,7 +2,7 @@
 tool calls each, instant tools, the rule judge), every program run in the sandbox.
 
 Usage: python benchmarks/cot_job_toy.py [--questions 200] [--workers 2] [--threads 2]
-       [--runs_per_child 1] [--warm_spares]
+       [--runs_per_child 1] [--warm_spares] [--spare_children N]
 
 What it measures is the job's own cost per question (program execution in the sandbox,
 records, fsync'd appends) with the models taken out; compare runs on the same machine.
@@ -84,11 +84,14 @@ def main():
     help="Sandbox(warm_spares=True): warm each spare child before its turn",
   )
   p.add_argument("--runs_per_child", type=int, default=1)
+  p.add_argument("--spare_children", type=int, default=None, help="Sandbox(spare_children=...)")
   a = p.parse_args()
   qs = questions(a.questions)
   kw = {"runs_per_child": a.runs_per_child} if a.runs_per_child > 1 else {}
   if a.warm_spares:
     kw["warm_spares"] = True
+  if a.spare_children is not None:
+    kw["spare_children"] = a.spare_children
   with Sandbox(a.workers, **kw) as sb, tempfile.TemporaryDirectory() as out:
     cot = job.CotJob(
       tools=tools(),

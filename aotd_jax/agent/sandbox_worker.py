@@ -192,6 +192,11 @@ class _Tool:
     return f"<tool {self._name}>"
 
 
+def _print(*args, sep=" ", end="\n"):
+  """The programs' `print`: this run's `_Output`."""
+  _OUTPUT.print(*args, sep=sep, end=end)
+
+
 class _Output:
   """Captured, bounded `print`."""
 
@@ -289,8 +294,10 @@ def _run(source, args, tool_names, limits, tool=None):
   global _OUTPUT, _DEPTH
   _CLEAN[0] = False
   out = _OUTPUT = _Output(limits["max_output_chars"])
-  builtins_ = dict(_BUILTINS)
-  builtins_["print"] = out.print
+  # The zygote's table itself, whose `print` writes to this run's `_OUTPUT`: a copy would
+  # write the reference count of every builtin in it, a page copy for each page they are on
+  # (~15 per child). A child that serves several runs gives each its own copy.
+  builtins_ = _BUILTINS if RUNS_PER_CHILD == 1 else dict(_BUILTINS)
   env = {"__builtins__": builtins_, "__name__": "program", CHECK_NAME: _check}
   for name in tool_names:
     env[name] = tool or _Tool(name)
@@ -380,14 +387,18 @@ def _child(seq, turns):
   turns.announce(seq, os.getpid())
   if PREFAULT:
     _prefault()
-  turns.wait(seq)
   pid = turns.pid_of(seq)  # the host knows us by the zygote's pid
-  while not pid:  # the zygote registers a child right after its fork
+  while not pid:  # the zygote registers a child right after its fork (0 until then)
     os.sched_yield()
     pid = turns.pid_of(seq)
+  try:  # before the turn: the encoder's page copies are then not on the run's path
+    hello = _CHANNEL.codec.encode(["hello", seq, pid])
+  except BaseException:
+    _die()
+  turns.wait(seq)
   for served in range(1, RUNS_PER_CHILD + 1):
     try:
-      _CHANNEL.send(["hello", seq, pid])
+      _CHANNEL.conn.send_bytes(hello)
       msg = _CHANNEL.recv()
       ok = type(msg) is list and len(msg) == 6 and msg[0] == "run"
     except BaseException:
@@ -640,6 +651,7 @@ def main():
   # C code (numpy's lazy `from numpy._core import _methods`) imports through the calling
   # frame's builtins. Programs cannot spell a dunder, so only such internals reach this.
   _BUILTINS["__import__"] = _loaded_module
+  _BUILTINS["print"] = _print
   import ctypes
   import numpy  # noqa: F401 -- loaded before files can no longer be opened
 
@@ -789,6 +801,7 @@ def _zygote(turns, init=0):
         for other in children:
           os.kill(other, signal.SIGKILL)
         _die()
+      turns.register(seq, 0)  # its replacement must not read the dead one's pid
       spawn(seq)
 
 
