@@ -311,6 +311,10 @@ def main(argv):
     process_count=process_count,
   )
   name = job.shard_name(shard_index, num_shards, process_index, process_count)
+  try:
+    job.check_split(config.out_dir, name)
+  except job.JobError as e:
+    raise ConfigError(str(e)) from None
   missing = missing_inputs(config)
   if missing:
     raise ConfigError(

@@ -164,3 +164,23 @@ def test_launch_train_stops_before_building_anything(tmp_path):
   assert "trains with --config.data.window='whole'" in result.stderr
   assert "Traceback" not in result.stderr
   assert not os.path.exists(tmp_path / "w" / "checkpoints")
+
+
+def test_shards_of_two_splits_in_one_folder_are_refused(tmp_path):
+  """Two runs over the same questions (--num_shards 8, then 2) in one folder: every CoT twice."""
+  cots = _cot_dir(str(tmp_path / "c"), _identity())
+  pipeline.write_cot_array_record(str(tmp_path / "c" / "cot-00000-of-00002.array_record"), [RECORD])
+  with pytest.raises(ConfigError, match=r"2 different splits \(-of-00001, -of-00002\)"):
+    cot_frames.check(_config(cots))
+
+
+def test_the_cot_job_refuses_another_split_in_its_out_dir(tmp_path):
+  from aotd_jax.agent import job
+
+  out = tmp_path / "cots"
+  out.mkdir()
+  job.check_split(str(out), job.shard_name(0, 2))  # an empty folder takes any split
+  (out / "records-00003-of-00008.jsonl").write_text("")
+  job.check_split(str(out), job.shard_name(5, 8))  # the same split resumes
+  with pytest.raises(job.JobError, match="holds shards of a 8-worker split and this worker is one"):
+    job.check_split(str(out), job.shard_name(0, 2))

@@ -87,6 +87,33 @@ def shard_name(
   return f"{shard_index * process_count + process_index:05d}-of-{total:05d}"
 
 
+_SPLIT = re.compile(r"^(?:records|cot|stats)-\d{5}-of-(\d{5})\.(?:jsonl|array_record|json)$")
+
+
+def check_split(out_dir: str, name: str) -> None:
+  """Refuses a worker whose split (`-of-NNNNN`) is not the one `out_dir`'s shards were made with.
+
+  Another `--num_shards` gives every question a new shard: it would be processed again, and
+  the trainer, which reads `cot-*.array_record`, would see its CoT twice.
+
+  Raises:
+    JobError: `out_dir` holds shard files of another split, naming one and both counts.
+  """
+  total = name.rpartition("-of-")[2]
+  if not os.path.isdir(out_dir):
+    return
+  for f in sorted(os.listdir(out_dir)):
+    m = _SPLIT.match(f)
+    if m and m.group(1) != total:
+      raise JobError(
+        f"{os.path.join(out_dir, f)}: {out_dir} holds shards of a {int(m.group(1))}-worker "
+        f"split and this worker is one of {int(total)}: with another --num_shards (or "
+        "another number of hosts) every question would be done again and the trainer would "
+        f"read its CoT twice. Rerun with that split ({int(m.group(1))} workers: --num_shards "
+        "times the hosts) to resume that run, or use a new out_dir"
+      )
+
+
 def check_out_dir(out_dir: str) -> None:
   """Refuses an output folder the append-only record log cannot use.
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any, Mapping
 
 from aotd_jax.agent import manifest_added
@@ -27,6 +28,7 @@ from aotd_jax.train import data as train_data
 from aotd_jax.train.config_check import ConfigError
 
 MANIFEST = "manifest.json"
+_SPLIT = re.compile(r"-\d{5}-of-(\d{5})\.[a-z_]+$")
 ALLOW_FLAG = "--config.data.allow_cot_frame_mismatch=True"
 REPORT = "cot_frames.json"
 # formats whose records carry a question window (`annotations.read(window=)` changes them)
@@ -128,6 +130,14 @@ def _manifests(flag: str, pattern: Any, allow: bool) -> list[dict]:
     by_folder.setdefault(_folder(f), []).append(f)
   out = []
   for folder, members in by_folder.items():
+    splits = sorted({m.group(1) for m in map(_SPLIT.search, members) if m})
+    if len(splits) > 1:
+      raise ConfigError(
+        f"{flag}: {folder} holds CoT shards of {len(splits)} different splits (-of-"
+        f"{', -of-'.join(splits)}): two runs over the same questions, whose CoTs would be "
+        "trained on twice. Keep one run's shards there (python -m launch.merge_cots refuses "
+        "the mix too)"
+      )
     path = files.join(folder, MANIFEST)
     refs = {
       rec.get("manifest")
