@@ -28,6 +28,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from aotd_jax import host_memory, sharding
+from aotd_jax.hf import io as hf_io
 from aotd_jax.train import build, config_check, cot_frames, data as train_data
 from aotd_jax.train.checkpoint import Checkpointer, check_resume_config
 from aotd_jax.train.loop import LoopConfig, train_loop
@@ -66,6 +67,8 @@ WrapData = Callable[[Any, Checkpointer, Trainer], Any]
 def run(cfg, workdir: str, *, wrap_data: WrapData | None = None) -> int:
   """The whole run; returns the process exit code."""
   config_check.check_train_config(cfg)
+  if cfg.student.get("hf_dir", ""):  # a mistyped student path stops first (CheckpointError)
+    hf_io.read_config(cfg.student.hf_dir)
   # the CoT sets' manifests against this run's frames, before anything is built
   cot_report = cot_frames.check(cfg) if cfg.data.get("kind", "synthetic") == "pipeline" else None
   for error in (cot_report or {}).get("errors_allowed", ()):

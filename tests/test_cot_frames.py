@@ -142,8 +142,10 @@ def test_missing_or_foreign_manifests(tmp_path):
 
 def test_launch_train_stops_before_building_anything(tmp_path):
   """The production config's command with CoTs made on other frames: a one-line usage error
-  (exit 2) naming both values, before the student (a path that does not exist here) is read."""
+  (exit 2) naming both values, before the student (a config.json without weights) is built."""
   cots = _cot_dir(str(tmp_path / "c"), _identity(window="question", sampling="ours"))
+  (tmp_path / "no_model").mkdir()
+  (tmp_path / "no_model" / "config.json").write_text("{}")
   result = subprocess.run(
     [
       sys.executable,
