@@ -164,6 +164,23 @@ def test_owlv2_detector_matches_transformers_pipeline(owl):
     np.testing.assert_allclose([b.score for b in got], ref["scores"].numpy(), atol=1e-4)
 
 
+@pytest.mark.parametrize("hw", [(20, 28), (24, 32), (32, 32)])
+def test_owlv2_device_preprocess_matches_transformers(hw):
+  """Padded to a square, then resized to 32 px: (24, 32) and (32, 32) pad to the model's
+  size, where the resize is skipped (an identity matrix)."""
+  from transformers import Owlv2ImageProcessorPil
+
+  from aotd_jax.models import owlv2_processing as proc
+  from experts.backends.owlv2 import device_preprocess
+
+  frames = np.random.default_rng(3).integers(0, 255, (3, *hw, 3), dtype=np.uint8)
+  ours = device_preprocess(frames, 32, mean=proc.OPENAI_CLIP_MEAN, std=proc.OPENAI_CLIP_STD)
+  ref = Owlv2ImageProcessorPil(size={"height": 32, "width": 32})(
+    images=list(frames), return_tensors="np"
+  )["pixel_values"]
+  np.testing.assert_allclose(np.asarray(ours), ref, atol=1e-5)
+
+
 def test_owlv2_detector_compiles_once_per_bucket_through_the_tools(owl):
   from experts.backends.owlv2 import Owlv2Detector
 

@@ -60,11 +60,14 @@ def device_preprocess(
   x = frames.astype(jnp.float32) * np.float32(1 / 255)
   if (h, w) != (side, side):
     x = jnp.pad(x, ((0, 0), (0, side - h), (0, side - w), (0, 0)), constant_values=pad_value)
-  r = jnp.asarray(proc.resize_matrix(side, image_size))
-  y = jnp.einsum("oh,bhwc,pw->bcop", r, x, r)
-  lo = x.min(axis=(1, 2, 3)).reshape(b, 1, 1, 1)
-  hi = x.max(axis=(1, 2, 3)).reshape(b, 1, 1, 1)
-  y = jnp.clip(y, lo, hi)  # scikit-image clips the interpolation to the input's range
+  if side == image_size:  # the resize matrix is the identity: the same numbers, no matmuls
+    y = jnp.transpose(x, (0, 3, 1, 2))
+  else:
+    r = jnp.asarray(proc.resize_matrix(side, image_size))
+    y = jnp.einsum("oh,bhwc,pw->bcop", r, x, r)
+    lo = x.min(axis=(1, 2, 3)).reshape(b, 1, 1, 1)
+    hi = x.max(axis=(1, 2, 3)).reshape(b, 1, 1, 1)
+    y = jnp.clip(y, lo, hi)  # scikit-image clips the interpolation to the input's range
   return (y - jnp.asarray(mean, jnp.float32)[:, None, None]) / jnp.asarray(std, jnp.float32)[
     :, None, None
   ]
