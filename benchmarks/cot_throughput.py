@@ -19,6 +19,8 @@ Modes, on the same backends and the same pixels (a fresh tool cache and feature 
   on:         every expert's coalescer on (experts/coalesce.py), all run by one device
               scheduler (experts/scheduler.py) that knows the programs in flight: a batch
               when they are all blocked on expert calls, the fullest queue first;
+              `--scheduler_workers` batches at once (default as the CoT configs: 2 on a
+              CPU, 1 on an accelerator);
   per_expert: the coalescers each with their own worker thread and wait window (the design
               before the scheduler; `--modes=on,per_expert,off,serial` adds it);
   off:        the coalescers bypassed, `threads` programs in flight, each call its own batch;
@@ -236,7 +238,7 @@ class Experts:
   """The three model backends, built once, their coalescers on one `DeviceScheduler`;
   `bypass()` runs them without coalescers, `per_expert()` with a worker thread each."""
 
-  def __init__(self, p: dict, wait_s: float, feature_cache_mb: float = 64.0):
+  def __init__(self, p: dict, wait_s: float, feature_cache_mb: float = 64.0, workers: int = 1):
     from experts.backends.llava import LlavaVideoQA
     from experts.backends.owlv2 import Owlv2Detector
     from experts.backends.univtg import UniVTGGrounder
@@ -244,7 +246,7 @@ class Experts:
 
     t0 = time.perf_counter()
     self.wait_s = wait_s
-    self.scheduler = scheduler = DeviceScheduler()
+    self.scheduler = scheduler = DeviceScheduler(workers=workers)
     self.detector = Owlv2Detector(
       rw.owlv2(p["owl"]),
       rw.word_tokenize(p["owl"]["vocab"], p["owl"]["text_length"]),
@@ -524,6 +526,13 @@ def main(argv=None):
     default=64.0,
     help="UniVTG's per-frame feature cache (0: none; OWLv2's device cache is always on)",
   )
+  ap.add_argument(
+    "--scheduler_workers",
+    type=int,
+    default=0,
+    help="batches the `on` mode's device scheduler runs at once (0: as the CoT configs, "
+    "experts.registry.scheduler_workers: 2 on a CPU, 1 on an accelerator)",
+  )
   ap.add_argument("--out", default="", help="also write the JSON result here")
   args = ap.parse_args(argv)
   t_start = time.perf_counter()
@@ -535,14 +544,19 @@ def main(argv=None):
       p[key] = getattr(args, key)
   if p["questions"] < 1 or p["threads"] < 1 or p["rounds"] < 1:
     raise SystemExit("--questions, --threads and --rounds must be >= 1")
-  if args.questions_per_video < 1 or args.feature_cache_mb < 0:
-    raise SystemExit("--questions_per_video must be >= 1 and --feature_cache_mb >= 0")
+  if args.questions_per_video < 1 or args.feature_cache_mb < 0 or args.scheduler_workers < 0:
+    raise SystemExit(
+      "--questions_per_video must be >= 1, --feature_cache_mb and --scheduler_workers >= 0"
+    )
   p["per_video"] = args.questions_per_video
   import jax
 
   from experts.batching import count_xla_compilations
 
-  ex = Experts(p, args.wait_ms / 1000, args.feature_cache_mb)
+  from experts.registry import scheduler_workers
+
+  workers = scheduler_workers(args.scheduler_workers)
+  ex = Experts(p, args.wait_ms / 1000, args.feature_cache_mb, workers)
   # the detection threshold: the 99th percentile of the random model's scores (some boxes)
   probe = make_questions(dict(p, questions=1), "probe", 99)[0]["clip"]
   logits = ex.detector.raw_outputs(probe, [OBJECTS[0]])[0]
@@ -586,6 +600,7 @@ def main(argv=None):
     "questions": p["questions"],
     "questions_per_video": p["per_video"],
     "univtg_feature_cache_mb": args.feature_cache_mb,
+    "scheduler_workers": workers,
     "rounds": p["rounds"],
     "frames_per_question": p["frames"],
     "frame_hw": list(p["frame_hw"]),

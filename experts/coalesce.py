@@ -144,7 +144,7 @@ class Coalescer:
     self._pending: collections.deque[_Request] = collections.deque()
     self._seen: dict[tuple, tuple] = {}  # batching key -> (first request's rows, args)
     self._closed = False
-    self._running = False  # a batch of ours is running (scheduler mode)
+    self._running = 0  # batches of ours running (scheduler mode)
     self._thread = None
     if scheduler is not None:
       scheduler.attach(self)

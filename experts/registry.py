@@ -7,6 +7,8 @@ with a `kind` and that kind's settings:
                      UniVTG and its CLIP features, LLaVA) share one batch (experts/coalesce.py);
                      a role's own `coalesce` key, when set, overrides it for that role
   coalesce_wait_s:   how long a batch waits for more calls after the first (seconds)
+  scheduler_workers: batches the device scheduler runs at once (0, the default: 1 on an
+                     accelerator, 2 on a CPU, where two experts' small batches overlap)
   detector:          oracle | owlv2 (path, threshold, buckets, matmul_precision, cpu_kernels,
                       feature_cache_mb: image features kept on the device, default 8192) | none
   grounder:          oracle | univtg (path: official checkpoint, clip_path: HF CLIP dir,
@@ -112,6 +114,20 @@ def default_config() -> ml_collections.ConfigDict:
   )
 
 
+def scheduler_workers(setting) -> int:
+  """Batches the device scheduler runs at once for the `scheduler_workers` setting: itself
+  when >= 1; 0 (auto): 2 when JAX's default backend is the CPU (one small batch leaves a
+  core idle), else 1 (an accelerator runs one batch at a time)."""
+  workers = int(setting)
+  if workers < 0:
+    raise ValueError(f"experts config: scheduler_workers must be >= 0 (0: auto), got {workers}")
+  if workers == 0:
+    import jax
+
+    workers = 2 if jax.default_backend() == "cpu" else 1
+  return workers
+
+
 def coalescing(config, role: str) -> tuple[bool, float]:
   """(on, wait window in s) of cross-program batching for `role`: the role's own `coalesce` /
   `coalesce_wait_s` keys when set, else the config's top-level ones (default off, 2 ms)."""
@@ -152,7 +168,9 @@ class _Context:
     if self._scheduler is None:
       from experts.scheduler import DeviceScheduler
 
-      self._scheduler = DeviceScheduler()
+      self._scheduler = DeviceScheduler(
+        workers=scheduler_workers(_get(self.config, "scheduler_workers", 0))
+      )
     return self._scheduler
 
   def ground_truth(self, role: str):

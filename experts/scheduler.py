@@ -31,7 +31,12 @@ flight. Without `program()` registrations only the full and window rules apply.
     feats = image(frames, state)
   sched.close()
 
-A batch's results are the same whichever rule released it (`Coalescer`'s row-wise functions).
+`workers=N` lets N batches run at once, each worker picking by the same rules: on a CPU at
+small sizes one batch leaves cores idle, and 2 workers let two experts' batches overlap (the
+registry's `scheduler_workers`, 0 = auto: 2 on a CPU, 1 on an accelerator).
+
+A batch's results are the same whichever rule released it, and however many workers ran
+(`Coalescer`'s row-wise functions).
 """
 
 from __future__ import annotations
@@ -69,11 +74,23 @@ class DeviceScheduler:
     name: the worker thread's name.
     history: how many of the last batches `history` keeps, as (coalescer name, requests,
       rule) tuples.
+    workers: batches that may run at once (default 1: an accelerator runs one at a time; on
+      a CPU, where one small batch leaves cores idle, 2 lets two experts' batches overlap).
+      Each worker picks by the same rules; the results do not depend on it.
   """
 
-  def __init__(self, *, patience: int = 8, name: str = "device-scheduler", history: int = 256):
+  def __init__(
+    self,
+    *,
+    patience: int = 8,
+    name: str = "device-scheduler",
+    history: int = 256,
+    workers: int = 1,
+  ):
     if patience < 1:
       raise ValueError(f"DeviceScheduler: patience must be >= 1, got {patience}")
+    if workers < 1:
+      raise ValueError(f"DeviceScheduler: workers must be >= 1, got {workers}")
     self.patience, self.name = int(patience), name
     self.stats = SchedulerStats()
     self.history: collections.deque[tuple[str, int, str]] = collections.deque(maxlen=history)
@@ -84,8 +101,12 @@ class DeviceScheduler:
     self._blocked = 0
     self._closed = False
     self._last_end = 0.0  # time.monotonic() when the last batch ended
-    self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-    self._thread.start()
+    self._threads = [
+      threading.Thread(target=self._loop, name=f"{name}/{i}", daemon=True) for i in range(workers)
+    ]
+    self._thread = self._threads[0]  # the first worker (alive while the scheduler runs)
+    for thread in self._threads:
+      thread.start()
 
   # -- what coalescers and programs call ---------------------------------------------------------
 
@@ -142,8 +163,9 @@ class DeviceScheduler:
       for c in self._coalescers:
         c._closed = True  # noqa: SLF001 - the scheduler owns its coalescers' queues
       self.cond.notify_all()
-    if threading.current_thread() is not self._thread:
-      self._thread.join(timeout)
+    for thread in self._threads:
+      if threading.current_thread() is not thread:
+        thread.join(timeout)
 
   def __enter__(self) -> "DeviceScheduler":
     return self
@@ -194,13 +216,13 @@ class DeviceScheduler:
             self.cond.notify_all()
             return
           self.cond.wait(rule)
-        chosen._running = True  # noqa: SLF001
+        chosen._running += 1  # noqa: SLF001 - batches of it running now
       t0 = time.perf_counter()
       try:
         chosen._run(batch)  # noqa: SLF001 - outside the lock: programs keep submitting
       finally:
         with self.cond:
-          chosen._running = False  # noqa: SLF001
+          chosen._running -= 1  # noqa: SLF001
           self._last_end = time.monotonic()
           self.history.append((chosen.name, len(batch), rule))
           self.stats.batches += 1

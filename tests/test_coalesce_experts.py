@@ -301,6 +301,17 @@ def test_cot_job_records_are_the_same_with_coalescing_on_and_off(models):
   assert json.dumps(records["scheduler"], sort_keys=True) == want
 
 
+def test_registry_scheduler_workers_setting():
+  import jax
+
+  from experts import registry
+
+  assert registry.scheduler_workers(3) == 3
+  assert registry.scheduler_workers(0) == (2 if jax.default_backend() == "cpu" else 1)
+  with pytest.raises(ValueError, match=r"scheduler_workers must be >= 0 \(0: auto\), got -1"):
+    registry.scheduler_workers(-1)
+
+
 def test_registry_coalescing_switch_and_defaults():
   from experts import registry
 

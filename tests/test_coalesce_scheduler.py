@@ -172,3 +172,28 @@ def test_the_registry_gives_every_coalesced_backend_of_a_toolbox_one_scheduler()
   box.scheduler.close()
   c.coalesce = False
   assert registry.make_toolbox(c, factories=factories).scheduler is None
+
+
+def test_two_workers_run_two_experts_batches_at_once():
+  """With `workers=2` a second batch starts while the first runs: each batch below waits
+  inside the expert until the other has started too (one worker would never get there)."""
+  both = threading.Barrier(2)
+
+  def expert(x):
+    both.wait(30)  # returns only when the other expert's batch is running as well
+    return x * 2
+
+  sched = DeviceScheduler(workers=2)
+  a = Coalescer(BucketedJit(expert, buckets=BUCKETS, jit=False), wait_s=600, scheduler=sched)
+  b = Coalescer(BucketedJit(expert, buckets=BUCKETS, jit=False), wait_s=600, scheduler=sched)
+  x = np.arange(6.0).reshape(2, 3)
+  try:
+    got = _programs(sched, [lambda: a(x), lambda: b(x + 1)])
+  finally:
+    sched.close()
+  np.testing.assert_array_equal(got[0], x * 2)
+  np.testing.assert_array_equal(got[1], (x + 1) * 2)
+  assert sched.stats.batches == 2 and sched.stats.quiescent == 2
+  assert not any(t.is_alive() for t in sched._threads)
+  with pytest.raises(ValueError, match="workers must be >= 1"):
+    DeviceScheduler(workers=0)
