@@ -183,11 +183,12 @@ GOLD = """def execute_command(video_clip, query, possible_answers):
 """
 
 
-@pytest.mark.slow  # three jobs through the sandbox, every expert compiled 3 times: ~75 CPU-s
+@pytest.mark.slow  # four jobs through the sandbox, every expert compiled 3 times: ~60-80 s
 def test_cot_job_records_are_the_same_with_coalescing_on_and_off(models):
   """Eight programs in flight, every model expert bound: the records (programs' traces, answers,
   rationales, verdicts) do not depend on whether concurrent calls were batched, by each
-  expert's own coalescer or by one device scheduler that knows the programs in flight, nor on
+  expert's own coalescer or by one device scheduler that knows the programs in flight (one
+  batch at a time, or two workers), nor on
   UniVTG's frame-feature cache (off in the unbatched reference; two questions per video, so
   the second grounds another query on kept features)."""
   from aotd_jax.agent import job
@@ -216,7 +217,7 @@ def test_cot_job_records_are_the_same_with_coalescing_on_and_off(models):
 
   def make_job(mode, sandbox):
     coalesce = mode != "off"
-    sched = DeviceScheduler() if mode == "scheduler" else None
+    sched = DeviceScheduler(workers=2 if mode == "scheduler2" else 1) if "sched" in mode else None
     # the scheduler's window never fires (a batch only when all programs wait, or one is full)
     wait = 600.0 if sched else 0.002
     u, c = models["univtg"]
@@ -271,7 +272,7 @@ def test_cot_job_records_are_the_same_with_coalescing_on_and_off(models):
     )
 
   records = {}
-  for mode in ("off", "per_expert", "scheduler"):
+  for mode in ("off", "per_expert", "scheduler", "scheduler2"):
     with Sandbox(num_workers=8, memory_mb=512) as sandbox:
       box, cot_job = make_job(mode, sandbox)
       records[mode] = [
@@ -289,7 +290,7 @@ def test_cot_job_records_are_the_same_with_coalescing_on_and_off(models):
       for closable in (box.detector, box.grounder, box.video_qa):
         closable.close()
       assert box.grounder.feature_cache.stats.hits + box.grounder.feature_cache.stats.shared > 0
-    if mode == "scheduler":  # its batches were released when all programs were blocked
+    if mode.startswith("scheduler"):  # its batches were released when all were blocked
       assert box.scheduler.stats.quiescent > 0 and box.scheduler.stats.window == 0, (
         box.scheduler.stats
       )
@@ -299,6 +300,7 @@ def test_cot_job_records_are_the_same_with_coalescing_on_and_off(models):
   want = json.dumps(records["off"], sort_keys=True)
   assert json.dumps(records["per_expert"], sort_keys=True) == want
   assert json.dumps(records["scheduler"], sort_keys=True) == want
+  assert json.dumps(records["scheduler2"], sort_keys=True) == want
 
 
 def test_registry_scheduler_workers_setting():
