@@ -378,9 +378,15 @@ def test_registry_binds_owlv2_by_path(owl, monkeypatch):
   assert count == 16
   assert box.detector.options.cpu_kernels
   config.detector.cpu_kernels = False  # XLA's attention instead of the CPU kernel: same counts
+  assert box.detector.feature_cache.max_bytes == 8192 << 20  # the default
+  config.detector.feature_cache_mb = 0.5
   box = experts.make_toolbox(config, plugins=[TOYWORLD])
   assert not box.detector.options.cpu_kernels
+  assert box.detector.feature_cache.max_bytes == 1 << 19
   assert box.Count(clip, "cup") == count
+  config.detector.feature_cache_mb = 0
+  with pytest.raises(ValueError, match="feature_cache_mb must be > 0, got 0"):
+    experts.make_toolbox(config, plugins=[TOYWORLD])
 
 
 @pytest.mark.parametrize(
