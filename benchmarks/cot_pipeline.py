@@ -124,8 +124,9 @@ def run_mode(make_job, questions, pipelined: bool, out_dir: str) -> dict:
   }
 
 
-def compare(name: str, make_job, questions, rounds: int, tmp: str) -> dict:
-  """Warms each mode once, alternates them `rounds` times; the best of each."""
+def compare(name: str, make_job, questions, rounds: int, tmp: str, records=None) -> dict:
+  """Warms each mode once, alternates them `rounds` times; the best of each. The sequential
+  run's records are appended to `records` when given."""
   best: dict[str, dict] = {}
   for r in range(rounds + 1):
     for mode in ("sequential", "pipelined"):
@@ -138,6 +139,8 @@ def compare(name: str, make_job, questions, rounds: int, tmp: str) -> dict:
       if r and (mode not in best or out["seconds"] < best[mode]["seconds"]):
         best[mode] = out
   seq, pipe = best["sequential"], best["pipelined"]
+  if records is not None:
+    records.append(seq["records"])
   row = {
     "setup": name,
     "questions": len(questions),
@@ -176,10 +179,11 @@ def main(argv=None) -> dict:
   args = ap.parse_args(argv)
 
   import experts
-  from aotd_jax.agent import job, programs
+  from aotd_jax.agent import job
   from aotd_jax.agent.llm import OpenAIChat
   from aotd_jax.agent.sandbox import Sandbox
   from aotd_jax.data import annotations
+  from aotd_jax.projects.toyworld import prompts as toy_prompts
   from aotd_jax.projects.toyworld import world as toyworld
   from aotd_jax.rehearsal.stub_server import StubServer
   from configs.toyworld import cot as toy
@@ -196,7 +200,7 @@ def main(argv=None) -> dict:
   for qa in questions:
     gold.setdefault(qa.question, qa.meta["question_program"])
   tools = experts.make_tools(config.experts, plugins=generate_cots.PLUGINS)
-  examples = programs.load_examples("toyworld")
+  examples = toy_prompts.few_shot_examples()
   result = {
     "questions": len(questions),
     "clips": num_clips,
@@ -257,14 +261,19 @@ def main(argv=None) -> dict:
 
     if not args.skip_local:
       texts = [qa.question for qa in questions] + list(gold.values())
+      local_records: list = []
       for batching in args.local_batching:
         local = tiny_local_llm(texts, os.path.join(tmp, "tokenizer"), args.batch_size, batching)
         local_job = job_factory(
           cot_llm=local, judge_llm=local, program_source="gold", logic_judge="llm"
         )
-        row = compare(f"local-{batching}", local_job, questions, args.rounds, tmp)
+        row = compare(f"local-{batching}", local_job, questions, args.rounds, tmp, local_records)
         result["rows"].append(row)
         print(json.dumps(row), flush=True)
+      # the same records whichever batching the local model uses (greedy)
+      result["same_records_across_local_batching"] = all(
+        r == local_records[0] for r in local_records
+      )
   result["load_avg_1m_end"] = round(os.getloadavg()[0], 1)
   print(json.dumps({k: v for k, v in result.items() if k != "rows"}))
   return result

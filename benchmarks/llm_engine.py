@@ -22,6 +22,7 @@ Modes:
   engine_threads:    the engine, the three calls from three threads at once (the pipelined
                      CoT job's stages sharing one model).
 
+`--steps_per_call 16 8` adds an engine per further value (`engine_steps8`, `..._threads`).
 Reported per mode: prompts/s and generated tokens/s (tokens up to and including EOS), and
 whether each mode's replies equal the static ones (greedy). Each mode runs once untimed
 (compilation), then the modes alternate for `--rounds` and the best of each is kept.
@@ -175,7 +176,9 @@ def main(argv=None) -> dict:
   ap.add_argument("--median", type=float, default=0.25, help="mixed: median reply / max_new")
   ap.add_argument("--sigma", type=float, default=0.6, help="mixed: log-normal sigma")
   ap.add_argument("--slots", type=int, default=8, help="rows at once (max_batch)")
-  ap.add_argument("--steps_per_call", type=int, default=8)
+  ap.add_argument(
+    "--steps_per_call", type=int, nargs="+", default=[16], help="one engine per value"
+  )
   ap.add_argument("--hidden", type=int, default=256)
   ap.add_argument("--layers", type=int, default=4)
   ap.add_argument("--heads", type=int, default=8)
@@ -187,14 +190,13 @@ def main(argv=None) -> dict:
 
   model, calls, eos, lengths = build(args)
   tok = IdsTokenizer(eos)
-  llms = {
-    "static": LocalLlama(model=model, tokenizer=tok, max_batch=args.slots, batching="static"),
-    "engine": LocalLlama(
-      model=model, tokenizer=tok, max_batch=args.slots, steps_per_call=args.steps_per_call
-    ),
-  }
-  modes = {"static": ("static", False), "engine": ("engine", False)}
-  modes["engine_threads"] = ("engine", True)
+  llms = {"static": LocalLlama(model=model, tokenizer=tok, max_batch=args.slots, batching="static")}
+  modes = {"static": ("static", False)}
+  for steps in args.steps_per_call:  # one engine per value; "engine" is the first
+    name = "engine" if steps == args.steps_per_call[0] else f"engine_steps{steps}"
+    llms[name] = LocalLlama(model=model, tokenizer=tok, max_batch=args.slots, steps_per_call=steps)
+    modes[name] = (name, False)
+    modes[f"{name}_threads"] = (name, True)
   best: dict[str, float] = {}
   replies: dict[str, list] = {}
   for r in range(args.rounds + 1):
@@ -222,8 +224,10 @@ def main(argv=None) -> dict:
       "tokens_per_s": round(tokens / seconds, 1),
       "same_replies": replies[mode] == replies["static"],
     }
-  row["speedup_engine"] = round(best["static"] / best["engine"], 2)
-  row["speedup_engine_threads"] = round(best["static"] / best["engine_threads"], 2)
+  row["steps_per_call"] = args.steps_per_call  # "engine": the first value
+  for mode in modes:
+    if mode != "static":
+      row[f"speedup_{mode}"] = round(best["static"] / best[mode], 2)
   row["engine_stats"] = vars(llms["engine"].engine.stats)
   row["mean_new_tokens"] = round(tokens / n_prompts, 1)
   row["rows_ended_before_max_new_tokens"] = sum(

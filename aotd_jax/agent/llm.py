@@ -250,7 +250,7 @@ class LocalLlama:
     min_bucket: int = 16,
     batching: str = "continuous",
     max_len: int | None = None,
-    steps_per_call: int = 8,
+    steps_per_call: int = 16,
   ):
     if model_dir is None and (model is None or tokenizer is None):
       raise ValueError("LocalLlama needs model_dir, or both model and tokenizer")

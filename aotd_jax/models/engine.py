@@ -1,7 +1,7 @@
 """Continuous batching for a `LlamaForCausalLM`-like model: a fixed set of slots, one KV cache.
 
-`DecodeEngine(model, slots=8, max_len=2048, ...)` keeps one KV cache of `slots` rows by
-`max_len` cache slots. Each row holds one request at its own length (the model's per-row
+`DecodeEngine(model, slots=8, max_len=2048, ...)` keeps one KV cache of `slots` rows by at
+most `max_len` cache slots (below). Each row holds one request at its own length (the model's per-row
 `KVCache.index` and position ids). The engine's worker thread loops:
 
   1. admit: every free row takes the next waiting request (first come, first served); the new
@@ -14,15 +14,16 @@
      free their row for step 1, while the other rows keep decoding.
 
 A decode call attends over a window of the cache (the smallest `prompt_bucket` that holds
-every active row's next `steps_per_call` tokens), so short requests do not pay for
-`max_len`; each (window, greedy/sampling) pair compiles once.
+every active row's next tokens in the call), so short requests do not pay for the longest
+one; each (window, greedy/sampling) pair compiles once (with the whole cache as the window
+the loop updates the donated cache in place, no window copied out and back).
 
 The cache is as long as the requests need, not `max_len`: it is allocated at the first
 request with `prompt_bucket(prompt + max_new_tokens - 1)` slots per row and grows (to the
 next bucket, the rows in flight copied) when a longer request is admitted; `max_len` only
-caps it (a request past it is refused by `submit`). A 7B Llama's cache of 8 slots at 4096
-would be ~16 GB in bf16 (32 layers x 2 x 32 kv heads x 128 x 2 bytes per slot and row); a
-CoT job's 2k-token prompts and 512 new tokens take 2560 slots, two thirds of that.
+caps it (a request past it is refused by `submit`). Llama-2-7B's cache of 8 rows at 4096
+would be 17 GB in bf16 (32 layers x 2 x 32 kv heads x 128 x 2 bytes per slot and row); a
+CoT job's 2k-token prompts and 512 new tokens take 2560 slots: 10.7 GB.
 
 Requests come from any thread: `submit(ids, max_new_tokens=...)` returns a
 `concurrent.futures.Future` of the new token ids (up to and including EOS); `generate(list)`
@@ -44,6 +45,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import functools
 import hashlib
 import threading
 from typing import Callable, Sequence
@@ -165,9 +167,10 @@ def _decode(
   model = nnx.merge(graphdef, state)
   rows = tok.shape[0]
   full = cache
+  whole = window >= cache.keys[0].shape[2]  # the loop updates the (donated) cache in place
   win = KVCache(
-    keys=tuple(k[:, :, :window] for k in cache.keys),
-    values=tuple(v[:, :, :window] for v in cache.values),
+    keys=tuple(k if whole else k[:, :, :window] for k in cache.keys),
+    values=tuple(v if whole else v[:, :, :window] for v in cache.values),
     index=index,
   )
   attention_mask = jnp.ones((rows, window), jnp.int32)  # the causal mask stops at each index
@@ -207,6 +210,8 @@ def _decode(
 
   carry = (jnp.zeros((), jnp.int32), win, tok, index, left, step, out, emitted)
   _, win, tok, index, left, step, out, emitted = jax.lax.while_loop(cond, body, carry)
+  if whole:
+    return dataclasses.replace(win, index=full.index), out, emitted, tok, index, left, step
   full = KVCache(
     keys=tuple(
       jax.lax.dynamic_update_slice(f, w, (0, 0, 0, 0)) for f, w in zip(full.keys, win.keys)
@@ -231,15 +236,24 @@ def _grow(cache: KVCache, length: int) -> KVCache:
 
 
 _grow_jit = jax.jit(_grow, static_argnums=(1,))  # the old cache is freed once replaced
-_prefill_jit = jax.jit(
-  _prefill, static_argnums=(0,), static_argnames=("sample",), donate_argnames=("cache",)
-)
-_decode_jit = jax.jit(
-  _decode,
-  static_argnums=(0,),
-  static_argnames=("steps", "window", "sample"),
-  donate_argnames=("cache",),
-)
+
+
+@functools.lru_cache(maxsize=16)
+def _programs(graphdef) -> tuple[Callable, Callable]:
+  """The jitted prefill and decode for one model structure (engines on the same structure share
+  their compilations). The graphdef is bound here, not passed as a static argument: jit would
+  hash and compare it at every call (~0.5 ms of Python per decode call at 4 layers)."""
+  prefill = jax.jit(
+    functools.partial(_prefill, graphdef),
+    static_argnames=("sample",),
+    donate_argnames=("cache",),
+  )
+  decode = jax.jit(
+    functools.partial(_decode, graphdef),
+    static_argnames=("steps", "window", "sample"),
+    donate_argnames=("cache",),
+  )
+  return prefill, decode
 
 
 def _request_key(seed: int, ids: Sequence[int], occurrence: int) -> np.ndarray:
@@ -273,7 +287,7 @@ class DecodeEngine:
     eos_token_id: int | Sequence[int] | None,
     pad_token_id: int,
     min_bucket: int = 16,
-    steps_per_call: int = 8,
+    steps_per_call: int = 16,
     seed: int = 0,
   ):
     if slots < 1 or max_len < 1 or steps_per_call < 1:
@@ -294,7 +308,8 @@ class DecodeEngine:
     self._worker: threading.Thread | None = None
     self._closed = False
     self._cache: KVCache | None = None
-    self._split = None  # the model's (graphdef, state), taken with the cache
+    # the model's weights and its (prefill, decode) programs, taken with the cache
+    self._state = self._programs = None
     # per-row state, host side (the source of truth; sent with each decode call)
     self._tok = np.zeros(slots, np.int32)
     self._index = np.zeros(slots, np.int32)
@@ -464,11 +479,11 @@ class DecodeEngine:
     if self._cache is None:
       cache = self.model.init_cache(self.slots, length)
       self._cache = dataclasses.replace(cache, index=jnp.zeros((self.slots,), jnp.int32))
-      self._split = nnx.split(self.model)
+      graphdef, self._state = nnx.split(self.model)
+      self._programs = _programs(graphdef)
     elif length > self.cache_length:
       self._cache = _grow_jit(self._cache, length)
       self.stats.cache_grows += 1
-    graphdef, state = self._split
     # One prefill for the round's new prompts, left-padded to the longest one's bucket (as a
     # static batch is): fewer, larger calls than one per bucket.
     width = max(self._bucket(len(self._rows[r].ids)) for r in admitted)
@@ -486,9 +501,8 @@ class DecodeEngine:
       keys[i], temp[i], top_p[i] = q.key, q.temperature, q.top_p
       if i < len(admitted):
         target[i] = r
-    self._cache, tok = _prefill_jit(
-      graphdef,
-      state,
+    self._cache, tok = self._programs[0](
+      self._state,
       self._cache,
       jnp.asarray(ids),
       jnp.asarray(mask),
@@ -520,10 +534,8 @@ class DecodeEngine:
       np.max(np.where(active, self._index + np.minimum(self._left, self.steps_per_call), 0))
     )
     window = min(prompt_bucket(need, self.min_bucket), self.cache_length)
-    graphdef, state = self._split
-    self._cache, out, emitted, tok, index, left, step = _decode_jit(
-      graphdef,
-      state,
+    self._cache, out, emitted, tok, index, left, step = self._programs[1](
+      self._state,
       self._cache,
       jnp.asarray(self._tok),
       jnp.asarray(self._index),
