@@ -55,6 +55,11 @@ def read_hf_config(orbax_dir: str) -> dict:
   """The `hf_config.json` beside an Orbax checkpoint, with a clear error when absent."""
   path = files.join(orbax_dir, HF_CONFIG)
   if not files.isfile(path):
+    inner = files.join(orbax_dir, "checkpoints")
+    if files.isfile(files.join(inner, HF_CONFIG)):  # a launch.train workdir
+      raise io.CheckpointError(
+        f"{orbax_dir} is a launch.train workdir: its checkpoints are in {inner} (give that)"
+      )
     raise io.CheckpointError(
       f"{path}: missing; this Orbax directory was not written by "
       f"`python -m aotd_jax.hf convert` or the trainer"
