@@ -6,6 +6,8 @@ config file refuses, and a `ConfigError` from the launcher's own checks
 (`aotd_jax.train.config_check`) each print `<launcher>: error: ...` on stderr and exit with
 status 2, the usual code for a usage error; so does a `CheckpointError` (a checkpoint path
 given on the command line that is not a readable checkpoint: the message names the file).
+An LLM server that does not answer (`aotd_jax.agent.llm_http.LLMError` after its retries) is
+one line too, with what to check, and exit status 1.
 """
 
 from __future__ import annotations
@@ -85,6 +87,14 @@ def parse_seeds(values: list[str]) -> list[int]:
   return seeds
 
 
+def llm_hint(e: Exception) -> str:
+  """An LLM server error with what to check: the server at that URL, serving that model."""
+  return (
+    f"{e}. Check that the OpenAI-compatible server at that URL is up and serves the model "
+    "named (docs/reproduce.md, section 0)"
+  )
+
+
 def parse_flags(argv):
   """`app.run`'s flag parser with readable errors; `--config=configs/...` also from the
   installed package (`packaged_configs`)."""
@@ -96,9 +106,10 @@ def parse_flags(argv):
     sys.exit(EXIT_USAGE)
 
 
-def run(main: Callable) -> None:
-  """`app.run(main)`; a `ConfigError` or `CheckpointError` raised by `main` exits 2 with its
-  message."""
+def guard(main: Callable) -> Callable:
+  """`main` whose `ConfigError` or `CheckpointError` exits 2 with its message, and whose
+  `LLMError` (an LLM server that did not answer after its retries) exits 1 with its message
+  and what to check; no traceback."""
 
   def guarded(argv):
     try:
@@ -106,5 +117,16 @@ def run(main: Callable) -> None:
     except (ConfigError, CheckpointError) as e:
       print(f"{_prog(sys.argv)}: error: {e}", file=sys.stderr)
       sys.exit(EXIT_USAGE)
+    except Exception as e:  # an LLMError only where the launcher used an LLM server
+      llm_http = sys.modules.get("aotd_jax.agent.llm_http")
+      if llm_http is None or not isinstance(e, llm_http.LLMError):
+        raise
+      print(f"{_prog(sys.argv)}: error: {llm_hint(e)}", file=sys.stderr)
+      sys.exit(1)
 
-  app.run(guarded, flags_parser=parse_flags)
+  return guarded
+
+
+def run(main: Callable) -> None:
+  """`app.run(guard(main))` with `parse_flags`."""
+  app.run(guard(main), flags_parser=parse_flags)

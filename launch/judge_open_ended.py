@@ -21,6 +21,7 @@ from absl import app, flags
 from aotd_jax.agent import llm as llm_lib
 from aotd_jax.data import annotations
 from aotd_jax.eval import open_ended
+from launch import cli
 
 _EVAL = flags.DEFINE_string("eval", None, "JSON written by launch.evaluate --out (its outputs).")
 _FORMAT = flags.DEFINE_enum(
@@ -91,4 +92,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)
