@@ -309,17 +309,22 @@ class Coalescer:
       else:
         results = self._run_device(live)
     except BaseException as e:  # every caller in the batch gets the error
-      self.stats.errors += 1
+      self._count(errors=1)
       for r in live:
         r.future.set_exception(e)
       return
     finally:
-      self.stats.busy_s += time.perf_counter() - t0
-    self.stats.batches += 1
-    self.stats.requests += len(live)
-    self.stats.rows += sum(r.n for r in live)
+      self._count(busy_s=time.perf_counter() - t0)
+    self._count(batches=1, requests=len(live), rows=sum(r.n for r in live))
     for r, out in zip(live, results):
       r.future.set_result(out)
+
+  def _count(self, **add) -> None:
+    """Adds to `stats` under the queue's lock (a scheduler's workers may run two batches of
+    one coalescer at once)."""
+    with self._cond:
+      for name, value in add.items():
+        setattr(self.stats, name, getattr(self.stats, name) + value)
 
   @staticmethod
   def _concat(batch: Sequence[_Request]):
@@ -331,7 +336,7 @@ class Coalescer:
     rows = self._concat(batch)
     out = self.fn(rows, *batch[0].args, to_host=True)
     total = sum(r.n for r in batch)
-    self.stats.padded_rows += sum(size for _, _, size in plan_chunks(total, self.fn.buckets))
+    self._count(padded_rows=sum(size for _, _, size in plan_chunks(total, self.fn.buckets)))
     results, start = [], 0
     for r in batch:
       results.append(jax.tree.map(lambda a, s=start, e=start + r.n: a[s:e], out))
@@ -344,7 +349,7 @@ class Coalescer:
     rows = self._concat(batch)
     out = self.fn.run_chunk(pad_rows(rows, size), *batch[0].args)
     jax.block_until_ready(out)  # busy_s counts the device's time; callers wait for it anyway
-    self.stats.padded_rows += size
+    self._count(padded_rows=size)
     if len(batch) == 1 and batch[0].n == size:
       return [out]
     results, start = [], 0
