@@ -422,6 +422,24 @@ def test_runs_per_child_reuses_a_child_only_after_a_clean_run():
   assert [e.value for e in outcomes if e.ok] == [1, 2, 3, 4, 5]
 
 
+@pytest.mark.parametrize("runs_per_child", [1, 3])
+def test_each_run_prints_into_its_own_output(runs_per_child):
+  # Programs use the zygote's builtins table (a fresh child per run) or a copy per run
+  # (a reused child); either way `print` writes to the current run's output only.
+  with Sandbox(1, memory_mb=256, runs_per_child=runs_per_child) as sb:
+    outs = [
+      sb.run(
+        body(f"print({i}, 'x', sep='-', end='!')\nprint(query[:4])\nreturn {i}"),
+        {},
+        args(),
+        timeout_s=2.0,
+      )
+      for i in range(3)
+    ]
+  assert [e.value for e in outs] == [0, 1, 2], [e.error for e in outs]
+  assert [e.stdout for e in outs] == [f"{i}-x!What\n" for i in range(3)]
+
+
 def test_jail_layers_reported_applied_are_in_force(sb):
   """Each layer the worker reports as applied is visible from outside; a layer the platform
   refused is reported (and warned about once), never claimed."""
