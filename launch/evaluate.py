@@ -15,8 +15,9 @@ default: the map beside the CSV) `--video_root=NExTVideo`.
 `--prompt_format`, `--answer_style`, `--window` and `--frame_sampling` default to what the run
 trained with (its saved `config.data`: `tokenizer`, `num_frames`, `prompt_format`,
 `answer_style`, `window`, `frame_sampling`; a run whose config has no `window` /
-`frame_sampling` trained with `question` / `ours`); so do all but `--tokenizer` for a Hugging
-Face directory `launch.export` wrote (its `aotd_training.json`). A flag given on the command
+`frame_sampling` trained with `question` / `ours`), and `--frame_numbers` from how its CoTs'
+traces numbered frames (the trainer's `cot_frames.json` beside `checkpoints/`); so do all but
+`--tokenizer` for a Hugging Face directory `launch.export` wrote (its `aotd_training.json`). A flag given on the command
 line wins (`settings.differs_from_training` lists those that differ, with a warning).
 Otherwise (a Hugging Face directory from elsewhere) the frames are the official
 release's, as the real configs train on: the whole video (`--window=whole`) at
@@ -66,7 +67,7 @@ from aotd_jax import hf
 from aotd_jax.data import annotations, files, video_processing
 from aotd_jax.eval import mc_parse, rescore
 from aotd_jax.eval import student as student_eval
-from aotd_jax.train import data as train_data
+from aotd_jax.train import cot_frames, data as train_data
 from aotd_jax.train.config_check import ConfigError
 from launch import cli
 
@@ -172,6 +173,7 @@ TRAINED_WITH = {
   "answer_style": "answer_style",
   "window": "window",
   "frame_sampling": "frame_sampling",
+  "frame_numbers": "frame_numbers",  # the CoTs' (workdir/cot_frames.json), not config.data's
 }
 
 
@@ -203,7 +205,14 @@ def training_data_config(path: str) -> dict:
   finally:
     checkpointer.close()
   data = config.get("data") if isinstance(config, dict) else None
-  return data if isinstance(data, dict) else {}
+  data = dict(data) if isinstance(data, dict) else {}
+  # the trainer's report of its CoTs, beside `checkpoints/`: how their traces number frames
+  numbering = cot_frames.frame_numbers(
+    cot_frames.read_report(os.path.dirname(path.rstrip("/"))) or {}
+  )
+  if data and numbering:
+    data["frame_numbers"] = numbering
+  return data
 
 
 def defaults_from_training(data: dict) -> list[str]:
@@ -399,6 +408,7 @@ def main(argv):
       "answer_style": _ANSWER_STYLE.value,
       "window": _WINDOW.value,
       "frame_sampling": _FRAME_SAMPLING.value,
+      "frame_numbers": _FRAME_NUMBERS.value,
       "from_training_config": from_training,
       "differs_from_training": differs,
     }

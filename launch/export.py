@@ -9,7 +9,8 @@ Writes `config.json` (with a top-level `rope_theta`), safetensors (sharded with 
 processor files made from the model's config where that folder has none) and a model card
 (`README.md`: base model, datasets, λ, the CoT manifest's summary, library name, a licence
 field to fill in) and `aotd_training.json`, the frames, prompt format and QA target the run
-trained with (`launch.evaluate --student=D` takes them as its defaults). The latest step unless
+trained with, and how its CoTs' traces numbered frames (`launch.evaluate --student=D` takes
+them as its defaults). The latest step unless
 `--step`. Any of the paths may be a URL
 (`gs://bucket/...`, with the `gcs` extra).
 """
@@ -22,7 +23,7 @@ from absl import app, flags
 
 from aotd_jax.data import files
 from aotd_jax.hf import hub, io, orbax_io, processor_files
-from aotd_jax.train import data as train_data
+from aotd_jax.train import cot_frames, data as train_data
 from aotd_jax.train.checkpoint import Checkpointer
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training workdir (holds checkpoints/).")
@@ -82,6 +83,10 @@ def export(
   data = config.get("data")
   if isinstance(data, dict):
     inputs = {"data": train_data.trained_inputs(data)}
+    # how the CoTs' traces number frames, which the student's rationales follow
+    numbering = cot_frames.frame_numbers(cot_frames.read_report(workdir) or {})
+    if numbering:
+      inputs["data"]["frame_numbers"] = numbering
     files.write_text(
       files.join(hf_dir, train_data.TRAINED_INPUTS_FILE), json.dumps(inputs, indent=1)
     )

@@ -57,8 +57,13 @@ def test_matching_frames_pass_and_are_reported(tmp_path):
   assert source["source"] == "--config.data.datasets.star.cots" and source["mismatches"] == []
   assert source["recorded"]["frame_sampling"] == {"value": "official", "recorded": True}
   assert report["trainer"] == {"window": "whole", "frame_sampling": "official", "num_frames": 32}
+  # how the traces number frames, for evaluating the student's rationales
+  assert cot_frames.frame_numbers(report) == "sampled"
+  other = {"manifest": "m", "recorded": {"frame_numbers": {"value": "source"}}}
+  assert cot_frames.frame_numbers({"sources": [source, other]}) is None
   path = cot_frames.write_report(report, str(tmp_path / "w"))
   assert json.load(open(path))["sources"][0]["manifest"].endswith("manifest.json")
+  assert cot_frames.read_report(str(tmp_path / "w")) == json.load(open(path))
 
 
 @pytest.mark.parametrize(

@@ -42,6 +42,7 @@ def test_an_export_gives_its_training_inputs_and_a_differing_flag_is_reported(
 ):
   data = {"num_frames": 16, "prompt_format": "official", "answer_style": "letter"}
   data = train_data.trained_inputs({**data, "window": "whole", "frame_sampling": "official"})
+  data["frame_numbers"] = "source"  # from the run's CoT report
   student = _export(tmp_path / "export", data)
   assert evaluate.training_data_config(student) == data
   command_line["num_frames"].parse("8")  # given on the command line
@@ -51,6 +52,7 @@ def test_an_export_gives_its_training_inputs_and_a_differing_flag_is_reported(
     "--answer_style=letter",
     "--window=whole",
     "--frame_sampling=official",
+    "--frame_numbers=source",
   ]
   assert command_line["num_frames"].value == 8 and command_line["prompt_format"].value == "official"
   assert evaluate.differences_from_training(data) == ["--num_frames=8 (trained with 16)"]

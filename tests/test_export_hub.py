@@ -260,6 +260,9 @@ def test_launch_export_from_a_training_checkpoint(tmp_path):
   ckpt.close()
   build.write_hf_config(model, str(tmp_path / "run" / "checkpoints"))
   (tmp_path / "manifest.json").write_text(json.dumps({"counts": {"kept": 7}}))
+  # the trainer's report of its CoT sets (aotd_jax.train.cot_frames): traces numbered by source
+  report = {"sources": [{"manifest": "m", "recorded": {"frame_numbers": {"value": "source"}}}]}
+  (tmp_path / "run" / "cot_frames.json").write_text(json.dumps(report))
   out = tmp_path / "hub"
   # a subprocess, as users run it (importing launch.export here would define its absl flags
   # in a process whose other test files define their own)
@@ -287,7 +290,14 @@ def test_launch_export_from_a_training_checkpoint(tmp_path):
   assert str(tmp_path) not in card  # no local paths
   # what the run trained on, for launch.evaluate (the toy config: 4 frames, the trainer's defaults)
   inputs = json.loads((out / "aotd_training.json").read_text())
-  assert inputs == {"data": {"num_frames": 4, "window": "question", "frame_sampling": "ours"}}
+  assert inputs == {
+    "data": {
+      "num_frames": 4,
+      "window": "question",
+      "frame_sampling": "ours",
+      "frame_numbers": "source",
+    }
+  }
   assert transformers.AutoTokenizer.from_pretrained(str(out))("the red cube")["input_ids"]
   loaded = hf.from_pretrained(str(out))
   assert loaded.config == model.config

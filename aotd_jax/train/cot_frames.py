@@ -98,6 +98,8 @@ def recorded_frames(manifest: Mapping[str, Any]) -> dict[str, dict]:
   out["frame_sampling"] = value(("identity", "frame_sampling"))
   if identity.get("frame_numbers") == "sampled" and identity.get("max_frames"):
     out["num_frames"] = {"value": int(identity["max_frames"]), "recorded": True}
+  if identity.get("frame_numbers"):  # how the traces number frames: reported, for evaluation
+    out["frame_numbers"] = {"value": identity["frame_numbers"], "recorded": True}
   grounder = (manifest.get("roles") or {}).get("grounder") or {}
   if grounder.get("kind") == "univtg":  # the grounder's own CLIP frames: reported, not compared
     out["grounder_frame_preprocess"] = value(("roles", "grounder", "frame_preprocess"))
@@ -205,6 +207,30 @@ def check(cfg) -> dict:
     )
   report["errors_allowed"] = errors
   return report
+
+
+def frame_numbers(report: Mapping[str, Any]) -> str | None:
+  """How the checked CoT sets' traces number frames (`sampled` or `source`): what a student
+  trained on them names in its rationales; None when no set records it or the sets differ."""
+  values = {
+    (s.get("recorded") or {}).get("frame_numbers", {}).get("value")
+    for s in report.get("sources", ())
+    if s.get("manifest")
+  }
+  values.discard(None)
+  return values.pop() if len(values) == 1 else None
+
+
+def read_report(workdir: str) -> dict | None:
+  """`workdir/cot_frames.json` (None: absent or unreadable)."""
+  path = files.join(workdir, REPORT)
+  if not files.isfile(path):
+    return None
+  try:
+    report = json.loads(files.read_text(path))
+  except (OSError, ValueError):
+    return None
+  return report if isinstance(report, dict) else None
 
 
 def write_report(report: Mapping[str, Any], workdir: str) -> str:
