@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import json
 
-from absl import app, flags
+from absl import flags
 
 from aotd_jax.data import files
 from aotd_jax.hf import hub, io, orbax_io, processor_files
 from aotd_jax.train import cot_frames, data as train_data
 from aotd_jax.train.checkpoint import Checkpointer
+from aotd_jax.train.config_check import ConfigError
+from launch import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training workdir (holds checkpoints/).")
 _HF_DIR = flags.DEFINE_string("hf_dir", None, "Output Hugging Face directory.")
@@ -45,6 +47,24 @@ _BASE_MODEL = flags.DEFINE_string(
 flags.mark_flags_as_required(["workdir", "hf_dir"])
 
 
+def check_workdir(workdir: str) -> None:
+  """Refuses a `--workdir` that is not a `launch.train` workdir, saying what it is instead.
+
+  Raises:
+    ConfigError: no such directory, or the run's `checkpoints/` directory itself.
+  """
+  if not files.isdir(workdir):
+    raise ConfigError(f"--workdir={workdir}: no such directory (the launch.train --workdir)")
+  if not files.isdir(files.join(workdir, "checkpoints")) and files.isfile(
+    files.join(workdir, orbax_io.HF_CONFIG)
+  ):
+    parent = workdir.rstrip("/").rpartition("/")[0]
+    raise ConfigError(
+      f"--workdir={workdir} is a run's checkpoints directory; --workdir is the launch.train "
+      f"workdir that holds it: --workdir={parent}"
+    )
+
+
 def export(
   workdir: str,
   hf_dir: str,
@@ -55,6 +75,7 @@ def export(
   base_model: str = "",
 ) -> list[str]:
   ckpt_dir = files.join(workdir, "checkpoints")
+  check_workdir(workdir)
   orbax_io.export(ckpt_dir, hf_dir, step=step)
   checkpointer = Checkpointer(ckpt_dir)
   try:
@@ -108,4 +129,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

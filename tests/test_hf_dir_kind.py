@@ -27,3 +27,28 @@ def test_a_training_workdir_where_its_checkpoints_directory_is_read(tmp_path):
     orbax_io.read_hf_config(str(tmp_path / "w"))
   with pytest.raises(io.CheckpointError, match="hf_config.json: missing"):
     orbax_io.read_hf_config(str(tmp_path))
+
+
+def test_launch_export_names_a_workdir_that_is_not_one(tmp_path):
+  """`--workdir=W/checkpoints` (the run's checkpoints, not its workdir) and a missing one: one
+  line each, exit 2, saying what to give."""
+  import os
+  import subprocess
+  import sys
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  (tmp_path / "w" / "checkpoints").mkdir(parents=True)
+  (tmp_path / "w" / "checkpoints" / "hf_config.json").write_text("{}")
+  for workdir, want in (
+    (tmp_path / "w" / "checkpoints", f"holds it: --workdir={tmp_path / 'w'}"),
+    (tmp_path / "nowhere", "no such directory"),
+  ):
+    r = subprocess.run(
+      [sys.executable, "-m", "launch.export", f"--workdir={workdir}", f"--hf_dir={tmp_path}/x"],
+      cwd=root,
+      capture_output=True,
+      text=True,
+      timeout=300,
+    )
+    assert r.returncode == 2 and want in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "x").exists()
