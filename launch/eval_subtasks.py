@@ -16,13 +16,16 @@ gold|random|llama}); see `experts.subtasks` (the toy world's kind: its plugin,
 from __future__ import annotations
 
 import json
+import os
 
 from absl import app, flags
 from ml_collections import config_flags
 
 from aotd_jax.eval.subtasks import subtask_table
 from aotd_jax.projects.toyworld.oracle import PLUGIN as TOYWORLD
+from aotd_jax.train.config_check import ConfigError
 from experts import subtasks
+from launch import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Harness config file (optional).")
 _DATA = flags.DEFINE_string("data", "", "Toy-world directory or STAR JSON file.")
@@ -37,12 +40,48 @@ _CLASSES_DIR = flags.DEFINE_string("classes_dir", "", "STAR: the class-list dire
 _OUT = flags.DEFINE_string("out", "", "Write the results as JSON here.")
 
 
+def missing_paths(
+  *, data: str, detector: str, grounder: str, llama: str, llava: str, video_dir: str
+) -> list[str]:
+  """What the command-line candidates name that is not there, each as `--flag=path (what)`; []
+  when everything is. `--grounder` is a directory holding `univtg.ckpt` and `clip/`."""
+  missing = []
+  for flag, path, what in (
+    ("data", data, "the annotations"),
+    ("detector", detector, "an OWLv2 directory"),
+    ("llama", llama, "a program-generator directory"),
+    ("llava", llava, "a LLaVA-NeXT-Video directory"),
+    ("video_dir", video_dir, "the videos"),
+  ):
+    if path and not os.path.exists(path):
+      missing.append(f"--{flag}={path} ({what})")
+  if grounder:
+    need = [n for n in ("univtg.ckpt", "clip") if not os.path.exists(os.path.join(grounder, n))]
+    if need:
+      missing.append(
+        f"--grounder={grounder} (a directory holding univtg.ckpt and clip/, as train_grounder "
+        f"writes; link the released checkpoint and the CLIP directory into one; missing: "
+        f"{', '.join(need)})"
+      )
+  return missing
+
+
 def main(argv):
   del argv
   config = _CONFIG.value
   if config is None:
     if not _DATA.value:
       raise app.UsageError("give --config or --data")
+    missing = missing_paths(
+      data=_DATA.value,
+      detector=_DETECTOR.value,
+      grounder=_GROUNDER.value,
+      llama=_LLAMA.value,
+      llava=_LLAVA.value,
+      video_dir=_VIDEO_DIR.value,
+    )
+    if missing:
+      raise ConfigError(f"not found: {'; '.join(missing)}")
     config = subtasks.default_config(
       _DATA.value,
       split=_SPLIT.value,
@@ -64,4 +103,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -1,5 +1,7 @@
 """The wrong kind of model directory given (an Orbax checkpoint directory as `student.hf_dir`,
-a `launch.train` workdir as `launch.evaluate --student`): the error says which it is."""
+a `launch.train` workdir as `launch.evaluate --student`, its checkpoints as `launch.export
+--workdir`, a checkpoint file as `launch.eval_subtasks --grounder`): the error says which it is
+and what to give."""
 
 import json
 
@@ -52,3 +54,33 @@ def test_launch_export_names_a_workdir_that_is_not_one(tmp_path):
     )
     assert r.returncode == 2 and want in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert not (tmp_path / "x").exists()
+
+
+def test_eval_subtasks_names_a_grounder_that_is_not_its_directory(tmp_path):
+  """docs/reproduce.md section 1 with `--grounder=` the released checkpoint file instead of the
+  directory holding univtg.ckpt and clip/: one line before any model is read."""
+  import os
+  import subprocess
+  import sys
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  (tmp_path / "STAR_val.json").write_text("[]")
+  (tmp_path / "model_best.ckpt").write_bytes(b"")
+  r = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "launch.eval_subtasks",
+      "--kind=star",
+      f"--data={tmp_path / 'STAR_val.json'}",
+      f"--grounder={tmp_path / 'model_best.ckpt'}",
+      f"--llava={tmp_path / 'llava-typo'}",
+    ],
+    cwd=root,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+  assert f"--grounder={tmp_path / 'model_best.ckpt'} (a directory holding univtg.ckpt" in r.stderr
+  assert f"--llava={tmp_path / 'llava-typo'} (a LLaVA-NeXT-Video directory)" in r.stderr
