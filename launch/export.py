@@ -65,6 +65,31 @@ def check_workdir(workdir: str) -> None:
     )
 
 
+def read_cot_manifest(cot_manifest: str, report: dict, workdir: str) -> dict | None:
+  """`--cot_manifest`'s JSON (None without it), checked against the CoT sets the run trained on
+  (its `cot_frames.json`), so the card never names another run's CoTs.
+
+  Raises:
+    ConfigError: an unreadable manifest, or one whose id is none of the run's CoT sets'.
+  """
+  if not cot_manifest:
+    return None
+  try:
+    manifest = json.loads(files.read_text(cot_manifest))
+  except (OSError, ValueError) as e:
+    raise ConfigError(
+      f"--cot_manifest={cot_manifest}: not a readable manifest.json ({e})"
+    ) from None
+  trained = cot_frames.manifest_ids(report)
+  if trained and manifest.get("id") not in trained:
+    raise ConfigError(
+      f"--cot_manifest={cot_manifest} (id {manifest.get('id')!r}) is not one of the CoT sets "
+      f"this run trained on ({', '.join(f'{p} (id {i!r})' for i, p in trained.items())}, "
+      f"{files.join(workdir, cot_frames.REPORT)}): give one of those, or leave the flag out"
+    )
+  return manifest
+
+
 def export(
   workdir: str,
   hf_dir: str,
@@ -76,6 +101,8 @@ def export(
 ) -> list[str]:
   ckpt_dir = files.join(workdir, "checkpoints")
   check_workdir(workdir)
+  report = cot_frames.read_report(workdir) or {}
+  manifest = read_cot_manifest(cot_manifest, report, workdir)  # before anything is written
   orbax_io.export(ckpt_dir, hf_dir, step=step)
   checkpointer = Checkpointer(ckpt_dir)
   try:
@@ -89,9 +116,6 @@ def export(
   # the normalisation the trainer wrote beside its checkpoints (build.write_hf_config), for
   # processor files made where the tokenizer folder has none
   found = processor_files.read_normalization(ckpt_dir)
-  manifest = None
-  if cot_manifest:
-    manifest = json.loads(files.read_text(cot_manifest))
   written = hub.write_hub_files(
     hf_dir,
     hf_config=io.read_config(hf_dir),
@@ -105,7 +129,7 @@ def export(
   if isinstance(data, dict):
     inputs = {"data": train_data.trained_inputs(data)}
     # how the CoTs' traces number frames, which the student's rationales follow
-    numbering = cot_frames.frame_numbers(cot_frames.read_report(workdir) or {})
+    numbering = cot_frames.frame_numbers(report)
     if numbering:
       inputs["data"]["frame_numbers"] = numbering
     files.write_text(

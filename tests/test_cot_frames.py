@@ -191,3 +191,34 @@ def test_the_cot_job_refuses_another_split_in_its_out_dir(tmp_path):
   job.check_split(str(out), job.shard_name(5, 8))  # the same split resumes
   with pytest.raises(job.JobError, match="holds shards of a 8-worker split and this worker is one"):
     job.check_split(str(out), job.shard_name(0, 2))
+
+
+def test_launch_export_refuses_a_cot_manifest_the_run_did_not_train_on(tmp_path):
+  """The card must name the run's CoTs: a --cot_manifest whose id is none of those in the
+  run's cot_frames.json is one line (exit 2) listing them, before anything is written."""
+  cots = _cot_dir(str(tmp_path / "c"), _identity())
+  report = cot_frames.check(_config(cots))
+  assert cot_frames.manifest_ids(report) == {
+    "abc": os.path.join(str(tmp_path / "c"), "manifest.json")
+  }
+  (tmp_path / "w" / "checkpoints").mkdir(parents=True)
+  cot_frames.write_report(report, str(tmp_path / "w"))
+  other = tmp_path / "other.json"
+  other.write_text(json.dumps({"id": "zzz", "roles": {}}))
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "launch.export",
+      f"--workdir={tmp_path / 'w'}",
+      f"--hf_dir={tmp_path / 'hub'}",
+      f"--cot_manifest={other}",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert f"--cot_manifest={other} (id 'zzz') is not one of the CoT sets" in result.stderr
+  assert "(id 'abc')" in result.stderr and not (tmp_path / "hub").exists()

@@ -198,7 +198,9 @@ def check(cfg) -> dict:
           f"--config.data.{key}={got['value']} to train on the CoTs' frames, or regenerate the "
           f"CoTs with {COT_SETTINGS[key].format(trainer[key])}"
         )
-      report["sources"].append({**entry, "recorded": frames, "mismatches": mismatches})
+      report["sources"].append(
+        {**entry, "id": manifest.get("id"), "recorded": frames, "mismatches": mismatches}
+      )
   if errors and not allow:
     raise ConfigError(
       "the CoT sets and this run decode different frames:\n  "
@@ -219,6 +221,11 @@ def frame_numbers(report: Mapping[str, Any]) -> str | None:
   }
   values.discard(None)
   return values.pop() if len(values) == 1 else None
+
+
+def manifest_ids(report: Mapping[str, Any]) -> dict[str, str]:
+  """{manifest id: manifest path} of the CoT sets a report checked."""
+  return {s["id"]: s["manifest"] for s in report.get("sources", ()) if s.get("id")}
 
 
 def read_report(workdir: str) -> dict | None:
