@@ -203,7 +203,7 @@ def check(cfg) -> dict:
       )
   if errors and not allow:
     raise ConfigError(
-      "the CoT sets and this run decode different frames:\n  "
+      "the CoT sets' manifests do not match this run (frames, or the run that made them):\n  "
       + "\n  ".join(errors)
       + f"\nIf the mismatch is deliberate, pass {ALLOW_FLAG} (recorded in WORKDIR/{REPORT})."
     )
