@@ -7,13 +7,20 @@ import json
 import pytest
 from absl import flags
 
-import launch.evaluate as evaluate  # defines the flags
 from aotd_jax.train import data as train_data
 from aotd_jax.train.config_check import ConfigError
 
 
 @pytest.fixture
-def command_line():
+def evaluate():
+  """`launch.evaluate`, imported in the test (it defines its flags), as test_frame_sampling."""
+  import launch.evaluate
+
+  return launch.evaluate
+
+
+@pytest.fixture
+def command_line(evaluate):
   """The evaluate flags as a fresh command line left them, restored after the test."""
   yield flags.FLAGS
   for flag in evaluate.TRAINED_WITH:
@@ -38,7 +45,7 @@ def test_trained_inputs_fill_the_trainers_defaults():
 
 
 def test_an_export_gives_its_training_inputs_and_a_differing_flag_is_reported(
-  tmp_path, command_line
+  tmp_path, command_line, evaluate
 ):
   data = {"num_frames": 16, "prompt_format": "official", "answer_style": "letter"}
   data = train_data.trained_inputs({**data, "window": "whole", "frame_sampling": "official"})
@@ -58,7 +65,7 @@ def test_an_export_gives_its_training_inputs_and_a_differing_flag_is_reported(
   assert evaluate.differences_from_training(data) == ["--num_frames=8 (trained with 16)"]
 
 
-def test_a_hf_directory_from_elsewhere_or_a_bad_file(tmp_path, command_line):
+def test_a_hf_directory_from_elsewhere_or_a_bad_file(tmp_path, command_line, evaluate):
   assert evaluate.training_data_config(_export(tmp_path / "hub", None)) == {}
   bad = _export(tmp_path / "bad", None)
   (tmp_path / "bad" / train_data.TRAINED_INPUTS_FILE).write_text("[")
