@@ -259,9 +259,11 @@ class UniVTGGrounder:
 
     if self.feature_cache is None or not len(pos):
       return compute(pos), pos
-    # a frame's features depend on the frame alone: kept per (clip, frame size, source frame)
+    # a frame's features depend on the frame and its preprocessing alone: kept per (clip, frame
+    # size, source frame, preprocessing), so a changed `frame_preprocess` never reads old rows
     ident, ids = clip.identity, clip.frame_ids
-    keys = [(ident, clip.height, clip.width, int(ids[p])) for p in pos]
+    prep = (self.frame_preprocess, self.image_size, tuple(mean), tuple(std))
+    keys = [(ident, clip.height, clip.width, int(ids[p]), prep) for p in pos]
     claim = self.feature_cache.claim(keys)
     if claim.mine:
       first = {key: p for key, p in zip(keys, pos)}
