@@ -15,6 +15,9 @@ fsync'd record log. Two LLM setups:
          model writes no program that runs). The LLM's compute competes for the same cores.
          One row per `--local_batching` (continuous: the engine, which the rewrite and judge
          stages share when pipelined; static: `generate` batches, the stages taking turns).
+         `--local_replies mixed` draws each reply's length from its prompt (a random model's
+         own replies run to max_new_tokens: rows of equal lengths); `--local_hidden` and
+         `--local_layers` size the model (default: the toy world's tiny Llama).
 
 Per mode: questions/s, busy seconds per stage (`CotJob.times`: the wall time each stage's
 work took, summed over batches; in the pipelined run they overlap), the seconds spent decoding
@@ -28,6 +31,10 @@ Each mode runs once untimed (sandbox start, compilation), then the modes alterna
   python benchmarks/cot_pipeline.py                    # RESULTS.md's row
   python benchmarks/cot_pipeline.py --clips 4 --rounds 1 --skip_local   # a smoke run
   python benchmarks/cot_pipeline.py --clips 32 --skip_stub --local_batching continuous static
+  python benchmarks/cot_pipeline.py --clips 16 --rounds 1 --skip_stub --local_batching \
+    continuous static --local_replies mixed --local_hidden 256 --local_layers 4 \
+    --batch_size 16 --local_max_batch 8 --llm_workers 2   # as the real configs: calls of
+    # more prompts than the model's rows, two batches per LLM stage at once
 """
 
 from __future__ import annotations
@@ -78,19 +85,41 @@ class TimedArgs:
         self.seconds += time.perf_counter() - t0
 
 
-def tiny_local_llm(texts, out_dir: str, max_batch: int, batching: str = "continuous"):
-  """`LocalLlama` on a tiny random Llama and a toy BPE tokenizer trained on `texts`."""
+def tiny_local_llm(
+  texts,
+  out_dir: str,
+  max_batch: int,
+  batching: str = "continuous",
+  replies: str = "free",
+  hidden: int = 0,
+  layers: int = 0,
+):
+  """`LocalLlama` on a tiny random Llama and a toy BPE tokenizer trained on `texts`.
+
+  replies="mixed": each reply's length is drawn by its prompt (a log-normal of median 96
+  tokens, sigma 0.6, `benchmarks.llm_engine.countdown_model`); "free": the random model's
+  own tokens (its replies run to max_new_tokens). `hidden`/`layers`: another size (0: the
+  toy world's tiny Llama's)."""
   from flax import nnx
 
   from aotd_jax.agent.llm import LocalLlama
   from aotd_jax.data.toy_tokenizer import train_tokenizer
   from aotd_jax.models.llama import LlamaConfig, LlamaForCausalLM
   from aotd_jax.projects.toyworld.tiny_models import TINY_LLAMA
+  from benchmarks.llm_engine import countdown_model
 
   tok = train_tokenizer(texts, out_dir, vocab_size=TINY_LLAMA["vocab_size"])
   fields = {k: v for k, v in TINY_LLAMA.items() if k not in ("architectures", "model_type")}
   fields["max_position_embeddings"] = 8192
+  if hidden:
+    fields.update(hidden_size=hidden, intermediate_size=hidden * 8 // 3)
+  if layers:
+    fields["num_hidden_layers"] = layers
   model = LlamaForCausalLM(LlamaConfig(**fields), rngs=nnx.Rngs(0))
+  if replies == "mixed":
+    start = 8  # past the special tokens; the countdown spans the rest of the vocabulary
+    size = fields["vocab_size"] - start
+    model = countdown_model(model, start, size, tok.eos_token_id, from_prompt=(96, 0.6))
   return LocalLlama(model=model, tokenizer=tok, max_batch=max_batch, batching=batching)
 
 
@@ -176,6 +205,16 @@ def main(argv=None) -> dict:
     choices=["continuous", "static"],
     help="LocalLlama's batching for the local row(s): one row each",
   )
+  ap.add_argument(
+    "--local_replies",
+    default="free",
+    choices=["free", "mixed"],
+    help="the local LLM's reply lengths: the random model's own (free: to max_new_tokens) or"
+    " drawn per prompt (mixed: log-normal, median 96 tokens)",
+  )
+  ap.add_argument("--local_max_batch", type=int, default=0, help="local LLM rows (0: --batch_size)")
+  ap.add_argument("--local_hidden", type=int, default=0, help="local Llama width (0: tiny, 32)")
+  ap.add_argument("--local_layers", type=int, default=0, help="local Llama layers (0: tiny, 2)")
   args = ap.parse_args(argv)
 
   import experts
@@ -213,6 +252,9 @@ def main(argv=None) -> dict:
     "llm_workers": args.llm_workers,
     "max_batches_in_flight": args.max_batches_in_flight,
     "load_avg_1m": round(os.getloadavg()[0], 1),
+    "local_replies": args.local_replies,
+    "local_size": [args.local_hidden or 32, args.local_layers or 2],
+    "local_max_batch": args.local_max_batch or args.batch_size,
     "rows": [],
   }
 
@@ -263,7 +305,15 @@ def main(argv=None) -> dict:
       texts = [qa.question for qa in questions] + list(gold.values())
       local_records: list = []
       for batching in args.local_batching:
-        local = tiny_local_llm(texts, os.path.join(tmp, "tokenizer"), args.batch_size, batching)
+        local = tiny_local_llm(
+          texts,
+          os.path.join(tmp, "tokenizer"),
+          args.local_max_batch or args.batch_size,
+          batching,
+          args.local_replies,
+          args.local_hidden,
+          args.local_layers,
+        )
         local_job = job_factory(
           cot_llm=local, judge_llm=local, program_source="gold", logic_judge="llm"
         )

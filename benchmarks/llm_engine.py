@@ -60,12 +60,33 @@ class IdsTokenizer:
     return " ".join(str(i) for i in ids)
 
 
-def countdown_model(model, start: int, size: int, eos: int):
-  """`model` whose greedy pick is steered by a countdown (the module docstring's `mixed`)."""
+def countdown_model(model, start: int, size: int, eos: int, from_prompt=None):
+  """`model` whose greedy pick is steered by a countdown (the module docstring's `mixed`).
+
+  `from_prompt=(median, sigma)`: the prompt itself sets the reply length (for prompts made
+  elsewhere, e.g. the CoT job's): the prefill forces the first token to start + L - 2 (EOS
+  when L = 1), L drawn from a log-normal (median, sigma) by a hash of the prompt's tokens,
+  counted from its end (left padding does not change it), clipped to [1, size + 1].
+  """
   import dataclasses
 
   import jax.numpy as jnp
   from flax import nnx
+  from jax.scipy.special import ndtri
+
+  def one_hot(x, n):
+    return (jnp.arange(n)[None, :] == x[:, None]).astype(jnp.float32)
+
+  def drawn_first(ids, mask):
+    w = ids.shape[1]
+    offset = (w - 1 - jnp.arange(w)).astype(jnp.uint32)  # from the prompt's end
+    weight = (offset + 1) * jnp.uint32(2654435761)
+    h = jnp.sum(ids.astype(jnp.uint32) * weight * mask.astype(jnp.uint32), axis=1)
+    h = (h ^ (h >> 15)) * jnp.uint32(2246822519)
+    u = ((h >> 8).astype(jnp.float32) + 0.5) / 2.0**24
+    length = jnp.exp(jnp.log(float(from_prompt[0])) + from_prompt[1] * ndtri(u))
+    length = jnp.clip(jnp.round(length), 1, size + 1).astype(jnp.int32)
+    return jnp.where(length > 1, start + length - 2, eos)
 
   class Countdown(nnx.Module):
     """A fed token t in [start, start + size) forces t - 1 next (start forces EOS): the
@@ -77,17 +98,18 @@ def countdown_model(model, start: int, size: int, eos: int):
     def init_cache(self, *args, **kwargs):
       return self.inner.init_cache(*args, **kwargs)
 
-    def __call__(self, input_ids, *args, **kwargs):
-      out = self.inner(input_ids, *args, **kwargs)
-      fed = jnp.asarray(input_ids)[:, -1]  # prompts are left-padded: the last one is real
+    def __call__(self, input_ids, attention_mask=None, **kwargs):
+      out = self.inner(input_ids, attention_mask, **kwargs)
+      ids = jnp.asarray(input_ids)
+      fed = ids[:, -1]  # prompts are left-padded: the last one is real
       steer = (fed >= start) & (fed < start + size)
       forced = jnp.where(fed > start, fed - 1, eos)
-      bias = jnp.where(steer[:, None], 1e4 * jax_one_hot(forced, out.logits.shape[-1]), 0.0)
+      if from_prompt is not None and ids.shape[1] > 1:  # a prefill: the prompt picks
+        steer = jnp.ones_like(steer)
+        forced = drawn_first(ids, jnp.asarray(attention_mask)[:, : ids.shape[1]])
+      bias = jnp.where(steer[:, None], 1e4 * one_hot(forced, out.logits.shape[-1]), 0.0)
       logits = out.logits.at[:, -1].add(bias.astype(out.logits.dtype))
       return dataclasses.replace(out, logits=logits)
-
-  def jax_one_hot(x, n):
-    return (jnp.arange(n)[None, :] == x[:, None]).astype(jnp.float32)
 
   return Countdown(model)
 
