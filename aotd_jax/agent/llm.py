@@ -213,6 +213,10 @@ class LocalLlama:
   turns. A row ends at EOS, `max_new_tokens`, or once a stop string appears in the text of
   its tokens before the last.
 
+  Continuous is the default: faster when calls bring more prompts than `max_batch` (or come
+  from several threads) and replies vary in length; static is faster when each call fits the
+  rows or replies are of near-equal length (docs/agent_sandbox.md, benchmarks/RESULTS.md).
+
   `batching="static"`: prompts sorted by length and run through
   `aotd_jax.models.generate.generate` `max_batch` at a time (a finished row emits padding until
   its batch ends), one `complete` at a time. It needs no `max_len`, and reproduces the sampled
