@@ -137,7 +137,10 @@ def build_agent(
   if a.programs == "llm" and generator:
     from aotd_jax.agent.llm import LocalLlama
 
-    llm = LocalLlama(experts_info["program"]["path"], max_batch=a.batch_size)
+    # static batches: each call brings `batch_size` prompts, which fit the rows, from one
+    # thread, so continuous batching has no row to refill and costs more (benchmarks/RESULTS.md,
+    # "Local Flax LLM"); greedy replies are the same both ways
+    llm = LocalLlama(experts_info["program"]["path"], max_batch=a.batch_size, batching="static")
   writer = ProgramWriter(
     llm,
     prompt=_compact_prompt(),
