@@ -316,6 +316,8 @@ MESHES = {
 }
 GLOBAL_BATCH = {"tpu_v5p_128": 128, "h100x8": 64}
 PEAK_FLOPS = {"tpu_v5p_128": 459e12, "h100x8": 989e12}  # bf16 dense, per chip
+# JAX devices each preset's mesh, batch and memory plan are sized for (a v5p chip is one device)
+DEVICES = {"tpu_v5p_128": 64, "h100x8": 8}
 DISTILL_OPTIONS = ("hf_dir", "datasets", "data")
 
 
@@ -386,6 +388,9 @@ def distill_config(
   c.log_every = 10
   c.rationale_weight = 1.0
   c.peak_flops = PEAK_FLOPS[target]
+  # launch.train stops on another device count (`runlocal`: 0, no check); a deliberate change:
+  # --config.expected_devices=N (or 0)
+  c.expected_devices = DEVICES[target]
   c.allow_changes = False  # resume even if batch size, λ, total steps or data changed
 
   c.student = ml_collections.ConfigDict(
@@ -445,5 +450,6 @@ def distill_config(
   if options[RUNLOCAL]:
     c.batch_size, c.total_steps, c.checkpoint_every, c.log_every = 2, 4, 2, 1
     c.keep_checkpoints, c.async_checkpoints, c.distributed = 1, False, False
+    c.expected_devices = 0
     c.data.num_workers = 0
   return c

@@ -74,6 +74,7 @@ def run(cfg, workdir: str, *, wrap_data: WrapData | None = None) -> int:
   for error in (cot_report or {}).get("errors_allowed", ()):
     logging.warning("training on mismatched CoT frames (allow_cot_frame_mismatch): %s", error)
   sharding.maybe_initialize_distributed(cfg)
+  config_check.check_devices(cfg, jax.device_count(), jax.devices()[0].platform)
   mesh = sharding.make_mesh(dict(cfg.mesh))
   student = build.build_student(cfg.student, mesh=mesh, seed=cfg.seed)
   data = train_data.make_train_data(cfg, student)

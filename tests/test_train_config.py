@@ -161,3 +161,20 @@ def test_configs_import_no_other_config():
           assert name == "configs.common" or (
             name == "configs" and [a.name for a in node.names] == ["common"]
           ), f"{path.relative_to(ROOT)}: {name}"
+
+
+@pytest.mark.parametrize("target,devices", [("h100x8", 8), ("tpu_v5p_128", 64)])
+def test_a_preset_started_on_another_device_count_is_refused(target, devices):
+  """`lnv7b.py:h100x8` on a CPU box used to end in an XLA out-of-memory traceback while the 7B
+  student was built; it stops first, naming the flag, the count and `runlocal`."""
+  cfg = lnv7b.get_config(target)
+  assert cfg.expected_devices == devices
+  config_check.check_devices(cfg, devices, "gpu")  # the count it is sized for
+  with pytest.raises(config_check.ConfigError) as e:
+    config_check.check_devices(cfg, 1, "cpu")
+  msg = str(e.value)
+  assert f"--config.expected_devices={devices}" in msg and "1 (cpu)" in msg
+  assert ",runlocal" in msg and "--config.expected_devices=1" in msg
+  cfg.expected_devices = 0  # the deliberate override: no check
+  config_check.check_devices(cfg, 1, "cpu")
+  assert lnv7b.get_config(f"{target},runlocal").expected_devices == 0

@@ -428,6 +428,7 @@ def plan(ctx: dict) -> list[Stage]:
         "--config.data.seq_len=1024",
         "--config.data.num_workers=0",
         "--config.log_every=1",
+        "--config.expected_devices=0",  # the preset's 8 GPUs on this CPU
       ],
     )
   )
@@ -574,6 +575,7 @@ def student_stages(ctx: dict, student: str, *, train_data: list[str], mc: list[s
         "--config.data.seq_len=1024",
         "--config.data.num_workers=0",
         "--config.log_every=1",
+        "--config.expected_devices=0",  # the preset's 8 GPUs on this CPU
         # Qwen2-VL's 16 frames on section 2's 32-frame CoTs (docs/reproduce.md, section 6):
         # deliberate here, so the trainer's frame check is told so
         *(["--config.data.allow_cot_frame_mismatch=True"] if frames != 32 else []),

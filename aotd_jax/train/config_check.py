@@ -108,3 +108,18 @@ def check_train_config(cfg) -> None:
         errors.append(f"--config.mesh.{axis}={size!r}: expected a positive size or -1 (fill)")
   if errors:
     raise ConfigError("bad training config:\n  " + "\n  ".join(errors))
+
+
+def check_devices(cfg, device_count: int, platform: str) -> None:
+  """Raises `ConfigError` when `cfg.expected_devices` (set by the real configs' presets; 0 or
+  unset: no check) is not `device_count`: a preset sized for 8 GPUs started on a CPU box would
+  otherwise end in an out-of-memory traceback while building the 7B student."""
+  expected = int(cfg.get("expected_devices", 0) or 0)
+  if expected and device_count != expected:
+    raise ConfigError(
+      f"--config.expected_devices={expected}: this config's mesh {dict(cfg.mesh)} and batch "
+      f"size {cfg.batch_size} are sized for {expected} devices, and this run has "
+      f"{device_count} ({platform}). To check a setup on one machine add `,runlocal` to the "
+      f"config argument; to run on {device_count} devices deliberately pass "
+      f"--config.expected_devices={device_count} (0: no check)"
+    )
