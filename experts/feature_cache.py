@@ -15,11 +15,12 @@ most `max_bytes` of them (`nbytes`), dropping the least recently used.
 
   cache = FrameFeatureCache(64 << 20)
   claim = cache.claim(keys)
-  try:
-    cache.fill(claim.mine, compute(claim.mine))
-  except BaseException as e:
-    cache.fail(claim.mine, e)
-    raise
+  if claim.mine:
+    try:
+      cache.fill(claim, compute(claim.mine))
+    except BaseException as e:
+      cache.fail(claim, e)
+      raise
   rows = claim.values(wait=lambda future: future.result())
 """
 

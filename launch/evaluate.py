@@ -215,15 +215,22 @@ def training_data_config(path: str) -> dict:
   return data
 
 
+def _trained_value(data: dict, key: str):
+  """The training config's `key`; the trainer's default (`DATA_DEFAULTS`) when a config that
+  exists leaves it out; None when there is no training config."""
+  value = data.get(key)
+  if value is None and data:
+    value = train_data.DATA_DEFAULTS.get(key)
+  return value
+
+
 def defaults_from_training(data: dict) -> list[str]:
   """Sets each `TRAINED_WITH` flag the command line left out to the training config's value;
   returns them as `--flag=value` (a key the config leaves out: the trainer's default,
   `aotd_jax.train.data.DATA_DEFAULTS`). A saved value the flag does not take is a ConfigError."""
   taken = []
   for flag, key in TRAINED_WITH.items():
-    value = data.get(key)
-    if value is None and data:  # the trainer's value when its config leaves the key out
-      value = train_data.DATA_DEFAULTS.get(key)
+    value = _trained_value(data, key)
     if flags.FLAGS[flag].present or value is None or value == "":
       continue
     try:
@@ -241,9 +248,7 @@ def differences_from_training(data: dict) -> list[str]:
   value than the student was trained with: `--flag=value (trained with X)`."""
   out = []
   for flag, key in TRAINED_WITH.items():
-    value = data.get(key)
-    if value is None and data:
-      value = train_data.DATA_DEFAULTS.get(key)
+    value = _trained_value(data, key)
     if flag == "tokenizer" or not flags.FLAGS[flag].present or value is None or value == "":
       continue
     if str(flags.FLAGS[flag].value) != str(value):

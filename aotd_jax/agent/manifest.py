@@ -199,7 +199,7 @@ def open_manifest(
             "so its records match the directory's: rerun with --accept_old_defaults to resume "
             "it (the old defaults are then written into the manifest), or use a new out_dir."
           )
-        old["roles"] = {r: e for r, e in filled["roles"].items()}
+        old["roles"] = dict(filled["roles"])
         old["identity"] = filled["identity"]
         old.setdefault("old_defaults_accepted", []).append(
           {"at": run["started"], "keys": {k.name: k.old_default for k in added}}

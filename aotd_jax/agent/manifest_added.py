@@ -53,26 +53,23 @@ ADDED_KEYS = (
     "--config.experts.grounder.frame_preprocess",
   ),
 )
-_MISSING = object()
+MISSING = object()  # what `lookup` returns for a path a tree lacks
 
 
 def lookup(tree: Mapping[str, Any], path: tuple[str, ...]) -> Any:
-  """The value at `path` of nested dicts, or `MISSING_VALUE` when a level lacks it."""
+  """The value at `path` of nested dicts, or `MISSING` when a level lacks it."""
   node: Any = tree
   for part in path:
     if not isinstance(node, Mapping) or part not in node:
-      return _MISSING
+      return MISSING
     node = node[part]
   return node
-
-
-MISSING_VALUE = _MISSING
 
 
 def missing_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[AddedKey]:
   """The added keys `new` (a manifest's {"roles", "identity"}) has and `old` lacks."""
   return [
-    k for k in ADDED_KEYS if lookup(old, k.path) is _MISSING and lookup(new, k.path) is not _MISSING
+    k for k in ADDED_KEYS if lookup(old, k.path) is MISSING and lookup(new, k.path) is not MISSING
   ]
 
 

@@ -88,7 +88,7 @@ def recorded_frames(manifest: Mapping[str, Any]) -> dict[str, dict]:
 
   def value(path: tuple[str, ...]) -> dict:
     got = manifest_added.lookup(manifest, path)
-    if got is not manifest_added.MISSING_VALUE:
+    if got is not manifest_added.MISSING:
       return {"value": got, "recorded": True}
     added = next(k for k in manifest_added.ADDED_KEYS if k.path == path)
     return {"value": added.old_default, "recorded": False}
