@@ -184,7 +184,7 @@ class LlavaVideoQA:
     self.buckets, self.coalesce, self.coalesce_wait_s = tuple(buckets), coalesce, coalesce_wait_s
     self.scheduler = scheduler
     self._graphdef = self._state = None
-    self._splits = None  # generation_splits(model), made on the first generation
+    self._language_split = None  # nnx.split(model.language_model), on the first generation
     self._fns: dict[str, object] = {}  # "score" / "generate<max_new_tokens>" -> BucketedJit
     self.coalescers: dict[str, object] = {}
     self._lock = threading.Lock()
@@ -252,10 +252,23 @@ class LlavaVideoQA:
     for c in coalescers.values():
       c.close()
 
+  def _splits(self, language: bool = False) -> tuple:
+    """(`nnx.split(model)`, `nnx.split(model.language_model)` or None), each made once and
+    shared by scoring and generation (`llava_next_video.generation_splits`' form): the weights
+    are fixed, and the state object is part of the coalescers' batching key."""
+    from flax import nnx
+
+    with self._lock:
+      if self._state is None:
+        self._graphdef, self._state = nnx.split(self.model)
+      if language and self._language_split is None:
+        self._language_split = nnx.split(self.model.language_model)
+      return (self._graphdef, self._state), self._language_split
+
   def generate_text(self, clip, user_text: str, max_new_tokens: int | None = None) -> str:
     """Greedy reply of the model to `user_text` about the clip."""
     from aotd_jax.models.generate import prompt_bucket
-    from aotd_jax.models.llava_next_video import generate, generation_splits
+    from aotd_jax.models.llava_next_video import generate
     from experts.batching import BucketedJit
 
     ids, pixels = self.inputs(clip, user_text)
@@ -268,10 +281,7 @@ class LlavaVideoQA:
       pixels,
     )
     model, eos = self.model, self.tokenizer.eos_token_id
-    with self._lock:  # split once: ~8 ms of Python per call otherwise (fixed weights)
-      if self._splits is None:
-        self._splits = generation_splits(model)
-      splits = self._splits
+    splits = self._splits(language=True)  # ~8 ms of Python per call if split each time
 
     def run(rows):
       out = generate(
@@ -305,8 +315,6 @@ class LlavaVideoQA:
     """
     import functools
 
-    from flax import nnx
-
     from aotd_jax.models.generate import prompt_bucket
     from experts.batching import BucketedJit
 
@@ -327,10 +335,7 @@ class LlavaVideoQA:
     attn, scored = np.zeros_like(batch), np.zeros((len(rows), width), np.float32)
     for i, (r, m) in enumerate(zip(rows, masks)):
       batch[i, : len(r)], attn[i, : len(r)], scored[i, : len(m)] = r, 1, m
-    with self._lock:  # one split: the state object is part of the coalescer's batching key
-      if self._state is None:
-        self._graphdef, self._state = nnx.split(self.model)
-      graphdef, state = self._graphdef, self._state
+    (graphdef, state), _ = self._splits()
     out = self._run(
       "score",
       lambda: BucketedJit(
