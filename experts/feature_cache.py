@@ -14,14 +14,10 @@ the same frame compute it once), or is its own to compute (a miss: it must then 
 most `max_bytes` of them (`nbytes`), dropping the least recently used.
 
   cache = FrameFeatureCache(64 << 20)
-  claim = cache.claim(keys)
-  if claim.mine:
-    try:
-      cache.fill(claim, compute(claim.mine))
-    except BaseException as e:
-      cache.fail(claim, e)
-      raise
-  rows = claim.values(wait=lambda future: future.result())
+  rows = cache.fetch(keys, compute, wait=lambda future: future.result())
+
+where `compute(missing_keys)` returns one value per key it is given (`fetch` is `claim`, then
+`fill` or `fail`, then `Claim.values`).
 """
 
 from __future__ import annotations
@@ -118,6 +114,26 @@ class FrameFeatureCache:
           mine.append(key)
           self.stats.misses += 1
     return Claim(keys, kept, pending, mine, futures)
+
+  def fetch(
+    self,
+    keys: Sequence[Hashable],
+    compute: Callable[[list], Sequence[Any]],
+    wait: Callable[[concurrent.futures.Future], Any],
+  ) -> list:
+    """The value of every key, in order: kept, awaited (`wait(future)`) from another caller
+    computing it, or computed here by one `compute(keys this caller claimed)` call (one value
+    per key it is given), which is then kept. An error of `compute` reaches this caller and
+    those waiting on its keys."""
+    claim = self.claim(keys)
+    if claim.mine:
+      try:
+        values = compute(claim.mine)
+      except BaseException as e:
+        self.fail(claim, e)
+        raise
+      self.fill(claim, values)
+    return claim.values(wait)
 
   def fill(self, claim: Claim, values: Sequence[Any]) -> None:
     """Keeps `values` (one per key of `claim.mine`, in order) and hands them to the callers

@@ -240,19 +240,15 @@ class Owlv2Detector:
     """Device features and boxes of one padded chunk: kept, being computed by another thread
     (awaited, not recomputed), or computed (through the coalescer when there is one)."""
     coalescer = self.coalescer
-    claim = self.feature_cache.claim([key])
-    if claim.mine:
-      try:
-        if coalescer is not None:
-          out = coalescer(frames, self._state)
-        else:
-          out = self.image_fn.run_chunk(pad_rows(frames, size), self._state)
-      except BaseException as e:
-        self.feature_cache.fail(claim, e)
-        raise
-      self.feature_cache.fill(claim, [out])
+
+    def compute(_):
+      if coalescer is not None:
+        return [coalescer(frames, self._state)]
+      return [self.image_fn.run_chunk(pad_rows(frames, size), self._state)]
+
     # another thread computes it: through the coalescer, wait as blocked on it
-    return claim.values(coalescer.wait if coalescer is not None else lambda f: f.result())[0]
+    wait = coalescer.wait if coalescer is not None else lambda f: f.result()
+    return self.feature_cache.fetch([key], compute, wait)[0]
 
   def raw_outputs(self, clip, queries: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Host logits (T, P, Q) and pred_boxes (T, P, 4) of the clip's frames."""

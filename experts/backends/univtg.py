@@ -264,18 +264,17 @@ class UniVTGGrounder:
     ident, ids = clip.identity, clip.frame_ids
     prep = (self.frame_preprocess, self.image_size, tuple(mean), tuple(std))
     keys = [(ident, clip.height, clip.width, int(ids[p]), prep) for p in pos]
-    claim = self.feature_cache.claim(keys)
-    if claim.mine:
-      first = {key: p for key, p in zip(keys, pos)}
-      try:
-        feats = compute(np.asarray([first[key] for key in claim.mine]))
-      except BaseException as e:
-        self.feature_cache.fail(claim, e)
-        raise
-      self.feature_cache.fill(claim, [np.array(row) for row in feats])  # rows, not views
-    coalescer = self.coalescers.get("image")
-    rows = claim.values(coalescer.wait if coalescer is not None else lambda f: f.result())
-    return np.stack(rows), pos
+    first = {key: p for key, p in zip(keys, pos)}
+
+    def compute_missing(missing):
+      feats = compute(np.asarray([first[key] for key in missing]))
+      return [np.array(row) for row in feats]  # rows, not views
+
+    def wait(future):  # the image coalescer exists once `compute` ran (`_run` makes it)
+      coalescer = self.coalescers.get("image")
+      return coalescer.wait(future) if coalescer is not None else future.result()
+
+    return np.stack(self.feature_cache.fetch(keys, compute_missing, wait)), pos
 
   def query_states(self, query: str) -> np.ndarray:
     """(Lt, hidden) CLIP text token states of the query's valid tokens."""
