@@ -10,7 +10,8 @@ changes the batch size, λ, total steps or data stops with exit code 4 unless
 Before anything is built, each CoT set's `manifest.json` must record the frames this run
 decodes (`config.data.window`, `.frame_sampling`, `.num_frames`; `aotd_jax/train/cot_frames.py`):
 a mismatch is a usage error naming both values unless `--config.data.allow_cot_frame_mismatch=True`;
-`workdir/cot_frames.json` records the comparison.
+`workdir/cot_frames.json` records the comparison. A config sized for another device count
+(`config.expected_devices`, set by the real presets) stops too, naming `,runlocal`.
 """
 
 from __future__ import annotations
