@@ -248,3 +248,29 @@ def test_bad_files_and_arguments(tmp_path):
   (tmp_path / "mv_empty").mkdir()
   with pytest.raises(A.AnnotationError, match="mv_empty: no MVBench task"):
     A.read("mvbench", tmp_path / "mv_empty")
+
+
+def test_clevrer_videos_are_in_the_release_layout():
+  """CLEVRER's video_<split>.zip holds folders of 1000 scenes; the reader names the video there
+  (before, `{video_id}.mp4` under the root: no real CLEVRER video was found)."""
+  recs = {r.qid: r for r in A.read("clevrer", FIX / "clevrer_validation.json")}
+  assert recs["video_10000_0"].meta["video_path"] == "video_10000-11000/video_10000.mp4"
+  assert recs["video_10001_0"].meta["video_path"] == "video_10000-11000/video_10001.mp4"
+  from aotd_jax.data.annotations_formats import clevrer_video_path
+
+  assert clevrer_video_path("video_00999.mp4") == "video_00000-01000/video_00999.mp4"
+  assert clevrer_video_path("video_11000.mp4") == "video_11000-12000/video_11000.mp4"
+
+
+def test_mvbench_videos_are_under_their_task_folder_with_their_extension(tmp_path):
+  """MVBench's tasks keep their videos in per-source folders of its `video/` directory, some
+  of them not mp4 (ssv2's webm): the reader names each video there, extension kept (before,
+  `{stem}.mp4` under one root: every task but a flat mp4 one missed its videos)."""
+  recs = A.read("mvbench", FIX / "mvbench")
+  assert recs[0].meta["video_path"] == "star/Charades_v1_480/ZS9XR.mp4"
+  assert recs[2].meta["video_path"] == "perception/videos/video_1234.mp4"
+  row = {"video": "166583.webm", "question": "q?", "candidates": ["a", "b"], "answer": "b"}
+  (tmp_path / "action_antonym.json").write_text(json.dumps([row]))
+  (tmp_path / "my_task.json").write_text(json.dumps([row]))
+  got = {r.meta["task"]: r.meta["video_path"] for r in A.read("mvbench", tmp_path)}
+  assert got == {"action_antonym": "ssv2_video/166583.webm", "my_task": "166583.webm"}

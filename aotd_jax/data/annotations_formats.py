@@ -228,12 +228,24 @@ def read_agqa(path: str, ctx) -> Iterator[VideoQA]:
 # ------------------------------------------------------------------------------- CLEVRER
 
 
+def clevrer_video_path(video_file: str) -> str:
+  """Where CLEVRER's release puts a video inside its extracted `video_<split>.zip`: folders of
+  1000 scenes, `video_10000.mp4` -> `video_10000-11000/video_10000.mp4`."""
+  stem = os.path.splitext(video_file)[0]
+  try:
+    first = int(stem.rpartition("_")[2]) // 1000 * 1000
+  except ValueError:
+    raise BadRecord(f"video_filename {video_file!r} is not CLEVRER's video_<number>.mp4") from None
+  return f"video_{first:05d}-{first + 1000:05d}/{video_file}"
+
+
 def read_clevrer(path: str, ctx) -> Iterator[VideoQA]:
   """CLEVRER: descriptive questions are open-ended; the others multiple-choice.
 
   CLEVRER's multiple-choice questions may have several correct choices: `answer` joins the
   correct texts with " | ", `answer_index` is set only when exactly one is correct, and
-  `meta["correct"]` holds one bool per choice.
+  `meta["correct"]` holds one bool per choice. `meta["video_path"]` is the video in the
+  release's layout (`clevrer_video_path`), under the extracted `video_<split>/` folder.
   """
   data = _list_of(load_json(path), path, "videos")
 
@@ -241,6 +253,7 @@ def read_clevrer(path: str, ctx) -> Iterator[VideoQA]:
     video_file = _text(video, "video_filename")
     video_id = os.path.splitext(video_file)[0]
     meta = {"scene_index": video.get("scene_index"), "video_filename": video_file,
+            "video_path": clevrer_video_path(video_file),
             "question_type": q.get("question_type"), "question_subtype": q.get("question_subtype"),
             "program": q.get("program")}
     qid = f"{video_id}_{q['question_id']}"
@@ -281,8 +294,41 @@ def read_clevrer(path: str, ctx) -> Iterator[VideoQA]:
 # ------------------------------------------------------------------------------- MVBench
 
 
+# MVBench's task file -> the folder of its videos under the release's `video/` directory (the
+# release's evaluation notebook, `data_list` in Ask-Anything's video_chat2/mvbench.ipynb).
+MVBENCH_VIDEO_DIRS = {
+  "action_sequence": "star/Charades_v1_480",
+  "action_prediction": "star/Charades_v1_480",
+  "action_antonym": "ssv2_video",
+  "fine_grained_action": "Moments_in_Time_Raw/videos",
+  "unexpected_action": "FunQA_test/test",
+  "object_existence": "clevrer/video_validation",
+  "object_interaction": "star/Charades_v1_480",
+  "object_shuffle": "perception/videos",
+  "moving_direction": "clevrer/video_validation",
+  "action_localization": "sta/sta_video",
+  "scene_transition": "scene_qa/video",
+  "action_count": "perception/videos",
+  "moving_count": "clevrer/video_validation",
+  "moving_attribute": "clevrer/video_validation",
+  "state_change": "perception/videos",
+  "fine_grained_pose": "nturgbd",
+  "character_order": "perception/videos",
+  "egocentric_navigation": "vlnqa",
+  "episodic_reasoning": "tvqa/frames_fps3_hq",
+  "counterfactual_inference": "clevrer/video_validation",
+}
+# tasks whose `video` is a folder of frames (TVQA's, 3 per second), not a video file
+MVBENCH_FRAME_TASKS = ("episodic_reasoning",)
+
+
 def read_mvbench(path: str, ctx, task: str | None = None) -> Iterator[VideoQA]:
-  """MVBench: one JSON list per task (`path` a file, or the `json/` directory of all tasks)."""
+  """MVBench: one JSON list per task (`path` a file, or the `json/` directory of all tasks).
+
+  `meta["video_path"]` is the video's path under the release's `video/` directory: its task's
+  folder (`MVBENCH_VIDEO_DIRS`; none for a task file of another name) and the file name as
+  written, extension included (`.webm`, `.avi`, ... as well as `.mp4`).
+  """
   if files.isdir(path):
     tasks = files.glob(path, "*.json")
     if not tasks:
@@ -300,10 +346,12 @@ def read_mvbench(path: str, ctx, task: str | None = None) -> Iterator[VideoQA]:
     answer, index = _mc_answer(choices, rec.get("answer"), ctx)
     start, end = _window(rec)
     video = _text(rec, "video")
+    folder = MVBENCH_VIDEO_DIRS.get(task)
     return VideoQA(qid=f"{task}_{i}", video_id=os.path.splitext(video)[0],
                    question=_text(rec, "question"), choices=choices, answer=answer,
                    answer_index=index, start=start, end=end,
-                   meta={"task": task, "video": video})
+                   meta={"task": task, "video": video,
+                         "video_path": f"{folder}/{video}" if folder else video})
 
   for i, rec in enumerate(data):
     yield from ctx.parse(f"{path}[{i}]", lambda i=i, rec=rec: one(i, rec))
