@@ -297,18 +297,16 @@ def bind_llms(c: ml_collections.ConfigDict, a: dict) -> None:
 
 # -------------------------------------------------------------------- 7B distillation recipe
 
-# name -> (format, annotations, video root, kept CoT shards), under the `data=` root.
+# name -> (format, annotations, video root, kept CoT shards), under the `data=` root. CoTs come
+# from the CoT configs (configs/cot/: STAR and NExT-QA); the other sets train as QA only ("")
+# unless their `cots` is given.
 DATASETS = {
   "star": ("star", "star/STAR_train.json", "star/Charades_v1_480", "cots/star/cot-*.array_record"),
   "nextqa": ("nextqa", "nextqa/train.csv", "nextqa/NExTVideo", "cots/nextqa/cot-*.array_record"),
-  "agqa": ("agqa", "agqa/train_balanced.txt", "charades/videos", "cots/agqa/cot-*.array_record"),
-  "activitynet_qa": (
-    "activitynet_qa",
-    "anetqa/train_q.json",
-    "anetqa/videos",
-    "cots/activitynet_qa/cot-*.array_record",
-  ),
-  "clevrer": ("clevrer", "clevrer/train.json", "clevrer/videos", "cots/clevrer/cot-*.array_record"),
+  "agqa": ("agqa", "agqa/train_balanced.txt", "charades/videos", ""),
+  "activitynet_qa": ("activitynet_qa", "anetqa/train_q.json", "anetqa/videos", ""),
+  # the folder that CLEVRER's video_train.zip extracts to (video_00000-01000/, ...)
+  "clevrer": ("clevrer", "clevrer/train.json", "clevrer/video_train", ""),
 }
 MESHES = {
   "tpu_v5p_128": dict(data=1, fsdp=-1, tensor=1),
@@ -439,7 +437,7 @@ def distill_config(
         format=DATASETS[n][0],
         annotations=f"{root}/{DATASETS[n][1]}",
         video_root=f"{root}/{DATASETS[n][2]}",
-        cots=f"{root}/{DATASETS[n][3]}",
+        cots=f"{root}/{DATASETS[n][3]}" if DATASETS[n][3] else "",
         weight=1.0,
       )
       for n in names

@@ -74,6 +74,7 @@ def run(cfg, workdir: str, *, wrap_data: WrapData | None = None) -> int:
   cot_report = cot_frames.check(cfg) if cfg.data.get("kind", "synthetic") == "pipeline" else None
   for error in (cot_report or {}).get("errors_allowed", ()):
     logging.warning("training on mismatched CoT frames (allow_cot_frame_mismatch): %s", error)
+  train_data.check_paths(cfg)  # the annotation files and video folders, before the build
   sharding.maybe_initialize_distributed(cfg)
   config_check.check_devices(cfg, jax.device_count(), jax.devices()[0].platform)
   mesh = sharding.make_mesh(dict(cfg.mesh))

@@ -96,7 +96,7 @@ def test_a_source_that_skips_most_samples_stops_the_run():
   assert not calm({**bad, "source": "qa[0]"})
 
 
-def test_the_trainer_checks_before_step_one(tok, monkeypatch):
+def test_the_trainer_checks_before_step_one(tok, monkeypatch, tmp_path):
   import types
 
   import ml_collections
@@ -132,11 +132,12 @@ def test_the_trainer_checks_before_step_one(tok, monkeypatch):
           tokenizer="unused",
           seq_len=seq_len,
           num_frames=32,
-          qa=[dict(format="star", path="a.json")],
+          qa=[dict(format="star", path="a.json", video_root=str(tmp_path))],
         ),
       )
     )
 
+  (tmp_path / "v0.mp4").write_bytes(b"")  # the trainer looks its videos up first
   with pytest.raises(
     ValueError,
     match=r"qa\[0\] \(star: a.json\): sample 'q0' needs \d+ tokens "

@@ -97,11 +97,10 @@ def test_trainer_data_config_reaches_the_sources(monkeypatch):
   monkeypatch.setattr(annotations, "read", lambda fmt, path, **kw: [_record()])
   import grain
 
-  empty = grain.MapDataset.source([])
-  monkeypatch.setattr(
-    pipeline, "qa_source", lambda records, **kw: seen.setdefault("qa", kw) and empty
-  )
   one = grain.MapDataset.source([{"qid": "c0"}])
+  monkeypatch.setattr(
+    pipeline, "qa_source", lambda records, **kw: seen.setdefault("qa", kw) and one
+  )
   monkeypatch.setattr(pipeline, "cot_source", lambda path, **kw: seen.setdefault("cot", kw) and one)
   monkeypatch.setattr(pipeline, "make_pipeline", lambda tok, sources, pc, **kw: pc)
   cfg = ml_collections.ConfigDict(

@@ -58,6 +58,10 @@ def test_lnv7b_datasets_and_options_from_the_command_line():
 def test_lnv7b_defaults_are_the_official_recipe_and_bad_options_are_named():
   c = lnv7b.get_config("tpu_v5p_128,data=/bucket")
   assert c.data.datasets.clevrer.annotations == "/bucket/clevrer/train.json"
+  # the folder CLEVRER's video_train.zip extracts to; no CoT config for it: QA only
+  assert c.data.datasets.clevrer.video_root == "/bucket/clevrer/video_train"
+  assert [c.data.datasets[n].cots for n in ("agqa", "activitynet_qa", "clevrer")] == ["", "", ""]
+  assert c.data.datasets.star.cots == "/bucket/cots/star/cot-*.array_record"
   assert (c.data.mixing, c.loss.normalization) == ("concat_epoch", "sequence")
   assert (c.data.prompt_format, c.data.answer_style) == ("official", "letter")
   assert c.data.seq_len == 8192 and not c.data.allow_unfiltered_cots

@@ -112,9 +112,16 @@ def qa_examples(records: Sequence[VideoQA], *, video_root: str = "", video_ext: 
   `{video_id}{video_ext}` (`{video_file_stem}{video_ext}` for ActivityNet-QA), both under
   `video_root`. `prompt_format`: see
   `conversation.format_question`.
+
+  A multiple-choice record without one correct option (CLEVRER's questions with several
+  correct choices, an unlabelled split) has no letter to train on: it is left out, and the
+  count with the first question ids is logged as a warning.
   """
-  out = []
+  out, no_answer = [], []
   for r in records:
+    if r.choices and r.answer_index is None:
+      no_answer.append(r.qid)
+      continue
     stem = r.meta.get("video_file_stem") or r.video_id  # ActivityNet-QA: v_<id>
     path = r.meta.get("video_path") or f"{stem}{video_ext}"
     out.append({
@@ -123,6 +130,12 @@ def qa_examples(records: Sequence[VideoQA], *, video_root: str = "", video_ext: 
         "user_text": conversation.qa_user_text(r.question, r.choices, prompt_format),
         "assistant_text": conversation.answer_target(r.choices, r.answer, r.answer_index,
                                                      style=answer_style)})
+  if no_answer:
+    logging.warning(
+        "qa: %d of %d multiple-choice records have no single correct option (CLEVRER's "
+        "questions with several correct choices, or unlabelled records) and are left out: %s%s",
+        len(no_answer), sum(bool(r.choices) for r in records), ", ".join(no_answer[:5]),
+        ", ..." if len(no_answer) > 5 else "")
   return out
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from absl import logging
 from flax import nnx
 
+from aotd_jax.train.config_check import ConfigError
 from aotd_jax.train.synthetic import SyntheticBatches
 
 # What the pipeline uses when `config.data` leaves a key out (older configs, the toy world's):
@@ -62,6 +64,71 @@ def sources_from_datasets(d) -> tuple[list[dict], list[dict]]:
   return qa, cot
 
 
+def _qa_sources(d) -> list[tuple[str, str, dict]]:
+  """(the `--config.` prefix that sets it, its path key, the source) of each QA source of
+  `config.data` (its `qa` list, then its `datasets`), in pipeline order."""
+  listed = [(f"--config.data.qa[{i}]", "path", qa) for i, qa in enumerate(d.get("qa", ()))]
+  named = [
+    (f"--config.data.datasets.{qa['name']}", "annotations", qa)
+    for qa in sources_from_datasets(d)[0]
+  ]
+  return listed + named
+
+
+def check_paths(cfg) -> None:
+  """`ConfigError` naming each QA source's annotation file or video folder that does not exist,
+  by its flag; run before the student is built (a 7B load takes minutes)."""
+  if cfg.data.get("kind", "synthetic") != "pipeline":
+    return
+  from aotd_jax.data import files
+
+  errors = []
+  for flag, key, qa in _qa_sources(cfg.data):
+    if not files.exists(qa["path"]):
+      errors.append(f"{flag}.{key}={qa['path']}: no such file")
+    root = qa.get("video_root", "")
+    if root and not files.isdir(root):
+      errors.append(f"{flag}.video_root={root}: no such directory")
+  if errors:
+    raise ConfigError("training data not found:\n  " + "\n  ".join(errors))
+
+
+# Videos looked up per source before training: a source none of whose first videos exists has
+# its videos somewhere else than the flag says (every sample would be skipped); a few missing
+# ones (a dataset's lost videos) are the pipeline's to skip and count.
+VIDEOS_CHECKED = 8
+
+
+def check_videos(name: str, flag: str, ds, root: str) -> None:
+  """ConfigError when none of the first `VIDEOS_CHECKED` distinct videos of source `ds` exists
+  (the path layout differs from the one its reader expects); a warning naming the missing
+  ones when only some do not."""
+  from aotd_jax.data import files, pipeline
+
+  paths: list[str] = []
+  for i in range(len(ds)):
+    if len(paths) == VIDEOS_CHECKED or i >= 4 * VIDEOS_CHECKED:
+      break
+    path = ds[i].get("video_path")
+    if pipeline.SKIP not in ds[i] and path and path not in paths:
+      paths.append(path)
+  missing = [p for p in paths if not files.isfile(p)]
+  if paths and len(missing) == len(paths):
+    raise ConfigError(
+      f"{flag}.video_root={root}: none of the first {len(paths)} videos of {name} exists "
+      f"(e.g. {missing[0]}); point video_root at the folder holding them in the layout "
+      "docs/data.md gives for its format"
+    )
+  if missing:
+    logging.warning(
+      "%s: %d of its first %d videos do not exist (e.g. %s); the pipeline skips and counts them",
+      name,
+      len(missing),
+      len(paths),
+      missing[0],
+    )
+
+
 def make_pipeline_data(cfg, student: nnx.Module, tokenizer=None):
   """The Grain pipeline over `cfg.data.qa` (annotation files) and `cfg.data.cot` (CoT JSONL /
   ArrayRecord from `launch/generate_cots.py`), mixed per `cfg.data.mixing`.
@@ -80,27 +147,35 @@ def make_pipeline_data(cfg, student: nnx.Module, tokenizer=None):
   conversation.use_student_chat_template(tokenizer, getattr(type(student), "hf_architecture", None))
   named, weights = [], []
   prompt_format = d.get("prompt_format", "plain")
-  from_datasets = sources_from_datasets(d)
-  qa_list = list(d.get("qa", ())) + from_datasets[0]
-  cot_list = list(d.get("cot", ())) + from_datasets[1]
-  for i, qa in enumerate(qa_list):
+  qa_list = _qa_sources(d)
+  cot_list = list(d.get("cot", ())) + sources_from_datasets(d)[1]
+  for i, (flag, key, qa) in enumerate(qa_list):
     read_kwargs = {
       "window": d.get("window", DATA_DEFAULTS["window"]),
       **dict(qa.get("read_kwargs", {}) or {}),
     }
-    records = annotations.read(qa["format"], qa["path"], **read_kwargs)
-    named.append(
-      (
-        f"qa[{i}] ({qa.get('name', qa['format'])}: {qa['path']})",
-        pipeline.qa_source(
-          records,
-          video_root=qa.get("video_root", ""),
-          video_ext=qa.get("video_ext", ".mp4"),
-          answer_style=d.get("answer_style", "letter_text"),
-          prompt_format=prompt_format,
-        ),
-      )
+    name = f"qa[{i}] ({qa.get('name', qa['format'])}: {qa['path']})"
+    try:
+      records = annotations.read(qa["format"], qa["path"], **read_kwargs)
+    except annotations.AnnotationError as e:
+      raise ConfigError(f"{flag}.{key} (format {qa['format']!r}): {e}") from None
+    source = pipeline.qa_source(
+      records,
+      video_root=qa.get("video_root", ""),
+      video_ext=qa.get("video_ext", ".mp4"),
+      answer_style=d.get("answer_style", "letter_text"),
+      prompt_format=prompt_format,
     )
+    if len(source) == 0:
+      report = records.report
+      why = f" (first: {report.messages[0]})" if report.messages else ""
+      raise ConfigError(
+        f"{flag}: no question to train on in {qa['path']}: {report.summary()}{why}; "
+        "a test split without answers, or another format than "
+        f"format={qa['format']!r}?"
+      )
+    check_videos(name, flag, source, qa.get("video_root", ""))
+    named.append((name, source))
     weights.append(float(qa.get("weight", 1.0)))
   for i, cot in enumerate(cot_list):
     name = f"cot[{i}] ({cot.get('name') + ': ' if cot.get('name') else ''}{cot['path']})"
@@ -116,6 +191,8 @@ def make_pipeline_data(cfg, student: nnx.Module, tokenizer=None):
         f"{name}: no CoT in its {len(files)} file(s) ({', '.join(files[:4])}"
         f"{', ...' if len(files) > 4 else ''}): did the CoT job keep any?"
       )
+    flag = f"--config.data.datasets.{cot['name']}" if cot.get("name") else f"--config.data.cot[{i}]"
+    check_videos(name, flag, source, cot.get("video_root", ""))
     named.append((name, source))
     weights.append(float(cot.get("weight", 1.0)))
   if not named:
@@ -155,7 +232,10 @@ def make_pipeline_data(cfg, student: nnx.Module, tokenizer=None):
       video_token=pc.video_token,
       num_video_tokens=pc.num_video_tokens,
     )
-    fit_check.check_sources_fit(tokenizer, named, options, max(buckets))
+    try:
+      fit_check.check_sources_fit(tokenizer, named, options, max(buckets))
+    except ValueError as e:  # one line naming the numbers and the flags, not a traceback
+      raise ConfigError(str(e)) from None
   sources = [ds.map(pipeline.TagSource(name)) for name, ds in named]
   return pipeline.make_pipeline(tokenizer, sources, pc, weights=weights)
 

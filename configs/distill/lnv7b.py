@@ -1,6 +1,7 @@
-r"""LLaVA-NeXT-Video-7B distilled on AoTD's data: QA + filtered CoTs from STAR, NExT-QA, AGQA,
-ActivityNet-QA and CLEVRER (the paper's recipe: lr 4e-5, warmup 3 %, one epoch, λ = 1,
-frozen vision tower; the official release's data mix, loss, prompt and target).
+r"""LLaVA-NeXT-Video-7B distilled on AoTD's data: QA from STAR, NExT-QA, AGQA, ActivityNet-QA
+and CLEVRER, filtered CoTs from STAR and NExT-QA (configs/cot/; the others' `cots` default to
+none) (the paper's recipe: lr 4e-5, warmup 3 %, one epoch, λ = 1, frozen vision tower; the
+official release's data mix, loss, prompt and target).
 
   arg = "h100x8"       one 8×H100 node: mesh fsdp=8; global batch 64 (grad memory: bf16 + remat).
   arg = "tpu_v5p_128"  64 v5p chips (v5p-128 = 128 TensorCores): mesh fsdp=64; global batch 128.

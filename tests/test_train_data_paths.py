@@ -1,0 +1,131 @@
+"""The trainer's data as a new user points it at real datasets: annotation files and video
+folders that are not there, a split without answers, videos in another layout than the reader
+expects, and CLEVRER's questions with several correct choices. Each stops with one line naming
+the flag to fix (a `ConfigError`: exit 2 from launch.train), before the student is built where
+the check needs no annotations read."""
+
+import json
+import logging
+import pathlib
+
+import ml_collections
+import pytest
+
+from aotd_jax.data import pipeline
+from aotd_jax.data import annotations as A
+from aotd_jax.train import data as train_data
+from aotd_jax.train.config_check import ConfigError
+
+FIX = pathlib.Path(__file__).resolve().parent / "fixtures" / "annotations"
+
+
+def _config(**datasets) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(
+    dict(
+      batch_size=1,
+      seed=0,
+      data=dict(kind="pipeline", tokenizer="unused", seq_len=64, num_frames=2, datasets=datasets),
+    )
+  )
+
+
+def _clevrer(tmp_path, layout: str) -> dict:
+  """CLEVRER's validation fixture, its videos as empty files in `layout` ("release": the
+  zip's folders of 1000 scenes; "flat": every video in one folder)."""
+  root = tmp_path / f"clevrer_{layout}"
+  for video in ("video_10000.mp4", "video_10001.mp4"):
+    sub = root / ("video_10000-11000" if layout == "release" else "")
+    sub.mkdir(parents=True, exist_ok=True)
+    (sub / video).write_bytes(b"")
+  return dict(
+    format="clevrer",
+    annotations=str(FIX / "clevrer_validation.json"),
+    video_root=str(root),
+    cots="",
+  )
+
+
+def _make(cfg):
+  """`make_pipeline_data` up to its QA checks (they come before the student is used)."""
+  return train_data.make_pipeline_data(cfg, student=object(), tokenizer=object())
+
+
+def test_missing_annotations_and_video_folders_are_named_by_flag(tmp_path):
+  cfg = _config(
+    star=dict(
+      format="star",
+      annotations=str(tmp_path / "STAR_train.json"),
+      video_root=str(tmp_path / "Charades"),
+      cots="",
+    ),
+    clevrer=_clevrer(tmp_path, "release"),
+  )
+  with pytest.raises(ConfigError) as e:
+    train_data.check_paths(cfg)
+  assert str(e.value).splitlines()[1:] == [
+    f"  --config.data.datasets.star.annotations={tmp_path / 'STAR_train.json'}: no such file",
+    f"  --config.data.datasets.star.video_root={tmp_path / 'Charades'}: no such directory",
+  ]
+  del cfg.data.datasets["star"]
+  train_data.check_paths(cfg)  # CLEVRER's paths are there
+
+
+def test_a_split_without_answers_is_named_with_the_readers_reason(tmp_path):
+  """STAR's test split has no `answer`: every record is skipped, so no source to train on."""
+  test = json.loads((FIX / "star_val.json").read_text())
+  for r in test:
+    r.pop("answer")
+  (tmp_path / "STAR_test.json").write_text(json.dumps(test))
+  (tmp_path / "videos").mkdir()
+  cfg = _config(
+    star=dict(
+      format="star",
+      annotations=str(tmp_path / "STAR_test.json"),
+      video_root=str(tmp_path / "videos"),
+      cots="",
+    )
+  )
+  with pytest.raises(ConfigError, match=r"^--config.data.datasets.star: no question to train on"):
+    _make(cfg)
+  cfg.data.datasets.star.annotations = str(FIX / "agqa_balanced.json")
+  with pytest.raises(
+    ConfigError, match=r"^--config.data.datasets.star.annotations \(format 'star'\)"
+  ):
+    _make(cfg)
+
+
+def test_clevrer_questions_with_several_answers_are_left_out_and_counted(caplog):
+  """Such a question has no one letter to train on: before, `qa_examples` raised a ValueError
+  naming no file, which ended the run after the student was built."""
+  records = A.read("clevrer", FIX / "clevrer_validation.json")
+  with caplog.at_level(logging.WARNING):
+    examples = pipeline.qa_examples(records, video_root="V", answer_style="letter")
+  assert [e["qid"] for e in examples] == [r.qid for r in records if r.qid != "video_10000_13"]
+  assert "1 of 2 multiple-choice records have no single correct option" in caplog.text
+  assert "video_10000_13" in caplog.text
+  (explanatory,) = [e for e in examples if e["qid"] == "video_10000_12"]
+  assert explanatory["assistant_text"] == "B"
+  assert explanatory["video_path"] == "V/video_10000-11000/video_10000.mp4"
+
+
+def test_videos_in_another_layout_stop_the_run_naming_video_root(tmp_path):
+  """CLEVRER's videos flattened into one folder: none of the paths the reader names exists,
+  so every sample would be skipped (found only after ~50 skips, past the build and compile)."""
+  cfg = _config(clevrer=_clevrer(tmp_path, "flat"))
+  with pytest.raises(ConfigError) as e:
+    _make(cfg)
+  text = str(e.value)
+  assert text.startswith(
+    f"--config.data.datasets.clevrer.video_root={tmp_path / 'clevrer_flat'}: none of the first 2 "
+  )
+  assert f"(e.g. {tmp_path / 'clevrer_flat' / 'video_10000-11000' / 'video_10000.mp4'})" in text
+
+
+def test_some_missing_videos_are_only_a_warning(tmp_path, caplog):
+  """A dataset's few lost videos are the pipeline's to skip and count: the check passes (and
+  the build goes on to the student, which this test does not give)."""
+  cfg = _config(clevrer=_clevrer(tmp_path, "release"))
+  (tmp_path / "clevrer_release" / "video_10000-11000" / "video_10001.mp4").unlink()
+  with caplog.at_level(logging.WARNING), pytest.raises(AttributeError, match="config"):
+    _make(cfg)
+  assert "1 of its first 2 videos do not exist" in caplog.text
