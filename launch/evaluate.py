@@ -54,6 +54,13 @@ median seconds: the first batch compiles) with the run's peak memory (the device
 the backend reports it, else the host's peak RSS). docs/evaluation.md maps each number of the
 paper's main table and grounding figure to its command and key. A bad flag value stops with
 one line naming the flag (exit 2).
+
+Before the student is loaded, every question's video is looked up under `--video_root` (each
+format's layout: docs/data.md); missing ones stop the run naming how many and the first, or,
+with `--missing_videos=skip`, are left out and listed in the output's `missing_videos` (and
+stay out under `--rescore`). Multiple-choice questions without one correct option (CLEVRER's
+with several) are left out and counted (`left_out_no_single_answer`). `--out`'s folder is made
+first, so the rows are not lost at the end of a run.
 """
 
 from __future__ import annotations
@@ -157,6 +164,13 @@ _JUDGE_REPLAY = flags.DEFINE_string(
   "Replay judge replies recorded with --judge_record instead of calling a judge.",
 )
 _JUDGE_RECORD = flags.DEFINE_string("judge_record", "", "Append every judge reply to this JSONL.")
+_MISSING_VIDEOS = flags.DEFINE_enum(
+  "missing_videos",
+  "stop",
+  ["stop", "skip"],
+  "A question whose video is not under --video_root: stop before the student is loaded, "
+  "naming them, or leave it out (listed in the output's missing_videos).",
+)
 flags.mark_flags_as_required(["annotations"])
 flags.register_validator("num_frames", lambda v: v >= 1, "--num_frames must be >= 1")
 flags.register_validator("batch_size", lambda v: v >= 1, "--batch_size must be >= 1")
@@ -278,6 +292,51 @@ def read_records(fmt: str, path: str, map_path: str = "", window: str = "questio
   return annotations.read(fmt, path, window=window, **kw)
 
 
+def find_videos(records) -> dict[str, str]:
+  """{qid: video path} of the questions whose video file is not under --video_root (each
+  distinct path looked up once)."""
+  found: dict[str, bool] = {}
+  missing = {}
+  for r in records:
+    path = student_eval.video_file(r, _VIDEO_ROOT.value, ".mp4")
+    if path not in found:
+      found[path] = files.isfile(path)
+    if not found[path]:
+      missing[r.qid] = path
+  return missing
+
+
+def drop_missing_videos(records) -> tuple[list, dict]:
+  """(the records whose video is there, the output's `missing_videos`) under
+  --missing_videos; a ConfigError naming the first ones with `stop` (the default), before the
+  student is loaded: a run would otherwise end at the first of them, its rows unwritten."""
+  missing = find_videos(records)
+  if not missing:
+    return list(records), {}
+  qid, path = next(iter(missing.items()))
+  folders = [p for p in dict.fromkeys(missing.values()) if files.isdir(p)]
+  note = (
+    f" ({len(folders)} of them folders of frames, e.g. {folders[0]}, which are not read: "
+    "MVBench's episodic_reasoning)"
+    if folders
+    else ""
+  )
+  if _MISSING_VIDEOS.value == "stop":
+    raise ConfigError(
+      f"--video_root={_VIDEO_ROOT.value}: the videos of {len(missing)} of the {len(records)} "
+      f"questions are not there (e.g. {path} for {qid}){note}; docs/data.md gives each "
+      "format's layout; --missing_videos=skip leaves those questions out"
+    )
+  logging.warning(
+    "--missing_videos=skip: %d of %d questions left out, their videos not there (e.g. %s)",
+    len(missing),
+    len(records),
+    path,
+  )
+  kept = [r for r in records if r.qid not in missing]
+  return kept, {"video_root": _VIDEO_ROOT.value, "count": len(missing), "qids": sorted(missing)}
+
+
 def frame_ids(record) -> list[int]:
   """The source frame ids of the student's frames of a STAR question (for grounding)."""
   from aotd_jax.eval import star_grounding as sg
@@ -358,6 +417,12 @@ def main(argv):
     )
   if not _RESCORE.value and not _STUDENT.value:
     raise ConfigError("--student is required (or --rescore=EVAL_JSON to re-score a run)")
+  if _OUT.value:  # where the rows go, made before hours of evaluation rather than after
+    if files.isdir(_OUT.value):
+      raise ConfigError(f"--out={_OUT.value} is a directory; give the JSON file to write")
+    parent = os.path.dirname(_OUT.value.rstrip("/"))
+    if parent:
+      files.makedirs(parent)
   from_training, differs = [], []
   if not _RESCORE.value:
     trained = training_data_config(_STUDENT.value)
@@ -370,6 +435,26 @@ def main(argv):
   records = read_records(_FORMAT.value, _ANNOTATIONS.value, _MAP.value, _WINDOW.value)
   if _LIMIT.value:
     records = records[: _LIMIT.value]
+  left_out = [r.qid for r in records if r.choices and r.answer_index is None]
+  if left_out:  # CLEVRER's questions with several correct choices: no one option to score
+    logging.warning(
+      "%d multiple-choice questions without one correct option left out (e.g. %s)",
+      len(left_out),
+      left_out[0],
+    )
+    records = [r for r in records if not (r.choices and r.answer_index is None)]
+  missing_videos = {}
+  if _RESCORE.value:  # the questions the run left out for their videos (--missing_videos=skip)
+    try:
+      skipped = json.loads(files.read_text(_RESCORE.value)).get("missing_videos") or {}
+    except (OSError, ValueError, AttributeError):
+      skipped = {}  # read_rows names what is wrong with the file
+    gone = set(skipped.get("qids", ()))
+    records, missing_videos = [r for r in records if r.qid not in gone], skipped
+  else:
+    records, missing_videos = drop_missing_videos(records)
+  if not records:
+    raise ConfigError(f"--annotations={_ANNOTATIONS.value}: no question left to evaluate")
   if scoring != "generate" and not all(r.choices for r in records):
     raise ConfigError(
       f"--scoring={scoring} needs multiple-choice questions; "
@@ -440,6 +525,10 @@ def main(argv):
     part = result["likelihood"] if "likelihood" in result else result
     part["efficiency"] = {**eff["likelihood_output"], **part.get("efficiency", {})}
   result["scoring"] = scoring
+  if left_out:
+    result["left_out_no_single_answer"] = len(left_out)
+  if missing_videos:
+    result["missing_videos"] = missing_videos
   if not _RESCORE.value:
     result["settings"] = settings
   print(json.dumps(result, indent=1))
@@ -447,8 +536,7 @@ def main(argv):
     out = {**result, "efficiencies": eff, "outputs": rows}
     if judgements:
       out["judgements"] = judgements
-    with open(_OUT.value, "w") as f:
-      json.dump(out, f, indent=1)
+    files.write_text(_OUT.value, json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,155 @@
+"""`launch.evaluate` as a new user runs it on a real benchmark folder: an `--out` folder that does
+not exist yet, videos missing under `--video_root`, CLEVRER's questions with several correct
+choices. The student is stubbed (`run_model`): what is checked is what happens before and after
+it, where a run used to lose its rows or end at the first missing video."""
+
+import json
+import pathlib
+
+import pytest
+from absl import flags
+
+from aotd_jax.train.config_check import ConfigError
+
+FIX = pathlib.Path(__file__).resolve().parent / "fixtures" / "annotations"
+FLAGS_SET = ("student", "format", "annotations", "video_root", "out", "missing_videos", "rescore")
+
+
+@pytest.fixture
+def evaluate(monkeypatch):
+  """`launch.evaluate` (imported here: it defines its flags) with a stub student that answers
+  (A) to every question and records the questions it was given; the flags a test parses are
+  reset after it."""
+  import launch.evaluate as ev
+
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  given = []
+
+  def run_model(records, scoring):
+    given.append([r.qid for r in records])
+    rows = [{"qid": r.qid, "output": "A", "seconds": 0.5, "new_tokens": 1} for r in records]
+    return rows, {}
+
+  monkeypatch.setattr(ev, "run_model", run_model)
+  monkeypatch.setattr(ev, "training_data_config", lambda path: {})
+  ev.given = given
+  yield ev
+  for name in FLAGS_SET:
+    flags.FLAGS[name].unparse()
+
+
+def _run(ev, **values):
+  for name, value in values.items():
+    flags.FLAGS[name].parse(str(value))
+  ev.main([])
+
+
+def _videos(root: pathlib.Path, names) -> str:
+  for name in names:
+    (root / name).parent.mkdir(parents=True, exist_ok=True)
+    (root / name).write_bytes(b"")
+  return str(root)
+
+
+def test_out_goes_into_a_folder_made_before_the_run(evaluate, tmp_path):
+  """`--out=W/eval/star.json` as docs/reproduce.md writes it: the rows were written only at the
+  end, with `open()`, so a missing `W/eval/` lost them after the whole evaluation."""
+  root = _videos(tmp_path / "videos", ["6H78U.mp4", "YSKX3.mp4", "ZS9XR.mp4"])
+  out = tmp_path / "W" / "eval" / "star.json"
+  _run(
+    evaluate,
+    student=tmp_path / "export",
+    format="star",
+    annotations=FIX / "star_val.json",
+    video_root=root,
+    out=out,
+  )
+  result = json.loads(out.read_text())
+  assert [row["qid"] for row in result["outputs"]] == evaluate.given[0]
+  assert result["count"] == 3 and "missing_videos" not in result
+  with pytest.raises(ConfigError, match="is a directory; give the JSON file to write"):
+    _run(evaluate, out=tmp_path / "W" / "eval")
+
+
+def test_missing_videos_stop_before_the_student_or_are_left_out_and_listed(evaluate, tmp_path):
+  """Before, the first missing video ended the run in a VideoDecodeError traceback, after the
+  questions before it had been answered, and no row was written."""
+  root = _videos(tmp_path / "videos", ["6H78U.mp4"])  # 1 of the fixture's 3 videos
+  out = tmp_path / "eval.json"
+  common = dict(
+    student=tmp_path / "export",
+    format="star",
+    annotations=FIX / "star_val.json",
+    video_root=root,
+    out=out,
+  )
+  with pytest.raises(ConfigError) as e:
+    _run(evaluate, **common)
+  assert str(e.value).startswith(
+    f"--video_root={root}: the videos of 2 of the 3 questions are not there (e.g. "
+  )
+  assert "--missing_videos=skip" in str(e.value)
+  assert evaluate.given == [] and not out.exists()
+  _run(evaluate, **common, missing_videos="skip")
+  result = json.loads(out.read_text())
+  assert evaluate.given == [["Interaction_T1_13"]] and result["count"] == 1
+  assert result["missing_videos"] == {
+    "video_root": root,
+    "count": 2,
+    "qids": ["Feasibility_T5_2", "Sequence_T1_7"],
+  }
+  # the file re-scores without the student: the questions it left out stay out
+  flags.FLAGS["student"].unparse()
+  flags.FLAGS["out"].unparse()
+  _run(evaluate, rescore=out)
+  assert evaluate.given == [["Interaction_T1_13"]]
+
+
+def test_clevrer_questions_with_several_correct_choices_are_left_out(evaluate, tmp_path):
+  """Scored before against `answer_index=None`, so always wrong; now left out and counted."""
+  root = _videos(
+    tmp_path / "video_validation",
+    ["video_10000-11000/video_10000.mp4", "video_10000-11000/video_10001.mp4"],
+  )
+  out = tmp_path / "clevrer.json"
+  _run(
+    evaluate,
+    student=tmp_path / "export",
+    format="clevrer",
+    annotations=FIX / "clevrer_validation.json",
+    video_root=root,
+    out=out,
+  )
+  (given,) = evaluate.given
+  assert "video_10000_13" not in given and len(given) == 4
+  result = json.loads(out.read_text())
+  assert result["left_out_no_single_answer"] == 1
+  # the one explanatory question with one correct option (B), answered (A): wrong
+  assert result["count"] == 1 and result["accuracy"] == 0.0
+
+
+def test_mvbench_videos_in_their_task_folders_and_frame_folders_named(evaluate, tmp_path):
+  """MVBench's `video/` folder as released: each task's videos under its own subfolder, found
+  there; a task whose videos are folders of frames (episodic_reasoning) is named as such."""
+  root = tmp_path / "video"
+  _videos(root, ["star/Charades_v1_480/ZS9XR.mp4", "star/Charades_v1_480/YSKX3.mp4"])
+  _videos(root, ["perception/videos/video_1234.mp4"])
+  _run(
+    evaluate, student=tmp_path / "s", format="mvbench", annotations=FIX / "mvbench", video_root=root
+  )
+  assert evaluate.given == [["action_sequence_0", "action_sequence_1", "object_shuffle_0"]]
+  ann = tmp_path / "json"
+  ann.mkdir()
+  row = {
+    "video": "castle_s01e01_seg02_clip_00",
+    "question": "q?",
+    "candidates": ["a", "b"],
+    "answer": "a",
+    "start": 1.0,
+    "end": 5.0,
+  }
+  (ann / "episodic_reasoning.json").write_text(json.dumps([row]))
+  (root / "tvqa" / "frames_fps3_hq" / row["video"]).mkdir(parents=True)
+  with pytest.raises(ConfigError, match=r"\(1 of them folders of frames, e\.g\. .*castle_s01e01"):
+    _run(evaluate, annotations=ann)
