@@ -95,6 +95,19 @@ def llm_hint(e: Exception) -> str:
   )
 
 
+def out_file(path: str, flag: str = "--out") -> None:
+  """Makes the folder of the output file `path` given as `flag`, before the run whose results
+  it will hold: they are written at its end, where a missing folder lost them (`W/eval/` on a
+  first evaluation). A ConfigError when `path` is a directory."""
+  from aotd_jax.data import files  # pylint: disable=g-import-not-at-top
+
+  if files.isdir(path):
+    raise ConfigError(f"{flag}={path} is a directory; give the JSON file to write")
+  parent = os.path.dirname(path.rstrip("/"))
+  if parent:
+    files.makedirs(parent)
+
+
 def parse_flags(argv):
   """`app.run`'s flag parser with readable errors; `--config=configs/...` also from the
   installed package (`packaged_configs`)."""

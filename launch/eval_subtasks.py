@@ -21,6 +21,7 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
+from aotd_jax.data import files
 from aotd_jax.eval.subtasks import subtask_table
 from aotd_jax.projects.toyworld.oracle import PLUGIN as TOYWORLD
 from aotd_jax.train.config_check import ConfigError
@@ -95,11 +96,12 @@ def main(argv):
       config.data.video_dir = _VIDEO_DIR.value
     if _CLASSES_DIR.value:
       config.data.classes_dir = _CLASSES_DIR.value
+  if _OUT.value:
+    cli.out_file(_OUT.value)
   results = subtasks.evaluate(config, plugins=[TOYWORLD])
   print(subtask_table(results))
   if _OUT.value:
-    with open(_OUT.value, "w") as f:
-      json.dump(results, f, indent=1)
+    files.write_text(_OUT.value, json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

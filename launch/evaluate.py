@@ -418,11 +418,7 @@ def main(argv):
   if not _RESCORE.value and not _STUDENT.value:
     raise ConfigError("--student is required (or --rescore=EVAL_JSON to re-score a run)")
   if _OUT.value:  # where the rows go, made before hours of evaluation rather than after
-    if files.isdir(_OUT.value):
-      raise ConfigError(f"--out={_OUT.value} is a directory; give the JSON file to write")
-    parent = os.path.dirname(_OUT.value.rstrip("/"))
-    if parent:
-      files.makedirs(parent)
+    cli.out_file(_OUT.value)
   from_training, differs = [], []
   if not _RESCORE.value:
     trained = training_data_config(_STUDENT.value)

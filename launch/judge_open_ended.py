@@ -19,7 +19,7 @@ import json
 from absl import app, flags
 
 from aotd_jax.agent import llm as llm_lib
-from aotd_jax.data import annotations
+from aotd_jax.data import annotations, files
 from aotd_jax.eval import open_ended
 from launch import cli
 
@@ -80,6 +80,8 @@ def make_judge():
 def main(argv):
   del argv
   judge = make_judge()
+  if _OUT.value:
+    cli.out_file(_OUT.value)
   items = judge_items(_EVAL.value, annotations.read(_FORMAT.value, _ANNOTATIONS.value))
   result = open_ended.judge_answers(items, judge, batch_size=_BATCH.value)
   result["judge"] = (
@@ -87,8 +89,7 @@ def main(argv):
   )
   print(json.dumps({k: v for k, v in result.items() if k != "judgements"}, indent=1))
   if _OUT.value:
-    with open(_OUT.value, "w", encoding="utf-8") as f:
-      json.dump(result, f, indent=1)
+    files.write_text(_OUT.value, json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

@@ -145,10 +145,10 @@ def test_launcher_judges_records_and_replays(tmp_path):
       f"--llm={server.url}",
       "--model=judge",
       f"--record={tmp_path}/replies.jsonl",
-      f"--out={tmp_path}/judged.json",
+      f"--out={tmp_path}/W/eval/judged.json",  # a folder made by the launcher
     )
     assert r.returncode == 0, r.stderr[-2000:]
-    judged = json.loads((tmp_path / "judged.json").read_text())
+    judged = json.loads((tmp_path / "W" / "eval" / "judged.json").read_text())
     assert judged["accuracy"] == pytest.approx(2 / 3) and judged["score"] == pytest.approx(10 / 3)
     assert [j["correct"] for j in judged["judgements"]] == [True, False, True]
     assert server.requests == 3

@@ -202,7 +202,7 @@ def test_missing_video_file_names_the_file(world, tmp_path):
 
 
 def test_launcher_prints_the_table(world, tmp_path):
-  out = tmp_path / "res.json"
+  out = tmp_path / "W" / "res.json"  # docs/reproduce.md's W/subtasks.json: W made by the launcher
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   proc = subprocess.run(
     [
