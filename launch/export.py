@@ -7,8 +7,9 @@ Writes `config.json` (with a top-level `rope_theta`), safetensors (sharded with 
 5 GiB), `generation_config.json`, the tokenizer / processor / chat-template files of
 `--tokenizer` (default: the student's `hf_dir` from the checkpoint's config, when it exists;
 processor files made from the model's config where that folder has none) and a model card
-(`README.md`: base model, datasets, λ, the CoT manifest's summary, library name, a licence
-field to fill in) and `aotd_training.json`, the frames, prompt format and QA target the run
+(`README.md`: base model, datasets, λ, the CoT manifest's summary (without `--cot_manifest`:
+each CoT set's the run trained on, listed in `WORKDIR/cot_frames.json`), library name, a
+licence field to fill in) and `aotd_training.json`, the frames, prompt format and QA target the run
 trained with, and how its CoTs' traces numbered frames (`launch.evaluate --student=D` takes
 them as its defaults). The latest step unless
 `--step`. Any of the paths may be a URL
@@ -37,7 +38,12 @@ _TOKENIZER = flags.DEFINE_string(
   "Directory whose tokenizer / processor files to copy (default: the "
   "student's hf_dir from the saved config).",
 )
-_MANIFEST = flags.DEFINE_string("cot_manifest", "", "The CoT job's manifest.json (for the card).")
+_MANIFEST = flags.DEFINE_string(
+  "cot_manifest",
+  "",
+  "One CoT job's manifest.json for the card (default: those of every CoT set the run trained "
+  "on, from WORKDIR/cot_frames.json).",
+)
 _BASE_MODEL = flags.DEFINE_string(
   "base_model",
   "",
@@ -103,6 +109,8 @@ def export(
   check_workdir(workdir)
   report = cot_frames.read_report(workdir) or {}
   manifest = read_cot_manifest(cot_manifest, report, workdir)  # before anything is written
+  # without --cot_manifest, the card names every CoT set the run trained on
+  manifests = [] if cot_manifest else cot_frames.trained_manifests(report)
   orbax_io.export(ckpt_dir, hf_dir, step=step)
   checkpointer = Checkpointer(ckpt_dir)
   try:
@@ -122,6 +130,7 @@ def export(
     tokenizer_dir=tokenizer,
     config=config,
     manifest=manifest,
+    manifests=manifests,
     base_model=base_model,
     normalization=found[0] if found else None,
   )

@@ -44,3 +44,52 @@ def test_card_names_backends_and_counts_without_local_paths(tmp_path):
   ]
   card = hub.model_card(base_model="b", config={}, manifest=manifest)
   assert "## Chains of thought" in card and "- counts: kept 3, total 5" in card
+
+
+def test_without_a_manifest_flag_the_card_names_every_cot_set_the_run_trained_on(tmp_path):
+  """`launch.export` without `--cot_manifest` (docs/export.md) read no manifest, so the card of
+  a run trained on STAR's and NExT-QA's CoTs said nothing of them; now it takes the sets the
+  trainer checked (`WORKDIR/cot_frames.json`), one section each, read where the run found them."""
+  import json
+  import logging
+
+  from aotd_jax.train import cot_frames
+
+  sets = {}
+  for fmt in ("star", "nextqa"):
+    out = tmp_path / "cots" / fmt
+    roles = {"detector": {"kind": "owlv2", "path": str(tmp_path / "owlv2")}}
+    manifest_lib.open_manifest(str(out), roles, {"data": {"format": fmt}}, {})
+    manifest_lib.add_counts(str(out), "00000-of-00001", {"total": 4, "kept": 2})
+    sets[fmt] = json.loads((out / "manifest.json").read_text())
+  report = {
+    "sources": [
+      {
+        "source": f"--config.data.datasets.{f}.cots",
+        "manifest": str(tmp_path / "cots" / f / "manifest.json"),
+        "id": m["id"],
+      }
+      for f, m in sets.items()
+    ]
+    + [{"source": "--config.data.cot[0].path", "manifest": None, "unchecked": "no manifest"}]
+  }
+  manifests = cot_frames.trained_manifests(report)
+  assert [m["id"] for m in manifests] == [sets["star"]["id"], sets["nextqa"]["id"]]
+  card = hub.model_card(base_model="b", config={}, manifests=manifests)
+  body = card.split("## Chains of thought", 1)[1]
+  assert f"### star (manifest {sets['star']['id']})" in body
+  assert f"### nextqa (manifest {sets['nextqa']['id']})" in body
+  assert body.count("- counts: kept 2, total 4") == 2 and str(tmp_path) not in card
+  # a set whose manifest was moved away, or replaced by another run's, is left out, logged
+  (tmp_path / "cots" / "nextqa" / "manifest.json").write_text(json.dumps({"id": "other"}))
+  (tmp_path / "cots" / "star" / "manifest.json").unlink()
+  records = []
+  handler = logging.Handler()
+  handler.emit = records.append
+  logging.getLogger("absl").addHandler(handler)
+  try:
+    assert cot_frames.trained_manifests(report) == []
+  finally:
+    logging.getLogger("absl").removeHandler(handler)
+  text = " ".join(r.getMessage() for r in records)
+  assert "no longer readable" in text and "now holds another run's manifest" in text

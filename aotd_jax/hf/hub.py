@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from aotd_jax.data import files
 from aotd_jax.hf import processor_files
@@ -146,13 +146,24 @@ def manifest_summary(manifest: Mapping[str, Any]) -> list[str]:
   return lines
 
 
+def _cot_set_name(manifest: Mapping[str, Any]) -> str:
+  """A CoT set's heading on the card: its dataset format and manifest id."""
+  data = (manifest.get("identity") or {}).get("data") or {}
+  name = str(data.get("format") or "CoT set")
+  return f"{name} (manifest {manifest['id']})" if manifest.get("id") else name
+
+
 def model_card(
   *,
   base_model: str = "",
   config: Mapping[str, Any] | None = None,
   manifest: Mapping[str, Any] | None = None,
+  manifests: Sequence[Mapping[str, Any]] = (),
 ) -> str:
-  """The README.md of an export: Hub metadata (front matter) and what the model was trained on."""
+  """The README.md of an export: Hub metadata (front matter) and what the model was trained on.
+
+  `manifest` (one CoT job's manifest.json) or `manifests` (several: one section each) give the
+  chains of thought's experts, LLMs and counts."""
   config = config or {}
   datasets = _datasets(config)
   lam = config.get("rationale_weight")
@@ -186,8 +197,13 @@ def model_card(
     if config.get(key) is not None:
       facts.append(f"- {key.replace('_', ' ')}: {config[key]}")
   body += facts + [""]
-  if manifest:
-    body += ["## Chains of thought", ""] + manifest_summary(manifest) + [""]
+  sets = ([manifest] if manifest else []) + [m for m in manifests if m]
+  if len(sets) == 1:
+    body += ["## Chains of thought", ""] + manifest_summary(sets[0]) + [""]
+  elif sets:
+    body += ["## Chains of thought", ""]
+    for m in sets:
+      body += [f"### {_cot_set_name(m)}", ""] + manifest_summary(m) + [""]
   return "\n".join(meta + body)
 
 
@@ -200,6 +216,7 @@ def write_hub_files(
   manifest: Mapping[str, Any] | None = None,
   base_model: str = "",
   normalization: tuple | None = None,
+  manifests: Sequence[Mapping[str, Any]] = (),
 ) -> list[str]:
   """Writes `README.md`, the tokenizer/processor files and (when `save_pretrained` has not)
   `generation_config.json` into `hf_dir`, beside config.json + safetensors; returns the names
@@ -245,7 +262,10 @@ def write_hub_files(
   files.write_text(
     files.join(hf_dir, "README.md"),
     model_card(
-      base_model=base_model or os.path.basename(base.rstrip("/")), config=config, manifest=manifest
+      base_model=base_model or os.path.basename(base.rstrip("/")),
+      config=config,
+      manifest=manifest,
+      manifests=manifests,
     ),
   )
   written.append("README.md")

@@ -22,6 +22,8 @@ import os
 import re
 from typing import Any, Mapping
 
+from absl import logging
+
 from aotd_jax.agent import manifest_added
 from aotd_jax.data import files
 from aotd_jax.train import data as train_data
@@ -226,6 +228,24 @@ def frame_numbers(report: Mapping[str, Any]) -> str | None:
 def manifest_ids(report: Mapping[str, Any]) -> dict[str, str]:
   """{manifest id: manifest path} of the CoT sets a report checked."""
   return {s["id"]: s["manifest"] for s in report.get("sources", ()) if s.get("id")}
+
+
+def trained_manifests(report: Mapping[str, Any]) -> list[dict]:
+  """The manifest.json of each CoT set a report checked (the sets the run trained on), read
+  again from where the run found it: what an export's card names when not given a manifest.
+  One no longer readable there, or holding another run's id, is left out with a warning."""
+  out = []
+  for manifest_id, path in manifest_ids(report).items():
+    try:
+      manifest = json.loads(files.read_text(path))
+    except (OSError, ValueError) as e:
+      logging.warning("CoT set %s: %s is no longer readable (%s)", manifest_id, path, e)
+      continue
+    if not isinstance(manifest, dict) or manifest.get("id") != manifest_id:
+      logging.warning("CoT set %s: %s now holds another run's manifest", manifest_id, path)
+      continue
+    out.append(manifest)
+  return out
 
 
 def read_report(workdir: str) -> dict | None:
