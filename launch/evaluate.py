@@ -279,9 +279,12 @@ def load_student(path: str):
   return orbax_io.restore_model(path)
 
 
-def read_records(fmt: str, path: str, map_path: str = "", window: str = "question"):
+def read_records(
+  fmt: str, path: str, map_path: str = "", window: str = "question", video_root: str = ""
+):
   """The evaluation records; `map_path` is NExT-QA's video map (ConfigError for another format),
-  `window` `annotations.read`'s (`--window`)."""
+  `window` `annotations.read`'s (`--window`); ActivityNet-QA's videos are looked for under
+  `video_root` in each of its containers."""
   kw = {}
   if map_path:
     if fmt != "nextqa":
@@ -289,7 +292,12 @@ def read_records(fmt: str, path: str, map_path: str = "", window: str = "questio
     if not files.exists(map_path):
       raise ConfigError(f"--map={map_path}: no such file")
     kw["map_path"] = map_path
-  return annotations.read(fmt, path, window=window, **kw)
+  records = annotations.read(fmt, path, window=window, **kw)
+  if fmt == "activitynet_qa":  # its videos in whichever container they came in
+    from aotd_jax.data import annotations_formats
+
+    annotations_formats.locate_activitynet_videos(records, video_root)
+  return records
 
 
 def find_videos(records) -> dict[str, str]:
@@ -428,7 +436,9 @@ def main(argv):
     differs = differences_from_training(trained)
     if differs:
       logging.warning("evaluating on other inputs than the student trained on: %s", differs)
-  records = read_records(_FORMAT.value, _ANNOTATIONS.value, _MAP.value, _WINDOW.value)
+  records = read_records(
+    _FORMAT.value, _ANNOTATIONS.value, _MAP.value, _WINDOW.value, _VIDEO_ROOT.value
+  )
   if _LIMIT.value:
     records = records[: _LIMIT.value]
   left_out = [r.qid for r in records if r.choices and r.answer_index is None]

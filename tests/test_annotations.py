@@ -274,3 +274,21 @@ def test_mvbench_videos_are_under_their_task_folder_with_their_extension(tmp_pat
   (tmp_path / "my_task.json").write_text(json.dumps([row]))
   got = {r.meta["task"]: r.meta["video_path"] for r in A.read("mvbench", tmp_path)}
   assert got == {"action_antonym": "ssv2_video/166583.webm", "my_task": "166583.webm"}
+
+
+def test_activitynet_videos_are_found_in_any_of_their_containers(tmp_path):
+  """ActivityNet's videos come from YouTube as .mp4, .mkv or .webm; `v_<name>.mp4` alone missed
+  the others (the real val_q.json's first questions, over videos of each kind)."""
+  from aotd_jax.data.annotations_formats import locate_activitynet_videos
+
+  recs = A.read("activitynet_qa", REAL / "activitynet_qa" / "val_q.json")[:40]
+  stems = list(dict.fromkeys(r.meta["video_file_stem"] for r in recs))
+  assert len(stems) >= 4
+  for stem, ext in zip(stems, (".mkv", ".webm", ".mp4")):
+    (tmp_path / f"{stem}{ext}").write_bytes(b"")
+  (tmp_path / f"{stems[0]}.mp4").write_bytes(b"")  # both: .mp4 first
+  locate_activitynet_videos(recs, str(tmp_path))
+  by_stem = {r.meta["video_file_stem"]: r.meta.get("video_path") for r in recs}
+  assert by_stem[stems[0]] == f"{stems[0]}.mp4"
+  assert by_stem[stems[1]] == f"{stems[1]}.webm" and by_stem[stems[2]] == f"{stems[2]}.mp4"
+  assert by_stem[stems[3]] is None  # not there: the default v_<name>.mp4, reported downstream

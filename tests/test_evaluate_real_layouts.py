@@ -153,3 +153,22 @@ def test_mvbench_videos_in_their_task_folders_and_frame_folders_named(evaluate, 
   (root / "tvqa" / "frames_fps3_hq" / row["video"]).mkdir(parents=True)
   with pytest.raises(ConfigError, match=r"\(1 of them folders of frames, e\.g\. .*castle_s01e01"):
     _run(evaluate, annotations=ann)
+
+
+def test_activitynet_videos_in_other_containers_are_found(evaluate, tmp_path):
+  """ActivityNet-QA over videos as the dataset's download gives them (.mkv, .webm, .mp4)."""
+  q = [{"video_name": f"n{i}", "question": f"q{i}", "question_id": f"v_n{i}_0"} for i in range(3)]
+  a = [{"question_id": f"v_n{i}_0", "answer": "yes", "type": 3} for i in range(3)]
+  (tmp_path / "val_q.json").write_text(json.dumps(q))
+  (tmp_path / "val_a.json").write_text(json.dumps(a))
+  root = _videos(tmp_path / "videos", ["v_n0.mkv", "v_n1.webm", "v_n2.mp4"])
+  out = tmp_path / "anet.json"
+  _run(
+    evaluate,
+    student=tmp_path / "s",
+    format="activitynet_qa",
+    annotations=tmp_path / "val_q.json",
+    video_root=root,
+    out=out,
+  )
+  assert evaluate.given == [["v_n0_0", "v_n1_0", "v_n2_0"]]

@@ -129,3 +129,25 @@ def test_some_missing_videos_are_only_a_warning(tmp_path, caplog):
   with caplog.at_level(logging.WARNING), pytest.raises(AttributeError, match="config"):
     _make(cfg)
   assert "1 of its first 2 videos do not exist" in caplog.text
+
+
+def test_activitynet_videos_in_other_containers_train(tmp_path):
+  """ActivityNet-QA's videos as .mkv / .webm: found (before: `v_<name>.mp4` only, so a folder
+  of such videos skipped every sample)."""
+  q = [{"video_name": f"n{i}", "question": f"q{i}", "question_id": f"v_n{i}_0"} for i in range(2)]
+  a = [{"question_id": f"v_n{i}_0", "answer": "yes", "type": 3} for i in range(2)]
+  (tmp_path / "train_q.json").write_text(json.dumps(q))
+  (tmp_path / "train_a.json").write_text(json.dumps(a))
+  (tmp_path / "videos").mkdir()
+  (tmp_path / "videos" / "v_n0.mkv").write_bytes(b"")
+  (tmp_path / "videos" / "v_n1.webm").write_bytes(b"")
+  cfg = _config(
+    activitynet_qa=dict(
+      format="activitynet_qa",
+      annotations=str(tmp_path / "train_q.json"),
+      video_root=str(tmp_path / "videos"),
+      cots="",
+    )
+  )
+  with pytest.raises(AttributeError, match="config"):  # past the data checks, at the student
+    _make(cfg)

@@ -159,6 +159,10 @@ def make_pipeline_data(cfg, student: nnx.Module, tokenizer=None):
       records = annotations.read(qa["format"], qa["path"], **read_kwargs)
     except annotations.AnnotationError as e:
       raise ConfigError(f"{flag}.{key} (format {qa['format']!r}): {e}") from None
+    if qa["format"] == "activitynet_qa":  # its videos in whichever container they came in
+      from aotd_jax.data import annotations_formats
+
+      annotations_formats.locate_activitynet_videos(records, qa.get("video_root", ""))
     source = pipeline.qa_source(
       records,
       video_root=qa.get("video_root", ""),
