@@ -292,3 +292,20 @@ def test_activitynet_videos_are_found_in_any_of_their_containers(tmp_path):
   assert by_stem[stems[0]] == f"{stems[0]}.mp4"
   assert by_stem[stems[1]] == f"{stems[1]}.webm" and by_stem[stems[2]] == f"{stems[2]}.mp4"
   assert by_stem[stems[3]] is None  # not there: the default v_<name>.mp4, reported downstream
+
+
+def test_nextqa_without_its_map_says_where_videos_are_looked_for(tmp_path, caplog):
+  """The CSV copied away from map_vid_vidorID.json: its videos are then <video>.mp4 under the
+  root, not NExTVideo's <folder>/<video>.mp4; said in a warning, not silently."""
+  import logging
+  import shutil
+
+  shutil.copy(REAL / "nextqa" / "val.csv", tmp_path / "val.csv")
+  with caplog.at_level(logging.WARNING):
+    recs = A.read("nextqa", tmp_path / "val.csv")
+  assert "video_path" not in recs[0].meta
+  assert f"no map_vid_vidorID.json beside {tmp_path / 'val.csv'}" in caplog.text
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    A.read("nextqa", REAL / "nextqa" / "val.csv")
+  assert "map_vid_vidorID" not in caplog.text

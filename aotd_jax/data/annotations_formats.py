@@ -26,6 +26,8 @@ import io
 import os
 from typing import Any, Iterator
 
+from absl import logging
+
 from aotd_jax.data import files
 from aotd_jax.data.annotations import AnnotationError, BadRecord, VideoQA, load_json
 
@@ -136,6 +138,13 @@ def read_nextqa(path: str, ctx, map_path: str | None = None) -> Iterator[VideoQA
   if map_path is None:
     beside = os.path.join(os.path.dirname(path), "map_vid_vidorID.json")  # also for gs://
     video_map = load_json(beside) if files.exists(beside) else {}
+    if not video_map:
+      logging.warning(
+        "nextqa: no map_vid_vidorID.json beside %s: its videos are looked for as <video>.mp4 "
+        "under the video root, not in NExTVideo's <folder>/<video>.mp4 (give the map: "
+        "map_path=, launch.evaluate --map)",
+        path,
+      )
   else:
     video_map = load_json(map_path)
   try:
