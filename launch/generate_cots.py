@@ -256,6 +256,30 @@ def missing_inputs(config) -> list[str]:
   return missing
 
 
+# Videos looked up before the job starts: none of a shard's first ones there means another
+# layout than the reader's (every question would fail at its video, after its program was
+# written, and a rerun would resume past those failed records).
+VIDEOS_CHECKED = 8
+
+
+def missing_videos(config, questions) -> str:
+  """The error when none of the first `VIDEOS_CHECKED` distinct videos of `questions` exists
+  (the default `make_args` decodes them from `data.video_dir`); "" otherwise, a few missing
+  ones being the job's to record as failed questions."""
+  if config.make_args or not questions:
+    return ""
+  path_of = video_path(config)
+  paths = list(dict.fromkeys(path_of(qa) for qa in questions[: 4 * VIDEOS_CHECKED]))
+  paths = paths[:VIDEOS_CHECKED]
+  if any(files.isfile(p) for p in paths):
+    return ""
+  return (
+    f"data.video_dir={config.data.video_dir}: none of the first {len(paths)} videos of this "
+    f"shard's questions exists (e.g. {paths[0]}); give videos= the folder that holds them in "
+    "the layout docs/data.md gives for the format"
+  )
+
+
 def pipeline_kwargs(config) -> dict:
   """`CotJob`'s pipeline settings from `config.pipeline` (absent: one batch at a time)."""
   section = config.get("pipeline", None)
@@ -316,6 +340,7 @@ def main(argv):
   except job.JobError as e:
     raise ConfigError(str(e)) from None
   missing = missing_inputs(config)
+  missing += [m for m in [missing_videos(config, questions)] if m and not missing]
   if missing:
     raise ConfigError(
       f"not found: {'; '.join(missing)}. Nothing was written; fix the path(s) in the config "

@@ -125,3 +125,26 @@ def test_a_student_path_that_is_no_checkpoint_is_one_line(tmp_path):
   assert r.returncode == 2, r.stderr[-3000:]
   assert f"train: error: {tmp_path / 'typo' / 'config.json'}: no config.json" in r.stderr
   assert "Traceback" not in r.stderr
+
+
+def test_videos_in_another_layout_stop_the_cot_job_before_its_manifest(tmp_path):
+  """NExT-QA's videos flat in one folder instead of NExTVideo's <folder>/<video>.mp4: every
+  question would fail at its video after the LLM wrote its program, and a rerun with the
+  right folder would resume past those failed records. One line, exit 2, no manifest."""
+  real = ROOT / "tests" / "fixtures" / "real" / "nextqa"
+  flat = tmp_path / "videos"
+  flat.mkdir()
+  (flat / "4010069381.mp4").write_bytes(b"")  # the first question's video, in the wrong place
+  (tmp_path / "owlv2").mkdir()
+  (tmp_path / "u.ckpt").write_bytes(b"")
+  out = tmp_path / "cots"
+  arg = (
+    f"ann={real / 'val.csv'},videos={flat},map={real / 'map_vid_vidorID.json'},"
+    f"owlv2={tmp_path / 'owlv2'},univtg={tmp_path / 'u.ckpt'},clip={flat},llava={flat},"
+    f"llm=http://127.0.0.1:9/v1,model=m,runlocal,out={out}"
+  )
+  r = _python("-m", "launch.generate_cots", f"--config=configs/cot/nextqa.py:{arg}")
+  assert r.returncode == 2, r.stderr[-3000:]
+  assert f"data.video_dir={flat}: none of the first " in r.stderr
+  assert f"(e.g. {flat / '1106' / '4010069381.mp4'})" in r.stderr
+  assert "Traceback" not in r.stderr and not (out / "manifest.json").exists()
