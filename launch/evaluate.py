@@ -164,6 +164,13 @@ _JUDGE_REPLAY = flags.DEFINE_string(
   "Replay judge replies recorded with --judge_record instead of calling a judge.",
 )
 _JUDGE_RECORD = flags.DEFINE_string("judge_record", "", "Append every judge reply to this JSONL.")
+_DTYPE = flags.DEFINE_enum(
+  "dtype",
+  "float32",
+  ["float32", "bfloat16"],
+  "The student's weights and compute: float32 (exact; a 7B student takes ~30 GB) or "
+  "bfloat16 (half that; replies and picks can differ from float32's).",
+)
 _MISSING_VIDEOS = flags.DEFINE_enum(
   "missing_videos",
   "stop",
@@ -270,13 +277,14 @@ def differences_from_training(data: dict) -> list[str]:
   return out
 
 
-def load_student(path: str):
-  """A student from a HF directory or an Orbax checkpoint directory (latest step)."""
+def load_student(path: str, dtype: str = "float32"):
+  """A student from a HF directory or an Orbax checkpoint directory (latest step), its weights
+  and compute in `dtype`."""
   if os.path.isfile(os.path.join(path, "config.json")):
-    return hf.from_pretrained(path)
+    return hf.from_pretrained(path, dtype=dtype)
   from aotd_jax.hf import orbax_io
 
-  return orbax_io.restore_model(path)
+  return orbax_io.restore_model(path, dtype=dtype)
 
 
 def read_records(
@@ -380,7 +388,7 @@ def run_model(records, scoring: str) -> tuple[list[dict], dict]:
   """(one row per question, the efficiency of each scoring) from the student."""
   from aotd_jax.hf import processor_files
 
-  model = load_student(_STUDENT.value)
+  model = load_student(_STUDENT.value, _DTYPE.value)
   tokenizer = hf.load_tokenizer(_TOKENIZER.value or _STUDENT.value)
   common = dict(
     # the checkpoint's processor files (an export's, or those the trainer writes beside its
@@ -499,6 +507,7 @@ def main(argv):
     settings = {
       "student": _STUDENT.value,
       "tokenizer": _TOKENIZER.value or _STUDENT.value,
+      "dtype": _DTYPE.value,
       "num_frames": _NUM_FRAMES.value,
       "prompt_format": _PROMPT_FORMAT.value,
       "answer_style": _ANSWER_STYLE.value,

@@ -172,3 +172,35 @@ def test_activitynet_videos_in_other_containers_are_found(evaluate, tmp_path):
     out=out,
   )
   assert evaluate.given == [["v_n0_0", "v_n1_0", "v_n2_0"]]
+
+
+def test_dtype_bfloat16_loads_either_kind_of_student_in_half_the_memory(evaluate, tmp_path):
+  """`--dtype=bfloat16` (docs/reproduce.md's memory table: a 7B student in ~15 GB): both a
+  Hugging Face directory and a training checkpoint load in bfloat16, the checkpoint cast as
+  Orbax reads it (its float32 master weights never held); float32 stays the default."""
+  import numpy as np
+  from flax import nnx
+
+  from aotd_jax import hf
+  from aotd_jax.hf import registry
+  from aotd_jax.train import build
+  from aotd_jax.train.checkpoint import Checkpointer
+  from configs.toyworld import distill as toy
+
+  adapter = registry.adapter_for("LlavaNextVideoForConditionalGeneration")
+  model = adapter.model_class(adapter.config_from_hf(dict(toy.TINY_LLAVA)), rngs=nnx.Rngs(0))
+  hf.save_pretrained(model, str(tmp_path / "hf"))
+  ckpt = Checkpointer(str(tmp_path / "run" / "checkpoints"), async_save=False)
+  params = nnx.state(model, nnx.Param).to_pure_dict()
+  ckpt.save(1, model=params, opt_state={"count": np.zeros((), np.int32)}, meta={"step": 1}, data={})
+  ckpt.close()
+  build.write_hf_config(model, str(tmp_path / "run" / "checkpoints"))
+  want = nnx.to_flat_state(nnx.state(model, nnx.Param))
+  for path in (tmp_path / "hf", tmp_path / "run" / "checkpoints"):
+    for dtype in ("bfloat16", "float32"):
+      got = nnx.to_flat_state(nnx.state(evaluate.load_student(str(path), dtype), nnx.Param))
+      assert {v.get_value().dtype.name for _, v in got} == {dtype}, (path, dtype)
+      for (_, a), (_, b) in zip(want, got):
+        np.testing.assert_array_equal(
+          np.asarray(a.get_value().astype(dtype)), np.asarray(b.get_value())
+        )

@@ -71,17 +71,24 @@ def read_hf_config(orbax_dir: str) -> dict:
 
 
 def restore_model(
-  orbax_dir: str, *, step: int | None = None, mesh: jax.sharding.Mesh | None = None, rules=None
+  orbax_dir: str,
+  *,
+  step: int | None = None,
+  mesh: jax.sharding.Mesh | None = None,
+  rules=None,
+  dtype=None,
 ) -> nnx.Module:
   """Rebuilds the model of an Orbax checkpoint (latest step by default), reading only its `model` item.
 
-  With `mesh`, every parameter is restored directly into its rules-table sharding.
+  With `mesh`, every parameter is restored directly into its rules-table sharding; with `dtype`,
+  restored in that dtype (cast as read: `bfloat16` halves a float32 run's memory), and the model
+  computes in it; else in the dtype the checkpoint records.
   """
   hf_config = read_hf_config(orbax_dir)
   adapter = registry.adapter_for(registry.architecture_of(hf_config, orbax_dir))
   config = adapter.config_from_hf(hf_config)
   model = api.build_abstract(
-    adapter, config, api.dtype_options(hf_config.get("dtype") or "float32")
+    adapter, config, api.dtype_options(dtype or hf_config.get("dtype") or "float32")
   )
   graphdef, abstract, rest = nnx.split(model, nnx.Param, ...)
   if mesh is not None:
