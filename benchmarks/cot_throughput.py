@@ -43,9 +43,11 @@ during the timed rounds (should be 0), and whether all modes gave the same answe
 `--questions_per_video=N` (default 1: every question its own video) makes N consecutive
 questions ask about one video and see the same frames, as STAR's ~7 questions per video do
 when the whole video is the window (158.6K questions over ~22K videos): their image sides hit
-OWLv2's device feature cache and UniVTG's frame-feature cache (`--feature_cache_mb`, 0: off),
-and a repeated `Video_summary` the tool cache. Each mode starts with empty caches; the hits,
-calls shared with another program and misses of both feature caches are reported per mode.
+OWLv2's device feature cache, UniVTG's frame-feature cache (`--feature_cache_mb`, 0: off) and
+LLaVA's video-feature cache (`--llava_feature_cache_mb`, 0: off; a `Query_Actions` on the same
+sampled frames as another call, e.g. the whole clip, runs only the language model), and a
+repeated `Video_summary` the tool cache. Each mode starts with empty caches; the hits, calls
+shared with another program and misses of the feature caches are reported per mode.
 
 `--batch_cost` also times each coalesced expert part on its first request alone and on 16
 copies of it in one call (the same compiled buckets): the gain batching can give that part at
@@ -238,7 +240,14 @@ class Experts:
   """The three model backends, built once, their coalescers on one `DeviceScheduler`;
   `bypass()` runs them without coalescers, `per_expert()` with a worker thread each."""
 
-  def __init__(self, p: dict, wait_s: float, feature_cache_mb: float = 64.0, workers: int = 1):
+  def __init__(
+    self,
+    p: dict,
+    wait_s: float,
+    feature_cache_mb: float = 64.0,
+    workers: int = 1,
+    llava_cache_mb: float = 1024.0,
+  ):
     from experts.backends.llava import LlavaVideoQA
     from experts.backends.owlv2 import Owlv2Detector
     from experts.backends.univtg import UniVTGGrounder
@@ -282,6 +291,7 @@ class Experts:
       coalesce=True,
       coalesce_wait_s=wait_s,
       scheduler=scheduler,
+      feature_cache_mb=llava_cache_mb,
     )
     self.build_s = time.perf_counter() - t0
 
@@ -427,7 +437,12 @@ def run(ex: Experts, questions: list[dict], threads: int, threshold: float) -> d
 
   ex.detector.clear_features()
   ex.grounder.clear_features()
-  caches = {"owlv2/image": ex.detector.feature_cache, "univtg/frames": ex.grounder.feature_cache}
+  ex.llava.clear_features()
+  caches = {
+    "owlv2/image": ex.detector.feature_cache,
+    "univtg/frames": ex.grounder.feature_cache,
+    "llava/video": ex.llava.feature_cache,
+  }
   caches = {k: c for k, c in caches.items() if c is not None}
   cache0 = {k: dataclasses.replace(c.stats) for k, c in caches.items()}
   seconds, lock = {}, threading.Lock()
@@ -527,6 +542,12 @@ def main(argv=None):
     help="UniVTG's per-frame feature cache (0: none; OWLv2's device cache is always on)",
   )
   ap.add_argument(
+    "--llava_feature_cache_mb",
+    type=float,
+    default=1024.0,
+    help="LLaVA's per-clip video-feature cache (0: none)",
+  )
+  ap.add_argument(
     "--scheduler_workers",
     type=int,
     default=0,
@@ -544,9 +565,13 @@ def main(argv=None):
       p[key] = getattr(args, key)
   if p["questions"] < 1 or p["threads"] < 1 or p["rounds"] < 1:
     raise SystemExit("--questions, --threads and --rounds must be >= 1")
-  if args.questions_per_video < 1 or args.feature_cache_mb < 0 or args.scheduler_workers < 0:
+  if (
+    args.questions_per_video < 1
+    or min(args.feature_cache_mb, args.llava_feature_cache_mb, args.scheduler_workers) < 0
+  ):
     raise SystemExit(
-      "--questions_per_video must be >= 1, --feature_cache_mb and --scheduler_workers >= 0"
+      "--questions_per_video must be >= 1, --feature_cache_mb, --llava_feature_cache_mb and "
+      "--scheduler_workers >= 0"
     )
   p["per_video"] = args.questions_per_video
   import jax
@@ -556,7 +581,7 @@ def main(argv=None):
   from experts.registry import scheduler_workers
 
   workers = scheduler_workers(args.scheduler_workers)
-  ex = Experts(p, args.wait_ms / 1000, args.feature_cache_mb, workers)
+  ex = Experts(p, args.wait_ms / 1000, args.feature_cache_mb, workers, args.llava_feature_cache_mb)
   # the detection threshold: the 99th percentile of the random model's scores (some boxes)
   probe = make_questions(dict(p, questions=1), "probe", 99)[0]["clip"]
   logits = ex.detector.raw_outputs(probe, [OBJECTS[0]])[0]
@@ -600,6 +625,7 @@ def main(argv=None):
     "questions": p["questions"],
     "questions_per_video": p["per_video"],
     "univtg_feature_cache_mb": args.feature_cache_mb,
+    "llava_feature_cache_mb": args.llava_feature_cache_mb,
     "scheduler_workers": workers,
     "rounds": p["rounds"],
     "frames_per_question": p["frames"],

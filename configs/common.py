@@ -272,6 +272,10 @@ def bind_experts(name: str, a: dict, *, vocabulary: str) -> ml_collections.Confi
     "prompt_format": "official",
     "summary_prompt": "official",
     "action_prompt": "official",
+    # the video features of a clip's 32 frames, kept between its Query_Actions, Video_summary
+    # and QA calls and the video's other questions: 4,608 x 4,096 values a clip (75.5 MB in
+    # float32, 37.7 MB in bf16), so ~54 clips in float32 (docs/experts.md)
+    "feature_cache_mb": 4096,
   }
   c.action_recognizer = dict(llava)
   c.video_qa = dict(llava)

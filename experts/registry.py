@@ -17,7 +17,9 @@ with a `kind` and that kind's settings:
   action_recognizer: oracle | llava (path, num_frames, choice_scoring: likelihood | generate,
                       max_new_tokens, prompt_format: plain | official, summary_prompt:
                       ours | official (Video_summary's), action_prompt: ours | official
-                      (Query_Actions' questions), matmul_precision, cpu_kernels) | none
+                      (Query_Actions' questions), matmul_precision, cpu_kernels,
+                      feature_cache_mb: clips' video features kept, default 1024, 0 = none)
+                      | none
   video_qa:          oracle | llava (the same keys) | none
   selector:          keyword | llama (path: HF Llama dir with tokenizer) | openai (base_url,
                       model, api_key_env: an OpenAI-compatible server) | none; `chat` (default
@@ -297,6 +299,7 @@ def _llava(role):
       prompt_format=_get(section, "prompt_format", "plain"),
       summary_prompt=_get(section, "summary_prompt", "ours"),
       action_prompt=_get(section, "action_prompt", "ours"),
+      feature_cache_mb=float(_get(section, "feature_cache_mb", 1024.0)),
       coalesce=coalesce,
       coalesce_wait_s=wait,
     )

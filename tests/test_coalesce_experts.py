@@ -148,10 +148,179 @@ def test_llava_coalesced_answers_actions_and_generation_equal_single_calls(model
       direct.generate_text(c, "describe it") for c in clips
     ]
     stats = {k: c.stats for k, c in coal.coalescers.items()}
-    assert set(stats) == {"score", "generate3"}
+    assert set(stats) == {"features", "score", "generate3"}
     assert all(s.requests_per_batch > 1 for s in stats.values()), stats
+    # the clips' features were computed once, in shared batches, and kept for the later calls
+    assert coal.feature_cache.stats.misses == stats["features"].rows == len(clips)
   finally:
     coal.close()
+
+
+def _fused_request_logprobs(graphdef, rows, state):
+  """The scoring forward as it was before the video features were split off (one jitted
+  program from pixels to log-likelihoods): the reference of the split path."""
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from aotd_jax.models.llava_next_video import _scatter_features
+
+  ids, mask, pixels, scored = rows
+  b, r, length = ids.shape
+  model = nnx.merge(graphdef, state)
+  feats = model.get_video_features(pixels)
+  feats = jnp.repeat(feats, r, axis=0).reshape(-1, feats.shape[-1])
+  flat = ids.reshape(b * r, length)
+  embeds = _scatter_features(
+    model.language_model.embed(flat), flat == model.config.video_token_index, feats
+  )
+  logits = model(attention_mask=mask.reshape(b * r, length), inputs_embeds=embeds).logits
+  logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+  tok = jnp.take_along_axis(logp, flat[:, 1:, None], axis=-1)[..., 0]
+  return jnp.sum(tok * scored.reshape(b * r, length)[:, 1:], axis=-1).reshape(b, r)
+
+
+@pytest.mark.parametrize("dtype", ["float32", pytest.param("bfloat16", marks=pytest.mark.slow)])
+def test_llava_split_video_features_give_the_fused_forwards_exact_numbers(dtype):
+  """Video features computed on their own (and kept) then handed to the language model give
+  bit for bit the log-likelihoods of the one-program forward from pixels, and the same
+  embeddings and greedy tokens as `generate(pixel_values_videos=...)`."""
+  import functools
+
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from aotd_jax.models import llava_next_video as lnv
+  from aotd_jax.models.generate import prompt_bucket
+  from experts.backends.llava import LlavaVideoQA
+
+  model, tok = rw.llava(dict(LLAVA_TINY, dtype=dtype), seed=3)
+  qa = LlavaVideoQA(model, tok, num_frames=4, max_new_tokens=5)
+  clip = _clips(1, [9], seed=7)[0]
+  choices = ["a red cup", "the dog", "opens the box"]
+  got = qa.score_choices(clip, "what happens", choices)
+  again = qa.score_choices(clip, "what happens", choices)  # on the kept features
+  assert qa.feature_cache.stats.hits == 1
+  ids, pixels = qa.inputs(clip, "what happens")
+  rows = [list(ids[0]) + tok(" " + c, add_special_tokens=False)["input_ids"] + [2] for c in choices]
+  width = prompt_bucket(max(map(len, rows)))
+  batch, attn = np.zeros((3, width), np.int32), np.zeros((3, width), np.int32)
+  scored = np.zeros((3, width), np.float32)
+  for i, r in enumerate(rows):
+    batch[i, : len(r)], attn[i, : len(r)], scored[i, ids.shape[1] : len(r)] = r, 1, 1
+  graphdef, state = nnx.split(model)
+  fused = jax.jit(functools.partial(_fused_request_logprobs, graphdef))
+  want = np.asarray(fused((batch[None], attn[None], pixels, scored[None]), state))[0]
+  np.testing.assert_array_equal(got, want.astype(np.float64))
+  np.testing.assert_array_equal(again, got)
+  feats = qa.video_features(clip)
+  args = (graphdef, state, jnp.asarray(ids), None)
+  from_pixels = lnv.merge_jit(*args, jnp.asarray(pixels), image_sizes=None)
+  from_feats = lnv.merge_jit(*args, None, jnp.asarray(feats), image_sizes=None)
+  np.testing.assert_array_equal(np.asarray(from_feats), np.asarray(from_pixels))
+  kw = dict(max_new_tokens=5, eos_token_id=-1)
+  want_tokens = lnv.generate(model, ids, pixel_values_videos=pixels, **kw).sequences
+  got_tokens = lnv.generate(model, ids, video_features=feats, **kw).sequences
+  np.testing.assert_array_equal(np.asarray(got_tokens), np.asarray(want_tokens))
+  want_text = tok.decode(np.asarray(want_tokens)[0].tolist(), skip_special_tokens=True).strip()
+  assert qa.generate_text(clip, "what happens") == want_text
+  with pytest.raises(ValueError, match="pixel_values_videos or video_features, not both"):
+    lnv.generate(model, ids, pixel_values_videos=pixels, video_features=feats, **kw)
+  with pytest.raises(ValueError, match=r"video_features must have shape \(clips, tokens, 32\)"):
+    lnv.generate(model, ids, video_features=feats[0], **kw)
+  n = feats.shape[1]
+  with pytest.raises(ValueError, match=f"input_ids hold {n} video tokens .* give {n - 1} features"):
+    lnv.generate(model, ids, video_features=feats[:, 1:], **kw)
+
+
+def test_llava_keeps_video_features_between_prompts_and_equals_uncached_calls(models):
+  """Scoring, generation, summaries and actions on the same frames compute the video features
+  once (another clip object of the same video too; a blank for PMI once for all clips), with
+  the same numbers as without the cache, coalesced or not; a batch of the language model mixes
+  calls whose features were kept with calls whose features were just computed."""
+  from experts.backends.llava import LlavaVideoQA
+
+  model, tok = models["llava"]
+  plain = LlavaVideoQA(model, tok, num_frames=2, max_new_tokens=3, feature_cache_mb=0)
+  kept = LlavaVideoQA(model, tok, num_frames=2, max_new_tokens=3)
+  coal = LlavaVideoQA(
+    model, tok, num_frames=2, max_new_tokens=3, coalesce=True, coalesce_wait_s=0.05
+  )
+  assert plain.feature_cache is None
+  clips = _clips(4, [3, 5], seed=11)
+  twin = experts.VideoClip(clips[1].frames.copy(), fps=2.0, video_id=clips[1].video_id)
+  choices = ["a red cup", "the dog", "opens the box", "sits down"]
+
+  def calls(qa, clip):
+    return (
+      qa.score_choices(clip, "what happens", choices).tolist(),
+      qa.score_choices(clip, "what happens", choices, blank=True).tolist(),
+      qa.generate_text(clip, "describe it"),
+      qa.summarize(clip),
+      qa.recognize(clip, "cup", choices),
+    )
+
+  want = [calls(plain, c) for c in clips + [twin]]
+  assert [calls(kept, c) for c in clips + [twin]] == want  # exact: the same features
+  s = kept.feature_cache.stats
+  assert (s.misses, s.hits, s.entries) == (4 + 1, 5 * 5 - 5, 5)  # 4 clips + one blank
+  feats = kept.video_features(clips[0])
+  assert feats.shape == (1, 2 * model.config.video_tokens_per_frame(), 32)
+  assert s.bytes == 5 * feats.nbytes
+  try:
+    first = _together(lambda c: coal.score_choices(c, "what happens", choices), clips[:2])
+    got = _together(lambda c: calls(coal, c), clips + [twin])  # 2 kept, 2 new in a batch
+    for g, w in zip(got, want):
+      np.testing.assert_allclose(g[0], w[0], rtol=1e-5, atol=1e-5)
+      np.testing.assert_allclose(g[1], w[1], rtol=1e-5, atol=1e-5)
+      assert g[2:] == w[2:]
+    np.testing.assert_allclose(first, [w[0] for w in want[:2]], rtol=1e-5, atol=1e-5)
+    assert coal.feature_cache.stats.misses == coal.coalescers["features"].stats.rows == 5
+  finally:
+    coal.close()
+  with pytest.raises(ValueError, match="feature_cache_mb must be >= 0"):
+    LlavaVideoQA(model, tok, feature_cache_mb=-1)
+
+
+def test_llava_feature_key_separates_everything_the_features_depend_on(models):
+  """Each thing that changes the video features changes the key: a cache filled by one call
+  never serves a call that differs in that one thing (the model, the video, the frames
+  sampled, the frame size, the frame count, the normalisation, a blank video)."""
+  from experts.backends.llava import LlavaVideoQA
+
+  model, tok = models["llava"]
+  other_model, _ = rw.llava(LLAVA_TINY, seed=5)
+  rng = np.random.default_rng(12)
+  frames = rng.integers(0, 255, (6, 24, 32, 3), np.uint8)
+  base = experts.VideoClip(frames, fps=2.0, video_id="v")
+  variants = {  # field -> (the clip, the backend's settings) that differ from the first call's
+    "video": lambda: (experts.VideoClip(frames[::-1].copy(), fps=2.0, video_id="w"), {}),
+    "frames": lambda: (base.select([0, 1, 2]), {}),
+    "frame_size": lambda: (
+      experts.VideoClip(rng.integers(0, 255, (6, 30, 40, 3), np.uint8), fps=2.0, video_id="v"),
+      {},
+    ),
+    "num_frames": lambda: (base, {"num_frames": 3}),
+    "normalization": lambda: (base, {"normalization": ((0.2, 0.3, 0.4), (0.5, 0.6, 0.7))}),
+    "model": lambda: (base, {"model": other_model, "name": "llava-other"}),
+    "blank": lambda: (base, {"blank": True}),
+  }
+  qa = LlavaVideoQA(model, tok, num_frames=2, max_new_tokens=3)
+  cache, choices = qa.feature_cache, ["a cup", "a dog"]
+  qa.score_choices(base, "what happens", choices)
+  for i, (field, make) in enumerate(variants.items()):
+    clip, change = make()
+    blank, m = change.pop("blank", False), change.pop("model", model)
+    settings = {"num_frames": 2, "max_new_tokens": 3, **change}
+    shared = LlavaVideoQA(m, tok, **settings) if change else qa
+    shared.feature_cache = cache  # filled by the calls before, which differ in `field`
+    got = shared.score_choices(clip, "what happens", choices, blank=blank)
+    shared.feature_cache = None
+    want = shared.score_choices(clip, "what happens", choices, blank=blank)
+    shared.feature_cache = cache
+    np.testing.assert_array_equal(got, want, err_msg=field)
+    assert (cache.stats.misses, cache.stats.hits) == (i + 2, 0), field
 
 
 def test_llava_generation_splits_the_model_once(models, monkeypatch):
@@ -177,20 +346,22 @@ GOLD = """def execute_command(video_clip, query, possible_answers):
     kept = Filter_frames_with_obj(video_clip, "cup")
     seen = exist(video_clip, "book")
     acts = Query_Actions(window if window.num_frames else video_clip, "cup", possible_answers)
+    about = Video_summary(video_clip, query)
     info = {"window": [window.start_frame, window.end_frame], "frames with a cup": kept.num_frames,
-            "book": seen, "actions": acts}
+            "book": seen, "actions": acts, "summary": about}
     return select_answer(query, possible_answers, info)
 """
 
 
-@pytest.mark.slow  # four jobs through the sandbox, every expert compiled 3 times: ~60-80 s
+@pytest.mark.slow  # five jobs through the sandbox, every expert compiled 3 times: ~80-100 s
 def test_cot_job_records_are_the_same_with_coalescing_on_and_off(models):
   """Eight programs in flight, every model expert bound: the records (programs' traces, answers,
   rationales, verdicts) do not depend on whether concurrent calls were batched, by each
   expert's own coalescer or by one device scheduler that knows the programs in flight (one
-  batch at a time, or two workers), nor on
-  UniVTG's frame-feature cache (off in the unbatched reference; two questions per video, so
-  the second grounds another query on kept features)."""
+  batch at a time, or two workers), nor on UniVTG's frame-feature cache and LLaVA's
+  video-feature cache (off in the unbatched reference, on without batching in `cached`; two
+  questions per video, so the second grounds another query and summarises with another
+  query on kept features)."""
   from aotd_jax.agent import job
   from aotd_jax.agent.sandbox import Sandbox
   from aotd_jax.data import annotations
@@ -216,7 +387,8 @@ def test_cot_job_records_are_the_same_with_coalescing_on_and_off(models):
   clips = {f"v{i}": c for i, c in enumerate(_clips(4, [4, 7, 5], seed=3))}
 
   def make_job(mode, sandbox):
-    coalesce = mode != "off"
+    coalesce = mode not in ("off", "cached")
+    cache_mb = 0 if mode == "off" else 64
     sched = DeviceScheduler(workers=2 if mode == "scheduler2" else 1) if "sched" in mode else None
     # the scheduler's window never fires (a batch only when all programs wait, or one is full)
     wait = 600.0 if sched else 0.002
@@ -231,6 +403,7 @@ def test_cot_job_records_are_the_same_with_coalescing_on_and_off(models):
       coalesce=coalesce,
       coalesce_wait_s=wait,
       scheduler=sched,
+      feature_cache_mb=cache_mb,
     )
     box = experts.Toolbox(
       detector=Owlv2Detector(
@@ -250,7 +423,7 @@ def test_cot_job_records_are_the_same_with_coalescing_on_and_off(models):
         coalesce=coalesce,
         coalesce_wait_s=wait,
         scheduler=sched,
-        feature_cache_mb=64 if coalesce else 0,
+        feature_cache_mb=cache_mb,
       ),
       action_recognizer=qa,
       video_qa=qa,
@@ -272,13 +445,16 @@ def test_cot_job_records_are_the_same_with_coalescing_on_and_off(models):
     )
 
   records = {}
-  for mode in ("off", "per_expert", "scheduler", "scheduler2"):
+  for mode in ("off", "cached", "per_expert", "scheduler", "scheduler2"):
     with Sandbox(num_workers=8, memory_mb=512) as sandbox:
       box, cot_job = make_job(mode, sandbox)
       records[mode] = [
         {k: v for k, v in r.items() if k != "timing"} for r in cot_job.process(questions)
       ]
     if mode != "off":
+      for cache in (box.grounder.feature_cache, box.video_qa.feature_cache):
+        assert cache.stats.hits + cache.stats.shared > 0, (mode, cache.stats)
+    if mode not in ("off", "cached"):
       batched = [
         box.detector.coalescer,
         *box.grounder.coalescers.values(),
@@ -289,7 +465,6 @@ def test_cot_job_records_are_the_same_with_coalescing_on_and_off(models):
       )  # programs' calls did share batches
       for closable in (box.detector, box.grounder, box.video_qa):
         closable.close()
-      assert box.grounder.feature_cache.stats.hits + box.grounder.feature_cache.stats.shared > 0
     if mode.startswith("scheduler"):  # its batches were released when all were blocked
       assert box.scheduler.stats.quiescent > 0 and box.scheduler.stats.window == 0, (
         box.scheduler.stats
@@ -298,6 +473,7 @@ def test_cot_job_records_are_the_same_with_coalescing_on_and_off(models):
       box.scheduler.close()
   assert all(r["verdicts"]["executed"] for r in records["off"]), records["off"][0]["verdicts"]
   want = json.dumps(records["off"], sort_keys=True)
+  assert json.dumps(records["cached"], sort_keys=True) == want
   assert json.dumps(records["per_expert"], sort_keys=True) == want
   assert json.dumps(records["scheduler"], sort_keys=True) == want
   assert json.dumps(records["scheduler2"], sort_keys=True) == want

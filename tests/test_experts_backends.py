@@ -858,3 +858,21 @@ def test_llava_video_qa_rejects_a_tokenizer_without_the_video_token():
     llava_backend.LlavaVideoQA(model, Tokenizer(), video_token="<vid>")
   with pytest.raises(ValueError, match="!= the model's video_token_index 98"):
     llava_backend.LlavaVideoQA(model, Tokenizer())
+
+
+def test_registry_binds_the_llava_feature_cache(llava):
+  _, path = llava
+  config = registry.default_config()
+  config.detector.kind = config.grounder.kind = config.action_recognizer.kind = "none"
+  config.video_qa = {"kind": "llava", "path": path, "num_frames": 2}
+  box = experts.make_toolbox(config, plugins=[TOYWORLD])
+  assert box.video_qa.feature_cache.max_bytes == 1024 << 20  # the default
+  config.video_qa.feature_cache_mb = 2
+  assert (
+    experts.make_toolbox(config, plugins=[TOYWORLD]).video_qa.feature_cache.max_bytes == 2 << 20
+  )
+  config.video_qa.feature_cache_mb = 0
+  assert experts.make_toolbox(config, plugins=[TOYWORLD]).video_qa.feature_cache is None
+  config.video_qa.feature_cache_mb = -1
+  with pytest.raises(ValueError, match="feature_cache_mb must be >= 0"):
+    experts.make_toolbox(config, plugins=[TOYWORLD])

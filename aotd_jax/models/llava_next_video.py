@@ -276,6 +276,25 @@ def check_media_tokens(
     )
 
 
+def check_video_features(config: LlavaNextVideoConfig, input_ids, shape) -> None:
+  """Raises a ValueError when precomputed video features of `shape` (clips, tokens, hidden)
+  are not what `get_video_features` gives, or when the concrete `input_ids` hold another
+  number of `<video>` tokens."""
+  hidden = config.text_config.hidden_size
+  if len(shape) != 3 or shape[-1] != hidden:
+    raise ValueError(
+      f"video_features must have shape (clips, tokens, {hidden}) (get_video_features' output), "
+      f"got {tuple(shape)}"
+    )
+  _check_count(
+    input_ids,
+    config.video_token_index,
+    shape[0] * shape[1],
+    "video",
+    f"{shape[0]} clip(s) x {shape[1]} feature tokens given",
+  )
+
+
 class LlavaNextVideoForConditionalGeneration(nnx.Module):
   """LLaVA-NeXT-Video with transformers' interface (inputs named and laid out as in transformers)."""
 
@@ -409,15 +428,27 @@ class LlavaNextVideoForConditionalGeneration(nnx.Module):
   # -------------------------------------------------------------------------- merging
 
   def merge_embeddings(
-    self, input_ids: jax.Array, *, pixel_values=None, image_sizes=None, pixel_values_videos=None
+    self,
+    input_ids: jax.Array,
+    *,
+    pixel_values=None,
+    image_sizes=None,
+    pixel_values_videos=None,
+    video_features=None,
   ):
     """Token embeddings with image/video features written at their placeholder tokens.
+
+    `video_features`: (clips, tokens, hidden) `get_video_features(pixel_values_videos)`
+    computed before (a caller that keeps them between prompts on the same frames), instead of
+    `pixel_values_videos`; the embeddings are the same numbers either way.
 
     Returns (inputs_embeds (B, L, hidden), image_features or None, video_features or None).
     """
     cfg = self.config
     if pixel_values is not None and image_sizes is None:
       raise ValueError("pixel_values need image_sizes (the original (height, width) of each image)")
+    if pixel_values_videos is not None and video_features is not None:
+      raise ValueError("merge_embeddings: pass pixel_values_videos or video_features, not both")
     if pixel_values_videos is not None:
       self._check_video_shape(pixel_values_videos)
     check_media_tokens(
@@ -426,13 +457,17 @@ class LlavaNextVideoForConditionalGeneration(nnx.Module):
       image_sizes=None if pixel_values is None else image_sizes,
       video_shape=None if pixel_values_videos is None else np.shape(pixel_values_videos),
     )
+    if video_features is not None:
+      check_video_features(cfg, input_ids, np.shape(video_features))
     embeds = self.language_model.embed(input_ids)
-    image_features = video_features = None
+    image_features = None
     if pixel_values is not None:
       image_features = jnp.concatenate(self.get_image_features(pixel_values, image_sizes), axis=0)
       embeds = _scatter_features(embeds, input_ids == cfg.image_token_index, image_features)
     if pixel_values_videos is not None:
       video_features = self.get_video_features(pixel_values_videos)
+    if video_features is not None:
+      video_features = jnp.asarray(video_features)
       video_features = video_features.reshape(-1, video_features.shape[-1])
       embeds = _scatter_features(embeds, input_ids == cfg.video_token_index, video_features)
     return embeds, image_features, video_features
@@ -502,13 +537,16 @@ class LlavaNextVideoForConditionalGeneration(nnx.Module):
 # ------------------------------------------------------------------------------------ generation
 
 
-def _merge(graphdef, state, input_ids, pixel_values, pixel_values_videos, *, image_sizes):
+def _merge(
+  graphdef, state, input_ids, pixel_values, pixel_values_videos, video_features=None, *, image_sizes
+):
   model = nnx.merge(graphdef, state)
   return model.merge_embeddings(
     input_ids,
     pixel_values=pixel_values,
     image_sizes=image_sizes,
     pixel_values_videos=pixel_values_videos,
+    video_features=video_features,
   )[0]
 
 
@@ -530,6 +568,7 @@ def generate(
   pixel_values_videos=None,
   pixel_values=None,
   image_sizes=None,
+  video_features=None,
   max_new_tokens: int,
   eos_token_id=None,
   pad_token_id: int | None = None,
@@ -549,6 +588,10 @@ def generate(
   `splits`: `generation_splits(model)`, kept by a caller that generates many times on fixed
   weights (splitting the graph twice per call costs ~8 ms of Python at the cpu benchmark's
   size, more at 7B); default: split now.
+
+  `video_features`: (clips, tokens, hidden) `model.get_video_features(pixel_values_videos)`
+  computed before, instead of `pixel_values_videos` (the experts keep them per frame set
+  between prompts: the same tokens as from the pixels).
 
   Returns `GenerateOutput(sequences (B, max_new_tokens), lengths (B,))` of new tokens.
   """
@@ -571,6 +614,8 @@ def generate(
   # Check the placeholder counts eagerly (shapes only) before anything compiles.
   if pixel_values is not None and image_sizes is None:
     raise ValueError("generate: pixel_values need image_sizes")
+  if pixel_values_videos is not None and video_features is not None:
+    raise ValueError("generate: pass pixel_values_videos or video_features, not both")
   if pixel_values_videos is not None:
     model._check_video_shape(pixel_values_videos)
   check_media_tokens(
@@ -579,6 +624,8 @@ def generate(
     image_sizes=None if pixel_values is None else image_sizes,
     video_shape=None if pixel_values_videos is None else np.shape(pixel_values_videos),
   )
+  if video_features is not None:
+    check_video_features(model.config, ids, np.shape(video_features))
   width = generate_lib.prompt_bucket(length, min_bucket)
   ids = np.pad(ids, ((0, 0), (width - length, 0)), constant_values=pad_token_id)
   mask = np.pad(mask, ((0, 0), (width - length, 0)))
@@ -594,6 +641,7 @@ def generate(
     jnp.asarray(ids),
     None if pixel_values is None else jnp.asarray(pixel_values),
     None if pixel_values_videos is None else jnp.asarray(pixel_values_videos),
+    None if video_features is None else jnp.asarray(video_features),
     image_sizes=static_sizes,
   )
   return generate_lib.generate(

@@ -12,11 +12,19 @@ it (`answer_format`: the choice's text, "(B)", or "(B) text", then `</s>`), and 
 is returned, so the reply is always a valid choice. `choice_scoring="generate"` decodes
 freely and snaps the reply to a choice instead.
 
-Both kinds of call run through `experts.batching.BucketedJit`s whose rows are requests: a
-scoring request is one clip with its replies (the video tower runs once per clip, its features
-are written into every reply's row), a generation request one left-padded prompt with its
-clip. With `coalesce=True` each sits behind an `experts.coalesce.Coalescer`, so concurrent
-calls from a CoT job's programs (same prompt bucket, same number of replies) share one batch.
+A call runs in two parts, each a `experts.batching.BucketedJit` whose rows are requests:
+the video features of the clip's sampled frames (vision tower, pooling, projector:
+`get_video_features`, one request per clip), then the language model on the prompt with those
+features written at its `<video>` tokens (a scoring request is one prompt with its replies,
+each reply's row getting the clip's features; a generation request one left-padded prompt).
+The features do not depend on the prompt, so they are kept between calls
+(`feature_cache_mb`, an `experts.feature_cache.FrameFeatureCache` keyed by the model, the
+clip's identity, frame size and sampled source frames, and the preprocessing): the other
+questions of a video, its `Video_summary` and a `Query_Actions` on the same frames run only
+the language model. With `coalesce=True` each part sits behind an `experts.coalesce.Coalescer`,
+so concurrent calls from a CoT job's programs share one batch: the clips whose features are
+not kept in one vision batch, the prompts (same prompt bucket, same number of replies, kept
+features or not) in one language-model batch.
 """
 
 from __future__ import annotations
@@ -85,11 +93,18 @@ def choice_reply(choices: Sequence[str], index: int, answer_format: str = "text"
   return letter if answer_format == "letter" else f"{letter} {choices[index]}"
 
 
+def _video_features(graphdef, pixels, state):
+  """(B, N, hidden) video features of B clips' pixels (B, T, 3, S, S)."""
+  from flax import nnx
+
+  return nnx.merge(graphdef, state).get_video_features(pixels)
+
+
 def _request_logprobs(graphdef, rows, state):
   """Summed log-probabilities (B, R) of the `scored` tokens of each request's R replies.
 
-  rows: ids (B, R, L), attention mask (B, R, L), pixels (B, T, 3, S, S), scored (B, R, L): one
-  clip per request, its video features computed once and written into each reply's row.
+  rows: ids (B, R, L), attention mask (B, R, L), video features (B, N, hidden), scored
+  (B, R, L): one clip per request, its features written into each reply's row.
   """
   import jax
   import jax.numpy as jnp
@@ -97,10 +112,9 @@ def _request_logprobs(graphdef, rows, state):
 
   from aotd_jax.models.llava_next_video import _scatter_features
 
-  ids, mask, pixels, scored = rows
+  ids, mask, feats, scored = rows
   b, r, length = ids.shape
   model = nnx.merge(graphdef, state)
-  feats = model.get_video_features(pixels)  # (B, N, hidden)
   feats = jnp.repeat(feats, r, axis=0).reshape(-1, feats.shape[-1])
   flat = ids.reshape(b * r, length)
   embeds = _scatter_features(
@@ -148,6 +162,9 @@ class LlavaVideoQA:
       checkpoint's processor files').
     scheduler: the device's `experts.scheduler.DeviceScheduler`: with `coalesce`, its
       coalescers share it (one batch at a time on the device; see experts/scheduler.py).
+    feature_cache_mb: megabytes of clips' video features kept between calls (host arrays in
+      the model's dtype; LLaVA-NeXT-Video-7B at 32 frames: 4,608 x 4,096 values, 37.7 MB in
+      bf16, 75.5 MB in float32); 0: none.
   """
 
   def __init__(
@@ -169,7 +186,17 @@ class LlavaVideoQA:
     coalesce_wait_s: float = 0.002,
     normalization: tuple | None = None,
     scheduler=None,
+    feature_cache_mb: float = 1024.0,
   ):
+    from experts.feature_cache import FrameFeatureCache
+
+    if feature_cache_mb < 0:
+      raise ValueError(f"feature_cache_mb must be >= 0 (0: no cache), got {feature_cache_mb}")
+    self.feature_cache = (
+      FrameFeatureCache(int(feature_cache_mb * 2**20), name=f"{name}/video-features")
+      if feature_cache_mb
+      else None
+    )
     if choice_scoring not in CHOICE_SCORING:
       raise ValueError(f"choice_scoring={choice_scoring!r} is not one of {list(CHOICE_SCORING)}")
     if answer_format not in ANSWER_FORMATS:
@@ -204,13 +231,19 @@ class LlavaVideoQA:
 
   def inputs(self, clip, user_text: str) -> tuple[np.ndarray, np.ndarray]:
     """(input_ids (1, L), pixel_values_videos (1, T, 3, S, S)) for one question about a clip."""
-    from aotd_jax.data.conversation import build_prompt
-    from aotd_jax.data.video_processing import preprocess_video, sample_frame_indices
+    from aotd_jax.data.video_processing import sample_frame_indices
 
-    idx = sample_frame_indices(len(clip), self.num_frames)
+    return self.prompt_ids(user_text), self.pixels(
+      clip, sample_frame_indices(len(clip), self.num_frames)
+    )
+
+  def pixels(self, clip, idx: np.ndarray) -> np.ndarray:
+    """pixel_values_videos (1, T, 3, S, S) of the clip's rows `idx`, as the processor makes them."""
+    from aotd_jax.data.video_processing import preprocess_video
+
     cfg = self.model.config
     size, (mean, std) = cfg.vision_config.image_size, self.normalization
-    pixels = preprocess_video(
+    return preprocess_video(
       clip.frames[idx],
       shortest_edge=size,
       crop_size=size,
@@ -218,16 +251,85 @@ class LlavaVideoQA:
       image_mean=mean,
       image_std=std,
     )[None]
+
+  def prompt_ids(self, user_text: str) -> np.ndarray:
+    """input_ids (1, L): the prompt with `<video>` expanded to the clip's feature tokens."""
+    from aotd_jax.data.conversation import build_prompt
+
     prompt = build_prompt(self.tokenizer, user_text, media="video")
     ids = []
     per_video = self.num_frames * self.model.config.video_tokens_per_frame()
     for t in self.tokenizer(prompt, add_special_tokens=True)["input_ids"]:
       ids.extend([t] * per_video if t == self.video_token_id else [t])
-    return np.asarray([ids], np.int32), pixels
+    return np.asarray([ids], np.int32)
+
+  def feature_key(self, clip, idx: np.ndarray, *, blank: bool = False) -> tuple:
+    """What a clip's video features depend on: the model (`name`), the frames (the clip's
+    identity, frame size and the source frame ids sampled, or "blank": zeros), and their
+    preprocessing (frame count, crop size, resize, normalisation)."""
+    cfg = self.model.config
+    mean, std = self.normalization
+    prep = (
+      self.num_frames,
+      cfg.vision_config.image_size,
+      cfg.video_resize,
+      tuple(float(v) for v in mean),
+      tuple(float(v) for v in std),
+    )
+    if blank:
+      frames = ("blank",)
+    else:
+      frames = (clip.identity, clip.height, clip.width, tuple(int(i) for i in clip.frame_ids[idx]))
+    return (self.name, prep, frames)
+
+  def video_features(self, clip, *, blank: bool = False) -> np.ndarray:
+    """(1, N, hidden) video features of the clip's `num_frames` sampled frames (`blank`: of
+    zeros, the normalised mean frame), kept or computed (through the "features" coalescer
+    with `coalesce`, where concurrent calls' clips share one vision batch)."""
+    import functools
+
+    from aotd_jax.data.video_processing import sample_frame_indices
+    from experts.batching import BucketedJit
+
+    idx = sample_frame_indices(len(clip), self.num_frames)
+    (graphdef, state), _ = self._splits()
+    fn, coalescer = self._part(
+      "features",
+      lambda: BucketedJit(
+        functools.partial(_video_features, graphdef),
+        buckets=self.buckets,
+        name=f"{self.name}/features",
+      ),
+    )
+
+    def compute(keys=None):
+      pixels = self.pixels(clip, idx)
+      if blank:
+        pixels = np.zeros_like(pixels)
+      if coalescer is not None:
+        return [coalescer(pixels, state)]
+      return [fn(pixels, state, to_host=True)]
+
+    if self.feature_cache is None:
+      return compute()[0]
+    # another program computing the same clip's features is awaited as an expert call (the
+    # device scheduler counts this one blocked meanwhile)
+    wait = coalescer.wait if coalescer is not None else lambda future: future.result()
+    return self.feature_cache.fetch([self.feature_key(clip, idx, blank=blank)], compute, wait)[0]
+
+  def clear_features(self) -> None:
+    """Drops the kept video features (e.g. to time a cold run)."""
+    if self.feature_cache is not None:
+      self.feature_cache.clear()
 
   def _run(self, key: str, make, rows, *args):
     """The `BucketedJit` `make()` (built once per key) over request rows, on the host, through
     the key's coalescer when `coalesce` is on."""
+    fn, coalescer = self._part(key, make)
+    return coalescer(rows, *args) if coalescer is not None else fn(rows, *args, to_host=True)
+
+  def _part(self, key: str, make) -> tuple:
+    """(the `BucketedJit` of `key`, built by `make()` once; its coalescer or None)."""
     with self._lock:  # programs call from many threads: one function and coalescer per key
       fn = self._fns.get(key)
       if fn is None:
@@ -242,8 +344,7 @@ class LlavaVideoQA:
           name=f"{self.name}/coalesce-{key}",
           scheduler=self.scheduler,
         )
-      coalescer = self.coalescers.get(key)
-    return coalescer(rows, *args) if coalescer is not None else fn(rows, *args, to_host=True)
+      return fn, self.coalescers.get(key)
 
   def close(self) -> None:
     """Stops the coalescers' worker threads (if any); calls then run directly."""
@@ -271,14 +372,14 @@ class LlavaVideoQA:
     from aotd_jax.models.llava_next_video import generate
     from experts.batching import BucketedJit
 
-    ids, pixels = self.inputs(clip, user_text)
+    ids = self.prompt_ids(user_text)
     steps = int(max_new_tokens or self.max_new_tokens)
     width = prompt_bucket(ids.shape[1])  # left-padded as `generate` pads it
     pad = self.tokenizer.pad_token_id or 0
     rows = (
       np.pad(ids, ((0, 0), (width - ids.shape[1], 0)), constant_values=pad),
       np.pad(np.ones_like(ids), ((0, 0), (width - ids.shape[1], 0))),
-      pixels,
+      self.video_features(clip),
     )
     model, eos = self.model, self.tokenizer.eos_token_id
     splits = self._splits(language=True)  # ~8 ms of Python per call if split each time
@@ -288,7 +389,7 @@ class LlavaVideoQA:
         model,
         rows[0],
         rows[1],
-        pixel_values_videos=rows[2],
+        video_features=rows[2],
         max_new_tokens=steps,
         eos_token_id=eos,
         pad_token_id=pad,
@@ -320,9 +421,7 @@ class LlavaVideoQA:
 
     if not replies:
       raise ValueError("score_choices: no replies to score")
-    ids, pixels = self.inputs(clip, user_text)
-    if blank:
-      pixels = np.zeros_like(pixels)
+    ids = self.prompt_ids(user_text)
     prompt = list(ids[0])
     rows, masks = [], []
     for reply in replies:
@@ -343,7 +442,7 @@ class LlavaVideoQA:
         buckets=self.buckets,
         name=f"{self.name}/score",
       ),
-      (batch[None], attn[None], pixels, scored[None]),
+      (batch[None], attn[None], self.video_features(clip, blank=blank), scored[None]),
       state,
     )
     return np.asarray(out[0], np.float64)
