@@ -398,6 +398,7 @@ def main(argv):
       max_new_tokens=config.max_new_tokens,
       temperature=config.temperature,
       video_path=video_path(config),
+      video_dir=config.data.get("video_dir", ""),
       manifest=manifest_ref,
       fail_fast_min=config.get("fail_fast_min", 4),
       program_scope=scheduler.program if scheduler is not None else None,

@@ -151,3 +151,58 @@ def test_activitynet_videos_in_other_containers_train(tmp_path):
   )
   with pytest.raises(AttributeError, match="config"):  # past the data checks, at the student
     _make(cfg)
+
+
+def test_cots_made_on_another_machine_find_their_videos_under_video_root(tmp_path):
+  """A CoT record names its video by the CoT machine's absolute path; the trainer on a pod
+  whose videos lie elsewhere read that path (every CoT skipped, its video_root ignored). The
+  job now also records the path under its video folder (`video`), which the trainer joins to
+  its own `video_root`."""
+  from aotd_jax.agent import job
+
+  qa = A.read("star", FIX / "star_val.json")[0]
+  from aotd_jax.agent import programs
+
+  program = programs.ParsedProgram(source=None, error="no program")
+  record = job.make_record(
+    qa,
+    video_path="/gpu-box/star/Charades_v1_480/6H78U.mp4",
+    video_dir="/gpu-box/star/Charades_v1_480/",
+    program=program,
+    execution=None,
+    rationale=None,
+    rationale_source=None,
+    answer_verdict=None,
+    logic_verdict=None,
+    seconds=0.0,
+  )
+  assert record["video"] == "6H78U.mp4"
+  record["kept"] = True  # as in the job's cot-*.array_record (the verdicts are not the point)
+  root = _videos_dir(tmp_path, ["6H78U.mp4"])
+  assert pipeline.cot_example(record, video_root=root)["video_path"] == f"{root}/6H78U.mp4"
+  # without a video_root, or a record from before `video`: the job's own path
+  assert pipeline.cot_example(record)["video_path"] == record["video_path"]
+  old = {k: v for k, v in record.items() if k != "video"}
+  assert pipeline.cot_example(old, video_root=root)["video_path"] == record["video_path"]
+  # a video outside the job's folder has no `video`
+  other = job.make_record(
+    qa,
+    video_path="/elsewhere/6H78U.mp4",
+    video_dir="/gpu-box/star/Charades_v1_480",
+    program=program,
+    execution=None,
+    rationale=None,
+    rationale_source=None,
+    answer_verdict=None,
+    logic_verdict=None,
+    seconds=0.0,
+  )
+  assert "video" not in other
+
+
+def _videos_dir(tmp_path, names) -> str:
+  root = tmp_path / "pod_videos"
+  root.mkdir()
+  for name in names:
+    (root / name).write_bytes(b"")
+  return str(root)

@@ -16,7 +16,10 @@ A record is AoTD's conversation format plus what produced it:
 {"from": "gpt", "value": rationale (kept) or answer}], "kept", "program", "prediction",
 "rationale", "rationale_source", "trace", "verdicts", "llm_replies", "timing"}`, and
 `"manifest"` (the run's `manifest.json`, which names every backend and checkpoint) when the
-launcher sets one. `llm_replies` keeps each LLM stage's raw reply for the question
+launcher sets one, and `"video"`, the video's path under the job's video folder (`video_dir`;
+the trainer joins it to its own `video_root`, so CoTs made on one machine train on another
+whose videos lie elsewhere) when the launcher sets that folder. `llm_replies` keeps each LLM
+stage's raw reply for the question
 (`program`, `rewrite`, `answer_judge`, `logic_judge`), so a parse failure can be debugged, and
 the raw replies tools noted while the program ran (`select_answer`: a list, one per call,
 before the reply was snapped to an option).
@@ -236,9 +239,11 @@ def make_record(
   llm_replies: Mapping[str, str] | None = None,
   manifest: str | None = None,
   memory: Mapping[str, float] | None = None,
+  video_dir: str = "",
 ) -> dict:
   """One job record (see the module docstring) for a processed `VideoQA`; `memory`: the
-  `memory_stats.snapshot()` taken when its batch finished."""
+  `memory_stats.snapshot()` taken when its batch finished; `video_dir`: the folder of the
+  videos, whose part of `video_path` the record's `video` leaves out."""
   trace = execution.to_trace(program.source).to_json() if execution is not None else None
   tool_seconds = []
   if trace is not None:
@@ -255,10 +260,17 @@ def make_record(
       if (not qa.choices or qa.answer_index is not None)
       else qa.answer
     )
+  root = video_dir.rstrip("/") + "/"
+  relative = (
+    {"video": video_path[len(root) :]}
+    if video_dir and isinstance(video_path, str) and video_path.startswith(root)
+    else {}
+  )
   return {
     "qid": qa.qid,
     "video_id": qa.video_id,
     "video_path": video_path,
+    **relative,
     "start": qa.start,
     "end": qa.end,
     "type": qa.meta.get("question_type") or qa.meta.get("type"),
@@ -521,6 +533,7 @@ class CotJob:
   max_new_tokens: int = 512
   temperature: float = 0.0
   video_path: Callable[[Any], str | None] = lambda qa: qa.meta.get("video_path")
+  video_dir: str = ""
   manifest: str | None = None
   fail_fast_min: int = 4
   pipeline: bool = False
@@ -710,6 +723,7 @@ class CotJob:
       make_record(
         qa,
         video_path=self.video_path(qa),
+        video_dir=self.video_dir,
         program=b.parsed[i],
         execution=b.executions[i],
         rationale=b.rationales.get(i, (None, None))[0],

@@ -154,7 +154,9 @@ def cot_example(rec: Any, *, video_root: str = "", prompt_format: str | None = N
   """A CoT-mode example from one AoTD conversation record; ValueError / KeyError if malformed.
 
   Record: `{"video_path", "conversation": [{"from": "human", ...}, {"from": "gpt", ...}],
-  "qid", optional "start" / "end" (seconds), "question" / "choices"}`. With a `prompt_format`
+  "qid", optional "start" / "end" (seconds), "question" / "choices", "video"}`. The video is
+  `video` (the CoT job's path under its video folder) under `video_root` when both are given,
+  else `video_path` (under `video_root` when relative). With a `prompt_format`
   and the record's question and choices, the user text is rebuilt in that format (so CoTs
   train in the same format as the QA samples); otherwise the human turn is used as written,
   with the rationale suffix appended when it is not already there.
@@ -186,7 +188,11 @@ def cot_example(rec: Any, *, video_root: str = "", prompt_format: str | None = N
     user = f"{user.rstrip()}\n{conversation.RATIONALE_SUFFIX}"
   if not isinstance(rec["video_path"], str) or not rec["video_path"]:
     raise ValueError("video_path must be a non-empty string")
-  return {"mode": "cot", "qid": str(rec["qid"]), "video_path": _video_path(video_root, rec["video_path"]),
+  # the CoT job's `video` (the path under its video folder) under this run's `video_root`: the
+  # job's absolute `video_path` names its own machine's folder
+  video = rec.get("video")
+  path = video if video_root and isinstance(video, str) and video else rec["video_path"]
+  return {"mode": "cot", "qid": str(rec["qid"]), "video_path": _video_path(video_root, path),
           "start": rec.get("start"), "end": rec.get("end"), "user_text": user,
           "assistant_text": rationale}
 
