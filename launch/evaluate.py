@@ -316,7 +316,9 @@ def find_videos(records) -> dict[str, str]:
   for r in records:
     path = student_eval.video_file(r, _VIDEO_ROOT.value, ".mp4")
     if path not in found:
-      found[path] = files.isfile(path)
+      # a folder of frames is read where the reader gives its rate (MVBench's TVQA clips)
+      folder = bool(r.meta.get("frame_folder_fps")) and files.isdir(path)
+      found[path] = folder or files.isfile(path)
     if not found[path]:
       missing[r.qid] = path
   return missing
@@ -332,8 +334,8 @@ def drop_missing_videos(records) -> tuple[list, dict]:
   qid, path = next(iter(missing.items()))
   folders = [p for p in dict.fromkeys(missing.values()) if files.isdir(p)]
   note = (
-    f" ({len(folders)} of them folders of frames, e.g. {folders[0]}, which are not read: "
-    "MVBench's episodic_reasoning)"
+    f" ({len(folders)} of them folders, e.g. {folders[0]}, read as frames only for a task "
+    "whose reader gives their rate)"
     if folders
     else ""
   )

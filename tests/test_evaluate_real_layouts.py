@@ -129,9 +129,10 @@ def test_clevrer_questions_with_several_correct_choices_are_left_out(evaluate, t
   assert result["count"] == 1 and result["accuracy"] == 0.0
 
 
-def test_mvbench_videos_in_their_task_folders_and_frame_folders_named(evaluate, tmp_path):
+def test_mvbench_videos_in_their_task_folders_and_frame_folders(evaluate, tmp_path):
   """MVBench's `video/` folder as released: each task's videos under its own subfolder, found
-  there; a task whose videos are folders of frames (episodic_reasoning) is named as such."""
+  there, episodic_reasoning's folders of frames too; a folder where another task has a video
+  file is named as such."""
   root = tmp_path / "video"
   _videos(root, ["star/Charades_v1_480/ZS9XR.mp4", "star/Charades_v1_480/YSKX3.mp4"])
   _videos(root, ["perception/videos/video_1234.mp4"])
@@ -151,7 +152,11 @@ def test_mvbench_videos_in_their_task_folders_and_frame_folders_named(evaluate, 
   }
   (ann / "episodic_reasoning.json").write_text(json.dumps([row]))
   (root / "tvqa" / "frames_fps3_hq" / row["video"]).mkdir(parents=True)
-  with pytest.raises(ConfigError, match=r"\(1 of them folders of frames, e\.g\. .*castle_s01e01"):
+  _run(evaluate, annotations=ann)
+  assert evaluate.given[-1] == ["episodic_reasoning_0"]
+  (ann / "episodic_reasoning.json").rename(ann / "my_task.json")  # no frame rate known
+  (root / row["video"]).mkdir()
+  with pytest.raises(ConfigError, match=r"\(1 of them folders, e\.g\. .*castle_s01e01"):
     _run(evaluate, annotations=ann)
 
 

@@ -165,3 +165,27 @@ def test_truncated_mid_stream(clips, tmp_path):
 def test_write_video_rejects_bad_frames(tmp_path):
   with pytest.raises(ValueError, match=r"\(T, H, W, 3\) uint8"):
     V.write_video(tmp_path / "x.mp4", np.zeros((2, 8, 8), np.uint8))
+
+
+def test_a_folder_of_frames_reads_as_a_video_at_its_rate(tmp_path):
+  """MVBench's episodic_reasoning clips are folders of TVQA frames (00001.jpg, ... at 3 per
+  second): read with the same window and sampling rules as a video file, frame i covering
+  [i / 3, (i + 1) / 3) s; a folder without a rate is not read as frames."""
+  import PIL.Image
+
+  clip = tmp_path / "castle_s01e01_seg02_clip_00"
+  clip.mkdir()
+  for i in range(30):  # 10 s at 3 fps; frame i is filled with grey level 8 * i
+    PIL.Image.fromarray(np.full((6, 8, 3), 8 * i, np.uint8)).save(clip / f"{i + 1:05d}.png")
+  got = V.read_frame_folder(str(clip), 4, fps=3.0, start=2.0, end=5.0, sampling="official")
+  want = V.sample_indices(30, 3.0, 4, 2.0, 5.0, sampling="official")
+  assert list(want) == [6, 8, 10, 12]
+  assert got.shape == (4, 6, 8, 3) and list(got[:, 0, 0, 0]) == [8 * i for i in want]
+  same = V.read_frames(str(clip), 4, start=2.0, end=5.0, sampling="official", folder_fps=3.0)
+  np.testing.assert_array_equal(same, got)
+  assert V.read_frame_folder(str(clip), 2, fps=3.0, size=4).shape == (2, 4, 4, 3)
+  with pytest.raises(V.VideoDecodeError):
+    V.read_frames(str(clip), 4)
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(V.VideoDecodeError, match="a folder without frame images"):
+    V.read_frame_folder(str(tmp_path / "empty"), 4, fps=3.0)

@@ -274,19 +274,55 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float | int = 
       container.mux(packet)
 
 
+FRAME_FILES = (".jpg", ".jpeg", ".png")
+
+
+def read_frame_folder(path: str, num_frames: int, *, fps: float, start: float | None = None,
+                      end: float | None = None, size: Size = None,
+                      sampling: str = "ours") -> np.ndarray:
+  """`num_frames` RGB uint8 frames (N, H, W, 3) of a video stored as a folder of images
+  (MVBench's TVQA clips: `00001.jpg`, ... at 3 per second), file `i` in name order covering
+  [i / fps, (i + 1) / fps); sampled as `read_frames` samples a video file's frames.
+
+  Raises:
+    VideoDecodeError: naming the folder, when it holds no image or one does not read.
+  """
+  import PIL.Image  # pylint: disable=g-import-not-at-top
+
+  names = sorted(n for n in (p.rpartition("/")[2] for p in files.glob(path, "*"))
+                 if n.lower().endswith(FRAME_FILES))
+  if not names:
+    raise VideoDecodeError(path, f"a folder without frame images ({', '.join(FRAME_FILES)})")
+  frames = []
+  for i in sample_indices(len(names), fps, num_frames, start, end, sampling=sampling):
+    try:
+      with files.open_binary(files.join(path, names[i])) as f:
+        image = PIL.Image.open(f).convert("RGB")
+    except (OSError, ValueError) as e:
+      raise VideoDecodeError(path, f"frame {names[i]}: {e}") from e
+    if size is not None:
+      h, w = (size, size) if isinstance(size, int) else size
+      image = image.resize((int(w), int(h)), PIL.Image.BILINEAR)
+    frames.append(np.asarray(image, np.uint8))
+  return np.stack(frames)
+
+
 def read_frames(path: str | os.PathLike, num_frames: int, *, start: float | None = None,
                 end: float | None = None, size: Size = None, cache: FrameCache | None = None,
-                seek: bool = True, sampling: str = "ours") -> np.ndarray:
+                seek: bool = True, sampling: str = "ours",
+                folder_fps: float | None = None) -> np.ndarray:
   """`num_frames` RGB uint8 frames (N, H, W, 3) sampled uniformly inside [start, end] seconds.
 
   Args:
-    path: the video file.
+    path: the video file (or, with `folder_fps`, a folder of frame images).
     num_frames: N.
     start, end: the window in seconds (None: from the start / to the end).
     size: output size, `int` (square) or `(height, width)`; None keeps the video's size.
     cache: an optional `FrameCache`; hits return a read-only array.
     seek: False decodes everything up to the last wanted frame (the slow reference).
     sampling: which frames of the window, "ours" or "official" (`sample_indices`).
+    folder_fps: the frame rate of `path` when it is a folder of frames (`read_frame_folder`);
+      None: a folder is refused.
 
   Raises:
     VideoDecodeError: naming the file, when it is missing, corrupt or truncated.
@@ -295,6 +331,9 @@ def read_frames(path: str | os.PathLike, num_frames: int, *, start: float | None
   if sampling not in video_processing.FRAME_SAMPLINGS:
     raise ValueError(f"read_frames: frame_sampling={sampling!r} is not one of "
                      f"{video_processing.FRAME_SAMPLINGS}")
+  if folder_fps and files.isdir(path):
+    return read_frame_folder(path, num_frames, fps=folder_fps, start=start, end=end, size=size,
+                             sampling=sampling)
   key = None
   if cache is not None:
     try:

@@ -93,6 +93,7 @@ def _pixels(
         end=r.end,
         size=decode_size,
         sampling=frame_sampling,
+        folder_fps=r.meta.get("frame_folder_fps"),  # MVBench's clips stored as frames
       )
     )
     pixels.append(
