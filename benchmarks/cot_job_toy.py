@@ -2,10 +2,14 @@
 tool calls each, instant tools, the rule judge), every program run in the sandbox.
 
 Usage: python benchmarks/cot_job_toy.py [--questions 200] [--workers 2] [--threads 2]
-       [--runs_per_child 1] [--warm_spares] [--spare_children N]
+       [--runs_per_child 1] [--warm_spares] [--spare_children N] [--pipeline]
 
 What it measures is the job's own cost per question (program execution in the sandbox,
 records, fsync'd appends) with the models taken out; compare runs on the same machine.
+By default one batch at a time (execute, judge, then append each record with an fsync, as
+the job ran before its stages were pipelined); `--pipeline` runs the job as the launcher does
+(`configs/common.py`: `pipeline.enabled`, 4 batches in flight, 2 decode threads), so batch
+k+1's programs run while batch k's records are written.
 """
 
 import argparse
@@ -85,6 +89,11 @@ def main():
   )
   p.add_argument("--runs_per_child", type=int, default=1)
   p.add_argument("--spare_children", type=int, default=None, help="Sandbox(spare_children=...)")
+  p.add_argument(
+    "--pipeline",
+    action="store_true",
+    help="CotJob(pipeline=True), as launch/generate_cots.py runs it (configs/common.py)",
+  )
   a = p.parse_args()
   qs = questions(a.questions)
   kw = {"runs_per_child": a.runs_per_child} if a.runs_per_child > 1 else {}
@@ -104,6 +113,7 @@ def main():
       },
       num_threads=a.threads,
       batch_size=8,
+      **({"pipeline": True} if a.pipeline else {}),
     )
     cot.process(qs[:4])  # warm
     paths = job.JobPaths.for_shard(out, "00000-of-00001")
