@@ -5,7 +5,8 @@ traceback.
 config file refuses, and a `ConfigError` from the launcher's own checks
 (`aotd_jax.train.config_check`) each print `<launcher>: error: ...` on stderr and exit with
 status 2, the usual code for a usage error; so does a `CheckpointError` (a checkpoint path
-given on the command line that is not a readable checkpoint: the message names the file).
+given on the command line that is not a readable checkpoint: the message names the file) and
+an `AnnotationError` (an annotation file that is missing or not in the format given).
 An LLM server that does not answer (`aotd_jax.agent.llm_http.LLMError` after its retries) is
 one line too, with what to check, and exit status 1.
 """
@@ -19,6 +20,7 @@ from typing import Callable
 
 from absl import app, flags
 
+from aotd_jax.data.annotations import AnnotationError
 from aotd_jax.hf.io import CheckpointError
 from aotd_jax.train.config_check import ConfigError
 
@@ -88,7 +90,10 @@ def parse_seeds(values: list[str]) -> list[int]:
 
 
 def llm_hint(e: Exception) -> str:
-  """An LLM server error with what to check: the server at that URL, serving that model."""
+  """An LLM server error with what to check: the server at that URL, serving that model; a
+  replay file's error (no server involved) as it is."""
+  if not str(e).startswith("POST "):
+    return str(e)
   return (
     f"{e}. Check that the OpenAI-compatible server at that URL is up and serves the model "
     "named (docs/reproduce.md, section 0)"
@@ -120,14 +125,15 @@ def parse_flags(argv):
 
 
 def guard(main: Callable) -> Callable:
-  """`main` whose `ConfigError` or `CheckpointError` exits 2 with its message, and whose
+  """`main` whose `ConfigError`, `CheckpointError` or `AnnotationError` (an annotation file
+  that is missing or not its format's: the message names it) exits 2 with its message, and whose
   `LLMError` (an LLM server that did not answer after its retries) exits 1 with its message
   and what to check; no traceback."""
 
   def guarded(argv):
     try:
       return main(argv)
-    except (ConfigError, CheckpointError) as e:
+    except (ConfigError, CheckpointError, AnnotationError) as e:
       print(f"{_prog(sys.argv)}: error: {e}", file=sys.stderr)
       sys.exit(EXIT_USAGE)
     except Exception as e:  # an LLMError only where the launcher used an LLM server

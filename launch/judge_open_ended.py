@@ -71,6 +71,8 @@ def make_judge():
   if bool(_LLM.value) == bool(_REPLAY.value):
     raise app.UsageError("give exactly one of --llm (a judge server) and --replay (a recording)")
   if _REPLAY.value:
+    if not files.isfile(_REPLAY.value):  # not a server: the LLM error's hint would mislead
+      raise app.UsageError(f"--replay={_REPLAY.value}: no such file")
     judge = llm_lib.Replay(_REPLAY.value)
   else:
     judge = llm_lib.OpenAIChat(_LLM.value, _MODEL.value, api_key_env=_API_KEY_ENV.value)

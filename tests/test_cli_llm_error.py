@@ -26,3 +26,33 @@ def test_other_exceptions_are_not_swallowed():
 
   with pytest.raises(RuntimeError, match="a bug"):
     cli.guard(main)([])
+
+
+def test_a_bad_replay_file_gets_no_server_hint(capsys):
+  """A recording replayed in place of a server (`--replay`, `--judge_replay`): its error is said
+  as it is, not followed by advice about a server that was never called."""
+
+  def main(argv):
+    raise LLMError("replay file J.jsonl line 1: bad record (JSONDecodeError: ...)")
+
+  with pytest.raises(SystemExit) as e:
+    cli.guard(main)(["judge_open_ended"])
+  err = capsys.readouterr().err
+  assert e.value.code == 1 and "error: replay file J.jsonl line 1: bad record" in err
+  assert "server" not in err
+
+
+def test_a_missing_or_foreign_annotation_file_is_one_line(capsys, tmp_path):
+  """`launch.evaluate --annotations=val.csv` mistyped, or a file of another format than
+  `--format`: the reader's AnnotationError naming the file, exit 2 (was a traceback)."""
+  from aotd_jax.data import annotations
+
+  def main(argv):
+    annotations.read("star", tmp_path / "STAR_vall.json")
+
+  with pytest.raises(SystemExit) as e:
+    cli.guard(main)(["evaluate"])
+  err = capsys.readouterr().err
+  assert e.value.code == 2
+  assert len(err.strip().splitlines()) == 1
+  assert err.strip().endswith(f": error: annotation file not found: {tmp_path / 'STAR_vall.json'}")
