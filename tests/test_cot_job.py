@@ -813,6 +813,44 @@ def test_a_broken_backend_stops_the_run_instead_of_filling_the_records(tmp_path)
   assert good.executed == 4
 
 
+def test_videos_not_where_the_job_looks_stop_the_run_instead_of_filling_the_records(tmp_path):
+  """Every question of a batch failing to load its video (a videos folder in another layout
+  than the reader's) stops the job, writing nothing of that batch: its failed records would
+  count as done when rerun with the right folder. A few missing videos do not."""
+  questions = [qa(f"v{i}") for i in range(4)]
+  for q in questions:
+    q.meta["question_program"] = GOLD
+
+  def make(missing, **kw):
+    def make_args(q):
+      if q.qid in missing:
+        raise FileNotFoundError(f"/videos/{q.qid}.mp4")
+      return {}
+
+    return job.CotJob(
+      tools={}, make_args=make_args, run_program=FakeRun("y"), program_source="gold", **kw
+    )
+
+  quiet = open(os.devnull, "w")
+  paths = job.JobPaths.for_shard(str(tmp_path / "all"), "x")
+  everyone = {q.qid for q in questions}
+  with pytest.raises(
+    job.JobError,
+    match=r"all 4 questions of the batch failed to load their inputs: cannot load inputs of v0: "
+    r"FileNotFoundError: /videos/v0.mp4\. Nothing of this batch was written",
+  ):
+    make(everyone).run(questions, paths, stream=quiet)
+  assert job.RecordLog(paths.records).load() == []
+  some = make({"v1"}).run(
+    questions, job.JobPaths.for_shard(str(tmp_path / "some"), "x"), stream=quiet
+  )
+  assert (some.total, some.executed) == (4, 3)
+  off = make(everyone, fail_fast_min=0).run(
+    questions, job.JobPaths.for_shard(str(tmp_path / "off"), "x"), stream=quiet
+  )
+  assert (off.total, off.executed) == (4, 0)
+
+
 def test_records_keep_the_selectors_raw_replies():
   """select_answer snaps the selector LLM's reply to an option; the record keeps the raw reply
   of every call (cached ones too), so a selector that rambles can be seen (issue 19, item 8)."""

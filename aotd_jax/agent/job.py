@@ -371,6 +371,22 @@ def backend_failure(record: Mapping) -> tuple[str, str, str] | None:
   return None
 
 
+INPUT_ERROR = "cannot load inputs of "
+
+
+def unloadable_inputs(records: Sequence[Mapping], min_failures: int) -> str | None:
+  """Why a batch shows its videos are not where the job looks, or None: every question with a
+  program (at least `min_failures`) failed to load its inputs (a missing or undecodable
+  video). Such records would count as done on a rerun with the right folder."""
+  parsed = [r for r in records if r.get("verdicts", {}).get("parsed")]
+  errors = [str(r["verdicts"].get("execution_error") or "") for r in parsed]
+  if min_failures < 1 or len(errors) < min_failures:
+    return None
+  if not all(e.startswith(INPUT_ERROR) for e in errors):
+    return None
+  return f"all {len(errors)} questions of the batch failed to load their inputs: {errors[0]}"
+
+
 def broken_backend(records: Sequence[Mapping], min_failures: int) -> str | None:
   """Why a batch shows a broken expert backend, or None: every program that ran stopped on
   the same tool raising the same exception type, and there are at least `min_failures`."""
@@ -495,8 +511,9 @@ class CotJob:
     video_path: `VideoQA -> path` written into each record (None if unknown).
     fail_fast_min: stop the run (`JobError`, the batch not written) when a batch of at least
       this many programs all stopped on one tool whose backend raised the same exception (a
-      server down, a model that cannot load, a selector without a chat template): such a run
-      would only fill the records with failures. 0: never.
+      server down, a model that cannot load, a selector without a chat template), or all
+      failed to load their inputs (videos not where the job looks): such a run would only fill
+      the records with failures, which a rerun counts as done. 0: never.
     pipeline: `run` overlaps the stages across batches (`stages()`, one thread each): batch
       k+1's programs are written and its videos decoded while batch k's programs run and batch
       k-1's rationales are written and judged. The records are the same as without.
@@ -615,7 +632,7 @@ class CotJob:
       raise _InputError(self._input_error(qa, e)) from e
 
   def _input_error(self, qa, e: BaseException) -> str:
-    text = f"cannot load inputs of {qa.qid}: {type(e).__name__}: {safe_str(str(e), 200)}"
+    text = f"{INPUT_ERROR}{qa.qid}: {type(e).__name__}: {safe_str(str(e), 200)}"
     try:
       path = self.video_path(qa)
     except Exception:  # noqa: BLE001 - the path is only named in the message
@@ -852,6 +869,13 @@ class CotJob:
             f"{label}an expert backend is broken: {broken}. Nothing of this batch "
             f"was written to {paths.records}; fix the backend and rerun the same "
             "command (done questions are kept)"
+          )
+        unloadable = unloadable_inputs(records, self.fail_fast_min)
+        if unloadable:
+          raise JobError(
+            f"{label}{unloadable}. Nothing of this batch was written to {paths.records}; "
+            "check the videos folder (the config's videos= / data.video_dir) and rerun the "
+            "same command (done questions are kept)"
           )
         for record in records:
           log.append(record)
