@@ -451,6 +451,12 @@ def main(argv):
   records = read_records(
     _FORMAT.value, _ANNOTATIONS.value, _MAP.value, _WINDOW.value, _VIDEO_ROOT.value
   )
+  if not records:  # a test split without answers, or another format's file
+    report = records.report
+    why = f" (first: {report.messages[0]})" if report.messages else ""
+    raise ConfigError(
+      f"--annotations={_ANNOTATIONS.value}: no question to evaluate: {report.summary()}{why}"
+    )
   if _LIMIT.value:
     records = records[: _LIMIT.value]
   left_out = [r.qid for r in records if r.choices and r.answer_index is None]

@@ -209,3 +209,18 @@ def test_dtype_bfloat16_loads_either_kind_of_student_in_half_the_memory(evaluate
         np.testing.assert_array_equal(
           np.asarray(a.get_value().astype(dtype)), np.asarray(b.get_value())
         )
+
+
+def test_a_split_without_answers_is_named_with_the_readers_reason(evaluate, tmp_path):
+  """STAR's test split (no `answer`): every record is skipped as unlabelled; the run stops
+  saying so before the student loads, instead of evaluating nothing."""
+  test = json.loads((FIX / "star_val.json").read_text())
+  for r in test:
+    r.pop("answer")
+  (tmp_path / "STAR_test.json").write_text(json.dumps(test))
+  with pytest.raises(ConfigError) as e:
+    _run(evaluate, student=tmp_path / "s", format="star", annotations=tmp_path / "STAR_test.json")
+  assert "no question to evaluate: star " in str(e.value) and "0 records read, 3 malformed" in str(
+    e.value
+  )
+  assert "no answer (pass labelled=False" in str(e.value) and evaluate.given == []
