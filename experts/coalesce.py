@@ -59,14 +59,11 @@ OUTPUTS = ("host", "device")
 @dataclasses.dataclass
 class _Request:
   rows: Any  # an array, or a tuple of arrays sharing the leading axis
+  n: int  # rows' leading size, counted once: the scheduler reads it at every pick
   args: tuple
   key: tuple
   future: concurrent.futures.Future
   arrived: float
-
-  @property
-  def n(self) -> int:
-    return num_rows(self.rows)
 
 
 @dataclasses.dataclass
@@ -183,7 +180,7 @@ class Coalescer:
     with self._cond:
       if self._closed:
         raise RuntimeError(f"{self.name} is closed")
-      self._pending.append(_Request(rows, args, key, future, time.monotonic()))
+      self._pending.append(_Request(rows, n, args, key, future, time.monotonic()))
       if key not in self._seen:
         self._seen[key] = (rows, args)
       self._cond.notify_all()
