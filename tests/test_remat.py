@@ -33,8 +33,11 @@ def test_remat_with_frozen_tower_matches_no_remat(arch):
   _, _, want, want_leaves = _step(arch, False)
   student, batch, got, got_leaves = _step(arch, True)
   np.testing.assert_allclose(got, want, rtol=2e-5)
+  # Recomputing a layer reorders float32 sums; Adam's m / sqrt(v) turns that rounding into up to
+  # ~2.4e-6 on a weight whose gradient is near zero (seen on an AMX Xeon). 1e-5 is still 1 % of
+  # an update (learning rate 3e-3 here): a wrong recomputation moves weights by far more.
   for a, b in zip(got_leaves, want_leaves):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
   # the recomputation is really there: one checkpoint per decoder layer (and per tower layer)
   text = str(
     jax.make_jaxpr(
