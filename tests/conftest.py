@@ -18,21 +18,24 @@ import pytest
 # listed keep their order after these. tests/test_run_order.py checks that each one exists.
 LONGEST_FILES = (
   "test_rehearse.py",
-  "test_train.py",
-  "test_onevision_configs.py",
-  "test_vision_experts.py",
   "test_demo.py",
+  "test_engine.py",
   "test_qwen2vl_configs.py",
-  "test_llava_onevision.py",
-  "test_train_metrics.py",
-  "test_language_experts.py",
-  "test_generate.py",
-  "test_clip.py",
+  "test_evaluate_cli.py",
   "test_causal_attention.py",
-  "test_multihost.py",
   "test_qwen2_vl.py",
   "test_coalesce_experts.py",
+  "test_attention_kernel.py",
+  "test_vision_experts.py",
+  "test_experts_backends.py",
+  "test_multihost.py",
+  "test_onevision_configs.py",
+  "test_llama.py",
+  "test_remat.py",
   "test_eval_student.py",
+  "test_language_experts.py",
+  "test_clip.py",
+  "test_train.py",
 )
 
 
