@@ -240,14 +240,13 @@ def test_llava_keeps_video_features_between_prompts_and_equals_uncached_calls(mo
   the same numbers as without the cache, coalesced or not; a batch of the language model mixes
   calls whose features were kept with calls whose features were just computed."""
   from experts.backends.llava import LlavaVideoQA
+  from experts.feature_cache import FrameFeatureCache
 
   model, tok = models["llava"]
-  plain = LlavaVideoQA(model, tok, num_frames=2, max_new_tokens=3, feature_cache_mb=0)
-  kept = LlavaVideoQA(model, tok, num_frames=2, max_new_tokens=3)
-  coal = LlavaVideoQA(
-    model, tok, num_frames=2, max_new_tokens=3, coalesce=True, coalesce_wait_s=0.05
-  )
-  assert plain.feature_cache is None
+  # one backend (its compiled programs) in three set-ups: no cache, a cache, a cache + batching
+  qa = LlavaVideoQA(model, tok, num_frames=2, max_new_tokens=3)
+  assert LlavaVideoQA(model, tok, feature_cache_mb=0).feature_cache is None
+  kept, qa.feature_cache = qa.feature_cache, None
   clips = _clips(4, [3, 5], seed=11)
   twin = experts.VideoClip(clips[1].frames.copy(), fps=2.0, video_id=clips[1].video_id)
   choices = ["a red cup", "the dog", "opens the box", "sits down"]
@@ -261,24 +260,26 @@ def test_llava_keeps_video_features_between_prompts_and_equals_uncached_calls(mo
       qa.recognize(clip, "cup", choices),
     )
 
-  want = [calls(plain, c) for c in clips + [twin]]
-  assert [calls(kept, c) for c in clips + [twin]] == want  # exact: the same features
-  s = kept.feature_cache.stats
+  want = [calls(qa, c) for c in clips + [twin]]
+  qa.feature_cache = kept
+  assert [calls(qa, c) for c in clips + [twin]] == want  # exact: the same features
+  s = kept.stats
   assert (s.misses, s.hits, s.entries) == (4 + 1, 5 * 5 - 5, 5)  # 4 clips + one blank
-  feats = kept.video_features(clips[0])
+  feats = qa.video_features(clips[0])
   assert feats.shape == (1, 2 * model.config.video_tokens_per_frame(), 32)
   assert s.bytes == 5 * feats.nbytes
+  qa.coalesce, qa.coalesce_wait_s, qa.feature_cache = True, 0.05, FrameFeatureCache(1 << 20)
   try:
-    first = _together(lambda c: coal.score_choices(c, "what happens", choices), clips[:2])
-    got = _together(lambda c: calls(coal, c), clips + [twin])  # 2 kept, 2 new in a batch
+    first = _together(lambda c: qa.score_choices(c, "what happens", choices), clips[:2])
+    got = _together(lambda c: calls(qa, c), clips + [twin])  # 2 kept, 2 new in a batch
     for g, w in zip(got, want):
       np.testing.assert_allclose(g[0], w[0], rtol=1e-5, atol=1e-5)
       np.testing.assert_allclose(g[1], w[1], rtol=1e-5, atol=1e-5)
       assert g[2:] == w[2:]
     np.testing.assert_allclose(first, [w[0] for w in want[:2]], rtol=1e-5, atol=1e-5)
-    assert coal.feature_cache.stats.misses == coal.coalescers["features"].stats.rows == 5
+    assert qa.feature_cache.stats.misses == qa.coalescers["features"].stats.rows == 5
   finally:
-    coal.close()
+    qa.close()
   with pytest.raises(ValueError, match="feature_cache_mb must be >= 0"):
     LlavaVideoQA(model, tok, feature_cache_mb=-1)
 
