@@ -61,6 +61,12 @@ with `--missing_videos=skip`, are left out and listed in the output's `missing_v
 stay out under `--rescore`). Multiple-choice questions without one correct option (CLEVRER's
 with several) are left out and counted (`left_out_no_single_answer`). `--out`'s folder is made
 first, so the rows are not lost at the end of a run.
+
+While it runs, each batch's rows are appended to `<out>.rows.jsonl` (`evaluate_batches`): a
+stop, crash or preemption keeps them, and the same command again answers only the questions
+left (a rerun with other settings into that `--out` is refused). A video that is there but
+does not decode stops the run naming the file and question, or, with `--missing_videos=skip`,
+leaves the question out, listed under `missing_videos` (`undecodable`: qid -> why).
 """
 
 from __future__ import annotations
@@ -77,6 +83,9 @@ from aotd_jax.eval import student as student_eval
 from aotd_jax.train import cot_frames, data as train_data
 from aotd_jax.train.config_check import ConfigError
 from launch import cli
+
+# beside --out, the rows as they are produced (one JSON line each; see `evaluate_batches`)
+ROWS_SUFFIX = ".rows.jsonl"
 
 _STUDENT = flags.DEFINE_string("student", None, "HF directory or Orbax checkpoint directory.")
 _TOKENIZER = flags.DEFINE_string("tokenizer", None, "Tokenizer directory (default: --student).")
@@ -388,8 +397,8 @@ def make_judge():
   return llm_lib.Recording(judge, _JUDGE_RECORD.value) if _JUDGE_RECORD.value else judge
 
 
-def run_model(records, scoring: str) -> tuple[list[dict], dict]:
-  """(one row per question, the efficiency of each scoring) from the student."""
+def load_model() -> tuple:
+  """(model, tokenizer, the keyword arguments every batch's call takes) of --student."""
   from aotd_jax.hf import processor_files
 
   model = load_student(_STUDENT.value, _DTYPE.value)
@@ -404,6 +413,13 @@ def run_model(records, scoring: str) -> tuple[list[dict], dict]:
     prompt_format=_PROMPT_FORMAT.value,
     frame_sampling=_FRAME_SAMPLING.value,
   )
+  return model, tokenizer, common
+
+
+def run_model(student: tuple, records, scoring: str) -> tuple[list[dict], dict]:
+  """(one row per question, the efficiency of each scoring) of `records` (one batch) from the
+  `student` `load_model` gave. A video that does not decode raises `VideoDecodeError`."""
+  model, tokenizer, common = student
   rows = [{"qid": r.qid} for r in records]
   eff = {}
   if scoring in ("generate", "both"):
@@ -426,6 +442,136 @@ def run_model(records, scoring: str) -> tuple[list[dict], dict]:
     for row, text, secs in zip(rows, choice.outputs, choice.seconds):
       row.update(likelihood_output=text, likelihood_seconds=round(secs, 6))
   return rows, eff
+
+
+def merge_efficiency(total: dict, part: dict) -> dict:
+  """`total` with one batch's efficiencies (`Efficiency.to_dict` per scoring) added: seconds
+  and questions summed, the peak memory the larger."""
+  out = dict(total)
+  for key, e in part.items():
+    t = out.get(key)
+    if t is None:
+      out[key] = dict(e)
+      continue
+    seconds, questions = t["seconds"] + e["seconds"], t["questions"] + e["questions"]
+    out[key] = {
+      **t,
+      "seconds": seconds,
+      "questions": questions,
+      "seconds_per_question": seconds / questions if questions else 0.0,
+      "peak_mb": max(t["peak_mb"], e["peak_mb"]),
+    }
+  return out
+
+
+def rows_file(out: str) -> str:
+  """The file beside `--out` that a run appends its rows to, batch by batch."""
+  return out + ROWS_SUFFIX
+
+
+def read_row_log(path: str, run: dict) -> tuple[dict, dict, dict]:
+  """({qid: row}, {qid: why its video did not decode}, the efficiencies so far) of an earlier
+  run's row log `path` (nothing when there is none). A ConfigError when it was written by a
+  run with other `run` settings (its rows would be mixed with these)."""
+  if not files.isfile(path):
+    return {}, {}, {}
+  done, undecodable, eff = {}, {}, {}
+  for n, line in enumerate(files.read_text(path).splitlines()):
+    if not line.strip():
+      continue
+    try:
+      entry = json.loads(line)
+    except ValueError:  # a line cut by the crash that ended the run: the batch runs again
+      logging.warning("%s: line %d is not JSON (a write cut short); ignored", path, n + 1)
+      continue
+    if "run" in entry:
+      if entry["run"] != run:
+        differ = sorted(k for k in {*run, *entry["run"]} if run.get(k) != entry["run"].get(k))
+        raise ConfigError(
+          f"--out: {path} holds the rows of a run with other settings ({', '.join(differ)}); "
+          "give another --out, or remove it to start again"
+        )
+    elif "efficiencies" in entry:
+      eff = merge_efficiency(eff, entry["efficiencies"])
+    elif "undecodable" in entry:
+      undecodable[str(entry["qid"])] = entry["undecodable"]
+    elif "qid" in entry:
+      done[str(entry["qid"])] = entry
+  return done, undecodable, eff
+
+
+def append_lines(path: str, entries: list[dict]) -> None:
+  """Appends `entries` to the row log, one JSON line each, flushed (on a bucket, where a file
+  cannot be appended to, the file is written again whole)."""
+  text = "".join(json.dumps(e) + "\n" for e in entries)
+  if files.is_url(path):
+    files.write_text(path, (files.read_text(path) if files.isfile(path) else "") + text)
+    return
+  with open(path, "a", encoding="utf-8") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def evaluate_batches(records, scoring: str, log: str, run: dict) -> tuple[list[dict], dict, dict]:
+  """(rows in the order of `records`, the merged efficiencies, {qid: why}) of the questions
+  whose video decodes, one batch of --batch_size at a time, each batch's rows appended to the
+  row log `log` (none when ""): a crash keeps them, and a rerun with the same log answers only
+  the questions it lacks. A video that does not decode stops the run with one line
+  (--missing_videos=stop) or leaves its question out (skip)."""
+  from aotd_jax.data.video import VideoDecodeError
+
+  done, undecodable, eff = read_row_log(log, run) if log else ({}, {}, {})
+  if done or undecodable:
+    logging.info(
+      "%s: %d questions answered, %d left out for their videos by an earlier run; resuming",
+      log,
+      len(done),
+      len(undecodable),
+    )
+  todo = [r for r in records if str(r.qid) not in done and str(r.qid) not in undecodable]
+  if log and not files.isfile(log):
+    append_lines(log, [{"run": run}])
+  student = load_model() if todo else None
+  for i in range(0, len(todo), _BATCH.value):
+    chunk, lines = todo[i : i + _BATCH.value], []
+    while chunk:
+      try:
+        rows, part = run_model(student, chunk, scoring)
+        break
+      except VideoDecodeError as e:
+        bad = [r for r in chunk if student_eval.video_file(r, _VIDEO_ROOT.value) == e.path]
+        if not bad:
+          raise
+        if _MISSING_VIDEOS.value == "stop":
+          kept = (
+            f"the {len(done)} rows so far are in {log}, and a rerun with the same --out resumes"
+            if log
+            else "no --out: the rows so far are not kept"
+          )
+          raise ConfigError(
+            f"{e.path} (question {bad[0].qid}) does not decode: {e.why}; {kept}; "
+            "--missing_videos=skip leaves such questions out"
+          ) from e
+        logging.warning(
+          "--missing_videos=skip: %s does not decode (%s); %d questions left out",
+          e.path,
+          e.why,
+          len(bad),
+        )
+        for r in bad:
+          undecodable[str(r.qid)] = f"{e.path}: {e.why}"
+          lines.append({"qid": r.qid, "undecodable": undecodable[str(r.qid)]})
+        chunk = [r for r in chunk if str(r.qid) not in undecodable]
+    else:
+      rows, part = [], {}
+    for row in rows:
+      done[str(row["qid"])] = row
+    eff = merge_efficiency(eff, part)
+    if log:
+      append_lines(log, lines + rows + ([{"efficiencies": part}] if part else []))
+  rows = [done[str(r.qid)] for r in records if str(r.qid) in done]
+  return rows, eff, undecodable
 
 
 def main(argv):
@@ -513,7 +659,6 @@ def main(argv):
         for row in rows
       ]
   else:
-    rows, eff = run_model(records, scoring)
     settings = {
       "student": _STUDENT.value,
       "tokenizer": _TOKENIZER.value or _STUDENT.value,
@@ -527,6 +672,35 @@ def main(argv):
       "from_training_config": from_training,
       "differs_from_training": differs,
     }
+    # what a row depends on: a rerun with other values must not resume from these rows
+    run = {
+      **{
+        k: v
+        for k, v in settings.items()
+        if k not in ("from_training_config", "differs_from_training")
+      },
+      "format": _FORMAT.value,
+      "annotations": _ANNOTATIONS.value,
+      "video_root": _VIDEO_ROOT.value,
+      "mode": _MODE.value,
+      "scoring": scoring,
+      "max_new_tokens": _MAX_NEW.value,
+    }
+    rows, eff, undecodable = evaluate_batches(
+      records, scoring, rows_file(_OUT.value) if _OUT.value else "", run
+    )
+    if undecodable:  # listed as missing videos are, so --rescore keeps them out too
+      records = [r for r in records if str(r.qid) not in undecodable]
+      qids = sorted({*missing_videos.get("qids", ()), *undecodable})
+      missing_videos = {
+        "video_root": _VIDEO_ROOT.value,
+        **missing_videos,
+        "count": len(qids),
+        "qids": qids,
+        "undecodable": dict(sorted(undecodable.items())),
+      }
+    if not records:
+      raise ConfigError(f"--video_root={_VIDEO_ROOT.value}: no question's video decodes")
   judgements: list = []
   try:
     result = rescore.score_rows(

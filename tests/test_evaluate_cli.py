@@ -191,7 +191,11 @@ def test_a_training_checkpoint_gives_its_tokenizer_frames_and_formats(nextqa, tm
     answer_style="letter",
   )
   assert [o["likelihood_output"] for o in result["outputs"]] == want.outputs
+  # other settings into the same --out are refused: its row log would mix two runs' rows
   r = _evaluate(*common, "--num_frames=2", "--answer_style=letter_text")
+  assert r.returncode == 2 and "with other settings (answer_style, num_frames)" in r.stderr
+  out = tmp_path / "eval2.json"
+  r = _evaluate(*common, "--num_frames=2", "--answer_style=letter_text", f"--out={out}")
   assert r.returncode == 0, r.stderr[-3000:]
   settings = json.loads(out.read_text())["settings"]
   assert (settings["num_frames"], settings["answer_style"]) == (2, "letter_text")

@@ -12,26 +12,38 @@ from absl import flags
 from aotd_jax.train.config_check import ConfigError
 
 FIX = pathlib.Path(__file__).resolve().parent / "fixtures" / "annotations"
-FLAGS_SET = ("student", "format", "annotations", "video_root", "out", "missing_videos", "rescore")
+FLAGS_SET = (
+  "student",
+  "format",
+  "annotations",
+  "video_root",
+  "out",
+  "missing_videos",
+  "rescore",
+  "batch_size",
+  "num_frames",
+)
 
 
 @pytest.fixture
 def evaluate(monkeypatch):
   """`launch.evaluate` (imported here: it defines its flags) with a stub student that answers
   (A) to every question and records the questions it was given; the flags a test parses are
-  reset after it."""
+  reset after it; `load_model` gives a stand-in the stub checks it is handed."""
   import launch.evaluate as ev
 
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
   given = []
 
-  def run_model(records, scoring):
+  def run_model(student, records, scoring):
+    assert student == "the student"
     given.append([r.qid for r in records])
     rows = [{"qid": r.qid, "output": "A", "seconds": 0.5, "new_tokens": 1} for r in records]
     return rows, {}
 
   monkeypatch.setattr(ev, "run_model", run_model)
+  monkeypatch.setattr(ev, "load_model", lambda: "the student")
   monkeypatch.setattr(ev, "training_data_config", lambda path: {})
   ev.given = given
   yield ev
@@ -224,3 +236,105 @@ def test_a_split_without_answers_is_named_with_the_readers_reason(evaluate, tmp_
     e.value
   )
   assert "no answer (pass labelled=False" in str(e.value) and evaluate.given == []
+
+
+def test_rows_are_appended_per_batch_and_a_rerun_resumes(evaluate, tmp_path, monkeypatch):
+  """A run that ends mid-way (preempted, crashed) keeps the rows of its finished batches in
+  `<out>.rows.jsonl`; the same command again answers only the questions left, and once all are
+  answered it loads no student. A rerun with other settings is refused, not mixed in."""
+  root = _videos(tmp_path / "videos", ["6H78U.mp4", "YSKX3.mp4", "ZS9XR.mp4"])
+  out = tmp_path / "eval" / "star.json"
+  common = dict(
+    student=tmp_path / "s",
+    format="star",
+    annotations=FIX / "star_val.json",
+    video_root=root,
+    out=out,
+    batch_size=1,
+  )
+  stub = evaluate.run_model
+
+  def preempted(student, records, scoring):
+    if len(evaluate.given) == 2:
+      raise RuntimeError("preempted")
+    return stub(student, records, scoring)
+
+  monkeypatch.setattr(evaluate, "run_model", preempted)
+  with pytest.raises(RuntimeError, match="preempted"):
+    _run(evaluate, **common)
+  log = pathlib.Path(str(out) + ".rows.jsonl")
+  lines = [json.loads(x) for x in log.read_text().splitlines()]
+  assert [x.get("qid") for x in lines if "output" in x] == ["Interaction_T1_13", "Sequence_T1_7"]
+  assert not out.exists()
+  monkeypatch.setattr(evaluate, "run_model", stub)
+  _run(evaluate, **common)
+  assert evaluate.given[-1] == ["Feasibility_T5_2"]
+  result = json.loads(out.read_text())
+  assert [row["qid"] for row in result["outputs"]] == [
+    "Interaction_T1_13",
+    "Sequence_T1_7",
+    "Feasibility_T5_2",
+  ]
+  assert result["count"] == 3 and result["efficiency"]["questions"] == 3
+  monkeypatch.setattr(evaluate, "load_model", lambda: pytest.fail("all answered: no student"))
+  _run(evaluate, **common)
+  assert json.loads(out.read_text())["outputs"] == result["outputs"]
+  with pytest.raises(ConfigError, match=r"a run with other settings \(num_frames\)"):
+    _run(evaluate, **common, num_frames=16)
+
+
+def test_a_video_that_does_not_decode_stops_naming_it_or_is_left_out(
+  evaluate, tmp_path, monkeypatch
+):
+  """A truncated mp4 and a zero-byte file under --video_root: both exist, so the look-up
+  before the student passes them, and their decoding failed mid-run with every row lost. Now
+  `stop` names the file and question, the rows so far kept; `skip` leaves them out, listed
+  with the missing videos (and kept out by --rescore)."""
+  import numpy as np
+
+  from aotd_jax.data import video
+  from aotd_jax.eval import student as student_eval
+
+  root = tmp_path / "videos"
+  root.mkdir()
+  frames = np.random.default_rng(0).integers(0, 255, (8, 32, 32, 3), dtype=np.uint8)
+  video.write_video(root / "6H78U.mp4", frames)
+  whole = (root / "6H78U.mp4").read_bytes()
+  (root / "YSKX3.mp4").write_bytes(whole[: len(whole) // 2])  # truncated
+  (root / "ZS9XR.mp4").write_bytes(b"")  # zero bytes
+  stub = evaluate.run_model
+
+  def decoding(student, records, scoring):  # decodes each video as the student's batch does
+    for r in records:
+      video.read_frames(student_eval.video_file(r, str(root)), 2)
+    return stub(student, records, scoring)
+
+  monkeypatch.setattr(evaluate, "run_model", decoding)
+  out = tmp_path / "eval.json"
+  common = dict(
+    student=tmp_path / "s",
+    format="star",
+    annotations=FIX / "star_val.json",
+    video_root=root,
+    out=out,
+    batch_size=1,
+  )
+  with pytest.raises(ConfigError) as e:
+    _run(evaluate, **common)
+  assert str(e.value).startswith(f"{root / 'YSKX3.mp4'} (question Sequence_T1_7) does not decode: ")
+  assert "the 1 rows so far are in " in str(e.value) and "--missing_videos=skip" in str(e.value)
+  log = pathlib.Path(str(out) + ".rows.jsonl").read_text()
+  assert '"qid": "Interaction_T1_13", "output": "A"' in log and not out.exists()
+  _run(evaluate, **common, missing_videos="skip")
+  assert evaluate.given == [["Interaction_T1_13"]]  # resumed: its row kept, no batch re-run
+  result = json.loads(out.read_text())
+  assert result["count"] == 1 and [r["qid"] for r in result["outputs"]] == ["Interaction_T1_13"]
+  missing = result["missing_videos"]
+  assert missing["count"] == 2 and missing["qids"] == ["Feasibility_T5_2", "Sequence_T1_7"]
+  assert set(missing["undecodable"]) == {"Feasibility_T5_2", "Sequence_T1_7"}
+  assert missing["undecodable"]["Feasibility_T5_2"].startswith(str(root / "ZS9XR.mp4"))
+  calls = len(evaluate.given)
+  flags.FLAGS["student"].unparse()
+  flags.FLAGS["out"].unparse()
+  _run(evaluate, rescore=out)
+  assert len(evaluate.given) == calls

@@ -6,6 +6,7 @@ boxes and frame windows are scored against ground truth. Time and peak memory ar
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Callable, Mapping, Sequence
 
@@ -232,6 +233,20 @@ def letter_token_ids(
   return seqs[0][:n], letters
 
 
+@functools.cache
+def _log_probs_jit():
+  """The jitted forward of closed-set scoring, made once: `launch.evaluate` calls the scorers
+  batch by batch, and a jit made per call would compile again at every batch."""
+  import jax
+  from flax import nnx
+
+  return nnx.jit(
+    lambda m, ids, mask, px: jax.nn.log_softmax(
+      m(input_ids=ids, attention_mask=mask, pixel_values_videos=px).logits, axis=-1
+    )
+  )
+
+
 def _closed_set(
   model,
   tokenizer,
@@ -252,19 +267,12 @@ def _closed_set(
   record's rows: (token ids, score(log-probs (L, vocab)) -> option scores); a record's option
   scores are its rows' scores concatenated, the highest wins. Rows are right-padded to a
   32-token bucket and batched with their record's frames."""
-  import jax
-  from flax import nnx
-
   cfg = model.config
   conversation.use_student_chat_template(tokenizer, getattr(type(model), "hf_architecture", None))
   n_tokens = cfg.video_tokens(num_frames)
   size = cfg.vision_config.image_size
   pad = cfg.text_config.pad_token_id or 0
-  forward = nnx.jit(
-    lambda m, ids, mask, px: jax.nn.log_softmax(
-      m(input_ids=ids, attention_mask=mask, pixel_values_videos=px).logits, axis=-1
-    )
-  )
+  forward = _log_probs_jit()
   preds: list[int] = []
   scores: list[list[float]] = []
   seconds: list[float] = []
