@@ -80,6 +80,32 @@ def test_compiles_once_per_bucket(models):
   assert gen.decode_jit._cache_size() - before == 2  # the 32 bucket
 
 
+def test_a_kept_static_graphdef_is_hashed_once_and_shares_the_programs(models, monkeypatch):
+  """`split=` with a `StaticGraphDef`: the graph is hashed when wrapped, not at every call
+  (jit hashes a plain GraphDef's whole node list per call), and a plain split of the same
+  model reuses the same compiled program and gives the same tokens."""
+  from flax import nnx
+
+  _, model = models
+  ids, mask, _ = left_padded_batch(length=9, pads=(2, 0, 1))
+  kwargs = dict(max_new_tokens=4, eos_token_id=2, pad_token_id=0)
+  plain = gen.generate(model, ids, mask, **kwargs)
+  before = gen.decode_jit._cache_size()
+  graphdef, state = nnx.split(model)
+  kept = (gen.static_graphdef(graphdef), state)
+  assert gen.static_graphdef(kept[0]) is kept[0] and gen.plain_graphdef(kept[0]) is graphdef
+  hashes = []
+  real_hash = type(graphdef).__hash__
+  monkeypatch.setattr(type(graphdef), "__hash__", lambda g: hashes.append(1) or real_hash(g))
+  outs = [gen.generate(model, ids, mask, split=kept, **kwargs) for _ in range(3)]
+  assert not hashes  # a plain graphdef is hashed once per call
+  gen.generate(model, ids, mask, split=(graphdef, state), **kwargs)
+  assert hashes
+  assert gen.decode_jit._cache_size() == before
+  for out in outs:
+    np.testing.assert_array_equal(np.asarray(out.sequences), np.asarray(plain.sequences))
+
+
 def test_inputs_embeds_prefill_equals_ids(models):
   _, model = models
   ids, mask, _ = left_padded_batch(length=10, pads=(4, 0, 6))

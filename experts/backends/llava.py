@@ -97,7 +97,9 @@ def _video_features(graphdef, pixels, state):
   """(B, N, hidden) video features of B clips' pixels (B, T, 3, S, S)."""
   from flax import nnx
 
-  return nnx.merge(graphdef, state).get_video_features(pixels)
+  from aotd_jax.models.generate import plain_graphdef
+
+  return nnx.merge(plain_graphdef(graphdef), state).get_video_features(pixels)
 
 
 def _request_logprobs(graphdef, rows, state):
@@ -110,11 +112,12 @@ def _request_logprobs(graphdef, rows, state):
   import jax.numpy as jnp
   from flax import nnx
 
+  from aotd_jax.models.generate import plain_graphdef
   from aotd_jax.models.llava_next_video import _scatter_features
 
   ids, mask, feats, scored = rows
   b, r, length = ids.shape
-  model = nnx.merge(graphdef, state)
+  model = nnx.merge(plain_graphdef(graphdef), state)
   feats = jnp.repeat(feats, r, axis=0).reshape(-1, feats.shape[-1])
   flat = ids.reshape(b * r, length)
   embeds = _scatter_features(
@@ -355,15 +358,20 @@ class LlavaVideoQA:
 
   def _splits(self, language: bool = False) -> tuple:
     """(`nnx.split(model)`, `nnx.split(model.language_model)` or None), each made once and
-    shared by scoring and generation (`llava_next_video.generation_splits`' form): the weights
-    are fixed, and the state object is part of the coalescers' batching key."""
+    shared by scoring and generation (`llava_next_video.generation_splits`' form, graphdefs
+    hashed once for jit): the weights are fixed, and the state object is part of the
+    coalescers' batching key."""
     from flax import nnx
+
+    from aotd_jax.models.generate import static_graphdef
 
     with self._lock:
       if self._state is None:
-        self._graphdef, self._state = nnx.split(self.model)
+        graphdef, self._state = nnx.split(self.model)
+        self._graphdef = static_graphdef(graphdef)
       if language and self._language_split is None:
-        self._language_split = nnx.split(self.model.language_model)
+        graphdef, state = nnx.split(self.model.language_model)
+        self._language_split = static_graphdef(graphdef), state
       return (self._graphdef, self._state), self._language_split
 
   def generate_text(self, clip, user_text: str, max_new_tokens: int | None = None) -> str:
