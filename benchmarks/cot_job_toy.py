@@ -9,7 +9,9 @@ records, fsync'd appends) with the models taken out; compare runs on the same ma
 By default one batch at a time (execute, judge, then append each record with an fsync, as
 the job ran before its stages were pipelined); `--pipeline` runs the job as the launcher does
 (`configs/common.py`: `pipeline.enabled`, 4 batches in flight, 2 decode threads), so batch
-k+1's programs run while batch k's records are written.
+k+1's programs run while batch k's records are written. `--phases` also prints where the wall
+time went (inside a batch's processing, the record appends, their fsyncs) and how much core
+time the machine left idle in each (from /proc/stat: other jobs on the machine count too).
 """
 
 import argparse
@@ -77,6 +79,43 @@ def questions(n):
   return out
 
 
+def idle_cores_s() -> float:
+  """Seconds the machine's cores have been idle (idle + iowait, summed over cores; Linux)."""
+  with open("/proc/stat") as f:
+    fields = f.readline().split()[1:]
+  return (int(fields[3]) + int(fields[4])) / os.sysconf("SC_CLK_TCK")
+
+
+class Phases:
+  """Wall time and the machine's idle core time inside `CotJob.process` (a batch's execution
+  and judges), `RecordLog.append` and its `os.fsync`, summed over the run (`--phases`; these
+  three exist in the pre-issue-20 tree too). Wraps them in place: for this script only."""
+
+  def __init__(self, job_module):
+    self.acc = {}
+    job_module.CotJob.process = self.wrap("process", job_module.CotJob.process)
+    job_module.RecordLog.append = self.wrap("append", job_module.RecordLog.append)
+    job_module.os.fsync = self.wrap("fsync", os.fsync)
+
+  def wrap(self, name, fn):
+    def timed(*args, **kwargs):
+      t, idle = time.perf_counter(), idle_cores_s()
+      try:
+        return fn(*args, **kwargs)
+      finally:
+        acc = self.acc.setdefault(name, [0.0, 0.0])
+        acc[0] += time.perf_counter() - t
+        acc[1] += idle_cores_s() - idle
+
+    return timed
+
+  def report(self, n: int) -> str:
+    return "; ".join(
+      f"{name} {1e3 * wall / n:.2f} ms/question ({1e3 * idle / n:.2f} core-ms idle)"
+      for name, (wall, idle) in self.acc.items()
+    )
+
+
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--questions", type=int, default=200)
@@ -93,6 +132,11 @@ def main():
     "--pipeline",
     action="store_true",
     help="CotJob(pipeline=True), as launch/generate_cots.py runs it (configs/common.py)",
+  )
+  p.add_argument(
+    "--phases",
+    action="store_true",
+    help="also print the wall and idle core time in process / append / fsync",
   )
   a = p.parse_args()
   qs = questions(a.questions)
@@ -119,10 +163,11 @@ def main():
     paths = job.JobPaths.for_shard(out, "00000-of-00001")
     meter = cpu_time.Meter()
     meter.start(sb)
-    t0 = time.perf_counter()
+    phases = Phases(job) if a.phases else None
+    t0, idle = time.perf_counter(), idle_cores_s()
     with open(os.devnull, "w") as devnull:
       stats = cot.run(qs, paths, stream=devnull)
-    dt = time.perf_counter() - t0
+    dt, idle = time.perf_counter() - t0, idle_cores_s() - idle
     meter.stop_host()
   meter.stop()
   print(
@@ -132,6 +177,11 @@ def main():
     f"{1e3 * meter.host_s / a.questions:.2f} ms, worker processes "
     f"{1e3 * meter.workers_s / a.questions:.2f} ms"
   )
+  if phases is not None:
+    print(
+      f"  phases: run {1e3 * dt / a.questions:.2f} ms/question "
+      f"({1e3 * idle / a.questions:.2f} core-ms idle); {phases.report(a.questions)}"
+    )
 
 
 if __name__ == "__main__":
