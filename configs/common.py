@@ -443,6 +443,9 @@ def distill_config(
         video_root=f"{root}/{DATASETS[n][2]}",
         cots=f"{root}/{DATASETS[n][3]}" if DATASETS[n][3] else "",
         weight=1.0,
+        # at most this many of its QA questions, a seeded sample the same on every host (0: all;
+        # docs/training.md, "AGQA in the mix")
+        max_examples=0,
       )
       for n in names
     }

@@ -206,3 +206,76 @@ def _videos_dir(tmp_path, names) -> str:
   for name in names:
     (root / name).write_bytes(b"")
   return str(root)
+
+
+def _agqa(tmp_path, n: int, **extra) -> dict:
+  """An AGQA 2.0 file of `n` questions over 4 videos (empty files under `videos/`)."""
+  questions = {
+    f"q{i:04d}": {"question": f"question {i}?", "answer": "yes", "video_id": f"V{i % 4}"}
+    for i in range(n)
+  }
+  (tmp_path / "train_balanced.txt").write_text(json.dumps(questions))
+  (tmp_path / "videos").mkdir(exist_ok=True)
+  for v in range(4):
+    (tmp_path / "videos" / f"V{v}.mp4").write_bytes(b"")
+  return dict(
+    format="agqa",
+    annotations=str(tmp_path / "train_balanced.txt"),
+    video_root=str(tmp_path / "videos"),
+    cots="",
+    **extra,
+  )
+
+
+def _kept(monkeypatch, cfg) -> list[str]:
+  """The qids of the QA records `make_pipeline_data` turns into training examples."""
+  got = []
+  real = pipeline.qa_source
+
+  def qa_source(records, **kw):
+    got.append([r.qid for r in records])
+    return real(records, **kw)
+
+  monkeypatch.setattr(pipeline, "qa_source", qa_source)
+  with pytest.raises(AttributeError, match="config"):  # past the data, at the stand-in student
+    _make(cfg)
+  return got[-1]
+
+
+def test_max_examples_keeps_a_seeded_sample_the_same_on_every_host(tmp_path, monkeypatch):
+  """AGQA's millions of questions read whole made most of a concat_epoch mix; `max_examples`
+  keeps at most that many, picked by the run's seed and the dataset's name alone (each host
+  reads the same file and keeps the same questions), in file order. 0 (the default) keeps all."""
+  cfg = _config(agqa=_agqa(tmp_path, 200, max_examples=30))
+  first = _kept(monkeypatch, cfg)
+  assert len(first) == 30 and first == sorted(first)  # the file's order: q0000, q0001, ...
+  assert _kept(monkeypatch, cfg) == first  # another host, or a rerun
+  assert len(set(first)) == 30 and first != [f"q{i:04d}" for i in range(30)]
+  cfg.seed = 1
+  assert _kept(monkeypatch, cfg) != first
+  cfg.data.datasets.agqa.max_examples = 0
+  assert len(_kept(monkeypatch, cfg)) == 200
+  cfg.data.datasets.agqa.max_examples = 500  # more than there are: all
+  assert len(_kept(monkeypatch, cfg)) == 200
+  cfg.data.datasets.agqa.max_examples = -1
+  with pytest.raises(ConfigError, match=r"^--config\.data\.datasets\.agqa\.max_examples: "):
+    _make(cfg)
+
+
+def test_the_real_recipe_reads_every_question_unless_capped():
+  """The distillation configs keep the paper's data (every source whole: max_examples=0), the
+  option there to set per source; a run saved before the option resumes (unset reads as 0)."""
+  from aotd_jax.train import checkpoint
+  from configs.distill import lnv7b
+
+  cfg = lnv7b.get_config("h100x8,runlocal")
+  assert {n: d.max_examples for n, d in cfg.data.datasets.items()} == dict.fromkeys(
+    ("star", "nextqa", "agqa", "activitynet_qa", "clevrer"), 0
+  )
+  saved = cfg.to_dict()
+  del saved["data"]["datasets"]["agqa"]["max_examples"]
+  assert checkpoint.config_changes(saved, cfg.to_dict()) == []
+  cfg.data.datasets.agqa.max_examples = 100_000  # the option as a user sets it
+  assert checkpoint.config_changes(saved, cfg.to_dict()) == [
+    "data.datasets.agqa.max_examples: '<unset>' -> 100000"
+  ]

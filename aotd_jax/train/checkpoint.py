@@ -150,6 +150,8 @@ class Checkpointer:
 GUARDED_KEYS = ("batch_size", "rationale_weight", "total_steps")
 GUARDED_PREFIXES = ("data.",)
 # ... except these, which only say where or how fast the same data is read.
+# data keys added after runs were saved without them: unset reads as this value (no change)
+IMPLICIT = {"max_examples": 0}
 UNGUARDED_DATA_KEYS = (
   "num_workers",
   "worker_buffer_size",
@@ -177,7 +179,9 @@ def config_changes(saved: dict, current: dict) -> list[str]:
     guarded = key in GUARDED_KEYS or (
       key.startswith(GUARDED_PREFIXES) and key.rsplit(".", 1)[-1] not in UNGUARDED_DATA_KEYS
     )
-    if guarded and old.get(key) != new.get(key):
+    leaf = key.rsplit(".", 1)[-1]
+    before, after = old.get(key, IMPLICIT.get(leaf)), new.get(key, IMPLICIT.get(leaf))
+    if guarded and before != after:
       out.append(f"{key}: {old.get(key, '<unset>')!r} -> {new.get(key, '<unset>')!r}")
   return out
 

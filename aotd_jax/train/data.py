@@ -49,6 +49,7 @@ def sources_from_datasets(d) -> tuple[list[dict], list[dict]]:
         path=ds["annotations"],
         video_root=ds["video_root"],
         weight=float(ds.get("weight", 1.0)),
+        max_examples=int(ds.get("max_examples", 0) or 0),
         name=name,
       )
     )
@@ -62,6 +63,23 @@ def sources_from_datasets(d) -> tuple[list[dict], list[dict]]:
         )
       )
   return qa, cot
+
+
+def subsample(records: list, max_examples: int, *, seed: int, name: str) -> list:
+  """At most `max_examples` of `records` (all when 0 or fewer than that), picked at random
+  without replacement and kept in file order. The pick depends only on `seed`, `name` and the
+  file, so every host of a run keeps the same questions, and a rerun the same ones."""
+  import zlib
+
+  import numpy as np
+
+  if max_examples < 0:
+    raise ValueError(f"max_examples={max_examples}: must be >= 0 (0: all)")
+  if not max_examples or len(records) <= max_examples:
+    return list(records)
+  rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+  keep = np.sort(rng.choice(len(records), max_examples, replace=False))
+  return [records[int(i)] for i in keep]
 
 
 def _qa_sources(d) -> list[tuple[str, str, dict]]:
@@ -163,8 +181,15 @@ def make_pipeline_data(cfg, student: nnx.Module, tokenizer=None):
       from aotd_jax.data import annotations_formats
 
       annotations_formats.locate_activitynet_videos(records, qa.get("video_root", ""))
+    cap = int(qa.get("max_examples", 0) or 0)
+    try:  # AGQA's millions of questions would otherwise make most of a concat_epoch mix
+      kept = subsample(records, cap, seed=cfg.seed, name=qa.get("name", qa["path"]))
+    except ValueError as e:
+      raise ConfigError(f"{flag}.max_examples: {e}") from None
+    if len(kept) < len(records):
+      logging.info("%s: %d of its %d questions kept (max_examples)", name, len(kept), len(records))
     source = pipeline.qa_source(
-      records,
+      kept,
       video_root=qa.get("video_root", ""),
       video_ext=qa.get("video_ext", ".mp4"),
       answer_style=d.get("answer_style", "letter_text"),
