@@ -517,19 +517,22 @@ def evaluate_batches(records, scoring: str, log: str, run: dict) -> tuple[list[d
   """(rows in the order of `records`, the merged efficiencies, {qid: why}) of the questions
   whose video decodes, one batch of --batch_size at a time, each batch's rows appended to the
   row log `log` (none when ""): a crash keeps them, and a rerun with the same log answers only
-  the questions it lacks. A video that does not decode stops the run with one line
-  (--missing_videos=stop) or leaves its question out (skip)."""
+  the questions it lacks (those whose video did not decode are tried again). A video that
+  does not decode stops the run with one line (--missing_videos=stop) or leaves its question
+  out (skip)."""
   from aotd_jax.data.video import VideoDecodeError
 
-  done, undecodable, eff = read_row_log(log, run) if log else ({}, {}, {})
-  if done or undecodable:
+  done, earlier, eff = read_row_log(log, run) if log else ({}, {}, {})
+  if done or earlier:
     logging.info(
-      "%s: %d questions answered, %d left out for their videos by an earlier run; resuming",
+      "%s: %d questions answered by an earlier run; resuming (%d whose video did not decode "
+      "are tried again: the file may have been replaced)",
       log,
       len(done),
-      len(undecodable),
+      len(set(earlier) - set(done)),
     )
-  todo = [r for r in records if str(r.qid) not in done and str(r.qid) not in undecodable]
+  undecodable: dict[str, str] = {}
+  todo = [r for r in records if str(r.qid) not in done]
   if log and not files.isfile(log):
     append_lines(log, [{"run": run}])
   student = load_model() if todo else None

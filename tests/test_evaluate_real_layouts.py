@@ -333,6 +333,14 @@ def test_a_video_that_does_not_decode_stops_naming_it_or_is_left_out(
   assert missing["count"] == 2 and missing["qids"] == ["Feasibility_T5_2", "Sequence_T1_7"]
   assert set(missing["undecodable"]) == {"Feasibility_T5_2", "Sequence_T1_7"}
   assert missing["undecodable"]["Feasibility_T5_2"].startswith(str(root / "ZS9XR.mp4"))
+  # the zero-byte file replaced by a good one: the rerun tries it again, the rest resumed
+  (root / "ZS9XR.mp4").write_bytes(whole)
+  _run(evaluate, **common, missing_videos="skip")
+  assert evaluate.given == [["Interaction_T1_13"], ["Feasibility_T5_2"]]
+  result = json.loads(out.read_text())
+  assert [r["qid"] for r in result["outputs"]] == ["Interaction_T1_13", "Feasibility_T5_2"]
+  assert result["missing_videos"]["qids"] == ["Sequence_T1_7"]
+  assert list(result["missing_videos"]["undecodable"]) == ["Sequence_T1_7"]
   calls = len(evaluate.given)
   flags.FLAGS["student"].unparse()
   flags.FLAGS["out"].unparse()
