@@ -279,3 +279,21 @@ def test_the_real_recipe_reads_every_question_unless_capped():
   assert checkpoint.config_changes(saved, cfg.to_dict()) == [
     "data.datasets.agqa.max_examples: '<unset>' -> 100000"
   ]
+
+
+def test_the_mix_is_logged_and_a_run_far_short_of_its_epoch_warned(tmp_path, monkeypatch, caplog):
+  """Under concat_epoch each source's share is its size: the trainer logs them, and warns when
+  batch_size x total_steps is under half the epoch (AGQA whole against the recipe's steps)."""
+  cfg = _config(agqa=_agqa(tmp_path, 200))
+  cfg.data.mixing, cfg.total_steps = "concat_epoch", 40
+  with caplog.at_level(logging.INFO):
+    _kept(monkeypatch, cfg)
+  assert "data mix (concat_epoch): qa[0] (agqa: " in caplog.text and " 200 (100.0 %)" in caplog.text
+  assert "the run draws 40 examples (batch_size x total_steps), 20.0 % of one epoch of 200" in (
+    caplog.text
+  )
+  caplog.clear()
+  cfg.data.datasets.agqa.max_examples = 60
+  with caplog.at_level(logging.INFO):
+    _kept(monkeypatch, cfg)
+  assert "concat_epoch: the run draws" not in caplog.text  # 40 of 60: most of the epoch

@@ -147,6 +147,31 @@ def check_videos(name: str, flag: str, ds, root: str) -> None:
     )
 
 
+def describe_mix(named: list, mixing: str, drawn: int) -> None:
+  """Logs each source's examples and share of the mix; under `concat_epoch` (shares are sizes)
+  warns when the run draws (`drawn` = batch size x total steps) under half an epoch: a source
+  read whole (AGQA's millions of questions) would then make most of what it trains on."""
+  sizes = [len(ds) for _, ds in named]
+  total = sum(sizes)
+  logging.info(
+    "data mix (%s): %s",
+    mixing,
+    "; ".join(f"{name} {n} ({100 * n / total:.1f} %)" for (name, _), n in zip(named, sizes)),
+  )
+  if mixing == "concat_epoch" and 0 < drawn < total / 2:
+    big = max(range(len(named)), key=sizes.__getitem__)
+    logging.warning(
+      "concat_epoch: the run draws %d examples (batch_size x total_steps), %.1f %% of one "
+      "epoch of %d; %s is %.1f %% of it (config.data.datasets.<name>.max_examples caps a "
+      "source; docs/training.md, 'AGQA in the mix')",
+      drawn,
+      100 * drawn / total,
+      total,
+      named[big][0],
+      100 * sizes[big] / total,
+    )
+
+
 def make_pipeline_data(cfg, student: nnx.Module, tokenizer=None):
   """The Grain pipeline over `cfg.data.qa` (annotation files) and `cfg.data.cot` (CoT JSONL /
   ArrayRecord from `launch/generate_cots.py`), mixed per `cfg.data.mixing`.
@@ -228,6 +253,7 @@ def make_pipeline_data(cfg, student: nnx.Module, tokenizer=None):
     raise ValueError(
       "config.data.kind='pipeline' needs config.data.datasets, config.data.qa or config.data.cot"
     )
+  describe_mix(named, d.get("mixing", "weighted"), cfg.batch_size * cfg.get("total_steps", 0))
   mc = student.config
   buckets = tuple(d.get("buckets", ())) or (d.seq_len,)
   # The student checkpoint's own processor files say how its frames are normalised (the real
