@@ -30,7 +30,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from aotd_jax.agent import job, programs
-from aotd_jax.data import annotations, files
+from aotd_jax.data import annotations, files, video
 from aotd_jax.projects.toyworld import oracle as toyworld_oracle
 from aotd_jax.projects.toyworld import world as toyworld
 from aotd_jax.train.config_check import ConfigError
@@ -256,22 +256,16 @@ def missing_inputs(config) -> list[str]:
   return missing
 
 
-# Videos looked up before the job starts: none of a shard's first ones there means another
-# layout than the reader's (every question would fail at its video, after its program was
-# written, and a rerun would resume past those failed records).
-VIDEOS_CHECKED = 8
-
-
 def missing_videos(config, questions) -> str:
-  """The error when none of the first `VIDEOS_CHECKED` distinct videos of `questions` exists
-  (the default `make_args` decodes them from `data.video_dir`); "" otherwise, a few missing
-  ones being the job's to record as failed questions."""
+  """The error when none of the first `video.VIDEOS_CHECKED` distinct videos of `questions`
+  exists (the default `make_args` decodes them from `data.video_dir`: every question would
+  fail at its video after its program was written, and a rerun would resume past those
+  failed records); "" otherwise, a few missing ones being the job's to record as failed."""
   if config.make_args or not questions:
     return ""
   path_of = video_path(config)
-  paths = list(dict.fromkeys(path_of(qa) for qa in questions[: 4 * VIDEOS_CHECKED]))
-  paths = paths[:VIDEOS_CHECKED]
-  if any(files.isfile(p) for p in paths):
+  paths, missing = video.first_videos(path_of(qa) for qa in questions)
+  if not paths or len(missing) < len(paths):
     return ""
   return (
     f"data.video_dir={config.data.video_dir}: none of the first {len(paths)} videos of this "

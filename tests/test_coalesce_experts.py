@@ -159,25 +159,13 @@ def test_llava_coalesced_answers_actions_and_generation_equal_single_calls(model
 def _fused_request_logprobs(graphdef, rows, state):
   """The scoring forward as it was before the video features were split off (one jitted
   program from pixels to log-likelihoods): the reference of the split path."""
-  import jax
-  import jax.numpy as jnp
   from flax import nnx
 
-  from aotd_jax.models.llava_next_video import _scatter_features
+  from experts.backends.llava import _request_logprobs
 
   ids, mask, pixels, scored = rows
-  b, r, length = ids.shape
-  model = nnx.merge(graphdef, state)
-  feats = model.get_video_features(pixels)
-  feats = jnp.repeat(feats, r, axis=0).reshape(-1, feats.shape[-1])
-  flat = ids.reshape(b * r, length)
-  embeds = _scatter_features(
-    model.language_model.embed(flat), flat == model.config.video_token_index, feats
-  )
-  logits = model(attention_mask=mask.reshape(b * r, length), inputs_embeds=embeds).logits
-  logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-  tok = jnp.take_along_axis(logp, flat[:, 1:, None], axis=-1)[..., 0]
-  return jnp.sum(tok * scored.reshape(b * r, length)[:, 1:], axis=-1).reshape(b, r)
+  feats = nnx.merge(graphdef, state).get_video_features(pixels)  # inside the same program
+  return _request_logprobs(graphdef, (ids, mask, feats, scored), state)
 
 
 @pytest.mark.parametrize("dtype", ["float32", pytest.param("bfloat16", marks=pytest.mark.slow)])

@@ -158,24 +158,26 @@ def test_cots_made_on_another_machine_find_their_videos_under_video_root(tmp_pat
   whose videos lie elsewhere read that path (every CoT skipped, its video_root ignored). The
   job now also records the path under its video folder (`video`), which the trainer joins to
   its own `video_root`."""
-  from aotd_jax.agent import job
+  from aotd_jax.agent import job, programs
 
   qa = A.read("star", FIX / "star_val.json")[0]
-  from aotd_jax.agent import programs
-
   program = programs.ParsedProgram(source=None, error="no program")
-  record = job.make_record(
-    qa,
-    video_path="/gpu-box/star/Charades_v1_480/6H78U.mp4",
-    video_dir="/gpu-box/star/Charades_v1_480/",
-    program=program,
-    execution=None,
-    rationale=None,
-    rationale_source=None,
-    answer_verdict=None,
-    logic_verdict=None,
-    seconds=0.0,
-  )
+
+  def make_record(video_path: str, video_dir: str) -> dict:
+    return job.make_record(
+      qa,
+      video_path=video_path,
+      video_dir=video_dir,
+      program=program,
+      execution=None,
+      rationale=None,
+      rationale_source=None,
+      answer_verdict=None,
+      logic_verdict=None,
+      seconds=0.0,
+    )
+
+  record = make_record("/gpu-box/star/Charades_v1_480/6H78U.mp4", "/gpu-box/star/Charades_v1_480/")
   assert record["video"] == "6H78U.mp4"
   record["kept"] = True  # as in the job's cot-*.array_record (the verdicts are not the point)
   root = _videos_dir(tmp_path, ["6H78U.mp4"])
@@ -185,18 +187,7 @@ def test_cots_made_on_another_machine_find_their_videos_under_video_root(tmp_pat
   old = {k: v for k, v in record.items() if k != "video"}
   assert pipeline.cot_example(old, video_root=root)["video_path"] == record["video_path"]
   # a video outside the job's folder has no `video`
-  other = job.make_record(
-    qa,
-    video_path="/elsewhere/6H78U.mp4",
-    video_dir="/gpu-box/star/Charades_v1_480",
-    program=program,
-    execution=None,
-    rationale=None,
-    rationale_source=None,
-    answer_verdict=None,
-    logic_verdict=None,
-    seconds=0.0,
-  )
+  other = make_record("/elsewhere/6H78U.mp4", "/gpu-box/star/Charades_v1_480")
   assert "video" not in other
 
 

@@ -19,7 +19,7 @@ import contextlib
 import dataclasses
 import math
 import os
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import av
 import numpy as np
@@ -272,6 +272,25 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float | int = 
         container.mux(packet)
     for packet in stream.encode():
       container.mux(packet)
+
+
+# Videos looked up before a long job starts (the trainer, the CoT job): when none of a source's
+# first ones exists its videos are laid out otherwise than its reader expects, and every question
+# would fail at its video; a few missing ones (a dataset's lost videos) are the job's to count.
+VIDEOS_CHECKED = 8
+
+
+def first_videos(paths: Iterable[str | None],
+                 n: int = VIDEOS_CHECKED) -> tuple[list[str], list[str]]:
+  """(the first `n` distinct paths among the first `4 n` given (None: a question without one),
+  those of them that are not files)."""
+  checked: list[str] = []
+  for i, path in enumerate(paths):
+    if len(checked) == n or i >= 4 * n:
+      break
+    if path and path not in checked:
+      checked.append(path)
+  return checked, [p for p in checked if not files.isfile(p)]
 
 
 FRAME_FILES = (".jpg", ".jpeg", ".png")

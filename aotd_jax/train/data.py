@@ -111,26 +111,18 @@ def check_paths(cfg) -> None:
     raise ConfigError("training data not found:\n  " + "\n  ".join(errors))
 
 
-# Videos looked up per source before training: a source none of whose first videos exists has
-# its videos somewhere else than the flag says (every sample would be skipped); a few missing
-# ones (a dataset's lost videos) are the pipeline's to skip and count.
-VIDEOS_CHECKED = 8
-
-
 def check_videos(name: str, flag: str, ds, root: str) -> None:
-  """ConfigError when none of the first `VIDEOS_CHECKED` distinct videos of source `ds` exists
-  (the path layout differs from the one its reader expects); a warning naming the missing
-  ones when only some do not."""
-  from aotd_jax.data import files, pipeline
+  """ConfigError when none of the first `video.VIDEOS_CHECKED` distinct videos of source `ds`
+  exists (the path layout differs from the one its reader expects); a warning naming the
+  missing ones when only some do not."""
+  from aotd_jax.data import pipeline, video
 
-  paths: list[str] = []
-  for i in range(len(ds)):
-    if len(paths) == VIDEOS_CHECKED or i >= 4 * VIDEOS_CHECKED:
-      break
-    path = ds[i].get("video_path")
-    if pipeline.SKIP not in ds[i] and path and path not in paths:
-      paths.append(path)
-  missing = [p for p in paths if not files.isfile(p)]
+  def example_paths():
+    for i in range(len(ds)):
+      example = ds[i]
+      yield None if pipeline.SKIP in example else example.get("video_path")
+
+  paths, missing = video.first_videos(example_paths())
   if paths and len(missing) == len(paths):
     raise ConfigError(
       f"{flag}.video_root={root}: none of the first {len(paths)} videos of {name} exists "
