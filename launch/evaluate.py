@@ -64,7 +64,8 @@ first, so the rows are not lost at the end of a run.
 
 While it runs, each batch's rows are appended to `<out>.rows.jsonl` (`evaluate_batches`): a
 stop, crash or preemption keeps them, and the same command again answers only the questions
-left (a rerun with other settings into that `--out` is refused). A video that is there but
+left (a rerun with other settings, or after the weights at the `--student` path changed,
+into that `--out` is refused). A video that is there but
 does not decode stops the run naming the file and question, or, with `--missing_videos=skip`,
 leaves the question out, listed under `missing_videos` (`undecodable`: qid -> why).
 """
@@ -294,6 +295,27 @@ def load_student(path: str, dtype: str = "float32"):
   from aotd_jax.hf import orbax_io
 
   return orbax_io.restore_model(path, dtype=dtype)
+
+
+def student_weights(path: str) -> list:
+  """What identifies the weights a `--student` path holds now: [file, mtime, size] of a HF
+  directory's config and safetensors, or the latest step of an Orbax checkpoint directory and
+  [file, mtime, size] of that step's model files. Retraining or re-exporting into the same path
+  changes it, so a rerun into the same --out does not resume the old weights' rows."""
+  if files.isfile(files.join(path, "config.json")):
+    names = [files.join(path, "config.json"), *files.glob(path, "*.safetensors")]
+    return [[os.path.basename(n), *files.stat_key(n)] for n in names]
+  steps = sorted(
+    int(os.path.basename(p.rstrip("/")))
+    for p in files.glob(path, "*")
+    if os.path.basename(p.rstrip("/")).isdigit()
+  )
+  if not steps:
+    return []  # not a checkpoint: loading the student names the path
+  model = files.join(files.join(path, str(steps[-1])), "model")
+  return [steps[-1]] + [
+    [os.path.basename(n), *files.stat_key(n)] for n in files.glob(model, "*") if files.isfile(n)
+  ]
 
 
 def read_records(
@@ -682,6 +704,7 @@ def main(argv):
         for k, v in settings.items()
         if k not in ("from_training_config", "differs_from_training")
       },
+      "student_weights": student_weights(_STUDENT.value),
       "format": _FORMAT.value,
       "annotations": _ANNOTATIONS.value,
       "video_root": _VIDEO_ROOT.value,

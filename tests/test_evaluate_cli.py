@@ -194,6 +194,18 @@ def test_a_training_checkpoint_gives_its_tokenizer_frames_and_formats(nextqa, tm
   # other settings into the same --out are refused: its row log would mix two runs' rows
   r = _evaluate(*common, "--num_frames=2", "--answer_style=letter_text")
   assert r.returncode == 2 and "with other settings (answer_style, num_frames)" in r.stderr
+  # the same command after a later step was saved into the same path: other weights, refused
+  checkpointer = Checkpointer(ckpt, async_save=False)
+  checkpointer.save(
+    3,
+    model=nnx.state(model, nnx.Param).to_pure_dict(),
+    opt_state={"count": np.ones((), np.int32)},
+    meta={"config": {"data": data}},
+    data=None,
+  )
+  checkpointer.close()
+  r = _evaluate(*common)
+  assert r.returncode == 2 and "with other settings (student_weights)" in r.stderr
   out = tmp_path / "eval2.json"
   r = _evaluate(*common, "--num_frames=2", "--answer_style=letter_text", f"--out={out}")
   assert r.returncode == 0, r.stderr[-3000:]
@@ -205,6 +217,25 @@ def test_a_training_checkpoint_gives_its_tokenizer_frames_and_formats(nextqa, tm
     "--window=whole",
     "--frame_sampling=ours",
   ]
+
+
+def test_student_weights_change_when_a_path_is_rewritten(nextqa, tmp_path):
+  """The row log's key for `--student`: a HF directory's files, rewritten, give another key."""
+  import os
+
+  from launch import evaluate
+
+  d, model, tok = nextqa
+  student = tmp_path / "student"
+  hf.save_pretrained(model, str(student))
+  first = evaluate.student_weights(str(student))
+  assert {entry[0] for entry in first} == {"config.json", "model.safetensors"}
+  assert evaluate.student_weights(str(student)) == first
+  weights = student / "model.safetensors"
+  st = weights.stat()
+  os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # re-exported a second later
+  assert evaluate.student_weights(str(student)) != first
+  assert evaluate.student_weights(str(tmp_path / "nothing")) == []
 
 
 def test_a_bad_value_in_the_training_config_is_named(tmp_path):
