@@ -9,19 +9,27 @@ reports for AGQA and ActivityNet-QA), from the per-question outputs of `launch.e
 
 `--replay=W/judge_replies.jsonl` instead of `--llm` re-scores a recorded run without the judge.
 The output holds the accuracy, the mean score, the count of replies that could not be read and
-every question's reply.
+every question's reply. While it runs, each batch's judgements are appended to
+`<out>.rows.jsonl`: after a stop (the server gone, a kill) the same command sends only the
+answers not judged yet (an answer whose prediction changed is judged again); another judge
+(`--llm`/`--model`/`--replay`) into the same `--out` is refused.
 """
 
 from __future__ import annotations
 
 import json
+import os
 
 from absl import app, flags
 
 from aotd_jax.agent import llm as llm_lib
 from aotd_jax.data import annotations, files
 from aotd_jax.eval import open_ended
+from aotd_jax.train.config_check import ConfigError
 from launch import cli
+
+# beside --out, the judgements as they are produced (one JSON line each)
+ROWS_SUFFIX = ".rows.jsonl"
 
 _EVAL = flags.DEFINE_string("eval", None, "JSON written by launch.evaluate --out (its outputs).")
 _FORMAT = flags.DEFINE_enum(
@@ -79,16 +87,70 @@ def make_judge():
   return llm_lib.Recording(judge, _RECORD.value) if _RECORD.value else judge
 
 
+def read_judged(path: str, judge: dict) -> dict[str, dict]:
+  """{qid: judgement} of an earlier run's log `path` ({} when there is none); a ConfigError
+  when another judge wrote it (its verdicts would be mixed with this one's)."""
+  if not files.isfile(path):
+    return {}
+  done = {}
+  for n, line in enumerate(files.read_text(path).splitlines(), 1):
+    try:
+      entry = json.loads(line)
+    except ValueError:  # a line cut by the stop that ended the run: its batch is judged again
+      continue
+    if "judge" in entry:
+      if entry["judge"] != judge:
+        raise ConfigError(
+          f"--out: {path} holds the judgements of another judge ({entry['judge']}, not "
+          f"{judge}); give another --out, or remove it to start again"
+        )
+    elif "qid" in entry:
+      done[str(entry["qid"])] = entry
+  return done
+
+
+def append_lines(path: str, entries: list[dict]) -> None:
+  """Appends `entries` to the log, one JSON line each, flushed (on a bucket, where a file
+  cannot be appended to, the file is written again whole)."""
+  text = "".join(json.dumps(e) + "\n" for e in entries)
+  if files.is_url(path):
+    files.write_text(path, (files.read_text(path) if files.isfile(path) else "") + text)
+    return
+  with open(path, "a", encoding="utf-8") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+
+
 def main(argv):
   del argv
   judge = make_judge()
   if _OUT.value:
     cli.out_file(_OUT.value)
   items = judge_items(_EVAL.value, annotations.read(_FORMAT.value, _ANNOTATIONS.value))
-  result = open_ended.judge_answers(items, judge, batch_size=_BATCH.value)
-  result["judge"] = (
-    {"replay": _REPLAY.value} if _REPLAY.value else {"url": _LLM.value, "model": _MODEL.value}
-  )
+  about = {"replay": _REPLAY.value} if _REPLAY.value else {"url": _LLM.value, "model": _MODEL.value}
+  log = _OUT.value + ROWS_SUFFIX if _OUT.value else ""
+  done = read_judged(log, about) if log else {}
+  if done:
+    print(f"{log}: {len(done)} answers judged by an earlier run; resuming", flush=True)
+  elif log:
+    append_lines(log, [{"judge": about}])
+  try:
+    result = open_ended.judge_answers(
+      items,
+      judge,
+      batch_size=_BATCH.value,
+      done=done,
+      on_batch=(lambda judged: append_lines(log, judged)) if log else None,
+    )
+  except llm_lib.LLMError as e:
+    kept = (
+      f"; the answers judged so far are in {log}, and the same command resumes"
+      if log
+      else "; no --out: the answers judged so far are not kept"
+    )
+    raise llm_lib.LLMError(f"{e}{kept}") from None
+  result["judge"] = about
   print(json.dumps({k: v for k, v in result.items() if k != "judgements"}, indent=1))
   if _OUT.value:
     files.write_text(_OUT.value, json.dumps(result, indent=1))

@@ -169,3 +169,101 @@ def test_launcher_judges_records_and_replays(tmp_path):
     f"--replay={tmp_path}/replies.jsonl",
   )
   assert r.returncode != 0 and "outputs[0] qid 'v_9' is not in the annotations" in r.stderr
+
+
+class FlakyJudge:
+  """A judge server on the real ActivityNet-QA answers: 'yes' when the prediction is the
+  answer. From request `down_at` on, every request is refused (HTTP 404, as a server restarted
+  with another model answers; not retried) until `down_at` is cleared."""
+
+  def __init__(self, answers: dict[str, str]):
+    self.requests, self.down_at, self.lock = 0, None, threading.Lock()
+    outer = self
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+      def log_message(self, *a):
+        pass
+
+      def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with outer.lock:
+          outer.requests += 1
+          down = outer.down_at is not None and outer.requests >= outer.down_at
+        if down:
+          self.send_response(404)
+          self.end_headers()
+          self.wfile.write(b'{"error": "model not found"}')
+          return
+        text = body["messages"][-1]["content"]
+        answer = text.split("Correct answer:")[1].split("\n")[0].strip()
+        predicted = text.split("Predicted answer:")[1].split("\n")[0].strip()
+        reply = (
+          "{'pred': 'yes', 'score': 5}" if answer == predicted else "{'pred': 'no', 'score': 1}"
+        )
+        payload = json.dumps({"choices": [{"message": {"content": reply}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+    threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
+
+
+def test_launcher_keeps_judged_batches_and_resumes_after_the_server_goes_down(tmp_path):
+  """A judge server that stops answering midway (the real ActivityNet-QA val files) used to
+  lose every judged answer: the results were written only at the end. Each batch's judgements
+  are now appended to `<out>.rows.jsonl`, and the same command judges only the rest."""
+  real = ROOT / "tests" / "fixtures" / "real" / "activitynet_qa"
+  questions = json.loads((real / "val_q.json").read_text())[:40]
+  answers = {a["question_id"]: a["answer"] for a in json.loads((real / "val_a.json").read_text())}
+  # half right, half wrong
+  outputs = [
+    {"qid": q["question_id"], "output": answers[q["question_id"]] if i % 2 else "purple"}
+    for i, q in enumerate(questions)
+  ]
+  (tmp_path / "eval.json").write_text(json.dumps({"outputs": outputs}))
+  server = FlakyJudge(answers)
+  out = tmp_path / "judged.json"
+  log = tmp_path / "judged.json.rows.jsonl"
+  args = [
+    f"--eval={tmp_path}/eval.json",
+    "--format=activitynet_qa",
+    f"--annotations={real}/val_q.json",
+    f"--llm={server.url}",
+    "--model=judge",
+    "--batch_size=8",
+    f"--out={out}",
+  ]
+  try:
+    server.down_at = 21  # batches 1-2 answered, batch 3 refused
+    r = _launch(*args)
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert "HTTP 404" in r.stderr and f"answers judged so far are in {log}" in r.stderr
+    assert not out.exists()
+    kept = [json.loads(line) for line in log.read_text().splitlines()]
+    assert kept[0] == {"judge": {"url": server.url, "model": "judge"}}
+    assert [k["qid"] for k in kept[1:]] == [o["qid"] for o in outputs[:16]]
+    server.down_at, sent = None, server.requests
+    r = _launch(*args)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert server.requests - sent == 40 - 16  # only the answers not judged yet
+    judged = json.loads(out.read_text())
+    assert [j["qid"] for j in judged["judgements"]] == [o["qid"] for o in outputs]
+    assert [j["correct"] for j in judged["judgements"]] == [bool(i % 2) for i in range(40)]
+    assert judged["accuracy"] == 0.5 and judged["score"] == 3.0
+    # a new evaluation changed one prediction: only that answer is judged again
+    outputs[0]["output"] = answers[outputs[0]["qid"]]
+    (tmp_path / "eval.json").write_text(json.dumps({"outputs": outputs}))
+    sent = server.requests
+    r = _launch(*args)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert server.requests - sent == 1
+    assert json.loads(out.read_text())["judgements"][0]["correct"] is True
+    # another judge model into the same --out would mix two judges' verdicts
+    r = _launch(*[a for a in args if not a.startswith("--model")], "--model=other")
+    assert r.returncode == 2 and "holds the judgements of another judge" in r.stderr
+  finally:
+    server.httpd.shutdown()
+    server.httpd.server_close()

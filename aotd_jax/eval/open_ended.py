@@ -13,7 +13,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import re
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from aotd_jax.agent import programs
 
@@ -80,11 +80,19 @@ def judge_answers(
   batch_size: int = 16,
   max_new_tokens: int = 32,
   template: str | None = None,
+  done: Mapping[str, Mapping[str, Any]] | None = None,
+  on_batch: Callable[[list[dict]], None] | None = None,
 ) -> dict:
   """Judges `items` (`{"qid", "question", "answer", "prediction"}`) with `llm`.
 
-  Returns `{"accuracy", "score", "num_questions", "unparsed", "judgements": [...]}`:
-  accuracy is the share judged "yes", score the mean rating (0-5).
+  `done` holds judgements of an earlier run (`Judgement.to_json()` by qid): an item whose
+  question, answer and prediction are the same is not sent again (another prediction, e.g.
+  from a new evaluation, is). `on_batch` gets each judged batch's judgements as soon as they
+  are read, so a caller can keep them before the next call to the judge.
+
+  Returns `{"accuracy", "score", "num_questions", "unparsed", "judgements": [...]}`
+  (judgements in the order of `items`): accuracy is the share judged "yes", score the mean
+  rating (0-5).
   """
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -93,36 +101,50 @@ def judge_answers(
     if missing:
       raise ValueError(f"item {i} (qid {it.get('qid', '?')!r}) lacks {missing}")
   template = template or programs.read_prompt_file(PROMPT_FILE)
-  out: list[Judgement] = []
-  for start in range(0, len(items), batch_size):
-    chunk = items[start : start + batch_size]
+  judged: dict[int, Judgement] = {}
+  todo = []
+  for i, it in enumerate(items):
+    old = (done or {}).get(str(it["qid"]))
+    same = old is not None and all(
+      str(old.get(k)) == str(it[k]) for k in ("question", "answer", "prediction")
+    )
+    if same:
+      judged[i] = Judgement(**{f.name: old[f.name] for f in dataclasses.fields(Judgement)})
+    else:
+      todo.append(i)
+  for start in range(0, len(todo), batch_size):
+    chunk = todo[start : start + batch_size]
     prompts = [
       [
         {
           "role": "user",
-          "content": judge_prompt(it["question"], it["answer"], it["prediction"], template),
+          "content": judge_prompt(
+            items[i]["question"], items[i]["answer"], items[i]["prediction"], template
+          ),
         }
       ]
-      for it in chunk
+      for i in chunk
     ]
     replies = llm.complete(prompts, max_new_tokens=max_new_tokens, temperature=0.0)
     if len(replies) != len(chunk):
       raise ValueError(f"judge returned {len(replies)} replies for {len(chunk)} prompts")
-    for it, reply in zip(chunk, replies):
+    for i, reply in zip(chunk, replies):
+      it = items[i]
       verdict = parse_reply(reply)
       correct, score = verdict if verdict is not None else (False, 0.0)
-      out.append(
-        Judgement(
-          str(it["qid"]),
-          str(it["question"]),
-          str(it["answer"]),
-          str(it["prediction"]),
-          str(reply),
-          bool(correct),
-          float(score),
-          verdict is not None,
-        )
+      judged[i] = Judgement(
+        str(it["qid"]),
+        str(it["question"]),
+        str(it["answer"]),
+        str(it["prediction"]),
+        str(reply),
+        bool(correct),
+        float(score),
+        verdict is not None,
       )
+    if on_batch is not None:
+      on_batch([judged[i].to_json() for i in chunk])
+  out = [judged[i] for i in range(len(items))]
   n = len(out)
   return {
     "accuracy": sum(j.correct for j in out) / n if n else float("nan"),
