@@ -15,7 +15,7 @@ class FakeServer:
   """An OpenAI-compatible chat server on 127.0.0.1 in a thread.
 
   `script` is a list of actions consumed one per request ("ok", "slow", 500, 503, 400,
-  "garbage"); when it runs out every request is answered "ok". The reply to a prompt is
+  "garbage", "cut": a reply shorter than its Content-Length); when it runs out every request is answered "ok". The reply to a prompt is
   "re: <last message content>" (or a random word with `random_replies`, like sampling).
   """
 
@@ -70,6 +70,13 @@ class FakeServer:
             return
           if action == "garbage":
             payload = b"not json"
+          elif action == "cut":  # the server dies mid-reply: fewer bytes than announced
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(b'{"choices": [')
+            self.close_connection = True
+            return
           else:
             content = body["messages"][-1]["content"]
             reply = (
@@ -191,6 +198,18 @@ def test_http_bad_responses_and_unreachable_server(server):
   )
   with pytest.raises(LLMError, match="failed after 2 attempts: connection failed"):
     dead.complete(["hi"], max_new_tokens=4)
+
+
+def test_http_reply_cut_short_is_retried_then_reported(server):
+  """A reply cut short (the server or a proxy dies mid-body) raised http.client.IncompleteRead
+  through the CoT job and the judges as a traceback; it is retried like a dropped connection."""
+  server.script = ["cut"]
+  llm, _ = client(server)
+  assert llm.complete(["hi"], max_new_tokens=4) == ["re: hi"]
+  assert len(server.requests) == 2
+  server.script = ["cut"] * 3
+  with pytest.raises(LLMError, match="failed after 3 attempts: IncompleteRead"):
+    llm.complete(["hi"], max_new_tokens=4)
 
 
 def test_http_bad_arguments():

@@ -1,13 +1,14 @@
 """`OpenAIChat`: an OpenAI-compatible `/v1/chat/completions` client (vLLM, SGLang, ...).
 
 Standard library only (urllib): per-request timeouts, retries with exponential backoff on
-5xx / 429 / timeouts / refused connections, and a bounded thread pool so a batch of prompts
+5xx / 429 / timeouts / refused connections / replies cut short, and a bounded thread pool so a batch of prompts
 is sent `concurrency` at a time. Other 4xx answers are not retried (the request is wrong).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import http.client
 import json
 import os
 import socket
@@ -113,6 +114,8 @@ class OpenAIChat:
       except urllib.error.URLError as e:
         last = f"connection failed ({e.reason})"
       except (ConnectionError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        last = f"{type(e).__name__}: {e}"
+      except http.client.HTTPException as e:  # a reply cut short (IncompleteRead), a bad status
         last = f"{type(e).__name__}: {e}"
     raise LLMError(f"POST {self.url} failed after {self.max_retries + 1} attempts: {last}")
 
