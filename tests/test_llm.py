@@ -15,7 +15,8 @@ class FakeServer:
   """An OpenAI-compatible chat server on 127.0.0.1 in a thread.
 
   `script` is a list of actions consumed one per request ("ok", "slow", 500, 503, 400,
-  "garbage", "cut": a reply shorter than its Content-Length); when it runs out every request is answered "ok". The reply to a prompt is
+  "garbage", "cut": a reply shorter than its Content-Length, (429, "7"): a status with a
+  Retry-After header); when it runs out every request is answered "ok". The reply to a prompt is
   "re: <last message content>" (or a random word with `random_replies`, like sampling).
   """
 
@@ -63,8 +64,11 @@ class FakeServer:
           with server.lock:
             server.inflight -= 1
         try:
-          if isinstance(action, int):
-            self.send_response(action)
+          if isinstance(action, (int, tuple)):  # (status, Retry-After) or a status alone
+            status, after = action if isinstance(action, tuple) else (action, None)
+            self.send_response(status)
+            if after is not None:
+              self.send_header("Retry-After", after)
             self.end_headers()
             self.wfile.write(b'{"error": "scripted failure"}')
             return
@@ -198,6 +202,15 @@ def test_http_bad_responses_and_unreachable_server(server):
   )
   with pytest.raises(LLMError, match="failed after 2 attempts: connection failed"):
     dead.complete(["hi"], max_new_tokens=4)
+
+
+def test_http_rate_limit_waits_as_long_as_retry_after_asks(server):
+  """A rate-limited API (429 with Retry-After: 7) was retried after 0.01, 0.02 s...: every
+  attempt spent in a few seconds. The wait is now what the server asks, at most max_backoff_s."""
+  server.script = [(429, "7"), (503, "120"), (429, "soon"), 500]
+  llm, waits = client(server, max_retries=4, backoff_s=0.5, max_backoff_s=60.0)
+  assert llm.complete(["hi"], max_new_tokens=4) == ["re: hi"]
+  assert waits == [7.0, 60.0, 2.0, 4.0]  # asked, asked but capped, not seconds, none
 
 
 def test_http_reply_cut_short_is_retried_then_reported(server):

@@ -24,6 +24,15 @@ class LLMError(RuntimeError):
   """A backend could not produce a reply; the message names the endpoint or file."""
 
 
+def retry_after(headers) -> float:
+  """The seconds a 429 / 503 answer's `Retry-After` header asks to wait (0: none, or a date,
+  which servers of this API do not send)."""
+  try:
+    return max(0.0, float((headers or {}).get("Retry-After", "")))
+  except (TypeError, ValueError):
+    return 0.0
+
+
 class OpenAIChat:
   """Chat completions over HTTP.
 
@@ -34,7 +43,9 @@ class OpenAIChat:
       variable to read it from instead.
     timeout_s: per-request socket timeout.
     max_retries: retries after the first attempt (so max_retries + 1 attempts).
-    backoff_s / max_backoff_s: the wait before retry k is min(max, backoff * 2**k).
+    backoff_s / max_backoff_s: the wait before retry k is min(max, backoff * 2**k), or the
+      answer's `Retry-After` seconds when longer (a rate-limited API says how long), still
+      at most max_backoff_s.
     concurrency: requests in flight at once for a batch.
     extra_body: merged into every request body (e.g. {"top_p": 0.9, "seed": 0}).
     sleep: the wait function (tests pass a fake).
@@ -98,10 +109,12 @@ class OpenAIChat:
     return content if content is not None else ""
 
   def _post(self, data: bytes) -> str:
-    last = ""
+    last, asked = "", 0.0
     for attempt in range(self.max_retries + 1):
       if attempt:
-        self.sleep(min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1)))
+        wait = max(self.backoff_s * 2 ** (attempt - 1), asked)
+        self.sleep(min(self.max_backoff_s, wait))
+      asked = 0.0
       try:
         return self._post_once(data)
       except urllib.error.HTTPError as e:
@@ -109,6 +122,7 @@ class OpenAIChat:
         last = f"HTTP {e.code} {detail}".strip()
         if e.code not in RETRY_STATUS:
           raise LLMError(f"POST {self.url}: {last} (not retried)") from None
+        asked = retry_after(e.headers)
       except (TimeoutError, socket.timeout) as e:
         last = f"timed out after {self.timeout_s:g} s ({e})"
       except urllib.error.URLError as e:
