@@ -1,5 +1,6 @@
 """The resumable CoT job: SIGKILL mid-run + restart == uninterrupted run; sharding; bad inputs."""
 
+import io
 import json
 import os
 import pathlib
@@ -431,6 +432,71 @@ def test_failure_modes_are_counted_or_named(tmp_path):
       program_source="gold",
       logic_judge="gpt",
     )
+
+
+def test_a_shard_written_by_two_workers_counts_each_question_once(tmp_path):
+  """The same worker started twice on one folder (a second terminal while the first still
+  ran) appends every question twice: the kept CoTs went to the trainer twice, the pass rates
+  counted them twice, and merge_cots refused the shard for its size. Each question now counts
+  once, its first record kept, with a warning naming the log."""
+  import grain
+
+  from aotd_jax.agent import merge
+
+  questions = [qa(f"d{i}") for i in range(4)]
+  for q in questions:
+    q.meta["question_program"] = GOLD
+  paths = job.JobPaths.for_shard(str(tmp_path), "00000-of-00002")
+
+  class SecondWorker(FakeRun):
+    """While this worker runs d2, the other one appends its own record of d0."""
+
+    def __call__(self, source, tools, args, *, timeout_s):
+      lines = open(paths.records).read().splitlines() if os.path.exists(paths.records) else []
+      if len(lines) == 2:
+        with open(paths.records, "a") as f:
+          f.write(lines[0] + "\n")
+      return super().__call__(source, tools, args, timeout_s=timeout_s)
+
+  cot_job = job.CotJob(
+    tools={},
+    make_args=lambda q: {},
+    run_program=SecondWorker("y"),
+    program_source="gold",
+    batch_size=1,
+  )
+  stream = io.StringIO()
+  stats = cot_job.run(questions, paths, stream=stream)
+  assert "1 records repeat a question already in the log" in stream.getvalue()
+  assert (stats.total, stats.kept) == (4, 4)
+  source = grain.sources.ArrayRecordDataSource([paths.array_record])
+  assert sorted(json.loads(source[i])["qid"] for i in range(len(source))) == [
+    "d0",
+    "d1",
+    "d2",
+    "d3",
+  ]
+  assert json.loads(open(paths.stats).read())["total"] == 4
+  # the whole log again (both workers ran to the end): a rerun resumes on unique questions
+  with open(paths.records) as f:
+    text = f.read()
+  with open(paths.records, "a") as f:
+    f.write(text)
+  stream = io.StringIO()
+  stats = cot_job.run(questions, paths, stream=stream)
+  assert (
+    "resuming: 4 records" in stream.getvalue()
+    and "6 records repeat a question" in stream.getvalue()
+  )
+  assert (stats.total, stats.kept) == (4, 4)
+  # merged with the other worker's shard: what an unsharded run gives
+  other = job.JobPaths.for_shard(str(tmp_path), "00001-of-00002")
+  for i in range(4):
+    job.RecordLog(other.records).append({"qid": f"e{i}", "kept": False, "verdicts": {}})
+  open(other.stats, "w").write("{}")
+  assert merge.merge(str(tmp_path)).total == 8
+  got = [json.loads(line)["qid"] for line in open(tmp_path / "merged" / "records.jsonl")]
+  assert got == ["d0", "e0", "d1", "e1", "d2", "e2", "d3", "e3"]
 
 
 def test_launcher_config_errors_name_the_field():

@@ -165,14 +165,39 @@ def answer_checked(ex):
 # -- the append-only record log -------------------------------------------------------------------
 
 
+def unique_records(records: Sequence[dict]) -> tuple[list[dict], int]:
+  """(the records with each question's first record only, how many later ones were dropped).
+
+  A log holds a question twice when two workers with the same shard wrote it at once (the
+  same command started again while the first still ran); both records answer the same
+  question, and the CoTs, the pass rates and a merge must count it once.
+  """
+  seen, out = set(), []
+  for record in records:
+    if record["qid"] not in seen:
+      seen.add(record["qid"])
+      out.append(record)
+  return out, len(records) - len(out)
+
+
+def duplicates_note(path: str, dropped: int) -> str:
+  """The warning for `dropped` repeated records in the log `path`."""
+  return (
+    f"{path}: {dropped} records repeat a question already in the log (two workers with the "
+    "same --shard_index wrote it at once?); each question is counted once, its first record kept"
+  )
+
+
 class RecordLog:
   """An append-only JSONL file with one atomic, durable append per record."""
 
   def __init__(self, path: str):
     self.path = path
+    self.duplicates = 0  # later records of a question already in the log, at the last load
 
   def load(self) -> list[dict]:
-    """Reads the complete records; cuts off a partial last line left by a kill.
+    """Reads the complete records, each question's first only (`unique_records`; how many
+    were dropped is `self.duplicates`); cuts off a partial last line left by a kill.
 
     Raises:
       JobError: a complete line (not the last) is not a JSON object — naming file and line.
@@ -199,6 +224,7 @@ class RecordLog:
       if not isinstance(record, dict) or "qid" not in record:
         raise JobError(f"{self.path} line {lineno}: not a record (an object with 'qid')")
       records.append(record)
+    records, self.duplicates = unique_records(records)
     return records
 
   def append(self, record: Mapping) -> None:
@@ -859,6 +885,8 @@ class CotJob:
         file=progress.stream,
         flush=True,
       )
+    if log.duplicates:
+      print(f"{label}{duplicates_note(paths.records, log.duplicates)}", file=progress.stream)
     # closing: on a stop here, the pipelined stages finish their current batches before this
     # returns (not when the traceback is dropped), so nothing runs on after the caller's exit.
     with contextlib.closing(self._batches(todo)) as batches:
@@ -881,7 +909,14 @@ class CotJob:
           log.append(record)
           stats.add_record(record)
           progress.update()
-    finalise(log.load(), paths, stats)
+    records = log.load()
+    if log.duplicates:  # another worker on this shard appended while this one ran
+      print(f"{label}{duplicates_note(paths.records, log.duplicates)}", file=progress.stream)
+      stats = filters.FilterStats()
+      for record in records:
+        stats.add_record(record)
+      progress.stats = stats
+    finalise(records, paths, stats)
     progress.update(0, force=True)
     return stats
 

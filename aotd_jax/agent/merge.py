@@ -6,7 +6,8 @@ the merged `records.jsonl` holds the records an unsharded run writes, in the sam
 `cot.array_record` / `stats.json` are what that run's `finalise` writes from them. The
 manifest the records name is copied beside them. A merge refuses shards that do not make one
 whole run: a missing or unfinished shard, shards of two different splits, a shard with the
-wrong number of records, a question in two shards.
+wrong number of records, a question in two shards. A question twice in one shard (two workers
+ran that shard at once) is counted once (`job.unique_records`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import shutil
 import tempfile
 from typing import Mapping, Sequence
 
+from absl import logging
 from etils import epath
 
 from aotd_jax.agent import filters, job
@@ -47,6 +49,9 @@ def _read_records(path: str) -> list[dict]:
     if not isinstance(record, dict) or "qid" not in record:
       raise job.JobError(f"{path} line {lineno}: not a record (an object with 'qid')")
     records.append(record)
+  records, dropped = job.unique_records(records)
+  if dropped:
+    logging.warning("%s", job.duplicates_note(path, dropped))
   return records
 
 
