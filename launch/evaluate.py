@@ -74,12 +74,13 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 from absl import flags, logging
 
 from aotd_jax import hf
 from aotd_jax.data import annotations, files, video_processing
-from aotd_jax.eval import mc_parse, rescore
+from aotd_jax.eval import mc_parse, open_ended, rescore
 from aotd_jax.eval import student as student_eval
 from aotd_jax.train import cot_frames, data as train_data
 from aotd_jax.train.config_check import ConfigError
@@ -87,6 +88,8 @@ from launch import cli
 
 # beside --out, the rows as they are produced (one JSON line each; see `evaluate_batches`)
 ROWS_SUFFIX = ".rows.jsonl"
+# beside --out, the open-ended judge's judgements as they come (`open_ended.JudgeLog`)
+JUDGED_SUFFIX = ".judged.jsonl"
 
 _STUDENT = flags.DEFINE_string("student", None, "HF directory or Orbax checkpoint directory.")
 _TOKENIZER = flags.DEFINE_string("tokenizer", None, "Tokenizer directory (default: --student).")
@@ -663,6 +666,20 @@ def main(argv):
   if _JUDGE_REPLAY.value and not os.path.isfile(_JUDGE_REPLAY.value):
     raise ConfigError(f"--judge_replay={_JUDGE_REPLAY.value}: no such file")
   judge = make_judge()
+  judge_log = None
+  # the judged answers kept as they come and reused on a rerun; another judge's file is refused
+  # before the student runs
+  if judge is not None and _OUT.value:
+    about = (
+      {"replay": _JUDGE_REPLAY.value}
+      if _JUDGE_REPLAY.value
+      else {"url": _JUDGE_LLM.value, "model": _JUDGE_MODEL.value}
+    )
+    judge_log = open_ended.JudgeLog(_OUT.value + JUDGED_SUFFIX, about)
+    try:
+      judge_log.load()
+    except ValueError as e:
+      raise ConfigError(f"--out: {e}") from None
   if _RESCORE.value:
     try:
       header, rows = rescore.read_rows(_RESCORE.value, records)
@@ -738,11 +755,27 @@ def main(argv):
       frame_numbers=_FRAME_NUMBERS.value,
       judge=judge,
       on_judgements=judgements.extend,
+      judge_log=judge_log,
     )
   except ValueError as e:
     if not _RESCORE.value:
       raise
     raise ConfigError(f"--rescore={_RESCORE.value}: {e}") from e
+  except Exception as e:  # an LLMError: the judge stopped answering; say what is kept
+    llm_http = sys.modules.get("aotd_jax.agent.llm_http")
+    if judge is None or llm_http is None or not isinstance(e, llm_http.LLMError):
+      raise
+    kept = (
+      f"the answers judged so far are in {judge_log.path}"
+      if judge_log
+      else "no --out: the answers judged so far are not kept"
+    )
+    rows_kept = (
+      f"the student's rows are in {rows_file(_OUT.value)}; "
+      if not _RESCORE.value and _OUT.value
+      else ""
+    )
+    raise llm_http.LLMError(f"{e}; {rows_kept}{kept}, and the same command resumes") from None
   # Per question (seconds, tokens) from the rows; the run's peak memory from its header.
   if "output" in eff:
     result["efficiency"] = {**eff["output"], **result.get("efficiency", {})}

@@ -18,7 +18,6 @@ answers not judged yet (an answer whose prediction changed is judged again); ano
 from __future__ import annotations
 
 import json
-import os
 
 from absl import app, flags
 
@@ -87,41 +86,6 @@ def make_judge():
   return llm_lib.Recording(judge, _RECORD.value) if _RECORD.value else judge
 
 
-def read_judged(path: str, judge: dict) -> dict[str, dict]:
-  """{qid: judgement} of an earlier run's log `path` ({} when there is none); a ConfigError
-  when another judge wrote it (its verdicts would be mixed with this one's)."""
-  if not files.isfile(path):
-    return {}
-  done = {}
-  for n, line in enumerate(files.read_text(path).splitlines(), 1):
-    try:
-      entry = json.loads(line)
-    except ValueError:  # a line cut by the stop that ended the run: its batch is judged again
-      continue
-    if "judge" in entry:
-      if entry["judge"] != judge:
-        raise ConfigError(
-          f"--out: {path} holds the judgements of another judge ({entry['judge']}, not "
-          f"{judge}); give another --out, or remove it to start again"
-        )
-    elif "qid" in entry:
-      done[str(entry["qid"])] = entry
-  return done
-
-
-def append_lines(path: str, entries: list[dict]) -> None:
-  """Appends `entries` to the log, one JSON line each, flushed (on a bucket, where a file
-  cannot be appended to, the file is written again whole)."""
-  text = "".join(json.dumps(e) + "\n" for e in entries)
-  if files.is_url(path):
-    files.write_text(path, (files.read_text(path) if files.isfile(path) else "") + text)
-    return
-  with open(path, "a", encoding="utf-8") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-
-
 def main(argv):
   del argv
   judge = make_judge()
@@ -130,18 +94,20 @@ def main(argv):
   items = judge_items(_EVAL.value, annotations.read(_FORMAT.value, _ANNOTATIONS.value))
   about = {"replay": _REPLAY.value} if _REPLAY.value else {"url": _LLM.value, "model": _MODEL.value}
   log = _OUT.value + ROWS_SUFFIX if _OUT.value else ""
-  done = read_judged(log, about) if log else {}
+  judge_log = open_ended.JudgeLog(log, about) if log else None
+  try:
+    done = judge_log.load() if judge_log else {}
+  except ValueError as e:
+    raise ConfigError(f"--out: {e}") from None
   if done:
     print(f"{log}: {len(done)} answers judged by an earlier run; resuming", flush=True)
-  elif log:
-    append_lines(log, [{"judge": about}])
   try:
     result = open_ended.judge_answers(
       items,
       judge,
       batch_size=_BATCH.value,
       done=done,
-      on_batch=(lambda judged: append_lines(log, judged)) if log else None,
+      on_batch=judge_log.append if judge_log else None,
     )
   except llm_lib.LLMError as e:
     kept = (

@@ -267,3 +267,49 @@ def test_launcher_keeps_judged_batches_and_resumes_after_the_server_goes_down(tm
   finally:
     server.httpd.shutdown()
     server.httpd.server_close()
+
+
+def test_evaluate_keeps_the_judges_batches_and_resumes(tmp_path):
+  """`launch.evaluate --judge_llm` judged every open-ended answer in one go after the student:
+  a judge that stopped answering midway lost all it had judged (the paper's AGQA and
+  ActivityNet-QA numbers). The judgements now go to `<out>.judged.jsonl` batch by batch and a
+  rerun sends only the rest (here re-scoring a finished run's rows of the real val files)."""
+  real = ROOT / "tests" / "fixtures" / "real" / "activitynet_qa"
+  questions = json.loads((real / "val_q.json").read_text())[:40]
+  answers = {a["question_id"]: a["answer"] for a in json.loads((real / "val_a.json").read_text())}
+  outputs = [
+    {"qid": q["question_id"], "output": answers[q["question_id"]] if i % 2 else "purple"}
+    for i, q in enumerate(questions)
+  ]
+  (tmp_path / "run.json").write_text(json.dumps({"outputs": outputs}))
+  server = FlakyJudge(answers)
+  out = tmp_path / "judged.json"
+  args = [
+    f"--rescore={tmp_path}/run.json",
+    "--format=activitynet_qa",
+    f"--annotations={real}/val_q.json",
+    "--limit=40",
+    f"--judge_llm={server.url}",
+    "--judge_model=judge",
+    f"--out={out}",
+  ]
+  try:
+    server.down_at = 21  # the default 16 a batch: batch 1 answered, batch 2 refused
+    r = subprocess.run(
+      [sys.executable, "-m", "launch.evaluate", *args], cwd=ROOT, capture_output=True, text=True
+    )
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert f"answers judged so far are in {out}.judged.jsonl" in r.stderr
+    kept = [json.loads(line) for line in open(f"{out}.judged.jsonl")]
+    assert kept[0] == {"judge": {"url": server.url, "model": "judge"}} and len(kept) == 1 + 16
+    server.down_at, sent = None, server.requests
+    r = subprocess.run(
+      [sys.executable, "-m", "launch.evaluate", *args], cwd=ROOT, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert server.requests - sent == 40 - 16
+    result = json.loads(out.read_text())["open_ended"]
+    assert result["judge_accuracy"] == 0.5 and result["judge_score"] == 3.0
+  finally:
+    server.httpd.shutdown()
+    server.httpd.server_close()

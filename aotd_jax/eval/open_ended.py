@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import json
+import os
 import re
 from typing import Any, Callable, Mapping, Sequence
 
@@ -71,6 +73,60 @@ def parse_reply(reply: str) -> tuple[bool, float] | None:
   if pred and score:
     return pred.group(1).lower() == "yes", min(max(float(score.group(1)), 0.0), 5.0)
   return None
+
+
+class JudgeLog:
+  """The judgements of one judge, appended batch by batch to a JSONL file (`path`, local or
+  any `etils.epath` path): a first line `{"judge": judge}` naming the judge, then one
+  `Judgement.to_json()` per line. A run stopped midway (the server gone, a kill) keeps what
+  was judged; `load()` gives it to `judge_answers(done=...)` on the rerun."""
+
+  def __init__(self, path: str, judge: Mapping[str, Any]):
+    self.path, self.judge = path, dict(judge)
+
+  def load(self) -> dict[str, dict]:
+    """{qid: judgement} of an earlier run ({} when there is none; a line cut short by the stop
+    is skipped: its batch is judged again).
+
+    Raises:
+      ValueError: another judge wrote the file (its verdicts would be mixed with these).
+    """
+    from aotd_jax.data import files  # pylint: disable=g-import-not-at-top
+
+    if not files.isfile(self.path):
+      return {}
+    done = {}
+    for line in files.read_text(self.path).splitlines():
+      try:
+        entry = json.loads(line)
+      except ValueError:
+        continue
+      if not isinstance(entry, dict):
+        continue
+      if "judge" in entry and entry["judge"] != self.judge:
+        raise ValueError(
+          f"{self.path} holds the judgements of another judge ({entry['judge']}, not "
+          f"{self.judge}); give another output, or remove it to start again"
+        )
+      if "qid" in entry:
+        done[str(entry["qid"])] = entry
+    return done
+
+  def append(self, judgements: Sequence[Mapping[str, Any]]) -> None:
+    """Appends `judgements` (the judge's line first on a new file), flushed and fsynced (on a
+    bucket, where a file cannot be appended to, the file is written again whole)."""
+    from aotd_jax.data import files  # pylint: disable=g-import-not-at-top
+
+    entries = [] if files.isfile(self.path) else [{"judge": self.judge}]
+    text = "".join(json.dumps(e) + "\n" for e in [*entries, *judgements])
+    if files.is_url(self.path):
+      old = files.read_text(self.path) if files.isfile(self.path) else ""
+      files.write_text(self.path, old + text)
+      return
+    with open(self.path, "a", encoding="utf-8") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
 
 
 def judge_answers(

@@ -137,6 +137,7 @@ def score_rows(
   judge=None,
   judge_batch_size: int = 16,
   on_judgements: Callable[[list], None] | None = None,
+  judge_log: open_ended.JudgeLog | None = None,
 ) -> dict:
   """The numbers of a run from its rows.
 
@@ -145,7 +146,9 @@ def score_rows(
   accuracy and 0-5 score; rationale mode adds `rationale_grounding`. `likelihood_output`
   (closed-set picks) gives the `likelihood` accuracy. Rows with `seconds` / `new_tokens`
   (`likelihood_seconds`) add `efficiency` to the result (its `likelihood` part). `on_judgements`
-  receives the judge's per-question replies.
+  receives the judge's per-question replies. With `judge_log`, each batch's judgements are
+  appended to it as they come and those it already holds (an earlier, stopped run's) are not
+  sent to the judge again (`open_ended.JudgeLog`; ValueError when another judge wrote it).
   """
   if len(records) != len(rows):
     raise ValueError(f"{len(records)} questions but {len(rows)} rows")
@@ -164,6 +167,8 @@ def score_rows(
         ],
         judge,
         batch_size=judge_batch_size,
+        done=judge_log.load() if judge_log is not None else None,
+        on_batch=judge_log.append if judge_log is not None else None,
       )
       result["open_ended"].update(
         judge_accuracy=judged["accuracy"],
