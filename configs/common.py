@@ -452,6 +452,11 @@ def distill_config(
   )
   c.data.allow_unfiltered_cots = False
   c.data.num_workers = 16
+  # before step 1: one sample of each source must fit seq_len (docs/training.md, "Fail fast")
+  c.data.fit_check = True
+  # while it runs: stop when a source skips more than this share of its first samples
+  c.data.max_skip_fraction = 0.5
+  c.data.skip_check_after = 50
   if options[RUNLOCAL]:
     c.batch_size, c.total_steps, c.checkpoint_every, c.log_every = 2, 4, 2, 1
     c.keep_checkpoints, c.async_checkpoints, c.distributed = 1, False, False

@@ -158,6 +158,10 @@ UNGUARDED_DATA_KEYS = (
   "video_root",
   "tokenizer",
   "decode_size",
+  # checks before and during the run (what stops it), not what it trains on
+  "fit_check",
+  "max_skip_fraction",
+  "skip_check_after",
 )
 
 
