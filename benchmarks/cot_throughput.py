@@ -49,6 +49,13 @@ sampled frames as another call, e.g. the whole clip, runs only the language mode
 repeated `Video_summary` the tool cache. Each mode starts with empty caches; the hits, calls
 shared with another program and misses of the feature caches are reported per mode.
 
+`--llava_size=hidden=1024,intermediate=2816,layers=4,...` (and `--llava_frames`) change the
+preset's LLaVA: the size sweep of docs/experts.md, where the language model's weights read per
+decode step (`llava_decode_weight_mb` in the output) grow past this CPU's caches as 7B's
+~13 GB do past a GPU's. `cpu_ms_per_question_by_thread` splits each mode's CPU per question by
+thread: the program threads (`time.thread_time` around each program), the scheduler's
+workers, XLA's pools (`/proc/self/task`).
+
 `--batch_cost` also times each coalesced expert part on its first request alone and on 16
 copies of it in one call (the same compiled buckets): the gain batching can give that part at
 most (16 x one / sixteen); a part whose gain is far below 16 is compute-bound at that size.
@@ -210,6 +217,64 @@ def smoke_sizes(p: dict) -> dict:
     frame_hw=(24, 32),
   )
   return p
+
+
+def decode_weight_mb(model) -> float:
+  """Megabytes of the language model's weights one decode step reads: all but the input
+  embedding table (one row per token); the LM head is read whole."""
+  import jax
+  from flax import nnx
+
+  leaves = jax.tree_util.tree_leaves_with_path(nnx.state(model.language_model, nnx.Param))
+  nbytes = {jax.tree_util.keystr(k): x.size * x.dtype.itemsize for k, x in leaves}
+  table = sum(v for k, v in nbytes.items() if "embed_tokens" in k)
+  return (sum(nbytes.values()) - table) / 2**20
+
+
+def thread_cpu_s() -> dict[int, tuple[str, float]]:
+  """CPU seconds (user + system) so far of each thread of this process, by native thread id,
+  with the thread's name: the Python thread's, else the OS name (`/proc/self/task/*/comm`, e.g.
+  XLA's pools); {} where there is no /proc. Clock-tick resolution (10 ms): for totals."""
+  try:
+    tids = os.listdir("/proc/self/task")
+  except OSError:
+    return {}
+  names = {t.native_id: t.name for t in threading.enumerate()}
+  tick, out = os.sysconf("SC_CLK_TCK"), {}
+  for tid in map(int, tids):
+    try:
+      with open(f"/proc/self/task/{tid}/stat", encoding="ascii") as f:
+        stat = f.read()
+      with open(f"/proc/self/task/{tid}/comm", encoding="utf-8") as f:
+        comm = f.read().strip()
+    except OSError:  # the thread ended meanwhile
+      continue
+    fields = stat[stat.rindex(")") + 2 :].split()  # fields 14 and 15 of proc(5): utime, stime
+    out[tid] = (names.get(tid, comm), (int(fields[11]) + int(fields[12])) / tick)
+  return out
+
+
+def cpu_by_thread(before: dict, after: dict, programs_s: float, questions: int) -> dict:
+  """CPU milliseconds per question by kind of thread over a run: `programs` (the program
+  threads' own CPU, `time.thread_time` around each program: tools, host pre/post-processing,
+  dispatch when a call runs on its caller), the device scheduler's and coalescers' workers
+  (by thread name, numbers dropped), and the other threads by OS name (XLA CPU's intra-op
+  pool `tf_XLAEigen`; `python`: native threads that kept the process's name, XLA's runtime
+  threads among them); `process` is their sum (threads that ended in the run, the programs
+  aside, are not counted)."""
+  import re
+
+  kinds: dict[str, float] = {}
+  for tid, (name, cpu) in after.items():
+    if tid in before and before[tid][0] == name:  # else started during the run
+      cpu -= before[tid][1]
+    kind = re.sub(r"[/_-]?\d+$", "", name)
+    kinds[kind] = kinds.get(kind, 0.0) + cpu
+  kinds = {k: v for k, v in kinds.items() if v > 0}
+  kinds["programs"] = programs_s
+  out = {k: round(v / questions * 1e3, 2) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])}
+  out["process"] = round(sum(kinds.values()) / questions * 1e3, 2)
+  return out
 
 
 class Timed:
@@ -463,14 +528,24 @@ def run(ex: Experts, questions: list[dict], threads: int, threshold: float) -> d
   sched = ex.scheduler.stats
   sched0 = dataclasses.replace(sched)
 
-  def one(q):
-    with ex.scheduler.program():  # the scheduler knows the programs in flight
-      return program(tools, q)
+  programs_s = [0.0]
 
+  def one(q):
+    c0 = time.thread_time()
+    try:
+      with ex.scheduler.program():  # the scheduler knows the programs in flight
+        return program(tools, q)
+    finally:
+      spent = time.thread_time() - c0
+      with lock:
+        programs_s[0] += spent
+
+  threads0 = thread_cpu_s()
   t0, cpu0 = time.perf_counter(), time.process_time()
   with concurrent.futures.ThreadPoolExecutor(threads) as pool:
     answers = list(pool.map(one, questions))
   wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+  by_thread = cpu_by_thread(threads0, thread_cpu_s(), programs_s[0], len(questions))
   workers = {}
   for k, c in ex.coalescers().items():
     busy, batches, requests = (
@@ -500,6 +575,7 @@ def run(ex: Experts, questions: list[dict], threads: int, threshold: float) -> d
   return {
     "wall_s": wall,
     "cpu_s": cpu,
+    "cpu_ms_per_question_by_thread": by_thread,
     "feature_caches": feature_caches,
     "answers": answers,
     "expert_call_s": seconds,
@@ -548,6 +624,15 @@ def main(argv=None):
     help="LLaVA's per-clip video-feature cache (0: none)",
   )
   ap.add_argument(
+    "--llava_frames", type=int, default=0, help="LLaVA's frames per clip (0: the preset's)"
+  )
+  ap.add_argument(
+    "--llava_size",
+    default="",
+    help="LLaVA size keys over the preset's, e.g. layers=4,hidden=256,intermediate=512 "
+    "(experts/random_weights.py's LLAVA_NEXT_VIDEO_7B keys)",
+  )
+  ap.add_argument(
     "--scheduler_workers",
     type=int,
     default=0,
@@ -574,6 +659,13 @@ def main(argv=None):
       "--scheduler_workers >= 0"
     )
   p["per_video"] = args.questions_per_video
+  if args.llava_frames:
+    p["llava_frames"] = args.llava_frames
+  for item in filter(None, args.llava_size.split(",")):
+    k, _, v = item.partition("=")
+    if k not in p["llava"] or not v:
+      raise SystemExit(f"--llava_size: {item!r} is not KEY=VALUE of {sorted(p['llava'])}")
+    p["llava"] = dict(p["llava"], **{k: v if k == "dtype" else int(v)})
   import jax
 
   from experts.batching import count_xla_compilations
@@ -632,10 +724,15 @@ def main(argv=None):
     "frame_hw": list(p["frame_hw"]),
     "llava_frames": p["llava_frames"],
     "new_tokens": p["new_tokens"],
+    "llava_lm": {
+      k: v for k, v in p["llava"].items() if not k.startswith(("vision", "image", "patch"))
+    },
+    "llava_decode_weight_mb": round(decode_weight_mb(ex.llava.model), 2),
     "wait_ms": args.wait_ms,
     "questions_per_s": {m: round(v, 3) for m, v in qps.items()},
     "seconds_per_question": {m: round(1 / v, 4) for m, v in qps.items()},
     "process_cpu_s_per_question": {m: round(best[m]["cpu_s"] / p["questions"], 4) for m in modes},
+    "cpu_ms_per_question_by_thread": {m: best[m]["cpu_ms_per_question_by_thread"] for m in modes},
     "ratio_on_vs_off": round(qps["on"] / qps["off"], 2),
     "ratio_on_vs_serial": round(qps["on"] / qps["serial"], 2),
     "expert_call_s": {
