@@ -457,6 +457,9 @@ def distill_config(
   # while it runs: stop when a source skips more than this share of its first samples
   c.data.max_skip_fraction = 0.5
   c.data.skip_check_after = 50
+  # each annotation file parsed once per host into a memory-mapped file that the data workers
+  # read lazily ("": workdir/data_cache; "off": in memory; docs/training.md, "AGQA in the mix")
+  c.data.cache_dir = ""
   if options[RUNLOCAL]:
     c.batch_size, c.total_steps, c.checkpoint_every, c.log_every = 2, 4, 2, 1
     c.keep_checkpoints, c.async_checkpoints, c.distributed = 1, False, False

@@ -79,7 +79,7 @@ def run(cfg, workdir: str, *, wrap_data: WrapData | None = None) -> int:
   config_check.check_devices(cfg, jax.device_count(), jax.devices()[0].platform)
   mesh = sharding.make_mesh(dict(cfg.mesh))
   student = build.build_student(cfg.student, mesh=mesh, seed=cfg.seed)
-  data = train_data.make_train_data(cfg, student)
+  data = train_data.make_train_data(cfg, student, workdir=workdir)
   tx = make_optimizer(cfg.optim, cfg.total_steps)
   schedule = learning_rate_schedule(cfg.optim, cfg.total_steps)
   trainer = Trainer(

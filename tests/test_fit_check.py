@@ -114,7 +114,7 @@ def test_the_trainer_checks_before_step_one(tok, monkeypatch, tmp_path):
       answer_index=1,
     )
   ]
-  monkeypatch.setattr(annotations, "read", lambda fmt, path, **kw: records)
+  monkeypatch.setattr(annotations, "read", lambda fmt, path, **kw: annotations.Records(records))
   monkeypatch.setattr(DP, "make_pipeline", lambda tokenizer, sources, pc, **kw: sources)
   student = types.SimpleNamespace(
     config=types.SimpleNamespace(

@@ -88,7 +88,7 @@ def test_the_trainer_names_an_empty_cot_source(tmp_path, monkeypatch):
   from aotd_jax.train import data as train_data
 
   _shards(tmp_path, [[False], [False, False]])
-  monkeypatch.setattr(annotations, "read", lambda fmt, path, **kw: [])
+  monkeypatch.setattr(annotations, "read", lambda fmt, path, **kw: annotations.Records())
   cfg = ml_collections.ConfigDict(
     dict(
       batch_size=2,

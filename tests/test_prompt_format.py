@@ -94,7 +94,7 @@ def test_trainer_data_config_reaches_the_sources(monkeypatch):
   from aotd_jax.train import data as train_data
 
   seen = {}
-  monkeypatch.setattr(annotations, "read", lambda fmt, path, **kw: [_record()])
+  monkeypatch.setattr(annotations, "read", lambda fmt, path, **kw: annotations.Records([_record()]))
   import grain
 
   one = grain.MapDataset.source([{"qid": "c0"}])

@@ -216,24 +216,38 @@ def read_activitynet_qa(path: str, ctx, answers_path: str | None = None) -> Iter
 ACTIVITYNET_VIDEO_EXTS = (".mp4", ".mkv", ".webm")
 
 
-def locate_activitynet_videos(records: list[VideoQA], video_root: str) -> list[VideoQA]:
-  """Sets each ActivityNet-QA record's `meta["video_path"]` to its video's file under
-  `video_root` in whichever of `ACTIVITYNET_VIDEO_EXTS` it is (`v_<name>.mkv`, ...), listing
-  the folder once; a record whose video is in none keeps the default `v_<name>.mp4` (and is
-  reported missing where its video is read). Returns `records`, changed in place."""
-  stems = {r.meta["video_file_stem"] for r in records if "video_file_stem" in r.meta}
+def activitynet_video_files(stems: set[str], video_root: str) -> dict[str, str]:
+  """{`v_<name>` stem: its file name under `video_root`} for the stems whose video is there in
+  one of `ACTIVITYNET_VIDEO_EXTS` (the folder is listed once)."""
   if not stems or not files.isdir(video_root):
-    return records
+    return {}
   names = {p.rpartition("/")[2] for p in files.glob(video_root, "v_*")}
   found = {}
   for stem in stems:
     ext = next((e for e in ACTIVITYNET_VIDEO_EXTS if stem + e in names), None)
     if ext is not None:
       found[stem] = stem + ext
+  return found
+
+
+def locate_activitynet_video(r: VideoQA, found: dict[str, str]) -> VideoQA:
+  """Sets `r.meta["video_path"]` to its video's file in `found` (`activitynet_video_files`)
+  unless the record names one already; returns `r`, changed in place."""
+  name = found.get(r.meta.get("video_file_stem"))
+  if name is not None and "video_path" not in r.meta:
+    r.meta["video_path"] = name
+  return r
+
+
+def locate_activitynet_videos(records: list[VideoQA], video_root: str) -> list[VideoQA]:
+  """Sets each ActivityNet-QA record's `meta["video_path"]` to its video's file under
+  `video_root` in whichever of `ACTIVITYNET_VIDEO_EXTS` it is (`v_<name>.mkv`, ...), listing
+  the folder once; a record whose video is in none keeps the default `v_<name>.mp4` (and is
+  reported missing where its video is read). Returns `records`, changed in place."""
+  found = activitynet_video_files(
+    {r.meta["video_file_stem"] for r in records if "video_file_stem" in r.meta}, video_root)
   for r in records:
-    name = found.get(r.meta.get("video_file_stem"))
-    if name is not None and "video_path" not in r.meta:
-      r.meta["video_path"] = name
+    locate_activitynet_video(r, found)
   return records
 
 

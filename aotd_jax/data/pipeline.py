@@ -104,14 +104,41 @@ def _video_path(root: str, path: str) -> str:
   return files.join(root, path)
 
 
-def qa_examples(records: Sequence[VideoQA], *, video_root: str = "", video_ext: str = ".mp4",
-                answer_style: str = "letter_text", prompt_format: str = "plain") -> list[dict]:
-  """QA-mode examples (plain dicts) from annotation records.
+def qa_example(r: VideoQA, *, video_root: str = "", video_ext: str = ".mp4",
+               answer_style: str = "letter_text", prompt_format: str = "plain") -> dict:
+  """The QA-mode example (a plain dict) of one record that has an answer to train on.
 
   The video is `meta["video_path"]` when the reader set it (NExT-QA), else
   `{video_id}{video_ext}` (`{video_file_stem}{video_ext}` for ActivityNet-QA), both under
-  `video_root`. `prompt_format`: see
-  `conversation.format_question`.
+  `video_root`. `prompt_format`: see `conversation.format_question`.
+  """
+  stem = r.meta.get("video_file_stem") or r.video_id  # ActivityNet-QA: v_<id>
+  path = r.meta.get("video_path") or f"{stem}{video_ext}"
+  return {
+      "mode": "qa", "qid": r.qid, "video_path": _video_path(video_root, path),
+      "start": r.start, "end": r.end,
+      "user_text": conversation.qa_user_text(r.question, r.choices, prompt_format),
+      "assistant_text": conversation.answer_target(r.choices, r.answer, r.answer_index,
+                                                   style=answer_style)}
+
+
+def has_no_answer(r: VideoQA) -> bool:
+  """A multiple-choice record without one correct option: no letter to train on."""
+  return bool(r.choices) and r.answer_index is None
+
+
+def warn_no_answer(no_answer: Sequence[str], num_left_out: int, num_multiple_choice: int) -> None:
+  """Logs the multiple-choice records `qa_examples` leaves out (`no_answer`: the first qids)."""
+  if num_left_out:
+    logging.warning(
+        "qa: %d of %d multiple-choice records have no single correct option (CLEVRER's "
+        "questions with several correct choices, or unlabelled records) and are left out: %s%s",
+        num_left_out, num_multiple_choice, ", ".join(no_answer[:5]),
+        ", ..." if num_left_out > 5 else "")
+
+
+def qa_examples(records: Sequence[VideoQA], **kw) -> list[dict]:
+  """QA-mode examples (plain dicts) from annotation records (options: `qa_example`).
 
   A multiple-choice record without one correct option (CLEVRER's questions with several
   correct choices, an unlabelled split) has no letter to train on: it is left out, and the
@@ -119,23 +146,11 @@ def qa_examples(records: Sequence[VideoQA], *, video_root: str = "", video_ext: 
   """
   out, no_answer = [], []
   for r in records:
-    if r.choices and r.answer_index is None:
+    if has_no_answer(r):
       no_answer.append(r.qid)
       continue
-    stem = r.meta.get("video_file_stem") or r.video_id  # ActivityNet-QA: v_<id>
-    path = r.meta.get("video_path") or f"{stem}{video_ext}"
-    out.append({
-        "mode": "qa", "qid": r.qid, "video_path": _video_path(video_root, path),
-        "start": r.start, "end": r.end,
-        "user_text": conversation.qa_user_text(r.question, r.choices, prompt_format),
-        "assistant_text": conversation.answer_target(r.choices, r.answer, r.answer_index,
-                                                     style=answer_style)})
-  if no_answer:
-    logging.warning(
-        "qa: %d of %d multiple-choice records have no single correct option (CLEVRER's "
-        "questions with several correct choices, or unlabelled records) and are left out: %s%s",
-        len(no_answer), sum(bool(r.choices) for r in records), ", ".join(no_answer[:5]),
-        ", ..." if len(no_answer) > 5 else "")
+    out.append(qa_example(r, **kw))
+  warn_no_answer(no_answer, len(no_answer), sum(bool(r.choices) for r in records))
   return out
 
 

@@ -162,6 +162,7 @@ UNGUARDED_DATA_KEYS = (
   "fit_check",
   "max_skip_fraction",
   "skip_check_after",
+  "cache_dir",
 )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from absl import logging
 from flax import nnx
 
@@ -65,21 +67,21 @@ def sources_from_datasets(d) -> tuple[list[dict], list[dict]]:
   return qa, cot
 
 
-def subsample(records: list, max_examples: int, *, seed: int, name: str) -> list:
-  """At most `max_examples` of `records` (all when 0 or fewer than that), picked at random
-  without replacement and kept in file order. The pick depends only on `seed`, `name` and the
-  file, so every host of a run keeps the same questions, and a rerun the same ones."""
+def subsample_indices(n: int, max_examples: int, *, seed: int, name: str):
+  """Which of a source's `n` records to keep: at most `max_examples` (all when 0 or no more
+  than that), picked at random without replacement, as sorted indices (file order); None keeps
+  all. The pick depends only on `seed`, `name` and `n`, so every host of a run keeps the same
+  questions, and a rerun the same ones."""
   import zlib
 
   import numpy as np
 
   if max_examples < 0:
     raise ValueError(f"max_examples={max_examples}: must be >= 0 (0: all)")
-  if not max_examples or len(records) <= max_examples:
-    return list(records)
+  if not max_examples or n <= max_examples:
+    return None
   rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-  keep = np.sort(rng.choice(len(records), max_examples, replace=False))
-  return [records[int(i)] for i in keep]
+  return np.sort(rng.choice(n, max_examples, replace=False))
 
 
 def _qa_sources(d) -> list[tuple[str, str, dict]]:
@@ -95,11 +97,13 @@ def _qa_sources(d) -> list[tuple[str, str, dict]]:
 
 def check_paths(cfg) -> None:
   """`ConfigError` naming each QA source's annotation file or video folder that does not exist,
-  by its flag; run before the student is built (a 7B load takes minutes)."""
+  by its flag, or a `data.cache_dir` that cannot be one; run before the student is built (a 7B
+  load takes minutes)."""
   if cfg.data.get("kind", "synthetic") != "pipeline":
     return
   from aotd_jax.data import files
 
+  data_cache_dir(cfg.data, "")  # a bucket as cache_dir: named now, not after the student's load
   errors = []
   for flag, key, qa in _qa_sources(cfg.data):
     if not files.exists(qa["path"]):
@@ -164,16 +168,58 @@ def describe_mix(named: list, mixing: str, drawn: int) -> None:
     )
 
 
-def make_pipeline_data(cfg, student: nnx.Module, tokenizer=None):
+def _qa_source(cfg, name: str, flag: str, key: str, qa: dict, read_kwargs: dict, cache_dir: str):
+  """(the `MapDataset` of QA source `qa`, the read's report): its records parsed into memory
+  when `cache_dir` is "", else served from the file `record_cache` keeps there."""
+  from aotd_jax.data import annotations, pipeline, record_cache
+
+  example_kw = dict(
+    video_root=qa.get("video_root", ""),
+    video_ext=qa.get("video_ext", ".mp4"),
+    answer_style=cfg.data.get("answer_style", "letter_text"),
+    prompt_format=cfg.data.get("prompt_format", "plain"),
+  )
+  cap = int(qa.get("max_examples", 0) or 0)
+  try:
+    if cache_dir:
+      records = record_cache.cached_records(qa["format"], qa["path"], cache_dir, **read_kwargs)
+      report = records.report()
+    else:
+      records = annotations.read(qa["format"], qa["path"], **read_kwargs)
+      report = records.report
+  except annotations.AnnotationError as e:
+    raise ConfigError(f"{flag}.{key} (format {qa['format']!r}): {e}") from None
+  try:  # AGQA's millions of questions would otherwise make most of a concat_epoch mix
+    keep = subsample_indices(len(records), cap, seed=cfg.seed, name=qa.get("name", qa["path"]))
+  except ValueError as e:
+    raise ConfigError(f"{flag}.max_examples: {e}") from None
+  if keep is not None:
+    logging.info("%s: %d of its %d questions kept (max_examples)", name, len(keep), len(records))
+  if cache_dir:
+    source = record_cache.qa_source(records, keep, fmt=qa["format"], **example_kw)
+    return source, report
+  kept = list(records) if keep is None else [records[int(i)] for i in keep]
+  if qa["format"] == "activitynet_qa":  # its videos in whichever container they came in
+    from aotd_jax.data import annotations_formats
+
+    annotations_formats.locate_activitynet_videos(kept, example_kw["video_root"])
+  return pipeline.qa_source(kept, **example_kw), report
+
+
+def make_pipeline_data(cfg, student: nnx.Module, tokenizer=None, *, cache_dir: str = ""):
   """The Grain pipeline over `cfg.data.qa` (annotation files) and `cfg.data.cot` (CoT JSONL /
   ArrayRecord from `launch/generate_cots.py`), mixed per `cfg.data.mixing`.
+
+  With a `cache_dir`, each annotation file is parsed once into a record file there
+  (`aotd_jax.data.record_cache`) that the pipeline and its worker processes read lazily;
+  without, the records are parsed into memory (and copied into every worker).
 
   Before it returns, one sample of each source is tokenised and must fit `seq_len`
   (`aotd_jax.data.fit_check`; `cfg.data.fit_check=False` skips that), and each source is
   tagged so that one that skips most of its samples stops the run by name.
   """
   from aotd_jax import hf
-  from aotd_jax.data import annotations, conversation, fit_check, pipeline
+  from aotd_jax.data import conversation, fit_check, pipeline
   from aotd_jax.hf import processor_files
   from aotd_jax.data.tokenize import TokenizeOptions
 
@@ -190,30 +236,8 @@ def make_pipeline_data(cfg, student: nnx.Module, tokenizer=None):
       **dict(qa.get("read_kwargs", {}) or {}),
     }
     name = f"qa[{i}] ({qa.get('name', qa['format'])}: {qa['path']})"
-    try:
-      records = annotations.read(qa["format"], qa["path"], **read_kwargs)
-    except annotations.AnnotationError as e:
-      raise ConfigError(f"{flag}.{key} (format {qa['format']!r}): {e}") from None
-    if qa["format"] == "activitynet_qa":  # its videos in whichever container they came in
-      from aotd_jax.data import annotations_formats
-
-      annotations_formats.locate_activitynet_videos(records, qa.get("video_root", ""))
-    cap = int(qa.get("max_examples", 0) or 0)
-    try:  # AGQA's millions of questions would otherwise make most of a concat_epoch mix
-      kept = subsample(records, cap, seed=cfg.seed, name=qa.get("name", qa["path"]))
-    except ValueError as e:
-      raise ConfigError(f"{flag}.max_examples: {e}") from None
-    if len(kept) < len(records):
-      logging.info("%s: %d of its %d questions kept (max_examples)", name, len(kept), len(records))
-    source = pipeline.qa_source(
-      kept,
-      video_root=qa.get("video_root", ""),
-      video_ext=qa.get("video_ext", ".mp4"),
-      answer_style=d.get("answer_style", "letter_text"),
-      prompt_format=prompt_format,
-    )
+    source, report = _qa_source(cfg, name, flag, key, qa, read_kwargs, cache_dir)
     if len(source) == 0:
-      report = records.report
       why = f" (first: {report.messages[0]})" if report.messages else ""
       raise ConfigError(
         f"{flag}: no question to train on in {qa['path']}: {report.summary()}{why}; "
@@ -287,11 +311,47 @@ def make_pipeline_data(cfg, student: nnx.Module, tokenizer=None):
   return pipeline.make_pipeline(tokenizer, sources, pc, weights=weights)
 
 
-def make_train_data(cfg, student: nnx.Module):
-  """Batches for `cfg` (host-local numpy; the trainer shards them on the mesh)."""
+CACHE_OFF = "off"
+CACHE_FOLDER = "data_cache"
+
+
+def data_cache_dir(data, workdir: str) -> str:
+  """Where the run's parsed annotation files live (`record_cache`), from
+  `config.data.cache_dir`: a folder as given; "" (the default) `workdir/data_cache` (hosts
+  sharing a mounted workdir share it), or the host's temporary folder when the workdir is a
+  bucket (the file is memory-mapped); "off" returns "": records parsed into memory in every
+  process, as before the cache.
+
+  Raises:
+    ConfigError: a `cache_dir` that is a bucket URL.
+  """
+  from aotd_jax.data import files
+
+  value = data.get("cache_dir", "") or ""
+  if value == CACHE_OFF:
+    return ""
+  if value:
+    if files.is_url(value):
+      raise ConfigError(
+        f"--config.data.cache_dir={value}: must be a local or mounted folder (its files are "
+        "memory-mapped); leave it empty for the workdir's (or this host's temporary folder)"
+      )
+    return value
+  if not workdir:
+    return ""
+  if files.is_url(workdir):
+    import tempfile
+
+    return os.path.join(tempfile.gettempdir(), "aotd_jax_" + CACHE_FOLDER)
+  return os.path.join(workdir, CACHE_FOLDER)
+
+
+def make_train_data(cfg, student: nnx.Module, *, workdir: str = ""):
+  """Batches for `cfg` (host-local numpy; the trainer shards them on the mesh); the pipeline's
+  annotation cache is `data_cache_dir(cfg.data, workdir)`."""
   kind = cfg.data.get("kind", "synthetic")
   if kind == "pipeline":
-    return make_pipeline_data(cfg, student)
+    return make_pipeline_data(cfg, student, cache_dir=data_cache_dir(cfg.data, workdir))
   if kind == "synthetic":
     mc = student.config
     text = getattr(mc, "text_config", mc)
