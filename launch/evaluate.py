@@ -290,6 +290,25 @@ def differences_from_training(data: dict) -> list[str]:
   return out
 
 
+# a directory holding any of these has a tokenizer AutoTokenizer can load
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def check_tokenizer() -> None:
+  """A ConfigError, before the student is loaded, when the tokenizer directory (--tokenizer,
+  else --student) holds no tokenizer: a folder of weights alone (an Orbax copy made before
+  `aotd_jax.hf convert` kept the tokenizer) ended in a transformers traceback once the student
+  was loaded."""
+  path = _TOKENIZER.value or _STUDENT.value
+  if any(files.isfile(files.join(path, name)) for name in TOKENIZER_FILES):
+    return
+  flag = "--tokenizer" if _TOKENIZER.value else "--student"
+  raise ConfigError(
+    f"{flag}={path} holds no tokenizer ({', '.join(TOKENIZER_FILES)}); give "
+    "--tokenizer=<the Hugging Face directory the student came from>"
+  )
+
+
 def load_student(path: str, dtype: str = "float32"):
   """A student from a HF directory or an Orbax checkpoint directory (latest step), its weights
   and compute in `dtype`."""
@@ -729,6 +748,7 @@ def main(argv):
       "scoring": scoring,
       "max_new_tokens": _MAX_NEW.value,
     }
+    check_tokenizer()
     rows, eff, undecodable = evaluate_batches(
       records, scoring, rows_file(_OUT.value) if _OUT.value else "", run
     )

@@ -45,6 +45,7 @@ def evaluate(monkeypatch):
   monkeypatch.setattr(ev, "run_model", run_model)
   monkeypatch.setattr(ev, "load_model", lambda: "the student")
   monkeypatch.setattr(ev, "training_data_config", lambda path: {})
+  monkeypatch.setattr(ev, "check_tokenizer", lambda: None)  # the stub student has none
   ev.given = given
   yield ev
   for name in FLAGS_SET:

@@ -19,7 +19,7 @@ from flax import nnx
 
 from aotd_jax import sharding as sharding_lib
 from aotd_jax.data import files
-from aotd_jax.hf import api, io, registry
+from aotd_jax.hf import api, hub, io, registry
 
 HF_CONFIG = "hf_config.json"
 MODEL_ITEM = "model"
@@ -31,7 +31,9 @@ def _manager(orbax_dir: str) -> ocp.CheckpointManager:
 
 
 def convert(hf_dir: str, orbax_dir: str, *, dtype=jnp.float32, step: int = 0) -> str:
-  """Writes the HF model at `hf_dir` as step `step` of an Orbax checkpoint at `orbax_dir`.
+  """Writes the HF model at `hf_dir` as step `step` of an Orbax checkpoint at `orbax_dir`, with
+  `hf_dir`'s tokenizer, processor and chat-template files beside it (`hub.copy_tokenizer_files`),
+  so `launch.evaluate --student=ORBAX_DIR` finds its tokenizer and pixel normalisation there.
 
   Returns the checkpoint directory. The parameters are stored in `dtype`.
   """
@@ -48,6 +50,7 @@ def convert(hf_dir: str, orbax_dir: str, *, dtype=jnp.float32, step: int = 0) ->
   files.write_text(
     files.join(orbax_dir, HF_CONFIG), json.dumps(hf_config, indent=2, sort_keys=True)
   )
+  hub.copy_tokenizer_files(hf_dir, orbax_dir)
   return orbax_dir
 
 
@@ -133,7 +136,10 @@ def export(
   dtype=None,
   max_shard_bytes: int = 5 * 2**30,
 ) -> str:
-  """Writes the latest (or given) step of an Orbax checkpoint as a HF directory; returns `hf_dir`."""
+  """Writes the latest (or given) step of an Orbax checkpoint as a HF directory, with the
+  tokenizer, processor and chat-template files kept beside the checkpoint (those `convert`
+  copied); returns `hf_dir`."""
   model = restore_model(orbax_dir, step=step)
   api.save_pretrained(model, hf_dir, dtype=dtype, max_shard_bytes=max_shard_bytes)
+  hub.copy_tokenizer_files(orbax_dir, hf_dir)
   return hf_dir

@@ -108,11 +108,18 @@ class Checkpointer:
     return self._manager.save(step, args=args, force=force)
 
   def restore_meta(self, step: int | None = None) -> dict:
-    """The `meta` item of `step` (latest if None) alone: the saved config, without the arrays."""
+    """The `meta` item of `step` (latest if None) alone: the saved config, without the arrays;
+    {} for a checkpoint of the model alone (`python -m aotd_jax.hf convert` writes no meta)."""
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"{self.directory}: no checkpoint to restore")
-    return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    except KeyError as e:  # Orbax: 'Item "meta" was not found in the checkpoint'
+      if '"meta"' not in str(e):
+        raise
+      return {}
+    return restored["meta"]
 
   def restore(self, step: int | None, *, model: Any, opt_state: Any) -> dict:
     """Restores `step` (latest if None) onto the abstract/sharded targets given."""
