@@ -499,6 +499,65 @@ def test_a_shard_written_by_two_workers_counts_each_question_once(tmp_path):
   assert got == ["d0", "e0", "d1", "e1", "d2", "e2", "d3", "e3"]
 
 
+class RefusingLLM:
+  """A rewrite LLM whose server refuses (HTTP 400) any prompt holding `marker`, as vLLM refuses
+  a prompt longer than the model's context; a batch holding one is refused whole."""
+
+  def __init__(self, marker="TOO LONG"):
+    self.marker, self.calls = marker, 0
+
+  def complete(self, prompts, *, max_new_tokens, temperature=0.0, stop=None):
+    from aotd_jax.agent.llm import PromptRejected
+
+    self.calls += 1
+    if any(self.marker in str(p) for p in prompts):
+      raise PromptRejected("POST http://llm/v1/chat/completions: HTTP 400 context too long")
+    return ["We look at frames 2-6 and see it go, so the answer is y." for _ in prompts]
+
+
+@pytest.mark.parametrize("pipeline", [False, True])
+def test_a_prompt_the_llm_server_refuses_fails_its_question_not_the_run(tmp_path, pipeline):
+  """A server that refuses one question's prompt (HTTP 400: longer than its context) stopped the
+  whole job, and the same command stopped again at the same batch, forever. That question now
+  gets a record saying so (not kept; done on a rerun) and the others go on; a server refusing
+  every prompt of a batch still stops the run."""
+  questions = [qa(f"r{i}") for i in range(6)]
+  questions[4].question = "What? TOO LONG"
+  for q in questions:
+    q.meta["question_program"] = GOLD
+  kw = dict(
+    tools={},
+    make_args=lambda q: {},
+    run_program=FakeRun("y"),
+    program_source="gold",
+    batch_size=3,
+    pipeline=pipeline,
+  )
+  llm = RefusingLLM()
+  paths = job.JobPaths.for_shard(str(tmp_path / "one"), "00000-of-00001")
+  stream = io.StringIO()
+  stats = job.CotJob(cot_llm=llm, **kw).run(questions, paths, stream=stream)
+  records = {r["qid"]: r for r in job.RecordLog(paths.records).load()}
+  assert sorted(records) == [f"r{i}" for i in range(6)] and stats.total == 6
+  refused = records["r4"]["verdicts"]["refused"]
+  assert "refused this question's rewrite prompt" in refused and "HTTP 400" in refused
+  assert not records["r4"]["kept"] and "question r4:" in stream.getvalue()
+  assert all(records[f"r{i}"]["llm_replies"]["rewrite"] for i in (0, 1, 2, 3, 5))
+  assert all("refused" not in records[f"r{i}"]["verdicts"] for i in (0, 1, 2, 3, 5))
+  calls = llm.calls
+  job.CotJob(cot_llm=llm, **kw).run(questions, paths, stream=io.StringIO())
+  assert llm.calls == calls  # the rerun has nothing left to do
+  # every prompt refused: a setting the server refuses whatever the prompt; the run stops
+  for q in questions:
+    q.question = "What? TOO LONG"
+  other = job.JobPaths.for_shard(str(tmp_path / "all"), "00000-of-00001")
+  from aotd_jax.agent.llm import PromptRejected
+
+  with pytest.raises(PromptRejected, match="HTTP 400"):
+    job.CotJob(cot_llm=RefusingLLM(), **kw).run(questions, other, stream=io.StringIO())
+  assert not os.path.exists(other.records) or not open(other.records).read()
+
+
 def test_launcher_config_errors_name_the_field():
   sys.path.insert(0, str(ROOT))
   from configs.toyworld import cot as toy

@@ -168,11 +168,17 @@ def test_http_persistent_failure_is_a_clear_error(server):
 
 
 def test_http_client_errors_are_not_retried(server):
+  from aotd_jax.agent.llm import PromptRejected
+
   server.script = [400]
   llm, _ = client(server)
-  with pytest.raises(LLMError, match="HTTP 400.*not retried"):
+  with pytest.raises(PromptRejected, match="HTTP 400.*not retried"):  # the prompt is refused
     llm.complete(["hi"], max_new_tokens=4)
   assert len(server.requests) == 1
+  server.script = [404]  # another model name: every prompt fails, not one
+  with pytest.raises(LLMError, match="HTTP 404.*not retried") as e:
+    llm.complete(["hi"], max_new_tokens=4)
+  assert not isinstance(e.value, PromptRejected)
 
 
 def test_http_timeout_is_retried_then_reported(server):

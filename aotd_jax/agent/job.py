@@ -52,6 +52,7 @@ from typing import Any, Callable, ContextManager, Iterable, Iterator, Mapping, S
 
 from aotd_jax import memory_stats
 from aotd_jax.agent import cot, filters, programs
+from aotd_jax.agent.llm_http import PromptRejected
 from aotd_jax.agent.stages import StageTimes, run_stages
 from aotd_jax.agent.trace import capture_replies, safe_str
 from aotd_jax.data import conversation
@@ -790,7 +791,11 @@ class CotJob:
     def timed(name: str, fn: Callable[["_Batch"], Any]) -> Callable[["_Batch"], Any]:
       def run(b: "_Batch") -> Any:
         b.stage_t0 = time.perf_counter()
-        out = fn(b)
+        try:
+          out = fn(b)
+        except PromptRejected as e:  # say which stage's prompt the server refused
+          e.stage = e.stage or name
+          raise
         b.stage_s[name] = time.perf_counter() - b.stage_t0
         if self.times is not None:
           self.times.add(name, b.stage_s[name])
@@ -844,6 +849,42 @@ class CotJob:
       if decode is not None:
         decode.shutdown(wait=True, cancel_futures=True)
 
+  def _one_at_a_time(
+    self, batch: Sequence[Any], refused: PromptRejected, accepted: bool, label: str, stream
+  ) -> list[dict]:
+    """The records of `batch`, whose stages' LLM server refused a prompt (`refused`), each
+    question processed alone: one whose own prompt is refused gets a record that says so
+    (`verdicts.refused`; not parsed, not kept; a rerun counts it as done). Re-raises `refused`
+    when the server refuses every question of the batch and has accepted none of this job's
+    (`accepted`: a request the server refuses whatever the prompt, e.g. a bad setting)."""
+    out, refusals = [], 0
+    for qa in batch:
+      try:
+        out.extend(self.process([qa]))
+        continue
+      except PromptRejected as e:
+        refusals += 1
+        why = f"the LLM server refused this question's {e.stage or 'LLM'} prompt: {e}"
+      print(f"{label}question {qa.qid}: {why}; recorded as not kept", file=stream, flush=True)
+      record = make_record(
+        qa,
+        video_path=self.video_path(qa),
+        video_dir=self.video_dir,
+        program=programs.ParsedProgram(None, why),
+        execution=None,
+        rationale=None,
+        rationale_source=None,
+        answer_verdict=None,
+        logic_verdict=None,
+        seconds=0.0,
+        manifest=self.manifest,
+      )
+      record["verdicts"]["refused"] = why
+      out.append(record)
+    if refusals == len(batch) and (len(batch) > 1 or not accepted):
+      raise refused
+    return out
+
   def run(
     self,
     questions: Sequence[Any],
@@ -887,28 +928,51 @@ class CotJob:
       )
     if log.duplicates:
       print(f"{label}{duplicates_note(paths.records, log.duplicates)}", file=progress.stream)
-    # closing: on a stop here, the pipelined stages finish their current batches before this
-    # returns (not when the traceback is dropped), so nothing runs on after the caller's exit.
-    with contextlib.closing(self._batches(todo)) as batches:
-      for records in batches:
-        broken = broken_backend(records, self.fail_fast_min)
-        if broken:
-          raise JobError(
-            f"{label}an expert backend is broken: {broken}. Nothing of this batch "
-            f"was written to {paths.records}; fix the backend and rerun the same "
-            "command (done questions are kept)"
-          )
-        unloadable = unloadable_inputs(records, self.fail_fast_min)
-        if unloadable:
-          raise JobError(
-            f"{label}{unloadable}. Nothing of this batch was written to {paths.records}; "
-            "check the videos folder (the config's videos= / data.video_dir) and rerun the "
-            "same command (done questions are kept)"
-          )
-        for record in records:
-          log.append(record)
-          stats.add_record(record)
-          progress.update()
+
+    # whether the LLM server has answered this job's questions (records not refused)
+    accepted = any(not r.get("verdicts", {}).get("refused") for r in done)
+
+    def write(records: Sequence[dict]) -> None:
+      nonlocal accepted
+      for record in records:
+        log.append(record)
+        stats.add_record(record)
+        progress.update()
+        accepted = accepted or not record["verdicts"].get("refused")
+
+    while todo:
+      written, refused = 0, None
+      # closing: on a stop here, the pipelined stages finish their current batches before this
+      # returns (not when the traceback is dropped), so nothing runs on after the caller's exit.
+      with contextlib.closing(self._batches(todo)) as batches:
+        try:
+          for records in batches:
+            broken = broken_backend(records, self.fail_fast_min)
+            if broken:
+              raise JobError(
+                f"{label}an expert backend is broken: {broken}. Nothing of this batch "
+                f"was written to {paths.records}; fix the backend and rerun the same "
+                "command (done questions are kept)"
+              )
+            unloadable = unloadable_inputs(records, self.fail_fast_min)
+            if unloadable:
+              raise JobError(
+                f"{label}{unloadable}. Nothing of this batch was written to {paths.records}; "
+                "check the videos folder (the config's videos= / data.video_dir) and rerun the "
+                "same command (done questions are kept)"
+              )
+            write(records)
+            written += len(records)
+        except PromptRejected as e:  # the batches after it stop with the pipeline
+          refused = e
+      if refused is None:
+        break
+      # the batch the server refused a prompt of (the batches are written in order): its
+      # questions one at a time, so the one whose prompt it refuses is recorded as such and
+      # the others go on; a rerun would otherwise stop at this batch again, forever
+      batch = todo[written : written + self.batch_size]
+      write(self._one_at_a_time(batch, refused, accepted, label, progress.stream))
+      todo = todo[written + len(batch) :]
     records = log.load()
     if log.duplicates:  # another worker on this shard appended while this one ran
       print(f"{label}{duplicates_note(paths.records, log.duplicates)}", file=progress.stream)

@@ -19,12 +19,21 @@ import os
 import threading
 from typing import Protocol, Sequence, Union, runtime_checkable
 
-from aotd_jax.agent.llm_http import LLMError, OpenAIChat
+from aotd_jax.agent.llm_http import LLMError, OpenAIChat, PromptRejected
 
 Prompt = Union[str, list]
 BATCHING = ("continuous", "static")  # LocalLlama's batching modes
 
-__all__ = ["LLM", "LLMError", "LocalLlama", "OpenAIChat", "Recording", "Replay", "prompt_key"]
+__all__ = [
+  "LLM",
+  "LLMError",
+  "LocalLlama",
+  "OpenAIChat",
+  "PromptRejected",
+  "Recording",
+  "Replay",
+  "prompt_key",
+]
 
 
 @runtime_checkable

@@ -18,10 +18,20 @@ import urllib.request
 from typing import Any, Callable, Sequence
 
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+# answers that refuse the request itself (e.g. a prompt longer than the model's context): the
+# same prompt is refused again, the server's other prompts may pass
+REJECT_STATUS = frozenset({400, 413, 422})
 
 
 class LLMError(RuntimeError):
   """A backend could not produce a reply; the message names the endpoint or file."""
+
+
+class PromptRejected(LLMError):
+  """The server refused a request (HTTP 400 / 413 / 422), not retried: the prompt, or the
+  request's settings, is what it refuses. `stage` names the CoT job's stage when known."""
+
+  stage = ""
 
 
 def retry_after(headers) -> float:
@@ -120,6 +130,8 @@ class OpenAIChat:
       except urllib.error.HTTPError as e:
         detail = e.read()[:200].decode("utf-8", "replace")
         last = f"HTTP {e.code} {detail}".strip()
+        if e.code in REJECT_STATUS:
+          raise PromptRejected(f"POST {self.url}: {last} (not retried)") from None
         if e.code not in RETRY_STATUS:
           raise LLMError(f"POST {self.url}: {last} (not retried)") from None
         asked = retry_after(e.headers)
