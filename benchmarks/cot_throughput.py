@@ -56,6 +56,12 @@ decode step (`llava_decode_weight_mb` in the output) grow past this CPU's caches
 thread: the program threads (`time.thread_time` around each program), the scheduler's
 workers, XLA's pools (`/proc/self/task`).
 
+`--llava_prefix_cache_mb=MB` keeps LLaVA's KV cache of each clip's prompt prefix (template +
+video tokens) on the device, so a generation on kept frames prefills only its question (the
+gpu preset: 16384, as the CoT configs; others 0); a mode named `<mode>-noprefix` (e.g.
+`--modes=on,off,serial,on-noprefix,serial-noprefix`) runs it with the prefix cache off, and
+`ratio_prefix_cache_on_vs_off` compares them.
+
 `--batch_cost` also times each coalesced expert part on its first request alone and on 16
 copies of it in one call (the same compiled buckets): the gain batching can give that part at
 most (16 x one / sixteen); a part whose gain is far below 16 is compute-bound at that size.
@@ -189,10 +195,13 @@ PRESETS = {
     owl_buckets=(32,),
     buckets=(1, 16),
     llava_buckets=(1, 4),
+    llava_prefix_cache_mb=16384,  # as the CoT configs
     rounds=1,
   ),
 }
-MODES = ("on", "per_expert", "off", "serial")
+BASE_MODES = ("on", "per_expert", "off", "serial")
+# each mode also with LLaVA's KV prefix cache off (`--llava_prefix_cache_mb` > 0 sets it on)
+MODES = BASE_MODES + tuple(f"{m}-noprefix" for m in BASE_MODES)
 OBJECTS = ("cup", "book", "laptop", "towel", "bag", "pillow", "sandwich", "door")
 ACTIONS = (
   "person opens the door",
@@ -312,6 +321,7 @@ class Experts:
     feature_cache_mb: float = 64.0,
     workers: int = 1,
     llava_cache_mb: float = 1024.0,
+    llava_prefix_cache_mb: float = 0.0,
   ):
     from experts.backends.llava import LlavaVideoQA
     from experts.backends.owlv2 import Owlv2Detector
@@ -357,6 +367,7 @@ class Experts:
       coalesce_wait_s=wait_s,
       scheduler=scheduler,
       feature_cache_mb=llava_cache_mb,
+      prefix_cache_mb=llava_prefix_cache_mb,
     )
     self.build_s = time.perf_counter() - t0
 
@@ -407,8 +418,20 @@ class Experts:
         c.close()
       self.detector.coalescer, self.grounder.coalescers, self.llava.coalescers = saved
 
+  @contextlib.contextmanager
+  def without_prefix_cache(self, mode: str):
+    """`mode` with LLaVA's KV prefix cache off (whole prompts prefilled)."""
+    kept, self.llava.prefix_cache = self.llava.prefix_cache, None
+    try:
+      with self.mode(mode):
+        yield
+    finally:
+      self.llava.prefix_cache = kept
+
   def mode(self, mode: str):
     """The context a mode runs in (see the module docstring)."""
+    if mode.endswith("-noprefix"):
+      return self.without_prefix_cache(mode.removesuffix("-noprefix"))
     if mode == "on":
       return contextlib.nullcontext()
     if mode == "per_expert":
@@ -507,6 +530,7 @@ def run(ex: Experts, questions: list[dict], threads: int, threshold: float) -> d
     "owlv2/image": ex.detector.feature_cache,
     "univtg/frames": ex.grounder.feature_cache,
     "llava/video": ex.llava.feature_cache,
+    "llava/prefix": ex.llava.prefix_cache,
   }
   caches = {k: c for k, c in caches.items() if c is not None}
   cache0 = {k: dataclasses.replace(c.stats) for k, c in caches.items()}
@@ -599,7 +623,8 @@ def main(argv=None):
   ap.add_argument(
     "--modes",
     default="on,off,serial",
-    help="comma-separated, of on, per_expert, off, serial (on, off and serial are needed)",
+    help="comma-separated, of on, per_expert, off, serial (on, off and serial are needed), "
+    "each also as <mode>-noprefix: LLaVA's KV prefix cache off",
   )
   ap.add_argument(
     "--batch_cost", action="store_true", help="also time each expert part at 1 vs 16 requests"
@@ -622,6 +647,13 @@ def main(argv=None):
     type=float,
     default=1024.0,
     help="LLaVA's per-clip video-feature cache (0: none)",
+  )
+  ap.add_argument(
+    "--llava_prefix_cache_mb",
+    type=float,
+    default=None,
+    help="LLaVA's per-clip KV prefix cache on the device (0: none; default: the preset's, "
+    "16384 for gpu as the CoT configs, else 0)",
   )
   ap.add_argument(
     "--llava_frames", type=int, default=0, help="LLaVA's frames per clip (0: the preset's)"
@@ -666,6 +698,10 @@ def main(argv=None):
     if k not in p["llava"] or not v:
       raise SystemExit(f"--llava_size: {item!r} is not KEY=VALUE of {sorted(p['llava'])}")
     p["llava"] = dict(p["llava"], **{k: v if k == "dtype" else int(v)})
+  prefix_mb = args.llava_prefix_cache_mb
+  prefix_mb = p.get("llava_prefix_cache_mb", 0.0) if prefix_mb is None else prefix_mb
+  if prefix_mb < 0:
+    raise SystemExit("--llava_prefix_cache_mb must be >= 0")
   import jax
 
   from experts.batching import count_xla_compilations
@@ -673,7 +709,9 @@ def main(argv=None):
   from experts.registry import scheduler_workers
 
   workers = scheduler_workers(args.scheduler_workers)
-  ex = Experts(p, args.wait_ms / 1000, args.feature_cache_mb, workers, args.llava_feature_cache_mb)
+  ex = Experts(
+    p, args.wait_ms / 1000, args.feature_cache_mb, workers, args.llava_feature_cache_mb, prefix_mb
+  )
   # the detection threshold: the 99th percentile of the random model's scores (some boxes)
   probe = make_questions(dict(p, questions=1), "probe", 99)[0]["clip"]
   logits = ex.detector.raw_outputs(probe, [OBJECTS[0]])[0]
@@ -681,13 +719,14 @@ def main(argv=None):
   names = [m for m in args.modes.split(",") if m]
   if not {"on", "off", "serial"} <= set(names) or not set(names) <= set(MODES):
     raise SystemExit(f"--modes={args.modes!r}: need on, off and serial, of {MODES}")
-  modes = {m: 1 if m == "serial" else p["threads"] for m in MODES if m in names}
+  modes = {m: 1 if m.startswith("serial") else p["threads"] for m in MODES if m in names}
   t0 = time.perf_counter()
   warm = make_questions(dict(p, per_video=1), "warm", 1)  # compiles every mode's shapes
   for mode, threads in modes.items():
     with ex.mode(mode):
       # off/serial run each call alone: two questions (both spans, a summary) cover their shapes
-      run(ex, warm if mode in ("on", "per_expert") else warm[:2], threads, threshold)
+      batched = mode.split("-")[0] in ("on", "per_expert")
+      run(ex, warm if batched else warm[:2], threads, threshold)
   for coalescer in ex.coalescers().values():  # every batch size a timed round may form
     coalescer.warm()
   compile_s = time.perf_counter() - t0
@@ -718,6 +757,7 @@ def main(argv=None):
     "questions_per_video": p["per_video"],
     "univtg_feature_cache_mb": args.feature_cache_mb,
     "llava_feature_cache_mb": args.llava_feature_cache_mb,
+    "llava_prefix_cache_mb": prefix_mb,
     "scheduler_workers": workers,
     "rounds": p["rounds"],
     "frames_per_question": p["frames"],
@@ -735,6 +775,9 @@ def main(argv=None):
     "cpu_ms_per_question_by_thread": {m: best[m]["cpu_ms_per_question_by_thread"] for m in modes},
     "ratio_on_vs_off": round(qps["on"] / qps["off"], 2),
     "ratio_on_vs_serial": round(qps["on"] / qps["serial"], 2),
+    "ratio_prefix_cache_on_vs_off": {
+      m: round(qps[m] / qps[f"{m}-noprefix"], 2) for m in modes if f"{m}-noprefix" in modes
+    },
     "expert_call_s": {
       m: {k: round(v, 3) for k, v in best[m]["expert_call_s"].items()} for m in modes
     },

@@ -276,6 +276,11 @@ def bind_experts(name: str, a: dict, *, vocabulary: str) -> ml_collections.Confi
     # and QA calls and the video's other questions: 4,608 x 4,096 values a clip (75.5 MB in
     # float32, 37.7 MB in bf16), so ~54 clips in float32 (docs/experts.md)
     "feature_cache_mb": 4096,
+    # the language model's keys/values of each clip's prompt prefix (template + 4,608 video
+    # tokens) kept on the device, so a call prefills only its question: ~2.3 GB a clip at 7B in
+    # bf16, so 16 GB keeps 7 clips, beside the 7B's ~15 GB of weights, OWLv2's 8 GB feature
+    # cache and generation batches on a 141 GB H200 (docs/experts.md)
+    "prefix_cache_mb": 16384,
   }
   c.action_recognizer = dict(llava)
   c.video_qa = dict(llava)

@@ -139,7 +139,10 @@ class BucketedJit:
       return jax.tree.map(lambda s: zeros((0,) + s.shape[1:], s.dtype), spec)
     outs = []
     for start, stop, size in plan_chunks(n, self.buckets):
-      part = jax.tree.map(lambda a, s=start, e=stop: a[s:e], rows)
+      # (a device array is not sliced when one chunk takes it whole: no copy)
+      part = (
+        rows if (start, stop) == (0, n) else jax.tree.map(lambda a, s=start, e=stop: a[s:e], rows)
+      )
       out = self.run_chunk(pad_rows(part, size), *args)
       if to_host:
         out = jax.tree.map(np.asarray, out)

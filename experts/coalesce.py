@@ -20,9 +20,11 @@ Two output modes:
             bucket) pair.
 
 Rows may be one array or a tuple of arrays sharing their leading axis (token ids, masks and
-pixels of one prompt per row). Only requests with the same row shapes/dtypes and the same
-`args` objects (compared by identity: model state, queries) share a batch. Errors raised by the batch reach every
-request in it. `close()` runs what is queued, then stops the worker; later submits raise.
+pixels of one prompt per row). Numpy rows are batched on the host; device arrays (`jax.Array`,
+e.g. a prompt prefix's KV cache kept on the device) stay there and are concatenated there.
+Only requests with the same row shapes/dtypes and the same `args` objects (compared by
+identity: model state, queries) share a batch. Errors raised by the batch reach every request
+in it. `close()` runs what is queued, then stops the worker; later submits raise.
 `warm()` compiles `fn` for every bucket size of every row shape seen so far, so that a long
 job does not stall on a compilation the first time a batch of a new size forms.
 
@@ -90,6 +92,13 @@ def _take(tree, idx):
 _take_jit = jax.jit(_take)
 
 
+def _concatenate(*parts):
+  """Requests' rows of one leaf along axis 0: on the device when they live there."""
+  if isinstance(parts[0], jax.Array):
+    return jnp.concatenate(parts)
+  return np.concatenate(parts)
+
+
 class Coalescer:
   """Dynamic batcher in front of `fn` (a `BucketedJit`).
 
@@ -154,7 +163,7 @@ class Coalescer:
   def submit(self, rows, *args) -> concurrent.futures.Future:
     """Queues `rows` (numpy, leading axis N; or a tuple of such arrays) with `fn`'s other
     arguments; returns a Future."""
-    rows = jax.tree.map(np.asarray, rows)
+    rows = jax.tree.map(lambda a: a if isinstance(a, jax.Array) else np.asarray(a), rows)
     if any(np.ndim(a) < 1 for a in jax.tree.leaves(rows)):
       raise ValueError(
         f"{self.name}: rows need a leading axis, got shapes "
@@ -327,7 +336,7 @@ class Coalescer:
   def _concat(batch: Sequence[_Request]):
     if len(batch) == 1:
       return batch[0].rows
-    return jax.tree.map(lambda *a: np.concatenate(a), *[r.rows for r in batch])
+    return jax.tree.map(_concatenate, *[r.rows for r in batch])
 
   def _run_host(self, batch: Sequence[_Request]) -> list[Any]:
     rows = self._concat(batch)

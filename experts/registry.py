@@ -18,7 +18,9 @@ with a `kind` and that kind's settings:
                       max_new_tokens, prompt_format: plain | official, summary_prompt:
                       ours | official (Video_summary's), action_prompt: ours | official
                       (Query_Actions' questions), matmul_precision, cpu_kernels,
-                      feature_cache_mb: clips' video features kept, default 1024, 0 = none)
+                      feature_cache_mb: clips' video features kept, default 1024, 0 = none;
+                      prefix_cache_mb: the language model's KV cache of prompt prefixes kept
+                      on the device per clip, default 0 = none)
                       | none
   video_qa:          oracle | llava (the same keys) | none
   selector:          keyword | llama (path: HF Llama dir with tokenizer) | openai (base_url,
@@ -300,6 +302,7 @@ def _llava(role):
       summary_prompt=_get(section, "summary_prompt", "ours"),
       action_prompt=_get(section, "action_prompt", "ours"),
       feature_cache_mb=float(_get(section, "feature_cache_mb", 1024.0)),
+      prefix_cache_mb=float(_get(section, "prefix_cache_mb", 0.0)),
       coalesce=coalesce,
       coalesce_wait_s=wait,
     )

@@ -348,9 +348,9 @@ def test_cot_job_records_are_the_same_with_coalescing_on_and_off(models):
   rationales, verdicts) do not depend on whether concurrent calls were batched, by each
   expert's own coalescer or by one device scheduler that knows the programs in flight (one
   batch at a time, or two workers), nor on UniVTG's frame-feature cache and LLaVA's
-  video-feature cache (off in the unbatched reference, on without batching in `cached`; two
-  questions per video, so the second grounds another query and summarises with another
-  query on kept features)."""
+  video-feature cache (off in the unbatched reference, on without batching in `cached`) and KV
+  prefix cache (on in the scheduler modes); two questions per video, so the second grounds
+  another query and summarises with another query on kept features."""
   from aotd_jax.agent import job
   from aotd_jax.agent.sandbox import Sandbox
   from aotd_jax.data import annotations
@@ -393,6 +393,9 @@ def test_cot_job_records_are_the_same_with_coalescing_on_and_off(models):
       coalesce_wait_s=wait,
       scheduler=sched,
       feature_cache_mb=cache_mb,
+      # the scheduler modes' language-model calls run after each clip's kept KV prefix (its
+      # features are then computed once per prefix: the feature cache sees no second call)
+      prefix_cache_mb=cache_mb if sched else 0,
     )
     box = experts.Toolbox(
       detector=Owlv2Detector(
@@ -441,7 +444,8 @@ def test_cot_job_records_are_the_same_with_coalescing_on_and_off(models):
         {k: v for k, v in r.items() if k != "timing"} for r in cot_job.process(questions)
       ]
     if mode != "off":
-      for cache in (box.grounder.feature_cache, box.video_qa.feature_cache):
+      llava_cache = box.video_qa.prefix_cache or box.video_qa.feature_cache
+      for cache in (box.grounder.feature_cache, llava_cache):
         assert cache.stats.hits + cache.stats.shared > 0, (mode, cache.stats)
     if mode not in ("off", "cached"):
       batched = [

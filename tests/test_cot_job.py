@@ -595,6 +595,7 @@ def test_dataset_configs_build_their_backends(tmp_path):
     "official",
   )
   assert e.video_qa.feature_cache_mb == e.action_recognizer.feature_cache_mb == 4096
+  assert e.video_qa.prefix_cache_mb == e.action_recognizer.prefix_cache_mb == 16384
   assert (e.detector.threshold, e.detector.query_template, e.tools.find) == (
     0.2,
     "a photo of a {}",

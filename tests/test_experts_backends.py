@@ -876,3 +876,10 @@ def test_registry_binds_the_llava_feature_cache(llava):
   config.video_qa.feature_cache_mb = -1
   with pytest.raises(ValueError, match="feature_cache_mb must be >= 0"):
     experts.make_toolbox(config, plugins=[TOYWORLD])
+  config.video_qa.feature_cache_mb = 1
+  assert experts.make_toolbox(config, plugins=[TOYWORLD]).video_qa.prefix_cache is None  # default
+  config.video_qa.prefix_cache_mb = 3
+  assert experts.make_toolbox(config, plugins=[TOYWORLD]).video_qa.prefix_cache.max_bytes == 3 << 20
+  config.video_qa.prefix_cache_mb = -1
+  with pytest.raises(ValueError, match="prefix_cache_mb must be >= 0"):
+    experts.make_toolbox(config, plugins=[TOYWORLD])

@@ -5,7 +5,9 @@ Works for any model with the `LlamaForCausalLM` call signature (`input_ids`/`inp
 `init_cache`;
 LLaVA passes its language model with merged `inputs_embeds`. Prompts are left-padded to a
 length bucket, so the loop compiles once per (batch, bucket, max_new_tokens, greedy/sample),
-never per step or per prompt length.
+never per step or per prompt length. `prefill_prefix` + `generate_after_prefix` split a prompt
+whose prefix is shared by many calls (LLaVA's video tokens): the prefix's keys and values are
+kept, and a call prefills only its suffix against them.
 """
 
 from __future__ import annotations
@@ -144,11 +146,36 @@ def _decode(
     logits_to_keep=1,
     prefill=True,
   )
-  rng, sub = jax.random.split(rng)
-  tok = pick_tokens(out.logits[:, -1], sub, temperature, top_p, sample)
   next_pos = jnp.sum(mask, axis=-1).astype(jnp.int32)
   if deltas is not None:
     next_pos = next_pos + deltas
+  return _decode_loop(
+    model, out, full_mask, prompt_len, next_pos, eos, pad, temperature, top_p, rng,
+    max_new_tokens=max_new_tokens, sample=sample,
+  )  # fmt: skip
+
+
+def _decode_loop(
+  model,
+  out,
+  full_mask,
+  prompt_len,
+  next_pos,
+  eos,
+  pad,
+  temperature,
+  top_p,
+  rng,
+  *,
+  max_new_tokens: int,
+  sample: bool,
+) -> GenerateOutput:
+  """The greedy/sampled decode loop after a prefill whose output `out` holds the prompt's last
+  logits and the cache (the prompt in slots [0, prompt_len), `full_mask` over every slot);
+  `next_pos` (B,): the position of each row's first generated token."""
+  b = full_mask.shape[0]
+  rng, sub = jax.random.split(rng)
+  tok = pick_tokens(out.logits[:, -1], sub, temperature, top_p, sample)
   seqs = jnp.full((b, max_new_tokens), pad, jnp.int32).at[:, 0].set(tok)
   done = jnp.isin(tok, eos)
   lengths = jnp.ones((b,), jnp.int32)
@@ -176,8 +203,92 @@ def _decode(
   return GenerateOutput(sequences=carry[3], lengths=carry[4])
 
 
+def prefill_prefix(model, inputs_embeds: jax.Array) -> tuple[tuple, tuple]:
+  """The KV cache of unpadded prompt prefixes (B, P, hidden) (positions 0..P-1): (keys, values),
+  each a tuple of (B, kv_heads, P, head_dim) per layer, what `generate_after_prefix` continues
+  from. Traced (call it inside jit)."""
+  b, p = inputs_embeds.shape[:2]
+  out = model(
+    None,
+    jnp.ones((b, p), jnp.int32),
+    inputs_embeds=inputs_embeds,
+    cache=model.init_cache(b, p),
+    logits_to_keep=1,
+    prefill=True,
+  )
+  return out.cache.keys, out.cache.values
+
+
+def prefill_suffix(model, keys, values, input_ids, mask, extra_slots: int):
+  """The language model on left-padded prompt suffixes (B, W) after cached prefixes `keys` /
+  `values` ((B, kv_heads, P, head_dim) per layer, from `prefill_prefix`): the output (logits of
+  the last position, the cache with `extra_slots` free slots after the suffix) and the mask
+  over every slot. Positions continue from P (the suffix's left padding does not shift them,
+  as `generate`'s left padding does not). Traced (call it inside jit)."""
+  b, width = mask.shape
+  p = keys[0].shape[2]
+  total = p + width + extra_slots
+
+  def slots(a):
+    return jnp.pad(a, ((0, 0), (0, 0), (0, total - p), (0, 0)))
+
+  cache = model.init_cache(b, total).replace(
+    keys=tuple(map(slots, keys)),
+    values=tuple(map(slots, values)),
+    index=jnp.asarray(p, jnp.int32),
+  )
+  full_mask = jnp.concatenate(
+    [jnp.ones((b, p), mask.dtype), mask, jnp.zeros((b, extra_slots), mask.dtype)], axis=1
+  )
+  positions = jnp.where(mask > 0, p + jnp.cumsum(mask, axis=-1) - 1, 1)
+  out = model(input_ids, full_mask, position_ids=positions, cache=cache, logits_to_keep=1)
+  return out, full_mask
+
+
+def _decode_after_prefix(
+  graphdef,
+  state,
+  keys,
+  values,
+  input_ids,
+  mask,
+  eos,
+  pad,
+  temperature,
+  top_p,
+  rng,
+  *,
+  max_new_tokens: int,
+  sample: bool,
+):
+  model = nnx.merge(plain_graphdef(graphdef), state)
+  out, full_mask = prefill_suffix(model, keys, values, input_ids, mask, max_new_tokens)
+  p, width = keys[0].shape[2], mask.shape[1]
+  next_pos = p + jnp.sum(mask, axis=-1).astype(jnp.int32)
+  return _decode_loop(
+    model, out, full_mask, p + width, next_pos, eos, pad, temperature, top_p, rng,
+    max_new_tokens=max_new_tokens, sample=sample,
+  )  # fmt: skip
+
+
 # One jitted program per (graphdef, shapes, max_new_tokens, sample); `_cache_size()` counts them.
 decode_jit = jax.jit(_decode, static_argnums=(0,), static_argnames=("max_new_tokens", "sample"))
+decode_after_prefix_jit = jax.jit(
+  _decode_after_prefix, static_argnums=(0,), static_argnames=("max_new_tokens", "sample")
+)
+
+
+def _sampling(caller: str, max_new_tokens: int, temperature: float, top_p: float, rng) -> bool:
+  """Checks the decoding settings; whether they sample (temperature > 0) or not (greedy)."""
+  if max_new_tokens < 1:
+    raise ValueError(f"{caller}: max_new_tokens must be >= 1, got {max_new_tokens}")
+  if temperature < 0 or not 0 < top_p <= 1:
+    raise ValueError(
+      f"{caller}: need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}"
+    )
+  if temperature > 0 and rng is None:
+    raise ValueError(f"{caller}: sampling (temperature > 0) needs an `rng` key")
+  return temperature > 0
 
 
 def generate(
@@ -219,15 +330,7 @@ def generate(
   """
   if (input_ids is None) == (inputs_embeds is None):
     raise ValueError("generate: pass exactly one of input_ids and inputs_embeds")
-  if max_new_tokens < 1:
-    raise ValueError(f"generate: max_new_tokens must be >= 1, got {max_new_tokens}")
-  if temperature < 0 or not 0 < top_p <= 1:
-    raise ValueError(
-      f"generate: need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}"
-    )
-  sample = temperature > 0
-  if sample and rng is None:
-    raise ValueError("generate: sampling (temperature > 0) needs an `rng` key")
+  sample = _sampling("generate", max_new_tokens, temperature, top_p, rng)
   b, length = np.shape(input_ids if inputs_embeds is None else inputs_embeds)[:2]
   mask = (
     np.ones((b, length), np.int32)
@@ -275,6 +378,77 @@ def generate(
     jax.random.PRNGKey(0) if rng is None else rng,
     position_ids,
     position_deltas,
+    max_new_tokens=int(max_new_tokens),
+    sample=sample,
+  )
+
+
+def generate_after_prefix(
+  model,
+  prefix: tuple[Sequence, Sequence],
+  input_ids,
+  attention_mask=None,
+  *,
+  max_new_tokens: int,
+  eos_token_id: int | Sequence[int] | None,
+  pad_token_id: int,
+  temperature: float = 0.0,
+  top_p: float = 1.0,
+  rng: jax.Array | None = None,
+  min_bucket: int = 16,
+  split: tuple | None = None,
+) -> GenerateOutput:
+  """`generate` for prompts whose unpadded prefixes were prefilled before (`prefill_prefix`):
+  only the suffixes run through the model, against the kept keys and values.
+
+  Args:
+    model: a `LlamaForCausalLM`-like NNX module (the one whose cache `prefix` is).
+    prefix: (keys, values), each a tuple of (B, kv_heads, P, head_dim) per layer: the
+      prefixes' cache, every row P tokens long (positions 0..P-1, no padding).
+    input_ids: (B, S) suffix ids, left-padded (`attention_mask` 0 there; default all ones);
+      they are padded further to a `prompt_bucket` of S. The tokens take positions from P on,
+      as in the whole prompt, so the greedy tokens are `generate`'s on prefix + suffix (the
+      split changes matmul shapes, so logits may differ in the last bits).
+    Others as `generate`.
+  Returns:
+    `GenerateOutput(sequences (B, max_new_tokens) int32, lengths (B,))`.
+  """
+  sample = _sampling("generate_after_prefix", max_new_tokens, temperature, top_p, rng)
+  keys, values = prefix
+  ids = np.asarray(input_ids, np.int32)
+  b, length = ids.shape
+  if length < 1:
+    raise ValueError("generate_after_prefix: the suffix is empty (keep at least one token)")
+  shapes = {tuple(np.shape(a)) for a in (*keys, *values)}
+  if len(shapes) != 1 or next(iter(shapes))[0] != b or len(next(iter(shapes))) != 4:
+    raise ValueError(
+      f"generate_after_prefix: the prefix cache must be (B={b}, kv_heads, P, head_dim) arrays "
+      f"of one shape, got {sorted(shapes)}"
+    )
+  mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask, np.int32)
+  if mask.shape != ids.shape:
+    raise ValueError(
+      f"generate_after_prefix: attention_mask shape {mask.shape} does not match {ids.shape}"
+    )
+  if np.any(np.diff(mask, axis=1) < 0):
+    raise ValueError("generate_after_prefix: attention_mask must be left-padded")
+  width = prompt_bucket(length, min_bucket)
+  eos = jnp.asarray(
+    np.atleast_1d(-1 if eos_token_id is None else np.asarray(eos_token_id)), jnp.int32
+  )
+  graphdef, state = nnx.split(model) if split is None else split
+  return decode_after_prefix_jit(
+    static_graphdef(graphdef),
+    state,
+    tuple(keys),
+    tuple(values),
+    jnp.asarray(_left_pad(ids, width, pad_token_id)),
+    jnp.asarray(_left_pad(mask, width)),
+    eos,
+    jnp.int32(pad_token_id),
+    jnp.float32(max(temperature, 1e-6)),
+    jnp.float32(top_p),
+    jax.random.PRNGKey(0) if rng is None else rng,
     max_new_tokens=int(max_new_tokens),
     sample=sample,
   )

@@ -303,7 +303,8 @@ class LlamaForCausalLM(nnx.Module):
     Args:
       input_ids / inputs_embeds: (B, L) ids or (B, L, hidden) embeddings (exactly one).
       attention_mask: 1 for real tokens, 0 for (left) padding. Without a cache it is (B, L);
-        with a cache it covers every cache slot, (B, max_length).
+        with a cache it covers every cache slot, (B, max_length). With `position_ids` it may
+        be (B, L, L or max_length): per query, the slots it may see (causal still applies).
       position_ids: (B, L); default from the mask as transformers' `generate` does
         (cumsum - 1 over real tokens), i.e. left padding does not shift positions.
       cache: a `KVCache` (from `init_cache`); the new keys/values are written at `cache.index`
@@ -331,10 +332,16 @@ class LlamaForCausalLM(nnx.Module):
     if attention_mask is None:
       attention_mask = jnp.ones((b, total), jnp.int32)
     attention_mask = jnp.asarray(attention_mask)
+    seen = None
+    if attention_mask.shape == (b, l, total) and position_ids is not None:
+      # which slots each query may see besides the causal rule (several continuations of one
+      # prompt side by side in one row, each hidden from the others)
+      seen, attention_mask = attention_mask.astype(bool), jnp.any(attention_mask, axis=1)
     if attention_mask.shape != (b, total):
       raise ValueError(
         f"LlamaForCausalLM: attention_mask has shape {attention_mask.shape}, expected "
-        f"{(b, total)} ({'cache slots' if cache is not None else 'input length'})"
+        f"{(b, total)} ({'cache slots' if cache is not None else 'input length'}) or, with "
+        f"position_ids, {(b, l, total)}"
       )
     start = jnp.zeros((), jnp.int32) if cache is None else cache.index
     per_row = jnp.ndim(start) == 1
@@ -353,7 +360,7 @@ class LlamaForCausalLM(nnx.Module):
     # j <= start + i.
     q_slot = jnp.expand_dims(start, -1) + jnp.arange(l)  # (l,) or (B, l)
     causal = (jnp.arange(total) <= q_slot[..., None]).reshape(-1, l, total)
-    mask = causal & valid[:, None, :]
+    mask = causal & (valid[:, None, :] if seen is None else seen)
     x = constrain(x, ("activation_batch", "activation_length", "activation_embed"))
     hidden_states = [x] if output_hidden_states else None
     new_k, new_v = [], []

@@ -25,6 +25,11 @@ the language model. With `coalesce=True` each part sits behind an `experts.coale
 so concurrent calls from a CoT job's programs share one batch: the clips whose features are
 not kept in one vision batch, the prompts (same prompt bucket, same number of replies, kept
 features or not) in one language-model batch.
+
+With `prefix_cache_mb` the language model's keys and values of the prompt's prefix (the
+template up to and including the video tokens, which come before the question) are kept on
+the device per clip (`prefix_kv`), and a call runs only its question (and replies) against
+them: `generate_after_prefix` for generations, `_request_logprobs_after_prefix` for scoring.
 """
 
 from __future__ import annotations
@@ -129,6 +134,62 @@ def _request_logprobs(graphdef, rows, state):
   return jnp.sum(tok * scored.reshape(b * r, length)[:, 1:], axis=-1).reshape(b, r)
 
 
+def _prefix_kv(graphdef, rows, state):
+  """The language model's KV cache (keys, values: per layer (B, kv_heads, P, head_dim)) of B
+  prompt prefixes: ids (B, P), unpadded, ending in the video tokens, and their clips' video
+  features (B, N, hidden)."""
+  from flax import nnx
+
+  from aotd_jax.models.generate import plain_graphdef, prefill_prefix
+  from aotd_jax.models.llava_next_video import _scatter_features
+
+  ids, feats = rows
+  model = nnx.merge(plain_graphdef(graphdef), state)
+  embeds = _scatter_features(
+    model.language_model.embed(ids),
+    ids == model.config.video_token_index,
+    feats.reshape(-1, feats.shape[-1]),
+  )
+  return prefill_prefix(model.language_model, embeds)
+
+
+def _request_logprobs_after_prefix(graphdef, rows, state):
+  """`_request_logprobs` after kept prefixes: summed log-probabilities (B, R) of each request's
+  R replies, all in one row after the prompt's suffix, each reply seeing the prefix, the
+  suffix and itself only.
+
+  rows: ids (B, l) (the left-padded suffix, then the R replies right-padded to one length),
+  seen (B, l, l) (which of the row's slots each query sees), positions (B, l), pred / target /
+  scored (B, R, Lr) (the row index whose logits predict each reply token, the token, 1 where
+  scored), keys / values (per layer (B, kv_heads, P, head_dim): the prefixes' cache).
+  """
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from aotd_jax.models.generate import plain_graphdef
+
+  ids, seen, positions, pred, target, scored, keys, values = rows
+  lm = nnx.merge(plain_graphdef(graphdef), state).language_model
+  b, length = ids.shape
+  p = keys[0].shape[2]
+
+  def slots(a):
+    return jnp.pad(a, ((0, 0), (0, 0), (0, length), (0, 0)))
+
+  cache = lm.init_cache(b, p + length).replace(
+    keys=tuple(map(slots, keys)), values=tuple(map(slots, values)), index=jnp.asarray(p, jnp.int32)
+  )
+  mask = jnp.concatenate([jnp.ones((b, length, p), bool), seen.astype(bool)], axis=-1)
+  logits = lm(ids, mask, position_ids=positions, cache=cache).logits.astype(jnp.float32)
+  vocab = logits.shape[-1]
+  at = pred.reshape(b, -1)
+  picked = jnp.take_along_axis(
+    logits.reshape(b, -1), at * vocab + target.reshape(b, -1), axis=1
+  ) - jnp.take_along_axis(jax.nn.logsumexp(logits, axis=-1), at, axis=1)
+  return jnp.sum(picked.reshape(pred.shape) * scored, axis=-1)
+
+
 def load(path: str, matmul_precision: str = "default", cpu_kernels: bool = True):
   """(model, tokenizer) of a HF LLaVA-NeXT-Video directory; `matmul_precision="high"` runs its
   matmuls in bf16x3 and `"highest"` in bf16x6 with float32's error (the AMX kernel on Intel
@@ -168,6 +229,11 @@ class LlavaVideoQA:
     feature_cache_mb: megabytes of clips' video features kept between calls (host arrays in
       the model's dtype; LLaVA-NeXT-Video-7B at 32 frames: 4,608 x 4,096 values, 37.7 MB in
       bf16, 75.5 MB in float32); 0: none.
+    prefix_cache_mb: megabytes of the language model's KV cache of prompt prefixes (the
+      template's tokens up to and including the clip's video tokens) kept on the device per
+      clip, so a generation or a scoring on kept frames prefills only its question (and
+      replies). At 7B, 32 frames, bf16: ~2.3 GB a clip (32 layers x 2 x 4,096 values x ~4,612
+      tokens); 0: none.
   """
 
   def __init__(
@@ -190,6 +256,7 @@ class LlavaVideoQA:
     normalization: tuple | None = None,
     scheduler=None,
     feature_cache_mb: float = 1024.0,
+    prefix_cache_mb: float = 0.0,
   ):
     from experts.feature_cache import FrameFeatureCache
 
@@ -198,6 +265,18 @@ class LlavaVideoQA:
     self.feature_cache = (
       FrameFeatureCache(int(feature_cache_mb * 2**20), name=f"{name}/video-features")
       if feature_cache_mb
+      else None
+    )
+    if prefix_cache_mb < 0:
+      raise ValueError(f"prefix_cache_mb must be >= 0 (0: no cache), got {prefix_cache_mb}")
+    scaling = prefix_cache_mb and model.config.text_config.rope_scaling_dict or {}
+    if scaling.get("rope_type", scaling.get("type")) == "dynamic":
+      # dynamic RoPE's frequencies depend on the longest position of a call: a prefix run on
+      # its own would get other frequencies than the whole prompt
+      raise ValueError("prefix_cache_mb: a KV prefix cache cannot serve 'dynamic' RoPE scaling")
+    self.prefix_cache = (
+      FrameFeatureCache(int(prefix_cache_mb * 2**20), name=f"{name}/prefix-kv")
+      if prefix_cache_mb
       else None
     )
     if choice_scoring not in CHOICE_SCORING:
@@ -321,9 +400,59 @@ class LlavaVideoQA:
     return self.feature_cache.fetch([self.feature_key(clip, idx, blank=blank)], compute, wait)[0]
 
   def clear_features(self) -> None:
-    """Drops the kept video features (e.g. to time a cold run)."""
+    """Drops the kept video features and prefix caches (e.g. to time a cold run)."""
     if self.feature_cache is not None:
       self.feature_cache.clear()
+    if self.prefix_cache is not None:
+      self.prefix_cache.clear()
+
+  def prefix_length(self, ids: np.ndarray) -> int:
+    """How many of the prompt's tokens (1, L) the prefix cache keeps: up to and including
+    the last video token (what follows is the question), at most L - 1 (the suffix holds the
+    token whose logits start the reply)."""
+    where = np.flatnonzero(ids[0] == self.video_token_id)
+    if not len(where):
+      raise ValueError(f"{self.name}: the prompt has no video token to cache a prefix up to")
+    return int(min(where[-1] + 1, ids.shape[1] - 1))
+
+  def prefix_key(
+    self, clip, idx: np.ndarray, prefix_ids: np.ndarray, *, blank: bool = False
+  ) -> tuple:
+    """What a prefix's KV cache depends on: the video features' key (model name, frames or
+    blank, preprocessing: `feature_key`), the prefix's token ids and the cache's dtype."""
+    import jax.numpy as jnp
+
+    dtype = jnp.dtype(self.model.language_model.options.dtype).name
+    ids = np.ascontiguousarray(prefix_ids, np.int32)
+    return (self.feature_key(clip, idx, blank=blank), ids.shape, ids.tobytes(), dtype)
+
+  def prefix_kv(self, clip, prefix_ids: np.ndarray, *, blank: bool = False) -> tuple:
+    """The KV cache (keys, values: per layer (1, kv_heads, P, head_dim) device arrays) of the
+    prompt prefix `prefix_ids` (1, P) with the clip's video features, kept or computed
+    (through the "prefix" coalescer with `coalesce`: clips' prefixes of one length share a
+    batch)."""
+    import functools
+
+    from aotd_jax.data.video_processing import sample_frame_indices
+    from experts.batching import BucketedJit
+
+    idx = sample_frame_indices(len(clip), self.num_frames)
+    (graphdef, state), _ = self._splits()
+    fn, coalescer = self._part(
+      "prefix",
+      lambda: BucketedJit(
+        functools.partial(_prefix_kv, graphdef), buckets=self.buckets, name=f"{self.name}/prefix"
+      ),
+      output="device",
+    )
+
+    def compute(keys=None):
+      rows = (prefix_ids, self.video_features(clip, blank=blank))
+      return [coalescer(rows, state) if coalescer is not None else fn(rows, state)]
+
+    wait = coalescer.wait if coalescer is not None else lambda future: future.result()
+    key = self.prefix_key(clip, idx, prefix_ids, blank=blank)
+    return self.prefix_cache.fetch([key], compute, wait)[0]
 
   def _run(self, key: str, make, rows, *args):
     """The `BucketedJit` `make()` (built once per key) over request rows, on the host, through
@@ -331,8 +460,9 @@ class LlavaVideoQA:
     fn, coalescer = self._part(key, make)
     return coalescer(rows, *args) if coalescer is not None else fn(rows, *args, to_host=True)
 
-  def _part(self, key: str, make) -> tuple:
-    """(the `BucketedJit` of `key`, built by `make()` once; its coalescer or None)."""
+  def _part(self, key: str, make, output: str = "host") -> tuple:
+    """(the `BucketedJit` of `key`, built by `make()` once; its coalescer (`output` mode) or
+    None)."""
     with self._lock:  # programs call from many threads: one function and coalescer per key
       fn = self._fns.get(key)
       if fn is None:
@@ -343,7 +473,7 @@ class LlavaVideoQA:
         self.coalescers[key] = Coalescer(
           fn,
           wait_s=self.coalesce_wait_s,
-          output="host",
+          output=output,
           name=f"{self.name}/coalesce-{key}",
           scheduler=self.scheduler,
         )
@@ -376,42 +506,81 @@ class LlavaVideoQA:
 
   def generate_text(self, clip, user_text: str, max_new_tokens: int | None = None) -> str:
     """Greedy reply of the model to `user_text` about the clip."""
+    ids = self.generate_ids(clip, user_text, max_new_tokens)
+    return self.tokenizer.decode(ids.tolist(), skip_special_tokens=True).strip()
+
+  def generate_ids(self, clip, user_text: str, max_new_tokens: int | None = None) -> np.ndarray:
+    """The greedy reply's token ids (up to and including EOS) to `user_text` about the clip:
+    the whole prompt prefilled, or with `prefix_cache_mb` only its question after the kept
+    KV cache of the prompt's prefix (the same tokens: tests/test_llava_prefix_cache.py)."""
     from aotd_jax.models.generate import prompt_bucket
-    from aotd_jax.models.llava_next_video import generate
     from experts.batching import BucketedJit
 
     ids = self.prompt_ids(user_text)
     steps = int(max_new_tokens or self.max_new_tokens)
-    width = prompt_bucket(ids.shape[1])  # left-padded as `generate` pads it
     pad = self.tokenizer.pad_token_id or 0
-    rows = (
-      np.pad(ids, ((0, 0), (width - ids.shape[1], 0)), constant_values=pad),
-      np.pad(np.ones_like(ids), ((0, 0), (width - ids.shape[1], 0))),
-      self.video_features(clip),
-    )
     model, eos = self.model, self.tokenizer.eos_token_id
     splits = self._splits(language=True)  # ~8 ms of Python per call if split each time
+    if self.prefix_cache is not None:
+      from aotd_jax.models.generate import generate_after_prefix
 
-    def run(rows):
-      out = generate(
-        model,
-        rows[0],
-        rows[1],
-        video_features=rows[2],
-        max_new_tokens=steps,
-        eos_token_id=eos,
-        pad_token_id=pad,
-        splits=splits,
+      p = self.prefix_length(ids)
+      keys, values = self.prefix_kv(clip, ids[:, :p])
+      suffix = ids[:, p:]
+      width = prompt_bucket(suffix.shape[1])  # left-padded as `generate_after_prefix` pads it
+      rows = (
+        np.pad(suffix, ((0, 0), (width - suffix.shape[1], 0)), constant_values=pad),
+        np.pad(np.ones_like(suffix), ((0, 0), (width - suffix.shape[1], 0))),
+        keys,
+        values,
       )
-      return out.sequences, out.lengths
 
+      def run(rows):
+        out = generate_after_prefix(
+          model.language_model,
+          (rows[2], rows[3]),
+          rows[0],
+          rows[1],
+          max_new_tokens=steps,
+          eos_token_id=eos,
+          pad_token_id=pad,
+          split=splits[1],
+        )
+        return out.sequences, out.lengths
+
+      key = f"generate-prefix{steps}"
+    else:
+      from aotd_jax.models.llava_next_video import generate
+
+      width = prompt_bucket(ids.shape[1])  # left-padded as `generate` pads it
+      rows = (
+        np.pad(ids, ((0, 0), (width - ids.shape[1], 0)), constant_values=pad),
+        np.pad(np.ones_like(ids), ((0, 0), (width - ids.shape[1], 0))),
+        self.video_features(clip),
+      )
+
+      def run(rows):
+        out = generate(
+          model,
+          rows[0],
+          rows[1],
+          video_features=rows[2],
+          max_new_tokens=steps,
+          eos_token_id=eos,
+          pad_token_id=pad,
+          splits=splits,
+        )
+        return out.sequences, out.lengths
+
+      key = f"generate{steps}"
     seqs, lengths = self._run(
-      f"generate{steps}",
-      lambda: BucketedJit(run, buckets=self.buckets, name=f"{self.name}/generate", jit=False),
+      key,
+      lambda: BucketedJit(
+        run, buckets=self.buckets, name=f"{self.name}/{key.rstrip('0123456789')}", jit=False
+      ),
       rows,
     )
-    n = int(lengths[0])
-    return self.tokenizer.decode(np.asarray(seqs)[0, :n].tolist(), skip_special_tokens=True).strip()
+    return np.asarray(seqs)[0, : int(lengths[0])]
 
   def score_choices(
     self, clip, user_text: str, replies: Sequence[str], *, blank: bool = False
@@ -430,6 +599,8 @@ class LlavaVideoQA:
     if not replies:
       raise ValueError("score_choices: no replies to score")
     ids = self.prompt_ids(user_text)
+    if self.prefix_cache is not None:
+      return self._score_after_prefix(clip, ids, replies, blank)
     prompt = list(ids[0])
     rows, masks = [], []
     for reply in replies:
@@ -451,6 +622,59 @@ class LlavaVideoQA:
         name=f"{self.name}/score",
       ),
       (batch[None], attn[None], self.video_features(clip, blank=blank), scored[None]),
+      state,
+    )
+    return np.asarray(out[0], np.float64)
+
+  def _score_after_prefix(self, clip, ids: np.ndarray, replies: Sequence[str], blank: bool):
+    """`score_choices` on the clip's kept prefix (`prefix_kv`): one row per request, the
+    prompt's suffix (left-padded to a `prompt_bucket`) then every reply (right-padded to one
+    bucketed length), each reply seeing only the prefix, the suffix and itself, at the
+    positions it has after the whole prompt."""
+    import functools
+
+    from aotd_jax.models.generate import prompt_bucket
+    from experts.batching import BucketedJit
+
+    p = self.prefix_length(ids)
+    keys, values = self.prefix_kv(clip, ids[:, :p], blank=blank)
+    suffix = [int(t) for t in ids[0, p:]]
+    eos = self.tokenizer.eos_token_id
+    toks = [
+      list(self.tokenizer(" " + str(r), add_special_tokens=False)["input_ids"]) + [eos]
+      for r in replies
+    ]
+    s, n = len(suffix), len(toks)
+    width, lr = prompt_bucket(s), prompt_bucket(max(map(len, toks)), minimum=4)
+    length = width + n * lr
+    row = np.full(length, self.tokenizer.pad_token_id or 0, np.int32)
+    real = np.zeros(length, bool)
+    block = np.full(length, -1)  # which reply a slot holds (-1: the suffix)
+    positions = np.ones(length, np.int32)
+    row[width - s : width], real[width - s : width] = suffix, True
+    positions[width - s : width] = p + np.arange(s)
+    pred, target = np.zeros((n, lr), np.int32), np.zeros((n, lr), np.int32)
+    scored = np.zeros((n, lr), np.float32)
+    for i, t in enumerate(toks):
+      start = width + i * lr
+      row[start : start + len(t)], real[start : start + len(t)] = t, True
+      block[start : start + lr] = i
+      positions[start : start + lr] = p + s + np.arange(lr)
+      pred[i, : len(t)] = [width - 1] + list(range(start, start + len(t) - 1))
+      target[i, : len(t)], scored[i, : len(t)] = t, 1
+    # a query sees the real suffix slots and the real slots of its own reply (and, through the
+    # model's causal rule, none after itself)
+    seen = real[None, :] & ((block[None, :] == -1) | (block[None, :] == block[:, None]))
+    (graphdef, state), _ = self._splits()
+    rows = (row, seen, positions, pred, target, scored)
+    out = self._run(
+      "score-prefix",
+      lambda: BucketedJit(
+        functools.partial(_request_logprobs_after_prefix, graphdef),
+        buckets=self.buckets,
+        name=f"{self.name}/score-prefix",
+      ),
+      (*(a[None] for a in rows), keys, values),
       state,
     )
     return np.asarray(out[0], np.float64)
