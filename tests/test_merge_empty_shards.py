@@ -54,3 +54,5 @@ def test_a_shard_with_questions_but_no_records_is_still_missing(tmp_path):
     "merge_cots: error:" in result.stderr and "shard 00001-of-00003 is missing" in result.stderr
   )
   assert "Traceback" not in result.stderr
+  # a pod whose workers wrote to their own disks: the shard ran, elsewhere
+  assert "or copy its files here from the machine that ran it" in result.stderr

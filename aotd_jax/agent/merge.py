@@ -101,7 +101,9 @@ def read_shards(cot_dir: str) -> list[Shard]:
       continue
     if (k, n) not in found:
       raise job.JobError(
-        f"{cot_dir}: shard {name} is missing (records-{name}.jsonl); run its worker"
+        f"{cot_dir}: shard {name} is missing (records-{name}.jsonl and stats-{name}.json); run "
+        "its worker, or copy its files here from the machine that ran it (each worker writes "
+        "into its own config.out_dir: on a pod, its host's disk unless that is a shared mount)"
       )
     if not files.exists(files.join(cot_dir, f"stats-{name}.json")):
       raise job.JobError(
