@@ -110,20 +110,21 @@ def test_a_cut_short_or_foreign_file_is_parsed_again(tmp_path, caplog):
 def test_an_interrupted_write_leaves_nothing_under_any_name(tmp_path, monkeypatch):
   ann = agqa_file(tmp_path / "a.json", 40)
   cache = tmp_path / "cache"
-  real = A.VideoQA.to_json
+  real = RC.encode
   calls = []
 
-  def dies_midway(self):
+  def dies_midway(r):
     calls.append(1)
     if len(calls) == 20:
       raise KeyboardInterrupt  # a preemption while the file is being written
-    return real(self)
+    return real(r)
 
-  monkeypatch.setattr(A.VideoQA, "to_json", dies_midway)
+  monkeypatch.setattr(RC, "encode", dies_midway)
+  monkeypatch.setattr(RC, "_CHUNK", 8)  # 2 chunks written before it dies
   with pytest.raises(KeyboardInterrupt):
     RC.cached_records("agqa", str(ann), str(cache))
-  assert os.listdir(cache) == []
-  monkeypatch.setattr(A.VideoQA, "to_json", real)
+  assert os.listdir(cache) == [] and len(calls) == 20
+  monkeypatch.setattr(RC, "encode", real)
   stray = cache / (
     os.path.basename(RC.cache_path(str(cache), RC.cache_key("agqa", str(ann), {})))
     + ".tmp-otherhost-1-abc"
