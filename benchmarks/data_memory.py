@@ -4,6 +4,7 @@ each Grain worker, and the time to the first batch, with the annotations parsed 
 the cache first written (a host's first run) and then found (every later run or host).
 
     python benchmarks/data_memory.py --questions 1000000 [--workers 2] [--dir /tmp/agqa_mem]
+        [--modes memory,cache_cold,cache_warm] [--tree DIR]
 
 Writes a synthetic AGQA 2.0 file (`--questions` records shaped as
 tests/fixtures/annotations/agqa_balanced.json, each with its program and a scene-graph
@@ -12,7 +13,8 @@ through `train.data.make_pipeline_data` (the trainer's path: read, subsample, mi
 spawned workers), takes 3 batches and reports, as one JSON line per mode: the trainer's peak
 RSS (`ru_maxrss`) and its RSS after the batches, each worker's peak (`VmHWM`) and its
 anonymous / file-backed RSS (file pages of the mapped cache are shared between processes),
-the pickle of the mixed dataset, and the seconds to the first batch.
+the pickle of the mixed dataset, and the seconds to the first batch. `--tree` runs the modes
+on another checkout (e.g. `git archive cd66231`, the tree before the cache: mode `memory`).
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ import time
 import types
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path.insert(0, os.environ.get("PYTHONPATH", "").split(os.pathsep)[0] or ROOT)
+sys.path.insert(1, os.path.join(ROOT, "tests"))
 VIDEOS = 7
 
 
@@ -156,7 +158,9 @@ def run_mode(path: str, d: str, mode: str, workers: int) -> dict:
 
   pipeline.make_pipeline = make_pipeline
   t0 = time.perf_counter()
-  it = train_data.make_pipeline_data(cfg, student, tokenizer=tok, cache_dir=cache_dir)
+  # the tree before the cache (--tree) has no cache_dir: its one path parses into memory
+  kw = {"cache_dir": cache_dir} if mode != "memory" else {}
+  it = train_data.make_pipeline_data(cfg, student, tokenizer=tok, **kw)
   built = time.perf_counter() - t0
   next(it)
   first = time.perf_counter() - t0
@@ -187,6 +191,7 @@ def main() -> None:
   p.add_argument("--workers", type=int, default=2)
   p.add_argument("--dir", default="/tmp/agqa_mem")
   p.add_argument("--modes", default="memory,cache_cold,cache_warm")
+  p.add_argument("--tree", default="", help="the checkout whose aotd_jax the modes run")
   p.add_argument("--mode", default="", help=argparse.SUPPRESS)  # one mode, in a child
   args = p.parse_args()
   os.makedirs(args.dir, exist_ok=True)
