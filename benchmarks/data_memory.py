@@ -12,7 +12,8 @@ grounding, over 7 tiny real videos) into `--dir` once, then runs each mode in a 
 through `train.data.make_pipeline_data` (the trainer's path: read, subsample, mix, shard,
 spawned workers), takes 3 batches and reports, as one JSON line per mode: the trainer's peak
 RSS (`ru_maxrss`) and its RSS after the batches, each worker's peak (`VmHWM`) and its
-anonymous / file-backed RSS (file pages of the mapped cache are shared between processes),
+anonymous / file-backed RSS (file pages of the mapped cache are shared between processes), the
+peak of the largest child that has ended (the parse's child on a first run),
 the pickle of the mixed dataset, and the seconds to the first batch. `--tree` runs the modes
 on another checkout (e.g. `git archive cd66231`, the tree before the cache: mode `memory`).
 """
@@ -175,6 +176,8 @@ def run_mode(path: str, d: str, mode: str, workers: int) -> dict:
     "questions": int(os.path.basename(path).split("_")[1].split(".")[0]),
     "workers": workers,
     "trainer_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    # the largest child that has ended: the parse's (`parse_in_subprocess`) on a first run
+    "ended_child_peak_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
     "trainer_rss_mb": me["VmRSS"] / 1024,
     "worker_peak_mb": [w["VmHWM"] / 1024 for w in workers_rss],
     "worker_anon_mb": [w["RssAnon"] / 1024 for w in workers_rss],

@@ -182,3 +182,19 @@ def test_questions_without_one_answer_are_left_out_and_logged_as_before(tmp_path
   assert [cached[i] for i in range(len(cached))] == [memory[i] for i in range(len(memory))]
   line = "1 of 2 multiple-choice records have no single correct option"
   assert line in before and line in caplog.text and "video_10000_13" in caplog.text
+
+
+def test_a_parse_in_a_child_process_writes_the_same_file(tmp_path):
+  """The trainer parses in a child (the parse's peak is not the trainer's for the whole run)."""
+  ann = agqa_file(tmp_path / "a.json", 300)
+  here = RC.cached_records("agqa", str(ann), str(tmp_path / "here"), window="whole")
+  child = RC.cached_records(
+    "agqa", str(ann), str(tmp_path / "child"), parse_in_subprocess=True, window="whole"
+  )
+  assert pathlib.Path(child.path).read_bytes() == pathlib.Path(here.path).read_bytes()
+  (tmp_path / "bad.json").write_text("{not json")
+  with pytest.raises(A.AnnotationError, match=r"bad\.json: not valid JSON"):
+    RC.cached_records("agqa", str(tmp_path / "bad.json"), str(tmp_path), parse_in_subprocess=True)
+  with pytest.raises(RuntimeError, match=r"a\.json .* in a child process failed .*TypeError"):
+    RC.cached_records("agqa", str(ann), str(tmp_path), parse_in_subprocess=True, bogus=1)
+  assert not [f for f in os.listdir(tmp_path) if f.endswith(RC.SUFFIX) or ".tmp-" in f]

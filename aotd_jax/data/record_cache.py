@@ -30,14 +30,21 @@ import json
 import os
 import socket
 import uuid
-from typing import Any, Sequence
+import subprocess
+import sys
+from typing import TYPE_CHECKING, Any, Sequence
 
-import grain
 import numpy as np
 from absl import logging
 
-from aotd_jax.data import annotations, annotations_formats, files, pipeline
+from aotd_jax.data import annotations, annotations_formats, files
 from aotd_jax.data.annotations import ReadReport, VideoQA
+
+if TYPE_CHECKING:
+  import grain
+
+# Grain and the pipeline (JAX) are imported where the QA source is built, not here: the parse
+# runs in a child process (`parse_in_subprocess`) that needs only the readers.
 
 MAGIC = b"AOTDREC1"
 SUFFIX = ".records"
@@ -64,7 +71,9 @@ def _input_files(fmt: str, path: str, read_kw: dict) -> list[str]:
     return sorted(files.glob(path, "*"))
   out = [path]
   if fmt == "nextqa":
-    out.append(read_kw.get("map_path") or os.path.join(os.path.dirname(path), "map_vid_vidorID.json"))
+    out.append(
+      read_kw.get("map_path") or os.path.join(os.path.dirname(path), "map_vid_vidorID.json")
+    )
   elif fmt == "activitynet_qa":
     answers = read_kw.get("answers_path")
     if answers is None and path.endswith("_q.json"):
@@ -246,9 +255,19 @@ class RecordFile:
     )
 
 
-def cached_records(fmt: str, path: str, cache_dir: str, **read_kw: Any) -> RecordFile:
+def cached_records(
+  fmt: str, path: str, cache_dir: str, *, parse_in_subprocess: bool = False, **read_kw: Any
+) -> RecordFile:
   """The records of `annotations.read(fmt, path, **read_kw)` from `cache_dir`, parsed and
-  written there first when no file there matches (see the module docstring)."""
+  written there first when no file there matches (see the module docstring).
+
+  `parse_in_subprocess`: parse in a child Python process, so that the parse's peak (~2.3 KB a
+  question: ~9 GB for AGQA) is not this process's (the trainer keeps its peak for the run).
+
+  Raises:
+    annotations.AnnotationError: the file cannot be read (missing, not the format).
+    ValueError: `cache_dir` is a bucket URL.
+  """
   if files.is_url(cache_dir):
     raise ValueError(f"cache_dir={cache_dir}: must be a local or mounted folder (it is mapped)")
   key = cache_key(fmt, os.fspath(path), read_kw)
@@ -262,6 +281,16 @@ def cached_records(fmt: str, path: str, cache_dir: str, **read_kw: Any) -> Recor
       return out
     except CacheError as e:
       logging.warning("annotations: %s; parsing %s again", e, path)
+  if parse_in_subprocess:
+    _parse_in_child(fmt, os.fspath(path), target, key, read_kw)
+  else:
+    parse_into(fmt, os.fspath(path), target, key, read_kw)
+  logging.info("annotations: %s parsed into %s", path, target)
+  return RecordFile(target, key=key)
+
+
+def parse_into(fmt: str, path: str, target: str, key: dict, read_kw: dict) -> None:
+  """Parses `path` and writes its record file `target` (header: `key` and the read's report)."""
   records = annotations.read(fmt, path, **read_kw)
   r = records.report
   report = {
@@ -272,17 +301,62 @@ def cached_records(fmt: str, path: str, cache_dir: str, **read_kw: Any) -> Recor
     "messages": r.messages[:REPORT_MESSAGES],
   }
   write_record_file(target, records, {"key": key, "report": report})
-  del records
-  logging.info("annotations: %s parsed into %s", path, target)
-  return RecordFile(target, key=key)
+
+
+def _parse_in_child(fmt: str, path: str, target: str, key: dict, read_kw: dict) -> None:
+  """`parse_into` in a child Python process (its log goes to this process's stderr); an
+  `AnnotationError` there is raised here with its message."""
+  import aotd_jax  # pylint: disable=g-import-not-at-top
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(aotd_jax.__file__)))
+  env = dict(os.environ)
+  env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH", "")]))
+  job = json.dumps({"fmt": fmt, "path": path, "target": target, "key": key, "read_kw": read_kw})
+  done = subprocess.run(
+    [sys.executable, "-m", "aotd_jax.data.record_cache"],
+    input=job,
+    stdout=subprocess.PIPE,
+    text=True,
+    env=env,
+    check=False,
+  )
+  lines = done.stdout.strip().splitlines()
+  answer = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {}
+  if answer.get("error") == "AnnotationError":
+    raise annotations.AnnotationError(answer["message"])
+  if done.returncode or not answer.get("ok"):
+    raise RuntimeError(
+      f"parsing {path} into {target} in a child process failed (exit {done.returncode}): "
+      f"{answer.get('message', 'see its log above')}"
+    )
+
+
+def _child_main() -> None:
+  """The child of `_parse_in_child`: one job (JSON) on stdin, one JSON answer line on stdout."""
+  job = json.loads(sys.stdin.read())
+  try:
+    parse_into(job["fmt"], job["path"], job["target"], job["key"], job["read_kw"])
+  except annotations.AnnotationError as e:
+    print(json.dumps({"error": "AnnotationError", "message": str(e)}))
+    return
+  except Exception as e:  # noqa: BLE001 - reported to the parent, which raises
+    print(json.dumps({"error": type(e).__name__, "message": f"{type(e).__name__}: {e}"}))
+    sys.exit(1)
+  print(json.dumps({"ok": True}))
 
 
 class QAExamples:
   """Random-access QA examples (`pipeline.qa_example`) of a `RecordFile`'s records `indices`
   (None: all), decoded on access; what pickles is the file's path and the indices."""
 
-  def __init__(self, records: RecordFile, indices: np.ndarray | None, *,
-               video_files: dict[str, str] | None = None, **example_kw: Any):
+  def __init__(
+    self,
+    records: RecordFile,
+    indices: np.ndarray | None,
+    *,
+    video_files: dict[str, str] | None = None,
+    **example_kw: Any,
+  ):
     self.records, self.indices = records, indices
     self.video_files, self.example_kw = video_files, example_kw
 
@@ -290,6 +364,8 @@ class QAExamples:
     return len(self.records) if self.indices is None else len(self.indices)
 
   def __getitem__(self, index: int) -> dict:
+    from aotd_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+
     if not 0 <= index < len(self):
       raise IndexError(index)
     r = self.records.record(index if self.indices is None else int(self.indices[index]))
@@ -298,8 +374,14 @@ class QAExamples:
     return pipeline.qa_example(r, **self.example_kw)
 
 
-def qa_source(records: RecordFile, keep: np.ndarray | None = None, *, fmt: str = "",
-              video_root: str = "", **example_kw: Any) -> grain.MapDataset:
+def qa_source(
+  records: RecordFile,
+  keep: np.ndarray | None = None,
+  *,
+  fmt: str = "",
+  video_root: str = "",
+  **example_kw: Any,
+) -> grain.MapDataset:
   """The `MapDataset` that `pipeline.qa_source` makes of the records `keep` (sorted indices;
   None: all), in the same order, read lazily from `records`.
 
@@ -307,6 +389,10 @@ def qa_source(records: RecordFile, keep: np.ndarray | None = None, *, fmt: str =
   `pipeline.qa_examples` does; `fmt="activitynet_qa"` finds each video's container under
   `video_root` as `annotations_formats.locate_activitynet_videos` does.
   """
+  import grain  # pylint: disable=g-import-not-at-top
+
+  from aotd_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+
   flags = np.asarray(records.flags if keep is None else records.flags[keep])
   no_answer = np.flatnonzero(flags & NO_ANSWER)
   positions = np.arange(len(flags)) if keep is None else np.asarray(keep, np.int64)
@@ -325,3 +411,7 @@ def qa_source(records: RecordFile, keep: np.ndarray | None = None, *, fmt: str =
   return grain.MapDataset.source(
     QAExamples(records, keep, video_files=video_files, video_root=video_root, **example_kw)
   )
+
+
+if __name__ == "__main__":
+  _child_main()

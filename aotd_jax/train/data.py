@@ -182,7 +182,9 @@ def _qa_source(cfg, name: str, flag: str, key: str, qa: dict, read_kwargs: dict,
   cap = int(qa.get("max_examples", 0) or 0)
   try:
     if cache_dir:
-      records = record_cache.cached_records(qa["format"], qa["path"], cache_dir, **read_kwargs)
+      records = record_cache.cached_records(  # the parse's peak is a child's, not the trainer's
+        qa["format"], qa["path"], cache_dir, parse_in_subprocess=True, **read_kwargs
+      )
       report = records.report()
     else:
       records = annotations.read(qa["format"], qa["path"], **read_kwargs)
