@@ -128,3 +128,44 @@ def test_resume_with_another_batch_size_is_refused_and_config_is_in_the_checkpoi
   r = train("--config.batch_size=16")
   assert r.returncode == 4, r.stderr[-3000:]
   assert "batch_size: 8 -> 16" in r.stderr and "allow_changes" in r.stderr
+
+
+@pytest.mark.parametrize("stop_at", [1, 2])
+def test_a_stop_after_a_checkpoint_step_saves_once_and_resumes(tmp_path, stop_at):
+  """A SIGTERM that arrived while a checkpoint step ran (step 2 of checkpoint_every=2) saved
+  that step, then saved it again on the stop: Orbax's StepAlreadyExistsError, a traceback and
+  exit 1 instead of the preemption's clean exit 0. The stop now saves only a step not saved."""
+  from aotd_jax import sharding
+  from aotd_jax.train import build, data as train_data
+  from aotd_jax.train.checkpoint import Checkpointer
+  from aotd_jax.train.loop import LoopConfig, train_loop
+  from aotd_jax.train.optim import make_optimizer
+  from aotd_jax.train.trainer import Trainer
+  from configs.toyworld import distill as toy
+
+  cfg = toy.get_config("llama")
+  cfg.data.seq_len = 16
+  mesh = sharding.make_mesh({"data": -1})
+  loop = LoopConfig(total_steps=4, checkpoint_every=2)
+
+  def run(stop):
+    student = build.build_student(cfg.student, mesh=mesh, seed=0)
+    trainer = Trainer(student, make_optimizer(cfg.optim, 4), mesh=mesh)
+    checkpointer = Checkpointer(tmp_path / "checkpoints")
+    try:
+      result = train_loop(
+        trainer,
+        train_data.make_train_data(cfg, student),
+        loop,
+        checkpointer=checkpointer,
+        stop_requested=lambda: stop(trainer.step),
+      )
+      checkpointer.wait()
+      return result, checkpointer.all_steps()
+    finally:
+      checkpointer.close()
+
+  result, steps = run(lambda step: step == stop_at)
+  assert (result.status, result.step, steps) == ("preempted", stop_at, [stop_at])
+  result, steps = run(lambda step: False)  # the same command again resumes
+  assert (result.status, result.step) == ("done", 4) and steps[-1] == 4

@@ -63,8 +63,11 @@ def train_loop(
       data.set_state(restored["data"])
     logging.info("resumed from step %d of %s", trainer.step, checkpointer.directory)
 
+  saved = [None]  # the step of the latest save started here
+
   def save(force: bool = False) -> None:
-    if checkpointer is not None:
+    if checkpointer is not None and saved[0] != trainer.step:
+      saved[0] = trainer.step
       checkpointer.save(
         trainer.step,
         model=trainer.model_state(),
@@ -80,6 +83,8 @@ def train_loop(
   try:
     while trainer.step < cfg.total_steps:
       if stop_requested():
+        # the step just saved on schedule (a SIGTERM during a checkpoint step) is not saved
+        # again: Orbax refuses a step that exists, and the stop ended in a traceback, exit 1
         logging.warning("stop requested at step %d: saving and exiting", trainer.step)
         save(force=True)
         return LoopResult("preempted", trainer.step, last, time.time() - start)
