@@ -1,8 +1,17 @@
-"""Test setup: 8 forced host CPU devices (mesh tests) before JAX is imported anywhere."""
+"""Test setup: 8 forced host CPU devices (mesh tests) and XLA's CPU backend at LLVM -O0, before
+JAX is imported anywhere."""
 
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# Compilation is most of the suite's CPU time (tiny models, each program run a few times), and
+# `--xla_backend_optimization_level=0` makes it about 1.6x cheaper on the tests' programs. It
+# changes only LLVM's optimisation of each XLA program's machine code: the programs (HLO after
+# XLA's passes, its fusions) are the ones a user compiles, rounding can differ in the last bit
+# (a multiply-add LLVM would fuse), and the C++ kernels are built as they ship. Launcher
+# subprocesses inherit it; the few tests that set their own XLA_FLAGS add it.
+os.environ.setdefault(
+  "XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
+)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -171,7 +171,8 @@ def test_smoke_launcher_prints_generated_tokens():
   import sys
 
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  # one host device (no forced 8), LLVM -O0 as the other tests compile (conftest.py)
+  env = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0", JAX_PLATFORMS="cpu")
   out = subprocess.run(
     [
       sys.executable,

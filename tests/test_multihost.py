@@ -36,7 +36,7 @@ def _env(devices: int, **extra) -> dict:
     JAX_PLATFORMS="cpu",
     OMP_NUM_THREADS="1",
     XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
-    "--xla_cpu_multi_thread_eigen=false",
+    "--xla_cpu_multi_thread_eigen=false --xla_backend_optimization_level=0",  # conftest.py
     **extra,
   )
   for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):

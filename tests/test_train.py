@@ -102,8 +102,12 @@ def test_sharded_training_matches_one_device(arch):
 
 
 # Bit-exact comparisons across processes need deterministic kernels: XLA's multi-threaded CPU
-# matmuls may split reductions differently from one run to the next on a busy machine.
-DETERMINISTIC = dict(XLA_FLAGS="--xla_cpu_multi_thread_eigen=false", OMP_NUM_THREADS="1")
+# matmuls may split reductions differently from one run to the next on a busy machine. (LLVM -O0:
+# the tests' compile setting, tests/conftest.py.)
+DETERMINISTIC = dict(
+  XLA_FLAGS="--xla_cpu_multi_thread_eigen=false --xla_backend_optimization_level=0",
+  OMP_NUM_THREADS="1",
+)
 
 
 def _train(workdir, *overrides, arch="llama", check=True, launcher="launch.train"):
