@@ -222,6 +222,29 @@ def test_corrupt_stage_summary_names_the_file(tmp_path):
   assert common.cached(str(tmp_path / "new.json"), lambda: {"a": 2}) == {"a": 1}  # cached
 
 
+def test_compilation_cache_keeps_a_directory_already_set(tmp_path):
+  """The demo's cache goes to W/jax_cache unless one is set already (JAX_COMPILATION_CACHE_DIR,
+  `make test`'s run cache), and never raises the minimum compile time it is given."""
+  import jax
+
+  keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+  before = {k: getattr(jax.config, k) for k in keys}
+  try:
+    jax.config.update("jax_compilation_cache_dir", None)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    common.enable_compilation_cache(str(tmp_path / "w"))
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "w" / "jax_cache")
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.5
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path / "mine"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    common.enable_compilation_cache(str(tmp_path / "w"))
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "mine")
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.0
+  finally:
+    for k, v in before.items():
+      jax.config.update(k, v)
+
+
 def test_rerun_with_another_config_is_refused(tmp_path):
   c = demo_config.get_config("micro")
   common.check_config_stamp(c, str(tmp_path))
