@@ -68,6 +68,44 @@ def test_device_mode_returns_bucket_padded_rows_like_run_chunk():
     co.submit(np.zeros((9, 3), np.float32), w)
 
 
+def test_device_array_rows_stay_on_the_device_and_batch_with_numpy_rows(monkeypatch):
+  """Rows holding device arrays (a kept KV cache) next to numpy ones: requests share batches,
+  the device leaves are concatenated on the device (never copied through the host) and each
+  request gets its own rows' results."""
+  from experts import coalesce
+
+  fn = BucketedJit(lambda rows, w: rows[0] @ w + rows[1].sum(-1, keepdims=True), buckets=BUCKETS)
+  w = jnp.arange(12.0).reshape(3, 4) / 10
+  host_copies = []
+  real_concatenate = np.concatenate
+
+  def watched(parts, *a, **k):
+    host_copies.extend(p for p in parts if isinstance(p, jax.Array))
+    return real_concatenate(parts, *a, **k)
+
+  monkeypatch.setattr(coalesce.np, "concatenate", watched)
+  rng = np.random.default_rng(5)
+  inputs = [
+    (rng.normal(size=(1, 3)).astype(np.float32), jnp.asarray(rng.normal(size=(1, 5)), jnp.float32))
+    for _ in range(24)
+  ]
+  with Coalescer(fn, wait_s=0.02) as co:
+    barrier = threading.Barrier(8)
+
+    def call(i):
+      if i < 8:
+        barrier.wait()
+      return co(inputs[i], w)
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+      outs = list(pool.map(call, range(len(inputs))))
+  for (x, kept), out in zip(inputs, outs):
+    want = x @ np.asarray(w) + np.asarray(kept).sum(-1, keepdims=True)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
+  assert co.stats.requests_per_batch > 1 and not host_copies
+  assert isinstance(co.samples()[0][0][1], jax.Array)  # queued as it came, not via numpy
+
+
 def test_only_same_shape_and_args_share_a_batch():
   fn, w = _fn()
   w2 = w * 2
