@@ -198,3 +198,22 @@ def test_a_parse_in_a_child_process_writes_the_same_file(tmp_path):
   with pytest.raises(RuntimeError, match=r"a\.json .* in a child process failed .*TypeError"):
     RC.cached_records("agqa", str(ann), str(tmp_path), parse_in_subprocess=True, bogus=1)
   assert not [f for f in os.listdir(tmp_path) if f.endswith(RC.SUFFIX) or ".tmp-" in f]
+
+
+def test_hosts_writing_the_same_cache_at_once_leave_one_whole_file(tmp_path):
+  """Hosts sharing a cache folder parse the same file at once on a first run: each writes its
+  own temporary file and renames it over the others' (the same bytes); none is left behind."""
+  import concurrent.futures
+
+  ann = agqa_file(tmp_path / "a.json", 2000)
+  cache = str(tmp_path / "shared")
+  with concurrent.futures.ThreadPoolExecutor(3) as pool:
+    runs = [
+      pool.submit(RC.cached_records, "agqa", str(ann), cache, parse_in_subprocess=True)
+      for _ in range(3)
+    ]
+    paths = {run.result().path for run in runs}
+  (path,) = paths
+  assert os.listdir(cache) == [os.path.basename(path)]
+  here = RC.cached_records("agqa", str(ann), str(tmp_path / "here"))
+  assert pathlib.Path(path).read_bytes() == pathlib.Path(here.path).read_bytes()
