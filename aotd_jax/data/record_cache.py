@@ -1,11 +1,12 @@
 """Annotation files parsed once per host into a file that processes map lazily.
 
-AGQA's ~3.9M questions held as `VideoQA` objects take ~9 GB in the trainer, and Grain's
-worker processes each unpickle the whole mixed dataset again. `cached_records(fmt, path,
-cache_dir, **read_kw)` parses `path` with `annotations.read` once and stores its records in
-`cache_dir` as one file; `qa_source` serves QA examples from it by index. What a worker
-unpickles is the file's path, its layout and the kept indices (None when all are kept); it
-maps the file on first use, so its pages are shared through the page cache.
+AGQA's ~3.9M questions parsed into memory take ~7 GB in the trainer (~9 GB at the parse's
+peak), and Grain's worker processes each unpickle the whole mixed dataset again (~3 GB each;
+docs/training.md, "The annotation cache"). `cached_records(fmt, path, cache_dir, **read_kw)`
+parses `path` with `annotations.read` once (in a child process with `parse_in_subprocess`)
+and stores its records in `cache_dir` as one file; `qa_source` serves QA examples from it by
+index. What a worker unpickles is the file's path, its layout and the kept indices (None when
+all are kept); it maps the file on first use, so its pages are shared through the page cache.
 
 The file:
 
@@ -29,9 +30,9 @@ import hashlib
 import json
 import os
 import socket
-import uuid
 import subprocess
 import sys
+import uuid
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
