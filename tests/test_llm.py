@@ -74,6 +74,13 @@ class FakeServer:
             return
           if action == "garbage":
             payload = b"not json"
+          elif action in ("parts", "odd"):  # content as a list of parts, or not text at all
+            content = (
+              [{"type": "text", "text": "re: "}, {"type": "image_url"}, {"text": "parts"}]
+              if action == "parts"
+              else {"value": 3}
+            )
+            payload = json.dumps({"choices": [{"message": {"content": content}}]}).encode()
           elif action == "cut":  # the server dies mid-reply: fewer bytes than announced
             self.send_response(200)
             self.send_header("Content-Length", "1000")
@@ -208,6 +215,17 @@ def test_http_bad_responses_and_unreachable_server(server):
   )
   with pytest.raises(LLMError, match="failed after 2 attempts: connection failed"):
     dead.complete(["hi"], max_new_tokens=4)
+
+
+def test_http_content_parts_are_joined_and_other_content_is_named(server):
+  """A server answering with content parts (the newer chat format) gives their text joined;
+  content that is neither text nor parts is an LLMError naming it, not an AttributeError."""
+  server.script = ["parts"]
+  llm, _ = client(server)
+  assert llm.complete(["hi"], max_new_tokens=4) == ["re: parts"]
+  server.script = ["odd"] * 3
+  with pytest.raises(LLMError, match="unexpected message content"):
+    llm.complete(["hi"], max_new_tokens=4)
 
 
 def test_http_rate_limit_waits_as_long_as_retry_after_asks(server):

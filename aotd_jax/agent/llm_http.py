@@ -116,7 +116,16 @@ class OpenAIChat:
       content = payload["choices"][0]["message"]["content"]
     except (KeyError, IndexError, TypeError):
       raise LLMError(f"POST {self.url}: unexpected response {str(payload)[:200]}") from None
-    return content if content is not None else ""
+    if content is None:
+      return ""
+    if isinstance(content, list):  # content parts ([{"type": "text", "text": ...}, ...])
+      try:
+        return "".join(part["text"] for part in content if part.get("type", "text") == "text")
+      except (KeyError, TypeError, AttributeError):
+        pass
+    elif isinstance(content, str):
+      return content
+    raise LLMError(f"POST {self.url}: unexpected message content {str(content)[:200]}")
 
   def _post(self, data: bytes) -> str:
     last, asked = "", 0.0
