@@ -327,11 +327,8 @@ def student_weights(path: str) -> list:
   if files.isfile(files.join(path, "config.json")):
     names = [files.join(path, "config.json"), *files.glob(path, "*.safetensors")]
     return [[os.path.basename(n), *files.stat_key(n)] for n in names]
-  steps = sorted(
-    int(os.path.basename(p.rstrip("/")))
-    for p in files.glob(path, "*")
-    if os.path.basename(p.rstrip("/")).isdigit()
-  )
+  names = (os.path.basename(p.rstrip("/")) for p in files.glob(path, "*"))
+  steps = sorted(int(n) for n in names if n.isdigit())
   if not steps:
     return []  # not a checkpoint: loading the student names the path
   model = files.join(files.join(path, str(steps[-1])), "model")
@@ -545,16 +542,9 @@ def read_row_log(path: str, run: dict) -> tuple[dict, dict, dict]:
 
 
 def append_lines(path: str, entries: list[dict]) -> None:
-  """Appends `entries` to the row log, one JSON line each, flushed (on a bucket, where a file
-  cannot be appended to, the file is written again whole)."""
-  text = "".join(json.dumps(e) + "\n" for e in entries)
-  if files.is_url(path):
-    files.write_text(path, (files.read_text(path) if files.isfile(path) else "") + text)
-    return
-  with open(path, "a", encoding="utf-8") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
+  """Appends `entries` to the row log, one JSON line each (`files.append_text`: flushed; on a
+  bucket the file is written again whole)."""
+  files.append_text(path, "".join(json.dumps(e) + "\n" for e in entries))
 
 
 def evaluate_batches(records, scoring: str, log: str, run: dict) -> tuple[list[dict], dict, dict]:

@@ -5,6 +5,7 @@ Annotation files, video folders, CoT shards and Hugging Face exports are named b
 a pod they sit in a bucket. Local paths keep Python's own file I/O (and PyAV's native reads); a URL goes through
 `epath`, so nothing creates a local folder named `gs:`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -44,6 +45,7 @@ def glob(folder: str | os.PathLike, pattern: str) -> list[str]:
   if is_url(folder):
     return sorted(os.fspath(p) for p in epath.Path(folder).glob(pattern))
   import glob as globlib  # pylint: disable=g-import-not-at-top
+
   return sorted(globlib.glob(os.path.join(os.fspath(folder), pattern)))
 
 
@@ -109,6 +111,19 @@ def write_text(path: str | os.PathLike, text: str) -> None:
       f.write(text)
 
 
+def append_text(path: str | os.PathLike, text: str) -> None:
+  """Appends `text` as UTF-8 to the file `path` (made when absent), flushed to disk, so what a
+  run logged survives its crash; on a bucket, where a file cannot be appended to, the file is
+  written again whole."""
+  if is_url(path):
+    write_text(path, (read_text(path) if isfile(path) else "") + text)
+    return
+  with open(path, "a", encoding="utf-8") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
   """Writes `data` to the file `path` (replacing it)."""
   if is_url(path):
@@ -122,6 +137,7 @@ def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
   """Copies the file `src` to `dst`, either of them local or a URL."""
   if not is_url(src) and not is_url(dst):
     import shutil  # pylint: disable=g-import-not-at-top
+
     shutil.copyfile(src, dst)
   else:
     epath.Path(dst).write_bytes(epath.Path(src).read_bytes())

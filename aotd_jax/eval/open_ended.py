@@ -13,7 +13,6 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
-import os
 import re
 from typing import Any, Callable, Mapping, Sequence
 
@@ -113,20 +112,12 @@ class JudgeLog:
     return done
 
   def append(self, judgements: Sequence[Mapping[str, Any]]) -> None:
-    """Appends `judgements` (the judge's line first on a new file), flushed and fsynced (on a
-    bucket, where a file cannot be appended to, the file is written again whole)."""
+    """Appends `judgements` (the judge's line first on a new file), flushed to disk
+    (`files.append_text`; on a bucket the file is written again whole)."""
     from aotd_jax.data import files  # pylint: disable=g-import-not-at-top
 
     entries = [] if files.isfile(self.path) else [{"judge": self.judge}]
-    text = "".join(json.dumps(e) + "\n" for e in [*entries, *judgements])
-    if files.is_url(self.path):
-      old = files.read_text(self.path) if files.isfile(self.path) else ""
-      files.write_text(self.path, old + text)
-      return
-    with open(self.path, "a", encoding="utf-8") as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
+    files.append_text(self.path, "".join(json.dumps(e) + "\n" for e in [*entries, *judgements]))
 
 
 def judge_answers(

@@ -603,10 +603,9 @@ class LlavaVideoQA:
       return self._score_after_prefix(clip, ids, replies, blank)
     prompt = list(ids[0])
     rows, masks = [], []
-    for reply in replies:
-      t = list(self.tokenizer(" " + str(reply), add_special_tokens=False)["input_ids"])
-      rows.append(prompt + t + [self.tokenizer.eos_token_id])
-      masks.append([0] * len(prompt) + [1] * (len(t) + 1))
+    for t in self._reply_ids(replies):
+      rows.append(prompt + t)
+      masks.append([0] * len(prompt) + [1] * len(t))
     width = prompt_bucket(max(map(len, rows)))
     pad = self.tokenizer.pad_token_id or 0
     batch = np.full((len(rows), width), pad, np.int32)
@@ -626,6 +625,15 @@ class LlavaVideoQA:
     )
     return np.asarray(out[0], np.float64)
 
+  def _reply_ids(self, replies: Sequence[str]) -> list[list[int]]:
+    """Each reply's scored tokens as training encodes targets: `" " + reply`, then EOS (one
+    function for both scoring paths, so that they score the same tokens)."""
+    eos = self.tokenizer.eos_token_id
+    return [
+      list(self.tokenizer(" " + str(r), add_special_tokens=False)["input_ids"]) + [eos]
+      for r in replies
+    ]
+
   def _score_after_prefix(self, clip, ids: np.ndarray, replies: Sequence[str], blank: bool):
     """`score_choices` on the clip's kept prefix (`prefix_kv`): one row per request, the
     prompt's suffix (left-padded to a `prompt_bucket`) then every reply (right-padded to one
@@ -639,11 +647,7 @@ class LlavaVideoQA:
     p = self.prefix_length(ids)
     keys, values = self.prefix_kv(clip, ids[:, :p], blank=blank)
     suffix = [int(t) for t in ids[0, p:]]
-    eos = self.tokenizer.eos_token_id
-    toks = [
-      list(self.tokenizer(" " + str(r), add_special_tokens=False)["input_ids"]) + [eos]
-      for r in replies
-    ]
+    toks = self._reply_ids(replies)
     s, n = len(suffix), len(toks)
     width, lr = prompt_bucket(s), prompt_bucket(max(map(len, toks)), minimum=4)
     length = width + n * lr
