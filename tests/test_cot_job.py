@@ -539,6 +539,11 @@ def test_a_prompt_the_llm_server_refuses_fails_its_question_not_the_run(tmp_path
   stats = job.CotJob(cot_llm=llm, **kw).run(questions, paths, stream=stream)
   records = {r["qid"]: r for r in job.RecordLog(paths.records).load()}
   assert sorted(records) == [f"r{i}" for i in range(6)] and stats.total == 6
+  # counted as refused, not as a program that did not parse (the stats file and the report)
+  assert (stats.refused, stats.parse_failed, stats.parsed) == (1, 0, 5)
+  written = json.load(open(paths.stats))
+  assert (written["refused"], written["parse_failed"]) == (1, 0)
+  assert "1 refused by the LLM server" in stream.getvalue()
   refused = records["r4"]["verdicts"]["refused"]
   assert "refused this question's rewrite prompt" in refused and "HTTP 400" in refused
   assert not records["r4"]["kept"] and "question r4:" in stream.getvalue()

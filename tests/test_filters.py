@@ -162,6 +162,24 @@ def test_filter_stats_counts_each_step():
     "answer": 0.4,
     "logic": 0.2,
     "logic_given_answer": 0.5,
+    "refused": 0.0,
   }
   assert stats.summary() == "parsed 80% exec 60% answer 40% logic 20% (kept 1)"
-  assert stats.to_dict()["kept"] == 1
+  assert stats.to_dict()["kept"] == 1 and stats.to_dict()["parse_failed"] == 1
+
+
+def test_filter_stats_counts_refused_prompts_apart_from_parse_failures():
+  """A question whose prompt the LLM server refused (its record's `verdicts.refused`: HTTP 400,
+  e.g. longer than the server's context) was counted among the programs that did not parse, so
+  a run that lost questions to the server's context looked like one whose LLM wrote bad code."""
+  stats = filters.FilterStats()
+  stats.add(parsed=False, executed=False, answer_passed=False, logic_passed=False)
+  stats.add(parsed=True, executed=True, answer_passed=True, logic_passed=True)
+  for _ in range(2):  # what CotJob._one_at_a_time writes for a refused question
+    stats.add_record({"verdicts": {"parsed": False, "refused": "the LLM server refused ..."}})
+  # a refused record that (by another writer) says parsed is still not counted as parsed
+  stats.add_record({"verdicts": {"parsed": True, "executed": True, "refused": "HTTP 413"}})
+  d = stats.to_dict()
+  assert (d["total"], d["refused"], d["parse_failed"], d["parsed"], d["kept"]) == (5, 3, 1, 1, 1)
+  assert d["rates"]["refused"] == 0.6 and d["rates"]["parsed"] == 0.2
+  assert stats.summary().endswith("(kept 1); 3 refused by the LLM server")

@@ -165,3 +165,25 @@ def test_report_without_frames_draws_boxes_on_blank_canvas(tmp_path):
   page = open(path).read()
   assert page.count('class="blank"') == 2 and page.count('class="box"') == 2
   assert "<image" not in page
+
+
+def test_report_counts_refused_prompts_in_their_own_row(tmp_path):
+  """A question whose prompt the LLM server refused (`verdicts.refused`, as the CoT job records
+  it: no program, no trace) is shown in the stats table's own row, not as a parse failure."""
+  refused = {
+    "qid": "q1",
+    "question": "What?",
+    "choices": ["a", "b"],
+    "answer": "a",
+    "prediction": None,
+    "kept": False,
+    "program": None,
+    "rationale": None,
+    "video_path": None,
+    "trace": None,
+    "verdicts": {"parsed": False, "refused": "the LLM server refused ... HTTP 400"},
+  }
+  path = viewer.render_report([record("q0", True), refused], str(tmp_path / "r.html"))
+  page = open(path).read()
+  assert "<tr><th>refused</th><td>1</td><td>50%</td></tr>" in page
+  assert "<tr><th>parsed</th><td>1</td><td>50%</td></tr>" in page

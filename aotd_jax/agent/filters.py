@@ -191,16 +191,34 @@ def rule_judge(rationale: str, trace: Any, answer: Any, *, min_steps: int = 2) -
 
 @dataclasses.dataclass
 class FilterStats:
-  """Pass counts at each step: questions -> program parsed -> executed -> answer -> logic."""
+  """Pass counts at each step: questions -> program parsed -> executed -> answer -> logic.
+
+  `refused`: questions whose prompt the LLM server refused (HTTP 400 / 413 / 422, a record's
+  `verdicts.refused`), counted apart from the programs that did not parse so that a user sees
+  why they were lost (e.g. prompts longer than the server's context); they never count as
+  parsed, whatever stage's prompt was refused.
+  """
 
   total: int = 0
   parsed: int = 0
   executed: int = 0
   answer_passed: int = 0
   logic_passed: int = 0
+  refused: int = 0
 
-  def add(self, *, parsed: bool, executed: bool, answer_passed: bool, logic_passed: bool) -> None:
+  def add(
+    self,
+    *,
+    parsed: bool,
+    executed: bool,
+    answer_passed: bool,
+    logic_passed: bool,
+    refused: bool = False,
+  ) -> None:
     self.total += 1
+    if refused:
+      self.refused += 1
+      return
     self.parsed += bool(parsed)
     self.executed += bool(parsed and executed)
     self.answer_passed += bool(parsed and executed and answer_passed)
@@ -214,7 +232,13 @@ class FilterStats:
       executed=v.get("executed", False),
       answer_passed=v.get("answer", {}).get("passed", False),
       logic_passed=v.get("logic", {}).get("passed", False),
+      refused=bool(v.get("refused")),
     )
+
+  @property
+  def parse_failed(self) -> int:
+    """Questions whose reply held no program that parses (refused prompts not included)."""
+    return self.total - self.refused - self.parsed
 
   @property
   def kept(self) -> int:
@@ -229,14 +253,21 @@ class FilterStats:
       "answer": self.answer_passed / n,
       "logic": self.logic_passed / n,
       "logic_given_answer": self.logic_passed / max(self.answer_passed, 1),
+      "refused": self.refused / n,
     }
 
   def to_dict(self) -> dict:
-    return {**dataclasses.asdict(self), "kept": self.kept, "rates": self.rates()}
+    return {
+      **dataclasses.asdict(self),
+      "parse_failed": self.parse_failed,
+      "kept": self.kept,
+      "rates": self.rates(),
+    }
 
   def summary(self) -> str:
     r = self.rates()
     return (
       f"parsed {r['parsed']:.0%} exec {r['executed']:.0%} answer {r['answer']:.0%} "
       f"logic {r['logic']:.0%} (kept {self.kept})"
+      + (f"; {self.refused} refused by the LLM server" if self.refused else "")
     )

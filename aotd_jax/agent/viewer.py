@@ -244,6 +244,7 @@ def render_report(
       ("executed", stats.executed),
       ("answer", stats.answer_passed),
       ("logic", stats.logic_passed),
+      ("refused", stats.refused),  # by the LLM server: not among the programs that did not parse
     )
   )
   body = "".join(_question_html(r, frames) for r in sample_records(records, num_samples, seed))
