@@ -200,13 +200,21 @@ def test_a_parse_in_a_child_process_writes_the_same_file(tmp_path):
   assert not [f for f in os.listdir(tmp_path) if f.endswith(RC.SUFFIX) or ".tmp-" in f]
 
 
-def test_hosts_writing_the_same_cache_at_once_leave_one_whole_file(tmp_path):
-  """Hosts sharing a cache folder parse the same file at once on a first run: each writes its
-  own temporary file and renames it over the others' (the same bytes); none is left behind."""
+def test_hosts_sharing_a_cache_parse_it_once_and_leave_one_whole_file(tmp_path, monkeypatch):
+  """Hosts sharing a cache folder (NFS) on a first run: each parsed the file (N x the work and
+  the memory peak at once); now one parses while the others wait for its file, and neither a
+  temporary file nor the lock is left behind."""
   import concurrent.futures
 
   ann = agqa_file(tmp_path / "a.json", 2000)
   cache = str(tmp_path / "shared")
+  real, parses = RC._parse_in_child, []
+
+  def counted(*a):
+    parses.append(1)
+    real(*a)
+
+  monkeypatch.setattr(RC, "_parse_in_child", counted)
   with concurrent.futures.ThreadPoolExecutor(3) as pool:
     runs = [
       pool.submit(RC.cached_records, "agqa", str(ann), cache, parse_in_subprocess=True)
@@ -214,6 +222,69 @@ def test_hosts_writing_the_same_cache_at_once_leave_one_whole_file(tmp_path):
     ]
     paths = {run.result().path for run in runs}
   (path,) = paths
+  assert len(parses) == 1
   assert os.listdir(cache) == [os.path.basename(path)]
   here = RC.cached_records("agqa", str(ann), str(tmp_path / "here"))
   assert pathlib.Path(path).read_bytes() == pathlib.Path(here.path).read_bytes()
+
+
+def test_a_bad_file_fails_every_host_that_waited_and_leaves_no_lock(tmp_path):
+  """The parser's error frees the lock: each waiter then tries and gets the same error."""
+  import concurrent.futures
+
+  (tmp_path / "bad.json").write_text("{not json")
+  cache = str(tmp_path / "shared")
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    runs = [pool.submit(RC.cached_records, "agqa", str(tmp_path / "bad.json"), cache) for _ in "ab"]
+    for run in runs:
+      with pytest.raises(A.AnnotationError, match=r"bad\.json: not valid JSON"):
+        run.result()
+  assert os.listdir(cache) == []
+
+
+def test_a_killed_parsers_lock_is_taken_over_at_once(tmp_path):
+  """A host's parse killed mid-way (preempted) leaves its lock: the next run on that machine
+  sees its process gone and parses (no wait, no deadlock)."""
+  import signal
+  import subprocess
+  import sys
+  import time
+
+  ann = agqa_file(tmp_path / "a.json", 100)
+  cache = tmp_path / "cache"
+  target = RC.cache_path(str(cache), RC.cache_key("agqa", str(ann), {}))
+  lock = pathlib.Path(target + ".lock")
+  code = (
+    "import sys, time; from aotd_jax.data import record_cache as RC\n"
+    "RC.parse_into = lambda *a: time.sleep(600)\n"
+    "RC.cached_records('agqa', sys.argv[1], sys.argv[2])\n"
+  )
+  env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).resolve().parents[1])}
+  child = subprocess.Popen([sys.executable, "-c", code, str(ann), str(cache)], env=env)
+  try:
+    deadline = time.monotonic() + 120
+    while not (lock.exists() and lock.read_text()) and child.poll() is None:
+      assert time.monotonic() < deadline, "the child never took the lock"
+      time.sleep(0.05)
+  finally:
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+  assert lock.exists() and json.loads(lock.read_text())["pid"] == child.pid
+  t0 = time.monotonic()
+  assert len(RC.cached_records("agqa", str(ann), str(cache))) == 100
+  assert time.monotonic() - t0 < 30 and not lock.exists()  # not build_once's 60 s staleness
+
+
+def test_a_live_parser_elsewhere_is_waited_for_then_named(tmp_path):
+  """Another host holding the lock (its heartbeat fresh): this one waits, up to `wait_s`, then
+  stops naming the annotation file, the lock file and its holder."""
+  ann = agqa_file(tmp_path / "a.json", 10)
+  cache = tmp_path / "cache"
+  cache.mkdir()
+  target = RC.cache_path(str(cache), RC.cache_key("agqa", str(ann), {}))
+  owner = {"host": "host-7", "boot_id": "x", "pid": 4242, "token": "t", "beat": 0}
+  pathlib.Path(target + ".lock").write_text(json.dumps(owner))
+  with pytest.raises(RC.build_once.BuildTimeout) as e:
+    RC.cached_records("agqa", str(ann), str(cache), wait_s=1.0)
+  assert f"parsing {ann}: waited" in str(e.value) and "process 4242 on host-7" in str(e.value)
+  assert f"delete {target}.lock" in str(e.value) and not os.path.exists(target)

@@ -18,9 +18,10 @@ path, size and modification time (and those of the files read beside it: NExT-QA
 ActivityNet-QA's answers), the reader's options, and the source of the parsers, so a changed
 file or parser is read again. The header repeats the key and the read's report. It is written
 under a temporary name and renamed into place: a preempted or concurrent writer never leaves a
-partial file under the final name, and concurrent writers (hosts sharing the folder) write
-the same bytes. A file whose header does not match its key or that is shorter than its
-offsets say is parsed again and replaced (logged).
+partial file under the final name. Processes sharing the folder (a pod's hosts on NFS) parse
+it once: one holds `<file>.lock` while the others wait (`build_once`: a dead parser's lock is
+taken over; rare concurrent writers write the same bytes). A file whose header does not match
+its key or that is shorter than its offsets say is parsed again and replaced (logged).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 from absl import logging
 
-from aotd_jax.data import annotations, annotations_formats, files
+from aotd_jax.data import annotations, annotations_formats, build_once, files
 from aotd_jax.data.annotations import ReadReport, VideoQA
 
 if TYPE_CHECKING:
@@ -257,10 +258,20 @@ class RecordFile:
 
 
 def cached_records(
-  fmt: str, path: str, cache_dir: str, *, parse_in_subprocess: bool = False, **read_kw: Any
+  fmt: str,
+  path: str,
+  cache_dir: str,
+  *,
+  parse_in_subprocess: bool = False,
+  wait_s: float = 3600.0,
+  **read_kw: Any,
 ) -> RecordFile:
   """The records of `annotations.read(fmt, path, **read_kw)` from `cache_dir`, parsed and
   written there first when no file there matches (see the module docstring).
+
+  Processes sharing `cache_dir` (the hosts of a pod on one mounted folder) parse a file once:
+  one holds `<file>.lock` and parses, the others wait for its file (`build_once`: a lock whose
+  parser died is taken over; `wait_s` bounds the wait for a live one).
 
   `parse_in_subprocess`: parse in a child Python process, so that the parse's peak (~2.3 KB a
   question: ~9 GB for AGQA) is not this process's (the trainer keeps its peak for the run).
@@ -268,9 +279,13 @@ def cached_records(
   Raises:
     annotations.AnnotationError: the file cannot be read (missing, not the format).
     ValueError: `cache_dir` is a bucket URL.
+    build_once.BuildTimeout: another process has held the lock for over `wait_s` seconds.
   """
   if files.is_url(cache_dir):
-    raise ValueError(f"cache_dir={cache_dir}: must be a local or mounted folder (it is mapped)")
+    raise ValueError(
+      f"cache_dir={cache_dir}: must be a local or mounted folder (its file is memory-mapped "
+      "and its lock made with O_EXCL, which a bucket offers neither of)"
+    )
   key = cache_key(fmt, os.fspath(path), read_kw)
   target = cache_path(cache_dir, key)
   if os.path.exists(target):
@@ -282,11 +297,23 @@ def cached_records(
       return out
     except CacheError as e:
       logging.warning("annotations: %s; parsing %s again", e, path)
-  if parse_in_subprocess:
-    _parse_in_child(fmt, os.fspath(path), target, key, read_kw)
-  else:
-    parse_into(fmt, os.fspath(path), target, key, read_kw)
-  logging.info("annotations: %s parsed into %s", path, target)
+
+  def ready() -> bool:  # another process's finished file (one cut short is not)
+    try:
+      RecordFile(target, key=key)
+      return True
+    except CacheError:
+      return False
+
+  def parse() -> None:
+    if parse_in_subprocess:
+      _parse_in_child(fmt, os.fspath(path), target, key, read_kw)
+    else:
+      parse_into(fmt, os.fspath(path), target, key, read_kw)
+    logging.info("annotations: %s parsed into %s", path, target)
+
+  os.makedirs(cache_dir, exist_ok=True)
+  build_once.build_once(target, parse, ready=ready, what=f"parsing {path}", wait_s=wait_s)
   return RecordFile(target, key=key)
 
 
