@@ -294,6 +294,43 @@ def test_activitynet_videos_are_found_in_any_of_their_containers(tmp_path):
   assert by_stem[stems[3]] is None  # not there: the default v_<name>.mp4, reported downstream
 
 
+def test_training_and_evaluation_read_the_same_video_file(tmp_path):
+  """Training (records in memory, or the record cache) and evaluation find a record's video
+  with one function (`annotations_formats.video_file`): the same file for each container,
+  for a video that is not there (the .mp4 default, reported downstream), and for NExT-QA's
+  folders."""
+  from aotd_jax.data import annotations_formats as F
+  from aotd_jax.data import pipeline
+  from aotd_jax.data import record_cache as RC
+  from aotd_jax.eval import student as student_eval
+
+  q = [{"video_name": f"n{i}", "question": f"q{i}", "question_id": f"v_n{i}_0"} for i in range(4)]
+  a = [{"question_id": f"v_n{i}_0", "answer": "yes", "type": 3} for i in range(4)]
+  (tmp_path / "val_q.json").write_text(json.dumps(q))
+  (tmp_path / "val_a.json").write_text(json.dumps(a))
+  root = tmp_path / "videos"
+  root.mkdir()
+  for name in ("v_n0.mkv", "v_n1.webm", "v_n2.mp4", "v_n2.webm"):
+    (root / name).write_bytes(b"")
+  records = F.locate_activitynet_videos(
+    A.read("activitynet_qa", tmp_path / "val_q.json"), str(root)
+  )
+  evaluation = [student_eval.video_file(r, str(root)) for r in records]
+  memory = pipeline.qa_source(records, video_root=str(root))
+  cache = RC.cached_records("activitynet_qa", str(tmp_path / "val_q.json"), str(tmp_path / "c"))
+  cached = RC.qa_source(cache, fmt="activitynet_qa", video_root=str(root))
+  assert [str(root / f"v_n{i}.{e}") for i, e in enumerate(("mkv", "webm", "mp4", "mp4"))] == (
+    evaluation
+  )
+  assert [memory[i]["video_path"] for i in range(4)] == evaluation
+  assert [cached[i]["video_path"] for i in range(4)] == evaluation
+  nextqa = A.read("nextqa", REAL / "nextqa" / "val.csv")[:3]
+  assert [pipeline.qa_example(r, video_root="/v")["video_path"] for r in nextqa] == [
+    student_eval.video_file(r, "/v") for r in nextqa
+  ]
+  assert all(p.count("/") == 3 for p in (F.video_file(r, "/v") for r in nextqa))  # /v/dir/x.mp4
+
+
 def test_nextqa_without_its_map_says_where_videos_are_looked_for(tmp_path, caplog):
   """The CSV copied away from map_vid_vidorID.json: its videos are then <video>.mp4 under the
   root, not NExTVideo's <folder>/<video>.mp4; said in a warning, not silently."""

@@ -24,7 +24,7 @@ from __future__ import annotations
 import csv
 import io
 import os
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from absl import logging
 
@@ -216,6 +216,21 @@ def read_activitynet_qa(path: str, ctx, answers_path: str | None = None) -> Iter
 ACTIVITYNET_VIDEO_EXTS = (".mp4", ".mkv", ".webm")
 
 
+def video_file(r: VideoQA, video_root: str = "", video_ext: str = ".mp4") -> str:
+  """The path of `r`'s video under `video_root`, as training and evaluation read it (one
+  function, so both find the same file): `meta["video_path"]` where the reader or
+  `locate_activitynet_videos` set it (NExT-QA's folders, MVBench's tasks, ActivityNet-QA's
+  container), else `{meta["video_file_stem"] or video_id}{video_ext}`."""
+  stem = r.meta.get("video_file_stem") or r.video_id  # ActivityNet-QA: v_<name>
+  return files.join(video_root, r.meta.get("video_path") or f"{stem}{video_ext}")
+
+
+def activitynet_stems(records: Iterable[VideoQA]) -> set[str]:
+  """The `v_<name>` file stems of ActivityNet-QA `records` (what `activitynet_video_files` looks
+  for)."""
+  return {r.meta["video_file_stem"] for r in records if "video_file_stem" in r.meta}
+
+
 def activitynet_video_files(stems: set[str], video_root: str) -> dict[str, str]:
   """{`v_<name>` stem: its file name under `video_root`} for the stems whose video is there in
   one of `ACTIVITYNET_VIDEO_EXTS` (the folder is listed once)."""
@@ -244,8 +259,7 @@ def locate_activitynet_videos(records: list[VideoQA], video_root: str) -> list[V
   `video_root` in whichever of `ACTIVITYNET_VIDEO_EXTS` it is (`v_<name>.mkv`, ...), listing
   the folder once; a record whose video is in none keeps the default `v_<name>.mp4` (and is
   reported missing where its video is read). Returns `records`, changed in place."""
-  found = activitynet_video_files(
-    {r.meta["video_file_stem"] for r in records if "video_file_stem" in r.meta}, video_root)
+  found = activitynet_video_files(activitynet_stems(records), video_root)
   for r in records:
     locate_activitynet_video(r, found)
   return records

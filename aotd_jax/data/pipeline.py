@@ -30,7 +30,7 @@ import numpy as np
 from absl import flags, logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from aotd_jax.data import conversation, files, video
+from aotd_jax.data import annotations_formats, conversation, files, video
 from aotd_jax.data.annotations import ReadReport, VideoQA
 from aotd_jax.data.tokenize import TokenizeOptions, tokenize_sample
 from aotd_jax.models.pixel_norms import CLIP_MEAN, CLIP_STD
@@ -109,14 +109,14 @@ def qa_example(r: VideoQA, *, video_root: str = "", video_ext: str = ".mp4",
                answer_style: str = "letter_text", prompt_format: str = "plain") -> dict:
   """The QA-mode example (a plain dict) of one record that has an answer to train on.
 
-  The video is `meta["video_path"]` when the reader set it (NExT-QA), else
+  The video is `annotations_formats.video_file`'s (the file evaluation reads too):
+  `meta["video_path"]` when set (NExT-QA, ActivityNet-QA's container), else
   `{video_id}{video_ext}` (`{video_file_stem}{video_ext}` for ActivityNet-QA), both under
   `video_root`. `prompt_format`: see `conversation.format_question`.
   """
-  stem = r.meta.get("video_file_stem") or r.video_id  # ActivityNet-QA: v_<id>
-  path = r.meta.get("video_path") or f"{stem}{video_ext}"
   return {
-      "mode": "qa", "qid": r.qid, "video_path": _video_path(video_root, path),
+      "mode": "qa", "qid": r.qid,
+      "video_path": annotations_formats.video_file(r, video_root, video_ext),
       "start": r.start, "end": r.end,
       "user_text": conversation.qa_user_text(r.question, r.choices, prompt_format),
       "assistant_text": conversation.answer_target(r.choices, r.answer, r.answer_index,

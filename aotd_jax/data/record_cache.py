@@ -430,11 +430,8 @@ def qa_source(
     keep = np.delete(positions, no_answer)
   video_files = None
   if fmt == "activitynet_qa":
-    stems = set()
-    for i in range(len(records) if keep is None else len(keep)):
-      meta = records.record(i if keep is None else int(keep[i])).meta
-      if "video_file_stem" in meta:
-        stems.add(meta["video_file_stem"])
+    kept = range(len(records)) if keep is None else (int(i) for i in keep)
+    stems = annotations_formats.activitynet_stems(records.record(i) for i in kept)
     video_files = annotations_formats.activitynet_video_files(stems, video_root)
   return grain.MapDataset.source(
     QAExamples(records, keep, video_files=video_files, video_root=video_root, **example_kw)

@@ -12,7 +12,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from aotd_jax.data import conversation, files, video, video_processing
+from aotd_jax.data import annotations_formats, conversation, video, video_processing
 from aotd_jax.data.annotations import VideoQA
 from aotd_jax.eval import efficiency, mc_parse, metrics
 
@@ -32,14 +32,8 @@ class StudentRun:
 
 
 def video_file(record: VideoQA, video_root: str, video_ext: str = ".mp4") -> str:
-  """The video of a record: `meta["video_path"]` (or its file stem) or `<video_id><ext>`."""
-  return _video_file(record, video_root, video_ext)
-
-
-def _video_file(record: VideoQA, video_root: str, video_ext: str) -> str:
-  stem = record.meta.get("video_file_stem") or record.video_id  # ActivityNet: v_<id>
-  path = record.meta.get("video_path") or f"{stem}{video_ext}"
-  return files.join(video_root, path)
+  """The video of a record, the file training reads (`annotations_formats.video_file`)."""
+  return annotations_formats.video_file(record, video_root, video_ext)
 
 
 def prompt_ids(
@@ -88,7 +82,7 @@ def _pixels(
       frames_fn(r)
       if frames_fn is not None
       else video.read_frames(
-        _video_file(r, video_root, video_ext),
+        video_file(r, video_root, video_ext),
         num_frames,
         start=r.start,
         end=r.end,
