@@ -21,7 +21,8 @@ Two output modes:
 
 Rows may be one array or a tuple of arrays sharing their leading axis (token ids, masks and
 pixels of one prompt per row). Numpy rows are batched on the host; device arrays (`jax.Array`,
-e.g. a prompt prefix's KV cache kept on the device) stay there and are concatenated there.
+e.g. a prompt prefix's KV cache kept on the device) stay there, as the requests' own arrays
+(`experts.batching.RowParts`), joined inside the jitted function.
 Only requests with the same row shapes/dtypes and the same `args` objects (compared by
 identity: model state, queries) share a batch. Errors raised by the batch reach every request
 in it. `close()` runs what is queued, then stops the worker; later submits raise.
@@ -50,7 +51,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experts.batching import BucketedJit, bucket_size, num_rows, pad_rows, plan_chunks
+from experts.batching import (
+  BucketedJit,
+  RowParts,
+  bucket_size,
+  num_rows,
+  pad_rows,
+  plan_chunks,
+)
 
 if TYPE_CHECKING:
   from experts.scheduler import DeviceScheduler
@@ -93,9 +101,10 @@ _take_jit = jax.jit(_take)
 
 
 def _concatenate(*parts):
-  """Requests' rows of one leaf along axis 0: on the device when they live there."""
+  """Requests' rows of one leaf along axis 0: numpy joined on the host; device arrays kept as
+  `RowParts`, joined inside the jitted function (one fused copy, not an eager one first)."""
   if isinstance(parts[0], jax.Array):
-    return jnp.concatenate(parts)
+    return RowParts(parts)
   return np.concatenate(parts)
 
 

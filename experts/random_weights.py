@@ -234,20 +234,15 @@ def univtg(size: dict, clip_size: dict, seed: int = 0):
   return model, clip_model
 
 
-def llava(size: dict, seed: int = 0):
-  """(LlavaNextVideoForConditionalGeneration, WordTokenizer) on random weights, of `size` (keys
-  of `LLAVA_NEXT_VIDEO_7B`); the video and image tokens are the vocabulary's last two ids."""
-  from aotd_jax.layers.compute import ComputeOptions
+def llava_config(size: dict):
+  """The `LlavaNextVideoConfig` of `size` (keys of `LLAVA_NEXT_VIDEO_7B`): what `llava` builds,
+  for code that needs the shapes only (e.g. `nnx.eval_shape`)."""
   from aotd_jax.models.clip import CLIPVisionConfig
   from aotd_jax.models.llama import LlamaConfig
-  from aotd_jax.models.llava_next_video import (
-    LlavaNextVideoConfig,
-    LlavaNextVideoForConditionalGeneration,
-  )
+  from aotd_jax.models.llava_next_video import LlavaNextVideoConfig
 
   v = size["vocab"]
-  dtype = size.get("dtype", "float32")
-  cfg = LlavaNextVideoConfig(
+  return LlavaNextVideoConfig(
     vision_config=CLIPVisionConfig(
       hidden_size=size["vision_hidden"],
       intermediate_size=4 * size["vision_hidden"],
@@ -273,9 +268,19 @@ def llava(size: dict, seed: int = 0):
     image_grid_pinpoints=[[size["image_size"], size["image_size"]]],
     vision_feature_layer=-2 if size["vision_layers"] > 1 else -1,
   )
+
+
+def llava(size: dict, seed: int = 0):
+  """(LlavaNextVideoForConditionalGeneration, WordTokenizer) on random weights, of `size` (keys
+  of `LLAVA_NEXT_VIDEO_7B`); the video and image tokens are the vocabulary's last two ids."""
+  from aotd_jax.layers.compute import ComputeOptions
+  from aotd_jax.models.llava_next_video import LlavaNextVideoForConditionalGeneration
+
+  v = size["vocab"]
+  dtype = size.get("dtype", "float32")
   model = _init_params(
     LlavaNextVideoForConditionalGeneration,
-    cfg,
+    llava_config(size),
     seed,
     ComputeOptions(dtype=dtype, param_dtype=dtype),
   )

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experts.batching import BucketedJit, bucket_size, pad_rows
+from experts.batching import BucketedJit, RowParts, bucket_size, count_xla_compilations, pad_rows
 from experts.coalesce import Coalescer
 
 BUCKETS = (1, 2, 4, 8)
@@ -23,9 +23,8 @@ def _want(x, w):
   return {"y": np.tanh(x @ np.asarray(w)), "s": x.sum(-1)}
 
 
-def _hammer(co, w, sizes, threads=12):
-  rng = np.random.default_rng(0)
-  inputs = [rng.normal(size=(n, 3)).astype(np.float32) for n in sizes]
+def _from_threads(co, inputs, w, threads=8):
+  """`co(x, w)` for every input from `threads` threads, the first `threads` calls at once."""
   barrier = threading.Barrier(threads)
 
   def call(i):
@@ -34,7 +33,13 @@ def _hammer(co, w, sizes, threads=12):
     return co(inputs[i], w)
 
   with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-    return inputs, list(pool.map(call, range(len(sizes))))
+    return list(pool.map(call, range(len(inputs))))
+
+
+def _hammer(co, w, sizes, threads=12):
+  rng = np.random.default_rng(0)
+  inputs = [rng.normal(size=(n, 3)).astype(np.float32) for n in sizes]
+  return inputs, _from_threads(co, inputs, w, threads)
 
 
 def test_host_mode_many_threads_random_sizes_equal_per_request_calls():
@@ -90,20 +95,50 @@ def test_device_array_rows_stay_on_the_device_and_batch_with_numpy_rows(monkeypa
     for _ in range(24)
   ]
   with Coalescer(fn, wait_s=0.02) as co:
-    barrier = threading.Barrier(8)
-
-    def call(i):
-      if i < 8:
-        barrier.wait()
-      return co(inputs[i], w)
-
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-      outs = list(pool.map(call, range(len(inputs))))
+    outs = _from_threads(co, inputs, w)
   for (x, kept), out in zip(inputs, outs):
     want = x @ np.asarray(w) + np.asarray(kept).sum(-1, keepdims=True)
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
   assert co.stats.requests_per_batch > 1 and not host_copies
   assert isinstance(co.samples()[0][0][1], jax.Array)  # queued as it came, not via numpy
+
+
+def test_device_rows_are_joined_inside_the_jitted_call():
+  """Requests' device rows (kept KV caches) reach the jitted function as the arrays they came in
+  (`RowParts`; padding repeats a reference to the last row, no copy) and are joined inside it:
+  coalesced from many threads, no XLA program runs outside the bucketed function (no eager
+  concatenation or padding), and every request gets its own rows' results."""
+  fn = BucketedJit(lambda rows, w: jnp.tanh(rows @ w), buckets=(1, 4))
+  w = jnp.arange(10.0).reshape(5, 2) / 10
+  rng = np.random.default_rng(7)
+  inputs = [jnp.asarray(rng.normal(size=(1, 5)), jnp.float32) for _ in range(23)]
+  padded = pad_rows(RowParts(inputs[:3]), 4)
+  assert isinstance(padded, RowParts) and padded.shape == (4, 5)
+  assert all(a is b for a, b in zip(padded.parts, (*inputs[:3], inputs[2])))
+  with count_xla_compilations() as compiled:
+    with Coalescer(fn, wait_s=0.02) as co:
+      outs = _from_threads(co, inputs, w)
+  assert co.stats.requests_per_batch > 1
+  assert compiled[0] == fn.compiles <= 2  # one per bucket, nothing eager
+  for x, out in zip(inputs, outs):
+    np.testing.assert_allclose(out, np.tanh(np.asarray(x) @ np.asarray(w)), rtol=1e-6, atol=1e-6)
+
+
+def test_row_parts_slices_and_refuses_mixed_parts():
+  """`RowParts` row slices keep whole parts and cut only a part a bound falls in; parts of
+  other trailing shapes or dtypes, and strided slices, are refused by name."""
+  a, b = jnp.arange(6.0).reshape(2, 3), jnp.arange(3.0).reshape(1, 3) + 10
+  rows = RowParts([a, b])
+  assert rows.shape == (3, 3) and rows.ndim == 2
+  cut = rows[1:3]
+  assert cut.parts[1] is b and np.array_equal(np.asarray(cut.join()), np.asarray(rows.join())[1:])
+  assert rows[0:2].parts == (a,)
+  with pytest.raises(ValueError, match="RowParts: need parts of one trailing shape"):
+    RowParts([a, jnp.zeros((1, 4))])
+  with pytest.raises(ValueError, match="RowParts: need parts of one trailing shape"):
+    RowParts([a, b.astype(jnp.int32)])
+  with pytest.raises(ValueError, match="only contiguous row slices"):
+    rows[::2]
 
 
 def test_only_same_shape_and_args_share_a_batch():

@@ -70,6 +70,17 @@ def test_generate_after_prefix_gives_generate_tokens_and_logits():
   full = model(jnp.asarray(ids), jnp.asarray(mask)).logits[:, -1]
   out, _ = g.prefill_suffix(model, *kv, jnp.asarray(s_ids), jnp.asarray(s_mask), 0)
   np.testing.assert_allclose(np.asarray(out.logits[:, -1]), np.asarray(full), rtol=0, atol=1e-5)
+  # the rows' own caches as blocks (several requests' kept prefixes, the last repeated as
+  # padding), joined inside the jitted call: the same tokens
+  rows = [0, 1, 2, 2]
+  blocks = tuple(tuple(tuple(layer[i : i + 1] for i in rows) for layer in part) for part in kv)
+  padded = np.concatenate([s_ids, s_ids[2:]]), np.concatenate([s_mask, s_mask[2:]])
+  got = g.generate_after_prefix(model, blocks, *padded, **kw)
+  np.testing.assert_array_equal(np.asarray(got.sequences)[:3], np.asarray(want.sequences))
+  np.testing.assert_array_equal(np.asarray(got.sequences)[3], np.asarray(want.sequences)[2])
+  odd = (tuple((k[:1], k[1:, :1]) for k in kv[0]), kv[1])
+  with pytest.raises(ValueError, match="row blocks differ in shape"):
+    g.generate_after_prefix(model, odd, s_ids, s_mask, **kw)
   with pytest.raises(ValueError, match="the suffix is empty"):
     g.generate_after_prefix(model, kv, s_ids[:, :0], **kw)
   with pytest.raises(ValueError, match=r"must be \(B=2, kv_heads, P, head_dim\)"):

@@ -7,7 +7,9 @@ LLaVA passes its language model with merged `inputs_embeds`. Prompts are left-pa
 length bucket, so the loop compiles once per (batch, bucket, max_new_tokens, greedy/sample),
 never per step or per prompt length. `prefill_prefix` + `generate_after_prefix` split a prompt
 whose prefix is shared by many calls (LLaVA's video tokens): the prefix's keys and values are
-kept, and a call prefills only its suffix against them.
+kept, and a call prefills only its suffix against them. A batch of kept prefixes may come as
+the rows' own arrays (`prefix_rows`): they are joined inside the jitted call, in the same XLA
+fusion that writes them into the batch's larger cache, so the kept bytes are copied once.
 """
 
 from __future__ import annotations
@@ -219,17 +221,39 @@ def prefill_prefix(model, inputs_embeds: jax.Array) -> tuple[tuple, tuple]:
   return out.cache.keys, out.cache.values
 
 
+def prefix_rows(layer) -> tuple:
+  """One layer's kept keys or values as row blocks: a (B, kv_heads, P, head_dim) array is one
+  block; a tuple or list of such arrays (the rows of several requests, a block possibly
+  repeated as padding) is its blocks, to be joined along the batch inside the jitted call."""
+  return tuple(layer) if isinstance(layer, (tuple, list)) else (layer,)
+
+
+def prefix_shape(layer) -> tuple:
+  """The (B, kv_heads, P, head_dim) shape of one layer's kept keys or values (`prefix_rows`);
+  raises if its blocks differ past the batch axis."""
+  shapes = {tuple(np.shape(a)) for a in prefix_rows(layer)}
+  rest = {s[1:] for s in shapes}
+  if len(rest) != 1:
+    raise ValueError(f"prefix cache: a layer's row blocks differ in shape, {sorted(shapes)}")
+  blocks = prefix_rows(layer)
+  return (sum(int(np.shape(a)[0]) for a in blocks), *rest.pop())
+
+
 def prefill_suffix(model, keys, values, input_ids, mask, extra_slots: int):
   """The language model on left-padded prompt suffixes (B, W) after cached prefixes `keys` /
-  `values` ((B, kv_heads, P, head_dim) per layer, from `prefill_prefix`): the output (logits of
-  the last position, the cache with `extra_slots` free slots after the suffix) and the mask
-  over every slot. Positions continue from P (the suffix's left padding does not shift them,
-  as `generate`'s left padding does not). Traced (call it inside jit)."""
+  `values` ((B, kv_heads, P, head_dim) per layer, from `prefill_prefix`, or per layer the rows'
+  blocks, `prefix_rows`): the output (logits of the last position, the cache with
+  `extra_slots` free slots after the suffix) and the mask over every slot. Positions continue
+  from P (the suffix's left padding does not shift them, as `generate`'s left padding does
+  not). Traced (call it inside jit): the blocks' join and the padding to the cache's slots are
+  one XLA fusion, one copy of the kept bytes."""
   b, width = mask.shape
-  p = keys[0].shape[2]
+  p = prefix_rows(keys[0])[0].shape[2]
   total = p + width + extra_slots
 
-  def slots(a):
+  def slots(layer):
+    blocks = prefix_rows(layer)
+    a = blocks[0] if len(blocks) == 1 else jnp.concatenate(blocks, axis=0)
     return jnp.pad(a, ((0, 0), (0, 0), (0, total - p), (0, 0)))
 
   cache = model.init_cache(b, total).replace(
@@ -263,7 +287,7 @@ def _decode_after_prefix(
 ):
   model = nnx.merge(plain_graphdef(graphdef), state)
   out, full_mask = prefill_suffix(model, keys, values, input_ids, mask, max_new_tokens)
-  p, width = keys[0].shape[2], mask.shape[1]
+  p, width = prefix_rows(keys[0])[0].shape[2], mask.shape[1]
   next_pos = p + jnp.sum(mask, axis=-1).astype(jnp.int32)
   return _decode_loop(
     model, out, full_mask, p + width, next_pos, eos, pad, temperature, top_p, rng,
@@ -404,7 +428,9 @@ def generate_after_prefix(
   Args:
     model: a `LlamaForCausalLM`-like NNX module (the one whose cache `prefix` is).
     prefix: (keys, values), each a tuple of (B, kv_heads, P, head_dim) per layer: the
-      prefixes' cache, every row P tokens long (positions 0..P-1, no padding).
+      prefixes' cache, every row P tokens long (positions 0..P-1, no padding); a layer may be
+      a tuple of row blocks (`prefix_rows`: several requests' kept caches as they are, joined
+      inside the jitted call, not before).
     input_ids: (B, S) suffix ids, left-padded (`attention_mask` 0 there; default all ones);
       they are padded further to a `prompt_bucket` of S. The tokens take positions from P on,
       as in the whole prompt, so the greedy tokens are `generate`'s on prefix + suffix (the
@@ -419,7 +445,7 @@ def generate_after_prefix(
   b, length = ids.shape
   if length < 1:
     raise ValueError("generate_after_prefix: the suffix is empty (keep at least one token)")
-  shapes = {tuple(np.shape(a)) for a in (*keys, *values)}
+  shapes = {prefix_shape(a) for a in (*keys, *values)}
   if len(shapes) != 1 or next(iter(shapes))[0] != b or len(next(iter(shapes))) != 4:
     raise ValueError(
       f"generate_after_prefix: the prefix cache must be (B={b}, kv_heads, P, head_dim) arrays "
@@ -440,8 +466,8 @@ def generate_after_prefix(
   return decode_after_prefix_jit(
     static_graphdef(graphdef),
     state,
-    tuple(keys),
-    tuple(values),
+    tuple(map(prefix_rows, keys)),
+    tuple(map(prefix_rows, values)),
     jnp.asarray(_left_pad(ids, width, pad_token_id)),
     jnp.asarray(_left_pad(mask, width)),
     eos,

@@ -523,6 +523,7 @@ class LlavaVideoQA:
     splits = self._splits(language=True)  # ~8 ms of Python per call if split each time
     if self.prefix_cache is not None:
       from aotd_jax.models.generate import generate_after_prefix
+      from experts.batching import is_row_parts
 
       p = self.prefix_length(ids)
       keys, values = self.prefix_kv(clip, ids[:, :p])
@@ -536,9 +537,12 @@ class LlavaVideoQA:
       )
 
       def run(rows):
+        # a batch's kept prefixes arrive as their own arrays (RowParts): handed on as row
+        # blocks, joined inside the jitted generation where they are copied into its cache
+        blocks = [tuple(a.parts if is_row_parts(a) else a for a in kv) for kv in rows[2:]]
         out = generate_after_prefix(
           model.language_model,
-          (rows[2], rows[3]),
+          tuple(blocks),
           rows[0],
           rows[1],
           max_new_tokens=steps,
