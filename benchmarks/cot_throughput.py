@@ -656,6 +656,13 @@ def main(argv=None):
     "16384 for gpu as the CoT configs, else 0)",
   )
   ap.add_argument(
+    "--new_tokens",
+    type=int,
+    default=0,
+    help="tokens each LLaVA reply generates (0: the preset's; the CoT configs cap replies at "
+    "100, the official AoTD's max_new_tokens, and a random model runs every reply to the cap)",
+  )
+  ap.add_argument(
     "--llava_frames", type=int, default=0, help="LLaVA's frames per clip (0: the preset's)"
   )
   ap.add_argument(
@@ -677,11 +684,11 @@ def main(argv=None):
   p = dict(PRESETS[args.preset])
   if args.smoke:
     p = smoke_sizes(p)
-  for key in ("threads", "rounds", "questions"):
+  for key in ("threads", "rounds", "questions", "new_tokens"):
     if getattr(args, key):
       p[key] = getattr(args, key)
-  if p["questions"] < 1 or p["threads"] < 1 or p["rounds"] < 1:
-    raise SystemExit("--questions, --threads and --rounds must be >= 1")
+  if min(p["questions"], p["threads"], p["rounds"], p["new_tokens"]) < 1:
+    raise SystemExit("--questions, --threads, --rounds and --new_tokens must be >= 1")
   if (
     args.questions_per_video < 1
     or min(args.feature_cache_mb, args.llava_feature_cache_mb, args.scheduler_workers) < 0

@@ -63,3 +63,8 @@ def test_decode_weight_mb_counts_all_but_the_input_embeddings():
 def test_llava_size_flag_names_a_bad_key():
   with pytest.raises(SystemExit, match="--llava_size: 'width=3'"):
     ct.main(["--preset=tiny", "--llava_size=width=3"])
+
+
+def test_new_tokens_flag_refuses_a_negative_length():
+  with pytest.raises(SystemExit, match="--new_tokens must be >= 1"):
+    ct.main(["--preset=tiny", "--new_tokens=-3"])

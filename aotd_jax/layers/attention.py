@@ -205,12 +205,10 @@ def _grouped_einsum(q, k, v, mask, kv_head_major: bool) -> jax.Array:
   if mask is not None:
     scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-  if kv_head_major and l == 1:
-    # One query per sequence (a decode step): a broadcast multiply + reduce over the slots.
-    # XLA CPU's dot for this shape (contracting the slots, a 2-row output per kv head) is
-    # ~2.5x slower; in-process A/B on the ~30M benchmark model: decode CPU time -9%, same tokens.
-    out = jnp.sum(probs[:, :, :, 0, :, None] * v[:, :, None].astype(q.dtype), axis=3)
-    return out.reshape(b, l, kv * g * d)
+  # A decode step (l == 1) takes this einsum too. Its PV product was once a broadcast multiply
+  # + reduce over the slots (faster on November's XLA CPU); on jax 0.10's XLA CPU that fusion
+  # (a YNNPACK fusion with the output projection) cost 1.4 ms per layer at 16 rows x 132 slots,
+  # the einsum 0.05 ms: decode 2-4x faster (benchmarks/RESULTS.md, issue 22).
   return jnp.einsum(f"bkgls,{kv_axes}->blkgd", probs, v.astype(q.dtype)).reshape(b, l, kv * g * d)
 
 
