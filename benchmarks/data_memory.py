@@ -36,11 +36,8 @@ sys.path.insert(1, os.path.join(ROOT, "tests"))
 VIDEOS = 7
 
 
-def generate(d: str, n: int) -> str:
-  """The synthetic AGQA file (written once; reused when it has `n` questions)."""
-  path = os.path.join(d, f"agqa_{n}.json")
-  if os.path.exists(path):
-    return path
+def write_videos(d: str) -> None:
+  """`VIDEOS` tiny real videos `d/videos/V<i>.mp4` (12 frames of 16x16 noise)."""
   import numpy as np
 
   from aotd_jax.data import video as V
@@ -50,6 +47,14 @@ def generate(d: str, n: int) -> str:
   for v in range(VIDEOS):
     frames = rng.integers(0, 255, (12, 16, 16, 3), dtype=np.uint8)
     V.write_video(os.path.join(d, "videos", f"V{v}.mp4"), frames, 10)
+
+
+def generate(d: str, n: int) -> str:
+  """The synthetic AGQA file (written once; reused when it has `n` questions)."""
+  path = os.path.join(d, f"agqa_{n}.json")
+  if os.path.exists(path):
+    return path
+  write_videos(d)
   objects = ("blanket", "broom", "cup", "door", "sofa", "phone", "book", "towel")
   tmp = path + ".tmp"
   with open(tmp, "w") as f:

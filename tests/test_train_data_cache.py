@@ -3,6 +3,8 @@ the in-memory parse yields: the same examples in the same order under both mixin
 `max_examples` and per-host sharding, and the same batches from Grain worker processes."""
 
 import json
+import os
+import pickle
 import types
 
 import ml_collections
@@ -115,6 +117,12 @@ def test_the_cached_path_yields_the_same_stream(world, monkeypatch, mixing, max_
     assert len(a) == len(b) and [a[i] for i in range(len(a))] == [b[i] for i in range(len(b))]
   (anet,) = [ds for ds in cached["sources"] if "activitynet_qa" in ds[0]["source"]]
   assert {anet[i]["video_path"].rsplit(".", 1)[1] for i in range(3)} == {"mkv"}
+  # the CoT JSONL too: read once into the cache folder, not pickled into every worker
+  (cots,) = [ds for ds in cached["sources"] if ds[0]["mode"] == "cot"]
+  (in_memory,) = [ds for ds in memory["sources"] if ds[0]["mode"] == "cot"]
+  assert b"they hold a cup 3" in pickle.dumps(in_memory)
+  assert b"they hold a cup 3" not in pickle.dumps(cots) and cots[3] == in_memory[3]
+  assert any(n.startswith("cot-cot.jsonl-") for n in os.listdir(world / "cache"))
   for count in (1, 2):  # one host; host 1 of 2
     mixed = []
     for got in (memory, cached):

@@ -76,6 +76,24 @@ def open_binary(path: str | os.PathLike) -> Iterator[str | IO[bytes]]:
     yield f
 
 
+@contextlib.contextmanager
+def open_lines(path: str | os.PathLike) -> Iterator[IO[str]]:
+  """`path` open as UTF-8 text to read line by line (split at `\n` only, nothing translated),
+  without holding the whole file; a URL through `epath`.
+
+  Raises:
+    FileNotFoundError: no file at `path`.
+  """
+  if not is_url(path):
+    with open(path, encoding="utf-8", newline="\n") as f:
+      yield f
+    return
+  import io  # pylint: disable=g-import-not-at-top
+
+  with epath.Path(path).open("rb") as raw:
+    yield io.TextIOWrapper(raw, encoding="utf-8", newline="\n")
+
+
 def stat_key(path: str | os.PathLike) -> tuple[int, int]:
   """(modification time, size) of a file: what changes when it is rewritten (cache keys).
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import glob as globlib
-import io
 import json
 import os
 import sys
@@ -217,17 +216,18 @@ def _cot_error(e: Exception) -> str:
   return f"missing field {e}" if isinstance(e, KeyError) else str(e)
 
 
-def read_cot_jsonl(path: str, *, video_root: str = "", prompt_format: str | None = None,
-                   allow_unfiltered: bool = False) -> tuple[list[dict], ReadReport]:
-  """CoT examples from a JSONL file; malformed lines are reported (file:line), counted, skipped.
+def iter_cot_jsonl(path: str, report: ReadReport, *, video_root: str = "",
+                   prompt_format: str | None = None,
+                   allow_unfiltered: bool = False) -> Iterator[tuple[str, dict]]:
+  """(line, CoT example) of each good record of a JSONL file, read line by line; malformed
+  lines are reported in `report` (file:line), counted and skipped. Options: `cot_example`.
 
   Raises:
-    ValueError: the file is the CoT job's record log (records the filter did not keep) and
-      `allow_unfiltered` is not set.
+    ValueError: after the last line, when the file is the CoT job's record log (records the
+      filter did not keep) and `allow_unfiltered` is not set.
   """
-  report = ReadReport(fmt="cot", path=path)
-  out, unkept, total = [], 0, 0
-  with io.StringIO(files.read_text(path)) as f:
+  unkept, total = 0, 0
+  with files.open_lines(path) as f:
     for lineno, line in enumerate(f, 1):
       if not line.strip():
         continue
@@ -237,14 +237,28 @@ def read_cot_jsonl(path: str, *, video_root: str = "", prompt_format: str | None
         unkept += isinstance(rec, Mapping) and rec.get("kept") is False
         if unkept and not allow_unfiltered:
           continue
-        out.append(cot_example(rec, video_root=video_root, prompt_format=prompt_format,
-                               allow_unfiltered=allow_unfiltered))
+        yield line, cot_example(rec, video_root=video_root, prompt_format=prompt_format,
+                                allow_unfiltered=allow_unfiltered)
+        report.num_records += 1
       except (json.JSONDecodeError, KeyError, ValueError, TypeError) as e:
         report.skip(f"{path}:{lineno}", _cot_error(e))
   if unkept and not allow_unfiltered:
     raise ValueError(f"{path}: {unkept} of its {total} records are not kept CoTs (kept=false); "
                      + UNFILTERED_HINT)
-  report.num_records = len(out)
+
+
+def read_cot_jsonl(path: str, *, video_root: str = "", prompt_format: str | None = None,
+                   allow_unfiltered: bool = False) -> tuple[list[dict], ReadReport]:
+  """CoT examples from a JSONL file; malformed lines are reported (file:line), counted, skipped.
+
+  Raises:
+    ValueError: the file is the CoT job's record log (records the filter did not keep) and
+      `allow_unfiltered` is not set.
+  """
+  report = ReadReport(fmt="cot", path=path)
+  out = [example for _, example in iter_cot_jsonl(
+      path, report, video_root=video_root, prompt_format=prompt_format,
+      allow_unfiltered=allow_unfiltered)]
   logging.log(logging.WARNING if report.num_skipped else logging.INFO, "cot: %s", report.summary())
   return out, report
 
@@ -295,22 +309,32 @@ def cot_files(pattern: str | os.PathLike | Sequence[str]) -> list[str]:
 
 
 def cot_source(path: str | os.PathLike | Sequence[str], *, video_root: str = "",
-               prompt_format: str | None = None,
-               allow_unfiltered: bool = False) -> grain.MapDataset:
+               prompt_format: str | None = None, allow_unfiltered: bool = False,
+               cache_dir: str = "") -> grain.MapDataset:
   """A `MapDataset` of CoT-mode examples from `*.jsonl` or `*.array_record` (JSON per record).
 
-  `path` may be a glob or a list (the CoT job's shards: an empty shard adds nothing). JSONL
-  is parsed up front (bad lines are logged and in `.report` of `read_cot_jsonl`); ArrayRecord
-  is parsed lazily and bad records are counted by the pipeline. `prompt_format` and
+  `path` may be a glob or a list (the CoT job's shards: an empty shard adds nothing).
+  ArrayRecord is parsed lazily and bad records are counted by the pipeline. JSONL is read up
+  front (bad lines are logged and in `.report` of `read_cot_jsonl`): into memory without a
+  `cache_dir` (and so copied into every Grain worker), else once into an ArrayRecord file
+  there (`cot_cache`) that is read lazily like the CoT job's. `prompt_format` and
   `allow_unfiltered`: see `cot_example`.
   """
   parts = []
   for f in cot_files(path):
+    label = f
+    if f.endswith((".jsonl", ".json")) and cache_dir:
+      from aotd_jax.data import cot_cache  # pylint: disable=g-import-not-at-top
+
+      f = cot_cache.cached_cot_jsonl(f, cache_dir, video_root=video_root,
+                                     prompt_format=prompt_format,
+                                     allow_unfiltered=allow_unfiltered)
+      label = f"{label} (cached as {f})"
     if f.endswith((".array_record", ".arrayrecord")):
       source = grain.sources.ArrayRecordDataSource([f])
       if len(source):
         parts.append(grain.MapDataset.source(source).map_with_index(
-            _ParseCotRecord(f, video_root, prompt_format, allow_unfiltered)))
+            _ParseCotRecord(label, video_root, prompt_format, allow_unfiltered)))
     else:
       examples = read_cot_jsonl(f, video_root=video_root, prompt_format=prompt_format,
                                 allow_unfiltered=allow_unfiltered)[0]

@@ -256,6 +256,7 @@ def make_pipeline_data(cfg, student: nnx.Module, tokenizer=None, *, cache_dir: s
       video_root=cot.get("video_root", ""),
       prompt_format=prompt_format,
       allow_unfiltered=d.get("allow_unfiltered_cots", False),
+      cache_dir=cache_dir,  # a JSONL file read once into a lazily read file, as annotations
     )
     if len(source) == 0:
       files = pipeline.cot_files(cot["path"])
