@@ -330,6 +330,41 @@ def test_llava_generation_splits_the_model_once(models, monkeypatch):
   assert calls == []
 
 
+def test_experts_pass_their_weights_flattened_once(models):
+  """Every model expert hands its jitted parts a `generate.FlatState` (its nnx.State flattened
+  once, not by jit at every call), on which a jitted part gives bit for bit what it gives on
+  the nnx.State; `flat_state` leaves a FlatState as it is."""
+  import functools
+
+  import jax
+  from flax import nnx
+
+  from aotd_jax.models.generate import FlatState, flat_state
+  from experts.backends.llava import LlavaVideoQA, _video_features
+  from experts.backends.owlv2 import Owlv2Detector
+  from experts.backends.univtg import UniVTGGrounder
+
+  model, tok = models["llava"]
+  qa = LlavaVideoQA(model, tok, num_frames=2)
+  (graphdef, state), (_, language) = qa._splits(language=True)
+  assert isinstance(state, FlatState) and isinstance(language, FlatState)
+  assert flat_state(state) is state
+  pixels = qa.pixels(_clips(1, [3])[0], np.array([0, 2]))
+  features = jax.jit(functools.partial(_video_features, graphdef))
+  want = np.asarray(features(pixels, nnx.split(model)[1]))
+  np.testing.assert_array_equal(np.asarray(features(pixels, state)), want)
+  owl = Owlv2Detector(models["owlv2"], rw.word_tokenize(OWL_TINY["vocab"], 16), buckets=(1, 4))
+  frames = np.random.default_rng(0).integers(0, 255, (1, 24, 32, 3), np.uint8)
+  got = owl.image_fn(frames, owl._state, to_host=True)
+  plain = owl.image_fn(frames, nnx.split(models["owlv2"])[1], to_host=True)
+  for a, b in zip(got, plain):
+    np.testing.assert_array_equal(a, b)
+  u, c = models["univtg"]
+  grounder = UniVTGGrounder(u, c, rw.word_tokenize(CLIP_TINY["vocab"], 16), buckets=(1, 4))
+  states = (owl._state, grounder._clip_state, grounder._univtg_state, grounder._image_state)
+  assert all(isinstance(s, FlatState) for s in states)
+
+
 GOLD = """def execute_command(video_clip, query, possible_answers):
     window = Filter_frames_with_act(video_clip, query)
     kept = Filter_frames_with_obj(video_clip, "cup")

@@ -540,7 +540,7 @@ class LlavaNextVideoForConditionalGeneration(nnx.Module):
 def _merge(
   graphdef, state, input_ids, pixel_values, pixel_values_videos, video_features=None, *, image_sizes
 ):
-  model = nnx.merge(generate_lib.plain_graphdef(graphdef), state)
+  model = generate_lib.merged(graphdef, state)
   return model.merge_embeddings(
     input_ids,
     pixel_values=pixel_values,
@@ -556,12 +556,12 @@ merge_jit = jax.jit(_merge, static_argnums=(0,), static_argnames=("image_sizes",
 
 def generation_splits(model: LlavaNextVideoForConditionalGeneration) -> tuple:
   """(`nnx.split(model)`, `nnx.split(model.language_model)`), their graphdefs as
-  `generate.StaticGraphDef` (hashed once): what `generate(splits=...)` reuses; valid while the
-  model's weights stay as they are."""
+  `generate.StaticGraphDef` (hashed once) and states as `generate.FlatState` (flattened once):
+  what `generate(splits=...)` reuses; valid while the model's weights stay as they are."""
   (graphdef, state), (language, language_state) = nnx.split(model), nnx.split(model.language_model)
   return (
-    (generate_lib.static_graphdef(graphdef), state),
-    (generate_lib.static_graphdef(language), language_state),
+    (generate_lib.static_graphdef(graphdef), generate_lib.flat_state(state)),
+    (generate_lib.static_graphdef(language), generate_lib.flat_state(language_state)),
   )
 
 

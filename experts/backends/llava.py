@@ -100,11 +100,9 @@ def choice_reply(choices: Sequence[str], index: int, answer_format: str = "text"
 
 def _video_features(graphdef, pixels, state):
   """(B, N, hidden) video features of B clips' pixels (B, T, 3, S, S)."""
-  from flax import nnx
+  from aotd_jax.models.generate import merged
 
-  from aotd_jax.models.generate import plain_graphdef
-
-  return nnx.merge(plain_graphdef(graphdef), state).get_video_features(pixels)
+  return merged(graphdef, state).get_video_features(pixels)
 
 
 def _request_logprobs(graphdef, rows, state):
@@ -115,14 +113,13 @@ def _request_logprobs(graphdef, rows, state):
   """
   import jax
   import jax.numpy as jnp
-  from flax import nnx
 
-  from aotd_jax.models.generate import plain_graphdef
+  from aotd_jax.models.generate import merged
   from aotd_jax.models.llava_next_video import _scatter_features
 
   ids, mask, feats, scored = rows
   b, r, length = ids.shape
-  model = nnx.merge(plain_graphdef(graphdef), state)
+  model = merged(graphdef, state)
   feats = jnp.repeat(feats, r, axis=0).reshape(-1, feats.shape[-1])
   flat = ids.reshape(b * r, length)
   embeds = _scatter_features(
@@ -138,13 +135,11 @@ def _prefix_kv(graphdef, rows, state):
   """The language model's KV cache (keys, values: per layer (B, kv_heads, P, head_dim)) of B
   prompt prefixes: ids (B, P), unpadded, ending in the video tokens, and their clips' video
   features (B, N, hidden)."""
-  from flax import nnx
-
-  from aotd_jax.models.generate import plain_graphdef, prefill_prefix
+  from aotd_jax.models.generate import merged, prefill_prefix
   from aotd_jax.models.llava_next_video import _scatter_features
 
   ids, feats = rows
-  model = nnx.merge(plain_graphdef(graphdef), state)
+  model = merged(graphdef, state)
   embeds = _scatter_features(
     model.language_model.embed(ids),
     ids == model.config.video_token_index,
@@ -165,12 +160,11 @@ def _request_logprobs_after_prefix(graphdef, rows, state):
   """
   import jax
   import jax.numpy as jnp
-  from flax import nnx
 
-  from aotd_jax.models.generate import plain_graphdef
+  from aotd_jax.models.generate import merged
 
   ids, seen, positions, pred, target, scored, keys, values = rows
-  lm = nnx.merge(plain_graphdef(graphdef), state).language_model
+  lm = merged(graphdef, state).language_model
   b, length = ids.shape
   p = keys[0].shape[2]
 
@@ -368,21 +362,10 @@ class LlavaVideoQA:
     """(1, N, hidden) video features of the clip's `num_frames` sampled frames (`blank`: of
     zeros, the normalised mean frame), kept or computed (through the "features" coalescer
     with `coalesce`, where concurrent calls' clips share one vision batch)."""
-    import functools
-
     from aotd_jax.data.video_processing import sample_frame_indices
-    from experts.batching import BucketedJit
 
     idx = sample_frame_indices(len(clip), self.num_frames)
-    (graphdef, state), _ = self._splits()
-    fn, coalescer = self._part(
-      "features",
-      lambda: BucketedJit(
-        functools.partial(_video_features, graphdef),
-        buckets=self.buckets,
-        name=f"{self.name}/features",
-      ),
-    )
+    fn, coalescer, state = self._model_part("features", _video_features)
 
     def compute(keys=None):
       pixels = self.pixels(clip, idx)
@@ -431,20 +414,10 @@ class LlavaVideoQA:
     prompt prefix `prefix_ids` (1, P) with the clip's video features, kept or computed
     (through the "prefix" coalescer with `coalesce`: clips' prefixes of one length share a
     batch)."""
-    import functools
-
     from aotd_jax.data.video_processing import sample_frame_indices
-    from experts.batching import BucketedJit
 
     idx = sample_frame_indices(len(clip), self.num_frames)
-    (graphdef, state), _ = self._splits()
-    fn, coalescer = self._part(
-      "prefix",
-      lambda: BucketedJit(
-        functools.partial(_prefix_kv, graphdef), buckets=self.buckets, name=f"{self.name}/prefix"
-      ),
-      output="device",
-    )
+    fn, coalescer, state = self._model_part("prefix", _prefix_kv, output="device")
 
     def compute(keys=None):
       rows = (prefix_ids, self.video_features(clip, blank=blank))
@@ -459,6 +432,32 @@ class LlavaVideoQA:
     the key's coalescer when `coalesce` is on."""
     fn, coalescer = self._part(key, make)
     return coalescer(rows, *args) if coalescer is not None else fn(rows, *args, to_host=True)
+
+  def _model_part(self, key: str, fn, output: str = "host") -> tuple:
+    """(the `BucketedJit` of `fn(graphdef, rows, state)` on the whole model, built once per key
+    and named `<name>/<key>`; its coalescer (`output` mode) or None; the model's state to pass
+    it, a `FlatState`: flattened once, not at every call)."""
+    import functools
+
+    from experts.batching import BucketedJit
+
+    (graphdef, state), _ = self._splits()
+    bucketed, coalescer = self._part(
+      key,
+      lambda: BucketedJit(
+        functools.partial(fn, graphdef), buckets=self.buckets, name=f"{self.name}/{key}"
+      ),
+      output,
+    )
+    return bucketed, coalescer, state
+
+  def _run_model(self, key: str, fn, rows):
+    """`fn(graphdef, rows, state)` (`_model_part`) over request rows, on the host, through the
+    key's coalescer when `coalesce` is on."""
+    bucketed, coalescer, state = self._model_part(key, fn)
+    if coalescer is not None:
+      return coalescer(rows, state)
+    return bucketed(rows, state, to_host=True)
 
   def _part(self, key: str, make, output: str = "host") -> tuple:
     """(the `BucketedJit` of `key`, built by `make()` once; its coalescer (`output` mode) or
@@ -488,20 +487,20 @@ class LlavaVideoQA:
 
   def _splits(self, language: bool = False) -> tuple:
     """(`nnx.split(model)`, `nnx.split(model.language_model)` or None), each made once and
-    shared by scoring and generation (`llava_next_video.generation_splits`' form, graphdefs
-    hashed once for jit): the weights are fixed, and the state object is part of the
-    coalescers' batching key."""
+    shared by scoring and generation (`llava_next_video.generation_splits`' form: graphdefs
+    hashed once for jit, states flattened once as `generate.FlatState`): the weights are
+    fixed, and the state object is part of the coalescers' batching key."""
     from flax import nnx
 
-    from aotd_jax.models.generate import static_graphdef
+    from aotd_jax.models.generate import flat_state, static_graphdef
 
     with self._lock:
       if self._state is None:
-        graphdef, self._state = nnx.split(self.model)
-        self._graphdef = static_graphdef(graphdef)
+        graphdef, state = nnx.split(self.model)
+        self._graphdef, self._state = static_graphdef(graphdef), flat_state(state)
       if language and self._language_split is None:
         graphdef, state = nnx.split(self.model.language_model)
-        self._language_split = static_graphdef(graphdef), state
+        self._language_split = static_graphdef(graphdef), flat_state(state)
       return (self._graphdef, self._state), self._language_split
 
   def generate_text(self, clip, user_text: str, max_new_tokens: int | None = None) -> str:
@@ -595,10 +594,8 @@ class LlavaVideoQA:
     in one batch (right-padded to a `prompt_bucket` length, so lengths share compiled programs).
     blank: the video replaced by zeros (the normalised mean frame): what the text alone says.
     """
-    import functools
 
     from aotd_jax.models.generate import prompt_bucket
-    from experts.batching import BucketedJit
 
     if not replies:
       raise ValueError("score_choices: no replies to score")
@@ -616,16 +613,10 @@ class LlavaVideoQA:
     attn, scored = np.zeros_like(batch), np.zeros((len(rows), width), np.float32)
     for i, (r, m) in enumerate(zip(rows, masks)):
       batch[i, : len(r)], attn[i, : len(r)], scored[i, : len(m)] = r, 1, m
-    (graphdef, state), _ = self._splits()
-    out = self._run(
+    out = self._run_model(
       "score",
-      lambda: BucketedJit(
-        functools.partial(_request_logprobs, graphdef),
-        buckets=self.buckets,
-        name=f"{self.name}/score",
-      ),
+      _request_logprobs,
       (batch[None], attn[None], self.video_features(clip, blank=blank), scored[None]),
-      state,
     )
     return np.asarray(out[0], np.float64)
 
@@ -643,10 +634,8 @@ class LlavaVideoQA:
     prompt's suffix (left-padded to a `prompt_bucket`) then every reply (right-padded to one
     bucketed length), each reply seeing only the prefix, the suffix and itself, at the
     positions it has after the whole prompt."""
-    import functools
 
     from aotd_jax.models.generate import prompt_bucket
-    from experts.batching import BucketedJit
 
     p = self.prefix_length(ids)
     keys, values = self.prefix_kv(clip, ids[:, :p], blank=blank)
@@ -673,17 +662,9 @@ class LlavaVideoQA:
     # a query sees the real suffix slots and the real slots of its own reply (and, through the
     # model's causal rule, none after itself)
     seen = real[None, :] & ((block[None, :] == -1) | (block[None, :] == block[:, None]))
-    (graphdef, state), _ = self._splits()
     rows = (row, seen, positions, pred, target, scored)
-    out = self._run(
-      "score-prefix",
-      lambda: BucketedJit(
-        functools.partial(_request_logprobs_after_prefix, graphdef),
-        buckets=self.buckets,
-        name=f"{self.name}/score-prefix",
-      ),
-      (*(a[None] for a in rows), keys, values),
-      state,
+    out = self._run_model(
+      "score-prefix", _request_logprobs_after_prefix, (*(a[None] for a in rows), keys, values)
     )
     return np.asarray(out[0], np.float64)
 

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from aotd_jax.models.generate import flat_state, merged
 from experts.backends.protocols import Box
 from experts.batching import DEFAULT_BUCKETS, BucketedJit, pad_rows, plan_chunks
 from experts.feature_cache import FrameFeatureCache
@@ -134,25 +135,26 @@ class Owlv2Detector:
     self.image_size = model.config.vision_config.image_size
     mean, std = normalization or (proc.OPENAI_CLIP_MEAN, proc.OPENAI_CLIP_STD)
     self.normalization = (tuple(mean), tuple(std))
-    self._graphdef, self._state = nnx.split(model)
+    self._graphdef, state = nnx.split(model)
+    self._state = flat_state(state)  # flattened once: jit would walk the nnx.State every call
     graphdef, size = self._graphdef, self.image_size
 
     def image_side(frames, state):
-      m = nnx.merge(graphdef, state)
+      m = merged(graphdef, state)
       pixel_values = device_preprocess(frames, size, pad_value=pad_value, mean=mean, std=std)
       fmap = m.image_embedder(pixel_values)
       feats = fmap.reshape(fmap.shape[0], -1, fmap.shape[-1])
       return feats, m.box_predictor(feats)
 
     def class_head(feats, state, query_embeds, query_mask):
-      m = nnx.merge(graphdef, state)
+      m = merged(graphdef, state)
       b = feats.shape[0]
       q = jnp.broadcast_to(query_embeds[None], (b, *query_embeds.shape))
       mask = jnp.broadcast_to(query_mask[None], q.shape[:2])
       return m.class_head(feats, q, mask)[0]
 
     def text_side(state, input_ids, attention_mask):
-      return nnx.merge(graphdef, state).embed_text_queries(input_ids, attention_mask)
+      return merged(graphdef, state).embed_text_queries(input_ids, attention_mask)
 
     self.image_fn = BucketedJit(image_side, buckets=buckets, name=f"{name}/image")
     self.head_fn = BucketedJit(class_head, buckets=buckets, name=f"{name}/head")

@@ -31,6 +31,7 @@ from typing import Callable, Sequence
 import numpy as np
 from flax import nnx
 
+from aotd_jax.models.generate import flat_state, merged
 from experts.backends.protocols import Window
 from experts.batching import DEFAULT_BUCKETS, BucketedJit, bucket_size
 
@@ -132,26 +133,29 @@ class UniVTGGrounder:
       else frame_features.image_size
     )
     self.clip_buckets = tuple(sorted(clip_buckets)) if clip_buckets else None
+    # states flattened once (`FlatState`): jit would walk an nnx.State at every call
     vg, vs = nnx.split(clip_model)
     ug, us = nnx.split(model)
+    vs, us = flat_state(vs), flat_state(us)
     self._clip_state, self._univtg_state = vs, us
     if frame_features is None:
       self._image_state = vs
 
       def image_features(pixels, state):
-        return nnx.merge(vg, state).get_image_features(pixels)
+        return merged(vg, state).get_image_features(pixels)
     else:
-      fg, self._image_state = nnx.split(frame_features)
+      fg, fs = nnx.split(frame_features)
+      self._image_state = flat_state(fs)
 
       def image_features(pixels, state):
-        return nnx.merge(fg, state)(pixels)
+        return merged(fg, state)(pixels)
 
     def text_states(rows, state):
       input_ids, attention_mask = rows
-      return nnx.merge(vg, state).text_model(input_ids, attention_mask).last_hidden_state
+      return merged(vg, state).text_model(input_ids, attention_mask).last_hidden_state
 
     def forward(rows, state):
-      out = nnx.merge(ug, state)(*rows)  # src_txt, src_txt_mask, src_vid, src_vid_mask
+      out = merged(ug, state)(*rows)  # src_txt, src_txt_mask, src_vid, src_vid_mask
       return out.pred_logits, out.pred_spans, out.saliency_scores, out.src_vid_mask
 
     self.image_fn = BucketedJit(image_features, buckets=buckets, name=f"{name}/clip-image")
