@@ -270,7 +270,21 @@ def missing_videos(config, questions) -> str:
   return (
     f"data.video_dir={config.data.video_dir}: none of the first {len(paths)} videos of this "
     f"shard's questions exists (e.g. {paths[0]}); give videos= the folder that holds them in "
-    "the layout docs/data.md gives for the format"
+    f"the layout docs/data.md gives for the format{_nextqa_map_hint(config.data)}"
+  )
+
+
+def _nextqa_map_hint(data) -> str:
+  """For NExT-QA read without its video map (no `map=`, none beside `ann=`): the videos were
+  looked for as `<video>.mp4`, not in NExTVideo's `<folder>/<video>.mp4`; the fix is `map=`."""
+  if data.get("format") != "nextqa" or (data.get("read_kwargs") or {}).get("map_path"):
+    return ""
+  beside = os.path.join(os.path.dirname(data.path), "map_vid_vidorID.json")
+  if files.exists(beside):
+    return ""
+  return (
+    f", or, for NExTVideo's <folder>/<video>.mp4, give map= its map_vid_vidorID.json (there is "
+    f"none beside ann={data.path}, so the videos were looked for as <video>.mp4)"
   )
 
 

@@ -148,3 +148,14 @@ def test_videos_in_another_layout_stop_the_cot_job_before_its_manifest(tmp_path)
   assert f"data.video_dir={flat}: none of the first " in r.stderr
   assert f"(e.g. {flat / '1106' / '4010069381.mp4'})" in r.stderr
   assert "Traceback" not in r.stderr and not (out / "manifest.json").exists()
+  # the CSV copied away from its map, no map=, the videos in NExTVideo's folders: the same
+  # stop, naming map= as the fix (videos= was right)
+  (flat / "1106").mkdir()
+  (flat / "4010069381.mp4").rename(flat / "1106" / "4010069381.mp4")
+  (tmp_path / "train.csv").write_bytes((real / "val.csv").read_bytes())
+  arg = arg.replace(f"ann={real / 'val.csv'}", f"ann={tmp_path / 'train.csv'}")
+  arg = arg.replace(f"map={real / 'map_vid_vidorID.json'},", "")
+  r = _python("-m", "launch.generate_cots", f"--config=configs/cot/nextqa.py:{arg}")
+  assert r.returncode == 2, r.stderr[-3000:]
+  assert "give map= its map_vid_vidorID.json (there is none beside ann=" in r.stderr
+  assert "Traceback" not in r.stderr and not (out / "manifest.json").exists()
