@@ -13,7 +13,9 @@ real `experts.Toolbox` (tool cache, detector feature LRU):
 
 Random weights (experts/random_weights.py), LLaVA as configs/cot/star.py asks it (greedy reply
 snapped to a choice, "official" prompts); a random model never emits EOS, so every reply is
-`new_tokens` long. The sandbox and the LLM stages are not in the loop: this is the expert side.
+`new_tokens` long (`--new_tokens`; the cpu preset 8, the gpu preset 100, the CoT configs' cap,
+so that its seconds per question bound a real run's). The sandbox and the LLM stages are not in
+the loop: this is the expert side.
 
 Modes, on the same backends and the same pixels (a fresh tool cache and feature LRU per run):
   on:         every expert's coalescer on (experts/coalesce.py), all run by one device
@@ -191,7 +193,9 @@ PRESETS = {
     frame_hw=(336, 448),
     spans=(16.0, 24.0),
     llava_frames=32,
-    new_tokens=8,
+    # the CoT configs' cap on a reply (the official AoTD's max_new_tokens): a random model runs
+    # every reply to it, real replies stop earlier, so the time per question is an upper bound
+    new_tokens=100,
     owl_buckets=(32,),
     buckets=(1, 16),
     llava_buckets=(1, 4),
