@@ -188,7 +188,15 @@ def load_questions(config) -> list[annotations.VideoQA]:
   read_kwargs = {
     k: v for k, v in dict(data.get("read_kwargs", {}) or {}).items() if v is not None and v != ""
   }
-  questions = list(annotations.read(data.format, data.path, **read_kwargs))
+  try:
+    questions = list(annotations.read(data.format, data.path, **read_kwargs))
+  except annotations.AnnotationError as e:
+    map_path = read_kwargs.get("map_path")
+    if map_path and str(e).startswith(f"{map_path}:"):  # say which key named the file
+      raise annotations.AnnotationError(
+        f"{e} (NExT-QA's video map: the config's map=, data.read_kwargs.map_path)"
+      ) from None
+    raise
   return questions[: config.max_questions] if config.max_questions else questions
 
 

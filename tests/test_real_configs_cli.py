@@ -159,3 +159,11 @@ def test_videos_in_another_layout_stop_the_cot_job_before_its_manifest(tmp_path)
   assert r.returncode == 2, r.stderr[-3000:]
   assert "give map= its map_vid_vidorID.json (there is none beside ann=" in r.stderr
   assert "Traceback" not in r.stderr and not (out / "manifest.json").exists()
+  # the CSV given as map=: one line naming the file and the key
+  arg = arg.replace(
+    f"ann={tmp_path / 'train.csv'}", f"ann={tmp_path / 'train.csv'},map={tmp_path / 'train.csv'}"
+  )
+  r = _python("-m", "launch.generate_cots", f"--config=configs/cot/nextqa.py:{arg}")
+  assert r.returncode == 2, r.stderr[-3000:]
+  assert f"{tmp_path / 'train.csv'}: not valid JSON" in r.stderr and "the config's map=" in r.stderr
+  assert "Traceback" not in r.stderr and not (out / "manifest.json").exists()
