@@ -251,14 +251,16 @@ class BucketedJit:
 
 
 @contextlib.contextmanager
-def count_xla_compilations() -> Iterator[list[int]]:
-  """Counts XLA backend compilations inside the block: `with ... as n: ...; n[0]`."""
-  counter = [0]
+def count_xla_compilations() -> Iterator[list]:
+  """Counts XLA backend compilations inside the block: `with ... as n: ...; n[0]`; `n[1]`: their
+  seconds summed (compilations in parallel threads overlap, so more than the wall time)."""
+  counter = [0, 0.0]
 
   def listener(event: str, duration: float, **kwargs) -> None:
-    del duration, kwargs
+    del kwargs
     if event == _BACKEND_COMPILE_EVENT:
       counter[0] += 1
+      counter[1] += duration
 
   jax.monitoring.register_event_duration_secs_listener(listener)
   try:
