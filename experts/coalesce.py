@@ -219,7 +219,8 @@ class Coalescer:
       seen = list(self._seen.values())
     calls = 0
     for rows, args in seen:
-      row = jax.tree.map(lambda a: a[:1], rows)
+      # one row (a device array of one row as it is: slicing it would copy it)
+      row = jax.tree.map(lambda a: a if a.shape[0] == 1 else a[:1], rows)
       for size in self.fn.buckets:
         out = self.fn.run_chunk(pad_rows(row, size), *args)
         if self.output == "host":
