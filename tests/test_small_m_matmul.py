@@ -128,8 +128,8 @@ def test_llama_decode_step_uses_the_kernel_and_matches_xla():
   assert "aotd_small_m_matmul" in _hlo(lambda i: step(on, i), ids)
   assert "aotd_small_m_matmul" not in _hlo(lambda i: step(off, i), ids)
   np.testing.assert_allclose(step(on, ids), step(off, ids), rtol=1e-5, atol=1e-5)
-  # Prefill (batch x length = 12 rows > 8) keeps XLA's dots.
-  long_ids = jnp.tile(ids, (1, 3))
+  # Prefill (batch x length = 20 rows > DECODE_ROWS = 16) keeps XLA's dots.
+  long_ids = jnp.tile(ids, (1, 5))
   assert "aotd_small_m_matmul" not in _hlo(lambda i: on(i).logits, long_ids)
 
 
