@@ -829,6 +829,12 @@ def main(argv=None):
     ),
     **({"batch_cost": cost} if cost is not None else {}),
     "same_answers": all(a == answers["off"] for a in answers.values()),
+    # questions of the first round whose answer or trace differs from the off mode's: in bf16
+    # (the gpu preset) a batch's rounding can flip a greedy token of a long reply (~50 tokens
+    # into a random model's summary), as it can in any batched bf16 inference
+    "answers_differing_from_off": {
+      m: sum(x != y for x, y in zip(a, answers["off"])) for m, a in answers.items()
+    },
     "xla_compilations_timed": compiles[0],
     "xla_compilations_warmup": warm_compiles[0],
     "xla_compile_s_warmup_summed": round(warm_compiles[1], 1),
