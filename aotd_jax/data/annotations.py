@@ -9,6 +9,7 @@ logged at the end. A file that cannot be read at all (missing, not JSON / CSV) r
 The per-format parsers live in `annotations_formats.py`; this file holds the record type,
 the report and the dispatcher.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,6 +36,7 @@ class VideoQA:
     start, end: the question's window in seconds (None: the whole video).
     meta: everything else the format carries (programs, types, video paths, ...).
   """
+
   qid: str
   video_id: str
   question: str
@@ -86,6 +88,7 @@ class BadRecord(Exception):
 @dataclasses.dataclass
 class ReadReport:
   """What one `read` call did: counts and one message per skipped record."""
+
   fmt: str
   path: str
   num_records: int = 0
@@ -100,8 +103,10 @@ class ReadReport:
     logging.warning("annotations[%s]: skipped malformed record %s", self.fmt, msg)
 
   def summary(self) -> str:
-    return (f"{self.fmt} {self.path}: {self.num_records} records read, "
-            f"{self.num_skipped} malformed skipped")
+    return (
+      f"{self.fmt} {self.path}: {self.num_records} records read, "
+      f"{self.num_skipped} malformed skipped"
+    )
 
 
 class Records(list):
@@ -141,14 +146,15 @@ def load_json(path: str) -> Any:
 
 def _readers() -> dict[str, Callable[..., Iterator[VideoQA]]]:
   from aotd_jax.data import annotations_formats as f  # pylint: disable=g-import-not-at-top
+
   return {
-      "star": f.read_star,
-      "nextqa": f.read_nextqa,
-      "activitynet_qa": f.read_activitynet_qa,
-      "agqa": f.read_agqa,
-      "clevrer": f.read_clevrer,
-      "mvbench": f.read_mvbench,
-      "perception_test": f.read_perception_test,
+    "star": f.read_star,
+    "nextqa": f.read_nextqa,
+    "activitynet_qa": f.read_activitynet_qa,
+    "agqa": f.read_agqa,
+    "clevrer": f.read_clevrer,
+    "mvbench": f.read_mvbench,
+    "perception_test": f.read_perception_test,
   }
 
 

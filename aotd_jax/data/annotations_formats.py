@@ -19,6 +19,7 @@ Formats (as their datasets publish them):
 - perception_test: JSON dict video id -> {metadata{video_id, num_frames, frame_rate, ...},
   mc_question[{id, question, options, answer_id, area, reasoning, tag}]}.
 """
+
 from __future__ import annotations
 
 import csv
@@ -31,8 +32,17 @@ from absl import logging
 from aotd_jax.data import files
 from aotd_jax.data.annotations import AnnotationError, BadRecord, VideoQA, load_json
 
-_ACTIVITYNET_TYPES = {0: "motion", 1: "spatial", 2: "temporal", 3: "yes_no", 4: "color",
-                      5: "object", 6: "location", 7: "number", 8: "other"}
+_ACTIVITYNET_TYPES = {
+  0: "motion",
+  1: "spatial",
+  2: "temporal",
+  3: "yes_no",
+  4: "color",
+  5: "object",
+  6: "location",
+  7: "number",
+  8: "other",
+}
 
 
 def _text(rec: dict, key: str) -> str:
@@ -61,7 +71,9 @@ def _window(rec: dict) -> tuple[float | None, float | None]:
   return start, end
 
 
-def _mc_answer(choices: list[str], answer: Any, ctx, what: str = "answer") -> tuple[str, int | None]:
+def _mc_answer(
+  choices: list[str], answer: Any, ctx, what: str = "answer"
+) -> tuple[str, int | None]:
   """(answer text, index) from an answer given as text that must be one of `choices`."""
   if answer is None or answer == "":
     if ctx.labelled:
@@ -115,12 +127,21 @@ def read_star(path: str, ctx) -> Iterator[VideoQA]:
     qid = _text(rec, "question_id")
     start, end = _window(rec)
     return VideoQA(
-        qid=qid, video_id=_text(rec, "video_id"), question=_text(rec, "question"),
-        choices=choices, answer=answer, answer_index=index, start=start, end=end,
-        meta={"question_type": qid.split("_")[0],
-              "question_program": rec.get("question_program"),
-              "choice_programs": [c.get("choice_program") for c in raw],
-              "situations": rec.get("situations")})
+      qid=qid,
+      video_id=_text(rec, "video_id"),
+      question=_text(rec, "question"),
+      choices=choices,
+      answer=answer,
+      answer_index=index,
+      start=start,
+      end=end,
+      meta={
+        "question_type": qid.split("_")[0],
+        "question_program": rec.get("question_program"),
+        "choice_programs": [c.get("choice_program") for c in raw],
+        "situations": rec.get("situations"),
+      },
+    )
 
   for i, rec in enumerate(data):
     key = rec.get("question_id", f"#{i}") if isinstance(rec, dict) else f"#{i}"
@@ -129,8 +150,21 @@ def read_star(path: str, ctx) -> Iterator[VideoQA]:
 
 # ------------------------------------------------------------------------------- NExT-QA
 
-_NEXTQA_COLUMNS = ("video", "frame_count", "width", "height", "question", "answer", "qid",
-                   "type", "a0", "a1", "a2", "a3", "a4")
+_NEXTQA_COLUMNS = (
+  "video",
+  "frame_count",
+  "width",
+  "height",
+  "question",
+  "answer",
+  "qid",
+  "type",
+  "a0",
+  "a1",
+  "a2",
+  "a3",
+  "a4",
+)
 
 
 def read_nextqa(path: str, ctx, map_path: str | None = None) -> Iterator[VideoQA]:
@@ -154,7 +188,7 @@ def read_nextqa(path: str, ctx, map_path: str | None = None) -> Iterator[VideoQA
   with io.StringIO(text, newline="") as f:
     reader = csv.reader(f)
     header = next(reader, None)
-    if header is None or tuple(header[:len(_NEXTQA_COLUMNS)]) != _NEXTQA_COLUMNS:
+    if header is None or tuple(header[: len(_NEXTQA_COLUMNS)]) != _NEXTQA_COLUMNS:
       raise AnnotationError(f"{path}: header {header} is not NExT-QA's {list(_NEXTQA_COLUMNS)}")
 
     def one(row: list[str]) -> VideoQA:
@@ -164,13 +198,24 @@ def read_nextqa(path: str, ctx, map_path: str | None = None) -> Iterator[VideoQA
       choices = [_text(rec, f"a{k}") for k in range(5)]
       answer, index = _index_answer(choices, rec["answer"], ctx, "answer")
       video = _text(rec, "video")
-      meta = {"type": rec["type"], "qid": rec["qid"], "frame_count": int(rec["frame_count"]),
-              "width": int(rec["width"]), "height": int(rec["height"])}
+      meta = {
+        "type": rec["type"],
+        "qid": rec["qid"],
+        "frame_count": int(rec["frame_count"]),
+        "width": int(rec["width"]),
+        "height": int(rec["height"]),
+      }
       if video in video_map:
         meta["video_path"] = video_map[video] + ".mp4"
-      return VideoQA(qid=f"{video}_{_text(rec, 'qid')}", video_id=video,
-                     question=_text(rec, "question"), choices=choices, answer=answer,
-                     answer_index=index, meta=meta)
+      return VideoQA(
+        qid=f"{video}_{_text(rec, 'qid')}",
+        video_id=video,
+        question=_text(rec, "question"),
+        choices=choices,
+        answer=answer,
+        answer_index=index,
+        meta=meta,
+      )
 
     for row in reader:
       if not row:
@@ -186,7 +231,7 @@ def read_activitynet_qa(path: str, ctx, answers_path: str | None = None) -> Iter
   if answers_path is None:
     if not path.endswith("_q.json"):
       raise AnnotationError(f"{path}: expected a *_q.json file (or pass answers_path=)")
-    answers_path = path[:-len("_q.json")] + "_a.json"
+    answers_path = path[: -len("_q.json")] + "_a.json"
   questions = _list_of(load_json(path), path, "questions")
   answers: dict[str, dict] = {}
   for i, a in enumerate(_list_of(load_json(answers_path), answers_path, "answers")):
@@ -203,9 +248,18 @@ def read_activitynet_qa(path: str, ctx, answers_path: str | None = None) -> Iter
     answer = _text(a, "answer") if a is not None else ""
     qtype = a.get("type") if a is not None else None
     name = _text(rec, "video_name")
-    return VideoQA(qid=qid, video_id=name, question=_text(rec, "question"), choices=[],
-                   answer=answer, meta={"type": qtype, "type_name": _ACTIVITYNET_TYPES.get(qtype),
-                                        "video_file_stem": f"v_{name}"})
+    return VideoQA(
+      qid=qid,
+      video_id=name,
+      question=_text(rec, "question"),
+      choices=[],
+      answer=answer,
+      meta={
+        "type": qtype,
+        "type_name": _ACTIVITYNET_TYPES.get(qtype),
+        "video_file_stem": f"v_{name}",
+      },
+    )
 
   for i, rec in enumerate(questions):
     key = rec.get("question_id", f"#{i}") if isinstance(rec, dict) else f"#{i}"
@@ -267,8 +321,18 @@ def locate_activitynet_videos(records: list[VideoQA], video_root: str) -> list[V
 
 # ---------------------------------------------------------------------------------- AGQA
 
-_AGQA_META = ("ans_type", "global", "local", "semantic", "structural", "steps", "program",
-              "sg_grounding", "nl", "template")
+_AGQA_META = (
+  "ans_type",
+  "global",
+  "local",
+  "semantic",
+  "structural",
+  "steps",
+  "program",
+  "sg_grounding",
+  "nl",
+  "template",
+)
 
 
 def read_agqa(path: str, ctx) -> Iterator[VideoQA]:
@@ -279,9 +343,14 @@ def read_agqa(path: str, ctx) -> Iterator[VideoQA]:
     answer = rec.get("answer")
     if (answer is None or answer == "") and ctx.labelled:
       raise BadRecord("no answer (pass labelled=False to read unlabelled splits)")
-    return VideoQA(qid=str(key), video_id=_text(rec, "video_id"),
-                   question=_text(rec, "question"), choices=[], answer=str(answer or ""),
-                   meta={k: rec[k] for k in _AGQA_META if k in rec})
+    return VideoQA(
+      qid=str(key),
+      video_id=_text(rec, "video_id"),
+      question=_text(rec, "question"),
+      choices=[],
+      answer=str(answer or ""),
+      meta={k: rec[k] for k in _AGQA_META if k in rec},
+    )
 
   for key, rec in data.items():
     yield from ctx.parse(f"{path}[{key!r}]", lambda key=key, rec=rec: one(key, rec))
@@ -314,17 +383,27 @@ def read_clevrer(path: str, ctx) -> Iterator[VideoQA]:
   def one(video: dict, q: dict) -> VideoQA:
     video_file = _text(video, "video_filename")
     video_id = os.path.splitext(video_file)[0]
-    meta = {"scene_index": video.get("scene_index"), "video_filename": video_file,
-            "video_path": clevrer_video_path(video_file),
-            "question_type": q.get("question_type"), "question_subtype": q.get("question_subtype"),
-            "program": q.get("program")}
+    meta = {
+      "scene_index": video.get("scene_index"),
+      "video_filename": video_file,
+      "video_path": clevrer_video_path(video_file),
+      "question_type": q.get("question_type"),
+      "question_subtype": q.get("question_subtype"),
+      "program": q.get("program"),
+    }
     qid = f"{video_id}_{q['question_id']}"
     if "choices" not in q:
       answer = q.get("answer")
       if (answer is None or answer == "") and ctx.labelled:
         raise BadRecord("no answer (pass labelled=False to read unlabelled splits)")
-      return VideoQA(qid=qid, video_id=video_id, question=_text(q, "question"), choices=[],
-                     answer=str(answer or ""), meta=meta)
+      return VideoQA(
+        qid=qid,
+        video_id=video_id,
+        question=_text(q, "question"),
+        choices=[],
+        answer=str(answer or ""),
+        meta=meta,
+      )
     raw = sorted(q["choices"], key=lambda c: int(c.get("choice_id", 0)))
     choices = [_text(c, "choice") for c in raw]
     meta["choice_programs"] = [c.get("program") for c in raw]
@@ -332,8 +411,14 @@ def read_clevrer(path: str, ctx) -> Iterator[VideoQA]:
     if any(l is None for l in labels):
       if ctx.labelled:
         raise BadRecord("choice without answer (pass labelled=False for unlabelled splits)")
-      return VideoQA(qid=qid, video_id=video_id, question=_text(q, "question"),
-                     choices=choices, answer="", meta=meta)
+      return VideoQA(
+        qid=qid,
+        video_id=video_id,
+        question=_text(q, "question"),
+        choices=choices,
+        answer="",
+        meta=meta,
+      )
     bad = [l for l in labels if l not in ("correct", "wrong")]
     if bad:
       raise BadRecord(f"choice answers must be 'correct' or 'wrong', got {bad}")
@@ -341,8 +426,15 @@ def read_clevrer(path: str, ctx) -> Iterator[VideoQA]:
     meta["correct"] = correct
     texts = [c for c, ok in zip(choices, correct) if ok]
     index = correct.index(True) if sum(correct) == 1 else None
-    return VideoQA(qid=qid, video_id=video_id, question=_text(q, "question"), choices=choices,
-                   answer=" | ".join(texts), answer_index=index, meta=meta)
+    return VideoQA(
+      qid=qid,
+      video_id=video_id,
+      question=_text(q, "question"),
+      choices=choices,
+      answer=" | ".join(texts),
+      answer_index=index,
+      meta=meta,
+    )
 
   for i, video in enumerate(data):
     if not isinstance(video, dict) or not isinstance(video.get("questions"), list):
@@ -411,13 +503,22 @@ def read_mvbench(path: str, ctx, task: str | None = None) -> Iterator[VideoQA]:
     start, end = _window(rec)
     video = _text(rec, "video")
     folder = MVBENCH_VIDEO_DIRS.get(task)
-    return VideoQA(qid=f"{task}_{i}", video_id=os.path.splitext(video)[0],
-                   question=_text(rec, "question"), choices=choices, answer=answer,
-                   answer_index=index, start=start, end=end,
-                   meta={"task": task, "video": video,
-                         "video_path": f"{folder}/{video}" if folder else video,
-                         **({"frame_folder_fps": MVBENCH_FRAME_TASKS[task]}
-                            if task in MVBENCH_FRAME_TASKS else {})})
+    return VideoQA(
+      qid=f"{task}_{i}",
+      video_id=os.path.splitext(video)[0],
+      question=_text(rec, "question"),
+      choices=choices,
+      answer=answer,
+      answer_index=index,
+      start=start,
+      end=end,
+      meta={
+        "task": task,
+        "video": video,
+        "video_path": f"{folder}/{video}" if folder else video,
+        **({"frame_folder_fps": MVBENCH_FRAME_TASKS[task]} if task in MVBENCH_FRAME_TASKS else {}),
+      },
+    )
 
   for i, rec in enumerate(data):
     yield from ctx.parse(f"{path}[{i}]", lambda i=i, rec=rec: one(i, rec))
@@ -438,10 +539,20 @@ def read_perception_test(path: str, ctx) -> Iterator[VideoQA]:
       raise BadRecord("empty options")
     answer, index = _index_answer(choices, q.get("answer_id"), ctx, "answer_id")
     return VideoQA(
-        qid=f"{video_id}_{q['id']}", video_id=video_id, question=_text(q, "question"),
-        choices=choices, answer=answer, answer_index=index,
-        meta={"area": q.get("area"), "reasoning": q.get("reasoning"), "tag": q.get("tag"),
-              "num_frames": meta_in.get("num_frames"), "frame_rate": meta_in.get("frame_rate")})
+      qid=f"{video_id}_{q['id']}",
+      video_id=video_id,
+      question=_text(q, "question"),
+      choices=choices,
+      answer=answer,
+      answer_index=index,
+      meta={
+        "area": q.get("area"),
+        "reasoning": q.get("reasoning"),
+        "tag": q.get("tag"),
+        "num_frames": meta_in.get("num_frames"),
+        "frame_rate": meta_in.get("frame_rate"),
+      },
+    )
 
   for key, video in data.items():
     questions = video.get("mc_question") if isinstance(video, dict) else None
@@ -449,5 +560,6 @@ def read_perception_test(path: str, ctx) -> Iterator[VideoQA]:
       ctx.report.skip(f"{path}[{key!r}]", "video entry without an 'mc_question' list")
       continue
     for j, q in enumerate(questions):
-      yield from ctx.parse(f"{path}[{key!r}].mc_question[{j}]",
-                           lambda key=key, video=video, q=q: one(key, video, q))
+      yield from ctx.parse(
+        f"{path}[{key!r}].mc_question[{j}]", lambda key=key, video=video, q=q: one(key, video, q)
+      )

@@ -9,12 +9,14 @@ Answer targets for multiple choice are `"(B) the book"` (letter and text) by def
 letter is what the suffix asks for and what evaluation parses first, and the text keeps the
 target informative for the language model; `style="letter"` gives just `"B"`.
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-ANSWER_SUFFIX = ("Answer with the option's letter from the given choices directly and only "
-                 "give the best option.")
+ANSWER_SUFFIX = (
+  "Answer with the option's letter from the given choices directly and only give the best option."
+)
 RATIONALE_SUFFIX = "Explain the rationale to answer the question."
 # Open-ended questions (ActivityNet-QA, AGQA): LLaVA's short-answer instruction.
 OPEN_ENDED_SUFFIX = "Answer the question using a single word or phrase."
@@ -25,49 +27,54 @@ MEDIA_TOKENS = {"video": "<video>", "image": "<image>"}
 # ASSISTANT: {reply}`), as a chat template: what an export of a student trained that way
 # carries, so its tokenizer renders the training prompt.
 PLAIN_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'assistant' %}{{ ' ' }}"
-    "{% else %}{% if not loop.first %}{{ ' ' }}{% endif %}{{ 'USER: ' }}{% endif %}"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for part in message['content'] if part['type'] in ('image', 'video') %}"
-    "{{ '<' + part['type'] + '>\n' }}{% endfor %}"
-    "{% for part in message['content'] if part['type'] == 'text' %}{{ part['text'] }}{% endfor %}"
-    "{% endif %}{% if message['role'] != 'assistant' %}{{ ' ASSISTANT:' }}{% endif %}"
-    "{% endfor %}")
+  "{% for message in messages %}"
+  "{% if message['role'] == 'assistant' %}{{ ' ' }}"
+  "{% else %}{% if not loop.first %}{{ ' ' }}{% endif %}{{ 'USER: ' }}{% endif %}"
+  "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+  "{% for part in message['content'] if part['type'] in ('image', 'video') %}"
+  "{{ '<' + part['type'] + '>\n' }}{% endfor %}"
+  "{% for part in message['content'] if part['type'] == 'text' %}{{ part['text'] }}{% endfor %}"
+  "{% endif %}{% if message['role'] != 'assistant' %}{{ ' ASSISTANT:' }}{% endif %}"
+  "{% endfor %}"
+)
 
 # LLaVA-OneVision's conversation format (llava-hf's processor): `<|im_start|>user <video>\n{text}
 # <|im_end|><|im_start|>assistant\n{reply}<|im_end|>`, media first, no system turn. Written so
 # that a rendered reply continues the generation prompt exactly (`tokenize.split_prompt`).
 ONEVISION_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'assistant' %}{{ '<|im_start|>assistant\n' }}"
-    "{% else %}{{ '<|im_start|>' + message['role'] + ' ' }}{% endif %}"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for part in message['content'] if part['type'] in ('image', 'video') %}"
-    "{{ '<' + part['type'] + '>' }}{% endfor %}"
-    "{% for part in message['content'] if part['type'] == 'text' %}"
-    "{% if message['role'] != 'assistant' %}{{ '\n' }}{% endif %}{{ part['text'] }}{% endfor %}"
-    "{% endif %}{{ '<|im_end|>' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+  "{% for message in messages %}"
+  "{% if message['role'] == 'assistant' %}{{ '<|im_start|>assistant\n' }}"
+  "{% else %}{{ '<|im_start|>' + message['role'] + ' ' }}{% endif %}"
+  "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+  "{% for part in message['content'] if part['type'] in ('image', 'video') %}"
+  "{{ '<' + part['type'] + '>' }}{% endfor %}"
+  "{% for part in message['content'] if part['type'] == 'text' %}"
+  "{% if message['role'] != 'assistant' %}{{ '\n' }}{% endif %}{{ part['text'] }}{% endfor %}"
+  "{% endif %}{{ '<|im_end|>' }}{% endfor %}"
+  "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 # Qwen2-VL's conversation format (its processor's template): a default system turn, then
 # `<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>{text}<|im_end|>\n`, and the
 # reply after `<|im_start|>assistant\n`, closed by `<|im_end|>\n`.
 QWEN2_VL_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' }}"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
-    "{% elif part['type'] == 'video' %}{{ '<|vision_start|><|video_pad|><|vision_end|>' }}"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
-    "{{ '<|im_end|>\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+  "{% for message in messages %}"
+  "{% if loop.first and message['role'] != 'system' %}"
+  "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+  "{{ '<|im_start|>' + message['role'] + '\n' }}"
+  "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+  "{% for part in message['content'] %}"
+  "{% if part['type'] == 'image' %}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
+  "{% elif part['type'] == 'video' %}{{ '<|vision_start|><|video_pad|><|vision_end|>' }}"
+  "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
+  "{{ '<|im_end|>\n' }}{% endfor %}"
+  "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 # Students whose prompts follow their processor's template rather than the tokenizer's own
 # (the OneVision tokenizer carries Qwen2's text template, with a default system turn).
-STUDENT_CHAT_TEMPLATES = {"LlavaOnevisionForConditionalGeneration": ONEVISION_CHAT_TEMPLATE,
-                          "Qwen2VLForConditionalGeneration": QWEN2_VL_CHAT_TEMPLATE}
+STUDENT_CHAT_TEMPLATES = {
+  "LlavaOnevisionForConditionalGeneration": ONEVISION_CHAT_TEMPLATE,
+  "Qwen2VLForConditionalGeneration": QWEN2_VL_CHAT_TEMPLATE,
+}
 
 
 def use_student_chat_template(tokenizer, architecture: str | None):
@@ -78,6 +85,8 @@ def use_student_chat_template(tokenizer, architecture: str | None):
   if template is not None and tokenizer is not None:
     tokenizer.chat_template = template
   return tokenizer
+
+
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
@@ -101,12 +110,15 @@ def format_question(question: str, choices: Sequence[str], prompt_format: str = 
     raise ValueError(f"prompt_format {prompt_format!r}: expected one of {PROMPT_FORMATS}")
   options = [f"({option_letter(i)}) {c}" for i, c in enumerate(choices)]
   if prompt_format == "official":
-    return "\n".join([f"Question: {question.strip()}"] + (["Options:"] + options if options else []))
+    return "\n".join(
+      [f"Question: {question.strip()}"] + (["Options:"] + options if options else [])
+    )
   return "\n".join([question.strip()] + options)
 
 
-def answer_target(choices: Sequence[str], answer: str, answer_index: int | None, *,
-                  style: str = "letter_text") -> str:
+def answer_target(
+  choices: Sequence[str], answer: str, answer_index: int | None, *, style: str = "letter_text"
+) -> str:
   """The assistant's target for a QA sample: `"(B) text"` / `"B"` for MC, the answer if open."""
   if not choices:
     return answer
@@ -135,7 +147,7 @@ def strip_media(text: str) -> str:
   """Drops a leading `<video>` / `<image>` placeholder (LLaVA-format data puts it in the text)."""
   for token in MEDIA_TOKENS.values():
     if text.lstrip().startswith(token):
-      return text.lstrip()[len(token):].lstrip("\n ")
+      return text.lstrip()[len(token) :].lstrip("\n ")
   return text
 
 
@@ -146,6 +158,7 @@ def conversation_turns(conversation: Sequence[Mapping[str, Any]]) -> tuple[str, 
   (`"role"`/`"content"` and `"user"`/`"assistant"` are accepted too). A leading `<video>`
   placeholder is removed: `build_prompt` places the media itself.
   """
+
   def who(turn):
     role = turn.get("from", turn.get("role"))
     return {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}.get(role)
@@ -158,7 +171,9 @@ def conversation_turns(conversation: Sequence[Mapping[str, Any]]) -> tuple[str, 
 
   turns = list(conversation)
   if len(turns) != 2 or who(turns[0]) != "user" or who(turns[1]) != "assistant":
-    roles = [t.get("from", t.get("role")) if isinstance(t, Mapping) else type(t).__name__ for t in turns]
+    roles = [
+      t.get("from", t.get("role")) if isinstance(t, Mapping) else type(t).__name__ for t in turns
+    ]
     raise ValueError(f"conversation must be one human turn then one gpt turn, got roles {roles}")
   return strip_media(text(turns[0])), text(turns[1])
 
@@ -175,8 +190,9 @@ def _chat_template(tokenizer) -> str | None:
   return template or None
 
 
-def build_prompt(tokenizer, user_text: str, *, assistant_text: str | None = None,
-                 media: str | None = "video") -> str:
+def build_prompt(
+  tokenizer, user_text: str, *, assistant_text: str | None = None, media: str | None = "video"
+) -> str:
   """Renders a user turn (and the assistant's reply, when given) as the student's prompt text.
 
   Args:
@@ -205,5 +221,6 @@ def build_prompt(tokenizer, user_text: str, *, assistant_text: str | None = None
     messages = [{"role": "user", "content": placeholder + user_text}]
     if assistant_text is not None:
       messages.append({"role": "assistant", "content": assistant_text})
-  return tokenizer.apply_chat_template(messages, tokenize=False,
-                                       add_generation_prompt=assistant_text is None)
+  return tokenizer.apply_chat_template(
+    messages, tokenize=False, add_generation_prompt=assistant_text is None
+  )

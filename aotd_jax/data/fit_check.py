@@ -7,6 +7,7 @@ whose clips outgrow `seq_len` (LLaVA-NeXT-Video at 32 frames: 4,608 video tokens
 here, naming the numbers. A sample whose target runs past `seq_len` still trains (its end is
 cut and counted as truncated): that is logged as a warning with the same numbers.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,6 +26,7 @@ NO_LIMIT = 1 << 30
 @dataclasses.dataclass(frozen=True)
 class SampleFit:
   """The token budget of one sample: `video + prompt + target` against `seq_len`."""
+
   source: str
   qid: str
   video_tokens: int
@@ -42,21 +44,31 @@ class SampleFit:
     return self.video_tokens + self.prompt_tokens < self.seq_len
 
   def describe(self) -> str:
-    return (f"{self.source}: sample {self.qid!r} needs {self.total} tokens "
-            f"({self.video_tokens} video + {self.prompt_tokens} prompt + {self.target_tokens} "
-            f"target) but seq_len is {self.seq_len}")
+    return (
+      f"{self.source}: sample {self.qid!r} needs {self.total} tokens "
+      f"({self.video_tokens} video + {self.prompt_tokens} prompt + {self.target_tokens} "
+      f"target) but seq_len is {self.seq_len}"
+    )
 
 
-def measure(tokenizer, example: dict, options: TokenizeOptions, source: str,
-            seq_len: int) -> SampleFit:
+def measure(
+  tokenizer, example: dict, options: TokenizeOptions, source: str, seq_len: int
+) -> SampleFit:
   """Tokenises `example` without a length limit and splits its length into parts."""
   unlimited = dataclasses.replace(options, max_length=NO_LIMIT)
-  tok = tokenize_sample(tokenizer, example["user_text"], example["assistant_text"],
-                        example["mode"], unlimited)
+  tok = tokenize_sample(
+    tokenizer, example["user_text"], example["assistant_text"], example["mode"], unlimited
+  )
   n_prompt = int(tok["prompt_length"])
-  video = (int(options.num_video_tokens or 0) if options.media == "video" else 0)
-  return SampleFit(source, str(example.get("qid", "?")), video, n_prompt - video,
-                   len(tok["input_ids"]) - n_prompt, seq_len)
+  video = int(options.num_video_tokens or 0) if options.media == "video" else 0
+  return SampleFit(
+    source,
+    str(example.get("qid", "?")),
+    video,
+    n_prompt - video,
+    len(tok["input_ids"]) - n_prompt,
+    seq_len,
+  )
 
 
 def first_example(ds: grain.MapDataset, limit: int = 16) -> dict | None:
@@ -68,8 +80,9 @@ def first_example(ds: grain.MapDataset, limit: int = 16) -> dict | None:
   return None
 
 
-def check_sources_fit(tokenizer, sources: Sequence[tuple[str, grain.MapDataset]],
-                      options: TokenizeOptions, seq_len: int) -> list[SampleFit]:
+def check_sources_fit(
+  tokenizer, sources: Sequence[tuple[str, grain.MapDataset]], options: TokenizeOptions, seq_len: int
+) -> list[SampleFit]:
   """Measures one sample per source; ValueError naming the numbers when a sample's video and
   prompt alone do not fit (every sample of that source would be skipped); a warning when only
   its target is cut.
@@ -88,11 +101,16 @@ def check_sources_fit(tokenizer, sources: Sequence[tuple[str, grain.MapDataset]]
     if not fit.prompt_fits:
       bad.append(fit)
     elif fit.total > seq_len:
-      logging.warning("%s; its target is cut by %d tokens (counted as truncated)",
-                      fit.describe(), fit.total - seq_len)
+      logging.warning(
+        "%s; its target is cut by %d tokens (counted as truncated)",
+        fit.describe(),
+        fit.total - seq_len,
+      )
   if bad:
-    raise ValueError("training data does not fit the sequence length (the video and prompt "
-                     "alone leave no room for the target, so every sample would be skipped); "
-                     "raise config.data.seq_len or lower config.data.num_frames:\n  "
-                     + "\n  ".join(f.describe() for f in bad))
+    raise ValueError(
+      "training data does not fit the sequence length (the video and prompt "
+      "alone leave no room for the target, so every sample would be skipped); "
+      "raise config.data.seq_len or lower config.data.num_frames:\n  "
+      + "\n  ".join(f.describe() for f in bad)
+    )
   return fits

@@ -12,6 +12,7 @@ masks follow `aotd_jax.data.tokenize`. The iterator's `get_state()` is a JSON-ab
 (the trainer saves it per process in each checkpoint); `set_state` on a
 pipeline built with the same arguments resumes on the exact next batch.
 """
+
 from __future__ import annotations
 
 import collections
@@ -72,6 +73,7 @@ class PipelineConfig:
     pad_token_id: None uses the tokenizer's pad, else its EOS, else 0.
     frame_cache_items: per-worker `FrameCache` size (0: no cache).
   """
+
   batch_size: int
   num_frames: int = 8
   frame_sampling: str = "ours"
@@ -104,8 +106,14 @@ def _video_path(root: str, path: str) -> str:
   return files.join(root, path)
 
 
-def qa_example(r: VideoQA, *, video_root: str = "", video_ext: str = ".mp4",
-               answer_style: str = "letter_text", prompt_format: str = "plain") -> dict:
+def qa_example(
+  r: VideoQA,
+  *,
+  video_root: str = "",
+  video_ext: str = ".mp4",
+  answer_style: str = "letter_text",
+  prompt_format: str = "plain",
+) -> dict:
   """The QA-mode example (a plain dict) of one record that has an answer to train on.
 
   The video is `annotations_formats.video_file`'s (the file evaluation reads too):
@@ -114,12 +122,16 @@ def qa_example(r: VideoQA, *, video_root: str = "", video_ext: str = ".mp4",
   `video_root`. `prompt_format`: see `conversation.format_question`.
   """
   return {
-      "mode": "qa", "qid": r.qid,
-      "video_path": annotations_formats.video_file(r, video_root, video_ext),
-      "start": r.start, "end": r.end,
-      "user_text": conversation.qa_user_text(r.question, r.choices, prompt_format),
-      "assistant_text": conversation.answer_target(r.choices, r.answer, r.answer_index,
-                                                   style=answer_style)}
+    "mode": "qa",
+    "qid": r.qid,
+    "video_path": annotations_formats.video_file(r, video_root, video_ext),
+    "start": r.start,
+    "end": r.end,
+    "user_text": conversation.qa_user_text(r.question, r.choices, prompt_format),
+    "assistant_text": conversation.answer_target(
+      r.choices, r.answer, r.answer_index, style=answer_style
+    ),
+  }
 
 
 def has_no_answer(r: VideoQA) -> bool:
@@ -131,10 +143,13 @@ def warn_no_answer(no_answer: Sequence[str], num_left_out: int, num_multiple_cho
   """Logs the multiple-choice records `qa_examples` leaves out (`no_answer`: the first qids)."""
   if num_left_out:
     logging.warning(
-        "qa: %d of %d multiple-choice records have no single correct option (CLEVRER's "
-        "questions with several correct choices, or unlabelled records) and are left out: %s%s",
-        num_left_out, num_multiple_choice, ", ".join(no_answer[:5]),
-        ", ..." if num_left_out > 5 else "")
+      "qa: %d of %d multiple-choice records have no single correct option (CLEVRER's "
+      "questions with several correct choices, or unlabelled records) and are left out: %s%s",
+      num_left_out,
+      num_multiple_choice,
+      ", ".join(no_answer[:5]),
+      ", ..." if num_left_out > 5 else "",
+    )
 
 
 def qa_examples(records: Sequence[VideoQA], **kw) -> list[dict]:
@@ -159,13 +174,20 @@ def qa_source(records: Sequence[VideoQA], **kw) -> grain.MapDataset:
   return grain.MapDataset.source(qa_examples(records, **kw))
 
 
-UNFILTERED_HINT = ("that is the CoT job's record log (every question, kept or not), not its kept "
-                   "dataset: train on the job's cot-*.array_record shards, or set "
-                   "config.data.allow_unfiltered_cots=True to train on unfiltered CoTs")
+UNFILTERED_HINT = (
+  "that is the CoT job's record log (every question, kept or not), not its kept "
+  "dataset: train on the job's cot-*.array_record shards, or set "
+  "config.data.allow_unfiltered_cots=True to train on unfiltered CoTs"
+)
 
 
-def cot_example(rec: Any, *, video_root: str = "", prompt_format: str | None = None,
-                allow_unfiltered: bool = False) -> dict:
+def cot_example(
+  rec: Any,
+  *,
+  video_root: str = "",
+  prompt_format: str | None = None,
+  allow_unfiltered: bool = False,
+) -> dict:
   """A CoT-mode example from one AoTD conversation record; ValueError / KeyError if malformed.
 
   Record: `{"video_path", "conversation": [{"from": "human", ...}, {"from": "gpt", ...}],
@@ -184,21 +206,30 @@ def cot_example(rec: Any, *, video_root: str = "", prompt_format: str | None = N
     raise ValueError(f"record is a {type(rec).__name__}, not an object")
   if rec.get("kept") is False:
     if not allow_unfiltered:
-      raise ValueError(f"record {rec.get('qid')!r} is not a kept CoT (kept=false); "
-                       + UNFILTERED_HINT)
+      raise ValueError(
+        f"record {rec.get('qid')!r} is not a kept CoT (kept=false); " + UNFILTERED_HINT
+      )
     if not isinstance(rec.get("rationale"), str) or not rec["rationale"].strip():
-      raise ValueError(f"unfiltered record {rec.get('qid')!r} has no rationale (its program "
-                       "failed or its answer was wrong before a rationale was written)")
-    user = conversation.cot_user_text(str(rec.get("question", "")),
-                                      [str(c) for c in rec.get("choices") or []],
-                                      prompt_format or "plain")
+      raise ValueError(
+        f"unfiltered record {rec.get('qid')!r} has no rationale (its program "
+        "failed or its answer was wrong before a rationale was written)"
+      )
+    user = conversation.cot_user_text(
+      str(rec.get("question", "")),
+      [str(c) for c in rec.get("choices") or []],
+      prompt_format or "plain",
+    )
     rationale = rec["rationale"]
   else:
     user, rationale = conversation.conversation_turns(rec["conversation"])
-    if prompt_format is not None and isinstance(rec.get("question"), str) and isinstance(
-        rec.get("choices"), list):
-      user = conversation.cot_user_text(rec["question"], [str(c) for c in rec["choices"]],
-                                        prompt_format)
+    if (
+      prompt_format is not None
+      and isinstance(rec.get("question"), str)
+      and isinstance(rec.get("choices"), list)
+    ):
+      user = conversation.cot_user_text(
+        rec["question"], [str(c) for c in rec["choices"]], prompt_format
+      )
   if conversation.RATIONALE_SUFFIX not in user:
     user = f"{user.rstrip()}\n{conversation.RATIONALE_SUFFIX}"
   if not isinstance(rec["video_path"], str) or not rec["video_path"]:
@@ -207,18 +238,29 @@ def cot_example(rec: Any, *, video_root: str = "", prompt_format: str | None = N
   # job's absolute `video_path` names its own machine's folder
   video = rec.get("video")
   path = video if video_root and isinstance(video, str) and video else rec["video_path"]
-  return {"mode": "cot", "qid": str(rec["qid"]), "video_path": _video_path(video_root, path),
-          "start": rec.get("start"), "end": rec.get("end"), "user_text": user,
-          "assistant_text": rationale}
+  return {
+    "mode": "cot",
+    "qid": str(rec["qid"]),
+    "video_path": _video_path(video_root, path),
+    "start": rec.get("start"),
+    "end": rec.get("end"),
+    "user_text": user,
+    "assistant_text": rationale,
+  }
 
 
 def _cot_error(e: Exception) -> str:
   return f"missing field {e}" if isinstance(e, KeyError) else str(e)
 
 
-def iter_cot_jsonl(path: str, report: ReadReport, *, video_root: str = "",
-                   prompt_format: str | None = None,
-                   allow_unfiltered: bool = False) -> Iterator[tuple[str, dict]]:
+def iter_cot_jsonl(
+  path: str,
+  report: ReadReport,
+  *,
+  video_root: str = "",
+  prompt_format: str | None = None,
+  allow_unfiltered: bool = False,
+) -> Iterator[tuple[str, dict]]:
   """(line, CoT example) of each good record of a JSONL file, read line by line; malformed
   lines are reported in `report` (file:line), counted and skipped. Options: `cot_example`.
 
@@ -237,18 +279,31 @@ def iter_cot_jsonl(path: str, report: ReadReport, *, video_root: str = "",
         unkept += isinstance(rec, Mapping) and rec.get("kept") is False
         if unkept and not allow_unfiltered:
           continue
-        yield line, cot_example(rec, video_root=video_root, prompt_format=prompt_format,
-                                allow_unfiltered=allow_unfiltered)
+        yield (
+          line,
+          cot_example(
+            rec,
+            video_root=video_root,
+            prompt_format=prompt_format,
+            allow_unfiltered=allow_unfiltered,
+          ),
+        )
         report.num_records += 1
       except (json.JSONDecodeError, KeyError, ValueError, TypeError) as e:
         report.skip(f"{path}:{lineno}", _cot_error(e))
   if unkept and not allow_unfiltered:
-    raise ValueError(f"{path}: {unkept} of its {total} records are not kept CoTs (kept=false); "
-                     + UNFILTERED_HINT)
+    raise ValueError(
+      f"{path}: {unkept} of its {total} records are not kept CoTs (kept=false); " + UNFILTERED_HINT
+    )
 
 
-def read_cot_jsonl(path: str, *, video_root: str = "", prompt_format: str | None = None,
-                   allow_unfiltered: bool = False) -> tuple[list[dict], ReadReport]:
+def read_cot_jsonl(
+  path: str,
+  *,
+  video_root: str = "",
+  prompt_format: str | None = None,
+  allow_unfiltered: bool = False,
+) -> tuple[list[dict], ReadReport]:
   """CoT examples from a JSONL file; malformed lines are reported (file:line), counted, skipped.
 
   Raises:
@@ -256,9 +311,16 @@ def read_cot_jsonl(path: str, *, video_root: str = "", prompt_format: str | None
       `allow_unfiltered` is not set.
   """
   report = ReadReport(fmt="cot", path=path)
-  out = [example for _, example in iter_cot_jsonl(
-      path, report, video_root=video_root, prompt_format=prompt_format,
-      allow_unfiltered=allow_unfiltered)]
+  out = [
+    example
+    for _, example in iter_cot_jsonl(
+      path,
+      report,
+      video_root=video_root,
+      prompt_format=prompt_format,
+      allow_unfiltered=allow_unfiltered,
+    )
+  ]
   logging.log(logging.WARNING if report.num_skipped else logging.INFO, "cot: %s", report.summary())
   return out, report
 
@@ -266,17 +328,29 @@ def read_cot_jsonl(path: str, *, video_root: str = "", prompt_format: str | None
 class _ParseCotRecord:
   """ArrayRecord bytes -> CoT example, or a skip marker naming the file and index."""
 
-  def __init__(self, path: str, video_root: str, prompt_format: str | None = None,
-               allow_unfiltered: bool = False):
+  def __init__(
+    self,
+    path: str,
+    video_root: str,
+    prompt_format: str | None = None,
+    allow_unfiltered: bool = False,
+  ):
     self.path, self.video_root, self.prompt_format = path, video_root, prompt_format
     self.allow_unfiltered = allow_unfiltered
 
   def __call__(self, index: int, data: bytes) -> dict:
     try:
-      return cot_example(json.loads(data), video_root=self.video_root,
-                         prompt_format=self.prompt_format, allow_unfiltered=self.allow_unfiltered)
+      return cot_example(
+        json.loads(data),
+        video_root=self.video_root,
+        prompt_format=self.prompt_format,
+        allow_unfiltered=self.allow_unfiltered,
+      )
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, ValueError, TypeError) as e:
-      return {SKIP: f"{self.path}[{index}]: malformed CoT record: {_cot_error(e)}", "kind": "record"}
+      return {
+        SKIP: f"{self.path}[{index}]: malformed CoT record: {_cot_error(e)}",
+        "kind": "record",
+      }
 
 
 def cot_files(pattern: str | os.PathLike | Sequence[str]) -> list[str]:
@@ -308,9 +382,14 @@ def cot_files(pattern: str | os.PathLike | Sequence[str]) -> list[str]:
   return found
 
 
-def cot_source(path: str | os.PathLike | Sequence[str], *, video_root: str = "",
-               prompt_format: str | None = None, allow_unfiltered: bool = False,
-               cache_dir: str = "") -> grain.MapDataset:
+def cot_source(
+  path: str | os.PathLike | Sequence[str],
+  *,
+  video_root: str = "",
+  prompt_format: str | None = None,
+  allow_unfiltered: bool = False,
+  cache_dir: str = "",
+) -> grain.MapDataset:
   """A `MapDataset` of CoT-mode examples from `*.jsonl` or `*.array_record` (JSON per record).
 
   `path` may be a glob or a list (the CoT job's shards: an empty shard adds nothing).
@@ -326,18 +405,26 @@ def cot_source(path: str | os.PathLike | Sequence[str], *, video_root: str = "",
     if f.endswith((".jsonl", ".json")) and cache_dir:
       from aotd_jax.data import cot_cache  # pylint: disable=g-import-not-at-top
 
-      f = cot_cache.cached_cot_jsonl(f, cache_dir, video_root=video_root,
-                                     prompt_format=prompt_format,
-                                     allow_unfiltered=allow_unfiltered)
+      f = cot_cache.cached_cot_jsonl(
+        f,
+        cache_dir,
+        video_root=video_root,
+        prompt_format=prompt_format,
+        allow_unfiltered=allow_unfiltered,
+      )
       label = f"{label} (cached as {f})"
     if f.endswith((".array_record", ".arrayrecord")):
       source = grain.sources.ArrayRecordDataSource([f])
       if len(source):
-        parts.append(grain.MapDataset.source(source).map_with_index(
-            _ParseCotRecord(label, video_root, prompt_format, allow_unfiltered)))
+        parts.append(
+          grain.MapDataset.source(source).map_with_index(
+            _ParseCotRecord(label, video_root, prompt_format, allow_unfiltered)
+          )
+        )
     else:
-      examples = read_cot_jsonl(f, video_root=video_root, prompt_format=prompt_format,
-                                allow_unfiltered=allow_unfiltered)[0]
+      examples = read_cot_jsonl(
+        f, video_root=video_root, prompt_format=prompt_format, allow_unfiltered=allow_unfiltered
+      )[0]
       if examples:
         parts.append(grain.MapDataset.source(examples))
   if not parts:
@@ -348,6 +435,7 @@ def cot_source(path: str | os.PathLike | Sequence[str], *, video_root: str = "",
 def write_cot_array_record(path: str | os.PathLike, records: Sequence[Mapping]) -> None:
   """Writes CoT records (one JSON each) as an ArrayRecord file (the CoT job's shard format)."""
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+
   writer = array_record_module.ArrayRecordWriter(os.fspath(path), "group_size:1")
   for rec in records:
     writer.write(json.dumps(rec).encode())
@@ -364,8 +452,9 @@ class EpochShuffle(grain.MapDataset):
   at once: ~+490 MB per worker for 4M questions) before the first one was cached.
   """
 
-  def __init__(self, parent: grain.MapDataset, *, seed: int, num_epochs: int | None,
-               shuffle: bool = True):
+  def __init__(
+    self, parent: grain.MapDataset, *, seed: int, num_epochs: int | None, shuffle: bool = True
+  ):
     super().__init__(parent)
     self._n = len(parent)
     self._seed, self._shuffle = seed, shuffle
@@ -410,9 +499,15 @@ class EpochShuffle(grain.MapDataset):
 MIXINGS = ("weighted", "concat_epoch")
 
 
-def mix_sources(sources: Sequence[grain.MapDataset], weights: Sequence[float] | None = None, *,
-                seed: int = 0, shuffle: bool = True, num_epochs: int | None = None,
-                mixing: str = "weighted") -> grain.MapDataset:
+def mix_sources(
+  sources: Sequence[grain.MapDataset],
+  weights: Sequence[float] | None = None,
+  *,
+  seed: int = 0,
+  shuffle: bool = True,
+  num_epochs: int | None = None,
+  mixing: str = "weighted",
+) -> grain.MapDataset:
   """Combines the sources into one index-addressable stream of examples.
 
   `mixing="weighted"` shuffles (reshuffled per epoch) and repeats each source, then mixes them
@@ -427,14 +522,18 @@ def mix_sources(sources: Sequence[grain.MapDataset], weights: Sequence[float] | 
     if len(weights) != len(sources):
       raise ValueError(f"mix_sources: {len(weights)} weights for {len(sources)} sources")
     if any(w < 0 for w in weights) or not sum(weights) > 0:
-      raise ValueError(f"mix_sources: weights must be >= 0 with a positive sum, got {list(weights)}")
+      raise ValueError(
+        f"mix_sources: weights must be >= 0 with a positive sum, got {list(weights)}"
+      )
   for i, ds in enumerate(sources):
     if len(ds) == 0:
       raise ValueError(f"mix_sources: source {i} is empty")
   if mixing == "concat_epoch":
     if weights is not None and len(set(weights)) > 1:
-      raise ValueError(f"mix_sources: mixing='concat_epoch' uses every example once per epoch; "
-                       f"it takes no weights, got {list(weights)}")
+      raise ValueError(
+        f"mix_sources: mixing='concat_epoch' uses every example once per epoch; "
+        f"it takes no weights, got {list(weights)}"
+      )
     whole = sources[0] if len(sources) == 1 else grain.MapDataset.concatenate(list(sources))
     return EpochShuffle(whole, seed=seed, num_epochs=num_epochs, shuffle=shuffle)
   out, kept = [], []
@@ -452,14 +551,21 @@ def mix_sources(sources: Sequence[grain.MapDataset], weights: Sequence[float] | 
 class PrepareSample:
   """Example dict -> arrays (runs in the worker processes): decode the clip, tokenise."""
 
-  def __init__(self, tokenizer, config: PipelineConfig,
-               preprocess: Callable[[np.ndarray], np.ndarray] | None = None):
+  def __init__(
+    self,
+    tokenizer,
+    config: PipelineConfig,
+    preprocess: Callable[[np.ndarray], np.ndarray] | None = None,
+  ):
     self.tokenizer = tokenizer
     self.config = config
     self.preprocess = preprocess
     self.options = TokenizeOptions(
-        max_length=max(config.buckets), train_on_prompt=config.train_on_prompt,
-        video_token=config.video_token, num_video_tokens=config.num_video_tokens)
+      max_length=max(config.buckets),
+      train_on_prompt=config.train_on_prompt,
+      video_token=config.video_token,
+      num_video_tokens=config.num_video_tokens,
+    )
     self._cache = None
 
   def __getstate__(self):
@@ -469,11 +575,16 @@ class PrepareSample:
     if self.preprocess is not None:
       return self.preprocess(frames)
     from aotd_jax.data import video_processing  # pylint: disable=g-import-not-at-top
+
     size = self.config.image_size
-    return video_processing.preprocess_video(frames, shortest_edge=size, crop_size=size,
-                                             resize=self.config.video_resize,
-                                             image_mean=self.config.image_mean,
-                                             image_std=self.config.image_std)
+    return video_processing.preprocess_video(
+      frames,
+      shortest_edge=size,
+      crop_size=size,
+      resize=self.config.video_resize,
+      image_mean=self.config.image_mean,
+      image_std=self.config.image_std,
+    )
 
   def __call__(self, ex: dict) -> dict:
     if SKIP in ex:
@@ -482,14 +593,21 @@ class PrepareSample:
     if self._cache is None and cfg.frame_cache_items:
       self._cache = video.FrameCache(cfg.frame_cache_items)
     try:
-      frames = video.read_frames(ex["video_path"], cfg.num_frames, start=ex["start"],
-                                 end=ex["end"], size=cfg.decode_size, cache=self._cache,
-                                 sampling=cfg.frame_sampling)
+      frames = video.read_frames(
+        ex["video_path"],
+        cfg.num_frames,
+        start=ex["start"],
+        end=ex["end"],
+        size=cfg.decode_size,
+        cache=self._cache,
+        sampling=cfg.frame_sampling,
+      )
     except video.VideoDecodeError as e:
       return {SKIP: f"qid {ex['qid']}: {e}", "kind": "video"}
     try:
-      tok = tokenize_sample(self.tokenizer, ex["user_text"], ex["assistant_text"], ex["mode"],
-                            self.options)
+      tok = tokenize_sample(
+        self.tokenizer, ex["user_text"], ex["assistant_text"], ex["mode"], self.options
+      )
     except ValueError as e:
       return {SKIP: f"qid {ex['qid']}: {e}", "kind": "tokenize"}
     tok["pixel_values_videos"] = np.asarray(self._pixels(frames), np.float32)
@@ -515,8 +633,9 @@ class SkipCounter:
   run stops with a RuntimeError that names the source, the counts and the last reasons.
   """
 
-  def __init__(self, max_messages: int = 100, *, max_skip_fraction: float = 0.5,
-               min_samples: int = 50):
+  def __init__(
+    self, max_messages: int = 100, *, max_skip_fraction: float = 0.5, min_samples: int = 50
+  ):
     self.counts: collections.Counter = collections.Counter()
     self.messages: collections.deque = collections.deque(maxlen=max_messages)
     self.truncated = 0
@@ -543,9 +662,10 @@ class SkipCounter:
     seen, skipped = self.seen[source], self.skipped[source]
     if seen >= self.min_samples and skipped > self.max_skip_fraction * seen:
       raise RuntimeError(
-          f"data source {source}: {skipped} of its first {seen} samples were skipped "
-          f"(more than {self.max_skip_fraction:.0%}); last reasons: "
-          + " | ".join(self.reasons[source]))
+        f"data source {source}: {skipped} of its first {seen} samples were skipped "
+        f"(more than {self.max_skip_fraction:.0%}); last reasons: "
+        + " | ".join(self.reasons[source])
+      )
 
 
 class Collate:
@@ -561,10 +681,12 @@ class Collate:
   def __call__(self, samples: Sequence[dict]) -> dict[str, np.ndarray]:
     L = self.length(max(len(s["input_ids"]) for s in samples))
     B = len(samples)
-    out = {"input_ids": np.full((B, L), self.pad_token_id, np.int32),
-           "attention_mask": np.zeros((B, L), np.int32),
-           "label_mask": np.zeros((B, L), np.int32),
-           "rationale_mask": np.zeros((B, L), np.int32)}
+    out = {
+      "input_ids": np.full((B, L), self.pad_token_id, np.int32),
+      "attention_mask": np.zeros((B, L), np.int32),
+      "label_mask": np.zeros((B, L), np.int32),
+      "rationale_mask": np.zeros((B, L), np.int32),
+    }
     for i, s in enumerate(samples):
       n = len(s["input_ids"])
       out["input_ids"][i, :n] = s["input_ids"]
@@ -627,10 +749,17 @@ class DistillPipeline:
       close()
 
 
-def make_pipeline(tokenizer, sources: Sequence[grain.MapDataset], config: PipelineConfig, *,
-                  weights: Sequence[float] | None = None, mesh: Mesh | None = None,
-                  preprocess: Callable[[np.ndarray], np.ndarray] | None = None,
-                  process_index: int | None = None, process_count: int | None = None) -> DistillPipeline:
+def make_pipeline(
+  tokenizer,
+  sources: Sequence[grain.MapDataset],
+  config: PipelineConfig,
+  *,
+  weights: Sequence[float] | None = None,
+  mesh: Mesh | None = None,
+  preprocess: Callable[[np.ndarray], np.ndarray] | None = None,
+  process_index: int | None = None,
+  process_count: int | None = None,
+) -> DistillPipeline:
   """Builds the dual-mode batch iterator.
 
   Args:
@@ -652,8 +781,14 @@ def make_pipeline(tokenizer, sources: Sequence[grain.MapDataset], config: Pipeli
   pad = config.pad_token_id
   if pad is None:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-  ds = mix_sources(sources, weights, seed=config.seed, shuffle=config.shuffle,
-                   num_epochs=config.num_epochs, mixing=config.mixing)
+  ds = mix_sources(
+    sources,
+    weights,
+    seed=config.seed,
+    shuffle=config.shuffle,
+    num_epochs=config.num_epochs,
+    mixing=config.mixing,
+  )
   if count > 1:
     ds = ds[index::count]
   ds = ds.map(PrepareSample(tokenizer, config, preprocess)).to_iter_dataset()
@@ -662,10 +797,15 @@ def make_pipeline(tokenizer, sources: Sequence[grain.MapDataset], config: Pipeli
       # Grain's worker pool reads its absl flags; outside an absl app (tests, notebooks)
       # they keep their defaults. Launch scripts have parsed flags before this point.
       flags.FLAGS.mark_as_parsed()
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=config.num_workers, per_worker_buffer_size=config.worker_buffer_size))
-  skips = SkipCounter(max_skip_fraction=config.max_skip_fraction,
-                      min_samples=config.skip_check_after)
-  ds = ds.filter(skips).batch(config.batch_size // count, drop_remainder=True,
-                              batch_fn=Collate(config.buckets, pad or 0))
+    ds = ds.mp_prefetch(
+      grain.MultiprocessingOptions(
+        num_workers=config.num_workers, per_worker_buffer_size=config.worker_buffer_size
+      )
+    )
+  skips = SkipCounter(
+    max_skip_fraction=config.max_skip_fraction, min_samples=config.skip_check_after
+  )
+  ds = ds.filter(skips).batch(
+    config.batch_size // count, drop_remainder=True, batch_fn=Collate(config.buckets, pad or 0)
+  )
   return DistillPipeline(ds, skips, mesh)

@@ -11,6 +11,7 @@ position `t - 1`):
 - prompt tokens are targets of the sample's mask only with `train_on_prompt=True` (the
   original AoTD code trained on prompts too); video placeholder tokens never are.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,6 +38,7 @@ class TokenizeOptions:
     add_eos: append the tokenizer's EOS to the response when the template did not close it
       with one.
   """
+
   max_length: int = 2048
   train_on_prompt: bool = False
   media: str | None = "video"
@@ -45,22 +47,31 @@ class TokenizeOptions:
   add_eos: bool = True
 
 
-def split_prompt(tokenizer, user_text: str, assistant_text: str, media: str | None) -> tuple[str, str]:
+def split_prompt(
+  tokenizer, user_text: str, assistant_text: str, media: str | None
+) -> tuple[str, str]:
   """(prompt text up to the generation point, response text) for one exchange."""
   prompt = conversation.build_prompt(tokenizer, user_text, media=media)
   full = conversation.build_prompt(tokenizer, user_text, assistant_text=assistant_text, media=media)
   if not full.startswith(prompt):
-    raise ValueError("the chat template does not render the prompt as a prefix of the full "
-                     f"conversation: prompt {prompt[-60:]!r} vs {full[:len(prompt)][-60:]!r}")
-  return prompt, full[len(prompt):]
+    raise ValueError(
+      "the chat template does not render the prompt as a prefix of the full "
+      f"conversation: prompt {prompt[-60:]!r} vs {full[: len(prompt)][-60:]!r}"
+    )
+  return prompt, full[len(prompt) :]
 
 
 def _ids(tokenizer, text: str, special: bool) -> list[int]:
   return list(tokenizer(text, add_special_tokens=special)["input_ids"])
 
 
-def tokenize_sample(tokenizer, user_text: str, assistant_text: str, mode: str,
-                    options: TokenizeOptions = TokenizeOptions()) -> dict[str, np.ndarray]:
+def tokenize_sample(
+  tokenizer,
+  user_text: str,
+  assistant_text: str,
+  mode: str,
+  options: TokenizeOptions = TokenizeOptions(),
+) -> dict[str, np.ndarray]:
   """Token ids and masks of one sample (unpadded int32 arrays, plus `truncated` 0/1).
 
   Raises:
@@ -81,8 +92,9 @@ def tokenize_sample(tokenizer, user_text: str, assistant_text: str, mode: str,
   if options.media == "video":
     video_id = tokenizer.convert_tokens_to_ids(options.video_token)
     if video_id is None or video_id == tokenizer.unk_token_id:
-      raise ValueError(f"the tokenizer has no single token for {options.video_token!r}; add it "
-                       "as a special token")
+      raise ValueError(
+        f"the tokenizer has no single token for {options.video_token!r}; add it as a special token"
+      )
     if options.num_video_tokens:
       expanded = []
       for t in prompt_ids:
@@ -98,10 +110,12 @@ def tokenize_sample(tokenizer, user_text: str, assistant_text: str, mode: str,
   if options.train_on_prompt:
     target[:n_prompt] = ~video_positions
   truncated = len(ids) > options.max_length
-  ids, target = ids[:options.max_length], target[:options.max_length]
+  ids, target = ids[: options.max_length], target[: options.max_length]
   zeros = np.zeros_like(target)
-  return {"input_ids": ids,
-          "label_mask": target if mode == "qa" else zeros,
-          "rationale_mask": target if mode == "cot" else zeros,
-          "prompt_length": np.int32(n_prompt),
-          "truncated": np.int32(truncated)}
+  return {
+    "input_ids": ids,
+    "label_mask": target if mode == "qa" else zeros,
+    "rationale_mask": target if mode == "cot" else zeros,
+    "prompt_length": np.int32(n_prompt),
+    "truncated": np.int32(truncated),
+  }

@@ -12,6 +12,7 @@ Any failure (missing, corrupt, truncated file, no video stream) raises `VideoDec
 naming the file; pipelines count and skip those samples. Paths may be URLs (`gs://...`, any
 `etils.epath` filesystem): PyAV then reads through a file object.
 """
+
 from __future__ import annotations
 
 import collections
@@ -41,6 +42,7 @@ class VideoDecodeError(Exception):
 @dataclasses.dataclass(frozen=True)
 class VideoInfo:
   """Stream facts used for sampling."""
+
   num_frames: int
   fps: float
   width: int
@@ -86,8 +88,9 @@ def _info(path: str, container) -> VideoInfo:
     n = int(round(seconds * fps))
   if n <= 0:
     raise VideoDecodeError(path, "video has no frames")
-  return VideoInfo(num_frames=int(n), fps=fps, width=stream.codec_context.width,
-                   height=stream.codec_context.height)
+  return VideoInfo(
+    num_frames=int(n), fps=fps, width=stream.codec_context.width, height=stream.codec_context.height
+  )
 
 
 def probe(path: str | os.PathLike) -> VideoInfo:
@@ -97,8 +100,15 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     return _info(path, container)
 
 
-def sample_indices(num_frames_total: int, fps: float, n: int, start: float | None = None,
-                   end: float | None = None, *, sampling: str = "ours") -> np.ndarray:
+def sample_indices(
+  num_frames_total: int,
+  fps: float,
+  n: int,
+  start: float | None = None,
+  end: float | None = None,
+  *,
+  sampling: str = "ours",
+) -> np.ndarray:
   """`n` frame indices spread uniformly over the window [start, end) s (None: the video's ends).
 
   Frame `i` covers [i / fps, (i + 1) / fps). The window is clipped to the video; a window that
@@ -114,8 +124,9 @@ def sample_indices(num_frames_total: int, fps: float, n: int, start: float | Non
   first = 0 if start is None else min(max(int(math.floor(start * fps + 1e-6)), 0), last_frame)
   last = last_frame if end is None else int(math.ceil(end * fps - 1e-6)) - 1
   last = min(max(last, first), last_frame)
-  return video_processing.sample_frame_indices(num_frames_total, n, start=first, end=last + 1,
-                                               sampling=sampling)
+  return video_processing.sample_frame_indices(
+    num_frames_total, n, start=first, end=last + 1, sampling=sampling
+  )
 
 
 def _size_kwargs(size: Size) -> dict:
@@ -149,8 +160,14 @@ def _frames(container, stream) -> Iterator[av.VideoFrame]:
   yield from container.decode(stream)
 
 
-def decode_frames(path: str | os.PathLike, indices: Sequence[int] | Callable[[VideoInfo], np.ndarray],
-                  *, size: Size = None, seek: bool = True, seek_gap: int | None = None) -> np.ndarray:
+def decode_frames(
+  path: str | os.PathLike,
+  indices: Sequence[int] | Callable[[VideoInfo], np.ndarray],
+  *,
+  size: Size = None,
+  seek: bool = True,
+  seek_gap: int | None = None,
+) -> np.ndarray:
   """Decodes the frames at `indices` (any order, repeats allowed) -> (N, H, W, 3) uint8 RGB.
 
   `indices` may be a function of the `VideoInfo` (so the file is opened once). With `seek`,
@@ -163,8 +180,9 @@ def decode_frames(path: str | os.PathLike, indices: Sequence[int] | Callable[[Vi
     return _decode_frames(path, container, indices, size=size, seek=seek, seek_gap=seek_gap)
 
 
-def _decode_frames(path: str, container, indices, *, size: Size, seek: bool,
-                   seek_gap: int | None) -> np.ndarray:
+def _decode_frames(
+  path: str, container, indices, *, size: Size, seek: bool, seek_gap: int | None
+) -> np.ndarray:
   try:
     stream = container.streams.video[0]
     info = _info(path, container)
@@ -191,8 +209,10 @@ def _decode_frames(path: str, container, indices, *, size: Size, seek: bool,
           break
       if frame_array is None:
         raise VideoDecodeError(
-            path, f"truncated: stream ended at frame {current}, frame {target} of "
-            f"{info.num_frames} was wanted")
+          path,
+          f"truncated: stream ended at frame {current}, frame {target} of "
+          f"{info.num_frames} was wanted",
+        )
       got[target] = frame_array
       # Several wanted indices may map onto the frame just decoded.
       for later in wanted:
@@ -200,7 +220,9 @@ def _decode_frames(path: str, container, indices, *, size: Size, seek: bool,
           got[later] = frame_array
   except av.FFmpegError as e:
     raise VideoDecodeError(path, f"decode failed ({e})") from e
-  return np.stack([got[int(i)] for i in indices]) if len(indices) else np.zeros((0, 0, 0, 3), np.uint8)
+  return (
+    np.stack([got[int(i)] for i in indices]) if len(indices) else np.zeros((0, 0, 0, 3), np.uint8)
+  )
 
 
 def decode_all(path: str | os.PathLike, *, size: Size = None) -> np.ndarray:
@@ -245,19 +267,28 @@ class FrameCache:
     value.flags.writeable = False  # shared between callers
     self._data[key] = value
     self._bytes += value.nbytes
-    while self._data and (len(self._data) > self.max_items or
-                          (self.max_bytes is not None and self._bytes > self.max_bytes)):
+    while self._data and (
+      len(self._data) > self.max_items
+      or (self.max_bytes is not None and self._bytes > self.max_bytes)
+    ):
       _, old = self._data.popitem(last=False)
       self._bytes -= old.nbytes
 
 
-def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float | int = 25, *,
-                codec: str = "libx264", gop: int = 12) -> None:
+def write_video(
+  path: str | os.PathLike,
+  frames: np.ndarray,
+  fps: float | int = 25,
+  *,
+  codec: str = "libx264",
+  gop: int = 12,
+) -> None:
   """Writes (T, H, W, 3) uint8 RGB frames as an mp4 (tests, benchmarks, the toy world).
 
   `fps` may be fractional (e.g. 30000/1001); `gop` is the keyframe interval.
   """
   import fractions  # pylint: disable=g-import-not-at-top
+
   frames = np.asarray(frames)
   if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
     raise ValueError(f"frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
@@ -280,8 +311,9 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float | int = 
 VIDEOS_CHECKED = 8
 
 
-def first_videos(paths: Iterable[str | None],
-                 n: int = VIDEOS_CHECKED) -> tuple[list[str], list[str]]:
+def first_videos(
+  paths: Iterable[str | None], n: int = VIDEOS_CHECKED
+) -> tuple[list[str], list[str]]:
   """(the first `n` distinct paths among the first `4 n` given (None: a question without one),
   those of them that are not files)."""
   checked: list[str] = []
@@ -296,9 +328,16 @@ def first_videos(paths: Iterable[str | None],
 FRAME_FILES = (".jpg", ".jpeg", ".png")
 
 
-def read_frame_folder(path: str, num_frames: int, *, fps: float, start: float | None = None,
-                      end: float | None = None, size: Size = None,
-                      sampling: str = "ours") -> np.ndarray:
+def read_frame_folder(
+  path: str,
+  num_frames: int,
+  *,
+  fps: float,
+  start: float | None = None,
+  end: float | None = None,
+  size: Size = None,
+  sampling: str = "ours",
+) -> np.ndarray:
   """`num_frames` RGB uint8 frames (N, H, W, 3) of a video stored as a folder of images
   (MVBench's TVQA clips: `00001.jpg`, ... at 3 per second), file `i` in name order covering
   [i / fps, (i + 1) / fps); sampled as `read_frames` samples a video file's frames.
@@ -308,8 +347,11 @@ def read_frame_folder(path: str, num_frames: int, *, fps: float, start: float | 
   """
   import PIL.Image  # pylint: disable=g-import-not-at-top
 
-  names = sorted(n for n in (p.rpartition("/")[2] for p in files.glob(path, "*"))
-                 if n.lower().endswith(FRAME_FILES))
+  names = sorted(
+    n
+    for n in (p.rpartition("/")[2] for p in files.glob(path, "*"))
+    if n.lower().endswith(FRAME_FILES)
+  )
   if not names:
     raise VideoDecodeError(path, f"a folder without frame images ({', '.join(FRAME_FILES)})")
   frames = []
@@ -326,10 +368,18 @@ def read_frame_folder(path: str, num_frames: int, *, fps: float, start: float | 
   return np.stack(frames)
 
 
-def read_frames(path: str | os.PathLike, num_frames: int, *, start: float | None = None,
-                end: float | None = None, size: Size = None, cache: FrameCache | None = None,
-                seek: bool = True, sampling: str = "ours",
-                folder_fps: float | None = None) -> np.ndarray:
+def read_frames(
+  path: str | os.PathLike,
+  num_frames: int,
+  *,
+  start: float | None = None,
+  end: float | None = None,
+  size: Size = None,
+  cache: FrameCache | None = None,
+  seek: bool = True,
+  sampling: str = "ours",
+  folder_fps: float | None = None,
+) -> np.ndarray:
   """`num_frames` RGB uint8 frames (N, H, W, 3) sampled uniformly inside [start, end] seconds.
 
   Args:
@@ -348,11 +398,13 @@ def read_frames(path: str | os.PathLike, num_frames: int, *, start: float | None
   """
   path = os.fspath(path)
   if sampling not in video_processing.FRAME_SAMPLINGS:
-    raise ValueError(f"read_frames: frame_sampling={sampling!r} is not one of "
-                     f"{video_processing.FRAME_SAMPLINGS}")
+    raise ValueError(
+      f"read_frames: frame_sampling={sampling!r} is not one of {video_processing.FRAME_SAMPLINGS}"
+    )
   if folder_fps and files.isdir(path):
-    return read_frame_folder(path, num_frames, fps=folder_fps, start=start, end=end, size=size,
-                             sampling=sampling)
+    return read_frame_folder(
+      path, num_frames, fps=folder_fps, start=start, end=end, size=size, sampling=sampling
+    )
   key = None
   if cache is not None:
     try:
@@ -366,10 +418,13 @@ def read_frames(path: str | os.PathLike, num_frames: int, *, start: float | None
   if num_frames <= 0:
     raise ValueError(f"number of frames to sample must be positive, got {num_frames}")
   frames = decode_frames(
-      path,
-      lambda info: sample_indices(info.num_frames, info.fps, num_frames, start, end,
-                                  sampling=sampling),
-      size=size, seek=seek)
+    path,
+    lambda info: sample_indices(
+      info.num_frames, info.fps, num_frames, start, end, sampling=sampling
+    ),
+    size=size,
+    seek=seek,
+  )
   if cache is not None:
     cache.put(key, frames)
   return frames

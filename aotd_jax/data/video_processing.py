@@ -9,6 +9,7 @@ processor files or its config's `pixel_normalization`:
 LLaVA-NeXT's any-resolution tiling (`image_grid_pinpoints`). Uniform frame sampling helpers
 pick which frames to decode.
 """
+
 from __future__ import annotations
 
 import functools
@@ -48,8 +49,9 @@ _FILTERS = {"bicubic": (_bicubic, 2.0), "bilinear": (_triangle, 1.0)}
 
 
 @functools.lru_cache(maxsize=64)
-def _resample_taps(in_size: int, out_size: int,
-                   kind: str = "bicubic") -> tuple[np.ndarray, np.ndarray]:
+def _resample_taps(
+  in_size: int, out_size: int, kind: str = "bicubic"
+) -> tuple[np.ndarray, np.ndarray]:
   """Pillow's `precompute_coeffs` + 8-bit normalisation: for each output pixel, the input
   indices (out, K) and fixed-point `kind` filter weights (out, K) int32 (0 past the window)."""
   fn, base_support = _FILTERS[kind]
@@ -75,8 +77,9 @@ def _resample_taps(in_size: int, out_size: int,
   return idx, fixed
 
 
-def _resample_axis(x: np.ndarray, in_size: int, out_size: int, axis: int,
-                   kind: str = "bicubic") -> np.ndarray:
+def _resample_axis(
+  x: np.ndarray, in_size: int, out_size: int, axis: int, kind: str = "bicubic"
+) -> np.ndarray:
   # int32 accumulation of uint8 x 22-bit weights, exactly as Pillow's 8-bit kernels do it.
   idx, weights = _resample_taps(in_size, out_size, kind)
   x = np.moveaxis(x, axis, -1)
@@ -87,8 +90,9 @@ def _resample_axis(x: np.ndarray, in_size: int, out_size: int, axis: int,
   return np.moveaxis(out, -1, axis)
 
 
-def resize_bicubic_numpy(images: np.ndarray, height: int, width: int,
-                         kind: str = "bicubic") -> np.ndarray:
+def resize_bicubic_numpy(
+  images: np.ndarray, height: int, width: int, kind: str = "bicubic"
+) -> np.ndarray:
   """Pillow's uint8 bicubic (or `kind="bilinear"`) resize re-implemented in numpy (bit-exact;
   ~10x slower than Pillow)."""
   in_h, in_w = images.shape[-3], images.shape[-2]
@@ -104,8 +108,9 @@ def resize_bicubic_numpy(images: np.ndarray, height: int, width: int,
   return out
 
 
-def resize_bicubic(images: np.ndarray, height: int, width: int,
-                   kind: str = "bicubic") -> np.ndarray:
+def resize_bicubic(
+  images: np.ndarray, height: int, width: int, kind: str = "bicubic"
+) -> np.ndarray:
   """Resizes (..., H, W, 3) uint8 images exactly as transformers' PIL backend does
   (`PIL.Image.resize(..., BICUBIC)`, or `BILINEAR` with `kind="bilinear"`): with Pillow when
   installed (it comes with matplotlib), else with the numpy port."""
@@ -121,8 +126,9 @@ def resize_bicubic(images: np.ndarray, height: int, width: int,
     return resize_bicubic_numpy(images, height, width, kind)
   resample = PIL.Image.BICUBIC if kind == "bicubic" else PIL.Image.BILINEAR
   flat = images.reshape((-1,) + images.shape[-3:])
-  out = np.stack([np.asarray(PIL.Image.fromarray(f).resize((width, height), resample))
-                  for f in flat])
+  out = np.stack(
+    [np.asarray(PIL.Image.fromarray(f).resize((width, height), resample)) for f in flat]
+  )
   return out.reshape(images.shape[:-3] + out.shape[-3:])
 
 
@@ -145,16 +151,21 @@ def center_crop(images: np.ndarray, height: int, width: int) -> np.ndarray:
     new_h, new_w = max(height, in_h), max(width, in_w)
     canvas = np.zeros(images.shape[:-3] + (new_h, new_w, images.shape[-1]), images.dtype)
     top, left = math.ceil((new_h - in_h) / 2), math.ceil((new_w - in_w) / 2)
-    canvas[..., top:top + in_h, left:left + in_w, :] = images
+    canvas[..., top : top + in_h, left : left + in_w, :] = images
     # transformers crops the padded canvas at the original image's centre offsets.
     top0, left0 = (in_h - height) // 2 + top, (in_w - width) // 2 + left
-    return canvas[..., max(0, top0):top0 + height, max(0, left0):left0 + width, :]
+    return canvas[..., max(0, top0) : top0 + height, max(0, left0) : left0 + width, :]
   top, left = (in_h - height) // 2, (in_w - width) // 2
-  return images[..., top:top + height, left:left + width, :]
+  return images[..., top : top + height, left : left + width, :]
 
 
-def normalize(images: np.ndarray, *, rescale_factor: float = 1 / 255,
-              mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD) -> np.ndarray:
+def normalize(
+  images: np.ndarray,
+  *,
+  rescale_factor: float = 1 / 255,
+  mean: Sequence[float] = CLIP_MEAN,
+  std: Sequence[float] = CLIP_STD,
+) -> np.ndarray:
   """(..., H, W, C) uint8 -> (..., C, H, W) float32: rescale in float64, normalise in float32.
 
   Through a per-channel table of the 256 values (the same arithmetic, bit for bit, ~3x faster
@@ -191,10 +202,17 @@ def _check_pixels(x: np.ndarray, name: str, ndim: int, layout: str) -> np.ndarra
 VIDEO_RESIZES = ("shortest_edge", "square")
 
 
-def preprocess_video(frames: np.ndarray, *, shortest_edge: int = 224, crop_size: int = 224,
-                     rescale_factor: float = 1 / 255, image_mean: Sequence[float] = CLIP_MEAN,
-                     image_std: Sequence[float] = CLIP_STD, resize: str = "shortest_edge",
-                     resample: str = "bicubic") -> np.ndarray:
+def preprocess_video(
+  frames: np.ndarray,
+  *,
+  shortest_edge: int = 224,
+  crop_size: int = 224,
+  rescale_factor: float = 1 / 255,
+  image_mean: Sequence[float] = CLIP_MEAN,
+  image_std: Sequence[float] = CLIP_STD,
+  resize: str = "shortest_edge",
+  resample: str = "bicubic",
+) -> np.ndarray:
   """(T, H, W, 3) uint8 frames -> `pixel_values_videos` of one clip, (T, 3, crop, crop) float32.
 
   `resize="shortest_edge"`: transformers' LLaVA-NeXT-Video processor (PIL backend): bicubic
@@ -216,10 +234,16 @@ def preprocess_video(frames: np.ndarray, *, shortest_edge: int = 224, crop_size:
   return normalize(x, rescale_factor=rescale_factor, mean=image_mean, std=image_std)
 
 
-def preprocess_image(image: np.ndarray, *, shortest_edge: int = 224, crop_size: int = 224,
-                     image_grid_pinpoints=DEFAULT_PINPOINTS, rescale_factor: float = 1 / 255,
-                     image_mean: Sequence[float] = CLIP_MEAN,
-                     image_std: Sequence[float] = CLIP_STD) -> tuple[np.ndarray, tuple[int, int]]:
+def preprocess_image(
+  image: np.ndarray,
+  *,
+  shortest_edge: int = 224,
+  crop_size: int = 224,
+  image_grid_pinpoints=DEFAULT_PINPOINTS,
+  rescale_factor: float = 1 / 255,
+  image_mean: Sequence[float] = CLIP_MEAN,
+  image_std: Sequence[float] = CLIP_STD,
+) -> tuple[np.ndarray, tuple[int, int]]:
   """(H, W, 3) uint8 -> (tiles (N, 3, crop, crop) float32, image_size (H, W)) any-res tiling.
 
   Tile 0 is the whole image squashed to the tile size; the rest cut the image letterboxed into
@@ -237,24 +261,34 @@ def preprocess_image(image: np.ndarray, *, shortest_edge: int = 224, crop_size: 
   resized = resize_bicubic(image, new_h, new_w)
   pad_y, pad_x = (best_h - new_h) // 2, (best_w - new_w) // 2
   canvas = np.zeros((best_h, best_w, 3), np.uint8)
-  canvas[pad_y:pad_y + new_h, pad_x:pad_x + new_w] = resized
+  canvas[pad_y : pad_y + new_h, pad_x : pad_x + new_w] = resized
   tiles = [resize_bicubic(image, shortest_edge, shortest_edge)]
-  tiles += [canvas[i:i + crop_size, j:j + crop_size]
-            for i in range(0, best_h, crop_size) for j in range(0, best_w, crop_size)]
+  tiles += [
+    canvas[i : i + crop_size, j : j + crop_size]
+    for i in range(0, best_h, crop_size)
+    for j in range(0, best_w, crop_size)
+  ]
   out = []
   for tile in tiles:
     tile = resize_bicubic(tile, *shortest_edge_size(tile.shape[0], tile.shape[1], shortest_edge))
     out.append(center_crop(tile, crop_size, crop_size))
-  return normalize(np.stack(out), rescale_factor=rescale_factor, mean=image_mean,
-                   std=image_std), (height, width)
+  return normalize(np.stack(out), rescale_factor=rescale_factor, mean=image_mean, std=image_std), (
+    height,
+    width,
+  )
 
 
 def preprocess_images(images: Sequence[np.ndarray], **kw) -> dict[str, np.ndarray]:
   """A batch for the model: `pixel_values` (B, max_tiles, 3, S, S) zero padded, `image_sizes` (B, 2)."""
   results = [preprocess_image(im, **kw) for im in images]
   most = max(r[0].shape[0] for r in results)
-  pixel_values = np.stack([np.pad(t, ((0, most - t.shape[0]),) + ((0, 0),) * 3) for t, _ in results])
-  return {"pixel_values": pixel_values, "image_sizes": np.asarray([s for _, s in results], np.int64)}
+  pixel_values = np.stack(
+    [np.pad(t, ((0, most - t.shape[0]),) + ((0, 0),) * 3) for t, _ in results]
+  )
+  return {
+    "pixel_values": pixel_values,
+    "image_sizes": np.asarray([s for _, s in results], np.int64),
+  }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -269,8 +303,14 @@ def preprocess_images(images: Sequence[np.ndarray], **kw) -> dict[str, np.ndarra
 FRAME_SAMPLINGS = ("ours", "official")
 
 
-def sample_frame_indices(num_frames_total: int, n: int, start: int | None = None,
-                         end: int | None = None, *, sampling: str = "ours") -> np.ndarray:
+def sample_frame_indices(
+  num_frames_total: int,
+  n: int,
+  start: int | None = None,
+  end: int | None = None,
+  *,
+  sampling: str = "ours",
+) -> np.ndarray:
   """`n` frame indices spread uniformly over [start, end) (whole clip by default), int64.
 
   `sampling="ours"`: transformers' `np.linspace(start, end - 1, n).astype(int)`, both ends
@@ -280,17 +320,22 @@ def sample_frame_indices(num_frames_total: int, n: int, start: int | None = None
   repeats frames rather than returning fewer than `n`.
   """
   if sampling not in FRAME_SAMPLINGS:
-    raise ValueError(f"sample_frame_indices: frame_sampling={sampling!r} is not one of "
-                     f"{FRAME_SAMPLINGS}")
+    raise ValueError(
+      f"sample_frame_indices: frame_sampling={sampling!r} is not one of {FRAME_SAMPLINGS}"
+    )
   if n < 1:
     raise ValueError(f"sample_frame_indices: n must be >= 1, got {n}")
   if num_frames_total < 1:
-    raise ValueError(f"sample_frame_indices: the video has no frames (num_frames_total={num_frames_total})")
+    raise ValueError(
+      f"sample_frame_indices: the video has no frames (num_frames_total={num_frames_total})"
+    )
   start = 0 if start is None else max(0, int(start))
   end = num_frames_total if end is None else min(int(end), num_frames_total)
   if end <= start:
-    raise ValueError(f"sample_frame_indices: empty range start={start} end={end} "
-                     f"for a video of {num_frames_total} frames")
+    raise ValueError(
+      f"sample_frame_indices: empty range start={start} end={end} "
+      f"for a video of {num_frames_total} frames"
+    )
   if sampling == "official":
     return np.linspace(start, end, n, endpoint=False).astype(np.int64)
   return np.linspace(start, end - 1, n).astype(np.int64)
@@ -299,13 +344,21 @@ def sample_frame_indices(num_frames_total: int, n: int, start: int | None = None
 def _expand(text: str, token: str, counts: Sequence[int], what: str) -> str:
   parts = text.split(token)
   if len(parts) - 1 != len(counts):
-    raise ValueError(f"prompt has {len(parts) - 1} {token} placeholder(s) but {len(counts)} {what} "
-                     f"were given: {text[:80]!r}")
+    raise ValueError(
+      f"prompt has {len(parts) - 1} {token} placeholder(s) but {len(counts)} {what} "
+      f"were given: {text[:80]!r}"
+    )
   return parts[0] + "".join(token * int(c) + rest for c, rest in zip(counts, parts[1:]))
 
 
-def expand_media_tokens(text: str, *, video_tokens: Sequence[int] = (), image_tokens: Sequence[int] = (),
-                        video_token: str = "<video>", image_token: str = "<image>") -> str:
+def expand_media_tokens(
+  text: str,
+  *,
+  video_tokens: Sequence[int] = (),
+  image_tokens: Sequence[int] = (),
+  video_token: str = "<video>",
+  image_token: str = "<image>",
+) -> str:
   """Repeats each `<video>` / `<image>` placeholder to the number of features the model makes.
 
   `video_tokens[i]` / `image_tokens[i]` is the count for the i-th placeholder (see
