@@ -21,17 +21,39 @@ then rename) and give the same bytes, so that costs time, never correctness.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
 import threading
 import time
 import uuid
-from typing import Callable
+from typing import Callable, Iterable
 
 from absl import logging
 
 LOCK_SUFFIX = ".lock"
+
+
+def source_digest(seed: bytes, modules: Iterable) -> str:
+  """A hash of `seed` and the modules' source files: a changed reader makes every key new."""
+  h = hashlib.sha256(seed)
+  for module in modules:
+    with open(module.__file__, "rb") as f:
+      h.update(f.read())
+  return h.hexdigest()[:16]
+
+
+def keyed_path(cache_dir: str, prefix: str, name: str, key: dict, suffix: str) -> str:
+  """`<prefix>-<name, made file-safe>-<hash of key><suffix>` in `cache_dir`."""
+  digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+  stem = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)[:60]
+  return os.path.join(cache_dir, f"{prefix}-{stem}-{digest}{suffix}")
+
+
+def temporary_name(path: str) -> str:
+  """A name beside `path` that no other process or host writes (then renamed onto `path`)."""
+  return f"{path}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 class BuildTimeout(Exception):

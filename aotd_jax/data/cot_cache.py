@@ -16,11 +16,8 @@ Hosts sharing `cache_dir` read it once (`build_once`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import socket
-import uuid
 
 from absl import logging
 
@@ -35,11 +32,7 @@ def _code_digest() -> str:
   """A hash of the code that turns a line into an example: a change makes every key new."""
   from aotd_jax.data import pipeline  # pylint: disable=g-import-not-at-top
 
-  h = hashlib.sha256(b"cot_cache1")
-  for module in (pipeline, conversation):
-    with open(module.__file__, "rb") as f:
-      h.update(f.read())
-  return h.hexdigest()[:16]
+  return build_once.source_digest(b"cot_cache1", (pipeline, conversation))
 
 
 def cache_key(path: str, **options) -> dict:
@@ -59,10 +52,8 @@ def cache_key(path: str, **options) -> dict:
 
 def cache_path(cache_dir: str, key: dict) -> str:
   """`cot-<file name>-<hash of key>.array_record` in `cache_dir`."""
-  digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-  stem = os.path.basename(key["file"][0].rstrip("/")) or "cots"
-  stem = "".join(c if c.isalnum() or c in "._-" else "_" for c in stem)[:60]
-  return os.path.join(cache_dir, f"cot-{stem}-{digest}{SUFFIX}")
+  name = os.path.basename(key["file"][0].rstrip("/")) or "cots"
+  return build_once.keyed_path(cache_dir, "cot", name, key, SUFFIX)
 
 
 def _report(target: str, key: dict) -> ReadReport | None:
@@ -84,7 +75,7 @@ def _write(path: str, target: str, key: dict, options: dict) -> None:
   from aotd_jax.data import pipeline  # pylint: disable=g-import-not-at-top
 
   report = ReadReport(fmt="cot", path=path)
-  tmp = f"{target}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+  tmp = build_once.temporary_name(target)
   try:
     writer = ArrayRecordWriter(tmp, "group_size:1")
     try:

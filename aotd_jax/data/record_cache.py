@@ -27,13 +27,10 @@ its key or that is shorter than its offsets say is parsed again and replaced (lo
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
-import uuid
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
@@ -60,11 +57,7 @@ class CacheError(Exception):
 
 def _parser_digest() -> str:
   """A hash of the readers' source: a changed parser makes every key new."""
-  h = hashlib.sha256(MAGIC)
-  for module in (annotations, annotations_formats):
-    with open(module.__file__, "rb") as f:
-      h.update(f.read())
-  return h.hexdigest()[:16]
+  return build_once.source_digest(MAGIC, (annotations, annotations_formats))
 
 
 def _input_files(fmt: str, path: str, read_kw: dict) -> list[str]:
@@ -108,10 +101,8 @@ def cache_key(fmt: str, path: str, read_kw: dict) -> dict:
 
 def cache_path(cache_dir: str, key: dict) -> str:
   """The cache file of `key` in `cache_dir`: `<format>-<file name>-<hash of key>.records`."""
-  digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-  stem = os.path.basename(key["files"][0][0].rstrip("/")) or "annotations"
-  stem = "".join(c if c.isalnum() or c in "._-" else "_" for c in stem)[:60]
-  return os.path.join(cache_dir, f"{key['format']}-{stem}-{digest}{SUFFIX}")
+  name = os.path.basename(key["files"][0][0].rstrip("/")) or "annotations"
+  return build_once.keyed_path(cache_dir, key["format"], name, key, SUFFIX)
 
 
 def _flags(r: VideoQA) -> int:
@@ -143,7 +134,7 @@ def write_record_file(path: str, records: Sequence[VideoQA], header: dict) -> No
   flags = np.zeros(n, np.uint8)
   folder = os.path.dirname(path) or "."
   os.makedirs(folder, exist_ok=True)
-  tmp = f"{path}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+  tmp = build_once.temporary_name(path)
   try:
     with open(tmp, "wb") as f:
       f.write(MAGIC + np.uint64(len(head)).astype("<u8").tobytes() + head + b"\0" * pad)
