@@ -55,7 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from aotd_jax.models.generate import argmax_first, pick_tokens, prompt_bucket
+from aotd_jax.models.generate import argmax_first, flat_state, merged, pick_tokens, prompt_bucket
 from aotd_jax.models.llama import KVCache
 
 StopFn = Callable[[list[int]], bool]
@@ -107,7 +107,7 @@ def _pick_rows(logits, keys, steps, temperature, top_p, sample: bool):
 def _prefill(graphdef, state, cache, ids, mask, rows, keys, temperature, top_p, *, sample: bool):
   """Prefills left-padded prompts (n, w) into the cache rows `rows` (a row index past the cache
   drops that prompt: batch padding); returns the cache and each prompt's first token."""
-  model = nnx.merge(graphdef, state)
+  model = merged(graphdef, state)
   n, w = mask.shape
   positions = jnp.where(mask > 0, jnp.cumsum(mask, axis=-1) - 1, 1)
   out = model(
@@ -143,10 +143,7 @@ def _decode(
   graphdef,
   state,
   cache,
-  tok,
-  index,
-  left,
-  step,
+  rows_state,
   keys,
   temperature,
   top_p,
@@ -159,12 +156,14 @@ def _decode(
 ):
   """Up to `steps` decode steps for every row over the first `window` cache slots.
 
-  Per row: `tok` the last token (fed next), `index` its cache slot (= its position: a row's
-  tokens fill its slots from 0), `left` tokens still to generate (0: idle),
-  `step` tokens generated so far. Returns the cache, the new tokens (rows, steps) (pad after a
-  row ends), how many each row emitted, and the updated tok/index/left/step.
+  `rows_state` (4, rows) int32, per row: the last token (fed next), its cache slot (= its
+  position: a row's tokens fill its slots from 0), tokens still to generate (0: idle), tokens
+  generated so far (one array: one transfer a call). Returns the cache and one (rows, steps + 1)
+  int32 array (one transfer back): the new tokens (pad after a row ends), then how many each
+  row emitted; the host derives the rows' next state from them (`DecodeEngine._decode`).
   """
-  model = nnx.merge(graphdef, state)
+  model = merged(graphdef, state)
+  tok, index, left, step = rows_state
   rows = tok.shape[0]
   full = cache
   whole = window >= cache.keys[0].shape[2]  # the loop updates the (donated) cache in place
@@ -209,9 +208,10 @@ def _decode(
     )
 
   carry = (jnp.zeros((), jnp.int32), win, tok, index, left, step, out, emitted)
-  _, win, tok, index, left, step, out, emitted = jax.lax.while_loop(cond, body, carry)
+  _, win, _, _, _, _, out, emitted = jax.lax.while_loop(cond, body, carry)
+  out = jnp.concatenate([out, emitted[:, None]], axis=1)
   if whole:
-    return dataclasses.replace(win, index=full.index), out, emitted, tok, index, left, step
+    return dataclasses.replace(win, index=full.index), out
   full = KVCache(
     keys=tuple(
       jax.lax.dynamic_update_slice(f, w, (0, 0, 0, 0)) for f, w in zip(full.keys, win.keys)
@@ -221,7 +221,7 @@ def _decode(
     ),
     index=full.index,
   )
-  return full, out, emitted, tok, index, left, step
+  return full, out
 
 
 def _grow(cache: KVCache, length: int) -> KVCache:
@@ -479,7 +479,10 @@ class DecodeEngine:
     if self._cache is None:
       cache = self.model.init_cache(self.slots, length)
       self._cache = dataclasses.replace(cache, index=jnp.zeros((self.slots,), jnp.int32))
-      graphdef, self._state = nnx.split(self.model)
+      graphdef, state = nnx.split(self.model)
+      # flattened once: jit would flatten an nnx.State in Python at every call (~0.4 ms at
+      # a 7B's 291 weight arrays, benchmarks/engine_host.py)
+      self._state = flat_state(state)
       self._programs = _programs(graphdef)
     elif length > self.cache_length:
       self._cache = _grow_jit(self._cache, length)
@@ -501,17 +504,11 @@ class DecodeEngine:
       keys[i], temp[i], top_p[i] = q.key, q.temperature, q.top_p
       if i < len(admitted):
         target[i] = r
+    # numpy arguments: jit sends them from C++ (jnp.asarray: ~20 us of Python each)
     self._cache, tok = self._programs[0](
-      self._state,
-      self._cache,
-      jnp.asarray(ids),
-      jnp.asarray(mask),
-      jnp.asarray(target),
-      jnp.asarray(keys),
-      jnp.asarray(temp),
-      jnp.asarray(top_p),
+      self._state, self._cache, ids, mask, target, keys, temp, top_p,
       sample=bool(np.any(temp > 0)),
-    )
+    )  # fmt: skip
     self.stats.prefill_calls += 1
     tok = np.asarray(tok)
     for i, r in enumerate(admitted):
@@ -534,26 +531,25 @@ class DecodeEngine:
       np.max(np.where(active, self._index + np.minimum(self._left, self.steps_per_call), 0))
     )
     window = min(prompt_bucket(need, self.min_bucket), self.cache_length)
-    self._cache, out, emitted, tok, index, left, step = self._programs[1](
+    steps = self.steps_per_call
+    self._cache, out = self._programs[1](
       self._state,
       self._cache,
-      jnp.asarray(self._tok),
-      jnp.asarray(self._index),
-      jnp.asarray(self._left),
-      jnp.asarray(self._step),
-      jnp.asarray(self._keys),
-      jnp.asarray(self._temp),
-      jnp.asarray(self._top_p),
-      jnp.asarray(self._eos),
-      jnp.int32(self.pad_token_id),
-      steps=self.steps_per_call,
-      window=window,
-      sample=bool(np.any(self._temp[active] > 0)),
-    )
+      np.stack([self._tok, self._index, self._left, self._step]),
+      self._keys, self._temp, self._top_p, self._eos, np.int32(self.pad_token_id),
+      steps=steps, window=window, sample=bool(np.any(self._temp[active] > 0)),
+    )  # fmt: skip
     self.stats.decode_calls += 1
-    out, emitted = np.asarray(out), np.asarray(emitted)
-    self._tok, self._index = np.array(tok), np.array(index)
-    self._left, self._step = np.array(left), np.array(step)
+    out = np.asarray(out)
+    out, emitted = out[:, :steps], out[:, steps]
+    # the rows' next state, as the call's loop left it: every active row emitted >= 1 token;
+    # a row ended in the call when its last token is EOS or it reached its max_new_tokens
+    last = out[np.arange(self.slots), np.maximum(emitted - 1, 0)]
+    self._tok = np.where(emitted > 0, last, self._tok)
+    self._index = self._index + emitted
+    self._step = self._step + emitted
+    ended = ((emitted > 0) & np.isin(last, self._eos)) | (self._left <= emitted)
+    self._left = np.where(ended, 0, self._left - emitted).astype(np.int32)
     for r in np.flatnonzero(active):
       q = self._rows[r]
       q.tokens.extend(out[r, : emitted[r]].tolist())
