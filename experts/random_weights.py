@@ -150,9 +150,10 @@ def _init_params(module_cls, config, seed: int = 0, options=None):
   import jax.numpy as jnp
   from flax import nnx
   from aotd_jax.layers.compute import ComputeOptions
+  from aotd_jax.models.abstract import abstract_model
 
   options = ComputeOptions() if options is None else options
-  model = nnx.eval_shape(lambda: module_cls(config, options=options, rngs=nnx.Rngs(seed)))
+  model = abstract_model(lambda rngs: module_cls(config, options=options, rngs=rngs), seed)
   others = [p for p, _ in nnx.to_flat_state(nnx.state(model, nnx.Not(nnx.Param)))]
   if others:
     raise ValueError(

@@ -26,6 +26,7 @@ from aotd_jax.models.llava_next_video import (
   LlavaNextVideoConfig,
   LlavaNextVideoForConditionalGeneration,
 )
+from aotd_jax.models.abstract import abstract_model
 from aotd_jax.models.options import with_options
 
 needs_amx = pytest.mark.skipif(
@@ -230,16 +231,16 @@ def test_sub_configs_follow_the_model_precision():
       num_hidden_layers=1, hidden_size=64, intermediate_size=64, num_attention_heads=4
     ),
   )
-  model = nnx.eval_shape(
-    lambda: LlavaNextVideoForConditionalGeneration(
-      cfg, options=ComputeOptions(matmul_precision="high"), rngs=nnx.Rngs(0)
+  model = abstract_model(
+    lambda rngs: LlavaNextVideoForConditionalGeneration(
+      cfg, options=ComputeOptions(matmul_precision="high"), rngs=rngs
     )
   )
   assert model.vision_tower.options.matmul_precision == "high"
   assert model.language_model.options.matmul_precision == "high"
-  clip_model = nnx.eval_shape(
-    lambda: CLIPModel(
-      CLIPConfig(), options=ComputeOptions(matmul_precision="highest"), rngs=nnx.Rngs(0)
+  clip_model = abstract_model(
+    lambda rngs: CLIPModel(
+      CLIPConfig(), options=ComputeOptions(matmul_precision="highest"), rngs=rngs
     )
   )
   assert clip_model.vision_model.options.matmul_precision == "highest"

@@ -24,6 +24,7 @@ from aotd_jax.models.llava_next_video import (
   LlavaNextVideoConfig,
   LlavaNextVideoForConditionalGeneration,
 )
+from aotd_jax.models.abstract import abstract_model
 from aotd_jax.models.options import with_options
 from aotd_jax.models.llama import LlamaConfig, LlamaForCausalLM
 from tests.test_causal_attention import _attention_inputs
@@ -324,9 +325,9 @@ def test_cpu_kernels_option_reaches_both_towers_and_stays_out_of_config_json(tmp
     LlavaNextVideoForConditionalGeneration(cfg, rngs=nnx.Rngs(0)), cpu_kernels=False
   )
   assert not model.vision_tower.options.cpu_kernels and not model.language_model.options.cpu_kernels
-  clip_model = nnx.eval_shape(
-    lambda: clip.CLIPModel(
-      clip.CLIPConfig(), options=ComputeOptions(cpu_kernels=False), rngs=nnx.Rngs(0)
+  clip_model = abstract_model(
+    lambda rngs: clip.CLIPModel(
+      clip.CLIPConfig(), options=ComputeOptions(cpu_kernels=False), rngs=rngs
     )
   )
   assert not clip_model.vision_model.options.cpu_kernels  # the towers follow

@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 from aotd_jax.models import llava_onevision as lov
+from aotd_jax.models.abstract import abstract_model
 from configs.distill import lnv7b, onevision7b
 from configs.toyworld import distill as toy
 from aotd_jax import sharding
@@ -78,8 +79,8 @@ def test_onevision7b_replaces_only_the_student(target):
 def test_onevision7b_shapes_fit_the_sequences():
   config = lov.onevision_7b_config()
   assert config.video_tokens(onevision7b.NUM_FRAMES) == 32 * 14 * 14 + 1 < onevision7b.SEQ_LEN
-  abstract = nnx.eval_shape(
-    lambda: lov.LlavaOnevisionForConditionalGeneration(config, rngs=nnx.Rngs(0))
+  abstract = abstract_model(
+    lambda rngs: lov.LlavaOnevisionForConditionalGeneration(config, rngs=rngs)
   )
   n = sum(v.size for v in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
   assert 7.9e9 < n < 8.2e9, n  # llava-onevision-qwen2-7b: 8.03B parameters

@@ -11,6 +11,7 @@ from flax import nnx
 
 from aotd_jax import hf, sharding
 from aotd_jax.models import qwen2_vl
+from aotd_jax.models.abstract import abstract_model
 from aotd_jax.train import build
 from aotd_jax.train.data import make_train_data
 from aotd_jax.train.optim import make_optimizer, trainable_filter
@@ -75,8 +76,8 @@ def test_qwen2vl7b_shapes_fit_the_sequences():
   config = qwen2_vl.qwen2_vl_7b_config()
   tokens = config.video_tokens(qwen2vl7b.NUM_FRAMES)
   assert tokens == 8 * 12 * 12 and tokens + 512 < lnv7b.get_config("h100x8").data.seq_len
-  abstract = nnx.eval_shape(
-    lambda: qwen2_vl.Qwen2VLForConditionalGeneration(config, rngs=nnx.Rngs(0))
+  abstract = abstract_model(
+    lambda rngs: qwen2_vl.Qwen2VLForConditionalGeneration(config, rngs=rngs)
   )
   n = sum(v.size for v in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
   assert 8.2e9 < n < 8.35e9, n  # Qwen2-VL-7B-Instruct: 8.29B parameters

@@ -13,6 +13,7 @@ from aotd_jax.data import files
 from aotd_jax.hf import io, registry
 from aotd_jax.hf.mapping import export_params, import_params
 from aotd_jax.layers.compute import ComputeOptions
+from aotd_jax.models.abstract import abstract_model
 
 
 def dtype_options(dtype) -> ComputeOptions:
@@ -23,7 +24,7 @@ def dtype_options(dtype) -> ComputeOptions:
 
 def build_abstract(adapter: registry.Adapter, config, options: ComputeOptions) -> nnx.Module:
   """The model's structure with shapes only: no memory, no random init."""
-  return nnx.eval_shape(lambda: adapter.model_class(config, options=options, rngs=nnx.Rngs(0)))
+  return abstract_model(lambda rngs: adapter.model_class(config, options=options, rngs=rngs))
 
 
 def from_pretrained(

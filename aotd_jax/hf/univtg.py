@@ -32,6 +32,7 @@ from aotd_jax.hf.mapping import (
   linear,
   norm,
 )
+from aotd_jax.models.abstract import abstract_model
 from aotd_jax.models.univtg import UniVTG, UniVTGConfig
 
 # Official feature widths per `v_feat_types` entry (scripts/*.sh).
@@ -182,7 +183,7 @@ def load_univtg(
   name = jnp.dtype(dtype).name
   config = config_from_checkpoint(tensors, opt, path, **config_overrides)
   options = ComputeOptions(dtype=name, param_dtype=name)
-  model = nnx.eval_shape(lambda: UniVTG(config, options=options, rngs=nnx.Rngs(0)))
+  model = abstract_model(lambda rngs: UniVTG(config, options=options, rngs=rngs))
   model = import_params(model, rules(config), tensors, {}, source=path, dtype=dtype)
   _materialize_rng_state(model, seed)
   model.eval()

@@ -7,6 +7,7 @@ import dataclasses
 from flax import nnx
 
 from aotd_jax.layers.compute import ComputeOptions
+from aotd_jax.models.abstract import abstract_model
 
 
 def with_compute(model: nnx.Module, options: ComputeOptions) -> nnx.Module:
@@ -14,7 +15,7 @@ def with_compute(model: nnx.Module, options: ComputeOptions) -> nnx.Module:
   options it was built with (assigning `model.options` alone reaches none)."""
   if options == model.options:
     return model
-  abstract = nnx.eval_shape(lambda: type(model)(model.config, options=options, rngs=nnx.Rngs(0)))
+  abstract = abstract_model(lambda rngs: type(model)(model.config, options=options, rngs=rngs))
   return nnx.merge(nnx.graphdef(abstract), nnx.state(model))
 
 

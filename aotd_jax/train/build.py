@@ -13,6 +13,7 @@ from aotd_jax import hf, sharding as sharding_lib
 from aotd_jax.hf import api as hf_api
 from aotd_jax.hf import registry
 from aotd_jax.layers.compute import ComputeOptions
+from aotd_jax.models.abstract import abstract_model
 
 
 def load_vision_init(path: str) -> tuple[dict, nnx.Module]:
@@ -63,8 +64,8 @@ def build_student(cfg, *, mesh: Mesh, seed: int = 0) -> nnx.Module:
       )
     hf_init["vision_config"], tower = load_vision_init(cfg.vision_init)
   config = adapter.config_from_hf(hf_init)
-  abstract = nnx.eval_shape(
-    lambda: adapter.model_class(config, options=options, rngs=nnx.Rngs(seed))
+  abstract = abstract_model(
+    lambda rngs: adapter.model_class(config, options=options, rngs=rngs), seed
   )
   graphdef, abstract_state = nnx.split(abstract)
   shardings = sharding_lib.state_shardings(abstract_state, mesh)
