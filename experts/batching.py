@@ -22,6 +22,7 @@ for benchmarks that want the whole truth (small eager ops included).
 from __future__ import annotations
 
 import contextlib
+import re
 from typing import Any, Callable, Iterator, Sequence
 
 import jax
@@ -165,6 +166,12 @@ def pad_rows(x, size: int):
   return jax.tree.map(pad, x, is_leaf=is_row_parts)
 
 
+def program_name(name: str) -> str:
+  """The name a `BucketedJit` gives its jitted function (and so its XLA programs):
+  `bucketed_` + `name` with every run of characters other than letters and digits as `_`."""
+  return "bucketed_" + re.sub(r"[^0-9A-Za-z]+", "_", name).strip("_")
+
+
 class BucketedJit:
   """`fn(rows, *args)` jitted, called over any number of rows in bucket-sized chunks.
 
@@ -203,6 +210,9 @@ class BucketedJit:
       self.compiles += 1  # Python side effect: runs once per trace, i.e. per new shape
       return fn(join_rows(rows), *args)
 
+    # the expert's name in XLA's program names (compile logs, jax.monitoring's `fun_name`,
+    # profiles): `jit(bucketed_llava_prefix)` rather than a dozen `jit(traced)`
+    traced.__name__ = traced.__qualname__ = program_name(self.name)
     self._jitted = jax.jit(traced, donate_argnums=(0,) if donate_rows else ()) if jit else fn
 
   def run_chunk(self, rows, *args):

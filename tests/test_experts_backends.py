@@ -3,6 +3,7 @@
 import json
 import pathlib
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -42,6 +43,23 @@ def test_bucketed_jit_compiles_at_most_once_per_bucket_over_100_clips():
       np.testing.assert_allclose(np.asarray(out), want, rtol=1e-5, atol=1e-5)
   assert fn.compiles <= 6, fn.compiles
   assert xla[0] >= fn.compiles  # the monitoring counter sees the same compilations (and more)
+
+
+def test_bucketed_jit_names_its_programs_after_the_expert():
+  from experts.batching import program_name
+
+  assert program_name("owlv2:/ckpt/owl-v2 b16/image") == "bucketed_owlv2_ckpt_owl_v2_b16_image"
+  names = []
+
+  def listener(event, duration, **kwargs):
+    names.append(kwargs.get("fun_name"))
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    BucketedJit(lambda x: x * 2, buckets=(3,), name="llava/prefix")(np.ones((3, 5), np.float32))
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert "jit(bucketed_llava_prefix)" in names
 
 
 def test_bucketed_jit_handles_device_rows_and_empty_input():
@@ -654,6 +672,24 @@ def test_univtg_grounder_compiles_per_bucket_and_serves_filter_frames_with_act(u
       clip_model,
       toy_tokenize,
     )
+
+
+def test_univtg_grounder_image_buckets_are_the_image_towers_own(univtg_parts):
+  # a CLIP image batch of one frame never forms where every call brings several frames: the
+  # image tower can skip that bucket while the text side and the forward keep it
+  from experts.backends.univtg import UniVTGGrounder
+
+  model, clip_model = univtg_parts
+  both = UniVTGGrounder(model, clip_model, toy_tokenize, buckets=(1, 8))
+  own = UniVTGGrounder(model, clip_model, toy_tokenize, buckets=(1, 8), image_buckets=(8,))
+  assert own.image_fn.buckets == (8,) and both.image_fn.buckets == (1, 8)
+  assert own.text_fn.buckets == own.forward_fn.buckets == (1, 8)
+  clip = experts.VideoClip(
+    np.random.default_rng(5).integers(0, 255, (12, 16, 16, 3), dtype=np.uint8), fps=2.0
+  )
+  for a, b in zip(own.raw_outputs(clip, "spin"), both.raw_outputs(clip, "spin")):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+  assert own.image_fn.compiles == 1 and own.image_fn.calls == 1  # 6 clips: one chunk of 8
 
 
 # -- LLaVA-NeXT-Video video QA -------------------------------------------------------------------

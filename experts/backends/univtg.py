@@ -54,7 +54,10 @@ class UniVTGGrounder:
     clip_model: `aotd_jax.models.clip.CLIPModel` for text (and, by default, image) features.
     tokenize: texts -> (input_ids, attention_mask), padded to a fixed length.
     name: name for cache keys and traces.
-    buckets: frame batch sizes for the CLIP image tower.
+    buckets: batch sizes of the CLIP image tower (frames), the CLIP text side and the UniVTG
+      forward (calls).
+    image_buckets: the CLIP image tower's own frame batch sizes (None: `buckets`), e.g.
+      without 1 where every call brings several frames.
     clip_buckets: padded numbers of video clips for the UniVTG forward (None: exact counts).
     nms_threshold: temporal NMS IoU of the decoding (official 0.7).
     frame_features: an `nnx.Module` (pixels -> (frames, D)) with `image_size` and
@@ -83,6 +86,7 @@ class UniVTGGrounder:
     *,
     name: str = "univtg",
     buckets: Sequence[int] = DEFAULT_BUCKETS,
+    image_buckets: Sequence[int] | None = None,
     clip_buckets: Sequence[int] | None = None,
     nms_threshold: float | None = 0.7,
     frame_features=None,
@@ -158,7 +162,9 @@ class UniVTGGrounder:
       out = merged(ug, state)(*rows)  # src_txt, src_txt_mask, src_vid, src_vid_mask
       return out.pred_logits, out.pred_spans, out.saliency_scores, out.src_vid_mask
 
-    self.image_fn = BucketedJit(image_features, buckets=buckets, name=f"{name}/clip-image")
+    self.image_fn = BucketedJit(
+      image_features, buckets=image_buckets or buckets, name=f"{name}/clip-image"
+    )
     self.text_fn = BucketedJit(text_states, buckets=buckets, name=f"{name}/clip-text")
     self.forward_fn = BucketedJit(forward, buckets=buckets, name=f"{name}/forward")
     self.coalescers = {}
