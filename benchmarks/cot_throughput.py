@@ -92,6 +92,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.budget import DEADLINE_EXIT, RunClock  # noqa: E402
 from experts import random_weights as rw  # noqa: E402
 
 TINY_OWL = dict(
@@ -200,6 +201,9 @@ PRESETS = {
     new_tokens=100,
     owl_buckets=(32,),
     buckets=(1, 16),
+    # every UniVTG call brings 8 or 12 frames (16 / 24 s in 2 s clips) and a batch a sum of
+    # them, a multiple of 4: a CLIP image batch of 1 frame never forms, so it is not compiled
+    image_buckets=(16,),
     llava_buckets=(1, 4),
     llava_prefix_cache_mb=16384,  # as the CoT configs
     rounds=1,
@@ -353,6 +357,7 @@ class Experts:
       clip_model,
       rw.word_tokenize(p["clip"]["vocab"], p["clip"]["text_length"]),
       buckets=p["buckets"],
+      image_buckets=p.get("image_buckets"),
       coalesce=True,
       coalesce_wait_s=wait_s,
       scheduler=scheduler,
@@ -498,8 +503,40 @@ def program(tools: dict, q: dict) -> tuple:
   return answer, json.dumps(info, sort_keys=True, default=str)
 
 
+def warm_coalescer(c) -> int:
+  """What `Coalescer.warm()` compiles, less what no batch of this benchmark runs; returns the
+  calls made. `fn` at every bucket size on each row shape seen; in "device" mode the
+  per-request gathers only for the request's own bucket (a row shape's requests all bring the
+  same number of rows here: a 32-frame clip to OWLv2, one prefix to LLaVA), and none where the
+  request fills the chunk alone (the coalescer then hands the output back whole), their
+  indices made on the host (an eager `jnp.zeros` compiles a program per length). A gather the
+  warm-up runs find missing is compiled there, and one left for a timed round is counted in
+  `xla_compilations_timed`."""
+  import jax
+
+  from experts.batching import bucket_size, num_rows, pad_rows
+  from experts.coalesce import _take_jit  # the coalescer's own jitted gather: its compilations
+
+  calls = 0
+  for rows, args in c.samples():
+    n, buckets = num_rows(rows), c.fn.buckets
+    # one row (a device array of one row as it is: slicing it would copy it)
+    row = jax.tree.map(lambda a: a if a.shape[0] == 1 else a[:1], rows)
+    own = bucket_size(n, buckets)
+    for size in buckets:
+      out = c.fn.run_chunk(pad_rows(row, size), *args)
+      if c.output == "host":
+        jax.tree.map(np.asarray, out)
+      elif own <= size and n != size:
+        jax.block_until_ready(_take_jit(out, jax.numpy.asarray(np.zeros(own, np.int32))))
+      else:
+        jax.block_until_ready(out)
+      calls += 1
+  return calls
+
+
 def warm_coalescers(coalescers: dict, seen: dict | None = None) -> dict:
-  """`Coalescer.warm()` of each coalescer in its own thread (their compilations overlap), or
+  """`warm_coalescer` of each coalescer in its own thread (their compilations overlap), or
   with `seen` ({name: row shapes warmed}) only of those that have seen new row shapes since;
   returns {name: row shapes warmed now}."""
   seen = seen or {}
@@ -507,7 +544,7 @@ def warm_coalescers(coalescers: dict, seen: dict | None = None) -> dict:
   counts = {k: len(c.samples()) for k, c in coalescers.items()}
   if todo:
     with concurrent.futures.ThreadPoolExecutor(len(todo)) as pool:
-      list(pool.map(lambda c: c.warm(), todo.values()))
+      list(pool.map(warm_coalescer, todo.values()))
   return counts
 
 
@@ -698,8 +735,38 @@ def main(argv=None):
     "experts.registry.scheduler_workers: 2 on a CPU, 1 on an accelerator)",
   )
   ap.add_argument("--out", default="", help="also write the JSON result here")
+  ap.add_argument(
+    "--time_budget_s",
+    type=float,
+    default=500.0,
+    help="soft limit on the run's wall time from the start of main (0: none): a warm-up run "
+    "or timed round is started only if it is predicted to end within it (a timed round from "
+    "its mode's warm-up run); skipped ones are listed in the output's `skipped`",
+  )
+  ap.add_argument(
+    "--deadline_s",
+    type=float,
+    default=570.0,
+    help="hard limit (0: none): at this many seconds the output so far (phase seconds, "
+    f"compilations, finished modes, `aborted`) is printed and written to --out and the "
+    f"process exits with status {DEADLINE_EXIT}, whatever it is doing (a lent device's "
+    "command has 600 s)",
+  )
+  ap.add_argument(
+    "--compilation_cache_dir",
+    default="",
+    help="JAX's persistent compilation cache here (every program, also those under 1 s; "
+    "with XLA's per-fusion autotuning cache on a GPU): a rerun on the same machine loads "
+    "its programs instead of compiling them. Off by default: the first run's figures are "
+    "cold compilations",
+  )
   args = ap.parse_args(argv)
-  t_start = time.perf_counter()
+  clock = RunClock(args.time_budget_s, args.deadline_s)
+  return run_benchmark(args, clock)
+
+
+def run_benchmark(args, clock: RunClock) -> dict:
+  """`main` after the flags: builds, warms and times the modes under `clock`."""
   p = dict(PRESETS[args.preset])
   if args.smoke:
     p = smoke_sizes(p)
@@ -728,60 +795,22 @@ def main(argv=None):
   prefix_mb = p.get("llava_prefix_cache_mb", 0.0) if prefix_mb is None else prefix_mb
   if prefix_mb < 0:
     raise SystemExit("--llava_prefix_cache_mb must be >= 0")
-  import jax
-
-  from experts.batching import count_xla_compilations
-
-  from experts.registry import scheduler_workers
-
-  workers = scheduler_workers(args.scheduler_workers)
-  ex = Experts(
-    p, args.wait_ms / 1000, args.feature_cache_mb, workers, args.llava_feature_cache_mb, prefix_mb
-  )
-  # the detection threshold: the 99th percentile of the random model's scores (some boxes)
-  probe = make_questions(dict(p, questions=1), "probe", 99)[0]["clip"]
-  logits = ex.detector.raw_outputs(probe, [OBJECTS[0]])[0]
-  threshold = float(np.quantile(1 / (1 + np.exp(-logits.astype(np.float64))), 0.99))
   names = [m for m in args.modes.split(",") if m]
   if not {"on", "off", "serial"} <= set(names) or not set(names) <= set(MODES):
     raise SystemExit(f"--modes={args.modes!r}: need on, off and serial, of {MODES}")
   modes = {m: 1 if m.startswith("serial") else p["threads"] for m in MODES if m in names}
-  t0 = time.perf_counter()
-  warm = make_questions(dict(p, per_video=1), "warm", 1)  # compiles every mode's shapes
-  with count_xla_compilations() as warm_compiles:
-    # two questions (both spans, a summary) with coalescing on show every coalescer its row
-    # shapes; then all coalescers compile every bucket at once, from parallel threads (XLA
-    # compiles outside the GIL: at real sizes the programs compile side by side, not one
-    # after the other through the scheduler); the warm-up runs then find them compiled
-    with ex.mode("on"):
-      run(ex, warm[:2], p["threads"], threshold)
-    seen = warm_coalescers(ex.coalescers())
-    for mode, threads in modes.items():
-      with ex.mode(mode):
-        # off/serial run each call alone: two questions cover their shapes
-        batched = mode.split("-")[0] in ("on", "per_expert")
-        run(ex, warm if batched else warm[:2], threads, threshold)
-    # every batch size a timed round may form, for row shapes first seen after the first pass
-    warm_coalescers(ex.coalescers(), seen)
-  compile_s = time.perf_counter() - t0
+  import jax
 
-  best = {m: None for m in modes}
-  answers = {}
-  with count_xla_compilations() as compiles:
-    for r in range(p["rounds"]):
-      qs = make_questions(p, f"r{r}", 10 + r)
-      for mode, threads in modes.items():
-        with ex.mode(mode):
-          out = run(ex, qs, threads, threshold)
-        answers.setdefault(mode, out["answers"])
-        if best[mode] is None or out["wall_s"] < best[mode]["wall_s"]:
-          best[mode] = out
-  cost = batch_cost(ex) if args.batch_cost else None
-  ex.close()
-  qps = {m: p["questions"] / best[m]["wall_s"] for m in modes}
-  on = best["on"]
-  busy = sum(w["busy_s"] for w in on["workers"].values())
+  if args.compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", os.path.abspath(args.compilation_cache_dir))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+  from experts.registry import scheduler_workers
+
   device = jax.devices()[0]
+  workers = scheduler_workers(args.scheduler_workers)
+  # what the output says of the run, filled as it goes: the deadline reports it as it stands
   result = {
     "preset": args.preset + (" (smoke)" if args.smoke else ""),
     "platform": device.platform,
@@ -794,6 +823,7 @@ def main(argv=None):
     "llava_prefix_cache_mb": prefix_mb,
     "scheduler_workers": workers,
     "rounds": p["rounds"],
+    "modes": list(modes),
     "frames_per_question": p["frames"],
     "frame_hw": list(p["frame_hw"]),
     "llava_frames": p["llava_frames"],
@@ -801,54 +831,151 @@ def main(argv=None):
     "llava_lm": {
       k: v for k, v in p["llava"].items() if not k.startswith(("vision", "image", "patch"))
     },
-    "llava_decode_weight_mb": round(decode_weight_mb(ex.llava.model), 2),
     "wait_ms": args.wait_ms,
-    "questions_per_s": {m: round(v, 3) for m, v in qps.items()},
-    "seconds_per_question": {m: round(1 / v, 4) for m, v in qps.items()},
-    "process_cpu_s_per_question": {m: round(best[m]["cpu_s"] / p["questions"], 4) for m in modes},
-    "cpu_ms_per_question_by_thread": {m: best[m]["cpu_ms_per_question_by_thread"] for m in modes},
-    "ratio_on_vs_off": round(qps["on"] / qps["off"], 2),
-    "ratio_on_vs_serial": round(qps["on"] / qps["serial"], 2),
-    "ratio_prefix_cache_on_vs_off": {
-      m: round(qps[m] / qps[f"{m}-noprefix"], 2) for m in modes if f"{m}-noprefix" in modes
-    },
-    "expert_call_s": {
-      m: {k: round(v, 3) for k, v in best[m]["expert_call_s"].items()} for m in modes
-    },
-    "coalescers_on": on["workers"],
-    "scheduler_batches_by_rule_on": on["scheduler_batches_by_rule"],
-    "expert_workers_busy_fraction_on": round(busy / on["wall_s"], 3),
-    "feature_caches": {m: best[m]["feature_caches"] for m in modes},
-    **(
-      {
-        "ratio_on_vs_per_expert": round(qps["on"] / qps["per_expert"], 2),
-        "coalescers_per_expert": best["per_expert"]["workers"],
-      }
-      if "per_expert" in modes
-      else {}
-    ),
-    **({"batch_cost": cost} if cost is not None else {}),
-    "same_answers": all(a == answers["off"] for a in answers.values()),
-    # questions of the first round whose answer or trace differs from the off mode's: in bf16
-    # (the gpu preset) a batch's rounding can flip a greedy token of a long reply (~50 tokens
-    # into a random model's summary), as it can in any batched bf16 inference
-    "answers_differing_from_off": {
-      m: sum(x != y for x, y in zip(a, answers["off"])) for m, a in answers.items()
-    },
-    "xla_compilations_timed": compiles[0],
-    "xla_compilations_warmup": warm_compiles[0],
-    "xla_compile_s_warmup_summed": round(warm_compiles[1], 1),
-    "build_s": round(ex.build_s, 1),
-    "warmup_compile_s": round(compile_s, 1),
-    "total_s": round(time.perf_counter() - t_start, 1),
-    "load_average": [round(x, 1) for x in os.getloadavg()],
+    "compilation_cache_dir": args.compilation_cache_dir or None,
+    "questions_per_s": {},
   }
-  text = json.dumps(result, indent=1)
+  clock.start_deadline(lambda: dict(result, load_average=list(os.getloadavg())), args.out)
+  with clock.counting_compilations():
+    out = measure(args, p, modes, workers, clock, result)
+  clock.cancel_deadline()
+  out.update(clock.report())
+  out["total_s"] = round(clock.elapsed(), 1)
+  out["load_average"] = [round(x, 1) for x in os.getloadavg()]
+  text = json.dumps(out, indent=1)
   print(text)
   if args.out:
     with open(args.out, "w", encoding="utf-8") as f:
       f.write(text + "\n")
-  return result
+  return out
+
+
+def measure(args, p: dict, modes: dict, workers: int, clock: RunClock, result: dict) -> dict:
+  """The phases of a run (build, probe, warm-up, timed rounds, batch cost) under `clock`;
+  `result` gets each figure as it is known."""
+  with clock.phase("build"):
+    ex = Experts(
+      p,
+      args.wait_ms / 1000,
+      args.feature_cache_mb,
+      workers,
+      args.llava_feature_cache_mb,
+      result["llava_prefix_cache_mb"],
+    )
+  result["llava_decode_weight_mb"] = round(decode_weight_mb(ex.llava.model), 2)
+  result["build_s"] = round(ex.build_s, 1)
+  with clock.phase("probe"):
+    # the detection threshold: the 99th percentile of the random model's scores (some boxes)
+    probe = make_questions(dict(p, questions=1), "probe", 99)[0]["clip"]
+    logits = ex.detector.raw_outputs(probe, [OBJECTS[0]])[0]
+    threshold = float(np.quantile(1 / (1 + np.exp(-logits.astype(np.float64))), 0.99))
+  warm = make_questions(dict(p, per_video=1), "warm", 1)  # compiles every mode's shapes
+  warm_wall = {}  # mode -> (seconds, questions) of its warm-up run
+  t0 = time.perf_counter()
+  if clock.fits("warmup"):
+    # two questions (both spans, a summary) with coalescing on, one at a time, show every
+    # coalescer its row shapes (each request a batch of its own: the programs of its own
+    # bucket compile here, whatever the timing); then all coalescers compile every other
+    # bucket at once, from parallel threads (XLA compiles outside the GIL: at real sizes the
+    # programs compile side by side, not one after the other through the scheduler); the
+    # warm-up runs then find them compiled
+    with clock.phase("warmup/first_pass"), ex.mode("on"):
+      run(ex, warm[:2], 1, threshold)
+    with clock.phase("warmup/coalescers"):
+      seen = warm_coalescers(ex.coalescers())
+    for mode, threads in modes.items():
+      # off/serial run each call alone: two questions cover their shapes
+      qs = warm if mode.split("-")[0] in ("on", "per_expert") else warm[:2]
+      if not clock.fits(f"warmup/{mode}"):
+        continue
+      with clock.phase(f"warmup/{mode}"), ex.mode(mode):
+        warm_wall[mode] = (run(ex, qs, threads, threshold)["wall_s"], len(qs))
+    # every batch size a timed round may form, for row shapes first seen after the first pass
+    with clock.phase("warmup/coalescers_late"):
+      warm_coalescers(ex.coalescers(), seen)
+  result["warmup_compile_s"] = round(time.perf_counter() - t0, 1)
+  n, secs = clock.compiled("warmup")
+  result["xla_compilations_warmup"] = n
+  result["xla_compile_s_warmup_summed"] = round(secs, 1)
+
+  best = {}
+  answers = {}
+  for r in range(p["rounds"]):
+    qs = make_questions(p, f"r{r}", 10 + r)
+    for mode, threads in modes.items():
+      # from its warm-up run; a mode whose warm-up did not run (None) would compile while
+      # timed: not started either
+      predicted = (
+        warm_wall[mode][0] * p["questions"] / warm_wall[mode][1] if mode in warm_wall else None
+      )
+      if not clock.fits(f"timed/{mode}/r{r}", predicted):
+        continue
+      with clock.phase(f"timed/{mode}"), ex.mode(mode):
+        out = run(ex, qs, threads, threshold)
+      answers.setdefault(mode, out["answers"])
+      if mode not in best or out["wall_s"] < best[mode]["wall_s"]:
+        best[mode] = out
+        result["questions_per_s"][mode] = round(p["questions"] / out["wall_s"], 3)
+  cost = None
+  if args.batch_cost and clock.fits("batch_cost"):
+    with clock.phase("batch_cost"):
+      cost = batch_cost(ex)
+  ex.close()
+  return dict(result, **summary(p, best, answers, clock), **({"batch_cost": cost} if cost else {}))
+
+
+def summary(p: dict, best: dict, answers: dict, clock: RunClock) -> dict:
+  """The figures of the timed modes that ran (a mode skipped by the budget has none; a ratio
+  needing it is null)."""
+  qps = {m: p["questions"] / b["wall_s"] for m, b in best.items()}
+
+  def ratio(a: str, b: str):
+    return round(qps[a] / qps[b], 2) if a in qps and b in qps else None
+
+  out = {
+    "questions_per_s": {m: round(v, 3) for m, v in qps.items()},
+    "seconds_per_question": {m: round(1 / v, 4) for m, v in qps.items()},
+    "process_cpu_s_per_question": {
+      m: round(b["cpu_s"] / p["questions"], 4) for m, b in best.items()
+    },
+    "cpu_ms_per_question_by_thread": {
+      m: b["cpu_ms_per_question_by_thread"] for m, b in best.items()
+    },
+    "ratio_on_vs_off": ratio("on", "off"),
+    "ratio_on_vs_serial": ratio("on", "serial"),
+    "ratio_prefix_cache_on_vs_off": {
+      m: ratio(m, f"{m}-noprefix") for m in qps if f"{m}-noprefix" in qps
+    },
+    "expert_call_s": {
+      m: {k: round(v, 3) for k, v in b["expert_call_s"].items()} for m, b in best.items()
+    },
+    "feature_caches": {m: b["feature_caches"] for m, b in best.items()},
+  }
+  on = best.get("on")
+  if on is not None:
+    busy = sum(w["busy_s"] for w in on["workers"].values())
+    out.update(
+      coalescers_on=on["workers"],
+      scheduler_batches_by_rule_on=on["scheduler_batches_by_rule"],
+      expert_workers_busy_fraction_on=round(busy / on["wall_s"], 3),
+    )
+  if "per_expert" in best:
+    out.update(
+      ratio_on_vs_per_expert=ratio("on", "per_expert"),
+      coalescers_per_expert=best["per_expert"]["workers"],
+    )
+  ref = answers.get("off")
+  out.update(
+    same_answers=None if ref is None else all(a == ref for a in answers.values()),
+    # questions of the first round whose answer or trace differs from the off mode's: in bf16
+    # (the gpu preset) a batch's rounding can flip a greedy token of a long reply (~50 tokens
+    # into a random model's summary), as it can in any batched bf16 inference
+    answers_differing_from_off=None
+    if ref is None
+    else {m: sum(x != y for x, y in zip(a, ref)) for m, a in answers.items()},
+    xla_compilations_timed=clock.compiled("timed")[0],
+  )
+  return out
 
 
 if __name__ == "__main__":

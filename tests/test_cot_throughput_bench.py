@@ -1,5 +1,6 @@
 """The CoT-throughput benchmark's accounting helpers: per-thread CPU and decode weight bytes."""
 
+import json
 import threading
 import time
 
@@ -68,3 +69,102 @@ def test_llava_size_flag_names_a_bad_key():
 def test_new_tokens_flag_refuses_a_negative_length():
   with pytest.raises(SystemExit, match="--new_tokens must be >= 1"):
     ct.main(["--preset=tiny", "--new_tokens=-3"])
+
+
+class _FakeExperts:
+  """Stands in for the built experts: the budget's control flow without models."""
+
+  def __init__(self, *args):
+    import contextlib
+
+    import numpy as np
+
+    self.build_s, self.current = 0.0, None
+    self.detector = type("D", (), {"raw_outputs": lambda self, clip, q: [np.zeros(8)]})()
+    self.llava = type("L", (), {"model": None})()
+    self._ctx = contextlib
+
+  def mode(self, mode):
+    self.current = mode
+    return self._ctx.nullcontext()
+
+  def coalescers(self):
+    return {}
+
+  def close(self):
+    pass
+
+
+def _fake_run(walls):
+  """`run` that returns at once, reporting `walls[mode]` seconds per question."""
+
+  def run(ex, questions, threads, threshold):
+    return {
+      "wall_s": walls[ex.current] * len(questions),
+      "cpu_s": 0.0,
+      "cpu_ms_per_question_by_thread": {},
+      "feature_caches": {},
+      "answers": ["a"] * len(questions),
+      "expert_call_s": {},
+      "workers": {},
+      "scheduler_batches_by_rule": {},
+    }
+
+  return run
+
+
+def test_time_budget_skips_timed_rounds_predicted_past_it(monkeypatch, tmp_path):
+  # warm-up runs say `on` takes 1 s a question and off / serial 100 s: with 8 questions and
+  # a 300 s budget, `on` is timed and the others are skipped, each listed with its prediction
+  monkeypatch.setattr(ct, "Experts", _FakeExperts)
+  monkeypatch.setattr(ct, "run", _fake_run({"on": 1.0, "off": 100.0, "serial": 100.0}))
+  monkeypatch.setattr(ct, "decode_weight_mb", lambda model: 0.0)
+  out = tmp_path / "cot.json"
+  result = ct.main(["--preset=tiny", "--time_budget_s=300", "--deadline_s=0", f"--out={out}"])
+  assert [s["what"] for s in result["skipped"]] == ["timed/off/r0", "timed/serial/r0"]
+  assert [s["predicted_s"] for s in result["skipped"]] == [800.0, 800.0]
+  assert set(result["questions_per_s"]) == {"on"}
+  assert result["ratio_on_vs_off"] is None and result["ratio_on_vs_serial"] is None
+  assert set(result["phase_s"]) >= {"build", "probe", "warmup/first_pass", "timed/on"}
+  assert "timed/off" not in result["phase_s"]
+  assert json.loads(out.read_text())["skipped"] == result["skipped"]
+
+
+def test_time_budget_spent_before_the_warmup_skips_it_and_every_timed_round(monkeypatch):
+  monkeypatch.setattr(ct, "Experts", _FakeExperts)
+  monkeypatch.setattr(ct, "run", _fake_run({"on": 1.0, "off": 1.0, "serial": 1.0}))
+  monkeypatch.setattr(ct, "decode_weight_mb", lambda model: 0.0)
+  result = ct.main(["--preset=tiny", "--time_budget_s=1e-9", "--deadline_s=0"])
+  assert [s["what"] for s in result["skipped"]] == [
+    "warmup",
+    "timed/on/r0",
+    "timed/off/r0",
+    "timed/serial/r0",
+  ]
+  assert result["questions_per_s"] == {} and result["same_answers"] is None
+
+
+def test_deadline_ends_the_real_benchmark_with_a_report(tmp_path):
+  # the real tiny preset in its own process, its deadline reached while it builds or
+  # compiles: the report so far is written and the process exits with DEADLINE_EXIT
+  import subprocess
+  import sys
+  from pathlib import Path
+
+  from benchmarks.budget import DEADLINE_EXIT
+
+  script = Path(ct.__file__)
+  out = tmp_path / "cot.json"
+  proc = subprocess.run(
+    [sys.executable, str(script), "--preset=tiny", "--deadline_s=1", f"--out={out}"],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert proc.returncode == DEADLINE_EXIT, proc.stderr[-2000:]
+  report = json.loads(out.read_text())
+  assert report["aborted"]["at_s"] >= 1.0
+  assert report["aborted"]["phase"] in {"build", "probe"} or report["aborted"]["phase"].startswith(
+    "warmup"
+  )
+  assert report["preset"] == "tiny" and "deadline: 1 s reached" in proc.stderr
