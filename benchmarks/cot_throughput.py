@@ -207,6 +207,10 @@ PRESETS = {
     llava_buckets=(1, 4),
     llava_prefix_cache_mb=16384,  # as the CoT configs
     rounds=1,
+    # a lent device runs a command for 10 minutes: timed rounds that would end past 500 s
+    # are skipped (and listed), and at 570 s the run reports what it has and exits
+    time_budget_s=500.0,
+    deadline_s=570.0,
   ),
 }
 BASE_MODES = ("on", "per_expert", "off", "serial")
@@ -738,19 +742,20 @@ def main(argv=None):
   ap.add_argument(
     "--time_budget_s",
     type=float,
-    default=500.0,
-    help="soft limit on the run's wall time from the start of main (0: none): a warm-up run "
-    "or timed round is started only if it is predicted to end within it (a timed round from "
-    "its mode's warm-up run); skipped ones are listed in the output's `skipped`",
+    default=None,
+    help="soft limit on the run's wall time from the start of main (0: none; default: the "
+    "preset's, 500 for gpu, else none): a warm-up run or timed round is started only if it "
+    "is predicted to end within it (a timed round from its mode's warm-up run); skipped ones "
+    "are listed in the output's `skipped`",
   )
   ap.add_argument(
     "--deadline_s",
     type=float,
-    default=570.0,
-    help="hard limit (0: none): at this many seconds the output so far (phase seconds, "
-    f"compilations, finished modes, `aborted`) is printed and written to --out and the "
-    f"process exits with status {DEADLINE_EXIT}, whatever it is doing (a lent device's "
-    "command has 600 s)",
+    default=None,
+    help="hard limit (0: none; default: the preset's, 570 for gpu, else none): at this many "
+    "seconds the output so far (phase seconds, compilations, finished modes, `aborted`) is "
+    f"printed and written to --out and the process exits with status {DEADLINE_EXIT}, "
+    "whatever it is doing (a lent device's command has 600 s)",
   )
   ap.add_argument(
     "--compilation_cache_dir",
@@ -761,8 +766,13 @@ def main(argv=None):
     "cold compilations",
   )
   args = ap.parse_args(argv)
-  clock = RunClock(args.time_budget_s, args.deadline_s)
-  return run_benchmark(args, clock)
+  limits = [
+    PRESETS[args.preset].get(k, 0.0) if getattr(args, k) is None else getattr(args, k)
+    for k in ("time_budget_s", "deadline_s")
+  ]
+  if min(limits) < 0:
+    raise SystemExit("--time_budget_s and --deadline_s must be >= 0 (0: none)")
+  return run_benchmark(args, RunClock(*limits))
 
 
 def run_benchmark(args, clock: RunClock) -> dict:

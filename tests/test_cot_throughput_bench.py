@@ -168,3 +168,50 @@ def test_deadline_ends_the_real_benchmark_with_a_report(tmp_path):
     "warmup"
   )
   assert report["preset"] == "tiny" and "deadline: 1 s reached" in proc.stderr
+
+
+@pytest.mark.parametrize(
+  "argv, limits", [(["--preset=gpu", "--smoke"], (500.0, 570.0)), (["--preset=tiny"], (0.0, 0.0))]
+)
+def test_the_gpu_preset_runs_under_its_limits_by_default(monkeypatch, argv, limits):
+  monkeypatch.setattr(ct, "Experts", _FakeExperts)
+  monkeypatch.setattr(ct, "run", _fake_run({"on": 1.0, "off": 1.0, "serial": 1.0}))
+  monkeypatch.setattr(ct, "decode_weight_mb", lambda model: 0.0)
+  result = ct.main(argv)
+  assert (result["time_budget_s"], result["deadline_s"]) == limits
+  assert not result["skipped"] and set(result["questions_per_s"]) == {"on", "off", "serial"}
+
+
+def test_limits_flags_refuse_negative_seconds():
+  with pytest.raises(SystemExit, match="--time_budget_s and --deadline_s must be >= 0"):
+    ct.main(["--preset=tiny", "--deadline_s=-5"])
+
+
+def test_compilation_cache_dir_serves_a_rerun(tmp_path):
+  # the real tiny preset twice in processes of its own, each stopped by its deadline after a
+  # few seconds of compiling: the second loads the first's programs from the cache directory
+  import subprocess
+  import sys
+  from pathlib import Path
+
+  cache = tmp_path / "jax_cache"
+  reports = []
+  for i in range(2):
+    out = tmp_path / f"cot{i}.json"
+    subprocess.run(
+      [
+        sys.executable,
+        str(Path(ct.__file__)),
+        "--preset=tiny",
+        "--deadline_s=4",
+        f"--compilation_cache_dir={cache}",
+        f"--out={out}",
+      ],
+      capture_output=True,
+      timeout=300,
+      env={k: v for k, v in __import__("os").environ.items() if not k.startswith("JAX_COMP")},
+    )
+    reports.append(json.loads(out.read_text()))
+  hits = [sum(c["cache_hits"] for c in r["xla_compilations_by_phase"].values()) for r in reports]
+  assert reports[0]["compilation_cache_dir"] == str(cache) and any(cache.iterdir())
+  assert hits[0] == 0 and hits[1] > 0, hits
