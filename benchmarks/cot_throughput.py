@@ -35,11 +35,20 @@ how much of the run an expert batch was executing; > 1 when experts overlap), th
 CPU seconds per question (all threads: the work done, whatever the machine's load), XLA compilations
 during the timed rounds (should be 0) and during the warm-up (with their compile seconds summed:
 the coalescers compile their buckets from parallel threads, so the sum exceeds the wall time
-`warmup_compile_s` when compilations overlap), and whether all modes gave the same answers.
+`warmup_compile_s` when compilations overlap), and whether all modes gave the same answers;
+`phase_s` and `xla_compilations_by_phase` give each phase's seconds and its compilations by
+program name (benchmarks/budget.py).
+
+The gpu preset runs under a time budget, for a lent device's 10-minute command: a timed round
+predicted (from its mode's warm-up run) to end past `--time_budget_s` (500 s) is skipped and
+listed in `skipped`, and at `--deadline_s` (570 s) the run prints and writes what it has and
+exits with status 3. `--compilation_cache_dir=DIR` (off by default) keeps the compiled programs
+in JAX's persistent cache, for a rerun on the same machine (docs/experts.md, "The GPU command").
 
   python benchmarks/cot_throughput.py --preset=cpu           # scaled-down experts (RESULTS.md)
   python benchmarks/cot_throughput.py --preset=tiny          # a smoke run (seconds)
-  python benchmarks/cot_throughput.py --preset=gpu --out=cot_gpu.json  # real sizes, one GPU
+  XLA_PYTHON_CLIENT_MEM_FRACTION=0.9 python benchmarks/cot_throughput.py --preset=gpu \
+    --out=cot_gpu.json                                         # real sizes, one GPU, < 10 min
   python benchmarks/cot_throughput.py --preset=gpu --smoke   # the gpu code path, tiny widths
   python benchmarks/cot_throughput.py --batch_cost            # + each expert at 1 vs 16 requests
   python benchmarks/cot_throughput.py --questions_per_video=7  # STAR-like: 7 questions a video
