@@ -548,7 +548,8 @@ class DecodeEngine:
     self._tok = np.where(emitted > 0, last, self._tok)
     self._index = self._index + emitted
     self._step = self._step + emitted
-    ended = ((emitted > 0) & np.isin(last, self._eos)) | (self._left <= emitted)
+    is_eos = (last[:, None] == self._eos).any(axis=1)  # np.isin: ~30 us, this ~4 us
+    ended = ((emitted > 0) & is_eos) | (self._left <= emitted)
     self._left = np.where(ended, 0, self._left - emitted).astype(np.int32)
     for r in np.flatnonzero(active):
       q = self._rows[r]
