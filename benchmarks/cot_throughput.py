@@ -855,9 +855,11 @@ def run_benchmark(args, clock: RunClock) -> dict:
     "questions_per_s": {},
   }
   clock.start_deadline(lambda: dict(result, load_average=list(os.getloadavg())), args.out)
-  with clock.counting_compilations():
-    out = measure(args, p, modes, workers, clock, result)
-  clock.cancel_deadline()
+  try:
+    with clock.counting_compilations():
+      out = measure(args, p, modes, workers, clock, result)
+  finally:  # an error ends the run here: no report from the timer later (or in a test's process)
+    clock.cancel_deadline()
   out.update(clock.report())
   out["total_s"] = round(clock.elapsed(), 1)
   out["load_average"] = [round(x, 1) for x in os.getloadavg()]

@@ -215,3 +215,20 @@ def test_compilation_cache_dir_serves_a_rerun(tmp_path):
   hits = [sum(c["cache_hits"] for c in r["xla_compilations_by_phase"].values()) for r in reports]
   assert reports[0]["compilation_cache_dir"] == str(cache) and any(cache.iterdir())
   assert hits[0] == 0 and hits[1] > 0, hits
+
+
+def test_a_run_that_fails_leaves_no_deadline_armed(monkeypatch):
+  # the deadline's timer would end the calling process (a test run) long after the error
+  import threading
+
+  def broken(*args):
+    raise RuntimeError("no device")
+
+  monkeypatch.setattr(ct, "Experts", broken)
+  before = set(threading.enumerate())
+  with pytest.raises(RuntimeError, match="no device"):
+    ct.main(["--preset=tiny", "--deadline_s=500"])
+  timers = [t for t in set(threading.enumerate()) - before if isinstance(t, threading.Timer)]
+  for t in timers:
+    t.join(1.0)
+  assert not any(t.is_alive() for t in timers)
