@@ -20,7 +20,8 @@ the loop: this is the expert side.
 Modes, on the same backends and the same pixels (a fresh tool cache and feature LRU per run):
   on:         every expert's coalescer on (experts/coalesce.py), all run by one device
               scheduler (experts/scheduler.py) that knows the programs in flight: a batch
-              when they are all blocked on expert calls, the fullest queue first;
+              when they are all blocked on expert calls, the cheapest queue first
+              (`--scheduler_order`, `--scheduler_window_cost`);
               `--scheduler_workers` batches at once (default as the CoT configs: 2 on a
               CPU, 1 on an accelerator);
   per_expert: the coalescers each with their own worker thread and wait window (the design
@@ -345,6 +346,8 @@ class Experts:
     workers: int = 1,
     llava_cache_mb: float = 1024.0,
     llava_prefix_cache_mb: float = 0.0,
+    scheduler_order: str = "cheapest",
+    scheduler_window_cost: float = 0.5,
   ):
     from experts.backends.llava import LlavaVideoQA
     from experts.backends.owlv2 import Owlv2Detector
@@ -353,7 +356,9 @@ class Experts:
 
     t0 = time.perf_counter()
     self.wait_s = wait_s
-    self.scheduler = scheduler = DeviceScheduler(workers=workers)
+    self.scheduler = scheduler = DeviceScheduler(
+      workers=workers, order=scheduler_order, window_cost=scheduler_window_cost
+    )
     self.detector = Owlv2Detector(
       rw.owlv2(p["owl"]),
       rw.word_tokenize(p["owl"]["vocab"], p["owl"]["text_length"]),
@@ -620,6 +625,7 @@ def run(ex: Experts, questions: list[dict], threads: int, threshold: float) -> d
   }
   sched = ex.scheduler.stats
   sched0 = dataclasses.replace(sched)
+  ex.scheduler.history.clear()
 
   programs_s = [0.0]
 
@@ -674,6 +680,8 @@ def run(ex: Experts, questions: list[dict], threads: int, threshold: float) -> d
     "expert_call_s": seconds,
     "workers": workers,
     "scheduler_batches_by_rule": {k: v for k, v in rules.items() if v},
+    # the batches in the order they ran: "expert part:requests:rule"
+    "scheduler_history": [f"{n}:{k}:{r}" for n, k, r in ex.scheduler.history],
   }
 
 
@@ -747,6 +755,18 @@ def main(argv=None):
     help="batches the `on` mode's device scheduler runs at once (0: as the CoT configs, "
     "experts.registry.scheduler_workers: 2 on a CPU, 1 on an accelerator)",
   )
+  ap.add_argument(
+    "--scheduler_order",
+    default="cheapest",
+    choices=("cheapest", "fullest"),
+    help="which released queue the `on` mode's scheduler runs (experts/scheduler.py)",
+  )
+  ap.add_argument(
+    "--scheduler_window_cost",
+    type=float,
+    default=0.5,
+    help="a queue's window is at least this times its recent batch seconds (0: --wait_ms)",
+  )
   ap.add_argument("--out", default="", help="also write the JSON result here")
   ap.add_argument(
     "--time_budget_s",
@@ -796,11 +816,17 @@ def run_benchmark(args, clock: RunClock) -> dict:
     raise SystemExit("--questions, --threads, --rounds and --new_tokens must be >= 1")
   if (
     args.questions_per_video < 1
-    or min(args.feature_cache_mb, args.llava_feature_cache_mb, args.scheduler_workers) < 0
+    or min(
+      args.feature_cache_mb,
+      args.llava_feature_cache_mb,
+      args.scheduler_workers,
+      args.scheduler_window_cost,
+    )
+    < 0
   ):
     raise SystemExit(
-      "--questions_per_video must be >= 1, --feature_cache_mb, --llava_feature_cache_mb and "
-      "--scheduler_workers >= 0"
+      "--questions_per_video must be >= 1, --feature_cache_mb, --llava_feature_cache_mb, "
+      "--scheduler_workers and --scheduler_window_cost >= 0"
     )
   p["per_video"] = args.questions_per_video
   if args.llava_frames:
@@ -841,6 +867,8 @@ def run_benchmark(args, clock: RunClock) -> dict:
     "llava_feature_cache_mb": args.llava_feature_cache_mb,
     "llava_prefix_cache_mb": prefix_mb,
     "scheduler_workers": workers,
+    "scheduler_order": args.scheduler_order,
+    "scheduler_window_cost": args.scheduler_window_cost,
     "rounds": p["rounds"],
     "modes": list(modes),
     "frames_per_question": p["frames"],
@@ -882,6 +910,8 @@ def measure(args, p: dict, modes: dict, workers: int, clock: RunClock, result: d
       workers,
       args.llava_feature_cache_mb,
       result["llava_prefix_cache_mb"],
+      args.scheduler_order,
+      args.scheduler_window_cost,
     )
   result["llava_decode_weight_mb"] = round(decode_weight_mb(ex.llava.model), 2)
   result["build_s"] = round(ex.build_s, 1)
@@ -978,6 +1008,7 @@ def summary(p: dict, best: dict, answers: dict, clock: RunClock) -> dict:
     out.update(
       coalescers_on=on["workers"],
       scheduler_batches_by_rule_on=on["scheduler_batches_by_rule"],
+      scheduler_history_on=on["scheduler_history"],
       expert_workers_busy_fraction_on=round(busy / on["wall_s"], 3),
     )
   if "per_expert" in best:

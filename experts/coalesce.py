@@ -32,7 +32,7 @@ job does not stall on a compilation the first time a batch of a new size forms.
 With `scheduler=` (an `experts.scheduler.DeviceScheduler`) the coalescer has no thread of
 its own: the device's scheduler runs the batches of all its coalescers one at a time, and
 releases one when every program in flight is blocked on an expert call (or the queue is full,
-or the window has passed), picking the fullest queue.
+or the window has passed), picking the cheapest queue.
 
 Results are equal to per-request calls up to floating-point reassociation (a row's outputs can
 differ in the last bits with the batch it ran in).

@@ -14,15 +14,26 @@ call (`wait`, which `Coalescer.__call__` uses), and runs a batch when no more re
              a host-side tool or the sandbox counts as running), so waiting longer gains
              nothing;
   full:      a queue holds a full batch (`max_rows` rows of one shape);
-  window:    the oldest waiting request has waited its coalescer's `wait_s` since it arrived
-             or since the last batch ended, whichever is later (the programs that batch
-             released get `wait_s` to reach their next call; a program busy elsewhere for long
-             does not hold up the others).
+  window:    the oldest waiting request has waited its queue's window since it arrived or
+             since the last batch ended, whichever is later: the coalescer's `wait_s`, or
+             `window_cost` (default 0.5) times the queue's recent batch seconds when that is
+             longer (the programs that batch released get the window to reach their next
+             call; a program busy elsewhere for long does not hold up the others).
 
-It then runs the fullest queue (the most requests of one row shape; ties: the oldest request),
-except that a queue passed over `patience` times in a row goes first. Programs thus move almost
-in lockstep from expert to expert, and each batch holds most of the programs in
-flight. Without `program()` registrations only the full and window rules apply.
+It then runs the cheapest queue: the one whose recent batches took the least time (the median
+of its last 8; a queue not run yet counts as free), ties to the most requests, then the oldest.
+A CoT program calls cheap expert parts (frame features, text features, a detector head)
+before an expensive one (LLaVA's generation, ~100 decode steps): running the cheap queues first
+moves the programs still behind on to the expensive queue, whose one batch then holds most of
+the programs in flight, where running the fullest queue first sent it the few programs that
+had arrived (on the CPU benchmark generation batches held 3-4 of 16 programs' requests that
+way, 5-8 this way; docs/experts.md). The longer window of an expensive queue does the same for
+programs still running Python: a batch of LLaVA's generation waits up to half its own time for
+them before running without them, a detector batch 2 ms. A queue passed over `patience` times
+in a row goes first (the fullest of such queues), so a program stuck behind cheap calls that
+keep coming is still served. `order="fullest"` runs the fullest queue first (the earlier
+policy, kept for comparison: `benchmarks/cot_throughput.py --scheduler_order`). Without
+`program()` registrations only the full and window rules apply.
 
   sched = DeviceScheduler()
   image = Coalescer(BucketedJit(image_side), scheduler=sched)
@@ -45,12 +56,15 @@ import collections
 import concurrent.futures
 import contextlib
 import dataclasses
+import statistics
 import threading
 import time
 from typing import TYPE_CHECKING, Iterator
 
 if TYPE_CHECKING:
   from experts.coalesce import Coalescer
+
+ORDERS = ("cheapest", "fullest")
 
 
 @dataclasses.dataclass
@@ -77,6 +91,10 @@ class DeviceScheduler:
     workers: batches that may run at once (default 1: an accelerator runs one at a time; on
       a CPU, where one small batch leaves cores idle, 2 lets two experts' batches overlap).
       Each worker picks by the same rules; the results do not depend on it.
+    order: which released queue runs: "cheapest" (the least recent batch seconds) or
+      "fullest" (the most requests).
+    window_cost: a queue's window is at least this times its recent batch seconds (0: each
+      coalescer's `wait_s` only).
   """
 
   def __init__(
@@ -86,12 +104,20 @@ class DeviceScheduler:
     name: str = "device-scheduler",
     history: int = 256,
     workers: int = 1,
+    order: str = "cheapest",
+    window_cost: float = 0.5,
   ):
     if patience < 1:
       raise ValueError(f"DeviceScheduler: patience must be >= 1, got {patience}")
     if workers < 1:
       raise ValueError(f"DeviceScheduler: workers must be >= 1, got {workers}")
+    if order not in ORDERS:
+      raise ValueError(f"DeviceScheduler: order={order!r} not in {ORDERS}")
+    if window_cost < 0:
+      raise ValueError(f"DeviceScheduler: window_cost must be >= 0, got {window_cost}")
     self.patience, self.name = int(patience), name
+    self.order, self.window_cost = order, float(window_cost)
+    self._costs: dict[int, collections.deque] = {}  # id(coalescer) -> recent batch seconds
     self.stats = SchedulerStats()
     self.history: collections.deque[tuple[str, int, str]] = collections.deque(maxlen=history)
     self.cond = threading.Condition()  # guards everything below and the coalescers' queues
@@ -116,12 +142,14 @@ class DeviceScheduler:
         raise RuntimeError(f"{self.name} is closed")
       self._coalescers.append(coalescer)
       self._passed[id(coalescer)] = 0
+      self._costs[id(coalescer)] = collections.deque(maxlen=8)
 
   def detach(self, coalescer: "Coalescer") -> None:
     with self.cond:
       if coalescer in self._coalescers:
         self._coalescers.remove(coalescer)
         self._passed.pop(id(coalescer), None)
+        self._costs.pop(id(coalescer), None)
 
   @contextlib.contextmanager
   def program(self) -> Iterator[None]:
@@ -173,6 +201,13 @@ class DeviceScheduler:
   def __exit__(self, *exc) -> None:
     self.close()
 
+  def batch_seconds(self, coalescer: "Coalescer") -> float:
+    """The median seconds of `coalescer`'s last 8 batches (0.0 before its first): what the
+    `cheapest` order and the window compare (a compilation inflates one batch, not the
+    median)."""
+    recent = self._costs.get(id(coalescer))
+    return statistics.median(recent) if recent else 0.0
+
   # -- the worker --------------------------------------------------------------------------------
 
   def _pick(self, now: float):
@@ -185,20 +220,28 @@ class DeviceScheduler:
     closing = heads if self._closed else [h for h in heads if h[0]._closed]  # noqa: SLF001
     full = [h for h in heads if h[1][1] >= h[0].max_rows]
     quiescent = self._programs > 0 and self._blocked >= self._programs
-    due = min(max(h[2], self._last_end) + c.wait_s for c, h in heads)
+    # when each queue's window ends
+    due = [
+      max(h[2], self._last_end) + max(c.wait_s, self.window_cost * self.batch_seconds(c))
+      for c, h in heads
+    ]
     if closing:
       rule, heads = "closing", closing
     elif quiescent:
       rule = "quiescent"
     elif full:
       rule, heads = "full", full
-    elif now >= due:
-      rule = "window"
+    elif now >= min(due):
+      rule, heads = "window", [h for h, d in zip(heads, due) if now >= d]
     else:
-      return None, due - now
+      return None, min(due) - now
     late = [h for h in heads if self._passed[id(h[0])] >= self.patience]
-    # the fullest queue (most requests), ties to the oldest request
-    chosen, (_, _, _, key) = max(late or heads, key=lambda h: (h[1][0], -h[1][2]))
+    if self.order == "cheapest" and not late:
+      cheapest = lambda h: (self.batch_seconds(h[0]), -h[1][0], h[1][2])  # noqa: E731
+      chosen, (_, _, _, key) = min(heads, key=cheapest)
+    else:
+      # the fullest queue (most requests), ties to the oldest request
+      chosen, (_, _, _, key) = max(late or heads, key=lambda h: (h[1][0], -h[1][2]))
     for c, _ in heads:
       self._passed[id(c)] = 0 if c is chosen else self._passed[id(c)] + 1
     return (chosen, key), rule
@@ -223,6 +266,8 @@ class DeviceScheduler:
       finally:
         with self.cond:
           chosen._running -= 1  # noqa: SLF001
+          if id(chosen) in self._costs:
+            self._costs[id(chosen)].append(time.perf_counter() - t0)
           self._last_end = time.monotonic()
           self.history.append((chosen.name, len(batch), rule))
           self.stats.batches += 1

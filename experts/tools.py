@@ -316,6 +316,7 @@ class Toolbox:
         if part:
           part_to_class.setdefault(part, cls)
     queries = list(part_to_class)
+    renamed = {part: cls for part, cls in part_to_class.items() if part != cls}
     keys = [
       make_key(
         detector.name,
@@ -339,7 +340,7 @@ class Toolbox:
         )
       for i, boxes in zip(missing, found):
         boxes = [
-          dataclasses.replace(b, label=part_to_class.get(b.label, b.label))
+          b if b.label not in renamed else dataclasses.replace(b, label=renamed[b.label])
           for b in sorted(boxes, key=lambda b: -b.score)
         ]
         per_frame[i] = boxes

@@ -1,9 +1,10 @@
 """One device scheduler for many coalescers (experts/scheduler.py): a batch when every program
-in flight is blocked on an expert call, the window otherwise, the fullest queue first; results
-equal to unbatched calls. Counts, not timings."""
+in flight is blocked on an expert call, the window otherwise, the cheapest queue first; results
+equal to unbatched calls. Counts, not timings (the experts that sleep set the batches' cost)."""
 
 import concurrent.futures
 import threading
+import time
 
 import jax.numpy as jnp
 import numpy as np
@@ -197,3 +198,80 @@ def test_two_workers_run_two_experts_batches_at_once():
   assert not any(t.is_alive() for t in sched._threads)
   with pytest.raises(ValueError, match="workers must be >= 1"):
     DeviceScheduler(workers=0)
+
+
+def _timed(seconds):
+  """A row-wise expert whose batches take `seconds` (a host function: no compilation)."""
+
+  def expert(x):
+    time.sleep(seconds)
+    return x * 2
+
+  return BucketedJit(expert, buckets=BUCKETS, jit=False)
+
+
+def _primed(sched, name, seconds):
+  """A coalescer on `sched` whose recent batches took `seconds` (one full batch run first)."""
+  co = Coalescer(_timed(seconds), wait_s=600.0, max_rows=8, scheduler=sched, name=name)
+  co(np.ones((8, 3), np.float32))  # full: runs at once, and its time is recorded
+  return co
+
+
+@pytest.mark.parametrize("order", ["cheapest", "fullest"])
+def test_the_cheapest_queue_runs_first_so_the_expensive_one_gathers_every_program(order):
+  """Three programs wait on the expensive expert, one on a cheap call before it: the cheap
+  batch first sends that program on, and the expensive batch holds all four (fullest first:
+  the expensive batch runs twice)."""
+  with DeviceScheduler(order=order) as sched:
+    slow, fast = _primed(sched, "slow", 0.05), _primed(sched, "fast", 0.0)
+    assert sched.batch_seconds(slow) >= 0.05 > sched.batch_seconds(fast)
+    sched.history.clear()
+    x = np.ones((1, 3), np.float32)
+    outs = _programs(sched, [lambda: slow(x)] * 3 + [lambda: slow(fast(x))])
+  np.testing.assert_array_equal(outs[3], x * 4)
+  if order == "cheapest":
+    assert list(sched.history) == [("fast", 1, "quiescent"), ("slow", 4, "quiescent")]
+  else:
+    assert list(sched.history) == [
+      ("slow", 3, "quiescent"),
+      ("fast", 1, "quiescent"),
+      ("slow", 1, "quiescent"),
+    ]
+
+
+@pytest.mark.parametrize("window_cost", [0.5, 0.0])
+def test_an_expensive_queue_waits_longer_for_a_program_still_running(window_cost):
+  """Two programs wait on an expert whose batches take 0.4 s; a third reaches it after a
+  0.02 s of other work. With window_cost 0.5 the window is 0.2 s and it joins them; with 0
+  the coalescer's own 1 ms window runs the two alone."""
+  with DeviceScheduler(window_cost=window_cost) as sched:
+    slow = Coalescer(_timed(0.4), wait_s=0.001, max_rows=8, scheduler=sched, name="slow")
+    slow(np.ones((8, 3), np.float32))
+    sched.history.clear()
+    x = np.ones((1, 3), np.float32)
+    joined = threading.Event()  # without the long window: the late program starts after
+
+    def late():
+      if window_cost:
+        time.sleep(0.02)
+      else:
+        assert joined.wait(60)
+      return slow(x)
+
+    def early():
+      out = slow(x)
+      joined.set()
+      return out
+
+    _programs(sched, [early, early, late])
+  if window_cost:
+    assert list(sched.history) == [("slow", 3, "quiescent")]
+  else:
+    assert list(sched.history) == [("slow", 2, "window"), ("slow", 1, "quiescent")]
+
+
+def test_scheduler_arguments_are_checked():
+  with pytest.raises(ValueError, match="order='largest' not in"):
+    DeviceScheduler(order="largest")
+  with pytest.raises(ValueError, match="window_cost must be >= 0"):
+    DeviceScheduler(window_cost=-1.0)
