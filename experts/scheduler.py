@@ -29,7 +29,9 @@ the programs in flight, where running the fullest queue first sent it the few pr
 had arrived (on the CPU benchmark generation batches held 3-4 of 16 programs' requests that
 way, 5-8 this way; docs/experts.md). The longer window of an expensive queue does the same for
 programs still running Python: a batch of LLaVA's generation waits up to half its own time for
-them before running without them, a detector batch 2 ms. A queue passed over `patience` times
+them before running without them, a detector batch 2 ms. With two workers, quiescence while a
+batch runs starts only a queue no more expensive than that batch (its programs come back soon,
+and an expensive batch started now would leave them out). A queue passed over `patience` times
 in a row goes first (the fullest of such queues), so a program stuck behind cheap calls that
 keep coming is still served. `order="fullest"` runs the fullest queue first (the earlier
 policy, kept for comparison: `benchmarks/cot_throughput.py --scheduler_order`). Without
@@ -118,6 +120,7 @@ class DeviceScheduler:
     self.patience, self.name = int(patience), name
     self.order, self.window_cost = order, float(window_cost)
     self._costs: dict[int, collections.deque] = {}  # id(coalescer) -> recent batch seconds
+    self._running_now: list[Coalescer] = []  # the coalescers of the batches running now
     self.stats = SchedulerStats()
     self.history: collections.deque[tuple[str, int, str]] = collections.deque(maxlen=history)
     self.cond = threading.Condition()  # guards everything below and the coalescers' queues
@@ -220,6 +223,13 @@ class DeviceScheduler:
     closing = heads if self._closed else [h for h in heads if h[0]._closed]  # noqa: SLF001
     full = [h for h in heads if h[1][1] >= h[0].max_rows]
     quiescent = self._programs > 0 and self._blocked >= self._programs
+    if quiescent and self._running_now:
+      # programs in a running batch come back soon: start only what costs no more than it
+      longest = max(self.batch_seconds(c) for c in self._running_now)
+      soon = [h for h in heads if self.batch_seconds(h[0]) <= longest]
+      quiescent, heads_q = bool(soon), soon
+    else:
+      heads_q = heads
     # when each queue's window ends
     due = [
       max(h[2], self._last_end) + max(c.wait_s, self.window_cost * self.batch_seconds(c))
@@ -228,7 +238,7 @@ class DeviceScheduler:
     if closing:
       rule, heads = "closing", closing
     elif quiescent:
-      rule = "quiescent"
+      rule, heads = "quiescent", heads_q
     elif full:
       rule, heads = "full", full
     elif now >= min(due):
@@ -260,12 +270,14 @@ class DeviceScheduler:
             return
           self.cond.wait(rule)
         chosen._running += 1  # noqa: SLF001 - batches of it running now
+        self._running_now.append(chosen)
       t0 = time.perf_counter()
       try:
         chosen._run(batch)  # noqa: SLF001 - outside the lock: programs keep submitting
       finally:
         with self.cond:
           chosen._running -= 1  # noqa: SLF001
+          self._running_now.remove(chosen)
           if id(chosen) in self._costs:
             self._costs[id(chosen)].append(time.perf_counter() - t0)
           self._last_end = time.monotonic()

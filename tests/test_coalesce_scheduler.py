@@ -275,3 +275,33 @@ def test_scheduler_arguments_are_checked():
     DeviceScheduler(order="largest")
   with pytest.raises(ValueError, match="window_cost must be >= 0"):
     DeviceScheduler(window_cost=-1.0)
+
+
+def test_two_workers_start_no_expensive_batch_while_its_programs_may_come_from_a_running_one():
+  """Workers=2: one program's cheap batch runs (held open by a gate) while two wait on an
+  expensive expert. All three are blocked, but the second worker waits for the cheap batch,
+  whose program then joins the expensive one (one batch of 3, not 2 + 1)."""
+  gate = threading.Event()
+  gate.set()
+
+  def gated(x):
+    assert gate.wait(30)
+    return x * 2
+
+  with DeviceScheduler(workers=2, window_cost=0.0) as sched:
+    slow = _primed(sched, "slow", 0.05)
+    fast = Coalescer(
+      BucketedJit(gated, buckets=BUCKETS, jit=False),
+      wait_s=600.0,
+      max_rows=8,
+      scheduler=sched,
+      name="fast",
+    )
+    fast(np.ones((8, 3), np.float32))  # full: its (short) time recorded
+    sched.history.clear()
+    gate.clear()
+    threading.Timer(0.3, gate.set).start()
+    x = np.ones((1, 3), np.float32)
+    outs = _programs(sched, [lambda: slow(x)] * 2 + [lambda: slow(fast(x))])
+  np.testing.assert_array_equal(outs[2], x * 4)
+  assert list(sched.history) == [("fast", 1, "quiescent"), ("slow", 3, "quiescent")]
