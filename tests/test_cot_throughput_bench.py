@@ -108,6 +108,7 @@ def _fake_run(walls):
       "expert_call_s": {},
       "workers": {},
       "scheduler_batches_by_rule": {},
+      "scheduler_history": ["llava/generate:2:quiescent"],
     }
 
   return run
@@ -124,6 +125,7 @@ def test_time_budget_skips_timed_rounds_predicted_past_it(monkeypatch, tmp_path)
   assert [s["what"] for s in result["skipped"]] == ["timed/off/r0", "timed/serial/r0"]
   assert [s["predicted_s"] for s in result["skipped"]] == [800.0, 800.0]
   assert set(result["questions_per_s"]) == {"on"}
+  assert result["scheduler_history_on"] == ["llava/generate:2:quiescent"]
   assert result["ratio_on_vs_off"] is None and result["ratio_on_vs_serial"] is None
   assert set(result["phase_s"]) >= {"build", "probe", "warmup/first_pass", "timed/on"}
   assert "timed/off" not in result["phase_s"]
