@@ -205,10 +205,15 @@ def _grouped_einsum(q, k, v, mask, kv_head_major: bool) -> jax.Array:
   if mask is not None:
     scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-  # A decode step (l == 1) takes this einsum too. Its PV product was once a broadcast multiply
-  # + reduce over the slots (faster on November's XLA CPU); on jax 0.10's XLA CPU that fusion
-  # (a YNNPACK fusion with the output projection) cost 1.4 ms per layer at 16 rows x 132 slots,
-  # the einsum 0.05 ms: decode 2-4x faster (benchmarks/RESULTS.md, issue 22).
+  if kv_head_major and l == 1:
+    # A decode step: each kv head's g query heads as the rows of one (g, slots) @ (slots, d)
+    # matmul. On jax 0.10's XLA CPU the einsum below takes 1.5-2.5x longer where g > 1 (its
+    # dot keeps g and l apart), and a broadcast multiply + reduce over the slots (this path
+    # until 2c1466e) 10-30x longer where g = 1 (a YNNPACK fusion with the output projection);
+    # the matmul matches the faster of the two at every shape measured (8 shapes, rows 1-16,
+    # g 1-4, 132-512 slots, 2026-12-05): the local Llama's decode (g = 2) regains its speed.
+    out = jnp.matmul(probs[:, :, :, 0], v.astype(q.dtype))  # (b, kv, g, d): l = 1 in place
+    return out.reshape(b, l, kv * g * d)
   return jnp.einsum(f"bkgls,{kv_axes}->blkgd", probs, v.astype(q.dtype)).reshape(b, l, kv * g * d)
 
 
