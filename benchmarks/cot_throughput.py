@@ -223,6 +223,27 @@ PRESETS = {
     deadline_s=570.0,
   ),
 }
+# issue 22's scaled-down size: the cpu preset's experts with the real run's proportions, LLaVA's
+# language model the one large model (hidden 1024, 8 layers, LLaMA's vocab: 517 MB of weights
+# read per decode step, past this CPU's caches as 7B's ~13 GB are past a GPU's), its replies at
+# the CoT configs' cap (100 tokens), its request buckets the CoT configs' (the backend's
+# default); 32 questions, one round (the one-at-a-time mode alone takes ~2.5 min)
+PRESETS["scaled"] = dict(
+  PRESETS["cpu"],
+  llava=dict(
+    PRESETS["cpu"]["llava"],
+    hidden=1024,
+    intermediate=2816,
+    layers=8,
+    heads=16,
+    kv_heads=16,
+    vocab=32064,
+  ),
+  questions=32,
+  new_tokens=100,
+  llava_buckets=(1, 2, 4, 8, 16),
+  rounds=1,
+)
 BASE_MODES = ("on", "per_expert", "off", "serial")
 # each mode also with LLaVA's KV prefix cache off (`--llava_prefix_cache_mb` > 0 sets it on)
 MODES = BASE_MODES + tuple(f"{m}-noprefix" for m in BASE_MODES)
@@ -749,6 +770,12 @@ def main(argv=None):
     "(experts/random_weights.py's LLAVA_NEXT_VIDEO_7B keys)",
   )
   ap.add_argument(
+    "--llava_buckets",
+    default="",
+    help="LLaVA's request batch sizes, e.g. 1,4,16 (default: the preset's; the CoT configs "
+    "use the backend's 1,2,4,8,16)",
+  )
+  ap.add_argument(
     "--scheduler_workers",
     type=int,
     default=0,
@@ -836,6 +863,13 @@ def run_benchmark(args, clock: RunClock) -> dict:
     if k not in p["llava"] or not v:
       raise SystemExit(f"--llava_size: {item!r} is not KEY=VALUE of {sorted(p['llava'])}")
     p["llava"] = dict(p["llava"], **{k: v if k == "dtype" else int(v)})
+  if args.llava_buckets:
+    try:
+      p["llava_buckets"] = tuple(sorted({int(b) for b in args.llava_buckets.split(",")}))
+    except ValueError:
+      raise SystemExit(f"--llava_buckets={args.llava_buckets!r}: not integers like 1,4,16")
+    if p["llava_buckets"][0] < 1:
+      raise SystemExit(f"--llava_buckets={args.llava_buckets!r}: sizes must be >= 1")
   prefix_mb = args.llava_prefix_cache_mb
   prefix_mb = p.get("llava_prefix_cache_mb", 0.0) if prefix_mb is None else prefix_mb
   if prefix_mb < 0:
@@ -874,6 +908,7 @@ def run_benchmark(args, clock: RunClock) -> dict:
     "frames_per_question": p["frames"],
     "frame_hw": list(p["frame_hw"]),
     "llava_frames": p["llava_frames"],
+    "llava_buckets": list(p["llava_buckets"]),
     "new_tokens": p["new_tokens"],
     "llava_lm": {
       k: v for k, v in p["llava"].items() if not k.startswith(("vision", "image", "patch"))
