@@ -71,6 +71,24 @@ def test_new_tokens_flag_refuses_a_negative_length():
     ct.main(["--preset=tiny", "--new_tokens=-3"])
 
 
+@pytest.mark.parametrize("value", ["1,four", "0,4"])
+def test_llava_buckets_flag_names_a_bad_value(value):
+  with pytest.raises(SystemExit, match=f"--llava_buckets='{value}'"):
+    ct.main(["--preset=tiny", f"--llava_buckets={value}"])
+
+
+def test_the_scaled_preset_batches_llava_as_the_cot_configs():
+  # the CoT configs leave LLaVA's buckets at the backend's default: the scaled preset's
+  # generation batches must pad as a real run's do
+  import inspect
+
+  from experts.backends.llava import LlavaVideoQA
+
+  default = inspect.signature(LlavaVideoQA).parameters["buckets"].default
+  assert ct.PRESETS["scaled"]["llava_buckets"] == tuple(default)
+  assert ct.PRESETS["scaled"]["new_tokens"] == 100  # the CoT configs' max_new_tokens
+
+
 class _FakeExperts:
   """Stands in for the built experts: the budget's control flow without models."""
 
