@@ -342,6 +342,8 @@ def test_nextqa_without_its_map_says_where_videos_are_looked_for(tmp_path, caplo
     recs = A.read("nextqa", tmp_path / "val.csv")
   assert "video_path" not in recs[0].meta
   assert f"no map_vid_vidorID.json beside {tmp_path / 'val.csv'}" in caplog.text
+  # names the keys a user gives it with: the CoT config's, the evaluator's flag, the reader's
+  assert "configs/cot/nextqa.py's map=" in caplog.text and "--map" in caplog.text
   caplog.clear()
   with caplog.at_level(logging.WARNING):
     A.read("nextqa", REAL / "nextqa" / "val.csv")

@@ -176,7 +176,7 @@ def read_nextqa(path: str, ctx, map_path: str | None = None) -> Iterator[VideoQA
       logging.warning(
         "nextqa: no map_vid_vidorID.json beside %s: its videos are looked for as <video>.mp4 "
         "under the video root, not in NExTVideo's <folder>/<video>.mp4 (give the map: "
-        "map_path=, launch.evaluate --map)",
+        "configs/cot/nextqa.py's map=, launch.evaluate --map, or read_kwargs map_path=)",
         path,
       )
   else:
