@@ -20,7 +20,9 @@ with a `kind` and that kind's settings:
                       (Query_Actions' questions), matmul_precision, cpu_kernels,
                       feature_cache_mb: clips' video features kept, default 1024, 0 = none;
                       prefix_cache_mb: the language model's KV cache of prompt prefixes kept
-                      on the device per clip, default 0 = none)
+                      on the device per clip, default 0 = none; buckets: request batch sizes,
+                      default (1, 2, 4, 8, 16): the largest is the most requests a coalesced
+                      batch holds)
                       | none
   video_qa:          oracle | llava (the same keys) | none
   selector:          keyword | llama (path: HF Llama dir with tokenizer) | openai (base_url,
@@ -54,7 +56,7 @@ import ml_collections
 
 from experts import tools as tools_lib
 from experts.backends import oracle
-from experts.batching import DEFAULT_BUCKETS
+from experts.batching import DEFAULT_BUCKETS, check_buckets
 from experts.cache import ToolCache
 from experts.plugins import Plugin, by_kind
 
@@ -246,7 +248,7 @@ def _owlv2(section, ctx):
   coalesce, wait = coalescing(ctx.config, "detector")
   return owlv2.Owlv2Detector.from_pretrained(
     _path("detector", "owlv2", section),
-    buckets=_get(section, "buckets", DEFAULT_BUCKETS),
+    buckets=_buckets("detector", section, DEFAULT_BUCKETS),
     matmul_precision=_get(section, "matmul_precision", "default"),
     cpu_kernels=bool(_get(section, "cpu_kernels", True)),
     query_template=_get(section, "query_template", "{}") or "{}",
@@ -271,7 +273,7 @@ def _univtg(section, ctx):
   return univtg.UniVTGGrounder.from_pretrained(
     _path("grounder", "univtg", section),
     clip_path=clip_path,
-    buckets=_get(section, "buckets", DEFAULT_BUCKETS),
+    buckets=_buckets("grounder", section, DEFAULT_BUCKETS),
     frame_features=ctx.frame_features(features_path) if features_path else None,
     frame_preprocess=_get(section, "frame_preprocess", "clip_processor") or "clip_processor",
     coalesce=coalesce,
@@ -281,12 +283,30 @@ def _univtg(section, ctx):
   )
 
 
+def _buckets(role: str, section, default: Sequence[int]) -> tuple[int, ...]:
+  """The role's `buckets` (request batch sizes to compile: positive integers, sorted and
+  deduplicated), `default` when the key is absent; a bad value raises naming `<role>.buckets`."""
+  value = _get(section, "buckets", None)
+  if value is None:
+    return tuple(default)
+  try:
+    if isinstance(value, (str, bytes)) or any(isinstance(b, bool) for b in value):
+      raise ValueError("not a sequence of integers")
+    return check_buckets(value)
+  except (TypeError, ValueError) as e:
+    raise ValueError(
+      f"experts config: {role}.buckets={value!r} is not a list of positive integers "
+      f"(e.g. (1, 2, 4)): {e}"
+    ) from None
+
+
 def _llava(role):
   def make(section, ctx):
     from aotd_jax.hf import processor_files
     from experts.backends import llava
 
     path = _path(role, "llava", section)
+    buckets = _buckets(role, section, llava.REQUEST_BUCKETS)  # checked before a 7B loads
     precision = _get(section, "matmul_precision", "default")
     kernels = bool(_get(section, "cpu_kernels", True))
     model = ctx.model(
@@ -303,6 +323,7 @@ def _llava(role):
       action_prompt=_get(section, "action_prompt", "ours"),
       feature_cache_mb=float(_get(section, "feature_cache_mb", 1024.0)),
       prefix_cache_mb=float(_get(section, "prefix_cache_mb", 0.0)),
+      buckets=buckets,
       coalesce=coalesce,
       coalesce_wait_s=wait,
     )

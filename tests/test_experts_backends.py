@@ -919,3 +919,32 @@ def test_registry_binds_the_llava_feature_cache(llava):
   config.video_qa.prefix_cache_mb = -1
   with pytest.raises(ValueError, match="prefix_cache_mb must be >= 0"):
     experts.make_toolbox(config, plugins=[TOYWORLD])
+
+
+def test_registry_passes_the_llava_request_buckets(llava):
+  """A llava role's `buckets` reach the backend and the parts it compiles (the CoT configs cap
+  LLaVA's batches with it); absent, the backend's default (1, 2, 4, 8, 16)."""
+  _, path = llava
+  config = registry.default_config()
+  config.detector.kind = config.grounder.kind = config.action_recognizer.kind = "none"
+  config.video_qa = {"kind": "llava", "path": path, "num_frames": 2}
+  assert experts.make_toolbox(config, plugins=[TOYWORLD]).video_qa.buckets == (1, 2, 4, 8, 16)
+  config.video_qa.buckets = (4, 1)
+  qa = experts.make_toolbox(config, plugins=[TOYWORLD]).video_qa
+  assert qa.buckets == (1, 4)
+  qa.video_features(experts.VideoClip(np.zeros((2, 28, 28, 3), np.uint8), video_id="v"))
+  assert qa._fns["features"].buckets == (1, 4)  # the compiled part's own buckets
+
+
+@pytest.mark.parametrize(
+  "role,value",
+  [("video_qa", (0, 4)), ("video_qa", "1,4"), ("video_qa", (1.5,)), ("action_recognizer", 8)],
+)
+def test_registry_names_a_bad_llava_buckets_value(llava, role, value):
+  _, path = llava
+  config = registry.default_config()
+  config.detector.kind = config.grounder.kind = "none"
+  config.action_recognizer.kind = config.video_qa.kind = "none"
+  config[role] = {"kind": "llava", "path": path, "num_frames": 2, "buckets": value}
+  with pytest.raises(ValueError, match=rf"experts config: {role}\.buckets="):
+    experts.make_toolbox(config, plugins=[TOYWORLD])

@@ -85,6 +85,9 @@ def action_question(style: str, object_name: str | None, has_candidates: bool) -
 
 
 CHOICE_SCORING = ("likelihood", "pmi", "generate")
+# the default request buckets (a coalesced batch holds at most the largest); at 7B and 32 frames
+# a batch's device memory grows with it: benchmarks/llava_batch_memory.py
+REQUEST_BUCKETS = (1, 2, 4, 8, 16)
 ANSWER_FORMATS = ("text", "letter", "letter_text")
 
 
@@ -244,7 +247,7 @@ class LlavaVideoQA:
     prompt_format: str = "plain",
     summary_prompt: str = "ours",
     action_prompt: str = "ours",
-    buckets: Sequence[int] = (1, 2, 4, 8, 16),
+    buckets: Sequence[int] = REQUEST_BUCKETS,
     coalesce: bool = False,
     coalesce_wait_s: float = 0.002,
     normalization: tuple | None = None,
