@@ -20,11 +20,12 @@ of each filter step) and `report-*.html` (the trace viewer on sampled questions)
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.resources
 import os
 import pathlib
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from absl import flags, logging
 from ml_collections import config_flags
@@ -336,6 +337,57 @@ def worker(config, shard_index: int | None, num_shards: int | None) -> tuple[int
   return shard_index, num_shards, process_index, process_count
 
 
+@contextlib.contextmanager
+def open_job(config, manifest: str | None) -> Iterator[tuple[job.CotJob, Any]]:
+  """The job this launcher runs for `config`: yields (the `CotJob`, the experts' `Toolbox` or
+  None for another `tools_factory`) with the sandbox pool open, closed on exit. `manifest`: the
+  records' `manifest.json#<id>` reference (`manifest.open_manifest`). The experts' models load
+  here (a model loaded for two roles once); with `experts.coalesce` their coalesced calls share
+  one device scheduler, which each program's execution enters (`program_scope`)."""
+  box, scheduler = None, None
+  if config.tools_factory == "experts:make_tools":  # the experts resolve projects' kinds
+    from experts import registry
+
+    box = registry.make_toolbox(config.experts, plugins=PLUGINS)
+    tools, scheduler = box.tools(), box.scheduler  # coalesced experts: one device scheduler
+  else:
+    tools = resolve(config.tools_factory)(config.experts)
+  make_args = resolve(config.make_args)(config) if config.make_args else clip_args(config)
+  from aotd_jax.agent.sandbox import Sandbox
+
+  local_llms: dict = {}  # roles with the same local model share one (`make_llm`)
+  with Sandbox(num_workers=config.sandbox.num_workers, memory_mb=config.sandbox.memory_mb) as sb:
+    yield (
+      job.CotJob(
+        tools=tools,
+        make_args=make_args,
+        run_program=sb.run,
+        program_llm=make_llm(config.program_llm, "program", local_llms),
+        cot_llm=make_llm(config.cot_llm, "cot", local_llms),
+        judge_llm=make_llm(config.judge_llm, "judge", local_llms),
+        program_source=config.program_source,
+        gold_program_key=config.gold_program_key,
+        logic_judge=config.logic_judge,
+        judge_parse=config.get("judge_parse", "lenient"),
+        rewrite_prompt=config.get("rewrite_prompt", "ours"),
+        rewrite_fallback=config.get("rewrite_fallback", "verbaliser"),
+        examples=few_shot_examples(config),
+        batch_size=config.batch_size,
+        num_threads=config.sandbox.num_workers,
+        timeout_s=config.timeout_s,
+        max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature,
+        video_path=video_path(config),
+        video_dir=config.data.get("video_dir", ""),
+        manifest=manifest,
+        fail_fast_min=config.get("fail_fast_min", 4),
+        program_scope=scheduler.program if scheduler is not None else None,
+        **pipeline_kwargs(config),
+      ),
+      box,
+    )
+
+
 def main(argv):
   del argv
   config = _CONFIG.value
@@ -381,45 +433,7 @@ def main(argv):
     manifest.vision_summary(roles),
     ", ".join(f"{r}={v.get('kind')}" for r, v in roles.items() if isinstance(v, dict)),
   )
-  scheduler = None
-  if config.tools_factory == "experts:make_tools":  # the experts resolve projects' kinds
-    from experts import registry
-
-    box = registry.make_toolbox(config.experts, plugins=PLUGINS)
-    tools, scheduler = box.tools(), box.scheduler  # coalesced experts: one device scheduler
-  else:
-    tools = resolve(config.tools_factory)(config.experts)
-  make_args = resolve(config.make_args)(config) if config.make_args else clip_args(config)
-  from aotd_jax.agent.sandbox import Sandbox
-
-  local_llms: dict = {}  # roles with the same local model share one (`make_llm`)
-  with Sandbox(num_workers=config.sandbox.num_workers, memory_mb=config.sandbox.memory_mb) as sb:
-    cot_job = job.CotJob(
-      tools=tools,
-      make_args=make_args,
-      run_program=sb.run,
-      program_llm=make_llm(config.program_llm, "program", local_llms),
-      cot_llm=make_llm(config.cot_llm, "cot", local_llms),
-      judge_llm=make_llm(config.judge_llm, "judge", local_llms),
-      program_source=config.program_source,
-      gold_program_key=config.gold_program_key,
-      logic_judge=config.logic_judge,
-      judge_parse=config.get("judge_parse", "lenient"),
-      rewrite_prompt=config.get("rewrite_prompt", "ours"),
-      rewrite_fallback=config.get("rewrite_fallback", "verbaliser"),
-      examples=few_shot_examples(config),
-      batch_size=config.batch_size,
-      num_threads=config.sandbox.num_workers,
-      timeout_s=config.timeout_s,
-      max_new_tokens=config.max_new_tokens,
-      temperature=config.temperature,
-      video_path=video_path(config),
-      video_dir=config.data.get("video_dir", ""),
-      manifest=manifest_ref,
-      fail_fast_min=config.get("fail_fast_min", 4),
-      program_scope=scheduler.program if scheduler is not None else None,
-      **pipeline_kwargs(config),
-    )
+  with open_job(config, manifest_ref) as (cot_job, _):
     paths = job.JobPaths.for_shard(config.out_dir, name)
     stats = cot_job.run(
       questions, paths, label=f"[{name}] ", progress_every_s=config.progress_every_s

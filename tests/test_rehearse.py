@@ -72,6 +72,32 @@ def test_stub_server_answers_each_prompt_kind_over_http():
   assert replies.reply(rewrite) == "I see that 1. Find -> a cup. So the answer is The red cup."
 
 
+def test_stub_server_answers_after_its_latency_and_in_parallel():
+  """`latency_s` delays every chat reply by that much, each request in its own thread: four
+  requests sent at once come back after about one latency, not four; a negative one is refused."""
+  import concurrent.futures
+  import time
+
+  from aotd_jax.agent.llm import OpenAIChat
+  from aotd_jax.rehearsal.stub_server import Replies, StubServer
+
+  with pytest.raises(ValueError, match="latency_s"):
+    StubServer(Replies(), latency_s=-1.0)
+  latency = 0.3
+  with StubServer(Replies(), latency_s=latency) as server:
+    llm = OpenAIChat(server.url, "stub-coder")
+    t0 = time.perf_counter()
+    assert llm.complete(["hello"], max_new_tokens=4) == ["unrecognised prompt"]
+    one = time.perf_counter() - t0
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+      t0 = time.perf_counter()
+      got = list(pool.map(lambda p: llm.complete([p], max_new_tokens=4), ["a", "b", "c", "d"]))
+      four = time.perf_counter() - t0
+  assert got == [["unrecognised prompt"]] * 4
+  assert one >= latency
+  assert latency <= four < 3 * latency, four  # in parallel (4 in turn would take 4 x latency)
+
+
 def test_checkpoints_load_in_their_readers(tmp_path):
   from aotd_jax.hf.univtg import load_univtg
   from aotd_jax.rehearsal import checkpoints

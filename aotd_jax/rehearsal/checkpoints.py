@@ -135,37 +135,56 @@ def _write(path: str, model_class, cfg, tok, seed: int) -> str:
 
 
 def llava_next_video(
-  path: str, texts: Iterable[str] = (), *, vocab: int = 512, seed: int = 0
+  path: str,
+  texts: Iterable[str] = (),
+  *,
+  vocab: int = 512,
+  seed: int = 0,
+  vision: dict | None = None,
+  text: dict | None = None,
 ) -> str:
-  """LLaVA-NeXT-Video (CLIP tower 28 px / patch 7, Llama 1 layer) + tokenizer + template."""
+  """LLaVA-NeXT-Video (CLIP tower 28 px / patch 7, Llama 1 layer) + tokenizer + template;
+  `vision` / `text`: `CLIPVisionConfig` / `LlamaConfig` fields that replace those (another
+  size, e.g. benchmarks/cot_job_real.py's scaled one)."""
   import transformers
 
   tok = tokenizer(texts, chat_template=LLAVA_TEMPLATE, size=vocab)
-  vision = transformers.CLIPVisionConfig(
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=1,
-    num_attention_heads=4,
-    image_size=28,
-    patch_size=7,
-    projection_dim=16,
+  vision_cfg = transformers.CLIPVisionConfig(
+    **{
+      **dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        image_size=28,
+        patch_size=7,
+        projection_dim=16,
+      ),
+      **(vision or {}),
+    }
   )
-  text = transformers.LlamaConfig(
-    vocab_size=vocab,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=1,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=2048,
-    pad_token_id=tok.pad_token_id,
-    eos_token_id=tok.eos_token_id,
-    bos_token_id=tok.bos_token_id,
+  text_cfg = transformers.LlamaConfig(
+    **{
+      **dict(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.bos_token_id,
+      ),
+      **(text or {}),
+    }
   )
+  side = vision_cfg.image_size
   cfg = transformers.LlavaNextVideoConfig(
-    vision_config=vision,
-    text_config=text,
-    image_grid_pinpoints=[[28, 28]],
+    vision_config=vision_cfg,
+    text_config=text_cfg,
+    image_grid_pinpoints=[[side, side]],
     image_token_index=tok.convert_tokens_to_ids("<image>"),
     video_token_index=tok.convert_tokens_to_ids("<video>"),
   )
@@ -312,16 +331,25 @@ def _vision_tower(hidden: int, *, patch: int) -> dict:
   )
 
 
-def owlv2(path: str, *, vocab: int = 128, seed: int = 2) -> str:
-  """OWLv2 detector (image 32 px / patch 8, one layer per tower) + tokenizer."""
+def owlv2(
+  path: str,
+  *,
+  vocab: int = 128,
+  seed: int = 2,
+  text: dict | None = None,
+  vision: dict | None = None,
+  projection_dim: int = 32,
+) -> str:
+  """OWLv2 detector (image 32 px / patch 8, one layer per tower) + tokenizer; `text` /
+  `vision`: tower config fields that replace those (another size)."""
   import torch
   import transformers
 
   tok = _clip_text_tokenizer(vocab)
   cfg = transformers.Owlv2Config(
-    text_config=_text_tower(tok, vocab, 32),
-    vision_config=_vision_tower(32, patch=8),
-    projection_dim=32,
+    text_config={**_text_tower(tok, vocab, 32), **(text or {})},
+    vision_config={**_vision_tower(32, patch=8), **(vision or {})},
+    projection_dim=projection_dim,
   )
   torch.manual_seed(seed)
   model = transformers.Owlv2ForObjectDetection(cfg).eval()
@@ -330,16 +358,25 @@ def owlv2(path: str, *, vocab: int = 128, seed: int = 2) -> str:
   return path
 
 
-def clip(path: str, *, vocab: int = 128, seed: int = 3) -> str:
-  """CLIP (UniVTG's frame and query features): image 32 px / patch 16, projection 12."""
+def clip(
+  path: str,
+  *,
+  vocab: int = 128,
+  seed: int = 3,
+  text: dict | None = None,
+  vision: dict | None = None,
+  projection_dim: int = 12,
+) -> str:
+  """CLIP (UniVTG's frame and query features): image 32 px / patch 16, projection 12; `text` /
+  `vision`: tower config fields that replace those (another size)."""
   import torch
   import transformers
 
   tok = _clip_text_tokenizer(vocab)
   cfg = transformers.CLIPConfig(
-    text_config=_text_tower(tok, vocab, 16),
-    vision_config=_vision_tower(16, patch=16),
-    projection_dim=12,
+    text_config={**_text_tower(tok, vocab, 16), **(text or {})},
+    vision_config={**_vision_tower(16, patch=16), **(vision or {})},
+    projection_dim=projection_dim,
   )
   torch.manual_seed(seed)
   model = transformers.CLIPModel(cfg).eval()
@@ -348,9 +385,17 @@ def clip(path: str, *, vocab: int = 128, seed: int = 3) -> str:
   return path
 
 
-def univtg(path: str, *, feature_dim: int = 12, text_dim: int = 16, seed: int = 4) -> str:
+def univtg(
+  path: str,
+  *,
+  feature_dim: int = 12,
+  text_dim: int = 16,
+  seed: int = 4,
+  size: dict | None = None,
+) -> str:
   """An official-layout UniVTG `model_best.ckpt` over CLIP features of `feature_dim`
-  (UniVTG's released checkpoint concatenates SlowFast + CLIP; here CLIP only: "custom")."""
+  (UniVTG's released checkpoint concatenates SlowFast + CLIP; here CLIP only: "custom");
+  `size`: `UniVTGConfig` fields that replace the tiny ones (hidden_dim, nheads, ...)."""
   from flax import nnx
   from aotd_jax.hf.univtg import save_univtg
   from aotd_jax.models.univtg import UniVTG, UniVTGConfig
@@ -359,11 +404,10 @@ def univtg(path: str, *, feature_dim: int = 12, text_dim: int = 16, seed: int = 
     UniVTGConfig(
       v_feat_dims=(feature_dim,),
       t_feat_dim=text_dim,
-      hidden_dim=32,
-      nheads=4,
-      enc_layers=1,
-      dim_feedforward=48,
-      clip_length=2.0,
+      **{
+        **dict(hidden_dim=32, nheads=4, enc_layers=1, dim_feedforward=48, clip_length=2.0),
+        **(size or {}),
+      },
     ),
     rngs=nnx.Rngs(seed),
   )

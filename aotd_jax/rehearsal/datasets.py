@@ -128,12 +128,15 @@ def _star_record(i: int, video_id: str, seconds: float) -> dict:
   }
 
 
-def star(root: str, *, questions: int = 4, videos: int = 2, seconds: float = 30.0) -> dict:
-  """STAR train-format JSON over `videos` Charades-style mp4s; returns its paths."""
+def star(
+  root: str, *, questions: int = 4, videos: int = 2, seconds: float = 30.0, size: int = 32
+) -> dict:
+  """STAR train-format JSON over `videos` Charades-style mp4s of `size` x `size` pixels;
+  returns its paths."""
   vdir = os.path.join(root, "Charades_v1_480")
   ids = [f"RH{k:03d}" for k in range(videos)]
   for k, vid in enumerate(ids):
-    write_video(os.path.join(vdir, f"{vid}.mp4"), seconds=seconds, seed=k)
+    write_video(os.path.join(vdir, f"{vid}.mp4"), seconds=seconds, size=size, seed=k)
   records = [_star_record(i, ids[i % videos], seconds) for i in range(questions)]
   ann = os.path.join(root, "STAR_train.json")
   with open(ann, "w") as f:

@@ -11,7 +11,9 @@ reply that is valid for the prompt it recognises (AoTD's prompt files and the se
 - selector prompt -> the gold letter when `answers` knows the question (so some CoTs are kept,
   and `wrong` questions are answered wrongly so some are not), else (A).
 
-`GET /v1/models` lists the served model. Every request is counted by kind (`counts`);
+`GET /v1/models` lists the served model. `StubServer(latency_s=...)` answers each chat request
+after that many seconds (requests in parallel wait in parallel, as on a serving engine with
+free slots), so that a benchmark's LLM side costs a fixed time per call. Every request is counted by kind (`counts`);
 an unrecognised prompt is answered "unrecognised prompt" and counted, so a prompt change
 shows up in the rehearsal's checks rather than as a silent pass.
 """
@@ -22,6 +24,7 @@ import http.server
 import json
 import re
 import threading
+import time
 from typing import Mapping
 
 PROGRAM = '''```python
@@ -131,10 +134,13 @@ class _Server(http.server.ThreadingHTTPServer):
 
 
 class StubServer:
-  """`with StubServer(replies) as s: s.url` -> "http://127.0.0.1:<port>/v1"."""
+  """`with StubServer(replies) as s: s.url` -> "http://127.0.0.1:<port>/v1"; `latency_s`: the
+  seconds each chat reply waits before it is sent (its own request's thread)."""
 
-  def __init__(self, replies: Replies, model: str = "stub-coder"):
-    self.replies, self.model = replies, model
+  def __init__(self, replies: Replies, model: str = "stub-coder", latency_s: float = 0.0):
+    if latency_s < 0:
+      raise ValueError(f"StubServer: latency_s must be >= 0, got {latency_s}")
+    self.replies, self.model, self.latency_s = replies, model, float(latency_s)
     outer = self
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -171,6 +177,8 @@ class StubServer:
         except (ValueError, KeyError, TypeError) as e:
           self._send(400, {"error": {"message": f"bad request: {e}"}})
           return
+        if outer.latency_s:
+          time.sleep(outer.latency_s)
         content = outer.replies.reply(text)
         self._send(
           200,
