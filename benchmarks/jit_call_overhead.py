@@ -68,7 +68,7 @@ def main(argv=None) -> dict:
   import jax.numpy as jnp
 
   from aotd_jax.models.generate import flat_state
-  from benchmarks.cot_throughput import PRESETS
+  from benchmarks.cot_bench.presets import PRESETS
 
   @jax.jit
   def step(weights, x):

@@ -1,4 +1,6 @@
-"""The CoT-throughput benchmark's accounting helpers: per-thread CPU and decode weight bytes."""
+"""The CoT-throughput benchmark: its accounting helpers (per-thread CPU, decode weight bytes), its
+flags, and its time budget and deadline (the experts and `run` faked in `phases`, where the
+phases look them up, or the real tiny preset in a process of its own)."""
 
 import json
 import threading
@@ -7,6 +9,7 @@ import time
 import pytest
 
 from benchmarks import cot_throughput as ct
+from benchmarks.cot_bench import accounting, phases
 
 
 def test_cpu_by_thread_sums_deltas_per_kind():
@@ -18,7 +21,7 @@ def test_cpu_by_thread_sums_deltas_per_kind():
     4: ("python", 0.25),  # started during the run: all of it counts
     5: ("idle", 0.0),
   }
-  out = ct.cpu_by_thread(before, after, programs_s=2.0, questions=10)
+  out = accounting.cpu_by_thread(before, after, programs_s=2.0, questions=10)
   assert out == {
     "programs": 200.0,
     "device-scheduler": 100.0,
@@ -29,20 +32,20 @@ def test_cpu_by_thread_sums_deltas_per_kind():
 
 
 def test_cpu_by_thread_counts_a_reused_thread_id_whole():
-  out = ct.cpu_by_thread({7: ("old", 3.0)}, {7: ("new", 0.5)}, 0.0, 1)
+  out = accounting.cpu_by_thread({7: ("old", 3.0)}, {7: ("new", 0.5)}, 0.0, 1)
   assert out["new"] == 500.0 and "old" not in out
 
 
 def test_thread_cpu_s_sees_this_thread_work():
   tid = threading.get_native_id()
-  first = ct.thread_cpu_s()
+  first = accounting.thread_cpu_s()
   if not first:
     pytest.skip("no /proc/self/task on this platform")
   assert first[tid][0] == threading.current_thread().name
   t0 = time.thread_time()
   while time.thread_time() - t0 < 0.05:  # 50 ms of CPU: 5 clock ticks
     pass
-  assert ct.thread_cpu_s()[tid][1] >= first[tid][1] + 0.02
+  assert accounting.thread_cpu_s()[tid][1] >= first[tid][1] + 0.02
 
 
 def test_decode_weight_mb_counts_all_but_the_input_embeddings():
@@ -58,7 +61,7 @@ def test_decode_weight_mb_counts_all_but_the_input_embeddings():
     + 2 * 32  # the two RMSNorm scales
   )
   floats = 2 * per_layer + 32 + 32 * 100  # final norm, LM head
-  assert ct.decode_weight_mb(model) == pytest.approx(floats * 4 / 2**20)
+  assert accounting.decode_weight_mb(model) == pytest.approx(floats * 4 / 2**20)
 
 
 def test_llava_size_flag_names_a_bad_key():
@@ -135,9 +138,9 @@ def _fake_run(walls):
 def test_time_budget_skips_timed_rounds_predicted_past_it(monkeypatch, tmp_path):
   # warm-up runs say `on` takes 1 s a question and off / serial 100 s: with 8 questions and
   # a 300 s budget, `on` is timed and the others are skipped, each listed with its prediction
-  monkeypatch.setattr(ct, "Experts", _FakeExperts)
-  monkeypatch.setattr(ct, "run", _fake_run({"on": 1.0, "off": 100.0, "serial": 100.0}))
-  monkeypatch.setattr(ct, "decode_weight_mb", lambda model: 0.0)
+  monkeypatch.setattr(phases, "Experts", _FakeExperts)
+  monkeypatch.setattr(phases, "run", _fake_run({"on": 1.0, "off": 100.0, "serial": 100.0}))
+  monkeypatch.setattr(phases, "decode_weight_mb", lambda model: 0.0)
   out = tmp_path / "cot.json"
   result = ct.main(["--preset=tiny", "--time_budget_s=300", "--deadline_s=0", f"--out={out}"])
   assert [s["what"] for s in result["skipped"]] == ["timed/off/r0", "timed/serial/r0"]
@@ -151,9 +154,9 @@ def test_time_budget_skips_timed_rounds_predicted_past_it(monkeypatch, tmp_path)
 
 
 def test_time_budget_spent_before_the_warmup_skips_it_and_every_timed_round(monkeypatch):
-  monkeypatch.setattr(ct, "Experts", _FakeExperts)
-  monkeypatch.setattr(ct, "run", _fake_run({"on": 1.0, "off": 1.0, "serial": 1.0}))
-  monkeypatch.setattr(ct, "decode_weight_mb", lambda model: 0.0)
+  monkeypatch.setattr(phases, "Experts", _FakeExperts)
+  monkeypatch.setattr(phases, "run", _fake_run({"on": 1.0, "off": 1.0, "serial": 1.0}))
+  monkeypatch.setattr(phases, "decode_weight_mb", lambda model: 0.0)
   result = ct.main(["--preset=tiny", "--time_budget_s=1e-9", "--deadline_s=0"])
   assert [s["what"] for s in result["skipped"]] == [
     "warmup",
@@ -194,9 +197,9 @@ def test_deadline_ends_the_real_benchmark_with_a_report(tmp_path):
   "argv, limits", [(["--preset=gpu", "--smoke"], (500.0, 570.0)), (["--preset=tiny"], (0.0, 0.0))]
 )
 def test_the_gpu_preset_runs_under_its_limits_by_default(monkeypatch, argv, limits):
-  monkeypatch.setattr(ct, "Experts", _FakeExperts)
-  monkeypatch.setattr(ct, "run", _fake_run({"on": 1.0, "off": 1.0, "serial": 1.0}))
-  monkeypatch.setattr(ct, "decode_weight_mb", lambda model: 0.0)
+  monkeypatch.setattr(phases, "Experts", _FakeExperts)
+  monkeypatch.setattr(phases, "run", _fake_run({"on": 1.0, "off": 1.0, "serial": 1.0}))
+  monkeypatch.setattr(phases, "decode_weight_mb", lambda model: 0.0)
   result = ct.main(argv)
   assert (result["time_budget_s"], result["deadline_s"]) == limits
   assert not result["skipped"] and set(result["questions_per_s"]) == {"on", "off", "serial"}
@@ -244,7 +247,7 @@ def test_a_run_that_fails_leaves_no_deadline_armed(monkeypatch):
   def broken(*args):
     raise RuntimeError("no device")
 
-  monkeypatch.setattr(ct, "Experts", broken)
+  monkeypatch.setattr(phases, "Experts", broken)
   before = set(threading.enumerate())
   with pytest.raises(RuntimeError, match="no device"):
     ct.main(["--preset=tiny", "--deadline_s=500"])

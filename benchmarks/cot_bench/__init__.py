@@ -1,0 +1,1 @@
+"""benchmarks/cot_throughput.py's parts (its docstring documents the benchmark and its flags)."""
