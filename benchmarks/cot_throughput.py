@@ -13,7 +13,7 @@ real `experts.Toolbox` (tool cache, detector feature LRU):
 
 Random weights (experts/random_weights.py), LLaVA as configs/cot/star.py asks it (greedy reply
 snapped to a choice, "official" prompts); a random model never emits EOS, so every reply is
-`new_tokens` long (`--new_tokens`; the cpu preset 8, the gpu preset 100, the CoT configs' cap,
+`new_tokens` long (`--new_tokens`; the cpu preset 8, the scaled and gpu presets 100, the CoT configs' cap,
 so that its seconds per question bound a real run's). The sandbox and the LLM stages are not in
 the loop: this is the expert side.
 
@@ -46,7 +46,8 @@ listed in `skipped`, and at `--deadline_s` (570 s) the run prints and writes wha
 exits with status 3. `--compilation_cache_dir=DIR` (off by default) keeps the compiled programs
 in JAX's persistent cache, for a rerun on the same machine (docs/experts.md, "The GPU command").
 
-  python benchmarks/cot_throughput.py --preset=cpu           # scaled-down experts (RESULTS.md)
+  python benchmarks/cot_throughput.py --preset=scaled        # issue 22's scaled-down size
+  python benchmarks/cot_throughput.py --preset=cpu           # small experts (a minute)
   python benchmarks/cot_throughput.py --preset=tiny          # a smoke run (seconds)
   XLA_PYTHON_CLIENT_MEM_FRACTION=0.9 python benchmarks/cot_throughput.py --preset=gpu \
     --out=cot_gpu.json                                         # real sizes, one GPU, < 10 min
@@ -80,6 +81,10 @@ gpu preset: 16384, as the CoT configs; others 0); a mode named `<mode>-noprefix`
 copies of it in one call (the same compiled buckets): the gain batching can give that part at
 most (16 x one / sixteen); a part whose gain is far below 16 is compute-bound at that size.
 
+scaled: the cpu preset's OWLv2, CLIP and UniVTG with LLaVA's language model at hidden 1024, 8
+layers and a 32,064-token vocabulary (517 MB of float32 weights read per decode step, past
+this CPU's caches as 7B's are past a GPU's: LLaVA the one large model, as at real sizes),
+100-token replies and the CoT configs' LLaVA buckets (1, 2, 4, 8, 16); 32 questions, one round.
 gpu: OWLv2 B/16 at 960 px, UniVTG at the released size (hidden 1024, 4 layers) on CLIP B/32,
 LLaVA-NeXT-Video-7B shapes in bf16 (32 frames: 4,608 video tokens); `--smoke` keeps its
 buckets, dtypes, frame count and modes but shrinks every width and depth (checks on a CPU that
