@@ -30,11 +30,12 @@ benchmarks/cot_throughput.py's `scaled` preset), OWLv2, CLIP and UniVTG at that 
 preset sizes. Checkpoints are kept in `--checkpoints` (a rerun reuses them).
 
 Each mode first runs `--warmup_questions` other questions (other videos: nothing cached
-carries over; -1: as many as programs in flight, so the batch sizes the timed run meets are
-compiled), then the timed questions. Reported per mode: questions/s, seconds, per-stage busy
-seconds (`CotJob.times`: program, execute (the sandbox running the programs), answer_judge
-and logic_judge (the filter), rewrite; pipelined, they overlap), decode seconds (the decode
-pool's `make_args`, summed over its threads), each tool's call seconds from the records'
+carries over; -1: with coalescing on as many as programs in flight, so the batch sizes the
+timed run meets are compiled; off, 2: each call is its own batch), then the timed questions.
+Reported per mode: questions/s, seconds, per-stage busy seconds (`CotJob.times`: program,
+execute (the sandbox running the programs), answer_judge and logic_judge (the filter),
+rewrite; pipelined, they overlap), decode seconds (the decode pool's `make_args`, summed over
+its threads), each tool's call seconds from the records'
 traces (Filter_frames_with_act: UniVTG + CLIP; Query_Objs: OWLv2; Query_Actions,
 Video_summary: LLaVA; select_answer: the selector's LLM request), the device scheduler's and
 coalescers' busy seconds and requests per batch, the process's CPU utilisation (CPU seconds /
@@ -302,7 +303,10 @@ def main(argv=None) -> dict:
   ap.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {MODES}")
   ap.add_argument("--llm_latency_ms", type=float, default=200.0, help="the stub LLM's latency")
   ap.add_argument(
-    "--warmup_questions", type=int, default=-1, help="per mode, before timing (-1: programs)"
+    "--warmup_questions",
+    type=int,
+    default=-1,
+    help="per mode, before timing (-1: the programs in flight with coalescing on, 2 without)",
   )
   ap.add_argument("--frames", type=int, default=0, help="the config's frames= (0: its own, 32)")
   ap.add_argument("--video_px", type=int, default=32, help="the mp4s' width and height")
@@ -330,8 +334,11 @@ def main(argv=None) -> dict:
   programs = args.programs or int(
     star.get_config("ann=-,videos=-,llm=http://-,experts=oracle").sandbox.num_workers
   )
-  warm = programs if args.warmup_questions < 0 else args.warmup_questions
-  total = args.questions + warm
+  warm = {
+    m: (programs if m == "on" else 2) if args.warmup_questions < 0 else args.warmup_questions
+    for m in modes
+  }
+  total = args.questions + max(warm.values())
   data = datasets.star(
     os.path.join(workdir, "data"), questions=total, videos=total, size=args.video_px
   )
@@ -363,8 +370,9 @@ def main(argv=None) -> dict:
     arg = ",".join(f"{k}={v}" for k, v in {**spec, "llm": server.url}.items())
     result["config"] = f"configs/cot/star.py:{arg}"
     for mode in modes:
-      want = warmup[: 1 if mode == "serial" and warm else warm]
-      out = run_mode(mode, arg, programs, timed, want, os.path.join(workdir, mode), replies)
+      out = run_mode(
+        mode, arg, programs, timed, warmup[: warm[mode]], os.path.join(workdir, mode), replies
+      )
       print(
         f"[cot_job_real] {mode}: {out['questions_per_s']} q/s ({out['seconds']} s), "
         f"stages {out['stage_busy_s']}, decode {out['decode_s']} s, tools {out['tool_s']}",
