@@ -65,6 +65,32 @@ class _QuietOrbax(logging_std.Filter):
 WrapData = Callable[[Any, Checkpointer, Trainer], Any]
 
 
+def _refuse_resume(cfg, config_dict: dict, ckpt_dir: str) -> bool:
+  """When `ckpt_dir` has a checkpoint: True (after printing why) if its saved config differs
+  from `config_dict` in a guarded key and `allow_changes` is off (`check_resume_config`);
+  the allowed changes are logged."""
+  checkpointer = Checkpointer(ckpt_dir, async_save=False)
+  try:
+    if checkpointer.latest_step() is None:
+      return False
+    saved = checkpointer.restore_meta().get("config")
+    try:
+      changes = check_resume_config(
+        saved if isinstance(saved, dict) else None,
+        config_dict,
+        allow_changes=cfg.get("allow_changes", False),
+        directory=ckpt_dir,
+      )
+    except ValueError as e:
+      print(f"refused: {e}", file=sys.stderr)
+      return True
+  finally:
+    checkpointer.close()
+  for change in changes:
+    logging.warning("resuming with a changed config (allow_changes): %s", change)
+  return False
+
+
 def run(cfg, workdir: str, *, wrap_data: WrapData | None = None) -> int:
   """The whole run; returns the process exit code."""
   config_check.check_train_config(cfg)
@@ -77,6 +103,11 @@ def run(cfg, workdir: str, *, wrap_data: WrapData | None = None) -> int:
   train_data.check_paths(cfg)  # the annotation files and video folders, before the build
   sharding.maybe_initialize_distributed(cfg)
   config_check.check_devices(cfg, jax.device_count(), jax.devices()[0].platform)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  config_dict = json.loads(cfg.to_json_best_effort())
+  # a resume with a changed config is refused before the student is built (minutes at 7B)
+  if _refuse_resume(cfg, config_dict, ckpt_dir):
+    return EXIT_CONFIG_CHANGED
   mesh = sharding.make_mesh(dict(cfg.mesh))
   student = build.build_student(cfg.student, mesh=mesh, seed=cfg.seed)
   data = train_data.make_train_data(cfg, student, workdir=workdir)
@@ -95,7 +126,6 @@ def run(cfg, workdir: str, *, wrap_data: WrapData | None = None) -> int:
     neftune_alpha=cfg.get("neftune_alpha", 0.0),
     seed=cfg.seed,
   )
-  ckpt_dir = os.path.join(workdir, "checkpoints")
   if jax.process_index() == 0:
     build.write_hf_config(student, ckpt_dir, source_dir=cfg.student.get("hf_dir", ""))
     if cot_report is not None:
@@ -107,22 +137,6 @@ def run(cfg, workdir: str, *, wrap_data: WrapData | None = None) -> int:
   )
   if wrap_data is not None:
     data = wrap_data(data, checkpointer, trainer)
-  config_dict = json.loads(cfg.to_json_best_effort())
-  if checkpointer.latest_step() is not None:
-    saved = checkpointer.restore_meta().get("config")
-    try:
-      changes = check_resume_config(
-        saved if isinstance(saved, dict) else None,
-        config_dict,
-        allow_changes=cfg.get("allow_changes", False),
-        directory=ckpt_dir,
-      )
-    except ValueError as e:
-      checkpointer.close()
-      print(f"refused: {e}", file=sys.stderr)
-      return EXIT_CONFIG_CHANGED
-    for change in changes:
-      logging.warning("resuming with a changed config (allow_changes): %s", change)
   # one writer per run: process 0 writes TensorBoard, metrics.jsonl and plots
   writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
   writer.write_text("config", cfg.to_json_best_effort(indent=2, sort_keys=True))
