@@ -201,6 +201,10 @@ EXPERT_HELP = (
 )
 
 
+# the CoT configs' LLaVA request buckets: what fits an 80 GB H100 (see `bind_experts`)
+LLAVA_BUCKETS = (1, 2)
+
+
 def llm_section(value: str, model: str) -> ml_collections.ConfigDict:
   """`http(s)://...` -> an OpenAI-compatible server serving `model`; a path -> a local Flax
   Llama directory; "" -> none."""
@@ -277,10 +281,20 @@ def bind_experts(name: str, a: dict, *, vocabulary: str) -> ml_collections.Confi
     # float32, 37.7 MB in bf16), so ~54 clips in float32 (docs/experts.md)
     "feature_cache_mb": 4096,
     # the language model's keys/values of each clip's prompt prefix (template + 4,608 video
-    # tokens) kept on the device, so a call prefills only its question: ~2.3 GB a clip at 7B in
-    # bf16, so 16 GB keeps 7 clips, beside the 7B's ~15 GB of weights, OWLv2's 8 GB feature
-    # cache and generation batches on a 141 GB H200 (docs/experts.md)
+    # tokens) kept on the device, so a call prefills only its question: ~2.4 GB a clip at 7B in
+    # bf16, ~4.8 GB in the float32 `llava.load` loads, so 16 GiB keeps 7 clips (3 in float32),
+    # beside the 7B's weights, OWLv2's 8 GB feature cache and generation batches
+    # (docs/experts.md)
     "prefix_cache_mb": 16384,
+    # request batches of at most 2: a coalesced batch of n clips' prefix prefills holds n
+    # prefixes' keys/values and their attention scores (~8.3 GB a request in bf16, ~10.6 GB in
+    # float32), so 2 is what fits an 80 GB H100 beside the resident experts and caches (in
+    # float32 only with XLA_PYTHON_CLIENT_MEM_FRACTION=0.95; 16 would need ~132 GB more in
+    # bf16: past even a 141 GB H200; benchmarks/llava_batch_memory.py, docs/experts.md). A
+    # tuple, so that a larger device raises it from the command line, in both roles alike
+    # (then they share one backend):
+    # --config.experts.video_qa.buckets=1,2,4,8 --config.experts.action_recognizer.buckets=1,2,4,8
+    "buckets": LLAVA_BUCKETS,
   }
   c.action_recognizer = dict(llava)
   c.video_qa = dict(llava)

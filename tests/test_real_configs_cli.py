@@ -167,3 +167,33 @@ def test_videos_in_another_layout_stop_the_cot_job_before_its_manifest(tmp_path)
   assert r.returncode == 2, r.stderr[-3000:]
   assert f"{tmp_path / 'train.csv'}: not valid JSON" in r.stderr and "the config's map=" in r.stderr
   assert "Traceback" not in r.stderr and not (out / "manifest.json").exists()
+
+
+def test_cot_configs_cap_llava_batches_and_the_command_line_raises_them():
+  """The CoT configs' LLaVA request buckets (a tuple: ml_collections overrides tuples from the
+  command line, not lists) are the same in both LLaVA roles, which then share one backend; a
+  user on a larger device raises them per role with `--config.experts.<role>.buckets=...`."""
+  from absl import flags
+  from ml_collections import config_flags
+
+  from configs.common import LLAVA_BUCKETS
+
+  arg = "ann=a.json,videos=v,classes=cls,owlv2=o,univtg=u.ckpt,clip=c,llava=l,llm=http://x/v1"
+  argv = [
+    "prog",
+    f"--config={ROOT / 'configs' / 'cot' / 'star.py'}:{arg}",
+    "--config.experts.video_qa.buckets=1,2,4,8,16",
+    "--config.experts.action_recognizer.buckets=(1, 2, 4, 8, 16)",
+  ]
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", flag_values=values, sys_argv=argv)
+  values(argv)
+  e = values.config.experts
+  assert e.video_qa.buckets == e.action_recognizer.buckets == (1, 2, 4, 8, 16)
+  # without the overrides: the configs' own buckets, a tuple in both roles
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", flag_values=values, sys_argv=argv[:2])
+  values(argv[:2])
+  e = values.config.experts
+  assert e.video_qa.buckets == e.action_recognizer.buckets == LLAVA_BUCKETS
+  assert isinstance(e.video_qa.buckets, tuple)
