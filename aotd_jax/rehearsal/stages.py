@@ -408,7 +408,9 @@ def plan(ctx: dict) -> list[Stage]:
     ]
   train.append(f"--workdir={p['train_workdir']}")
   # two steps: the first (warmup, lr 0) compiles the step, the second trains on both kinds of
-  # batch rows (CoT and QA) and changes the weights that the exports are checked against
+  # batch rows (CoT and QA) and changes the weights that the exports are checked against.
+  # seq_len 512 holds every rehearsal row whole (32 frames' 129 video tokens, the prompt and
+  # the CoT: the losses are those of 1024 to 4 digits) at a quarter of 1024's attention
   ctx["train_steps"] = 2
   stages.append(
     Stage(
@@ -420,7 +422,7 @@ def plan(ctx: dict) -> list[Stage]:
       sizes=[
         f"--config.total_steps={ctx['train_steps']}",
         "--config.batch_size=4",
-        "--config.data.seq_len=1024",
+        "--config.data.seq_len=512",
         "--config.data.num_workers=0",
         "--config.log_every=1",
         "--config.expected_devices=0",  # the preset's 8 GPUs on this CPU
@@ -559,7 +561,7 @@ def student_stages(ctx: dict, student: str, *, train_data: list[str], mc: list[s
       sizes=[
         f"--config.total_steps={ctx['train_steps']}",
         "--config.batch_size=4",
-        "--config.data.seq_len=1024",
+        "--config.data.seq_len=512",
         "--config.data.num_workers=0",
         "--config.log_every=1",
         "--config.expected_devices=0",  # the preset's 8 GPUs on this CPU
