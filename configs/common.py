@@ -276,13 +276,17 @@ def bind_experts(name: str, a: dict, *, vocabulary: str) -> ml_collections.Confi
     "prompt_format": "official",
     "summary_prompt": "official",
     "action_prompt": "official",
+    # weights and computation in bf16: the official AoTD runs LLaVA-NeXT-Video in half
+    # precision (float16), and a float32 7B (28 GB) leaves no room for a request on an 80 GB
+    # H100 under JAX's default 75 % (docs/experts.md); "float32" or "float16" on the command line
+    "dtype": "bfloat16",
     # the video features of a clip's 32 frames, kept between its Query_Actions, Video_summary
     # and QA calls and the video's other questions: 4,608 x 4,096 values a clip (75.5 MB in
-    # float32, 37.7 MB in bf16), so ~54 clips in float32 (docs/experts.md)
+    # float32, 37.7 MB in bf16), so ~108 clips in bf16 (docs/experts.md)
     "feature_cache_mb": 4096,
     # the language model's keys/values of each clip's prompt prefix (template + 4,608 video
     # tokens) kept on the device, so a call prefills only its question: ~2.4 GB a clip at 7B in
-    # bf16, ~4.8 GB in the float32 `llava.load` loads, so 16 GiB keeps 7 clips (3 in float32),
+    # bf16 (~4.8 GB in float32), so 16 GiB keeps 7 clips (3 in float32),
     # beside the 7B's weights, OWLv2's 8 GB feature cache and generation batches
     # (docs/experts.md)
     "prefix_cache_mb": 16384,

@@ -17,7 +17,8 @@ with a `kind` and that kind's settings:
   action_recognizer: oracle | llava (path, num_frames, choice_scoring: likelihood | generate,
                       max_new_tokens, prompt_format: plain | official, summary_prompt:
                       ours | official (Video_summary's), action_prompt: ours | official
-                      (Query_Actions' questions), matmul_precision, cpu_kernels,
+                      (Query_Actions' questions), matmul_precision, cpu_kernels, dtype:
+                      float32 (default) | bfloat16 | float16 (weights and computation),
                       feature_cache_mb: clips' video features kept, default 1024, 0 = none;
                       prefix_cache_mb: the language model's KV cache of prompt prefixes kept
                       on the device per clip, default 0 = none; buckets: request batch sizes,
@@ -283,6 +284,10 @@ def _univtg(section, ctx):
   )
 
 
+# the dtypes a LLaVA role's weights and computation may take (`dtype` key; default float32)
+LLAVA_DTYPES = ("float32", "bfloat16", "float16")
+
+
 def _buckets(role: str, section, default: Sequence[int]) -> tuple[int, ...]:
   """The role's `buckets` (request batch sizes to compile: positive integers, sorted and
   deduplicated), `default` when the key is absent; a bad value raises naming `<role>.buckets`."""
@@ -309,9 +314,12 @@ def _llava(role):
     buckets = _buckets(role, section, llava.REQUEST_BUCKETS)  # checked before a 7B loads
     precision = _get(section, "matmul_precision", "default")
     kernels = bool(_get(section, "cpu_kernels", True))
+    dtype = _get(section, "dtype", "float32")
+    if dtype not in LLAVA_DTYPES:  # checked before a 7B loads
+      raise ValueError(f"experts config: {role}.dtype={dtype!r} is not one of {LLAVA_DTYPES}")
     model = ctx.model(
-      ("llava", path, precision, kernels),
-      lambda: llava.load(path, matmul_precision=precision, cpu_kernels=kernels),
+      ("llava", path, precision, kernels, dtype),
+      lambda: llava.load(path, matmul_precision=precision, cpu_kernels=kernels, dtype=dtype),
     )
     coalesce, wait = coalescing(ctx.config, role)
     settings = dict(
@@ -329,7 +337,7 @@ def _llava(role):
     )
     # one backend for both roles when their settings agree: their calls then share batches
     return ctx.model(
-      ("llava-backend", path, precision, kernels, tuple(sorted(settings.items()))),
+      ("llava-backend", path, precision, kernels, dtype, tuple(sorted(settings.items()))),
       lambda: llava.LlavaVideoQA(
         *model,
         name=f"llava:{path}",

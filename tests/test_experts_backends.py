@@ -948,3 +948,27 @@ def test_registry_names_a_bad_llava_buckets_value(llava, role, value):
   config[role] = {"kind": "llava", "path": path, "num_frames": 2, "buckets": value}
   with pytest.raises(ValueError, match=rf"experts config: {role}\.buckets="):
     experts.make_toolbox(config, plugins=[TOYWORLD])
+
+
+def test_registry_loads_llava_in_the_role_dtype(llava):
+  """A llava role's `dtype` is its weights' and computation's (the CoT configs: bfloat16, as
+  the official AoTD's half precision); absent, float32; a bad one is named before loading."""
+  _, path = llava
+  config = registry.default_config()
+  config.detector.kind = config.grounder.kind = config.action_recognizer.kind = "none"
+  config.video_qa = {"kind": "llava", "path": path, "num_frames": 2}
+  qa = experts.make_toolbox(config, plugins=[TOYWORLD]).video_qa
+  assert qa.model.language_model.options.dtype == "float32"
+  config.video_qa.dtype = "bfloat16"
+  qa = experts.make_toolbox(config, plugins=[TOYWORLD]).video_qa
+  assert qa.model.language_model.options.dtype == "bfloat16"
+  from flax import nnx
+
+  leaves = jax.tree.leaves(nnx.state(qa.model, nnx.Param))
+  assert {leaf.dtype for leaf in leaves} == {jnp.dtype(jnp.bfloat16)}
+  frames = np.random.default_rng(0).integers(0, 255, (2, 28, 28, 3), np.uint8)
+  reply = qa.summarize(experts.VideoClip(frames, video_id="v"))
+  assert isinstance(reply, str)  # the bf16 model runs the generation path
+  config.video_qa.dtype = "fp8"
+  with pytest.raises(ValueError, match=r"experts config: video_qa\.dtype='fp8'"):
+    experts.make_toolbox(config, plugins=[TOYWORLD])

@@ -197,3 +197,27 @@ def test_cot_configs_cap_llava_batches_and_the_command_line_raises_them():
   e = values.config.experts
   assert e.video_qa.buckets == e.action_recognizer.buckets == LLAVA_BUCKETS
   assert isinstance(e.video_qa.buckets, tuple)
+
+
+def test_cot_configs_run_llava_in_bf16_and_the_command_line_sets_float32():
+  """The CoT configs load LLaVA in bf16 (a float32 7B leaves an 80 GB H100 no room for a
+  request); a user sets float32 per role from the command line."""
+  from absl import flags
+  from ml_collections import config_flags
+
+  arg = "ann=a.json,videos=v,classes=cls,owlv2=o,univtg=u.ckpt,clip=c,llava=l,llm=http://x/v1"
+  argv = ["prog", f"--config={ROOT / 'configs' / 'cot' / 'star.py'}:{arg}"]
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", flag_values=values, sys_argv=argv)
+  values(argv)
+  e = values.config.experts
+  assert e.video_qa.dtype == e.action_recognizer.dtype == "bfloat16"
+  argv += [
+    "--config.experts.video_qa.dtype=float32",
+    "--config.experts.action_recognizer.dtype=float32",
+  ]
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", flag_values=values, sys_argv=argv)
+  values(argv)
+  assert values.config.experts.video_qa.dtype == values.config.experts.action_recognizer.dtype
+  assert values.config.experts.video_qa.dtype == "float32"

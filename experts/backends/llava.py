@@ -187,15 +187,20 @@ def _request_logprobs_after_prefix(graphdef, rows, state):
   return jnp.sum(picked.reshape(pred.shape) * scored, axis=-1)
 
 
-def load(path: str, matmul_precision: str = "default", cpu_kernels: bool = True):
+def load(
+  path: str, matmul_precision: str = "default", cpu_kernels: bool = True, dtype: str = "float32"
+):
   """(model, tokenizer) of a HF LLaVA-NeXT-Video directory; `matmul_precision="high"` runs its
   matmuls in bf16x3 and `"highest"` in bf16x6 with float32's error (the AMX kernel on Intel
   CPUs, docs/llama.md); `cpu_kernels=False` keeps
-  XLA's ops where aotd_jax's CPU kernels (decode matmuls, attention) would run."""
+  XLA's ops where aotd_jax's CPU kernels (decode matmuls, attention) would run; `dtype`
+  ("float32", "bfloat16", "float16") is the weights' and the computation's dtype."""
   from aotd_jax import hf
   from aotd_jax.layers.compute import ComputeOptions
 
-  options = ComputeOptions(matmul_precision=matmul_precision, cpu_kernels=cpu_kernels)
+  options = ComputeOptions(
+    dtype=dtype, param_dtype=dtype, matmul_precision=matmul_precision, cpu_kernels=cpu_kernels
+  )
   return hf.from_pretrained(path, options=options), hf.load_tokenizer(path)
 
 
