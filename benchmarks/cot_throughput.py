@@ -84,7 +84,8 @@ most (16 x one / sixteen); a part whose gain is far below 16 is compute-bound at
 scaled: the cpu preset's OWLv2, CLIP and UniVTG with LLaVA's language model at hidden 1024, 8
 layers and a 32,064-token vocabulary (517 MB of float32 weights read per decode step, past
 this CPU's caches as 7B's are past a GPU's: LLaVA the one large model, as at real sizes),
-100-token replies and the CoT configs' LLaVA buckets (1, 2, 4, 8, 16); 32 questions, one round.
+100-token replies and LLaVA's buckets the backend's default (1, 2, 4, 8, 16); 32 questions,
+one round.
 gpu: OWLv2 B/16 at 960 px, UniVTG at the released size (hidden 1024, 4 layers) on CLIP B/32,
 LLaVA-NeXT-Video-7B shapes in bf16 (32 frames: 4,608 video tokens); `--smoke` keeps its
 buckets, dtypes, frame count and modes but shrinks every width and depth (checks on a CPU that

@@ -92,9 +92,10 @@ PRESETS = {
     rounds=2,
   ),
   # real sizes (benchmarks/cot_throughput.py's docstring); STAR's 32 frames per question.
-  # LLaVA batches of at most 4 requests: a 4,650-token prefill is compute-bound already, and 4
-  # keeps its KV cache and attention scores (~11 + ~27 GB) clear of OWLv2's 32-frame batch on
-  # one 141 GB device
+  # LLaVA batches of at most 4 requests, an H200's setting: a 4-request prefix prefill holds
+  # 33.0 GB (9.7 GB of keys/values, 23.2 GB of temporaries), a 69.3 GiB device peak beside the
+  # CoT configs' resident experts and caches (benchmarks/llava_batch_memory.py); the CoT
+  # configs cap at 2, what an 80 GB H100 holds (docs/experts.md)
   "gpu": dict(
     owl=rw.OWLV2_B16,
     clip=rw.CLIP_B32,
@@ -126,8 +127,9 @@ PRESETS = {
 # issue 22's scaled-down size: the cpu preset's experts with the real run's proportions, LLaVA's
 # language model the one large model (hidden 1024, 8 layers, LLaMA's vocab: 517 MB of weights
 # read per decode step, past this CPU's caches as 7B's ~13 GB are past a GPU's), its replies at
-# the CoT configs' cap (100 tokens), its request buckets the CoT configs' (the backend's
-# default); 32 questions, one round (the one-at-a-time mode alone takes ~2.5 min)
+# the CoT configs' cap (100 tokens), its request buckets the backend's default (at this size
+# memory does not bind; the CoT configs cap LLaVA-7B's at 2 for an 80 GB GPU's memory); 32
+# questions, one round (the one-at-a-time mode alone takes ~2.5 min)
 PRESETS["scaled"] = dict(
   PRESETS["cpu"],
   llava=dict(
