@@ -249,7 +249,7 @@ def bind_experts(name: str, a: dict, *, vocabulary: str) -> ml_collections.Confi
     "threshold": 0.2,
     "query_template": "a photo of a {}",
     "nms_threshold": 0.0,
-    "buckets": list(c.detector.buckets),
+    "buckets": tuple(c.detector.buckets),  # a tuple: the command line can override it
   }
   # concurrent programs' calls to every model expert share batches (docs/experts.md);
   # --config.experts.coalesce=False runs each call on its own
@@ -263,7 +263,7 @@ def bind_experts(name: str, a: dict, *, vocabulary: str) -> ml_collections.Confi
     # the official AoTD's UniVTG features: each frame squashed to 224 x 224 (bilinear), not
     # CLIP's processor's resize and centre crop (docs/fidelity.md)
     "frame_preprocess": "official",
-    "buckets": list(c.grounder.buckets),
+    "buckets": tuple(c.grounder.buckets),
   }
   # LLaVA-NeXT-Video-DPO as the official AoTD asks it: 32 frames, a greedy reply (the letter
   # parsed and snapped to an option), "Question:/Options:" prompts, its Video_summary request.

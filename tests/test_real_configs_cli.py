@@ -199,6 +199,26 @@ def test_cot_configs_cap_llava_batches_and_the_command_line_raises_them():
   assert isinstance(e.video_qa.buckets, tuple)
 
 
+def test_cot_configs_detector_and_grounder_buckets_take_a_command_line_override():
+  """The detector's and grounder's frame buckets are tuples too (ml_collections cannot override
+  a list field from the command line: `--config.experts.detector.buckets=...` failed)."""
+  from absl import flags
+  from ml_collections import config_flags
+
+  arg = "ann=a.json,videos=v,classes=cls,owlv2=o,univtg=u.ckpt,clip=c,llava=l,llm=http://x/v1"
+  argv = [
+    "prog",
+    f"--config={ROOT / 'configs' / 'cot' / 'star.py'}:{arg}",
+    "--config.experts.detector.buckets=8,32",
+    "--config.experts.grounder.buckets=(1, 16)",
+  ]
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", flag_values=values, sys_argv=argv)
+  values(argv)
+  assert values.config.experts.detector.buckets == (8, 32)
+  assert values.config.experts.grounder.buckets == (1, 16)
+
+
 def test_cot_configs_run_llava_in_bf16_and_the_command_line_sets_float32():
   """The CoT configs load LLaVA in bf16 (a float32 7B leaves an 80 GB H100 no room for a
   request); a user sets float32 per role from the command line."""
