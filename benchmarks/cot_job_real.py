@@ -155,25 +155,11 @@ def make_checkpoints(size: str, root: str) -> dict[str, str]:
 def coalescers(box) -> list:
   """The toolbox's coalescers (none when coalescing is off)."""
   out = []
-  if box.detector is not None and getattr(box.detector, "coalescer", None) is not None:
-    out.append(box.detector.coalescer)
-  seen = set()
-  for backend in (box.grounder, box.action_recognizer, box.video_qa):
-    if backend is not None and id(backend) not in seen:
-      seen.add(id(backend))
-      out += list(getattr(backend, "coalescers", {}).values())
+  for backend in box.backends():
+    if getattr(backend, "coalescer", None) is not None:  # OWLv2: one
+      out.append(backend.coalescer)
+    out += list(getattr(backend, "coalescers", {}).values())
   return out
-
-
-def close_toolbox(box) -> None:
-  """Stops the backends' coalescers and the device scheduler (the next mode loads its own)."""
-  seen = set()
-  for backend in (box.detector, box.grounder, box.action_recognizer, box.video_qa):
-    if backend is not None and id(backend) not in seen and hasattr(backend, "close"):
-      seen.add(id(backend))
-      backend.close()
-  if box.scheduler is not None:
-    box.scheduler.close()
 
 
 def tool_seconds(records: list[dict]) -> dict[str, float]:
@@ -250,7 +236,7 @@ def run_mode(mode: str, arg: str, programs: int, timed, warmup, out_dir: str, re
         "busy_s": round(busy, 3),
         "busy_per_wall": round(busy / wall, 3),
       }
-    close_toolbox(box)
+    box.close()  # the next mode loads its own
   quiet.close()
   records = job.RecordLog(paths.records).load()
   busy = cot_job.times.busy_s

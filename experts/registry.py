@@ -284,10 +284,6 @@ def _univtg(section, ctx):
   )
 
 
-# the dtypes a LLaVA role's weights and computation may take (`dtype` key; default float32)
-LLAVA_DTYPES = ("float32", "bfloat16", "float16")
-
-
 def _buckets(role: str, section, default: Sequence[int]) -> tuple[int, ...]:
   """The role's `buckets` (request batch sizes to compile: positive integers, sorted and
   deduplicated), `default` when the key is absent; a bad value raises naming `<role>.buckets`."""
@@ -308,6 +304,7 @@ def _buckets(role: str, section, default: Sequence[int]) -> tuple[int, ...]:
 def _llava(role):
   def make(section, ctx):
     from aotd_jax.hf import processor_files
+    from aotd_jax.layers.compute import DTYPES
     from experts.backends import llava
 
     path = _path(role, "llava", section)
@@ -315,8 +312,8 @@ def _llava(role):
     precision = _get(section, "matmul_precision", "default")
     kernels = bool(_get(section, "cpu_kernels", True))
     dtype = _get(section, "dtype", "float32")
-    if dtype not in LLAVA_DTYPES:  # checked before a 7B loads
-      raise ValueError(f"experts config: {role}.dtype={dtype!r} is not one of {LLAVA_DTYPES}")
+    if dtype not in DTYPES:  # checked before a 7B loads
+      raise ValueError(f"experts config: {role}.dtype={dtype!r} is not one of {DTYPES}")
     model = ctx.model(
       ("llava", path, precision, kernels, dtype),
       lambda: llava.load(path, matmul_precision=precision, cpu_kernels=kernels, dtype=dtype),

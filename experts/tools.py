@@ -283,6 +283,23 @@ class Toolbox:
     """Name -> bound tool, the mapping a program sandbox is given."""
     return {name: getattr(self, name) for name in TOOL_NAMES}
 
+  def backends(self) -> list:
+    """The bound model backends, each once (one backend may serve two roles)."""
+    out = []
+    for backend in (self.detector, self.grounder, self.action_recognizer, self.video_qa):
+      if backend is not None and all(backend is not b for b in out):
+        out.append(backend)
+    return out
+
+  def close(self) -> None:
+    """Stops the backends' coalescers and the device scheduler (another toolbox may then
+    load its own); calls run directly afterwards."""
+    for backend in self.backends():
+      if hasattr(backend, "close"):
+        backend.close()
+    if self.scheduler is not None:
+      self.scheduler.close()
+
   # -- helpers -------------------------------------------------------------------------------
 
   def _need(self, role: str, tool: str):

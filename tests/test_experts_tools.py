@@ -451,3 +451,25 @@ def test_registry_binds_the_tool_modes():
     config[role].kind = "none"
   toolbox = registry.make_toolbox(config, plugins=[toyworld_oracle.PLUGIN])
   assert (toolbox.find_mode, toolbox.exist_mode) == ("crops", "detector+qa")
+
+
+def test_toolbox_close_stops_each_backend_once_and_the_scheduler():
+  """A backend serving two roles is one backend: closed once; then the scheduler."""
+  from experts.scheduler import DeviceScheduler
+
+  class Backend:
+    closed = 0
+
+    def close(self):
+      self.closed += 1
+
+  llava, detector = Backend(), Backend()
+  scheduler = DeviceScheduler()
+  box = experts.Toolbox(
+    detector=detector, action_recognizer=llava, video_qa=llava, scheduler=scheduler
+  )
+  assert box.backends() == [detector, llava]
+  box.close()
+  assert (detector.closed, llava.closed) == (1, 1)
+  with pytest.raises(RuntimeError, match="closed"):
+    scheduler.attach(object())

@@ -30,7 +30,7 @@ _JAX_POLICIES = (
   "checkpoint_dots_with_no_batch_dims",
 )
 REMAT_POLICIES = ("none", "full") + _JAX_POLICIES
-_DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,8 +67,8 @@ class ComputeOptions:
   def __post_init__(self):
     for name in ("dtype", "param_dtype"):
       value = getattr(self, name)
-      if value not in _DTYPES:
-        raise ValueError(f"ComputeOptions: {name}={value!r} is not one of {_DTYPES}")
+      if value not in DTYPES:
+        raise ValueError(f"ComputeOptions: {name}={value!r} is not one of {DTYPES}")
     if not isinstance(self.remat, str) or self.remat not in REMAT_POLICIES:
       raise ValueError(
         f"ComputeOptions: remat={self.remat!r} is not a remat policy name; use one "
